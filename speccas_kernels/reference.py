@@ -80,45 +80,88 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, torch.clamp(num / safe, max=1.0), torch.zeros_like(num))
 
 
-def _blend(rule, alpha, q, p, qh, ph, max_qh, max_ph, x, x_ok):
-    """Per rule: (pi [B, K, V], a [B, K], deferred [B, K]) for drafts x [B, K].
+class Blend(NamedTuple):
+    """Per-position quantities of one rule (every tensor [..., V] or [...])."""
 
-    q, p: sampling distributions [B, K, V]; qh, ph: unscaled [B, K, V]; max_qh, max_ph: [B, K];
-    alpha: [B]. SPEC.md section 3.
-    """
-    al = alpha[:, None]
-    xi = x.clamp(0, q.shape[-1] - 1)[..., None]
-    q_x = torch.where(x_ok, q.gather(-1, xi).squeeze(-1), torch.zeros_like(max_qh))
-    p_x = p.gather(-1, xi).squeeze(-1)
+    q: torch.Tensor  # sampling distribution of the drafter
+    p: torch.Tensor  # sampling distribution of the target
+    pi: torch.Tensor  # the blended target (for lossy: p, the residual's target)
+    accept: torch.Tensor  # [..., V] acceptance probability a(v) of a draft v
+    deferred: torch.Tensor  # family A: r (same for all v); family B: v not in A; speculative/lossy: True
+
+
+def _blend(rule, alpha, q, p, qh, ph, max_qh, max_ph) -> Blend:
+    """SPEC.md section 3 for every rule. q, p: sampling distributions [B, L, V]; qh, ph: unscaled
+    [B, L, V]; max_qh, max_ph: [B, L]; alpha: [B]."""
+    al = alpha[:, None, None]
+    has_q = q > 0
     if rule.family == "lossy":
-        a = _ratio(p_x, (1.0 - al) * q_x)
-        return p, a, torch.ones_like(x_ok)
+        a = _ratio(p, (1.0 - al) * q)
+        return Blend(q, p, p, a, torch.ones_like(has_q))
     if rule.family == "A":
+        mq, mp = max_qh[..., None], max_ph[..., None]
         if rule.name == "speculative":
-            r = torch.ones_like(x_ok)
+            r = torch.ones_like(mq, dtype=torch.bool)
         elif rule.name == "chow":
-            r = max_qh < 1.0 - al
+            r = mq < 1.0 - al
         elif rule.name == "diff":
-            r = max_qh < max_ph - al
+            r = mq < mp - al
         else:  # opt
-            tv = torch.clamp(q - p, min=0).sum(-1)
-            r = max_qh < max_ph - al * tv
-        pi = torch.where(r[..., None], p, q)
-        a = torch.where(r, _ratio(p_x, q_x), (q_x > 0).to(q_x.dtype))
-        return pi, a, r
+            tv = torch.clamp(q - p, min=0).sum(-1, keepdim=True)
+            r = mq < mp - al * tv
+        pi = torch.where(r, p, q)
+        a = torch.where(r, _ratio(p, q), has_q.to(q.dtype))
+        return Blend(q, p, pi, a, r.expand_as(has_q))
     # family B: token sets
-    alv = alpha[:, None, None]
     if rule.name == "token_v1":
-        in_a = qh >= max_ph[..., None] - alv
+        in_a = qh >= max_ph[..., None] - al
     elif rule.name == "token_v2":
-        in_a = ph >= max_ph[..., None] - alv
+        in_a = ph >= max_ph[..., None] - al
     else:  # token_v3
-        in_a = ph >= (1.0 - alv) * max_ph[..., None]
-    eta = torch.where(in_a, torch.zeros_like(q), q).sum(-1)
-    pi = torch.where(in_a, q, torch.zeros_like(q)) + eta[..., None] * p
-    x_in = in_a.gather(-1, xi).squeeze(-1) & x_ok
-    a = torch.where(x_in & (q_x > 0), torch.ones_like(q_x), _ratio(eta * p_x, q_x))
-    return pi, a, ~x_in
+        in_a = ph >= (1.0 - al) * max_ph[..., None]
+    eta = torch.where(in_a, torch.zeros_like(q), q).sum(-1, keepdim=True)
+    pi = torch.where(in_a, q, torch.zeros_like(q)) + eta * p
+    a = torch.where(in_a & has_q, torch.ones_like(q), _ratio(eta * p, q))
+    return Blend(q, p, pi, a, ~in_a)
+
+
+def _prepare(zq, zp, T):
+    """Distributions and unscaled statistics for drafter logits zq [B, L, V], target zp [B, L(+1), V]."""
+    q, qh, max_qh = _distributions(zq, T)
+    p_all, ph_all, max_ph_all = _distributions(zp, T)
+    L = zq.shape[1]
+    return q, qh, max_qh, p_all, ph_all[:, :L], max_ph_all[:, :L]
+
+
+def blend_distributions(draft_logits, target_logits, *, rule="token_v3", alpha=None, temperature=1.0) -> Blend:
+    """The rule's quantities at every position of aligned logits [B, L, V] (same L for both), for
+    analysis and tests: q, p, pi, per-token acceptance a(v) and deferral, computed in float64 when
+    the logits are float64. Expected acceptance is ``(q * accept).sum(-1)``; the emitted token's
+    law is ``output_law(blend)``."""
+    if draft_logits.shape != target_logits.shape:
+        raise ValueError(f"blend_distributions: draft_logits {tuple(draft_logits.shape)} and target_logits "
+                         f"{tuple(target_logits.shape)} must have the same shape [B, L, V]")
+    B, L, V = draft_logits.shape
+    args = checks.check_verify(
+        draft_logits, torch.cat([target_logits, target_logits[:, -1:]], 1),
+        torch.zeros((B, L), dtype=torch.int64, device=draft_logits.device), rule=rule, alpha=alpha,
+        temperature=temperature, seed=0, offset=0, num_draft_tokens=None, vocab_size=None, validate=False,
+    )
+    dt = _compute_dtype(draft_logits)
+    T, alpha_t = args.temperature.to(dt), args.alpha.to(dt)
+    q, qh, max_qh, p_all, ph, max_ph = _prepare(draft_logits.to(dt), target_logits.to(dt), T)
+    return _blend(args.rule, alpha_t, q, p_all, qh, ph, max_qh, max_ph)
+
+
+def output_law(b: Blend) -> torch.Tensor:
+    """The law of the token a verification step emits at a position (SPEC.md sections 1, 3):
+    ``q a + (1 - sum q a) R`` with ``R`` the normalized ``max(0, pi - q)`` (``pi`` when that is 0).
+    For the cascade rules this is ``pi``; for ``lossy`` it is Leviathan et al.'s lossy law."""
+    kept = b.q * b.accept
+    w = torch.clamp(b.pi - b.q, min=0)
+    mass = w.sum(-1, keepdim=True)
+    r = torch.where(mass > 0, w / torch.where(mass > 0, mass, torch.ones_like(mass)), b.pi)
+    return kept + (1.0 - kept.sum(-1, keepdim=True)).clamp(min=0) * r
 
 
 def verify_args(args: checks.VerifyArgs, debug: bool = False):
@@ -145,11 +188,15 @@ def verify_args(args: checks.VerifyArgs, debug: bool = False):
     zq = _sanitize(zq, valid[:, None] & used_q)
     zp = _sanitize(zp, valid[:, None] & used_p)
 
-    q, qh, max_qh = _distributions(zq, T)
-    p_all, ph_all, max_ph_all = _distributions(zp, T)
-    p, ph, max_ph = p_all[:, :K], ph_all[:, :K], max_ph_all[:, :K]
+    q, qh, max_qh, p_all, ph, max_ph = _prepare(zq, zp, T)
+    bl = _blend(args.rule, alpha, q, p_all[:, :K], qh, ph, max_qh, max_ph)
+    pi = bl.pi
     x_ok = (x >= 0) & (x < V)
-    pi, a, deferred = _blend(args.rule, alpha, q, p, qh, ph, max_qh, max_ph, x, x_ok)
+    xi = x.clamp(0, V - 1)[..., None]
+    a = torch.where(x_ok, bl.accept.gather(-1, xi).squeeze(-1), torch.zeros((), dtype=dt, device=dev))
+    deferred = bl.deferred.gather(-1, xi).squeeze(-1)  # family A: r does not depend on the draft
+    if args.rule.family == "B":
+        deferred = deferred | ~x_ok  # an id outside [0, V) is not in A
 
     # The accept loop: leading acceptances among the n verified drafts.
     u = uniform(args.seed[:, None], args.offset[:, None] + pos_k, STREAM_ACCEPT, torch.zeros_like(pos_k))

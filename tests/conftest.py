@@ -1,0 +1,30 @@
+"""Shared pytest setup: the Triton interpreter on CPU machines, the cuda marker, devices."""
+
+import os
+
+import pytest
+import torch
+
+# Triton kernels run on the CPU through the interpreter when no GPU is present. This must be set
+# before triton is imported anywhere.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a GPU: on a CPU machine they are deselected (reported as such),
+    never counted as passed or skipped."""
+    if torch.cuda.is_available():
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("cuda") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture
+def device():
+    """CUDA when present, else CPU (Triton then runs under TRITON_INTERPRET=1)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,88 @@
+"""Helpers for comparing a backend with the reference, token for token.
+
+Backends compute the same formulas as ``speccas_kernels.reference`` but with other reduction
+orders and exp/log implementations, so a decision can flip only where the reference itself sits on
+a float tie: an acceptance uniform within ``tol`` of a_i, or a race whose two best scores are within
+``tol``. ``assert_same_outputs`` allows such rows (and counts them), and fails on any other
+difference, saying which row differed and how.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from speccas_kernels import checks, reference
+
+
+def random_round(B, K, V, *, dtype=torch.float32, device="cpu", seed=0, agreement=2.0, ragged=False,
+                 neg_inf_frac=0.0):
+    """Correlated drafter/target logits and drafts sampled from the drafter (reference sampler)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(B, K + 1, V, generator=g) * 2.5
+    zp = base + torch.randn(B, K + 1, V, generator=g) * (2.5 / agreement)
+    zq = base[:, :K] + torch.randn(B, K, V, generator=g) * (2.5 / agreement)
+    if neg_inf_frac:
+        zq = zq.masked_fill(torch.rand(zq.shape, generator=g) < neg_inf_frac, float("-inf"))
+        zp = zp.masked_fill(torch.rand(zp.shape, generator=g) < neg_inf_frac, float("-inf"))
+        zq[..., 0] = zq[..., 0].nan_to_num(neginf=0.0)
+        zp[..., 0] = zp[..., 0].nan_to_num(neginf=0.0)
+    zq, zp = zq.to(dtype).to(device), zp.to(dtype).to(device)
+    seeds = torch.randint(0, 2**62, (B,), generator=g).to(device)
+    offsets = torch.randint(0, 10_000, (B,), generator=g).to(device)
+    temps = torch.tensor([0.0, 1.0, 0.7, 1.3], device=device).repeat(B // 4 + 1)[:B]
+    if K:
+        x = torch.stack([reference.sample(zq[:, i], temperature=temps, seed=seeds, offset=offsets + i)
+                         for i in range(K)], 1)
+    else:
+        x = torch.zeros(B, 0, dtype=torch.int64, device=device)
+    n = torch.randint(0, K + 1, (B,), generator=g).to(device) if ragged else None
+    return dict(draft_logits=zq, target_logits=zp, draft_tokens=x, temperature=temps, seed=seeds,
+                offset=offsets, num_draft_tokens=n)
+
+
+def reference_with_margins(**kw):
+    """(reference VerifyOutput, margins dict) for the public verify keyword arguments."""
+    kw = dict(kw)
+    validate = kw.pop("validate", False)
+    args = checks.check_verify(kw.pop("draft_logits"), kw.pop("target_logits"), kw.pop("draft_tokens"),
+                               rule=kw.pop("rule", "token_v3"), alpha=kw.pop("alpha", None),
+                               temperature=kw.pop("temperature", 1.0), seed=kw.pop("seed", 0),
+                               offset=kw.pop("offset", 0), num_draft_tokens=kw.pop("num_draft_tokens", None),
+                               vocab_size=kw.pop("vocab_size", None), validate=validate)
+    assert not kw, f"unexpected arguments {sorted(kw)}"
+    return reference.verify_args(args, debug=True)
+
+
+def assert_same_outputs(out, ref, margins, *, tol=1e-4, max_tie_frac=0.02, what=""):
+    """Backend `out` vs reference `ref`: identical except rows at genuine float ties. Returns the
+    number of tie rows."""
+    out = type(ref)(*[t.cpu() for t in out])
+    ref = type(ref)(*[t.cpu() for t in ref])
+    am = margins["accept_margin"].cpu().double()
+    rm = margins["race_margin"].cpu().double()
+    row_diff = (out.tokens != ref.tokens).any(1) | (out.num_accepted != ref.num_accepted) | (out.valid != ref.valid)
+    tie = (am < tol) | (rm < tol)
+    bad = row_diff & ~tie
+    if bad.any():
+        b = int(bad.nonzero()[0])
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} row(s) differ from the reference beyond float ties; first is row {b}:\n"
+            f"  tokens  {out.tokens[b].tolist()} vs reference {ref.tokens[b].tolist()}\n"
+            f"  accepted {int(out.num_accepted[b])} vs {int(ref.num_accepted[b])}, valid {bool(out.valid[b])} vs "
+            f"{bool(ref.valid[b])}, accept margin {float(am[b]):.3g}, race margin {float(rm[b]):.3g}"
+        )
+    ties = int(row_diff.sum())
+    B = ref.tokens.shape[0]
+    assert ties <= max(1, max_tie_frac * B), f"{what}: {ties} tie rows out of {B} is too many"
+    same = ~row_diff
+    if same.any():
+        d = (out.deferred != ref.deferred)[same]
+        assert int(d.sum()) <= max(1, 0.01 * d.numel()), f"{what}: deferred differs at {int(d.sum())} positions"
+        ap, rp = out.accept_prob[same].double(), ref.accept_prob[same].double()
+        err = (ap - rp).abs()
+        worst = int(err.argmax()) if err.numel() else 0
+        assert err.numel() == 0 or float(err.max()) < 2e-3 + 1e-2 * float(rp.flatten()[worst]), (
+            f"{what}: accept_prob differs by {float(err.max()):.3g} (backend {float(ap.flatten()[worst]):.6g}, "
+            f"reference {float(rp.flatten()[worst]):.6g})"
+        )
+    return ties
