@@ -69,6 +69,8 @@ def alpha_in_range(info: Rule, alpha: float) -> bool:
 
 
 def describe_range(info: Rule) -> str:
+    if not info.uses_alpha:
+        return "ignored"
     lo, hi = info.alpha_range
     if lo == -math.inf and hi == math.inf:
         return "any finite number"
