@@ -33,7 +33,7 @@ _RULES = (
     Rule("diff", "A", 2, 0.0, (-1.0, 1.0), False, True,
          "alpha = -1: always defers (pi = p); alpha = 1: never (pi = q)"),
     Rule("opt", "A", 3, 0.5, (-math.inf, math.inf), False, True,
-         "alpha -> -inf: defers whenever q != p; alpha >= 1 at T = 1: never (pi = q)"),
+         "alpha -> -inf: defers whenever q != p; alpha > 1 at T = 1: never (pi = q); alpha = 1 is a float tie"),
     Rule("token_v1", "B", 4, 0.3, (-1.0, 1.0), False, True,
          "alpha = -1: A empty (pi = p); alpha = 1: A = all (pi = q)"),
     Rule("token_v2", "B", 5, 0.3, (-1.0, 1.0), False, True,
