@@ -1,0 +1,69 @@
+"""Philox4x32-10 as ``@triton.jit`` helpers, bit for bit the generator of ``speccas_kernels.random``.
+
+    key     = (seed & 0xffffffff, (seed >> 32) & 0xffffffff)
+    counter = (v >> 2, stream, pos & 0xffffffff, (pos >> 32) & 0xffffffff)
+    bits    = philox4x32_10(counter, key)[v & 3]
+    u       = (2 * (bits >> 9) + 1) * 2**-24          in (0, 1), exact in float32
+    gumbel  = -log(-log(u))                            float32
+
+``seed`` and ``pos`` are int64 (scalars or blocks), ``v`` an integer block. Written out rather than
+calling ``tl.randint4x`` because the counter layout differs (Triton's puts the offset in c0/c1).
+"""
+
+import triton
+import triton.language as tl
+
+PHILOX_M0 = tl.constexpr(0xD2511F53)
+PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+PHILOX_W0 = tl.constexpr(0x9E3779B9)
+PHILOX_W1 = tl.constexpr(0xBB67AE85)
+
+
+@triton.jit
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Ten Philox rounds on uint32 blocks (c0..c3) with uint32 key (k0, k1). Returns 4 words."""
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(c0, PHILOX_M0)
+        lo0 = tl.mul(c0, PHILOX_M0, sanitize_overflow=False)
+        hi1 = tl.umulhi(c2, PHILOX_M1)
+        lo1 = tl.mul(c2, PHILOX_M1, sanitize_overflow=False)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = tl.add(k0, PHILOX_W0, sanitize_overflow=False)
+        k1 = tl.add(k1, PHILOX_W1, sanitize_overflow=False)
+    return c0, c1, c2, c3
+
+
+@triton.jit
+def random_bits(seed, pos, stream: tl.constexpr, v):
+    """uint32 words for int64 ``seed`` and ``pos`` (scalars or blocks) and an integer block ``v``."""
+    v = v.to(tl.int64)
+    seed = seed.to(tl.int64)
+    pos = pos.to(tl.int64)
+    zero = (v * 0).to(tl.uint32)
+    c0 = (v >> 2).to(tl.uint32)
+    c1 = zero + stream
+    c2 = zero + (pos & 0xFFFFFFFF).to(tl.uint32)
+    c3 = zero + ((pos >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    k0 = zero + (seed & 0xFFFFFFFF).to(tl.uint32)
+    k1 = zero + ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    w0, w1, w2, w3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
+    lane = v & 3
+    return tl.where(lane == 0, w0, tl.where(lane == 1, w1, tl.where(lane == 2, w2, w3)))
+
+
+@triton.jit
+def bits_to_uniform(bits):
+    """uint32 -> float32 in (0, 1): (2 * (bits >> 9) + 1) * 2**-24, exact."""
+    return ((bits >> 9) * 2 + 1).to(tl.float32) * 5.9604644775390625e-08
+
+
+@triton.jit
+def uniform(seed, pos, stream: tl.constexpr, v):
+    return bits_to_uniform(random_bits(seed, pos, stream, v))
+
+
+@triton.jit
+def gumbel(seed, pos, stream: tl.constexpr, v):
+    """Standard Gumbel noise -log(-log(u)) in float32."""
+    u = uniform(seed, pos, stream, v)
+    return -tl.log(-tl.log(u))

@@ -1,0 +1,98 @@
+"""The ``triton`` backend: fused Triton kernels for ``verify`` and ``sample``.
+
+The kernels live in ``speccas_kernels.kernels`` (``verify.py``, ``sample.py``, ``philox.py``); this
+module picks launch settings and checks that they can run. Tensors must be on a CUDA device, or on
+the CPU with ``TRITON_INTERPRET=1`` set before triton is imported (the test suite does this).
+
+Numerics: every kernel computes in float32. fp32, bf16 and fp16 logits are loaded and converted in
+registers; float64 logits are accepted too but also computed in float32, so near-ties may resolve
+differently from the float64 reference (use ``backend="reference"`` for float64 analysis).
+
+No host synchronization: all decisions (validity, the accept loop, the emit position) stay on the
+device, workspaces are ``torch.empty`` on the device, and outputs are returned without a copy.
+For ``torch.compile`` users the same kernels are registered as ``speccas::verify_triton`` and
+``speccas::sample_triton`` by ``speccas_kernels.library``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+
+from .checks import SampleArgs, VerifyArgs
+from .reference import VerifyOutput
+
+try:
+    import triton
+    _IMPORT_ERROR: Optional[str] = None
+except ImportError as e:  # pragma: no cover - exercised only where triton is missing
+    triton = None
+    _IMPORT_ERROR = str(e)
+
+# Tests set this to force a vocabulary tile size (a power of two >= 16), e.g. to exercise several
+# tiles at small V. None: the settings helper decides.
+BLOCK_V_OVERRIDE: Optional[int] = None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available(name: str = "triton") -> Tuple[bool, str]:
+    """(True, "") when the kernels can run here: triton imports and there is a CUDA device or the
+    Triton interpreter is on."""
+    if triton is None:
+        return False, f"triton is not importable: {_IMPORT_ERROR}"
+    if torch.cuda.is_available() or _interpreting():
+        return True, ""
+    return False, "no CUDA device, and TRITON_INTERPRET=1 is not set (needed to run Triton on CPU tensors)"
+
+
+def _check_device(t: torch.Tensor) -> None:
+    if t.device.type == "cuda":
+        return
+    if t.device.type == "cpu" and _interpreting():
+        return
+    raise RuntimeError(
+        f"backend 'triton': tensors are on {t.device}; the Triton kernels need CUDA tensors "
+        f"(or CPU tensors with TRITON_INTERPRET=1 set before triton is imported)"
+    )
+
+
+def settings(V: int) -> Tuple[int, int]:
+    """(BLOCK_V, num_warps) for a vocabulary of V entries.
+
+    GPU: 2048-entry tiles (8 KiB of fp32 per row per tile) so that a batch of one still spreads a
+    150k vocabulary over ~75 programs per position; smaller vocabularies take one tile.
+    Interpreter: about three tiles per row whatever V, so multi-tile merging is always exercised
+    while the number of (slow, Python-level) programs stays small.
+    """
+    if BLOCK_V_OVERRIDE is not None:
+        return int(BLOCK_V_OVERRIDE), 4
+    if _interpreting():
+        return max(16, triton.next_power_of_2(triton.cdiv(V, 3))), 4
+    block = min(2048, max(128, triton.next_power_of_2(V)))
+    return block, (8 if block >= 2048 else 4)
+
+
+def verify_args(args: VerifyArgs) -> VerifyOutput:
+    """``verify`` on normalized arguments (``checks.check_verify``)."""
+    from .kernels.verify import launch_verify
+
+    _check_device(args.draft_logits)
+    block_v, num_warps = settings(args.vocab_size)
+    return launch_verify(args.draft_logits, args.target_logits, args.draft_tokens, args.rule, args.alpha,
+                         args.temperature, args.seed, args.offset, args.num_draft_tokens, args.vocab_size,
+                         block_v, num_warps)
+
+
+def sample_args(args: SampleArgs) -> torch.Tensor:
+    """``sample`` on normalized arguments (``checks.check_sample``)."""
+    from .kernels.sample import launch_sample
+
+    _check_device(args.logits)
+    block_v, num_warps = settings(args.vocab_size)
+    return launch_sample(args.logits, args.temperature, args.seed, args.offset, args.vocab_size,
+                         block_v, num_warps)
