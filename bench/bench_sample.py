@@ -1,0 +1,183 @@
+"""Microbenchmark of ``sample`` (one drafter step: a token per row from ``softmax(logits / T)``).
+
+The ``rule`` column holds the mode: ``sample`` (T = 1) or ``greedy`` (T = 0).
+
+Providers:
+
+* ``reference``, ``torch.compile``, ``triton``, ``cuda``, ``cpp``: as in ``bench_verify.py``
+  (``sample_args`` on normalized arguments);
+* ``multinomial``: ``torch.multinomial(torch.softmax(logits.float() / T, -1), 1)``, the common
+  PyTorch way (``sample`` mode);
+* ``argmax``: ``torch.argmax(logits, -1)`` (``greedy`` mode): the floor for a greedy step;
+* ``flashinfer``: ``flashinfer.sampling.sampling_from_logits`` when FlashInfer imports (CUDA).
+
+    python bench/bench_sample.py --quick
+    python bench/bench_sample.py --modes sample --providers reference,cpp,multinomial --B 8 --V 151936
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+import speccas_kernels  # noqa: E402
+from bench import common  # noqa: E402
+from speccas_kernels import backends, checks, reference  # noqa: E402
+
+OP = "sample"
+MODES = {"sample": 1.0, "greedy": 0.0}
+GRID_B = [1, 8, 64, 256]
+GRID_V = [32000, 128256, 151936]
+QUICK = dict(B=[1, 8], V=[32000, 151936], dtypes=["fp32"])
+DRY = dict(B=[1, 3], V=[1000], dtypes=["fp32"])
+PEAK_FACTOR = 12  # float32 [B, V] temporaries of the eager reference (Philox in int64), estimate
+
+
+class Ctx(NamedTuple):
+    point: common.Point
+    device: torch.device
+    args: checks.SampleArgs
+    temperature: float
+
+
+def make_inputs(pt: common.Point, device: torch.device, seed: int) -> Ctx:
+    g = torch.Generator(device=device).manual_seed(seed + 7919 * pt.B + pt.V)
+    z = torch.randn(pt.B, pt.V, generator=g, device=device).mul_(2.5).to(common.DTYPES[pt.dtype])
+    T = MODES[pt.rule]
+    args = checks.check_sample(z, temperature=T, seed=seed, offset=0, vocab_size=None, validate=False)
+    return Ctx(pt, device, args, T)
+
+
+def nbytes(pt: common.Point) -> int:
+    return pt.B * pt.V * common.element_size(common.DTYPES[pt.dtype])
+
+
+def peak_bytes(pt: common.Point) -> int:
+    return nbytes(pt) + PEAK_FACTOR * pt.B * pt.V * 8
+
+
+def backend_provider(name: str) -> common.Provider:
+    def build(ctx: Ctx):
+        mod = backends.resolve(name, ctx.device)
+        return lambda: mod.sample_args(ctx.args)
+
+    return common.Provider(name, lambda: speccas_kernels.backend_available(name), build,
+                           cuda_only=name in ("triton", "cuda"), cpu_only=name == "cpp",
+                           note="eager PyTorch" if name == "reference" else "")
+
+
+def compiled_provider(device: torch.device, timeout: float) -> common.Provider:
+    state = {}
+
+    def build(ctx: Ctx):
+        if "fn" not in state:
+            common.compile_defaults(device)
+            state["fn"] = torch.compile(reference.sample_args, dynamic=True)
+        fn = state["fn"]
+        return lambda: fn(ctx.args)
+
+    return common.Provider("torch.compile", lambda: (hasattr(torch, "compile"), "this torch has no torch.compile"),
+                           build, first_call_timeout=timeout, note="torch.compile(reference, dynamic=True)")
+
+
+def multinomial_provider() -> common.Provider:
+    def build(ctx: Ctx):
+        if ctx.temperature <= 0:
+            raise common.Unavailable("greedy")
+        z, T = ctx.args.logits, ctx.temperature
+        if T == 1.0:
+            return lambda: torch.multinomial(torch.softmax(z.float(), -1), 1)
+        return lambda: torch.multinomial(torch.softmax(z.float() / T, -1), 1)
+
+    return common.Provider("multinomial", lambda: (True, ""), build, note="torch.multinomial(softmax(logits))")
+
+
+def argmax_provider() -> common.Provider:
+    def build(ctx: Ctx):
+        if ctx.temperature > 0:
+            raise common.Unavailable("sampling")
+        z = ctx.args.logits
+        return lambda: torch.argmax(z, -1)
+
+    return common.Provider("argmax", lambda: (True, ""), build, note="torch.argmax(logits)")
+
+
+def flashinfer_provider() -> common.Provider:
+    state = {}
+
+    def check():
+        try:
+            import flashinfer
+            from flashinfer import sampling
+        except Exception as e:
+            return False, f"import flashinfer failed: {type(e).__name__}: {e}"
+        fn = getattr(sampling, "sampling_from_logits", None)
+        if fn is None:
+            return False, f"flashinfer {getattr(flashinfer, '__version__', '?')} has no sampling_from_logits"
+        state["fn"] = fn
+        state["params"] = set(inspect.signature(fn).parameters)
+        prov.note = f"flashinfer {getattr(flashinfer, '__version__', '?')} sampling_from_logits"
+        return True, ""
+
+    def build(ctx: Ctx):
+        if ctx.temperature <= 0:
+            raise common.Unavailable("greedy")
+        fn = state["fn"]
+        z, T = ctx.args.logits, ctx.temperature
+        return (lambda: fn(z)) if T == 1.0 else (lambda: fn(z / T))
+
+    prov = common.Provider("flashinfer", check, build, cuda_only=True)
+    return prov
+
+
+def all_providers(device: torch.device, compile_timeout: float):
+    return [backend_provider("reference"), compiled_provider(device, compile_timeout), backend_provider("triton"),
+            backend_provider("cuda"), backend_provider("cpp"), multinomial_provider(), argmax_provider(),
+            flashinfer_provider()]
+
+
+def main(argv=None) -> int:
+    p = common.base_parser(OP, "Benchmark speccas_kernels.sample against the reference and PyTorch samplers.")
+    p.add_argument("--modes", "--rules", dest="modes", type=common.csv_list(), default=None,
+                   help="comma-separated from sample (T = 1), greedy (T = 0); default both")
+    args = p.parse_args(argv)
+    device = common.pick_device(args.device)
+    grid = dict(B=GRID_B, V=GRID_V, dtypes=["fp32", "bf16"], modes=list(MODES))
+    if args.quick:
+        grid.update(QUICK)
+    if args.dry:
+        grid.update(DRY)
+    for key in ("B", "V", "dtypes", "modes"):
+        if getattr(args, key) is not None:
+            grid[key] = getattr(args, key)
+    bad = [m for m in grid["modes"] if m not in MODES]
+    if bad:
+        raise SystemExit(f"--modes: unknown {bad}; expected some of {', '.join(MODES)}")
+    bad = [d for d in grid["dtypes"] if d not in common.DTYPES]
+    if bad:
+        raise SystemExit(f"--dtypes: unknown {bad}; expected some of {', '.join(common.DTYPES)}")
+    common.finish_args(args, device)
+    timeout = args.compile_timeout
+    providers, skipped = common.select_providers(all_providers(device, timeout), args.providers, device, args.dry,
+                                                 default_skip=("torch.compile",))
+    if args.dry and not args.providers:
+        skipped.append(("torch.compile", "not run in --dry mode (compiles take minutes on CPU); name it to run it"))
+    sink = common.CsvSink(common.results_path(args.out, OP, device))
+    base = {"op": OP, "device": common.device_name(device), "commit": common.git_commit(),
+            "date": common.iso_date()}
+    common.announce(OP, device, providers, skipped, sink, base)
+    points = [common.Point(m, B, 0, V, d) for d in grid["dtypes"] for m in grid["modes"] for V in grid["V"]
+              for B in grid["B"]]
+    common.run_grid(OP, points, providers, device=device, setup=lambda pt: make_inputs(pt, device, args.seed),
+                    nbytes=nbytes, peak_bytes=peak_bytes, sink=sink, args=args, has_k=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

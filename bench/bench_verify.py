@@ -1,0 +1,265 @@
+"""Microbenchmark of ``verify`` (one verification round) across providers, shapes, dtypes and rules.
+
+Providers (each runs where it can; the run prints which ones it skipped and why):
+
+* ``reference``: ``speccas_kernels.reference.verify_args``, eager PyTorch (the executable spec);
+* ``torch.compile``: the same function through ``torch.compile(dynamic=True)`` (inductor: Triton
+  on CUDA, C++/OpenMP on CPU); a first call slower than ``--compile-timeout`` disables it;
+* ``triton``, ``cuda``, ``cpp``: the speccas backends, when ``speccas_kernels.backend_available``
+  says so (triton and cuda on CUDA tensors, cpp on CPU tensors);
+* ``hf``: Hugging Face transformers' ``_speculative_sampling`` (assisted generation, algorithm 1 of
+  Leviathan et al.): both softmaxes, accept/reject and the residual draw. It handles one sequence
+  at a time, so a batch is one call per row. Rule ``speculative`` only;
+* ``flashinfer``: ``flashinfer.sampling.chain_speculative_sampling`` after the two softmaxes
+  (FlashInfer takes probabilities). CUDA only, rule ``speculative`` only.
+
+All speccas providers are timed on normalized arguments (``checks.check_verify`` runs once,
+outside the timed region). Inputs: correlated drafter/target logits (shared base + independent
+noise) and drafts sampled from the drafter, so acceptance is realistic; the mean accepted count
+goes into the ``note`` column.
+
+    python bench/bench_verify.py --quick                # CPU-friendly grid
+    python bench/bench_verify.py                        # full grid on this device
+    python bench/bench_verify.py --providers reference,cpp --rules speculative --B 8 --V 151936
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+import speccas_kernels  # noqa: E402
+from bench import common  # noqa: E402
+from speccas_kernels import backends, checks, reference  # noqa: E402
+
+OP = "verify"
+GRID_B = [1, 8, 64, 256]
+GRID_K = [1, 4, 8]
+GRID_V = [32000, 128256, 151936]
+CPU_RULES = ["speculative", "token_v3", "opt", "chow"]
+QUICK = dict(B=[1, 8], K=[4], V=[32000, 151936], dtypes=["fp32"])
+DRY = dict(B=[1, 3], K=[2], V=[1000], dtypes=["fp32"], rules=["speculative", "token_v3"])
+PEAK_FACTOR = 24  # float32 [B, K + 1, V] temporaries the eager reference holds at its peak (estimate)
+
+
+class Ctx(NamedTuple):
+    point: common.Point
+    device: torch.device
+    args: checks.VerifyArgs
+    temperature: float
+
+
+def make_inputs(pt: common.Point, device: torch.device, seed: int, temperature: float, agreement: float = 2.0) -> Ctx:
+    g = torch.Generator(device=device).manual_seed(seed + 7919 * pt.B + 104729 * pt.K + pt.V)
+    B, K, V = pt.B, pt.K, pt.V
+    base = torch.randn(B, K + 1, V, generator=g, device=device).mul_(2.5)
+    zp = base + torch.randn(B, K + 1, V, generator=g, device=device).mul_(2.5 / agreement)
+    zq = base[:, :K] + torch.randn(B, K, V, generator=g, device=device).mul_(2.5 / agreement)
+    del base
+    probs = torch.softmax(zq.reshape(B * K, V) / max(temperature, 1e-3), -1)
+    x = torch.multinomial(probs, 1, generator=g).view(B, K)
+    del probs
+    dt = common.DTYPES[pt.dtype]
+    args = checks.check_verify(zq.to(dt), zp.to(dt), x, rule=pt.rule, alpha=None, temperature=temperature,
+                               seed=seed, offset=0, num_draft_tokens=None, vocab_size=None, validate=False)
+    return Ctx(pt, device, args, temperature)
+
+
+def nbytes(pt: common.Point) -> int:
+    """Bytes a verify round must read: both logit tensors in their dtype, plus the int64 drafts."""
+    es = common.element_size(common.DTYPES[pt.dtype])
+    return pt.B * pt.K * pt.V * es + pt.B * (pt.K + 1) * pt.V * es + pt.B * pt.K * 8
+
+
+def peak_bytes(pt: common.Point) -> int:
+    return nbytes(pt) + PEAK_FACTOR * pt.B * (pt.K + 1) * pt.V * 4
+
+
+def describe(ctx: Ctx, out) -> str:
+    """The mean accepted drafts of a speccas provider's first output (all compute the same law)."""
+    if not isinstance(out, reference.VerifyOutput):
+        return ""
+    return f"mean_accepted={out.num_accepted.double().mean().item():.2f}/{ctx.point.K}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Providers
+
+
+def backend_provider(name: str) -> common.Provider:
+    def build(ctx: Ctx):
+        mod = backends.resolve(name, ctx.device)
+        return lambda: mod.verify_args(ctx.args)
+
+    return common.Provider(
+        name, lambda: speccas_kernels.backend_available(name), build,
+        cuda_only=name in ("triton", "cuda"), cpu_only=name == "cpp",
+        note="eager PyTorch" if name == "reference" else "",
+    )
+
+
+def compiled_provider(device: torch.device, timeout: float) -> common.Provider:
+    state = {}
+
+    def check():
+        if not hasattr(torch, "compile"):
+            return False, "this torch has no torch.compile"
+        return True, ""
+
+    def build(ctx: Ctx):
+        if "fn" not in state:
+            common.compile_defaults(device)
+            state["fn"] = torch.compile(reference.verify_args, dynamic=True)
+        fn = state["fn"]
+        return lambda: fn(ctx.args)
+
+    return common.Provider("torch.compile", check, build, first_call_timeout=timeout,
+                           note="torch.compile(reference, dynamic=True)")
+
+
+def _hf_function():
+    from transformers.generation import utils as hf_utils
+
+    fn = getattr(hf_utils, "_speculative_sampling", None)
+    if fn is None:
+        raise ImportError("transformers.generation.utils has no _speculative_sampling")
+    params = list(inspect.signature(fn).parameters)
+    expected = ["candidate_input_ids", "candidate_logits", "candidate_length", "new_logits"]
+    if params[:4] != expected:
+        raise ImportError(f"_speculative_sampling signature changed: {params}")
+    return fn
+
+
+def hf_provider() -> common.Provider:
+    def check():
+        try:
+            _hf_function()
+        except Exception as e:  # not installed, or an incompatible version
+            return False, f"transformers: {e}"
+        import transformers
+
+        hf_provider_obj.note = f"transformers {transformers.__version__} _speculative_sampling (a batch-1 API: one call per row)"
+        return True, ""
+
+    def build(ctx: Ctx):
+        if ctx.point.rule != "speculative":
+            raise common.Unavailable("rule")
+        if ctx.temperature <= 0:
+            raise common.Unavailable("greedy")
+        fn = _hf_function()
+        a = ctx.args
+        B, K = a.draft_tokens.shape
+        T = ctx.temperature
+        zq, zp, x = a.draft_logits, a.target_logits, a.draft_tokens
+
+        def run():
+            # What assisted generation does per round: float32 logits (its temperature warper
+            # divides by T), then _speculative_sampling on one sequence.
+            out = []
+            for b in range(B):
+                q = zq[b:b + 1].float()
+                p = zp[b:b + 1].float()
+                if T != 1.0:
+                    q, p = q / T, p / T
+                out.append(fn(x[b:b + 1], q, K, p))
+            return out
+
+        return run
+
+    hf_provider_obj = common.Provider("hf", check, build, graph_ok=False)
+    return hf_provider_obj
+
+
+def flashinfer_provider() -> common.Provider:
+    state = {}
+
+    def check():
+        try:
+            import flashinfer
+            from flashinfer.sampling import chain_speculative_sampling
+        except Exception as e:
+            return False, f"import flashinfer failed: {type(e).__name__}: {e}"
+        state["fn"] = chain_speculative_sampling
+        state["params"] = set(inspect.signature(chain_speculative_sampling).parameters)
+        prov.note = f"flashinfer {getattr(flashinfer, '__version__', '?')} chain_speculative_sampling after softmax"
+        return True, ""
+
+    def build(ctx: Ctx):
+        if ctx.point.rule != "speculative":
+            raise common.Unavailable("rule")
+        if ctx.temperature <= 0:
+            raise common.Unavailable("greedy")
+        fn, params = state["fn"], state["params"]
+        a = ctx.args
+        B, K = a.draft_tokens.shape
+        ids = a.draft_tokens.to(torch.int32)
+        T = ctx.temperature
+        zq, zp = a.draft_logits, a.target_logits
+
+        def run():
+            dp = torch.softmax(zq.float() / T, -1)
+            tp = torch.softmax(zp.float() / T, -1)
+            kw = dict(draft_probs=dp, draft_token_ids=ids, target_probs=tp)
+            if "uniform_samples" in params:  # FlashInfer <= 0.1.x took the uniforms as an input
+                kw["uniform_samples"] = torch.rand(B, K + 1, device=dp.device)
+            return fn(**kw)
+
+        return run
+
+    prov = common.Provider("flashinfer", check, build, cuda_only=True)
+    return prov
+
+
+def all_providers(device: torch.device, compile_timeout: float):
+    return [backend_provider("reference"), compiled_provider(device, compile_timeout), backend_provider("triton"),
+            backend_provider("cuda"), backend_provider("cpp"), hf_provider(), flashinfer_provider()]
+
+
+def main(argv=None) -> int:
+    p = common.base_parser(OP, "Benchmark speccas_kernels.verify against the reference and peers.")
+    p.add_argument("--rules", type=common.csv_list(), default=None,
+                   help=f"comma-separated (default: all 8 on CUDA, {','.join(CPU_RULES)} on CPU)")
+    p.add_argument("--K", dest="K", type=common.csv_list(int), default=None, help="draft lengths (override the grid)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    args = p.parse_args(argv)
+    device = common.pick_device(args.device)
+    grid = dict(B=GRID_B, K=GRID_K, V=GRID_V, dtypes=["fp32", "bf16"],
+                rules=list(speccas_kernels.RULES) if device.type == "cuda" else CPU_RULES)
+    if args.quick:
+        grid.update(QUICK)
+    if args.dry:
+        grid.update(DRY)
+    for key in ("B", "K", "V", "dtypes", "rules"):
+        if getattr(args, key) is not None:
+            grid[key] = getattr(args, key)
+    bad = [r for r in grid["rules"] if r not in speccas_kernels.RULES]
+    if bad:
+        raise SystemExit(f"--rules: unknown {bad}; expected some of {', '.join(speccas_kernels.RULES)}")
+    bad = [d for d in grid["dtypes"] if d not in common.DTYPES]
+    if bad:
+        raise SystemExit(f"--dtypes: unknown {bad}; expected some of {', '.join(common.DTYPES)}")
+    common.finish_args(args, device)
+    timeout = args.compile_timeout
+    providers, skipped = common.select_providers(all_providers(device, timeout), args.providers, device, args.dry,
+                                                 default_skip=("torch.compile",))
+    if args.dry and not args.providers:
+        skipped.append(("torch.compile", "not run in --dry mode (compiles take minutes on CPU); name it to run it"))
+    sink = common.CsvSink(common.results_path(args.out, OP, device))
+    base = {"op": OP, "device": common.device_name(device), "commit": common.git_commit(),
+            "date": common.iso_date()}
+    common.announce(OP, device, providers, skipped, sink, base)
+    points = [common.Point(r, B, K, V, d) for d in grid["dtypes"] for r in grid["rules"] for K in grid["K"]
+              for V in grid["V"] for B in grid["B"]]
+    common.run_grid(OP, points, providers, device=device, setup=lambda pt: make_inputs(pt, device, args.seed,
+                    args.temperature), nbytes=nbytes, peak_bytes=peak_bytes, sink=sink, args=args, describe=describe)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
