@@ -1,0 +1,398 @@
+"""speccas.generate on tiny random Llama / Qwen2 pairs (float64, so greedy ties cannot flip)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+import speccas  # noqa: E402
+import importlib  # noqa: E402
+
+gen_mod = importlib.import_module("speccas.generate")  # the module (speccas.generate is the function)
+from speccas.generate import GenerationOutput, generate  # noqa: E402
+
+V = 192
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add contention on busy cores
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(kind: str, seed: int, vocab: int = V, layers: int = 2, hidden: int = 48):
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  tie_word_embeddings=False, eos_token_id=None, bos_token_id=None, pad_token_id=None)
+    if kind == "llama":
+        m = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        m = Qwen2ForCausalLM(Qwen2Config(**common))
+    # sharper logits than the default init, so drafts are accepted sometimes and rules see peaks
+    with torch.no_grad():
+        m.lm_head.weight.mul_(25.0)
+    return m.eval().double()
+
+
+def drafter_of(target, seed: int = 1, noise: float = 0.35):
+    """A different model with the same vocabulary: the target's weights plus noise (so it agrees often)."""
+    import copy
+
+    d = copy.deepcopy(target)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in d.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * noise * p.std().clamp(min=1e-3))
+    return d
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def pair(request):
+    t = tiny(request.param, 0)
+    return t, drafter_of(t)
+
+
+@pytest.fixture(scope="module")
+def llama_pair():
+    t = tiny("llama", 0)
+    return t, drafter_of(t)
+
+
+def batch(lengths=(5, 9, 3), seed=7):
+    g = torch.Generator().manual_seed(seed)
+    P = max(lengths)
+    ids = torch.randint(0, V, (len(lengths), P), generator=g)
+    mask = torch.zeros_like(ids)
+    for b, n in enumerate(lengths):
+        mask[b, P - n:] = 1
+    return ids * mask, mask
+
+
+def oracle_greedy(models_for_pos, ids_row, n):
+    """Greedy decode without any cache: models_for_pos(i) picks the model for new token i."""
+    seq = ids_row.tolist()
+    out = []
+    with torch.no_grad():
+        for i in range(n):
+            logits = models_for_pos(i)(torch.tensor([seq])).logits[0, -1]
+            t = int(torch.argmax(logits))
+            out.append(t)
+            seq.append(t)
+    return out
+
+
+def rows(ids, mask):
+    return [ids[b][mask[b].bool()] for b in range(ids.shape[0])]
+
+
+# ---------------------------------------------------------------------------------- exactness
+
+def test_greedy_speculative_equals_target_batched(pair):
+    target, drafter = pair
+    ids, mask = batch()
+    n = 14
+    ref = generate(target, drafter, ids, mask, method="target", max_new_tokens=n)
+    spec = generate(target, drafter, ids, mask, method="speculative", num_draft_tokens=3, max_new_tokens=n)
+    assert spec.tokens == ref.tokens
+    assert all(len(t) == n for t in ref.tokens)
+    # the target's own greedy decode, row by row, without padding or cache
+    for b, r in enumerate(rows(ids, mask)):
+        assert ref.tokens[b] == oracle_greedy(lambda i: target, r, n)
+    # and HF's generate on the left-padded batch
+    hf = target.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
+                         eos_token_id=None, pad_token_id=0)
+    assert hf[:, ids.shape[1]:].tolist() == ref.tokens
+    assert spec.target_forwards == spec.rounds and spec.host_syncs == spec.rounds
+    assert spec.rounds < n  # some drafts were accepted
+
+
+def test_right_padding_is_repacked(llama_pair):
+    target, drafter = llama_pair
+    ids, mask = batch((4, 7))
+    # move each row's tokens to the left (right padding)
+    rids, rmask = torch.zeros_like(ids), torch.zeros_like(mask)
+    for b, r in enumerate(rows(ids, mask)):
+        rids[b, :len(r)] = r
+        rmask[b, :len(r)] = 1
+    a = generate(target, drafter, ids, mask, method="speculative", max_new_tokens=8)
+    c = generate(target, drafter, rids, rmask, method="speculative", max_new_tokens=8)
+    assert a.tokens == c.tokens
+
+
+@pytest.mark.parametrize("rule", ["chow", "token_v3"])
+def test_never_defer_end_is_the_drafter(llama_pair, rule):
+    target, drafter = llama_pair
+    ids, mask = batch((6, 3))
+    n = 6
+    dr = generate(target, drafter, ids, mask, method="drafter", max_new_tokens=n)
+    # K >= max_new_tokens: one round of accepted drafts, the target's bonus token is never reached
+    cas = generate(target, drafter, ids, mask, method="cascade", rule=rule, alpha=1.0, num_draft_tokens=n,
+                   max_new_tokens=n)
+    assert cas.tokens == dr.tokens
+    assert cas.accepted == cas.drafted and cas.deferral_rate == 0.0
+    # K < max_new_tokens: drafts are all accepted, every (K+1)-th token is the target's bonus (SPEC 1.3)
+    K, n = 2, 9
+    cas = generate(target, drafter, ids, mask, method="cascade", rule=rule, alpha=1.0, num_draft_tokens=K,
+                   max_new_tokens=n)
+    for b, r in enumerate(rows(ids, mask)):
+        want = oracle_greedy(lambda i: target if i % (K + 1) == K else drafter, r, n)
+        assert cas.tokens[b] == want
+    assert cas.acceptance_histogram[K] == sum(cas.acceptance_histogram)
+
+
+def test_token_cascade_ends(llama_pair):
+    target, drafter = llama_pair
+    ids, mask = batch()
+    n = 8
+    for T in (0.0, 1.0):
+        seed = torch.tensor([3, 11, 5])
+        dr = generate(target, drafter, ids, mask, method="drafter", max_new_tokens=n, temperature=T, seed=seed)
+        tg = generate(target, drafter, ids, mask, method="target", max_new_tokens=n, temperature=T, seed=seed)
+        never = generate(target, drafter, ids, mask, method="token_cascade", alpha=1.0, max_new_tokens=n,
+                         temperature=T, seed=seed)
+        always = generate(target, drafter, ids, mask, method="token_cascade", alpha=0.0, max_new_tokens=n,
+                          temperature=T, seed=seed)
+        assert never.tokens == dr.tokens and never.target_forwards == 0 and never.deferral_rate == 0.0
+        assert always.tokens == tg.tokens and always.deferral_rate == 1.0
+        assert always.target_forwards == always.rounds
+    # in between: the target catches up on skipped positions in one forward
+    mid = generate(target, drafter, ids, mask, method="token_cascade", alpha=0.3, max_new_tokens=n)
+    assert 0 < mid.target_forwards <= mid.rounds
+
+
+def test_lossy_alpha0_equals_speculative_sampling(llama_pair):
+    target, drafter = llama_pair
+    ids, mask = batch()
+    kw = dict(max_new_tokens=10, temperature=1.0, seed=torch.tensor([1, 2, 3]), num_draft_tokens=3)
+    a = generate(target, drafter, ids, mask, method="speculative", **kw)
+    b = generate(target, drafter, ids, mask, method="lossy", alpha=0.0, **kw)
+    assert a.tokens == b.tokens
+
+
+# ------------------------------------------------------------------------------ batch invariance
+
+@pytest.mark.parametrize("method,rule", [("cascade", "token_v3"), ("speculative", None), ("token_cascade", None),
+                                         ("target", None)])
+def test_batch_invariance_per_row_seeds(llama_pair, method, rule):
+    target, drafter = llama_pair
+    ids, mask = batch((5, 9, 3))
+    seeds = torch.tensor([123, 7, 99])
+    kw = dict(method=method, temperature=1.0, max_new_tokens=10, num_draft_tokens=3)
+    if rule:
+        kw["rule"] = rule
+    full = generate(target, drafter, ids, mask, seed=seeds, **kw)
+    for b, r in enumerate(rows(ids, mask)):
+        alone = generate(target, drafter, r[None], seed=int(seeds[b]), **kw)
+        assert alone.tokens[0] == full.tokens[b], f"row {b}"
+    # a different seed for one row changes only that row
+    other = generate(target, drafter, ids, mask, seed=torch.tensor([123, 8, 99]), **kw)
+    assert other.tokens[0] == full.tokens[0] and other.tokens[2] == full.tokens[2]
+
+
+# ------------------------------------------------------------------------------------------ EOS
+
+@pytest.mark.parametrize("method", ["target", "speculative", "cascade", "token_cascade"])
+def test_eos_per_row(llama_pair, method):
+    target, drafter = llama_pair
+    ids, mask = batch((5, 9, 3))
+    n = 12
+    ref = generate(target, drafter, ids, mask, method=method, max_new_tokens=n, eos_token_id=[], num_draft_tokens=3)
+    eos = ref.tokens[0][3]  # row 0 emits it at step 3 (or earlier)
+    out = generate(target, drafter, ids, mask, method=method, max_new_tokens=n, eos_token_id=eos, num_draft_tokens=3)
+    for b in range(3):
+        r = ref.tokens[b]
+        want = r[:r.index(eos) + 1] if eos in r else r
+        assert out.tokens[b] == want
+        assert (out.sequences[b, len(want):] == -1).all()
+    assert len(out.tokens[0]) <= 4
+    assert any(len(t) > 4 for t in out.tokens), "the other rows continue"
+
+
+def test_per_row_max_new_tokens(llama_pair):
+    target, drafter = llama_pair
+    ids, mask = batch()
+    out = generate(target, drafter, ids, mask, method="speculative", max_new_tokens=torch.tensor([3, 9, 1]))
+    ref = generate(target, drafter, ids, mask, method="target", max_new_tokens=9)
+    assert [len(t) for t in out.tokens] == [3, 9, 1]
+    assert [t for t in out.tokens] == [ref.tokens[0][:3], ref.tokens[1], ref.tokens[2][:1]]
+
+
+# ---------------------------------------------------------------------------------------- stats
+
+def test_stats_drafter_equals_target(llama_pair):
+    target, _ = llama_pair
+    ids, mask = batch((6,))
+    K, n = 3, 12
+    out = generate(target, target, ids, mask, method="speculative", num_draft_tokens=K, max_new_tokens=n)
+    assert isinstance(out, GenerationOutput)
+    assert out.target_forwards == out.rounds == n // (K + 1)
+    assert out.tokens_per_target_forward == K + 1
+    assert out.accepted == out.drafted == out.rounds * K and out.acceptance_rate == 1.0
+    assert out.acceptance_histogram == [0, 0, 0, out.rounds]
+    assert out.drafter_forwards == K * out.rounds
+    assert out.target_tokens_processed == 6 + (K + 1) * out.rounds - 1
+    assert out.new_tokens == n and out.tokens_per_second > 0 and out.wall_time > 0
+    s = out.stats()
+    assert s["deferral_rate"] == 1.0 and s["host_syncs"] == out.rounds
+
+
+def test_stats_cascade(llama_pair):
+    target, drafter = llama_pair
+    ids, mask = batch()
+    out = generate(target, drafter, ids, mask, method="cascade", rule="token_v3", max_new_tokens=10)
+    assert out.target_forwards == out.rounds
+    assert 0 < sum(out.acceptance_histogram) <= 3 * out.rounds  # one entry per active row per round
+    assert 0.0 <= out.deferral_rate <= 1.0
+    assert out.accepted == sum(k * c for k, c in enumerate(out.acceptance_histogram))
+    tgt = generate(target, drafter, ids, mask, method="target", max_new_tokens=10)
+    assert tgt.tokens_per_target_forward == 1.0 and tgt.drafter_forwards == 0
+
+
+# ----------------------------------------------------------------------------------- host syncs
+
+_OURS = (os.sep + os.path.join("speccas", "generate.py"), os.sep + "speccas_kernels" + os.sep)
+_ALLOWED = {"_host_sync", "_collect", "_check_values"}
+
+
+def test_one_host_sync_per_round(llama_pair, monkeypatch):
+    target, drafter = llama_pair
+    ids, mask = batch()
+    calls = {"sync": 0, "bad": []}
+    real_sync = gen_mod._host_sync
+
+    def counting_sync(t):
+        calls["sync"] += 1
+        return real_sync(t)
+
+    monkeypatch.setattr(gen_mod, "_host_sync", counting_sync)
+
+    def guard(name, orig):
+        def wrapper(self, *a, **k):
+            f = sys._getframe(1)
+            if f.f_code.co_filename.endswith(_OURS) or _OURS[1] in f.f_code.co_filename:
+                stack, g = set(), f
+                while g is not None:
+                    stack.add(g.f_code.co_name)
+                    g = g.f_back
+                if not stack & _ALLOWED:
+                    calls["bad"].append(f"{name} at {f.f_code.co_filename}:{f.f_lineno}")
+            return orig(self, *a, **k)
+        return wrapper
+
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, guard(name, getattr(torch.Tensor, name)))
+    for method in ("speculative", "cascade", "target", "drafter", "lossy"):
+        calls["sync"] = 0
+        out = generate(target, drafter, ids, mask, method=method, max_new_tokens=9, temperature=1.0,
+                       seed=torch.tensor([1, 2, 3]), eos_token_id=[5, 6])
+        assert calls["sync"] == out.rounds == out.host_syncs, method
+    calls["sync"] = 0
+    out = generate(target, drafter, ids, mask, method="token_cascade", max_new_tokens=9, alpha=0.4)
+    assert calls["sync"] == out.rounds  # no row stopped at EOS: no extra sync
+    monkeypatch.undo()
+    assert calls["bad"] == []
+
+
+# ----------------------------------------------------------------------------------- bad inputs
+
+def test_bad_inputs(llama_pair):
+    target, drafter = llama_pair
+    ids, mask = batch()
+    with pytest.raises(ValueError, match="vocabularies differ"):
+        generate(target, tiny("llama", 2, vocab=V + 8), ids, mask, method="speculative")
+    # vocab_size lets a pair with padded output layers share the first N ids
+    out = generate(target, tiny("llama", 2, vocab=V + 8), ids, mask, method="speculative", vocab_size=V,
+                   max_new_tokens=3)
+    assert all(0 <= t < V for row in out.tokens for t in row)
+    with pytest.raises(ValueError, match="empty"):
+        generate(target, drafter, torch.zeros((2, 0), dtype=torch.long))
+    bad_mask = mask.clone()
+    bad_mask[1] = 0
+    with pytest.raises(ValueError, match="empty prompts"):
+        generate(target, drafter, ids, bad_mask)
+    for n in (0, -3):
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            generate(target, drafter, ids, mask, max_new_tokens=n)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(target, drafter, ids, mask, max_new_tokens=torch.tensor([3, 0, 2]))
+    with pytest.raises(ValueError, match="unknown method"):
+        generate(target, drafter, ids, mask, method="beam")
+    with pytest.raises(ValueError, match="unknown rule"):
+        generate(target, drafter, ids, mask, method="cascade", rule="nope")
+    with pytest.raises(ValueError, match="alpha"):
+        generate(target, drafter, ids, mask, method="cascade", rule="chow", alpha=3.0)
+    with pytest.raises(ValueError, match="num_draft_tokens"):
+        generate(target, drafter, ids, mask, method="speculative", num_draft_tokens=0)
+    with pytest.raises(ValueError, match="outside"):
+        generate(target, drafter, torch.tensor([[1, V + 5]]))
+    with pytest.raises(ValueError, match="needs a drafter"):
+        generate(target, None, ids, mask, method="cascade")
+    assert generate(target, None, ids, mask, method="target", max_new_tokens=2).new_tokens == 6
+    with torch.device("meta"):
+        meta = LlamaForCausalLM(target.config)
+    with pytest.raises(ValueError, match="different devices"):
+        generate(target, meta, ids, mask, method="speculative")
+
+
+def test_public_api():
+    assert speccas.generate is generate
+    assert speccas.GenerationOutput is GenerationOutput
+    assert set(speccas.METHODS) >= {"target", "drafter", "speculative", "cascade", "lossy", "token_cascade"}
+
+
+# ------------------------------------------------------------------------------ drop-in use
+
+def test_hf_custom_generate(llama_pair):
+    import speccas.hf as sh
+
+    target, drafter = llama_pair
+    ids, mask = batch()
+    n = 8
+    ref = target.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
+                          eos_token_id=None, pad_token_id=0)
+    out = target.generate(input_ids=ids, attention_mask=mask, custom_generate=sh.cascade_decoding, drafter=drafter,
+                          speccas_method="speculative", max_new_tokens=n, pad_token_id=0)
+    assert torch.equal(out, ref)
+    # assisted generation's spelling, a cascade, with the statistics
+    seq, stats = sh.cascade_generate(target, ids, attention_mask=mask, assistant_model=drafter, rule="token_v3",
+                                     alpha=0.5, max_new_tokens=n, pad_token_id=0, return_speccas_output=True)
+    want = generate(target, drafter, ids, mask, method="cascade", rule="token_v3", alpha=0.5, max_new_tokens=n,
+                    eos_token_id=[])
+    assert seq[:, ids.shape[1]:].tolist() == want.tokens and stats.rounds == want.rounds
+    # EOS from the generation config: rows stop, the rest is padded with pad_token_id
+    eos = ref[0, ids.shape[1] + 2].item()
+    out = sh.cascade_generate(target, ids, attention_mask=mask, assistant_model=drafter, method="speculative",
+                              max_new_tokens=n, eos_token_id=eos, pad_token_id=0)
+    row0 = out[0, ids.shape[1]:].tolist()
+    assert row0[:3] == ref[0, ids.shape[1]:ids.shape[1] + 3].tolist() and row0[3:] == [0] * (len(row0) - 3)
+    with pytest.raises(ValueError, match="drafter"):
+        target.generate(input_ids=ids, attention_mask=mask, custom_generate=sh.cascade_decoding, max_new_tokens=2)
+
+
+def test_gpt_fast_style_example():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "python", "examples", "gpt_fast_style_loop.py")
+    spec = importlib.util.spec_from_file_location("gpt_fast_style_loop", path)
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    target, drafter = ex.tiny_pair()
+    prompt = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(3))
+    out, forwards = ex.speculative_generate(target, drafter, prompt, 16, K=3)
+    assert out == ex.greedy(target, prompt, 16) and forwards <= 16
+    # the hand-written loop and speccas.generate agree (same seeds, same offsets), also when sampling
+    for kw in (dict(rule="token_v3", alpha=0.5), dict(rule="speculative", temperature=1.0, seed=5)):
+        mine, _ = ex.speculative_generate(target, drafter, prompt, 12, K=3, **kw)
+        method = "cascade" if kw["rule"] != "speculative" else "speculative"
+        ours = generate(target, drafter, prompt, method=method, num_draft_tokens=3, max_new_tokens=12, eos_token_id=[],
+                        **{k: v for k, v in kw.items() if k != "rule" or method == "cascade"})
+        assert ours.tokens[0] == mine
