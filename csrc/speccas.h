@@ -1,0 +1,100 @@
+// Shared declarations and argument checks of the native ops (schemas in ops.cpp).
+#pragma once
+
+#include <torch/library.h>
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+#include "rules.h"
+
+#define SPECCAS_CHECK(cond, ...) TORCH_CHECK_VALUE(cond, "speccas: ", __VA_ARGS__)
+#define CHECK_DIM(x, d) SPECCAS_CHECK((x).dim() == (d), #x " must be a " #d "-D tensor, got ", (x).dim(), "-D")
+#define CHECK_SHAPE(x, ...)                                                                         \
+  SPECCAS_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape [" #__VA_ARGS__ \
+                "], got ", (x).sizes())
+#define CHECK_DEVICE(x, dev) \
+  SPECCAS_CHECK((x).device() == (dev), #x " is on ", (x).device(), ", expected ", (dev))
+#define CHECK_DTYPE(x, dt) \
+  TORCH_CHECK_TYPE((x).scalar_type() == (dt), "speccas: " #x " must be ", (dt), ", got ", (x).scalar_type())
+#define CHECK_LAST_CONTIGUOUS(x) SPECCAS_CHECK((x).stride(-1) == 1, #x " must be contiguous in its last dimension")
+
+namespace speccas {
+
+using VerifyResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+// Shape/dtype/device checks shared by the CPU and CUDA implementations. Returns the logits with a
+// contiguous last dimension (a copy only when it was not).
+struct VerifyInputs {
+  at::Tensor zq, zp, x, alpha, temperature, seed, offset, n;
+  int64_t B, K, V;
+  int rule;
+};
+
+inline VerifyInputs check_verify_inputs(const at::Tensor& draft_logits, const at::Tensor& target_logits,
+                                        const at::Tensor& draft_tokens, int64_t rule, const at::Tensor& alpha,
+                                        const at::Tensor& temperature, const at::Tensor& seed,
+                                        const at::Tensor& offset, const at::Tensor& num_draft_tokens,
+                                        int64_t vocab_size) {
+  CHECK_DIM(draft_logits, 3);
+  CHECK_DIM(target_logits, 3);
+  CHECK_DIM(draft_tokens, 2);
+  const int64_t B = draft_logits.size(0), K = draft_logits.size(1);
+  CHECK_SHAPE(target_logits, B, K + 1, target_logits.size(2));
+  CHECK_SHAPE(draft_tokens, B, K);
+  for (const at::Tensor* t : {&alpha, &temperature, &seed, &offset, &num_draft_tokens}) {
+    SPECCAS_CHECK(t->dim() == 1 && t->size(0) == B, "per-row parameters must be [B] tensors with B = ", B,
+                  ", got ", t->sizes());
+  }
+  const auto dev = draft_logits.device();
+  CHECK_DEVICE(target_logits, dev);
+  CHECK_DEVICE(draft_tokens, dev);
+  CHECK_DEVICE(alpha, dev);
+  CHECK_DEVICE(temperature, dev);
+  CHECK_DEVICE(seed, dev);
+  CHECK_DEVICE(offset, dev);
+  CHECK_DEVICE(num_draft_tokens, dev);
+  SPECCAS_CHECK(draft_logits.scalar_type() == target_logits.scalar_type(),
+                "draft_logits and target_logits must have one dtype, got ", draft_logits.scalar_type(), " and ",
+                target_logits.scalar_type());
+  const auto st = draft_logits.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf || st == at::kDouble,
+                   "speccas: logits must be float32, bfloat16, float16 or float64, got ", st);
+  const auto pdt = st == at::kDouble ? at::kDouble : at::kFloat;
+  CHECK_DTYPE(alpha, pdt);
+  CHECK_DTYPE(temperature, pdt);
+  CHECK_DTYPE(draft_tokens, at::kLong);
+  CHECK_DTYPE(seed, at::kLong);
+  CHECK_DTYPE(offset, at::kLong);
+  CHECK_DTYPE(num_draft_tokens, at::kLong);
+  SPECCAS_CHECK(rule >= 0 && rule < kNumRules, "unknown rule code ", rule);
+  SPECCAS_CHECK(vocab_size >= 1 && vocab_size <= draft_logits.size(2) && vocab_size <= target_logits.size(2),
+                "vocab_size must be in [1, min(V_draft, V_target)], got ", vocab_size);
+  auto last_contig = [](const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
+  return VerifyInputs{last_contig(draft_logits), last_contig(target_logits), draft_tokens.contiguous(),
+                      alpha.contiguous(), temperature.contiguous(), seed.contiguous(), offset.contiguous(),
+                      num_draft_tokens.contiguous(), B, K, vocab_size, static_cast<int>(rule)};
+}
+
+inline void check_sample_inputs(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& seed,
+                                const at::Tensor& offset, int64_t vocab_size) {
+  CHECK_DIM(logits, 2);
+  const int64_t B = logits.size(0);
+  for (const at::Tensor* t : {&temperature, &seed, &offset}) {
+    SPECCAS_CHECK(t->dim() == 1 && t->size(0) == B, "per-row parameters must be [B] tensors with B = ", B,
+                  ", got ", t->sizes());
+  }
+  const auto dev = logits.device();
+  CHECK_DEVICE(temperature, dev);
+  CHECK_DEVICE(seed, dev);
+  CHECK_DEVICE(offset, dev);
+  const auto st = logits.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf || st == at::kDouble,
+                   "speccas: logits must be float32, bfloat16, float16 or float64, got ", st);
+  CHECK_DTYPE(temperature, st == at::kDouble ? at::kDouble : at::kFloat);
+  CHECK_DTYPE(seed, at::kLong);
+  CHECK_DTYPE(offset, at::kLong);
+  SPECCAS_CHECK(vocab_size >= 1 && vocab_size <= logits.size(1), "vocab_size must be in [1, V], got ", vocab_size);
+}
+
+}  // namespace speccas
