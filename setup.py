@@ -34,7 +34,8 @@ def _native_extensions():
     except ImportError:
         print("speccas: torch is not importable at build time, skipping the native build", file=sys.stderr)
         return [], {}
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # No -std flag: torch's cpp_extension picks the standard its headers need (C++17 or C++20).
+    cxx_flags = ["-O3", "-fopenmp"]
     if os.environ.get("SPECCAS_NATIVE_ARCH", "1") == "1":
         cxx_flags.append("-march=native")  # opt out with SPECCAS_NATIVE_ARCH=0 for portable wheels
     ext_kwargs = dict(
@@ -51,7 +52,7 @@ def _native_extensions():
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         ext_kwargs["sources"] = cpp_sources + cuda_sources
-        ext_kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        ext_kwargs["extra_compile_args"]["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
         ext_kwargs["define_macros"] = [("SPECCAS_WITH_CUDA", "1")]
         ext = cpp_extension.CUDAExtension(**ext_kwargs)
     else:
