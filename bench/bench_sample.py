@@ -26,9 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-import speccas_kernels  # noqa: E402
 from bench import common  # noqa: E402
-from speccas_kernels import backends, checks, reference  # noqa: E402
+from speccas_kernels import checks, reference  # noqa: E402
 
 OP = "sample"
 MODES = {"sample": 1.0, "greedy": 0.0}
@@ -63,27 +62,11 @@ def peak_bytes(pt: common.Point) -> int:
 
 
 def backend_provider(name: str) -> common.Provider:
-    def build(ctx: Ctx):
-        mod = backends.resolve(name, ctx.device)
-        return lambda: mod.sample_args(ctx.args)
-
-    return common.Provider(name, lambda: speccas_kernels.backend_available(name), build,
-                           cuda_only=name in ("triton", "cuda"), cpu_only=name == "cpp",
-                           note="eager PyTorch" if name == "reference" else "")
+    return common.backend_provider(name, "sample_args")
 
 
 def compiled_provider(device: torch.device, timeout: float) -> common.Provider:
-    state = {}
-
-    def build(ctx: Ctx):
-        if "fn" not in state:
-            common.compile_defaults(device)
-            state["fn"] = torch.compile(reference.sample_args, dynamic=True)
-        fn = state["fn"]
-        return lambda: fn(ctx.args)
-
-    return common.Provider("torch.compile", lambda: (hasattr(torch, "compile"), "this torch has no torch.compile"),
-                           build, first_call_timeout=timeout, note="torch.compile(reference, dynamic=True)")
+    return common.compiled_provider(device, timeout, reference.sample_args)
 
 
 def multinomial_provider() -> common.Provider:
@@ -149,29 +132,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     device = common.pick_device(args.device)
     grid = dict(B=GRID_B, V=GRID_V, dtypes=["fp32", "bf16"], modes=list(MODES))
-    if args.quick:
-        grid.update(QUICK)
-    if args.dry:
-        grid.update(DRY)
-    for key in ("B", "V", "dtypes", "modes"):
-        if getattr(args, key) is not None:
-            grid[key] = getattr(args, key)
-    bad = [m for m in grid["modes"] if m not in MODES]
-    if bad:
-        raise SystemExit(f"--modes: unknown {bad}; expected some of {', '.join(MODES)}")
-    bad = [d for d in grid["dtypes"] if d not in common.DTYPES]
-    if bad:
-        raise SystemExit(f"--dtypes: unknown {bad}; expected some of {', '.join(common.DTYPES)}")
-    common.finish_args(args, device)
-    timeout = args.compile_timeout
-    providers, skipped = common.select_providers(all_providers(device, timeout), args.providers, device, args.dry,
-                                                 default_skip=("torch.compile",))
-    if args.dry and not args.providers:
-        skipped.append(("torch.compile", "not run in --dry mode (compiles take minutes on CPU); name it to run it"))
-    sink = common.CsvSink(common.results_path(args.out, OP, device))
-    base = {"op": OP, "device": common.device_name(device), "commit": common.git_commit(),
-            "date": common.iso_date()}
-    common.announce(OP, device, providers, skipped, sink, base)
+    common.resolve_grid(args, grid, QUICK, DRY, ("B", "V", "dtypes", "modes"))
+    common.check_choices("modes", grid["modes"], MODES)
+    common.check_choices("dtypes", grid["dtypes"], common.DTYPES)
+    providers, sink = common.start_run(OP, args, device, all_providers)
     points = [common.Point(m, B, 0, V, d) for d in grid["dtypes"] for m in grid["modes"] for V in grid["V"]
               for B in grid["B"]]
     common.run_grid(OP, points, providers, device=device, setup=lambda pt: make_inputs(pt, device, args.seed),

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 import speccas_kernels  # noqa: E402
 from bench import common  # noqa: E402
-from speccas_kernels import backends, checks, reference  # noqa: E402
+from speccas_kernels import checks, reference  # noqa: E402
 
 OP = "verify"
 GRID_B = [1, 8, 64, 256]
@@ -93,34 +93,11 @@ def describe(ctx: Ctx, out) -> str:
 
 
 def backend_provider(name: str) -> common.Provider:
-    def build(ctx: Ctx):
-        mod = backends.resolve(name, ctx.device)
-        return lambda: mod.verify_args(ctx.args)
-
-    return common.Provider(
-        name, lambda: speccas_kernels.backend_available(name), build,
-        cuda_only=name in ("triton", "cuda"), cpu_only=name == "cpp",
-        note="eager PyTorch" if name == "reference" else "",
-    )
+    return common.backend_provider(name, "verify_args")
 
 
 def compiled_provider(device: torch.device, timeout: float) -> common.Provider:
-    state = {}
-
-    def check():
-        if not hasattr(torch, "compile"):
-            return False, "this torch has no torch.compile"
-        return True, ""
-
-    def build(ctx: Ctx):
-        if "fn" not in state:
-            common.compile_defaults(device)
-            state["fn"] = torch.compile(reference.verify_args, dynamic=True)
-        fn = state["fn"]
-        return lambda: fn(ctx.args)
-
-    return common.Provider("torch.compile", check, build, first_call_timeout=timeout,
-                           note="torch.compile(reference, dynamic=True)")
+    return common.compiled_provider(device, timeout, reference.verify_args)
 
 
 def _hf_function():
@@ -148,10 +125,7 @@ def hf_provider() -> common.Provider:
         return True, ""
 
     def build(ctx: Ctx):
-        if ctx.point.rule != "speculative":
-            raise common.Unavailable("rule")
-        if ctx.temperature <= 0:
-            raise common.Unavailable("greedy")
+        common.require_sampling(ctx, "speculative")
         fn = _hf_function()
         a = ctx.args
         B, K = a.draft_tokens.shape
@@ -191,10 +165,7 @@ def flashinfer_provider() -> common.Provider:
         return True, ""
 
     def build(ctx: Ctx):
-        if ctx.point.rule != "speculative":
-            raise common.Unavailable("rule")
-        if ctx.temperature <= 0:
-            raise common.Unavailable("greedy")
+        common.require_sampling(ctx, "speculative")
         fn, params = state["fn"], state["params"]
         a = ctx.args
         B, K = a.draft_tokens.shape
@@ -231,29 +202,10 @@ def main(argv=None) -> int:
     device = common.pick_device(args.device)
     grid = dict(B=GRID_B, K=GRID_K, V=GRID_V, dtypes=["fp32", "bf16"],
                 rules=list(speccas_kernels.RULES) if device.type == "cuda" else CPU_RULES)
-    if args.quick:
-        grid.update(QUICK)
-    if args.dry:
-        grid.update(DRY)
-    for key in ("B", "K", "V", "dtypes", "rules"):
-        if getattr(args, key) is not None:
-            grid[key] = getattr(args, key)
-    bad = [r for r in grid["rules"] if r not in speccas_kernels.RULES]
-    if bad:
-        raise SystemExit(f"--rules: unknown {bad}; expected some of {', '.join(speccas_kernels.RULES)}")
-    bad = [d for d in grid["dtypes"] if d not in common.DTYPES]
-    if bad:
-        raise SystemExit(f"--dtypes: unknown {bad}; expected some of {', '.join(common.DTYPES)}")
-    common.finish_args(args, device)
-    timeout = args.compile_timeout
-    providers, skipped = common.select_providers(all_providers(device, timeout), args.providers, device, args.dry,
-                                                 default_skip=("torch.compile",))
-    if args.dry and not args.providers:
-        skipped.append(("torch.compile", "not run in --dry mode (compiles take minutes on CPU); name it to run it"))
-    sink = common.CsvSink(common.results_path(args.out, OP, device))
-    base = {"op": OP, "device": common.device_name(device), "commit": common.git_commit(),
-            "date": common.iso_date()}
-    common.announce(OP, device, providers, skipped, sink, base)
+    common.resolve_grid(args, grid, QUICK, DRY, ("B", "K", "V", "dtypes", "rules"))
+    common.check_choices("rules", grid["rules"], speccas_kernels.RULES)
+    common.check_choices("dtypes", grid["dtypes"], common.DTYPES)
+    providers, sink = common.start_run(OP, args, device, all_providers)
     points = [common.Point(r, B, K, V, d) for d in grid["dtypes"] for r in grid["rules"] for K in grid["K"]
               for V in grid["V"] for B in grid["B"]]
     common.run_grid(OP, points, providers, device=device, setup=lambda pt: make_inputs(pt, device, args.seed,

@@ -411,6 +411,91 @@ def base_parser(op: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def resolve_grid(args, grid: Dict, quick: Dict, dry: Dict, keys: Iterable[str]) -> Dict:
+    """``grid`` updated in place by ``quick`` (``--quick``), then ``dry`` (``--dry``), then by every
+    option in ``keys`` the command line set; returned for convenience."""
+    if args.quick:
+        grid.update(quick)
+    if args.dry:
+        grid.update(dry)
+    for key in keys:
+        if getattr(args, key) is not None:
+            grid[key] = getattr(args, key)
+    return grid
+
+
+def check_choices(option: str, values: Iterable[str], allowed: Iterable[str]) -> None:
+    """``SystemExit`` naming ``--option`` when some of ``values`` are not in ``allowed``."""
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise SystemExit(f"--{option}: unknown {bad}; expected some of {', '.join(allowed)}")
+
+
+def start_run(op: str, args, device: torch.device,
+              all_providers: Callable[[torch.device, float], Sequence["Provider"]]) -> Tuple[List["Provider"], "CsvSink"]:
+    """The shared start of a benchmark run: device-dependent defaults (``finish_args``), the
+    providers to run (torch.compile skipped in ``--dry`` mode unless named), the results file,
+    and the announcement (skipped providers get their rows). Returns (providers, sink)."""
+    finish_args(args, device)
+    timeout = args.compile_timeout
+    providers, skipped = select_providers(all_providers(device, timeout), args.providers, device, args.dry,
+                                          default_skip=("torch.compile",))
+    if args.dry and not args.providers:
+        skipped.append(("torch.compile", "not run in --dry mode (compiles take minutes on CPU); name it to run it"))
+    sink = CsvSink(results_path(args.out, op, device))
+    base = {"op": op, "device": device_name(device), "commit": git_commit(),
+            "date": iso_date()}
+    announce(op, device, providers, skipped, sink, base)
+    return providers, sink
+
+
+def backend_provider(name: str, method: str) -> "Provider":
+    """A speccas backend (``reference``, ``triton``, ``cuda``, ``cpp``) on normalized arguments:
+    ``backends.resolve(name, ctx.device).<method>(ctx.args)`` (``method``: ``verify_args``, ...)."""
+    import speccas_kernels
+    from speccas_kernels import backends
+
+    def build(ctx):
+        mod = backends.resolve(name, ctx.device)
+        return lambda: getattr(mod, method)(ctx.args)
+
+    return Provider(
+        name, lambda: speccas_kernels.backend_available(name), build,
+        cuda_only=name in ("triton", "cuda"), cpu_only=name == "cpp",
+        note="eager PyTorch" if name == "reference" else "",
+    )
+
+
+def compiled_provider(device: torch.device, timeout: float, fn: Callable) -> "Provider":
+    """``torch.compile(fn, dynamic=True)`` (compiled on first use) called on ``ctx.args``; a first
+    call slower than ``timeout`` seconds disables it."""
+    state = {}
+
+    def check():
+        if not hasattr(torch, "compile"):
+            return False, "this torch has no torch.compile"
+        return True, ""
+
+    def build(ctx):
+        if "fn" not in state:
+            compile_defaults(device)
+            state["fn"] = torch.compile(fn, dynamic=True)
+        compiled = state["fn"]
+        return lambda: compiled(ctx.args)
+
+    return Provider("torch.compile", check, build, first_call_timeout=timeout,
+                    note="torch.compile(reference, dynamic=True)")
+
+
+def require_sampling(ctx, rule: Optional[str] = None) -> None:
+    """``Unavailable`` unless the context's point has ``rule`` (when given; else ``"rule"``) and its
+    temperature is positive (else ``"greedy"``): for peers that cover only some points."""
+    if rule is not None and ctx.point.rule != rule:
+        raise Unavailable("rule")
+    if ctx.temperature <= 0:
+        raise Unavailable("greedy")
+
+
 def finish_args(args, device: torch.device) -> None:
     """Device-dependent defaults of the shared options (call before anything reads device_name)."""
     if args.threads:

@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "philox.h"
+#include "stats_math.h"
 
 namespace speccas {
 namespace cpu {
@@ -168,30 +169,7 @@ struct PosStats {
 template <typename acc_t>
 PosStats<acc_t> merge_stats(const ChunkStats<acc_t>* c, int64_t nch, acc_t T) {
   PosStats<acc_t> out;
-  acc_t M = neg_inf<acc_t>();
-  int bad = 0;
-  for (int64_t k = 0; k < nch; ++k) {
-    M = std::max(M, c[k].max);
-    bad |= c[k].bad;
-  }
-  out.bad = bad || M == neg_inf<acc_t>();
-  if (out.bad) return out;
-  out.M = M;
-  double s1 = 0.0, sT = 0.0;
-  const bool scaled = T > acc_t(0) && T != acc_t(1);
-  bool have_amax = false;
-  for (int64_t k = 0; k < nch; ++k) {
-    if (c[k].max == neg_inf<acc_t>()) continue;
-    const double d = static_cast<double>(c[k].max) - static_cast<double>(M);
-    s1 += c[k].s1 * (d == 0.0 ? 1.0 : std::exp(d));
-    if (scaled) sT += c[k].sT * (d == 0.0 ? 1.0 : std::exp(d / static_cast<double>(T)));
-    if (!have_amax && c[k].max == M) {
-      out.amax = c[k].amax;
-      have_amax = true;
-    }
-  }
-  out.S1 = static_cast<acc_t>(s1);
-  out.ST = scaled ? static_cast<acc_t>(sT) : out.S1;
+  merge_chunk_stats(c, nch, T, out);  // stats_math.h, shared with the CUDA build
   return out;
 }
 

@@ -76,6 +76,15 @@ inline VerifyInputs check_verify_inputs(const at::Tensor& draft_logits, const at
                       num_draft_tokens.contiguous(), B, K, vocab_size, static_cast<int>(rule)};
 }
 
+// The outputs of verify_native before any row is decided, shared by the CPU and CUDA
+// implementations: (tokens [B, K + 1] int64 all -1, num_accepted [B] int64, deferred [B, K] bool,
+// accept_prob [B, K] float32, valid [B] bool), all zero but tokens, on the logits' device.
+inline VerifyResult empty_verify_outputs(const VerifyInputs& in, const at::TensorOptions& opts) {
+  return VerifyResult{at::full({in.B, in.K + 1}, -1, opts.dtype(at::kLong)), at::zeros({in.B}, opts.dtype(at::kLong)),
+                      at::zeros({in.B, in.K}, opts.dtype(at::kBool)), at::zeros({in.B, in.K}, opts.dtype(at::kFloat)),
+                      at::zeros({in.B}, opts.dtype(at::kBool))};
+}
+
 inline void check_sample_inputs(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& seed,
                                 const at::Tensor& offset, int64_t vocab_size) {
   CHECK_DIM(logits, 2);

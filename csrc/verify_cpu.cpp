@@ -404,19 +404,15 @@ VerifyResult verify_native_cpu(const at::Tensor& draft_logits, const at::Tensor&
                                const at::Tensor& num_draft_tokens, int64_t vocab_size) {
   const VerifyInputs in = check_verify_inputs(draft_logits, target_logits, draft_tokens, rule, alpha, temperature,
                                               seed, offset, num_draft_tokens, vocab_size);
-  const auto opts = draft_logits.options();
-  at::Tensor tokens = at::full({in.B, in.K + 1}, -1, opts.dtype(at::kLong));
-  at::Tensor num_accepted = at::zeros({in.B}, opts.dtype(at::kLong));
-  at::Tensor deferred = at::zeros({in.B, in.K}, opts.dtype(at::kBool));
-  at::Tensor accept_prob = at::zeros({in.B, in.K}, opts.dtype(at::kFloat));
-  at::Tensor valid = at::zeros({in.B}, opts.dtype(at::kBool));
+  VerifyResult out = empty_verify_outputs(in, draft_logits.options());
   if (in.B > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.zq.scalar_type(), "verify_native_cpu", [&] {
       using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      verify_cpu_impl<scalar_t, acc_t>(in, tokens, num_accepted, deferred, accept_prob, valid);
+      verify_cpu_impl<scalar_t, acc_t>(in, std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out),
+                                       std::get<4>(out));
     });
   }
-  return {tokens, num_accepted, deferred, accept_prob, valid};
+  return out;
 }
 
 }  // namespace

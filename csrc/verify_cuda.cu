@@ -20,6 +20,7 @@
 
 #include "cuda_common.cuh"
 #include "speccas.h"
+#include "stats_math.h"
 
 namespace speccas {
 namespace cuda {
@@ -142,30 +143,7 @@ __global__ void __launch_bounds__(kThreads) _verify_stats_kernel(
 template <typename acc_t>
 __device__ PosStatsD<acc_t> merge_stats(const ChunkStatsD<acc_t>* c, int nch, acc_t T) {
   PosStatsD<acc_t> out{acc_t(0), acc_t(1), acc_t(1), 0, 0};
-  acc_t M = neg_inf<acc_t>();
-  int bad = 0;
-  for (int k = 0; k < nch; ++k) {
-    M = c[k].max > M ? c[k].max : M;
-    bad |= c[k].bad;
-  }
-  out.bad = bad || M == neg_inf<acc_t>();
-  if (out.bad) return out;
-  out.M = M;
-  const bool scaled = T > acc_t(0) && T != acc_t(1);
-  double s1 = 0.0, sT = 0.0;
-  bool have = false;
-  for (int k = 0; k < nch; ++k) {
-    if (c[k].max == neg_inf<acc_t>()) continue;
-    const double d = static_cast<double>(c[k].max) - static_cast<double>(M);
-    s1 += c[k].s1 * (d == 0.0 ? 1.0 : exp(d));
-    if (scaled) sT += c[k].sT * (d == 0.0 ? 1.0 : exp(d / static_cast<double>(T)));
-    if (!have && c[k].max == M) {
-      out.amax = c[k].amax;
-      have = true;
-    }
-  }
-  out.S1 = static_cast<acc_t>(s1);
-  out.ST = scaled ? static_cast<acc_t>(sT) : out.S1;
+  merge_chunk_stats(c, nch, T, out);  // stats_math.h, shared with the CPU build
   return out;
 }
 
@@ -585,19 +563,15 @@ VerifyResult verify_native_cuda(const at::Tensor& draft_logits, const at::Tensor
   const VerifyInputs in = check_verify_inputs(draft_logits, target_logits, draft_tokens, rule, alpha, temperature,
                                               seed, offset, num_draft_tokens, vocab_size);
   const c10::cuda::CUDAGuard guard(draft_logits.device());
-  const auto opts = draft_logits.options();
-  at::Tensor tokens = at::full({in.B, in.K + 1}, -1, opts.dtype(at::kLong));
-  at::Tensor num_accepted = at::zeros({in.B}, opts.dtype(at::kLong));
-  at::Tensor deferred = at::zeros({in.B, in.K}, opts.dtype(at::kBool));
-  at::Tensor accept_prob = at::zeros({in.B, in.K}, opts.dtype(at::kFloat));
-  at::Tensor valid = at::zeros({in.B}, opts.dtype(at::kBool));
+  VerifyResult out = empty_verify_outputs(in, draft_logits.options());
   if (in.B > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.zq.scalar_type(), "verify_native_cuda", [&] {
       using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      verify_cuda_impl<scalar_t, acc_t>(in, tokens, num_accepted, deferred, accept_prob, valid);
+      verify_cuda_impl<scalar_t, acc_t>(in, std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out),
+                                       std::get<4>(out));
     });
   }
-  return {tokens, num_accepted, deferred, accept_prob, valid};
+  return out;
 }
 
 }  // namespace

@@ -28,3 +28,14 @@ def pytest_collection_modifyitems(config, items):
 def device():
     """CUDA when present, else CPU (Triton then runs under TRITON_INTERPRET=1)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a whole module, restored afterwards: the modules that use it
+    (``pytestmark = pytest.mark.usefixtures("one_thread")``) run many small ops or large
+    elementwise int64 work, where threads only contend on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -63,13 +63,8 @@ ALPHA = dict(speculative=0.0, chow=0.66, diff=0.0, opt=0.2, token_v1=0.3, token_
              lossy=0.3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Large elementwise int64 work: one thread is faster than two contending on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One torch thread for the module (conftest.py): large elementwise int64 work, where two threads contend.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,12 +20,8 @@ from speccas.generate import GenerationOutput, generate  # noqa: E402
 V = 192
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add contention on busy cores
-    yield
-    torch.set_num_threads(n)
+# One torch thread for the module (conftest.py): tiny models, where threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(kind: str, seed: int, vocab: int = V, layers: int = 2, hidden: int = 48):

@@ -19,13 +19,8 @@ from speccas_kernels import reference
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many small ops: one thread avoids contention on a shared machine (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# One torch thread for the module (conftest.py): many small ops, where threads only contend.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def public_verify(*args, **kw):

@@ -24,12 +24,7 @@ from speccas_kernels.rules import STREAM_ACCEPT, STREAM_DRAFT, STREAM_EMIT
 MASK32 = 0xFFFFFFFF
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------

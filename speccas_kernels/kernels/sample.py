@@ -27,6 +27,19 @@ def _temperature_ok(T):
 
 
 @triton.jit
+def _bad_logits(z):
+    """1 (int32) when a block of float32 logits holds NaN or +inf, else 0."""
+    return tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=0)
+
+
+@triton.jit
+def _best_lowest(score, idx):
+    """(max of a block of scores, the lowest of ``idx`` where the score is that max; _BIG if none)."""
+    best = tl.max(score, axis=0)
+    return best, tl.min(tl.where(score == best, idx, _BIG), axis=0)
+
+
+@triton.jit
 def _sample_race_kernel(
     tokens_ptr,  # [B] int64 (written only when SINGLE)
     part_score_ptr,  # [B, NT] float32
@@ -50,12 +63,11 @@ def _sample_race_kernel(
     T = tl.load(temperature_ptr + b)
     t_ok = _temperature_ok(T)
     Tf = tl.where(t_ok, T, 0.0).to(tl.float32)
-    bad = tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=0)
+    bad = _bad_logits(z)
     g = philox.gumbel(tl.load(seed_ptr + b), tl.load(offset_ptr + b), STREAM_DRAFT, v)
     score = z + Tf * g
     score = tl.where(mask & (score == score), score, float("-inf"))
-    best = tl.max(score, axis=0)
-    idx = tl.min(tl.where(score == best, v, _BIG), axis=0)
+    best, idx = _best_lowest(score, v)
     if SINGLE:
         ok = t_ok & (bad == 0) & (best > float("-inf"))
         tl.store(tokens_ptr + b, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64))
@@ -82,8 +94,7 @@ def _sample_pick_kernel(
     s = tl.load(part_score_ptr + b * NT + t, mask=mask, other=float("-inf"))
     i = tl.load(part_idx_ptr + b * NT + t, mask=mask, other=_BIG)
     bad = tl.max(tl.load(part_bad_ptr + b * NT + t, mask=mask, other=0), axis=0)
-    best = tl.max(s, axis=0)
-    idx = tl.min(tl.where(s == best, i, _BIG), axis=0)
+    best, idx = _best_lowest(s, i)
     ok = _temperature_ok(tl.load(temperature_ptr + b)) & (bad == 0) & (best > float("-inf"))
     tl.store(tokens_ptr + b, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64))
 

@@ -37,6 +37,7 @@ import triton.language as tl
 
 from ..reference import VerifyOutput
 from . import philox
+from .sample import _bad_logits, _best_lowest, _temperature_ok
 
 # rules.Rule.code
 R_SPECULATIVE = tl.constexpr(0)
@@ -64,6 +65,18 @@ def _safe_temperature(T):
     Tf = T.to(tl.float32)
     ok = (Tf > 0) & (Tf < float("inf"))
     return Tf, tl.where(ok, Tf, 1.0)
+
+
+@triton.jit
+def _num_drafts(num_draft_ptr, b, K):
+    """Row b's draft count, clamped to [0, K]."""
+    return tl.minimum(tl.maximum(tl.load(num_draft_ptr + b), 0), K)
+
+
+@triton.jit
+def _load_row(ptr, b, stride_b, j, stride_k, v, mask):
+    """Logits [b, j, v] as float32 (-inf outside ``mask``)."""
+    return tl.load(ptr + b * stride_b + j * stride_k + v, mask=mask, other=NEG_INF).to(tl.float32)
 
 
 @triton.jit
@@ -95,14 +108,22 @@ def _ratio(num, den):
 @triton.jit
 def _tile_stats(row_ptr, v, mask, Tdiv):
     z = tl.load(row_ptr + v, mask=mask, other=NEG_INF).to(tl.float32)
-    bad = tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=0)
+    bad = _bad_logits(z)
     z = tl.where(z == z, z, NEG_INF)
-    zmax = tl.max(z, axis=0)
-    arg = tl.min(tl.where(z == zmax, v, _BIG), axis=0)
+    zmax, arg = _best_lowest(z, v)
     sub = tl.where(zmax == NEG_INF, 0.0, zmax)
     s1 = tl.sum(tl.exp(z - sub), axis=0)
     sT = tl.sum(tl.exp((z - sub) / Tdiv), axis=0)
     return zmax, s1, sT, arg, bad
+
+
+@triton.jit
+def _store_tile_stats(part_max_ptr, part_s1_ptr, part_st_ptr, part_arg_ptr, part_bad_ptr, o, zmax, s1, sT, arg, bad):
+    tl.store(part_max_ptr + o, zmax)
+    tl.store(part_s1_ptr + o, s1)
+    tl.store(part_st_ptr + o, sT)
+    tl.store(part_arg_ptr + o, arg)
+    tl.store(part_bad_ptr + o, bad)
 
 
 @triton.jit(do_not_specialize=["K"])
@@ -129,26 +150,20 @@ def _verify_stats_kernel(
     t = tl.program_id(1)
     b = r // (K + 1)
     j = r % (K + 1)
-    n = tl.minimum(tl.maximum(tl.load(num_draft_ptr + b), 0), K)
+    n = _num_drafts(num_draft_ptr, b, K)
     _, Tdiv = _safe_temperature(tl.load(temperature_ptr + b))
     v = t * BLOCK_V + tl.arange(0, BLOCK_V)
     mask = v < V
     if j <= n:
         zmax, s1, sT, arg, bad = _tile_stats(zp_ptr + b * stride_pb + j * stride_pk, v, mask, Tdiv)
         o = (r * 2) * NT + t
-        tl.store(part_max_ptr + o, zmax)
-        tl.store(part_s1_ptr + o, s1)
-        tl.store(part_st_ptr + o, sT)
-        tl.store(part_arg_ptr + o, arg)
-        tl.store(part_bad_ptr + o, bad)
+        _store_tile_stats(part_max_ptr, part_s1_ptr, part_st_ptr, part_arg_ptr, part_bad_ptr, o,
+                          zmax, s1, sT, arg, bad)
     if j < n:
         zmax, s1, sT, arg, bad = _tile_stats(zq_ptr + b * stride_qb + j * stride_qk, v, mask, Tdiv)
         o = (r * 2 + 1) * NT + t
-        tl.store(part_max_ptr + o, zmax)
-        tl.store(part_s1_ptr + o, s1)
-        tl.store(part_st_ptr + o, sT)
-        tl.store(part_arg_ptr + o, arg)
-        tl.store(part_bad_ptr + o, bad)
+        _store_tile_stats(part_max_ptr, part_s1_ptr, part_st_ptr, part_arg_ptr, part_bad_ptr, o,
+                          zmax, s1, sT, arg, bad)
 
 
 @triton.jit(do_not_specialize=["K"])
@@ -172,7 +187,7 @@ def _verify_merge_kernel(
     r = tl.program_id(0).to(tl.int64)
     b = r // (K + 1)
     j = r % (K + 1)
-    n = tl.minimum(tl.maximum(tl.load(num_draft_ptr + b), 0), K)
+    n = _num_drafts(num_draft_ptr, b, K)
     _, Tdiv = _safe_temperature(tl.load(temperature_ptr + b))
     t = tl.arange(0, BLOCK_T)
     side = tl.arange(0, 2)
@@ -242,7 +257,7 @@ def _verify_setstat_kernel(
     t = tl.program_id(1)
     b = r // K
     i = r % K
-    n = tl.minimum(tl.maximum(tl.load(num_draft_ptr + b), 0), K)
+    n = _num_drafts(num_draft_ptr, b, K)
     if i < n:
         Tf, Tdiv = _safe_temperature(tl.load(temperature_ptr + b))
         greedy = Tf == 0
@@ -252,8 +267,8 @@ def _verify_setstat_kernel(
         Mq, S1q, STq, argq = _load_stats1(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o + 1)
         v = t * BLOCK_V + tl.arange(0, BLOCK_V)
         mask = v < V
-        zq = tl.load(zq_ptr + b * stride_qb + i * stride_qk + v, mask=mask, other=NEG_INF).to(tl.float32)
-        zp = tl.load(zp_ptr + b * stride_pb + i * stride_pk + v, mask=mask, other=NEG_INF).to(tl.float32)
+        zq = _load_row(zq_ptr, b, stride_qb, i, stride_qk, v, mask)
+        zp = _load_row(zp_ptr, b, stride_pb, i, stride_pk, v, mask)
         q = _probs(zq, v, Mq, STq, argq, greedy, Tdiv)
         if RULE == R_OPT:
             p = _probs(zp, v, Mp, STp, argp, greedy, Tdiv)
@@ -304,10 +319,10 @@ def _verify_accept_kernel(
     BLOCK_T: tl.constexpr,  # >= NT
 ):
     b = tl.program_id(0).to(tl.int64)
-    n = tl.minimum(tl.maximum(tl.load(num_draft_ptr + b), 0), K)
+    n = _num_drafts(num_draft_ptr, b, K)
     T = tl.load(temperature_ptr + b)
     al_raw = tl.load(alpha_ptr + b)
-    ok = (T == T) & (T >= 0) & (T < float("inf"))
+    ok = _temperature_ok(T)
     if USES_ALPHA:
         a_ok = (al_raw == al_raw) & (al_raw > float("-inf")) & (al_raw < float("inf")) & (al_raw >= alpha_lo)
         if HIGH_OPEN:
@@ -419,7 +434,7 @@ def _verify_emit_kernel(
     t = tl.program_id(1)
     valid = tl.load(valid_ptr + b)
     if valid:
-        n = tl.minimum(tl.maximum(tl.load(num_draft_ptr + b), 0), K)
+        n = _num_drafts(num_draft_ptr, b, K)
         m = tl.load(emit_pos_ptr + b).to(tl.int64)
         Tf, Tdiv = _safe_temperature(tl.load(temperature_ptr + b))
         greedy = Tf == 0
@@ -427,7 +442,7 @@ def _verify_emit_kernel(
         mask = v < V
         g = philox.gumbel(tl.load(seed_ptr + b), tl.load(offset_ptr + b) + m, STREAM_EMIT, v)
         if m == n:  # bonus: the race over p_n, written so that T = 0 is the plain argmax
-            zb = tl.load(zp_ptr + b * stride_pb + n * stride_pk + v, mask=mask, other=NEG_INF).to(tl.float32)
+            zb = _load_row(zp_ptr, b, stride_pb, n, stride_pk, v, mask)
             s_res = zb + Tf * g
             s_pi = s_res
             any_w = tl.full([], 1, tl.int32)
@@ -435,8 +450,8 @@ def _verify_emit_kernel(
             o = (b * (K + 1) + m) * 2
             Mp, S1p, STp, argp = _load_stats1(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o)
             Mq, S1q, STq, argq = _load_stats1(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o + 1)
-            zq = tl.load(zq_ptr + b * stride_qb + m * stride_qk + v, mask=mask, other=NEG_INF).to(tl.float32)
-            zp = tl.load(zp_ptr + b * stride_pb + m * stride_pk + v, mask=mask, other=NEG_INF).to(tl.float32)
+            zq = _load_row(zq_ptr, b, stride_qb, m, stride_qk, v, mask)
+            zp = _load_row(zp_ptr, b, stride_pb, m, stride_pk, v, mask)
             q = _probs(zq, v, Mq, STq, argq, greedy, Tdiv)
             p = _probs(zp, v, Mp, STp, argp, greedy, Tdiv)
             w_row = tl.load(emit_w_ptr + b)
@@ -454,10 +469,8 @@ def _verify_emit_kernel(
             any_w = tl.max((mask & (w > 0)).to(tl.int32), axis=0)
         s_res = tl.where(mask & (s_res == s_res), s_res, NEG_INF)
         s_pi = tl.where(mask & (s_pi == s_pi), s_pi, NEG_INF)
-        best_res = tl.max(s_res, axis=0)
-        idx_res = tl.min(tl.where(s_res == best_res, v, _BIG), axis=0)
-        best_pi = tl.max(s_pi, axis=0)
-        idx_pi = tl.min(tl.where(s_pi == best_pi, v, _BIG), axis=0)
+        best_res, idx_res = _best_lowest(s_res, v)
+        best_pi, idx_pi = _best_lowest(s_pi, v)
         if SINGLE:
             idx = tl.where(any_w > 0, idx_res, idx_pi)
             tl.store(tokens_ptr + b * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64))
@@ -490,8 +503,7 @@ def _verify_pick_kernel(
         col = tl.where(any_w > 0, 0, 1)
         s = tl.load(part_score_ptr + o * 2 + col, mask=mask, other=NEG_INF)
         i = tl.load(part_idx_ptr + o * 3 + col, mask=mask, other=_BIG)
-        best = tl.max(s, axis=0)
-        idx = tl.min(tl.where(s == best, i, _BIG), axis=0)
+        best, idx = _best_lowest(s, i)
         m = tl.load(emit_pos_ptr + b).to(tl.int64)
         tl.store(tokens_ptr + b * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64))
 
