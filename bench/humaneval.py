@@ -238,15 +238,15 @@ def _commit():
 
 def summarize(rows, configs=None):
     """Per config: problems, pass@1, tokens per target forward, target forwards per token, tokens/s."""
-    by = {}
+    by = {}  # (config name, alpha): a config's alpha comes from quality_cost_alphas.json, which a re-run can move
     for r in rows:
-        by.setdefault(r["config"], []).append(r)
-    configs = configs or list(by)
+        by.setdefault((r["config"], r.get("alpha")), []).append(r)
+    keys = [k for k in by if configs is None or k[0] in configs]
+    if configs:
+        keys.sort(key=lambda k: list(configs).index(k[0]))
     out = []
-    for c in configs:
-        rs = by.get(c, [])
-        if not rs:
-            continue
+    for c, _alpha in keys:
+        rs = by[(c, _alpha)]
         new = sum(r["new_tokens"] for r in rs)
         tf = sum(r["target_forwards"] for r in rs)
         wall = sum(r["wall_time"] for r in rs)
@@ -321,10 +321,10 @@ def main(argv=None):
     from speccas.models import load_real_pair
 
     problems = list(read_problems().values())[args.start: args.start + args.limit]
-    done = {(r["task_id"], r["config"]) for r in load_rows(args.out)}
+    done = {(r["task_id"], r["config"], r.get("alpha")) for r in load_rows(args.out)}
     jobs = [(p, c) for p in problems for c in cfgs] if args.order == "problem" else \
         [(p, c) for c in cfgs for p in problems]
-    jobs = [(p, c) for p, c in jobs if (p["task_id"], c["name"]) not in done]
+    jobs = [(p, c) for p, c in jobs if (p["task_id"], c["name"], c["alpha"]) not in done]
     if not jobs:
         print("nothing to do: every (problem, config) row is already in", args.out)
         return 0
