@@ -77,7 +77,7 @@ def _row_param(name, value, B, device, dtype, integer: bool, ref: str) -> torch.
         if not integer and not (value.dtype.is_floating_point or value.dtype in INT_DTYPES):
             raise TypeError(f"{name}: expected a real tensor, got {value.dtype}")
         _check_device(name, value, device, ref)
-        return value.to(dtype)
+        return value.to(dtype).contiguous()  # kernels read row b at ptr + b
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a number or a [B] tensor, got {type(value).__name__}")
     if integer:

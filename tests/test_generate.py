@@ -392,3 +392,39 @@ def test_gpt_fast_style_example():
         ours = generate(target, drafter, prompt, method=method, num_draft_tokens=3, max_new_tokens=12, eos_token_id=[],
                         **{k: v for k, v in kw.items() if k != "rule" or method == "cascade"})
         assert ours.tokens[0] == mine
+
+
+def test_bad_per_row_alpha_and_temperature_raise(llama_pair):
+    """A per-row value the kernels would mark invalid must not make a row stop silently."""
+    target, drafter = llama_pair
+    ids, mask = batch()
+    with pytest.raises(ValueError, match="alpha"):
+        generate(target, drafter, ids, mask, method="cascade", rule="token_v3", alpha=torch.tensor([0.5, 1.5, 0.2]),
+                 max_new_tokens=4)
+    with pytest.raises(ValueError, match="alpha"):
+        generate(target, drafter, ids, mask, method="token_cascade", alpha=torch.tensor([0.5, -0.1, 0.2]),
+                 max_new_tokens=4)
+    with pytest.raises(ValueError, match="temperature"):
+        generate(target, drafter, ids, mask, method="speculative", temperature=torch.tensor([1.0, float("nan"), 0.0]),
+                 max_new_tokens=4)
+    out = generate(target, drafter, ids, mask, method="cascade", rule="token_v3", alpha=torch.tensor([0.5, 1.0, 0.0]),
+                   max_new_tokens=4)
+    assert (out.lengths == 4).all()
+
+
+def test_sliding_window_models_are_rejected_when_slots_exceed_the_window():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=16)
+    target = MistralForCausalLM(cfg).eval()
+    drafter = MistralForCausalLM(cfg).eval()
+    ids, mask = batch()
+    with pytest.raises(ValueError, match="sliding-window"):
+        generate(target, drafter, ids, mask, method="speculative", num_draft_tokens=4, max_new_tokens=30)
+    cfg_big = MistralConfig(**{**cfg.to_dict(), "sliding_window": 4096})
+    t2, d2 = MistralForCausalLM(cfg_big).eval(), MistralForCausalLM(cfg_big).eval()
+    spec = generate(t2, d2, ids, mask, method="speculative", num_draft_tokens=4, max_new_tokens=12)
+    ref = generate(t2, d2, ids, mask, method="target", max_new_tokens=12)
+    assert torch.equal(spec.sequences, ref.sequences)

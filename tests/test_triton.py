@@ -412,3 +412,18 @@ def test_kernels_compile_for_hopper(which):
     if r.returncode != 0 and "GPUTarget" in r.stderr and "ImportError" in r.stderr:  # pragma: no cover
         pytest.skip("this triton has no NVIDIA backend")
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
+
+
+def test_zero_dim_and_strided_row_params(device):
+    """Per-row parameters given as 0-d or strided tensors are read per row, not past their storage."""
+    z = torch.randn(8, 50, generator=torch.Generator().manual_seed(0)).to(device)
+    kw = dict(temperature=torch.tensor(1.0, device=device), seed=torch.tensor(3, device=device),
+              offset=torch.tensor(5, device=device))
+    assert torch.equal(sk.sample(z, backend="triton", **kw).cpu(), sk.sample(z, backend="reference", **kw).cpu())
+    temps = torch.stack([torch.ones(8), torch.zeros(8)], 1)[:, 1].to(device)  # stride 2, all greedy
+    assert torch.equal(sk.sample(z, temperature=temps, backend="triton").cpu(), z.argmax(-1).cpu())
+    r = random_round(6, 3, 111, device=device, seed=4)
+    alpha = torch.stack([torch.full((6,), 0.3), torch.full((6,), 0.9)], 1)[:, 1].to(device)
+    out = sk.verify(**r, rule="token_v3", alpha=alpha, backend="triton")
+    ref = sk.verify(**r, rule="token_v3", alpha=0.9, backend="reference")
+    assert torch.equal(out.tokens.cpu(), ref.tokens.cpu()) and bool(out.valid.all())

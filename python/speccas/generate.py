@@ -48,6 +48,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 
 import speccas_kernels as sk
+from speccas_kernels import checks
 from speccas_kernels.rules import alpha_in_range, describe_range, get_rule
 
 METHODS = ("target", "drafter", "speculative", "cascade", "lossy", "token_cascade")
@@ -133,6 +134,33 @@ def _collect(t: torch.Tensor) -> list:
     return t.tolist()
 
 
+def _sliding_window(config):
+    """The attention window of a model that really uses one (None for full attention)."""
+    types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if types is not None:
+        return window if any("sliding" in str(t) for t in types) else None
+    if getattr(config, "use_sliding_window", None) is False:
+        return None
+    return window
+
+
+def _check_alpha_values(method, rule, alpha) -> None:
+    """Per-row alpha tensors: a row outside the rule's range would silently emit nothing."""
+    if not isinstance(alpha, torch.Tensor):
+        return
+    if method == "token_cascade":
+        bad = ~torch.isfinite(alpha) | (alpha < 0) | (alpha > 1)
+        what = "[0, 1]"
+    else:
+        info = get_rule(rule)
+        bad = ~checks.alpha_rows_ok(info, alpha.to(torch.float64))
+        what = describe_range(info)
+    if bool(bad.any()):
+        raise ValueError(f"alpha: rows {bad.nonzero().flatten().tolist()[:5]} are outside the range of "
+                         f"{'token_cascade' if method == 'token_cascade' else 'rule ' + repr(rule)}: {what}")
+
+
 def _check_values(input_ids, mask, V, max_new, temperature) -> int:
     """Value checks before the loop (they read the device; the loop itself does not)."""
     empty = (mask.sum(1) == 0).nonzero().flatten().tolist()
@@ -142,8 +170,8 @@ def _check_values(input_ids, mask, V, max_new, temperature) -> int:
         raise ValueError(f"input_ids: ids outside [0, {V})")
     if bool((max_new <= 0).any()):
         raise ValueError("max_new_tokens: every row needs max_new_tokens > 0")
-    if isinstance(temperature, torch.Tensor) and bool((temperature < 0).any()):
-        raise ValueError("temperature: expected >= 0")
+    if isinstance(temperature, torch.Tensor) and bool((~torch.isfinite(temperature) | (temperature < 0)).any()):
+        raise ValueError("temperature: expected finite values >= 0")
     return int(max_new.max())
 
 
@@ -172,10 +200,9 @@ class _Runner:
 
         self.model = model
         self.slots = slots
-        try:
-            self.cache = DynamicCache(config=model.config)
-        except TypeError:  # older transformers
-            self.cache = DynamicCache()
+        # Full-attention layers only: a sliding-window layer cannot be cropped once its window is full, and
+        # its window would count hole slots (``generate`` rejects models whose window the slots could exceed).
+        self.cache = DynamicCache()
         self.len = 0
         self.forwards = 0
         self.tokens = 0
@@ -351,6 +378,7 @@ def generate(
     max_new_host = _check_values(input_ids, mask, V, max_new, temperature)
     if isinstance(alpha, torch.Tensor):
         alpha = alpha.to(dev)
+        _check_alpha_values(method, rule, alpha)
     if isinstance(seed, torch.Tensor):
         seeds = seed.to(dev, torch.long).reshape(-1).expand(B).contiguous()
     else:
@@ -371,6 +399,14 @@ def generate(
         capacity = P + (max_new_host + 1) * (K + 1) + 1
     else:
         capacity = P + max_new_host + 2
+    for m in models:
+        window = _sliding_window(m.config)
+        if window is not None and capacity > window:
+            raise ValueError(
+                f"{'target' if m is target else 'drafter'}: sliding-window attention (window {window}) is not "
+                f"supported when the KV slots can exceed the window ({capacity} slots for this prompt length, "
+                f"max_new_tokens and num_draft_tokens): rejected drafts leave masked slots that would count "
+                f"towards the window")
     slots = _Slots(ids, mask, capacity)
     S = P - 1  # the pending slot: each row's last token, not yet in any cache
     cur_pos = slots.pos[:, S].clone()  # absolute position of the pending token
