@@ -447,6 +447,12 @@ def generate(
     shown = 0
     rounds = 0
     syncs = 0
+    # Per-row parameters as [B] float32 tensors once, so the ops' checks reuse them every round instead of
+    # building new ones (a float32 contiguous [B] tensor passes through the checks without a copy).
+    temperature = torch.as_tensor(temperature, dtype=torch.float32, device=dev).reshape(-1).expand(B).contiguous()
+    alpha_rows = alpha
+    if method in spec_methods and alpha is not None:
+        alpha_rows = torch.as_tensor(alpha, dtype=torch.float32, device=dev).reshape(-1).expand(B).contiguous()
     kw = dict(temperature=temperature, seed=seeds, backend=backend, vocab_size=V)
 
     if K:  # ------------------------------------------------ speculative / cascade / lossy
@@ -463,7 +469,7 @@ def generate(
                 slots.pos[:, S + i + 1] = cur_pos + i + 1
                 slots.valid[:, S + i + 1] = 1
             zt = tgt.forward(S + K + 1, keep=K + 1)
-            out = sk.verify(draft_logits, zt, slots.tok[:, S + 1:S + K + 1], rule=rule, alpha=alpha,
+            out = sk.verify(draft_logits, zt, slots.tok[:, S + 1:S + K + 1], rule=rule, alpha=alpha_rows,
                             offset=cur_pos + 1, **kw)
             ok = active & out.valid
             m = torch.where(ok, out.num_accepted, 0)
