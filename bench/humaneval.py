@@ -291,6 +291,8 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds per test program")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's choice); recorded in each row")
     ap.add_argument("--order", choices=("problem", "config"), default="problem",
                     help="loop order: all configs of a problem first (default), or a config over all problems")
     ap.add_argument("--list-configs", action="store_true")
@@ -328,10 +330,13 @@ def main(argv=None):
     if not jobs:
         print("nothing to do: every (problem, config) row is already in", args.out)
         return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
     target, drafter, tok = load_real_pair(args.cache_dir, dtype=torch.float32)
     args.eos = sorted({151645, 151643, tok.eos_token_id} - {None})
     args.pad = 151643
-    commit, machine = _commit(), f"{os.cpu_count()} CPU cores, torch {torch.__version__}"
+    commit = _commit()
+    machine = f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for p, c in tqdm(jobs, desc="humaneval"):
         torch.manual_seed(c["seed"])
