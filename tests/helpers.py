@@ -86,3 +86,38 @@ def assert_same_outputs(out, ref, margins, *, tol=1e-4, max_tie_frac=0.02, what=
             f"reference {float(rp.flatten()[worst]):.6g})"
         )
     return ties
+
+
+# ----------------------------------------------------------------------------- tiny models (float64, so greedy
+# ties cannot flip), for the decode-loop and benchmark-harness tests
+
+V = 192
+
+
+def tiny(kind: str, seed: int, vocab: int = V, layers: int = 2, hidden: int = 48):
+    torch.manual_seed(seed)
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  tie_word_embeddings=False, eos_token_id=None, bos_token_id=None, pad_token_id=None)
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if kind == "llama":
+        m = LlamaForCausalLM(LlamaConfig(**common))
+    else:
+        m = Qwen2ForCausalLM(Qwen2Config(**common))
+    # sharper logits than the default init, so drafts are accepted sometimes and rules see peaks
+    with torch.no_grad():
+        m.lm_head.weight.mul_(25.0)
+    return m.eval().double()
+
+
+def drafter_of(target, seed: int = 1, noise: float = 0.35):
+    """A different model with the same vocabulary: the target's weights plus noise (so it agrees often)."""
+    import copy
+
+    d = copy.deepcopy(target)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in d.parameters():
+            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * noise * p.std().clamp(min=1e-3))
+    return d

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+from transformers import LlamaForCausalLM  # noqa: E402
+
+from helpers import V, drafter_of, tiny  # noqa: E402
 
 import speccas  # noqa: E402
 import importlib  # noqa: E402
@@ -17,38 +19,8 @@ import importlib  # noqa: E402
 gen_mod = importlib.import_module("speccas.generate")  # the module (speccas.generate is the function)
 from speccas.generate import GenerationOutput, generate  # noqa: E402
 
-V = 192
-
-
 # One torch thread for the module (conftest.py): tiny models, where threads only add contention.
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny(kind: str, seed: int, vocab: int = V, layers: int = 2, hidden: int = 48):
-    torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  tie_word_embeddings=False, eos_token_id=None, bos_token_id=None, pad_token_id=None)
-    if kind == "llama":
-        m = LlamaForCausalLM(LlamaConfig(**common))
-    else:
-        m = Qwen2ForCausalLM(Qwen2Config(**common))
-    # sharper logits than the default init, so drafts are accepted sometimes and rules see peaks
-    with torch.no_grad():
-        m.lm_head.weight.mul_(25.0)
-    return m.eval().double()
-
-
-def drafter_of(target, seed: int = 1, noise: float = 0.35):
-    """A different model with the same vocabulary: the target's weights plus noise (so it agrees often)."""
-    import copy
-
-    d = copy.deepcopy(target)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in d.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * noise * p.std().clamp(min=1e-3))
-    return d
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
