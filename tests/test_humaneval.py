@@ -205,6 +205,21 @@ def test_report_headline_uses_shared_problems_and_min_coverage():
     assert "| speculative@T1 | — | 2 | HumanEval/0..2 | s0: 2/3; s1: 1/3 | 0.500 [" in seeds
 
 
+def test_replace_section_and_reading():
+    text = "# R\n\n## A\n\nold a\n\n## B\n\nb\n"
+    assert hr.replace_section(text, "## A", "## A\n\nnew a\n") == "# R\n\n## A\n\nnew a\n\n## B\n\nb\n"
+    assert hr.replace_section(text, "## B", "## B\n\nnew b") == "# R\n\n## A\n\nold a\n\n## B\n\nnew b\n"
+    assert hr.replace_section(text, "## C", "## C\n\nc\n") == text + "\n## C\n\nc\n"
+    arows = [dict(config="target@T0", pred_fpt=1.0, real_fpt=1.0, pred_identical=1.0, real_identical=1.0,
+                  delta_pass=0.0),
+             dict(config="a", pred_fpt=0.2, real_fpt=0.25, pred_identical=0.5, real_identical=0.7, delta_pass=-0.05),
+             dict(config="b", pred_fpt=0.25, real_fpt=0.25, pred_identical=0.6, real_identical=0.55, delta_pass=0.0)]
+    lines = hr.reading_lines(arows)
+    assert lines[0].startswith("- Cost: measured target forwards per token are 1.00x (b) to 1.25x (a)")
+    assert "differ by at most 0.20 (a: 0.50 predicted, 0.70 measured)" in lines[1]
+    assert lines[2] == "- pass@1 minus the target's, on the same problems: a -0.050, b +0.000."
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 
 class CharTokenizer:
@@ -281,8 +296,13 @@ def test_end_to_end_resume_and_report(tiny_pair, tmp_path, monkeypatch, one_thre
     md = tmp_path / "report.md"
     md.write_text("old table\n\n## Notes\n\nkept by hand\n")
     png = tmp_path / "plot.png"
+    qc = tmp_path / "quality_cost.md"
+    qc.write_text("# Quality vs cost\n\n## Reading\n\nkept\n")
     assert he.main(["--out", str(out), "--summary", "--write-md", str(md), "--plot", str(png), "--min-problems", "2",
-                    "--cache-dir", str(tmp_path / "no-cache")]) == 0
+                    "--cache-dir", str(tmp_path / "no-cache"), "--quality-cost-md", str(qc)]) == 0
+    q = qc.read_text()
+    assert q.startswith("# Quality vs cost\n\n## Reading\n\nkept\n") and hr.ANALYSIS_HEADING in q
+    assert "| speculative@T0 | 2 |" in q
     text = md.read_text()
     assert "old table" not in text and text.endswith("## Notes\n\nkept by hand\n")
     assert "on the 2 problems they share (HumanEval/0..1)" in text and "![pass@1 vs cost](plot.png)" in text
