@@ -21,10 +21,10 @@ temporary directory, with a wall-clock timeout and memory/CPU limits — never i
 
 Metrics per row: pass (pass@1 with one sample), new tokens generated (all chunks), target / drafter
 forwards, tokens per target forward, target forwards per token, tokens/s, acceptance and deferral
-rates. Configs: ``<method or rule>[@tv<x>]@T<temperature>[s<seed>]``: ``target``, ``drafter``,
+rates. Configs: ``<method or rule>[@tv<x> | @a<alpha>]@T<temperature>[s<seed>]``: ``target``, ``drafter``,
 ``speculative``, ``lossy``, ``token_cascade``, a cascade rule (``token_v3``, ``opt``, ``chow``, ...)
 whose alpha is the one ``bench/quality_cost.py`` chose for a greedy-disagreement budget ``tv<x>``
-(``quality_cost_alphas.json``), and ``hf_assisted`` (transformers' own assisted generation,
+(``quality_cost_alphas.json``) or given as ``a<alpha>``, and ``hf_assisted`` (transformers' own assisted generation,
 ``model.generate(assistant_model=drafter)``, the peer; greedy only).
 """
 
@@ -67,13 +67,15 @@ def parse_config(name: str, alphas: dict) -> dict:
     """``token_v3@tv0.01@T1s2`` -> dict(method, rule, alpha, temperature, seed, alpha_source)."""
     parts = name.split("@")
     head, mods = parts[0], parts[1:]
-    temperature, seed, tv = 0.0, 0, None
+    temperature, seed, tv, alpha = 0.0, 0, None, None
     for m in mods:
         if m.startswith("T"):
             t, _, s = m[1:].partition("s")
             temperature, seed = float(t), int(s) if s else 0
         elif m.startswith("tv"):
             tv = float(m[2:])
+        elif m.startswith("a"):
+            alpha = float(m[1:])
         else:
             raise ValueError(f"config {name!r}: unknown modifier {m!r}")
     cfg = dict(name=name, temperature=temperature, seed=seed, rule=None, alpha=None, alpha_source=None)
@@ -83,6 +85,8 @@ def parse_config(name: str, alphas: dict) -> dict:
             cfg["rule"] = "speculative"
         if head == "hf_assisted" and temperature != 0:
             raise ValueError("hf_assisted: greedy only (T0)")
+        if alpha is not None or tv is not None:
+            raise ValueError(f"config {name!r}: {head} takes no alpha")
         return cfg
     if head in ("lossy", "token_cascade") or head in RULE_NAMES:
         cfg["method"] = head if head in ("lossy", "token_cascade") else "cascade"
@@ -90,7 +94,11 @@ def parse_config(name: str, alphas: dict) -> dict:
         # token_cascade keeps a draft iff max q^ >= 1 - alpha: chow's deferral test, so chow's alpha
         key_rule = "chow" if head == "token_cascade" else head
         key = f"{key_rule}@tv{tv:g}" if tv is not None else None
-        if key and key in alphas:
+        if alpha is not None:
+            if tv is not None:
+                raise ValueError(f"config {name!r}: give an alpha (a<x>) or a budget (tv<x>), not both")
+            cfg["alpha"], cfg["alpha_source"] = alpha, "explicit"
+        elif key and key in alphas:
             cfg["alpha"], cfg["alpha_source"] = float(alphas[key]["alpha"]), f"quality_cost_alphas.json[{key}]"
         else:
             cfg["alpha"], cfg["alpha_source"] = FALLBACK_ALPHA[head], "default"

@@ -40,12 +40,15 @@ def test_parse_config_methods_alphas_and_seeds():
     # no calibrated point: the documented fallback, labelled as such
     c = he.parse_config("opt@tv0.05@T0", ALPHAS)
     assert (c["alpha"], c["alpha_source"]) == (he.FALLBACK_ALPHA["opt"], "default")
+    c = he.parse_config("lossy@a0.3@T1s2", ALPHAS)
+    assert (c["method"], c["alpha"], c["alpha_source"], c["temperature"], c["seed"]) == ("lossy", 0.3, "explicit", 1.0, 2)
     c = he.parse_config("lossy@T0.7s1", ALPHAS)
     assert (c["method"], c["rule"], c["temperature"], c["seed"]) == ("lossy", "lossy", 0.7, 1)
 
 
 @pytest.mark.parametrize("name, match", [("beam@T0", "unknown method"), ("target@x1", "unknown modifier"),
-                                         ("hf_assisted@T1", "greedy only")])
+                                         ("hf_assisted@T1", "greedy only"),
+                                         ("chow@tv0.01@a0.3@T0", "not both"), ("target@a0.5@T0", "no alpha")])
 def test_parse_config_rejects(name, match):
     with pytest.raises(ValueError, match=match):
         he.parse_config(name, ALPHAS)
