@@ -105,6 +105,18 @@ def summarize(rows: Sequence[dict], configs: Optional[Sequence[str]] = None,
     return out
 
 
+_FAMILY = ("target", "drafter", "speculative", "hf_assisted", "lossy", "token_cascade", "token_v3", "opt", "chow")
+
+
+def display_order(s: dict) -> tuple:
+    """Sort key of a summary row: temperature, then method family, alpha and seed (file order is run order)."""
+    parts = s["config"].split("@")
+    temp = re.match(r"T([0-9.]+)(?:s(\d+))?$", parts[-1])
+    fam = next((i for i, f in enumerate(_FAMILY) if parts[0] == f or parts[0].startswith(f + "_")), len(_FAMILY))
+    return (float(temp.group(1)) if temp else 0.0, fam, parts[0], s["alpha"] if s["alpha"] is not None else 0.0,
+            int(temp.group(2) or 0) if temp else 0, s["config"])
+
+
 def common_problems(by: Dict[Key, Dict[str, dict]], keys: Iterable[Key]) -> List[str]:
     sets = [set(by[k]) for k in keys]
     return sorted(set.intersection(*sets), key=task_num) if sets else []
@@ -374,7 +386,7 @@ def report(rows: Sequence[dict], analysis: Sequence[dict] = (), count_tokens=Non
     if st:
         out += ["## T = 1, several seeds", ""] + st + [""]
     out += ["## Every (config, alpha) and the problems it covers", ""]
-    out += _table(summarize(rows), ref, by)
+    out += _table(sorted(summarize(rows), key=display_order), ref, by)
     return "\n".join(out) + "\n"
 
 

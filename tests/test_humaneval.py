@@ -156,6 +156,16 @@ def test_summarize_groups_by_config_and_alpha_and_restricts_problems():
     assert hr.base_name("target@T0") == "target@T0"
 
 
+def test_display_order_temperature_family_alpha_seed():
+    names = [("token_v3@tv0.01@T1s1", 0.19), ("chow@tv0.025@T0", 0.5), ("token_v3@tv0.01@T1s0", 0.19),
+             ("opt@tv0.01@T0", -0.15), ("target@T0", None), ("token_v3@tv0.025@T0", 0.4),
+             ("token_v3@tv0.01@T0", 0.19), ("speculative@T1s0", None), ("drafter@T0", None),
+             ("hf_assisted_default@T0", None), ("hf_assisted@T0", None)]
+    got = [s["config"] for s in sorted((dict(config=c, alpha=a) for c, a in names), key=hr.display_order)]
+    assert got == ["target@T0", "drafter@T0", "hf_assisted@T0", "hf_assisted_default@T0", "token_v3@tv0.01@T0", "token_v3@tv0.025@T0", "opt@tv0.01@T0",
+                   "chow@tv0.025@T0", "speculative@T1s0", "token_v3@tv0.01@T1s0", "token_v3@tv0.01@T1s1"]
+
+
 def test_predictions_from_the_analysis():
     analysis = [dict(temperature=0.0, rule="chow", alpha=0.37, K=4, deferral=0.1, forwards_per_token=0.25, tv=0.01),
                 dict(temperature=0.0, rule="chow", alpha=0.37, K=2, deferral=0.1, forwards_per_token=0.4, tv=0.01),
