@@ -231,6 +231,17 @@ def test_replace_section_and_reading():
     assert lines[0].startswith("- Cost: measured target forwards per token are 1.00x (b) to 1.25x (a)")
     assert "differ by at most 0.20 (a: 0.50 predicted, 0.70 measured)" in lines[1]
     assert lines[2] == "- pass@1 minus the target's, on the same problems: a -0.050, b +0.000."
+    assert len(lines) == 3  # no savings line without speculative and a cascade
+    arows += [dict(config="speculative@T0", method="speculative", n=40, pred_fpt=0.24, real_fpt=0.25,
+                   pred_identical=1.0, real_identical=1.0, delta_pass=0.0),
+              dict(config="c", method="cascade", n=40, pred_fpt=0.2, real_fpt=0.2, pred_identical=0.6,
+                   real_identical=0.6, delta_pass=-0.025),
+              dict(config="d", method="token_cascade", n=40, pred_fpt=0.1, real_fpt=0.125, pred_identical=0.6,
+                   real_identical=0.6, delta_pass=-0.05)]
+    last = hr.reading_lines(arows)[-1]
+    assert last.startswith("- Target forwards saved against exact speculative decoding (measured), cheapest "
+                           "first: d +50.0% at pass@1 -0.050; c +20.0% at pass@1 -0.025.")
+    assert "one problem is 0.025 of pass@1" in last
 
 
 # ----------------------------------------------------------------------------------------------- end to end
