@@ -276,8 +276,11 @@ def write_report(rows, md_path=None, png_path=None, cache_dir=None, min_problems
     text = hr.report(rows, analysis, count, min_problems, plot_name)
     if quality_cost_md and Path(quality_cost_md).exists():
         sec = hr.analysis_section(rows, analysis, count, min_problems)
+        qc = Path(quality_cost_md)
+        if sec and plot_name:  # the plot, linked relative to quality_cost.md
+            rel = Path(os.path.relpath(Path(png_path).resolve(), qc.resolve().parent)).as_posix()
+            sec = sec.rstrip("\n") + f"\n\n![HumanEval pass@1 vs cost]({rel})\n"
         if sec:
-            qc = Path(quality_cost_md)
             qc.write_text(hr.replace_section(qc.read_text(), hr.ANALYSIS_HEADING, sec))
     if md_path:
         md = Path(md_path)

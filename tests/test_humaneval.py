@@ -326,7 +326,7 @@ def test_end_to_end_resume_and_report(tiny_pair, tmp_path, monkeypatch, one_thre
                     "--cache-dir", str(tmp_path / "no-cache"), "--quality-cost-md", str(qc)]) == 0
     q = qc.read_text()
     assert q.startswith("# Quality vs cost\n\n## Reading\n\nkept\n") and hr.ANALYSIS_HEADING in q
-    assert "| speculative@T0 | 2 |" in q
+    assert "| speculative@T0 | 2 |" in q and "![HumanEval pass@1 vs cost](plot.png)" in q
     text = md.read_text()
     assert "old table" not in text and text.endswith("## Notes\n\nkept by hand\n")
     assert "on the 2 problems they share (HumanEval/0..1)" in text and "![pass@1 vs cost](plot.png)" in text
