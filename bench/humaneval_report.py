@@ -135,6 +135,26 @@ def paired(ref: Dict[str, dict], other: Dict[str, dict], problems: Iterable[str]
     return c
 
 
+def speculative_for(config: str) -> str:
+    """The exact speculative config at the same temperature and seed: ``chow@tv0.01@T1s2`` -> ``speculative@T1s2``."""
+    return "speculative@" + config.split("@")[-1]
+
+
+def forwards_change(spec: Dict, other: Dict, problems: Iterable) -> Optional[Tuple[float, int]]:
+    """Relative change of target forwards per token against ``spec`` on the problems both cover (pooled sums).
+
+    ``spec`` and ``other`` map a problem (or a (problem, seed) sample) to its row. Returns ``(change, n)``, n the
+    shared keys; -0.05 means 5% fewer target forwards per generated token. None when the two share nothing or one
+    of them generated no token there.
+    """
+    common = [t for t in problems if t in spec and t in other]
+    sums = [(sum(d[t]["target_forwards"] for t in common), sum(d[t]["new_tokens"] for t in common))
+            for d in (spec, other)]
+    if not common or not sums[0][0] or not sums[0][1] or not sums[1][1]:
+        return None
+    return (sums[1][0] / sums[1][1]) / (sums[0][0] / sums[0][1]) - 1.0, len(common)
+
+
 def base_name(config: str) -> str:
     """``token_v3@tv0.01@T1s2`` -> ``token_v3@tv0.01@T1`` (the seed dropped)."""
     return re.sub(r"(@T[0-9.]+)s\d+$", r"\1", config)
@@ -206,18 +226,27 @@ def _f(x, d=2):
 
 def _table(summ: Sequence[dict], ref: Optional[Dict[str, dict]], by, problems=None) -> List[str]:
     lines = ["| config | alpha | problems | pass@1 [95% CI] | vs target (+/−, same code) | new tokens | "
-             "tokens / target fwd | target fwd / token | tokens/s | acceptance | deferral |",
-             "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "tokens / target fwd | target fwd / token | vs speculative (same problems) | tokens/s | acceptance | "
+             "deferral |",
+             "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    mk = main_keys(by)
     for s in summ:
         vs = "—"
+        rows = by[(s["config"], s["alpha"])]
         if ref is not None and s["config"] != REFERENCE:
-            pc = paired(ref, by[(s["config"], s["alpha"])], s["problems"])
+            pc = paired(ref, rows, s["problems"])
             if pc["n"]:
                 vs = f"+{pc['other_only']} / −{pc['ref_only']}, {pc['identical']}/{pc['n']}"
+        spec = speculative_for(s["config"])
+        vs_spec = "—"
+        if spec != s["config"] and spec in mk:
+            change = forwards_change(by[mk[spec]], rows, s["problems"])
+            if change is not None:
+                vs_spec = f"{change[0]:+.1%} ({change[1]})"
         lines.append(
             f"| {s['config']} | {_f(s['alpha'], 3)} | {span(s['problems'])} ({s['n']}) | "
             f"{s['pass1']:.3f} [{s['pass1_lo']:.2f}, {s['pass1_hi']:.2f}] | {vs} | {s['new_tokens']} | "
-            f"{_f(s['tokens_per_target_forward'])} | {_f(s['target_forwards_per_token'], 3)} | "
+            f"{_f(s['tokens_per_target_forward'])} | {_f(s['target_forwards_per_token'], 3)} | {vs_spec} | "
             f"{_f(s['tokens_per_s'])} | {_f(s['acceptance'])} | {_f(s['deferral'])} |")
     return lines
 
@@ -243,8 +272,10 @@ def analysis_rows(rows, analysis, problems, count_tokens: Optional[Callable[[str
         pred = predict(analysis, rs[0])
         pc = paired(ref, by[mk[c]], problems)
         real_fpt = s["target_forwards_per_token"]
-        out.append(dict(config=c, method=rs[0]["method"], n=s["n"], pred_fpt=pred and pred["forwards_per_token"], real_fpt=real_fpt,
-                        pred_deferral=pred and pred["deferral"] if rs[0]["method"] not in ("target", "drafter") else None,
+        out.append(dict(config=c, method=rs[0]["method"], n=s["n"], pred_fpt=pred and pred["forwards_per_token"],
+                        real_fpt=real_fpt,
+                        pred_deferral=(pred and pred["deferral"]
+                                       if rs[0]["method"] not in ("target", "drafter") else None),
                         real_deferral=s["deferral"], tv=pred and pred["tv"],
                         pred_identical=(predicted_identical(pred["tv"], lengths) if pred and lengths else None),
                         real_identical=pc["identical"] / pc["n"] if pc["n"] else None,
@@ -340,9 +371,24 @@ def seed_table(rows) -> List[str]:
     for r in sampled:
         by.setdefault((base_name(r["config"]), r.get("alpha")), []).append(r)
     lines = ["| config (all seeds) | alpha | seeds | problems | pass@1 per seed | pass@1 pooled [95% CI] | "
-             "tokens / target fwd | target fwd / token | acceptance | deferral |",
-             "|---|---:|---|---|---|---|---:|---:|---:|---:|"]
+             "tokens / target fwd | target fwd / token | vs speculative (same problems and seeds) | acceptance | "
+             "deferral |",
+             "|---|---:|---|---|---|---|---:|---:|---:|---:|---:|"]
+
+    def samples(rs):  # {(problem, seed): row}, the first row of a sample wins
+        out: Dict[Tuple[str, int], dict] = {}
+        for r in rs:
+            out.setdefault((r["task_id"], r["seed"]), r)
+        return out
+
     for (name, alpha), rs in by.items():
+        spec = speculative_for(name)
+        vs_spec = "—"
+        if spec != name and (spec, None) in by:
+            mine = samples(rs)
+            change = forwards_change(samples(by[(spec, None)]), mine, list(mine))
+            if change is not None:
+                vs_spec = f"{change[0]:+.1%} ({change[1]})"
         seeds = sorted({r["seed"] for r in rs})
         per = []
         for sd in seeds:
@@ -352,7 +398,7 @@ def seed_table(rows) -> List[str]:
         lines.append(f"| {name} | {_f(alpha, 3)} | {len(seeds)} | {span({r['task_id'] for r in rs})} | "
                      f"{'; '.join(per)} | {s['pass1']:.3f} [{s['pass1_lo']:.2f}, {s['pass1_hi']:.2f}] | "
                      f"{_f(s['tokens_per_target_forward'])} | {_f(s['target_forwards_per_token'], 3)} | "
-                     f"{_f(s['acceptance'])} | {_f(s['deferral'])} |")
+                     f"{vs_spec} | {_f(s['acceptance'])} | {_f(s['deferral'])} |")
     return lines
 
 
@@ -382,7 +428,9 @@ def report(rows: Sequence[dict], analysis: Sequence[dict] = (), count_tokens=Non
            "- Settings (K, max new tokens, chunk): " + ", ".join(str(s) for s in settings) + ".",
            "- pass@1 from one sample per problem; cost counts every target call, the prefill of each chunk "
            "included. **vs target**: problems this config passes and the target fails (+), the reverse (−), and "
-           "completions identical to the target's.", ""]
+           "completions identical to the target's. **vs speculative**: change in target forwards per token against "
+           "exact speculative decoding at the same temperature and seed, on the problems both cover (their count in "
+           "parentheses); negative is cheaper.", ""]
     if keys:
         out += [f"## Greedy, key configurations, on the {len(probs)} problems they share ({span(probs)})", ""]
         summ = [s for k in keys for s in summarize(rows, [k[0]], probs) if s["alpha"] == k[1]]

@@ -156,6 +156,31 @@ def test_summarize_groups_by_config_and_alpha_and_restricts_problems():
     assert hr.base_name("target@T0") == "target@T0"
 
 
+def test_forwards_change_against_speculative_on_shared_problems_same_seed():
+    rows = [_row(i, "speculative@T0", True, 10, tf, method="speculative") for i, tf in enumerate([2, 2, 4, 4])]
+    rows += [_row(i, "chow@tv0.01@T0", True, 10, 3, alpha=0.37) for i in (2, 3)]
+    t1 = dict(temperature=1.0, method="speculative")
+    rows += [_row(0, "speculative@T1s0", True, 10, 1, seed=0, **t1),
+             _row(0, "speculative@T1s1", True, 10, 5, seed=1, **t1),
+             _row(0, "chow@tv0.01@T1s1", True, 10, 5, alpha=0.37, temperature=1.0, seed=1)]
+    by = hr.group(rows)
+    assert hr.speculative_for("chow@tv0.01@T1s1") == "speculative@T1s1"
+    # on problems 2..3 speculative costs 8/20 = 0.4 and chow 6/20 = 0.3; over all four problems it would be 0.3
+    spec = by[("speculative@T0", None)]
+    ch, n = hr.forwards_change(spec, by[("chow@tv0.01@T0", 0.37)], ["HumanEval/2", "HumanEval/3"])
+    assert n == 2 and abs(ch + 0.25) < 1e-12
+    assert hr.forwards_change(spec, by[("chow@tv0.01@T1s1", 0.37)], ["HumanEval/9"]) is None
+    table = "\n".join(hr._table(hr.summarize(rows), None, by))
+    assert "| chow@tv0.01@T0 | 0.370 | HumanEval/2..3 (2) |" in table and "| 0.300 | -25.0% (2) |" in table
+    # the T = 1 seed-1 row is compared with speculative seed 1 (same cost), not seed 0 (5x cheaper)
+    assert "| chow@tv0.01@T1s1 | 0.370 | HumanEval/0..0 (1) |" in table and "| 0.500 | +0.0% (1) |" in table
+    assert "| speculative@T0 | — | HumanEval/0..3 (4) |" in table and "| 0.300 | — |" in table
+    # pooled over seeds: chow's seed-1 sample against speculative's seed-1 sample only (seed 0 is 5x cheaper)
+    seeds = "\n".join(hr.seed_table(rows))
+    assert "| chow@tv0.01@T1 | 0.370 | 1 | HumanEval/0..0 | s0: 1/1 |" not in seeds
+    assert "| chow@tv0.01@T1 | 0.370 | 1 | HumanEval/0..0 | s1: 1/1 |" in seeds and "| 0.500 | +0.0% (1) |" in seeds
+
+
 def test_display_order_temperature_family_alpha_seed():
     names = [("token_v3@tv0.01@T1s1", 0.19), ("chow@tv0.025@T0", 0.5), ("token_v3@tv0.01@T1s0", 0.19),
              ("opt@tv0.01@T0", -0.15), ("target@T0", None), ("token_v3@tv0.025@T0", 0.4),
