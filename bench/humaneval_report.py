@@ -155,6 +155,12 @@ def forwards_change(spec: Dict, other: Dict, problems: Iterable) -> Optional[Tup
     return (sums[1][0] / sums[1][1]) / (sums[0][0] / sums[0][1]) - 1.0, len(common)
 
 
+def _vs_spec(spec: Dict, other: Dict, keys: Iterable) -> str:
+    """``forwards_change`` as a table cell: ``-6.9% (20)``, or ``—``."""
+    change = forwards_change(spec, other, keys)
+    return "—" if change is None else f"{change[0]:+.1%} ({change[1]})"
+
+
 def base_name(config: str) -> str:
     """``token_v3@tv0.01@T1s2`` -> ``token_v3@tv0.01@T1`` (the seed dropped)."""
     return re.sub(r"(@T[0-9.]+)s\d+$", r"\1", config)
@@ -224,7 +230,7 @@ def _f(x, d=2):
     return "—" if x is None else f"{x:.{d}f}"
 
 
-def _table(summ: Sequence[dict], ref: Optional[Dict[str, dict]], by, problems=None) -> List[str]:
+def _table(summ: Sequence[dict], ref: Optional[Dict[str, dict]], by) -> List[str]:
     lines = ["| config | alpha | problems | pass@1 [95% CI] | vs target (+/−, same code) | new tokens | "
              "tokens / target fwd | target fwd / token | vs speculative (same problems) | tokens/s | acceptance | "
              "deferral |",
@@ -238,11 +244,7 @@ def _table(summ: Sequence[dict], ref: Optional[Dict[str, dict]], by, problems=No
             if pc["n"]:
                 vs = f"+{pc['other_only']} / −{pc['ref_only']}, {pc['identical']}/{pc['n']}"
         spec = speculative_for(s["config"])
-        vs_spec = "—"
-        if spec != s["config"] and spec in mk:
-            change = forwards_change(by[mk[spec]], rows, s["problems"])
-            if change is not None:
-                vs_spec = f"{change[0]:+.1%} ({change[1]})"
+        vs_spec = (_vs_spec(by[mk[spec]], rows, s["problems"]) if spec != s["config"] and spec in mk else "—")
         lines.append(
             f"| {s['config']} | {_f(s['alpha'], 3)} | {span(s['problems'])} ({s['n']}) | "
             f"{s['pass1']:.3f} [{s['pass1_lo']:.2f}, {s['pass1_hi']:.2f}] | {vs} | {s['new_tokens']} | "
@@ -382,13 +384,8 @@ def seed_table(rows) -> List[str]:
         return out
 
     for (name, alpha), rs in by.items():
-        spec = speculative_for(name)
-        vs_spec = "—"
-        if spec != name and (spec, None) in by:
-            mine = samples(rs)
-            change = forwards_change(samples(by[(spec, None)]), mine, list(mine))
-            if change is not None:
-                vs_spec = f"{change[0]:+.1%} ({change[1]})"
+        spec, mine = speculative_for(name), samples(rs)
+        vs_spec = _vs_spec(samples(by[(spec, None)]), mine, mine) if spec != name and (spec, None) in by else "—"
         seeds = sorted({r["seed"] for r in rs})
         per = []
         for sd in seeds:

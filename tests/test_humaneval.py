@@ -187,8 +187,8 @@ def test_display_order_temperature_family_alpha_seed():
              ("token_v3@tv0.01@T0", 0.19), ("speculative@T1s0", None), ("drafter@T0", None),
              ("hf_assisted_default@T0", None), ("hf_assisted@T0", None)]
     got = [s["config"] for s in sorted((dict(config=c, alpha=a) for c, a in names), key=hr.display_order)]
-    assert got == ["target@T0", "drafter@T0", "hf_assisted@T0", "hf_assisted_default@T0", "token_v3@tv0.01@T0", "token_v3@tv0.025@T0", "opt@tv0.01@T0",
-                   "chow@tv0.025@T0", "speculative@T1s0", "token_v3@tv0.01@T1s0", "token_v3@tv0.01@T1s1"]
+    assert got == ["target@T0", "drafter@T0", "hf_assisted@T0", "hf_assisted_default@T0", "token_v3@tv0.01@T0",
+                   "token_v3@tv0.025@T0", "opt@tv0.01@T0", "chow@tv0.025@T0", "speculative@T1s0", "token_v3@tv0.01@T1s0", "token_v3@tv0.01@T1s1"]
 
 
 def test_predictions_from_the_analysis():
