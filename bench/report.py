@@ -24,12 +24,14 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from speccas_kernels.rules import RULES  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 OURS = ("triton", "cuda", "cpp")  # the speccas kernels
 BASELINE = "reference"
 PROVIDER_ORDER = ("triton", "cuda", "cpp", "reference", "torch.compile", "flashinfer", "hf", "multinomial", "argmax")
-RULE_ORDER = ("speculative", "chow", "diff", "opt", "token_v1", "token_v2", "token_v3", "lossy", "sample", "greedy")
+RULE_ORDER = RULES + ("sample", "greedy")
 NOISY = 0.25  # mark cells whose p20-p80 spread exceeds this share of the median
 DTYPE_ORDER = ("fp32", "bf16", "fp16")
 

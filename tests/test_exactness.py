@@ -39,7 +39,6 @@ N_DRAWS = 100_000  # draws per tested position
 B_ROWS = 180_000  # rows per round: position 2 needs N_DRAWS rows with x_1 accepted (E[a_1] >= 0.57 here)
 OFFSET = 4096
 K = 2
-FAMILY_A = ("speculative", "chow", "diff", "opt")
 
 
 def _logits(probs):
@@ -90,32 +89,35 @@ class Law:
         q, p = softmax64(zq, T), softmax64(zp, T)  # sampling distributions
         qh, ph = softmax64(zq, 1.0), softmax64(zp, 1.0)  # rule statistics: unscaled
         V = len(q)
+        tv = sum(max(0.0, q[v] - p[v]) for v in range(V))  # over the scaled q, p
+        deferral = {  # family A: the deferral bit r (pi = p if r else q)
+            "speculative": lambda: True,
+            "chow": lambda: qh.max() < 1.0 - alpha,
+            "diff": lambda: qh.max() < ph.max() - alpha,
+            "opt": lambda: qh.max() < ph.max() - alpha * tv,
+        }
+        token_set = {  # family B, Eq. 11: v in A
+            "token_v1": lambda v: qh[v] >= ph.max() - alpha,
+            "token_v2": lambda v: ph[v] >= ph.max() - alpha,
+            "token_v3": lambda v: ph[v] >= (1.0 - alpha) * ph.max(),
+        }
         if rule == "lossy":  # Leviathan et al. App. A.5
             a = [min(1.0, p[v] / ((1.0 - alpha) * q[v])) if q[v] > 0 else 0.0 for v in range(V)]
             target = p
             deferred = [True] * V
-        elif rule in FAMILY_A:
-            tv = sum(max(0.0, q[v] - p[v]) for v in range(V))  # over the scaled q, p
-            r = {
-                "speculative": True,
-                "chow": qh.max() < 1.0 - alpha,
-                "diff": qh.max() < ph.max() - alpha,
-                "opt": qh.max() < ph.max() - alpha * tv,
-            }[rule]
+        elif rule in deferral:
+            r = deferral[rule]()
             target = p.copy() if r else q.copy()
             a = [min(1.0, target[v] / q[v]) if q[v] > 0 else 0.0 for v in range(V)]
             deferred = [bool(r)] * V
-        else:  # family B, Eq. 11
-            if rule == "token_v1":
-                in_a = [qh[v] >= ph.max() - alpha for v in range(V)]
-            elif rule == "token_v2":
-                in_a = [ph[v] >= ph.max() - alpha for v in range(V)]
-            else:
-                in_a = [ph[v] >= (1.0 - alpha) * ph.max() for v in range(V)]
+        elif rule in token_set:
+            in_a = [token_set[rule](v) for v in range(V)]
             eta = sum(q[v] for v in range(V) if not in_a[v])
             target = np.array([q[v] * in_a[v] + eta * p[v] for v in range(V)])
             a = [min(1.0, target[v] / q[v]) if q[v] > 0 else 0.0 for v in range(V)]
             deferred = [not s for s in in_a]
+        else:
+            raise KeyError(f"no independent law for rule {rule!r}: write it here (docs/ADDING_A_RULE.md)")
         self.q, self.p, self.pi = q, p, np.asarray(target)
         self.a = np.asarray(a)
         self.deferred = np.asarray(deferred)
