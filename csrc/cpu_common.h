@@ -233,7 +233,7 @@ template <typename acc_t>
 struct Race {
   acc_t best = neg_inf<acc_t>();
   int64_t idx = -1;
-  int any_pos = 0;  // residual races: some w > 0
+  double mass = 0.0;  // residual races: sum of the weights w over the chunk
   int bad = 0;      // sample: NaN or +inf seen
 };
 
@@ -258,7 +258,7 @@ inline void race_block(const acc_t* s, int64_t n, int64_t v0, Race<acc_t>& r) {
 // Merge chunk results in vocabulary order (ties keep the earlier chunk: the lowest index).
 template <typename acc_t>
 inline void merge_into(Race<acc_t>& out, const Race<acc_t>& c) {
-  out.any_pos |= c.any_pos;
+  out.mass += c.mass;
   out.bad |= c.bad;
   if (c.idx >= 0 && (out.idx < 0 || c.best > out.best)) {
     out.best = c.best;

@@ -152,6 +152,13 @@ SPECCAS_HD T acceptance(int family, T alpha, T w, bool in_a, T qx, T px) {
   return T(0);
 }
 
+// reference.RESIDUAL_EPS: a residual whose mass sum_v max(0, pi - q) is at most this is rounding noise, and
+// the rejected position draws from pi instead (SPEC.md section 4).
+template <typename T>
+SPECCAS_HD constexpr double residual_eps() {
+  return sizeof(T) == sizeof(double) ? 1e-12 : 1e-5;
+}
+
 // True when the residual max(0, pi - q) is zero by construction (family A with r = 0: pi = q), so the
 // rejected position's token is drawn from pi directly.
 template <typename T>

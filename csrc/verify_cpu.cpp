@@ -14,7 +14,7 @@
 //   accept: accept while u_i < a_i, u_i = uniform(seed, offset + i, STREAM_ACCEPT, 0).
 //   race: one race over V at the one position needed, noise G = gumbel(seed, offset + m, STREAM_EMIT, v):
 //      the bonus argmax zp_n + T G (plain argmax at T = 0), or the residual argmax log(w) + G with
-//      w = max(0, pi_m - q_m), and pi_m itself (a second race) when w is all zero;
+//      w = max(0, pi_m - q_m), and pi_m itself (a second race) when w's mass is rounding noise;
 //   emit: the chunks of the race merged, the outputs written.
 // Compute type: float32 for fp32/bf16/fp16 logits, float64 for fp64 logits (as the reference).
 #include <vector>
@@ -106,13 +106,13 @@ RacePair<acc_t> race_chunk(const RuleArgs& R, const RaceJob<in_t, acc_t>& job, i
     blended_block(R.family, job.w, sc.in_a, sc.q, sc.p, n, sc.pi);
     const acc_t *q = sc.q, *pi = sc.pi;
     acc_t* fs = sc.fs;
-    int any = 0;
+    acc_t mass = 0;
     if (job.kind == kResidual) {
-#pragma omp simd reduction(| : any)
+#pragma omp simd reduction(+ : mass)
       for (int64_t i = 0; i < n; ++i) {
         const acc_t d = pi[i] - q[i];
         const acc_t w = d > acc_t(0) ? d : acc_t(0);
-        any |= static_cast<int>(w > acc_t(0));
+        mass += w;
         s[i] = sc_log(w) + static_cast<acc_t>(g[i]);
       }
       race_block(s, n, v0, r.main);
@@ -120,7 +120,7 @@ RacePair<acc_t> race_chunk(const RuleArgs& R, const RaceJob<in_t, acc_t>& job, i
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) fs[i] = sc_log(pi[i]) + static_cast<acc_t>(g[i]);
     race_block(fs, n, v0, r.fallback);
-    r.main.any_pos |= any;
+    r.main.mass += static_cast<double>(mass);
   }
   return r;
 }
@@ -392,7 +392,7 @@ void verify_cpu_impl(const VerifyInputs& in, at::Tensor& tokens, at::Tensor& num
   // Phases "race" and "emit".
   const std::vector<RacePair<acc_t>> res = run_races(R, races, V);
   for (size_t j = 0; j < races.size(); ++j) {
-    const bool residual = races[j].kind == kResidual && res[j].main.any_pos;
+    const bool residual = races[j].kind == kResidual && res[j].main.mass > residual_eps<acc_t>();
     emitted[races[j].b] = races[j].kind == kBonus || residual ? res[j].main.idx : res[j].fallback.idx;
   }
 

@@ -8,7 +8,7 @@
 //   3. _verify_second_look_kernel grid (draft positions, chunks): TV(q, p) for opt, eta for family B (T > 0).
 //   4. _verify_accept_kernel  one thread per row: a_i, the accept loop, the race to run.
 //   5. _verify_race_kernel    grid (rows, chunks): the bonus race zp_n + T G, or the residual race
-//                             log(w) + G together with its fallback log(pi) + G (w all zero).
+//                             log(w) + G together with its fallback log(pi) + G (w's mass rounding noise).
 //   6. _verify_emit_kernel    one thread per row: merges the race chunks and writes the outputs.
 //
 // Split vocabulary (chunks) when positions are few, as FlashInfer does for small batches.
@@ -45,7 +45,7 @@ template <typename acc_t>
 struct RaceD {
   acc_t best, fb_best;
   int64_t idx, fb_idx;
-  int any_pos;
+  double mass;  // the chunk's residual mass
 };
 
 enum : int { kNoRace = -1, kBonus = 0, kResidual = 1, kPi = 2 };  // kPi: family A with r = 0 (pi = q)
@@ -408,7 +408,7 @@ __global__ void __launch_bounds__(kThreads) _verify_race_kernel(
   const int64_t hi = lo + geo.rcsz < V ? lo + geo.rcsz : V;
   acc_t best = neg_inf<acc_t>(), fb_best = neg_inf<acc_t>();
   int64_t idx = -1, fb_idx = -1;
-  int any = 0;
+  double mass = 0.0;
   // One thread per group of 4 entries: one Philox call serves all four.
   for (int64_t g0 = lo + 4 * static_cast<int64_t>(threadIdx.x); g0 < hi; g0 += 4 * kThreads) {
     const Philox4 r = philox_group(sd, pos, kStreamEmit, g0 >> 2);
@@ -427,7 +427,7 @@ __global__ void __launch_bounds__(kThreads) _verify_race_kernel(
         const acc_t pi = blended(R.family, wm, in_a, q, p);
         const acc_t d = pi - q;
         const acc_t w = d > acc_t(0) ? d : acc_t(0);
-        any |= w > acc_t(0);
+        mass += static_cast<double>(w);
         s = kind == kPi ? neg_inf<acc_t>() : dlog(w) + g;
         fs = dlog(pi) + g;
       }
@@ -443,8 +443,8 @@ __global__ void __launch_bounds__(kThreads) _verify_race_kernel(
   }
   block_argmax(best, idx, sh_v, sh_i);
   block_argmax(fb_best, fb_idx, sh_v, sh_i);
-  any = block_sum(static_cast<double>(any), sh_d) > 0.0;
-  if (threadIdx.x == 0) out[b * geo.rnch + c] = RaceD<acc_t>{best, fb_best, idx, fb_idx, any};
+  mass = block_sum(mass, sh_d);
+  if (threadIdx.x == 0) out[b * geo.rnch + c] = RaceD<acc_t>{best, fb_best, idx, fb_idx, mass};
 }
 
 // ---- 6. emit ------------------------------------------------------------------------------------
@@ -458,10 +458,10 @@ __global__ void _verify_emit_kernel(int64_t* __restrict__ tokens, const RaceD<ac
   if (kind == kNoRace) return;
   acc_t best = neg_inf<acc_t>(), fb_best = neg_inf<acc_t>();
   int64_t idx = -1, fb_idx = -1;
-  int any = 0;
+  double mass = 0.0;
   for (int c = 0; c < geo.rnch; ++c) {  // chunks in vocabulary order: ties keep the lowest index
     const RaceD<acc_t> r = races[b * geo.rnch + c];
-    any |= r.any_pos;
+    mass += r.mass;
     if (r.idx >= 0 && (idx < 0 || r.best > best)) {
       best = r.best;
       idx = r.idx;
@@ -472,7 +472,7 @@ __global__ void _verify_emit_kernel(int64_t* __restrict__ tokens, const RaceD<ac
     }
   }
   const bool residual = kind != kBonus;
-  int64_t e = (residual && !any) ? fb_idx : idx;
+  int64_t e = (residual && !(mass > residual_eps<acc_t>())) ? fb_idx : idx;
   e = e < 0 ? 0 : (e >= geo.V ? geo.V - 1 : e);
   tokens[b * (geo.K + 1) + rs.m[b]] = e;
 }

@@ -14,7 +14,7 @@ One round for row b (SPEC.md sections 1-3, 5), with ``n = num_draft_tokens[b]``:
 * ``u_i = uniform(seed, offset + i, STREAM_ACCEPT, 0)``; accept while ``u_i < a_i``, for ``i < n``.
   ``m`` = the number of leading acceptances.
 * ``m < n``: emit ``argmax_v log w(v) + G(v)`` with ``w = max(0, pi_m - q_m)`` (``pi_m`` itself when
-  ``w`` is all zero) and ``G = gumbel(seed, offset + m, STREAM_EMIT, v)``.
+  the mass of ``w`` is at most ``RESIDUAL_EPS``: rounding noise) and ``G = gumbel(seed, offset + m, STREAM_EMIT, v)``.
   ``m = n``: emit the bonus ``argmax_v zp_n(v) + T G(v)`` (the same race over ``p_n``, written so that
   ``T = 0`` is the plain argmax).
 * ``sample``: ``argmax_v z(v) + T G(v)`` with ``G = gumbel(seed, offset, STREAM_DRAFT, v)``.
@@ -39,6 +39,12 @@ def argmax_first(s: torch.Tensor) -> torch.Tensor:
     idx = torch.arange(V, device=s.device).expand_as(s)
     hit = s == s.amax(-1, keepdim=True)
     return torch.where(hit, idx, V).amin(-1)
+
+
+# SPEC.md section 4: a residual whose mass sum_v max(0, pi - q) is at most this is rounding noise (pi = q
+# mathematically, e.g. a static blend of p = q, or a token set whose eta rounds to 1 + 1e-7): the rejected
+# position then draws from pi. Changing the law by at most this much in total variation, where it applies.
+RESIDUAL_EPS = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
 def _compute_dtype(z: torch.Tensor) -> torch.dtype:
@@ -140,7 +146,8 @@ def output_law(b: Blend) -> torch.Tensor:
     kept = b.q * b.accept
     w = torch.clamp(b.pi - b.q, min=0)
     mass = w.sum(-1, keepdim=True)
-    r = torch.where(mass > 0, w / torch.where(mass > 0, mass, torch.ones_like(mass)), b.pi)
+    real = mass > RESIDUAL_EPS[_compute_dtype(w)]
+    r = torch.where(real, w / torch.where(real, mass, torch.ones_like(mass)), b.pi)
     return kept + (1.0 - kept.sum(-1, keepdim=True)).clamp(min=0) * r
 
 
@@ -193,7 +200,7 @@ def verify_args(args: checks.VerifyArgs, debug: bool = False):
         j = m.clamp(max=K - 1).view(B, 1, 1).expand(B, 1, V)
         pi_m, q_m = pi.gather(1, j).squeeze(1), q.gather(1, j).squeeze(1)
         w = torch.clamp(pi_m - q_m, min=0)
-        w = torch.where((w > 0).any(-1, keepdim=True), w, pi_m)
+        w = torch.where(w.sum(-1, keepdim=True) > RESIDUAL_EPS[dt], w, pi_m)
         score = torch.where(bonus[:, None], bonus_score, torch.log(w) + g)
     else:
         score = bonus_score

@@ -10,7 +10,7 @@ For row b with n = num_draft_tokens[b] drafts, drafter logits zq_i, target logit
                pi(v) = q(v) [v in A] + eta p(v);   a_i = [x in A and q(x) > 0] or min(1, eta p(x)/q(x))
     lossy:     a_i = min(1, p(x) / ((1 - alpha) q(x)))
     accept while u_i = U(seed, offset + i, STREAM_ACCEPT, 0) < a_i, i < n;  m = leading acceptances
-    m < n: emit argmax_v log max(0, pi_m - q_m)(v) + G(v)    (log pi_m + G when that weight is all 0)
+    m < n: emit argmax_v log max(0, pi_m - q_m)(v) + G(v)    (log pi_m + G when its mass is <= RESIDUAL_EPS)
     m = n: emit argmax_v zp_n(v) + T G(v)                    G = gumbel(seed, offset + m, STREAM_EMIT, v)
 
 Nothing of size V is written to global memory. The kernels, in launch order:
@@ -50,6 +50,7 @@ FAMILY_B = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_B])
 FAMILY_LOSSY = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_LOSSY])
 STREAM_ACCEPT = tl.constexpr(rules.STREAM_ACCEPT)
 STREAM_EMIT = tl.constexpr(rules.STREAM_EMIT)
+RESIDUAL_EPS = tl.constexpr(1e-5)  # reference.RESIDUAL_EPS[float32]: the kernels compute in float32
 _BIG = tl.constexpr(2147483647)
 NEG_INF = tl.constexpr(float("-inf"))
 
@@ -450,8 +451,8 @@ def _verify_accept_kernel(
 @triton.jit(do_not_specialize=["K"])
 def _verify_race_kernel(
     tokens_ptr,  # [B, K + 1] int64 (written only when SINGLE)
-    part_score_ptr,  # [B, NT, 2] float32: best residual score, best pi score
-    part_idx_ptr,  # [B, NT, 3] int32: their lowest indices, any residual weight > 0
+    part_score_ptr,  # [B, NT, 3] float32: best residual score, best pi score, the tile's residual mass
+    part_idx_ptr,  # [B, NT, 2] int32: their lowest indices
     zq_ptr,  # [B, K, V_in]
     zp_ptr,  # [B, K + 1, V_in]
     valid_ptr,  # [B] bool
@@ -494,7 +495,7 @@ def _verify_race_kernel(
             zb = _load_row(zp_ptr, b, stride_pb, n, stride_pk, v, mask)
             s_res = zb + Tf * g
             s_pi = s_res
-            any_w = tl.full([], 1, tl.int32)
+            mass = tl.full([], 1.0, tl.float32)
         else:  # residual at position m < n
             o = (b * (K + 1) + m) * 2
             Mp, S1p, STp, argp = _load_stats1(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o)
@@ -511,27 +512,27 @@ def _verify_race_kernel(
             w = tl.maximum(pi - q, 0.0)
             s_res = tl.log(w) + g
             s_pi = tl.log(pi) + g
-            any_w = tl.max((mask & (w > 0)).to(tl.int32), axis=0)
+            mass = tl.sum(tl.where(mask, w, 0.0), axis=0)
         s_res = tl.where(mask & (s_res == s_res), s_res, NEG_INF)
         s_pi = tl.where(mask & (s_pi == s_pi), s_pi, NEG_INF)
         best_res, idx_res = _best_lowest(s_res, v)
         best_pi, idx_pi = _best_lowest(s_pi, v)
         if SINGLE:
-            idx = tl.where(any_w > 0, idx_res, idx_pi)
+            idx = tl.where(mass > RESIDUAL_EPS, idx_res, idx_pi)
             tl.store(tokens_ptr + b * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64))
         else:
-            tl.store(part_score_ptr + (b * NT + t) * 2, best_res)
-            tl.store(part_score_ptr + (b * NT + t) * 2 + 1, best_pi)
-            tl.store(part_idx_ptr + (b * NT + t) * 3, idx_res)
-            tl.store(part_idx_ptr + (b * NT + t) * 3 + 1, idx_pi)
-            tl.store(part_idx_ptr + (b * NT + t) * 3 + 2, any_w)
+            tl.store(part_score_ptr + (b * NT + t) * 3, best_res)
+            tl.store(part_score_ptr + (b * NT + t) * 3 + 1, best_pi)
+            tl.store(part_score_ptr + (b * NT + t) * 3 + 2, mass)
+            tl.store(part_idx_ptr + (b * NT + t) * 2, idx_res)
+            tl.store(part_idx_ptr + (b * NT + t) * 2 + 1, idx_pi)
 
 
 @triton.jit(do_not_specialize=["K"])
 def _verify_emit_kernel(
     tokens_ptr,  # [B, K + 1] int64
-    part_score_ptr,  # [B, NT, 2] float32
-    part_idx_ptr,  # [B, NT, 3] int32
+    part_score_ptr,  # [B, NT, 3] float32
+    part_idx_ptr,  # [B, NT, 2] int32
     valid_ptr,  # [B] bool
     emit_pos_ptr,  # [B] int32
     K,
@@ -544,10 +545,10 @@ def _verify_emit_kernel(
         t = tl.arange(0, BLOCK_T)
         mask = t < NT
         o = b * NT + t
-        any_w = tl.max(tl.load(part_idx_ptr + o * 3 + 2, mask=mask, other=0), axis=0)
-        col = tl.where(any_w > 0, 0, 1)
-        s = tl.load(part_score_ptr + o * 2 + col, mask=mask, other=NEG_INF)
-        i = tl.load(part_idx_ptr + o * 3 + col, mask=mask, other=_BIG)
+        mass = tl.sum(tl.load(part_score_ptr + o * 3 + 2, mask=mask, other=0.0), axis=0)
+        col = tl.where(mass > RESIDUAL_EPS, 0, 1)
+        s = tl.load(part_score_ptr + o * 3 + col, mask=mask, other=NEG_INF)
+        i = tl.load(part_idx_ptr + o * 2 + col, mask=mask, other=_BIG)
         best, idx = _best_lowest(s, i)
         m = tl.load(emit_pos_ptr + b).to(tl.int64)
         tl.store(tokens_ptr + b * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64))
@@ -601,8 +602,8 @@ def launch_verify(zq: torch.Tensor, zp: torch.Tensor, draft_tokens: torch.Tensor
         BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=1)
 
     single = nt == 1
-    part_s = tokens if single else torch.empty((B * nt * 2,), dtype=torch.float32, device=dev)
-    part_x = tokens if single else torch.empty((B * nt * 3,), dtype=torch.int32, device=dev)
+    part_s = tokens if single else torch.empty((B * nt * 3,), dtype=torch.float32, device=dev)
+    part_x = tokens if single else torch.empty((B * nt * 2,), dtype=torch.int32, device=dev)
     _verify_race_kernel[(B, nt)](
         tokens, part_s, part_x, zq, zp, valid, emit_pos, emit_w, *stats, temperature, alpha, seed, offset,
         num_draft_tokens, K, V, nt, *strides, FAMILY=cx["FAMILY"], IN_SET=cx["IN_SET"], USES_ALPHA=cx["USES_ALPHA"],
