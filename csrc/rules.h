@@ -45,6 +45,7 @@ inline int rule_family(int code) {
     case kRule_chow:
     case kRule_diff:
     case kRule_opt:
+    case kRule_ensemble:
       return kFamilyA;
     case kRule_token_v1:
     case kRule_token_v2:
@@ -97,6 +98,7 @@ SPECCAS_HD T blend_weight(int code, T alpha, T max_qh, T max_ph, T tv) {
     case kRule_chow: return max_qh < T(1) - alpha ? T(1) : T(0);
     case kRule_diff: return max_qh < max_ph - alpha ? T(1) : T(0);
     case kRule_opt: return max_qh < max_ph - mul_rn(alpha, tv) ? T(1) : T(0);
+    case kRule_ensemble: return T(1) - alpha;
     case kRule_token_v1:
     case kRule_token_v2:
     case kRule_token_v3:
@@ -118,6 +120,7 @@ SPECCAS_HD bool in_token_set(int code, T alpha, T qh, T ph, T max_ph) {
     case kRule_chow:
     case kRule_diff:
     case kRule_opt:
+    case kRule_ensemble:
     case kRule_lossy:
       break;  // no token set
   }

@@ -60,6 +60,10 @@ def _opt(alpha, max_qh, max_ph, tv):
     return max_qh < max_ph - alpha * tv
 
 
+def _ensemble(alpha, max_qh, max_ph, tv):
+    return 1.0 - alpha
+
+
 def _token_v1(alpha, qh, ph, max_ph):
     return qh >= max_ph - alpha
 
@@ -161,6 +165,11 @@ _RULES = (
          summary="accept with min(1, p / ((1 - alpha) q))",
          ends="alpha = 0: exact speculative decoding; alpha -> 1: accepts almost every draft",
          speculative_at=(0.0,)),
+    Rule("ensemble", FAMILY_A, 8, 0.3, (0.0, 1.0), False, True, (), weight=_ensemble, binary=False,
+         grid=(0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+         summary="no deferral: the static blend pi = (1 - alpha) p + alpha q (r = 1 - alpha)",
+         ends="alpha = 0: pi = p, exact speculative decoding; alpha = 1: pi = q",
+         speculative_at=(0.0,), drafter_at=(1.0,)),
 )
 
 
