@@ -118,7 +118,9 @@ def flashinfer_provider() -> common.Provider:
         z, T = ctx.args.logits, ctx.temperature
         return (lambda: fn(z)) if T == 1.0 else (lambda: fn(z / T))
 
-    prov = common.Provider("flashinfer", check, build, cuda_only=True)
+    # its first call compiles the sampling module (JIT) unless bench/gpu_suite.py built it already
+    prov = common.Provider("flashinfer", check, build, cuda_only=True,
+                           first_call_timeout=common.FLASHINFER_FIRST_CALL_S)
     return prov
 
 

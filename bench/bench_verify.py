@@ -187,7 +187,9 @@ def flashinfer_provider() -> common.Provider:
 
         return run
 
-    prov = common.Provider("flashinfer", check, build, cuda_only=True)
+    # its first call compiles the sampling module (JIT) unless bench/gpu_suite.py built it already
+    prov = common.Provider("flashinfer", check, build, cuda_only=True,
+                           first_call_timeout=common.FLASHINFER_FIRST_CALL_S)
     return prov
 
 
@@ -225,15 +227,17 @@ def main(argv=None) -> int:
 
 def suite_points(grid) -> list:
     """The grid's points in the order a time-limited run (``bench/gpu_suite.py``) wants them, a
-    subset of the full product: every rule and dtype at the large batch (64 when in the grid) and
-    at the smallest, both at K = 4 (when in the grid) and the largest V, the shapes the static
-    model's claims are about; then every B x K for ``speculative`` and ``token_v3`` in the first
-    dtype; then the other vocabulary sizes for ``speculative``."""
+    subset of the full product. First the shapes the static model's claims are about, at K = 4
+    (when in the grid) and the largest V: every rule and dtype at the large batch (64 when in the
+    grid), then every rule at the smallest batch in the first dtype, then in the others; then every
+    B x K for ``speculative`` and ``token_v3`` in the first dtype; then the other vocabulary sizes
+    for ``speculative``. (Each new rule, dtype or size-1 dimension may cost a Triton compile.)"""
     Bs, Ks, Vs = sorted(grid["B"]), list(grid["K"]), sorted(grid["V"])
     b_hi, b_lo = (64 if 64 in Bs else Bs[-1]), Bs[0]
     k_mid, v_hi, d0 = (4 if 4 in Ks else Ks[0]), Vs[-1], grid["dtypes"][0]
     focus = [r for r in ("speculative", "token_v3") if r in grid["rules"]]
-    pts = [common.Point(r, B, k_mid, v_hi, d) for B in (b_hi, b_lo) for d in grid["dtypes"] for r in grid["rules"]]
+    pts = [common.Point(r, b_hi, k_mid, v_hi, d) for d in grid["dtypes"] for r in grid["rules"]]
+    pts += [common.Point(r, b_lo, k_mid, v_hi, d) for d in grid["dtypes"] for r in grid["rules"]]
     pts += [common.Point(r, B, K, v_hi, d0) for r in focus for K in Ks for B in Bs]
     pts += [common.Point(r, B, k_mid, V, d0) for r in focus[:1] for V in Vs for B in (b_hi, b_lo)]
     return list(dict.fromkeys(pts))

@@ -51,6 +51,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GRAPH_MAX_BYTES = 32 << 20  # auto timing: CUDA graphs for inputs up to 32 MiB (launch-bound sizes)
 CPU_MAX_ELEMS = 1 << 25  # CPU default cap on B * (K + 1) * V (the reference materializes it many times)
 MEMORY_FRACTION = 0.6  # use at most this share of the free memory for one grid point
+FLASHINFER_FIRST_CALL_S = 240.0  # FlashInfer's first call may JIT-compile its sampling module (nvcc)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -438,7 +439,8 @@ class Provider:
 
     ``check()`` -> (ok, reason) decides once per run; ``build(ctx)`` returns the zero-argument
     callable to time for a grid point (raising ``Unavailable`` for points it does not cover);
-    ``first_call_timeout`` bounds the first (compiling) call; ``graph_ok`` says whether its call
+    ``first_call_timeout`` bounds the first (compiling) call, and ``compile_budget`` makes those
+    first calls share ``--compile-budget`` (torch.compile); ``graph_ok`` says whether its call
     may be captured in a CUDA graph."""
 
     name: str
@@ -446,6 +448,7 @@ class Provider:
     build: Callable[[object], Callable]
     graph_ok: bool = True
     first_call_timeout: Optional[float] = None
+    compile_budget: bool = False  # its first calls count against --compile-budget (torch.compile)
     note: str = ""
     cuda_only: bool = False
     cpu_only: bool = False
@@ -576,7 +579,7 @@ def compiled_provider(device: torch.device, timeout: float, fn: Callable) -> "Pr
         compiled = state["fn"]
         return lambda: compiled(ctx.args)
 
-    return Provider("torch.compile", check, build, first_call_timeout=timeout,
+    return Provider("torch.compile", check, build, first_call_timeout=timeout, compile_budget=True,
                     note="torch.compile(reference, dynamic=True)")
 
 
@@ -654,7 +657,7 @@ def run_grid(op: str, points: Sequence[Point], providers: Sequence[Provider], *,
 
     ``describe(ctx, output)`` turns a provider's first output into a note for the point's rows
     (e.g. the mean accepted drafts); it is asked until it returns something. Providers with a
-    ``first_call_timeout`` (torch.compile) also share ``args.compile_budget`` seconds of first
+    ``compile_budget`` (torch.compile) also share ``args.compile_budget`` seconds of first
     calls over the run; past it they are disabled, and the rows say so. ``args.deadline_s``
     (seconds from the start of the grid) stops the run before the next point once passed, and
     says how many points it left."""
@@ -723,7 +726,7 @@ def run_grid(op: str, points: Sequence[Point], providers: Sequence[Provider], *,
             note = [prov.note] if prov.note else []
             timeout = prov.first_call_timeout
             by_budget = False
-            if timeout and budget["left"] is not None and budget["left"] < timeout:
+            if timeout and prov.compile_budget and budget["left"] is not None and budget["left"] < timeout:
                 timeout, by_budget = max(budget["left"], 1.0), True
             if timeout and deadline is not None:
                 timeout = max(min(timeout, deadline - time.monotonic()), 1.0)
@@ -734,7 +737,7 @@ def run_grid(op: str, points: Sequence[Point], providers: Sequence[Provider], *,
                     torch.cuda.synchronize()
                 first_s = time.perf_counter() - t_first
                 if prov.first_call_timeout:
-                    if budget["left"] is not None:
+                    if prov.compile_budget and budget["left"] is not None:
                         budget["left"] -= first_s
                     if first_s > 1.0:
                         note.append(f"first call {first_s:.0f} s")
@@ -748,7 +751,7 @@ def run_grid(op: str, points: Sequence[Point], providers: Sequence[Provider], *,
             except CallTimeout as e:
                 prov.disabled = (f"compile budget of {args.compile_budget:g} s spent (--compile-budget)" if by_budget
                                  else f"first call {e} (--compile-timeout or --deadline-s)")
-                if budget["left"] is not None:
+                if prov.compile_budget and budget["left"] is not None:
                     budget["left"] -= timeout
                 tqdm.write(f"[bench {op}] {prov.name} disabled for the rest of the run: {prov.disabled}")
                 sink.write({**row_base, "provider": prov.name, "note": f"unavailable: {prov.disabled}"})

@@ -10,15 +10,15 @@ The `run` call (the device tool; nothing else to type there)::
 COMMIT is the short hash of the checkout that travels (`git rev-parse --short HEAD`, with `-dirty`
 when `git status --porcelain` shows changes): the device machine gets the files without `.git`.
 The suite also records a digest of the sources (`python bench/gpu_suite.py --digest` here prints
-the same digest for this tree). The suite's own deadline is 450 s; the 90 s more of timeout_s
-cover Python's start and the packing. Machine start (1-2 minutes) comes on top: about 10 of the
+the same digest for this tree). The suite's own deadline is 440 s; the 100 s more of timeout_s
+cover the kill grace of steps that time out, the packing, and Python's start. Machine start (1-2 minutes) comes on top: about 10 of the
 session's 15 device minutes, which leaves no time for a second full run; call `give_back` at
 once afterwards, or rerun only the steps that failed (`--steps build,tests,...`, their budgets
 in STEPS below).
 
 FlashInfer (optional; the benchmark rows say "unavailable" without it). Its newest wheels are
 over the 64 MiB the working tree may carry; 0.6.0 (7.5 MB, JIT: its sampling module compiles on
-first use there, about a minute, inside the peers step's budget) imports with the packages the
+first use there, about a minute, in the background during the build) imports with the packages the
 machine already has, plus apache-tvm-ffi. Fetch both here, in the root of the checkout that
 travels (`.whl/` is ignored by git; never commit wheels)::
 
@@ -35,18 +35,22 @@ Steps (name, budget on an H200; `*`: optional, skipped first when the deadline n
 ====================  ======  ==========================================================================
 env                   20 s    GPU name, driver, torch/triton/CUDA/nvcc versions, commit, source digest;
                               whether the GPU is idle (utilization, memory in use, other processes)
-wheels*               30 s    install the carried `.whl/*.whl` (FlashInfer) into a private folder
-build                 180 s   `pip install --no-build-isolation --no-deps -e .` (MAX_JOBS=16, sm_90),
+wheels*               30 s    install the carried `.whl/*.whl` (FlashInfer) into a private folder, and
+                              start compiling FlashInfer's sampling module in the background (its nvcc
+                              runs beside the extension build; the benchmarks wait for it)
+build                 150 s   `pip install --no-build-isolation --no-deps -e .` (MAX_JOBS=16, sm_90),
                               then `setup.py build_ext --inplace` if that failed; a failed build leaves
                               the Triton steps running (the `cuda` provider and tests then skip)
-proofs                90 s    tests/test_gpu.py: no host syncs (sync debug mode "error"), CUDA-graph
+proofs                75 s    tests/test_gpu.py: no host syncs (sync debug mode "error"), CUDA-graph
                               replay draws new tokens, back-to-back stress and multi-stream determinism
-tests                 180 s   the whole suite on CUDA, `-m "cuda or not cuda"`, without TRITON_INTERPRET,
+tests                 150 s   the whole suite on CUDA, `-m "cuda or not cuda"`, without TRITON_INTERPRET,
                               parallel where pytest-xdist is installed, per-test timeout
-bench_verify          120 s   verify: triton, cuda, eager reference at the suite's key points
-bench_sample          45 s    sample: triton, cuda, reference, multinomial, argmax
-peers_verify*         120 s   verify: triton beside torch.compile, transformers, FlashInfer
-peers_sample*         45 s    sample: triton beside torch.compile, FlashInfer
+bench_verify          120 s   verify: triton, cuda, the eager reference, transformers' _speculative_sampling
+                              and FlashInfer (these two: rule speculative) at the suite's key points, most
+                              important first (`bench_verify.suite_points`), until its deadline
+bench_sample          40 s    sample: triton, cuda, reference, multinomial, argmax, FlashInfer
+compile_verify*       90 s    verify: triton beside torch.compile(reference) (compiles take most of it)
+compile_sample*       30 s    sample: triton beside torch.compile(reference)
 grid_verify*          120 s   verify: triton and cuda over the model's whole grid, until the deadline
 model                 20 s    model_vs_measured.md: the static model (bench/results/roofline_sm90.csv,
                               kind=model) beside the measurement; skipped, and said so, when absent
@@ -96,10 +100,14 @@ from typing import Dict, List, Optional, Sequence
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_CSV = REPO_ROOT / "bench" / "results" / "roofline_sm90.csv"
 LOCAL_OUT = REPO_ROOT / "build" / "gpu_suite"
-DEADLINE_S = 450.0
+DEADLINE_S = 440.0
 WHEELS = REPO_ROOT / ".whl"
 MAX_OUT_FILES = 8  # what comes back from $OUT
-KILL_GRACE_S = 10.0  # after SIGABRT (stacks dumped), before SIGKILL
+KILL_GRACE_S = 5.0  # after SIGABRT (stacks dumped), before SIGKILL
+
+# Compiles FlashInfer's sampling module (JIT, nvcc) so the benchmarks find it built.
+FLASHINFER_PREWARM = ("from flashinfer.sampling import get_sampling_module; get_sampling_module(); "
+                      "print('flashinfer sampling module built')")
 
 RUN_COMMAND = 'SPECCAS_COMMIT=COMMIT PYTHONUNBUFFERED=1 python3 bench/gpu_suite.py --out "$OUT"'
 RUN_CARRY = [".whl"]
@@ -118,14 +126,14 @@ class Step:
 STEPS = (
     Step("env", 20, 5, needs_gpu=False),
     Step("wheels", 30, 5, optional=True, needs_gpu=False),
-    Step("build", 180, 60),
-    Step("proofs", 90, 30),
-    Step("tests", 180, 60),
+    Step("build", 150, 60),
+    Step("proofs", 75, 30),
+    Step("tests", 150, 60),
     Step("bench_verify", 120, 45),
-    Step("bench_sample", 45, 20),
-    Step("peers_verify", 120, 60, optional=True),
-    Step("peers_sample", 45, 20, optional=True),
-    Step("grid_verify", 120, 45, optional=True),
+    Step("bench_sample", 40, 20),
+    Step("compile_verify", 90, 40, optional=True),
+    Step("compile_sample", 30, 15, optional=True),
+    Step("grid_verify", 120, 30, optional=True),
     Step("model", 20, 5, needs_gpu=False),
     Step("report", 20, 5, needs_gpu=False),
     Step("pack", 10, 0, needs_gpu=False),
@@ -152,7 +160,8 @@ def run_command(cmd: Sequence[str], log_path: Path, timeout_s: float, env: Dict[
                 cwd: Path = REPO_ROOT) -> tuple:
     """Run ``cmd`` in its own process group, output appended to ``log_path``. Past ``timeout_s`` the
     group gets SIGABRT (with PYTHONFAULTHANDLER set, Python processes print every thread's stack:
-    where a kernel hung), then SIGKILL after ``KILL_GRACE_S``. Returns (status, return code, seconds):
+    where a kernel hung), then SIGKILL after ``KILL_GRACE_S``; processes it leaves behind are ended
+    with it either way. Returns (status, return code, seconds):
     status ``ok`` (return code 0), ``failed`` or ``timeout``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -175,6 +184,7 @@ def run_command(cmd: Sequence[str], log_path: Path, timeout_s: float, env: Dict[
             _signal_group(proc.pid, signal.SIGKILL)  # children left behind, too
             proc.wait()
             return "timeout", proc.returncode, time.monotonic() - start
+    _signal_group(proc.pid, signal.SIGKILL)  # whatever it left running (a compiler, a worker) goes with it
     return ("ok" if rc == 0 else "failed"), rc, time.monotonic() - start
 
 
@@ -189,6 +199,23 @@ def _shell(cmd: Sequence[str]) -> str:
     import shlex
 
     return " ".join(shlex.quote(str(c)) for c in cmd)
+
+
+HANG_MARKERS = ("Timeout +++", "=== gpu_suite: still running after", "crashed while running")
+HANG_SIGNS = {  # where a stack printed at a hang points: the backend under suspicion
+    "triton": ("test_triton.py", "triton_backend.py", "kernels/verify.py", "kernels/sample.py", "[triton"),
+    "cuda": ("test_native.py", "speccas_kernels/native.py", "[cuda"),
+}
+
+
+def hang_suspects(log_text: str) -> List[str]:
+    """The speccas GPU backends a log's hang reports point at (from the first hang marker on:
+    pytest-timeout's dump, the suite's SIGABRT dump or xdist's crashed-worker line)."""
+    at = min((i for i in (log_text.find(m) for m in HANG_MARKERS) if i >= 0), default=-1)
+    if at < 0:
+        return []
+    text = log_text[at:]
+    return [name for name, signs in HANG_SIGNS.items() if any(sign in text for sign in signs)]
 
 
 def tail(path: Path, lines: int = 25) -> List[str]:
@@ -358,6 +385,9 @@ class Suite:
         self.env_info: Dict[str, object] = {}
         self.selected = [s for s in STEPS if s.name in args.steps or s.name == "pack"]
         self.env = self._child_env()
+        self.background: Dict[str, tuple] = {}  # name -> (process, log path, start time)
+        self.no_gpu = False  # set by the env step when torch sees no CUDA device (not in --dry-run)
+        self.hung: Dict[str, str] = {}  # backend -> the step whose hang report points at it
 
     # -- environment of every child --------------------------------------------------------------
     def _child_env(self) -> Dict[str, str]:
@@ -382,6 +412,8 @@ class Suite:
             later = self.selected[i + 1:]
             if step.name == "pack":
                 timeout, why = step.budget_s, ""  # always: it is what brings the logs back
+            elif step.needs_gpu and self.no_gpu:
+                timeout, why = None, "no CUDA device (see env): nothing to run it on"
             else:
                 timeout, why = plan_timeout(step, time.monotonic(), self.deadline, later)
             if timeout is None:
@@ -402,6 +434,7 @@ class Suite:
             self.write_status()
             if step.name != "pack":
                 self.pack()
+        self.stop_background()
         (self.out / "summary.md").touch()  # listed among the files by the summary itself
         summary = self.summary()
         (self.out / "summary.md").write_text(summary + "\n")
@@ -434,7 +467,8 @@ class Suite:
         self.env["SPECCAS_COMMIT"] = str(self.env_info.get("commit", ""))
         gpu = self.env_info.get("gpu")
         if not self.dry and not gpu:
-            res.status, res.note = "failed", "no CUDA device visible to torch: the GPU steps will fail (use --dry-run here)"
+            self.no_gpu = True
+            res.status, res.note = "failed", "no CUDA device visible to torch: GPU steps skipped (--dry-run on a CPU)"
         else:
             res.note = (f"{gpu or 'no GPU (dry run)'}; torch {self.env_info.get('torch')}, triton "
                         f"{self.env_info.get('triton')}; GPU {self.env_info.get('idle')}")
@@ -451,7 +485,38 @@ class Suite:
         if res.status == "ok":
             self.env["PYTHONPATH"] = os.pathsep.join([self.env["PYTHONPATH"], str(site)])
             res.note = f"{len(wheels)} wheels: " + ", ".join(w.name.split("-")[0] + " " + w.name.split("-")[1] for w in wheels)
+            if any(w.name.startswith("flashinfer") for w in wheels) and not self.dry:
+                self.start_background("flashinfer_jit", [self.py, "-c", FLASHINFER_PREWARM])
+                res.note += "; FlashInfer's sampling module compiling in the background"
         return res
+
+    # -- background work (compiles that overlap the steps) ----------------------------------------------
+    def start_background(self, name: str, cmd: Sequence[str]) -> None:
+        log = self.log(name)
+        with open(log, "ab") as f:
+            f.write(f"$ {_shell(cmd)}\n".encode())
+            proc = subprocess.Popen(list(cmd), cwd=REPO_ROOT, env=dict(self.env), stdout=f, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.background[name] = (proc, log, time.monotonic())
+
+    def wait_background(self, name: str, timeout: float) -> str:
+        """Wait up to ``timeout`` s for a background job; a note on how it ended ('' if none)."""
+        if name not in self.background:
+            return ""
+        proc, _, t0 = self.background[name]
+        try:
+            rc = proc.wait(timeout=max(timeout, 0.1))
+        except subprocess.TimeoutExpired:
+            return f"{name} still running after {time.monotonic() - t0:.0f} s"
+        return f"{name} {'done' if rc == 0 else f'failed (exit code {rc}, see its log)'}"
+
+    def stop_background(self) -> None:
+        for name, (proc, log, t0) in self.background.items():
+            if proc.poll() is None:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+                with open(log, "a") as f:
+                    f.write(f"\n=== gpu_suite: stopped at the end of the suite after {time.monotonic() - t0:.0f} s ===\n")
 
     def step_build(self, step: Step, timeout: float) -> Result:
         cmd = [self.py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "-v", "-e", "."]
@@ -465,29 +530,45 @@ class Suite:
             res2.seconds += res.seconds
             res2.note = f"pip install failed ({res.note}); build_ext --inplace: {res2.status}"
             res = res2
-        probe = ("import speccas_kernels as sk; print({b: sk.backend_available(b) for b in ('triton', 'cuda')})")
-        r = subprocess.run([self.py, "-c", probe], cwd=REPO_ROOT, env=self.env, capture_output=True, text=True, timeout=60)
-        with open(self.log(step.name), "a") as f:
-            f.write(f"\n$ python -c {probe!r}\n{r.stdout}{r.stderr}")
-        res.note = (res.note + "; " if res.note else "") + f"backends: {(r.stdout or r.stderr).strip().splitlines()[-1:]}"
+        res.note = "; ".join(x for x in (res.note, self.backends_note()) if x)
         return res
+
+    def backends_note(self) -> str:
+        """Which GPU backends import after the build (the answer goes into the build's log too)."""
+        probe = ("import speccas_kernels as sk\nfor b in ('triton', 'cuda'):\n    ok, why = sk.backend_available(b)\n"
+                 "    print(f'{b}: ' + ('available' if ok else f'unavailable ({why})'))")
+        try:
+            r = subprocess.run([self.py, "-c", probe], cwd=REPO_ROOT, env=self.env, capture_output=True, text=True,
+                               timeout=90)
+            text = (r.stdout + r.stderr).strip()
+        except subprocess.TimeoutExpired:
+            text = "the backend probe took over 90 s"
+        with open(self.log("build"), "a") as f:
+            f.write(f"\n$ python -c <backend probe>\n{text}\n")
+        lines = text.splitlines()
+        return ", ".join(ln for ln in lines if ln.startswith(("triton:", "cuda:"))) or (lines[-1] if lines else "")
 
     def _pytest(self, step: Step, selection: Sequence[str], timeout: float, parallel: bool, verbose: bool) -> Result:
         junit = self.work / f"junit_{step.name}.xml"
         cmd = [self.py, "-m", "pytest", *selection, "-m", "cuda or not cuda", "-p", "no:cacheprovider",
-               "-o", f"faulthandler_timeout={int(min(120, max(timeout - 10, 5)))}", f"--junitxml={junit}",
+               "-o", f"faulthandler_timeout={int(min(60, max(timeout - 10, 5)))}", f"--junitxml={junit}",
                "-rfE", "--durations=15", "-v" if verbose else "-q"]
         if _has_module("pytest_timeout"):
-            cmd += [f"--timeout={int(min(150, max(timeout - 10, 5)))}", "--timeout-method=thread"]
+            cmd += [f"--timeout={int(min(90, max(timeout - 10, 5)))}", "--timeout-method=thread"]
         if parallel and not self.dry and _has_module("xdist"):
             cmd += ["-n", "8"]
         if self.dry and step.name == "proofs":
             return self.would_run(step, cmd)
         res = self.command(step, cmd, timeout)
         summary = junit_summary(junit)
-        hung = [ln.strip() for ln in tail(self.log(step.name), 100000) if "Timeout +++" in ln]
+        text = "\n".join(tail(self.log(step.name), 10**6))
+        hung = text.count("Timeout +++") // 2  # pytest-timeout frames each dump with two such lines
+        suspects = hang_suspects(text)
+        for backend in suspects:
+            self.hung.setdefault(backend, step.name)
         res.note = "; ".join(x for x in (res.note, junit_note(summary),
-                                          f"{len(hung)} tests hit the per-test timeout" if hung else "") if x)
+                                          f"{hung} tests hit the per-test timeout" if hung else "",
+                                          f"HANG: the stacks point at {', '.join(suspects)}" if suspects else "") if x)
         if res.status == "failed" and summary.get("tests") and summary.get("failures") == 0 \
                 and summary.get("errors") == 0:
             res.status = "ok"  # e.g. pytest's "no tests ran" exit code with a clean junit
@@ -502,40 +583,67 @@ class Suite:
                                 verbose=False)
         return self._pytest(step, ["tests", "--ignore=tests/test_gpu.py"], timeout, parallel=True, verbose=False)
 
-    def _bench(self, step: Step, script: str, extra: Sequence[str], timeout: float, gpu_only: bool = False) -> Result:
-        cmd = [self.py, f"bench/{script}", "--out", str(self.out), "--no-progress",
-               "--deadline-s", f"{max(timeout - 25, 5):.0f}", *extra]
+    def _providers(self, wanted: Sequence[str], timeout: float) -> tuple:
+        """(providers to run, notes on those left out). A backend whose hang a test step reported
+        would only hang again; FlashInfer is left out while its background compile is unfinished or
+        failed (its first call would compile it all over again)."""
+        keep, notes = [], []
+        for p in wanted:
+            if p in self.hung:
+                notes.append(f"{p} left out (hung in {self.hung[p]})")
+            elif p == "flashinfer" and "flashinfer_jit" in self.background:
+                ended = self.wait_background("flashinfer_jit", min(30.0, timeout / 4))
+                if ended != "flashinfer_jit done":
+                    notes.append(f"flashinfer left out ({ended})")
+                else:
+                    keep.append(p)
+            else:
+                keep.append(p)
+        return keep, notes
+
+    def _bench(self, step: Step, script: str, providers: Sequence[str], extra: Sequence[str], timeout: float,
+               gpu_only: bool = False) -> Result:
+        t0 = time.monotonic()
+        keep, notes = self._providers(providers, timeout)
+        if not keep:
+            return Result(step.name, "skipped", note="; ".join(notes))
+        timeout -= time.monotonic() - t0
+        cmd = [self.py, f"bench/{script}", "--out", str(self.out), "--no-progress", "--providers", ",".join(keep),
+               "--deadline-s", f"{max(timeout - min(25, max(10, timeout / 4)), 5):.0f}", *extra]
         if self.dry:
             if gpu_only:
-                return self.would_run(step, cmd)
+                res = self.would_run(step, cmd)
+                res.note = "; ".join([res.note] + notes)
+                return res
             cmd += ["--dry", "--device", "cpu", "--interleave", "--rotate", "2"]
         res = self.command(step, cmd, timeout)
-        wrote = [ln.split("] ", 1)[1] for ln in tail(self.log(step.name), 400) if "] wrote " in ln]
-        left = [ln for ln in tail(self.log(step.name), 400) if "points not run" in ln]
-        res.note = "; ".join(x for x in [res.note] + wrote + [ln.split("] ", 1)[-1] for ln in left] if x)
+        log = tail(self.log(step.name), 400)
+        wrote = [ln.split("] ", 1)[1] for ln in log if "] wrote " in ln]
+        left = [ln.split("] ", 1)[-1] for ln in log if "points not run" in ln]
+        res.note = "; ".join(x for x in [res.note] + notes + wrote + left if x)
         return res
 
     def step_bench_verify(self, step: Step, timeout: float) -> Result:
-        provs = "reference,cpp" if self.dry else "triton,cuda,reference"
-        return self._bench(step, "bench_verify.py", ["--preset", "suite", "--providers", provs], timeout)
+        provs = ["reference", "cpp"] if self.dry else ["triton", "cuda", "reference", "hf", "flashinfer"]
+        return self._bench(step, "bench_verify.py", provs, ["--preset", "suite"], timeout)
 
     def step_bench_sample(self, step: Step, timeout: float) -> Result:
-        provs = "reference,cpp,multinomial,argmax" if self.dry else "triton,cuda,reference,multinomial,argmax"
-        return self._bench(step, "bench_sample.py", ["--preset", "suite", "--providers", provs], timeout)
+        provs = (["reference", "cpp", "multinomial", "argmax"] if self.dry
+                 else ["triton", "cuda", "reference", "multinomial", "argmax", "flashinfer"])
+        return self._bench(step, "bench_sample.py", provs, ["--preset", "suite"], timeout)
 
-    def step_peers_verify(self, step: Step, timeout: float) -> Result:
+    def step_compile_verify(self, step: Step, timeout: float) -> Result:
         grid = ["--rules", "speculative,token_v3", "--B", "1,64", "--K", "4", "--V", "151936", "--dtypes", "fp32,bf16",
-                "--compile-budget", "75", "--compile-timeout", "60"]
-        return self._bench(step, "bench_verify.py", grid + ["--providers", "triton,torch.compile,hf,flashinfer"],
-                           timeout, gpu_only=True)
+                "--compile-budget", f"{max(timeout - 40, 10):.0f}", "--compile-timeout", "45"]
+        return self._bench(step, "bench_verify.py", ["triton", "torch.compile"], grid, timeout, gpu_only=True)
 
-    def step_peers_sample(self, step: Step, timeout: float) -> Result:
-        grid = ["--B", "1,64", "--V", "151936", "--dtypes", "fp32,bf16", "--compile-budget", "30", "--compile-timeout", "30"]
-        return self._bench(step, "bench_sample.py", grid + ["--providers", "triton,torch.compile,flashinfer"],
-                           timeout, gpu_only=True)
+    def step_compile_sample(self, step: Step, timeout: float) -> Result:
+        grid = ["--B", "1,64", "--V", "151936", "--dtypes", "fp32,bf16", "--compile-budget", f"{max(timeout - 15, 5):.0f}",
+                "--compile-timeout", "20"]
+        return self._bench(step, "bench_sample.py", ["triton", "torch.compile"], grid, timeout, gpu_only=True)
 
     def step_grid_verify(self, step: Step, timeout: float) -> Result:
-        return self._bench(step, "bench_verify.py", ["--providers", "triton,cuda"], timeout, gpu_only=True)
+        return self._bench(step, "bench_verify.py", ["triton", "cuda"], [], timeout, gpu_only=True)
 
     def step_model(self, step: Step, timeout: float) -> Result:
         model = Path(self.args.model)

@@ -108,7 +108,7 @@ def test_measure_interleaved_alternates_providers_and_sets():
                                                  budget_s=5.0)
     assert not errors
     assert timings["slow"].median_us > 3 * timings["fast"].median_us, timings
-    assert timings["slow"].median_us == pytest.approx(2000, rel=0.6)
+    assert timings["slow"].median_us >= 1500  # per call, not per sample of several calls
     assert timings["slow"].mode == "wall, 2 input sets"
     assert {s for _, s in calls} == {0, 1}
     # rounds alternate the provider that goes first: both orders occur among consecutive runs
@@ -147,7 +147,8 @@ def test_suite_points_put_the_model_claims_first():
     first = [(p.B, p.K, p.V) for p in pts[:6]]
     assert set(first) == {(64, 4, 151936)} and {(p.rule, p.dtype) for p in pts[:6]} == {
         (r, d) for r in grid["rules"] for d in grid["dtypes"]}
-    assert {(p.B, p.K, p.V) for p in pts[6:12]} == {(1, 4, 151936)}
+    assert [(p.B, p.K, p.V, p.dtype) for p in pts[6:9]] == [(1, 4, 151936, "fp32")] * 3
+    assert {(p.B, p.K, p.V, p.dtype) for p in pts[9:12]} == {(1, 4, 151936, "bf16")}
     assert len(pts) == len(set(pts))
     assert {p.V for p in pts} == {32000, 128256, 151936}
 
