@@ -11,16 +11,19 @@ COMMIT is the short hash of the checkout that travels (`git rev-parse --short HE
 when `git status --porcelain` shows changes): the device machine gets the files without `.git`.
 The suite also records a digest of the sources (`python bench/gpu_suite.py --digest` here prints
 the same digest for this tree). The suite's own deadline is 440 s; the 100 s more of timeout_s
-cover the kill grace of steps that time out, the packing, and Python's start. Machine start (1-2 minutes) comes on top: about 10 of the
-session's 15 device minutes, which leaves no time for a second full run; call `give_back` at
+cover the kill grace of steps that time out, the packing, and Python's start. Machine start
+(1-2 minutes) comes on top: about 10 of the session's 15 device minutes, which leaves no time for a second full run; call `give_back` at
 once afterwards, or rerun only the steps that failed (`--steps build,tests,...`, their budgets
 in STEPS below).
 
-FlashInfer (optional; the benchmark rows say "unavailable" without it). Its newest wheels are
-over the 64 MiB the working tree may carry; 0.6.0 (7.5 MB, JIT: its sampling module compiles on
-first use there, about a minute, in the background during the build) imports with the packages the
-machine already has, plus apache-tvm-ffi. Fetch both here, in the root of the checkout that
-travels (`.whl/` is ignored by git; never commit wheels)::
+FlashInfer (optional; the benchmark rows say "unavailable" without it). PyPI has wheels of
+flashinfer-python from 0.5.0 on (pure Python; its kernels compile on first use with the machine's
+nvcc); the newest, 0.7.4, is 101 MB, over the 64 MiB a call may carry. 0.6.0 is 7.5 MB, has
+`chain_speculative_sampling` and `sampling_from_logits`, and imports with what the machine has
+(torch, numpy, nvidia-ml-py, einops, ...) plus apache-tvm-ffi (3.3 MB); seen importing on a CPU
+here, not yet on the device: its sampling module compiles there in the background during the build
+(the benchmarks leave FlashInfer out, and say so, if that fails). Fetch both here, in the root of
+the checkout that travels (`.whl/` is ignored by git; never commit wheels)::
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
         --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \\
@@ -406,8 +409,8 @@ class Suite:
 
     # -- running -------------------------------------------------------------------------------------
     def run(self) -> int:
-        print(f"[suite] {'DRY RUN (CPU) ' if self.dry else ''}output -> {self.out}; deadline {self.args.deadline_s:.0f} s; "
-              f"steps: {', '.join(s.name for s in self.selected)}", flush=True)
+        print(f"[suite] {'DRY RUN (CPU) ' if self.dry else ''}output -> {self.out}; "
+              f"deadline {self.args.deadline_s:.0f} s; steps: {', '.join(s.name for s in self.selected)}", flush=True)
         for i, step in enumerate(self.selected):
             later = self.selected[i + 1:]
             if step.name == "pack":
@@ -484,7 +487,7 @@ class Suite:
         res = self.command(step, cmd, timeout)
         if res.status == "ok":
             self.env["PYTHONPATH"] = os.pathsep.join([self.env["PYTHONPATH"], str(site)])
-            res.note = f"{len(wheels)} wheels: " + ", ".join(w.name.split("-")[0] + " " + w.name.split("-")[1] for w in wheels)
+            res.note = f"{len(wheels)} wheels: " + ", ".join(" ".join(w.name.split("-")[:2]) for w in wheels)
             if any(w.name.startswith("flashinfer") for w in wheels) and not self.dry:
                 self.start_background("flashinfer_jit", [self.py, "-c", FLASHINFER_PREWARM])
                 res.note += "; FlashInfer's sampling module compiling in the background"
@@ -516,7 +519,8 @@ class Suite:
                 _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
                 with open(log, "a") as f:
-                    f.write(f"\n=== gpu_suite: stopped at the end of the suite after {time.monotonic() - t0:.0f} s ===\n")
+                    f.write(f"\n=== gpu_suite: stopped at the end of the suite after "
+                            f"{time.monotonic() - t0:.0f} s ===\n")
 
     def step_build(self, step: Step, timeout: float) -> Result:
         cmd = [self.py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "-v", "-e", "."]
@@ -638,8 +642,8 @@ class Suite:
         return self._bench(step, "bench_verify.py", ["triton", "torch.compile"], grid, timeout, gpu_only=True)
 
     def step_compile_sample(self, step: Step, timeout: float) -> Result:
-        grid = ["--B", "1,64", "--V", "151936", "--dtypes", "fp32,bf16", "--compile-budget", f"{max(timeout - 15, 5):.0f}",
-                "--compile-timeout", "20"]
+        grid = ["--B", "1,64", "--V", "151936", "--dtypes", "fp32,bf16",
+                "--compile-budget", f"{max(timeout - 15, 5):.0f}", "--compile-timeout", "20"]
         return self._bench(step, "bench_sample.py", ["triton", "torch.compile"], grid, timeout, gpu_only=True)
 
     def step_grid_verify(self, step: Step, timeout: float) -> Result:
@@ -698,7 +702,8 @@ class Suite:
         head = (f"speccas GPU suite{' (DRY RUN on CPU)' if self.dry else ''}: {e.get('gpu') or 'no GPU'}; "
                 f"driver/smi: {e.get('nvidia_smi') or '-'}; torch {e.get('torch')} (CUDA {e.get('torch_cuda')}), "
                 f"triton {e.get('triton')}, {e.get('nvcc') or 'no nvcc'}; commit {e.get('commit')}, "
-                f"sources {e.get('source_digest')}; GPU {e.get('idle')}; {elapsed:.0f} s of the {self.args.deadline_s:.0f} s deadline")
+                f"sources {e.get('source_digest')}; GPU {e.get('idle')}; "
+                f"{elapsed:.0f} s of the {self.args.deadline_s:.0f} s deadline")
         lines = ["## " + head, "", "| step | status | s | budget s | note |", "|:--|:--|--:|--:|:--|"]
         for r in self.results:
             note = r.note.replace("|", "/").replace("\n", " ")

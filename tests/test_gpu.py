@@ -130,7 +130,8 @@ def test_back_to_back_calls_are_deterministic_and_match_the_reference(backend):
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_sample_back_to_back_is_deterministic_and_matches_the_reference(backend):
-    cases = [(1, 151936, torch.float32), (64, 32000, torch.bfloat16), (33, 8193, torch.float16), (5, 111, torch.float32)]
+    cases = [(1, 151936, torch.float32), (64, 32000, torch.bfloat16), (33, 8193, torch.float16),
+             (5, 111, torch.float32)]
     g = torch.Generator().manual_seed(5)
     zs = [(torch.randn(B, V, generator=g) * 3).to(dtype).cuda() for B, V, dtype in cases]
     temps = [torch.tensor([0.0, 1.0, 0.7, 1.3], device="cuda").repeat(B // 4 + 1)[:B] for B, _, _ in cases]
