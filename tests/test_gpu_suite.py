@@ -150,12 +150,20 @@ def test_hang_reports_name_the_backend():
     assert gpu_suite.hang_suspects("tests/test_triton.py ...... [100%]\n12 passed") == []
 
 
-def test_a_backend_seen_hanging_is_left_out_of_the_benchmarks(tmp_path):
+@pytest.fixture
+def suite(tmp_path):
+    """A dry-run Suite that has not run (its temporary log folder removed afterwards)."""
     import argparse
 
-    args = argparse.Namespace(dry_run=True, out=str(tmp_path), deadline_s=100.0, steps=["bench_verify"],
+    args = argparse.Namespace(dry_run=True, out=str(tmp_path / "out"), deadline_s=100.0, steps=["env"],
                               model="none", keep_work=False)
-    suite = gpu_suite.Suite(args)
+    s = gpu_suite.Suite(args)
+    yield s
+    s.stop_background()
+    shutil.rmtree(s.work, ignore_errors=True)
+
+
+def test_a_backend_seen_hanging_is_left_out_of_the_benchmarks(suite):
     suite.hung = {"triton": "proofs"}
     step = next(s for s in gpu_suite.STEPS if s.name == "compile_verify")
     res = suite.step_compile_verify(step, 60.0)
@@ -173,12 +181,7 @@ def test_a_backend_seen_hanging_is_left_out_of_the_benchmarks(tmp_path):
     assert notes == ["flashinfer left out (flashinfer_jit failed (exit code 2, see its log))"]
 
 
-def test_background_jobs_are_waited_for_and_stopped(tmp_path):
-    import argparse
-
-    args = argparse.Namespace(dry_run=True, out=str(tmp_path), deadline_s=100.0, steps=["env"], model="none",
-                              keep_work=True)
-    suite = gpu_suite.Suite(args)
+def test_background_jobs_are_waited_for_and_stopped(suite):
     suite.start_background("quick", [sys.executable, "-c", "print('built')"])
     suite.start_background("slow", [sys.executable, "-c", "import time; time.sleep(120)"])
     assert suite.wait_background("quick", 30) == "quick done"
