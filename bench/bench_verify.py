@@ -201,7 +201,7 @@ def all_providers(device: torch.device, compile_timeout: float):
 def main(argv=None) -> int:
     p = common.base_parser(OP, "Benchmark speccas_kernels.verify against the reference and peers.")
     p.add_argument("--rules", type=common.csv_list(), default=None,
-                   help=f"comma-separated (default: every rule of the table)")
+                   help="comma-separated (default: every rule of the table)")
     p.add_argument("--K", dest="K", type=common.csv_list(int), default=None, help="draft lengths (override the grid)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--preset", choices=("grid", "suite"), default="grid",
