@@ -11,12 +11,20 @@
 
 // A fragment, so that the order in which this library and the Python fragment load never matters.
 TORCH_LIBRARY_FRAGMENT(speccas, m) {
+  // Per-row parameters come as (Tensor? t, scalar v): the [B] tensor when given, else one value for every row
+  // (speccas_kernels/native.py: row()). Filters off: top_k 0, top_p 1, min_p 0. The layout is padded
+  // (num_draft_tokens given or its value, cu_num_draft_tokens None) or ragged (cu_num_draft_tokens [B + 1]).
   m.def(
-      "verify_native(Tensor draft_logits, Tensor target_logits, Tensor draft_tokens, int[] rule, float[] alpha_range, "
-      "Tensor alpha, "
-      "Tensor temperature, Tensor seed, Tensor offset, Tensor num_draft_tokens, int vocab_size) "
+      "verify_native(Tensor? draft_logits, Tensor target_logits, Tensor draft_tokens, Tensor? num_draft_tokens, "
+      "int num_draft_tokens_value, Tensor? cu_num_draft_tokens, int[] rule, float[] alpha_range, Tensor? alpha, "
+      "float alpha_value, Tensor? temperature, float temperature_value, Tensor? top_k, int top_k_value, "
+      "Tensor? top_p, float top_p_value, Tensor? min_p, float min_p_value, Tensor? seed, int seed_value, "
+      "Tensor? offset, int offset_value, int vocab_size, int max_drafts) "
       "-> (Tensor tokens, Tensor num_accepted, Tensor deferred, Tensor accept_prob, Tensor valid)");
-  m.def("sample_native(Tensor logits, Tensor temperature, Tensor seed, Tensor offset, int vocab_size) -> Tensor");
+  m.def(
+      "sample_native(Tensor logits, Tensor? temperature, float temperature_value, Tensor? top_k, int top_k_value, "
+      "Tensor? top_p, float top_p_value, Tensor? min_p, float min_p_value, Tensor? seed, int seed_value, "
+      "Tensor? offset, int offset_value, int vocab_size) -> Tensor");
 }
 
 extern "C" {

@@ -23,12 +23,34 @@ namespace speccas {
 
 using VerifyResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-// Shape/dtype/device checks shared by the CPU and CUDA implementations. Returns the logits with a
-// contiguous last dimension (a copy only when it was not).
+// A per-row parameter as the ops receive it: a [B] tensor (defined), or one value for every row.
+template <typename V>
+struct RowParam {
+  at::Tensor t;  // [B], contiguous, in the op's dtype; undefined: use v
+  V v{};
+  bool per_row() const { return t.defined(); }
+};
+
+// The arguments of verify_native after the checks shared by the CPU and CUDA implementations.
+//
+// Layouts: padded (zq [B, K, V_d] or undefined, zp [B, K + 1, V_t], x [B, K], n per row) or ragged (cu defined:
+// zq [N, V_d] or undefined, zp [N + B, V_t], x [N], row b's n = cu[b + 1] - cu[b]). Address of drafter position
+// (b, i): padded b * sqB + i * sqL; ragged (cu[b] + i) * sqL. Target (b, i): padded b * spB + i * spL; ragged
+// (cu[b] + b + i) * spL. zq undefined: token-only drafts (q one-hot at the draft).
+// The logits are last-dim contiguous (a copy only when they were not) and of one dtype (converted to the
+// promotion of the two when the drafter's and the target's differ). Per-row floats are in the compute dtype
+// (double for double logits, else float), integers int64. Filters off: top_k 0, top_p 1, min_p 0.
 struct VerifyInputs {
-  at::Tensor zq, zp, x, alpha, temperature, seed, offset, n;
-  int64_t B, K, V;
+  at::Tensor zq, zp, x, cu;
+  int64_t sqB = 0, sqL = 0, spB = 0, spL = 0;  // element strides (sqB, spB unused when ragged)
+  RowParam<int64_t> n, top_k, seed, offset;
+  RowParam<double> alpha, temperature, top_p, min_p;
+  bool filters = false;  // any filter may be on: the cutoffs must be computed
+  int64_t B = 0, K = 0, V = 0;
   RuleArgs rule;
+  bool ragged() const { return cu.defined(); }
+  bool token_drafts() const { return !zq.defined(); }
+  at::ScalarType compute_dtype() const { return zp.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 };
 
 // The rule's row of speccas_kernels/rules.py as the op receives it (native.rule_args):
@@ -53,49 +75,117 @@ inline RuleArgs check_rule_args(at::IntArrayRef rule, at::ArrayRef<double> alpha
   return r;
 }
 
-inline VerifyInputs check_verify_inputs(const at::Tensor& draft_logits, const at::Tensor& target_logits,
-                                        const at::Tensor& draft_tokens, at::IntArrayRef rule,
-                                        at::ArrayRef<double> alpha_range, const at::Tensor& alpha,
-                                        const at::Tensor& temperature, const at::Tensor& seed,
-                                        const at::Tensor& offset, const at::Tensor& num_draft_tokens,
-                                        int64_t vocab_size) {
-  CHECK_DIM(draft_logits, 3);
-  CHECK_DIM(target_logits, 3);
-  CHECK_DIM(draft_tokens, 2);
-  const int64_t B = draft_logits.size(0), K = draft_logits.size(1);
-  CHECK_SHAPE(target_logits, B, K + 1, target_logits.size(2));
-  CHECK_SHAPE(draft_tokens, B, K);
-  for (const at::Tensor* t : {&alpha, &temperature, &seed, &offset, &num_draft_tokens}) {
-    SPECCAS_CHECK(t->dim() == 1 && t->size(0) == B, "per-row parameters must be [B] tensors with B = ", B,
-                  ", got ", t->sizes());
+inline void check_logits_dtype(const at::Tensor& t, const char* name) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf || st == at::kDouble, "speccas: ",
+                   name, " must be float32, bfloat16, float16 or float64, got ", st);
+}
+
+template <typename V>
+inline RowParam<V> check_row(const c10::optional<at::Tensor>& t, V value, int64_t B, at::ScalarType dt,
+                             const at::Device& dev, const char* name) {
+  RowParam<V> r;
+  r.v = value;
+  if (t.has_value() && t->defined()) {
+    SPECCAS_CHECK(t->dim() == 1 && t->size(0) == B, name, " must be a [B] tensor with B = ", B, ", got ",
+                  t->sizes());
+    SPECCAS_CHECK(t->device() == dev, name, " is on ", t->device(), ", expected ", dev);
+    TORCH_CHECK_TYPE(t->scalar_type() == dt, "speccas: ", name, " must be ", dt, ", got ", t->scalar_type());
+    r.t = t->contiguous();
   }
-  const auto dev = draft_logits.device();
-  CHECK_DEVICE(target_logits, dev);
+  return r;
+}
+
+inline VerifyInputs check_verify_inputs(
+    const c10::optional<at::Tensor>& draft_logits, const at::Tensor& target_logits, const at::Tensor& draft_tokens,
+    const c10::optional<at::Tensor>& num_draft_tokens, int64_t num_draft_tokens_value,
+    const c10::optional<at::Tensor>& cu_num_draft_tokens, at::IntArrayRef rule, at::ArrayRef<double> alpha_range,
+    const c10::optional<at::Tensor>& alpha, double alpha_value, const c10::optional<at::Tensor>& temperature,
+    double temperature_value, const c10::optional<at::Tensor>& top_k, int64_t top_k_value,
+    const c10::optional<at::Tensor>& top_p, double top_p_value, const c10::optional<at::Tensor>& min_p,
+    double min_p_value, const c10::optional<at::Tensor>& seed, int64_t seed_value,
+    const c10::optional<at::Tensor>& offset, int64_t offset_value, int64_t vocab_size, int64_t max_drafts) {
+  VerifyInputs in;
+  in.rule = check_rule_args(rule, alpha_range);
+  const bool ragged = cu_num_draft_tokens.has_value() && cu_num_draft_tokens->defined();
+  const bool has_q = draft_logits.has_value() && draft_logits->defined();
+  const auto dev = target_logits.device();
+  check_logits_dtype(target_logits, "target_logits");
+  if (has_q) {
+    check_logits_dtype(*draft_logits, "draft_logits");
+    CHECK_DEVICE(*draft_logits, dev);
+  }
   CHECK_DEVICE(draft_tokens, dev);
-  CHECK_DEVICE(alpha, dev);
-  CHECK_DEVICE(temperature, dev);
-  CHECK_DEVICE(seed, dev);
-  CHECK_DEVICE(offset, dev);
-  CHECK_DEVICE(num_draft_tokens, dev);
-  SPECCAS_CHECK(draft_logits.scalar_type() == target_logits.scalar_type(),
-                "draft_logits and target_logits must have one dtype, got ", draft_logits.scalar_type(), " and ",
-                target_logits.scalar_type());
-  const auto st = draft_logits.scalar_type();
-  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf || st == at::kDouble,
-                   "speccas: logits must be float32, bfloat16, float16 or float64, got ", st);
-  const auto pdt = st == at::kDouble ? at::kDouble : at::kFloat;
-  CHECK_DTYPE(alpha, pdt);
-  CHECK_DTYPE(temperature, pdt);
   CHECK_DTYPE(draft_tokens, at::kLong);
-  CHECK_DTYPE(seed, at::kLong);
-  CHECK_DTYPE(offset, at::kLong);
-  CHECK_DTYPE(num_draft_tokens, at::kLong);
-  SPECCAS_CHECK(vocab_size >= 1 && vocab_size <= draft_logits.size(2) && vocab_size <= target_logits.size(2),
+  if (ragged) {
+    const at::Tensor& cu = *cu_num_draft_tokens;
+    CHECK_DEVICE(cu, dev);
+    CHECK_DTYPE(cu, at::kLong);
+    SPECCAS_CHECK(cu.dim() == 1 && cu.size(0) >= 1, "cu_num_draft_tokens must be [B + 1], got ", cu.sizes());
+    CHECK_DIM(target_logits, 2);
+    CHECK_DIM(draft_tokens, 1);
+    in.B = cu.size(0) - 1;
+    in.K = max_drafts;
+    const int64_t N = draft_tokens.size(0);
+    SPECCAS_CHECK(target_logits.size(0) == N + in.B, "target_logits must be [N + B, V] = [", N + in.B, ", V], got ",
+                  target_logits.sizes());
+    if (has_q) {
+      CHECK_DIM(*draft_logits, 2);
+      SPECCAS_CHECK(draft_logits->size(0) == N, "draft_logits must be [N, V] with N = ", N, ", got ",
+                    draft_logits->sizes());
+    }
+    in.cu = cu.contiguous();
+  } else {
+    CHECK_DIM(target_logits, 3);
+    CHECK_DIM(draft_tokens, 2);
+    in.B = draft_tokens.size(0);
+    in.K = draft_tokens.size(1);
+    SPECCAS_CHECK(max_drafts == in.K, "max_drafts must be K = ", in.K, " for the padded layout, got ", max_drafts);
+    CHECK_SHAPE(target_logits, in.B, in.K + 1, target_logits.size(2));
+    if (has_q) {
+      CHECK_DIM(*draft_logits, 3);
+      CHECK_SHAPE(*draft_logits, in.B, in.K, draft_logits->size(2));
+    }
+  }
+  SPECCAS_CHECK(in.K >= 0, "max_drafts must be >= 0, got ", in.K);
+  const int64_t vq = has_q ? draft_logits->size(-1) : target_logits.size(-1);
+  SPECCAS_CHECK(vocab_size >= 1 && vocab_size <= vq && vocab_size <= target_logits.size(-1),
                 "vocab_size must be in [1, min(V_draft, V_target)], got ", vocab_size);
-  auto last_contig = [](const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
-  return VerifyInputs{last_contig(draft_logits), last_contig(target_logits), draft_tokens.contiguous(),
-                      alpha.contiguous(), temperature.contiguous(), seed.contiguous(), offset.contiguous(),
-                      num_draft_tokens.contiguous(), B, K, vocab_size, check_rule_args(rule, alpha_range)};
+  in.V = vocab_size;
+  // One logits dtype: the promotion of the two (a copy of the narrower one when they differ).
+  at::ScalarType st = target_logits.scalar_type();
+  if (has_q && draft_logits->scalar_type() != st) st = at::promote_types(st, draft_logits->scalar_type());
+  auto prep = [&](const at::Tensor& t) {
+    at::Tensor u = t.scalar_type() == st ? t : t.to(st);
+    return u.stride(-1) == 1 ? u : u.contiguous();
+  };
+  in.zp = prep(target_logits);
+  if (has_q) in.zq = prep(*draft_logits);
+  in.x = draft_tokens.contiguous();
+  if (ragged) {
+    in.spL = in.zp.stride(0);
+    if (has_q) in.sqL = in.zq.stride(0);
+  } else {
+    in.spB = in.zp.stride(0);
+    in.spL = in.zp.stride(1);
+    if (has_q) {
+      in.sqB = in.zq.stride(0);
+      in.sqL = in.zq.stride(1);
+    }
+  }
+  const at::ScalarType fdt = in.compute_dtype();
+  const int64_t B = in.B;
+  in.n = check_row<int64_t>(num_draft_tokens, num_draft_tokens_value, B, at::kLong, dev, "num_draft_tokens");
+  in.alpha = check_row<double>(alpha, alpha_value, B, fdt, dev, "alpha");
+  in.temperature = check_row<double>(temperature, temperature_value, B, fdt, dev, "temperature");
+  in.top_k = check_row<int64_t>(top_k, top_k_value, B, at::kLong, dev, "top_k");
+  in.top_p = check_row<double>(top_p, top_p_value, B, fdt, dev, "top_p");
+  in.min_p = check_row<double>(min_p, min_p_value, B, fdt, dev, "min_p");
+  in.seed = check_row<int64_t>(seed, seed_value, B, at::kLong, dev, "seed");
+  in.offset = check_row<int64_t>(offset, offset_value, B, at::kLong, dev, "offset");
+  in.filters = in.top_k.per_row() || in.top_p.per_row() || in.min_p.per_row() || top_k_value != 0 ||
+               top_p_value != 1.0 || min_p_value != 0.0;
+  return in;
 }
 
 // The outputs of verify_native before any row is decided, shared by the CPU and CUDA
@@ -107,25 +197,40 @@ inline VerifyResult empty_verify_outputs(const VerifyInputs& in, const at::Tenso
                       at::zeros({in.B}, opts.dtype(at::kBool))};
 }
 
-inline void check_sample_inputs(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& seed,
-                                const at::Tensor& offset, int64_t vocab_size) {
+// The arguments of sample_native after the checks (logits [B, V], last dim contiguous).
+struct SampleInputs {
+  at::Tensor z;
+  RowParam<int64_t> top_k, seed, offset;
+  RowParam<double> temperature, top_p, min_p;
+  bool filters = false;
+  int64_t B = 0, V = 0;
+};
+
+inline SampleInputs check_sample_inputs(const at::Tensor& logits, const c10::optional<at::Tensor>& temperature,
+                                        double temperature_value, const c10::optional<at::Tensor>& top_k,
+                                        int64_t top_k_value, const c10::optional<at::Tensor>& top_p,
+                                        double top_p_value, const c10::optional<at::Tensor>& min_p,
+                                        double min_p_value, const c10::optional<at::Tensor>& seed,
+                                        int64_t seed_value, const c10::optional<at::Tensor>& offset,
+                                        int64_t offset_value, int64_t vocab_size) {
   CHECK_DIM(logits, 2);
-  const int64_t B = logits.size(0);
-  for (const at::Tensor* t : {&temperature, &seed, &offset}) {
-    SPECCAS_CHECK(t->dim() == 1 && t->size(0) == B, "per-row parameters must be [B] tensors with B = ", B,
-                  ", got ", t->sizes());
-  }
-  const auto dev = logits.device();
-  CHECK_DEVICE(temperature, dev);
-  CHECK_DEVICE(seed, dev);
-  CHECK_DEVICE(offset, dev);
-  const auto st = logits.scalar_type();
-  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kBFloat16 || st == at::kHalf || st == at::kDouble,
-                   "speccas: logits must be float32, bfloat16, float16 or float64, got ", st);
-  CHECK_DTYPE(temperature, st == at::kDouble ? at::kDouble : at::kFloat);
-  CHECK_DTYPE(seed, at::kLong);
-  CHECK_DTYPE(offset, at::kLong);
+  check_logits_dtype(logits, "logits");
+  SampleInputs in;
+  in.B = logits.size(0);
   SPECCAS_CHECK(vocab_size >= 1 && vocab_size <= logits.size(1), "vocab_size must be in [1, V], got ", vocab_size);
+  in.V = vocab_size;
+  in.z = logits.stride(-1) == 1 ? logits : logits.contiguous();
+  const auto dev = logits.device();
+  const at::ScalarType fdt = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  in.temperature = check_row<double>(temperature, temperature_value, in.B, fdt, dev, "temperature");
+  in.top_k = check_row<int64_t>(top_k, top_k_value, in.B, at::kLong, dev, "top_k");
+  in.top_p = check_row<double>(top_p, top_p_value, in.B, fdt, dev, "top_p");
+  in.min_p = check_row<double>(min_p, min_p_value, in.B, fdt, dev, "min_p");
+  in.seed = check_row<int64_t>(seed, seed_value, in.B, at::kLong, dev, "seed");
+  in.offset = check_row<int64_t>(offset, offset_value, in.B, at::kLong, dev, "offset");
+  in.filters = in.top_k.per_row() || in.top_p.per_row() || in.min_p.per_row() || top_k_value != 0 ||
+               top_p_value != 1.0 || min_p_value != 0.0;
+  return in;
 }
 
 }  // namespace speccas

@@ -61,17 +61,31 @@ def available(name: str) -> Tuple[bool, str]:
     return False, f"unknown native backend {name!r}"
 
 
+def _same_device(ref: torch.Tensor, **tensors) -> None:
+    """The fake (meta) kernels answer only for inputs that are all on one device: a call mixing real tensors
+    with meta ones would otherwise get uninitialized memory back as if it were a result."""
+    for name, t in tensors.items():
+        if t is not None and t.device != ref.device:
+            raise ValueError(f"speccas: {name} is on {t.device} but the logits are on {ref.device}; put all inputs "
+                             f"on one device")
+
+
 def _register_fakes() -> None:
     """Shape functions, so the ops trace under torch.compile / FakeTensor."""
     try:
         @torch.library.register_fake("speccas::verify_native")
-        def _verify_fake(draft_logits, target_logits, draft_tokens, rule, alpha_range, alpha, temperature, seed,
-                         offset, num_draft_tokens, vocab_size):
-            B, K = draft_tokens.shape
-            return tuple(new_verify_output(B, K, draft_logits.device))
+        def _verify_fake(draft_logits, target_logits, draft_tokens, num_draft_tokens, num_draft_tokens_value,
+                         cu_num_draft_tokens, *rest):
+            _same_device(target_logits, draft_logits=draft_logits, draft_tokens=draft_tokens,
+                         num_draft_tokens=num_draft_tokens, cu_num_draft_tokens=cu_num_draft_tokens,
+                         **{f"arg{i}": t for i, t in enumerate(rest) if isinstance(t, torch.Tensor)})
+            max_drafts = rest[-1]
+            B = draft_tokens.shape[0] if cu_num_draft_tokens is None else cu_num_draft_tokens.shape[0] - 1
+            return tuple(new_verify_output(B, max_drafts, target_logits.device))
 
         @torch.library.register_fake("speccas::sample_native")
-        def _sample_fake(logits, temperature, seed, offset, vocab_size):
+        def _sample_fake(logits, *rest):
+            _same_device(logits, **{f"arg{i}": t for i, t in enumerate(rest) if isinstance(t, torch.Tensor)})
             return torch.empty((logits.shape[0],), dtype=torch.int64, device=logits.device)
     except (RuntimeError, AttributeError):  # already registered, or an old torch
         pass
@@ -93,15 +107,32 @@ def rule_args(rule: Rule) -> Tuple[List[int], List[float]]:
     return [int(f) for f in flags], [float(a) for a in rule.alpha_range]
 
 
+def row(param, off=0):
+    """A normalized per-row parameter as the ops take it: (the [B] tensor or None, the scalar used when the
+    tensor is None). ``off`` stands for a filter that is off."""
+    if param is None:
+        return None, off
+    if isinstance(param, torch.Tensor):
+        return param, off
+    return None, param
+
+
+def filter_args(f: checks.Filters) -> list:
+    """top_k, top_k_value, top_p, top_p_value, min_p, min_p_value (0, 1.0, 0.0 mean off)."""
+    return [*row(f.top_k, 0), *row(f.top_p, 1.0), *row(f.min_p, 0.0)]
+
+
 def verify_args(args: checks.VerifyArgs) -> VerifyOutput:
-    """verify on normalized arguments (see ``speccas_kernels.ops.verify``)."""
+    """verify on normalized arguments (see ``speccas_kernels.ops.verify``); schema in csrc/ops.cpp."""
     out = _ops().verify_native(
-        args.draft_logits, args.target_logits, args.draft_tokens, *rule_args(args.rule), args.alpha,
-        args.temperature, args.seed, args.offset, args.num_draft_tokens, args.vocab_size,
+        args.draft_logits, args.target_logits, args.draft_tokens, *row(args.num_draft_tokens),
+        args.cu_num_draft_tokens, *rule_args(args.rule), *row(args.alpha), *row(args.temperature),
+        *filter_args(args.filters), *row(args.seed), *row(args.offset), args.vocab_size, args.max_drafts,
     )
     return VerifyOutput(*out)
 
 
 def sample_args(args: checks.SampleArgs) -> torch.Tensor:
-    """sample on normalized arguments (see ``speccas_kernels.ops.sample``)."""
-    return _ops().sample_native(args.logits, args.temperature, args.seed, args.offset, args.vocab_size)
+    """sample on normalized arguments (see ``speccas_kernels.ops.sample``); schema in csrc/ops.cpp."""
+    return _ops().sample_native(args.logits, *row(args.temperature), *filter_args(args.filters), *row(args.seed),
+                                *row(args.offset), args.vocab_size)

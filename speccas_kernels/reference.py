@@ -1,24 +1,28 @@
 """The PyTorch reference: the executable form of SPEC.md.
 
-Plain, vectorized PyTorch over the whole batch. It computes in float32, or in float64 when the
-logits are float64, and materializes every distribution: clarity over speed. The Triton, C++ and
-CUDA backends compute the same formulas in logit space and are tested token for token against it.
+Plain, vectorized PyTorch over the whole batch. It computes in float32, or in float64 when the logits are
+float64, and materializes every distribution: clarity over speed. The Triton, C++ and CUDA backends compute
+the same formulas in logit space and are tested token for token against it.
 
-One round for row b (SPEC.md sections 1-3, 5), with ``n = num_draft_tokens[b]``:
+One round for row b (SPEC.md sections 1-5), with ``n = num_draft_tokens[b]``, ``M`` a position's max logit and
+``1/T`` rounded in the compute dtype (``inv_temperature``):
 
-* Sampling distributions ``q_i = softmax(zq_i / T)``, ``p_i = softmax(zp_i / T)``; at ``T = 0``
-  one-hot at the lowest-index argmax. Rule statistics read the unscaled ``q^ = softmax(zq)``,
-  ``p^ = softmax(zp)``.
-* Blend ``pi_i`` and acceptance ``a_i`` per rule (``_blend``). A draft with ``q_i(x) = 0`` or an id
-  outside ``[0, V)`` is rejected.
+* Scaled logits ``s = (z - M) * (1/T)``; the sampling filters keep an upper set of each position's logits
+  (``filter_keep``); sampling distributions ``q_i(v) ∝ exp(s_i(v))`` over the kept entries (one-hot at the
+  lowest-index argmax when ``T = 0``). Rule statistics read the unscaled, unfiltered ``q^ = softmax(zq)``,
+  ``p^ = softmax(zp)``. Without drafter logits, ``q_i`` is one-hot at the draft.
+* Blend ``pi_i`` and acceptance ``a_i`` per rule (``_blend``). A draft with ``q_i(x) = 0`` or an id outside
+  ``[0, V)`` is rejected.
 * ``u_i = uniform(seed, offset + i, STREAM_ACCEPT, 0)``; accept while ``u_i < a_i``, for ``i < n``.
   ``m`` = the number of leading acceptances.
-* ``m < n``: emit ``argmax_v log w(v) + G(v)`` with ``w = max(0, pi_m - q_m)`` (``pi_m`` itself when
-  the mass of ``w`` is at most ``RESIDUAL_EPS``: rounding noise) and ``G = gumbel(seed, offset + m, STREAM_EMIT, v)``.
-  ``m = n``: emit the bonus ``argmax_v zp_n(v) + T G(v)`` (the same race over ``p_n``, written so that
-  ``T = 0`` is the plain argmax).
-* ``sample``: ``argmax_v z(v) + T G(v)`` with ``G = gumbel(seed, offset, STREAM_DRAFT, v)``.
+* ``m < n``: emit ``argmax_v log w(v) + G(v)`` with ``w = max(0, pi_m - q_m)`` (``pi_m`` itself when the mass
+  of ``w`` is at most ``RESIDUAL_EPS``: rounding noise) and ``G = gumbel(seed, offset + m, STREAM_EMIT, v)``.
+  ``m = n``: emit the bonus ``argmax_v s_n(v) + G(v)`` over p_n's kept entries (``argmax zp_n`` at ``T = 0``).
+* ``sample``: ``argmax_v s(v) + G(v)`` over the kept entries with ``G = gumbel(seed, offset, STREAM_DRAFT, v)``.
 * Argmax ties go to the lowest index everywhere.
+
+Scores use ``s = (z - M) / T``, not ``z + T G``: with the max subtracted first, the noise is not lost in the
+rounding of large logits at tiny temperatures, and no ``T G`` overflows at huge ones (SPEC.md section 2).
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ from .outputs import VerifyOutput  # noqa: F401  (re-exported: reference.VerifyO
 from .random import gumbel, uniform
 from .rules import FAMILY_A, FAMILY_B, FAMILY_LOSSY, STREAM_ACCEPT, STREAM_DRAFT, STREAM_EMIT
 
+# SPEC.md section 4: a residual whose mass sum_v max(0, pi - q) is at most this is rounding noise (pi = q
+# mathematically, e.g. a static blend of p = q, or a token set whose eta rounds to 1 + 1e-7): the rejected
+# position then draws from pi. Changing the law by at most this much in total variation, where it applies.
+RESIDUAL_EPS = {torch.float32: 1e-5, torch.float64: 1e-12}
+
 
 def argmax_first(s: torch.Tensor) -> torch.Tensor:
     """Lowest index of the maximum along the last dimension (ties resolved explicitly)."""
@@ -41,34 +50,82 @@ def argmax_first(s: torch.Tensor) -> torch.Tensor:
     return torch.where(hit, idx, V).amin(-1)
 
 
-# SPEC.md section 4: a residual whose mass sum_v max(0, pi - q) is at most this is rounding noise (pi = q
-# mathematically, e.g. a static blend of p = q, or a token set whose eta rounds to 1 + 1e-7): the rejected
-# position then draws from pi. Changing the law by at most this much in total variation, where it applies.
-RESIDUAL_EPS = {torch.float32: 1e-5, torch.float64: 1e-12}
-
-
-def _compute_dtype(z: torch.Tensor) -> torch.dtype:
-    return torch.float64 if z.dtype == torch.float64 else torch.float32
-
-
 def _sanitize(z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Zero the positions that are bad or belong to invalid rows, so nothing NaN flows on."""
     keep = keep & ~checks._bad_positions(z)
     return torch.where(keep[..., None], z, torch.zeros((), dtype=z.dtype, device=z.device))
 
 
-def _distributions(z: torch.Tensor, T: torch.Tensor):
-    """z [B, L, V], T [B] -> (sampling distribution [B, L, V], unscaled probs [B, L, V], unscaled max prob [B, L])."""
+def inv_temperature(T: torch.Tensor) -> torch.Tensor:
+    """1/T in T's dtype, at most the dtype's largest finite value (so (z - M) / T never makes 0 * inf); rows
+    with T = 0 (greedy) or an invalid T get 1 (their scores are not used)."""
+    ok = (T > 0) & torch.isfinite(T)
+    inv = 1.0 / torch.where(ok, T, torch.ones_like(T))
+    return torch.clamp(inv, max=torch.finfo(T.dtype).max)
+
+
+def scaled_logits(z: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """s = (z - M) * (1/T) per position of z [B, L, V] (T [B]); -inf stays -inf, the max gets 0."""
+    M = z.amax(-1, keepdim=True)
+    return (z - M) * inv_temperature(T)[:, None, None]
+
+
+def filter_keep(z: torch.Tensor, T: torch.Tensor, filters: checks.Filters) -> Optional[torch.Tensor]:
+    """The entries the sampling filters keep, [B, L, V] bool (None: no filter), for logits z [B, L, V]
+    (finite or -inf) at temperatures T [B], in transformers' order (SPEC.md section 2):
+
+    * top-k: v with z(v) >= the k-th largest logit (ties kept); k = 0 or k >= V: off;
+    * top-p, on the top-k kept entries renormalized: v whose strictly larger entries hold less than top_p of
+      their mass (so the kept set is the smallest top set holding >= top_p, ties kept); top_p = 1: off;
+    * min-p: v with e(v) >= min_p max e, e = exp((z - M) / T); min_p = 0: off.
+
+    All three keep an upper set of the logits, so the kept entries are {v : z(v) >= c} for one cutoff c per
+    position, and the argmax is always kept. Rows with T = 0 keep everything (greedy ignores the filters).
+    """
+    if not filters.active:
+        return None
+    B, L, V = z.shape
+    dev = z.device
+    k = checks.as_rows(0 if filters.top_k is None else filters.top_k, B, torch.int64, dev)[:, None, None]
+    tp = checks.as_rows(1.0 if filters.top_p is None else filters.top_p, B, z.dtype, dev)[:, None, None]
+    mp = checks.as_rows(0.0 if filters.min_p is None else filters.min_p, B, z.dtype, dev)[:, None, None]
+    e = torch.exp(scaled_logits(z, T))
+    zs, order = z.sort(-1, descending=True, stable=True)
+    kth = zs.gather(-1, (k.clamp(1, V) - 1).expand(B, L, 1))
+    keep_k = torch.where((k >= 1) & (k < V), z >= kth, torch.ones_like(z, dtype=torch.bool))
+    es = torch.where(keep_k, e, torch.zeros_like(e)).gather(-1, order)
+    total = es.sum(-1, keepdim=True)
+    before = torch.cumsum(es, -1) - es  # mass of the entries sorted before, ties included
+    first = torch.searchsorted(-zs.contiguous(), -zs.contiguous(), side="left")  # each tie group's first slot
+    above = before.gather(-1, first)  # mass of the strictly larger entries
+    keep_p_sorted = above < tp * total
+    keep_p = torch.empty_like(keep_p_sorted).scatter_(-1, order, keep_p_sorted)
+    keep_p = torch.where(tp < 1, keep_p, torch.ones_like(keep_p))
+    keep_m = torch.where(mp > 0, e >= mp, torch.ones_like(keep_p))
+    keep = keep_k & keep_p & keep_m
+    return keep | (T == 0)[:, None, None]
+
+
+def _distributions(z: torch.Tensor, T: torch.Tensor, keep: Optional[torch.Tensor]):
+    """z [B, L, V], T [B] -> (sampling distribution [B, L, V], unscaled probs [B, L, V], unscaled max prob [B, L]).
+    The sampling distribution is softmax((z - M) / T) over the kept entries, one-hot at the argmax at T = 0."""
     m = z.amax(-1, keepdim=True)
     e1 = torch.exp(z - m)
     z1 = e1.sum(-1, keepdim=True)
     unscaled = e1 / z1
-    Tb = T[:, None, None]
-    greedy = Tb == 0
-    e = torch.exp((z - m) / torch.where(greedy, torch.ones_like(Tb), Tb))
+    e = torch.exp(scaled_logits(z, T))
+    if keep is not None:
+        e = torch.where(keep, e, torch.zeros_like(e))
     scaled = e / e.sum(-1, keepdim=True)
     onehot = torch.nn.functional.one_hot(argmax_first(z), z.shape[-1]).to(z.dtype)
-    return torch.where(greedy, onehot, scaled), unscaled, (1.0 / z1).squeeze(-1)
+    return torch.where((T == 0)[:, None, None], onehot, scaled), unscaled, (1.0 / z1).squeeze(-1)
+
+
+def _token_distributions(x: torch.Tensor, V: int, dtype):
+    """q one-hot at the drafts x [B, L] (all zero for an id outside [0, V)): q, q^ and max q^ = 1."""
+    ok = (x >= 0) & (x < V)
+    q = torch.nn.functional.one_hot(x.clamp(0, V - 1), V).to(dtype) * ok[..., None]
+    return q, q, torch.ones(x.shape, dtype=dtype, device=x.device)
 
 
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
@@ -111,15 +168,8 @@ def _blend(rule, alpha, q, p, qh, ph, max_qh, max_ph) -> Blend:
     raise ValueError(f"rule {rule.name!r}: unknown family {rule.family!r}")
 
 
-def _prepare(zq, zp, T):
-    """Distributions and unscaled statistics for drafter logits zq [B, L, V], target zp [B, L(+1), V]."""
-    q, qh, max_qh = _distributions(zq, T)
-    p_all, ph_all, max_ph_all = _distributions(zp, T)
-    L = zq.shape[1]
-    return q, qh, max_qh, p_all, ph_all[:, :L], max_ph_all[:, :L]
-
-
-def blend_distributions(draft_logits, target_logits, *, rule="token_v3", alpha=None, temperature=1.0) -> Blend:
+def blend_distributions(draft_logits, target_logits, *, rule="token_v3", alpha=None, temperature=1.0, top_k=None,
+                        top_p=None, min_p=None) -> Blend:
     """The rule's quantities at every position of aligned logits [B, L, V] (same L for both), for
     analysis and tests: q, p, pi, per-token acceptance a(v) and deferral, computed in float64 when
     the logits are float64. Expected acceptance is ``(q * accept).sum(-1)``; the emitted token's
@@ -132,53 +182,94 @@ def blend_distributions(draft_logits, target_logits, *, rule="token_v3", alpha=N
         draft_logits, torch.cat([target_logits, target_logits[:, -1:]], 1),
         torch.zeros((B, L), dtype=torch.int64, device=draft_logits.device), rule=rule, alpha=alpha,
         temperature=temperature, seed=0, offset=0, num_draft_tokens=None, vocab_size=None, validate=False,
+        top_k=top_k, top_p=top_p, min_p=min_p,
     )
-    dt = _compute_dtype(draft_logits)
-    T, alpha_t = args.temperature.to(dt), args.alpha.to(dt)
-    q, qh, max_qh, p_all, ph, max_ph = _prepare(draft_logits.to(dt), target_logits.to(dt), T)
-    return _blend(args.rule, alpha_t, q, p_all, qh, ph, max_qh, max_ph)
+    dt = args.compute_dtype
+    T = checks.as_rows(args.temperature, B, dt, args.device)
+    alpha_t = checks.as_rows(args.alpha, B, dt, args.device)
+    zq, zp = draft_logits.to(dt), target_logits.to(dt)
+    q, qh, max_qh = _distributions(zq, T, filter_keep(zq, T, args.filters))
+    p, ph, max_ph = _distributions(zp, T, filter_keep(zp, T, args.filters))
+    return _blend(args.rule, alpha_t, q, p, qh, ph, max_qh, max_ph)
 
 
 def output_law(b: Blend) -> torch.Tensor:
     """The law of the token a verification step emits at a position (SPEC.md sections 1, 3):
-    ``q a + (1 - sum q a) R`` with ``R`` the normalized ``max(0, pi - q)`` (``pi`` when that is 0).
-    For the cascade rules this is ``pi``; for ``lossy`` it is Leviathan et al.'s lossy law."""
+    ``q a + (1 - sum q a) R`` with ``R`` the normalized ``max(0, pi - q)`` (``pi`` when its mass is at most
+    ``RESIDUAL_EPS``). For the cascade rules this is ``pi``; for ``lossy`` it is Leviathan et al.'s lossy law."""
     kept = b.q * b.accept
     w = torch.clamp(b.pi - b.q, min=0)
     mass = w.sum(-1, keepdim=True)
-    real = mass > RESIDUAL_EPS[_compute_dtype(w)]
+    real = mass > RESIDUAL_EPS[b.q.dtype if b.q.dtype == torch.float64 else torch.float32]
     r = torch.where(real, w / torch.where(real, mass, torch.ones_like(mass)), b.pi)
     return kept + (1.0 - kept.sum(-1, keepdim=True)).clamp(min=0) * r
+
+
+def padded(args: checks.VerifyArgs) -> checks.VerifyArgs:
+    """Ragged arguments as padded ones ([B, K, V] / [B, K + 1, V] / [B, K] gathered from the flat tensors; a
+    copy, which only the reference and validation make). Padded arguments are returned as they are."""
+    if not args.ragged:
+        return args
+    cu = args.cu_num_draft_tokens
+    B, K = args.batch, args.max_drafts
+    N = args.draft_tokens.shape[0]
+    dev = cu.device
+    n = cu[1:] - cu[:-1]
+    iq = (cu[:-1, None] + torch.arange(K, device=dev)).clamp(0, max(N - 1, 0))  # [B, K]
+    ip = (cu[:-1, None] + torch.arange(B, device=dev)[:, None] + torch.arange(K + 1, device=dev)).clamp(0, N + B - 1)
+    if N > 0:
+        x = args.draft_tokens[iq]
+        zq = None if args.draft_logits is None else args.draft_logits[iq]
+    else:
+        x = torch.zeros((B, K), dtype=torch.int64, device=dev)
+        zq = None if args.draft_logits is None else args.draft_logits.new_zeros((B, K, args.draft_logits.shape[1]))
+    return args._replace(draft_logits=zq, target_logits=args.target_logits[ip], draft_tokens=x, num_draft_tokens=n,
+                         cu_num_draft_tokens=None)
 
 
 def verify_args(args: checks.VerifyArgs, debug: bool = False):
     """The reference on normalized arguments. With ``debug``, also returns a dict of decision
     margins (used by the backend-equality tests to recognize genuine float ties)."""
+    args = padded(args)
     zq_in, zp_in, x = args.draft_logits, args.target_logits, args.draft_tokens
     B, K = x.shape
     V = args.vocab_size
     dev = x.device
-    dt = _compute_dtype(zq_in)
-    T = args.temperature.to(dt)
-    alpha = args.alpha.to(dt)
-    n = args.num_draft_tokens.clamp(0, K)
+    dt = args.compute_dtype
+    T = checks.as_rows(args.temperature, B, dt, dev)
+    alpha = checks.as_rows(args.alpha, B, dt, dev)
+    seed = checks.as_rows(args.seed, B, torch.int64, dev)
+    offset = checks.as_rows(args.offset, B, torch.int64, dev)
+    n = checks.as_rows(args.num_draft_tokens, B, torch.int64, dev).clamp(0, K)
     pos_k = torch.arange(K, device=dev)
     used_q = pos_k < n[:, None]  # [B, K]
     used_p = torch.arange(K + 1, device=dev) <= n[:, None]  # [B, K + 1]
 
-    zq = zq_in[..., :V].to(dt)
     zp = zp_in[..., :V].to(dt)
-    valid = ~((checks._bad_positions(zq) & used_q).any(1) | (checks._bad_positions(zp) & used_p).any(1))
-    valid &= torch.isfinite(T) & (T >= 0) & checks.alpha_rows_ok(args.rule, alpha)
+    bad = (checks._bad_positions(zp) & used_p).any(1)
+    if zq_in is not None:
+        zq = zq_in[..., :V].to(dt)
+        bad |= (checks._bad_positions(zq) & used_q).any(1)
+    valid = ~bad & torch.isfinite(T) & (T >= 0) & checks.alpha_rows_ok(args.rule, alpha)
+    valid &= checks.filter_rows_ok(args.filters, B, dev)
     T = torch.where(valid, T, torch.ones_like(T))
     alpha = torch.where(valid, alpha, torch.zeros_like(alpha))
-    zq = _sanitize(zq, valid[:, None] & used_q)
+    filters = args.filters
+    if filters.active:  # rows made invalid get no filter (their values may be out of range)
+        filters = checks.Filters(*[None if f is None else torch.where(valid, checks.as_rows(f, B, d, dev), off)
+                                   for f, d, off in zip(filters, (torch.int64, dt, dt), (0, 1.0, 0.0))])
     zp = _sanitize(zp, valid[:, None] & used_p)
-
-    q, qh, max_qh, p_all, ph, max_ph = _prepare(zq, zp, T)
-    bl = _blend(args.rule, alpha, q, p_all[:, :K], qh, ph, max_qh, max_ph)
+    p_all, ph_all, max_ph_all = _distributions(zp, T, filter_keep(zp, T, filters))
+    if zq_in is not None:
+        zq = _sanitize(zq, valid[:, None] & used_q)
+        q, qh, max_qh = _distributions(zq, T, filter_keep(zq, T, filters))
+    else:
+        q, qh, max_qh = _token_distributions(x, V, dt)
+    bl = _blend(args.rule, alpha, q, p_all[:, :K], qh, ph_all[:, :K], max_qh, max_ph_all[:, :K])
     pi = bl.pi
     x_ok = (x >= 0) & (x < V)
+    if zq_in is None:  # a token-only draft outside the vocabulary: rejected, and the position emits from p
+        pi = torch.where(x_ok[..., None], pi, p_all[:, :K])
     xi = x.clamp(0, V - 1)[..., None]
     a = torch.where(x_ok, bl.accept.gather(-1, xi).squeeze(-1), torch.zeros((), dtype=dt, device=dev))
     deferred = bl.deferred.gather(-1, xi).squeeze(-1)  # family A: r does not depend on the draft
@@ -186,16 +277,20 @@ def verify_args(args: checks.VerifyArgs, debug: bool = False):
         deferred = deferred | ~x_ok  # an id outside [0, V) is not in A
 
     # The accept loop: leading acceptances among the n verified drafts.
-    u = uniform(args.seed[:, None], args.offset[:, None] + pos_k, STREAM_ACCEPT, torch.zeros_like(pos_k))
+    u = uniform(seed[:, None], offset[:, None] + pos_k, STREAM_ACCEPT, torch.zeros_like(pos_k))
     accepted = (u.to(dt) < a) & used_q
     m = torch.cumprod(accepted.to(torch.int64), dim=1).sum(1)  # [B]
     bonus = m == n
 
     # The one emitted token: a residual race at position m, or the bonus race at position n.
     vocab = torch.arange(V, device=dev)
-    g = gumbel(args.seed[:, None], (args.offset + m)[:, None], STREAM_EMIT, vocab).to(dt)  # [B, V]
-    p_n = zp.gather(1, n.view(B, 1, 1).expand(B, 1, V)).squeeze(1)
-    bonus_score = p_n + T[:, None] * g
+    g = gumbel(seed[:, None], (offset + m)[:, None], STREAM_EMIT, vocab).to(dt)  # [B, V]
+    z_n = zp.gather(1, n.view(B, 1, 1).expand(B, 1, V))  # [B, 1, V]
+    s_n = scaled_logits(z_n, T)
+    keep_n = filter_keep(z_n, T, filters)
+    if keep_n is not None:
+        s_n = torch.where(keep_n, s_n, torch.full_like(s_n, -torch.inf))
+    bonus_score = torch.where((T == 0)[:, None], z_n[:, 0], s_n[:, 0] + g)
     if K > 0:
         j = m.clamp(max=K - 1).view(B, 1, 1).expand(B, 1, V)
         pi_m, q_m = pi.gather(1, j).squeeze(1), q.gather(1, j).squeeze(1)
@@ -229,15 +324,23 @@ def verify_args(args: checks.VerifyArgs, debug: bool = False):
 def sample_args(args: checks.SampleArgs, debug: bool = False):
     """The reference drafter step on normalized arguments."""
     z_in, V = args.logits, args.vocab_size
-    dt = _compute_dtype(z_in)
+    B = z_in.shape[0]
+    dt = args.compute_dtype
+    dev = z_in.device
     z = z_in[:, :V].to(dt)
-    T = args.temperature.to(dt)
-    valid = ~checks._bad_positions(z) & torch.isfinite(T) & (T >= 0)
+    T = checks.as_rows(args.temperature, B, dt, dev)
+    valid = ~checks._bad_positions(z) & torch.isfinite(T) & (T >= 0) & checks.filter_rows_ok(args.filters, B, dev)
     z = _sanitize(z, valid)
     T = torch.where(valid, T, torch.zeros_like(T))
-    vocab = torch.arange(V, device=z.device)
-    g = gumbel(args.seed[:, None], args.offset[:, None], STREAM_DRAFT, vocab).to(dt)
-    score = z + T[:, None] * g
+    vocab = torch.arange(V, device=dev)
+    seed = checks.as_rows(args.seed, B, torch.int64, dev)
+    offset = checks.as_rows(args.offset, B, torch.int64, dev)
+    g = gumbel(seed[:, None], offset[:, None], STREAM_DRAFT, vocab).to(dt)
+    s = scaled_logits(z[:, None], T)
+    keep = filter_keep(z[:, None], T, args.filters)
+    if keep is not None:
+        s = torch.where(keep, s, torch.full_like(s, -torch.inf))
+    score = torch.where((T == 0)[:, None], z, s[:, 0] + g)
     tokens = torch.where(valid, argmax_first(score), -1)
     if not debug:
         return tokens
@@ -246,13 +349,16 @@ def sample_args(args: checks.SampleArgs, debug: bool = False):
 
 
 def verify(
-    draft_logits: torch.Tensor,
+    draft_logits: Optional[torch.Tensor],
     target_logits: torch.Tensor,
     draft_tokens: torch.Tensor,
     *,
     rule: str = "token_v3",
     alpha=None,
     temperature=1.0,
+    top_k=None,
+    top_p=None,
+    min_p=None,
     seed=0,
     offset=0,
     num_draft_tokens: Optional[torch.Tensor] = None,
@@ -263,13 +369,14 @@ def verify(
     args = checks.check_verify(
         draft_logits, target_logits, draft_tokens, rule=rule, alpha=alpha, temperature=temperature,
         seed=seed, offset=offset, num_draft_tokens=num_draft_tokens, vocab_size=vocab_size, validate=validate,
+        top_k=top_k, top_p=top_p, min_p=min_p,
     )
     return verify_args(args)
 
 
-def sample(logits: torch.Tensor, *, temperature=1.0, seed=0, offset=0, vocab_size: Optional[int] = None,
-           validate: bool = False) -> torch.Tensor:
+def sample(logits: torch.Tensor, *, temperature=1.0, top_k=None, top_p=None, min_p=None, seed=0, offset=0,
+           vocab_size: Optional[int] = None, validate: bool = False) -> torch.Tensor:
     """Reference ``sample``: same arguments and output as ``speccas_kernels.sample``."""
     args = checks.check_sample(logits, temperature=temperature, seed=seed, offset=offset,
-                               vocab_size=vocab_size, validate=validate)
+                               vocab_size=vocab_size, validate=validate, top_k=top_k, top_p=top_p, min_p=min_p)
     return sample_args(args)

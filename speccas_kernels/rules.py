@@ -107,6 +107,12 @@ class Rule:
         """Reads TV(q, p): a second look over the vocabulary at every verified position."""
         return "tv" in self.reads
 
+    @property
+    def supports_token_drafts(self) -> bool:
+        """Defined for drafts without drafter logits (q one-hot at the draft): the rule reads nothing of q
+        that a one-hot q would fake (max q^ = 1 would always keep the draft; q^(v) would be 0 or 1)."""
+        return not {"max_qh", "qh"} & set(self.reads)
+
 
 def alpha_in_range(info: Rule, alpha: float) -> bool:
     if not info.uses_alpha:

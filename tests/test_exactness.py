@@ -402,8 +402,8 @@ def test_negative_control_scaled_rule_statistics(monkeypatch):
     position 1 flips (max q = 0.358 > 1 - alpha = 0.34 > max q^ = 0.30)."""
     real = reference._distributions
 
-    def scaled_stats(z, T):
-        s, _, _ = real(z, T)
+    def scaled_stats(z, T, keep):
+        s, _, _ = real(z, T, keep)
         return s, s, s.amax(-1)
 
     monkeypatch.setattr(reference, "_distributions", scaled_stats)
