@@ -90,7 +90,7 @@ def filter_keep(z: torch.Tensor, T: torch.Tensor, filters: checks.Filters) -> Op
     tp = checks.as_rows(1.0 if filters.top_p is None else filters.top_p, B, z.dtype, dev)[:, None, None]
     mp = checks.as_rows(0.0 if filters.min_p is None else filters.min_p, B, z.dtype, dev)[:, None, None]
     e = torch.exp(scaled_logits(z, T))
-    zs, order = z.sort(-1, descending=True, stable=True)
+    zs, order = torch.sort(z, dim=-1, descending=True, stable=True)
     kth = zs.gather(-1, (k.clamp(1, V) - 1).expand(B, L, 1))
     keep_k = torch.where((k >= 1) & (k < V), z >= kth, torch.ones_like(z, dtype=torch.bool))
     es = torch.where(keep_k, e, torch.zeros_like(e)).gather(-1, order)

@@ -16,8 +16,9 @@ from speccas_kernels.rules import RULE_INFO
 
 
 def random_round(B, K, V, *, dtype=torch.float32, device="cpu", seed=0, agreement=2.0, ragged=False,
-                 neg_inf_frac=0.0):
-    """Correlated drafter/target logits and drafts sampled from the drafter (reference sampler)."""
+                 neg_inf_frac=0.0, filters=None):
+    """Correlated drafter/target logits and drafts sampled from the drafter (reference sampler, with the
+    sampling filters `filters`, a dict of top_k / top_p / min_p, when given)."""
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(B, K + 1, V, generator=g) * 2.5
     zp = base + torch.randn(B, K + 1, V, generator=g) * (2.5 / agreement)
@@ -32,7 +33,9 @@ def random_round(B, K, V, *, dtype=torch.float32, device="cpu", seed=0, agreemen
     offsets = torch.randint(0, 10_000, (B,), generator=g).to(device)
     temps = torch.tensor([0.0, 1.0, 0.7, 1.3], device=device).repeat(B // 4 + 1)[:B]
     if K:
-        x = torch.stack([reference.sample(zq[:, i], temperature=temps, seed=seeds, offset=offsets + i)
+        x = torch.stack([reference.sample(zq[:, i], temperature=temps, seed=seeds, offset=offsets + i,
+                                          **{k: (v.to(device) if torch.is_tensor(v) else v)
+                                             for k, v in (filters or {}).items()})
                          for i in range(K)], 1)
     else:
         x = torch.zeros(B, 0, dtype=torch.int64, device=device)
@@ -77,7 +80,8 @@ def reference_with_margins(**kw):
                                rule=kw.pop("rule", "token_v3"), alpha=kw.pop("alpha", None),
                                temperature=kw.pop("temperature", 1.0), seed=kw.pop("seed", 0),
                                offset=kw.pop("offset", 0), num_draft_tokens=kw.pop("num_draft_tokens", None),
-                               vocab_size=kw.pop("vocab_size", None), validate=validate)
+                               vocab_size=kw.pop("vocab_size", None), validate=validate, top_k=kw.pop("top_k", None),
+                               top_p=kw.pop("top_p", None), min_p=kw.pop("min_p", None))
     assert not kw, f"unexpected arguments {sorted(kw)}"
     return reference.verify_args(args, debug=True)
 

@@ -239,9 +239,108 @@ def case_large_vocabulary(rule, backend):
            seed=seeds, offset=offs, num_draft_tokens=torch.tensor([4, 2, 3]), alpha=row_alphas(rule, B, 0))
 
 
+def _filter_rows(B, seed):
+    """Per-row filters mixing every kind and the off values."""
+    i = (torch.arange(B) + seed) % 8
+    return dict(top_k=torch.tensor([0, 1, 2, 5, 0, 3, 40, 0])[i],
+                top_p=torch.tensor([1.0, 0.5, 1.0, 0.9, 0.3, 1.0, 0.95, 0.7])[i],
+                min_p=torch.tensor([0.0, 0.0, 0.1, 0.0, 0.05, 0.2, 0.0, 0.5])[i])
+
+
+def case_filters(rule, backend):
+    """top_k / top_p / min_p, as scalars and per row, drafts sampled with the same filters."""
+    B, K, V = (16, 3, 300) if _scale(backend) == "full" else (8, 2, 60)
+    for j, filt in enumerate((dict(top_k=5), dict(top_p=0.8), dict(min_p=0.1), dict(top_k=20, top_p=0.9, min_p=0.05),
+                              _filter_rows(B, 3))):
+        kw = random_round(B, K, V, seed=40 + j, ragged=True, filters=filt)
+        out, _ = _check(backend, f"{rule} filters {sorted(filt)}", rule=rule, **kw, **filt)
+        assert bool(out.valid.all())
+
+
+def case_token_drafts(rule, backend):
+    """draft_logits=None: q one-hot at the draft; rules that read q's statistics raise instead."""
+    B, K, V = (16, 3, 300) if _scale(backend) == "full" else (8, 3, 60)
+    kw = random_round(B, K, V, seed=5, ragged=True)
+    kw["draft_logits"] = None
+    kw["draft_tokens"][0, 0] = V + 2  # outside the vocabulary: rejected, emits from p
+    if not RULE_INFO[rule].supports_token_drafts:
+        with pytest.raises(ValueError, match="draft_logits"):
+            sk.verify(**to_device(kw, _device(backend)), rule=rule, backend=backend)
+        return
+    for filt in ({}, dict(top_k=7, top_p=0.9)):
+        _check(backend, f"{rule} token-only drafts {filt}", rule=rule, **kw, **filt)
+
+
+def case_ragged_layout(rule, backend):
+    """verify_ragged equals verify with num_draft_tokens on the same rows (and the reference)."""
+    B, K, V = (9, 4, 200) if _scale(backend) == "full" else (5, 3, 50)
+    kw = random_round(B, K, V, seed=77, ragged=True)
+    n = kw.pop("num_draft_tokens")
+    n[0] = 0
+    cu = torch.cat([torch.zeros(1, dtype=torch.int64), n.cumsum(0)])
+    rows = [(b, i) for b in range(B) for i in range(int(n[b]))]
+    flat_q = torch.stack([kw["draft_logits"][b, i] for b, i in rows]) if rows else torch.zeros(0, V)
+    flat_x = torch.tensor([int(kw["draft_tokens"][b, i]) for b, i in rows], dtype=torch.int64)
+    flat_p = torch.stack([kw["target_logits"][b, i] for b in range(B) for i in range(int(n[b]) + 1)])
+    dev = _device(backend)
+    for T in (0.0, 1.0):
+        for drafts in ("logits", "tokens"):
+            if drafts == "tokens" and not RULE_INFO[rule].supports_token_drafts:
+                continue
+            zq = None if drafts == "tokens" else flat_q
+            common = dict(rule=rule, temperature=T, seed=kw["seed"], offset=kw["offset"])
+            got = sk.verify_ragged(*to_device(dict(a=zq, b=flat_p, c=flat_x, d=cu), dev).values(),
+                                   max_num_draft_tokens=K, **to_device(common, dev), backend=backend)
+            padded, _ = _check(backend, f"{rule} T={T} {drafts} padded", draft_logits=None if zq is None else
+                               kw["draft_logits"], target_logits=kw["target_logits"], draft_tokens=kw["draft_tokens"],
+                               num_draft_tokens=n, **common)
+            for name, x, y in zip(got._fields, got, padded):
+                assert torch.equal(x.cpu(), y), f"{rule} T={T} {drafts}: verify_ragged differs from verify in {name}"
+
+
+def case_extreme_temperatures(rule, backend):
+    """Temperatures from 1e-7 to 1e30 per row, next to masked entries and near-equal logits."""
+    B, K, V = 12, 2, 40
+    kw = random_round(B, K, V, seed=8, ragged=True, neg_inf_frac=0.2)
+    kw["target_logits"][:, :, 1] = kw["target_logits"][:, :, 0] - 1e-5  # near-equal pairs, as at tiny T
+    temps = torch.tensor([1e-7, 1e-6, 1e-5, 1e-3, 0.05, 1.0, 10.0, 1e3, 1e10, 1e20, 1e30, 0.0])
+    kw.update(temperature=temps, draft_tokens=_redraw(kw, temps))
+    out, _ = _check(backend, f"{rule} extreme temperatures", rule=rule, **kw)
+    assert bool(out.valid.all())
+
+
+def case_extreme_logits(rule, backend):
+    """Logits near the top of their dtype's range (finite): no row invalid, the same tokens as the reference."""
+    for dtype, big in ((F32, 3e38), (BF16, 3e38), (F16, 6.5e4), (F64, 1e300)):
+        kw = random_round(6, 2, 30, seed=9, ragged=True, dtype=dtype)
+        for key in ("draft_logits", "target_logits"):
+            z = kw[key].double()
+            kw[key] = (z / z.abs().amax() * big).to(dtype)
+        kw["draft_tokens"] = _redraw(kw, kw["temperature"])
+        out, _ = _check(backend, f"{rule} logits near {big:g} ({dtype})", rule=rule, **kw)
+        assert bool(out.valid.all())
+
+
+def case_mixed_dtypes(rule, backend):
+    """The drafter's and the target's logits in different dtypes."""
+    for dq, dp in ((F32, BF16), (BF16, F32), (F16, BF16), (F64, F32)):
+        kw = random_round(5, 3, 64, seed=12, ragged=True)
+        kw["draft_logits"] = kw["draft_logits"].to(dq)
+        kw["target_logits"] = kw["target_logits"].to(dp)
+        _check(backend, f"{rule} draft {dq} target {dp}", rule=rule, **kw)
+
+
+def _redraw(kw, temps):
+    K = kw["draft_tokens"].shape[1]
+    return torch.stack([sk.sample(kw["draft_logits"][:, i], temperature=temps, seed=kw["seed"], offset=kw["offset"] + i,
+                                  backend="reference") for i in range(K)], 1)
+
+
 CASES = {f.__name__[5:]: f for f in (case_grid, case_temperatures, case_dtypes, case_masked_vocabulary,
                                       case_vocab_size_and_strides, case_invalid_rows, case_draft_ids_out_of_range,
-                                      case_zero_residual, case_alpha_ends, case_decision_rich, case_large_vocabulary)}
+                                      case_zero_residual, case_alpha_ends, case_decision_rich, case_large_vocabulary,
+                                      case_filters, case_token_drafts, case_ragged_layout, case_extreme_temperatures,
+                                      case_extreme_logits, case_mixed_dtypes)}
 FULL_ONLY = {"large_vocabulary"}  # too slow for the interpreter
 
 
@@ -270,6 +369,41 @@ def test_conformance(rule, backend, case, monkeypatch):
 
 _BACKEND_PARAMS = [pytest.param(b, marks=[pytest.mark.cuda] if _device(b) == "cuda" else [], id=b)
                    for b in ("cpp", "triton", "cuda")]
+
+
+# ----------------------------------------------------------------------------------------------- sample
+
+SAMPLE_CASES = {  # name: (B, V, dtype, temperatures, filters) at the full scale; the interpreter runs smaller B
+    "grid": (33, 1000, F32, (0.0, 1.0, 0.7, 1.3), {}),
+    "bf16": (9, 8193, BF16, (1.0, 0.0, 2.0), {}),
+    "fp16_tiny_vocab": (17, 7, F16, (1.0, 0.5), {}),
+    "fp64": (9, 111, F64, (1.0, 0.3), {}),
+    "filters": (16, 300, F32, (1.0, 0.7), "rows"),
+    "extreme_temperatures": (12, 40, F32, (1e-7, 1e-5, 1e-3, 1.0, 1e3, 1e30, 0.0), {}),
+}
+
+
+@pytest.mark.parametrize("backend", _BACKEND_PARAMS_S := [pytest.param(b, marks=[pytest.mark.cuda] if _device(b) == "cuda"
+                                                                         else [], id=b) for b in ("cpp", "triton", "cuda")])
+@pytest.mark.parametrize("case", list(SAMPLE_CASES))
+def test_sample_conformance(backend, case):
+    B, V, dtype, temps, filt = SAMPLE_CASES[case]
+    if _scale(backend) == "interp":
+        B = min(B, 8)
+    g = torch.Generator().manual_seed(B * 7 + V)
+    z = (torch.randn(B, V, generator=g) * 3)
+    z[:, V // 2] = z[:, 0] - 1e-5  # a near tie
+    z = z.to(dtype)
+    T = torch.tensor(temps, dtype=torch.float64)[torch.arange(B) % len(temps)]
+    filters = _filter_rows(B, 1) if filt == "rows" else filt
+    kw = dict(temperature=T, seed=torch.randint(0, 2**62, (B,), generator=g), offset=torch.randint(0, 10**6, (B,),
+              generator=g), **filters)
+    out = sk.sample(z.to(_device(backend)), **to_device(kw, _device(backend)), backend=backend).cpu()
+    args = sk.checks.check_sample(z, vocab_size=None, validate=False, **kw)
+    ref, margins = sk.reference.sample_args(args, debug=True)
+    differ = (out != ref) & (margins["race_margin"] >= 1e-4)
+    assert not differ.any(), f"{backend} {case}: rows {differ.nonzero().flatten().tolist()} differ: {out[differ]} vs {ref[differ]}"
+    assert ((out >= 0) & (out < V)).all()
 
 
 @pytest.mark.parametrize("backend", _BACKEND_PARAMS)
