@@ -16,6 +16,8 @@ For ``torch.compile`` users the same kernels are registered as ``speccas::verify
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from typing import Optional, Tuple
 
@@ -61,6 +63,13 @@ def _check_device(t: torch.Tensor) -> None:
     )
 
 
+def _device_guard(device: torch.device):
+    """Launch on the tensors' device, not the current one (tensors on cuda:1 must not be read from device 0)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 def settings(V: int) -> Tuple[int, int]:
     """(BLOCK_V, num_warps) for a vocabulary of V entries.
 
@@ -77,15 +86,27 @@ def settings(V: int) -> Tuple[int, int]:
     return block, (8 if block >= 2048 else 4)
 
 
+def programs(device: torch.device) -> int:
+    """Programs of the persistent verify kernel: enough to fill the GPU (four per SM); one under the interpreter,
+    where programs run one after another anyway."""
+    if device.type != "cuda":
+        return 1
+    return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def verify_args(args: VerifyArgs) -> VerifyOutput:
-    """``verify`` on normalized arguments (``checks.check_verify``)."""
+    """``verify`` on normalized arguments (``checks.check_verify`` / ``check_verify_ragged``)."""
     from .kernels.verify import launch_verify
 
-    _check_device(args.draft_logits)
+    _check_device(args.target_logits)
     block_v, num_warps = settings(args.vocab_size)
-    return launch_verify(args.draft_logits, args.target_logits, args.draft_tokens, args.rule, args.alpha,
-                         args.temperature, args.seed, args.offset, args.num_draft_tokens, args.vocab_size,
-                         block_v, num_warps)
+    with _device_guard(args.target_logits.device):
+        return launch_verify(args, block_v, num_warps, programs(args.target_logits.device))
 
 
 def sample_args(args: SampleArgs) -> torch.Tensor:
@@ -94,5 +115,6 @@ def sample_args(args: SampleArgs) -> torch.Tensor:
 
     _check_device(args.logits)
     block_v, num_warps = settings(args.vocab_size)
-    return launch_sample(args.logits, args.temperature, args.seed, args.offset, args.vocab_size,
-                         block_v, num_warps)
+    with _device_guard(args.logits.device):
+        return launch_sample(args.logits, args.temperature, args.seed, args.offset, args.filters, args.vocab_size,
+                             block_v, num_warps)
