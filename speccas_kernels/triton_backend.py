@@ -36,6 +36,8 @@ except ImportError as e:  # pragma: no cover - exercised only where triton is mi
 # Tests set this to force a vocabulary tile size (a power of two >= 16), e.g. to exercise several
 # tiles at small V. None: the settings helper decides.
 BLOCK_V_OVERRIDE: Optional[int] = None
+# Tests set this to force the rows per work item (a power of two).
+ROWS_OVERRIDE: Optional[int] = None
 
 
 def _interpreting() -> bool:
@@ -86,6 +88,16 @@ def settings(V: int) -> Tuple[int, int]:
     return block, (8 if block >= 2048 else 4)
 
 
+def rows(B: int) -> int:
+    """Rows per work item: 1 on a GPU (a row's tiles spread over the SMs); under the interpreter, whose cost is per
+    operation rather than per element, the whole batch up to 256 rows, so a test batch costs about one row."""
+    if ROWS_OVERRIDE is not None:
+        return int(ROWS_OVERRIDE)
+    if not _interpreting():
+        return 1
+    return min(256, triton.next_power_of_2(max(B, 1)))
+
+
 def programs(device: torch.device) -> int:
     """Programs of the persistent verify kernel: enough to fill the GPU (four per SM); one under the interpreter,
     where programs run one after another anyway."""
@@ -106,7 +118,7 @@ def verify_args(args: VerifyArgs) -> VerifyOutput:
     _check_device(args.target_logits)
     block_v, num_warps = settings(args.vocab_size)
     with _device_guard(args.target_logits.device):
-        return launch_verify(args, block_v, num_warps, programs(args.target_logits.device))
+        return launch_verify(args, block_v, num_warps, programs(args.target_logits.device), rows(args.batch))
 
 
 def sample_args(args: SampleArgs) -> torch.Tensor:
@@ -117,4 +129,4 @@ def sample_args(args: SampleArgs) -> torch.Tensor:
     block_v, num_warps = settings(args.vocab_size)
     with _device_guard(args.logits.device):
         return launch_sample(args.logits, args.temperature, args.seed, args.offset, args.filters, args.vocab_size,
-                             block_v, num_warps)
+                             block_v, num_warps, rows(args.logits.shape[0]))

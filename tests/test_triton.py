@@ -20,13 +20,51 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from speccas_kernels.kernels import philox  # noqa: E402
 
-from helpers import random_round  # noqa: E402
+from helpers import assert_same_outputs, random_round, reference_with_margins  # noqa: E402
 
 # numpy warns about log(0) = -inf and NaN arithmetic on invalid rows inside the interpreter; both are intended.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
 
 if not triton_backend.available("triton")[0]:
     pytest.skip(f"triton backend unavailable: {triton_backend.available('triton')[1]}", allow_module_level=True)
+
+
+@pytest.mark.parametrize("rule", ["speculative", "opt", "token_v3", "ensemble"])
+def test_verify_work_item_settings(device, rule, monkeypatch):
+    """The same tokens whatever the rows per work item (1 is what a GPU runs), the tile size, or how many work
+    items a program takes (1: every ticket, flag and merge is handed from one program to another)."""
+    from speccas_kernels.kernels import verify as kv
+
+    kw = random_round(5, 3, 70, device=device, seed=17, ragged=True)
+    kw["temperature"] = torch.tensor([0.0, 1.0, 0.7, 1.3, 1.0], device=device)
+    ref, margins = reference_with_margins(**kw, rule=rule)
+    outs = []
+    for rows, items, block in ((None, 0, None), (1, 1, 16), (2, 3, 32), (1, 0, None), (4, 7, 16)):
+        monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+        monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
+        monkeypatch.setattr(kv, "ITEMS_PER_PROGRAM", items)
+        outs.append(sk.verify(**kw, rule=rule, backend="triton"))
+    assert_same_outputs(outs[0], ref, margins, what=f"{rule} default settings")
+    for o in outs[1:]:  # tile sizes change summation orders: accept_prob to rounding, the rest exactly
+        for a, b, name in zip(outs[0], o, o._fields):
+            a, b = a.cpu(), b.cpu()
+            same = torch.allclose(a, b, rtol=1e-5, atol=1e-7) if name == "accept_prob" else torch.equal(a, b)
+            assert same, f"{rule}: {name} depends on the work-item settings"
+    assert all(torch.equal(outs[0].accept_prob.cpu(), o.accept_prob.cpu()) for o in (outs[3],)), \
+        "same tiles, other rows per item: bit for bit"
+
+
+def test_sample_rows_per_program(device, monkeypatch):
+    z = torch.randn(9, 300, generator=torch.Generator().manual_seed(3)).to(device)
+    kw = dict(temperature=torch.tensor([0.0, 1.0, 0.5] * 3, device=device), seed=torch.arange(9, device=device),
+              offset=5)
+    outs = []
+    for rows, block in ((None, None), (1, 16), (2, 64), (8, 16)):
+        monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+        monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
+        outs.append(sk.sample(z, **kw, backend="triton", top_p=0.9 if rows == 2 else None))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[3])
+    assert torch.equal(outs[2], sk.sample(z, **kw, backend="reference", top_p=0.9))
 
 
 def test_verify_launch_and_batch_invariance(device, monkeypatch):

@@ -34,6 +34,16 @@ def row_param(ptr, value, b):
 
 
 @triton.jit
+def row_params(ptr, value, rows, rmask):
+    """[R] values of a per-row parameter for rows ``rows`` (``rmask``: the rows that exist)."""
+    if ptr is None:
+        x = value + rows * 0
+    else:
+        x = tl.load(ptr + rows, mask=rmask, other=0)
+    return x
+
+
+@triton.jit
 def inv_temperature(T):
     """(1/T capped at the float32 max, T usable): reference.inv_temperature, in float32."""
     ok = (T > 0) & (T < float("inf"))
@@ -54,10 +64,16 @@ def best_lowest(score, idx):
 
 
 @triton.jit
-def best_lowest_2d(score, idx):
-    """best_lowest over both axes of a 2-D block."""
-    best = tl.max(tl.max(score, axis=1), axis=0)
-    return best, tl.min(tl.min(tl.where(score == best, idx, BIG), axis=1), axis=0)
+def best_lowest_rows(score, idx):
+    """Per row of an [R, ...] block (2-D or 3-D): (max score, lowest ``idx`` at it; BIG if none)."""
+    if len(score.shape) == 3:
+        best = tl.max(tl.max(score, axis=2), axis=1)
+        hit = score == best[:, None, None]
+        low = tl.min(tl.min(tl.where(hit, idx, BIG), axis=2), axis=1)
+    else:
+        best = tl.max(score, axis=1)
+        low = tl.min(tl.where(score == best[:, None], idx, BIG), axis=1)
+    return best, low
 
 
 @triton.jit

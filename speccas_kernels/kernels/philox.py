@@ -73,22 +73,24 @@ def gumbel(seed, pos, stream: tl.constexpr, v):
 
 
 @triton.jit
-def gumbel_tile(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr):
-    """Gumbel noise for entries v0 .. v0 + BLOCK - 1 (v0 a multiple of 4) as a [BLOCK // 4, 4] tile, one Philox
-    evaluation per row of four; returns (noise, the entries' indices)."""
+def gumbel_rows(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr):
+    """Gumbel noise for R rows (``seed``, ``pos``: [R] int64) at entries v0 .. v0 + BLOCK - 1 (v0 a multiple of 4)
+    as an [R, BLOCK // 4, 4] tile, one Philox evaluation per group of four entries of a row; returns (noise, the
+    entries' indices [1, BLOCK // 4, 4])."""
     g = tl.arange(0, BLOCK // 4)
     j = tl.arange(0, 4)
-    seed = seed.to(tl.int64)
-    pos = pos.to(tl.int64)
-    zero = (g * 0).to(tl.uint32)
-    c0 = ((v0 >> 2) + g).to(tl.uint32)
+    seed = seed.to(tl.int64)[:, None]
+    pos = pos.to(tl.int64)[:, None]
+    zero = (g[None, :] * 0 + seed * 0).to(tl.uint32)  # [R, BLOCK // 4]
+    c0 = zero + ((v0 >> 2) + g).to(tl.uint32)[None, :]
     c1 = zero + stream
     c2 = zero + (pos & 0xFFFFFFFF).to(tl.uint32)
     c3 = zero + ((pos >> 32) & 0xFFFFFFFF).to(tl.uint32)
     k0 = zero + (seed & 0xFFFFFFFF).to(tl.uint32)
     k1 = zero + ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
     w0, w1, w2, w3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
-    jj = j[None, :]
-    bits = tl.where(jj == 0, w0[:, None], tl.where(jj == 1, w1[:, None], tl.where(jj == 2, w2[:, None], w3[:, None])))
+    jj = j[None, None, :]
+    bits = tl.where(jj == 0, w0[:, :, None], tl.where(jj == 1, w1[:, :, None],
+                                                       tl.where(jj == 2, w2[:, :, None], w3[:, :, None])))
     u = bits_to_uniform(bits)
-    return -tl.log(-tl.log(u)), v0 + g[:, None] * 4 + jj
+    return -tl.log(-tl.log(u)), v0 + g[None, :, None] * 4 + jj

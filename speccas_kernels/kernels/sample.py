@@ -3,9 +3,11 @@
     token[b] = argmax_v s(v) + G(seed[b], offset[b], STREAM_DRAFT, v)   over the kept entries, v < vocab_size
     s = (z - M) / T                                                     (plain argmax of z at T = 0)
 
-Grid ``(B, tiles)``. A program scores its tile relative to the tile's own max ``m_t``: ``(z - m_t) / T + G``
+Grid ``(row groups, tiles)``: a program takes ROWS rows (1 on a GPU; a whole small batch under the interpreter,
+whose cost is per operation, not per element) and one vocabulary tile. It scores its tile relative to the tile's
+own max ``m_t``: ``(z - m_t) / T + G``
 (Philox once per four entries, all four words used), keeps the best score, its lowest index, ``m_t`` and a
-NaN/+inf flag, and draws a ticket on its row's counter. The program with the last ticket merges the tiles:
+NaN/+inf flag, and draws a ticket on its group's counter. The program with the last ticket merges the tiles:
 ``M = max m_t``, each tile's best shifted by ``(m_t - M) / T``, ties to the lowest index; then it writes the
 token (``-1`` for a row with NaN/+inf or all -inf logits, a bad temperature or bad filter values) and resets
 the counter. One tile: no ticket. With sampling filters, ``filters.py`` computes each row's cutoff first
@@ -18,8 +20,8 @@ import triton.language as tl
 
 from .. import rules
 from . import common
-from .common import BIG, NEG_INF, best_lowest, best_lowest_2d, inv_temperature, load_logits, row_param, temperature_ok
-from .philox import gumbel_tile
+from .common import BIG, NEG_INF, best_lowest_rows, inv_temperature, load_logits, row_params, temperature_ok
+from .philox import gumbel_rows
 
 STREAM_DRAFT = tl.constexpr(rules.STREAM_DRAFT)
 
@@ -30,108 +32,116 @@ def _sample_kernel(
     part_m_ptr,  # [B, NT] float32 (float64 for FP64): each tile's max logit
     part_s_ptr,  # [B, NT] float32: each tile's best score relative to its max
     part_i_ptr,  # [B, NT, 2] int32: the best score's lowest index, a NaN/+inf flag
-    cnt_ptr,  # [B] int32 tickets (zero before the launch, reset by the last program of each row)
+    cnt_ptr,  # [cdiv(B, ROWS)] int32 tickets (zero before the launch, reset by the last program of each group)
     z_ptr,  # [B, V_in] logits, last stride 1
     temp_ptr, temp_val,  # [B] or one value
     seed_ptr, seed_val,  # [B] int64 or one value
     offset_ptr, offset_val,  # [B] int64 or one value
     cut_ptr,  # [B] filter cutoffs (FILTERS)
     fok_ptr,  # [B] int32: filter values in range (FILTERS)
+    B,
     V,
     NT,
     stride_b,
     FILTERS: tl.constexpr,
     FP64: tl.constexpr,
+    ROWS: tl.constexpr,  # rows per program: 1 on a GPU; a whole small batch under the interpreter
     BLOCK_V: tl.constexpr,  # a multiple of 4
     SINGLE: tl.constexpr,  # NT == 1
 ):
-    b = tl.program_id(0).to(tl.int64)
+    grp = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
+    rows = grp * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    rmask = rows < B
     v0 = t.to(tl.int64) * BLOCK_V
-    T = row_param(temp_ptr, temp_val, b).to(tl.float32)
+    T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
     invT = inv_temperature(T)
     g = tl.arange(0, BLOCK_V // 4)
     j = tl.arange(0, 4)
-    v = v0 + g[:, None] * 4 + j[None, :]
-    mask = v < V
-    z = load_logits(z_ptr + b * stride_b + v, mask, FP64)
-    bad = tl.max(tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=1), axis=0)
+    v = v0 + g[None, :, None] * 4 + j[None, None, :]  # [1, G, 4]
+    mask = rmask[:, None, None] & (v < V)
+    z = load_logits(z_ptr + rows[:, None, None] * stride_b + v, mask, FP64)  # [R, G, 4]
+    bad = tl.max(tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=2), axis=1)
     z = tl.where(z == z, z, NEG_INF)
-    m = tl.max(tl.max(z, axis=1), axis=0)
-    if T > 0:
-        noise, _ = gumbel_tile(row_param(seed_ptr, seed_val, b), row_param(offset_ptr, offset_val, b), STREAM_DRAFT,
-                               v0, BLOCK_V)
-        msub = tl.where(m == NEG_INF, 0.0, m)
-        s = (z - msub).to(tl.float32) * invT + noise
-        keep = z > NEG_INF
-        if FILTERS:
-            keep = keep & (z >= tl.load(cut_ptr + b))
-        s = tl.where(keep, s, NEG_INF)
-        best, idx = best_lowest_2d(s, v.to(tl.int32))
-    else:  # greedy: the lowest index of the max
-        best, idx = best_lowest_2d(z, v.to(tl.int32))
-        best = best * 0.0  # scores are relative to the tile max
+    m = tl.max(tl.max(z, axis=2), axis=1)  # [R]
+    m3 = m[:, None, None]
+    greedy = (T == 0)[:, None, None]
+    noise = tl.zeros([ROWS, BLOCK_V // 4, 4], dtype=tl.float32)
+    if tl.max((T > 0).to(tl.int32), axis=0) > 0:  # some row samples: the noise (rows of one program share this)
+        noise, _ = gumbel_rows(row_params(seed_ptr, seed_val, rows, rmask), row_params(offset_ptr, offset_val, rows,
+                               rmask), STREAM_DRAFT, v0, BLOCK_V)
+    keep = z > NEG_INF
+    if FILTERS:
+        keep = keep & (z >= tl.load(cut_ptr + rows, mask=rmask, other=0.0)[:, None, None])
+    scaled = _rel(z, tl.where(m3 == NEG_INF, 0.0, m3)) * invT[:, None, None] + noise
+    s = tl.where(greedy, tl.where(z == m3, 0.0, NEG_INF), tl.where(keep, scaled, NEG_INF))
+    best, idx = best_lowest_rows(s, v.to(tl.int32))  # greedy rows: the lowest argmax, score 0 (relative)
     ok = temperature_ok(T)
     if FILTERS:
-        ok = ok & (tl.load(fok_ptr + b) != 0)
+        ok = ok & (tl.load(fok_ptr + rows, mask=rmask, other=1) != 0)
     if SINGLE:
         ok = ok & (bad == 0) & (m > NEG_INF) & (m < float("inf")) & (idx < BIG)
-        tl.store(tokens_ptr + b, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64))
+        tl.store(tokens_ptr + rows, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64), mask=rmask)
     else:
-        o = b * NT + t
-        tl.store(part_m_ptr + o, m)
-        tl.store(part_s_ptr + o, best)
-        tl.store(part_i_ptr + o * 2, idx)
-        tl.store(part_i_ptr + o * 2 + 1, bad)
-        if common.ticket(cnt_ptr + b) == NT - 1:
-            _merge_row(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, cnt_ptr, b, NT, V, T, invT, ok, FP64)
+        o = rows * NT + t
+        tl.store(part_m_ptr + o, m, mask=rmask)
+        tl.store(part_s_ptr + o, best, mask=rmask)
+        tl.store(part_i_ptr + o * 2, idx, mask=rmask)
+        tl.store(part_i_ptr + o * 2 + 1, bad, mask=rmask)
+        if common.ticket(cnt_ptr + grp) == NT - 1:
+            _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT, V, T, invT, ok, FP64, ROWS)
+            tl.atomic_xchg(cnt_ptr + grp, 0)
 
 
 @triton.jit
-def _merge_row(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, cnt_ptr, b, NT, V, T, invT, ok, FP64: tl.constexpr):
-    """The last program of row b: the tiles merged, the token written, the ticket reset."""
-    best = tl.full([], float("-inf"), tl.float32)
-    idx = tl.full([], BIG, tl.int32)
-    bad = tl.full([], 0, tl.int32)
+def _rel(z, M):
+    return (z - M).to(tl.float32)
+
+
+@triton.jit
+def _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT, V, T, invT, ok, FP64: tl.constexpr,
+                ROWS: tl.constexpr):
+    """The last program of a group: each row's tiles merged (in 64-tile chunks), its token written."""
+    best = tl.full([ROWS], float("-inf"), tl.float32)
+    idx = tl.full([ROWS], BIG, tl.int32)
+    bad = tl.zeros([ROWS], dtype=tl.int32)
     if FP64:
-        M = tl.full([], float("-inf"), tl.float64)
+        M = tl.full([ROWS], float("-inf"), tl.float64)
     else:
-        M = tl.full([], float("-inf"), tl.float32)
+        M = tl.full([ROWS], float("-inf"), tl.float32)
     c = 0
     while c < NT:
         tt = c + tl.arange(0, 64)
-        mm = tt < NT
-        pm = tl.load(part_m_ptr + b * NT + tt, mask=mm, other=float("-inf"), cache_modifier=".cg")
-        M = tl.maximum(M, tl.max(pm, axis=0))
-        bad = tl.maximum(bad, tl.max(tl.load(part_i_ptr + (b * NT + tt) * 2 + 1, mask=mm, other=0,
-                                             cache_modifier=".cg"), axis=0))
+        mm = rmask[:, None] & (tt < NT)[None, :]
+        o = rows[:, None] * NT + tt[None, :]
+        M = tl.maximum(M, tl.max(tl.load(part_m_ptr + o, mask=mm, other=float("-inf"), cache_modifier=".cg"), axis=1))
+        bad = tl.maximum(bad, tl.max(tl.load(part_i_ptr + o * 2 + 1, mask=mm, other=0, cache_modifier=".cg"), axis=1))
         c += 64
     Msub = tl.where(M == NEG_INF, 0.0, M)
+    greedy = T == 0
     c = 0
     while c < NT:
         tt = c + tl.arange(0, 64)
-        mm = tt < NT
-        pm = tl.load(part_m_ptr + b * NT + tt, mask=mm, other=float("-inf"), cache_modifier=".cg")
-        ps = tl.load(part_s_ptr + b * NT + tt, mask=mm, other=float("-inf"), cache_modifier=".cg")
-        pi = tl.load(part_i_ptr + (b * NT + tt) * 2, mask=mm, other=BIG, cache_modifier=".cg")
-        if T > 0:
-            shift = (pm - Msub).to(tl.float32) * invT
-            sc = tl.where(pm > NEG_INF, ps + shift, NEG_INF)
-        else:
-            sc = tl.where((pm == M) & mm, 0.0, NEG_INF)
-        cb, ci = best_lowest(sc, pi)
+        mm = rmask[:, None] & (tt < NT)[None, :]
+        o = rows[:, None] * NT + tt[None, :]
+        pm = tl.load(part_m_ptr + o, mask=mm, other=float("-inf"), cache_modifier=".cg")
+        ps = tl.load(part_s_ptr + o, mask=mm, other=float("-inf"), cache_modifier=".cg")
+        pi = tl.load(part_i_ptr + o * 2, mask=mm, other=BIG, cache_modifier=".cg")
+        shifted = tl.where(pm > NEG_INF, ps + _rel(pm, Msub[:, None]) * invT[:, None], NEG_INF)
+        sc = tl.where(greedy[:, None], tl.where(pm == M[:, None], ps, NEG_INF), shifted)
+        cb, ci = best_lowest_rows(sc, pi)
         take = (cb > best) | ((cb == best) & (ci < idx))
         best = tl.where(take, cb, best)
         idx = tl.where(take, ci, idx)
         c += 64
     ok = ok & (bad == 0) & (M > NEG_INF) & (M < float("inf")) & (idx < BIG)
-    tl.store(tokens_ptr + b, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64))
-    tl.atomic_xchg(cnt_ptr + b, 0)
+    tl.store(tokens_ptr + rows, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64), mask=rmask)
 
 
 def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, vocab_size: int, block_v: int,
-                  num_warps: int) -> torch.Tensor:
-    """[B, V] logits -> [B] int64 tokens on the same device (no host sync; one launch, two with filters)."""
+                  num_warps: int, rows: int = 1) -> torch.Tensor:
+    """[B, V] logits -> [B] int64 tokens on the same device (no host sync; one launch, two with filters).
+    ``rows``: rows per program (a power of two)."""
     from .filters import launch_cutoffs
 
     if logits.stride(-1) != 1:
@@ -146,17 +156,18 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     part_m = torch.empty((B * nt,), dtype=mdt, device=dev)
     part_s = torch.empty((B * nt,), dtype=torch.float32, device=dev)
     part_i = torch.empty((B * nt * 2,), dtype=torch.int32, device=dev)
-    cnt = common.counters(dev, B)
+    groups = triton.cdiv(B, rows)
+    cnt = common.counters(dev, groups)
     cut = fok = None
     if filters.active:
         cut = torch.empty((B,), dtype=mdt, device=dev)
         fok = torch.empty((B,), dtype=torch.int32, device=dev)
         launch_cutoffs(cut, fok, logits, None, None, None, temperature, filters, B, 0, V, (logits.stride(0), 0, 0, 0),
-                       False, block_v, num_warps, fp64)
+                       False, block_v, num_warps, fp64, rows)
     t_ptr, t_val = common.split_param(temperature, 1.0)
     s_ptr, s_val = common.split_param(seed, 0)
     o_ptr, o_val = common.split_param(offset, 0)
-    _sample_kernel[(B, nt)](tokens, part_m, part_s, part_i, cnt, logits, t_ptr, float(t_val), s_ptr, int(s_val),
-                            o_ptr, int(o_val), cut, fok, V, nt, logits.stride(0), FILTERS=filters.active, FP64=fp64,
-                            BLOCK_V=block_v, SINGLE=nt == 1, num_warps=num_warps)
+    _sample_kernel[(groups, nt)](tokens, part_m, part_s, part_i, cnt, logits, t_ptr, float(t_val), s_ptr, int(s_val),
+                                 o_ptr, int(o_val), cut, fok, B, V, nt, logits.stride(0), FILTERS=filters.active,
+                                 FP64=fp64, ROWS=rows, BLOCK_V=block_v, SINGLE=nt == 1, num_warps=num_warps)
     return tokens

@@ -57,8 +57,8 @@ import triton.language as tl
 from .. import rules
 from ..outputs import VerifyOutput, new_verify_output
 from . import common, philox
-from .common import (BIG, NEG_INF, best_lowest, best_lowest_2d, inv_temperature, load_logits, row_param,
-                     temperature_ok, ticket, wait_flag)
+from .common import (BIG, NEG_INF, best_lowest_rows, inv_temperature, load_logits, row_params, temperature_ok,
+                     ticket, wait_flag)
 
 FAMILY_A = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_A])
 FAMILY_B = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_B])
@@ -147,54 +147,71 @@ def _probs(z, M, ST, invT, keep):
 
 
 @triton.jit
-def _row(b, cu_ptr, n_ptr, n_val, K, RAGGED: tl.constexpr):
-    """(n_b clamped to [0, K], the row's first flat drafter row: ragged start, else 0)."""
+def _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED: tl.constexpr, ROWS: tl.constexpr):
+    """The rows of group g: (rows [R], rmask, n [R] clamped to [0, K], ragged start [R], T [R])."""
+    rows = g * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    rmask = rows < B
     if RAGGED:
-        start = tl.load(cu_ptr + b)
-        n = tl.load(cu_ptr + b + 1) - start
+        start = tl.load(cu_ptr + rows, mask=rmask, other=0)
+        n = tl.load(cu_ptr + rows + 1, mask=rmask, other=0) - start
     else:
-        start = b * 0
-        n = row_param(n_ptr, n_val, b).to(tl.int64)
-    return tl.minimum(tl.maximum(n, 0), K), start
+        start = rows * 0
+        n = row_params(n_ptr, n_val, rows, rmask).to(tl.int64)
+    T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
+    return rows, rmask, tl.minimum(tl.maximum(n, 0), K), start, T
 
 
 @triton.jit
-def _q_row(zq_ptr, b, i, start, stride_qb, stride_qk, RAGGED: tl.constexpr):
+def _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED: tl.constexpr):
+    """[R] (or [R, L] for i [1, L]) pointers to drafter position i of each row."""
     if RAGGED:
         ptr = zq_ptr + (start + i) * stride_qk
     else:
-        ptr = zq_ptr + b * stride_qb + i * stride_qk
+        ptr = zq_ptr + rows * stride_qb + i * stride_qk
     return ptr
 
 
 @triton.jit
-def _p_row(zp_ptr, b, i, start, stride_pb, stride_pk, RAGGED: tl.constexpr):
+def _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED: tl.constexpr):
     if RAGGED:
-        ptr = zp_ptr + (start + b + i) * stride_pk
+        ptr = zp_ptr + (start + rows + i) * stride_pk
     else:
-        ptr = zp_ptr + b * stride_pb + i * stride_pk
+        ptr = zp_ptr + rows * stride_pb + i * stride_pk
     return ptr
 
 
 @triton.jit
-def _tile_stats(row_ptr, v, mask, invT, cut, scaled, greedy, FILTERS: tl.constexpr, FP64: tl.constexpr):
-    """(max, sum exp(z - max), sum exp((z - max) / T) over kept entries, lowest argmax, bad) of one tile."""
-    z = load_logits(row_ptr + v, mask, FP64)
-    bad = tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=0)
+def _needs_look(T, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr):
+    """[R]: the row's positions take the second look (T > 0 with drafter logits; T = 0 has closed forms)."""
+    return SECOND_LOOK & HAS_Q & (T > 0) & (T < float("inf"))
+
+
+@triton.jit
+def _group_looks(T, rmask, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr):
+    """The group takes the second look when one of its rows does (every item computes it the same way)."""
+    return tl.max((_needs_look(T, SECOND_LOOK, HAS_Q) & rmask).to(tl.int32), axis=0) > 0
+
+
+@triton.jit
+def _tile_stats(ptrs, v, mask, invT, cut, scaled, greedy, FILTERS: tl.constexpr, FP64: tl.constexpr):
+    """Per row of an [R, BLOCK] tile: (max, sum exp(z - max), sum exp((z - max) / T) over kept entries (rows with
+    ``scaled``), lowest argmax (rows with ``greedy``), bad)."""
+    z = load_logits(ptrs[:, None] + v[None, :], mask, FP64)
+    bad = tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=1)
     z = tl.where(z == z, z, NEG_INF)
-    m = tl.max(z, axis=0)
-    d = _rel(z, tl.where(m == NEG_INF, 0.0, m))
-    s1 = tl.sum(tl.exp(d), axis=0)
+    m = tl.max(z, axis=1)
+    d = _rel(z, tl.where(m == NEG_INF, 0.0, m)[:, None])
+    s1 = tl.sum(tl.exp(d), axis=1)
     sT = s1
-    if scaled:
-        e = tl.exp(d * invT)
+    if tl.max(scaled.to(tl.int32), axis=0) > 0:
+        e = tl.exp(d * invT[:, None])
         if FILTERS:
-            e = tl.where(z >= cut, e, 0.0)
-        sT = tl.sum(e, axis=0)
-    arg = v * 0 + BIG
-    if greedy:
-        arg = tl.where(z == m, v, BIG)
-    return m, s1, sT, tl.min(arg, axis=0), bad
+            e = tl.where(z >= cut[:, None], e, 0.0)
+        sT = tl.where(scaled, tl.sum(e, axis=1), s1)
+    arg = m.to(tl.int32) * 0 + BIG
+    if tl.max(greedy.to(tl.int32), axis=0) > 0:
+        arg = tl.min(tl.where(z == m[:, None], v[None, :], BIG), axis=1)
+    return m, s1, sT, arg, bad
 
 
 # ------------------------------------------------------------------------------------------------ the kernel
@@ -218,9 +235,9 @@ def _verify_kernel(
     look_ptr,  # [B, K] float32: TV or eta
     race_f_ptr,  # [3, B, NT] float32: best residual score, best pi score, residual mass
     race_i_ptr,  # [2, B, NT] int32: their lowest indices
-    row_i_ptr,  # [3, B] int32: m, race kind, the draft at m
+    row_i_ptr,  # [3, B] int32: m, race kind, the draft at m (-1 outside the vocabulary)
     row_f_ptr,  # [B] float32: the blend quantity at m (family A r_m, family B eta_m)
-    cnt_ptr,  # int32 counters (zero; common.counters): see the offsets below
+    cnt_ptr,  # int32 counters (zero; common.counters): offsets below, per row group
     # inputs
     zq_ptr,  # [B, K, V_in] (ragged: [N, V_in]) or None for token-only drafts
     zp_ptr,  # [B, K + 1, V_in] (ragged: [N + B, V_in])
@@ -253,6 +270,7 @@ def _verify_kernel(
     RAGGED: tl.constexpr,
     FILTERS: tl.constexpr,
     FP64: tl.constexpr,
+    ROWS: tl.constexpr,  # rows per work item: 1 on a GPU; a whole small batch under the interpreter
     BLOCK_V: tl.constexpr,  # a multiple of 4
     BLOCK_K: tl.constexpr,  # >= K + 1
     BLOCK_T: tl.constexpr,  # >= NT
@@ -260,13 +278,14 @@ def _verify_kernel(
 ):
     HAS_Q: tl.constexpr = zq_ptr is not None
     KP = K + 1
-    # counter offsets
+    G = (B + ROWS - 1) // ROWS
+    # counter offsets (per row group)
     c_stats = 2
-    c_ready = c_stats + B * KP
-    c_look = c_ready + B * KP
-    c_row = c_look + B * K
-    c_flag = c_row + B
-    c_race = c_flag + B
+    c_ready = c_stats + G * KP
+    c_look = c_ready + G * KP
+    c_row = c_look + G * K
+    c_flag = c_row + G
+    c_race = c_flag + G
     stats_items = KP * NT
     if SECOND_LOOK:
         look_items = K * NT
@@ -282,40 +301,37 @@ def _verify_kernel(
         s = w // step
         r = w % step
         if r < stats_items:
-            b = s.to(tl.int64)
-            i = (r // NT).to(tl.int64)
-            t = r % NT
-            if b < B:
-                _stats_item(b, i, t, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr,
-                            cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr,
-                            row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val,
-                            temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr,
-                            fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_stats, c_ready, c_row, c_flag,
-                            stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA,
-                            HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, BLOCK_K, BLOCK_T)
+            g = s.to(tl.int64)
+            if g < G:
+                _stats_item(g, (r // NT).to(tl.int64), r % NT, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
+                            pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr,
+                            accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr,
+                            n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr,
+                            offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_stats,
+                            c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV,
+                            WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
+                            BLOCK_V, BLOCK_K, BLOCK_T)
         elif r < stats_items + look_items:
-            b = (s - 1).to(tl.int64)
+            g = (s - 1).to(tl.int64)
             r2 = r - stats_items
-            i = (r2 // NT).to(tl.int64)
-            t = r2 % NT
             if SECOND_LOOK:
-                if (b >= 0) & (b < B):
-                    _look_item(b, i, t, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
-                               tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr,
-                               row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr,
-                               temp_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
-                               alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row, c_flag,
-                               stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA,
-                               HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, BLOCK_K, BLOCK_T)
+                if (g >= 0) & (g < G):
+                    _look_item(g, (r2 // NT).to(tl.int64), r2 % NT, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
+                               look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr,
+                               valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val,
+                               alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val,
+                               cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
+                               c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
+                               USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
+                               BLOCK_K, BLOCK_T)
         else:
-            b = (s - lag).to(tl.int64)
-            t = r - stats_items - look_items
-            if (b >= 0) & (b < B):
-                _race_item(b, t, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr,
-                           row_f_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr,
-                           temp_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT,
-                           c_flag, c_race, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA,
-                           HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, BLOCK_T)
+            g = (s - lag).to(tl.int64)
+            if (g >= 0) & (g < G):
+                _race_item(g, r - stats_items - look_items, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr,
+                           race_i_ptr, row_i_ptr, row_f_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr,
+                           alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
+                           cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
+                           IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T)
         done += 1
         if ITEMS_PER_PROGRAM == 0:
             w = tl.atomic_add(cnt_ptr, 1)
@@ -332,204 +348,218 @@ def _verify_kernel(
 # ------------------------------------------------------------------------------------------------ stats + merge
 
 @triton.jit
-def _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, BLOCK_T: tl.constexpr):
-    """The tiles of one (position, side) merged: (M, S1, ST, lowest argmax, bad)."""
+def _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, mask, BLOCK_T: tl.constexpr):
+    """The tiles of one (position, side) merged, per row (``o`` [R]): (M, S1, ST, lowest argmax, bad)."""
     t = tl.arange(0, BLOCK_T)
-    mask = t < NT
-    pm = tl.load(part_m_ptr + o * NT + t, mask=mask, other=float("-inf"), cache_modifier=".cg")
-    ps1 = tl.load(part_f_ptr + o * NT + t, mask=mask, other=0.0, cache_modifier=".cg")
-    pst = tl.load(part_f_ptr + pf + o * NT + t, mask=mask, other=0.0, cache_modifier=".cg")
-    parg = tl.load(part_i_ptr + o * NT + t, mask=mask, other=BIG, cache_modifier=".cg")
-    pbad = tl.load(part_i_ptr + pf + o * NT + t, mask=mask, other=0, cache_modifier=".cg")
-    M = tl.max(pm, axis=0)
-    d = _rel(pm, tl.where(M == NEG_INF, 0.0, M))
+    mk = mask[:, None] & (t < NT)[None, :]
+    oo = o[:, None] * NT + t[None, :]
+    pm = tl.load(part_m_ptr + oo, mask=mk, other=float("-inf"), cache_modifier=".cg")
+    ps1 = tl.load(part_f_ptr + oo, mask=mk, other=0.0, cache_modifier=".cg")
+    parg = tl.load(part_i_ptr + oo, mask=mk, other=BIG, cache_modifier=".cg")
+    pbad = tl.load(part_i_ptr + pf + oo, mask=mk, other=0, cache_modifier=".cg")
+    M = tl.max(pm, axis=1)
+    d = _rel(pm, tl.where(M == NEG_INF, 0.0, M)[:, None])
     live = pm > NEG_INF
-    S1 = tl.sum(tl.where(live, ps1 * tl.exp(d), 0.0), axis=0)
+    S1 = tl.sum(tl.where(live, ps1 * tl.exp(d), 0.0), axis=1)
     ST = S1
-    if scaled:
-        ST = tl.sum(tl.where(live, pst * tl.exp(d * invT), 0.0), axis=0)
-    arg = tl.min(tl.where(pm == M, parg, BIG), axis=0)
-    bad = (tl.max(pbad, axis=0) > 0) | (M == NEG_INF) | (M == float("inf"))
+    if tl.max(scaled.to(tl.int32), axis=0) > 0:
+        pst = tl.load(part_f_ptr + pf + oo, mask=mk, other=0.0, cache_modifier=".cg")
+        ST = tl.where(scaled, tl.sum(tl.where(live, pst * tl.exp(d * invT[:, None]), 0.0), axis=1), S1)
+    arg = tl.min(tl.where(pm == M[:, None], parg, BIG), axis=1)
+    bad = (tl.max(pbad, axis=1) > 0) | (M == NEG_INF) | (M == float("inf"))
     return M, S1, ST, arg, bad.to(tl.int32)
 
 
 @triton.jit
-def _stats_item(b, i, t, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr,
+def _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o, qf, mask, M, S1, ST, arg, bad):
+    tl.store(pos_m_ptr + o, M, mask=mask)
+    tl.store(pos_f_ptr + o, S1, mask=mask)
+    tl.store(pos_f_ptr + qf + o, ST, mask=mask)
+    tl.store(pos_i_ptr + o, arg, mask=mask)
+    tl.store(pos_i_ptr + qf + o, bad, mask=mask)
+
+
+@triton.jit
+def _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, t, mask, m, s1, sT, arg, bad):
+    tl.store(part_m_ptr + o * NT + t, m, mask=mask)
+    tl.store(part_f_ptr + o * NT + t, s1, mask=mask)
+    tl.store(part_f_ptr + pf + o * NT + t, sT, mask=mask)
+    tl.store(part_i_ptr + o * NT + t, arg, mask=mask)
+    tl.store(part_i_ptr + pf + o * NT + t, bad, mask=mask)
+
+
+@triton.jit
+def _stats_item(g, i, t, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr,
                 tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr,
                 zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
                 seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT,
                 c_stats, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
                 FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
                 USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
-                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, BLOCK_V: tl.constexpr,
-                BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr):
-    n, start = _row(b, cu_ptr, n_ptr, n_val, K, RAGGED)
-    if i <= n:
-        KP = K + 1
-        T = row_param(temp_ptr, temp_val, b).to(tl.float32)
+                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
+                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr):
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    KP = K + 1
+    use_p = rmask & (i <= n)
+    use_q = rmask & (i < n)
+    if tl.max(use_p.to(tl.int32), axis=0) > 0:
         invT = inv_temperature(T)
-        greedy = T == 0
-        sums = (i < n) & (T > 0)  # the bonus position's sums are never read: its race uses per-tile maxima
-        scaled = sums & ((T != 1.0) | FILTERS)
+        greedy = use_p & (T == 0)
+        # The bonus position's sums are never read (its race uses the merged max), nor T = 1 scaled sums unfiltered.
+        scaled = use_q & (T > 0) & ((T != 1.0) | FILTERS)
         v = t * BLOCK_V + tl.arange(0, BLOCK_V)
-        mask = v < V
         pf = 2 * B * KP * NT  # offset of the second half of part_f / part_i
-        o = (b * KP + i) * 2
-        cut = 0.0
+        o = (rows * KP + i) * 2
+        cut = T * 0.0
         if FILTERS:
-            cut = tl.load(cutp_ptr + b * KP + i)
-        m, s1, sT, arg, bad = _tile_stats(_p_row(zp_ptr, b, i, start, stride_pb, stride_pk, RAGGED), v, mask, invT,
-                                          cut, scaled, greedy, FILTERS, FP64)
-        tl.store(part_m_ptr + o * NT + t, m)
-        tl.store(part_f_ptr + o * NT + t, s1)
-        tl.store(part_f_ptr + pf + o * NT + t, sT)
-        tl.store(part_i_ptr + o * NT + t, arg)
-        tl.store(part_i_ptr + pf + o * NT + t, bad)
+            cut = tl.load(cutp_ptr + rows * KP + i, mask=use_p, other=0.0)
+        mask = use_p[:, None] & (v < V)[None, :]
+        m, s1, sT, arg, bad = _tile_stats(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED), v, mask,
+                                          invT, cut, scaled, greedy, FILTERS, FP64)
+        _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, t, use_p, m, s1, sT, arg, bad)
         if HAS_Q:
-            if i < n:
+            if tl.max(use_q.to(tl.int32), axis=0) > 0:
                 if FILTERS:
-                    cut = tl.load(cutq_ptr + b * K + i)
-                m, s1, sT, arg, bad = _tile_stats(_q_row(zq_ptr, b, i, start, stride_qb, stride_qk, RAGGED), v, mask,
-                                                  invT, cut, scaled, greedy, FILTERS, FP64)
-                tl.store(part_m_ptr + (o + 1) * NT + t, m)
-                tl.store(part_f_ptr + (o + 1) * NT + t, s1)
-                tl.store(part_f_ptr + pf + (o + 1) * NT + t, sT)
-                tl.store(part_i_ptr + (o + 1) * NT + t, arg)
-                tl.store(part_i_ptr + pf + (o + 1) * NT + t, bad)
-        pos = b * KP + i
-        if ticket(cnt_ptr + c_stats + pos) == NT - 1:
+                    cut = tl.load(cutq_ptr + rows * K + i, mask=use_q, other=0.0)
+                mask = use_q[:, None] & (v < V)[None, :]
+                m, s1, sT, arg, bad = _tile_stats(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED), v,
+                                                  mask, invT, cut, scaled, greedy & use_q, FILTERS, FP64)
+                _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NT, t, use_q, m, s1, sT, arg, bad)
+    pos = g * KP + i
+    if ticket(cnt_ptr + c_stats + pos) == NT - 1:
+        if tl.max(use_p.to(tl.int32), axis=0) > 0:
+            invT = inv_temperature(T)
+            scaled = use_q & (T > 0) & ((T != 1.0) | FILTERS)
+            pf = 2 * B * KP * NT
             qf = 2 * B * KP  # offset of the second half of pos_f / pos_i
-            M, S1, ST, arg, bad = _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, BLOCK_T)
-            tl.store(pos_m_ptr + o, M)
-            tl.store(pos_f_ptr + o, S1)
-            tl.store(pos_f_ptr + qf + o, ST)
-            tl.store(pos_i_ptr + o, arg)
-            tl.store(pos_i_ptr + qf + o, bad)
+            o = (rows * KP + i) * 2
+            M, S1, ST, arg, bad = _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, use_p,
+                                              BLOCK_T)
+            _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o, qf, use_p, M, S1, ST, arg, bad)
             if HAS_Q:
-                if i < n:
+                if tl.max(use_q.to(tl.int32), axis=0) > 0:
                     M, S1, ST, arg, bad = _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NT, invT, scaled,
-                                                      BLOCK_T)
-                    tl.store(pos_m_ptr + o + 1, M)
-                    tl.store(pos_f_ptr + o + 1, S1)
-                    tl.store(pos_f_ptr + qf + o + 1, ST)
-                    tl.store(pos_i_ptr + o + 1, arg)
-                    tl.store(pos_i_ptr + qf + o + 1, bad)
-            tl.store(cnt_ptr + c_stats + pos, 0)
-            common.release_flag(cnt_ptr + c_ready + pos, 1)
-            _row_done(b, n, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr,
-                      deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr,
-                      start, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr,
-                      fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb,
-                      stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED,
-                      FILTERS, FP64, BLOCK_K)
+                                                      use_q, BLOCK_T)
+                    _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o + 1, qf, use_q, M, S1, ST, arg, bad)
+        tl.store(cnt_ptr + c_stats + pos, 0)
+        common.release_flag(cnt_ptr + c_ready + pos, 1)
+        _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+                    num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
+                    x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr,
+                    fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb,
+                    stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED,
+                    FILTERS, FP64, ROWS, BLOCK_K)
 
 
 @triton.jit
-def _needs_look(T, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr):
-    """Whether a row's positions take the second look (T > 0 with drafter logits; T = 0 has closed forms)."""
-    return SECOND_LOOK & HAS_Q & (T > 0) & (T < float("inf"))
-
-
-@triton.jit
-def _row_done(b, n, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr,
-              deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, start,
-              alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo,
-              alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
-              FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
-              USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
-              RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One of the row's merges is done: the program with the row's last ticket runs the accept phase."""
-    target = n + 1
-    if _needs_look(T, SECOND_LOOK, HAS_Q):
-        target += n
-    if ticket(cnt_ptr + c_row + b) == target - 1:
-        _accept_row(b, n, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr,
-                    deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, start,
-                    alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
-                    alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
-                    FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS,
-                    FP64, BLOCK_K)
+def _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+                num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
+                x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
+                alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
+                FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
+                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
+                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """One of the group's merges is done: the program with the group's last ticket runs the accept phase."""
+    target = K + 1
+    if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
+        target += K
+    if ticket(cnt_ptr + c_row + g) == target - 1:
+        _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+                num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
+                x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
+                alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
+                FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS, FP64,
+                ROWS, BLOCK_K)
 
 
 # ------------------------------------------------------------------------------------------------ second look
 
 @triton.jit
-def _look_item(b, i, t, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr, tokens_ptr,
+def _look_item(g, i, t, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr, tokens_ptr,
                num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
                x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr,
                offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
                c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
                FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
-               RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, BLOCK_V: tl.constexpr,
-               BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr):
-    n, start = _row(b, cu_ptr, n_ptr, n_val, K, RAGGED)
-    T = row_param(temp_ptr, temp_val, b).to(tl.float32)
-    if _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n):
+               RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
+               BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr):
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
         KP = K + 1
-        pos = b * KP + i
-        wait_flag(cnt_ptr + c_ready + pos)
-        invT = inv_temperature(T)
-        qf = 2 * B * KP
-        o = pos * 2
-        Mp = tl.load(pos_m_ptr + o, cache_modifier=".cg")
-        S1p = tl.load(pos_f_ptr + o, cache_modifier=".cg")
-        STp = tl.load(pos_f_ptr + qf + o, cache_modifier=".cg")
-        Mq = tl.load(pos_m_ptr + o + 1, cache_modifier=".cg")
-        S1q = tl.load(pos_f_ptr + o + 1, cache_modifier=".cg")
-        STq = tl.load(pos_f_ptr + qf + o + 1, cache_modifier=".cg")
-        v = t * BLOCK_V + tl.arange(0, BLOCK_V)
-        mask = v < V
-        zq = load_logits(_q_row(zq_ptr, b, i, start, stride_qb, stride_qk, RAGGED) + v, mask, FP64)
-        zp = load_logits(_p_row(zp_ptr, b, i, start, stride_pb, stride_pk, RAGGED) + v, mask, FP64)
-        keep_q = mask & (zq > NEG_INF)
-        keep_p = mask & (zp > NEG_INF)
-        if FILTERS:
-            keep_q = keep_q & (zq >= tl.load(cutq_ptr + b * K + i))
-            keep_p = keep_p & (zp >= tl.load(cutp_ptr + b * KP + i))
-        q = _probs(zq, Mq, STq, invT, keep_q)
-        if NEEDS_TV:
-            p = _probs(zp, Mp, STp, invT, keep_p)
-            part = tl.sum(tl.where(mask, tl.maximum(q - p, 0.0), 0.0), axis=0)
-        else:
-            tl.static_assert(FAMILY == FAMILY_B, "the second look reads TV or a token set's eta")
-            if USES_ALPHA:
-                al = row_param(alpha_ptr, alpha_val, b).to(tl.float32)
+        pos = g * KP + i
+        use = rmask & _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n)
+        if tl.max(use.to(tl.int32), axis=0) > 0:
+            wait_flag(cnt_ptr + c_ready + pos)
+            invT = inv_temperature(T)
+            qf = 2 * B * KP
+            o = (rows * KP + i) * 2
+            Mp = tl.load(pos_m_ptr + o, mask=use, other=0.0, cache_modifier=".cg")
+            S1p = tl.load(pos_f_ptr + o, mask=use, other=1.0, cache_modifier=".cg")
+            STp = tl.load(pos_f_ptr + qf + o, mask=use, other=1.0, cache_modifier=".cg")
+            Mq = tl.load(pos_m_ptr + o + 1, mask=use, other=0.0, cache_modifier=".cg")
+            S1q = tl.load(pos_f_ptr + o + 1, mask=use, other=1.0, cache_modifier=".cg")
+            STq = tl.load(pos_f_ptr + qf + o + 1, mask=use, other=1.0, cache_modifier=".cg")
+            v = t * BLOCK_V + tl.arange(0, BLOCK_V)
+            mask = use[:, None] & (v < V)[None, :]
+            zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None] + v[None, :],
+                             mask, FP64)
+            zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :],
+                             mask, FP64)
+            keep_q = mask & (zq > NEG_INF)
+            keep_p = mask & (zp > NEG_INF)
+            if FILTERS:
+                keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None])
+                keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + i, mask=use, other=0.0)[:, None])
+            q = _probs(zq, Mq[:, None], STq[:, None], invT[:, None], keep_q)
+            if NEEDS_TV:
+                p = _probs(zp, Mp[:, None], STp[:, None], invT[:, None], keep_p)
+                part = tl.sum(tl.where(mask, tl.maximum(q - p, 0.0), 0.0), axis=1)
             else:
-                al = 0.0
-            in_a = _in_set(IN_SET, al, tl.exp(_rel(zq, Mq)) / S1q, tl.exp(_rel(zp, Mp)) / S1p, S1p)
-            part = tl.sum(tl.where(mask & ~in_a, q, 0.0), axis=0)
-        tl.store(look_part_ptr + (b * K + i) * NT + t, part)
-        if ticket(cnt_ptr + c_look + b * K + i) == NT - 1:
-            tt = tl.arange(0, BLOCK_T)
-            parts = tl.load(look_part_ptr + (b * K + i) * NT + tt, mask=tt < NT, other=0.0, cache_modifier=".cg")
-            tl.store(look_ptr + b * K + i, tl.sum(parts, axis=0))
-            tl.store(cnt_ptr + c_look + b * K + i, 0)
-            _row_done(b, n, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr,
-                      deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr,
-                      start, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr,
-                      fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb,
-                      stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED,
-                      FILTERS, FP64, BLOCK_K)
+                tl.static_assert(FAMILY == FAMILY_B, "the second look reads TV or a token set's eta")
+                if USES_ALPHA:
+                    al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)
+                else:
+                    al = T * 0.0
+                in_a = _in_set(IN_SET, al[:, None], tl.exp(_rel(zq, Mq[:, None])) / S1q[:, None],
+                               tl.exp(_rel(zp, Mp[:, None])) / S1p[:, None], S1p[:, None])
+                part = tl.sum(tl.where(mask & ~in_a, q, 0.0), axis=1)
+            tl.store(look_part_ptr + (rows * K + i) * NT + t, part, mask=use)
+        if ticket(cnt_ptr + c_look + g * K + i) == NT - 1:
+            if tl.max(use.to(tl.int32), axis=0) > 0:
+                tt = tl.arange(0, BLOCK_T)
+                parts = tl.load(look_part_ptr + (rows[:, None] * K + i) * NT + tt[None, :],
+                                mask=use[:, None] & (tt < NT)[None, :], other=0.0, cache_modifier=".cg")
+                tl.store(look_ptr + rows * K + i, tl.sum(parts, axis=1), mask=use)
+            tl.store(cnt_ptr + c_look + g * K + i, 0)
+            _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+                        num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr,
+                        zp_ptr, x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
+                        cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk,
+                        stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK,
+                        HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K)
 
 
 # ------------------------------------------------------------------------------------------------ accept
 
 @triton.jit
-def _accept_row(b, n, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr,
-                deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, start,
-                alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
-                alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
-                FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
-                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
-                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, BLOCK_K: tl.constexpr):
+def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+            num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr,
+            alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo,
+            alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
+            FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
+            USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
+            RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
+            BLOCK_K: tl.constexpr):
+    """The accept phase of a group of rows: [R, BLOCK_K] blocks, one lane per draft position."""
     KP = K + 1
     qf = 2 * B * KP
-    invT = inv_temperature(T)
-    greedy = T == 0
+    invT = inv_temperature(T)[:, None]
+    greedy = (T == 0)[:, None]
     ok = temperature_ok(T)
     if USES_ALPHA:
-        al = row_param(alpha_ptr, alpha_val, b).to(tl.float32)
+        al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)
         a_ok = (al == al) & (al > float("-inf")) & (al < float("inf")) & (al >= alpha_lo)
         if HIGH_OPEN:
             a_ok = a_ok & (al < alpha_hi)
@@ -538,33 +568,38 @@ def _accept_row(b, n, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tok
         ok = ok & a_ok
         al = tl.where(a_ok, al, 0.0)
     else:
-        al = 0.0
+        al = T * 0.0
+    al = al[:, None]
     if FILTERS:
-        ok = ok & (tl.load(fok_ptr + b) != 0)
-    i = tl.arange(0, BLOCK_K).to(tl.int64)
-    in_k = i < K
-    used_q = i < n
-    used_p = i <= n
-    o = (b * KP + i) * 2
+        ok = ok & (tl.load(fok_ptr + rows, mask=rmask, other=1) != 0)
+    i = tl.arange(0, BLOCK_K).to(tl.int64)[None, :]  # [1, BLOCK_K]
+    nn = n[:, None]
+    rr = rows[:, None]
+    rm = rmask[:, None]
+    in_k = rm & (i < K)
+    used_q = rm & (i < nn)
+    used_p = rm & (i <= nn)
+    o = (rr * KP + i) * 2
     bad = tl.load(pos_i_ptr + qf + o, mask=used_p, other=0, cache_modifier=".cg")
     if HAS_Q:
         bad = bad | tl.load(pos_i_ptr + qf + o + 1, mask=used_q, other=0, cache_modifier=".cg")
-    valid = ok & (tl.max(bad, axis=0) == 0)
+    valid = ok & (tl.max(bad, axis=1) == 0) & rmask  # [R]
     Mp = tl.load(pos_m_ptr + o, mask=used_p, other=0.0, cache_modifier=".cg")
     S1p = tl.load(pos_f_ptr + o, mask=used_p, other=1.0, cache_modifier=".cg")
     STp = tl.load(pos_f_ptr + qf + o, mask=used_p, other=1.0, cache_modifier=".cg")
     argp = tl.load(pos_i_ptr + o, mask=used_p, other=0, cache_modifier=".cg")
+    ss = start[:, None]
     if RAGGED:
-        x = tl.load(x_ptr + start + i, mask=used_q, other=0)
+        x = tl.load(x_ptr + ss + i, mask=used_q, other=0)
     else:
-        x = tl.load(x_ptr + b * K + i, mask=used_q, other=0)
+        x = tl.load(x_ptr + rr * K + i, mask=used_q, other=0)
     x_ok = (x >= 0) & (x < V)
     xc = tl.minimum(tl.maximum(x, 0), V - 1)
-    p_rows = _p_row(zp_ptr, b, i, start, stride_pb, stride_pk, RAGGED)
+    p_rows = _p_rows(zp_ptr, rr, i, ss, stride_pb, stride_pk, RAGGED)
     zpx = load_logits(p_rows + xc, used_q, FP64)
     keep_px = zpx > NEG_INF
     if FILTERS:
-        cutp = tl.load(cutp_ptr + b * KP + i, mask=used_q, other=float("-inf"))
+        cutp = tl.load(cutp_ptr + rr * KP + i, mask=used_q, other=float("-inf"))
         keep_px = keep_px & (zpx >= cutp)
     px = tl.where(greedy, (xc == argp).to(tl.float32), _probs(zpx, Mp, STp, invT, keep_px))
     ph_x = tl.exp(_rel(zpx, Mp)) / S1p
@@ -573,11 +608,11 @@ def _accept_row(b, n, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tok
         S1q = tl.load(pos_f_ptr + o + 1, mask=used_q, other=1.0, cache_modifier=".cg")
         STq = tl.load(pos_f_ptr + qf + o + 1, mask=used_q, other=1.0, cache_modifier=".cg")
         argq = tl.load(pos_i_ptr + o + 1, mask=used_q, other=0, cache_modifier=".cg")
-        q_rows = _q_row(zq_ptr, b, i, start, stride_qb, stride_qk, RAGGED)
+        q_rows = _q_rows(zq_ptr, rr, i, ss, stride_qb, stride_qk, RAGGED)
         zqx = load_logits(q_rows + xc, used_q, FP64)
         keep_qx = zqx > NEG_INF
         if FILTERS:
-            cutq = tl.load(cutq_ptr + b * K + i, mask=used_q, other=float("-inf"))
+            cutq = tl.load(cutq_ptr + rr * K + i, mask=used_q, other=float("-inf"))
             keep_qx = keep_qx & (zqx >= cutq)
         qx = tl.where(greedy, (xc == argq).to(tl.float32), _probs(zqx, Mq, STq, invT, keep_qx))
         qh_x = tl.exp(_rel(zqx, Mq)) / S1q
@@ -587,27 +622,29 @@ def _accept_row(b, n, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tok
         qx = x_ok.to(tl.float32)
         qh_x = qx
         max_qh = qx * 0.0 + 1.0
-    look = tl.zeros([BLOCK_K], dtype=tl.float32)
-    if _needs_look(T, SECOND_LOOK, HAS_Q):
-        look = tl.load(look_ptr + b * K + i, mask=used_q, other=0.0, cache_modifier=".cg")
+    look = qx * 0.0
+    if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
+        look = tl.load(look_ptr + rr * K + i, mask=used_q & _needs_look(T, SECOND_LOOK, HAS_Q)[:, None], other=0.0,
+                       cache_modifier=".cg")
     if FAMILY == FAMILY_A:
         tv = look
         if NEEDS_TV:
-            if greedy:  # one-hot q and p: TV is 0 or 1
-                tv = (argq != argp).to(tl.float32)
+            tv = tl.where(greedy, (argq != argp).to(tl.float32), look)  # one-hot q and p: TV is 0 or 1
         w = WEIGHT(al, max_qh, 1.0 / S1p, tv).to(tl.float32)
-        w = tl.zeros([BLOCK_K], dtype=tl.float32) + w
+        w = qx * 0.0 + w
         a = _ratio(_blended(FAMILY, w, x_ok, qx, px), qx)
         dfr = w > 0
     elif FAMILY == FAMILY_B:
         in_a = _in_set(IN_SET, al, qh_x, ph_x, S1p) & x_ok
         if HAS_Q:
             w = look  # eta
-            if greedy:  # q one-hot at argq: eta = 1 unless argq is in A
-                zq_a = load_logits(q_rows + argq, used_q, FP64)
-                zp_a = load_logits(p_rows + argq, used_q, FP64)
+            if tl.max(greedy.to(tl.int32), axis=0) > 0:  # q one-hot at argq: eta = 1 unless argq is in A
+                ga = used_q & greedy  # argq is BIG on rows that do not sample greedily
+                aq = tl.minimum(tl.maximum(argq, 0), V - 1)
+                zq_a = load_logits(q_rows + aq, ga, FP64)
+                zp_a = load_logits(p_rows + aq, ga, FP64)
                 in_aq = _in_set(IN_SET, al, tl.exp(_rel(zq_a, Mq)) / S1q, tl.exp(_rel(zp_a, Mp)) / S1p, S1p)
-                w = 1.0 - in_aq.to(tl.float32)
+                w = tl.where(greedy, 1.0 - in_aq.to(tl.float32), w)
         else:
             w = 1.0 - in_a.to(tl.float32)  # q one-hot at the draft
         a = tl.where(in_a & (qx > 0), 1.0, _ratio(w * px, qx))
@@ -616,136 +653,136 @@ def _accept_row(b, n, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tok
         tl.static_assert(FAMILY == FAMILY_LOSSY, "unknown rule family")
         a = _ratio(px, (1.0 - al) * qx)
         dfr = used_q
-        w = tl.zeros([BLOCK_K], dtype=tl.float32)
+        w = qx * 0.0
     a = tl.where(x_ok, a, 0.0)
-    u = philox.uniform(row_param(seed_ptr, seed_val, b), row_param(offset_ptr, offset_val, b) + i, STREAM_ACCEPT,
-                       i * 0)
+    seed = row_params(seed_ptr, seed_val, rows, rmask)[:, None]
+    offs = row_params(offset_ptr, offset_val, rows, rmask)[:, None]
+    u = philox.uniform(seed, offs + i, STREAM_ACCEPT, i * 0 + rr * 0)
     accepted = (u < a) & used_q
-    m = tl.min(tl.where(accepted, BLOCK_K, i), axis=0)  # the first rejection; lane n is never accepted
-    valid_k = (i * 0 + valid.to(tl.int64)) != 0  # [BLOCK_K] (an int detour: the interpreter cannot splat a reduced bool)
+    m = tl.min(tl.where(accepted, BLOCK_K, i + rr * 0), axis=1)  # [R] the first rejection; lane n never accepted
+    mm = m[:, None]
+    vv = valid[:, None]
     # The emitted token: p_n's argmax now at T = 0 when every draft is accepted, else a race.
     bonus = m == n
-    argp_m = tl.sum(tl.where(i == m, argp, 0), axis=0)
-    kind = tl.where(valid & ~(bonus & greedy), tl.where(bonus, RACE_BONUS, RACE_RESIDUAL), RACE_NONE)
-    emitted = tl.where(valid & bonus & greedy, argp_m.to(tl.int64), -1)
-    tok = tl.where(valid_k & (i < m), x, tl.where(i == m, emitted, -1))
-    tl.store(tokens_ptr + b * KP + i, tok, mask=i < KP)
-    tl.store(num_accepted_ptr + b, tl.where(valid, m, 0))
-    keep = used_q & valid_k
-    tl.store(deferred_ptr + b * K + i, dfr & keep, mask=in_k)
-    tl.store(accept_prob_ptr + b * K + i, tl.where(keep, a, 0.0), mask=in_k)
-    tl.store(valid_ptr + b, valid)
-    tl.store(row_i_ptr + b, m.to(tl.int32))
-    tl.store(row_i_ptr + B + b, kind.to(tl.int32))
-    tl.store(row_i_ptr + 2 * B + b, tl.sum(tl.where((i == m) & x_ok, x, 0), axis=0).to(tl.int32) -
-             (tl.sum(tl.where((i == m) & ~x_ok, 1, 0), axis=0)).to(tl.int32))  # -1 for an id outside [0, V)
-    tl.store(row_f_ptr + b, tl.sum(tl.where(i == m, w, 0.0), axis=0))
-    # Every merge of the row is done: its counters go back to zero, then the race may start.
-    tl.store(cnt_ptr + c_ready + b * KP + i, 0, mask=i < KP)
-    tl.store(cnt_ptr + c_row + b, 0)
-    common.release_flag(cnt_ptr + c_flag + b, 1)
+    argp_m = tl.sum(tl.where(i == mm, argp, 0), axis=1)
+    gr = T == 0
+    kind = tl.where(valid & ~(bonus & gr), tl.where(bonus, RACE_BONUS, RACE_RESIDUAL), RACE_NONE)
+    emitted = tl.where(valid & bonus & gr, argp_m.to(tl.int64), -1)
+    tok = tl.where(vv & (i < mm), x, tl.where(i == mm, emitted[:, None], -1))
+    tl.store(tokens_ptr + rr * KP + i, tok, mask=rm & (i < KP))
+    tl.store(num_accepted_ptr + rows, tl.where(valid, m, 0), mask=rmask)
+    keep = used_q & vv
+    tl.store(deferred_ptr + rr * K + i, dfr & keep, mask=in_k)
+    tl.store(accept_prob_ptr + rr * K + i, tl.where(keep, a, 0.0), mask=in_k)
+    tl.store(valid_ptr + rows, valid, mask=rmask)
+    tl.store(row_i_ptr + rows, m.to(tl.int32), mask=rmask)
+    tl.store(row_i_ptr + B + rows, kind.to(tl.int32), mask=rmask)
+    xm_ok = tl.sum(tl.where((i == mm) & x_ok, 1, 0), axis=1) > 0
+    xm = tl.sum(tl.where((i == mm) & x_ok, x, 0), axis=1)
+    tl.store(row_i_ptr + 2 * B + rows, tl.where(xm_ok, xm, -1).to(tl.int32), mask=rmask)  # -1: outside [0, V)
+    tl.store(row_f_ptr + rows, tl.sum(tl.where(i == mm, w, 0.0), axis=1), mask=rmask)
+    # Every merge of the group is done: its counters go back to zero, then the race may start.
+    j = tl.arange(0, BLOCK_K)
+    tl.store(cnt_ptr + c_ready + g * KP + j, j * 0, mask=j < KP)
+    tl.store(cnt_ptr + c_row + g, 0)
+    common.release_flag(cnt_ptr + c_flag + g, 1)
 
 
 # ------------------------------------------------------------------------------------------------ race + emit
 
 @triton.jit
-def _race_item(b, t, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
+def _race_item(g, t, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
                cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
                seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk,
                stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
-               BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr):
-    wait_flag(cnt_ptr + c_flag + b)
-    kind = tl.load(row_i_ptr + B + b, cache_modifier=".cg")
-    if kind != RACE_NONE:
+               ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr):
+    wait_flag(cnt_ptr + c_flag + g)
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    kind = tl.load(row_i_ptr + B + rows, mask=rmask, other=0, cache_modifier=".cg")
+    racing = rmask & (kind != RACE_NONE)
+    if tl.max(racing.to(tl.int32), axis=0) > 0:
         KP = K + 1
         qf = 2 * B * KP
-        n, start = _row(b, cu_ptr, n_ptr, n_val, K, RAGGED)
-        m = tl.load(row_i_ptr + b, cache_modifier=".cg").to(tl.int64)
-        T = row_param(temp_ptr, temp_val, b).to(tl.float32)
-        invT = inv_temperature(T)
-        greedy = T == 0
+        m = tl.load(row_i_ptr + rows, mask=racing, other=0, cache_modifier=".cg").to(tl.int64)
+        invT = inv_temperature(T)[:, None, None]
+        greedy = (T == 0)[:, None, None]
         v0 = t.to(tl.int64) * BLOCK_V
-        noise, v = philox.gumbel_tile(row_param(seed_ptr, seed_val, b), row_param(offset_ptr, offset_val, b) + m,
-                                      STREAM_EMIT, v0, BLOCK_V)
-        mask = v < V
-        o = (b * KP + m) * 2
-        Mp = tl.load(pos_m_ptr + o, cache_modifier=".cg")
-        zp = load_logits(_p_row(zp_ptr, b, m, start, stride_pb, stride_pk, RAGGED) + v, mask, FP64)
+        noise, v = philox.gumbel_rows(row_params(seed_ptr, seed_val, rows, rmask),
+                                      row_params(offset_ptr, offset_val, rows, rmask) + m, STREAM_EMIT, v0, BLOCK_V)
+        R3 = racing[:, None, None]
+        mask = R3 & (v < V)
+        o = (rows * KP + m) * 2
+        Mp = tl.load(pos_m_ptr + o, mask=racing, other=0.0, cache_modifier=".cg")[:, None, None]
+        zp = load_logits(_p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None, None] + v, mask, FP64)
         keep_p = mask & (zp > NEG_INF)
         if FILTERS:
-            keep_p = keep_p & (zp >= tl.load(cutp_ptr + b * KP + m))
-        if kind == RACE_BONUS:
-            s = tl.where(keep_p, _rel(zp, Mp) * invT + noise, NEG_INF)
-            best, idx = best_lowest_2d(s, v.to(tl.int32))
-            fbest = best
-            fidx = idx
-            mass = 1.0
+            keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=racing, other=0.0)[:, None, None])
+        bonus = (kind == RACE_BONUS)[:, None, None]
+        s_bonus = tl.where(keep_p, _rel(zp, Mp) * invT + noise, NEG_INF)
+        S1p = tl.load(pos_f_ptr + o, mask=racing, other=1.0, cache_modifier=".cg")[:, None, None]
+        STp = tl.load(pos_f_ptr + qf + o, mask=racing, other=1.0, cache_modifier=".cg")[:, None, None]
+        argp = tl.load(pos_i_ptr + o, mask=racing, other=0, cache_modifier=".cg")[:, None, None]
+        wm = tl.load(row_f_ptr + rows, mask=racing, other=0.0, cache_modifier=".cg")[:, None, None]
+        p = tl.where(greedy, (v == argp).to(tl.float32), _probs(zp, Mp, STp, invT, keep_p))
+        ph = tl.exp(_rel(zp, Mp)) / S1p
+        if HAS_Q:
+            Mq = tl.load(pos_m_ptr + o + 1, mask=racing, other=0.0, cache_modifier=".cg")[:, None, None]
+            S1q = tl.load(pos_f_ptr + o + 1, mask=racing, other=1.0, cache_modifier=".cg")[:, None, None]
+            STq = tl.load(pos_f_ptr + qf + o + 1, mask=racing, other=1.0, cache_modifier=".cg")[:, None, None]
+            argq = tl.load(pos_i_ptr + o + 1, mask=racing, other=0, cache_modifier=".cg")[:, None, None]
+            qmask = mask & ~bonus
+            zq = load_logits(_q_rows(zq_ptr, rows, m, start, stride_qb, stride_qk, RAGGED)[:, None, None] + v, qmask,
+                             FP64)
+            keep_q = qmask & (zq > NEG_INF)
+            if FILTERS:
+                keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + m, mask=racing & (m < K),
+                                                 other=0.0)[:, None, None])
+            q = tl.where(greedy, (v == argq).to(tl.float32), _probs(zq, Mq, STq, invT, keep_q))
+            qh = tl.exp(_rel(zq, Mq)) / S1q
+            x_ok = v >= 0
         else:
-            S1p = tl.load(pos_f_ptr + o, cache_modifier=".cg")
-            STp = tl.load(pos_f_ptr + qf + o, cache_modifier=".cg")
-            argp = tl.load(pos_i_ptr + o, cache_modifier=".cg")
-            wm = tl.load(row_f_ptr + b, cache_modifier=".cg")
-            if greedy:
-                p = (v == argp).to(tl.float32)
+            xm = tl.load(row_i_ptr + 2 * B + rows, mask=racing, other=-1, cache_modifier=".cg")[:, None, None]
+            x_ok = (v * 0 + xm) >= 0
+            q = (v == xm).to(tl.float32)
+            qh = q
+        in_a = mask
+        if FAMILY == FAMILY_B:
+            if USES_ALPHA:
+                al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)[:, None, None]
             else:
-                p = _probs(zp, Mp, STp, invT, keep_p)
-            ph = tl.exp(_rel(zp, Mp)) / S1p
-            if HAS_Q:
-                Mq = tl.load(pos_m_ptr + o + 1, cache_modifier=".cg")
-                S1q = tl.load(pos_f_ptr + o + 1, cache_modifier=".cg")
-                STq = tl.load(pos_f_ptr + qf + o + 1, cache_modifier=".cg")
-                argq = tl.load(pos_i_ptr + o + 1, cache_modifier=".cg")
-                zq = load_logits(_q_row(zq_ptr, b, m, start, stride_qb, stride_qk, RAGGED) + v, mask, FP64)
-                keep_q = mask & (zq > NEG_INF)
-                if FILTERS:
-                    keep_q = keep_q & (zq >= tl.load(cutq_ptr + b * K + m))
-                if greedy:
-                    q = (v == argq).to(tl.float32)
-                else:
-                    q = _probs(zq, Mq, STq, invT, keep_q)
-                qh = tl.exp(_rel(zq, Mq)) / S1q
-                x_ok = v >= 0
-            else:
-                xm = tl.load(row_i_ptr + 2 * B + b, cache_modifier=".cg")
-                x_ok = (v * 0 + ((xm >= 0) & (xm < V)).to(tl.int64)) != 0
-                q = (v == xm).to(tl.float32)
-                qh = q
-            in_a = mask
-            if FAMILY == FAMILY_B:
-                if USES_ALPHA:
-                    al = row_param(alpha_ptr, alpha_val, b).to(tl.float32)
-                else:
-                    al = 0.0
-                in_a = _in_set(IN_SET, al, qh, ph, S1p)
-            pi = _blended(FAMILY, wm, in_a, q, p)
-            pi = tl.where(x_ok, pi, p)  # a token-only draft outside the vocabulary: the position emits from p
-            wv = tl.maximum(pi - q, 0.0)
-            s = tl.where(mask, tl.log(wv) + noise, NEG_INF)
-            fs = tl.where(mask, tl.log(pi) + noise, NEG_INF)
-            s = tl.where(s == s, s, NEG_INF)
-            fs = tl.where(fs == fs, fs, NEG_INF)
-            best, idx = best_lowest_2d(s, v.to(tl.int32))
-            fbest, fidx = best_lowest_2d(fs, v.to(tl.int32))
-            mass = tl.sum(tl.sum(tl.where(mask, wv, 0.0), axis=1), axis=0)
-        tl.store(race_f_ptr + b * NT + t, best)
-        tl.store(race_f_ptr + (B + b) * NT + t, fbest)
-        tl.store(race_f_ptr + (2 * B + b) * NT + t, mass)
-        tl.store(race_i_ptr + b * NT + t, idx)
-        tl.store(race_i_ptr + (B + b) * NT + t, fidx)
-    if ticket(cnt_ptr + c_race + b) == NT - 1:
-        if kind != RACE_NONE:
-            tt = tl.arange(0, BLOCK_T)
-            mt = tt < NT
-            mass = tl.sum(tl.load(race_f_ptr + (2 * B + b) * NT + tt, mask=mt, other=0.0, cache_modifier=".cg"), axis=0)
-            col = tl.where(mass > RESIDUAL_EPS, 0, 1)
-            sc = tl.load(race_f_ptr + (col * B + b) * NT + tt, mask=mt, other=float("-inf"), cache_modifier=".cg")
-            ix = tl.load(race_i_ptr + (col * B + b) * NT + tt, mask=mt, other=BIG, cache_modifier=".cg")
-            _, idx = best_lowest(sc, ix)
-            m = tl.load(row_i_ptr + b, cache_modifier=".cg").to(tl.int64)
-            tl.store(tokens_ptr + b * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64))
-        tl.store(cnt_ptr + c_race + b, 0)
-        tl.atomic_xchg(cnt_ptr + c_flag + b, 0)
+                al = 0.0
+            in_a = _in_set(IN_SET, al, qh, ph, S1p)
+        pi = _blended(FAMILY, wm, in_a, q, p)
+        pi = tl.where(x_ok, pi, p)  # a token-only draft outside the vocabulary: the position emits from p
+        wv = tl.maximum(pi - q, 0.0)
+        s = tl.where(mask, tl.log(wv) + noise, NEG_INF)
+        fs = tl.where(mask, tl.log(pi) + noise, NEG_INF)
+        s = tl.where(bonus, s_bonus, tl.where(s == s, s, NEG_INF))
+        fs = tl.where(bonus, s_bonus, tl.where(fs == fs, fs, NEG_INF))
+        best, idx = best_lowest_rows(s, v.to(tl.int32))
+        fbest, fidx = best_lowest_rows(fs, v.to(tl.int32))
+        mass = tl.where(kind == RACE_BONUS, 1.0, tl.sum(tl.sum(tl.where(mask, wv, 0.0), axis=2), axis=1))
+        tl.store(race_f_ptr + rows * NT + t, best, mask=racing)
+        tl.store(race_f_ptr + (B + rows) * NT + t, fbest, mask=racing)
+        tl.store(race_f_ptr + (2 * B + rows) * NT + t, mass, mask=racing)
+        tl.store(race_i_ptr + rows * NT + t, idx, mask=racing)
+        tl.store(race_i_ptr + (B + rows) * NT + t, fidx, mask=racing)
+    if ticket(cnt_ptr + c_race + g) == NT - 1:
+        if tl.max(racing.to(tl.int32), axis=0) > 0:
+            tt = tl.arange(0, BLOCK_T)[None, :]
+            rr = rows[:, None]
+            mt = racing[:, None] & (tt < NT)
+            mass = tl.sum(tl.load(race_f_ptr + (2 * B + rr) * NT + tt, mask=mt, other=0.0, cache_modifier=".cg"),
+                          axis=1)
+            col = tl.where(mass > RESIDUAL_EPS, 0, 1)[:, None]
+            sc = tl.load(race_f_ptr + (col * B + rr) * NT + tt, mask=mt, other=float("-inf"), cache_modifier=".cg")
+            ix = tl.load(race_i_ptr + (col * B + rr) * NT + tt, mask=mt, other=BIG, cache_modifier=".cg")
+            _, idx = best_lowest_rows(sc, ix)
+            m = tl.load(row_i_ptr + rows, mask=racing, other=0, cache_modifier=".cg").to(tl.int64)
+            tl.store(tokens_ptr + rows * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64), mask=racing)
+        tl.store(cnt_ptr + c_race + g, 0)
+        tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
 
 
 # ------------------------------------------------------------------------------------------------ launcher
@@ -753,9 +790,9 @@ def _race_item(b, t, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
 ITEMS_PER_PROGRAM = 0  # tests set this (under the interpreter) to make every hand-off cross programs
 
 
-def launch_verify(args, block_v: int, num_warps: int, programs: int) -> VerifyOutput:
+def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int = 1) -> VerifyOutput:
     """Normalized arguments (``checks.VerifyArgs``) -> VerifyOutput, all on the logits' device: one launch (two
-    with sampling filters)."""
+    with sampling filters). ``rows``: rows per work item (a power of two)."""
     from .filters import launch_cutoffs
 
     zq, zp = args.draft_logits, args.target_logits
@@ -790,7 +827,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int) -> VerifyOu
     race_i = torch.empty((2 * B * nt,), dtype=i32, device=dev)
     row_i = torch.empty((3 * B,), dtype=i32, device=dev)
     row_f = torch.empty((B,), dtype=f32, device=dev)
-    cnt = common.counters(dev, 2 + 2 * B * KP + B * K + 3 * B)
+    groups = triton.cdiv(B, rows)
+    cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 3 * groups)
     cx = rule_constexprs(args.rule)
     second = needs_second_look(args.rule) and K > 0
     cutq = cutp = fok = None
@@ -800,9 +838,9 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int) -> VerifyOu
         cutq, cutp = cut[: B * K], cut[B * K:]
         fok = torch.empty((B,), dtype=i32, device=dev)
         launch_cutoffs(cut, fok, zp, zq, cu, args.num_draft_tokens, args.temperature, args.filters, B, K, V,
-                       (strides[2], strides[3], strides[0], strides[1]), True, block_v, num_warps, fp64)
+                       (strides[2], strides[3], strides[0], strides[1]), True, block_v, num_warps, fp64, rows)
     step = KP * nt + (K * nt if second else 0) + nt
-    total = (B + (2 if second else 1)) * step
+    total = (groups + (2 if second else 1)) * step
     items = ITEMS_PER_PROGRAM
     grid = triton.cdiv(total, items) if items else max(1, min(programs, total))
     n_ptr, n_val = common.split_param(args.num_draft_tokens, K)
@@ -815,7 +853,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int) -> VerifyOu
         *out, part_m, part_f, part_i, pos_m, pos_f, pos_i, look_part, look, race_f, race_i, row_i, row_f, cnt,
         zq, zp, x, cu, n_ptr, int(n_val), a_ptr, float(a_val), t_ptr, float(t_val), s_ptr, int(s_val), o_ptr,
         int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *strides,
-        **cx, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, BLOCK_V=block_v,
+        **cx, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
         ITEMS_PER_PROGRAM=items, num_warps=num_warps)
     return out
