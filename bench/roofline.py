@@ -548,6 +548,7 @@ class MemoryTracer:
         self._kernel_dirs: Tuple[str, ...] = ()
         self._patches: Dict[str, Callable] = {}
         self._covering: Optional[set] = None
+        self._entered: Dict[Any, int] = {}
         self._stride = 1
 
     # -- launches ---------------------------------------------------------------------------------
@@ -580,17 +581,25 @@ class MemoryTracer:
             sys.settrace(self._global_trace)
 
     def _close_coverage(self) -> None:
+        self._entered.clear()
         if self._covering is not None:
             sys.settrace(None)
             self.paths[-1][frozenset(self._covering)] += 1
             self._covering = None
 
     def _global_trace(self, frame, event, arg):
-        return self._local_trace if frame.f_code.co_filename.startswith(self._kernel_dirs) else None
+        if not frame.f_code.co_filename.startswith(self._kernel_dirs):
+            return None
+        self._entered[frame] = frame.f_code.co_firstlineno
+        return self._local_trace
 
     def _local_trace(self, frame, event, arg):
         if event == "line" and self._covering is not None:
-            self._covering.add(f"{frame.f_code.co_filename}:{frame.f_lineno}")
+            name = frame.f_code.co_filename
+            start = self._entered.pop(frame, None)
+            if start is not None:  # the decorator and signature lines, which get no line event of their own
+                self._covering.update(f"{name}:{n}" for n in range(start, frame.f_lineno))
+            self._covering.add(f"{name}:{frame.f_lineno}")
         return self._local_trace
 
     def end_launch(self) -> None:
@@ -1037,10 +1046,10 @@ def compile_one(spec: dict) -> Tuple[dict, str]:
     return rec, sass
 
 
-def compile_worker(jobs_path: str) -> None:
-    """``--compile-worker JOBS``: compile every spec in the JSON list not yet in the cache."""
+def compile_worker(jobs_path: str, kdir: str) -> None:
+    """``--compile-worker JOBS DIR``: compile every spec in the JSON list not yet in the cache DIR."""
     jobs = json.loads(Path(jobs_path).read_text())
-    kdir = CACHE_DIR / "kernels"
+    kdir = Path(kdir)
     kdir.mkdir(parents=True, exist_ok=True)
     for n, spec in enumerate(jobs):
         out = kdir / f"{spec['key']}.json"
@@ -1055,19 +1064,30 @@ def compile_worker(jobs_path: str) -> None:
               f"instructions, {rec['compile_s']} s", flush=True)
 
 
-def compile_launches(launches: Iterable[Launch], jobs: int = 1, quiet: bool = False) -> Dict[str, dict]:
-    """Kernel records (cached) for the distinct compile specs among ``launches``: key -> record."""
-    specs = {}
+def _import_root(launch: Launch) -> str:
+    """The sys.path entry from which the kernel's module imports (its file minus its dotted name)."""
+    root = Path(launch.file).resolve().with_suffix("")
+    for _ in launch.module.split("."):
+        root = root.parent
+    return str(root)
+
+
+def compile_launches(launches: Iterable[Launch], jobs: int = 1, quiet: bool = False,
+                     cache_dir: Optional[Path] = None) -> Dict[str, dict]:
+    """Kernel records (cached) for the distinct compile specs among ``launches``: key -> record (ptxas
+    resources, compile metadata, and ``sass``: ``analyze_sass`` of the disassembly)."""
+    specs, roots = {}, {str(REPO_ROOT)}
     for l in launches:
         key = compile_key(l)
+        roots.add(_import_root(l))
         if key not in specs:
             specs[key] = dict(l.compile_spec(), key=key)
-    kdir = CACHE_DIR / "kernels"
+    kdir = Path(cache_dir or CACHE_DIR) / "kernels"
     todo = [s for k, s in specs.items() if not (kdir / f"{k}.json").exists()]
     if todo:
         kdir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join(sorted(roots) + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         chunks = [todo[i::max(1, jobs)] for i in range(max(1, jobs))]
         procs = []
         for chunk in chunks:
@@ -1077,7 +1097,7 @@ def compile_launches(launches: Iterable[Launch], jobs: int = 1, quiet: bool = Fa
             json.dump(chunk, jf)
             jf.close()
             procs.append((jf.name, subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--compile-worker", jf.name], env=env,
+                [sys.executable, str(Path(__file__).resolve()), "--compile-worker", jf.name, str(kdir)], env=env,
                 cwd=REPO_ROOT, stdout=None if not quiet else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
         errors = []
         for name, p in procs:
@@ -1935,7 +1955,7 @@ def csrc_section() -> List[str]:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--compile-worker"]:
-        compile_worker(argv[1])
+        compile_worker(argv[1], argv[2])
         return
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: the kernels run on CPU
     from bench import common
