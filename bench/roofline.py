@@ -74,7 +74,7 @@ KERNELS_CSV_PATH = RESULTS_DIR / "roofline_sm90_kernels.csv"
 MD_PATH = RESULTS_DIR / "roofline_sm90.md"
 SECTOR = 32  # bytes: the DRAM / L2 access granularity
 TRACE_BATCHES = (1, 2)  # the batch sizes traced under the interpreter; others are extrapolated linearly
-TRACE_FORMAT = 1  # bump when the tracer's accounting changes: cached traces are then redone
+TRACE_FORMAT = 2  # bump when the tracer's accounting changes: cached traces are then redone
 
 GRID_B = (1, 8, 64, 256)
 GRID_K = (1, 4, 8)
@@ -1488,11 +1488,11 @@ def model_point(pt: Point, machine: Machine = H200, jobs: int = 1) -> Tuple[Call
 
 CSV_COLUMNS = ["kind", "version", "label", "commit", "kernels_digest", "date", "op", "rule", "B", "K", "V", "dtype",
                "launches", "other_ops", "device_work", "device_work_tensor_args", "syncs", "regs", "max_regs",
-               "spill_bytes", "dram_mb", "l2_mb", "floor_mb", "warp_instr_m", "thread_instr_per_logit",
+               "spill_bytes", "dram_mb", "l2_mb", "floor_mb", "logit_reads", "warp_instr_m", "thread_instr_per_logit",
                "predicted_us", "predicted_us_eager", "pct_copy_bw", "bound", "note"]
 KERNEL_COLUMNS = ["kind", "version", "op", "rule", "B", "K", "V", "dtype", "kernel", "grid", "num_warps", "regs",
                   "spill_bytes", "stack", "shared", "occupancy", "sass_static", "mufu_static", "ldg_widths", "loops",
-                  "warp_instr_m", "dram_mb", "l2_mb", "t_issue_us", "t_mem_us", "t_pipe_us", "phases", "t_body_us",
+                  "warp_instr_m", "dram_mb", "l2_mb", "logits_mb", "t_issue_us", "t_mem_us", "t_pipe_us", "phases", "t_body_us",
                   "bound", "note"]
 
 
@@ -1515,6 +1515,7 @@ def call_row(pt: Point, cm: CallModel, work: DeviceWork, work_t: DeviceWork, met
                 regs="/".join(str(l.regs) for l in cm.launches), max_regs=max((l.regs for l in cm.launches), default=0),
                 spill_bytes=sum(l.spills for l in cm.launches), dram_mb=round(cm.dram / 1e6, 3),
                 l2_mb=round(cm.l2 / 1e6, 3), floor_mb=round(cm.floor_bytes / 1e6, 3),
+                logit_reads=round(sum(l.bytes.logits_read for l in cm.launches) / cm.floor_bytes, 3),
                 warp_instr_m=round(warp_instr / 1e6, 4), thread_instr_per_logit=round(warp_instr * 32 / logits, 1),
                 predicted_us=round(cm.t_graph * 1e6, 2), predicted_us_eager=round(cm.t_eager * 1e6, 2),
                 pct_copy_bw=round(cm.pct_copy_bw(machine), 1), bound=_bound(cm, machine), note="; ".join(notes))
@@ -1533,7 +1534,8 @@ def kernel_rows(pt: Point, cm: CallModel, recs: Dict[str, dict], work: DeviceWor
                          ldg_widths=" ".join(f"{k}:{v}" for k, v in sorted(rec["sass"]["widths"].items())),
                          loops=" ".join(f"#{l['index']}:{l['body']}x{l['per_program']:.3g}" for l in lm.loops),
                          warp_instr_m=round(lm.warp_instr / 1e6, 4), dram_mb=round(lm.bytes.dram / 1e6, 3),
-                         l2_mb=round(lm.bytes.l2 / 1e6, 3), t_issue_us=round(lm.t_issue * 1e6, 3),
+                         l2_mb=round(lm.bytes.l2 / 1e6, 3), logits_mb=round(lm.bytes.logits_read / 1e6, 3),
+                         t_issue_us=round(lm.t_issue * 1e6, 3),
                          t_mem_us=round(lm.t_mem * 1e6, 3), t_pipe_us=f"{pipe}:{lm.t_pipes[pipe] * 1e6:.3f}",
                          phases=lm.phases, t_body_us=round(lm.t_body * 1e6, 3), bound=lm.bound,
                          note="; ".join(lm.notes)))
@@ -1701,11 +1703,12 @@ def kernel_table(krows: List[dict], version: str) -> List[str]:
                     f"({MODEL_BANNER})", ""]
             body = [[r["rule"], r["kernel"], r["grid"], r["num_warps"], r["regs"], r["spill_bytes"], r["sass_static"],
                      r["mufu_static"], r["ldg_widths"], r["loops"] or "-", _f(r["warp_instr_m"], 2), _f(r["dram_mb"], 2),
-                     _f(r["l2_mb"], 2), _f(r["t_issue_us"], 2), _f(r["t_mem_us"], 2), r["t_pipe_us"],
-                     _f(r["t_body_us"], 2), r["bound"]] for r in sel]
+                     _f(r["l2_mb"], 2), _f(r["logits_mb"], 2), _f(r["t_issue_us"], 2), _f(r["t_mem_us"], 2),
+                     r["t_pipe_us"], _f(r["t_body_us"], 2), r["bound"]] for r in sel]
             out += _table(["rule", "kernel", "grid", "warps", "regs", "spill B", "SASS (static)", "MUFU (static)",
                            "LDG/STG widths", "loops #i:body x trips", "warp instr (M)", "DRAM MB", "L2 MB",
-                           "issue us", "memory us", "busiest pipe us", f"body us ({MODEL_BANNER})", "bound"], body) + [""]
+                           "logits loaded MB", "issue us", "memory us", "busiest pipe us", f"body us ({MODEL_BANNER})",
+                           "bound"], body) + [""]
     return out
 
 
@@ -1727,8 +1730,8 @@ def compare_table(rows: List[dict], a: str, b: str) -> List[str]:
     if not body:
         return []
     return [f"### {b} against {a} ({MODEL_BANNER})", ""] + _table(
-        ["op", "rule", "B", "K", "V", "dtype", f"{a} device work", f"{b} device work", f"{a} us", f"{b} us",
-         "gain", f"{a} % copy BW", f"{b} % copy BW"], body) + [""]
+        ["op", "rule", "B", "K", "V", "dtype", f"{a} device work", f"{b} device work", f"{a} us ({MODEL_BANNER})",
+         f"{b} us ({MODEL_BANNER})", "gain", f"{a} % copy BW", f"{b} % copy BW"], body) + [""]
 
 
 def measured_rows(results: Path = RESULTS_DIR) -> List[dict]:
@@ -1776,7 +1779,8 @@ def constants_table(machine: Machine) -> List[str]:
                 launch_eager_s=f"{machine.launch_eager_s * 1e6:.1f} us",
                 occupancy="per SM")
     body = [[k, str(vals.get(k, "")), v] for k, v in machine.sources.items()]
-    return ["## The model's constants", ""] + _table(["constant", "value", "source"], body) + [""]
+    return ["## The model's constants", ""] + _table(["constant", f"value (input of the {MODEL_BANNER})", "source"],
+                                                     body) + [""]
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
