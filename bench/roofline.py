@@ -14,28 +14,43 @@ What it does, per public call (``verify`` for every rule, ``sample``) and grid p
    Triton launch (``JITFunction.run`` / the interpreter's ``InterpretedFunction.run``) and a
    ``TorchDispatchMode`` that counts the aten ops that would launch a device kernel (fills, copies,
    arithmetic; allocation and view ops are free). ``count_device_work(fn, ...)`` is importable.
-   The launch settings are the backend's GPU ones (``triton_backend`` is told it is not interpreting).
+   The launch settings are the backend's GPU ones (``gpu_launch_settings``).
 2. **Compile.** Each captured launch is compiled ahead of time for ``GPUTarget("cuda", 90, 32)`` with the
    signature, constexprs and divisibility-16 / ==1 specializations that Triton's own runtime binder
    computes from the recorded arguments, in a subprocess without ``TRITON_INTERPRET``; ptxas' report
    gives registers, spills and stack; the cubin is disassembled with the ``nvdisasm`` Triton ships.
    SASS instructions are counted by class and by sm_90 pipe; backward branches are loops. Results are
-   cached under ``.cache/roofline/`` by kernel source, signature, constexprs and options.
-3. **Bytes.** The same call is executed under the Triton interpreter at B = 1 and B = 2 (real K, V,
-   dtype and launch settings) with a tracer on every masked load, store and atomic. Each access is
-   counted in 32-byte sectors. The first touch of a sector in a call comes from DRAM (inputs are assumed
-   cold: the logits were written by a GEMM whose output does not stay in L2 at these sizes); a later touch
-   is an L2 hit when its reuse distance (bytes touched in between, in launch and program order) is at
-   most ``L2_REUSE_BYTES``, else it comes from DRAM again. Totals and reuse distances are extrapolated
-   linearly in B from the two traces (rows are independent; a distance that grows with B does so because
-   the other rows' work lies in between). Loop trip counts per program come from the same trace
-   (executions of the loads in each SASS loop's source lines), unless the kernel module gives hints.
+   cached under ``.cache/roofline/`` by kernel sources, signature, constexprs and options.
+3. **Trace.** The same call is executed under the Triton interpreter at B = 1 and B = 2 (real K and V,
+   GPU launch settings, realistic logits; fp32, with the logits re-sized to 2-byte elements for bf16 when
+   the bf16 launches have the same structure) with a tracer on every masked load, store and atomic:
+   - bytes: accesses are counted in 32-byte sectors. The first touch of a sector in a call comes from DRAM
+     (inputs are assumed cold: at these sizes the GEMM that wrote the logits does not leave them in L2);
+     a later touch is an L2 hit when its reuse distance (bytes touched in between, in launch order and the
+     GPU's block order) is at most ``H200.l2_reuse_bytes``, else it comes from DRAM again. Totals and
+     distances are extrapolated linearly in B from the two traces (a distance that grows with B does so
+     because the other rows' work lies in between);
+   - paths: for up to 32 programs per launch the executed kernel source lines are recorded; a SASS basic
+     block runs in the share of programs that executed one of its exclusive source lines (1 when it has
+     none), so code behind an untaken ``if`` is not counted (code ptxas predicated instead still is);
+   - loops: the iterations of a SASS loop are the executions of the loads in its source lines.
+   ``roofline_hints`` in the kernel's module may override trips, instructions, bytes and phases.
 4. **Time** (per launch) = max(DRAM bytes / copy bandwidth, all bytes / L2 bandwidth, warp instructions
-   / issue rate, each pipe's instructions / its rate) + phases x ``PHASE_LATENCY`` + a launch cost, with the
-   instruction terms computed per SM (``ceil(programs / SMs)`` programs each, so tails and tiny grids count).
-   Other device ops (fills) cost a launch and one phase each. Every constant is in ``H200`` with its source.
+   / issue rate, each pipe's instructions / its rate) + phases x ``H200.phase_latency_s``, plus a launch
+   cost. The instruction terms are per SM (``ceil(programs / SMs)`` programs each, so tails and tiny grids
+   count, and a scheduler with fewer warps than ``warp_cpi`` cannot issue every clock). Other device ops
+   (fills) cost a launch and one phase each. A call's time is the sum over its device work: launches are
+   serialized, as they are on one stream. Every constant is in ``H200`` with its source.
 
-Kernel modules may help the model with a function ``roofline_hints(launch) -> dict`` (see ``HINT_KEYS``).
+Hints. A kernel module may define ``roofline_hints(launch) -> dict``; ``launch`` is a ``Launch`` of the real
+grid point (``.grid``, ``.programs``, ``.num_warps``, ``.constexprs``, ``.arg(name)`` with ``.shape``,
+``.dtype``, ``.value``). Keys (``HINT_KEYS``): ``loop_trips`` ({"#i" or a source substring: iterations per
+program}), ``instructions_per_program``, ``dram_bytes``, ``l2_bytes``, ``phases``, ``note``.
+
+Known limits: local-memory (spill) traffic is not modelled; a loop that ptxas unrolled is counted with its
+whole body per source iteration (an over-count by the unroll factor: give ``loop_trips``); the eager figure
+adds no Python-side overhead; a kernel the interpreter cannot run (it runs programs one after another, so a
+program must never wait for a later one) cannot be traced.
 """
 
 from __future__ import annotations
@@ -173,7 +188,6 @@ HINT_KEYS = {
     "dram_bytes": "bytes the launch moves to and from DRAM (overrides the trace)",
     "l2_bytes": "bytes the launch re-reads from L2 (overrides the trace)",
     "phases": "dependent phases inside the launch (default 1, or 2 when the SASS has global atomics)",
-    "elements_per_program": "logit elements one program handles (for the per-element figures)",
     "note": "a sentence shown in the report",
 }
 
@@ -378,7 +392,7 @@ class DeviceWork(TorchDispatchMode):
     Use ``count_device_work``. Launches are recorded and not executed unless ``execute=True`` (then the
     kernels run, under the interpreter on CPU tensors, and ``tracer`` if given sees their memory traffic).
     Aten ops run normally; an op counts unless it only allocates or changes metadata (``FREE_OPS``) or
-    all its outputs are empty.
+    all its outputs are empty. Ops outside the aten namespace (custom ops) are not counted themselves.
     """
 
     def __init__(self, execute: bool = False, tracer: Optional["MemoryTracer"] = None):
@@ -429,7 +443,9 @@ class DeviceWork(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if self._inside_launch:
+        if self._inside_launch or func.namespace != "aten":
+            # a custom op (torch.library) is no kernel itself: its Triton launches are recorded by the run
+            # patch; aten ops it runs inside are not seen by this mode
             return out
         name = func.overloadpacket.__name__
         if name in FREE_OPS and not (name == "lift_fresh" and _on_device(out)):
@@ -1276,7 +1292,8 @@ def _hints_for(launch: Launch) -> dict:
     hints = fn(launch) or {}
     unknown = set(hints) - set(HINT_KEYS)
     if unknown:
-        raise ValueError(f"roofline_hints({launch.qualname}): unknown keys {sorted(unknown)}; known: {sorted(HINT_KEYS)}")
+        raise ValueError(f"roofline_hints({launch.qualname}): unknown keys {sorted(unknown)}; "
+                         f"known: {sorted(HINT_KEYS)}")
     return hints
 
 
@@ -1492,7 +1509,8 @@ CSV_COLUMNS = ["kind", "version", "label", "commit", "kernels_digest", "date", "
                "predicted_us", "predicted_us_eager", "pct_copy_bw", "bound", "note"]
 KERNEL_COLUMNS = ["kind", "version", "op", "rule", "B", "K", "V", "dtype", "kernel", "grid", "num_warps", "regs",
                   "spill_bytes", "stack", "shared", "occupancy", "sass_static", "mufu_static", "ldg_widths", "loops",
-                  "warp_instr_m", "dram_mb", "l2_mb", "logits_mb", "t_issue_us", "t_mem_us", "t_pipe_us", "phases", "t_body_us",
+                  "warp_instr_m", "dram_mb", "l2_mb", "logits_mb", "t_issue_us", "t_mem_us", "t_pipe_us", "phases",
+                  "t_body_us",
                   "bound", "note"]
 
 
@@ -1702,7 +1720,8 @@ def kernel_table(krows: List[dict], version: str) -> List[str]:
             out += [f"### {version}: per launch, B = {B}, K = {HEADLINE['K']}, V = {HEADLINE['V']}, {dt} "
                     f"({MODEL_BANNER})", ""]
             body = [[r["rule"], r["kernel"], r["grid"], r["num_warps"], r["regs"], r["spill_bytes"], r["sass_static"],
-                     r["mufu_static"], r["ldg_widths"], r["loops"] or "-", _f(r["warp_instr_m"], 2), _f(r["dram_mb"], 2),
+                     r["mufu_static"], r["ldg_widths"], r["loops"] or "-", _f(r["warp_instr_m"], 2),
+                     _f(r["dram_mb"], 2),
                      _f(r["l2_mb"], 2), _f(r["logits_mb"], 2), _f(r["t_issue_us"], 2), _f(r["t_mem_us"], 2),
                      r["t_pipe_us"], _f(r["t_body_us"], 2), r["bound"]] for r in sel]
             out += _table(["rule", "kernel", "grid", "warps", "regs", "spill B", "SASS (static)", "MUFU (static)",
@@ -1710,6 +1729,10 @@ def kernel_table(krows: List[dict], version: str) -> List[str]:
                            "logits loaded MB", "issue us", "memory us", "busiest pipe us", f"body us ({MODEL_BANNER})",
                            "bound"], body) + [""]
     return out
+
+
+def _headline_cell(r: dict) -> bool:
+    return r["B"] in ("1", str(HEADLINE["B"])) and r["K"] in ("0", str(HEADLINE["K"])) and r["V"] == str(HEADLINE["V"])
 
 
 def compare_table(rows: List[dict], a: str, b: str) -> List[str]:
@@ -1721,11 +1744,11 @@ def compare_table(rows: List[dict], a: str, b: str) -> List[str]:
         old = idx.get(tuple([a] + [r[k] for k in CALL_KEY[1:]]))
         if old is None:
             continue
-        if not (r["B"] in ("1", str(HEADLINE["B"])) and r["K"] in ("0", str(HEADLINE["K"])) and r["V"] == str(HEADLINE["V"])):
+        if not _headline_cell(r):
             continue
         body.append([r["op"], r["rule"], r["B"], r["K"], r["V"], r["dtype"], old["device_work"], r["device_work"],
                      _f(old["predicted_us"]), _f(r["predicted_us"]),
-                     f"{float(old['predicted_us']) / float(r['predicted_us']):.2f}x" if float(r["predicted_us"]) else "",
+                     f"{float(old['predicted_us']) / float(r['predicted_us']):.2f}x",
                      _f(old["pct_copy_bw"]) + "%", _f(r["pct_copy_bw"]) + "%"])
     if not body:
         return []
