@@ -1806,6 +1806,13 @@ def constants_table(machine: Machine) -> List[str]:
                                                      body) + [""]
 
 
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
     rows = _read_csv(CSV_PATH)
     krows = _read_csv(KERNELS_CSV_PATH)
@@ -1816,8 +1823,8 @@ def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
              "(registers, spills and SASS from ptxas and nvdisasm), the bytes their loads and stores touch when the "
              "public call runs under the Triton interpreter, and the constants listed at the end. It is not a "
              "measurement; the section 'Model beside measurement' puts GPU measurements next to it when they exist.",
-             "", f"Rows: `{CSV_PATH.relative_to(REPO_ROOT)}` (every call of the grid), "
-             f"`{KERNELS_CSV_PATH.relative_to(REPO_ROOT)}` (per launch, headline cells). Versions: "
+             "", f"Rows: `{_rel(CSV_PATH)}` (every call of the grid), "
+             f"`{_rel(KERNELS_CSV_PATH)}` (per launch, headline cells). Versions: "
              + ", ".join(f"`{v}` ({next(r['label'] for r in rows if r['version'] == v)}, commit "
                          f"{next(r['commit'] for r in rows if r['version'] == v)})" for v in versions), ""]
     for v in versions:
@@ -2024,7 +2031,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise SystemExit("roofline: give --version NAME (rows), --render, --compare A,B or --cuda")
     if not args.no_write:
         render()
-        print(f"roofline: wrote {MD_PATH.relative_to(REPO_ROOT)}")
+        print(f"roofline: wrote {_rel(MD_PATH)}")
 
 
 if __name__ == "__main__":

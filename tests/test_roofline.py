@@ -270,9 +270,14 @@ def test_parse_sass_finds_backward_branches():
 
 
 def test_grid_point_end_to_end(tmp_path, monkeypatch):
-    """One small call through capture, sm_90 compile, trace and model: every logit is read at least once,
-    from DRAM on first touch, and the rows carry what the report needs."""
+    """Small calls through capture, sm_90 compile, trace and model: every logit is read at least once, from
+    DRAM on first touch; the rows carry what the report needs and every table of the report says it is a
+    model."""
     monkeypatch.setattr(rf, "CACHE_DIR", tmp_path)
+    for name in ("CSV_PATH", "KERNELS_CSV_PATH", "CSRC_CSV_PATH"):
+        monkeypatch.setattr(rf, name, tmp_path / f"{name}.csv")
+    monkeypatch.setattr(rf, "HEADLINE", dict(B=8, K=2, V=1000))
+    monkeypatch.setattr(rf, "GRID_B", (1, 8))
     pts = [rf.Point("verify", "token_v3", 1, 2, 1000, "fp32"), rf.Point("verify", "token_v3", 8, 2, 1000, "bf16"),
            rf.Point("sample", "sample", 8, 0, 1000, "fp32")]
     meta = dict(version="t", label="test", commit="x", kernels_digest="y", date="z")
@@ -287,3 +292,11 @@ def test_grid_point_end_to_end(tmp_path, monkeypatch):
         assert r["logit_reads"] >= 1.0, r
         assert 0 <= r["pct_copy_bw"] < 100 and r["predicted_us"] > r["device_work"] * rf.H200.launch_graph_s * 1e6
         assert r["predicted_us_eager"] > r["predicted_us"]
+
+    rf.run_grid(pts, meta, write=True)
+    md = rf.render(tmp_path / "report.md").splitlines()
+    headers = [md[i] for i in range(len(md) - 1) if md[i].startswith("| ") and md[i + 1].startswith("|---")]
+    assert len(headers) >= 4, md  # headline, by batch, per launch, constants (no GPU rows here)
+    assert all(rf.MODEL_BANNER in h for h in headers), [h for h in headers if rf.MODEL_BANNER not in h]
+    assert any("token_v3" in line and "| 10 |" in line for line in md), "the headline row of token_v3"
+    assert any("No GPU measurement exists yet" in line for line in md)
