@@ -1972,7 +1972,8 @@ def csrc_section() -> List[str]:
     out = [f"## CUDA C++ (`csrc/*.cu`, nvcc -arch=sm_90) ({MODEL_BANNER})", "",
            "Resources and static SASS per kernel instantiation; its kernels loop over vocabulary chunks with run-time "
            "trip counts, so no time is predicted for them here. Launch sites and fills are read from the host code "
-           "(a conditional launch counts once).", ""]
+           "(a conditional launch counts once); the Python argument checks add their own fills before the op runs "
+           "(the Triton rows' device work minus their launches shows how many).", ""]
     for f in sorted({r["file"] for r in rows}):
         first = next(r for r in rows if r["file"] == f)
         sites = first["launch_sites"].split()
