@@ -1919,7 +1919,7 @@ def launch_sites(source: str) -> Tuple[List[str], int]:
     return kernels, fills
 
 
-def csrc_report(write: bool = True) -> List[dict]:
+def csrc_report(write: bool = True, commit: Optional[str] = None) -> List[dict]:
     """Compile csrc/*.cu for sm_90 with nvcc (torch headers from this venv, stub CUDA library headers) and
     read registers, stack, spills and SASS per kernel; launch sites and fills from the host code."""
     from bench import common
@@ -1950,7 +1950,7 @@ def csrc_report(write: bool = True) -> List[dict]:
                 short, inst = (m.group(1), m.group(2) or "") if m else (mangled, "")
                 rr = res.get(mangled, {})
                 mufu = {k.split(".")[1]: v for k, v in a["classes"].items() if k.startswith("mufu.")}
-                rows.append(dict(kind="model", commit=common.git_commit(), file=cu.name, kernel=short,
+                rows.append(dict(kind="model", commit=commit or common.git_commit(), file=cu.name, kernel=short,
                                  instantiation=inst, regs=rr.get("regs", ""),
                                  stack=rr.get("stack", ""), spill_stores=rr.get("spill_stores", ""),
                                  spill_loads=rr.get("spill_loads", ""), smem=rr.get("smem", 0),
@@ -1977,7 +1977,7 @@ def csrc_section() -> List[str]:
     for f in sorted({r["file"] for r in rows}):
         first = next(r for r in rows if r["file"] == f)
         sites = first["launch_sites"].split()
-        out += [f"`{f}`: {len(sites)} launch sites ({', '.join(sites)}), {first['fills']} fill calls "
+        out += [f"`{f}`: {len(sites)} launch sites ({', '.join(sites)}); fills in its host code: {first['fills']} "
                 f"(commit {first['commit']}).", ""]
     body = [[r["file"], r["kernel"], r["instantiation"], r["regs"], r["stack"], r["spill_stores"], r["smem"],
              r["sass_static"], r["mufu_static"], r["ldg_widths"], r["local_ops"], r["loops"] or "-"] for r in rows]
@@ -2019,7 +2019,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         print("\n".join(compare_table(_read_csv(CSV_PATH), *args.compare)) or "no common rows")
         return
     if args.cuda:
-        csrc_report(write=not args.no_write)
+        csrc_report(write=not args.no_write, commit=args.commit)
     if args.version:
         for dt in args.dtypes or []:
             if dt not in DTYPES:
