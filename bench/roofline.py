@@ -59,6 +59,7 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import functools
 import hashlib
 import inspect
 import io
@@ -267,11 +268,15 @@ class Launch:
 
 
 def _jsonable(v):
+    """A constexpr value as JSON: plain values as they are, Triton dtypes by name, Triton functions (a
+    formula passed as a constexpr) by the module and qualified name of the Python function they wrap."""
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
     name = getattr(v, "name", None)
     if type(v).__name__ == "dtype" and isinstance(name, str):  # a triton dtype constexpr
         return {"__tl_dtype__": name}
+    if type(v).__name__ in ("JITFunction", "InterpretedFunction") and callable(getattr(v, "fn", None)):
+        return {"__jit__": [v.fn.__module__, v.fn.__qualname__]}
     if isinstance(v, (tuple, list)):
         return [_jsonable(x) for x in v]
     raise TypeError(f"roofline: cannot serialize the constexpr value {v!r} ({type(v).__name__})")
@@ -281,9 +286,34 @@ def _from_jsonable(v):
     if isinstance(v, dict) and "__tl_dtype__" in v:
         import triton.language as tl
         return getattr(tl, v["__tl_dtype__"])
+    if isinstance(v, dict) and "__jit__" in v:
+        return _resolve_jit(*v["__jit__"])
     if isinstance(v, list):
         return tuple(_from_jsonable(x) for x in v)
     return v
+
+
+def _resolve_jit(module: str, qualname: str):
+    """The Triton function named by ``_jsonable``: a module-level ``@triton.jit`` function as it is, a plain
+    Python function (a formula the kernel module wraps at run time) jitted with ``triton.language`` visible
+    as ``tl`` among its globals."""
+    import importlib
+    import types
+
+    import triton
+    import triton.language as tl
+
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if hasattr(obj, "cache_key") and hasattr(obj, "arg_names"):
+        return obj
+    if not isinstance(obj, types.FunctionType):
+        raise TypeError(f"roofline: constexpr {module}.{qualname} is a {type(obj).__name__}, not a function")
+    g = dict(obj.__globals__, tl=tl)
+    f = types.FunctionType(obj.__code__, g, obj.__name__, obj.__defaults__, obj.__closure__)
+    f.__module__, f.__qualname__ = obj.__module__, obj.__qualname__
+    return triton.jit(f)
 
 
 _CUDA_BACKEND = None
@@ -850,11 +880,13 @@ def _triton_bin(tool: str) -> Path:
     return path
 
 
-def source_digest(module_file: str) -> str:
-    """Hash of every .py file beside a kernel module (the kernel and the helpers it may inline)."""
+@functools.lru_cache(maxsize=None)
+def source_digest(package_dir: str) -> str:
+    """Hash of every .py file of a kernel's top-level package (the kernel, the helpers it inlines and the
+    formulas it may take as constexprs)."""
     h = hashlib.sha256()
-    for f in sorted(Path(module_file).parent.glob("*.py")):
-        h.update(f.name.encode())
+    for f in sorted(Path(package_dir).rglob("*.py")):
+        h.update(str(f.relative_to(Path(package_dir).parent)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
@@ -862,8 +894,9 @@ def source_digest(module_file: str) -> str:
 def compile_key(launch: Launch) -> str:
     import triton
 
-    blob = json.dumps(dict(launch.compile_spec(), src=source_digest(launch.file), triton=triton.__version__),
-                      sort_keys=True)
+    package = Path(_import_root(launch)) / launch.module.split(".")[0]
+    src = source_digest(str(package if package.is_dir() else Path(launch.file).parent))
+    blob = json.dumps(dict(launch.compile_spec(), src=src, triton=triton.__version__), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -1333,11 +1366,7 @@ def model_call(launches: Sequence[LaunchModel], other_ops: int, floor_bytes: flo
 def _digest_package() -> str:
     import speccas_kernels
 
-    h = hashlib.sha256()
-    for f in sorted(Path(speccas_kernels.__file__).parent.rglob("*.py")):
-        h.update(str(f.relative_to(REPO_ROOT)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return source_digest(str(Path(speccas_kernels.__file__).parent))
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -1503,7 +1532,8 @@ def model_point(pt: Point, machine: Machine = H200, jobs: int = 1) -> Tuple[Call
 # ----------------------------------------------------------------------------------------------
 # 6. Rows, the markdown report, the command line
 
-CSV_COLUMNS = ["kind", "version", "label", "commit", "kernels_digest", "date", "op", "rule", "B", "K", "V", "dtype",
+CSV_COLUMNS = ["kind", "version", "label", "commit", "kernels_digest", "date", "op", "provider", "rule", "B", "K",
+               "V", "dtype",
                "launches", "other_ops", "device_work", "device_work_tensor_args", "syncs", "regs", "max_regs",
                "spill_bytes", "dram_mb", "l2_mb", "floor_mb", "logit_reads", "warp_instr_m", "thread_instr_per_logit",
                "predicted_us", "predicted_us_eager", "pct_copy_bw", "bound", "note"]
@@ -1527,7 +1557,7 @@ def call_row(pt: Point, cm: CallModel, work: DeviceWork, work_t: DeviceWork, met
     logits = cm.floor_bytes / torch.empty((), dtype=DTYPES[pt.dtype]).element_size()
     warp_instr = sum(l.warp_instr for l in cm.launches)
     notes = sorted({n for l in cm.launches for n in l.notes})
-    return dict(kind="model", **meta, op=pt.op, rule=pt.rule, B=pt.B, K=pt.K, V=pt.V, dtype=pt.dtype,
+    return dict(kind="model", **meta, op=pt.op, provider="triton", rule=pt.rule, B=pt.B, K=pt.K, V=pt.V, dtype=pt.dtype,
                 launches=len(work.launches), other_ops=len(work.ops), device_work=work.total,
                 device_work_tensor_args=work_t.total, syncs=work.syncs,
                 regs="/".join(str(l.regs) for l in cm.launches), max_regs=max((l.regs for l in cm.launches), default=0),
@@ -1758,11 +1788,11 @@ def compare_table(rows: List[dict], a: str, b: str) -> List[str]:
 
 
 def measured_rows(results: Path = RESULTS_DIR) -> List[dict]:
-    """GPU measurements of bench_verify.py / bench_sample.py (rows whose device is not a CPU)."""
+    """GPU measurements of the Triton kernels by bench_verify.py / bench_sample.py (the model is of them)."""
     from bench import report
 
     rows, _, _ = report.load(results)
-    return [r for r in rows if r.get("provider") in ("triton", "cuda") and "cpu" not in r.get("device", "").lower()
+    return [r for r in rows if r.get("provider") == "triton" and "cpu" not in r.get("device", "").lower()
             and not re.search(r"epyc|xeon|thread", r.get("device", ""), re.I)]
 
 
