@@ -1830,7 +1830,8 @@ def constants_table(machine: Machine) -> List[str]:
                 phase_latency_s=f"{machine.phase_latency_s * 1e6:.1f} us",
                 launch_graph_s=f"{machine.launch_graph_s * 1e6:.1f} us",
                 launch_eager_s=f"{machine.launch_eager_s * 1e6:.1f} us",
-                occupancy="per SM")
+                occupancy=f"{machine.regs_per_sm} regs, {machine.max_threads_per_sm} threads, "
+                          f"{machine.max_ctas_per_sm} CTAs, {machine.smem_per_sm // 1024} KiB")
     body = [[k, str(vals.get(k, "")), v] for k, v in machine.sources.items()]
     return ["## The model's constants", ""] + _table(["constant", f"value (input of the {MODEL_BANNER})", "source"],
                                                      body) + [""]
@@ -1866,8 +1867,8 @@ def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
         lines += measured_table(rows, versions[-1], measured_rows())
     lines += csrc_section()
     lines += constants_table(machine)
-    lines += ["## How the model works", "", *[l.strip() for l in __doc__.split("What it does")[1].splitlines()[1:]
-                                            if l.strip() and not l.strip().startswith("Kernel modules")], ""]
+    lines += ["## How the model works", "", *[l.strip() for l in __doc__.split("What it does")[1].splitlines()[1:]],
+              ""]
     text = "\n".join(lines).rstrip() + "\n"
     path.write_text(text)
     return text
