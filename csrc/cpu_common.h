@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -52,6 +53,9 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // int64 arithmetic that wraps around like torch's (the ragged layout's offsets come from the caller unchecked).
 inline int64_t wrap_add(int64_t a, int64_t b) {
   return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
+}
+inline int64_t wrap_sub(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) - static_cast<uint64_t>(b));
 }
 inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return std::min(std::max(v, lo), hi); }
 
@@ -324,37 +328,153 @@ struct FilterScratch {
   };
   std::vector<acc_t> z, e;
   std::vector<Entry> cand;
+  std::vector<double> hist;
 };
+
+// Histogram buckets whose upper sets are value upper sets (radix select): the top kBucketBits bits of an
+// order-preserving integer key of the value (x < y implies key(x) <= key(y); -0 sorts just below +0).
+constexpr int kBucketBits = 12;
+constexpr int64_t kBuckets = int64_t(1) << kBucketBits;
+
+SPECCAS_INLINE uint32_t ordered_bits(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+SPECCAS_INLINE uint64_t ordered_bits(double x) {
+  uint64_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return (b >> 63) ? ~b : (b | (uint64_t(1) << 63));
+}
+template <typename acc_t>
+SPECCAS_INLINE int64_t bucket_of(acc_t x) {
+  return static_cast<int64_t>(ordered_bits(x) >> (8 * sizeof(acc_t) - kBucketBits));
+}
+
+// Apply fn(x, i) to every logit of a position as acc_t, in blocks.
+template <typename in_t, typename acc_t, typename F>
+inline void for_each_logit(const in_t* z, int64_t V, acc_t* blk, const F& fn) {
+  for (int64_t v0 = 0; v0 < V; v0 += kBlock) {
+    const int64_t n = std::min(kBlock, V - v0);
+    const acc_t* x = load_block(z + v0, n, blk);
+    for (int64_t i = 0; i < n; ++i) fn(x[i], v0 + i);
+  }
+}
+
+// The k-th largest logit, 1 <= k < V: a histogram finds the bucket that holds it, and only the entries from
+// that bucket up are selected among.
+template <typename in_t, typename acc_t>
+acc_t kth_largest(const in_t* z, int64_t V, int64_t k, FilterScratch<acc_t>& fs, acc_t* blk) {
+  fs.hist.assign(kBuckets, 0.0);
+  for_each_logit(z, V, blk, [&](acc_t x, int64_t) { fs.hist[bucket_of(x)] += 1.0; });
+  int64_t b = kBuckets - 1;
+  for (double count = 0.0; b > 0; --b) {
+    count += fs.hist[b];
+    if (count >= static_cast<double>(k)) break;
+  }
+  fs.z.clear();
+  for_each_logit(z, V, blk, [&](acc_t x, int64_t) {
+    if (bucket_of(x) >= b) fs.z.push_back(x);
+  });
+  std::nth_element(fs.z.begin(), fs.z.begin() + (k - 1), fs.z.end(), std::greater<acc_t>());
+  return fs.z[k - 1];
+}
+
+// top-p's cutoff over the entries with e = fs.e > 0 (the top-k kept ones), thr = top_p * total: entries sorted
+// by (z descending, index), a tie group is kept while the mass of the strictly larger entries is below thr,
+// that mass rounded as the reference's float cumsum (torch's CPU cumsum runs a double sum rounded to acc_t;
+// the reference subtracts the entry from it). -inf: every entry is kept.
+// Only the buckets around the crossing of thr are sorted (one nonempty bucket either side, for the rounding of
+// the sums), with the double mass of the buckets above as the running sum's start; if the crossing is not
+// among them after all, the entries below are appended and sorted as far as the decision needs.
+template <typename in_t, typename acc_t>
+acc_t top_p_cut(const in_t* z, int64_t V, acc_t thr, FilterScratch<acc_t>& fs, acc_t* blk) {
+  const acc_t* e = fs.e.data();
+  fs.hist.assign(kBuckets, 0.0);
+  for (int64_t v = 0; v < V; ++v) {
+    if (e[v] > acc_t(0)) fs.hist[bucket_of(e[v])] += static_cast<double>(e[v]);
+  }
+  const double t = static_cast<double>(thr);
+  int64_t j = kBuckets - 1;
+  double base = 0.0;  // the mass of the buckets above j
+  for (; j >= 0 && base + fs.hist[j] < t; --j) base += fs.hist[j];
+  if (j < 0) return neg_inf<acc_t>();  // the whole mass stays below thr
+  int64_t hi = j, lo = j;
+  for (int64_t b = j + 1; b < kBuckets; ++b) {
+    if (fs.hist[b] > 0.0) {
+      hi = b;
+      base -= fs.hist[b];
+      break;
+    }
+  }
+  for (int64_t b = j - 1; b >= 0; --b) {
+    if (fs.hist[b] > 0.0) {
+      lo = b;
+      break;
+    }
+  }
+  auto& c = fs.cand;
+  c.clear();
+  acc_t z_above = std::numeric_limits<acc_t>::infinity();  // the smallest logit above the sorted buckets
+  for_each_logit(z, V, blk, [&](acc_t x, int64_t v) {
+    if (!(e[v] > acc_t(0))) return;
+    const int64_t b = bucket_of(e[v]);
+    if (b > hi) {
+      z_above = std::min(z_above, x);
+    } else if (b >= lo) {
+      c.push_back({x, e[v], v});
+    }
+  });
+  auto before = [](const typename FilterScratch<acc_t>::Entry& a, const typename FilterScratch<acc_t>::Entry& b) {
+    return a.z > b.z || (a.z == b.z && a.v < b.v);
+  };
+  double run = base;  // the running sum in sorted order, through the entry being read
+  size_t done = 0, step = 256;
+  bool all = false;  // the entries below the sorted buckets were appended
+  for (;;) {
+    if (done == c.size()) {
+      if (all) break;
+      all = true;
+      for_each_logit(z, V, blk, [&](acc_t x, int64_t v) {
+        if (e[v] > acc_t(0) && bucket_of(e[v]) < lo) c.push_back({x, e[v], v});
+      });
+      if (done == c.size()) break;
+    }
+    const size_t m = std::min(c.size(), done + step);
+    step *= 8;
+    std::nth_element(c.begin() + done, c.begin() + m, c.end(), before);
+    std::sort(c.begin() + done, c.begin() + m, before);
+    for (size_t i = done; i < m; ++i) {
+      run += static_cast<double>(c[i].e);
+      if (i > 0 && c[i].z == c[i - 1].z) continue;  // not a tie group's first entry (groups share a bucket)
+      const acc_t above = static_cast<acc_t>(run) - c[i].e;  // the mass of the strictly larger entries
+      if (!(above < thr)) {
+        // Cut below the last kept group (the argmax is kept even if top_p rounds to 0).
+        if (i > 0) return c[i - 1].z;
+        return base > 0.0 ? z_above : c[0].z;
+      }
+    }
+    done = m;
+  }
+  return neg_inf<acc_t>();
+}
 
 // The filters' cutoff at one position of a valid row at T > 0 (reference.filter_keep): the kept entries are
 // {v : z(v) >= cut}, and st.ST becomes the sampling sum over them. st holds the position's M and inv_t.
-//   top-k: cut_k = the k-th largest logit (a selection, no sort);
+//   top-k: cut = the k-th largest logit (kth_largest);
 //   min-p: the smallest z with e(v) = exp((z - M) * inv_t) >= min_p;
-//   top-p: over the top-k kept entries, sorted by (z descending, index): a tie group is kept while the mass of
-//      the strictly larger entries is below top_p * total, with that mass rounded as the reference's float
-//      cumsum (a double running sum rounded to acc_t, minus the entry: torch's CPU cumsum accumulates in
-//      double). Only the entries with e > 0 are sorted, and only as far as the decision needs (a partial
-//      sort that grows); entries with e = 0 have probability 0 and can never win a race (s <= -103 against
-//      a Gumbel draw of at most 17), so whether they are kept changes nothing.
+//   top-p: top_p_cut over the top-k kept entries, thr = top_p * total (total: their sum of e). Only the entries
+//      with e > 0 are read: entries with e = 0 have probability 0 and never win a race (s <= -103 against a
+//      Gumbel draw of at most 17), so whether they are kept changes nothing.
 template <typename in_t, typename acc_t>
 void filter_position(const in_t* z, int64_t V, const RowFilter<acc_t>& f, PosStats<acc_t>& st,
                      FilterScratch<acc_t>& fs, acc_t* blk) {
   const acc_t M = st.M, inv = st.inv_t;
   acc_t cut = neg_inf<acc_t>();
-  if (f.top_k >= 1 && f.top_k < V) {
-    fs.z.resize(V);
-    for (int64_t v0 = 0; v0 < V; v0 += kBlock) {
-      const int64_t n = std::min(kBlock, V - v0);
-      const acc_t* x = load_block(z + v0, n, blk);
-      std::copy(x, x + n, fs.z.begin() + v0);
-    }
-    std::nth_element(fs.z.begin(), fs.z.begin() + (f.top_k - 1), fs.z.end(), std::greater<acc_t>());
-    cut = fs.z[f.top_k - 1];
-  }
+  if (f.top_k >= 1 && f.top_k < V) cut = kth_largest(z, V, f.top_k, fs, blk);
   // e over the top-k kept entries, their total, and the min-p cutoff.
-  const bool top_p = f.top_p < acc_t(1), min_p = f.min_p > acc_t(0);
+  const bool min_p = f.min_p > acc_t(0);
   fs.e.resize(V);
-  fs.cand.clear();
   double total = 0.0;
   acc_t cut_m = std::numeric_limits<acc_t>::infinity();
   for (int64_t v0 = 0; v0 < V; v0 += kBlock) {
@@ -375,43 +495,9 @@ void filter_position(const in_t* z, int64_t V, const RowFilter<acc_t>& f, PosSta
     }
     total += static_cast<double>(part);
     cut_m = std::min(cut_m, cm);
-    if (top_p) {
-      for (int64_t i = 0; i < n; ++i) {
-        if (e[i] > acc_t(0)) fs.cand.push_back({x[i], e[i], v0 + i});
-      }
-    }
   }
   if (min_p) cut = std::max(cut, cut_m);  // the max has e = 1 >= min_p, so cut_m <= M
-  if (top_p) {
-    auto& c = fs.cand;
-    const size_t nc = c.size();
-    auto before = [](const typename FilterScratch<acc_t>::Entry& a, const typename FilterScratch<acc_t>::Entry& b) {
-      return a.z > b.z || (a.z == b.z && a.v < b.v);
-    };
-    const acc_t thr = f.top_p * static_cast<acc_t>(total);
-    double run = 0.0;  // the running sum of e in sorted order, through the entry being read
-    size_t done = 0, m = std::min<size_t>(nc, 256);
-    bool decided = false;
-    while (!decided) {
-      std::nth_element(c.begin() + done, c.begin() + m, c.end(), before);
-      std::sort(c.begin() + done, c.begin() + m, before);
-      for (size_t j = done; j < m; ++j) {
-        run += static_cast<double>(c[j].e);
-        if (j > 0 && c[j].z == c[j - 1].z) continue;  // not a tie group's first entry
-        const acc_t above = static_cast<acc_t>(run) - c[j].e;  // mass of the strictly larger entries
-        if (!(above < thr)) {
-          // The last kept group's value (the first group has above = 0 < thr unless top_p rounds to 0;
-          // the argmax is kept even then).
-          cut = std::max(cut, c[j > 0 ? j - 1 : 0].z);
-          decided = true;
-          break;
-        }
-      }
-      if (m == nc) break;
-      done = m;
-      m = std::min(nc, 8 * m);
-    }
-  }
+  if (f.top_p < acc_t(1)) cut = std::max(cut, top_p_cut(z, V, f.top_p * static_cast<acc_t>(total), fs, blk));
   // The sampling sum over the kept entries.
   double sum = 0.0;
   for (int64_t v0 = 0; v0 < V; v0 += kBlock) {
@@ -447,15 +533,17 @@ void run_filters(const std::vector<FilterJob<in_t, acc_t>>& jobs, int64_t V) {
 
 // ------------------------------------------------------------------------------------------------ probabilities
 
+// A one-hot block: 1 at entry a (none when a is outside v0 .. v0 + n - 1), 0 elsewhere.
+template <typename acc_t>
+inline void onehot_block(int64_t a, int64_t n, int64_t v0, acc_t* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = (v0 + i == a) ? acc_t(1) : acc_t(0);
+}
+
 // Sampling probabilities of a block v0 .. v0 + n - 1 (reference._distributions, _token_distributions).
 template <typename acc_t>
 inline void probs_block(const PosStats<acc_t>& st, const acc_t* z, int64_t n, int64_t v0, acc_t* out) {
-  if (st.greedy) {
-    const int64_t a = st.amax;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] = (v0 + i == a) ? acc_t(1) : acc_t(0);
-    return;
-  }
+  if (st.greedy) return onehot_block(st.amax, n, v0, out);
   const acc_t M = st.M, inv = st.inv_t, S = st.ST, c = st.cut;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
@@ -467,12 +555,7 @@ inline void probs_block(const PosStats<acc_t>& st, const acc_t* z, int64_t n, in
 // The unscaled probabilities q^(v) = exp(z - M) / S1 of a block (one-hot for a token-only draft).
 template <typename acc_t>
 inline void unscaled_block(const PosStats<acc_t>& st, const acc_t* z, int64_t n, int64_t v0, acc_t* out) {
-  if (st.token) {
-    const int64_t a = st.amax;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] = (v0 + i == a) ? acc_t(1) : acc_t(0);
-    return;
-  }
+  if (st.token) return onehot_block(st.amax, n, v0, out);
   const acc_t M = st.M, S = st.S1;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) out[i] = sc_exp(z[i] - M) / S;

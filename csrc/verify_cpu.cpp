@@ -46,7 +46,7 @@ struct Layout {
   Rows<int64_t> n;
 
   int64_t count(int64_t b) const {
-    const int64_t nb = cu ? wrap_add(cu[b + 1], -cu[b]) : n[b];
+    const int64_t nb = cu ? wrap_sub(cu[b + 1], cu[b]) : n[b];
     return clamp64(nb, 0, K);
   }
   int64_t flat(int64_t b, int64_t i) const { return N > 0 ? clamp64(wrap_add(cu[b], i), 0, N - 1) : 0; }

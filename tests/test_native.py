@@ -10,7 +10,7 @@ import torch
 
 import speccas_kernels as sk
 from speccas_kernels import backends, native, reference
-from helpers import native_call, random_round, with_args
+from helpers import assert_same_outputs, native_call, random_round, with_args
 
 _CPP_OK, _CPP_WHY = backends.available("cpp")
 needs_cpp = pytest.mark.skipif(not _CPP_OK, reason=f"cpp backend unavailable: {_CPP_WHY}")
@@ -156,6 +156,31 @@ def test_op_rejects_a_meta_row_parameter_next_to_cpu_logits():
         _raises(ValueError, op, args, f"{name} is on meta", **{name: t})
     op, args = native_call("sample_native", lambda: sk.sample(kw["draft_logits"][:, 0], backend="cpp"))
     _raises(ValueError, op, args, "min_p is on meta", min_p=meta)
+
+
+@needs_cpp
+@pytest.mark.parametrize("cu", [[0, 5, 3, 6], [0, 2, 2**62, 6], [-3, 1, 4, 6], [0, 0, 0, 0], [0, 2, 3, 3]],
+                         ids=["decreasing", "huge", "negative", "no-drafts", "sums-short"])
+@pytest.mark.parametrize("drafts", ["logits", "tokens"])
+def test_ragged_counts_that_do_not_add_up(cu, drafts):
+    """cu_num_draft_tokens unchecked (validate=False): the ragged layout is addressed in place, its rows clamped into
+    the flat tensors as reference.padded gathers them (a count beyond K is clamped too): the reference's outputs,
+    and never a read outside the tensors."""
+    B, K, V = 3, 4, 40
+    cu = torch.tensor(cu)
+    N = 0 if cu.tolist() == [0, 0, 0, 0] else 6
+    g = torch.Generator().manual_seed(int(cu.abs().sum() % 1000))
+    zq = None if drafts == "tokens" else torch.randn(N, V, generator=g) * 2
+    zp = torch.randn(N + B, V, generator=g) * 2
+    x = torch.randint(0, V, (N,), generator=g)
+    kw = dict(max_num_draft_tokens=K, rule="speculative", alpha=None, temperature=torch.tensor([1.0, 0.0, 0.7]),
+              seed=torch.tensor([3, 4, 5]), offset=torch.tensor([0, 10, 20]), top_k=torch.tensor([0, 5, 9]))
+    out = sk.verify_ragged(zq, zp, x, cu, backend="cpp", **kw)
+    args = sk.checks.check_verify_ragged(zq, zp, x, cu, vocab_size=None, validate=False, **kw)
+    ref, margins = reference.verify_args(args, debug=True)
+    assert_same_outputs(out, ref, margins, what=f"cu={cu.tolist()} {drafts}")
+    assert torch.equal(out.num_accepted, ref.num_accepted) and torch.equal(out.deferred, ref.deferred)
+    assert bool(out.valid.all()) and int((out.tokens >= 0).sum()) == int((ref.tokens >= 0).sum())
 
 
 def test_available_reports_a_reason():
