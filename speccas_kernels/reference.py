@@ -98,7 +98,7 @@ def filter_keep(z: torch.Tensor, T: torch.Tensor, filters: checks.Filters) -> Op
     before = torch.cumsum(es, -1) - es  # mass of the entries sorted before, ties included
     first = torch.searchsorted(-zs.contiguous(), -zs.contiguous(), side="left")  # each tie group's first slot
     above = before.gather(-1, first)  # mass of the strictly larger entries
-    keep_p_sorted = above < tp * total
+    keep_p_sorted = (above < tp * total) | (above == 0)  # the top tie group always (top_p * total may round to 0)
     keep_p = torch.empty_like(keep_p_sorted).scatter_(-1, order, keep_p_sorted)
     keep_p = torch.where(tp < 1, keep_p, torch.ones_like(keep_p))
     keep_m = torch.where(mp > 0, e >= mp, torch.ones_like(keep_p))

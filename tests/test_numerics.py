@@ -144,3 +144,19 @@ def test_bad_bonus_position_invalidates_the_row_whatever_the_draws(backend):
     assert out.valid.cpu().tolist() == [False, True, True]
     # rows 1-2: p is uniform and q puts no mass on token 0, so the residual max(p - q, 0) lives on token 0 alone
     assert out.tokens.cpu().tolist() == [[-1, -1], [0, -1], [0, -1]]
+
+
+@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+def test_top_p_rounding_to_zero_keeps_the_argmax(backend):
+    """A valid top_p that rounds to 0 in float32 (1e-50) keeps the argmax group, as every filter does (SPEC.md
+    section 2); it once kept nothing and emitted id V with a NaN acceptance probability."""
+    if backend == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    dev = _device(backend)
+    zp = torch.tensor([[[2.0, 1.0, 0.5, -1.0]] * 2], device=dev)
+    x = torch.tensor([[0]], device=dev)
+    out = sk.verify(None, zp, x, rule="speculative", top_p=1e-50, backend=backend)
+    assert out.tokens.cpu().tolist() == [[0, 0]] and float(out.accept_prob[0, 0]) == 1.0
+    tok = sk.sample(zp[:, 0].expand(64, 4).contiguous(), top_p=1e-50, seed=torch.arange(64, device=dev),
+                    backend=backend)
+    assert (tok == 0).all()

@@ -173,9 +173,11 @@ def _filter_cutoff_kernel(
     rmask = rows < B
     T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
     k = row_params(top_k_ptr, top_k_val, rows, rmask).to(tl.int64)
-    tp = row_params(top_p_ptr, top_p_val, rows, rmask).to(tl.float32)
+    tp_raw = row_params(top_p_ptr, top_p_val, rows, rmask)
     mp = row_params(min_p_ptr, min_p_val, rows, rmask).to(tl.float32)
-    ok = (k >= 0) & (tp > 0) & (tp <= 1) & (mp >= 0) & (mp <= 1)
+    ok = (k >= 0) & (tp_raw > 0) & (tp_raw <= 1) & (mp >= 0) & (mp <= 1)
+    # a valid top_p below float32's smallest normal keeps the argmax group alone, as that smallest normal does
+    tp = tl.maximum(tp_raw.to(tl.float32), 1.1754944e-38)
     on = ok & (T > 0) & (T < float("inf")) & (((k >= 1) & (k < V)) | (tp < 1) | (mp > 0))
     if VERIFY:
         if RAGGED:
@@ -218,6 +220,7 @@ def launch_cutoffs(cut, ok, zp, zq, cu, n, temperature, filters, B: int, K: int,
     t_ptr, t_val = split_param(temperature, 1.0)
     k_ptr, k_val = split_param(filters.top_k, 0)
     p_ptr, p_val = split_param(filters.top_p, 1.0)
+    p_val = max(float(p_val), 1.1754944e-38) if p_val > 0 else p_val  # passed as float32: see the kernel
     m_ptr, m_val = split_param(filters.min_p, 0.0)
     slots = 2 * K + 1 if verify else 1
     _filter_cutoff_kernel[(slots, triton.cdiv(B, rows))](
