@@ -18,7 +18,7 @@ from typing import List, Tuple
 import torch
 
 from . import checks
-from .outputs import VerifyOutput, new_verify_output
+from .outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from .rules import Rule
 
 _NOT_BUILT = ("the native extension speccas_kernels._C was not built (SPECCAS_SKIP_NATIVE=1, no C++ compiler, "
@@ -84,7 +84,7 @@ def _register_fakes() -> None:
             _same_device(a["target_logits"], **{k: t for k, t in a.items() if isinstance(t, torch.Tensor)})
             cu = a["cu_num_draft_tokens"]
             B = a["draft_tokens"].shape[0] if cu is None else cu.shape[0] - 1
-            return tuple(new_verify_output(B, a["max_drafts"], a["target_logits"].device))
+            return tuple(new_verify_output(B, a["max_drafts"], a["target_logits"].device))[:KERNEL_OUTPUTS]
 
         @torch.library.register_fake("speccas::sample_native")
         def _sample_fake(*args):
