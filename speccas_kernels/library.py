@@ -73,7 +73,7 @@ def verify_triton(
     )
     if draft_tokens.shape[0] == 0:
         return tuple(new_verify_output(0, draft_tokens.shape[1], target_logits.device))[:KERNEL_OUTPUTS]
-    return tuple(triton_backend.verify_args(args))
+    return tuple(triton_backend.verify_args(args))[:KERNEL_OUTPUTS]
 
 
 @verify_triton.register_fake
