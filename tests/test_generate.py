@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
-import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -420,3 +421,185 @@ def test_sliding_window_models_are_rejected_when_slots_exceed_the_window():
     spec = generate(t2, d2, ids, mask, method="speculative", num_draft_tokens=4, max_new_tokens=12)
     ref = generate(t2, d2, ids, mask, method="target", max_new_tokens=12)
     assert torch.equal(spec.sequences, ref.sequences)
+
+
+# ------------------------------------------------------------------------- argument checks (issue 17)
+
+_BAD_ARGS = [
+    # (keyword arguments, exception, the argument the message names)
+    (dict(max_new_tokens=torch.tensor([3, 4])), ValueError, "max_new_tokens"),
+    (dict(max_new_tokens=torch.tensor([[3, 4, 5]])), ValueError, "max_new_tokens"),
+    (dict(max_new_tokens=4.0), TypeError, "max_new_tokens"),
+    (dict(max_new_tokens=np.float64(4)), TypeError, "max_new_tokens"),
+    (dict(max_new_tokens=torch.tensor([3.0, 4.0, 5.0])), TypeError, "max_new_tokens"),
+    (dict(max_new_tokens=True), TypeError, "max_new_tokens"),
+    (dict(seed=1.5), TypeError, "seed"),
+    (dict(seed=torch.tensor([1.0, 2.0, 3.0])), TypeError, "seed"),
+    (dict(seed=torch.tensor([1, 2])), ValueError, "seed"),
+    (dict(seed="7"), TypeError, "seed"),
+    (dict(eos_token_id=1.0), TypeError, "eos_token_id"),
+    (dict(eos_token_id=[1, "2"]), TypeError, "eos_token_id"),
+    (dict(eos_token_id="</s>"), TypeError, "eos_token_id"),
+    (dict(eos_token_id=[-1]), ValueError, "eos_token_id"),
+    (dict(vocab_size=100.0), TypeError, "vocab_size"),
+    (dict(vocab_size="192"), TypeError, "vocab_size"),
+    (dict(temperature=math.inf), ValueError, "temperature"),
+    (dict(temperature=np.float32("nan")), ValueError, "temperature"),
+    (dict(temperature=-0.5), ValueError, "temperature"),
+    (dict(temperature="hot"), TypeError, "temperature"),
+    (dict(temperature=torch.tensor([1.0, math.inf, 0.0])), ValueError, "temperature"),
+    (dict(temperature=torch.tensor([1.0, 0.5])), ValueError, "temperature"),
+    (dict(alpha=np.float32(1.5)), ValueError, "alpha"),
+    (dict(alpha=np.float64(math.inf)), ValueError, "alpha"),
+    (dict(alpha=math.nan), ValueError, "alpha"),
+    (dict(alpha="0.5"), TypeError, "alpha"),
+    (dict(alpha=torch.tensor([0.5, 0.5])), ValueError, "alpha"),
+    (dict(method="token_cascade", alpha=np.float32(-0.1)), ValueError, "alpha"),
+    (dict(num_draft_tokens=2.0), TypeError, "num_draft_tokens"),
+    (dict(num_draft_tokens=0), ValueError, "num_draft_tokens"),
+    (dict(draft_threshold=1.5), ValueError, "draft_threshold"),
+    (dict(draft_threshold="high"), TypeError, "draft_threshold"),
+    (dict(compile="yes"), TypeError, "compile"),
+]
+
+
+@pytest.mark.parametrize("kw,exc,name", _BAD_ARGS, ids=[f"{n}-{i}" for i, (_, _, n) in enumerate(_BAD_ARGS)])
+def test_bad_argument_names_itself(llama_pair, kw, exc, name):
+    target, drafter = llama_pair
+    ids, mask = batch()
+    kw = {"method": "cascade", "rule": "chow", "max_new_tokens": 3, **kw}
+    with pytest.raises(exc, match=name):
+        generate(target, drafter, ids, mask, **kw)
+
+
+def test_numpy_scalars_and_one_element_tensors_are_accepted(llama_pair):
+    target, drafter = llama_pair
+    ids, mask = batch()
+    ref = generate(target, drafter, ids, mask, method="cascade", alpha=0.4, max_new_tokens=5, seed=3, temperature=1.0,
+                   eos_token_id=[7], num_draft_tokens=2)
+    out = generate(target, drafter, ids, mask, method="cascade", alpha=np.float32(0.4), max_new_tokens=np.int64(5),
+                   seed=torch.tensor([3]), temperature=np.float64(1.0), eos_token_id=[np.int64(7)],
+                   num_draft_tokens=np.int32(2))
+    assert out.tokens == ref.tokens and out.alpha == pytest.approx(0.4)
+
+
+def test_invalid_logits_stop_a_row_with_a_reason_and_a_warning(llama_pair):
+    """A row whose logits turn NaN stops; the output says why instead of returning short rows silently."""
+    import copy
+
+    target, drafter = llama_pair
+    ids, mask = batch()
+    bad = copy.deepcopy(target)
+    with torch.no_grad():
+        bad.lm_head.weight[5] = math.nan  # every position's logit for id 5 is NaN: all rows invalid
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        out = generate(bad, drafter, ids, mask, method="speculative", max_new_tokens=4)
+    assert out.finish_reasons == ["invalid_logits"] * 3 and out.new_tokens == 0
+    ok = generate(target, drafter, ids, mask, method="speculative", max_new_tokens=4)
+    assert ok.finish_reasons == ["length"] * 3
+    eos = ok.tokens[1][1]
+    out = generate(target, drafter, ids, mask, method="speculative", max_new_tokens=4, eos_token_id=eos)
+    assert out.finish_reasons[1] == "eos" and out.tokens[1][-1] == eos
+
+
+# ------------------------------------------------------------------------------- adaptive drafting
+
+def test_draft_threshold_ends(llama_pair):
+    """threshold 0: exactly K drafts per round; threshold 1: one draft per round (a drafter is never that sure);
+    in between, rounds draft between 1 and K. Greedy speculative output is the target's in every case."""
+    target, drafter = llama_pair
+    ids, mask = batch((7,))
+    n, K = 20, 4
+    ref = generate(target, None, ids, mask, method="target", max_new_tokens=n)
+    fixed = generate(target, drafter, ids, mask, method="speculative", num_draft_tokens=K, draft_threshold=0.0,
+                     max_new_tokens=n)
+    one = generate(target, drafter, ids, mask, method="speculative", num_draft_tokens=K, draft_threshold=1.0,
+                   max_new_tokens=n)
+    mid = generate(target, drafter, ids, mask, method="speculative", num_draft_tokens=K, draft_threshold=0.6,
+                   max_new_tokens=n)
+    for out in (fixed, one, mid):
+        assert out.tokens == ref.tokens
+    # threshold 1: one draft per round (none in a last round that needs one token), one decision read each
+    assert one.rounds - 1 <= one.drafted <= one.rounds and one.drafter_forwards == one.drafted
+    assert one.rounds + one.drafted - 2 <= one.host_syncs <= one.rounds + one.drafted  # last rounds: K <= 1
+    # threshold 0: K per round (fewer only where fewer tokens are still needed), no decision reads
+    assert fixed.drafted > (fixed.rounds - 2) * K and fixed.host_syncs == fixed.rounds
+    assert one.drafted <= mid.drafted <= fixed.drafted and one.rounds >= mid.rounds >= fixed.rounds
+    assert mid.rounds <= mid.host_syncs <= mid.rounds + mid.drafter_forwards
+
+
+def test_draft_threshold_stops_where_the_drafter_is_unsure(llama_pair):
+    """Each round's last verified draft is the first one with max q^ below the threshold (or the K-th)."""
+    target, drafter = llama_pair
+    ids, mask = batch((6,))
+    h, K = 0.55, 5
+    confs = []
+    orig = gen_mod._max_prob
+
+    def spy(z, V):
+        c = orig(z, V)
+        confs.append(c.clone())
+        return c
+
+    gen_mod._max_prob = spy
+    try:
+        out = generate(target, drafter, ids, mask, method="cascade", rule="token_v3", num_draft_tokens=K,
+                       draft_threshold=h, max_new_tokens=30)
+    finally:
+        gen_mod._max_prob = orig
+    # the decisions the loop took: one confidence per draft that could be followed by another
+    assert len(confs) == out.host_syncs - out.rounds
+    unsure = sum(int(c[0] < h) for c in confs)
+    assert 0 < unsure <= out.rounds  # a round stops at most once, and some rounds stopped early
+    assert out.drafted < out.rounds * K
+
+
+@pytest.mark.parametrize("method", ["speculative", "cascade"])
+def test_batch_invariance_with_adaptive_drafting(llama_pair, method):
+    target, drafter = llama_pair
+    ids, mask = batch((5, 9, 3))
+    seeds = torch.tensor([11, 22, 33])
+    kw = dict(method=method, temperature=1.0, max_new_tokens=12, num_draft_tokens=5, draft_threshold=0.5)
+    full = generate(target, drafter, ids, mask, seed=seeds, **kw)
+    for b, r in enumerate(rows(ids, mask)):
+        alone = generate(target, drafter, r[None], seed=int(seeds[b]), **kw)
+        assert alone.tokens[0] == full.tokens[b], f"row {b}"
+
+
+def test_draft_length_is_capped_by_the_tokens_still_needed(llama_pair):
+    """K = 64 with max_new_tokens = 5: one round of 4 drafter forwards, not 64."""
+    target, drafter = llama_pair
+    ids, mask = batch((6,))
+    out = generate(target, drafter, ids, mask, method="speculative", num_draft_tokens=64, draft_threshold=0,
+                   max_new_tokens=5)
+    ref = generate(target, None, ids, mask, method="target", max_new_tokens=5)
+    assert out.tokens == ref.tokens and out.drafter_forwards <= 4 * out.rounds and out.drafted <= 4 * out.rounds
+    one = generate(target, drafter, ids, mask, method="speculative", num_draft_tokens=64, max_new_tokens=1)
+    assert one.drafter_forwards == 0 and one.target_forwards == 1 and one.tokens == [ref.tokens[0][:1]]
+
+
+# ----------------------------------------------------------------------------------- cheaper drafter
+
+@pytest.mark.parametrize("precision", ["int8", "bfloat16"])
+def test_cheaper_drafter_keeps_greedy_speculative_exact(pair, precision):
+    """The drafter's weights in int8 (dynamic quantization) or bf16: greedy speculative is still the target's."""
+    import copy
+
+    from speccas.models import set_precision
+
+    target, drafter = pair
+    ids, mask = batch()
+    cheap = set_precision(copy.deepcopy(drafter), precision)
+    ref = generate(target, None, ids, mask, method="target", max_new_tokens=12)
+    out = generate(target, cheap, ids, mask, method="speculative", max_new_tokens=12, num_draft_tokens=3)
+    assert out.tokens == ref.tokens and out.accepted > 0
+    with pytest.raises(ValueError, match="precision"):
+        set_precision(copy.deepcopy(drafter), "int4")
+
+
+def test_no_transformers_warning(llama_pair, recwarn):
+    target, drafter = llama_pair
+    ids, mask = batch()
+    for method in ("speculative", "target", "token_cascade"):
+        generate(target, drafter, ids, mask, method=method, max_new_tokens=3)
+    assert [str(w.message) for w in recwarn.list] == []

@@ -610,9 +610,9 @@ def _speculative_round(L: _Loop, K: int, hi: int) -> None:
     feed = _catch_up(L.dft, front)
     for i in range(K):
         z = L.dft.forward(feed, hi + i + 1, compiled=L.compiled and feed.shape[1] == 1)[:, -1]
-        if L.draft_logits is None or L.draft_logits.dtype != z.dtype:
-            L.draft_logits = torch.empty((B, a.K, z.shape[-1]), dtype=z.dtype, device=dev)
-        L.draft_logits[:, i].copy_(z)
+        if L.draft_logits is None:  # in the target's dtype: the kernels take one dtype (exact for bf16 -> fp32)
+            L.draft_logits = torch.empty((B, a.K, z.shape[-1]), dtype=L.tgt.dtype, device=dev)
+        z = L.draft_logits[:, i].copy_(z)
         x = sk.sample(z, offset=pos + i + 1, **L.kw)
         seq.put(front + i + 1, x)
         if a.threshold > 0 and i < K - 1:
@@ -630,7 +630,8 @@ def _speculative_round(L: _Loop, K: int, hi: int) -> None:
     zt = L.tgt.forward(span, hi + K_used + 1, keep=K_used + 1, compiled=L.compiled and L.tgt.behind == 0)
     L.tgt.behind = 0
     drafts = seq.tok.gather(1, span[:, -K_used:].clamp(max=seq.capacity - 1)) if K_used else span[:, :0]
-    out = sk.verify(L.draft_logits[:, :K_used], zt, drafts, rule=a.rule, alpha=a.alpha_rows, offset=pos + 1,
+    dl = L.draft_logits[:, :K_used] if K_used else zt.new_empty((B, 0, zt.shape[-1]))
+    out = sk.verify(dl, zt, drafts, rule=a.rule, alpha=a.alpha_rows, offset=pos + 1,
                     num_draft_tokens=n_draft, **L.kw)
     ok = active & out.valid
     m = torch.where(ok, out.num_accepted, 0)
