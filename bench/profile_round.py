@@ -181,20 +181,25 @@ def main(argv=None) -> int:
                          "options": f"K={getattr(out, 'num_draft_tokens', '')} "
                                     f"threshold={getattr(out, 'draft_threshold', '-')} "
                                     f"drafter={args.drafter_precision or 'default'} rev={args.rev or 'HEAD'}",
-                         "load": load, "device": device_name(torch.device("cpu")), "commit": git_commit(),
+                         "load": load, "device": device_name(torch.device("cpu")), "commit": args.rev or git_commit(),
                          "date": iso_date()})
     print(render(rows))
     if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        new = not CSV.exists()
-        with open(CSV, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=FIELDS)
-            if new:
-                w.writeheader()
-            w.writerows(rows)
-        with open(CSV) as f:
-            MD.write_text(HEADER + render(list(csv.DictReader(f))) + "\n")
+        write(rows)
     return 0
+
+
+def write(rows) -> None:
+    """Append ``rows`` to the CSV and rewrite the Markdown from all rows."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    new = not CSV.exists()
+    with open(CSV, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+    with open(CSV) as f:
+        MD.write_text(HEADER + render(list(csv.DictReader(f))) + "\n")
 
 
 HEADER = """# One round of the decode loop on the real pair, by component

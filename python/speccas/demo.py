@@ -1,10 +1,11 @@
 """``speccas demo``: the real drafter/target pair side by side, or ``verify`` on synthetic logits.
 
-Real pair (default): Qwen2.5-Coder-1.5B-Instruct (target) and -0.5B-Instruct (drafter), fetched and
-converted into the cache on first use (``speccas.models``). A few short coding prompts with the chat
-template, greedy, each method run on each prompt alone (batch 1): ``target`` (the baseline),
-``speculative`` (exact: the same text as the target) and ``cascade`` (token_v3). Prints the texts and
-a table of tokens/s, tokens per target forward, acceptance and deferral.
+Real pair (default): Qwen2.5-Coder-1.5B-Instruct (target, float32) and -0.5B-Instruct (drafter, at
+``speccas.models.DEFAULT_DRAFTER_PRECISION``), fetched and converted into the cache on first use
+(``speccas.models``). Two short coding prompts with the chat template, greedy, 96 new tokens, batch 1:
+``target`` (the baseline), ``speculative`` (exact: the same text as the target) and ``cascade``
+(token_v3), each with the package defaults, interleaved. Prints the texts and the table of
+``bench/e2e.py`` (tokens/s, speedup, target forwards per token, acceptance, deferral).
 
 Synthetic (``--synthetic``): ``verify`` on correlated Gaussian logits (the target = the drafter +
 noise), acceptance and deferral per rule; no model needed.
