@@ -231,7 +231,8 @@ def main(argv=None) -> int:
         if missing:
             raise SystemExit(f"--costs quiet has no drafter cost for {missing}; use --costs measure or a JSON file")
     else:
-        costs, source = json.loads(Path(args.costs).read_text()), args.costs
+        costs = json.loads(Path(args.costs).read_text())
+        source = costs.pop("source", args.costs)
         costs["target"] = {int(k): v for k, v in costs["target"].items()}
     print("costs (ms):", json.dumps(costs), flush=True)
 
@@ -252,7 +253,8 @@ def main(argv=None) -> int:
             w.writeheader()
             w.writerows(rows)
         (RESULTS / "draft_length.md").write_text(md + "\n")
-        (RESULTS / "draft_length_costs.json").write_text(json.dumps({"source": source, **costs}, indent=1) + "\n")
+        if args.costs == "measure":
+            (RESULTS / "draft_length_costs.json").write_text(json.dumps({"source": source, **costs}, indent=1) + "\n")
     return 0
 
 

@@ -603,3 +603,25 @@ def test_no_transformers_warning(llama_pair, recwarn):
     for method in ("speculative", "target", "token_cascade"):
         generate(target, drafter, ids, mask, method=method, max_new_tokens=3)
     assert [str(w.message) for w in recwarn.list] == []
+
+
+def test_compiled_steps_give_the_eager_tokens(llama_pair, monkeypatch):
+    """``compile=True`` traces the drafter step and the full-round verification with torch.compile (here with
+    the "eager" backend: dynamo's tracing and guards without inductor's C++ build, to keep the suite fast)."""
+    target, drafter = llama_pair
+    ids, mask = batch((6,))
+    calls = []
+    real = torch.compile
+
+    def spy(fn, **kw):
+        calls.append(kw)
+        return real(fn, **{**kw, "backend": "eager"})
+
+    monkeypatch.setattr(torch, "compile", spy)
+    torch._dynamo.reset()
+    for method, kw in (("speculative", dict(num_draft_tokens=3, draft_threshold=0)), ("cascade", {}),
+                       ("target", {})):
+        ref = generate(target, drafter, ids, mask, method=method, max_new_tokens=10, **kw)
+        out = generate(target, drafter, ids, mask, method=method, max_new_tokens=10, compile=True, **kw)
+        assert out.tokens == ref.tokens, method
+    assert calls and all(c.get("dynamic") is False for c in calls)

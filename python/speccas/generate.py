@@ -430,8 +430,12 @@ class _SlotCache:
             self.keys.append(key_states.new_zeros((B, H, self.capacity, D)))
             self.values.append(value_states.new_zeros((B, H, self.capacity, value_states.shape[-1])))
         k, v = self.keys[layer_idx], self.values[layer_idx]
-        k[self.rows, :, self.slots] = key_states.transpose(1, 2)  # overwrite in place: [B, q, H, D]
-        v[self.rows, :, self.slots] = value_states.transpose(1, 2)
+        if k.shape[0] == 1:  # one row: a plain index_copy_ (cheaper than an index_put_)
+            k.index_copy_(2, self.slots[0], key_states)
+            v.index_copy_(2, self.slots[0], value_states)
+        else:  # overwrite in place, each row at its own slots: [B, q, H, D]
+            k[self.rows, :, self.slots] = key_states.transpose(1, 2)
+            v[self.rows, :, self.slots] = value_states.transpose(1, 2)
         return k[:, :, :self.length], v[:, :, :self.length]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -546,6 +550,13 @@ def _max_prob(z: torch.Tensor, V: int) -> torch.Tensor:
     return torch.exp(z.max(-1).values - torch.logsumexp(z, -1))
 
 
+def _chow_defers(z: torch.Tensor, alpha: torch.Tensor, V: int) -> torch.Tensor:
+    """``[B]`` bool: where rule ``chow`` defers to the target for drafter logits ``z`` ``[B, V']`` (its
+    decision reads only the drafter: the reference's rule math is called with q in both places)."""
+    zq = z[:, None, :V]
+    return sk.reference.blend_distributions(zq, zq, rule="chow", alpha=alpha, temperature=1.0).deferred[:, 0, 0]
+
+
 # ------------------------------------------------------------------------------------- counters
 
 class _Counters:
@@ -627,7 +638,9 @@ def _speculative_round(L: _Loop, K: int, hi: int) -> None:
         L.dseen = front + K_used  # it fed the slots up to the last draft's (which it drew, not fed)
         n_draft = n_draft.clamp(max=K_used)
     span = _catch_up(L.tgt, front, K_used)
-    zt = L.tgt.forward(span, hi + K_used + 1, keep=K_used + 1, compiled=L.compiled and L.tgt.behind == 0)
+    # compiled: one shape only (a full round), so the target compiles once; shorter rounds run eagerly
+    zt = L.tgt.forward(span, hi + K_used + 1, keep=K_used + 1,
+                       compiled=L.compiled and L.tgt.behind == 0 and K_used == a.K)
     L.tgt.behind = 0
     drafts = seq.tok.gather(1, span[:, -K_used:].clamp(max=seq.capacity - 1)) if K_used else span[:, :0]
     dl = L.draft_logits[:, :K_used] if K_used else zt.new_empty((B, 0, zt.shape[-1]))
@@ -803,7 +816,7 @@ def _run_token_cascade(L: _Loop, bar) -> None:
     while True:
         active = ~seq.done
         x, z = _solo_step(L, L.dft, hi)
-        defer = active & (_max_prob(z, a.V) < 1 - a.token_alpha)
+        defer = active & _chow_defers(z, a.token_alpha, a.V)
         n_active, any_defer, longest = st.sync(torch.stack([active.sum(), defer.any().long(), seq.gen_len.max()]))
         _bar_to(bar, longest)
         if n_active == 0:
