@@ -21,6 +21,24 @@ from setuptools import find_packages, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def _generated_include_dir():
+    """Write build/generated/speccas_rules_gen.h (the rule codes of speccas_kernels/rules.py as a C++ enum) and
+    return its folder. rules.py is loaded on its own (it imports nothing but the standard library)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_speccas_rules_table", os.path.join(HERE, "speccas_kernels", "rules.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    out = os.path.join(HERE, "build", "generated")
+    os.makedirs(out, exist_ok=True)
+    path, text = os.path.join(out, "speccas_rules_gen.h"), mod.c_header()
+    if not os.path.exists(path) or open(path).read() != text:  # rewrite only on change (ninja tracks it)
+        with open(path, "w") as f:
+            f.write(text)
+    return out
+
+
 def _native_extensions():
     if os.environ.get("SPECCAS_SKIP_NATIVE", "0") == "1":
         print("speccas: SPECCAS_SKIP_NATIVE=1, skipping the native build (the reference serves CPU tensors)")
@@ -35,13 +53,15 @@ def _native_extensions():
         print("speccas: torch is not importable at build time, skipping the native build", file=sys.stderr)
         return [], {}
     # No -std flag: torch's cpp_extension picks the standard its headers need (C++17 or C++20).
-    cxx_flags = ["-O3", "-fopenmp"]
+    # -Werror=switch: a rule of rules.py missing from a switch in csrc/rules.h does not compile.
+    # -ffp-contract=off: a * b + c rounds twice, as the reference's tensor ops do (no FMA contraction).
+    cxx_flags = ["-O3", "-fopenmp", "-Werror=switch", "-ffp-contract=off"]
     if os.environ.get("SPECCAS_NATIVE_ARCH", "1") == "1":
         cxx_flags.append("-march=native")  # opt out with SPECCAS_NATIVE_ARCH=0 for portable wheels
     ext_kwargs = dict(
         name="speccas_kernels._C",
         sources=cpp_sources,
-        include_dirs=[os.path.join(HERE, "csrc")],
+        include_dirs=[os.path.join(HERE, "csrc"), _generated_include_dir()],
         extra_compile_args={"cxx": cxx_flags},
         extra_link_args=["-fopenmp"],
     )
@@ -52,7 +72,7 @@ def _native_extensions():
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         ext_kwargs["sources"] = cpp_sources + cuda_sources
-        ext_kwargs["extra_compile_args"]["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
+        ext_kwargs["extra_compile_args"]["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo", "-Xcompiler=-Werror=switch"]
         ext_kwargs["define_macros"] = [("SPECCAS_WITH_CUDA", "1")]
         ext = cpp_extension.CUDAExtension(**ext_kwargs)
     else:

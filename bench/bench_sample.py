@@ -41,16 +41,19 @@ PEAK_FACTOR = 12  # float32 [B, V] temporaries of the eager reference (Philox in
 class Ctx(NamedTuple):
     point: common.Point
     device: torch.device
-    args: checks.SampleArgs
+    args: checks.SampleArgs  # normalized, for torch.compile
     temperature: float
+    kwargs: dict  # the public call's arguments: the logits plus Python-number scalars
 
 
-def make_inputs(pt: common.Point, device: torch.device, seed: int) -> Ctx:
-    g = torch.Generator(device=device).manual_seed(seed + 7919 * pt.B + pt.V)
+def make_inputs(pt: common.Point, device: torch.device, seed: int, input_set: int = 0) -> Ctx:
+    """Inputs of one grid point; ``input_set`` > 0 draws another set of the same shape (rotation)."""
+    g = torch.Generator(device=device).manual_seed(seed + 7919 * pt.B + pt.V + 1000003 * input_set)
     z = torch.randn(pt.B, pt.V, generator=g, device=device).mul_(2.5).to(common.DTYPES[pt.dtype])
     T = MODES[pt.rule]
-    args = checks.check_sample(z, temperature=T, seed=seed, offset=0, vocab_size=None, validate=False)
-    return Ctx(pt, device, args, T)
+    kwargs = dict(logits=z, temperature=T, seed=seed, offset=0)
+    args = checks.check_sample(**kwargs, vocab_size=None, validate=False)
+    return Ctx(pt, device, args, T, kwargs)
 
 
 def nbytes(pt: common.Point) -> int:
@@ -62,7 +65,7 @@ def peak_bytes(pt: common.Point) -> int:
 
 
 def backend_provider(name: str) -> common.Provider:
-    return common.backend_provider(name, "sample_args")
+    return common.backend_provider(name, "sample")
 
 
 def compiled_provider(device: torch.device, timeout: float) -> common.Provider:
@@ -115,7 +118,9 @@ def flashinfer_provider() -> common.Provider:
         z, T = ctx.args.logits, ctx.temperature
         return (lambda: fn(z)) if T == 1.0 else (lambda: fn(z / T))
 
-    prov = common.Provider("flashinfer", check, build, cuda_only=True)
+    # its first call compiles the sampling module (JIT) unless bench/gpu_suite.py built it already
+    prov = common.Provider("flashinfer", check, build, cuda_only=True,
+                           first_call_timeout=common.FLASHINFER_FIRST_CALL_S)
     return prov
 
 
@@ -129,6 +134,8 @@ def main(argv=None) -> int:
     p = common.base_parser(OP, "Benchmark speccas_kernels.sample against the reference and PyTorch samplers.")
     p.add_argument("--modes", "--rules", dest="modes", type=common.csv_list(), default=None,
                    help="comma-separated from sample (T = 1), greedy (T = 0); default both")
+    p.add_argument("--preset", choices=("grid", "suite"), default="grid",
+                   help="grid: the full product of the options; suite: its key points first (suite_points)")
     args = p.parse_args(argv)
     device = common.pick_device(args.device)
     grid = dict(B=GRID_B, V=GRID_V, dtypes=["fp32", "bf16"], modes=list(MODES))
@@ -136,11 +143,26 @@ def main(argv=None) -> int:
     common.check_choices("modes", grid["modes"], MODES)
     common.check_choices("dtypes", grid["dtypes"], common.DTYPES)
     providers, sink = common.start_run(OP, args, device, all_providers)
-    points = [common.Point(m, B, 0, V, d) for d in grid["dtypes"] for m in grid["modes"] for V in grid["V"]
-              for B in grid["B"]]
-    common.run_grid(OP, points, providers, device=device, setup=lambda pt: make_inputs(pt, device, args.seed),
+    if args.preset == "suite":
+        points = suite_points(grid)
+    else:
+        points = [common.Point(m, B, 0, V, d) for d in grid["dtypes"] for m in grid["modes"] for V in grid["V"]
+                  for B in grid["B"]]
+    common.run_grid(OP, points, providers, device=device,
+                    setup=lambda pt, i: make_inputs(pt, device, args.seed, input_set=i),
                     nbytes=nbytes, peak_bytes=peak_bytes, sink=sink, args=args, has_k=False)
     return 0
+
+
+def suite_points(grid) -> list:
+    """The grid's points in the order a time-limited run (``bench/gpu_suite.py``) wants them: every
+    mode and dtype at the large batch (64 when in the grid) and at the smallest, with the largest
+    V; then every B x V in the first mode and dtype."""
+    Bs, Vs = sorted(grid["B"]), sorted(grid["V"])
+    b_hi, b_lo, v_hi = (64 if 64 in Bs else Bs[-1]), Bs[0], Vs[-1]
+    pts = [common.Point(m, B, 0, v_hi, d) for B in (b_hi, b_lo) for d in grid["dtypes"] for m in grid["modes"]]
+    pts += [common.Point(grid["modes"][0], B, 0, V, grid["dtypes"][0]) for V in reversed(Vs) for B in Bs]
+    return list(dict.fromkeys(pts))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ OP = "verify"
 GRID_B = [1, 8, 64, 256]
 GRID_K = [1, 4, 8]
 GRID_V = [32000, 128256, 151936]
-CPU_RULES = ["speculative", "token_v3", "opt", "chow"]
+CPU_RULES = list(speccas_kernels.RULES)  # every rule of the table
 QUICK = dict(B=[1, 8], K=[4], V=[32000, 151936], dtypes=["fp32"])
 DRY = dict(B=[1, 3], K=[2], V=[1000], dtypes=["fp32"], rules=["speculative", "token_v3"])
 PEAK_FACTOR = 24  # float32 [B, K + 1, V] temporaries the eager reference holds at its peak (estimate)
@@ -51,12 +51,15 @@ PEAK_FACTOR = 24  # float32 [B, K + 1, V] temporaries the eager reference holds 
 class Ctx(NamedTuple):
     point: common.Point
     device: torch.device
-    args: checks.VerifyArgs
+    args: checks.VerifyArgs  # normalized, for the peers and torch.compile
     temperature: float
+    kwargs: dict  # the public call's arguments: tensors plus Python-number scalars
 
 
-def make_inputs(pt: common.Point, device: torch.device, seed: int, temperature: float, agreement: float = 2.0) -> Ctx:
-    g = torch.Generator(device=device).manual_seed(seed + 7919 * pt.B + 104729 * pt.K + pt.V)
+def make_inputs(pt: common.Point, device: torch.device, seed: int, temperature: float, agreement: float = 2.0,
+                input_set: int = 0) -> Ctx:
+    """Inputs of one grid point; ``input_set`` > 0 draws another set of the same shape (rotation)."""
+    g = torch.Generator(device=device).manual_seed(seed + 7919 * pt.B + 104729 * pt.K + pt.V + 1000003 * input_set)
     B, K, V = pt.B, pt.K, pt.V
     base = torch.randn(B, K + 1, V, generator=g, device=device).mul_(2.5)
     zp = base + torch.randn(B, K + 1, V, generator=g, device=device).mul_(2.5 / agreement)
@@ -66,9 +69,10 @@ def make_inputs(pt: common.Point, device: torch.device, seed: int, temperature: 
     x = torch.multinomial(probs, 1, generator=g).view(B, K)
     del probs
     dt = common.DTYPES[pt.dtype]
-    args = checks.check_verify(zq.to(dt), zp.to(dt), x, rule=pt.rule, alpha=None, temperature=temperature,
-                               seed=seed, offset=0, num_draft_tokens=None, vocab_size=None, validate=False)
-    return Ctx(pt, device, args, temperature)
+    kwargs = dict(draft_logits=zq.to(dt), target_logits=zp.to(dt), draft_tokens=x, rule=pt.rule, temperature=temperature,
+                  seed=seed, offset=0)
+    args = checks.check_verify(**kwargs, alpha=None, num_draft_tokens=None, vocab_size=None, validate=False)
+    return Ctx(pt, device, args, temperature, kwargs)
 
 
 def nbytes(pt: common.Point) -> int:
@@ -93,7 +97,7 @@ def describe(ctx: Ctx, out) -> str:
 
 
 def backend_provider(name: str) -> common.Provider:
-    return common.backend_provider(name, "verify_args")
+    return common.backend_provider(name, "verify")
 
 
 def compiled_provider(device: torch.device, timeout: float) -> common.Provider:
@@ -183,7 +187,9 @@ def flashinfer_provider() -> common.Provider:
 
         return run
 
-    prov = common.Provider("flashinfer", check, build, cuda_only=True)
+    # its first call compiles the sampling module (JIT) unless bench/gpu_suite.py built it already
+    prov = common.Provider("flashinfer", check, build, cuda_only=True,
+                           first_call_timeout=common.FLASHINFER_FIRST_CALL_S)
     return prov
 
 
@@ -195,9 +201,11 @@ def all_providers(device: torch.device, compile_timeout: float):
 def main(argv=None) -> int:
     p = common.base_parser(OP, "Benchmark speccas_kernels.verify against the reference and peers.")
     p.add_argument("--rules", type=common.csv_list(), default=None,
-                   help=f"comma-separated (default: all 8 on CUDA, {','.join(CPU_RULES)} on CPU)")
+                   help="comma-separated (default: every rule of the table)")
     p.add_argument("--K", dest="K", type=common.csv_list(int), default=None, help="draft lengths (override the grid)")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--preset", choices=("grid", "suite"), default="grid",
+                   help="grid: the full product of the options; suite: its key points first (suite_points)")
     args = p.parse_args(argv)
     device = common.pick_device(args.device)
     grid = dict(B=GRID_B, K=GRID_K, V=GRID_V, dtypes=["fp32", "bf16"],
@@ -206,11 +214,33 @@ def main(argv=None) -> int:
     common.check_choices("rules", grid["rules"], speccas_kernels.RULES)
     common.check_choices("dtypes", grid["dtypes"], common.DTYPES)
     providers, sink = common.start_run(OP, args, device, all_providers)
-    points = [common.Point(r, B, K, V, d) for d in grid["dtypes"] for r in grid["rules"] for K in grid["K"]
-              for V in grid["V"] for B in grid["B"]]
-    common.run_grid(OP, points, providers, device=device, setup=lambda pt: make_inputs(pt, device, args.seed,
-                    args.temperature), nbytes=nbytes, peak_bytes=peak_bytes, sink=sink, args=args, describe=describe)
+    if args.preset == "suite":
+        points = suite_points(grid)
+    else:
+        points = [common.Point(r, B, K, V, d) for d in grid["dtypes"] for r in grid["rules"] for K in grid["K"]
+                  for V in grid["V"] for B in grid["B"]]
+    common.run_grid(OP, points, providers, device=device,
+                    setup=lambda pt, i: make_inputs(pt, device, args.seed, args.temperature, input_set=i),
+                    nbytes=nbytes, peak_bytes=peak_bytes, sink=sink, args=args, describe=describe)
     return 0
+
+
+def suite_points(grid) -> list:
+    """The grid's points in the order a time-limited run (``bench/gpu_suite.py``) wants them, a
+    subset of the full product. First the shapes the static model's claims are about, at K = 4
+    (when in the grid) and the largest V: every rule and dtype at the large batch (64 when in the
+    grid), then every rule at the smallest batch in the first dtype, then in the others; then every
+    B x K for ``speculative`` and ``token_v3`` in the first dtype; then the other vocabulary sizes
+    for ``speculative``. (Each new rule, dtype or size-1 dimension may cost a Triton compile.)"""
+    Bs, Ks, Vs = sorted(grid["B"]), list(grid["K"]), sorted(grid["V"])
+    b_hi, b_lo = (64 if 64 in Bs else Bs[-1]), Bs[0]
+    k_mid, v_hi, d0 = (4 if 4 in Ks else Ks[0]), Vs[-1], grid["dtypes"][0]
+    focus = [r for r in ("speculative", "token_v3") if r in grid["rules"]]
+    pts = [common.Point(r, b_hi, k_mid, v_hi, d) for d in grid["dtypes"] for r in grid["rules"]]
+    pts += [common.Point(r, b_lo, k_mid, v_hi, d) for d in grid["dtypes"] for r in grid["rules"]]
+    pts += [common.Point(r, B, K, v_hi, d0) for r in focus for K in Ks for B in Bs]
+    pts += [common.Point(r, B, k_mid, V, d0) for r in focus[:1] for V in Vs for B in (b_hi, b_lo)]
+    return list(dict.fromkeys(pts))
 
 
 if __name__ == "__main__":

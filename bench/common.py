@@ -1,13 +1,16 @@
 """Shared benchmark machinery: timing, provenance, memory limits, CSV rows and the grid runner.
 
 Timing
-    * CUDA, ``events``: ``triton.testing.do_bench`` (CUDA events, L2 flushed before every call),
-      median and 20th/80th percentiles.
-    * CUDA, ``graph``: one call captured in a CUDA graph, replayed in batches between CUDA events
-      (launch overhead removed, L2 *not* flushed: inputs under the L2 size may be served from it).
-    * CUDA, ``auto`` (default): ``graph`` for inputs up to ``GRAPH_MAX_BYTES``, ``events`` above;
-      a provider whose call cannot be captured (host syncs) falls back to ``events``.
-    * CPU: wall clock (``time.perf_counter``) over repeats after warmup; median and percentiles.
+    * CUDA: every point builds several input sets (enough to cover three times the L2, so a set
+      is evicted before it is read again; ``--rotate``) and times its providers together, round
+      by round, each round starting at the next provider (``measure_interleaved``): a sample is
+      a batch of calls cycling through the sets, between two CUDA events. ``--timing auto``
+      (default) captures the calls in one CUDA graph for inputs up to ``GRAPH_MAX_BYTES``
+      (decode-sized shapes: launch gaps removed) and calls eagerly above; ``graph`` / ``events``
+      force one way. A provider that cannot be captured (host syncs) is called eagerly, and its
+      row says so. Median and 20th/80th percentiles over the samples.
+    * CPU: wall clock (``time.perf_counter``) over repeats after warmup, one provider after
+      another; ``--interleave`` uses the CUDA scheme with the wall clock instead.
 
 Effective bandwidth is bytes the op must read (the logits in their dtype plus the draft tokens)
 divided by the median time; ``copy_gbps`` is the same device's measured copy bandwidth
@@ -24,6 +27,7 @@ import csv
 import dataclasses
 import datetime as _dt
 import functools
+import os
 import platform
 import re
 import signal
@@ -47,6 +51,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GRAPH_MAX_BYTES = 32 << 20  # auto timing: CUDA graphs for inputs up to 32 MiB (launch-bound sizes)
 CPU_MAX_ELEMS = 1 << 25  # CPU default cap on B * (K + 1) * V (the reference materializes it many times)
 MEMORY_FRACTION = 0.6  # use at most this share of the free memory for one grid point
+FLASHINFER_FIRST_CALL_S = 240.0  # FlashInfer's first call may JIT-compile its sampling module (nvcc)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,7 +99,11 @@ def device_slug(device: torch.device) -> str:
 
 @functools.cache
 def git_commit() -> str:
-    """``git rev-parse --short HEAD``, plus ``-dirty`` when the tree differs (bench/results excluded)."""
+    """``$SPECCAS_COMMIT`` when set (a copy of the tree without ``.git``, e.g. on a lent GPU machine),
+    else ``git rev-parse --short HEAD``, plus ``-dirty`` when the tree differs (bench/results excluded)."""
+    env = os.environ.get("SPECCAS_COMMIT", "").strip()
+    if env:
+        return env
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
@@ -121,7 +130,7 @@ class Timing:
     median_us: float
     p20_us: float
     p80_us: float
-    mode: str  # "wall", "do_bench", "cuda-graph"
+    mode: str  # "wall", "do_bench", "events", "cuda-graph" (plus the input sets, when rotated)
 
 
 def _quantile(xs: Sequence[float], q: float) -> float:
@@ -176,62 +185,141 @@ def time_cuda_events(fn: Callable, *, warmup_ms: int = 25, rep_ms: int = 100) ->
     return Timing(med * 1e3, p20 * 1e3, p80 * 1e3, "do_bench")
 
 
-def time_cuda_graph(fn: Callable, *, samples: int = 20, sample_ms: float = 1.0) -> Timing:
-    """One call of ``fn`` captured in a CUDA graph; ``samples`` batches of replays (each about
-    ``sample_ms`` long) timed with CUDA events; per-call time = batch time / replays."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(10):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    est_ms = max(start.elapsed_time(end) / 10, 1e-4)
-    n = max(1, min(2000, int(sample_ms / est_ms)))
-    out = []
-    for _ in range(samples):
-        start.record()
-        for _ in range(n):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        out.append(start.elapsed_time(end) / n * 1e-3)
-    del graph
-    return _summarize(out, "cuda-graph")
-
-
-def time_fn(fn: Callable, device: torch.device, *, mode: str, nbytes: int, graph_ok: bool, quick: bool,
-            dry: bool = False, first_call_s: Optional[float] = None) -> Timing:
-    """Time ``fn`` on ``device``. ``mode``: ``auto``, ``events`` or ``graph`` (CUDA only).
-    On CPU, a call already made (taking ``first_call_s``) counts as the warmup when it was slow
+def time_cpu_fn(fn: Callable, *, quick: bool, dry: bool = False, first_call_s: Optional[float] = None) -> Timing:
+    """Wall-clock timing of one CPU provider at one point (the CPU default: providers one after
+    another). A call already made (taking ``first_call_s``) counts as the warmup when it was slow
     (over 0.5 s): one more slow call would add nothing but minutes. Faster calls get two warmup
     calls, and the faster of them sets how many calls one sample averages (about 1 ms worth)."""
-    if device.type != "cuda":
-        warm = 0 if (first_call_s is not None and first_call_s > 0.5) else 2
-        if dry:
-            return time_cpu(fn, warmup=1, reps=3, budget_s=0.2)
-        return time_cpu(fn, warmup=warm, reps=7 if quick else 20, budget_s=1.0 if quick else 4.0,
-                        est_s=first_call_s)
-    use_graph = graph_ok and (mode == "graph" or (mode == "auto" and nbytes <= GRAPH_MAX_BYTES))
-    if use_graph:
+    if dry:
+        return time_cpu(fn, warmup=1, reps=3, budget_s=0.2)
+    warm = 0 if (first_call_s is not None and first_call_s > 0.5) else 2
+    return time_cpu(fn, warmup=warm, reps=7 if quick else 20, budget_s=1.0 if quick else 4.0, est_s=first_call_s)
+
+
+class _Runner:
+    """Runs one provider over its rotated input sets: ``run(reps)`` makes ``reps`` passes (one call
+    per set each) and returns seconds per call. Modes: ``cuda-graph`` (one graph holding a call
+    per set, replayed), ``events`` (eager calls between two CUDA events), ``wall`` (CPU clock)."""
+
+    def __init__(self, fns: Sequence[Callable], device: torch.device, graph: bool):
+        self.fns, self.device, self.graph = list(fns), device, None
+        self.mode = "wall" if device.type != "cuda" else "events"
+        if device.type == "cuda":
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            if graph:
+                self._capture()
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for f in self.fns:  # each set once outside the graph (allocator and caches warm)
+                f()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for f in self.fns:
+                f()
+        torch.cuda.synchronize()
+        self.graph, self.mode = g, "cuda-graph"
+
+    def run(self, reps: int) -> float:
+        calls = reps * len(self.fns)
+        if self.device.type != "cuda":
+            t = time.perf_counter()
+            for _ in range(reps):
+                for f in self.fns:
+                    f()
+            return (time.perf_counter() - t) / calls
+        self.start.record()
+        for _ in range(reps):
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                for f in self.fns:
+                    f()
+        self.end.record()
+        self.end.synchronize()
+        return self.start.elapsed_time(self.end) * 1e-3 / calls
+
+
+def measure_interleaved(fns_by_provider: Dict[str, Sequence[Callable]], device: torch.device, *,
+                        graph: Dict[str, bool], rounds: int = 15, sample_s: float = 1e-3,
+                        budget_s: float = 3.0) -> Tuple[Dict[str, Timing], Dict[str, str]]:
+    """Time several providers at one grid point, interleaved: round r times every provider once
+    (one sample each, starting at provider r mod n, so drift in clocks or load spreads over all
+    of them), and each provider cycles through its own list of input sets (``fns_by_provider[name]``,
+    one callable per set), so that repeated calls read DRAM, not a cache the previous call filled.
+
+    ``graph[name]``: capture that provider's calls in a CUDA graph (CUDA only; a provider that
+    cannot be captured falls back to eager calls, and its mode says so). A sample lasts about
+    ``sample_s``; a provider gets ``rounds`` samples, fewer (at least 3) when that would take it
+    over ``budget_s``. Returns ({name: Timing}, {name: error message}) for providers that failed."""
+    runners: Dict[str, _Runner] = {}
+    errors: Dict[str, str] = {}
+    fallback: Dict[str, str] = {}
+    for name, fns in fns_by_provider.items():
         try:
-            return time_cuda_graph(fn, samples=10 if quick else 20)
-        except Exception as e:  # not capturable (host sync, CPU work): fall back, and say so
-            torch.cuda.synchronize()
-            t = time_cuda_events(fn, rep_ms=50 if quick else 100)
-            t.mode = f"do_bench (graph capture failed: {type(e).__name__})"
-            return t
-    return time_cuda_events(fn, rep_ms=50 if quick else 100)
+            runners[name] = _Runner(fns, device, graph.get(name, False))
+        except Exception as e:  # not capturable (a host sync, CPU work): eager calls, and say so
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            fallback[name] = f" (graph capture failed: {type(e).__name__})"
+            try:
+                runners[name] = _Runner(fns, device, False)
+            except Exception as e2:
+                errors[name] = _error_text(e2)
+    reps: Dict[str, int] = {}
+    quota: Dict[str, int] = {}
+    samples: Dict[str, List[float]] = {name: [] for name in runners}
+    for name, r in list(runners.items()):
+        try:
+            r.run(1)  # a warm-up pass over every set (a graph's first replay also uploads it)
+            est = max(r.run(1), 1e-9)
+        except Exception as e:
+            errors[name] = _error_text(e)
+            del runners[name]
+            continue
+        per_pass = est * len(r.fns)
+        reps[name] = max(1, min(1000, int(sample_s / per_pass)))
+        quota[name] = max(3, min(rounds, int(budget_s / (per_pass * reps[name]))))
+    names = list(runners)
+    for rnd in range(max(quota.values(), default=0)):
+        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            if name in errors or len(samples[name]) >= quota[name]:
+                continue
+            try:
+                samples[name].append(runners[name].run(reps[name]))
+            except Exception as e:
+                errors[name] = _error_text(e)
+    timings = {}
+    for name, r in runners.items():
+        if name not in errors and samples[name]:
+            t = _summarize(samples[name], r.mode + fallback.get(name, ""))
+            t.mode += f", {len(r.fns)} input set{'s' if len(r.fns) > 1 else ''}"
+            timings[name] = t
+    del runners
+    return timings, errors
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+
+
+def rotation_sets(input_bytes: int, device: torch.device, requested: Optional[int] = None) -> int:
+    """How many input sets a point rotates through: ``requested`` when given; on CUDA, enough sets
+    to cover three times the L2 cache (so a set is evicted before it is read again), at most 256
+    (inputs under about 0.7 MB then cover less than three L2s: decode-sized calls, where the
+    launch, not the read, is the cost) and at most a fifth of the free memory; on CPU one."""
+    if requested:
+        return max(1, requested)
+    if device.type != "cuda" or input_bytes <= 0:
+        return 1
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20) or (50 << 20)
+    n = -(-3 * l2 // input_bytes)
+    cap = max(1, int(free_memory_bytes(device) * 0.2 // input_bytes))
+    return int(max(1, min(n, 256, cap)))
 
 
 class CallTimeout(Exception):
@@ -353,7 +441,8 @@ class Provider:
 
     ``check()`` -> (ok, reason) decides once per run; ``build(ctx)`` returns the zero-argument
     callable to time for a grid point (raising ``Unavailable`` for points it does not cover);
-    ``first_call_timeout`` bounds the first (compiling) call; ``graph_ok`` says whether its call
+    ``first_call_timeout`` bounds the first (compiling) call, and ``compile_budget`` makes those
+    first calls share ``--compile-budget`` (torch.compile); ``graph_ok`` says whether its call
     may be captured in a CUDA graph."""
 
     name: str
@@ -361,6 +450,7 @@ class Provider:
     build: Callable[[object], Callable]
     graph_ok: bool = True
     first_call_timeout: Optional[float] = None
+    compile_budget: bool = False  # its first calls count against --compile-budget (torch.compile)
     note: str = ""
     cuda_only: bool = False
     cpu_only: bool = False
@@ -396,7 +486,7 @@ def base_parser(op: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="directory of the CSV files")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--timing", choices=("auto", "events", "graph"), default="auto",
-                   help="CUDA timing: auto = CUDA graphs up to 32 MiB of input, do_bench events above")
+                   help="CUDA timing: auto = CUDA graphs up to 32 MiB of input, eager calls between events above")
     p.add_argument("--max-elems", type=int, default=None,
                    help=f"skip points with B*(K+1)*V above this (default on CPU: {CPU_MAX_ELEMS}; on CUDA: memory only)")
     p.add_argument("--compile-timeout", type=float, default=None,
@@ -408,6 +498,12 @@ def base_parser(op: str, description: str) -> argparse.ArgumentParser:
                    help="torch.set_num_threads for the CPU run (recorded in the device name); default: torch's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--interleave", action="store_true",
+                   help="on CPU too, time a point's providers together, round by round (always on CUDA)")
+    p.add_argument("--rotate", type=int, default=None,
+                   help="input sets a point rotates through (default: enough to cover 3x the L2 on CUDA, 1 on CPU)")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="stop before the next grid point once this many seconds have passed (rows so far kept)")
     return p
 
 
@@ -449,15 +545,17 @@ def start_run(op: str, args, device: torch.device,
     return providers, sink
 
 
-def backend_provider(name: str, method: str) -> "Provider":
-    """A speccas backend (``reference``, ``triton``, ``cuda``, ``cpp``) on normalized arguments:
-    ``backends.resolve(name, ctx.device).<method>(ctx.args)`` (``method``: ``verify_args``, ...)."""
+def backend_provider(name: str, op: str) -> "Provider":
+    """A speccas backend (``reference``, ``triton``, ``cuda``, ``cpp``) through the public call:
+    ``speccas_kernels.<op>(**ctx.kwargs, backend=name)`` (``op``: ``verify`` or ``sample``), so the
+    time includes the argument checks a user's call pays (Python numbers as scalars)."""
     import speccas_kernels
-    from speccas_kernels import backends
+
+    fn = getattr(speccas_kernels, op)
 
     def build(ctx):
-        mod = backends.resolve(name, ctx.device)
-        return lambda: getattr(mod, method)(ctx.args)
+        kwargs = ctx.kwargs
+        return lambda: fn(**kwargs, backend=name)
 
     return Provider(
         name, lambda: speccas_kernels.backend_available(name), build,
@@ -483,7 +581,7 @@ def compiled_provider(device: torch.device, timeout: float, fn: Callable) -> "Pr
         compiled = state["fn"]
         return lambda: compiled(ctx.args)
 
-    return Provider("torch.compile", check, build, first_call_timeout=timeout,
+    return Provider("torch.compile", check, build, first_call_timeout=timeout, compile_budget=True,
                     note="torch.compile(reference, dynamic=True)")
 
 
@@ -548,29 +646,63 @@ def announce(op: str, device: torch.device, providers: Sequence[Provider], skipp
 
 
 def run_grid(op: str, points: Sequence[Point], providers: Sequence[Provider], *, device: torch.device,
-             setup: Callable[[Point], object], nbytes: Callable[[Point], int], peak_bytes: Callable[[Point], int],
+             setup: Callable[[Point, int], object], nbytes: Callable[[Point], int], peak_bytes: Callable[[Point], int],
              sink: CsvSink, args, describe: Callable[[object, object], str] = lambda ctx, out: "",
              has_k: bool = True) -> Dict[str, int]:
     """Time every provider at every grid point; write one row per (point, provider).
 
+    ``setup(point, i)`` builds the inputs of set ``i`` (sets differ in their random draws). On
+    CUDA (and on CPU with ``--interleave``) a point gets ``rotation_sets`` input sets and its
+    providers are timed together by ``measure_interleaved``: CUDA graphs for inputs up to
+    ``GRAPH_MAX_BYTES`` (``--timing auto``), eager calls between CUDA events above. On CPU by
+    default each provider is timed on its own with the wall clock.
+
     ``describe(ctx, output)`` turns a provider's first output into a note for the point's rows
     (e.g. the mean accepted drafts); it is asked until it returns something. Providers with a
-    ``first_call_timeout`` (torch.compile) also share ``args.compile_budget`` seconds of first
-    calls over the run; past it they are disabled, and the rows say so."""
+    ``compile_budget`` (torch.compile) also share ``args.compile_budget`` seconds of first
+    calls over the run; past it they are disabled, and the rows say so. ``args.deadline_s``
+    (seconds from the start of the grid) stops the run before the next point once passed, and
+    says how many points it left."""
     from tqdm import tqdm
 
+    started = time.monotonic()
+    deadline_s = getattr(args, "deadline_s", None)
+    deadline = started + deadline_s if deadline_s else None
     copy_bw = copy_bandwidth_gbps(device, small=args.dry)
     print(f"[bench {op}] measured copy bandwidth: {copy_bw:.1f} GB/s (read + write)")
+    interleave = device.type == "cuda" or bool(getattr(args, "interleave", False))
+    rounds, budget_s = (3, 0.3) if args.dry else (10, 1.5) if args.quick else (15, 3.0)
     max_elems = args.max_elems if args.max_elems is not None else (CPU_MAX_ELEMS if device.type == "cpu" else None)
     common = {"op": op, "device": device_name(device), "commit": git_commit(), "date": iso_date(),
               "copy_gbps": copy_bw}
-    counts = {"rows": 0, "skipped_points": 0, "errors": 0}
+    counts = {"rows": 0, "skipped_points": 0, "errors": 0, "deadline_points": 0}
     budget = {"left": getattr(args, "compile_budget", None)}
+
+    def failed(prov: Provider, row_base: Dict, pt: Point, e: BaseException) -> None:
+        msg = _error_text(e)
+        tqdm.write(f"[bench {op}] {prov.name} failed at {pt.rule} B={pt.B} V={pt.V} {pt.dtype}: {msg}")
+        sink.write({**row_base, "provider": prov.name, "note": f"error: {msg}"})
+        counts["errors"] += 1
+        if device.type == "cuda":
+            try:
+                torch.cuda.synchronize()
+            except Exception:  # a sticky CUDA error: nothing after this point can be trusted
+                tqdm.write(f"[bench {op}] the CUDA context is broken; stopping")
+                raise
+
     bar = tqdm(points, desc=f"{op}", unit="pt", disable=args.no_progress, dynamic_ncols=True)
-    for pt in bar:
-        bar.set_postfix_str(f"{pt.rule} B={pt.B}" + (f" K={pt.K}" if has_k else "") + f" V={pt.V} {pt.dtype}")
+    for index, pt in enumerate(bar):
+        shape = f"{pt.rule} B={pt.B}" + (f" K={pt.K}" if has_k else "") + f" V={pt.V} {pt.dtype}"
+        if deadline is not None and time.monotonic() > deadline:
+            counts["deadline_points"] = len(points) - index
+            tqdm.write(f"[bench {op}] deadline of {deadline_s:g} s passed: {len(points) - index} points not run "
+                       f"(from {shape}; --deadline-s)")
+            break
+        bar.set_postfix_str(shape)
+        nb = nbytes(pt)
+        n_sets = rotation_sets(nb, device, getattr(args, "rotate", None)) if interleave else 1
         elems = pt.B * (pt.K + 1) * pt.V
-        need = peak_bytes(pt)
+        need = peak_bytes(pt) + (n_sets - 1) * nb
         free = free_memory_bytes(device)
         why = None
         if max_elems is not None and elems > max_elems:
@@ -578,77 +710,86 @@ def run_grid(op: str, points: Sequence[Point], providers: Sequence[Provider], *,
         elif need > free * MEMORY_FRACTION:
             why = f"needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
         if why:
-            shape = f"{pt.rule} B={pt.B}" + (f" K={pt.K}" if has_k else "") + f" V={pt.V} {pt.dtype}"
             tqdm.write(f"[bench {op}] skip {shape}: {why}")
             counts["skipped_points"] += 1
             continue
-        ctx = setup(pt)
+        ctxs = [setup(pt, i) for i in range(n_sets)]
         extra = ""
         row_base = {**common, "rule": pt.rule, "B": pt.B, "K": pt.K if has_k else "", "V": pt.V,
                     "dtype": pt.dtype}
-        nb = nbytes(pt)
+        ready: Dict[str, Tuple[Provider, List[Callable], List[str]]] = {}
         for prov in providers:
             if prov.disabled:
                 continue
             try:
-                fn = prov.build(ctx)
+                fns = [prov.build(ctx) for ctx in ctxs]
             except Unavailable:
                 continue  # a point this provider does not cover (e.g. a peer without the rule)
             note = [prov.note] if prov.note else []
             timeout = prov.first_call_timeout
             by_budget = False
-            if timeout and budget["left"] is not None and budget["left"] < timeout:
+            if timeout and prov.compile_budget and budget["left"] is not None and budget["left"] < timeout:
                 timeout, by_budget = max(budget["left"], 1.0), True
+            if timeout and deadline is not None:
+                timeout = max(min(timeout, deadline - time.monotonic()), 1.0)
             try:
                 t_first = time.perf_counter()
-                out = call_with_timeout(fn, timeout)
+                out = call_with_timeout(fns[0], timeout)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 first_s = time.perf_counter() - t_first
                 if prov.first_call_timeout:
-                    if budget["left"] is not None:
+                    if prov.compile_budget and budget["left"] is not None:
                         budget["left"] -= first_s
                     if first_s > 1.0:
                         note.append(f"first call {first_s:.0f} s")
                 if not extra:
-                    extra = describe(ctx, out)
+                    extra = describe(ctxs[0], out)
                 del out
-                t = time_fn(fn, device, mode=args.timing, nbytes=nb, graph_ok=prov.graph_ok, quick=args.quick,
-                            dry=args.dry, first_call_s=first_s)
+                if interleave:
+                    ready[prov.name] = (prov, fns, note)
+                    continue
+                t = time_cpu_fn(fns[0], quick=args.quick, dry=args.dry, first_call_s=first_s)
             except CallTimeout as e:
                 prov.disabled = (f"compile budget of {args.compile_budget:g} s spent (--compile-budget)" if by_budget
-                                 else f"first call {e} (--compile-timeout)")
-                if budget["left"] is not None:
+                                 else f"first call {e} (--compile-timeout or --deadline-s)")
+                if prov.compile_budget and budget["left"] is not None:
                     budget["left"] -= timeout
                 tqdm.write(f"[bench {op}] {prov.name} disabled for the rest of the run: {prov.disabled}")
                 sink.write({**row_base, "provider": prov.name, "note": f"unavailable: {prov.disabled}"})
                 counts["errors"] += 1
                 continue
             except Exception as e:  # one failing provider must not end the run
-                msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
-                tqdm.write(f"[bench {op}] {prov.name} failed at {pt.rule} B={pt.B} V={pt.V} {pt.dtype}: {msg}")
-                sink.write({**row_base, "provider": prov.name, "note": f"error: {msg}"})
-                counts["errors"] += 1
-                if device.type == "cuda":
-                    try:
-                        torch.cuda.synchronize()
-                    except Exception:  # a sticky CUDA error: nothing after this point can be trusted
-                        tqdm.write(f"[bench {op}] the CUDA context is broken; stopping")
-                        raise
+                failed(prov, row_base, pt, e)
                 continue
-            note.append(f"timing={t.mode}")
-            if extra:
-                note.append(extra)
-            sink.write({**row_base, "provider": prov.name, "median_us": t.median_us, "p20_us": t.p20_us,
-                        "p80_us": t.p80_us, "gbps": gbps(nb, t.median_us), "note": "; ".join(note)})
+            write_row(sink, row_base, prov.name, t, nb, note, extra)
             counts["rows"] += 1
-        del ctx
+        if ready:
+            use_graph = {name: device.type == "cuda" and prov.graph_ok and (
+                args.timing == "graph" or (args.timing == "auto" and nb <= GRAPH_MAX_BYTES))
+                for name, (prov, _, _) in ready.items()}
+            timings, errors = measure_interleaved({name: fns for name, (_, fns, _) in ready.items()}, device,
+                                                  graph=use_graph, rounds=rounds, budget_s=budget_s)
+            for name, (prov, _, note) in ready.items():
+                if name in errors:
+                    failed(prov, row_base, pt, RuntimeError(errors[name]))
+                    continue
+                write_row(sink, row_base, name, timings[name], nb, note, extra)
+                counts["rows"] += 1
+        del ctxs, ready
         if device.type == "cuda":
             torch.cuda.empty_cache()
     bar.close()
     print(f"[bench {op}] wrote {counts['rows']} rows to {sink.path}; skipped {counts['skipped_points']} points; "
-          f"{counts['errors']} provider failures")
+          f"{counts['errors']} provider failures" + (f"; {counts['deadline_points']} points left at the deadline"
+                                                     if counts["deadline_points"] else ""))
     return counts
+
+
+def write_row(sink: CsvSink, row_base: Dict, provider: str, t: Timing, nb: int, note: List[str], extra: str) -> None:
+    note = note + [f"timing={t.mode}"] + ([extra] if extra else [])
+    sink.write({**row_base, "provider": provider, "median_us": t.median_us, "p20_us": t.p20_us,
+                "p80_us": t.p80_us, "gbps": gbps(nb, t.median_us), "note": "; ".join(note)})
 
 
 def compile_defaults(device: torch.device) -> None:

@@ -48,17 +48,18 @@ sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from speccas_kernels.rules import DEFAULT_ALPHA, RULE_INFO, RULES  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 OUT = RESULTS / "humaneval_cpu.jsonl"
 ALPHAS = RESULTS / "quality_cost_alphas.json"
 NOTES = "## Notes"  # a hand-written section of humaneval_cpu.md, kept when the report is rewritten
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ", "\n```", "\n@")
-RULE_NAMES = ("chow", "diff", "opt", "token_v1", "token_v2", "token_v3")
+RULE_NAMES = tuple(r for r in RULES if RULE_INFO[r].uses_alpha and RULE_INFO[r].family != "lossy")  # cascade rules
 DEFAULT_CONFIGS = ("target@T0", "drafter@T0", "speculative@T0", "hf_assisted@T0", "token_v3@tv0.01@T0",
                    "opt@tv0.01@T0", "chow@tv0.01@T0", "lossy@tv0.01@T0", "token_cascade@tv0.01@T0",
                    "token_v3@tv0.025@T0", "speculative@T1s0", "token_v3@tv0.01@T1s0")
-FALLBACK_ALPHA = {"token_v3": 0.5, "opt": 0.5, "chow": 0.5, "diff": 0.0, "token_v1": 0.3, "token_v2": 0.3,
-                  "lossy": 0.3, "token_cascade": 0.5}
+FALLBACK_ALPHA = dict(DEFAULT_ALPHA, token_cascade=0.5)
 
 
 # ----------------------------------------------------------------------------------------------- configs

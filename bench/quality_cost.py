@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from speccas import analysis as an  # noqa: E402
 from speccas.calibrate import choose_alpha  # noqa: E402
+from speccas_kernels.rules import RULE_INFO, RULES  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -216,7 +217,7 @@ def main(argv=None):
     # Alphas for the generation benchmark (greedy there): the cheapest alpha of each cascade rule
     # whose emitted token differs from the target's greedy token at most 1% / 2.5% of the time.
     alphas = {}
-    for rule in ("token_v3", "opt", "chow", "diff", "lossy"):
+    for rule in [r for r in RULES if RULE_INFO[r].uses_alpha]:
         for tv in (0.01, 0.025):
             c = choose_alpha(corpus, rule, max_tv=tv, K=K, temperature=0.0, tol=1e-3)
             alphas[f"{rule}@tv{tv:g}"] = dict(rule=rule, alpha=c.alpha, feasible=c.feasible, max_tv=tv,
@@ -224,8 +225,7 @@ def main(argv=None):
                                                                        ("deferral", "tokens_per_forward", "tv")})
     (out / "quality_cost_alphas.json").write_text(json.dumps(alphas, indent=1))
 
-    rules_main = [r for r in ("speculative", "lossy", "chow", "diff", "opt", "token_v1", "token_v2", "token_v3",
-                              "token_cascade")]
+    rules_main = list(RULES) + ["token_cascade"]
     L = corpus.lengths
     md = []
     md.append("# Quality vs cost: every rule on the real pair (teacher-forced, HumanEval)\n")

@@ -7,8 +7,13 @@ table: median time and effective bandwidth against the shape, one line per provi
 one panel per rule (and draft length K). When a key (op, provider, rule, shape, dtype, device)
 was measured more than once, the latest row wins.
 
+Where the static model's rows exist (``bench/results/roofline_sm90.csv``, written by
+``bench/roofline.py``, rows marked ``kind=model``) and GPU measurements exist, a section puts the
+model's predicted time beside the measured one, labelled as a model (``model_vs_measured``).
+
     python bench/report.py                       # bench/results -> bench/results/REPORT.md
     python bench/report.py --results DIR --out DIR/REPORT.md
+    python bench/report.py --results DIR --model-table DIR/model_vs_measured.md
 """
 
 from __future__ import annotations
@@ -17,21 +22,31 @@ import argparse
 import csv
 import math
 import re
+import statistics
 import sys
 from collections import OrderedDict, defaultdict
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from speccas_kernels.rules import RULES  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 OURS = ("triton", "cuda", "cpp")  # the speccas kernels
 BASELINE = "reference"
 PROVIDER_ORDER = ("triton", "cuda", "cpp", "reference", "torch.compile", "flashinfer", "hf", "multinomial", "argmax")
-RULE_ORDER = ("speculative", "chow", "diff", "opt", "token_v1", "token_v2", "token_v3", "lossy", "sample", "greedy")
+RULE_ORDER = RULES + ("sample", "greedy")
 NOISY = 0.25  # mark cells whose p20-p80 spread exceeds this share of the median
 DTYPE_ORDER = ("fp32", "bf16", "fp16")
+MODEL_CSV = RESULTS_DIR / "roofline_sm90.csv"
+KEYS = ("op", "provider", "rule", "B", "K", "V", "dtype")
+DTYPE_ALIASES = {"fp32": "fp32", "float32": "fp32", "torch.float32": "fp32", "float": "fp32",
+                 "bf16": "bf16", "bfloat16": "bf16", "torch.bfloat16": "bf16",
+                 "fp16": "fp16", "float16": "fp16", "torch.float16": "fp16", "half": "fp16"}
+PREDICTED = ("predicted_us", "model_us", "pred_us")  # the first present names the model's time
+CPU_DEVICE = re.compile(r"^(amd|intel|cpu)|\(\d+ threads?\)", re.IGNORECASE)
 
 
 def _num(s: str) -> Optional[float]:
@@ -235,7 +250,7 @@ def plot_group(op: str, device: str, dtype: str, points: Dict[tuple, Dict[str, d
     return paths
 
 
-def render(results: Path, out: Path, plots: bool = True) -> Path:
+def render(results: Path, out: Path, plots: bool = True, model: Path = MODEL_CSV) -> Path:
     rows, problems, files = load(results)
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# speccas kernel benchmarks", "",
@@ -279,6 +294,8 @@ def render(results: Path, out: Path, plots: bool = True) -> Path:
         if plots:
             for path in plot_group(op, device, dtype, points, out.parent):
                 lines += [f"![{path.stem}]({_rel(path, out.parent)})", ""]
+    if Path(model).exists() and any(not CPU_DEVICE.search(r["device"]) for r in rows):
+        lines += model_vs_measured(rows, model)
     measured_keys = {(r["op"], r["device"], r["provider"]) for r in rows}
     latest: Dict[tuple, dict] = {}
     for p in problems:
@@ -298,6 +315,144 @@ def render(results: Path, out: Path, plots: bool = True) -> Path:
     return out
 
 
+# ----------------------------------------------------------------------------------------------
+# Model beside measurement
+
+
+def _norm(key: str, value) -> str:
+    v = "" if value is None else str(value).strip()
+    if key == "dtype":
+        return DTYPE_ALIASES.get(v.lower(), v.lower())
+    if key in ("B", "K", "V"):
+        f = _num(v)
+        return str(int(f)) if f is not None and f == int(f) else v
+    return v.lower() if key in ("op", "provider", "rule") else v
+
+
+def load_model(path: Path):
+    """(model rows keyed by the join keys the file has, the keys, the time column, why not). Tolerant
+    of the file's columns: header names are matched case-insensitively; rows with a ``kind`` column
+    are kept only where it says ``model``; ``predicted_us`` (or ``model_us``/``pred_us``) is the one
+    column required; of the join keys (op, provider, rule, B, K, V, dtype) it uses those present.
+    When a key has several model rows (kernel versions recorded as they go), the one with the latest
+    ``date`` wins, or the last in the file when there is no date."""
+    path = Path(path)
+    if not path.exists():
+        return {}, (), "", f"{_rel(path, REPO_ROOT)} is absent"
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = {h.strip().lower(): h for h in (reader.fieldnames or [])}
+        pred = next((header[c] for c in PREDICTED if c in header), None)
+        if pred is None:
+            return {}, (), "", f"{_rel(path, REPO_ROOT)} has no {'/'.join(PREDICTED)} column"
+        keys = tuple(k for k in KEYS if k.lower() in header)
+        if not keys:
+            return {}, (), "", f"{_rel(path, REPO_ROOT)} has none of the join columns {', '.join(KEYS)}"
+        kind, date = header.get("kind"), header.get("date")
+        model: Dict[tuple, dict] = {}
+        for row in reader:
+            if kind and str(row.get(kind, "")).strip().lower() != "model":
+                continue
+            if _num(row.get(pred)) is None:
+                continue
+            k = tuple(_norm(key, row.get(header[key.lower()])) for key in keys)
+            old = model.get(k)
+            if old is None or not date or str(row.get(date, "")) >= str(old.get(date, "")):
+                model[k] = row
+    return model, keys, pred, ""
+
+
+def model_vs_measured(rows: List[dict], model_path: Path = MODEL_CSV, include_cpu: bool = False) -> List[str]:
+    """Markdown: the static model's predicted time beside the measured times of the speccas kernels
+    (``triton``, ``cuda``), one table per measured device, a row per model point that was measured.
+    Measured rows from CPU devices (and the ``cpp`` kernel) are left out unless ``include_cpu`` (the
+    model is of an sm_90 GPU; the suite's CPU dry run includes them to prove the rendering)."""
+    model, keys, pred, why = load_model(model_path)
+    title = ["## Model beside measurement", ""]
+    if why:
+        return title + [f"No model to compare with: {why} (`bench/roofline.py` writes it).", ""]
+    kernels = ("triton", "cuda", "cpp") if include_cpu else ("triton", "cuda")
+    by_device: Dict[str, Dict[tuple, Dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        if r.get("provider") not in kernels or (not include_cpu and CPU_DEVICE.search(r.get("device", ""))):
+            continue
+        point = tuple(_norm(k, r.get(k)) for k in KEYS)
+        for mk in _model_keys(point, keys):
+            if mk in model:
+                by_device[r["device"]][point[:1] + point[2:]][r["provider"]] = r  # keyed without the provider
+                break
+    lines = title + [
+        f"The **model** column is a prediction of `bench/roofline.py` (static sm_90 model: compiled kernels, bytes, "
+        f"launches), read from `{_rel(Path(model_path), REPO_ROOT)}` ({len(model)} model points, joined on "
+        f"{', '.join(keys)}); the other columns are measurements. *measured / model* above 1: slower than "
+        "predicted. *% of copy*: effective bandwidth (bytes the op must read over the median) as a share of "
+        "the copy bandwidth measured in the same run.", ""]
+    if not by_device:
+        return lines + ["No measured point of the speccas kernels matches a model point yet.", ""]
+    per_provider = "provider" in keys  # the model predicts each kernel separately
+
+    def predicted(point: tuple, provider: str) -> Optional[float]:
+        full = point[:1] + (provider,) + point[1:]
+        m = next((model[mk] for mk in _model_keys(full, keys) if mk in model), None)
+        return _num(m[pred]) if m is not None else None
+
+    for device, points in sorted(by_device.items()):
+        provs = [p for p in kernels if any(p in c for c in points.values())]
+        head = ["op", "rule", "B", "K", "V", "dtype"] + ([] if per_provider else ["model µs (model)"])
+        for p in provs:
+            head += ([f"{p} model µs (model)"] if per_provider else []) + [
+                f"{p} µs", f"{p} measured / model", f"{p} % of copy", f"{p} timing"]
+        lines += [f"### {device}", "", "| " + " | ".join(head) + " |",
+                  "|" + "|".join([":--"] * 6 + ["--:"] * (len(head) - 6)) + "|"]
+        ratios = []
+        order = lambda kv: (kv[0][0], _rule_key(kv[0][1]), _int(kv[0][3]), _int(kv[0][4]), _int(kv[0][2]), kv[0][5])  # noqa: E731
+        for point, cells in sorted(points.items(), key=order):
+            out = list(point)
+            if not per_provider:
+                pu = next((x for x in (predicted(point, p) for p in provs) if x is not None), None)
+                out.append(_fmt_us(pu) if pu is not None else "-")
+            for p in provs:
+                c = cells.get(p) or {}
+                pu = predicted(point, p)
+                mu, g, cp = _num(c.get("median_us")), _num(c.get("gbps")), _num(c.get("copy_gbps"))
+                ratio = mu / pu if mu and pu else None
+                if ratio is not None:
+                    ratios.append(ratio)
+                mode = next((part.split("=", 1)[1].split(",")[0] for part in c.get("note", "").split("; ")
+                             if part.startswith("timing=")), "-")
+                out += ([_fmt_us(pu) if pu is not None else "-"] if per_provider else []) + [
+                    _fmt_us(mu) if mu is not None else "-", _fmt_ratio(ratio),
+                    f"{100 * g / cp:.0f}%" if g and cp else "-", mode]
+            lines.append("| " + " | ".join(str(x) for x in out) + " |")
+        if ratios:
+            ratios.sort()
+            lines += ["", f"{len(ratios)} comparisons; measured / model: median {_fmt_ratio(statistics.median(ratios))}, "
+                          f"range {_fmt_ratio(ratios[0])} to {_fmt_ratio(ratios[-1])}."]
+        lines.append("")
+    return lines
+
+
+def _model_keys(point: tuple, keys: Sequence[str]):
+    """The model key of a measured point (``point`` holds every KEYS value), for the model's key
+    columns; a model without a provider column predicts for every provider; the ``K`` of
+    ``sample`` rows (empty in the benchmark) also matches a model's 0."""
+    vals = dict(zip(KEYS, point))
+    yield tuple(vals[k] for k in keys)
+    if "K" in keys and vals["K"] == "":
+        vals["K"] = "0"
+        yield tuple(vals[k] for k in keys)
+
+
+def write_model_table(results: Path, out: Path, model_path: Path = MODEL_CSV, include_cpu: bool = False) -> Path:
+    rows, _, _ = load(results)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(["# speccas: static model beside measurement", "",
+                              f"Generated by `python bench/report.py --model-table` from `{_rel(results, REPO_ROOT)}`.",
+                              ""] + model_vs_measured(rows, model_path, include_cpu)[2:]))
+    return out
+
+
 def _rel(path: Path, base: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(Path(base).resolve()))
@@ -310,9 +465,17 @@ def main(argv=None) -> int:
     p.add_argument("--results", type=Path, default=RESULTS_DIR, help="directory of the CSV files")
     p.add_argument("--out", type=Path, default=None, help="Markdown file (default: <results>/REPORT.md)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--model", type=Path, default=MODEL_CSV, help="the static model's rows (bench/roofline.py)")
+    p.add_argument("--model-table", type=Path, default=None,
+                   help="write only the model-beside-measurement table to this Markdown file")
+    p.add_argument("--include-cpu", action="store_true", help="model table: CPU measurements too (smoke tests)")
     args = p.parse_args(argv)
+    if args.model_table:
+        path = write_model_table(args.results, args.model_table, args.model, args.include_cpu)
+        print(f"[report] wrote {path}")
+        return 0
     out = args.out or args.results / "REPORT.md"
-    path = render(args.results, out, plots=not args.no_plots)
+    path = render(args.results, out, plots=not args.no_plots, model=args.model)
     print(f"[report] wrote {path}")
     return 0
 

@@ -49,6 +49,9 @@ struct Scratch {
   alignas(64) acc_t p[kBlock];
   alignas(64) acc_t pa[kBlock];
   alignas(64) acc_t s[kBlock];
+  alignas(64) acc_t pi[kBlock];
+  alignas(64) acc_t fs[kBlock];
+  alignas(64) char in_a[kBlock];
   alignas(64) float g[kBlock];
   alignas(64) uint32_t bits[kBlock];
 };
@@ -230,7 +233,7 @@ template <typename acc_t>
 struct Race {
   acc_t best = neg_inf<acc_t>();
   int64_t idx = -1;
-  int any_pos = 0;  // residual races: some w > 0
+  double mass = 0.0;  // residual races: sum of the weights w over the chunk
   int bad = 0;      // sample: NaN or +inf seen
 };
 
@@ -254,16 +257,34 @@ inline void race_block(const acc_t* s, int64_t n, int64_t v0, Race<acc_t>& r) {
 
 // Merge chunk results in vocabulary order (ties keep the earlier chunk: the lowest index).
 template <typename acc_t>
+inline void merge_into(Race<acc_t>& out, const Race<acc_t>& c) {
+  out.mass += c.mass;
+  out.bad |= c.bad;
+  if (c.idx >= 0 && (out.idx < 0 || c.best > out.best)) {
+    out.best = c.best;
+    out.idx = c.idx;
+  }
+}
+
+template <typename acc_t>
 inline Race<acc_t> merge_races(const Race<acc_t>* c, int64_t nch) {
   Race<acc_t> out;
+  for (int64_t k = 0; k < nch; ++k) merge_into(out, c[k]);
+  return out;
+}
+
+// A residual race and its fallback, the race over pi itself (used when the residual is all zero).
+template <typename acc_t>
+struct RacePair {
+  Race<acc_t> main, fallback;
+};
+
+template <typename acc_t>
+inline RacePair<acc_t> merge_races(const RacePair<acc_t>* c, int64_t nch) {
+  RacePair<acc_t> out;
   for (int64_t k = 0; k < nch; ++k) {
-    out.any_pos |= c[k].any_pos;
-    out.bad |= c[k].bad;
-    if (c[k].idx < 0) continue;
-    if (out.idx < 0 || c[k].best > out.best) {
-      out.best = c[k].best;
-      out.idx = c[k].idx;
-    }
+    merge_into(out.main, c[k].main);
+    merge_into(out.fallback, c[k].fallback);
   }
   return out;
 }

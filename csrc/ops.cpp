@@ -12,7 +12,8 @@
 // A fragment, so that the order in which this library and the Python fragment load never matters.
 TORCH_LIBRARY_FRAGMENT(speccas, m) {
   m.def(
-      "verify_native(Tensor draft_logits, Tensor target_logits, Tensor draft_tokens, int rule, Tensor alpha, "
+      "verify_native(Tensor draft_logits, Tensor target_logits, Tensor draft_tokens, int[] rule, float[] alpha_range, "
+      "Tensor alpha, "
       "Tensor temperature, Tensor seed, Tensor offset, Tensor num_draft_tokens, int vocab_size) "
       "-> (Tensor tokens, Tensor num_accepted, Tensor deferred, Tensor accept_prob, Tensor valid)");
   m.def("sample_native(Tensor logits, Tensor temperature, Tensor seed, Tensor offset, int vocab_size) -> Tensor");

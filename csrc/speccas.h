@@ -28,11 +28,34 @@ using VerifyResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, 
 struct VerifyInputs {
   at::Tensor zq, zp, x, alpha, temperature, seed, offset, n;
   int64_t B, K, V;
-  int rule;
+  RuleArgs rule;
 };
 
+// The rule's row of speccas_kernels/rules.py as the op receives it (native.rule_args):
+// rule = [code, family, needs_tv, reads_qh, reads_ph, uses_alpha, high_open], alpha_range = [low, high].
+inline RuleArgs check_rule_args(at::IntArrayRef rule, at::ArrayRef<double> alpha_range) {
+  SPECCAS_CHECK(rule.size() == 7 && alpha_range.size() == 2,
+                "rule must be [code, family, needs_tv, reads_qh, reads_ph, uses_alpha, high_open] and alpha_range "
+                "[low, high], got ", rule, " and ", alpha_range);
+  RuleArgs r;
+  r.code = static_cast<int>(rule[0]);
+  r.family = static_cast<int>(rule[1]);
+  r.needs_tv = rule[2] != 0;
+  r.reads_qh = rule[3] != 0;
+  r.reads_ph = rule[4] != 0;
+  r.uses_alpha = rule[5] != 0;
+  r.high_open = rule[6] != 0;
+  r.alpha_lo = alpha_range[0];
+  r.alpha_hi = alpha_range[1];
+  SPECCAS_CHECK(rule_family(r.code) >= 0 && rule_family(r.code) == r.family, "rule code ", r.code, " (family ",
+                r.family, ") is not a rule this extension was built with: rebuild it after changing rules.py");
+  SPECCAS_CHECK(r.family != kFamilyB || r.reads_qh || r.reads_ph, "a token-set rule must read qh or ph");
+  return r;
+}
+
 inline VerifyInputs check_verify_inputs(const at::Tensor& draft_logits, const at::Tensor& target_logits,
-                                        const at::Tensor& draft_tokens, int64_t rule, const at::Tensor& alpha,
+                                        const at::Tensor& draft_tokens, at::IntArrayRef rule,
+                                        at::ArrayRef<double> alpha_range, const at::Tensor& alpha,
                                         const at::Tensor& temperature, const at::Tensor& seed,
                                         const at::Tensor& offset, const at::Tensor& num_draft_tokens,
                                         int64_t vocab_size) {
@@ -67,13 +90,12 @@ inline VerifyInputs check_verify_inputs(const at::Tensor& draft_logits, const at
   CHECK_DTYPE(seed, at::kLong);
   CHECK_DTYPE(offset, at::kLong);
   CHECK_DTYPE(num_draft_tokens, at::kLong);
-  SPECCAS_CHECK(rule >= 0 && rule < kNumRules, "unknown rule code ", rule);
   SPECCAS_CHECK(vocab_size >= 1 && vocab_size <= draft_logits.size(2) && vocab_size <= target_logits.size(2),
                 "vocab_size must be in [1, min(V_draft, V_target)], got ", vocab_size);
   auto last_contig = [](const at::Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); };
   return VerifyInputs{last_contig(draft_logits), last_contig(target_logits), draft_tokens.contiguous(),
                       alpha.contiguous(), temperature.contiguous(), seed.contiguous(), offset.contiguous(),
-                      num_draft_tokens.contiguous(), B, K, vocab_size, static_cast<int>(rule)};
+                      num_draft_tokens.contiguous(), B, K, vocab_size, check_rule_args(rule, alpha_range)};
 }
 
 // The outputs of verify_native before any row is decided, shared by the CPU and CUDA

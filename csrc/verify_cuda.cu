@@ -3,12 +3,12 @@
 //
 //   1. _verify_stats_kernel   grid (positions, chunks): per vocabulary chunk of each used position,
 //                             max, sum exp(z - max), sum exp((z - max) / T), first argmax, bad flags.
-//   2. _verify_rows_kernel    one thread per row: merges the chunks, row validity, q(x), p(x) and the
+//   2. _verify_merge_kernel   one thread per row: merges the chunks, row validity, q(x), p(x) and the
 //                             rule's decision per draft; marks positions that need a second pass.
-//   3. _verify_sums_kernel    grid (draft positions, chunks): TV(q, p) for opt, eta for family B (T > 0).
+//   3. _verify_second_look_kernel grid (draft positions, chunks): TV(q, p) for opt, eta for family B (T > 0).
 //   4. _verify_accept_kernel  one thread per row: a_i, the accept loop, the race to run.
 //   5. _verify_race_kernel    grid (rows, chunks): the bonus race zp_n + T G, or the residual race
-//                             log(w) + G together with its fallback log(pi) + G (w all zero).
+//                             log(w) + G together with its fallback log(pi) + G (w's mass rounding noise).
 //   6. _verify_emit_kernel    one thread per row: merges the race chunks and writes the outputs.
 //
 // Split vocabulary (chunks) when positions are few, as FlashInfer does for small batches.
@@ -45,10 +45,10 @@ template <typename acc_t>
 struct RaceD {
   acc_t best, fb_best;
   int64_t idx, fb_idx;
-  int any_pos;
+  double mass;  // the chunk's residual mass
 };
 
-enum : int { kNoRace = -1, kBonus = 0, kResP = 1, kResQ = 2, kResB = 3 };
+enum : int { kNoRace = -1, kBonus = 0, kResidual = 1, kPi = 2 };  // kPi: family A with r = 0 (pi = q)
 enum : int { kNoSum = 0, kSumTV = 1, kSumEta = 2 };
 
 struct Geometry {
@@ -58,12 +58,18 @@ struct Geometry {
   int nch;                     // chunks per position
   int64_t rcsz;                // chunk size of the race
   int rnch;                    // chunks per race
-  int rule;
+  RuleArgs rule;
 };
 
 template <typename acc_t>
-__device__ __forceinline__ bool row_params_ok(int rule, acc_t T, acc_t alpha) {
+__device__ __forceinline__ bool row_params_ok(const RuleArgs& rule, acc_t T, acc_t alpha) {
   return (T - T) == acc_t(0) && T >= acc_t(0) && alpha_ok(rule, alpha);
+}
+
+// A rule without alpha reads it as 0.
+template <typename acc_t>
+__device__ __forceinline__ acc_t row_alpha(const RuleArgs& rule, const acc_t* alpha, int64_t b) {
+  return rule.uses_alpha ? alpha[b] : acc_t(0);
 }
 
 __device__ __forceinline__ int64_t clamp_n(int64_t n, int64_t K) { return n < 0 ? 0 : (n > K ? K : n); }
@@ -154,30 +160,38 @@ struct DraftState {  // arrays [B, K]
   acc_t* a;
   acc_t* qx;
   acc_t* px;
-  acc_t* tv_eta;
+  acc_t* tv;  // TV(q, p), for the rules that read it
+  acc_t* w;   // family A: the blend weight r; family B: eta
   int8_t* defer;
   int8_t* in_a;
   int8_t* x_ok;
   int8_t* need;
 };
 
-template <typename in_t, typename acc_t>
-__device__ __forceinline__ void set_accept(int rule, acc_t al, DraftState<acc_t> s, int64_t k) {
-  acc_t a;
-  if (!s.x_ok[k]) {
-    a = acc_t(0);
-  } else if (rule == kLossy) {
-    a = ratio(s.px[k], mul_rn(acc_t(1) - al, s.qx[k]));
-  } else if (is_family_b(rule)) {
-    a = (s.in_a[k] && s.qx[k] > acc_t(0)) ? acc_t(1) : ratio(mul_rn(s.tv_eta[k], s.px[k]), s.qx[k]);
-  } else {
-    a = s.defer[k] ? ratio(s.px[k], s.qx[k]) : (s.qx[k] > acc_t(0) ? acc_t(1) : acc_t(0));
-  }
-  s.a[k] = a;
+template <typename acc_t>
+__device__ __forceinline__ void set_accept(const RuleArgs& R, acc_t al, DraftState<acc_t> s, int64_t k) {
+  s.a[k] = s.x_ok[k] ? acceptance(R.family, al, s.w[k], s.in_a[k] != 0, s.qx[k], s.px[k]) : acc_t(0);
+}
+
+// Family A: the weight r once TV is known (rules that read it).
+template <typename acc_t>
+__device__ __forceinline__ void weigh(const RuleArgs& R, acc_t al, const PosStatsD<acc_t>& sq,
+                                      const PosStatsD<acc_t>& sp, DraftState<acc_t> s, int64_t k) {
+  s.w[k] = blend_weight(R.code, al, div_rn(acc_t(1), sq.S1), div_rn(acc_t(1), sp.S1), s.tv[k]);
+  s.defer[k] = s.w[k] > acc_t(0);
+}
+
+// v in A at one entry, from the logits of the two models there.
+template <typename acc_t>
+__device__ __forceinline__ bool member_at(const RuleArgs& R, acc_t al, acc_t zq, acc_t zp, const PosStatsD<acc_t>& sq,
+                                          const PosStatsD<acc_t>& sp) {
+  const acc_t qh = R.reads_qh ? unscaled_at(zq, sq) : acc_t(0);
+  const acc_t ph = R.reads_ph ? unscaled_at(zp, sp) : acc_t(0);
+  return in_token_set(R.code, al, qh, ph, div_rn(acc_t(1), sp.S1));
 }
 
 template <typename in_t, typename acc_t>
-__global__ void _verify_rows_kernel(
+__global__ void _verify_merge_kernel(
     PosStatsD<acc_t>* __restrict__ pos_stats,       // [P]
     DraftState<acc_t> st,
     bool* __restrict__ valid,                       // [B]
@@ -189,10 +203,10 @@ __global__ void _verify_rows_kernel(
   const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (b >= geo.B) return;
   const int64_t K = geo.K, V = geo.V;
-  const int rule = geo.rule;
+  const RuleArgs& R = geo.rule;
   const int64_t n = clamp_n(ndraft[b], K);
-  const acc_t T = temperature[b], al = alpha[b];
-  bool ok = row_params_ok(rule, T, al);
+  const acc_t T = temperature[b], al = row_alpha(R, alpha, b);
+  bool ok = row_params_ok(R, T, alpha[b]);
   if (ok) {
     for (int64_t i = 0; i < n && ok; ++i) {
       const int64_t p = b * K + i;
@@ -219,46 +233,51 @@ __global__ void _verify_rows_kernel(
     st.qx[k] = xok ? prob_at(load_as<in_t, acc_t>(rq + xv), xv, sq, T) : acc_t(0);
     st.px[k] = xok ? prob_at(load_as<in_t, acc_t>(rp + xv), xv, sp, T) : acc_t(0);
     st.need[k] = kNoSum;
-    st.tv_eta[k] = acc_t(0);
+    st.tv[k] = acc_t(0);
+    st.w[k] = acc_t(0);
     st.in_a[k] = 0;
-    const acc_t max_qh = div_rn(acc_t(1), sq.S1), max_ph = div_rn(acc_t(1), sp.S1);
-    if (rule == kLossy) {
-      st.defer[k] = 1;
-    } else if (is_family_b(rule)) {
-      const bool reads_q = token_set_reads_q(rule);
-      const PosStatsD<acc_t>& sa = reads_q ? sq : sp;
-      const in_t* ra = reads_q ? rq : rp;
-      const acc_t thr = token_threshold(rule, al, max_ph);
-      const bool in_x = xok && unscaled_at(load_as<in_t, acc_t>(ra + xv), sa) >= thr;
-      st.in_a[k] = in_x;
-      st.defer[k] = !in_x;
-      if (!(in_x && st.qx[k] > acc_t(0))) {
-        if (T == acc_t(0)) {
-          st.tv_eta[k] = unscaled_at(load_as<in_t, acc_t>(ra + sq.amax), sa) >= thr ? acc_t(0) : acc_t(1);
-        } else {
-          st.need[k] = kSumEta;
-          continue;
+    switch (static_cast<FamilyCode>(R.family)) {
+      case kFamilyLossy:
+        st.defer[k] = 1;
+        break;
+      case kFamilyB: {
+        const bool in_x =
+            xok && member_at(R, al, load_as<in_t, acc_t>(rq + xv), load_as<in_t, acc_t>(rp + xv), sq, sp);
+        st.in_a[k] = in_x;
+        st.defer[k] = !in_x;
+        if (!(in_x && st.qx[k] > acc_t(0))) {  // eta is read: by a_i, or by the residual here
+          if (T == acc_t(0)) {  // q is one-hot at its argmax
+            const int64_t am = sq.amax;
+            st.w[k] = member_at(R, al, load_as<in_t, acc_t>(rq + am), load_as<in_t, acc_t>(rp + am), sq, sp)
+                          ? acc_t(0)
+                          : acc_t(1);
+          } else {
+            st.need[k] = kSumEta;
+            continue;
+          }
         }
+        break;
       }
-    } else if (rule == kOpt) {
-      if (T == acc_t(0)) {
-        st.tv_eta[k] = sq.amax != sp.amax ? acc_t(1) : acc_t(0);
-      } else {
-        st.need[k] = kSumTV;
-        continue;
-      }
-      st.defer[k] = family_a_defers(rule, al, max_qh, max_ph, st.tv_eta[k]);
-    } else {
-      st.defer[k] = family_a_defers(rule, al, max_qh, max_ph, acc_t(0));
+      case kFamilyA:
+        if (R.needs_tv) {
+          if (T == acc_t(0)) {
+            st.tv[k] = sq.amax != sp.amax ? acc_t(1) : acc_t(0);
+          } else {
+            st.need[k] = kSumTV;
+            continue;
+          }
+        }
+        weigh(R, al, sq, sp, st, k);
+        break;
     }
-    set_accept<in_t, acc_t>(rule, al, st, k);
+    set_accept(R, al, st, k);
   }
 }
 
 // ---- 3. second pass: TV or eta ------------------------------------------------------------------
 
 template <typename in_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) _verify_sums_kernel(
+__global__ void __launch_bounds__(kThreads) _verify_second_look_kernel(
     double* __restrict__ out,                          // [B K, nch]
     const PosStatsD<acc_t>* __restrict__ pos_stats,   // [P]
     const int8_t* __restrict__ need,                  // [B, K]
@@ -276,10 +295,7 @@ __global__ void __launch_bounds__(kThreads) _verify_sums_kernel(
   const PosStatsD<acc_t> sp = pos_stats[geo.B * K + b * (K + 1) + i];
   const in_t* rq = zq + b * geo.sqB + i * geo.sqL;
   const in_t* rp = zp + b * geo.spB + i * geo.spL;
-  const bool reads_q = token_set_reads_q(geo.rule);
-  const PosStatsD<acc_t> sa = reads_q ? sq : sp;
-  const in_t* ra = reads_q ? rq : rp;
-  const acc_t thr = token_threshold(geo.rule, alpha[b], div_rn(acc_t(1), sp.S1));
+  const acc_t al = row_alpha(geo.rule, alpha, b);
   const int64_t lo = static_cast<int64_t>(c) * geo.csz;
   const int64_t hi = lo + geo.csz < V ? lo + geo.csz : V;
   acc_t s = 0;
@@ -289,7 +305,7 @@ __global__ void __launch_bounds__(kThreads) _verify_sums_kernel(
       const acc_t d = q - prob_at(load_as<in_t, acc_t>(rp + v), v, sp, T);
       s += d > acc_t(0) ? d : acc_t(0);
     } else {
-      s += unscaled_at(load_as<in_t, acc_t>(ra + v), sa) >= thr ? acc_t(0) : q;
+      s += member_at(geo.rule, al, load_as<in_t, acc_t>(rq + v), load_as<in_t, acc_t>(rp + v), sq, sp) ? acc_t(0) : q;
     }
   }
   const double total = block_sum(static_cast<double>(s), sh_d);
@@ -302,7 +318,6 @@ template <typename acc_t>
 struct RaceSetup {  // arrays [B]
   int* kind;
   int64_t* m;
-  acc_t* thr;
 };
 
 template <typename in_t, typename acc_t>
@@ -321,21 +336,21 @@ __global__ void _verify_accept_kernel(
   rs.kind[b] = kNoRace;
   if (!valid[b]) return;
   const int64_t K = geo.K;
-  const int rule = geo.rule;
+  const RuleArgs& R = geo.rule;
   const int64_t n = clamp_n(ndraft[b], K);
-  const acc_t T = temperature[b], al = alpha[b];
+  const acc_t T = temperature[b], al = row_alpha(R, alpha, b);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t k = b * K + i;
     if (st.need[k] != kNoSum) {
       double s = 0.0;
       for (int c = 0; c < geo.nch; ++c) s += sums[k * geo.nch + c];
-      st.tv_eta[k] = static_cast<acc_t>(s);
       if (st.need[k] == kSumTV) {
-        const PosStatsD<acc_t> sq = pos_stats[k];
-        const PosStatsD<acc_t> sp = pos_stats[geo.B * K + b * (K + 1) + i];
-        st.defer[k] = family_a_defers(rule, al, div_rn(acc_t(1), sq.S1), div_rn(acc_t(1), sp.S1), st.tv_eta[k]);
+        st.tv[k] = static_cast<acc_t>(s);
+        weigh(R, al, pos_stats[k], pos_stats[geo.B * K + b * (K + 1) + i], st, k);
+      } else {
+        st.w[k] = static_cast<acc_t>(s);
       }
-      set_accept<in_t, acc_t>(rule, al, st, k);
+      set_accept(R, al, st, k);
     }
     deferred[k] = st.defer[k] != 0;
     accept_prob[k] = static_cast<float>(st.a[k]);
@@ -355,13 +370,7 @@ __global__ void _verify_accept_kernel(
     rs.kind[b] = kBonus;
     return;
   }
-  const int64_t k = b * K + m;
-  if (is_family_b(rule)) {
-    rs.kind[b] = kResB;
-    rs.thr[b] = token_threshold(rule, al, div_rn(acc_t(1), pos_stats[geo.B * K + b * (K + 1) + m].S1));
-  } else {
-    rs.kind[b] = (rule == kLossy || st.defer[k]) ? kResP : kResQ;
-  }
+  rs.kind[b] = residual_is_empty(R.family, st.w[b * K + m]) ? kPi : kResidual;
 }
 
 // ---- 5. the race --------------------------------------------------------------------------------
@@ -371,7 +380,8 @@ __global__ void __launch_bounds__(kThreads) _verify_race_kernel(
     RaceD<acc_t>* __restrict__ out,  // [B, rnch]
     RaceSetup<acc_t> rs, DraftState<acc_t> st, const PosStatsD<acc_t>* __restrict__ pos_stats,
     const in_t* __restrict__ zq, const in_t* __restrict__ zp, const acc_t* __restrict__ temperature,
-    const int64_t* __restrict__ seed, const int64_t* __restrict__ offset, Geometry geo) {
+    const acc_t* __restrict__ alpha, const int64_t* __restrict__ seed, const int64_t* __restrict__ offset,
+    Geometry geo) {
   __shared__ acc_t sh_v[kWarps];
   __shared__ int64_t sh_i[kWarps];
   __shared__ double sh_d[kWarps];
@@ -385,22 +395,20 @@ __global__ void __launch_bounds__(kThreads) _verify_race_kernel(
   const int64_t sd = seed[b], pos = offset[b] + m;
   const in_t* rp = zp + b * geo.spB + m * geo.spL;
   const in_t* rq = zq + b * geo.sqB + (m < K ? m : 0) * geo.sqL;
+  const RuleArgs& R = geo.rule;
+  const acc_t al = row_alpha(R, alpha, b);
   PosStatsD<acc_t> sq{}, sp{};
-  acc_t eta = 0, thr = 0;
+  acc_t wm = 0;  // family A: r; family B: eta
   if (kind != kBonus) {
     sq = pos_stats[b * K + m];
     sp = pos_stats[geo.B * K + b * (K + 1) + m];
-    eta = st.tv_eta[b * K + m];
-    thr = rs.thr[b];
+    wm = st.w[b * K + m];
   }
-  const bool reads_q = token_set_reads_q(geo.rule);
-  const in_t* ra = reads_q ? rq : rp;
-  const PosStatsD<acc_t>& sa = reads_q ? sq : sp;
   const int64_t lo = static_cast<int64_t>(c) * geo.rcsz;  // a multiple of 4
   const int64_t hi = lo + geo.rcsz < V ? lo + geo.rcsz : V;
   acc_t best = neg_inf<acc_t>(), fb_best = neg_inf<acc_t>();
   int64_t idx = -1, fb_idx = -1;
-  int any = 0;
+  double mass = 0.0;
   // One thread per group of 4 entries: one Philox call serves all four.
   for (int64_t g0 = lo + 4 * static_cast<int64_t>(threadIdx.x); g0 < hi; g0 += 4 * kThreads) {
     const Philox4 r = philox_group(sd, pos, kStreamEmit, g0 >> 2);
@@ -413,23 +421,14 @@ __global__ void __launch_bounds__(kThreads) _verify_race_kernel(
       if (kind == kBonus) {
         s = load_as<in_t, acc_t>(rp + v) + T * g;
       } else {
-        const acc_t q = prob_at(load_as<in_t, acc_t>(rq + v), v, sq, T);
-        acc_t pi;
-        if (kind == kResQ) {
-          pi = q;
-        } else {
-          const acc_t p = prob_at(load_as<in_t, acc_t>(rp + v), v, sp, T);
-          if (kind == kResB) {
-            const bool in_a = unscaled_at(load_as<in_t, acc_t>(ra + v), sa) >= thr;
-            pi = (in_a ? q : acc_t(0)) + mul_rn(eta, p);
-          } else {
-            pi = p;
-          }
-        }
+        const acc_t zqv = load_as<in_t, acc_t>(rq + v), zpv = load_as<in_t, acc_t>(rp + v);
+        const acc_t q = prob_at(zqv, v, sq, T), p = prob_at(zpv, v, sp, T);
+        const bool in_a = R.family == kFamilyB && member_at(R, al, zqv, zpv, sq, sp);
+        const acc_t pi = blended(R.family, wm, in_a, q, p);
         const acc_t d = pi - q;
         const acc_t w = d > acc_t(0) ? d : acc_t(0);
-        any |= w > acc_t(0);
-        s = kind == kResQ ? neg_inf<acc_t>() : dlog(w) + g;
+        mass += static_cast<double>(w);
+        s = kind == kPi ? neg_inf<acc_t>() : dlog(w) + g;
         fs = dlog(pi) + g;
       }
       if (idx < 0 || s > best) {  // each thread visits its entries in increasing order
@@ -444,8 +443,8 @@ __global__ void __launch_bounds__(kThreads) _verify_race_kernel(
   }
   block_argmax(best, idx, sh_v, sh_i);
   block_argmax(fb_best, fb_idx, sh_v, sh_i);
-  any = block_sum(static_cast<double>(any), sh_d) > 0.0;
-  if (threadIdx.x == 0) out[b * geo.rnch + c] = RaceD<acc_t>{best, fb_best, idx, fb_idx, any};
+  mass = block_sum(mass, sh_d);
+  if (threadIdx.x == 0) out[b * geo.rnch + c] = RaceD<acc_t>{best, fb_best, idx, fb_idx, mass};
 }
 
 // ---- 6. emit ------------------------------------------------------------------------------------
@@ -459,10 +458,10 @@ __global__ void _verify_emit_kernel(int64_t* __restrict__ tokens, const RaceD<ac
   if (kind == kNoRace) return;
   acc_t best = neg_inf<acc_t>(), fb_best = neg_inf<acc_t>();
   int64_t idx = -1, fb_idx = -1;
-  int any = 0;
+  double mass = 0.0;
   for (int c = 0; c < geo.rnch; ++c) {  // chunks in vocabulary order: ties keep the lowest index
     const RaceD<acc_t> r = races[b * geo.rnch + c];
-    any |= r.any_pos;
+    mass += r.mass;
     if (r.idx >= 0 && (idx < 0 || r.best > best)) {
       best = r.best;
       idx = r.idx;
@@ -473,7 +472,7 @@ __global__ void _verify_emit_kernel(int64_t* __restrict__ tokens, const RaceD<ac
     }
   }
   const bool residual = kind != kBonus;
-  int64_t e = (residual && !any) ? fb_idx : idx;
+  int64_t e = (residual && !(mass > residual_eps<acc_t>())) ? fb_idx : idx;
   e = e < 0 ? 0 : (e >= geo.V ? geo.V - 1 : e);
   tokens[b * (geo.K + 1) + rs.m[b]] = e;
 }
@@ -507,20 +506,20 @@ void verify_cuda_impl(const VerifyInputs& in, at::Tensor& tokens, at::Tensor& nu
   at::Tensor ws_chunks = bytes(P * geo.nch * static_cast<int64_t>(sizeof(ChunkStatsD<acc_t>)));
   at::Tensor ws_pos = bytes(P * static_cast<int64_t>(sizeof(PosStatsD<acc_t>)));
   const int64_t BK = B * K > 0 ? B * K : 1;
-  at::Tensor ws_acc = at::empty({4, BK}, in.zq.options().dtype(in.alpha.scalar_type()));
+  at::Tensor ws_acc = at::empty({5, BK}, in.zq.options().dtype(in.alpha.scalar_type()));
   at::Tensor ws_flags = at::zeros({4, BK}, in.zq.options().dtype(at::kChar));
   at::Tensor ws_sums = at::zeros({BK * geo.nch}, in.zq.options().dtype(at::kDouble));
   at::Tensor ws_kind = at::empty({B}, in.zq.options().dtype(at::kInt));
   at::Tensor ws_m = at::empty({B}, in.zq.options().dtype(at::kLong));
-  at::Tensor ws_thr = at::empty({B}, in.zq.options().dtype(in.alpha.scalar_type()));
   at::Tensor ws_race = bytes(B * geo.rnch * static_cast<int64_t>(sizeof(RaceD<acc_t>)));
 
   auto* chunks = reinterpret_cast<ChunkStatsD<acc_t>*>(ws_chunks.data_ptr());
   auto* pos = reinterpret_cast<PosStatsD<acc_t>*>(ws_pos.data_ptr());
   acc_t* accp = ws_acc.data_ptr<acc_t>();
   int8_t* flg = ws_flags.data_ptr<int8_t>();
-  DraftState<acc_t> st{accp, accp + BK, accp + 2 * BK, accp + 3 * BK, flg, flg + BK, flg + 2 * BK, flg + 3 * BK};
-  RaceSetup<acc_t> rs{ws_kind.data_ptr<int>(), ws_m.data_ptr<int64_t>(), ws_thr.data_ptr<acc_t>()};
+  DraftState<acc_t> st{accp,         accp + BK,     accp + 2 * BK, accp + 3 * BK, accp + 4 * BK,
+                       flg,          flg + BK,      flg + 2 * BK,  flg + 3 * BK};
+  RaceSetup<acc_t> rs{ws_kind.data_ptr<int>(), ws_m.data_ptr<int64_t>()};
   const in_t* zq = in.zq.data_ptr<in_t>();
   const in_t* zp = in.zp.data_ptr<in_t>();
   const acc_t* T = in.temperature.data_ptr<acc_t>();
@@ -535,11 +534,11 @@ void verify_cuda_impl(const VerifyInputs& in, at::Tensor& tokens, at::Tensor& nu
   _verify_stats_kernel<in_t, acc_t><<<dim3(static_cast<unsigned>(P), geo.nch), kThreads, 0, stream>>>(
       chunks, zq, zp, nd, T, al, geo);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  _verify_rows_kernel<in_t, acc_t><<<row_blocks, row_threads, 0, stream>>>(
+  _verify_merge_kernel<in_t, acc_t><<<row_blocks, row_threads, 0, stream>>>(
       pos, st, valid.data_ptr<bool>(), chunks, zq, zp, x, nd, T, al, geo);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (K > 0) {
-    _verify_sums_kernel<in_t, acc_t><<<dim3(static_cast<unsigned>(B * K), geo.nch), kThreads, 0, stream>>>(
+    _verify_second_look_kernel<in_t, acc_t><<<dim3(static_cast<unsigned>(B * K), geo.nch), kThreads, 0, stream>>>(
         ws_sums.data_ptr<double>(), pos, st.need, zq, zp, T, al, geo);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -549,7 +548,7 @@ void verify_cuda_impl(const VerifyInputs& in, at::Tensor& tokens, at::Tensor& nu
       offset, geo);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   _verify_race_kernel<in_t, acc_t><<<dim3(static_cast<unsigned>(B), geo.rnch), kThreads, 0, stream>>>(
-      reinterpret_cast<RaceD<acc_t>*>(ws_race.data_ptr()), rs, st, pos, zq, zp, T, seed, offset, geo);
+      reinterpret_cast<RaceD<acc_t>*>(ws_race.data_ptr()), rs, st, pos, zq, zp, T, al, seed, offset, geo);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   _verify_emit_kernel<acc_t><<<row_blocks, row_threads, 0, stream>>>(
       tokens.data_ptr<int64_t>(), reinterpret_cast<RaceD<acc_t>*>(ws_race.data_ptr()), rs, geo);
@@ -557,10 +556,11 @@ void verify_cuda_impl(const VerifyInputs& in, at::Tensor& tokens, at::Tensor& nu
 }
 
 VerifyResult verify_native_cuda(const at::Tensor& draft_logits, const at::Tensor& target_logits,
-                                const at::Tensor& draft_tokens, int64_t rule, const at::Tensor& alpha,
+                                const at::Tensor& draft_tokens, at::IntArrayRef rule,
+                               at::ArrayRef<double> alpha_range, const at::Tensor& alpha,
                                 const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
                                 const at::Tensor& num_draft_tokens, int64_t vocab_size) {
-  const VerifyInputs in = check_verify_inputs(draft_logits, target_logits, draft_tokens, rule, alpha, temperature,
+  const VerifyInputs in = check_verify_inputs(draft_logits, target_logits, draft_tokens, rule, alpha_range, alpha, temperature,
                                               seed, offset, num_draft_tokens, vocab_size);
   const c10::cuda::CUDAGuard guard(draft_logits.device());
   VerifyResult out = empty_verify_outputs(in, draft_logits.options());

@@ -25,16 +25,15 @@ class Backend(NamedTuple):
     name: str
     module: str  # imported lazily
     devices: Tuple[str, ...]  # device types it accepts
-    description: str
 
 
 BACKENDS = {
     b.name: b
     for b in (
-        Backend("reference", "speccas_kernels.reference", ("cpu", "cuda"), "plain PyTorch, the executable spec"),
-        Backend("triton", "speccas_kernels.triton_backend", ("cuda", "cpu"), "fused Triton kernels"),
-        Backend("cpp", "speccas_kernels.native", ("cpu",), "native C++ CPU extension"),
-        Backend("cuda", "speccas_kernels.native", ("cuda",), "CUDA C++ extension"),
+        Backend("reference", "speccas_kernels.reference", ("cpu", "cuda")),  # plain PyTorch, the executable spec
+        Backend("triton", "speccas_kernels.triton_backend", ("cuda", "cpu")),  # fused Triton kernels
+        Backend("cpp", "speccas_kernels.native", ("cpu",)),  # native C++ CPU extension
+        Backend("cuda", "speccas_kernels.native", ("cuda",)),  # CUDA C++ extension
     )
 }
 

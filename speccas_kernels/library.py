@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from . import checks
+from .outputs import new_verify_output
 
 
 @torch.library.custom_op("speccas::verify_triton", mutates_args=())
@@ -57,26 +58,15 @@ def verify_triton(
         offset=offset, num_draft_tokens=num_draft_tokens, vocab_size=vocab_size, validate=False,
     )
     if draft_tokens.shape[0] == 0:
-        B, K = draft_tokens.shape
-        return tuple(_verify_empty_like(draft_logits, 0, K))
+        return tuple(new_verify_output(0, draft_tokens.shape[1], draft_logits.device))
     return tuple(triton_backend.verify_args(args))
-
-
-def _verify_empty_like(draft_logits: Tensor, B, K):
-    return (
-        draft_logits.new_empty((B, K + 1), dtype=torch.int64),
-        draft_logits.new_empty((B,), dtype=torch.int64),
-        draft_logits.new_empty((B, K), dtype=torch.bool),
-        draft_logits.new_empty((B, K), dtype=torch.float32),
-        draft_logits.new_empty((B,), dtype=torch.bool),
-    )
 
 
 @verify_triton.register_fake
 def _(draft_logits, target_logits, draft_tokens, rule, alpha, temperature, seed, offset, num_draft_tokens,
       vocab_size):
     B, K = draft_tokens.shape
-    return _verify_empty_like(draft_logits, B, K)
+    return tuple(new_verify_output(B, K, draft_logits.device))
 
 
 @torch.library.custom_op("speccas::sample_triton", mutates_args=())

@@ -13,12 +13,13 @@ numbers, so the same tokens for the same inputs) without materializing the distr
 from __future__ import annotations
 
 import functools
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 
 from . import checks
-from .reference import VerifyOutput
+from .outputs import VerifyOutput, new_verify_output
+from .rules import Rule
 
 _NOT_BUILT = ("the native extension speccas_kernels._C was not built (SPECCAS_SKIP_NATIVE=1, no C++ compiler, "
               "or the package was installed without building it: pip install --no-build-isolation -e .); "
@@ -64,15 +65,10 @@ def _register_fakes() -> None:
     """Shape functions, so the ops trace under torch.compile / FakeTensor."""
     try:
         @torch.library.register_fake("speccas::verify_native")
-        def _verify_fake(draft_logits, target_logits, draft_tokens, rule, alpha, temperature, seed, offset,
-                         num_draft_tokens, vocab_size):
+        def _verify_fake(draft_logits, target_logits, draft_tokens, rule, alpha_range, alpha, temperature, seed,
+                         offset, num_draft_tokens, vocab_size):
             B, K = draft_tokens.shape
-            dev = draft_logits.device
-            return (torch.empty((B, K + 1), dtype=torch.int64, device=dev),
-                    torch.empty((B,), dtype=torch.int64, device=dev),
-                    torch.empty((B, K), dtype=torch.bool, device=dev),
-                    torch.empty((B, K), dtype=torch.float32, device=dev),
-                    torch.empty((B,), dtype=torch.bool, device=dev))
+            return tuple(new_verify_output(B, K, draft_logits.device))
 
         @torch.library.register_fake("speccas::sample_native")
         def _sample_fake(logits, temperature, seed, offset, vocab_size):
@@ -89,11 +85,19 @@ def _ops():
     return torch.ops.speccas
 
 
+def rule_args(rule: Rule) -> Tuple[List[int], List[float]]:
+    """A rule's row of ``rules.py`` as the native ops take it: ([code, family, needs_tv, reads_qh, reads_ph,
+    uses_alpha, high_open], [alpha low, alpha high]). csrc/rules.h restates none of it."""
+    flags = [rule.code, rule.family_code, rule.needs_tv, "qh" in rule.reads, "ph" in rule.reads, rule.uses_alpha,
+             rule.high_open]
+    return [int(f) for f in flags], [float(a) for a in rule.alpha_range]
+
+
 def verify_args(args: checks.VerifyArgs) -> VerifyOutput:
     """verify on normalized arguments (see ``speccas_kernels.ops.verify``)."""
     out = _ops().verify_native(
-        args.draft_logits, args.target_logits, args.draft_tokens, args.rule.code, args.alpha, args.temperature,
-        args.seed, args.offset, args.num_draft_tokens, args.vocab_size,
+        args.draft_logits, args.target_logits, args.draft_tokens, *rule_args(args.rule), args.alpha,
+        args.temperature, args.seed, args.offset, args.num_draft_tokens, args.vocab_size,
     )
     return VerifyOutput(*out)
 

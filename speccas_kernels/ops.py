@@ -12,19 +12,7 @@ from typing import Optional
 import torch
 
 from . import backends, checks
-from .reference import VerifyOutput
-
-
-def _empty_verify(args: checks.VerifyArgs) -> VerifyOutput:
-    B, K = args.draft_tokens.shape
-    dev = args.draft_tokens.device
-    return VerifyOutput(
-        tokens=torch.empty((0, K + 1), dtype=torch.int64, device=dev),
-        num_accepted=torch.empty((0,), dtype=torch.int64, device=dev),
-        deferred=torch.empty((0, K), dtype=torch.bool, device=dev),
-        accept_prob=torch.empty((0, K), dtype=torch.float32, device=dev),
-        valid=torch.empty((0,), dtype=torch.bool, device=dev),
-    )
+from .outputs import VerifyOutput, new_verify_output
 
 
 def verify(
@@ -68,7 +56,7 @@ def verify(
     )
     impl = backends.resolve(backend, draft_logits.device)
     if args.draft_tokens.shape[0] == 0:
-        return _empty_verify(args)
+        return new_verify_output(0, args.draft_tokens.shape[1], args.draft_tokens.device)
     return impl.verify_args(args)
 
 

@@ -14,7 +14,7 @@ One round for row b (SPEC.md sections 1-3, 5), with ``n = num_draft_tokens[b]``:
 * ``u_i = uniform(seed, offset + i, STREAM_ACCEPT, 0)``; accept while ``u_i < a_i``, for ``i < n``.
   ``m`` = the number of leading acceptances.
 * ``m < n``: emit ``argmax_v log w(v) + G(v)`` with ``w = max(0, pi_m - q_m)`` (``pi_m`` itself when
-  ``w`` is all zero) and ``G = gumbel(seed, offset + m, STREAM_EMIT, v)``.
+  the mass of ``w`` is at most ``RESIDUAL_EPS``: rounding noise) and ``G = gumbel(seed, offset + m, STREAM_EMIT, v)``.
   ``m = n``: emit the bonus ``argmax_v zp_n(v) + T G(v)`` (the same race over ``p_n``, written so that
   ``T = 0`` is the plain argmax).
 * ``sample``: ``argmax_v z(v) + T G(v)`` with ``G = gumbel(seed, offset, STREAM_DRAFT, v)``.
@@ -28,18 +28,9 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import checks
+from .outputs import VerifyOutput  # noqa: F401  (re-exported: reference.VerifyOutput)
 from .random import gumbel, uniform
-from .rules import STREAM_ACCEPT, STREAM_DRAFT, STREAM_EMIT
-
-
-class VerifyOutput(NamedTuple):
-    """The outputs of ``verify`` (SPEC.md section 6)."""
-
-    tokens: torch.Tensor  # [B, K + 1] int64: emitted tokens, then -1
-    num_accepted: torch.Tensor  # [B] int64: accepted drafts; valid rows emit num_accepted + 1
-    deferred: torch.Tensor  # [B, K] bool: family A r_i; family B draft not in A; speculative/lossy True
-    accept_prob: torch.Tensor  # [B, K] float32: a_i at verified positions, 0 beyond num_draft_tokens
-    valid: torch.Tensor  # [B] bool: False for rows with NaN/+inf/all -inf logits or bad per-row params
+from .rules import FAMILY_A, FAMILY_B, FAMILY_LOSSY, STREAM_ACCEPT, STREAM_DRAFT, STREAM_EMIT
 
 
 def argmax_first(s: torch.Tensor) -> torch.Tensor:
@@ -48,6 +39,12 @@ def argmax_first(s: torch.Tensor) -> torch.Tensor:
     idx = torch.arange(V, device=s.device).expand_as(s)
     hit = s == s.amax(-1, keepdim=True)
     return torch.where(hit, idx, V).amin(-1)
+
+
+# SPEC.md section 4: a residual whose mass sum_v max(0, pi - q) is at most this is rounding noise (pi = q
+# mathematically, e.g. a static blend of p = q, or a token set whose eta rounds to 1 + 1e-7): the rejected
+# position then draws from pi. Changing the law by at most this much in total variation, where it applies.
+RESIDUAL_EPS = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
 def _compute_dtype(z: torch.Tensor) -> torch.dtype:
@@ -87,42 +84,31 @@ class Blend(NamedTuple):
     p: torch.Tensor  # sampling distribution of the target
     pi: torch.Tensor  # the blended target (for lossy: p, the residual's target)
     accept: torch.Tensor  # [..., V] acceptance probability a(v) of a draft v
-    deferred: torch.Tensor  # family A: r (same for all v); family B: v not in A; speculative/lossy: True
+    deferred: torch.Tensor  # family A: r > 0 (same for all v); family B: v not in A; lossy: True
 
 
 def _blend(rule, alpha, q, p, qh, ph, max_qh, max_ph) -> Blend:
-    """SPEC.md section 3 for every rule. q, p: sampling distributions [B, L, V]; qh, ph: unscaled
-    [B, L, V]; max_qh, max_ph: [B, L]; alpha: [B]."""
+    """SPEC.md section 3 for every rule, driven by its row of ``rules.py``. q, p: sampling distributions
+    [B, L, V]; qh, ph: unscaled [B, L, V]; max_qh, max_ph: [B, L]; alpha: [B]."""
     al = alpha[:, None, None]
-    has_q = q > 0
-    if rule.family == "lossy":
+    if not rule.uses_alpha:
+        al = torch.zeros_like(al)
+    if rule.family == FAMILY_LOSSY:
         a = _ratio(p, (1.0 - al) * q)
-        return Blend(q, p, p, a, torch.ones_like(has_q))
-    if rule.family == "A":
+        return Blend(q, p, p, a, torch.ones_like(q, dtype=torch.bool))
+    if rule.family == FAMILY_A:
         mq, mp = max_qh[..., None], max_ph[..., None]
-        if rule.name == "speculative":
-            r = torch.ones_like(mq, dtype=torch.bool)
-        elif rule.name == "chow":
-            r = mq < 1.0 - al
-        elif rule.name == "diff":
-            r = mq < mp - al
-        else:  # opt
-            tv = torch.clamp(q - p, min=0).sum(-1, keepdim=True)
-            r = mq < mp - al * tv
-        pi = torch.where(r, p, q)
-        a = torch.where(r, _ratio(p, q), has_q.to(q.dtype))
-        return Blend(q, p, pi, a, r.expand_as(has_q))
-    # family B: token sets
-    if rule.name == "token_v1":
-        in_a = qh >= max_ph[..., None] - al
-    elif rule.name == "token_v2":
-        in_a = ph >= max_ph[..., None] - al
-    else:  # token_v3
-        in_a = ph >= (1.0 - al) * max_ph[..., None]
-    eta = torch.where(in_a, torch.zeros_like(q), q).sum(-1, keepdim=True)
-    pi = torch.where(in_a, q, torch.zeros_like(q)) + eta * p
-    a = torch.where(in_a & has_q, torch.ones_like(q), _ratio(eta * p, q))
-    return Blend(q, p, pi, a, ~in_a)
+        tv = torch.clamp(q - p, min=0).sum(-1, keepdim=True) if rule.needs_tv else torch.zeros_like(mq)
+        r = rule.weight(al, mq, mp, tv).to(q.dtype).expand_as(mq)  # [B, L, 1]: 0/1 or a blend weight
+        pi = (1.0 - r) * q + r * p
+        return Blend(q, p, pi, _ratio(pi, q), (r > 0).expand_as(q))
+    if rule.family == FAMILY_B:
+        in_a = rule.in_set(al, qh, ph, max_ph[..., None]).expand_as(q)
+        eta = torch.where(in_a, torch.zeros_like(q), q).sum(-1, keepdim=True)
+        pi = torch.where(in_a, q, torch.zeros_like(q)) + eta * p
+        a = torch.where(in_a & (q > 0), torch.ones_like(q), _ratio(eta * p, q))
+        return Blend(q, p, pi, a, ~in_a)
+    raise ValueError(f"rule {rule.name!r}: unknown family {rule.family!r}")
 
 
 def _prepare(zq, zp, T):
@@ -160,7 +146,8 @@ def output_law(b: Blend) -> torch.Tensor:
     kept = b.q * b.accept
     w = torch.clamp(b.pi - b.q, min=0)
     mass = w.sum(-1, keepdim=True)
-    r = torch.where(mass > 0, w / torch.where(mass > 0, mass, torch.ones_like(mass)), b.pi)
+    real = mass > RESIDUAL_EPS[_compute_dtype(w)]
+    r = torch.where(real, w / torch.where(real, mass, torch.ones_like(mass)), b.pi)
     return kept + (1.0 - kept.sum(-1, keepdim=True)).clamp(min=0) * r
 
 
@@ -195,7 +182,7 @@ def verify_args(args: checks.VerifyArgs, debug: bool = False):
     xi = x.clamp(0, V - 1)[..., None]
     a = torch.where(x_ok, bl.accept.gather(-1, xi).squeeze(-1), torch.zeros((), dtype=dt, device=dev))
     deferred = bl.deferred.gather(-1, xi).squeeze(-1)  # family A: r does not depend on the draft
-    if args.rule.family == "B":
+    if args.rule.family == FAMILY_B:
         deferred = deferred | ~x_ok  # an id outside [0, V) is not in A
 
     # The accept loop: leading acceptances among the n verified drafts.
@@ -213,7 +200,7 @@ def verify_args(args: checks.VerifyArgs, debug: bool = False):
         j = m.clamp(max=K - 1).view(B, 1, 1).expand(B, 1, V)
         pi_m, q_m = pi.gather(1, j).squeeze(1), q.gather(1, j).squeeze(1)
         w = torch.clamp(pi_m - q_m, min=0)
-        w = torch.where((w > 0).any(-1, keepdim=True), w, pi_m)
+        w = torch.where(w.sum(-1, keepdim=True) > RESIDUAL_EPS[dt], w, pi_m)
         score = torch.where(bonus[:, None], bonus_score, torch.log(w) + g)
     else:
         score = bonus_score

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from speccas_kernels import checks, reference
+from speccas_kernels.rules import RULE_INFO
 
 
 def random_round(B, K, V, *, dtype=torch.float32, device="cpu", seed=0, agreement=2.0, ragged=False,
@@ -38,6 +39,34 @@ def random_round(B, K, V, *, dtype=torch.float32, device="cpu", seed=0, agreemen
     n = torch.randint(0, K + 1, (B,), generator=g).to(device) if ragged else None
     return dict(draft_logits=zq, target_logits=zp, draft_tokens=x, temperature=temps, seed=seeds,
                 offset=offsets, num_draft_tokens=n)
+
+
+def row_alphas(rule: str, B: int, seed: int) -> torch.Tensor:
+    """Per-row alphas spread over the rule's range from the table, both ends included where closed (open
+    or infinite ends are approached: +-2 for an infinite one)."""
+    info = RULE_INFO[rule]
+    lo, hi = info.alpha_range
+    lo, hi = max(lo, -2.0), min(hi, 2.0)
+    if info.high_open:
+        hi = hi - 1e-3
+    g = torch.Generator().manual_seed(seed)
+    a = lo + (hi - lo) * torch.rand(B, generator=g, dtype=torch.float64)
+    a[0] = lo
+    if B > 1:
+        a[-1] = hi
+    return a.float()
+
+
+def grid_alphas(rule: str, B: int) -> torch.Tensor:
+    """Per-row alphas from the middle of the rule's analysis grid, where a rule really blends (some
+    positions deferred, some not; token sets neither empty nor everything) on typical logits."""
+    g = list(RULE_INFO[rule].grid)
+    mid = g[len(g) // 4: len(g) - len(g) // 4] or g
+    return torch.tensor([mid[b % len(mid)] for b in range(B)], dtype=torch.float32)
+
+
+def to_device(kw: dict, device) -> dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
 
 
 def reference_with_margins(**kw):

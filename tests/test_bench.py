@@ -3,6 +3,7 @@ shapes, cheap providers, in-process so torch is imported once), the CSV columns,
 
 import csv
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,115 @@ def test_memory_cap_skips(tmp_path, capsys):
                               "argmax", "--modes", "greedy", "--max-elems", "1500"]) == 0
     out = capsys.readouterr().out
     assert "skip greedy B=3 V=1000" in out and "skipped 1 points" in out
+
+
+def test_interleaved_rotated_timing_on_cpu(tmp_path):
+    """--interleave --rotate 2: providers timed together over two input sets; the rows say so."""
+    assert bench_sample.main(["--dry", "--device", "cpu", "--out", str(tmp_path), "--no-progress", "--providers",
+                              "argmax,multinomial", "--interleave", "--rotate", "2", "--preset", "suite"]) == 0
+    rows = _measured(_rows(next(tmp_path.glob("sample_*.csv"))), "sample")
+    assert {(r["provider"], r["rule"]) for r in rows} == {("argmax", "greedy"), ("multinomial", "sample")}
+    assert all("timing=wall, 2 input sets" in r["note"] for r in rows), rows[0]["note"]
+    # the suite preset puts the large batch first
+    assert [r["B"] for r in rows][:2] == ["3", "3"]
+
+
+def test_measure_interleaved_alternates_providers_and_sets():
+    import torch
+
+    calls = []
+
+    def fn(name, s, pause):
+        def call():
+            calls.append((name, s))
+            t = time.perf_counter()
+            while time.perf_counter() - t < pause:
+                pass
+        return call
+
+    fns = {"slow": [fn("slow", 0, 2e-3), fn("slow", 1, 2e-3)], "fast": [fn("fast", 0, 2e-4), fn("fast", 1, 2e-4)]}
+    timings, errors = common.measure_interleaved(fns, torch.device("cpu"), graph={}, rounds=6, sample_s=1e-3,
+                                                 budget_s=5.0)
+    assert not errors
+    assert timings["slow"].median_us > 3 * timings["fast"].median_us, timings
+    assert timings["slow"].median_us >= 1500  # per call, not per sample of several calls
+    assert timings["slow"].mode == "wall, 2 input sets"
+    assert {s for _, s in calls} == {0, 1}
+    # rounds alternate the provider that goes first: both orders occur among consecutive runs
+    firsts = [calls[i][0] for i in range(1, len(calls)) if calls[i][0] != calls[i - 1][0]]
+    assert "slow" in firsts and "fast" in firsts
+
+
+def test_measure_interleaved_reports_a_failing_provider():
+    import torch
+
+    state = {"n": 0}
+
+    def flaky():
+        state["n"] += 1
+        if state["n"] > 2:
+            raise RuntimeError("device lost")
+
+    timings, errors = common.measure_interleaved({"ok": [lambda: None], "flaky": [flaky]}, torch.device("cpu"),
+                                                 graph={}, rounds=4)
+    assert "ok" in timings and "flaky" not in timings
+    assert errors["flaky"] == "RuntimeError: device lost"
+
+
+def test_deadline_stops_the_grid(tmp_path, capsys):
+    assert bench_verify.main(["--dry", "--device", "cpu", "--out", str(tmp_path), "--no-progress", "--providers",
+                              "reference", "--rules", "speculative,token_v3", "--deadline-s", "1e-9"]) == 0
+    out = capsys.readouterr().out
+    assert "4 points not run" in out and "--deadline-s" in out
+    assert not any(r["median_us"] for f in tmp_path.glob("verify_*.csv") for r in _rows(f))
+
+
+def test_suite_points_put_the_model_claims_first():
+    grid = dict(B=[1, 8, 64, 256], K=[1, 4, 8], V=[32000, 128256, 151936], dtypes=["fp32", "bf16"],
+                rules=["speculative", "opt", "token_v3"])
+    pts = bench_verify.suite_points(grid)
+    first = [(p.B, p.K, p.V) for p in pts[:6]]
+    assert set(first) == {(64, 4, 151936)} and {(p.rule, p.dtype) for p in pts[:6]} == {
+        (r, d) for r in grid["rules"] for d in grid["dtypes"]}
+    assert [(p.B, p.K, p.V, p.dtype) for p in pts[6:9]] == [(1, 4, 151936, "fp32")] * 3
+    assert {(p.B, p.K, p.V, p.dtype) for p in pts[9:12]} == {(1, 4, 151936, "bf16")}
+    assert len(pts) == len(set(pts))
+    assert {p.V for p in pts} == {32000, 128256, 151936}
+
+
+# ---- the model beside the measurement --------------------------------------------------------------
+
+def _measured_row(**kw):
+    row = dict(op="verify", provider="triton", rule="speculative", B="64", K="4", V="151936", dtype="fp32",
+               median_us="100", p20_us="90", p80_us="110", gbps="3000", copy_gbps="4000", device="NVIDIA H200",
+               commit="abc", date="2026-01-01", note="timing=events, 1 input set")
+    row.update(kw)
+    return row
+
+
+def test_model_join_tolerates_missing_columns(tmp_path):
+    model = tmp_path / "m.csv"
+    # no op column, no kind column, dtype spelled out, a provider column: per-kernel predictions
+    model.write_text("Rule,B,K,V,DType,Provider,predicted_us\nspeculative,64,4,151936,float32,triton,80\n"
+                     "speculative,64,4,151936,float32,cuda,50\n")
+    rows = [_measured_row(), _measured_row(provider="cuda", median_us="75", gbps="4000"),
+            _measured_row(provider="reference", median_us="900"), _measured_row(B="8")]
+    text = "\n".join(report.model_vs_measured(rows, model))
+    table = [ln for ln in text.splitlines() if ln.startswith("| verify |")]
+    assert len(table) == 1, text  # B=8 has no model point; the reference is not a speccas kernel
+    cells = table[0].split(" | ")
+    assert cells[6:9] == ["80", "100", "1.25x"] and cells[10] == "events", cells  # triton: model, measured, ratio
+    assert cells[11:14] == ["50", "75", "1.50x"] and cells[14] == "100%", cells  # cuda
+    assert "triton model µs (model)" in text and "2 comparisons" in text
+
+
+def test_model_join_skips_cpu_rows_and_says_why_when_unusable(tmp_path):
+    model = tmp_path / "m.csv"
+    model.write_text("kind,op,rule,B,K,V,dtype,predicted_us\nmodel,verify,speculative,64,4,151936,fp32,80\n")
+    cpu = _measured_row(device="AMD EPYC (2 threads)", provider="cpp")
+    assert "No measured point" in "\n".join(report.model_vs_measured([cpu], model))
+    assert "| verify | speculative |" in "\n".join(report.model_vs_measured([cpu], model, include_cpu=True))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("op,rule,B,time\nverify,speculative,64,3\n")
+    assert "has no predicted_us" in "\n".join(report.model_vs_measured([_measured_row()], bad))
+    assert "is absent" in "\n".join(report.model_vs_measured([_measured_row()], tmp_path / "none.csv"))

@@ -16,6 +16,7 @@ from helpers import random_round
 
 import speccas_kernels as sk
 from speccas_kernels import reference
+from speccas_kernels.rules import RULE_INFO, RULES
 
 
 
@@ -314,9 +315,8 @@ def _redraft(r):
     return r
 
 
-# (rule, alpha) pairs that are exact speculative decoding (pi = p) on any logits with max q^ < 1.
-SPECULATIVE_ENDS = [("chow", 0.0), ("diff", -1.0), ("opt", -1e9), ("token_v1", -1.0), ("token_v2", -0.01),
-                    ("token_v2", -1.0), ("lossy", 0.0), ("speculative", 123.0)]
+# (rule, alpha) pairs that the table claims are exact speculative decoding (pi = p) on any logits with max q^ < 1.
+SPECULATIVE_ENDS = [(r, a) for r in RULES for a in RULE_INFO[r].speculative_at]
 
 
 @pytest.mark.parametrize("rule,alpha", SPECULATIVE_ENDS)
@@ -330,22 +330,25 @@ def test_alpha_end_equal_to_speculative(rule, alpha):
     assert_same(out, spec, f"{rule} alpha={alpha} vs speculative")
 
 
-@pytest.mark.parametrize("rule", ["chow", "diff", "lossy", "speculative"])
-def test_alpha_end_equal_to_speculative_float32(rule):
+@pytest.mark.parametrize("rule,alpha", [(r, a) for r, a in SPECULATIVE_ENDS if RULE_INFO[r].family != "B"])
+def test_alpha_end_equal_to_speculative_float32(rule, alpha):
     """Family A and lossy share speculative's arithmetic at their end: bitwise equal in float32 too."""
-    alpha = {"chow": 0.0, "diff": -1.0, "lossy": 0.0, "speculative": None}[rule]
     r = _sampled_round(B=256, dtype=torch.float32)
     assert_same(reference.verify(**r, rule=rule, alpha=alpha), reference.verify(**r, rule="speculative"),
                 f"{rule} alpha={alpha} vs speculative (float32)")
 
 
-# (rule, alpha, temperatures) pairs that are the drafter alone: pi = q, every draft accepted.
-# opt: alpha >= 1 at T = 1 never defers because max p^ - max q^ <= TV(q, p); at alpha = 1 exactly this is an
-# equality whenever p exceeds q only at their common mode, and float rounding then decides (see
-# test_opt_alpha_one_float_tie), so the end is pinned just above 1.
-DRAFTER_ENDS = [("chow", 1.0, (1.0, 0.7, 0.0)), ("diff", 1.0, (1.0, 0.7, 0.0)), ("opt", 1.001, (1.0,)),
-                ("opt", 3.0, (1.0,)), ("token_v1", 1.0, (1.0, 0.7, 0.0)), ("token_v2", 1.0, (1.0, 0.7, 0.0)),
-                ("token_v3", 1.0, (1.0, 0.7, 0.0))]
+# (rule, alpha, temperatures) that the table claims are the drafter alone: pi = q, every draft accepted
+# (opt's claim sits just above 1: see rules.py and test_opt_alpha_one_float_tie).
+DRAFTER_ENDS = [(r, a, RULE_INFO[r].drafter_temps) for r in RULES for a in RULE_INFO[r].drafter_at]
+
+
+def test_every_rule_claims_its_ends():
+    """Each rule reaches exact speculative decoding or the drafter alone at some alpha (SPEC.md section 3),
+    and says so in the table, so the two tests above cover it."""
+    for r in RULES:
+        info = RULE_INFO[r]
+        assert info.speculative_at or info.drafter_at, f"{r}: the table claims neither end"
 
 
 @pytest.mark.parametrize("rule,alpha,temps", DRAFTER_ENDS)

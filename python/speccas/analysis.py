@@ -56,21 +56,12 @@ import numpy as np
 import torch
 
 from speccas_kernels.reference import blend_distributions, output_law
-from speccas_kernels.rules import RULE_INFO, RULES
+from speccas_kernels.rules import ANALYSIS_GRIDS, RULE_INFO, RULES
 
 METRICS = ("deferral", "accept", "tv", "kl", "loglik", "law_tail")
 
 # Alpha grids, from the exact end (pi = p) towards the drafter end (pi = q) of each rule.
-DEFAULT_GRIDS: Dict[str, List[float]] = {
-    "speculative": [0.0],
-    "chow": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0],
-    "diff": [-1.0, -0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
-    "opt": [-20.0, -5.0, -2.0, -1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 0.9, 1.0],
-    "token_v1": [-1.0, -0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0],
-    "token_v2": [-0.01, 0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9, 1.0],
-    "token_v3": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0],
-    "lossy": [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
-}
+DEFAULT_GRIDS: Dict[str, List[float]] = ANALYSIS_GRIDS  # rules.py: each rule's grid
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ dtype; tail lanes (``v >= vocab_size``) score -inf and can never win.
 
 Phase 1 (``_sample_race_kernel``, grid ``(B, tiles)``): the best score and its lowest index per
 vocabulary tile, plus a bad-logit flag. With a single tile it writes the token itself.
-Phase 2 (``_sample_pick_kernel``, grid ``(B,)``): merge the tiles (ties -> lowest index).
+Phase 2 (``_sample_emit_kernel``, grid ``(B,)``): merge the tiles (ties -> lowest index).
 """
 
 import torch
@@ -78,7 +78,7 @@ def _sample_race_kernel(
 
 
 @triton.jit
-def _sample_pick_kernel(
+def _sample_emit_kernel(
     tokens_ptr,  # [B] int64
     part_score_ptr,  # [B, NT] float32
     part_idx_ptr,  # [B, NT] int32
@@ -117,6 +117,6 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, vocab_size: i
     part_i = torch.empty((2, B, nt), dtype=torch.int32, device=dev)
     _sample_race_kernel[(B, nt)](tokens, part_f, part_i[0], part_i[1], logits, temperature, seed, offset, V, nt,
                                  logits.stride(0), BLOCK_V=block_v, SINGLE=False, num_warps=num_warps)
-    _sample_pick_kernel[(B,)](tokens, part_f, part_i[0], part_i[1], temperature, V, nt,
+    _sample_emit_kernel[(B,)](tokens, part_f, part_i[0], part_i[1], temperature, V, nt,
                               BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=1)
     return tokens

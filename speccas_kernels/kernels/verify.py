@@ -10,7 +10,7 @@ For row b with n = num_draft_tokens[b] drafts, drafter logits zq_i, target logit
                pi(v) = q(v) [v in A] + eta p(v);   a_i = [x in A and q(x) > 0] or min(1, eta p(x)/q(x))
     lossy:     a_i = min(1, p(x) / ((1 - alpha) q(x)))
     accept while u_i = U(seed, offset + i, STREAM_ACCEPT, 0) < a_i, i < n;  m = leading acceptances
-    m < n: emit argmax_v log max(0, pi_m - q_m)(v) + G(v)    (log pi_m + G when that weight is all 0)
+    m < n: emit argmax_v log max(0, pi_m - q_m)(v) + G(v)    (log pi_m + G when its mass is <= RESIDUAL_EPS)
     m = n: emit argmax_v zp_n(v) + T G(v)                    G = gumbel(seed, offset + m, STREAM_EMIT, v)
 
 Nothing of size V is written to global memory. The kernels, in launch order:
@@ -19,44 +19,74 @@ Nothing of size V is written to global memory. The kernels, in launch order:
    (positions 0..n) and the drafter (0..n-1): max logit, sum exp(z - max), sum exp((z - max) / T),
    lowest argmax, and a NaN/+inf flag.
 2. ``_verify_merge_kernel``   grid (B (K+1),): the tiles merged into per-position statistics.
-3. ``_verify_setstat_kernel`` grid (B K, tiles), only for ``opt`` (TV(q, p)) and family B (eta): a
-   second pass over the tile (hot in L2) with the global statistics, one partial sum per tile.
+3. ``_verify_second_look_kernel`` grid (B K, tiles), only for rules that read TV(q, p) and for token
+   sets (eta): a second pass over the tile with the global statistics, one partial sum per tile.
 4. ``_verify_accept_kernel``  grid (B,): row validity, a_i at every verified position (it reads only
    zq_i(x_i), zp_i(x_i) and the statistics), the accept loop, tokens / accept_prob / deferred / valid.
-5. ``_verify_emit_kernel``    grid (B, tiles): the race at the one position that needs it (the residual
+5. ``_verify_race_kernel``    grid (B, tiles): the race at the one position that needs it (the residual
    at m, or the bonus at n), best score and lowest index per tile; with one tile it writes the token.
-6. ``_verify_pick_kernel``    grid (B,): merges the race tiles (ties -> lowest index).
+6. ``_verify_emit_kernel``    grid (B,): merges the race tiles (ties -> lowest index).
 
-Each rule pays only for what it reads: ``speculative``, ``chow``, ``diff`` and ``lossy`` skip phase 3.
-The rule is a constexpr (``rules.Rule.code``), so each rule compiles to its own kernels.
+Each rule pays only for what it reads: rules without TV or a token set skip the second look.
+The rule arrives as constexprs derived from its row of ``rules.py`` (``rule_constexprs``): the family,
+whether it reads TV(q, p), and its formula (``Rule.weight`` or ``Rule.in_set``, wrapped with
+``triton.jit``), so each rule compiles to its own kernels and no kernel names a rule.
 """
+
+import functools
+import types
 
 import torch
 import triton
 import triton.language as tl
 
-from ..reference import VerifyOutput
+from .. import rules
+from ..outputs import VerifyOutput, new_verify_output
 from . import philox
 from .sample import _bad_logits, _best_lowest, _temperature_ok
 
-# rules.Rule.code
-R_SPECULATIVE = tl.constexpr(0)
-R_CHOW = tl.constexpr(1)
-R_DIFF = tl.constexpr(2)
-R_OPT = tl.constexpr(3)
-R_TOKEN_V1 = tl.constexpr(4)
-R_TOKEN_V2 = tl.constexpr(5)
-R_TOKEN_V3 = tl.constexpr(6)
-R_LOSSY = tl.constexpr(7)
-STREAM_ACCEPT = tl.constexpr(1)  # rules.STREAM_ACCEPT
-STREAM_EMIT = tl.constexpr(2)  # rules.STREAM_EMIT
+FAMILY_A = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_A])
+FAMILY_B = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_B])
+FAMILY_LOSSY = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_LOSSY])
+STREAM_ACCEPT = tl.constexpr(rules.STREAM_ACCEPT)
+STREAM_EMIT = tl.constexpr(rules.STREAM_EMIT)
+RESIDUAL_EPS = tl.constexpr(1e-5)  # reference.RESIDUAL_EPS[float32]: the kernels compute in float32
 _BIG = tl.constexpr(2147483647)
 NEG_INF = tl.constexpr(float("-inf"))
 
 
-def needs_setstat(code: int) -> bool:
-    """Whether a rule needs phase 3 (a second pass over V): TV for ``opt``, eta for family B."""
-    return code in (3, 4, 5, 6)
+def _jit_formula(fn):
+    """A formula of rules.py (plain Python over tensors) as a Triton function. The copy sees
+    ``triton.language`` among its globals, as the interpreter requires; the source is the same."""
+    g = dict(fn.__globals__)
+    g["tl"] = tl
+    f = types.FunctionType(fn.__code__, g, fn.__name__, fn.__defaults__, fn.__closure__)
+    f.__module__, f.__qualname__ = fn.__module__, fn.__qualname__
+    return triton.jit(f)
+
+
+@triton.jit
+def _no_formula(alpha, a, b, c):
+    """Stands in for the formula a family does not have (never called: the family is a constexpr)."""
+    return alpha
+
+
+@functools.lru_cache(maxsize=None)
+def rule_constexprs(rule: rules.Rule) -> dict:
+    """The constexprs a rule compiles to: FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN."""
+    return dict(
+        FAMILY=rule.family_code,
+        NEEDS_TV=rule.needs_tv,
+        WEIGHT=_jit_formula(rule.weight) if rule.weight is not None else _no_formula,
+        IN_SET=_jit_formula(rule.in_set) if rule.in_set is not None else _no_formula,
+        USES_ALPHA=rule.uses_alpha,
+        HIGH_OPEN=rule.high_open,
+    )
+
+
+def needs_second_look(rule: rules.Rule) -> bool:
+    """Whether a rule needs the second look over V: TV, or eta for a token set."""
+    return rule.needs_tv or rule.family == rules.FAMILY_B
 
 
 @triton.jit
@@ -87,16 +117,24 @@ def _probs(z, v, M, ST, arg, greedy, Tdiv):
 
 
 @triton.jit
-def _in_set(RULE: tl.constexpr, zq, zp, Mq, S1q, Mp, S1p, al):
-    """Family B membership v in A, comparing unscaled probabilities as reference._blend does."""
-    max_ph = 1.0 / S1p
-    if RULE == R_TOKEN_V1:
-        res = tl.exp(zq - Mq) / S1q >= max_ph - al
-    elif RULE == R_TOKEN_V2:
-        res = tl.exp(zp - Mp) / S1p >= max_ph - al
+def _in_set(IN_SET: tl.constexpr, zq, zp, Mq, S1q, Mp, S1p, al):
+    """Family B membership v in A, comparing unscaled probabilities as reference._blend does (the
+    formula reads q^ or p^; the other is dead code)."""
+    return IN_SET(al, tl.exp(zq - Mq) / S1q, tl.exp(zp - Mp) / S1p, 1.0 / S1p)
+
+
+@triton.jit
+def _blended(FAMILY: tl.constexpr, w, in_a, q, p):
+    """pi from the sampling probabilities: family A w = r, (1 - r) q + r p; family B w = eta,
+    q 1[A] + eta p; lossy p."""
+    if FAMILY == FAMILY_A:
+        pi = (1.0 - w) * q + w * p
+    elif FAMILY == FAMILY_B:
+        pi = tl.where(in_a, q, 0.0) + w * p
     else:
-        res = tl.exp(zp - Mp) / S1p >= (1.0 - al) * max_ph
-    return res
+        tl.static_assert(FAMILY == FAMILY_LOSSY, "unknown rule family")
+        pi = p
+    return pi
 
 
 @triton.jit
@@ -226,13 +264,23 @@ def _load_stats(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o, mask):
 
 
 @triton.jit
+def _row_alpha(alpha_ptr, b, USES_ALPHA: tl.constexpr):
+    """Row b's alpha as float32; a rule without alpha reads 0."""
+    if USES_ALPHA:
+        al = tl.load(alpha_ptr + b).to(tl.float32)
+    else:
+        al = 0.0
+    return al
+
+
+@triton.jit
 def _load_stats1(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o):
     """The same at one position."""
     return tl.load(st_max_ptr + o), tl.load(st_s1_ptr + o), tl.load(st_st_ptr + o), tl.load(st_arg_ptr + o)
 
 
 @triton.jit(do_not_specialize=["K"])
-def _verify_setstat_kernel(
+def _verify_second_look_kernel(
     part2_ptr,  # [B, K, NT] float32: TV(q, p) (opt) or eta (family B) partial sums
     zq_ptr,  # [B, K, V_in]
     zp_ptr,  # [B, K + 1, V_in]
@@ -250,7 +298,10 @@ def _verify_setstat_kernel(
     stride_qk,
     stride_pb,
     stride_pk,
-    RULE: tl.constexpr,
+    FAMILY: tl.constexpr,
+    NEEDS_TV: tl.constexpr,
+    IN_SET: tl.constexpr,
+    USES_ALPHA: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     r = tl.program_id(0).to(tl.int64)
@@ -261,7 +312,7 @@ def _verify_setstat_kernel(
     if i < n:
         Tf, Tdiv = _safe_temperature(tl.load(temperature_ptr + b))
         greedy = Tf == 0
-        al = tl.load(alpha_ptr + b).to(tl.float32)
+        al = _row_alpha(alpha_ptr, b, USES_ALPHA)
         o = (b * (K + 1) + i) * 2
         Mp, S1p, STp, argp = _load_stats1(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o)
         Mq, S1q, STq, argq = _load_stats1(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o + 1)
@@ -270,11 +321,12 @@ def _verify_setstat_kernel(
         zq = _load_row(zq_ptr, b, stride_qb, i, stride_qk, v, mask)
         zp = _load_row(zp_ptr, b, stride_pb, i, stride_pk, v, mask)
         q = _probs(zq, v, Mq, STq, argq, greedy, Tdiv)
-        if RULE == R_OPT:
+        if NEEDS_TV:
             p = _probs(zp, v, Mp, STp, argp, greedy, Tdiv)
             part = tl.sum(tl.where(mask, tl.maximum(q - p, 0.0), 0.0), axis=0)
         else:
-            in_a = _in_set(RULE, zq, zp, Mq, S1q, Mp, S1p, al)
+            tl.static_assert(FAMILY == FAMILY_B, "the second look reads TV or a token set's eta")
+            in_a = _in_set(IN_SET, zq, zp, Mq, S1q, Mp, S1p, al)
             part = tl.sum(tl.where(mask & ~in_a, q, 0.0), axis=0)
         tl.store(part2_ptr + r * NT + t, part)
 
@@ -287,7 +339,7 @@ def _verify_accept_kernel(
     accept_prob_ptr,  # [B, K] float32
     valid_ptr,  # [B] bool
     emit_pos_ptr,  # [B] int32: m
-    emit_w_ptr,  # [B] float32: family A r_m (0/1), family B eta_m
+    emit_w_ptr,  # [B] float32: the blend quantity at m (family A r_m, family B eta_m)
     zq_ptr,  # [B, K, V_in]
     zp_ptr,  # [B, K + 1, V_in]
     draft_ptr,  # [B, K] int64, contiguous
@@ -296,7 +348,7 @@ def _verify_accept_kernel(
     st_st_ptr,  # [B, K + 1, 2] float32
     st_arg_ptr,  # [B, K + 1, 2] int32
     st_bad_ptr,  # [B, K + 1, 2] int32
-    part2_ptr,  # [B, K, NT] float32 (read only when the rule needs it)
+    part2_ptr,  # [B, K, NT] float32: second-look partial sums (TV or eta; read only when the rule needs them)
     temperature_ptr,  # [B]
     alpha_ptr,  # [B]
     seed_ptr,  # [B] int64
@@ -311,10 +363,13 @@ def _verify_accept_kernel(
     stride_qk,
     stride_pb,
     stride_pk,
-    RULE: tl.constexpr,
+    FAMILY: tl.constexpr,
+    NEEDS_TV: tl.constexpr,
+    WEIGHT: tl.constexpr,
+    IN_SET: tl.constexpr,
     USES_ALPHA: tl.constexpr,
     HIGH_OPEN: tl.constexpr,
-    NEED2: tl.constexpr,
+    SECOND_LOOK: tl.constexpr,
     BLOCK_K: tl.constexpr,  # >= K + 1
     BLOCK_T: tl.constexpr,  # >= NT
 ):
@@ -332,7 +387,7 @@ def _verify_accept_kernel(
         ok = ok & a_ok
     Tf, Tdiv = _safe_temperature(T)
     greedy = Tf == 0
-    al = al_raw.to(tl.float32)
+    al = _row_alpha(alpha_ptr, b, USES_ALPHA)
 
     i = tl.arange(0, BLOCK_K)
     in_k = i < K
@@ -353,37 +408,30 @@ def _verify_accept_kernel(
     zp = tl.load(zp_ptr + b * stride_pb + i * stride_pk + xc, mask=used_q, other=0.0).to(tl.float32)
     qx = _probs(zq, xc, Mq, STq, argq, greedy, Tdiv)
     px = _probs(zp, xc, Mp, STp, argp, greedy, Tdiv)
-    if NEED2:
+    if SECOND_LOOK:
         tt = tl.arange(0, BLOCK_T)
         s2 = tl.load(part2_ptr + (b * K + i[:, None]) * NT + tt[None, :],
                      mask=used_q[:, None] & (tt[None, :] < NT), other=0.0)
-        stat2 = tl.sum(s2, axis=1)  # [BLOCK_K]: TV (opt) or eta (family B)
+        look = tl.sum(s2, axis=1)  # [BLOCK_K]: TV (rules that read it) or eta (family B)
     else:
-        stat2 = tl.zeros([BLOCK_K], dtype=tl.float32)
+        look = tl.zeros([BLOCK_K], dtype=tl.float32)
 
-    if RULE == R_LOSSY:
+    if FAMILY == FAMILY_A:
+        tv = look if NEEDS_TV else tl.zeros([BLOCK_K], dtype=tl.float32)
+        w = WEIGHT(al, 1.0 / S1q, 1.0 / S1p, tv).to(tl.float32)  # r: 0/1 or a blend weight
+        w = tl.zeros([BLOCK_K], dtype=tl.float32) + w
+        a = _ratio(_blended(FAMILY, w, x_ok, qx, px), qx)
+        dfr = w > 0
+    elif FAMILY == FAMILY_B:
+        w = look  # eta
+        in_a = _in_set(IN_SET, zq, zp, Mq, S1q, Mp, S1p, al)
+        a = tl.where(in_a & (qx > 0), 1.0, _ratio(w * px, qx))
+        dfr = ~in_a | ~x_ok
+    else:
+        tl.static_assert(FAMILY == FAMILY_LOSSY, "unknown rule family")
         a = _ratio(px, (1.0 - al) * qx)
         dfr = used_q
-        emit_w = tl.zeros([BLOCK_K], dtype=tl.float32)
-    elif RULE < R_TOKEN_V1:  # family A
-        max_qh = 1.0 / S1q
-        max_ph = 1.0 / S1p
-        if RULE == R_SPECULATIVE:
-            r = used_q
-        elif RULE == R_CHOW:
-            r = max_qh < 1.0 - al
-        elif RULE == R_DIFF:
-            r = max_qh < max_ph - al
-        else:
-            r = max_qh < max_ph - al * stat2
-        a = tl.where(r, _ratio(px, qx), (qx > 0).to(tl.float32))
-        dfr = r
-        emit_w = r.to(tl.float32)
-    else:  # family B
-        in_a = _in_set(RULE, zq, zp, Mq, S1q, Mp, S1p, al)
-        a = tl.where(in_a & (qx > 0), 1.0, _ratio(stat2 * px, qx))
-        dfr = ~in_a | ~x_ok
-        emit_w = stat2
+        w = tl.zeros([BLOCK_K], dtype=tl.float32)
     a = tl.where(x_ok, a, 0.0)
 
     u = philox.uniform(tl.load(seed_ptr + b), tl.load(offset_ptr + b) + i, STREAM_ACCEPT, i * 0)
@@ -397,14 +445,14 @@ def _verify_accept_kernel(
     tl.store(accept_prob_ptr + b * K + i, tl.where(keep, a, 0.0), mask=in_k)
     tl.store(valid_ptr + b, valid)
     tl.store(emit_pos_ptr + b, m.to(tl.int32))
-    tl.store(emit_w_ptr + b, tl.sum(tl.where(i == m, emit_w, 0.0), axis=0))
+    tl.store(emit_w_ptr + b, tl.sum(tl.where(i == m, w, 0.0), axis=0))
 
 
 @triton.jit(do_not_specialize=["K"])
-def _verify_emit_kernel(
+def _verify_race_kernel(
     tokens_ptr,  # [B, K + 1] int64 (written only when SINGLE)
-    part_score_ptr,  # [B, NT, 2] float32: best residual score, best pi score
-    part_idx_ptr,  # [B, NT, 3] int32: their lowest indices, any residual weight > 0
+    part_score_ptr,  # [B, NT, 3] float32: best residual score, best pi score, the tile's residual mass
+    part_idx_ptr,  # [B, NT, 2] int32: their lowest indices
     zq_ptr,  # [B, K, V_in]
     zp_ptr,  # [B, K + 1, V_in]
     valid_ptr,  # [B] bool
@@ -426,7 +474,9 @@ def _verify_emit_kernel(
     stride_qk,
     stride_pb,
     stride_pk,
-    RULE: tl.constexpr,
+    FAMILY: tl.constexpr,
+    IN_SET: tl.constexpr,
+    USES_ALPHA: tl.constexpr,
     BLOCK_V: tl.constexpr,
     SINGLE: tl.constexpr,
 ):
@@ -445,7 +495,7 @@ def _verify_emit_kernel(
             zb = _load_row(zp_ptr, b, stride_pb, n, stride_pk, v, mask)
             s_res = zb + Tf * g
             s_pi = s_res
-            any_w = tl.full([], 1, tl.int32)
+            mass = tl.full([], 1.0, tl.float32)
         else:  # residual at position m < n
             o = (b * (K + 1) + m) * 2
             Mp, S1p, STp, argp = _load_stats1(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o)
@@ -455,38 +505,34 @@ def _verify_emit_kernel(
             q = _probs(zq, v, Mq, STq, argq, greedy, Tdiv)
             p = _probs(zp, v, Mp, STp, argp, greedy, Tdiv)
             w_row = tl.load(emit_w_ptr + b)
-            if RULE == R_LOSSY:
-                pi = p
-            elif RULE < R_TOKEN_V1:
-                pi = tl.where(w_row > 0.5, p, q)
-            else:
-                al = tl.load(alpha_ptr + b).to(tl.float32)
-                in_a = _in_set(RULE, zq, zp, Mq, S1q, Mp, S1p, al)
-                pi = tl.where(in_a, q, 0.0) + w_row * p
+            in_a = mask
+            if FAMILY == FAMILY_B:
+                in_a = _in_set(IN_SET, zq, zp, Mq, S1q, Mp, S1p, _row_alpha(alpha_ptr, b, USES_ALPHA))
+            pi = _blended(FAMILY, w_row, in_a, q, p)
             w = tl.maximum(pi - q, 0.0)
             s_res = tl.log(w) + g
             s_pi = tl.log(pi) + g
-            any_w = tl.max((mask & (w > 0)).to(tl.int32), axis=0)
+            mass = tl.sum(tl.where(mask, w, 0.0), axis=0)
         s_res = tl.where(mask & (s_res == s_res), s_res, NEG_INF)
         s_pi = tl.where(mask & (s_pi == s_pi), s_pi, NEG_INF)
         best_res, idx_res = _best_lowest(s_res, v)
         best_pi, idx_pi = _best_lowest(s_pi, v)
         if SINGLE:
-            idx = tl.where(any_w > 0, idx_res, idx_pi)
+            idx = tl.where(mass > RESIDUAL_EPS, idx_res, idx_pi)
             tl.store(tokens_ptr + b * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64))
         else:
-            tl.store(part_score_ptr + (b * NT + t) * 2, best_res)
-            tl.store(part_score_ptr + (b * NT + t) * 2 + 1, best_pi)
-            tl.store(part_idx_ptr + (b * NT + t) * 3, idx_res)
-            tl.store(part_idx_ptr + (b * NT + t) * 3 + 1, idx_pi)
-            tl.store(part_idx_ptr + (b * NT + t) * 3 + 2, any_w)
+            tl.store(part_score_ptr + (b * NT + t) * 3, best_res)
+            tl.store(part_score_ptr + (b * NT + t) * 3 + 1, best_pi)
+            tl.store(part_score_ptr + (b * NT + t) * 3 + 2, mass)
+            tl.store(part_idx_ptr + (b * NT + t) * 2, idx_res)
+            tl.store(part_idx_ptr + (b * NT + t) * 2 + 1, idx_pi)
 
 
 @triton.jit(do_not_specialize=["K"])
-def _verify_pick_kernel(
+def _verify_emit_kernel(
     tokens_ptr,  # [B, K + 1] int64
-    part_score_ptr,  # [B, NT, 2] float32
-    part_idx_ptr,  # [B, NT, 3] int32
+    part_score_ptr,  # [B, NT, 3] float32
+    part_idx_ptr,  # [B, NT, 2] int32
     valid_ptr,  # [B] bool
     emit_pos_ptr,  # [B] int32
     K,
@@ -499,10 +545,10 @@ def _verify_pick_kernel(
         t = tl.arange(0, BLOCK_T)
         mask = t < NT
         o = b * NT + t
-        any_w = tl.max(tl.load(part_idx_ptr + o * 3 + 2, mask=mask, other=0), axis=0)
-        col = tl.where(any_w > 0, 0, 1)
-        s = tl.load(part_score_ptr + o * 2 + col, mask=mask, other=NEG_INF)
-        i = tl.load(part_idx_ptr + o * 3 + col, mask=mask, other=_BIG)
+        mass = tl.sum(tl.load(part_score_ptr + o * 3 + 2, mask=mask, other=0.0), axis=0)
+        col = tl.where(mass > RESIDUAL_EPS, 0, 1)
+        s = tl.load(part_score_ptr + o * 3 + col, mask=mask, other=NEG_INF)
+        i = tl.load(part_idx_ptr + o * 2 + col, mask=mask, other=_BIG)
         best, idx = _best_lowest(s, i)
         m = tl.load(emit_pos_ptr + b).to(tl.int64)
         tl.store(tokens_ptr + b * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64))
@@ -535,35 +581,34 @@ def launch_verify(zq: torch.Tensor, zp: torch.Tensor, draft_tokens: torch.Tensor
         temperature, num_draft_tokens, K, nt, BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=1)
     stats = (st_f[0], st_f[1], st_f[2], st_i[0])
 
-    need2 = needs_setstat(rule.code) and K > 0
-    part2 = torch.empty((B * K * nt if need2 else 1,), dtype=torch.float32, device=dev)
-    if need2:
-        _verify_setstat_kernel[(B * K, nt)](
+    cx = rule_constexprs(rule)
+    second = needs_second_look(rule) and K > 0
+    part2 = torch.empty((B * K * nt if second else 1,), dtype=torch.float32, device=dev)
+    if second:
+        _verify_second_look_kernel[(B * K, nt)](
             part2, zq, zp, *stats, temperature, alpha, num_draft_tokens, K, V, nt, *strides,
-            RULE=rule.code, BLOCK_V=block_v, num_warps=num_warps)
+            FAMILY=cx["FAMILY"], NEEDS_TV=cx["NEEDS_TV"], IN_SET=cx["IN_SET"], USES_ALPHA=cx["USES_ALPHA"],
+            BLOCK_V=block_v, num_warps=num_warps)
 
-    tokens = torch.empty((B, K + 1), dtype=torch.int64, device=dev)
-    num_accepted = torch.empty((B,), dtype=torch.int64, device=dev)
-    deferred = torch.empty((B, K), dtype=torch.bool, device=dev)
-    accept_prob = torch.empty((B, K), dtype=torch.float32, device=dev)
-    valid = torch.empty((B,), dtype=torch.bool, device=dev)
+    out = new_verify_output(B, K, dev)
+    tokens, num_accepted, deferred, accept_prob, valid = out
     emit_pos = torch.empty((B,), dtype=torch.int32, device=dev)
     emit_w = torch.empty((B,), dtype=torch.float32, device=dev)
     lo, hi = rule.alpha_range
     _verify_accept_kernel[(B,)](
         tokens, num_accepted, deferred, accept_prob, valid, emit_pos, emit_w, zq, zp, x, *stats, st_i[1],
         part2, temperature, alpha, seed, offset, num_draft_tokens, float(lo), float(hi), K, V, nt, *strides,
-        RULE=rule.code, USES_ALPHA=rule.uses_alpha, HIGH_OPEN=rule.high_open, NEED2=need2,
-        BLOCK_K=triton.next_power_of_2(K + 1), BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=1)
+        **cx, SECOND_LOOK=second, BLOCK_K=triton.next_power_of_2(K + 1),
+        BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=1)
 
     single = nt == 1
-    part_s = tokens if single else torch.empty((B * nt * 2,), dtype=torch.float32, device=dev)
-    part_x = tokens if single else torch.empty((B * nt * 3,), dtype=torch.int32, device=dev)
-    _verify_emit_kernel[(B, nt)](
+    part_s = tokens if single else torch.empty((B * nt * 3,), dtype=torch.float32, device=dev)
+    part_x = tokens if single else torch.empty((B * nt * 2,), dtype=torch.int32, device=dev)
+    _verify_race_kernel[(B, nt)](
         tokens, part_s, part_x, zq, zp, valid, emit_pos, emit_w, *stats, temperature, alpha, seed, offset,
-        num_draft_tokens, K, V, nt, *strides, RULE=rule.code, BLOCK_V=block_v, SINGLE=single,
-        num_warps=num_warps)
+        num_draft_tokens, K, V, nt, *strides, FAMILY=cx["FAMILY"], IN_SET=cx["IN_SET"], USES_ALPHA=cx["USES_ALPHA"],
+        BLOCK_V=block_v, SINGLE=single, num_warps=num_warps)
     if not single:
-        _verify_pick_kernel[(B,)](tokens, part_s, part_x, valid, emit_pos, K, V, nt,
+        _verify_emit_kernel[(B,)](tokens, part_s, part_x, valid, emit_pos, K, V, nt,
                                   BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=1)
-    return VerifyOutput(tokens, num_accepted, deferred, accept_prob, valid)
+    return out

@@ -1,0 +1,296 @@
+"""Every backend against the reference, for every rule of the table (SPEC.md section 8).
+
+The suite is ``RULES x BACKENDS x CASES``, all derived: the rules from ``speccas_kernels.rules``, the
+backends from the dispatch registry, the cases below. A case builds rounds for the rule and asserts
+token equality with the reference (genuine float ties allowed and counted: ``helpers.assert_same_outputs``)
+plus what the case is about. A new rule of the table is tested here by every backend without an edit.
+
+Sizes scale with the backend. The Triton interpreter (CPU machines) is slow, so there every case runs
+at small shapes and the grid rotates its shapes across the rules: each rule gets two, and every V in
+{1, 7, 111, 1000, 8193}, K in {0, 1, 3, 8}, B in {1, 5, 33} and dtype in {fp32, bf16, fp16} appears. The
+native backends (and Triton on a GPU) run the full grid. CUDA cases carry the ``cuda`` marker.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import speccas_kernels as sk
+from speccas_kernels import backends, triton_backend
+from speccas_kernels.rules import RULE_INFO, RULES, alpha_in_range
+
+from helpers import assert_same_outputs, grid_alphas, random_round, reference_with_margins, row_alphas, to_device
+
+# numpy warns about log(0) = -inf and NaN arithmetic on invalid rows inside the interpreter; both are intended.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+
+F32, BF16, F16, F64 = torch.float32, torch.bfloat16, torch.float16, torch.float64
+
+
+def _device(backend: str) -> str:
+    if backend == "cpp":
+        return "cpu"
+    if backend == "cuda":
+        return "cuda"
+    return "cuda" if torch.cuda.is_available() else "cpu"  # triton: the interpreter on CPU machines
+
+
+def _scale(backend: str) -> str:
+    return "interp" if backend == "triton" and _device(backend) == "cpu" else "full"
+
+
+def _check(backend, what, **kw):
+    """One round on `backend` vs the reference; returns (out, ref) on the CPU."""
+    device = _device(backend)
+    kw = to_device(kw, device)
+    ok, why = backends.available(backend)
+    assert ok, f"backend {backend!r} unavailable: {why}"
+    out = sk.verify(**kw, backend=backend)
+    for name, t in zip(out._fields, out):
+        assert t.device.type == torch.device(device).type, f"{what}: {name} left the device"
+    assert (out.tokens.dtype, out.num_accepted.dtype, out.deferred.dtype, out.accept_prob.dtype, out.valid.dtype) == (
+        torch.int64, torch.int64, torch.bool, torch.float32, torch.bool), f"{what}: output dtypes"
+    ref, margins = reference_with_margins(**to_device(kw, "cpu"))
+    assert_same_outputs(out, ref, margins, what=f"{backend} {what}")
+    out = type(out)(*[t.cpu() for t in out])
+    V = kw.get("vocab_size") or kw["target_logits"].shape[-1]
+    assert int(out.tokens.max()) < V and int(out.tokens.min()) >= -1, f"{what}: token ids out of range"
+    return out, ref
+
+
+# ----------------------------------------------------------------------------------------------- cases
+
+# (B, K, V, dtype, ragged, per-row alpha): the interpreter's shapes, two per rule in rotation.
+INTERP_SHAPES = [(5, 3, 111, F32, True, True), (1, 8, 8193, BF16, False, False), (33, 1, 111, F32, True, True),
+                 (5, 3, 1000, F16, False, False), (5, 8, 7, F16, True, False), (1, 0, 1, F32, False, False),
+                 (33, 1, 7, BF16, True, False), (5, 3, 1, F32, True, True)]
+# (B, K, V): the full grid, every shape with and without ragged rows and per-row alphas.
+FULL_GRID = [(1, 0, 1), (5, 1, 7), (33, 3, 111), (5, 8, 1000), (33, 1, 1000), (5, 3, 8193), (1, 8, 8193), (33, 0, 111)]
+
+
+def case_grid(rule, backend):
+    if _scale(backend) == "interp":
+        i = RULES.index(rule)
+        shapes = [INTERP_SHAPES[(2 * i + j) % len(INTERP_SHAPES)] for j in range(2)]
+    else:
+        shapes = [(B, K, V, F32, ragged, per_row) for B, K, V in FULL_GRID for ragged in (False, True)
+                  for per_row in (False, True)]
+    for j, (B, K, V, dtype, ragged, per_row) in enumerate(shapes):
+        kw = random_round(B, K, V, dtype=dtype, seed=97 * j + B + K + V, ragged=ragged, agreement=1.0 + j % 3)
+        alpha = row_alphas(rule, B, seed=j) if per_row else None
+        _check(backend, f"{rule} B={B} K={K} V={V} {dtype} ragged={ragged} per-row alpha={per_row}",
+               rule=rule, alpha=alpha, **kw)
+
+
+def case_temperatures(rule, backend):
+    temps, shape = ((0.0, 1.0, 0.05, 3.0), (9, 3, 257)) if _scale(backend) == "full" else ((0.05, 3.0), (5, 2, 64))
+    kw = random_round(*shape, seed=7, ragged=True)
+    for T in temps:
+        kw["temperature"] = T
+        _check(backend, f"{rule} T={T}", rule=rule, **kw)
+
+
+def case_dtypes(rule, backend):
+    if _scale(backend) == "full":
+        combos = [(dt, shape) for dt in (BF16, F16, F64) for shape in ((5, 3, 111), (33, 1, 1000), (1, 8, 8193))]
+    else:
+        combos = [(BF16, (5, 3, 111)), (F16, (5, 2, 40))]
+    for j, (dtype, (B, K, V)) in enumerate(combos):
+        kw = random_round(B, K, V, dtype=dtype, seed=j, ragged=True)
+        _check(backend, f"{rule} {dtype} B={B} K={K} V={V}", rule=rule, alpha=row_alphas(rule, B, j), **kw)
+
+
+def case_masked_vocabulary(rule, backend):
+    """-inf logits (masked entries) are allowed and change nothing else."""
+    shape = (17, 3, 300) if _scale(backend) == "full" else (5, 3, 111)
+    out, _ = _check(backend, f"{rule} masked", rule=rule, **random_round(*shape, seed=11, ragged=True, neg_inf_frac=0.3))
+    assert bool(out.valid.all())
+
+
+def case_vocab_size_and_strides(rule, backend):
+    """vocab_size < V: the columns beyond it (huge logits, even NaN) are never read nor emitted; non-contiguous
+    batch/position strides give the same tokens as contiguous inputs."""
+    B, K, V, Vin = (6, 3, 333, 500) if _scale(backend) == "full" else (5, 3, 111, 130)
+    kw = random_round(B, K, Vin, seed=5, ragged=True)
+    kw["draft_tokens"] = kw["draft_tokens"] % V
+    kw["draft_logits"][..., V:] = 1e4
+    kw["target_logits"][..., V:] = 1e4
+    kw["target_logits"][0, 1, V:] = float("nan")
+    kw["vocab_size"] = V
+    out, _ = _check(backend, f"{rule} vocab_size={V}", rule=rule, **kw)
+    assert bool(out.valid.all())
+    strided = dict(kw)
+    strided["draft_logits"] = torch.cat([kw["draft_logits"], torch.randn(B, K, 7)], 2)[:, :, :Vin]
+    strided["target_logits"] = kw["target_logits"].transpose(0, 1).contiguous().transpose(0, 1)
+    assert not strided["target_logits"].is_contiguous() and not strided["draft_logits"].is_contiguous()
+    dev = _device(backend)
+    a = sk.verify(**to_device(strided, dev), rule=rule, backend=backend)
+    b = sk.verify(**to_device({k: (v.contiguous() if torch.is_tensor(v) else v) for k, v in strided.items()}, dev),
+                  rule=rule, backend=backend)
+    for x, y, name in zip(a, b, a._fields):
+        assert torch.equal(x, y), f"{rule}: strided inputs change {name}"
+
+
+def case_invalid_rows(rule, backend):
+    """SPEC section 4: NaN / +inf / all -inf on a read position, bad T or alpha -> row invalid; the same
+    values at positions the row does not read change nothing."""
+    B, K, V = 12, 3, 64
+    kw = random_round(B, K, V, seed=2)
+    zq, zp = kw["draft_logits"].clone(), kw["target_logits"].clone()
+    n = torch.full((B,), K)
+    n[6:] = 1  # rows 6.. read only drafter position 0 and target positions 0, 1
+    zq[0, 1, 5] = float("nan")
+    zp[1, 3, 7] = float("inf")  # the bonus position
+    zq[2, 0] = float("-inf")
+    zp[3, 2] = float("nan")
+    zq[6, 2, 0] = float("nan")  # unread
+    zp[7, 3] = float("-inf")  # unread
+    temps = kw["temperature"].clone()
+    temps[4] = -1.0
+    temps[5] = float("nan")
+    info = RULE_INFO[rule]
+    alpha = torch.full((B,), info.default_alpha)
+    if info.uses_alpha:
+        alpha[8] = float("nan")
+        alpha[9] = info.alpha_range[1] + 0.5 if info.alpha_range[1] != math.inf else float("inf")
+    kw.update(draft_logits=zq, target_logits=zp, temperature=temps, num_draft_tokens=n, alpha=alpha)
+    out, _ = _check(backend, f"{rule} invalid rows", rule=rule, **kw)
+    expect_bad = [0, 1, 2, 3, 4, 5] + ([8, 9] if info.uses_alpha else [])
+    assert (~out.valid).nonzero().flatten().tolist() == expect_bad
+    bad = ~out.valid
+    assert (out.tokens[bad] == -1).all() and (out.num_accepted[bad] == 0).all()
+    assert not out.deferred[bad].any() and (out.accept_prob[bad] == 0).all()
+
+
+def case_draft_ids_out_of_range(rule, backend):
+    """An id outside [0, V) is rejected (a = 0) and the row stays valid."""
+    kw = random_round(8, 3, 50, seed=9)
+    x = kw["draft_tokens"].clone()
+    x[0, 0] = -1
+    x[1, 1] = 50
+    x[2, 2] = 10**12
+    x[3, 0] = -(2**62)
+    kw["draft_tokens"] = x
+    out, _ = _check(backend, f"{rule} bad ids", rule=rule, **kw)
+    assert bool(out.valid.all())
+    assert out.num_accepted[0] == 0 and out.num_accepted[1] <= 1 and out.num_accepted[3] == 0
+    assert out.accept_prob[0, 0] == 0 and out.accept_prob[1, 1] == 0
+
+
+def case_zero_residual(rule, backend):
+    """A rejection with an all-zero residual (p = q, the draft at an entry both models mask) samples from pi."""
+    B, K, V = 16, 2, 40
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(B, K + 1, V, generator=g) * 2
+    z[:, :, :5] = float("-inf")
+    x = torch.randint(0, 5, (B, K), generator=g)  # q(x) = 0: rejected at position 0
+    kw = dict(draft_logits=z[:, :K].clone(), target_logits=z.clone(), draft_tokens=x,
+              temperature=torch.tensor([0.0, 1.0, 0.5, 2.0]).repeat(4), seed=torch.arange(B), offset=torch.arange(B) * 3)
+    info = RULE_INFO[rule]
+    alpha = info.drafter_at[0] if info.family == "B" else None  # token sets: A = everything, eta = 0
+    out, _ = _check(backend, f"{rule} zero residual", rule=rule, alpha=alpha, **kw)
+    assert (out.num_accepted == 0).all() and (out.tokens[:, 0] >= 5).all()
+
+
+def case_alpha_ends(rule, backend):
+    """Scalar alphas at the ends of the rule's range and at the ends the table claims."""
+    info = RULE_INFO[rule]
+    lo, hi = info.alpha_range
+    extra = (0.0, -0.5, 1.0, 5.0, -5.0) if _scale(backend) == "full" else ()
+    ends = sorted({v for v in (lo, hi) + extra + info.speculative_at + info.drafter_at if alpha_in_range(info, v)})
+    kw = random_round(*((20, 3, 97) if _scale(backend) == "full" else (4, 2, 40)), seed=13, ragged=True)
+    for a in ends:
+        _check(backend, f"{rule} alpha={a}", rule=rule, alpha=a, **kw)
+
+
+def case_decision_rich(rule, backend, monkeypatch):
+    """Many rows, several vocabulary tiles (Triton: 16-entry tiles, so every merge spans tiles), drafter and
+    target that disagree, alphas from the middle of the rule's grid: enough fractional acceptances and
+    residual draws that a wrong eta, TV, residual or race fails."""
+    B, K, V = 12, 2, 40
+    kw = random_round(B, K, V, seed=61, agreement=0.7)
+    if backend == "triton":
+        monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 16)
+    info = RULE_INFO[rule]
+    out, ref = _check(backend, f"decision-rich {rule}", rule=rule, alpha=grid_alphas(rule, B) if info.uses_alpha else None,
+                      **kw)
+    a = ref.accept_prob
+    assert int(((a > 0) & (a < 0.999)).sum()) >= 2, "test data too easy: few fractional acceptances"
+    assert int((ref.num_accepted < K).sum()) >= 3, "test data too easy: few residual draws"
+    if info.reads:  # the decision depends on the logits: some positions deferred, some not
+        d = ref.deferred[:, 0]
+        assert bool(d.any()) and not bool(d.all()), f"{rule}: deferral is trivial on this data"
+
+
+def case_large_vocabulary(rule, backend):
+    """V = 151936 (Qwen's vocabulary), ragged rows, mixed temperatures."""
+    B, K, V = 3, 4, 151936
+    g = torch.Generator().manual_seed(3)
+    zp = torch.randn(B, K + 1, V, generator=g) * 2.5
+    zq = zp[:, :K] + torch.randn(B, K, V, generator=g) * 1.5
+    temps = torch.tensor([1.0, 0.0, 0.7])
+    seeds, offs = torch.tensor([1, 2**40 + 3, 77]), torch.tensor([0, 5, 1000])
+    x = torch.stack([sk.sample(zq[:, i], temperature=temps, seed=seeds, offset=offs + i, backend="reference")
+                     for i in range(K)], 1)
+    _check(backend, f"{rule} V={V}", rule=rule, draft_logits=zq, target_logits=zp, draft_tokens=x, temperature=temps,
+           seed=seeds, offset=offs, num_draft_tokens=torch.tensor([4, 2, 3]), alpha=row_alphas(rule, B, 0))
+
+
+CASES = {f.__name__[5:]: f for f in (case_grid, case_temperatures, case_dtypes, case_masked_vocabulary,
+                                      case_vocab_size_and_strides, case_invalid_rows, case_draft_ids_out_of_range,
+                                      case_zero_residual, case_alpha_ends, case_decision_rich, case_large_vocabulary)}
+FULL_ONLY = {"large_vocabulary"}  # too slow for the interpreter
+
+
+def _params():
+    out = []
+    for backend in ("cpp", "triton", "cuda"):
+        marks = [pytest.mark.cuda] if _device(backend) == "cuda" else []
+        for case in CASES:
+            if case in FULL_ONLY and _scale(backend) == "interp":
+                continue
+            for rule in RULES:
+                out.append(pytest.param(rule, backend, case, marks=marks, id=f"{backend}-{case}-{rule}"))
+    return out
+
+
+@pytest.mark.parametrize("rule,backend,case", _params())
+def test_conformance(rule, backend, case, monkeypatch):
+    fn = CASES[case]
+    if "monkeypatch" in fn.__code__.co_varnames[: fn.__code__.co_argcount]:
+        fn(rule, backend, monkeypatch)
+    else:
+        fn(rule, backend)
+
+
+# ----------------------------------------------------------------------------------------------- invariants
+
+_BACKEND_PARAMS = [pytest.param(b, marks=[pytest.mark.cuda] if _device(b) == "cuda" else [], id=b)
+                   for b in ("cpp", "triton", "cuda")]
+
+
+@pytest.mark.parametrize("backend", _BACKEND_PARAMS)
+def test_greedy_speculative_emits_the_target_argmax(backend):
+    kw = random_round(6, 4, 300, seed=21)
+    kw["temperature"] = 0.0
+    out = sk.verify(**to_device(kw, _device(backend)), rule="speculative", backend=backend)
+    tgt = kw["target_logits"].argmax(-1)
+    tok, m = out.tokens.cpu(), out.num_accepted.cpu()
+    for b in range(6):
+        mb = int(m[b])
+        assert tok[b, : mb + 1].tolist() == tgt[b, : mb + 1].tolist(), (b, tok[b], tgt[b])
+        assert (tok[b, mb + 1:] == -1).all()
+
+
+@pytest.mark.parametrize("backend", _BACKEND_PARAMS)
+def test_batch_composition_does_not_matter(backend):
+    kw = to_device(random_round(7, 3, 200, seed=31, ragged=True), _device(backend))
+    full = sk.verify(**kw, rule="token_v2", backend=backend)
+    for b in (0, 3, 6):
+        one = sk.verify(**{k: (v[b: b + 1] if torch.is_tensor(v) else v) for k, v in kw.items()}, rule="token_v2",
+                        backend=backend)
+        for x, y in zip(one, full):
+            assert torch.equal(x[0], y[b])

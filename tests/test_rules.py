@@ -1,0 +1,93 @@
+"""The rule table (speccas_kernels/rules.py) and what is derived from it: every per-rule table of the
+project covers every rule, the README and the C++ enum match the table, a malformed row or an unknown
+code fails loudly."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import pytest
+import torch
+
+import speccas_kernels as sk
+from speccas_kernels import backends, native, rules
+from speccas_kernels.rules import RULE_INFO, RULES
+
+import test_exactness
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_readme_rules_table_is_the_tables():
+    text = (ROOT / "README.md").read_text()
+    i, j = text.index(rules.README_BEGIN), text.index(rules.README_END)
+    assert text[i + len(rules.README_BEGIN): j].strip() == rules.readme_table(), (
+        "README's rules table is stale: run `python -m speccas_kernels.tables readme`")
+    for r in RULES:
+        assert f"| `{r}` |" in text
+
+
+def test_generated_c_header_is_the_tables():
+    path = ROOT / "build" / "generated" / "speccas_rules_gen.h"
+    assert path.exists(), "setup.py writes build/generated/speccas_rules_gen.h when it builds the extension"
+    assert path.read_text() == rules.c_header(), "the extension was built from another rule table: rebuild it"
+    for r in RULES:
+        assert f"kRule_{r} = {RULE_INFO[r].code}," in rules.c_header()
+
+
+def test_per_rule_tables_cover_every_rule():
+    """Per-rule tables outside rules.py: a rule missing from one of them would go untested."""
+    assert set(test_exactness.ALPHA) == set(RULES), "tests/test_exactness.py ALPHA must hold every rule"
+    for r in RULES:  # the independent law exists for every rule (it raises KeyError otherwise)
+        test_exactness.Law(r, test_exactness.ALPHA[r], test_exactness.ZQ[0], test_exactness.ZP[0], 1.0)
+    assert set(rules.ANALYSIS_GRIDS) == set(RULES) and set(sk.DEFAULT_ALPHA) == set(RULES)
+    fams = {RULE_INFO[r].family for r in rules.representatives()}
+    assert fams == set(rules.FAMILIES), "representatives() must cover every family"
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_formulas_run_on_tensors(rule):
+    """The formula is plain arithmetic over broadcastable tensors (the reference calls it on [B, L, V] blocks,
+    the kernels on Triton blocks) and gives a value per element."""
+    info = RULE_INFO[rule]
+    alpha = torch.full((2, 1, 1), info.default_alpha)
+    x = torch.rand(2, 3, 5)
+    if info.family == rules.FAMILY_A:
+        r = info.weight(alpha, x[..., :1], x[..., 1:2], x[..., 2:3])
+        assert torch.is_tensor(r) and torch.broadcast_shapes(r.shape, (2, 3, 1)) == (2, 3, 1)
+        assert ((r.float() >= 0) & (r.float() <= 1)).all()
+        if info.binary:
+            assert r.dtype == torch.bool or set(r.unique().tolist()) <= {0.0, 1.0}
+    elif info.family == rules.FAMILY_B:
+        s = info.in_set(alpha, x, x.flip(-1), x.amax(-1, keepdim=True))
+        assert s.dtype == torch.bool and s.shape == (2, 3, 5)
+    else:
+        assert info.weight is None and info.in_set is None
+
+
+def test_malformed_rows_fail_at_import():
+    base = RULE_INFO["chow"]
+    for bad in (dataclasses.replace(base, name="x", code=base.code),  # duplicate code
+                dataclasses.replace(base, name="x", code=99, weight=None),  # family A without its formula
+                dataclasses.replace(base, name="x", code=99, family=rules.FAMILY_B, in_set=None),
+                dataclasses.replace(base, name="x", code=99, reads=("max_qh", "entropy")),
+                dataclasses.replace(base, name="x", code=99, summary=""),
+                dataclasses.replace(base, name="x", code=99, drafter_at=(2.0,))):  # a claimed end out of range
+        with pytest.raises(ValueError):
+            rules._check_table(rules._RULES + (bad,))
+    rules._check_table(rules._RULES)
+
+
+@pytest.mark.skipif(not backends.available("cpp")[0], reason="the native extension is not built")
+def test_native_op_rejects_a_rule_it_was_not_built_with():
+    kw = dict(draft_logits=torch.randn(1, 1, 8), target_logits=torch.randn(1, 2, 8),
+              draft_tokens=torch.zeros(1, 1, dtype=torch.int64))
+    args = sk.checks.check_verify(**kw, rule="chow", alpha=None, temperature=1.0, seed=0, offset=0,
+                                  num_draft_tokens=None, vocab_size=None, validate=False)
+    flags, rng = native.rule_args(args.rule)
+    for bad in ([99] + flags[1:], [flags[0], rules.FAMILY_CODE[rules.FAMILY_B]] + flags[2:]):
+        with pytest.raises(ValueError, match="rebuild"):
+            torch.ops.speccas.verify_native(args.draft_logits, args.target_logits, args.draft_tokens, bad, rng,
+                                            args.alpha, args.temperature, args.seed, args.offset,
+                                            args.num_draft_tokens, 8)
