@@ -551,10 +551,11 @@ def _max_prob(z: torch.Tensor, V: int) -> torch.Tensor:
 
 
 def _chow_defers(z: torch.Tensor, alpha: torch.Tensor, V: int) -> torch.Tensor:
-    """``[B]`` bool: where rule ``chow`` defers to the target for drafter logits ``z`` ``[B, V']`` (its
-    decision reads only the drafter: the reference's rule math is called with q in both places)."""
-    zq = z[:, None, :V]
-    return sk.reference.blend_distributions(zq, zq, rule="chow", alpha=alpha, temperature=1.0).deferred[:, 0, 0]
+    """``[B]`` bool: where rule ``chow`` defers to the target for drafter logits ``z`` ``[B, V']``: its weight
+    from the rule table (it reads only ``max q^``)."""
+    chow = get_rule("chow")
+    assert chow.reads == ("max_qh",), chow.reads  # the token cascade runs the target only after deciding
+    return chow.weight(alpha, _max_prob(z, V), None, None) > 0
 
 
 # ------------------------------------------------------------------------------------- counters
