@@ -21,9 +21,12 @@ What it does (about 10 minutes on 2 quiet cores for the forwards, cached under `
    teacher-forced approximation as ``speccas.analysis`` (drafts scored on the reference prefix,
    acceptances independent).
 
-The default (``speccas.generate.DEFAULT_NUM_DRAFT_TOKENS`` / ``DEFAULT_DRAFT_THRESHOLD``) is the policy
-with the best mean predicted speedup over the greedy settings with the package's default drafter
-precision, shown in bold. Writes ``bench/results/draft_length.csv`` and ``draft_length.md``.
+The default (``speccas.generate.DEFAULT_NUM_DRAFT_TOKENS`` / ``DEFAULT_DRAFT_THRESHOLD``) follows
+``best_policy``: with the package's default drafter precision, the smallest K whose best threshold is
+within 3% of the best mean predicted speedup over the greedy settings, with that threshold (in bold).
+Writes ``bench/results/draft_length.csv`` and ``draft_length.md``. The committed run used
+``--costs bench/results/draft_length_costs.json`` (the machine was too busy to measure forward costs;
+that file says where each figure comes from).
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from common import device_name, git_commit, iso_date  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SETTINGS = (("speculative", 0.0), ("token_v3", 0.0), ("speculative", 1.0), ("token_v3", 1.0))
-KS = (4, 6, 8, 12)
+KS = (4, 6, 8, 12, 16)
 THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 # The issue's quiet-machine forward costs on this CPU kind (ms; 2 threads, prompt of 42 tokens in cache):
 # target 1, 5, 9 tokens; drafter 1 token (float32). Linear in between.
@@ -258,13 +261,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def best_policy(rows, precision):
-    """The (K, threshold) with the best mean predicted speedup over the greedy settings."""
+def best_policy(rows, precision, within: float = 0.03):
+    """The default's rule: the smallest K whose best threshold comes within ``within`` of the best mean predicted
+    speedup over the greedy settings (longer rounds gain little past it, and the model is most optimistic about
+    long rounds: teacher forcing, a linear target cost past 9 tokens), with that threshold."""
     score = {}
     for r in rows:
         if r["drafter"] == precision and r["temperature"] == 0.0:
             score.setdefault((r["K"], r["threshold"]), []).append(r["speedup"])
-    return max(score, key=lambda k: np.mean(score[k]))
+    mean = {k: float(np.mean(v)) for k, v in score.items()}
+    top = max(mean.values())
+    K = min(k for (k, _), m in mean.items() if m >= (1 - within) * top)
+    return max(((k, h) for (k, h) in mean if k == K), key=lambda kh: mean[kh])
 
 
 def report(rows, costs, source, precision, current, args) -> str:
@@ -278,8 +286,10 @@ def report(rows, costs, source, precision, current, args) -> str:
         + ", ".join(f"{M} tok {v:.0f} ms" for M, v in sorted(costs["target"].items()))
         + "; drafter step " + ", ".join(f"{k} {v:.0f} ms" for k, v in costs["drafter"].items()) + ".",
         "",
-        f"Best mean over the greedy settings with the {precision} drafter: **K = {best[0]}, threshold = {best[1]}**; "
-        f"package default now: K = {current[0]}, threshold = {current[1]}.",
+        f"Chosen by `best_policy` for the {precision} drafter (the smallest K within 3% of the best mean over the "
+        f"greedy settings, with its best threshold): **K = {best[0]}, threshold = {best[1]}**; package default now "
+        f"(CPU): K = {current[0]}, threshold = {current[1]}. Absolute speedups are the model's (no prefill, no loop "
+        f"overhead, teacher forcing): read them as a ranking; `bench/e2e.py` measures.",
         "",
     ]
     for prec in dict.fromkeys(r["drafter"] for r in rows):

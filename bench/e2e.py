@@ -1,8 +1,8 @@
 """End to end on the real pair: tokens/s and target forwards per token of every decoding setting, interleaved.
 
     python bench/e2e.py                 # greedy and T = 1, 2 HumanEval prompts x 96 tokens, 2 repeats
-                                        # (about 35 min on 2 quiet cores; resumable: rerun to continue)
-    python bench/e2e.py --quick         # greedy only, 1 repeat (about 10 min)
+                                        # (about 25 min on 2 quiet cores; resumable: rerun to continue)
+    python bench/e2e.py --quick         # greedy only, 1 repeat (about 6 min)
     python bench/e2e.py --summary       # the table of the runs already recorded at this commit
 
 Qwen2.5-Coder 0.5B -> 1.5B (``speccas.models.load_real_pair``; the target always float32), HumanEval
@@ -41,17 +41,19 @@ RUNS = RESULTS / "e2e_runs.jsonl"
 CSV = RESULTS / "e2e_cpu.csv"
 MD = RESULTS / "e2e_cpu.md"
 
-# None = the package default (speccas.generate / speccas.models). Fixed-K rows pin threshold 0.
+# None = the package default (speccas.generate / speccas.models: on the CPU an int8 drafter, up to 12 drafts per
+# round with draft_threshold 0.5). Fixed-length rows pin draft_threshold 0; "before" rows are the settings the
+# package used before issue 17 (float32 drafter, K = 4).
 CONFIGS = (
     Config("target", "target"),
     Config("speculative", "speculative"),
     Config("cascade token_v3", "cascade", rule="token_v3"),
     Config("cascade chow", "cascade", rule="chow"),
-    Config("speculative K=4 fp32", "speculative", num_draft_tokens=4, draft_threshold=0.0, drafter="float32"),
-    Config("speculative K=8 fp32", "speculative", num_draft_tokens=8, draft_threshold=0.0, drafter="float32"),
+    Config("speculative K=4 int8", "speculative", num_draft_tokens=4, draft_threshold=0.0, drafter="int8"),
+    Config("speculative K=8 int8", "speculative", num_draft_tokens=8, draft_threshold=0.0, drafter="int8"),
     Config("speculative adaptive fp32", "speculative", drafter="float32"),
-    Config("speculative adaptive int8", "speculative", drafter="int8"),
-    Config("cascade token_v3 K=4 fp32", "cascade", rule="token_v3", num_draft_tokens=4, draft_threshold=0.0,
+    Config("speculative K=4 fp32 (before)", "speculative", num_draft_tokens=4, draft_threshold=0.0, drafter="float32"),
+    Config("cascade token_v3 K=4 fp32 (before)", "cascade", rule="token_v3", num_draft_tokens=4, draft_threshold=0.0,
            drafter="float32"),
 )
 

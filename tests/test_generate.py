@@ -71,8 +71,10 @@ def test_greedy_speculative_equals_target_batched(pair):
     ids, mask = batch()
     n = 14
     ref = generate(target, drafter, ids, mask, method="target", max_new_tokens=n)
-    spec = generate(target, drafter, ids, mask, method="speculative", num_draft_tokens=3, max_new_tokens=n)
+    spec = generate(target, drafter, ids, mask, method="speculative", num_draft_tokens=3, draft_threshold=0,
+                    max_new_tokens=n)
     assert spec.tokens == ref.tokens
+    assert generate(target, drafter, ids, mask, method="speculative", max_new_tokens=n).tokens == ref.tokens  # defaults
     assert all(len(t) == n for t in ref.tokens)
     # the target's own greedy decode, row by row, without padding or cache
     for b, r in enumerate(rows(ids, mask)):
@@ -106,7 +108,7 @@ def test_never_defer_end_is_the_drafter(llama_pair, rule):
     dr = generate(target, drafter, ids, mask, method="drafter", max_new_tokens=n)
     # K >= max_new_tokens: the round drafts only the n - 1 tokens still needed before the target's bonus
     cas = generate(target, drafter, ids, mask, method="cascade", rule=rule, alpha=1.0, num_draft_tokens=3 * n,
-                   max_new_tokens=n)
+                   draft_threshold=0, max_new_tokens=n)
     assert cas.rounds == 1 and cas.drafter_forwards == n - 1 and cas.drafted == 2 * (n - 1)
     for b, r in enumerate(rows(ids, mask)):
         assert cas.tokens[b] == oracle_greedy(lambda i: target if i == n - 1 else drafter, r, n)
@@ -115,7 +117,7 @@ def test_never_defer_end_is_the_drafter(llama_pair, rule):
     # K < max_new_tokens: drafts are all accepted, every (K+1)-th token is the target's bonus (SPEC 1.3)
     K, n = 2, 9
     cas = generate(target, drafter, ids, mask, method="cascade", rule=rule, alpha=1.0, num_draft_tokens=K,
-                   max_new_tokens=n)
+                   draft_threshold=0, max_new_tokens=n)
     for b, r in enumerate(rows(ids, mask)):
         want = oracle_greedy(lambda i: target if i % (K + 1) == K else drafter, r, n)
         assert cas.tokens[b] == want
@@ -205,7 +207,8 @@ def test_stats_drafter_equals_target(llama_pair):
     target, _ = llama_pair
     ids, mask = batch((6,))
     K, n = 3, 12
-    out = generate(target, target, ids, mask, method="speculative", num_draft_tokens=K, max_new_tokens=n)
+    out = generate(target, target, ids, mask, method="speculative", num_draft_tokens=K, draft_threshold=0,
+                   max_new_tokens=n)
     assert isinstance(out, GenerationOutput)
     assert out.target_forwards == out.rounds == n // (K + 1)
     assert out.tokens_per_target_forward == K + 1
@@ -382,7 +385,8 @@ def test_gpt_fast_style_example():
     for kw in (dict(rule="token_v3", alpha=0.5), dict(rule="speculative", temperature=1.0, seed=5)):
         mine, _ = ex.speculative_generate(target, drafter, prompt, 12, K=3, **kw)
         method = "cascade" if kw["rule"] != "speculative" else "speculative"
-        ours = generate(target, drafter, prompt, method=method, num_draft_tokens=3, max_new_tokens=12, eos_token_id=[],
+        ours = generate(target, drafter, prompt, method=method, num_draft_tokens=3, draft_threshold=0, max_new_tokens=12,
+                        eos_token_id=[],
                         **{k: v for k, v in kw.items() if k != "rule" or method == "cascade"})
         assert ours.tokens[0] == mine
 
@@ -625,3 +629,14 @@ def test_compiled_steps_give_the_eager_tokens(llama_pair, monkeypatch):
         out = generate(target, drafter, ids, mask, method=method, max_new_tokens=10, compile=True, **kw)
         assert out.tokens == ref.tokens, method
     assert calls and all(c.get("dynamic") is False for c in calls)
+
+
+def test_draft_length_defaults():
+    """Adaptive on the CPU (a decision read there is host memory), a fixed length elsewhere (one read per round)."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert gen_mod._draft_length(None, None, cpu) == (gen_mod.DEFAULT_NUM_DRAFT_TOKENS, gen_mod.DEFAULT_DRAFT_THRESHOLD)
+    assert gen_mod._draft_length(None, None, gpu) == (gen_mod.DEFAULT_FIXED_NUM_DRAFT_TOKENS, 0.0)
+    assert gen_mod._draft_length(None, 0, cpu) == (gen_mod.DEFAULT_FIXED_NUM_DRAFT_TOKENS, 0.0)
+    assert gen_mod._draft_length(None, 0.3, gpu) == (gen_mod.DEFAULT_NUM_DRAFT_TOKENS, 0.3)
+    assert gen_mod._draft_length(np.int64(5), np.float32(0.25), cpu) == (5, 0.25)
+    assert gen_mod.DEFAULT_DRAFT_THRESHOLD > 0 and gen_mod.DEFAULT_NUM_DRAFT_TOKENS > gen_mod.DEFAULT_FIXED_NUM_DRAFT_TOKENS

@@ -77,7 +77,7 @@ def generate_parser() -> argparse.ArgumentParser:
                     help="both models' dtype when loaded (the target keeps it)")
     ap.add_argument("--drafter-precision", default=None, choices=PRECISIONS,
                     help="the drafter's weights: int8 = PyTorch dynamic quantization (CPU), bfloat16, ... "
-                         "(default: speccas.models.DEFAULT_DRAFTER_PRECISION)")
+                         "(default: speccas.models.DEFAULT_DRAFTER_PRECISION on the CPU, as loaded elsewhere)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the drafter and verification steps")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="auto")
@@ -121,7 +121,7 @@ def generate_main(argv=None) -> int:
     need_target = a.method != "drafter"
     need_drafter = a.method != "target"
     target = models.load_model(a.target, dtype=dtype, device=a.device) if need_target else None
-    precision = a.drafter_precision or models.DEFAULT_DRAFTER_PRECISION
+    precision = a.drafter_precision or models.default_drafter_precision(a.device)
     drafter = models.load_model(a.drafter, dtype=dtype, device=a.device, precision=precision) if need_drafter else None
     tok = models.load_tokenizer(a.tokenizer or (a.target if need_target else a.drafter))
     ids, mask = encode_prompts(tok, prompts, chat=not a.no_chat, device=a.device)

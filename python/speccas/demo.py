@@ -148,9 +148,10 @@ def run_interleaved(target, drafters: dict, prompts, configs, *, max_new_tokens:
     records = []
     for c, i, r in tqdm(jobs, desc="runs", unit="run", disable=not progress):
         ids, mask = prompts[i]
-        out = generate(target if c.method != "drafter" else None, drafters[c.precision] if c.method != "target" else None,
-                       ids, mask, temperature=temperature, max_new_tokens=max_new_tokens, eos_token_id=[], seed=seed,
-                       **c.kwargs())
+        tgt = target if c.method != "drafter" else None
+        dft = drafters[c.precision] if c.method != "target" else None
+        out = generate(tgt, dft, ids, mask, temperature=temperature, max_new_tokens=max_new_tokens, eos_token_id=[],
+                       seed=seed, **c.kwargs())
         rec = {"config": c.name, "prompt": i, "repeat": r, "temperature": temperature, "drafter": c.precision,
                "new_tokens": out.new_tokens, "seconds": out.wall_time, "target_forwards": out.target_forwards,
                "drafter_forwards": out.drafter_forwards, "drafted": out.drafted, "accepted": out.accepted,

@@ -21,6 +21,7 @@ more than the tokens a row still needs minus one (the round's last token is the 
 ``max q^`` (the unscaled softmax maximum, the statistic ``chow`` reads) is below ``t``; each row
 verifies its drafts up to and including its own first unsure one, and the round stops drafting when
 no row is sure any more. ``draft_threshold = 0`` drafts exactly ``num_draft_tokens`` every round.
+Defaults: see ``DEFAULT_NUM_DRAFT_TOKENS`` (adaptive on the CPU, fixed elsewhere).
 
 Randomness (SPEC.md section 5): row ``b`` uses ``seed[b]``, and offsets are absolute positions in its
 own sequence: ``sample(offset = position of the drafted token)``, ``verify(offset = position of the
@@ -37,8 +38,9 @@ slots ``start[b] .. s``), so the model's own mask code uses it as given and neve
 Host reads (device-to-host syncs), counted in every frame by ``speccas.hostreads``: one per round
 (speculative methods) or per step (``target``, ``drafter``, ``token_cascade``), plus, with
 ``draft_threshold > 0``, one per draft that may be followed by another (the decision to run the
-drafter again has to reach the host). Value checks before the loop and one read of the statistics
-after it add a constant. The kernels never read.
+drafter again has to reach the host: on the CPU the logits already sit in host memory, so the
+default uses it there only). Value checks before the loop and one read of the statistics after it
+add a constant. The kernels never read.
 
 Compiled steps (``compile=True``): the drafter's one-token step and the target's verification step
 go through ``torch.compile`` (the attention then spans the whole static cache, so each shape compiles
@@ -63,9 +65,12 @@ from speccas_kernels.rules import alpha_in_range, describe_range, get_rule
 METHODS = ("target", "drafter", "speculative", "cascade", "lossy", "token_cascade")
 SPECULATIVE_METHODS = ("speculative", "cascade", "lossy")
 TOKEN_CASCADE_DEFAULT_ALPHA = 0.5
-# Draft length defaults, chosen on HumanEval with the real pair (bench/draft_length.py, README "Draft length").
-DEFAULT_NUM_DRAFT_TOKENS = 4
-DEFAULT_DRAFT_THRESHOLD = 0.0
+# Draft length defaults, chosen on HumanEval with the real pair (bench/draft_length.py, README "Draft length"):
+# on the CPU, where deciding after each draft costs no device sync, up to 12 drafts per round and a stop after
+# the first one with max q^ < 0.5; on other devices a fixed length of 6 (one host read per round).
+DEFAULT_NUM_DRAFT_TOKENS = 12
+DEFAULT_DRAFT_THRESHOLD = 0.5
+DEFAULT_FIXED_NUM_DRAFT_TOKENS = 6
 FINISH_REASONS = ("length", "eos", "invalid_logits")
 
 
@@ -279,20 +284,6 @@ def _normalize(target, drafter, input_ids, attention_mask, *, method, rule, alph
         info = get_rule(rule)
         if alpha is None:
             alpha = info.default_alpha
-        if num_draft_tokens is None:
-            num_draft_tokens = DEFAULT_NUM_DRAFT_TOKENS
-        if not _is_int(num_draft_tokens):
-            raise TypeError(f"num_draft_tokens: expected an int >= 1, got {type(num_draft_tokens).__name__} "
-                            f"{num_draft_tokens!r}")
-        if num_draft_tokens < 1:
-            raise ValueError(f"num_draft_tokens: expected an int >= 1, got {num_draft_tokens}")
-        K = int(num_draft_tokens)
-        threshold = DEFAULT_DRAFT_THRESHOLD if draft_threshold is None else draft_threshold
-        if not _is_real(threshold):
-            raise TypeError(f"draft_threshold: expected a number in [0, 1], got {type(threshold).__name__}")
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"draft_threshold: expected a number in [0, 1], got {threshold!r}")
-        threshold = float(threshold)
     elif method == "token_cascade":
         rule = None
         if alpha is None:
@@ -305,7 +296,8 @@ def _normalize(target, drafter, input_ids, attention_mask, *, method, rule, alph
         if method == "token_cascade" and not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha: token_cascade takes alpha in [0, 1], got {alpha!r}")
         if method != "token_cascade" and not alpha_in_range(get_rule(rule), float(alpha)):
-            raise ValueError(f"alpha: {alpha!r} is outside the range of rule {rule!r}: {describe_range(get_rule(rule))}")
+            raise ValueError(f"alpha: {alpha!r} is outside the range of rule {rule!r}: "
+                             f"{describe_range(get_rule(rule))}")
 
     # ---- devices and vocabularies
     dev = _device(models[0])
@@ -315,6 +307,8 @@ def _normalize(target, drafter, input_ids, attention_mask, *, method, rule, alph
                              "move them to the same device")
     if dev.type == "meta":
         raise ValueError("the models are on the 'meta' device (no weights): load or materialize them first")
+    if method in SPECULATIVE_METHODS:
+        K, threshold = _draft_length(num_draft_tokens, draft_threshold, dev)
     vocabs = [_vocab(m) for m in models]
     if vocab_size is None:
         if len(set(vocabs)) > 1:
@@ -334,7 +328,8 @@ def _normalize(target, drafter, input_ids, attention_mask, *, method, rule, alph
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     if input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"input_ids: expected [B, P] integer ids, got shape {tuple(input_ids.shape)} {input_ids.dtype}")
+        raise ValueError(f"input_ids: expected [B, P] integer ids, got shape {tuple(input_ids.shape)} "
+                         f"{input_ids.dtype}")
     B, P = input_ids.shape
     if B == 0 or P == 0:
         raise ValueError(f"input_ids: empty prompt batch (shape {tuple(input_ids.shape)})")
@@ -372,6 +367,24 @@ def _normalize(target, drafter, input_ids, attention_mask, *, method, rule, alph
                  threshold=threshold, ids=input_ids.gather(1, order), mask=mask.gather(1, order), max_new=max_new,
                  max_new_host=max_new_host, temperature=temps, seeds=seeds,
                  eos=torch.tensor(eos if eos else [-2], dtype=torch.long, device=dev), V=V, dev=dev)
+
+
+def _draft_length(num_draft_tokens, draft_threshold, dev: torch.device):
+    """(K, threshold) from the arguments, ``None`` taking the defaults (see the constants at the top)."""
+    if draft_threshold is None:
+        draft_threshold = DEFAULT_DRAFT_THRESHOLD if dev.type == "cpu" else 0.0
+    if not _is_real(draft_threshold):
+        raise TypeError(f"draft_threshold: expected a number in [0, 1], got {type(draft_threshold).__name__}")
+    if not 0.0 <= float(draft_threshold) <= 1.0:
+        raise ValueError(f"draft_threshold: expected a number in [0, 1], got {draft_threshold!r}")
+    if num_draft_tokens is None:
+        num_draft_tokens = DEFAULT_NUM_DRAFT_TOKENS if draft_threshold > 0 else DEFAULT_FIXED_NUM_DRAFT_TOKENS
+    if not _is_int(num_draft_tokens):
+        raise TypeError(f"num_draft_tokens: expected an int >= 1, got {type(num_draft_tokens).__name__} "
+                        f"{num_draft_tokens!r}")
+    if num_draft_tokens < 1:
+        raise ValueError(f"num_draft_tokens: expected an int >= 1, got {num_draft_tokens}")
+    return int(num_draft_tokens), float(draft_threshold)
 
 
 def _check_values(input_ids, mask, V, max_new, temps, method, rule, alpha_rows, token_alpha) -> int:
@@ -719,9 +732,9 @@ def generate(
         alpha: the rule's trade-off (number or ``[B]`` tensor); ``None`` = ``speccas_kernels.DEFAULT_ALPHA``
             (``token_cascade``: 0.5).
         num_draft_tokens: the most drafts per round (speculative methods); ``None`` =
-            ``DEFAULT_NUM_DRAFT_TOKENS``.
+            ``DEFAULT_NUM_DRAFT_TOKENS`` with a threshold, ``DEFAULT_FIXED_NUM_DRAFT_TOKENS`` without.
         draft_threshold: stop drafting after a draft whose ``max q^`` is below it (``0`` = always draft
-            ``num_draft_tokens``); ``None`` = ``DEFAULT_DRAFT_THRESHOLD``.
+            ``num_draft_tokens``); ``None`` = ``DEFAULT_DRAFT_THRESHOLD`` on the CPU, ``0`` elsewhere.
         temperature: ``0`` = greedy (the default), else sampling temperature (number or ``[B]`` tensor).
         max_new_tokens: new tokens per row (int or ``[B]`` tensor), each > 0.
         eos_token_id: int or list of ints; ``None`` takes the target's (or drafter's) generation config.

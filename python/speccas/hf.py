@@ -102,8 +102,8 @@ def cascade_generate(model, input_ids: Optional[torch.Tensor] = None, *, assista
     """``model.generate(input_ids, assistant_model=..., **kwargs)`` as a speculative cascade.
 
     Same call as assisted generation; the extra keywords ``rule``, ``alpha``, ``num_draft_tokens``,
-    ``draft_threshold``, ``seed``, ``backend``, ``return_speccas_output`` and ``method`` (any of ``speccas.METHODS``) are
-    speccas's. Returns what ``generate`` returns (the sequences, prompt included).
+    ``draft_threshold``, ``seed``, ``backend``, ``return_speccas_output`` and ``method`` (any of
+    ``speccas.METHODS``) are speccas's. Returns what ``generate`` returns (the sequences, prompt included).
     """
     d = drafter if drafter is not None else assistant_model
     return model.generate(input_ids, custom_generate=cascade_decoding, drafter=d, speccas_method=method, **kwargs)
