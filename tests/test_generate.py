@@ -464,6 +464,8 @@ _BAD_ARGS = [
     (dict(draft_threshold=1.5), ValueError, "draft_threshold"),
     (dict(draft_threshold="high"), TypeError, "draft_threshold"),
     (dict(compile="yes"), TypeError, "compile"),
+    (dict(drafter_threads=1.0), TypeError, "drafter_threads"),
+    (dict(drafter_threads=0), ValueError, "drafter_threads"),
 ]
 
 
@@ -640,3 +642,24 @@ def test_draft_length_defaults():
     assert gen_mod._draft_length(None, 0.3, gpu) == (gen_mod.DEFAULT_NUM_DRAFT_TOKENS, 0.3)
     assert gen_mod._draft_length(np.int64(5), np.float32(0.25), cpu) == (5, 0.25)
     assert gen_mod.DEFAULT_DRAFT_THRESHOLD > 0 and gen_mod.DEFAULT_NUM_DRAFT_TOKENS > gen_mod.DEFAULT_FIXED_NUM_DRAFT_TOKENS
+
+
+def test_drafter_threads(llama_pair):
+    """The drafter's forwards run on the threads asked for, the target's on the caller's, restored after."""
+    target, drafter = llama_pair
+    ids, mask = batch()
+    seen = {"target": set(), "drafter": set()}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, name=name: seen[name].add(torch.get_num_threads()))
+             for name, m in (("target", target), ("drafter", drafter))]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ref = generate(target, drafter, ids, mask, method="speculative", max_new_tokens=8)
+        seen = {"target": set(), "drafter": set()}
+        out = generate(target, drafter, ids, mask, method="speculative", max_new_tokens=8, drafter_threads=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+        for h in hooks:
+            h.remove()
+    assert seen == {"target": {2}, "drafter": {1}} and out.tokens == ref.tokens

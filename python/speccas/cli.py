@@ -79,6 +79,8 @@ def generate_parser() -> argparse.ArgumentParser:
                     help="the drafter's weights: int8 = PyTorch dynamic quantization (CPU), bfloat16, ... "
                          "(default: speccas.models.DEFAULT_DRAFTER_PRECISION on the CPU, as loaded elsewhere)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the drafter and verification steps")
+    ap.add_argument("--drafter-threads", type=int, default=None,
+                    help="torch threads for the drafter's forwards (default: as set; 1 helps on a busy CPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--json", action="store_true", help="print the texts and statistics as JSON")
@@ -128,6 +130,7 @@ def generate_main(argv=None) -> int:
     out = generate(target, drafter, ids, mask, method=a.method, rule=a.rule, alpha=a.alpha,
                    num_draft_tokens=a.num_draft_tokens, draft_threshold=a.draft_threshold, temperature=a.temperature,
                    max_new_tokens=a.max_new_tokens, seed=a.seed, backend=a.backend, compile=a.compile,
+                   drafter_threads=a.drafter_threads,
                    progress=not a.json)
     texts = [tok.decode(t, skip_special_tokens=True) for t in out.tokens]
     if a.json:

@@ -13,6 +13,8 @@ noise), acceptance and deferral per rule; no model needed.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -94,6 +96,7 @@ class Config:
     num_draft_tokens: Optional[int] = None
     draft_threshold: Optional[float] = None
     drafter: Optional[str] = None  # a precision of speccas.models.PRECISIONS; None = DEFAULT_DRAFTER_PRECISION
+    drafter_threads: Optional[int] = None
 
     @property
     def precision(self) -> str:
@@ -103,7 +106,7 @@ class Config:
 
     def kwargs(self) -> dict:
         kw = {"method": self.method}
-        for k in ("rule", "alpha", "num_draft_tokens", "draft_threshold"):
+        for k in ("rule", "alpha", "num_draft_tokens", "draft_threshold", "drafter_threads"):
             if getattr(self, k) is not None:
                 kw[k] = getattr(self, k)
         return kw
@@ -150,10 +153,13 @@ def run_interleaved(target, drafters: dict, prompts, configs, *, max_new_tokens:
         ids, mask = prompts[i]
         tgt = target if c.method != "drafter" else None
         dft = drafters[c.precision] if c.method != "target" else None
+        cpu0 = time.process_time()
         out = generate(tgt, dft, ids, mask, temperature=temperature, max_new_tokens=max_new_tokens, eos_token_id=[],
                        seed=seed, **c.kwargs())
+        cpu = time.process_time() - cpu0
         rec = {"config": c.name, "prompt": i, "repeat": r, "temperature": temperature, "drafter": c.precision,
-               "new_tokens": out.new_tokens, "seconds": out.wall_time, "target_forwards": out.target_forwards,
+               "new_tokens": out.new_tokens, "seconds": out.wall_time, "cpu_seconds": cpu,
+               "target_forwards": out.target_forwards,
                "drafter_forwards": out.drafter_forwards, "drafted": out.drafted, "accepted": out.accepted,
                "deferral": out.deferral_rate, "rounds": out.rounds, "num_draft_tokens": out.num_draft_tokens,
                "draft_threshold": out.draft_threshold, "rule": out.rule, "alpha": out.alpha, "tokens": out.tokens[0]}
@@ -180,6 +186,8 @@ def summarize(records, configs) -> list:
                 continue
             prompts = sorted({r["prompt"] for r in rs})
             secs = sum(statistics.median(r["seconds"] for r in rs if r["prompt"] == i) for i in prompts)
+            cpu = sum(statistics.median(r.get("cpu_seconds", math.nan) for r in rs if r["prompt"] == i)
+                      for i in prompts)
             toks = sum(next(r["new_tokens"] for r in rs if r["prompt"] == i) for i in prompts)
             drafted = sum(r["drafted"] for r in rs)
             defer = [r["deferral"] for r in rs if r["deferral"] is not None]
@@ -190,15 +198,19 @@ def summarize(records, configs) -> list:
                    "K": rs[0]["num_draft_tokens"], "threshold": rs[0]["draft_threshold"], "drafter": c.precision,
                    "temperature": T, "prompts": len(prompts), "repeats": max(r["repeat"] for r in rs) + 1,
                    "new_tokens": toks, "seconds": secs, "tokens_per_s": toks / secs if secs else float("nan"),
+                   "cpu_seconds": cpu,
                    "target_fwd_per_token": sum(r["target_forwards"] for r in rs) / sum(r["new_tokens"] for r in rs),
                    "acceptance": sum(r["accepted"] for r in rs) / drafted if drafted else None,
                    "deferral": sum(defer) / len(defer) if defer else None, "same_as_target": same}
             if c.name == "target":
                 base = row["tokens_per_s"]
             rows.append(row)
+        base_cpu = next((r["cpu_seconds"] / r["new_tokens"] for r in rows
+                         if r["temperature"] == T and r["config"] == "target"), None)
         for row in rows:
             if row["temperature"] == T:
                 row["speedup"] = row["tokens_per_s"] / base if base else None
+                row["cpu_speedup"] = base_cpu / (row["cpu_seconds"] / row["new_tokens"]) if base_cpu else None
     return rows
 
 
@@ -206,15 +218,16 @@ def format_table(rows) -> str:
     def f(x, nd=2):
         return "-" if x is None else f"{x:.{nd}f}"
 
-    lines = ["| T | config | drafter | K / threshold | new tokens | seconds | tokens/s | speedup | target fwd/token | "
-             "acceptance | deferral | = target |",
-             "|--:|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|"]
+    lines = ["| T | config | drafter | K / threshold | new tokens | seconds | tokens/s | speedup | speedup in CPU time | "
+             "target fwd/token | acceptance | deferral | = target |",
+             "|--:|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in rows:
         kt = "-" if not r["K"] else f"{r['K']} / {r['threshold']:g}"
         cfg = r["config"] + (f" (alpha {r['alpha']:g})" if r["rule"] not in (None, "speculative", "lossy") else "")
         same = {None: "-", True: "yes", False: "no"}[r["same_as_target"]]
         lines.append(f"| {r['temperature']:g} | {cfg} | {r['drafter'] if r['method'] != 'target' else '-'} | {kt} | "
                      f"{r['new_tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.2f} | {f(r.get('speedup'))}x | "
+                     f"{f(r.get('cpu_speedup'))}x | "
                      f"{r['target_fwd_per_token']:.3f} | {f(r['acceptance'])} | {f(r['deferral'])} | {same} |")
     return "\n".join(lines)
 
@@ -226,8 +239,7 @@ def real_demo(max_new_tokens: int = 96, num_prompts: int = 2, configs=DEMO_CONFI
     from .models import load_real_pair
 
     if drafter_precision is not None:
-        configs = tuple(Config(c.name, c.method, c.rule, c.alpha, c.num_draft_tokens, c.draft_threshold,
-                               c.drafter or drafter_precision) for c in configs)
+        configs = tuple(dataclasses.replace(c, drafter=c.drafter or drafter_precision) for c in configs)
     t0 = time.perf_counter()
     target, drafter, tok = load_real_pair(cache_dir=cache_dir)
     drafters = load_drafters(drafter, [c.precision for c in configs if c.method != "target"])

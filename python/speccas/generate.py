@@ -514,7 +514,7 @@ class _Model:
     """One model over the slots: ``forward(slots)`` feeds the tokens at ``slots`` ``[B, q]`` and returns
     the logits of the last ``keep`` of them."""
 
-    def __init__(self, model, seq: _Seq, compile_steps: bool):
+    def __init__(self, model, seq: _Seq, compile_steps: bool, threads: Optional[int] = None):
         import inspect
 
         self.model = model
@@ -529,6 +529,7 @@ class _Model:
         self.forwards = 0
         self.tokens = 0
         self.behind = seq.P - 1  # slots before the pending one not fed yet (a host bound, the same for all rows)
+        self.threads = threads  # torch threads for this model's forwards (None: leave them as they are)
         self.compiled = None
         if compile_steps:
             self.compiled = torch.compile(self._call, dynamic=False)
@@ -551,7 +552,13 @@ class _Model:
         mask = torch.zeros(sees.shape, dtype=self.dtype, device=slots.device).masked_fill_(~sees, self.neg)[:, None]
         self.cache.rows, self.cache.slots, self.cache.length = s.rows.expand_as(slots), slots, length
         fn = self.compiled if (compiled and self.compiled is not None) else self._call
-        logits = fn(s.tok.gather(1, slots), s.position(slots), mask, keep)
+        before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            logits = fn(s.tok.gather(1, slots), s.position(slots), mask, keep)
+        finally:
+            torch.set_num_threads(before)
         self.forwards += 1
         self.tokens += slots.shape[1]
         return logits
@@ -717,6 +724,7 @@ def generate(
     backend: str = "auto",
     vocab_size: Optional[int] = None,
     compile: bool = False,
+    drafter_threads: Optional[int] = None,
     progress: bool = False,
 ) -> GenerationOutput:
     """Generate with a drafter/target pair of Hugging Face causal LMs (see the module docstring).
@@ -744,11 +752,17 @@ def generate(
         vocab_size: use only the first ``vocab_size`` logits of both models (for pairs whose output
             layers are padded differently); required when the two vocabularies differ.
         compile: run the drafter's one-token step and the verification step through ``torch.compile``.
+        drafter_threads: torch threads for the drafter's forwards (``None``: as set). One thread keeps a
+            quantized drafter's many small parallel regions from waiting on each other on a busy CPU.
         progress: show a tqdm bar.
     """
     t_start = time.perf_counter()
     if not isinstance(compile, bool):
         raise TypeError(f"compile: expected a bool, got {type(compile).__name__}")
+    if drafter_threads is not None and not _is_int(drafter_threads):
+        raise TypeError(f"drafter_threads: expected None or an int >= 1, got {type(drafter_threads).__name__}")
+    if drafter_threads is not None and drafter_threads < 1:
+        raise ValueError(f"drafter_threads: expected None or an int >= 1, got {drafter_threads}")
     a = _normalize(target, drafter, input_ids, attention_mask, method=method, rule=rule, alpha=alpha,
                    num_draft_tokens=num_draft_tokens, draft_threshold=draft_threshold, temperature=temperature,
                    max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, seed=seed, vocab_size=vocab_size)
@@ -764,7 +778,7 @@ def generate(
     uses_target = a.method != "drafter"
     uses_drafter = a.method != "target"
     L = _Loop(a=a, seq=seq, tgt=_Model(target, seq, compile) if uses_target else None,
-              dft=_Model(drafter, seq, compile) if uses_drafter else None, st=_Counters(a.K, a.dev),
+              dft=_Model(drafter, seq, compile, drafter_threads) if uses_drafter else None, st=_Counters(a.K, a.dev),
               kw=dict(temperature=a.temperature, seed=a.seeds, backend=backend, vocab_size=a.V), compiled=compile)
     L.dseen = torch.zeros_like(seq.front)  # the prompts are fed with each model's first forward
 
