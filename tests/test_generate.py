@@ -286,6 +286,19 @@ def test_read_counter_sees_transformers_frames(llama_pair):
         torch.arange(4).tolist()
         torch.arange(4)[torch.arange(4) > 1]
     assert reads.total == 4, dict(reads.by_kind)
+    x = torch.tensor([3, 1, 3, 0])
+    with count_host_reads(where=True) as reads:
+        x.nonzero()
+        torch.unique(x)
+        x.masked_select(x > 1)
+        torch.equal(x, x)
+        torch.repeat_interleave(x)
+        x.numpy()
+        x.cpu()
+        y = x + 1  # no read
+        y[torch.tensor([0, 2])] = 5  # integer indexing: no read
+    assert reads.total == 7 and len(reads.sites) == 7 and all("test_generate.py" in s for s in reads.sites), \
+        (dict(reads.by_kind), reads.sites)
 
 
 def _cache_kw(model):
