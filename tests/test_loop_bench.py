@@ -90,3 +90,28 @@ def test_profiler_counts_model_calls_and_ops():
              "device": "cpu", "commit": "abc", "date": "d"} for c in pr.COMPONENTS]
     md = pr.render(rows)
     assert md.count("| glue |") == 1 and "load 0.1-0.2" in md
+
+
+def test_e2e_runs_resumes_and_writes(tmp_path, monkeypatch):
+    """bench/e2e.py end to end on tiny models: rows per run, resume skips what is recorded, table and CSV."""
+    import e2e
+
+    from helpers import tiny
+    from speccas import models
+
+    t = tiny("llama", 0).float()
+    monkeypatch.setattr(models, "load_real_pair", lambda cache_dir=None: (t, t, None))
+    monkeypatch.setattr(e2e, "humaneval_prompts", lambda tok, start, n: [
+        (torch.tensor([[1, 2, 3 + i]]), torch.ones(1, 3, dtype=torch.long)) for i in range(n)])
+    for name in ("RESULTS", "RUNS", "CSV", "MD"):
+        monkeypatch.setattr(e2e, name, tmp_path / getattr(e2e, name).name)
+    monkeypatch.setattr(e2e, "RESULTS", tmp_path)
+    args = ["--quick", "--max-new-tokens", "6", "--configs", "target", "speculative", "speculative K=4 int8"]
+    assert e2e.main(args) == 0
+    runs = [line for line in (tmp_path / "e2e_runs.jsonl").read_text().splitlines() if line]
+    assert len(runs) == 3 * 2
+    assert e2e.main(args) == 0  # everything recorded: nothing runs again
+    assert len((tmp_path / "e2e_runs.jsonl").read_text().splitlines()) == 6
+    md = (tmp_path / "e2e_cpu.md").read_text()
+    assert "| 0 | speculative K=4 int8 | int8 | 4 / 0 |" in md and "yes |" in md
+    assert (tmp_path / "e2e_cpu.csv").read_text().count("\n") == 1 + 3 + 3  # header + two summaries of 3 rows
