@@ -163,6 +163,10 @@ struct Group4 {
   __device__ __forceinline__ acc_t get(int j) const { return j == 0 ? x0 : (j == 1 ? x1 : (j == 2 ? x2 : x3)); }
 };
 
+// Groups a thread loads before using the first, in the streaming passes: 32 bytes in flight per thread.
+template <typename in_t>
+constexpr int kGroupsInFlight = sizeof(in_t) >= 8 ? 1 : static_cast<int>(32 / (4 * sizeof(in_t)));
+
 template <typename in_t, typename acc_t>
 __device__ __forceinline__ Group4<in_t, acc_t> load4(const in_t* row, int64_t v0, int64_t hi, bool vec) {
   Group4<in_t, acc_t> g;

@@ -214,13 +214,20 @@ __global__ void __launch_bounds__(kCutThreads) _filter_cutoff_kernel(acc_t* __re
   const bool vec = vec_aligned(row);
   acc_t M = neg_inf<acc_t>();
   int bad = 0;
-  for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += 4 * kCutThreads) {
-    const Group4<in_t, acc_t> g = load4<in_t, acc_t>(row, v0, V, vec);
+  constexpr int U = kGroupsInFlight<in_t>;
+  constexpr int64_t step = 4 * kCutThreads;
+  for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += U * step) {
+    Group4<in_t, acc_t> g[U];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const acc_t x = g.get(j);
-      M = x > M ? x : M;
-      bad |= (x != x) | (x == static_cast<acc_t>(INFINITY));
+    for (int u = 0; u < U; ++u) g[u] = load4<in_t, acc_t>(row, v0 + u * step, V, vec);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const acc_t x = g[u].get(j);  // -inf beyond V
+        M = x > M ? x : M;
+        bad |= (x != x) | (x == static_cast<acc_t>(INFINITY));
+      }
     }
   }
   M = block_max<acc_t, kCutWarps>(M, sh_v);

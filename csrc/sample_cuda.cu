@@ -167,15 +167,23 @@ __global__ void __launch_bounds__(kThreads) _sample_race_kernel(int64_t* __restr
   acc_t m = neg_inf<acc_t>();
   int64_t am = kNoIndex;
   int bad = 0;
-  for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += 4 * kThreads) {
-    const Group4<in_t, acc_t> g = load4<in_t, acc_t>(row, v0, hi, vec);
+  constexpr int U = kGroupsInFlight<in_t>;
+  constexpr int64_t step = 4 * kThreads;
+  for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += U * step) {
+    Group4<in_t, acc_t> g[U];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const acc_t x = g.get(j);
-      bad |= (v0 + j < hi) & ((x != x) | (x == static_cast<acc_t>(INFINITY)));
-      if (x > m) {
-        m = x;
-        am = v0 + j;
+    for (int u = 0; u < U; ++u) g[u] = load4<in_t, acc_t>(row, v0 + u * step, hi, vec);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t v = v0 + u * step + j;
+        const acc_t x = g[u].get(j);
+        bad |= (v < hi) & ((x != x) | (x == static_cast<acc_t>(INFINITY)));
+        if (x > m) {
+          m = x;
+          am = v;
+        }
       }
     }
   }

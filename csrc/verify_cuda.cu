@@ -218,8 +218,7 @@ __device__ __forceinline__ ChunkStats<acc_t> chunk_stats(const in_t* z, int64_t 
   acc_t m = neg_inf<acc_t>(), s1 = 0, sT = 0;
   int64_t am = kNoIndex;
   int bad = 0;
-  for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += 4 * kThreads) {
-    const Group4<in_t, acc_t> g = load4<in_t, acc_t>(z, v0, hi, vec);
+  const auto take = [&](const Group4<in_t, acc_t>& g, int64_t v0) {
     acc_t gm = neg_inf<acc_t>();
     int ga = 4;
 #pragma unroll
@@ -248,6 +247,15 @@ __device__ __forceinline__ ChunkStats<acc_t> chunk_stats(const in_t* z, int64_t 
         if (scaled && x >= cut) sT += unit ? e1 : dexp(mul_rn(x - m, inv_t));
       }
     }
+  };
+  constexpr int U = kGroupsInFlight<in_t>;
+  constexpr int64_t step = 4 * kThreads;
+  for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += U * step) {
+    Group4<in_t, acc_t> g[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) g[u] = load4<in_t, acc_t>(z, v0 + u * step, hi, vec);
+#pragma unroll
+    for (int u = 0; u < U; ++u) take(g[u], v0 + u * step);  // in increasing v: the first argmax stays
   }
   acc_t mb = m;
   int64_t ab = am;
