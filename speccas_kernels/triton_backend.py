@@ -16,6 +16,8 @@ For ``torch.compile`` users the same kernels are registered as ``speccas::verify
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from typing import Optional, Tuple
 
@@ -34,6 +36,8 @@ except ImportError as e:  # pragma: no cover - exercised only where triton is mi
 # Tests set this to force a vocabulary tile size (a power of two >= 16), e.g. to exercise several
 # tiles at small V. None: the settings helper decides.
 BLOCK_V_OVERRIDE: Optional[int] = None
+# Tests set this to force the rows per work item (a power of two).
+ROWS_OVERRIDE: Optional[int] = None
 
 
 def _interpreting() -> bool:
@@ -61,6 +65,13 @@ def _check_device(t: torch.Tensor) -> None:
     )
 
 
+def _device_guard(device: torch.device):
+    """Launch on the tensors' device, not the current one (tensors on cuda:1 must not be read from device 0)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 def settings(V: int) -> Tuple[int, int]:
     """(BLOCK_V, num_warps) for a vocabulary of V entries.
 
@@ -77,15 +88,37 @@ def settings(V: int) -> Tuple[int, int]:
     return block, (8 if block >= 2048 else 4)
 
 
+def rows(B: int) -> int:
+    """Rows per work item: 1 on a GPU (a row's tiles spread over the SMs); under the interpreter, whose cost is per
+    operation rather than per element, the whole batch up to 256 rows, so a test batch costs about one row."""
+    if ROWS_OVERRIDE is not None:
+        return int(ROWS_OVERRIDE)
+    if not _interpreting():
+        return 1
+    return min(256, triton.next_power_of_2(max(B, 1)))
+
+
+def programs(device: torch.device) -> int:
+    """Programs of the persistent verify kernel: enough to fill the GPU (four per SM); one under the interpreter,
+    where programs run one after another anyway."""
+    if device.type != "cuda":
+        return 1
+    return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def verify_args(args: VerifyArgs) -> VerifyOutput:
-    """``verify`` on normalized arguments (``checks.check_verify``)."""
+    """``verify`` on normalized arguments (``checks.check_verify`` / ``check_verify_ragged``)."""
     from .kernels.verify import launch_verify
 
-    _check_device(args.draft_logits)
+    _check_device(args.target_logits)
     block_v, num_warps = settings(args.vocab_size)
-    return launch_verify(args.draft_logits, args.target_logits, args.draft_tokens, args.rule, args.alpha,
-                         args.temperature, args.seed, args.offset, args.num_draft_tokens, args.vocab_size,
-                         block_v, num_warps)
+    with _device_guard(args.target_logits.device):
+        return launch_verify(args, block_v, num_warps, programs(args.target_logits.device), rows(args.batch))
 
 
 def sample_args(args: SampleArgs) -> torch.Tensor:
@@ -94,5 +127,6 @@ def sample_args(args: SampleArgs) -> torch.Tensor:
 
     _check_device(args.logits)
     block_v, num_warps = settings(args.vocab_size)
-    return launch_sample(args.logits, args.temperature, args.seed, args.offset, args.vocab_size,
-                         block_v, num_warps)
+    with _device_guard(args.logits.device):
+        return launch_sample(args.logits, args.temperature, args.seed, args.offset, args.filters, args.vocab_size,
+                             block_v, num_warps, rows(args.logits.shape[0]))

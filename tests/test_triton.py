@@ -20,13 +20,54 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from speccas_kernels.kernels import philox  # noqa: E402
 
-from helpers import random_round  # noqa: E402
+from helpers import assert_same_outputs, random_round, reference_with_margins  # noqa: E402
 
 # numpy warns about log(0) = -inf and NaN arithmetic on invalid rows inside the interpreter; both are intended.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
 
 if not triton_backend.available("triton")[0]:
     pytest.skip(f"triton backend unavailable: {triton_backend.available('triton')[1]}", allow_module_level=True)
+
+
+@pytest.mark.parametrize("rule", ["speculative", "opt", "token_v3", "ensemble"])
+def test_verify_work_item_settings(device, rule, monkeypatch):
+    """The same tokens whatever the rows per work item (1 is what a GPU runs), the tile size, or how many work
+    items a program takes (1: every ticket, flag and merge is handed from one program to another)."""
+    from speccas_kernels.kernels import verify as kv
+
+    kw = random_round(5, 3, 70, device=device, seed=17, ragged=True)
+    kw["temperature"] = torch.tensor([0.0, 1.0, 0.7, 1.3, 1.0], device=device)
+    ref, margins = reference_with_margins(**kw, rule=rule)
+    outs = []
+    for rows, items, block in ((None, 0, None), (1, 1, 16), (2, 3, 32), (1, 0, None), (4, 7, 16)):
+        monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+        monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
+        monkeypatch.setattr(kv, "ITEMS_PER_PROGRAM", items)
+        outs.append(sk.verify(**kw, rule=rule, backend="triton"))
+    assert_same_outputs(outs[0], ref, margins, what=f"{rule} default settings")
+    for o in outs[1:]:  # tile sizes change summation orders: accept_prob to rounding, the rest exactly
+        for a, b, name in zip(outs[0], o, o._fields):
+            if a is None:
+                assert b is None, f"{rule}: {name}"
+                continue
+            a, b = a.cpu(), b.cpu()
+            same = torch.allclose(a, b, rtol=1e-5, atol=1e-7) if name == "accept_prob" else torch.equal(a, b)
+            assert same, f"{rule}: {name} depends on the work-item settings"
+    assert all(torch.equal(outs[0].accept_prob.cpu(), o.accept_prob.cpu()) for o in (outs[3],)), \
+        "same tiles, other rows per item: bit for bit"
+
+
+def test_sample_rows_per_program(device, monkeypatch):
+    z = torch.randn(9, 300, generator=torch.Generator().manual_seed(3)).to(device)
+    kw = dict(temperature=torch.tensor([0.0, 1.0, 0.5] * 3, device=device), seed=torch.arange(9, device=device),
+              offset=5)
+    outs = []
+    for rows, block in ((None, None), (1, 16), (2, 64), (8, 16)):
+        monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+        monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
+        outs.append(sk.sample(z, **kw, backend="triton", top_p=0.9 if rows == 2 else None))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[3])
+    assert torch.equal(outs[2], sk.sample(z, **kw, backend="reference", top_p=0.9))
 
 
 def test_verify_launch_and_batch_invariance(device, monkeypatch):
@@ -175,43 +216,74 @@ def test_library_compile_fullgraph(device):
 
 _COMPILE_SCRIPT = r"""
 import sys
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from speccas_kernels.kernels import sample as ks, verify as kv
+from triton.runtime.jit import JITFunction
+import speccas_kernels as sk
+from speccas_kernels import triton_backend
+from speccas_kernels.rules import RULES
 
-def ptype(n):
-    if n.startswith(("zq", "zp", "logits")):
-        return "*bf16"
-    if any(s in n for s in ("arg", "bad", "part_idx", "emit_pos")):
-        return "*i32"
-    if any(s in n for s in ("tokens", "num_accepted", "draft", "seed", "offset")):
-        return "*i64"
-    return "*i1" if n.startswith(("deferred", "valid")) else "*fp32"
+# Record the launches of public calls on CPU tensors (nothing runs: there is no GPU), then compile each one.
+launches = []
+def record(self, *args, grid, warmup, **kwargs):
+    launches.append((self, args, kwargs))
+JITFunction.run = record
+triton_backend._check_device = lambda t: None
+triton_backend.available = lambda name="triton": (True, "")
+triton_backend._interpreting = lambda: False  # the GPU's tile sizes
+triton_backend.programs = lambda device: 528
 
-def compile_(fn, consts):
+def dtype_name(t):
+    return {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16",
+            torch.int64: "i64", torch.int32: "i32", torch.bool: "i1"}[t.dtype]
+
+def compile_(fn, args, kwargs):
     names = fn.arg_names
-    sig = {n: "constexpr" if n in consts else ptype(n) if n.endswith("_ptr") else
-           "i64" if n.startswith("stride") else "fp32" if n.startswith("alpha_") else "i32" for n in names}
-    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
-    assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm, fn.__name__
+    values = dict(zip(names, args), **kwargs)
+    sig, consts = {}, {}
+    for k in names:
+        v = values[k]
+        p = fn.params[names.index(k)]
+        if p.is_constexpr or v is None:
+            sig[k] = "constexpr"
+            consts[(names.index(k),)] = v
+        elif isinstance(v, torch.Tensor):
+            sig[k] = "*" + dtype_name(v)
+        elif isinstance(v, bool):
+            sig[k] = "i1"
+        elif isinstance(v, int):
+            sig[k] = "i64" if not -2**31 <= v < 2**31 else "i32"
+        else:
+            sig[k] = "fp32"
+    opts = {k: kwargs[k] for k in ("num_warps",) if k in kwargs}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+    assert "cubin" in triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts).asm, fn.__name__
 
+g = torch.Generator().manual_seed(0)
+B, K, V = 2, 3, 1000
+zq, zp = torch.randn(B, K, V, generator=g).bfloat16(), torch.randn(B, K + 1, V, generator=g).bfloat16()
+x = torch.zeros(B, K, dtype=torch.int64)
 if sys.argv[1] == "sample":
-    compile_(ks._sample_race_kernel, dict(BLOCK_V=2048, SINGLE=False))
-    compile_(ks._sample_emit_kernel, dict(BLOCK_T=4))
+    sk.sample(zq[:, 0], temperature=torch.ones(B), seed=1, offset=2, backend="triton")
+    sk.sample(zq[:, 0].float(), temperature=0.7, seed=1, offset=2, top_k=5, top_p=0.9, backend="triton")
 else:
-    from speccas_kernels.rules import RULE_INFO
-    compile_(kv._verify_stats_kernel, dict(BLOCK_V=2048))
-    compile_(kv._verify_merge_kernel, dict(BLOCK_T=64))
-    compile_(kv._verify_emit_kernel, dict(BLOCK_T=64))
-    for rule in RULE_INFO.values():  # every rule of the table compiles
-        cx = kv.rule_constexprs(rule)
-        fam = dict(FAMILY=cx["FAMILY"], IN_SET=cx["IN_SET"], USES_ALPHA=cx["USES_ALPHA"])
-        if kv.needs_second_look(rule):
-            compile_(kv._verify_second_look_kernel, dict(fam, NEEDS_TV=cx["NEEDS_TV"], BLOCK_V=2048))
-        compile_(kv._verify_accept_kernel, dict(cx, SECOND_LOOK=kv.needs_second_look(rule), BLOCK_K=16, BLOCK_T=64))
-        compile_(kv._verify_race_kernel, dict(fam, BLOCK_V=2048, SINGLE=False))
-print("compiled")
+    for rule in RULES:  # every rule of the table compiles
+        sk.verify(zq, zp, x, rule=rule, temperature=torch.ones(B), seed=1, offset=2, backend="triton")
+    sk.verify(zq.float(), zp, x, rule="token_v3", temperature=0.7, top_p=0.9, min_p=0.1, backend="triton")
+    sk.verify(None, zp, x, rule="speculative", temperature=0.7, backend="triton")
+    sk.verify_ragged(zq[0], zp.reshape(-1, V)[: K + 2], x[0], torch.tensor([0, 2, 3]), max_num_draft_tokens=2,
+                     rule="opt", backend="triton")
+    sk.verify(zq.double(), zp.double(), x, rule="token_v1", backend="triton")
+seen = set()
+for fn, args, kwargs in launches:
+    key = (fn.fn.__qualname__, tuple(type(a).__name__ if not isinstance(a, torch.Tensor) else str(a.dtype)
+                                     for a in args), tuple(sorted((k, str(v)) for k, v in kwargs.items())))
+    if key not in seen:
+        seen.add(key)
+        compile_(fn, args, kwargs)
+print("compiled", len(seen))
 """
 
 

@@ -1,122 +1,229 @@
-"""The drafter step ``sample`` (SPEC.md section 5) as a vocabulary-split Gumbel race.
+"""The drafter step ``sample`` (SPEC.md sections 2, 5) in one launch.
 
-    token[b] = argmax_v  z[b, v] + T[b] * G(seed[b], offset[b], STREAM_DRAFT, v),   v < vocab_size
+    token[b] = argmax_v s(v) + G(seed[b], offset[b], STREAM_DRAFT, v)   over the kept entries, v < vocab_size
+    s = (z - M) / T                                                     (plain argmax of z at T = 0)
 
-``T = 0`` makes it the plain argmax (ties: the lowest index). A row with NaN or +inf logits, all -inf
-logits, or a negative / non-finite temperature gets ``-1``. Scores are float32 whatever the logits'
-dtype; tail lanes (``v >= vocab_size``) score -inf and can never win.
+Grid ``(row groups, tiles)``: a program takes ROWS rows (1 on a GPU; a whole small batch under the interpreter,
+whose cost is per operation, not per element) and one vocabulary tile. It scores its tile relative to the tile's
+own max ``m_t``: ``(z - m_t) / T + G``
+(Philox once per four entries, all four words used), keeps the best score, its lowest index, ``m_t`` and a
+NaN/+inf flag, and draws a ticket on its group's counter. The program with the last ticket merges the tiles:
+``M = max m_t``, each tile's best shifted by ``(m_t - M) / T``, ties to the lowest index; then it writes the
+token (``-1`` for a row with NaN/+inf or all -inf logits, a bad temperature or bad filter values) and resets
+the counter. One tile: no ticket.
 
-Phase 1 (``_sample_race_kernel``, grid ``(B, tiles)``): the best score and its lowest index per
-vocabulary tile, plus a bad-logit flag. With a single tile it writes the token itself.
-Phase 2 (``_sample_emit_kernel``, grid ``(B,)``): merge the tiles (ties -> lowest index).
+With sampling filters the launch is ``_sample_filtered_kernel``, still one launch: grid ``(row groups,)``, a
+program finds its rows' cutoffs (``filters.py``: a max pass and the bisection passes, the row's later passes from
+L2) and then races over the whole row itself, entries below the cutoff scoring -inf. The cutoff search dominates
+(up to 66 passes over the row against one for the race), so splitting the race across programs would not pay for
+the extra launch it needs.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from . import philox
+from .. import rules
+from . import common
+from .common import BIG, NEG_INF, best_lowest_rows, inv_temperature, load_logits, row_params, temperature_ok
+from .filters import _cutoffs, filter_args, filter_params
+from .philox import gumbel_rows
 
-STREAM_DRAFT = tl.constexpr(0)  # rules.STREAM_DRAFT
-_BIG = tl.constexpr(2147483647)
-
-
-@triton.jit
-def _temperature_ok(T):
-    return (T == T) & (T >= 0) & (T < float("inf"))
+STREAM_DRAFT = tl.constexpr(rules.STREAM_DRAFT)
 
 
-@triton.jit
-def _bad_logits(z):
-    """1 (int32) when a block of float32 logits holds NaN or +inf, else 0."""
-    return tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=0)
-
-
-@triton.jit
-def _best_lowest(score, idx):
-    """(max of a block of scores, the lowest of ``idx`` where the score is that max; _BIG if none)."""
-    best = tl.max(score, axis=0)
-    return best, tl.min(tl.where(score == best, idx, _BIG), axis=0)
-
-
-@triton.jit
-def _sample_race_kernel(
-    tokens_ptr,  # [B] int64 (written only when SINGLE)
-    part_score_ptr,  # [B, NT] float32
-    part_idx_ptr,  # [B, NT] int32
-    part_bad_ptr,  # [B, NT] int32
-    logits_ptr,  # [B, V_in] any float dtype, last stride 1
-    temperature_ptr,  # [B]
-    seed_ptr,  # [B] int64
-    offset_ptr,  # [B] int64
+@triton.jit(do_not_specialize=["temp_val", "seed_val", "offset_val"])
+def _sample_kernel(
+    tokens_ptr,  # [B] int64
+    part_m_ptr,  # [B, NT] float32 (float64 for FP64): each tile's max logit
+    part_s_ptr,  # [B, NT] float32: each tile's best score relative to its max
+    part_i_ptr,  # [B, NT, 2] int32: the best score's lowest index, a NaN/+inf flag
+    cnt_ptr,  # [cdiv(B, ROWS)] int32 tickets (zero before the launch, reset by the last program of each group)
+    z_ptr,  # [B, V_in] logits, last stride 1
+    temp_ptr, temp_val,  # [B] or one value
+    seed_ptr, seed_val,  # [B] int64 or one value
+    offset_ptr, offset_val,  # [B] int64 or one value
+    B,
     V,
     NT,
     stride_b,
-    BLOCK_V: tl.constexpr,
-    SINGLE: tl.constexpr,
+    FP64: tl.constexpr,
+    ROWS: tl.constexpr,  # rows per program: 1 on a GPU; a whole small batch under the interpreter
+    BLOCK_V: tl.constexpr,  # a multiple of 4
+    SINGLE: tl.constexpr,  # NT == 1
 ):
-    b = tl.program_id(0).to(tl.int64)
+    grp = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
-    v = t * BLOCK_V + tl.arange(0, BLOCK_V)
-    mask = v < V
-    z = tl.load(logits_ptr + b * stride_b + v, mask=mask, other=float("-inf")).to(tl.float32)
-    T = tl.load(temperature_ptr + b)
-    t_ok = _temperature_ok(T)
-    Tf = tl.where(t_ok, T, 0.0).to(tl.float32)
-    bad = _bad_logits(z)
-    g = philox.gumbel(tl.load(seed_ptr + b), tl.load(offset_ptr + b), STREAM_DRAFT, v)
-    score = z + Tf * g
-    score = tl.where(mask & (score == score), score, float("-inf"))
-    best, idx = _best_lowest(score, v)
+    rows = grp * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    rmask = rows < B
+    v0 = t.to(tl.int64) * BLOCK_V
+    T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
+    invT = inv_temperature(T)
+    seed = row_params(seed_ptr, seed_val, rows, rmask)
+    offset = row_params(offset_ptr, offset_val, rows, rmask)
+    nocut = tl.full([ROWS], float("-inf"), tl.float32)
+    best, idx, m, bad = _race_tile(z_ptr + rows * stride_b, rmask, v0, V, T, invT, seed, offset, nocut, None, FP64,
+                                   ROWS, BLOCK_V)
+    ok = temperature_ok(T)
     if SINGLE:
-        ok = t_ok & (bad == 0) & (best > float("-inf"))
-        tl.store(tokens_ptr + b, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64))
+        ok = ok & (bad == 0) & (m > NEG_INF) & (m < float("inf")) & (idx < BIG)
+        tl.store(tokens_ptr + rows, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64), mask=rmask)
     else:
-        tl.store(part_score_ptr + b * NT + t, best)
-        tl.store(part_idx_ptr + b * NT + t, idx)
-        tl.store(part_bad_ptr + b * NT + t, bad)
+        o = rows * NT + t
+        tl.store(part_m_ptr + o, m, mask=rmask)
+        tl.store(part_s_ptr + o, best, mask=rmask)
+        tl.store(part_i_ptr + o * 2, idx, mask=rmask)
+        tl.store(part_i_ptr + o * 2 + 1, bad, mask=rmask)
+        if common.ticket(cnt_ptr + grp) == NT - 1:
+            _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT, V, T, invT, ok, FP64, ROWS)
+            tl.atomic_xchg(cnt_ptr + grp, 0)
 
 
 @triton.jit
-def _sample_emit_kernel(
+def _rel(z, M):
+    return (z - M).to(tl.float32)
+
+
+@triton.jit
+def _race_tile(ptrs, rmask, v0, V, T, invT, seed, offset, cut, M, FP64: tl.constexpr, ROWS: tl.constexpr,
+               BLOCK_V: tl.constexpr):
+    """The race over one tile of R rows (``ptrs``: the rows' logits): (best score, its lowest index, the tile's max
+    logit, NaN/+inf flag), each [R]. Scores are (z - M) / T + G with M the row's max when given, else the tile's
+    own max (the caller shifts); greedy rows score 0 at the max; entries below ``cut`` score -inf."""
+    g = tl.arange(0, BLOCK_V // 4)
+    j = tl.arange(0, 4)
+    v = v0 + g[None, :, None] * 4 + j[None, None, :]  # [1, G, 4]
+    mask = rmask[:, None, None] & (v < V)
+    z = load_logits(ptrs[:, None, None] + v, mask, FP64)  # [R, G, 4]
+    bad = tl.max(tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=2), axis=1)
+    z = tl.where(z == z, z, NEG_INF)
+    m = tl.max(tl.max(z, axis=2), axis=1)  # [R]
+    if M is None:
+        Mr = m
+    else:
+        Mr = M
+    m3 = Mr[:, None, None]
+    greedy = (T == 0)[:, None, None]
+    noise = tl.zeros([ROWS, BLOCK_V // 4, 4], dtype=tl.float32)
+    if tl.max((T > 0).to(tl.int32), axis=0) > 0:  # some row samples: the noise (rows of one program share this)
+        noise, _ = gumbel_rows(seed, offset, STREAM_DRAFT, v0, BLOCK_V)
+    keep = (z > NEG_INF) & (z >= cut[:, None, None])
+    scaled = _rel(z, tl.where(m3 == NEG_INF, 0.0, m3)) * invT[:, None, None] + noise
+    s = tl.where(greedy, tl.where(z == m3, 0.0, NEG_INF), tl.where(keep, scaled, NEG_INF))
+    best, idx = best_lowest_rows(s, v.to(tl.int32))  # greedy rows: the lowest argmax, score 0 (relative)
+    return best, idx, m, bad
+
+
+@triton.jit(do_not_specialize=["temp_val", "seed_val", "offset_val", "top_k_val", "top_p_val", "min_p_val"])
+def _sample_filtered_kernel(
     tokens_ptr,  # [B] int64
-    part_score_ptr,  # [B, NT] float32
-    part_idx_ptr,  # [B, NT] int32
-    part_bad_ptr,  # [B, NT] int32
-    temperature_ptr,  # [B]
+    z_ptr,  # [B, V_in] logits, last stride 1
+    temp_ptr, temp_val,  # [B] or one value
+    seed_ptr, seed_val,  # [B] int64 or one value
+    offset_ptr, offset_val,  # [B] int64 or one value
+    top_k_ptr, top_k_val,
+    top_p_ptr, top_p_val,
+    min_p_ptr, min_p_val,
+    B,
     V,
     NT,
-    BLOCK_T: tl.constexpr,
+    stride_b,
+    FP64: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
-    t = tl.arange(0, BLOCK_T)
-    mask = t < NT
-    s = tl.load(part_score_ptr + b * NT + t, mask=mask, other=float("-inf"))
-    i = tl.load(part_idx_ptr + b * NT + t, mask=mask, other=_BIG)
-    bad = tl.max(tl.load(part_bad_ptr + b * NT + t, mask=mask, other=0), axis=0)
-    best, idx = _best_lowest(s, i)
-    ok = _temperature_ok(tl.load(temperature_ptr + b)) & (bad == 0) & (best > float("-inf"))
-    tl.store(tokens_ptr + b, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64))
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    rmask = rows < B
+    ptrs = z_ptr + rows * stride_b
+    T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
+    invT = inv_temperature(T)
+    k, tp, mp, fok, on = filter_params(top_k_ptr, top_k_val, top_p_ptr, top_p_val, min_p_ptr, min_p_val, T, rows,
+                                       rmask, V)
+    cut, M = _cutoffs(ptrs, rmask, V, NT, T, k, tp, mp, on, FP64, BLOCK_V)
+    seed = row_params(seed_ptr, seed_val, rows, rmask)
+    offset = row_params(offset_ptr, offset_val, rows, rmask)
+    best = tl.full([ROWS], float("-inf"), tl.float32)
+    idx = tl.full([ROWS], BIG, tl.int32)
+    bad = tl.zeros([ROWS], dtype=tl.int32)
+    t = 0
+    while t < NT:  # tiles in order: a strictly better score moves the winner, so ties keep the lowest index
+        tb, ti, _, tbad = _race_tile(ptrs, rmask, t.to(tl.int64) * BLOCK_V, V, T, invT, seed, offset, cut, M, FP64,
+                                     ROWS, BLOCK_V)
+        take = tb > best
+        best = tl.where(take, tb, best)
+        idx = tl.where(take, ti, idx)
+        bad = tl.maximum(bad, tbad)
+        t += 1
+    ok = temperature_ok(T) & fok & (bad == 0) & (M > NEG_INF) & (M < float("inf")) & (idx < BIG)
+    tl.store(tokens_ptr + rows, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64), mask=rmask)
 
 
-def launch_sample(logits: torch.Tensor, temperature, seed, offset, vocab_size: int, block_v: int,
-                  num_warps: int) -> torch.Tensor:
-    """[B, V] logits -> [B] int64 tokens on the same device (no host sync)."""
+@triton.jit
+def _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT, V, T, invT, ok, FP64: tl.constexpr,
+                ROWS: tl.constexpr):
+    """The last program of a group: each row's tiles merged (in 64-tile chunks), its token written."""
+    best = tl.full([ROWS], float("-inf"), tl.float32)
+    idx = tl.full([ROWS], BIG, tl.int32)
+    bad = tl.zeros([ROWS], dtype=tl.int32)
+    if FP64:
+        M = tl.full([ROWS], float("-inf"), tl.float64)
+    else:
+        M = tl.full([ROWS], float("-inf"), tl.float32)
+    c = 0
+    while c < NT:
+        tt = c + tl.arange(0, 64)
+        mm = rmask[:, None] & (tt < NT)[None, :]
+        o = rows[:, None] * NT + tt[None, :]
+        M = tl.maximum(M, tl.max(tl.load(part_m_ptr + o, mask=mm, other=float("-inf"), cache_modifier=".cg"), axis=1))
+        bad = tl.maximum(bad, tl.max(tl.load(part_i_ptr + o * 2 + 1, mask=mm, other=0, cache_modifier=".cg"), axis=1))
+        c += 64
+    Msub = tl.where(M == NEG_INF, 0.0, M)
+    greedy = T == 0
+    c = 0
+    while c < NT:
+        tt = c + tl.arange(0, 64)
+        mm = rmask[:, None] & (tt < NT)[None, :]
+        o = rows[:, None] * NT + tt[None, :]
+        pm = tl.load(part_m_ptr + o, mask=mm, other=float("-inf"), cache_modifier=".cg")
+        ps = tl.load(part_s_ptr + o, mask=mm, other=float("-inf"), cache_modifier=".cg")
+        pi = tl.load(part_i_ptr + o * 2, mask=mm, other=BIG, cache_modifier=".cg")
+        shifted = tl.where(pm > NEG_INF, ps + _rel(pm, Msub[:, None]) * invT[:, None], NEG_INF)
+        sc = tl.where(greedy[:, None], tl.where(pm == M[:, None], ps, NEG_INF), shifted)
+        cb, ci = best_lowest_rows(sc, pi)
+        take = (cb > best) | ((cb == best) & (ci < idx))
+        best = tl.where(take, cb, best)
+        idx = tl.where(take, ci, idx)
+        c += 64
+    ok = ok & (bad == 0) & (M > NEG_INF) & (M < float("inf")) & (idx < BIG)
+    tl.store(tokens_ptr + rows, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64), mask=rmask)
+
+
+def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, vocab_size: int, block_v: int,
+                  num_warps: int, rows: int = 1) -> torch.Tensor:
+    """[B, V] logits -> [B] int64 tokens on the same device (no host sync; one launch, filters or not).
+    ``rows``: rows per program (a power of two)."""
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     B = logits.shape[0]
     V = vocab_size
     nt = triton.cdiv(V, block_v)
     dev = logits.device
+    fp64 = logits.dtype == torch.float64
     tokens = torch.empty((B,), dtype=torch.int64, device=dev)
-    if nt == 1:
-        _sample_race_kernel[(B, 1)](tokens, tokens, tokens, tokens, logits, temperature, seed, offset, V, 1,
-                                    logits.stride(0), BLOCK_V=block_v, SINGLE=True, num_warps=num_warps)
+    groups = triton.cdiv(B, rows)
+    t_ptr, t_val = common.split_param(temperature, 1.0)
+    s_ptr, s_val = common.split_param(seed, 0)
+    o_ptr, o_val = common.split_param(offset, 0)
+    if filters.active:
+        _sample_filtered_kernel[(groups,)](tokens, logits, t_ptr, float(t_val), s_ptr, int(s_val), o_ptr, int(o_val),
+                                           *filter_args(filters), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows,
+                                           BLOCK_V=block_v, num_warps=num_warps)
         return tokens
-    part_f = torch.empty((B, nt), dtype=torch.float32, device=dev)
-    part_i = torch.empty((2, B, nt), dtype=torch.int32, device=dev)
-    _sample_race_kernel[(B, nt)](tokens, part_f, part_i[0], part_i[1], logits, temperature, seed, offset, V, nt,
-                                 logits.stride(0), BLOCK_V=block_v, SINGLE=False, num_warps=num_warps)
-    _sample_emit_kernel[(B,)](tokens, part_f, part_i[0], part_i[1], temperature, V, nt,
-                              BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=1)
+    mdt = torch.float64 if fp64 else torch.float32
+    part_m = torch.empty((B * nt,), dtype=mdt, device=dev)
+    part_s = torch.empty((B * nt,), dtype=torch.float32, device=dev)
+    part_i = torch.empty((B * nt * 2,), dtype=torch.int32, device=dev)
+    cnt = common.counters(dev, groups)
+    _sample_kernel[(groups, nt)](tokens, part_m, part_s, part_i, cnt, logits, t_ptr, float(t_val), s_ptr, int(s_val),
+                                 o_ptr, int(o_val), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows, BLOCK_V=block_v, SINGLE=nt == 1, num_warps=num_warps)
     return tokens

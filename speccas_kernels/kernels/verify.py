@@ -1,36 +1,50 @@
-"""One verification round (SPEC.md sections 1-6) in logit space, split over the vocabulary.
+"""One verification round (SPEC.md sections 1-6) in one launch: a persistent kernel over a queue of tiles.
 
-For row b with n = num_draft_tokens[b] drafts, drafter logits zq_i, target logits zp_i:
+For row b with n = num_draft_tokens[b] drafts, drafter logits zq_i, target logits zp_i, M a position's max,
+1/T capped at the float32 max, c a position's filter cutoff (-inf without filters):
 
-    q_i = softmax(zq_i / T), p_i = softmax(zp_i / T)      (one-hot at the lowest argmax when T = 0)
-    q^_i = softmax(zq_i), p^_i = softmax(zp_i)              (rule statistics, T = 1)
-    family A:  r_i = rule(max q^, max p^, TV(q_i, p_i), alpha);  pi = r p + (1 - r) q
-               a_i = r ? min(1, p(x)/q(x)) : [q(x) > 0]
-    family B:  A_i = {v : rule(q^(v) or p^(v), max p^, alpha)},  eta_i = sum_{v not in A} q_i(v)
-               pi(v) = q(v) [v in A] + eta p(v);   a_i = [x in A and q(x) > 0] or min(1, eta p(x)/q(x))
+    q_i(v) ∝ exp((zq_i(v) - M) / T) [zq_i(v) >= c]      (one-hot at the lowest argmax when T = 0; one-hot at the
+    p_i likewise                                         draft for token-only drafts)
+    q^_i = softmax(zq_i), p^_i = softmax(zp_i)           rule statistics: T = 1, unfiltered
+    family A:  r_i = WEIGHT(alpha, max q^, max p^, TV(q_i, p_i));  pi = (1 - r) q + r p;  a_i = min(1, pi(x)/q(x))
+    family B:  A_i = {v : IN_SET(alpha, q^(v), p^(v), max p^)}, eta_i = q_i(not A_i), pi = q 1[A] + eta p;
+               a_i = 1 for x in A with q(x) > 0, else min(1, eta p(x) / q(x))
     lossy:     a_i = min(1, p(x) / ((1 - alpha) q(x)))
     accept while u_i = U(seed, offset + i, STREAM_ACCEPT, 0) < a_i, i < n;  m = leading acceptances
-    m < n: emit argmax_v log max(0, pi_m - q_m)(v) + G(v)    (log pi_m + G when its mass is <= RESIDUAL_EPS)
-    m = n: emit argmax_v zp_n(v) + T G(v)                    G = gumbel(seed, offset + m, STREAM_EMIT, v)
+    m < n: emit argmax_v log w(v) + G(v), w = max(0, pi_m - q_m)  (log pi_m + G when w's mass <= RESIDUAL_EPS)
+    m = n: emit argmax_v (zp_n(v) - M) / T + G(v) over the kept entries   (argmax zp_n at T = 0)
+           G = gumbel(seed, offset + m, STREAM_EMIT, v)
 
-Nothing of size V is written to global memory. The kernels, in launch order:
+Design. Every program loops over a queue of work items (an atomic counter), so the whole round is one launch.
+The items, in the phases of SPEC.md section 9:
 
-1. ``_verify_stats_kernel``   grid (B (K+1), tiles): per tile of each used position, for the target
-   (positions 0..n) and the drafter (0..n-1): max logit, sum exp(z - max), sum exp((z - max) / T),
-   lowest argmax, and a NaN/+inf flag.
-2. ``_verify_merge_kernel``   grid (B (K+1),): the tiles merged into per-position statistics.
-3. ``_verify_second_look_kernel`` grid (B K, tiles), only for rules that read TV(q, p) and for token
-   sets (eta): a second pass over the tile with the global statistics, one partial sum per tile.
-4. ``_verify_accept_kernel``  grid (B,): row validity, a_i at every verified position (it reads only
-   zq_i(x_i), zp_i(x_i) and the statistics), the accept loop, tokens / accept_prob / deferred / valid.
-5. ``_verify_race_kernel``    grid (B, tiles): the race at the one position that needs it (the residual
-   at m, or the bonus at n), best score and lowest index per tile; with one tile it writes the token.
-6. ``_verify_emit_kernel``    grid (B,): merges the race tiles (ties -> lowest index).
+* **stats** (row b, position i, tile t): the tile of zp_i and, for i < n, of zq_i: max, sum exp(z - max) (T = 1),
+  sum exp((z - max) / T) over the kept entries, lowest argmax, NaN/+inf flag. Stored per tile; a ticket per
+  position; the program with the last ticket **merges** the tiles into the position's statistics, publishes a
+  "ready" flag, and draws a ticket on the row.
+* **second look** (b, i, t), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
+  position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or
+  eta; the last tile's program merges and draws a ticket on the row.
+* **accept** (row b): run by the program that draws a row's last ticket. Row validity, a_i at every verified
+  position (reading zq_i(x_i), zp_i(x_i) and the statistics), the accept loop, all the outputs but the emitted
+  token (written here when T = 0 and all drafts are accepted: p_n's argmax), then a "race" flag for the row.
+* **race** (b, t): waits for the row's flag; the race at the one position that needs it (the residual at m, or the
+  bonus at n) over tile t: best score and lowest index, the same for the race over pi, and the residual mass.
+  Philox runs once per four entries, all four words used. The last tile's program **emits** the token.
 
-Each rule pays only for what it reads: rules without TV or a token set skip the second look.
-The rule arrives as constexprs derived from its row of ``rules.py`` (``rule_constexprs``): the family,
-whether it reads TV(q, p), and its formula (``Rule.weight`` or ``Rule.in_set``, wrapped with
-``triton.jit``), so each rule compiles to its own kernels and no kernel names a rule.
+Order of the queue: "super-steps" of one row each, stats of row s, then the second look of row s - 1, then the
+race of row s - 2 (s - 1 without a second look). A second look reads its row about one row of traffic after the
+stats did (5.5 MB at K = 4, V = 151936, fp32), and a race about two: both hit the L2 (50 MB on an H100/H200),
+so each logit is read from DRAM once. Waits are only on items earlier in the queue, which programs that are
+running hold, so the queue never deadlocks whatever the number of programs or how they are scheduled.
+
+The counters (tickets, ready flags, the race flags, the queue itself) are zero before the launch and reset by
+the program that used each last (``common.counters``): no memset, no other device work, CUDA-graph safe.
+Under the Triton interpreter the programs run one after another; ``ITEMS_PER_PROGRAM`` bounds how many items a
+program takes, so tests can make every hand-off cross programs.
+
+The rule arrives as constexprs from its row of ``rules.py`` (``rule_constexprs``): the family, whether it reads
+TV, its formula (``Rule.weight`` / ``Rule.in_set`` compiled with ``triton.jit``): no kernel names a rule.
 """
 
 import functools
@@ -41,9 +55,10 @@ import triton
 import triton.language as tl
 
 from .. import rules
-from ..outputs import VerifyOutput, new_verify_output
-from . import philox
-from .sample import _bad_logits, _best_lowest, _temperature_ok
+from ..outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
+from . import common, philox
+from .common import (BIG, NEG_INF, best_lowest_rows, inv_temperature, load_logits, row_params, temperature_ok,
+                     ticket, wait_flag)
 
 FAMILY_A = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_A])
 FAMILY_B = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_B])
@@ -51,8 +66,9 @@ FAMILY_LOSSY = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_LOSSY])
 STREAM_ACCEPT = tl.constexpr(rules.STREAM_ACCEPT)
 STREAM_EMIT = tl.constexpr(rules.STREAM_EMIT)
 RESIDUAL_EPS = tl.constexpr(1e-5)  # reference.RESIDUAL_EPS[float32]: the kernels compute in float32
-_BIG = tl.constexpr(2147483647)
-NEG_INF = tl.constexpr(float("-inf"))
+RACE_NONE = tl.constexpr(0)
+RACE_BONUS = tl.constexpr(1)
+RACE_RESIDUAL = tl.constexpr(2)
 
 
 def _jit_formula(fn):
@@ -85,48 +101,22 @@ def rule_constexprs(rule: rules.Rule) -> dict:
 
 
 def needs_second_look(rule: rules.Rule) -> bool:
-    """Whether a rule needs the second look over V: TV, or eta for a token set."""
+    """Whether a rule reads a second look over V: TV, or eta for a token set."""
     return rule.needs_tv or rule.family == rules.FAMILY_B
 
 
-@triton.jit
-def _safe_temperature(T):
-    """(T as float32, T usable as a divisor): greedy, invalid and NaN rows divide by 1."""
-    Tf = T.to(tl.float32)
-    ok = (Tf > 0) & (Tf < float("inf"))
-    return Tf, tl.where(ok, Tf, 1.0)
-
+# ------------------------------------------------------------------------------------------------ helpers
 
 @triton.jit
-def _num_drafts(num_draft_ptr, b, K):
-    """Row b's draft count, clamped to [0, K]."""
-    return tl.minimum(tl.maximum(tl.load(num_draft_ptr + b), 0), K)
-
-
-@triton.jit
-def _load_row(ptr, b, stride_b, j, stride_k, v, mask):
-    """Logits [b, j, v] as float32 (-inf outside ``mask``)."""
-    return tl.load(ptr + b * stride_b + j * stride_k + v, mask=mask, other=NEG_INF).to(tl.float32)
-
-
-@triton.jit
-def _probs(z, v, M, ST, arg, greedy, Tdiv):
-    """The sampling distribution at a block of entries: exp((z - M) / T) / ST, one-hot when greedy."""
-    soft = tl.exp((z - M) / Tdiv) / ST
-    return tl.where(greedy, (v == arg).to(tl.float32), soft)
-
-
-@triton.jit
-def _in_set(IN_SET: tl.constexpr, zq, zp, Mq, S1q, Mp, S1p, al):
-    """Family B membership v in A, comparing unscaled probabilities as reference._blend does (the
-    formula reads q^ or p^; the other is dead code)."""
-    return IN_SET(al, tl.exp(zq - Mq) / S1q, tl.exp(zp - Mp) / S1p, 1.0 / S1p)
+def _ratio(num, den):
+    """min(1, num / den), 0 where den = 0."""
+    return tl.where(den > 0, tl.minimum(num / tl.where(den > 0, den, 1.0), 1.0), 0.0)
 
 
 @triton.jit
 def _blended(FAMILY: tl.constexpr, w, in_a, q, p):
-    """pi from the sampling probabilities: family A w = r, (1 - r) q + r p; family B w = eta,
-    q 1[A] + eta p; lossy p."""
+    """pi from the sampling probabilities: family A w = r, (1 - r) q + r p; family B w = eta, q 1[A] + eta p;
+    lossy p."""
     if FAMILY == FAMILY_A:
         pi = (1.0 - w) * q + w * p
     elif FAMILY == FAMILY_B:
@@ -138,231 +128,138 @@ def _blended(FAMILY: tl.constexpr, w, in_a, q, p):
 
 
 @triton.jit
-def _ratio(num, den):
-    """min(1, num / den), 0 where den = 0."""
-    return tl.where(den > 0, tl.minimum(num / tl.where(den > 0, den, 1.0), 1.0), 0.0)
+def _in_set(IN_SET: tl.constexpr, al, qh, ph, S1p):
+    """v in A from the unscaled probabilities, as reference._blend compares them (the formula reads q^ or p^; the
+    other is dead code)."""
+    return IN_SET(al, qh, ph, 1.0 / S1p)
 
 
 @triton.jit
-def _tile_stats(row_ptr, v, mask, Tdiv):
-    z = tl.load(row_ptr + v, mask=mask, other=NEG_INF).to(tl.float32)
-    bad = _bad_logits(z)
-    z = tl.where(z == z, z, NEG_INF)
-    zmax, arg = _best_lowest(z, v)
-    sub = tl.where(zmax == NEG_INF, 0.0, zmax)
-    s1 = tl.sum(tl.exp(z - sub), axis=0)
-    sT = tl.sum(tl.exp((z - sub) / Tdiv), axis=0)
-    return zmax, s1, sT, arg, bad
+def _rel(z, M):
+    """z - M as float32 (float64 logits subtract in float64 first)."""
+    return (z - M).to(tl.float32)
 
 
 @triton.jit
-def _store_tile_stats(part_max_ptr, part_s1_ptr, part_st_ptr, part_arg_ptr, part_bad_ptr, o, zmax, s1, sT, arg, bad):
-    tl.store(part_max_ptr + o, zmax)
-    tl.store(part_s1_ptr + o, s1)
-    tl.store(part_st_ptr + o, sT)
-    tl.store(part_arg_ptr + o, arg)
-    tl.store(part_bad_ptr + o, bad)
-
-
-@triton.jit(do_not_specialize=["K"])
-def _verify_stats_kernel(
-    part_max_ptr,  # [B, K + 1, 2, NT] float32 (side 0: target, 1: drafter)
-    part_s1_ptr,  # [B, K + 1, 2, NT] float32
-    part_st_ptr,  # [B, K + 1, 2, NT] float32
-    part_arg_ptr,  # [B, K + 1, 2, NT] int32
-    part_bad_ptr,  # [B, K + 1, 2, NT] int32
-    zq_ptr,  # [B, K, V_in]
-    zp_ptr,  # [B, K + 1, V_in]
-    temperature_ptr,  # [B]
-    num_draft_ptr,  # [B] int64
-    K,
-    V,
-    NT,
-    stride_qb,
-    stride_qk,
-    stride_pb,
-    stride_pk,
-    BLOCK_V: tl.constexpr,
-):
-    r = tl.program_id(0).to(tl.int64)
-    t = tl.program_id(1)
-    b = r // (K + 1)
-    j = r % (K + 1)
-    n = _num_drafts(num_draft_ptr, b, K)
-    _, Tdiv = _safe_temperature(tl.load(temperature_ptr + b))
-    v = t * BLOCK_V + tl.arange(0, BLOCK_V)
-    mask = v < V
-    if j <= n:
-        zmax, s1, sT, arg, bad = _tile_stats(zp_ptr + b * stride_pb + j * stride_pk, v, mask, Tdiv)
-        o = (r * 2) * NT + t
-        _store_tile_stats(part_max_ptr, part_s1_ptr, part_st_ptr, part_arg_ptr, part_bad_ptr, o,
-                          zmax, s1, sT, arg, bad)
-    if j < n:
-        zmax, s1, sT, arg, bad = _tile_stats(zq_ptr + b * stride_qb + j * stride_qk, v, mask, Tdiv)
-        o = (r * 2 + 1) * NT + t
-        _store_tile_stats(part_max_ptr, part_s1_ptr, part_st_ptr, part_arg_ptr, part_bad_ptr, o,
-                          zmax, s1, sT, arg, bad)
-
-
-@triton.jit(do_not_specialize=["K"])
-def _verify_merge_kernel(
-    st_max_ptr,  # [B, K + 1, 2] float32
-    st_s1_ptr,  # [B, K + 1, 2] float32
-    st_st_ptr,  # [B, K + 1, 2] float32
-    st_arg_ptr,  # [B, K + 1, 2] int32
-    st_bad_ptr,  # [B, K + 1, 2] int32: NaN / +inf / all -inf
-    part_max_ptr,  # [B, K + 1, 2, NT] float32
-    part_s1_ptr,  # [B, K + 1, 2, NT] float32
-    part_st_ptr,  # [B, K + 1, 2, NT] float32
-    part_arg_ptr,  # [B, K + 1, 2, NT] int32
-    part_bad_ptr,  # [B, K + 1, 2, NT] int32
-    temperature_ptr,  # [B]
-    num_draft_ptr,  # [B] int64
-    K,
-    NT,
-    BLOCK_T: tl.constexpr,
-):
-    r = tl.program_id(0).to(tl.int64)
-    b = r // (K + 1)
-    j = r % (K + 1)
-    n = _num_drafts(num_draft_ptr, b, K)
-    _, Tdiv = _safe_temperature(tl.load(temperature_ptr + b))
-    t = tl.arange(0, BLOCK_T)
-    side = tl.arange(0, 2)
-    used = ((side == 0) & (j <= n)) | ((side == 1) & (j < n))  # [2]
-    mask = used[:, None] & (t[None, :] < NT)  # [2, BLOCK_T]
-    o = (r * 2 + side[:, None]) * NT + t[None, :]
-    pm = tl.load(part_max_ptr + o, mask=mask, other=NEG_INF)
-    ps1 = tl.load(part_s1_ptr + o, mask=mask, other=0.0)
-    pst = tl.load(part_st_ptr + o, mask=mask, other=0.0)
-    parg = tl.load(part_arg_ptr + o, mask=mask, other=_BIG)
-    pbad = tl.load(part_bad_ptr + o, mask=mask, other=0)
-    M = tl.max(pm, axis=1)  # [2]
-    Msub = tl.where(M == NEG_INF, 0.0, M)
-    scale = tl.where(pm == NEG_INF, 0.0, tl.exp(pm - Msub[:, None]))
-    scale_t = tl.where(pm == NEG_INF, 0.0, tl.exp((pm - Msub[:, None]) / Tdiv))
-    S1 = tl.sum(ps1 * scale, axis=1)
-    ST = tl.sum(pst * scale_t, axis=1)
-    arg = tl.min(tl.where(pm == M[:, None], parg, _BIG), axis=1)
-    bad = (tl.max(pbad, axis=1) > 0) | (M == NEG_INF) | (M == float("inf"))
-    o2 = r * 2 + side
-    tl.store(st_max_ptr + o2, M, mask=used)
-    tl.store(st_s1_ptr + o2, S1, mask=used)
-    tl.store(st_st_ptr + o2, ST, mask=used)
-    tl.store(st_arg_ptr + o2, arg, mask=used)
-    tl.store(st_bad_ptr + o2, bad.to(tl.int32), mask=used)
+def _probs(z, M, ST, invT, keep):
+    """The filtered sampling probability exp((z - M) / T) / ST at kept entries (T > 0)."""
+    return tl.where(keep, tl.exp(_rel(z, M) * invT) / ST, 0.0)
 
 
 @triton.jit
-def _load_stats(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o, mask):
-    """Per-position statistics (max logit, sum exp(z - max), sum exp((z - max) / T), argmax) at a block."""
-    M = tl.load(st_max_ptr + o, mask=mask, other=0.0)
-    S1 = tl.load(st_s1_ptr + o, mask=mask, other=1.0)
-    ST = tl.load(st_st_ptr + o, mask=mask, other=1.0)
-    arg = tl.load(st_arg_ptr + o, mask=mask, other=0)
-    return M, S1, ST, arg
-
-
-@triton.jit
-def _row_alpha(alpha_ptr, b, USES_ALPHA: tl.constexpr):
-    """Row b's alpha as float32; a rule without alpha reads 0."""
-    if USES_ALPHA:
-        al = tl.load(alpha_ptr + b).to(tl.float32)
+def _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED: tl.constexpr, ROWS: tl.constexpr):
+    """The rows of group g: (rows [R], rmask, n [R] clamped to [0, K], ragged start [R], T [R])."""
+    rows = g * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    rmask = rows < B
+    if RAGGED:
+        start = tl.load(cu_ptr + rows, mask=rmask, other=0)
+        n = tl.load(cu_ptr + rows + 1, mask=rmask, other=0) - start
     else:
-        al = 0.0
-    return al
+        start = rows * 0
+        n = row_params(n_ptr, n_val, rows, rmask).to(tl.int64)
+    T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
+    return rows, rmask, tl.minimum(tl.maximum(n, 0), K), start, T
 
 
 @triton.jit
-def _load_stats1(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o):
-    """The same at one position."""
-    return tl.load(st_max_ptr + o), tl.load(st_s1_ptr + o), tl.load(st_st_ptr + o), tl.load(st_arg_ptr + o)
+def _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED: tl.constexpr):
+    """[R] (or [R, L] for i [1, L]) pointers to drafter position i of each row."""
+    if RAGGED:
+        ptr = zq_ptr + (start + i) * stride_qk
+    else:
+        ptr = zq_ptr + rows * stride_qb + i * stride_qk
+    return ptr
 
 
-@triton.jit(do_not_specialize=["K"])
-def _verify_second_look_kernel(
-    part2_ptr,  # [B, K, NT] float32: TV(q, p) (opt) or eta (family B) partial sums
-    zq_ptr,  # [B, K, V_in]
-    zp_ptr,  # [B, K + 1, V_in]
-    st_max_ptr,  # [B, K + 1, 2] float32
-    st_s1_ptr,  # [B, K + 1, 2] float32
-    st_st_ptr,  # [B, K + 1, 2] float32
-    st_arg_ptr,  # [B, K + 1, 2] int32
-    temperature_ptr,  # [B]
-    alpha_ptr,  # [B]
-    num_draft_ptr,  # [B] int64
-    K,
-    V,
-    NT,
-    stride_qb,
-    stride_qk,
-    stride_pb,
-    stride_pk,
-    FAMILY: tl.constexpr,
-    NEEDS_TV: tl.constexpr,
-    IN_SET: tl.constexpr,
-    USES_ALPHA: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-):
-    r = tl.program_id(0).to(tl.int64)
-    t = tl.program_id(1)
-    b = r // K
-    i = r % K
-    n = _num_drafts(num_draft_ptr, b, K)
-    if i < n:
-        Tf, Tdiv = _safe_temperature(tl.load(temperature_ptr + b))
-        greedy = Tf == 0
-        al = _row_alpha(alpha_ptr, b, USES_ALPHA)
-        o = (b * (K + 1) + i) * 2
-        Mp, S1p, STp, argp = _load_stats1(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o)
-        Mq, S1q, STq, argq = _load_stats1(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o + 1)
-        v = t * BLOCK_V + tl.arange(0, BLOCK_V)
-        mask = v < V
-        zq = _load_row(zq_ptr, b, stride_qb, i, stride_qk, v, mask)
-        zp = _load_row(zp_ptr, b, stride_pb, i, stride_pk, v, mask)
-        q = _probs(zq, v, Mq, STq, argq, greedy, Tdiv)
-        if NEEDS_TV:
-            p = _probs(zp, v, Mp, STp, argp, greedy, Tdiv)
-            part = tl.sum(tl.where(mask, tl.maximum(q - p, 0.0), 0.0), axis=0)
-        else:
-            tl.static_assert(FAMILY == FAMILY_B, "the second look reads TV or a token set's eta")
-            in_a = _in_set(IN_SET, zq, zp, Mq, S1q, Mp, S1p, al)
-            part = tl.sum(tl.where(mask & ~in_a, q, 0.0), axis=0)
-        tl.store(part2_ptr + r * NT + t, part)
+@triton.jit
+def _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED: tl.constexpr):
+    if RAGGED:
+        ptr = zp_ptr + (start + rows + i) * stride_pk
+    else:
+        ptr = zp_ptr + rows * stride_pb + i * stride_pk
+    return ptr
 
 
-@triton.jit(do_not_specialize=["K"])
-def _verify_accept_kernel(
+@triton.jit
+def _needs_look(T, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr):
+    """[R]: the row's positions take the second look (T > 0 with drafter logits; T = 0 has closed forms)."""
+    return SECOND_LOOK & HAS_Q & (T > 0) & (T < float("inf"))
+
+
+@triton.jit
+def _group_looks(T, rmask, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr):
+    """The group takes the second look when one of its rows does (every item computes it the same way)."""
+    return tl.max((_needs_look(T, SECOND_LOOK, HAS_Q) & rmask).to(tl.int32), axis=0) > 0
+
+
+@triton.jit
+def _tile_stats(ptrs, v, mask, invT, cut, scaled, greedy, FILTERS: tl.constexpr, FP64: tl.constexpr):
+    """Per row of an [R, BLOCK] tile: (max, sum exp(z - max), sum exp((z - max) / T) over kept entries (rows with
+    ``scaled``), lowest argmax (rows with ``greedy``), bad)."""
+    z = load_logits(ptrs[:, None] + v[None, :], mask, FP64)
+    bad = tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=1)
+    z = tl.where(z == z, z, NEG_INF)
+    m = tl.max(z, axis=1)
+    d = _rel(z, tl.where(m == NEG_INF, 0.0, m)[:, None])
+    s1 = tl.sum(tl.exp(d), axis=1)
+    sT = s1
+    if tl.max(scaled.to(tl.int32), axis=0) > 0:
+        e = tl.exp(d * invT[:, None])
+        if FILTERS:
+            e = tl.where(z >= cut[:, None], e, 0.0)
+        sT = tl.where(scaled, tl.sum(e, axis=1), s1)
+    arg = m.to(tl.int32) * 0 + BIG
+    if tl.max(greedy.to(tl.int32), axis=0) > 0:
+        arg = tl.min(tl.where(z == m[:, None], v[None, :], BIG), axis=1)
+    return m, s1, sT, arg, bad
+
+
+# ------------------------------------------------------------------------------------------------ the kernel
+
+@triton.jit(do_not_specialize=["K", "n_val", "alpha_val", "temp_val", "seed_val", "offset_val", "total"])
+def _verify_kernel(
+    # outputs
     tokens_ptr,  # [B, K + 1] int64
     num_accepted_ptr,  # [B] int64
     deferred_ptr,  # [B, K] bool
     accept_prob_ptr,  # [B, K] float32
     valid_ptr,  # [B] bool
-    emit_pos_ptr,  # [B] int32: m
-    emit_w_ptr,  # [B] float32: the blend quantity at m (family A r_m, family B eta_m)
-    zq_ptr,  # [B, K, V_in]
-    zp_ptr,  # [B, K + 1, V_in]
-    draft_ptr,  # [B, K] int64, contiguous
-    st_max_ptr,  # [B, K + 1, 2] float32
-    st_s1_ptr,  # [B, K + 1, 2] float32
-    st_st_ptr,  # [B, K + 1, 2] float32
-    st_arg_ptr,  # [B, K + 1, 2] int32
-    st_bad_ptr,  # [B, K + 1, 2] int32
-    part2_ptr,  # [B, K, NT] float32: second-look partial sums (TV or eta; read only when the rule needs them)
-    temperature_ptr,  # [B]
-    alpha_ptr,  # [B]
-    seed_ptr,  # [B] int64
-    offset_ptr,  # [B] int64
-    num_draft_ptr,  # [B] int64
+    # workspace (torch.empty: every element read is written first in this launch)
+    part_m_ptr,  # [B, K + 1, 2, NT] max (side 0 target, 1 drafter), float32 (float64 for FP64)
+    part_f_ptr,  # [2, B, K + 1, 2, NT] float32: sum exp(z - max), sum exp((z - max) / T) kept
+    part_i_ptr,  # [2, B, K + 1, 2, NT] int32: lowest argmax, NaN/+inf flag
+    pos_m_ptr,  # [B, K + 1, 2] merged max (float64 for FP64)
+    pos_f_ptr,  # [2, B, K + 1, 2] float32: S1, ST
+    pos_i_ptr,  # [2, B, K + 1, 2] int32: argmax, bad
+    look_part_ptr,  # [B, K, NT] float32: second-look partial sums
+    look_ptr,  # [B, K] float32: TV or eta
+    race_f_ptr,  # [3, B, NT] float32: best residual score, best pi score, residual mass
+    race_i_ptr,  # [2, B, NT] int32: their lowest indices
+    row_i_ptr,  # [3, B] int32: m, race kind, the draft at m (-1 outside the vocabulary)
+    row_f_ptr,  # [B] float32: the blend quantity at m (family A r_m, family B eta_m)
+    cnt_ptr,  # int32 counters (zero; common.counters): offsets below, per row group
+    # inputs
+    zq_ptr,  # [B, K, V_in] (ragged: [N, V_in]) or None for token-only drafts
+    zp_ptr,  # [B, K + 1, V_in] (ragged: [N + B, V_in])
+    x_ptr,  # [B, K] int64 (ragged: [N]), contiguous
+    cu_ptr,  # [B + 1] int64 (ragged) or None
+    n_ptr, n_val,
+    alpha_ptr, alpha_val,
+    temp_ptr, temp_val,
+    seed_ptr, seed_val,
+    offset_ptr, offset_val,
+    cutq_ptr,  # [B, K] filter cutoffs (FILTERS)
+    cutp_ptr,  # [B, K + 1]
+    fok_ptr,  # [B] int32: filter values in range (FILTERS)
     alpha_lo,
     alpha_hi,
+    B,
     K,
     V,
     NT,
-    stride_qb,
-    stride_qk,
-    stride_pb,
-    stride_pk,
+    total,  # work items
+    programs,  # programs launched
+    stride_qb, stride_qk, stride_pb, stride_pk,
     FAMILY: tl.constexpr,
     NEEDS_TV: tl.constexpr,
     WEIGHT: tl.constexpr,
@@ -370,245 +267,593 @@ def _verify_accept_kernel(
     USES_ALPHA: tl.constexpr,
     HIGH_OPEN: tl.constexpr,
     SECOND_LOOK: tl.constexpr,
+    RAGGED: tl.constexpr,
+    FILTERS: tl.constexpr,
+    FP64: tl.constexpr,
+    ROWS: tl.constexpr,  # rows per work item: 1 on a GPU; a whole small batch under the interpreter
+    BLOCK_V: tl.constexpr,  # a multiple of 4
     BLOCK_K: tl.constexpr,  # >= K + 1
     BLOCK_T: tl.constexpr,  # >= NT
+    ITEMS_PER_PROGRAM: tl.constexpr,  # 0: as many as the queue holds
 ):
-    b = tl.program_id(0).to(tl.int64)
-    n = _num_drafts(num_draft_ptr, b, K)
-    T = tl.load(temperature_ptr + b)
-    al_raw = tl.load(alpha_ptr + b)
-    ok = _temperature_ok(T)
-    if USES_ALPHA:
-        a_ok = (al_raw == al_raw) & (al_raw > float("-inf")) & (al_raw < float("inf")) & (al_raw >= alpha_lo)
-        if HIGH_OPEN:
-            a_ok = a_ok & (al_raw < alpha_hi)
+    HAS_Q: tl.constexpr = zq_ptr is not None
+    KP = K + 1
+    G = (B + ROWS - 1) // ROWS
+    # counter offsets (per row group)
+    c_stats = 2
+    c_ready = c_stats + G * KP
+    c_look = c_ready + G * KP
+    c_row = c_look + G * K
+    c_flag = c_row + G
+    c_race = c_flag + G
+    stats_items = KP * NT
+    if SECOND_LOOK:
+        look_items = K * NT
+        lag = 2
+    else:
+        look_items = K * 0
+        lag = 1
+    step = stats_items + look_items + NT
+
+    done = 0
+    w = tl.atomic_add(cnt_ptr, 1)
+    while w < total:
+        s = w // step
+        r = w % step
+        if r < stats_items:
+            g = s.to(tl.int64)
+            if g < G:
+                _stats_item(g, (r // NT).to(tl.int64), r % NT, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
+                            pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr,
+                            accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr,
+                            n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr,
+                            offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_stats,
+                            c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV,
+                            WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
+                            BLOCK_V, BLOCK_K, BLOCK_T)
+        elif r < stats_items + look_items:
+            g = (s - 1).to(tl.int64)
+            r2 = r - stats_items
+            if SECOND_LOOK:
+                if (g >= 0) & (g < G):
+                    _look_item(g, (r2 // NT).to(tl.int64), r2 % NT, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
+                               look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr,
+                               valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val,
+                               alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val,
+                               cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
+                               c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
+                               USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
+                               BLOCK_K, BLOCK_T)
         else:
-            a_ok = a_ok & (al_raw <= alpha_hi)
+            g = (s - lag).to(tl.int64)
+            if (g >= 0) & (g < G):
+                _race_item(g, r - stats_items - look_items, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr,
+                           race_i_ptr, row_i_ptr, row_f_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr,
+                           alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
+                           cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
+                           IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T)
+        done += 1
+        if ITEMS_PER_PROGRAM == 0:
+            w = tl.atomic_add(cnt_ptr, 1)
+        elif done < ITEMS_PER_PROGRAM:
+            w = tl.atomic_add(cnt_ptr, 1)
+        else:
+            w = total
+    # The last program out resets the queue.
+    if ticket(cnt_ptr + 1) == programs - 1:
+        tl.atomic_xchg(cnt_ptr, 0)
+        tl.atomic_xchg(cnt_ptr + 1, 0)
+
+
+# ------------------------------------------------------------------------------------------------ stats + merge
+
+@triton.jit
+def _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, mask, BLOCK_T: tl.constexpr):
+    """The tiles of one (position, side) merged, per row (``o`` [R]): (M, S1, ST, lowest argmax, bad)."""
+    t = tl.arange(0, BLOCK_T)
+    mk = mask[:, None] & (t < NT)[None, :]
+    oo = o[:, None] * NT + t[None, :]
+    pm = tl.load(part_m_ptr + oo, mask=mk, other=float("-inf"), cache_modifier=".cg")
+    ps1 = tl.load(part_f_ptr + oo, mask=mk, other=0.0, cache_modifier=".cg")
+    parg = tl.load(part_i_ptr + oo, mask=mk, other=BIG, cache_modifier=".cg")
+    pbad = tl.load(part_i_ptr + pf + oo, mask=mk, other=0, cache_modifier=".cg")
+    M = tl.max(pm, axis=1)
+    d = _rel(pm, tl.where(M == NEG_INF, 0.0, M)[:, None])
+    live = pm > NEG_INF
+    S1 = tl.sum(tl.where(live, ps1 * tl.exp(d), 0.0), axis=1)
+    ST = S1
+    if tl.max(scaled.to(tl.int32), axis=0) > 0:
+        pst = tl.load(part_f_ptr + pf + oo, mask=mk, other=0.0, cache_modifier=".cg")
+        ST = tl.where(scaled, tl.sum(tl.where(live, pst * tl.exp(d * invT[:, None]), 0.0), axis=1), S1)
+    arg = tl.min(tl.where(pm == M[:, None], parg, BIG), axis=1)
+    bad = (tl.max(pbad, axis=1) > 0) | (M == NEG_INF) | (M == float("inf"))
+    return M, S1, ST, arg, bad.to(tl.int32)
+
+
+@triton.jit
+def _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o, qf, mask, M, S1, ST, arg, bad):
+    tl.store(pos_m_ptr + o, M, mask=mask)
+    tl.store(pos_f_ptr + o, S1, mask=mask)
+    tl.store(pos_f_ptr + qf + o, ST, mask=mask)
+    tl.store(pos_i_ptr + o, arg, mask=mask)
+    tl.store(pos_i_ptr + qf + o, bad, mask=mask)
+
+
+@triton.jit
+def _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, t, mask, m, s1, sT, arg, bad):
+    tl.store(part_m_ptr + o * NT + t, m, mask=mask)
+    tl.store(part_f_ptr + o * NT + t, s1, mask=mask)
+    tl.store(part_f_ptr + pf + o * NT + t, sT, mask=mask)
+    tl.store(part_i_ptr + o * NT + t, arg, mask=mask)
+    tl.store(part_i_ptr + pf + o * NT + t, bad, mask=mask)
+
+
+@triton.jit
+def _stats_item(g, i, t, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr,
+                tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr,
+                zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
+                seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT,
+                c_stats, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
+                FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
+                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
+                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
+                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr):
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    KP = K + 1
+    use_p = rmask & (i <= n)
+    use_q = rmask & (i < n)
+    if tl.max(use_p.to(tl.int32), axis=0) > 0:
+        invT = inv_temperature(T)
+        greedy = use_p & (T == 0)
+        # The bonus position's sums are never read (its race uses the merged max), nor T = 1 scaled sums unfiltered.
+        scaled = use_q & (T > 0) & ((T != 1.0) | FILTERS)
+        v = t * BLOCK_V + tl.arange(0, BLOCK_V)
+        pf = 2 * B * KP * NT  # offset of the second half of part_f / part_i
+        o = (rows * KP + i) * 2
+        cut = T * 0.0
+        if FILTERS:
+            cut = tl.load(cutp_ptr + rows * KP + i, mask=use_p, other=0.0)
+        mask = use_p[:, None] & (v < V)[None, :]
+        m, s1, sT, arg, bad = _tile_stats(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED), v, mask,
+                                          invT, cut, scaled, greedy, FILTERS, FP64)
+        _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, t, use_p, m, s1, sT, arg, bad)
+        if HAS_Q:
+            if tl.max(use_q.to(tl.int32), axis=0) > 0:
+                if FILTERS:
+                    cut = tl.load(cutq_ptr + rows * K + i, mask=use_q, other=0.0)
+                mask = use_q[:, None] & (v < V)[None, :]
+                m, s1, sT, arg, bad = _tile_stats(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED), v,
+                                                  mask, invT, cut, scaled, greedy & use_q, FILTERS, FP64)
+                _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NT, t, use_q, m, s1, sT, arg, bad)
+    pos = g * KP + i
+    if ticket(cnt_ptr + c_stats + pos) == NT - 1:
+        if tl.max(use_p.to(tl.int32), axis=0) > 0:
+            invT = inv_temperature(T)
+            scaled = use_q & (T > 0) & ((T != 1.0) | FILTERS)
+            pf = 2 * B * KP * NT
+            qf = 2 * B * KP  # offset of the second half of pos_f / pos_i
+            o = (rows * KP + i) * 2
+            M, S1, ST, arg, bad = _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, use_p,
+                                              BLOCK_T)
+            _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o, qf, use_p, M, S1, ST, arg, bad)
+            if HAS_Q:
+                if tl.max(use_q.to(tl.int32), axis=0) > 0:
+                    M, S1, ST, arg, bad = _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NT, invT, scaled,
+                                                      use_q, BLOCK_T)
+                    _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o + 1, qf, use_q, M, S1, ST, arg, bad)
+        tl.store(cnt_ptr + c_stats + pos, 0)
+        common.release_flag(cnt_ptr + c_ready + pos, 1)
+        _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+                    num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
+                    x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr,
+                    fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb,
+                    stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED,
+                    FILTERS, FP64, ROWS, BLOCK_K)
+
+
+@triton.jit
+def _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+                num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
+                x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
+                alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
+                FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
+                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
+                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """One of the group's merges is done: the program with the group's last ticket runs the accept phase."""
+    target = K + 1
+    if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
+        target += K
+    if ticket(cnt_ptr + c_row + g) == target - 1:
+        _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+                num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
+                x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
+                alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
+                FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS, FP64,
+                ROWS, BLOCK_K)
+
+
+# ------------------------------------------------------------------------------------------------ second look
+
+@triton.jit
+def _look_item(g, i, t, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr, tokens_ptr,
+               num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
+               x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr,
+               offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
+               c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
+               FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
+               USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
+               RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
+               BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr):
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
+        KP = K + 1
+        pos = g * KP + i
+        use = rmask & _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n)
+        if tl.max(use.to(tl.int32), axis=0) > 0:
+            wait_flag(cnt_ptr + c_ready + pos)
+            invT = inv_temperature(T)
+            qf = 2 * B * KP
+            o = (rows * KP + i) * 2
+            Mp = tl.load(pos_m_ptr + o, mask=use, other=0.0, cache_modifier=".cg")
+            S1p = tl.load(pos_f_ptr + o, mask=use, other=1.0, cache_modifier=".cg")
+            STp = tl.load(pos_f_ptr + qf + o, mask=use, other=1.0, cache_modifier=".cg")
+            Mq = tl.load(pos_m_ptr + o + 1, mask=use, other=0.0, cache_modifier=".cg")
+            S1q = tl.load(pos_f_ptr + o + 1, mask=use, other=1.0, cache_modifier=".cg")
+            STq = tl.load(pos_f_ptr + qf + o + 1, mask=use, other=1.0, cache_modifier=".cg")
+            v = t * BLOCK_V + tl.arange(0, BLOCK_V)
+            mask = use[:, None] & (v < V)[None, :]
+            zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None] + v[None, :],
+                             mask, FP64)
+            zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :],
+                             mask, FP64)
+            keep_q = mask & (zq > NEG_INF)
+            keep_p = mask & (zp > NEG_INF)
+            if FILTERS:
+                keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None])
+                keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + i, mask=use, other=0.0)[:, None])
+            q = _probs(zq, Mq[:, None], STq[:, None], invT[:, None], keep_q)
+            if NEEDS_TV:
+                p = _probs(zp, Mp[:, None], STp[:, None], invT[:, None], keep_p)
+                part = tl.sum(tl.where(mask, tl.maximum(q - p, 0.0), 0.0), axis=1)
+            else:
+                tl.static_assert(FAMILY == FAMILY_B, "the second look reads TV or a token set's eta")
+                if USES_ALPHA:
+                    al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)
+                else:
+                    al = T * 0.0
+                in_a = _in_set(IN_SET, al[:, None], tl.exp(_rel(zq, Mq[:, None])) / S1q[:, None],
+                               tl.exp(_rel(zp, Mp[:, None])) / S1p[:, None], S1p[:, None])
+                part = tl.sum(tl.where(mask & ~in_a, q, 0.0), axis=1)
+            tl.store(look_part_ptr + (rows * K + i) * NT + t, part, mask=use)
+        if ticket(cnt_ptr + c_look + g * K + i) == NT - 1:
+            if tl.max(use.to(tl.int32), axis=0) > 0:
+                tt = tl.arange(0, BLOCK_T)
+                parts = tl.load(look_part_ptr + (rows[:, None] * K + i) * NT + tt[None, :],
+                                mask=use[:, None] & (tt < NT)[None, :], other=0.0, cache_modifier=".cg")
+                tl.store(look_ptr + rows * K + i, tl.sum(parts, axis=1), mask=use)
+            tl.store(cnt_ptr + c_look + g * K + i, 0)
+            _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+                        num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr,
+                        zp_ptr, x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
+                        cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk,
+                        stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK,
+                        HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K)
+
+
+# ------------------------------------------------------------------------------------------------ accept
+
+@triton.jit
+def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+            num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr,
+            alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo,
+            alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
+            FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
+            USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
+            RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
+            BLOCK_K: tl.constexpr):
+    """The accept phase of a group of rows: [R, BLOCK_K] blocks, one lane per draft position."""
+    KP = K + 1
+    qf = 2 * B * KP
+    invT = inv_temperature(T)[:, None]
+    greedy = (T == 0)[:, None]
+    ok = temperature_ok(T)
+    if USES_ALPHA:
+        al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)
+        a_ok = (al == al) & (al > float("-inf")) & (al < float("inf")) & (al >= alpha_lo)
+        if HIGH_OPEN:
+            a_ok = a_ok & (al < alpha_hi)
+        else:
+            a_ok = a_ok & (al <= alpha_hi)
         ok = ok & a_ok
-    Tf, Tdiv = _safe_temperature(T)
-    greedy = Tf == 0
-    al = _row_alpha(alpha_ptr, b, USES_ALPHA)
-
-    i = tl.arange(0, BLOCK_K)
-    in_k = i < K
-    used_q = i < n
-    used_p = i <= n
-    o = (b * (K + 1) + i) * 2
-    bad_p = tl.load(st_bad_ptr + o, mask=used_p, other=0)
-    bad_q = tl.load(st_bad_ptr + o + 1, mask=used_q, other=0)
-    valid = ok & (tl.max(bad_p, axis=0) == 0) & (tl.max(bad_q, axis=0) == 0)
-    valid_k = (i * 0 + valid.to(tl.int32)) != 0  # [BLOCK_K] (an int detour: the interpreter cannot splat a reduced bool)
-
-    Mp, S1p, STp, argp = _load_stats(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o, used_q)
-    Mq, S1q, STq, argq = _load_stats(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o + 1, used_q)
-    x = tl.load(draft_ptr + b * K + i, mask=in_k, other=0)
+        al = tl.where(a_ok, al, 0.0)
+    else:
+        al = T * 0.0
+    al = al[:, None]
+    if FILTERS:
+        ok = ok & (tl.load(fok_ptr + rows, mask=rmask, other=1) != 0)
+    i = tl.arange(0, BLOCK_K).to(tl.int64)[None, :]  # [1, BLOCK_K]
+    nn = n[:, None]
+    rr = rows[:, None]
+    rm = rmask[:, None]
+    in_k = rm & (i < K)
+    used_q = rm & (i < nn)
+    used_p = rm & (i <= nn)
+    o = (rr * KP + i) * 2
+    bad = tl.load(pos_i_ptr + qf + o, mask=used_p, other=0, cache_modifier=".cg")
+    if HAS_Q:
+        bad = bad | tl.load(pos_i_ptr + qf + o + 1, mask=used_q, other=0, cache_modifier=".cg")
+    valid = ok & (tl.max(bad, axis=1) == 0) & rmask  # [R]
+    Mp = tl.load(pos_m_ptr + o, mask=used_p, other=0.0, cache_modifier=".cg")
+    S1p = tl.load(pos_f_ptr + o, mask=used_p, other=1.0, cache_modifier=".cg")
+    STp = tl.load(pos_f_ptr + qf + o, mask=used_p, other=1.0, cache_modifier=".cg")
+    argp = tl.load(pos_i_ptr + o, mask=used_p, other=0, cache_modifier=".cg")
+    ss = start[:, None]
+    if RAGGED:
+        x = tl.load(x_ptr + ss + i, mask=used_q, other=0)
+    else:
+        x = tl.load(x_ptr + rr * K + i, mask=used_q, other=0)
     x_ok = (x >= 0) & (x < V)
     xc = tl.minimum(tl.maximum(x, 0), V - 1)
-    zq = tl.load(zq_ptr + b * stride_qb + i * stride_qk + xc, mask=used_q, other=0.0).to(tl.float32)
-    zp = tl.load(zp_ptr + b * stride_pb + i * stride_pk + xc, mask=used_q, other=0.0).to(tl.float32)
-    qx = _probs(zq, xc, Mq, STq, argq, greedy, Tdiv)
-    px = _probs(zp, xc, Mp, STp, argp, greedy, Tdiv)
-    if SECOND_LOOK:
-        tt = tl.arange(0, BLOCK_T)
-        s2 = tl.load(part2_ptr + (b * K + i[:, None]) * NT + tt[None, :],
-                     mask=used_q[:, None] & (tt[None, :] < NT), other=0.0)
-        look = tl.sum(s2, axis=1)  # [BLOCK_K]: TV (rules that read it) or eta (family B)
+    p_rows = _p_rows(zp_ptr, rr, i, ss, stride_pb, stride_pk, RAGGED)
+    zpx = load_logits(p_rows + xc, used_q, FP64)
+    keep_px = zpx > NEG_INF
+    if FILTERS:
+        cutp = tl.load(cutp_ptr + rr * KP + i, mask=used_q, other=float("-inf"))
+        keep_px = keep_px & (zpx >= cutp)
+    px = tl.where(greedy, (xc == argp).to(tl.float32), _probs(zpx, Mp, STp, invT, keep_px))
+    ph_x = tl.exp(_rel(zpx, Mp)) / S1p
+    if HAS_Q:
+        Mq = tl.load(pos_m_ptr + o + 1, mask=used_q, other=0.0, cache_modifier=".cg")
+        S1q = tl.load(pos_f_ptr + o + 1, mask=used_q, other=1.0, cache_modifier=".cg")
+        STq = tl.load(pos_f_ptr + qf + o + 1, mask=used_q, other=1.0, cache_modifier=".cg")
+        argq = tl.load(pos_i_ptr + o + 1, mask=used_q, other=0, cache_modifier=".cg")
+        q_rows = _q_rows(zq_ptr, rr, i, ss, stride_qb, stride_qk, RAGGED)
+        zqx = load_logits(q_rows + xc, used_q, FP64)
+        keep_qx = zqx > NEG_INF
+        if FILTERS:
+            cutq = tl.load(cutq_ptr + rr * K + i, mask=used_q, other=float("-inf"))
+            keep_qx = keep_qx & (zqx >= cutq)
+        qx = tl.where(greedy, (xc == argq).to(tl.float32), _probs(zqx, Mq, STq, invT, keep_qx))
+        qh_x = tl.exp(_rel(zqx, Mq)) / S1q
+        max_qh = 1.0 / S1q
     else:
-        look = tl.zeros([BLOCK_K], dtype=tl.float32)
-
+        argq = xc
+        qx = x_ok.to(tl.float32)
+        qh_x = qx
+        max_qh = qx * 0.0 + 1.0
+    look = qx * 0.0
+    if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
+        look = tl.load(look_ptr + rr * K + i, mask=used_q & _needs_look(T, SECOND_LOOK, HAS_Q)[:, None], other=0.0,
+                       cache_modifier=".cg")
     if FAMILY == FAMILY_A:
-        tv = look if NEEDS_TV else tl.zeros([BLOCK_K], dtype=tl.float32)
-        w = WEIGHT(al, 1.0 / S1q, 1.0 / S1p, tv).to(tl.float32)  # r: 0/1 or a blend weight
-        w = tl.zeros([BLOCK_K], dtype=tl.float32) + w
+        tv = look
+        if NEEDS_TV:
+            tv = tl.where(greedy, (argq != argp).to(tl.float32), look)  # one-hot q and p: TV is 0 or 1
+        w = WEIGHT(al, max_qh, 1.0 / S1p, tv).to(tl.float32)
+        w = qx * 0.0 + w
         a = _ratio(_blended(FAMILY, w, x_ok, qx, px), qx)
         dfr = w > 0
     elif FAMILY == FAMILY_B:
-        w = look  # eta
-        in_a = _in_set(IN_SET, zq, zp, Mq, S1q, Mp, S1p, al)
+        in_a = _in_set(IN_SET, al, qh_x, ph_x, S1p) & x_ok
+        if HAS_Q:
+            w = look  # eta
+            if tl.max(greedy.to(tl.int32), axis=0) > 0:  # q one-hot at argq: eta = 1 unless argq is in A
+                ga = used_q & greedy  # argq is BIG on rows that do not sample greedily
+                aq = tl.minimum(tl.maximum(argq, 0), V - 1)
+                zq_a = load_logits(q_rows + aq, ga, FP64)
+                zp_a = load_logits(p_rows + aq, ga, FP64)
+                in_aq = _in_set(IN_SET, al, tl.exp(_rel(zq_a, Mq)) / S1q, tl.exp(_rel(zp_a, Mp)) / S1p, S1p)
+                w = tl.where(greedy, 1.0 - in_aq.to(tl.float32), w)
+        else:
+            w = 1.0 - in_a.to(tl.float32)  # q one-hot at the draft
         a = tl.where(in_a & (qx > 0), 1.0, _ratio(w * px, qx))
-        dfr = ~in_a | ~x_ok
+        dfr = ~in_a
     else:
         tl.static_assert(FAMILY == FAMILY_LOSSY, "unknown rule family")
         a = _ratio(px, (1.0 - al) * qx)
         dfr = used_q
-        w = tl.zeros([BLOCK_K], dtype=tl.float32)
+        w = qx * 0.0
     a = tl.where(x_ok, a, 0.0)
-
-    u = philox.uniform(tl.load(seed_ptr + b), tl.load(offset_ptr + b) + i, STREAM_ACCEPT, i * 0)
+    seed = row_params(seed_ptr, seed_val, rows, rmask)[:, None]
+    offs = row_params(offset_ptr, offset_val, rows, rmask)[:, None]
+    u = philox.uniform(seed, offs + i, STREAM_ACCEPT, i * 0 + rr * 0)
     accepted = (u < a) & used_q
-    m = tl.min(tl.where(accepted, BLOCK_K, i), axis=0)  # first rejection; lane n is never accepted
+    m = tl.min(tl.where(accepted, BLOCK_K, i + rr * 0), axis=1)  # [R] the first rejection; lane n never accepted
+    mm = m[:, None]
+    vv = valid[:, None]
+    # The emitted token: p_n's argmax now at T = 0 when every draft is accepted, else a race.
+    bonus = m == n
+    argp_m = tl.sum(tl.where(i == mm, argp, 0), axis=1)
+    gr = T == 0
+    kind = tl.where(valid & ~(bonus & gr), tl.where(bonus, RACE_BONUS, RACE_RESIDUAL), RACE_NONE)
+    emitted = tl.where(valid & bonus & gr, argp_m.to(tl.int64), -1)
+    tok = tl.where(vv & (i < mm), x, tl.where(i == mm, emitted[:, None], -1))
+    tl.store(tokens_ptr + rr * KP + i, tok, mask=rm & (i < KP))
+    tl.store(num_accepted_ptr + rows, tl.where(valid, m, 0), mask=rmask)
+    keep = used_q & vv
+    tl.store(deferred_ptr + rr * K + i, dfr & keep, mask=in_k)
+    tl.store(accept_prob_ptr + rr * K + i, tl.where(keep, a, 0.0), mask=in_k)
+    tl.store(valid_ptr + rows, valid, mask=rmask)
+    tl.store(row_i_ptr + rows, m.to(tl.int32), mask=rmask)
+    tl.store(row_i_ptr + B + rows, kind.to(tl.int32), mask=rmask)
+    xm_ok = tl.sum(tl.where((i == mm) & x_ok, 1, 0), axis=1) > 0
+    xm = tl.sum(tl.where((i == mm) & x_ok, x, 0), axis=1)
+    tl.store(row_i_ptr + 2 * B + rows, tl.where(xm_ok, xm, -1).to(tl.int32), mask=rmask)  # -1: outside [0, V)
+    tl.store(row_f_ptr + rows, tl.sum(tl.where(i == mm, w, 0.0), axis=1), mask=rmask)
+    # Every merge of the group is done: its counters go back to zero, then the race may start.
+    j = tl.arange(0, BLOCK_K)
+    tl.store(cnt_ptr + c_ready + g * KP + j, j * 0, mask=j < KP)
+    tl.store(cnt_ptr + c_row + g, 0)
+    common.release_flag(cnt_ptr + c_flag + g, 1)
 
-    tl.store(tokens_ptr + b * (K + 1) + i, tl.where(valid_k & (i < m), x, -1), mask=i < K + 1)
-    tl.store(num_accepted_ptr + b, tl.where(valid, m, 0).to(tl.int64))
-    keep = used_q & valid_k
-    tl.store(deferred_ptr + b * K + i, dfr & keep, mask=in_k)
-    tl.store(accept_prob_ptr + b * K + i, tl.where(keep, a, 0.0), mask=in_k)
-    tl.store(valid_ptr + b, valid)
-    tl.store(emit_pos_ptr + b, m.to(tl.int32))
-    tl.store(emit_w_ptr + b, tl.sum(tl.where(i == m, w, 0.0), axis=0))
 
+# ------------------------------------------------------------------------------------------------ race + emit
 
-@triton.jit(do_not_specialize=["K"])
-def _verify_race_kernel(
-    tokens_ptr,  # [B, K + 1] int64 (written only when SINGLE)
-    part_score_ptr,  # [B, NT, 3] float32: best residual score, best pi score, the tile's residual mass
-    part_idx_ptr,  # [B, NT, 2] int32: their lowest indices
-    zq_ptr,  # [B, K, V_in]
-    zp_ptr,  # [B, K + 1, V_in]
-    valid_ptr,  # [B] bool
-    emit_pos_ptr,  # [B] int32
-    emit_w_ptr,  # [B] float32
-    st_max_ptr,  # [B, K + 1, 2] float32
-    st_s1_ptr,  # [B, K + 1, 2] float32
-    st_st_ptr,  # [B, K + 1, 2] float32
-    st_arg_ptr,  # [B, K + 1, 2] int32
-    temperature_ptr,  # [B]
-    alpha_ptr,  # [B]
-    seed_ptr,  # [B] int64
-    offset_ptr,  # [B] int64
-    num_draft_ptr,  # [B] int64
-    K,
-    V,
-    NT,
-    stride_qb,
-    stride_qk,
-    stride_pb,
-    stride_pk,
-    FAMILY: tl.constexpr,
-    IN_SET: tl.constexpr,
-    USES_ALPHA: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-    SINGLE: tl.constexpr,
-):
-    b = tl.program_id(0).to(tl.int64)
-    t = tl.program_id(1)
-    valid = tl.load(valid_ptr + b)
-    if valid:
-        n = _num_drafts(num_draft_ptr, b, K)
-        m = tl.load(emit_pos_ptr + b).to(tl.int64)
-        Tf, Tdiv = _safe_temperature(tl.load(temperature_ptr + b))
-        greedy = Tf == 0
-        v = t * BLOCK_V + tl.arange(0, BLOCK_V)
-        mask = v < V
-        g = philox.gumbel(tl.load(seed_ptr + b), tl.load(offset_ptr + b) + m, STREAM_EMIT, v)
-        if m == n:  # bonus: the race over p_n, written so that T = 0 is the plain argmax
-            zb = _load_row(zp_ptr, b, stride_pb, n, stride_pk, v, mask)
-            s_res = zb + Tf * g
-            s_pi = s_res
-            mass = tl.full([], 1.0, tl.float32)
-        else:  # residual at position m < n
-            o = (b * (K + 1) + m) * 2
-            Mp, S1p, STp, argp = _load_stats1(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o)
-            Mq, S1q, STq, argq = _load_stats1(st_max_ptr, st_s1_ptr, st_st_ptr, st_arg_ptr, o + 1)
-            zq = _load_row(zq_ptr, b, stride_qb, m, stride_qk, v, mask)
-            zp = _load_row(zp_ptr, b, stride_pb, m, stride_pk, v, mask)
-            q = _probs(zq, v, Mq, STq, argq, greedy, Tdiv)
-            p = _probs(zp, v, Mp, STp, argp, greedy, Tdiv)
-            w_row = tl.load(emit_w_ptr + b)
-            in_a = mask
-            if FAMILY == FAMILY_B:
-                in_a = _in_set(IN_SET, zq, zp, Mq, S1q, Mp, S1p, _row_alpha(alpha_ptr, b, USES_ALPHA))
-            pi = _blended(FAMILY, w_row, in_a, q, p)
-            w = tl.maximum(pi - q, 0.0)
-            s_res = tl.log(w) + g
-            s_pi = tl.log(pi) + g
-            mass = tl.sum(tl.where(mask, w, 0.0), axis=0)
-        s_res = tl.where(mask & (s_res == s_res), s_res, NEG_INF)
-        s_pi = tl.where(mask & (s_pi == s_pi), s_pi, NEG_INF)
-        best_res, idx_res = _best_lowest(s_res, v)
-        best_pi, idx_pi = _best_lowest(s_pi, v)
-        if SINGLE:
-            idx = tl.where(mass > RESIDUAL_EPS, idx_res, idx_pi)
-            tl.store(tokens_ptr + b * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64))
+@triton.jit
+def _race_item(g, t, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
+               cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
+               seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk,
+               stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
+               HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
+               ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr):
+    wait_flag(cnt_ptr + c_flag + g)
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    kind = tl.load(row_i_ptr + B + rows, mask=rmask, other=0, cache_modifier=".cg")
+    racing = rmask & (kind != RACE_NONE)
+    if tl.max(racing.to(tl.int32), axis=0) > 0:
+        KP = K + 1
+        qf = 2 * B * KP
+        m = tl.load(row_i_ptr + rows, mask=racing, other=0, cache_modifier=".cg").to(tl.int64)
+        invT = inv_temperature(T)[:, None, None]
+        greedy = (T == 0)[:, None, None]
+        v0 = t.to(tl.int64) * BLOCK_V
+        noise, v = philox.gumbel_rows(row_params(seed_ptr, seed_val, rows, rmask),
+                                      row_params(offset_ptr, offset_val, rows, rmask) + m, STREAM_EMIT, v0, BLOCK_V)
+        R3 = racing[:, None, None]
+        mask = R3 & (v < V)
+        o = (rows * KP + m) * 2
+        Mp = tl.load(pos_m_ptr + o, mask=racing, other=0.0, cache_modifier=".cg")[:, None, None]
+        zp = load_logits(_p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None, None] + v, mask, FP64)
+        keep_p = mask & (zp > NEG_INF)
+        if FILTERS:
+            keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=racing, other=0.0)[:, None, None])
+        bonus = (kind == RACE_BONUS)[:, None, None]
+        s_bonus = tl.where(keep_p, _rel(zp, Mp) * invT + noise, NEG_INF)
+        S1p = tl.load(pos_f_ptr + o, mask=racing, other=1.0, cache_modifier=".cg")[:, None, None]
+        STp = tl.load(pos_f_ptr + qf + o, mask=racing, other=1.0, cache_modifier=".cg")[:, None, None]
+        argp = tl.load(pos_i_ptr + o, mask=racing, other=0, cache_modifier=".cg")[:, None, None]
+        wm = tl.load(row_f_ptr + rows, mask=racing, other=0.0, cache_modifier=".cg")[:, None, None]
+        p = tl.where(greedy, (v == argp).to(tl.float32), _probs(zp, Mp, STp, invT, keep_p))
+        ph = tl.exp(_rel(zp, Mp)) / S1p
+        if HAS_Q:
+            Mq = tl.load(pos_m_ptr + o + 1, mask=racing, other=0.0, cache_modifier=".cg")[:, None, None]
+            S1q = tl.load(pos_f_ptr + o + 1, mask=racing, other=1.0, cache_modifier=".cg")[:, None, None]
+            STq = tl.load(pos_f_ptr + qf + o + 1, mask=racing, other=1.0, cache_modifier=".cg")[:, None, None]
+            argq = tl.load(pos_i_ptr + o + 1, mask=racing, other=0, cache_modifier=".cg")[:, None, None]
+            qmask = mask & ~bonus
+            zq = load_logits(_q_rows(zq_ptr, rows, m, start, stride_qb, stride_qk, RAGGED)[:, None, None] + v, qmask,
+                             FP64)
+            keep_q = qmask & (zq > NEG_INF)
+            if FILTERS:
+                keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + m, mask=racing & (m < K),
+                                                 other=0.0)[:, None, None])
+            q = tl.where(greedy, (v == argq).to(tl.float32), _probs(zq, Mq, STq, invT, keep_q))
+            qh = tl.exp(_rel(zq, Mq)) / S1q
+            x_ok = v >= 0
         else:
-            tl.store(part_score_ptr + (b * NT + t) * 3, best_res)
-            tl.store(part_score_ptr + (b * NT + t) * 3 + 1, best_pi)
-            tl.store(part_score_ptr + (b * NT + t) * 3 + 2, mass)
-            tl.store(part_idx_ptr + (b * NT + t) * 2, idx_res)
-            tl.store(part_idx_ptr + (b * NT + t) * 2 + 1, idx_pi)
+            xm = tl.load(row_i_ptr + 2 * B + rows, mask=racing, other=-1, cache_modifier=".cg")[:, None, None]
+            x_ok = (v * 0 + xm) >= 0
+            q = (v == xm).to(tl.float32)
+            qh = q
+        in_a = mask
+        if FAMILY == FAMILY_B:
+            if USES_ALPHA:
+                al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)[:, None, None]
+            else:
+                al = 0.0
+            in_a = _in_set(IN_SET, al, qh, ph, S1p)
+        pi = _blended(FAMILY, wm, in_a, q, p)
+        pi = tl.where(x_ok, pi, p)  # a token-only draft outside the vocabulary: the position emits from p
+        wv = tl.maximum(pi - q, 0.0)
+        s = tl.where(mask, tl.log(wv) + noise, NEG_INF)
+        fs = tl.where(mask, tl.log(pi) + noise, NEG_INF)
+        s = tl.where(bonus, s_bonus, tl.where(s == s, s, NEG_INF))
+        fs = tl.where(bonus, s_bonus, tl.where(fs == fs, fs, NEG_INF))
+        best, idx = best_lowest_rows(s, v.to(tl.int32))
+        fbest, fidx = best_lowest_rows(fs, v.to(tl.int32))
+        mass = tl.where(kind == RACE_BONUS, 1.0, tl.sum(tl.sum(tl.where(mask, wv, 0.0), axis=2), axis=1))
+        tl.store(race_f_ptr + rows * NT + t, best, mask=racing)
+        tl.store(race_f_ptr + (B + rows) * NT + t, fbest, mask=racing)
+        tl.store(race_f_ptr + (2 * B + rows) * NT + t, mass, mask=racing)
+        tl.store(race_i_ptr + rows * NT + t, idx, mask=racing)
+        tl.store(race_i_ptr + (B + rows) * NT + t, fidx, mask=racing)
+    if ticket(cnt_ptr + c_race + g) == NT - 1:
+        if tl.max(racing.to(tl.int32), axis=0) > 0:
+            tt = tl.arange(0, BLOCK_T)[None, :]
+            rr = rows[:, None]
+            mt = racing[:, None] & (tt < NT)
+            mass = tl.sum(tl.load(race_f_ptr + (2 * B + rr) * NT + tt, mask=mt, other=0.0, cache_modifier=".cg"),
+                          axis=1)
+            col = tl.where(mass > RESIDUAL_EPS, 0, 1)[:, None]
+            sc = tl.load(race_f_ptr + (col * B + rr) * NT + tt, mask=mt, other=float("-inf"), cache_modifier=".cg")
+            ix = tl.load(race_i_ptr + (col * B + rr) * NT + tt, mask=mt, other=BIG, cache_modifier=".cg")
+            _, idx = best_lowest_rows(sc, ix)
+            m = tl.load(row_i_ptr + rows, mask=racing, other=0, cache_modifier=".cg").to(tl.int64)
+            tl.store(tokens_ptr + rows * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64), mask=racing)
+        tl.store(cnt_ptr + c_race + g, 0)
+        tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
 
 
-@triton.jit(do_not_specialize=["K"])
-def _verify_emit_kernel(
-    tokens_ptr,  # [B, K + 1] int64
-    part_score_ptr,  # [B, NT, 3] float32
-    part_idx_ptr,  # [B, NT, 2] int32
-    valid_ptr,  # [B] bool
-    emit_pos_ptr,  # [B] int32
-    K,
-    V,
-    NT,
-    BLOCK_T: tl.constexpr,
-):
-    b = tl.program_id(0).to(tl.int64)
-    if tl.load(valid_ptr + b):
-        t = tl.arange(0, BLOCK_T)
-        mask = t < NT
-        o = b * NT + t
-        mass = tl.sum(tl.load(part_score_ptr + o * 3 + 2, mask=mask, other=0.0), axis=0)
-        col = tl.where(mass > RESIDUAL_EPS, 0, 1)
-        s = tl.load(part_score_ptr + o * 3 + col, mask=mask, other=NEG_INF)
-        i = tl.load(part_idx_ptr + o * 2 + col, mask=mask, other=_BIG)
-        best, idx = _best_lowest(s, i)
-        m = tl.load(emit_pos_ptr + b).to(tl.int64)
-        tl.store(tokens_ptr + b * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64))
+# ------------------------------------------------------------------------------------------------ launcher
+
+ITEMS_PER_PROGRAM = 0  # tests set this (under the interpreter) to make every hand-off cross programs
 
 
-def launch_verify(zq: torch.Tensor, zp: torch.Tensor, draft_tokens: torch.Tensor, rule, alpha, temperature,
-                  seed, offset, num_draft_tokens, vocab_size: int, block_v: int, num_warps: int) -> VerifyOutput:
-    """Normalized arguments (see ``checks.VerifyArgs``) -> VerifyOutput, all on the logits' device."""
-    if zq.stride(-1) != 1:
+def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int = 1) -> VerifyOutput:
+    """Normalized arguments (``checks.VerifyArgs``) -> VerifyOutput, all on the logits' device: one launch (two
+    with sampling filters). ``rows``: rows per work item (a power of two)."""
+    from .filters import launch_cutoffs
+
+    zq, zp = args.draft_logits, args.target_logits
+    if zq is not None and zq.stride(-1) != 1:
         zq = zq.contiguous()
     if zp.stride(-1) != 1:
         zp = zp.contiguous()
-    x = draft_tokens.contiguous()
-    B, K = x.shape
-    V = vocab_size
+    x = args.draft_tokens.contiguous()
+    B, K, V = args.batch, args.max_drafts, args.vocab_size
     dev = zp.device
+    fp64 = zp.dtype == torch.float64 or (zq is not None and zq.dtype == torch.float64)
     nt = triton.cdiv(V, block_v)
-    strides = (zq.stride(0), zq.stride(1), zp.stride(0), zp.stride(1))
-    R = B * (K + 1) * 2
-
-    part_f = torch.empty((3, R * nt), dtype=torch.float32, device=dev)
-    part_i = torch.empty((2, R * nt), dtype=torch.int32, device=dev)
-    st_f = torch.empty((3, R), dtype=torch.float32, device=dev)
-    st_i = torch.empty((2, R), dtype=torch.int32, device=dev)
-    _verify_stats_kernel[(B * (K + 1), nt)](
-        part_f[0], part_f[1], part_f[2], part_i[0], part_i[1], zq, zp, temperature, num_draft_tokens,
-        K, V, nt, *strides, BLOCK_V=block_v, num_warps=num_warps)
-    _verify_merge_kernel[(B * (K + 1),)](
-        st_f[0], st_f[1], st_f[2], st_i[0], st_i[1], part_f[0], part_f[1], part_f[2], part_i[0], part_i[1],
-        temperature, num_draft_tokens, K, nt, BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=1)
-    stats = (st_f[0], st_f[1], st_f[2], st_i[0])
-
-    cx = rule_constexprs(rule)
-    second = needs_second_look(rule) and K > 0
-    part2 = torch.empty((B * K * nt if second else 1,), dtype=torch.float32, device=dev)
-    if second:
-        _verify_second_look_kernel[(B * K, nt)](
-            part2, zq, zp, *stats, temperature, alpha, num_draft_tokens, K, V, nt, *strides,
-            FAMILY=cx["FAMILY"], NEEDS_TV=cx["NEEDS_TV"], IN_SET=cx["IN_SET"], USES_ALPHA=cx["USES_ALPHA"],
-            BLOCK_V=block_v, num_warps=num_warps)
-
+    KP = K + 1
+    cu = args.cu_num_draft_tokens
+    if cu is not None:
+        strides = (0, zq.stride(0) if zq is not None else 0, 0, zp.stride(0))
+    else:
+        strides = (zq.stride(0) if zq is not None else 0, zq.stride(1) if zq is not None else 0, zp.stride(0),
+                   zp.stride(1))
+    mdt = torch.float64 if fp64 else torch.float32
+    f32, i32 = torch.float32, torch.int32
     out = new_verify_output(B, K, dev)
-    tokens, num_accepted, deferred, accept_prob, valid = out
-    emit_pos = torch.empty((B,), dtype=torch.int32, device=dev)
-    emit_w = torch.empty((B,), dtype=torch.float32, device=dev)
-    lo, hi = rule.alpha_range
-    _verify_accept_kernel[(B,)](
-        tokens, num_accepted, deferred, accept_prob, valid, emit_pos, emit_w, zq, zp, x, *stats, st_i[1],
-        part2, temperature, alpha, seed, offset, num_draft_tokens, float(lo), float(hi), K, V, nt, *strides,
-        **cx, SECOND_LOOK=second, BLOCK_K=triton.next_power_of_2(K + 1),
-        BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=1)
-
-    single = nt == 1
-    part_s = tokens if single else torch.empty((B * nt * 3,), dtype=torch.float32, device=dev)
-    part_x = tokens if single else torch.empty((B * nt * 2,), dtype=torch.int32, device=dev)
-    _verify_race_kernel[(B, nt)](
-        tokens, part_s, part_x, zq, zp, valid, emit_pos, emit_w, *stats, temperature, alpha, seed, offset,
-        num_draft_tokens, K, V, nt, *strides, FAMILY=cx["FAMILY"], IN_SET=cx["IN_SET"], USES_ALPHA=cx["USES_ALPHA"],
-        BLOCK_V=block_v, SINGLE=single, num_warps=num_warps)
-    if not single:
-        _verify_emit_kernel[(B,)](tokens, part_s, part_x, valid, emit_pos, K, V, nt,
-                                  BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=1)
+    part_m = torch.empty((B * KP * 2 * nt,), dtype=mdt, device=dev)
+    part_f = torch.empty((2 * B * KP * 2 * nt,), dtype=f32, device=dev)
+    part_i = torch.empty((2 * B * KP * 2 * nt,), dtype=i32, device=dev)
+    pos_m = torch.empty((B * KP * 2,), dtype=mdt, device=dev)
+    pos_f = torch.empty((2 * B * KP * 2,), dtype=f32, device=dev)
+    pos_i = torch.empty((2 * B * KP * 2,), dtype=i32, device=dev)
+    look_part = torch.empty((max(B * K * nt, 1),), dtype=f32, device=dev)
+    look = torch.empty((max(B * K, 1),), dtype=f32, device=dev)
+    race_f = torch.empty((3 * B * nt,), dtype=f32, device=dev)
+    race_i = torch.empty((2 * B * nt,), dtype=i32, device=dev)
+    row_i = torch.empty((3 * B,), dtype=i32, device=dev)
+    row_f = torch.empty((B,), dtype=f32, device=dev)
+    groups = triton.cdiv(B, rows)
+    cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 3 * groups)
+    cx = rule_constexprs(args.rule)
+    second = needs_second_look(args.rule) and K > 0
+    cutq = cutp = fok = None
+    filters = args.filters.active
+    if filters:
+        cut = torch.empty((B * (2 * K + 1),), dtype=mdt, device=dev)
+        cutq, cutp = cut[: B * K], cut[B * K:]
+        fok = torch.empty((B,), dtype=i32, device=dev)
+        launch_cutoffs(cut, fok, zp, zq, cu, args.num_draft_tokens, args.temperature, args.filters, B, K, V,
+                       (strides[2], strides[3], strides[0], strides[1]), True, block_v, num_warps, fp64, rows)
+    step = KP * nt + (K * nt if second else 0) + nt
+    total = (groups + (2 if second else 1)) * step
+    items = ITEMS_PER_PROGRAM
+    grid = triton.cdiv(total, items) if items else max(1, min(programs, total))
+    n_ptr, n_val = common.split_param(args.num_draft_tokens, K)
+    a_ptr, a_val = common.split_param(args.alpha, 0.0)
+    t_ptr, t_val = common.split_param(args.temperature, 1.0)
+    s_ptr, s_val = common.split_param(args.seed, 0)
+    o_ptr, o_val = common.split_param(args.offset, 0)
+    lo, hi = args.rule.alpha_range
+    _verify_kernel[(grid,)](
+        *out[:KERNEL_OUTPUTS], part_m, part_f, part_i, pos_m, pos_f, pos_i, look_part, look, race_f, race_i, row_i, row_f, cnt,
+        zq, zp, x, cu, n_ptr, int(n_val), a_ptr, float(a_val), t_ptr, float(t_val), s_ptr, int(s_val), o_ptr,
+        int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *strides,
+        **cx, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
+        BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
+        ITEMS_PER_PROGRAM=items, num_warps=num_warps)
     return out

@@ -1,0 +1,136 @@
+"""``@triton.jit`` helpers shared by the kernels, and the persistent counters the one-launch kernels use.
+
+Per-row parameters arrive as a pointer (a ``[B]`` tensor) or ``None`` with a scalar value, so a number for the
+whole batch costs no device work (``row_param``). Logits are loaded as float32, or float64 for float64 logits
+(``FP64``): maxima stay in the input's precision and everything after ``z - M`` is float32, so float64 logits
+beyond the float32 range still give valid rows.
+
+Counters (``counters``): int32 tickets and flags that chain dependent phases inside one launch. Each is
+zero before a launch and reset to zero by the program that used it last, so no launch ever needs a memset;
+the buffer is allocated zeroed once per (device, stream) and grows (a new zeroed buffer) when a call needs
+more. Every chained phase follows one pattern: store the partial result, ``tl.debug_barrier()`` (all threads'
+stores before the release), an ``atomic_add`` with acquire-release semantics on the ticket; the program that
+draws the last ticket loads the partials with ``.cg`` (L2, never a stale L1 line) and continues.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+NEG_INF = tl.constexpr(float("-inf"))
+BIG = tl.constexpr(2147483647)
+
+
+@triton.jit
+def row_param(ptr, value, b):
+    """Row b's value of a per-row parameter: ``ptr[b]``, or ``value`` when the parameter is one number."""
+    if ptr is None:
+        x = value
+    else:
+        x = tl.load(ptr + b)
+    return x
+
+
+@triton.jit
+def row_params(ptr, value, rows, rmask):
+    """[R] values of a per-row parameter for rows ``rows`` (``rmask``: the rows that exist)."""
+    if ptr is None:
+        x = value + rows * 0
+    else:
+        x = tl.load(ptr + rows, mask=rmask, other=0)
+    return x
+
+
+@triton.jit
+def inv_temperature(T):
+    """(1/T capped at the float32 max, T usable): reference.inv_temperature, in float32."""
+    ok = (T > 0) & (T < float("inf"))
+    inv = 1.0 / tl.where(ok, T, 1.0)
+    return tl.minimum(inv, 3.4028234663852886e38)
+
+
+@triton.jit
+def temperature_ok(T):
+    return (T == T) & (T >= 0) & (T < float("inf"))
+
+
+@triton.jit
+def best_lowest(score, idx):
+    """(max of a block of scores, the lowest of ``idx`` where the score is that max; BIG if none)."""
+    best = tl.max(score, axis=0)
+    return best, tl.min(tl.where(score == best, idx, BIG), axis=0)
+
+
+@triton.jit
+def best_lowest_rows(score, idx):
+    """Per row of an [R, ...] block (2-D or 3-D): (max score, lowest ``idx`` at it; BIG if none)."""
+    if len(score.shape) == 3:
+        best = tl.max(tl.max(score, axis=2), axis=1)
+        hit = score == best[:, None, None]
+        low = tl.min(tl.min(tl.where(hit, idx, BIG), axis=2), axis=1)
+    else:
+        best = tl.max(score, axis=1)
+        low = tl.min(tl.where(score == best[:, None], idx, BIG), axis=1)
+    return best, low
+
+
+@triton.jit
+def load_logits(ptr, mask, FP64: tl.constexpr):
+    """Logits as float32 (float64 when FP64); -inf outside ``mask``."""
+    z = tl.load(ptr, mask=mask, other=float("-inf"))
+    if FP64:
+        z = z.to(tl.float64)
+    else:
+        z = z.to(tl.float32)
+    return z
+
+
+@triton.jit
+def ticket(counter_ptr):
+    """Publish this program's stores, then draw a ticket (0, 1, ...) on a counter."""
+    tl.debug_barrier()
+    t = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+    tl.debug_barrier()
+    return t
+
+
+@triton.jit
+def release_flag(flag_ptr, value):
+    tl.debug_barrier()
+    tl.atomic_xchg(flag_ptr, value, sem="release")
+
+
+@triton.jit
+def wait_flag(flag_ptr):
+    """Spin until the flag is nonzero (set by a program that drew its work item earlier, so it runs)."""
+    f = tl.atomic_add(flag_ptr, 0, sem="acquire")
+    while f == 0:
+        f = tl.atomic_add(flag_ptr, 0, sem="acquire")
+    tl.debug_barrier()
+    return f
+
+
+def split_param(value, off):
+    """A normalized per-row parameter (checks.RowParam, or None for an unused filter) as a kernel's
+    (pointer or None, scalar) pair; ``off`` is the scalar when there is nothing to read."""
+    if value is None:
+        return None, off
+    if isinstance(value, torch.Tensor):
+        return value, off
+    return None, value
+
+
+_COUNTERS = {}
+
+
+def counters(device: torch.device, n: int) -> torch.Tensor:
+    """A zeroed int32 buffer of at least n counters for launches on ``device`` and the current stream. The
+    kernels leave it zeroed; a buffer that grows is replaced (the old one is kept, for graphs captured with it)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)
+    bufs = _COUNTERS.setdefault(key, [])
+    if not bufs or bufs[-1].numel() < n:
+        bufs.append(torch.zeros(max(n, 2 * (bufs[-1].numel() if bufs else 0), 256), dtype=torch.int32, device=device))
+    return bufs[-1]

@@ -1,0 +1,306 @@
+"""bench/roofline.py, the static sm_90 model: the device-work counter, the launch recorder, the memory
+tracer, the ahead-of-time compile with its SASS analysis, and the time formula."""
+
+import dataclasses
+import math
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import speccas_kernels  # noqa: E402
+from bench import roofline as rf  # noqa: E402
+
+triton = pytest.importorskip("triton")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")]
+
+PROBE = '''
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def copy_kernel(out_ptr, in_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    tl.store(out_ptr + offs, tl.load(in_ptr + offs, mask=m), mask=m)
+
+
+@triton.jit
+def loop_kernel(out_ptr, in_ptr, n, BLOCK: tl.constexpr):
+    acc = tl.zeros([BLOCK], tl.float32)
+    start = 0
+    while start < n:  # (a `for` over range(n) trips the interpreter on numpy >= 2.4: int() of a 1-element array)
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.exp(tl.load(in_ptr + offs, mask=offs < n, other=0.0))
+        start += BLOCK
+    tl.store(out_ptr + tl.arange(0, BLOCK), acc)
+'''
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    """Small kernels in an importable module of their own (the compile worker imports it by name)."""
+    import importlib
+
+    d = tmp_path_factory.mktemp("probe")
+    (d / "roofline_probe.py").write_text(textwrap.dedent(PROBE))
+    sys.path.insert(0, str(d))
+    try:
+        yield importlib.import_module("roofline_probe")
+    finally:
+        sys.path.remove(str(d))
+        sys.modules.pop("roofline_probe", None)
+
+
+def _copy_three_times(probe, x):
+    out = torch.empty_like(x)
+    for _ in range(3):
+        probe.copy_kernel[(triton.cdiv(x.numel(), 64),)](out, x, x.numel(), BLOCK=64)
+    return out
+
+
+def test_counts_launches_and_kernel_ops(probe):
+    x = torch.randn(200)
+    work = rf.count_device_work(_copy_three_times, probe, x)
+    assert [l.qualname for l in work.launches] == ["copy_kernel"] * 3, work.summary()
+    assert work.ops == [] and work.total == 3, work.summary()
+    assert work.launches[0].grid == (4, 1, 1) and work.launches[0].constexprs == {"BLOCK": 64}
+    assert work.launches[0].signature["in_ptr"] == "*fp32"
+
+    ran = rf.DeviceWork(execute=True)
+    with ran:
+        out = _copy_three_times(probe, x)
+    assert ran.total == 3 and torch.equal(out, x), "execute=True must run the kernels and still count them"
+
+    def free(t):
+        torch.empty(5)
+        torch.empty_like(t)
+        t.view(-1)
+        t[1:]
+        t.reshape(2, 100).t()
+        t.to(torch.float32)
+        t.contiguous()
+
+    assert rf.count_device_work(free, x).total == 0
+
+    def three_ops(t):
+        torch.full((4,), 1.0)
+        t + 1
+        t.reshape(2, 100).t().contiguous()  # a real copy
+
+    work = rf.count_device_work(three_ops, x)
+    assert [op.name for op in work.ops] == ["aten.full.default", "aten.add.Tensor", "aten.clone.default"]
+    assert work.total == 3 and work.syncs == 0
+    assert rf.count_device_work(lambda t: t.sum().item(), x).syncs == 1
+
+
+SECOND_LOOK = ("opt", "token_v1", "token_v2", "token_v3")  # rules whose v0 verify re-reads V (TV or eta)
+
+
+@pytest.mark.parametrize("rule", ["speculative", "chow", "opt", "token_v3"])
+def test_recorder_captures_todays_verify(rule):
+    """Pins the launches of the v0 kernels (commit 9337320, and main as of this test): 5 Triton launches,
+    6 for the rules with a second look over V, plus 5 fills from Python-number arguments and none from
+    [B] tensors. The new kernels change these numbers (verify <= 2): update the pin with them."""
+    B, K, V = 2, 3, 100
+    g = torch.Generator().manual_seed(0)
+    zq, zp = torch.randn(B, K, V, generator=g), torch.randn(B, K + 1, V, generator=g)
+    x = torch.randint(0, V, (B, K), generator=g)
+    work = rf.count_device_work(speccas_kernels.verify, zq, zp, x, rule=rule, backend="triton")
+    assert len(work.launches) == (6 if rule in SECOND_LOOK else 5), work.summary()
+    assert [op.name for op in work.ops] == ["aten.full.default"] * 5, work.summary()
+    assert work.total == len(work.launches) + 5
+    stats = work.launches[0]
+    assert stats.qualname == "_verify_stats_kernel"
+    nt = stats.grid[1]
+    assert stats.grid == (B * (K + 1), nt, 1) and nt >= 2
+    assert stats.signature["zq_ptr"] == "*fp32" and "V" not in stats.attrs  # V = 100: no divisibility by 16
+    assert stats.signature["K"] == "i32"  # do_not_specialize
+
+    n = torch.full((B,), K)
+    kw = dict(alpha=torch.full((B,), 0.5), temperature=torch.ones(B), seed=torch.zeros(B, dtype=torch.int64),
+              offset=torch.zeros(B, dtype=torch.int64), num_draft_tokens=n)
+    assert rf.count_device_work(speccas_kernels.verify, zq, zp, x, rule=rule, backend="triton", **kw).ops == []
+
+    ran = rf.DeviceWork(execute=True)
+    with ran:
+        got = speccas_kernels.verify(zq, zp, x, rule=rule, backend="triton", seed=3)
+    want = speccas_kernels.verify(zq, zp, x, rule=rule, backend="triton", seed=3)
+    assert [l.qualname for l in ran.launches] == [l.qualname for l in work.launches]
+    assert torch.equal(got.tokens, want.tokens)
+
+
+def test_recorder_captures_todays_sample():
+    work = rf.count_device_work(speccas_kernels.sample, torch.randn(3, 1000), backend="triton")
+    assert len(work.launches) == 2 and work.launches[0].qualname == "_sample_race_kernel", work.summary()
+    assert [op.name for op in work.ops] == ["aten.full.default"] * 3
+
+
+def test_gpu_launch_settings_pick_gpu_tiles():
+    zq, zp, x = torch.empty(1, 4, 151936), torch.empty(1, 5, 151936), torch.zeros(1, 4, dtype=torch.int64)
+    with rf.gpu_launch_settings():
+        work = rf.count_device_work(speccas_kernels.verify, zq, zp, x, rule="chow", backend="triton")
+    stats = work.launches[0]
+    assert stats.constexprs["BLOCK_V"] == 2048 and stats.grid == (5, 75, 1) and stats.num_warps == 8
+    assert stats.attrs["V"] == [["tt.divisibility", 16]]
+    work = rf.count_device_work(speccas_kernels.verify, zq, zp, x, rule="chow", backend="triton")
+    assert work.launches[0].constexprs["BLOCK_V"] != 2048, "the interpreter's own tiles are back after the context"
+
+
+def test_tracer_counts_first_touch_and_reuse(probe):
+    """Two copies of one 4000-byte input: the first read comes from DRAM, the second from L2 unless the
+    reuse distance exceeds the L2 budget."""
+    x = torch.randn(1000)
+    y, z = torch.empty_like(x), torch.empty_like(x)
+    tracer = rf.MemoryTracer()
+    with tracer, rf.DeviceWork(execute=True, tracer=tracer):
+        probe.copy_kernel[(16,)](y, x, 1000, BLOCK=64)
+        probe.copy_kernel[(16,)](z, x, 1000, BLOCK=64)
+    assert torch.equal(y, x) and torch.equal(z, x)
+    s = tracer.summary("traced")
+    xi = tracer.storage_index(x)
+    first, second = s["launches"]
+    assert first["access"][f"{xi}:load"]["first"] == 4000 and first["access"][f"{xi}:load"]["again"] == 0
+    assert second["access"][f"{xi}:load"] == dict(first=0, again=4000, keys=second["access"][f"{xi}:load"]["keys"],
+                                                  dists=second["access"][f"{xi}:load"]["dists"])
+    assert min(second["access"][f"{xi}:load"]["dists"]) >= 8000 - 64  # the whole first launch lies in between
+    paired = rf.pair_traces(s, s)
+    b1 = rf.launch_bytes(paired["launches"][1], 1, rf.H200, [xi])
+    assert b1.dram_read == 0 and b1.l2 == 4000 and b1.dram_write == 4000 and b1.logits_read == 4000
+    tiny = dataclasses.replace(rf.H200, l2_reuse_bytes=1000)
+    b2 = rf.launch_bytes(paired["launches"][1], 1, tiny, [xi])
+    assert b2.dram_read == 4000 and b2.l2 == 0
+
+
+def test_nvdisasm_missing_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="ships with Triton"):
+        rf._triton_bin("nvdisasm-not-there")
+
+
+def test_aot_compile_sass_and_loop_trips(probe, tmp_path):
+    """One sm_90 compile per kernel (in a subprocess without the interpreter): plausible SASS, a loop found
+    in the looping kernel and none in the straight one, its trip count taken from the trace."""
+    n, block = 4 * 128, 128
+    x = torch.randn(n)
+    out = torch.empty(block)
+    tracer = rf.MemoryTracer()
+    with tracer, rf.DeviceWork(execute=True, tracer=tracer) as work:
+        probe.loop_kernel[(1,)](out, x, n, BLOCK=block)
+        probe.copy_kernel[(n // 64,)](x, x, n, BLOCK=64)
+    assert torch.allclose(out, torch.exp(x.view(4, block)).sum(0), rtol=1e-5)
+    recs = rf.compile_launches(work.launches, cache_dir=tmp_path, quiet=True)
+    loop_rec, copy_rec = (recs[rf.compile_key(l)] for l in work.launches)
+    for rec in (loop_rec, copy_rec):
+        assert 8 <= rec["regs"] <= 255 and rec["spill_stores"] == 0
+        assert 15 <= rec["sass"]["instructions"] <= 2000, rec["sass"]["instructions"]
+        assert rec["sass"]["classes"].get("ldg", 0) >= 1 and rec["sass"]["classes"].get("stg", 0) >= 1
+    assert copy_rec["sass"]["loops"] == []
+    loops = loop_rec["sass"]["loops"]
+    assert len(loops) == 1 and loops[0]["body"] >= 5, loops
+    load_line = next(i for i, t in enumerate(Path(probe.__file__).read_text().splitlines(), 1) if "acc +=" in t)
+    assert any(l.endswith(f":{load_line}") for l in loops[0]["lines"]), loops  # the loop body's tl.load
+    assert loop_rec["sass"]["classes"].get("mufu.ex2", 0) >= 1
+
+    s = tracer.summary("traced")
+    paired = rf.pair_traces(s, s)
+    lm = rf.model_launch(work.launches[0], loop_rec, 1, paired["launches"][0], [])
+    assert lm.loops[0]["per_program"] == 4 and lm.loops[0]["source"].startswith("traced")
+    straight = sum(1 for i in loop_rec["sass"]["per_instruction"] if not loops[0]["start"] <= i[0] <= loops[0]["end"])
+    assert lm.warp_instr == pytest.approx(work.launches[0].num_warps * (straight + 4 * loops[0]["body"]))
+    assert lm.bytes.dram_read == n * 4 and lm.bytes.dram_write == block * 4
+
+
+def _fake(instrs: int, programs: int, warps: int = 4):
+    rec = dict(num_warps=warps, regs=32, shared=0, spill_stores=0, stack=0,
+               sass=dict(instructions=instrs, loops=[], blocks=[dict(start=0, n=instrs, exclusive=[])],
+                         per_instruction=[[16 * i, "FFMA", "fma", "", 0] for i in range(instrs)]))
+    launch = rf.Launch(module="json", qualname="fake", file="", grid=(programs, 1, 1), args=[], signature={},
+                       constexprs={}, attrs={}, options=dict(num_warps=warps))
+    return rec, launch
+
+
+def test_time_terms():
+    m = rf.H200
+    rec, launch = _fake(100, 10 * m.sms)
+    lm = rf.model_launch(launch, rec, 1, None, [], m)
+    # 10 programs per SM x 4 warps x 100 instructions, 4 schedulers each issuing every clock
+    assert lm.t_issue == pytest.approx(10 * 4 * 100 / 4 / m.clock_hz)
+    assert lm.t_pipes["fma"] == pytest.approx(10 * 4 * 100 * 32 / 128 / m.clock_hz)
+    assert lm.bound == "latency" and lm.t_body == pytest.approx(lm.t_issue + m.phase_latency_s)
+
+    rec, launch = _fake(100, 1, warps=1)  # a lone warp issues every warp_cpi clocks
+    assert rf.model_launch(launch, rec, 1, None, [], m).t_issue == pytest.approx(100 * m.warp_cpi / m.clock_hz)
+
+    rec, launch = _fake(10, m.sms)
+    paired = dict(access={"0:load": dict(first1=4.3e6, first2=8.6e6, again1=0, again2=0, pairs=[])},
+                  lines1={}, lines2={}, paths=[])
+    lm = rf.model_launch(launch, rec, 64, paired, [0], m)
+    assert lm.bytes.dram_read == pytest.approx(64 * 4.3e6) and lm.bound == "memory"
+    assert lm.t_mem == pytest.approx(64 * 4.3e6 / m.copy_bw)
+    cm = rf.model_call([lm], 2, floor_bytes=64 * 4.3e6, machine=m)
+    assert cm.t_graph == pytest.approx(lm.t_body + 2 * m.phase_latency_s + 3 * m.launch_graph_s)
+    assert cm.t_eager - cm.t_graph == pytest.approx(3 * (m.launch_eager_s - m.launch_graph_s))
+    assert cm.pct_copy_bw(m) == pytest.approx(100 * 64 * 4.3e6 / cm.t_graph / m.copy_bw)
+
+
+def test_parse_sass_finds_backward_branches():
+    text = textwrap.dedent('''
+        //## File "k.py", line 3
+                /*0000*/                   MOV R1, c[0x0][0x28] ;
+        .L_x_0:
+        //## File "k.py", line 5
+                /*0010*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+                /*0020*/                   MUFU.EX2 R5, R4 ;
+                /*0030*/                   ISETP.GE.AND P0, PT, R0, 0x10, PT ;
+                /*0040*/               @!P0 BRA `(.L_x_0) ;
+                /*0050*/                   STG.E R2.64, R5 ;
+                /*0060*/                   EXIT ;
+        .L_x_1:
+                /*0070*/                   BRA `(.L_x_1);
+                /*0080*/                   NOP;
+    ''')
+    a = rf.analyze_sass(text)
+    assert a["instructions"] == 7  # the trailing self-branch and the NOP are padding
+    assert [(l["start"], l["end"], l["body"], l["lines"]) for l in a["loops"]] == [(0x10, 0x40, 4, ["k.py:5"])]
+    assert a["classes"]["mufu.ex2"] == 1 and a["widths"] == {"LDG.128": 1, "STG.32": 1}
+    assert a["pipes"]["xu"] == 1 and a["pipes"]["lsu"] == 2 and a["pipes"]["alu"] == 2
+    assert math.isclose(sum(a["pipes"].values()), 7)
+
+
+def test_grid_point_end_to_end(tmp_path, monkeypatch):
+    """Small calls through capture, sm_90 compile, trace and model: every logit is read at least once, from
+    DRAM on first touch; the rows carry what the report needs and every table of the report says it is a
+    model."""
+    monkeypatch.setattr(rf, "CACHE_DIR", tmp_path)
+    for name in ("CSV_PATH", "KERNELS_CSV_PATH", "CSRC_CSV_PATH"):
+        monkeypatch.setattr(rf, name, tmp_path / f"{name}.csv")
+    monkeypatch.setattr(rf, "HEADLINE", dict(B=8, K=2, V=1000))
+    monkeypatch.setattr(rf, "GRID_B", (1, 8))
+    pts = [rf.Point("verify", "token_v3", 1, 2, 1000, "fp32"), rf.Point("verify", "token_v3", 8, 2, 1000, "bf16"),
+           rf.Point("sample", "sample", 8, 0, 1000, "fp32")]
+    meta = dict(version="t", label="test", commit="x", kernels_digest="y", date="z")
+    before = rf.CSV_PATH.read_bytes() if rf.CSV_PATH.exists() else None
+    rows = rf.run_grid(pts, meta, write=False)
+    assert (rf.CSV_PATH.read_bytes() if rf.CSV_PATH.exists() else None) == before, "write=False wrote rows"
+    assert len(rows) == 3
+    for r in rows:
+        assert r["kind"] == "model" and r["version"] == "t"
+        assert r["device_work"] == r["launches"] + r["other_ops"] and r["device_work_tensor_args"] == r["launches"]
+        assert r["dram_mb"] >= r["floor_mb"] > 0, r  # each logit comes from DRAM at least once
+        assert r["logit_reads"] >= 1.0, r
+        assert 0 <= r["pct_copy_bw"] < 100 and r["predicted_us"] > r["device_work"] * rf.H200.launch_graph_s * 1e6
+        assert r["predicted_us_eager"] > r["predicted_us"]
+
+    rf.run_grid(pts, meta, write=True)
+    md = rf.render(tmp_path / "report.md").splitlines()
+    headers = [md[i] for i in range(len(md) - 1) if md[i].startswith("| ") and md[i + 1].startswith("|---")]
+    assert len(headers) >= 4, md  # headline, by batch, per launch, constants (no GPU rows here)
+    assert all(rf.MODEL_BANNER in h for h in headers), [h for h in headers if rf.MODEL_BANNER not in h]
+    assert any("token_v3" in line and "| 10 |" in line for line in md), "the headline row of token_v3"
+    assert any("No GPU measurement exists yet" in line for line in md)
