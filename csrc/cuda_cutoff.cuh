@@ -9,11 +9,12 @@
 //           not depend on the order in which threads add; 2**-(61 - log2 V) resolution).
 //   min-p   the smallest logit whose e >= min_p (e is monotone in z).
 //
-// The cutoff is the largest of the three (each keeps an upper set). One block per position, a pass over the
-// row per radix level (from L2 after the first): levels = ceil(significant bits / 11): 2 for bf16/fp16, 3 for
-// fp32, 6 for fp64, per filter. Used by verify_cuda.cu and sample_cuda.cu as one extra launch when a filter
-// is on (`_filter_cutoff_kernel`); rows with every filter off, T = 0 (greedy ignores the filters) or an
-// invalid parameter get cut = -inf.
+// The cutoff is the largest of the three (each keeps an upper set). `position_cutoff` runs it with one block of
+// NT threads over one position whose max is known, a pass over the row per radix level (from L2: the row was
+// just read for its max): levels = ceil(significant bits / 11): 2 for bf16/fp16, 3 for fp32, 6 for fp64, per
+// filter. No launch of its own: verify_cuda.cu runs it in the stats launch (the last chunk block of a
+// position), sample_cuda.cu in its one-block-per-row filtered race. Rows with every filter off, T = 0 (greedy
+// ignores the filters) or an invalid parameter keep everything (cut = -inf).
 #pragma once
 
 #include "cuda_common.cuh"
@@ -21,8 +22,6 @@
 namespace speccas {
 namespace cuda {
 
-constexpr int kCutThreads = 512;
-constexpr int kCutWarps = kCutThreads / 32;
 constexpr int kDigitBits = 11;
 constexpr int kBins = 1 << kDigitBits;
 
@@ -81,7 +80,8 @@ __device__ __forceinline__ acc_t from_key(typename KeyTraits<in_t>::K key) {
 __device__ __forceinline__ unsigned long long to_fixed(float e, float scale) { return __float2ull_rn(e * scale); }
 __device__ __forceinline__ unsigned long long to_fixed(double e, double scale) { return __double2ull_rn(e * scale); }
 
-// Exclusive prefix sum of one value per thread over the block (kCutThreads), and the block's total.
+// Exclusive prefix sum of one value per thread over the block (NW warps), and the block's total.
+template <int NW>
 __device__ __forceinline__ unsigned long long block_exclusive_scan(unsigned long long v, unsigned long long* sh,
                                                                    unsigned long long& total) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -96,7 +96,7 @@ __device__ __forceinline__ unsigned long long block_exclusive_scan(unsigned long
   __syncthreads();
   unsigned long long before = 0, all = 0;
 #pragma unroll
-  for (int w = 0; w < kCutWarps; ++w) {
+  for (int w = 0; w < NW; ++w) {
     const unsigned long long t = sh[w];
     before += w < warp ? t : 0ull;
     all += t;
@@ -108,13 +108,15 @@ __device__ __forceinline__ unsigned long long block_exclusive_scan(unsigned long
 // The largest logit value t such that the weight of the row's entries with z >= t (among those >= floor)
 // reaches the target: weights 1 and target k (top-k), or fixed-point masses and target frac * total (top-p).
 // Falls back to `floor` (nothing more removed) if rounding ever left no level crossing the target.
-template <typename in_t, typename acc_t, bool kMass>
+template <typename in_t, typename acc_t, bool kMass, int NT>
 __device__ acc_t radix_cut(const in_t* row, int64_t V, bool vec, acc_t floor, acc_t M, acc_t inv_t, acc_t scale,
                            double k_or_frac) {
   using K = typename KeyTraits<in_t>::K;
   constexpr int sig = KeyTraits<in_t>::sig;
   __shared__ unsigned long long hist[kBins];
-  __shared__ unsigned long long s_scan[kCutWarps];
+  constexpr int kPer = kBins / NT;  // bins per thread
+  static_assert(kBins % NT == 0, "NT must divide the bin count");
+  __shared__ unsigned long long s_scan[NT / 32];
   __shared__ unsigned long long s_above;
   __shared__ int s_digit;
   K prefix = 0;
@@ -125,10 +127,10 @@ __device__ acc_t radix_cut(const in_t* row, int64_t V, bool vec, acc_t floor, ac
     const int width = sig - pbits < kDigitBits ? sig - pbits : kDigitBits;
     const int shift = sig - pbits - width;
     const int nb = 1 << width;
-    for (int d = threadIdx.x; d < kBins; d += kCutThreads) hist[d] = 0;
+    for (int d = threadIdx.x; d < kBins; d += NT) hist[d] = 0;
     if (threadIdx.x == 0) s_digit = -1;
     __syncthreads();
-    for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += 4 * kCutThreads) {
+    for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += 4 * NT) {
       const Group4<in_t, acc_t> g = load4<in_t, acc_t>(row, v0, V, vec);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -142,26 +144,26 @@ __device__ acc_t radix_cut(const in_t* row, int64_t V, bool vec, acc_t floor, ac
       }
     }
     __syncthreads();
-    // Thread t holds bins nb-1-4t .. nb-4-4t (descending logits); the first crossing from the top wins.
-    unsigned long long loc[4];
+    // Thread t holds bins nb-1-kPer t .. nb-kPer-kPer t (descending logits); the first crossing from the top wins.
+    unsigned long long loc[kPer];
     unsigned long long own = 0;
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int j = 4 * threadIdx.x + q;
+    for (int q = 0; q < kPer; ++q) {
+      const int j = kPer * threadIdx.x + q;
       loc[q] = j < nb ? hist[nb - 1 - j] : 0ull;
       own += loc[q];
     }
     unsigned long long total = 0;
-    const unsigned long long base = above + block_exclusive_scan(own, s_scan, total);
+    const unsigned long long base = above + block_exclusive_scan<NT / 32>(own, s_scan, total);
     if (kMass && pbits == 0) target = k_or_frac * static_cast<double>(total);
     if (static_cast<double>(base) < target && static_cast<double>(base + own) >= target) {
       unsigned long long cum = base;
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+      for (int q = 0; q < kPer; ++q) {
         const unsigned long long before = cum;
         cum += loc[q];
         if (static_cast<double>(before) < target && static_cast<double>(cum) >= target) {
-          s_digit = nb - 1 - (4 * static_cast<int>(threadIdx.x) + q);
+          s_digit = nb - 1 - (kPer * static_cast<int>(threadIdx.x) + q);
           s_above = before;
         }
       }
@@ -177,90 +179,56 @@ __device__ acc_t radix_cut(const in_t* row, int64_t V, bool vec, acc_t floor, ac
   return from_key<in_t, acc_t>(prefix);
 }
 
-// The filters' per-row values, and the vocabulary size.
+// One row's filter parameters, read once.
 template <typename acc_t>
-struct CutArgs {
-  RowArg<acc_t> T, top_p, min_p;
-  RowArg<int64_t> top_k;
-  int64_t V;
+struct RowFilters {
+  acc_t T, top_p, min_p;
+  int64_t top_k;
+  // checks.filter_rows_ok and a usable temperature.
+  __device__ __forceinline__ bool params_ok() const {
+    return is_finite(T) && T >= acc_t(0) && top_k >= 0 && top_p > acc_t(0) && top_p <= acc_t(1) &&
+           min_p >= acc_t(0) && min_p <= acc_t(1);
+  }
+  // Some filter removes entries of a V-entry row (never at T = 0: greedy ignores the filters).
+  __device__ __forceinline__ bool cuts(int64_t V) const {
+    return params_ok() && T > acc_t(0) && ((top_k >= 1 && top_k < V) || top_p < acc_t(1) || min_p > acc_t(0));
+  }
 };
 
-// `Rows` locates position p: `bool locate(int64_t p, const in_t*& row, int64_t& b) const` (false: the
-// position is not read). Writes cut[p] (-inf: keep everything) and, when row_max is given, the max logit.
-template <typename in_t, typename acc_t, typename Rows>
-__global__ void __launch_bounds__(kCutThreads) _filter_cutoff_kernel(acc_t* __restrict__ cut,      // [P]
-                                                                     acc_t* __restrict__ row_max,  // [P] or null
-                                                                     Rows rows, CutArgs<acc_t> a) {
-  __shared__ acc_t sh_v[kCutWarps];
-  const int64_t p = blockIdx.x;
-  const int64_t V = a.V;
-  const in_t* row = nullptr;
-  int64_t b = 0;
-  const bool used = rows.locate(p, row, b);
-  const acc_t T = used ? a.T.at(b) : acc_t(0);
-  const int64_t k = used ? a.top_k.at(b) : 0;
-  const acc_t tp = used ? a.top_p.at(b) : acc_t(1), mp = used ? a.min_p.at(b) : acc_t(0);
-  const bool params_ok = is_finite(T) && T > acc_t(0) && k >= 0 && tp > acc_t(0) && tp <= acc_t(1) &&
-                         mp >= acc_t(0) && mp <= acc_t(1);
-  const bool k_on = k >= 1 && k < V, p_on = tp < acc_t(1), m_on = mp > acc_t(0);
-  const bool want_cut = used && params_ok && (k_on || p_on || m_on);
-  if (!used || (!want_cut && row_max == nullptr)) {
-    if (threadIdx.x == 0) {
-      cut[p] = neg_inf<acc_t>();
-      if (row_max != nullptr) row_max[p] = neg_inf<acc_t>();
-    }
-    return;
-  }
+// The cutoff of one row (V entries) whose max M is finite and whose filters cut (RowFilters::cuts), by the whole
+// block of NT threads; every thread gets it.
+template <typename in_t, typename acc_t, int NT>
+__device__ __forceinline__ acc_t position_cutoff(const in_t* row, int64_t V, acc_t M, RowFilters<acc_t> f) {
+  __shared__ acc_t sh_c[NT / 32];
   const bool vec = vec_aligned(row);
-  acc_t M = neg_inf<acc_t>();
-  int bad = 0;
-  constexpr int U = kGroupsInFlight<in_t>;
-  constexpr int64_t step = 4 * kCutThreads;
-  for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += U * step) {
-    Group4<in_t, acc_t> g[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) g[u] = load4<in_t, acc_t>(row, v0 + u * step, V, vec);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const acc_t x = g[u].get(j);  // -inf beyond V
-        M = x > M ? x : M;
-        bad |= (x != x) | (x == static_cast<acc_t>(INFINITY));
-      }
-    }
-  }
-  M = block_max<acc_t, kCutWarps>(M, sh_v);
-  bad = __syncthreads_or(bad);
-  if (threadIdx.x == 0 && row_max != nullptr) row_max[p] = M;
-  if (!want_cut || bad || M == neg_inf<acc_t>()) {
-    if (threadIdx.x == 0) cut[p] = neg_inf<acc_t>();
-    return;
-  }
-  const acc_t inv_t = inv_temperature(T);
+  const acc_t inv_t = inv_temperature(f.T);
+  const int64_t k = f.top_k;
   acc_t c = neg_inf<acc_t>();
-  if (k_on) c = k == 1 ? M : radix_cut<in_t, acc_t, false>(row, V, vec, neg_inf<acc_t>(), M, inv_t, acc_t(0),
-                                                           static_cast<double>(k));
-  if (p_on) {
-    int lg = 64 - __clzll(static_cast<long long>(V));  // bits of V: sums of V masses <= 1 fit below 2**61
+  if (k >= 1 && k < V) {
+    c = k == 1 ? M : radix_cut<in_t, acc_t, false, NT>(row, V, vec, neg_inf<acc_t>(), M, inv_t, acc_t(0),
+                                                        static_cast<double>(k));
+  }
+  if (f.top_p < acc_t(1)) {
+    const int lg = 64 - __clzll(static_cast<long long>(V));  // bits of V: sums of V masses <= 1 fit below 2**61
     const acc_t scale = static_cast<acc_t>(exp2f(static_cast<float>(61 - lg)));
-    const acc_t cp = radix_cut<in_t, acc_t, true>(row, V, vec, c, M, inv_t, scale, static_cast<double>(tp));
+    const acc_t cp =
+        radix_cut<in_t, acc_t, true, NT>(row, V, vec, c, M, inv_t, scale, static_cast<double>(f.top_p));
     c = cp > c ? cp : c;
   }
-  if (m_on) {
+  if (f.min_p > acc_t(0)) {
     acc_t lowest = static_cast<acc_t>(INFINITY);
-    for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += 4 * kCutThreads) {
+    for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += 4 * NT) {
       const Group4<in_t, acc_t> g = load4<in_t, acc_t>(row, v0, V, vec);
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const acc_t x = g.get(j);
-        if (v0 + j < V && x < lowest && dexp(mul_rn(x - M, inv_t)) >= mp) lowest = x;
+        if (v0 + j < V && x < lowest && dexp(mul_rn(x - M, inv_t)) >= f.min_p) lowest = x;
       }
     }
-    const acc_t cm = block_min<acc_t, kCutWarps>(lowest, sh_v);
+    const acc_t cm = block_min<acc_t, NT / 32>(lowest, sh_c);
     c = cm > c ? cm : c;
   }
-  if (threadIdx.x == 0) cut[p] = c;
+  return c;
 }
 
 }  // namespace cuda

@@ -1,9 +1,9 @@
 // sample_native on CUDA: argmax_v s(v) + G(v) over the kept entries, s = (z - M) * (1/T) and
 // G = gumbel(seed, offset, STREAM_DRAFT, v) (plain argmax of z at T = 0; ties to the lowest index), -1 for rows
-// with NaN / +inf / all -inf logits or a bad parameter: reference.sample_args. One launch without filters, two
-// with (the cutoff launch of cuda_cutoff.cuh first, which also gives each row's max); no host synchronization.
+// with NaN / +inf / all -inf logits or a bad parameter: reference.sample_args. One launch, with or without
+// filters; no host synchronization, no fills.
 //
-// _sample_race_kernel, grid = rows x chunks. Each block: max, lowest argmax and flags of its chunk (stats),
+// Without filters, _sample_race_kernel, grid = rows x chunks. Each block: max, lowest argmax and flags of its chunk (stats),
 // then (T > 0) the race over the chunk scored against a known max. Without filters the row's max M is not known
 // yet, so a chunk scores against its own max m_c: s_c(v) = (z - m_c) * (1/T) + G differs from the exact
 // s(v) + G by the constant (m_c - M) / T and by roundings, which are below 1e-4 for every entry that can win
@@ -15,8 +15,12 @@
 // So every token is the reference's argmax, computed with the max subtracted first as SPEC.md section 2 says.
 //
 // Bytes: each row's logits once from DRAM (the chunk's race re-reads it from L1/L2 right after its max), a few
-// bytes per (row, chunk) record; rescans (rare) re-read one chunk from L2. With filters, the cutoff launch's
-// passes come first (cuda_cutoff.cuh).
+// bytes per (row, chunk) record; rescans (rare) re-read one chunk from L2.
+//
+// With a filter on some row, _sample_filtered_kernel, grid = rows, one block of 512 threads per row: the max,
+// the cutoff (cuda_cutoff.cuh's radix passes) and the race over the whole row against the exact max. Bytes: the
+// row once from DRAM, then from L2 per radix level and once more for the race. One block per row leaves most
+// SMs idle at small batches: the price of one launch (the cutoff needs the whole row before any chunk can race).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -40,8 +44,6 @@ struct SampleRound {
   RowArg<acc_t> T;
   RowArg<int64_t> seed, offset, top_k;
   RowArg<acc_t> top_p, min_p;
-  const acc_t* cut;   // [B] filter cutoffs, or null
-  const acc_t* rmax;  // [B] row maxima from the cutoff launch, or null
   // chunk records [B * nch]
   acc_t* cmax;
   int64_t* camax;
@@ -52,17 +54,6 @@ struct SampleRound {
   int64_t* i2;
   acc_t* b3;
   unsigned* ticket;  // [B], zero at rest
-};
-
-template <typename in_t, typename acc_t>
-struct SampleRows {
-  const in_t* z;
-  int64_t sB;
-  __device__ __forceinline__ bool locate(int64_t p, const in_t*& row, int64_t& b) const {
-    b = p;
-    row = z + p * sB;
-    return true;
-  }
 };
 
 // The best three (score, index) pairs in the argmax order (the third's index is not kept).
@@ -124,16 +115,16 @@ __device__ __forceinline__ acc_t exact_score(const in_t* row, int64_t v, acc_t M
   return x >= cut ? mul_rn(x - M, inv_t) + g : neg_inf<acc_t>();
 }
 
-// The best exact score over [lo, hi), by the whole block.
-template <typename in_t, typename acc_t>
+// The best exact score over [lo, hi), by the whole block (NT threads).
+template <typename in_t, typename acc_t, int NT = kThreads>
 __device__ __forceinline__ void rescan(const in_t* row, int64_t lo, int64_t hi, acc_t M, acc_t inv_t, acc_t cut,
                                        int64_t seed, int64_t pos, acc_t& best, int64_t& idx) {
-  __shared__ acc_t sh_v[kWarps];
-  __shared__ int64_t sh_i[kWarps];
+  __shared__ acc_t sh_v[NT / 32];
+  __shared__ int64_t sh_i[NT / 32];
   const bool vec = vec_aligned(row);
   acc_t bv = neg_inf<acc_t>();
   int64_t bi = kNoIndex;
-  for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += 4 * kThreads) {
+  for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += 4 * NT) {
     const Philox4 rnd = philox_group(seed, pos, kStreamDraft, v0 >> 2);
     const Group4<in_t, acc_t> g = load4<in_t, acc_t>(row, v0, hi, vec);
 #pragma unroll
@@ -144,7 +135,7 @@ __device__ __forceinline__ void rescan(const in_t* row, int64_t lo, int64_t hi, 
       take_if_better(bv, bi, s, v0 + j);
     }
   }
-  block_argmax(bv, bi, sh_v, sh_i);
+  block_argmax<acc_t, NT / 32>(bv, bi, sh_v, sh_i);
   take_if_better(best, idx, bv, bi);
 }
 
@@ -162,7 +153,7 @@ __global__ void __launch_bounds__(kThreads) _sample_race_kernel(int64_t* __restr
   const bool vec = vec_aligned(row);
   const acc_t temp = r.T.at(b), inv_t = inv_temperature(temp);
   const int64_t seed = r.seed.at(b), pos = r.offset.at(b);
-  const acc_t cut = r.cut != nullptr ? ldg(r.cut + b) : neg_inf<acc_t>();
+  const acc_t cut = neg_inf<acc_t>();  // no filter here (_sample_filtered_kernel has them)
   // stats: the chunk's max, lowest argmax, NaN / +inf.
   acc_t m = neg_inf<acc_t>();
   int64_t am = kNoIndex;
@@ -194,11 +185,10 @@ __global__ void __launch_bounds__(kThreads) _sample_race_kernel(int64_t* __restr
     r.camax[item] = am;
     r.cbad[item] = bad;
   }
-  // race: the chunk's best three scores against its own max (or the row's, when the cutoff launch gave it).
+  // race: the chunk's best three scores against its own max.
   const bool scored = is_finite(temp) && temp > acc_t(0) && !bad && m > neg_inf<acc_t>();
   Top3<acc_t> t = empty_top3<acc_t>();
   if (scored) {  // block-uniform
-    const acc_t mref = r.rmax != nullptr ? ldg(r.rmax + b) : m;
     for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += 4 * kThreads) {
       const Philox4 rnd = philox_group(seed, pos, kStreamDraft, v0 >> 2);
       const Group4<in_t, acc_t> g = load4<in_t, acc_t>(row, v0, hi, vec);
@@ -207,7 +197,7 @@ __global__ void __launch_bounds__(kThreads) _sample_race_kernel(int64_t* __restr
         const acc_t x = g.get(j);
         if (v0 + j >= hi) break;
         const acc_t s =
-            x >= cut ? mul_rn(x - mref, inv_t) + static_cast<acc_t>(bits_to_gumbel(rnd.w[j])) : neg_inf<acc_t>();
+            x >= cut ? mul_rn(x - m, inv_t) + static_cast<acc_t>(bits_to_gumbel(rnd.w[j])) : neg_inf<acc_t>();
         top3_insert(t, s, v0 + j);
       }
     }
@@ -259,7 +249,7 @@ __global__ void __launch_bounds__(kThreads) _sample_race_kernel(int64_t* __restr
         const acc_t v1 = ldcg(r.b1 + base + cc);
         if (v1 == neg_inf<acc_t>()) continue;  // nothing kept here: cannot win
         const int64_t j1 = ldcg(r.i1 + base + cc);
-        if (r.rmax != nullptr || ldcg(r.cmax + base + cc) == M) {  // scored against M: exact
+        if (ldcg(r.cmax + base + cc) == M) {  // scored against M: exact
           take_if_better(best, idx, v1, j1);
         } else if (ldcg(r.b3 + base + cc) >= v1 - tau) {
           const int slot = atomicAdd(&s_nrescan, 1);
@@ -309,6 +299,56 @@ __global__ void __launch_bounds__(kThreads) _sample_race_kernel(int64_t* __restr
   }
 }
 
+// With a filter: one block per row finds the row's max (and, at T = 0, its lowest argmax), the cutoff
+// (cuda_cutoff.cuh, from L2), then races over the whole row with exact scores against the max. One launch.
+constexpr int kRowThreads = 512;
+
+template <typename in_t, typename acc_t>
+__global__ void __launch_bounds__(kRowThreads) _sample_filtered_kernel(int64_t* __restrict__ tokens,  // [B]
+                                                                       SampleRound<in_t, acc_t> r) {
+  constexpr int NW = kRowThreads / 32;
+  __shared__ acc_t sh_v[NW];
+  __shared__ int64_t sh_i[NW];
+  const int64_t b = blockIdx.x, V = r.V;
+  const in_t* row = r.z + b * r.sB;
+  const bool vec = vec_aligned(row);
+  const RowFilters<acc_t> f{r.T.at(b), r.top_p.at(b), r.min_p.at(b), r.top_k.at(b)};
+  acc_t m = neg_inf<acc_t>();
+  int64_t am = kNoIndex;
+  int bad = 0;
+  constexpr int U = kGroupsInFlight<in_t>;
+  constexpr int64_t step = 4 * kRowThreads;
+  for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += U * step) {
+    Group4<in_t, acc_t> g[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) g[u] = load4<in_t, acc_t>(row, v0 + u * step, V, vec);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t v = v0 + u * step + j;
+        const acc_t x = g[u].get(j);  // -inf beyond V
+        bad |= (x != x) | (x == static_cast<acc_t>(INFINITY));
+        if (x > m) {
+          m = x;
+          am = v;
+        }
+      }
+    }
+  }
+  block_argmax<acc_t, NW>(m, am, sh_v, sh_i);
+  bad = __syncthreads_or(bad);
+  const bool ok = f.params_ok() && !bad && m > neg_inf<acc_t>();  // block-uniform
+  int64_t e = am;
+  if (ok && f.T > acc_t(0)) {
+    const acc_t cut = f.cuts(V) ? position_cutoff<in_t, acc_t, kRowThreads>(row, V, m, f) : neg_inf<acc_t>();
+    acc_t best = neg_inf<acc_t>();
+    e = kNoIndex;
+    rescan<in_t, acc_t, kRowThreads>(row, 0, V, m, inv_temperature(f.T), cut, r.seed.at(b), r.offset.at(b), best, e);
+  }
+  if (threadIdx.x == 0) tokens[b] = ok ? (e < 0 ? 0 : (e >= V ? V - 1 : e)) : -1;
+}
+
 template <typename in_t, typename acc_t>
 void sample_cuda_impl(const SampleInputs& in, const at::Tensor& out) {
   const int64_t B = in.B, V = in.V;
@@ -331,8 +371,10 @@ void sample_cuda_impl(const SampleInputs& in, const at::Tensor& out) {
   r.top_k = row_arg<int64_t>(in.top_k);
   r.top_p = row_arg<acc_t>(in.top_p);
   r.min_p = row_arg<acc_t>(in.min_p);
-  acc_t* cut = nullptr;
-  acc_t* rmax = nullptr;
+  if (in.filters) {
+    launch(_sample_filtered_kernel<in_t, acc_t>, B, kRowThreads, stream, out.data_ptr<int64_t>(), r);
+    return;
+  }
   const at::Tensor scratch = carve_scratch(device, [&](Carver& cv) {
     r.cmax = cv.take<acc_t>(items);
     r.camax = cv.take<int64_t>(items);
@@ -342,17 +384,8 @@ void sample_cuda_impl(const SampleInputs& in, const at::Tensor& out) {
     r.b2 = cv.take<acc_t>(items);
     r.i2 = cv.take<int64_t>(items);
     r.b3 = cv.take<acc_t>(items);
-    cut = in.filters ? cv.take<acc_t>(B) : nullptr;
-    rmax = in.filters ? cv.take<acc_t>(B) : nullptr;
   });
-  r.cut = cut;
-  r.rmax = rmax;
   r.ticket = ticket_counters(B, device, stream);
-  if (in.filters) {
-    const CutArgs<acc_t> ca{r.T, r.top_p, r.min_p, r.top_k, V};
-    launch(_filter_cutoff_kernel<in_t, acc_t, SampleRows<in_t, acc_t>>, B, kCutThreads, stream, cut, rmax,
-           SampleRows<in_t, acc_t>{r.z, r.sB}, ca);
-  }
   launch(_sample_race_kernel<in_t, acc_t>, items, kThreads, stream, out.data_ptr<int64_t>(), r);
 }
 

@@ -1,18 +1,25 @@
 // verify_native on CUDA: one round of SPEC.md sections 1-5, token for token like reference.verify_args (and the
-// C++ CPU op), in two launches on the current stream (three with a sampling filter), no host synchronization,
-// no fills: the kernels write every output element.
+// C++ CPU op), in two launches on the current stream, no host synchronization, no fills: the kernels write every
+// output element.
+//
+// Launch count per call (read from verify_cuda_impl below): exactly 2 (_verify_stats_kernel, then
+// _verify_race_kernel), with or without sampling filters, per-row tensors or Python numbers alike; B = 0 launches
+// nothing. Other device work: none on the first call of a (device, stream) but one at::zeros of the ticket
+// counters, made once and reused (and a memset node inside a CUDA graph being captured); the argument checks
+// (speccas.h) fill nothing: parameters given as numbers are kernel arguments, and they copy only inputs that
+// need it (a non-contiguous per-row tensor or logits row, two logits dtypes). sample_cuda.cu: exactly 1 launch.
 //
 // Phases (SPEC.md section 9) and where they run:
-//
-//   [filter]  _filter_cutoff_kernel (cuda_cutoff.cuh), only when a filter may be on: one block per position,
-//             the logit cutoff of top-k / top-p / min-p (keep z >= cut).
 //
 //   launch 1  _verify_stats_kernel, grid = positions x chunks (P = B K drafter + B (K + 1) target slots;
 //             unused slots exit at once):
 //     stats        each block: max z, sum exp(z - max) (T = 1), sum exp((z - max) / T) over the kept entries,
 //                  the lowest argmax, NaN / +inf, over its chunk of one position.
 //     merge        the last chunk block of a position (ticket) merges the chunk records with one warp (lanes
-//                  over chunks, shuffles); then the last position of a row (ticket) runs the row with one
+//                  over chunks, shuffles);
+//     filter       (a filter on, the kernel's kFilter instance) that same block finds the position's logit cutoff
+//                  of top-k / top-p / min-p (cuda_cutoff.cuh; keep z >= cut) and the sampling sum over the kept
+//                  entries; then the last position of a row (ticket) runs the row with one
 //                  warp (lanes over draft positions): validity, q(x), p(x), the rule's decision where the
 //                  merged statistics suffice.
 //     accept       same warp, when no position needs a second look: a_i, the accept loop by ballot (m = the
@@ -39,13 +46,12 @@
 //
 // Bytes per call (E = bytes per logit, V the vocabulary, n_b row b's drafts, P_used = sum over rows of
 // (n_b if drafter logits) + n_b + 1 positions; L2 = 50 MB on an H200):
-//   filter    (filters on) reads every used position once from DRAM for its max, then again from L2 per radix
-//             level: ceil(bits / 11) levels per filter (bits: 16 bf16, 19 fp16, 32 fp32, 64 fp64) for top-k
-//             (k >= 2) and top-p, one more pass for min-p. Writes 4 bytes a position.
 //   launch 1  reads each used position's logits exactly once: P_used * V * E from DRAM (vector loads of 4 entries),
 //             writes and reads back about 40 bytes per (position, chunk) record, 32 per position; the row warp
 //             reads x and two logits per draft position (four at T = 0 for token sets). Positions beyond n_b
-//             read nothing.
+//             read nothing. A position whose filter cuts is re-read by its last block from L2 (it was just
+//             read): per radix level ceil(bits / 11) (bits: 16 bf16, 19 fp16, 32 fp32, 64 fp64) for top-k (k >= 2)
+//             and top-p, one pass for min-p, one for the kept entries' sum; 4 bytes a position of cutoff.
 //   launch 2  second look: re-reads q_i and p_i (only q_i for token_v1) at the marked positions: every draft
 //             position of opt at T > 0, and for token sets the positions whose draft is not surely accepted;
 //             from L2 when the round's logits fit in it (B (2K + 1) V E below about 40 MB), else from DRAM.
@@ -81,7 +87,7 @@ struct Round {
   const int64_t* cu;   // [B + 1] ragged, else null
   RowArg<int64_t> n, top_k, seed, offset;
   RowArg<acc_t> T, alpha, top_p, min_p;
-  const acc_t* cut;  // [P] filter cutoffs, null when no filter is on
+  acc_t* cut;  // [P] filter cutoffs (launch 1 writes them), null when no filter is on
   int64_t B, K, V, N, QS;  // QS: drafter slots (B K with drafter logits, else 0)
   int64_t sqB, sqL, spB, spL;
   RuleArgs rule;
@@ -123,20 +129,6 @@ struct Round {
     }
     split_item(s - QS, K + 1, b, i);
     return false;
-  }
-};
-
-// The positions the filter launch visits: every used slot.
-template <typename in_t, typename acc_t>
-struct VerifyRows {
-  Round<in_t, acc_t> r;
-  __device__ __forceinline__ bool locate(int64_t s, const in_t*& row, int64_t& b) const {
-    int64_t i = 0;
-    const bool is_q = r.locate(s, b, i);
-    const int64_t n = r.drafts(b);
-    if (is_q ? i >= n : i > n) return false;
-    row = is_q ? r.q_row(b, i) : r.p_row(b, i);
-    return true;
   }
 };
 
@@ -189,7 +181,7 @@ __device__ __forceinline__ PosView<acc_t> pos_view(const Work<acc_t>& w, const a
   v.M = ldcg(w.pM + s);
   v.S1 = ldcg(w.pS1 + s);
   v.ST = ldcg(w.pST + s);
-  v.cut = cut != nullptr ? ldg(cut + s) : neg_inf<acc_t>();
+  v.cut = cut != nullptr ? ldcg(cut + s) : neg_inf<acc_t>();  // written in launch 1
   v.amax = ldcg(w.pamax + s);
   return v;
 }
@@ -206,9 +198,10 @@ struct ChunkStats {
 
 // One chunk [lo, hi) of one position, by the whole block: running max with rescaled sums per thread (one exp
 // per entry, two when T is neither 0 nor 1), then a block merge. `sums` false: max, argmax and flags only.
+// sT sums every entry: a position whose filter cuts gets its sum over the kept entries in filter_position.
 template <typename in_t, typename acc_t>
 __device__ __forceinline__ ChunkStats<acc_t> chunk_stats(const in_t* z, int64_t lo, int64_t hi, acc_t temp,
-                                                         acc_t inv_t, acc_t cut, bool sums) {
+                                                         acc_t inv_t, bool sums) {
   __shared__ acc_t sh_v[kWarps];
   __shared__ int64_t sh_i[kWarps];
   __shared__ double sh_d[kWarps];
@@ -244,7 +237,7 @@ __device__ __forceinline__ ChunkStats<acc_t> chunk_stats(const in_t* z, int64_t 
         const acc_t x = g.get(j);  // -inf beyond hi: adds 0
         const acc_t e1 = dexp(x - m);
         s1 += e1;
-        if (scaled && x >= cut) sT += unit ? e1 : dexp(mul_rn(x - m, inv_t));
+        if (scaled) sT += unit ? e1 : dexp(mul_rn(x - m, inv_t));
       }
     }
   };
@@ -519,7 +512,40 @@ __device__ __forceinline__ void finalize_row(const Outs& o, const Work<acc_t>& w
 
 // ---- launch 1: stats, merge, accept -----------------------------------------------------------------------
 
+// filter: position s (row b) after its merge, by the whole block: the cutoff of the row's filters (cuda_cutoff.cuh,
+// the row from L2) and, where the sampling sum is read, ST over the kept entries. cut = -inf where nothing is cut.
 template <typename in_t, typename acc_t>
+__device__ __forceinline__ void filter_position(const Work<acc_t>& w, const Round<in_t, acc_t>& r, const in_t* z,
+                                                int64_t s, int64_t b, bool sums) {
+  __shared__ double sh_d[kWarps];
+  __syncthreads();  // the merge (warp 0) wrote pM, pbad
+  const RowFilters<acc_t> f{r.T.at(b), r.top_p.at(b), r.min_p.at(b), r.top_k.at(b)};
+  const acc_t M = ldcg(w.pM + s);
+  if (!f.cuts(r.V) || ldcg(w.pbad + s) != 0) {  // block-uniform
+    if (threadIdx.x == 0) r.cut[s] = neg_inf<acc_t>();
+    return;
+  }
+  const acc_t c = position_cutoff<in_t, acc_t, kThreads>(z, r.V, M, f);
+  if (sums) {
+    const acc_t inv_t = inv_temperature(f.T);
+    const bool vec = vec_aligned(z);
+    acc_t sT = 0;
+    for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < r.V; v0 += 4 * kThreads) {
+      const Group4<in_t, acc_t> g = load4<in_t, acc_t>(z, v0, r.V, vec);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const acc_t x = g.get(j);  // -inf beyond V: not kept
+        if (x >= c) sT += dexp(mul_rn(x - M, inv_t));
+      }
+    }
+    const double total = block_sum(static_cast<double>(sT), sh_d);
+    if (threadIdx.x == 0) w.pST[s] = static_cast<acc_t>(total);
+  }
+  if (threadIdx.x == 0) r.cut[s] = c;
+}
+
+// kFilter: some row may filter (Round::cut is set); the last chunk block of a position then runs filter_position.
+template <typename in_t, typename acc_t, bool kFilter>
 __global__ void __launch_bounds__(kThreads) _verify_stats_kernel(Outs o, Work<acc_t> w, Round<in_t, acc_t> r) {
   const int64_t item = blockIdx.x;
   int64_t s = 0, c = 0;
@@ -530,10 +556,9 @@ __global__ void __launch_bounds__(kThreads) _verify_stats_kernel(Outs o, Work<ac
   if (is_q ? i >= n : i > n) return;  // not read this round (block-uniform)
   const in_t* z = is_q ? r.q_row(b, i) : r.p_row(b, i);
   const acc_t temp = r.T.at(b), inv_t = inv_temperature(temp);
-  const acc_t cut = r.cut != nullptr ? ldg(r.cut + s) : neg_inf<acc_t>();
   const int64_t lo = c * w.csz, hi = lo + w.csz < r.V ? lo + w.csz : r.V;
   const bool sums = is_q || i < n;  // the bonus position's sums are never read
-  const ChunkStats<acc_t> st = chunk_stats<in_t, acc_t>(z, lo, hi, temp, inv_t, cut, sums);
+  const ChunkStats<acc_t> st = chunk_stats<in_t, acc_t>(z, lo, hi, temp, inv_t, sums);
   if (threadIdx.x == 0) {
     w.cmax[item] = st.m;
     w.cs1[item] = st.s1;
@@ -543,6 +568,7 @@ __global__ void __launch_bounds__(kThreads) _verify_stats_kernel(Outs o, Work<ac
   }
   if (!arrive_last(w.pos_ticket + s, static_cast<unsigned>(w.nch))) return;
   if (threadIdx.x < 32) merge_position(w, s, temp, inv_t);
+  if constexpr (kFilter) filter_position(w, r, z, s, b, sums);
   const unsigned positions = static_cast<unsigned>((r.has_q() ? n : 0) + n + 1);
   if (!arrive_last(w.row_ticket + b, positions)) return;
   if (threadIdx.x < 32) finalize_row(o, w, r, b, false);
@@ -838,11 +864,10 @@ void verify_cuda_impl(const VerifyInputs& in, const VerifyResult& out) {
          std::get<3>(out).data_ptr<float>(), std::get<4>(out).data_ptr<bool>()};
 
   if (in.filters) {
-    const CutArgs<acc_t> ca{r.T, r.top_p, r.min_p, r.top_k, V};
-    launch(_filter_cutoff_kernel<in_t, acc_t, VerifyRows<in_t, acc_t>>, P, kCutThreads, stream, cut,
-           static_cast<acc_t*>(nullptr), VerifyRows<in_t, acc_t>{r}, ca);
+    launch(_verify_stats_kernel<in_t, acc_t, true>, items1, kThreads, stream, o, w, r);
+  } else {
+    launch(_verify_stats_kernel<in_t, acc_t, false>, items1, kThreads, stream, o, w, r);
   }
-  launch(_verify_stats_kernel<in_t, acc_t>, items1, kThreads, stream, o, w, r);
   launch(_verify_race_kernel<in_t, acc_t>, w.items2, kThreads, stream, o, w, r);
 }
 

@@ -50,7 +50,7 @@ def _check(backend, what, **kw):
     assert ok, f"backend {backend!r} unavailable: {why}"
     out = sk.verify(**kw, backend=backend)
     for name, t in zip(out._fields, out):
-        assert t.device.type == torch.device(device).type, f"{what}: {name} left the device"
+        assert t is None or t.device.type == torch.device(device).type, f"{what}: {name} left the device"
     assert (out.tokens.dtype, out.num_accepted.dtype, out.deferred.dtype, out.accept_prob.dtype, out.valid.dtype) == (
         torch.int64, torch.int64, torch.bool, torch.float32, torch.bool), f"{what}: output dtypes"
     ref, margins = reference_with_margins(**to_device(kw, "cpu"))
@@ -295,6 +295,8 @@ def case_ragged_layout(rule, backend):
                                kw["draft_logits"], target_logits=kw["target_logits"], draft_tokens=kw["draft_tokens"],
                                num_draft_tokens=n, **common)
             for name, x, y in zip(got._fields, got, padded):
+                if x is None and y is None:  # divergence, not asked for
+                    continue
                 assert torch.equal(x.cpu(), y), f"{rule} T={T} {drafts}: verify_ragged differs from verify in {name}"
 
 
