@@ -109,8 +109,8 @@ __device__ __forceinline__ unsigned long long block_exclusive_scan(unsigned long
 // reaches the target: weights 1 and target k (top-k), or fixed-point masses and target frac * total (top-p).
 // Falls back to `floor` (nothing more removed) if rounding ever left no level crossing the target.
 template <typename in_t, typename acc_t, bool kMass, int NT>
-__device__ acc_t radix_cut(const in_t* row, int64_t V, bool vec, acc_t floor, acc_t M, acc_t inv_t, acc_t scale,
-                           double k_or_frac) {
+__device__ __forceinline__ acc_t radix_cut(const in_t* row, int64_t V, bool vec, acc_t floor, acc_t M,
+                                           acc_t inv_t, acc_t scale, double k_or_frac) {
   using K = typename KeyTraits<in_t>::K;
   constexpr int sig = KeyTraits<in_t>::sig;
   __shared__ unsigned long long hist[kBins];

@@ -3,16 +3,16 @@
 // with NaN / +inf / all -inf logits or a bad parameter: reference.sample_args. One launch, with or without
 // filters; no host synchronization, no fills.
 //
-// Without filters, _sample_race_kernel, grid = rows x chunks. Each block: max, lowest argmax and flags of its chunk (stats),
-// then (T > 0) the race over the chunk scored against a known max. Without filters the row's max M is not known
-// yet, so a chunk scores against its own max m_c: s_c(v) = (z - m_c) * (1/T) + G differs from the exact
-// s(v) + G by the constant (m_c - M) / T and by roundings, which are below 1e-4 for every entry that can win
-// (an entry that wins has s >= -20, since the max's own score is at least G's minimum, -2.8, and G is below
-// 16.7; so |z - M| / T, |z - m_c| / T <= 40 and each score is off by at most a few float ulps of 40). Each chunk
-// keeps its best three scores; the last block (ticket per row) knows M and rescores exactly the chunk's best
-// two, which hold its exact winner whenever the third is more than 1e-3 below the best; a chunk where three
-// scores are that close (or a chunk whose m_c = M, scored exactly already) is resolved by rescanning it exactly.
-// So every token is the reference's argmax, computed with the max subtracted first as SPEC.md section 2 says.
+// Without filters, _sample_race_kernel, grid = rows x chunks. Each block: max, lowest argmax and flags of its
+// chunk (stats), then (T > 0) the race over the chunk. The row's max M is not known yet, so a chunk scores
+// against its own max m_c: s_c(v) = (z - m_c) * (1/T) + G differs from the exact s(v) + G by the constant
+// (m_c - M) / T and by roundings, which are below 1e-4 for every entry that can win (an entry that wins has
+// s >= -20, since the max's own score is at least G's minimum, -2.8, and G is below 16.7; so |z - M| / T,
+// |z - m_c| / T <= 40 and each score is off by at most a few float ulps of 40). Each chunk keeps its best three
+// scores; the last block (ticket per row) knows M and rescores exactly the chunk's best two, which hold its
+// exact winner whenever the third is more than 1e-3 below the best; a chunk where three scores are that close
+// (or a chunk whose m_c = M, scored exactly already) is resolved by rescanning it exactly. So every token is
+// the reference's argmax, computed with the max subtracted first as SPEC.md section 2 says.
 //
 // Bytes: each row's logits once from DRAM (the chunk's race re-reads it from L1/L2 right after its max), a few
 // bytes per (row, chunk) record; rescans (rare) re-read one chunk from L2.
