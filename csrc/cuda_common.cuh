@@ -319,6 +319,41 @@ __device__ __forceinline__ void block_argmax(T& v, int64_t& i, T* shv, int64_t* 
   warp_argmax(v, i);
 }
 
+// The max of row[lo, hi) (lo a multiple of 4), its lowest index and whether a NaN or +inf was seen, by the whole
+// block of NT threads; every thread gets them. kGroupsInFlight groups loaded before the first is used.
+template <typename in_t, typename acc_t, int NT = kThreads>
+__device__ __forceinline__ void block_scan_max(const in_t* row, int64_t lo, int64_t hi, acc_t& m, int64_t& am,
+                                               int& bad) {
+  __shared__ acc_t sh_v[NT / 32];
+  __shared__ int64_t sh_i[NT / 32];
+  const bool vec = vec_aligned(row);
+  m = neg_inf<acc_t>();
+  am = kNoIndex;
+  bad = 0;
+  constexpr int U = kGroupsInFlight<in_t>;
+  constexpr int64_t step = 4 * NT;
+  for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += U * step) {
+    Group4<in_t, acc_t> g[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) g[u] = load4<in_t, acc_t>(row, v0 + u * step, hi, vec);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t v = v0 + u * step + j;
+        const acc_t x = g[u].get(j);  // -inf beyond hi
+        bad |= (x != x) | (x == static_cast<acc_t>(INFINITY));
+        if (x > m) {
+          m = x;
+          am = v;
+        }
+      }
+    }
+  }
+  block_argmax<acc_t, NT / 32>(m, am, sh_v, sh_i);
+  bad = __syncthreads_or(bad);
+}
+
 // ---- tickets and flags --------------------------------------------------------------------------------
 
 // "Last block done": called by every thread of the block after the block wrote its partial result. The

@@ -142,8 +142,6 @@ __device__ __forceinline__ void rescan(const in_t* row, int64_t lo, int64_t hi, 
 template <typename in_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) _sample_race_kernel(int64_t* __restrict__ tokens,  // [B]
                                                                 SampleRound<in_t, acc_t> r) {
-  __shared__ acc_t sh_v[kWarps];
-  __shared__ int64_t sh_i[kWarps];
   __shared__ Top3<acc_t> sh_t[kWarps];
   const int64_t item = blockIdx.x;
   int64_t b = 0, c = 0;
@@ -155,31 +153,10 @@ __global__ void __launch_bounds__(kThreads) _sample_race_kernel(int64_t* __restr
   const int64_t seed = r.seed.at(b), pos = r.offset.at(b);
   const acc_t cut = neg_inf<acc_t>();  // no filter here (_sample_filtered_kernel has them)
   // stats: the chunk's max, lowest argmax, NaN / +inf.
-  acc_t m = neg_inf<acc_t>();
-  int64_t am = kNoIndex;
-  int bad = 0;
-  constexpr int U = kGroupsInFlight<in_t>;
-  constexpr int64_t step = 4 * kThreads;
-  for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += U * step) {
-    Group4<in_t, acc_t> g[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) g[u] = load4<in_t, acc_t>(row, v0 + u * step, hi, vec);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int64_t v = v0 + u * step + j;
-        const acc_t x = g[u].get(j);
-        bad |= (v < hi) & ((x != x) | (x == static_cast<acc_t>(INFINITY)));
-        if (x > m) {
-          m = x;
-          am = v;
-        }
-      }
-    }
-  }
-  block_argmax(m, am, sh_v, sh_i);
-  bad = __syncthreads_or(bad);
+  acc_t m;
+  int64_t am;
+  int bad;
+  block_scan_max<in_t, acc_t>(row, lo, hi, m, am, bad);
   if (threadIdx.x == 0) {
     r.cmax[item] = m;
     r.camax[item] = am;
@@ -306,38 +283,13 @@ constexpr int kRowThreads = 512;
 template <typename in_t, typename acc_t>
 __global__ void __launch_bounds__(kRowThreads) _sample_filtered_kernel(int64_t* __restrict__ tokens,  // [B]
                                                                        SampleRound<in_t, acc_t> r) {
-  constexpr int NW = kRowThreads / 32;
-  __shared__ acc_t sh_v[NW];
-  __shared__ int64_t sh_i[NW];
   const int64_t b = blockIdx.x, V = r.V;
   const in_t* row = r.z + b * r.sB;
-  const bool vec = vec_aligned(row);
   const RowFilters<acc_t> f{r.T.at(b), r.top_p.at(b), r.min_p.at(b), r.top_k.at(b)};
-  acc_t m = neg_inf<acc_t>();
-  int64_t am = kNoIndex;
-  int bad = 0;
-  constexpr int U = kGroupsInFlight<in_t>;
-  constexpr int64_t step = 4 * kRowThreads;
-  for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += U * step) {
-    Group4<in_t, acc_t> g[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) g[u] = load4<in_t, acc_t>(row, v0 + u * step, V, vec);
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int64_t v = v0 + u * step + j;
-        const acc_t x = g[u].get(j);  // -inf beyond V
-        bad |= (x != x) | (x == static_cast<acc_t>(INFINITY));
-        if (x > m) {
-          m = x;
-          am = v;
-        }
-      }
-    }
-  }
-  block_argmax<acc_t, NW>(m, am, sh_v, sh_i);
-  bad = __syncthreads_or(bad);
+  acc_t m;
+  int64_t am;
+  int bad;
+  block_scan_max<in_t, acc_t, kRowThreads>(row, 0, V, m, am, bad);
   const bool ok = f.params_ok() && !bad && m > neg_inf<acc_t>();  // block-uniform
   int64_t e = am;
   if (ok && f.T > acc_t(0)) {
