@@ -544,9 +544,17 @@ __device__ __forceinline__ void filter_position(const Work<acc_t>& w, const Roun
   if (threadIdx.x == 0) r.cut[s] = c;
 }
 
+// Blocks per SM the stats kernel is compiled for (registers <= 65536 / (blocks * kThreads)), each the most that
+// compiles without spills for sm_90: without filters 4 (64 registers) in float, 3 (80) in double; with filters 2
+// (128: the cutoff's radix passes spilled at 80).
+template <typename acc_t, bool kFilter>
+constexpr int stats_min_blocks() {
+  return kFilter ? 2 : (sizeof(acc_t) == 8 ? 3 : 4);
+}
+
 // kFilter: some row may filter (Round::cut is set); the last chunk block of a position then runs filter_position.
 template <typename in_t, typename acc_t, bool kFilter>
-__global__ void __launch_bounds__(kThreads) _verify_stats_kernel(Outs o, Work<acc_t> w, Round<in_t, acc_t> r) {
+__global__ void __launch_bounds__(kThreads, stats_min_blocks<acc_t, kFilter>()) _verify_stats_kernel(Outs o, Work<acc_t> w, Round<in_t, acc_t> r) {
   const int64_t item = blockIdx.x;
   int64_t s = 0, c = 0;
   split_item(item, w.nch, s, c);
