@@ -13,15 +13,15 @@
 //
 //   launch 1  _verify_stats_kernel, grid = positions x chunks (P = B K drafter + B (K + 1) target slots;
 //             unused slots exit at once):
-//     stats        each block: max z, sum exp(z - max) (T = 1), sum exp((z - max) / T) over the kept entries,
-//                  the lowest argmax, NaN / +inf, over its chunk of one position.
+//     stats        each block: max z, sum exp(z - max) (T = 1), sum exp((z - max) / T), the lowest argmax,
+//                  NaN / +inf, over its chunk of one position.
 //     merge        the last chunk block of a position (ticket) merges the chunk records with one warp (lanes
-//                  over chunks, shuffles);
-//     filter       (a filter on, the kernel's kFilter instance) that same block finds the position's logit cutoff
+//                  over chunks, shuffles).
+//     filter       (a filter on: the kernel's kFilter instance) that same block finds the position's logit cutoff
 //                  of top-k / top-p / min-p (cuda_cutoff.cuh; keep z >= cut) and the sampling sum over the kept
-//                  entries; then the last position of a row (ticket) runs the row with one
-//                  warp (lanes over draft positions): validity, q(x), p(x), the rule's decision where the
-//                  merged statistics suffice.
+//                  entries, which replaces the merged one.
+//     decide       the last position of a row (ticket) runs the row with one warp (lanes over draft
+//                  positions): validity, q(x), p(x), the rule's decision where the merged statistics suffice.
 //     accept       same warp, when no position needs a second look: a_i, the accept loop by ballot (m = the
 //                  first rejection), every output but the emitted token; at T = 0 the bonus (p's argmax) too.
 //                  A row whose rule still needs TV (opt, T > 0) or eta (token sets, T > 0, draft not surely
