@@ -1945,7 +1945,8 @@ def _split_sass(text: str) -> Dict[str, str]:
 
 def launch_sites(source: str) -> Tuple[List[str], int]:
     """(kernel names in launch order, fill/zero calls) read from a .cu file's host code."""
-    kernels = re.findall(r"(\w+)(?:<[^;{}]*?>)?\s*<<<", source)
+    # kernel<<<...>>> or csrc's launch(kernel<...>, ...) helper (cuda_common.cuh), in source order
+    kernels = [a or b for a, b in re.findall(r"\blaunch\(\s*(\w+)|(\w+)(?:<[^;{}]*?>)?\s*<<<", source)]
     fills = len(re.findall(r"\bat::(?:zeros|full|ones)\s*\(|\.(?:fill_|zero_)\s*\(", source))
     return kernels, fills
 
@@ -1958,7 +1959,10 @@ def csrc_report(write: bool = True, commit: Optional[str] = None) -> List[dict]:
     inc = Path(torch.__file__).parent / "include"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for rel, text in _STUB_HEADERS.items():
+        from speccas_kernels.rules import c_header
+
+        stub_headers = dict(_STUB_HEADERS, **{"speccas_rules_gen.h": c_header()})  # setup.py writes it for builds
+        for rel, text in stub_headers.items():
             f = Path(tmp) / "stubs" / rel
             f.parent.mkdir(parents=True, exist_ok=True)
             f.write_text("#pragma once\n" + text)

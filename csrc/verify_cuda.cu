@@ -1,17 +1,64 @@
-// verify_native on CUDA: the same round as verify_cpu.cpp (and reference.verify_args), as six
-// launches on the current stream and no host synchronization:
+// verify_native on CUDA: one round of SPEC.md sections 1-5, token for token like reference.verify_args (and the
+// C++ CPU op), in two launches on the current stream, no host synchronization, no fills: the kernels write every
+// output element.
 //
-//   1. _verify_stats_kernel   grid (positions, chunks): per vocabulary chunk of each used position,
-//                             max, sum exp(z - max), sum exp((z - max) / T), first argmax, bad flags.
-//   2. _verify_merge_kernel   one thread per row: merges the chunks, row validity, q(x), p(x) and the
-//                             rule's decision per draft; marks positions that need a second pass.
-//   3. _verify_second_look_kernel grid (draft positions, chunks): TV(q, p) for opt, eta for family B (T > 0).
-//   4. _verify_accept_kernel  one thread per row: a_i, the accept loop, the race to run.
-//   5. _verify_race_kernel    grid (rows, chunks): the bonus race zp_n + T G, or the residual race
-//                             log(w) + G together with its fallback log(pi) + G (w's mass rounding noise).
-//   6. _verify_emit_kernel    one thread per row: merges the race chunks and writes the outputs.
+// Launch count per call (read from verify_cuda_impl below): exactly 2 (_verify_stats_kernel, then
+// _verify_race_kernel), with or without sampling filters, per-row tensors or Python numbers alike; B = 0 launches
+// nothing. Other device work: none on the first call of a (device, stream) but one at::zeros of the ticket
+// counters, made once and reused (and a memset node inside a CUDA graph being captured); the argument checks
+// (speccas.h) fill nothing: parameters given as numbers are kernel arguments, and they copy only inputs that
+// need it (a non-contiguous per-row tensor or logits row, two logits dtypes). sample_cuda.cu: exactly 1 launch.
 //
-// Split vocabulary (chunks) when positions are few, as FlashInfer does for small batches.
+// Phases (SPEC.md section 9) and where they run:
+//
+//   launch 1  _verify_stats_kernel, grid = positions x chunks (P = B K drafter + B (K + 1) target slots;
+//             unused slots exit at once):
+//     stats        each block: max z, sum exp(z - max) (T = 1), sum exp((z - max) / T), the lowest argmax,
+//                  NaN / +inf, over its chunk of one position.
+//     merge        the last chunk block of a position (ticket) merges the chunk records with one warp (lanes
+//                  over chunks, shuffles).
+//     filter       (a filter on: the kernel's kFilter instance) that same block finds the position's logit cutoff
+//                  of top-k / top-p / min-p (cuda_cutoff.cuh; keep z >= cut) and the sampling sum over the kept
+//                  entries, which replaces the merged one.
+//     decide       the last position of a row (ticket) runs the row with one warp (lanes over draft
+//                  positions): validity, q(x), p(x), the rule's decision where the merged statistics suffice.
+//     accept       same warp, when no position needs a second look: a_i, the accept loop by ballot (m = the
+//                  first rejection), every output but the emitted token; at T = 0 the bonus (p's argmax) too.
+//                  A row whose rule still needs TV (opt, T > 0) or eta (token sets, T > 0, draft not surely
+//                  accepted) is left "pending" with its positions marked.
+//
+//   launch 2  _verify_race_kernel, grid = B K x chunks (second look) + B x chunks (race); each block takes
+//             its work item from an atomic counter at start, so an item's number says that every item before
+//             it has already started: the second-look items come first and never wait, the race items of a
+//             pending row wait for it (a flag) — they wait only on blocks that are already running, so the
+//             launch cannot deadlock whatever else the GPU runs.
+//     second look  per marked (position, chunk): sum max(0, q - p) (TV) or sum over v not in A of q (eta); the
+//                  last such block of the row (ticket) merges the sums (one warp per position, lanes over
+//                  chunks) and runs accept as above, then raises the row's flag.
+//     race         per (row, chunk) of a row that emits by sampling: the bonus race (s_n + G over the kept
+//                  entries) or the residual race (log max(0, pi - q) + G, with its fallback log pi + G and the
+//                  residual mass for SPEC.md section 4's threshold), best score per chunk.
+//     emit         the last race block of the row (ticket) merges the chunks with one warp (ties to the lowest
+//                  index) and writes the emitted token.
+//
+// Tickets and the work counter are uint32 counters, zero at rest: the block that completes a count resets it,
+// so no memset runs per call (cuda_common.cuh: ticket_counters, cached per device and stream).
+//
+// Bytes per call (E = bytes per logit, V the vocabulary, n_b row b's drafts, P_used = sum over rows of
+// (n_b if drafter logits) + n_b + 1 positions; L2 = 50 MB on an H200):
+//   launch 1  reads each used position's logits exactly once: P_used * V * E from DRAM (vector loads of 4 entries),
+//             writes and reads back about 40 bytes per (position, chunk) record, 32 per position; the row warp
+//             reads x and two logits per draft position (four at T = 0 for token sets). Positions beyond n_b
+//             read nothing. A position whose filter cuts is re-read by its last block from L2 (it was just
+//             read): per radix level ceil(bits / 11) (bits: 16 bf16, 19 fp16, 32 fp32, 64 fp64) for top-k (k >= 2)
+//             and top-p, one pass for min-p, one for the kept entries' sum; 4 bytes a position of cutoff.
+//   launch 2  second look: re-reads q_i and p_i (only q_i for token_v1) at the marked positions: every draft
+//             position of opt at T > 0, and for token sets the positions whose draft is not surely accepted;
+//             from L2 when the round's logits fit in it (B (2K + 1) V E below about 40 MB), else from DRAM.
+//             race: one position per row that samples: p_n (bonus, E V) or q_m and p_m (residual, 2 E V), same
+//             L2 rule; rows with T = 0 that accept every draft read nothing here.
+// Nothing else touches the device: per-row parameters given as numbers are kernel arguments, scratch comes
+// from the caching allocator, outputs are torch.empty.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -19,558 +66,842 @@
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
+#include "cuda_cutoff.cuh"
 #include "speccas.h"
-#include "stats_math.h"
 
 namespace speccas {
 namespace cuda {
 namespace {
 
+enum : unsigned { kStatePending = 1, kStateReady = 2, kStateNoRace = 3 };  // a row's flag for launch 2
+enum : int { kRaceBonus = 0, kRaceResidual = 1, kRacePi = 2, kRaceNone = 3 };  // kRacePi: family A, r = 0
+
+constexpr uint64_t kWaitLimitNs = 20ull * 1000 * 1000 * 1000;  // a pending row never takes this long: trap
+
+// The round as every kernel reads it (by value). Layouts of speccas.h's VerifyInputs, addressed in place.
+template <typename in_t, typename acc_t>
+struct Round {
+  const in_t* zq;      // [B, K, V_d] padded or [N, V_d] ragged; null: token-only drafts
+  const in_t* zp;      // [B, K + 1, V_t] or [N + B, V_t]
+  const int64_t* x;    // [B, K] or [N]
+  const int64_t* cu;   // [B + 1] ragged, else null
+  RowArg<int64_t> n, top_k, seed, offset;
+  RowArg<acc_t> T, alpha, top_p, min_p;
+  acc_t* cut;  // [P] filter cutoffs (launch 1 writes them), null when no filter is on
+  int64_t B, K, V, N, QS;  // QS: drafter slots (B K with drafter logits, else 0)
+  int64_t sqB, sqL, spB, spL;
+  RuleArgs rule;
+  bool hq;  // drafter logits given (else token-only drafts: q one-hot at the draft)
+
+  __device__ __forceinline__ bool has_q() const { return hq; }
+  __device__ __forceinline__ int64_t drafts(int64_t b) const {
+    int64_t nb;
+    if (cu != nullptr) {
+      nb = N > 0 ? ldg(cu + b + 1) - ldg(cu + b) : 0;
+    } else {
+      nb = n.at(b);
+    }
+    return nb < 0 ? 0 : (nb > K ? K : nb);
+  }
+  // Ragged rows as reference.padded gathers them: indices clamped into the flat tensors.
+  __device__ __forceinline__ int64_t flat_q(int64_t b, int64_t i) const {
+    const int64_t j = ldg(cu + b) + i;
+    return j < 0 ? 0 : (j > N - 1 ? N - 1 : j);
+  }
+  __device__ __forceinline__ const in_t* q_row(int64_t b, int64_t i) const {
+    return cu != nullptr ? zq + flat_q(b, i) * sqL : zq + b * sqB + i * sqL;
+  }
+  __device__ __forceinline__ const in_t* p_row(int64_t b, int64_t i) const {
+    if (cu == nullptr) return zp + b * spB + i * spL;
+    const int64_t j = ldg(cu + b) + b + i;
+    return zp + (j < 0 ? 0 : (j > N + B - 1 ? N + B - 1 : j)) * spL;
+  }
+  __device__ __forceinline__ int64_t x_at(int64_t b, int64_t i) const {
+    return cu != nullptr ? ldg(x + flat_q(b, i)) : ldg(x + b * K + i);
+  }
+  __device__ __forceinline__ int64_t qslot(int64_t b, int64_t i) const { return b * K + i; }
+  __device__ __forceinline__ int64_t pslot(int64_t b, int64_t i) const { return QS + b * (K + 1) + i; }
+  // Slot s -> (row, position, drafter?)
+  __device__ __forceinline__ bool locate(int64_t s, int64_t& b, int64_t& i) const {
+    if (s < QS) {
+      split_item(s, K, b, i);
+      return true;
+    }
+    split_item(s - QS, K + 1, b, i);
+    return false;
+  }
+};
+
+// Scratch of one call and the ticket counters.
 template <typename acc_t>
-struct ChunkStatsD {
-  acc_t max;
+struct Work {
+  acc_t* cmax;  // [P * nch] stats per (position, chunk)
+  double* cs1;
+  double* csT;
+  int64_t* camax;
+  int* cbad;
+  acc_t* pM;  // [P] merged statistics
+  acc_t* pS1;
+  acc_t* pST;
+  int64_t* pamax;
+  int* pbad;
+  unsigned* state;  // [B] rows: flag, race kind, m, r or eta at m, positions left for the second look
+  int* kind;
+  int64_t* m;
+  acc_t* w;
+  unsigned* needed;
+  unsigned char* need;  // [B * K] a second look is needed
+  acc_t* look;          // [B * K] TV or eta once known
+  double* lsum;         // [B * K * nch2] second-look partial sums
+  acc_t* rbest;         // [B * rnch] race: best log w + G (or bonus score) per chunk, fallback log pi + G, mass
+  int64_t* ridx;
+  acc_t* rbest_pi;
+  int64_t* ridx_pi;
+  double* rmass;
+  unsigned* ids;  // counters: launch 2's work counter, tickets per position, row (x3)
+  unsigned* pos_ticket;
+  unsigned* row_ticket;
+  unsigned* look_ticket;
+  unsigned* race_ticket;
+  int64_t csz, nch, csz2, nch2, rcsz, rnch;
+  int64_t looks, items2;  // launch 2: second-look items (B K nch2), all items
+};
+
+struct Outs {
+  int64_t* tokens;        // [B, K + 1]
+  int64_t* num_accepted;  // [B]
+  bool* deferred;         // [B, K]
+  float* accept_prob;     // [B, K]
+  bool* valid;            // [B]
+};
+
+template <typename acc_t>
+__device__ __forceinline__ PosView<acc_t> pos_view(const Work<acc_t>& w, const acc_t* cut, int64_t s) {
+  PosView<acc_t> v;
+  v.M = ldcg(w.pM + s);
+  v.S1 = ldcg(w.pS1 + s);
+  v.ST = ldcg(w.pST + s);
+  v.cut = cut != nullptr ? ldcg(cut + s) : neg_inf<acc_t>();  // written in launch 1
+  v.amax = ldcg(w.pamax + s);
+  return v;
+}
+
+// ---- stats --------------------------------------------------------------------------------------------
+
+template <typename acc_t>
+struct ChunkStats {
+  acc_t m;
   double s1, sT;
   int64_t amax;
   int bad;
 };
 
-template <typename acc_t>
-struct PosStatsD {
-  acc_t M, S1, ST;
-  int64_t amax;
-  int bad;
-};
-
-template <typename acc_t>
-struct RaceD {
-  acc_t best, fb_best;
-  int64_t idx, fb_idx;
-  double mass;  // the chunk's residual mass
-};
-
-enum : int { kNoRace = -1, kBonus = 0, kResidual = 1, kPi = 2 };  // kPi: family A with r = 0 (pi = q)
-enum : int { kNoSum = 0, kSumTV = 1, kSumEta = 2 };
-
-struct Geometry {
-  int64_t B, K, V;
-  int64_t sqB, sqL, spB, spL;  // element strides of the logits (last dim contiguous)
-  int64_t csz;                 // chunk size (statistics and second pass)
-  int nch;                     // chunks per position
-  int64_t rcsz;                // chunk size of the race
-  int rnch;                    // chunks per race
-  RuleArgs rule;
-};
-
-template <typename acc_t>
-__device__ __forceinline__ bool row_params_ok(const RuleArgs& rule, acc_t T, acc_t alpha) {
-  return (T - T) == acc_t(0) && T >= acc_t(0) && alpha_ok(rule, alpha);
-}
-
-// A rule without alpha reads it as 0.
-template <typename acc_t>
-__device__ __forceinline__ acc_t row_alpha(const RuleArgs& rule, const acc_t* alpha, int64_t b) {
-  return rule.uses_alpha ? alpha[b] : acc_t(0);
-}
-
-__device__ __forceinline__ int64_t clamp_n(int64_t n, int64_t K) { return n < 0 ? 0 : (n > K ? K : n); }
-
-// softmax(z / T) at one entry from merged statistics; one-hot at the first argmax when T = 0.
-template <typename acc_t>
-__device__ __forceinline__ acc_t prob_at(acc_t z, int64_t v, const PosStatsD<acc_t>& st, acc_t T) {
-  if (T == acc_t(0)) return v == st.amax ? acc_t(1) : acc_t(0);
-  if (T == acc_t(1)) return div_rn(dexp(z - st.M), st.ST);
-  return div_rn(dexp(div_rn(z - st.M, T)), st.ST);
-}
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t unscaled_at(acc_t z, const PosStatsD<acc_t>& st) {
-  return div_rn(dexp(z - st.M), st.S1);
-}
-
-// ---- 1. statistics ------------------------------------------------------------------------------
-
+// One chunk [lo, hi) of one position, by the whole block: running max with rescaled sums per thread (one exp
+// per entry, two when T is neither 0 nor 1), then a block merge. `sums` false: max, argmax and flags only.
+// sT sums every entry: a position whose filter cuts gets its sum over the kept entries in filter_position.
 template <typename in_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) _verify_stats_kernel(
-    ChunkStatsD<acc_t>* __restrict__ out,   // [P, nch], P = B K + B (K + 1)
-    const in_t* __restrict__ zq,            // [B, K, V_d]
-    const in_t* __restrict__ zp,            // [B, K + 1, V_t]
-    const int64_t* __restrict__ ndraft,     // [B]
-    const acc_t* __restrict__ temperature,  // [B]
-    const acc_t* __restrict__ alpha,        // [B]
-    Geometry geo) {
+__device__ __forceinline__ ChunkStats<acc_t> chunk_stats(const in_t* z, int64_t lo, int64_t hi, acc_t temp,
+                                                         acc_t inv_t, bool sums) {
   __shared__ acc_t sh_v[kWarps];
-  __shared__ double sh_d[kWarps];
   __shared__ int64_t sh_i[kWarps];
-  const int64_t p = blockIdx.x;
-  const int c = blockIdx.y;
-  const int64_t K = geo.K, V = geo.V;
-  const bool target = p >= geo.B * K;
-  const int64_t b = target ? (p - geo.B * K) / (K + 1) : p / K;
-  const int64_t i = target ? (p - geo.B * K) % (K + 1) : p % K;
-  const int64_t n = clamp_n(ndraft[b], K);
-  const acc_t T = temperature[b];
-  ChunkStatsD<acc_t>& o = out[p * geo.nch + c];
-  const bool used = target ? i <= n : i < n;
-  if (!used || !row_params_ok(geo.rule, T, alpha[b])) {
-    if (threadIdx.x == 0) o = ChunkStatsD<acc_t>{neg_inf<acc_t>(), 0.0, 0.0, -1, 0};
-    return;
-  }
-  const in_t* z = target ? zp + b * geo.spB + i * geo.spL : zq + b * geo.sqB + i * geo.sqL;
-  const int64_t lo = static_cast<int64_t>(c) * geo.csz;
-  const int64_t hi = lo + geo.csz < V ? lo + geo.csz : V;
-  acc_t m = neg_inf<acc_t>();
-  int bad = 0;
-  for (int64_t v = lo + threadIdx.x; v < hi; v += kThreads) {
-    const acc_t x = load_as<in_t, acc_t>(z + v);
-    m = x > m ? x : m;
-    bad |= (x != x) | (x == static_cast<acc_t>(INFINITY));
-  }
-  m = block_max(m, sh_v);
-  bad = static_cast<int>(block_sum(static_cast<double>(bad), sh_d) > 0.0);
-  const bool sums = !(target && i == n);  // the bonus position's sums are never read
-  const bool argmax = T == acc_t(0);
-  const bool scaled = sums && T > acc_t(0) && T != acc_t(1);
-  acc_t s1 = 0, sT = 0;
-  int64_t am = INT64_MAX;
-  if (!bad && m != neg_inf<acc_t>() && (sums || argmax)) {
-    for (int64_t v = lo + threadIdx.x; v < hi; v += kThreads) {
-      const acc_t x = load_as<in_t, acc_t>(z + v);
-      if (sums) s1 += dexp(x - m);
-      if (scaled) sT += dexp(div_rn(x - m, T));
-      if (argmax && x == m && v < am) am = v;
-    }
-  }
-  const double d1 = block_sum(static_cast<double>(s1), sh_d);
-  const double dT = scaled ? block_sum(static_cast<double>(sT), sh_d) : d1;
-  am = block_min_i64(am, sh_i);
-  if (threadIdx.x == 0) o = ChunkStatsD<acc_t>{m, d1, dT, am == INT64_MAX ? -1 : am, bad};
-}
-
-template <typename acc_t>
-__device__ PosStatsD<acc_t> merge_stats(const ChunkStatsD<acc_t>* c, int nch, acc_t T) {
-  PosStatsD<acc_t> out{acc_t(0), acc_t(1), acc_t(1), 0, 0};
-  merge_chunk_stats(c, nch, T, out);  // stats_math.h, shared with the CPU build
-  return out;
-}
-
-// ---- 2. per-row decisions -----------------------------------------------------------------------
-
-template <typename acc_t>
-struct DraftState {  // arrays [B, K]
-  acc_t* a;
-  acc_t* qx;
-  acc_t* px;
-  acc_t* tv;  // TV(q, p), for the rules that read it
-  acc_t* w;   // family A: the blend weight r; family B: eta
-  int8_t* defer;
-  int8_t* in_a;
-  int8_t* x_ok;
-  int8_t* need;
-};
-
-template <typename acc_t>
-__device__ __forceinline__ void set_accept(const RuleArgs& R, acc_t al, DraftState<acc_t> s, int64_t k) {
-  s.a[k] = s.x_ok[k] ? acceptance(R.family, al, s.w[k], s.in_a[k] != 0, s.qx[k], s.px[k]) : acc_t(0);
-}
-
-// Family A: the weight r once TV is known (rules that read it).
-template <typename acc_t>
-__device__ __forceinline__ void weigh(const RuleArgs& R, acc_t al, const PosStatsD<acc_t>& sq,
-                                      const PosStatsD<acc_t>& sp, DraftState<acc_t> s, int64_t k) {
-  s.w[k] = blend_weight(R.code, al, div_rn(acc_t(1), sq.S1), div_rn(acc_t(1), sp.S1), s.tv[k]);
-  s.defer[k] = s.w[k] > acc_t(0);
-}
-
-// v in A at one entry, from the logits of the two models there.
-template <typename acc_t>
-__device__ __forceinline__ bool member_at(const RuleArgs& R, acc_t al, acc_t zq, acc_t zp, const PosStatsD<acc_t>& sq,
-                                          const PosStatsD<acc_t>& sp) {
-  const acc_t qh = R.reads_qh ? unscaled_at(zq, sq) : acc_t(0);
-  const acc_t ph = R.reads_ph ? unscaled_at(zp, sp) : acc_t(0);
-  return in_token_set(R.code, al, qh, ph, div_rn(acc_t(1), sp.S1));
-}
-
-template <typename in_t, typename acc_t>
-__global__ void _verify_merge_kernel(
-    PosStatsD<acc_t>* __restrict__ pos_stats,       // [P]
-    DraftState<acc_t> st,
-    bool* __restrict__ valid,                       // [B]
-    const ChunkStatsD<acc_t>* __restrict__ chunks,  // [P, nch]
-    const in_t* __restrict__ zq, const in_t* __restrict__ zp,
-    const int64_t* __restrict__ x,                  // [B, K]
-    const int64_t* __restrict__ ndraft, const acc_t* __restrict__ temperature, const acc_t* __restrict__ alpha,
-    Geometry geo) {
-  const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (b >= geo.B) return;
-  const int64_t K = geo.K, V = geo.V;
-  const RuleArgs& R = geo.rule;
-  const int64_t n = clamp_n(ndraft[b], K);
-  const acc_t T = temperature[b], al = row_alpha(R, alpha, b);
-  bool ok = row_params_ok(R, T, alpha[b]);
-  if (ok) {
-    for (int64_t i = 0; i < n && ok; ++i) {
-      const int64_t p = b * K + i;
-      pos_stats[p] = merge_stats(chunks + p * geo.nch, geo.nch, T);
-      ok = !pos_stats[p].bad;
-    }
-    for (int64_t i = 0; i <= n && ok; ++i) {
-      const int64_t p = geo.B * K + b * (K + 1) + i;
-      pos_stats[p] = merge_stats(chunks + p * geo.nch, geo.nch, T);
-      ok = !pos_stats[p].bad;
-    }
-  }
-  valid[b] = ok;
-  if (!ok) return;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t k = b * K + i;
-    const PosStatsD<acc_t> sq = pos_stats[k];
-    const PosStatsD<acc_t> sp = pos_stats[geo.B * K + b * (K + 1) + i];
-    const in_t* rq = zq + b * geo.sqB + i * geo.sqL;
-    const in_t* rp = zp + b * geo.spB + i * geo.spL;
-    const int64_t xv = x[k];
-    const bool xok = xv >= 0 && xv < V;
-    st.x_ok[k] = xok;
-    st.qx[k] = xok ? prob_at(load_as<in_t, acc_t>(rq + xv), xv, sq, T) : acc_t(0);
-    st.px[k] = xok ? prob_at(load_as<in_t, acc_t>(rp + xv), xv, sp, T) : acc_t(0);
-    st.need[k] = kNoSum;
-    st.tv[k] = acc_t(0);
-    st.w[k] = acc_t(0);
-    st.in_a[k] = 0;
-    switch (static_cast<FamilyCode>(R.family)) {
-      case kFamilyLossy:
-        st.defer[k] = 1;
-        break;
-      case kFamilyB: {
-        const bool in_x =
-            xok && member_at(R, al, load_as<in_t, acc_t>(rq + xv), load_as<in_t, acc_t>(rp + xv), sq, sp);
-        st.in_a[k] = in_x;
-        st.defer[k] = !in_x;
-        if (!(in_x && st.qx[k] > acc_t(0))) {  // eta is read: by a_i, or by the residual here
-          if (T == acc_t(0)) {  // q is one-hot at its argmax
-            const int64_t am = sq.amax;
-            st.w[k] = member_at(R, al, load_as<in_t, acc_t>(rq + am), load_as<in_t, acc_t>(rp + am), sq, sp)
-                          ? acc_t(0)
-                          : acc_t(1);
-          } else {
-            st.need[k] = kSumEta;
-            continue;
-          }
-        }
-        break;
-      }
-      case kFamilyA:
-        if (R.needs_tv) {
-          if (T == acc_t(0)) {
-            st.tv[k] = sq.amax != sp.amax ? acc_t(1) : acc_t(0);
-          } else {
-            st.need[k] = kSumTV;
-            continue;
-          }
-        }
-        weigh(R, al, sq, sp, st, k);
-        break;
-    }
-    set_accept(R, al, st, k);
-  }
-}
-
-// ---- 3. second pass: TV or eta ------------------------------------------------------------------
-
-template <typename in_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) _verify_second_look_kernel(
-    double* __restrict__ out,                          // [B K, nch]
-    const PosStatsD<acc_t>* __restrict__ pos_stats,   // [P]
-    const int8_t* __restrict__ need,                  // [B, K]
-    const in_t* __restrict__ zq, const in_t* __restrict__ zp,
-    const acc_t* __restrict__ temperature, const acc_t* __restrict__ alpha, Geometry geo) {
   __shared__ double sh_d[kWarps];
-  const int64_t k = blockIdx.x;
-  const int c = blockIdx.y;
-  const int mode = need[k];
-  if (mode == kNoSum) return;  // block-uniform
-  const int64_t K = geo.K, V = geo.V;
-  const int64_t b = k / K, i = k % K;
-  const acc_t T = temperature[b];
-  const PosStatsD<acc_t> sq = pos_stats[k];
-  const PosStatsD<acc_t> sp = pos_stats[geo.B * K + b * (K + 1) + i];
-  const in_t* rq = zq + b * geo.sqB + i * geo.sqL;
-  const in_t* rp = zp + b * geo.spB + i * geo.spL;
-  const acc_t al = row_alpha(geo.rule, alpha, b);
-  const int64_t lo = static_cast<int64_t>(c) * geo.csz;
-  const int64_t hi = lo + geo.csz < V ? lo + geo.csz : V;
-  acc_t s = 0;
-  for (int64_t v = lo + threadIdx.x; v < hi; v += kThreads) {
-    const acc_t q = prob_at(load_as<in_t, acc_t>(rq + v), v, sq, T);
-    if (mode == kSumTV) {
-      const acc_t d = q - prob_at(load_as<in_t, acc_t>(rp + v), v, sp, T);
-      s += d > acc_t(0) ? d : acc_t(0);
-    } else {
-      s += member_at(geo.rule, al, load_as<in_t, acc_t>(rq + v), load_as<in_t, acc_t>(rp + v), sq, sp) ? acc_t(0) : q;
+  const bool vec = vec_aligned(z);
+  const bool scaled = sums && temp > acc_t(0) && is_finite(temp);  // sT is read
+  const bool unit = temp == acc_t(1);
+  acc_t m = neg_inf<acc_t>(), s1 = 0, sT = 0;
+  int64_t am = kNoIndex;
+  int bad = 0;
+  const auto take = [&](const Group4<in_t, acc_t>& g, int64_t v0) {
+    acc_t gm = neg_inf<acc_t>();
+    int ga = 4;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const acc_t x = g.get(j);
+      bad |= (v0 + j < hi) & ((x != x) | (x == static_cast<acc_t>(INFINITY)));
+      if (x > gm) {
+        gm = x;
+        ga = j;
+      }
     }
+    if (gm > m) {
+      if (sums && m > neg_inf<acc_t>()) {
+        s1 *= dexp(m - gm);
+        if (scaled) sT *= unit ? dexp(m - gm) : dexp(mul_rn(m - gm, inv_t));
+      }
+      m = gm;
+      am = v0 + ga;
+    }
+    if (sums && m > neg_inf<acc_t>()) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const acc_t x = g.get(j);  // -inf beyond hi: adds 0
+        const acc_t e1 = dexp(x - m);
+        s1 += e1;
+        if (scaled) sT += unit ? e1 : dexp(mul_rn(x - m, inv_t));
+      }
+    }
+  };
+  constexpr int U = kGroupsInFlight<in_t>;
+  constexpr int64_t step = 4 * kThreads;
+  for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += U * step) {
+    Group4<in_t, acc_t> g[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) g[u] = load4<in_t, acc_t>(z, v0 + u * step, hi, vec);
+#pragma unroll
+    for (int u = 0; u < U; ++u) take(g[u], v0 + u * step);  // in increasing v: the first argmax stays
   }
-  const double total = block_sum(static_cast<double>(s), sh_d);
-  if (threadIdx.x == 0) out[k * geo.nch + c] = total;
+  acc_t mb = m;
+  int64_t ab = am;
+  block_argmax(mb, ab, sh_v, sh_i);
+  bad = __syncthreads_or(bad);
+  double d1 = 0.0, dT = 0.0;
+  if (sums) {
+    const bool live = m > neg_inf<acc_t>() && mb > neg_inf<acc_t>();
+    const acc_t f1 = live ? dexp(m - mb) : acc_t(0);
+    const acc_t fT = live ? (unit ? f1 : dexp(mul_rn(m - mb, inv_t))) : acc_t(0);
+    d1 = block_sum(static_cast<double>(s1 * f1), sh_d);
+    dT = scaled ? block_sum(static_cast<double>(sT * fT), sh_d) : 0.0;
+  }
+  return ChunkStats<acc_t>{mb, d1, dT, ab, bad};
 }
 
-// ---- 4. accept loop -----------------------------------------------------------------------------
+// merge: one warp combines position s's chunk records (lanes over chunks): the max, the sums rescaled to it (in
+// double), the lowest argmax; a position with NaN / +inf or only -inf is bad.
+template <typename acc_t>
+__device__ __forceinline__ void merge_position(const Work<acc_t>& w, int64_t s, acc_t temp, acc_t inv_t) {
+  const int lane = threadIdx.x & 31;
+  const int64_t base = s * w.nch;
+  acc_t M = neg_inf<acc_t>();
+  int bad = 0;
+  for (int64_t c = lane; c < w.nch; c += 32) {
+    const acc_t mc = ldcg(w.cmax + base + c);
+    M = mc > M ? mc : M;
+    bad |= ldcg(w.cbad + base + c);
+  }
+  M = warp_max(M);
+  bad = __any_sync(kFull, bad) || M == neg_inf<acc_t>();
+  double s1 = 0.0, sT = 0.0;
+  int64_t am = kNoIndex;
+  if (!bad) {
+    const double it = static_cast<double>(inv_t);
+    for (int64_t c = lane; c < w.nch; c += 32) {
+      const acc_t mc = ldcg(w.cmax + base + c);
+      if (mc == neg_inf<acc_t>()) continue;
+      const double d = static_cast<double>(mc) - static_cast<double>(M);
+      s1 += ldcg(w.cs1 + base + c) * exp(d);
+      sT += ldcg(w.csT + base + c) * exp(d * it);
+      if (mc == M) {
+        const int64_t a = ldcg(w.camax + base + c);
+        am = a < am ? a : am;
+      }
+    }
+    s1 = warp_sum(s1);
+    sT = warp_sum(sT);
+    am = warp_min(am);
+  }
+  if (lane == 0) {
+    w.pM[s] = M;
+    w.pS1[s] = static_cast<acc_t>(s1);
+    w.pST[s] = temp > acc_t(0) ? static_cast<acc_t>(sT) : static_cast<acc_t>(s1);
+    w.pamax[s] = am;
+    w.pbad[s] = bad;
+  }
+}
+
+// ---- the decisions --------------------------------------------------------------------------------------
 
 template <typename acc_t>
-struct RaceSetup {  // arrays [B]
-  int* kind;
-  int64_t* m;
+struct Decision {
+  acc_t a;        // acceptance probability of the draft
+  acc_t w;        // family A: the blend weight r; family B: eta (0 where unread)
+  bool deferred;  // SPEC.md section 6
+  bool known;     // false: TV or eta is still to be summed (second look)
 };
 
+// SPEC.md section 3 at draft position (b, i), from the merged statistics, two (at T = 0 for token sets four)
+// logits, and the second look's sum when there is one. The formulas are rules.h's.
 template <typename in_t, typename acc_t>
-__global__ void _verify_accept_kernel(
-    RaceSetup<acc_t> rs, DraftState<acc_t> st,
-    int64_t* __restrict__ tokens,        // [B, K + 1], prefilled with -1
-    int64_t* __restrict__ num_accepted,  // [B]
-    bool* __restrict__ deferred,         // [B, K]
-    float* __restrict__ accept_prob,     // [B, K]
-    const bool* __restrict__ valid, const double* __restrict__ sums, const PosStatsD<acc_t>* __restrict__ pos_stats,
-    const int64_t* __restrict__ x, const int64_t* __restrict__ ndraft, const acc_t* __restrict__ temperature,
-    const acc_t* __restrict__ alpha, const int64_t* __restrict__ seed, const int64_t* __restrict__ offset,
-    Geometry geo) {
-  const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (b >= geo.B) return;
-  rs.kind[b] = kNoRace;
-  if (!valid[b]) return;
-  const int64_t K = geo.K;
-  const RuleArgs& R = geo.rule;
-  const int64_t n = clamp_n(ndraft[b], K);
-  const acc_t T = temperature[b], al = row_alpha(R, alpha, b);
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t k = b * K + i;
-    if (st.need[k] != kNoSum) {
-      double s = 0.0;
-      for (int c = 0; c < geo.nch; ++c) s += sums[k * geo.nch + c];
-      if (st.need[k] == kSumTV) {
-        st.tv[k] = static_cast<acc_t>(s);
-        weigh(R, al, pos_stats[k], pos_stats[geo.B * K + b * (K + 1) + i], st, k);
-      } else {
-        st.w[k] = static_cast<acc_t>(s);
+__device__ __forceinline__ Decision<acc_t> decide(const Work<acc_t>& w, const Round<in_t, acc_t>& r, int64_t b,
+                                                  int64_t i, acc_t temp, acc_t inv_t, acc_t al, bool have_look,
+                                                  acc_t look) {
+  const RuleArgs R = r.rule;
+  const int64_t x = r.x_at(b, i);
+  const bool x_ok = x >= 0 && x < r.V;
+  const PosView<acc_t> sp = pos_view(w, r.cut, r.pslot(b, i));
+  const in_t* zp_row = r.p_row(b, i);
+  const acc_t zpx = x_ok ? load1<in_t, acc_t>(zp_row, x) : acc_t(0);
+  const acc_t px = x_ok ? sample_prob(zpx, x, sp, temp, inv_t) : acc_t(0);
+  const acc_t max_ph = div_rn(acc_t(1), sp.S1);
+  const bool token = !r.has_q();
+  PosView<acc_t> sq{};
+  const in_t* zq_row = nullptr;
+  acc_t zqx = 0, qx, max_qh;
+  if (token) {  // q one-hot at the draft (all zero for an id outside [0, V))
+    qx = x_ok ? acc_t(1) : acc_t(0);
+    max_qh = acc_t(1);
+  } else {
+    sq = pos_view(w, r.cut, r.qslot(b, i));
+    zq_row = r.q_row(b, i);
+    zqx = x_ok ? load1<in_t, acc_t>(zq_row, x) : acc_t(0);
+    qx = x_ok ? sample_prob(zqx, x, sq, temp, inv_t) : acc_t(0);
+    max_qh = div_rn(acc_t(1), sq.S1);
+  }
+  Decision<acc_t> d{acc_t(0), acc_t(0), false, true};
+  switch (static_cast<FamilyCode>(R.family)) {
+    case kFamilyA: {
+      acc_t tv = 0;
+      if (R.needs_tv) {
+        if (temp == acc_t(0)) {  // one-hot q and p: TV is 0 or 1
+          const int64_t aq = token ? x : sq.amax;
+          tv = aq == sp.amax ? acc_t(0) : acc_t(1);
+        } else if (have_look) {
+          tv = look;
+        } else {
+          d.known = false;
+          return d;
+        }
       }
-      set_accept(R, al, st, k);
+      d.w = blend_weight(R.code, al, max_qh, max_ph, tv);
+      d.deferred = d.w > acc_t(0);
+      d.a = x_ok ? acceptance(R.family, al, d.w, false, qx, px) : acc_t(0);
+      break;
     }
-    deferred[k] = st.defer[k] != 0;
-    accept_prob[k] = static_cast<float>(st.a[k]);
+    case kFamilyB: {
+      acc_t qh = 0, ph = 0;
+      if (x_ok) {
+        if (R.reads_qh) qh = token ? acc_t(1) : unscaled_prob(zqx, sq);
+        if (R.reads_ph) ph = unscaled_prob(zpx, sp);
+      }
+      const bool in_x = x_ok && in_token_set(R.code, al, qh, ph, max_ph);
+      d.deferred = !in_x;
+      if (in_x && qx > acc_t(0)) {  // accepted for sure: eta is never read here
+        d.a = acc_t(1);
+        break;
+      }
+      acc_t eta;
+      if (token) {
+        eta = x_ok && !in_x ? acc_t(1) : acc_t(0);
+      } else if (temp == acc_t(0)) {  // q one-hot at its argmax
+        const int64_t aq = sq.amax;
+        const acc_t qa = R.reads_qh ? unscaled_prob(load1<in_t, acc_t>(zq_row, aq), sq) : acc_t(0);
+        const acc_t pa = R.reads_ph ? unscaled_prob(load1<in_t, acc_t>(zp_row, aq), sp) : acc_t(0);
+        eta = in_token_set(R.code, al, qa, pa, max_ph) ? acc_t(0) : acc_t(1);
+      } else if (have_look) {
+        eta = look;
+      } else {
+        d.known = false;
+        return d;
+      }
+      d.w = eta;
+      d.a = x_ok ? acceptance(R.family, al, eta, in_x, qx, px) : acc_t(0);
+      break;
+    }
+    case kFamilyLossy:
+      d.deferred = true;
+      d.a = x_ok ? acceptance(R.family, al, acc_t(0), false, qx, px) : acc_t(0);
+      break;
   }
-  int64_t m = 0;
-  while (m < n && static_cast<acc_t>(uniform(seed[b], offset[b] + m, kStreamAccept, 0)) < st.a[b * K + m]) {
-    tokens[b * (K + 1) + m] = x[b * K + m];
-    ++m;
+  return d;
+}
+
+// An invalid row (SPEC.md section 4): emits nothing.
+template <typename in_t, typename acc_t>
+__device__ __forceinline__ void write_invalid_row(const Outs& o, const Work<acc_t>& w, const Round<in_t, acc_t>& r,
+                                                  int64_t b, bool second) {
+  const int lane = threadIdx.x & 31;
+  const int64_t K = r.K;
+  for (int64_t i = lane; i <= K; i += 32) o.tokens[b * (K + 1) + i] = -1;
+  for (int64_t i = lane; i < K; i += 32) {
+    o.deferred[b * K + i] = false;
+    o.accept_prob[b * K + i] = 0.f;
+    if (!second) w.need[b * K + i] = 0;
   }
-  num_accepted[b] = m;
-  rs.m[b] = m;
-  if (m == n) {
-    if (T == acc_t(0)) {
-      tokens[b * (K + 1) + m] = pos_stats[geo.B * K + b * (K + 1) + m].amax;
+  if (lane == 0) {
+    o.num_accepted[b] = 0;
+    o.valid[b] = false;
+    w.state[b] = kStateNoRace;
+  }
+}
+
+// merge + accept for row b, by one warp (lanes over draft positions): validity (launch 1), the decisions, the
+// accept loop u_i < a_i by ballot, the outputs, and what launch 2 is to do (second look, race, or nothing).
+template <typename in_t, typename acc_t>
+__device__ __forceinline__ void finalize_row(const Outs& o, const Work<acc_t>& w, const Round<in_t, acc_t>& r,
+                                             int64_t b, bool second) {
+  const int lane = threadIdx.x & 31;
+  const int64_t K = r.K, n = r.drafts(b);
+  const RuleArgs R = r.rule;
+  const acc_t temp = r.T.at(b), alpha = r.alpha.at(b);
+  const acc_t inv_t = inv_temperature(temp);
+  const acc_t al = R.uses_alpha ? alpha : acc_t(0);
+  if (!second) {  // a pending row is valid: launch 2 does not ask again
+    const acc_t tp = r.top_p.at(b), mp = r.min_p.at(b);
+    bool ok = is_finite(temp) && temp >= acc_t(0) && alpha_ok(R, alpha) && r.top_k.at(b) >= 0 && tp > acc_t(0) &&
+              tp <= acc_t(1) && mp >= acc_t(0) && mp <= acc_t(1);
+    int bad = 0;
+    for (int64_t i = lane; i <= n; i += 32) {
+      bad |= ldcg(w.pbad + r.pslot(b, i));
+      if (r.has_q() && i < n) bad |= ldcg(w.pbad + r.qslot(b, i));
+    }
+    ok = ok && !__any_sync(kFull, bad);
+    if (!ok) {
+      write_invalid_row(o, w, r, b, false);
       return;
     }
-    rs.kind[b] = kBonus;
+  }
+  const int64_t seed = r.seed.at(b), off = r.offset.at(b);
+  int64_t m = n;
+  acc_t wm = 0;
+  unsigned pending = 0;
+  for (int64_t g0 = 0; g0 < K; g0 += 32) {
+    const int64_t i = g0 + lane, k = b * K + i;
+    const bool slot = i < K, used = i < n;
+    bool have = false;
+    acc_t look = 0;
+    if (second && used && w.need[k] != 0) {
+      have = true;
+      look = w.look[k];
+    }
+    Decision<acc_t> d{acc_t(0), acc_t(0), false, true};
+    if (used) d = decide(w, r, b, i, temp, inv_t, al, have, look);
+    const bool unknown = used && !d.known;
+    if (!second && slot) w.need[k] = unknown ? 1 : 0;
+    pending += __popc(__ballot_sync(kFull, unknown));
+    if (slot) {
+      o.deferred[k] = used && d.deferred;
+      o.accept_prob[k] = used ? static_cast<float>(d.a) : 0.f;
+    }
+    const acc_t u = used ? static_cast<acc_t>(uniform_at(seed, off + i, kStreamAccept)) : acc_t(0);
+    const unsigned rej = __ballot_sync(kFull, used && d.known && !(u < d.a));
+    const acc_t wl = __shfl_sync(kFull, d.w, rej != 0 ? __ffs(rej) - 1 : 0);
+    if (m == n && rej != 0) {
+      m = g0 + __ffs(rej) - 1;
+      wm = wl;
+    }
+  }
+  if (pending != 0) {  // launch 1 only: launch 2 sums TV / eta, then comes back here
+    if (lane == 0) {
+      w.needed[b] = pending;
+      w.state[b] = kStatePending;
+    }
     return;
   }
-  rs.kind[b] = residual_is_empty(R.family, st.w[b * K + m]) ? kPi : kResidual;
+  const bool bonus = m == n;
+  const bool greedy_bonus = bonus && temp == acc_t(0);
+  for (int64_t i = lane; i <= K; i += 32) {
+    int64_t tok = -1;
+    if (i < m) {
+      tok = r.x_at(b, i);
+    } else if (i == m && greedy_bonus) {
+      tok = ldcg(w.pamax + r.pslot(b, n));
+    }
+    o.tokens[b * (K + 1) + i] = tok;  // the race's token at m comes later
+  }
+  if (lane == 0) {
+    const int kind = bonus ? (greedy_bonus ? kRaceNone : kRaceBonus)
+                           : (residual_is_empty(R.family, wm) ? kRacePi : kRaceResidual);
+    o.num_accepted[b] = m;
+    o.valid[b] = true;
+    w.kind[b] = kind;
+    w.m[b] = m;
+    w.w[b] = wm;
+    __threadfence();
+    st_release(w.state + b, kind == kRaceNone ? kStateNoRace : kStateReady);
+  }
 }
 
-// ---- 5. the race --------------------------------------------------------------------------------
+// ---- launch 1: stats, merge, accept -----------------------------------------------------------------------
+
+// filter: position s (row b) after its merge, by the whole block: the cutoff of the row's filters (cuda_cutoff.cuh,
+// the row from L2) and, where the sampling sum is read, ST over the kept entries. cut = -inf where nothing is cut.
+template <typename in_t, typename acc_t>
+__device__ __forceinline__ void filter_position(const Work<acc_t>& w, const Round<in_t, acc_t>& r, const in_t* z,
+                                                int64_t s, int64_t b, bool sums) {
+  __shared__ double sh_d[kWarps];
+  __syncthreads();  // the merge (warp 0) wrote pM, pbad
+  const RowFilters<acc_t> f{r.T.at(b), r.top_p.at(b), r.min_p.at(b), r.top_k.at(b)};
+  const acc_t M = ldcg(w.pM + s);
+  if (!f.cuts(r.V) || ldcg(w.pbad + s) != 0) {  // block-uniform
+    if (threadIdx.x == 0) r.cut[s] = neg_inf<acc_t>();
+    return;
+  }
+  const acc_t c = position_cutoff<in_t, acc_t, kThreads>(z, r.V, M, f);
+  if (sums) {
+    const acc_t inv_t = inv_temperature(f.T);
+    const bool vec = vec_aligned(z);
+    acc_t sT = 0;
+    for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < r.V; v0 += 4 * kThreads) {
+      const Group4<in_t, acc_t> g = load4<in_t, acc_t>(z, v0, r.V, vec);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const acc_t x = g.get(j);  // -inf beyond V: not kept
+        if (x >= c) sT += dexp(mul_rn(x - M, inv_t));
+      }
+    }
+    const double total = block_sum(static_cast<double>(sT), sh_d);
+    if (threadIdx.x == 0) w.pST[s] = static_cast<acc_t>(total);
+  }
+  if (threadIdx.x == 0) r.cut[s] = c;
+}
+
+// Blocks per SM the stats kernel is compiled for (registers <= 65536 / (blocks * kThreads)), each the most that
+// compiles without spills for sm_90: without filters 4 (64 registers) in float, 3 (80) in double; with filters 2
+// (128: the cutoff's radix passes spilled at 80).
+template <typename acc_t, bool kFilter>
+constexpr int stats_min_blocks() {
+  return kFilter ? 2 : (sizeof(acc_t) == 8 ? 3 : 4);
+}
+
+// kFilter: some row may filter (Round::cut is set); the last chunk block of a position then runs filter_position.
+template <typename in_t, typename acc_t, bool kFilter>
+__global__ void __launch_bounds__(kThreads, stats_min_blocks<acc_t, kFilter>()) _verify_stats_kernel(Outs o, Work<acc_t> w, Round<in_t, acc_t> r) {
+  const int64_t item = blockIdx.x;
+  int64_t s = 0, c = 0;
+  split_item(item, w.nch, s, c);
+  int64_t b = 0, i = 0;
+  const bool is_q = r.locate(s, b, i);
+  const int64_t n = r.drafts(b);
+  if (is_q ? i >= n : i > n) return;  // not read this round (block-uniform)
+  const in_t* z = is_q ? r.q_row(b, i) : r.p_row(b, i);
+  const acc_t temp = r.T.at(b), inv_t = inv_temperature(temp);
+  const int64_t lo = c * w.csz, hi = lo + w.csz < r.V ? lo + w.csz : r.V;
+  const bool sums = is_q || i < n;  // the bonus position's sums are never read
+  const ChunkStats<acc_t> st = chunk_stats<in_t, acc_t>(z, lo, hi, temp, inv_t, sums);
+  if (threadIdx.x == 0) {
+    w.cmax[item] = st.m;
+    w.cs1[item] = st.s1;
+    w.csT[item] = st.sT;
+    w.camax[item] = st.amax;
+    w.cbad[item] = st.bad;
+  }
+  if (!arrive_last(w.pos_ticket + s, static_cast<unsigned>(w.nch))) return;
+  if (threadIdx.x < 32) merge_position(w, s, temp, inv_t);
+  if constexpr (kFilter) filter_position(w, r, z, s, b, sums);
+  const unsigned positions = static_cast<unsigned>((r.has_q() ? n : 0) + n + 1);
+  if (!arrive_last(w.row_ticket + b, positions)) return;
+  if (threadIdx.x < 32) finalize_row(o, w, r, b, false);
+}
+
+// ---- launch 2: second look, accept, race, emit -------------------------------------------------------------
 
 template <typename in_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) _verify_race_kernel(
-    RaceD<acc_t>* __restrict__ out,  // [B, rnch]
-    RaceSetup<acc_t> rs, DraftState<acc_t> st, const PosStatsD<acc_t>* __restrict__ pos_stats,
-    const in_t* __restrict__ zq, const in_t* __restrict__ zp, const acc_t* __restrict__ temperature,
-    const acc_t* __restrict__ alpha, const int64_t* __restrict__ seed, const int64_t* __restrict__ offset,
-    Geometry geo) {
+__device__ __forceinline__ void second_look(const Outs& o, const Work<acc_t>& w, const Round<in_t, acc_t>& r,
+                                            int64_t item) {
+  __shared__ double sh_d[kWarps];
+  int64_t k = 0, c = 0;
+  split_item(item, w.nch2, k, c);
+  if (w.need[k] == 0) return;  // block-uniform
+  int64_t b = 0, i = 0;
+  split_item(k, r.K, b, i);
+  const RuleArgs R = r.rule;
+  const acc_t temp = r.T.at(b), inv_t = inv_temperature(temp);
+  const acc_t al = R.uses_alpha ? r.alpha.at(b) : acc_t(0);
+  const PosView<acc_t> sq = pos_view(w, r.cut, r.qslot(b, i));
+  const PosView<acc_t> sp = pos_view(w, r.cut, r.pslot(b, i));
+  const in_t* zq_row = r.q_row(b, i);
+  const in_t* zp_row = r.p_row(b, i);
+  const bool tv = R.family == kFamilyA;  // else eta of a token set
+  const bool read_p = tv || R.reads_ph;
+  const bool vq = vec_aligned(zq_row), vp = vec_aligned(zp_row);
+  const acc_t max_ph = div_rn(acc_t(1), sp.S1);
+  const int64_t lo = c * w.csz2, hi = lo + w.csz2 < r.V ? lo + w.csz2 : r.V;
+  acc_t sum = 0;
+  for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += 4 * kThreads) {
+    const Group4<in_t, acc_t> gq = load4<in_t, acc_t>(zq_row, v0, hi, vq);
+    const Group4<in_t, acc_t> gp = read_p ? load4<in_t, acc_t>(zp_row, v0, hi, vp) : gq;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t v = v0 + j;
+      if (v >= hi) break;
+      const acc_t zq = gq.get(j), zp = gp.get(j);
+      const acc_t q = sample_prob(zq, v, sq, temp, inv_t);
+      if (tv) {
+        const acc_t dq = q - sample_prob(zp, v, sp, temp, inv_t);
+        sum += dq > acc_t(0) ? dq : acc_t(0);
+      } else {
+        const acc_t qh = R.reads_qh ? unscaled_prob(zq, sq) : acc_t(0);
+        const acc_t ph = R.reads_ph ? unscaled_prob(zp, sp) : acc_t(0);
+        sum += in_token_set(R.code, al, qh, ph, max_ph) ? acc_t(0) : q;
+      }
+    }
+  }
+  const double total = block_sum(static_cast<double>(sum), sh_d);
+  if (threadIdx.x == 0) w.lsum[item] = total;
+  if (!arrive_last(w.look_ticket + b, w.needed[b] * static_cast<unsigned>(w.nch2))) return;
+  if (threadIdx.x >= 32) return;
+  const int lane = threadIdx.x;
+  const int64_t n = r.drafts(b);
+  for (int64_t ii = 0; ii < n; ++ii) {  // merge: one warp per position, lanes over chunks
+    const int64_t kk = b * r.K + ii;
+    if (w.need[kk] == 0) continue;
+    double s = 0.0;
+    for (int64_t cc = lane; cc < w.nch2; cc += 32) s += ldcg(w.lsum + kk * w.nch2 + cc);
+    s = warp_sum(s);
+    if (lane == 0) w.look[kk] = static_cast<acc_t>(s);
+  }
+  __syncwarp();
+  finalize_row(o, w, r, b, true);
+}
+
+template <typename in_t, typename acc_t>
+__device__ __forceinline__ void race(const Outs& o, const Work<acc_t>& w, const Round<in_t, acc_t>& r, int64_t item) {
   __shared__ acc_t sh_v[kWarps];
   __shared__ int64_t sh_i[kWarps];
   __shared__ double sh_d[kWarps];
-  const int64_t b = blockIdx.x;
-  const int c = blockIdx.y;
-  const int kind = rs.kind[b];
-  if (kind == kNoRace) return;  // block-uniform
-  const int64_t K = geo.K, V = geo.V;
-  const int64_t m = rs.m[b];
-  const acc_t T = temperature[b];
-  const int64_t sd = seed[b], pos = offset[b] + m;
-  const in_t* rp = zp + b * geo.spB + m * geo.spL;
-  const in_t* rq = zq + b * geo.sqB + (m < K ? m : 0) * geo.sqL;
-  const RuleArgs& R = geo.rule;
-  const acc_t al = row_alpha(R, alpha, b);
-  PosStatsD<acc_t> sq{}, sp{};
-  acc_t wm = 0;  // family A: r; family B: eta
-  if (kind != kBonus) {
-    sq = pos_stats[b * K + m];
-    sp = pos_stats[geo.B * K + b * (K + 1) + m];
-    wm = st.w[b * K + m];
+  __shared__ unsigned s_state;
+  int64_t b = 0, c = 0;
+  split_item(item, w.rnch, b, c);
+  if (threadIdx.x == 0) {
+    unsigned st = ld_acquire(w.state + b);
+    if (st == kStatePending) {  // its second-look blocks started before this one: they finish
+      const uint64_t t0 = global_ns();
+      do {
+        __nanosleep(256);
+        st = ld_acquire(w.state + b);
+        if (st == kStatePending && global_ns() - t0 > kWaitLimitNs) __trap();
+      } while (st == kStatePending);
+    }
+    s_state = st;
   }
-  const int64_t lo = static_cast<int64_t>(c) * geo.rcsz;  // a multiple of 4
-  const int64_t hi = lo + geo.rcsz < V ? lo + geo.rcsz : V;
-  acc_t best = neg_inf<acc_t>(), fb_best = neg_inf<acc_t>();
-  int64_t idx = -1, fb_idx = -1;
-  double mass = 0.0;
-  // One thread per group of 4 entries: one Philox call serves all four.
-  for (int64_t g0 = lo + 4 * static_cast<int64_t>(threadIdx.x); g0 < hi; g0 += 4 * kThreads) {
-    const Philox4 r = philox_group(sd, pos, kStreamEmit, g0 >> 2);
+  __syncthreads();
+  if (s_state != kStateReady) return;  // block-uniform: the row emits nothing, or its token is written
+  const RuleArgs R = r.rule;
+  const int kind = ldcg(w.kind + b);
+  const int64_t m = ldcg(w.m + b);
+  const acc_t wm = ldcg(w.w + b);
+  const bool bonus = kind == kRaceBonus, pi_only = kind == kRacePi;
+  const int64_t pos = m;  // the bonus is raced at n = m
+  const acc_t temp = r.T.at(b), inv_t = inv_temperature(temp);
+  const acc_t al = R.uses_alpha ? r.alpha.at(b) : acc_t(0);
+  const int64_t seed = r.seed.at(b), gpos = r.offset.at(b) + pos;
+  const PosView<acc_t> sp = pos_view(w, r.cut, r.pslot(b, pos));
+  const in_t* zp_row = r.p_row(b, pos);
+  const bool has_q = r.has_q(), read_q = has_q && !bonus;
+  PosView<acc_t> sq{};
+  const in_t* zq_row = zp_row;
+  if (read_q) {
+    sq = pos_view(w, r.cut, r.qslot(b, pos));
+    zq_row = r.q_row(b, pos);
+  }
+  const int64_t x = !has_q && !bonus ? r.x_at(b, pos) : -1;
+  const bool x_ok = x >= 0 && x < r.V;
+  const bool pi_is_p = !has_q && !x_ok;  // a token-only draft outside [0, V): the position emits from p
+  const acc_t max_ph = bonus ? acc_t(0) : div_rn(acc_t(1), sp.S1);
+  const bool vq = vec_aligned(zq_row), vp = vec_aligned(zp_row);
+  const int64_t lo = c * w.rcsz, hi = lo + w.rcsz < r.V ? lo + w.rcsz : r.V;
+  acc_t bw = neg_inf<acc_t>(), bp = neg_inf<acc_t>(), mass = 0;
+  int64_t iw = kNoIndex, ip = kNoIndex;
+  for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += 4 * kThreads) {
+    const Philox4 rnd = philox_group(seed, gpos, kStreamEmit, v0 >> 2);
+    const Group4<in_t, acc_t> gp = load4<in_t, acc_t>(zp_row, v0, hi, vp);
+    const Group4<in_t, acc_t> gq = read_q ? load4<in_t, acc_t>(zq_row, v0, hi, vq) : gp;
 #pragma unroll
-    for (int l = 0; l < 4; ++l) {
-      const int64_t v = g0 + l;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t v = v0 + j;
       if (v >= hi) break;
-      const acc_t g = static_cast<acc_t>(bits_to_gumbel(r.w[l]));
-      acc_t s, fs = neg_inf<acc_t>();
-      if (kind == kBonus) {
-        s = load_as<in_t, acc_t>(rp + v) + T * g;
-      } else {
-        const acc_t zqv = load_as<in_t, acc_t>(rq + v), zpv = load_as<in_t, acc_t>(rp + v);
-        const acc_t q = prob_at(zqv, v, sq, T), p = prob_at(zpv, v, sp, T);
-        const bool in_a = R.family == kFamilyB && member_at(R, al, zqv, zpv, sq, sp);
-        const acc_t pi = blended(R.family, wm, in_a, q, p);
-        const acc_t d = pi - q;
-        const acc_t w = d > acc_t(0) ? d : acc_t(0);
-        mass += static_cast<double>(w);
-        s = kind == kPi ? neg_inf<acc_t>() : dlog(w) + g;
-        fs = dlog(pi) + g;
+      const acc_t g = static_cast<acc_t>(bits_to_gumbel(rnd.w[j]));
+      const acc_t zp = gp.get(j);
+      if (bonus) {  // s_n + G over p_n's kept entries
+        const acc_t s = zp >= sp.cut ? mul_rn(zp - sp.M, inv_t) + g : neg_inf<acc_t>();
+        take_if_better(bw, iw, s, v);
+        continue;
       }
-      if (idx < 0 || s > best) {  // each thread visits its entries in increasing order
-        best = s;
-        idx = v;
+      const acc_t zq = gq.get(j);
+      const acc_t p = sample_prob(zp, v, sp, temp, inv_t);
+      const acc_t q = has_q ? sample_prob(zq, v, sq, temp, inv_t) : (v == x ? acc_t(1) : acc_t(0));
+      acc_t pi = p;
+      if (!pi_is_p) {
+        bool in_a = false;
+        if (R.family == kFamilyB) {
+          const acc_t qh = R.reads_qh ? (has_q ? unscaled_prob(zq, sq) : q) : acc_t(0);
+          const acc_t ph = R.reads_ph ? unscaled_prob(zp, sp) : acc_t(0);
+          in_a = in_token_set(R.code, al, qh, ph, max_ph);
+        }
+        pi = blended(R.family, wm, in_a, q, p);
       }
-      if (fb_idx < 0 || fs > fb_best) {
-        fb_best = fs;
-        fb_idx = v;
+      take_if_better(bp, ip, dlog(pi) + g, v);
+      if (!pi_only) {
+        const acc_t dw = pi - q;
+        const acc_t wv = dw > acc_t(0) ? dw : acc_t(0);
+        mass += wv;
+        take_if_better(bw, iw, dlog(wv) + g, v);
       }
     }
   }
-  block_argmax(best, idx, sh_v, sh_i);
-  block_argmax(fb_best, fb_idx, sh_v, sh_i);
-  mass = block_sum(mass, sh_d);
-  if (threadIdx.x == 0) out[b * geo.rnch + c] = RaceD<acc_t>{best, fb_best, idx, fb_idx, mass};
-}
-
-// ---- 6. emit ------------------------------------------------------------------------------------
-
-template <typename acc_t>
-__global__ void _verify_emit_kernel(int64_t* __restrict__ tokens, const RaceD<acc_t>* __restrict__ races,
-                                    RaceSetup<acc_t> rs, Geometry geo) {
-  const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (b >= geo.B) return;
-  const int kind = rs.kind[b];
-  if (kind == kNoRace) return;
-  acc_t best = neg_inf<acc_t>(), fb_best = neg_inf<acc_t>();
-  int64_t idx = -1, fb_idx = -1;
-  double mass = 0.0;
-  for (int c = 0; c < geo.rnch; ++c) {  // chunks in vocabulary order: ties keep the lowest index
-    const RaceD<acc_t> r = races[b * geo.rnch + c];
-    mass += r.mass;
-    if (r.idx >= 0 && (idx < 0 || r.best > best)) {
-      best = r.best;
-      idx = r.idx;
-    }
-    if (r.fb_idx >= 0 && (fb_idx < 0 || r.fb_best > fb_best)) {
-      fb_best = r.fb_best;
-      fb_idx = r.fb_idx;
-    }
+  block_argmax(bw, iw, sh_v, sh_i);
+  if (!bonus) block_argmax(bp, ip, sh_v, sh_i);
+  const double dmass = pi_only || bonus ? 0.0 : block_sum(static_cast<double>(mass), sh_d);
+  if (threadIdx.x == 0) {
+    w.rbest[item] = bw;
+    w.ridx[item] = iw;
+    w.rbest_pi[item] = bp;
+    w.ridx_pi[item] = ip;
+    w.rmass[item] = dmass;
   }
-  const bool residual = kind != kBonus;
-  int64_t e = (residual && !(mass > residual_eps<acc_t>())) ? fb_idx : idx;
-  e = e < 0 ? 0 : (e >= geo.V ? geo.V - 1 : e);
-  tokens[b * (geo.K + 1) + rs.m[b]] = e;
+  if (!arrive_last(w.race_ticket + b, static_cast<unsigned>(w.rnch))) return;
+  if (threadIdx.x >= 32) return;
+  // emit: one warp merges the row's chunks (lanes over chunks; ties to the lowest index).
+  const int lane = threadIdx.x;
+  const int64_t base = b * w.rnch;
+  acc_t Bw = neg_inf<acc_t>(), Bp = neg_inf<acc_t>();
+  int64_t Iw = kNoIndex, Ip = kNoIndex;
+  double M = 0.0;
+  for (int64_t cc = lane; cc < w.rnch; cc += 32) {
+    take_if_better(Bw, Iw, ldcg(w.rbest + base + cc), ldcg(w.ridx + base + cc));
+    take_if_better(Bp, Ip, ldcg(w.rbest_pi + base + cc), ldcg(w.ridx_pi + base + cc));
+    M += ldcg(w.rmass + base + cc);
+  }
+  warp_argmax(Bw, Iw);
+  warp_argmax(Bp, Ip);
+  M = warp_sum(M);
+  if (lane == 0) {
+    const bool residual = !bonus && !pi_only && M > residual_eps<acc_t>();
+    int64_t e = bonus || residual ? Iw : Ip;
+    e = e < 0 ? 0 : (e >= r.V ? r.V - 1 : e);
+    o.tokens[b * (r.K + 1) + m] = e;
+  }
 }
-
-// ---- launcher -----------------------------------------------------------------------------------
 
 template <typename in_t, typename acc_t>
-void verify_cuda_impl(const VerifyInputs& in, at::Tensor& tokens, at::Tensor& num_accepted, at::Tensor& deferred,
-                      at::Tensor& accept_prob, at::Tensor& valid) {
-  const int64_t B = in.B, K = in.K, V = in.V;
-  const auto stream = at::cuda::getCurrentCUDAStream();
-  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t P = B * K + B * (K + 1);
-  Geometry geo;
-  geo.B = B;
-  geo.K = K;
-  geo.V = V;
-  geo.sqB = in.zq.stride(0);
-  geo.sqL = in.zq.stride(1);
-  geo.spB = in.zp.stride(0);
-  geo.spL = in.zp.stride(1);
-  geo.nch = static_cast<int>(plan_chunks_cuda(P, V, sms));
-  geo.csz = ceil_div_h(ceil_div_h(V, geo.nch), 64) * 64;
-  geo.nch = static_cast<int>(ceil_div_h(V, geo.csz));
-  geo.rnch = static_cast<int>(plan_chunks_cuda(B, V, sms));
-  geo.rcsz = ceil_div_h(ceil_div_h(V, geo.rnch), 64) * 64;
-  geo.rnch = static_cast<int>(ceil_div_h(V, geo.rcsz));
-  geo.rule = in.rule;
-
-  auto bytes = [&](int64_t n) { return at::empty({n}, in.zq.options().dtype(at::kByte)); };
-  at::Tensor ws_chunks = bytes(P * geo.nch * static_cast<int64_t>(sizeof(ChunkStatsD<acc_t>)));
-  at::Tensor ws_pos = bytes(P * static_cast<int64_t>(sizeof(PosStatsD<acc_t>)));
-  const int64_t BK = B * K > 0 ? B * K : 1;
-  at::Tensor ws_acc = at::empty({5, BK}, in.zq.options().dtype(in.alpha.scalar_type()));
-  at::Tensor ws_flags = at::zeros({4, BK}, in.zq.options().dtype(at::kChar));
-  at::Tensor ws_sums = at::zeros({BK * geo.nch}, in.zq.options().dtype(at::kDouble));
-  at::Tensor ws_kind = at::empty({B}, in.zq.options().dtype(at::kInt));
-  at::Tensor ws_m = at::empty({B}, in.zq.options().dtype(at::kLong));
-  at::Tensor ws_race = bytes(B * geo.rnch * static_cast<int64_t>(sizeof(RaceD<acc_t>)));
-
-  auto* chunks = reinterpret_cast<ChunkStatsD<acc_t>*>(ws_chunks.data_ptr());
-  auto* pos = reinterpret_cast<PosStatsD<acc_t>*>(ws_pos.data_ptr());
-  acc_t* accp = ws_acc.data_ptr<acc_t>();
-  int8_t* flg = ws_flags.data_ptr<int8_t>();
-  DraftState<acc_t> st{accp,         accp + BK,     accp + 2 * BK, accp + 3 * BK, accp + 4 * BK,
-                       flg,          flg + BK,      flg + 2 * BK,  flg + 3 * BK};
-  RaceSetup<acc_t> rs{ws_kind.data_ptr<int>(), ws_m.data_ptr<int64_t>()};
-  const in_t* zq = in.zq.data_ptr<in_t>();
-  const in_t* zp = in.zp.data_ptr<in_t>();
-  const acc_t* T = in.temperature.data_ptr<acc_t>();
-  const acc_t* al = in.alpha.data_ptr<acc_t>();
-  const int64_t* nd = in.n.data_ptr<int64_t>();
-  const int64_t* x = in.x.data_ptr<int64_t>();
-  const int64_t* seed = in.seed.data_ptr<int64_t>();
-  const int64_t* offset = in.offset.data_ptr<int64_t>();
-  const int row_threads = 128;
-  const unsigned row_blocks = static_cast<unsigned>(ceil_div_h(B, row_threads));
-
-  _verify_stats_kernel<in_t, acc_t><<<dim3(static_cast<unsigned>(P), geo.nch), kThreads, 0, stream>>>(
-      chunks, zq, zp, nd, T, al, geo);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  _verify_merge_kernel<in_t, acc_t><<<row_blocks, row_threads, 0, stream>>>(
-      pos, st, valid.data_ptr<bool>(), chunks, zq, zp, x, nd, T, al, geo);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (K > 0) {
-    _verify_second_look_kernel<in_t, acc_t><<<dim3(static_cast<unsigned>(B * K), geo.nch), kThreads, 0, stream>>>(
-        ws_sums.data_ptr<double>(), pos, st.need, zq, zp, T, al, geo);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+__global__ void __launch_bounds__(kThreads, 1) _verify_race_kernel(Outs o, Work<acc_t> w, Round<in_t, acc_t> r) {
+  __shared__ int64_t s_item;
+  if (threadIdx.x == 0) {  // the work counter: numbers in the order blocks start
+    const int64_t item = atomicAdd(w.ids, 1u);
+    if (item + 1 == w.items2) atomicExch(w.ids, 0u);
+    s_item = item;
   }
-  _verify_accept_kernel<in_t, acc_t><<<row_blocks, row_threads, 0, stream>>>(
-      rs, st, tokens.data_ptr<int64_t>(), num_accepted.data_ptr<int64_t>(), deferred.data_ptr<bool>(),
-      accept_prob.data_ptr<float>(), valid.data_ptr<bool>(), ws_sums.data_ptr<double>(), pos, x, nd, T, al, seed,
-      offset, geo);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  _verify_race_kernel<in_t, acc_t><<<dim3(static_cast<unsigned>(B), geo.rnch), kThreads, 0, stream>>>(
-      reinterpret_cast<RaceD<acc_t>*>(ws_race.data_ptr()), rs, st, pos, zq, zp, T, al, seed, offset, geo);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  _verify_emit_kernel<acc_t><<<row_blocks, row_threads, 0, stream>>>(
-      tokens.data_ptr<int64_t>(), reinterpret_cast<RaceD<acc_t>*>(ws_race.data_ptr()), rs, geo);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  __syncthreads();
+  const int64_t item = s_item;
+  if (item < w.looks) {
+    second_look(o, w, r, item);
+  } else {
+    race(o, w, r, item - w.looks);
+  }
 }
 
-VerifyResult verify_native_cuda(const at::Tensor& draft_logits, const at::Tensor& target_logits,
-                                const at::Tensor& draft_tokens, at::IntArrayRef rule,
-                               at::ArrayRef<double> alpha_range, const at::Tensor& alpha,
-                                const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-                                const at::Tensor& num_draft_tokens, int64_t vocab_size) {
-  const VerifyInputs in = check_verify_inputs(draft_logits, target_logits, draft_tokens, rule, alpha_range, alpha, temperature,
-                                              seed, offset, num_draft_tokens, vocab_size);
-  const c10::cuda::CUDAGuard guard(draft_logits.device());
-  VerifyResult out = empty_verify_outputs(in, draft_logits.options());
-  if (in.B > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.zq.scalar_type(), "verify_native_cuda", [&] {
-      using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      verify_cuda_impl<scalar_t, acc_t>(in, std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out),
-                                       std::get<4>(out));
-    });
+// ---- launcher -------------------------------------------------------------------------------------------
+
+template <typename in_t, typename acc_t>
+void verify_cuda_impl(const VerifyInputs& in, const VerifyResult& out) {
+  const int64_t B = in.B, K = in.K, V = in.V;
+  const bool has_q = !in.token_drafts();
+  const int64_t QS = has_q ? B * K : 0;
+  const int64_t P = QS + B * (K + 1);
+  const at::Device device = in.zp.device();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+
+  Round<in_t, acc_t> r{};
+  r.zq = has_q ? in.zq.data_ptr<in_t>() : nullptr;
+  r.zp = in.zp.data_ptr<in_t>();
+  r.x = in.x.data_ptr<int64_t>();
+  r.cu = in.ragged() ? in.cu.data_ptr<int64_t>() : nullptr;
+  r.n = row_arg<int64_t>(in.n);
+  r.top_k = row_arg<int64_t>(in.top_k);
+  r.seed = row_arg<int64_t>(in.seed);
+  r.offset = row_arg<int64_t>(in.offset);
+  r.T = row_arg<acc_t>(in.temperature);
+  r.alpha = row_arg<acc_t>(in.alpha);
+  r.top_p = row_arg<acc_t>(in.top_p);
+  r.min_p = row_arg<acc_t>(in.min_p);
+  r.B = B;
+  r.K = K;
+  r.V = V;
+  r.N = in.ragged() ? in.x.size(0) : 0;
+  r.QS = QS;
+  r.sqB = in.sqB;
+  r.sqL = in.sqL;
+  r.spB = in.spB;
+  r.spL = in.spL;
+  r.rule = in.rule;
+  r.hq = has_q;
+
+  const int64_t target = 16 * sms;  // about two waves of blocks at full occupancy
+  const Split s1 = plan_split(P, V, target, 2048);
+  const Split s2 = plan_split(B * K > 0 ? B * K : 1, V, target, 2048);
+  const Split s3 = plan_split(B, V, target, 1024);
+  Work<acc_t> w{};
+  w.csz = s1.csz;
+  w.nch = s1.nch;
+  w.csz2 = s2.csz;
+  w.nch2 = s2.nch;
+  w.rcsz = s3.csz;
+  w.rnch = s3.nch;
+  w.looks = B * K * w.nch2;
+  w.items2 = w.looks + B * w.rnch;
+  const int64_t items1 = P * w.nch;
+  SPECCAS_CHECK(items1 < (1LL << 31) && w.items2 < (1LL << 31) && P < (1LL << 31),
+                "the round is too large for one launch (", P, " positions of ", V, " entries)");
+
+  acc_t* cut = nullptr;
+  const at::Tensor scratch = carve_scratch(device, [&](Carver& cv) {
+    w.cmax = cv.take<acc_t>(items1);
+    w.cs1 = cv.take<double>(items1);
+    w.csT = cv.take<double>(items1);
+    w.camax = cv.take<int64_t>(items1);
+    w.cbad = cv.take<int>(items1);
+    w.pM = cv.take<acc_t>(P);
+    w.pS1 = cv.take<acc_t>(P);
+    w.pST = cv.take<acc_t>(P);
+    w.pamax = cv.take<int64_t>(P);
+    w.pbad = cv.take<int>(P);
+    w.state = cv.take<unsigned>(B);
+    w.kind = cv.take<int>(B);
+    w.m = cv.take<int64_t>(B);
+    w.w = cv.take<acc_t>(B);
+    w.needed = cv.take<unsigned>(B);
+    w.need = cv.take<unsigned char>(B * K);
+    w.look = cv.take<acc_t>(B * K);
+    w.lsum = cv.take<double>(w.looks);
+    w.rbest = cv.take<acc_t>(B * w.rnch);
+    w.ridx = cv.take<int64_t>(B * w.rnch);
+    w.rbest_pi = cv.take<acc_t>(B * w.rnch);
+    w.ridx_pi = cv.take<int64_t>(B * w.rnch);
+    w.rmass = cv.take<double>(B * w.rnch);
+    cut = in.filters ? cv.take<acc_t>(P) : nullptr;
+  });
+  unsigned* counters = ticket_counters(1 + P + 3 * B, device, stream);
+  w.ids = counters;
+  w.pos_ticket = counters + 1;
+  w.row_ticket = w.pos_ticket + P;
+  w.look_ticket = w.row_ticket + B;
+  w.race_ticket = w.look_ticket + B;
+  r.cut = cut;
+
+  Outs o{std::get<0>(out).data_ptr<int64_t>(), std::get<1>(out).data_ptr<int64_t>(), std::get<2>(out).data_ptr<bool>(),
+         std::get<3>(out).data_ptr<float>(), std::get<4>(out).data_ptr<bool>()};
+
+  if (in.filters) {
+    launch(_verify_stats_kernel<in_t, acc_t, true>, items1, kThreads, stream, o, w, r);
+  } else {
+    launch(_verify_stats_kernel<in_t, acc_t, false>, items1, kThreads, stream, o, w, r);
   }
+  launch(_verify_race_kernel<in_t, acc_t>, w.items2, kThreads, stream, o, w, r);
+}
+
+VerifyResult verify_native_cuda(
+    const c10::optional<at::Tensor>& draft_logits, const at::Tensor& target_logits, const at::Tensor& draft_tokens,
+    const c10::optional<at::Tensor>& num_draft_tokens, int64_t num_draft_tokens_value,
+    const c10::optional<at::Tensor>& cu_num_draft_tokens, at::IntArrayRef rule, at::ArrayRef<double> alpha_range,
+    const c10::optional<at::Tensor>& alpha, double alpha_value, const c10::optional<at::Tensor>& temperature,
+    double temperature_value, const c10::optional<at::Tensor>& top_k, int64_t top_k_value,
+    const c10::optional<at::Tensor>& top_p, double top_p_value, const c10::optional<at::Tensor>& min_p,
+    double min_p_value, const c10::optional<at::Tensor>& seed, int64_t seed_value,
+    const c10::optional<at::Tensor>& offset, int64_t offset_value, int64_t vocab_size, int64_t max_drafts) {
+  const c10::cuda::CUDAGuard guard(target_logits.device());  // before the checks, whose copies run on it
+  const VerifyInputs in = check_verify_inputs(
+      draft_logits, target_logits, draft_tokens, num_draft_tokens, num_draft_tokens_value, cu_num_draft_tokens, rule,
+      alpha_range, alpha, alpha_value, temperature, temperature_value, top_k, top_k_value, top_p, top_p_value, min_p,
+      min_p_value, seed, seed_value, offset, offset_value, vocab_size, max_drafts);
+  const auto opts = target_logits.options();
+  const VerifyResult out{at::empty({in.B, in.K + 1}, opts.dtype(at::kLong)), at::empty({in.B}, opts.dtype(at::kLong)),
+                         at::empty({in.B, in.K}, opts.dtype(at::kBool)), at::empty({in.B, in.K}, opts.dtype(at::kFloat)),
+                         at::empty({in.B}, opts.dtype(at::kBool))};
+  if (in.B == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.zp.scalar_type(), "verify_native_cuda", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    verify_cuda_impl<scalar_t, acc_t>(in, out);
+  });
   return out;
 }
 

@@ -68,7 +68,7 @@ def test_auto_picks_cpp_on_cpu():
     a = sk.verify(**kw, rule="chow", return_divergence=True)
     b = sk.verify(**kw, rule="chow", backend="cpp", return_divergence=True)
     for x, y in zip(a, b):
-        assert torch.equal(x, y)
+        assert (x is None and y is None) or torch.equal(x, y)  # divergence: None unless asked for
 
 
 def _ragged_round(B=4, K=3, V=64, seed=1):

@@ -1,0 +1,2 @@
+// CUDA emulation: everything lives in speccas_cuda_emu.h (force-included).
+#pragma once
