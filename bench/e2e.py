@@ -60,6 +60,9 @@ CONFIGS = (
     Config("speculative K=4 fp32 (before)", "speculative", num_draft_tokens=4, draft_threshold=0.0, drafter="float32"),
     Config("cascade token_v3 K=4 fp32 (before)", "cascade", rule="token_v3", num_draft_tokens=4, draft_threshold=0.0,
            drafter="float32"),
+    # no drafter model: drafts by n-gram lookup in the prompt and the output so far (speccas.lookup)
+    Config("prompt lookup", "speculative", drafter="prompt_lookup"),
+    Config("prompt lookup K=10", "speculative", num_draft_tokens=10, drafter="prompt_lookup"),
 )
 
 
