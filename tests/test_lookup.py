@@ -280,3 +280,27 @@ def test_model_drafter_still_works_next_to_lookup(llama):
     spec = generate(llama, drafter_of(llama), ids, mask, method="speculative", max_new_tokens=8, eos_token_id=[],
                     num_draft_tokens=3, draft_threshold=0)
     assert spec.tokens == ref.tokens and spec.drafter_forwards > 0
+
+
+def test_hf_spelling(llama):
+    """transformers' prompt_lookup_num_tokens / max_matching_ngram_size through speccas.hf.cascade_generate."""
+    import speccas.hf as sh
+
+    ids, mask = repetitive_batch()
+    n = 10
+    ref = llama.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n, eos_token_id=None,
+                         pad_token_id=0)
+    seq, st = sh.cascade_generate(llama, ids, attention_mask=mask, prompt_lookup_num_tokens=3, method="speculative",
+                                  max_new_tokens=n, pad_token_id=0, return_speccas_output=True)
+    assert torch.equal(seq, ref)
+    assert st.num_draft_tokens == 3 and st.drafter_forwards == 0 and st.drafted > 0
+    via_decoding = llama.generate(input_ids=ids, attention_mask=mask, custom_generate=sh.cascade_decoding,
+                                  drafter="prompt_lookup", speccas_method="speculative", max_new_tokens=n,
+                                  pad_token_id=0)
+    assert torch.equal(via_decoding, ref)
+    with pytest.raises(ValueError, match="prompt_lookup_num_tokens"):
+        sh.cascade_generate(llama, ids, attention_mask=mask, prompt_lookup_num_tokens=3, assistant_model=llama,
+                            max_new_tokens=2)
+    with pytest.raises(ValueError, match="max_matching_ngram_size"):
+        sh.cascade_generate(llama, ids, attention_mask=mask, max_matching_ngram_size=3, assistant_model=llama,
+                            max_new_tokens=2)
