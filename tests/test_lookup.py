@@ -304,3 +304,19 @@ def test_hf_spelling(llama):
     with pytest.raises(ValueError, match="max_matching_ngram_size"):
         sh.cascade_generate(llama, ids, attention_mask=mask, max_matching_ngram_size=3, assistant_model=llama,
                             max_new_tokens=2)
+
+
+def test_replay_counts_the_loops_target_forwards(target):
+    """bench/lookup_replay.py's offline count of greedy rounds equals the loop's target forwards, row by row."""
+    from bench.lookup_replay import replay
+
+    ids, mask = repetitive_batch()
+    n = 20
+    for K in (2, 5):
+        d = PromptLookupDrafter(3, 1)
+        for b in range(ids.shape[0]):
+            row = ids[b][mask[b].bool()][None]
+            out = generate(target, d, row, method="speculative", max_new_tokens=n, eos_token_id=[],
+                           num_draft_tokens=K)
+            assert out.drafted > 0
+            assert replay(row[0].tolist(), out.tokens[0], d, K) == out.target_forwards, (K, b)
