@@ -82,6 +82,16 @@ def options_key(args) -> str:
             f"threads={torch.get_num_threads()}")
 
 
+def complete(records: list, configs) -> list:
+    """The runs of the (temperature, prompt) pairs every config has run: an interrupted run's table compares
+    the configs on the same prompts."""
+    names = {c.name for c in configs}
+    have: dict = {}
+    for r in records:
+        have.setdefault((r["temperature"], r["prompt"]), set()).add(r["config"])
+    return [r for r in records if have[(r["temperature"], r["prompt"])] >= names]
+
+
 def load_runs(commit: str, key: str) -> list:
     if not RUNS.exists():
         return []
@@ -135,7 +145,8 @@ def main(argv=None) -> int:
 
             run_interleaved(target, drafters, prompts, configs, max_new_tokens=args.max_new_tokens, temperature=T,
                             repeats=args.repeats, done=done, on_run=save)
-    records = [r for r in records if r["config"] in {c.name for c in configs} and r["temperature"] in args.temperatures]
+    records = complete([r for r in records if r["config"] in {c.name for c in configs}
+                        and r["temperature"] in args.temperatures], configs)
     if not records:
         print("no runs recorded at this commit with these options")
         return 1
