@@ -60,6 +60,9 @@ CONFIGS = (
     Config("speculative K=4 fp32 (before)", "speculative", num_draft_tokens=4, draft_threshold=0.0, drafter="float32"),
     Config("cascade token_v3 K=4 fp32 (before)", "cascade", rule="token_v3", num_draft_tokens=4, draft_threshold=0.0,
            drafter="float32"),
+    # no drafter model: drafts by n-gram lookup in the prompt and the output so far (speccas.lookup)
+    Config("prompt lookup", "speculative", drafter="prompt_lookup"),
+    Config("prompt lookup K=10", "speculative", num_draft_tokens=10, drafter="prompt_lookup"),
 )
 
 
@@ -77,6 +80,16 @@ def humaneval_prompts(tok, start: int, n: int):
 def options_key(args) -> str:
     return (f"problems={args.start}..{args.start + args.prompts - 1} max_new={args.max_new_tokens} "
             f"threads={torch.get_num_threads()}")
+
+
+def complete(records: list, configs) -> list:
+    """The runs of the (temperature, prompt) pairs every config has run: an interrupted run's table compares
+    the configs on the same prompts."""
+    names = {c.name for c in configs}
+    have: dict = {}
+    for r in records:
+        have.setdefault((r["temperature"], r["prompt"]), set()).add(r["config"])
+    return [r for r in records if have[(r["temperature"], r["prompt"])] >= names]
 
 
 def load_runs(commit: str, key: str) -> list:
@@ -132,7 +145,8 @@ def main(argv=None) -> int:
 
             run_interleaved(target, drafters, prompts, configs, max_new_tokens=args.max_new_tokens, temperature=T,
                             repeats=args.repeats, done=done, on_run=save)
-    records = [r for r in records if r["config"] in {c.name for c in configs} and r["temperature"] in args.temperatures]
+    records = complete([r for r in records if r["config"] in {c.name for c in configs}
+                        and r["temperature"] in args.temperatures], configs)
     if not records:
         print("no runs recorded at this commit with these options")
         return 1

@@ -106,12 +106,15 @@ def test_e2e_runs_resumes_and_writes(tmp_path, monkeypatch):
     for name in ("RESULTS", "RUNS", "CSV", "MD"):
         monkeypatch.setattr(e2e, name, tmp_path / getattr(e2e, name).name)
     monkeypatch.setattr(e2e, "RESULTS", tmp_path)
-    args = ["--quick", "--max-new-tokens", "6", "--configs", "target", "speculative", "speculative K=4 int8"]
+    args = ["--quick", "--max-new-tokens", "6", "--configs", "target", "speculative", "speculative K=4 int8",
+            "prompt lookup"]
     assert e2e.main(args) == 0
     runs = [line for line in (tmp_path / "e2e_runs.jsonl").read_text().splitlines() if line]
-    assert len(runs) == 3 * 2
+    assert len(runs) == 4 * 2
     assert e2e.main(args) == 0  # everything recorded: nothing runs again
-    assert len((tmp_path / "e2e_runs.jsonl").read_text().splitlines()) == 6
+    assert len((tmp_path / "e2e_runs.jsonl").read_text().splitlines()) == 8
     md = (tmp_path / "e2e_cpu.md").read_text()
     assert "| 0 | speculative K=4 int8 | int8 | 4 / 0 |" in md and "yes |" in md
-    assert (tmp_path / "e2e_cpu.csv").read_text().count("\n") == 1 + 3 + 3  # header + two summaries of 3 rows
+    lookup = next(line for line in md.splitlines() if "| prompt lookup |" in line)
+    assert "| prompt_lookup | 6 / 0 |" in lookup and lookup.endswith("| yes |")  # greedy: the target's tokens
+    assert (tmp_path / "e2e_cpu.csv").read_text().count("\n") == 1 + 4 + 4  # header + two summaries of 4 rows

@@ -95,7 +95,8 @@ class Config:
     alpha: Optional[float] = None
     num_draft_tokens: Optional[int] = None
     draft_threshold: Optional[float] = None
-    drafter: Optional[str] = None  # a precision of speccas.models.PRECISIONS; None = DEFAULT_DRAFTER_PRECISION
+    # a precision of speccas.models.PRECISIONS (None = DEFAULT_DRAFTER_PRECISION), or "prompt_lookup" (no model)
+    drafter: Optional[str] = None
     drafter_threads: Optional[int] = None
 
     @property
@@ -118,13 +119,18 @@ DEMO_CONFIGS = (Config("target", "target"), Config("speculative", "speculative")
 
 
 def load_drafters(drafter, precisions) -> dict:
-    """{precision: drafter at that precision}; the loaded (float32) drafter itself for "float32"."""
+    """{precision: drafter at that precision}; the loaded (float32) drafter itself for "float32"; the string
+    itself for ``"prompt_lookup"`` (``generate`` drafts by n-gram lookup then)."""
     import copy
 
+    from .lookup import PROMPT_LOOKUP
     from .models import set_precision
 
     out = {}
     for p in dict.fromkeys(precisions):
+        if p == PROMPT_LOOKUP:
+            out[p] = p
+            continue
         out[p] = drafter if p == "float32" else set_precision(copy.deepcopy(drafter), p)
     return out
 

@@ -7,6 +7,10 @@ Methods (all counted the same way, see ``GenerationOutput``):
 * ``speculative``: exact speculative decoding (``verify`` rule ``"speculative"``).
 * ``cascade``: a speculative cascade with any rule of ``speccas_kernels.RULES`` (default ``token_v3``).
 * ``lossy``: lossy speculative decoding (``verify`` rule ``"lossy"``).
+* Any speculative method with ``drafter="prompt_lookup"``: drafts by n-gram lookup in the row's own
+  prompt and output, no drafter model (``speccas.lookup``), verified as token-only drafts
+  (``draft_logits=None``; rules that read q raise). A row without a match drafts nothing: its round is a
+  one-token target forward. One host read per round: the next round's draft count rides on the stop check.
 * ``token_cascade``: SPEC.md section 7, the sequential token cascade: the drafter proposes ``x ~ q`` at
   every position; where the ``chow`` rule keeps the draft (``max q^ >= 1 - alpha``) the row keeps
   ``x`` without the target, otherwise the target runs (catching up on the skipped positions in one
@@ -61,6 +65,8 @@ import torch
 import speccas_kernels as sk
 from speccas_kernels import checks
 from speccas_kernels.rules import alpha_in_range, describe_range, get_rule
+
+from .lookup import check_token_drafter_method, token_drafter
 
 METHODS = ("target", "drafter", "speculative", "cascade", "lossy", "token_cascade")
 SPECULATIVE_METHODS = ("speculative", "cascade", "lossy")
@@ -266,11 +272,15 @@ class _Args:
 
 
 def _normalize(target, drafter, input_ids, attention_mask, *, method, rule, alpha, num_draft_tokens, draft_threshold,
-               temperature, max_new_tokens, eos_token_id, seed, vocab_size) -> _Args:
-    """Every argument check of ``generate`` in one place: ValueError / TypeError naming the argument."""
+               temperature, max_new_tokens, eos_token_id, seed, vocab_size, token_drafts=False) -> _Args:
+    """Every argument check of ``generate`` in one place: ValueError / TypeError naming the argument.
+    ``token_drafts``: the drafter is a token-only drafter (``speccas.lookup``), not a model."""
     if method not in METHODS:
         raise ValueError(f"method: unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    needs_target, needs_drafter = method != "drafter", method != "target"
+    if token_drafts:
+        check_token_drafter_method(method, rule, draft_threshold)
+        draft_threshold = 0.0
+    needs_target, needs_drafter = method != "drafter", method != "target" and not token_drafts
     if needs_target and target is None:
         raise ValueError(f"method {method!r} needs a target model")
     if needs_drafter and drafter is None:
@@ -619,6 +629,7 @@ class _Loop:
     compiled: bool
     draft_logits: Optional[torch.Tensor] = None
     dseen: Optional[torch.Tensor] = None  # [B] first slot the drafter has not fed since it was last right
+    proposer: object = None  # a token-only drafter (speccas.lookup) in place of the drafter model
 
 
 def _catch_up(m: _Model, front: torch.Tensor, ahead: int = 0) -> torch.Tensor:
@@ -667,6 +678,14 @@ def _speculative_round(L: _Loop, K: int, hi: int) -> None:
     dl = L.draft_logits[:, :K_used] if K_used else zt.new_empty((B, 0, zt.shape[-1]))
     out = sk.verify(dl, zt, drafts, rule=a.rule, alpha=a.alpha_rows, offset=pos + 1,
                     num_draft_tokens=n_draft, **L.kw)
+    new_front = _finish_round(L, out, front, active, n_draft, K_used)
+    L.dseen = torch.minimum(L.dseen, new_front)
+
+
+def _finish_round(L: _Loop, out, front: torch.Tensor, active: torch.Tensor, n_draft: torch.Tensor,
+                  K_used: int) -> torch.Tensor:
+    """Count a verified round, emit its tokens and make the last one pending; returns the new front."""
+    seq, st, dev = L.seq, L.st, L.a.dev
     ok = active & out.valid
     m = torch.where(ok, out.num_accepted, 0)
     n_verified = torch.minimum(m + 1, n_draft) if K_used else torch.zeros_like(m)
@@ -682,7 +701,36 @@ def _speculative_round(L: _Loop, K: int, hi: int) -> None:
     new_front = front + torch.where(ok, m + 1, 0)
     seq.put(new_front, out.tokens.gather(1, m[:, None]).squeeze(1))
     seq.front = new_front
-    L.dseen = torch.minimum(L.dseen, new_front)
+    return new_front
+
+
+def _token_round(L: _Loop, drafts: torch.Tensor, n_draft: torch.Tensor, K_used: int, hi: int) -> None:
+    """One round with token-only drafts (``L.proposer``): ``drafts`` ``[B, >= K_used]``, ``n_draft`` ``[B]`` (at
+    most ``K_used``, the host's copy of their largest). The target scores the pending token and the drafts in
+    one forward, and ``verify`` reads them without drafter logits. ``K_used = 0``: one target token."""
+    a, seq = L.a, L.seq
+    front = seq.front
+    active = ~seq.done
+    drafts = drafts[:, :K_used]
+    if K_used:
+        slots = front[:, None] + 1 + torch.arange(K_used, device=a.dev)
+        seq.tok.scatter_(1, slots.clamp(max=seq.capacity - 1), drafts)
+    span = _catch_up(L.tgt, front, K_used)
+    zt = L.tgt.forward(span, hi + K_used + 1, keep=K_used + 1,
+                       compiled=L.compiled and L.tgt.behind == 0 and K_used == a.K)
+    L.tgt.behind = 0
+    out = sk.verify(None, zt, drafts, rule=a.rule, alpha=a.alpha_rows, offset=seq.position(front) + 1,
+                    num_draft_tokens=n_draft, **L.kw)
+    _finish_round(L, out, front, active, n_draft, K_used)
+
+
+def _propose(L: _Loop, hi: int):
+    """The token-only drafter's drafts for the next round, each row's count capped as in a model round
+    (never more than the row still needs minus one; 0 for finished rows). ``hi``: a host bound on the fronts."""
+    seq = L.seq
+    drafts, n = L.proposer.propose(seq.tok[:, :hi + 1], seq.start, seq.front, L.a.K)
+    n_max = (seq.max_new - seq.gen_len - 1).clamp(0, L.a.K)
+    return drafts, torch.where(seq.done, 0, torch.minimum(n.to(torch.long), n_max))
 
 
 def _solo_step(L: _Loop, m: _Model, hi: int):
@@ -732,7 +780,11 @@ def generate(
     Args:
         target, drafter: causal LMs (``model(input_ids, attention_mask, position_ids, cache)``)
             with the same vocabulary; ``drafter`` may be ``None`` for ``method="target"`` and
-            ``target`` may be ``None`` for ``method="drafter"``.
+            ``target`` may be ``None`` for ``method="drafter"``. ``drafter="prompt_lookup"`` (or a
+            ``speccas.PromptLookupDrafter(max_ngram_size, min_ngram_size)``) drafts without a model, by
+            n-gram lookup in each row's prompt and output (``speccas.lookup``; transformers'
+            ``prompt_lookup_num_tokens`` is ``num_draft_tokens`` here, default ``DEFAULT_FIXED_NUM_DRAFT_TOKENS``):
+            methods ``speculative``, ``lossy`` and ``cascade`` with a rule defined for token-only drafts.
         input_ids: ``[B, P]`` (or ``[P]``) prompt ids; padding marked by ``attention_mask`` (left or
             right padding; every row needs at least one token).
         method: one of ``METHODS``.
@@ -757,6 +809,9 @@ def generate(
         progress: show a tqdm bar.
     """
     t_start = time.perf_counter()
+    proposer = token_drafter(drafter)
+    if proposer is not None:
+        drafter = None
     if not isinstance(compile, bool):
         raise TypeError(f"compile: expected a bool, got {type(compile).__name__}")
     if drafter_threads is not None and not _is_int(drafter_threads):
@@ -765,7 +820,8 @@ def generate(
         raise ValueError(f"drafter_threads: expected None or an int >= 1, got {drafter_threads}")
     a = _normalize(target, drafter, input_ids, attention_mask, method=method, rule=rule, alpha=alpha,
                    num_draft_tokens=num_draft_tokens, draft_threshold=draft_threshold, temperature=temperature,
-                   max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, seed=seed, vocab_size=vocab_size)
+                   max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, seed=seed, vocab_size=vocab_size,
+                   token_drafts=proposer is not None)
     B, P = a.ids.shape
     capacity = P + a.max_new_host + a.K + 1
     for name, m in (("target", target), ("drafter", drafter)):
@@ -776,10 +832,11 @@ def generate(
                 f"the window ({capacity} slots for this prompt length, max_new_tokens and num_draft_tokens)")
     seq = _Seq(a, capacity)
     uses_target = a.method != "drafter"
-    uses_drafter = a.method != "target"
+    uses_drafter = a.method != "target" and proposer is None
     L = _Loop(a=a, seq=seq, tgt=_Model(target, seq, compile) if uses_target else None,
               dft=_Model(drafter, seq, compile, drafter_threads) if uses_drafter else None, st=_Counters(a.K, a.dev),
-              kw=dict(temperature=a.temperature, seed=a.seeds, backend=backend, vocab_size=a.V), compiled=compile)
+              kw=dict(temperature=a.temperature, seed=a.seeds, backend=backend, vocab_size=a.V), compiled=compile,
+              proposer=proposer)
     L.dseen = torch.zeros_like(seq.front)  # the prompts are fed with each model's first forward
 
     bar = None
@@ -787,7 +844,9 @@ def generate(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=a.max_new_host, desc=a.method, unit="tok", leave=False)
-    if a.method in SPECULATIVE_METHODS:
+    if a.method in SPECULATIVE_METHODS and proposer is not None:
+        _run_token_drafts(L, bar)
+    elif a.method in SPECULATIVE_METHODS:
         _run_speculative(L, bar)
     elif a.method == "token_cascade":
         _run_token_cascade(L, bar)
@@ -813,6 +872,24 @@ def _run_speculative(L: _Loop, bar) -> None:
         n_active, L.dft.behind, hi, remaining, longest = st.sync(torch.stack([
             active.sum(), (seq.front - L.dseen).max(), seq.front.max(),
             torch.where(active, seq.max_new - seq.gen_len, 0).max(), seq.gen_len.max()]))
+        _bar_to(bar, longest)
+        if n_active == 0:
+            return
+
+
+def _run_token_drafts(L: _Loop, bar) -> None:
+    """Rounds with a token-only drafter: the next round's drafts are proposed before the round's stop check,
+    so their largest count travels in the same host read (one per round; the first round's, before the loop)."""
+    seq, st = L.seq, L.st
+    hi = seq.P - 1
+    drafts, n_draft = _propose(L, hi)
+    K_used = st.sync(n_draft.max()[None])[0]
+    while True:
+        _token_round(L, drafts, n_draft, K_used, hi)
+        st.rounds += 1
+        drafts, n_draft = _propose(L, hi + K_used + 1)  # a host bound: a row moves by at most K_used + 1 slots
+        n_active, K_used, hi, longest = st.sync(torch.stack([(~seq.done).sum(), n_draft.max(), seq.front.max(),
+                                                             seq.gen_len.max()]))
         _bar_to(bar, longest)
         if n_active == 0:
             return

@@ -12,6 +12,8 @@ new tokens, padded with ``pad_token_id``)::
 
     # or, with assisted generation's spelling:
     out = speccas.hf.cascade_generate(target, **inputs, assistant_model=assistant, max_new_tokens=64)
+    # prompt lookup decoding (no drafter model), with transformers' spelling:
+    out = speccas.hf.cascade_generate(target, **inputs, prompt_lookup_num_tokens=10, method="speculative")
 
 Why the drafter is passed as ``drafter=`` rather than ``assistant_model=``: with a callable
 ``custom_generate``, transformers forwards only the callable's extra keyword arguments taken from
@@ -98,12 +100,27 @@ def cascade_decoding(
 
 
 def cascade_generate(model, input_ids: Optional[torch.Tensor] = None, *, assistant_model=None, drafter=None,
-                     method: str = "cascade", **kwargs):
+                     method: str = "cascade", prompt_lookup_num_tokens: Optional[int] = None,
+                     max_matching_ngram_size: Optional[int] = None, **kwargs):
     """``model.generate(input_ids, assistant_model=..., **kwargs)`` as a speculative cascade.
 
     Same call as assisted generation; the extra keywords ``rule``, ``alpha``, ``num_draft_tokens``,
     ``draft_threshold``, ``seed``, ``backend``, ``return_speccas_output`` and ``method`` (any of
     ``speccas.METHODS``) are speccas's. Returns what ``generate`` returns (the sequences, prompt included).
+    Prompt lookup decoding has transformers' spelling too: ``prompt_lookup_num_tokens=K`` (drafts per round)
+    and ``max_matching_ngram_size`` (default 2, as there) in place of a drafter model.
     """
     d = drafter if drafter is not None else assistant_model
+    if prompt_lookup_num_tokens is not None:
+        from .lookup import PromptLookupDrafter
+
+        if d is not None:
+            raise ValueError("prompt_lookup_num_tokens: prompt lookup drafts without a model; do not pass "
+                             "assistant_model / drafter as well")
+        if "num_draft_tokens" in kwargs:
+            raise ValueError("num_draft_tokens: prompt_lookup_num_tokens already sets the drafts per round")
+        d = PromptLookupDrafter(max_ngram_size=2 if max_matching_ngram_size is None else max_matching_ngram_size)
+        kwargs["num_draft_tokens"] = prompt_lookup_num_tokens
+    elif max_matching_ngram_size is not None:
+        raise ValueError("max_matching_ngram_size: only used with prompt_lookup_num_tokens")
     return model.generate(input_ids, custom_generate=cascade_decoding, drafter=d, speccas_method=method, **kwargs)
