@@ -195,8 +195,9 @@ def report(rows: list) -> str:
             f"{100 * (1 - rlo):.1f}] | {s['same_text']}/{s['prompts']} |")
     if summ:
         meta = lambda k: ", ".join(sorted({x for s in summ for x in s[k]}))  # noqa: E731
-        lines += ["", f"Commits: {meta('commit')}; dates: {meta('date')}; machine: {meta('machine')}; load average "
-                  f"(1 min, before-after each batch): {meta('load')}."]
+        lengths = ", ".join(str(n) for n in sorted({r["max_new_tokens"] for r in rows}))
+        lines += ["", f"max_new_tokens: {lengths}. Commits: {meta('commit')}; dates: {meta('date')}; machine: "
+                  f"{meta('machine')}; load average (1 min, before-after each batch): {meta('load')}."]
     return "\n".join(lines) + "\n"
 
 

@@ -214,3 +214,29 @@ def test_no_budget_leaves_the_fields_empty(llama_pair):
     out = generate(target, drafter, _prompts(1), method="cascade", rule="chow", alpha=0.3, max_new_tokens=4)
     assert out.quality_budget is None and out.divergence is None and out.final_alpha is None
     assert out.stats()["divergence"] is None
+
+
+def test_bench_report_pairs_rows_by_prompt():
+    """bench/quality_budget.py's summary: spent budget pooled over tokens, savings paired with speculative."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "quality_budget.py"
+    spec = importlib.util.spec_from_file_location("quality_budget_bench", path)
+    qb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qb)
+    base = dict(domain="prose", temperature=0.7, rule="chow", max_new_tokens=8, commit="c", date="2026-12-01",
+                load="1.0-1.0", machine="m", final_alpha=0.5, tokens=[1])
+    rows = [dict(base, eps=0.0, config="speculative", rule="speculative", prompt="a", new_tokens=8,
+                 target_forwards=4, divergence=0.0),
+            dict(base, eps=0.0, config="speculative", rule="speculative", prompt="b", new_tokens=8,
+                 target_forwards=4, divergence=0.0),
+            dict(base, eps=0.03, config="budget0.03", prompt="a", new_tokens=8, target_forwards=2, divergence=0.05),
+            dict(base, eps=0.03, config="budget0.03", prompt="b", new_tokens=4, target_forwards=2, divergence=0.02),
+            dict(base, eps=0.03, config="budget0.03", prompt="c", new_tokens=8, target_forwards=1, divergence=0.0)]
+    (s,) = qb.summarize(rows)
+    assert s["prompts"] == 2  # prompt c has no speculative row to pair with
+    assert s["spent"] == pytest.approx((0.05 * 8 + 0.02 * 4) / 12) and s["over"] == 1
+    assert s["fpt"] == pytest.approx(4 / 12) and s["fpt_spec"] == pytest.approx(0.5)
+    assert 1 - s["ratio"] == pytest.approx(1 / 3)
+    assert "| prose | 0.7 | 0.03 | chow | 2 |" in qb.report(rows)
