@@ -183,6 +183,25 @@ def test_cli_generate_cheaper_drafter_and_adaptive_drafts(tmp_path, capsys):
         cli.main(base + ["--drafter-precision", "int4"])
 
 
+def test_cli_generate_quality_budget(tmp_path, capsys):
+    import json
+
+    from speccas import cli
+
+    t, d = _tiny_dirs(tmp_path)
+    base = ["generate", "--target", t, "--drafter", d, "--prompt", "hello", "--max-new-tokens", "6", "--no-chat"]
+    assert cli.main(base + ["--method", "target", "--json"]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    assert cli.main(base + ["--rule", "chow", "--quality-budget", "0", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["texts"] == ref["texts"]  # a zero budget is exact (greedy: the target's text)
+    assert res["stats"]["quality_budget"] == 0 and res["stats"]["divergence"] == [0.0]
+    assert cli.main(base + ["--rule", "chow", "--quality-budget", "0.05"]) == 0
+    assert "quality budget 0.05: spent" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="rule"):
+        cli.main(base + ["--rule", "token_v3", "--quality-budget", "0.05"])
+
+
 def test_set_precision(tmp_path):
     t, _ = _tiny_dirs(tmp_path)
     q = models.load_model(t, precision="int8")

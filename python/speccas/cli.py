@@ -62,6 +62,9 @@ def generate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--method", default="cascade", choices=METHODS)
     ap.add_argument("--rule", default="token_v3", choices=RULES, help="rule for --method cascade")
     ap.add_argument("--alpha", type=float, default=None, help="the rule's trade-off (default: the rule's)")
+    ap.add_argument("--quality-budget", type=float, default=None,
+                    help="instead of --alpha: adapt alpha per row to keep the mean TV from the target per token "
+                         "at or below this (0 = exact speculative decoding; a rule with both ends, e.g. chow)")
     ap.add_argument("--num-draft-tokens", "-K", type=int, default=None,
                     help="most drafts per round (default: speccas.generate.DEFAULT_NUM_DRAFT_TOKENS)")
     ap.add_argument("--draft-threshold", type=float, default=None,
@@ -130,7 +133,7 @@ def generate_main(argv=None) -> int:
     out = generate(target, drafter, ids, mask, method=a.method, rule=a.rule, alpha=a.alpha,
                    num_draft_tokens=a.num_draft_tokens, draft_threshold=a.draft_threshold, temperature=a.temperature,
                    max_new_tokens=a.max_new_tokens, seed=a.seed, backend=a.backend, compile=a.compile,
-                   drafter_threads=a.drafter_threads,
+                   drafter_threads=a.drafter_threads, quality_budget=a.quality_budget,
                    progress=not a.json)
     texts = [tok.decode(t, skip_special_tokens=True) for t in out.tokens]
     if a.json:
@@ -146,6 +149,10 @@ def generate_main(argv=None) -> int:
           f"target forwards {out.target_forwards}, tokens/target forward "
           f"{_fmt(s['tokens_per_target_forward'])}, acceptance {_fmt(s['acceptance_rate'])}, "
           f"deferral {_fmt(s['deferral_rate'])}", file=sys.stderr)
+    if out.quality_budget is not None:
+        print(f"--- quality budget {out.quality_budget:g}: spent (mean TV per token) "
+              f"{', '.join(_fmt(d, 4) for d in out.divergence)}; final alpha "
+              f"{', '.join(_fmt(x, 3) for x in out.final_alpha)}", file=sys.stderr)
     return 0
 
 

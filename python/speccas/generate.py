@@ -11,6 +11,8 @@ Methods (all counted the same way, see ``GenerationOutput``):
   prompt and output, no drafter model (``speccas.lookup``), verified as token-only drafts
   (``draft_logits=None``; rules that read q raise). A row without a match drafts nothing: its round is a
   one-token target forward. One host read per round: the next round's draft count rides on the stop check.
+* ``cascade`` with ``quality_budget=eps`` instead of ``alpha``: alpha adapted per row, online, to keep each
+  row's mean divergence from the target (TV per emitted token) at or below ``eps`` (``speccas.budget``).
 * ``token_cascade``: SPEC.md section 7, the sequential token cascade: the drafter proposes ``x ~ q`` at
   every position; where the ``chow`` rule keeps the draft (``max q^ >= 1 - alpha``) the row keeps
   ``x`` without the target, otherwise the target runs (catching up on the skipped positions in one
@@ -66,6 +68,7 @@ import speccas_kernels as sk
 from speccas_kernels import checks
 from speccas_kernels.rules import alpha_in_range, describe_range, get_rule
 
+from .budget import QualityBudget, check_budget
 from .lookup import check_token_drafter_method, token_drafter
 
 METHODS = ("target", "drafter", "speculative", "cascade", "lossy", "token_cascade")
@@ -101,9 +104,15 @@ class GenerationOutput:
       per row, summed over the calls (the prompt prefill included).
     * ``tokens_per_target_forward``: new tokens divided by the row-forwards of the target (a target
       forward counts once for each row still generating); ``None`` when the target never ran.
+      ``row_target_forwards[b]``: the target forwards row ``b`` took part in (so row b's tokens per target
+      forward is ``lengths[b] / row_target_forwards[b]``).
     * ``acceptance_histogram[k]``: how many (row, round) pairs accepted exactly ``k`` drafts.
     * ``host_syncs``: device-to-host reads the loop made (see the module docstring).
     * ``wall_time`` (seconds, the whole call) and ``tokens_per_second`` (new tokens / wall_time).
+
+    With ``quality_budget`` (``speccas.budget``), per row: ``divergence[b]``, the budget row ``b`` spent (the mean
+    over its emitted tokens of TV(law, p), the expected divergence of each token from the target's), and
+    ``final_alpha[b]``, the alpha its last round used; ``alpha`` is then ``None``. Otherwise all three are ``None``.
     """
 
     sequences: torch.Tensor
@@ -128,6 +137,10 @@ class GenerationOutput:
     acceptance_histogram: List[int] = field(default_factory=list)
     host_syncs: int = 0
     finish_reasons: List[str] = field(default_factory=list)
+    row_target_forwards: List[int] = field(default_factory=list)
+    quality_budget: Optional[float] = None
+    divergence: Optional[List[float]] = None
+    final_alpha: Optional[List[float]] = None
 
     @property
     def tokens(self) -> List[List[int]]:
@@ -146,7 +159,9 @@ class GenerationOutput:
         keys = ("method", "rule", "alpha", "num_draft_tokens", "draft_threshold", "rounds", "drafted", "accepted",
                 "deferral_rate", "target_forwards", "target_tokens_processed", "drafter_forwards",
                 "drafter_tokens_processed", "tokens_per_target_forward", "wall_time", "tokens_per_second",
-                "new_tokens", "acceptance_histogram", "host_syncs", "finish_reasons")
+                "new_tokens", "acceptance_histogram", "host_syncs", "finish_reasons", "row_target_forwards",
+                "quality_budget",
+                "divergence", "final_alpha")
         d = {k: getattr(self, k) for k in keys}
         d["acceptance_rate"] = self.acceptance_rate
         return d
@@ -269,10 +284,12 @@ class _Args:
     eos: torch.Tensor  # [E] int64 (a -2 that never matches when there is no EOS)
     V: int
     dev: torch.device
+    budget: Optional[float] = None  # quality_budget (eps), None when alpha is fixed
 
 
 def _normalize(target, drafter, input_ids, attention_mask, *, method, rule, alpha, num_draft_tokens, draft_threshold,
-               temperature, max_new_tokens, eos_token_id, seed, vocab_size, token_drafts=False) -> _Args:
+               temperature, max_new_tokens, eos_token_id, seed, vocab_size, token_drafts=False,
+               quality_budget=None) -> _Args:
     """Every argument check of ``generate`` in one place: ValueError / TypeError naming the argument.
     ``token_drafts``: the drafter is a token-only drafter (``speccas.lookup``), not a model."""
     if method not in METHODS:
@@ -289,10 +306,11 @@ def _normalize(target, drafter, input_ids, attention_mask, *, method, rule, alph
 
     # ---- rule, alpha, draft length
     K, threshold = 0, 0.0
+    eps = None if quality_budget is None else check_budget(quality_budget, method, rule, alpha)
     if method in SPECULATIVE_METHODS:
         rule = {"speculative": "speculative", "lossy": "lossy"}.get(method, rule)
         info = get_rule(rule)
-        if alpha is None:
+        if alpha is None and eps is None:
             alpha = info.default_alpha
     elif method == "token_cascade":
         rule = None
@@ -376,7 +394,7 @@ def _normalize(target, drafter, input_ids, attention_mask, *, method, rule, alph
     return _Args(method=method, rule=rule, alpha=alpha, alpha_rows=alpha_rows, token_alpha=token_alpha, K=K,
                  threshold=threshold, ids=input_ids.gather(1, order), mask=mask.gather(1, order), max_new=max_new,
                  max_new_host=max_new_host, temperature=temps, seeds=seeds,
-                 eos=torch.tensor(eos if eos else [-2], dtype=torch.long, device=dev), V=V, dev=dev)
+                 eos=torch.tensor(eos if eos else [-2], dtype=torch.long, device=dev), V=V, dev=dev, budget=eps)
 
 
 def _draft_length(num_draft_tokens, draft_threshold, dev: torch.device):
@@ -497,8 +515,9 @@ class _Seq:
         """Write ``tokens`` ``[B]`` at ``slots`` ``[B]`` (invalid -1 ids become 0; their rows stop anyway)."""
         self.tok.scatter_(1, slots.clamp(max=self.capacity - 1)[:, None], tokens.clamp(min=0)[:, None])
 
-    def emit(self, tokens: torch.Tensor, n_emit: torch.Tensor) -> None:
-        """Append each row's first ``n_emit`` tokens, cut at EOS and max_new_tokens; update ``done``."""
+    def emit(self, tokens: torch.Tensor, n_emit: torch.Tensor) -> torch.Tensor:
+        """Append each row's first ``n_emit`` tokens, cut at EOS and max_new_tokens; update ``done``. Returns the
+        ``[B]`` counts kept."""
         W = tokens.shape[1]
         j = self.arange[:W]
         em = j[None] < n_emit[:, None]
@@ -513,6 +532,7 @@ class _Seq:
         self.gen_len.add_(n_keep)
         self.stop(hit, 2)
         self.stop(self.gen_len >= self.max_new, 1)
+        return n_keep
 
     def stop(self, rows: torch.Tensor, reason: int) -> None:
         new = rows & ~self.done
@@ -593,9 +613,10 @@ def _chow_defers(z: torch.Tensor, alpha: torch.Tensor, V: int) -> torch.Tensor:
 class _Counters:
     """The loop's statistics: device-side sums (read once, after the loop) and host-side counts."""
 
-    def __init__(self, K: int, dev):
+    def __init__(self, K: int, B: int, dev):
         z = lambda n=(): torch.zeros(n, dtype=torch.long, device=dev)  # noqa: E731
-        self.accepted, self.drafted, self.deferred, self.verified, self.target_rows = z(), z(), z(), z(), z()
+        self.accepted, self.drafted, self.deferred, self.verified = z(), z(), z(), z()
+        self.target_rows = z(B)  # [B]: the target forwards each row took part in (while generating)
         self.hist = z(K + 1)
         self.rounds = 0
         self.syncs = 0
@@ -606,11 +627,14 @@ class _Counters:
 
     def read(self, seq: _Seq) -> dict:
         vals = _collect(torch.cat([torch.stack([self.accepted, self.drafted, self.deferred, self.verified,
-                                                self.target_rows, seq.gen_len.sum()]), self.hist, seq.reason]))
+                                                self.target_rows.sum(), seq.gen_len.sum()]), self.hist, seq.reason,
+                                   self.target_rows]))
         names = ("accepted", "drafted", "deferred", "verified", "target_rows", "new_tokens")
         d = dict(zip(names, vals[:6]))
         d["hist"] = vals[6:6 + self.hist.numel()]
-        d["reasons"] = [FINISH_REASONS[r - 1] if r > 0 else "length" for r in vals[6 + self.hist.numel():]]
+        end = 6 + self.hist.numel() + seq.B
+        d["reasons"] = [FINISH_REASONS[r - 1] if r > 0 else "length" for r in vals[6 + self.hist.numel():end]]
+        d["row_target_forwards"] = vals[end:]
         return d
 
 
@@ -630,6 +654,7 @@ class _Loop:
     draft_logits: Optional[torch.Tensor] = None
     dseen: Optional[torch.Tensor] = None  # [B] first slot the drafter has not fed since it was last right
     proposer: object = None  # a token-only drafter (speccas.lookup) in place of the drafter model
+    budget: Optional[QualityBudget] = None  # the per-row alpha controller (quality_budget)
 
 
 def _catch_up(m: _Model, front: torch.Tensor, ahead: int = 0) -> torch.Tensor:
@@ -676,15 +701,28 @@ def _speculative_round(L: _Loop, K: int, hi: int) -> None:
     L.tgt.behind = 0
     drafts = seq.tok.gather(1, span[:, -K_used:].clamp(max=seq.capacity - 1)) if K_used else span[:, :0]
     dl = L.draft_logits[:, :K_used] if K_used else zt.new_empty((B, 0, zt.shape[-1]))
-    out = sk.verify(dl, zt, drafts, rule=a.rule, alpha=a.alpha_rows, offset=pos + 1,
-                    num_draft_tokens=n_draft, **L.kw)
-    new_front = _finish_round(L, out, front, active, n_draft, K_used)
+    out, tracked = _verify(L, dl, zt, drafts, pos + 1, n_draft)
+    new_front = _finish_round(L, out, tracked, front, active, n_draft, K_used)
     L.dseen = torch.minimum(L.dseen, new_front)
 
 
-def _finish_round(L: _Loop, out, front: torch.Tensor, active: torch.Tensor, n_draft: torch.Tensor,
-                  K_used: int) -> torch.Tensor:
-    """Count a verified round, emit its tokens and make the last one pending; returns the new front."""
+def _verify(L: _Loop, dl, zt: torch.Tensor, drafts: torch.Tensor, offset: torch.Tensor,
+            n_draft: torch.Tensor):
+    """The round's ``verify``: the rule and alpha, or the quality budget's per-row alpha (eps = 0: exact
+    speculative decoding, nothing spent). Returns (out, whether out carries the divergence)."""
+    a = L.a
+    rule, alpha, tracked = a.rule, a.alpha_rows, L.budget is not None and L.budget.eps > 0
+    if L.budget is not None:
+        rule, alpha = (a.rule, L.budget.alpha()) if tracked else ("speculative", None)
+    out = sk.verify(dl, zt, drafts, rule=rule, alpha=alpha, offset=offset, num_draft_tokens=n_draft,
+                    return_divergence=tracked, **L.kw)
+    return out, tracked
+
+
+def _finish_round(L: _Loop, out, tracked: bool, front: torch.Tensor, active: torch.Tensor,
+                  n_draft: torch.Tensor, K_used: int) -> torch.Tensor:
+    """Count a verified round, emit its tokens, charge the quality budget, make the last token pending;
+    returns the new front."""
     seq, st, dev = L.seq, L.st, L.a.dev
     ok = active & out.valid
     m = torch.where(ok, out.num_accepted, 0)
@@ -694,9 +732,11 @@ def _finish_round(L: _Loop, out, front: torch.Tensor, active: torch.Tensor, n_dr
     st.drafted += torch.where(active, n_draft, 0).sum() if K_used else 0
     st.deferred += (out.deferred & verified & active[:, None]).sum()
     st.verified += (verified & active[:, None]).sum()
-    st.target_rows += active.sum()
+    st.target_rows += active.long()
     st.hist.scatter_add_(0, m, ok.long())
-    seq.emit(out.tokens, torch.where(ok, m + 1, 0))
+    kept = seq.emit(out.tokens, torch.where(ok, m + 1, 0))
+    if L.budget is not None:
+        L.budget.update(out.divergence if tracked else torch.zeros_like(out.accept_prob), kept)
     seq.stop(active & ~out.valid, 3)
     new_front = front + torch.where(ok, m + 1, 0)
     seq.put(new_front, out.tokens.gather(1, m[:, None]).squeeze(1))
@@ -719,9 +759,8 @@ def _token_round(L: _Loop, drafts: torch.Tensor, n_draft: torch.Tensor, K_used: 
     zt = L.tgt.forward(span, hi + K_used + 1, keep=K_used + 1,
                        compiled=L.compiled and L.tgt.behind == 0 and K_used == a.K)
     L.tgt.behind = 0
-    out = sk.verify(None, zt, drafts, rule=a.rule, alpha=a.alpha_rows, offset=seq.position(front) + 1,
-                    num_draft_tokens=n_draft, **L.kw)
-    _finish_round(L, out, front, active, n_draft, K_used)
+    out, tracked = _verify(L, None, zt, drafts, seq.position(front) + 1, n_draft)
+    _finish_round(L, out, tracked, front, active, n_draft, K_used)
 
 
 def _propose(L: _Loop, hi: int):
@@ -774,6 +813,7 @@ def generate(
     compile: bool = False,
     drafter_threads: Optional[int] = None,
     progress: bool = False,
+    quality_budget: Optional[float] = None,
 ) -> GenerationOutput:
     """Generate with a drafter/target pair of Hugging Face causal LMs (see the module docstring).
 
@@ -807,6 +847,12 @@ def generate(
         drafter_threads: torch threads for the drafter's forwards (``None``: as set). One thread keeps a
             quantized drafter's many small parallel regions from waiting on each other on a busy CPU.
         progress: show a tqdm bar.
+        quality_budget: ``eps`` in ``[0, 1]`` (``method="cascade"``, instead of ``alpha``): adapt alpha per row,
+            online, so that each row's mean expected divergence from the target, TV(law, p) per emitted token,
+            stays at or below ``eps`` (``speccas.budget``; at ``T = 0``: the expected fraction of tokens that differ
+            from the target's greedy choice). ``0`` is exact speculative decoding. Rules: those with an exact
+            speculative end and a drafter end (``speccas.budget.budget_rules()``; not ``token_v3``). The output
+            reports each row's spent budget and final alpha (``divergence``, ``final_alpha``).
     """
     t_start = time.perf_counter()
     proposer = token_drafter(drafter)
@@ -821,7 +867,7 @@ def generate(
     a = _normalize(target, drafter, input_ids, attention_mask, method=method, rule=rule, alpha=alpha,
                    num_draft_tokens=num_draft_tokens, draft_threshold=draft_threshold, temperature=temperature,
                    max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, seed=seed, vocab_size=vocab_size,
-                   token_drafts=proposer is not None)
+                   token_drafts=proposer is not None, quality_budget=quality_budget)
     B, P = a.ids.shape
     capacity = P + a.max_new_host + a.K + 1
     for name, m in (("target", target), ("drafter", drafter)):
@@ -834,10 +880,12 @@ def generate(
     uses_target = a.method != "drafter"
     uses_drafter = a.method != "target" and proposer is None
     L = _Loop(a=a, seq=seq, tgt=_Model(target, seq, compile) if uses_target else None,
-              dft=_Model(drafter, seq, compile, drafter_threads) if uses_drafter else None, st=_Counters(a.K, a.dev),
+              dft=_Model(drafter, seq, compile, drafter_threads) if uses_drafter else None, st=_Counters(a.K, B, a.dev),
               kw=dict(temperature=a.temperature, seed=a.seeds, backend=backend, vocab_size=a.V), compiled=compile,
               proposer=proposer)
     L.dseen = torch.zeros_like(seq.front)  # the prompts are fed with each model's first forward
+    if a.budget is not None:
+        L.budget = QualityBudget(a.rule, a.budget, B, a.dev)
 
     bar = None
     if progress:
@@ -903,7 +951,7 @@ def _run_solo(L: _Loop, m: _Model, bar) -> None:
         x, _ = _solo_step(L, m, hi)
         if m is L.tgt:
             st.deferred += active.sum()
-            st.target_rows += active.sum()
+            st.target_rows += active.long()
         st.verified += active.sum()
         _advance(L, x, active)
         st.rounds += 1
@@ -929,7 +977,7 @@ def _run_token_cascade(L: _Loop, bar) -> None:
         if any_defer:
             y, _ = _solo_step(L, L.tgt, hi)
             x = torch.where(defer, y, x)
-            st.target_rows += active.sum()
+            st.target_rows += active.long()
         L.tgt.behind += 1
         st.deferred += defer.sum()
         st.verified += active.sum()
@@ -957,6 +1005,9 @@ def _output(L: _Loop, t_start: float) -> GenerationOutput:
         deferral = c["deferred"] / c["verified"] if c["verified"] else None
     alpha = float(a.alpha) if _is_real(a.alpha) else a.alpha
     tgt, dft = L.tgt, L.dft
+    spent = final_alpha = None
+    if L.budget is not None:
+        spent, final_alpha = _collect(torch.stack([L.budget.mean_divergence(), L.budget.alpha().double()]))
     return GenerationOutput(
         sequences=L.seq.out[:, :a.max_new_host], lengths=L.seq.gen_len, method=a.method, rule=a.rule, alpha=alpha,
         num_draft_tokens=a.K, draft_threshold=a.threshold if a.K else None, rounds=st.rounds,
@@ -966,5 +1017,5 @@ def _output(L: _Loop, t_start: float) -> GenerationOutput:
         tokens_per_target_forward=(c["new_tokens"] / c["target_rows"]) if c["target_rows"] else None,
         wall_time=wall, tokens_per_second=c["new_tokens"] / wall if wall > 0 else math.inf,
         new_tokens=c["new_tokens"], acceptance_histogram=c["hist"] if a.K else [], host_syncs=st.syncs,
-        finish_reasons=c["reasons"],
+        finish_reasons=c["reasons"], row_target_forwards=c["row_target_forwards"], quality_budget=a.budget, divergence=spent, final_alpha=final_alpha,
     )

@@ -1,0 +1,138 @@
+"""The quality budget: an online, per-row controller of a cascade rule's alpha (``generate(quality_budget=eps)``).
+
+What it holds. A round's emitted token at verified position i follows a law pi_i; its expected divergence from the
+target is TV(pi_i, p_i) (``verify(return_divergence=True)``, SPEC.md section 6; the bonus token is drawn from p
+and counts 0). For row b the controller keeps the running mean of that divergence over the row's emitted tokens,
+
+    D_b = (sum over emitted tokens of TV(law, p)) / (number of emitted tokens),
+
+at or below ``eps``. At ``T = 0`` D_b is the fraction of emitted tokens expected to differ from the target's
+greedy token at the same prefix; at ``T > 0`` it bounds, token by token, how far the sampled text's law is from
+the target's. ``eps = 0`` is exact speculative decoding (the loop verifies with rule ``speculative``).
+
+How. Alpha is moved on a monotone re-parametrisation ``u`` in ``[0, 1]`` of the rule's range, ``u = 0`` the rule's
+exact speculative end (``Rule.speculative_at``) and ``u = 1`` its drafter end (``Rule.drafter_at``): linear between
+two finite ends, and ``alpha = drafter_end - (1 - u) / u`` towards an end at minus infinity (``opt``). The
+controller's state is the logit ``theta`` of ``u`` (``u = clip((1 + 2 d) sigmoid(theta) - d, 0, 1)``, so both
+ends are reached exactly). After every round, on each row that emitted ``n > 0`` tokens spending ``s``:
+
+    ratio = max(s / (eps n), S / (eps N)) / TARGET        (the round's and the running spend, 1 = on target)
+    theta += STEP * clip(1 - ratio, -MAX_BACK, 1)         (dual ascent on the budget constraint)
+
+where ``S``, ``N`` are the row's totals so far. Under budget both ratios are below 1 and alpha moves towards the
+drafter by at most ``STEP`` per round; over budget it moves back towards the speculative end, up to ``MAX_BACK``
+steps at once. ``TARGET < 1`` aims below the budget so that the controller's oscillation stays under it. The warm
+start is the exact end (``theta = THETA_START``, ``u = 0``): the first round spends nothing, and the slack it
+leaves is what the next rounds spend. The rows are independent (each has its own state); everything stays on
+the device (no host read).
+
+What is not promised. The running mean is a random quantity: a round is decided before its spending is known, so a
+short generation can end a little over ``eps`` (one greedy disagreement in 20 tokens is a mean of 0.05). The
+output reports each row's spent mean and final alpha (``GenerationOutput.divergence``, ``.final_alpha``).
+
+Rules: those with alpha and both ends (``chow``, ``diff``, ``opt``, ``token_v1``, ``token_v2``, ``ensemble``).
+``token_v3`` has no alpha that gives exact speculative decoding at ``T > 0`` (alpha = 0 keeps p's mode), so a
+budget below its floor could not be held, and ``lossy`` has no drafter end; both raise.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Tuple
+
+import torch
+
+from speccas_kernels.rules import Rule, get_rule
+
+TARGET = 0.8  # aim at 80% of the budget
+STEP = 1.0  # theta per round when under budget (about six rounds from the exact end to the drafter's)
+MAX_BACK = 4.0  # the largest step back, in STEPs
+THETA_START = -4.0  # the warm start: u = 0, exact speculative decoding
+THETA_MAX = 4.0  # u = 1 from about here on
+_D = 0.02  # the ends' margin in sigmoid space: theta <= -3.9 gives u = 0, theta >= 3.9 gives u = 1
+_WIDE = 10.0  # ends further apart than this are treated as an infinite range (hyperbolic map)
+
+
+def check_budget(quality_budget, method: str, rule: str, alpha) -> float:
+    """``quality_budget``'s checks (ValueError / TypeError naming the argument); the budget as a float."""
+    if isinstance(quality_budget, bool) or not isinstance(quality_budget, numbers.Real):
+        raise TypeError(f"quality_budget: expected a number >= 0 (mean TV per emitted token), got "
+                        f"{type(quality_budget).__name__} {quality_budget!r}")
+    eps = float(quality_budget)
+    if not (math.isfinite(eps) and 0.0 <= eps <= 1.0):
+        raise ValueError(f"quality_budget: expected a number in [0, 1] (mean TV per emitted token), got {eps!r}")
+    if method != "cascade":
+        raise ValueError(f"quality_budget: adapts a cascade rule's alpha; it needs method='cascade', got {method!r}")
+    if alpha is not None:
+        raise ValueError("alpha: quality_budget sets alpha per row, online; pass one or the other, not both")
+    ends(get_rule(rule))
+    return eps
+
+
+def ends(info: Rule) -> Tuple[float, float]:
+    """(speculative end, drafter end) of a rule's alpha; ValueError naming ``rule`` when it has no such pair."""
+    if not info.uses_alpha or not info.speculative_at or not info.drafter_at:
+        missing = ("it has no alpha" if not info.uses_alpha else
+                   "no alpha gives exact speculative decoding (SPEC.md section 3)" if not info.speculative_at else
+                   "no alpha gives the drafter alone")
+        raise ValueError(f"rule: quality_budget needs a rule with an exact speculative end and a drafter end; "
+                         f"{info.name!r} has not ({missing}); use one of {', '.join(budget_rules())}")
+    drafter = min(info.drafter_at, key=abs)
+    spec = min(info.speculative_at, key=lambda a: abs(a - drafter))
+    return spec, drafter
+
+
+def budget_rules() -> Tuple[str, ...]:
+    from speccas_kernels.rules import RULE_INFO
+
+    return tuple(n for n, r in RULE_INFO.items() if r.uses_alpha and r.speculative_at and r.drafter_at)
+
+
+def alpha_of(info: Rule, u: torch.Tensor) -> torch.Tensor:
+    """The rule's alpha at ``u`` in ``[0, 1]`` (0: the exact speculative end, 1: the drafter end); monotone."""
+    spec, drafter = ends(info)
+    if abs(drafter - spec) <= _WIDE:
+        return spec + u * (drafter - spec)
+    sign = 1.0 if drafter > spec else -1.0
+    far = drafter - sign * (1.0 - u) / u.clamp(min=1e-30)
+    return torch.where(u > 0, far.clamp(min=min(spec, drafter), max=max(spec, drafter)), torch.full_like(u, spec))
+
+
+def u_of(theta: torch.Tensor) -> torch.Tensor:
+    return ((1 + 2 * _D) * torch.sigmoid(theta) - _D).clamp(0.0, 1.0)
+
+
+class QualityBudget:
+    """Per-row state of the controller (see the module docstring): ``alpha()`` before a round, ``update`` after."""
+
+    def __init__(self, rule: str, eps: float, B: int, device):
+        self.info = get_rule(rule)
+        ends(self.info)
+        self.eps = float(eps)
+        self.theta = torch.full((B,), THETA_START, dtype=torch.float64, device=device)
+        self.spent = torch.zeros(B, dtype=torch.float64, device=device)  # S: summed TV over emitted tokens
+        self.emitted = torch.zeros(B, dtype=torch.long, device=device)  # N
+
+    def alpha(self) -> torch.Tensor:
+        """``[B]`` float32 alpha for the next round."""
+        return alpha_of(self.info, u_of(self.theta)).float()
+
+    def update(self, divergence: torch.Tensor, n_emitted: torch.Tensor) -> None:
+        """``divergence`` ``[B, K]`` from ``verify`` (TV(law, p) per verified position), ``n_emitted`` ``[B]``: the
+        tokens the round emitted and kept (positions ``0 .. n - 1``; a kept bonus counts 0)."""
+        K = divergence.shape[1]
+        pos = torch.arange(K, device=divergence.device)
+        s = torch.where(pos[None] < n_emitted[:, None], divergence.double(), 0.0).sum(1)
+        self.spent += s
+        self.emitted += n_emitted
+        if self.eps == 0.0:
+            return
+        n, N = n_emitted.clamp(min=1).double(), self.emitted.clamp(min=1).double()
+        ratio = torch.maximum(s / (self.eps * n), self.spent / (self.eps * N)) / TARGET
+        step = STEP * (1.0 - ratio).clamp(-MAX_BACK, 1.0)
+        self.theta = torch.where(n_emitted > 0, self.theta + step, self.theta).clamp(THETA_START, THETA_MAX)
+
+    def mean_divergence(self) -> torch.Tensor:
+        """``[B]`` float64: each row's spent budget, the mean TV per emitted token (0 before any token)."""
+        return self.spent / self.emitted.clamp(min=1).double()

@@ -1,0 +1,242 @@
+"""The quality budget (``speccas.budget``, ``generate(quality_budget=eps)``): the controller on synthetic rounds with
+known TV, and the decode loop on tiny random pairs (float64, so greedy ties cannot flip)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import speccas_kernels as sk
+from speccas.budget import QualityBudget, alpha_of, budget_rules, ends, u_of
+from speccas_kernels.rules import RULE_INFO
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+V = 12
+TV = 0.25  # TV(q, p) at every synthetic position
+CONFIDENCE = (0.30, 0.55, 0.75, 0.90, 0.97)  # the drafter's max q^ at the synthetic positions
+
+
+def _pair(c: float, tv: float):
+    """Logits of q and p over V ids with max q = c at id 0 and TV(q, p) = tv exactly: p moves mass tv from id 0
+    to id 1 (q spreads the rest evenly)."""
+    q = torch.full((V,), (1.0 - c) / (V - 1), dtype=torch.float64)
+    q[0] = c
+    p = q.clone()
+    p[0] -= tv
+    p[1] += tv
+    assert p.min() > 0 and abs(0.5 * (q - p).abs().sum() - tv) < 1e-12
+    return q.log(), p.log()
+
+
+def _simulate(rule: str, eps, tv_rows, *, seeds=None, K=4, n_rounds=150, fixed_alpha=None):
+    """``n_rounds`` rounds of ``verify`` on synthetic logits (row b: TV(q, p) = ``tv_rows[b]`` at every position,
+    the drafter's confidence drawn from ``CONFIDENCE`` with the row's own seed), alpha from the controller (or
+    fixed). Returns the controller (its totals) and the alpha trace ``[rounds, B]``."""
+    B = len(tv_rows)
+    seeds = torch.tensor(seeds if seeds is not None else [11 + b for b in range(B)])
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    levels = torch.tensor(CONFIDENCE, dtype=torch.float64)
+    ctl = QualityBudget(rule, eps, B, "cpu")
+    trace = []
+    for r in range(n_rounds):
+        zq = torch.empty(B, K, V, dtype=torch.float64)
+        zp = torch.empty(B, K + 1, V, dtype=torch.float64)
+        for b in range(B):
+            c = levels[torch.randint(0, len(CONFIDENCE), (K,), generator=gens[b])]
+            for i in range(K):
+                zq[b, i], zp[b, i] = _pair(float(c[i]), tv_rows[b])
+            zp[b, K] = zp[b, K - 1]
+        x = torch.stack([sk.sample(zq[:, i], temperature=1.0, seed=seeds, offset=r * 100 + i, backend="reference")
+                         for i in range(K)], 1)
+        alpha = ctl.alpha() if fixed_alpha is None else torch.full((B,), fixed_alpha)
+        trace.append(alpha)
+        out = sk.verify(zq, zp, x, rule=rule, alpha=alpha, temperature=1.0, seed=seeds, offset=r * 100,
+                        return_divergence=True, backend="reference")
+        ctl.update(out.divergence, out.num_accepted + 1)
+    return ctl, torch.stack(trace)
+
+
+# ------------------------------------------------------------------------------------ the controller
+
+@pytest.mark.parametrize("rule", ["chow", "diff", "token_v2"])
+def test_controller_holds_the_budget_and_spends_it(rule):
+    eps = 0.03
+    ctl, trace = _simulate(rule, eps, [TV, TV, TV])
+    spent = ctl.mean_divergence()
+    assert (ctl.emitted > 300).all(), ctl.emitted
+    assert (spent <= eps).all(), f"{rule}: the running mean {spent.tolist()} is over the budget {eps}"
+    # not by staying exact: the rows spend a real part of the budget, at alphas away from the speculative end
+    assert (spent >= 0.4 * eps).all(), f"{rule}: spent only {spent.tolist()} of {eps}"
+    spec, _ = ends(RULE_INFO[rule])
+    assert (trace[-20:] != spec).any(0).all(), f"{rule}: the alpha never left the speculative end"
+
+
+def test_fixed_alpha_at_the_drafter_end_breaks_the_budget():
+    """Negative control: the same rounds at the drafter end. pi = q at every position, so every draft is accepted
+    and spends TV, and the bonus spends 0: exactly TV K / (K + 1) per token, far over the budget."""
+    ctl, _ = _simulate("chow", 0.03, [TV, TV, TV], fixed_alpha=1.0, n_rounds=60)
+    assert ctl.mean_divergence().tolist() == pytest.approx([TV * 4 / 5] * 3, abs=1e-6)
+
+
+def test_rows_are_independent():
+    """A row whose drafter is the target spends nothing and ends at the drafter's end; the others stay lower and
+    within budget, each at its own alpha."""
+    eps = 0.03
+    ctl, trace = _simulate("chow", eps, [0.0, TV, 0.15])
+    spent = ctl.mean_divergence()
+    assert spent[0] < 1e-12 and float(trace[-1, 0]) == 1.0, (spent.tolist(), trace[-1].tolist())
+    assert (spent[1:] <= eps).all(), spent.tolist()
+    # the row with the closer drafter gets the larger alphas
+    assert trace[-50:, 2].mean() > trace[-50:, 1].mean() + 0.02, trace[-50:].mean(0).tolist()
+    # and a row's trace does not depend on its neighbours: alone it is the same
+    alone, trace1 = _simulate("chow", eps, [TV], seeds=[12])
+    assert torch.equal(trace1[:, 0], trace[:, 1]) and torch.equal(alone.spent[0], ctl.spent[1])
+
+
+def test_eps_zero_stays_at_the_exact_end():
+    ctl, trace = _simulate("chow", 0.0, [TV], n_rounds=5)
+    assert (trace == 0.0).all()
+
+
+@pytest.mark.parametrize("rule", budget_rules())
+def test_reparametrisation_is_monotone_between_the_ends(rule):
+    info = RULE_INFO[rule]
+    spec, drafter = ends(info)
+    u = torch.linspace(0, 1, 101, dtype=torch.float64)
+    a = alpha_of(info, u)
+    assert float(a[0]) == spec and float(a[-1]) == drafter
+    d = torch.diff(a) * (1 if drafter > spec else -1)
+    assert (d > 0).all(), f"{rule}: alpha(u) is not strictly monotone"
+    theta = torch.tensor([-4.0, -3.95, 0.0, 3.95, 4.0], dtype=torch.float64)
+    assert u_of(theta).tolist()[0] == 0.0 and u_of(theta).tolist()[-1] == 1.0
+
+
+def test_budget_rules_are_the_ones_with_both_ends():
+    assert set(budget_rules()) == {"chow", "diff", "opt", "token_v1", "token_v2", "ensemble"}
+
+
+# ------------------------------------------------------------------------------------- the decode loop
+
+transformers = pytest.importorskip("transformers")
+
+from helpers import drafter_of, tiny  # noqa: E402
+
+from speccas.generate import generate  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def llama_pair():
+    t = tiny("llama", 0)
+    return t, drafter_of(t, noise=0.8)
+
+
+def _prompts(B=3, P=6, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 192, (B, P), generator=g)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_budget_zero_is_exact_speculative_decoding(llama_pair, temperature):
+    target, drafter = llama_pair
+    ids = _prompts()
+    kw = dict(temperature=temperature, max_new_tokens=14, num_draft_tokens=3, seed=torch.tensor([5, 6, 7]))
+    spec = generate(target, drafter, ids, method="speculative", **kw)
+    out = generate(target, drafter, ids, method="cascade", rule="chow", quality_budget=0.0, **kw)
+    assert out.tokens == spec.tokens
+    assert out.divergence == [0.0, 0.0, 0.0] and out.final_alpha == [0.0, 0.0, 0.0] and out.quality_budget == 0.0
+    if temperature == 0.0:
+        ref = generate(target, None, ids, method="target", **kw)
+        assert out.tokens == ref.tokens
+
+
+def test_spent_budget_at_greedy_is_the_disagreement_with_the_target(llama_pair):
+    """At T = 0 the reported divergence is exactly the fraction of emitted tokens that differ from the target's
+    greedy token at the same prefix: recomputed here by teacher-forcing the target on the output."""
+    target, drafter = llama_pair
+    ids = _prompts()
+    out = generate(target, drafter, ids, method="cascade", rule="chow", quality_budget=0.2, temperature=0.0,
+                   max_new_tokens=24, num_draft_tokens=4, draft_threshold=0.0)
+    differ = []
+    with torch.no_grad():
+        for b, toks in enumerate(out.tokens):
+            seq = torch.cat([ids[b], torch.tensor(toks)])[None]
+            greedy = target(seq).logits[0, ids.shape[1] - 1:-1].argmax(-1)
+            differ.append((greedy != torch.tensor(toks)).double().mean().item())
+    assert out.divergence == pytest.approx(differ, abs=1e-12), (out.divergence, differ)
+    assert max(differ) > 0, "the budget was never spent: the test would not see a miscount"
+    assert out.alpha is None and len(out.final_alpha) == 3
+
+
+def test_batch_invariance_with_a_budget(llama_pair):
+    target, drafter = llama_pair
+    ids = _prompts()
+    seeds = torch.tensor([21, 22, 23])
+    kw = dict(method="cascade", rule="diff", quality_budget=0.1, temperature=1.0, max_new_tokens=16,
+              num_draft_tokens=3)
+    full = generate(target, drafter, ids, seed=seeds, **kw)
+    for b in range(ids.shape[0]):
+        alone = generate(target, drafter, ids[b:b + 1], seed=int(seeds[b]), **kw)
+        assert alone.tokens[0] == full.tokens[b], f"row {b}"
+        # the divergence is summed in another order in a batch: equal up to rounding, and so is the controller
+        assert alone.divergence[0] == pytest.approx(full.divergence[b], rel=1e-9, abs=1e-12)
+        assert alone.final_alpha[0] == pytest.approx(full.final_alpha[b], rel=1e-6, abs=1e-9)
+        assert alone.row_target_forwards[0] == full.row_target_forwards[b]
+    assert sum(full.row_target_forwards) * full.tokens_per_target_forward == pytest.approx(full.new_tokens)
+
+
+@pytest.mark.parametrize("kw,exc,name", [
+    (dict(quality_budget=-0.01), ValueError, "quality_budget"),
+    (dict(quality_budget=1.5), ValueError, "quality_budget"),
+    (dict(quality_budget=math.nan), ValueError, "quality_budget"),
+    (dict(quality_budget="0.1"), TypeError, "quality_budget"),
+    (dict(quality_budget=True), TypeError, "quality_budget"),
+    (dict(quality_budget=0.1, alpha=0.5), ValueError, "alpha"),
+    (dict(quality_budget=0.1, method="speculative"), ValueError, "quality_budget"),
+    (dict(quality_budget=0.1, method="token_cascade"), ValueError, "quality_budget"),
+    (dict(quality_budget=0.1, rule="token_v3"), ValueError, "rule"),
+    (dict(quality_budget=0.1, rule="lossy"), ValueError, "rule"),
+    (dict(quality_budget=0.1, rule="speculative"), ValueError, "rule"),
+    (dict(quality_budget=0.1, rule="nope"), ValueError, "rule"),
+])
+def test_bad_budget_arguments_name_themselves(llama_pair, kw, exc, name):
+    target, drafter = llama_pair
+    args = dict(method="cascade", rule="chow", max_new_tokens=2)
+    args.update(kw)
+    with pytest.raises(exc, match=name):
+        generate(target, drafter, _prompts(1), **args)
+
+
+def test_no_budget_leaves_the_fields_empty(llama_pair):
+    target, drafter = llama_pair
+    out = generate(target, drafter, _prompts(1), method="cascade", rule="chow", alpha=0.3, max_new_tokens=4)
+    assert out.quality_budget is None and out.divergence is None and out.final_alpha is None
+    assert out.stats()["divergence"] is None
+
+
+def test_bench_report_pairs_rows_by_prompt():
+    """bench/quality_budget.py's summary: spent budget pooled over tokens, savings paired with speculative."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "quality_budget.py"
+    spec = importlib.util.spec_from_file_location("quality_budget_bench", path)
+    qb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qb)
+    base = dict(domain="prose", temperature=0.7, rule="chow", max_new_tokens=8, commit="c", date="2026-12-01",
+                load="1.0-1.0", machine="m", final_alpha=0.5, tokens=[1])
+    rows = [dict(base, eps=0.0, config="speculative", rule="speculative", prompt="a", new_tokens=8,
+                 target_forwards=4, divergence=0.0),
+            dict(base, eps=0.0, config="speculative", rule="speculative", prompt="b", new_tokens=8,
+                 target_forwards=4, divergence=0.0),
+            dict(base, eps=0.03, config="budget0.03", prompt="a", new_tokens=8, target_forwards=2, divergence=0.05),
+            dict(base, eps=0.03, config="budget0.03", prompt="b", new_tokens=4, target_forwards=2, divergence=0.02),
+            dict(base, eps=0.03, config="budget0.03", prompt="c", new_tokens=8, target_forwards=1, divergence=0.0)]
+    (s,) = qb.summarize(rows)
+    assert s["prompts"] == 2  # prompt c has no speculative row to pair with
+    assert s["spent"] == pytest.approx((0.05 * 8 + 0.02 * 4) / 12) and s["over"] == 1
+    assert s["fpt"] == pytest.approx(4 / 12) and s["fpt_spec"] == pytest.approx(0.5)
+    assert 1 - s["ratio"] == pytest.approx(1 / 3)
+    assert "| prose | 0.7 | 0.03 | chow | 2 |" in qb.report(rows)
