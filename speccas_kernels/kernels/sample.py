@@ -138,6 +138,17 @@ def _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT,
     tl.store(tokens_ptr + rows, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64), mask=rmask)
 
 
+def roofline_hints(launch) -> dict:
+    """What ``bench/roofline.py`` (a static model of this launch on a GPU) cannot read from the SASS: a program's
+    dependent round trips. It loads its tile (DRAM), scores it, stores the partials and draws its group's ticket
+    (an acquire-release atomic at L2); the program with the last ticket then loads the partials (L2) and writes the
+    token: one DRAM and two L2 round trips on a row's critical path."""
+    if launch.name != "_sample_kernel":
+        return {}
+    single = bool(launch.constexprs.get("SINGLE"))
+    return dict(phases=1, l2_phases=0 if single else 2)
+
+
 def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, vocab_size: int, block_v: int,
                   num_warps: int, rows: int = 1) -> torch.Tensor:
     """[B, V] logits -> [B] int64 tokens on the same device (no host sync; one launch, two with filters).
