@@ -1,9 +1,12 @@
-// sample_native on CPU: the drafter step of reference.sample_args, one pass over V per row.
+// sample_native on CPU: the drafter step of reference.sample_args.
 //
-//   token = argmax_v z(v) + T G(v),  G = gumbel(seed, offset, STREAM_DRAFT, v)   (plain argmax at T = 0)
+//   token = argmax_v (z(v) - M) * inv_t + G(v) over the kept entries,  G = gumbel(seed, offset, STREAM_DRAFT, v)
+//           (plain argmax of z at T = 0, where the filters are ignored)
 //
-// Rows with NaN/+inf or all -inf logits, or T < 0 / NaN / inf, get -1. Parallel over (row,
-// vocabulary chunk); the validity flags are gathered in the same pass as the race.
+// Phases (SPEC.md section 9): stats (max, NaN / +inf / all -inf, argmax; parallel over (row, vocabulary
+// chunk)), filters (the cutoff of top-k / top-p / min-p, one task per filtered row), race (parallel over
+// (row, chunk)), emit (the chunks merged, ties to the lowest index). Rows with bad logits, T < 0 / NaN / inf
+// or a filter value out of range get -1.
 #include <vector>
 
 #include "cpu_common.h"
@@ -14,77 +17,65 @@ namespace cpu {
 namespace {
 
 template <typename in_t, typename acc_t>
-Race<acc_t> sample_chunk(const in_t* z, int64_t lo, int64_t hi, acc_t T, int64_t seed, int64_t pos,
-                         Scratch<acc_t>& sc) {
-  Race<acc_t> r;
-  const acc_t inf = std::numeric_limits<acc_t>::infinity();
-  for (int64_t v0 = lo; v0 < hi; v0 += kBlock) {
-    const int64_t n = std::min(kBlock, hi - v0);
-    const acc_t* x = load_block(z + v0, n, sc.z0);
-    int bad = 0;
-#pragma omp simd reduction(| : bad)
-    for (int64_t i = 0; i < n; ++i) bad |= static_cast<int>(x[i] != x[i]) | static_cast<int>(x[i] == inf);
-    r.bad |= bad;
-    if (T == acc_t(0)) {
-      race_block(x, n, v0, r);
-    } else {
-      gumbel_block(seed, pos, kStreamDraft, v0, n, sc.g, sc.bits);
-      const float* g = sc.g;
-      acc_t* s = sc.s;
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) s[i] = x[i] + T * static_cast<acc_t>(g[i]);
-      race_block(s, n, v0, r);
-    }
-  }
-  return r;
-}
-
-template <typename in_t, typename acc_t>
-void sample_cpu_impl(const at::Tensor& logits, const at::Tensor& temperature, const at::Tensor& seed_t,
-                     const at::Tensor& offset_t, int64_t V, at::Tensor& out) {
-  const int64_t B = logits.size(0);
-  const in_t* z = logits.data_ptr<in_t>();
-  const int64_t sB = logits.stride(0);
-  const acc_t* T = temperature.data_ptr<acc_t>();
-  const int64_t* seed = seed_t.data_ptr<int64_t>();
-  const int64_t* offset = offset_t.data_ptr<int64_t>();
+void sample_cpu_impl(const SampleInputs& in, at::Tensor& out) {
+  const int64_t B = in.B, V = in.V;
+  const in_t* z = in.z.data_ptr<in_t>();
+  const int64_t sB = in.z.stride(0);
+  const Rows<acc_t> temp = rows_of<acc_t>(in.temperature);
+  const Rows<int64_t> seed = rows_of<int64_t>(in.seed), offset = rows_of<int64_t>(in.offset);
+  const FilterRows<acc_t> filters = filter_rows<acc_t>(in);
   int64_t* tok = out.data_ptr<int64_t>();
-  std::vector<char> row_ok(B);
+
+  // Phase "stats" over the rows whose parameters are valid.
   std::vector<int64_t> rows;
+  std::vector<StatsJob<in_t, acc_t>> jobs;
   for (int64_t b = 0; b < B; ++b) {
-    row_ok[b] = (T[b] - T[b]) == acc_t(0) && T[b] >= acc_t(0);
-    if (row_ok[b]) rows.push_back(b);
+    const acc_t T = temp[b];
+    if (!((T - T) == acc_t(0) && T >= acc_t(0) && filters.ok(b))) continue;
+    rows.push_back(b);
+    jobs.push_back({z + b * sB, inv_temperature(T), false, false, T == acc_t(0)});
   }
-  const int64_t nr = static_cast<int64_t>(rows.size());
-  if (nr == 0) return;
-  const Plan pl = plan_chunks(nr, V, 4096);
-  std::vector<Race<acc_t>> part(nr * pl.nch);
-  parallel_tasks(nr * pl.nch, pl.csz, [&](int64_t t0, int64_t t1) {
-    std::unique_ptr<Scratch<acc_t>> sc(new Scratch<acc_t>);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = rows[t / pl.nch], c = t % pl.nch;
-      const int64_t lo = c * pl.csz, hi = std::min(V, lo + pl.csz);
-      if (lo < hi) part[t] = sample_chunk<in_t, acc_t>(z + b * sB, lo, hi, T[b], seed[b], offset[b], *sc);
+  std::vector<PosStats<acc_t>> st = run_stats(jobs, V);
+
+  // Phase "filters", and the rows that race (T > 0).
+  std::vector<FilterJob<in_t, acc_t>> fjobs;
+  std::vector<size_t> racing;
+  for (size_t j = 0; j < rows.size(); ++j) {
+    const int64_t b = rows[j];
+    if (st[j].bad) continue;
+    if (temp[b] == acc_t(0)) {
+      tok[b] = st[j].amax;
+      continue;
     }
-  });
-  for (int64_t j = 0; j < nr; ++j) {
-    const Race<acc_t> r = merge_races(part.data() + j * pl.nch, pl.nch);
-    // All -inf: the best score is -inf (a finite logit plus finite noise is finite).
-    const bool ok = !r.bad && r.best != neg_inf<acc_t>() && r.idx >= 0;
-    tok[rows[j]] = ok ? std::min<int64_t>(r.idx, V - 1) : -1;
+    const RowFilter<acc_t> f = filters.at(b, V);
+    if (f.on) fjobs.push_back({jobs[j].z, f, &st[j]});
+    racing.push_back(j);
   }
+  run_filters(fjobs, V);
+
+  // Phases "race" and "emit".
+  const std::vector<Race<acc_t>> res = run_races<acc_t, Race<acc_t>>(
+      racing, V, [&](size_t j, int64_t lo, int64_t hi, Scratch<acc_t>& sc) {
+        const int64_t b = rows[j];
+        return scaled_race_chunk(jobs[j].z, st[j], seed[b], offset[b], kStreamDraft, lo, hi, sc);
+      });
+  for (size_t r = 0; r < racing.size(); ++r) tok[rows[racing[r]]] = clamp64(res[r].idx, 0, V - 1);
 }
 
-at::Tensor sample_native_cpu(const at::Tensor& logits_in, const at::Tensor& temperature, const at::Tensor& seed,
-                             const at::Tensor& offset, int64_t vocab_size) {
-  check_sample_inputs(logits_in, temperature, seed, offset, vocab_size);
-  const at::Tensor logits = logits_in.stride(-1) == 1 ? logits_in : logits_in.contiguous();
-  at::Tensor out = at::full({logits.size(0)}, -1, logits.options().dtype(at::kLong));
-  const at::Tensor T = temperature.contiguous(), s = seed.contiguous(), o = offset.contiguous();
-  if (logits.size(0) > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "sample_native_cpu", [&] {
+at::Tensor sample_native_cpu(const at::Tensor& logits, const c10::optional<at::Tensor>& temperature,
+                             double temperature_value, const c10::optional<at::Tensor>& top_k, int64_t top_k_value,
+                             const c10::optional<at::Tensor>& top_p, double top_p_value,
+                             const c10::optional<at::Tensor>& min_p, double min_p_value,
+                             const c10::optional<at::Tensor>& seed, int64_t seed_value,
+                             const c10::optional<at::Tensor>& offset, int64_t offset_value, int64_t vocab_size) {
+  const SampleInputs in = check_sample_inputs(logits, temperature, temperature_value, top_k, top_k_value, top_p,
+                                              top_p_value, min_p, min_p_value, seed, seed_value, offset, offset_value,
+                                              vocab_size);
+  at::Tensor out = at::full({in.B}, -1, logits.options().dtype(at::kLong));
+  if (in.B > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.z.scalar_type(), "sample_native_cpu", [&] {
       using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      sample_cpu_impl<scalar_t, acc_t>(logits, T, s, o, vocab_size, out);
+      sample_cpu_impl<scalar_t, acc_t>(in, out);
     });
   }
   return out;

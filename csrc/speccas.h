@@ -119,8 +119,9 @@ inline VerifyInputs check_verify_inputs(
   CHECK_DTYPE(draft_tokens, at::kLong);
   if (ragged) {
     const at::Tensor& cu = *cu_num_draft_tokens;
-    CHECK_DEVICE(cu, dev);
-    CHECK_DTYPE(cu, at::kLong);
+    SPECCAS_CHECK(cu.device() == dev, "cu_num_draft_tokens is on ", cu.device(), ", expected ", dev);
+    TORCH_CHECK_TYPE(cu.scalar_type() == at::kLong, "speccas: cu_num_draft_tokens must be ", at::kLong, ", got ",
+                     cu.scalar_type());
     SPECCAS_CHECK(cu.dim() == 1 && cu.size(0) >= 1, "cu_num_draft_tokens must be [B + 1], got ", cu.sizes());
     CHECK_DIM(target_logits, 2);
     CHECK_DIM(draft_tokens, 1);

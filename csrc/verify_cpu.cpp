@@ -1,22 +1,30 @@
 // verify_native on CPU: one verification round of SPEC.md sections 1-6, token for token the
 // formulas of speccas_kernels/reference.py (which materializes every distribution; this does not).
 //
-// Row b, n = num_draft_tokens[b] (clamped to [0, K]), T = temperature[b], in the phases every backend
-// names the same way (the rule's formulas are csrc/rules.h, its row of rules.py arrives as RuleArgs):
-//   stats: parallel over (position, vocabulary chunk): for the n drafter positions and the n + 1 target
-//      positions, max z, sum exp(z - max), sum exp((z - max) / T), the first argmax (T = 0) and the
-//      NaN / +inf / all -inf flags. A row with a bad position, T < 0 or NaN, or alpha outside the rule's
+// Row b, n = its number of drafts (num_draft_tokens[b], or cu[b + 1] - cu[b] in the ragged layout,
+// clamped to [0, K]), T = temperature[b], inv_t = 1/T rounded and capped (reference.inv_temperature),
+// in the phases every backend names the same way (SPEC.md section 9; the rule's formulas are csrc/rules.h,
+// its row of rules.py arrives as RuleArgs):
+//   row parameters: a row with T < 0 or NaN / inf, alpha outside the rule's range or a filter value out of
 //      range is invalid: tokens -1, nothing else computed.
-//   merge: per drafted token x_i: q(x), p(x), the token set at x and the rule's decision; rules that read
-//      TV(q, p) and token sets (eta = sum_{v not in A} q(v)) need
-//   second look: a second pass over V, only at the positions (and temperatures) that need it (T = 0 has
-//      closed forms).
-//   accept: accept while u_i < a_i, u_i = uniform(seed, offset + i, STREAM_ACCEPT, 0).
+//   stats: parallel over (position, vocabulary chunk), for the n drafter positions (none for token-only
+//      drafts: q is one-hot at the draft) and the n + 1 target positions: max z, the NaN / +inf / all -inf
+//      flags (a bad position makes the row invalid), sum exp(z - max) (the unscaled, unfiltered q^, p^ the
+//      rules read), sum exp((z - max) * inv_t) when no filter cuts the position, the first argmax (T = 0).
+//      The bonus position needs only its max (and argmax).
+//   filters: rows with a sampling filter at T > 0, one task per position: the cutoff c (keep z >= c) of
+//      top-k / top-p / min-p, and the sampling sum over the kept entries (cpu_common.h filter_position).
+//   merge: per drafted token x_i: q(x), p(x), the token set at x and the rule's decision where the merged
+//      statistics suffice (T = 0 and token-only drafts have closed forms);
+//   second look: a pass over V at the positions whose rule reads TV(q, p) or a token set's eta.
+//   accept: accept while u_i < a_i, u_i = uniform(seed, offset + i, STREAM_ACCEPT, 0); m leading acceptances.
 //   race: one race over V at the one position needed, noise G = gumbel(seed, offset + m, STREAM_EMIT, v):
-//      the bonus argmax zp_n + T G (plain argmax at T = 0), or the residual argmax log(w) + G with
-//      w = max(0, pi_m - q_m), and pi_m itself (a second race) when w's mass is rounding noise;
-//   emit: the chunks of the race merged, the outputs written.
-// Compute type: float32 for fp32/bf16/fp16 logits, float64 for fp64 logits (as the reference).
+//      the bonus argmax_v (zp_n - M) * inv_t + G over p_n's kept entries (plain argmax at T = 0), or the
+//      residual argmax log(w) + G with w = max(0, pi_m - q_m), and pi_m itself (a second race) when w's mass
+//      is rounding noise; a token-only draft outside [0, V) races over p.
+//   emit: the chunks of the race merged (ties to the lowest index), the outputs written.
+// Layouts: padded [B, K(+1), V], or ragged (flat rows addressed through cu in place, no copy). Compute type:
+// float32 for fp32/bf16/fp16 logits, float64 for fp64 logits (speccas.h converts mixed dtypes to one).
 #include <vector>
 
 #include "cpu_common.h"
@@ -26,16 +34,35 @@ namespace speccas {
 namespace cpu {
 namespace {
 
+// Where row b's positions live: padded, or ragged with the offsets of cu, wrapping and clamped into the
+// tensors exactly as reference.padded gathers them (cu is not checked without validate=True).
 template <typename in_t>
-struct LogitsView {
-  const in_t* data;
-  int64_t sB, sL;  // element strides of dims 0 and 1 (dim 2 is contiguous)
-  const in_t* row(int64_t b, int64_t i) const { return data + b * sB + i * sL; }
+struct Layout {
+  const in_t* zq = nullptr;  // null: token-only drafts
+  const in_t* zp = nullptr;
+  const int64_t* x = nullptr;
+  const int64_t* cu = nullptr;  // null: padded
+  int64_t sqB = 0, sqL = 0, spB = 0, spL = 0, B = 0, K = 0, N = 0;  // N: drafts of the ragged layout
+  Rows<int64_t> n;
+
+  int64_t count(int64_t b) const {
+    const int64_t nb = cu ? wrap_sub(cu[b + 1], cu[b]) : n[b];
+    return clamp64(nb, 0, K);
+  }
+  int64_t flat(int64_t b, int64_t i) const { return N > 0 ? clamp64(wrap_add(cu[b], i), 0, N - 1) : 0; }
+  const in_t* q(int64_t b, int64_t i) const { return cu ? zq + flat(b, i) * sqL : zq + b * sqB + i * sqL; }
+  const in_t* p(int64_t b, int64_t i) const {
+    return cu ? zp + clamp64(wrap_add(wrap_add(cu[b], b), i), 0, N + B - 1) * spL : zp + b * spB + i * spL;
+  }
+  int64_t draft(int64_t b, int64_t i) const {
+    if (!cu) return x[b * K + i];
+    return N > 0 ? x[flat(b, i)] : 0;
+  }
 };
 
 enum RaceKind : int {
-  kBonus = 0,  // the bonus: zp_n + T G (plain argmax at T = 0)
-  kResidual,   // w = max(0, pi - q), with the race over pi as its fallback when w is all zero
+  kBonus = 0,  // the bonus: (zp_n - M) * inv_t + G over the kept entries
+  kResidual,   // w = max(0, pi - q), with the race over pi as its fallback when w is rounding noise
   kPi,         // pi itself (family A with r = 0, where pi = q and the residual is empty by construction)
 };
 
@@ -43,20 +70,28 @@ enum RaceKind : int {
 template <typename in_t, typename acc_t>
 struct RaceJob {
   int kind = kBonus;
+  bool pi_is_p = false;  // a token-only draft outside [0, V): q = 0, pi = p (reference: where(x_ok, pi, p))
   int64_t b = 0, seed = 0, pos = 0;
-  const in_t* zq = nullptr;  // drafter logits at the race position (residual races)
+  const in_t* zq = nullptr;  // drafter logits at the race position (residual races; null for token-only drafts)
   const in_t* zp = nullptr;  // target logits at the race position
   PosStats<acc_t> sq, sp;
-  acc_t T = 1, alpha = 0, w = 0;  // w: family A the weight r, family B eta
+  acc_t alpha = 0, w = 0;  // w: family A the weight r, family B eta
 };
+
+// The drafter's logits of a block, or nothing for a token-only draft (its distributions never read them).
+template <typename in_t, typename acc_t>
+inline const acc_t* load_q(const in_t* zq, int64_t v0, int64_t n, acc_t* buf) {
+  return zq ? load_block(zq + v0, n, buf) : nullptr;
+}
 
 // Unscaled probabilities of a block for the token set (only those the rule reads), and membership.
 template <typename acc_t>
-inline void token_set_block(const RuleArgs& R, const acc_t* zq, const acc_t* zp, int64_t n, const PosStats<acc_t>& sq,
-                            const PosStats<acc_t>& sp, acc_t alpha, acc_t* qh, acc_t* ph, char* in_a) {
-  const acc_t max_ph = acc_t(1) / sp.S1;
-  if (R.reads_qh) unscaled_block(zq, n, sq, qh);
-  if (R.reads_ph) unscaled_block(zp, n, sp, ph);
+inline void token_set_block(const RuleArgs& R, const acc_t* zq, const acc_t* zp, int64_t n, int64_t v0,
+                            const PosStats<acc_t>& sq, const PosStats<acc_t>& sp, acc_t alpha, acc_t* qh, acc_t* ph,
+                            char* in_a) {
+  const acc_t max_ph = max_unscaled(sp);
+  if (R.reads_qh) unscaled_block(sq, zq, n, v0, qh);
+  if (R.reads_ph) unscaled_block(sp, zp, n, v0, ph);
   for (int64_t i = 0; i < n; ++i) {
     in_a[i] = in_token_set(R.code, alpha, R.reads_qh ? qh[i] : acc_t(0), R.reads_ph ? ph[i] : acc_t(0), max_ph);
   }
@@ -85,26 +120,26 @@ template <typename in_t, typename acc_t>
 RacePair<acc_t> race_chunk(const RuleArgs& R, const RaceJob<in_t, acc_t>& job, int64_t lo, int64_t hi,
                            Scratch<acc_t>& sc) {
   RacePair<acc_t> r;
-  const acc_t T = job.T;
+  if (job.kind == kBonus) {
+    r.main = scaled_race_chunk(job.zp, job.sp, job.seed, job.pos, kStreamEmit, lo, hi, sc);
+    return r;
+  }
   for (int64_t v0 = lo; v0 < hi; v0 += kBlock) {
     const int64_t n = std::min(kBlock, hi - v0);
     gumbel_block(job.seed, job.pos, kStreamEmit, v0, n, sc.g, sc.bits);
     const float* g = sc.g;
-    acc_t* s = sc.s;
-    if (job.kind == kBonus) {
-      const acc_t* z = load_block(job.zp + v0, n, sc.z1);
-#pragma omp simd
-      for (int64_t i = 0; i < n; ++i) s[i] = z[i] + T * static_cast<acc_t>(g[i]);
-      race_block(s, n, v0, r.main);
-      continue;
-    }
-    const acc_t* zq = load_block(job.zq + v0, n, sc.z0);
+    const acc_t* zq = load_q(job.zq, v0, n, sc.z0);
     const acc_t* zp = load_block(job.zp + v0, n, sc.z1);
-    probs_block(zq, n, v0, job.sq, T, sc.q);
-    probs_block(zp, n, v0, job.sp, T, sc.p);
-    if (R.family == kFamilyB) token_set_block(R, zq, zp, n, job.sq, job.sp, job.alpha, sc.z2, sc.pa, sc.in_a);
-    blended_block(R.family, job.w, sc.in_a, sc.q, sc.p, n, sc.pi);
-    const acc_t *q = sc.q, *pi = sc.pi;
+    probs_block(job.sp, zp, n, v0, sc.p);
+    const acc_t* pi = sc.p;
+    if (!job.pi_is_p) {
+      probs_block(job.sq, zq, n, v0, sc.q);
+      if (R.family == kFamilyB) token_set_block(R, zq, zp, n, v0, job.sq, job.sp, job.alpha, sc.z2, sc.pa, sc.in_a);
+      blended_block(R.family, job.w, sc.in_a, sc.q, sc.p, n, sc.pi);
+      pi = sc.pi;
+    }
+    const acc_t* q = sc.q;
+    acc_t* s = sc.s;
     acc_t* fs = sc.fs;
     acc_t mass = 0;
     if (job.kind == kResidual) {
@@ -125,46 +160,15 @@ RacePair<acc_t> race_chunk(const RuleArgs& R, const RaceJob<in_t, acc_t>& job, i
   return r;
 }
 
-// Run fn(job, lo, hi, scratch) over (job, vocabulary chunk) tasks in parallel. Returns the chunk results
-// [jobs x chunks], each job's chunks in vocabulary order, and the number of chunks per job.
-template <typename acc_t, typename Part, typename Job, typename F>
-std::pair<std::vector<Part>, int64_t> map_chunks(const std::vector<Job>& jobs, int64_t V, int64_t min_chunk,
-                                                 const F& fn) {
-  const int64_t nj = static_cast<int64_t>(jobs.size());
-  const Plan pl = plan_chunks(nj, V, min_chunk);
-  std::vector<Part> part(nj * pl.nch);
-  parallel_tasks(nj * pl.nch, pl.csz, [&](int64_t t0, int64_t t1) {
-    std::unique_ptr<Scratch<acc_t>> sc(new Scratch<acc_t>);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t j = t / pl.nch, c = t % pl.nch;
-      const int64_t lo = c * pl.csz, hi = std::min(V, lo + pl.csz);
-      if (lo < hi) part[t] = fn(jobs[j], lo, hi, *sc);
-    }
-  });
-  return {std::move(part), pl.nch};
-}
-
-template <typename in_t, typename acc_t>
-std::vector<RacePair<acc_t>> run_races(const RuleArgs& R, const std::vector<RaceJob<in_t, acc_t>>& jobs, int64_t V) {
-  std::vector<RacePair<acc_t>> out(jobs.size());
-  if (jobs.empty()) return out;
-  const auto [part, nch] = map_chunks<acc_t, RacePair<acc_t>>(
-      jobs, V, 4096, [&](const RaceJob<in_t, acc_t>& job, int64_t lo, int64_t hi, Scratch<acc_t>& sc) {
-        return race_chunk(R, job, lo, hi, sc);
-      });
-  for (size_t j = 0; j < jobs.size(); ++j) out[j] = merge_races(part.data() + j * nch, nch);
-  return out;
-}
-
 // The second look over V at one position: TV(q, p) (rules that read it) or eta = q(not A) (family B),
-// at T > 0 (T = 0 has closed forms).
+// at T > 0 with drafter logits (T = 0 and token-only drafts have closed forms).
 template <typename in_t, typename acc_t>
 struct SumJob {
   int64_t b, i;
   bool tv;  // false: eta
   const in_t *zq, *zp;
   PosStats<acc_t> sq, sp;
-  acc_t T, alpha;
+  acc_t alpha;
 };
 
 template <typename in_t, typename acc_t>
@@ -174,11 +178,11 @@ double sum_chunk(const RuleArgs& R, const SumJob<in_t, acc_t>& job, int64_t lo, 
     const int64_t n = std::min(kBlock, hi - v0);
     const acc_t* zq = load_block(job.zq + v0, n, sc.z0);
     const acc_t* zp = load_block(job.zp + v0, n, sc.z1);
-    probs_block(zq, n, v0, job.sq, job.T, sc.q);
+    probs_block(job.sq, zq, n, v0, sc.q);
     const acc_t* q = sc.q;
     acc_t part = 0;
     if (job.tv) {
-      probs_block(zp, n, v0, job.sp, job.T, sc.p);
+      probs_block(job.sp, zp, n, v0, sc.p);
       const acc_t* p = sc.p;
 #pragma omp simd reduction(+ : part)
       for (int64_t i = 0; i < n; ++i) {
@@ -186,7 +190,7 @@ double sum_chunk(const RuleArgs& R, const SumJob<in_t, acc_t>& job, int64_t lo, 
         part += d > acc_t(0) ? d : acc_t(0);
       }
     } else {
-      token_set_block(R, zq, zp, n, job.sq, job.sp, job.alpha, sc.z2, sc.pa, sc.in_a);
+      token_set_block(R, zq, zp, n, v0, job.sq, job.sp, job.alpha, sc.z2, sc.pa, sc.in_a);
       const char* in_a = sc.in_a;
 #pragma omp simd reduction(+ : part)
       for (int64_t i = 0; i < n; ++i) part += in_a[i] ? acc_t(0) : q[i];
@@ -211,81 +215,88 @@ std::vector<double> run_sums(const RuleArgs& R, const std::vector<SumJob<in_t, a
 }
 
 template <typename in_t, typename acc_t>
-void verify_cpu_impl(const VerifyInputs& in, at::Tensor& tokens, at::Tensor& num_accepted, at::Tensor& deferred,
-                     at::Tensor& accept_prob, at::Tensor& valid_out) {
+void verify_cpu_impl(const VerifyInputs& in, const Layout<in_t>& L, VerifyResult& out) {
   const int64_t B = in.B, K = in.K, V = in.V;
   const RuleArgs& R = in.rule;
-  const LogitsView<in_t> zq{in.zq.data_ptr<in_t>(), in.zq.stride(0), in.zq.stride(1)};
-  const LogitsView<in_t> zp{in.zp.data_ptr<in_t>(), in.zp.stride(0), in.zp.stride(1)};
-  const int64_t* x = in.x.data_ptr<int64_t>();
-  const acc_t* alpha_p = in.alpha.data_ptr<acc_t>();
-  const acc_t* temp_p = in.temperature.data_ptr<acc_t>();
-  const int64_t* seed = in.seed.data_ptr<int64_t>();
-  const int64_t* offset = in.offset.data_ptr<int64_t>();
-  const int64_t* ndraft = in.n.data_ptr<int64_t>();
-  int64_t* tok = tokens.data_ptr<int64_t>();
-  int64_t* nacc = num_accepted.data_ptr<int64_t>();
-  bool* defer_out = deferred.data_ptr<bool>();
-  float* ap_out = accept_prob.data_ptr<float>();
-  bool* valid = valid_out.data_ptr<bool>();
+  const bool token_drafts = L.zq == nullptr;
+  const Rows<acc_t> alpha_in = rows_of<acc_t>(in.alpha), temp_in = rows_of<acc_t>(in.temperature);
+  const Rows<int64_t> seed = rows_of<int64_t>(in.seed), offset = rows_of<int64_t>(in.offset);
+  const FilterRows<acc_t> filters = filter_rows<acc_t>(in);
+  int64_t* tok = std::get<0>(out).data_ptr<int64_t>();
+  int64_t* nacc = std::get<1>(out).data_ptr<int64_t>();
+  bool* defer_out = std::get<2>(out).data_ptr<bool>();
+  float* ap_out = std::get<3>(out).data_ptr<float>();
+  bool* valid = std::get<4>(out).data_ptr<bool>();
 
-  // Row parameters (checks.alpha_rows_ok, finite T >= 0); a rule without alpha reads it as 0.
+  // Row parameters (checks.alpha_rows_ok, filter_rows_ok, finite T >= 0); a rule without alpha reads it as 0.
   std::vector<int64_t> n(B);
-  std::vector<acc_t> T(B), alpha(B);
+  std::vector<acc_t> T(B), inv_t(B), alpha(B);
+  std::vector<RowFilter<acc_t>> filt(B);
   for (int64_t b = 0; b < B; ++b) {
-    n[b] = std::min<int64_t>(std::max<int64_t>(ndraft[b], 0), K);
-    T[b] = temp_p[b];
-    alpha[b] = R.uses_alpha ? alpha_p[b] : acc_t(0);
+    n[b] = L.count(b);
+    T[b] = temp_in[b];
+    inv_t[b] = inv_temperature(T[b]);
+    alpha[b] = R.uses_alpha ? alpha_in[b] : acc_t(0);
     const bool t_ok = (T[b] - T[b]) == acc_t(0) && T[b] >= acc_t(0);
-    valid[b] = t_ok && alpha_ok(R, alpha_p[b]);
+    valid[b] = t_ok && alpha_ok(R, alpha_in[b]) && filters.ok(b);
+    filt[b] = filters.at(b, V);
+    filt[b].on = filt[b].on && T[b] > acc_t(0);  // greedy rows ignore the filters
   }
 
-  // Phase "stats": every used position of the valid rows.
-  struct Item {
-    int64_t b, i;
-    bool target;
-  };
-  std::vector<Item> items;
-  for (int64_t b = 0; b < B; ++b) {
-    if (!valid[b]) continue;
-    for (int64_t i = 0; i < n[b]; ++i) items.push_back({b, i, false});
-    for (int64_t i = 0; i <= n[b]; ++i) items.push_back({b, i, true});
-  }
+  // Phase "stats": every used position of the valid rows (drafter positions only with drafter logits).
   std::vector<PosStats<acc_t>> qs(B * K), ps(B * (K + 1));
   {
-    const int64_t ni = static_cast<int64_t>(items.size());
-    const Plan pl = plan_chunks(ni, V);
-    std::vector<ChunkStats<acc_t>> part(ni * pl.nch);
-    parallel_tasks(ni * pl.nch, pl.csz, [&](int64_t t0, int64_t t1) {
-      std::unique_ptr<acc_t[]> buf(new acc_t[kBlock]);
-      for (int64_t t = t0; t < t1; ++t) {
-        const Item& it = items[t / pl.nch];
-        const int64_t c = t % pl.nch, lo = c * pl.csz, hi = std::min(V, lo + pl.csz);
-        if (lo >= hi) continue;
-        const in_t* z = it.target ? zp.row(it.b, it.i) : zq.row(it.b, it.i);
-        const acc_t Tb = T[it.b];
-        // The bonus position's sums are never read: its race is zp + T G (argmax at T = 0).
-        const bool sums = !(it.target && it.i == n[it.b]);
-        part[t] = stats_chunk<in_t, acc_t>(z, lo, hi, Tb, sums, Tb == acc_t(0), buf.get());
+    std::vector<StatsJob<in_t, acc_t>> jobs;
+    std::vector<PosStats<acc_t>*> dest;
+    std::vector<int64_t> row;
+    for (int64_t b = 0; b < B; ++b) {
+      if (!valid[b]) continue;
+      const bool greedy = T[b] == acc_t(0), sT = !greedy && !filt[b].on;
+      for (int64_t i = 0; i < n[b] && !token_drafts; ++i) {
+        jobs.push_back({L.q(b, i), inv_t[b], true, sT, greedy});
+        dest.push_back(&qs[b * K + i]);
+        row.push_back(b);
       }
-    });
-    for (int64_t k = 0; k < ni; ++k) {
-      const Item& it = items[k];
-      const PosStats<acc_t> st = merge_stats(part.data() + k * pl.nch, pl.nch, T[it.b]);
-      (it.target ? ps[it.b * (K + 1) + it.i] : qs[it.b * K + it.i]) = st;
-      if (st.bad) valid[it.b] = false;
+      for (int64_t i = 0; i <= n[b]; ++i) {
+        const bool bonus = i == n[b];  // its race reads only the max (and the cutoff)
+        jobs.push_back({L.p(b, i), inv_t[b], !bonus, sT && !bonus, greedy});
+        dest.push_back(&ps[b * (K + 1) + i]);
+        row.push_back(b);
+      }
+    }
+    std::vector<PosStats<acc_t>> st = run_stats(jobs, V);
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      st[j].greedy = T[row[j]] == acc_t(0);
+      *dest[j] = st[j];
+      if (st[j].bad) valid[row[j]] = false;
+    }
+  }
+  if (token_drafts) {
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t i = 0; i < n[b] && valid[b]; ++i) qs[b * K + i] = token_stats<acc_t>(L.draft(b, i), V);
     }
   }
 
-  // Phase "merge" (the decisions the merged statistics allow): per drafted token, q(x), p(x), the token set at x, and the positions whose rule
-  // needs a second look over V (TV, or eta).
+  // Phase "filters": the cutoff and the sampling sum at every position of the filtered rows.
+  {
+    std::vector<FilterJob<in_t, acc_t>> jobs;
+    for (int64_t b = 0; b < B; ++b) {
+      if (!valid[b] || !filt[b].on) continue;
+      for (int64_t i = 0; i < n[b] && !token_drafts; ++i) jobs.push_back({L.q(b, i), filt[b], &qs[b * K + i]});
+      for (int64_t i = 0; i <= n[b]; ++i) jobs.push_back({L.p(b, i), filt[b], &ps[b * (K + 1) + i]});
+    }
+    run_filters(jobs, V);
+  }
+
+  // Phase "merge": per drafted token, q(x), p(x), the token set at x, the rule's decision where the merged
+  // statistics allow it, and the positions whose rule needs a second look over V (TV, or eta).
   std::vector<acc_t> a(B * K, acc_t(0)), qx(B * K, acc_t(0)), px(B * K, acc_t(0));
   std::vector<acc_t> tv(B * K, acc_t(0)), w(B * K, acc_t(0));  // w: family A the weight r, family B eta
   std::vector<char> in_a(B * K, 0), x_ok(B * K, 0);
   std::vector<SumJob<in_t, acc_t>> sums;
   auto weigh = [&](int64_t b, int64_t i) {  // family A: r once tv is known
     const int64_t k = b * K + i;
-    w[k] = blend_weight(R.code, alpha[b], acc_t(1) / qs[k].S1, acc_t(1) / ps[b * (K + 1) + i].S1, tv[k]);
+    w[k] = blend_weight(R.code, alpha[b], max_unscaled(qs[k]), max_unscaled(ps[b * (K + 1) + i]), tv[k]);
   };
   auto set_accept = [&](int64_t b, int64_t i) {
     const int64_t k = b * K + i;
@@ -293,35 +304,38 @@ void verify_cpu_impl(const VerifyInputs& in, at::Tensor& tokens, at::Tensor& num
   };
   for (int64_t b = 0; b < B; ++b) {
     if (!valid[b]) continue;
-    const acc_t Tb = T[b], al = alpha[b];
+    const acc_t al = alpha[b];
     for (int64_t i = 0; i < n[b]; ++i) {
       const int64_t k = b * K + i;
       const PosStats<acc_t>& sq = qs[k];
       const PosStats<acc_t>& sp = ps[b * (K + 1) + i];
-      const in_t* rq = zq.row(b, i);
-      const in_t* rp = zp.row(b, i);
-      const int64_t xv = x[k];
+      const in_t* rq = token_drafts ? nullptr : L.q(b, i);
+      const in_t* rp = L.p(b, i);
+      auto zq_at = [&](int64_t v) { return rq ? static_cast<acc_t>(rq[v]) : acc_t(0); };
+      auto zp_at = [&](int64_t v) { return static_cast<acc_t>(rp[v]); };
+      const int64_t xv = L.draft(b, i);
       x_ok[k] = xv >= 0 && xv < V;
       if (x_ok[k]) {
-        qx[k] = prob_at(static_cast<acc_t>(rq[xv]), xv, sq, Tb);
-        px[k] = prob_at(static_cast<acc_t>(rp[xv]), xv, sp, Tb);
+        qx[k] = prob_at(sq, zq_at(xv), xv);
+        px[k] = prob_at(sp, zp_at(xv), xv);
       }
+      // q one-hot (T = 0, or a token-only draft) at `hot` (-1: q = 0, a token-only draft outside [0, V)).
+      const int64_t hot = sq.greedy ? sq.amax : -1;
       switch (static_cast<FamilyCode>(R.family)) {
         case kFamilyLossy:
           break;
         case kFamilyB: {
-          const acc_t max_ph = acc_t(1) / sp.S1;
           auto member = [&](int64_t v) {
-            const acc_t qh = R.reads_qh ? sc_exp(static_cast<acc_t>(rq[v]) - sq.M) / sq.S1 : acc_t(0);
-            const acc_t ph = R.reads_ph ? sc_exp(static_cast<acc_t>(rp[v]) - sp.M) / sp.S1 : acc_t(0);
-            return in_token_set(R.code, al, qh, ph, max_ph);
+            const acc_t qh = R.reads_qh ? unscaled_at(sq, zq_at(v), v) : acc_t(0);
+            const acc_t ph = R.reads_ph ? unscaled_at(sp, zp_at(v), v) : acc_t(0);
+            return in_token_set(R.code, al, qh, ph, max_unscaled(sp));
           };
           in_a[k] = x_ok[k] && member(xv);
           if (!(in_a[k] && qx[k] > acc_t(0))) {  // eta is read: by a_i, or by the residual here
-            if (Tb == acc_t(0)) {
-              w[k] = member(sq.amax) ? acc_t(0) : acc_t(1);  // q is one-hot at its argmax
+            if (sq.greedy) {
+              w[k] = (hot < 0 || member(hot)) ? acc_t(0) : acc_t(1);
             } else {
-              sums.push_back({b, i, false, rq, rp, sq, sp, Tb, al});
+              sums.push_back({b, i, false, rq, rp, sq, sp, al});
               continue;
             }
           }
@@ -329,10 +343,10 @@ void verify_cpu_impl(const VerifyInputs& in, at::Tensor& tokens, at::Tensor& num
         }
         case kFamilyA:
           if (R.needs_tv) {
-            if (Tb == acc_t(0)) {
-              tv[k] = sq.amax != sp.amax ? acc_t(1) : acc_t(0);
+            if (sq.greedy) {  // sum_v max(0, q - p) = 1 - p(hot): only q's one entry can exceed p
+              tv[k] = hot < 0 ? acc_t(0) : acc_t(1) - prob_at(sp, zp_at(hot), hot);
             } else {
-              sums.push_back({b, i, true, rq, rp, sq, sp, Tb, al});
+              sums.push_back({b, i, true, rq, rp, sq, sp, al});
               continue;
             }
           }
@@ -364,33 +378,38 @@ void verify_cpu_impl(const VerifyInputs& in, at::Tensor& tokens, at::Tensor& num
   for (int64_t b = 0; b < B; ++b) {
     if (!valid[b]) continue;
     int64_t mb = 0;
-    while (mb < n[b] && static_cast<acc_t>(uniform(seed[b], offset[b] + mb, kStreamAccept, 0)) < a[b * K + mb]) ++mb;
+    while (mb < n[b] && static_cast<acc_t>(uniform(seed[b], wrap_add(offset[b], mb), kStreamAccept, 0)) < a[b * K + mb]) {
+      ++mb;
+    }
     m[b] = mb;
     RaceJob<in_t, acc_t> job;
     job.b = b;
     job.seed = seed[b];
-    job.pos = offset[b] + mb;
-    job.T = T[b];
+    job.pos = wrap_add(offset[b], mb);
     job.alpha = alpha[b];
-    job.zp = zp.row(b, mb);
+    job.zp = L.p(b, mb);
+    job.sp = ps[b * (K + 1) + mb];
     if (mb == n[b]) {  // bonus from p_n
       if (T[b] == acc_t(0)) {
-        emitted[b] = ps[b * (K + 1) + mb].amax;
+        emitted[b] = job.sp.amax;
         continue;
       }
       job.kind = kBonus;
     } else {  // the residual at position mb
       const int64_t k = b * K + mb;
-      job.zq = zq.row(b, mb);
+      job.zq = token_drafts ? nullptr : L.q(b, mb);
       job.sq = qs[k];
-      job.sp = ps[b * (K + 1) + mb];
       job.w = w[k];
-      job.kind = residual_is_empty(R.family, w[k]) ? kPi : kResidual;
+      job.pi_is_p = token_drafts && !x_ok[k];
+      job.kind = job.pi_is_p || residual_is_empty(R.family, w[k]) ? kPi : kResidual;
     }
     races.push_back(job);
   }
   // Phases "race" and "emit".
-  const std::vector<RacePair<acc_t>> res = run_races(R, races, V);
+  const std::vector<RacePair<acc_t>> res = run_races<acc_t, RacePair<acc_t>>(
+      races, V, [&](const RaceJob<in_t, acc_t>& job, int64_t lo, int64_t hi, Scratch<acc_t>& sc) {
+        return race_chunk(R, job, lo, hi, sc);
+      });
   for (size_t j = 0; j < races.size(); ++j) {
     const bool residual = races[j].kind == kResidual && res[j].main.mass > residual_eps<acc_t>();
     emitted[races[j].b] = races[j].kind == kBonus || residual ? res[j].main.idx : res[j].fallback.idx;
@@ -399,8 +418,8 @@ void verify_cpu_impl(const VerifyInputs& in, at::Tensor& tokens, at::Tensor& num
   // Outputs (preallocated: tokens -1, the rest zero).
   for (int64_t b = 0; b < B; ++b) {
     if (!valid[b]) continue;
-    for (int64_t i = 0; i < m[b]; ++i) tok[b * (K + 1) + i] = x[b * K + i];
-    tok[b * (K + 1) + m[b]] = std::min<int64_t>(std::max<int64_t>(emitted[b], 0), V - 1);
+    for (int64_t i = 0; i < m[b]; ++i) tok[b * (K + 1) + i] = L.draft(b, i);
+    tok[b * (K + 1) + m[b]] = clamp64(emitted[b], 0, V - 1);
     nacc[b] = m[b];
     for (int64_t i = 0; i < n[b]; ++i) {
       const int64_t k = b * K + i;
@@ -410,21 +429,43 @@ void verify_cpu_impl(const VerifyInputs& in, at::Tensor& tokens, at::Tensor& num
   }
 }
 
-VerifyResult verify_native_cpu(const at::Tensor& draft_logits, const at::Tensor& target_logits,
-                               const at::Tensor& draft_tokens, at::IntArrayRef rule,
-                               at::ArrayRef<double> alpha_range, const at::Tensor& alpha,
-                               const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-                               const at::Tensor& num_draft_tokens, int64_t vocab_size) {
-  const VerifyInputs in = check_verify_inputs(draft_logits, target_logits, draft_tokens, rule, alpha_range, alpha, temperature,
-                                              seed, offset, num_draft_tokens, vocab_size);
-  VerifyResult out = empty_verify_outputs(in, draft_logits.options());
-  if (in.B > 0) {
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.zq.scalar_type(), "verify_native_cpu", [&] {
-      using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-      verify_cpu_impl<scalar_t, acc_t>(in, std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out),
-                                       std::get<4>(out));
-    });
-  }
+VerifyResult verify_native_cpu(
+    const c10::optional<at::Tensor>& draft_logits, const at::Tensor& target_logits, const at::Tensor& draft_tokens,
+    const c10::optional<at::Tensor>& num_draft_tokens, int64_t num_draft_tokens_value,
+    const c10::optional<at::Tensor>& cu_num_draft_tokens, at::IntArrayRef rule, at::ArrayRef<double> alpha_range,
+    const c10::optional<at::Tensor>& alpha, double alpha_value, const c10::optional<at::Tensor>& temperature,
+    double temperature_value, const c10::optional<at::Tensor>& top_k, int64_t top_k_value,
+    const c10::optional<at::Tensor>& top_p, double top_p_value, const c10::optional<at::Tensor>& min_p,
+    double min_p_value, const c10::optional<at::Tensor>& seed, int64_t seed_value,
+    const c10::optional<at::Tensor>& offset, int64_t offset_value, int64_t vocab_size, int64_t max_drafts) {
+  const VerifyInputs in = check_verify_inputs(
+      draft_logits, target_logits, draft_tokens, num_draft_tokens, num_draft_tokens_value, cu_num_draft_tokens, rule,
+      alpha_range, alpha, alpha_value, temperature, temperature_value, top_k, top_k_value, top_p, top_p_value, min_p,
+      min_p_value, seed, seed_value, offset, offset_value, vocab_size, max_drafts);
+  VerifyResult out = empty_verify_outputs(in, target_logits.options());
+  if (in.B == 0) return out;
+  // A ragged batch with no drafts at all still has rows whose (unchecked) counts may claim some: they read a
+  // row of zeros, as reference.padded gathers them.
+  const at::Tensor zq = in.ragged() && !in.token_drafts() && in.x.size(0) == 0
+                            ? at::zeros({1, in.zq.size(1)}, in.zq.options())
+                            : in.zq;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.zp.scalar_type(), "verify_native_cpu", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    Layout<scalar_t> L;
+    L.zq = in.token_drafts() ? nullptr : zq.data_ptr<scalar_t>();
+    L.zp = in.zp.data_ptr<scalar_t>();
+    L.x = in.x.data_ptr<int64_t>();
+    L.cu = in.ragged() ? in.cu.data_ptr<int64_t>() : nullptr;
+    L.sqB = in.sqB;
+    L.sqL = in.ragged() && !in.token_drafts() ? zq.stride(0) : in.sqL;
+    L.spB = in.spB;
+    L.spL = in.spL;
+    L.B = in.B;
+    L.K = in.K;
+    L.N = in.ragged() ? in.x.size(0) : 0;
+    L.n = rows_of<int64_t>(in.n);
+    verify_cpu_impl<scalar_t, acc_t>(in, L, out);
+  });
   return out;
 }
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from . import checks
-from .outputs import new_verify_output
+from .outputs import KERNEL_OUTPUTS, new_verify_output
 
 
 def _same_device(ref: Tensor, **tensors) -> None:
@@ -72,8 +72,8 @@ def verify_triton(
         top_p=top_p, min_p=min_p,
     )
     if draft_tokens.shape[0] == 0:
-        return tuple(new_verify_output(0, draft_tokens.shape[1], target_logits.device))
-    return tuple(triton_backend.verify_args(args))
+        return tuple(new_verify_output(0, draft_tokens.shape[1], target_logits.device))[:KERNEL_OUTPUTS]
+    return tuple(triton_backend.verify_args(args))[:KERNEL_OUTPUTS]
 
 
 @verify_triton.register_fake
@@ -83,7 +83,7 @@ def _(draft_logits, target_logits, draft_tokens, rule, alpha, temperature, seed,
                  temperature=temperature, seed=seed, offset=offset, num_draft_tokens=num_draft_tokens, top_k=top_k,
                  top_p=top_p, min_p=min_p)
     B, K = draft_tokens.shape
-    return tuple(new_verify_output(B, K, target_logits.device))
+    return tuple(new_verify_output(B, K, target_logits.device))[:KERNEL_OUTPUTS]
 
 
 @torch.library.custom_op("speccas::sample_triton", mutates_args=())

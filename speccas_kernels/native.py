@@ -18,7 +18,7 @@ from typing import List, Tuple
 import torch
 
 from . import checks
-from .outputs import VerifyOutput, new_verify_output
+from .outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from .rules import Rule
 
 _NOT_BUILT = ("the native extension speccas_kernels._C was not built (SPECCAS_SKIP_NATIVE=1, no C++ compiler, "
@@ -70,23 +70,27 @@ def _same_device(ref: torch.Tensor, **tensors) -> None:
                              f"on one device")
 
 
+def _named(op: str, args) -> dict:
+    """The positional arguments of ``torch.ops.speccas.<op>`` by their schema names."""
+    return {a.name: v for a, v in zip(getattr(torch.ops.speccas, op).default._schema.arguments, args)}
+
+
 def _register_fakes() -> None:
     """Shape functions, so the ops trace under torch.compile / FakeTensor."""
     try:
         @torch.library.register_fake("speccas::verify_native")
-        def _verify_fake(draft_logits, target_logits, draft_tokens, num_draft_tokens, num_draft_tokens_value,
-                         cu_num_draft_tokens, *rest):
-            _same_device(target_logits, draft_logits=draft_logits, draft_tokens=draft_tokens,
-                         num_draft_tokens=num_draft_tokens, cu_num_draft_tokens=cu_num_draft_tokens,
-                         **{f"arg{i}": t for i, t in enumerate(rest) if isinstance(t, torch.Tensor)})
-            max_drafts = rest[-1]
-            B = draft_tokens.shape[0] if cu_num_draft_tokens is None else cu_num_draft_tokens.shape[0] - 1
-            return tuple(new_verify_output(B, max_drafts, target_logits.device))
+        def _verify_fake(*args):
+            a = _named("verify_native", args)
+            _same_device(a["target_logits"], **{k: t for k, t in a.items() if isinstance(t, torch.Tensor)})
+            cu = a["cu_num_draft_tokens"]
+            B = a["draft_tokens"].shape[0] if cu is None else cu.shape[0] - 1
+            return tuple(new_verify_output(B, a["max_drafts"], a["target_logits"].device))[:KERNEL_OUTPUTS]
 
         @torch.library.register_fake("speccas::sample_native")
-        def _sample_fake(logits, *rest):
-            _same_device(logits, **{f"arg{i}": t for i, t in enumerate(rest) if isinstance(t, torch.Tensor)})
-            return torch.empty((logits.shape[0],), dtype=torch.int64, device=logits.device)
+        def _sample_fake(*args):
+            a = _named("sample_native", args)
+            _same_device(a["logits"], **{k: t for k, t in a.items() if isinstance(t, torch.Tensor)})
+            return torch.empty((a["logits"].shape[0],), dtype=torch.int64, device=a["logits"].device)
     except (RuntimeError, AttributeError):  # already registered, or an old torch
         pass
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from . import backends, checks
+from . import backends, checks, reference
 from .outputs import VerifyOutput, new_verify_output
 
 _COMMON_ARGS = """        rule: one of ``speccas_kernels.RULES``.
@@ -27,6 +27,12 @@ _COMMON_ARGS = """        rule: one of ``speccas_kernels.RULES``.
         vocab_size: use only the first ``vocab_size`` columns of both logit tensors.
         validate: also check values (one host sync): ids in range, no NaN/+inf/all -inf logits, per-row
             parameters in range.
+        return_divergence: also return ``divergence [B, K]``: at each verified position, TV(law, p), the total
+            variation distance between the law of a token emitted there (the blended target pi; lossy's law for
+            ``lossy``) and the target's sampling distribution p (0 for ``speculative``). The mean over a row's
+            emitted tokens (positions ``0 .. num_accepted``, the bonus counting 0) is the divergence from the
+            target that the round spent. Computed with PyTorch ops on the logits' device after the kernel:
+            one more read of both logit tensors (not fused into the kernels).
         backend: ``"auto"``, ``"triton"``, ``"cpp"``, ``"cuda"`` or ``"reference"``."""
 
 
@@ -46,6 +52,7 @@ def verify(
     num_draft_tokens: Optional[torch.Tensor] = None,
     vocab_size: Optional[int] = None,
     validate: bool = False,
+    return_divergence: bool = False,
     backend: str = "auto",
 ) -> VerifyOutput:
     """Verify K drafted tokens per row against the rule's blended target (SPEC.md sections 1-6).
@@ -60,14 +67,15 @@ def verify(
 """ + _COMMON_ARGS + """
 
     Returns:
-        ``VerifyOutput(tokens [B, K + 1], num_accepted [B], deferred [B, K], accept_prob [B, K], valid [B])``.
+        ``VerifyOutput(tokens [B, K + 1], num_accepted [B], deferred [B, K], accept_prob [B, K], valid [B],
+        divergence [B, K] or None)``.
     """
     args = checks.check_verify(
         draft_logits, target_logits, draft_tokens, rule=rule, alpha=alpha, temperature=temperature,
         seed=seed, offset=offset, num_draft_tokens=num_draft_tokens, vocab_size=vocab_size, validate=validate,
         top_k=top_k, top_p=top_p, min_p=min_p,
     )
-    return _run_verify(args, backend)
+    return _run_verify(args, backend, return_divergence)
 
 
 def verify_ragged(
@@ -87,6 +95,7 @@ def verify_ragged(
     offset=0,
     vocab_size: Optional[int] = None,
     validate: bool = False,
+    return_divergence: bool = False,
     backend: str = "auto",
 ) -> VerifyOutput:
     """``verify`` on the flattened layout serving engines keep, without copying it into padded tensors.
@@ -110,14 +119,21 @@ def verify_ragged(
         rule=rule, alpha=alpha, temperature=temperature, seed=seed, offset=offset, vocab_size=vocab_size,
         validate=validate, top_k=top_k, top_p=top_p, min_p=min_p,
     )
-    return _run_verify(args, backend)
+    return _run_verify(args, backend, return_divergence)
 
 
-def _run_verify(args: checks.VerifyArgs, backend: str) -> VerifyOutput:
+def _run_verify(args: checks.VerifyArgs, backend: str, return_divergence: bool) -> VerifyOutput:
+    if not isinstance(return_divergence, bool):
+        raise TypeError(f"return_divergence: expected a bool, got {type(return_divergence).__name__}")
     impl = backends.resolve(backend, args.device)
     if args.batch == 0:
-        return new_verify_output(0, args.max_drafts, args.device)
-    return impl.verify_args(args)
+        out = new_verify_output(0, args.max_drafts, args.device)
+    else:
+        out = impl.verify_args(args)
+    if return_divergence:
+        out = out._replace(divergence=reference.divergence_args(args) if args.batch else
+                           torch.zeros((0, args.max_drafts), dtype=torch.float32, device=args.device))
+    return out
 
 
 def sample(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -15,6 +15,12 @@ class VerifyOutput(NamedTuple):
     deferred: torch.Tensor  # [B, K] bool: family A r_i > 0; family B draft not in A; lossy True
     accept_prob: torch.Tensor  # [B, K] float32: a_i at verified positions, 0 beyond num_draft_tokens
     valid: torch.Tensor  # [B] bool: False for rows with NaN/+inf/all -inf logits or bad per-row params
+    # [B, K] float32 TV(law_i, p_i) at verified positions (0 beyond them and on invalid rows), with
+    # ``return_divergence=True``; None otherwise
+    divergence: Optional[torch.Tensor] = None
+
+
+KERNEL_OUTPUTS = 5  # the fields the kernels write (divergence is computed after them)
 
 
 def new_verify_output(B: int, K: int, device) -> VerifyOutput:

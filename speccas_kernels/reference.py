@@ -98,7 +98,7 @@ def filter_keep(z: torch.Tensor, T: torch.Tensor, filters: checks.Filters) -> Op
     before = torch.cumsum(es, -1) - es  # mass of the entries sorted before, ties included
     first = torch.searchsorted(-zs.contiguous(), -zs.contiguous(), side="left")  # each tie group's first slot
     above = before.gather(-1, first)  # mass of the strictly larger entries
-    keep_p_sorted = above < tp * total
+    keep_p_sorted = (above < tp * total) | (above == 0)  # the top tie group always (top_p * total may round to 0)
     keep_p = torch.empty_like(keep_p_sorted).scatter_(-1, order, keep_p_sorted)
     keep_p = torch.where(tp < 1, keep_p, torch.ones_like(keep_p))
     keep_m = torch.where(mp > 0, e >= mp, torch.ones_like(keep_p))
@@ -227,10 +227,23 @@ def padded(args: checks.VerifyArgs) -> checks.VerifyArgs:
                          cu_num_draft_tokens=None)
 
 
-def verify_args(args: checks.VerifyArgs, debug: bool = False):
-    """The reference on normalized arguments. With ``debug``, also returns a dict of decision
-    margins (used by the backend-equality tests to recognize genuine float ties)."""
-    args = padded(args)
+class _Round(NamedTuple):
+    """What verification knows before its draws (``_round``)."""
+
+    x: torch.Tensor  # [B, K] drafts
+    n: torch.Tensor  # [B] verified drafts per row
+    used_q: torch.Tensor  # [B, K] verified positions
+    valid: torch.Tensor  # [B]
+    T: torch.Tensor  # [B], 1 on invalid rows
+    filters: checks.Filters  # off on invalid rows
+    zp: torch.Tensor  # [B, K + 1, V] target logits, sanitized
+    p_all: torch.Tensor  # [B, K + 1, V] target sampling distributions
+    blend: Blend  # at the K drafter positions; pi is p where a token-only draft is outside [0, V)
+    x_ok: torch.Tensor  # [B, K] drafts inside [0, V)
+
+
+def _round(args: checks.VerifyArgs) -> _Round:
+    """Validity, distributions and the rule's blend of a round (SPEC.md sections 2-4), on padded arguments."""
     zq_in, zp_in, x = args.draft_logits, args.target_logits, args.draft_tokens
     B, K = x.shape
     V = args.vocab_size
@@ -238,11 +251,8 @@ def verify_args(args: checks.VerifyArgs, debug: bool = False):
     dt = args.compute_dtype
     T = checks.as_rows(args.temperature, B, dt, dev)
     alpha = checks.as_rows(args.alpha, B, dt, dev)
-    seed = checks.as_rows(args.seed, B, torch.int64, dev)
-    offset = checks.as_rows(args.offset, B, torch.int64, dev)
     n = checks.as_rows(args.num_draft_tokens, B, torch.int64, dev).clamp(0, K)
-    pos_k = torch.arange(K, device=dev)
-    used_q = pos_k < n[:, None]  # [B, K]
+    used_q = torch.arange(K, device=dev) < n[:, None]  # [B, K]
     used_p = torch.arange(K + 1, device=dev) <= n[:, None]  # [B, K + 1]
 
     zp = zp_in[..., :V].to(dt)
@@ -266,10 +276,39 @@ def verify_args(args: checks.VerifyArgs, debug: bool = False):
     else:
         q, qh, max_qh = _token_distributions(x, V, dt)
     bl = _blend(args.rule, alpha, q, p_all[:, :K], qh, ph_all[:, :K], max_qh, max_ph_all[:, :K])
-    pi = bl.pi
     x_ok = (x >= 0) & (x < V)
     if zq_in is None:  # a token-only draft outside the vocabulary: rejected, and the position emits from p
-        pi = torch.where(x_ok[..., None], pi, p_all[:, :K])
+        bl = bl._replace(pi=torch.where(x_ok[..., None], bl.pi, p_all[:, :K]))
+    return _Round(x, n, used_q, valid, T, filters, zp, p_all, bl, x_ok)
+
+
+def divergence_args(args: checks.VerifyArgs) -> torch.Tensor:
+    """TV(law_i, p_i) [B, K] float32 at each verified drafter position (0 beyond num_draft_tokens and on invalid
+    rows): how far the law of a token emitted there (``output_law``: pi for the cascade rules) is from the
+    target's sampling distribution p (SPEC.md section 6). The bonus position emits from p: divergence 0."""
+    rd = _round(padded(args))
+    B, K = rd.x.shape
+    if K == 0:
+        return torch.zeros((B, 0), dtype=torch.float32, device=rd.x.device)
+    law = output_law(rd.blend)
+    tv = torch.clamp(law - rd.p_all[:, :K], min=0).sum(-1).clamp(max=1)
+    return torch.where(rd.used_q & rd.valid[:, None], tv, 0).to(torch.float32)
+
+
+def verify_args(args: checks.VerifyArgs, debug: bool = False):
+    """The reference on normalized arguments. With ``debug``, also returns a dict of decision
+    margins (used by the backend-equality tests to recognize genuine float ties)."""
+    args = padded(args)
+    rd = _round(args)
+    x, n, used_q, valid, T, filters, zp, p_all, bl, x_ok = rd
+    B, K = x.shape
+    V = args.vocab_size
+    dev = x.device
+    dt = args.compute_dtype
+    seed = checks.as_rows(args.seed, B, torch.int64, dev)
+    offset = checks.as_rows(args.offset, B, torch.int64, dev)
+    pos_k = torch.arange(K, device=dev)
+    q, pi = bl.q, bl.pi
     xi = x.clamp(0, V - 1)[..., None]
     a = torch.where(x_ok, bl.accept.gather(-1, xi).squeeze(-1), torch.zeros((), dtype=dt, device=dev))
     deferred = bl.deferred.gather(-1, xi).squeeze(-1)  # family A: r does not depend on the draft

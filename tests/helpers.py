@@ -89,8 +89,8 @@ def reference_with_margins(**kw):
 def assert_same_outputs(out, ref, margins, *, tol=1e-4, max_tie_frac=0.02, what=""):
     """Backend `out` vs reference `ref`: identical except rows at genuine float ties. Returns the
     number of tie rows."""
-    out = type(ref)(*[t.cpu() for t in out])
-    ref = type(ref)(*[t.cpu() for t in ref])
+    out = type(ref)(*[None if t is None else t.cpu() for t in out])
+    ref = type(ref)(*[None if t is None else t.cpu() for t in ref])
     am = margins["accept_margin"].cpu().double()
     rm = margins["race_margin"].cpu().double()
     row_diff = (out.tokens != ref.tokens).any(1) | (out.num_accepted != ref.num_accepted) | (out.valid != ref.valid)
@@ -119,6 +119,40 @@ def assert_same_outputs(out, ref, margins, *, tol=1e-4, max_tie_frac=0.02, what=
             f"reference {float(rp.flatten()[worst]):.6g})"
         )
     return ties
+
+
+def native_call(op_name: str, call):
+    """(op overload, positional arguments) that the native backend passes to ``torch.ops.speccas.<op_name>``
+    while ``call()`` runs a public op with ``backend="cpp"``: tests that call the op directly start from the
+    arguments ``native.verify_args`` / ``sample_args`` really build, and edit them by schema name
+    (``with_args``) instead of restating the order."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from speccas_kernels import native
+
+    op = getattr(native._ops(), op_name)
+    seen = []
+
+    def record(*args):
+        seen.append(list(args))
+        return op(*args)
+
+    with mock.patch.object(native, "_ops", lambda: SimpleNamespace(**{op_name: record})):
+        call()
+    assert seen, f"{op_name} was not called"
+    return op.default, seen[-1]
+
+
+def with_args(op, args: list, **changes) -> list:
+    """`args` of `op` with the arguments named in `changes` (names of the op's schema) replaced."""
+    names = [a.name for a in op._schema.arguments]
+    unknown = set(changes) - set(names)
+    assert not unknown, f"{op}: no arguments {sorted(unknown)} in {names}"
+    out = list(args)
+    for name, value in changes.items():
+        out[names.index(name)] = value
+    return out
 
 
 # ----------------------------------------------------------------------------- tiny models (float64, so greedy

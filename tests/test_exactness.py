@@ -211,7 +211,7 @@ def run_verify(rule, T, zp=None):
 @functools.lru_cache(maxsize=None)
 def verified(rule, T):
     out = run_verify(rule, T)
-    return tuple(t.numpy() for t in out)
+    return tuple(t.numpy() for t in out if t is not None)
 
 
 SAMPLED_T = [1.0, 0.7]

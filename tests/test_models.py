@@ -162,3 +162,61 @@ def test_cli_generate_and_synthetic_demo(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["nope"])
     assert {name for name, _, _ in cli.COMMANDS} >= {"demo", "generate"}
+
+
+def test_cli_generate_cheaper_drafter_and_adaptive_drafts(tmp_path, capsys):
+    import json
+
+    from speccas import cli
+
+    t, d = _tiny_dirs(tmp_path)
+    base = ["generate", "--target", t, "--drafter", d, "--prompt", "hello", "--max-new-tokens", "6", "--no-chat",
+            "--json"]
+    assert cli.main(base + ["--method", "target"]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    assert cli.main(base + ["--method", "speculative", "--drafter-precision", "int8", "-K", "5",
+                            "--draft-threshold", "0.5"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["texts"] == ref["texts"]  # greedy speculative with an int8 drafter: the target's text
+    assert res["stats"]["num_draft_tokens"] == 5 and res["stats"]["draft_threshold"] == 0.5
+    with pytest.raises(SystemExit):
+        cli.main(base + ["--drafter-precision", "int4"])
+
+
+def test_set_precision(tmp_path):
+    t, _ = _tiny_dirs(tmp_path)
+    q = models.load_model(t, precision="int8")
+    assert type(q.lm_head).__name__ == "Linear" and "Dynamic" in repr(q.lm_head)
+    assert models.load_model(t, precision="bfloat16").lm_head.weight.dtype == torch.bfloat16
+    assert models.load_model(t).lm_head.weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="precision"):
+        models.load_model(t, precision="fp8")
+
+
+def test_demo_runner_table(tmp_path):
+    """The interleaved runner and the table of ``speccas demo`` / ``bench/e2e.py`` on tiny models."""
+    from speccas import demo
+
+    t, _ = _tiny_dirs(tmp_path)
+    t = d = models.load_model(t)  # the target as its own drafter: drafts are accepted
+    drafters = demo.load_drafters(d, ["float32", "int8"])
+    assert drafters["float32"] is d and drafters["int8"] is not d
+    prompts = [(torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.long)),
+               (torch.tensor([[4, 5, 6, 7]]), torch.ones(1, 4, dtype=torch.long))]
+    configs = [demo.Config("target", "target"), demo.Config("spec", "speculative", num_draft_tokens=3),
+               demo.Config("spec int8", "speculative", drafter="int8"),
+               demo.Config("cas", "cascade", rule="token_v3", alpha=1.0)]
+    seen = []
+    recs = demo.run_interleaved(t, drafters, prompts, configs, max_new_tokens=5, repeats=2, on_run=seen.append,
+                                progress=False, done={("cas", 1, 1)})
+    assert len(recs) == len(seen) == 4 * 2 * 2 - 1
+    firsts = [recs[k * 4]["config"] for k in range(3)]
+    assert len(set(firsts)) == 3  # the order rotates
+    rows = demo.summarize(recs, configs)
+    by = {r["config"]: r for r in rows}
+    assert by["target"]["speedup"] == 1.0 and by["target"]["target_fwd_per_token"] == 1.0
+    assert by["spec"]["same_as_target"] is True and by["spec int8"]["same_as_target"] is True
+    assert by["spec"]["K"] == 3 and by["spec int8"]["drafter"] == "int8"
+    assert by["spec"]["target_fwd_per_token"] < 1.0 and by["cas"]["deferral"] == 0.0
+    table = demo.format_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "| 0 | spec int8 | int8 |" in table

@@ -10,7 +10,7 @@ import torch
 
 import speccas_kernels as sk
 from speccas_kernels import backends, native, reference
-from helpers import random_round
+from helpers import assert_same_outputs, native_call, random_round, with_args
 
 _CPP_OK, _CPP_WHY = backends.available("cpp")
 needs_cpp = pytest.mark.skipif(not _CPP_OK, reason=f"cpp backend unavailable: {_CPP_WHY}")
@@ -71,32 +71,116 @@ def test_auto_picks_cpp_on_cpu():
         assert torch.equal(x, y)
 
 
+def _ragged_round(B=4, K=3, V=64, seed=1):
+    """A ragged round in the flattened layout: (draft_logits [N, V], target_logits [N + B, V], drafts [N], cu [B + 1])."""
+    kw = random_round(B, K, V, seed=seed)
+    n = torch.tensor([2, 0, 3, 1])[:B]
+    cu = torch.cat([torch.zeros(1, dtype=torch.int64), n.cumsum(0)])
+    zq = torch.cat([kw["draft_logits"][b, : n[b]] for b in range(B)])
+    zp = torch.cat([kw["target_logits"][b, : n[b] + 1] for b in range(B)])
+    x = torch.cat([kw["draft_tokens"][b, : n[b]] for b in range(B)])
+    return zq, zp, x, cu
+
+
+def _verify_call(**kw):
+    return native_call("verify_native", lambda: sk.verify(**kw, backend="cpp"))
+
+
 @needs_cpp
 def test_opcheck():
+    """The schema and the fake kernels, on the argument forms native.py passes: per-row tensors and scalars,
+    filters on and off, the padded and the ragged layout, drafter logits or token-only drafts."""
     kw = random_round(3, 2, 64, seed=1)
-    args = sk.checks.check_verify(kw["draft_logits"], kw["target_logits"], kw["draft_tokens"], rule="token_v3",
-                                  alpha=None, temperature=kw["temperature"], seed=kw["seed"], offset=kw["offset"],
-                                  num_draft_tokens=None, vocab_size=None, validate=False)
-    torch.library.opcheck(torch.ops.speccas.verify_native.default,
-                          (args.draft_logits, args.target_logits, args.draft_tokens, *native.rule_args(args.rule),
-                           args.alpha, args.temperature, args.seed, args.offset, args.num_draft_tokens,
-                           args.vocab_size),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(torch.ops.speccas.sample_native.default,
-                          (kw["draft_logits"][:, 0].contiguous(), args.temperature, args.seed, args.offset, 64),
-                          test_utils=("test_schema", "test_faketensor"))
+    per_row = dict(temperature=kw["temperature"], seed=kw["seed"], offset=kw["offset"],
+                   top_k=torch.tensor([0, 5, 2]), top_p=0.9, min_p=torch.tensor([0.0, 0.1, 0.05]),
+                   num_draft_tokens=torch.tensor([2, 0, 1]), alpha=torch.tensor([0.1, 0.5, 0.9]))
+    zq, zp, x, cu = _ragged_round()
+    calls = [
+        _verify_call(**kw, rule="token_v3", top_k=3),
+        _verify_call(draft_logits=kw["draft_logits"], target_logits=kw["target_logits"],
+                     draft_tokens=kw["draft_tokens"], rule="token_v1", **per_row),
+        native_call("verify_native", lambda: sk.verify_ragged(zq, zp, x, cu, max_num_draft_tokens=3, rule="opt",
+                                                              top_p=0.8, backend="cpp")),
+        native_call("verify_native", lambda: sk.verify_ragged(None, zp, x, cu, max_num_draft_tokens=3,
+                                                              rule="speculative", seed=7, backend="cpp")),
+        native_call("sample_native", lambda: sk.sample(kw["draft_logits"][:, 0], temperature=kw["temperature"],
+                                                       min_p=torch.tensor([0.0, 0.2, 0.5]), backend="cpp")),
+    ]
+    for op, args in calls:
+        torch.library.opcheck(op, tuple(args), test_utils=("test_schema", "test_faketensor"))
+
+
+def _raises(exc, op, args, match=None, **changes):
+    with pytest.raises(exc, match=match):
+        op(*with_args(op, args, **changes))
 
 
 @needs_cpp
 def test_op_rejects_bad_metadata():
+    """Direct calls with arguments native.py would never build: each raises, naming the argument."""
     z = torch.randn(2, 10)
-    with pytest.raises(ValueError):
-        torch.ops.speccas.sample_native(z, torch.ones(3), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), 10)
-    with pytest.raises(ValueError):
-        torch.ops.speccas.sample_native(z, torch.ones(2), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), 11)
-    with pytest.raises(TypeError):
-        torch.ops.speccas.sample_native(z, torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.long),
-                                        torch.zeros(2, dtype=torch.long), 10)
+    op, args = native_call("sample_native", lambda: sk.sample(z, temperature=torch.ones(2), top_k=torch.tensor([1, 0]),
+                                                              backend="cpp"))
+    _raises(ValueError, op, args, "temperature", temperature=torch.ones(3))
+    _raises(ValueError, op, args, "vocab_size", vocab_size=11)
+    _raises(TypeError, op, args, "temperature", temperature=torch.ones(2, dtype=torch.float64))
+    _raises(TypeError, op, args, "top_k", top_k=torch.ones(2))
+
+    kw = random_round(3, 2, 16, seed=2)
+    op, args = _verify_call(**kw, rule="token_v2", top_p=torch.tensor([1.0, 0.5, 0.9]))
+    _raises(ValueError, op, args, "max_drafts", max_drafts=3)
+    _raises(ValueError, op, args, "vocab_size", vocab_size=17)
+    _raises(ValueError, op, args, "alpha", alpha=torch.zeros(2))
+    _raises(TypeError, op, args, "top_p", top_p=torch.tensor([1.0, 0.5, 0.9], dtype=torch.float64))
+    _raises(TypeError, op, args, "draft_tokens", draft_tokens=kw["draft_tokens"].int())
+    _raises(ValueError, op, args, "draft_logits", draft_logits=kw["draft_logits"][:, :1])
+    _raises(TypeError, op, args, "target_logits", target_logits=kw["target_logits"].int())
+
+    zq, zp, x, cu = _ragged_round()
+    op, args = native_call("verify_native", lambda: sk.verify_ragged(zq, zp, x, cu, rule="token_v2", backend="cpp"))
+    _raises(ValueError, op, args, "target_logits", target_logits=zp[1:])
+    _raises(ValueError, op, args, "draft_logits", draft_logits=zq[1:])
+    _raises(TypeError, op, args, "cu_num_draft_tokens", cu_num_draft_tokens=cu.int())
+    _raises(ValueError, op, args, "cu_num_draft_tokens", cu_num_draft_tokens=cu[None])
+
+
+@needs_cpp
+def test_op_rejects_a_meta_row_parameter_next_to_cpu_logits():
+    """A per-row tensor on the meta device next to CPU logits: ValueError naming the argument and its device
+    (the fake kernel used to answer such a call with uninitialized outputs as if they were a result)."""
+    kw = random_round(3, 2, 16, seed=3)
+    meta = torch.ones(3, device="meta")
+    op, args = _verify_call(**kw, rule="token_v2")
+    for name, t in (("temperature", meta), ("top_k", torch.ones(3, dtype=torch.int64, device="meta")),
+                    ("offset", torch.zeros(3, dtype=torch.int64, device="meta"))):
+        _raises(ValueError, op, args, f"{name} is on meta", **{name: t})
+    op, args = native_call("sample_native", lambda: sk.sample(kw["draft_logits"][:, 0], backend="cpp"))
+    _raises(ValueError, op, args, "min_p is on meta", min_p=meta)
+
+
+@needs_cpp
+@pytest.mark.parametrize("cu", [[0, 5, 3, 6], [0, 2, 2**62, 6], [-3, 1, 4, 6], [0, 0, 0, 0], [0, 2, 3, 3]],
+                         ids=["decreasing", "huge", "negative", "no-drafts", "sums-short"])
+@pytest.mark.parametrize("drafts", ["logits", "tokens"])
+def test_ragged_counts_that_do_not_add_up(cu, drafts):
+    """cu_num_draft_tokens unchecked (validate=False): the ragged layout is addressed in place, its rows clamped into
+    the flat tensors as reference.padded gathers them (a count beyond K is clamped too): the reference's outputs,
+    and never a read outside the tensors."""
+    B, K, V = 3, 4, 40
+    cu = torch.tensor(cu)
+    N = 0 if cu.tolist() == [0, 0, 0, 0] else 6
+    g = torch.Generator().manual_seed(int(cu.abs().sum() % 1000))
+    zq = None if drafts == "tokens" else torch.randn(N, V, generator=g) * 2
+    zp = torch.randn(N + B, V, generator=g) * 2
+    x = torch.randint(0, V, (N,), generator=g)
+    kw = dict(max_num_draft_tokens=K, rule="speculative", alpha=None, temperature=torch.tensor([1.0, 0.0, 0.7]),
+              seed=torch.tensor([3, 4, 5]), offset=torch.tensor([0, 10, 20]), top_k=torch.tensor([0, 5, 9]))
+    out = sk.verify_ragged(zq, zp, x, cu, backend="cpp", **kw)
+    args = sk.checks.check_verify_ragged(zq, zp, x, cu, vocab_size=None, validate=False, **kw)
+    ref, margins = reference.verify_args(args, debug=True)
+    assert_same_outputs(out, ref, margins, what=f"cu={cu.tolist()} {drafts}")
+    assert torch.equal(out.num_accepted, ref.num_accepted) and torch.equal(out.deferred, ref.deferred)
+    assert bool(out.valid.all()) and int((out.tokens >= 0).sum()) == int((ref.tokens >= 0).sum())
 
 
 def test_available_reports_a_reason():

@@ -65,3 +65,98 @@ def test_rounding_residual_backends_agree(backend):
     out = sk.verify(**to_device(kw, _device(backend)), backend=backend)
     differ = (out.tokens.cpu() != ref.tokens).any(1)
     assert not differ.any(), f"{backend}: {int(differ.sum())} rows differ from the reference"
+
+
+# ----------------------------------------------------------------------------------------------- extreme temperatures
+
+def test_huge_temperature_next_to_masked_entries_emits_a_live_id():
+    """T = 1e38 next to -inf logits: T * G overflowed to +inf and -inf + inf made NaN, so the argmax returned id V."""
+    z = torch.zeros(1, 64)
+    z[:, 4:] = float("-inf")
+    for backend in ("reference", "cpp", "triton"):
+        if not sk.backend_available(backend)[0]:
+            continue
+        tok = sk.sample(z, temperature=1e38, seed=1, backend=backend)
+        assert 0 <= int(tok) < 4, f"{backend}: drew {int(tok)}"
+        out = sk.verify(z[:, None].clone(), torch.cat([z, z])[None], torch.zeros(1, 1, dtype=torch.long),
+                        rule="speculative", temperature=1e38, seed=1, backend=backend)
+        assert bool(out.valid.all()) and 0 <= int(out.tokens[0, 0]) < 4 and 0 <= int(out.tokens[0, 1]) < 4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tiny_temperature_draws_from_softmax(backend, monkeypatch):
+    """Logits 100 and 100 - 7.63e-6 (one float32 ulp apart) at T = 1e-5 must draw 0.682 / 0.318, as softmax says;
+    scoring z + T G without subtracting the max lost the noise in the rounding of 100 (0.756 / 0.244)."""
+    dev = _device(backend)
+    B = 20_000 if backend != "triton" or dev == "cuda" else 4_000
+    top = torch.tensor(100.0)
+    z = torch.stack([top, torch.nextafter(top, torch.tensor(0.0))]).expand(B, 2).contiguous()
+    law = torch.softmax(z[0].double() / 1e-5, -1)
+    assert abs(float(law[0]) - 0.682) < 0.005
+    tok = sk.sample(z.to(dev), temperature=1e-5, seed=torch.arange(B, device=dev), offset=9, backend=backend).cpu()
+    assert _chisquare(tok, law) > P_MIN
+    if backend == "reference":  # negative control: the old score z + T G
+        g = sk.random.gumbel(torch.arange(B)[:, None], torch.full((B, 1), 9), 0, torch.arange(2))
+        old = (z + 1e-5 * g).argmax(-1)
+        assert _chisquare(old, law) < 1e-12
+
+
+def test_scalars_beyond_float32_name_the_argument():
+    z = torch.randn(2, 2, 10)
+    x = torch.zeros(2, 1, dtype=torch.long)
+    with pytest.raises(ValueError, match="temperature"):
+        sk.sample(z[:, 0], temperature=1e39)
+    with pytest.raises(ValueError, match="alpha"):
+        sk.verify(z[:, :1], z, x, rule="opt", alpha=1e39)
+    with pytest.raises(ValueError, match="temperature"):
+        sk.verify(z[:, :1], z, x, temperature=1e39)
+    # float64 logits compute in float64: the same numbers are fine there
+    sk.sample(z[:, 0].double(), temperature=1e39, backend="reference")
+
+
+def test_sparse_inputs_raise_type_error_naming_the_argument():
+    z = torch.randn(2, 2, 10)
+    x = torch.zeros(2, 1, dtype=torch.long)
+    with pytest.raises(TypeError, match="logits"):
+        sk.sample(z[:, 0].to_sparse())
+    with pytest.raises(TypeError, match="target_logits"):
+        sk.verify(z[:, :1], z.to_sparse(), x)
+    with pytest.raises(TypeError, match="draft_tokens"):
+        sk.verify(z[:, :1], z, x.to_sparse())
+    with pytest.raises(TypeError, match="temperature"):
+        sk.sample(z[:, 0], temperature=torch.ones(2).to_sparse())
+
+
+@pytest.mark.parametrize("backend", ["reference"] + [b.values[0] for b in BACKENDS])
+def test_bad_bonus_position_invalidates_the_row_whatever_the_draws(backend):
+    """SPEC.md section 4 (decided): validity does not depend on the random draws. The draft is impossible under q
+    (q(x) = 0, rejected with certainty), so the bonus position is never reached; it is all -inf, and the row is
+    still invalid."""
+    if backend == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    dev = _device(backend)
+    zq = torch.zeros(3, 1, 8)
+    zq[:, 0, 0] = float("-inf")
+    zp = torch.zeros(3, 2, 8)
+    zp[0, 1] = float("-inf")  # row 0: the bonus position is all -inf
+    x = torch.zeros(3, 1, dtype=torch.long)  # q(x) = 0 on every row
+    out = sk.verify(zq.to(dev), zp.to(dev), x.to(dev), rule="speculative", backend=backend)
+    assert out.valid.cpu().tolist() == [False, True, True]
+    # rows 1-2: p is uniform and q puts no mass on token 0, so the residual max(p - q, 0) lives on token 0 alone
+    assert out.tokens.cpu().tolist() == [[-1, -1], [0, -1], [0, -1]]
+
+
+@pytest.mark.parametrize("backend", ["reference"] + BACKENDS)
+def test_top_p_rounding_to_zero_keeps_the_argmax(backend):
+    """A valid top_p that rounds to 0 in float32 (1e-50) keeps the argmax group, as every filter does (SPEC.md
+    section 2); it once kept nothing and emitted id V with a NaN acceptance probability."""
+    if backend == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    dev = _device(backend)
+    zp = torch.tensor([[[2.0, 1.0, 0.5, -1.0]] * 2], device=dev)
+    x = torch.tensor([[0]], device=dev)
+    out = sk.verify(None, zp, x, rule="speculative", top_p=1e-50, backend=backend)
+    assert out.tokens.cpu().tolist() == [[0, 0]] and float(out.accept_prob[0, 0]) == 1.0
+    tok = sk.sample(zp[:, 0].expand(64, 4).contiguous(), top_p=1e-50, seed=torch.arange(64, device=dev),
+                    backend=backend)
+    assert (tok == 0).all()

@@ -15,6 +15,7 @@ from speccas_kernels import backends, native, rules
 from speccas_kernels.rules import RULE_INFO, RULES
 
 import test_exactness
+from helpers import native_call, with_args
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -83,11 +84,9 @@ def test_malformed_rows_fail_at_import():
 def test_native_op_rejects_a_rule_it_was_not_built_with():
     kw = dict(draft_logits=torch.randn(1, 1, 8), target_logits=torch.randn(1, 2, 8),
               draft_tokens=torch.zeros(1, 1, dtype=torch.int64))
-    args = sk.checks.check_verify(**kw, rule="chow", alpha=None, temperature=1.0, seed=0, offset=0,
-                                  num_draft_tokens=None, vocab_size=None, validate=False)
-    flags, rng = native.rule_args(args.rule)
+    op, args = native_call("verify_native", lambda: sk.verify(**kw, rule="chow", backend="cpp"))
+    flags, rng = native.rule_args(RULE_INFO["chow"])
+    assert args[[a.name for a in op._schema.arguments].index("rule")] == flags
     for bad in ([99] + flags[1:], [flags[0], rules.FAMILY_CODE[rules.FAMILY_B]] + flags[2:]):
         with pytest.raises(ValueError, match="rebuild"):
-            torch.ops.speccas.verify_native(args.draft_logits, args.target_logits, args.draft_tokens, bad, rng,
-                                            args.alpha, args.temperature, args.seed, args.offset,
-                                            args.num_draft_tokens, 8)
+            op(*with_args(op, args, rule=bad))

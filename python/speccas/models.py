@@ -244,33 +244,73 @@ def ensure_real_pair(cache_dir: Optional[str] = None, quiet: bool = False) -> di
 
 
 def load_real_pair(cache_dir: Optional[str] = None, dtype: torch.dtype = torch.float32, device="cpu",
-                   quiet: bool = False):
+                   quiet: bool = False, drafter_precision: Optional[str] = None):
     """``(target, drafter, tokenizer)``: Qwen2.5-Coder 1.5B-Instruct, 0.5B-Instruct and their tokenizer.
 
-    Fetches and converts on first use (``ensure_real_pair``). Both models are in eval mode.
+    Fetches and converts on first use (``ensure_real_pair``). Both models are in eval mode. The target is
+    always loaded at ``dtype``; ``drafter_precision`` (see ``PRECISIONS``; ``None`` = ``dtype``) makes only the
+    drafter cheaper, which keeps greedy speculative decoding exactly the target's.
     """
     paths = ensure_real_pair(cache_dir, quiet=quiet)
     from transformers import AutoTokenizer
 
     target = load_model(str(paths["target"]), dtype=dtype, device=device, quiet=quiet)
-    drafter = load_model(str(paths["drafter"]), dtype=dtype, device=device, quiet=quiet)
+    drafter = load_model(str(paths["drafter"]), dtype=dtype, device=device, quiet=quiet, precision=drafter_precision)
     tok = AutoTokenizer.from_pretrained(str(paths["tokenizer"]))
     return target, drafter, tok
 
 
+# Weight precisions a model can be loaded at (``load_model(precision=...)``, ``speccas generate
+# --drafter-precision``). ``int8``: PyTorch's dynamic quantization (``torch.ao.quantization.quantize_dynamic``)
+# of every ``nn.Linear``, weights int8 per output channel, activations quantized on the fly at each call
+# (float32 everywhere else: embeddings, norms, attention); CPU only.
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")
+# The drafter precision of ``speccas demo``, ``speccas generate`` and the end-to-end benchmark on the CPU: int8
+# weights cost a fifth of float32's per draft step there at 2 points less acceptance (README, "Cheaper drafter").
+DEFAULT_DRAFTER_PRECISION = "int8"
+
+
+def default_drafter_precision(device) -> Optional[str]:
+    """``DEFAULT_DRAFTER_PRECISION`` on the CPU; ``None`` (as loaded) elsewhere (int8 here is CPU-only)."""
+    return DEFAULT_DRAFTER_PRECISION if torch.device(device).type == "cpu" else None
+
+
+def set_precision(model, precision: Optional[str]):
+    """``model`` at ``precision`` (one of ``PRECISIONS``; ``None`` leaves it as loaded), converted in place."""
+    if precision is None:
+        return model
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "int8":
+        return model.to(getattr(torch, precision))
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("precision: 'int8' (PyTorch dynamic quantization) runs on the CPU only")
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao on every call
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model.float(), {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8,
+                                inplace=True)
+
+
 def load_model(spec: str, dtype: torch.dtype = torch.float32, device="cpu", cache_dir: Optional[str] = None,
-               quiet: bool = False):
+               quiet: bool = False, precision: Optional[str] = None):
     """Load a causal LM from a Hugging Face id, a local directory, a ``.gguf`` file, or a real-pair alias
-    (``qwen-coder-1.5b`` / ``qwen-coder-0.5b``, fetched and converted on first use)."""
+    (``qwen-coder-1.5b`` / ``qwen-coder-0.5b``, fetched and converted on first use); ``precision``: see
+    ``set_precision``."""
     from transformers import AutoModelForCausalLM
 
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if spec.lower() in ALIASES:
         spec = str(ensure_real_pair(cache_dir, quiet=quiet)[ALIASES[spec.lower()]])
     if spec.endswith(".gguf") and os.path.isfile(spec):
         model = _load_gguf_dense(Path(spec).resolve(), dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype)
-    return model.to(device).eval()
+    return set_precision(model.to(device).eval(), precision)
 
 
 def load_tokenizer(spec: str, cache_dir: Optional[str] = None, quiet: bool = False):

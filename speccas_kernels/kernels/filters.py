@@ -77,7 +77,8 @@ def _mass_above(ptrs, rmask, V, NT, M, Ms, invT, t_key, kmin_key, FP64: tl.const
 
 @triton.jit
 def _cutoffs(ptrs, rmask, V, NT, T, k, tp, mp, active, FP64: tl.constexpr, BLOCK_V: tl.constexpr):
-    """[R] cutoffs of the rows at ``ptrs`` (-inf where ``active`` is False)."""
+    """([R] cutoffs of the rows at ``ptrs``, -inf where ``active`` is False; [R] the rows' max logits, NaN
+    ignored, in the input's precision)."""
     invT = inv_temperature(T)
     # The row's max (in the input's precision), and the max in the search space (0 for float64: z - M).
     if FP64:
@@ -139,7 +140,20 @@ def _cutoffs(ptrs, rmask, V, NT, T, k, tp, mp, active, FP64: tl.constexpr, BLOCK
         cut = tl.where(active, Mz + c32.to(tl.float64), float("-inf"))
     else:
         cut = c32
-    return cut
+    return cut, Mz
+
+
+@triton.jit
+def filter_params(top_k_ptr, top_k_val, top_p_ptr, top_p_val, min_p_ptr, min_p_val, T, rows, rmask, V):
+    """Rows' filter values (k, top_p, min_p), whether they are in range, and whether a filter is on at T."""
+    k = row_params(top_k_ptr, top_k_val, rows, rmask).to(tl.int64)
+    tp_raw = row_params(top_p_ptr, top_p_val, rows, rmask)
+    mp = row_params(min_p_ptr, min_p_val, rows, rmask).to(tl.float32)
+    ok = (k >= 0) & (tp_raw > 0) & (tp_raw <= 1) & (mp >= 0) & (mp <= 1)
+    # a valid top_p below float32's smallest normal keeps the argmax group alone, as that smallest normal does
+    tp = tl.maximum(tp_raw.to(tl.float32), 1.1754944e-38)
+    on = ok & (T > 0) & (T < float("inf")) & (((k >= 1) & (k < V)) | (tp < 1) | (mp > 0))
+    return k, tp, mp, ok, on
 
 
 @triton.jit(do_not_specialize=["K", "n_val", "top_k_val", "top_p_val", "min_p_val", "temp_val"])
@@ -172,11 +186,8 @@ def _filter_cutoff_kernel(
     rows = tl.program_id(1).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rmask = rows < B
     T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
-    k = row_params(top_k_ptr, top_k_val, rows, rmask).to(tl.int64)
-    tp = row_params(top_p_ptr, top_p_val, rows, rmask).to(tl.float32)
-    mp = row_params(min_p_ptr, min_p_val, rows, rmask).to(tl.float32)
-    ok = (k >= 0) & (tp > 0) & (tp <= 1) & (mp >= 0) & (mp <= 1)
-    on = ok & (T > 0) & (T < float("inf")) & (((k >= 1) & (k < V)) | (tp < 1) | (mp > 0))
+    k, tp, mp, ok, on = filter_params(top_k_ptr, top_k_val, top_p_ptr, top_p_val, min_p_ptr, min_p_val, T, rows,
+                                      rmask, V)
     if VERIFY:
         if RAGGED:
             start = tl.load(cu_ptr + rows, mask=rmask, other=0)
@@ -192,7 +203,7 @@ def _filter_cutoff_kernel(
                     qptrs = zq_ptr + (start + i) * stride_qk
                 else:
                     qptrs = zq_ptr + rows * stride_qb + i * stride_qk
-                qcut = _cutoffs(qptrs, rmask & (i < n), V, NT, T, k, tp, mp, on & (i < n), FP64, BLOCK_V)
+                qcut, _ = _cutoffs(qptrs, rmask & (i < n), V, NT, T, k, tp, mp, on & (i < n), FP64, BLOCK_V)
                 tl.store(cut_ptr + rows * K + i, qcut, mask=rmask)
         else:  # target position i
             i = slot - K
@@ -200,12 +211,12 @@ def _filter_cutoff_kernel(
                 ptrs = zp_ptr + (start + rows + i) * stride_pk
             else:
                 ptrs = zp_ptr + rows * stride_pb + i * stride_pk
-            cut = _cutoffs(ptrs, rmask & (i <= n), V, NT, T, k, tp, mp, on & (i <= n), FP64, BLOCK_V)
+            cut, _ = _cutoffs(ptrs, rmask & (i <= n), V, NT, T, k, tp, mp, on & (i <= n), FP64, BLOCK_V)
             tl.store(cut_ptr + B * K + rows * (K + 1) + i, cut, mask=rmask)
             if i == 0:
                 tl.store(ok_ptr + rows, ok.to(tl.int32), mask=rmask)
     else:
-        cut = _cutoffs(zp_ptr + rows * stride_pb, rmask, V, NT, T, k, tp, mp, on, FP64, BLOCK_V)
+        cut, _ = _cutoffs(zp_ptr + rows * stride_pb, rmask, V, NT, T, k, tp, mp, on, FP64, BLOCK_V)
         tl.store(cut_ptr + rows, cut, mask=rmask)
         tl.store(ok_ptr + rows, ok.to(tl.int32), mask=rmask)
 
@@ -240,11 +251,16 @@ def launch_cutoffs(cut, ok, zp, zq, cu, n, temperature, filters, B: int, K: int,
     positions (``strides``: target b, k then drafter b, k); ``rows`` rows per program."""
     n_ptr, n_val = split_param(n, K)
     t_ptr, t_val = split_param(temperature, 1.0)
-    k_ptr, k_val = split_param(filters.top_k, 0)
-    p_ptr, p_val = split_param(filters.top_p, 1.0)
-    m_ptr, m_val = split_param(filters.min_p, 0.0)
     slots = 2 * K + 1 if verify else 1
     _filter_cutoff_kernel[(slots, triton.cdiv(B, rows))](
-        cut, ok, zp, zq, cu, n_ptr, int(n_val), t_ptr, float(t_val), k_ptr, int(k_val), p_ptr, float(p_val), m_ptr,
-        float(m_val), B, K, V, triton.cdiv(V, block_v), *strides, VERIFY=verify, RAGGED=cu is not None, FP64=fp64,
+        cut, ok, zp, zq, cu, n_ptr, int(n_val), t_ptr, float(t_val), *filter_args(filters), B, K, V, triton.cdiv(V, block_v), *strides, VERIFY=verify, RAGGED=cu is not None, FP64=fp64,
         ROWS=rows, BLOCK_V=block_v, num_warps=num_warps)
+
+
+def filter_args(filters) -> tuple:
+    """``filter_params``' six kernel arguments (pointer or None, scalar) for top_k, top_p, min_p."""
+    k_ptr, k_val = split_param(filters.top_k, 0)
+    p_ptr, p_val = split_param(filters.top_p, 1.0)
+    p_val = max(float(p_val), 1.1754944e-38) if p_val > 0 else p_val  # passed as float32: see filter_params
+    m_ptr, m_val = split_param(filters.min_p, 0.0)
+    return k_ptr, int(k_val), p_ptr, float(p_val), m_ptr, float(m_val)

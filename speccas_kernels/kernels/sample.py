@@ -10,8 +10,13 @@ own max ``m_t``: ``(z - m_t) / T + G``
 NaN/+inf flag, and draws a ticket on its group's counter. The program with the last ticket merges the tiles:
 ``M = max m_t``, each tile's best shifted by ``(m_t - M) / T``, ties to the lowest index; then it writes the
 token (``-1`` for a row with NaN/+inf or all -inf logits, a bad temperature or bad filter values) and resets
-the counter. One tile: no ticket. With sampling filters, ``filters.py`` computes each row's cutoff first
-(one more launch) and entries below it score -inf.
+the counter. One tile: no ticket.
+
+With sampling filters the launch is ``_sample_filtered_kernel``, still one launch: grid ``(row groups,)``, a
+program finds its rows' cutoffs (``filters.py``: a max pass and the bisection passes, the row's later passes from
+L2) and then races over the whole row itself, entries below the cutoff scoring -inf. The cutoff search dominates
+(up to 66 passes over the row against one for the race), so splitting the race across programs would not pay for
+the extra launch it needs.
 """
 
 import torch
@@ -21,6 +26,7 @@ import triton.language as tl
 from .. import rules
 from . import common
 from .common import BIG, NEG_INF, best_lowest_rows, inv_temperature, load_logits, row_params, temperature_ok
+from .filters import _cutoffs, filter_args, filter_params
 from .philox import gumbel_rows
 
 STREAM_DRAFT = tl.constexpr(rules.STREAM_DRAFT)
@@ -37,13 +43,10 @@ def _sample_kernel(
     temp_ptr, temp_val,  # [B] or one value
     seed_ptr, seed_val,  # [B] int64 or one value
     offset_ptr, offset_val,  # [B] int64 or one value
-    cut_ptr,  # [B] filter cutoffs (FILTERS)
-    fok_ptr,  # [B] int32: filter values in range (FILTERS)
     B,
     V,
     NT,
     stride_b,
-    FILTERS: tl.constexpr,
     FP64: tl.constexpr,
     ROWS: tl.constexpr,  # rows per program: 1 on a GPU; a whole small batch under the interpreter
     BLOCK_V: tl.constexpr,  # a multiple of 4
@@ -56,29 +59,12 @@ def _sample_kernel(
     v0 = t.to(tl.int64) * BLOCK_V
     T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
     invT = inv_temperature(T)
-    g = tl.arange(0, BLOCK_V // 4)
-    j = tl.arange(0, 4)
-    v = v0 + g[None, :, None] * 4 + j[None, None, :]  # [1, G, 4]
-    mask = rmask[:, None, None] & (v < V)
-    z = load_logits(z_ptr + rows[:, None, None] * stride_b + v, mask, FP64)  # [R, G, 4]
-    bad = tl.max(tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=2), axis=1)
-    z = tl.where(z == z, z, NEG_INF)
-    m = tl.max(tl.max(z, axis=2), axis=1)  # [R]
-    m3 = m[:, None, None]
-    greedy = (T == 0)[:, None, None]
-    noise = tl.zeros([ROWS, BLOCK_V // 4, 4], dtype=tl.float32)
-    if tl.max((T > 0).to(tl.int32), axis=0) > 0:  # some row samples: the noise (rows of one program share this)
-        noise, _ = gumbel_rows(row_params(seed_ptr, seed_val, rows, rmask), row_params(offset_ptr, offset_val, rows,
-                               rmask), STREAM_DRAFT, v0, BLOCK_V)
-    keep = z > NEG_INF
-    if FILTERS:
-        keep = keep & (z >= tl.load(cut_ptr + rows, mask=rmask, other=0.0)[:, None, None])
-    scaled = _rel(z, tl.where(m3 == NEG_INF, 0.0, m3)) * invT[:, None, None] + noise
-    s = tl.where(greedy, tl.where(z == m3, 0.0, NEG_INF), tl.where(keep, scaled, NEG_INF))
-    best, idx = best_lowest_rows(s, v.to(tl.int32))  # greedy rows: the lowest argmax, score 0 (relative)
+    seed = row_params(seed_ptr, seed_val, rows, rmask)
+    offset = row_params(offset_ptr, offset_val, rows, rmask)
+    nocut = tl.full([ROWS], float("-inf"), tl.float32)
+    best, idx, m, bad = _race_tile(z_ptr + rows * stride_b, rmask, v0, V, T, invT, seed, offset, nocut, None, FP64,
+                                   ROWS, BLOCK_V)
     ok = temperature_ok(T)
-    if FILTERS:
-        ok = ok & (tl.load(fok_ptr + rows, mask=rmask, other=1) != 0)
     if SINGLE:
         ok = ok & (bad == 0) & (m > NEG_INF) & (m < float("inf")) & (idx < BIG)
         tl.store(tokens_ptr + rows, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64), mask=rmask)
@@ -96,6 +82,80 @@ def _sample_kernel(
 @triton.jit
 def _rel(z, M):
     return (z - M).to(tl.float32)
+
+
+@triton.jit
+def _race_tile(ptrs, rmask, v0, V, T, invT, seed, offset, cut, M, FP64: tl.constexpr, ROWS: tl.constexpr,
+               BLOCK_V: tl.constexpr):
+    """The race over one tile of R rows (``ptrs``: the rows' logits): (best score, its lowest index, the tile's max
+    logit, NaN/+inf flag), each [R]. Scores are (z - M) / T + G with M the row's max when given, else the tile's
+    own max (the caller shifts); greedy rows score 0 at the max; entries below ``cut`` score -inf."""
+    g = tl.arange(0, BLOCK_V // 4)
+    j = tl.arange(0, 4)
+    v = v0 + g[None, :, None] * 4 + j[None, None, :]  # [1, G, 4]
+    mask = rmask[:, None, None] & (v < V)
+    z = load_logits(ptrs[:, None, None] + v, mask, FP64)  # [R, G, 4]
+    bad = tl.max(tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=2), axis=1)
+    z = tl.where(z == z, z, NEG_INF)
+    m = tl.max(tl.max(z, axis=2), axis=1)  # [R]
+    if M is None:
+        Mr = m
+    else:
+        Mr = M
+    m3 = Mr[:, None, None]
+    greedy = (T == 0)[:, None, None]
+    noise = tl.zeros([ROWS, BLOCK_V // 4, 4], dtype=tl.float32)
+    if tl.max((T > 0).to(tl.int32), axis=0) > 0:  # some row samples: the noise (rows of one program share this)
+        noise, _ = gumbel_rows(seed, offset, STREAM_DRAFT, v0, BLOCK_V)
+    keep = (z > NEG_INF) & (z >= cut[:, None, None])
+    scaled = _rel(z, tl.where(m3 == NEG_INF, 0.0, m3)) * invT[:, None, None] + noise
+    s = tl.where(greedy, tl.where(z == m3, 0.0, NEG_INF), tl.where(keep, scaled, NEG_INF))
+    best, idx = best_lowest_rows(s, v.to(tl.int32))  # greedy rows: the lowest argmax, score 0 (relative)
+    return best, idx, m, bad
+
+
+@triton.jit(do_not_specialize=["temp_val", "seed_val", "offset_val", "top_k_val", "top_p_val", "min_p_val"])
+def _sample_filtered_kernel(
+    tokens_ptr,  # [B] int64
+    z_ptr,  # [B, V_in] logits, last stride 1
+    temp_ptr, temp_val,  # [B] or one value
+    seed_ptr, seed_val,  # [B] int64 or one value
+    offset_ptr, offset_val,  # [B] int64 or one value
+    top_k_ptr, top_k_val,
+    top_p_ptr, top_p_val,
+    min_p_ptr, min_p_val,
+    B,
+    V,
+    NT,
+    stride_b,
+    FP64: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    rmask = rows < B
+    ptrs = z_ptr + rows * stride_b
+    T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
+    invT = inv_temperature(T)
+    k, tp, mp, fok, on = filter_params(top_k_ptr, top_k_val, top_p_ptr, top_p_val, min_p_ptr, min_p_val, T, rows,
+                                       rmask, V)
+    cut, M = _cutoffs(ptrs, rmask, V, NT, T, k, tp, mp, on, FP64, BLOCK_V)
+    seed = row_params(seed_ptr, seed_val, rows, rmask)
+    offset = row_params(offset_ptr, offset_val, rows, rmask)
+    best = tl.full([ROWS], float("-inf"), tl.float32)
+    idx = tl.full([ROWS], BIG, tl.int32)
+    bad = tl.zeros([ROWS], dtype=tl.int32)
+    t = 0
+    while t < NT:  # tiles in order: a strictly better score moves the winner, so ties keep the lowest index
+        tb, ti, _, tbad = _race_tile(ptrs, rmask, t.to(tl.int64) * BLOCK_V, V, T, invT, seed, offset, cut, M, FP64,
+                                     ROWS, BLOCK_V)
+        take = tb > best
+        best = tl.where(take, tb, best)
+        idx = tl.where(take, ti, idx)
+        bad = tl.maximum(bad, tbad)
+        t += 1
+    ok = temperature_ok(T) & fok & (bad == 0) & (M > NEG_INF) & (M < float("inf")) & (idx < BIG)
+    tl.store(tokens_ptr + rows, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64), mask=rmask)
 
 
 @triton.jit
@@ -151,10 +211,8 @@ def roofline_hints(launch) -> dict:
 
 def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, vocab_size: int, block_v: int,
                   num_warps: int, rows: int = 1) -> torch.Tensor:
-    """[B, V] logits -> [B] int64 tokens on the same device (no host sync; one launch, two with filters).
+    """[B, V] logits -> [B] int64 tokens on the same device (no host sync; one launch, filters or not).
     ``rows``: rows per program (a power of two)."""
-    from .filters import launch_cutoffs
-
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     B = logits.shape[0]
@@ -163,22 +221,20 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     dev = logits.device
     fp64 = logits.dtype == torch.float64
     tokens = torch.empty((B,), dtype=torch.int64, device=dev)
+    groups = triton.cdiv(B, rows)
+    t_ptr, t_val = common.split_param(temperature, 1.0)
+    s_ptr, s_val = common.split_param(seed, 0)
+    o_ptr, o_val = common.split_param(offset, 0)
+    if filters.active:
+        _sample_filtered_kernel[(groups,)](tokens, logits, t_ptr, float(t_val), s_ptr, int(s_val), o_ptr, int(o_val),
+                                           *filter_args(filters), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows,
+                                           BLOCK_V=block_v, num_warps=num_warps)
+        return tokens
     mdt = torch.float64 if fp64 else torch.float32
     part_m = torch.empty((B * nt,), dtype=mdt, device=dev)
     part_s = torch.empty((B * nt,), dtype=torch.float32, device=dev)
     part_i = torch.empty((B * nt * 2,), dtype=torch.int32, device=dev)
-    groups = triton.cdiv(B, rows)
     cnt = common.counters(dev, groups)
-    cut = fok = None
-    if filters.active:
-        cut = torch.empty((B,), dtype=mdt, device=dev)
-        fok = torch.empty((B,), dtype=torch.int32, device=dev)
-        launch_cutoffs(cut, fok, logits, None, None, None, temperature, filters, B, 0, V, (logits.stride(0), 0, 0, 0),
-                       False, block_v, num_warps, fp64, rows)
-    t_ptr, t_val = common.split_param(temperature, 1.0)
-    s_ptr, s_val = common.split_param(seed, 0)
-    o_ptr, o_val = common.split_param(offset, 0)
     _sample_kernel[(groups, nt)](tokens, part_m, part_s, part_i, cnt, logits, t_ptr, float(t_val), s_ptr, int(s_val),
-                                 o_ptr, int(o_val), cut, fok, B, V, nt, logits.stride(0), FILTERS=filters.active,
-                                 FP64=fp64, ROWS=rows, BLOCK_V=block_v, SINGLE=nt == 1, num_warps=num_warps)
+                                 o_ptr, int(o_val), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows, BLOCK_V=block_v, SINGLE=nt == 1, num_warps=num_warps)
     return tokens

@@ -55,7 +55,7 @@ import triton
 import triton.language as tl
 
 from .. import rules
-from ..outputs import VerifyOutput, new_verify_output
+from ..outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from . import common, philox
 from .common import (BIG, NEG_INF, best_lowest_rows, inv_temperature, load_logits, row_params, temperature_ok,
                      ticket, wait_flag)
@@ -931,7 +931,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     o_ptr, o_val = common.split_param(args.offset, 0)
     lo, hi = args.rule.alpha_range
     _verify_kernel[(grid,)](
-        *out, part_m, part_f, part_i, pos_m, pos_f, pos_i, look_part, look, race_f, race_i, row_i, row_f, cnt,
+        *out[:KERNEL_OUTPUTS], part_m, part_f, part_i, pos_m, pos_f, pos_i, look_part, look, race_f, race_i, row_i, row_f, cnt,
         zq, zp, x, cu, n_ptr, int(n_val), a_ptr, float(a_val), t_ptr, float(t_val), s_ptr, int(s_val), o_ptr,
         int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *strides,
         **cx, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
