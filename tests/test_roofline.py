@@ -1,6 +1,7 @@
 """bench/roofline.py, the static sm_90 model: the device-work counter, the launch recorder, the memory
 tracer, the ahead-of-time compile with its SASS analysis, and the time formula."""
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -126,53 +127,118 @@ def test_counts_launches_and_kernel_ops(probe):
 
 def _steady(fn, *args, **kwargs):
     """Device work of a call after one uncounted call (the first call on a device allocates the kernels' zeroed
-    counters)."""
-    fn(*args, **kwargs)
+    counters). Neither call runs the kernels: the recorder captures the launches, the Python side runs in full."""
+    rf.count_device_work(fn, *args, **kwargs)
     return rf.count_device_work(fn, *args, **kwargs)
 
 
-@pytest.mark.parametrize("rule", ["speculative", "opt", "token_v3", "ensemble"])
-def test_verify_is_one_launch_and_nothing_else(rule):
-    """v1: one Triton launch per verify call (the persistent kernel), no other device work, with Python-number and
-    [B] tensor arguments alike; sampling filters add exactly one launch (the cutoffs)."""
-    B, K, V = 2, 3, 100
+B_, K_, V_ = 3, 3, 100
+FILTERS = dict(top_k=5, top_p=0.9, min_p=0.05)
+
+
+def _row(value, dtype=torch.float32):
+    return torch.tensor(value, dtype=dtype) if isinstance(value, list) else torch.full((B_,), value, dtype=dtype)
+
+
+def _verify_cases(rule):
+    """(name, call arguments beyond the logits and drafts, expected launches) for one rule: Python-number and [B]
+    tensor arguments, ragged ``num_draft_tokens``, the ragged layout, filters scalar and per row, token-only drafts
+    where the rule has them. Filters add the cutoff launch: two launches, the bound."""
+    alpha = speccas_kernels.DEFAULT_ALPHA[rule]
+    per_row = dict(alpha=_row([alpha, 0.1, 0.9]), temperature=_row([1.0, 0.0, 0.7]),
+                   seed=_row([1, 2, 3], torch.int64), offset=_row([0, 5, 9], torch.int64),
+                   num_draft_tokens=_row([3, 1, 0], torch.int64))
+    rows_filters = dict(top_k=_row([5, 0, 2], torch.int64), top_p=_row([0.9, 1.0, 0.5]), min_p=_row([0.05, 0.0, 0.1]))
+    one, two = ["_verify_kernel"], ["_filter_cutoff_kernel", "_verify_kernel"]
+    cases = [("scalars", dict(alpha=alpha, temperature=0.7, seed=3, offset=2), one),
+             ("defaults", {}, one),
+             ("per-row, ragged n", per_row, one),
+             ("scalars, filters", dict(alpha=alpha, temperature=0.7, **FILTERS), two),
+             ("per-row, ragged n, filters", dict(per_row, **FILTERS), two),
+             ("per-row, ragged n, per-row filters", dict(per_row, **rows_filters), two),
+             ("T = 0, filters", dict(temperature=0.0, **FILTERS), two)]
+    return cases
+
+
+@pytest.mark.parametrize("rule", speccas_kernels.RULES)
+def test_verify_device_work_per_call(rule):
+    """Issue 13: a Triton ``verify`` call is at most 2 launches and nothing else (no fills, no copies), for every
+    rule, with Python-number and [B] tensor arguments, ragged draft counts and layout, filters or none: one launch
+    of the persistent kernel, the filter cutoffs one more. Counted under the interpreter's settings and the GPU's."""
     g = torch.Generator().manual_seed(0)
-    zq, zp = torch.randn(B, K, V, generator=g), torch.randn(B, K + 1, V, generator=g)
-    x = torch.randint(0, V, (B, K), generator=g)
-    work = _steady(speccas_kernels.verify, zq, zp, x, rule=rule, backend="triton")
-    assert [l.qualname for l in work.launches] == ["_verify_kernel"] and work.ops == [], work.summary()
-    kernel = work.launches[0]
+    zq, zp = torch.randn(B_, K_, V_, generator=g), torch.randn(B_, K_ + 1, V_, generator=g)
+    x = torch.randint(0, V_, (B_, K_), generator=g)
+    token_drafts = speccas_kernels.RULE_INFO[rule].supports_token_drafts
+    for settings in (contextlib.nullcontext, rf.gpu_launch_settings):
+        with settings():
+            for name, kw, want in _verify_cases(rule):
+                for q in (zq, None) if token_drafts else (zq,):
+                    work = _steady(speccas_kernels.verify, q, zp, x, rule=rule, backend="triton", **kw)
+                    assert [l.qualname for l in work.launches] == want, (settings, name, q is None, work.summary())
+                    assert work.ops == [] and work.total == len(want) <= 2, (settings, name, work.summary())
+                    assert (work.launches[-1].arg("zq_ptr").kind == "tensor") == (q is not None)
+            # the ragged layout: row b's n_b drafts back to back, its n_b + 1 target positions after them
+            n = [3, 1, 0]
+            cu = torch.tensor([0, 3, 4, 4])
+            flat_q = torch.cat([zq[b, :n[b]] for b in range(B_)])
+            flat_p = torch.cat([zp[b, :n[b] + 1] for b in range(B_)])
+            flat_x = torch.cat([x[b, :n[b]] for b in range(B_)])
+            for kw, want in (({}, 1), (FILTERS, 2)):
+                work = _steady(speccas_kernels.verify_ragged, flat_q, flat_p, flat_x, cu, max_num_draft_tokens=3,
+                               rule=rule, backend="triton", **kw)
+                assert work.launches[-1].qualname == "_verify_kernel" and work.ops == [], work.summary()
+                assert work.total == len(work.launches) == want, (settings, "ragged layout", kw, work.summary())
+                assert work.launches[-1].arg("cu_ptr").kind == "tensor"
+
+
+def test_device_work_counter_sees_extra_work():
+    """Negative control for the counts above: a call that does more than its launches is counted as such."""
+    zq, zp, x = torch.randn(2, 3, 50), torch.randn(2, 4, 50), torch.zeros(2, 3, dtype=torch.int64)
+
+    def verify_then_copy():
+        out = speccas_kernels.verify(zq, zp, x, rule="chow", backend="triton")
+        return out.tokens.clone(), torch.full((2,), 0.5)
+
+    work = _steady(verify_then_copy)
+    assert len(work.launches) == 1 and work.total == 3, work.summary()
+    assert sorted(op.name for op in work.ops) == ["aten.clone.default", "aten.full.default"], work.summary()
+
+
+def test_verify_runs_as_recorded():
+    """The launches the recorder counts without running are the ones a real call runs, with the same tokens."""
+    g = torch.Generator().manual_seed(1)
+    zq, zp = torch.randn(2, 3, 100, generator=g), torch.randn(2, 4, 100, generator=g)
+    x = torch.randint(0, 100, (2, 3), generator=g)
+    counted = _steady(speccas_kernels.verify, zq, zp, x, rule="token_v3", backend="triton", seed=3)
+    ran = rf.DeviceWork(execute=True)
+    with ran:
+        got = speccas_kernels.verify(zq, zp, x, rule="token_v3", backend="triton", seed=3)
+    want = speccas_kernels.verify(zq, zp, x, rule="token_v3", backend="triton", seed=3)
+    assert [l.qualname for l in ran.launches] == [l.qualname for l in counted.launches] == ["_verify_kernel"]
+    assert ran.ops == [] and torch.equal(got.tokens, want.tokens)
+    kernel = counted.launches[0]
     assert kernel.signature["zq_ptr"] == "*fp32" and "V" not in kernel.attrs  # V = 100: no divisibility by 16
     assert kernel.signature["K"] == "i32"  # do_not_specialize
 
-    kw = dict(alpha=torch.full((B,), speccas_kernels.DEFAULT_ALPHA[rule]), temperature=torch.ones(B),
-              seed=torch.zeros(B, dtype=torch.int64), offset=torch.zeros(B, dtype=torch.int64),
-              num_draft_tokens=torch.full((B,), K))
-    work = _steady(speccas_kernels.verify, zq, zp, x, rule=rule, backend="triton", **kw)
-    assert work.total == 1 and work.launches[0].qualname == "_verify_kernel", work.summary()
 
-    work = _steady(speccas_kernels.verify, zq, zp, x, rule=rule, backend="triton", top_k=5, top_p=0.9)
-    assert [l.qualname for l in work.launches] == ["_filter_cutoff_kernel", "_verify_kernel"], work.summary()
-    assert work.ops == [], work.summary()
-
-    ran = rf.DeviceWork(execute=True)
-    with ran:
-        got = speccas_kernels.verify(zq, zp, x, rule=rule, backend="triton", seed=3)
-    want = speccas_kernels.verify(zq, zp, x, rule=rule, backend="triton", seed=3)
-    assert [l.qualname for l in ran.launches] == ["_verify_kernel"]
-    assert torch.equal(got.tokens, want.tokens)
-
-
-def test_sample_is_one_launch_and_nothing_else():
-    z = torch.randn(3, 1000)
-    work = _steady(speccas_kernels.sample, z, backend="triton")
-    assert [l.qualname for l in work.launches] == ["_sample_kernel"] and work.ops == [], work.summary()
-    work = _steady(speccas_kernels.sample, z, backend="triton", temperature=torch.ones(3),
-                   seed=torch.zeros(3, dtype=torch.int64), offset=torch.zeros(3, dtype=torch.int64))
-    assert work.total == 1, work.summary()
-    work = _steady(speccas_kernels.sample, z, backend="triton", min_p=0.1)
-    assert [l.qualname for l in work.launches] == ["_filter_cutoff_kernel", "_sample_kernel"], work.summary()
-    assert work.ops == [], work.summary()
+def test_sample_device_work_per_call():
+    """Issue 13: a Triton ``sample`` call is exactly 1 launch and nothing else, filters or none (the filtered kernel
+    finds the cutoffs itself), with Python-number and [B] tensor arguments, one tile or many."""
+    z = torch.randn(B_, 1000)
+    per_row = dict(temperature=_row([1.0, 0.0, 0.7]), seed=_row([1, 2, 3], torch.int64),
+                   offset=_row([0, 5, 9], torch.int64))
+    rows_filters = dict(top_k=_row([5, 0, 2], torch.int64), top_p=_row([0.9, 1.0, 0.5]), min_p=_row([0.05, 0.0, 0.1]))
+    cases = [({}, "_sample_kernel"), (dict(temperature=0.7, seed=3, offset=1), "_sample_kernel"),
+             (per_row, "_sample_kernel"), (dict(min_p=0.1), "_sample_filtered_kernel"),
+             (dict(temperature=0.7, **FILTERS), "_sample_filtered_kernel"),
+             (dict(per_row, **rows_filters), "_sample_filtered_kernel")]
+    for settings in (contextlib.nullcontext, rf.gpu_launch_settings):
+        with settings():
+            for logits in (z, z[:, :40]):  # many tiles (a ticket merge), one tile
+                for kw, want in cases:
+                    work = _steady(speccas_kernels.sample, logits, backend="triton", **kw)
+                    assert [l.qualname for l in work.launches] == [want], (settings, kw, work.summary())
+                    assert work.ops == [] and work.total == 1, (settings, kw, work.summary())
 
 
 def test_gpu_launch_settings_pick_gpu_tiles():
