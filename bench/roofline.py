@@ -2182,6 +2182,37 @@ def compare_table(rows: List[dict], a: str, b: str) -> List[str]:
          f"{b} us ({MODEL_BANNER})", "gain", f"{a} % copy BW", f"{b} % copy BW"], body) + [""]
 
 
+README_RULES = ("speculative", "chow", "token_v3")
+
+
+def readme_table(rows: List[dict], a: str, b: str) -> List[str]:
+    """The short table for the README: version ``a`` against ``b`` at the headline cells (B = 1 and HEADLINE's B,
+    K and V), fp32 and bf16, for ``README_RULES`` and sample."""
+    idx = _index(rows)
+    K, V = str(HEADLINE["K"]), str(HEADLINE["V"])
+    body = []
+    for rule in README_RULES + ("sample",):
+        op = "sample" if rule == "sample" else "verify"
+        k = "0" if op == "sample" else K
+        for B in (str(HEADLINE["B"]), "1"):
+            for dt in GRID_DTYPES:
+                old, new = (idx.get((v, op, rule, B, k, V, dt)) for v in (a, b))
+                if old is None or new is None:
+                    continue
+                body.append([rule, B, dt] + [f"{r['launches']} + {r['other_ops']}" for r in (old, new)]
+                            + [_f(r["predicted_us"]) for r in (old, new)]
+                            + [_f(r["pct_copy_bw"]) + "%" for r in (old, new)])
+    if not body:
+        return []
+    return [f"## For the README: {a} against {b}, K = {K}, V = {V} ({MODEL_BANNER})", ""] + _table(
+        ["rule", "B", "dtype", f"{a} launches + other ops", f"{b} launches + other ops",
+         f"{a} us ({MODEL_BANNER})", f"{b} us ({MODEL_BANNER})", f"{a} % of copy BW", f"{b} % of copy BW"], body) + [
+        "", f"Predicted by the {MODEL_BANNER}: a static sm_90 model of an H200 computed on a CPU machine "
+        "(`bench/roofline.py`), not a GPU run; a GPU measurement replaces it when one exists. Python-number "
+        "arguments, no filters, CUDA graph launch costs; sample has no K. % of copy BW: each logit read once over "
+        "the predicted time, against the 4.3 TB/s copy bandwidth.", ""]
+
+
 def measured_rows(results: Path = RESULTS_DIR) -> List[dict]:
     """GPU measurements of the Triton kernels by bench_verify.py / bench_sample.py (the model is of them)."""
     from bench import report
@@ -2254,6 +2285,8 @@ def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
              f"`{_rel(KERNELS_CSV_PATH)}` (per launch, headline cells). Versions: "
              + ", ".join(f"`{v}` ({next(r['label'] for r in rows if r['version'] == v)}, commit "
                          f"{next(r['commit'] for r in rows if r['version'] == v)})" for v in versions), ""]
+    if len(versions) >= 2:
+        lines += readme_table(rows, versions[0], versions[-1])
     for v in versions:
         lines += [f"## Version {v}", ""]
         lines += headline_tables(rows, v) + batch_table(rows, v) + kernel_table(krows, v)

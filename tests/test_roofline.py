@@ -241,6 +241,42 @@ def test_sample_device_work_per_call():
                     assert work.ops == [] and work.total == 1, (settings, kw, work.summary())
 
 
+def test_sample_and_cutoff_hints_count_serial_passes():
+    """The hints of the filter paths: the filtered sample makes the cutoff passes (max, top-k mass, min-p; 32 steps
+    per bisection that is on) and then the race, one DRAM pass and the rest from L2; verify's cutoff launch the same
+    passes without the race; the unfiltered sample one DRAM and two L2 round trips. Every loop-trip key names a
+    line of the kernels' sources (a renamed line would otherwise silently fall back to the default count)."""
+    from speccas_kernels.kernels import filters, sample
+
+    src = Path(sample.__file__).read_text() + Path(filters.__file__).read_text()
+    V = 151936
+    z = torch.empty(2, V)
+    with rf.gpu_launch_settings():
+        def hints(fn, *args, **kw):
+            work = rf.count_device_work(fn, *args, backend="triton", **kw)
+            return work.launches[-1], rf._hints_for(work.launches[-1])
+
+        launch, h = hints(speccas_kernels.sample, z, top_k=5, top_p=0.9, temperature=0.7)
+        nt = launch.arg("NT").value
+        assert launch.qualname == "_sample_filtered_kernel" and nt == -(-V // launch.constexprs["BLOCK_V"])
+        assert h["phases"] == nt and h["l2_phases"] == (3 + 32 + 32) * nt, h
+        assert h["loop_trips"]["take = tb > best"] == nt and h["loop_trips"]["c += tl.sum((mask & (k >= t_key"] == 32 * nt
+        assert all(key in src for key in h["loop_trips"]), [k for k in h["loop_trips"] if k not in src]
+        _, h = hints(speccas_kernels.sample, z, min_p=0.1)
+        assert h["l2_phases"] == 3 * nt and h["loop_trips"]["mid = lo + (hi - lo + 1) // 2"] == 0, h
+        _, h = hints(speccas_kernels.sample, z, top_k=torch.tensor([5, 0]))  # a tensor: the bound, whatever its values
+        assert h["l2_phases"] == (3 + 32) * nt, h
+        launch, h = hints(speccas_kernels.sample, z)
+        assert launch.qualname == "_sample_kernel" and h == dict(phases=1, l2_phases=2), h
+
+        zq, zp, x = torch.empty(2, 4, V), torch.empty(2, 5, V), torch.zeros(2, 4, dtype=torch.int64)
+        cut = rf.count_device_work(speccas_kernels.verify, zq, zp, x, rule="chow", backend="triton", top_k=5,
+                                   top_p=0.9).launches[0]
+        h = rf._hints_for(cut)
+        assert cut.qualname == "_filter_cutoff_kernel" and h["l2_phases"] == (3 + 64 - 1) * nt, h
+        assert "take = tb > best" not in h["loop_trips"] and all(key in src for key in h["loop_trips"])
+
+
 def test_gpu_launch_settings_pick_gpu_tiles():
     zq, zp, x = torch.empty(1, 4, 151936), torch.empty(1, 5, 151936), torch.zeros(1, 4, dtype=torch.int64)
     with rf.gpu_launch_settings():
@@ -487,3 +523,13 @@ def test_grid_point_end_to_end(tmp_path, monkeypatch):
     assert all(rf.MODEL_BANNER in h for h in headers), [h for h in headers if rf.MODEL_BANNER not in h]
     assert any("token_v3" in line and "| 1 |" in line for line in md), "the headline row of token_v3: one launch"
     assert any("No GPU measurement exists yet" in line for line in md)
+    assert not any(line.startswith("## For the README") for line in md), "one version: nothing to compare"
+
+    rf.run_grid(pts, dict(meta, version="u"), write=True)  # a second version: the README table, t against u
+    md = rf.render(tmp_path / "report.md").splitlines()
+    at = md.index(next(line for line in md if line.startswith("## For the README: t against u")))
+    table = md[at + 2:md.index("", at + 2)]
+    assert rf.MODEL_BANNER in md[at] and all(rf.MODEL_BANNER in h for h in (table[0],)), table
+    assert [r.split(" | ")[:3] for r in table[2:]] == [["| token_v3", "8", "bf16"], ["| token_v3", "1", "fp32"],
+                                                      ["| sample", "8", "fp32"]], table
+    assert all("| 1 + 0 | 1 + 0 |" in r for r in table[2:]), table
