@@ -99,7 +99,9 @@ def _stress_inputs():
 
 def _assert_identical(a, b, what):
     for name, x, y in zip(a._fields, a, b):
-        if name == "accept_prob":
+        if x is None or y is None:
+            ok = x is None and y is None
+        elif name == "accept_prob":
             ok = torch.allclose(x, y, rtol=1e-6, atol=0.0, equal_nan=True)
         else:
             ok = torch.equal(x, y)
