@@ -13,14 +13,20 @@ What it does, per public call (``verify`` for every rule, ``sample``) and grid p
 1. **Device work.** The call runs on CPU tensors of the real shapes with a recorder that intercepts every
    Triton launch (``JITFunction.run`` / the interpreter's ``InterpretedFunction.run``) and a
    ``TorchDispatchMode`` that counts the aten ops that would launch a device kernel (fills, copies,
-   arithmetic; allocation and view ops are free). ``count_device_work(fn, ...)`` is importable.
-   The launch settings are the backend's GPU ones (``gpu_launch_settings``).
+   arithmetic; allocation, view ops and ops without a tensor output are free). ``count_device_work(fn, ...)``
+   is importable. The launch settings are the backend's GPU ones (``gpu_launch_settings``: GPU tiles, one row
+   per work item, ``PROGRAMS_PER_SM`` x 132 persistent programs). Counts are of a call in the steady state (one
+   call runs before, uncounted: the first call on a device allocates the kernels' zeroed counters once).
 2. **Compile.** Each captured launch is compiled ahead of time for ``GPUTarget("cuda", 90, 32)`` with the
    signature, constexprs and divisibility-16 / ==1 specializations that Triton's own runtime binder
    computes from the recorded arguments, in a subprocess without ``TRITON_INTERPRET``; ptxas' report
    gives registers, spills and stack; the cubin is disassembled with the ``nvdisasm`` Triton ships.
-   SASS instructions are counted by class and by sm_90 pipe; backward branches are loops. Results are
-   cached under ``.cache/roofline/`` by kernel sources, signature, constexprs and options.
+   SASS instructions are counted by class and by sm_90 pipe; backward branches are loops. Triton inlines
+   every helper and its PTX keeps only innermost source lines, so the kernel is compiled a second time from
+   its LLVM IR with each debug line replaced by the id of its whole inline chain (``inline_chains``): each
+   SASS instruction of that build names the helpers it came from, down from the kernel (ptxas schedules the
+   second build a little differently; the record keeps both instruction counts). Results are cached under
+   ``.cache/roofline/`` by kernel sources, signature, constexprs and options.
 3. **Trace.** The same call is executed under the Triton interpreter at B = 1 and B = 2 (real K and V,
    GPU launch settings, realistic logits; fp32, with the logits re-sized to 2-byte elements for bf16 when
    the bf16 launches have the same structure) with a tracer on every masked load, store and atomic:
@@ -29,33 +35,65 @@ What it does, per public call (``verify`` for every rule, ``sample``) and grid p
      a later touch is an L2 hit when its reuse distance (bytes touched in between, in launch order and the
      GPU's block order) is at most ``H200.l2_reuse_bytes``, else it comes from DRAM again. Totals and
      distances are extrapolated linearly in B from the two traces (a distance that grows with B does so
-     because the other rows' work lies in between);
+     because the other rows' work lies in between). A kernel whose queue interleaves rows (hint
+     ``reuse_rows`` = r: a row's re-touches lie at most r rows of work later, whatever B) is traced once more
+     at 2 r + 1 rows with ``PROBE_TILES`` vocabulary tiles; for B > 2 the logits' re-touches hit L2 in the
+     share of the middle row's, their distances scaled by the real vocabulary over the probe's;
    - paths: for up to 32 programs per launch the executed kernel source lines are recorded; a SASS basic
      block runs in the share of programs that executed one of its exclusive source lines (1 when it has
-     none), so code behind an untaken ``if`` is not counted (code ptxas predicated instead still is);
+     none), so code behind an untaken ``if`` is not counted (code ptxas predicated instead still is). For a
+     persistent kernel (its first program runs every work item under the interpreter) a block runs or not;
    - loops: the iterations of a SASS loop are the executions of the loads in its source lines.
    ``roofline_hints`` in the kernel's module may override trips, instructions, bytes and phases.
-4. **Time** (per launch) = max(DRAM bytes / copy bandwidth, all bytes / L2 bandwidth, warp instructions
-   / issue rate, each pipe's instructions / its rate) + phases x ``H200.phase_latency_s``, plus a launch
-   cost. The instruction terms are per SM (``ceil(programs / SMs)`` programs each, so tails and tiny grids
-   count, and a scheduler with fewer warps than ``warp_cpi`` cannot issue every clock). Other device ops
-   (fills) cost a launch and one phase each. A call's time is the sum over its device work: launches are
-   serialized, as they are on one stream. Every constant is in ``H200`` with its source.
+4. **Time** (per launch), with R = min(programs, SMs x occupancy) programs resident and t_prog one program's
+   time alone (its dependent round trips, ``phases`` x ``phase_latency_s`` + ``l2_phases`` x ``l2_latency_s``,
+   plus its instructions at one program's issue rate):
+   max(DRAM bytes / copy bandwidth, all bytes / L2 bandwidth, warp instructions / issue rate, each pipe's
+   instructions / its rate) + the round trips once, or ceil(programs / R) x t_prog when that is longer
+   (programs in waves: too few bytes in flight), plus a launch cost. The instruction terms are per SM
+   (``ceil(programs / SMs)`` programs each, so tails and tiny grids count, and a scheduler with fewer warps
+   than ``warp_cpi`` cannot issue every clock). Other device ops (fills) cost a launch and one phase each. A
+   call's time is the sum over its device work: launches are serialized, as they are on one stream. Every
+   constant is in ``H200`` with its source.
+5. **Persistent kernels** (hints ``phase_map``, ``phase_work``, ``phase_chain``, ``chain_rows``): programs
+   loop over a queue of work items of several kinds, so one program's instructions mean nothing. Each SASS
+   instruction of the chain build goes to a phase: the first ``phase_map`` rule whose function is on its
+   inline chain (a rule may name a marker: the body of that function's ``if`` whose test holds it); the
+   kernel's own instructions are ``queue`` inside its outermost loop (once per work item) or ``program``.
+   Loops inside a phase (spin waits) count once. With n_p executions of phase p (``phase_work`` closed forms
+   of the launch's arguments), I_p its warp instructions, d_p and l_p its dependent DRAM and L2 round trips:
+
+       t_p      = d_p x phase_latency + l_p x l2_latency + I_p x warps / (one program's issue rate)
+       T_items  = sum_p n_p t_p / R                      (every program holds a slot through its round trips)
+       T_tp     = max(memory, L2, issue, pipes, T_items)  (the terms above, instructions = sum_p n_p I_p warps)
+       step s   = max(ceil(items_s / R) x sum_{p in s} t_p, ceil(gap_s / R) x t_queue)
+       T_chain  = sum_s step s   (one row: stats -> merge -> second look -> merge, accept -> race -> emit; the
+                                  gap: items drawn by other programs before the next step's items come up)
+       T_drain  = T_chain - step 1
+       time     = max(T_chain, T_tp x (G - 1) / G + T_drain)      (G = chain_rows)
+
+   At B = 1 the chain is the time: each step waits for the one before, its items spread over R programs. At
+   large B the rows' steps overlap in the queue and the throughput terms decide, then the last row's steps
+   after its stats add their latency.
 
 Hints. A kernel module may define ``roofline_hints(launch) -> dict``; ``launch`` is a ``Launch`` of the real
 grid point (``.grid``, ``.programs``, ``.num_warps``, ``.constexprs``, ``.arg(name)`` with ``.shape``,
 ``.dtype``, ``.value``). Keys (``HINT_KEYS``): ``loop_trips`` ({"#i" or a source substring: iterations per
-program}), ``instructions_per_program``, ``dram_bytes``, ``l2_bytes``, ``phases``, ``note``.
+program}), ``instructions_per_program``, ``dram_bytes``, ``l2_bytes``, ``phases``, ``l2_phases``,
+``phase_map``, ``phase_work``, ``phase_chain``, ``chain_rows``, ``reuse_rows``, ``note``.
 
 Known limits: local-memory (spill) traffic is not modelled; a loop that ptxas unrolled is counted with its
 whole body per source iteration (an over-count by the unroll factor: give ``loop_trips``); the eager figure
 adds no Python-side overhead; a kernel the interpreter cannot run (it runs programs one after another, so a
-program must never wait for a later one) cannot be traced.
+program must never wait for a later one) cannot be traced; round trips per phase are read off the code by
+its author (hints), not from the SASS; a persistent kernel's phases are counted by closed forms, so a branch
+inside a phase that some executions skip counts for all of them.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import csv
 import dataclasses
@@ -90,7 +128,8 @@ KERNELS_CSV_PATH = RESULTS_DIR / "roofline_sm90_kernels.csv"
 MD_PATH = RESULTS_DIR / "roofline_sm90.md"
 SECTOR = 32  # bytes: the DRAM / L2 access granularity
 TRACE_BATCHES = (1, 2)  # the batch sizes traced under the interpreter; others are extrapolated linearly
-TRACE_FORMAT = 2  # bump when the tracer's accounting changes: cached traces are then redone
+TRACE_FORMAT = 3  # bump when the tracer's accounting changes: cached traces are then redone
+COMPILE_FORMAT = 3  # bump when a compile record gains fields: cached kernels are then recompiled
 
 GRID_B = (1, 8, 64, 256)
 GRID_K = (1, 4, 8)
@@ -116,7 +155,8 @@ class Machine:
     l2_bw: float  # bytes/s
     pipes: Dict[str, int]  # thread-operations per clock per SM
     warp_cpi: float  # clocks between a lone warp's instructions on dependent code
-    phase_latency_s: float  # one dependent round trip to memory inside a launch
+    phase_latency_s: float  # one dependent round trip to memory (DRAM) inside a launch
+    l2_latency_s: float  # one dependent round trip to L2: a load that hits, or an atomic with its fence
     launch_graph_s: float  # per kernel node in a CUDA graph
     launch_eager_s: float  # per launch, eager (host-side)
     regs_per_sm: int
@@ -130,7 +170,7 @@ H200 = Machine(
     name="NVIDIA H200 SXM (sm_90), static model",
     sms=132, clock_hz=1.98e9, schedulers=4, copy_bw=4.3e12, l2_bytes=60e6, l2_reuse_bytes=30e6, l2_bw=7.0e12,
     pipes=dict(fma=128, imad=64, alu=64, xu=16, lsu=32),
-    warp_cpi=2.0, phase_latency_s=0.7e-6, launch_graph_s=1.5e-6, launch_eager_s=4.0e-6,
+    warp_cpi=2.0, phase_latency_s=0.7e-6, l2_latency_s=0.3e-6, launch_graph_s=1.5e-6, launch_eager_s=4.0e-6,
     regs_per_sm=65536, max_threads_per_sm=2048, max_ctas_per_sm=32, smem_per_sm=228 * 1024,
     sources={
         "sms": "132 multiprocessors, read by PyTorch on this workplace's H200 (.library/device/KINDS.md, 2026-10-28)",
@@ -149,6 +189,9 @@ H200 = Machine(
         "warp_cpi": "lead: a warp alone on a scheduler issues about every 2 clocks (4-clock ALU latency, ILP 2)",
         "phase_latency_s": "lead: one DRAM round trip (~0.6-0.8 us on Hopper in public microbenchmarks) per "
                            "dependent phase of a launch (load -> use -> store, or an atomic ticket and the merge)",
+        "l2_latency_s": "lead: one dependent L2 round trip under load, a load that hits or an atomic with the fence "
+                        "that orders it (an unloaded L2 hit is ~200-500 clocks, 0.1-0.25 us, in public H100 "
+                        "microbenchmarks, e.g. chipsandcheese.com 2023; the far partition and the fence add to it)",
         "launch_graph_s": "lead: 1.5 us per dependent kernel node in a CUDA graph (replace with gpu_suite's "
                           "measurement)",
         "launch_eager_s": "issue 13's estimate of 3-5 us per eager launch (host-side launch path), not measured",
@@ -188,7 +231,20 @@ HINT_KEYS = {
     "instructions_per_program": "warp instructions one warp of a program executes (overrides the SASS count)",
     "dram_bytes": "bytes the launch moves to and from DRAM (overrides the trace)",
     "l2_bytes": "bytes the launch re-reads from L2 (overrides the trace)",
-    "phases": "dependent phases inside the launch (default 1, or 2 when the SASS has global atomics)",
+    "phases": "dependent DRAM round trips inside a program (default 1, or 2 when the SASS has global atomics)",
+    "l2_phases": "dependent L2 round trips inside a program besides `phases` (default 0)",
+    "phase_map": "a persistent kernel's phases: [[phase, function, marker or None], ...]; a SASS instruction belongs "
+                 "to the first rule whose function is on its inline chain (with a marker: at a line in the body of "
+                 "that function's `if`, or in the header or body of its `while`/`for`, whose test holds the marker); "
+                 "unclaimed instructions are 'queue' (inside the kernel's outermost loop) or 'program'",
+    "phase_work": "{phase: {count: executions in the launch, dram: dependent DRAM round trips per execution, l2: "
+                  "dependent L2 round trips}} for every phase of phase_map, 'queue' and 'program'",
+    "phase_chain": "one row's dependent steps in order: [[phases of one work item, items, gap], ...]; a step takes "
+                   "ceil(items / resident programs) waves of its item, or the time to draw `gap` other items, "
+                   "whichever is longer",
+    "chain_rows": "independent chains of phase_chain in the launch (rows, or row groups)",
+    "reuse_rows": "rows of other work between a row's first touch and its re-touches (a queue that interleaves "
+                  "rows): re-touch distances are then taken from a probe trace (module docstring)",
     "note": "a sentence shown in the report",
 }
 
@@ -481,8 +537,8 @@ class DeviceWork(TorchDispatchMode):
         if name in FREE_OPS and not (name == "lift_fresh" and _on_device(out)):
             return out
         tensors = [t for t in _flatten(out) if isinstance(t, torch.Tensor)]
-        if tensors and all(t.numel() == 0 for t in tensors) and name not in SYNC_OPS:
-            return out
+        if all(t.numel() == 0 for t in tensors) and name not in SYNC_OPS:
+            return out  # no tensor output (e.g. aten.promote_types), or only empty ones: nothing launched
         self.ops.append(DeviceOp(str(func), name in SYNC_OPS))
         return out
 
@@ -512,28 +568,32 @@ def count_device_work(fn: Callable, *args, execute: bool = False, **kwargs) -> D
 
 
 @contextlib.contextmanager
-def gpu_launch_settings():
-    """Make the ``triton`` backend choose its GPU launch settings (tile sizes, warps) for CPU tensors.
+def gpu_launch_settings(machine: "Machine" = None):
+    """Make the ``triton`` backend choose its GPU launch settings (tile sizes, warps, rows per work item,
+    persistent programs) for CPU tensors.
 
-    Under ``TRITON_INTERPRET=1`` the backend picks small interpreter tiles; the model needs the tiles a
-    GPU run would use, so ``triton_backend._interpreting`` is made to answer False and its device check
-    accepts CPU tensors while this context is active (the backend module is resolved first, so the
-    availability probe still sees the interpreter)."""
+    Under ``TRITON_INTERPRET=1`` the backend picks small interpreter tiles, a whole batch per work item and one
+    persistent program; the model needs what a GPU run would use, so ``triton_backend._interpreting`` is made
+    to answer False (tiles, ``rows() == 1``), ``programs()`` answers ``PROGRAMS_PER_SM`` x the machine's SMs,
+    and the device check accepts CPU tensors while this context is active (the backend module is resolved
+    first, so the availability probe still sees the interpreter)."""
     import speccas_kernels
     from speccas_kernels import triton_backend as tb
 
+    machine = machine or H200
     speccas_kernels.backends.resolve("triton", torch.device("cpu"))
-    missing = [n for n in ("_interpreting", "_check_device") if not hasattr(tb, n)]
+    missing = [n for n in ("_interpreting", "_check_device", "programs", "PROGRAMS_PER_SM") if not hasattr(tb, n)]
     if missing:
         raise RuntimeError(f"roofline: speccas_kernels.triton_backend has no {', '.join(missing)}; the tool needs "
                            f"them to ask for GPU launch settings on CPU tensors (update gpu_launch_settings)")
-    saved = tb._interpreting, tb._check_device
+    saved = tb._interpreting, tb._check_device, tb.programs
     tb._interpreting = lambda: False
     tb._check_device = lambda t: None
+    tb.programs = lambda device: tb.PROGRAMS_PER_SM * machine.sms
     try:
         yield
     finally:
-        tb._interpreting, tb._check_device = saved
+        tb._interpreting, tb._check_device, tb.programs = saved
 
 
 # ----------------------------------------------------------------------------------------------
@@ -761,8 +821,10 @@ class MemoryTracer:
             launches.append(dict(name=self.launch_names[i], programs=self.programs[i], access=entries,
                                  lines={f"{f}:{n}": c for (f, n), c in self.line_execs[i].items()},
                                  paths=[[sorted(p), n] for p, n in self.paths[i].items()]))
-        return dict(launches=launches, storages=[dict(nbytes=s["nbytes"], dtype=s["dtype"], args=s["args"][:4])
-                                                 for s in self.storages])
+        return dict(launches=launches, storages=[
+            dict(nbytes=s["nbytes"], dtype=s["dtype"], args=s["args"][:4],
+                 scenario_nbytes=s["nbytes"] // sc.resize[s["base"]][0] * sc.resize[s["base"]][1]
+                 if s["base"] in sc.resize else s["nbytes"]) for s in self.storages])
 
 
 def _occurrence_keys(sectors: np.ndarray) -> np.ndarray:
@@ -852,6 +914,10 @@ def launch_bytes(paired_launch: dict, B: int, machine: "Machine", logits_storage
             if d1 + (B - 1) * (d2 - d1) <= machine.l2_reuse_bytes:
                 hit += n
         f_hit = hit / total if total else 1.0
+        probe = (paired_launch.get("probe") or {}).get(sidx) if kind == "load" else None
+        if probe and B > max(TRACE_BATCHES):  # a row-interleaving kernel: the probe's middle row stands for all
+            ptotal = sum(n for _, n in probe)
+            f_hit = sum(n for q, n in probe if 2.0 ** (q / 8) <= machine.l2_reuse_bytes) / ptotal if ptotal else 1.0
         dram = first + again * (1 - f_hit)
         if kind == "store":
             out.dram_write += dram
@@ -896,7 +962,8 @@ def compile_key(launch: Launch) -> str:
 
     package = Path(_import_root(launch)) / launch.module.split(".")[0]
     src = source_digest(str(package if package.is_dir() else Path(launch.file).parent))
-    blob = json.dumps(dict(launch.compile_spec(), src=src, triton=triton.__version__), sort_keys=True)
+    blob = json.dumps(dict(launch.compile_spec(), src=src, triton=triton.__version__, fmt=COMPILE_FORMAT),
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -961,12 +1028,16 @@ def _width(opcode: str) -> int:
     return 32
 
 
+def _live(instrs: List[SassInstr], labels: Dict[str, int]) -> List[SassInstr]:
+    """The instructions that run: no NOPs, no trailing `BRA self` after the last EXIT (a trap, not a loop)."""
+    live = [i for i in instrs if i.base != "NOP"]
+    return [i for i in live if not (i.base == "BRA" and labels.get(_target(i)) == i.addr)]
+
+
 def analyze_sass(text: str) -> dict:
     """Static SASS statistics of one kernel: counts by class and pipe, memory widths, loops."""
     instrs, labels = parse_sass(text)
-    live = [i for i in instrs if i.base != "NOP"]
-    # the trailing `BRA self` after the last EXIT is a trap, not a loop
-    live = [i for i in live if not (i.base == "BRA" and labels.get(_target(i)) == i.addr)]
+    live = _live(instrs, labels)
     loops = []
     for i in live:
         tgt = labels.get(_target(i)) if i.base == "BRA" else None
@@ -1040,6 +1111,100 @@ def disassemble(cubin: bytes) -> str:
     return r.stdout
 
 
+_DI_LOC = re.compile(r"^(!\d+) = ((?:distinct )?)!DILocation\(([^\n]*)\)$", re.M)
+_DI_SCOPE = re.compile(r"^(!\d+) = (?:distinct )?!(?:DISubprogram|DILexicalBlockFile|DILexicalBlock)\(([^\n]*)\)$", re.M)
+_DI_FILE = re.compile(r'^(!\d+) = !DIFile\(filename: "([^"]*)", directory: "([^"]*)"', re.M)
+
+
+def _di_fields(text: str) -> Dict[str, str]:
+    return dict(re.findall(r'(\w+): ("[^"]*"|![0-9]+|[\w.]+)', text))
+
+
+def inline_chains(llir: str) -> Tuple[str, List[List[Tuple[str, int]]]]:
+    """The kernel's LLVM IR with the line of every debug location replaced by the (1-based) id of its inline
+    chain, and the chains: ``[[file, line], ...]`` from the kernel's own line (where the outermost helper is
+    called) down to the innermost source line. Triton inlines every ``@triton.jit`` helper and its LLVM IR keeps
+    the ``inlinedAt`` chains, but the PTX it emits has innermost lines only; compiled again from this IR, each
+    SASS instruction's line names its whole chain."""
+    files = {m.group(1): str(Path(m.group(3)) / m.group(2)) for m in _DI_FILE.finditer(llir)}
+    scopes = {m.group(1): _di_fields(m.group(2)) for m in _DI_SCOPE.finditer(llir)}
+    locs = {m.group(1): _di_fields(m.group(3)) for m in _DI_LOC.finditer(llir)}
+
+    def file_of(scope):
+        while scope in scopes:
+            if scopes[scope].get("file") in files:
+                return files[scopes[scope]["file"]]
+            scope = scopes[scope].get("scope")
+        return "?"
+
+    chains, ids, new_line = [], {}, {}
+    for node in locs:
+        chain, cur = [], node
+        while cur in locs:
+            chain.append((file_of(locs[cur].get("scope")), int(locs[cur].get("line", 0))))
+            cur = locs[cur].get("inlinedAt")
+        chain = tuple(reversed(chain))
+        if chain[-1][1] == 0:
+            continue  # no source line: stays 0
+        if chain not in ids:
+            chains.append(chain)
+            ids[chain] = len(chains)
+        new_line[node] = ids[chain]
+
+    def sub(m):
+        if m.group(1) not in new_line:
+            return m.group(0)
+        body = re.sub(r"\bline: \d+", f"line: {new_line[m.group(1)]}", m.group(3), count=1)
+        return f"{m.group(1)} = {m.group(2)}!DILocation({body})"
+
+    def sub_program(m):  # the kernel's own line (its prologue's instructions carry it): a chain of one level
+        node, text = m.group(1), m.group(0)
+        if "DISubprogram(" not in text or "line" not in scopes[node]:
+            return text
+        chain = ((file_of(node), int(scopes[node]["line"])),)
+        if chain not in ids:
+            chains.append(chain)
+            ids[chain] = len(chains)
+        return re.sub(r"\b(line|scopeLine): \d+", lambda x: f"{x.group(1)}: {ids[chain]}", text)
+
+    out = _DI_SCOPE.sub(sub_program, _DI_LOC.sub(sub, llir))
+    return out, [list(map(list, c)) for c in chains]
+
+
+def chain_sass(llir: str, options: dict) -> Tuple[str, List[list]]:
+    """(SASS whose line annotations are inline-chain ids, the chains): the kernel compiled again from its
+    LLVM IR with ``inline_chains`` lines, by Triton's own PTX and ptxas steps for sm_90. Debug lines do not
+    change what LLVM emits; ptxas may schedule and allocate a little differently (the record keeps both
+    instruction counts)."""
+    from triton._C.libtriton import llvm
+
+    backend = _cuda_backend()
+    opt = backend.parse_options(options)
+    llvm.init_targets()
+    src, chains = inline_chains(llir)
+    md: Dict[str, Any] = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        cubin = backend.make_cubin(backend.make_ptx(src, md, opt, 90), md, opt, 90)
+    return disassemble(cubin), chains
+
+
+def analyze_chain_sass(text: str, chains: List[list]) -> Tuple[dict, List[int]]:
+    """``analyze_sass`` of a ``chain_sass`` disassembly with each instruction's innermost source line restored,
+    and the chain id (0: none) of each of its instructions (aligned with ``per_instruction``)."""
+    instrs, labels = parse_sass(text)
+    ids = [int(i.line.rpartition(":")[2]) if i.line else 0 for i in _live(instrs, labels)]
+    ids = [n if 0 < n <= len(chains) else 0 for n in ids]
+
+    def restore(m):
+        n = int(m.group(2))
+        if not 0 < n <= len(chains):
+            return m.group(0)
+        f, line = chains[n - 1][-1]
+        return f'//## File "{f}", line {line}'
+
+    return analyze_sass(re.sub(r'//## File "([^"]+)", line (\d+)', restore, text)), ids
+
+
 _PTXAS = {
     "regs": re.compile(r"Used (\d+) registers"),
     "stack": re.compile(r"(\d+) bytes stack frame"),
@@ -1092,6 +1257,11 @@ def compile_one(spec: dict) -> Tuple[dict, str]:
     rec = dict(spec, key=spec.get("key"), shared=int(md.shared), num_warps=int(md.num_warps),
                num_stages=int(md.num_stages), arch=str(getattr(md, "arch", "")), compile_s=round(seconds, 2),
                sass_instructions=analyze_sass(sass)["instructions"], **res)
+    try:
+        rec["chain_sass"], rec["chains"] = chain_sass(kernel.asm["llir"], options)
+        rec["chain_sass_instructions"] = analyze_sass(rec["chain_sass"])["instructions"]
+    except Exception as e:  # the phase attribution is then unavailable; the rest of the record stands
+        rec["chain_error"] = f"{type(e).__name__}: {e}"[:2000]
     return rec, sass
 
 
@@ -1106,6 +1276,8 @@ def compile_worker(jobs_path: str, kdir: str) -> None:
             continue
         rec, sass = compile_one(spec)
         (kdir / f"{spec['key']}.sass").write_text(sass)
+        if "chain_sass" in rec:
+            (kdir / f"{spec['key']}.chains.sass").write_text(rec.pop("chain_sass"))
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(rec))
         tmp.replace(out)
@@ -1160,6 +1332,9 @@ def compile_launches(launches: Iterable[Launch], jobs: int = 1, quiet: bool = Fa
     for k in specs:  # the SASS analysis is redone on load: changing it needs no recompilation
         rec = json.loads((kdir / f"{k}.json").read_text())
         rec["sass"] = analyze_sass((kdir / f"{k}.sass").read_text())
+        cs = kdir / f"{k}.chains.sass"
+        if cs.exists() and rec.get("chains"):
+            rec["chain_analysis"], rec["chain_of"] = analyze_chain_sass(cs.read_text(), rec["chains"])
         recs[k] = rec
     return recs
 
@@ -1218,11 +1393,13 @@ def loop_iterations(rec: dict, launch: Launch, B: int, paired: Optional[dict], h
     return out
 
 
-def block_reach(rec: dict, paired: Optional[dict]) -> List[float]:
+def block_reach(rec: dict, paired: Optional[dict], sass: Optional[dict] = None, any_program: bool = False
+                ) -> List[float]:
     """Per SASS basic block: the fraction of programs that run it, from the sampled programs' executed
     source lines (a block runs when it has no exclusive line or a program executed one of them); 1 for
-    every block when there is no trace (all paths counted)."""
-    blocks = rec["sass"].get("blocks", [])
+    every block when there is no trace (all paths counted). ``any_program``: 1 when any sampled program ran
+    it, else 0 (a persistent kernel, whose first program under the interpreter runs every work item)."""
+    blocks = (sass or rec["sass"]).get("blocks", [])
     paths = paired.get("paths") if paired else None
     if not paths:
         return [1.0] * len(blocks)
@@ -1230,8 +1407,106 @@ def block_reach(rec: dict, paired: Optional[dict]) -> List[float]:
     out = []
     for b in blocks:
         ex = set(b["exclusive"])
-        out.append(1.0 if not ex else sum(n for lines, n in paths if ex.intersection(lines)) / total)
+        ran = sum(n for lines, n in paths if ex.intersection(lines))
+        out.append(1.0 if not ex else (float(ran > 0) if any_program else ran / total))
     return out
+
+
+# -- phases of a persistent kernel ---------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _functions(path: str) -> Tuple[Tuple[int, int, str], ...]:
+    """(first line, last line, name) of every function defined in a source file."""
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError):
+        return ()
+    return tuple((n.lineno, n.end_lineno, n.name) for n in ast.walk(tree)
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+
+def _function_at(path: str, line: int) -> Optional[str]:
+    """The innermost function of a source file that holds a line."""
+    best = None
+    for a, b, name in _functions(path):
+        if a <= line <= b and (best is None or a >= best[0]):
+            best = (a, name)
+    return best[1] if best else None
+
+
+@functools.lru_cache(maxsize=None)
+def _marked_lines(path: str, function: str, marker: str) -> Tuple[Tuple[int, int], ...]:
+    """Line ranges of the compound statements of ``function`` whose header holds ``marker``: an ``if``'s body
+    (its test runs in the enclosing phase), a ``while``'s or ``for``'s header and body (the header runs every
+    iteration)."""
+    try:
+        src = Path(path).read_text()
+        tree = ast.parse(src)
+    except (OSError, SyntaxError):
+        return ()
+    out = []
+    for fn in ast.walk(tree):
+        if not (isinstance(fn, ast.FunctionDef) and fn.name == function):
+            continue
+        for st in ast.walk(fn):
+            if isinstance(st, (ast.If, ast.While)):
+                head = ast.get_source_segment(src, st.test) or ""
+            elif isinstance(st, ast.For):
+                head = ast.get_source_segment(src, st.iter) or ""
+            else:
+                continue
+            if marker in head:
+                first = st.body[0].lineno if isinstance(st, ast.If) else st.lineno
+                out.append((first, max(x.end_lineno for x in st.body)))
+    return tuple(out)
+
+
+def _local_path(path: str) -> str:
+    """A chain's source file in this checkout (a cached record may name another checkout's path)."""
+    if Path(path).exists():
+        return path
+    parts = Path(path).parts
+    for i in range(len(parts)):
+        cand = REPO_ROOT.joinpath(*parts[i:])
+        if cand.exists():
+            return str(cand)
+    return path
+
+
+def phase_of_chain(chain: Sequence[Sequence], rules: Sequence[Sequence]) -> Optional[str]:
+    """The first rule ``[phase, function, marker or None]`` that matches an inline chain: ``function`` holds one
+    of the chain's levels and, with a marker, that level's line lies in a statement ``_marked_lines`` finds."""
+    levels = [(_local_path(f), int(line)) for f, line in chain]
+    levels = [(f, line, _function_at(f, line)) for f, line in levels]
+    for phase, function, marker in rules:
+        for f, line, fn in levels:
+            if fn == function and (marker is None or any(a <= line <= b for a, b in _marked_lines(f, fn, marker))):
+                return phase
+    return None
+
+
+QUEUE, PROGRAM = "queue", "program"
+
+
+def phase_instructions(rec: dict, rules: Sequence[Sequence], reach: Sequence[float]) -> Dict[str, Counter]:
+    """Warp instructions of one execution of each phase, by pipe, from the chain-annotated SASS. Instructions
+    that no rule claims are the kernel's own: ``queue`` inside its outermost loop (once per work item drawn),
+    ``program`` outside (once per program). Loops inside a phase (spin waits) count once; blocks scale by
+    ``reach``."""
+    an, ids, chains = rec["chain_analysis"], rec["chain_of"], rec["chains"]
+    outer = [l for l in an["loops"] if l["depth"] == 0]
+    queue_loop = max(outer, key=lambda l: l["end"] - l["start"]) if outer else None
+    memo: Dict[int, Optional[str]] = {}
+    out: Dict[str, Counter] = defaultdict(Counter)
+    for (addr, _, pipe, _, block), cid in zip(an["per_instruction"], ids):
+        if cid not in memo:
+            memo[cid] = phase_of_chain(chains[cid - 1], rules) if cid else None
+        phase = memo[cid]
+        if phase is None:
+            inside = queue_loop is not None and queue_loop["start"] <= addr <= queue_loop["end"]
+            phase = QUEUE if inside else PROGRAM
+        out[phase][pipe or "issue-only"] += reach[block]
+    return dict(out)
 
 
 @dataclasses.dataclass
@@ -1256,6 +1531,35 @@ class LaunchModel:
     t_body: float
     bound: str
     notes: List[str]
+    t_items: float = 0.0  # work of every program, each holding one of the resident slots (latency-bound throughput)
+    t_chain: float = 0.0  # one row's chain of dependent phases (persistent kernels)
+    t_drain: float = 0.0  # the chain after its first step
+    phase_detail: Optional[Dict[str, dict]] = None  # per phase: count, warp instructions, t_item
+
+
+def _cta_issue_rate(warps: int, machine: Machine) -> float:
+    """Warp instructions per clock one program (CTA) issues alone on an SM."""
+    n = min(machine.schedulers, warps)
+    return n * min(1.0, (warps / n) / machine.warp_cpi)
+
+
+def _phased_instructions(launch: Launch, rec: dict, paired: Optional[dict], hints: dict
+                         ) -> Tuple[Counter, Dict[str, float]]:
+    """(warp instructions per warp of the launch by pipe, per phase instructions of one execution)."""
+    if "chain_analysis" not in rec:
+        raise RuntimeError(f"roofline: {launch.qualname} has phase hints but no chain-annotated SASS "
+                           f"({rec.get('chain_error', 'compiled by an older version of this tool')})")
+    reach = block_reach(rec, paired, rec["chain_analysis"], any_program=True)
+    per = phase_instructions(rec, hints["phase_map"], reach)
+    work = hints["phase_work"]
+    missing = sorted(p for p in per if p not in work and sum(per[p].values()) > 0)
+    if missing:
+        raise ValueError(f"roofline_hints({launch.qualname}): no phase_work for the phases {missing}")
+    pipe_instr: Counter = Counter()
+    for p, w in work.items():
+        for pipe, n in per.get(p, {}).items():
+            pipe_instr[pipe] += n * w["count"]
+    return pipe_instr, {p: float(sum(per.get(p, {}).values())) for p in work}
 
 
 def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logits_storages: Sequence[int],
@@ -1265,14 +1569,18 @@ def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logi
     notes = [hints["note"]] if hints.get("note") else []
     P = launch.programs
     loops = loop_iterations(rec, launch, B, paired, hints)
-    reach = block_reach(rec, paired)
-    pipe_instr: Dict[str, float] = Counter()
-    for addr, _, pipe, _, block in rec["sass"]["per_instruction"]:
-        best = None
-        for l, it in zip(rec["sass"]["loops"], loops):
-            if l["start"] <= addr <= l["end"] and (best is None or l["end"] - l["start"] < best[0]):
-                best = (l["end"] - l["start"], it["iterations"])
-        pipe_instr[pipe or "issue-only"] += best[1] if best else reach[block] * P
+    phased = "phase_work" in hints
+    if phased:
+        pipe_instr, per_exec = _phased_instructions(launch, rec, paired, hints)
+    else:
+        reach = block_reach(rec, paired)
+        pipe_instr = Counter()
+        for addr, _, pipe, _, block in rec["sass"]["per_instruction"]:
+            best = None
+            for l, it in zip(rec["sass"]["loops"], loops):
+                if l["start"] <= addr <= l["end"] and (best is None or l["end"] - l["start"] < best[0]):
+                    best = (l["end"] - l["start"], it["iterations"])
+            pipe_instr[pipe or "issue-only"] += best[1] if best else reach[block] * P
     total = sum(pipe_instr.values())
     if "instructions_per_program" in hints:
         scale = hints["instructions_per_program"] * P / total if total else 0.0
@@ -1300,19 +1608,50 @@ def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logi
         nbytes.l2 = float(hints["l2_bytes"])
     t_mem = max(nbytes.dram / machine.copy_bw, (nbytes.dram + nbytes.l2) / machine.l2_bw)
     has_atomics = any(i[1] in GLOBAL_ATOMICS for i in rec["sass"]["per_instruction"])
-    phases = int(hints.get("phases", 2 if has_atomics else 1))
+    resident_programs = max(1, min(P, machine.sms * occ))
+    cta_rate = _cta_issue_rate(warps, machine) * machine.clock_hz
     terms = {"memory": t_mem, "issue": t_issue, **{f"pipe:{p}": t for p, t in t_pipes.items()}}
-    bound = max(terms, key=terms.get)
-    t_body = terms[bound] + phases * machine.phase_latency_s
-    if t_body == phases * machine.phase_latency_s or terms[bound] < machine.phase_latency_s:
-        bound = "latency"
+    detail, t_chain, t_drain = None, 0.0, 0.0
+    if phased:
+        work = hints["phase_work"]
+        t_item = {p: w.get("dram", 0) * machine.phase_latency_s + w.get("l2", 0) * machine.l2_latency_s
+                  + per_exec[p] * warps / cta_rate for p, w in work.items()}
+        t_items = sum(w["count"] * t_item[p] for p, w in work.items()) / resident_programs
+        steps = []
+        for step_phases, items, gap in hints.get("phase_chain", []):
+            own = math.ceil(items / resident_programs) * sum(t_item[p] for p in step_phases) if items else 0.0
+            drawn = math.ceil(gap / resident_programs) * t_item.get(QUEUE, 0.0) if gap else 0.0
+            steps.append(max(own, drawn))
+        t_chain, t_drain = sum(steps), sum(steps[1:])
+        phases = len(steps)
+        detail = {p: dict(count=w["count"], instructions=round(per_exec[p], 1), t_item_us=round(t_item[p] * 1e6, 3))
+                  for p, w in work.items()}
+        terms["latency:items"] = t_items
+        bound = max(terms, key=terms.get)
+        rows = max(1, int(hints.get("chain_rows", 1)))
+        t_rest = terms[bound] * (rows - 1) / rows + t_drain  # the other rows' work, then the last row's chain
+        t_body = max(t_rest, t_chain)
+        if t_chain >= t_rest:
+            bound = "latency:chain"
+    else:
+        phases = int(hints.get("phases", 2 if has_atomics else 1))
+        t_lat = phases * machine.phase_latency_s + int(hints.get("l2_phases", 0)) * machine.l2_latency_s
+        per_program = total / P if P else 0.0
+        t_items = math.ceil(P / resident_programs) * (t_lat + per_program * warps / cta_rate)
+        bound = max(terms, key=terms.get)
+        t_body = terms[bound] + t_lat
+        if terms[bound] < t_lat:
+            bound = "latency"
+        if t_items > t_body:  # programs in waves, each holding its slot through its round trips
+            t_body, bound = t_items, "latency:items"
     if rec["spill_stores"]:
         notes.append(f"spills {rec['spill_stores']} B/thread (local-memory traffic not modelled)")
-    if any(l["source"].startswith("default") for l in loops):
+    if not phased and any(l["source"].startswith("default") for l in loops):
         notes.append("a loop counted once per program")
     return LaunchModel(launch.qualname, launch.grid, warps, rec["regs"], rec["spill_stores"], rec["stack"],
                        rec["shared"], occ, rec["sass"]["instructions"], loops, total * warps, dict(pipe_instr),
-                       nbytes, phases, t_issue, t_pipes, t_mem, t_body, bound, notes)
+                       nbytes, phases, t_issue, t_pipes, t_mem, t_body, bound, notes, t_items, t_chain, t_drain,
+                       detail)
 
 
 def _hints_for(launch: Launch) -> dict:
@@ -1413,9 +1752,12 @@ def public_call(op: str, rule: Optional[str], inputs, tensor_args: bool = False)
 
 def capture(op: str, rule: Optional[str], B: int, K: int, V: int, dtype: str) -> Tuple[DeviceWork, DeviceWork]:
     """Device work of the public call at the real shape with GPU launch settings (nothing executed):
-    (Python-number arguments, [B] tensor arguments)."""
+    (Python-number arguments, [B] tensor arguments), in the steady state: a first call runs before, uncounted (on
+    a device and stream, the first call, and a call that needs more counters than any before, allocates the
+    kernels' zeroed counter buffer once)."""
     inputs = make_inputs(op, B, K, V, dtype, materialize=False)
     with gpu_launch_settings():
+        count_device_work(public_call(op, rule, inputs))
         return (count_device_work(public_call(op, rule, inputs)),
                 count_device_work(public_call(op, rule, inputs, tensor_args=True)))
 
@@ -1445,34 +1787,83 @@ def trace_call(op: str, rule: Optional[str], K: int, V: int, dtype: str) -> Tupl
     return rec["paired"][dtype], rec["logits"]
 
 
+def _traced_run(op: str, rule: Optional[str], B: int, K: int, V: int, traced: str, scenarios: Sequence[str]
+                ) -> Tuple["MemoryTracer", DeviceWork, List[int]]:
+    """One call executed under the interpreter with the tracer: (tracer, its device work, logits storages)."""
+    inputs = make_inputs(op, B, K, V, traced)
+    logit_tensors = inputs[:1] if op == "sample" else inputs[:2]
+    resize = {}
+    for sc in scenarios:
+        want = torch.empty((), dtype=DTYPES[sc]).element_size()
+        resize[sc] = {t.untyped_storage().data_ptr(): (t.element_size(), want) for t in logit_tensors
+                      if t.element_size() != want}
+    tracer = MemoryTracer(resize)
+    with gpu_launch_settings(), tracer, DeviceWork(execute=True, tracer=tracer) as work:
+        public_call(op, rule, inputs)()
+    return tracer, work, sorted(i for i in (tracer.storage_index(t) for t in logit_tensors) if i is not None)
+
+
+PROBE_TILES = 8  # vocabulary tiles of a reuse probe (its vocabulary: this many tiles of the launch's own size)
+
+
 def _trace_to(path: Path, op: str, rule: Optional[str], K: int, V: int, traced: str) -> None:
     scenarios = [traced] if traced != "fp32" else list(GRID_DTYPES)
     summaries: Dict[str, list] = {sc: [] for sc in scenarios}
     logits: List[int] = []
+    probe: Dict[str, Optional[dict]] = {sc: None for sc in scenarios}
+    from bench.common import interpreter_skip_repatching
+
+    interpreter_skip_repatching()
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for B in TRACE_BATCHES:
-            inputs = make_inputs(op, B, K, V, traced)
-            logit_tensors = inputs[:1] if op == "sample" else inputs[:2]
-            resize = {}
-            for sc in scenarios:
-                want = torch.empty((), dtype=DTYPES[sc]).element_size()
-                resize[sc] = {t.untyped_storage().data_ptr(): (t.element_size(), want) for t in logit_tensors
-                              if t.element_size() != want}
-            tracer = MemoryTracer(resize)
-            with gpu_launch_settings(), tracer, DeviceWork(execute=True, tracer=tracer):
-                public_call(op, rule, inputs)()
+            tracer, work, logits = _traced_run(op, rule, B, K, V, traced, scenarios)
             for sc in scenarios:
                 summaries[sc].append(tracer.summary(sc))
-            logits = sorted(i for i in (tracer.storage_index(t) for t in logit_tensors) if i is not None)
+        window = max((int(_hints_for(l).get("reuse_rows", 0)) for l in work.launches), default=0)
+        if window:
+            block = max(int(l.constexprs.get("BLOCK_V", 0)) for l in work.launches)
+            vp = min(V, PROBE_TILES * block) if block else V
+            rows = 2 * window + 1
+            tracer, _, plogits = _traced_run(op, rule, rows, K, vp, traced, scenarios)
+            for sc in scenarios:
+                probe[sc] = reuse_probe(tracer.summary(sc), plogits, rows, V / vp, summaries[sc][-1])
     finally:
         torch.set_num_threads(torch_threads)
     paired = {sc: pair_traces(*summaries[sc]) for sc in scenarios}
+    for sc in scenarios:
+        for key, buckets in (probe[sc] or {}).items():
+            li, sidx = key.split(":")
+            paired[sc]["launches"][int(li)].setdefault("probe", {})[sidx] = buckets
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(dict(op=op, rule=rule, K=K, V=V, traced=traced, paired=paired, logits=logits)))
     tmp.replace(path)
+
+
+def reuse_probe(summary: dict, logits: Sequence[int], rows: int, scale: float, like: dict) -> Optional[dict]:
+    """The middle row's re-touches of the logits in a trace of ``rows`` rows at a reduced vocabulary, their
+    distances scaled by ``scale`` (the real vocabulary over the probe's): ``{"launch:storage": [[log bucket,
+    bytes], ...]}`` with the storages numbered as in ``like`` (a trace of the call at the real shape). None when
+    the storages do not correspond (another call structure)."""
+    names = [s["args"][:1] for s in summary["storages"]]
+    if names[:len(like["storages"])] != [s["args"][:1] for s in like["storages"]]:
+        return None
+    mid = rows // 2
+    out = {}
+    for li, launch in enumerate(summary["launches"]):
+        for key, acc in launch["access"].items():
+            sidx, kind = key.split(":")
+            if kind != "load" or int(sidx) not in logits or not acc["keys"]:
+                continue
+            row_bytes = summary["storages"][int(sidx)]["scenario_nbytes"] / rows
+            sectors = np.asarray(acc["keys"], np.int64) // 4096
+            sel = (sectors * SECTOR // row_bytes).astype(np.int64) == mid
+            d = np.asarray(acc["dists"], np.float64)[sel] * scale
+            buckets = Counter(_log_bucket(d.astype(np.int64)).tolist())
+            out[f"{li}:{sidx}"] = [[q, n * SECTOR] for q, n in sorted(buckets.items())]
+    return out
 
 
 def floor_bytes(op: str, B: int, K: int, V: int, dtype: str) -> float:
@@ -1540,13 +1931,12 @@ CSV_COLUMNS = ["kind", "version", "label", "commit", "kernels_digest", "date", "
 KERNEL_COLUMNS = ["kind", "version", "op", "rule", "B", "K", "V", "dtype", "kernel", "grid", "num_warps", "regs",
                   "spill_bytes", "stack", "shared", "occupancy", "sass_static", "mufu_static", "ldg_widths", "loops",
                   "warp_instr_m", "dram_mb", "l2_mb", "logits_mb", "t_issue_us", "t_mem_us", "t_pipe_us", "phases",
-                  "t_body_us",
-                  "bound", "note"]
+                  "t_items_us", "t_chain_us", "t_drain_us", "t_body_us", "bound", "phase_detail", "note"]
 
 
 def _bound(cm: CallModel, machine: Machine) -> str:
     fixed = (len(cm.launches) + cm.other_ops) * machine.launch_graph_s + machine.phase_latency_s * (
-        sum(l.phases for l in cm.launches) + cm.other_ops)
+        sum(l.phases for l in cm.launches if l.phase_detail is None) + cm.other_ops)
     if fixed > cm.t_graph / 2:
         return "launches+latency"
     big = max(cm.launches, key=lambda l: l.t_body)
@@ -1585,7 +1975,12 @@ def kernel_rows(pt: Point, cm: CallModel, recs: Dict[str, dict], work: DeviceWor
                          l2_mb=round(lm.bytes.l2 / 1e6, 3), logits_mb=round(lm.bytes.logits_read / 1e6, 3),
                          t_issue_us=round(lm.t_issue * 1e6, 3),
                          t_mem_us=round(lm.t_mem * 1e6, 3), t_pipe_us=f"{pipe}:{lm.t_pipes[pipe] * 1e6:.3f}",
-                         phases=lm.phases, t_body_us=round(lm.t_body * 1e6, 3), bound=lm.bound,
+                         phases=lm.phases, t_items_us=round(lm.t_items * 1e6, 3),
+                         t_chain_us=round(lm.t_chain * 1e6, 3) if lm.phase_detail else "",
+                         t_drain_us=round(lm.t_drain * 1e6, 3) if lm.phase_detail else "",
+                         t_body_us=round(lm.t_body * 1e6, 3), bound=lm.bound,
+                         phase_detail=" ".join(f"{p}:{d['count']}x{d['instructions']:g}@{d['t_item_us']:g}us"
+                                               for p, d in (lm.phase_detail or {}).items() if d["count"]),
                          note="; ".join(lm.notes)))
     return rows
 
@@ -1787,6 +2182,37 @@ def compare_table(rows: List[dict], a: str, b: str) -> List[str]:
          f"{b} us ({MODEL_BANNER})", "gain", f"{a} % copy BW", f"{b} % copy BW"], body) + [""]
 
 
+README_RULES = ("speculative", "chow", "token_v3")
+
+
+def readme_table(rows: List[dict], a: str, b: str) -> List[str]:
+    """The short table for the README: version ``a`` against ``b`` at the headline cells (B = 1 and HEADLINE's B,
+    K and V), fp32 and bf16, for ``README_RULES`` and sample."""
+    idx = _index(rows)
+    K, V = str(HEADLINE["K"]), str(HEADLINE["V"])
+    body = []
+    for rule in README_RULES + ("sample",):
+        op = "sample" if rule == "sample" else "verify"
+        k = "0" if op == "sample" else K
+        for B in (str(HEADLINE["B"]), "1"):
+            for dt in GRID_DTYPES:
+                old, new = (idx.get((v, op, rule, B, k, V, dt)) for v in (a, b))
+                if old is None or new is None:
+                    continue
+                body.append([rule, B, dt] + [f"{r['launches']} + {r['other_ops']}" for r in (old, new)]
+                            + [_f(r["predicted_us"]) for r in (old, new)]
+                            + [_f(r["pct_copy_bw"]) + "%" for r in (old, new)])
+    if not body:
+        return []
+    return [f"## For the README: {a} against {b}, K = {K}, V = {V} ({MODEL_BANNER})", ""] + _table(
+        ["rule", "B", "dtype", f"{a} launches + other ops", f"{b} launches + other ops",
+         f"{a} us ({MODEL_BANNER})", f"{b} us ({MODEL_BANNER})", f"{a} % of copy BW", f"{b} % of copy BW"], body) + [
+        "", f"Predicted by the {MODEL_BANNER}: a static sm_90 model of an H200 computed on a CPU machine "
+        "(`bench/roofline.py`), not a GPU run; a GPU measurement replaces it when one exists. Python-number "
+        "arguments, no filters, CUDA graph launch costs; sample has no K. % of copy BW: each logit read once over "
+        "the predicted time, against the 4.3 TB/s copy bandwidth.", ""]
+
+
 def measured_rows(results: Path = RESULTS_DIR) -> List[dict]:
     """GPU measurements of the Triton kernels by bench_verify.py / bench_sample.py (the model is of them)."""
     from bench import report
@@ -1828,6 +2254,7 @@ def constants_table(machine: Machine) -> List[str]:
                 l2_reuse_bytes=f"{machine.l2_reuse_bytes / 1e6:.0f} MB", l2_bw=f"{machine.l2_bw / 1e12:.1f} TB/s",
                 pipes=", ".join(f"{k} {v}" for k, v in machine.pipes.items()), warp_cpi=machine.warp_cpi,
                 phase_latency_s=f"{machine.phase_latency_s * 1e6:.1f} us",
+                l2_latency_s=f"{machine.l2_latency_s * 1e6:.1f} us",
                 launch_graph_s=f"{machine.launch_graph_s * 1e6:.1f} us",
                 launch_eager_s=f"{machine.launch_eager_s * 1e6:.1f} us",
                 occupancy=f"{machine.regs_per_sm} regs, {machine.max_threads_per_sm} threads, "
@@ -1858,6 +2285,8 @@ def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
              f"`{_rel(KERNELS_CSV_PATH)}` (per launch, headline cells). Versions: "
              + ", ".join(f"`{v}` ({next(r['label'] for r in rows if r['version'] == v)}, commit "
                          f"{next(r['commit'] for r in rows if r['version'] == v)})" for v in versions), ""]
+    if len(versions) >= 2:
+        lines += readme_table(rows, versions[0], versions[-1])
     for v in versions:
         lines += [f"## Version {v}", ""]
         lines += headline_tables(rows, v) + batch_table(rows, v) + kernel_table(krows, v)

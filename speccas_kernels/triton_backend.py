@@ -38,6 +38,8 @@ except ImportError as e:  # pragma: no cover - exercised only where triton is mi
 BLOCK_V_OVERRIDE: Optional[int] = None
 # Tests set this to force the rows per work item (a power of two).
 ROWS_OVERRIDE: Optional[int] = None
+# Programs of the persistent verify kernel per multiprocessor (bench/roofline.py reads it too).
+PROGRAMS_PER_SM = 4
 
 
 def _interpreting() -> bool:
@@ -103,7 +105,7 @@ def programs(device: torch.device) -> int:
     where programs run one after another anyway."""
     if device.type != "cuda":
         return 1
-    return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @functools.cache

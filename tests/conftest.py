@@ -1,9 +1,14 @@
 """Shared pytest setup: the Triton interpreter on CPU machines, the cuda marker, devices."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import interpreter_skip_repatching  # noqa: E402 (imports torch only; triton when called)
 
 # Triton kernels run on the CPU through the interpreter when no GPU is present. This must be set
 # before triton is imported anywhere.
@@ -11,35 +16,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def _interpreter_nested_calls_skip_repatching():
-    """The Triton interpreter patches the language modules a nested @triton.jit function sees on every call (an
-    inspect.getmembers over them each time: 40% of a verify call). Those patches are never undone, so one per
-    module is enough: later calls skip it. Tests only; nothing changes on a GPU."""
-    try:
-        from triton.runtime import interpreter
-    except ImportError:  # pragma: no cover
-        return
-    if not hasattr(interpreter, "InterpretedFunction") or not hasattr(interpreter.InterpretedFunction, "rewrite"):
-        return
-
-    patched = set()
-
-    def call(self, *args, **kwargs):
-        key = id(self.fn.__globals__)  # the language modules a function sees are its module's
-        if key not in patched:
-            interpreter._patch_lang(self.fn)
-            patched.add(key)
-        fn = self.rewrite()
-        try:
-            return fn(*args, **kwargs)
-        except Exception as e:
-            raise interpreter.InterpreterError(repr(e)) from e
-
-    interpreter.InterpretedFunction.__call__ = call
-
-
 if os.environ.get("TRITON_INTERPRET") == "1":
-    _interpreter_nested_calls_skip_repatching()
+    interpreter_skip_repatching()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,7 @@
 """bench/roofline.py, the static sm_90 model: the device-work counter, the launch recorder, the memory
 tracer, the ahead-of-time compile with its SASS analysis, and the time formula."""
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -40,6 +41,30 @@ def loop_kernel(out_ptr, in_ptr, n, BLOCK: tl.constexpr):
         acc += tl.exp(tl.load(in_ptr + offs, mask=offs < n, other=0.0))
         start += BLOCK
     tl.store(out_ptr + tl.arange(0, BLOCK), acc)
+
+
+@triton.jit
+def _phase_a(x_ptr, offs):
+    return tl.sum(tl.exp(tl.load(x_ptr + offs)), axis=0)
+
+
+@triton.jit
+def _phase_b(x_ptr, offs):
+    v = tl.load(x_ptr + offs)
+    return tl.max(v * v + 1.0, axis=0)
+
+
+@triton.jit
+def queue_kernel(out_ptr, x_ptr, cnt_ptr, total, BLOCK: tl.constexpr):
+    w = tl.atomic_add(cnt_ptr, 1)
+    while w < total:
+        offs = (w // 2) * BLOCK + tl.arange(0, BLOCK)
+        if w % 2 == 0:
+            r = _phase_a(x_ptr, offs)
+        else:
+            r = _phase_b(x_ptr, offs)
+        tl.store(out_ptr + w, r)
+        w = tl.atomic_add(cnt_ptr, 1)
 '''
 
 
@@ -100,57 +125,171 @@ def test_counts_launches_and_kernel_ops(probe):
     assert rf.count_device_work(lambda t: t.sum().item(), x).syncs == 1
 
 
-SECOND_LOOK = ("opt", "token_v1", "token_v2", "token_v3")  # rules whose v0 verify re-reads V (TV or eta)
+def _steady(fn, *args, **kwargs):
+    """Device work of a call after one uncounted call (the first call on a device allocates the kernels' zeroed
+    counters). Neither call runs the kernels: the recorder captures the launches, the Python side runs in full."""
+    rf.count_device_work(fn, *args, **kwargs)
+    return rf.count_device_work(fn, *args, **kwargs)
 
 
-@pytest.mark.parametrize("rule", ["speculative", "chow", "opt", "token_v3"])
-def test_recorder_captures_todays_verify(rule):
-    """Pins the launches of the v0 kernels (commit 9337320, and main as of this test): 5 Triton launches,
-    6 for the rules with a second look over V, plus 5 fills from Python-number arguments and none from
-    [B] tensors. The new kernels change these numbers (verify <= 2): update the pin with them."""
-    B, K, V = 2, 3, 100
+B_, K_, V_ = 3, 3, 100
+FILTERS = dict(top_k=5, top_p=0.9, min_p=0.05)
+
+
+def _row(value, dtype=torch.float32):
+    return torch.tensor(value, dtype=dtype) if isinstance(value, list) else torch.full((B_,), value, dtype=dtype)
+
+
+def _verify_cases(rule):
+    """(name, call arguments beyond the logits and drafts, expected launches) for one rule: Python-number and [B]
+    tensor arguments, ragged ``num_draft_tokens``, the ragged layout, filters scalar and per row, token-only drafts
+    where the rule has them. Filters add the cutoff launch: two launches, the bound."""
+    alpha = speccas_kernels.DEFAULT_ALPHA[rule]
+    per_row = dict(alpha=_row([alpha, 0.1, 0.9]), temperature=_row([1.0, 0.0, 0.7]),
+                   seed=_row([1, 2, 3], torch.int64), offset=_row([0, 5, 9], torch.int64),
+                   num_draft_tokens=_row([3, 1, 0], torch.int64))
+    rows_filters = dict(top_k=_row([5, 0, 2], torch.int64), top_p=_row([0.9, 1.0, 0.5]), min_p=_row([0.05, 0.0, 0.1]))
+    one, two = ["_verify_kernel"], ["_filter_cutoff_kernel", "_verify_kernel"]
+    cases = [("scalars", dict(alpha=alpha, temperature=0.7, seed=3, offset=2), one),
+             ("defaults", {}, one),
+             ("per-row, ragged n", per_row, one),
+             ("scalars, filters", dict(alpha=alpha, temperature=0.7, **FILTERS), two),
+             ("per-row, ragged n, filters", dict(per_row, **FILTERS), two),
+             ("per-row, ragged n, per-row filters", dict(per_row, **rows_filters), two),
+             ("T = 0, filters", dict(temperature=0.0, **FILTERS), two)]
+    return cases
+
+
+@pytest.mark.parametrize("rule", speccas_kernels.RULES)
+def test_verify_device_work_per_call(rule):
+    """Issue 13: a Triton ``verify`` call is at most 2 launches and nothing else (no fills, no copies), for every
+    rule, with Python-number and [B] tensor arguments, ragged draft counts and layout, filters or none: one launch
+    of the persistent kernel, the filter cutoffs one more. Counted under the interpreter's settings and the GPU's."""
     g = torch.Generator().manual_seed(0)
-    zq, zp = torch.randn(B, K, V, generator=g), torch.randn(B, K + 1, V, generator=g)
-    x = torch.randint(0, V, (B, K), generator=g)
-    work = rf.count_device_work(speccas_kernels.verify, zq, zp, x, rule=rule, backend="triton")
-    assert len(work.launches) == (6 if rule in SECOND_LOOK else 5), work.summary()
-    assert [op.name for op in work.ops] == ["aten.full.default"] * 5, work.summary()
-    assert work.total == len(work.launches) + 5
-    stats = work.launches[0]
-    assert stats.qualname == "_verify_stats_kernel"
-    nt = stats.grid[1]
-    assert stats.grid == (B * (K + 1), nt, 1) and nt >= 2
-    assert stats.signature["zq_ptr"] == "*fp32" and "V" not in stats.attrs  # V = 100: no divisibility by 16
-    assert stats.signature["K"] == "i32"  # do_not_specialize
+    zq, zp = torch.randn(B_, K_, V_, generator=g), torch.randn(B_, K_ + 1, V_, generator=g)
+    x = torch.randint(0, V_, (B_, K_), generator=g)
+    token_drafts = speccas_kernels.RULE_INFO[rule].supports_token_drafts
+    for settings in (contextlib.nullcontext, rf.gpu_launch_settings):
+        with settings():
+            for name, kw, want in _verify_cases(rule):
+                for q in (zq, None) if token_drafts else (zq,):
+                    work = _steady(speccas_kernels.verify, q, zp, x, rule=rule, backend="triton", **kw)
+                    assert [l.qualname for l in work.launches] == want, (settings, name, q is None, work.summary())
+                    assert work.ops == [] and work.total == len(want) <= 2, (settings, name, work.summary())
+                    assert (work.launches[-1].arg("zq_ptr").kind == "tensor") == (q is not None)
+            # the ragged layout: row b's n_b drafts back to back, its n_b + 1 target positions after them
+            n = [3, 1, 0]
+            cu = torch.tensor([0, 3, 4, 4])
+            flat_q = torch.cat([zq[b, :n[b]] for b in range(B_)])
+            flat_p = torch.cat([zp[b, :n[b] + 1] for b in range(B_)])
+            flat_x = torch.cat([x[b, :n[b]] for b in range(B_)])
+            for kw, want in (({}, 1), (FILTERS, 2)):
+                work = _steady(speccas_kernels.verify_ragged, flat_q, flat_p, flat_x, cu, max_num_draft_tokens=3,
+                               rule=rule, backend="triton", **kw)
+                assert work.launches[-1].qualname == "_verify_kernel" and work.ops == [], work.summary()
+                assert work.total == len(work.launches) == want, (settings, "ragged layout", kw, work.summary())
+                assert work.launches[-1].arg("cu_ptr").kind == "tensor"
 
-    n = torch.full((B,), K)
-    kw = dict(alpha=torch.full((B,), 0.5), temperature=torch.ones(B), seed=torch.zeros(B, dtype=torch.int64),
-              offset=torch.zeros(B, dtype=torch.int64), num_draft_tokens=n)
-    assert rf.count_device_work(speccas_kernels.verify, zq, zp, x, rule=rule, backend="triton", **kw).ops == []
 
+def test_device_work_counter_sees_extra_work():
+    """Negative control for the counts above: a call that does more than its launches is counted as such."""
+    zq, zp, x = torch.randn(2, 3, 50), torch.randn(2, 4, 50), torch.zeros(2, 3, dtype=torch.int64)
+
+    def verify_then_copy():
+        out = speccas_kernels.verify(zq, zp, x, rule="chow", backend="triton")
+        return out.tokens.clone(), torch.full((2,), 0.5)
+
+    work = _steady(verify_then_copy)
+    assert len(work.launches) == 1 and work.total == 3, work.summary()
+    assert sorted(op.name for op in work.ops) == ["aten.clone.default", "aten.full.default"], work.summary()
+
+
+def test_verify_runs_as_recorded():
+    """The launches the recorder counts without running are the ones a real call runs, with the same tokens."""
+    g = torch.Generator().manual_seed(1)
+    zq, zp = torch.randn(2, 3, 100, generator=g), torch.randn(2, 4, 100, generator=g)
+    x = torch.randint(0, 100, (2, 3), generator=g)
+    counted = _steady(speccas_kernels.verify, zq, zp, x, rule="token_v3", backend="triton", seed=3)
     ran = rf.DeviceWork(execute=True)
     with ran:
-        got = speccas_kernels.verify(zq, zp, x, rule=rule, backend="triton", seed=3)
-    want = speccas_kernels.verify(zq, zp, x, rule=rule, backend="triton", seed=3)
-    assert [l.qualname for l in ran.launches] == [l.qualname for l in work.launches]
-    assert torch.equal(got.tokens, want.tokens)
+        got = speccas_kernels.verify(zq, zp, x, rule="token_v3", backend="triton", seed=3)
+    want = speccas_kernels.verify(zq, zp, x, rule="token_v3", backend="triton", seed=3)
+    assert [l.qualname for l in ran.launches] == [l.qualname for l in counted.launches] == ["_verify_kernel"]
+    assert ran.ops == [] and torch.equal(got.tokens, want.tokens)
+    kernel = counted.launches[0]
+    assert kernel.signature["zq_ptr"] == "*fp32" and "V" not in kernel.attrs  # V = 100: no divisibility by 16
+    assert kernel.signature["K"] == "i32"  # do_not_specialize
 
 
-def test_recorder_captures_todays_sample():
-    work = rf.count_device_work(speccas_kernels.sample, torch.randn(3, 1000), backend="triton")
-    assert len(work.launches) == 2 and work.launches[0].qualname == "_sample_race_kernel", work.summary()
-    assert [op.name for op in work.ops] == ["aten.full.default"] * 3
+def test_sample_device_work_per_call():
+    """Issue 13: a Triton ``sample`` call is exactly 1 launch and nothing else, filters or none (the filtered kernel
+    finds the cutoffs itself), with Python-number and [B] tensor arguments, one tile or many."""
+    z = torch.randn(B_, 1000)
+    per_row = dict(temperature=_row([1.0, 0.0, 0.7]), seed=_row([1, 2, 3], torch.int64),
+                   offset=_row([0, 5, 9], torch.int64))
+    rows_filters = dict(top_k=_row([5, 0, 2], torch.int64), top_p=_row([0.9, 1.0, 0.5]), min_p=_row([0.05, 0.0, 0.1]))
+    cases = [({}, "_sample_kernel"), (dict(temperature=0.7, seed=3, offset=1), "_sample_kernel"),
+             (per_row, "_sample_kernel"), (dict(min_p=0.1), "_sample_filtered_kernel"),
+             (dict(temperature=0.7, **FILTERS), "_sample_filtered_kernel"),
+             (dict(per_row, **rows_filters), "_sample_filtered_kernel")]
+    for settings in (contextlib.nullcontext, rf.gpu_launch_settings):
+        with settings():
+            for logits in (z, z[:, :40]):  # many tiles (a ticket merge), one tile
+                for kw, want in cases:
+                    work = _steady(speccas_kernels.sample, logits, backend="triton", **kw)
+                    assert [l.qualname for l in work.launches] == [want], (settings, kw, work.summary())
+                    assert work.ops == [] and work.total == 1, (settings, kw, work.summary())
+
+
+def test_sample_and_cutoff_hints_count_serial_passes():
+    """The hints of the filter paths: the filtered sample makes the cutoff passes (max, top-k mass, min-p; 32 steps
+    per bisection that is on) and then the race, one DRAM pass and the rest from L2; verify's cutoff launch the same
+    passes without the race; the unfiltered sample one DRAM and two L2 round trips. Every loop-trip key names a
+    line of the kernels' sources (a renamed line would otherwise silently fall back to the default count)."""
+    from speccas_kernels.kernels import filters, sample
+
+    src = Path(sample.__file__).read_text() + Path(filters.__file__).read_text()
+    V = 151936
+    z = torch.empty(2, V)
+    with rf.gpu_launch_settings():
+        def hints(fn, *args, **kw):
+            work = rf.count_device_work(fn, *args, backend="triton", **kw)
+            return work.launches[-1], rf._hints_for(work.launches[-1])
+
+        launch, h = hints(speccas_kernels.sample, z, top_k=5, top_p=0.9, temperature=0.7)
+        nt = launch.arg("NT").value
+        assert launch.qualname == "_sample_filtered_kernel" and nt == -(-V // launch.constexprs["BLOCK_V"])
+        assert h["phases"] == nt and h["l2_phases"] == (3 + 32 + 32) * nt, h
+        assert h["loop_trips"]["take = tb > best"] == nt and h["loop_trips"]["c += tl.sum((mask & (k >= t_key"] == 32 * nt
+        assert all(key in src for key in h["loop_trips"]), [k for k in h["loop_trips"] if k not in src]
+        _, h = hints(speccas_kernels.sample, z, min_p=0.1)
+        assert h["l2_phases"] == 3 * nt and h["loop_trips"]["mid = lo + (hi - lo + 1) // 2"] == 0, h
+        _, h = hints(speccas_kernels.sample, z, top_k=torch.tensor([5, 0]))  # a tensor: the bound, whatever its values
+        assert h["l2_phases"] == (3 + 32) * nt, h
+        launch, h = hints(speccas_kernels.sample, z)
+        assert launch.qualname == "_sample_kernel" and h == dict(phases=1, l2_phases=2), h
+
+        zq, zp, x = torch.empty(2, 4, V), torch.empty(2, 5, V), torch.zeros(2, 4, dtype=torch.int64)
+        cut = rf.count_device_work(speccas_kernels.verify, zq, zp, x, rule="chow", backend="triton", top_k=5,
+                                   top_p=0.9).launches[0]
+        h = rf._hints_for(cut)
+        assert cut.qualname == "_filter_cutoff_kernel" and h["l2_phases"] == (3 + 64 - 1) * nt, h
+        assert "take = tb > best" not in h["loop_trips"] and all(key in src for key in h["loop_trips"])
 
 
 def test_gpu_launch_settings_pick_gpu_tiles():
     zq, zp, x = torch.empty(1, 4, 151936), torch.empty(1, 5, 151936), torch.zeros(1, 4, dtype=torch.int64)
     with rf.gpu_launch_settings():
         work = rf.count_device_work(speccas_kernels.verify, zq, zp, x, rule="chow", backend="triton")
-    stats = work.launches[0]
-    assert stats.constexprs["BLOCK_V"] == 2048 and stats.grid == (5, 75, 1) and stats.num_warps == 8
-    assert stats.attrs["V"] == [["tt.divisibility", 16]]
+    kernel = work.launches[0]
+    programs = speccas_kernels.triton_backend.PROGRAMS_PER_SM * rf.H200.sms
+    assert kernel.constexprs["BLOCK_V"] == 2048 and kernel.constexprs["ROWS"] == 1 and kernel.num_warps == 8
+    assert kernel.grid == (programs, 1, 1) and kernel.arg("programs").value == programs == 528
+    assert kernel.arg("NT").value == 75 and kernel.attrs["V"] == [["tt.divisibility", 16]]
     work = rf.count_device_work(speccas_kernels.verify, zq, zp, x, rule="chow", backend="triton")
-    assert work.launches[0].constexprs["BLOCK_V"] != 2048, "the interpreter's own tiles are back after the context"
+    kernel = work.launches[0]
+    assert kernel.constexprs["BLOCK_V"] != 2048 and kernel.grid == (1, 1, 1), \
+        "the interpreter's own settings are back after the context"
 
 
 def test_tracer_counts_first_touch_and_reuse(probe):
@@ -223,6 +362,86 @@ def _fake(instrs: int, programs: int, warps: int = 4):
     launch = rf.Launch(module="json", qualname="fake", file="", grid=(programs, 1, 1), args=[], signature={},
                        constexprs={}, attrs={}, options=dict(num_warps=warps))
     return rec, launch
+
+
+QUEUE_RULES = [["a", "_phase_a", None], ["b", "_phase_b", None]]
+
+
+@pytest.fixture(scope="module")
+def queue_rec(probe, tmp_path_factory):
+    """The probe's persistent-style kernel compiled for sm_90 (with the inline-chain build) and its launch."""
+    x, out, cnt = torch.randn(4 * 128), torch.empty(8), torch.zeros(1, dtype=torch.int32)
+    work = rf.count_device_work(lambda: probe.queue_kernel[(4,)](out, x, cnt, 8, BLOCK=128))
+    recs = rf.compile_launches(work.launches, cache_dir=tmp_path_factory.mktemp("kernels"), quiet=True)
+    return recs[rf.compile_key(work.launches[0])], work.launches[0]
+
+
+def test_inline_chains_attribute_sass_to_helpers(queue_rec, probe):
+    """The second build's SASS names each instruction's helper: exp (MUFU) only in phase a, the loop's own atomic
+    in the queue, the first draw outside the loop in the program; the build matches the first within 5%."""
+    rec, _ = queue_rec
+    assert "chain_error" not in rec, rec.get("chain_error")
+    assert abs(rec["chain_sass_instructions"] - rec["sass_instructions"]) <= 0.05 * rec["sass_instructions"]
+    assert any(len(c) >= 2 for c in rec["chains"]), "some chain goes through a helper"
+    per = rf.phase_instructions(rec, QUEUE_RULES, [1.0] * len(rec["chain_analysis"]["blocks"]))
+    assert set(per) == {"a", "b", rf.QUEUE, rf.PROGRAM}, per
+    assert per["a"]["xu"] >= 1 and per["b"].get("xu", 0) == 0, per  # MUFU.EX2 is phase a's
+    assert per["a"]["fma"] >= 1 and per["b"]["fma"] >= 1
+    assert sum(per[rf.QUEUE].values()) >= 3 and per[rf.QUEUE]["lsu"] >= 1, per  # the loop's draw and store
+    src = Path(probe.__file__).read_text().splitlines()
+    body = rf._marked_lines(probe.__file__, "queue_kernel", "w % 2 == 0")
+    assert len(body) == 1 and "_phase_a" in src[body[0][0] - 1] and body[0][0] == body[0][1], body
+    loop = rf._marked_lines(probe.__file__, "queue_kernel", "w < total")
+    assert "while w < total" in src[loop[0][0] - 1], "a while's header belongs to its lines"
+
+
+def test_phased_model_chain_and_throughput(queue_rec, monkeypatch):
+    """One row: the chain of dependent steps is the time. Many rows: the throughput terms, then the last row's
+    steps after its first."""
+    rec, launch = queue_rec
+    m = rf.H200
+
+    def hints(rows):
+        work = {"a": dict(count=rows * 100, dram=1), "b": dict(count=rows * 100, l2=2), rf.QUEUE: dict(count=rows * 200,
+                l2=1), rf.PROGRAM: dict(count=4, l2=1)}
+        return dict(phase_map=QUEUE_RULES, phase_work=work, phase_chain=[[["queue", "a"], 100, 0], [["b"], 1, 50]],
+                    chain_rows=rows)
+
+    monkeypatch.setattr(rf, "_hints_for", lambda l: hints(1))
+    lm = rf.model_launch(launch, rec, 1, None, [], m)
+    t = {p: d["t_item_us"] * 1e-6 for p, d in lm.phase_detail.items()}
+    R = min(launch.programs, m.sms * lm.occupancy)
+    assert t["a"] == pytest.approx(m.phase_latency_s + lm.phase_detail["a"]["instructions"] * launch.num_warps
+                                   / rf._cta_issue_rate(launch.num_warps, m) / m.clock_hz, rel=1e-3)
+    step1 = math.ceil(100 / R) * (t["queue"] + t["a"])
+    step2 = max(t["b"], math.ceil(50 / R) * t["queue"])
+    assert lm.t_chain == pytest.approx(step1 + step2, rel=5e-3) and lm.t_drain == pytest.approx(step2, rel=5e-3)
+    assert lm.bound == "latency:chain" and lm.t_body == lm.t_chain
+
+    monkeypatch.setattr(rf, "_hints_for", lambda l: hints(10000))
+    big = rf.model_launch(launch, rec, 10000, None, [], m)
+    assert big.bound != "latency:chain"
+    tp = max(big.t_items, big.t_issue, *big.t_pipes.values())
+    assert big.t_body == pytest.approx(tp * 9999 / 10000 + big.t_drain, rel=1e-6)
+    assert big.t_items == pytest.approx(sum(d["count"] * d["t_item_us"] * 1e-6 for d in big.phase_detail.values()) / R,
+                                        rel=1e-3)
+
+
+def test_reuse_probe_keeps_interleaved_rereads_in_l2(tmp_path, monkeypatch):
+    """The persistent verify re-reads a row (second look, race) a few rows of work after its stats: at B = 64 the
+    probe's middle row says L2 hits, where extrapolating the B = 1 and 2 distances would say DRAM."""
+    monkeypatch.setattr(rf, "CACHE_DIR", tmp_path)
+    K, V, B = 2, 4096, 64
+    paired, logits = rf.trace_call("verify", "opt", K, V, "fp32")
+    launch = paired["launches"][0]
+    assert launch["probe"] and set(launch["probe"]) <= {str(i) for i in logits}, launch.get("probe")
+    m = dataclasses.replace(rf.H200, l2_reuse_bytes=1e6)  # a few rows of this small shape, well under 64 rows
+    floor = rf.floor_bytes("verify", B, K, V, "fp32")
+    with_probe = rf.launch_bytes(launch, B, m, logits)
+    without = rf.launch_bytes(dict(launch, probe={}), B, m, logits)
+    assert with_probe.logits_read >= 1.9 * floor, "the second look and the race re-read the rows"
+    assert with_probe.dram_read < 1.1 * floor + 1e5, (with_probe, floor)
+    assert without.dram_read > 1.5 * floor, (without, floor)
 
 
 def test_time_terms():
@@ -302,5 +521,15 @@ def test_grid_point_end_to_end(tmp_path, monkeypatch):
     headers = [md[i] for i in range(len(md) - 1) if md[i].startswith("| ") and md[i + 1].startswith("|---")]
     assert len(headers) >= 4, md  # headline, by batch, per launch, constants (no GPU rows here)
     assert all(rf.MODEL_BANNER in h for h in headers), [h for h in headers if rf.MODEL_BANNER not in h]
-    assert any("token_v3" in line and "| 10 |" in line for line in md), "the headline row of token_v3"
+    assert any("token_v3" in line and "| 1 |" in line for line in md), "the headline row of token_v3: one launch"
     assert any("No GPU measurement exists yet" in line for line in md)
+    assert not any(line.startswith("## For the README") for line in md), "one version: nothing to compare"
+
+    rf.run_grid(pts, dict(meta, version="u"), write=True)  # a second version: the README table, t against u
+    md = rf.render(tmp_path / "report.md").splitlines()
+    at = md.index(next(line for line in md if line.startswith("## For the README: t against u")))
+    table = md[at + 2:md.index("", at + 2)]
+    assert rf.MODEL_BANNER in md[at] and all(rf.MODEL_BANNER in h for h in (table[0],)), table
+    assert [r.split(" | ")[:3] for r in table[2:]] == [["| token_v3", "8", "bf16"], ["| token_v3", "1", "fp32"],
+                                                      ["| sample", "8", "fp32"]], table
+    assert all("| 1 + 0 | 1 + 0 |" in r for r in table[2:]), table

@@ -221,6 +221,38 @@ def _filter_cutoff_kernel(
         tl.store(ok_ptr + rows, ok.to(tl.int32), mask=rmask)
 
 
+def cutoff_passes(launch) -> tuple:
+    """The serial passes ``_cutoffs`` makes over one row in ``launch`` (a launch of a kernel that calls it, with the
+    filter arguments of ``filter_args``) and its loop trips per program, for ``bench/roofline.py``: the max (from
+    DRAM), the top-k bisection (at most 32 steps: it halves a 32-bit key range; none when top-k is off), the top-k
+    mass, the top-p bisection (at most 32 steps, none when off), the min-p pass (all from L2). The trips are those
+    bounds (the longest bisection; data can end it sooner)."""
+
+    def on(name, test):
+        a = launch.arg(f"{name}_ptr")
+        return a.kind == "tensor" or test(launch.arg(f"{name}_val").value)
+
+    nt, V = launch.arg("NT").value, launch.arg("V").value
+    steps_k = 32 if on("top_k", lambda k: 1 <= k < V) else 0
+    steps_p = 32 if on("top_p", lambda p: p < 1) else 0
+    trips = {"mid = lo + (hi - lo + 1) // 2": steps_k, "mid = lo + (hi - lo) // 2": steps_p,
+             "c += tl.sum((mask & (k >= t_key": steps_k * nt, "Mz = tl.maximum(Mz": nt,
+             "mk = tl.minimum(mk, tl.min(": nt}
+    return 3 + steps_k + steps_p, trips
+
+
+def roofline_hints(launch) -> dict:
+    """What ``bench/roofline.py`` (a static model of this launch on a GPU) cannot read from the SASS: the passes a
+    program makes over its position's row (``cutoff_passes``), one after another, each tile's load waiting for the
+    loop to reduce the one before: the first from DRAM, the others from L2."""
+    if launch.name != "_filter_cutoff_kernel":
+        return {}
+    nt = launch.arg("NT").value
+    passes, trips = cutoff_passes(launch)
+    return dict(phases=nt, l2_phases=(passes - 1) * nt, loop_trips=trips,
+                note=f"filter cutoffs: {passes} serial passes over a row (bounds)")
+
+
 def launch_cutoffs(cut, ok, zp, zq, cu, n, temperature, filters, B: int, K: int, V: int, strides, verify: bool,
                    block_v: int, num_warps: int, fp64: bool, rows: int = 1):
     """Fill ``cut`` and ``ok`` ([B]): sample's B rows, or verify's B K drafter positions then B (K + 1) target

@@ -26,7 +26,7 @@ import triton.language as tl
 from .. import rules
 from . import common
 from .common import BIG, NEG_INF, best_lowest_rows, inv_temperature, load_logits, row_params, temperature_ok
-from .filters import _cutoffs, filter_args, filter_params
+from .filters import _cutoffs, cutoff_passes, filter_args, filter_params
 from .philox import gumbel_rows
 
 STREAM_DRAFT = tl.constexpr(rules.STREAM_DRAFT)
@@ -196,6 +196,27 @@ def _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT,
         c += 64
     ok = ok & (bad == 0) & (M > NEG_INF) & (M < float("inf")) & (idx < BIG)
     tl.store(tokens_ptr + rows, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64), mask=rmask)
+
+
+def roofline_hints(launch) -> dict:
+    """What ``bench/roofline.py`` (a static model of this launch on a GPU) cannot read from the SASS: a program's
+    dependent round trips.
+
+    ``_sample_kernel``: a program loads its tile (DRAM), scores it, stores the partials and draws its group's ticket
+    (an acquire-release atomic at L2); the program with the last ticket then loads the partials (L2) and writes the
+    token: one DRAM and two L2 round trips on a row's critical path (one DRAM trip for a single tile).
+
+    ``_sample_filtered_kernel``: a program makes the cutoff passes over its row (``filters.cutoff_passes``: the max
+    from DRAM, the rest from L2) and then the race pass (L2), one tile after another, each tile's load waiting for
+    the loop to reduce the one before."""
+    if launch.name == "_sample_kernel":
+        return dict(phases=1, l2_phases=0 if launch.constexprs.get("SINGLE") else 2)
+    if launch.name != "_sample_filtered_kernel":
+        return {}
+    nt = launch.arg("NT").value
+    passes, trips = cutoff_passes(launch)
+    return dict(phases=nt, l2_phases=passes * nt, loop_trips={**trips, "take = tb > best": nt},
+                note=f"filtered sample: {passes} serial cutoff passes (bounds) and the race over a row")
 
 
 def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, vocab_size: int, block_v: int,

@@ -785,6 +785,87 @@ def _race_item(g, t, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
 
 
+# ------------------------------------------------------------------------------------------------ static model
+
+# How bench/roofline.py attributes the kernel's SASS to the phases of a work item: [phase, function, marker]; an
+# instruction belongs to the first rule whose function is on its inline chain (with a marker: at a line in the
+# body of that function's ``if`` whose test holds the marker). Unclaimed instructions are the queue loop's own
+# (once per work item drawn) or the program's (once per program).
+ROOFLINE_PHASES = (
+    ("accept", "_accept", None),
+    ("merge", "_stats_item", "ticket(cnt_ptr + c_stats"),
+    ("stats_q", "_stats_item", "use_q.to(tl.int32)"),
+    ("stats", "_stats_item", None),
+    ("look_merge", "_look_item", "ticket(cnt_ptr + c_look"),
+    ("look", "_look_item", None),
+    ("emit", "_race_item", "ticket(cnt_ptr + c_race"),
+    ("race", "_race_item", None),
+)
+
+
+def roofline_hints(launch) -> dict:
+    """What ``bench/roofline.py`` (a static model of this launch on a GPU, no GPU needed) cannot read from the SASS:
+    the phases of a work item, how often each runs in this launch (closed forms of its arguments), each one's
+    dependent round trips to memory, one row's chain of dependent phases, and the rows the queue order interleaves.
+
+    Executions, for G row groups, K drafts (n = K unless ``num_draft_tokens`` is one smaller number), NT tiles:
+    stats G (K + 1) NT (drafter tiles, ``stats_q``, G n NT), merges G (K + 1), second looks G n NT and their merges
+    G K (rules with a second look, 0 < T < inf: T is taken as 1 when it arrives as a tensor), accepts G, race items
+    G NT, emits G; the queue loop runs once per work item (``total``), the rest of the program once per program.
+
+    Round trips (``dram``, ``l2``) per execution, read off the code: a work item's draw is an L2 atomic; a stats item
+    loads its target tile (DRAM) and, after that tile's reductions, its drafter tile (DRAM), then draws a ticket
+    (an acquire-release atomic at L2); a merge loads each side's partials after the previous side's stores (2),
+    releases the ready flag and draws the row's ticket (4 at L2); a second look polls its flag, loads the position's
+    statistics and both tiles at once (L2: the stats read them one row of traffic earlier) and draws a ticket (3);
+    its merge loads the partials and draws the row's ticket (2); the accept phase loads statistics and drafts (the
+    drafts from DRAM), then the logits at the drafts (L2), then releases the race flag; a race item polls its flag,
+    loads the race kind, then m, then its tiles at m (L2), then draws a ticket (5); the emit loads the partials,
+    then the chosen column (2). Spin waits count once (no waiting), so the chain below carries the waiting.
+
+    Chain of one row (steps; ``gap``: work items drawn by other programs meanwhile, ``step`` = one super-step):
+    stats (K + 1) NT items -> merge, or the gap -> second looks n NT -> their merge and the accept, or the gap ->
+    race NT items -> emit. Without a second look: stats -> merge and accept, or the gap -> race -> emit."""
+    if launch.name != "_verify_kernel":
+        return {}
+    c = launch.constexprs
+
+    def val(name):
+        a = launch.arg(name)
+        return a.value if a.kind != "none" else None
+
+    B, K, NT, total = val("B"), val("K"), val("NT"), val("total")
+    G = -(-B // c["ROWS"])
+    KP = K + 1
+    n = K if val("n_val") is None or launch.arg("n_ptr").kind == "tensor" else max(0, min(K, val("n_val")))
+    T = 1.0 if launch.arg("temp_ptr").kind == "tensor" else float(val("temp_val"))
+    has_q = launch.arg("zq_ptr").kind == "tensor"
+    looks = bool(c["SECOND_LOOK"]) and has_q and 0 < T < float("inf")
+    step = KP * NT + (K * NT if c["SECOND_LOOK"] else 0) + NT
+    work = {
+        "queue": dict(count=total, l2=1),
+        "program": dict(count=launch.programs, l2=2),
+        "stats": dict(count=G * KP * NT, dram=1, l2=1),
+        "stats_q": dict(count=G * n * NT if has_q else 0, dram=1),
+        "merge": dict(count=G * KP, l2=4),
+        "look": dict(count=G * n * NT if looks else 0, l2=3),
+        "look_merge": dict(count=G * K if looks else 0, l2=2),
+        "accept": dict(count=G, dram=1, l2=2),
+        "race": dict(count=G * NT, l2=5),
+        "emit": dict(count=G, l2=2),
+    }
+    if looks:
+        chain = [(["queue", "stats", "stats_q"], KP * NT, 0), (["merge"], 1, step), (["queue", "look"], n * NT, 0),
+                 (["look_merge", "accept"], 1, step), (["queue", "race"], NT, 0), (["emit"], 1, 0)]
+    else:
+        chain = [(["queue", "stats", "stats_q"], KP * NT, 0), (["merge", "accept"], 1, step),
+                 (["queue", "race"], NT, 0), (["emit"], 1, 0)]
+    return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work,
+                phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
+                reuse_rows=2 if c["SECOND_LOOK"] else 1,
+                note="persistent: phases per work item, chain of one row")
+
+
 # ------------------------------------------------------------------------------------------------ launcher
 
 ITEMS_PER_PROGRAM = 0  # tests set this (under the interpreter) to make every hand-off cross programs
