@@ -47,6 +47,8 @@ def add_arguments(ap):
     g.add_argument("--chunk", type=int, default=64, help="HumanEval: new tokens per generate call")
     g.add_argument("--timeout", type=float, default=10.0, help="HumanEval: seconds per test program")
     g.add_argument("--gen-minutes", type=float, default=None, help="start no new run after this many minutes")
+    g.add_argument("--gen-temperatures", type=float, nargs="+", default=None,
+                   help="run only the chosen settings at these temperatures (default: every chosen one)")
 
 
 # ----------------------------------------------------------------------------------------------- tiny models
@@ -183,6 +185,8 @@ def run(choice: dict, args, pair_fn, path: Path, tiny: bool = False) -> int:
 
     import sweep_data as sd
 
+    if getattr(args, "gen_temperatures", None) is not None:
+        choice = {k: c for k, c in choice.items() if c["temperature"] in args.gen_temperatures}
     done = {(r["domain"], r["item"], r["config"]) for r in load_rows(path)}
     spans = {"humaneval": args.gen_humaneval, "prose": args.gen_prose}
     if tiny:
