@@ -227,3 +227,23 @@ def test_generation_resumes(sweep_modules, tiny_sweep):
     assert again[-1]["tokens"] == rows[-1]["tokens"]  # seeded: the rerun reproduces the lost row
     md = sg.section(again, choice)
     assert "prose" in md and "cascade / speculative" in md
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_acceptance_gain_is_bounded_by_tv(temperature):
+    """The ceiling the README states: a draft is accepted only when the emitted token equals it, so
+    P(accept) <= 1 - TV(q, law) <= 1 - TV(q, p) + TV(law, p): no rule at any alpha accepts more than
+    speculative decoding plus its divergence from the target, position by position."""
+    from speccas_kernels.rules import RULES
+
+    g = torch.Generator().manual_seed(11)
+    zp = torch.randn(40, 12, generator=g, dtype=torch.float64) * 2
+    zq = zp + torch.randn(40, 12, generator=g, dtype=torch.float64) * 1.5
+    spec = an.position_metrics(zq, zp, rule="speculative", temperature=temperature)["accept"][0]
+    gained = 0.0
+    for rule in RULES:
+        m = an.position_metrics(zq, zp, rule=rule, temperature=temperature)
+        gain = m["accept"] - spec
+        assert (gain <= m["tv"] + 1e-9).all(), (rule, float((gain - m["tv"]).max()))
+        gained = max(gained, float(gain.max()))
+    assert gained > 0.05  # the bound is not vacuous: some rule does accept more than speculative
