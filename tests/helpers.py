@@ -90,7 +90,7 @@ def assert_same_outputs(out, ref, margins, *, tol=1e-4, max_tie_frac=0.02, what=
     """Backend `out` vs reference `ref`: identical except rows at genuine float ties. Returns the
     number of tie rows."""
     out = type(ref)(*[None if t is None else t.cpu() for t in out])
-    ref = type(ref)(*[t.cpu() for t in ref])
+    ref = type(ref)(*[None if t is None else t.cpu() for t in ref])
     am = margins["accept_margin"].cpu().double()
     rm = margins["race_margin"].cpu().double()
     row_diff = (out.tokens != ref.tokens).any(1) | (out.num_accepted != ref.num_accepted) | (out.valid != ref.valid)
