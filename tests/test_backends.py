@@ -133,7 +133,7 @@ def case_vocab_size_and_strides(rule, backend):
     b = sk.verify(**to_device({k: (v.contiguous() if torch.is_tensor(v) else v) for k, v in strided.items()}, dev),
                   rule=rule, backend=backend)
     for x, y, name in zip(a, b, a._fields):
-        assert torch.equal(x, y), f"{rule}: strided inputs change {name}"
+        assert (x is None and y is None) or torch.equal(x, y), f"{rule}: strided inputs change {name}"
 
 
 def case_invalid_rows(rule, backend):
@@ -297,7 +297,8 @@ def case_ragged_layout(rule, backend):
                                kw["draft_logits"], target_logits=kw["target_logits"], draft_tokens=kw["draft_tokens"],
                                num_draft_tokens=n, **common)
             for name, x, y in zip(got._fields, got, padded):
-                assert torch.equal(x.cpu(), y), f"{rule} T={T} {drafts}: verify_ragged differs from verify in {name}"
+                assert (x is None and y is None) or torch.equal(x.cpu(), y), \
+                    f"{rule} T={T} {drafts}: verify_ragged differs from verify in {name}"
 
 
 def case_extreme_temperatures(rule, backend):
@@ -429,4 +430,4 @@ def test_batch_composition_does_not_matter(backend):
         one = sk.verify(**{k: (v[b: b + 1] if torch.is_tensor(v) else v) for k, v in kw.items()}, rule="token_v2",
                         backend=backend)
         for x, y in zip(one, full):
-            assert torch.equal(x[0], y[b])
+            assert (x is None and y is None) or torch.equal(x[0], y[b])
