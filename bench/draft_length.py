@@ -49,6 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import device_name, git_commit, iso_date  # noqa: E402
 
+from speccas.analysis import draft_counts  # noqa: E402,F401  (k_t of a round: the analysis' adaptive-draft model)
+
 RESULTS = ROOT / "bench" / "results"
 SETTINGS = (("speculative", 0.0), ("token_v3", 0.0), ("speculative", 1.0), ("token_v3", 1.0))
 KS = (4, 6, 8, 12, 16)
@@ -102,21 +104,6 @@ def _cache_kw(model) -> str:
 
 
 # ------------------------------------------------------------------------------------ simulation
-
-def draft_counts(conf: np.ndarray, K: int, h: float) -> np.ndarray:
-    """k_t for one text: drafts a round starting at t makes (stop after the first draft with c < h)."""
-    L = len(conf)
-    k = np.zeros(L, dtype=np.int64)
-    for t in range(L):
-        cap = min(K, L - 1 - t)
-        n = 0
-        while n < cap:
-            n += 1
-            if conf[t + n - 1] < h:
-                break
-        k[t] = n
-    return k
-
 
 def expected_time(a: np.ndarray, k: np.ndarray, cost) -> float:
     """R(0) for one text: expected time to emit its L tokens, rounds of k_t drafts (see the docstring)."""

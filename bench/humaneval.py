@@ -168,6 +168,8 @@ def run_speccas(target, drafter, tok, prompt: str, cfg: dict, args) -> dict:
                   max_new_tokens=n, eos_token_id=args.eos, seed=cfg["seed"] * 1_000_003 + len(new))
         if cfg["method"] == "cascade":
             kw["rule"] = cfg["rule"]
+        if getattr(args, "draft_threshold", None) is not None:  # None: the loop's default policy
+            kw["draft_threshold"] = args.draft_threshold
         if cfg["alpha"] is not None:
             kw["alpha"] = cfg["alpha"]
         out = speccas.generate(None if cfg["method"] == "drafter" else target,

@@ -202,6 +202,27 @@ def test_cli_generate_quality_budget(tmp_path, capsys):
         cli.main(base + ["--rule", "token_v3", "--quality-budget", "0.05"])
 
 
+def test_cli_default_cascade_is_the_sweeps(tmp_path, capsys):
+    """``speccas generate`` without --rule/--alpha runs the demo's default cascade (chow at 0.3, from the sweep);
+    another rule without --alpha keeps that rule's own default."""
+    import json
+
+    import speccas_kernels
+    from speccas import cli, demo
+
+    t, d = _tiny_dirs(tmp_path)
+    base = ["generate", "--target", t, "--drafter", d, "--prompt", "hello", "--max-new-tokens", "4", "--no-chat",
+            "--json"]
+    assert cli.main(base) == 0
+    stats = json.loads(capsys.readouterr().out)["stats"]
+    assert (stats["rule"], stats["alpha"]) == (demo.DEFAULT_CASCADE_RULE, demo.DEFAULT_CASCADE_ALPHA) == ("chow", 0.3)
+    assert cli.main(base + ["--rule", "token_v3"]) == 0
+    stats = json.loads(capsys.readouterr().out)["stats"]
+    assert (stats["rule"], stats["alpha"]) == ("token_v3", speccas_kernels.DEFAULT_ALPHA["token_v3"])
+    casc = [c for c in demo.DEMO_CONFIGS if c.method == "cascade"]
+    assert [(c.rule, c.alpha) for c in casc] == [("chow", 0.3)]
+
+
 def test_set_precision(tmp_path):
     t, _ = _tiny_dirs(tmp_path)
     q = models.load_model(t, precision="int8")

@@ -32,6 +32,17 @@ never emits past the last completion token, so at most ``M = min(K, L - 1 - t)``
 * ``token_cascade``: the sequential TokenCascade[Chow] of SPEC.md section 7 emits chow's law and
   calls the target once per deferred position, so its cost is chow's deferral rate.
 
+Draft policies (``DraftPolicy``): a fixed length K, or the decode loop's adaptive drafting
+(``speccas.generate``'s ``draft_threshold = h > 0``): a round stops drafting after its first draft
+whose drafter confidence ``c = max q^`` (unscaled, whatever the temperature) is below h. Teacher-forced,
+the round that starts at t drafts ``k_t = min(K, L - 1 - t, first i >= 1 with c_{t+i-1} < h)`` tokens
+(``draft_counts``; c at the reference prefix, like the a's), and the chains above stop at k_t instead
+of K: ``P_k(t) = 0`` for k > k_t.
+
+Uncertainty: every mean above is a ratio of sums over texts (positions within a text are not
+independent), so ``bootstrap_ratio`` resamples whole texts (problems, documents) and gives percentile
+intervals; the per-text sums it needs are on each ``RuleCurve`` (``text_sums``, ``text_forwards``).
+
 Reference points: ``target`` (law = p, cost 1 forward per token) and ``drafter`` (law = q, taken
 as cost 0). Both come from the reference too: ``speculative`` gives law = p, ``chow`` at alpha = 1
 gives law = q.
@@ -230,32 +241,76 @@ def position_metrics(zq: torch.Tensor, zp: torch.Tensor, *, rule: str, alphas=No
 # Cost from the chain of acceptances
 
 
-def _accept_prefix_products(a: np.ndarray, K: int) -> np.ndarray:
-    """a [..., L] -> P [..., K + 1, L]: P_k(t) = prod_{j<k} a_{t+j}, and 0 when the round would emit
-    past the text end (k > L - 1 - t)."""
+@dataclass(frozen=True)
+class DraftPolicy:
+    """How many drafts a round makes: at most ``K``, and with ``threshold = h > 0`` stop after the first draft
+    whose drafter confidence max q^ is below h (``speccas.generate``'s ``num_draft_tokens`` /
+    ``draft_threshold``; ``threshold = 0`` drafts K every round)."""
+
+    K: int
+    threshold: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.K, (int, np.integer)) or isinstance(self.K, bool) or self.K < 0:
+            raise ValueError(f"DraftPolicy: K must be an int >= 0, got {self.K!r}")
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"DraftPolicy: threshold must be in [0, 1], got {self.threshold!r}")
+
+    @property
+    def name(self) -> str:
+        return f"K{self.K}" if not self.threshold else f"K{self.K}/h{self.threshold:g}"
+
+
+def as_policy(p) -> DraftPolicy:
+    """An int K (fixed length) or a ``DraftPolicy``."""
+    return p if isinstance(p, DraftPolicy) else DraftPolicy(int(p))
+
+
+def draft_counts(conf, K: int, threshold: float) -> np.ndarray:
+    """k_t for one text (``conf`` [L], the drafter's max q^ at each position): the drafts a round that starts
+    at t makes: at most K and at most L - 1 - t, and no more after the first draft with confidence below
+    ``threshold``."""
+    conf = np.asarray(conf, dtype=np.float64)
+    L = len(conf)
+    cap = np.minimum(K, L - 1 - np.arange(L))
+    if not threshold:
+        return np.maximum(cap, 0)
+    unsure = np.flatnonzero(conf < threshold)
+    # the first unsure position at or after t (L when none): a round from t drafts up to and including it
+    nxt = np.full(L + 1, L, dtype=np.int64)
+    nxt[unsure] = unsure
+    nxt = np.minimum.accumulate(nxt[::-1])[::-1][:L]
+    return np.maximum(np.minimum(cap, nxt - np.arange(L) + 1), 0)
+
+
+def _accept_prefix_products(a: np.ndarray, K: int, k: Optional[np.ndarray] = None) -> np.ndarray:
+    """a [..., L] -> P [..., K + 1, L]: P_j(t) = prod_{i<j} a_{t+i}, and 0 when the round would emit
+    past the text end (j > L - 1 - t) or drafts fewer than j tokens (j > k_t, when ``k`` [L] is given)."""
     a = np.asarray(a, dtype=np.float64)
     L = a.shape[-1]
     P = np.zeros(a.shape[:-1] + (K + 1, L))
     P[..., 0, :] = 1.0
     t = np.arange(L)
-    for k in range(1, K + 1):
+    limit = L - 1 - t if k is None else np.minimum(np.asarray(k), L - 1 - t)
+    for j in range(1, K + 1):
         shifted = np.zeros_like(a)
-        if L - (k - 1) > 0:
-            shifted[..., : L - (k - 1)] = a[..., k - 1:]
-        P[..., k, :] = P[..., k - 1, :] * shifted * (t + k <= L - 1)
+        if L - (j - 1) > 0:
+            shifted[..., : L - (j - 1)] = a[..., j - 1:]
+        P[..., j, :] = P[..., j - 1, :] * shifted * (j <= limit)
     return P
 
 
-def expected_round_tokens(a, K: int) -> np.ndarray:
+def expected_round_tokens(a, K: int, k=None) -> np.ndarray:
     """E_t = expected tokens emitted by a round that starts at position t with draft length K:
-    ``1 + a_t + a_t a_{t+1} + ...`` (K acceptances at most, truncated at the text end).
+    ``1 + a_t + a_t a_{t+1} + ...`` (K acceptances at most, or k_t with ``k``; truncated at the text end).
     a [..., L] -> [..., L]."""
-    return _accept_prefix_products(a, K).sum(-2)
+    return _accept_prefix_products(a, K, k).sum(-2)
 
 
-def expected_forwards(a, K: int) -> np.ndarray:
-    """R(0): expected target forwards (rounds) to emit the whole text of L tokens. a [..., L] -> [...]."""
-    P = _accept_prefix_products(a, K)  # [..., K + 1, L]
+def expected_forwards(a, K: int, k=None) -> np.ndarray:
+    """R(0): expected target forwards (rounds) to emit the whole text of L tokens, rounds of at most K
+    drafts (k_t drafts from position t when ``k`` [L] is given, see ``draft_counts``). a [..., L] -> [...]."""
+    P = _accept_prefix_products(a, K, k)  # [..., K + 1, L]
     L = P.shape[-1]
     R = np.zeros(P.shape[:-2] + (L + K + 2,))
     for t in range(L - 1, -1, -1):
@@ -264,6 +319,48 @@ def expected_forwards(a, K: int) -> np.ndarray:
         exact = P[..., :, t] - nxt  # [..., K + 1]
         R[..., t] = 1.0 + (exact * R[..., t + 1: t + K + 2]).sum(-1)
     return R[..., 0]
+
+
+def drafter_confidence(z: torch.Tensor, bucket: bool = False) -> np.ndarray:
+    """max q^ per position of drafter logits [L, V'] (the bucket column of a pruned corpus is not a token)."""
+    p = torch.softmax(z.double(), -1)
+    if bucket:
+        p = p[:, :-1]
+    return p.max(-1).values.numpy()
+
+
+def bootstrap_weights(n: int, n_boot: int = 2000, seed: int = 0) -> np.ndarray:
+    """[n_boot, n]: how many times each of n units is drawn in each bootstrap resample (with replacement):
+    a statistic of sums over units is ``W @ per_unit_sums`` for every resample at once."""
+    rng = np.random.default_rng(seed)
+    flat = np.repeat(np.arange(n_boot) * n, n) + rng.integers(0, n, n_boot * n)
+    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.float64)
+
+
+def bootstrap_ratio(num, den, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
+    """Percentile bootstrap of ``sum(num) / sum(den)`` over units (texts): ``num`` [n, ...], ``den`` [n] or
+    [n, ...] (broadcast). Every column uses the same resamples, so intervals of paired quantities (a rule
+    and speculative decoding on the same texts) are paired. Returns ``(estimate, low, high)``, each of
+    shape ``num.shape[1:]``."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    if num.ndim == 0 or num.shape[0] == 0 or den.shape not in (num.shape, num.shape[:1]):
+        raise ValueError(f"bootstrap_ratio: num {num.shape} and den {den.shape} need the same [n, ...] (or den [n]) "
+                         "with n > 0")
+    if den.ndim == 1:
+        den = np.broadcast_to(den.reshape((-1,) + (1,) * (num.ndim - 1)), num.shape)
+    if not 0 < level < 1:
+        raise ValueError(f"bootstrap_ratio: level must be in (0, 1), got {level}")
+    n = num.shape[0]
+    shape = num.shape[1:]
+    nf, df = num.reshape(n, -1), den.reshape(n, -1)
+    W = bootstrap_weights(n, n_boot, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        est = nf.sum(0) / df.sum(0)
+        boots = (W @ nf) / (W @ df)
+    q = (1 - level) / 2
+    lo, hi = np.nanquantile(boots, [q, 1 - q], axis=0)
+    return est.reshape(shape), lo.reshape(shape), hi.reshape(shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,8 +379,13 @@ class RuleCurve:
     kl: np.ndarray
     loglik: np.ndarray
     law_tail: np.ndarray  # the law's mass in the pruned bucket (left out of kl and loglik); 0 unpruned
-    tokens_per_round: Dict[int, np.ndarray]  # K -> mean over start positions of E_t
-    forwards_per_token: Dict[int, np.ndarray]  # K -> sum R(0) / sum L
+    tokens_per_round: Dict[object, np.ndarray]  # K or DraftPolicy -> mean over start positions of E_t
+    forwards_per_token: Dict[object, np.ndarray]  # K or DraftPolicy -> sum R(0) / sum L
+    # Per text (for bootstrap_ratio over texts): sums over each text's positions of every metric, [A, n]
+    # per metric; R(0) of each text, [A, n] per K or DraftPolicy; and the texts' lengths, [n].
+    text_sums: Dict[str, np.ndarray] = field(default_factory=dict)
+    text_forwards: Dict[object, np.ndarray] = field(default_factory=dict)
+    lengths: Optional[np.ndarray] = None
 
     def rows(self, K: int):
         for i, a in enumerate(self.alphas):
@@ -297,28 +399,40 @@ def _concat(corpus: LogitCorpus):
     return torch.cat(corpus.zq, 0), torch.cat(corpus.zp, 0)
 
 
+def text_draft_counts(corpus: LogitCorpus, policy: DraftPolicy, _conf=None) -> List[np.ndarray]:
+    """k_t of every text of ``corpus`` under ``policy`` (``draft_counts`` on the drafter's confidence)."""
+    conf = _conf if _conf is not None else [drafter_confidence(z, corpus.top_k is not None) for z in corpus.zq]
+    return [draft_counts(c, policy.K, policy.threshold) for c in conf]
+
+
 def analyze_rule(corpus: LogitCorpus, rule: str, *, alphas=None, Ks=(4,), temperature: float = 1.0,
-                 budget_elems: int = 1 << 23, _cat=None) -> RuleCurve:
-    """Metrics of one rule at each alpha, averaged over every completion position of the corpus."""
+                 budget_elems: int = 1 << 23, _cat=None, _conf=None) -> RuleCurve:
+    """Metrics of one rule at each alpha, averaged over every completion position of the corpus. ``Ks``:
+    draft lengths (ints) or ``DraftPolicy``s (adaptive drafting); the results are keyed by them as given."""
     zq, zp = _cat if _cat is not None else _concat(corpus)
     al = _alpha_list(rule, alphas)
     pm = position_metrics(zq, zp, rule=rule, alphas=al, temperature=temperature, budget_elems=budget_elems,
                           bucket=corpus.top_k is not None)
     acc = pm["accept"].numpy()
     bounds = np.cumsum([0] + corpus.lengths)
-    tpr, fpt = {}, {}
+    tpr, fpt, per_text = {}, {}, {}
     total = float(bounds[-1])
-    for K in Ks:
+    for key in Ks:
+        pol = as_policy(key)
+        counts = text_draft_counts(corpus, pol, _conf) if pol.threshold else [None] * len(corpus.lengths)
         e_sum = np.zeros(len(al))
-        r_sum = np.zeros(len(al))
+        r = np.zeros((len(al), len(corpus.lengths)))
         for i in range(len(corpus.lengths)):
             a = acc[:, bounds[i]:bounds[i + 1]]
-            e_sum += expected_round_tokens(a, K).sum(-1)
-            r_sum += expected_forwards(a, K)
-        tpr[K] = e_sum / total
-        fpt[K] = r_sum / total
+            e_sum += expected_round_tokens(a, pol.K, counts[i]).sum(-1)
+            r[:, i] = expected_forwards(a, pol.K, counts[i])
+        tpr[key] = e_sum / total
+        fpt[key] = r.sum(1) / total
+        per_text[key] = r
     means = {m: pm[m].mean(1).numpy() for m in METRICS}
-    return RuleCurve(rule, al, tokens_per_round=tpr, forwards_per_token=fpt, **means)
+    sums = {m: np.add.reduceat(pm[m].numpy(), bounds[:-1], axis=1) for m in METRICS}
+    return RuleCurve(rule, al, tokens_per_round=tpr, forwards_per_token=fpt, text_sums=sums, text_forwards=per_text,
+                     lengths=np.asarray(corpus.lengths, dtype=np.float64), **means)
 
 
 @dataclass
@@ -363,6 +477,9 @@ def analyze(corpus: LogitCorpus, *, rules: Sequence[str] = RULES, grids: Optiona
         if r not in RULE_INFO:
             raise ValueError(f"analyze: unknown rule {r!r}; expected one of {', '.join(RULES)}")
     cat = _concat(corpus)
+    conf = None
+    if any(as_policy(k).threshold for k in Ks):
+        conf = [drafter_confidence(z, corpus.top_k is not None) for z in corpus.zq]
     grids = grids or {}
     curves = {}
     it = list(rules)
@@ -372,12 +489,12 @@ def analyze(corpus: LogitCorpus, *, rules: Sequence[str] = RULES, grids: Optiona
         it = tqdm(it, desc="rules")
     for r in it:
         curves[r] = analyze_rule(corpus, r, alphas=grids.get(r), Ks=Ks, temperature=temperature,
-                                 budget_elems=budget_elems, _cat=cat)
+                                 budget_elems=budget_elems, _cat=cat, _conf=conf)
     # Reference points, from the reference as well: speculative's law is p, chow at alpha = 1 is q.
     spec = curves["speculative"] if "speculative" in curves else analyze_rule(
-        corpus, "speculative", Ks=Ks, temperature=temperature, budget_elems=budget_elems, _cat=cat)
+        corpus, "speculative", Ks=Ks, temperature=temperature, budget_elems=budget_elems, _cat=cat, _conf=conf)
     drf = analyze_rule(corpus, "chow", alphas=[1.0], Ks=Ks, temperature=temperature, budget_elems=budget_elems,
-                       _cat=cat)
+                       _cat=cat, _conf=conf)
     target = dict(deferral=1.0, forwards_per_token=1.0, tv=float(spec.tv[0]), kl=float(spec.kl[0]),
                   loglik=float(spec.loglik[0]))
     drafter = dict(deferral=0.0, forwards_per_token=0.0, tv=float(drf.tv[0]), kl=float(drf.kl[0]),

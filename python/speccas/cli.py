@@ -48,6 +48,7 @@ def main(argv=None) -> int:
 # ------------------------------------------------------------------------------- speccas generate
 
 def generate_parser() -> argparse.ArgumentParser:
+    from .demo import DEFAULT_CASCADE_ALPHA, DEFAULT_CASCADE_RULE
     from .generate import METHODS
     from .models import PRECISIONS
     from speccas_kernels import RULES
@@ -60,8 +61,11 @@ def generate_parser() -> argparse.ArgumentParser:
     ap.add_argument("--drafter", default="qwen-coder-0.5b", help="drafter model (default: qwen-coder-0.5b)")
     ap.add_argument("--tokenizer", help="tokenizer (default: the target's)")
     ap.add_argument("--method", default="cascade", choices=METHODS)
-    ap.add_argument("--rule", default="token_v3", choices=RULES, help="rule for --method cascade")
-    ap.add_argument("--alpha", type=float, default=None, help="the rule's trade-off (default: the rule's)")
+    ap.add_argument("--rule", default=DEFAULT_CASCADE_RULE, choices=RULES,
+                    help=f"rule for --method cascade (default: {DEFAULT_CASCADE_RULE}, see speccas.demo)")
+    ap.add_argument("--alpha", type=float, default=None,
+                    help=f"the rule's trade-off (default: {DEFAULT_CASCADE_ALPHA} for {DEFAULT_CASCADE_RULE}, "
+                         "otherwise the rule's)")
     ap.add_argument("--quality-budget", type=float, default=None,
                     help="instead of --alpha: adapt alpha per row to keep the mean TV from the target per token "
                          "at or below this (0 = exact speculative decoding; a rule with both ends, e.g. chow)")
@@ -118,6 +122,7 @@ def generate_main(argv=None) -> int:
     import torch
 
     from . import models
+    from .demo import DEFAULT_CASCADE_ALPHA, DEFAULT_CASCADE_RULE
     from .generate import generate
 
     a = generate_parser().parse_args(argv)
@@ -130,6 +135,8 @@ def generate_main(argv=None) -> int:
     drafter = models.load_model(a.drafter, dtype=dtype, device=a.device, precision=precision) if need_drafter else None
     tok = models.load_tokenizer(a.tokenizer or (a.target if need_target else a.drafter))
     ids, mask = encode_prompts(tok, prompts, chat=not a.no_chat, device=a.device)
+    if a.alpha is None and a.quality_budget is None and a.rule == DEFAULT_CASCADE_RULE and a.method == "cascade":
+        a.alpha = DEFAULT_CASCADE_ALPHA
     out = generate(target, drafter, ids, mask, method=a.method, rule=a.rule, alpha=a.alpha,
                    num_draft_tokens=a.num_draft_tokens, draft_threshold=a.draft_threshold, temperature=a.temperature,
                    max_new_tokens=a.max_new_tokens, seed=a.seed, backend=a.backend, compile=a.compile,
