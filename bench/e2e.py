@@ -52,6 +52,7 @@ CONFIGS = (
     Config("speculative", "speculative"),
     Config("cascade token_v3", "cascade", rule="token_v3"),
     Config("cascade chow", "cascade", rule="chow"),
+    Config("cascade chow 0.3 (demo default)", "cascade", rule="chow", alpha=0.3),
     Config("speculative, 1 drafter thread", "speculative", drafter_threads=1),
     Config("cascade token_v3, 1 drafter thread", "cascade", rule="token_v3", drafter_threads=1),
     Config("speculative K=4 int8", "speculative", num_draft_tokens=4, draft_threshold=0.0, drafter="int8"),
