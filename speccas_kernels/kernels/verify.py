@@ -544,6 +544,19 @@ def _look_item(g, i, t, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
 # ------------------------------------------------------------------------------------------------ accept
 
 @triton.jit
+def _at_draft(z_rows, xc, used, M, S1, ST, arg, cut_ptr, cut_off, greedy, invT, FILTERS: tl.constexpr,
+              FP64: tl.constexpr):
+    """One side (q or p) at the drafts ``xc`` of a position: (its sampling probability, filtered and at T; one-hot
+    at its argmax when greedy) and (its unscaled T = 1 probability, what the rules read)."""
+    z = load_logits(z_rows + xc, used, FP64)
+    keep = z > NEG_INF
+    if FILTERS:
+        keep = keep & (z >= tl.load(cut_ptr + cut_off, mask=used, other=float("-inf")))
+    prob = tl.where(greedy, (xc == arg).to(tl.float32), _probs(z, M, ST, invT, keep))
+    return prob, tl.exp(_rel(z, M)) / S1
+
+
+@triton.jit
 def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
             num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr,
             alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo,
@@ -596,26 +609,16 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
     x_ok = (x >= 0) & (x < V)
     xc = tl.minimum(tl.maximum(x, 0), V - 1)
     p_rows = _p_rows(zp_ptr, rr, i, ss, stride_pb, stride_pk, RAGGED)
-    zpx = load_logits(p_rows + xc, used_q, FP64)
-    keep_px = zpx > NEG_INF
-    if FILTERS:
-        cutp = tl.load(cutp_ptr + rr * KP + i, mask=used_q, other=float("-inf"))
-        keep_px = keep_px & (zpx >= cutp)
-    px = tl.where(greedy, (xc == argp).to(tl.float32), _probs(zpx, Mp, STp, invT, keep_px))
-    ph_x = tl.exp(_rel(zpx, Mp)) / S1p
+    px, ph_x = _at_draft(p_rows, xc, used_q, Mp, S1p, STp, argp, cutp_ptr, rr * KP + i, greedy, invT, FILTERS,
+                         FP64)
     if HAS_Q:
         Mq = tl.load(pos_m_ptr + o + 1, mask=used_q, other=0.0, cache_modifier=".cg")
         S1q = tl.load(pos_f_ptr + o + 1, mask=used_q, other=1.0, cache_modifier=".cg")
         STq = tl.load(pos_f_ptr + qf + o + 1, mask=used_q, other=1.0, cache_modifier=".cg")
         argq = tl.load(pos_i_ptr + o + 1, mask=used_q, other=0, cache_modifier=".cg")
         q_rows = _q_rows(zq_ptr, rr, i, ss, stride_qb, stride_qk, RAGGED)
-        zqx = load_logits(q_rows + xc, used_q, FP64)
-        keep_qx = zqx > NEG_INF
-        if FILTERS:
-            cutq = tl.load(cutq_ptr + rr * K + i, mask=used_q, other=float("-inf"))
-            keep_qx = keep_qx & (zqx >= cutq)
-        qx = tl.where(greedy, (xc == argq).to(tl.float32), _probs(zqx, Mq, STq, invT, keep_qx))
-        qh_x = tl.exp(_rel(zqx, Mq)) / S1q
+        qx, qh_x = _at_draft(q_rows, xc, used_q, Mq, S1q, STq, argq, cutq_ptr, rr * K + i, greedy, invT, FILTERS,
+                             FP64)
         max_qh = 1.0 / S1q
     else:
         argq = xc
