@@ -38,6 +38,8 @@ except ImportError as e:  # pragma: no cover - exercised only where triton is mi
 BLOCK_V_OVERRIDE: Optional[int] = None
 # Tests set this to force the rows per work item (a power of two).
 ROWS_OVERRIDE: Optional[int] = None
+# Tests set this to force the vocabulary tiles per work item of the persistent verify kernel.
+TILES_OVERRIDE: Optional[int] = None
 # Programs of the persistent verify kernel per multiprocessor (bench/roofline.py reads it too).
 PROGRAMS_PER_SM = 4
 
@@ -100,6 +102,15 @@ def rows(B: int) -> int:
     return min(256, triton.next_power_of_2(max(B, 1)))
 
 
+def tiles() -> int:
+    """Vocabulary tiles per work item of the persistent verify kernel (unrolled in the kernel): 4 on a GPU, so a
+    program has a position's four tiles (and its drafter's) in flight at once and draws a quarter as many items;
+    2 under the interpreter, so tests cross both item and tile boundaries (and a last item with a missing tile)."""
+    if TILES_OVERRIDE is not None:
+        return int(TILES_OVERRIDE)
+    return 2 if _interpreting() else 4
+
+
 def programs(device: torch.device) -> int:
     """Programs of the persistent verify kernel: enough to fill the GPU (four per SM); one under the interpreter,
     where programs run one after another anyway."""
@@ -120,7 +131,8 @@ def verify_args(args: VerifyArgs) -> VerifyOutput:
     _check_device(args.target_logits)
     block_v, num_warps = settings(args.vocab_size)
     with _device_guard(args.target_logits.device):
-        return launch_verify(args, block_v, num_warps, programs(args.target_logits.device), rows(args.batch))
+        return launch_verify(args, block_v, num_warps, programs(args.target_logits.device), rows(args.batch),
+                             tiles())
 
 
 def sample_args(args: SampleArgs) -> torch.Tensor:

@@ -15,12 +15,51 @@ draws the last ticket loads the partials with ``.cg`` (L2, never a stale L1 line
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 NEG_INF = tl.constexpr(float("-inf"))
 BIG = tl.constexpr(2147483647)
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+FLT_MAX = tl.constexpr(3.4028234663852886e38)
+
+# The race's logarithms: on a GPU the special-function unit's lg2 (``lg2.approx.ftz.f32``, relative error about
+# 2**-22; inputs below 2**-126 read as 0), one instruction where the accurate log takes about twenty; the interpreter
+# (which cannot call libdevice) takes numpy's. Scores move by about 1e-6 of their size: only float ties can change.
+if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    from triton.language.extra.cuda import libdevice as _libdevice
+
+    @triton.jit
+    def log2_fast(x):
+        return _libdevice.fast_log2f(x)
+else:
+    @triton.jit
+    def log2_fast(x):
+        return tl.log2(x)
+
+
+@triton.jit
+def ln_fast(x):
+    """The natural log through ``log2_fast``."""
+    return log2_fast(x) * LN2
+
+
+@triton.jit
+def exp_scaled(d, scale):
+    """exp(d * s) for ``scale`` = min(s log2(e), float32 max) (``log2e_scale``): one multiply and the unit's ex2
+    (results below 2**-126 flush to 0: the sums they enter are at least 1)."""
+    return tl.exp2(d * scale)
+
+
+@triton.jit
+def log2e_scale(s):
+    """min(s log2(e), float32 max): the factor ``exp_scaled`` takes for exp(d s) (s = 1/T is capped at the float32 max
+    already; capping again keeps 0 x scale = 0 where it would overflow to inf)."""
+    return tl.minimum(s * LOG2E, FLT_MAX)
 
 
 @triton.jit

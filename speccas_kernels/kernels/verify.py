@@ -18,7 +18,8 @@ For row b with n = num_draft_tokens[b] drafts, drafter logits zq_i, target logit
 Design. Every program loops over a queue of work items (an atomic counter), so the whole round is one launch.
 The items, in the phases of SPEC.md section 9:
 
-* **stats** (row b, position i, tile t): the tile of zp_i and, for i < n, of zq_i: max, sum exp(z - max) (T = 1),
+* **stats** (row b, position i, tile t): the tile of zp_i and, for i < n, of zq_i, both loads in flight together
+  (one round trip to DRAM): max, sum exp(z - max) (T = 1),
   sum exp((z - max) / T) over the kept entries, lowest argmax, NaN/+inf flag. Stored per tile; a ticket per
   position; the program with the last ticket **merges** the tiles into the position's statistics, publishes a
   "ready" flag, and draws a ticket on the row.
@@ -29,8 +30,9 @@ The items, in the phases of SPEC.md section 9:
   position (reading zq_i(x_i), zp_i(x_i) and the statistics), the accept loop, all the outputs but the emitted
   token (written here when T = 0 and all drafts are accepted: p_n's argmax), then a "race" flag for the row.
 * **race** (b, t): waits for the row's flag; the race at the one position that needs it (the residual at m, or the
-  bonus at n) over tile t: best score and lowest index, the same for the race over pi, and the residual mass.
-  Philox runs once per four entries, all four words used. The last tile's program **emits** the token.
+  bonus at n: a row-uniform branch) over tile t: best score and lowest index, and the residual mass. Philox runs
+  once per four entries, all four words used. The last tile's program **emits** the token; when the residual's
+  mass is rounding noise (at most RESIDUAL_EPS, rare) it first runs the race over pi itself, tile after tile.
 
 Order of the queue: "super-steps" of one row each, stats of row s, then the second look of row s - 1, then the
 race of row s - 2 (s - 1 without a second look). A second look reads its row about one row of traffic after the
@@ -57,8 +59,8 @@ import triton.language as tl
 from .. import rules
 from ..outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from . import common, philox
-from .common import (BIG, NEG_INF, best_lowest_rows, inv_temperature, load_logits, row_params, temperature_ok,
-                     ticket, wait_flag)
+from .common import (BIG, LOG2E, NEG_INF, best_lowest_rows, exp_scaled, inv_temperature, ln_fast, load_logits,
+                     log2e_scale, row_params, temperature_ok, ticket, wait_flag)
 
 FAMILY_A = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_A])
 FAMILY_B = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_B])
@@ -147,6 +149,13 @@ def _probs(z, M, ST, invT, keep):
 
 
 @triton.jit
+def _probs_fast(z, M, inv_ST, scale, keep):
+    """``_probs`` for the race: exp through ``exp_scaled`` (``scale`` = log2e_scale(1/T)) and a multiply by the row's
+    1 / ST instead of a division (a rounding apart)."""
+    return tl.where(keep, exp_scaled(_rel(z, M), scale) * inv_ST, 0.0)
+
+
+@triton.jit
 def _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED: tl.constexpr, ROWS: tl.constexpr):
     """The rows of group g: (rows [R], rmask, n [R] clamped to [0, K], ragged start [R], T [R])."""
     rows = g * ROWS + tl.arange(0, ROWS).to(tl.int64)
@@ -193,25 +202,25 @@ def _group_looks(T, rmask, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr):
 
 
 @triton.jit
-def _tile_stats(ptrs, v, mask, invT, cut, scaled, greedy, FILTERS: tl.constexpr, FP64: tl.constexpr):
-    """Per row of an [R, BLOCK] tile: (max, sum exp(z - max), sum exp((z - max) / T) over kept entries (rows with
-    ``scaled``), lowest argmax (rows with ``greedy``), bad)."""
-    z = load_logits(ptrs[:, None] + v[None, :], mask, FP64)
-    bad = tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=1)
-    z = tl.where(z == z, z, NEG_INF)
+def _tile_stats(z, v, invT, cut, scaled, greedy, FILTERS: tl.constexpr):
+    """Per row of an [R, BLOCK] tile of logits ``z`` (-inf outside the row): (max, sum exp(z - max), sum
+    exp((z - max) / T) over kept entries (rows with ``scaled``), lowest argmax (rows with ``greedy``), bad).
+    Bad (a NaN or +inf entry) is read off the T = 1 sum: every term is at most 1 unless one is NaN, which a NaN
+    entry makes (exp(NaN - max), or a NaN max) and so does +inf (max = +inf, inf - inf). An all -inf row is
+    caught by the merge (M = -inf)."""
     m = tl.max(z, axis=1)
     d = _rel(z, tl.where(m == NEG_INF, 0.0, m)[:, None])
-    s1 = tl.sum(tl.exp(d), axis=1)
+    s1 = tl.sum(exp_scaled(d, LOG2E), axis=1)
     sT = s1
     if tl.max(scaled.to(tl.int32), axis=0) > 0:
-        e = tl.exp(d * invT[:, None])
+        e = exp_scaled(d, log2e_scale(invT)[:, None])
         if FILTERS:
             e = tl.where(z >= cut[:, None], e, 0.0)
         sT = tl.where(scaled, tl.sum(e, axis=1), s1)
     arg = m.to(tl.int32) * 0 + BIG
     if tl.max(greedy.to(tl.int32), axis=0) > 0:
         arg = tl.min(tl.where(z == m[:, None], v[None, :], BIG), axis=1)
-    return m, s1, sT, arg, bad
+    return m, s1, sT, arg, (s1 != s1).to(tl.int32)
 
 
 # ------------------------------------------------------------------------------------------------ the kernel
@@ -225,16 +234,16 @@ def _verify_kernel(
     accept_prob_ptr,  # [B, K] float32
     valid_ptr,  # [B] bool
     # workspace (torch.empty: every element read is written first in this launch)
-    part_m_ptr,  # [B, K + 1, 2, NT] max (side 0 target, 1 drafter), float32 (float64 for FP64)
-    part_f_ptr,  # [2, B, K + 1, 2, NT] float32: sum exp(z - max), sum exp((z - max) / T) kept
-    part_i_ptr,  # [2, B, K + 1, 2, NT] int32: lowest argmax, NaN/+inf flag
+    part_m_ptr,  # [B, K + 1, 2, NI] per stats item: max (side 0 target, 1 drafter), float32 (float64 for FP64)
+    part_f_ptr,  # [2, B, K + 1, 2, NI] float32: sum exp(z - max), sum exp((z - max) / T) kept (NT-sized buffers)
+    part_i_ptr,  # [2, B, K + 1, 2, NI] int32: lowest argmax, NaN/+inf flag
     pos_m_ptr,  # [B, K + 1, 2] merged max (float64 for FP64)
     pos_f_ptr,  # [2, B, K + 1, 2] float32: S1, ST
     pos_i_ptr,  # [2, B, K + 1, 2] int32: argmax, bad
     look_part_ptr,  # [B, K, NT] float32: second-look partial sums
     look_ptr,  # [B, K] float32: TV or eta
-    race_f_ptr,  # [3, B, NT] float32: best residual score, best pi score, residual mass
-    race_i_ptr,  # [2, B, NT] int32: their lowest indices
+    race_f_ptr,  # [2, B, NT] float32: best race score, residual mass
+    race_i_ptr,  # [B, NT] int32: the best score's lowest index
     row_i_ptr,  # [3, B] int32: m, race kind, the draft at m (-1 outside the vocabulary)
     row_f_ptr,  # [B] float32: the blend quantity at m (family A r_m, family B eta_m)
     cnt_ptr,  # int32 counters (zero; common.counters): offsets below, per row group
@@ -274,6 +283,7 @@ def _verify_kernel(
     BLOCK_V: tl.constexpr,  # a multiple of 4
     BLOCK_K: tl.constexpr,  # >= K + 1
     BLOCK_T: tl.constexpr,  # >= NT
+    TILES: tl.constexpr,  # vocabulary tiles per work item (statically unrolled)
     ITEMS_PER_PROGRAM: tl.constexpr,  # 0: as many as the queue holds
 ):
     HAS_Q: tl.constexpr = zq_ptr is not None
@@ -286,14 +296,15 @@ def _verify_kernel(
     c_row = c_look + G * K
     c_flag = c_row + G
     c_race = c_flag + G
-    stats_items = KP * NT
+    NI = (NT + TILES - 1) // TILES  # work items per position
+    stats_items = KP * NI
     if SECOND_LOOK:
-        look_items = K * NT
+        look_items = K * NI
         lag = 2
     else:
         look_items = K * 0
         lag = 1
-    step = stats_items + look_items + NT
+    step = stats_items + look_items + NI
 
     done = 0
     w = tl.atomic_add(cnt_ptr, 1)
@@ -303,27 +314,27 @@ def _verify_kernel(
         if r < stats_items:
             g = s.to(tl.int64)
             if g < G:
-                _stats_item(g, (r // NT).to(tl.int64), r % NT, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
+                _stats_item(g, (r // NI).to(tl.int64), r % NI, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
                             pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr,
                             accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr,
                             n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr,
                             offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_stats,
                             c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV,
                             WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
-                            BLOCK_V, BLOCK_K, BLOCK_T)
+                            BLOCK_V, BLOCK_K, BLOCK_T, TILES)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
             r2 = r - stats_items
             if SECOND_LOOK:
                 if (g >= 0) & (g < G):
-                    _look_item(g, (r2 // NT).to(tl.int64), r2 % NT, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
+                    _look_item(g, (r2 // NI).to(tl.int64), r2 % NI, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
                                look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr,
                                valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val,
                                alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val,
                                cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
                                c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
                                USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
-                               BLOCK_K, BLOCK_T)
+                               BLOCK_K, BLOCK_T, TILES)
         else:
             g = (s - lag).to(tl.int64)
             if (g >= 0) & (g < G):
@@ -331,7 +342,8 @@ def _verify_kernel(
                            race_i_ptr, row_i_ptr, row_f_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr,
                            alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
                            cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
-                           IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T)
+                           IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T,
+                           TILES)
         done += 1
         if ITEMS_PER_PROGRAM == 0:
             w = tl.atomic_add(cnt_ptr, 1)
@@ -389,7 +401,7 @@ def _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, t, mask, m, s1, s
 
 
 @triton.jit
-def _stats_item(g, i, t, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr,
+def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr,
                 tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr,
                 zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
                 seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT,
@@ -397,9 +409,13 @@ def _stats_item(g, i, t, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
                 USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
                 RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr):
+                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
+    """Item j of position i: its TILES tiles of the target row and of the drafter row as one block (every load in
+    flight at once, one reduction per statistic), one partial record per item; the program with the position's
+    last ticket merges the NI records."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
+    NI = (NT + TILES - 1) // TILES
     use_p = rmask & (i <= n)
     use_q = rmask & (i < n)
     if tl.max(use_p.to(tl.int32), axis=0) > 0:
@@ -407,38 +423,39 @@ def _stats_item(g, i, t, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         greedy = use_p & (T == 0)
         # The bonus position's sums are never read (its race uses the merged max), nor T = 1 scaled sums unfiltered.
         scaled = use_q & (T > 0) & ((T != 1.0) | FILTERS)
-        v = t * BLOCK_V + tl.arange(0, BLOCK_V)
         pf = 2 * B * KP * NT  # offset of the second half of part_f / part_i
         o = (rows * KP + i) * 2
+        v = j * (TILES * BLOCK_V) + tl.arange(0, TILES * BLOCK_V)
+        zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :],
+                         use_p[:, None] & (v < V)[None, :], FP64)
+        if HAS_Q:  # both tiles of the item in flight together: one round trip to DRAM
+            zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None] + v[None, :],
+                             use_q[:, None] & (v < V)[None, :], FP64)
         cut = T * 0.0
         if FILTERS:
             cut = tl.load(cutp_ptr + rows * KP + i, mask=use_p, other=0.0)
-        mask = use_p[:, None] & (v < V)[None, :]
-        m, s1, sT, arg, bad = _tile_stats(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED), v, mask,
-                                          invT, cut, scaled, greedy, FILTERS, FP64)
-        _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, t, use_p, m, s1, sT, arg, bad)
+        m, s1, sT, arg, bad = _tile_stats(zp, v, invT, cut, scaled, greedy, FILTERS)
+        _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NI, j, use_p, m, s1, sT, arg, bad)
         if HAS_Q:
             if tl.max(use_q.to(tl.int32), axis=0) > 0:
                 if FILTERS:
                     cut = tl.load(cutq_ptr + rows * K + i, mask=use_q, other=0.0)
-                mask = use_q[:, None] & (v < V)[None, :]
-                m, s1, sT, arg, bad = _tile_stats(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED), v,
-                                                  mask, invT, cut, scaled, greedy & use_q, FILTERS, FP64)
-                _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NT, t, use_q, m, s1, sT, arg, bad)
+                m, s1, sT, arg, bad = _tile_stats(zq, v, invT, cut, scaled, greedy & use_q, FILTERS)
+                _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NI, j, use_q, m, s1, sT, arg, bad)
     pos = g * KP + i
-    if ticket(cnt_ptr + c_stats + pos) == NT - 1:
+    if ticket(cnt_ptr + c_stats + pos) == NI - 1:
         if tl.max(use_p.to(tl.int32), axis=0) > 0:
             invT = inv_temperature(T)
             scaled = use_q & (T > 0) & ((T != 1.0) | FILTERS)
             pf = 2 * B * KP * NT
             qf = 2 * B * KP  # offset of the second half of pos_f / pos_i
             o = (rows * KP + i) * 2
-            M, S1, ST, arg, bad = _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, use_p,
+            M, S1, ST, arg, bad = _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NI, invT, scaled, use_p,
                                               BLOCK_T)
             _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o, qf, use_p, M, S1, ST, arg, bad)
             if HAS_Q:
                 if tl.max(use_q.to(tl.int32), axis=0) > 0:
-                    M, S1, ST, arg, bad = _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NT, invT, scaled,
+                    M, S1, ST, arg, bad = _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NI, invT, scaled,
                                                       use_q, BLOCK_T)
                     _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o + 1, qf, use_q, M, S1, ST, arg, bad)
         tl.store(cnt_ptr + c_stats + pos, 0)
@@ -476,7 +493,7 @@ def _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, lo
 # ------------------------------------------------------------------------------------------------ second look
 
 @triton.jit
-def _look_item(g, i, t, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr, tokens_ptr,
+def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr, tokens_ptr,
                num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
                x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr,
                offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
@@ -484,7 +501,7 @@ def _look_item(g, i, t, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
                FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-               BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr):
+               BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
         KP = K + 1
@@ -501,32 +518,35 @@ def _look_item(g, i, t, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
             Mq = tl.load(pos_m_ptr + o + 1, mask=use, other=0.0, cache_modifier=".cg")
             S1q = tl.load(pos_f_ptr + o + 1, mask=use, other=1.0, cache_modifier=".cg")
             STq = tl.load(pos_f_ptr + qf + o + 1, mask=use, other=1.0, cache_modifier=".cg")
-            v = t * BLOCK_V + tl.arange(0, BLOCK_V)
-            mask = use[:, None] & (v < V)[None, :]
-            zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None] + v[None, :],
-                             mask, FP64)
-            zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :],
-                             mask, FP64)
-            keep_q = mask & (zq > NEG_INF)
-            keep_p = mask & (zp > NEG_INF)
-            if FILTERS:
-                keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None])
-                keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + i, mask=use, other=0.0)[:, None])
-            q = _probs(zq, Mq[:, None], STq[:, None], invT[:, None], keep_q)
-            if NEEDS_TV:
-                p = _probs(zp, Mp[:, None], STp[:, None], invT[:, None], keep_p)
-                part = tl.sum(tl.where(mask, tl.maximum(q - p, 0.0), 0.0), axis=1)
-            else:
-                tl.static_assert(FAMILY == FAMILY_B, "the second look reads TV or a token set's eta")
-                if USES_ALPHA:
-                    al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)
+            scale = log2e_scale(invT)[:, None]
+            for u in tl.static_range(TILES):
+                t = j * TILES + u
+                v = t * BLOCK_V + tl.arange(0, BLOCK_V)
+                mask = use[:, None] & (v < V)[None, :]
+                zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None] + v[None, :],
+                                 mask, FP64)
+                zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :],
+                                 mask, FP64)
+                keep_q = mask & (zq > NEG_INF)
+                keep_p = mask & (zp > NEG_INF)
+                if FILTERS:
+                    keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None])
+                    keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + i, mask=use, other=0.0)[:, None])
+                q = _probs_fast(zq, Mq[:, None], (1.0 / STq)[:, None], scale, keep_q)
+                if NEEDS_TV:
+                    p = _probs_fast(zp, Mp[:, None], (1.0 / STp)[:, None], scale, keep_p)
+                    part = tl.sum(tl.where(mask, tl.maximum(q - p, 0.0), 0.0), axis=1)
                 else:
-                    al = T * 0.0
-                in_a = _in_set(IN_SET, al[:, None], tl.exp(_rel(zq, Mq[:, None])) / S1q[:, None],
-                               tl.exp(_rel(zp, Mp[:, None])) / S1p[:, None], S1p[:, None])
-                part = tl.sum(tl.where(mask & ~in_a, q, 0.0), axis=1)
-            tl.store(look_part_ptr + (rows * K + i) * NT + t, part, mask=use)
-        if ticket(cnt_ptr + c_look + g * K + i) == NT - 1:
+                    tl.static_assert(FAMILY == FAMILY_B, "the second look reads TV or a token set's eta")
+                    if USES_ALPHA:
+                        al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)
+                    else:
+                        al = T * 0.0
+                    in_a = _in_set(IN_SET, al[:, None], tl.exp(_rel(zq, Mq[:, None])) / S1q[:, None],
+                                   tl.exp(_rel(zp, Mp[:, None])) / S1p[:, None], S1p[:, None])
+                    part = tl.sum(tl.where(mask & ~in_a, q, 0.0), axis=1)
+                tl.store(look_part_ptr + (rows * K + i) * NT + t, part, mask=use & (t < NT))
+        if ticket(cnt_ptr + c_look + g * K + i) == (NT + TILES - 1) // TILES - 1:
             if tl.max(use.to(tl.int32), axis=0) > 0:
                 tt = tl.arange(0, BLOCK_T)
                 parts = tl.load(look_part_ptr + (rows[:, None] * K + i) * NT + tt[None, :],
@@ -694,95 +714,165 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
 # ------------------------------------------------------------------------------------------------ race + emit
 
 @triton.jit
-def _race_item(g, t, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
+def _residual_tile(rows, rmask, racing, m, T, start, zp, keep_p, Mp, o, v, mask, row_i_ptr, row_f_ptr, pos_m_ptr,
+                   pos_f_ptr, pos_i_ptr, zq_ptr, alpha_ptr, alpha_val, cutq_ptr, B, K, V, stride_qb, stride_qk,
+                   FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr, HAS_Q: tl.constexpr,
+                   RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr):
+    """pi_m and q_m over an [R, BLOCK] tile (``v``) of the rows that race a residual, from the target tile
+    ``zp`` already loaded: (pi, q)."""
+    KP = K + 1
+    qf = 2 * B * KP
+    scale = log2e_scale(inv_temperature(T))[:, None]
+    greedy = (T == 0)[:, None]
+    any_greedy = tl.max((racing & (T == 0)).to(tl.int32), axis=0) > 0
+    S1p = tl.load(pos_f_ptr + o, mask=racing, other=1.0, cache_modifier=".cg")[:, None]
+    STp = tl.load(pos_f_ptr + qf + o, mask=racing, other=1.0, cache_modifier=".cg")[:, None]
+    wm = tl.load(row_f_ptr + rows, mask=racing, other=0.0, cache_modifier=".cg")[:, None]
+    p = _probs_fast(zp, Mp, 1.0 / STp, scale, keep_p)
+    if any_greedy:
+        argp = tl.load(pos_i_ptr + o, mask=racing, other=0, cache_modifier=".cg")[:, None]
+        p = tl.where(greedy, (v == argp).to(tl.float32), p)
+    if HAS_Q:
+        Mq = tl.load(pos_m_ptr + o + 1, mask=racing, other=0.0, cache_modifier=".cg")[:, None]
+        S1q = tl.load(pos_f_ptr + o + 1, mask=racing, other=1.0, cache_modifier=".cg")[:, None]
+        STq = tl.load(pos_f_ptr + qf + o + 1, mask=racing, other=1.0, cache_modifier=".cg")[:, None]
+        zq = load_logits(_q_rows(zq_ptr, rows, m, start, stride_qb, stride_qk, RAGGED)[:, None] + v, mask, FP64)
+        keep_q = mask & (zq > NEG_INF)
+        if FILTERS:
+            keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + m, mask=racing & (m < K), other=0.0)[:, None])
+        q = _probs_fast(zq, Mq, 1.0 / STq, scale, keep_q)
+        if any_greedy:
+            argq = tl.load(pos_i_ptr + o + 1, mask=racing, other=0, cache_modifier=".cg")[:, None]
+            q = tl.where(greedy, (v == argq).to(tl.float32), q)
+        x_ok = v >= 0
+    else:
+        xm = tl.load(row_i_ptr + 2 * B + rows, mask=racing, other=-1, cache_modifier=".cg")[:, None]
+        x_ok = (v * 0 + xm) >= 0
+        q = (v == xm).to(tl.float32)
+    in_a = mask
+    if FAMILY == FAMILY_B:
+        if USES_ALPHA:
+            al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)[:, None]
+        else:
+            al = 0.0
+        ph = tl.exp(_rel(zp, Mp)) / S1p
+        if HAS_Q:
+            qh = tl.exp(_rel(zq, Mq)) / S1q
+        else:
+            qh = q
+        in_a = _in_set(IN_SET, al, qh, ph, S1p)
+    pi = _blended(FAMILY, wm, in_a, q, p)
+    pi = tl.where(x_ok, pi, p)  # a token-only draft outside the vocabulary: the position emits from p
+    return pi, q
+
+
+@triton.jit
+def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr,
+             zp_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V,
+             stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
+             USES_ALPHA: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr,
+             FP64: tl.constexpr, BLOCK_V: tl.constexpr):
+    """argmax_v log pi_m(v) + G(v) over the whole vocabulary, tile after tile (lowest index on ties), for the rows
+    ``flat`` (here: the racing rows); the same noise and pi as the residual race."""
+    KP = K + 1
+    o = (rows * KP + m) * 2
+    Mp = tl.load(pos_m_ptr + o, mask=flat, other=0.0, cache_modifier=".cg")[:, None]
+    best = T * 0.0 + NEG_INF
+    idx = rows.to(tl.int32) * 0 + BIG
+    t = m * 0
+    while tl.max(t, axis=0) < NT:
+        v0 = tl.max(t, axis=0) * BLOCK_V
+        v = v0 + tl.arange(0, BLOCK_V)[None, :]
+        noise = philox.gumbel_flat(row_params(seed_ptr, seed_val, rows, rmask),
+                                   row_params(offset_ptr, offset_val, rows, rmask) + m, STREAM_EMIT, v0, BLOCK_V)
+        mask = flat[:, None] & (v < V)
+        zp = load_logits(_p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None] + v, mask, FP64)
+        keep_p = mask & (zp > NEG_INF)
+        if FILTERS:
+            keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=flat, other=0.0)[:, None])
+        pi, q = _residual_tile(rows, rmask, flat, m, T, start, zp, keep_p, Mp, o, v, mask, row_i_ptr, row_f_ptr,
+                               pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, alpha_ptr, alpha_val, cutq_ptr, B, K, V,
+                               stride_qb, stride_qk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64)
+        fs = tl.where(mask, ln_fast(pi) + noise, NEG_INF)
+        b, i = best_lowest_rows(tl.where(fs == fs, fs, NEG_INF), v.to(tl.int32))
+        take = (b > best) | (idx == BIG)
+        idx = tl.where(take, i, idx)
+        best = tl.where(take, b, best)
+        t += 1
+    return idx
+
+
+@triton.jit
+def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
                cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
                seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk,
                stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
-               ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr):
+               ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
+    """Tiles j TILES .. j TILES + TILES - 1 of a row's race: the bonus race (p_n + G) or the residual race (log max(0, pi_m - q_m) + G and the
+    residual's mass), whichever the row runs (a row-uniform branch). The last tile's program emits the token; when
+    the residual's mass is at most RESIDUAL_EPS (rounding noise, rare) it runs the race over pi_m itself, every
+    tile in order, so the common path carries one race, not two."""
     wait_flag(cnt_ptr + c_flag + g)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     kind = tl.load(row_i_ptr + B + rows, mask=rmask, other=0, cache_modifier=".cg")
     racing = rmask & (kind != RACE_NONE)
+    KP = K + 1
     if tl.max(racing.to(tl.int32), axis=0) > 0:
-        KP = K + 1
-        qf = 2 * B * KP
         m = tl.load(row_i_ptr + rows, mask=racing, other=0, cache_modifier=".cg").to(tl.int64)
-        invT = inv_temperature(T)[:, None, None]
-        greedy = (T == 0)[:, None, None]
-        v0 = t.to(tl.int64) * BLOCK_V
-        noise, v = philox.gumbel_rows(row_params(seed_ptr, seed_val, rows, rmask),
-                                      row_params(offset_ptr, offset_val, rows, rmask) + m, STREAM_EMIT, v0, BLOCK_V)
-        R3 = racing[:, None, None]
-        mask = R3 & (v < V)
+        bonus_row = racing & (kind == RACE_BONUS)
+        resid_row = racing & (kind == RACE_RESIDUAL)
         o = (rows * KP + m) * 2
-        Mp = tl.load(pos_m_ptr + o, mask=racing, other=0.0, cache_modifier=".cg")[:, None, None]
-        zp = load_logits(_p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None, None] + v, mask, FP64)
-        keep_p = mask & (zp > NEG_INF)
-        if FILTERS:
-            keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=racing, other=0.0)[:, None, None])
-        bonus = (kind == RACE_BONUS)[:, None, None]
-        s_bonus = tl.where(keep_p, _rel(zp, Mp) * invT + noise, NEG_INF)
-        S1p = tl.load(pos_f_ptr + o, mask=racing, other=1.0, cache_modifier=".cg")[:, None, None]
-        STp = tl.load(pos_f_ptr + qf + o, mask=racing, other=1.0, cache_modifier=".cg")[:, None, None]
-        argp = tl.load(pos_i_ptr + o, mask=racing, other=0, cache_modifier=".cg")[:, None, None]
-        wm = tl.load(row_f_ptr + rows, mask=racing, other=0.0, cache_modifier=".cg")[:, None, None]
-        p = tl.where(greedy, (v == argp).to(tl.float32), _probs(zp, Mp, STp, invT, keep_p))
-        ph = tl.exp(_rel(zp, Mp)) / S1p
-        if HAS_Q:
-            Mq = tl.load(pos_m_ptr + o + 1, mask=racing, other=0.0, cache_modifier=".cg")[:, None, None]
-            S1q = tl.load(pos_f_ptr + o + 1, mask=racing, other=1.0, cache_modifier=".cg")[:, None, None]
-            STq = tl.load(pos_f_ptr + qf + o + 1, mask=racing, other=1.0, cache_modifier=".cg")[:, None, None]
-            argq = tl.load(pos_i_ptr + o + 1, mask=racing, other=0, cache_modifier=".cg")[:, None, None]
-            qmask = mask & ~bonus
-            zq = load_logits(_q_rows(zq_ptr, rows, m, start, stride_qb, stride_qk, RAGGED)[:, None, None] + v, qmask,
+        Mp = tl.load(pos_m_ptr + o, mask=racing, other=0.0, cache_modifier=".cg")[:, None]
+        seed = row_params(seed_ptr, seed_val, rows, rmask)
+        pos = row_params(offset_ptr, offset_val, rows, rmask) + m
+        for u in tl.static_range(TILES):
+            t = j.to(tl.int64) * TILES + u  # tiles past the last (t >= NT) read nothing and store nothing
+            v = t * BLOCK_V + tl.arange(0, BLOCK_V)[None, :]
+            noise = philox.gumbel_flat(seed, pos, STREAM_EMIT, t * BLOCK_V, BLOCK_V)
+            mask = racing[:, None] & (v < V)
+            zp = load_logits(_p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None] + v, mask,
                              FP64)
-            keep_q = qmask & (zq > NEG_INF)
+            keep_p = mask & (zp > NEG_INF)
             if FILTERS:
-                keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + m, mask=racing & (m < K),
-                                                 other=0.0)[:, None, None])
-            q = tl.where(greedy, (v == argq).to(tl.float32), _probs(zq, Mq, STq, invT, keep_q))
-            qh = tl.exp(_rel(zq, Mq)) / S1q
-            x_ok = v >= 0
-        else:
-            xm = tl.load(row_i_ptr + 2 * B + rows, mask=racing, other=-1, cache_modifier=".cg")[:, None, None]
-            x_ok = (v * 0 + xm) >= 0
-            q = (v == xm).to(tl.float32)
-            qh = q
-        in_a = mask
-        if FAMILY == FAMILY_B:
-            if USES_ALPHA:
-                al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)[:, None, None]
-            else:
-                al = 0.0
-            in_a = _in_set(IN_SET, al, qh, ph, S1p)
-        pi = _blended(FAMILY, wm, in_a, q, p)
-        pi = tl.where(x_ok, pi, p)  # a token-only draft outside the vocabulary: the position emits from p
-        wv = tl.maximum(pi - q, 0.0)
-        s = tl.where(mask, tl.log(wv) + noise, NEG_INF)
-        fs = tl.where(mask, tl.log(pi) + noise, NEG_INF)
-        s = tl.where(bonus, s_bonus, tl.where(s == s, s, NEG_INF))
-        fs = tl.where(bonus, s_bonus, tl.where(fs == fs, fs, NEG_INF))
-        best, idx = best_lowest_rows(s, v.to(tl.int32))
-        fbest, fidx = best_lowest_rows(fs, v.to(tl.int32))
-        mass = tl.where(kind == RACE_BONUS, 1.0, tl.sum(tl.sum(tl.where(mask, wv, 0.0), axis=2), axis=1))
-        tl.store(race_f_ptr + rows * NT + t, best, mask=racing)
-        tl.store(race_f_ptr + (B + rows) * NT + t, fbest, mask=racing)
-        tl.store(race_f_ptr + (2 * B + rows) * NT + t, mass, mask=racing)
-        tl.store(race_i_ptr + rows * NT + t, idx, mask=racing)
-        tl.store(race_i_ptr + (B + rows) * NT + t, fidx, mask=racing)
-    if ticket(cnt_ptr + c_race + g) == NT - 1:
+                keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=racing, other=0.0)[:, None])
+            bonus = bonus_row[:, None]
+            s = noise * 0.0 + NEG_INF
+            mass = T * 0.0 + 1.0
+            if tl.max(bonus_row.to(tl.int32), axis=0) > 0:
+                s = tl.where(bonus & keep_p, _rel(zp, Mp) * inv_temperature(T)[:, None] + noise, s)
+            if tl.max(resid_row.to(tl.int32), axis=0) > 0:
+                rmask3 = mask & resid_row[:, None]
+                pi, q = _residual_tile(rows, rmask, resid_row, m, T, start, zp, keep_p, Mp, o, v, rmask3,
+                                       row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, alpha_ptr,
+                                       alpha_val, cutq_ptr, B, K, V, stride_qb, stride_qk, FAMILY, IN_SET, USES_ALPHA,
+                                       HAS_Q, RAGGED, FILTERS, FP64)
+                wv = tl.maximum(pi - q, 0.0)
+                sr = tl.where(rmask3, ln_fast(wv) + noise, NEG_INF)
+                s = tl.where(bonus, s, tl.where(sr == sr, sr, NEG_INF))
+                mass = tl.where(bonus_row, 1.0, tl.sum(tl.where(rmask3, wv, 0.0), axis=1))
+            best, idx = best_lowest_rows(s, v.to(tl.int32))
+            tl.store(race_f_ptr + rows * NT + t, best, mask=racing & (t < NT))
+            tl.store(race_f_ptr + (B + rows) * NT + t, mass, mask=racing & (t < NT))
+            tl.store(race_i_ptr + rows * NT + t, idx, mask=racing & (t < NT))
+    if ticket(cnt_ptr + c_race + g) == (NT + TILES - 1) // TILES - 1:
         if tl.max(racing.to(tl.int32), axis=0) > 0:
             tt = tl.arange(0, BLOCK_T)[None, :]
             rr = rows[:, None]
             mt = racing[:, None] & (tt < NT)
-            mass = tl.sum(tl.load(race_f_ptr + (2 * B + rr) * NT + tt, mask=mt, other=0.0, cache_modifier=".cg"),
-                          axis=1)
-            col = tl.where(mass > RESIDUAL_EPS, 0, 1)[:, None]
-            sc = tl.load(race_f_ptr + (col * B + rr) * NT + tt, mask=mt, other=float("-inf"), cache_modifier=".cg")
-            ix = tl.load(race_i_ptr + (col * B + rr) * NT + tt, mask=mt, other=BIG, cache_modifier=".cg")
+            mass = tl.sum(tl.load(race_f_ptr + (B + rr) * NT + tt, mask=mt, other=0.0, cache_modifier=".cg"), axis=1)
+            sc = tl.load(race_f_ptr + rr * NT + tt, mask=mt, other=float("-inf"), cache_modifier=".cg")
+            ix = tl.load(race_i_ptr + rr * NT + tt, mask=mt, other=BIG, cache_modifier=".cg")
             _, idx = best_lowest_rows(sc, ix)
             m = tl.load(row_i_ptr + rows, mask=racing, other=0, cache_modifier=".cg").to(tl.int64)
+            flat = racing & (mass <= RESIDUAL_EPS)  # a residual of rounding noise: the race over pi instead
+            if tl.max(flat.to(tl.int32), axis=0) > 0:
+                # (every racing row computed, only the flat ones taken: a mask in the rows' own layout)
+                idx = tl.where(flat, _pi_race(rows, rmask, racing, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr,
+                                              pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, seed_ptr,
+                                              seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V,
+                                              stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA,
+                                              HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V), idx)
             tl.store(tokens_ptr + rows * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64), mask=racing)
         tl.store(cnt_ptr + c_race + g, 0)
         tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
@@ -795,6 +885,7 @@ def _race_item(g, t, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
 # body of that function's ``if`` whose test holds the marker). Unclaimed instructions are the queue loop's own
 # (once per work item drawn) or the program's (once per program).
 ROOFLINE_PHASES = (
+    ("emit_pi", "_pi_race", None),
     ("accept", "_accept", None),
     ("merge", "_stats_item", "ticket(cnt_ptr + c_stats"),
     ("stats_q", "_stats_item", "use_q.to(tl.int32)"),
@@ -811,24 +902,26 @@ def roofline_hints(launch) -> dict:
     the phases of a work item, how often each runs in this launch (closed forms of its arguments), each one's
     dependent round trips to memory, one row's chain of dependent phases, and the rows the queue order interleaves.
 
-    Executions, for G row groups, K drafts (n = K unless ``num_draft_tokens`` is one smaller number), NT tiles:
-    stats G (K + 1) NT (drafter tiles, ``stats_q``, G n NT), merges G (K + 1), second looks G n NT and their merges
-    G K (rules with a second look, 0 < T < inf: T is taken as 1 when it arrives as a tensor), accepts G, race items
-    G NT, emits G; the queue loop runs once per work item (``total``), the rest of the program once per program.
+    Executions, for G row groups, K drafts (n = K unless ``num_draft_tokens`` is one smaller number), NT tiles and
+    NI = ceil(NT / TILES) work items per position (each item unrolls its TILES tiles, so the SASS counts them all):
+    stats G (K + 1) NI (the drafter's side, ``stats_q``, G n NI), merges G (K + 1), second looks G n NI and their
+    merges G K (rules with a second look, 0 < T < inf: T is taken as 1 when it arrives as a tensor), accepts G, race
+    items G NI, emits G; the queue loop runs once per work item (``total``), the rest of the program once per program.
 
     Round trips (``dram``, ``l2``) per execution, read off the code: a work item's draw is an L2 atomic; a stats item
-    loads its target tile (DRAM) and, after that tile's reductions, its drafter tile (DRAM), then draws a ticket
-    (an acquire-release atomic at L2); a merge loads each side's partials after the previous side's stores (2),
-    releases the ready flag and draws the row's ticket (4 at L2); a second look polls its flag, loads the position's
-    statistics and both tiles at once (L2: the stats read them one row of traffic earlier) and draws a ticket (3);
-    its merge loads the partials and draws the row's ticket (2); the accept phase loads statistics and drafts (the
-    drafts from DRAM), then the logits at the drafts (L2), then releases the race flag; a race item polls its flag,
-    loads the race kind, then m, then its tiles at m (L2), then draws a ticket (5); the emit loads the partials,
-    then the chosen column (2). Spin waits count once (no waiting), so the chain below carries the waiting.
+    issues the loads of all its tiles, target and drafter, before any reduction (unrolled, no branch in between: one
+    DRAM round trip), then draws a ticket (an acquire-release atomic at L2); a merge loads each side's partials after
+    the previous side's stores (2), releases the ready flag and draws the row's ticket (4 at L2); a second look polls
+    its flag, loads the position's statistics and its tiles at once (L2: the stats read them one row of traffic
+    earlier) and draws a ticket (3); its merge loads the partials and draws the row's ticket (2); the accept phase
+    loads statistics and drafts (the drafts from DRAM), then the logits at the drafts (L2), then releases the race
+    flag; a race item polls its flag, loads the race kind, then m, then its tiles at m (L2), then draws a ticket (5);
+    the emit loads the partials, then the chosen column (2). Spin waits count once (no waiting), so the chain below
+    carries the waiting. The emit's race over pi (a residual of rounding noise) is not in the traced path.
 
     Chain of one row (steps; ``gap``: work items drawn by other programs meanwhile, ``step`` = one super-step):
-    stats (K + 1) NT items -> merge, or the gap -> second looks n NT -> their merge and the accept, or the gap ->
-    race NT items -> emit. Without a second look: stats -> merge and accept, or the gap -> race -> emit."""
+    stats (K + 1) NI items -> merge, or the gap -> second looks n NI -> their merge and the accept, or the gap ->
+    race NI items -> emit. Without a second look: stats -> merge and accept, or the gap -> race -> emit."""
     if launch.name != "_verify_kernel":
         return {}
     c = launch.constexprs
@@ -838,31 +931,33 @@ def roofline_hints(launch) -> dict:
         return a.value if a.kind != "none" else None
 
     B, K, NT, total = val("B"), val("K"), val("NT"), val("total")
+    NI = -(-NT // c["TILES"])
     G = -(-B // c["ROWS"])
     KP = K + 1
     n = K if val("n_val") is None or launch.arg("n_ptr").kind == "tensor" else max(0, min(K, val("n_val")))
     T = 1.0 if launch.arg("temp_ptr").kind == "tensor" else float(val("temp_val"))
     has_q = launch.arg("zq_ptr").kind == "tensor"
     looks = bool(c["SECOND_LOOK"]) and has_q and 0 < T < float("inf")
-    step = KP * NT + (K * NT if c["SECOND_LOOK"] else 0) + NT
+    step = KP * NI + (K * NI if c["SECOND_LOOK"] else 0) + NI
     work = {
         "queue": dict(count=total, l2=1),
         "program": dict(count=launch.programs, l2=2),
-        "stats": dict(count=G * KP * NT, dram=1, l2=1),
-        "stats_q": dict(count=G * n * NT if has_q else 0, dram=1),
+        "stats": dict(count=G * KP * NI, dram=1, l2=1),
+        "stats_q": dict(count=G * n * NI if has_q else 0),
         "merge": dict(count=G * KP, l2=4),
-        "look": dict(count=G * n * NT if looks else 0, l2=3),
+        "look": dict(count=G * n * NI if looks else 0, l2=3),
         "look_merge": dict(count=G * K if looks else 0, l2=2),
         "accept": dict(count=G, dram=1, l2=2),
-        "race": dict(count=G * NT, l2=5),
+        "race": dict(count=G * NI, l2=5),
         "emit": dict(count=G, l2=2),
+        "emit_pi": dict(count=0),  # the race over pi: a residual of rounding noise, taken as never
     }
     if looks:
-        chain = [(["queue", "stats", "stats_q"], KP * NT, 0), (["merge"], 1, step), (["queue", "look"], n * NT, 0),
-                 (["look_merge", "accept"], 1, step), (["queue", "race"], NT, 0), (["emit"], 1, 0)]
+        chain = [(["queue", "stats", "stats_q"], KP * NI, 0), (["merge"], 1, step), (["queue", "look"], n * NI, 0),
+                 (["look_merge", "accept"], 1, step), (["queue", "race"], NI, 0), (["emit"], 1, 0)]
     else:
-        chain = [(["queue", "stats", "stats_q"], KP * NT, 0), (["merge", "accept"], 1, step),
-                 (["queue", "race"], NT, 0), (["emit"], 1, 0)]
+        chain = [(["queue", "stats", "stats_q"], KP * NI, 0), (["merge", "accept"], 1, step),
+                 (["queue", "race"], NI, 0), (["emit"], 1, 0)]
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work,
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
@@ -871,12 +966,17 @@ def roofline_hints(launch) -> dict:
 
 # ------------------------------------------------------------------------------------------------ launcher
 
+# Registers per thread the compiler may use (ptxas .maxnreg): 128 lets two 8-warp programs share an SM, so one
+# program's round trips overlap another's work (ignored by the interpreter).
+MAX_REGISTERS = 128
 ITEMS_PER_PROGRAM = 0  # tests set this (under the interpreter) to make every hand-off cross programs
 
 
-def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int = 1) -> VerifyOutput:
+def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int = 1, tiles: int = 1
+                  ) -> VerifyOutput:
     """Normalized arguments (``checks.VerifyArgs``) -> VerifyOutput, all on the logits' device: one launch (two
-    with sampling filters). ``rows``: rows per work item (a power of two)."""
+    with sampling filters). ``rows``: rows per work item (a power of two); ``tiles``: vocabulary tiles per work item at
+    most (a power of two), fewer when the batch is too small to give every program two items."""
     from .filters import launch_cutoffs
 
     zq, zp = args.draft_logits, args.target_logits
@@ -907,8 +1007,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     pos_i = torch.empty((2 * B * KP * 2,), dtype=i32, device=dev)
     look_part = torch.empty((max(B * K * nt, 1),), dtype=f32, device=dev)
     look = torch.empty((max(B * K, 1),), dtype=f32, device=dev)
-    race_f = torch.empty((3 * B * nt,), dtype=f32, device=dev)
-    race_i = torch.empty((2 * B * nt,), dtype=i32, device=dev)
+    race_f = torch.empty((2 * B * nt,), dtype=f32, device=dev)
+    race_i = torch.empty((B * nt,), dtype=i32, device=dev)
     row_i = torch.empty((3 * B,), dtype=i32, device=dev)
     row_f = torch.empty((B,), dtype=f32, device=dev)
     groups = triton.cdiv(B, rows)
@@ -923,7 +1023,10 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         fok = torch.empty((B,), dtype=i32, device=dev)
         launch_cutoffs(cut, fok, zp, zq, cu, args.num_draft_tokens, args.temperature, args.filters, B, K, V,
                        (strides[2], strides[3], strides[0], strides[1]), True, block_v, num_warps, fp64, rows)
-    step = KP * nt + (K * nt if second else 0) + nt
+    while tiles > 1 and groups * KP * triton.cdiv(nt, tiles) < 2 * programs:
+        tiles //= 2  # a small batch: more, smaller work items, so every program has some
+    ni = triton.cdiv(nt, tiles)  # work items per position
+    step = KP * ni + (K * ni if second else 0) + ni
     total = (groups + (2 if second else 1)) * step
     items = ITEMS_PER_PROGRAM
     grid = triton.cdiv(total, items) if items else max(1, min(programs, total))
@@ -939,5 +1042,5 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *strides,
         **cx, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
-        ITEMS_PER_PROGRAM=items, num_warps=num_warps)
+        TILES=tiles, ITEMS_PER_PROGRAM=items, num_warps=num_warps, maxnreg=MAX_REGISTERS)
     return out
