@@ -42,7 +42,11 @@ What it does, per public call (``verify`` for every rule, ``sample``) and grid p
    - paths: for up to 32 programs per launch the executed kernel source lines are recorded; a SASS basic
      block runs in the share of programs that executed one of its exclusive source lines (1 when it has
      none), so code behind an untaken ``if`` is not counted (code ptxas predicated instead still is). For a
-     persistent kernel (its first program runs every work item under the interpreter) a block runs or not;
+     persistent kernel (its first program runs every work item under the interpreter) a block runs or not, and a
+     block whose instructions all sit, by their inline chains, under a kernel line no program executed (the body of
+     an untaken branch made of helper calls) does not run (``_unreached_by_chain``). Lines are those of the
+     kernels' functions (the interpreter's module-level ``exec`` of a rewritten function is not a kernel line:
+     trace format 4; format 3 counted the top of each kernel file as executed, so untaken branches were charged);
    - loops: the iterations of a SASS loop are the executions of the loads in its source lines.
    ``roofline_hints`` in the kernel's module may override trips, instructions, bytes and phases.
 4. **Time** (per launch), with R = min(programs, SMs x occupancy) programs resident and t_prog one program's
@@ -128,7 +132,7 @@ KERNELS_CSV_PATH = RESULTS_DIR / "roofline_sm90_kernels.csv"
 MD_PATH = RESULTS_DIR / "roofline_sm90.md"
 SECTOR = 32  # bytes: the DRAM / L2 access granularity
 TRACE_BATCHES = (1, 2)  # the batch sizes traced under the interpreter; others are extrapolated linearly
-TRACE_FORMAT = 3  # bump when the tracer's accounting changes: cached traces are then redone
+TRACE_FORMAT = 4  # bump when the tracer's accounting changes: cached traces are then redone
 COMPILE_FORMAT = 3  # bump when a compile record gains fields: cached kernels are then recompiled
 
 GRID_B = (1, 8, 64, 256)
@@ -696,6 +700,8 @@ class MemoryTracer:
     def _global_trace(self, frame, event, arg):
         if not frame.f_code.co_filename.startswith(self._kernel_dirs):
             return None
+        if frame.f_code.co_name == "<module>":  # the interpreter exec-ing a rewritten function's definition: no
+            return None                          # kernel line runs there (its range would cover the file's top)
         self._entered[frame] = frame.f_code.co_firstlineno
         return self._local_trace
 
@@ -1404,12 +1410,39 @@ def block_reach(rec: dict, paired: Optional[dict], sass: Optional[dict] = None, 
     if not paths:
         return [1.0] * len(blocks)
     total = sum(n for _, n in paths)
+    unreached = _unreached_by_chain(rec, sass, paths) if any_program else set()
     out = []
-    for b in blocks:
+    for k, b in enumerate(blocks):
         ex = set(b["exclusive"])
         ran = sum(n for lines, n in paths if ex.intersection(lines))
-        out.append(1.0 if not ex else (float(ran > 0) if any_program else ran / total))
+        out.append(0.0 if k in unreached else
+                   1.0 if not ex else (float(ran > 0) if any_program else ran / total))
     return out
+
+
+# Instructions whose debug line says little about the source that needs them: spill traffic and control flow
+# (ptxas gives them the line of the enclosing statement, e.g. the ``if`` that opens a branch).
+_NOT_SOURCE = frozenset({"LDL", "STL", "BRA", "BSSY", "BSYNC", "NOP", "WARPSYNC", "BAR"})
+
+
+def _unreached_by_chain(rec: dict, sass: Optional[dict], paths: Sequence) -> set:
+    """Blocks of a chain-annotated build that no traced program reached: every instruction of the block that has an
+    inline chain (spills, control flow and the kernel's own top-level lines aside) has a frame (a kernel source line,
+    call sites included) that no program executed. A block ptxas if-converted into executed code keeps instructions
+    of executed lines, so it stays counted; the body of an untaken branch made of helper calls (whose innermost
+    lines other blocks share) does not."""
+    if not sass or "per_instruction" not in sass or "chain_of" not in rec or "chains" not in rec:
+        return set()
+    executed = set().union(*(set(lines) for lines, _ in paths))
+    files = {line.rpartition(":")[0] for line in executed}
+    frames = [None] + [frozenset(f"{f}:{n}" for f, n in chain if f in files) for chain in rec["chains"]]
+    state: Dict[int, bool] = {}  # block -> every chained instruction so far has an unexecuted frame
+    for (_, base, _, _, blk), cid in zip(sass["per_instruction"], rec["chain_of"]):
+        if not cid or not frames[cid] or base in _NOT_SOURCE or len(rec["chains"][cid - 1]) < 2:
+            continue  # (the kernel's own lines: values ptxas recomputes wherever it needs them)
+        dead = not frames[cid] <= executed
+        state[blk] = state.get(blk, True) and dead
+    return {b for b, dead in state.items() if dead}
 
 
 # -- phases of a persistent kernel ---------------------------------------------------------------------------

@@ -9,8 +9,8 @@
 ``seed`` and ``pos`` are int64 (scalars or blocks), ``v`` an integer block. Written out rather than
 calling ``tl.randint4x`` because the counter layout differs (Triton's puts the offset in c0/c1).
 
-``gumbel_tile`` evaluates Philox once per group of four vocabulary entries and uses all four words: a
-``[BLOCK // 4, 4]`` tile whose row g holds entries ``4 g .. 4 g + 3`` (the same bits as ``gumbel``).
+``gumbel_flat`` evaluates Philox once per group of four vocabulary entries and uses all four words, joined in
+registers into a flat ``[R, BLOCK]`` tile (the same bits as ``gumbel``).
 """
 
 import triton
@@ -95,27 +95,3 @@ def gumbel_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr):
     bits = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [seed.shape[0], BLOCK])
     u = bits_to_uniform(bits)
     return -ln_fast(-ln_fast(u))
-
-
-@triton.jit
-def gumbel_rows(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr):
-    """Gumbel noise for R rows (``seed``, ``pos``: [R] int64) at entries v0 .. v0 + BLOCK - 1 (v0 a multiple of 4)
-    as an [R, BLOCK // 4, 4] tile, one Philox evaluation per group of four entries of a row; returns (noise, the
-    entries' indices [1, BLOCK // 4, 4])."""
-    g = tl.arange(0, BLOCK // 4)
-    j = tl.arange(0, 4)
-    seed = seed.to(tl.int64)[:, None]
-    pos = pos.to(tl.int64)[:, None]
-    zero = (g[None, :] * 0 + seed * 0).to(tl.uint32)  # [R, BLOCK // 4]
-    c0 = zero + ((v0 >> 2) + g).to(tl.uint32)[None, :]
-    c1 = zero + stream
-    c2 = zero + (pos & 0xFFFFFFFF).to(tl.uint32)
-    c3 = zero + ((pos >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    k0 = zero + (seed & 0xFFFFFFFF).to(tl.uint32)
-    k1 = zero + ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    w0, w1, w2, w3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
-    jj = j[None, None, :]
-    bits = tl.where(jj == 0, w0[:, :, None], tl.where(jj == 1, w1[:, :, None],
-                                                       tl.where(jj == 2, w2[:, :, None], w3[:, :, None])))
-    u = bits_to_uniform(bits)
-    return -tl.log(-tl.log(u)), v0 + g[None, :, None] * 4 + jj

@@ -27,7 +27,7 @@ from .. import rules
 from . import common
 from .common import BIG, NEG_INF, best_lowest_rows, inv_temperature, load_logits, row_params, temperature_ok
 from .filters import _cutoffs, cutoff_passes, filter_args, filter_params
-from .philox import gumbel_rows
+from .philox import gumbel_flat
 
 STREAM_DRAFT = tl.constexpr(rules.STREAM_DRAFT)
 
@@ -90,25 +90,23 @@ def _race_tile(ptrs, rmask, v0, V, T, invT, seed, offset, cut, M, FP64: tl.const
     """The race over one tile of R rows (``ptrs``: the rows' logits): (best score, its lowest index, the tile's max
     logit, NaN/+inf flag), each [R]. Scores are (z - M) / T + G with M the row's max when given, else the tile's
     own max (the caller shifts); greedy rows score 0 at the max; entries below ``cut`` score -inf."""
-    g = tl.arange(0, BLOCK_V // 4)
-    j = tl.arange(0, 4)
-    v = v0 + g[None, :, None] * 4 + j[None, None, :]  # [1, G, 4]
-    mask = rmask[:, None, None] & (v < V)
-    z = load_logits(ptrs[:, None, None] + v, mask, FP64)  # [R, G, 4]
-    bad = tl.max(tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=2), axis=1)
+    v = v0 + tl.arange(0, BLOCK_V)[None, :]  # [1, BLOCK_V]
+    mask = rmask[:, None] & (v < V)
+    z = load_logits(ptrs[:, None] + v, mask, FP64)  # [R, BLOCK_V]
+    bad = tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=1)
     z = tl.where(z == z, z, NEG_INF)
-    m = tl.max(tl.max(z, axis=2), axis=1)  # [R]
+    m = tl.max(z, axis=1)  # [R]
     if M is None:
         Mr = m
     else:
         Mr = M
-    m3 = Mr[:, None, None]
-    greedy = (T == 0)[:, None, None]
-    noise = tl.zeros([ROWS, BLOCK_V // 4, 4], dtype=tl.float32)
+    m3 = Mr[:, None]
+    greedy = (T == 0)[:, None]
+    noise = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
     if tl.max((T > 0).to(tl.int32), axis=0) > 0:  # some row samples: the noise (rows of one program share this)
-        noise, _ = gumbel_rows(seed, offset, STREAM_DRAFT, v0, BLOCK_V)
-    keep = (z > NEG_INF) & (z >= cut[:, None, None])
-    scaled = _rel(z, tl.where(m3 == NEG_INF, 0.0, m3)) * invT[:, None, None] + noise
+        noise = gumbel_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V)
+    keep = (z > NEG_INF) & (z >= cut[:, None])
+    scaled = _rel(z, tl.where(m3 == NEG_INF, 0.0, m3)) * invT[:, None] + noise
     s = tl.where(greedy, tl.where(z == m3, 0.0, NEG_INF), tl.where(keep, scaled, NEG_INF))
     best, idx = best_lowest_rows(s, v.to(tl.int32))  # greedy rows: the lowest argmax, score 0 (relative)
     return best, idx, m, bad

@@ -18,21 +18,31 @@ For row b with n = num_draft_tokens[b] drafts, drafter logits zq_i, target logit
 Design. Every program loops over a queue of work items (an atomic counter), so the whole round is one launch.
 The items, in the phases of SPEC.md section 9:
 
-* **stats** (row b, position i, tile t): the tile of zp_i and, for i < n, of zq_i, both loads in flight together
-  (one round trip to DRAM): max, sum exp(z - max) (T = 1),
-  sum exp((z - max) / T) over the kept entries, lowest argmax, NaN/+inf flag. Stored per tile; a ticket per
-  position; the program with the last ticket **merges** the tiles into the position's statistics, publishes a
-  "ready" flag, and draws a ticket on the row.
-* **second look** (b, i, t), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
+A work item covers TILES vocabulary tiles of BLOCK_V entries (4 on a GPU, fewer when a small batch would leave
+programs idle; ``triton_backend.tiles``): NI = ceil(NT / TILES) items per position.
+
+* **stats** (row b, position i, item j): the item's TILES tiles of zp_i and, for i < n, of zq_i as one block per
+  side, both loads in flight together (one round trip to DRAM): max, sum exp(z - max) (T = 1), sum
+  exp((z - max) / T) over the kept entries (a branch taken only at T != 1 or with filters), lowest argmax (only at
+  T = 0), NaN/+inf flag (read off the T = 1 sum). One record per item; a ticket per position; the program with the
+  last ticket **merges** the NI records into the position's statistics, publishes a "ready" flag, and draws a
+  ticket on the row.
+* **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or
   eta; the last tile's program merges and draws a ticket on the row.
 * **accept** (row b): run by the program that draws a row's last ticket. Row validity, a_i at every verified
   position (reading zq_i(x_i), zp_i(x_i) and the statistics), the accept loop, all the outputs but the emitted
   token (written here when T = 0 and all drafts are accepted: p_n's argmax), then a "race" flag for the row.
-* **race** (b, t): waits for the row's flag; the race at the one position that needs it (the residual at m, or the
-  bonus at n: a row-uniform branch) over tile t: best score and lowest index, and the residual mass. Philox runs
-  once per four entries, all four words used. The last tile's program **emits** the token; when the residual's
-  mass is rounding noise (at most RESIDUAL_EPS, rare) it first runs the race over pi itself, tile after tile.
+* **race** (b, j): waits for the row's flag; the race at the one position that needs it (the residual at m, or the
+  bonus at n: a row-uniform branch) over the item's tiles: per tile, best score and lowest index, and the residual
+  mass. Philox runs once per four entries, all four words used, joined in registers into a flat [R, BLOCK_V] tile
+  (the layout of the loads: no trip through shared memory). The last item's program **emits** the token; when the
+  residual's mass is rounding noise (at most RESIDUAL_EPS, rare) it first runs the race over pi itself.
+
+Arithmetic of the streaming phases: exp through the special-function unit's ex2 (``common.exp_scaled``: one
+multiply and one MUFU, subnormal results flushed to 0, which sums of at least 1 do not see), the race's logs through
+its lg2 on a GPU (``common.ln_fast``), p and q in the race and the second look scaled by the row's 1 / ST instead
+of divided. Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM.
 
 Order of the queue: "super-steps" of one row each, stats of row s, then the second look of row s - 1, then the
 race of row s - 2 (s - 1 without a second look). A second look reads its row about one row of traffic after the
@@ -310,11 +320,12 @@ def _verify_kernel(
     w = tl.atomic_add(cnt_ptr, 1)
     while w < total:
         s = w // step
-        r = w % step
+        r = w - s * step  # (a multiply, not a second division)
         if r < stats_items:
             g = s.to(tl.int64)
             if g < G:
-                _stats_item(g, (r // NI).to(tl.int64), r % NI, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
+                i = r // NI
+                _stats_item(g, i.to(tl.int64), r - i * NI, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
                             pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr,
                             accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr,
                             n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr,
@@ -327,7 +338,8 @@ def _verify_kernel(
             r2 = r - stats_items
             if SECOND_LOOK:
                 if (g >= 0) & (g < G):
-                    _look_item(g, (r2 // NI).to(tl.int64), r2 % NI, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
+                    i = r2 // NI
+                    _look_item(g, i.to(tl.int64), r2 - i * NI, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
                                look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr,
                                valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val,
                                alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val,
@@ -809,10 +821,10 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
                ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
-    """Tiles j TILES .. j TILES + TILES - 1 of a row's race: the bonus race (p_n + G) or the residual race (log max(0, pi_m - q_m) + G and the
-    residual's mass), whichever the row runs (a row-uniform branch). The last tile's program emits the token; when
-    the residual's mass is at most RESIDUAL_EPS (rounding noise, rare) it runs the race over pi_m itself, every
-    tile in order, so the common path carries one race, not two."""
+    """Tiles j TILES .. j TILES + TILES - 1 of a row's race (statically unrolled): the bonus race (p_n + G) or the
+    residual race (log max(0, pi_m - q_m) + G and the residual's mass), whichever the row runs (a row-uniform
+    branch). The last item's program emits the token; when the residual's mass is at most RESIDUAL_EPS (rounding
+    noise, rare) it runs the race over pi_m itself, every tile in order, so the common path carries one race."""
     wait_flag(cnt_ptr + c_flag + g)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     kind = tl.load(row_i_ptr + B + rows, mask=rmask, other=0, cache_modifier=".cg")
@@ -1037,7 +1049,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     o_ptr, o_val = common.split_param(args.offset, 0)
     lo, hi = args.rule.alpha_range
     _verify_kernel[(grid,)](
-        *out[:KERNEL_OUTPUTS], part_m, part_f, part_i, pos_m, pos_f, pos_i, look_part, look, race_f, race_i, row_i, row_f, cnt,
+        *out[:KERNEL_OUTPUTS], part_m, part_f, part_i, pos_m, pos_f, pos_i, look_part, look, race_f, race_i, row_i,
+        row_f, cnt,
         zq, zp, x, cu, n_ptr, int(n_val), a_ptr, float(a_val), t_ptr, float(t_val), s_ptr, int(s_val), o_ptr,
         int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *strides,
         **cx, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
