@@ -50,6 +50,9 @@ STEP = 1.0  # theta per round when under budget (about six rounds from the exact
 MAX_BACK = 4.0  # the largest step back, in STEPs
 THETA_START = -4.0  # the warm start: u = 0, exact speculative decoding
 THETA_MAX = 4.0  # u = 1 from about here on
+DELTA = 0.25  # the spend guard: a round's predicted cost is at most this share of the slack it would leave
+PRIOR_RATE = 1.0  # the guard's prior TV per token at the drafter end (u = 1), before the row has spent anything
+PRIOR_WEIGHT = 0.5  # ... worth this many tokens emitted at u = 1
 _D = 0.02  # the ends' margin in sigmoid space: theta <= -3.9 gives u = 0, theta >= 3.9 gives u = 1
 _WIDE = 10.0  # ends further apart than this are treated as an infinite range (hyperbolic map)
 
@@ -103,16 +106,26 @@ def u_of(theta: torch.Tensor) -> torch.Tensor:
     return ((1 + 2 * _D) * torch.sigmoid(theta) - _D).clamp(0.0, 1.0)
 
 
-class QualityBudget:
-    """Per-row state of the controller (see the module docstring): ``alpha()`` before a round, ``update`` after."""
+def theta_of(u: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``u_of`` on ``[0, 1]`` (``u = 0`` maps to ``THETA_START``, where ``u_of`` is exactly 0)."""
+    x = ((u + _D) / (1 + 2 * _D)).clamp(1e-12, 1 - 1e-12)
+    return torch.where(u > 0, torch.logit(x).clamp(min=THETA_START), torch.full_like(u, THETA_START))
 
-    def __init__(self, rule: str, eps: float, B: int, device):
+
+class QualityBudget:
+    """Per-row state of the controller (see the module docstring): ``alpha()`` before a round, ``update`` after.
+    ``guard=False`` drops the spend guard (the dual ascent alone, as before the guard; kept for comparison)."""
+
+    def __init__(self, rule: str, eps: float, B: int, device, guard: bool = True):
         self.info = get_rule(rule)
         ends(self.info)
         self.eps = float(eps)
+        self.guard = bool(guard)
         self.theta = torch.full((B,), THETA_START, dtype=torch.float64, device=device)
         self.spent = torch.zeros(B, dtype=torch.float64, device=device)  # S: summed TV over emitted tokens
         self.emitted = torch.zeros(B, dtype=torch.long, device=device)  # N
+        self.rounds = torch.zeros(B, dtype=torch.long, device=device)  # R: rounds that emitted a token
+        self.exposure = torch.zeros(B, dtype=torch.float64, device=device)  # U: sum over rounds of n u
 
     def alpha(self) -> torch.Tensor:
         """``[B]`` float32 alpha for the next round."""
@@ -125,13 +138,27 @@ class QualityBudget:
         pos = torch.arange(K, device=divergence.device)
         s = torch.where(pos[None] < n_emitted[:, None], divergence.double(), 0.0).sum(1)
         self.spent += s
+        self.exposure += n_emitted.double() * u_of(self.theta)  # the u this round ran at
         self.emitted += n_emitted
+        self.rounds += (n_emitted > 0).long()
         if self.eps == 0.0:
             return
         n, N = n_emitted.clamp(min=1).double(), self.emitted.clamp(min=1).double()
         ratio = torch.maximum(s / (self.eps * n), self.spent / (self.eps * N)) / TARGET
         step = STEP * (1.0 - ratio).clamp(-MAX_BACK, 1.0)
-        self.theta = torch.where(n_emitted > 0, self.theta + step, self.theta).clamp(THETA_START, THETA_MAX)
+        theta = self.theta + step
+        if self.guard:
+            theta = torch.minimum(theta, theta_of(self.u_cap()))
+        self.theta = torch.where(n_emitted > 0, theta, self.theta).clamp(THETA_START, THETA_MAX)
+
+    def u_cap(self) -> torch.Tensor:
+        """``[B]`` the spend guard: the largest ``u`` whose predicted round cost is at most ``DELTA`` of the slack
+        the row will hold after the round (module docstring)."""
+        N = self.emitted.double()
+        n_hat = N / self.rounds.clamp(min=1).double()  # the row's mean emitted tokens per round
+        rate = (self.spent + PRIOR_RATE * PRIOR_WEIGHT) / (self.exposure + PRIOR_WEIGHT)  # TV per token per unit u
+        slack = self.eps * (N + n_hat) - self.spent
+        return (DELTA * slack / (n_hat * rate).clamp(min=1e-12)).clamp(0.0, 1.0)
 
     def mean_divergence(self) -> torch.Tensor:
         """``[B]`` float64: each row's spent budget, the mean TV per emitted token (0 before any token)."""
