@@ -47,6 +47,7 @@ NOTES = "## Notes"  # a hand-written section of the report, kept when it is rewr
 PROSE_PROMPT_TOKENS = 48
 DOMAINS = ("humaneval", "prose")
 BOOT = 2000
+CONTROLLER = "dual+guard"  # the budget controller the rows ran (rows without the field ran "dual", before the guard)
 
 
 # ----------------------------------------------------------------------------------------------- prompts
@@ -107,7 +108,8 @@ def run_batch(target, drafter, items, *, domain, temperature, eps, args, eos, pa
     out = speccas.generate(target, drafter, ids, mask, **kw)
     load1 = os.getloadavg()
     base = dict(domain=domain, temperature=temperature, config=config_name(eps), eps=eps,
-                rule=args.rule if eps else "speculative", K=out.num_draft_tokens, draft_threshold=out.draft_threshold,
+                rule=args.rule if eps else "speculative", controller=CONTROLLER if eps else None,
+                K=out.num_draft_tokens, draft_threshold=out.draft_threshold,
                 max_new_tokens=args.max_new_tokens, drafter_precision=args.drafter_precision, batch=len(items),
                 batch_wall_time=out.wall_time, commit=git_commit(), date=iso_date(),
                 machine=f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}",

@@ -26,9 +26,29 @@ start is the exact end (``theta = THETA_START``, ``u = 0``): the first round spe
 leaves is what the next rounds spend. The rows are independent (each has its own state); everything stays on
 the device (no host read).
 
-What is not promised. The running mean is a random quantity: a round is decided before its spending is known, so a
-short generation can end a little over ``eps`` (one greedy disagreement in 20 tokens is a mean of 0.05). The
-output reports each row's spent mean and final alpha (``GenerationOutput.divergence``, ``.final_alpha``).
+The spend guard. Dual ascent alone reacts to spending after it happened, and on a short row its first steps away
+from the exact end can spend more than the row will ever win back. So the step is capped, per row, by what the row
+can afford: the next round runs at no larger a ``u`` than the one at which its predicted cost is at most ``DELTA``
+of the slack the row would hold after it,
+
+    n_hat = N / R                                   (the row's mean emitted tokens per round, R its rounds)
+    rate  = (S + PRIOR_RATE * PRIOR_WEIGHT) / (U + PRIOR_WEIGHT),   U = sum over rounds of n * u
+                                                    (TV per token per unit of u: what the row spent for the u it ran)
+    u    <= DELTA * (eps * (N + n_hat) - S) / (n_hat * rate)
+
+and ``theta`` is clipped to that cap (so it does not wind up while the cap holds it). The prediction is linear in
+``u`` through 0 (the exact end spends nothing); its prior is the worst case, ``PRIOR_RATE = 1`` (every token at the
+drafter end diverges completely), worth ``PRIOR_WEIGHT`` tokens at ``u = 1``, so a row that has spent nothing moves
+slowly and a row whose drafter agrees with the target learns it. ``DELTA = 1/4``: by Markov's inequality a round
+whose cost follows the prediction puts the row over ``eps`` with probability at most 1/4, whatever its
+distribution (at ``T = 0``, where a token costs 0 or 1, that is the chance of a disagreement the slack cannot
+absorb). A row without slack (``S >= eps (N + n_hat)``) runs at the exact end until its tokens make room again.
+
+What is not promised. The running mean is a random quantity and a round is decided before its spending is known,
+so a row can still end over ``eps`` (a round costs more than predicted, the prediction is linear where the rule's
+divergence is not, or the row stops early on EOS); the guard makes that rare and the overshoot small, not
+impossible. The output reports each row's spent mean and final alpha (``GenerationOutput.divergence``,
+``.final_alpha``).
 
 Rules: those with alpha and both ends (``chow``, ``diff``, ``opt``, ``token_v1``, ``token_v2``, ``ensemble``).
 ``token_v3`` has no alpha that gives exact speculative decoding at ``T > 0`` (alpha = 0 keeps p's mode), so a
