@@ -268,10 +268,16 @@ def test_bench_report_pairs_rows_by_prompt():
                  target_forwards=4, divergence=0.0),
             dict(base, eps=0.03, config="budget0.03", prompt="a", new_tokens=8, target_forwards=2, divergence=0.05),
             dict(base, eps=0.03, config="budget0.03", prompt="b", new_tokens=4, target_forwards=2, divergence=0.02),
-            dict(base, eps=0.03, config="budget0.03", prompt="c", new_tokens=8, target_forwards=1, divergence=0.0)]
+            dict(base, eps=0.03, config="budget0.03", prompt="c", new_tokens=8, target_forwards=1, divergence=0.0),
+            # another length and controller: its own setting, no speculative rows of its length to pair with
+            dict(base, eps=0.03, config="budget0.03", prompt="a", new_tokens=16, target_forwards=1, divergence=0.0,
+                 max_new_tokens=16, controller="dual+guard")]
     (s,) = qb.summarize(rows)
+    assert s["controller"] == "dual" and s["max_new_tokens"] == 8
     assert s["prompts"] == 2  # prompt c has no speculative row to pair with
     assert s["spent"] == pytest.approx((0.05 * 8 + 0.02 * 4) / 12) and s["over"] == 1
     assert s["fpt"] == pytest.approx(4 / 12) and s["fpt_spec"] == pytest.approx(0.5)
     assert 1 - s["ratio"] == pytest.approx(1 / 3)
-    assert "| prose | 0.7 | 0.03 | chow | 2 |" in qb.report(rows)
+    text = qb.report(rows)
+    assert "| prose | 0.7 | 0.03 | chow | 8 | dual | 2 |" in text
+    assert "| prose | 0.7 | 0.03 | 8 | dual | a | 0.0500 * | 0.50 | 8 (8) | 2 (4) |" in text
