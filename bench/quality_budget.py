@@ -47,7 +47,8 @@ NOTES = "## Notes"  # a hand-written section of the report, kept when it is rewr
 PROSE_PROMPT_TOKENS = 48
 DOMAINS = ("humaneval", "prose")
 BOOT = 2000
-CONTROLLER = "dual+guard"  # the budget controller the rows ran (rows without the field ran "dual", before the guard)
+CONTROLLER = "dual+guard"  # the budget controller the rows ran (rows without the field ran "dual", before the guard;
+# "dual+mean-guard": the guard's first form, the expected round cost only, without the one-token margin)
 
 
 # ----------------------------------------------------------------------------------------------- prompts
@@ -193,7 +194,8 @@ def report(rows: list) -> str:
              "prompt); `alpha` the mean final alpha; `same text` the rows whose tokens equal speculative "
              "decoding's.", "",
              "`tokens` is max_new_tokens; `controller` the budget controller the rows ran (`dual`: dual ascent "
-             "alone, before the spend guard; `dual+guard`: with it, `python/speccas/budget.py`).", "",
+             "alone, before the spend guard; `dual+mean-guard`: the guard's first form, the expected round cost only; "
+             "`dual+guard`: with the one-token margin too, `python/speccas/budget.py`).", "",
              "| domain | T | eps | rule | tokens | controller | prompts | spent [95% CI] | max row | over | alpha | "
              "fwd/tok (spec) | saves [95% CI] | same text |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -32,7 +32,8 @@ def _pair(c: float, tv: float):
     return q.log(), p.log()
 
 
-def _simulate(rule: str, eps, tv_rows, *, seeds=None, K=4, n_rounds=150, fixed_alpha=None, guard=True):
+def _simulate(rule: str, eps, tv_rows, *, seeds=None, K=4, n_rounds=150, fixed_alpha=None, guard=True,
+              temperature=1.0):
     """``n_rounds`` rounds of ``verify`` on synthetic logits (row b: TV(q, p) = ``tv_rows[b]`` at every position,
     the drafter's confidence drawn from ``CONFIDENCE`` with the row's own seed), alpha from the controller (or
     fixed). Returns the controller (its totals) and the alpha trace ``[rounds, B]``."""
@@ -40,7 +41,7 @@ def _simulate(rule: str, eps, tv_rows, *, seeds=None, K=4, n_rounds=150, fixed_a
     seeds = torch.tensor(seeds if seeds is not None else [11 + b for b in range(B)])
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     levels = torch.tensor(CONFIDENCE, dtype=torch.float64)
-    ctl = QualityBudget(rule, eps, B, "cpu", guard=guard)
+    ctl = QualityBudget(rule, eps, B, "cpu", guard=guard, greedy=temperature == 0)
     trace = []
     for r in range(n_rounds):
         zq = torch.empty(B, K, V, dtype=torch.float64)
@@ -54,7 +55,7 @@ def _simulate(rule: str, eps, tv_rows, *, seeds=None, K=4, n_rounds=150, fixed_a
                          for i in range(K)], 1)
         alpha = ctl.alpha() if fixed_alpha is None else torch.full((B,), fixed_alpha)
         trace.append(alpha)
-        out = sk.verify(zq, zp, x, rule=rule, alpha=alpha, temperature=1.0, seed=seeds, offset=r * 100,
+        out = sk.verify(zq, zp, x, rule=rule, alpha=alpha, temperature=temperature, seed=seeds, offset=r * 100,
                         return_divergence=True, backend="reference")
         ctl.update(out.divergence, out.num_accepted + 1)
     return ctl, torch.stack(trace)
@@ -96,6 +97,22 @@ def test_the_spend_guard_holds_short_rows():
     assert (spent > 0).sum() >= 4 and (trace[-3:] > 0).any(0).sum() >= 4, (spent.tolist(), trace[-3:].tolist())
 
 
+def test_the_spend_guard_holds_greedy_rows():
+    """T = 0, where a kept disagreement costs a whole token: with TV(q, p) = 0.28 the positions of confidence 0.30
+    and 0.55 have p's argmax elsewhere (a disagreement once alpha keeps them), the others agree. In 16 rounds (20-40
+    tokens) dual ascent alone takes a disagreement it cannot pay for; the guard takes none there, and in 30 rounds
+    (45-70 tokens) it takes whole disagreements only when they fit: every row at or under eps."""
+    eps, seeds, tv = 0.03, list(range(200, 208)), 0.28
+    free, _ = _simulate("chow", eps, [tv] * 8, seeds=seeds, n_rounds=16, guard=False, temperature=0.0)
+    assert (free.mean_divergence() > eps).sum() >= 2, free.mean_divergence().tolist()
+    short, _ = _simulate("chow", eps, [tv] * 8, seeds=seeds, n_rounds=16, temperature=0.0)
+    assert (short.mean_divergence() <= eps).all(), short.mean_divergence().tolist()
+    held, _ = _simulate("chow", eps, [tv] * 8, seeds=seeds, n_rounds=30, temperature=0.0)
+    spent = held.mean_divergence()
+    assert (spent <= eps).all(), f"greedy rows over eps {eps}: {spent.tolist()}"
+    assert (held.spent == held.spent.round()).all() and (held.spent >= 1).sum() >= 4, held.spent.tolist()
+
+
 def test_the_spend_guard_caps_u_by_the_slack():
     """The cap on its own: no slack, the exact end; slack, the largest u whose predicted cost is DELTA of it."""
     ctl = QualityBudget("chow", 0.05, 3, "cpu")
@@ -105,6 +122,12 @@ def test_the_spend_guard_caps_u_by_the_slack():
     ctl.exposure[:] = torch.tensor([19.5, 0.0, 0.0], dtype=torch.float64)  # rate (0 + 0.5) / 20 = 0.025
     cap = ctl.u_cap()
     assert cap[0].item() == pytest.approx(min(1.0, budget.DELTA * 2.25 / (5 * 0.025)))
+    ctl.spent[0] = 1.6  # slack 0.65; after one token of the row's largest cost (0 so far): 0.05 * 41 - 1.6 = 0.45
+    rate = (1.6 + 0.5) / 20
+    assert ctl.u_cap()[0].item() == pytest.approx(min(budget.DELTA * 0.65, 0.45) / (5 * rate))
+    ctl.greedy[0], ctl.token_max[0] = True, 1.0
+    assert ctl.u_cap()[0].item() == 0.0
+    ctl.spent[0] = 0.0
     assert cap[1:].tolist() == [0.0, 0.0]
     # after an over-spending round the rows without slack are back at the exact end, whatever the dual step says
     ctl.theta[:] = 3.0

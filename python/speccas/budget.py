@@ -41,8 +41,20 @@ and ``theta`` is clipped to that cap (so it does not wind up while the cap holds
 drafter end diverges completely), worth ``PRIOR_WEIGHT`` tokens at ``u = 1``, so a row that has spent nothing moves
 slowly and a row whose drafter agrees with the target learns it. ``DELTA = 1/4``: by Markov's inequality a round
 whose cost follows the prediction puts the row over ``eps`` with probability at most 1/4, whatever its
-distribution (at ``T = 0``, where a token costs 0 or 1, that is the chance of a disagreement the slack cannot
-absorb). A row without slack (``S >= eps (N + n_hat)``) runs at the exact end until its tokens make room again.
+distribution.
+
+An expectation is not enough where single tokens are expensive: at ``T = 0`` a token costs 0 or 1, and a row that
+spends 1 with less than 1 of slack is over ``eps`` whatever the odds were (on the real pair, HumanEval at ``T = 0``,
+the guard above alone still left 2 of 6 rows at 96 tokens over 0.03). So the predicted cost must also fit in what
+is left after one more token at its largest cost, even in a round that emits a single token:
+
+    u <= min(DELTA * (eps * (N + n_hat) - S),  eps * (N + 1) - S - token_max) / (n_hat * rate)
+
+``token_max`` is 1 on greedy rows and, at ``T > 0``, the largest divergence the row has spent on one token so far
+(0 before its first). At ``T = 0`` the row therefore stays exact for its first ``1 / eps - 1`` tokens and takes its
+k-th disagreement only after about ``k / eps`` tokens: a short greedy row, or ``eps = 0.01`` over fewer than 100
+tokens, is exact speculative decoding, because the budget cannot pay for a single disagreement there. A row
+without slack runs at the exact end until its tokens make room again.
 
 What is not promised. The running mean is a random quantity and a round is decided before its spending is known,
 so a row can still end over ``eps`` (a round costs more than predicted, the prediction is linear where the rule's
@@ -136,7 +148,8 @@ class QualityBudget:
     """Per-row state of the controller (see the module docstring): ``alpha()`` before a round, ``update`` after.
     ``guard=False`` drops the spend guard (the dual ascent alone, as before the guard; kept for comparison)."""
 
-    def __init__(self, rule: str, eps: float, B: int, device, guard: bool = True):
+    def __init__(self, rule: str, eps: float, B: int, device, guard: bool = True, greedy=False):
+        """``greedy``: bool or ``[B]`` bool, the rows sampled at ``T = 0`` (a token there costs 0 or 1)."""
         self.info = get_rule(rule)
         ends(self.info)
         self.eps = float(eps)
@@ -146,6 +159,9 @@ class QualityBudget:
         self.emitted = torch.zeros(B, dtype=torch.long, device=device)  # N
         self.rounds = torch.zeros(B, dtype=torch.long, device=device)  # R: rounds that emitted a token
         self.exposure = torch.zeros(B, dtype=torch.float64, device=device)  # U: sum over rounds of n u
+        # the largest cost one token can have: 1 on greedy rows, else the largest the row has spent on one token
+        self.greedy = torch.as_tensor(greedy, dtype=torch.bool, device=device).expand(B).clone()
+        self.token_max = torch.where(self.greedy, 1.0, 0.0).double()
 
     def alpha(self) -> torch.Tensor:
         """``[B]`` float32 alpha for the next round."""
@@ -156,7 +172,9 @@ class QualityBudget:
         tokens the round emitted and kept (positions ``0 .. n - 1``; a kept bonus counts 0)."""
         K = divergence.shape[1]
         pos = torch.arange(K, device=divergence.device)
-        s = torch.where(pos[None] < n_emitted[:, None], divergence.double(), 0.0).sum(1)
+        spent = torch.where(pos[None] < n_emitted[:, None], divergence.double(), 0.0)
+        s = spent.sum(1)
+        self.token_max = torch.maximum(self.token_max, spent.amax(1) if K else self.token_max)
         self.spent += s
         self.exposure += n_emitted.double() * u_of(self.theta)  # the u this round ran at
         self.emitted += n_emitted
@@ -173,12 +191,15 @@ class QualityBudget:
 
     def u_cap(self) -> torch.Tensor:
         """``[B]`` the spend guard: the largest ``u`` whose predicted round cost is at most ``DELTA`` of the slack
-        the row will hold after the round (module docstring)."""
+        the row will hold after the round and fits beside one token at its largest cost (module docstring)."""
         N = self.emitted.double()
         n_hat = N / self.rounds.clamp(min=1).double()  # the row's mean emitted tokens per round
         rate = (self.spent + PRIOR_RATE * PRIOR_WEIGHT) / (self.exposure + PRIOR_WEIGHT)  # TV per token per unit u
+        per_u = (n_hat * rate).clamp(min=1e-12)  # the round's predicted cost per unit of u
         slack = self.eps * (N + n_hat) - self.spent
-        return (DELTA * slack / (n_hat * rate).clamp(min=1e-12)).clamp(0.0, 1.0)
+        # and after one token at its largest cost, even in a round that emits a single token, the prediction fits
+        spare = self.eps * (N + 1) - self.spent - self.token_max
+        return torch.minimum(DELTA * slack, spare).div(per_u).clamp(0.0, 1.0)
 
     def mean_divergence(self) -> torch.Tensor:
         """``[B]`` float64: each row's spent budget, the mean TV per emitted token (0 before any token)."""
