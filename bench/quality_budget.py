@@ -265,7 +265,7 @@ def run(args) -> None:
     from speccas.models import load_real_pair
 
     rows = load_rows(args.out)
-    done = {(r["domain"], r["temperature"], r["config"], r["prompt"], r["max_new_tokens"]) for r in rows}
+    done = {(r["domain"], r["temperature"], r["config"], r["prompt"], r["max_new_tokens"], controller(r)) for r in rows}
     target, drafter, tok = load_real_pair(drafter_precision=args.drafter_precision)
     eos = sorted({151645, 151643, tok.eos_token_id} - {None})
     pad = 151643 if tok.pad_token_id is None else tok.pad_token_id
@@ -276,7 +276,7 @@ def run(args) -> None:
              for d in args.domains}
     for domain, T, eps in tqdm(jobs, desc="batches", unit="batch"):
         todo = [it for it in items[domain]
-                if (domain, T, config_name(eps), it[0], args.max_new_tokens) not in done]
+                if (domain, T, config_name(eps), it[0], args.max_new_tokens, CONTROLLER if eps else None) not in done]
         if not todo:
             continue
         new = run_batch(target, drafter, todo, domain=domain, temperature=T, eps=eps, args=args, eos=eos, pad=pad)
