@@ -47,6 +47,8 @@ NOTES = "## Notes"  # a hand-written section of the report, kept when it is rewr
 PROSE_PROMPT_TOKENS = 48
 DOMAINS = ("humaneval", "prose")
 BOOT = 2000
+CONTROLLER = "dual+guard"  # the budget controller the rows ran (rows without the field ran "dual", before the guard;
+# "dual+mean-guard": the guard's first form, the expected round cost only, without the one-token margin)
 
 
 # ----------------------------------------------------------------------------------------------- prompts
@@ -107,7 +109,8 @@ def run_batch(target, drafter, items, *, domain, temperature, eps, args, eos, pa
     out = speccas.generate(target, drafter, ids, mask, **kw)
     load1 = os.getloadavg()
     base = dict(domain=domain, temperature=temperature, config=config_name(eps), eps=eps,
-                rule=args.rule if eps else "speculative", K=out.num_draft_tokens, draft_threshold=out.draft_threshold,
+                rule=args.rule if eps else "speculative", controller=CONTROLLER if eps else None,
+                K=out.num_draft_tokens, draft_threshold=out.draft_threshold,
                 max_new_tokens=args.max_new_tokens, drafter_precision=args.drafter_precision, batch=len(items),
                 batch_wall_time=out.wall_time, commit=git_commit(), date=iso_date(),
                 machine=f"{os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
@@ -137,14 +140,21 @@ def _boot(rng, n: int, stat, reps: int = BOOT):
     return vals[int(0.025 * reps)], vals[int(0.975 * reps) - 1]
 
 
+def controller(r: dict):
+    """The budget controller a row ran (None for speculative decoding)."""
+    return r.get("controller") or ("dual" if r["eps"] > 0 else None)
+
+
 def summarize(rows: list) -> list:
-    """One dict per (domain, temperature, budget) with the spent budget and the cost against speculative."""
+    """One dict per (domain, temperature, budget, max_new_tokens, controller) with the spent budget and the cost
+    against speculative decoding (its rows at the same domain, temperature and max_new_tokens)."""
     out = []
-    keys = sorted({(r["domain"], r["temperature"], r["eps"]) for r in rows if r["eps"] > 0})
-    for domain, T, eps in keys:
+    setting = lambda r: (r["domain"], r["temperature"], r["eps"], r["max_new_tokens"], controller(r))  # noqa: E731
+    keys = sorted({setting(r) for r in rows if r["eps"] > 0})
+    for domain, T, eps, length, ctl in keys:
         rng = random.Random(0)
-        mine = {r["prompt"]: r for r in rows if (r["domain"], r["temperature"], r["eps"]) == (domain, T, eps)}
-        spec = {r["prompt"]: r for r in rows if (r["domain"], r["temperature"], r["eps"]) == (domain, T, 0)}
+        mine = {r["prompt"]: r for r in rows if setting(r) == (domain, T, eps, length, ctl)}
+        spec = {r["prompt"]: r for r in rows if setting(r) == (domain, T, 0, length, None)}
         ids = sorted(set(mine) & set(spec))
         if not ids:
             continue
@@ -156,7 +166,8 @@ def summarize(rows: list) -> list:
         ratio = lambda ix: fpt(m, ix) / fpt(s, ix)  # noqa: E731
         everything = list(range(len(ids)))
         out.append(dict(
-            domain=domain, temperature=T, eps=eps, prompts=len(ids), rule=m[0]["rule"],
+            domain=domain, temperature=T, eps=eps, prompts=len(ids), rule=m[0]["rule"], max_new_tokens=length,
+            controller=ctl, rows=[(i, a, b) for i, a, b in zip(ids, m, s)],
             spent=spent(everything), spent_ci=_boot(rng, len(ids), spent),
             spent_max=max(r["divergence"] for r in m), over=sum(r["divergence"] > eps for r in m),
             alpha_mean=sum(r["final_alpha"] for r in m) / len(m),
@@ -182,14 +193,18 @@ def report(rows: list) -> str:
              "decode loop's default: adaptive, up to 12 drafts), `saves` = 1 - ratio (95% bootstrap CI, paired by "
              "prompt); `alpha` the mean final alpha; `same text` the rows whose tokens equal speculative "
              "decoding's.", "",
-             "| domain | T | eps | rule | prompts | spent [95% CI] | max row | over | alpha | fwd/tok (spec) | "
-             "saves [95% CI] | same text |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "`tokens` is max_new_tokens; `controller` the budget controller the rows ran (`dual`: dual ascent "
+             "alone, before the spend guard; `dual+mean-guard`: the guard's first form, the expected round cost only; "
+             "`dual+guard`: with the one-token margin too, `python/speccas/budget.py`).", "",
+             "| domain | T | eps | rule | tokens | controller | prompts | spent [95% CI] | max row | over | alpha | "
+             "fwd/tok (spec) | saves [95% CI] | same text |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summ:
         lo, hi = s["spent_ci"]
         rlo, rhi = s["ratio_ci"]
         lines.append(
-            f"| {s['domain']} | {s['temperature']:g} | {s['eps']:g} | {s['rule']} | {s['prompts']} | "
+            f"| {s['domain']} | {s['temperature']:g} | {s['eps']:g} | {s['rule']} | {s['max_new_tokens']} | "
+            f"{s['controller']} | {s['prompts']} | "
             f"{s['spent']:.4f} [{lo:.4f}, {hi:.4f}] | {s['spent_max']:.4f} | {s['over']} | {s['alpha_mean']:.2f} | "
             f"{s['fpt']:.3f} ({s['fpt_spec']:.3f}) | {100 * (1 - s['ratio']):.1f}% [{100 * (1 - rhi):.1f}, "
             f"{100 * (1 - rlo):.1f}] | {s['same_text']}/{s['prompts']} |")
@@ -197,7 +212,18 @@ def report(rows: list) -> str:
         meta = lambda k: ", ".join(sorted({x for s in summ for x in s[k]}))  # noqa: E731
         lengths = ", ".join(str(n) for n in sorted({r["max_new_tokens"] for r in rows}))
         lines += ["", f"max_new_tokens: {lengths}. Commits: {meta('commit')}; dates: {meta('date')}; machine: "
-                  f"{meta('machine')}; load average (1 min, before-after each batch): {meta('load')}."]
+                  f"{meta('machine')}; load average (1 min, before-after each batch): {meta('load')}.", "",
+                  "Per row: the spent budget (mean TV per emitted token; `*` over eps), the final alpha, the row's "
+                  "tokens and target forwards against speculative decoding's on the same prompt and seed.", "",
+                  "| domain | T | eps | tokens | controller | prompt | spent | alpha | tokens (spec) | "
+                  "target forwards (spec) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for s in summ:
+            for pid, a, b in s["rows"]:
+                flag = " *" if a["divergence"] > s["eps"] else ""
+                lines.append(
+                    f"| {s['domain']} | {s['temperature']:g} | {s['eps']:g} | {s['max_new_tokens']} | "
+                    f"{s['controller']} | {pid} | {a['divergence']:.4f}{flag} | {a['final_alpha']:.2f} | "
+                    f"{a['new_tokens']} ({b['new_tokens']}) | {a['target_forwards']} ({b['target_forwards']}) |")
     return "\n".join(lines) + "\n"
 
 
@@ -239,7 +265,7 @@ def run(args) -> None:
     from speccas.models import load_real_pair
 
     rows = load_rows(args.out)
-    done = {(r["domain"], r["temperature"], r["config"], r["prompt"], r["max_new_tokens"]) for r in rows}
+    done = {(r["domain"], r["temperature"], r["config"], r["prompt"], r["max_new_tokens"], controller(r)) for r in rows}
     target, drafter, tok = load_real_pair(drafter_precision=args.drafter_precision)
     eos = sorted({151645, 151643, tok.eos_token_id} - {None})
     pad = 151643 if tok.pad_token_id is None else tok.pad_token_id
@@ -250,7 +276,7 @@ def run(args) -> None:
              for d in args.domains}
     for domain, T, eps in tqdm(jobs, desc="batches", unit="batch"):
         todo = [it for it in items[domain]
-                if (domain, T, config_name(eps), it[0], args.max_new_tokens) not in done]
+                if (domain, T, config_name(eps), it[0], args.max_new_tokens, CONTROLLER if eps else None) not in done]
         if not todo:
             continue
         new = run_batch(target, drafter, todo, domain=domain, temperature=T, eps=eps, args=args, eos=eos, pad=pad)

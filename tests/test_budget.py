@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import speccas_kernels as sk
-from speccas.budget import QualityBudget, alpha_of, budget_rules, ends, u_of
+from speccas import budget
+from speccas.budget import QualityBudget, alpha_of, budget_rules, ends, theta_of, u_of
 from speccas_kernels.rules import RULE_INFO
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +32,8 @@ def _pair(c: float, tv: float):
     return q.log(), p.log()
 
 
-def _simulate(rule: str, eps, tv_rows, *, seeds=None, K=4, n_rounds=150, fixed_alpha=None):
+def _simulate(rule: str, eps, tv_rows, *, seeds=None, K=4, n_rounds=150, fixed_alpha=None, guard=True,
+              temperature=1.0):
     """``n_rounds`` rounds of ``verify`` on synthetic logits (row b: TV(q, p) = ``tv_rows[b]`` at every position,
     the drafter's confidence drawn from ``CONFIDENCE`` with the row's own seed), alpha from the controller (or
     fixed). Returns the controller (its totals) and the alpha trace ``[rounds, B]``."""
@@ -39,7 +41,7 @@ def _simulate(rule: str, eps, tv_rows, *, seeds=None, K=4, n_rounds=150, fixed_a
     seeds = torch.tensor(seeds if seeds is not None else [11 + b for b in range(B)])
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     levels = torch.tensor(CONFIDENCE, dtype=torch.float64)
-    ctl = QualityBudget(rule, eps, B, "cpu")
+    ctl = QualityBudget(rule, eps, B, "cpu", guard=guard, greedy=temperature == 0)
     trace = []
     for r in range(n_rounds):
         zq = torch.empty(B, K, V, dtype=torch.float64)
@@ -53,7 +55,7 @@ def _simulate(rule: str, eps, tv_rows, *, seeds=None, K=4, n_rounds=150, fixed_a
                          for i in range(K)], 1)
         alpha = ctl.alpha() if fixed_alpha is None else torch.full((B,), fixed_alpha)
         trace.append(alpha)
-        out = sk.verify(zq, zp, x, rule=rule, alpha=alpha, temperature=1.0, seed=seeds, offset=r * 100,
+        out = sk.verify(zq, zp, x, rule=rule, alpha=alpha, temperature=temperature, seed=seeds, offset=r * 100,
                         return_divergence=True, backend="reference")
         ctl.update(out.divergence, out.num_accepted + 1)
     return ctl, torch.stack(trace)
@@ -79,6 +81,62 @@ def test_fixed_alpha_at_the_drafter_end_breaks_the_budget():
     and spends TV, and the bonus spends 0: exactly TV K / (K + 1) per token, far over the budget."""
     ctl, _ = _simulate("chow", 0.03, [TV, TV, TV], fixed_alpha=1.0, n_rounds=60)
     assert ctl.mean_divergence().tolist() == pytest.approx([TV * 4 / 5] * 3, abs=1e-6)
+
+
+def test_the_spend_guard_holds_short_rows():
+    """Eight rounds (about 20-30 tokens a row): dual ascent alone steps away from the exact end before the row has
+    the slack, and 2 of 8 rows end over eps; with the guard every row ends at or under eps and still spends part of
+    the budget at alphas away from the exact end (it saves target forwards, it does not just stay exact)."""
+    eps, seeds = 0.03, list(range(100, 108))
+    free, _ = _simulate("chow", eps, [TV] * 8, seeds=seeds, n_rounds=8, guard=False)
+    held, trace = _simulate("chow", eps, [TV] * 8, seeds=seeds, n_rounds=8)
+    over = (free.mean_divergence() > eps).sum()
+    assert over >= 2, f"the case no longer overspends without the guard: {free.mean_divergence().tolist()}"
+    spent = held.mean_divergence()
+    assert (spent <= eps).all(), f"guarded rows over eps {eps}: {spent.tolist()}"
+    assert (spent > 0).sum() >= 4 and (trace[-3:] > 0).any(0).sum() >= 4, (spent.tolist(), trace[-3:].tolist())
+
+
+def test_the_spend_guard_holds_greedy_rows():
+    """T = 0, where a kept disagreement costs a whole token: with TV(q, p) = 0.28 the positions of confidence 0.30
+    and 0.55 have p's argmax elsewhere (a disagreement once alpha keeps them), the others agree. In 16 rounds (20-40
+    tokens) dual ascent alone takes a disagreement it cannot pay for; the guard takes none there, and in 30 rounds
+    (45-70 tokens) it takes whole disagreements only when they fit: every row at or under eps."""
+    eps, seeds, tv = 0.03, list(range(200, 208)), 0.28
+    free, _ = _simulate("chow", eps, [tv] * 8, seeds=seeds, n_rounds=16, guard=False, temperature=0.0)
+    assert (free.mean_divergence() > eps).sum() >= 2, free.mean_divergence().tolist()
+    short, _ = _simulate("chow", eps, [tv] * 8, seeds=seeds, n_rounds=16, temperature=0.0)
+    assert (short.mean_divergence() <= eps).all(), short.mean_divergence().tolist()
+    held, _ = _simulate("chow", eps, [tv] * 8, seeds=seeds, n_rounds=30, temperature=0.0)
+    spent = held.mean_divergence()
+    assert (spent <= eps).all(), f"greedy rows over eps {eps}: {spent.tolist()}"
+    assert (held.spent == held.spent.round()).all() and (held.spent >= 1).sum() >= 4, held.spent.tolist()
+
+
+def test_the_spend_guard_caps_u_by_the_slack():
+    """The cap on its own: no slack, the exact end; slack, the largest u whose predicted cost is DELTA of it."""
+    ctl = QualityBudget("chow", 0.05, 3, "cpu")
+    ctl.emitted[:] = 40
+    ctl.rounds[:] = 8  # n_hat = 5
+    ctl.spent[:] = torch.tensor([0.0, 2.25, 3.0], dtype=torch.float64)  # slack 2.25, 0, -0.75
+    ctl.exposure[:] = torch.tensor([19.5, 0.0, 0.0], dtype=torch.float64)  # rate (0 + 0.5) / 20 = 0.025
+    cap = ctl.u_cap()
+    assert cap[0].item() == pytest.approx(min(1.0, budget.DELTA * 2.25 / (5 * 0.025)))
+    ctl.spent[0] = 1.6  # slack 0.65; after one token of the row's largest cost (0 so far): 0.05 * 41 - 1.6 = 0.45
+    rate = (1.6 + 0.5) / 20
+    assert ctl.u_cap()[0].item() == pytest.approx(min(budget.DELTA * 0.65, 0.45) / (5 * rate))
+    ctl.greedy[0], ctl.token_max[0] = True, 1.0
+    assert ctl.u_cap()[0].item() == 0.0
+    ctl.spent[0] = 0.0
+    assert cap[1:].tolist() == [0.0, 0.0]
+    # after an over-spending round the rows without slack are back at the exact end, whatever the dual step says
+    ctl.theta[:] = 3.0
+    div = torch.tensor([[0.0] * 4, [0.25] * 4, [0.25] * 4], dtype=torch.float64)  # rows 1, 2 spend 1.0 more
+    ctl.update(div, torch.tensor([5, 5, 5]))
+    assert ctl.alpha()[1:].tolist() == [0.0, 0.0] and ctl.alpha()[0].item() > 0.5, ctl.alpha().tolist()
+    # and theta_of inverts u_of on [0, 1], 0 exactly at the exact end
+    u = torch.tensor([0.0, 1e-6, 0.3, 1.0], dtype=torch.float64)
+    assert u_of(theta_of(u)).tolist() == pytest.approx(u.tolist(), abs=1e-12) and u_of(theta_of(u))[0] == 0.0
 
 
 def test_rows_are_independent():
@@ -233,10 +291,16 @@ def test_bench_report_pairs_rows_by_prompt():
                  target_forwards=4, divergence=0.0),
             dict(base, eps=0.03, config="budget0.03", prompt="a", new_tokens=8, target_forwards=2, divergence=0.05),
             dict(base, eps=0.03, config="budget0.03", prompt="b", new_tokens=4, target_forwards=2, divergence=0.02),
-            dict(base, eps=0.03, config="budget0.03", prompt="c", new_tokens=8, target_forwards=1, divergence=0.0)]
+            dict(base, eps=0.03, config="budget0.03", prompt="c", new_tokens=8, target_forwards=1, divergence=0.0),
+            # another length and controller: its own setting, no speculative rows of its length to pair with
+            dict(base, eps=0.03, config="budget0.03", prompt="a", new_tokens=16, target_forwards=1, divergence=0.0,
+                 max_new_tokens=16, controller="dual+guard")]
     (s,) = qb.summarize(rows)
+    assert s["controller"] == "dual" and s["max_new_tokens"] == 8
     assert s["prompts"] == 2  # prompt c has no speculative row to pair with
     assert s["spent"] == pytest.approx((0.05 * 8 + 0.02 * 4) / 12) and s["over"] == 1
     assert s["fpt"] == pytest.approx(4 / 12) and s["fpt_spec"] == pytest.approx(0.5)
     assert 1 - s["ratio"] == pytest.approx(1 / 3)
-    assert "| prose | 0.7 | 0.03 | chow | 2 |" in qb.report(rows)
+    text = qb.report(rows)
+    assert "| prose | 0.7 | 0.03 | chow | 8 | dual | 2 |" in text
+    assert "| prose | 0.7 | 0.03 | 8 | dual | a | 0.0500 * | 0.50 | 8 (8) | 2 (4) |" in text

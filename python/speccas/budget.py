@@ -26,9 +26,42 @@ start is the exact end (``theta = THETA_START``, ``u = 0``): the first round spe
 leaves is what the next rounds spend. The rows are independent (each has its own state); everything stays on
 the device (no host read).
 
-What is not promised. The running mean is a random quantity: a round is decided before its spending is known, so a
-short generation can end a little over ``eps`` (one greedy disagreement in 20 tokens is a mean of 0.05). The
-output reports each row's spent mean and final alpha (``GenerationOutput.divergence``, ``.final_alpha``).
+The spend guard. Dual ascent alone reacts to spending after it happened, and on a short row its first steps away
+from the exact end can spend more than the row will ever win back. So the step is capped, per row, by what the row
+can afford: the next round runs at no larger a ``u`` than the one at which its predicted cost is at most ``DELTA``
+of the slack the row would hold after it,
+
+    n_hat = N / R                                   (the row's mean emitted tokens per round, R its rounds)
+    rate  = (S + PRIOR_RATE * PRIOR_WEIGHT) / (U + PRIOR_WEIGHT),   U = sum over rounds of n * u
+                                                    (TV per token per unit of u: what the row spent for the u it ran)
+    u    <= DELTA * (eps * (N + n_hat) - S) / (n_hat * rate)
+
+and ``theta`` is clipped to that cap (so it does not wind up while the cap holds it). The prediction is linear in
+``u`` through 0 (the exact end spends nothing); its prior is the worst case, ``PRIOR_RATE = 1`` (every token at the
+drafter end diverges completely), worth ``PRIOR_WEIGHT`` tokens at ``u = 1``, so a row that has spent nothing moves
+slowly and a row whose drafter agrees with the target learns it. ``DELTA = 1/4``: by Markov's inequality a round
+whose cost follows the prediction puts the row over ``eps`` with probability at most 1/4, whatever its
+distribution.
+
+An expectation is not enough where single tokens are expensive: at ``T = 0`` a token costs 0 or 1, and a row that
+spends 1 with less than 1 of slack is over ``eps`` whatever the odds were (on the real pair, HumanEval at ``T = 0``,
+the guard above alone still left 2 of 6 rows at 96 tokens over 0.03). So the predicted cost must also fit in what
+is left after one more token at its largest cost, even in a round that emits a single token:
+
+    u <= min(DELTA * (eps * (N + n_hat) - S),  eps * (N + 1) - S - token_max) / (n_hat * rate)
+
+``token_max`` is 1 on greedy rows and, at ``T > 0``, the largest divergence the row has spent on one token so far
+(0 before its first). At ``T = 0`` the row therefore stays exact for its first ``1 / eps - 1`` tokens and takes its
+k-th disagreement only after about ``k / eps`` tokens: a short greedy row, or ``eps = 0.01`` over fewer than 100
+tokens, is exact speculative decoding, because the budget cannot pay for a single disagreement there. A row
+without slack runs at the exact end until its tokens make room again.
+
+What is not promised. The running mean is a random quantity and a round is decided before its spending is known,
+so a row can still end over ``eps`` (a round costs more than predicted, the prediction is linear where the rule's
+divergence is not, or the row stops early on EOS, or at ``T > 0`` the row's first expensive token, which
+``token_max`` has not seen yet); the guard makes it less likely and the overshoot smaller, not impossible (on the
+real pair at ``T = 0.7``, 96 tokens: 1 of 6 HumanEval rows over eps = 0.03, 3 of 6 prose rows over eps = 0.01). The output reports each row's spent mean and final alpha (``GenerationOutput.divergence``,
+``.final_alpha``).
 
 Rules: those with alpha and both ends (``chow``, ``diff``, ``opt``, ``token_v1``, ``token_v2``, ``ensemble``).
 ``token_v3`` has no alpha that gives exact speculative decoding at ``T > 0`` (alpha = 0 keeps p's mode), so a
@@ -50,6 +83,9 @@ STEP = 1.0  # theta per round when under budget (about six rounds from the exact
 MAX_BACK = 4.0  # the largest step back, in STEPs
 THETA_START = -4.0  # the warm start: u = 0, exact speculative decoding
 THETA_MAX = 4.0  # u = 1 from about here on
+DELTA = 0.25  # the spend guard: a round's predicted cost is at most this share of the slack it would leave
+PRIOR_RATE = 1.0  # the guard's prior TV per token at the drafter end (u = 1), before the row has spent anything
+PRIOR_WEIGHT = 0.5  # ... worth this many tokens emitted at u = 1
 _D = 0.02  # the ends' margin in sigmoid space: theta <= -3.9 gives u = 0, theta >= 3.9 gives u = 1
 _WIDE = 10.0  # ends further apart than this are treated as an infinite range (hyperbolic map)
 
@@ -103,16 +139,30 @@ def u_of(theta: torch.Tensor) -> torch.Tensor:
     return ((1 + 2 * _D) * torch.sigmoid(theta) - _D).clamp(0.0, 1.0)
 
 
-class QualityBudget:
-    """Per-row state of the controller (see the module docstring): ``alpha()`` before a round, ``update`` after."""
+def theta_of(u: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``u_of`` on ``[0, 1]`` (``u = 0`` maps to ``THETA_START``, where ``u_of`` is exactly 0)."""
+    x = ((u + _D) / (1 + 2 * _D)).clamp(1e-12, 1 - 1e-12)
+    return torch.where(u > 0, torch.logit(x).clamp(min=THETA_START), torch.full_like(u, THETA_START))
 
-    def __init__(self, rule: str, eps: float, B: int, device):
+
+class QualityBudget:
+    """Per-row state of the controller (see the module docstring): ``alpha()`` before a round, ``update`` after.
+    ``guard=False`` drops the spend guard (the dual ascent alone, as before the guard; kept for comparison)."""
+
+    def __init__(self, rule: str, eps: float, B: int, device, guard: bool = True, greedy=False):
+        """``greedy``: bool or ``[B]`` bool, the rows sampled at ``T = 0`` (a token there costs 0 or 1)."""
         self.info = get_rule(rule)
         ends(self.info)
         self.eps = float(eps)
+        self.guard = bool(guard)
         self.theta = torch.full((B,), THETA_START, dtype=torch.float64, device=device)
         self.spent = torch.zeros(B, dtype=torch.float64, device=device)  # S: summed TV over emitted tokens
         self.emitted = torch.zeros(B, dtype=torch.long, device=device)  # N
+        self.rounds = torch.zeros(B, dtype=torch.long, device=device)  # R: rounds that emitted a token
+        self.exposure = torch.zeros(B, dtype=torch.float64, device=device)  # U: sum over rounds of n u
+        # the largest cost one token can have: 1 on greedy rows, else the largest the row has spent on one token
+        self.greedy = torch.as_tensor(greedy, dtype=torch.bool, device=device).expand(B).clone()
+        self.token_max = torch.where(self.greedy, 1.0, 0.0).double()
 
     def alpha(self) -> torch.Tensor:
         """``[B]`` float32 alpha for the next round."""
@@ -123,15 +173,34 @@ class QualityBudget:
         tokens the round emitted and kept (positions ``0 .. n - 1``; a kept bonus counts 0)."""
         K = divergence.shape[1]
         pos = torch.arange(K, device=divergence.device)
-        s = torch.where(pos[None] < n_emitted[:, None], divergence.double(), 0.0).sum(1)
+        spent = torch.where(pos[None] < n_emitted[:, None], divergence.double(), 0.0)
+        s = spent.sum(1)
+        self.token_max = torch.maximum(self.token_max, spent.amax(1) if K else self.token_max)
         self.spent += s
+        self.exposure += n_emitted.double() * u_of(self.theta)  # the u this round ran at
         self.emitted += n_emitted
+        self.rounds += (n_emitted > 0).long()
         if self.eps == 0.0:
             return
         n, N = n_emitted.clamp(min=1).double(), self.emitted.clamp(min=1).double()
         ratio = torch.maximum(s / (self.eps * n), self.spent / (self.eps * N)) / TARGET
         step = STEP * (1.0 - ratio).clamp(-MAX_BACK, 1.0)
-        self.theta = torch.where(n_emitted > 0, self.theta + step, self.theta).clamp(THETA_START, THETA_MAX)
+        theta = self.theta + step
+        if self.guard:
+            theta = torch.minimum(theta, theta_of(self.u_cap()))
+        self.theta = torch.where(n_emitted > 0, theta, self.theta).clamp(THETA_START, THETA_MAX)
+
+    def u_cap(self) -> torch.Tensor:
+        """``[B]`` the spend guard: the largest ``u`` whose predicted round cost is at most ``DELTA`` of the slack
+        the row will hold after the round and fits beside one token at its largest cost (module docstring)."""
+        N = self.emitted.double()
+        n_hat = N / self.rounds.clamp(min=1).double()  # the row's mean emitted tokens per round
+        rate = (self.spent + PRIOR_RATE * PRIOR_WEIGHT) / (self.exposure + PRIOR_WEIGHT)  # TV per token per unit u
+        per_u = (n_hat * rate).clamp(min=1e-12)  # the round's predicted cost per unit of u
+        slack = self.eps * (N + n_hat) - self.spent
+        # and after one token at its largest cost, even in a round that emits a single token, the prediction fits
+        spare = self.eps * (N + 1) - self.spent - self.token_max
+        return torch.minimum(DELTA * slack, spare).div(per_u).clamp(0.0, 1.0)
 
     def mean_divergence(self) -> torch.Tensor:
         """``[B]`` float64: each row's spent budget, the mean TV per emitted token (0 before any token)."""

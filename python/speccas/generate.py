@@ -885,7 +885,7 @@ def generate(
               proposer=proposer)
     L.dseen = torch.zeros_like(seq.front)  # the prompts are fed with each model's first forward
     if a.budget is not None:
-        L.budget = QualityBudget(a.rule, a.budget, B, a.dev)
+        L.budget = QualityBudget(a.rule, a.budget, B, a.dev, greedy=a.temperature == 0)
 
     bar = None
     if progress:
