@@ -96,22 +96,10 @@ def temperature_ok(T):
 
 
 @triton.jit
-def best_lowest(score, idx):
-    """(max of a block of scores, the lowest of ``idx`` where the score is that max; BIG if none)."""
-    best = tl.max(score, axis=0)
-    return best, tl.min(tl.where(score == best, idx, BIG), axis=0)
-
-
-@triton.jit
 def best_lowest_rows(score, idx):
-    """Per row of an [R, ...] block (2-D or 3-D): (max score, lowest ``idx`` at it; BIG if none)."""
-    if len(score.shape) == 3:
-        best = tl.max(tl.max(score, axis=2), axis=1)
-        hit = score == best[:, None, None]
-        low = tl.min(tl.min(tl.where(hit, idx, BIG), axis=2), axis=1)
-    else:
-        best = tl.max(score, axis=1)
-        low = tl.min(tl.where(score == best[:, None], idx, BIG), axis=1)
+    """Per row of an [R, BLOCK] block: (max score, lowest ``idx`` at it; BIG if none)."""
+    best = tl.max(score, axis=1)
+    low = tl.min(tl.where(score == best[:, None], idx, BIG), axis=1)
     return best, low
 
 
