@@ -40,8 +40,10 @@ BLOCK_V_OVERRIDE: Optional[int] = None
 ROWS_OVERRIDE: Optional[int] = None
 # Tests set this to force the vocabulary tiles per work item of the persistent verify kernel.
 TILES_OVERRIDE: Optional[int] = None
-# Programs of the persistent verify kernel per multiprocessor (bench/roofline.py reads it too).
-PROGRAMS_PER_SM = 4
+# Programs of the persistent verify kernel per multiprocessor (bench/roofline.py reads it too): the ones that can be
+# resident, two 8-warp programs at the kernel's 128 registers a thread (kernels.verify.MAX_REGISTERS); more would
+# only wait for the first to exit and find the queue empty.
+PROGRAMS_PER_SM = 2
 
 
 def _interpreting() -> bool:
@@ -112,8 +114,8 @@ def tiles() -> int:
 
 
 def programs(device: torch.device) -> int:
-    """Programs of the persistent verify kernel: enough to fill the GPU (four per SM); one under the interpreter,
-    where programs run one after another anyway."""
+    """Programs of the persistent verify kernel: enough to fill the GPU (``PROGRAMS_PER_SM`` per SM); one under the
+    interpreter, where programs run one after another anyway."""
     if device.type != "cuda":
         return 1
     return PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())

@@ -284,7 +284,7 @@ def test_gpu_launch_settings_pick_gpu_tiles():
     kernel = work.launches[0]
     programs = speccas_kernels.triton_backend.PROGRAMS_PER_SM * rf.H200.sms
     assert kernel.constexprs["BLOCK_V"] == 2048 and kernel.constexprs["ROWS"] == 1 and kernel.num_warps == 8
-    assert kernel.grid == (programs, 1, 1) and kernel.arg("programs").value == programs == 528
+    assert kernel.grid == (programs, 1, 1) and kernel.arg("programs").value == programs == 264
     assert kernel.arg("NT").value == 75 and kernel.attrs["V"] == [["tt.divisibility", 16]]
     work = rf.count_device_work(speccas_kernels.verify, zq, zp, x, rule="chow", backend="triton")
     kernel = work.launches[0]

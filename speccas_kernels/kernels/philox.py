@@ -28,10 +28,12 @@ PHILOX_W1 = tl.constexpr(0xBB67AE85)
 def philox4x32_10(c0, c1, c2, c3, k0, k1):
     """Ten Philox rounds on uint32 blocks (c0..c3) with uint32 key (k0, k1). Returns 4 words."""
     for _ in tl.static_range(10):
-        hi0 = tl.umulhi(c0, PHILOX_M0)
-        lo0 = tl.mul(c0, PHILOX_M0, sanitize_overflow=False)
-        hi1 = tl.umulhi(c2, PHILOX_M1)
-        lo1 = tl.mul(c2, PHILOX_M1, sanitize_overflow=False)
+        # one 32 x 32 -> 64-bit product per multiplier (a single IMAD.WIDE.U32 on a GPU, where umulhi and the low
+        # product are two instructions): its halves are the round's hi and lo words
+        w0 = c0.to(tl.uint64) * PHILOX_M0
+        w1 = c2.to(tl.uint64) * PHILOX_M1
+        hi0, lo0 = (w0 >> 32).to(tl.uint32), w0.to(tl.uint32)
+        hi1, lo1 = (w1 >> 32).to(tl.uint32), w1.to(tl.uint32)
         c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
         k0 = tl.add(k0, PHILOX_W0, sanitize_overflow=False)
         k1 = tl.add(k1, PHILOX_W1, sanitize_overflow=False)

@@ -18,26 +18,32 @@ For row b with n = num_draft_tokens[b] drafts, drafter logits zq_i, target logit
 Design. Every program loops over a queue of work items (an atomic counter), so the whole round is one launch.
 The items, in the phases of SPEC.md section 9:
 
-A work item covers TILES vocabulary tiles of BLOCK_V entries (4 on a GPU, fewer when a small batch would leave
-programs idle; ``triton_backend.tiles``): NI = ceil(NT / TILES) items per position.
+A work item covers TILES vocabulary tiles of BLOCK_V entries (4 on a GPU; at a small batch the fewest with which a
+position's stats items still fit in one wave of the programs: ``triton_backend.tiles``, ``launch_verify``):
+NI = ceil(NT / TILES) items per position.
 
 * **stats** (row b, position i, item j): the item's TILES tiles of zp_i and, for i < n, of zq_i as one block per
-  side, both loads in flight together (one round trip to DRAM): max, sum exp(z - max) (T = 1), sum
-  exp((z - max) / T) over the kept entries (a branch taken only at T != 1 or with filters), lowest argmax (only at
-  T = 0), NaN/+inf flag (read off the T = 1 sum). One record per item; a ticket per position; the program with the
-  last ticket **merges** the NI records into the position's statistics, publishes a "ready" flag, and draws a
+  side, both loads in flight together with the draft x_i (one round trip to DRAM): max, sum exp(z - max) (T = 1),
+  sum exp((z - max) / T) over the kept entries (a branch taken only at T != 1 or with filters), lowest argmax (only
+  at T = 0), NaN/+inf flag (read off the T = 1 sum). One record per item; the item whose tiles hold x_i also records
+  zp_i(x_i) and zq_i(x_i). A ticket per position; the program with the last ticket **merges** the NI records of both
+  sides at once into the position's statistics, publishes a "ready" flag (rules with a second look), and draws a
   ticket on the row.
 * **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or
   eta; the last tile's program merges and draws a ticket on the row.
 * **accept** (row b): run by the program that draws a row's last ticket. Row validity, a_i at every verified
-  position (reading zq_i(x_i), zp_i(x_i) and the statistics), the accept loop, all the outputs but the emitted
-  token (written here when T = 0 and all drafts are accepted: p_n's argmax), then a "race" flag for the row.
+  position (from the statistics and the logits at the drafts the stats items recorded: every load hits what this
+  launch wrote or read), the accept loop, all the outputs but the emitted token (written here when T = 0 and all
+  drafts are accepted: p_n's argmax), then a "race" flag for the row, which carries m and the race kind when a work
+  item holds one row.
 * **race** (b, j): waits for the row's flag; the race at the one position that needs it (the residual at m, or the
-  bonus at n: a row-uniform branch) over the item's tiles: per tile, best score and lowest index, and the residual
-  mass. Philox runs once per four entries, all four words used, joined in registers into a flat [R, BLOCK_V] tile
-  (the layout of the loads: no trip through shared memory). The last item's program **emits** the token; when the
-  residual's mass is rounding noise (at most RESIDUAL_EPS, rare) it first runs the race over pi itself.
+  bonus at n: a row-uniform branch) over the item's tiles, the row's constants loaded once per item: the tiles fold
+  entry by entry into a running best score (with its index) and residual mass, reduced once per item into one
+  record. Philox runs once per four entries, all four words used (one 32 x 32 -> 64-bit product per multiplier and
+  round), joined in registers into a flat [R, BLOCK_V] tile (the layout of the loads: no trip through shared
+  memory). The last item's program **emits** the token; when the residual's mass is rounding noise (at most
+  RESIDUAL_EPS, rare) it first runs the race over pi itself.
 
 Arithmetic of the streaming phases: exp through the special-function unit's ex2 (``common.exp_scaled``: one
 multiply and one MUFU, subnormal results flushed to 0, which sums of at least 1 do not see), the race's logs through
@@ -47,8 +53,10 @@ of divided. Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp progra
 Order of the queue: "super-steps" of one row each, stats of row s, then the second look of row s - 1, then the
 race of row s - 2 (s - 1 without a second look). A second look reads its row about one row of traffic after the
 stats did (5.5 MB at K = 4, V = 151936, fp32), and a race about two: both hit the L2 (50 MB on an H100/H200),
-so each logit is read from DRAM once. Waits are only on items earlier in the queue, which programs that are
-running hold, so the queue never deadlocks whatever the number of programs or how they are scheduled.
+so each logit is read from DRAM once. Waits are only on items earlier in the queue, and a program draws its next
+item while it works on the current one (the draw's round trip off the path), so the earliest unfinished item is
+always one a running program works on: the queue never deadlocks whatever the number of programs or how they are
+scheduled.
 
 The counters (tickets, ready flags, the race flags, the queue itself) are zero before the launch and reset by
 the program that used each last (``common.counters``): no memset, no other device work, CUDA-graph safe.
@@ -200,6 +208,16 @@ def _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED: tl.constexpr):
 
 
 @triton.jit
+def _x_at(x_ptr, rows, i, start, K, RAGGED: tl.constexpr):
+    """Pointers to the drafts at position(s) i of each row (``x`` contiguous)."""
+    if RAGGED:
+        ptr = x_ptr + start + i
+    else:
+        ptr = x_ptr + rows * K + i
+    return ptr
+
+
+@triton.jit
 def _needs_look(T, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr):
     """[R]: the row's positions take the second look (T > 0 with drafter logits; T = 0 has closed forms)."""
     return SECOND_LOOK & HAS_Q & (T > 0) & (T < float("inf"))
@@ -247,13 +265,13 @@ def _verify_kernel(
     part_m_ptr,  # [B, K + 1, 2, NI] per stats item: max (side 0 target, 1 drafter), float32 (float64 for FP64)
     part_f_ptr,  # [2, B, K + 1, 2, NI] float32: sum exp(z - max), sum exp((z - max) / T) kept (NT-sized buffers)
     part_i_ptr,  # [2, B, K + 1, 2, NI] int32: lowest argmax, NaN/+inf flag
-    pos_m_ptr,  # [B, K + 1, 2] merged max (float64 for FP64)
+    pos_m_ptr,  # [B, K + 1, 2] merged max (float64 for FP64), then [B, K, 2] the logits at the drafts (p, q)
     pos_f_ptr,  # [2, B, K + 1, 2] float32: S1, ST
     pos_i_ptr,  # [2, B, K + 1, 2] int32: argmax, bad
     look_part_ptr,  # [B, K, NT] float32: second-look partial sums
     look_ptr,  # [B, K] float32: TV or eta
-    race_f_ptr,  # [2, B, NT] float32: best race score, residual mass
-    race_i_ptr,  # [B, NT] int32: the best score's lowest index
+    race_f_ptr,  # [2, B, NI] float32 (NT-sized buffers): best race score, residual mass, per race item
+    race_i_ptr,  # [B, NI] int32: the best score's lowest index
     row_i_ptr,  # [3, B] int32: m, race kind, the draft at m (-1 outside the vocabulary)
     row_f_ptr,  # [B] float32: the blend quantity at m (family A r_m, family B eta_m)
     cnt_ptr,  # int32 counters (zero; common.counters): offsets below, per row group
@@ -317,8 +335,16 @@ def _verify_kernel(
     step = stats_items + look_items + NI
 
     done = 0
-    w = tl.atomic_add(cnt_ptr, 1)
+    w = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
     while w < total:
+        # The next item is drawn now (a relaxed atomic: the queue orders nothing else), so its round trip overlaps
+        # this item's work. Deadlock-free still: the earliest unfinished item is always one a program works on.
+        if ITEMS_PER_PROGRAM == 0:
+            nxt = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
+        elif done + 1 < ITEMS_PER_PROGRAM:
+            nxt = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
+        else:
+            nxt = total
         s = w // step
         r = w - s * step  # (a multiply, not a second division)
         if r < stats_items:
@@ -357,12 +383,7 @@ def _verify_kernel(
                            IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T,
                            TILES)
         done += 1
-        if ITEMS_PER_PROGRAM == 0:
-            w = tl.atomic_add(cnt_ptr, 1)
-        elif done < ITEMS_PER_PROGRAM:
-            w = tl.atomic_add(cnt_ptr, 1)
-        else:
-            w = total
+        w = nxt
     # The last program out resets the queue.
     if ticket(cnt_ptr + 1) == programs - 1:
         tl.atomic_xchg(cnt_ptr, 0)
@@ -372,25 +393,28 @@ def _verify_kernel(
 # ------------------------------------------------------------------------------------------------ stats + merge
 
 @triton.jit
-def _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, mask, BLOCK_T: tl.constexpr):
-    """The tiles of one (position, side) merged, per row (``o`` [R]): (M, S1, ST, lowest argmax, bad)."""
-    t = tl.arange(0, BLOCK_T)
-    mk = mask[:, None] & (t < NT)[None, :]
-    oo = o[:, None] * NT + t[None, :]
+def _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, both, BLOCK_T: tl.constexpr):
+    """The tiles of one position merged, both sides at once (every partial in flight together: one round trip), per
+    row (``o`` [R], ``both`` [R, 2]: side 0 the target, 1 the drafter): [R, 2] (M, S1, ST, lowest argmax, bad)."""
+    t = tl.arange(0, BLOCK_T)[None, None, :]
+    side = tl.arange(0, 2)[None, :, None]
+    mk = both[:, :, None] & (t < NT)
+    oo = (o[:, None, None] + side) * NT + t
     pm = tl.load(part_m_ptr + oo, mask=mk, other=float("-inf"), cache_modifier=".cg")
     ps1 = tl.load(part_f_ptr + oo, mask=mk, other=0.0, cache_modifier=".cg")
     parg = tl.load(part_i_ptr + oo, mask=mk, other=BIG, cache_modifier=".cg")
     pbad = tl.load(part_i_ptr + pf + oo, mask=mk, other=0, cache_modifier=".cg")
-    M = tl.max(pm, axis=1)
-    d = _rel(pm, tl.where(M == NEG_INF, 0.0, M)[:, None])
+    M = tl.max(pm, axis=2)
+    d = _rel(pm, tl.where(M == NEG_INF, 0.0, M)[:, :, None])
     live = pm > NEG_INF
-    S1 = tl.sum(tl.where(live, ps1 * tl.exp(d), 0.0), axis=1)
+    S1 = tl.sum(tl.where(live, ps1 * tl.exp(d), 0.0), axis=2)
     ST = S1
     if tl.max(scaled.to(tl.int32), axis=0) > 0:
         pst = tl.load(part_f_ptr + pf + oo, mask=mk, other=0.0, cache_modifier=".cg")
-        ST = tl.where(scaled, tl.sum(tl.where(live, pst * tl.exp(d * invT[:, None]), 0.0), axis=1), S1)
-    arg = tl.min(tl.where(pm == M[:, None], parg, BIG), axis=1)
-    bad = (tl.max(pbad, axis=1) > 0) | (M == NEG_INF) | (M == float("inf"))
+        ST = tl.where(scaled[:, None], tl.sum(tl.where(live, pst * tl.exp(d * invT[:, None, None]), 0.0), axis=2),
+                      S1)
+    arg = tl.min(tl.where(pm == M[:, :, None], parg, BIG), axis=2)
+    bad = (tl.max(pbad, axis=2) > 0) | (M == NEG_INF) | (M == float("inf"))
     return M, S1, ST, arg, bad.to(tl.int32)
 
 
@@ -440,9 +464,23 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         v = j * (TILES * BLOCK_V) + tl.arange(0, TILES * BLOCK_V)
         zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :],
                          use_p[:, None] & (v < V)[None, :], FP64)
+        xi = tl.load(_x_at(x_ptr, rows, i, start, K, RAGGED), mask=use_q, other=-1)  # the draft at i
         if HAS_Q:  # both tiles of the item in flight together: one round trip to DRAM
             zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None] + v[None, :],
                              use_q[:, None] & (v < V)[None, :], FP64)
+        # The item holding the draft records the logits there for the accept phase, which then reads only what this
+        # launch wrote (no DRAM round trip on a row's chain). One item per drafted position takes it; a draft outside
+        # the vocabulary (its position rejects) gets a 0 from the first item, so nothing read is unwritten. (Before
+        # the statistics: the tiles live no longer than they did.)
+        outside = (xi < 0) | (xi >= V)
+        hold = use_q & (((xi >= j * (TILES * BLOCK_V)) & (xi < (j + 1) * (TILES * BLOCK_V)) & ~outside)
+                        | (outside & (j == 0)))
+        if tl.max(hold.to(tl.int32), axis=0) > 0:
+            at = v[None, :] == xi[:, None]
+            zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2
+            tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
+            if HAS_Q:
+                tl.store(zx + 1, tl.sum(tl.where(at, zq, 0.0), axis=1), mask=hold)
         cut = T * 0.0
         if FILTERS:
             cut = tl.load(cutp_ptr + rows * KP + i, mask=use_p, other=0.0)
@@ -462,16 +500,14 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             pf = 2 * B * KP * NT
             qf = 2 * B * KP  # offset of the second half of pos_f / pos_i
             o = (rows * KP + i) * 2
-            M, S1, ST, arg, bad = _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NI, invT, scaled, use_p,
-                                              BLOCK_T)
-            _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o, qf, use_p, M, S1, ST, arg, bad)
-            if HAS_Q:
-                if tl.max(use_q.to(tl.int32), axis=0) > 0:
-                    M, S1, ST, arg, bad = _merge_side(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NI, invT, scaled,
-                                                      use_q, BLOCK_T)
-                    _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o + 1, qf, use_q, M, S1, ST, arg, bad)
+            side = tl.arange(0, 2)[None, :]
+            both = tl.where(side == 0, use_p[:, None], use_q[:, None] & HAS_Q)  # [R, 2]: target, drafter
+            M, S1, ST, arg, bad = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NI, invT, scaled, both,
+                                               BLOCK_T)
+            _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o[:, None] + side, qf, both, M, S1, ST, arg, bad)
         tl.store(cnt_ptr + c_stats + pos, 0)
-        common.release_flag(cnt_ptr + c_ready + pos, 1)
+        if SECOND_LOOK:  # only the second look waits for a position's statistics
+            common.release_flag(cnt_ptr + c_ready + pos, 1)
         _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
                     num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
                     x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr,
@@ -576,11 +612,9 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
 # ------------------------------------------------------------------------------------------------ accept
 
 @triton.jit
-def _at_draft(z_rows, xc, used, M, S1, ST, arg, cut_ptr, cut_off, greedy, invT, FILTERS: tl.constexpr,
-              FP64: tl.constexpr):
+def _at_draft(z, xc, used, M, S1, ST, arg, cut_ptr, cut_off, greedy, invT, FILTERS: tl.constexpr):
     """One side (q or p) at the drafts ``xc`` of a position: (its sampling probability, filtered and at T; one-hot
     at its argmax when greedy) and (its unscaled T = 1 probability, what the rules read)."""
-    z = load_logits(z_rows + xc, used, FP64)
     keep = z > NEG_INF
     if FILTERS:
         keep = keep & (z >= tl.load(cut_ptr + cut_off, mask=used, other=float("-inf")))
@@ -634,23 +668,21 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
     STp = tl.load(pos_f_ptr + qf + o, mask=used_p, other=1.0, cache_modifier=".cg")
     argp = tl.load(pos_i_ptr + o, mask=used_p, other=0, cache_modifier=".cg")
     ss = start[:, None]
-    if RAGGED:
-        x = tl.load(x_ptr + ss + i, mask=used_q, other=0)
-    else:
-        x = tl.load(x_ptr + rr * K + i, mask=used_q, other=0)
+    x = tl.load(_x_at(x_ptr, rr, i, ss, K, RAGGED), mask=used_q, other=0)
     x_ok = (x >= 0) & (x < V)
     xc = tl.minimum(tl.maximum(x, 0), V - 1)
     p_rows = _p_rows(zp_ptr, rr, i, ss, stride_pb, stride_pk, RAGGED)
-    px, ph_x = _at_draft(p_rows, xc, used_q, Mp, S1p, STp, argp, cutp_ptr, rr * KP + i, greedy, invT, FILTERS,
-                         FP64)
+    zx = pos_m_ptr + 2 * B * KP + (rr * K + i) * 2  # the logits at the drafts, recorded by the stats items
+    zpx = tl.load(zx, mask=used_q, other=float("-inf"), cache_modifier=".cg")  # (x_ok masks what x_ok lacks)
+    px, ph_x = _at_draft(zpx, xc, used_q, Mp, S1p, STp, argp, cutp_ptr, rr * KP + i, greedy, invT, FILTERS)
     if HAS_Q:
         Mq = tl.load(pos_m_ptr + o + 1, mask=used_q, other=0.0, cache_modifier=".cg")
         S1q = tl.load(pos_f_ptr + o + 1, mask=used_q, other=1.0, cache_modifier=".cg")
         STq = tl.load(pos_f_ptr + qf + o + 1, mask=used_q, other=1.0, cache_modifier=".cg")
         argq = tl.load(pos_i_ptr + o + 1, mask=used_q, other=0, cache_modifier=".cg")
         q_rows = _q_rows(zq_ptr, rr, i, ss, stride_qb, stride_qk, RAGGED)
-        qx, qh_x = _at_draft(q_rows, xc, used_q, Mq, S1q, STq, argq, cutq_ptr, rr * K + i, greedy, invT, FILTERS,
-                             FP64)
+        zqx = tl.load(zx + 1, mask=used_q, other=float("-inf"), cache_modifier=".cg")
+        qx, qh_x = _at_draft(zqx, xc, used_q, Mq, S1q, STq, argq, cutq_ptr, rr * K + i, greedy, invT, FILTERS)
         max_qh = 1.0 / S1q
     else:
         argq = xc
@@ -720,53 +752,73 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
     j = tl.arange(0, BLOCK_K)
     tl.store(cnt_ptr + c_ready + g * KP + j, j * 0, mask=j < KP)
     tl.store(cnt_ptr + c_row + g, 0)
-    common.release_flag(cnt_ptr + c_flag + g, 1)
+    flag = 1
+    if ROWS == 1:  # the flag carries the row's m and race kind: the race items read them off their wait
+        flag = tl.sum(1 + kind + 4 * m.to(tl.int32), axis=0)
+    common.release_flag(cnt_ptr + c_flag + g, flag)
 
 
 # ------------------------------------------------------------------------------------------------ race + emit
 
 @triton.jit
-def _residual_tile(rows, rmask, racing, m, T, start, zp, keep_p, Mp, o, v, mask, row_i_ptr, row_f_ptr, pos_m_ptr,
-                   pos_f_ptr, pos_i_ptr, zq_ptr, alpha_ptr, alpha_val, cutq_ptr, B, K, V, stride_qb, stride_qk,
-                   FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr, HAS_Q: tl.constexpr,
-                   RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr):
-    """pi_m and q_m over an [R, BLOCK] tile (``v``) of the rows that race a residual, from the target tile
-    ``zp`` already loaded: (pi, q)."""
+def _residual_consts(rows, rmask, racing, m, T, o, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
+                     alpha_ptr, alpha_val, B, K, FAMILY: tl.constexpr, USES_ALPHA: tl.constexpr,
+                     HAS_Q: tl.constexpr):
+    """What the residual at position m reads besides its tiles, per row, loaded once per work item (all in one
+    round trip): (exp scale, 1 / ST of p and of q, the blend quantity, q's max, the T = 1 sums, the argmaxes at
+    T = 0, the draft for token-only drafts, alpha) as [R, 1] columns."""
     KP = K + 1
     qf = 2 * B * KP
     scale = log2e_scale(inv_temperature(T))[:, None]
-    greedy = (T == 0)[:, None]
-    any_greedy = tl.max((racing & (T == 0)).to(tl.int32), axis=0) > 0
     S1p = tl.load(pos_f_ptr + o, mask=racing, other=1.0, cache_modifier=".cg")[:, None]
     STp = tl.load(pos_f_ptr + qf + o, mask=racing, other=1.0, cache_modifier=".cg")[:, None]
+    argp = tl.load(pos_i_ptr + o, mask=racing & (T == 0), other=0, cache_modifier=".cg")[:, None]
     wm = tl.load(row_f_ptr + rows, mask=racing, other=0.0, cache_modifier=".cg")[:, None]
-    p = _probs_fast(zp, Mp, 1.0 / STp, scale, keep_p)
-    if any_greedy:
-        argp = tl.load(pos_i_ptr + o, mask=racing, other=0, cache_modifier=".cg")[:, None]
-        p = tl.where(greedy, (v == argp).to(tl.float32), p)
     if HAS_Q:
         Mq = tl.load(pos_m_ptr + o + 1, mask=racing, other=0.0, cache_modifier=".cg")[:, None]
         S1q = tl.load(pos_f_ptr + o + 1, mask=racing, other=1.0, cache_modifier=".cg")[:, None]
         STq = tl.load(pos_f_ptr + qf + o + 1, mask=racing, other=1.0, cache_modifier=".cg")[:, None]
+        argq = tl.load(pos_i_ptr + o + 1, mask=racing & (T == 0), other=0, cache_modifier=".cg")[:, None]
+        xm = argq * 0
+    else:
+        Mq = S1p * 0.0
+        S1q = S1p * 0.0 + 1.0
+        STq = S1q
+        argq = argp * 0
+        xm = tl.load(row_i_ptr + 2 * B + rows, mask=racing, other=-1, cache_modifier=".cg")[:, None]
+    al = S1p * 0.0
+    if FAMILY == FAMILY_B:
+        if USES_ALPHA:
+            al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)[:, None]
+    return scale, 1.0 / STp, wm, Mq, 1.0 / STq, S1p, S1q, argp, argq, xm, al
+
+
+@triton.jit
+def _residual_tile(T, start, m, rows, racing, zp, keep_p, Mp, v, mask, scale, inv_STp, wm, Mq, inv_STq, S1p, S1q,
+                   argp, argq, xm, al, zq_ptr, cutq_ptr, K, stride_qb, stride_qk, FAMILY: tl.constexpr,
+                   IN_SET: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr,
+                   FP64: tl.constexpr):
+    """pi_m and q_m over an [R, BLOCK] tile (``v``) of the rows that race a residual, from the target tile
+    ``zp`` already loaded and the row constants of ``_residual_consts``: (pi, q)."""
+    greedy = (T == 0)[:, None]
+    any_greedy = tl.max((racing & (T == 0)).to(tl.int32), axis=0) > 0
+    p = _probs_fast(zp, Mp, inv_STp, scale, keep_p)
+    if any_greedy:
+        p = tl.where(greedy, (v == argp).to(tl.float32), p)
+    if HAS_Q:
         zq = load_logits(_q_rows(zq_ptr, rows, m, start, stride_qb, stride_qk, RAGGED)[:, None] + v, mask, FP64)
         keep_q = mask & (zq > NEG_INF)
         if FILTERS:
             keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + m, mask=racing & (m < K), other=0.0)[:, None])
-        q = _probs_fast(zq, Mq, 1.0 / STq, scale, keep_q)
+        q = _probs_fast(zq, Mq, inv_STq, scale, keep_q)
         if any_greedy:
-            argq = tl.load(pos_i_ptr + o + 1, mask=racing, other=0, cache_modifier=".cg")[:, None]
             q = tl.where(greedy, (v == argq).to(tl.float32), q)
         x_ok = v >= 0
     else:
-        xm = tl.load(row_i_ptr + 2 * B + rows, mask=racing, other=-1, cache_modifier=".cg")[:, None]
         x_ok = (v * 0 + xm) >= 0
         q = (v == xm).to(tl.float32)
     in_a = mask
     if FAMILY == FAMILY_B:
-        if USES_ALPHA:
-            al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)[:, None]
-        else:
-            al = 0.0
         ph = tl.exp(_rel(zp, Mp)) / S1p
         if HAS_Q:
             qh = tl.exp(_rel(zq, Mq)) / S1q
@@ -789,6 +841,9 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
     KP = K + 1
     o = (rows * KP + m) * 2
     Mp = tl.load(pos_m_ptr + o, mask=flat, other=0.0, cache_modifier=".cg")[:, None]
+    scale, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al = _residual_consts(
+        rows, rmask, flat, m, T, o, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, alpha_ptr, alpha_val, B,
+        K, FAMILY, USES_ALPHA, HAS_Q)
     best = T * 0.0 + NEG_INF
     idx = rows.to(tl.int32) * 0 + BIG
     t = m * 0
@@ -802,9 +857,9 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
         keep_p = mask & (zp > NEG_INF)
         if FILTERS:
             keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=flat, other=0.0)[:, None])
-        pi, q = _residual_tile(rows, rmask, flat, m, T, start, zp, keep_p, Mp, o, v, mask, row_i_ptr, row_f_ptr,
-                               pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, alpha_ptr, alpha_val, cutq_ptr, B, K, V,
-                               stride_qb, stride_qk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64)
+        pi, q = _residual_tile(T, start, m, rows, flat, zp, keep_p, Mp, v, mask, scale, inv_STp, wm, Mq, inv_STq,
+                               S1p, S1q, argp, argq, xm, al, zq_ptr, cutq_ptr, K, stride_qb, stride_qk, FAMILY, IN_SET,
+                               HAS_Q, RAGGED, FILTERS, FP64)
         fs = tl.where(mask, ln_fast(pi) + noise, NEG_INF)
         b, i = best_lowest_rows(tl.where(fs == fs, fs, NEG_INF), v.to(tl.int32))
         take = (b > best) | (idx == BIG)
@@ -823,24 +878,43 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
     """Tiles j TILES .. j TILES + TILES - 1 of a row's race (statically unrolled): the bonus race (p_n + G) or the
     residual race (log max(0, pi_m - q_m) + G and the residual's mass), whichever the row runs (a row-uniform
-    branch). The last item's program emits the token; when the residual's mass is at most RESIDUAL_EPS (rounding
-    noise, rare) it runs the race over pi_m itself, every tile in order, so the common path carries one race."""
-    wait_flag(cnt_ptr + c_flag + g)
+    branch). The row's constants are loaded once per item; the tiles fold entry by entry into one running best (a
+    later tile replaces an entry's best only when strictly greater: lower indices win ties) and one running mass,
+    reduced across the program once per item, into one record per item. The last item's program emits the token;
+    when the residual's mass is at most RESIDUAL_EPS (rounding noise, rare) it runs the race over pi_m itself,
+    every tile in order, so the common path carries one race."""
+    flag = wait_flag(cnt_ptr + c_flag + g)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
-    kind = tl.load(row_i_ptr + B + rows, mask=rmask, other=0, cache_modifier=".cg")
+    if ROWS == 1:  # m and the race kind came with the flag
+        kind = rows.to(tl.int32) * 0 + ((flag - 1) & 3)
+        m = rows * 0 + ((flag - 1) >> 2)
+    else:  # both loads in flight together
+        kind = tl.load(row_i_ptr + B + rows, mask=rmask, other=0, cache_modifier=".cg")
+        m = tl.load(row_i_ptr + rows, mask=rmask, other=0, cache_modifier=".cg").to(tl.int64)
     racing = rmask & (kind != RACE_NONE)
     KP = K + 1
+    NI = (NT + TILES - 1) // TILES
     if tl.max(racing.to(tl.int32), axis=0) > 0:
-        m = tl.load(row_i_ptr + rows, mask=racing, other=0, cache_modifier=".cg").to(tl.int64)
         bonus_row = racing & (kind == RACE_BONUS)
         resid_row = racing & (kind == RACE_RESIDUAL)
+        any_bonus = tl.max(bonus_row.to(tl.int32), axis=0) > 0
+        any_resid = tl.max(resid_row.to(tl.int32), axis=0) > 0
         o = (rows * KP + m) * 2
         Mp = tl.load(pos_m_ptr + o, mask=racing, other=0.0, cache_modifier=".cg")[:, None]
         seed = row_params(seed_ptr, seed_val, rows, rmask)
         pos = row_params(offset_ptr, offset_val, rows, rmask) + m
+        invT = inv_temperature(T)[:, None]
+        scale, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al = _residual_consts(
+            rows, rmask, resid_row, m, T, o, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, alpha_ptr,
+            alpha_val, B, K, FAMILY, USES_ALPHA, HAS_Q)
+        bonus = bonus_row[:, None]
+        v0 = j.to(tl.int64) * (TILES * BLOCK_V) + tl.arange(0, BLOCK_V)[None, :]
+        acc_s = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32) + NEG_INF
+        acc_i = (v0 + rows[:, None] * 0).to(tl.int32)  # an all -inf item reports its lowest entry, as a tile did
+        acc_w = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
         for u in tl.static_range(TILES):
-            t = j.to(tl.int64) * TILES + u  # tiles past the last (t >= NT) read nothing and store nothing
-            v = t * BLOCK_V + tl.arange(0, BLOCK_V)[None, :]
+            t = j.to(tl.int64) * TILES + u  # tiles past the last (t >= NT) read nothing
+            v = v0 + u * BLOCK_V
             noise = philox.gumbel_flat(seed, pos, STREAM_EMIT, t * BLOCK_V, BLOCK_V)
             mask = racing[:, None] & (v < V)
             zp = load_logits(_p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None] + v, mask,
@@ -848,35 +922,35 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
             keep_p = mask & (zp > NEG_INF)
             if FILTERS:
                 keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=racing, other=0.0)[:, None])
-            bonus = bonus_row[:, None]
-            s = noise * 0.0 + NEG_INF
-            mass = T * 0.0 + 1.0
-            if tl.max(bonus_row.to(tl.int32), axis=0) > 0:
-                s = tl.where(bonus & keep_p, _rel(zp, Mp) * inv_temperature(T)[:, None] + noise, s)
-            if tl.max(resid_row.to(tl.int32), axis=0) > 0:
+            s = acc_s * 0.0 + NEG_INF
+            if any_bonus:
+                s = tl.where(bonus & keep_p, _rel(zp, Mp) * invT + noise, s)
+            if any_resid:
                 rmask3 = mask & resid_row[:, None]
-                pi, q = _residual_tile(rows, rmask, resid_row, m, T, start, zp, keep_p, Mp, o, v, rmask3,
-                                       row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, alpha_ptr,
-                                       alpha_val, cutq_ptr, B, K, V, stride_qb, stride_qk, FAMILY, IN_SET, USES_ALPHA,
-                                       HAS_Q, RAGGED, FILTERS, FP64)
-                wv = tl.maximum(pi - q, 0.0)
+                pi, q = _residual_tile(T, start, m, rows, resid_row, zp, keep_p, Mp, v, rmask3, scale, inv_STp, wm,
+                                       Mq, inv_STq, S1p, S1q, argp, argq, xm, al, zq_ptr, cutq_ptr, K, stride_qb,
+                                       stride_qk, FAMILY, IN_SET, HAS_Q, RAGGED, FILTERS, FP64)
+                wv = tl.where(rmask3, tl.maximum(pi - q, 0.0), 0.0)
                 sr = tl.where(rmask3, ln_fast(wv) + noise, NEG_INF)
                 s = tl.where(bonus, s, tl.where(sr == sr, sr, NEG_INF))
-                mass = tl.where(bonus_row, 1.0, tl.sum(tl.where(rmask3, wv, 0.0), axis=1))
-            best, idx = best_lowest_rows(s, v.to(tl.int32))
-            tl.store(race_f_ptr + rows * NT + t, best, mask=racing & (t < NT))
-            tl.store(race_f_ptr + (B + rows) * NT + t, mass, mask=racing & (t < NT))
-            tl.store(race_i_ptr + rows * NT + t, idx, mask=racing & (t < NT))
-    if ticket(cnt_ptr + c_race + g) == (NT + TILES - 1) // TILES - 1:
+                acc_w += wv
+            take = s > acc_s
+            acc_i = tl.where(take, v.to(tl.int32), acc_i)
+            acc_s = tl.where(take, s, acc_s)
+        best, idx = best_lowest_rows(acc_s, acc_i)
+        mass = tl.where(bonus_row, 1.0, tl.sum(acc_w, axis=1))
+        tl.store(race_f_ptr + rows * NI + j, best, mask=racing)
+        tl.store(race_f_ptr + (B + rows) * NI + j, mass, mask=racing)
+        tl.store(race_i_ptr + rows * NI + j, idx, mask=racing)
+    if ticket(cnt_ptr + c_race + g) == NI - 1:
         if tl.max(racing.to(tl.int32), axis=0) > 0:
             tt = tl.arange(0, BLOCK_T)[None, :]
             rr = rows[:, None]
-            mt = racing[:, None] & (tt < NT)
-            mass = tl.sum(tl.load(race_f_ptr + (B + rr) * NT + tt, mask=mt, other=0.0, cache_modifier=".cg"), axis=1)
-            sc = tl.load(race_f_ptr + rr * NT + tt, mask=mt, other=float("-inf"), cache_modifier=".cg")
-            ix = tl.load(race_i_ptr + rr * NT + tt, mask=mt, other=BIG, cache_modifier=".cg")
+            mt = racing[:, None] & (tt < NI)
+            mass = tl.sum(tl.load(race_f_ptr + (B + rr) * NI + tt, mask=mt, other=0.0, cache_modifier=".cg"), axis=1)
+            sc = tl.load(race_f_ptr + rr * NI + tt, mask=mt, other=float("-inf"), cache_modifier=".cg")
+            ix = tl.load(race_i_ptr + rr * NI + tt, mask=mt, other=BIG, cache_modifier=".cg")
             _, idx = best_lowest_rows(sc, ix)
-            m = tl.load(row_i_ptr + rows, mask=racing, other=0, cache_modifier=".cg").to(tl.int64)
             flat = racing & (mass <= RESIDUAL_EPS)  # a residual of rounding noise: the race over pi instead
             if tl.max(flat.to(tl.int32), axis=0) > 0:
                 # (every racing row computed, only the flat ones taken: a mask in the rows' own layout)
@@ -900,6 +974,7 @@ ROOFLINE_PHASES = (
     ("emit_pi", "_pi_race", None),
     ("accept", "_accept", None),
     ("merge", "_stats_item", "ticket(cnt_ptr + c_stats"),
+    ("stats_x", "_stats_item", "hold.to(tl.int32)"),
     ("stats_q", "_stats_item", "use_q.to(tl.int32)"),
     ("stats", "_stats_item", None),
     ("look_merge", "_look_item", "ticket(cnt_ptr + c_look"),
@@ -916,20 +991,25 @@ def roofline_hints(launch) -> dict:
 
     Executions, for G row groups, K drafts (n = K unless ``num_draft_tokens`` is one smaller number), NT tiles and
     NI = ceil(NT / TILES) work items per position (each item unrolls its TILES tiles, so the SASS counts them all):
-    stats G (K + 1) NI (the drafter's side, ``stats_q``, G n NI), merges G (K + 1), second looks G n NI and their
+    stats G (K + 1) NI (the drafter's side, ``stats_q``, G n NI; the record of the logits at the draft, ``stats_x``,
+    G n: one item per drafted position holds its draft), merges G (K + 1), second looks G n NI and their
     merges G K (rules with a second look, 0 < T < inf: T is taken as 1 when it arrives as a tensor), accepts G, race
     items G NI, emits G; the queue loop runs once per work item (``total``), the rest of the program once per program.
 
-    Round trips (``dram``, ``l2``) per execution, read off the code: a work item's draw is an L2 atomic; a stats item
-    issues the loads of all its tiles, target and drafter, before any reduction (unrolled, no branch in between: one
-    DRAM round trip), then draws a ticket (an acquire-release atomic at L2); a merge loads each side's partials after
-    the previous side's stores (2), releases the ready flag and draws the row's ticket (4 at L2); a second look polls
-    its flag, loads the position's statistics and its tiles at once (L2: the stats read them one row of traffic
-    earlier) and draws a ticket (3); its merge loads the partials and draws the row's ticket (2); the accept phase
-    loads statistics and drafts (the drafts from DRAM), then the logits at the drafts (L2), then releases the race
-    flag; a race item polls its flag, loads the race kind, then m, then its tiles at m (L2), then draws a ticket (5);
-    the emit loads the partials, then the chosen column (2). Spin waits count once (no waiting), so the chain below
-    carries the waiting. The emit's race over pi (a residual of rounding noise) is not in the traced path.
+    Round trips (``dram``, ``l2``) per execution, read off the code: a program draws its first work item (an L2
+    atomic, with the program's start) and each next one while it works on the current (no round trip on the path);
+    a stats item
+    issues the loads of all its tiles, target and drafter, and of the draft before any reduction (unrolled, no branch
+    in between: one DRAM round trip), then draws a ticket (an acquire-release atomic at L2); a merge loads both
+    sides' partials at once (1), releases the ready flag (only with a second look) and draws the row's ticket (2 or 3
+    at L2); a second look polls its flag, loads the position's statistics and its tiles at once (L2: the stats read
+    them one row of traffic earlier) and draws a ticket (3); its merge loads the partials and draws the row's ticket
+    (2); the accept phase loads statistics, drafts and the logits at the drafts (all written or read earlier in the
+    launch: L2) at once, then releases the race flag (2); a race item polls its flag (which carries m and the race
+    kind when a work item holds one row, as on a GPU; else it loads both at once), loads its tiles at m and the
+    row's statistics at once (L2) and draws a ticket (3; 4 with several rows per item); the emit loads the partials
+    (1). Spin waits count once (no waiting), so the chain below carries the waiting. The emit's race over pi (a
+    residual of rounding noise) is not in the traced path.
 
     Chain of one row (steps; ``gap``: work items drawn by other programs meanwhile, ``step`` = one super-step):
     stats (K + 1) NI items -> merge, or the gap -> second looks n NI -> their merge and the accept, or the gap ->
@@ -952,23 +1032,25 @@ def roofline_hints(launch) -> dict:
     looks = bool(c["SECOND_LOOK"]) and has_q and 0 < T < float("inf")
     step = KP * NI + (K * NI if c["SECOND_LOOK"] else 0) + NI
     work = {
-        "queue": dict(count=total, l2=1),
+        "queue": dict(count=total),  # the draw overlaps the previous item (the first is the program's)
         "program": dict(count=launch.programs, l2=2),
         "stats": dict(count=G * KP * NI, dram=1, l2=1),
         "stats_q": dict(count=G * n * NI if has_q else 0),
-        "merge": dict(count=G * KP, l2=4),
+        "stats_x": dict(count=G * n),
+        "merge": dict(count=G * KP, l2=3 if c["SECOND_LOOK"] else 2),
         "look": dict(count=G * n * NI if looks else 0, l2=3),
         "look_merge": dict(count=G * K if looks else 0, l2=2),
-        "accept": dict(count=G, dram=1, l2=2),
-        "race": dict(count=G * NI, l2=5),
-        "emit": dict(count=G, l2=2),
+        "accept": dict(count=G, l2=2),
+        "race": dict(count=G * NI, l2=3 if c["ROWS"] == 1 else 4),
+        "emit": dict(count=G, l2=1),
         "emit_pi": dict(count=0),  # the race over pi: a residual of rounding noise, taken as never
     }
     if looks:
-        chain = [(["queue", "stats", "stats_q"], KP * NI, 0), (["merge"], 1, step), (["queue", "look"], n * NI, 0),
-                 (["look_merge", "accept"], 1, step), (["queue", "race"], NI, 0), (["emit"], 1, 0)]
+        chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NI, 0), (["merge"], 1, step),
+                 (["queue", "look"], n * NI, 0), (["look_merge", "accept"], 1, step), (["queue", "race"], NI, 0),
+                 (["emit"], 1, 0)]
     else:
-        chain = [(["queue", "stats", "stats_q"], KP * NI, 0), (["merge", "accept"], 1, step),
+        chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NI, 0), (["merge", "accept"], 1, step),
                  (["queue", "race"], NI, 0), (["emit"], 1, 0)]
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work,
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
@@ -988,7 +1070,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
                   ) -> VerifyOutput:
     """Normalized arguments (``checks.VerifyArgs``) -> VerifyOutput, all on the logits' device: one launch (two
     with sampling filters). ``rows``: rows per work item (a power of two); ``tiles``: vocabulary tiles per work item at
-    most (a power of two), fewer when the batch is too small to give every program two items."""
+    most (a power of two); at a small batch the fewest per item with which a position's stats items still take
+    one wave of the programs (the row's chain then waits on one round trip per step, not two)."""
     from .filters import launch_cutoffs
 
     zq, zp = args.draft_logits, args.target_logits
@@ -1014,7 +1097,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     part_m = torch.empty((B * KP * 2 * nt,), dtype=mdt, device=dev)
     part_f = torch.empty((2 * B * KP * 2 * nt,), dtype=f32, device=dev)
     part_i = torch.empty((2 * B * KP * 2 * nt,), dtype=i32, device=dev)
-    pos_m = torch.empty((B * KP * 2,), dtype=mdt, device=dev)
+    pos_m = torch.empty((B * KP * 2 + B * K * 2,), dtype=mdt, device=dev)  # then the logits at the drafts
     pos_f = torch.empty((2 * B * KP * 2,), dtype=f32, device=dev)
     pos_i = torch.empty((2 * B * KP * 2,), dtype=i32, device=dev)
     look_part = torch.empty((max(B * K * nt, 1),), dtype=f32, device=dev)
@@ -1035,8 +1118,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         fok = torch.empty((B,), dtype=i32, device=dev)
         launch_cutoffs(cut, fok, zp, zq, cu, args.num_draft_tokens, args.temperature, args.filters, B, K, V,
                        (strides[2], strides[3], strides[0], strides[1]), True, block_v, num_warps, fp64, rows)
-    while tiles > 1 and groups * KP * triton.cdiv(nt, tiles) < 2 * programs:
-        tiles //= 2  # a small batch: more, smaller work items, so every program has some
+    while tiles > 1 and groups * KP * triton.cdiv(nt, tiles // 2) <= programs:
+        tiles //= 2  # a small batch: smaller work items while a position's stats still take one wave of programs
     ni = triton.cdiv(nt, tiles)  # work items per position
     step = KP * ni + (K * ni if second else 0) + ni
     total = (groups + (2 if second else 1)) * step
