@@ -57,6 +57,36 @@ def test_verify_work_item_settings(device, rule, monkeypatch):
         "same tiles, other rows per item: bit for bit"
 
 
+@pytest.mark.parametrize("rule", ["chow", "token_v3"])
+def test_verify_reads_only_what_it_wrote(device, rule, monkeypatch):
+    """Every buffer the call allocates poisoned (NaN floats, a large int): the outputs still match the reference,
+    with drafts outside the vocabulary, in the GPU's layout (one row per work item: the race flag carries m and
+    the race kind) and with every hand-off across programs. A kernel that read a workspace entry it had not written
+    (e.g. the logits at a draft no statistics item recorded) would turn a token or a probability into garbage."""
+    from speccas_kernels.kernels import verify as kv
+
+    empty = torch.empty
+
+    def poisoned(*shape, **kw):
+        t = empty(*shape, **kw)
+        return t.fill_(float("nan") if t.is_floating_point() else 123456789 if t.dtype != torch.bool else True)
+
+    kw = random_round(6, 3, 70, device=device, seed=23, ragged=True)
+    x = kw["draft_tokens"].clone()
+    x[0, 0], x[1, 1], x[2, 2], x[3, 0] = -1, 70, 10**12, 69  # three outside [0, V), one at the last entry
+    kw["draft_tokens"] = x
+    kw["temperature"] = torch.tensor([1.0, 0.7, 0.0, 1.3, 1.0, 0.5], device=device)
+    ref, margins = reference_with_margins(**kw, rule=rule)
+    monkeypatch.setattr(torch, "empty", poisoned)
+    for rows, items, block in ((None, 0, None), (1, 1, 16), (1, 0, 32)):
+        monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+        monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
+        monkeypatch.setattr(kv, "ITEMS_PER_PROGRAM", items)
+        out = sk.verify(**kw, rule=rule, backend="triton")
+        assert_same_outputs(out, ref, margins, what=f"{rule} rows={rows} items={items} block={block}")
+        assert not torch.isnan(out.accept_prob).any()
+
+
 def test_sample_rows_per_program(device, monkeypatch):
     z = torch.randn(9, 300, generator=torch.Generator().manual_seed(3)).to(device)
     kw = dict(temperature=torch.tensor([0.0, 1.0, 0.5] * 3, device=device), seed=torch.arange(9, device=device),
@@ -255,7 +285,7 @@ JITFunction.run = record
 triton_backend._check_device = lambda t: None
 triton_backend.available = lambda name="triton": (True, "")
 triton_backend._interpreting = lambda: False  # the GPU's tile sizes
-triton_backend.programs = lambda device: 528
+triton_backend.programs = lambda device: triton_backend.PROGRAMS_PER_SM * 132
 
 def dtype_name(t):
     return {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16",
