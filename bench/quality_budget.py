@@ -47,8 +47,10 @@ NOTES = "## Notes"  # a hand-written section of the report, kept when it is rewr
 PROSE_PROMPT_TOKENS = 48
 DOMAINS = ("humaneval", "prose")
 BOOT = 2000
-CONTROLLER = "dual+guard"  # the budget controller the rows ran (rows without the field ran "dual", before the guard;
-# "dual+mean-guard": the guard's first form, the expected round cost only, without the one-token margin)
+CONTROLLER = "dual+guard+prior"  # the budget controller the rows ran (rows without the field ran "dual", before the guard;
+# "dual+mean-guard": the guard's first form, the expected round cost only, without the one-token margin; "dual+guard":
+# with the one-token margin, a token's largest cost at T > 0 learnt from the row's own spends only; "dual+guard+prior":
+# that largest cost also bounded from the drafts' TV(q, p), before the row's first spend)
 
 
 # ----------------------------------------------------------------------------------------------- prompts
@@ -195,7 +197,9 @@ def report(rows: list) -> str:
              "decoding's.", "",
              "`tokens` is max_new_tokens; `controller` the budget controller the rows ran (`dual`: dual ascent "
              "alone, before the spend guard; `dual+mean-guard`: the guard's first form, the expected round cost only; "
-             "`dual+guard`: with the one-token margin too, `python/speccas/budget.py`).", "",
+             "`dual+guard`: with the one-token margin too, a token's largest cost at T > 0 learnt from the row's own "
+             "spends; `dual+guard+prior`: that largest cost also bounded by the largest TV(q, p) of the row's drafts "
+             "so far, `python/speccas/budget.py`).", "",
              "| domain | T | eps | rule | tokens | controller | prompts | spent [95% CI] | max row | over | alpha | "
              "fwd/tok (spec) | saves [95% CI] | same text |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
