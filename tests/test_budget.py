@@ -143,6 +143,16 @@ def test_the_drafts_prior_holds_the_first_expensive_token():
     assert (held.spent > 0.49).all() and (trace[-5:] > 0.5).all(), (held.spent.tolist(), trace[-5:].tolist())
 
 
+def test_the_drafts_prior_leaves_greedy_rows_alone():
+    """At T = 0 a token's largest cost is 1 from the start: the prior, a maximum with it, changes nothing (so the
+    bench files greedy rows of either controller together)."""
+    kw = dict(seeds=list(range(200, 204)), n_rounds=30, temperature=0.0)
+    with_prior, trace = _simulate("chow", 0.03, [0.28] * 4, **kw)
+    without, trace0 = _simulate("chow", 0.03, [0.28] * 4, prior=False, **kw)
+    assert torch.equal(trace, trace0) and torch.equal(with_prior.spent, without.spent)
+    assert (with_prior.token_max == 1.0).all() and (trace > 0).any()
+
+
 @pytest.mark.parametrize("rule", budget_rules())
 def test_a_tokens_cost_is_within_the_bound_from_tv_q_p(rule):
     """verify's ``draft_divergence`` is TV(q, p) over the sampling distributions, and the budget's ``token_bound``
@@ -360,6 +370,8 @@ def test_bench_report_pairs_rows_by_prompt():
     assert s["spent"] == pytest.approx((0.05 * 8 + 0.02 * 4) / 12) and s["over"] == 1
     assert s["fpt"] == pytest.approx(4 / 12) and s["fpt_spec"] == pytest.approx(0.5)
     assert 1 - s["ratio"] == pytest.approx(1 / 3)
+    assert [qb.controller_of(e, T) for e, T in ((0.0, 0.7), (0.03, 0.0), (0.03, 0.7))] == [
+        None, "dual+guard", qb.CONTROLLER]
     text = qb.report(rows)
     assert "| prose | 0.7 | 0.03 | chow | 8 | dual | 2 |" in text
     assert "| prose | 0.7 | 0.03 | 8 | dual | a | 0.0500 * | 0.50 | 8 (8) | 2 (4) |" in text
