@@ -47,8 +47,19 @@ NOTES = "## Notes"  # a hand-written section of the report, kept when it is rewr
 PROSE_PROMPT_TOKENS = 48
 DOMAINS = ("humaneval", "prose")
 BOOT = 2000
-CONTROLLER = "dual+guard"  # the budget controller the rows ran (rows without the field ran "dual", before the guard;
-# "dual+mean-guard": the guard's first form, the expected round cost only, without the one-token margin)
+CONTROLLER = "dual+guard+prior"  # the budget controller the rows ran (rows without the field ran "dual", before the guard;
+# "dual+mean-guard": the guard's first form, the expected round cost only, without the one-token margin; "dual+guard":
+# with the one-token margin, a token's largest cost at T > 0 learnt from the row's own spends only; "dual+guard+prior":
+# that largest cost also bounded from the drafts' TV(q, p), before the row's first spend)
+
+
+def controller_of(eps: float, temperature: float):
+    """The controller a new row runs: none for speculative decoding; at T = 0 the prior changes nothing (a greedy
+    row's largest token cost is 1 from the start, and the prior is a maximum with it), so greedy rows run, and are
+    filed with, ``dual+guard``."""
+    if eps == 0:
+        return None
+    return "dual+guard" if temperature == 0 else CONTROLLER
 
 
 # ----------------------------------------------------------------------------------------------- prompts
@@ -109,7 +120,7 @@ def run_batch(target, drafter, items, *, domain, temperature, eps, args, eos, pa
     out = speccas.generate(target, drafter, ids, mask, **kw)
     load1 = os.getloadavg()
     base = dict(domain=domain, temperature=temperature, config=config_name(eps), eps=eps,
-                rule=args.rule if eps else "speculative", controller=CONTROLLER if eps else None,
+                rule=args.rule if eps else "speculative", controller=controller_of(eps, temperature),
                 K=out.num_draft_tokens, draft_threshold=out.draft_threshold,
                 max_new_tokens=args.max_new_tokens, drafter_precision=args.drafter_precision, batch=len(items),
                 batch_wall_time=out.wall_time, commit=git_commit(), date=iso_date(),
@@ -195,7 +206,9 @@ def report(rows: list) -> str:
              "decoding's.", "",
              "`tokens` is max_new_tokens; `controller` the budget controller the rows ran (`dual`: dual ascent "
              "alone, before the spend guard; `dual+mean-guard`: the guard's first form, the expected round cost only; "
-             "`dual+guard`: with the one-token margin too, `python/speccas/budget.py`).", "",
+             "`dual+guard`: with the one-token margin too, a token's largest cost at T > 0 learnt from the row's own "
+             "spends; `dual+guard+prior`: that largest cost also bounded by the largest TV(q, p) of the row's drafts "
+             "so far, `python/speccas/budget.py`).", "",
              "| domain | T | eps | rule | tokens | controller | prompts | spent [95% CI] | max row | over | alpha | "
              "fwd/tok (spec) | saves [95% CI] | same text |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -276,7 +289,7 @@ def run(args) -> None:
              for d in args.domains}
     for domain, T, eps in tqdm(jobs, desc="batches", unit="batch"):
         todo = [it for it in items[domain]
-                if (domain, T, config_name(eps), it[0], args.max_new_tokens, CONTROLLER if eps else None) not in done]
+                if (domain, T, config_name(eps), it[0], args.max_new_tokens, controller_of(eps, T)) not in done]
         if not todo:
             continue
         new = run_batch(target, drafter, todo, domain=domain, temperature=T, eps=eps, args=args, eos=eos, pad=pad)

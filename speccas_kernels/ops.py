@@ -31,8 +31,11 @@ _COMMON_ARGS = """        rule: one of ``speccas_kernels.RULES``.
             variation distance between the law of a token emitted there (the blended target pi; lossy's law for
             ``lossy``) and the target's sampling distribution p (0 for ``speculative``). The mean over a row's
             emitted tokens (positions ``0 .. num_accepted``, the bonus counting 0) is the divergence from the
-            target that the round spent. Computed with PyTorch ops on the logits' device after the kernel:
-            one more read of both logit tensors (not fused into the kernels).
+            target that the round spent. Also ``draft_divergence [B, K]``: TV(q, p) at each verified position,
+            the drafter's sampling distribution against the target's, whatever the rule (what a cascade rule
+            could spend there at most, for the family A rules; the quality budget's prior for a token's cost).
+            Both computed with PyTorch ops on the logits' device after the kernel: one more read of both logit
+            tensors (not fused into the kernels).
         backend: ``"auto"``, ``"triton"``, ``"cpp"``, ``"cuda"`` or ``"reference"``."""
 
 
@@ -131,8 +134,9 @@ def _run_verify(args: checks.VerifyArgs, backend: str, return_divergence: bool) 
     else:
         out = impl.verify_args(args)
     if return_divergence:
-        out = out._replace(divergence=reference.divergence_args(args) if args.batch else
-                           torch.zeros((0, args.max_drafts), dtype=torch.float32, device=args.device))
+        law, draft = reference.divergence_args(args) if args.batch else (
+            torch.zeros((0, args.max_drafts), dtype=torch.float32, device=args.device),) * 2
+        out = out._replace(divergence=law, draft_divergence=draft)
     return out
 
 

@@ -18,9 +18,12 @@ class VerifyOutput(NamedTuple):
     # [B, K] float32 TV(law_i, p_i) at verified positions (0 beyond them and on invalid rows), with
     # ``return_divergence=True``; None otherwise
     divergence: Optional[torch.Tensor] = None
+    # [B, K] float32 TV(q_i, p_i) between the drafter's and the target's sampling distributions at verified
+    # positions (0 beyond them and on invalid rows), with ``return_divergence=True``; None otherwise
+    draft_divergence: Optional[torch.Tensor] = None
 
 
-KERNEL_OUTPUTS = 5  # the fields the kernels write (divergence is computed after them)
+KERNEL_OUTPUTS = 5  # the fields the kernels write (the two divergences are computed after them)
 
 
 def new_verify_output(B: int, K: int, device) -> VerifyOutput:

@@ -27,7 +27,7 @@ rounding of large logits at tiny temperatures, and no ``T G`` overflows at huge 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
@@ -282,17 +282,21 @@ def _round(args: checks.VerifyArgs) -> _Round:
     return _Round(x, n, used_q, valid, T, filters, zp, p_all, bl, x_ok)
 
 
-def divergence_args(args: checks.VerifyArgs) -> torch.Tensor:
-    """TV(law_i, p_i) [B, K] float32 at each verified drafter position (0 beyond num_draft_tokens and on invalid
-    rows): how far the law of a token emitted there (``output_law``: pi for the cascade rules) is from the
-    target's sampling distribution p (SPEC.md section 6). The bonus position emits from p: divergence 0."""
+def divergence_args(args: checks.VerifyArgs) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(TV(law_i, p_i), TV(q_i, p_i))``, each [B, K] float32 at the verified drafter positions (0 beyond
+    num_draft_tokens and on invalid rows). The first is how far the law of a token emitted there (``output_law``: pi
+    for the cascade rules) is from the target's sampling distribution p (SPEC.md section 6; the bonus position
+    emits from p: divergence 0); the second how far the drafter's sampling distribution q is from p, whatever the
+    rule (a bound on the first for the family A rules; the quality budget reads it, ``speccas.budget``)."""
     rd = _round(padded(args))
     B, K = rd.x.shape
     if K == 0:
-        return torch.zeros((B, 0), dtype=torch.float32, device=rd.x.device)
-    law = output_law(rd.blend)
-    tv = torch.clamp(law - rd.p_all[:, :K], min=0).sum(-1).clamp(max=1)
-    return torch.where(rd.used_q & rd.valid[:, None], tv, 0).to(torch.float32)
+        empty = torch.zeros((B, 0), dtype=torch.float32, device=rd.x.device)
+        return empty, empty
+    p = rd.p_all[:, :K]
+    used = rd.used_q & rd.valid[:, None]
+    tvs = [torch.clamp(d - p, min=0).sum(-1).clamp(max=1) for d in (output_law(rd.blend), rd.blend.q)]
+    return tuple(torch.where(used, tv, 0).to(torch.float32) for tv in tvs)
 
 
 def verify_args(args: checks.VerifyArgs, debug: bool = False):

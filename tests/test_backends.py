@@ -20,6 +20,7 @@ import torch
 
 import speccas_kernels as sk
 from speccas_kernels import backends, triton_backend
+from speccas_kernels.outputs import KERNEL_OUTPUTS
 from speccas_kernels.rules import RULE_INFO, RULES, alpha_in_range
 
 from helpers import assert_same_outputs, grid_alphas, random_round, reference_with_margins, row_alphas, to_device
@@ -49,8 +50,8 @@ def _check(backend, what, **kw):
     ok, why = backends.available(backend)
     assert ok, f"backend {backend!r} unavailable: {why}"
     out = sk.verify(**kw, backend=backend)
-    assert out.divergence is None, f"{what}: divergence without return_divergence"
-    for name, t in zip(out._fields[:-1], out):
+    assert out.divergence is None and out.draft_divergence is None, f"{what}: divergence without return_divergence"
+    for name, t in zip(out._fields[:KERNEL_OUTPUTS], out):
         assert t.device.type == torch.device(device).type, f"{what}: {name} left the device"
     assert (out.tokens.dtype, out.num_accepted.dtype, out.deferred.dtype, out.accept_prob.dtype, out.valid.dtype) == (
         torch.int64, torch.int64, torch.bool, torch.float32, torch.bool), f"{what}: output dtypes"

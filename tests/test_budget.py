@@ -33,10 +33,12 @@ def _pair(c: float, tv: float):
 
 
 def _simulate(rule: str, eps, tv_rows, *, seeds=None, K=4, n_rounds=150, fixed_alpha=None, guard=True,
-              temperature=1.0):
+              temperature=1.0, schedule=None, prior=True):
     """``n_rounds`` rounds of ``verify`` on synthetic logits (row b: TV(q, p) = ``tv_rows[b]`` at every position,
-    the drafter's confidence drawn from ``CONFIDENCE`` with the row's own seed), alpha from the controller (or
-    fixed). Returns the controller (its totals) and the alpha trace ``[rounds, B]``."""
+    the drafter's confidence drawn from ``CONFIDENCE`` with the row's own seed; or, with ``schedule(round)`` a list
+    of K TVs, those TVs on every row at confidence 0.99), alpha from the controller (or fixed). ``prior``: the
+    controller reads the drafts' TV(q, p) too, as the decode loop does. Returns the controller (its totals) and the
+    alpha trace ``[rounds, B]``."""
     B = len(tv_rows)
     seeds = torch.tensor(seeds if seeds is not None else [11 + b for b in range(B)])
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -48,8 +50,9 @@ def _simulate(rule: str, eps, tv_rows, *, seeds=None, K=4, n_rounds=150, fixed_a
         zp = torch.empty(B, K + 1, V, dtype=torch.float64)
         for b in range(B):
             c = levels[torch.randint(0, len(CONFIDENCE), (K,), generator=gens[b])]
+            tv = [tv_rows[b]] * K if schedule is None else schedule(r)
             for i in range(K):
-                zq[b, i], zp[b, i] = _pair(float(c[i]), tv_rows[b])
+                zq[b, i], zp[b, i] = _pair(0.99 if schedule else float(c[i]), tv[i])
             zp[b, K] = zp[b, K - 1]
         x = torch.stack([sk.sample(zq[:, i], temperature=1.0, seed=seeds, offset=r * 100 + i, backend="reference")
                          for i in range(K)], 1)
@@ -57,7 +60,7 @@ def _simulate(rule: str, eps, tv_rows, *, seeds=None, K=4, n_rounds=150, fixed_a
         trace.append(alpha)
         out = sk.verify(zq, zp, x, rule=rule, alpha=alpha, temperature=temperature, seed=seeds, offset=r * 100,
                         return_divergence=True, backend="reference")
-        ctl.update(out.divergence, out.num_accepted + 1)
+        ctl.update(out.divergence, out.num_accepted + 1, out.draft_divergence if prior else None)
     return ctl, torch.stack(trace)
 
 
@@ -111,6 +114,72 @@ def test_the_spend_guard_holds_greedy_rows():
     spent = held.mean_divergence()
     assert (spent <= eps).all(), f"greedy rows over eps {eps}: {spent.tolist()}"
     assert (held.spent == held.spent.round()).all() and (held.spent >= 1).sum() >= 4, held.spent.tolist()
+
+
+def test_the_drafts_prior_holds_the_first_expensive_token():
+    """T = 1, eps = 0.01. The first round shows drafts with TV(q, p) = 0.5 (at the exact end: nothing spent), then
+    the drafter equals the target (TV 0) except one position of TV 0.5 in round 6, all at confidence 0.99 (chow keeps
+    them once alpha > 0.01). Learning a token's largest cost only from the row's own spends (0 until then), the guard
+    lets alpha climb over the free rounds and the row pays 0.5 in about 35 tokens: every row over eps. Bounded by the
+    drafts' TV(q, p), it stays exact until a 0.5 token fits (about 50 tokens), so the rows are held; over a longer run
+    they then leave the exact end and spend, and a second expensive token (round 20) still fits."""
+    eps, seeds = 0.01, list(range(300, 306))
+
+    def schedule(r):
+        return [0.5] * 4 if r == 0 else [0.5, 0.0, 0.0, 0.0] if r in (6, 20) else [0.0] * 4
+
+    kw = dict(seeds=seeds, n_rounds=8, schedule=schedule)
+    old, _ = _simulate("chow", eps, [0.0] * 6, prior=False, **kw)
+    assert (old.mean_divergence() > eps).all(), f"the case no longer overspends: {old.mean_divergence().tolist()}"
+    assert old.token_max.tolist() == pytest.approx([0.5] * 6, abs=1e-6)  # learnt from the token it paid for
+    new, _ = _simulate("chow", eps, [0.0] * 6, **kw)
+    assert (new.mean_divergence() <= eps).all(), new.mean_divergence().tolist()
+    assert new.token_max.tolist() == pytest.approx([0.5] * 6, abs=1e-6)  # from round 0's drafts
+    assert (new.spent < 1e-9).all(), new.spent.tolist()  # it stayed exact through round 6
+    kw["n_rounds"] = 40
+    held, trace = _simulate("chow", eps, [0.0] * 6, **kw)
+    spent = held.mean_divergence()
+    assert (spent <= eps).all(), f"rows over eps {eps}: {spent.tolist()}"
+    assert (held.spent > 0.49).all() and (trace[-5:] > 0.5).all(), (held.spent.tolist(), trace[-5:].tolist())
+
+
+def test_the_drafts_prior_leaves_greedy_rows_alone():
+    """At T = 0 a token's largest cost is 1 from the start: the prior, a maximum with it, changes nothing (so the
+    bench files greedy rows of either controller together)."""
+    kw = dict(seeds=list(range(200, 204)), n_rounds=30, temperature=0.0)
+    with_prior, trace = _simulate("chow", 0.03, [0.28] * 4, **kw)
+    without, trace0 = _simulate("chow", 0.03, [0.28] * 4, prior=False, **kw)
+    assert torch.equal(trace, trace0) and torch.equal(with_prior.spent, without.spent)
+    assert (with_prior.token_max == 1.0).all() and (trace > 0).any()
+
+
+@pytest.mark.parametrize("rule", budget_rules())
+def test_a_tokens_cost_is_within_the_bound_from_tv_q_p(rule):
+    """verify's ``draft_divergence`` is TV(q, p) over the sampling distributions, and the budget's ``token_bound``
+    of it covers the divergence a token of the rule costs, at every alpha (SPEC.md section 6). For the token sets
+    it must be more than TV(q, p): where q = p they still spend (q = p = (0.6, 0.4), A the first id: 0.24)."""
+    g = torch.Generator().manual_seed(5)
+    B, K = 6, 5
+    zq = torch.randn(B, K, V, generator=g, dtype=torch.float64) * 2
+    zp = torch.randn(B, K + 1, V, generator=g, dtype=torch.float64) * 2
+    zp[:2, :K] = zq[:2]  # q = p on two rows
+    x = torch.randint(0, V, (B, K), generator=g)
+    info = RULE_INFO[rule]
+    for u in (0.0, 0.2, 0.5, 0.8, 1.0):
+        alpha = alpha_of(info, torch.full((B,), u, dtype=torch.float64))
+        out = sk.verify(zq, zp, x, rule=rule, alpha=alpha, temperature=0.8, return_divergence=True,
+                        backend="reference")
+        q, p = torch.softmax(zq / 0.8, -1), torch.softmax(zp[:, :K] / 0.8, -1)
+        torch.testing.assert_close(out.draft_divergence.double(), (q - p).clamp(min=0).sum(-1), atol=1e-6, rtol=0)
+        bound = budget.token_bound(info, out.draft_divergence.double())
+        assert (out.divergence.double() <= bound + 1e-6).all(), (rule, u, (out.divergence - bound).max())
+    two = torch.tensor([[[math.log(0.6), math.log(0.4)] + [-math.inf] * (V - 2)]], dtype=torch.float64)
+    edge = sk.verify(two, torch.cat([two, two], 1), torch.zeros(1, 1, dtype=torch.long), rule="token_v2",
+                     alpha=0.1, return_divergence=True, backend="reference")  # A = {0}: pi(0) = 0.6 + 0.4 * 0.6
+    assert edge.draft_divergence.item() == 0.0 and edge.divergence.item() == pytest.approx(0.24)
+    assert budget.token_bound(RULE_INFO["token_v2"], torch.zeros(1)).item() == 0.25
+    with pytest.raises(ValueError, match="rule"):
+        budget.token_bound(RULE_INFO["lossy"], torch.zeros(1))
 
 
 def test_the_spend_guard_caps_u_by_the_slack():
@@ -301,6 +370,8 @@ def test_bench_report_pairs_rows_by_prompt():
     assert s["spent"] == pytest.approx((0.05 * 8 + 0.02 * 4) / 12) and s["over"] == 1
     assert s["fpt"] == pytest.approx(4 / 12) and s["fpt_spec"] == pytest.approx(0.5)
     assert 1 - s["ratio"] == pytest.approx(1 / 3)
+    assert [qb.controller_of(e, T) for e, T in ((0.0, 0.7), (0.03, 0.0), (0.03, 0.7))] == [
+        None, "dual+guard", qb.CONTROLLER]
     text = qb.report(rows)
     assert "| prose | 0.7 | 0.03 | chow | 8 | dual | 2 |" in text
     assert "| prose | 0.7 | 0.03 | 8 | dual | a | 0.0500 * | 0.50 | 8 (8) | 2 (4) |" in text

@@ -736,7 +736,8 @@ def _finish_round(L: _Loop, out, tracked: bool, front: torch.Tensor, active: tor
     st.hist.scatter_add_(0, m, ok.long())
     kept = seq.emit(out.tokens, torch.where(ok, m + 1, 0))
     if L.budget is not None:
-        L.budget.update(out.divergence if tracked else torch.zeros_like(out.accept_prob), kept)
+        L.budget.update(out.divergence if tracked else torch.zeros_like(out.accept_prob), kept,
+                        out.draft_divergence if tracked else None)
     seq.stop(active & ~out.valid, 3)
     new_front = front + torch.where(ok, m + 1, 0)
     seq.put(new_front, out.tokens.gather(1, m[:, None]).squeeze(1))
