@@ -31,7 +31,8 @@ NI = ceil(NT / TILES) items per position.
   ticket on the row.
 * **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or
-  eta; the last tile's program merges and draws a ticket on the row.
+  eta (the tiles folded entry by entry, one reduction and one record per item); the last item's program merges and
+  draws a ticket on the row.
 * **accept** (row b): run by the program that draws a row's last ticket. Row validity, a_i at every verified
   position (from the statistics and the logits at the drafts the stats items recorded: every load hits what this
   launch wrote or read), the accept loop, all the outputs but the emitted token (written here when T = 0 and all
@@ -167,10 +168,15 @@ def _probs(z, M, ST, invT, keep):
 
 
 @triton.jit
-def _probs_fast(z, M, inv_ST, scale, keep):
-    """``_probs`` for the race: exp through ``exp_scaled`` (``scale`` = log2e_scale(1/T)) and a multiply by the row's
-    1 / ST instead of a division (a rounding apart)."""
-    return tl.where(keep, exp_scaled(_rel(z, M), scale) * inv_ST, 0.0)
+def _probs_fast(z, M, inv_ST, scale, keep, FILTERS: tl.constexpr):
+    """``_probs`` for the race and the second look: exp through ``exp_scaled`` (``scale`` = log2e_scale(1/T)) and a
+    multiply by the row's 1 / ST instead of a division (a rounding apart). Without filters ``keep`` is not read:
+    an entry it would drop is -inf (masked or dead), whose exp is 0 already (M is finite and scale > 0 on a valid
+    row; a NaN entry makes the row invalid, and an invalid row's look and race are never used)."""
+    e = exp_scaled(_rel(z, M), scale) * inv_ST
+    if FILTERS:
+        e = tl.where(keep, e, 0.0)
+    return e
 
 
 @triton.jit
@@ -268,7 +274,7 @@ def _verify_kernel(
     pos_m_ptr,  # [B, K + 1, 2] merged max (float64 for FP64), then [B, K, 2] the logits at the drafts (p, q)
     pos_f_ptr,  # [2, B, K + 1, 2] float32: S1, ST
     pos_i_ptr,  # [2, B, K + 1, 2] int32: argmax, bad
-    look_part_ptr,  # [B, K, NT] float32: second-look partial sums
+    look_part_ptr,  # [B, K, NI] float32 (an NT-sized buffer): second-look partial sums, one per item
     look_ptr,  # [B, K] float32: TV or eta
     race_f_ptr,  # [2, B, NI] float32 (NT-sized buffers): best race score, residual mass, per race item
     race_i_ptr,  # [B, NI] int32: the best score's lowest index
@@ -551,6 +557,7 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    NI = (NT + TILES - 1) // TILES
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
         KP = K + 1
         pos = g * KP + i
@@ -567,6 +574,7 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
             S1q = tl.load(pos_f_ptr + o + 1, mask=use, other=1.0, cache_modifier=".cg")
             STq = tl.load(pos_f_ptr + qf + o + 1, mask=use, other=1.0, cache_modifier=".cg")
             scale = log2e_scale(invT)[:, None]
+            acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
             for u in tl.static_range(TILES):
                 t = j * TILES + u
                 v = t * BLOCK_V + tl.arange(0, BLOCK_V)
@@ -580,10 +588,10 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
                 if FILTERS:
                     keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None])
                     keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + i, mask=use, other=0.0)[:, None])
-                q = _probs_fast(zq, Mq[:, None], (1.0 / STq)[:, None], scale, keep_q)
+                q = _probs_fast(zq, Mq[:, None], (1.0 / STq)[:, None], scale, keep_q, FILTERS)
                 if NEEDS_TV:
-                    p = _probs_fast(zp, Mp[:, None], (1.0 / STp)[:, None], scale, keep_p)
-                    part = tl.sum(tl.where(mask, tl.maximum(q - p, 0.0), 0.0), axis=1)
+                    p = _probs_fast(zp, Mp[:, None], (1.0 / STp)[:, None], scale, keep_p, FILTERS)
+                    acc += tl.maximum(q - p, 0.0)  # 0 wherever both are (masked, dead, filtered)
                 else:
                     tl.static_assert(FAMILY == FAMILY_B, "the second look reads TV or a token set's eta")
                     if USES_ALPHA:
@@ -592,13 +600,13 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
                         al = T * 0.0
                     in_a = _in_set(IN_SET, al[:, None], tl.exp(_rel(zq, Mq[:, None])) / S1q[:, None],
                                    tl.exp(_rel(zp, Mp[:, None])) / S1p[:, None], S1p[:, None])
-                    part = tl.sum(tl.where(mask & ~in_a, q, 0.0), axis=1)
-                tl.store(look_part_ptr + (rows * K + i) * NT + t, part, mask=use & (t < NT))
-        if ticket(cnt_ptr + c_look + g * K + i) == (NT + TILES - 1) // TILES - 1:
+                    acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
+            tl.store(look_part_ptr + (rows * K + i) * NI + j, tl.sum(acc, axis=1), mask=use)  # one record per item
+        if ticket(cnt_ptr + c_look + g * K + i) == NI - 1:
             if tl.max(use.to(tl.int32), axis=0) > 0:
                 tt = tl.arange(0, BLOCK_T)
-                parts = tl.load(look_part_ptr + (rows[:, None] * K + i) * NT + tt[None, :],
-                                mask=use[:, None] & (tt < NT)[None, :], other=0.0, cache_modifier=".cg")
+                parts = tl.load(look_part_ptr + (rows[:, None] * K + i) * NI + tt[None, :],
+                                mask=use[:, None] & (tt < NI)[None, :], other=0.0, cache_modifier=".cg")
                 tl.store(look_ptr + rows * K + i, tl.sum(parts, axis=1), mask=use)
             tl.store(cnt_ptr + c_look + g * K + i, 0)
             _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
@@ -802,7 +810,7 @@ def _residual_tile(T, start, m, rows, racing, zp, keep_p, Mp, v, mask, scale, in
     ``zp`` already loaded and the row constants of ``_residual_consts``: (pi, q)."""
     greedy = (T == 0)[:, None]
     any_greedy = tl.max((racing & (T == 0)).to(tl.int32), axis=0) > 0
-    p = _probs_fast(zp, Mp, inv_STp, scale, keep_p)
+    p = _probs_fast(zp, Mp, inv_STp, scale, keep_p, FILTERS)
     if any_greedy:
         p = tl.where(greedy, (v == argp).to(tl.float32), p)
     if HAS_Q:
@@ -810,7 +818,7 @@ def _residual_tile(T, start, m, rows, racing, zp, keep_p, Mp, v, mask, scale, in
         keep_q = mask & (zq > NEG_INF)
         if FILTERS:
             keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + m, mask=racing & (m < K), other=0.0)[:, None])
-        q = _probs_fast(zq, Mq, inv_STq, scale, keep_q)
+        q = _probs_fast(zq, Mq, inv_STq, scale, keep_q, FILTERS)
         if any_greedy:
             q = tl.where(greedy, (v == argq).to(tl.float32), q)
         x_ok = v >= 0
