@@ -128,6 +128,11 @@ def _token_distributions(x: torch.Tensor, V: int, dtype):
     return q, q, torch.ones(x.shape, dtype=dtype, device=x.device)
 
 
+def tv_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Total variation distance between distributions over the last dimension: sum of (a - b)^+."""
+    return torch.clamp(a - b, min=0).sum(-1)
+
+
 def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     """min(1, num / den), and 0 where den = 0 (a draft q could not have produced)."""
     safe = torch.where(den > 0, den, torch.ones_like(den))
@@ -155,7 +160,7 @@ def _blend(rule, alpha, q, p, qh, ph, max_qh, max_ph) -> Blend:
         return Blend(q, p, p, a, torch.ones_like(q, dtype=torch.bool))
     if rule.family == FAMILY_A:
         mq, mp = max_qh[..., None], max_ph[..., None]
-        tv = torch.clamp(q - p, min=0).sum(-1, keepdim=True) if rule.needs_tv else torch.zeros_like(mq)
+        tv = tv_distance(q, p)[..., None] if rule.needs_tv else torch.zeros_like(mq)
         r = rule.weight(al, mq, mp, tv).to(q.dtype).expand_as(mq)  # [B, L, 1]: 0/1 or a blend weight
         pi = (1.0 - r) * q + r * p
         return Blend(q, p, pi, _ratio(pi, q), (r > 0).expand_as(q))
@@ -295,7 +300,7 @@ def divergence_args(args: checks.VerifyArgs) -> Tuple[torch.Tensor, torch.Tensor
         return empty, empty
     p = rd.p_all[:, :K]
     used = rd.used_q & rd.valid[:, None]
-    tvs = [torch.clamp(d - p, min=0).sum(-1).clamp(max=1) for d in (output_law(rd.blend), rd.blend.q)]
+    tvs = [tv_distance(d, p).clamp(max=1) for d in (output_law(rd.blend), rd.blend.q)]
     return tuple(torch.where(used, tv, 0).to(torch.float32) for tv in tvs)
 
 

@@ -84,10 +84,10 @@ without the drafts' bound, held with it). On the real pair (``bench/results/qual
 8 prompts per domain, ``T = 0.7``) no row ended over ``eps`` with it: 0 of 8 on HumanEval and on prose at
 ``eps = 0.03`` (largest 0.018 and 0.025) and at ``eps = 0.01`` (largest 0.0024 and 0), where the guard learning a
 token's largest cost only from the row's own spends had left 1 of 6 HumanEval rows over 0.03 and 3 of 6 prose rows
-over 0.01 (the cause that run's notes give: a row's first expensive token, not yet seen). That is 32 rows, not a bound: a row over ``eps`` stays possible. The
-margin costs savings where the drafts are far from the target and the budget is small (prose at ``eps = 0.01``:
-exact speculative decoding). The output reports each row's spent mean and final alpha
-(``GenerationOutput.divergence``, ``.final_alpha``).
+over 0.01 (the cause that run's notes give: a row's first expensive token, not yet seen). That is 32 rows, not a
+bound: a row over ``eps`` stays possible. The margin costs savings where the drafts are far from the target and
+the budget is small (prose at ``eps = 0.01``: exact speculative decoding). The output reports each row's spent
+mean and final alpha (``GenerationOutput.divergence``, ``.final_alpha``).
 
 Rules: those with alpha and both ends (``chow``, ``diff``, ``opt``, ``token_v1``, ``token_v2``, ``ensemble``).
 ``token_v3`` has no alpha that gives exact speculative decoding at ``T > 0`` (alpha = 0 keeps p's mode), so a
