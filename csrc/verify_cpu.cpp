@@ -1,5 +1,5 @@
-// verify_native on CPU: one verification round of SPEC.md sections 1-6, token for token the
-// formulas of speccas_kernels/reference.py (which materializes every distribution; this does not).
+// verify_native and verify_divergence_native on CPU: one verification round of SPEC.md sections 1-6, token for
+// token the formulas of speccas_kernels/reference.py (which materializes every distribution; this does not).
 //
 // Row b, n = its number of drafts (num_draft_tokens[b], or cu[b + 1] - cu[b] in the ragged layout,
 // clamped to [0, K]), T = temperature[b], inv_t = 1/T rounded and capped (reference.inv_temperature),
@@ -17,6 +17,10 @@
 //   merge: per drafted token x_i: q(x), p(x), the token set at x and the rule's decision where the merged
 //      statistics suffice (T = 0 and token-only drafts have closed forms);
 //   second look: a pass over V at the positions whose rule reads TV(q, p) or a token set's eta.
+//   divergence (verify_divergence_native only): TV(q, p) and TV(law, p) at every verified position of the valid
+//      rows (SPEC.md section 6): closed forms where q is one-hot, opt's TV(q, p) from the second look, else one
+//      pass over V (divergences() and div_chunk: the formulas and the lossy proof). The token sets then take eta in
+//      the second look at every position, not only where the draft is outside A (no decision changes).
 //   accept: accept while u_i < a_i, u_i = uniform(seed, offset + i, STREAM_ACCEPT, 0); m leading acceptances.
 //   race: one race over V at the one position needed, noise G = gumbel(seed, offset + m, STREAM_EMIT, v):
 //      the bonus argmax_v (zp_n - M) * inv_t + G over p_n's kept entries (plain argmax at T = 0), or the
@@ -453,6 +457,9 @@ void verify_cpu_impl(const VerifyInputs& in, const Layout<in_t>& L, VerifyResult
   std::vector<acc_t> tv(B * K, acc_t(0)), w(B * K, acc_t(0));  // w: family A the weight r, family B eta
   std::vector<char> in_a(B * K, 0), x_ok(B * K, 0);
   std::vector<SumJob<in_t, acc_t>> sums;
+  // Second-look sums only the divergence reads (eta where the draft is in A): a list of their own, so that the
+  // decisions' sums are split into the same chunks, and add up to the same bits, whether the divergence is asked or not.
+  std::vector<SumJob<in_t, acc_t>> div_sums;
   auto weigh = [&](int64_t b, int64_t i) {  // family A: r once tv is known
     const int64_t k = b * K + i;
     w[k] = blend_weight(R.code, alpha[b], max_unscaled(qs[k]), max_unscaled(ps[b * (K + 1) + i]), tv[k]);
@@ -490,13 +497,15 @@ void verify_cpu_impl(const VerifyInputs& in, const Layout<in_t>& L, VerifyResult
             return in_token_set(R.code, al, qh, ph, max_unscaled(sp));
           };
           in_a[k] = x_ok[k] && member(xv);
-          // eta is read: by a_i, or by the residual here, or by the divergence
-          if (want_div || !(in_a[k] && qx[k] > acc_t(0))) {
+          const bool decides = !(in_a[k] && qx[k] > acc_t(0));  // eta is read by a_i, or by the residual here
+          if (decides || want_div) {  // (or only by the divergence)
             if (sq.greedy) {
               w[k] = (hot < 0 || member(hot)) ? acc_t(0) : acc_t(1);
-            } else {
+            } else if (decides) {
               sums.push_back({b, i, false, rq, rp, sq, sp, al});
               continue;
+            } else {
+              div_sums.push_back({b, i, false, rq, rp, sq, sp, al});
             }
           }
           break;
@@ -530,6 +539,8 @@ void verify_cpu_impl(const VerifyInputs& in, const Layout<in_t>& L, VerifyResult
       }
       set_accept(job.b, job.i);
     }
+    const std::vector<double> eta = run_sums(R, div_sums, V);
+    for (size_t j = 0; j < div_sums.size(); ++j) w[div_sums[j].b * K + div_sums[j].i] = static_cast<acc_t>(eta[j]);
   }
   if (want_div) divergences(R, L, V, n, valid, alpha, qs, ps, tv, w, div_out, draft_div_out);
 

@@ -175,11 +175,13 @@ def test_cpp_does_not_fall_back_to_the_reference(monkeypatch):
 
 
 @pytest.mark.parametrize("rule", ["opt", "token_v2", "lossy", "ensemble"])
-def test_asking_for_the_divergence_changes_nothing_else(rule):
-    """Same call with and without return_divergence: identical tokens and other outputs (the divergence phase only
-    reads; eta computed at more positions for the token sets changes no decision)."""
-    kw = random_round(8, 5, 700, seed=6, ragged=True)
-    kw.update(alpha=grid_alphas(rule, 8), top_k=torch.tensor([0, 0, 5, 40, 0, 0, 2, 0]))
+@pytest.mark.parametrize("shape", [(8, 5, 700), (2, 2, 20011)], ids=["many-positions", "chunked"])
+def test_asking_for_the_divergence_changes_nothing_else(rule, shape):
+    """Same call with and without return_divergence: bitwise identical tokens and other outputs (the divergence phase
+    only reads; the token sets' extra eta sums run apart from the decisions' sums, which keep their chunks)."""
+    B, K, V = shape
+    kw = random_round(B, K, V, seed=6, ragged=True)
+    kw.update(alpha=grid_alphas(rule, B), top_k=torch.tensor([0, 0, 5, 40, 0, 0, 2, 0])[:B])
     plain = sk.verify(**kw, rule=rule, backend="cpp")
     full = sk.verify(**kw, rule=rule, backend="cpp", return_divergence=True)
     assert plain.divergence is None and full.divergence is not None
