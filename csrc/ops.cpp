@@ -1,8 +1,8 @@
 // Schemas of the native ops (TORCH_LIBRARY), and the stub that lets the shared library be imported
 // as the Python module speccas_kernels._C (importing it runs the registrations below).
 //
-// The CPU implementations live in verify_cpu.cpp / sample_cpu.cpp (verify_divergence_native: CPU only), the CUDA ones in verify_cuda.cu /
-// sample_cuda.cu (built only when torch has CUDA and a toolkit is found: SPECCAS_WITH_CUDA).
+// The CPU implementations live in verify_cpu.cpp / sample_cpu.cpp (verify_divergence_native: CPU only), the CUDA
+// ones in verify_cuda.cu / sample_cuda.cu (built only when torch has CUDA and a toolkit is found: SPECCAS_WITH_CUDA).
 // The Triton backend registers its Python ops (verify_triton, sample_triton) in the same namespace
 // as a fragment; the names here end in _native.
 #include <Python.h>

@@ -301,12 +301,6 @@ DivPart div_chunk(const RuleArgs& R, const DivJob<in_t, acc_t>& job, int64_t lo,
   return out;
 }
 
-template <typename in_t, typename acc_t>
-std::vector<DivPart> run_divergence(const RuleArgs& R, const std::vector<DivJob<in_t, acc_t>>& jobs, int64_t V) {
-  return sum_chunks<acc_t, DivPart>(jobs, V, [&](const DivJob<in_t, acc_t>& job, int64_t lo, int64_t hi,
-                                                 Scratch<acc_t>& sc) { return div_chunk(R, job, lo, hi, sc); });
-}
-
 // The divergences of every verified position of the valid rows (SPEC.md section 6), written as float32 and at most 1
 // (as the reference clamps): q one-hot at `hot` (T = 0: q's argmax, whatever the draft; a token-only draft; -1 for
 // one outside [0, V), where q = 0, the law is p and both are 0) in closed form, opt's TV(q, p) from its second look,
@@ -358,7 +352,10 @@ void divergences(const RuleArgs& R, const Layout<in_t>& L, int64_t V, const std:
       }
     }
   }
-  const std::vector<DivPart> sums = run_divergence(R, jobs, V);
+  const std::vector<DivPart> sums = sum_chunks<acc_t, DivPart>(
+      jobs, V, [&](const auto& job, int64_t lo, int64_t hi, Scratch<acc_t>& sc) {
+        return div_chunk(R, job, lo, hi, sc);
+      });
   for (size_t j = 0; j < jobs.size(); ++j) {
     const int64_t k = jobs[j].k;
     draft[k] = static_cast<acc_t>(sums[j].draft);
@@ -458,7 +455,8 @@ void verify_cpu_impl(const VerifyInputs& in, const Layout<in_t>& L, VerifyResult
   std::vector<char> in_a(B * K, 0), x_ok(B * K, 0);
   std::vector<SumJob<in_t, acc_t>> sums;
   // Second-look sums only the divergence reads (eta where the draft is in A): a list of their own, so that the
-  // decisions' sums are split into the same chunks, and add up to the same bits, whether the divergence is asked or not.
+  // decisions' sums are split into the same chunks, and add up to the same bits, whether the divergence is asked
+  // or not.
   std::vector<SumJob<in_t, acc_t>> div_sums;
   auto weigh = [&](int64_t b, int64_t i) {  // family A: r once tv is known
     const int64_t k = b * K + i;

@@ -5,8 +5,9 @@ Both call the ops that the compiled extension ``speccas_kernels._C`` registers
 with a CPU implementation always and a CUDA one when the extension was built with a CUDA toolkit
 and a CUDA torch; and ``torch.ops.speccas.verify_divergence_native``, the same round that also returns
 the divergences of SPEC.md section 6 from its own statistics, CPU only (on CUDA tensors ``verify_args``
-computes them with ``reference.divergence_args`` after ``verify_native``). The extension is imported lazily, once (``functools.cache``), so importing
-``speccas_kernels`` never needs it; ``available(name)`` says why a backend cannot run.
+computes them with ``reference.divergence_args`` after ``verify_native``). The extension is imported
+lazily, once (``functools.cache``), so importing ``speccas_kernels`` never needs it; ``available(name)``
+says why a backend cannot run.
 
 The ops compute the formulas of ``speccas_kernels.reference`` (same counter-based random
 numbers, so the same tokens for the same inputs) without materializing the distributions.

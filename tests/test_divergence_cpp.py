@@ -160,7 +160,8 @@ def test_cpp_does_not_fall_back_to_the_reference(monkeypatch):
     them, equal to the reference's (computed before the patch)."""
     kw = random_round(4, 3, 500, seed=3)
     kw["top_p"] = 0.9
-    want = {r: sk.verify(**kw, rule=r, return_divergence=True, backend="reference") for r in ("opt", "token_v1", "lossy")}
+    want = {r: sk.verify(**kw, rule=r, return_divergence=True, backend="reference")
+            for r in ("opt", "token_v1", "lossy")}
 
     def boom(*a, **k):
         raise AssertionError("the cpp backend called the reference's divergence")
@@ -219,8 +220,8 @@ def test_non_cpu_tensors_take_verify_native_and_the_reference(monkeypatch):
         return call
 
     from types import SimpleNamespace
-    monkeypatch.setattr(native, "_ops", lambda: SimpleNamespace(verify_native=record("verify_native"),
-                                                                 verify_divergence_native=record("verify_divergence_native")))
+    names = ("verify_native", "verify_divergence_native")
+    monkeypatch.setattr(native, "_ops", lambda: SimpleNamespace(**{n: record(n) for n in names}))
     out = native.verify_args(meta, divergence=True)
     assert called == ["verify_native"] and out.divergence.device.type == "meta" and out.divergence.shape == (2, 3)
     called.clear()
