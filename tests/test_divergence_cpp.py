@@ -43,6 +43,9 @@ def _cases(rule, dtype):
     out = []
     for T, filters in ((0.0, False), (0.7, False), (0.7, True), (1.0, False), (2.5, True)):
         out.append((f"T={T}" + " filters" * filters, dict(kw, temperature=T, **(filt if filters else {}))))
+    # at T = 0 the law follows q's argmax (one-hot q), not the draft: drafts that are not q's argmax
+    other = (kw["draft_logits"].float().argmax(-1) + 1 + torch.arange(K)) % V
+    out.append(("T=0, drafts not q's argmax", dict(kw, temperature=0.0, draft_tokens=other)))
     rows_t = torch.tensor([0.0, 0.7, 1.0, 2.5, 0.7, 1.0], dtype=ct)
     out.append(("per-row T, filters", dict(kw, temperature=rows_t, **filt)))
     bad = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in kw.items()}
