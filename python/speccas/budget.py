@@ -61,10 +61,10 @@ is known before the rule is applied: ``TV(pi, p) <= TV(q, p)`` at the same posit
 ``TV(pi, p) <= d + ((1 + d) / 2)^2`` with ``d = TV(q, p)`` for the token sets (``token_v1``, ``token_v2``, whose law
 is not a mixture of q and p and can spend 1/4 where ``q = p``; SPEC.md section 6). ``verify(return_divergence=True)``
 reports ``TV(q, p)`` at every verified position (``draft_divergence``; on the ``cpp`` backend both divergences come
-from the verify round itself: for 8 rows of 12 drafts over 151,936 ids at T = 1 on 2 shared CPU cores (load 4-5),
-+0 ms for ``opt``, +36-48 ms for ``chow`` / ``lossy`` and +147 ms for ``token_v1`` over a 68-84 ms round, where the
-reference's PyTorch ops after the round took 3.8-4.9 s, ``bench/bench_divergence.py``; a round of the real pair takes
-about 9 s), so on sampled rows
+from the verify round itself: for 8 rows of 12 drafts over 151,936 ids at T = 1 on 2 shared CPU cores (load 3-5.6,
+two runs), +0 ms for ``opt``, +23-36 ms for ``chow``, +44-48 ms for ``lossy`` and +102-147 ms for ``token_v1`` over a
+42-84 ms round, where the reference's PyTorch ops after the round took 2.5-4.9 s, ``bench/bench_divergence.py``; a
+round of the real pair takes about 9 s), so on sampled rows
 
     token_max = max(the largest cost the row has spent on one token, the largest bound over its drafts so far)
 
