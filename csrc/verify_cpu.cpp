@@ -1,5 +1,5 @@
-// verify_native on CPU: one verification round of SPEC.md sections 1-6, token for token the
-// formulas of speccas_kernels/reference.py (which materializes every distribution; this does not).
+// verify_native and verify_divergence_native on CPU: one verification round of SPEC.md sections 1-6, token for
+// token the formulas of speccas_kernels/reference.py (which materializes every distribution; this does not).
 //
 // Row b, n = its number of drafts (num_draft_tokens[b], or cu[b + 1] - cu[b] in the ragged layout,
 // clamped to [0, K]), T = temperature[b], inv_t = 1/T rounded and capped (reference.inv_temperature),
@@ -17,6 +17,10 @@
 //   merge: per drafted token x_i: q(x), p(x), the token set at x and the rule's decision where the merged
 //      statistics suffice (T = 0 and token-only drafts have closed forms);
 //   second look: a pass over V at the positions whose rule reads TV(q, p) or a token set's eta.
+//   divergence (verify_divergence_native only): TV(q, p) and TV(law, p) at every verified position of the valid
+//      rows (SPEC.md section 6): closed forms where q is one-hot, opt's TV(q, p) from the second look, else one
+//      pass over V (divergences() and div_chunk: the formulas and the lossy proof). The token sets then take eta in
+//      the second look at every position, not only where the draft is outside A (no decision changes).
 //   accept: accept while u_i < a_i, u_i = uniform(seed, offset + i, STREAM_ACCEPT, 0); m leading acceptances.
 //   race: one race over V at the one position needed, noise G = gumbel(seed, offset + m, STREAM_EMIT, v):
 //      the bonus argmax_v (zp_n - M) * inv_t + G over p_n's kept entries (plain argmax at T = 0), or the
@@ -200,25 +204,181 @@ double sum_chunk(const RuleArgs& R, const SumJob<in_t, acc_t>& job, int64_t lo, 
   return total;
 }
 
-template <typename in_t, typename acc_t>
-std::vector<double> run_sums(const RuleArgs& R, const std::vector<SumJob<in_t, acc_t>>& jobs, int64_t V) {
-  std::vector<double> out(jobs.size(), 0.0);
+// Map fn(job, lo, hi, scratch) -> Part over (job, vocabulary chunk) tasks and add each job's chunks, in chunk order
+// (deterministic).
+template <typename acc_t, typename Part, typename Job, typename F>
+std::vector<Part> sum_chunks(const std::vector<Job>& jobs, int64_t V, const F& fn) {
+  std::vector<Part> out(jobs.size());
   if (jobs.empty()) return out;
-  const auto [part, nch] = map_chunks<acc_t, double>(
-      jobs, V, 8192, [&](const SumJob<in_t, acc_t>& job, int64_t lo, int64_t hi, Scratch<acc_t>& sc) {
-        return sum_chunk(R, job, lo, hi, sc);
-      });
+  const auto [part, nch] = map_chunks<acc_t, Part>(jobs, V, 8192, fn);
   for (size_t j = 0; j < jobs.size(); ++j) {
-    for (int64_t c = 0; c < nch; ++c) out[j] += part[j * nch + c];  // chunk order: deterministic
+    for (int64_t c = 0; c < nch; ++c) out[j] += part[j * nch + c];
   }
   return out;
 }
 
 template <typename in_t, typename acc_t>
-void verify_cpu_impl(const VerifyInputs& in, const Layout<in_t>& L, VerifyResult& out) {
+std::vector<double> run_sums(const RuleArgs& R, const std::vector<SumJob<in_t, acc_t>>& jobs, int64_t V) {
+  return sum_chunks<acc_t, double>(jobs, V, [&](const SumJob<in_t, acc_t>& job, int64_t lo, int64_t hi,
+                                                Scratch<acc_t>& sc) { return sum_chunk(R, job, lo, hi, sc); });
+}
+
+// Phase "divergence" (only when asked): TV(q, p) and TV(law, p) at one verified position at T > 0 with drafter
+// logits, from the statistics the round already has (M, the sums, the cutoffs, eta). Positions where q is one-hot
+// (T = 0, token-only drafts) have closed forms (divergences() below), and opt's TV(q, p) comes from its second look.
+//   draft: d = sum_v max(0, q - p), whatever the rule.
+//   family A: pi - p = (1 - r)(q - p), so TV(pi, p) = (1 - r) d: no sum beyond d.
+//   family B, Q = q(A) = 1 - eta: pi - p = q - Q p on A and (eta - 1) p <= 0 off A, so
+//      TV(pi, p) = sum_{v in A} max(0, q(v) - Q p(v)) (eta is known: the second look ran at every position).
+//   lossy, c(v) = min(q(v), p(v) / (1 - alpha)) (= q(v) a(v), the accepted mass; a = min(1, p / ((1 - alpha) q))):
+//      TV(law, p) = sum_v max(0, c(v) - p(v)). Proof: the law is c + beta R with beta = 1 - sum_v c(v) and
+//      R = max(0, p - q) / D, D = sum_v max(0, p - q) = sum_v max(0, q - p) = d. Where q <= p, c = q (p / (1 - alpha)
+//      >= p >= q) and the law is q + (beta / D)(p - q); where q > p, R = 0 and the law is c >= p. So
+//      beta = sum_v (q - c) = sum_{q > p} (q - c) <= sum_{q > p} (q - p) = D, the law is <= p where q <= p (and
+//      there c - p = q - p <= 0), and sum_v max(0, law - p) = sum_{q > p} (c - p) = sum_v max(0, c - p). (D = 0:
+//      q = p, the law is c = q = p and both sides are 0; the reference's fallback to R = p when D is rounding
+//      noise moves the law by at most that noise.)
+template <typename in_t, typename acc_t>
+struct DivJob {
+  int64_t k;  // b * K + i
+  const in_t *zq, *zp;
+  PosStats<acc_t> sq, sp;
+  acc_t alpha, eta;
+};
+
+struct DivPart {
+  double draft = 0.0, law = 0.0;
+  DivPart& operator+=(const DivPart& o) {
+    draft += o.draft;
+    law += o.law;
+    return *this;
+  }
+};
+
+template <typename in_t, typename acc_t>
+DivPart div_chunk(const RuleArgs& R, const DivJob<in_t, acc_t>& job, int64_t lo, int64_t hi, Scratch<acc_t>& sc) {
+  DivPart out;
+  const acc_t Q = acc_t(1) - job.eta, keep = acc_t(1) - job.alpha;
+  for (int64_t v0 = lo; v0 < hi; v0 += kBlock) {
+    const int64_t n = std::min(kBlock, hi - v0);
+    const acc_t* zq = load_block(job.zq + v0, n, sc.z0);
+    const acc_t* zp = load_block(job.zp + v0, n, sc.z1);
+    probs_block(job.sq, zq, n, v0, sc.q);
+    probs_block(job.sp, zp, n, v0, sc.p);
+    const acc_t* q = sc.q;
+    const acc_t* p = sc.p;
+    acc_t d = 0, l = 0;
+#pragma omp simd reduction(+ : d)
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t e = q[i] - p[i];
+      d += e > acc_t(0) ? e : acc_t(0);
+    }
+    switch (static_cast<FamilyCode>(R.family)) {
+      case kFamilyA:
+        break;
+      case kFamilyB: {
+        token_set_block(R, zq, zp, n, v0, job.sq, job.sp, job.alpha, sc.z2, sc.pa, sc.in_a);
+        const char* in_a = sc.in_a;
+#pragma omp simd reduction(+ : l)
+        for (int64_t i = 0; i < n; ++i) {
+          const acc_t e = q[i] - mul_rn(Q, p[i]);
+          l += (in_a[i] && e > acc_t(0)) ? e : acc_t(0);
+        }
+        break;
+      }
+      case kFamilyLossy:
+#pragma omp simd reduction(+ : l)
+        for (int64_t i = 0; i < n; ++i) {
+          const acc_t c = std::min(q[i], p[i] / keep);
+          const acc_t e = c - p[i];
+          l += e > acc_t(0) ? e : acc_t(0);
+        }
+        break;
+    }
+    out.draft += static_cast<double>(d);
+    out.law += static_cast<double>(l);
+  }
+  return out;
+}
+
+// The divergences of every verified position of the valid rows (SPEC.md section 6), written as float32 and at most 1
+// (as the reference clamps): q one-hot at `hot` (T = 0: q's argmax, whatever the draft; a token-only draft; -1 for
+// one outside [0, V), where q = 0, the law is p and both are 0) in closed form, opt's TV(q, p) from its second look,
+// the rest by the divergence pass. w: family A the weight r, family B eta (computed at every position when the
+// divergence is asked).
+template <typename in_t, typename acc_t>
+void divergences(const RuleArgs& R, const Layout<in_t>& L, int64_t V, const std::vector<int64_t>& n, const bool* valid,
+                 const std::vector<acc_t>& alpha, const std::vector<PosStats<acc_t>>& qs,
+                 const std::vector<PosStats<acc_t>>& ps, const std::vector<acc_t>& tv, const std::vector<acc_t>& w,
+                 float* div_out, float* draft_div_out) {
+  const int64_t B = L.B, K = L.K;
+  std::vector<acc_t> draft(B * K, acc_t(0)), law(B * K, acc_t(0));
+  // From TV(q, p) = d: family A (1 - r) d; family B with q one-hot (1 - eta) d (eta = 0 when q's one entry is in A:
+  // the law is q; else eta = 1 and the law is p).
+  auto from_draft = [&](int64_t k) {
+    switch (static_cast<FamilyCode>(R.family)) {
+      case kFamilyA:
+      case kFamilyB:
+        law[k] = (acc_t(1) - w[k]) * draft[k];
+        return;
+      case kFamilyLossy:
+        break;
+    }
+    SPECCAS_UNREACHABLE();
+  };
+  std::vector<DivJob<in_t, acc_t>> jobs;
+  for (int64_t b = 0; b < B; ++b) {
+    if (!valid[b]) continue;
+    for (int64_t i = 0; i < n[b]; ++i) {
+      const int64_t k = b * K + i;
+      const PosStats<acc_t>& sq = qs[k];
+      const PosStats<acc_t>& sp = ps[b * (K + 1) + i];
+      if (sq.greedy) {
+        const int64_t hot = sq.amax;
+        if (hot < 0) continue;
+        const acc_t ph = prob_at(sp, static_cast<acc_t>(L.p(b, i)[hot]), hot);
+        draft[k] = acc_t(1) - ph;  // only q's one entry can exceed p
+        if (R.family == kFamilyLossy) {  // the law at hot is min(1, p / (1 - alpha)), below p elsewhere
+          const acc_t c = std::min(acc_t(1), ph / (acc_t(1) - alpha[b]));
+          law[k] = c > ph ? c - ph : acc_t(0);
+        } else {
+          from_draft(k);
+        }
+      } else if (R.needs_tv) {  // the second look summed TV(q, p) here
+        draft[k] = tv[k];
+        from_draft(k);
+      } else {
+        jobs.push_back({k, L.q(b, i), L.p(b, i), sq, sp, alpha[b], w[k]});
+      }
+    }
+  }
+  const std::vector<DivPart> sums = sum_chunks<acc_t, DivPart>(
+      jobs, V, [&](const auto& job, int64_t lo, int64_t hi, Scratch<acc_t>& sc) {
+        return div_chunk(R, job, lo, hi, sc);
+      });
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const int64_t k = jobs[j].k;
+    draft[k] = static_cast<acc_t>(sums[j].draft);
+    if (R.family == kFamilyA) {
+      from_draft(k);
+    } else {
+      law[k] = static_cast<acc_t>(sums[j].law);
+    }
+  }
+  for (int64_t k = 0; k < B * K; ++k) {
+    draft_div_out[k] = static_cast<float>(std::min(draft[k], acc_t(1)));
+    div_out[k] = static_cast<float>(std::min(law[k], acc_t(1)));
+  }
+}
+
+// div_out, draft_div_out ([B, K] float32, zero-filled): the divergences, or null when they are not asked for.
+template <typename in_t, typename acc_t>
+void verify_cpu_impl(const VerifyInputs& in, const Layout<in_t>& L, VerifyResult& out, float* div_out,
+                     float* draft_div_out) {
   const int64_t B = in.B, K = in.K, V = in.V;
   const RuleArgs& R = in.rule;
   const bool token_drafts = L.zq == nullptr;
+  const bool want_div = div_out != nullptr;
   const Rows<acc_t> alpha_in = rows_of<acc_t>(in.alpha), temp_in = rows_of<acc_t>(in.temperature);
   const Rows<int64_t> seed = rows_of<int64_t>(in.seed), offset = rows_of<int64_t>(in.offset);
   const FilterRows<acc_t> filters = filter_rows<acc_t>(in);
@@ -294,6 +454,10 @@ void verify_cpu_impl(const VerifyInputs& in, const Layout<in_t>& L, VerifyResult
   std::vector<acc_t> tv(B * K, acc_t(0)), w(B * K, acc_t(0));  // w: family A the weight r, family B eta
   std::vector<char> in_a(B * K, 0), x_ok(B * K, 0);
   std::vector<SumJob<in_t, acc_t>> sums;
+  // Second-look sums only the divergence reads (eta where the draft is in A): a list of their own, so that the
+  // decisions' sums are split into the same chunks, and add up to the same bits, whether the divergence is asked
+  // or not.
+  std::vector<SumJob<in_t, acc_t>> div_sums;
   auto weigh = [&](int64_t b, int64_t i) {  // family A: r once tv is known
     const int64_t k = b * K + i;
     w[k] = blend_weight(R.code, alpha[b], max_unscaled(qs[k]), max_unscaled(ps[b * (K + 1) + i]), tv[k]);
@@ -331,12 +495,15 @@ void verify_cpu_impl(const VerifyInputs& in, const Layout<in_t>& L, VerifyResult
             return in_token_set(R.code, al, qh, ph, max_unscaled(sp));
           };
           in_a[k] = x_ok[k] && member(xv);
-          if (!(in_a[k] && qx[k] > acc_t(0))) {  // eta is read: by a_i, or by the residual here
+          const bool decides = !(in_a[k] && qx[k] > acc_t(0));  // eta is read by a_i, or by the residual here
+          if (decides || want_div) {  // (or only by the divergence)
             if (sq.greedy) {
               w[k] = (hot < 0 || member(hot)) ? acc_t(0) : acc_t(1);
-            } else {
+            } else if (decides) {
               sums.push_back({b, i, false, rq, rp, sq, sp, al});
               continue;
+            } else {
+              div_sums.push_back({b, i, false, rq, rp, sq, sp, al});
             }
           }
           break;
@@ -370,7 +537,10 @@ void verify_cpu_impl(const VerifyInputs& in, const Layout<in_t>& L, VerifyResult
       }
       set_accept(job.b, job.i);
     }
+    const std::vector<double> eta = run_sums(R, div_sums, V);
+    for (size_t j = 0; j < div_sums.size(); ++j) w[div_sums[j].b * K + div_sums[j].i] = static_cast<acc_t>(eta[j]);
   }
+  if (want_div) divergences(R, L, V, n, valid, alpha, qs, ps, tv, w, div_out, draft_div_out);
 
   // Phase "accept": the accept loop, and the race each row needs.
   std::vector<int64_t> m(B, 0), emitted(B, -1);
@@ -429,26 +599,33 @@ void verify_cpu_impl(const VerifyInputs& in, const Layout<in_t>& L, VerifyResult
   }
 }
 
-VerifyResult verify_native_cpu(
-    const c10::optional<at::Tensor>& draft_logits, const at::Tensor& target_logits, const at::Tensor& draft_tokens,
-    const c10::optional<at::Tensor>& num_draft_tokens, int64_t num_draft_tokens_value,
-    const c10::optional<at::Tensor>& cu_num_draft_tokens, at::IntArrayRef rule, at::ArrayRef<double> alpha_range,
-    const c10::optional<at::Tensor>& alpha, double alpha_value, const c10::optional<at::Tensor>& temperature,
-    double temperature_value, const c10::optional<at::Tensor>& top_k, int64_t top_k_value,
-    const c10::optional<at::Tensor>& top_p, double top_p_value, const c10::optional<at::Tensor>& min_p,
-    double min_p_value, const c10::optional<at::Tensor>& seed, int64_t seed_value,
-    const c10::optional<at::Tensor>& offset, int64_t offset_value, int64_t vocab_size, int64_t max_drafts) {
-  const VerifyInputs in = check_verify_inputs(
-      draft_logits, target_logits, draft_tokens, num_draft_tokens, num_draft_tokens_value, cu_num_draft_tokens, rule,
-      alpha_range, alpha, alpha_value, temperature, temperature_value, top_k, top_k_value, top_p, top_p_value, min_p,
-      min_p_value, seed, seed_value, offset, offset_value, vocab_size, max_drafts);
-  VerifyResult out = empty_verify_outputs(in, target_logits.options());
-  if (in.B == 0) return out;
+// The arguments of verify_native and verify_divergence_native (schemas in ops.cpp), as parameters and as the call
+// that checks them.
+#define SPECCAS_VERIFY_PARAMS                                                                                   \
+  const c10::optional<at::Tensor>& draft_logits, const at::Tensor& target_logits, const at::Tensor& draft_tokens,  \
+      const c10::optional<at::Tensor>& num_draft_tokens, int64_t num_draft_tokens_value,                           \
+      const c10::optional<at::Tensor>& cu_num_draft_tokens, at::IntArrayRef rule, at::ArrayRef<double> alpha_range, \
+      const c10::optional<at::Tensor>& alpha, double alpha_value, const c10::optional<at::Tensor>& temperature,     \
+      double temperature_value, const c10::optional<at::Tensor>& top_k, int64_t top_k_value,                       \
+      const c10::optional<at::Tensor>& top_p, double top_p_value, const c10::optional<at::Tensor>& min_p,          \
+      double min_p_value, const c10::optional<at::Tensor>& seed, int64_t seed_value,                               \
+      const c10::optional<at::Tensor>& offset, int64_t offset_value, int64_t vocab_size, int64_t max_drafts
+#define SPECCAS_CHECK_VERIFY_INPUTS()                                                                                 \
+  check_verify_inputs(draft_logits, target_logits, draft_tokens, num_draft_tokens, num_draft_tokens_value,            \
+                      cu_num_draft_tokens, rule, alpha_range, alpha, alpha_value, temperature, temperature_value,     \
+                      top_k, top_k_value, top_p, top_p_value, min_p, min_p_value, seed, seed_value, offset,           \
+                      offset_value, vocab_size, max_drafts)
+
+// One round on checked inputs into `out`, and the divergences into div / draft_div when they are defined.
+void run_verify(const VerifyInputs& in, VerifyResult& out, const at::Tensor& div, const at::Tensor& draft_div) {
+  if (in.B == 0) return;
   // A ragged batch with no drafts at all still has rows whose (unchecked) counts may claim some: they read a
   // row of zeros, as reference.padded gathers them.
   const at::Tensor zq = in.ragged() && !in.token_drafts() && in.x.size(0) == 0
                             ? at::zeros({1, in.zq.size(1)}, in.zq.options())
                             : in.zq;
+  float* div_out = div.defined() ? div.data_ptr<float>() : nullptr;
+  float* draft_div_out = draft_div.defined() ? draft_div.data_ptr<float>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.zp.scalar_type(), "verify_native_cpu", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
     Layout<scalar_t> L;
@@ -464,13 +641,33 @@ VerifyResult verify_native_cpu(
     L.K = in.K;
     L.N = in.ragged() ? in.x.size(0) : 0;
     L.n = rows_of<int64_t>(in.n);
-    verify_cpu_impl<scalar_t, acc_t>(in, L, out);
+    verify_cpu_impl<scalar_t, acc_t>(in, L, out, div_out, draft_div_out);
   });
+}
+
+VerifyResult verify_native_cpu(SPECCAS_VERIFY_PARAMS) {
+  const VerifyInputs in = SPECCAS_CHECK_VERIFY_INPUTS();
+  VerifyResult out = empty_verify_outputs(in, target_logits.options());
+  run_verify(in, out, at::Tensor(), at::Tensor());
   return out;
+}
+
+// verify_native and, from the same round, divergence and draft_divergence [B, K] float32 (SPEC.md section 6).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+verify_divergence_native_cpu(SPECCAS_VERIFY_PARAMS) {
+  const VerifyInputs in = SPECCAS_CHECK_VERIFY_INPUTS();
+  VerifyResult out = empty_verify_outputs(in, target_logits.options());
+  const at::Tensor div = at::zeros({in.B, in.K}, target_logits.options().dtype(at::kFloat));
+  const at::Tensor draft_div = at::zeros({in.B, in.K}, target_logits.options().dtype(at::kFloat));
+  run_verify(in, out, div, draft_div);
+  return std::tuple_cat(out, std::make_tuple(div, draft_div));
 }
 
 }  // namespace
 }  // namespace cpu
 }  // namespace speccas
 
-TORCH_LIBRARY_IMPL(speccas, CPU, m) { m.impl("verify_native", &speccas::cpu::verify_native_cpu); }
+TORCH_LIBRARY_IMPL(speccas, CPU, m) {
+  m.impl("verify_native", &speccas::cpu::verify_native_cpu);
+  m.impl("verify_divergence_native", &speccas::cpu::verify_divergence_native_cpu);
+}

@@ -3,8 +3,11 @@
 Both call the ops that the compiled extension ``speccas_kernels._C`` registers
 (``csrc/ops.cpp``): ``torch.ops.speccas.verify_native`` and ``torch.ops.speccas.sample_native``,
 with a CPU implementation always and a CUDA one when the extension was built with a CUDA toolkit
-and a CUDA torch. The extension is imported lazily, once (``functools.cache``), so importing
-``speccas_kernels`` never needs it; ``available(name)`` says why a backend cannot run.
+and a CUDA torch; and ``torch.ops.speccas.verify_divergence_native``, the same round that also returns
+the divergences of SPEC.md section 6 from its own statistics, CPU only (on CUDA tensors ``verify_args``
+computes them with ``reference.divergence_args`` after ``verify_native``). The extension is imported
+lazily, once (``functools.cache``), so importing ``speccas_kernels`` never needs it; ``available(name)``
+says why a backend cannot run.
 
 The ops compute the formulas of ``speccas_kernels.reference`` (same counter-based random
 numbers, so the same tokens for the same inputs) without materializing the distributions.
@@ -17,7 +20,7 @@ from typing import List, Tuple
 
 import torch
 
-from . import checks
+from . import checks, reference
 from .outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from .rules import Rule
 
@@ -75,16 +78,26 @@ def _named(op: str, args) -> dict:
     return {a.name: v for a, v in zip(getattr(torch.ops.speccas, op).default._schema.arguments, args)}
 
 
+def _verify_shapes(op: str, args, divergence: bool = False) -> tuple:
+    """The outputs of ``torch.ops.speccas.<op>`` (a verify op) as uninitialized tensors."""
+    a = _named(op, args)
+    _same_device(a["target_logits"], **{k: t for k, t in a.items() if isinstance(t, torch.Tensor)})
+    cu = a["cu_num_draft_tokens"]
+    B = a["draft_tokens"].shape[0] if cu is None else cu.shape[0] - 1
+    out = tuple(new_verify_output(B, a["max_drafts"], a["target_logits"].device, divergence=divergence))
+    return out if divergence else out[:KERNEL_OUTPUTS]
+
+
 def _register_fakes() -> None:
     """Shape functions, so the ops trace under torch.compile / FakeTensor."""
     try:
         @torch.library.register_fake("speccas::verify_native")
         def _verify_fake(*args):
-            a = _named("verify_native", args)
-            _same_device(a["target_logits"], **{k: t for k, t in a.items() if isinstance(t, torch.Tensor)})
-            cu = a["cu_num_draft_tokens"]
-            B = a["draft_tokens"].shape[0] if cu is None else cu.shape[0] - 1
-            return tuple(new_verify_output(B, a["max_drafts"], a["target_logits"].device))[:KERNEL_OUTPUTS]
+            return _verify_shapes("verify_native", args)
+
+        @torch.library.register_fake("speccas::verify_divergence_native")
+        def _verify_divergence_fake(*args):
+            return _verify_shapes("verify_divergence_native", args, divergence=True)
 
         @torch.library.register_fake("speccas::sample_native")
         def _sample_fake(*args):
@@ -126,14 +139,25 @@ def filter_args(f: checks.Filters) -> list:
     return [*row(f.top_k, 0), *row(f.top_p, 1.0), *row(f.min_p, 0.0)]
 
 
-def verify_args(args: checks.VerifyArgs) -> VerifyOutput:
-    """verify on normalized arguments (see ``speccas_kernels.ops.verify``); schema in csrc/ops.cpp."""
-    out = _ops().verify_native(
+def verify_args(args: checks.VerifyArgs, divergence: bool = False) -> VerifyOutput:
+    """verify on normalized arguments (see ``speccas_kernels.ops.verify``); schema in csrc/ops.cpp.
+
+    With ``divergence``, the output's ``divergence`` and ``draft_divergence`` are filled (SPEC.md section 6): on
+    CPU tensors by ``verify_divergence_native``, from the round's own statistics; on CUDA tensors by
+    ``reference.divergence_args`` after ``verify_native`` (PyTorch ops, one more read of both logit tensors: the CUDA
+    kernels do not compute them)."""
+    ops = _ops()
+    fused = divergence and args.target_logits.device.type == "cpu"
+    op = ops.verify_divergence_native if fused else ops.verify_native
+    out = VerifyOutput(*op(
         args.draft_logits, args.target_logits, args.draft_tokens, *row(args.num_draft_tokens),
         args.cu_num_draft_tokens, *rule_args(args.rule), *row(args.alpha), *row(args.temperature),
         *filter_args(args.filters), *row(args.seed), *row(args.offset), args.vocab_size, args.max_drafts,
-    )
-    return VerifyOutput(*out)
+    ))
+    if divergence and not fused:
+        law, draft = reference.divergence_args(args)
+        out = out._replace(divergence=law, draft_divergence=draft)
+    return out
 
 
 def sample_args(args: checks.SampleArgs) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from . import backends, checks, reference
+from . import backends, checks
 from .outputs import VerifyOutput, new_verify_output
 
 _COMMON_ARGS = """        rule: one of ``speccas_kernels.RULES``.
@@ -34,8 +34,9 @@ _COMMON_ARGS = """        rule: one of ``speccas_kernels.RULES``.
             target that the round spent. Also ``draft_divergence [B, K]``: TV(q, p) at each verified position,
             the drafter's sampling distribution against the target's, whatever the rule (what a cascade rule
             could spend there at most, for the family A rules; the quality budget's prior for a token's cost).
-            Both computed with PyTorch ops on the logits' device after the kernel: one more read of both logit
-            tensors (not fused into the kernels).
+            The ``cpp`` backend computes both inside its round from the statistics it already has (a closed form,
+            or one more pass over V per verified position); ``cuda`` and ``triton`` after the kernel with PyTorch
+            ops, one more read of both logit tensors (SPEC.md section 6). Nothing is computed when not asked.
         backend: ``"auto"``, ``"triton"``, ``"cpp"``, ``"cuda"`` or ``"reference"``."""
 
 
@@ -130,14 +131,8 @@ def _run_verify(args: checks.VerifyArgs, backend: str, return_divergence: bool) 
         raise TypeError(f"return_divergence: expected a bool, got {type(return_divergence).__name__}")
     impl = backends.resolve(backend, args.device)
     if args.batch == 0:
-        out = new_verify_output(0, args.max_drafts, args.device)
-    else:
-        out = impl.verify_args(args)
-    if return_divergence:
-        law, draft = reference.divergence_args(args) if args.batch else (
-            torch.zeros((0, args.max_drafts), dtype=torch.float32, device=args.device),) * 2
-        out = out._replace(divergence=law, draft_divergence=draft)
-    return out
+        return new_verify_output(0, args.max_drafts, args.device, divergence=return_divergence)
+    return impl.verify_args(args, divergence=True) if return_divergence else impl.verify_args(args)
 
 
 def sample(

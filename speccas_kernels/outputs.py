@@ -23,16 +23,23 @@ class VerifyOutput(NamedTuple):
     draft_divergence: Optional[torch.Tensor] = None
 
 
-KERNEL_OUTPUTS = 5  # the fields the kernels write (the two divergences are computed after them)
+# The fields every kernel writes; the two divergences follow them when asked for (``return_divergence=True``): written
+# by the round itself on the ``reference`` and ``cpp`` backends, by the kernels or after them on the others (SPEC.md
+# section 6 says which).
+KERNEL_OUTPUTS = 5
 
 
-def new_verify_output(B: int, K: int, device) -> VerifyOutput:
+def new_verify_output(B: int, K: int, device, divergence: bool = False) -> VerifyOutput:
     """Uninitialized outputs for B rows of K drafts (``torch.empty``: no device work; the kernels write
-    every element). Also the shape function of the registered ops."""
-    return VerifyOutput(
+    every element), with the two divergences when ``divergence``. Also the shape function of the registered ops."""
+    out = VerifyOutput(
         tokens=torch.empty((B, K + 1), dtype=torch.int64, device=device),
         num_accepted=torch.empty((B,), dtype=torch.int64, device=device),
         deferred=torch.empty((B, K), dtype=torch.bool, device=device),
         accept_prob=torch.empty((B, K), dtype=torch.float32, device=device),
         valid=torch.empty((B,), dtype=torch.bool, device=device),
     )
+    if not divergence:
+        return out
+    return out._replace(divergence=torch.empty((B, K), dtype=torch.float32, device=device),
+                        draft_divergence=torch.empty((B, K), dtype=torch.float32, device=device))

@@ -293,7 +293,11 @@ def divergence_args(args: checks.VerifyArgs) -> Tuple[torch.Tensor, torch.Tensor
     for the cascade rules) is from the target's sampling distribution p (SPEC.md section 6; the bonus position
     emits from p: divergence 0); the second how far the drafter's sampling distribution q is from p, whatever the
     rule (a bound on the first for the family A rules; the quality budget reads it, ``speccas.budget``)."""
-    rd = _round(padded(args))
+    return _divergences(_round(padded(args)))
+
+
+def _divergences(rd: _Round) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``divergence_args`` of a round already built."""
     B, K = rd.x.shape
     if K == 0:
         empty = torch.zeros((B, 0), dtype=torch.float32, device=rd.x.device)
@@ -304,9 +308,10 @@ def divergence_args(args: checks.VerifyArgs) -> Tuple[torch.Tensor, torch.Tensor
     return tuple(torch.where(used, tv, 0).to(torch.float32) for tv in tvs)
 
 
-def verify_args(args: checks.VerifyArgs, debug: bool = False):
-    """The reference on normalized arguments. With ``debug``, also returns a dict of decision
-    margins (used by the backend-equality tests to recognize genuine float ties)."""
+def verify_args(args: checks.VerifyArgs, debug: bool = False, divergence: bool = False):
+    """The reference on normalized arguments. With ``divergence``, the output's ``divergence`` and
+    ``draft_divergence`` are filled (``divergence_args``, from the same round). With ``debug``, also returns a dict
+    of decision margins (used by the backend-equality tests to recognize genuine float ties)."""
     args = padded(args)
     rd = _round(args)
     x, n, used_q, valid, T, filters, zp, p_all, bl, x_ok = rd
@@ -360,6 +365,9 @@ def verify_args(args: checks.VerifyArgs, debug: bool = False):
         accept_prob=torch.where(used_q & valid[:, None], a, 0).to(torch.float32),
         valid=valid,
     )
+    if divergence:
+        law, draft = _divergences(rd)
+        out = out._replace(divergence=law, draft_divergence=draft)
     if not debug:
         return out
     decided = used_q & (pos_k <= m[:, None])

@@ -60,9 +60,11 @@ is known before the rule is applied: ``TV(pi, p) <= TV(q, p)`` at the same posit
 (``chow``, ``diff``, ``opt``: 0 or ``TV(q, p)``; ``ensemble``: ``alpha TV(q, p)``), and
 ``TV(pi, p) <= d + ((1 + d) / 2)^2`` with ``d = TV(q, p)`` for the token sets (``token_v1``, ``token_v2``, whose law
 is not a mixture of q and p and can spend 1/4 where ``q = p``; SPEC.md section 6). ``verify(return_divergence=True)``
-reports ``TV(q, p)`` at every verified position (``draft_divergence``: one more subtraction and sum over the tensors
-the divergence already builds, about 0.1 s on 2 CPU cores for 8 rows of 12 drafts over 151,936 ids, against about
-9 s for such a round of the real pair), so on sampled rows
+reports ``TV(q, p)`` at every verified position (``draft_divergence``; on the ``cpp`` backend both divergences come
+from the verify round itself: for 8 rows of 12 drafts over 151,936 ids at T = 1 on 2 shared CPU cores (load 3-5.6,
+two runs), +0 ms for ``opt``, +23-36 ms for ``chow``, +44-48 ms for ``lossy`` and +102-147 ms for ``token_v1`` over a
+42-84 ms round, where the reference's PyTorch ops after the round took 2.5-4.9 s, ``bench/bench_divergence.py``; a
+round of the real pair takes about 9 s), so on sampled rows
 
     token_max = max(the largest cost the row has spent on one token, the largest bound over its drafts so far)
 
