@@ -126,15 +126,16 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def verify_args(args: VerifyArgs) -> VerifyOutput:
-    """``verify`` on normalized arguments (``checks.check_verify`` / ``check_verify_ragged``)."""
+def verify_args(args: VerifyArgs, divergence: bool = False) -> VerifyOutput:
+    """``verify`` on normalized arguments (``checks.check_verify`` / ``check_verify_ragged``); with ``divergence``
+    the same launch also computes ``divergence`` and ``draft_divergence`` (``kernels.verify``)."""
     from .kernels.verify import launch_verify
 
     _check_device(args.target_logits)
     block_v, num_warps = settings(args.vocab_size)
     with _device_guard(args.target_logits.device):
         return launch_verify(args, block_v, num_warps, programs(args.target_logits.device), rows(args.batch),
-                             tiles())
+                             tiles(), divergence)
 
 
 def sample_args(args: SampleArgs) -> torch.Tensor:
