@@ -658,14 +658,19 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
                 tl.store(look_part_ptr + (B * K + rows * K + i) * NI + j, tl.sum(acc2, axis=1), mask=use)
         if ticket(cnt_ptr + c_look + g * K + i) == NI - 1:
             if tl.max(use.to(tl.int32), axis=0) > 0:
-                tt = tl.arange(0, BLOCK_T)[None, None, :]
-                slot = tl.arange(0, 2)[None, :, None]
-                mk = use[:, None, None] & (tt < NI) & ((slot == 0) | DIVERGENCE)
-                parts = tl.load(look_part_ptr + ((slot * B + rows[:, None, None]) * K + i) * NI + tt, mask=mk,
-                                other=0.0, cache_modifier=".cg")
-                slot = tl.arange(0, 2)[None, :]
-                tl.store(look_ptr + (slot * B + rows[:, None]) * K + i, tl.sum(parts, axis=2),
-                         mask=use[:, None] & ((slot == 0) | DIVERGENCE))
+                if DIVERGENCE:  # both slots
+                    tt = tl.arange(0, BLOCK_T)[None, None, :]
+                    slot = tl.arange(0, 2)[None, :, None]
+                    parts = tl.load(look_part_ptr + ((slot * B + rows[:, None, None]) * K + i) * NI + tt,
+                                    mask=use[:, None, None] & (tt < NI) & (slot < 2), other=0.0, cache_modifier=".cg")
+                    slot = tl.arange(0, 2)[None, :]
+                    tl.store(look_ptr + (slot * B + rows[:, None]) * K + i, tl.sum(parts, axis=2),
+                             mask=use[:, None] & (slot < 2))
+                else:
+                    tt = tl.arange(0, BLOCK_T)
+                    parts = tl.load(look_part_ptr + (rows[:, None] * K + i) * NI + tt[None, :],
+                                    mask=use[:, None] & (tt < NI)[None, :], other=0.0, cache_modifier=".cg")
+                    tl.store(look_ptr + rows * K + i, tl.sum(parts, axis=1), mask=use)
             tl.store(cnt_ptr + c_look + g * K + i, 0)
             _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
                         num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr,
