@@ -128,18 +128,14 @@ def _sm_count(index: int) -> int:
 
 def verify_args(args: VerifyArgs, divergence: bool = False) -> VerifyOutput:
     """``verify`` on normalized arguments (``checks.check_verify`` / ``check_verify_ragged``); with ``divergence``
-    the two divergences come from ``reference.divergence_args`` after the kernels (not fused here yet)."""
+    the same launch also computes ``divergence`` and ``draft_divergence`` (``kernels.verify``)."""
     from .kernels.verify import launch_verify
 
     _check_device(args.target_logits)
     block_v, num_warps = settings(args.vocab_size)
     with _device_guard(args.target_logits.device):
-        out = launch_verify(args, block_v, num_warps, programs(args.target_logits.device), rows(args.batch), tiles())
-    if divergence:
-        from .reference import divergence_args
-
-        out = out._replace(**dict(zip(("divergence", "draft_divergence"), divergence_args(args))))
-    return out
+        return launch_verify(args, block_v, num_warps, programs(args.target_logits.device), rows(args.batch),
+                             tiles(), divergence)
 
 
 def sample_args(args: SampleArgs) -> torch.Tensor:

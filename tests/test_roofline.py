@@ -156,7 +156,11 @@ def _verify_cases(rule):
              ("scalars, filters", dict(alpha=alpha, temperature=0.7, **FILTERS), two),
              ("per-row, ragged n, filters", dict(per_row, **FILTERS), two),
              ("per-row, ragged n, per-row filters", dict(per_row, **rows_filters), two),
-             ("T = 0, filters", dict(temperature=0.0, **FILTERS), two)]
+             ("T = 0, filters", dict(temperature=0.0, **FILTERS), two),
+             # the divergences come from the same launch (a token set's third pass is more work items in it)
+             ("per-row, ragged n, divergence", dict(per_row, return_divergence=True), one),
+             ("scalars, filters, divergence", dict(alpha=alpha, temperature=0.7, return_divergence=True, **FILTERS),
+              two)]
     return cases
 
 
@@ -177,6 +181,7 @@ def test_verify_device_work_per_call(rule):
                     assert [l.qualname for l in work.launches] == want, (settings, name, q is None, work.summary())
                     assert work.ops == [] and work.total == len(want) <= 2, (settings, name, work.summary())
                     assert (work.launches[-1].arg("zq_ptr").kind == "tensor") == (q is not None)
+                    assert (work.launches[-1].arg("div_ptr").kind == "tensor") == ("return_divergence" in kw)
             # the ragged layout: row b's n_b drafts back to back, its n_b + 1 target positions after them
             n = [3, 1, 0]
             cu = torch.tensor([0, 3, 4, 4])

@@ -328,6 +328,10 @@ else:
     sk.verify_ragged(zq[0], zp.reshape(-1, V)[: K + 2], x[0], torch.tensor([0, 2, 3]), max_num_draft_tokens=2,
                      rule="opt", backend="triton")
     sk.verify(zq.double(), zp.double(), x, rule="token_v1", backend="triton")
+    for rule in ("chow", "lossy", "token_v3"):  # the divergences: family A, lossy's sum, a token set's third pass
+        sk.verify(zq, zp, x, rule=rule, temperature=torch.ones(B), return_divergence=True, backend="triton")
+    sk.verify(zq.float(), zp, x, rule="opt", temperature=0.7, top_k=9, return_divergence=True, backend="triton")
+    sk.verify(None, zp, x, rule="token_v2", temperature=0.7, return_divergence=True, backend="triton")
 seen = set()
 for fn, args, kwargs in launches:
     key = (fn.fn.__qualname__, tuple(type(a).__name__ if not isinstance(a, torch.Tensor) else str(a.dtype)

@@ -46,6 +46,13 @@ NI = ceil(NT / TILES) items per position.
   memory). The last item's program **emits** the token; when the residual's mass is rounding noise (at most
   RESIDUAL_EPS, rare) it first runs the race over pi itself.
 
+* **divergences** (``verify(return_divergence=True)``; SPEC.md section 6): TV(q, p) and TV(law, p) at every verified
+  position, from the statistics the round already has. The second look then runs for every rule (at T > 0 with
+  drafter logits) and sums TV(q, p) beside its own quantity, and lossy's sum_v (min(q, p / (1 - alpha)) - p)^+; the
+  accept phase writes both divergences (closed forms at T = 0 and for token-only drafts: ``_divergences``). A token
+  set's TV(pi, p) needs eta before its sum: a third pass, ``_div_item`` work items queued with the row's race
+  items (after its accept phase), whose last item writes the sums. Nothing of this is compiled without the flag.
+
 Arithmetic of the streaming phases: exp through the special-function unit's ex2 (``common.exp_scaled``: one
 multiply and one MUFU, subnormal results flushed to 0, which sums of at least 1 do not see), the race's logs through
 its lg2 on a GPU (``common.ln_fast``), p and q in the race and the second look scaled by the row's 1 / ST instead
@@ -267,6 +274,7 @@ def _verify_kernel(
     deferred_ptr,  # [B, K] bool
     accept_prob_ptr,  # [B, K] float32
     valid_ptr,  # [B] bool
+    div_ptr,  # [2, B, K] float32: TV(law, p), TV(q, p) (``divergence``, ``draft_divergence``), or None
     # workspace (torch.empty: every element read is written first in this launch)
     part_m_ptr,  # [B, K + 1, 2, NI] per stats item: max (side 0 target, 1 drafter), float32 (float64 for FP64)
     part_f_ptr,  # [2, B, K + 1, 2, NI] float32: sum exp(z - max), sum exp((z - max) / T) kept (NT-sized buffers)
@@ -274,8 +282,8 @@ def _verify_kernel(
     pos_m_ptr,  # [B, K + 1, 2] merged max (float64 for FP64), then [B, K, 2] the logits at the drafts (p, q)
     pos_f_ptr,  # [2, B, K + 1, 2] float32: S1, ST
     pos_i_ptr,  # [2, B, K + 1, 2] int32: argmax, bad
-    look_part_ptr,  # [B, K, NI] float32 (an NT-sized buffer): second-look partial sums, one per item
-    look_ptr,  # [B, K] float32: TV or eta
+    look_part_ptr,  # [2, B, K, NI] float32 (NT-sized): second-look partial sums (slot 1 with DIVERGENCE), one per item
+    look_ptr,  # [2, B, K] float32: slot 0 TV (eta for token sets), slot 1 TV (token sets) or lossy's sum
     race_f_ptr,  # [2, B, NI] float32 (NT-sized buffers): best race score, residual mass, per race item
     race_i_ptr,  # [B, NI] int32: the best score's lowest index
     row_i_ptr,  # [3, B] int32: m, race kind, the draft at m (-1 outside the vocabulary)
@@ -321,6 +329,8 @@ def _verify_kernel(
     ITEMS_PER_PROGRAM: tl.constexpr,  # 0: as many as the queue holds
 ):
     HAS_Q: tl.constexpr = zq_ptr is not None
+    DIVERGENCE: tl.constexpr = div_ptr is not None
+    DIV_ITEMS: tl.constexpr = DIVERGENCE and FAMILY == FAMILY_B  # a third pass for a token set's TV(pi, p)
     KP = K + 1
     G = (B + ROWS - 1) // ROWS
     # counter offsets (per row group)
@@ -330,6 +340,7 @@ def _verify_kernel(
     c_row = c_look + G * K
     c_flag = c_row + G
     c_race = c_flag + G
+    c_fin = c_race + G
     NI = (NT + TILES - 1) // TILES  # work items per position
     stats_items = KP * NI
     if SECOND_LOOK:
@@ -338,7 +349,11 @@ def _verify_kernel(
     else:
         look_items = K * 0
         lag = 1
-    step = stats_items + look_items + NI
+    if DIV_ITEMS:
+        div_items = K * NI
+    else:
+        div_items = K * 0
+    step = stats_items + look_items + NI + div_items
 
     done = 0
     w = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
@@ -359,11 +374,11 @@ def _verify_kernel(
                 i = r // NI
                 _stats_item(g, i.to(tl.int64), r - i * NI, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
                             pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr,
-                            accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr,
+                            accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr,
                             n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr,
                             offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_stats,
                             c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV,
-                            WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
+                            WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
                             BLOCK_V, BLOCK_K, BLOCK_T, TILES)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
@@ -373,13 +388,13 @@ def _verify_kernel(
                     i = r2 // NI
                     _look_item(g, i.to(tl.int64), r2 - i * NI, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
                                look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr,
-                               valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val,
+                               valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val,
                                alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val,
                                cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
                                c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
-                               USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
+                               USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
                                BLOCK_K, BLOCK_T, TILES)
-        else:
+        elif r < stats_items + look_items + NI:
             g = (s - lag).to(tl.int64)
             if (g >= 0) & (g < G):
                 _race_item(g, r - stats_items - look_items, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr,
@@ -387,7 +402,18 @@ def _verify_kernel(
                            alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
                            cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
                            IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T,
-                           TILES)
+                           TILES, DIV_ITEMS, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K)
+        else:
+            g = (s - lag).to(tl.int64)
+            if DIV_ITEMS:
+                if (g >= 0) & (g < G):
+                    r3 = r - stats_items - look_items - NI
+                    i = r3 // NI
+                    _div_item(g, i.to(tl.int64), r3 - i * NI, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr,
+                              look_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr,
+                              temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag, c_fin, stride_qb, stride_qk,
+                              stride_pb, stride_pk, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
+                              BLOCK_K, BLOCK_T, TILES)
         done += 1
         w = nxt
     # The last program out resets the queue.
@@ -444,12 +470,12 @@ def _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, t, mask, m, s1, s
 
 @triton.jit
 def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr,
-                tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr,
+                tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr,
                 zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
                 seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT,
                 c_stats, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
                 FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
-                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
+                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                 RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                 BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
     """Item j of position i: its TILES tiles of the target row and of the drafter row as one block (every load in
@@ -515,20 +541,20 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         if SECOND_LOOK:  # only the second look waits for a position's statistics
             common.release_flag(cnt_ptr + c_ready + pos, 1)
         _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
-                    num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
+                    num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
                     x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr,
                     fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb,
-                    stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED,
+                    stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED,
                     FILTERS, FP64, ROWS, BLOCK_K)
 
 
 @triton.jit
 def _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
-                num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
+                num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
                 x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
                 alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
                 FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
-                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
+                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                 RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                 BLOCK_K: tl.constexpr):
     """One of the group's merges is done: the program with the group's last ticket runs the accept phase."""
@@ -537,23 +563,68 @@ def _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, lo
         target += K
     if ticket(cnt_ptr + c_row + g) == target - 1:
         _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
-                num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
+                num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
                 x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
                 alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
-                FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, HAS_Q, RAGGED, FILTERS, FP64,
+                FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64,
                 ROWS, BLOCK_K)
 
 
 # ------------------------------------------------------------------------------------------------ second look
 
 @triton.jit
+def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_val, B, K, USES_ALPHA: tl.constexpr):
+    """What a pass over position i's tiles reads besides them, loaded at once, as [R, 1] columns: (exp scale, max
+    of p, its T = 1 sum, 1 / its sampling sum, the same three of q, alpha)."""
+    KP = K + 1
+    qf = 2 * B * KP
+    o = (rows * KP + i) * 2
+    Mp = tl.load(pos_m_ptr + o, mask=use, other=0.0, cache_modifier=".cg")[:, None]
+    S1p = tl.load(pos_f_ptr + o, mask=use, other=1.0, cache_modifier=".cg")[:, None]
+    STp = tl.load(pos_f_ptr + qf + o, mask=use, other=1.0, cache_modifier=".cg")[:, None]
+    Mq = tl.load(pos_m_ptr + o + 1, mask=use, other=0.0, cache_modifier=".cg")[:, None]
+    S1q = tl.load(pos_f_ptr + o + 1, mask=use, other=1.0, cache_modifier=".cg")[:, None]
+    STq = tl.load(pos_f_ptr + qf + o + 1, mask=use, other=1.0, cache_modifier=".cg")[:, None]
+    if USES_ALPHA:
+        al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)[:, None]
+    else:
+        al = S1p * 0.0
+    return log2e_scale(inv_temperature(T))[:, None], Mp, S1p, 1.0 / STp, Mq, S1q, 1.0 / STq, al
+
+
+@triton.jit
+def _look_tile(t, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, zq_ptr, zp_ptr, cutq_ptr,
+               cutp_ptr, K, V, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr,
+               IN_SET: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
+               BLOCK_V: tl.constexpr):
+    """Tile t of position i for the passes after the statistics (the second look, a token set's divergence):
+    (q, p, v in A) over [R, BLOCK_V], q and p 0 outside the rows ``use`` and the vocabulary (membership only for a
+    token set; what a caller does not read is dead code)."""
+    v = t * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask = use[:, None] & (v < V)[None, :]
+    zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None] + v[None, :], mask, FP64)
+    zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :], mask, FP64)
+    keep_q = mask & (zq > NEG_INF)
+    keep_p = mask & (zp > NEG_INF)
+    if FILTERS:
+        keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None])
+        keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * (K + 1) + i, mask=use, other=0.0)[:, None])
+    q = _probs_fast(zq, Mq, inv_STq, scale, keep_q, FILTERS)
+    p = _probs_fast(zp, Mp, inv_STp, scale, keep_p, FILTERS)
+    in_a = mask
+    if FAMILY == FAMILY_B:
+        in_a = _in_set(IN_SET, al, tl.exp(_rel(zq, Mq)) / S1q, tl.exp(_rel(zp, Mp)) / S1p, S1p)
+    return q, p, in_a
+
+
+@triton.jit
 def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr, tokens_ptr,
-               num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
+               num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
                x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr,
                offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
                c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
                FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
-               USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
+               USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
@@ -564,60 +635,85 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
         use = rmask & _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n)
         if tl.max(use.to(tl.int32), axis=0) > 0:
             wait_flag(cnt_ptr + c_ready + pos)
-            invT = inv_temperature(T)
-            qf = 2 * B * KP
-            o = (rows * KP + i) * 2
-            Mp = tl.load(pos_m_ptr + o, mask=use, other=0.0, cache_modifier=".cg")
-            S1p = tl.load(pos_f_ptr + o, mask=use, other=1.0, cache_modifier=".cg")
-            STp = tl.load(pos_f_ptr + qf + o, mask=use, other=1.0, cache_modifier=".cg")
-            Mq = tl.load(pos_m_ptr + o + 1, mask=use, other=0.0, cache_modifier=".cg")
-            S1q = tl.load(pos_f_ptr + o + 1, mask=use, other=1.0, cache_modifier=".cg")
-            STq = tl.load(pos_f_ptr + qf + o + 1, mask=use, other=1.0, cache_modifier=".cg")
-            scale = log2e_scale(invT)[:, None]
+            scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
+                                                                        pos_f_ptr, alpha_ptr, alpha_val, B, K,
+                                                                        USES_ALPHA)
             acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
+            acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
             for u in tl.static_range(TILES):
-                t = j * TILES + u
-                v = t * BLOCK_V + tl.arange(0, BLOCK_V)
-                mask = use[:, None] & (v < V)[None, :]
-                zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None] + v[None, :],
-                                 mask, FP64)
-                zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :],
-                                 mask, FP64)
-                keep_q = mask & (zq > NEG_INF)
-                keep_p = mask & (zp > NEG_INF)
-                if FILTERS:
-                    keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None])
-                    keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + i, mask=use, other=0.0)[:, None])
-                q = _probs_fast(zq, Mq[:, None], (1.0 / STq)[:, None], scale, keep_q, FILTERS)
-                if NEEDS_TV:
-                    p = _probs_fast(zp, Mp[:, None], (1.0 / STp)[:, None], scale, keep_p, FILTERS)
-                    acc += tl.maximum(q - p, 0.0)  # 0 wherever both are (masked, dead, filtered)
-                else:
-                    tl.static_assert(FAMILY == FAMILY_B, "the second look reads TV or a token set's eta")
-                    if USES_ALPHA:
-                        al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)
-                    else:
-                        al = T * 0.0
-                    in_a = _in_set(IN_SET, al[:, None], tl.exp(_rel(zq, Mq[:, None])) / S1q[:, None],
-                                   tl.exp(_rel(zp, Mp[:, None])) / S1p[:, None], S1p[:, None])
+                q, p, in_a = _look_tile(j * TILES + u, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q,
+                                        inv_STq, al, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr, K, V, stride_qb, stride_qk,
+                                        stride_pb, stride_pk, FAMILY, IN_SET, RAGGED, FILTERS, FP64, BLOCK_V)
+                if FAMILY == FAMILY_B:
                     acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
+                    if DIVERGENCE:
+                        acc2 += tl.maximum(q - p, 0.0)
+                else:
+                    tl.static_assert(NEEDS_TV or DIVERGENCE, "the second look reads TV or a token set's eta")
+                    acc += tl.maximum(q - p, 0.0)  # 0 wherever both are (masked, dead, filtered)
+                    if DIVERGENCE and FAMILY == FAMILY_LOSSY:  # TV(law, p), one pass: ``_divergences``
+                        acc2 += tl.maximum(tl.minimum(q, p / (1.0 - al)) - p, 0.0)
             tl.store(look_part_ptr + (rows * K + i) * NI + j, tl.sum(acc, axis=1), mask=use)  # one record per item
+            if DIVERGENCE:
+                tl.store(look_part_ptr + (B * K + rows * K + i) * NI + j, tl.sum(acc2, axis=1), mask=use)
         if ticket(cnt_ptr + c_look + g * K + i) == NI - 1:
             if tl.max(use.to(tl.int32), axis=0) > 0:
-                tt = tl.arange(0, BLOCK_T)
-                parts = tl.load(look_part_ptr + (rows[:, None] * K + i) * NI + tt[None, :],
-                                mask=use[:, None] & (tt < NI)[None, :], other=0.0, cache_modifier=".cg")
-                tl.store(look_ptr + rows * K + i, tl.sum(parts, axis=1), mask=use)
+                if DIVERGENCE:  # both slots
+                    tt = tl.arange(0, BLOCK_T)[None, None, :]
+                    slot = tl.arange(0, 2)[None, :, None]
+                    parts = tl.load(look_part_ptr + ((slot * B + rows[:, None, None]) * K + i) * NI + tt,
+                                    mask=use[:, None, None] & (tt < NI) & (slot < 2), other=0.0, cache_modifier=".cg")
+                    slot = tl.arange(0, 2)[None, :]
+                    tl.store(look_ptr + (slot * B + rows[:, None]) * K + i, tl.sum(parts, axis=2),
+                             mask=use[:, None] & (slot < 2))
+                else:
+                    tt = tl.arange(0, BLOCK_T)
+                    parts = tl.load(look_part_ptr + (rows[:, None] * K + i) * NI + tt[None, :],
+                                    mask=use[:, None] & (tt < NI)[None, :], other=0.0, cache_modifier=".cg")
+                    tl.store(look_ptr + rows * K + i, tl.sum(parts, axis=1), mask=use)
             tl.store(cnt_ptr + c_look + g * K + i, 0)
             _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
-                        num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr,
+                        num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr,
                         zp_ptr, x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
                         cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk,
-                        stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK,
+                        stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE,
                         HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K)
 
 
 # ------------------------------------------------------------------------------------------------ accept
+
+@triton.jit
+def _divergences(FAMILY: tl.constexpr, greedy, w, look, look2, argq, argp, px, x_ok, al, HAS_Q: tl.constexpr):
+    """(TV(law, p), TV(q, p)) at a row's positions (SPEC.md section 6), from what the accept phase holds: the blend
+    quantity w (family A r, family B eta), the second look's slots (at T > 0 with drafter logits: slot 0 TV(q, p),
+    or eta for a token set with TV(q, p) in slot 1; lossy's sum in slot 1) and p at the drafts.
+
+    TV(q, p): one-hot q and p at T = 0 give 1[argmax q != argmax p]; a token-only draft x gives 1 - p(x) (0 for an
+    id outside the vocabulary: q is then the zero vector, as in the reference). TV(law, p): family A pi - p =
+    (1 - r)(q - p), so (1 - r) TV(q, p). A token set with one-hot q (T = 0, token-only drafts) keeps q where its
+    one entry is in A (eta = 0: TV(q, p)) and is p otherwise (eta = 1: 0), so (1 - eta) TV(q, p) too; with drafter
+    logits at T > 0 it needs eta first (a third pass, ``_div_item``, which overwrites this value). Lossy's law
+    q a + beta R (a = min(1, p / ((1 - alpha) q)), R ∝ (p - q)^+, beta = 1 - sum q a) lies at or below p where
+    p >= q: there q a = q and beta (p - q) / TV(q, p) <= p - q, since beta = sum_{p < q} q - min(q, p / (1 - alpha))
+    <= sum_{p < q} (q - p) = TV(q, p). Where p < q the law is min(q, p / (1 - alpha)) >= p. So TV(law, p) =
+    sum_v (min(q, p / (1 - alpha)) - p)^+, one pass (the second look's slot 1); 0 at T = 0 (one-hot: the law is p)
+    and (min(1, p(x) / (1 - alpha)) - p(x))^+ for a token-only draft."""
+    if HAS_Q:
+        tv = look
+        if FAMILY == FAMILY_B:
+            tv = look2
+        d = tl.where(greedy, (argq != argp).to(tl.float32), tv)
+    else:
+        d = tl.where(x_ok, 1.0 - px, 0.0)
+    if FAMILY == FAMILY_LOSSY:
+        if HAS_Q:
+            law = tl.where(greedy, 0.0, look2)
+        else:
+            law = tl.where(x_ok, tl.maximum(tl.minimum(1.0, px / (1.0 - al)) - px, 0.0), 0.0)
+    else:
+        law = (1.0 - w) * d
+    return law, d
+
 
 @triton.jit
 def _at_draft(z, xc, used, M, S1, ST, arg, cut_ptr, cut_off, greedy, invT, FILTERS: tl.constexpr):
@@ -632,11 +728,11 @@ def _at_draft(z, xc, used, M, S1, ST, arg, cut_ptr, cut_off, greedy, invT, FILTE
 
 @triton.jit
 def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
-            num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr,
+            num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr,
             alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo,
             alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
             FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
-            USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr,
+            USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
             RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
             BLOCK_K: tl.constexpr):
     """The accept phase of a group of rows: [R, BLOCK_K] blocks, one lane per draft position."""
@@ -698,9 +794,12 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
         qh_x = qx
         max_qh = qx * 0.0 + 1.0
     look = qx * 0.0
+    look2 = look
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
-        look = tl.load(look_ptr + rr * K + i, mask=used_q & _needs_look(T, SECOND_LOOK, HAS_Q)[:, None], other=0.0,
-                       cache_modifier=".cg")
+        looked = used_q & _needs_look(T, SECOND_LOOK, HAS_Q)[:, None]
+        look = tl.load(look_ptr + rr * K + i, mask=looked, other=0.0, cache_modifier=".cg")
+        if DIVERGENCE:
+            look2 = tl.load(look_ptr + (B + rr) * K + i, mask=looked, other=0.0, cache_modifier=".cg")
     if FAMILY == FAMILY_A:
         tv = look
         if NEEDS_TV:
@@ -730,6 +829,11 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
         dfr = used_q
         w = qx * 0.0
     a = tl.where(x_ok, a, 0.0)
+    if DIVERGENCE:
+        law, d = _divergences(FAMILY, greedy, w, look, look2, argq, argp, px, x_ok, al, HAS_Q)
+        keep_d = used_q & valid[:, None]
+        tl.store(div_ptr + rr * K + i, tl.where(keep_d, tl.minimum(law, 1.0), 0.0), mask=in_k)
+        tl.store(div_ptr + (B + rr) * K + i, tl.where(keep_d, tl.minimum(d, 1.0), 0.0), mask=in_k)
     seed = row_params(seed_ptr, seed_val, rows, rmask)[:, None]
     offs = row_params(offset_ptr, offset_val, rows, rmask)[:, None]
     u = philox.uniform(seed, offs + i, STREAM_ACCEPT, i * 0 + rr * 0)
@@ -883,7 +987,8 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk,
                stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
-               ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
+               ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
+               DIV_ITEMS: tl.constexpr, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K: tl.constexpr):
     """Tiles j TILES .. j TILES + TILES - 1 of a row's race (statically unrolled): the bonus race (p_n + G) or the
     residual race (log max(0, pi_m - q_m) + G and the residual's mass), whichever the row runs (a row-uniform
     branch). The row's constants are loaded once per item; the tiles fold entry by entry into one running best (a
@@ -969,6 +1074,65 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                                               HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V), idx)
             tl.store(tokens_ptr + rows * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64), mask=racing)
         tl.store(cnt_ptr + c_race + g, 0)
+        if not DIV_ITEMS:
+            tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
+    if DIV_ITEMS:
+        _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, B, K, NT, c_flag, c_fin,
+                  NI + div_items, HAS_Q, BLOCK_K, BLOCK_T, TILES)
+
+
+# ------------------------------------------------------------------------------------------------ divergence
+
+@triton.jit
+def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, look_ptr, cnt_ptr, zq_ptr, zp_ptr,
+              cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag,
+              c_fin, stride_qb, stride_qk, stride_pb, stride_pk, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
+              HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
+              ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
+              TILES: tl.constexpr):
+    """A token set's TV(pi, p) at position i (``divergence`` asked, drafter logits, T > 0): with Q = q(A) = 1 - eta,
+    pi - p is q - Q p on A and (eta - 1) p <= 0 off it, so TV(pi, p) = sum_{v in A} (q(v) - Q p(v))^+, a pass that
+    needs eta (the second look's) first. Queued with the row's race items, after its accept phase (the race flag);
+    item j folds its tiles into one partial (into the second look's slot-0 partials, read before the accept
+    phase), and the group's last race or divergence item writes the sums (``_div_done``)."""
+    wait_flag(cnt_ptr + c_flag + g)
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    NI = (NT + TILES - 1) // TILES
+    if HAS_Q:
+        valid = tl.load(valid_ptr + rows, mask=rmask, other=0, cache_modifier=".cg") != 0
+        use = rmask & valid & _needs_look(T, True, HAS_Q) & (i < n)
+        if tl.max(use.to(tl.int32), axis=0) > 0:
+            scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
+                                                                        pos_f_ptr, alpha_ptr, alpha_val, B, K,
+                                                                        USES_ALPHA)
+            Q = 1.0 - tl.load(look_ptr + rows * K + i, mask=use, other=1.0, cache_modifier=".cg")[:, None]
+            acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
+            for u in tl.static_range(TILES):
+                q, p, in_a = _look_tile(j * TILES + u, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q,
+                                        inv_STq, al, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr, K, V, stride_qb, stride_qk,
+                                        stride_pb, stride_pk, FAMILY_B, IN_SET, RAGGED, FILTERS, FP64, BLOCK_V)
+                acc += tl.where(in_a, tl.maximum(q - Q * p, 0.0), 0.0)
+            tl.store(look_part_ptr + (rows * K + i) * NI + j, tl.sum(acc, axis=1), mask=use)
+    _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, B, K, NT, c_flag, c_fin,
+              NI + K * NI, HAS_Q, BLOCK_K, BLOCK_T, TILES)
+
+
+@triton.jit
+def _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, B, K, NT, c_flag, c_fin, items,
+              HAS_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
+    """A race or divergence item of the group is done; the last of them (every one has passed its wait on the race
+    flag) sums the divergence partials of the group's positions, writes them, and resets the flag."""
+    if ticket(cnt_ptr + c_fin + g) == items - 1:
+        if HAS_Q:
+            NI = (NT + TILES - 1) // TILES
+            valid = tl.load(valid_ptr + rows, mask=rmask, other=0, cache_modifier=".cg") != 0
+            i = tl.arange(0, BLOCK_K)[None, :]
+            use = (rmask & valid & _needs_look(T, True, HAS_Q))[:, None] & (i < n[:, None])  # [R, BLOCK_K]
+            tt = tl.arange(0, BLOCK_T)[None, None, :]
+            parts = tl.load(look_part_ptr + (rows[:, None, None] * K + i[:, :, None]) * NI + tt,
+                            mask=use[:, :, None] & (tt < NI), other=0.0, cache_modifier=".cg")
+            tl.store(div_ptr + rows[:, None] * K + i, tl.minimum(tl.sum(parts, axis=2), 1.0), mask=use)
+        tl.store(cnt_ptr + c_fin + g, 0)
         tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
 
 
@@ -979,6 +1143,8 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
 # body of that function's ``if`` whose test holds the marker). Unclaimed instructions are the queue loop's own
 # (once per work item drawn) or the program's (once per program).
 ROOFLINE_PHASES = (
+    ("div_done", "_div_done", None),
+    ("div", "_div_item", None),
     ("emit_pi", "_pi_race", None),
     ("accept", "_accept", None),
     ("merge", "_stats_item", "ticket(cnt_ptr + c_stats"),
@@ -1038,7 +1204,9 @@ def roofline_hints(launch) -> dict:
     T = 1.0 if launch.arg("temp_ptr").kind == "tensor" else float(val("temp_val"))
     has_q = launch.arg("zq_ptr").kind == "tensor"
     looks = bool(c["SECOND_LOOK"]) and has_q and 0 < T < float("inf")
-    step = KP * NI + (K * NI if c["SECOND_LOOK"] else 0) + NI
+    token_set = c["FAMILY"] == rules.FAMILY_CODE[rules.FAMILY_B]
+    div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set else 0
+    step = KP * NI + (K * NI if c["SECOND_LOOK"] else 0) + NI + div_items
     work = {
         "queue": dict(count=total),  # the draw overlaps the previous item (the first is the program's)
         "program": dict(count=launch.programs, l2=2),
@@ -1052,6 +1220,8 @@ def roofline_hints(launch) -> dict:
         "race": dict(count=G * NI, l2=3 if c["ROWS"] == 1 else 4),
         "emit": dict(count=G, l2=1),
         "emit_pi": dict(count=0),  # the race over pi: a residual of rounding noise, taken as never
+        "div": dict(count=G * n * NI if div_items and looks else 0, l2=3),  # a token set's TV(pi, p), when asked
+        "div_done": dict(count=G if div_items else 0, l2=2),
     }
     if looks:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NI, 0), (["merge"], 1, step),
@@ -1074,10 +1244,11 @@ MAX_REGISTERS = 128
 ITEMS_PER_PROGRAM = 0  # tests set this (under the interpreter) to make every hand-off cross programs
 
 
-def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int = 1, tiles: int = 1
-                  ) -> VerifyOutput:
+def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int = 1, tiles: int = 1,
+                  divergence: bool = False) -> VerifyOutput:
     """Normalized arguments (``checks.VerifyArgs``) -> VerifyOutput, all on the logits' device: one launch (two
-    with sampling filters). ``rows``: rows per work item (a power of two); ``tiles``: vocabulary tiles per work item at
+    with sampling filters); with ``divergence`` the same launch also writes ``divergence`` and
+    ``draft_divergence``. ``rows``: rows per work item (a power of two); ``tiles``: vocabulary tiles per work item at
     most (a power of two); at a small batch the fewest per item with which a position's stats items still take
     one wave of the programs (the row's chain then waits on one round trip per step, not two)."""
     from .filters import launch_cutoffs
@@ -1108,16 +1279,18 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     pos_m = torch.empty((B * KP * 2 + B * K * 2,), dtype=mdt, device=dev)  # then the logits at the drafts
     pos_f = torch.empty((2 * B * KP * 2,), dtype=f32, device=dev)
     pos_i = torch.empty((2 * B * KP * 2,), dtype=i32, device=dev)
-    look_part = torch.empty((max(B * K * nt, 1),), dtype=f32, device=dev)
-    look = torch.empty((max(B * K, 1),), dtype=f32, device=dev)
+    look_part = torch.empty((max(2 * B * K * nt, 1),), dtype=f32, device=dev)
+    look = torch.empty((max(2 * B * K, 1),), dtype=f32, device=dev)
+    div = torch.empty((max(2 * B * K, 1),), dtype=f32, device=dev) if divergence else None
     race_f = torch.empty((2 * B * nt,), dtype=f32, device=dev)
     race_i = torch.empty((B * nt,), dtype=i32, device=dev)
     row_i = torch.empty((3 * B,), dtype=i32, device=dev)
     row_f = torch.empty((B,), dtype=f32, device=dev)
     groups = triton.cdiv(B, rows)
-    cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 3 * groups)
+    cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 4 * groups)
     cx = rule_constexprs(args.rule)
-    second = needs_second_look(args.rule) and K > 0
+    # (token-only drafts have closed forms: no second look, whose body reads the drafter's logits, is compiled)
+    second = (needs_second_look(args.rule) or divergence) and K > 0 and zq is not None
     cutq = cutp = fok = None
     filters = args.filters.active
     if filters:
@@ -1129,7 +1302,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     while tiles > 1 and groups * KP * triton.cdiv(nt, tiles // 2) <= programs:
         tiles //= 2  # a small batch: smaller work items while a position's stats still take one wave of programs
     ni = triton.cdiv(nt, tiles)  # work items per position
-    step = KP * ni + (K * ni if second else 0) + ni
+    step = KP * ni + (K * ni if second else 0) + ni + (K * ni if divergence and args.rule.family == rules.FAMILY_B
+                                                       else 0)
     total = (groups + (2 if second else 1)) * step
     items = ITEMS_PER_PROGRAM
     grid = triton.cdiv(total, items) if items else max(1, min(programs, total))
@@ -1140,11 +1314,13 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     o_ptr, o_val = common.split_param(args.offset, 0)
     lo, hi = args.rule.alpha_range
     _verify_kernel[(grid,)](
-        *out[:KERNEL_OUTPUTS], part_m, part_f, part_i, pos_m, pos_f, pos_i, look_part, look, race_f, race_i, row_i,
+        *out[:KERNEL_OUTPUTS], div, part_m, part_f, part_i, pos_m, pos_f, pos_i, look_part, look, race_f, race_i, row_i,
         row_f, cnt,
         zq, zp, x, cu, n_ptr, int(n_val), a_ptr, float(a_val), t_ptr, float(t_val), s_ptr, int(s_val), o_ptr,
         int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *strides,
         **cx, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
         TILES=tiles, ITEMS_PER_PROGRAM=items, num_warps=num_warps, maxnreg=MAX_REGISTERS)
+    if divergence:
+        out = out._replace(divergence=div[:B * K].view(B, K), draft_divergence=div[B * K:2 * B * K].view(B, K))
     return out
