@@ -177,6 +177,32 @@ def test_tiny_sweep_rows(sweep_modules, tiny_sweep):
     assert (tiny_sweep / "cascade_sweep_tv.png").stat().st_size > 0
 
 
+def test_choose_rewrites_the_choice_from_the_committed_rows(sweep_modules, tiny_sweep, tmp_path):
+    """``--phases choose``: the choice file again from cascade_sweep.csv, without analysing (the rows are left
+    byte for byte), keeping the corpora; a missing temperature's entry comes back, the analysis' best."""
+    cs, _ = sweep_modules
+    for name in ("cascade_sweep.csv", "cascade_sweep_choice.json"):
+        (tmp_path / name).write_bytes((tiny_sweep / name).read_bytes())
+    rows_before = (tmp_path / "cascade_sweep.csv").read_bytes()
+    full = json.loads((tmp_path / "cascade_sweep_choice.json").read_text())
+    kept = {k: v for k, v in full.items() if not k.endswith("@T0.7")}
+    assert len(kept) < len(full)
+    (tmp_path / "cascade_sweep_choice.json").write_text(json.dumps(kept))
+    assert cs.main(["--tiny", "--out", str(tmp_path), "--phases", "choose"]) == 0
+    assert (tmp_path / "cascade_sweep.csv").read_bytes() == rows_before
+    again = json.loads((tmp_path / "cascade_sweep_choice.json").read_text())
+    assert again == full
+    rows = cs.read_rows(tmp_path / "cascade_sweep.csv")
+    for k, c in again.items():
+        if k == "corpora":
+            continue
+        best = cs.overall_best(cs.select(rows, domain=c["domain"], temperature=c["temperature"], sigma=0.0),
+                               cs.GEN_BUDGET)
+        assert (c["rule"], c["alpha"]) == (best["rule"], float(best["alpha"]))
+    with pytest.raises(SystemExit, match="analysis"):
+        cs.main(["--tiny", "--out", str(tmp_path / "empty"), "--phases", "choose"])
+
+
 def test_best_at_budget_respects_the_budget(sweep_modules, tiny_sweep):
     cs, _ = sweep_modules
     rows = cs.select(cs.read_rows(tiny_sweep / "cascade_sweep.csv"), domain="prose", temperature=0.7)
