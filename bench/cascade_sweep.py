@@ -4,6 +4,7 @@
     python bench/cascade_sweep.py --phases synthetic     # the acceptance sweep (a weaker drafter, simulated)
     python bench/cascade_sweep.py --phases generate      # real generation to confirm (resumable, ~90 min)
     python bench/cascade_sweep.py --phases report        # the report again from the committed rows
+    python bench/cascade_sweep.py --phases choose        # the choice file again from the committed rows
     python bench/cascade_sweep.py --tiny --out /tmp/x    # every phase on tiny random models (seconds)
 
 **The analysis** (``--phases analysis``; ``speccas.analysis``, teacher-forced: one forward of each model per
@@ -23,7 +24,8 @@ default does.
 **Matched quality**: for a TV budget (``BUDGETS``), a rule's best setting is its cheapest (policy, alpha)
 whose corpus TV is within the budget; the report compares it with speculative decoding at the same policy
 and T. The settings confirmed by generation are the best cascade at ``GEN_BUDGET`` per domain and T in
-{0, 0.7} (``cascade_sweep_choice.json``).
+``GEN_TEMPERATURES`` (``cascade_sweep_choice.json``; ``--phases choose`` rewrites it from the committed
+``cascade_sweep.csv`` without analysing again, keeping its corpora).
 
 **The synthetic sweep** (``--phases synthetic``): the drafter's logits plus Gaussian noise of growing
 standard deviation (``SIGMAS``; the bucket column of the pruned vocabulary is left alone), which lowers the
@@ -72,7 +74,7 @@ POLICIES = (an.DraftPolicy(4), an.DraftPolicy(8), an.DraftPolicy(12),
 TEMPERATURES = (0.0, 0.7, 1.0)
 BUDGETS = (0.01, 0.02, 0.05)
 GEN_BUDGET = 0.02
-GEN_TEMPERATURES = (0.0, 0.7)
+GEN_TEMPERATURES = (0.0, 0.7, 1.0)
 SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0)
 SYNTHETIC_POLICIES = (an.DraftPolicy(4), POLICIES[-1])
 SYNTHETIC_TEMPERATURES = (0.0, 1.0)
@@ -520,7 +522,7 @@ def tiny_setup(out: Path):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--phases", nargs="+", default=["analysis", "report"],
-                    choices=["analysis", "synthetic", "generate", "report"])
+                    choices=["analysis", "choose", "synthetic", "generate", "report"])
     ap.add_argument("--domains", nargs="+", default=list(sd.DOMAINS), choices=sd.DOMAINS)
     ap.add_argument("--texts", type=int, default=40, help="texts per domain in the analysis (the first N)")
     ap.add_argument("--top-k", type=int, default=2047)
@@ -568,9 +570,14 @@ def main(argv=None) -> int:
         for d in args.domains:
             rows += analyse_domain(corpus(d), d, temperatures=TEMPERATURES, policies=POLICIES, grids=grids,
                                    n_boot=N_BOOT, progress=not args.tiny)
-        prov = provenance()
-        write_rows(csv_path, rows, prov)
-        choice = choose_settings(read_rows(csv_path), args.domains)
+        write_rows(csv_path, rows, provenance())
+    if "analysis" in args.phases or "choose" in args.phases:
+        rows = read_rows(csv_path)
+        if not rows:
+            raise SystemExit(f"no analysis rows in {csv_path}: run --phases analysis first")
+        if not corpora and choice_path.exists():
+            corpora = json.loads(choice_path.read_text()).get("corpora", {})
+        choice = choose_settings(rows, args.domains)
         choice_path.write_text(json.dumps(dict(choice, corpora=corpora), indent=1) + "\n")
     if "synthetic" in args.phases:
         c = corpus(args.domains[0])

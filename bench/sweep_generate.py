@@ -14,7 +14,9 @@ Items are held out from the analysis (HumanEval/40.. and Lee articles 40.. by de
 
 Cost: target forwards per generated token, from ``GenerationOutput`` (prefills included; HumanEval's chunks
 re-prefill). Every row records its wall time and the load average before and after it (this CPU is shared).
-Rows are appended to the JSONL as they finish; a rerun skips (domain, item, config) rows already there.
+Rows are appended to the JSONL as they finish; a rerun skips (domain, item, config, seed) rows already there.
+``--gen-seeds`` repeats every run with other seeds (seed-major: every item of a seed before the next seed); the
+report pools the seeds per item, its intervals resampling items (a problem's seeds are not independent).
 ``--gen-minutes`` stops starting new runs after that many minutes; jobs alternate between the domains and
 the configs of an item run together, so a stopped run leaves paired, balanced rows.
 """
@@ -49,6 +51,8 @@ def add_arguments(ap):
     g.add_argument("--gen-minutes", type=float, default=None, help="start no new run after this many minutes")
     g.add_argument("--gen-temperatures", type=float, nargs="+", default=None,
                    help="run only the chosen settings at these temperatures (default: every chosen one)")
+    g.add_argument("--gen-seeds", type=int, nargs="+", default=[SEED],
+                   help="run every (item, config) once per seed (default: %(default)s)")
 
 
 # ----------------------------------------------------------------------------------------------- tiny models
@@ -89,14 +93,15 @@ def tiny_pair():
 
 # ----------------------------------------------------------------------------------------------- configs
 
-def configs(choice: dict, domain: str) -> List[dict]:
-    """The generation configs of ``domain``: per chosen T, speculative decoding and the best cascade, same policy."""
+def configs(choice: dict, domain: str, seed: int = SEED) -> List[dict]:
+    """The generation configs of ``domain``: per chosen T, speculative decoding and the best cascade, same policy;
+    ``seed`` is the row's, not part of the config's name."""
     out = []
     for key, c in choice.items():
         if c["domain"] != domain:
             continue
         pol = f"K{c['K']}" + (f"h{c['threshold']:g}" if c["threshold"] else "")
-        base = dict(temperature=c["temperature"], seed=SEED, K=c["K"], threshold=c["threshold"], policy=c["policy"],
+        base = dict(temperature=c["temperature"], seed=seed, K=c["K"], threshold=c["threshold"], policy=c["policy"],
                     alpha_source=f"cascade_sweep_choice.json[{key}]")
         out.append(dict(base, name=f"speculative@{pol}@T{c['temperature']:g}", method="speculative",
                         rule="speculative", alpha=None))
@@ -187,25 +192,22 @@ def run(choice: dict, args, pair_fn, path: Path, tiny: bool = False) -> int:
 
     if getattr(args, "gen_temperatures", None) is not None:
         choice = {k: c for k, c in choice.items() if c["temperature"] in args.gen_temperatures}
-    done = {(r["domain"], r["item"], r["config"]) for r in load_rows(path)}
+    done = {(r["domain"], r["item"], r["config"], r.get("seed", SEED)) for r in load_rows(path)}
     spans = {"humaneval": args.gen_humaneval, "prose": args.gen_prose}
     if tiny:
         spans = {"humaneval": (0, 2), "prose": (0, 2)}
         args.max_new_tokens, args.prose_new_tokens, args.chunk = 10, 8, 6
     domains = [d for d in sd.DOMAINS if any(c["domain"] == d for c in choice.values())]
-    per_domain = {}
     pair = None
-    for d in domains:
-        cfgs = configs(choice, d)
-        start, stop = spans[d]
-        per_domain[d] = [(i, cfgs) for i in range(start, stop)]
-    # jobs alternate between domains, item by item; an item's configs run together (paired rows)
+    # per seed, jobs alternate between domains, item by item; an item's configs run together (paired rows)
     jobs = []
-    for k in range(max((len(v) for v in per_domain.values()), default=0)):
-        for d in domains:
-            if k < len(per_domain[d]):
-                i, cfgs = per_domain[d][k]
-                jobs += [(d, i, c) for c in cfgs]
+    for seed in getattr(args, "gen_seeds", None) or [SEED]:
+        per_domain = {d: [(i, configs(choice, d, seed)) for i in range(*spans[d])] for d in domains}
+        for k in range(max((len(v) for v in per_domain.values()), default=0)):
+            for d in domains:
+                if k < len(per_domain[d]):
+                    i, cfgs = per_domain[d][k]
+                    jobs += [(d, i, c) for c in cfgs]
     t_start = time.time()
     added = 0
     items_cache: Dict[tuple, dict] = {}
@@ -216,7 +218,7 @@ def run(choice: dict, args, pair_fn, path: Path, tiny: bool = False) -> int:
             tqdm.write(f"--gen-minutes {args.gen_minutes} reached: stopping (rerun to resume)")
             break
         if pair is None:
-            pending = [j for j in jobs if (j[0], _item_id(j[0], j[1], tiny), j[2]["name"]) not in done]
+            pending = [j for j in jobs if (j[0], _item_id(j[0], j[1], tiny), j[2]["name"], j[2]["seed"]) not in done]
             if not pending:
                 break
             pair = pair_fn()
@@ -224,7 +226,7 @@ def run(choice: dict, args, pair_fn, path: Path, tiny: bool = False) -> int:
             its = sd.items(d, pair[2], i, i + 1, tiny=tiny)
             items_cache[(d, i)] = its[0] if its else None
         item = items_cache[(d, i)]
-        if item is None or (d, item["id"], cfg["name"]) in done:
+        if item is None or (d, item["id"], cfg["name"], cfg["seed"]) in done:
             continue
         t0, load0 = time.time(), os.getloadavg()[0]
         torch.manual_seed(cfg["seed"])
@@ -235,8 +237,9 @@ def run(choice: dict, args, pair_fn, path: Path, tiny: bool = False) -> int:
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
         added += 1
-        done.add((d, item["id"], cfg["name"]))
-        tqdm.write(f"{d} {item['id']} {cfg['name']}: {row['new_tokens']} tokens, {row['target_forwards']} target fwd"
+        done.add((d, item["id"], cfg["name"], cfg["seed"]))
+        tqdm.write(f"{d} {item['id']} {cfg['name']} seed {cfg['seed']}: {row['new_tokens']} tokens, "
+                   f"{row['target_forwards']} target fwd"
                    f"{', ' + row['result'][:40] if 'result' in row else ''}, {row['run_seconds']:.0f} s, "
                    f"load {row['load_start']}-{row['load_end']}")
     bar.close()
@@ -276,37 +279,65 @@ def _common_prefix(a, b) -> int:
     return n
 
 
+def _per_item(runs: Sequence[dict], key: str, weight: str = None) -> np.ndarray:
+    """Per item (sorted), the sum over its seeds of ``key`` (times ``weight`` when given)."""
+    out: Dict[str, float] = {}
+    for r in runs:
+        out[r["item"]] = out.get(r["item"], 0.0) + float(r[key]) * (float(r[weight]) if weight else 1.0)
+    return np.array([out[i] for i in sorted(out)])
+
+
+def _forwards_ratio(c: Sequence[dict], s: Sequence[dict]):
+    """Target forwards per token, cascade over speculative, with seeds pooled per item and items resampled."""
+    return _ci_ratio_of_ratios(_per_item(c, "target_forwards"), _per_item(c, "new_tokens"),
+                               _per_item(s, "target_forwards"), _per_item(s, "new_tokens"))
+
+
+def _runs_line(runs: Sequence[dict]) -> str:
+    loads = [r[k] for r in runs for k in ("load_start", "load_end") if r.get(k) is not None]
+    dates = sorted(r["date"][:16].replace("T", " ") for r in runs)
+    end = dates[-1][11:] if dates[-1][:10] == dates[0][:10] else dates[-1]
+    return (f"Runs: {dates[0]} to {end} UTC, "
+            f"{'; '.join(sorted({r['machine'] for r in runs}))}, commit(s) "
+            f"{', '.join(sorted({r['commit'] for r in runs}))}, load average {min(loads):.1f} to {max(loads):.1f}, "
+            f"{sum(r['run_seconds'] for r in runs) / 60:.0f} min.\n")
+
+
 def section(rows: Sequence[dict], choice: dict) -> str:
     """The generation section of the report: per domain and T, the cascade against speculative decoding on the
-    items both have."""
+    (item, seed) runs both have; several seeds are pooled per item, and intervals resample items."""
     md = ["## Real generation: the chosen settings against speculative decoding\n",
           "Batch 1 through `speccas.generate` on the real pair (int8 drafter), items held out from the analysis. "
           "Cost: target forwards per generated token (prefills included), measured. Brackets: 95% intervals "
-          "(bootstrap over items for ratios and log-likelihoods, Wilson for pass@1). Every run's wall time and "
-          "load average are in `cascade_sweep_generation.jsonl`.\n"]
+          "(bootstrap over items for ratios and log-likelihoods, a problem's seeds pooled; Wilson over runs for "
+          "pass@1). Every run's wall time and load average are in `cascade_sweep_generation.jsonl`.\n"]
     loads = [r[k] for r in rows for k in ("load_start", "load_end") if r.get(k) is not None]
     if loads:
         md.append(f"Load average during the runs: {min(loads):.1f} to {max(loads):.1f} on "
-                  f"{rows[0]['machine']}; total run time {sum(r['run_seconds'] for r in rows) / 60:.0f} min, "
+                  f"{'; '.join(sorted({r['machine'] for r in rows}))}; total run time "
+                  f"{sum(r['run_seconds'] for r in rows) / 60:.0f} min, "
                   f"{rows[0]['date'][:10]} to {rows[-1]['date'][:10]}, commits "
                   f"{', '.join(sorted({r['commit'] for r in rows}))}.\n")
     for d in ("humaneval", "prose"):
         for T in sorted({r["temperature"] for r in rows if r["domain"] == d}):
             rs = [r for r in rows if r["domain"] == d and r["temperature"] == T]
-            spec = {r["item"]: r for r in rs if r["method"] == "speculative"}
+            spec = {(r["item"], r.get("seed", SEED)): r for r in rs if r["method"] == "speculative"}
             others = sorted({r["config"] for r in rs if r["method"] != "speculative"})
             for name in others:
-                casc = {r["item"]: r for r in rs if r["config"] == name}
-                items = sorted(set(casc) & set(spec))
-                if not items:
+                casc = {(r["item"], r.get("seed", SEED)): r for r in rs if r["config"] == name}
+                keys = sorted(set(casc) & set(spec))
+                if not keys:
                     continue
-                s = [spec[i] for i in items]
-                c = [casc[i] for i in items]
-                est, lo, hi = _ci_ratio_of_ratios([r["target_forwards"] for r in c], [r["new_tokens"] for r in c],
-                                                  [r["target_forwards"] for r in s], [r["new_tokens"] for r in s])
+                s = [spec[k] for k in keys]
+                c = [casc[k] for k in keys]
+                items = sorted({k[0] for k in keys})
+                seeds = sorted({k[1] for k in keys})
+                est, lo, hi = _forwards_ratio(c, s)
                 pred = c[0].get("predicted_ratio")
                 md.append(f"### {d}, T = {T:g}: {name} against {s[0]['config']} ({len(items)} items: "
-                          f"{items[0]} .. {items[-1]})\n")
+                          f"{items[0]} .. {items[-1]}; seed{'s' if len(seeds) > 1 else ''} "
+                          f"{', '.join(map(str, seeds))}: {len(keys)} runs each)\n")
+                md.append(_runs_line(s + c))
                 head = "| config | target fwd/token | tokens/target fwd | acceptance | tokens | wall s |"
                 sep = "|---|--:|--:|--:|--:|--:|"
                 if d == "humaneval":
@@ -330,27 +361,37 @@ def section(rows: Sequence[dict], choice: dict) -> str:
                         wl, wh = _wilson(k, len(rr))
                         line += f" {k}/{len(rr)} = {k / len(rr):.2f} [{wl:.2f}, {wh:.2f}] |"
                     else:
-                        ll = an.bootstrap_ratio(np.array([r["loglik_t1"] * r["new_tokens"] for r in rr])[:, None],
-                                                np.array([r["new_tokens"] for r in rr], dtype=float), seed=SEED)
+                        ll = an.bootstrap_ratio(_per_item(rr, "loglik_t1", "new_tokens")[:, None],
+                                                _per_item(rr, "new_tokens"), seed=SEED)
                         line += f" {ll[0][0]:.3f} [{ll[1][0]:.3f}, {ll[2][0]:.3f}] |"
                         if T == 0:
-                            same = sum(r["tokens"] == spec[r["item"]]["tokens"] for r in rr)
-                            pref = np.mean([_common_prefix(r["tokens"], spec[r["item"]]["tokens"]) for r in rr])
+                            ref = [spec[(r["item"], r.get("seed", SEED))]["tokens"] for r in rr]
+                            same = sum(r["tokens"] == t for r, t in zip(rr, ref))
+                            pref = np.mean([_common_prefix(r["tokens"], t) for r, t in zip(rr, ref)])
                             line += f" {same}/{len(rr)} | {pref:.1f} |"
                     md.append(line)
                 md.append("")
                 md.append(f"- Target forwards per token, cascade / speculative: **{est:.3f}** [{lo:.3f}, {hi:.3f}] "
                           f"measured; the analysis predicted {pred:.3f}." if pred is not None else
                           f"- Target forwards per token, cascade / speculative: **{est:.3f}** [{lo:.3f}, {hi:.3f}].")
+                if len(seeds) > 1:
+                    per_seed = []
+                    for sd_ in seeds:
+                        e = _forwards_ratio([r for r in c if r.get("seed", SEED) == sd_],
+                                            [r for r in s if r.get("seed", SEED) == sd_])
+                        per_seed.append(f"seed {sd_}: {e[0]:.3f} [{e[1]:.3f}, {e[2]:.3f}]")
+                    md.append(f"- Each seed alone: {'; '.join(per_seed)}.")
                 if d == "humaneval":
-                    gain = sum(bool(casc[i]["passed"]) and not spec[i]["passed"] for i in items)
-                    loss = sum(spec[i]["passed"] and not casc[i]["passed"] for i in items)
-                    md.append(f"- Paired with speculative decoding: the cascade passes {gain} problem(s) speculative "
-                              f"fails and fails {loss} it passes.")
+                    gain = sum(bool(casc[k]["passed"]) and not spec[k]["passed"] for k in keys)
+                    loss = sum(spec[k]["passed"] and not casc[k]["passed"] for k in keys)
+                    md.append(f"- Paired with speculative decoding (same item and seed): the cascade passes {gain} "
+                              f"run(s) speculative fails and fails {loss} it passes.")
                 else:
-                    d_ll = np.array([casc[i]["loglik_t1"] - spec[i]["loglik_t1"] for i in items])
-                    e = an.bootstrap_ratio(d_ll[:, None], np.ones(len(items)), seed=SEED)
-                    md.append(f"- Target log-likelihood per token, cascade minus speculative (mean over articles): "
+                    d_ll = np.array([casc[k]["loglik_t1"] - spec[k]["loglik_t1"] for k in keys])
+                    per = np.array([d_ll[[k[0] == i for k in keys]].mean() for i in items])
+                    e = an.bootstrap_ratio(per[:, None], np.ones(len(items)), seed=SEED)
+                    md.append(f"- Target log-likelihood per token, cascade minus speculative (mean over articles"
+                              f"{', seeds averaged per article' if len(seeds) > 1 else ''}): "
                               f"{e[0][0]:+.3f} [{e[1][0]:+.3f}, {e[2][0]:+.3f}] nats.")
                 md.append("")
     return "\n".join(md)

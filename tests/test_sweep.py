@@ -177,6 +177,32 @@ def test_tiny_sweep_rows(sweep_modules, tiny_sweep):
     assert (tiny_sweep / "cascade_sweep_tv.png").stat().st_size > 0
 
 
+def test_choose_rewrites_the_choice_from_the_committed_rows(sweep_modules, tiny_sweep, tmp_path):
+    """``--phases choose``: the choice file again from cascade_sweep.csv, without analysing (the rows are left
+    byte for byte), keeping the corpora; a missing temperature's entry comes back, the analysis' best."""
+    cs, _ = sweep_modules
+    for name in ("cascade_sweep.csv", "cascade_sweep_choice.json"):
+        (tmp_path / name).write_bytes((tiny_sweep / name).read_bytes())
+    rows_before = (tmp_path / "cascade_sweep.csv").read_bytes()
+    full = json.loads((tmp_path / "cascade_sweep_choice.json").read_text())
+    kept = {k: v for k, v in full.items() if not k.endswith("@T0.7")}
+    assert len(kept) < len(full)
+    (tmp_path / "cascade_sweep_choice.json").write_text(json.dumps(kept))
+    assert cs.main(["--tiny", "--out", str(tmp_path), "--phases", "choose"]) == 0
+    assert (tmp_path / "cascade_sweep.csv").read_bytes() == rows_before
+    again = json.loads((tmp_path / "cascade_sweep_choice.json").read_text())
+    assert again == full
+    rows = cs.read_rows(tmp_path / "cascade_sweep.csv")
+    for k, c in again.items():
+        if k == "corpora":
+            continue
+        best = cs.overall_best(cs.select(rows, domain=c["domain"], temperature=c["temperature"], sigma=0.0),
+                               cs.GEN_BUDGET)
+        assert (c["rule"], c["alpha"]) == (best["rule"], float(best["alpha"]))
+    with pytest.raises(SystemExit, match="analysis"):
+        cs.main(["--tiny", "--out", str(tmp_path / "empty"), "--phases", "choose"])
+
+
 def test_best_at_budget_respects_the_budget(sweep_modules, tiny_sweep):
     cs, _ = sweep_modules
     rows = cs.select(cs.read_rows(tiny_sweep / "cascade_sweep.csv"), domain="prose", temperature=0.7)
@@ -227,6 +253,51 @@ def test_generation_resumes(sweep_modules, tiny_sweep):
     assert again[-1]["tokens"] == rows[-1]["tokens"]  # seeded: the rerun reproduces the lost row
     md = sg.section(again, choice)
     assert "prose" in md and "cascade / speculative" in md
+
+
+def test_generation_seeds(sweep_modules, tmp_path):
+    """``--gen-seeds``: one row per (item, config, seed), seed 0's rows as a run without the option, other seeds
+    drawing other texts at T > 0, a rerun adding nothing; the report pools the seeds."""
+    _, sg = sweep_modules
+    choice = {"prose@T0.7": dict(domain="prose", temperature=0.7, rule="chow", alpha=0.3, K=2, threshold=0.0,
+                                 policy="K2", predicted_ratio=0.9, predicted_tv=0.01)}
+    ap = argparse.ArgumentParser()
+    sg.add_arguments(ap)
+    pair = sg.tiny_pair()
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    assert sg.run(choice, ap.parse_args([]), lambda: pair, one, tiny=True) == 4
+    assert sg.run(choice, ap.parse_args(["--gen-seeds", "0", "1"]), lambda: pair, two, tiny=True) == 8
+    rows = sg.load_rows(two)
+    assert sorted((r["item"], r["config"], r["seed"]) for r in rows) == sorted(
+        (r["item"], r["config"], s) for r in sg.load_rows(one) for s in (0, 1))
+    tokens = {(r["item"], r["config"], r["seed"]): r["tokens"] for r in rows}
+    for r in sg.load_rows(one):
+        assert tokens[(r["item"], r["config"], 0)] == r["tokens"]
+    assert any(tokens[(i, c, 0)] != tokens[(i, c, 1)] for i, c, s in tokens)  # the seed reaches the sampler
+    assert sg.run(choice, ap.parse_args(["--gen-seeds", "0", "1"]), lambda: pair, two, tiny=True) == 0
+    md = sg.section(rows, choice)
+    assert "seeds 0, 1: 4 runs each" in md and "Each seed alone" in md
+
+
+def test_pooled_seeds_resample_items(sweep_modules):
+    """The generation report's interval resamples items, not runs: a second seed that repeats the first one's
+    rows leaves the interval as it was (resampling runs, the wrong way, would narrow it)."""
+    _, sg = sweep_modules
+    g = np.random.default_rng(3)
+    base = []
+    for i in range(6):
+        for method, scale in (("speculative", 1.0), ("cascade", 0.8)):
+            base.append(dict(item=f"x/{i}", seed=0, method=method, target_forwards=int(g.integers(5, 30) * scale),
+                             new_tokens=64))
+    c = [r for r in base if r["method"] == "cascade"]
+    s = [r for r in base if r["method"] == "speculative"]
+    twice = lambda rs: rs + [dict(r, seed=1) for r in rs]  # noqa: E731
+    one_seed = sg._forwards_ratio(c, s)
+    two_seeds = sg._forwards_ratio(twice(c), twice(s))
+    np.testing.assert_allclose(two_seeds, one_seed)
+    naive = sg._ci_ratio_of_ratios(*[[r[k] for r in rr] for rr in (twice(c), twice(s))
+                                     for k in ("target_forwards", "new_tokens")])
+    assert naive[0] == pytest.approx(one_seed[0]) and naive[2] - naive[1] < 0.9 * (one_seed[2] - one_seed[1])
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
