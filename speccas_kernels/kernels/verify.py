@@ -330,7 +330,7 @@ def _verify_kernel(
 ):
     HAS_Q: tl.constexpr = zq_ptr is not None
     DIVERGENCE: tl.constexpr = div_ptr is not None
-    DIV_ITEMS: tl.constexpr = DIVERGENCE and FAMILY == FAMILY_B  # a third pass for a token set's TV(pi, p)
+    DIV_ITEMS: tl.constexpr = DIVERGENCE and FAMILY == FAMILY_B and HAS_Q  # a token set's TV(pi, p): a third pass
     KP = K + 1
     G = (B + ROWS - 1) // ROWS
     # counter offsets (per row group)
@@ -1205,7 +1205,7 @@ def roofline_hints(launch) -> dict:
     has_q = launch.arg("zq_ptr").kind == "tensor"
     looks = bool(c["SECOND_LOOK"]) and has_q and 0 < T < float("inf")
     token_set = c["FAMILY"] == rules.FAMILY_CODE[rules.FAMILY_B]
-    div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set else 0
+    div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set and has_q else 0
     step = KP * NI + (K * NI if c["SECOND_LOOK"] else 0) + NI + div_items
     work = {
         "queue": dict(count=total),  # the draw overlaps the previous item (the first is the program's)
@@ -1302,8 +1302,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     while tiles > 1 and groups * KP * triton.cdiv(nt, tiles // 2) <= programs:
         tiles //= 2  # a small batch: smaller work items while a position's stats still take one wave of programs
     ni = triton.cdiv(nt, tiles)  # work items per position
-    step = KP * ni + (K * ni if second else 0) + ni + (K * ni if divergence and args.rule.family == rules.FAMILY_B
-                                                       else 0)
+    div_items = divergence and args.rule.family == rules.FAMILY_B and zq is not None  # the kernel's DIV_ITEMS
+    step = KP * ni + (K * ni if second else 0) + ni + (K * ni if div_items else 0)
     total = (groups + (2 if second else 1)) * step
     items = ITEMS_PER_PROGRAM
     grid = triton.cdiv(total, items) if items else max(1, min(programs, total))
