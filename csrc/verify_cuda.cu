@@ -1,10 +1,11 @@
 // verify_native on CUDA: one round of SPEC.md sections 1-5, token for token like reference.verify_args (and the
 // C++ CPU op), in two launches on the current stream, no host synchronization, no fills: the kernels write every
-// output element.
+// output element. verify_divergence_native: the same round, and the divergences of SPEC.md section 6 from its own
+// statistics (phase "divergence", below), in the same two launches.
 //
 // Launch count per call (read from verify_cuda_impl below): exactly 2 (_verify_stats_kernel, then
-// _verify_race_kernel), with or without sampling filters, per-row tensors or Python numbers alike; B = 0 launches
-// nothing. Other device work: none on the first call of a (device, stream) but one at::zeros of the ticket
+// _verify_race_kernel), with or without sampling filters, per-row tensors or Python numbers alike, with or without
+// the divergences (their kDiv instances); B = 0 launches nothing. Other device work: none on the first call of a (device, stream) but one at::zeros of the ticket
 // counters, made once and reused (and a memset node inside a CUDA graph being captured); the argument checks
 // (speccas.h) fill nothing: parameters given as numbers are kernel arguments, and they copy only inputs that
 // need it (a non-contiguous per-row tensor or logits row, two logits dtypes). sample_cuda.cu: exactly 1 launch.
@@ -41,6 +42,16 @@
 //     emit         the last race block of the row (ticket) merges the chunks with one warp (ties to the lowest
 //                  index) and writes the emitted token.
 //
+//   divergence (verify_divergence_native only, the kernels' kDiv instances): launch 1 marks every used position of
+//                  a row at T > 0 with drafter logits for the second look (decisions that do not read its sum
+//                  decide as without; the sums a decision reads keep their chunks and bits), which then sums TV(q,
+//                  p) beside eta for token sets, and TV(q, p) and sum_v max(0, min(q, p / (1 - alpha)) - p) for
+//                  lossy. The row's final accept (finalize_row) writes both divergences: closed forms where q is
+//                  one-hot (T = 0, token-only drafts), family A (1 - r) TV(q, p), lossy its sum; a token set's
+//                  TV(pi, p) = sum_{v in A} max(0, q - (1 - eta) p) needs eta first: law items (B K x chunks, between
+//                  the second-look and the race items, waiting on the row's flag like the race) sum it, and the last
+//                  of the row writes it. The formulas and proofs are csrc/verify_cpu.cpp's (divergences, div_chunk).
+//
 // Tickets and the work counter are uint32 counters, zero at rest: the block that completes a count resets it,
 // so no memset runs per call (cuda_common.cuh: ticket_counters, cached per device and stream).
 //
@@ -57,6 +68,9 @@
 //             from L2 when the round's logits fit in it (B (2K + 1) V E below about 40 MB), else from DRAM.
 //             race: one position per row that samples: p_n (bonus, E V) or q_m and p_m (residual, 2 E V), same
 //             L2 rule; rows with T = 0 that accept every draft read nothing here.
+//   divergence asked: the second look reads q_i and p_i at every used position at T > 0 with drafter logits (2 E V
+//             each, same L2 rule), token sets read them once more in the law items; the closed forms read one
+//             logit per position; 8 bytes per position of outputs.
 // Nothing else touches the device: per-row parameters given as numbers are kernel arguments, scratch comes
 // from the caching allocator, outputs are torch.empty.
 #include <ATen/ATen.h>

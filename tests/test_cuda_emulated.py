@@ -29,7 +29,7 @@ import torch
 
 import speccas_kernels as sk
 from speccas_kernels import backends, native, reference
-from speccas_kernels.rules import RULE_INFO, RULES, c_header
+from speccas_kernels.rules import RULES, c_header
 
 import test_backends as tb
 from helpers import assert_divergences, divergence_cases, grid_alphas, random_round

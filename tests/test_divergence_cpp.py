@@ -11,7 +11,7 @@ import torch
 
 import speccas_kernels as sk
 from speccas_kernels import backends, native, reference
-from speccas_kernels.rules import RULE_INFO, RULES
+from speccas_kernels.rules import RULES
 
 from helpers import assert_divergences, divergence_cases, grid_alphas, native_call, random_round
 
@@ -163,8 +163,9 @@ def test_opcheck():
 
 
 def test_non_cpu_tensors_take_verify_native_and_the_reference(monkeypatch):
-    """The CUDA kernels compute no divergence: on tensors off the CPU native.verify_args calls verify_native and then
-    reference.divergence_args (run here on meta tensors, which need no GPU)."""
+    """On tensors of a device without a verify_divergence_native kernel (meta here, which needs no GPU; CUDA with an
+    extension built before the CUDA kernel existed) native.verify_args calls verify_native and then
+    reference.divergence_args; on CPU tensors the op itself."""
     kw = random_round(2, 3, 50, seed=2)
     args = sk.checks.check_verify(kw["draft_logits"], kw["target_logits"], kw["draft_tokens"], rule="chow", alpha=0.4,
                                   temperature=kw["temperature"], seed=kw["seed"], offset=kw["offset"],
