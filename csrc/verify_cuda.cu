@@ -682,6 +682,24 @@ __global__ void __launch_bounds__(kThreads, stats_min_blocks<acc_t, kFilter>()) 
 
 // ---- launch 2: second look, accept, race, emit -------------------------------------------------------------
 
+// The last block of a row's chunked pass over its marked positions (second look, law items), warp 0: one position
+// at a time, lanes over its chunks' partial sums `part` ([B K nch2], in double), in a fixed order; lane 0 hands
+// each position's total to put(k, total).
+template <typename in_t, typename acc_t, typename Put>
+__device__ __forceinline__ void merge_row_sums(const Work<acc_t>& w, const Round<in_t, acc_t>& r, int64_t b,
+                                               const double* part, const Put& put) {
+  const int lane = threadIdx.x & 31;
+  const int64_t n = r.drafts(b);
+  for (int64_t ii = 0; ii < n; ++ii) {
+    const int64_t kk = b * r.K + ii;
+    if (w.need[kk] == 0) continue;
+    double s = 0.0;
+    for (int64_t cc = lane; cc < w.nch2; cc += 32) s += ldcg(part + kk * w.nch2 + cc);
+    s = warp_sum(s);
+    if (lane == 0) put(kk, s);
+  }
+}
+
 // kDiv: a second sum beside the first (family B: TV(q, p) beside eta; lossy, which decides without a second look:
 // TV(q, p) and sum_v max(0, min(q, p / (1 - alpha)) - p)), merged into look2. The first sum is computed as without
 // kDiv, chunk for chunk: the decisions that read it get the same bits.
@@ -747,22 +765,9 @@ __device__ __forceinline__ void second_look(const Outs& o, const Work<acc_t>& w,
   }
   if (!arrive_last(w.look_ticket + b, w.needed[b] * static_cast<unsigned>(w.nch2))) return;
   if (threadIdx.x >= 32) return;
-  const int lane = threadIdx.x;
-  const int64_t n = r.drafts(b);
-  for (int64_t ii = 0; ii < n; ++ii) {  // merge: one warp per position, lanes over chunks
-    const int64_t kk = b * r.K + ii;
-    if (w.need[kk] == 0) continue;
-    double s = 0.0, s2 = 0.0;
-    for (int64_t cc = lane; cc < w.nch2; cc += 32) {
-      s += ldcg(w.lsum + kk * w.nch2 + cc);
-      if constexpr (kDiv) s2 += ldcg(w.lsum2 + kk * w.nch2 + cc);
-    }
-    s = warp_sum(s);
-    if constexpr (kDiv) s2 = warp_sum(s2);
-    if (lane == 0) {
-      w.look[kk] = static_cast<acc_t>(s);
-      if constexpr (kDiv) w.look2[kk] = static_cast<acc_t>(s2);
-    }
+  merge_row_sums(w, r, b, w.lsum, [&](int64_t kk, double s) { w.look[kk] = static_cast<acc_t>(s); });
+  if constexpr (kDiv) {
+    merge_row_sums(w, r, b, w.lsum2, [&](int64_t kk, double s) { w.look2[kk] = static_cast<acc_t>(s); });
   }
   __syncwarp();
   finalize_row<kDiv>(o, w, r, b, true);
@@ -834,16 +839,9 @@ __device__ __forceinline__ void law_item(const Outs& o, const Work<acc_t>& w, co
   if (threadIdx.x == 0) w.dsum[item] = total;
   if (!arrive_last(w.div_ticket + b, w.needed[b] * static_cast<unsigned>(w.nch2))) return;
   if (threadIdx.x >= 32) return;
-  const int lane = threadIdx.x;
-  const int64_t n = r.drafts(b);
-  for (int64_t ii = 0; ii < n; ++ii) {
-    const int64_t kk = b * r.K + ii;
-    if (w.need[kk] == 0) continue;
-    double s = 0.0;
-    for (int64_t cc = lane; cc < w.nch2; cc += 32) s += ldcg(w.dsum + kk * w.nch2 + cc);
-    s = warp_sum(s);
-    if (lane == 0) o.div[kk] = static_cast<float>(at_most(static_cast<acc_t>(s), acc_t(1)));
-  }
+  merge_row_sums(w, r, b, w.dsum, [&](int64_t kk, double s) {
+    o.div[kk] = static_cast<float>(at_most(static_cast<acc_t>(s), acc_t(1)));
+  });
 }
 
 template <typename in_t, typename acc_t>
