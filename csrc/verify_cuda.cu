@@ -5,8 +5,9 @@
 //
 // Launch count per call (read from verify_cuda_impl below): exactly 2 (_verify_stats_kernel, then
 // _verify_race_kernel), with or without sampling filters, per-row tensors or Python numbers alike, with or without
-// the divergences (their kDiv instances); B = 0 launches nothing. Other device work: none on the first call of a (device, stream) but one at::zeros of the ticket
-// counters, made once and reused (and a memset node inside a CUDA graph being captured); the argument checks
+// the divergences (their kDiv instances); B = 0 launches nothing. Other device work: none on the first call of a
+// (device, stream) but one at::zeros of the ticket counters, made once and reused (again when a call needs more of
+// them: the divergences take B more), and a memset node inside a CUDA graph being captured; the argument checks
 // (speccas.h) fill nothing: parameters given as numbers are kernel arguments, and they copy only inputs that
 // need it (a non-contiguous per-row tensor or logits row, two logits dtypes). sample_cuda.cu: exactly 1 launch.
 //
@@ -167,8 +168,8 @@ struct Work {
   unsigned char* need;  // [B * K] a second look is needed
   acc_t* look;          // [B * K] TV or eta once known
   double* lsum;         // [B * K * nch2] second-look partial sums
-  acc_t* look2;         // divergence only: [B * K] the second look's second sum (below), [B * K * nch2] its partials
-  double* lsum2;
+  acc_t* look2;         // divergence only: [B * K] the second look's second sum (second_look)
+  double* lsum2;        // [B * K * nch2] its partial sums
   double* dsum;         // divergence only, token sets: [B * K * nch2] partial sums of the law's pass
   acc_t* rbest;         // [B * rnch] race: best log w + G (or bonus score) per chunk, fallback log pi + G, mass
   int64_t* ridx;
@@ -430,7 +431,7 @@ __device__ __forceinline__ Decision<acc_t> decide(const Work<acc_t>& w, const Ro
 }
 
 // divergence (SPEC.md section 6, only when asked) at used position (b, i) of a valid row, once its decision is final
-// (d: its weight r for family A, eta for family B). Where q is one-hot (T = 0: at q's argmax, whatever the draft; a
+// (wt: its weight r for family A, eta for family B). Where q is one-hot (T = 0: at q's argmax, whatever the draft; a
 // token-only draft; none for one outside [0, V), where q = 0, the law is p and both are 0) in closed form: only q's
 // one entry can exceed p, so TV(q, p) = 1 - p(hot), and the law's TV is (1 - w) TV(q, p) for family A and B (B: eta
 // is 0 when hot is in A, the law is q; else 1, the law is p), for lossy max(0, min(1, p(hot) / (1 - alpha)) -
