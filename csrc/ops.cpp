@@ -1,7 +1,7 @@
 // Schemas of the native ops (TORCH_LIBRARY), and the stub that lets the shared library be imported
 // as the Python module speccas_kernels._C (importing it runs the registrations below).
 //
-// The CPU implementations live in verify_cpu.cpp / sample_cpu.cpp (verify_divergence_native: CPU only), the CUDA
+// The CPU implementations live in verify_cpu.cpp / sample_cpu.cpp, the CUDA
 // ones in verify_cuda.cu / sample_cuda.cu (built only when torch has CUDA and a toolkit is found: SPECCAS_WITH_CUDA).
 // The Triton backend registers its Python ops (verify_triton, sample_triton) in the same namespace
 // as a fragment; the names here end in _native.
@@ -25,7 +25,8 @@ TORCH_LIBRARY_FRAGMENT(speccas, m) {
       "-> (Tensor tokens, Tensor num_accepted, Tensor deferred, Tensor accept_prob, Tensor valid";
   m.def(("verify_native" + verify_args + ")").c_str());
   // verify_native's round with the divergences of SPEC.md section 6 ([B, K] float32 each) computed from its
-  // statistics: CPU only (on CUDA tensors speccas_kernels/native.py computes them after verify_native).
+  // statistics, on CPU and CUDA (an extension built before the CUDA one existed has only the CPU kernel:
+  // speccas_kernels/native.py then computes them after verify_native on CUDA tensors).
   m.def(("verify_divergence_native" + verify_args + ", Tensor divergence, Tensor draft_divergence)").c_str());
   m.def(
       "sample_native(Tensor logits, Tensor? temperature, float temperature_value, Tensor? top_k, int top_k_value, "

@@ -189,6 +189,23 @@ inline VerifyInputs check_verify_inputs(
   return in;
 }
 
+// The arguments of verify_native and verify_divergence_native (schemas in ops.cpp), as parameters and as the call
+// that checks them: the CPU (verify_cpu.cpp) and CUDA (verify_cuda.cu) entry points.
+#define SPECCAS_VERIFY_PARAMS                                                                                   \
+  const c10::optional<at::Tensor>& draft_logits, const at::Tensor& target_logits, const at::Tensor& draft_tokens,  \
+      const c10::optional<at::Tensor>& num_draft_tokens, int64_t num_draft_tokens_value,                           \
+      const c10::optional<at::Tensor>& cu_num_draft_tokens, at::IntArrayRef rule, at::ArrayRef<double> alpha_range, \
+      const c10::optional<at::Tensor>& alpha, double alpha_value, const c10::optional<at::Tensor>& temperature,     \
+      double temperature_value, const c10::optional<at::Tensor>& top_k, int64_t top_k_value,                       \
+      const c10::optional<at::Tensor>& top_p, double top_p_value, const c10::optional<at::Tensor>& min_p,          \
+      double min_p_value, const c10::optional<at::Tensor>& seed, int64_t seed_value,                               \
+      const c10::optional<at::Tensor>& offset, int64_t offset_value, int64_t vocab_size, int64_t max_drafts
+#define SPECCAS_CHECK_VERIFY_INPUTS()                                                                                 \
+  check_verify_inputs(draft_logits, target_logits, draft_tokens, num_draft_tokens, num_draft_tokens_value,            \
+                      cu_num_draft_tokens, rule, alpha_range, alpha, alpha_value, temperature, temperature_value,     \
+                      top_k, top_k_value, top_p, top_p_value, min_p, min_p_value, seed, seed_value, offset,           \
+                      offset_value, vocab_size, max_drafts)
+
 // The outputs of verify_native before any row is decided, shared by the CPU and CUDA
 // implementations: (tokens [B, K + 1] int64 all -1, num_accepted [B] int64, deferred [B, K] bool,
 // accept_prob [B, K] float32, valid [B] bool), all zero but tokens, on the logits' device.

@@ -599,23 +599,6 @@ void verify_cpu_impl(const VerifyInputs& in, const Layout<in_t>& L, VerifyResult
   }
 }
 
-// The arguments of verify_native and verify_divergence_native (schemas in ops.cpp), as parameters and as the call
-// that checks them.
-#define SPECCAS_VERIFY_PARAMS                                                                                   \
-  const c10::optional<at::Tensor>& draft_logits, const at::Tensor& target_logits, const at::Tensor& draft_tokens,  \
-      const c10::optional<at::Tensor>& num_draft_tokens, int64_t num_draft_tokens_value,                           \
-      const c10::optional<at::Tensor>& cu_num_draft_tokens, at::IntArrayRef rule, at::ArrayRef<double> alpha_range, \
-      const c10::optional<at::Tensor>& alpha, double alpha_value, const c10::optional<at::Tensor>& temperature,     \
-      double temperature_value, const c10::optional<at::Tensor>& top_k, int64_t top_k_value,                       \
-      const c10::optional<at::Tensor>& top_p, double top_p_value, const c10::optional<at::Tensor>& min_p,          \
-      double min_p_value, const c10::optional<at::Tensor>& seed, int64_t seed_value,                               \
-      const c10::optional<at::Tensor>& offset, int64_t offset_value, int64_t vocab_size, int64_t max_drafts
-#define SPECCAS_CHECK_VERIFY_INPUTS()                                                                                 \
-  check_verify_inputs(draft_logits, target_logits, draft_tokens, num_draft_tokens, num_draft_tokens_value,            \
-                      cu_num_draft_tokens, rule, alpha_range, alpha, alpha_value, temperature, temperature_value,     \
-                      top_k, top_k_value, top_p, top_p_value, min_p, min_p_value, seed, seed_value, offset,           \
-                      offset_value, vocab_size, max_drafts)
-
 // One round on checked inputs into `out`, and the divergences into div / draft_div when they are defined.
 void run_verify(const VerifyInputs& in, VerifyResult& out, const at::Tensor& div, const at::Tensor& draft_div) {
   if (in.B == 0) return;

@@ -1,11 +1,13 @@
 // verify_native on CUDA: one round of SPEC.md sections 1-5, token for token like reference.verify_args (and the
 // C++ CPU op), in two launches on the current stream, no host synchronization, no fills: the kernels write every
-// output element.
+// output element. verify_divergence_native: the same round, and the divergences of SPEC.md section 6 from its own
+// statistics (phase "divergence", below), in the same two launches.
 //
 // Launch count per call (read from verify_cuda_impl below): exactly 2 (_verify_stats_kernel, then
-// _verify_race_kernel), with or without sampling filters, per-row tensors or Python numbers alike; B = 0 launches
-// nothing. Other device work: none on the first call of a (device, stream) but one at::zeros of the ticket
-// counters, made once and reused (and a memset node inside a CUDA graph being captured); the argument checks
+// _verify_race_kernel), with or without sampling filters, per-row tensors or Python numbers alike, with or without
+// the divergences (their kDiv instances); B = 0 launches nothing. Other device work: none on the first call of a
+// (device, stream) but one at::zeros of the ticket counters, made once and reused (again when a call needs more of
+// them: the divergences take B more), and a memset node inside a CUDA graph being captured; the argument checks
 // (speccas.h) fill nothing: parameters given as numbers are kernel arguments, and they copy only inputs that
 // need it (a non-contiguous per-row tensor or logits row, two logits dtypes). sample_cuda.cu: exactly 1 launch.
 //
@@ -41,6 +43,16 @@
 //     emit         the last race block of the row (ticket) merges the chunks with one warp (ties to the lowest
 //                  index) and writes the emitted token.
 //
+//   divergence (verify_divergence_native only, the kernels' kDiv instances): launch 1 marks every used position of
+//                  a row at T > 0 with drafter logits for the second look (decisions that do not read its sum
+//                  decide as without; the sums a decision reads keep their chunks and bits), which then sums TV(q,
+//                  p) beside eta for token sets, and TV(q, p) and sum_v max(0, min(q, p / (1 - alpha)) - p) for
+//                  lossy. The row's final accept (finalize_row) writes both divergences: closed forms where q is
+//                  one-hot (T = 0, token-only drafts), family A (1 - r) TV(q, p), lossy its sum; a token set's
+//                  TV(pi, p) = sum_{v in A} max(0, q - (1 - eta) p) needs eta first: law items (B K x chunks, between
+//                  the second-look and the race items, waiting on the row's flag like the race) sum it, and the last
+//                  of the row writes it. The formulas and proofs are csrc/verify_cpu.cpp's (divergences, div_chunk).
+//
 // Tickets and the work counter are uint32 counters, zero at rest: the block that completes a count resets it,
 // so no memset runs per call (cuda_common.cuh: ticket_counters, cached per device and stream).
 //
@@ -57,6 +69,9 @@
 //             from L2 when the round's logits fit in it (B (2K + 1) V E below about 40 MB), else from DRAM.
 //             race: one position per row that samples: p_n (bonus, E V) or q_m and p_m (residual, 2 E V), same
 //             L2 rule; rows with T = 0 that accept every draft read nothing here.
+//   divergence asked: the second look reads q_i and p_i at every used position at T > 0 with drafter logits (2 E V
+//             each, same L2 rule), token sets read them once more in the law items; the closed forms read one
+//             logit per position; 8 bytes per position of outputs.
 // Nothing else touches the device: per-row parameters given as numbers are kernel arguments, scratch comes
 // from the caching allocator, outputs are torch.empty.
 #include <ATen/ATen.h>
@@ -153,6 +168,9 @@ struct Work {
   unsigned char* need;  // [B * K] a second look is needed
   acc_t* look;          // [B * K] TV or eta once known
   double* lsum;         // [B * K * nch2] second-look partial sums
+  acc_t* look2;         // divergence only: [B * K] the second look's second sum (second_look)
+  double* lsum2;        // [B * K * nch2] its partial sums
+  double* dsum;         // divergence only, token sets: [B * K * nch2] partial sums of the law's pass
   acc_t* rbest;         // [B * rnch] race: best log w + G (or bonus score) per chunk, fallback log pi + G, mass
   int64_t* ridx;
   acc_t* rbest_pi;
@@ -163,8 +181,9 @@ struct Work {
   unsigned* row_ticket;
   unsigned* look_ticket;
   unsigned* race_ticket;
+  unsigned* div_ticket;  // divergence only
   int64_t csz, nch, csz2, nch2, rcsz, rnch;
-  int64_t looks, items2;  // launch 2: second-look items (B K nch2), all items
+  int64_t looks, laws, items2;  // launch 2: second-look items (B K nch2), law items (B K nch2 or 0), all items
 };
 
 struct Outs {
@@ -173,6 +192,8 @@ struct Outs {
   bool* deferred;         // [B, K]
   float* accept_prob;     // [B, K]
   bool* valid;            // [B]
+  float* div;             // [B, K] divergence, draft_divergence: only when asked (kDiv), else null
+  float* draft_div;
 };
 
 template <typename acc_t>
@@ -310,6 +331,11 @@ __device__ __forceinline__ void merge_position(const Work<acc_t>& w, int64_t s, 
 
 // ---- the decisions --------------------------------------------------------------------------------------
 
+template <typename T>
+__device__ __forceinline__ T at_most(T v, T hi) {
+  return v > hi ? hi : v;
+}
+
 template <typename acc_t>
 struct Decision {
   acc_t a;        // acceptance probability of the draft
@@ -404,8 +430,61 @@ __device__ __forceinline__ Decision<acc_t> decide(const Work<acc_t>& w, const Ro
   return d;
 }
 
-// An invalid row (SPEC.md section 4): emits nothing.
+// divergence (SPEC.md section 6, only when asked) at used position (b, i) of a valid row, once its decision is final
+// (wt: its weight r for family A, eta for family B). Where q is one-hot (T = 0: at q's argmax, whatever the draft; a
+// token-only draft; none for one outside [0, V), where q = 0, the law is p and both are 0) in closed form: only q's
+// one entry can exceed p, so TV(q, p) = 1 - p(hot), and the law's TV is (1 - w) TV(q, p) for family A and B (B: eta
+// is 0 when hot is in A, the law is q; else 1, the law is p), for lossy max(0, min(1, p(hot) / (1 - alpha)) -
+// p(hot)). Otherwise from the second look's sums (look: family A TV(q, p), family B eta, lossy TV(q, p); look2: family
+// B TV(q, p), lossy sum_v max(0, min(q, p / (1 - alpha)) - p)): family A (1 - r) TV(q, p) (pi - p = (1 - r)(q - p)),
+// lossy look2 (the proof is csrc/verify_cpu.cpp's), and family B's law, which needs eta first, later (law_item).
+// Returns false where the law is left to law_item.
 template <typename in_t, typename acc_t>
+__device__ __forceinline__ bool position_divergences(const Work<acc_t>& w, const Round<in_t, acc_t>& r, int64_t b,
+                                                     int64_t i, acc_t temp, acc_t inv_t, acc_t al, acc_t wt,
+                                                     acc_t& draft, acc_t& law) {
+  const RuleArgs R = r.rule;
+  const int64_t k = b * r.K + i;
+  draft = law = acc_t(0);
+  if (!r.has_q() || temp == acc_t(0)) {
+    int64_t hot;
+    if (r.has_q()) {
+      hot = ldcg(w.pamax + r.qslot(b, i));
+    } else {
+      const int64_t x = r.x_at(b, i);
+      hot = x >= 0 && x < r.V ? x : -1;
+    }
+    if (hot < 0) return true;
+    const PosView<acc_t> sp = pos_view(w, r.cut, r.pslot(b, i));
+    const acc_t ph = sample_prob(load1<in_t, acc_t>(r.p_row(b, i), hot), hot, sp, temp, inv_t);
+    draft = acc_t(1) - ph;
+    if (R.family == kFamilyLossy) {
+      const acc_t c = at_most(div_rn(ph, acc_t(1) - al), acc_t(1));
+      law = c > ph ? c - ph : acc_t(0);
+    } else {
+      law = mul_rn(acc_t(1) - wt, draft);
+    }
+    return true;
+  }
+  switch (static_cast<FamilyCode>(R.family)) {
+    case kFamilyA:
+      draft = ldcg(w.look + k);
+      law = mul_rn(acc_t(1) - wt, draft);
+      return true;
+    case kFamilyB:
+      draft = ldcg(w.look2 + k);
+      return false;
+    case kFamilyLossy:
+      draft = ldcg(w.look + k);
+      law = ldcg(w.look2 + k);
+      return true;
+  }
+  SPECCAS_UNREACHABLE();
+  return true;
+}
+
+// An invalid row (SPEC.md section 4): emits nothing (divergences 0).
+template <bool kDiv, typename in_t, typename acc_t>
 __device__ __forceinline__ void write_invalid_row(const Outs& o, const Work<acc_t>& w, const Round<in_t, acc_t>& r,
                                                   int64_t b, bool second) {
   const int lane = threadIdx.x & 31;
@@ -415,6 +494,10 @@ __device__ __forceinline__ void write_invalid_row(const Outs& o, const Work<acc_
     o.deferred[b * K + i] = false;
     o.accept_prob[b * K + i] = 0.f;
     if (!second) w.need[b * K + i] = 0;
+    if constexpr (kDiv) {
+      o.div[b * K + i] = 0.f;
+      o.draft_div[b * K + i] = 0.f;
+    }
   }
   if (lane == 0) {
     o.num_accepted[b] = 0;
@@ -425,7 +508,10 @@ __device__ __forceinline__ void write_invalid_row(const Outs& o, const Work<acc_
 
 // merge + accept for row b, by one warp (lanes over draft positions): validity (launch 1), the decisions, the
 // accept loop u_i < a_i by ballot, the outputs, and what launch 2 is to do (second look, race, or nothing).
-template <typename in_t, typename acc_t>
+// kDiv (the divergences asked): every used position of a row at T > 0 with drafter logits takes the second look
+// (its sums serve the divergence; a decision that does not read them decides as without), and the row's final call
+// writes both divergences (position_divergences), but family B's law at those positions (law_item).
+template <bool kDiv, typename in_t, typename acc_t>
 __device__ __forceinline__ void finalize_row(const Outs& o, const Work<acc_t>& w, const Round<in_t, acc_t>& r,
                                              int64_t b, bool second) {
   const int lane = threadIdx.x & 31;
@@ -445,11 +531,14 @@ __device__ __forceinline__ void finalize_row(const Outs& o, const Work<acc_t>& w
     }
     ok = ok && !__any_sync(kFull, bad);
     if (!ok) {
-      write_invalid_row(o, w, r, b, false);
+      write_invalid_row<kDiv>(o, w, r, b, false);
       return;
     }
   }
   const int64_t seed = r.seed.at(b), off = r.offset.at(b);
+  // kDiv: the row's second look covers every used position (none at T = 0 or with token-only drafts)
+  const bool look_all = kDiv && !second && r.has_q() && temp > acc_t(0) && n > 0;
+  const bool final_call = !look_all;  // (when no position is unknown) the divergences are written in this call
   int64_t m = n;
   acc_t wm = 0;
   unsigned pending = 0;
@@ -465,11 +554,20 @@ __device__ __forceinline__ void finalize_row(const Outs& o, const Work<acc_t>& w
     Decision<acc_t> d{acc_t(0), acc_t(0), false, true};
     if (used) d = decide(w, r, b, i, temp, inv_t, al, have, look);
     const bool unknown = used && !d.known;
-    if (!second && slot) w.need[k] = unknown ? 1 : 0;
-    pending += __popc(__ballot_sync(kFull, unknown));
+    const bool look_here = unknown || (look_all && used);
+    if (!second && slot) w.need[k] = look_here ? 1 : 0;
+    pending += __popc(__ballot_sync(kFull, look_here));
     if (slot) {
       o.deferred[k] = used && d.deferred;
       o.accept_prob[k] = used ? static_cast<float>(d.a) : 0.f;
+    }
+    if constexpr (kDiv) {
+      if (slot && final_call) {
+        acc_t dd = 0, dl = 0;
+        const bool law_now = !used || position_divergences(w, r, b, i, temp, inv_t, al, d.w, dd, dl);
+        o.draft_div[k] = static_cast<float>(at_most(dd, acc_t(1)));
+        if (law_now) o.div[k] = static_cast<float>(at_most(dl, acc_t(1)));
+      }
     }
     const acc_t u = used ? static_cast<acc_t>(uniform_at(seed, off + i, kStreamAccept)) : acc_t(0);
     const unsigned rej = __ballot_sync(kFull, used && d.known && !(u < d.a));
@@ -553,7 +651,8 @@ constexpr int stats_min_blocks() {
 }
 
 // kFilter: some row may filter (Round::cut is set); the last chunk block of a position then runs filter_position.
-template <typename in_t, typename acc_t, bool kFilter>
+// kDiv: the divergences are asked (finalize_row).
+template <typename in_t, typename acc_t, bool kFilter, bool kDiv>
 __global__ void __launch_bounds__(kThreads, stats_min_blocks<acc_t, kFilter>()) _verify_stats_kernel(Outs o, Work<acc_t> w, Round<in_t, acc_t> r) {
   const int64_t item = blockIdx.x;
   int64_t s = 0, c = 0;
@@ -579,12 +678,33 @@ __global__ void __launch_bounds__(kThreads, stats_min_blocks<acc_t, kFilter>()) 
   if constexpr (kFilter) filter_position(w, r, z, s, b, sums);
   const unsigned positions = static_cast<unsigned>((r.has_q() ? n : 0) + n + 1);
   if (!arrive_last(w.row_ticket + b, positions)) return;
-  if (threadIdx.x < 32) finalize_row(o, w, r, b, false);
+  if (threadIdx.x < 32) finalize_row<kDiv>(o, w, r, b, false);
 }
 
 // ---- launch 2: second look, accept, race, emit -------------------------------------------------------------
 
-template <typename in_t, typename acc_t>
+// The last block of a row's chunked pass over its marked positions (second look, law items), warp 0: one position
+// at a time, lanes over its chunks' partial sums `part` ([B K nch2], in double), in a fixed order; lane 0 hands
+// each position's total to put(k, total).
+template <typename in_t, typename acc_t, typename Put>
+__device__ __forceinline__ void merge_row_sums(const Work<acc_t>& w, const Round<in_t, acc_t>& r, int64_t b,
+                                               const double* part, const Put& put) {
+  const int lane = threadIdx.x & 31;
+  const int64_t n = r.drafts(b);
+  for (int64_t ii = 0; ii < n; ++ii) {
+    const int64_t kk = b * r.K + ii;
+    if (w.need[kk] == 0) continue;
+    double s = 0.0;
+    for (int64_t cc = lane; cc < w.nch2; cc += 32) s += ldcg(part + kk * w.nch2 + cc);
+    s = warp_sum(s);
+    if (lane == 0) put(kk, s);
+  }
+}
+
+// kDiv: a second sum beside the first (family B: TV(q, p) beside eta; lossy, which decides without a second look:
+// TV(q, p) and sum_v max(0, min(q, p / (1 - alpha)) - p)), merged into look2. The first sum is computed as without
+// kDiv, chunk for chunk: the decisions that read it get the same bits.
+template <bool kDiv, typename in_t, typename acc_t>
 __device__ __forceinline__ void second_look(const Outs& o, const Work<acc_t>& w, const Round<in_t, acc_t>& r,
                                             int64_t item) {
   __shared__ double sh_d[kWarps];
@@ -600,12 +720,14 @@ __device__ __forceinline__ void second_look(const Outs& o, const Work<acc_t>& w,
   const PosView<acc_t> sp = pos_view(w, r.cut, r.pslot(b, i));
   const in_t* zq_row = r.q_row(b, i);
   const in_t* zp_row = r.p_row(b, i);
-  const bool tv = R.family == kFamilyA;  // else eta of a token set
-  const bool read_p = tv || R.reads_ph;
+  const bool lossy = kDiv && R.family == kFamilyLossy;
+  const bool tv = R.family == kFamilyA || lossy;  // else eta of a token set
+  const bool read_p = kDiv || tv || R.reads_ph;
   const bool vq = vec_aligned(zq_row), vp = vec_aligned(zp_row);
   const acc_t max_ph = div_rn(acc_t(1), sp.S1);
+  const acc_t keep = acc_t(1) - al;  // lossy
   const int64_t lo = c * w.csz2, hi = lo + w.csz2 < r.V ? lo + w.csz2 : r.V;
-  acc_t sum = 0;
+  acc_t sum = 0, sum2 = 0;
   for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += 4 * kThreads) {
     const Group4<in_t, acc_t> gq = load4<in_t, acc_t>(zq_row, v0, hi, vq);
     const Group4<in_t, acc_t> gp = read_p ? load4<in_t, acc_t>(zp_row, v0, hi, vp) : gq;
@@ -616,44 +738,50 @@ __device__ __forceinline__ void second_look(const Outs& o, const Work<acc_t>& w,
       const acc_t zq = gq.get(j), zp = gp.get(j);
       const acc_t q = sample_prob(zq, v, sq, temp, inv_t);
       if (tv) {
-        const acc_t dq = q - sample_prob(zp, v, sp, temp, inv_t);
+        const acc_t p = sample_prob(zp, v, sp, temp, inv_t);
+        const acc_t dq = q - p;
         sum += dq > acc_t(0) ? dq : acc_t(0);
+        if constexpr (kDiv) {
+          if (lossy) {
+            const acc_t dc = (q < div_rn(p, keep) ? q : div_rn(p, keep)) - p;
+            sum2 += dc > acc_t(0) ? dc : acc_t(0);
+          }
+        }
       } else {
         const acc_t qh = R.reads_qh ? unscaled_prob(zq, sq) : acc_t(0);
         const acc_t ph = R.reads_ph ? unscaled_prob(zp, sp) : acc_t(0);
         sum += in_token_set(R.code, al, qh, ph, max_ph) ? acc_t(0) : q;
+        if constexpr (kDiv) {
+          const acc_t dq = q - sample_prob(zp, v, sp, temp, inv_t);
+          sum2 += dq > acc_t(0) ? dq : acc_t(0);
+        }
       }
     }
   }
   const double total = block_sum(static_cast<double>(sum), sh_d);
   if (threadIdx.x == 0) w.lsum[item] = total;
+  if constexpr (kDiv) {
+    const double total2 = block_sum(static_cast<double>(sum2), sh_d);
+    if (threadIdx.x == 0) w.lsum2[item] = total2;
+  }
   if (!arrive_last(w.look_ticket + b, w.needed[b] * static_cast<unsigned>(w.nch2))) return;
   if (threadIdx.x >= 32) return;
-  const int lane = threadIdx.x;
-  const int64_t n = r.drafts(b);
-  for (int64_t ii = 0; ii < n; ++ii) {  // merge: one warp per position, lanes over chunks
-    const int64_t kk = b * r.K + ii;
-    if (w.need[kk] == 0) continue;
-    double s = 0.0;
-    for (int64_t cc = lane; cc < w.nch2; cc += 32) s += ldcg(w.lsum + kk * w.nch2 + cc);
-    s = warp_sum(s);
-    if (lane == 0) w.look[kk] = static_cast<acc_t>(s);
+  merge_row_sums(w, r, b, w.lsum, [&](int64_t kk, double s) { w.look[kk] = static_cast<acc_t>(s); });
+  if constexpr (kDiv) {
+    merge_row_sums(w, r, b, w.lsum2, [&](int64_t kk, double s) { w.look2[kk] = static_cast<acc_t>(s); });
   }
   __syncwarp();
-  finalize_row(o, w, r, b, true);
+  finalize_row<kDiv>(o, w, r, b, true);
 }
 
-template <typename in_t, typename acc_t>
-__device__ __forceinline__ void race(const Outs& o, const Work<acc_t>& w, const Round<in_t, acc_t>& r, int64_t item) {
-  __shared__ acc_t sh_v[kWarps];
-  __shared__ int64_t sh_i[kWarps];
-  __shared__ double sh_d[kWarps];
+// Thread 0 waits while row b is pending (its second-look blocks started before the caller's: they finish); the
+// row's state after, in every thread of the block.
+template <typename acc_t>
+__device__ __forceinline__ unsigned settled_state(const Work<acc_t>& w, int64_t b) {
   __shared__ unsigned s_state;
-  int64_t b = 0, c = 0;
-  split_item(item, w.rnch, b, c);
   if (threadIdx.x == 0) {
     unsigned st = ld_acquire(w.state + b);
-    if (st == kStatePending) {  // its second-look blocks started before this one: they finish
+    if (st == kStatePending) {
       const uint64_t t0 = global_ns();
       do {
         __nanosleep(256);
@@ -664,7 +792,67 @@ __device__ __forceinline__ void race(const Outs& o, const Work<acc_t>& w, const 
     s_state = st;
   }
   __syncthreads();
-  if (s_state != kStateReady) return;  // block-uniform: the row emits nothing, or its token is written
+  return s_state;
+}
+
+// divergence, family B at T > 0 with drafter logits (kDiv): the law's TV sum_{v in A} max(0, q(v) - Q p(v)), Q = 1 -
+// eta (pi - p = q - Q p on A and (eta - 1) p <= 0 off A), per marked (position, chunk) once the row's second look
+// has merged eta; the last such block of the row (ticket) merges the chunks (one warp per position, lanes over
+// chunks) and writes the divergence.
+template <typename in_t, typename acc_t>
+__device__ __forceinline__ void law_item(const Outs& o, const Work<acc_t>& w, const Round<in_t, acc_t>& r,
+                                         int64_t item) {
+  __shared__ double sh_d[kWarps];
+  int64_t k = 0, c = 0;
+  split_item(item, w.nch2, k, c);
+  if (w.need[k] == 0) return;  // block-uniform (written in launch 1)
+  int64_t b = 0, i = 0;
+  split_item(k, r.K, b, i);
+  settled_state(w, b);
+  const RuleArgs R = r.rule;
+  const acc_t temp = r.T.at(b), inv_t = inv_temperature(temp);
+  const acc_t al = R.uses_alpha ? r.alpha.at(b) : acc_t(0);
+  const PosView<acc_t> sq = pos_view(w, r.cut, r.qslot(b, i));
+  const PosView<acc_t> sp = pos_view(w, r.cut, r.pslot(b, i));
+  const acc_t Q = acc_t(1) - ldcg(w.look + k);
+  const in_t* zq_row = r.q_row(b, i);
+  const in_t* zp_row = r.p_row(b, i);
+  const bool vq = vec_aligned(zq_row), vp = vec_aligned(zp_row);
+  const acc_t max_ph = div_rn(acc_t(1), sp.S1);
+  const int64_t lo = c * w.csz2, hi = lo + w.csz2 < r.V ? lo + w.csz2 : r.V;
+  acc_t sum = 0;
+  for (int64_t v0 = lo + 4 * static_cast<int64_t>(threadIdx.x); v0 < hi; v0 += 4 * kThreads) {
+    const Group4<in_t, acc_t> gq = load4<in_t, acc_t>(zq_row, v0, hi, vq);
+    const Group4<in_t, acc_t> gp = load4<in_t, acc_t>(zp_row, v0, hi, vp);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t v = v0 + j;
+      if (v >= hi) break;
+      const acc_t zq = gq.get(j), zp = gp.get(j);
+      const acc_t qh = R.reads_qh ? unscaled_prob(zq, sq) : acc_t(0);
+      const acc_t ph = R.reads_ph ? unscaled_prob(zp, sp) : acc_t(0);
+      if (!in_token_set(R.code, al, qh, ph, max_ph)) continue;
+      const acc_t e = sample_prob(zq, v, sq, temp, inv_t) - mul_rn(Q, sample_prob(zp, v, sp, temp, inv_t));
+      sum += e > acc_t(0) ? e : acc_t(0);
+    }
+  }
+  const double total = block_sum(static_cast<double>(sum), sh_d);
+  if (threadIdx.x == 0) w.dsum[item] = total;
+  if (!arrive_last(w.div_ticket + b, w.needed[b] * static_cast<unsigned>(w.nch2))) return;
+  if (threadIdx.x >= 32) return;
+  merge_row_sums(w, r, b, w.dsum, [&](int64_t kk, double s) {
+    o.div[kk] = static_cast<float>(at_most(static_cast<acc_t>(s), acc_t(1)));
+  });
+}
+
+template <typename in_t, typename acc_t>
+__device__ __forceinline__ void race(const Outs& o, const Work<acc_t>& w, const Round<in_t, acc_t>& r, int64_t item) {
+  __shared__ acc_t sh_v[kWarps];
+  __shared__ int64_t sh_i[kWarps];
+  __shared__ double sh_d[kWarps];
+  int64_t b = 0, c = 0;
+  split_item(item, w.rnch, b, c);
+  if (settled_state(w, b) != kStateReady) return;  // block-uniform: the row emits nothing, or its token is written
   const RuleArgs R = r.rule;
   const int kind = ldcg(w.kind + b);
   const int64_t m = ldcg(w.m + b);
@@ -762,7 +950,8 @@ __device__ __forceinline__ void race(const Outs& o, const Work<acc_t>& w, const 
   }
 }
 
-template <typename in_t, typename acc_t>
+// kDiv: the divergences are asked: the second look's second sums, then the law items (token sets), then the race.
+template <typename in_t, typename acc_t, bool kDiv>
 __global__ void __launch_bounds__(kThreads, 1) _verify_race_kernel(Outs o, Work<acc_t> w, Round<in_t, acc_t> r) {
   __shared__ int64_t s_item;
   if (threadIdx.x == 0) {  // the work counter: numbers in the order blocks start
@@ -773,16 +962,20 @@ __global__ void __launch_bounds__(kThreads, 1) _verify_race_kernel(Outs o, Work<
   __syncthreads();
   const int64_t item = s_item;
   if (item < w.looks) {
-    second_look(o, w, r, item);
+    second_look<kDiv>(o, w, r, item);
+  } else if (item < w.looks + w.laws) {  // (none without kDiv)
+    if constexpr (kDiv) law_item(o, w, r, item - w.looks);
   } else {
-    race(o, w, r, item - w.looks);
+    race(o, w, r, item - w.looks - w.laws);
   }
 }
 
 // ---- launcher -------------------------------------------------------------------------------------------
 
-template <typename in_t, typename acc_t>
-void verify_cuda_impl(const VerifyInputs& in, const VerifyResult& out) {
+// div, draft_div: [B, K] float32 outputs when the divergences are asked (kDiv), else undefined.
+template <typename in_t, typename acc_t, bool kDiv>
+void verify_cuda_impl(const VerifyInputs& in, const VerifyResult& out, const at::Tensor& div,
+                      const at::Tensor& draft_div) {
   const int64_t B = in.B, K = in.K, V = in.V;
   const bool has_q = !in.token_drafts();
   const int64_t QS = has_q ? B * K : 0;
@@ -828,7 +1021,8 @@ void verify_cuda_impl(const VerifyInputs& in, const VerifyResult& out) {
   w.rcsz = s3.csz;
   w.rnch = s3.nch;
   w.looks = B * K * w.nch2;
-  w.items2 = w.looks + B * w.rnch;
+  w.laws = kDiv && has_q && in.rule.family == kFamilyB ? w.looks : 0;
+  w.items2 = w.looks + w.laws + B * w.rnch;
   const int64_t items1 = P * w.nch;
   SPECCAS_CHECK(items1 < (1LL << 31) && w.items2 < (1LL << 31) && P < (1LL << 31),
                 "the round is too large for one launch (", P, " positions of ", V, " entries)");
@@ -853,6 +1047,11 @@ void verify_cuda_impl(const VerifyInputs& in, const VerifyResult& out) {
     w.need = cv.take<unsigned char>(B * K);
     w.look = cv.take<acc_t>(B * K);
     w.lsum = cv.take<double>(w.looks);
+    if (kDiv) {
+      w.look2 = cv.take<acc_t>(B * K);
+      w.lsum2 = cv.take<double>(w.looks);
+      w.dsum = cv.take<double>(w.laws);
+    }
     w.rbest = cv.take<acc_t>(B * w.rnch);
     w.ridx = cv.take<int64_t>(B * w.rnch);
     w.rbest_pi = cv.take<acc_t>(B * w.rnch);
@@ -860,53 +1059,78 @@ void verify_cuda_impl(const VerifyInputs& in, const VerifyResult& out) {
     w.rmass = cv.take<double>(B * w.rnch);
     cut = in.filters ? cv.take<acc_t>(P) : nullptr;
   });
-  unsigned* counters = ticket_counters(1 + P + 3 * B, device, stream);
+  unsigned* counters = ticket_counters(1 + P + (kDiv ? 4 : 3) * B, device, stream);
   w.ids = counters;
   w.pos_ticket = counters + 1;
   w.row_ticket = w.pos_ticket + P;
   w.look_ticket = w.row_ticket + B;
   w.race_ticket = w.look_ticket + B;
+  w.div_ticket = kDiv ? w.race_ticket + B : nullptr;
   r.cut = cut;
 
-  Outs o{std::get<0>(out).data_ptr<int64_t>(), std::get<1>(out).data_ptr<int64_t>(), std::get<2>(out).data_ptr<bool>(),
-         std::get<3>(out).data_ptr<float>(), std::get<4>(out).data_ptr<bool>()};
+  Outs o{std::get<0>(out).data_ptr<int64_t>(),
+         std::get<1>(out).data_ptr<int64_t>(),
+         std::get<2>(out).data_ptr<bool>(),
+         std::get<3>(out).data_ptr<float>(),
+         std::get<4>(out).data_ptr<bool>(),
+         kDiv ? div.data_ptr<float>() : nullptr,
+         kDiv ? draft_div.data_ptr<float>() : nullptr};
 
   if (in.filters) {
-    launch(_verify_stats_kernel<in_t, acc_t, true>, items1, kThreads, stream, o, w, r);
+    launch(_verify_stats_kernel<in_t, acc_t, true, kDiv>, items1, kThreads, stream, o, w, r);
   } else {
-    launch(_verify_stats_kernel<in_t, acc_t, false>, items1, kThreads, stream, o, w, r);
+    launch(_verify_stats_kernel<in_t, acc_t, false, kDiv>, items1, kThreads, stream, o, w, r);
   }
-  launch(_verify_race_kernel<in_t, acc_t>, w.items2, kThreads, stream, o, w, r);
+  launch(_verify_race_kernel<in_t, acc_t, kDiv>, w.items2, kThreads, stream, o, w, r);
 }
 
-VerifyResult verify_native_cuda(
-    const c10::optional<at::Tensor>& draft_logits, const at::Tensor& target_logits, const at::Tensor& draft_tokens,
-    const c10::optional<at::Tensor>& num_draft_tokens, int64_t num_draft_tokens_value,
-    const c10::optional<at::Tensor>& cu_num_draft_tokens, at::IntArrayRef rule, at::ArrayRef<double> alpha_range,
-    const c10::optional<at::Tensor>& alpha, double alpha_value, const c10::optional<at::Tensor>& temperature,
-    double temperature_value, const c10::optional<at::Tensor>& top_k, int64_t top_k_value,
-    const c10::optional<at::Tensor>& top_p, double top_p_value, const c10::optional<at::Tensor>& min_p,
-    double min_p_value, const c10::optional<at::Tensor>& seed, int64_t seed_value,
-    const c10::optional<at::Tensor>& offset, int64_t offset_value, int64_t vocab_size, int64_t max_drafts) {
-  const c10::cuda::CUDAGuard guard(target_logits.device());  // before the checks, whose copies run on it
-  const VerifyInputs in = check_verify_inputs(
-      draft_logits, target_logits, draft_tokens, num_draft_tokens, num_draft_tokens_value, cu_num_draft_tokens, rule,
-      alpha_range, alpha, alpha_value, temperature, temperature_value, top_k, top_k_value, top_p, top_p_value, min_p,
-      min_p_value, seed, seed_value, offset, offset_value, vocab_size, max_drafts);
-  const auto opts = target_logits.options();
-  const VerifyResult out{at::empty({in.B, in.K + 1}, opts.dtype(at::kLong)), at::empty({in.B}, opts.dtype(at::kLong)),
-                         at::empty({in.B, in.K}, opts.dtype(at::kBool)), at::empty({in.B, in.K}, opts.dtype(at::kFloat)),
-                         at::empty({in.B}, opts.dtype(at::kBool))};
-  if (in.B == 0) return out;
+// One round on checked inputs into `out`, and the divergences into div / draft_div when they are defined.
+void run_verify(const VerifyInputs& in, const VerifyResult& out, const at::Tensor& div, const at::Tensor& draft_div) {
+  if (in.B == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, in.zp.scalar_type(), "verify_native_cuda", [&] {
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    verify_cuda_impl<scalar_t, acc_t>(in, out);
+    if (div.defined()) {
+      verify_cuda_impl<scalar_t, acc_t, true>(in, out, div, draft_div);
+    } else {
+      verify_cuda_impl<scalar_t, acc_t, false>(in, out, div, draft_div);
+    }
   });
+}
+
+// The outputs, unfilled: the kernels write every element.
+VerifyResult unfilled_outputs(const VerifyInputs& in, const at::TensorOptions& opts) {
+  return VerifyResult{at::empty({in.B, in.K + 1}, opts.dtype(at::kLong)), at::empty({in.B}, opts.dtype(at::kLong)),
+                      at::empty({in.B, in.K}, opts.dtype(at::kBool)), at::empty({in.B, in.K}, opts.dtype(at::kFloat)),
+                      at::empty({in.B}, opts.dtype(at::kBool))};
+}
+
+VerifyResult verify_native_cuda(SPECCAS_VERIFY_PARAMS) {
+  const c10::cuda::CUDAGuard guard(target_logits.device());  // before the checks, whose copies run on it
+  const VerifyInputs in = SPECCAS_CHECK_VERIFY_INPUTS();
+  const VerifyResult out = unfilled_outputs(in, target_logits.options());
+  run_verify(in, out, at::Tensor(), at::Tensor());
   return out;
+}
+
+// verify_native and, from the same round, divergence and draft_divergence [B, K] float32 (SPEC.md section 6),
+// written by the kernels (torch.empty, no fill).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+verify_divergence_native_cuda(SPECCAS_VERIFY_PARAMS) {
+  const c10::cuda::CUDAGuard guard(target_logits.device());
+  const VerifyInputs in = SPECCAS_CHECK_VERIFY_INPUTS();
+  const auto opts = target_logits.options();
+  const VerifyResult out = unfilled_outputs(in, opts);
+  const at::Tensor div = at::empty({in.B, in.K}, opts.dtype(at::kFloat));
+  const at::Tensor draft_div = at::empty({in.B, in.K}, opts.dtype(at::kFloat));
+  run_verify(in, out, div, draft_div);
+  return std::tuple_cat(out, std::make_tuple(div, draft_div));
 }
 
 }  // namespace
 }  // namespace cuda
 }  // namespace speccas
 
-TORCH_LIBRARY_IMPL(speccas, CUDA, m) { m.impl("verify_native", &speccas::cuda::verify_native_cuda); }
+TORCH_LIBRARY_IMPL(speccas, CUDA, m) {
+  m.impl("verify_native", &speccas::cuda::verify_native_cuda);
+  m.impl("verify_divergence_native", &speccas::cuda::verify_divergence_native_cuda);
+}

@@ -4,8 +4,9 @@ Both call the ops that the compiled extension ``speccas_kernels._C`` registers
 (``csrc/ops.cpp``): ``torch.ops.speccas.verify_native`` and ``torch.ops.speccas.sample_native``,
 with a CPU implementation always and a CUDA one when the extension was built with a CUDA toolkit
 and a CUDA torch; and ``torch.ops.speccas.verify_divergence_native``, the same round that also returns
-the divergences of SPEC.md section 6 from its own statistics, CPU only (on CUDA tensors ``verify_args``
-computes them with ``reference.divergence_args`` after ``verify_native``). The extension is imported
+the divergences of SPEC.md section 6 from its own statistics, on CPU and on CUDA (an extension built
+before its CUDA kernel existed lacks it: ``verify_args`` then computes them with
+``reference.divergence_args`` after ``verify_native``, see ``fused_divergence``). The extension is imported
 lazily, once (``functools.cache``), so importing ``speccas_kernels`` never needs it; ``available(name)``
 says why a backend cannot run.
 
@@ -139,15 +140,27 @@ def filter_args(f: checks.Filters) -> list:
     return [*row(f.top_k, 0), *row(f.top_p, 1.0), *row(f.min_p, 0.0)]
 
 
+# The dispatch key of verify_divergence_native's kernel for each device type that has one.
+_DIVERGENCE_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+def fused_divergence(device: torch.device) -> bool:
+    """True when ``verify_divergence_native`` has a kernel for ``device``: the round computes the divergences
+    itself. False for an extension built before the CUDA kernel existed (an old build), or a device without one."""
+    key = _DIVERGENCE_KEYS.get(device.type)
+    return key is not None and _has_kernel("verify_divergence_native", key)
+
+
 def verify_args(args: checks.VerifyArgs, divergence: bool = False) -> VerifyOutput:
     """verify on normalized arguments (see ``speccas_kernels.ops.verify``); schema in csrc/ops.cpp.
 
-    With ``divergence``, the output's ``divergence`` and ``draft_divergence`` are filled (SPEC.md section 6): on
-    CPU tensors by ``verify_divergence_native``, from the round's own statistics; on CUDA tensors by
-    ``reference.divergence_args`` after ``verify_native`` (PyTorch ops, one more read of both logit tensors: the CUDA
-    kernels do not compute them)."""
+    With ``divergence``, the output's ``divergence`` and ``draft_divergence`` are filled (SPEC.md section 6): by
+    ``verify_divergence_native``, from the round's own statistics (csrc/verify_cpu.cpp on CPU tensors,
+    csrc/verify_cuda.cu on CUDA tensors); where the loaded extension has no such kernel for the logits' device
+    (``fused_divergence``: an old build), by ``reference.divergence_args`` after ``verify_native`` (PyTorch ops, one
+    more read of both logit tensors)."""
     ops = _ops()
-    fused = divergence and args.target_logits.device.type == "cpu"
+    fused = divergence and fused_divergence(args.target_logits.device)
     op = ops.verify_divergence_native if fused else ops.verify_native
     out = VerifyOutput(*op(
         args.draft_logits, args.target_logits, args.draft_tokens, *row(args.num_draft_tokens),

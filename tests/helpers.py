@@ -121,6 +121,57 @@ def assert_same_outputs(out, ref, margins, *, tol=1e-4, max_tie_frac=0.02, what=
     return ties
 
 
+def assert_divergences(got, want, atol, what, backend="cpp"):
+    """``divergence`` and ``draft_divergence`` of ``got`` (a backend's VerifyOutput) within ``atol`` of ``want`` (the
+    reference's), float32 and of its shape; a failure names the row, the position and both values."""
+    for name in ("divergence", "draft_divergence"):
+        g, w = getattr(got, name), getattr(want, name)
+        assert g is not None and g.dtype == torch.float32 and g.shape == w.shape, f"{what}: {name} {g}"
+        err = (g.double() - w.double()).abs().flatten()
+        if err.numel() and float(err.max()) > atol:
+            b, i = divmod(int(err.argmax()), w.shape[1])
+            raise AssertionError(f"{what}: {name} differs by {float(err.max()):.3g} at row {b}, position {i}: "
+                                 f"{backend} {float(g[b, i]):.8g}, reference {float(w[b, i]):.8g}")
+
+
+DIVERGENCE_TEMPERATURES = ((0.0, False), (0.7, False), (0.7, True), (1.0, False), (2.5, True))
+
+
+def divergence_cases(rule, dtype=torch.float32, V=600, temperatures=DIVERGENCE_TEMPERATURES,
+                     token_temperatures=(0.0, 1.0)):
+    """(name, verify keyword arguments) for the divergence tests of one rule (B = 6, K = 4, ``num_draft_tokens`` < K
+    on some rows, alpha per row): each (T, filters on) of ``temperatures``; T = 0 with drafts that are not q's argmax;
+    per-row T with filters on some rows; invalid rows; drafts outside [0, V); token-only drafts at
+    ``token_temperatures`` and outside [0, V) (rules that take them)."""
+    B, K = 6, 4
+    kw = random_round(B, K, V, seed=5, dtype=dtype, ragged=True)  # n_b in [0, K]: num_draft_tokens < K on rows
+    kw["alpha"] = grid_alphas(rule, B).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    ct = kw["alpha"].dtype
+    filt = dict(top_k=torch.tensor([0, 7, 0, 50, 0, 3]), top_p=torch.tensor([1.0, 1.0, 0.8, 0.95, 1.0, 0.5], dtype=ct),
+                min_p=torch.tensor([0.0, 0.0, 0.0, 0.05, 0.2, 0.0], dtype=ct))
+    out = []
+    for T, filters in temperatures:
+        out.append((f"T={T}" + " filters" * filters, dict(kw, temperature=T, **(filt if filters else {}))))
+    # at T = 0 the law follows q's argmax (one-hot q), not the draft: drafts that are not q's argmax
+    other = (kw["draft_logits"].float().argmax(-1) + 1 + torch.arange(K)) % V
+    out.append(("T=0, drafts not q's argmax", dict(kw, temperature=0.0, draft_tokens=other)))
+    rows_t = torch.tensor([0.0, 0.7, 1.0, 2.5, 0.7, 1.0], dtype=ct)
+    out.append(("per-row T, filters", dict(kw, temperature=rows_t, **filt)))
+    bad = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in kw.items()}
+    bad["target_logits"][1, 0, 3] = float("nan")
+    bad["temperature"] = torch.tensor([1.0, 1.0, -1.0, 0.7, 0.0, 1.0], dtype=ct)  # row 2: a bad T
+    bad["num_draft_tokens"] = torch.tensor([4, 4, 4, 3, 2, 4])
+    out.append(("invalid rows", bad))
+    oov = dict(kw, draft_tokens=kw["draft_tokens"].clone(), temperature=rows_t)
+    oov["draft_tokens"][:, 1] = torch.tensor([-1, V, V + 5, -7, 0, V - 1])
+    out.append(("drafts outside [0, V)", oov))
+    if RULE_INFO[rule].supports_token_drafts:
+        for T in token_temperatures:
+            out.append((f"token-only T={T}", dict(kw, draft_logits=None, temperature=T)))
+        out.append(("token-only outside [0, V), filters", dict(oov, draft_logits=None, **filt)))
+    return out
+
+
 def native_call(op_name: str, call):
     """(op overload, positional arguments) that the native backend passes to ``torch.ops.speccas.<op_name>``
     while ``call()`` runs a public op with ``backend="cpp"``: tests that call the op directly start from the

@@ -6,7 +6,7 @@ barriers and warp shuffles switch fibers, blocks run one after another) and regi
 ``torch.ops.speccas_emu.verify_native`` / ``sample_native`` for CPU tensors. The public API then runs on it
 (the ``cpp`` backend with its op namespace swapped), and the conformance cases of test_backends.py hold it to the
 reference: token equality for every rule, filters on and off, token-only drafts, the ragged layout, invalid rows,
-and ``sample``. Small chunks (SPECCAS_EMU_MIN_CHUNK) and a few multiprocessors (SPECCAS_EMU_SMS) make every
+and ``sample``; and ``verify_divergence_native``'s divergences (computed by the kernels, SPEC.md section 6). Small chunks (SPECCAS_EMU_MIN_CHUNK) and a few multiprocessors (SPECCAS_EMU_SMS) make every
 position split into several chunks, so the tickets, merges and the second look are all exercised.
 
 What the emulation checks: indexing, the tickets and work counter, merges, the decisions, the tokens. What it
@@ -28,10 +28,11 @@ import pytest
 import torch
 
 import speccas_kernels as sk
-from speccas_kernels import backends, native
+from speccas_kernels import backends, native, reference
 from speccas_kernels.rules import RULES, c_header
 
 import test_backends as tb
+from helpers import assert_divergences, divergence_cases, grid_alphas, random_round
 
 ROOT = Path(__file__).resolve().parents[1]
 EMU = ROOT / "tests" / "cuda_emu"
@@ -87,8 +88,11 @@ def on_emulator(emu_ops, monkeypatch):
     # backend="cpp" is native.py's Python side over the emulated ops: the compiled _C is not needed
     load = backends._load
     monkeypatch.setattr(backends, "_load", lambda name: (native, "") if name == "cpp" else load(name))
-    monkeypatch.setattr(native, "_ops", lambda: SimpleNamespace(verify_native=counted("verify_native"),
-                                                                 sample_native=counted("sample_native")))
+    names = ("verify_native", "verify_divergence_native", "sample_native")
+    monkeypatch.setattr(native, "_ops", lambda: SimpleNamespace(**{n: counted(n) for n in names}))
+    # which kernels exist is asked of the emulated namespace (its CPU kernels stand for the CUDA ones)
+    monkeypatch.setattr(native, "_has_kernel", lambda op, key: torch._C._dispatch_has_kernel_for_dispatch_key(
+        f"speccas_emu::{op}", key))
     # the interpreter's (small) shapes; every tensor on the CPU
     monkeypatch.setattr(tb, "_scale", lambda backend: "interp")
     monkeypatch.setattr(tb, "_device", lambda backend: "cpu")
@@ -139,3 +143,91 @@ def test_emulation_negative_control(emu_ops):
     z2[1, 3] = float("nan")  # row 1 becomes invalid: -1, the others unchanged
     bad = emu_ops.sample_native(z2, *args)
     assert bad[1] == -1 and torch.equal(bad[torch.arange(16) != 1], ref[torch.arange(16) != 1])
+
+
+# ---- the divergences (verify_divergence_native, SPEC.md section 6) -------------------------------------------------
+
+DIV_ATOL = 2e-6  # fp32: the kernels' sums and the reference's differ in order and exp only
+OTHER_OUTPUTS = ("tokens", "num_accepted", "deferred", "accept_prob", "valid")
+
+
+def _no_reference_divergence(monkeypatch):
+    """From here on the reference's divergence raises: what the backend returns is its kernels'."""
+    def boom(*a, **k):
+        raise AssertionError("the emulated CUDA backend called the reference's divergence")
+    monkeypatch.setattr(reference, "divergence_args", boom)
+    monkeypatch.setattr(reference, "_divergences", boom)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_emulated_divergence(rule, on_emulator, monkeypatch):
+    """The CUDA kernels' divergences agree with the reference's at T 0, 0.7 (filters) and 1.3, per-row T, alpha and
+    filters, num_draft_tokens < K, invalid rows, drafts outside [0, V) and token-only drafts; 0 beyond n_b and on
+    invalid rows; and asking for them changes no other output (bit for bit)."""
+    cases = divergence_cases(rule, V=300, temperatures=((0.0, False), (0.7, True), (1.3, False)),
+                             token_temperatures=(1.3,))
+    want = [sk.verify(**kw, rule=rule, return_divergence=True, backend="reference") for _, kw in cases]
+    _no_reference_divergence(monkeypatch)
+    informative = separated = 0
+    for (name, kw), w in zip(cases, want):
+        what = f"{rule} {name}"
+        got = sk.verify(**kw, rule=rule, return_divergence=True, backend="cpp")
+        assert on_emulator[-1] == "verify_divergence_native", what
+        assert_divergences(got, w, DIV_ATOL, what, backend="emulated cuda")
+        assert torch.equal(got.valid, w.valid), what
+        n = kw["num_draft_tokens"].clamp(max=kw["draft_tokens"].shape[1])
+        masked = (torch.arange(kw["draft_tokens"].shape[1]) >= n[:, None]) | ~got.valid[:, None]
+        assert (got.divergence[masked] == 0).all() and (got.draft_divergence[masked] == 0).all(), what
+        if name in ("per-row T, filters", "invalid rows", "token-only T=1.3"):
+            plain = sk.verify(**kw, rule=rule, backend="cpp")
+            assert on_emulator[-1] == "verify_native" and plain.divergence is None, what
+            for field in OTHER_OUTPUTS:
+                assert torch.equal(getattr(plain, field), getattr(got, field)), f"{what}: {field}"
+        informative += int((w.draft_divergence > 0.05).any())
+        separated += int(((w.divergence - w.draft_divergence).abs() > 0.05).any())
+    assert informative >= 4, f"{rule}: the cases must reach positions where q and p differ"
+    # control: kernels that wrote TV(q, p) as the divergence, or the law's TV as both, would fail above
+    assert separated >= 2, f"{rule}: the cases must separate TV(law, p) from TV(q, p)"
+
+
+@pytest.mark.parametrize("rule", ["opt", "token_v1", "lossy", "ensemble"])
+def test_emulated_divergence_ragged_and_chunked(rule, on_emulator, monkeypatch):
+    """verify_ragged's flat layout gives the padded round's divergences; one position whose V (not a multiple of the
+    chunk) splits into more chunks than a warp has lanes, in the stats, the second look and the token sets' law."""
+    B, K, V = 3, 3, 301
+    kw = random_round(B, K, V, seed=8)
+    n = torch.tensor([3, 0, 2])
+    kw.update(num_draft_tokens=n, temperature=torch.tensor([0.7, 1.0, 1.3]), top_k=torch.tensor([0, 9, 0]),
+              alpha=grid_alphas(rule, B))
+    one = random_round(1, 1, 4001, seed=9)
+    one.update(temperature=0.9, alpha=grid_alphas(rule, 1))
+    want = sk.verify(**kw, rule=rule, return_divergence=True, backend="reference")
+    want_one = sk.verify(**one, rule=rule, return_divergence=True, backend="reference")
+    _no_reference_divergence(monkeypatch)
+    cu = torch.cat([torch.zeros(1, dtype=torch.int64), n.cumsum(0)])
+    flat = dict(draft_logits=torch.cat([kw["draft_logits"][b, : n[b]] for b in range(B)]),
+                target_logits=torch.cat([kw["target_logits"][b, : n[b] + 1] for b in range(B)]),
+                draft_tokens=torch.cat([kw["draft_tokens"][b, : n[b]] for b in range(B)]))
+    rest = {k: kw[k] for k in ("temperature", "top_k", "seed", "offset", "alpha")}
+    rag = sk.verify_ragged(**flat, cu_num_draft_tokens=cu, max_num_draft_tokens=K, rule=rule, return_divergence=True,
+                           backend="cpp", **rest)
+    assert on_emulator[-1] == "verify_divergence_native"
+    assert_divergences(rag, want, DIV_ATOL, f"{rule} ragged", backend="emulated cuda")
+    assert (want.draft_divergence[0] > 0.05).all()
+    got = sk.verify(**one, rule=rule, return_divergence=True, backend="cpp")
+    assert_divergences(got, want_one, DIV_ATOL, f"{rule} one position, many chunks", backend="emulated cuda")
+    assert float(want_one.draft_divergence[0, 0]) > 0.05
+
+
+def test_extension_without_the_divergence_kernel_falls_back(on_emulator, monkeypatch):
+    """An extension built before verify_divergence_native had a kernel for the device (an old build): native.py calls
+    verify_native and computes the divergences with the reference; and the check it asks is the dispatcher's."""
+    assert native.fused_divergence(torch.device("cpu"))  # the emulated kernel is registered
+    assert not native.fused_divergence(torch.device("meta"))  # no verify_divergence_native kernel for meta tensors
+    kw = random_round(4, 3, 120, seed=3)
+    want = sk.verify(**kw, rule="token_v2", alpha=0.3, return_divergence=True, backend="reference")
+    monkeypatch.setattr(native, "_has_kernel", lambda op, key: op != "verify_divergence_native")
+    assert not native.fused_divergence(torch.device("cpu")) and not native.fused_divergence(torch.device("cuda"))
+    got = sk.verify(**kw, rule="token_v2", alpha=0.3, return_divergence=True, backend="cpp")
+    assert on_emulator == ["verify_native"]
+    assert torch.equal(got.divergence, want.divergence) and torch.equal(got.draft_divergence, want.draft_divergence)

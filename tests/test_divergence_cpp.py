@@ -11,56 +11,14 @@ import torch
 
 import speccas_kernels as sk
 from speccas_kernels import backends, native, reference
-from speccas_kernels.rules import RULE_INFO, RULES
+from speccas_kernels.rules import RULES
 
-from helpers import grid_alphas, native_call, random_round, with_args
+from helpers import assert_divergences, divergence_cases, grid_alphas, native_call, random_round
 
 pytestmark = pytest.mark.skipif(not backends.available("cpp")[0], reason="the native extension is not built")
 
 # One tolerance per compute dtype: both sides sum max(0, .) over V in another order (and cpp with its own exp).
 ATOL = {torch.float32: 2e-5, torch.bfloat16: 2e-5, torch.float64: 1e-10}
-
-
-def _assert_divergences(got, want, atol, what):
-    for name in ("divergence", "draft_divergence"):
-        g, w = getattr(got, name), getattr(want, name)
-        assert g is not None and g.dtype == torch.float32 and g.shape == w.shape, f"{what}: {name} {g}"
-        err = (g.double() - w.double()).abs().flatten()
-        if err.numel() and float(err.max()) > atol:
-            b, i = divmod(int(err.argmax()), w.shape[1])
-            raise AssertionError(f"{what}: {name} differs by {float(err.max()):.3g} at row {b}, position {i}: "
-                                 f"cpp {float(g[b, i]):.8g}, reference {float(w[b, i]):.8g}")
-
-
-def _cases(rule, dtype):
-    """(name, verify keyword arguments) for one rule: the layouts, filters, per-row parameters and edge cases."""
-    B, K, V = 6, 4, 600
-    kw = random_round(B, K, V, seed=5, dtype=dtype, ragged=True)  # n_b in [0, K]: num_draft_tokens < K on rows
-    kw["alpha"] = grid_alphas(rule, B).to(torch.float64 if dtype == torch.float64 else torch.float32)
-    ct = kw["alpha"].dtype
-    filt = dict(top_k=torch.tensor([0, 7, 0, 50, 0, 3]), top_p=torch.tensor([1.0, 1.0, 0.8, 0.95, 1.0, 0.5], dtype=ct),
-                min_p=torch.tensor([0.0, 0.0, 0.0, 0.05, 0.2, 0.0], dtype=ct))
-    out = []
-    for T, filters in ((0.0, False), (0.7, False), (0.7, True), (1.0, False), (2.5, True)):
-        out.append((f"T={T}" + " filters" * filters, dict(kw, temperature=T, **(filt if filters else {}))))
-    # at T = 0 the law follows q's argmax (one-hot q), not the draft: drafts that are not q's argmax
-    other = (kw["draft_logits"].float().argmax(-1) + 1 + torch.arange(K)) % V
-    out.append(("T=0, drafts not q's argmax", dict(kw, temperature=0.0, draft_tokens=other)))
-    rows_t = torch.tensor([0.0, 0.7, 1.0, 2.5, 0.7, 1.0], dtype=ct)
-    out.append(("per-row T, filters", dict(kw, temperature=rows_t, **filt)))
-    bad = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in kw.items()}
-    bad["target_logits"][1, 0, 3] = float("nan")
-    bad["temperature"] = torch.tensor([1.0, 1.0, -1.0, 0.7, 0.0, 1.0], dtype=ct)  # row 2: a bad T
-    bad["num_draft_tokens"] = torch.tensor([4, 4, 4, 3, 2, 4])
-    out.append(("invalid rows", bad))
-    oov = dict(kw, draft_tokens=kw["draft_tokens"].clone(), temperature=rows_t)
-    oov["draft_tokens"][:, 1] = torch.tensor([-1, V, V + 5, -7, 0, V - 1])
-    out.append(("drafts outside [0, V)", oov))
-    if RULE_INFO[rule].supports_token_drafts:
-        for T in (0.0, 1.0):
-            out.append((f"token-only T={T}", dict(kw, draft_logits=None, temperature=T)))
-        out.append(("token-only outside [0, V), filters", dict(oov, draft_logits=None, **filt)))
-    return out
 
 
 # bf16 logits (converted to fp32 block by block) for one rule of each family and each pass: fp32 and fp64 for all.
@@ -71,11 +29,11 @@ _PARAMS = [(r, d) for d in (torch.float32, torch.float64) for r in RULES] + [
 @pytest.mark.parametrize("rule,dtype", _PARAMS, ids=[f"{r}-{str(d)[6:]}" for r, d in _PARAMS])
 def test_cpp_divergence_matches_the_reference(rule, dtype):
     informative = separated = 0
-    for name, kw in _cases(rule, dtype):
+    for name, kw in divergence_cases(rule, dtype):
         what = f"{rule} {dtype} {name}"
         want = sk.verify(**kw, rule=rule, return_divergence=True, backend="reference")
         got = sk.verify(**kw, rule=rule, return_divergence=True, backend="cpp")
-        _assert_divergences(got, want, ATOL[dtype], what)
+        assert_divergences(got, want, ATOL[dtype], what)
         assert torch.equal(got.valid, want.valid), what
         n = kw["num_draft_tokens"].clamp(max=kw["draft_tokens"].shape[1])
         beyond = torch.arange(kw["draft_tokens"].shape[1]) >= n[:, None]
@@ -105,11 +63,11 @@ def test_ragged_layout_and_mixed_dtypes():
         rest = {k: kw[k] for k in ("temperature", "top_k", "seed", "offset")}
         rag = sk.verify_ragged(**flat, cu_num_draft_tokens=cu, max_num_draft_tokens=K, rule=rule, alpha=al,
                                return_divergence=True, backend="cpp", **rest)
-        _assert_divergences(rag, want, ATOL[torch.float32], f"{rule} ragged")
+        assert_divergences(rag, want, ATOL[torch.float32], f"{rule} ragged")
         mixed = dict(kw, draft_logits=kw["draft_logits"].bfloat16())
         want = sk.verify(**mixed, rule=rule, alpha=al, return_divergence=True, backend="reference")
         got = sk.verify(**mixed, rule=rule, alpha=al, return_divergence=True, backend="cpp")
-        _assert_divergences(got, want, ATOL[torch.float32], f"{rule} bf16 drafter, fp32 target")
+        assert_divergences(got, want, ATOL[torch.float32], f"{rule} bf16 drafter, fp32 target")
         assert (want.draft_divergence[0] > 0.05).all()
 
 
@@ -121,7 +79,7 @@ def test_one_position_split_into_chunks(rule):
     kw.update(temperature=0.9, alpha=grid_alphas(rule, 1))
     want = sk.verify(**kw, rule=rule, return_divergence=True, backend="reference")
     got = sk.verify(**kw, rule=rule, return_divergence=True, backend="cpp")
-    _assert_divergences(got, want, ATOL[torch.float32], rule)
+    assert_divergences(got, want, ATOL[torch.float32], rule)
     assert float(want.draft_divergence[0, 0]) > 0.05
 
 
@@ -173,7 +131,7 @@ def test_cpp_does_not_fall_back_to_the_reference(monkeypatch):
     monkeypatch.setattr(reference, "_divergences", boom)
     for rule, w in want.items():
         got = sk.verify(**kw, rule=rule, return_divergence=True, backend="cpp")
-        _assert_divergences(got, w, ATOL[torch.float32], rule)
+        assert_divergences(got, w, ATOL[torch.float32], rule)
     with pytest.raises(AssertionError, match="called the reference"):  # the patch does bite where it is used
         sk.verify(**kw, rule="opt", return_divergence=True, backend="reference")
 
@@ -205,8 +163,9 @@ def test_opcheck():
 
 
 def test_non_cpu_tensors_take_verify_native_and_the_reference(monkeypatch):
-    """The CUDA kernels compute no divergence: on tensors off the CPU native.verify_args calls verify_native and then
-    reference.divergence_args (run here on meta tensors, which need no GPU)."""
+    """On tensors of a device without a verify_divergence_native kernel (meta here, which needs no GPU; CUDA with an
+    extension built before the CUDA kernel existed) native.verify_args calls verify_native and then
+    reference.divergence_args; on CPU tensors the op itself."""
     kw = random_round(2, 3, 50, seed=2)
     args = sk.checks.check_verify(kw["draft_logits"], kw["target_logits"], kw["draft_tokens"], rule="chow", alpha=0.4,
                                   temperature=kw["temperature"], seed=kw["seed"], offset=kw["offset"],
