@@ -34,10 +34,10 @@ _COMMON_ARGS = """        rule: one of ``speccas_kernels.RULES``.
             target that the round spent. Also ``draft_divergence [B, K]``: TV(q, p) at each verified position,
             the drafter's sampling distribution against the target's, whatever the rule (what a cascade rule
             could spend there at most, for the family A rules; the quality budget's prior for a token's cost).
-            The ``cpp`` and ``triton`` backends compute both inside their round from the statistics it already
-            has (a closed form, or one more pass over V per verified position; ``triton`` in the same launch);
-            ``cuda`` after the kernel with PyTorch ops, one more read of both logit tensors (SPEC.md section 6).
-            Nothing is computed when not asked.
+            The ``cpp``, ``triton`` and ``cuda`` backends compute both inside their round from the statistics it
+            already has (a closed form, or one more pass over V per verified position; ``triton`` and ``cuda`` in
+            their usual launches); ``reference`` from its distributions (SPEC.md section 6). Nothing is computed
+            when not asked.
         backend: ``"auto"``, ``"triton"``, ``"cpp"``, ``"cuda"`` or ``"reference"``."""
 
 
