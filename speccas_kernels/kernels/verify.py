@@ -412,7 +412,7 @@ def _verify_kernel(
                     _div_item(g, i.to(tl.int64), r3 - i * NI, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr,
                               look_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr,
                               temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag, c_fin, stride_qb, stride_qk,
-                              stride_pb, stride_pk, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
+                              stride_pb, stride_pk, IN_SET, USES_ALPHA, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
                               BLOCK_K, BLOCK_T, TILES)
         done += 1
         w = nxt
@@ -1078,7 +1078,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
             tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
     if DIV_ITEMS:
         _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, B, K, NT, c_flag, c_fin,
-                  NI + div_items, HAS_Q, BLOCK_K, BLOCK_T, TILES)
+                  NI + div_items, BLOCK_K, BLOCK_T, TILES)
 
 
 # ------------------------------------------------------------------------------------------------ divergence
@@ -1087,51 +1087,49 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
 def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, look_ptr, cnt_ptr, zq_ptr, zp_ptr,
               cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag,
               c_fin, stride_qb, stride_qk, stride_pb, stride_pk, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
-              HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
-              ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
-              TILES: tl.constexpr):
+              RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
+              BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
     """A token set's TV(pi, p) at position i (``divergence`` asked, drafter logits, T > 0): with Q = q(A) = 1 - eta,
     pi - p is q - Q p on A and (eta - 1) p <= 0 off it, so TV(pi, p) = sum_{v in A} (q(v) - Q p(v))^+, a pass that
-    needs eta (the second look's) first. Queued with the row's race items, after its accept phase (the race flag);
-    item j folds its tiles into one partial (into the second look's slot-0 partials, read before the accept
-    phase), and the group's last race or divergence item writes the sums (``_div_done``)."""
+    needs eta (the second look's) first. Queued (with drafter logits only: ``DIV_ITEMS``) with the row's race
+    items, after its accept phase (the race flag); item j folds its tiles into one partial (into the second look's
+    slot-0 partials, read before the accept phase), and the group's last race or divergence item writes the sums
+    (``_div_done``)."""
     wait_flag(cnt_ptr + c_flag + g)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NI = (NT + TILES - 1) // TILES
-    if HAS_Q:
-        valid = tl.load(valid_ptr + rows, mask=rmask, other=0, cache_modifier=".cg") != 0
-        use = rmask & valid & _needs_look(T, True, HAS_Q) & (i < n)
-        if tl.max(use.to(tl.int32), axis=0) > 0:
-            scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
-                                                                        pos_f_ptr, alpha_ptr, alpha_val, B, K,
-                                                                        USES_ALPHA)
-            Q = 1.0 - tl.load(look_ptr + rows * K + i, mask=use, other=1.0, cache_modifier=".cg")[:, None]
-            acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
-            for u in tl.static_range(TILES):
-                q, p, in_a = _look_tile(j * TILES + u, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q,
-                                        inv_STq, al, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr, K, V, stride_qb, stride_qk,
-                                        stride_pb, stride_pk, FAMILY_B, IN_SET, RAGGED, FILTERS, FP64, BLOCK_V)
-                acc += tl.where(in_a, tl.maximum(q - Q * p, 0.0), 0.0)
-            tl.store(look_part_ptr + (rows * K + i) * NI + j, tl.sum(acc, axis=1), mask=use)
+    valid = tl.load(valid_ptr + rows, mask=rmask, other=0, cache_modifier=".cg") != 0
+    use = rmask & valid & _needs_look(T, True, True) & (i < n)
+    if tl.max(use.to(tl.int32), axis=0) > 0:
+        scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
+                                                                    pos_f_ptr, alpha_ptr, alpha_val, B, K,
+                                                                    USES_ALPHA)
+        Q = 1.0 - tl.load(look_ptr + rows * K + i, mask=use, other=1.0, cache_modifier=".cg")[:, None]
+        acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
+        for u in tl.static_range(TILES):
+            q, p, in_a = _look_tile(j * TILES + u, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q,
+                                    inv_STq, al, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr, K, V, stride_qb, stride_qk,
+                                    stride_pb, stride_pk, FAMILY_B, IN_SET, RAGGED, FILTERS, FP64, BLOCK_V)
+            acc += tl.where(in_a, tl.maximum(q - Q * p, 0.0), 0.0)
+        tl.store(look_part_ptr + (rows * K + i) * NI + j, tl.sum(acc, axis=1), mask=use)
     _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, B, K, NT, c_flag, c_fin,
-              NI + K * NI, HAS_Q, BLOCK_K, BLOCK_T, TILES)
+              NI + K * NI, BLOCK_K, BLOCK_T, TILES)
 
 
 @triton.jit
 def _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, B, K, NT, c_flag, c_fin, items,
-              HAS_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
+              BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
     """A race or divergence item of the group is done; the last of them (every one has passed its wait on the race
     flag) sums the divergence partials of the group's positions, writes them, and resets the flag."""
     if ticket(cnt_ptr + c_fin + g) == items - 1:
-        if HAS_Q:
-            NI = (NT + TILES - 1) // TILES
-            valid = tl.load(valid_ptr + rows, mask=rmask, other=0, cache_modifier=".cg") != 0
-            i = tl.arange(0, BLOCK_K)[None, :]
-            use = (rmask & valid & _needs_look(T, True, HAS_Q))[:, None] & (i < n[:, None])  # [R, BLOCK_K]
-            tt = tl.arange(0, BLOCK_T)[None, None, :]
-            parts = tl.load(look_part_ptr + (rows[:, None, None] * K + i[:, :, None]) * NI + tt,
-                            mask=use[:, :, None] & (tt < NI), other=0.0, cache_modifier=".cg")
-            tl.store(div_ptr + rows[:, None] * K + i, tl.minimum(tl.sum(parts, axis=2), 1.0), mask=use)
+        NI = (NT + TILES - 1) // TILES
+        valid = tl.load(valid_ptr + rows, mask=rmask, other=0, cache_modifier=".cg") != 0
+        i = tl.arange(0, BLOCK_K)[None, :]
+        use = (rmask & valid & _needs_look(T, True, True))[:, None] & (i < n[:, None])  # [R, BLOCK_K]
+        tt = tl.arange(0, BLOCK_T)[None, None, :]
+        parts = tl.load(look_part_ptr + (rows[:, None, None] * K + i[:, :, None]) * NI + tt,
+                        mask=use[:, :, None] & (tt < NI), other=0.0, cache_modifier=".cg")
+        tl.store(div_ptr + rows[:, None] * K + i, tl.minimum(tl.sum(parts, axis=2), 1.0), mask=use)
         tl.store(cnt_ptr + c_fin + g, 0)
         tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
 
