@@ -64,8 +64,10 @@ What it does, per public call (``verify`` for every rule, ``sample``) and grid p
    instruction of the chain build goes to a phase: the first ``phase_map`` rule whose function is on its
    inline chain (a rule may name a marker: the body of that function's ``if`` whose test holds it); the
    kernel's own instructions are ``queue`` inside its outermost loop (once per work item) or ``program``.
-   Loops inside a phase (spin waits) count once. With n_p executions of phase p (``phase_work`` closed forms
-   of the launch's arguments), I_p its warp instructions, d_p and l_p its dependent DRAM and L2 round trips:
+   Loops inside a phase count once (spin waits), or, named in ``phase_loops``, their mean trips per execution
+   (every instruction with a line in the loop: hoisted invariants are counted each trip, an over-count). With
+   n_p executions of phase p (``phase_work`` closed forms of the launch's arguments), I_p its warp
+   instructions, d_p and l_p its dependent DRAM and L2 round trips:
 
        t_p      = d_p x phase_latency + l_p x l2_latency + I_p x warps / (one program's issue rate)
        T_items  = sum_p n_p t_p / R                      (every program holds a slot through its round trips)
@@ -84,7 +86,7 @@ Hints. A kernel module may define ``roofline_hints(launch) -> dict``; ``launch``
 grid point (``.grid``, ``.programs``, ``.num_warps``, ``.constexprs``, ``.arg(name)`` with ``.shape``,
 ``.dtype``, ``.value``). Keys (``HINT_KEYS``): ``loop_trips`` ({"#i" or a source substring: iterations per
 program}), ``instructions_per_program``, ``dram_bytes``, ``l2_bytes``, ``phases``, ``l2_phases``,
-``phase_map``, ``phase_work``, ``phase_chain``, ``chain_rows``, ``reuse_rows``, ``note``.
+``phase_map``, ``phase_work``, ``phase_loops``, ``phase_chain``, ``chain_rows``, ``reuse_rows``, ``note``.
 
 Known limits: local-memory (spill) traffic is not modelled; a loop that ptxas unrolled is counted with its
 whole body per source iteration (an over-count by the unroll factor: give ``loop_trips``); the eager figure
@@ -241,6 +243,9 @@ HINT_KEYS = {
                  "to the first rule whose function is on its inline chain (with a marker: at a line in the body of "
                  "that function's `if`, or in the header or body of its `while`/`for`, whose test holds the marker); "
                  "unclaimed instructions are 'queue' (inside the kernel's outermost loop) or 'program'",
+    "phase_loops": "[[function, marker, trips, phases], ...]: the `while`/`for` of function whose header holds "
+                   "marker runs trips times (a mean) per execution of its phase: every SASS instruction of those "
+                   "phases with a line in it counts that many times (other loops inside a phase count once)",
     "phase_work": "{phase: {count: executions in the launch, dram: dependent DRAM round trips per execution, l2: "
                   "dependent L2 round trips}} for every phase of phase_map, 'queue' and 'program'",
     "phase_chain": "one row's dependent steps in order: [[phases of one work item, items, gap], ...]; a step takes "
@@ -1521,24 +1526,40 @@ def phase_of_chain(chain: Sequence[Sequence], rules: Sequence[Sequence]) -> Opti
 QUEUE, PROGRAM = "queue", "program"
 
 
-def phase_instructions(rec: dict, rules: Sequence[Sequence], reach: Sequence[float]) -> Dict[str, Counter]:
+def loop_trips_of_chain(chain: Sequence[Sequence], loops: Sequence[Sequence], phase: Optional[str]) -> float:
+    """The trips of the first ``phase_loops`` entry [function, marker, trips, phases] that names ``phase`` and whose
+    loop holds one of the chain's levels (1 when none does)."""
+    levels = [(_local_path(f), int(line)) for f, line in chain]
+    for function, marker, trips, phases in loops:
+        if phase not in phases:
+            continue
+        for f, line in levels:
+            if _function_at(f, line) == function and any(a <= line <= b for a, b in _marked_lines(f, function,
+                                                                                                 marker)):
+                return float(trips)
+    return 1.0
+
+
+def phase_instructions(rec: dict, rules: Sequence[Sequence], reach: Sequence[float],
+                       loops: Sequence[Sequence] = ()) -> Dict[str, Counter]:
     """Warp instructions of one execution of each phase, by pipe, from the chain-annotated SASS. Instructions
     that no rule claims are the kernel's own: ``queue`` inside its outermost loop (once per work item drawn),
-    ``program`` outside (once per program). Loops inside a phase (spin waits) count once; blocks scale by
-    ``reach``."""
+    ``program`` outside (once per program). Loops inside a phase count once (spin waits) unless ``loops``
+    (``phase_loops``) names them; blocks scale by ``reach``."""
     an, ids, chains = rec["chain_analysis"], rec["chain_of"], rec["chains"]
     outer = [l for l in an["loops"] if l["depth"] == 0]
     queue_loop = max(outer, key=lambda l: l["end"] - l["start"]) if outer else None
-    memo: Dict[int, Optional[str]] = {}
+    memo: Dict[int, Tuple[Optional[str], float]] = {}
     out: Dict[str, Counter] = defaultdict(Counter)
     for (addr, _, pipe, _, block), cid in zip(an["per_instruction"], ids):
         if cid not in memo:
-            memo[cid] = phase_of_chain(chains[cid - 1], rules) if cid else None
-        phase = memo[cid]
+            phase = phase_of_chain(chains[cid - 1], rules) if cid else None
+            memo[cid] = (phase, loop_trips_of_chain(chains[cid - 1], loops, phase) if cid else 1.0)
+        phase, trips = memo[cid]
         if phase is None:
             inside = queue_loop is not None and queue_loop["start"] <= addr <= queue_loop["end"]
             phase = QUEUE if inside else PROGRAM
-        out[phase][pipe or "issue-only"] += reach[block]
+        out[phase][pipe or "issue-only"] += reach[block] * trips
     return dict(out)
 
 
@@ -1583,7 +1604,7 @@ def _phased_instructions(launch: Launch, rec: dict, paired: Optional[dict], hint
         raise RuntimeError(f"roofline: {launch.qualname} has phase hints but no chain-annotated SASS "
                            f"({rec.get('chain_error', 'compiled by an older version of this tool')})")
     reach = block_reach(rec, paired, rec["chain_analysis"], any_program=True)
-    per = phase_instructions(rec, hints["phase_map"], reach)
+    per = phase_instructions(rec, hints["phase_map"], reach, hints.get("phase_loops", ()))
     work = hints["phase_work"]
     missing = sorted(p for p in per if p not in work and sum(per[p].values()) > 0)
     if missing:

@@ -38,8 +38,10 @@ except ImportError as e:  # pragma: no cover - exercised only where triton is mi
 BLOCK_V_OVERRIDE: Optional[int] = None
 # Tests set this to force the rows per work item (a power of two).
 ROWS_OVERRIDE: Optional[int] = None
-# Tests set this to force the vocabulary tiles per work item of the persistent verify kernel.
+# Tests set these to force the vocabulary tiles per chunk (unrolled) and the chunks per work item (a loop) of the
+# persistent verify kernel.
 TILES_OVERRIDE: Optional[int] = None
+CHUNKS_OVERRIDE: Optional[int] = None
 # Programs of the persistent verify kernel per multiprocessor (bench/roofline.py reads it too): the ones that can be
 # resident, two 8-warp programs at the kernel's 128 registers a thread (kernels.verify.MAX_REGISTERS); more would
 # only wait for the first to exit and find the queue empty.
@@ -105,11 +107,21 @@ def rows(B: int) -> int:
 
 
 def tiles() -> int:
-    """Vocabulary tiles per work item of the persistent verify kernel (unrolled in the kernel): 4 on a GPU, so a
-    program has a position's four tiles (and its drafter's) in flight at once and draws a quarter as many items;
-    2 under the interpreter, so tests cross both item and tile boundaries (and a last item with a missing tile)."""
+    """Vocabulary tiles per chunk of a work item of the persistent verify kernel (unrolled in the kernel): 4 on a
+    GPU, so a program has a chunk's four tiles (and its drafter's) in flight at once; 1 under the interpreter, so a
+    row's few tiles make several items of every kind (tests force larger tiles)."""
     if TILES_OVERRIDE is not None:
         return int(TILES_OVERRIDE)
+    return 1 if _interpreting() else 4
+
+
+def chunks() -> int:
+    """Chunks per work item of the persistent verify kernel (a loop in the kernel, statistics folded chunk by
+    chunk): 4 on a GPU, so a program draws a sixteenth as many items as there are tiles (each draw, its ticket and
+    its record cost about as many instructions as a chunk's statistics); 2 under the interpreter, so tests cross
+    item, chunk and tile boundaries (and a last item with a missing chunk)."""
+    if CHUNKS_OVERRIDE is not None:
+        return int(CHUNKS_OVERRIDE)
     return 2 if _interpreting() else 4
 
 
@@ -135,7 +147,7 @@ def verify_args(args: VerifyArgs, divergence: bool = False) -> VerifyOutput:
     block_v, num_warps = settings(args.vocab_size)
     with _device_guard(args.target_logits.device):
         return launch_verify(args, block_v, num_warps, programs(args.target_logits.device), rows(args.batch),
-                             tiles(), divergence)
+                             tiles(), divergence, chunks())
 
 
 def sample_args(args: SampleArgs) -> torch.Tensor:

@@ -291,6 +291,13 @@ def test_gpu_launch_settings_pick_gpu_tiles():
     assert kernel.constexprs["BLOCK_V"] == 2048 and kernel.constexprs["ROWS"] == 1 and kernel.num_warps == 8
     assert kernel.grid == (programs, 1, 1) and kernel.arg("programs").value == programs == 264
     assert kernel.arg("NT").value == 75 and kernel.attrs["V"] == [["tt.divisibility", 16]]
+    assert kernel.constexprs["CHUNKS"] == 1, "one row: the smallest stats items (a position's take one wave)"
+    zq64, zp64 = torch.empty(64, 4, 151936, dtype=torch.bfloat16), torch.empty(64, 5, 151936, dtype=torch.bfloat16)
+    with rf.gpu_launch_settings():
+        work = rf.count_device_work(speccas_kernels.verify, zq64, zp64, x.expand(64, 4), rule="chow",
+                                    backend="triton")
+    big = work.launches[0].constexprs
+    assert big["TILES"] == 4 and big["CHUNKS"] == 4, "a full batch: stats items of four chunks of four tiles"
     work = rf.count_device_work(speccas_kernels.verify, zq, zp, x, rule="chow", backend="triton")
     kernel = work.launches[0]
     assert kernel.constexprs["BLOCK_V"] != 2048 and kernel.grid == (1, 1, 1), \
@@ -398,6 +405,12 @@ def test_inline_chains_attribute_sass_to_helpers(queue_rec, probe):
     assert len(body) == 1 and "_phase_a" in src[body[0][0] - 1] and body[0][0] == body[0][1], body
     loop = rf._marked_lines(probe.__file__, "queue_kernel", "w < total")
     assert "while w < total" in src[loop[0][0] - 1], "a while's header belongs to its lines"
+    # phase_loops: a phase's instructions at lines of a named statement count its trips; other phases do not
+    reach = [1.0] * len(rec["chain_analysis"]["blocks"])
+    thrice = rf.phase_instructions(rec, QUEUE_RULES, reach, [["queue_kernel", "w % 2 == 0", 3.0, ["a"]]])
+    assert all(thrice["a"][k] == pytest.approx(3 * n) for k, n in per["a"].items()), (thrice["a"], per["a"])
+    assert thrice["b"] == per["b"] and thrice[rf.QUEUE] == per[rf.QUEUE]
+    assert rf.phase_instructions(rec, QUEUE_RULES, reach, [["queue_kernel", "w % 2 == 0", 3.0, ["b"]]]) == per
 
 
 def test_phased_model_chain_and_throughput(queue_rec, monkeypatch):

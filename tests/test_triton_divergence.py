@@ -63,13 +63,15 @@ def test_every_rule_matches_the_reference(device, rule, monkeypatch):
     assert want.divergence[want.valid].gt(0.01).any() or rule == "speculative", "a case with nothing to compare"
     assert want.draft_divergence.gt(0.05).sum() >= 4
     _no_reference_divergence(monkeypatch)
-    for rows, items, block in ((None, 0, None), (1, 1, 16)):
+    for rows, items, block, tiles, chunks in ((None, 0, None, None, None), (1, 1, 16, 2, 3)):
         monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
         monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
+        monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", tiles)
+        monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", chunks)
         monkeypatch.setattr(kv, "ITEMS_PER_PROGRAM", items)
         plain = sk.verify(**kw, backend="triton")
         got = sk.verify(**kw, return_divergence=True, backend="triton")
-        _check(got, plain, want, f"{rule} rows={rows} items={items} block={block}")
+        _check(got, plain, want, f"{rule} rows={rows} items={items} block={block} tiles={tiles} chunks={chunks}")
     assert got.divergence[~got.valid].eq(0).all() and got.draft_divergence[3].eq(0).all()
 
 

@@ -18,17 +18,20 @@ For row b with n = num_draft_tokens[b] drafts, drafter logits zq_i, target logit
 Design. Every program loops over a queue of work items (an atomic counter), so the whole round is one launch.
 The items, in the phases of SPEC.md section 9:
 
-A work item covers TILES vocabulary tiles of BLOCK_V entries (4 on a GPU; at a small batch the fewest with which a
-position's stats items still fit in one wave of the programs: ``triton_backend.tiles``, ``launch_verify``):
-NI = ceil(NT / TILES) items per position.
+A chunk is TILES vocabulary tiles of BLOCK_V entries (4 on a GPU). A stats item covers CHUNKS chunks (4 on a GPU: a
+loop), the other items one chunk; at a small batch the items shrink (chunks first, then tiles) while a position's
+stats items still fit in one wave of the programs (``triton_backend.tiles`` / ``chunks``, ``launch_verify``):
+NS = ceil(NT / (TILES CHUNKS)) stats items and NI = ceil(NT / TILES) other items per position. (Larger stats items
+draw a quarter as many items from the queue, each draw about as many instructions as a chunk's statistics; larger
+race and look items would lengthen a row's last steps more than they save.)
 
-* **stats** (row b, position i, item j): the item's TILES tiles of zp_i and, for i < n, of zq_i as one block per
-  side, both loads in flight together with the draft x_i (one round trip to DRAM): max, sum exp(z - max) (T = 1),
+* **stats** (row b, position i, item j): chunk by chunk, the chunk's tiles of zp_i and, for i < n, of zq_i as one
+  block per side, both loads in flight together (one round trip to DRAM per chunk): max, sum exp(z - max) (T = 1),
   sum exp((z - max) / T) over the kept entries (a branch taken only at T != 1 or with filters), lowest argmax (only
-  at T = 0), NaN/+inf flag (read off the T = 1 sum). One record per item; the item whose tiles hold x_i also records
-  zp_i(x_i) and zq_i(x_i). A ticket per position; the program with the last ticket **merges** the NI records of both
-  sides at once into the position's statistics, publishes a "ready" flag (rules with a second look), and draws a
-  ticket on the row.
+  at T = 0), NaN/+inf flag (read off the T = 1 sum). One record per chunk; the chunk whose tiles hold x_i also
+  records zp_i(x_i) and zq_i(x_i). A ticket per position; the program with the last ticket **merges** the NI
+  records of both sides at once into the position's statistics, publishes a "ready" flag (rules with a second
+  look), and draws a ticket on the row.
 * **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or
   eta (the tiles folded entry by entry, one reduction and one record per item); the last item's program merges and
@@ -325,7 +328,8 @@ def _verify_kernel(
     BLOCK_V: tl.constexpr,  # a multiple of 4
     BLOCK_K: tl.constexpr,  # >= K + 1
     BLOCK_T: tl.constexpr,  # >= NT
-    TILES: tl.constexpr,  # vocabulary tiles per work item (statically unrolled)
+    TILES: tl.constexpr,  # vocabulary tiles per chunk (statically unrolled)
+    CHUNKS: tl.constexpr,  # chunks of TILES tiles per work item, at most
     ITEMS_PER_PROGRAM: tl.constexpr,  # 0: as many as the queue holds
 ):
     HAS_Q: tl.constexpr = zq_ptr is not None
@@ -341,8 +345,9 @@ def _verify_kernel(
     c_flag = c_row + G
     c_race = c_flag + G
     c_fin = c_race + G
-    NI = (NT + TILES - 1) // TILES  # work items per position
-    stats_items = KP * NI
+    NI = (NT + TILES - 1) // TILES  # work items per position (second look, race, divergence)
+    NS = _items(NT, TILES, CHUNKS)  # stats items per position
+    stats_items = KP * NS
     if SECOND_LOOK:
         look_items = K * NI
         lag = 2
@@ -371,15 +376,15 @@ def _verify_kernel(
         if r < stats_items:
             g = s.to(tl.int64)
             if g < G:
-                i = r // NI
-                _stats_item(g, i.to(tl.int64), r - i * NI, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
+                i = r // NS
+                _stats_item(g, i.to(tl.int64), r - i * NS, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
                             pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr,
                             accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr,
                             n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr,
                             offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_stats,
                             c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV,
                             WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
-                            BLOCK_V, BLOCK_K, BLOCK_T, TILES)
+                            BLOCK_V, BLOCK_K, BLOCK_T, TILES, CHUNKS)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
             r2 = r - stats_items
@@ -469,6 +474,18 @@ def _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, t, mask, m, s1, s
 
 
 @triton.jit
+def _chunks(j, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr):
+    """Chunks of stats item j: CHUNKS chunks of TILES tiles, fewer in a position's last item."""
+    return tl.minimum(CHUNKS, (NT - j * (CHUNKS * TILES) + TILES - 1) // TILES)
+
+
+@triton.jit
+def _items(NT, TILES: tl.constexpr, CHUNKS: tl.constexpr):
+    """Stats items per position: NT tiles in items of CHUNKS chunks of TILES tiles."""
+    return (NT + CHUNKS * TILES - 1) // (CHUNKS * TILES)
+
+
+@triton.jit
 def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr,
                 tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr,
                 zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
@@ -477,13 +494,15 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
                 USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                 RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
-    """Item j of position i: its TILES tiles of the target row and of the drafter row as one block (every load in
-    flight at once, one reduction per statistic), one partial record per item; the program with the position's
-    last ticket merges the NI records."""
+                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
+                CHUNKS: tl.constexpr):
+    """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
+    (every load of the chunk in flight at once, one reduction per statistic), one partial record per chunk; the
+    program with the position's last ticket merges the NR = ceil(NT / TILES) records."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
-    NI = (NT + TILES - 1) // TILES
+    NS = _items(NT, TILES, CHUNKS)  # stats items per position
+    NR = (NT + TILES - 1) // TILES  # records per position
     use_p = rmask & (i <= n)
     use_q = rmask & (i < n)
     if tl.max(use_p.to(tl.int32), axis=0) > 0:
@@ -493,39 +512,45 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         scaled = use_q & (T > 0) & ((T != 1.0) | FILTERS)
         pf = 2 * B * KP * NT  # offset of the second half of part_f / part_i
         o = (rows * KP + i) * 2
-        v = j * (TILES * BLOCK_V) + tl.arange(0, TILES * BLOCK_V)
-        zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :],
-                         use_p[:, None] & (v < V)[None, :], FP64)
         xi = tl.load(_x_at(x_ptr, rows, i, start, K, RAGGED), mask=use_q, other=-1)  # the draft at i
-        if HAS_Q:  # both tiles of the item in flight together: one round trip to DRAM
-            zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None] + v[None, :],
-                             use_q[:, None] & (v < V)[None, :], FP64)
-        # The item holding the draft records the logits there for the accept phase, which then reads only what this
-        # launch wrote (no DRAM round trip on a row's chain). One item per drafted position takes it; a draft outside
-        # the vocabulary (its position rejects) gets a 0 from the first item, so nothing read is unwritten. (Before
-        # the statistics: the tiles live no longer than they did.)
         outside = (xi < 0) | (xi >= V)
-        hold = use_q & (((xi >= j * (TILES * BLOCK_V)) & (xi < (j + 1) * (TILES * BLOCK_V)) & ~outside)
-                        | (outside & (j == 0)))
-        if tl.max(hold.to(tl.int32), axis=0) > 0:
-            at = v[None, :] == xi[:, None]
-            zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2
-            tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
-            if HAS_Q:
-                tl.store(zx + 1, tl.sum(tl.where(at, zq, 0.0), axis=1), mask=hold)
-        cut = T * 0.0
+        cutp = T * 0.0
+        cutq = T * 0.0
         if FILTERS:
-            cut = tl.load(cutp_ptr + rows * KP + i, mask=use_p, other=0.0)
-        m, s1, sT, arg, bad = _tile_stats(zp, v, invT, cut, scaled, greedy, FILTERS)
-        _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NI, j, use_p, m, s1, sT, arg, bad)
-        if HAS_Q:
-            if tl.max(use_q.to(tl.int32), axis=0) > 0:
-                if FILTERS:
-                    cut = tl.load(cutq_ptr + rows * K + i, mask=use_q, other=0.0)
-                m, s1, sT, arg, bad = _tile_stats(zq, v, invT, cut, scaled, greedy & use_q, FILTERS)
-                _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NI, j, use_q, m, s1, sT, arg, bad)
+            cutp = tl.load(cutp_ptr + rows * KP + i, mask=use_p, other=0.0)
+            cutq = tl.load(cutq_ptr + rows * K + i, mask=use_q, other=0.0)
+        any_q = tl.max(use_q.to(tl.int32), axis=0) > 0
+        c = 0
+        nch = _chunks(j, NT, TILES, CHUNKS)
+        while c < nch:
+            r = j * CHUNKS + c  # the chunk's record
+            lo = r * (TILES * BLOCK_V)
+            v = lo + tl.arange(0, TILES * BLOCK_V)
+            zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :],
+                             use_p[:, None] & (v < V)[None, :], FP64)
+            if HAS_Q:  # both tiles of the chunk in flight together: one round trip to DRAM
+                zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None]
+                                 + v[None, :], use_q[:, None] & (v < V)[None, :], FP64)
+            # The chunk holding the draft records the logits there for the accept phase, which then reads only
+            # what this launch wrote (no DRAM round trip on a row's chain). One chunk per drafted position takes
+            # it; a draft outside the vocabulary (its position rejects) gets a 0 from the first, so nothing read
+            # is unwritten.
+            hold = use_q & (((xi >= lo) & (xi < lo + TILES * BLOCK_V) & ~outside) | (outside & (lo == 0)))
+            if tl.max(hold.to(tl.int32), axis=0) > 0:
+                at = v[None, :] == xi[:, None]
+                zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2
+                tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
+                if HAS_Q:
+                    tl.store(zx + 1, tl.sum(tl.where(at, zq, 0.0), axis=1), mask=hold)
+            m, s1, sT, arg, bad = _tile_stats(zp, v, invT, cutp, scaled, greedy, FILTERS)
+            _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, r, use_p, m, s1, sT, arg, bad)
+            if HAS_Q:
+                if any_q:
+                    m, s1, sT, arg, bad = _tile_stats(zq, v, invT, cutq, scaled, greedy & use_q, FILTERS)
+                    _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NR, r, use_q, m, s1, sT, arg, bad)
+            c += 1
     pos = g * KP + i
-    if ticket(cnt_ptr + c_stats + pos) == NI - 1:
+    if ticket(cnt_ptr + c_stats + pos) == NS - 1:
         if tl.max(use_p.to(tl.int32), axis=0) > 0:
             invT = inv_temperature(T)
             scaled = use_q & (T > 0) & ((T != 1.0) | FILTERS)
@@ -534,7 +559,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             o = (rows * KP + i) * 2
             side = tl.arange(0, 2)[None, :]
             both = tl.where(side == 0, use_p[:, None], use_q[:, None] & HAS_Q)  # [R, 2]: target, drafter
-            M, S1, ST, arg, bad = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NI, invT, scaled, both,
+            M, S1, ST, arg, bad = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, invT, scaled, both,
                                                BLOCK_T)
             _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o[:, None] + side, qf, both, M, S1, ST, arg, bad)
         tl.store(cnt_ptr + c_stats + pos, 0)
@@ -1147,7 +1172,7 @@ ROOFLINE_PHASES = (
     ("accept", "_accept", None),
     ("merge", "_stats_item", "ticket(cnt_ptr + c_stats"),
     ("stats_x", "_stats_item", "hold.to(tl.int32)"),
-    ("stats_q", "_stats_item", "use_q.to(tl.int32)"),
+    ("stats_q", "_stats_item", "any_q"),
     ("stats", "_stats_item", None),
     ("look_merge", "_look_item", "ticket(cnt_ptr + c_look"),
     ("look", "_look_item", None),
@@ -1161,18 +1186,19 @@ def roofline_hints(launch) -> dict:
     the phases of a work item, how often each runs in this launch (closed forms of its arguments), each one's
     dependent round trips to memory, one row's chain of dependent phases, and the rows the queue order interleaves.
 
-    Executions, for G row groups, K drafts (n = K unless ``num_draft_tokens`` is one smaller number), NT tiles and
-    NI = ceil(NT / TILES) work items per position (each item unrolls its TILES tiles, so the SASS counts them all):
-    stats G (K + 1) NI (the drafter's side, ``stats_q``, G n NI; the record of the logits at the draft, ``stats_x``,
-    G n: one item per drafted position holds its draft), merges G (K + 1), second looks G n NI and their
+    Executions, for G row groups, K drafts (n = K unless ``num_draft_tokens`` is one smaller number), NT tiles,
+    NI = ceil(NT / TILES) work items per position (each unrolls its TILES tiles, so the SASS counts them all) and
+    NS = ceil(NT / (TILES CHUNKS)) stats items, whose loop runs NI / NS chunks on average (``phase_loops``):
+    stats G (K + 1) NS (the drafter's side, ``stats_q``, G n NS; the record of the logits at the draft, ``stats_x``,
+    G n: one chunk per drafted position holds its draft), merges G (K + 1), second looks G n NI and their
     merges G K (rules with a second look, 0 < T < inf: T is taken as 1 when it arrives as a tensor), accepts G, race
     items G NI, emits G; the queue loop runs once per work item (``total``), the rest of the program once per program.
 
     Round trips (``dram``, ``l2``) per execution, read off the code: a program draws its first work item (an L2
     atomic, with the program's start) and each next one while it works on the current (no round trip on the path);
-    a stats item
-    issues the loads of all its tiles, target and drafter, and of the draft before any reduction (unrolled, no branch
-    in between: one DRAM round trip), then draws a ticket (an acquire-release atomic at L2); a merge loads both
+    a stats item's chunk issues the loads of its tiles, target and drafter, before any reduction (unrolled, no branch
+    in between: one DRAM round trip per chunk), then the item draws a ticket (an acquire-release atomic at L2); a
+    merge loads both
     sides' partials at once (1), releases the ready flag (only with a second look) and draws the row's ticket (2 or 3
     at L2); a second look polls its flag, loads the position's statistics and its tiles at once (L2: the stats read
     them one row of traffic earlier) and draws a ticket (3); its merge loads the partials and draws the row's ticket
@@ -1184,7 +1210,7 @@ def roofline_hints(launch) -> dict:
     residual of rounding noise) is not in the traced path.
 
     Chain of one row (steps; ``gap``: work items drawn by other programs meanwhile, ``step`` = one super-step):
-    stats (K + 1) NI items -> merge, or the gap -> second looks n NI -> their merge and the accept, or the gap ->
+    stats (K + 1) NS items -> merge, or the gap -> second looks n NI -> their merge and the accept, or the gap ->
     race NI items -> emit. Without a second look: stats -> merge and accept, or the gap -> race -> emit."""
     if launch.name != "_verify_kernel":
         return {}
@@ -1196,6 +1222,8 @@ def roofline_hints(launch) -> dict:
 
     B, K, NT, total = val("B"), val("K"), val("NT"), val("total")
     NI = -(-NT // c["TILES"])
+    NS = -(-NT // (c["TILES"] * c["CHUNKS"]))
+    CH = NI / NS  # chunks per stats item, a mean (a position's last item may have fewer)
     G = -(-B // c["ROWS"])
     KP = K + 1
     n = K if val("n_val") is None or launch.arg("n_ptr").kind == "tensor" else max(0, min(K, val("n_val")))
@@ -1204,12 +1232,12 @@ def roofline_hints(launch) -> dict:
     looks = bool(c["SECOND_LOOK"]) and has_q and 0 < T < float("inf")
     token_set = c["FAMILY"] == rules.FAMILY_CODE[rules.FAMILY_B]
     div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set and has_q else 0
-    step = KP * NI + (K * NI if c["SECOND_LOOK"] else 0) + NI + div_items
+    step = KP * NS + (K * NI if c["SECOND_LOOK"] else 0) + NI + div_items
     work = {
         "queue": dict(count=total),  # the draw overlaps the previous item (the first is the program's)
         "program": dict(count=launch.programs, l2=2),
-        "stats": dict(count=G * KP * NI, dram=1, l2=1),
-        "stats_q": dict(count=G * n * NI if has_q else 0),
+        "stats": dict(count=G * KP * NS, dram=CH, l2=1),
+        "stats_q": dict(count=G * n * NS if has_q else 0),
         "stats_x": dict(count=G * n),
         "merge": dict(count=G * KP, l2=3 if c["SECOND_LOOK"] else 2),
         "look": dict(count=G * n * NI if looks else 0, l2=3),
@@ -1222,13 +1250,14 @@ def roofline_hints(launch) -> dict:
         "div_done": dict(count=G if div_items else 0, l2=2),
     }
     if looks:
-        chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NI, 0), (["merge"], 1, step),
+        chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge"], 1, step),
                  (["queue", "look"], n * NI, 0), (["look_merge", "accept"], 1, step), (["queue", "race"], NI, 0),
                  (["emit"], 1, 0)]
     else:
-        chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NI, 0), (["merge", "accept"], 1, step),
+        chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "accept"], 1, step),
                  (["queue", "race"], NI, 0), (["emit"], 1, 0)]
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work,
+                phase_loops=[["_stats_item", "c < nch", CH, ["stats", "stats_q"]]],
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
                 note="persistent: phases per work item, chain of one row")
@@ -1243,12 +1272,13 @@ ITEMS_PER_PROGRAM = 0  # tests set this (under the interpreter) to make every ha
 
 
 def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int = 1, tiles: int = 1,
-                  divergence: bool = False) -> VerifyOutput:
+                  divergence: bool = False, chunks: int = 1) -> VerifyOutput:
     """Normalized arguments (``checks.VerifyArgs``) -> VerifyOutput, all on the logits' device: one launch (two
     with sampling filters); with ``divergence`` the same launch also writes ``divergence`` and
-    ``draft_divergence``. ``rows``: rows per work item (a power of two); ``tiles``: vocabulary tiles per work item at
-    most (a power of two); at a small batch the fewest per item with which a position's stats items still take
-    one wave of the programs (the row's chain then waits on one round trip per step, not two)."""
+    ``draft_divergence``. ``rows``: rows per work item (a power of two); a work item is ``chunks`` chunks (a loop) of
+    ``tiles`` vocabulary tiles (unrolled), both powers of two, at most; at a small batch the fewest per item with
+    which a position's stats items still take one wave of the programs (the row's chain then waits on one round
+    trip per step, not two): chunks are halved first, then tiles."""
     from .filters import launch_cutoffs
 
     zq, zp = args.draft_logits, args.target_logits
@@ -1297,11 +1327,15 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         fok = torch.empty((B,), dtype=i32, device=dev)
         launch_cutoffs(cut, fok, zp, zq, cu, args.num_draft_tokens, args.temperature, args.filters, B, K, V,
                        (strides[2], strides[3], strides[0], strides[1]), True, block_v, num_warps, fp64, rows)
-    while tiles > 1 and groups * KP * triton.cdiv(nt, tiles // 2) <= programs:
-        tiles //= 2  # a small batch: smaller work items while a position's stats still take one wave of programs
-    ni = triton.cdiv(nt, tiles)  # work items per position
+    # A small batch: smaller work items while a position's stats items still take one wave of the programs.
+    while chunks > 1 and groups * KP * triton.cdiv(nt, tiles * (chunks // 2)) <= programs:
+        chunks //= 2
+    while chunks == 1 and tiles > 1 and groups * KP * triton.cdiv(nt, tiles // 2) <= programs:
+        tiles //= 2
+    ni = triton.cdiv(nt, tiles)  # work items per position (second look, race, divergence)
+    ns = triton.cdiv(nt, tiles * chunks)  # stats items per position
     div_items = divergence and args.rule.family == rules.FAMILY_B and zq is not None  # the kernel's DIV_ITEMS
-    step = KP * ni + (K * ni if second else 0) + ni + (K * ni if div_items else 0)
+    step = KP * ns + (K * ni if second else 0) + ni + (K * ni if div_items else 0)
     total = (groups + (2 if second else 1)) * step
     items = ITEMS_PER_PROGRAM
     grid = triton.cdiv(total, items) if items else max(1, min(programs, total))
@@ -1318,7 +1352,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *strides,
         **cx, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
-        TILES=tiles, ITEMS_PER_PROGRAM=items, num_warps=num_warps, maxnreg=MAX_REGISTERS)
+        TILES=tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, num_warps=num_warps, maxnreg=MAX_REGISTERS)
     if divergence:
         out = out._replace(divergence=div[:B * K].view(B, K), draft_divergence=div[B * K:2 * B * K].view(B, K))
     return out
