@@ -178,6 +178,24 @@ def _philox_probe_kernel(
     tl.store(g_ptr + b * BLOCK + v, philox.gumbel(s, p, STREAM, v))
 
 
+@triton.jit
+def _uniform_probe_kernel(bits_ptr, u_ptr, BLOCK: tl.constexpr):
+    v = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(u_ptr + v, philox.bits_to_uniform(tl.load(bits_ptr + v).to(tl.uint32)))
+
+
+def test_bits_to_uniform_every_mantissa(device):
+    """The kernels' uint32 -> uniform conversion (mantissa bits, then a subtraction) equals the reference's
+    (2 (bits >> 9) + 1) 2**-24 for every one of the 2**23 values bits >> 9 takes, with the low 9 bits set or not."""
+    n, block = 2**23, 2**20
+    hi = torch.arange(n, dtype=torch.int64) << 9
+    for low in (0, 511):
+        u = torch.empty(n, device=device)
+        _uniform_probe_kernel[(n // block,)]((hi | low).to(device), u, BLOCK=block)
+        want = srandom.bits_to_uniform(hi | low)
+        assert torch.equal(u.cpu(), want), f"low bits {low}: {(u.cpu() != want).sum()} values differ"
+
+
 def test_philox_matches_random_module(device):
     """The Triton Philox is bit for bit speccas_kernels.random (words and uniforms exactly; Gumbel noise
     up to the device's log)."""
@@ -381,3 +399,27 @@ def test_zero_dim_and_strided_row_params(device):
     out = sk.verify(**r, rule="token_v3", alpha=alpha, backend="triton")
     ref = sk.verify(**r, rule="token_v3", alpha=0.9, backend="reference")
     assert torch.equal(out.tokens.cpu(), ref.tokens.cpu()) and bool(out.valid.all())
+
+
+def test_queue_magic_division():
+    """The queue's divisions by multiply and shift (``verify.magic``) equal floor division for every divisor the
+    launcher can pass and numerators up to 2**31 - 1, and the product fits 64 bits; one bit less of shift fails."""
+    import random as pyrandom
+
+    from speccas_kernels.kernels.verify import magic
+
+    rng = pyrandom.Random(5)
+    divisors = list(range(1, 3000)) + [2**k + o for k in range(11, 31) for o in (-1, 0, 1)] + [2**31 - 1]
+    wrong = 0
+    for d in divisors:
+        m, L = magic(d)
+        ns = {0, 1, d - 1, d, d + 1, 2 * d - 1, 2**31 - 1, 2**31 - 1 - (2**31 - 1) % d - 1} | {
+            rng.randrange(2**31) for _ in range(20)}
+        for n in (n for n in ns if 0 <= n < 2**31):
+            assert (n * m) >> L == n // d, (d, n, m, L)
+            assert n * m < 2**64
+            m1 = -(-(1 << (L - 1)) // d)
+            wrong += (n * m1) >> (L - 1) != n // d
+    assert wrong > 0, "the shift must be that large: with one bit less some quotient is off"
+    with pytest.raises(ValueError):
+        magic(0)

@@ -60,8 +60,11 @@ def random_bits(seed, pos, stream: tl.constexpr, v):
 
 @triton.jit
 def bits_to_uniform(bits):
-    """uint32 -> float32 in (0, 1): (2 * (bits >> 9) + 1) * 2**-24, exact."""
-    return ((bits >> 9) * 2 + 1).to(tl.float32) * 5.9604644775390625e-08
+    """uint32 -> float32 in (0, 1): (2 * (bits >> 9) + 1) * 2**-24, exact: the float 1 + (bits >> 9) 2**-23 (its
+    mantissa bits) minus 1 - 2**-24, a difference Sterbenz's lemma makes exact (shift, or, subtract: no int-to-float
+    conversion)."""
+    one_plus = ((bits >> 9) | 0x3F800000).to(tl.float32, bitcast=True)
+    return one_plus - 0.99999994039535522461
 
 
 @triton.jit

@@ -18,12 +18,12 @@ For row b with n = num_draft_tokens[b] drafts, drafter logits zq_i, target logit
 Design. Every program loops over a queue of work items (an atomic counter), so the whole round is one launch.
 The items, in the phases of SPEC.md section 9:
 
-A chunk is TILES vocabulary tiles of BLOCK_V entries (4 on a GPU). A stats item covers CHUNKS chunks (4 on a GPU: a
-loop), the other items one chunk; at a small batch the items shrink (chunks first, then tiles) while a position's
-stats items still fit in one wave of the programs (``triton_backend.tiles`` / ``chunks``, ``launch_verify``):
-NS = ceil(NT / (TILES CHUNKS)) stats items and NI = ceil(NT / TILES) other items per position. (Larger stats items
-draw a quarter as many items from the queue, each draw about as many instructions as a chunk's statistics; larger
-race and look items would lengthen a row's last steps more than they save.)
+A chunk is TILES vocabulary tiles of BLOCK_V entries (4 on a GPU). A stats or second-look item covers CHUNKS chunks
+(4 on a GPU: a loop), a race or divergence item one chunk; at a small batch the items shrink (chunks first, then
+tiles) while a position's stats items still fit in one wave of the programs (``triton_backend.tiles`` / ``chunks``,
+``launch_verify``): NS = ceil(NT / (TILES CHUNKS)) stats and second-look items and NI = ceil(NT / TILES) race and
+divergence items per position. (Larger items draw a quarter as many from the queue, each draw costing about as many
+instructions as a chunk's statistics; larger race items would lengthen a row's last step more than they save.)
 
 * **stats** (row b, position i, item j): chunk by chunk, the chunk's tiles of zp_i and, for i < n, of zq_i as one
   block per side, both loads in flight together (one round trip to DRAM per chunk): max, sum exp(z - max) (T = 1),
@@ -33,9 +33,9 @@ race and look items would lengthen a row's last steps more than they save.)
   records of both sides at once into the position's statistics, publishes a "ready" flag (rules with a second
   look), and draws a ticket on the row.
 * **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
-  position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or
-  eta (the tiles folded entry by entry, one reduction and one record per item); the last item's program merges and
-  draws a ticket on the row.
+  position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or eta
+  (the chunks' tiles folded entry by entry, one reduction and one record per item); the last item's program merges
+  and draws a ticket on the row.
 * **accept** (row b): run by the program that draws a row's last ticket. Row validity, a_i at every verified
   position (from the statistics and the logits at the drafts the stats items recorded: every load hits what this
   launch wrote or read), the accept loop, all the outputs but the emitted token (written here when T = 0 and all
@@ -80,6 +80,7 @@ TV, its formula (``Rule.weight`` / ``Rule.in_set`` compiled with ``triton.jit``)
 
 import functools
 import types
+from typing import Tuple
 
 import torch
 import triton
@@ -163,6 +164,14 @@ def _in_set(IN_SET: tl.constexpr, al, qh, ph, S1p):
     """v in A from the unscaled probabilities, as reference._blend compares them (the formula reads q^ or p^; the
     other is dead code)."""
     return IN_SET(al, qh, ph, 1.0 / S1p)
+
+
+@triton.jit
+def _hat(z, M, S1):
+    """The unscaled probability exp(z - M) / S1 (T = 1, unfiltered) that a token set's formula reads, by one
+    expression in every phase (a token's membership must agree across phases): ``exp_scaled`` and a multiply by
+    1 / S1 (at the max entry exactly the 1 / S1 that ``_in_set`` passes as max p^)."""
+    return exp_scaled(_rel(z, M), LOG2E) * (1.0 / S1)
 
 
 @triton.jit
@@ -269,7 +278,8 @@ def _tile_stats(z, v, invT, cut, scaled, greedy, FILTERS: tl.constexpr):
 
 # ------------------------------------------------------------------------------------------------ the kernel
 
-@triton.jit(do_not_specialize=["K", "n_val", "alpha_val", "temp_val", "seed_val", "offset_val", "total"])
+@triton.jit(do_not_specialize=["K", "n_val", "alpha_val", "temp_val", "seed_val", "offset_val", "total", "step_m",
+                               "step_l", "ns_m", "ns_l"])
 def _verify_kernel(
     # outputs
     tokens_ptr,  # [B, K + 1] int64
@@ -313,6 +323,8 @@ def _verify_kernel(
     NT,
     total,  # work items
     programs,  # programs launched
+    step_m, step_l,  # ``magic`` of the items of a super-step (the kernel's ``step``)
+    ns_m, ns_l,  # ``magic`` of NS
     stride_qb, stride_qk, stride_pb, stride_pk,
     FAMILY: tl.constexpr,
     NEEDS_TV: tl.constexpr,
@@ -349,7 +361,7 @@ def _verify_kernel(
     NS = _items(NT, TILES, CHUNKS)  # stats items per position
     stats_items = KP * NS
     if SECOND_LOOK:
-        look_items = K * NI
+        look_items = K * NS
         lag = 2
     else:
         look_items = K * 0
@@ -371,12 +383,12 @@ def _verify_kernel(
             nxt = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
         else:
             nxt = total
-        s = w // step
+        s = _div(w, step_m, step_l)
         r = w - s * step  # (a multiply, not a second division)
         if r < stats_items:
             g = s.to(tl.int64)
             if g < G:
-                i = r // NS
+                i = _div(r, ns_m, ns_l)
                 _stats_item(g, i.to(tl.int64), r - i * NS, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
                             pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr,
                             accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr,
@@ -390,15 +402,15 @@ def _verify_kernel(
             r2 = r - stats_items
             if SECOND_LOOK:
                 if (g >= 0) & (g < G):
-                    i = r2 // NI
-                    _look_item(g, i.to(tl.int64), r2 - i * NI, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
+                    i = _div(r2, ns_m, ns_l)
+                    _look_item(g, i.to(tl.int64), r2 - i * NS, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
                                look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr,
                                valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val,
                                alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val,
                                cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
                                c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
                                USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
-                               BLOCK_K, BLOCK_T, TILES)
+                               BLOCK_K, BLOCK_T, TILES, CHUNKS)
         elif r < stats_items + look_items + NI:
             g = (s - lag).to(tl.int64)
             if (g >= 0) & (g < G):
@@ -471,6 +483,13 @@ def _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, t, mask, m, s1, s
     tl.store(part_f_ptr + pf + o * NT + t, sT, mask=mask)
     tl.store(part_i_ptr + o * NT + t, arg, mask=mask)
     tl.store(part_i_ptr + pf + o * NT + t, bad, mask=mask)
+
+
+@triton.jit
+def _div(n, m, L):
+    """floor(n / d) for 0 <= n < 2**31 from (m, L) = ``magic(d)``: a 64-bit multiply and a shift, where the queue
+    decoded its items with two integer divisions (about 25 instructions each)."""
+    return ((n.to(tl.uint64) * m.to(tl.uint64)) >> L.to(tl.uint64)).to(tl.int32)
 
 
 @triton.jit
@@ -638,7 +657,7 @@ def _look_tile(t, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq
     p = _probs_fast(zp, Mp, inv_STp, scale, keep_p, FILTERS)
     in_a = mask
     if FAMILY == FAMILY_B:
-        in_a = _in_set(IN_SET, al, tl.exp(_rel(zq, Mq)) / S1q, tl.exp(_rel(zp, Mp)) / S1p, S1p)
+        in_a = _in_set(IN_SET, al, _hat(zq, Mq, S1q), _hat(zp, Mp, S1p), S1p)
     return q, p, in_a
 
 
@@ -651,9 +670,12 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
                FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-               BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
+               BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
+               CHUNKS: tl.constexpr):
+    """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
+    entry into one record per item; the program with the last ticket sums the NS records."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
-    NI = (NT + TILES - 1) // TILES
+    NI = _items(NT, TILES, CHUNKS)  # (the second look's items: a stats item's chunks)
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
         KP = K + 1
         pos = g * KP + i
@@ -665,19 +687,24 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
                                                                         USES_ALPHA)
             acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
             acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
-            for u in tl.static_range(TILES):
-                q, p, in_a = _look_tile(j * TILES + u, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q,
-                                        inv_STq, al, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr, K, V, stride_qb, stride_qk,
-                                        stride_pb, stride_pk, FAMILY, IN_SET, RAGGED, FILTERS, FP64, BLOCK_V)
-                if FAMILY == FAMILY_B:
-                    acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
-                    if DIVERGENCE:
-                        acc2 += tl.maximum(q - p, 0.0)
-                else:
-                    tl.static_assert(NEEDS_TV or DIVERGENCE, "the second look reads TV or a token set's eta")
-                    acc += tl.maximum(q - p, 0.0)  # 0 wherever both are (masked, dead, filtered)
-                    if DIVERGENCE and FAMILY == FAMILY_LOSSY:  # TV(law, p), one pass: ``_divergences``
-                        acc2 += tl.maximum(tl.minimum(q, p / (1.0 - al)) - p, 0.0)
+            c = 0
+            nch = _chunks(j, NT, TILES, CHUNKS)
+            while c < nch:
+                for u in tl.static_range(TILES):
+                    q, p, in_a = _look_tile((j * CHUNKS + c) * TILES + u, rows, i, start, use, scale, Mp, S1p,
+                                            inv_STp, Mq, S1q, inv_STq, al, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr, K, V,
+                                            stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, RAGGED,
+                                            FILTERS, FP64, BLOCK_V)
+                    if FAMILY == FAMILY_B:
+                        acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
+                        if DIVERGENCE:
+                            acc2 += tl.maximum(q - p, 0.0)
+                    else:
+                        tl.static_assert(NEEDS_TV or DIVERGENCE, "the second look reads TV or a token set's eta")
+                        acc += tl.maximum(q - p, 0.0)  # 0 wherever both are (masked, dead, filtered)
+                        if DIVERGENCE and FAMILY == FAMILY_LOSSY:  # TV(law, p), one pass: ``_divergences``
+                            acc2 += tl.maximum(tl.minimum(q, p / (1.0 - al)) - p, 0.0)
+                c += 1
             tl.store(look_part_ptr + (rows * K + i) * NI + j, tl.sum(acc, axis=1), mask=use)  # one record per item
             if DIVERGENCE:
                 tl.store(look_part_ptr + (B * K + rows * K + i) * NI + j, tl.sum(acc2, axis=1), mask=use)
@@ -748,7 +775,7 @@ def _at_draft(z, xc, used, M, S1, ST, arg, cut_ptr, cut_off, greedy, invT, FILTE
     if FILTERS:
         keep = keep & (z >= tl.load(cut_ptr + cut_off, mask=used, other=float("-inf")))
     prob = tl.where(greedy, (xc == arg).to(tl.float32), _probs(z, M, ST, invT, keep))
-    return prob, tl.exp(_rel(z, M)) / S1
+    return prob, _hat(z, M, S1)
 
 
 @triton.jit
@@ -842,7 +869,7 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
                 aq = tl.minimum(tl.maximum(argq, 0), V - 1)
                 zq_a = load_logits(q_rows + aq, ga, FP64)
                 zp_a = load_logits(p_rows + aq, ga, FP64)
-                in_aq = _in_set(IN_SET, al, tl.exp(_rel(zq_a, Mq)) / S1q, tl.exp(_rel(zp_a, Mp)) / S1p, S1p)
+                in_aq = _in_set(IN_SET, al, _hat(zq_a, Mq, S1q), _hat(zp_a, Mp, S1p), S1p)
                 w = tl.where(greedy, 1.0 - in_aq.to(tl.float32), w)
         else:
             w = 1.0 - in_a.to(tl.float32)  # q one-hot at the draft
@@ -956,9 +983,9 @@ def _residual_tile(T, start, m, rows, racing, zp, keep_p, Mp, v, mask, scale, in
         q = (v == xm).to(tl.float32)
     in_a = mask
     if FAMILY == FAMILY_B:
-        ph = tl.exp(_rel(zp, Mp)) / S1p
+        ph = _hat(zp, Mp, S1p)
         if HAS_Q:
-            qh = tl.exp(_rel(zq, Mq)) / S1q
+            qh = _hat(zq, Mq, S1q)
         else:
             qh = q
         in_a = _in_set(IN_SET, al, qh, ph, S1p)
@@ -1060,7 +1087,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
             keep_p = mask & (zp > NEG_INF)
             if FILTERS:
                 keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=racing, other=0.0)[:, None])
-            s = acc_s * 0.0 + NEG_INF
+            s = tl.full([ROWS, BLOCK_V], NEG_INF, tl.float32)
             if any_bonus:
                 s = tl.where(bonus & keep_p, _rel(zp, Mp) * invT + noise, s)
             if any_resid:
@@ -1186,31 +1213,32 @@ def roofline_hints(launch) -> dict:
     the phases of a work item, how often each runs in this launch (closed forms of its arguments), each one's
     dependent round trips to memory, one row's chain of dependent phases, and the rows the queue order interleaves.
 
-    Executions, for G row groups, K drafts (n = K unless ``num_draft_tokens`` is one smaller number), NT tiles,
-    NI = ceil(NT / TILES) work items per position (each unrolls its TILES tiles, so the SASS counts them all) and
-    NS = ceil(NT / (TILES CHUNKS)) stats items, whose loop runs NI / NS chunks on average (``phase_loops``):
-    stats G (K + 1) NS (the drafter's side, ``stats_q``, G n NS; the record of the logits at the draft, ``stats_x``,
-    G n: one chunk per drafted position holds its draft), merges G (K + 1), second looks G n NI and their
-    merges G K (rules with a second look, 0 < T < inf: T is taken as 1 when it arrives as a tensor), accepts G, race
-    items G NI, emits G; the queue loop runs once per work item (``total``), the rest of the program once per program.
+    Executions, for G row groups, K drafts (n = K unless ``num_draft_tokens`` is one smaller number), NT tiles, NI =
+    ceil(NT / TILES) race items per position (each unrolls its TILES tiles, so the SASS counts them all) and NS =
+    ceil(NT / (TILES CHUNKS)) stats and second-look items, whose loops run NI / NS chunks on average
+    (``phase_loops``): stats G (K + 1) NS (the drafter's side, ``stats_q``, G n NS; the record of the logits at the
+    draft, ``stats_x``, G n: one chunk per drafted position holds its draft), merges G (K + 1), second looks G n NS
+    and their merges G K (rules with a second look, 0 < T < inf: T is taken as 1 when it arrives as a tensor),
+    accepts G, race items G NI, emits G; the queue loop runs once per work item (``total``), the rest of the program
+    once per program.
 
     Round trips (``dram``, ``l2``) per execution, read off the code: a program draws its first work item (an L2
-    atomic, with the program's start) and each next one while it works on the current (no round trip on the path);
-    a stats item's chunk issues the loads of its tiles, target and drafter, before any reduction (unrolled, no branch
+    atomic, with the program's start) and each next one while it works on the current (no round trip on the path); a
+    stats item's chunk issues the loads of its tiles, target and drafter, before any reduction (unrolled, no branch
     in between: one DRAM round trip per chunk), then the item draws a ticket (an acquire-release atomic at L2); a
-    merge loads both
-    sides' partials at once (1), releases the ready flag (only with a second look) and draws the row's ticket (2 or 3
-    at L2); a second look polls its flag, loads the position's statistics and its tiles at once (L2: the stats read
-    them one row of traffic earlier) and draws a ticket (3); its merge loads the partials and draws the row's ticket
-    (2); the accept phase loads statistics, drafts and the logits at the drafts (all written or read earlier in the
-    launch: L2) at once, then releases the race flag (2); a race item polls its flag (which carries m and the race
-    kind when a work item holds one row, as on a GPU; else it loads both at once), loads its tiles at m and the
-    row's statistics at once (L2) and draws a ticket (3; 4 with several rows per item); the emit loads the partials
-    (1). Spin waits count once (no waiting), so the chain below carries the waiting. The emit's race over pi (a
-    residual of rounding noise) is not in the traced path.
+    merge loads both sides' partials at once (1), releases the ready flag (only with a second look) and draws the
+    row's ticket (2 or 3 at L2); a second look polls its flag, loads the position's statistics and its first chunk's
+    tiles at once (L2: the stats read them one row of traffic earlier), each next chunk's tiles (one L2 round trip
+    each) and draws a ticket (2 + chunks); its merge loads the partials and draws the row's ticket (2); the accept
+    phase loads statistics, drafts and the logits at the drafts (all written or read earlier in the launch: L2) at
+    once, then releases the race flag (2); a race item polls its flag (which carries m and the race kind when a work
+    item holds one row, as on a GPU; else it loads both at once), loads its tiles at m and the row's statistics at
+    once (L2) and draws a ticket (3; 4 with several rows per item); the emit loads the partials (1). Spin waits
+    count once (no waiting), so the chain below carries the waiting. The emit's race over pi (a residual of rounding
+    noise) is not in the traced path.
 
     Chain of one row (steps; ``gap``: work items drawn by other programs meanwhile, ``step`` = one super-step):
-    stats (K + 1) NS items -> merge, or the gap -> second looks n NI -> their merge and the accept, or the gap ->
+    stats (K + 1) NS items -> merge, or the gap -> second looks n NS -> their merge and the accept, or the gap ->
     race NI items -> emit. Without a second look: stats -> merge and accept, or the gap -> race -> emit."""
     if launch.name != "_verify_kernel":
         return {}
@@ -1232,7 +1260,7 @@ def roofline_hints(launch) -> dict:
     looks = bool(c["SECOND_LOOK"]) and has_q and 0 < T < float("inf")
     token_set = c["FAMILY"] == rules.FAMILY_CODE[rules.FAMILY_B]
     div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set and has_q else 0
-    step = KP * NS + (K * NI if c["SECOND_LOOK"] else 0) + NI + div_items
+    step = KP * NS + (K * NS if c["SECOND_LOOK"] else 0) + NI + div_items
     work = {
         "queue": dict(count=total),  # the draw overlaps the previous item (the first is the program's)
         "program": dict(count=launch.programs, l2=2),
@@ -1240,7 +1268,7 @@ def roofline_hints(launch) -> dict:
         "stats_q": dict(count=G * n * NS if has_q else 0),
         "stats_x": dict(count=G * n),
         "merge": dict(count=G * KP, l2=3 if c["SECOND_LOOK"] else 2),
-        "look": dict(count=G * n * NI if looks else 0, l2=3),
+        "look": dict(count=G * n * NS if looks else 0, l2=2 + CH),
         "look_merge": dict(count=G * K if looks else 0, l2=2),
         "accept": dict(count=G, l2=2),
         "race": dict(count=G * NI, l2=3 if c["ROWS"] == 1 else 4),
@@ -1251,13 +1279,14 @@ def roofline_hints(launch) -> dict:
     }
     if looks:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge"], 1, step),
-                 (["queue", "look"], n * NI, 0), (["look_merge", "accept"], 1, step), (["queue", "race"], NI, 0),
+                 (["queue", "look"], n * NS, 0), (["look_merge", "accept"], 1, step), (["queue", "race"], NI, 0),
                  (["emit"], 1, 0)]
     else:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "accept"], 1, step),
                  (["queue", "race"], NI, 0), (["emit"], 1, 0)]
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work,
-                phase_loops=[["_stats_item", "c < nch", CH, ["stats", "stats_q"]]],
+                phase_loops=[["_stats_item", "c < nch", CH, ["stats", "stats_q"]],
+                             ["_look_item", "c < nch", CH, ["look"]]],
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
                 note="persistent: phases per work item, chain of one row")
@@ -1269,6 +1298,16 @@ def roofline_hints(launch) -> dict:
 # program's round trips overlap another's work (ignored by the interpreter).
 MAX_REGISTERS = 128
 ITEMS_PER_PROGRAM = 0  # tests set this (under the interpreter) to make every hand-off cross programs
+
+
+def magic(d: int) -> Tuple[int, int]:
+    """(m, L) with floor(n / d) = (n m) >> L for every integer 0 <= n < 2**31 (``_div``): L = 31 + ceil(log2 d),
+    m = ceil(2**L / d). With m d = 2**L + e, 0 <= e < d: n m / 2**L = n / d + n e / (d 2**L), and n e < 2**L, so
+    the excess stays below 1 / d and cannot reach the next integer; n m < 2**64."""
+    if d < 1:
+        raise ValueError(f"magic: divisor {d} < 1")
+    L = 31 + (d - 1).bit_length()
+    return -(-(1 << L) // d), L
 
 
 def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int = 1, tiles: int = 1,
@@ -1335,7 +1374,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     ni = triton.cdiv(nt, tiles)  # work items per position (second look, race, divergence)
     ns = triton.cdiv(nt, tiles * chunks)  # stats items per position
     div_items = divergence and args.rule.family == rules.FAMILY_B and zq is not None  # the kernel's DIV_ITEMS
-    step = KP * ns + (K * ni if second else 0) + ni + (K * ni if div_items else 0)
+    step = KP * ns + (K * ns if second else 0) + ni + (K * ni if div_items else 0)
     total = (groups + (2 if second else 1)) * step
     items = ITEMS_PER_PROGRAM
     grid = triton.cdiv(total, items) if items else max(1, min(programs, total))
@@ -1349,7 +1388,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         *out[:KERNEL_OUTPUTS], div, part_m, part_f, part_i, pos_m, pos_f, pos_i, look_part, look, race_f, race_i, row_i,
         row_f, cnt,
         zq, zp, x, cu, n_ptr, int(n_val), a_ptr, float(a_val), t_ptr, float(t_val), s_ptr, int(s_val), o_ptr,
-        int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *strides,
+        int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *magic(step), *magic(ns),
+        *strides,
         **cx, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
         TILES=tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, num_warps=num_warps, maxnreg=MAX_REGISTERS)
