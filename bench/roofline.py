@@ -973,8 +973,9 @@ def compile_key(launch: Launch) -> str:
 
     package = Path(_import_root(launch)) / launch.module.split(".")[0]
     src = source_digest(str(package if package.is_dir() else Path(launch.file).parent))
-    blob = json.dumps(dict(launch.compile_spec(), src=src, triton=triton.__version__, fmt=COMPILE_FORMAT),
-                      sort_keys=True)
+    # (the import root too: the inline chains name source files by path, see ``trace_call``)
+    blob = json.dumps(dict(launch.compile_spec(), src=src, triton=triton.__version__, fmt=COMPILE_FORMAT,
+                           root=str(_import_root(launch))), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -1832,8 +1833,10 @@ def trace_call(op: str, rule: Optional[str], K: int, V: int, dtype: str) -> Tupl
         b, _ = capture(op, rule, 2, K, V, dtype)
         if _structure(a) != _structure(b):
             traced = dtype
+    # (the checkout's path too: a trace names the kernel lines it ran by file, and the reach of a compiled kernel's
+    # blocks is read by matching those names, so a trace copied from another checkout would match nothing)
     key = hashlib.sha256(json.dumps([op, rule, K, V, traced, _digest_package(), SECTOR, TRACE_FORMAT,
-                                     TRACE_BATCHES]).encode()).hexdigest()[:24]
+                                     TRACE_BATCHES, str(REPO_ROOT)]).encode()).hexdigest()[:24]
     path = CACHE_DIR / "traces" / f"{key}.json"
     if not path.exists():
         _trace_to(path, op, rule, K, V, traced)
