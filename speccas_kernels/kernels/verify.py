@@ -494,13 +494,13 @@ def _div(n, m, L):
 
 @triton.jit
 def _chunks(j, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr):
-    """Chunks of stats item j: CHUNKS chunks of TILES tiles, fewer in a position's last item."""
+    """Chunks of a stats or second-look item j: CHUNKS chunks of TILES tiles, fewer in a position's last item."""
     return tl.minimum(CHUNKS, (NT - j * (CHUNKS * TILES) + TILES - 1) // TILES)
 
 
 @triton.jit
 def _items(NT, TILES: tl.constexpr, CHUNKS: tl.constexpr):
-    """Stats items per position: NT tiles in items of CHUNKS chunks of TILES tiles."""
+    """Stats (and second-look) items per position: NT tiles in items of CHUNKS chunks of TILES tiles."""
     return (NT + CHUNKS * TILES - 1) // (CHUNKS * TILES)
 
 
@@ -675,7 +675,7 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item; the program with the last ticket sums the NS records."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
-    NI = _items(NT, TILES, CHUNKS)  # (the second look's items: a stats item's chunks)
+    NS = _items(NT, TILES, CHUNKS)  # second-look items per position (a stats item's chunks)
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
         KP = K + 1
         pos = g * KP + i
@@ -705,23 +705,23 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
                         if DIVERGENCE and FAMILY == FAMILY_LOSSY:  # TV(law, p), one pass: ``_divergences``
                             acc2 += tl.maximum(tl.minimum(q, p / (1.0 - al)) - p, 0.0)
                 c += 1
-            tl.store(look_part_ptr + (rows * K + i) * NI + j, tl.sum(acc, axis=1), mask=use)  # one record per item
+            tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # one record per item
             if DIVERGENCE:
-                tl.store(look_part_ptr + (B * K + rows * K + i) * NI + j, tl.sum(acc2, axis=1), mask=use)
-        if ticket(cnt_ptr + c_look + g * K + i) == NI - 1:
+                tl.store(look_part_ptr + (B * K + rows * K + i) * NS + j, tl.sum(acc2, axis=1), mask=use)
+        if ticket(cnt_ptr + c_look + g * K + i) == NS - 1:
             if tl.max(use.to(tl.int32), axis=0) > 0:
                 if DIVERGENCE:  # both slots
                     tt = tl.arange(0, BLOCK_T)[None, None, :]
                     slot = tl.arange(0, 2)[None, :, None]
-                    parts = tl.load(look_part_ptr + ((slot * B + rows[:, None, None]) * K + i) * NI + tt,
-                                    mask=use[:, None, None] & (tt < NI) & (slot < 2), other=0.0, cache_modifier=".cg")
+                    parts = tl.load(look_part_ptr + ((slot * B + rows[:, None, None]) * K + i) * NS + tt,
+                                    mask=use[:, None, None] & (tt < NS) & (slot < 2), other=0.0, cache_modifier=".cg")
                     slot = tl.arange(0, 2)[None, :]
                     tl.store(look_ptr + (slot * B + rows[:, None]) * K + i, tl.sum(parts, axis=2),
                              mask=use[:, None] & (slot < 2))
                 else:
                     tt = tl.arange(0, BLOCK_T)
-                    parts = tl.load(look_part_ptr + (rows[:, None] * K + i) * NI + tt[None, :],
-                                    mask=use[:, None] & (tt < NI)[None, :], other=0.0, cache_modifier=".cg")
+                    parts = tl.load(look_part_ptr + (rows[:, None] * K + i) * NS + tt[None, :],
+                                    mask=use[:, None] & (tt < NS)[None, :], other=0.0, cache_modifier=".cg")
                     tl.store(look_ptr + rows * K + i, tl.sum(parts, axis=1), mask=use)
             tl.store(cnt_ptr + c_look + g * K + i, 0)
             _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
