@@ -116,10 +116,11 @@ def tiles() -> int:
 
 
 def chunks() -> int:
-    """Chunks per work item of the persistent verify kernel (a loop in the kernel, statistics folded chunk by
-    chunk): 4 on a GPU, so a program draws a sixteenth as many items as there are tiles (each draw, its ticket and
-    its record cost about as many instructions as a chunk's statistics); 2 under the interpreter, so tests cross
-    item, chunk and tile boundaries (and a last item with a missing chunk)."""
+    """Chunks per statistics or second-look work item of the persistent verify kernel (a loop in the kernel; the
+    statistics keep one record per chunk, the second look folds its chunks into one): 4 on a GPU, so a program
+    draws a sixteenth as many of those items as there are tiles (each draw costs about as many instructions as a
+    chunk's statistics); 2 under the interpreter, so tests cross item, chunk and tile boundaries (and a last item
+    with a missing chunk)."""
     if CHUNKS_OVERRIDE is not None:
         return int(CHUNKS_OVERRIDE)
     return 2 if _interpreting() else 4
