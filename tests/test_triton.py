@@ -33,7 +33,10 @@ if not triton_backend.available("triton")[0]:
 def test_verify_work_item_settings(device, rule, monkeypatch):
     """The same tokens whatever the rows per work item (1 is what a GPU runs), the tile size, the tiles per chunk
     and chunks per stats item (a last item with fewer chunks, a last chunk with missing tiles), or how many work
-    items a program takes (1: every ticket, flag and merge is handed from one program to another)."""
+    items a program takes (1: every ticket, flag and merge is handed from one program to another). A token set's
+    passes take q = q^ and p = p^ from one exp when every row of an item samples at T = 1 (``_unit_law``): with one
+    row per item the T = 1 rows take that path, with the whole batch per item (mixed temperatures) none does, and
+    the outputs must agree bit for bit."""
     from speccas_kernels.kernels import verify as kv
 
     kw = random_round(5, 3, 70, device=device, seed=17, ragged=True)
@@ -216,9 +219,10 @@ def test_philox_matches_random_module(device):
 
 
 @triton.jit
-def _gumbel_flat_probe_kernel(g_ptr, seed_ptr, pos_ptr, v0, R: tl.constexpr, BLOCK: tl.constexpr):
+def _gumbel_flat_probe_kernel(g_ptr, seed_ptr, pos_ptr, v0, R: tl.constexpr, BLOCK: tl.constexpr,
+                              BASE2: tl.constexpr = False):
     r = tl.arange(0, R)
-    noise = philox.gumbel_flat(tl.load(seed_ptr + r), tl.load(pos_ptr + r), 2, v0, BLOCK)
+    noise = philox.gumbel_flat(tl.load(seed_ptr + r), tl.load(pos_ptr + r), 2, v0, BLOCK, BASE2=BASE2)
     tl.store(g_ptr + r[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :], noise)
 
 
@@ -235,6 +239,22 @@ def test_gumbel_flat_matches_random_module(device):
         # negative control: the same noise a group of four entries later is a different tile
         assert not torch.allclose(got.cpu(), srandom.gumbel(seeds[:, None], pos[:, None], 2,
                                                             torch.arange(v0 + 4, v0 + 68)), atol=1e-3)
+
+
+def test_gumbel_flat_base2_is_the_shifted_scaled_gumbel(device):
+    """The base-2 noise the races score with, log2(-log2 u), is -(G + ln ln 2) / ln 2 of ``random.gumbel``'s G entry
+    by entry: a score log2 w minus it is (log w + G + ln ln 2) / ln 2, so every race keeps its argmax. Negative
+    controls: the plain noise G, and the base-2 noise without its sign, are not it."""
+    seeds = torch.tensor([0, 5, -3, 2**62])
+    pos = torch.tensor([1, 2**40, 7, 0])
+    for v0 in (0, 4 * 12345):
+        got = torch.empty(4, 64, device=device)
+        _gumbel_flat_probe_kernel[(1,)](got, seeds.to(device), pos.to(device), v0, R=4, BLOCK=64, BASE2=True)
+        g = srandom.gumbel(seeds[:, None], pos[:, None], 2, torch.arange(v0, v0 + 64)).double()
+        want = -(g + math.log(math.log(2.0))) / math.log(2.0)
+        torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=4e-6)
+        assert not torch.allclose(got.cpu().double(), g, atol=1e-3)
+        assert not torch.allclose(got.cpu().double(), -want, atol=1e-3)
 
 
 def test_available_and_device_check(monkeypatch):

@@ -5,10 +5,11 @@
 
 Grid ``(row groups, tiles)``: a program takes ROWS rows (1 on a GPU; a whole small batch under the interpreter,
 whose cost is per operation, not per element) and one vocabulary tile. It scores its tile relative to the tile's
-own max ``m_t``: ``(z - m_t) / T + G``
-(Philox once per four entries, all four words used), keeps the best score, its lowest index, ``m_t`` and a
+own max ``m_t``: ``(z - m_t) / T + G``, computed in base-2 units, ``(z - m_t) log2(e) / T - log2(-log2 u)``
+(that score plus a constant, divided by ln 2: the same argmax, two multiplies and two negations fewer per entry;
+Philox once per four entries, all four words used), keeps the best score, its lowest index, ``m_t`` and a
 NaN/+inf flag, and draws a ticket on its group's counter. The program with the last ticket merges the tiles:
-``M = max m_t``, each tile's best shifted by ``(m_t - M) / T``, ties to the lowest index; then it writes the
+``M = max m_t``, each tile's best shifted by ``(m_t - M) log2(e) / T``, ties to the lowest index; then it writes the
 token (``-1`` for a row with NaN/+inf or all -inf logits, a bad temperature or bad filter values) and resets
 the counter. One tile: no ticket.
 
@@ -25,7 +26,8 @@ import triton.language as tl
 
 from .. import rules
 from . import common
-from .common import BIG, NEG_INF, best_lowest_rows, inv_temperature, load_logits, row_params, temperature_ok
+from .common import (BIG, NEG_INF, best_lowest_rows, inv_temperature, load_logits, log2e_scale, row_params,
+                     temperature_ok)
 from .filters import _cutoffs, cutoff_passes, filter_args, filter_params
 from .philox import gumbel_flat
 
@@ -58,11 +60,10 @@ def _sample_kernel(
     rmask = rows < B
     v0 = t.to(tl.int64) * BLOCK_V
     T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
-    invT = inv_temperature(T)
+    scale = log2e_scale(inv_temperature(T))
     seed = row_params(seed_ptr, seed_val, rows, rmask)
     offset = row_params(offset_ptr, offset_val, rows, rmask)
-    nocut = tl.full([ROWS], float("-inf"), tl.float32)
-    best, idx, m, bad = _race_tile(z_ptr + rows * stride_b, rmask, v0, V, T, invT, seed, offset, nocut, None, FP64,
+    best, idx, m, bad = _race_tile(z_ptr + rows * stride_b, rmask, v0, V, T, scale, seed, offset, None, None, FP64,
                                    ROWS, BLOCK_V)
     ok = temperature_ok(T)
     if SINGLE:
@@ -75,7 +76,7 @@ def _sample_kernel(
         tl.store(part_i_ptr + o * 2, idx, mask=rmask)
         tl.store(part_i_ptr + o * 2 + 1, bad, mask=rmask)
         if common.ticket(cnt_ptr + grp) == NT - 1:
-            _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT, V, T, invT, ok, FP64, ROWS)
+            _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT, V, T, scale, ok, FP64, ROWS)
             tl.atomic_xchg(cnt_ptr + grp, 0)
 
 
@@ -85,29 +86,35 @@ def _rel(z, M):
 
 
 @triton.jit
-def _race_tile(ptrs, rmask, v0, V, T, invT, seed, offset, cut, M, FP64: tl.constexpr, ROWS: tl.constexpr,
+def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.constexpr, ROWS: tl.constexpr,
                BLOCK_V: tl.constexpr):
     """The race over one tile of R rows (``ptrs``: the rows' logits): (best score, its lowest index, the tile's max
-    logit, NaN/+inf flag), each [R]. Scores are (z - M) / T + G with M the row's max when given, else the tile's
-    own max (the caller shifts); greedy rows score 0 at the max; entries below ``cut`` score -inf."""
+    logit, NaN/+inf flag), each [R]. Scores are (z - M) / T + G in base-2 units ((z - M) ``scale`` - log2(-log2 u),
+    ``scale`` = log2(e) / T capped) with M the row's max when given, else the tile's own max (the caller shifts);
+    greedy rows score 0 at the max; entries below ``cut`` (when given) score -inf."""
     v = v0 + tl.arange(0, BLOCK_V)[None, :]  # [1, BLOCK_V]
     mask = rmask[:, None] & (v < V)
     z = load_logits(ptrs[:, None] + v, mask, FP64)  # [R, BLOCK_V]
-    bad = tl.max(((z != z) | (z == float("inf"))).to(tl.int32), axis=1)
-    z = tl.where(z == z, z, NEG_INF)
-    m = tl.max(z, axis=1)  # [R]
+    m = tl.max(z, axis=1)  # [R] (a NaN entry is passed over on a GPU, propagated by the interpreter: bad either way)
     if M is None:
         Mr = m
     else:
         Mr = M
     m3 = Mr[:, None]
-    greedy = (T == 0)[:, None]
-    noise = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
+    rel = _rel(z, tl.where(m3 == NEG_INF, 0.0, m3))
+    # Bad (a NaN or +inf entry): rel is NaN there (a NaN entry, or inf - inf at the max) and <= 0 or -inf elsewhere,
+    # so its sum is NaN exactly when the tile holds one.
+    rs = tl.sum(rel, axis=1)
+    bad = (rs != rs).to(tl.int32)
+    e2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
     if tl.max((T > 0).to(tl.int32), axis=0) > 0:  # some row samples: the noise (rows of one program share this)
-        noise = gumbel_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V)
-    keep = (z > NEG_INF) & (z >= cut[:, None])
-    scaled = _rel(z, tl.where(m3 == NEG_INF, 0.0, m3)) * invT[:, None] + noise
-    s = tl.where(greedy, tl.where(z == m3, 0.0, NEG_INF), tl.where(keep, scaled, NEG_INF))
+        e2 = gumbel_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V, BASE2=True)  # -(G + ln ln 2) / ln 2
+    keep = z > NEG_INF  # (not NaN either)
+    if cut is not None:
+        keep = keep & (z >= cut[:, None])
+    s = tl.where(keep, rel * scale[:, None] - e2, NEG_INF)
+    if tl.max((rmask & (T == 0)).to(tl.int32), axis=0) > 0:  # greedy rows: score 0 at the max
+        s = tl.where((T == 0)[:, None], tl.where(z == m3, 0.0, NEG_INF), s)
     best, idx = best_lowest_rows(s, v.to(tl.int32))  # greedy rows: the lowest argmax, score 0 (relative)
     return best, idx, m, bad
 
@@ -134,7 +141,7 @@ def _sample_filtered_kernel(
     rmask = rows < B
     ptrs = z_ptr + rows * stride_b
     T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
-    invT = inv_temperature(T)
+    scale = log2e_scale(inv_temperature(T))
     k, tp, mp, fok, on = filter_params(top_k_ptr, top_k_val, top_p_ptr, top_p_val, min_p_ptr, min_p_val, T, rows,
                                        rmask, V)
     cut, M = _cutoffs(ptrs, rmask, V, NT, T, k, tp, mp, on, FP64, BLOCK_V)
@@ -145,7 +152,7 @@ def _sample_filtered_kernel(
     bad = tl.zeros([ROWS], dtype=tl.int32)
     t = 0
     while t < NT:  # tiles in order: a strictly better score moves the winner, so ties keep the lowest index
-        tb, ti, _, tbad = _race_tile(ptrs, rmask, t.to(tl.int64) * BLOCK_V, V, T, invT, seed, offset, cut, M, FP64,
+        tb, ti, _, tbad = _race_tile(ptrs, rmask, t.to(tl.int64) * BLOCK_V, V, T, scale, seed, offset, cut, M, FP64,
                                      ROWS, BLOCK_V)
         take = tb > best
         best = tl.where(take, tb, best)
@@ -157,7 +164,7 @@ def _sample_filtered_kernel(
 
 
 @triton.jit
-def _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT, V, T, invT, ok, FP64: tl.constexpr,
+def _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT, V, T, scale, ok, FP64: tl.constexpr,
                 ROWS: tl.constexpr):
     """The last program of a group: each row's tiles merged (in 64-tile chunks), its token written."""
     best = tl.full([ROWS], float("-inf"), tl.float32)
@@ -185,7 +192,7 @@ def _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT,
         pm = tl.load(part_m_ptr + o, mask=mm, other=float("-inf"), cache_modifier=".cg")
         ps = tl.load(part_s_ptr + o, mask=mm, other=float("-inf"), cache_modifier=".cg")
         pi = tl.load(part_i_ptr + o * 2, mask=mm, other=BIG, cache_modifier=".cg")
-        shifted = tl.where(pm > NEG_INF, ps + _rel(pm, Msub[:, None]) * invT[:, None], NEG_INF)
+        shifted = tl.where(pm > NEG_INF, ps + _rel(pm, Msub[:, None]) * scale[:, None], NEG_INF)
         sc = tl.where(greedy[:, None], tl.where(pm == M[:, None], ps, NEG_INF), shifted)
         cb, ci = best_lowest_rows(sc, pi)
         take = (cb > best) | ((cb == best) & (ci < idx))

@@ -45,9 +45,13 @@ instructions as a chunk's statistics; larger race items would lengthen a row's l
   bonus at n: a row-uniform branch) over the item's tiles, the row's constants loaded once per item: the tiles fold
   entry by entry into a running best score (with its index) and residual mass, reduced once per item into one
   record. Philox runs once per four entries, all four words used (one 32 x 32 -> 64-bit product per multiplier and
-  round), joined in registers into a flat [R, BLOCK_V] tile (the layout of the loads: no trip through shared
-  memory). The last item's program **emits** the token; when the residual's mass is rounding noise (at most
-  RESIDUAL_EPS, rare) it first runs the race over pi itself.
+  round), joined into a flat [R, BLOCK_V] tile. Scores are in base-2 units: log2 w - log2(-log2 u) (the bonus:
+  (z - M) log2(e) / T - log2(-log2 u)), the natural-log score plus a constant, divided by ln 2: the same argmax
+  with no multiply by ln 2 and no negation per entry; w = max(0, pi - q) is formed without pi (family A r (p - q),
+  family B eta p - q 1[not A]), and log2 0 = -inf scores the entries outside the residual without a select. An
+  entry's best is kept as its tile number, the index formed once per item. The last item's program **emits** the
+  token; when the residual's mass is rounding noise (at most RESIDUAL_EPS, rare) it first runs the race over pi
+  itself.
 
 * **divergences** (``verify(return_divergence=True)``; SPEC.md section 6): TV(q, p) and TV(law, p) at every verified
   position, from the statistics the round already has. The second look then runs for every rule (at T > 0 with
@@ -58,8 +62,10 @@ instructions as a chunk's statistics; larger race items would lengthen a row's l
 
 Arithmetic of the streaming phases: exp through the special-function unit's ex2 (``common.exp_scaled``: one
 multiply and one MUFU, subnormal results flushed to 0, which sums of at least 1 do not see), the race's logs through
-its lg2 on a GPU (``common.ln_fast``), p and q in the race and the second look scaled by the row's 1 / ST instead
-of divided. Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM.
+its lg2 on a GPU (``common.log2_fast``), p and q in the race and the second look scaled by the row's 1 / ST instead
+of divided; when every row of an item samples at T = 1 without filters, a token set's passes take p = p^ and q = q^
+from one exp (``_unit_law``: the same expression, bit for bit). Entries are addressed as tile offsets from a scalar
+start, so no per-entry index is formed (and kept live across a chunk) outside the rare branches that need one. Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM.
 
 Order of the queue: "super-steps" of one row each, stats of row s, then the second look of row s - 1, then the
 race of row s - 2 (s - 1 without a second look). A second look reads its row about one row of traffic after the
@@ -90,7 +96,7 @@ from .. import rules
 from ..outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from . import common, philox
 from .common import (BIG, LOG2E, NEG_INF, best_lowest_rows, exp_scaled, inv_temperature, ln_fast, load_logits,
-                     log2e_scale, row_params, temperature_ok, ticket, wait_flag)
+                     log2_fast, log2e_scale, row_params, temperature_ok, ticket, wait_flag)
 
 FAMILY_A = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_A])
 FAMILY_B = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_B])
@@ -160,6 +166,20 @@ def _blended(FAMILY: tl.constexpr, w, in_a, q, p):
 
 
 @triton.jit
+def _residual_diff(FAMILY: tl.constexpr, w, in_a, q, p):
+    """pi - q, the residual before its clamp at 0, in fewer operations than ``_blended`` and a subtraction (a
+    rounding apart): family A w (p - q), family B eta p - q 1[not A], lossy p - q."""
+    if FAMILY == FAMILY_A:
+        d = w * (p - q)
+    elif FAMILY == FAMILY_B:
+        d = w * p - tl.where(in_a, 0.0, q)
+    else:
+        tl.static_assert(FAMILY == FAMILY_LOSSY, "unknown rule family")
+        d = p - q
+    return d
+
+
+@triton.jit
 def _in_set(IN_SET: tl.constexpr, al, qh, ph, S1p):
     """v in A from the unscaled probabilities, as reference._blend compares them (the formula reads q^ or p^; the
     other is dead code)."""
@@ -214,6 +234,28 @@ def _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED: tl.constex
 
 
 @triton.jit
+def _unit_law(T, used, FILTERS: tl.constexpr):
+    """Whether every row in ``used`` samples at T = 1 without filters. Its sampling law is then its T = 1 softmax
+    bit for bit (``_probs_fast`` with scale log2(e) and 1 / ST, ST = S1 from the statistics, is ``_hat``), so a
+    token set's passes, which read both, compute each entry's exp once (``_law``)."""
+    if FILTERS:
+        unit = tl.max(used.to(tl.int32), axis=0) < 0  # never: filters make the law differ from the softmax
+    else:
+        unit = tl.max((used & (T != 1.0)).to(tl.int32), axis=0) == 0
+    return unit
+
+
+@triton.jit
+def _law(z, M, inv_ST, scale, keep, hat, unit, FILTERS: tl.constexpr):
+    """The sampling probability (``_probs_fast``), taken from the softmax ``hat`` already computed when ``unit``."""
+    if unit:
+        e = hat
+    else:
+        e = _probs_fast(z, M, inv_ST, scale, keep, FILTERS)
+    return e
+
+
+@triton.jit
 def _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED: tl.constexpr):
     """[R] (or [R, L] for i [1, L]) pointers to drafter position i of each row."""
     if RAGGED:
@@ -221,6 +263,15 @@ def _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED: tl.constexpr):
     else:
         ptr = zq_ptr + rows * stride_qb + i * stride_qk
     return ptr
+
+
+@triton.jit
+def _q_base(zq_ptr, rows, i, start, stride_qb, stride_qk, HAS_Q: tl.constexpr, RAGGED: tl.constexpr):
+    """[R, 1] pointers to drafter position i of each row (0 for token-only drafts, which pass no drafter logits)."""
+    if HAS_Q:
+        return _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None]
+    else:
+        return rows[:, None] * 0
 
 
 @triton.jit
@@ -255,9 +306,11 @@ def _group_looks(T, rmask, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr):
 
 
 @triton.jit
-def _tile_stats(z, v, invT, cut, scaled, greedy, FILTERS: tl.constexpr):
-    """Per row of an [R, BLOCK] tile of logits ``z`` (-inf outside the row): (max, sum exp(z - max), sum
-    exp((z - max) / T) over kept entries (rows with ``scaled``), lowest argmax (rows with ``greedy``), bad).
+def _tile_stats(z, offs, lo, invT, cut, scaled, greedy, FILTERS: tl.constexpr):
+    """Per row of an [R, BLOCK] tile of logits ``z`` (-inf outside the row) at entries lo + ``offs``: (max, sum
+    exp(z - max), sum exp((z - max) / T) over kept entries (rows with ``scaled``), lowest argmax (rows with
+    ``greedy``), bad). The argmax is found among the tile offsets and shifted by the scalar ``lo`` once per row, so no
+    per-entry index is formed outside that branch (it would stay live, and spill, across the whole chunk).
     Bad (a NaN or +inf entry) is read off the T = 1 sum: every term is at most 1 unless one is NaN, which a NaN
     entry makes (exp(NaN - max), or a NaN max) and so does +inf (max = +inf, inf - inf). An all -inf row is
     caught by the merge (M = -inf)."""
@@ -272,7 +325,8 @@ def _tile_stats(z, v, invT, cut, scaled, greedy, FILTERS: tl.constexpr):
         sT = tl.where(scaled, tl.sum(e, axis=1), s1)
     arg = m.to(tl.int32) * 0 + BIG
     if tl.max(greedy.to(tl.int32), axis=0) > 0:
-        arg = tl.min(tl.where(z == m[:, None], v[None, :], BIG), axis=1)
+        low = tl.min(tl.where(z == m[:, None], offs[None, :], BIG), axis=1)
+        arg = tl.where(low == BIG, BIG, low + lo)
     return m, s1, sT, arg, (s1 != s1).to(tl.int32)
 
 
@@ -541,31 +595,35 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         any_q = tl.max(use_q.to(tl.int32), axis=0) > 0
         c = 0
         nch = _chunks(j, NT, TILES, CHUNKS)
+        # Entries are tile offsets from the chunk's first entry lo (a scalar): the masks compare offs with V - lo,
+        # and only the rare branches that need an entry's index form one.
+        offs = tl.arange(0, TILES * BLOCK_V)
+        pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)
+        if HAS_Q:
+            qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)
         while c < nch:
             r = j * CHUNKS + c  # the chunk's record
             lo = r * (TILES * BLOCK_V)
-            v = lo + tl.arange(0, TILES * BLOCK_V)
-            zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :],
-                             use_p[:, None] & (v < V)[None, :], FP64)
+            inb = (offs < V - lo)[None, :]
+            zp = load_logits((pbase + lo)[:, None] + offs[None, :], use_p[:, None] & inb, FP64)
             if HAS_Q:  # both tiles of the chunk in flight together: one round trip to DRAM
-                zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None]
-                                 + v[None, :], use_q[:, None] & (v < V)[None, :], FP64)
+                zq = load_logits((qbase + lo)[:, None] + offs[None, :], use_q[:, None] & inb, FP64)
             # The chunk holding the draft records the logits there for the accept phase, which then reads only
             # what this launch wrote (no DRAM round trip on a row's chain). One chunk per drafted position takes
             # it; a draft outside the vocabulary (its position rejects) gets a 0 from the first, so nothing read
             # is unwritten.
             hold = use_q & (((xi >= lo) & (xi < lo + TILES * BLOCK_V) & ~outside) | (outside & (lo == 0)))
             if tl.max(hold.to(tl.int32), axis=0) > 0:
-                at = v[None, :] == xi[:, None]
+                at = offs[None, :] == tl.where(hold, xi - lo, -1).to(tl.int32)[:, None]
                 zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2
                 tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
                 if HAS_Q:
                     tl.store(zx + 1, tl.sum(tl.where(at, zq, 0.0), axis=1), mask=hold)
-            m, s1, sT, arg, bad = _tile_stats(zp, v, invT, cutp, scaled, greedy, FILTERS)
+            m, s1, sT, arg, bad = _tile_stats(zp, offs, lo, invT, cutp, scaled, greedy, FILTERS)
             _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, r, use_p, m, s1, sT, arg, bad)
             if HAS_Q:
                 if any_q:
-                    m, s1, sT, arg, bad = _tile_stats(zq, v, invT, cutq, scaled, greedy & use_q, FILTERS)
+                    m, s1, sT, arg, bad = _tile_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q, FILTERS)
                     _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NR, r, use_q, m, s1, sT, arg, bad)
             c += 1
     pos = g * KP + i
@@ -637,13 +695,13 @@ def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_
 
 
 @triton.jit
-def _look_tile(t, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, zq_ptr, zp_ptr, cutq_ptr,
-               cutp_ptr, K, V, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr,
+def _look_tile(t, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, zq_ptr, zp_ptr,
+               cutq_ptr, cutp_ptr, K, V, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr,
                IN_SET: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
                BLOCK_V: tl.constexpr):
     """Tile t of position i for the passes after the statistics (the second look, a token set's divergence):
     (q, p, v in A) over [R, BLOCK_V], q and p 0 outside the rows ``use`` and the vocabulary (membership only for a
-    token set; what a caller does not read is dead code)."""
+    token set; what a caller does not read is dead code; ``unit``: ``_unit_law`` of the rows)."""
     v = t * BLOCK_V + tl.arange(0, BLOCK_V)
     mask = use[:, None] & (v < V)[None, :]
     zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None] + v[None, :], mask, FP64)
@@ -653,11 +711,16 @@ def _look_tile(t, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq
     if FILTERS:
         keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None])
         keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * (K + 1) + i, mask=use, other=0.0)[:, None])
-    q = _probs_fast(zq, Mq, inv_STq, scale, keep_q, FILTERS)
-    p = _probs_fast(zp, Mp, inv_STp, scale, keep_p, FILTERS)
     in_a = mask
     if FAMILY == FAMILY_B:
-        in_a = _in_set(IN_SET, al, _hat(zq, Mq, S1q), _hat(zp, Mp, S1p), S1p)
+        qh = _hat(zq, Mq, S1q)
+        ph = _hat(zp, Mp, S1p)
+        in_a = _in_set(IN_SET, al, qh, ph, S1p)
+        q = _law(zq, Mq, inv_STq, scale, keep_q, qh, unit, FILTERS)
+        p = _law(zp, Mp, inv_STp, scale, keep_p, ph, unit, FILTERS)
+    else:
+        q = _probs_fast(zq, Mq, inv_STq, scale, keep_q, FILTERS)
+        p = _probs_fast(zp, Mp, inv_STp, scale, keep_p, FILTERS)
     return q, p, in_a
 
 
@@ -685,6 +748,7 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
             scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
                                                                         pos_f_ptr, alpha_ptr, alpha_val, B, K,
                                                                         USES_ALPHA)
+            unit = _unit_law(T, use, FILTERS)
             acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
             acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
             c = 0
@@ -692,7 +756,7 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
             while c < nch:
                 for u in tl.static_range(TILES):
                     q, p, in_a = _look_tile((j * CHUNKS + c) * TILES + u, rows, i, start, use, scale, Mp, S1p,
-                                            inv_STp, Mq, S1q, inv_STq, al, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr, K, V,
+                                            inv_STp, Mq, S1q, inv_STq, al, unit, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr, K, V,
                                             stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, RAGGED,
                                             FILTERS, FP64, BLOCK_V)
                     if FAMILY == FAMILY_B:
@@ -958,39 +1022,49 @@ def _residual_consts(rows, rmask, racing, m, T, o, row_i_ptr, row_f_ptr, pos_m_p
 
 
 @triton.jit
-def _residual_tile(T, start, m, rows, racing, zp, keep_p, Mp, v, mask, scale, inv_STp, wm, Mq, inv_STq, S1p, S1q,
-                   argp, argq, xm, al, zq_ptr, cutq_ptr, K, stride_qb, stride_qk, FAMILY: tl.constexpr,
-                   IN_SET: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr,
-                   FP64: tl.constexpr):
-    """pi_m and q_m over an [R, BLOCK] tile (``v``) of the rows that race a residual, from the target tile
-    ``zp`` already loaded and the row constants of ``_residual_consts``: (pi, q)."""
+def _residual_tile(T, m, rows, racing, zp, keep_p, Mp, offs, lo, mask, scale, inv_STp, wm, Mq, inv_STq, S1p, S1q,
+                   argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
+                   HAS_Q: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, DIFF: tl.constexpr = False):
+    """pi_m and q_m over an [R, BLOCK] tile of the rows that race a residual (entries lo + ``offs``, ``lo`` a
+    scalar: indices are compared as offsets, none formed per entry), from the target tile ``zp`` already loaded and
+    the row constants of ``_residual_consts`` (``qbase``: [R, 1] pointers to the rows of zq_m): (pi, q), or with
+    ``DIFF`` (pi - q, q) by ``_residual_diff``."""
     greedy = (T == 0)[:, None]
     any_greedy = tl.max((racing & (T == 0)).to(tl.int32), axis=0) > 0
-    p = _probs_fast(zp, Mp, inv_STp, scale, keep_p, FILTERS)
+    if FAMILY == FAMILY_B:
+        unit = _unit_law(T, racing, FILTERS)
+        ph = _hat(zp, Mp, S1p)
+        p = _law(zp, Mp, inv_STp, scale, keep_p, ph, unit, FILTERS)
+    else:
+        p = _probs_fast(zp, Mp, inv_STp, scale, keep_p, FILTERS)
     if any_greedy:
-        p = tl.where(greedy, (v == argp).to(tl.float32), p)
+        p = tl.where(greedy, (offs == argp - lo).to(tl.float32), p)
     if HAS_Q:
-        zq = load_logits(_q_rows(zq_ptr, rows, m, start, stride_qb, stride_qk, RAGGED)[:, None] + v, mask, FP64)
+        zq = load_logits(qbase + lo + offs, mask, FP64)
         keep_q = mask & (zq > NEG_INF)
         if FILTERS:
             keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + m, mask=racing & (m < K), other=0.0)[:, None])
-        q = _probs_fast(zq, Mq, inv_STq, scale, keep_q, FILTERS)
+        if FAMILY == FAMILY_B:
+            qh = _hat(zq, Mq, S1q)
+            q = _law(zq, Mq, inv_STq, scale, keep_q, qh, unit, FILTERS)
+        else:
+            q = _probs_fast(zq, Mq, inv_STq, scale, keep_q, FILTERS)
         if any_greedy:
-            q = tl.where(greedy, (v == argq).to(tl.float32), q)
-        x_ok = v >= 0
+            q = tl.where(greedy, (offs == argq - lo).to(tl.float32), q)
     else:
-        x_ok = (v * 0 + xm) >= 0
-        q = (v == xm).to(tl.float32)
+        q = (offs == xm - lo).to(tl.float32)
+        qh = q
     in_a = mask
     if FAMILY == FAMILY_B:
-        ph = _hat(zp, Mp, S1p)
-        if HAS_Q:
-            qh = _hat(zq, Mq, S1q)
-        else:
-            qh = q
         in_a = _in_set(IN_SET, al, qh, ph, S1p)
-    pi = _blended(FAMILY, wm, in_a, q, p)
-    pi = tl.where(x_ok, pi, p)  # a token-only draft outside the vocabulary: the position emits from p
+    if DIFF:
+        pi = _residual_diff(FAMILY, wm, in_a, q, p)
+        if not HAS_Q:
+            pi = tl.where(xm >= 0, pi, p - q)  # a token-only draft outside the vocabulary: the position emits from p
+    else:
+        pi = _blended(FAMILY, wm, in_a, q, p)
+        if not HAS_Q:
+            pi = tl.where(xm >= 0, pi, p)  # a token-only draft outside the vocabulary: the position emits from p
     return pi, q
 
 
@@ -1010,10 +1084,12 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
         K, FAMILY, USES_ALPHA, HAS_Q)
     best = T * 0.0 + NEG_INF
     idx = rows.to(tl.int32) * 0 + BIG
+    qbase = _q_base(zq_ptr, rows, m, start, stride_qb, stride_qk, HAS_Q, RAGGED)
     t = m * 0
     while tl.max(t, axis=0) < NT:
         v0 = tl.max(t, axis=0) * BLOCK_V
-        v = v0 + tl.arange(0, BLOCK_V)[None, :]
+        offs = tl.arange(0, BLOCK_V)[None, :]
+        v = v0 + offs
         noise = philox.gumbel_flat(row_params(seed_ptr, seed_val, rows, rmask),
                                    row_params(offset_ptr, offset_val, rows, rmask) + m, STREAM_EMIT, v0, BLOCK_V)
         mask = flat[:, None] & (v < V)
@@ -1021,9 +1097,8 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
         keep_p = mask & (zp > NEG_INF)
         if FILTERS:
             keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=flat, other=0.0)[:, None])
-        pi, q = _residual_tile(T, start, m, rows, flat, zp, keep_p, Mp, v, mask, scale, inv_STp, wm, Mq, inv_STq,
-                               S1p, S1q, argp, argq, xm, al, zq_ptr, cutq_ptr, K, stride_qb, stride_qk, FAMILY, IN_SET,
-                               HAS_Q, RAGGED, FILTERS, FP64)
+        pi, q = _residual_tile(T, m, rows, flat, zp, keep_p, Mp, offs, v0, mask, scale, inv_STp, wm, Mq, inv_STq,
+                               S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY, IN_SET, HAS_Q, FILTERS, FP64)
         fs = tl.where(mask, ln_fast(pi) + noise, NEG_INF)
         b, i = best_lowest_rows(tl.where(fs == fs, fs, NEG_INF), v.to(tl.int32))
         take = (b > best) | (idx == BIG)
@@ -1068,41 +1143,50 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         Mp = tl.load(pos_m_ptr + o, mask=racing, other=0.0, cache_modifier=".cg")[:, None]
         seed = row_params(seed_ptr, seed_val, rows, rmask)
         pos = row_params(offset_ptr, offset_val, rows, rmask) + m
-        invT = inv_temperature(T)[:, None]
         scale, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al = _residual_consts(
             rows, rmask, resid_row, m, T, o, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, alpha_ptr,
             alpha_val, B, K, FAMILY, USES_ALPHA, HAS_Q)
         bonus = bonus_row[:, None]
-        v0 = j.to(tl.int64) * (TILES * BLOCK_V) + tl.arange(0, BLOCK_V)[None, :]
+        offs = tl.arange(0, BLOCK_V)[None, :]
+        pbase = _p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None]
+        qbase = _q_base(zq_ptr, rows, m, start, stride_qb, stride_qk, HAS_Q, RAGGED)
         acc_s = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32) + NEG_INF
-        acc_i = (v0 + rows[:, None] * 0).to(tl.int32)  # an all -inf item reports its lowest entry, as a tile did
+        acc_u = tl.zeros([ROWS, BLOCK_V], dtype=tl.int32)  # the tile of an entry's best (an all -inf item: tile 0)
         acc_w = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
         for u in tl.static_range(TILES):
             t = j.to(tl.int64) * TILES + u  # tiles past the last (t >= NT) read nothing
-            v = v0 + u * BLOCK_V
-            noise = philox.gumbel_flat(seed, pos, STREAM_EMIT, t * BLOCK_V, BLOCK_V)
-            mask = racing[:, None] & (v < V)
-            zp = load_logits(_p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None] + v, mask,
-                             FP64)
+            lo = t * BLOCK_V
+            # Scores in base-2 units: log2 w + (G + ln ln 2) / ln 2 = log2 w - e2 (and (z - M) log2(e) / T - e2 for
+            # the bonus), the natural-log scores divided by ln 2 and shifted by one constant: the same argmax.
+            e2 = philox.gumbel_flat(seed, pos, STREAM_EMIT, lo, BLOCK_V, BASE2=True)
+            mask = racing[:, None] & (offs < V - lo)
+            zp = load_logits(pbase + lo + offs, mask, FP64)
             keep_p = mask & (zp > NEG_INF)
             if FILTERS:
                 keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=racing, other=0.0)[:, None])
             s = tl.full([ROWS, BLOCK_V], NEG_INF, tl.float32)
-            if any_bonus:
-                s = tl.where(bonus & keep_p, _rel(zp, Mp) * invT + noise, s)
+            if any_bonus:  # (a masked or dead entry is -inf, and scores -inf; a row that does not race stores nothing)
+                s = _rel(zp, Mp) * scale - e2
+                if FILTERS:
+                    s = tl.where(keep_p, s, NEG_INF)
             if any_resid:
                 rmask3 = mask & resid_row[:, None]
-                pi, q = _residual_tile(T, start, m, rows, resid_row, zp, keep_p, Mp, v, rmask3, scale, inv_STp, wm,
-                                       Mq, inv_STq, S1p, S1q, argp, argq, xm, al, zq_ptr, cutq_ptr, K, stride_qb,
-                                       stride_qk, FAMILY, IN_SET, HAS_Q, RAGGED, FILTERS, FP64)
-                wv = tl.where(rmask3, tl.maximum(pi - q, 0.0), 0.0)
-                sr = tl.where(rmask3, ln_fast(wv) + noise, NEG_INF)
-                s = tl.where(bonus, s, tl.where(sr == sr, sr, NEG_INF))
+                d, q = _residual_tile(T, m, rows, resid_row, zp, keep_p, Mp, offs, lo, rmask3, scale, inv_STp, wm,
+                                      Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY, IN_SET,
+                                      HAS_Q, FILTERS, FP64, DIFF=True)
+                # w = max(0, pi - q) (0 at masked entries, where pi = q = 0); log2 0 = -inf scores the rest -inf
+                wv = tl.maximum(d, 0.0)
+                sr = log2_fast(wv) - e2
+                if ROWS == 1:  # the row races its residual
+                    s = sr
+                else:
+                    s = tl.where(bonus, s, sr)
                 acc_w += wv
             take = s > acc_s
-            acc_i = tl.where(take, v.to(tl.int32), acc_i)
+            acc_u = tl.where(take, u, acc_u)
             acc_s = tl.where(take, s, acc_s)
-        best, idx = best_lowest_rows(acc_s, acc_i)
+        best, low = best_lowest_rows(acc_s, acc_u * BLOCK_V + offs)
+        idx = (j * (TILES * BLOCK_V) + low).to(tl.int32)
         mass = tl.where(bonus_row, 1.0, tl.sum(acc_w, axis=1))
         tl.store(race_f_ptr + rows * NI + j, best, mask=racing)
         tl.store(race_f_ptr + (B + rows) * NI + j, mass, mask=racing)
@@ -1158,9 +1242,10 @@ def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, 
                                                                     USES_ALPHA)
         Q = 1.0 - tl.load(look_ptr + rows * K + i, mask=use, other=1.0, cache_modifier=".cg")[:, None]
         acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
+        unit = _unit_law(T, use, FILTERS)
         for u in tl.static_range(TILES):
             q, p, in_a = _look_tile(j * TILES + u, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q,
-                                    inv_STq, al, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr, K, V, stride_qb, stride_qk,
+                                    inv_STq, al, unit, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr, K, V, stride_qb, stride_qk,
                                     stride_pb, stride_pk, FAMILY_B, IN_SET, RAGGED, FILTERS, FP64, BLOCK_V)
             acc += tl.where(in_a, tl.maximum(q - Q * p, 0.0), 0.0)
         tl.store(look_part_ptr + (rows * K + i) * NI + j, tl.sum(acc, axis=1), mask=use)
