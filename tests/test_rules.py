@@ -67,6 +67,30 @@ def test_formulas_run_on_tensors(rule):
         assert info.weight is None and info.in_set is None
 
 
+@pytest.mark.parametrize("rule", RULES)
+def test_formulas_read_exactly_what_their_row_declares(rule):
+    """``Rule.reads`` is what the formula reads: changing a statistic it does not declare never changes the
+    result, and changing one it declares does somewhere. The kernels trust it (a token set whose membership does
+    not read p^ skips the target tile in its second look)."""
+    info = RULE_INFO[rule]
+    if info.family == rules.FAMILY_LOSSY:
+        pytest.skip("lossy has no formula")
+    g = torch.Generator().manual_seed(3)
+    names = ("max_qh", "max_ph", "tv") if info.family == rules.FAMILY_A else ("qh", "ph", "max_ph")
+    fn = info.weight if info.family == rules.FAMILY_A else info.in_set
+    args = {n: torch.rand(4096, generator=g) for n in names}
+    lo, hi = max(info.alpha_range[0], -2.0), min(info.alpha_range[1], 2.0)
+    alphas = torch.linspace(lo, hi - (1e-3 if info.high_open else 0.0), 4096)
+    base = fn(alphas, *(args[n] for n in names)).float()
+    for n in names:
+        moved = dict(args, **{n: torch.rand(4096, generator=g)})
+        changed = (fn(alphas, *(moved[m] for m in names)).float() != base).any()
+        if n in info.reads:
+            assert changed, f"{rule} declares {n} but ignores it"
+        else:
+            assert not changed, f"{rule} reads {n}, which its row does not declare"
+
+
 def test_malformed_rows_fail_at_import():
     base = RULE_INFO["chow"]
     for bad in (dataclasses.replace(base, name="x", code=base.code),  # duplicate code

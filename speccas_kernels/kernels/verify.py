@@ -127,10 +127,12 @@ def _no_formula(alpha, a, b, c):
 
 @functools.lru_cache(maxsize=None)
 def rule_constexprs(rule: rules.Rule) -> dict:
-    """The constexprs a rule compiles to: FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN."""
+    """The constexprs a rule compiles to: FAMILY, NEEDS_TV, READS_PH (a token set whose membership reads p^),
+    WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN."""
     return dict(
         FAMILY=rule.family_code,
         NEEDS_TV=rule.needs_tv,
+        READS_PH="ph" in rule.reads,
         WEIGHT=_jit_formula(rule.weight) if rule.weight is not None else _no_formula,
         IN_SET=_jit_formula(rule.in_set) if rule.in_set is not None else _no_formula,
         USES_ALPHA=rule.uses_alpha,
@@ -382,6 +384,7 @@ def _verify_kernel(
     stride_qb, stride_qk, stride_pb, stride_pk,
     FAMILY: tl.constexpr,
     NEEDS_TV: tl.constexpr,
+    READS_PH: tl.constexpr,
     WEIGHT: tl.constexpr,
     IN_SET: tl.constexpr,
     USES_ALPHA: tl.constexpr,
@@ -464,7 +467,7 @@ def _verify_kernel(
                                cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
                                c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
                                USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
-                               BLOCK_K, BLOCK_T, TILES, CHUNKS)
+                               BLOCK_K, BLOCK_T, TILES, CHUNKS, READS_PH)
         elif r < stats_items + look_items + NI:
             g = (s - lag).to(tl.int64)
             if (g >= 0) & (g < G):
@@ -698,27 +701,36 @@ def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_
 def _look_tile(t, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, zq_ptr, zp_ptr,
                cutq_ptr, cutp_ptr, K, V, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr,
                IN_SET: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
-               BLOCK_V: tl.constexpr):
+               BLOCK_V: tl.constexpr, NEED_P: tl.constexpr = True):
     """Tile t of position i for the passes after the statistics (the second look, a token set's divergence):
     (q, p, v in A) over [R, BLOCK_V], q and p 0 outside the rows ``use`` and the vocabulary (membership only for a
-    token set; what a caller does not read is dead code; ``unit``: ``_unit_law`` of the rows)."""
+    token set; what a caller does not read is dead code; ``unit``: ``_unit_law`` of the rows). Without ``NEED_P``
+    (a token set whose membership reads only q^, and no divergence) the target tile is not loaded and p is 0."""
     v = t * BLOCK_V + tl.arange(0, BLOCK_V)
     mask = use[:, None] & (v < V)[None, :]
     zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None] + v[None, :], mask, FP64)
-    zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :], mask, FP64)
     keep_q = mask & (zq > NEG_INF)
-    keep_p = mask & (zp > NEG_INF)
     if FILTERS:
         keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None])
-        keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * (K + 1) + i, mask=use, other=0.0)[:, None])
+    if NEED_P:
+        zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :], mask,
+                         FP64)
+        keep_p = mask & (zp > NEG_INF)
+        if FILTERS:
+            keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * (K + 1) + i, mask=use, other=0.0)[:, None])
     in_a = mask
     if FAMILY == FAMILY_B:
         qh = _hat(zq, Mq, S1q)
-        ph = _hat(zp, Mp, S1p)
-        in_a = _in_set(IN_SET, al, qh, ph, S1p)
         q = _law(zq, Mq, inv_STq, scale, keep_q, qh, unit, FILTERS)
-        p = _law(zp, Mp, inv_STp, scale, keep_p, ph, unit, FILTERS)
+        if NEED_P:
+            ph = _hat(zp, Mp, S1p)
+            p = _law(zp, Mp, inv_STp, scale, keep_p, ph, unit, FILTERS)
+        else:  # the membership reads q^ only (IN_SET ignores its p^ argument)
+            ph = qh
+            p = q * 0.0
+        in_a = _in_set(IN_SET, al, qh, ph, S1p)
     else:
+        tl.static_assert(NEED_P, "family A's passes read p")
         q = _probs_fast(zq, Mq, inv_STq, scale, keep_q, FILTERS)
         p = _probs_fast(zp, Mp, inv_STp, scale, keep_p, FILTERS)
     return q, p, in_a
@@ -734,9 +746,10 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
-               CHUNKS: tl.constexpr):
+               CHUNKS: tl.constexpr, READS_PH: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
-    entry into one record per item; the program with the last ticket sums the NS records."""
+    entry into one record per item; the program with the last ticket sums the NS records. A token set whose
+    membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NS = _items(NT, TILES, CHUNKS)  # second-look items per position (a stats item's chunks)
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
@@ -758,7 +771,8 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
                     q, p, in_a = _look_tile((j * CHUNKS + c) * TILES + u, rows, i, start, use, scale, Mp, S1p,
                                             inv_STp, Mq, S1q, inv_STq, al, unit, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr, K, V,
                                             stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, RAGGED,
-                                            FILTERS, FP64, BLOCK_V)
+                                            FILTERS, FP64, BLOCK_V,
+                                            NEED_P=(FAMILY != FAMILY_B) or READS_PH or DIVERGENCE)
                     if FAMILY == FAMILY_B:
                         acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
                         if DIVERGENCE:
