@@ -551,3 +551,8 @@ def test_grid_point_end_to_end(tmp_path, monkeypatch):
     assert [r.split(" | ")[:3] for r in table[2:]] == [["| token_v3", "8", "bf16"], ["| token_v3", "1", "fp32"],
                                                       ["| sample", "8", "fp32"]], table
     assert all("| 1 + 0 | 1 + 0 |" in r for r in table[2:]), table
+    # a third version that re-ran only sample (its change reached no README rule's kernel) is not compared
+    rf.run_grid(pts[2:], dict(meta, version="w"), write=True)
+    md = rf.render(tmp_path / "report.md").splitlines()
+    assert [line for line in md if line.startswith("## For the README")] == [
+        f"## For the README: t against u, K = 2, V = 1000 ({rf.MODEL_BANNER})"], md[:12]
