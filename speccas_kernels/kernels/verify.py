@@ -65,7 +65,8 @@ multiply and one MUFU, subnormal results flushed to 0, which sums of at least 1 
 its lg2 on a GPU (``common.log2_fast``), p and q in the race and the second look scaled by the row's 1 / ST instead
 of divided; when every row of an item samples at T = 1 without filters, a token set's passes take p = p^ and q = q^
 from one exp (``_unit_law``: the same expression, bit for bit). Entries are addressed as tile offsets from a scalar
-start, so no per-entry index is formed (and kept live across a chunk) outside the rare branches that need one. Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM.
+start, so no per-entry index is formed (and kept live across a chunk) outside the rare branches that need one.
+Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM.
 
 Order of the queue: "super-steps" of one row each, stats of row s, then the second look of row s - 1, then the
 race of row s - 2 (s - 1 without a second look). A second look reads its row about one row of traffic after the
@@ -769,8 +770,8 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
             while c < nch:
                 for u in tl.static_range(TILES):
                     q, p, in_a = _look_tile((j * CHUNKS + c) * TILES + u, rows, i, start, use, scale, Mp, S1p,
-                                            inv_STp, Mq, S1q, inv_STq, al, unit, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr, K, V,
-                                            stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, RAGGED,
+                                            inv_STp, Mq, S1q, inv_STq, al, unit, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr,
+                                            K, V, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, RAGGED,
                                             FILTERS, FP64, BLOCK_V,
                                             NEED_P=(FAMILY != FAMILY_B) or READS_PH or DIVERGENCE)
                     if FAMILY == FAMILY_B:
