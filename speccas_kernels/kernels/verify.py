@@ -699,23 +699,22 @@ def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_
 
 
 @triton.jit
-def _look_tile(t, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, zq_ptr, zp_ptr,
-               cutq_ptr, cutp_ptr, K, V, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr,
-               IN_SET: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
-               BLOCK_V: tl.constexpr, NEED_P: tl.constexpr = True):
-    """Tile t of position i for the passes after the statistics (the second look, a token set's divergence):
-    (q, p, v in A) over [R, BLOCK_V], q and p 0 outside the rows ``use`` and the vocabulary (membership only for a
-    token set; what a caller does not read is dead code; ``unit``: ``_unit_law`` of the rows). Without ``NEED_P``
-    (a token set whose membership reads only q^, and no divergence) the target tile is not loaded and p is 0."""
-    v = t * BLOCK_V + tl.arange(0, BLOCK_V)
-    mask = use[:, None] & (v < V)[None, :]
-    zq = load_logits(_q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None] + v[None, :], mask, FP64)
+def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr,
+               cutp_ptr, K, V, FAMILY: tl.constexpr, IN_SET: tl.constexpr, FILTERS: tl.constexpr,
+               FP64: tl.constexpr, NEED_P: tl.constexpr = True):
+    """The tile of entries lo + ``offs`` ([BLOCK_V]; ``lo`` a scalar) of position i for the passes after the
+    statistics (the second look, a token set's divergence), whose rows start at ``qbase`` / ``pbase`` ([R, 1]
+    pointers, formed once per work item): (q, p, v in A) over [R, BLOCK_V], q and p 0 outside the rows ``use`` and
+    the vocabulary (membership only for a token set; what a caller does not read is dead code; ``unit``:
+    ``_unit_law`` of the rows). Without ``NEED_P`` (a token set whose membership reads only q^, and no divergence)
+    the target tile is not loaded and p is 0."""
+    mask = use[:, None] & (offs < V - lo)[None, :]
+    zq = load_logits(qbase + lo + offs[None, :], mask, FP64)
     keep_q = mask & (zq > NEG_INF)
     if FILTERS:
         keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None])
     if NEED_P:
-        zp = load_logits(_p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None] + v[None, :], mask,
-                         FP64)
+        zp = load_logits(pbase + lo + offs[None, :], mask, FP64)
         keep_p = mask & (zp > NEG_INF)
         if FILTERS:
             keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * (K + 1) + i, mask=use, other=0.0)[:, None])
@@ -765,14 +764,16 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
             unit = _unit_law(T, use, FILTERS)
             acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
             acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
+            offs = tl.arange(0, BLOCK_V)
+            qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None]
+            pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None]
             c = 0
             nch = _chunks(j, NT, TILES, CHUNKS)
             while c < nch:
                 for u in tl.static_range(TILES):
-                    q, p, in_a = _look_tile((j * CHUNKS + c) * TILES + u, rows, i, start, use, scale, Mp, S1p,
-                                            inv_STp, Mq, S1q, inv_STq, al, unit, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr,
-                                            K, V, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, RAGGED,
-                                            FILTERS, FP64, BLOCK_V,
+                    q, p, in_a = _look_tile(((j * CHUNKS + c) * TILES + u) * BLOCK_V, offs, rows, i, use, scale,
+                                            Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr,
+                                            cutp_ptr, K, V, FAMILY, IN_SET, FILTERS, FP64,
                                             NEED_P=(FAMILY != FAMILY_B) or READS_PH or DIVERGENCE)
                     if FAMILY == FAMILY_B:
                         acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
@@ -1258,10 +1259,13 @@ def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, 
         Q = 1.0 - tl.load(look_ptr + rows * K + i, mask=use, other=1.0, cache_modifier=".cg")[:, None]
         acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
         unit = _unit_law(T, use, FILTERS)
+        offs = tl.arange(0, BLOCK_V)
+        qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None]
+        pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None]
         for u in tl.static_range(TILES):
-            q, p, in_a = _look_tile(j * TILES + u, rows, i, start, use, scale, Mp, S1p, inv_STp, Mq, S1q,
-                                    inv_STq, al, unit, zq_ptr, zp_ptr, cutq_ptr, cutp_ptr, K, V, stride_qb, stride_qk,
-                                    stride_pb, stride_pk, FAMILY_B, IN_SET, RAGGED, FILTERS, FP64, BLOCK_V)
+            q, p, in_a = _look_tile((j * TILES + u) * BLOCK_V, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq,
+                                    S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K, V, FAMILY_B, IN_SET,
+                                    FILTERS, FP64)
             acc += tl.where(in_a, tl.maximum(q - Q * p, 0.0), 0.0)
         tl.store(look_part_ptr + (rows * K + i) * NI + j, tl.sum(acc, axis=1), mask=use)
     _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, B, K, NT, c_flag, c_fin,
