@@ -297,7 +297,12 @@ def test_gpu_launch_settings_pick_gpu_tiles():
         work = rf.count_device_work(speccas_kernels.verify, zq64, zp64, x.expand(64, 4), rule="chow",
                                     backend="triton")
     big = work.launches[0].constexprs
-    assert big["TILES"] == 4 and big["CHUNKS"] == 4, "a full batch: stats items of four chunks of four tiles"
+    assert big["TILES"] == 4 and big["CHUNKS"] == 8, "a full bf16 batch: stats items of eight chunks of four tiles"
+    with rf.gpu_launch_settings():
+        work = rf.count_device_work(speccas_kernels.verify, zq64.float(), zp64.float(), x.expand(64, 4), rule="chow",
+                                    backend="triton")
+    big = work.launches[0].constexprs
+    assert big["TILES"] == 4 and big["CHUNKS"] == 4, "a full fp32 batch: stats items of four chunks of four tiles"
     work = rf.count_device_work(speccas_kernels.verify, zq, zp, x, rule="chow", backend="triton")
     kernel = work.launches[0]
     assert kernel.constexprs["BLOCK_V"] != 2048 and kernel.grid == (1, 1, 1), \
