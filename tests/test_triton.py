@@ -222,7 +222,10 @@ def test_philox_matches_random_module(device):
 def _gumbel_flat_probe_kernel(g_ptr, seed_ptr, pos_ptr, v0, R: tl.constexpr, BLOCK: tl.constexpr,
                               BASE2: tl.constexpr = False):
     r = tl.arange(0, R)
-    noise = philox.gumbel_flat(tl.load(seed_ptr + r), tl.load(pos_ptr + r), 2, v0, BLOCK, BASE2=BASE2)
+    if BASE2:
+        noise = philox.exp_log2_flat(tl.load(seed_ptr + r), tl.load(pos_ptr + r), 2, v0, BLOCK)
+    else:
+        noise = philox.gumbel_flat(tl.load(seed_ptr + r), tl.load(pos_ptr + r), 2, v0, BLOCK)
     tl.store(g_ptr + r[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :], noise)
 
 
@@ -242,8 +245,8 @@ def test_gumbel_flat_matches_random_module(device):
 
 
 def test_gumbel_flat_base2_is_the_shifted_scaled_gumbel(device):
-    """The base-2 noise the races score with, log2(-log2 u), is -(G + ln ln 2) / ln 2 of ``random.gumbel``'s G entry
-    by entry: a score log2 w minus it is (log w + G + ln ln 2) / ln 2, so every race keeps its argmax. Negative
+    """The base-2 noise the races score with, ``exp_log2_flat`` = log2(-log2 u), is -(G + ln ln 2) / ln 2 of
+    ``random.gumbel``'s G entry by entry: a score log2 w minus it is (log w + G + ln ln 2) / ln 2, so every race keeps its argmax. Negative
     controls: the plain noise G, and the base-2 noise without its sign, are not it."""
     seeds = torch.tensor([0, 5, -3, 2**62])
     pos = torch.tensor([1, 2**40, 7, 0])

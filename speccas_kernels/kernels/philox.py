@@ -9,8 +9,8 @@
 ``seed`` and ``pos`` are int64 (scalars or blocks), ``v`` an integer block. Written out rather than
 calling ``tl.randint4x`` because the counter layout differs (Triton's puts the offset in c0/c1).
 
-``gumbel_flat`` evaluates Philox once per group of four vocabulary entries and uses all four words, joined in
-registers into a flat ``[R, BLOCK]`` tile (the same bits as ``gumbel``).
+``uniform_flat`` (and ``gumbel_flat`` / ``exp_log2_flat`` over it) evaluates Philox once per group of four
+vocabulary entries and uses all four words, joined into a flat ``[R, BLOCK]`` tile (the same bits as ``uniform``).
 """
 
 import triton
@@ -80,15 +80,10 @@ def gumbel(seed, pos, stream: tl.constexpr, v):
 
 
 @triton.jit
-def gumbel_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr, BASE2: tl.constexpr = False):
-    """Gumbel noise for R rows (``seed``, ``pos``: [R] int64) at entries v0 .. v0 + BLOCK - 1 (v0 a multiple of 4)
-    as an [R, BLOCK] tile, one Philox evaluation per group of four entries of a row, its four words joined in
-    registers (each thread holds whole groups: the tile needs no trip through shared memory to meet a [R, BLOCK]
-    load). The logs are ``common.ln_fast``: on a GPU within about 2**-22 of ``gumbel``'s.
-
-    ``BASE2``: log2(-log2(u)) = -(G + ln ln 2) / ln 2 instead, for a race scored in base-2 units: log2 w minus it
-    is (log w + G + ln ln 2) / ln 2, the same argmax, and two multiplies and two negations fewer per entry (the
-    caller subtracts; the inner negation is an absolute value the special-function unit takes as an operand)."""
+def uniform_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr):
+    """Uniforms for R rows (``seed``, ``pos``: [R] int64) at entries v0 .. v0 + BLOCK - 1 (v0 a multiple of 4) as an
+    [R, BLOCK] tile, one Philox evaluation per group of four entries of a row, its four words joined into the flat
+    tile (the same bits as ``uniform``)."""
     g = tl.arange(0, BLOCK // 4)
     seed = seed.to(tl.int64)[:, None]
     pos = pos.to(tl.int64)[:, None]
@@ -102,7 +97,22 @@ def gumbel_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr, BASE2:
     w0, w1, w2, w3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
     # join(join(w0, w2), join(w1, w3))[r, g, a, b] = word 2 a + b: flattened, entry 4 g + j holds word j
     bits = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [seed.shape[0], BLOCK])
-    u = bits_to_uniform(bits)
-    if BASE2:
-        return log2_fast(tl.abs(log2_fast(u)))  # |log2 u| = -log2 u
+    return bits_to_uniform(bits)
+
+
+@triton.jit
+def gumbel_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr):
+    """Gumbel noise -log(-log u) over ``uniform_flat``'s tile. The logs are ``common.ln_fast``: on a GPU within
+    about 2**-22 of ``gumbel``'s."""
+    u = uniform_flat(seed, pos, stream, v0, BLOCK)
     return -ln_fast(-ln_fast(u))
+
+
+@triton.jit
+def exp_log2_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr):
+    """log2(-log2 u) over ``uniform_flat``'s tile: -(G + ln ln 2) / ln 2 for the Gumbel noise G of the same bits,
+    the noise of a race scored in base-2 units (log2 w minus it is (log w + G + ln ln 2) / ln 2: the same argmax,
+    with two multiplies and two negations fewer per entry; the inner negation is an absolute value, which the
+    special-function unit takes as an operand)."""
+    u = uniform_flat(seed, pos, stream, v0, BLOCK)
+    return log2_fast(tl.abs(log2_fast(u)))  # |log2 u| = -log2 u

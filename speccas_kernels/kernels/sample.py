@@ -29,7 +29,7 @@ from . import common
 from .common import (BIG, NEG_INF, best_lowest_rows, inv_temperature, load_logits, log2e_scale, row_params,
                      temperature_ok)
 from .filters import _cutoffs, cutoff_passes, filter_args, filter_params
-from .philox import gumbel_flat
+from .philox import exp_log2_flat
 
 STREAM_DRAFT = tl.constexpr(rules.STREAM_DRAFT)
 
@@ -108,7 +108,7 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
     bad = (rs != rs).to(tl.int32)
     e2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
     if tl.max((T > 0).to(tl.int32), axis=0) > 0:  # some row samples: the noise (rows of one program share this)
-        e2 = gumbel_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V, BASE2=True)  # -(G + ln ln 2) / ln 2
+        e2 = exp_log2_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V)  # -(G + ln ln 2) / ln 2
     keep = z > NEG_INF  # (not NaN either)
     if cut is not None:
         keep = keep & (z >= cut[:, None])

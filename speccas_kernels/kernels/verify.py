@@ -237,24 +237,24 @@ def _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED: tl.constex
 
 
 @triton.jit
-def _unit_law(T, used, FILTERS: tl.constexpr):
-    """Whether every row in ``used`` samples at T = 1 without filters. Its sampling law is then its T = 1 softmax
+def _unit_law(T, used):
+    """Whether every row in ``used`` samples at T = 1. Without filters its sampling law is then its T = 1 softmax
     bit for bit (``_probs_fast`` with scale log2(e) and 1 / ST, ST = S1 from the statistics, is ``_hat``), so a
     token set's passes, which read both, compute each entry's exp once (``_law``)."""
-    if FILTERS:
-        unit = tl.max(used.to(tl.int32), axis=0) < 0  # never: filters make the law differ from the softmax
-    else:
-        unit = tl.max((used & (T != 1.0)).to(tl.int32), axis=0) == 0
-    return unit
+    return tl.max((used & (T != 1.0)).to(tl.int32), axis=0) == 0
 
 
 @triton.jit
 def _law(z, M, inv_ST, scale, keep, hat, unit, FILTERS: tl.constexpr):
-    """The sampling probability (``_probs_fast``), taken from the softmax ``hat`` already computed when ``unit``."""
-    if unit:
-        e = hat
-    else:
+    """The sampling probability (``_probs_fast``), taken from the softmax ``hat`` already computed when ``unit``
+    (``_unit_law``) and there are no filters (with them the law is not the softmax)."""
+    if FILTERS:
         e = _probs_fast(z, M, inv_ST, scale, keep, FILTERS)
+    else:
+        if unit:
+            e = hat
+        else:
+            e = _probs_fast(z, M, inv_ST, scale, keep, FILTERS)
     return e
 
 
@@ -761,7 +761,7 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
             scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
                                                                         pos_f_ptr, alpha_ptr, alpha_val, B, K,
                                                                         USES_ALPHA)
-            unit = _unit_law(T, use, FILTERS)
+            unit = _unit_law(T, use)
             acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
             acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
             offs = tl.arange(0, BLOCK_V)
@@ -1048,7 +1048,7 @@ def _residual_tile(T, m, rows, racing, zp, keep_p, Mp, offs, lo, mask, scale, in
     greedy = (T == 0)[:, None]
     any_greedy = tl.max((racing & (T == 0)).to(tl.int32), axis=0) > 0
     if FAMILY == FAMILY_B:
-        unit = _unit_law(T, racing, FILTERS)
+        unit = _unit_law(T, racing)
         ph = _hat(zp, Mp, S1p)
         p = _law(zp, Mp, inv_STp, scale, keep_p, ph, unit, FILTERS)
     else:
@@ -1174,7 +1174,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
             lo = t * BLOCK_V
             # Scores in base-2 units: log2 w + (G + ln ln 2) / ln 2 = log2 w - e2 (and (z - M) log2(e) / T - e2 for
             # the bonus), the natural-log scores divided by ln 2 and shifted by one constant: the same argmax.
-            e2 = philox.gumbel_flat(seed, pos, STREAM_EMIT, lo, BLOCK_V, BASE2=True)
+            e2 = philox.exp_log2_flat(seed, pos, STREAM_EMIT, lo, BLOCK_V)
             mask = racing[:, None] & (offs < V - lo)
             zp = load_logits(pbase + lo + offs, mask, FP64)
             keep_p = mask & (zp > NEG_INF)
@@ -1258,7 +1258,7 @@ def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, 
                                                                     USES_ALPHA)
         Q = 1.0 - tl.load(look_ptr + rows * K + i, mask=use, other=1.0, cache_modifier=".cg")[:, None]
         acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
-        unit = _unit_law(T, use, FILTERS)
+        unit = _unit_law(T, use)
         offs = tl.arange(0, BLOCK_V)
         qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None]
         pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None]
