@@ -254,7 +254,9 @@ HINT_KEYS = {
                    "marker runs trips times (a mean) per execution of its phase: every SASS instruction of those "
                    "phases with a line in it counts that many times (other loops inside a phase count once)",
     "phase_work": "{phase: {count: executions in the launch, dram: dependent DRAM round trips per execution, l2: "
-                  "dependent L2 round trips}} for every phase of phase_map, 'queue' and 'program'",
+                  "dependent L2 round trips, traced: (a phase that runs as the data say) a substring of the kernel "
+                  "source line of a memory access run once per execution: the count is that line's executions in "
+                  "the traced run, extrapolated to the batch}} for every phase of phase_map, 'queue' and 'program'",
     "phase_chain": "one row's dependent steps in order: [[phases of one work item, items, gap], ...]; a step takes "
                    "ceil(items / resident programs) waves of its item, or the time to draw `gap` other items, "
                    "whichever is longer",
@@ -1633,6 +1635,8 @@ def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logi
     loops = loop_iterations(rec, launch, B, paired, hints)
     phased = "phase_work" in hints
     if phased:
+        hints = dict(hints, phase_work=traced_phase_counts(hints["phase_work"], paired, B))
+    if phased:
         pipe_instr, per_exec = _phased_instructions(launch, rec, paired, hints)
     else:
         reach = block_reach(rec, paired)
@@ -1681,6 +1685,8 @@ def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logi
         t_items = sum(w["count"] * t_item[p] for p, w in work.items()) / resident_programs
         steps = []
         for step_phases, items, gap in hints.get("phase_chain", []):
+            # (a data-dependent phase the traced run never took is not on the chain)
+            step_phases = [p for p in step_phases if "traced" not in work.get(p, {}) or work[p]["count"] > 0]
             own = math.ceil(items / resident_programs) * sum(t_item[p] for p in step_phases) if items else 0.0
             drawn = math.ceil(gap / resident_programs) * t_item.get(QUEUE, 0.0) if gap else 0.0
             steps.append(max(own, drawn))
@@ -1714,6 +1720,24 @@ def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logi
                        rec["shared"], occ, rec["sass"]["instructions"], loops, total * warps, dict(pipe_instr),
                        nbytes, phases, t_issue, t_pipes, t_mem, t_body, bound, notes, t_items, t_chain, t_drain,
                        detail)
+
+
+def traced_phase_counts(work: dict, paired: Optional[dict], B: int) -> dict:
+    """``phase_work`` with the count of each data-dependent phase (one with ``traced``: a substring of the kernel
+    source line of a memory access that runs once per execution of the phase) replaced by that line's traced
+    executions, extrapolated to batch B (0 without a trace)."""
+    out = {}
+    for phase, w in work.items():
+        if "traced" in w:
+            n = 0.0
+            if paired is not None:
+                for line in set(paired["lines1"]) | set(paired["lines2"] or {}):
+                    if w["traced"] in _source_text(line):
+                        n += _at_batch(paired["lines1"].get(line, 0),
+                                       paired["lines2"].get(line) if paired["lines2"] else None, B)
+            w = dict(w, count=n)
+        out[phase] = w
+    return out
 
 
 def _hints_for(launch: Launch) -> dict:

@@ -76,6 +76,18 @@ def _token_v3(alpha, qh, ph, max_ph):
     return ph >= (1.0 - alpha) * max_ph
 
 
+def _token_v1_floor(alpha, max_ph):
+    return max_ph - alpha
+
+
+def _token_v2_floor(alpha, max_ph):
+    return max_ph - alpha
+
+
+def _token_v3_floor(alpha, max_ph):
+    return (1.0 - alpha) * max_ph
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -89,6 +101,10 @@ class Rule:
     weight: Optional[Callable] = None  # family A: r(alpha, max_qh, max_ph, tv)
     binary: bool = True  # family A: r is 0 or 1 (a deferral bit); False for a continuous blend
     in_set: Optional[Callable] = None  # family B: v in A (alpha, qh(v), ph(v), max_ph)
+    # family B whose set reads one hat (q^ or p^) besides max_ph: the least value of that hat in A, (alpha,
+    # max_ph) -> t with in_set == (hat >= t) (the Triton kernel's second look then skips every chunk whose largest
+    # logit on that side lies below it)
+    floor: Optional[Callable] = None
     grid: Tuple[float, ...] = (0.0,)  # analysis grid, from the exact end (pi = p) towards pi = q
     summary: str = ""  # README: the deferral rule or token set, one line
     ends: str = ""  # README: the two ends of alpha, one line
@@ -154,15 +170,18 @@ _RULES = (
          ends="alpha -> -inf: defers whenever q != p; alpha > 1 at T = 1: never (at exactly 1 rounding decides)",
          speculative_at=(-1e9,), drafter_at=(1.001, 3.0), drafter_temps=(1.0,)),
     Rule("token_v1", FAMILY_B, 4, 0.3, (-1.0, 1.0), False, True, ("max_ph", "qh"), in_set=_token_v1, grid=_SIGNED,
+         floor=_token_v1_floor,
          summary="v in A iff q^(v) >= max p^ - alpha",
          ends="alpha = -1: A empty (pi = p); alpha = 1: A = all (pi = q)",
          speculative_at=(-1.0,), drafter_at=(1.0,)),
     Rule("token_v2", FAMILY_B, 5, 0.3, (-1.0, 1.0), False, True, ("max_ph", "ph"), in_set=_token_v2,
+         floor=_token_v2_floor,
          grid=(-0.01, 0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9, 1.0),
          summary="v in A iff p^(v) >= max p^ - alpha",
          ends="alpha < 0: A empty (pi = p); alpha = 1: A = all (pi = q)",
          speculative_at=(-0.01, -1.0), drafter_at=(1.0,)),
     Rule("token_v3", FAMILY_B, 6, 0.5, (0.0, 1.0), False, True, ("max_ph", "ph"), in_set=_token_v3, grid=_UNIT,
+         floor=_token_v3_floor,
          summary="v in A iff p^(v) >= (1 - alpha) max p^",
          ends="alpha = 0: A = p's modes (pi = p unless the draft is p's mode); alpha = 1: pi = q",
          drafter_at=(1.0,)),
@@ -177,6 +196,36 @@ _RULES = (
          ends="alpha = 0: pi = p, exact speculative decoding; alpha = 1: pi = q",
          speculative_at=(0.0,), drafter_at=(1.0,)),
 )
+
+
+def _alpha_grid(r: Rule):
+    lo, hi = max(r.alpha_range[0], -2.0), min(r.alpha_range[1], 2.0)
+    alphas = [lo + (hi - lo) * k / 16 for k in range(17)] + list(r.grid) + list(r.drafter_at) + list(r.speculative_at)
+    return [a for a in alphas if alpha_in_range(r, a)]
+
+
+def _floor_agrees(r: Rule) -> bool:
+    """Whether ``floor`` gives ``in_set`` exactly (v in A iff its hat >= floor) on a grid, the floor included."""
+    for alpha in _alpha_grid(r):
+        for max_ph in (0.001, 0.05, 0.3, 0.7, 1.0):
+            t = r.floor(alpha, max_ph)
+            for x in [max_ph * k / 32 for k in range(33)] + [t, max(t, 0.0)]:
+                if bool(r.in_set(alpha, x, x, max_ph)) != (x >= t):
+                    return False
+    return True
+
+
+def _upward_closed(r: Rule) -> bool:
+    """Whether a token set keeps every token that is more probable (in q^ and p^) than one it keeps, checked on a
+    grid of alphas in range, max p^ and probabilities. The Triton kernel relies on it: where the formula holds at
+    q^ = p^ = 0, A is the whole vocabulary (eta = 0) and a token set's second look reads nothing."""
+    for alpha in _alpha_grid(r):
+        for max_ph in (0.001, 0.05, 0.3, 0.7, 1.0):
+            levels = [max_ph * k / 32 for k in range(33)]
+            kept = [bool(r.in_set(alpha, x, x, max_ph)) for x in levels]
+            if any(a and not b for a, b in zip(kept, kept[1:])):
+                return False
+    return True
 
 
 def _check_table(rules) -> None:
@@ -195,6 +244,10 @@ def _check_table(rules) -> None:
             raise ValueError(f"rules: {r.name}: family {r.family} needs exactly its formula (weight or in_set)")
         if r.family == FAMILY_B and not {"qh", "ph"} & set(r.reads):
             raise ValueError(f"rules: {r.name}: a token set must read qh or ph")
+        if r.family == FAMILY_B and not _upward_closed(r):
+            raise ValueError(f"rules: {r.name}: a token set must keep every token more probable than one it keeps")
+        if r.floor is not None and (r.family != FAMILY_B or {"qh", "ph"} <= set(r.reads) or not _floor_agrees(r)):
+            raise ValueError(f"rules: {r.name}: floor must be the least q^ or p^ in A of a set that reads one of them")
         if not r.summary or not r.ends:
             raise ValueError(f"rules: {r.name}: summary and ends (the README line) are required")
         for a in r.speculative_at + r.drafter_at:

@@ -334,6 +334,48 @@ def test_tracer_counts_first_touch_and_reuse(probe):
     assert b2.dram_read == 4000 and b2.l2 == 0
 
 
+@pytest.mark.parametrize("rule,alpha", [("token_v3", 0.2), ("token_v1", 0.2), ("token_v2", 1.0), ("opt", 0.2)])
+def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch):
+    """Traced: the second look of a token set with a floor re-reads the drafter's logits (and the target's, for a
+    set on p^) only in the chunks that may hold a member of A (here the mode of q and p, one per position: every
+    draft is the mode, so all are accepted and the race is the bonus, which re-reads the target's last row only),
+    and nothing where A is the whole vocabulary (token_v2 at alpha = 1). opt's look sums TV(q, p): it re-reads
+    every drafted position's rows (the control)."""
+    from speccas_kernels import triton_backend
+
+    monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 32)
+    monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", 2)
+    B, K, V = 2, 2, 2048
+    g = torch.Generator().manual_seed(4)
+    zq = torch.randn(B, K, V, generator=g)
+    zp = torch.randn(B, K + 1, V, generator=g)
+    x = torch.tensor([[5, 1500], [900, 2047]])
+    for b in range(B):
+        for i in range(K):
+            zq[b, i, x[b, i]] = zp[b, i, x[b, i]] = 12.0  # p's and q's mode, alone in A at alpha 0.2
+    tracer = rf.MemoryTracer()
+    with tracer, rf.DeviceWork(execute=True, tracer=tracer) as work:
+        out = speccas_kernels.verify(zq, zp, x, rule=rule, alpha=alpha, seed=1, backend="triton")
+    if rule != "opt":
+        assert out.num_accepted.tolist() == [K, K]
+    c = work.launches[-1].constexprs
+    chunk = c["TILES"] * c["BLOCK_V"] * 4
+    assert chunk == 256, "chunks of 64 entries: 32 per row"
+    access = tracer.summary("traced")["launches"][-1]["access"]
+    again = access[f"{tracer.storage_index(zq)}:load"]["again"]
+    again_p = access[f"{tracer.storage_index(zp)}:load"]["again"] - B * V * 4  # less the bonus race's row
+    if rule == "opt":
+        assert again >= B * K * V * 4 and again_p >= B * K * V * 4
+    elif alpha == 1.0:
+        assert again == 0 and again_p == 0
+    else:  # one chunk per position (+ a sector's slack at each end)
+        assert 0 < again <= B * K * (chunk + 64)
+        if rule == "token_v1":  # q^ decides: no target tile
+            assert again_p == 0
+        else:
+            assert 0 < again_p <= B * K * (chunk + 64)
+
+
 def test_nvdisasm_missing_is_a_clear_error():
     with pytest.raises(RuntimeError, match="ships with Triton"):
         rf._triton_bin("nvdisasm-not-there")

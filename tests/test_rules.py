@@ -96,7 +96,13 @@ def test_malformed_rows_fail_at_import():
                 dataclasses.replace(base, name="x", code=99, family=rules.FAMILY_B, in_set=None),
                 dataclasses.replace(base, name="x", code=99, reads=("max_qh", "entropy")),
                 dataclasses.replace(base, name="x", code=99, summary=""),
-                dataclasses.replace(base, name="x", code=99, drafter_at=(2.0,))):  # a claimed end out of range
+                dataclasses.replace(base, name="x", code=99, drafter_at=(2.0,)),  # a claimed end out of range
+                dataclasses.replace(RULE_INFO["token_v2"], name="x", code=99,  # keeps a token, drops likelier ones
+                                    in_set=lambda alpha, qh, ph, max_ph: ph <= max_ph - alpha),
+                dataclasses.replace(RULE_INFO["token_v2"], name="x", code=99,  # a floor that is not the set's
+                                    floor=lambda alpha, max_ph: max_ph - 2 * alpha),
+                dataclasses.replace(RULE_INFO["token_v2"], name="x", code=99, reads=("max_ph", "qh", "ph"),
+                                    in_set=lambda alpha, qh, ph, max_ph: (ph >= max_ph - alpha) & (qh >= 0.0))):
         with pytest.raises(ValueError):
             rules._check_table(rules._RULES + (bad,))
     rules._check_table(rules._RULES)

@@ -96,6 +96,74 @@ def test_verify_reads_only_what_it_wrote(device, rule, monkeypatch):
         assert not torch.isnan(out.accept_prob).any()
 
 
+@pytest.mark.parametrize("rule", ["token_v1", "token_v2", "token_v3"])
+@pytest.mark.parametrize("T", [1.0, 0.7])
+def test_token_set_eta_keeps_relative_precision(device, rule, T, monkeypatch):
+    """A token set with a floor on one hat sums eta = q(not A) from the drafter's chunk records where a chunk holds
+    no member of A, and from its tiles where one does: positive terms only, so a tiny eta keeps its relative
+    precision. Here q puts all but about 1e-6 (T = 1) or 1e-10 (T = 0.7) of its mass on p's mode, the only member
+    of A, and the draft is another token, accepted with a = eta p(x) / q(x) in (0, 1): it must match the float64
+    reference to 1e-4. The negative control is the complement, 1 - q(A) in float32, which misses by far more."""
+    V, K = 600, 2
+    zq = torch.full((2, K, V), -20.0)
+    zp = torch.zeros(2, K + 1, V)
+    mode = torch.tensor([[3, 517], [250, 64]])  # in different chunks (the last ones at the GPU's tiles too)
+    for b in range(2):
+        for i in range(K):
+            zq[b, i, mode[b, i]] = 0.0
+            zp[b, i, mode[b, i]] = 5.0
+    x = torch.tensor([[100, 7], [599, 300]])  # not the mode: outside A
+    kw = dict(draft_tokens=x.to(device), temperature=T, seed=torch.tensor([5, 6], device=device), offset=0,
+              alpha=0.5 if rule == "token_v3" else 0.02)
+    truth = sk.verify(zq.double(), zp.double(), backend="reference", rule=rule, **kw).accept_prob
+    assert ((truth > 0.05) & (truth < 0.99)).all(), truth  # the ratio is what decides: a in (0, 1)
+    for rows in (None, 1):
+        monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+        got = sk.verify(zq.to(device), zp.to(device), backend="triton", rule=rule, **kw).accept_prob.cpu()
+        rel = ((got.double() - truth) / truth).abs().max()
+        assert rel < 1e-4, f"{rule} T={T} rows={rows}: accept_prob {got.tolist()} vs {truth.tolist()}"
+    # negative control: eta as 1 - q(A) in float32 (q from a float32 softmax) is off by more than 1%
+    q = torch.softmax(zq / T, -1)
+    eta_c = (1.0 - q.gather(-1, mode[..., None]).squeeze(-1)).clamp_min(0.0)
+    p = torch.softmax(zp[:, :K].double() / T, -1)
+    a_c = (eta_c.double() * p.gather(-1, x[..., None]).squeeze(-1)
+           / q.double().gather(-1, x[..., None]).squeeze(-1)).clamp(max=1.0)
+    assert ((a_c - truth) / truth).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("rule", ["token_v1", "token_v3"])
+@pytest.mark.parametrize("rows", [None, 1])
+def test_token_set_screen_keeps_members_at_the_floor(device, rule, rows, monkeypatch):
+    """A token set's look screens a chunk by its largest logit on the side the set reads (token_v3: p^ >= (1 - alpha)
+    max p^; token_v1: q^ >= max p^ - alpha) against the floor as a logit, with a margin: a member 1e-4 above the
+    floor (in a chunk of its own) must still be found, and a token 1e-4 below it must stay out. Each holds 3-10% of
+    q's mass, so either mistake moves eta, and a = eta p(x) / q(x) at the draft, by as much; the float64 reference
+    decides both the same way."""
+    monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+    V, d = 600, 1e-4
+    zp = torch.zeros(2, 2, V, dtype=torch.float64)
+    zq = torch.zeros(2, 1, V, dtype=torch.float64)
+    zp[:, 0, 3] = 5.0  # p's mode
+    if rule == "token_v3":  # the floor: half of max p^
+        zp[:, 0, 300] = 5.0 - math.log(2.0) + d
+        zp[:, 0, 450] = 5.0 - math.log(2.0) - d
+        zq[:, 0, [3, 300, 450]] = 3.0
+    else:  # the floor: max p^ - 0.1 on q^; z with q^ = floor at 300 +- d, by bisection in float64
+        floor = float(torch.softmax(zp[0, 0], 0).max()) - 0.1
+        lo, hi = 0.0, 20.0
+        for _ in range(200):
+            z = (lo + hi) / 2
+            zq[:, 0, 300], zq[:, 0, 450] = z, z
+            lo, hi = (z, hi) if float(torch.softmax(zq[0, 0], 0)[300]) < floor else (lo, z)
+        zq[:, 0, 300], zq[:, 0, 450] = z + d, z - d
+    kw = dict(draft_tokens=torch.tensor([[100], [520]], device=device), temperature=torch.tensor([1.0, 0.7]),
+              seed=torch.tensor([1, 2]), offset=0, alpha=0.5 if rule == "token_v3" else 0.1, rule=rule)
+    truth = sk.verify(zq, zp, backend="reference", **kw).accept_prob
+    assert ((truth > 0.05) & (truth < 0.99)).all(), truth
+    got = sk.verify(zq.float().to(device), zp.float().to(device), backend="triton", **kw).accept_prob.cpu()
+    assert ((got.double() - truth) / truth).abs().max() < 1e-4, f"{got.tolist()} vs {truth.tolist()}"
+
+
 def test_sample_rows_per_program(device, monkeypatch):
     z = torch.randn(9, 300, generator=torch.Generator().manual_seed(3)).to(device)
     kw = dict(temperature=torch.tensor([0.0, 1.0, 0.5] * 3, device=device), seed=torch.arange(9, device=device),

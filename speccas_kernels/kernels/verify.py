@@ -128,14 +128,16 @@ def _no_formula(alpha, a, b, c):
 
 @functools.lru_cache(maxsize=None)
 def rule_constexprs(rule: rules.Rule) -> dict:
-    """The constexprs a rule compiles to: FAMILY, NEEDS_TV, READS_PH (a token set whose membership reads p^),
-    WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN."""
+    """The constexprs a rule compiles to: FAMILY, NEEDS_TV, READS_PH (a token set whose membership reads p^), WEIGHT,
+    IN_SET, FLOOR and HAS_FLOOR (a token set's least q^ or p^ in A, ``Rule.floor``), USES_ALPHA, HIGH_OPEN."""
     return dict(
         FAMILY=rule.family_code,
         NEEDS_TV=rule.needs_tv,
         READS_PH="ph" in rule.reads,
         WEIGHT=_jit_formula(rule.weight) if rule.weight is not None else _no_formula,
         IN_SET=_jit_formula(rule.in_set) if rule.in_set is not None else _no_formula,
+        FLOOR=_jit_formula(rule.floor) if rule.floor is not None else _no_formula,
+        HAS_FLOOR=rule.floor is not None,
         USES_ALPHA=rule.uses_alpha,
         HIGH_OPEN=rule.high_open,
     )
@@ -388,6 +390,8 @@ def _verify_kernel(
     READS_PH: tl.constexpr,
     WEIGHT: tl.constexpr,
     IN_SET: tl.constexpr,
+    FLOOR: tl.constexpr,
+    HAS_FLOOR: tl.constexpr,
     USES_ALPHA: tl.constexpr,
     HIGH_OPEN: tl.constexpr,
     SECOND_LOOK: tl.constexpr,
@@ -461,14 +465,16 @@ def _verify_kernel(
             if SECOND_LOOK:
                 if (g >= 0) & (g < G):
                     i = _div(r2, ns_m, ns_l)
-                    _look_item(g, i.to(tl.int64), r2 - i * NS, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
+                    _look_item(g, i.to(tl.int64), r2 - i * NS, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr,
+                               pos_i_ptr, look_part_ptr,
                                look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr,
                                valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val,
                                alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val,
                                cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
                                c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
                                USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
-                               BLOCK_K, BLOCK_T, TILES, CHUNKS, READS_PH)
+                               BLOCK_K, BLOCK_T, TILES, CHUNKS, READS_PH, FLOOR,
+                               HAS_FLOOR)
         elif r < stats_items + look_items + NI:
             g = (s - lag).to(tl.int64)
             if (g >= 0) & (g < G):
@@ -737,19 +743,108 @@ def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq
 
 
 @triton.jit
-def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr, tokens_ptr,
-               num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
-               x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr,
-               offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
-               c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
+def _eta_records(rows, i, j, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr,
+                 BLOCK_T: tl.constexpr):
+    """The statistics records of second-look item j's chunks ([R, BLOCK_T], one chunk per column): the target's
+    max, the drafter's max and its sampling sum (``_eta_item``)."""
+    KP = K + 1
+    NR = (NT + TILES - 1) // TILES  # records per position and side
+    op = ((rows * KP + i) * 2 * NR + j * CHUNKS)[:, None]  # the target side's records of the item's chunks
+    oq = op + NR  # the drafter side's
+    cc = tl.arange(0, BLOCK_T)[None, :]  # (CHUNKS <= BLOCK_T)
+    rec = use[:, None] & (cc < nch)
+    mp = tl.load(part_m_ptr + op + cc, mask=rec, other=float("-inf"), cache_modifier=".cg")
+    mq = tl.load(part_m_ptr + oq + cc, mask=rec, other=float("-inf"), cache_modifier=".cg")
+    sq = tl.load(part_f_ptr + 2 * B * KP * NT + oq + cc, mask=rec, other=0.0, cache_modifier=".cg")
+    return mp, mq, sq
+
+
+@triton.jit
+def _eta_item(j, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase, pbase, mp, mq, sq,
+              cutq_ptr, K, V, IN_SET: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr,
+              FILTERS: tl.constexpr, FP64: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr,
+              TILES: tl.constexpr, CHUNKS: tl.constexpr):
+    """eta's share ([R]) of second-look item j for a token set whose membership is a floor t on one hat
+    (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the statistics records of the
+    item's chunks (``_eta_records``, loaded with the position's statistics) and the logits of the few chunks that
+    may hold a member of A.
+
+    The floor as a logit, M + ln(t S1) on that side less a margin far above the rounding of the hat's own
+    expression, screens each chunk by that side's largest logit there, which its record holds. In a row where a
+    chunk holds no member, the chunk adds the drafter's mass there from its record, exp((m - M) / T) sT / ST (as
+    the merge forms ST): no logit is read. A chunk that passes the screen reads its tiles (the drafter's, and the
+    target's when the set reads p^: together, one round trip) and computes membership exactly as every phase does
+    (``_hat``, ``_in_set``); where it holds a member, it sums q off A instead. Every term is positive, so eta keeps
+    its relative precision however small it is (1 - q(A) would not: an absolute error of about 1e-7). Where A is a
+    few tokens near a mode, the look reads a few chunks of the position instead of one or both rows. Rows whose A
+    is the whole vocabulary (t <= 0) are not in ``use``."""
+    cc = tl.arange(0, BLOCK_T)[None, :]  # the item's chunks
+    mass = tl.where(use[:, None] & (mq > NEG_INF), sq * tl.exp(_rel(mq, Mq) * inv_temperature(T)[:, None]), 0.0)
+    mass = mass * inv_STq
+    if READS_PH:  # the side the set reads
+        M = Mp
+        S1 = S1p
+        m = mp
+    else:
+        M = Mq
+        S1 = S1q
+        m = mq
+    lt = tl.log(tl.maximum(FLOOR(al, 1.0 / S1p) * S1, 1e-30))  # t > 0 in every row of ``use``
+    margin = 1e-3 * (1.0 + tl.abs(lt)) + 1e-6 * tl.abs(M)  # (M's rounding too)
+    near = use[:, None] & (m >= M + (lt - margin))
+    dense = S1p * 0.0  # [R, 1]: the drafter's mass off A in the chunks that hold a member
+    if tl.max(tl.max(near.to(tl.int32), axis=1), axis=0) > 0:
+        offs = tl.arange(0, TILES * BLOCK_V)
+        cut = S1p * 0.0
+        if FILTERS:
+            cut = tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None]
+        c = 0
+        while c < nch:
+            near_c = tl.max(tl.where(cc == c, near.to(tl.int32), 0), axis=1)[:, None] > 0
+            if tl.max(tl.max(near_c.to(tl.int32), axis=1), axis=0) > 0:  # a chunk that may hold a member of A
+                lo = (j * CHUNKS + c) * (TILES * BLOCK_V)
+                mask = near_c & (offs < V - lo)[None, :]
+                if READS_PH:
+                    zp = load_logits(pbase + lo + offs[None, :], mask, FP64)
+                # (tl.load itself, not load_logits: bench/roofline.py counts this line's executions, ``look_q``)
+                zq = tl.load(qbase + lo + offs[None, :], mask=mask, other=float("-inf"))
+                if FP64:
+                    zq = zq.to(tl.float64)
+                else:
+                    zq = zq.to(tl.float32)
+                qh = _hat(zq, Mq, S1q)
+                if READS_PH:
+                    hat = _hat(zp, Mp, S1p)
+                else:
+                    hat = qh
+                in_a = _in_set(IN_SET, al, hat, hat, S1p) & mask
+                member = tl.max(in_a.to(tl.int32), axis=1)[:, None] > 0
+                keep_q = mask & (zq > NEG_INF)
+                if FILTERS:
+                    keep_q = keep_q & (zq >= cut)
+                q = _law(zq, Mq, inv_STq, scale, keep_q, qh, unit, FILTERS)
+                dense += tl.where(member, tl.sum(tl.where(in_a, 0.0, q), axis=1)[:, None], 0.0)
+                mass = tl.where((cc == c) & member, 0.0, mass)
+            c += 1
+    return tl.sum(mass, axis=1) + tl.sum(dense, axis=1)
+
+
+@triton.jit
+def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
+               tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr,
+               zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
+               seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready,
+               c_look, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
                FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
-               CHUNKS: tl.constexpr, READS_PH: tl.constexpr):
+               CHUNKS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item; the program with the last ticket sums the NS records. A token set whose
-    membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p."""
+    membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
+    with a floor on its hat (``HAS_FLOOR``) reads the statistics records and only the chunks that may hold a member
+    of A (``_eta_item``), and nothing at a row whose A is the whole vocabulary (eta = 0)."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NS = _items(NT, TILES, CHUNKS)  # second-look items per position (a stats item's chunks)
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
@@ -758,36 +853,51 @@ def _look_item(g, i, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr
         use = rmask & _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n)
         if tl.max(use.to(tl.int32), axis=0) > 0:
             wait_flag(cnt_ptr + c_ready + pos)
+            SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR and (not DIVERGENCE)
+            nch = _chunks(j, NT, TILES, CHUNKS)
+            if SPARSE_ETA:  # in flight with the position's statistics
+                mp, mq, sq = _eta_records(rows, i, j, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, CHUNKS,
+                                          BLOCK_T)
             scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
                                                                         pos_f_ptr, alpha_ptr, alpha_val, B, K,
                                                                         USES_ALPHA)
             unit = _unit_law(T, use)
-            acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
-            acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
-            offs = tl.arange(0, BLOCK_V)
             qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None]
             pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None]
-            c = 0
-            nch = _chunks(j, NT, TILES, CHUNKS)
-            while c < nch:
-                for u in tl.static_range(TILES):
-                    q, p, in_a = _look_tile(((j * CHUNKS + c) * TILES + u) * BLOCK_V, offs, rows, i, use, scale,
-                                            Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr,
-                                            cutp_ptr, K, V, FAMILY, IN_SET, FILTERS, FP64,
-                                            NEED_P=(FAMILY != FAMILY_B) or READS_PH or DIVERGENCE)
-                    if FAMILY == FAMILY_B:
-                        acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
-                        if DIVERGENCE:
-                            acc2 += tl.maximum(q - p, 0.0)
-                    else:
-                        tl.static_assert(NEEDS_TV or DIVERGENCE, "the second look reads TV or a token set's eta")
-                        acc += tl.maximum(q - p, 0.0)  # 0 wherever both are (masked, dead, filtered)
-                        if DIVERGENCE and FAMILY == FAMILY_LOSSY:  # TV(law, p), one pass: ``_divergences``
-                            acc2 += tl.maximum(tl.minimum(q, p / (1.0 - al)) - p, 0.0)
-                c += 1
-            tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # one record per item
-            if DIVERGENCE:
-                tl.store(look_part_ptr + (B * K + rows * K + i) * NS + j, tl.sum(acc2, axis=1), mask=use)
+            if SPARSE_ETA:
+                zero = S1p * 0.0
+                whole = tl.max(_in_set(IN_SET, al, zero, zero, S1p).to(tl.int32), axis=1) > 0  # A = V: eta = 0
+                live = use & ~whole
+                eta = tl.zeros([ROWS], dtype=tl.float32)
+                if tl.max(live.to(tl.int32), axis=0) > 0:
+                    eta = _eta_item(j, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase,
+                                    pbase, mp, mq, sq, cutq_ptr, K, V, IN_SET, FLOOR, READS_PH, FILTERS, FP64, BLOCK_V,
+                                    BLOCK_T, TILES, CHUNKS)
+                tl.store(look_part_ptr + (rows * K + i) * NS + j, eta, mask=use)  # one record per item
+            else:
+                acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
+                acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
+                offs = tl.arange(0, BLOCK_V)
+                c = 0
+                while c < nch:
+                    for u in tl.static_range(TILES):
+                        q, p, in_a = _look_tile(((j * CHUNKS + c) * TILES + u) * BLOCK_V, offs, rows, i, use, scale,
+                                                Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr,
+                                                cutp_ptr, K, V, FAMILY, IN_SET, FILTERS, FP64,
+                                                NEED_P=(FAMILY != FAMILY_B) or READS_PH or DIVERGENCE)
+                        if FAMILY == FAMILY_B:
+                            acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
+                            if DIVERGENCE:
+                                acc2 += tl.maximum(q - p, 0.0)
+                        else:
+                            tl.static_assert(NEEDS_TV or DIVERGENCE, "the second look reads TV or a token set's eta")
+                            acc += tl.maximum(q - p, 0.0)  # 0 wherever both are (masked, dead, filtered)
+                            if DIVERGENCE and FAMILY == FAMILY_LOSSY:  # TV(law, p), one pass: ``_divergences``
+                                acc2 += tl.maximum(tl.minimum(q, p / (1.0 - al)) - p, 0.0)
+                    c += 1
+                tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # one record per item
+                if DIVERGENCE:
+                    tl.store(look_part_ptr + (B * K + rows * K + i) * NS + j, tl.sum(acc2, axis=1), mask=use)
         if ticket(cnt_ptr + c_look + g * K + i) == NS - 1:
             if tl.max(use.to(tl.int32), axis=0) > 0:
                 if DIVERGENCE:  # both slots
@@ -1306,6 +1416,7 @@ ROOFLINE_PHASES = (
     ("stats_q", "_stats_item", "any_q"),
     ("stats", "_stats_item", None),
     ("look_merge", "_look_item", "ticket(cnt_ptr + c_look"),
+    ("look_q", "_eta_item", "near_c.to(tl.int32)"),
     ("look", "_look_item", None),
     ("emit", "_race_item", "ticket(cnt_ptr + c_race"),
     ("race", "_race_item", None),
@@ -1326,20 +1437,21 @@ def roofline_hints(launch) -> dict:
     accepts G, race items G NI, emits G; the queue loop runs once per work item (``total``), the rest of the program
     once per program.
 
-    Round trips (``dram``, ``l2``) per execution, read off the code: a program draws its first work item (an L2
-    atomic, with the program's start) and each next one while it works on the current (no round trip on the path); a
-    stats item's chunk issues the loads of its tiles, target and drafter, before any reduction (unrolled, no branch
-    in between: one DRAM round trip per chunk), then the item draws a ticket (an acquire-release atomic at L2); a
-    merge loads both sides' partials at once (1), releases the ready flag (only with a second look) and draws the
-    row's ticket (2 or 3 at L2); a second look polls its flag, loads the position's statistics and its first chunk's
-    tiles at once (L2: the stats read them one row of traffic earlier), each next chunk's tiles (one L2 round trip
-    each) and draws a ticket (2 + chunks); its merge loads the partials and draws the row's ticket (2); the accept
-    phase loads statistics, drafts and the logits at the drafts (all written or read earlier in the launch: L2) at
-    once, then releases the race flag (2); a race item polls its flag (which carries m and the race kind when a work
-    item holds one row, as on a GPU; else it loads both at once), loads its tiles at m and the row's statistics at
-    once (L2) and draws a ticket (3; 4 with several rows per item); the emit loads the partials (1). Spin waits
-    count once (no waiting), so the chain below carries the waiting. The emit's race over pi (a residual of rounding
-    noise) is not in the traced path.
+    Round trips (``dram``, ``l2``) per execution, read off the code: a program draws its first work item (an L2 atomic,
+    with the program's start) and each next one while it works on the current (no round trip on the path); a stats
+    item's chunk issues the loads of its tiles, target and drafter, before any reduction (unrolled, no branch in
+    between: one DRAM round trip per chunk), then the item draws a ticket (an acquire-release atomic at L2); a merge
+    loads both sides' partials at once (1), releases the ready flag (only with a second look) and draws the row's ticket
+    (2 or 3 at L2); a second look polls its flag, loads the position's statistics and its first chunk's tiles at once
+    (L2: the stats read them one row of traffic earlier), each next chunk's tiles (one L2 round trip each) and draws a
+    ticket (2 + chunks), or, for a token set with a floor (``_eta_item``), loads the item's records with the statistics
+    (2), and per chunk that may hold a member of A (``look_q``, as many as the traced run had) its target and drafter
+    tiles at once (1); its merge loads the partials and draws the row's ticket (2); the accept phase loads statistics,
+    drafts and the logits at the drafts (all written or read earlier in the launch: L2) at once, then releases the race
+    flag (2); a race item polls its flag (which carries m and the race kind when a work item holds one row, as on a GPU;
+    else it loads both at once), loads its tiles at m and the row's statistics at once (L2) and draws a ticket (3; 4
+    with several rows per item); the emit loads the partials (1). Spin waits count once (no waiting), so the chain below
+    carries the waiting. The emit's race over pi (a residual of rounding noise) is not in the traced path.
 
     Chain of one row (steps; ``gap``: work items drawn by other programs meanwhile, ``step`` = one super-step):
     stats (K + 1) NS items -> merge, or the gap -> second looks n NS -> their merge and the accept, or the gap ->
@@ -1363,6 +1475,7 @@ def roofline_hints(launch) -> dict:
     has_q = launch.arg("zq_ptr").kind == "tensor"
     looks = bool(c["SECOND_LOOK"]) and has_q and 0 < T < float("inf")
     token_set = c["FAMILY"] == rules.FAMILY_CODE[rules.FAMILY_B]
+    sparse_eta = token_set and c["HAS_FLOOR"] and launch.arg("div_ptr").kind != "tensor"  # ``_eta_item``
     div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set and has_q else 0
     step = KP * NS + (K * NS if c["SECOND_LOOK"] else 0) + NI + div_items
     work = {
@@ -1372,8 +1485,10 @@ def roofline_hints(launch) -> dict:
         "stats_q": dict(count=G * n * NS if has_q else 0),
         "stats_x": dict(count=G * n),
         "merge": dict(count=G * KP, l2=3 if c["SECOND_LOOK"] else 2),
-        "look": dict(count=G * n * NS if looks else 0, l2=2 + CH),
+        "look": dict(count=G * n * NS if looks else 0, l2=2 if sparse_eta else 2 + CH),
         "look_merge": dict(count=G * K if looks else 0, l2=2),
+        # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the traced run had
+        "look_q": dict(count=0, traced="zq = tl.load(qbase + lo", l2=1),
         "accept": dict(count=G, l2=2),
         "race": dict(count=G * NI, l2=3 if c["ROWS"] == 1 else 4),
         "emit": dict(count=G, l2=1),
@@ -1383,14 +1498,14 @@ def roofline_hints(launch) -> dict:
     }
     if looks:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge"], 1, step),
-                 (["queue", "look"], n * NS, 0), (["look_merge", "accept"], 1, step), (["queue", "race"], NI, 0),
-                 (["emit"], 1, 0)]
+                 (["queue", "look", "look_q"], n * NS, 0), (["look_merge", "accept"], 1, step),
+                 (["queue", "race"], NI, 0), (["emit"], 1, 0)]
     else:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "accept"], 1, step),
                  (["queue", "race"], NI, 0), (["emit"], 1, 0)]
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work,
                 phase_loops=[["_stats_item", "c < nch", CH, ["stats", "stats_q"]],
-                             ["_look_item", "c < nch", CH, ["look"]]],
+                             ["_look_item", "c < nch", CH, ["look"]], ["_eta_item", "c < nch", CH, ["look"]]],
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
                 note="persistent: phases per work item, chain of one row")
