@@ -35,7 +35,9 @@ instructions as a chunk's statistics; larger race items would lengthen a row's l
 * **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or eta
   (the chunks' tiles folded entry by entry, one reduction and one record per item); the last item's program merges
-  and draws a ticket on the row.
+  and draws a ticket on the row. A token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads
+  its chunks' statistics records instead and only the tiles of the chunks whose largest logit on that side may
+  reach the floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its record.
 * **accept** (row b): run by the program that draws a row's last ticket. Row validity, a_i at every verified
   position (from the statistics and the logits at the drafts the stats items recorded: every load hits what this
   launch wrote or read), the accept loop, all the outputs but the emitted token (written here when T = 0 and all
