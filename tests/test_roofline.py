@@ -376,6 +376,21 @@ def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch
             assert 0 < again_p <= B * K * (chunk + 64)
 
 
+_TRACED_LINE = "a line whose executions count a phase"  # (the string appears once in this file: on this line)
+
+
+def test_traced_phase_counts():
+    """A phase with ``traced`` takes its count from the traced executions of the source line holding that text,
+    extrapolated from B = 1 and 2 to the batch; the other phases keep theirs, and without a trace it is 0."""
+    path = Path(__file__).resolve()
+    n = next(k for k, line in enumerate(path.read_text().splitlines(), 1) if _TRACED_LINE in line)
+    paired = dict(lines1={f"{path}:{n}": 3, f"{path}:{n + 1}": 50}, lines2={f"{path}:{n}": 5, f"{path}:{n + 1}": 90})
+    work = {"look": dict(count=7, l2=2), "look_q": dict(count=0, traced=_TRACED_LINE[2:20], l2=1)}
+    out = rf.traced_phase_counts(work, paired, 4)
+    assert out["look"] == work["look"] and out["look_q"]["count"] == 3 + 3 * (5 - 3) and out["look_q"]["l2"] == 1
+    assert rf.traced_phase_counts(work, None, 4)["look_q"]["count"] == 0
+
+
 def test_nvdisasm_missing_is_a_clear_error():
     with pytest.raises(RuntimeError, match="ships with Triton"):
         rf._triton_bin("nvdisasm-not-there")
