@@ -767,19 +767,19 @@ def _eta_item(j, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, uni
               FILTERS: tl.constexpr, FP64: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr,
               TILES: tl.constexpr, CHUNKS: tl.constexpr):
     """eta's share ([R]) of second-look item j for a token set whose membership is a floor t on one hat
-    (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the statistics records of the
-    item's chunks (``_eta_records``, loaded with the position's statistics) and the logits of the few chunks that
-    may hold a member of A.
+    (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the statistics
+    records of the item's chunks (``_eta_records``, loaded with the position's statistics) and the logits of the
+    few chunks that may hold a member of A.
 
-    The floor as a logit, M + ln(t S1) on that side less a margin far above the rounding of the hat's own
-    expression, screens each chunk by that side's largest logit there, which its record holds. In a row where a
-    chunk holds no member, the chunk adds the drafter's mass there from its record, exp((m - M) / T) sT / ST (as
-    the merge forms ST): no logit is read. A chunk that passes the screen reads its tiles (the drafter's, and the
+    The floor as a logit, M + ln(t S1) on that side less a margin far above the rounding of the hat's own expression,
+    screens each chunk by that side's largest logit there, which its record holds. In a row where a chunk holds no
+    member, the chunk adds the drafter's mass there from its record, exp((m - M) / T) sT / ST (as the merge forms ST):
+    no logit is read. A chunk that passes the screen (a loop over those only) reads its tiles (the drafter's, and the
     target's when the set reads p^: together, one round trip) and computes membership exactly as every phase does
-    (``_hat``, ``_in_set``); where it holds a member, it sums q off A instead. Every term is positive, so eta keeps
-    its relative precision however small it is (1 - q(A) would not: an absolute error of about 1e-7). Where A is a
-    few tokens near a mode, the look reads a few chunks of the position instead of one or both rows. Rows whose A
-    is the whole vocabulary (t <= 0) are not in ``use``."""
+    (``_hat``, ``_in_set``); where it holds a member, it sums q off A instead. Every term is positive, so eta keeps its
+    relative precision however small it is (1 - q(A) would not: an absolute error of about 1e-7). Where A is a few
+    tokens near a mode, the look reads a few chunks of the position instead of one or both rows. Rows whose A is the
+    whole vocabulary (t <= 0) are not in ``use``."""
     cc = tl.arange(0, BLOCK_T)[None, :]  # the item's chunks
     mass = tl.where(use[:, None] & (mq > NEG_INF), sq * tl.exp(_rel(mq, Mq) * inv_temperature(T)[:, None]), 0.0)
     mass = mass * inv_STq
@@ -795,39 +795,37 @@ def _eta_item(j, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, uni
     margin = 1e-3 * (1.0 + tl.abs(lt)) + 1e-6 * tl.abs(M)  # (M's rounding too)
     near = use[:, None] & (m >= M + (lt - margin))
     dense = S1p * 0.0  # [R, 1]: the drafter's mass off A in the chunks that hold a member
-    if tl.max(tl.max(near.to(tl.int32), axis=1), axis=0) > 0:
-        offs = tl.arange(0, TILES * BLOCK_V)
-        cut = S1p * 0.0
+    offs = tl.arange(0, TILES * BLOCK_V)
+    cut = S1p * 0.0
+    if FILTERS:
+        cut = tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None]
+    c = tl.min(tl.min(tl.where(near, cc, BIG), axis=1), axis=0)
+    while c < nch:  # the chunks that may hold a member of A, in order
+        near_c = tl.max(tl.where(cc == c, near.to(tl.int32), 0), axis=1)[:, None] > 0
+        lo = (j * CHUNKS + c) * (TILES * BLOCK_V)
+        mask = near_c & (offs < V - lo)[None, :]
+        if READS_PH:
+            zp = load_logits(pbase + lo + offs[None, :], mask, FP64)
+        # (tl.load itself, not load_logits: bench/roofline.py counts this line's executions, ``look_q``)
+        zq = tl.load(qbase + lo + offs[None, :], mask=mask, other=float("-inf"))
+        if FP64:
+            zq = zq.to(tl.float64)
+        else:
+            zq = zq.to(tl.float32)
+        qh = _hat(zq, Mq, S1q)
+        if READS_PH:
+            hat = _hat(zp, Mp, S1p)
+        else:
+            hat = qh
+        in_a = _in_set(IN_SET, al, hat, hat, S1p) & mask
+        member = tl.max(in_a.to(tl.int32), axis=1)[:, None] > 0
+        keep_q = mask & (zq > NEG_INF)
         if FILTERS:
-            cut = tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None]
-        c = 0
-        while c < nch:
-            near_c = tl.max(tl.where(cc == c, near.to(tl.int32), 0), axis=1)[:, None] > 0
-            if tl.max(tl.max(near_c.to(tl.int32), axis=1), axis=0) > 0:  # a chunk that may hold a member of A
-                lo = (j * CHUNKS + c) * (TILES * BLOCK_V)
-                mask = near_c & (offs < V - lo)[None, :]
-                if READS_PH:
-                    zp = load_logits(pbase + lo + offs[None, :], mask, FP64)
-                # (tl.load itself, not load_logits: bench/roofline.py counts this line's executions, ``look_q``)
-                zq = tl.load(qbase + lo + offs[None, :], mask=mask, other=float("-inf"))
-                if FP64:
-                    zq = zq.to(tl.float64)
-                else:
-                    zq = zq.to(tl.float32)
-                qh = _hat(zq, Mq, S1q)
-                if READS_PH:
-                    hat = _hat(zp, Mp, S1p)
-                else:
-                    hat = qh
-                in_a = _in_set(IN_SET, al, hat, hat, S1p) & mask
-                member = tl.max(in_a.to(tl.int32), axis=1)[:, None] > 0
-                keep_q = mask & (zq > NEG_INF)
-                if FILTERS:
-                    keep_q = keep_q & (zq >= cut)
-                q = _law(zq, Mq, inv_STq, scale, keep_q, qh, unit, FILTERS)
-                dense += tl.where(member, tl.sum(tl.where(in_a, 0.0, q), axis=1)[:, None], 0.0)
-                mass = tl.where((cc == c) & member, 0.0, mass)
-            c += 1
+            keep_q = keep_q & (zq >= cut)
+        q = _law(zq, Mq, inv_STq, scale, keep_q, qh, unit, FILTERS)
+        dense += tl.where(member, tl.sum(tl.where(in_a, 0.0, q), axis=1)[:, None], 0.0)
+        mass = tl.where((cc == c) & member, 0.0, mass)
+        c = tl.min(tl.min(tl.where(near & (cc > c), cc, BIG), axis=1), axis=0)
     return tl.sum(mass, axis=1) + tl.sum(dense, axis=1)
 
 
@@ -1418,7 +1416,7 @@ ROOFLINE_PHASES = (
     ("stats_q", "_stats_item", "any_q"),
     ("stats", "_stats_item", None),
     ("look_merge", "_look_item", "ticket(cnt_ptr + c_look"),
-    ("look_q", "_eta_item", "near_c.to(tl.int32)"),
+    ("look_q", "_eta_item", "c < nch"),
     ("look", "_look_item", None),
     ("emit", "_race_item", "ticket(cnt_ptr + c_race"),
     ("race", "_race_item", None),
@@ -1507,7 +1505,7 @@ def roofline_hints(launch) -> dict:
                  (["queue", "race"], NI, 0), (["emit"], 1, 0)]
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work,
                 phase_loops=[["_stats_item", "c < nch", CH, ["stats", "stats_q"]],
-                             ["_look_item", "c < nch", CH, ["look"]], ["_eta_item", "c < nch", CH, ["look"]]],
+                             ["_look_item", "c < nch", CH, ["look"]]],
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
                 note="persistent: phases per work item, chain of one row")
