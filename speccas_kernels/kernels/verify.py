@@ -843,8 +843,9 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item; the program with the last ticket sums the NS records. A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
-    with a floor on its hat (``HAS_FLOOR``) reads the statistics records and only the chunks that may hold a member
-    of A (``_eta_item``), and nothing at a row whose A is the whole vocabulary (eta = 0)."""
+    with a floor on its hat (``HAS_FLOOR``) sums eta from the statistics records and only the chunks that may hold
+    a member of A (``_eta_item``), nothing at a row whose A is the whole vocabulary (eta = 0), and reads every tile
+    only for TV(q, p) when the divergences are asked."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NS = _items(NT, TILES, CHUNKS)  # second-look items per position (a stats item's chunks)
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
@@ -853,7 +854,10 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
         use = rmask & _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n)
         if tl.max(use.to(tl.int32), axis=0) > 0:
             wait_flag(cnt_ptr + c_ready + pos)
-            SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR and (not DIVERGENCE)
+            # a token set with a floor sums eta in ``_eta_item`` (with the divergences too, so that asking for them
+            # changes no bit of eta); the tile loop below then sums TV(q, p) only
+            SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR
+            DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
             nch = _chunks(j, NT, TILES, CHUNKS)
             if SPARSE_ETA:  # in flight with the position's statistics
                 mp, mq, sq = _eta_records(rows, i, j, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, CHUNKS,
@@ -874,7 +878,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                                     pbase, mp, mq, sq, cutq_ptr, K, V, IN_SET, FLOOR, READS_PH, FILTERS, FP64, BLOCK_V,
                                     BLOCK_T, TILES, CHUNKS)
                 tl.store(look_part_ptr + (rows * K + i) * NS + j, eta, mask=use)  # one record per item
-            else:
+            if DENSE:
                 acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
                 acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
                 offs = tl.arange(0, BLOCK_V)
@@ -886,7 +890,8 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                                                 cutp_ptr, K, V, FAMILY, IN_SET, FILTERS, FP64,
                                                 NEED_P=(FAMILY != FAMILY_B) or READS_PH or DIVERGENCE)
                         if FAMILY == FAMILY_B:
-                            acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
+                            if not SPARSE_ETA:
+                                acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
                             if DIVERGENCE:
                                 acc2 += tl.maximum(q - p, 0.0)
                         else:
@@ -895,7 +900,8 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                             if DIVERGENCE and FAMILY == FAMILY_LOSSY:  # TV(law, p), one pass: ``_divergences``
                                 acc2 += tl.maximum(tl.minimum(q, p / (1.0 - al)) - p, 0.0)
                     c += 1
-                tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # one record per item
+                if not SPARSE_ETA:
+                    tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # one per item
                 if DIVERGENCE:
                     tl.store(look_part_ptr + (B * K + rows * K + i) * NS + j, tl.sum(acc2, axis=1), mask=use)
         if ticket(cnt_ptr + c_look + g * K + i) == NS - 1:
@@ -1475,7 +1481,7 @@ def roofline_hints(launch) -> dict:
     has_q = launch.arg("zq_ptr").kind == "tensor"
     looks = bool(c["SECOND_LOOK"]) and has_q and 0 < T < float("inf")
     token_set = c["FAMILY"] == rules.FAMILY_CODE[rules.FAMILY_B]
-    sparse_eta = token_set and c["HAS_FLOOR"] and launch.arg("div_ptr").kind != "tensor"  # ``_eta_item``
+    sparse_eta = token_set and c["HAS_FLOOR"] and launch.arg("div_ptr").kind != "tensor"  # ``_eta_item`` alone
     div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set and has_q else 0
     step = KP * NS + (K * NS if c["SECOND_LOOK"] else 0) + NI + div_items
     work = {
