@@ -76,11 +76,7 @@ def _token_v3(alpha, qh, ph, max_ph):
     return ph >= (1.0 - alpha) * max_ph
 
 
-def _token_v1_floor(alpha, max_ph):
-    return max_ph - alpha
-
-
-def _token_v2_floor(alpha, max_ph):
+def _max_ph_less_alpha(alpha, max_ph):  # the floor of token_v1 (on q^) and token_v2 (on p^)
     return max_ph - alpha
 
 
@@ -170,12 +166,12 @@ _RULES = (
          ends="alpha -> -inf: defers whenever q != p; alpha > 1 at T = 1: never (at exactly 1 rounding decides)",
          speculative_at=(-1e9,), drafter_at=(1.001, 3.0), drafter_temps=(1.0,)),
     Rule("token_v1", FAMILY_B, 4, 0.3, (-1.0, 1.0), False, True, ("max_ph", "qh"), in_set=_token_v1, grid=_SIGNED,
-         floor=_token_v1_floor,
+         floor=_max_ph_less_alpha,
          summary="v in A iff q^(v) >= max p^ - alpha",
          ends="alpha = -1: A empty (pi = p); alpha = 1: A = all (pi = q)",
          speculative_at=(-1.0,), drafter_at=(1.0,)),
     Rule("token_v2", FAMILY_B, 5, 0.3, (-1.0, 1.0), False, True, ("max_ph", "ph"), in_set=_token_v2,
-         floor=_token_v2_floor,
+         floor=_max_ph_less_alpha,
          grid=(-0.01, 0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9, 1.0),
          summary="v in A iff p^(v) >= max p^ - alpha",
          ends="alpha < 0: A empty (pi = p); alpha = 1: A = all (pi = q)",
