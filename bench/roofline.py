@@ -1636,7 +1636,6 @@ def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logi
     phased = "phase_work" in hints
     if phased:
         hints = dict(hints, phase_work=traced_phase_counts(hints["phase_work"], paired, B))
-    if phased:
         pipe_instr, per_exec = _phased_instructions(launch, rec, paired, hints)
     else:
         reach = block_reach(rec, paired)

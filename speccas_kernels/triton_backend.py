@@ -122,7 +122,8 @@ def chunks(itemsize: int = 4) -> int:
     (each draw costs about as many instructions as a chunk's statistics), and 8 for 2-byte logits, whose rounds
     are bound by instructions rather than bytes, so half as many draws pay (in the static model, B = 64, K = 4,
     V = 151936 bf16: chow 64.3 -> 62.2 us, token_v3 102.1 -> 99.1 us; fp32 rounds are bound by bytes, and longer
-    second-look items there push token_v3's re-read past the L2: 116.6 -> 118.7 us). 2 under the interpreter, so
+    second-look items there pushed token_v3's re-read past the L2: 116.6 -> 118.7 us, priced with the kernels of
+    v11, before a token set's look read only the chunks that may hold a member of A). 2 under the interpreter, so
     tests cross item, chunk and tile boundaries (and a last item with a missing chunk)."""
     if CHUNKS_OVERRIDE is not None:
         return int(CHUNKS_OVERRIDE)
