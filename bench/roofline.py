@@ -787,15 +787,20 @@ class MemoryTracer:
                 delattr(interp.interpreter_builder, k)
         return False
 
-    def _source_line(self) -> Tuple[str, int]:
-        """The kernel source line (innermost frame in a kernel's file or a helper outside triton)."""
+    def _source_lines(self) -> List[Tuple[str, int]]:
+        """The kernel source lines of a memory access: the innermost frame in a kernel's file or a helper outside
+        triton, and, when that is a helper's, also the innermost line in a kernel's own file (the call of the helper:
+        a phase's ``traced`` line may load through a shared helper)."""
         f = sys._getframe(3)
+        out: List[Tuple[str, int]] = []
         while f is not None:
             name = f.f_code.co_filename
-            if name in self._kernel_files or ("/triton/" not in name and name != __file__ and name.endswith(".py")):
-                return name, f.f_lineno
+            if name in self._kernel_files:
+                return out + [(name, f.f_lineno)]
+            if not out and "/triton/" not in name and name != __file__ and name.endswith(".py"):
+                out.append((name, f.f_lineno))
             f = f.f_back
-        return "?", 0
+        return out or [("?", 0)]
 
     def _touch(self, kind: str, ptrs, mask) -> None:
         if self._buffer is None:
@@ -806,7 +811,8 @@ class MemoryTracer:
         x, y, z = b.grid_idx
         gx, gy, _ = b.grid_dim
         pid = x + gx * (y + gy * z)
-        self.line_execs[-1][self._source_line()] += 1
+        for line in self._source_lines():
+            self.line_execs[-1][line] += 1
         addr = np.asarray(ptrs.data).reshape(-1).astype(np.uint64)
         if mask is not None:
             addr = addr[np.broadcast_to(np.asarray(mask.data), np.shape(ptrs.data)).reshape(-1).astype(bool)]

@@ -164,6 +164,83 @@ def test_token_set_screen_keeps_members_at_the_floor(device, rule, rows, monkeyp
     assert ((got.double() - truth) / truth).abs().max() < 1e-4, f"{got.tolist()} vs {truth.tolist()}"
 
 
+def _shifted(t):
+    """The same values in storage that starts 2 bytes past a 4-byte boundary."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+@pytest.mark.parametrize("rule,divergence", [("chow", False), ("opt", True), ("token_v3", False),
+                                             ("token_v1", True)])
+def test_bf16_word_loads_match_halfword_loads(device, rule, divergence, monkeypatch):
+    """bfloat16 logits whose rows start at even entries (V even) are read as 32-bit words of two entries and widened
+    by a shift or a mask (``common.load_tile``, ``PAIRS``); the same values at an odd 2-byte offset take 16-bit loads.
+    Widening is exact either way, so every output must agree bit for bit, in every phase that loads logits
+    (statistics, second look, race, a token set's screened chunks and divergence pass), with -inf entries, a word
+    masked at the row's end, and one and several rows per work item."""
+    from speccas_kernels.kernels import verify as kv
+
+    seen = []
+    real = kv.pairs
+    monkeypatch.setattr(kv, "pairs", lambda *a: seen.append(real(*a)) or seen[-1])
+    kw = random_round(4, 3, 150, device=device, seed=29, ragged=True, dtype=torch.bfloat16, neg_inf_frac=0.05)
+    kw["temperature"] = torch.tensor([0.0, 1.0, 0.7, 1.0], device=device)
+    for rows, block, tiles, chunks in ((None, None, None, None), (1, 16, 2, 3)):
+        monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+        monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
+        monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", tiles)
+        monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", chunks)
+        words = sk.verify(**kw, rule=rule, backend="triton", return_divergence=divergence)
+        odd = dict(kw, draft_logits=_shifted(kw["draft_logits"]), target_logits=_shifted(kw["target_logits"]))
+        halves = sk.verify(**odd, rule=rule, backend="triton", return_divergence=divergence)
+        for a, b, name in zip(words, halves, words._fields):
+            assert (a is None and b is None) or torch.equal(a.cpu(), b.cpu()), f"{rule} rows={rows}: {name}"
+    assert seen == [True, False, True, False]
+
+
+def test_pairs_needs_even_rows_and_vocabulary(device):
+    """Word loads only where every row starts at an even entry of 4-byte-aligned storage, V is even (no word
+    straddles a row's end) and both sides are bfloat16."""
+    from speccas_kernels.kernels.verify import pairs
+
+    z = torch.zeros(2, 3, 10, dtype=torch.bfloat16, device=device)
+    even = (30, 10, 30, 10)
+    assert pairs(z, z, even, 10) and pairs(None, z, even, 10)
+    assert not pairs(z, z, even, 9)  # odd V
+    assert not pairs(z, z, (30, 10, 31, 10), 10)  # a row at an odd entry
+    assert not pairs(z, _shifted(z), even, 10)  # storage 2 bytes off
+    assert not pairs(z.half(), z.half(), even, 10) and not pairs(z.float(), z, even, 10)
+
+
+def test_greedy_argmax_ties_across_lanes_chunks_and_items(device, monkeypatch):
+    """At T = 0 the statistics keep the lowest argmax: the tied maxima of p_0 sit in one lane (37, 38), in two lanes
+    of a chunk (45), in the same lane of a later chunk of the same item (165 with the interpreter's 128-entry chunks,
+    69 with 32-entry ones: a lane carries its best across chunks and keeps the earlier one on a tie), and in later
+    items (150, 290). The draft x = 5 has p(x) = 0, so it is rejected and the residual is p's one-hot at its lowest
+    argmax: 37 in every layout."""
+    V = 300
+    zq = torch.zeros(3, 1, V)
+    zq[:, 0, 5] = 4.0
+    zp = torch.zeros(3, 2, V)
+    zp[:, :, 5] = -30.0
+    for b, ties in enumerate(([37, 38, 45, 69, 150, 165, 290], [165, 150, 290, 69, 37], [290, 45, 38, 37])):
+        zp[b, :, ties] = 9.0
+    kw = dict(draft_tokens=torch.full((3, 1), 5, device=device), temperature=0.0, seed=3, offset=0,
+              rule="speculative")
+    assert sk.verify(zq, zp, backend="reference", **kw).tokens[:, 0].tolist() == [37, 37, 37]
+    for rows, block, tiles, chunks in ((None, None, None, None), (1, 16, 2, 3), (2, 32, 1, 2), (1, 64, 4, 1)):
+        monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+        monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
+        monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", tiles)
+        monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", chunks)
+        for dtype in (torch.float32, torch.bfloat16):
+            out = sk.verify(zq.to(device, dtype), zp.to(device, dtype), backend="triton", **kw)
+            assert out.tokens[:, 0].tolist() == [37, 37, 37], (rows, block, tiles, chunks, dtype)
+            assert out.num_accepted.tolist() == [0, 0, 0]
+
+
 def test_sample_rows_per_program(device, monkeypatch):
     z = torch.randn(9, 300, generator=torch.Generator().manual_seed(3)).to(device)
     kw = dict(temperature=torch.tensor([0.0, 1.0, 0.5] * 3, device=device), seed=torch.arange(9, device=device),

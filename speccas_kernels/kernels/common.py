@@ -24,6 +24,7 @@ import triton.language as tl
 NEG_INF = tl.constexpr(float("-inf"))
 BIG = tl.constexpr(2147483647)
 LOG2E = tl.constexpr(1.4426950408889634)
+BF16X2_NEG_INF = tl.constexpr(-8323200)  # 0xff80ff80 as an int32: two bfloat16 -inf
 LN2 = tl.constexpr(0.6931471805599453)
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
@@ -112,6 +113,24 @@ def load_logits(ptr, mask, FP64: tl.constexpr):
     else:
         z = z.to(tl.float32)
     return z
+
+
+@triton.jit
+def load_tile(base, lo, use, n_left, N: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr):
+    """[R, N] logits at ``base`` + ``lo`` + 0 .. N - 1 (``base``: [R, 1] row pointers; ``lo`` a scalar), -inf in the
+    rows outside ``use`` ([R, 1]) and at offsets >= ``n_left`` (V - lo), as float32 (float64 when FP64). PAIRS
+    (bfloat16 logits, every row starting at an even entry, V even): the tile is read as 32-bit words of two entries,
+    each widened by one shift (the low entry) and one mask (the high one), where 16-bit loads take a byte permute
+    and a shift for half of the entries; the bits are the same as ``load_logits``'s."""
+    if PAIRS:
+        h = tl.arange(0, N // 2)[None, :]
+        w = tl.load((base + lo).to(tl.pointer_type(tl.int32)) + h, mask=use & (h < n_left // 2), other=BF16X2_NEG_INF)
+        low = (w << 16).to(tl.float32, bitcast=True)  # entry 2 h: the word's low half (little-endian)
+        high = (w & -65536).to(tl.float32, bitcast=True)  # entry 2 h + 1
+        return tl.reshape(tl.join(low, high), [w.shape[0], N])
+    else:
+        offs = tl.arange(0, N)[None, :]
+        return load_logits(base + lo + offs, use & (offs < n_left), FP64)
 
 
 @triton.jit

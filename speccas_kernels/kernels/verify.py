@@ -19,19 +19,23 @@ Design. Every program loops over a queue of work items (an atomic counter), so t
 The items, in the phases of SPEC.md section 9:
 
 A chunk is TILES vocabulary tiles of BLOCK_V entries (4 on a GPU). A stats or second-look item covers CHUNKS chunks
-(4 on a GPU: a loop), a race or divergence item one chunk; at a small batch the items shrink (chunks first, then
-tiles) while a position's stats items still fit in one wave of the programs (``triton_backend.tiles`` / ``chunks``,
-``launch_verify``): NS = ceil(NT / (TILES CHUNKS)) stats and second-look items and NI = ceil(NT / TILES) race and
-divergence items per position. (Larger items draw a quarter as many from the queue, each draw costing about as many
-instructions as a chunk's statistics; larger race items would lengthen a row's last step more than they save.)
+(on a GPU 4, or 8 for 2-byte logits: a loop), a race or divergence item one chunk; at a small batch the items
+shrink (chunks first, then tiles) while a position's stats items still fit in one wave of the programs
+(``triton_backend.tiles`` / ``chunks``, ``launch_verify``): NS = ceil(NT / (TILES CHUNKS)) stats and second-look
+items and NI = ceil(NT / TILES) race and divergence items per position. (Larger items draw a quarter as many from
+the queue, each draw costing about as many instructions as a chunk's statistics; larger race items would lengthen a
+row's last step more than they save.)
 
 * **stats** (row b, position i, item j): chunk by chunk, the chunk's tiles of zp_i and, for i < n, of zq_i as one
   block per side, both loads in flight together (one round trip to DRAM per chunk): max, sum exp(z - max) (T = 1),
   sum exp((z - max) / T) over the kept entries (a branch taken only at T != 1 or with filters), lowest argmax (only
-  at T = 0), NaN/+inf flag (read off the T = 1 sum). One record per chunk; the chunk whose tiles hold x_i also
-  records zp_i(x_i) and zq_i(x_i). A ticket per position; the program with the last ticket **merges** the NI
-  records of both sides at once into the position's statistics, publishes a "ready" flag (rules with a second
-  look), and draws a ticket on the row.
+  at T = 0), NaN/+inf flag (read off the T = 1 sum). Each thread folds its own entries of every chunk into running
+  statistics per lane (``_lane_stats``: rescaled to the lane's new max, no shuffle or barrier inside the loop), and
+  the item reduces its lanes once into one record (``_lanes_merged``); a token set with a floor keeps one record
+  per chunk instead, which its second look screens (``CHUNK_RECORDS``). The chunk whose tiles hold x_i also
+  records zp_i(x_i) and zq_i(x_i). A ticket per position; the program with the last ticket **merges** the records
+  of both sides at once into the position's statistics, publishes a "ready" flag (rules with a second look), and
+  draws a ticket on the row.
 * **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or eta
   (the chunks' tiles folded entry by entry, one reduction and one record per item); the last item's program merges
@@ -68,6 +72,9 @@ its lg2 on a GPU (``common.log2_fast``), p and q in the race and the second look
 of divided; when every row of an item samples at T = 1 without filters, a token set's passes take p = p^ and q = q^
 from one exp (``_unit_law``: the same expression, bit for bit). Entries are addressed as tile offsets from a scalar
 start, so no per-entry index is formed (and kept live across a chunk) outside the rare branches that need one.
+bfloat16 logits are read as 32-bit words of two entries where every row starts at an even entry and V is even
+(``PAIRS``, ``common.load_tile``): one shift or mask widens an entry, where 16-bit loads take a permute and a shift
+for half of them.
 Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM.
 
 Order of the queue: "super-steps" of one row each, stats of row s, then the second look of row s - 1, then the
@@ -99,7 +106,7 @@ from .. import rules
 from ..outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from . import common, philox
 from .common import (BIG, LOG2E, NEG_INF, best_lowest_rows, exp_scaled, inv_temperature, ln_fast, load_logits,
-                     log2_fast, log2e_scale, row_params, temperature_ok, ticket, wait_flag)
+                     load_tile, log2_fast, log2e_scale, row_params, temperature_ok, ticket, wait_flag)
 
 FAMILY_A = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_A])
 FAMILY_B = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_B])
@@ -337,6 +344,58 @@ def _tile_stats(z, offs, lo, invT, cut, scaled, greedy, FILTERS: tl.constexpr):
     return m, s1, sT, arg, (s1 != s1).to(tl.int32)
 
 
+@triton.jit
+def _lanes(x, LANES: tl.constexpr, VEC: tl.constexpr):
+    """An [R, N] tile as [R, N // LANES, LANES // VEC, VEC]: entry n is (n // LANES, n % LANES // VEC, n % VEC). On a
+    GPU the tile's layout gives each of the LANES // VEC threads VEC adjacent entries (one vector load) at each of
+    N // LANES places, so dimensions 1 and 3 are one thread's registers and reduce without a shuffle or a barrier."""
+    return tl.reshape(x, [x.shape[0], x.shape[1] // LANES, LANES // VEC, VEC])
+
+
+@triton.jit
+def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run, FILTERS: tl.constexpr,
+                LANES: tl.constexpr, VEC: tl.constexpr):
+    """``_tile_stats`` folded into running statistics per lane ([R, LANES // VEC]: a thread's entries of every chunk
+    of an item), with no reduction across threads: a lane's max, sum exp(z - max) and sum exp((z - max) / T) over
+    kept entries (rows with ``scaled``) rescaled to its new max, and its lowest argmax (rows with ``greedy``). A NaN
+    or +inf entry makes the lane's T = 1 sum NaN, and it stays NaN."""
+    z4 = _lanes(z, LANES, VEC)
+    mc = tl.max(tl.max(z4, axis=3), axis=1)
+    m = tl.maximum(m_run, mc)
+    ms = tl.where(m == NEG_INF, 0.0, m)
+    d = _rel(z4, ms[:, None, :, None])
+    dr = _rel(m_run, ms)  # -inf while the lane has seen only -inf: its sums stay 0
+    s1 = s1_run * exp_scaled(dr, LOG2E) + tl.sum(tl.sum(exp_scaled(d, LOG2E), axis=3), axis=1)
+    sT = s1
+    if tl.max(scaled.to(tl.int32), axis=0) > 0:
+        sc = log2e_scale(invT)
+        e = exp_scaled(d, sc[:, None, None, None])
+        if FILTERS:
+            e = tl.where(z4 >= cut[:, None, None, None], e, 0.0)
+        sT = tl.where(scaled[:, None], sT_run * exp_scaled(dr, sc[:, None]) + tl.sum(tl.sum(e, axis=3), axis=1), s1)
+    arg = arg_run
+    if tl.max(greedy.to(tl.int32), axis=0) > 0:
+        o4 = _lanes(offs[None, :], LANES, VEC)
+        low = tl.min(tl.min(tl.where(z4 == mc[:, None, :, None], o4, BIG), axis=3), axis=1)
+        # a tie keeps the earlier chunk's (lower) entry
+        arg = tl.where((mc > m_run) & (low < BIG), (low + lo).to(tl.int32), arg_run)
+    return m, s1, sT, arg
+
+
+@triton.jit
+def _lanes_merged(m, s1, sT, arg, invT, scaled):
+    """An item's running lane statistics (``_lane_stats``) merged across the lanes, per row: (max, sum exp(z - max),
+    the scaled sum, lowest argmax, bad), the record ``_tile_stats`` gives for one chunk."""
+    M = tl.max(m, axis=1)
+    d = _rel(m, tl.where(M == NEG_INF, 0.0, M)[:, None])
+    S1 = tl.sum(s1 * exp_scaled(d, LOG2E), axis=1)  # a lane with nothing: 0 x 0
+    ST = S1
+    if tl.max(scaled.to(tl.int32), axis=0) > 0:
+        ST = tl.where(scaled, tl.sum(sT * exp_scaled(d, log2e_scale(invT)[:, None]), axis=1), S1)
+    low = tl.min(tl.where(m == M[:, None], arg, BIG), axis=1)
+    return M, S1, ST, low, (S1 != S1).to(tl.int32)
+
+
 # ------------------------------------------------------------------------------------------------ the kernel
 
 @triton.jit(do_not_specialize=["K", "n_val", "alpha_val", "temp_val", "seed_val", "offset_val", "total", "step_m",
@@ -407,8 +466,13 @@ def _verify_kernel(
     TILES: tl.constexpr,  # vocabulary tiles per chunk (statically unrolled)
     CHUNKS: tl.constexpr,  # chunks of TILES tiles per work item, at most
     ITEMS_PER_PROGRAM: tl.constexpr,  # 0: as many as the queue holds
+    LANES: tl.constexpr,  # entries of a chunk the threads hold at one place (threads x VEC, at most TILES x BLOCK_V)
+    VEC: tl.constexpr,  # adjacent entries one thread loads at once
+    PAIRS: tl.constexpr,  # bfloat16 logits read as 32-bit words of two entries (``common.load_tile``)
 ):
     HAS_Q: tl.constexpr = zq_ptr is not None
+    # a token set with a floor screens its second look's chunks by their statistics records
+    CHUNK_RECORDS: tl.constexpr = SECOND_LOOK and FAMILY == FAMILY_B and HAS_FLOOR
     DIVERGENCE: tl.constexpr = div_ptr is not None
     DIV_ITEMS: tl.constexpr = DIVERGENCE and FAMILY == FAMILY_B and HAS_Q  # a token set's TV(pi, p): a third pass
     KP = K + 1
@@ -460,7 +524,7 @@ def _verify_kernel(
                             offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_stats,
                             c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV,
                             WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
-                            BLOCK_V, BLOCK_K, BLOCK_T, TILES, CHUNKS)
+                            BLOCK_V, BLOCK_K, BLOCK_T, TILES, CHUNKS, CHUNK_RECORDS, LANES, VEC, PAIRS)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
             r2 = r - stats_items
@@ -476,7 +540,7 @@ def _verify_kernel(
                                c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
                                USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
                                BLOCK_K, BLOCK_T, TILES, CHUNKS, READS_PH, FLOOR,
-                               HAS_FLOOR)
+                               HAS_FLOOR, PAIRS)
         elif r < stats_items + look_items + NI:
             g = (s - lag).to(tl.int64)
             if (g >= 0) & (g < G):
@@ -485,7 +549,7 @@ def _verify_kernel(
                            alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
                            cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
                            IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T,
-                           TILES, DIV_ITEMS, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K)
+                           TILES, DIV_ITEMS, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS)
         else:
             g = (s - lag).to(tl.int64)
             if DIV_ITEMS:
@@ -496,7 +560,7 @@ def _verify_kernel(
                               look_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr,
                               temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag, c_fin, stride_qb, stride_qk,
                               stride_pb, stride_pk, IN_SET, USES_ALPHA, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
-                              BLOCK_K, BLOCK_T, TILES)
+                              BLOCK_K, BLOCK_T, TILES, PAIRS)
         done += 1
         w = nxt
     # The last program out resets the queue.
@@ -580,14 +644,20 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                 RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                 BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
-                CHUNKS: tl.constexpr):
+                CHUNKS: tl.constexpr, CHUNK_RECORDS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr,
+                PAIRS: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
-    (every load of the chunk in flight at once, one reduction per statistic), one partial record per chunk; the
-    program with the position's last ticket merges the NR = ceil(NT / TILES) records."""
+    (every load of the chunk in flight at once). With CHUNK_RECORDS (a token set's second look screens chunks by
+    their records) each chunk reduces its statistics and writes a record; otherwise the chunks fold into running
+    statistics per lane (``_lane_stats``: no reduction across threads inside the loop) and the item writes one
+    record. The program with the position's last ticket merges the NR records."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
     NS = _items(NT, TILES, CHUNKS)  # stats items per position
-    NR = (NT + TILES - 1) // TILES  # records per position
+    if CHUNK_RECORDS:
+        NR = (NT + TILES - 1) // TILES  # records per position: one per chunk
+    else:
+        NR = NS  # one per item
     use_p = rmask & (i <= n)
     use_q = rmask & (i < n)
     if tl.max(use_p.to(tl.int32), axis=0) > 0:
@@ -613,13 +683,19 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)
         if HAS_Q:
             qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)
+        if not CHUNK_RECORDS:  # running statistics per lane, target side then drafter side
+            lane0 = tl.zeros([ROWS, LANES // VEC], dtype=tl.float32)
+            mneg = lane0 + NEG_INF
+            if FP64:
+                mneg = mneg.to(tl.float64)
+            m_p, s1_p, sT_p, arg_p = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
+            m_q, s1_q, sT_q, arg_q = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
         while c < nch:
             r = j * CHUNKS + c  # the chunk's record
             lo = r * (TILES * BLOCK_V)
-            inb = (offs < V - lo)[None, :]
-            zp = load_logits((pbase + lo)[:, None] + offs[None, :], use_p[:, None] & inb, FP64)
+            zp = load_tile(pbase[:, None], lo, use_p[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS)
             if HAS_Q:  # both tiles of the chunk in flight together: one round trip to DRAM
-                zq = load_logits((qbase + lo)[:, None] + offs[None, :], use_q[:, None] & inb, FP64)
+                zq = load_tile(qbase[:, None], lo, use_q[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS)
             # The chunk holding the draft records the logits there for the accept phase, which then reads only
             # what this launch wrote (no DRAM round trip on a row's chain). One chunk per drafted position takes
             # it; a draft outside the vocabulary (its position rejects) gets a 0 from the first, so nothing read
@@ -631,13 +707,28 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
                 if HAS_Q:
                     tl.store(zx + 1, tl.sum(tl.where(at, zq, 0.0), axis=1), mask=hold)
-            m, s1, sT, arg, bad = _tile_stats(zp, offs, lo, invT, cutp, scaled, greedy, FILTERS)
-            _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, r, use_p, m, s1, sT, arg, bad)
+            if CHUNK_RECORDS:
+                m, s1, sT, arg, bad = _tile_stats(zp, offs, lo, invT, cutp, scaled, greedy, FILTERS)
+                _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, r, use_p, m, s1, sT, arg, bad)
+                if HAS_Q:
+                    if any_q:
+                        m, s1, sT, arg, bad = _tile_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q, FILTERS)
+                        _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NR, r, use_q, m, s1, sT, arg, bad)
+            else:
+                m_p, s1_p, sT_p, arg_p = _lane_stats(zp, offs, lo, invT, cutp, scaled, greedy, m_p, s1_p, sT_p,
+                                                     arg_p, FILTERS, LANES, VEC)
+                if HAS_Q:
+                    if any_q:
+                        m_q, s1_q, sT_q, arg_q = _lane_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q, m_q,
+                                                             s1_q, sT_q, arg_q, FILTERS, LANES, VEC)
+            c += 1
+        if not CHUNK_RECORDS:
+            m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled)
+            _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, j, use_p, m, s1, sT, arg, bad)
             if HAS_Q:
                 if any_q:
-                    m, s1, sT, arg, bad = _tile_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q, FILTERS)
-                    _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NR, r, use_q, m, s1, sT, arg, bad)
-            c += 1
+                    m, s1, sT, arg, bad = _lanes_merged(m_q, s1_q, sT_q, arg_q, invT, scaled)
+                    _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NR, j, use_q, m, s1, sT, arg, bad)
     pos = g * KP + i
     if ticket(cnt_ptr + c_stats + pos) == NS - 1:
         if tl.max(use_p.to(tl.int32), axis=0) > 0:
@@ -709,7 +800,7 @@ def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_
 @triton.jit
 def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr,
                cutp_ptr, K, V, FAMILY: tl.constexpr, IN_SET: tl.constexpr, FILTERS: tl.constexpr,
-               FP64: tl.constexpr, NEED_P: tl.constexpr = True):
+               FP64: tl.constexpr, PAIRS: tl.constexpr, NEED_P: tl.constexpr = True):
     """The tile of entries lo + ``offs`` ([BLOCK_V]; ``lo`` a scalar) of position i for the passes after the
     statistics (the second look, a token set's divergence), whose rows start at ``qbase`` / ``pbase`` ([R, 1]
     pointers, formed once per work item): (q, p, v in A) over [R, BLOCK_V], q and p 0 outside the rows ``use`` and
@@ -717,12 +808,12 @@ def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq
     ``_unit_law`` of the rows). Without ``NEED_P`` (a token set whose membership reads only q^, and no divergence)
     the target tile is not loaded and p is 0."""
     mask = use[:, None] & (offs < V - lo)[None, :]
-    zq = load_logits(qbase + lo + offs[None, :], mask, FP64)
+    zq = load_tile(qbase, lo, use[:, None], V - lo, offs.shape[0], FP64, PAIRS)
     keep_q = mask & (zq > NEG_INF)
     if FILTERS:
         keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None])
     if NEED_P:
-        zp = load_logits(pbase + lo + offs[None, :], mask, FP64)
+        zp = load_tile(pbase, lo, use[:, None], V - lo, offs.shape[0], FP64, PAIRS)
         keep_p = mask & (zp > NEG_INF)
         if FILTERS:
             keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * (K + 1) + i, mask=use, other=0.0)[:, None])
@@ -765,7 +856,7 @@ def _eta_records(rows, i, j, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES: 
 def _eta_item(j, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase, pbase, mp, mq, sq,
               cutq_ptr, K, V, IN_SET: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr,
               FILTERS: tl.constexpr, FP64: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr,
-              TILES: tl.constexpr, CHUNKS: tl.constexpr):
+              TILES: tl.constexpr, CHUNKS: tl.constexpr, PAIRS: tl.constexpr):
     """eta's share ([R]) of second-look item j for a token set whose membership is a floor t on one hat
     (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the statistics
     records of the item's chunks (``_eta_records``, loaded with the position's statistics) and the logits of the
@@ -805,13 +896,8 @@ def _eta_item(j, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, uni
         lo = (j * CHUNKS + c) * (TILES * BLOCK_V)
         mask = near_c & (offs < V - lo)[None, :]
         if READS_PH:
-            zp = load_logits(pbase + lo + offs[None, :], mask, FP64)
-        # (tl.load itself, not load_logits: bench/roofline.py counts this line's executions, ``look_q``)
-        zq = tl.load(qbase + lo + offs[None, :], mask=mask, other=float("-inf"))
-        if FP64:
-            zq = zq.to(tl.float64)
-        else:
-            zq = zq.to(tl.float32)
+            zp = load_tile(pbase, lo, near_c, V - lo, TILES * BLOCK_V, FP64, PAIRS)
+        zq = load_tile(qbase, lo, near_c, V - lo, TILES * BLOCK_V, FP64, PAIRS)  # (``look_q`` counts this line)
         qh = _hat(zq, Mq, S1q)
         if READS_PH:
             hat = _hat(zp, Mp, S1p)
@@ -839,7 +925,8 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
-               CHUNKS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr):
+               CHUNKS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr,
+               PAIRS: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item; the program with the last ticket sums the NS records. A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
@@ -876,7 +963,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                 if tl.max(live.to(tl.int32), axis=0) > 0:
                     eta = _eta_item(j, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase,
                                     pbase, mp, mq, sq, cutq_ptr, K, V, IN_SET, FLOOR, READS_PH, FILTERS, FP64, BLOCK_V,
-                                    BLOCK_T, TILES, CHUNKS)
+                                    BLOCK_T, TILES, CHUNKS, PAIRS)
                 tl.store(look_part_ptr + (rows * K + i) * NS + j, eta, mask=use)  # one record per item
             if DENSE:
                 acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
@@ -887,7 +974,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                     for u in tl.static_range(TILES):
                         q, p, in_a = _look_tile(((j * CHUNKS + c) * TILES + u) * BLOCK_V, offs, rows, i, use, scale,
                                                 Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr,
-                                                cutp_ptr, K, V, FAMILY, IN_SET, FILTERS, FP64,
+                                                cutp_ptr, K, V, FAMILY, IN_SET, FILTERS, FP64, PAIRS,
                                                 NEED_P=(FAMILY != FAMILY_B) or READS_PH or DIVERGENCE)
                         if FAMILY == FAMILY_B:
                             if not SPARSE_ETA:
@@ -1156,7 +1243,8 @@ def _residual_consts(rows, rmask, racing, m, T, o, row_i_ptr, row_f_ptr, pos_m_p
 @triton.jit
 def _residual_tile(T, m, rows, racing, zp, keep_p, Mp, offs, lo, mask, scale, inv_STp, wm, Mq, inv_STq, S1p, S1q,
                    argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
-                   HAS_Q: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, DIFF: tl.constexpr = False):
+                   HAS_Q: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr, n_left,
+                   DIFF: tl.constexpr = False):
     """pi_m and q_m over an [R, BLOCK] tile of the rows that race a residual (entries lo + ``offs``, ``lo`` a
     scalar: indices are compared as offsets, none formed per entry), from the target tile ``zp`` already loaded and
     the row constants of ``_residual_consts`` (``qbase``: [R, 1] pointers to the rows of zq_m): (pi, q), or with
@@ -1172,7 +1260,7 @@ def _residual_tile(T, m, rows, racing, zp, keep_p, Mp, offs, lo, mask, scale, in
     if any_greedy:
         p = tl.where(greedy, (offs == argp - lo).to(tl.float32), p)
     if HAS_Q:
-        zq = load_logits(qbase + lo + offs, mask, FP64)
+        zq = load_tile(qbase, lo, racing[:, None], n_left, offs.shape[1], FP64, PAIRS)
         keep_q = mask & (zq > NEG_INF)
         if FILTERS:
             keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + m, mask=racing & (m < K), other=0.0)[:, None])
@@ -1205,7 +1293,7 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
              zp_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V,
              stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
              USES_ALPHA: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr,
-             FP64: tl.constexpr, BLOCK_V: tl.constexpr):
+             FP64: tl.constexpr, BLOCK_V: tl.constexpr, PAIRS: tl.constexpr):
     """argmax_v log pi_m(v) + G(v) over the whole vocabulary, tile after tile (lowest index on ties), for the rows
     ``flat`` (here: the racing rows); the same noise and pi as the residual race."""
     KP = K + 1
@@ -1225,12 +1313,14 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
         noise = philox.gumbel_flat(row_params(seed_ptr, seed_val, rows, rmask),
                                    row_params(offset_ptr, offset_val, rows, rmask) + m, STREAM_EMIT, v0, BLOCK_V)
         mask = flat[:, None] & (v < V)
-        zp = load_logits(_p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None] + v, mask, FP64)
+        zp = load_tile(_p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None], v0, flat[:, None],
+                       V - v0, BLOCK_V, FP64, PAIRS)
         keep_p = mask & (zp > NEG_INF)
         if FILTERS:
             keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=flat, other=0.0)[:, None])
         pi, q = _residual_tile(T, m, rows, flat, zp, keep_p, Mp, offs, v0, mask, scale, inv_STp, wm, Mq, inv_STq,
-                               S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY, IN_SET, HAS_Q, FILTERS, FP64)
+                               S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY, IN_SET, HAS_Q, FILTERS, FP64,
+                               PAIRS, V - v0)
         fs = tl.where(mask, ln_fast(pi) + noise, NEG_INF)
         b, i = best_lowest_rows(tl.where(fs == fs, fs, NEG_INF), v.to(tl.int32))
         take = (b > best) | (idx == BIG)
@@ -1247,7 +1337,8 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
                ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
-               DIV_ITEMS: tl.constexpr, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K: tl.constexpr):
+               DIV_ITEMS: tl.constexpr, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K: tl.constexpr,
+               PAIRS: tl.constexpr):
     """Tiles j TILES .. j TILES + TILES - 1 of a row's race (statically unrolled): the bonus race (p_n + G) or the
     residual race (log max(0, pi_m - q_m) + G and the residual's mass), whichever the row runs (a row-uniform
     branch). The row's constants are loaded once per item; the tiles fold entry by entry into one running best (a
@@ -1292,7 +1383,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
             # the bonus), the natural-log scores divided by ln 2 and shifted by one constant: the same argmax.
             e2 = philox.exp_log2_flat(seed, pos, STREAM_EMIT, lo, BLOCK_V)
             mask = racing[:, None] & (offs < V - lo)
-            zp = load_logits(pbase + lo + offs, mask, FP64)
+            zp = load_tile(pbase, lo, racing[:, None], V - lo, BLOCK_V, FP64, PAIRS)
             keep_p = mask & (zp > NEG_INF)
             if FILTERS:
                 keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=racing, other=0.0)[:, None])
@@ -1305,7 +1396,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                 rmask3 = mask & resid_row[:, None]
                 d, q = _residual_tile(T, m, rows, resid_row, zp, keep_p, Mp, offs, lo, rmask3, scale, inv_STp, wm,
                                       Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY, IN_SET,
-                                      HAS_Q, FILTERS, FP64, DIFF=True)
+                                      HAS_Q, FILTERS, FP64, PAIRS, V - lo, DIFF=True)
                 # w = max(0, pi - q) (0 at masked entries, where pi = q = 0); log2 0 = -inf scores the rest -inf
                 wv = tl.maximum(d, 0.0)
                 sr = log2_fast(wv) - e2
@@ -1339,7 +1430,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                                               pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, seed_ptr,
                                               seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V,
                                               stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA,
-                                              HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V), idx)
+                                              HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS), idx)
             tl.store(tokens_ptr + rows * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64), mask=racing)
         tl.store(cnt_ptr + c_race + g, 0)
         if not DIV_ITEMS:
@@ -1356,7 +1447,8 @@ def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, 
               cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag,
               c_fin, stride_qb, stride_qk, stride_pb, stride_pk, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
               RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-              BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
+              BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
+              PAIRS: tl.constexpr):
     """A token set's TV(pi, p) at position i (``divergence`` asked, drafter logits, T > 0): with Q = q(A) = 1 - eta,
     pi - p is q - Q p on A and (eta - 1) p <= 0 off it, so TV(pi, p) = sum_{v in A} (q(v) - Q p(v))^+, a pass that
     needs eta (the second look's) first. Queued (with drafter logits only: ``DIV_ITEMS``) with the row's race
@@ -1381,7 +1473,7 @@ def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, 
         for u in tl.static_range(TILES):
             q, p, in_a = _look_tile((j * TILES + u) * BLOCK_V, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq,
                                     S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K, V, FAMILY_B, IN_SET,
-                                    FILTERS, FP64)
+                                    FILTERS, FP64, PAIRS)
             acc += tl.where(in_a, tl.maximum(q - Q * p, 0.0), 0.0)
         tl.store(look_part_ptr + (rows * K + i) * NI + j, tl.sum(acc, axis=1), mask=use)
     _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, B, K, NT, c_flag, c_fin,
@@ -1494,7 +1586,7 @@ def roofline_hints(launch) -> dict:
         "look": dict(count=G * n * NS if looks else 0, l2=2 if sparse_eta else 2 + CH),
         "look_merge": dict(count=G * K if looks else 0, l2=2),
         # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the traced run had
-        "look_q": dict(count=0, traced="zq = tl.load(qbase + lo", l2=1),
+        "look_q": dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1),
         "accept": dict(count=G, l2=2),
         "race": dict(count=G * NI, l2=3 if c["ROWS"] == 1 else 4),
         "emit": dict(count=G, l2=1),
@@ -1533,6 +1625,15 @@ def magic(d: int) -> Tuple[int, int]:
         raise ValueError(f"magic: divisor {d} < 1")
     L = 31 + (d - 1).bit_length()
     return -(-(1 << L) // d), L
+
+
+def pairs(zq, zp, strides, V) -> bool:
+    """Whether the kernel may read the logits as 32-bit words of two entries (``common.load_tile``): bfloat16 logits
+    (both sides) whose rows all start at an even entry of 4-byte-aligned storage, and an even vocabulary (a word
+    never straddles a row's end)."""
+    tensors = [t for t in (zq, zp) if t is not None]
+    return (V % 2 == 0 and all(t.dtype == torch.bfloat16 and t.data_ptr() % 4 == 0 for t in tensors)
+            and all(s % 2 == 0 for s in strides))
 
 
 def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int = 1, tiles: int = 1,
@@ -1609,6 +1710,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     s_ptr, s_val = common.split_param(args.seed, 0)
     o_ptr, o_val = common.split_param(args.offset, 0)
     lo, hi = args.rule.alpha_range
+    vec = min(16 // zp.element_size(), tiles * block_v)  # a thread's vector load of the target's logits
+    lanes = min(tiles * block_v, 32 * num_warps * vec)
     _verify_kernel[(grid,)](
         *out[:KERNEL_OUTPUTS], div, part_m, part_f, part_i, pos_m, pos_f, pos_i, look_part, look, race_f, race_i, row_i,
         row_f, cnt,
@@ -1617,7 +1720,9 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         *strides,
         **cx, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
-        TILES=tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, num_warps=num_warps, maxnreg=MAX_REGISTERS)
+        TILES=tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, PAIRS=pairs(zq, zp, strides, V),
+        num_warps=num_warps,
+        maxnreg=MAX_REGISTERS)
     if divergence:
         out = out._replace(divergence=div[:B * K].view(B, K), draft_divergence=div[B * K:2 * B * K].view(B, K))
     return out
