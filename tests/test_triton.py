@@ -365,23 +365,25 @@ def test_philox_matches_random_module(device):
 
 @triton.jit
 def _gumbel_flat_probe_kernel(g_ptr, seed_ptr, pos_ptr, v0, R: tl.constexpr, BLOCK: tl.constexpr,
-                              BASE2: tl.constexpr = False):
+                              BASE2: tl.constexpr = False, VEC: tl.constexpr = 4):
     r = tl.arange(0, R)
     if BASE2:
-        noise = philox.exp_log2_flat(tl.load(seed_ptr + r), tl.load(pos_ptr + r), 2, v0, BLOCK)
+        noise = philox.exp_log2_flat(tl.load(seed_ptr + r), tl.load(pos_ptr + r), 2, v0, BLOCK, VEC)
     else:
-        noise = philox.gumbel_flat(tl.load(seed_ptr + r), tl.load(pos_ptr + r), 2, v0, BLOCK)
+        noise = philox.gumbel_flat(tl.load(seed_ptr + r), tl.load(pos_ptr + r), 2, v0, BLOCK, VEC)
     tl.store(g_ptr + r[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :], noise)
 
 
-def test_gumbel_flat_matches_random_module(device):
+@pytest.mark.parametrize("vec", [4, 8])
+def test_gumbel_flat_matches_random_module(device, vec):
     """The race's noise tile (four Philox words per group joined into a flat [R, BLOCK] tile, logs through
-    ``common.ln_fast``) is ``random.gumbel`` entry by entry: a wrong word order or group offset moves entries."""
+    ``common.ln_fast``; with VEC = 8 two groups per thread evaluated as two blocks and interleaved) is
+    ``random.gumbel`` entry by entry: a wrong word order, group order or group offset moves entries."""
     seeds = torch.tensor([0, 5, -3, 2**62])
     pos = torch.tensor([1, 2**40, 7, 0])
     for v0 in (0, 128, 4 * 12345):
         got = torch.empty(4, 64, device=device)
-        _gumbel_flat_probe_kernel[(1,)](got, seeds.to(device), pos.to(device), v0, R=4, BLOCK=64)
+        _gumbel_flat_probe_kernel[(1,)](got, seeds.to(device), pos.to(device), v0, R=4, BLOCK=64, VEC=vec)
         want = srandom.gumbel(seeds[:, None], pos[:, None], 2, torch.arange(v0, v0 + 64))
         torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=2e-6)
         # negative control: the same noise a group of four entries later is a different tile

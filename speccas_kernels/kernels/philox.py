@@ -80,39 +80,56 @@ def gumbel(seed, pos, stream: tl.constexpr, v):
 
 
 @triton.jit
-def uniform_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr):
-    """Uniforms for R rows (``seed``, ``pos``: [R] int64) at entries v0 .. v0 + BLOCK - 1 (v0 a multiple of 4) as an
-    [R, BLOCK] tile, one Philox evaluation per group of four entries of a row, its four words joined into the flat
-    tile (the same bits as ``uniform``)."""
-    g = tl.arange(0, BLOCK // 4)
-    seed = seed.to(tl.int64)[:, None]
-    pos = pos.to(tl.int64)[:, None]
-    zero = (g[None, :] * 0 + seed * 0).to(tl.uint32)  # [R, BLOCK // 4]
-    c0 = zero + ((v0 >> 2) + g).to(tl.uint32)[None, :]
+def _group_words(seed, pos, stream: tl.constexpr, c0):
+    """[R, N, 4] words of Philox over the counters ``c0`` ([N] uint32) of R rows: [r, n, j] = word j of group n."""
+    zero = (c0[None, :] * 0 + seed * 0).to(tl.uint32)  # [R, N]
     c1 = zero + stream
     c2 = zero + (pos & 0xFFFFFFFF).to(tl.uint32)
     c3 = zero + ((pos >> 32) & 0xFFFFFFFF).to(tl.uint32)
     k0 = zero + (seed & 0xFFFFFFFF).to(tl.uint32)
     k1 = zero + ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    w0, w1, w2, w3 = philox4x32_10(c0, c1, c2, c3, k0, k1)
-    # join(join(w0, w2), join(w1, w3))[r, g, a, b] = word 2 a + b: flattened, entry 4 g + j holds word j
-    bits = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [seed.shape[0], BLOCK])
+    w0, w1, w2, w3 = philox4x32_10(zero + c0[None, :], c1, c2, c3, k0, k1)
+    # join(join(w0, w2), join(w1, w3))[r, n, a, b] = word 2 a + b
+    return tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [seed.shape[0], c0.shape[0], 4])
+
+
+@triton.jit
+def uniform_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr, VEC: tl.constexpr = 4):
+    """Uniforms for R rows (``seed``, ``pos``: [R] int64) at entries v0 .. v0 + BLOCK - 1 (v0 a multiple of 4) as an
+    [R, BLOCK] tile, one Philox evaluation per group of four entries of a row, its four words joined into the flat
+    tile (the same bits as ``uniform``). ``VEC`` (8 or less): the adjacent entries a thread holds in the tile the
+    noise meets (a 16-byte vector of 2-byte logits: 8). With 8, each thread evaluates the two groups of its vector,
+    2 k and 2 k + 1, as two [R, BLOCK // 8] blocks whose words interleave in its registers; one [R, BLOCK // 4] block
+    would hold those groups in two threads, and moving the words would cost a round trip through shared memory and
+    its barriers."""
+    seed = seed.to(tl.int64)[:, None]
+    pos = pos.to(tl.int64)[:, None]
+    if VEC == 8:
+        k = tl.arange(0, BLOCK // 8)
+        c = ((v0 >> 2) + 2 * k).to(tl.uint32)
+        # [r, k, j, h] = word j of group 2 k + h; as [r, k, h, j], flattened, entry 8 k + 4 h + j
+        both = tl.join(_group_words(seed, pos, stream, c), _group_words(seed, pos, stream, c + 1))
+        bits = tl.reshape(tl.permute(both, (0, 1, 3, 2)), [seed.shape[0], BLOCK])
+    else:
+        g = tl.arange(0, BLOCK // 4)
+        # flattened, entry 4 g + j holds word j of group g
+        bits = tl.reshape(_group_words(seed, pos, stream, ((v0 >> 2) + g).to(tl.uint32)), [seed.shape[0], BLOCK])
     return bits_to_uniform(bits)
 
 
 @triton.jit
-def gumbel_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr):
+def gumbel_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr, VEC: tl.constexpr = 4):
     """Gumbel noise -log(-log u) over ``uniform_flat``'s tile. The logs are ``common.ln_fast``: on a GPU within
     about 2**-22 of ``gumbel``'s."""
-    u = uniform_flat(seed, pos, stream, v0, BLOCK)
+    u = uniform_flat(seed, pos, stream, v0, BLOCK, VEC)
     return -ln_fast(-ln_fast(u))
 
 
 @triton.jit
-def exp_log2_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr):
+def exp_log2_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr, VEC: tl.constexpr = 4):
     """log2(-log2 u) over ``uniform_flat``'s tile: -(G + ln ln 2) / ln 2 for the Gumbel noise G of the same bits,
     the noise of a race scored in base-2 units (log2 w minus it is (log w + G + ln ln 2) / ln 2: the same argmax,
     with two multiplies and two negations fewer per entry; the inner negation is an absolute value, which the
     special-function unit takes as an operand)."""
-    u = uniform_flat(seed, pos, stream, v0, BLOCK)
+    u = uniform_flat(seed, pos, stream, v0, BLOCK, VEC)
     return log2_fast(tl.abs(log2_fast(u)))  # |log2 u| = -log2 u

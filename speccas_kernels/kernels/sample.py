@@ -53,6 +53,7 @@ def _sample_kernel(
     ROWS: tl.constexpr,  # rows per program: 1 on a GPU; a whole small batch under the interpreter
     BLOCK_V: tl.constexpr,  # a multiple of 4
     SINGLE: tl.constexpr,  # NT == 1
+    VEC: tl.constexpr,  # adjacent logits one thread loads at once (``philox.uniform_flat``)
 ):
     grp = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
@@ -64,7 +65,7 @@ def _sample_kernel(
     seed = row_params(seed_ptr, seed_val, rows, rmask)
     offset = row_params(offset_ptr, offset_val, rows, rmask)
     best, idx, m, bad = _race_tile(z_ptr + rows * stride_b, rmask, v0, V, T, scale, seed, offset, None, None, FP64,
-                                   ROWS, BLOCK_V)
+                                   ROWS, BLOCK_V, VEC)
     ok = temperature_ok(T)
     if SINGLE:
         ok = ok & (bad == 0) & (m > NEG_INF) & (m < float("inf")) & (idx < BIG)
@@ -87,7 +88,7 @@ def _rel(z, M):
 
 @triton.jit
 def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.constexpr, ROWS: tl.constexpr,
-               BLOCK_V: tl.constexpr):
+               BLOCK_V: tl.constexpr, VEC: tl.constexpr):
     """The race over one tile of R rows (``ptrs``: the rows' logits): (best score, its lowest index, the tile's max
     logit, NaN/+inf flag), each [R]. Scores are (z - M) / T + G in base-2 units ((z - M) ``scale`` - log2(-log2 u),
     ``scale`` = log2(e) / T capped) with M the row's max when given, else the tile's own max (the caller shifts);
@@ -108,7 +109,7 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
     bad = (rs != rs).to(tl.int32)
     e2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
     if tl.max((T > 0).to(tl.int32), axis=0) > 0:  # some row samples: the noise (rows of one program share this)
-        e2 = exp_log2_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V)  # -(G + ln ln 2) / ln 2
+        e2 = exp_log2_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V, VEC)  # -(G + ln ln 2) / ln 2
     keep = z > NEG_INF  # (not NaN either)
     if cut is not None:
         keep = keep & (z >= cut[:, None])
@@ -136,6 +137,7 @@ def _sample_filtered_kernel(
     FP64: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK_V: tl.constexpr,
+    VEC: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rmask = rows < B
@@ -153,7 +155,7 @@ def _sample_filtered_kernel(
     t = 0
     while t < NT:  # tiles in order: a strictly better score moves the winner, so ties keep the lowest index
         tb, ti, _, tbad = _race_tile(ptrs, rmask, t.to(tl.int64) * BLOCK_V, V, T, scale, seed, offset, cut, M, FP64,
-                                     ROWS, BLOCK_V)
+                                     ROWS, BLOCK_V, VEC)
         take = tb > best
         best = tl.where(take, tb, best)
         idx = tl.where(take, ti, idx)
@@ -240,10 +242,11 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     t_ptr, t_val = common.split_param(temperature, 1.0)
     s_ptr, s_val = common.split_param(seed, 0)
     o_ptr, o_val = common.split_param(offset, 0)
+    vec = min(16 // logits.element_size(), block_v)
     if filters.active:
         _sample_filtered_kernel[(groups,)](tokens, logits, t_ptr, float(t_val), s_ptr, int(s_val), o_ptr, int(o_val),
                                            *filter_args(filters), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows,
-                                           BLOCK_V=block_v, num_warps=num_warps)
+                                           BLOCK_V=block_v, VEC=vec, num_warps=num_warps)
         return tokens
     mdt = torch.float64 if fp64 else torch.float32
     part_m = torch.empty((B * nt,), dtype=mdt, device=dev)
@@ -251,5 +254,6 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     part_i = torch.empty((B * nt * 2,), dtype=torch.int32, device=dev)
     cnt = common.counters(dev, groups)
     _sample_kernel[(groups, nt)](tokens, part_m, part_s, part_i, cnt, logits, t_ptr, float(t_val), s_ptr, int(s_val),
-                                 o_ptr, int(o_val), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows, BLOCK_V=block_v, SINGLE=nt == 1, num_warps=num_warps)
+                                 o_ptr, int(o_val), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows, BLOCK_V=block_v,
+                                 SINGLE=nt == 1, VEC=vec, num_warps=num_warps)
     return tokens

@@ -549,7 +549,7 @@ def _verify_kernel(
                            alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
                            cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
                            IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T,
-                           TILES, DIV_ITEMS, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS)
+                           TILES, DIV_ITEMS, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS, VEC)
         else:
             g = (s - lag).to(tl.int64)
             if DIV_ITEMS:
@@ -1338,7 +1338,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
                ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
                DIV_ITEMS: tl.constexpr, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K: tl.constexpr,
-               PAIRS: tl.constexpr):
+               PAIRS: tl.constexpr, VEC: tl.constexpr):
     """Tiles j TILES .. j TILES + TILES - 1 of a row's race (statically unrolled): the bonus race (p_n + G) or the
     residual race (log max(0, pi_m - q_m) + G and the residual's mass), whichever the row runs (a row-uniform
     branch). The row's constants are loaded once per item; the tiles fold entry by entry into one running best (a
@@ -1381,7 +1381,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
             lo = t * BLOCK_V
             # Scores in base-2 units: log2 w + (G + ln ln 2) / ln 2 = log2 w - e2 (and (z - M) log2(e) / T - e2 for
             # the bonus), the natural-log scores divided by ln 2 and shifted by one constant: the same argmax.
-            e2 = philox.exp_log2_flat(seed, pos, STREAM_EMIT, lo, BLOCK_V)
+            e2 = philox.exp_log2_flat(seed, pos, STREAM_EMIT, lo, BLOCK_V, VEC)
             mask = racing[:, None] & (offs < V - lo)
             zp = load_tile(pbase, lo, racing[:, None], V - lo, BLOCK_V, FP64, PAIRS)
             keep_p = mask & (zp > NEG_INF)
