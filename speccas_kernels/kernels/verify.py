@@ -19,7 +19,7 @@ Design. Every program loops over a queue of work items (an atomic counter), so t
 The items, in the phases of SPEC.md section 9:
 
 A chunk is TILES vocabulary tiles of BLOCK_V entries (4 on a GPU). A stats or second-look item covers CHUNKS chunks
-(on a GPU 4, or 8 for 2-byte logits: a loop), a race or divergence item one chunk; at a small batch the items
+(on a GPU 4, or 16 for 2-byte logits: a loop), a race or divergence item one chunk; at a small batch the items
 shrink (chunks first, then tiles) while a position's stats items still fit in one wave of the programs
 (``triton_backend.tiles`` / ``chunks``, ``launch_verify``): NS = ceil(NT / (TILES CHUNKS)) stats and second-look
 items and NI = ceil(NT / TILES) race and divergence items per position. (Larger items draw a quarter as many from
