@@ -297,7 +297,7 @@ def test_gpu_launch_settings_pick_gpu_tiles():
         work = rf.count_device_work(speccas_kernels.verify, zq64, zp64, x.expand(64, 4), rule="chow",
                                     backend="triton")
     big = work.launches[0].constexprs
-    assert big["TILES"] == 4 and big["CHUNKS"] == 8, "a full bf16 batch: stats items of eight chunks of four tiles"
+    assert big["TILES"] == 4 and big["CHUNKS"] == 16, "a full bf16 batch: stats items of sixteen chunks of four tiles"
     with rf.gpu_launch_settings():
         work = rf.count_device_work(speccas_kernels.verify, zq64.float(), zp64.float(), x.expand(64, 4), rule="chow",
                                     backend="triton")
