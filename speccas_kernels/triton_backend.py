@@ -117,16 +117,16 @@ def tiles() -> int:
 
 def chunks(itemsize: int = 4) -> int:
     """Chunks per statistics or second-look work item of the persistent verify kernel (a loop in the kernel; the
-    statistics keep one record per chunk, the second look folds its chunks into one) for logits of ``itemsize``
-    bytes. On a GPU 4 for 4-byte logits, so a program draws a sixteenth as many of those items as there are tiles
-    (each draw costs about as many instructions as a chunk's statistics), and 16 for 2-byte logits, whose rounds
-    are bound by instructions rather than bytes, so a quarter as many draws, and item-end reductions, pay (in the
-    static model, B = 64, K = 4, V = 151936 bf16: 4 -> 8 chunks with the kernels of v11, chow 64.3 -> 62.2 us,
-    token_v3 102.1 -> 99.1 us; 8 -> 16 with those of 24f89ae, chow 55.0 -> 53.7 us, token_v3 83.0 -> 78.5 us; 32, one
-    item per position, gave chow 52.3 us but leaves a batch's statistics in as few items as positions). fp32 rounds
-    are bound by bytes: 8 chunks there gave opt 110.0 -> 111.9 us (24f89ae), and with the kernels of v11 pushed
-    token_v3's re-read past the L2 (116.6 -> 118.7 us). 2 under the interpreter, so tests cross item, chunk and tile
-    boundaries (and a last item with a missing chunk)."""
+    statistics keep one record per item, or per chunk for a token set with a floor, and the second look folds its
+    chunks into one) for logits of ``itemsize`` bytes. On a GPU 4 for 4-byte logits, so a program draws a
+    sixteenth as many of those items as there are tiles (each draw costs about as many instructions as a chunk's
+    statistics), and 16 for 2-byte logits, whose rounds are bound by instructions rather than bytes, so a quarter
+    as many draws, and item-end reductions, pay (in the static model, B = 64, K = 4, V = 151936 bf16: 4 -> 8 chunks
+    with the kernels of v11, chow 64.3 -> 62.2 us, token_v3 102.1 -> 99.1 us; 8 -> 16 with those of 24f89ae, chow
+    55.0 -> 53.7 us, token_v3 83.0 -> 78.5 us; 32, one item per position, gave chow 52.3 us but leaves a batch's
+    statistics in as few items as positions). fp32 rounds are bound by bytes: 8 chunks there gave opt 110.0 ->
+    111.9 us (24f89ae), and with the kernels of v11 pushed token_v3's re-read past the L2 (116.6 -> 118.7 us). 2
+    under the interpreter, so tests cross item, chunk and tile boundaries (and a last item with a missing chunk)."""
     if CHUNKS_OVERRIDE is not None:
         return int(CHUNKS_OVERRIDE)
     if _interpreting():
