@@ -37,10 +37,20 @@ if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
     @triton.jit
     def log2_fast(x):
         return _libdevice.fast_log2f(x)
+
+    @triton.jit
+    def fma_exact(x, y, z):
+        """x y + z rounded once to float32 (the GPU's FFMA)."""
+        return tl.fma(x, y, z)
 else:
     @triton.jit
     def log2_fast(x):
         return tl.log2(x)
+
+    @triton.jit
+    def fma_exact(x, y, z):
+        # the interpreter's fma rounds the product first; float64 holds it exactly
+        return (x.to(tl.float64) * y + z.to(tl.float64)).to(tl.float32)
 
 
 @triton.jit
@@ -54,6 +64,17 @@ def exp_scaled(d, scale):
     """exp(d * s) for ``scale`` = min(s log2(e), float32 max) (``log2e_scale``): one multiply and the unit's ex2
     (results below 2**-126 flush to 0: the sums they enter are at least 1)."""
     return tl.exp2(d * scale)
+
+
+@triton.jit
+def exp_shift(m, scale):
+    """exp((z - m) s) as exp2(fma(z, scale, -c)) k, one FFMA and the unit's ex2 per entry where the subtraction and
+    the multiply took two instructions (``scale`` as for ``exp_scaled``): (c, k), c = m scale rounded to float32,
+    k = 2**-e for its rounding error e = m scale - c (exact: ``fma_exact``), so exp2(fma(z, scale, -c)) k =
+    exp2((z - m) scale), each entry rounded once before the ex2 as (z - m) scale is. c is +-inf when m scale
+    overflows (huge logits or 1/T): the caller then takes ``exp_scaled`` of z - m."""
+    c = m * scale
+    return c, tl.exp2(-fma_exact(m, scale, -c))
 
 
 @triton.jit
@@ -116,21 +137,42 @@ def load_logits(ptr, mask, FP64: tl.constexpr):
 
 
 @triton.jit
-def load_tile(base, lo, use, n_left, N: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr):
+def load_tile(base, lo, use, n_left, N: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr,
+              FULL: tl.constexpr = False):
     """[R, N] logits at ``base`` + ``lo`` + 0 .. N - 1 (``base``: [R, 1] row pointers; ``lo`` a scalar), -inf in the
     rows outside ``use`` ([R, 1]) and at offsets >= ``n_left`` (V - lo), as float32 (float64 when FP64). PAIRS
     (bfloat16 logits, every row starting at an even entry, V even): the tile is read as 32-bit words of two entries,
     each widened by one shift (the low entry) and one mask (the high one), where 16-bit loads take a byte permute
-    and a shift for half of the entries; the bits are the same as ``load_logits``'s."""
+    and a shift for half of the entries; the bits are the same as ``load_logits``'s. FULL: the caller knows
+    n_left >= N (no bound mask), and ``use`` may be None (every row in use): the loads then take no mask, and the
+    registers no fill."""
     if PAIRS:
         h = tl.arange(0, N // 2)[None, :]
-        w = tl.load((base + lo).to(tl.pointer_type(tl.int32)) + h, mask=use & (h < n_left // 2), other=BF16X2_NEG_INF)
+        wp = (base + lo).to(tl.pointer_type(tl.int32)) + h
+        if FULL:
+            if use is None:
+                w = tl.load(wp)
+            else:
+                w = tl.load(wp, mask=use, other=BF16X2_NEG_INF)
+        else:
+            w = tl.load(wp, mask=use & (h < n_left // 2), other=BF16X2_NEG_INF)
         low = (w << 16).to(tl.float32, bitcast=True)  # entry 2 h: the word's low half (little-endian)
         high = (w & -65536).to(tl.float32, bitcast=True)  # entry 2 h + 1
-        return tl.reshape(tl.join(low, high), [w.shape[0], N])
+        z = tl.reshape(tl.join(low, high), [w.shape[0], N])
     else:
         offs = tl.arange(0, N)[None, :]
-        return load_logits(base + lo + offs, use & (offs < n_left), FP64)
+        if FULL:
+            if use is None:
+                z = tl.load(base + lo + offs)
+                if FP64:
+                    z = z.to(tl.float64)
+                else:
+                    z = z.to(tl.float32)
+            else:
+                z = load_logits(base + lo + offs, use, FP64)
+        else:
+            z = load_logits(base + lo + offs, use & (offs < n_left), FP64)
+    return z
 
 
 @triton.jit

@@ -105,8 +105,9 @@ import triton.language as tl
 from .. import rules
 from ..outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from . import common, philox
-from .common import (BIG, LOG2E, NEG_INF, best_lowest_rows, exp_scaled, inv_temperature, ln_fast, load_logits,
-                     load_tile, log2_fast, log2e_scale, row_params, temperature_ok, ticket, wait_flag)
+from .common import (BIG, LOG2E, NEG_INF, best_lowest_rows, exp_scaled, exp_shift, fma_exact, inv_temperature,
+                     ln_fast, load_logits, load_tile, log2_fast, log2e_scale, row_params, temperature_ok, ticket,
+                     wait_flag)
 
 FAMILY_A = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_A])
 FAMILY_B = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_B])
@@ -353,33 +354,49 @@ def _lanes(x, LANES: tl.constexpr, VEC: tl.constexpr):
 
 
 @triton.jit
-def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run, FILTERS: tl.constexpr,
-                LANES: tl.constexpr, VEC: tl.constexpr):
+def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run, huge, FILTERS: tl.constexpr,
+                LANES: tl.constexpr, VEC: tl.constexpr, FAST: tl.constexpr):
     """``_tile_stats`` folded into running statistics per lane ([R, LANES // VEC]: a thread's entries of every chunk
     of an item), with no reduction across threads: a lane's max, sum exp(z - max) and sum exp((z - max) / T) over
     kept entries (rows with ``scaled``) rescaled to its new max, and its lowest argmax (rows with ``greedy``). A NaN
-    or +inf entry makes the lane's T = 1 sum NaN, and it stays NaN."""
+    or +inf entry makes the lane's T = 1 sum NaN, and it stays NaN. FAST (float32 logits): each exp is one FFMA and
+    one ex2 (``exp_shift``), and ``huge`` records the lanes whose max times the scale overflowed, whose sums are then
+    wrong: the caller runs the item again without FAST (which leaves ``huge`` as it is)."""
     z4 = _lanes(z, LANES, VEC)
     mc = tl.max(tl.max(z4, axis=3), axis=1)
     m = tl.maximum(m_run, mc)
     ms = tl.where(m == NEG_INF, 0.0, m)
-    d = _rel(z4, ms[:, None, :, None])
     dr = _rel(m_run, ms)  # -inf while the lane has seen only -inf: its sums stay 0
-    s1 = s1_run * exp_scaled(dr, LOG2E) + tl.sum(tl.sum(exp_scaled(d, LOG2E), axis=3), axis=1)
+    if FAST:
+        c1, k1 = exp_shift(ms, LOG2E)
+        huge = huge | (tl.abs(c1) == float("inf"))
+        t1 = tl.sum(tl.sum(tl.exp2(fma_exact(z4, LOG2E, -c1[:, None, :, None])), axis=3), axis=1)
+        s1 = s1_run * exp_scaled(dr, LOG2E) + t1 * k1
+    else:
+        d = _rel(z4, ms[:, None, :, None])
+        s1 = s1_run * exp_scaled(dr, LOG2E) + tl.sum(tl.sum(exp_scaled(d, LOG2E), axis=3), axis=1)
     sT = s1
     if tl.max(scaled.to(tl.int32), axis=0) > 0:
-        sc = log2e_scale(invT)
-        e = exp_scaled(d, sc[:, None, None, None])
+        sc = log2e_scale(invT)[:, None]
+        if FAST:
+            cT, kT = exp_shift(ms, sc)
+            huge = huge | (tl.abs(cT) == float("inf"))
+            e = tl.exp2(fma_exact(z4, sc[:, :, None, None], -cT[:, None, :, None]))
+        else:
+            e = exp_scaled(_rel(z4, ms[:, None, :, None]), sc[:, :, None, None])
         if FILTERS:
             e = tl.where(z4 >= cut[:, None, None, None], e, 0.0)
-        sT = tl.where(scaled[:, None], sT_run * exp_scaled(dr, sc[:, None]) + tl.sum(tl.sum(e, axis=3), axis=1), s1)
+        t = tl.sum(tl.sum(e, axis=3), axis=1)
+        if FAST:
+            t = t * kT
+        sT = tl.where(scaled[:, None], sT_run * exp_scaled(dr, sc) + t, s1)
     arg = arg_run
     if tl.max(greedy.to(tl.int32), axis=0) > 0:
         o4 = _lanes(offs[None, :], LANES, VEC)
         low = tl.min(tl.min(tl.where(z4 == mc[:, None, :, None], o4, BIG), axis=3), axis=1)
         # a tie keeps the earlier chunk's (lower) entry
         arg = tl.where((mc > m_run) & (low < BIG), (low + lo).to(tl.int32), arg_run)
-    return m, s1, sT, arg
+    return m, s1, sT, arg, huge
 
 
 @triton.jit
@@ -690,6 +707,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 mneg = mneg.to(tl.float64)
             m_p, s1_p, sT_p, arg_p = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
             m_q, s1_q, sT_q, arg_q = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
+            huge = lane0 != lane0
         while c < nch:
             r = j * CHUNKS + c  # the chunk's record
             lo = r * (TILES * BLOCK_V)
@@ -715,13 +733,32 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                         m, s1, sT, arg, bad = _tile_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q, FILTERS)
                         _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NR, r, use_q, m, s1, sT, arg, bad)
             else:
-                m_p, s1_p, sT_p, arg_p = _lane_stats(zp, offs, lo, invT, cutp, scaled, greedy, m_p, s1_p, sT_p,
-                                                     arg_p, FILTERS, LANES, VEC)
+                m_p, s1_p, sT_p, arg_p, huge = _lane_stats(zp, offs, lo, invT, cutp, scaled, greedy, m_p, s1_p,
+                                                           sT_p, arg_p, huge, FILTERS, LANES, VEC, not FP64)
                 if HAS_Q:
                     if any_q:
-                        m_q, s1_q, sT_q, arg_q = _lane_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q, m_q,
-                                                             s1_q, sT_q, arg_q, FILTERS, LANES, VEC)
+                        m_q, s1_q, sT_q, arg_q, huge = _lane_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q,
+                                                                   m_q, s1_q, sT_q, arg_q, huge, FILTERS, LANES, VEC,
+                                                                   not FP64)
             c += 1
+        if not CHUNK_RECORDS and not FP64:
+            if tl.max(tl.max(huge.to(tl.int32), axis=1), axis=0) > 0:
+                # a max times a scale overflowed float32 (logits or 1/T near the float32 max): the item again,
+                # subtracting each lane's max first
+                m_p, s1_p, sT_p, arg_p = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
+                m_q, s1_q, sT_q, arg_q = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
+                for c2 in range(0, nch):
+                    lo = (j * CHUNKS + c2) * (TILES * BLOCK_V)
+                    zp = load_tile(pbase[:, None], lo, use_p[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS)
+                    if HAS_Q:
+                        zq = load_tile(qbase[:, None], lo, use_q[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS)
+                    m_p, s1_p, sT_p, arg_p, huge = _lane_stats(zp, offs, lo, invT, cutp, scaled, greedy, m_p, s1_p,
+                                                               sT_p, arg_p, huge, FILTERS, LANES, VEC, False)
+                    if HAS_Q:
+                        if any_q:
+                            m_q, s1_q, sT_q, arg_q, huge = _lane_stats(zq, offs, lo, invT, cutq, scaled,
+                                                                       greedy & use_q, m_q, s1_q, sT_q, arg_q, huge,
+                                                                       FILTERS, LANES, VEC, False)
         if not CHUNK_RECORDS:
             m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled)
             _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, j, use_p, m, s1, sT, arg, bad)
@@ -1373,6 +1410,28 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         offs = tl.arange(0, BLOCK_V)[None, :]
         pbase = _p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None]
         qbase = _q_base(zq_ptr, rows, m, start, stride_qb, stride_qk, HAS_Q, RAGGED)
+        # exp((z - M) / T) as one FFMA and one ex2 (``exp_shift``) where no row's M / T overflows float32; a family-A
+        # or lossy residual then folds 1 / ST and the blend weight into one factor per side (``FAST_RESID``)
+        FAST_RESID: tl.constexpr = (not FP64) and HAS_Q and (FAMILY != FAMILY_B)
+        fast = False
+        fast_resid = False
+        cp = scale * 0.0
+        kp = cp
+        cq = cp
+        kq = cp
+        if not FP64:
+            cp, kp = exp_shift(Mp, scale)
+            cq, kq = exp_shift(Mq, scale)
+            slow = racing[:, None] & ((tl.abs(cp) == float("inf")) | (tl.abs(cq) == float("inf")))
+            fast = tl.max(tl.max(slow.to(tl.int32), axis=1), axis=0) == 0
+            greedy_resid = resid_row & (T == 0)
+            fast_resid = fast & (tl.max(greedy_resid.to(tl.int32), axis=0) == 0)
+            if FAMILY == FAMILY_A:
+                kp = kp * inv_STp * wm
+                kq = kq * inv_STq * wm
+            else:
+                kp = kp * inv_STp
+                kq = kq * inv_STq
         acc_s = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32) + NEG_INF
         acc_u = tl.zeros([ROWS, BLOCK_V], dtype=tl.int32)  # the tile of an entry's best (an all -inf item: tile 0)
         acc_w = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
@@ -1389,14 +1448,29 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                 keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=racing, other=0.0)[:, None])
             s = tl.full([ROWS, BLOCK_V], NEG_INF, tl.float32)
             if any_bonus:  # (a masked or dead entry is -inf, and scores -inf; a row that does not race stores nothing)
-                s = _rel(zp, Mp) * scale - e2
+                if FP64:
+                    s = _rel(zp, Mp) * scale - e2
+                elif fast:  # (the scores less the row's constant rounding error of M / T: the same argmax)
+                    s = fma_exact(zp, scale, -cp) - e2
+                else:
+                    s = _rel(zp, Mp) * scale - e2
                 if FILTERS:
                     s = tl.where(keep_p, s, NEG_INF)
             if any_resid:
                 rmask3 = mask & resid_row[:, None]
-                d, q = _residual_tile(T, m, rows, resid_row, zp, keep_p, Mp, offs, lo, rmask3, scale, inv_STp, wm,
-                                      Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY, IN_SET,
-                                      HAS_Q, FILTERS, FP64, PAIRS, V - lo, DIFF=True)
+                if FAST_RESID and fast_resid:  # w (p - q) (lossy p - q) as two products of the exps
+                    zq = load_tile(qbase, lo, resid_row[:, None], V - lo, BLOCK_V, FP64, PAIRS)
+                    ep = tl.exp2(fma_exact(zp, scale, -cp))
+                    eq = tl.exp2(fma_exact(zq, scale, -cq))
+                    if FILTERS:
+                        ep = tl.where(keep_p, ep, 0.0)
+                        eq = tl.where(zq >= tl.load(cutq_ptr + rows * K + m, mask=resid_row & (m < K),
+                                                    other=0.0)[:, None], eq, 0.0)
+                    d = ep * kp - eq * kq
+                else:
+                    d, q = _residual_tile(T, m, rows, resid_row, zp, keep_p, Mp, offs, lo, rmask3, scale, inv_STp,
+                                          wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY,
+                                          IN_SET, HAS_Q, FILTERS, FP64, PAIRS, V - lo, DIFF=True)
                 # w = max(0, pi - q) (0 at masked entries, where pi = q = 0); log2 0 = -inf scores the rest -inf
                 wv = tl.maximum(d, 0.0)
                 sr = log2_fast(wv) - e2
