@@ -68,13 +68,14 @@ def exp_scaled(d, scale):
 
 @triton.jit
 def exp_shift(m, scale):
-    """exp((z - m) s) as exp2(fma(z, scale, -c)) k, one FFMA and the unit's ex2 per entry where the subtraction and
-    the multiply took two instructions (``scale`` as for ``exp_scaled``): (c, k), c = m scale rounded to float32,
-    k = 2**-e for its rounding error e = m scale - c (exact: ``fma_exact``), so exp2(fma(z, scale, -c)) k =
-    exp2((z - m) scale), each entry rounded once before the ex2 as (z - m) scale is. c is +-inf when m scale
-    overflows (huge logits or 1/T): the caller then takes ``exp_scaled`` of z - m."""
+    """exp((z - m) s) as exp2(fma(z, scale, -c)) / t, one FFMA and the unit's ex2 per entry where the subtraction and
+    the multiply took two instructions (``scale`` as for ``exp_scaled``): (c, t), c = m scale rounded to float32 and
+    t = exp2(fma(m, scale, -c)), the term of an entry equal to m itself (fma: ``fma_exact``). fma(z, scale, -c) is
+    (z - m) s plus the product's rounding error, rounded once; dividing a sum of such terms by t removes the error,
+    and an entry at the max still counts exactly 1 (x / x), as exp(0) does. c is +-inf when m s overflows (huge
+    logits or 1/T): the caller then takes ``exp_scaled`` of z - m."""
     c = m * scale
-    return c, tl.exp2(-fma_exact(m, scale, -c))
+    return c, tl.exp2(fma_exact(m, scale, -c))
 
 
 @triton.jit

@@ -368,10 +368,10 @@ def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, a
     ms = tl.where(m == NEG_INF, 0.0, m)
     dr = _rel(m_run, ms)  # -inf while the lane has seen only -inf: its sums stay 0
     if FAST:
-        c1, k1 = exp_shift(ms, LOG2E)
+        c1, t1 = exp_shift(ms, LOG2E)
         huge = huge | (tl.abs(c1) == float("inf"))
-        t1 = tl.sum(tl.sum(tl.exp2(fma_exact(z4, LOG2E, -c1[:, None, :, None])), axis=3), axis=1)
-        s1 = s1_run * exp_scaled(dr, LOG2E) + t1 * k1
+        u = tl.sum(tl.sum(tl.exp2(fma_exact(z4, LOG2E, -c1[:, None, :, None])), axis=3), axis=1)
+        s1 = s1_run * exp_scaled(dr, LOG2E) + u / t1
     else:
         d = _rel(z4, ms[:, None, :, None])
         s1 = s1_run * exp_scaled(dr, LOG2E) + tl.sum(tl.sum(exp_scaled(d, LOG2E), axis=3), axis=1)
@@ -379,7 +379,7 @@ def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, a
     if tl.max(scaled.to(tl.int32), axis=0) > 0:
         sc = log2e_scale(invT)[:, None]
         if FAST:
-            cT, kT = exp_shift(ms, sc)
+            cT, tT = exp_shift(ms, sc)
             huge = huge | (tl.abs(cT) == float("inf"))
             e = tl.exp2(fma_exact(z4, sc[:, :, None, None], -cT[:, None, :, None]))
         else:
@@ -388,7 +388,7 @@ def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, a
             e = tl.where(z4 >= cut[:, None, None, None], e, 0.0)
         t = tl.sum(tl.sum(e, axis=3), axis=1)
         if FAST:
-            t = t * kT
+            t = t / tT
         sT = tl.where(scaled[:, None], sT_run * exp_scaled(dr, sc) + t, s1)
     arg = arg_run
     if tl.max(greedy.to(tl.int32), axis=0) > 0:
@@ -652,6 +652,58 @@ def _items(NT, TILES: tl.constexpr, CHUNKS: tl.constexpr):
 
 
 @triton.jit
+def _stats_chunk(c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
+                 s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, rows,
+                 i, o, pf, NR, B, K, V, HAS_Q: tl.constexpr, CHUNK_RECORDS: tl.constexpr, FILTERS: tl.constexpr,
+                 FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
+                 BLOCK_V: tl.constexpr, CHUNKS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr,
+                 FULL: tl.constexpr):
+    """Chunk c of stats item j, the target's tiles and (positions with a draft) the drafter's as one block each, both
+    loads in flight together (one round trip to DRAM): folded into the running lane statistics of each side, or with
+    CHUNK_RECORDS reduced into one record per side. FULL: the chunk lies inside the vocabulary, so its loads take no
+    bound mask, and with one row per item no mask at all (the item runs only when its row uses the side)."""
+    KP = K + 1
+    r = j * CHUNKS + c  # the chunk's record
+    lo = r * (TILES * BLOCK_V)
+    if FULL and ROWS == 1:
+        zp = load_tile(pbase[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True)
+    else:
+        zp = load_tile(pbase[:, None], lo, use_p[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL)
+    # The chunk holding the draft records the logits there for the accept phase, which then reads only what this
+    # launch wrote (no DRAM round trip on a row's chain). One chunk per drafted position takes it; a draft outside
+    # the vocabulary (its position rejects) gets a 0 from the first, so nothing read is unwritten.
+    hold = use_q & (((xi >= lo) & (xi < lo + TILES * BLOCK_V) & ~outside) | (outside & (lo == 0)))
+    zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2
+    if HAS_Q:
+        if any_q:  # (a row-uniform branch: the bonus position reads no drafter logits)
+            if FULL and ROWS == 1:
+                zq = load_tile(qbase[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True)
+            else:
+                zq = load_tile(qbase[:, None], lo, use_q[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL)
+            if tl.max(hold.to(tl.int32), axis=0) > 0:
+                at = offs[None, :] == tl.where(hold, xi - lo, -1).to(tl.int32)[:, None]
+                tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
+                tl.store(zx + 1, tl.sum(tl.where(at, zq, 0.0), axis=1), mask=hold)
+            if CHUNK_RECORDS:
+                m, s1, sT, arg, bad = _tile_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q, FILTERS)
+                _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NR, r, use_q, m, s1, sT, arg, bad)
+            else:
+                m_q, s1_q, sT_q, arg_q, huge = _lane_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q, m_q,
+                                                           s1_q, sT_q, arg_q, huge, FILTERS, LANES, VEC, not FP64)
+    else:
+        if tl.max(hold.to(tl.int32), axis=0) > 0:
+            at = offs[None, :] == tl.where(hold, xi - lo, -1).to(tl.int32)[:, None]
+            tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
+    if CHUNK_RECORDS:
+        m, s1, sT, arg, bad = _tile_stats(zp, offs, lo, invT, cutp, scaled, greedy, FILTERS)
+        _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, r, use_p, m, s1, sT, arg, bad)
+    else:
+        m_p, s1_p, sT_p, arg_p, huge = _lane_stats(zp, offs, lo, invT, cutp, scaled, greedy, m_p, s1_p, sT_p, arg_p,
+                                                   huge, FILTERS, LANES, VEC, not FP64)
+    return m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge
+
+
+@triton.jit
 def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr,
                 tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr,
                 zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
@@ -698,56 +750,41 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         # and only the rare branches that need an entry's index form one.
         offs = tl.arange(0, TILES * BLOCK_V)
         pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)
+        qbase = pbase
         if HAS_Q:
             qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)
-        if not CHUNK_RECORDS:  # running statistics per lane, target side then drafter side
-            lane0 = tl.zeros([ROWS, LANES // VEC], dtype=tl.float32)
-            mneg = lane0 + NEG_INF
-            if FP64:
-                mneg = mneg.to(tl.float64)
-            m_p, s1_p, sT_p, arg_p = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
-            m_q, s1_q, sT_q, arg_q = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
-            huge = lane0 != lane0
-        while c < nch:
-            r = j * CHUNKS + c  # the chunk's record
-            lo = r * (TILES * BLOCK_V)
-            zp = load_tile(pbase[:, None], lo, use_p[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS)
-            if HAS_Q:  # both tiles of the chunk in flight together: one round trip to DRAM
-                zq = load_tile(qbase[:, None], lo, use_q[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS)
-            # The chunk holding the draft records the logits there for the accept phase, which then reads only
-            # what this launch wrote (no DRAM round trip on a row's chain). One chunk per drafted position takes
-            # it; a draft outside the vocabulary (its position rejects) gets a 0 from the first, so nothing read
-            # is unwritten.
-            hold = use_q & (((xi >= lo) & (xi < lo + TILES * BLOCK_V) & ~outside) | (outside & (lo == 0)))
-            if tl.max(hold.to(tl.int32), axis=0) > 0:
-                at = offs[None, :] == tl.where(hold, xi - lo, -1).to(tl.int32)[:, None]
-                zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2
-                tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
-                if HAS_Q:
-                    tl.store(zx + 1, tl.sum(tl.where(at, zq, 0.0), axis=1), mask=hold)
-            if CHUNK_RECORDS:
-                m, s1, sT, arg, bad = _tile_stats(zp, offs, lo, invT, cutp, scaled, greedy, FILTERS)
-                _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, r, use_p, m, s1, sT, arg, bad)
-                if HAS_Q:
-                    if any_q:
-                        m, s1, sT, arg, bad = _tile_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q, FILTERS)
-                        _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NR, r, use_q, m, s1, sT, arg, bad)
-            else:
-                m_p, s1_p, sT_p, arg_p, huge = _lane_stats(zp, offs, lo, invT, cutp, scaled, greedy, m_p, s1_p,
-                                                           sT_p, arg_p, huge, FILTERS, LANES, VEC, not FP64)
-                if HAS_Q:
-                    if any_q:
-                        m_q, s1_q, sT_q, arg_q, huge = _lane_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q,
-                                                                   m_q, s1_q, sT_q, arg_q, huge, FILTERS, LANES, VEC,
-                                                                   not FP64)
+        # running statistics per lane, target side then drafter side (a token set with a floor: per chunk records)
+        lane0 = tl.zeros([ROWS, LANES // VEC], dtype=tl.float32)
+        mneg = lane0 + NEG_INF
+        if FP64:
+            mneg = mneg.to(tl.float64)
+        m_p, s1_p, sT_p, arg_p = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
+        m_q, s1_q, sT_q, arg_q = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
+        huge = lane0 != lane0
+        # The chunks wholly inside the vocabulary load with no bound mask (and, one row per item, no mask: no
+        # registers to fill), the last one of a position (if partial) after them, with its masks.
+        nfull = tl.minimum(tl.maximum((V - j * (CHUNKS * TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
+        while c < nfull:
+            m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
+                c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
+                s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, rows,
+                i, o, pf, NR, B, K, V, HAS_Q, CHUNK_RECORDS, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, CHUNKS,
+                LANES, VEC, True)
             c += 1
+        if nfull < nch:  # (a position's last chunk, partial)
+            m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
+                nfull, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
+                s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, rows,
+                i, o, pf, NR, B, K, V, HAS_Q, CHUNK_RECORDS, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, CHUNKS,
+                LANES, VEC, False)
         if not CHUNK_RECORDS and not FP64:
             if tl.max(tl.max(huge.to(tl.int32), axis=1), axis=0) > 0:
                 # a max times a scale overflowed float32 (logits or 1/T near the float32 max): the item again,
                 # subtracting each lane's max first
                 m_p, s1_p, sT_p, arg_p = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
                 m_q, s1_q, sT_q, arg_q = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
-                for c2 in range(0, nch):
+                c2 = 0
+                while c2 < nch:
                     lo = (j * CHUNKS + c2) * (TILES * BLOCK_V)
                     zp = load_tile(pbase[:, None], lo, use_p[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS)
                     if HAS_Q:
@@ -759,6 +796,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                             m_q, s1_q, sT_q, arg_q, huge = _lane_stats(zq, offs, lo, invT, cutq, scaled,
                                                                        greedy & use_q, m_q, s1_q, sT_q, arg_q, huge,
                                                                        FILTERS, LANES, VEC, False)
+                    c2 += 1
         if not CHUNK_RECORDS:
             m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled)
             _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, j, use_p, m, s1, sT, arg, bad)
@@ -1420,18 +1458,18 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         cq = cp
         kq = cp
         if not FP64:
-            cp, kp = exp_shift(Mp, scale)
-            cq, kq = exp_shift(Mq, scale)
+            cp, tp = exp_shift(Mp, scale)
+            cq, tq = exp_shift(Mq, scale)
             slow = racing[:, None] & ((tl.abs(cp) == float("inf")) | (tl.abs(cq) == float("inf")))
             fast = tl.max(tl.max(slow.to(tl.int32), axis=1), axis=0) == 0
             greedy_resid = resid_row & (T == 0)
             fast_resid = fast & (tl.max(greedy_resid.to(tl.int32), axis=0) == 0)
             if FAMILY == FAMILY_A:
-                kp = kp * inv_STp * wm
-                kq = kq * inv_STq * wm
+                kp = inv_STp * wm / tp
+                kq = inv_STq * wm / tq
             else:
-                kp = kp * inv_STp
-                kq = kq * inv_STq
+                kp = inv_STp / tp
+                kq = inv_STq / tq
         acc_s = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32) + NEG_INF
         acc_u = tl.zeros([ROWS, BLOCK_V], dtype=tl.int32)  # the tile of an entry's best (an all -inf item: tile 0)
         acc_w = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
@@ -1584,8 +1622,10 @@ ROOFLINE_PHASES = (
     ("emit_pi", "_pi_race", None),
     ("accept", "_accept", None),
     ("merge", "_stats_item", "ticket(cnt_ptr + c_stats"),
-    ("stats_x", "_stats_item", "hold.to(tl.int32)"),
+    ("stats_tail", "_stats_item", "nfull < nch"),
+    ("stats_x", "_stats_chunk", "hold.to(tl.int32)"),
     ("stats_q", "_stats_item", "any_q"),
+    ("stats_q", "_stats_chunk", "any_q"),
     ("stats", "_stats_item", None),
     ("look_merge", "_look_item", "ticket(cnt_ptr + c_look"),
     ("look_q", "_eta_item", "c < nch"),
@@ -1640,6 +1680,8 @@ def roofline_hints(launch) -> dict:
     NI = -(-NT // c["TILES"])
     NS = -(-NT // (c["TILES"] * c["CHUNKS"]))
     CH = NI / NS  # chunks per stats item, a mean (a position's last item may have fewer)
+    CW = c["TILES"] * c["BLOCK_V"]  # entries of a chunk
+    FULL = (val("V") // CW) / NS  # of which wholly inside the vocabulary (the loop; the partial one is stats_tail)
     G = -(-B // c["ROWS"])
     KP = K + 1
     n = K if val("n_val") is None or launch.arg("n_ptr").kind == "tensor" else max(0, min(K, val("n_val")))
@@ -1656,6 +1698,10 @@ def roofline_hints(launch) -> dict:
         "stats": dict(count=G * KP * NS, dram=CH, l2=1),
         "stats_q": dict(count=G * n * NS if has_q else 0),
         "stats_x": dict(count=G * n),
+        # a position's last chunk when partial (once per position), after the whole chunks of its last item (not on
+        # the chain: that item runs one whole chunk fewer than the loop's mean, and the partial one in its place)
+        # (traced: the masked target load of ``_stats_chunk``, which one row per item takes only there)
+        "stats_tail": dict(count=0, traced="zp = load_tile(pbase[:, None], lo, use_p[:, None]"),
         "merge": dict(count=G * KP, l2=3 if c["SECOND_LOOK"] else 2),
         "look": dict(count=G * n * NS if looks else 0, l2=2 if sparse_eta else 2 + CH),
         "look_merge": dict(count=G * K if looks else 0, l2=2),
@@ -1676,7 +1722,7 @@ def roofline_hints(launch) -> dict:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "accept"], 1, step),
                  (["queue", "race"], NI, 0), (["emit"], 1, 0)]
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work,
-                phase_loops=[["_stats_item", "c < nch", CH, ["stats", "stats_q"]],
+                phase_loops=[["_stats_item", "c < nfull", FULL, ["stats", "stats_q"]],
                              ["_look_item", "c < nch", CH, ["look"]]],
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
