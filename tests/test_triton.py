@@ -66,6 +66,31 @@ def test_verify_work_item_settings(device, rule, monkeypatch):
         "same tiles, other rows per item: bit for bit"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_whole_chunks_read_nothing_past_the_vocabulary(device, dtype, monkeypatch):
+    """The statistics load the chunks wholly inside the vocabulary with no bound mask (and one row per item with no
+    mask at all), and a position's partial last chunk with its masks. Rows padded past V with logits far above every
+    real one: a whole chunk that read past V, or a partial one loaded without its mask, would take them into the max
+    and the sums, and the tokens and probabilities would leave the reference. V a multiple of the 32-entry chunks (no
+    partial chunk), one entry pair short of one and one pair past one; one row per item and the whole batch per item;
+    chow and token_v1 (one record per item) and token_v3 (one per chunk)."""
+    for V in (64, 62, 66):
+        kw = random_round(3, 2, V, device=device, seed=V, dtype=dtype)
+        for key, width in (("draft_logits", 2), ("target_logits", 3)):
+            wide = torch.full((3, width, V + 8), 80.0, dtype=dtype, device=device)
+            wide[..., :V] = kw[key]
+            kw[key] = wide[..., :V]  # strided rows: the padding follows each row
+        for rows in (1, None):
+            monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+            monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 16)
+            monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", 2)
+            monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", 2)
+            for rule in ("chow", "token_v1", "token_v3"):
+                ref, margins = reference_with_margins(**kw, rule=rule)
+                out = sk.verify(**kw, rule=rule, backend="triton")
+                assert_same_outputs(out, ref, margins, what=f"{rule} V={V} rows={rows} {dtype}")
+
+
 @pytest.mark.parametrize("rule", ["chow", "token_v3"])
 def test_verify_reads_only_what_it_wrote(device, rule, monkeypatch):
     """Every buffer the call allocates poisoned (NaN floats, a large int): the outputs still match the reference,
