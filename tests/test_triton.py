@@ -66,6 +66,28 @@ def test_verify_work_item_settings(device, rule, monkeypatch):
         "same tiles, other rows per item: bit for bit"
 
 
+@pytest.mark.parametrize("rule", ["chow", "speculative", "token_v1"])
+def test_exp_shift_leaves_large_scaled_logits_to_the_subtraction(device, rule):
+    """exp((z - M) / T) is one FFMA and one ex2 (``common.exp_shift``) while |M / T log2(e)| < 2**24, whose error term
+    then stays within [-1, 1]; beyond, the statistics and the race subtract M first. Logit scales either side of the
+    bound (about 1e6 at T = 1, 1e12 at T = 1 and 1e3 at T = 1e-5): every row valid and the reference's tokens and
+    probabilities. With the bound at the float32 overflow instead, the 1e12 rows' error term (up to 2**16) makes
+    exp2 overflow and the rows invalid."""
+    for scale, T in ((1e6, 1.0), (1e12, 1.0), (1e12, 0.7), (1e3, 1e-5), (30.0, 1e-5)):
+        kw = random_round(4, 2, 96, device=device, seed=int(math.log10(scale)) + 3)
+        for key in ("draft_logits", "target_logits"):
+            z = kw[key]
+            kw[key] = z / z.abs().amax() * scale
+        kw["temperature"] = T
+        kw["draft_tokens"] = torch.stack([sk.sample(kw["draft_logits"][:, i], temperature=T, seed=kw["seed"],
+                                                    offset=kw["offset"] + i, backend="reference")
+                                          for i in range(2)], 1)
+        ref, margins = reference_with_margins(**kw, rule=rule)
+        out = sk.verify(**kw, rule=rule, backend="triton")
+        assert bool(out.valid.all()), f"{rule} logits x{scale:g} T={T}: a row invalid"
+        assert_same_outputs(out, ref, margins, what=f"{rule} logits x{scale:g} T={T}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_whole_chunks_read_nothing_past_the_vocabulary(device, dtype, monkeypatch):
     """The statistics load the chunks wholly inside the vocabulary with no bound mask (and one row per item with no

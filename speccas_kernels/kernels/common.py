@@ -26,6 +26,7 @@ BIG = tl.constexpr(2147483647)
 LOG2E = tl.constexpr(1.4426950408889634)
 BF16X2_NEG_INF = tl.constexpr(-8323200)  # 0xff80ff80 as an int32: two bfloat16 -inf
 LN2 = tl.constexpr(0.6931471805599453)
+SHIFT_MAX = tl.constexpr(16777216.0)  # 2**24: |m s| below it keeps ``exp_shift``'s error term within [-1, 1]
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
 # The race's logarithms: on a GPU the special-function unit's lg2 (``lg2.approx.ftz.f32``, relative error about
@@ -49,8 +50,10 @@ else:
 
     @triton.jit
     def fma_exact(x, y, z):
-        # the interpreter's fma rounds the product first; float64 holds it exactly
-        return (x.to(tl.float64) * y + z.to(tl.float64)).to(tl.float32)
+        # the interpreter's fma rounds the product first; float64 holds it exactly (y rounded to float32 first, as
+        # a constant is on a GPU: otherwise a float constant keeps its float64 bits here only)
+        y32 = tl.zeros_like(x) + y
+        return (x.to(tl.float64) * y32.to(tl.float64) + z.to(tl.float64)).to(tl.float32)
 
 
 @triton.jit
@@ -72,8 +75,9 @@ def exp_shift(m, scale):
     the multiply took two instructions (``scale`` as for ``exp_scaled``): (c, t), c = m scale rounded to float32 and
     t = exp2(fma(m, scale, -c)), the term of an entry equal to m itself (fma: ``fma_exact``). fma(z, scale, -c) is
     (z - m) s plus the product's rounding error, rounded once; dividing a sum of such terms by t removes the error,
-    and an entry at the max still counts exactly 1 (x / x), as exp(0) does. c is +-inf when m s overflows (huge
-    logits or 1/T): the caller then takes ``exp_scaled`` of z - m."""
+    and an entry at the max still counts exactly 1 (x / x), as exp(0) does. The error is at most half a unit in the
+    last place of c, so t is within [1/2, 2] while |c| < SHIFT_MAX (2**24); beyond (logits or 1/T so large that
+    m s reaches 2**24, or overflows) the caller takes ``exp_scaled`` of z - m instead."""
     c = m * scale
     return c, tl.exp2(fma_exact(m, scale, -c))
 

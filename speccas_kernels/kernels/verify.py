@@ -105,9 +105,9 @@ import triton.language as tl
 from .. import rules
 from ..outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from . import common, philox
-from .common import (BIG, LOG2E, NEG_INF, best_lowest_rows, exp_scaled, exp_shift, fma_exact, inv_temperature,
-                     ln_fast, load_logits, load_tile, log2_fast, log2e_scale, row_params, temperature_ok, ticket,
-                     wait_flag)
+from .common import (BIG, LOG2E, NEG_INF, SHIFT_MAX, best_lowest_rows, exp_scaled, exp_shift, fma_exact,
+                     inv_temperature, ln_fast, load_logits, load_tile, log2_fast, log2e_scale, row_params,
+                     temperature_ok, ticket, wait_flag)
 
 FAMILY_A = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_A])
 FAMILY_B = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_B])
@@ -360,8 +360,8 @@ def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, a
     of an item), with no reduction across threads: a lane's max, sum exp(z - max) and sum exp((z - max) / T) over
     kept entries (rows with ``scaled``) rescaled to its new max, and its lowest argmax (rows with ``greedy``). A NaN
     or +inf entry makes the lane's T = 1 sum NaN, and it stays NaN. FAST (float32 logits): each exp is one FFMA and
-    one ex2 (``exp_shift``), and ``huge`` records the lanes whose max times the scale overflowed, whose sums are then
-    wrong: the caller runs the item again without FAST (which leaves ``huge`` as it is)."""
+    one ex2 (``exp_shift``), and ``huge`` records the lanes whose max times the scale reached SHIFT_MAX, whose sums
+    are then wrong: the caller runs the item again without FAST (which leaves ``huge`` as it is)."""
     z4 = _lanes(z, LANES, VEC)
     mc = tl.max(tl.max(z4, axis=3), axis=1)
     m = tl.maximum(m_run, mc)
@@ -369,7 +369,7 @@ def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, a
     dr = _rel(m_run, ms)  # -inf while the lane has seen only -inf: its sums stay 0
     if FAST:
         c1, t1 = exp_shift(ms, LOG2E)
-        huge = huge | (tl.abs(c1) == float("inf"))
+        huge = huge | (tl.abs(c1) >= SHIFT_MAX)
         u = tl.sum(tl.sum(tl.exp2(fma_exact(z4, LOG2E, -c1[:, None, :, None])), axis=3), axis=1)
         s1 = s1_run * exp_scaled(dr, LOG2E) + u / t1
     else:
@@ -380,7 +380,7 @@ def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, a
         sc = log2e_scale(invT)[:, None]
         if FAST:
             cT, tT = exp_shift(ms, sc)
-            huge = huge | (tl.abs(cT) == float("inf"))
+            huge = huge | (tl.abs(cT) >= SHIFT_MAX)
             e = tl.exp2(fma_exact(z4, sc[:, :, None, None], -cT[:, None, :, None]))
         else:
             e = exp_scaled(_rel(z4, ms[:, None, :, None]), sc[:, :, None, None])
@@ -779,7 +779,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 LANES, VEC, False)
         if not CHUNK_RECORDS and not FP64:
             if tl.max(tl.max(huge.to(tl.int32), axis=1), axis=0) > 0:
-                # a max times a scale overflowed float32 (logits or 1/T near the float32 max): the item again,
+                # a max times a scale reached SHIFT_MAX (logits or 1/T of 1e7 and beyond): the item again,
                 # subtracting each lane's max first
                 m_p, s1_p, sT_p, arg_p = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
                 m_q, s1_q, sT_q, arg_q = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
@@ -875,20 +875,28 @@ def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_
 @triton.jit
 def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr,
                cutp_ptr, K, V, FAMILY: tl.constexpr, IN_SET: tl.constexpr, FILTERS: tl.constexpr,
-               FP64: tl.constexpr, PAIRS: tl.constexpr, NEED_P: tl.constexpr = True):
+               FP64: tl.constexpr, PAIRS: tl.constexpr, NEED_P: tl.constexpr = True, FULL: tl.constexpr = False,
+               ROWS: tl.constexpr = 0):
     """The tile of entries lo + ``offs`` ([BLOCK_V]; ``lo`` a scalar) of position i for the passes after the
     statistics (the second look, a token set's divergence), whose rows start at ``qbase`` / ``pbase`` ([R, 1]
     pointers, formed once per work item): (q, p, v in A) over [R, BLOCK_V], q and p 0 outside the rows ``use`` and
     the vocabulary (membership only for a token set; what a caller does not read is dead code; ``unit``:
     ``_unit_law`` of the rows). Without ``NEED_P`` (a token set whose membership reads only q^, and no divergence)
-    the target tile is not loaded and p is 0."""
+    the target tile is not loaded and p is 0. FULL: the tile lies inside the vocabulary (no bound mask; with one
+    row per item, ``ROWS`` = 1, whose row is in use, no mask at all)."""
     mask = use[:, None] & (offs < V - lo)[None, :]
-    zq = load_tile(qbase, lo, use[:, None], V - lo, offs.shape[0], FP64, PAIRS)
+    if FULL and ROWS == 1:
+        zq = load_tile(qbase, lo, None, V - lo, offs.shape[0], FP64, PAIRS, True)
+    else:
+        zq = load_tile(qbase, lo, use[:, None], V - lo, offs.shape[0], FP64, PAIRS, FULL)
     keep_q = mask & (zq > NEG_INF)
     if FILTERS:
         keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None])
     if NEED_P:
-        zp = load_tile(pbase, lo, use[:, None], V - lo, offs.shape[0], FP64, PAIRS)
+        if FULL and ROWS == 1:
+            zp = load_tile(pbase, lo, None, V - lo, offs.shape[0], FP64, PAIRS, True)
+        else:
+            zp = load_tile(pbase, lo, use[:, None], V - lo, offs.shape[0], FP64, PAIRS, FULL)
         keep_p = mask & (zp > NEG_INF)
         if FILTERS:
             keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * (K + 1) + i, mask=use, other=0.0)[:, None])
@@ -991,6 +999,33 @@ def _eta_item(j, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, uni
 
 
 @triton.jit
+def _look_chunk(r, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase,
+                cutq_ptr, cutp_ptr, K, V, FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, IN_SET: tl.constexpr,
+                FILTERS: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr, READS_PH: tl.constexpr,
+                DIVERGENCE: tl.constexpr, SPARSE_ETA: tl.constexpr, TILES: tl.constexpr, BLOCK_V: tl.constexpr,
+                ROWS: tl.constexpr, FULL: tl.constexpr):
+    """Chunk r of a position in the second look: its TILES tiles (statically unrolled) folded entry by entry into
+    ``acc`` (TV(q, p), or a token set's drafter mass outside A) and ``acc2`` (the divergences' second sum). FULL:
+    the chunk lies inside the vocabulary (``_look_tile``)."""
+    for u in tl.static_range(TILES):
+        q, p, in_a = _look_tile((r * TILES + u) * BLOCK_V, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q,
+                                inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K, V, FAMILY, IN_SET, FILTERS,
+                                FP64, PAIRS, NEED_P=(FAMILY != FAMILY_B) or READS_PH or DIVERGENCE, FULL=FULL,
+                                ROWS=ROWS)
+        if FAMILY == FAMILY_B:
+            if not SPARSE_ETA:
+                acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
+            if DIVERGENCE:
+                acc2 += tl.maximum(q - p, 0.0)
+        else:
+            tl.static_assert(NEEDS_TV or DIVERGENCE, "the second look reads TV or a token set's eta")
+            acc += tl.maximum(q - p, 0.0)  # 0 wherever both are (masked, dead, filtered)
+            if DIVERGENCE and FAMILY == FAMILY_LOSSY:  # TV(law, p), one pass: ``_divergences``
+                acc2 += tl.maximum(tl.minimum(q, p / (1.0 - al)) - p, 0.0)
+    return acc, acc2
+
+
+@triton.jit
 def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
                tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr,
                zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
@@ -1044,24 +1079,20 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                 acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
                 acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
                 offs = tl.arange(0, BLOCK_V)
+                # the chunks wholly inside the vocabulary with no bound mask, then a position's partial last one
+                nfull = tl.minimum(tl.maximum((V - j * (CHUNKS * TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
                 c = 0
-                while c < nch:
-                    for u in tl.static_range(TILES):
-                        q, p, in_a = _look_tile(((j * CHUNKS + c) * TILES + u) * BLOCK_V, offs, rows, i, use, scale,
-                                                Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr,
-                                                cutp_ptr, K, V, FAMILY, IN_SET, FILTERS, FP64, PAIRS,
-                                                NEED_P=(FAMILY != FAMILY_B) or READS_PH or DIVERGENCE)
-                        if FAMILY == FAMILY_B:
-                            if not SPARSE_ETA:
-                                acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
-                            if DIVERGENCE:
-                                acc2 += tl.maximum(q - p, 0.0)
-                        else:
-                            tl.static_assert(NEEDS_TV or DIVERGENCE, "the second look reads TV or a token set's eta")
-                            acc += tl.maximum(q - p, 0.0)  # 0 wherever both are (masked, dead, filtered)
-                            if DIVERGENCE and FAMILY == FAMILY_LOSSY:  # TV(law, p), one pass: ``_divergences``
-                                acc2 += tl.maximum(tl.minimum(q, p / (1.0 - al)) - p, 0.0)
+                while c < nfull:
+                    acc, acc2 = _look_chunk(j * CHUNKS + c, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp,
+                                            Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K, V,
+                                            FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH, DIVERGENCE,
+                                            SPARSE_ETA, TILES, BLOCK_V, ROWS, True)
                     c += 1
+                if nfull < nch:  # (a position's last chunk, partial)
+                    acc, acc2 = _look_chunk(j * CHUNKS + nfull, acc, acc2, offs, rows, i, use, scale, Mp, S1p,
+                                            inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K,
+                                            V, FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH, DIVERGENCE,
+                                            SPARSE_ETA, TILES, BLOCK_V, ROWS, False)
                 if not SPARSE_ETA:
                     tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # one per item
                 if DIVERGENCE:
@@ -1448,7 +1479,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         offs = tl.arange(0, BLOCK_V)[None, :]
         pbase = _p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None]
         qbase = _q_base(zq_ptr, rows, m, start, stride_qb, stride_qk, HAS_Q, RAGGED)
-        # exp((z - M) / T) as one FFMA and one ex2 (``exp_shift``) where no row's M / T overflows float32; a family-A
+        # exp((z - M) / T) as one FFMA and one ex2 (``exp_shift``) where no row's M / T reaches SHIFT_MAX; a family-A
         # or lossy residual then folds 1 / ST and the blend weight into one factor per side (``FAST_RESID``)
         FAST_RESID: tl.constexpr = (not FP64) and HAS_Q and (FAMILY != FAMILY_B)
         fast = False
@@ -1460,7 +1491,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         if not FP64:
             cp, tp = exp_shift(Mp, scale)
             cq, tq = exp_shift(Mq, scale)
-            slow = racing[:, None] & ((tl.abs(cp) == float("inf")) | (tl.abs(cq) == float("inf")))
+            slow = racing[:, None] & ((tl.abs(cp) >= SHIFT_MAX) | (tl.abs(cq) >= SHIFT_MAX))
             fast = tl.max(tl.max(slow.to(tl.int32), axis=1), axis=0) == 0
             greedy_resid = resid_row & (T == 0)
             fast_resid = fast & (tl.max(greedy_resid.to(tl.int32), axis=0) == 0)
@@ -1629,6 +1660,7 @@ ROOFLINE_PHASES = (
     ("stats", "_stats_item", None),
     ("look_merge", "_look_item", "ticket(cnt_ptr + c_look"),
     ("look_q", "_eta_item", "c < nch"),
+    ("look_tail", "_look_item", "nfull < nch"),
     ("look", "_look_item", None),
     ("emit", "_race_item", "ticket(cnt_ptr + c_race"),
     ("race", "_race_item", None),
@@ -1681,7 +1713,8 @@ def roofline_hints(launch) -> dict:
     NS = -(-NT // (c["TILES"] * c["CHUNKS"]))
     CH = NI / NS  # chunks per stats item, a mean (a position's last item may have fewer)
     CW = c["TILES"] * c["BLOCK_V"]  # entries of a chunk
-    FULL = (val("V") // CW) / NS  # of which wholly inside the vocabulary (the loop; the partial one is stats_tail)
+    FULL = (val("V") // CW) / NS  # of which wholly inside the vocabulary (the loop; a partial one is a tail)
+    PART = val("V") % CW != 0  # a position's last chunk is partial
     G = -(-B // c["ROWS"])
     KP = K + 1
     n = K if val("n_val") is None or launch.arg("n_ptr").kind == "tensor" else max(0, min(K, val("n_val")))
@@ -1698,13 +1731,13 @@ def roofline_hints(launch) -> dict:
         "stats": dict(count=G * KP * NS, dram=CH, l2=1),
         "stats_q": dict(count=G * n * NS if has_q else 0),
         "stats_x": dict(count=G * n),
-        # a position's last chunk when partial (once per position), after the whole chunks of its last item (not on
-        # the chain: that item runs one whole chunk fewer than the loop's mean, and the partial one in its place)
-        # (traced: the masked target load of ``_stats_chunk``, which one row per item takes only there)
-        "stats_tail": dict(count=0, traced="zp = load_tile(pbase[:, None], lo, use_p[:, None]"),
+        # a position's last chunk when partial (V not a multiple of a chunk), after the whole chunks of its last item
+        # (not on the chain: that item runs one whole chunk fewer than the loop's mean, and the partial one instead)
+        "stats_tail": dict(count=G * KP if PART else 0),
         "merge": dict(count=G * KP, l2=3 if c["SECOND_LOOK"] else 2),
         "look": dict(count=G * n * NS if looks else 0, l2=2 if sparse_eta else 2 + CH),
         "look_merge": dict(count=G * K if looks else 0, l2=2),
+        "look_tail": dict(count=G * n if looks and PART else 0),  # a looked position's partial last chunk
         # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the traced run had
         "look_q": dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1),
         "accept": dict(count=G, l2=2),
@@ -1723,7 +1756,7 @@ def roofline_hints(launch) -> dict:
                  (["queue", "race"], NI, 0), (["emit"], 1, 0)]
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work,
                 phase_loops=[["_stats_item", "c < nfull", FULL, ["stats", "stats_q"]],
-                             ["_look_item", "c < nch", CH, ["look"]]],
+                             ["_look_item", "c < nfull", FULL, ["look"]]],
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
                 note="persistent: phases per work item, chain of one row")
