@@ -33,7 +33,9 @@ row's last step more than they save.)
   statistics per lane (``_lane_stats``: rescaled to the lane's new max, no shuffle or barrier inside the loop), and
   the item reduces its lanes once into one record (``_lanes_merged``); a token set with a floor keeps one record
   per chunk instead, which its second look screens (``CHUNK_RECORDS``). The chunk whose tiles hold x_i also
-  records zp_i(x_i) and zq_i(x_i). A ticket per position; the program with the last ticket **merges** the records
+  records zp_i(x_i) and zq_i(x_i). The chunks wholly inside the vocabulary load with no mask (one row per item;
+  ``_stats_chunk``), a position's partial last chunk after them with its masks (the second look likewise,
+  ``_look_chunk``). A ticket per position; the program with the last ticket **merges** the records
   of both sides at once into the position's statistics, publishes a "ready" flag (rules with a second look), and
   draws a ticket on the row.
 * **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
@@ -67,7 +69,10 @@ row's last step more than they save.)
   items (after its accept phase), whose last item writes the sums. Nothing of this is compiled without the flag.
 
 Arithmetic of the streaming phases: exp through the special-function unit's ex2 (``common.exp_scaled``: one
-multiply and one MUFU, subnormal results flushed to 0, which sums of at least 1 do not see), the race's logs through
+multiply and one MUFU, subnormal results flushed to 0, which sums of at least 1 do not see); the statistics' lane
+sums and the race of a family-A or lossy rule take exp((z - m) / T) as one FFMA and the ex2 (``common.exp_shift``:
+exp2(fma(z, s, -c)) over the max entry's own term, the same rounding as subtracting first) while |m s| < 2**24,
+and subtract first beyond (a statistics item then runs again; the race takes the other branch); the race's logs through
 its lg2 on a GPU (``common.log2_fast``), p and q in the race and the second look scaled by the row's 1 / ST instead
 of divided; when every row of an item samples at T = 1 without filters, a token set's passes take p = p^ and q = q^
 from one exp (``_unit_law``: the same expression, bit for bit). Entries are addressed as tile offsets from a scalar
