@@ -1442,6 +1442,74 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
 
 
 @triton.jit
+def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, any_bonus, any_resid, fast, fast_resid,
+                seed, pos, offs, pbase, qbase, Mp, scale, cp, kp, cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp,
+                argq, xm, al, cutp_ptr, cutq_ptr, K, V, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
+                HAS_Q: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr,
+                ROWS: tl.constexpr, BLOCK_V: tl.constexpr, TILES: tl.constexpr, VEC: tl.constexpr,
+                FULL: tl.constexpr):
+    """Race item j's TILES tiles (statically unrolled), folded entry by entry into the running best score ``acc_s``,
+    its tile ``acc_u`` and the residual's mass ``acc_w`` (``_race_item``). FULL: the item lies inside the
+    vocabulary, so its loads take no bound mask, and with one row per item (which races) no mask at all."""
+    KP = K + 1
+    FAST_RESID: tl.constexpr = (not FP64) and HAS_Q and (FAMILY != FAMILY_B)
+    for u in tl.static_range(TILES):
+        t = j.to(tl.int64) * TILES + u  # tiles past the last (t >= NT) read nothing
+        lo = t * BLOCK_V
+        # Scores in base-2 units: log2 w + (G + ln ln 2) / ln 2 = log2 w - e2 (and (z - M) log2(e) / T - e2 for
+        # the bonus), the natural-log scores divided by ln 2 and shifted by one constant: the same argmax.
+        e2 = philox.exp_log2_flat(seed, pos, STREAM_EMIT, lo, BLOCK_V, VEC)
+        mask = racing[:, None] & (offs < V - lo)
+        if FULL and ROWS == 1:
+            zp = load_tile(pbase, lo, None, V - lo, BLOCK_V, FP64, PAIRS, True)
+        else:
+            zp = load_tile(pbase, lo, racing[:, None], V - lo, BLOCK_V, FP64, PAIRS, FULL)
+        keep_p = mask & (zp > NEG_INF)
+        if FILTERS:
+            keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=racing, other=0.0)[:, None])
+        s = tl.full([ROWS, BLOCK_V], NEG_INF, tl.float32)
+        if any_bonus:  # (a masked or dead entry is -inf, and scores -inf; a row that does not race stores nothing)
+            if FP64:
+                s = _rel(zp, Mp) * scale - e2
+            elif fast:  # (the scores less the row's constant rounding error of M / T: the same argmax)
+                s = fma_exact(zp, scale, -cp) - e2
+            else:
+                s = _rel(zp, Mp) * scale - e2
+            if FILTERS:
+                s = tl.where(keep_p, s, NEG_INF)
+        if any_resid:
+            rmask3 = mask & resid_row[:, None]
+            if FAST_RESID and fast_resid:  # w (p - q) (lossy p - q) as two products of the exps
+                if FULL and ROWS == 1:
+                    zq = load_tile(qbase, lo, None, V - lo, BLOCK_V, FP64, PAIRS, True)
+                else:
+                    zq = load_tile(qbase, lo, resid_row[:, None], V - lo, BLOCK_V, FP64, PAIRS, FULL)
+                ep = tl.exp2(fma_exact(zp, scale, -cp))
+                eq = tl.exp2(fma_exact(zq, scale, -cq))
+                if FILTERS:
+                    ep = tl.where(keep_p, ep, 0.0)
+                    eq = tl.where(zq >= tl.load(cutq_ptr + rows * K + m, mask=resid_row & (m < K),
+                                                other=0.0)[:, None], eq, 0.0)
+                d = ep * kp - eq * kq
+            else:
+                d, q = _residual_tile(T, m, rows, resid_row, zp, keep_p, Mp, offs, lo, rmask3, scale, inv_STp,
+                                      wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY,
+                                      IN_SET, HAS_Q, FILTERS, FP64, PAIRS, V - lo, DIFF=True)
+            # w = max(0, pi - q) (0 at masked entries, where pi = q = 0); log2 0 = -inf scores the rest -inf
+            wv = tl.maximum(d, 0.0)
+            sr = log2_fast(wv) - e2
+            if ROWS == 1:  # the row races its residual
+                s = sr
+            else:
+                s = tl.where(bonus, s, sr)
+            acc_w += wv
+        take = s > acc_s
+        acc_u = tl.where(take, u, acc_u)
+        acc_s = tl.where(take, s, acc_s)
+    return acc_s, acc_u, acc_w
+
+
+@triton.jit
 def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
                cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
                seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk,
@@ -1506,56 +1574,23 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
             else:
                 kp = inv_STp / tp
                 kq = inv_STq / tq
+        # an item wholly inside the vocabulary loads its tiles with no bound mask (one row per item: no mask)
+        full_item = (j + 1) * (TILES * BLOCK_V) <= V
         acc_s = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32) + NEG_INF
         acc_u = tl.zeros([ROWS, BLOCK_V], dtype=tl.int32)  # the tile of an entry's best (an all -inf item: tile 0)
         acc_w = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
-        for u in tl.static_range(TILES):
-            t = j.to(tl.int64) * TILES + u  # tiles past the last (t >= NT) read nothing
-            lo = t * BLOCK_V
-            # Scores in base-2 units: log2 w + (G + ln ln 2) / ln 2 = log2 w - e2 (and (z - M) log2(e) / T - e2 for
-            # the bonus), the natural-log scores divided by ln 2 and shifted by one constant: the same argmax.
-            e2 = philox.exp_log2_flat(seed, pos, STREAM_EMIT, lo, BLOCK_V, VEC)
-            mask = racing[:, None] & (offs < V - lo)
-            zp = load_tile(pbase, lo, racing[:, None], V - lo, BLOCK_V, FP64, PAIRS)
-            keep_p = mask & (zp > NEG_INF)
-            if FILTERS:
-                keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=racing, other=0.0)[:, None])
-            s = tl.full([ROWS, BLOCK_V], NEG_INF, tl.float32)
-            if any_bonus:  # (a masked or dead entry is -inf, and scores -inf; a row that does not race stores nothing)
-                if FP64:
-                    s = _rel(zp, Mp) * scale - e2
-                elif fast:  # (the scores less the row's constant rounding error of M / T: the same argmax)
-                    s = fma_exact(zp, scale, -cp) - e2
-                else:
-                    s = _rel(zp, Mp) * scale - e2
-                if FILTERS:
-                    s = tl.where(keep_p, s, NEG_INF)
-            if any_resid:
-                rmask3 = mask & resid_row[:, None]
-                if FAST_RESID and fast_resid:  # w (p - q) (lossy p - q) as two products of the exps
-                    zq = load_tile(qbase, lo, resid_row[:, None], V - lo, BLOCK_V, FP64, PAIRS)
-                    ep = tl.exp2(fma_exact(zp, scale, -cp))
-                    eq = tl.exp2(fma_exact(zq, scale, -cq))
-                    if FILTERS:
-                        ep = tl.where(keep_p, ep, 0.0)
-                        eq = tl.where(zq >= tl.load(cutq_ptr + rows * K + m, mask=resid_row & (m < K),
-                                                    other=0.0)[:, None], eq, 0.0)
-                    d = ep * kp - eq * kq
-                else:
-                    d, q = _residual_tile(T, m, rows, resid_row, zp, keep_p, Mp, offs, lo, rmask3, scale, inv_STp,
-                                          wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY,
-                                          IN_SET, HAS_Q, FILTERS, FP64, PAIRS, V - lo, DIFF=True)
-                # w = max(0, pi - q) (0 at masked entries, where pi = q = 0); log2 0 = -inf scores the rest -inf
-                wv = tl.maximum(d, 0.0)
-                sr = log2_fast(wv) - e2
-                if ROWS == 1:  # the row races its residual
-                    s = sr
-                else:
-                    s = tl.where(bonus, s, sr)
-                acc_w += wv
-            take = s > acc_s
-            acc_u = tl.where(take, u, acc_u)
-            acc_s = tl.where(take, s, acc_s)
+        if full_item:
+            acc_s, acc_u, acc_w = _race_tiles(
+                j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, any_bonus, any_resid, fast, fast_resid,
+                seed, pos, offs, pbase, qbase, Mp, scale, cp, kp, cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp,
+                argq, xm, al, cutp_ptr, cutq_ptr, K, V, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS, ROWS, BLOCK_V,
+                TILES, VEC, True)
+        if not full_item:  # (a row's last item, partial)
+            acc_s, acc_u, acc_w = _race_tiles(
+                j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, any_bonus, any_resid, fast, fast_resid,
+                seed, pos, offs, pbase, qbase, Mp, scale, cp, kp, cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp,
+                argq, xm, al, cutp_ptr, cutq_ptr, K, V, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS, ROWS, BLOCK_V,
+                TILES, VEC, False)
         best, low = best_lowest_rows(acc_s, acc_u * BLOCK_V + offs)
         idx = (j * (TILES * BLOCK_V) + low).to(tl.int32)
         mass = tl.where(bonus_row, 1.0, tl.sum(acc_w, axis=1))
@@ -1668,6 +1703,7 @@ ROOFLINE_PHASES = (
     ("look_tail", "_look_item", "nfull < nch"),
     ("look", "_look_item", None),
     ("emit", "_race_item", "ticket(cnt_ptr + c_race"),
+    ("race_tail", "_race_item", "not full_item"),
     ("race", "_race_item", None),
 )
 
@@ -1719,7 +1755,7 @@ def roofline_hints(launch) -> dict:
     CH = NI / NS  # chunks per stats item, a mean (a position's last item may have fewer)
     CW = c["TILES"] * c["BLOCK_V"]  # entries of a chunk
     FULL = (val("V") // CW) / NS  # of which wholly inside the vocabulary (the loop; a partial one is a tail)
-    PART = val("V") % CW != 0  # a position's last chunk is partial
+    PART = int(val("V") % CW != 0)  # a position's last chunk (and a row's last race item) is partial
     G = -(-B // c["ROWS"])
     KP = K + 1
     n = K if val("n_val") is None or launch.arg("n_ptr").kind == "tensor" else max(0, min(K, val("n_val")))
@@ -1746,7 +1782,8 @@ def roofline_hints(launch) -> dict:
         # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the traced run had
         "look_q": dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1),
         "accept": dict(count=G, l2=2),
-        "race": dict(count=G * NI, l2=3 if c["ROWS"] == 1 else 4),
+        "race": dict(count=G * (NI - PART), l2=3 if c["ROWS"] == 1 else 4),
+        "race_tail": dict(count=G * PART, l2=3 if c["ROWS"] == 1 else 4),  # a row's partial last item
         "emit": dict(count=G, l2=1),
         "emit_pi": dict(count=0),  # the race over pi: a residual of rounding noise, taken as never
         "div": dict(count=G * n * NI if div_items and looks else 0, l2=3),  # a token set's TV(pi, p), when asked
