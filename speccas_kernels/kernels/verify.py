@@ -364,9 +364,9 @@ def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, a
     """``_tile_stats`` folded into running statistics per lane ([R, LANES // VEC]: a thread's entries of every chunk
     of an item), with no reduction across threads: a lane's max, sum exp(z - max) and sum exp((z - max) / T) over
     kept entries (rows with ``scaled``) rescaled to its new max, and its lowest argmax (rows with ``greedy``). A NaN
-    or +inf entry makes the lane's T = 1 sum NaN, and it stays NaN. FAST (float32 logits): each exp is one FFMA and
-    one ex2 (``exp_shift``), and ``huge`` records the lanes whose max times the scale reached SHIFT_MAX, whose sums
-    are then wrong: the caller runs the item again without FAST (which leaves ``huge`` as it is)."""
+    or +inf entry makes the lane's T = 1 sum NaN, and it stays NaN. FAST (logits other than float64): each exp is one
+    FFMA and one ex2 (``exp_shift``), and ``huge`` records the lanes whose max times the scale reached SHIFT_MAX,
+    whose sums are then wrong: the caller runs the item again without FAST (which leaves ``huge`` as it is)."""
     z4 = _lanes(z, LANES, VEC)
     mc = tl.max(tl.max(z4, axis=3), axis=1)
     m = tl.maximum(m_run, mc)
