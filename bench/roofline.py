@@ -1469,13 +1469,18 @@ def _unreached_by_chain(rec: dict, sass: Optional[dict], paths: Sequence) -> set
 # -- phases of a persistent kernel ---------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _functions(path: str) -> Tuple[Tuple[int, int, str], ...]:
-    """(first line, last line, name) of every function defined in a source file."""
+def _nodes(path: str) -> Tuple[ast.AST, ...]:
+    """Every node of a source file's syntax tree (none if it cannot be read or parsed)."""
     try:
-        tree = ast.parse(Path(path).read_text())
+        return tuple(ast.walk(ast.parse(Path(path).read_text())))
     except (OSError, SyntaxError):
         return ()
-    return tuple((n.lineno, n.end_lineno, n.name) for n in ast.walk(tree)
+
+
+@functools.lru_cache(maxsize=None)
+def _functions(path: str) -> Tuple[Tuple[int, int, str], ...]:
+    """(first line, last line, name) of every function defined in a source file."""
+    return tuple((n.lineno, n.end_lineno, n.name) for n in _nodes(path)
                  if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
 
 
@@ -1491,11 +1496,7 @@ def _function_at(path: str, line: int) -> Optional[str]:
 @functools.lru_cache(maxsize=None)
 def _calls(path: str) -> Tuple[Tuple[int, int, str], ...]:
     """(first line, last line, called name) of every call of a plain name in a source file."""
-    try:
-        tree = ast.parse(Path(path).read_text())
-    except (OSError, SyntaxError):
-        return ()
-    return tuple((n.lineno, n.end_lineno, n.func.id) for n in ast.walk(tree)
+    return tuple((n.lineno, n.end_lineno, n.func.id) for n in _nodes(path)
                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Name))
 
 

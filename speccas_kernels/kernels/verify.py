@@ -662,11 +662,13 @@ def _stats_chunk(c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, inv
                  i, o, pf, NR, B, K, V, HAS_Q: tl.constexpr, CHUNK_RECORDS: tl.constexpr, FILTERS: tl.constexpr,
                  FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
                  BLOCK_V: tl.constexpr, CHUNKS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr,
-                 FULL: tl.constexpr):
+                 FULL: tl.constexpr, FAST: tl.constexpr = True):
     """Chunk c of stats item j, the target's tiles and (positions with a draft) the drafter's as one block each, both
     loads in flight together (one round trip to DRAM): folded into the running lane statistics of each side, or with
     CHUNK_RECORDS reduced into one record per side. FULL: the chunk lies inside the vocabulary, so its loads take no
-    bound mask, and with one row per item no mask at all (the item runs only when its row uses the side)."""
+    bound mask, and with one row per item no mask at all (the item runs only when its row uses the side). FAST: the
+    lane sums through ``exp_shift``; an item runs its chunks again without it when a lane's max times the scale
+    reached SHIFT_MAX (storing the logits at the draft again: the same values)."""
     KP = K + 1
     r = j * CHUNKS + c  # the chunk's record
     lo = r * (TILES * BLOCK_V)
@@ -694,7 +696,8 @@ def _stats_chunk(c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, inv
                 _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NR, r, use_q, m, s1, sT, arg, bad)
             else:
                 m_q, s1_q, sT_q, arg_q, huge = _lane_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q, m_q,
-                                                           s1_q, sT_q, arg_q, huge, FILTERS, LANES, VEC, not FP64)
+                                                           s1_q, sT_q, arg_q, huge, FILTERS, LANES, VEC,
+                                                           FAST and not FP64)
     else:
         if tl.max(hold.to(tl.int32), axis=0) > 0:
             at = offs[None, :] == tl.where(hold, xi - lo, -1).to(tl.int32)[:, None]
@@ -704,7 +707,7 @@ def _stats_chunk(c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, inv
         _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, r, use_p, m, s1, sT, arg, bad)
     else:
         m_p, s1_p, sT_p, arg_p, huge = _lane_stats(zp, offs, lo, invT, cutp, scaled, greedy, m_p, s1_p, sT_p, arg_p,
-                                                   huge, FILTERS, LANES, VEC, not FP64)
+                                                   huge, FILTERS, LANES, VEC, FAST and not FP64)
     return m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge
 
 
@@ -790,17 +793,11 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 m_q, s1_q, sT_q, arg_q = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
                 c2 = 0
                 while c2 < nch:
-                    lo = (j * CHUNKS + c2) * (TILES * BLOCK_V)
-                    zp = load_tile(pbase[:, None], lo, use_p[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS)
-                    if HAS_Q:
-                        zq = load_tile(qbase[:, None], lo, use_q[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS)
-                    m_p, s1_p, sT_p, arg_p, huge = _lane_stats(zp, offs, lo, invT, cutp, scaled, greedy, m_p, s1_p,
-                                                               sT_p, arg_p, huge, FILTERS, LANES, VEC, False)
-                    if HAS_Q:
-                        if any_q:
-                            m_q, s1_q, sT_q, arg_q, huge = _lane_stats(zq, offs, lo, invT, cutq, scaled,
-                                                                       greedy & use_q, m_q, s1_q, sT_q, arg_q, huge,
-                                                                       FILTERS, LANES, VEC, False)
+                    m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
+                        c2, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy,
+                        m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, part_i_ptr,
+                        pos_m_ptr, rows, i, o, pf, NR, B, K, V, HAS_Q, CHUNK_RECORDS, FILTERS, FP64, PAIRS, ROWS, TILES,
+                        BLOCK_V, CHUNKS, LANES, VEC, False, False)
                     c2 += 1
         if not CHUNK_RECORDS:
             m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled)
