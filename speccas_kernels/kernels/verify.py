@@ -1690,6 +1690,7 @@ ROOFLINE_PHASES = (
     ("emit_pi", "_pi_race", None),
     ("accept", "_accept", None),
     ("merge", "_stats_item", "ticket(cnt_ptr + c_stats"),
+    ("stats_rerun", "_stats_item", "c2 < nch"),
     ("stats_tail", "_stats_item", "nfull < nch"),
     ("stats_x", "_stats_chunk", "hold.to(tl.int32)"),
     ("stats_q", "_stats_item", "any_q"),
@@ -1772,6 +1773,9 @@ def roofline_hints(launch) -> dict:
         # a position's last chunk when partial (V not a multiple of a chunk), after the whole chunks of its last item
         # (not on the chain: that item runs one whole chunk fewer than the loop's mean, and the partial one instead)
         "stats_tail": dict(count=G * KP if PART else 0),
+        # a statistics item's re-run without exp_shift (a lane's max times the scale at SHIFT_MAX or beyond: logits
+        # or 1/T of 1e7 and more), taken as never
+        "stats_rerun": dict(count=0),
         "merge": dict(count=G * KP, l2=3 if c["SECOND_LOOK"] else 2),
         "look": dict(count=G * n * NS if looks else 0, l2=2 if sparse_eta else 2 + CH),
         "look_merge": dict(count=G * K if looks else 0, l2=2),
