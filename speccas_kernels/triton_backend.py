@@ -117,8 +117,8 @@ def tiles() -> int:
 
 def chunks(itemsize: int = 4) -> int:
     """Chunks per statistics or second-look work item of the persistent verify kernel (a loop in the kernel; the
-    statistics keep one record per item, or per chunk for a token set with a floor, and the second look folds its
-    chunks into one) for logits of ``itemsize`` bytes. On a GPU 4 for 4-byte logits, so a program draws a
+    statistics keep one record per item, plus a token set's screening records per chunk, and the second look folds
+    its chunks into one) for logits of ``itemsize`` bytes. On a GPU 4 for 4-byte logits, so a program draws a
     sixteenth as many of those items as there are tiles (each draw costs about as many instructions as a chunk's
     statistics), and 16 for 2-byte logits, whose rounds are bound by instructions rather than bytes, so a quarter
     as many draws, and item-end reductions, pay (in the static model, B = 64, K = 4, V = 151936 bf16: 4 -> 8 chunks

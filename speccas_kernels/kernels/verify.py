@@ -31,8 +31,11 @@ row's last step more than they save.)
   sum exp((z - max) / T) over the kept entries (a branch taken only at T != 1 or with filters), lowest argmax (only
   at T = 0), NaN/+inf flag (read off the T = 1 sum). Each thread folds its own entries of every chunk into running
   statistics per lane (``_lane_stats``: rescaled to the lane's new max, no shuffle or barrier inside the loop), and
-  the item reduces its lanes once into one record (``_lanes_merged``); a token set with a floor keeps one record
-  per chunk instead, which its second look screens (``CHUNK_RECORDS``). The chunk whose tiles hold x_i also
+  the item reduces its lanes once into one record (``_lanes_merged``). A token set with a floor (``SCREEN``) also
+  writes, at each drafted position, screening records per chunk and warp (``_screen``: the warp's largest logit on
+  the side the set reads, and the drafter's mass over the warp's entries of the chunk from the lanes' own sums;
+  shuffles within the warp only, no shared memory or barrier), which its second look screens. The chunk whose
+  tiles hold x_i also
   records zp_i(x_i) and zq_i(x_i). The chunks wholly inside the vocabulary load with no mask (one row per item;
   ``_stats_chunk``), a position's partial last chunk after them with its masks (the second look likewise,
   ``_look_chunk``). A ticket per position; the program with the last ticket **merges** the records
@@ -42,8 +45,8 @@ row's last step more than they save.)
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or eta
   (the chunks' tiles folded entry by entry, one reduction and one record per item); the last item's program merges
   and draws a ticket on the row. A token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads
-  its chunks' statistics records instead and only the tiles of the chunks whose largest logit on that side may
-  reach the floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its record.
+  its chunks' screening records instead and only the tiles of the chunks whose largest logit on that side may
+  reach the floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its records.
 * **accept** (row b): run by the program that draws a row's last ticket. Row validity, a_i at every verified
   position (from the statistics and the logits at the drafts the stats items recorded: every load hits what this
   launch wrote or read), the accept loop, all the outputs but the emitted token (written here when T = 0 and all
@@ -366,7 +369,9 @@ def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, a
     kept entries (rows with ``scaled``) rescaled to its new max, and its lowest argmax (rows with ``greedy``). A NaN
     or +inf entry makes the lane's T = 1 sum NaN, and it stays NaN. FAST (logits other than float64): each exp is one
     FFMA and one ex2 (``exp_shift``), and ``huge`` records the lanes whose max times the scale reached SHIFT_MAX,
-    whose sums are then wrong: the caller runs the item again without FAST (which leaves ``huge`` as it is)."""
+    whose sums are then wrong: the caller runs the item again without FAST (which leaves ``huge`` as it is).
+    Also returned, for a token set's screening records (``_screen``): each lane's max over this chunk alone and its
+    share of the chunk's sampling sum (scaled rows: the scaled sum) relative to the lane's new max."""
     z4 = _lanes(z, LANES, VEC)
     mc = tl.max(tl.max(z4, axis=3), axis=1)
     m = tl.maximum(m_run, mc)
@@ -375,12 +380,13 @@ def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, a
     if FAST:
         c1, t1 = exp_shift(ms, LOG2E)
         huge = huge | (tl.abs(c1) >= SHIFT_MAX)
-        u = tl.sum(tl.sum(tl.exp2(fma_exact(z4, LOG2E, -c1[:, None, :, None])), axis=3), axis=1)
-        s1 = s1_run * exp_scaled(dr, LOG2E) + u / t1
+        u = tl.sum(tl.sum(tl.exp2(fma_exact(z4, LOG2E, -c1[:, None, :, None])), axis=3), axis=1) / t1
     else:
         d = _rel(z4, ms[:, None, :, None])
-        s1 = s1_run * exp_scaled(dr, LOG2E) + tl.sum(tl.sum(exp_scaled(d, LOG2E), axis=3), axis=1)
+        u = tl.sum(tl.sum(exp_scaled(d, LOG2E), axis=3), axis=1)
+    s1 = s1_run * exp_scaled(dr, LOG2E) + u
     sT = s1
+    share = u
     if tl.max(scaled.to(tl.int32), axis=0) > 0:
         sc = log2e_scale(invT)[:, None]
         if FAST:
@@ -395,13 +401,14 @@ def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, a
         if FAST:
             t = t / tT
         sT = tl.where(scaled[:, None], sT_run * exp_scaled(dr, sc) + t, s1)
+        share = tl.where(scaled[:, None], t, u)
     arg = arg_run
     if tl.max(greedy.to(tl.int32), axis=0) > 0:
         o4 = _lanes(offs[None, :], LANES, VEC)
         low = tl.min(tl.min(tl.where(z4 == mc[:, None, :, None], o4, BIG), axis=3), axis=1)
         # a tie keeps the earlier chunk's (lower) entry
         arg = tl.where((mc > m_run) & (low < BIG), (low + lo).to(tl.int32), arg_run)
-    return m, s1, sT, arg, huge
+    return m, s1, sT, arg, huge, mc, share
 
 
 @triton.jit
@@ -418,6 +425,55 @@ def _lanes_merged(m, s1, sT, arg, invT, scaled):
     return M, S1, ST, low, (S1 != S1).to(tl.int32)
 
 
+@triton.jit
+def _max2(a, b, c, d):
+    return tl.maximum(a, c), tl.maximum(b, d)
+
+
+@triton.jit
+def _screen(mh, m, share, invT, SCREENS: tl.constexpr):
+    """A token set's screening records of one chunk, per row and per group of 32 lanes (a warp on a GPU, so every
+    reduction here is a few shuffles, with no shared memory or barrier), each [R, SCREENS]: the largest logit of the
+    group's entries on the side the set reads (``mh``: the lanes' maxima over the chunk alone), the largest of the
+    drafter lanes' running maxima ``m`` (the reference, at least every entry's logit), and the drafter's sampling
+    sum over the group's entries relative to it (the lanes' shares, each relative to its lane's max, rescaled: every
+    factor at most 1, a lane that saw only -inf adding 0)."""
+    R: tl.constexpr = m.shape[0]
+    NL: tl.constexpr = m.shape[1]
+    h3 = tl.reshape(mh, [R, SCREENS, NL // SCREENS])
+    m3 = tl.reshape(m, [R, SCREENS, NL // SCREENS])
+    s3 = tl.reshape(share, [R, SCREENS, NL // SCREENS])
+    hmax, ref = tl.reduce((h3, m3), 2, _max2)
+    f = exp_scaled(_rel(m3, tl.where(ref == NEG_INF, 0.0, ref)[:, :, None]), log2e_scale(invT)[:, None, None])
+    return hmax, ref, tl.sum(s3 * f, axis=2)
+
+
+@triton.jit
+def _screen_at(rows, i, B, K, NT, TILES: tl.constexpr, SCREENS: tl.constexpr):
+    """Where drafted position i's screening records lie: (its first chunk's record of screen 0 [R], the distance
+    between screens, then between the three kinds). Three arrays after the statistics' own records in part_m (the
+    hat side's maxima, then the references) and one in part_f (the sums), each screen-major: [SCREENS, B, K, NI]."""
+    KP = K + 1
+    NI = (NT + TILES - 1) // TILES
+    n = B * K * NI
+    return (rows * K + i) * NI + B * KP * 2 * NT, n, SCREENS * n
+
+
+@triton.jit
+def _store_screen(part_m_ptr, part_f_ptr, rows, i, r, use, hmax, ref, sq, B, K, NT, TILES: tl.constexpr,
+                  SCREENS: tl.constexpr, NL: tl.constexpr):
+    """Chunk r's screening records (``_screen``), each from the first lane of its group. (The lanes' addresses run
+    on, lane by lane, though only the first stores: the compiler then lays the store out as the values are, a group
+    per warp and its lanes within it, and stores from the registers with no shuffle through shared memory.)"""
+    m0, n, kinds = _screen_at(rows, i, B, K, NT, TILES, SCREENS)
+    lane = tl.arange(0, NL // SCREENS)[None, None, :]
+    at = (m0 + r)[:, None, None] + tl.arange(0, SCREENS)[None, :, None] * n + lane
+    mask = use[:, None, None] & (lane == 0)
+    tl.store(part_m_ptr + at, hmax[:, :, None], mask=mask)
+    tl.store(part_m_ptr + kinds + at, ref[:, :, None], mask=mask)
+    tl.store(part_f_ptr + B * (K + 1) * 2 * NT + at, sq[:, :, None], mask=mask)
+
+
 # ------------------------------------------------------------------------------------------------ the kernel
 
 @triton.jit(do_not_specialize=["K", "n_val", "alpha_val", "temp_val", "seed_val", "offset_val", "total", "step_m",
@@ -431,9 +487,11 @@ def _verify_kernel(
     valid_ptr,  # [B] bool
     div_ptr,  # [2, B, K] float32: TV(law, p), TV(q, p) (``divergence``, ``draft_divergence``), or None
     # workspace (torch.empty: every element read is written first in this launch)
-    part_m_ptr,  # [B, K + 1, 2, NI] per stats item: max (side 0 target, 1 drafter), float32 (float64 for FP64)
-    part_f_ptr,  # [2, B, K + 1, 2, NI] float32: sum exp(z - max), sum exp((z - max) / T) kept (NT-sized buffers)
-    part_i_ptr,  # [2, B, K + 1, 2, NI] int32: lowest argmax, NaN/+inf flag
+    part_m_ptr,  # [B, K + 1, 2, NS] per stats item: max (side 0 target, 1 drafter), float32 (float64 for FP64)
+    #              (NT-sized), then a token set's screening records [2, B, K, NI, SCREENS] (``_screen_at``)
+    part_f_ptr,  # [2, B, K + 1, 2, NS] float32: sum exp(z - max), sum exp((z - max) / T) kept (NT-sized buffers),
+    #              then the screening records' sums [B, K, NI, SCREENS]
+    part_i_ptr,  # [2, B, K + 1, 2, NS] int32: lowest argmax, NaN/+inf flag
     pos_m_ptr,  # [B, K + 1, 2] merged max (float64 for FP64), then [B, K, 2] the logits at the drafts (p, q)
     pos_f_ptr,  # [2, B, K + 1, 2] float32: S1, ST
     pos_i_ptr,  # [2, B, K + 1, 2] int32: argmax, bad
@@ -490,11 +548,12 @@ def _verify_kernel(
     ITEMS_PER_PROGRAM: tl.constexpr,  # 0: as many as the queue holds
     LANES: tl.constexpr,  # entries of a chunk the threads hold at one place (threads x VEC, at most TILES x BLOCK_V)
     VEC: tl.constexpr,  # adjacent entries one thread loads at once
+    SCREENS: tl.constexpr,  # a token set's screening records per chunk: LANES / VEC / 32 (one per warp), at least 1
     PAIRS: tl.constexpr,  # bfloat16 logits read as 32-bit words of two entries (``common.load_tile``)
 ):
     HAS_Q: tl.constexpr = zq_ptr is not None
-    # a token set with a floor screens its second look's chunks by their statistics records
-    CHUNK_RECORDS: tl.constexpr = SECOND_LOOK and FAMILY == FAMILY_B and HAS_FLOOR
+    # a token set with a floor screens its second look's chunks by records the statistics write
+    SCREEN: tl.constexpr = SECOND_LOOK and FAMILY == FAMILY_B and HAS_FLOOR
     DIVERGENCE: tl.constexpr = div_ptr is not None
     DIV_ITEMS: tl.constexpr = DIVERGENCE and FAMILY == FAMILY_B and HAS_Q  # a token set's TV(pi, p): a third pass
     KP = K + 1
@@ -546,7 +605,7 @@ def _verify_kernel(
                             offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_stats,
                             c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV,
                             WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
-                            BLOCK_V, BLOCK_K, BLOCK_T, TILES, CHUNKS, CHUNK_RECORDS, LANES, VEC, PAIRS)
+                            BLOCK_V, BLOCK_K, BLOCK_T, TILES, CHUNKS, SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
             r2 = r - stats_items
@@ -562,7 +621,7 @@ def _verify_kernel(
                                c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
                                USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
                                BLOCK_K, BLOCK_T, TILES, CHUNKS, READS_PH, FLOOR,
-                               HAS_FLOOR, PAIRS)
+                               HAS_FLOOR, SCREENS, PAIRS)
         elif r < stats_items + look_items + NI:
             g = (s - lag).to(tl.int64)
             if (g >= 0) & (g < G):
@@ -658,19 +717,20 @@ def _items(NT, TILES: tl.constexpr, CHUNKS: tl.constexpr):
 
 @triton.jit
 def _stats_chunk(c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
-                 s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, rows,
-                 i, o, pf, NR, B, K, V, HAS_Q: tl.constexpr, CHUNK_RECORDS: tl.constexpr, FILTERS: tl.constexpr,
+                 s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
+                 NT, HAS_Q: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
                  FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
                  BLOCK_V: tl.constexpr, CHUNKS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr,
-                 FULL: tl.constexpr, FAST: tl.constexpr = True):
+                 SCREENS: tl.constexpr, FULL: tl.constexpr, FAST: tl.constexpr = True):
     """Chunk c of stats item j, the target's tiles and (positions with a draft) the drafter's as one block each, both
-    loads in flight together (one round trip to DRAM): folded into the running lane statistics of each side, or with
-    CHUNK_RECORDS reduced into one record per side. FULL: the chunk lies inside the vocabulary, so its loads take no
-    bound mask, and with one row per item no mask at all (the item runs only when its row uses the side). FAST: the
-    lane sums through ``exp_shift``; an item runs its chunks again without it when a lane's max times the scale
-    reached SHIFT_MAX (storing the logits at the draft again: the same values)."""
+    loads in flight together (one round trip to DRAM): folded into the running lane statistics of each side. With
+    SCREEN (a token set with a floor) the drafted positions also write the chunk's screening records (``_screen``)
+    for the second look. FULL: the chunk lies inside the vocabulary, so its loads take no bound mask, and with one
+    row per item no mask at all (the item runs only when its row uses the side). FAST: the lane sums through
+    ``exp_shift``; an item runs its chunks again without it when a lane's max times the scale reached SHIFT_MAX
+    (storing the logits at the draft and the screening records again: the same values, the records now right)."""
     KP = K + 1
-    r = j * CHUNKS + c  # the chunk's record
+    r = j * CHUNKS + c  # the chunk's number in its position
     lo = r * (TILES * BLOCK_V)
     if FULL and ROWS == 1:
         zp = load_tile(pbase[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True)
@@ -681,6 +741,8 @@ def _stats_chunk(c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, inv
     # the vocabulary (its position rejects) gets a 0 from the first, so nothing read is unwritten.
     hold = use_q & (((xi >= lo) & (xi < lo + TILES * BLOCK_V) & ~outside) | (outside & (lo == 0)))
     zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2
+    mc_q = m_q
+    share_q = s1_q
     if HAS_Q:
         if any_q:  # (a row-uniform branch: the bonus position reads no drafter logits)
             if FULL and ROWS == 1:
@@ -691,23 +753,24 @@ def _stats_chunk(c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, inv
                 at = offs[None, :] == tl.where(hold, xi - lo, -1).to(tl.int32)[:, None]
                 tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
                 tl.store(zx + 1, tl.sum(tl.where(at, zq, 0.0), axis=1), mask=hold)
-            if CHUNK_RECORDS:
-                m, s1, sT, arg, bad = _tile_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q, FILTERS)
-                _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NR, r, use_q, m, s1, sT, arg, bad)
-            else:
-                m_q, s1_q, sT_q, arg_q, huge = _lane_stats(zq, offs, lo, invT, cutq, scaled, greedy & use_q, m_q,
-                                                           s1_q, sT_q, arg_q, huge, FILTERS, LANES, VEC,
-                                                           FAST and not FP64)
+            m_q, s1_q, sT_q, arg_q, huge, mc_q, share_q = _lane_stats(zq, offs, lo, invT, cutq, scaled,
+                                                                      greedy & use_q, m_q, s1_q, sT_q, arg_q, huge,
+                                                                      FILTERS, LANES, VEC, FAST and not FP64)
     else:
         if tl.max(hold.to(tl.int32), axis=0) > 0:
             at = offs[None, :] == tl.where(hold, xi - lo, -1).to(tl.int32)[:, None]
             tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
-    if CHUNK_RECORDS:
-        m, s1, sT, arg, bad = _tile_stats(zp, offs, lo, invT, cutp, scaled, greedy, FILTERS)
-        _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, r, use_p, m, s1, sT, arg, bad)
-    else:
-        m_p, s1_p, sT_p, arg_p, huge = _lane_stats(zp, offs, lo, invT, cutp, scaled, greedy, m_p, s1_p, sT_p, arg_p,
-                                                   huge, FILTERS, LANES, VEC, FAST and not FP64)
+    m_p, s1_p, sT_p, arg_p, huge, mc_p, _ = _lane_stats(zp, offs, lo, invT, cutp, scaled, greedy, m_p, s1_p, sT_p,
+                                                        arg_p, huge, FILTERS, LANES, VEC, FAST and not FP64)
+    if SCREEN:
+        if any_q:
+            if READS_PH:
+                mh = mc_p
+            else:
+                mh = mc_q
+            hmax, ref, sq = _screen(mh, m_q, share_q, invT, SCREENS)
+            _store_screen(part_m_ptr, part_f_ptr, rows, i, r, use_q, hmax, ref, sq, B, K, NT, TILES, SCREENS,
+                          LANES // VEC)
     return m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge
 
 
@@ -721,20 +784,16 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                 RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                 BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
-                CHUNKS: tl.constexpr, CHUNK_RECORDS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr,
-                PAIRS: tl.constexpr):
+                CHUNKS: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, LANES: tl.constexpr,
+                VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
-    (every load of the chunk in flight at once). With CHUNK_RECORDS (a token set's second look screens chunks by
-    their records) each chunk reduces its statistics and writes a record; otherwise the chunks fold into running
-    statistics per lane (``_lane_stats``: no reduction across threads inside the loop) and the item writes one
-    record. The program with the position's last ticket merges the NR records."""
+    (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
+    reduction across threads inside the loop); the item writes one record, and with SCREEN (a token set with a
+    floor) each chunk of a drafted position its screening records (``_screen``: reductions within a warp only).
+    The program with the position's last ticket merges the NS records."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
-    NS = _items(NT, TILES, CHUNKS)  # stats items per position
-    if CHUNK_RECORDS:
-        NR = (NT + TILES - 1) // TILES  # records per position: one per chunk
-    else:
-        NR = NS  # one per item
+    NS = _items(NT, TILES, CHUNKS)  # stats items per position, one record each
     use_p = rmask & (i <= n)
     use_q = rmask & (i < n)
     if tl.max(use_p.to(tl.int32), axis=0) > 0:
@@ -761,7 +820,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         qbase = pbase
         if HAS_Q:
             qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)
-        # running statistics per lane, target side then drafter side (a token set with a floor: per chunk records)
+        # running statistics per lane, target side then drafter side
         lane0 = tl.zeros([ROWS, LANES // VEC], dtype=tl.float32)
         mneg = lane0 + NEG_INF
         if FP64:
@@ -775,17 +834,17 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         while c < nfull:
             m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                 c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
-                s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, rows,
-                i, o, pf, NR, B, K, V, HAS_Q, CHUNK_RECORDS, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, CHUNKS,
-                LANES, VEC, True)
+                s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K,
+                V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, CHUNKS, LANES, VEC,
+                SCREENS, True)
             c += 1
         if nfull < nch:  # (a position's last chunk, partial)
             m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                 nfull, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
-                s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, rows,
-                i, o, pf, NR, B, K, V, HAS_Q, CHUNK_RECORDS, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, CHUNKS,
-                LANES, VEC, False)
-        if not CHUNK_RECORDS and not FP64:
+                s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K,
+                V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, CHUNKS, LANES, VEC,
+                SCREENS, False)
+        if not FP64:
             if tl.max(tl.max(huge.to(tl.int32), axis=1), axis=0) > 0:
                 # a max times a scale reached SHIFT_MAX (logits or 1/T of 1e7 and beyond): the item again,
                 # subtracting each lane's max first
@@ -795,17 +854,16 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 while c2 < nch:
                     m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                         c2, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy,
-                        m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, part_i_ptr,
-                        pos_m_ptr, rows, i, o, pf, NR, B, K, V, HAS_Q, CHUNK_RECORDS, FILTERS, FP64, PAIRS, ROWS, TILES,
-                        BLOCK_V, CHUNKS, LANES, VEC, False, False)
+                        m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr,
+                        rows, i, B, K, V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V,
+                        CHUNKS, LANES, VEC, SCREENS, False, False)
                     c2 += 1
-        if not CHUNK_RECORDS:
-            m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled)
-            _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, j, use_p, m, s1, sT, arg, bad)
-            if HAS_Q:
-                if any_q:
-                    m, s1, sT, arg, bad = _lanes_merged(m_q, s1_q, sT_q, arg_q, invT, scaled)
-                    _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NR, j, use_q, m, s1, sT, arg, bad)
+        m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled)
+        _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, j, use_p, m, s1, sT, arg, bad)
+        if HAS_Q:
+            if any_q:
+                m, s1, sT, arg, bad = _lanes_merged(m_q, s1_q, sT_q, arg_q, invT, scaled)
+                _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NS, j, use_q, m, s1, sT, arg, bad)
     pos = g * KP + i
     if ticket(cnt_ptr + c_stats + pos) == NS - 1:
         if tl.max(use_p.to(tl.int32), axis=0) > 0:
@@ -816,7 +874,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             o = (rows * KP + i) * 2
             side = tl.arange(0, 2)[None, :]
             both = tl.where(side == 0, use_p[:, None], use_q[:, None] & HAS_Q)  # [R, 2]: target, drafter
-            M, S1, ST, arg, bad = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NR, invT, scaled, both,
+            M, S1, ST, arg, bad = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, invT, scaled, both,
                                                BLOCK_T)
             _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o[:, None] + side, qf, both, M, S1, ST, arg, bad)
         tl.store(cnt_ptr + c_stats + pos, 0)
@@ -922,51 +980,49 @@ def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq
 
 @triton.jit
 def _eta_records(rows, i, j, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr,
-                 BLOCK_T: tl.constexpr):
-    """The statistics records of second-look item j's chunks ([R, BLOCK_T], one chunk per column): the target's
-    max, the drafter's max and its sampling sum (``_eta_item``)."""
-    KP = K + 1
-    NR = (NT + TILES - 1) // TILES  # records per position and side
-    op = ((rows * KP + i) * 2 * NR + j * CHUNKS)[:, None]  # the target side's records of the item's chunks
-    oq = op + NR  # the drafter side's
-    cc = tl.arange(0, BLOCK_T)[None, :]  # (CHUNKS <= BLOCK_T)
-    rec = use[:, None] & (cc < nch)
-    mp = tl.load(part_m_ptr + op + cc, mask=rec, other=float("-inf"), cache_modifier=".cg")
-    mq = tl.load(part_m_ptr + oq + cc, mask=rec, other=float("-inf"), cache_modifier=".cg")
-    sq = tl.load(part_f_ptr + 2 * B * KP * NT + oq + cc, mask=rec, other=0.0, cache_modifier=".cg")
-    return mp, mq, sq
+                 BLOCK_T: tl.constexpr, SCREENS: tl.constexpr):
+    """The screening records of second-look item j's chunks ([R, BLOCK_T, SCREENS], one chunk per column,
+    ``_screen``): the hat side's maxima, the drafter's references and its sampling sums (``_eta_item``)."""
+    m0, n, kinds = _screen_at(rows, i, B, K, NT, TILES, SCREENS)
+    cc = tl.arange(0, BLOCK_T)[None, :, None]  # (CHUNKS <= BLOCK_T)
+    at = (m0 + j * CHUNKS)[:, None, None] + cc + tl.arange(0, SCREENS)[None, None, :] * n
+    rec = use[:, None, None] & (cc < nch)
+    mh = tl.load(part_m_ptr + at, mask=rec, other=float("-inf"), cache_modifier=".cg")
+    mr = tl.load(part_m_ptr + kinds + at, mask=rec, other=float("-inf"), cache_modifier=".cg")
+    sq = tl.load(part_f_ptr + B * (K + 1) * 2 * NT + at, mask=rec, other=0.0, cache_modifier=".cg")
+    return mh, mr, sq
 
 
 @triton.jit
-def _eta_item(j, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase, pbase, mp, mq, sq,
+def _eta_item(j, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase, pbase, mh, mr, sq,
               cutq_ptr, K, V, IN_SET: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr,
               FILTERS: tl.constexpr, FP64: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr,
               TILES: tl.constexpr, CHUNKS: tl.constexpr, PAIRS: tl.constexpr):
     """eta's share ([R]) of second-look item j for a token set whose membership is a floor t on one hat
-    (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the statistics
+    (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the screening
     records of the item's chunks (``_eta_records``, loaded with the position's statistics) and the logits of the
     few chunks that may hold a member of A.
 
     The floor as a logit, M + ln(t S1) on that side less a margin far above the rounding of the hat's own expression,
-    screens each chunk by that side's largest logit there, which its record holds. In a row where a chunk holds no
-    member, the chunk adds the drafter's mass there from its record, exp((m - M) / T) sT / ST (as the merge forms ST):
-    no logit is read. A chunk that passes the screen (a loop over those only) reads its tiles (the drafter's, and the
+    screens each chunk by that side's largest logit there, the largest of its records. In a row where a chunk holds
+    no member, the chunk adds the drafter's mass there from its records, the sum of exp((m - M) / T) s / ST over
+    them (m a record's reference, s its sum, as the merge forms ST): no logit is read. A chunk that passes the screen (a loop over those only) reads its tiles (the drafter's, and the
     target's when the set reads p^: together, one round trip) and computes membership exactly as every phase does
     (``_hat``, ``_in_set``); where it holds a member, it sums q off A instead. Every term is positive, so eta keeps its
     relative precision however small it is (1 - q(A) would not: an absolute error of about 1e-7). Where A is a few
     tokens near a mode, the look reads a few chunks of the position instead of one or both rows. Rows whose A is the
     whole vocabulary (t <= 0) are not in ``use``."""
     cc = tl.arange(0, BLOCK_T)[None, :]  # the item's chunks
-    mass = tl.where(use[:, None] & (mq > NEG_INF), sq * tl.exp(_rel(mq, Mq) * inv_temperature(T)[:, None]), 0.0)
-    mass = mass * inv_STq
-    if READS_PH:  # the side the set reads
+    live = use[:, None, None] & (mr > NEG_INF)
+    mass = tl.sum(tl.where(live, sq * tl.exp(_rel(mr, Mq[:, :, None]) * inv_temperature(T)[:, None, None]), 0.0),
+                  axis=2) * inv_STq
+    m = tl.max(mh, axis=2)  # the largest logit of each chunk on the side the set reads
+    if READS_PH:
         M = Mp
         S1 = S1p
-        m = mp
     else:
         M = Mq
         S1 = S1q
-        m = mq
     lt = tl.log(tl.maximum(FLOOR(al, 1.0 / S1p) * S1, 1e-30))  # t > 0 in every row of ``use``
     margin = 1e-3 * (1.0 + tl.abs(lt)) + 1e-6 * tl.abs(M)  # (M's rounding too)
     near = use[:, None] & (m >= M + (lt - margin))
@@ -1038,11 +1094,11 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
                CHUNKS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr,
-               PAIRS: tl.constexpr):
+               SCREENS: tl.constexpr, PAIRS: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item; the program with the last ticket sums the NS records. A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
-    with a floor on its hat (``HAS_FLOOR``) sums eta from the statistics records and only the chunks that may hold
+    with a floor on its hat (``HAS_FLOOR``) sums eta from the screening records and only the chunks that may hold
     a member of A (``_eta_item``), nothing at a row whose A is the whole vocabulary (eta = 0), and reads every tile
     only for TV(q, p) when the divergences are asked."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
@@ -1059,8 +1115,8 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
             DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
             nch = _chunks(j, NT, TILES, CHUNKS)
             if SPARSE_ETA:  # in flight with the position's statistics
-                mp, mq, sq = _eta_records(rows, i, j, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, CHUNKS,
-                                          BLOCK_T)
+                mh, mr, sq = _eta_records(rows, i, j, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, CHUNKS,
+                                          BLOCK_T, SCREENS)
             scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
                                                                         pos_f_ptr, alpha_ptr, alpha_val, B, K,
                                                                         USES_ALPHA)
@@ -1074,7 +1130,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                 eta = tl.zeros([ROWS], dtype=tl.float32)
                 if tl.max(live.to(tl.int32), axis=0) > 0:
                     eta = _eta_item(j, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase,
-                                    pbase, mp, mq, sq, cutq_ptr, K, V, IN_SET, FLOOR, READS_PH, FILTERS, FP64, BLOCK_V,
+                                    pbase, mh, mr, sq, cutq_ptr, K, V, IN_SET, FLOOR, READS_PH, FILTERS, FP64, BLOCK_V,
                                     BLOCK_T, TILES, CHUNKS, PAIRS)
                 tl.store(look_part_ptr + (rows * K + i) * NS + j, eta, mask=use)  # one record per item
             if DENSE:
@@ -1862,9 +1918,6 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     mdt = torch.float64 if fp64 else torch.float32
     f32, i32 = torch.float32, torch.int32
     out = new_verify_output(B, K, dev)
-    part_m = torch.empty((B * KP * 2 * nt,), dtype=mdt, device=dev)
-    part_f = torch.empty((2 * B * KP * 2 * nt,), dtype=f32, device=dev)
-    part_i = torch.empty((2 * B * KP * 2 * nt,), dtype=i32, device=dev)
     pos_m = torch.empty((B * KP * 2 + B * K * 2,), dtype=mdt, device=dev)  # then the logits at the drafts
     pos_f = torch.empty((2 * B * KP * 2,), dtype=f32, device=dev)
     pos_i = torch.empty((2 * B * KP * 2,), dtype=i32, device=dev)
@@ -1895,6 +1948,14 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         tiles //= 2
     ni = triton.cdiv(nt, tiles)  # work items per position (second look, race, divergence)
     ns = triton.cdiv(nt, tiles * chunks)  # stats items per position
+    vec = min(16 // zp.element_size(), tiles * block_v)  # a thread's vector load of the target's logits
+    lanes = min(tiles * block_v, 32 * num_warps * vec)
+    screens = max(1, lanes // vec // 32)  # a token set's screening records per chunk, one per warp (``_screen``)
+    # the statistics' records, then (a token set with a floor) the screening records of the drafted positions
+    scr = B * K * ni * screens if cx["HAS_FLOOR"] and second else 0
+    part_m = torch.empty((B * KP * 2 * nt + 2 * scr,), dtype=mdt, device=dev)
+    part_f = torch.empty((2 * B * KP * 2 * nt + scr,), dtype=f32, device=dev)
+    part_i = torch.empty((2 * B * KP * 2 * nt,), dtype=i32, device=dev)
     div_items = divergence and args.rule.family == rules.FAMILY_B and zq is not None  # the kernel's DIV_ITEMS
     step = KP * ns + (K * ns if second else 0) + ni + (K * ni if div_items else 0)
     total = (groups + (2 if second else 1)) * step
@@ -1906,8 +1967,6 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     s_ptr, s_val = common.split_param(args.seed, 0)
     o_ptr, o_val = common.split_param(args.offset, 0)
     lo, hi = args.rule.alpha_range
-    vec = min(16 // zp.element_size(), tiles * block_v)  # a thread's vector load of the target's logits
-    lanes = min(tiles * block_v, 32 * num_warps * vec)
     _verify_kernel[(grid,)](
         *out[:KERNEL_OUTPUTS], div, part_m, part_f, part_i, pos_m, pos_f, pos_i, look_part, look, race_f, race_i, row_i,
         row_f, cnt,
@@ -1916,7 +1975,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         *strides,
         **cx, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
-        TILES=tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, PAIRS=pairs(zq, zp, strides, V),
+        TILES=tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
         num_warps=num_warps,
         maxnreg=MAX_REGISTERS)
     if divergence:
