@@ -66,19 +66,21 @@ def test_verify_work_item_settings(device, rule, monkeypatch):
         "same tiles, other rows per item: bit for bit"
 
 
-@pytest.mark.parametrize("rule", ["chow", "speculative", "token_v1"])
+@pytest.mark.parametrize("rule", ["chow", "speculative", "token_v1", "opt"])
 def test_exp_shift_leaves_large_scaled_logits_to_the_subtraction(device, rule):
     """exp((z - M) / T) is one FFMA and one ex2 (``common.exp_shift``) while |M / T log2(e)| < 2**24, whose error term
-    then stays within [-1, 1]; beyond, the statistics and the race subtract M first. Logit scales either side of the
+    then stays within [-1, 1]; beyond, the statistics, the race and opt's second look (TV(q, p)) subtract M first. Logit scales either side of the
     bound (about 1e6 at T = 1, 1e12 at T = 1 and 1e3 at T = 1e-5): every row valid and the reference's tokens and
     probabilities. With the bound at the float32 overflow instead, the 1e12 rows' error term (up to 2**16) makes
-    exp2 overflow and the rows invalid."""
+    exp2 overflow and the rows invalid (opt's look: TV NaN, so no position defers where the reference's do)."""
     for scale, T in ((1e6, 1.0), (1e12, 1.0), (1e12, 0.7), (1e3, 1e-5), (30.0, 1e-5)):
         kw = random_round(4, 2, 96, device=device, seed=int(math.log10(scale)) + 3)
         for key in ("draft_logits", "target_logits"):
             z = kw[key]
             kw[key] = z / z.abs().amax() * scale
         kw["temperature"] = T
+        if rule == "opt":  # defers exactly where TV(q, p) = 1 (the modes differ): the look's sum decides
+            kw["alpha"] = -0.5
         kw["draft_tokens"] = torch.stack([sk.sample(kw["draft_logits"][:, i], temperature=T, seed=kw["seed"],
                                                     offset=kw["offset"] + i, backend="reference")
                                           for i in range(2)], 1)
@@ -95,7 +97,7 @@ def test_whole_chunks_read_nothing_past_the_vocabulary(device, dtype, monkeypatc
     real one: a whole chunk that read past V, or a partial one loaded without its mask, would take them into the max
     and the sums, and the tokens and probabilities would leave the reference. V a multiple of the 32-entry chunks (no
     partial chunk), one entry pair short of one and one pair past one; one row per item and the whole batch per item;
-    chow and token_v1 (one record per item) and token_v3 (one per chunk)."""
+    chow, and token_v1 and token_v3 (which also write screening records per chunk)."""
     for V in (64, 62, 66):
         kw = random_round(3, 2, V, device=device, seed=V, dtype=dtype)
         for key, width in (("draft_logits", 2), ("target_logits", 3)):

@@ -936,14 +936,16 @@ def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_
 def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr,
                cutp_ptr, K, V, FAMILY: tl.constexpr, IN_SET: tl.constexpr, FILTERS: tl.constexpr,
                FP64: tl.constexpr, PAIRS: tl.constexpr, NEED_P: tl.constexpr = True, FULL: tl.constexpr = False,
-               ROWS: tl.constexpr = 0):
+               ROWS: tl.constexpr = 0, FAST: tl.constexpr = False, fast=False, cp=None, kp=None, cq=None, kq=None):
     """The tile of entries lo + ``offs`` ([BLOCK_V]; ``lo`` a scalar) of position i for the passes after the
     statistics (the second look, a token set's divergence), whose rows start at ``qbase`` / ``pbase`` ([R, 1]
-    pointers, formed once per work item): (q, p, v in A) over [R, BLOCK_V], q and p 0 outside the rows ``use`` and
+    pointers, formed once per work item): (q, p, v in A, q - p) over [R, BLOCK_V], q and p 0 outside the rows ``use`` and
     the vocabulary (membership only for a token set; what a caller does not read is dead code; ``unit``:
     ``_unit_law`` of the rows). Without ``NEED_P`` (a token set whose membership reads only q^, and no divergence)
     the target tile is not loaded and p is 0. FULL: the tile lies inside the vocabulary (no bound mask; with one
-    row per item, ``ROWS`` = 1, whose row is in use, no mask at all)."""
+    row per item, ``ROWS`` = 1, whose row is in use, no mask at all). FAST (family A and lossy) and ``fast`` (no
+    row's M / T reaches SHIFT_MAX): q and p as exp2(fma(z, s, -c)) k, one FFMA, the ex2 and a multiply
+    (``exp_shift``; k = 1 / (ST t), from ``_look_shift``), and q - p one FFMA after p."""
     mask = use[:, None] & (offs < V - lo)[None, :]
     if FULL and ROWS == 1:
         zq = load_tile(qbase, lo, None, V - lo, offs.shape[0], FP64, PAIRS, True)
@@ -971,11 +973,38 @@ def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq
             ph = qh
             p = q * 0.0
         in_a = _in_set(IN_SET, al, qh, ph, S1p)
+        d = q - p
     else:
         tl.static_assert(NEED_P, "family A's passes read p")
-        q = _probs_fast(zq, Mq, inv_STq, scale, keep_q, FILTERS)
-        p = _probs_fast(zp, Mp, inv_STp, scale, keep_p, FILTERS)
-    return q, p, in_a
+        if FAST:
+            if fast:
+                eq = tl.exp2(fma_exact(zq, scale, -cq))
+                ep = tl.exp2(fma_exact(zp, scale, -cp))
+                if FILTERS:
+                    eq = tl.where(keep_q, eq, 0.0)
+                    ep = tl.where(keep_p, ep, 0.0)
+                q = eq * kq
+                p = ep * kp
+                d = eq * kq - p  # (in the branch, so the compiler fuses it into one FFMA)
+            else:
+                q = _probs_fast(zq, Mq, inv_STq, scale, keep_q, FILTERS)
+                p = _probs_fast(zp, Mp, inv_STp, scale, keep_p, FILTERS)
+                d = q - p
+        else:
+            q = _probs_fast(zq, Mq, inv_STq, scale, keep_q, FILTERS)
+            p = _probs_fast(zp, Mp, inv_STp, scale, keep_p, FILTERS)
+            d = q - p
+    return q, p, in_a, d
+
+
+@triton.jit
+def _look_shift(use, scale, Mp, inv_STp, Mq, inv_STq):
+    """For ``_look_tile``'s FAST path: (fast, cp, kp, cq, kq), c = M s and k = 1 / (ST t) per side (``exp_shift``),
+    fast where no row of ``use`` has |c| at SHIFT_MAX or beyond (a row-uniform choice)."""
+    cp, tp = exp_shift(Mp, scale)
+    cq, tq = exp_shift(Mq, scale)
+    slow = use[:, None] & ((tl.abs(cp) >= SHIFT_MAX) | (tl.abs(cq) >= SHIFT_MAX))
+    return tl.max(tl.max(slow.to(tl.int32), axis=1), axis=0) == 0, cp, inv_STp / tp, cq, inv_STq / tq
 
 
 @triton.jit
@@ -1061,15 +1090,15 @@ def _look_chunk(r, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S
                 cutq_ptr, cutp_ptr, K, V, FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, IN_SET: tl.constexpr,
                 FILTERS: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr, READS_PH: tl.constexpr,
                 DIVERGENCE: tl.constexpr, SPARSE_ETA: tl.constexpr, TILES: tl.constexpr, BLOCK_V: tl.constexpr,
-                ROWS: tl.constexpr, FULL: tl.constexpr):
+                ROWS: tl.constexpr, FULL: tl.constexpr, FAST: tl.constexpr, fast, cp, kp, cq, kq):
     """Chunk r of a position in the second look: its TILES tiles (statically unrolled) folded entry by entry into
     ``acc`` (TV(q, p), or a token set's drafter mass outside A) and ``acc2`` (the divergences' second sum). FULL:
-    the chunk lies inside the vocabulary (``_look_tile``)."""
+    the chunk lies inside the vocabulary; FAST, ``fast`` and the constants after it: ``_look_tile``."""
     for u in tl.static_range(TILES):
-        q, p, in_a = _look_tile((r * TILES + u) * BLOCK_V, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q,
+        q, p, in_a, d = _look_tile((r * TILES + u) * BLOCK_V, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q,
                                 inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K, V, FAMILY, IN_SET, FILTERS,
                                 FP64, PAIRS, NEED_P=(FAMILY != FAMILY_B) or READS_PH or DIVERGENCE, FULL=FULL,
-                                ROWS=ROWS)
+                                ROWS=ROWS, FAST=FAST, fast=fast, cp=cp, kp=kp, cq=cq, kq=kq)
         if FAMILY == FAMILY_B:
             if not SPARSE_ETA:
                 acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
@@ -1077,7 +1106,7 @@ def _look_chunk(r, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S
                 acc2 += tl.maximum(q - p, 0.0)
         else:
             tl.static_assert(NEEDS_TV or DIVERGENCE, "the second look reads TV or a token set's eta")
-            acc += tl.maximum(q - p, 0.0)  # 0 wherever both are (masked, dead, filtered)
+            acc += tl.maximum(d, 0.0)  # 0 wherever both are (masked, dead, filtered)
             if DIVERGENCE and FAMILY == FAMILY_LOSSY:  # TV(law, p), one pass: ``_divergences``
                 acc2 += tl.maximum(tl.minimum(q, p / (1.0 - al)) - p, 0.0)
     return acc, acc2
@@ -1134,6 +1163,16 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                                     BLOCK_T, TILES, CHUNKS, PAIRS)
                 tl.store(look_part_ptr + (rows * K + i) * NS + j, eta, mask=use)  # one record per item
             if DENSE:
+                # family A and lossy: exp((z - M) / T) as one FFMA and one ex2 where no row's M / T reaches
+                # SHIFT_MAX (``exp_shift``), 1 / ST folded into one factor per side
+                FAST: tl.constexpr = (FAMILY != FAMILY_B) and not FP64
+                fast = False
+                cp = scale * 0.0
+                kp = cp
+                cq = cp
+                kq = cp
+                if FAST:
+                    fast, cp, kp, cq, kq = _look_shift(use, scale, Mp, inv_STp, Mq, inv_STq)
                 acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
                 acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
                 offs = tl.arange(0, BLOCK_V)
@@ -1144,13 +1183,13 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                     acc, acc2 = _look_chunk(j * CHUNKS + c, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp,
                                             Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K, V,
                                             FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH, DIVERGENCE,
-                                            SPARSE_ETA, TILES, BLOCK_V, ROWS, True)
+                                            SPARSE_ETA, TILES, BLOCK_V, ROWS, True, FAST, fast, cp, kp, cq, kq)
                     c += 1
                 if nfull < nch:  # (a position's last chunk, partial)
                     acc, acc2 = _look_chunk(j * CHUNKS + nfull, acc, acc2, offs, rows, i, use, scale, Mp, S1p,
                                             inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K,
                                             V, FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH, DIVERGENCE,
-                                            SPARSE_ETA, TILES, BLOCK_V, ROWS, False)
+                                            SPARSE_ETA, TILES, BLOCK_V, ROWS, False, FAST, fast, cp, kp, cq, kq)
                 if not SPARSE_ETA:
                     tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # one per item
                 if DIVERGENCE:
@@ -1707,7 +1746,7 @@ def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, 
         qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None]
         pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None]
         for u in tl.static_range(TILES):
-            q, p, in_a = _look_tile((j * TILES + u) * BLOCK_V, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq,
+            q, p, in_a, _ = _look_tile((j * TILES + u) * BLOCK_V, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq,
                                     S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K, V, FAMILY_B, IN_SET,
                                     FILTERS, FP64, PAIRS)
             acc += tl.where(in_a, tl.maximum(q - Q * p, 0.0), 0.0)
