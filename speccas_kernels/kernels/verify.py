@@ -35,8 +35,7 @@ row's last step more than they save.)
   writes, at each drafted position, screening records per chunk and warp (``_screen``: the warp's largest logit on
   the side the set reads, and the drafter's mass over the warp's entries of the chunk from the lanes' own sums;
   shuffles within the warp only, no shared memory or barrier), which its second look screens. The chunk whose
-  tiles hold x_i also
-  records zp_i(x_i) and zq_i(x_i). The chunks wholly inside the vocabulary load with no mask (one row per item;
+  tiles hold x_i also records zp_i(x_i) and zq_i(x_i). The chunks wholly inside the vocabulary load with no mask (one row per item;
   ``_stats_chunk``), a position's partial last chunk after them with its masks (the second look likewise,
   ``_look_chunk``). A ticket per position; the program with the last ticket **merges** the records
   of both sides at once into the position's statistics, publishes a "ready" flag (rules with a second look), and
@@ -329,31 +328,6 @@ def _group_looks(T, rmask, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr):
 
 
 @triton.jit
-def _tile_stats(z, offs, lo, invT, cut, scaled, greedy, FILTERS: tl.constexpr):
-    """Per row of an [R, BLOCK] tile of logits ``z`` (-inf outside the row) at entries lo + ``offs``: (max, sum
-    exp(z - max), sum exp((z - max) / T) over kept entries (rows with ``scaled``), lowest argmax (rows with
-    ``greedy``), bad). The argmax is found among the tile offsets and shifted by the scalar ``lo`` once per row, so no
-    per-entry index is formed outside that branch (it would stay live, and spill, across the whole chunk).
-    Bad (a NaN or +inf entry) is read off the T = 1 sum: every term is at most 1 unless one is NaN, which a NaN
-    entry makes (exp(NaN - max), or a NaN max) and so does +inf (max = +inf, inf - inf). An all -inf row is
-    caught by the merge (M = -inf)."""
-    m = tl.max(z, axis=1)
-    d = _rel(z, tl.where(m == NEG_INF, 0.0, m)[:, None])
-    s1 = tl.sum(exp_scaled(d, LOG2E), axis=1)
-    sT = s1
-    if tl.max(scaled.to(tl.int32), axis=0) > 0:
-        e = exp_scaled(d, log2e_scale(invT)[:, None])
-        if FILTERS:
-            e = tl.where(z >= cut[:, None], e, 0.0)
-        sT = tl.where(scaled, tl.sum(e, axis=1), s1)
-    arg = m.to(tl.int32) * 0 + BIG
-    if tl.max(greedy.to(tl.int32), axis=0) > 0:
-        low = tl.min(tl.where(z == m[:, None], offs[None, :], BIG), axis=1)
-        arg = tl.where(low == BIG, BIG, low + lo)
-    return m, s1, sT, arg, (s1 != s1).to(tl.int32)
-
-
-@triton.jit
 def _lanes(x, LANES: tl.constexpr, VEC: tl.constexpr):
     """An [R, N] tile as [R, N // LANES, LANES // VEC, VEC]: entry n is (n // LANES, n % LANES // VEC, n % VEC). On a
     GPU the tile's layout gives each of the LANES // VEC threads VEC adjacent entries (one vector load) at each of
@@ -364,10 +338,12 @@ def _lanes(x, LANES: tl.constexpr, VEC: tl.constexpr):
 @triton.jit
 def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run, huge, FILTERS: tl.constexpr,
                 LANES: tl.constexpr, VEC: tl.constexpr, FAST: tl.constexpr):
-    """``_tile_stats`` folded into running statistics per lane ([R, LANES // VEC]: a thread's entries of every chunk
-    of an item), with no reduction across threads: a lane's max, sum exp(z - max) and sum exp((z - max) / T) over
-    kept entries (rows with ``scaled``) rescaled to its new max, and its lowest argmax (rows with ``greedy``). A NaN
-    or +inf entry makes the lane's T = 1 sum NaN, and it stays NaN. FAST (logits other than float64): each exp is one
+    """An [R, BLOCK] tile of logits ``z`` (-inf outside the row) at entries lo + ``offs`` folded into running
+    statistics per lane ([R, LANES // VEC]: a thread's entries of every chunk of an item), with no reduction across
+    threads: a lane's max, sum exp(z - max) and sum exp((z - max) / T) over kept entries (rows with ``scaled``)
+    rescaled to its new max, and its lowest argmax (rows with ``greedy``; found among the tile offsets and shifted by
+    the scalar ``lo``, so no per-entry index is formed outside that branch). A NaN or +inf entry makes the lane's
+    T = 1 sum NaN (exp(NaN - max), or inf - inf), and it stays NaN: the item's record reads its bad flag off it. FAST (logits other than float64): each exp is one
     FFMA and one ex2 (``exp_shift``), and ``huge`` records the lanes whose max times the scale reached SHIFT_MAX,
     whose sums are then wrong: the caller runs the item again without FAST (which leaves ``huge`` as it is).
     Also returned, for a token set's screening records (``_screen``): each lane's max over this chunk alone and its
@@ -414,7 +390,7 @@ def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, a
 @triton.jit
 def _lanes_merged(m, s1, sT, arg, invT, scaled):
     """An item's running lane statistics (``_lane_stats``) merged across the lanes, per row: (max, sum exp(z - max),
-    the scaled sum, lowest argmax, bad), the record ``_tile_stats`` gives for one chunk."""
+    the scaled sum, lowest argmax, bad: the T = 1 sum is NaN; an all -inf row is caught by the merge, M = -inf)."""
     M = tl.max(m, axis=1)
     d = _rel(m, tl.where(M == NEG_INF, 0.0, M)[:, None])
     S1 = tl.sum(s1 * exp_scaled(d, LOG2E), axis=1)  # a lane with nothing: 0 x 0
@@ -939,8 +915,8 @@ def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq
                ROWS: tl.constexpr = 0, FAST: tl.constexpr = False, fast=False, cp=None, kp=None, cq=None, kq=None):
     """The tile of entries lo + ``offs`` ([BLOCK_V]; ``lo`` a scalar) of position i for the passes after the
     statistics (the second look, a token set's divergence), whose rows start at ``qbase`` / ``pbase`` ([R, 1]
-    pointers, formed once per work item): (q, p, v in A, q - p) over [R, BLOCK_V], q and p 0 outside the rows ``use`` and
-    the vocabulary (membership only for a token set; what a caller does not read is dead code; ``unit``:
+    pointers, formed once per work item): (q, p, v in A, q - p) over [R, BLOCK_V], q and p 0 outside the rows
+    ``use`` and the vocabulary (membership only for a token set; what a caller does not read is dead code; ``unit``:
     ``_unit_law`` of the rows). Without ``NEED_P`` (a token set whose membership reads only q^, and no divergence)
     the target tile is not loaded and p is 0. FULL: the tile lies inside the vocabulary (no bound mask; with one
     row per item, ``ROWS`` = 1, whose row is in use, no mask at all). FAST (family A and lossy) and ``fast`` (no
