@@ -100,7 +100,11 @@ the phase they sit in. A check that gave them to the phase claiming most of thei
 (2026-12-02, kernels v11, B = 64, K = 4, V = 151936, bf16), moved chow from 59.0 to 59.3 M warp instructions
 (under 1% of its time) but opt from 80 to 95 M (89.3 -> 103.0 us): the two errors cancel for the rules without a
 second look, while the figures of the rules with one may be optimistic by up to about 15%. That attribution is
-a heuristic too, so the model keeps its own.
+a heuristic too, so the model keeps its own. Which blocks a launch runs is read off the traced calls at B = 1
+and 2, whose launches may take smaller work items than the modelled batch's (a launcher shrinks them at small
+batches: fewer chunks or tiles per item): code that runs only under the larger items' constexprs (a branch on
+CHUNKS > 1, say) never runs in the trace and is dropped from the modelled launch, though compiled into it. Kernels
+modelled here must not branch on such constexprs (the SASS of a phase then shows the code the model leaves out).
 """
 
 from __future__ import annotations

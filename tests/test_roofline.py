@@ -618,3 +618,32 @@ def test_grid_point_end_to_end(tmp_path, monkeypatch):
     md = rf.render(tmp_path / "report.md").splitlines()
     assert [line for line in md if line.startswith("## For the README")] == [
         f"## For the README: t against u, K = 2, V = 1000 ({rf.MODEL_BANNER})"], md[:12]
+
+
+BATCH_SIZED = {"CHUNKS", "TILES", "LANES", "VEC", "SCREENS"}  # constexprs a launcher shrinks at small batches
+
+
+def _branches_on(source: str, names=BATCH_SIZED):
+    """(line, names) of every ``if``/``while``/conditional expression in ``source`` whose test reads one of ``names``."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.If, ast.While, ast.IfExp)):
+            used = {n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)} & names
+            if used:
+                out.append((node.lineno, sorted(used)))
+    return out
+
+
+def test_kernels_branch_on_no_batch_sized_constexpr():
+    """The model reads which blocks a launch runs off traced calls at B = 1 and 2, whose work items the launcher
+    shrinks (fewer chunks and tiles): code behind a branch on such a constexpr (``if CHUNKS > 1``) would be compiled
+    into the B = 64 kernel and dropped from its model. The kernels that take them branch on none; the negative
+    control is a branch that does."""
+    from speccas_kernels.kernels import sample, verify
+
+    for mod in (verify, sample):
+        assert _branches_on(Path(mod.__file__).read_text()) == [], mod.__name__
+    bad = "def f(CHUNKS, x):\n    if CHUNKS > 1:\n        x += 1\n    while x < TILES:\n        x += 1\n    return x\n"
+    assert _branches_on(bad) == [(2, ["CHUNKS"]), (4, ["TILES"])]
