@@ -2407,7 +2407,8 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "compares like with like. From 2026-12-02 08:30 UTC the tool is r3: an instruction that no phase rule "
              "claims and whose outermost line is a kernel line inside the call of a phase's function (code the "
              "compiler merged from that call's inlined bodies) is charged to that phase, where r2 charged it to "
-             "every work item drawn (at v18 about 170 instructions per race item; every row above is r2).")
+             "every work item drawn (at v18 about 170 instructions per race item). Rows up to v18 are r2; v18-r3 (the "
+             "kernels of v18 again) and the versions after it are r3.")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
