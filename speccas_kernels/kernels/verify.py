@@ -426,13 +426,14 @@ def _screen(mh, m, share, invT, SCREENS: tl.constexpr):
 
 @triton.jit
 def _screen_at(rows, i, B, K, NT, TILES: tl.constexpr, SCREENS: tl.constexpr):
-    """Where drafted position i's screening records lie: (its first chunk's record of screen 0 [R], the distance
-    between screens, then between the three kinds). Three arrays after the statistics' own records in part_m (the
-    hat side's maxima, then the references) and one in part_f (the sums), each screen-major: [SCREENS, B, K, NI]."""
+    """Where drafted position i's screening records lie: (its first chunk's record of screen 0 in part_m [R], the
+    distance between screens, the distance from the maxima to the references, and from part_m's records to
+    part_f's). Two arrays after the statistics' own records in part_m (the hat side's maxima, then the references)
+    and one in part_f (the sums), each screen-major: [SCREENS, B, K, NI]."""
     KP = K + 1
     NI = (NT + TILES - 1) // TILES
     n = B * K * NI
-    return (rows * K + i) * NI + B * KP * 2 * NT, n, SCREENS * n
+    return (rows * K + i) * NI + B * KP * 2 * NT, n, SCREENS * n, B * KP * 2 * NT
 
 
 @triton.jit
@@ -441,13 +442,13 @@ def _store_screen(part_m_ptr, part_f_ptr, rows, i, r, use, hmax, ref, sq, B, K, 
     """Chunk r's screening records (``_screen``), each from the first lane of its group. (The lanes' addresses run
     on, lane by lane, though only the first stores: the compiler then lays the store out as the values are, a group
     per warp and its lanes within it, and stores from the registers with no shuffle through shared memory.)"""
-    m0, n, kinds = _screen_at(rows, i, B, K, NT, TILES, SCREENS)
+    m0, n, kinds, f = _screen_at(rows, i, B, K, NT, TILES, SCREENS)
     lane = tl.arange(0, NL // SCREENS)[None, None, :]
     at = (m0 + r)[:, None, None] + tl.arange(0, SCREENS)[None, :, None] * n + lane
     mask = use[:, None, None] & (lane == 0)
     tl.store(part_m_ptr + at, hmax[:, :, None], mask=mask)
     tl.store(part_m_ptr + kinds + at, ref[:, :, None], mask=mask)
-    tl.store(part_f_ptr + B * (K + 1) * 2 * NT + at, sq[:, :, None], mask=mask)
+    tl.store(part_f_ptr + f + at, sq[:, :, None], mask=mask)
 
 
 # ------------------------------------------------------------------------------------------------ the kernel
@@ -921,7 +922,7 @@ def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq
     the target tile is not loaded and p is 0. FULL: the tile lies inside the vocabulary (no bound mask; with one
     row per item, ``ROWS`` = 1, whose row is in use, no mask at all). FAST (family A and lossy) and ``fast`` (no
     row's M / T reaches SHIFT_MAX): q and p as exp2(fma(z, s, -c)) k, one FFMA, the ex2 and a multiply
-    (``exp_shift``; k = 1 / (ST t), from ``_look_shift``), and q - p one FFMA after p."""
+    (``exp_shift``; k = 1 / (ST t), from ``_shift_consts``), and q - p one FFMA after p."""
     mask = use[:, None] & (offs < V - lo)[None, :]
     if FULL and ROWS == 1:
         zq = load_tile(qbase, lo, None, V - lo, offs.shape[0], FP64, PAIRS, True)
@@ -974,13 +975,14 @@ def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq
 
 
 @triton.jit
-def _look_shift(use, scale, Mp, inv_STp, Mq, inv_STq):
-    """For ``_look_tile``'s FAST path: (fast, cp, kp, cq, kq), c = M s and k = 1 / (ST t) per side (``exp_shift``),
+def _shift_consts(use, scale, Mp, fp, Mq, fq):
+    """``exp_shift``'s constants of both sides for the passes after the statistics (the second look's FAST path, the
+    race): (fast, cp, kp, cq, kq), c = M s and k = f / t per side (f: 1 / ST, times a factor the caller folds in),
     fast where no row of ``use`` has |c| at SHIFT_MAX or beyond (a row-uniform choice)."""
     cp, tp = exp_shift(Mp, scale)
     cq, tq = exp_shift(Mq, scale)
     slow = use[:, None] & ((tl.abs(cp) >= SHIFT_MAX) | (tl.abs(cq) >= SHIFT_MAX))
-    return tl.max(tl.max(slow.to(tl.int32), axis=1), axis=0) == 0, cp, inv_STp / tp, cq, inv_STq / tq
+    return tl.max(tl.max(slow.to(tl.int32), axis=1), axis=0) == 0, cp, fp / tp, cq, fq / tq
 
 
 @triton.jit
@@ -988,13 +990,13 @@ def _eta_records(rows, i, j, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES: 
                  BLOCK_T: tl.constexpr, SCREENS: tl.constexpr):
     """The screening records of second-look item j's chunks ([R, BLOCK_T, SCREENS], one chunk per column,
     ``_screen``): the hat side's maxima, the drafter's references and its sampling sums (``_eta_item``)."""
-    m0, n, kinds = _screen_at(rows, i, B, K, NT, TILES, SCREENS)
+    m0, n, kinds, f = _screen_at(rows, i, B, K, NT, TILES, SCREENS)
     cc = tl.arange(0, BLOCK_T)[None, :, None]  # (CHUNKS <= BLOCK_T)
     at = (m0 + j * CHUNKS)[:, None, None] + cc + tl.arange(0, SCREENS)[None, None, :] * n
     rec = use[:, None, None] & (cc < nch)
     mh = tl.load(part_m_ptr + at, mask=rec, other=float("-inf"), cache_modifier=".cg")
     mr = tl.load(part_m_ptr + kinds + at, mask=rec, other=float("-inf"), cache_modifier=".cg")
-    sq = tl.load(part_f_ptr + B * (K + 1) * 2 * NT + at, mask=rec, other=0.0, cache_modifier=".cg")
+    sq = tl.load(part_f_ptr + f + at, mask=rec, other=0.0, cache_modifier=".cg")
     return mh, mr, sq
 
 
@@ -1148,7 +1150,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                 cq = cp
                 kq = cp
                 if FAST:
-                    fast, cp, kp, cq, kq = _look_shift(use, scale, Mp, inv_STp, Mq, inv_STq)
+                    fast, cp, kp, cq, kq = _shift_consts(use, scale, Mp, inv_STp, Mq, inv_STq)
                 acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
                 acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
                 offs = tl.arange(0, BLOCK_V)
@@ -1630,18 +1632,12 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         cq = cp
         kq = cp
         if not FP64:
-            cp, tp = exp_shift(Mp, scale)
-            cq, tq = exp_shift(Mq, scale)
-            slow = racing[:, None] & ((tl.abs(cp) >= SHIFT_MAX) | (tl.abs(cq) >= SHIFT_MAX))
-            fast = tl.max(tl.max(slow.to(tl.int32), axis=1), axis=0) == 0
+            if FAMILY == FAMILY_A:  # (the blend weight folded into each side's factor)
+                fast, cp, kp, cq, kq = _shift_consts(racing, scale, Mp, inv_STp * wm, Mq, inv_STq * wm)
+            else:
+                fast, cp, kp, cq, kq = _shift_consts(racing, scale, Mp, inv_STp, Mq, inv_STq)
             greedy_resid = resid_row & (T == 0)
             fast_resid = fast & (tl.max(greedy_resid.to(tl.int32), axis=0) == 0)
-            if FAMILY == FAMILY_A:
-                kp = inv_STp * wm / tp
-                kq = inv_STq * wm / tq
-            else:
-                kp = inv_STp / tp
-                kq = inv_STq / tq
         # an item wholly inside the vocabulary loads its tiles with no bound mask (one row per item: no mask)
         full_item = (j + 1) * (TILES * BLOCK_V) <= V
         acc_s = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32) + NEG_INF
