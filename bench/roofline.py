@@ -86,7 +86,16 @@ Hints. A kernel module may define ``roofline_hints(launch) -> dict``; ``launch``
 grid point (``.grid``, ``.programs``, ``.num_warps``, ``.constexprs``, ``.arg(name)`` with ``.shape``,
 ``.dtype``, ``.value``). Keys (``HINT_KEYS``): ``loop_trips`` ({"#i" or a source substring: iterations per
 program}), ``instructions_per_program``, ``dram_bytes``, ``l2_bytes``, ``phases``, ``l2_phases``,
-``phase_map``, ``phase_work``, ``phase_loops``, ``phase_chain``, ``chain_rows``, ``reuse_rows``, ``note``.
+``phase_map``, ``phase_work``, ``phase_loops``, ``phase_chain``, ``chain_rows``, ``reuse_rows``, ``l2_bytes_saved``,
+``note``.
+
+Work the data decide. The traces hold one or two rows of the bench's inputs, too few to stand for a batch where a
+kernel skips work as the data say. A kernel module may then make its traces take the worst case (``ROOFLINE_TRACE``:
+{module attribute: value} set while tracing, e.g. the work done everywhere) and define
+``roofline_data(launch, inputs) -> dict``, where ``inputs()`` gives the public call's inputs at the modelled point
+(the bench recipe at its batch, materialized on first ask); the result is ``launch.data``, which ``roofline_hints``
+reads to count the skipped share (phase counts, and ``l2_bytes_saved``: the traced re-reads from L2 the modelled
+inputs skip).
 
 Known limits: local-memory (spill) traffic is not modelled; a loop that ptxas unrolled is counted with its
 whole body per source iteration (an over-count by the unroll factor: give ``loop_trips``); the eager figure
@@ -248,6 +257,8 @@ HINT_KEYS = {
     "instructions_per_program": "warp instructions one warp of a program executes (overrides the SASS count)",
     "dram_bytes": "bytes the launch moves to and from DRAM (overrides the trace)",
     "l2_bytes": "bytes the launch re-reads from L2 (overrides the trace)",
+    "l2_bytes_saved": "bytes of the traced (worst-case) re-reads of the logits from L2 that the modelled inputs skip "
+                      "(``roofline_data``): taken off the L2 bytes and the logits read",
     "phases": "dependent DRAM round trips inside a program (default 1, or 2 when the SASS has global atomics)",
     "l2_phases": "dependent L2 round trips inside a program besides `phases` (default 0)",
     "phase_map": "a persistent kernel's phases: [[phase, function, marker or None], ...]; a SASS instruction belongs "
@@ -320,6 +331,8 @@ class Launch:
     attrs: Dict[str, list]  # name -> [["tt.divisibility", 16]]
     options: Dict[str, Any]  # num_warps, num_stages, ... as passed at launch
     fn: Any = dataclasses.field(default=None, repr=False, compare=False)  # the kernel object (not serialized)
+    # what the kernel module's ``roofline_data`` read off the modelled point's inputs (``model_point``)
+    data: Dict[str, Any] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -1711,6 +1724,10 @@ def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logi
         notes.append("DRAM bytes from hints")
     if "l2_bytes" in hints:
         nbytes.l2 = float(hints["l2_bytes"])
+    if hints.get("l2_bytes_saved"):
+        saved = min(float(hints["l2_bytes_saved"]), nbytes.l2)
+        nbytes.l2 -= saved
+        nbytes.logits_read = max(0.0, nbytes.logits_read - saved)
     t_mem = max(nbytes.dram / machine.copy_bw, (nbytes.dram + nbytes.l2) / machine.l2_bw)
     has_atomics = any(i[1] in GLOBAL_ATOMICS for i in rec["sass"]["per_instruction"])
     resident_programs = max(1, min(P, machine.sms * occ))
@@ -1914,6 +1931,40 @@ def trace_call(op: str, rule: Optional[str], K: int, V: int, dtype: str) -> Tupl
     return rec["paired"][dtype], rec["logits"]
 
 
+@contextlib.contextmanager
+def kernel_trace_settings():
+    """The settings the kernel modules ask their traces to take: each module's ``ROOFLINE_TRACE`` ({attribute:
+    value}), set for the duration (see "Work the data decide" in the module docstring)."""
+    import importlib
+    import pkgutil
+
+    import speccas_kernels.kernels as package
+
+    saved = []
+    try:
+        for info in pkgutil.iter_modules(package.__path__):
+            mod = importlib.import_module(f"{package.__name__}.{info.name}")
+            for name, value in getattr(mod, "ROOFLINE_TRACE", {}).items():
+                saved.append((mod, name, getattr(mod, name)))
+                setattr(mod, name, value)
+        yield
+    finally:
+        for mod, name, value in reversed(saved):
+            setattr(mod, name, value)
+
+
+def attach_data(pt: "Point", launches: Sequence[Launch]) -> None:
+    """``launch.data`` from the kernel module's ``roofline_data(launch, inputs)``, if it defines one; ``inputs()``
+    gives the public call's inputs at the point (the bench recipe, materialized once, on first ask)."""
+    import importlib
+
+    inputs = functools.lru_cache(maxsize=1)(lambda: make_inputs(pt.op, pt.B, pt.K, pt.V, pt.dtype))
+    for launch in launches:
+        fn = getattr(importlib.import_module(launch.module), "roofline_data", None)
+        if fn is not None:
+            launch.data = dict(fn(launch, inputs) or {})
+
+
 def _traced_run(op: str, rule: Optional[str], B: int, K: int, V: int, traced: str, scenarios: Sequence[str]
                 ) -> Tuple["MemoryTracer", DeviceWork, List[int]]:
     """One call executed under the interpreter with the tracer: (tracer, its device work, logits storages)."""
@@ -1925,7 +1976,7 @@ def _traced_run(op: str, rule: Optional[str], B: int, K: int, V: int, traced: st
         resize[sc] = {t.untyped_storage().data_ptr(): (t.element_size(), want) for t in logit_tensors
                       if t.element_size() != want}
     tracer = MemoryTracer(resize)
-    with gpu_launch_settings(), tracer, DeviceWork(execute=True, tracer=tracer) as work:
+    with gpu_launch_settings(), kernel_trace_settings(), tracer, DeviceWork(execute=True, tracer=tracer) as work:
         public_call(op, rule, inputs)()
     return tracer, work, sorted(i for i in (tracer.storage_index(t) for t in logit_tensors) if i is not None)
 
@@ -2032,6 +2083,7 @@ def grid_points(quick: bool, rules: Optional[Sequence[str]] = None, Bs=None, Ks=
 def model_point(pt: Point, machine: Machine = H200, jobs: int = 1) -> Tuple[CallModel, DeviceWork, DeviceWork]:
     rule = None if pt.op == "sample" else pt.rule
     work, work_t = capture(pt.op, rule, pt.B, pt.K, pt.V, pt.dtype)
+    attach_data(pt, work.launches)
     recs = compile_launches(work.launches, jobs=jobs)
     paired, logits = trace_call(pt.op, rule, pt.K, pt.V, pt.dtype)
     names = [l.qualname for l in work.launches]
@@ -2156,6 +2208,7 @@ def run_grid(points: Sequence[Point], meta: dict, jobs: int = 1, machine: Machin
         paired, logits = trace_call(pt.op, rule, pt.K, pt.V, pt.dtype)
         names = [l.qualname for l in work.launches]
         same = names == [l["name"] for l in paired["launches"]]
+        attach_data(pt, work.launches)
         models = []
         for i, launch in enumerate(work.launches):
             lm = model_launch(launch, recs[compile_key(launch)], pt.B, paired["launches"][i] if same else None,

@@ -96,6 +96,9 @@ class Rule:
     reads: Tuple[str, ...]  # the statistics the formula reads (STATISTICS)
     weight: Optional[Callable] = None  # family A: r(alpha, max_qh, max_ph, tv)
     binary: bool = True  # family A: r is 0 or 1 (a deferral bit); False for a continuous blend
+    # family A reading tv: r is monotone in tv, so equal values at tv = 0 and tv = 2 (bounds of any TV the kernels
+    # sum) mean TV cannot change it (the Triton kernel then skips the position's second look)
+    monotone_tv: bool = False
     in_set: Optional[Callable] = None  # family B: v in A (alpha, qh(v), ph(v), max_ph)
     # family B whose set reads one hat (q^ or p^) besides max_ph: the least value of that hat in A, (alpha,
     # max_ph) -> t with in_set == (hat >= t) (the Triton kernel's second look then skips every chunk whose largest
@@ -161,7 +164,7 @@ _RULES = (
     # opt: alpha >= 1 at T = 1 never defers because max p^ - max q^ <= TV(q, p); at alpha = 1 exactly this is
     # an equality whenever p exceeds q only at their common mode, and rounding decides, so the claim is above 1.
     Rule("opt", FAMILY_A, 3, 0.5, (-math.inf, math.inf), False, True, ("max_qh", "max_ph", "tv"), weight=_opt,
-         grid=(-20.0, -5.0, -2.0, -1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 0.9, 1.0),
+         monotone_tv=True, grid=(-20.0, -5.0, -2.0, -1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 0.9, 1.0),
          summary="defer iff max q^ < max p^ - alpha TV(q, p)",
          ends="alpha -> -inf: defers whenever q != p; alpha > 1 at T = 1: never (at exactly 1 rounding decides)",
          speculative_at=(-1e9,), drafter_at=(1.001, 3.0), drafter_temps=(1.0,)),
@@ -224,6 +227,22 @@ def _upward_closed(r: Rule) -> bool:
     return True
 
 
+def _monotone_in_tv(r: Rule) -> bool:
+    """Whether a binary weight is monotone in tv on [0, 2] (either way, per alpha and statistics), checked on a grid
+    of alphas in range, max q^, max p^ and tv. The Triton kernel relies on it: where r is the same at tv = 0 and 2,
+    TV cannot change it, and the position's second look reads no tile."""
+    levels = (0.0, 1e-3, 0.05, 0.3, 0.5, 0.7, 0.95, 1.0)
+    tvs = [2.0 * k / 32 for k in range(33)]
+    for alpha in _alpha_grid(r):
+        for mq in levels:
+            for mp in levels:
+                steps = [float(r.weight(alpha, mq, mp, t)) for t in tvs]
+                d = [b - a for a, b in zip(steps, steps[1:])]
+                if any(x < 0 for x in d) and any(x > 0 for x in d):
+                    return False
+    return True
+
+
 def _check_table(rules) -> None:
     """The table's own consistency: a malformed row fails at import, never later in a kernel."""
     names, codes = set(), set()
@@ -244,6 +263,8 @@ def _check_table(rules) -> None:
             raise ValueError(f"rules: {r.name}: a token set must keep every token more probable than one it keeps")
         if r.floor is not None and (r.family != FAMILY_B or {"qh", "ph"} <= set(r.reads) or not _floor_agrees(r)):
             raise ValueError(f"rules: {r.name}: floor must be the least q^ or p^ in A of a set that reads one of them")
+        if r.monotone_tv and (r.family != FAMILY_A or not r.needs_tv or not r.binary or not _monotone_in_tv(r)):
+            raise ValueError(f"rules: {r.name}: monotone_tv needs a binary weight that reads tv and is monotone in it")
         if not r.summary or not r.ends:
             raise ValueError(f"rules: {r.name}: summary and ends (the README line) are required")
         for a in r.speculative_at + r.drafter_at:

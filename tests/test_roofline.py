@@ -334,17 +334,9 @@ def test_tracer_counts_first_touch_and_reuse(probe):
     assert b2.dram_read == 4000 and b2.l2 == 0
 
 
-@pytest.mark.parametrize("rule,alpha", [("token_v3", 0.2), ("token_v1", 0.2), ("token_v2", 1.0), ("opt", 0.2)])
-def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch):
-    """Traced: the second look of a token set with a floor re-reads the drafter's logits (and the target's, for a
-    set on p^) only in the chunks that may hold a member of A (here the mode of q and p, one per position: every
-    draft is the mode, so all are accepted and the race is the bonus, which re-reads the target's last row only),
-    and nothing where A is the whole vocabulary (token_v2 at alpha = 1). opt's look sums TV(q, p): it re-reads
-    every drafted position's rows (the control)."""
-    from speccas_kernels import triton_backend
-
-    monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 32)
-    monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", 2)
+def _round_at_modes(modes):
+    """(zq, zp, x): 2 rows, 2 drafts, 2048 entries of random logits, each draft its position's mode in q and p, at
+    the logits ``modes(row)`` gives (q's, p's)."""
     B, K, V = 2, 2, 2048
     g = torch.Generator().manual_seed(4)
     zq = torch.randn(B, K, V, generator=g)
@@ -352,21 +344,33 @@ def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch
     x = torch.tensor([[5, 1500], [900, 2047]])
     for b in range(B):
         for i in range(K):
-            zq[b, i, x[b, i]] = zp[b, i, x[b, i]] = 12.0  # p's and q's mode, alone in A at alpha 0.2
+            zq[b, i, x[b, i]], zp[b, i, x[b, i]] = modes(b)
+    return zq, zp, x
+
+
+@pytest.mark.parametrize("rule,alpha", [("token_v3", 0.2), ("token_v1", 0.2), ("token_v2", 1.0)])
+def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch):
+    """Traced: the second look of a token set with a floor re-reads the drafter's logits (and the target's, for a
+    set on p^) only in the chunks that may hold a member of A (here the mode of q and p, one per position: every
+    draft is the mode, so all are accepted and the race is the bonus, which re-reads the target's last row only),
+    and nothing where A is the whole vocabulary (token_v2 at alpha = 1)."""
+    from speccas_kernels import triton_backend
+
+    monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 32)
+    monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", 2)
+    zq, zp, x = _round_at_modes(lambda b: (12.0, 12.0))  # p's and q's mode, alone in A at alpha 0.2
+    (B, K, V) = zq.shape
     tracer = rf.MemoryTracer()
     with tracer, rf.DeviceWork(execute=True, tracer=tracer) as work:
         out = speccas_kernels.verify(zq, zp, x, rule=rule, alpha=alpha, seed=1, backend="triton")
-    if rule != "opt":
-        assert out.num_accepted.tolist() == [K, K]
+    assert out.num_accepted.tolist() == [K, K]
     c = work.launches[-1].constexprs
     chunk = c["TILES"] * c["BLOCK_V"] * 4
     assert chunk == 256, "chunks of 64 entries: 32 per row"
     access = tracer.summary("traced")["launches"][-1]["access"]
     again = access[f"{tracer.storage_index(zq)}:load"]["again"]
     again_p = access[f"{tracer.storage_index(zp)}:load"]["again"] - B * V * 4  # less the bonus race's row
-    if rule == "opt":
-        assert again >= B * K * V * 4 and again_p >= B * K * V * 4
-    elif alpha == 1.0:
+    if alpha == 1.0:
         assert again == 0 and again_p == 0
     else:  # one chunk per position (+ a sector's slack at each end)
         assert 0 < again <= B * K * (chunk + 64)
@@ -374,6 +378,65 @@ def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch
             assert again_p == 0
         else:
             assert 0 < again_p <= B * K * (chunk + 64)
+
+
+@pytest.mark.parametrize("divergence", [False, True])
+def test_opt_look_rereads_only_where_tv_can_change_r(divergence, monkeypatch):
+    """Traced: opt's second look re-reads a drafted position's rows only where TV(q, p) can change r = [max q^ <
+    max p^ - alpha TV]: at alpha = 0.2 not where max q^ >= max p^ (row 0: the drafter's mode is the higher), but
+    where max q^ < max p^ (row 1). Every draft is the common mode, so all are accepted and the race is the bonus
+    (the target's last row, not counted). The outputs match the reference's, r included. The control: the
+    divergences need TV everywhere, so with them the look re-reads every drafted position's rows. (One row per work
+    item, as on a GPU: an item skips only where none of its rows needs TV.)"""
+    from speccas_kernels import triton_backend
+
+    monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", 1)
+    zq, zp, x = _round_at_modes(lambda b: (12.0, 11.0) if b == 0 else (11.0, 12.0))
+    (B, K, V) = zq.shape
+    tracer = rf.MemoryTracer()
+    kw = dict(rule="opt", alpha=0.2, seed=1, return_divergence=divergence)
+    with tracer, rf.DeviceWork(execute=True, tracer=tracer):
+        out = speccas_kernels.verify(zq, zp, x, backend="triton", **kw)
+    ref = speccas_kernels.verify(zq, zp, x, backend="reference", **kw)
+    assert out.num_accepted.tolist() == ref.num_accepted.tolist() == [K, K]
+    assert out.deferred.tolist() == ref.deferred.tolist() == [[False, False], [True, True]]
+    access = tracer.summary("traced")["launches"][-1]["access"]
+    again = access[f"{tracer.storage_index(zq)}:load"]["again"]
+    again_p = access[f"{tracer.storage_index(zp)}:load"]["again"] - B * V * 4  # less the bonus race's row
+    rows = B if divergence else 1
+    assert rows * K * V * 4 <= again < (rows + 1) * K * V * 4 and rows * K * V * 4 <= again_p < (rows + 1) * K * V * 4
+
+
+def test_opt_look_share_comes_from_the_modelled_inputs():
+    """The model's traces take opt's second look at every position (``ROOFLINE_TRACE``: its worst case, the same
+    outputs), and the hints count the tile loops and L2 re-reads at the share of drafted positions where r depends
+    on TV in the modelled point's own inputs (``roofline_data``), not in the one or two traced rows. The controls: a
+    rule without the skip gets no data, and a launch without data is counted at every position."""
+    from speccas_kernels.kernels import verify as kv
+
+    assert kv.TV_SKIP
+    with rf.kernel_trace_settings():
+        assert kv.TV_SKIP is False
+    assert kv.TV_SKIP
+    pt = rf.Point("verify", "opt", 16, 4, 4096, "fp32")
+    work, _ = rf.capture(pt.op, pt.rule, pt.B, pt.K, pt.V, pt.dtype)
+    launch = work.launches[-1]
+    worst = kv.roofline_hints(launch)
+    rf.attach_data(pt, work.launches)
+    zq, zp, _ = rf.make_inputs(pt.op, pt.B, pt.K, pt.V, pt.dtype)
+    mq, mp = torch.softmax(zq, -1).amax(-1), torch.softmax(zp[:, :pt.K], -1).amax(-1)
+    alpha = speccas_kernels.DEFAULT_ALPHA["opt"]
+    want = ((mq < mp) != (mq < mp - 2 * alpha)).float().mean().item()
+    assert 0.2 < want < 0.8 and launch.data["tv_share"] == pytest.approx(want)
+    hints = kv.roofline_hints(launch)
+    looks = worst["phase_work"]["look_tv"]["count"]
+    assert looks > 0 and worst["l2_bytes_saved"] == 0
+    assert hints["phase_work"]["look_tv"]["count"] == pytest.approx(looks * want)
+    assert hints["phase_work"]["look"]["count"] == worst["phase_work"]["look"]["count"]  # each item still waits
+    assert hints["l2_bytes_saved"] == pytest.approx((1 - want) * pt.B * pt.K * 2 * pt.V * 4)
+    chow, _ = rf.capture(pt.op, "chow", pt.B, pt.K, pt.V, pt.dtype)
+    rf.attach_data(pt, chow.launches)
+    assert chow.launches[-1].data == {}
 
 
 _TRACED_LINE = "a line whose executions count a phase"  # (the string appears once in this file: on this line)

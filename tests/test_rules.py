@@ -102,7 +102,10 @@ def test_malformed_rows_fail_at_import():
                 dataclasses.replace(RULE_INFO["token_v2"], name="x", code=99,  # a floor that is not the set's
                                     floor=lambda alpha, max_ph: max_ph - 2 * alpha),
                 dataclasses.replace(RULE_INFO["token_v2"], name="x", code=99, reads=("max_ph", "qh", "ph"),
-                                    in_set=lambda alpha, qh, ph, max_ph: (ph >= max_ph - alpha) & (qh >= 0.0))):
+                                    in_set=lambda alpha, qh, ph, max_ph: (ph >= max_ph - alpha) & (qh >= 0.0)),
+                dataclasses.replace(base, name="x", code=99, monotone_tv=True),  # chow reads no tv
+                dataclasses.replace(RULE_INFO["opt"], name="x", code=99,  # r at tv = 0 and 2 says nothing between
+                                    weight=lambda alpha, max_qh, max_ph, tv: (tv - 1.0) ** 2 < max_ph - alpha)):
         with pytest.raises(ValueError):
             rules._check_table(rules._RULES + (bad,))
     rules._check_table(rules._RULES)

@@ -66,6 +66,22 @@ def test_verify_work_item_settings(device, rule, monkeypatch):
         "same tiles, other rows per item: bit for bit"
 
 
+@pytest.mark.parametrize("alpha", [-20.0, -0.5, 0.0, 0.5, 0.9])
+def test_opt_skips_the_look_only_where_tv_cannot_change_r(device, alpha, monkeypatch):
+    """opt's second look reads no tile at a position where r is the same at TV = 0 and TV = 2 (``_tv_moot``: for
+    alpha >= 0 where max q^ >= max p^, for alpha < 0 where max q^ < max p^), and its TV then counts as 0. One row
+    per work item (as on a GPU), alphas of both signs, T = 1 and 0.7, float32 and bfloat16: the reference's tokens,
+    deferrals and probabilities. A skip at a position where TV decides r (the test inverted) changes r there."""
+    monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", 1)
+    for dtype in (torch.float32, torch.bfloat16):
+        for T in (1.0, 0.7):
+            kw = random_round(4, 3, 300, dtype=dtype, device=device, seed=int(10 * alpha) + 40)
+            kw.update(alpha=alpha, temperature=T)
+            ref, margins = reference_with_margins(**kw, rule="opt")
+            out = sk.verify(**kw, rule="opt", backend="triton")
+            assert_same_outputs(out, ref, margins, what=f"opt alpha={alpha} T={T} {dtype}")
+
+
 @pytest.mark.parametrize("rule", ["chow", "speculative", "token_v1", "opt"])
 def test_exp_shift_leaves_large_scaled_logits_to_the_subtraction(device, rule):
     """exp((z - M) / T) is one FFMA and one ex2 (``common.exp_shift``) while |M / T log2(e)| < 2**24, whose error term

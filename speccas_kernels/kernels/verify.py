@@ -43,7 +43,10 @@ row's last step more than they save.)
 * **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or eta
   (the chunks' tiles folded entry by entry, one reduction and one record per item); the last item's program merges
-  and draws a ticket on the row. A token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads
+  and draws a ticket on the row. A rule whose r is monotone in TV (``Rule.monotone_tv``: opt, r = [max q^ < max p^ -
+  alpha TV]) reads no tile at a position where r is the same at TV = 0 and TV = 2 (for alpha >= 0 where max q^ >=
+  max p^, for alpha < 0 where max q^ < max p^): any TV the sum could give leaves r as it is, so its record is 0 and
+  every output the same (without the divergences, which need TV itself). A token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads
   its chunks' screening records instead and only the tiles of the chunks whose largest logit on that side may
   reach the floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its records.
 * **accept** (row b): run by the program that draws a row's last ticket. Row validity, a_i at every verified
@@ -146,7 +149,8 @@ def _no_formula(alpha, a, b, c):
 @functools.lru_cache(maxsize=None)
 def rule_constexprs(rule: rules.Rule) -> dict:
     """The constexprs a rule compiles to: FAMILY, NEEDS_TV, READS_PH (a token set whose membership reads p^), WEIGHT,
-    IN_SET, FLOOR and HAS_FLOOR (a token set's least q^ or p^ in A, ``Rule.floor``), USES_ALPHA, HIGH_OPEN."""
+    IN_SET, FLOOR and HAS_FLOOR (a token set's least q^ or p^ in A, ``Rule.floor``), USES_ALPHA, HIGH_OPEN,
+    MONOTONE_TV (``Rule.monotone_tv``: the second look is skipped where TV cannot change r)."""
     return dict(
         FAMILY=rule.family_code,
         NEEDS_TV=rule.needs_tv,
@@ -157,6 +161,7 @@ def rule_constexprs(rule: rules.Rule) -> dict:
         HAS_FLOOR=rule.floor is not None,
         USES_ALPHA=rule.uses_alpha,
         HIGH_OPEN=rule.high_open,
+        MONOTONE_TV=rule.monotone_tv,
     )
 
 
@@ -512,6 +517,7 @@ def _verify_kernel(
     HAS_FLOOR: tl.constexpr,
     USES_ALPHA: tl.constexpr,
     HIGH_OPEN: tl.constexpr,
+    MONOTONE_TV: tl.constexpr,
     SECOND_LOOK: tl.constexpr,
     RAGGED: tl.constexpr,
     FILTERS: tl.constexpr,
@@ -582,7 +588,8 @@ def _verify_kernel(
                             offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_stats,
                             c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV,
                             WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
-                            BLOCK_V, BLOCK_K, BLOCK_T, TILES, CHUNKS, SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS)
+                            BLOCK_V, BLOCK_K, BLOCK_T, TILES, CHUNKS, SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS,
+                            MONOTONE_TV)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
             r2 = r - stats_items
@@ -598,7 +605,7 @@ def _verify_kernel(
                                c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
                                USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
                                BLOCK_K, BLOCK_T, TILES, CHUNKS, READS_PH, FLOOR,
-                               HAS_FLOOR, SCREENS, PAIRS)
+                               HAS_FLOOR, SCREENS, PAIRS, MONOTONE_TV)
         elif r < stats_items + look_items + NI:
             g = (s - lag).to(tl.int64)
             if (g >= 0) & (g < G):
@@ -762,12 +769,13 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                 BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
                 CHUNKS: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, LANES: tl.constexpr,
-                VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr):
+                VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
     (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
     reduction across threads inside the loop); the item writes one record, and with SCREEN (a token set with a
     floor) each chunk of a drafted position its screening records (``_screen``: reductions within a warp only).
-    The program with the position's last ticket merges the NS records."""
+    The program with the position's last ticket merges the NS records and releases the position's ready flag: 2
+    where no row of the item needs the second look's tiles (``_tv_moot``), else 1."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
     NS = _items(NT, TILES, CHUNKS)  # stats items per position, one record each
@@ -843,6 +851,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NS, j, use_q, m, s1, sT, arg, bad)
     pos = g * KP + i
     if ticket(cnt_ptr + c_stats + pos) == NS - 1:
+        ready = 1
         if tl.max(use_p.to(tl.int32), axis=0) > 0:
             invT = inv_temperature(T)
             scaled = use_q & (T > 0) & ((T != 1.0) | FILTERS)
@@ -851,12 +860,19 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             o = (rows * KP + i) * 2
             side = tl.arange(0, 2)[None, :]
             both = tl.where(side == 0, use_p[:, None], use_q[:, None] & HAS_Q)  # [R, 2]: target, drafter
+            if MONOTONE_TV and not DIVERGENCE:  # (loaded with the partials)
+                al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)
             M, S1, ST, arg, bad = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, invT, scaled, both,
                                                BLOCK_T)
             _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o[:, None] + side, qf, both, M, S1, ST, arg, bad)
+            if MONOTONE_TV and not DIVERGENCE:
+                s1p = tl.sum(tl.where(side == 0, S1, 0.0), axis=1).to(tl.float32)  # (the values pos_f holds)
+                s1q = tl.sum(tl.where(side == 1, S1, 0.0), axis=1).to(tl.float32)
+                live = use_q & ~_tv_moot(WEIGHT, al, tl.where(use_q, s1q, 1.0), tl.where(use_q, s1p, 1.0))
+                ready = 2 - tl.max(live.to(tl.int32), axis=0)
         tl.store(cnt_ptr + c_stats + pos, 0)
         if SECOND_LOOK:  # only the second look waits for a position's statistics
-            common.release_flag(cnt_ptr + c_ready + pos, 1)
+            common.release_flag(cnt_ptr + c_ready + pos, ready)
         _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
                     num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
                     x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr,
@@ -888,6 +904,15 @@ def _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, lo
 
 
 # ------------------------------------------------------------------------------------------------ second look
+
+@triton.jit
+def _tv_moot(WEIGHT: tl.constexpr, al, S1q, S1p):
+    """Whether TV cannot change r (a rule monotone in TV): r the same at TV = 0 and TV = 2 (any TV the second look
+    sums lies between), with max q^ and max p^ formed as the accept phase forms them."""
+    mq = 1.0 / S1q
+    mp = 1.0 / S1p
+    return WEIGHT(al, mq, mp, mq * 0.0) == WEIGHT(al, mq, mp, mq * 0.0 + 2.0)
+
 
 @triton.jit
 def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_val, B, K, USES_ALPHA: tl.constexpr):
@@ -1101,7 +1126,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
                CHUNKS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr,
-               SCREENS: tl.constexpr, PAIRS: tl.constexpr):
+               SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item; the program with the last ticket sums the NS records. A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
@@ -1115,7 +1140,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
         pos = g * KP + i
         use = rmask & _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n)
         if tl.max(use.to(tl.int32), axis=0) > 0:
-            wait_flag(cnt_ptr + c_ready + pos)
+            ready = wait_flag(cnt_ptr + c_ready + pos)  # 2: no row needs the tiles (``_stats_item``)
             # a token set with a floor sums eta in ``_eta_item`` (with the divergences too, so that asking for them
             # changes no bit of eta); the tile loop below then sums TV(q, p) only
             SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR
@@ -1141,35 +1166,46 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                                     BLOCK_T, TILES, CHUNKS, PAIRS)
                 tl.store(look_part_ptr + (rows * K + i) * NS + j, eta, mask=use)  # one record per item
             if DENSE:
-                # family A and lossy: exp((z - M) / T) as one FFMA and one ex2 where no row's M / T reaches
-                # SHIFT_MAX (``exp_shift``), 1 / ST folded into one factor per side
-                FAST: tl.constexpr = (FAMILY != FAMILY_B) and not FP64
-                fast = False
-                cp = scale * 0.0
-                kp = cp
-                cq = cp
-                kq = cp
-                if FAST:
-                    fast, cp, kp, cq, kq = _shift_consts(use, scale, Mp, inv_STp, Mq, inv_STq)
+                # A rule whose r is monotone in TV (``Rule.monotone_tv``: opt) reads no tile where r is the same at
+                # TV = 0 and TV = 2 for every row of the item (the ready flag says): its record is 0, and the accept
+                # phase's r the same as with the sum. The divergences need TV itself.
+                tv_rows = use
+                if MONOTONE_TV and not DIVERGENCE:
+                    tv_rows = use & (ready == 1)
                 acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
                 acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
-                offs = tl.arange(0, BLOCK_V)
-                # the chunks wholly inside the vocabulary with no bound mask, then a position's partial last one
-                nfull = tl.minimum(tl.maximum((V - j * (CHUNKS * TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
-                c = 0
-                while c < nfull:
-                    acc, acc2 = _look_chunk(j * CHUNKS + c, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp,
-                                            Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K, V,
-                                            FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH, DIVERGENCE,
-                                            SPARSE_ETA, TILES, BLOCK_V, ROWS, True, FAST, fast, cp, kp, cq, kq)
-                    c += 1
-                if nfull < nch:  # (a position's last chunk, partial)
-                    acc, acc2 = _look_chunk(j * CHUNKS + nfull, acc, acc2, offs, rows, i, use, scale, Mp, S1p,
-                                            inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K,
-                                            V, FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH, DIVERGENCE,
-                                            SPARSE_ETA, TILES, BLOCK_V, ROWS, False, FAST, fast, cp, kp, cq, kq)
-                if not SPARSE_ETA:
-                    tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # one per item
+                if tl.max(tv_rows.to(tl.int32), axis=0) > 0:
+                    # family A and lossy: exp((z - M) / T) as one FFMA and one ex2 where no row's M / T reaches
+                    # SHIFT_MAX (``exp_shift``), 1 / ST folded into one factor per side
+                    FAST: tl.constexpr = (FAMILY != FAMILY_B) and not FP64
+                    fast = False
+                    cp = scale * 0.0
+                    kp = cp
+                    cq = cp
+                    kq = cp
+                    if FAST:
+                        fast, cp, kp, cq, kq = _shift_consts(tv_rows, scale, Mp, inv_STp, Mq, inv_STq)
+                    offs = tl.arange(0, BLOCK_V)
+                    # the chunks wholly inside the vocabulary with no bound mask, then a position's partial last one
+                    nfull = tl.minimum(tl.maximum((V - j * (CHUNKS * TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
+                    c = 0
+                    while c < nfull:
+                        acc, acc2 = _look_chunk(j * CHUNKS + c, acc, acc2, offs, rows, i, tv_rows, scale, Mp, S1p,
+                                                inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr,
+                                                K, V, FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH,
+                                                DIVERGENCE, SPARSE_ETA, TILES, BLOCK_V, ROWS, True, FAST, fast, cp,
+                                                kp, cq, kq)
+                        c += 1
+                    if nfull < nch:  # (a position's partial last chunk)
+                        acc, acc2 = _look_chunk(j * CHUNKS + nfull, acc, acc2, offs, rows, i, tv_rows, scale, Mp, S1p,
+                                                inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr,
+                                                K, V, FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH,
+                                                DIVERGENCE, SPARSE_ETA, TILES, BLOCK_V, ROWS, False, FAST, fast, cp,
+                                                kp, cq, kq)
+                    if not SPARSE_ETA:
+                        tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # a record
+                elif not SPARSE_ETA:
+                    tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # 0: moot
                 if DIVERGENCE:
                     tl.store(look_part_ptr + (B * K + rows * K + i) * NS + j, tl.sum(acc2, axis=1), mask=use)
         if ticket(cnt_ptr + c_look + g * K + i) == NS - 1:
@@ -1766,11 +1802,36 @@ ROOFLINE_PHASES = (
     ("look_merge", "_look_item", "ticket(cnt_ptr + c_look"),
     ("look_q", "_eta_item", "c < nch"),
     ("look_tail", "_look_item", "nfull < nch"),
+    ("look_tv", "_look_item", "tl.max(tv_rows"),
     ("look", "_look_item", None),
     ("emit", "_race_item", "ticket(cnt_ptr + c_race"),
     ("race_tail", "_race_item", "not full_item"),
     ("race", "_race_item", None),
 )
+
+
+def _moot_tv(launch) -> bool:
+    """Whether a launch skips the second look where r cannot depend on TV (a rule monotone in TV, no divergences)."""
+    return bool(launch.constexprs.get("MONOTONE_TV")) and launch.arg("div_ptr").kind != "tensor"
+
+
+def roofline_data(launch, inputs) -> dict:
+    """What ``roofline_hints`` reads off the modelled point's inputs (``inputs()``: zq, zp, x of the bench recipe at
+    the point's batch; bench/roofline.py): ``tv_share``, the share of drafted positions where a rule monotone in TV
+    runs its second look's tiles, r differing at TV = 0 and 2 (at T = 1 statistics, as the model's calls; float32)."""
+    if launch.name != "_verify_kernel" or not _moot_tv(launch) or launch.arg("zq_ptr").kind != "tensor":
+        return {}
+    zq, zp, _ = inputs()
+    K = zq.shape[1]
+    if launch.arg("alpha_ptr").kind == "tensor" or launch.arg("n_ptr").kind == "tensor":
+        return {}  # (per-row arguments: the model takes the worst case)
+    n = max(0, min(K, int(launch.arg("n_val").value)))
+    mq = torch.softmax(zq[:, :n].float(), -1).amax(-1)
+    mp = torch.softmax(zp[:, :n].float(), -1).amax(-1)
+    weight = launch.constexprs["WEIGHT"].fn
+    al = torch.tensor(float(launch.arg("alpha_val").value))
+    live = weight(al, mq, mp, torch.zeros(())) != weight(al, mq, mp, torch.full((), 2.0))
+    return dict(tv_share=float(live.float().mean()) if live.numel() else 0.0)
 
 
 def roofline_hints(launch) -> dict:
@@ -1783,7 +1844,9 @@ def roofline_hints(launch) -> dict:
     ceil(NT / (TILES CHUNKS)) stats and second-look items, whose loops run NI / NS chunks on average
     (``phase_loops``): stats G (K + 1) NS (the drafter's side, ``stats_q``, G n NS; the record of the logits at the
     draft, ``stats_x``, G n: one chunk per drafted position holds its draft), merges G (K + 1), second looks G n NS
-    and their merges G K (rules with a second look, 0 < T < inf: T is taken as 1 when it arrives as a tensor),
+    and their merges G K (rules with a second look, 0 < T < inf: T is taken as 1 when it arrives as a tensor), their
+    tile loops (``look_tv``) as many (none for a token set with a floor; for a rule monotone in TV, as many as the
+    traced run had: only where r depends on TV),
     accepts G, race items G NI, emits G; the queue loop runs once per work item (``total``), the rest of the program
     once per program.
 
@@ -1794,7 +1857,8 @@ def roofline_hints(launch) -> dict:
     loads both sides' partials at once (1), releases the ready flag (only with a second look) and draws the row's ticket
     (2 or 3 at L2); a second look polls its flag, loads the position's statistics and its first chunk's tiles at once
     (L2: the stats read them one row of traffic earlier), each next chunk's tiles (one L2 round trip each) and draws a
-    ticket (2 + chunks), or, for a token set with a floor (``_eta_item``), loads the item's records with the statistics
+    ticket (2 + chunks: ``look`` 2, ``look_tv`` the chunks; for a rule monotone in TV the merge decides whether any
+    tile is needed, from the statistics it has, and the ready flag carries it), or, for a token set with a floor (``_eta_item``), loads the item's records with the statistics
     (2), and per chunk that may hold a member of A (``look_q``, as many as the traced run had) its target and drafter
     tiles at once (1); its merge loads the partials and draws the row's ticket (2); the accept phase loads statistics,
     drafts and the logits at the drafts (all written or read earlier in the launch: L2) at once, then releases the race
@@ -1828,7 +1892,12 @@ def roofline_hints(launch) -> dict:
     has_q = launch.arg("zq_ptr").kind == "tensor"
     looks = bool(c["SECOND_LOOK"]) and has_q and 0 < T < float("inf")
     token_set = c["FAMILY"] == rules.FAMILY_CODE[rules.FAMILY_B]
-    sparse_eta = token_set and c["HAS_FLOOR"] and launch.arg("div_ptr").kind != "tensor"  # ``_eta_item`` alone
+    divergence = launch.arg("div_ptr").kind == "tensor"
+    sparse_eta = token_set and c["HAS_FLOOR"] and not divergence  # ``_eta_item`` alone
+    tiles_looked = looks and not sparse_eta
+    # the look's tile loop: at every looked item, but for a rule monotone in TV only where r depends on TV: the
+    # share of the modelled inputs (``roofline_data``; without it, every position: the worst case)
+    share = float(launch.data.get("tv_share", 1.0)) if _moot_tv(launch) and tiles_looked else 1.0
     div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set and has_q else 0
     step = KP * NS + (K * NS if c["SECOND_LOOK"] else 0) + NI + div_items
     work = {
@@ -1844,9 +1913,10 @@ def roofline_hints(launch) -> dict:
         # or 1/T of 1e7 and more), taken as never
         "stats_rerun": dict(count=0),
         "merge": dict(count=G * KP, l2=3 if c["SECOND_LOOK"] else 2),
-        "look": dict(count=G * n * NS if looks else 0, l2=2 if sparse_eta else 2 + CH),
+        "look": dict(count=G * n * NS if looks else 0, l2=2),
+        "look_tv": dict(count=G * n * NS * share if tiles_looked else 0, l2=CH),
         "look_merge": dict(count=G * K if looks else 0, l2=2),
-        "look_tail": dict(count=G * n if looks and PART else 0),  # a looked position's partial last chunk
+        "look_tail": dict(count=G * n * share if tiles_looked and PART else 0),  # a position's partial last chunk
         # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the traced run had
         "look_q": dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1),
         "accept": dict(count=G, l2=2),
@@ -1859,14 +1929,16 @@ def roofline_hints(launch) -> dict:
     }
     if looks:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge"], 1, step),
-                 (["queue", "look", "look_q"], n * NS, 0), (["look_merge", "accept"], 1, step),
+                 (["queue", "look", "look_tv", "look_q"], n * NS, 0), (["look_merge", "accept"], 1, step),
                  (["queue", "race"], NI, 0), (["emit"], 1, 0)]
     else:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "accept"], 1, step),
                  (["queue", "race"], NI, 0), (["emit"], 1, 0)]
-    return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work,
+    # the traced look re-reads q_i and p_i at every drafted position (``ROOFLINE_TRACE``); the skipped share's are saved
+    saved = (1.0 - share) * G * n * 2 * val("V") * launch.arg("zp_ptr").element_size
+    return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work, l2_bytes_saved=saved,
                 phase_loops=[["_stats_item", "c < nfull", FULL, ["stats", "stats_q"]],
-                             ["_look_item", "c < nfull", FULL, ["look"]]],
+                             ["_look_item", "c < nfull", FULL, ["look_tv"]]],
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
                 note="persistent: phases per work item, chain of one row")
@@ -1878,6 +1950,11 @@ def roofline_hints(launch) -> dict:
 # program's round trips overlap another's work (ignored by the interpreter).
 MAX_REGISTERS = 128
 ITEMS_PER_PROGRAM = 0  # tests set this (under the interpreter) to make every hand-off cross programs
+# False: the second look of a rule monotone in TV runs at every position, as if r could depend on TV everywhere (the
+# same outputs). bench/roofline.py traces that worst case (``ROOFLINE_TRACE``), and counts the share its modelled
+# inputs skip from ``roofline_data``.
+TV_SKIP = True
+ROOFLINE_TRACE = {"TV_SKIP": False}
 
 
 def magic(d: int) -> Tuple[int, int]:
@@ -1984,7 +2061,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         zq, zp, x, cu, n_ptr, int(n_val), a_ptr, float(a_val), t_ptr, float(t_val), s_ptr, int(s_val), o_ptr,
         int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *magic(step), *magic(ns),
         *strides,
-        **cx, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
+        **dict(cx, MONOTONE_TV=cx["MONOTONE_TV"] and TV_SKIP), SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
         TILES=tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
         num_warps=num_warps,
