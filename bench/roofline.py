@@ -271,7 +271,8 @@ HINT_KEYS = {
     "phase_work": "{phase: {count: executions in the launch, dram: dependent DRAM round trips per execution, l2: "
                   "dependent L2 round trips, traced: (a phase that runs as the data say) a substring of the kernel "
                   "source line of a memory access run once per execution: the count is that line's executions in "
-                  "the traced run, extrapolated to the batch}} for every phase of phase_map, 'queue' and 'program'",
+                  "the traced run, extrapolated to the batch, times scale (default 1)}} for every phase of phase_map, "
+                  "'queue' and 'program'",
     "phase_chain": "one row's dependent steps in order: [[phases of one work item, items, gap], ...]; a step takes "
                    "ceil(items / resident programs) waves of its item, or the time to draw `gap` other items, "
                    "whichever is longer",
@@ -1781,7 +1782,8 @@ def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logi
 def traced_phase_counts(work: dict, paired: Optional[dict], B: int) -> dict:
     """``phase_work`` with the count of each data-dependent phase (one with ``traced``: a substring of the kernel
     source line of a memory access that runs once per execution of the phase) replaced by that line's traced
-    executions, extrapolated to batch B (0 without a trace)."""
+    executions, extrapolated to batch B (0 without a trace), times the phase's ``scale`` (1 unless given: e.g. the
+    share of the traced work the modelled inputs keep)."""
     out = {}
     for phase, w in work.items():
         if "traced" in w:
@@ -1791,7 +1793,7 @@ def traced_phase_counts(work: dict, paired: Optional[dict], B: int) -> dict:
                     if w["traced"] in _source_text(line):
                         n += _at_batch(paired["lines1"].get(line, 0),
                                        paired["lines2"].get(line) if paired["lines2"] else None, B)
-            w = dict(w, count=n)
+            w = dict(w, count=n * float(w.get("scale", 1.0)))
         out[phase] = w
     return out
 

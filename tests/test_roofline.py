@@ -353,9 +353,12 @@ def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch
     """Traced: the second look of a token set with a floor re-reads the drafter's logits (and the target's, for a
     set on p^) only in the chunks that may hold a member of A (here the mode of q and p, one per position: every
     draft is the mode, so all are accepted and the race is the bonus, which re-reads the target's last row only),
-    and nothing where A is the whole vocabulary (token_v2 at alpha = 1)."""
+    and nothing where A is the whole vocabulary (token_v2 at alpha = 1). Every draft is in A, where the look can
+    change nothing: it runs anyway here (``SKIP_MOOT_LOOKS`` off), to screen its chunks."""
     from speccas_kernels import triton_backend
+    from speccas_kernels.kernels import verify as kv
 
+    monkeypatch.setattr(kv, "SKIP_MOOT_LOOKS", False)
     monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 32)
     monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", 2)
     zq, zp, x = _round_at_modes(lambda b: (12.0, 12.0))  # p's and q's mode, alone in A at alpha 0.2
@@ -407,6 +410,37 @@ def test_opt_look_rereads_only_where_tv_can_change_r(divergence, monkeypatch):
     assert rows * K * V * 4 <= again < (rows + 1) * K * V * 4 and rows * K * V * 4 <= again_p < (rows + 1) * K * V * 4
 
 
+@pytest.mark.parametrize("rule", ["token_v3", "token_v1"])
+def test_token_set_look_reads_nothing_where_the_draft_is_in_a(rule, monkeypatch):
+    """Traced: a token set's second look reads no tile where the draft is in A with q(x) > 0 (a = 1 whatever eta,
+    and a rejection's residual, which reads eta, lies at another position): row 0's drafts are the modes of q and p
+    (alone in A at alpha 0.2), row 1's drafts an entry far below the modes, whose looks re-read the modes' chunks.
+    The outputs match the reference's. The control: with the skip off, row 0's looks re-read their chunks too."""
+    from speccas_kernels import triton_backend
+    from speccas_kernels.kernels import verify as kv
+
+    monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", 1)
+    monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 32)
+    monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", 2)
+    zq, zp, x = _round_at_modes(lambda b: (12.0, 12.0))
+    x[1] = torch.tensor([7, 8])  # (not a mode: outside A)
+    reread = {}
+    for skip in (True, False):
+        monkeypatch.setattr(kv, "SKIP_MOOT_LOOKS", skip)
+        tracer = rf.MemoryTracer()
+        with tracer, rf.DeviceWork(execute=True, tracer=tracer):
+            out = speccas_kernels.verify(zq, zp, x, rule=rule, alpha=0.2, seed=1, backend="triton")
+        ref = speccas_kernels.verify(zq, zp, x, rule=rule, alpha=0.2, seed=1, backend="reference")
+        assert out.tokens.tolist() == ref.tokens.tolist() and out.deferred.tolist() == ref.deferred.tolist()
+        assert out.deferred.tolist() == [[False, False], [True, True]]
+        # the drafter's rows: the look's chunk re-reads (the race re-reads q only at a rejection: row 1's first)
+        reread[skip] = tracer.summary("traced")["launches"][-1]["access"][f"{tracer.storage_index(zq)}:load"]["again"]
+    chunk, V = 2 * 32 * 4, zq.shape[-1]
+    race = V * 4 if ref.num_accepted[1] < 2 else 0  # row 1's residual race re-reads its q row
+    assert 0 < reread[True] - race <= 2 * (chunk + 64)  # row 1's two positions: one chunk each (+ a sector's slack)
+    assert 2 * chunk <= reread[False] - reread[True] <= 2 * (chunk + 64)  # row 0's too, with the skip off
+
+
 def test_opt_look_share_comes_from_the_modelled_inputs():
     """The model's traces take opt's second look at every position (``ROOFLINE_TRACE``: its worst case, the same
     outputs), and the hints count the tile loops and L2 re-reads at the share of drafted positions where r depends
@@ -414,10 +448,10 @@ def test_opt_look_share_comes_from_the_modelled_inputs():
     rule without the skip gets no data, and a launch without data is counted at every position."""
     from speccas_kernels.kernels import verify as kv
 
-    assert kv.TV_SKIP
+    assert kv.SKIP_MOOT_LOOKS
     with rf.kernel_trace_settings():
-        assert kv.TV_SKIP is False
-    assert kv.TV_SKIP
+        assert kv.SKIP_MOOT_LOOKS is False
+    assert kv.SKIP_MOOT_LOOKS
     pt = rf.Point("verify", "opt", 16, 4, 4096, "fp32")
     work, _ = rf.capture(pt.op, pt.rule, pt.B, pt.K, pt.V, pt.dtype)
     launch = work.launches[-1]
@@ -427,11 +461,11 @@ def test_opt_look_share_comes_from_the_modelled_inputs():
     mq, mp = torch.softmax(zq, -1).amax(-1), torch.softmax(zp[:, :pt.K], -1).amax(-1)
     alpha = speccas_kernels.DEFAULT_ALPHA["opt"]
     want = ((mq < mp) != (mq < mp - 2 * alpha)).float().mean().item()
-    assert 0.2 < want < 0.8 and launch.data["tv_share"] == pytest.approx(want)
+    assert 0.2 < want < 0.8 and launch.data["look_share"] == pytest.approx(want)
     hints = kv.roofline_hints(launch)
-    looks = worst["phase_work"]["look_tv"]["count"]
+    looks = worst["phase_work"]["look_body"]["count"]
     assert looks > 0 and worst["l2_bytes_saved"] == 0
-    assert hints["phase_work"]["look_tv"]["count"] == pytest.approx(looks * want)
+    assert hints["phase_work"]["look_body"]["count"] == pytest.approx(looks * want)
     assert hints["phase_work"]["look"]["count"] == worst["phase_work"]["look"]["count"]  # each item still waits
     assert hints["l2_bytes_saved"] == pytest.approx((1 - want) * pt.B * pt.K * 2 * pt.V * 4)
     chow, _ = rf.capture(pt.op, "chow", pt.B, pt.K, pt.V, pt.dtype)

@@ -66,20 +66,22 @@ def test_verify_work_item_settings(device, rule, monkeypatch):
         "same tiles, other rows per item: bit for bit"
 
 
-@pytest.mark.parametrize("alpha", [-20.0, -0.5, 0.0, 0.5, 0.9])
-def test_opt_skips_the_look_only_where_tv_cannot_change_r(device, alpha, monkeypatch):
-    """opt's second look reads no tile at a position where r is the same at TV = 0 and TV = 2 (``_tv_moot``: for
-    alpha >= 0 where max q^ >= max p^, for alpha < 0 where max q^ < max p^), and its TV then counts as 0. One row
-    per work item (as on a GPU), alphas of both signs, T = 1 and 0.7, float32 and bfloat16: the reference's tokens,
-    deferrals and probabilities. A skip at a position where TV decides r (the test inverted) changes r there."""
+@pytest.mark.parametrize("rule,alpha", [("opt", a) for a in (-20.0, -0.5, 0.0, 0.5, 0.9)]
+                         + [("token_v1", 0.02), ("token_v2", 0.1), ("token_v3", 0.5), ("token_v3", 0.8)])
+def test_skipped_looks_change_nothing(device, rule, alpha, monkeypatch):
+    """The second look reads nothing where it can change nothing (``_look_moot``): opt where r is the same at TV = 0
+    and TV = 2 (for alpha >= 0 where max q^ >= max p^, for alpha < 0 where max q^ < max p^), a token set where the
+    draft is in A with q(x) > 0; its sum then counts as 0. One row per work item (as on a GPU: an item skips only
+    where none of its rows needs the look), alphas of both signs, T = 1 and 0.7, float32 and bfloat16: the
+    reference's tokens, deferrals and probabilities. A skip where the look decides (the test inverted) fails."""
     monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", 1)
     for dtype in (torch.float32, torch.bfloat16):
         for T in (1.0, 0.7):
             kw = random_round(4, 3, 300, dtype=dtype, device=device, seed=int(10 * alpha) + 40)
             kw.update(alpha=alpha, temperature=T)
-            ref, margins = reference_with_margins(**kw, rule="opt")
-            out = sk.verify(**kw, rule="opt", backend="triton")
-            assert_same_outputs(out, ref, margins, what=f"opt alpha={alpha} T={T} {dtype}")
+            ref, margins = reference_with_margins(**kw, rule=rule)
+            out = sk.verify(**kw, rule=rule, backend="triton")
+            assert_same_outputs(out, ref, margins, what=f"{rule} alpha={alpha} T={T} {dtype}")
 
 
 @pytest.mark.parametrize("rule", ["chow", "speculative", "token_v1", "opt"])

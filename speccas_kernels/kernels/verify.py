@@ -43,12 +43,15 @@ row's last step more than they save.)
 * **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or eta
   (the chunks' tiles folded entry by entry, one reduction and one record per item); the last item's program merges
-  and draws a ticket on the row. A rule whose r is monotone in TV (``Rule.monotone_tv``: opt, r = [max q^ < max p^ -
-  alpha TV]) reads no tile at a position where r is the same at TV = 0 and TV = 2 (for alpha >= 0 where max q^ >=
-  max p^, for alpha < 0 where max q^ < max p^): any TV the sum could give leaves r as it is, so its record is 0 and
-  every output the same (without the divergences, which need TV itself). A token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads
-  its chunks' screening records instead and only the tiles of the chunks whose largest logit on that side may
-  reach the floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its records.
+  and draws a ticket on the row. Where the look can change nothing (``_look_moot``), the merge releases the ready
+  flag as 2 and the items store a 0 record, reading nothing: a rule whose r is monotone in TV (``Rule.monotone_tv``:
+  opt, r = [max q^ < max p^ - alpha TV]) where r is the same at TV = 0 and TV = 2 (for alpha >= 0 where max q^ >=
+  max p^, for alpha < 0 where max q^ < max p^: any TV the sum could give leaves r as it is), and a token set where
+  the draft is in A with q(x) > 0 (a = 1 whatever eta, and a rejection, whose residual reads eta, lies elsewhere).
+  Every output is the same; with the divergences, which need the sums themselves, the look runs everywhere. A
+  token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads its chunks' screening records
+  instead and only the tiles of the chunks whose largest logit on that side may reach the floor (``_eta_item``): a
+  chunk with no member of A adds the drafter's mass from its records.
 * **accept** (row b): run by the program that draws a row's last ticket. Row validity, a_i at every verified
   position (from the statistics and the logits at the drafts the stats items recorded: every load hits what this
   launch wrote or read), the accept loop, all the outputs but the emitted token (written here when T = 0 and all
@@ -518,6 +521,7 @@ def _verify_kernel(
     USES_ALPHA: tl.constexpr,
     HIGH_OPEN: tl.constexpr,
     MONOTONE_TV: tl.constexpr,
+    SKIP_MOOT: tl.constexpr,  # skip the second look where it can change nothing (``_look_moot``)
     SECOND_LOOK: tl.constexpr,
     RAGGED: tl.constexpr,
     FILTERS: tl.constexpr,
@@ -589,7 +593,7 @@ def _verify_kernel(
                             c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV,
                             WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
                             BLOCK_V, BLOCK_K, BLOCK_T, TILES, CHUNKS, SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS,
-                            MONOTONE_TV)
+                            MONOTONE_TV, SKIP_MOOT)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
             r2 = r - stats_items
@@ -769,13 +773,14 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                 BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
                 CHUNKS: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, LANES: tl.constexpr,
-                VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr):
+                VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr,
+                SKIP_MOOT: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
     (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
     reduction across threads inside the loop); the item writes one record, and with SCREEN (a token set with a
     floor) each chunk of a drafted position its screening records (``_screen``: reductions within a warp only).
     The program with the position's last ticket merges the NS records and releases the position's ready flag: 2
-    where no row of the item needs the second look's tiles (``_tv_moot``), else 1."""
+    where the second look can change nothing at any row of the item (``_look_moot``), else 1."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
     NS = _items(NT, TILES, CHUNKS)  # stats items per position, one record each
@@ -860,16 +865,29 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             o = (rows * KP + i) * 2
             side = tl.arange(0, 2)[None, :]
             both = tl.where(side == 0, use_p[:, None], use_q[:, None] & HAS_Q)  # [R, 2]: target, drafter
-            if MONOTONE_TV and not DIVERGENCE:  # (loaded with the partials)
-                al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)
+            # where the look cannot change anything (``_look_moot``), the ready flag says so: 2 for the item's rows
+            MOOT: tl.constexpr = (SKIP_MOOT and SECOND_LOOK and not DIVERGENCE
+                                  and (MONOTONE_TV or FAMILY == FAMILY_B))
+            if MOOT:  # (loaded with the partials)
+                al = T * 0.0
+                if USES_ALPHA:
+                    al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)
+                if FAMILY == FAMILY_B:
+                    xi = tl.load(_x_at(x_ptr, rows, i, start, K, RAGGED), mask=use_q, other=-1)
+                    zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2  # the logits at the draft (``_stats_chunk``)
+                    zpx = tl.load(zx, mask=use_q, other=float("-inf"), cache_modifier=".cg")
+                    zqx = tl.load(zx + 1, mask=use_q, other=float("-inf"), cache_modifier=".cg")
             M, S1, ST, arg, bad = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, invT, scaled, both,
                                                BLOCK_T)
             _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o[:, None] + side, qf, both, M, S1, ST, arg, bad)
-            if MONOTONE_TV and not DIVERGENCE:
-                s1p = tl.sum(tl.where(side == 0, S1, 0.0), axis=1).to(tl.float32)  # (the values pos_f holds)
-                s1q = tl.sum(tl.where(side == 1, S1, 0.0), axis=1).to(tl.float32)
-                live = use_q & ~_tv_moot(WEIGHT, al, tl.where(use_q, s1q, 1.0), tl.where(use_q, s1p, 1.0))
-                ready = 2 - tl.max(live.to(tl.int32), axis=0)
+            if MOOT:
+                if FAMILY == FAMILY_B:
+                    moot = _look_moot(FAMILY, WEIGHT, IN_SET, FILTERS, al, M, S1, ST, side, use_q, xi, zpx, zqx, T,
+                                      cutq_ptr, rows * K + i, V)
+                else:
+                    moot = _look_moot(FAMILY, WEIGHT, IN_SET, FILTERS, al, M, S1, ST, side, use_q, 0, 0.0, 0.0, T,
+                                      cutq_ptr, rows * K + i, V)
+                ready = 2 - tl.max((use_q & ~moot).to(tl.int32), axis=0)
         tl.store(cnt_ptr + c_stats + pos, 0)
         if SECOND_LOOK:  # only the second look waits for a position's statistics
             common.release_flag(cnt_ptr + c_ready + pos, ready)
@@ -906,12 +924,28 @@ def _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, lo
 # ------------------------------------------------------------------------------------------------ second look
 
 @triton.jit
-def _tv_moot(WEIGHT: tl.constexpr, al, S1q, S1p):
-    """Whether TV cannot change r (a rule monotone in TV): r the same at TV = 0 and TV = 2 (any TV the second look
-    sums lies between), with max q^ and max p^ formed as the accept phase forms them."""
-    mq = 1.0 / S1q
-    mp = 1.0 / S1p
-    return WEIGHT(al, mq, mp, mq * 0.0) == WEIGHT(al, mq, mp, mq * 0.0 + 2.0)
+def _look_moot(FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr, FILTERS: tl.constexpr, al, M, S1,
+               ST, side, use, xi, zpx, zqx, T, cutq_ptr, cut_off, V):
+    """[R]: whether a position's second look can change nothing, from its merged statistics ([R, 2] per side:
+    target, drafter), each quantity formed as the accept phase forms it. A rule monotone in TV (``Rule.monotone_tv``:
+    opt): r is the same at TV = 0 and TV = 2, and any TV the look sums lies between. A token set: the draft is in A
+    with q(x) > 0 (the logits at the draft ``zpx``, ``zqx``), so a = 1 whatever eta, and the row's residual, at a
+    rejection, lies at another position."""
+    S1p = tl.where(use, tl.sum(tl.where(side == 0, S1, 0.0), axis=1), 1.0)
+    S1q = tl.where(use, tl.sum(tl.where(side == 1, S1, 0.0), axis=1), 1.0)
+    if FAMILY == FAMILY_B:
+        Mp = tl.where(use, tl.sum(tl.where(side == 0, M, 0.0), axis=1), 0.0)
+        Mq = tl.where(use, tl.sum(tl.where(side == 1, M, 0.0), axis=1), 0.0)
+        STq = tl.where(use, tl.sum(tl.where(side == 1, ST, 0.0), axis=1), 1.0)
+        x_ok = (xi >= 0) & (xi < V)
+        xc = tl.minimum(tl.maximum(xi, 0), V - 1)
+        qx, qh_x = _at_draft(zqx, xc, use, Mq, S1q, STq, xc, cutq_ptr, cut_off, T == 0, inv_temperature(T), FILTERS)
+        moot = _in_set(IN_SET, al, qh_x, _hat(zpx, Mp, S1p), S1p) & x_ok & (qx > 0)
+    else:
+        mq = 1.0 / S1q
+        mp = 1.0 / S1p
+        moot = WEIGHT(al, mq, mp, mq * 0.0) == WEIGHT(al, mq, mp, mq * 0.0 + 2.0)
+    return moot
 
 
 @triton.jit
@@ -1140,41 +1174,34 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
         pos = g * KP + i
         use = rmask & _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n)
         if tl.max(use.to(tl.int32), axis=0) > 0:
-            ready = wait_flag(cnt_ptr + c_ready + pos)  # 2: no row needs the tiles (``_stats_item``)
-            # a token set with a floor sums eta in ``_eta_item`` (with the divergences too, so that asking for them
-            # changes no bit of eta); the tile loop below then sums TV(q, p) only
-            SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR
-            DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
-            nch = _chunks(j, NT, TILES, CHUNKS)
-            if SPARSE_ETA:  # in flight with the position's statistics
-                mh, mr, sq = _eta_records(rows, i, j, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, CHUNKS,
-                                          BLOCK_T, SCREENS)
-            scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
-                                                                        pos_f_ptr, alpha_ptr, alpha_val, B, K,
-                                                                        USES_ALPHA)
-            unit = _unit_law(T, use)
-            qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None]
-            pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None]
-            if SPARSE_ETA:
-                zero = S1p * 0.0
-                whole = tl.max(_in_set(IN_SET, al, zero, zero, S1p).to(tl.int32), axis=1) > 0  # A = V: eta = 0
-                live = use & ~whole
-                eta = tl.zeros([ROWS], dtype=tl.float32)
-                if tl.max(live.to(tl.int32), axis=0) > 0:
-                    eta = _eta_item(j, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase,
-                                    pbase, mh, mr, sq, cutq_ptr, K, V, IN_SET, FLOOR, READS_PH, FILTERS, FP64, BLOCK_V,
-                                    BLOCK_T, TILES, CHUNKS, PAIRS)
-                tl.store(look_part_ptr + (rows * K + i) * NS + j, eta, mask=use)  # one record per item
-            if DENSE:
-                # A rule whose r is monotone in TV (``Rule.monotone_tv``: opt) reads no tile where r is the same at
-                # TV = 0 and TV = 2 for every row of the item (the ready flag says): its record is 0, and the accept
-                # phase's r the same as with the sum. The divergences need TV itself.
-                tv_rows = use
-                if MONOTONE_TV and not DIVERGENCE:
-                    tv_rows = use & (ready == 1)
-                acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
-                acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
-                if tl.max(tv_rows.to(tl.int32), axis=0) > 0:
+            ready = wait_flag(cnt_ptr + c_ready + pos)
+            # 2: the merge found that no row of the item needs the look (``_look_moot``): a 0 record, nothing read
+            if ready == 1:
+                # a token set with a floor sums eta in ``_eta_item`` (with the divergences too, so that asking for them
+                # changes no bit of eta); the tile loop below then sums TV(q, p) only
+                SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR
+                DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
+                nch = _chunks(j, NT, TILES, CHUNKS)
+                if SPARSE_ETA:  # in flight with the position's statistics
+                    mh, mr, sq = _eta_records(rows, i, j, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, CHUNKS,
+                                              BLOCK_T, SCREENS)
+                scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
+                                                                            pos_f_ptr, alpha_ptr, alpha_val, B, K,
+                                                                            USES_ALPHA)
+                unit = _unit_law(T, use)
+                qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None]
+                pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None]
+                if SPARSE_ETA:
+                    zero = S1p * 0.0
+                    whole = tl.max(_in_set(IN_SET, al, zero, zero, S1p).to(tl.int32), axis=1) > 0  # A = V: eta = 0
+                    live = use & ~whole
+                    eta = tl.zeros([ROWS], dtype=tl.float32)
+                    if tl.max(live.to(tl.int32), axis=0) > 0:
+                        eta = _eta_item(j, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase,
+                                        pbase, mh, mr, sq, cutq_ptr, K, V, IN_SET, FLOOR, READS_PH, FILTERS, FP64,
+                                        BLOCK_V, BLOCK_T, TILES, CHUNKS, PAIRS)
+                    tl.store(look_part_ptr + (rows * K + i) * NS + j, eta, mask=use)  # one record per item
+                if DENSE:
                     # family A and lossy: exp((z - M) / T) as one FFMA and one ex2 where no row's M / T reaches
                     # SHIFT_MAX (``exp_shift``), 1 / ST folded into one factor per side
                     FAST: tl.constexpr = (FAMILY != FAMILY_B) and not FP64
@@ -1184,30 +1211,31 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                     cq = cp
                     kq = cp
                     if FAST:
-                        fast, cp, kp, cq, kq = _shift_consts(tv_rows, scale, Mp, inv_STp, Mq, inv_STq)
+                        fast, cp, kp, cq, kq = _shift_consts(use, scale, Mp, inv_STp, Mq, inv_STq)
+                    acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
+                    acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
                     offs = tl.arange(0, BLOCK_V)
                     # the chunks wholly inside the vocabulary with no bound mask, then a position's partial last one
                     nfull = tl.minimum(tl.maximum((V - j * (CHUNKS * TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
                     c = 0
                     while c < nfull:
-                        acc, acc2 = _look_chunk(j * CHUNKS + c, acc, acc2, offs, rows, i, tv_rows, scale, Mp, S1p,
-                                                inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr,
-                                                K, V, FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH,
-                                                DIVERGENCE, SPARSE_ETA, TILES, BLOCK_V, ROWS, True, FAST, fast, cp,
-                                                kp, cq, kq)
+                        acc, acc2 = _look_chunk(j * CHUNKS + c, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp,
+                                                Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K, V,
+                                                FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH, DIVERGENCE,
+                                                SPARSE_ETA, TILES, BLOCK_V, ROWS, True, FAST, fast, cp, kp, cq, kq)
                         c += 1
-                    if nfull < nch:  # (a position's partial last chunk)
-                        acc, acc2 = _look_chunk(j * CHUNKS + nfull, acc, acc2, offs, rows, i, tv_rows, scale, Mp, S1p,
+                    if nfull < nch:  # (a position's last chunk, partial)
+                        acc, acc2 = _look_chunk(j * CHUNKS + nfull, acc, acc2, offs, rows, i, use, scale, Mp, S1p,
                                                 inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr,
                                                 K, V, FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH,
                                                 DIVERGENCE, SPARSE_ETA, TILES, BLOCK_V, ROWS, False, FAST, fast, cp,
                                                 kp, cq, kq)
                     if not SPARSE_ETA:
-                        tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # a record
-                elif not SPARSE_ETA:
-                    tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # 0: moot
-                if DIVERGENCE:
-                    tl.store(look_part_ptr + (B * K + rows * K + i) * NS + j, tl.sum(acc2, axis=1), mask=use)
+                        tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # one per item
+                    if DIVERGENCE:
+                        tl.store(look_part_ptr + (B * K + rows * K + i) * NS + j, tl.sum(acc2, axis=1), mask=use)
+            else:
+                tl.store(look_part_ptr + (rows * K + i) * NS + j, rows * 0.0, mask=use)
         if ticket(cnt_ptr + c_look + g * K + i) == NS - 1:
             if tl.max(use.to(tl.int32), axis=0) > 0:
                 if DIVERGENCE:  # both slots
@@ -1802,7 +1830,7 @@ ROOFLINE_PHASES = (
     ("look_merge", "_look_item", "ticket(cnt_ptr + c_look"),
     ("look_q", "_eta_item", "c < nch"),
     ("look_tail", "_look_item", "nfull < nch"),
-    ("look_tv", "_look_item", "tl.max(tv_rows"),
+    ("look_body", "_look_item", "ready == 1"),
     ("look", "_look_item", None),
     ("emit", "_race_item", "ticket(cnt_ptr + c_race"),
     ("race_tail", "_race_item", "not full_item"),
@@ -1810,28 +1838,36 @@ ROOFLINE_PHASES = (
 )
 
 
-def _moot_tv(launch) -> bool:
-    """Whether a launch skips the second look where r cannot depend on TV (a rule monotone in TV, no divergences)."""
-    return bool(launch.constexprs.get("MONOTONE_TV")) and launch.arg("div_ptr").kind != "tensor"
+def _skips_looks(launch) -> bool:
+    """Whether a launch skips the second look where it can change nothing (``_look_moot``: a rule monotone in TV, or
+    a token set; no divergences)."""
+    c = launch.constexprs
+    return (bool(c.get("SKIP_MOOT")) and bool(c.get("SECOND_LOOK")) and launch.arg("div_ptr").kind != "tensor"
+            and (bool(c.get("MONOTONE_TV")) or c.get("FAMILY") == rules.FAMILY_CODE[rules.FAMILY_B]))
 
 
 def roofline_data(launch, inputs) -> dict:
     """What ``roofline_hints`` reads off the modelled point's inputs (``inputs()``: zq, zp, x of the bench recipe at
-    the point's batch; bench/roofline.py): ``tv_share``, the share of drafted positions where a rule monotone in TV
-    runs its second look's tiles, r differing at TV = 0 and 2 (at T = 1 statistics, as the model's calls; float32)."""
-    if launch.name != "_verify_kernel" or not _moot_tv(launch) or launch.arg("zq_ptr").kind != "tensor":
+    the point's batch; bench/roofline.py): ``look_share``, the share of drafted positions whose second look can
+    change something (``_look_moot``: r differs at TV = 0 and 2 for a rule monotone in TV; the draft outside A or
+    q(x) = 0 for a token set), from the T = 1 statistics of the model's calls, in float32."""
+    if launch.name != "_verify_kernel" or not _skips_looks(launch) or launch.arg("zq_ptr").kind != "tensor":
         return {}
-    zq, zp, _ = inputs()
-    K = zq.shape[1]
     if launch.arg("alpha_ptr").kind == "tensor" or launch.arg("n_ptr").kind == "tensor":
         return {}  # (per-row arguments: the model takes the worst case)
-    n = max(0, min(K, int(launch.arg("n_val").value)))
-    mq = torch.softmax(zq[:, :n].float(), -1).amax(-1)
-    mp = torch.softmax(zp[:, :n].float(), -1).amax(-1)
-    weight = launch.constexprs["WEIGHT"].fn
+    zq, zp, x = inputs()
+    n = max(0, min(zq.shape[1], int(launch.arg("n_val").value)))
+    q = torch.softmax(zq[:, :n].float(), -1)
+    p = torch.softmax(zp[:, :n].float(), -1)
     al = torch.tensor(float(launch.arg("alpha_val").value))
-    live = weight(al, mq, mp, torch.zeros(())) != weight(al, mq, mp, torch.full((), 2.0))
-    return dict(tv_share=float(live.float().mean()) if live.numel() else 0.0)
+    if launch.constexprs["MONOTONE_TV"]:
+        weight, mq, mp = launch.constexprs["WEIGHT"].fn, q.amax(-1), p.amax(-1)
+        moot = weight(al, mq, mp, torch.zeros(())) == weight(al, mq, mp, torch.full((), 2.0))
+    else:
+        xs = x[:, :n, None].clamp(0, q.shape[-1] - 1)
+        qh, ph = q.gather(-1, xs).squeeze(-1), p.gather(-1, xs).squeeze(-1)
+        moot = launch.constexprs["IN_SET"].fn(al, qh, ph, p.amax(-1)) & (qh > 0)
+    return dict(look_share=1.0 - float(moot.float().mean())) if moot.numel() else {}
 
 
 def roofline_hints(launch) -> dict:
@@ -1845,8 +1881,8 @@ def roofline_hints(launch) -> dict:
     (``phase_loops``): stats G (K + 1) NS (the drafter's side, ``stats_q``, G n NS; the record of the logits at the
     draft, ``stats_x``, G n: one chunk per drafted position holds its draft), merges G (K + 1), second looks G n NS
     and their merges G K (rules with a second look, 0 < T < inf: T is taken as 1 when it arrives as a tensor), their
-    tile loops (``look_tv``) as many (none for a token set with a floor; for a rule monotone in TV, as many as the
-    traced run had: only where r depends on TV),
+    bodies (``look_body``: all but the wait and the ticket) as many, but where the launch skips looks that can
+    change nothing (``_look_moot``), at the share of the modelled inputs (``roofline_data``; without it, all),
     accepts G, race items G NI, emits G; the queue loop runs once per work item (``total``), the rest of the program
     once per program.
 
@@ -1857,8 +1893,8 @@ def roofline_hints(launch) -> dict:
     loads both sides' partials at once (1), releases the ready flag (only with a second look) and draws the row's ticket
     (2 or 3 at L2); a second look polls its flag, loads the position's statistics and its first chunk's tiles at once
     (L2: the stats read them one row of traffic earlier), each next chunk's tiles (one L2 round trip each) and draws a
-    ticket (2 + chunks: ``look`` 2, ``look_tv`` the chunks; for a rule monotone in TV the merge decides whether any
-    tile is needed, from the statistics it has, and the ready flag carries it), or, for a token set with a floor (``_eta_item``), loads the item's records with the statistics
+    ticket (2 + chunks: ``look`` 2, ``look_body`` the chunks; where a look can change nothing, the merge says so in
+    the ready flag), or, for a token set with a floor (``_eta_item``), loads the item's records with the statistics
     (2), and per chunk that may hold a member of A (``look_q``, as many as the traced run had) its target and drafter
     tiles at once (1); its merge loads the partials and draws the row's ticket (2); the accept phase loads statistics,
     drafts and the logits at the drafts (all written or read earlier in the launch: L2) at once, then releases the race
@@ -1894,10 +1930,10 @@ def roofline_hints(launch) -> dict:
     token_set = c["FAMILY"] == rules.FAMILY_CODE[rules.FAMILY_B]
     divergence = launch.arg("div_ptr").kind == "tensor"
     sparse_eta = token_set and c["HAS_FLOOR"] and not divergence  # ``_eta_item`` alone
-    tiles_looked = looks and not sparse_eta
-    # the look's tile loop: at every looked item, but for a rule monotone in TV only where r depends on TV: the
-    # share of the modelled inputs (``roofline_data``; without it, every position: the worst case)
-    share = float(launch.data.get("tv_share", 1.0)) if _moot_tv(launch) and tiles_looked else 1.0
+    dense = looks and not sparse_eta  # the look reads every tile
+    # the look's body: at every looked item, but where the launch skips looks that can change nothing, at the share
+    # of the modelled inputs (``roofline_data``; without it, at every position: the worst case)
+    share = float(launch.data.get("look_share", 1.0)) if _skips_looks(launch) else 1.0
     div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set and has_q else 0
     step = KP * NS + (K * NS if c["SECOND_LOOK"] else 0) + NI + div_items
     work = {
@@ -1914,11 +1950,11 @@ def roofline_hints(launch) -> dict:
         "stats_rerun": dict(count=0),
         "merge": dict(count=G * KP, l2=3 if c["SECOND_LOOK"] else 2),
         "look": dict(count=G * n * NS if looks else 0, l2=2),
-        "look_tv": dict(count=G * n * NS * share if tiles_looked else 0, l2=CH),
+        "look_body": dict(count=G * n * NS * share if looks else 0, l2=CH if dense else 0),
         "look_merge": dict(count=G * K if looks else 0, l2=2),
-        "look_tail": dict(count=G * n * share if tiles_looked and PART else 0),  # a position's partial last chunk
+        "look_tail": dict(count=G * n * share if dense and PART else 0),  # a looked position's partial last chunk
         # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the traced run had
-        "look_q": dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1),
+        "look_q": dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1, scale=share),
         "accept": dict(count=G, l2=2),
         "race": dict(count=G * (NI - PART), l2=3 if c["ROWS"] == 1 else 4),
         "race_tail": dict(count=G * PART, l2=3 if c["ROWS"] == 1 else 4),  # a row's partial last item
@@ -1929,16 +1965,17 @@ def roofline_hints(launch) -> dict:
     }
     if looks:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge"], 1, step),
-                 (["queue", "look", "look_tv", "look_q"], n * NS, 0), (["look_merge", "accept"], 1, step),
+                 (["queue", "look", "look_body", "look_q"], n * NS, 0), (["look_merge", "accept"], 1, step),
                  (["queue", "race"], NI, 0), (["emit"], 1, 0)]
     else:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "accept"], 1, step),
                  (["queue", "race"], NI, 0), (["emit"], 1, 0)]
-    # the traced look re-reads q_i and p_i at every drafted position (``ROOFLINE_TRACE``); the skipped share's are saved
-    saved = (1.0 - share) * G * n * 2 * val("V") * launch.arg("zp_ptr").element_size
+    # the traced look re-reads q_i and p_i at every drafted position (``ROOFLINE_TRACE``): the skipped share's are
+    # saved (a token set's look re-reads only some chunks, whose bytes the hints do not know: none taken off)
+    saved = (1.0 - share) * G * n * 2 * val("V") * launch.arg("zp_ptr").element_size if dense else 0.0
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work, l2_bytes_saved=saved,
                 phase_loops=[["_stats_item", "c < nfull", FULL, ["stats", "stats_q"]],
-                             ["_look_item", "c < nfull", FULL, ["look_tv"]]],
+                             ["_look_item", "c < nfull", FULL, ["look_body"]]],
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
                 note="persistent: phases per work item, chain of one row")
@@ -1950,11 +1987,11 @@ def roofline_hints(launch) -> dict:
 # program's round trips overlap another's work (ignored by the interpreter).
 MAX_REGISTERS = 128
 ITEMS_PER_PROGRAM = 0  # tests set this (under the interpreter) to make every hand-off cross programs
-# False: the second look of a rule monotone in TV runs at every position, as if r could depend on TV everywhere (the
-# same outputs). bench/roofline.py traces that worst case (``ROOFLINE_TRACE``), and counts the share its modelled
-# inputs skip from ``roofline_data``.
-TV_SKIP = True
-ROOFLINE_TRACE = {"TV_SKIP": False}
+# False: the second look runs at every position, also where it can change nothing (``_look_moot``; the same outputs).
+# bench/roofline.py traces that worst case (``ROOFLINE_TRACE``) and counts the share its modelled inputs skip from
+# ``roofline_data``.
+SKIP_MOOT_LOOKS = True
+ROOFLINE_TRACE = {"SKIP_MOOT_LOOKS": False}
 
 
 def magic(d: int) -> Tuple[int, int]:
@@ -2061,7 +2098,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         zq, zp, x, cu, n_ptr, int(n_val), a_ptr, float(a_val), t_ptr, float(t_val), s_ptr, int(s_val), o_ptr,
         int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *magic(step), *magic(ns),
         *strides,
-        **dict(cx, MONOTONE_TV=cx["MONOTONE_TV"] and TV_SKIP), SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
+        **cx, SKIP_MOOT=SKIP_MOOT_LOOKS, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
         TILES=tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
         num_warps=num_warps,
