@@ -2463,7 +2463,10 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "claims and whose outermost line is a kernel line inside the call of a phase's function (code the "
              "compiler merged from that call's inlined bodies) is charged to that phase, where r2 charged it to "
              "every work item drawn (at v18 about 170 instructions per race item). Rows up to v18 are r2; v18-r3 (the "
-             "kernels of v18 again) and the versions after it are r3.")
+             "kernels of v18 again) and the versions after it are r3. From v21 (2026-12-02 12:30 UTC) a kernel that "
+             "skips work as the data say (second looks that can change nothing) is traced doing it everywhere, and "
+             "the rows count the skipped share from the modelled point's own inputs, the bench recipe at that batch "
+             "(`roofline_data`): one or two traced rows are too few to stand for it.")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
