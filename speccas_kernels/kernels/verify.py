@@ -609,7 +609,7 @@ def _verify_kernel(
                                c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
                                USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
                                BLOCK_K, BLOCK_T, TILES, CHUNKS, READS_PH, FLOOR,
-                               HAS_FLOOR, SCREENS, PAIRS, MONOTONE_TV)
+                               HAS_FLOOR, SCREENS, PAIRS)
         elif r < stats_items + look_items + NI:
             g = (s - lag).to(tl.int64)
             if (g >= 0) & (g < G):
@@ -1160,13 +1160,14 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
                CHUNKS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr,
-               SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr):
+               SCREENS: tl.constexpr, PAIRS: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item; the program with the last ticket sums the NS records. A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
     with a floor on its hat (``HAS_FLOOR``) sums eta from the screening records and only the chunks that may hold
     a member of A (``_eta_item``), nothing at a row whose A is the whole vocabulary (eta = 0), and reads every tile
-    only for TV(q, p) when the divergences are asked."""
+    only for TV(q, p) when the divergences are asked. Where the merge found that the look can change nothing at any
+    row of the item (the ready flag 2: ``_look_moot``), the item stores a 0 record and reads nothing."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NS = _items(NT, TILES, CHUNKS)  # second-look items per position (a stats item's chunks)
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
