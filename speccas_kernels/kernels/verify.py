@@ -872,6 +872,9 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 al = T * 0.0
                 if USES_ALPHA:
                     al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)
+                xi = rows * 0  # (a token set's draft and its logits; a rule monotone in TV reads none)
+                zpx = al * 0.0
+                zqx = zpx
                 if FAMILY == FAMILY_B:
                     xi = tl.load(_x_at(x_ptr, rows, i, start, K, RAGGED), mask=use_q, other=-1)
                     zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2  # the logits at the draft (``_stats_chunk``)
@@ -881,12 +884,8 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                                                BLOCK_T)
             _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o[:, None] + side, qf, both, M, S1, ST, arg, bad)
             if MOOT:
-                if FAMILY == FAMILY_B:
-                    moot = _look_moot(FAMILY, WEIGHT, IN_SET, FILTERS, al, M, S1, ST, side, use_q, xi, zpx, zqx, T,
-                                      cutq_ptr, rows * K + i, V)
-                else:
-                    moot = _look_moot(FAMILY, WEIGHT, IN_SET, FILTERS, al, M, S1, ST, side, use_q, 0, 0.0, 0.0, T,
-                                      cutq_ptr, rows * K + i, V)
+                moot = _look_moot(FAMILY, WEIGHT, IN_SET, FILTERS, al, M, S1, ST, side, use_q, xi, zpx, zqx, T,
+                                  cutq_ptr, rows * K + i, V)
                 ready = 2 - tl.max((use_q & ~moot).to(tl.int32), axis=0)
         tl.store(cnt_ptr + c_stats + pos, 0)
         if SECOND_LOOK:  # only the second look waits for a position's statistics
