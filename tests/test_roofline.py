@@ -473,6 +473,39 @@ def test_opt_look_share_comes_from_the_modelled_inputs():
     assert chow.launches[-1].data == {}
 
 
+def test_looks_that_change_nothing_leave_the_rows_chain():
+    """Where no row of the modelled inputs has a drafted position whose second look can change something
+    (``look_rows`` 0), the merges count the looks done and a row's accept phase waits for no look item: the chain of
+    the hints holds no look step. token_v1 at B = 1 and V = 151936 (flat logits: A is the whole vocabulary) is such
+    a point. Controls: opt's inputs keep the look on the chain (``look_rows``: the rows with a position whose r
+    depends on TV, counted here from the inputs), and so does a launch without data (the worst case)."""
+    from speccas_kernels.kernels import verify as kv
+
+    def chain_phases(hints):
+        return [p for step in hints["phase_chain"] for p in step[0]]
+
+    pt = rf.Point("verify", "token_v1", 1, 4, 151936, "fp32")
+    work, _ = rf.capture(pt.op, pt.rule, pt.B, pt.K, pt.V, pt.dtype)
+    launch = work.launches[-1]
+    worst = chain_phases(kv.roofline_hints(launch))
+    assert "look" in worst and "look_merge" in worst
+    rf.attach_data(pt, work.launches)
+    assert launch.data == dict(look_share=0.0, look_rows=0.0)
+    phases = chain_phases(kv.roofline_hints(launch))
+    assert "look" not in phases and "look_merge" not in phases and "accept" in phases and "race" in phases
+
+    pt = rf.Point("verify", "opt", 16, 4, 4096, "fp32")
+    work, _ = rf.capture(pt.op, pt.rule, pt.B, pt.K, pt.V, pt.dtype)
+    launch = work.launches[-1]
+    rf.attach_data(pt, work.launches)
+    zq, zp, _ = rf.make_inputs(pt.op, pt.B, pt.K, pt.V, pt.dtype)
+    mq, mp = torch.softmax(zq, -1).amax(-1), torch.softmax(zp[:, :pt.K], -1).amax(-1)
+    alpha = speccas_kernels.DEFAULT_ALPHA["opt"]
+    want = ((mq < mp) != (mq < mp - 2 * alpha)).any(-1).float().mean().item()
+    assert 0 < want and launch.data["look_rows"] == pytest.approx(want)
+    assert "look" in chain_phases(kv.roofline_hints(launch))
+
+
 _TRACED_LINE = "a line whose executions count a phase"  # (the string appears once in this file: on this line)
 
 

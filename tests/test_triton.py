@@ -66,6 +66,16 @@ def test_verify_work_item_settings(device, rule, monkeypatch):
         "same tiles, other rows per item: bit for bit"
 
 
+def _assert_counters_zero(what):
+    """The kernels leave every counter (tickets, ready and race flags, the queue) at zero for the next launch."""
+    from speccas_kernels.kernels import common
+
+    for key, bufs in common._COUNTERS.items():
+        for b in bufs:
+            left = b.nonzero().flatten().tolist()
+            assert not left, f"{what}: counters {left[:8]} of {key} left nonzero: {b[left[:8]].tolist()}"
+
+
 @pytest.mark.parametrize("rule,alpha", [("opt", a) for a in (-20.0, -0.5, 0.0, 0.5, 0.9)]
                          + [("token_v1", 0.02), ("token_v2", 0.1), ("token_v3", 0.5), ("token_v3", 0.8)])
 def test_skipped_looks_change_nothing(device, rule, alpha, monkeypatch):
@@ -81,6 +91,7 @@ def test_skipped_looks_change_nothing(device, rule, alpha, monkeypatch):
         ref, margins = reference_with_margins(**kw, rule=rule)
         out = sk.verify(**kw, rule=rule, backend="triton")
         assert_same_outputs(out, ref, margins, what=f"{rule} alpha={alpha} T={T} {dtype}")
+        _assert_counters_zero(f"{rule} alpha={alpha} T={T} {dtype}")
 
 
 @pytest.mark.parametrize("rule", ["chow", "speculative", "token_v1", "opt"])

@@ -181,12 +181,19 @@ def load_tile(base, lo, use, n_left, N: tl.constexpr, FP64: tl.constexpr, PAIRS:
 
 
 @triton.jit
-def ticket(counter_ptr):
-    """Publish this program's stores, then draw a ticket (0, 1, ...) on a counter."""
+def tickets(counter_ptr, n):
+    """Publish this program's stores, then draw n tickets at once on a counter: the first one's number (0, 1, ...).
+    The program holds the last ticket of a count of c when the number plus n is c."""
     tl.debug_barrier()
-    t = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+    t = tl.atomic_add(counter_ptr, n, sem="acq_rel")
     tl.debug_barrier()
     return t
+
+
+@triton.jit
+def ticket(counter_ptr):
+    """Publish this program's stores, then draw a ticket (0, 1, ...) on a counter."""
+    return tickets(counter_ptr, 1)
 
 
 @triton.jit

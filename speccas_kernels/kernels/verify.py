@@ -44,14 +44,16 @@ row's last step more than they save.)
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or eta
   (the chunks' tiles folded entry by entry, one reduction and one record per item); the last item's program merges
   and draws a ticket on the row. Where the look can change nothing (``_look_moot``), the merge releases the ready
-  flag as 2 and the items store a 0 record, reading nothing: a rule whose r is monotone in TV (``Rule.monotone_tv``:
-  opt, r = [max q^ < max p^ - alpha TV]) where r is the same at TV = 0 and TV = 2 (for alpha >= 0 where max q^ >=
-  max p^, for alpha < 0 where max q^ < max p^: any TV the sum could give leaves r as it is), and a token set where
-  the draft is in A with q(x) > 0 (a = 1 whatever eta, and a rejection, whose residual reads eta, lies elsewhere).
-  Every output is the same; with the divergences, which need the sums themselves, the look runs everywhere. A
-  token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads its chunks' screening records
-  instead and only the tiles of the chunks whose largest logit on that side may reach the floor (``_eta_item``): a
-  chunk with no member of A adds the drafter's mass from its records.
+  flag as 2, takes the look's sum as 0 and counts the look done on the row (two tickets at once), so the row's
+  accept phase waits for no look item of that position; the items read and report nothing (the last one returns
+  the ready flag to zero, as it does wherever look items wait for it): a rule whose r is monotone in TV
+  (``Rule.monotone_tv``: opt, r = [max q^ < max p^ - alpha TV]) where r is the same at TV = 0 and TV = 2 (for
+  alpha >= 0 where max q^ >= max p^, for alpha < 0 where max q^ < max p^: any TV the sum could give leaves r as it
+  is), and a token set where the draft is in A with q(x) > 0 (a = 1 whatever eta, and a rejection, whose residual
+  reads eta, lies elsewhere). Every output is the same; with the divergences, which need the sums themselves, the
+  look runs everywhere. A token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads its
+  chunks' screening records instead and only the tiles of the chunks whose largest logit on that side may reach the
+  floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its records.
 * **accept** (row b): run by the program that draws a row's last ticket. Row validity, a_i at every verified
   position (from the statistics and the logits at the drafts the stats items recorded: every load hits what this
   launch wrote or read), the accept loop, all the outputs but the emitted token (written here when T = 0 and all
@@ -120,7 +122,7 @@ from ..outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from . import common, philox
 from .common import (BIG, LOG2E, NEG_INF, SHIFT_MAX, best_lowest_rows, exp_scaled, exp_shift, fma_exact,
                      inv_temperature, ln_fast, load_logits, load_tile, log2_fast, log2e_scale, row_params,
-                     temperature_ok, ticket, wait_flag)
+                     temperature_ok, ticket, tickets, wait_flag)
 
 FAMILY_A = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_A])
 FAMILY_B = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_B])
@@ -857,6 +859,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
     pos = g * KP + i
     if ticket(cnt_ptr + c_stats + pos) == NS - 1:
         ready = 1
+        done = 1  # 2: the position's second look is done too (it can change nothing: no look item reports to the row)
         if tl.max(use_p.to(tl.int32), axis=0) > 0:
             invT = inv_temperature(T)
             scaled = use_q & (T > 0) & ((T != 1.0) | FILTERS)
@@ -887,6 +890,13 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 moot = _look_moot(FAMILY, WEIGHT, IN_SET, FILTERS, al, M, S1, ST, side, use_q, xi, zpx, zqx, T,
                                   cutq_ptr, rows * K + i, V)
                 ready = 2 - tl.max((use_q & ~moot).to(tl.int32), axis=0)
+                # The rows whose look items wait for this flag (as ``_look_item`` forms them): where they would find
+                # 2, the look's sum is taken as 0 here and counted done on the row now, so the row's accept phase
+                # need not wait for the look items (they read nothing and report nothing).
+                looked = use_q & _needs_look(T, SECOND_LOOK, HAS_Q)
+                if (ready == 2) & (tl.max(looked.to(tl.int32), axis=0) > 0):
+                    tl.store(look_ptr + rows * K + i, T * 0.0, mask=looked)
+                    done = 2
         tl.store(cnt_ptr + c_stats + pos, 0)
         if SECOND_LOOK:  # only the second look waits for a position's statistics
             common.release_flag(cnt_ptr + c_ready + pos, ready)
@@ -895,7 +905,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                     x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr,
                     fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb,
                     stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED,
-                    FILTERS, FP64, ROWS, BLOCK_K)
+                    FILTERS, FP64, ROWS, BLOCK_K, done)
 
 
 @triton.jit
@@ -906,12 +916,13 @@ def _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, lo
                 FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
                 USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                 RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-                BLOCK_K: tl.constexpr):
-    """One of the group's merges is done: the program with the group's last ticket runs the accept phase."""
+                BLOCK_K: tl.constexpr, done):
+    """``done`` of the group's merges are done (2: a position's statistics and its second look, which the merge
+    found could change nothing): the program with the group's last ticket runs the accept phase."""
     target = K + 1
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
         target += K
-    if ticket(cnt_ptr + c_row + g) == target - 1:
+    if tickets(cnt_ptr + c_row + g, done) == target - done:
         _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
                 num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
                 x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
@@ -1166,16 +1177,19 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
     with a floor on its hat (``HAS_FLOOR``) sums eta from the screening records and only the chunks that may hold
     a member of A (``_eta_item``), nothing at a row whose A is the whole vocabulary (eta = 0), and reads every tile
     only for TV(q, p) when the divergences are asked. Where the merge found that the look can change nothing at any
-    row of the item (the ready flag 2: ``_look_moot``), the item stores a 0 record and reads nothing."""
+    row of the item (the ready flag 2: ``_look_moot``), the item reads and reports nothing: the merge took the
+    sum as 0 and counted the look done on the row. The last item returns the ready flag to zero."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NS = _items(NT, TILES, CHUNKS)  # second-look items per position (a stats item's chunks)
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
         KP = K + 1
         pos = g * KP + i
         use = rmask & _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n)
+        ready = 0
         if tl.max(use.to(tl.int32), axis=0) > 0:
             ready = wait_flag(cnt_ptr + c_ready + pos)
-            # 2: the merge found that no row of the item needs the look (``_look_moot``): a 0 record, nothing read
+            # 2: the merge found that no row of the item needs the look (``_look_moot``), took its sum as 0 and
+            # counted it done on the row: nothing read, nothing reported
             if ready == 1:
                 # a token set with a floor sums eta in ``_eta_item`` (with the divergences too, so that asking for them
                 # changes no bit of eta); the tile loop below then sums TV(q, p) only
@@ -1234,30 +1248,35 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                         tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # one per item
                     if DIVERGENCE:
                         tl.store(look_part_ptr + (B * K + rows * K + i) * NS + j, tl.sum(acc2, axis=1), mask=use)
-            else:
-                tl.store(look_part_ptr + (rows * K + i) * NS + j, rows * 0.0, mask=use)
         if ticket(cnt_ptr + c_look + g * K + i) == NS - 1:
+            # Every look item of the position has read its ready flag (each before its ticket): the flag goes back
+            # to zero here, not in the accept phase, which may run before them where the merge counted the look done.
             if tl.max(use.to(tl.int32), axis=0) > 0:
-                if DIVERGENCE:  # both slots
-                    tt = tl.arange(0, BLOCK_T)[None, None, :]
-                    slot = tl.arange(0, 2)[None, :, None]
-                    parts = tl.load(look_part_ptr + ((slot * B + rows[:, None, None]) * K + i) * NS + tt,
-                                    mask=use[:, None, None] & (tt < NS) & (slot < 2), other=0.0, cache_modifier=".cg")
-                    slot = tl.arange(0, 2)[None, :]
-                    tl.store(look_ptr + (slot * B + rows[:, None]) * K + i, tl.sum(parts, axis=2),
-                             mask=use[:, None] & (slot < 2))
-                else:
-                    tt = tl.arange(0, BLOCK_T)
-                    parts = tl.load(look_part_ptr + (rows[:, None] * K + i) * NS + tt[None, :],
-                                    mask=use[:, None] & (tt < NS)[None, :], other=0.0, cache_modifier=".cg")
-                    tl.store(look_ptr + rows * K + i, tl.sum(parts, axis=1), mask=use)
+                tl.store(cnt_ptr + c_ready + pos, 0)
+                if ready == 1:
+                    if DIVERGENCE:  # both slots
+                        tt = tl.arange(0, BLOCK_T)[None, None, :]
+                        slot = tl.arange(0, 2)[None, :, None]
+                        parts = tl.load(look_part_ptr + ((slot * B + rows[:, None, None]) * K + i) * NS + tt,
+                                        mask=use[:, None, None] & (tt < NS) & (slot < 2), other=0.0,
+                                        cache_modifier=".cg")
+                        slot = tl.arange(0, 2)[None, :]
+                        tl.store(look_ptr + (slot * B + rows[:, None]) * K + i, tl.sum(parts, axis=2),
+                                 mask=use[:, None] & (slot < 2))
+                    else:
+                        tt = tl.arange(0, BLOCK_T)
+                        parts = tl.load(look_part_ptr + (rows[:, None] * K + i) * NS + tt[None, :],
+                                        mask=use[:, None] & (tt < NS)[None, :], other=0.0, cache_modifier=".cg")
+                        tl.store(look_ptr + rows * K + i, tl.sum(parts, axis=1), mask=use)
             tl.store(cnt_ptr + c_look + g * K + i, 0)
-            _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
-                        num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr,
-                        zp_ptr, x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
-                        cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk,
-                        stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE,
-                        HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K)
+            if ready != 2:  # (2: the merge counted the look done on the row)
+                _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr,
+                            tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr,
+                            row_f_ptr, zq_ptr, zp_ptr, x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr,
+                            offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row,
+                            c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
+                            USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K,
+                            1)
 
 
 # ------------------------------------------------------------------------------------------------ accept
@@ -1440,9 +1459,11 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
     xm = tl.sum(tl.where((i == mm) & x_ok, x, 0), axis=1)
     tl.store(row_i_ptr + 2 * B + rows, tl.where(xm_ok, xm, -1).to(tl.int32), mask=rmask)  # -1: outside [0, V)
     tl.store(row_f_ptr + rows, tl.sum(tl.where(i == mm, w, 0.0), axis=1), mask=rmask)
-    # Every merge of the group is done: its counters go back to zero, then the race may start.
+    # Every merge of the group is done: its counters go back to zero, then the race may start. A ready flag that
+    # look items wait for goes back to zero with the position's last look item (``_look_item``), which may run later.
     j = tl.arange(0, BLOCK_K)
-    tl.store(cnt_ptr + c_ready + g * KP + j, j * 0, mask=j < KP)
+    waited = ((rmask & _needs_look(T, SECOND_LOOK, HAS_Q))[:, None] & (j[None, :] < n[:, None])).to(tl.int32)
+    tl.store(cnt_ptr + c_ready + g * KP + j, j * 0, mask=(j < KP) & (tl.max(waited, axis=0) == 0))
     tl.store(cnt_ptr + c_row + g, 0)
     flag = 1
     if ROWS == 1:  # the flag carries the row's m and race kind: the race items read them off their wait
@@ -1850,7 +1871,8 @@ def roofline_data(launch, inputs) -> dict:
     """What ``roofline_hints`` reads off the modelled point's inputs (``inputs()``: zq, zp, x of the bench recipe at
     the point's batch; bench/roofline.py): ``look_share``, the share of drafted positions whose second look can
     change something (``_look_moot``: r differs at TV = 0 and 2 for a rule monotone in TV; the draft outside A or
-    q(x) = 0 for a token set), from the T = 1 statistics of the model's calls, in float32."""
+    q(x) = 0 for a token set), and ``look_rows``, the share of rows with such a position (the others' accept
+    phases wait for no look item), from the T = 1 statistics of the model's calls, in float32."""
     if launch.name != "_verify_kernel" or not _skips_looks(launch) or launch.arg("zq_ptr").kind != "tensor":
         return {}
     if launch.arg("alpha_ptr").kind == "tensor" or launch.arg("n_ptr").kind == "tensor":
@@ -1867,7 +1889,9 @@ def roofline_data(launch, inputs) -> dict:
         xs = x[:, :n, None].clamp(0, q.shape[-1] - 1)
         qh, ph = q.gather(-1, xs).squeeze(-1), p.gather(-1, xs).squeeze(-1)
         moot = launch.constexprs["IN_SET"].fn(al, qh, ph, p.amax(-1)) & (qh > 0)
-    return dict(look_share=1.0 - float(moot.float().mean())) if moot.numel() else {}
+    if not moot.numel():
+        return {}
+    return dict(look_share=1.0 - float(moot.float().mean()), look_rows=1.0 - float(moot.all(-1).float().mean()))
 
 
 def roofline_hints(launch) -> dict:
@@ -1905,7 +1929,9 @@ def roofline_hints(launch) -> dict:
 
     Chain of one row (steps; ``gap``: work items drawn by other programs meanwhile, ``step`` = one super-step):
     stats (K + 1) NS items -> merge, or the gap -> second looks n NS -> their merge and the accept, or the gap ->
-    race NI items -> emit. Without a second look: stats -> merge and accept, or the gap -> race -> emit."""
+    race NI items -> emit. Without a second look, or where no row of the modelled inputs has a position whose look
+    can change something (``look_rows`` 0: the merges count the looks done): stats -> merge and accept, or the gap ->
+    race -> emit."""
     if launch.name != "_verify_kernel":
         return {}
     c = launch.constexprs
@@ -1934,6 +1960,9 @@ def roofline_hints(launch) -> dict:
     # the look's body: at every looked item, but where the launch skips looks that can change nothing, at the share
     # of the modelled inputs (``roofline_data``; without it, at every position: the worst case)
     share = float(launch.data.get("look_share", 1.0)) if _skips_looks(launch) else 1.0
+    # where no row has a position whose look can change something, the merges count the looks done and the accept
+    # phase waits for no look item: the rows' chains hold no look step (one row with a look: the worst case, all do)
+    looks_on_chain = looks and (float(launch.data.get("look_rows", 1.0)) if _skips_looks(launch) else 1.0) > 0
     div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set and has_q else 0
     step = KP * NS + (K * NS if c["SECOND_LOOK"] else 0) + NI + div_items
     work = {
@@ -1963,7 +1992,7 @@ def roofline_hints(launch) -> dict:
         "div": dict(count=G * n * NI if div_items and looks else 0, l2=3),  # a token set's TV(pi, p), when asked
         "div_done": dict(count=G if div_items else 0, l2=2),
     }
-    if looks:
+    if looks_on_chain:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge"], 1, step),
                  (["queue", "look", "look_body", "look_q"], n * NS, 0), (["look_merge", "accept"], 1, step),
                  (["queue", "race"], NI, 0), (["emit"], 1, 0)]
