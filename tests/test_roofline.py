@@ -750,7 +750,7 @@ def test_grid_point_end_to_end(tmp_path, monkeypatch):
         f"## For the README: t against u, K = 2, V = 1000 ({rf.MODEL_BANNER})"], md[:12]
 
 
-BATCH_SIZED = {"CHUNKS", "TILES", "LANES", "VEC", "SCREENS"}  # constexprs a launcher shrinks at small batches
+BATCH_SIZED = {"CHUNKS", "TILES", "RACE_TILES", "LANES", "VEC", "SCREENS"}  # constexprs a launcher shrinks at small batches
 
 
 def _branches_on(source: str, names=BATCH_SIZED):

@@ -32,7 +32,8 @@ if not triton_backend.available("triton")[0]:
 @pytest.mark.parametrize("rule", ["speculative", "opt", "token_v3", "ensemble"])
 def test_verify_work_item_settings(device, rule, monkeypatch):
     """The same tokens whatever the rows per work item (1 is what a GPU runs), the tile size, the tiles per chunk
-    and chunks per stats item (a last item with fewer chunks, a last chunk with missing tiles), or how many work
+    and chunks per stats item (a last item with fewer chunks, a last chunk with missing tiles), the tiles per race
+    item (fewer or more than a chunk's, a partial last item), or how many work
     items a program takes (1: every ticket, flag and merge is handed from one program to another). A token set's
     passes take q = q^ and p = p^ from one exp when every row of an item samples at T = 1 (``_unit_law``): with one
     row per item the T = 1 rows take that path, with the whole batch per item (mixed temperatures) none does, and
@@ -43,15 +44,17 @@ def test_verify_work_item_settings(device, rule, monkeypatch):
     kw["temperature"] = torch.tensor([0.0, 1.0, 0.7, 1.3, 1.0], device=device)
     ref, margins = reference_with_margins(**kw, rule=rule)
     outs = []
-    for rows, items, block, tiles, chunks in ((None, 0, None, None, None), (1, 1, 16, None, None),
-                                              (2, 3, 32, None, None), (1, 0, None, None, None),
-                                              (4, 7, 16, None, None), (1, 1, 16, 2, 3), (2, 2, 16, 1, 3),
-                                              (1, 3, 16, 4, 1)):
+    # (race items of fewer tiles than a chunk, as a GPU runs at B = 1, of more, and of a partial last item)
+    for rows, items, block, tiles, chunks, race in ((None, 0, None, None, None, 0), (1, 1, 16, None, None, 0),
+                                                    (2, 3, 32, None, None, 0), (1, 0, None, None, None, 0),
+                                                    (4, 7, 16, None, None, 0), (1, 1, 16, 2, 3, 1),
+                                                    (2, 2, 16, 1, 3, 2), (1, 3, 16, 4, 1, 2)):
         monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
         monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
         monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", tiles)
         monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", chunks)
         monkeypatch.setattr(kv, "ITEMS_PER_PROGRAM", items)
+        monkeypatch.setattr(kv, "RACE_TILES", race)
         outs.append(sk.verify(**kw, rule=rule, backend="triton"))
     assert_same_outputs(outs[0], ref, margins, what=f"{rule} default settings")
     for o in outs[1:]:  # tile sizes change summation orders: accept_prob to rounding, the rest exactly

@@ -21,8 +21,10 @@ The items, in the phases of SPEC.md section 9:
 A chunk is TILES vocabulary tiles of BLOCK_V entries (4 on a GPU). A stats or second-look item covers CHUNKS chunks
 (on a GPU 4, or 16 for 2-byte logits: a loop), a race or divergence item one chunk; at a small batch the items
 shrink (chunks first, then tiles) while a position's stats items still fit in one wave of the programs
-(``triton_backend.tiles`` / ``chunks``, ``launch_verify``): NS = ceil(NT / (TILES CHUNKS)) stats and second-look
-items and NI = ceil(NT / TILES) race and divergence items per position. (Larger items draw a quarter as many from
+(``triton_backend.tiles`` / ``chunks``, ``launch_verify``), and the race items (RACE_TILES tiles) while a row's
+still do: NS = ceil(NT / (TILES CHUNKS)) stats and second-look items and NI = ceil(NT / TILES) divergence items per
+position, NR = ceil(NT / RACE_TILES) race items per row (at B = 1 on a GPU, one tile each: the row's last steps
+are the race and the emit, so a smaller item is a shorter step). (Larger items draw a quarter as many from
 the queue, each draw costing about as many instructions as a chunk's statistics; larger race items would lengthen a
 row's last step more than they save.)
 
@@ -533,6 +535,7 @@ def _verify_kernel(
     BLOCK_K: tl.constexpr,  # >= K + 1
     BLOCK_T: tl.constexpr,  # >= NT
     TILES: tl.constexpr,  # vocabulary tiles per chunk (statically unrolled)
+    RACE_TILES: tl.constexpr,  # tiles per race item (statically unrolled): TILES, or fewer at a small batch
     CHUNKS: tl.constexpr,  # chunks of TILES tiles per work item, at most
     ITEMS_PER_PROGRAM: tl.constexpr,  # 0: as many as the queue holds
     LANES: tl.constexpr,  # entries of a chunk the threads hold at one place (threads x VEC, at most TILES x BLOCK_V)
@@ -568,7 +571,10 @@ def _verify_kernel(
         div_items = K * NI
     else:
         div_items = K * 0
-    step = stats_items + look_items + NI + div_items
+    # race items per row (with a token set's divergence items, whose last one counts the race items too: NI)
+    tl.static_assert((not DIV_ITEMS) or (RACE_TILES == TILES))
+    NR = (NT + RACE_TILES - 1) // RACE_TILES
+    step = stats_items + look_items + NR + div_items
 
     done = 0
     w = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
@@ -612,7 +618,7 @@ def _verify_kernel(
                                USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
                                BLOCK_K, BLOCK_T, TILES, CHUNKS, READS_PH, FLOOR,
                                HAS_FLOOR, SCREENS, PAIRS)
-        elif r < stats_items + look_items + NI:
+        elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
             if (g >= 0) & (g < G):
                 _race_item(g, r - stats_items - look_items, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr,
@@ -620,12 +626,12 @@ def _verify_kernel(
                            alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
                            cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
                            IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T,
-                           TILES, DIV_ITEMS, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS, VEC)
+                           RACE_TILES, DIV_ITEMS, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS, VEC)
         else:
             g = (s - lag).to(tl.int64)
             if DIV_ITEMS:
                 if (g >= 0) & (g < G):
-                    r3 = r - stats_items - look_items - NI
+                    r3 = r - stats_items - look_items - NR
                     i = r3 // NI
                     _div_item(g, i.to(tl.int64), r3 - i * NI, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr,
                               look_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr,
@@ -1900,14 +1906,15 @@ def roofline_hints(launch) -> dict:
     dependent round trips to memory, one row's chain of dependent phases, and the rows the queue order interleaves.
 
     Executions, for G row groups, K drafts (n = K unless ``num_draft_tokens`` is one smaller number), NT tiles, NI =
-    ceil(NT / TILES) race items per position (each unrolls its TILES tiles, so the SASS counts them all) and NS =
-    ceil(NT / (TILES CHUNKS)) stats and second-look items, whose loops run NI / NS chunks on average
+    ceil(NT / TILES) chunks per position, NR = ceil(NT / RACE_TILES) race items per row (each unrolls its RACE_TILES
+    tiles, so the SASS counts them all) and NS = ceil(NT / (TILES CHUNKS)) stats and second-look items, whose loops
+    run NI / NS chunks on average
     (``phase_loops``): stats G (K + 1) NS (the drafter's side, ``stats_q``, G n NS; the record of the logits at the
     draft, ``stats_x``, G n: one chunk per drafted position holds its draft), merges G (K + 1), second looks G n NS
     and their merges G K (rules with a second look, 0 < T < inf: T is taken as 1 when it arrives as a tensor), their
     bodies (``look_body``: all but the wait and the ticket) as many, but where the launch skips looks that can
     change nothing (``_look_moot``), at the share of the modelled inputs (``roofline_data``; without it, all),
-    accepts G, race items G NI, emits G; the queue loop runs once per work item (``total``), the rest of the program
+    accepts G, race items G NR, emits G; the queue loop runs once per work item (``total``), the rest of the program
     once per program.
 
     Round trips (``dram``, ``l2``) per execution, read off the code: a program draws its first work item (an L2 atomic,
@@ -1929,7 +1936,7 @@ def roofline_hints(launch) -> dict:
 
     Chain of one row (steps; ``gap``: work items drawn by other programs meanwhile, ``step`` = one super-step):
     stats (K + 1) NS items -> merge, or the gap -> second looks n NS -> their merge and the accept, or the gap ->
-    race NI items -> emit. Without a second look, or where no row of the modelled inputs has a position whose look
+    race NR items -> emit. Without a second look, or where no row of the modelled inputs has a position whose look
     can change something (``look_rows`` 0: the merges count the looks done): stats -> merge and accept, or the gap ->
     race -> emit."""
     if launch.name != "_verify_kernel":
@@ -1942,11 +1949,13 @@ def roofline_hints(launch) -> dict:
 
     B, K, NT, total = val("B"), val("K"), val("NT"), val("total")
     NI = -(-NT // c["TILES"])
+    NR = -(-NT // c["RACE_TILES"])  # race items per row
     NS = -(-NT // (c["TILES"] * c["CHUNKS"]))
     CH = NI / NS  # chunks per stats item, a mean (a position's last item may have fewer)
     CW = c["TILES"] * c["BLOCK_V"]  # entries of a chunk
     FULL = (val("V") // CW) / NS  # of which wholly inside the vocabulary (the loop; a partial one is a tail)
-    PART = int(val("V") % CW != 0)  # a position's last chunk (and a row's last race item) is partial
+    PART = int(val("V") % CW != 0)  # a position's last chunk is partial
+    PART_R = int(val("V") % (c["RACE_TILES"] * c["BLOCK_V"]) != 0)  # a row's last race item is partial
     G = -(-B // c["ROWS"])
     KP = K + 1
     n = K if val("n_val") is None or launch.arg("n_ptr").kind == "tensor" else max(0, min(K, val("n_val")))
@@ -1964,7 +1973,7 @@ def roofline_hints(launch) -> dict:
     # phase waits for no look item: the rows' chains hold no look step (one row with a look: the worst case, all do)
     looks_on_chain = looks and (float(launch.data.get("look_rows", 1.0)) if _skips_looks(launch) else 1.0) > 0
     div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set and has_q else 0
-    step = KP * NS + (K * NS if c["SECOND_LOOK"] else 0) + NI + div_items
+    step = KP * NS + (K * NS if c["SECOND_LOOK"] else 0) + NR + div_items
     work = {
         "queue": dict(count=total),  # the draw overlaps the previous item (the first is the program's)
         "program": dict(count=launch.programs, l2=2),
@@ -1985,8 +1994,8 @@ def roofline_hints(launch) -> dict:
         # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the traced run had
         "look_q": dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1, scale=share),
         "accept": dict(count=G, l2=2),
-        "race": dict(count=G * (NI - PART), l2=3 if c["ROWS"] == 1 else 4),
-        "race_tail": dict(count=G * PART, l2=3 if c["ROWS"] == 1 else 4),  # a row's partial last item
+        "race": dict(count=G * (NR - PART_R), l2=3 if c["ROWS"] == 1 else 4),
+        "race_tail": dict(count=G * PART_R, l2=3 if c["ROWS"] == 1 else 4),  # a row's partial last item
         "emit": dict(count=G, l2=1),
         "emit_pi": dict(count=0),  # the race over pi: a residual of rounding noise, taken as never
         "div": dict(count=G * n * NI if div_items and looks else 0, l2=3),  # a token set's TV(pi, p), when asked
@@ -1995,10 +2004,10 @@ def roofline_hints(launch) -> dict:
     if looks_on_chain:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge"], 1, step),
                  (["queue", "look", "look_body", "look_q"], n * NS, 0), (["look_merge", "accept"], 1, step),
-                 (["queue", "race"], NI, 0), (["emit"], 1, 0)]
+                 (["queue", "race"], NR, 0), (["emit"], 1, 0)]
     else:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "accept"], 1, step),
-                 (["queue", "race"], NI, 0), (["emit"], 1, 0)]
+                 (["queue", "race"], NR, 0), (["emit"], 1, 0)]
     # the traced look re-reads q_i and p_i at every drafted position (``ROOFLINE_TRACE``): the skipped share's are
     # saved (a token set's look re-reads only some chunks, whose bytes the hints do not know: none taken off)
     saved = (1.0 - share) * G * n * 2 * val("V") * launch.arg("zp_ptr").element_size if dense else 0.0
@@ -2016,6 +2025,7 @@ def roofline_hints(launch) -> dict:
 # program's round trips overlap another's work (ignored by the interpreter).
 MAX_REGISTERS = 128
 ITEMS_PER_PROGRAM = 0  # tests set this (under the interpreter) to make every hand-off cross programs
+RACE_TILES = 0  # tiles per race item; 0: the launcher's choice (tests set it)
 # False: the second look runs at every position, also where it can change nothing (``_look_moot``; the same outputs).
 # bench/roofline.py traces that worst case (``ROOFLINE_TRACE``) and counts the share its modelled inputs skip from
 # ``roofline_data``.
@@ -2100,7 +2110,18 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         chunks //= 2
     while chunks == 1 and tiles > 1 and groups * KP * triton.cdiv(nt, tiles // 2) <= programs:
         tiles //= 2
-    ni = triton.cdiv(nt, tiles)  # work items per position (second look, race, divergence)
+    ni = triton.cdiv(nt, tiles)  # work items per position (second look, divergence)
+    div_items = divergence and args.rule.family == rules.FAMILY_B and zq is not None  # the kernel's DIV_ITEMS
+    # The race (one position per row): items of fewer tiles while a row's all take one wave of the programs, so the
+    # row's last step is one item's round trips and a quarter or less of its entries (not with a token set's
+    # divergence items, whose count includes the race items').
+    race_tiles = RACE_TILES or tiles
+    if div_items:
+        race_tiles = tiles
+    elif not RACE_TILES:
+        while race_tiles > 1 and groups * triton.cdiv(nt, race_tiles // 2) <= programs:
+            race_tiles //= 2
+    nr = triton.cdiv(nt, race_tiles)
     ns = triton.cdiv(nt, tiles * chunks)  # stats items per position
     vec = min(16 // zp.element_size(), tiles * block_v)  # a thread's vector load of the target's logits
     lanes = min(tiles * block_v, 32 * num_warps * vec)
@@ -2110,8 +2131,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     part_m = torch.empty((B * KP * 2 * nt + 2 * scr,), dtype=mdt, device=dev)
     part_f = torch.empty((2 * B * KP * 2 * nt + scr,), dtype=f32, device=dev)
     part_i = torch.empty((2 * B * KP * 2 * nt,), dtype=i32, device=dev)
-    div_items = divergence and args.rule.family == rules.FAMILY_B and zq is not None  # the kernel's DIV_ITEMS
-    step = KP * ns + (K * ns if second else 0) + ni + (K * ni if div_items else 0)
+    step = KP * ns + (K * ns if second else 0) + nr + (K * ni if div_items else 0)
     total = (groups + (2 if second else 1)) * step
     items = ITEMS_PER_PROGRAM
     grid = triton.cdiv(total, items) if items else max(1, min(programs, total))
@@ -2129,7 +2149,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         *strides,
         **cx, SKIP_MOOT=SKIP_MOOT_LOOKS, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
-        TILES=tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
+        TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
         num_warps=num_warps,
         maxnreg=MAX_REGISTERS)
     if divergence:
