@@ -476,8 +476,8 @@ def test_opt_look_share_comes_from_the_modelled_inputs():
 def test_looks_that_change_nothing_leave_the_rows_chain():
     """Where no row of the modelled inputs has a drafted position whose second look can change something
     (``look_rows`` 0), the merges count the looks done and a row's accept phase waits for no look item: the chain of
-    the hints holds no look step. token_v1 at B = 1 and V = 151936 (flat logits: A is the whole vocabulary) is such
-    a point. Controls: opt's inputs keep the look on the chain (``look_rows``: the rows with a position whose r
+    the hints holds no look step, nor the merge's release of the ready flag (which then follows the row's ticket).
+    token_v1 at B = 1 and V = 151936 (flat logits: A is the whole vocabulary) is such a point. Controls: opt's inputs keep the look on the chain (``look_rows``: the rows with a position whose r
     depends on TV, counted here from the inputs), and so does a launch without data (the worst case)."""
     from speccas_kernels.kernels import verify as kv
 
@@ -493,6 +493,7 @@ def test_looks_that_change_nothing_leave_the_rows_chain():
     assert launch.data == dict(look_share=0.0, look_rows=0.0)
     phases = chain_phases(kv.roofline_hints(launch))
     assert "look" not in phases and "look_merge" not in phases and "accept" in phases and "race" in phases
+    assert "merge_release" not in phases and "merge_release" in worst
 
     pt = rf.Point("verify", "opt", 16, 4, 4096, "fp32")
     work, _ = rf.capture(pt.op, pt.rule, pt.B, pt.K, pt.V, pt.dtype)
@@ -503,7 +504,7 @@ def test_looks_that_change_nothing_leave_the_rows_chain():
     alpha = speccas_kernels.DEFAULT_ALPHA["opt"]
     want = ((mq < mp) != (mq < mp - 2 * alpha)).any(-1).float().mean().item()
     assert 0 < want and launch.data["look_rows"] == pytest.approx(want)
-    assert "look" in chain_phases(kv.roofline_hints(launch))
+    assert {"look", "merge_release"} <= set(chain_phases(kv.roofline_hints(launch)))
 
 
 _TRACED_LINE = "a line whose executions count a phase"  # (the string appears once in this file: on this line)
@@ -750,7 +751,7 @@ def test_grid_point_end_to_end(tmp_path, monkeypatch):
         f"## For the README: t against u, K = 2, V = 1000 ({rf.MODEL_BANNER})"], md[:12]
 
 
-BATCH_SIZED = {"CHUNKS", "TILES", "RACE_TILES", "LANES", "VEC", "SCREENS"}  # constexprs a launcher shrinks at small batches
+BATCH_SIZED = {"CHUNKS", "TILES", "RACE_TILES", "LANES", "VEC", "SCREENS"}  # a launcher shrinks them at small B
 
 
 def _branches_on(source: str, names=BATCH_SIZED):

@@ -54,7 +54,7 @@ def test_verify_work_item_settings(device, rule, monkeypatch):
         monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", tiles)
         monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", chunks)
         monkeypatch.setattr(kv, "ITEMS_PER_PROGRAM", items)
-        monkeypatch.setattr(kv, "RACE_TILES", race)
+        monkeypatch.setattr(kv, "RACE_TILES_OVERRIDE", race)
         outs.append(sk.verify(**kw, rule=rule, backend="triton"))
     assert_same_outputs(outs[0], ref, margins, what=f"{rule} default settings")
     for o in outs[1:]:  # tile sizes change summation orders: accept_prob to rounding, the rest exactly

@@ -626,7 +626,8 @@ def _verify_kernel(
                            alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
                            cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
                            IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T,
-                           RACE_TILES, DIV_ITEMS, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS, VEC)
+                           RACE_TILES, DIV_ITEMS, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS,
+                           VEC)
         else:
             g = (s - lag).to(tl.int64)
             if DIV_ITEMS:
@@ -866,6 +867,9 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
     if ticket(cnt_ptr + c_stats + pos) == NS - 1:
         ready = 1
         done = 1  # 2: the position's second look is done too (it can change nothing: no look item reports to the row)
+        # the rows whose look items wait for the ready flag (as ``_look_item`` forms them)
+        looked = rmask & _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n)
+        waited = tl.max(looked.to(tl.int32), axis=0) > 0
         if tl.max(use_p.to(tl.int32), axis=0) > 0:
             invT = inv_temperature(T)
             scaled = use_q & (T > 0) & ((T != 1.0) | FILTERS)
@@ -896,22 +900,27 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 moot = _look_moot(FAMILY, WEIGHT, IN_SET, FILTERS, al, M, S1, ST, side, use_q, xi, zpx, zqx, T,
                                   cutq_ptr, rows * K + i, V)
                 ready = 2 - tl.max((use_q & ~moot).to(tl.int32), axis=0)
-                # The rows whose look items wait for this flag (as ``_look_item`` forms them): where they would find
-                # 2, the look's sum is taken as 0 here and counted done on the row now, so the row's accept phase
-                # need not wait for the look items (they read nothing and report nothing).
-                looked = use_q & _needs_look(T, SECOND_LOOK, HAS_Q)
-                if (ready == 2) & (tl.max(looked.to(tl.int32), axis=0) > 0):
+                # Where the look items would find 2, the look's sum is taken as 0 here and counted done on the row
+                # now, so the row's accept phase need not wait for them (they read nothing and report nothing).
+                if (ready == 2) & waited:
                     tl.store(look_ptr + rows * K + i, T * 0.0, mask=looked)
                     done = 2
         tl.store(cnt_ptr + c_stats + pos, 0)
-        if SECOND_LOOK:  # only the second look waits for a position's statistics
-            common.release_flag(cnt_ptr + c_ready + pos, ready)
+        # Only look items wait for a position's statistics: the flag is released before the row's ticket where they
+        # then report to the row, after it (and after the accept phase, if this program runs it) where the merge
+        # counted the look done, so that the release is off the row's chain.
+        if SECOND_LOOK:
+            if waited & (done == 1):
+                common.release_flag(cnt_ptr + c_ready + pos, ready)
         _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
                     num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
                     x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr,
                     fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb,
                     stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED,
                     FILTERS, FP64, ROWS, BLOCK_K, done)
+        if SECOND_LOOK:
+            if done == 2:
+                common.release_flag(cnt_ptr + c_ready + pos, ready)
 
 
 @triton.jit
@@ -1917,22 +1926,24 @@ def roofline_hints(launch) -> dict:
     accepts G, race items G NR, emits G; the queue loop runs once per work item (``total``), the rest of the program
     once per program.
 
-    Round trips (``dram``, ``l2``) per execution, read off the code: a program draws its first work item (an L2 atomic,
-    with the program's start) and each next one while it works on the current (no round trip on the path); a stats
-    item's chunk issues the loads of its tiles, target and drafter, before any reduction (unrolled, no branch in
-    between: one DRAM round trip per chunk), then the item draws a ticket (an acquire-release atomic at L2); a merge
-    loads both sides' partials at once (1), releases the ready flag (only with a second look) and draws the row's ticket
-    (2 or 3 at L2); a second look polls its flag, loads the position's statistics and its first chunk's tiles at once
-    (L2: the stats read them one row of traffic earlier), each next chunk's tiles (one L2 round trip each) and draws a
-    ticket (2 + chunks: ``look`` 2, ``look_body`` the chunks; where a look can change nothing, the merge says so in
-    the ready flag), or, for a token set with a floor (``_eta_item``), loads the item's records with the statistics
-    (2), and per chunk that may hold a member of A (``look_q``, as many as the traced run had) its target and drafter
-    tiles at once (1); its merge loads the partials and draws the row's ticket (2); the accept phase loads statistics,
-    drafts and the logits at the drafts (all written or read earlier in the launch: L2) at once, then releases the race
-    flag (2); a race item polls its flag (which carries m and the race kind when a work item holds one row, as on a GPU;
-    else it loads both at once), loads its tiles at m and the row's statistics at once (L2) and draws a ticket (3; 4
-    with several rows per item); the emit loads the partials (1). Spin waits count once (no waiting), so the chain below
-    carries the waiting. The emit's race over pi (a residual of rounding noise) is not in the traced path.
+    Round trips (``dram``, ``l2``) per execution, read off the code: a program draws its first work item (an L2
+    atomic, with the program's start) and each next one while it works on the current (no round trip on the path); a
+    stats item's chunk issues the loads of its tiles, target and drafter, before any reduction (unrolled, no branch
+    in between: one DRAM round trip per chunk), then the item draws a ticket (an acquire-release atomic at L2); a
+    merge loads both sides' partials at once (1) and draws the row's ticket (2 at L2), and where look items wait for
+    it, releases the ready flag (``merge_release``, 1: before the ticket, or after it where the merge counted the
+    look done, then off the row's chain); a second look polls its flag, loads the position's statistics and its
+    first chunk's tiles at once (L2: the stats read them one row of traffic earlier), each next chunk's tiles (one
+    L2 round trip each) and draws a ticket (2 + chunks: ``look`` 2, ``look_body`` the chunks; where a look can
+    change nothing, the merge says so in the ready flag), or, for a token set with a floor (``_eta_item``), loads
+    the item's records with the statistics (2), and per chunk that may hold a member of A (``look_q``, as many as
+    the traced run had) its target and drafter tiles at once (1); its merge loads the partials and draws the row's
+    ticket (2); the accept phase loads statistics, drafts and the logits at the drafts (all written or read earlier
+    in the launch: L2) at once, then releases the race flag (2); a race item polls its flag (which carries m and the
+    race kind when a work item holds one row, as on a GPU; else it loads both at once), loads its tiles at m and the
+    row's statistics at once (L2) and draws a ticket (3; 4 with several rows per item); the emit loads the partials
+    (1). Spin waits count once (no waiting), so the chain below carries the waiting. The emit's race over pi (a
+    residual of rounding noise) is not in the traced path.
 
     Chain of one row (steps; ``gap``: work items drawn by other programs meanwhile, ``step`` = one super-step):
     stats (K + 1) NS items -> merge, or the gap -> second looks n NS -> their merge and the accept, or the gap ->
@@ -1986,7 +1997,10 @@ def roofline_hints(launch) -> dict:
         # a statistics item's re-run without exp_shift (a lane's max times the scale at SHIFT_MAX or beyond: logits
         # or 1/T of 1e7 and more), taken as never
         "stats_rerun": dict(count=0),
-        "merge": dict(count=G * KP, l2=3 if c["SECOND_LOOK"] else 2),
+        "merge": dict(count=G * KP, l2=2),
+        # a merge's release of the ready flag where look items wait for it (drafted positions, with looks): before
+        # the row's ticket, or after it where the merge counted the look done (then off the row's chain)
+        "merge_release": dict(count=G * n if looks else 0, l2=1),
         "look": dict(count=G * n * NS if looks else 0, l2=2),
         "look_body": dict(count=G * n * NS * share if looks else 0, l2=CH if dense else 0),
         "look_merge": dict(count=G * K if looks else 0, l2=2),
@@ -2002,7 +2016,7 @@ def roofline_hints(launch) -> dict:
         "div_done": dict(count=G if div_items else 0, l2=2),
     }
     if looks_on_chain:
-        chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge"], 1, step),
+        chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "merge_release"], 1, step),
                  (["queue", "look", "look_body", "look_q"], n * NS, 0), (["look_merge", "accept"], 1, step),
                  (["queue", "race"], NR, 0), (["emit"], 1, 0)]
     else:
@@ -2025,7 +2039,7 @@ def roofline_hints(launch) -> dict:
 # program's round trips overlap another's work (ignored by the interpreter).
 MAX_REGISTERS = 128
 ITEMS_PER_PROGRAM = 0  # tests set this (under the interpreter) to make every hand-off cross programs
-RACE_TILES = 0  # tiles per race item; 0: the launcher's choice (tests set it)
+RACE_TILES_OVERRIDE = 0  # tiles per race item; 0: the launcher's choice (tests set it)
 # False: the second look runs at every position, also where it can change nothing (``_look_moot``; the same outputs).
 # bench/roofline.py traces that worst case (``ROOFLINE_TRACE``) and counts the share its modelled inputs skip from
 # ``roofline_data``.
@@ -2059,7 +2073,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     ``draft_divergence``. ``rows``: rows per work item (a power of two); a work item is ``chunks`` chunks (a loop) of
     ``tiles`` vocabulary tiles (unrolled), both powers of two, at most; at a small batch the fewest per item with
     which a position's stats items still take one wave of the programs (the row's chain then waits on one round
-    trip per step, not two): chunks are halved first, then tiles."""
+    trip per step, not two): chunks are halved first, then tiles; the race items likewise, while a row's race items
+    take one wave (``RACE_TILES_OVERRIDE``, a test's, else the fewest tiles that fit)."""
     from .filters import launch_cutoffs
 
     zq, zp = args.draft_logits, args.target_logits
@@ -2115,10 +2130,10 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     # The race (one position per row): items of fewer tiles while a row's all take one wave of the programs, so the
     # row's last step is one item's round trips and a quarter or less of its entries (not with a token set's
     # divergence items, whose count includes the race items').
-    race_tiles = RACE_TILES or tiles
+    race_tiles = RACE_TILES_OVERRIDE or tiles
     if div_items:
         race_tiles = tiles
-    elif not RACE_TILES:
+    elif not RACE_TILES_OVERRIDE:
         while race_tiles > 1 and groups * triton.cdiv(nt, race_tiles // 2) <= programs:
             race_tiles //= 2
     nr = triton.cdiv(nt, race_tiles)
@@ -2149,7 +2164,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         *strides,
         **cx, SKIP_MOOT=SKIP_MOOT_LOOKS, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
-        TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
+        TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec,
+        SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
         num_warps=num_warps,
         maxnreg=MAX_REGISTERS)
     if divergence:
