@@ -2466,7 +2466,9 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "kernels of v18 again) and the versions after it are r3. From v21 (2026-12-02 12:30 UTC) a kernel that "
              "skips work as the data say (second looks that can change nothing) is traced doing it everywhere, and "
              "the rows count the skipped share from the modelled point's own inputs, the bench recipe at that batch "
-             "(`roofline_data`): one or two traced rows are too few to stand for it.")
+             "(`roofline_data`): one or two traced rows are too few to stand for it. From v23 (2026-12-02 17:40 UTC) the "
+             "chain of a row reads them too: it holds the second look unless no row of the modelled inputs has a "
+             "position whose look can change something (`look_rows`; one such row: every row's chain holds it).")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
