@@ -2082,22 +2082,26 @@ def grid_points(quick: bool, rules: Optional[Sequence[str]] = None, Bs=None, Ks=
     return pts
 
 
-def model_point(pt: Point, machine: Machine = H200, jobs: int = 1) -> Tuple[CallModel, DeviceWork, DeviceWork]:
+def model_captured(pt: Point, work: DeviceWork, recs: Dict[str, dict], machine: Machine = H200) -> CallModel:
+    """The model of a point's captured call (``capture``) from its kernels' compiled records (``compile_launches``):
+    the call traced at B = 1 and 2 for the bytes, the modelled inputs' data (``attach_data``), every launch."""
     rule = None if pt.op == "sample" else pt.rule
-    work, work_t = capture(pt.op, rule, pt.B, pt.K, pt.V, pt.dtype)
     attach_data(pt, work.launches)
-    recs = compile_launches(work.launches, jobs=jobs)
     paired, logits = trace_call(pt.op, rule, pt.K, pt.V, pt.dtype)
-    names = [l.qualname for l in work.launches]
-    traced = [l["name"] for l in paired["launches"]]
+    same = [l.qualname for l in work.launches] == [l["name"] for l in paired["launches"]]
     models = []
     for i, launch in enumerate(work.launches):
-        pl = paired["launches"][i] if names == traced else None
-        lm = model_launch(launch, recs[compile_key(launch)], pt.B, pl, logits, machine)
-        if names != traced:
+        lm = model_launch(launch, recs[compile_key(launch)], pt.B, paired["launches"][i] if same else None, logits,
+                          machine)
+        if not same:
             lm.notes.append(f"launches at B={pt.B} differ from the traced ones: bytes unknown")
         models.append(lm)
-    return model_call(models, len(work.ops), floor_bytes(pt.op, pt.B, pt.K, pt.V, pt.dtype), machine), work, work_t
+    return model_call(models, len(work.ops), floor_bytes(pt.op, pt.B, pt.K, pt.V, pt.dtype), machine)
+
+
+def model_point(pt: Point, machine: Machine = H200, jobs: int = 1) -> Tuple[CallModel, DeviceWork, DeviceWork]:
+    work, work_t = capture(pt.op, None if pt.op == "sample" else pt.rule, pt.B, pt.K, pt.V, pt.dtype)
+    return model_captured(pt, work, compile_launches(work.launches, jobs=jobs), machine), work, work_t
 
 
 
@@ -2206,17 +2210,7 @@ def run_grid(points: Sequence[Point], meta: dict, jobs: int = 1, machine: Machin
     for n, pt in enumerate(sorted(points, key=lambda p: (p.op, p.rule, p.K, p.V, p.dtype, p.B))):
         t1 = time.time()
         work, work_t = captured[pt]
-        rule = None if pt.op == "sample" else pt.rule
-        paired, logits = trace_call(pt.op, rule, pt.K, pt.V, pt.dtype)
-        names = [l.qualname for l in work.launches]
-        same = names == [l["name"] for l in paired["launches"]]
-        attach_data(pt, work.launches)
-        models = []
-        for i, launch in enumerate(work.launches):
-            lm = model_launch(launch, recs[compile_key(launch)], pt.B, paired["launches"][i] if same else None,
-                              logits, machine)
-            models.append(lm)
-        cm = model_call(models, len(work.ops), floor_bytes(pt.op, pt.B, pt.K, pt.V, pt.dtype), machine)
+        cm = model_captured(pt, work, recs, machine)
         row = call_row(pt, cm, work, work_t, meta, machine)
         rows.append(row)
         if detail(pt):
