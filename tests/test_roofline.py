@@ -476,7 +476,8 @@ def test_opt_look_share_comes_from_the_modelled_inputs():
 def test_looks_that_change_nothing_leave_the_rows_chain():
     """Where no row of the modelled inputs has a drafted position whose second look can change something
     (``look_rows`` 0), the merges count the looks done and a row's accept phase waits for no look item: the chain of
-    the hints holds no look step, nor the merge's release of the ready flag (which then follows the row's ticket).
+    the hints holds no look step, nor the merge's release of the ready flag (which then follows the row's ticket), but
+    the merge's ticket, which a look step otherwise follows.
     token_v1 at B = 1 and V = 151936 (flat logits: A is the whole vocabulary) is such a point. Controls: opt's inputs keep the look on the chain (``look_rows``: the rows with a position whose r
     depends on TV, counted here from the inputs), and so does a launch without data (the worst case)."""
     from speccas_kernels.kernels import verify as kv
@@ -488,12 +489,14 @@ def test_looks_that_change_nothing_leave_the_rows_chain():
     work, _ = rf.capture(pt.op, pt.rule, pt.B, pt.K, pt.V, pt.dtype)
     launch = work.launches[-1]
     worst = chain_phases(kv.roofline_hints(launch))
-    assert "look" in worst and "look_merge" in worst
+    assert "look" in worst and "look_body" in worst and "merge_ticket" not in worst
     rf.attach_data(pt, work.launches)
     assert launch.data == dict(look_share=0.0, look_rows=0.0)
     phases = chain_phases(kv.roofline_hints(launch))
-    assert "look" not in phases and "look_merge" not in phases and "accept" in phases and "race" in phases
+    assert "look" not in phases and "look_body" not in phases and "accept" in phases and "race" in phases
     assert "merge_release" not in phases and "merge_release" in worst
+    # without a look, the merge's ticket on the row may be the row's last: on the chain
+    assert "merge_ticket" in phases
 
     pt = rf.Point("verify", "opt", 16, 4, 4096, "fp32")
     work, _ = rf.capture(pt.op, pt.rule, pt.B, pt.K, pt.V, pt.dtype)
@@ -751,7 +754,7 @@ def test_grid_point_end_to_end(tmp_path, monkeypatch):
         f"## For the README: t against u, K = 2, V = 1000 ({rf.MODEL_BANNER})"], md[:12]
 
 
-BATCH_SIZED = {"CHUNKS", "TILES", "RACE_TILES", "LANES", "VEC", "SCREENS"}  # a launcher shrinks them at small B
+BATCH_SIZED = {"CHUNKS", "TILES", "RACE_TILES", "LANES", "VEC", "SCREENS", "BLOCK_S"}  # a launcher shrinks them at small B
 
 
 def _branches_on(source: str, names=BATCH_SIZED):

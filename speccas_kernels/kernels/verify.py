@@ -44,10 +44,11 @@ row's last step more than they save.)
   draws a ticket on the row.
 * **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or eta
-  (the chunks' tiles folded entry by entry, one reduction and one record per item); the last item's program merges
-  and draws a ticket on the row. Where the look can change nothing (``_look_moot``), the merge releases the ready
-  flag as 2, takes the look's sum as 0 and counts the look done on the row (two tickets at once), so the row's
-  accept phase waits for no look item of that position; the items read and report nothing (the last one returns
+  (the chunks' tiles folded entry by entry, one reduction and one record per item), and each item draws a ticket
+  on the row itself: the accept phase sums the records (no merge of the look on the row's chain). Where the look can
+  change nothing (``_look_moot``), the merge releases the ready flag as 2, writes the look's records as 0 and counts
+  the position's look items done on the row (1 + NS tickets at once), so the row's accept phase waits for no look
+  item of that position; the items read and report nothing (the last one returns
   the ready flag to zero, as it does wherever look items wait for it): a rule whose r is monotone in TV
   (``Rule.monotone_tv``: opt, r = [max q^ < max p^ - alpha TV]) where r is the same at TV = 0 and TV = 2 (for
   alpha >= 0 where max q^ >= max p^, for alpha < 0 where max q^ < max p^: any TV the sum could give leaves r as it
@@ -57,8 +58,8 @@ row's last step more than they save.)
   chunks' screening records instead and only the tiles of the chunks whose largest logit on that side may reach the
   floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its records.
 * **accept** (row b): run by the program that draws a row's last ticket. Row validity, a_i at every verified
-  position (from the statistics and the logits at the drafts the stats items recorded: every load hits what this
-  launch wrote or read), the accept loop, all the outputs but the emitted token (written here when T = 0 and all
+  position (from the statistics, the logits at the drafts the stats items recorded and the second look's records,
+  all loaded at once: every load hits what this launch wrote or read), the accept loop, all the outputs but the emitted token (written here when T = 0 and all
   drafts are accepted: p_n's argmax), then a "race" flag for the row, which carries m and the race kind when a work
   item holds one row.
 * **race** (b, j): waits for the row's flag; the race at the one position that needs it (the residual at m, or the
@@ -534,6 +535,7 @@ def _verify_kernel(
     BLOCK_V: tl.constexpr,  # a multiple of 4
     BLOCK_K: tl.constexpr,  # >= K + 1
     BLOCK_T: tl.constexpr,  # >= NT
+    BLOCK_S: tl.constexpr,  # >= NS: a position's records (statistics and second-look items)
     TILES: tl.constexpr,  # vocabulary tiles per chunk (statically unrolled)
     RACE_TILES: tl.constexpr,  # tiles per race item (statically unrolled): TILES, or fewer at a small batch
     CHUNKS: tl.constexpr,  # chunks of TILES tiles per work item, at most
@@ -594,13 +596,14 @@ def _verify_kernel(
             if g < G:
                 i = _div(r, ns_m, ns_l)
                 _stats_item(g, i.to(tl.int64), r - i * NS, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
-                            pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr,
+                            pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr,
+                            deferred_ptr,
                             accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr,
                             n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr,
                             offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_stats,
                             c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV,
                             WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
-                            BLOCK_V, BLOCK_K, BLOCK_T, TILES, CHUNKS, SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS,
+                            BLOCK_V, BLOCK_K, BLOCK_T, BLOCK_S, TILES, CHUNKS, SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS,
                             MONOTONE_TV, SKIP_MOOT)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
@@ -616,7 +619,7 @@ def _verify_kernel(
                                cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
                                c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
                                USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
-                               BLOCK_K, BLOCK_T, TILES, CHUNKS, READS_PH, FLOOR,
+                               BLOCK_K, BLOCK_T, BLOCK_S, TILES, CHUNKS, READS_PH, FLOOR,
                                HAS_FLOOR, SCREENS, PAIRS)
         elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
@@ -772,7 +775,8 @@ def _stats_chunk(c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, inv
 
 
 @triton.jit
-def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr,
+def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr,
+                cnt_ptr,
                 tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr,
                 zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
                 seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT,
@@ -780,7 +784,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
                 USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                 RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
+                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
                 CHUNKS: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, LANES: tl.constexpr,
                 VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr,
                 SKIP_MOOT: tl.constexpr):
@@ -866,7 +870,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
     pos = g * KP + i
     if ticket(cnt_ptr + c_stats + pos) == NS - 1:
         ready = 1
-        done = 1  # 2: the position's second look is done too (it can change nothing: no look item reports to the row)
+        done = 1  # 1 + NS: the position's look items are done too (it can change nothing: none reports to the row)
         # the rows whose look items wait for the ready flag (as ``_look_item`` forms them)
         looked = rmask & _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n)
         waited = tl.max(looked.to(tl.int32), axis=0) > 0
@@ -894,7 +898,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                     zpx = tl.load(zx, mask=use_q, other=float("-inf"), cache_modifier=".cg")
                     zqx = tl.load(zx + 1, mask=use_q, other=float("-inf"), cache_modifier=".cg")
             M, S1, ST, arg, bad = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, invT, scaled, both,
-                                               BLOCK_T)
+                                               BLOCK_S)
             _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o[:, None] + side, qf, both, M, S1, ST, arg, bad)
             if MOOT:
                 moot = _look_moot(FAMILY, WEIGHT, IN_SET, FILTERS, al, M, S1, ST, side, use_q, xi, zpx, zqx, T,
@@ -903,47 +907,54 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 # Where the look items would find 2, the look's sum is taken as 0 here and counted done on the row
                 # now, so the row's accept phase need not wait for them (they read nothing and report nothing).
                 if (ready == 2) & waited:
-                    tl.store(look_ptr + rows * K + i, T * 0.0, mask=looked)
-                    done = 2
+                    tt = tl.arange(0, BLOCK_S)[None, :]
+                    tl.store(look_part_ptr + (rows * K + i)[:, None] * NS + tt, T[:, None] * 0.0,
+                             mask=looked[:, None] & (tt < NS))
+                    done = 1 + NS
         tl.store(cnt_ptr + c_stats + pos, 0)
         # Only look items wait for a position's statistics: the flag is released before the row's ticket where they
         # then report to the row, after it (and after the accept phase, if this program runs it) where the merge
         # counted the look done, so that the release is off the row's chain.
         if SECOND_LOOK:
-            if waited & (done == 1):
+            if waited & (ready == 1):
                 common.release_flag(cnt_ptr + c_ready + pos, ready)
-        _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+        _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
+                    tokens_ptr,
                     num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
                     x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr,
                     fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb,
                     stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED,
-                    FILTERS, FP64, ROWS, BLOCK_K, done)
+                    FILTERS, FP64, ROWS, BLOCK_K, done, NT, TILES, CHUNKS, BLOCK_S)
         if SECOND_LOOK:
-            if done == 2:
+            if waited & (ready == 2):
                 common.release_flag(cnt_ptr + c_ready + pos, ready)
 
 
 @triton.jit
-def _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+def _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
+                tokens_ptr,
                 num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
                 x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
                 alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
                 FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
                 USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                 RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-                BLOCK_K: tl.constexpr, done):
-    """``done`` of the group's merges are done (2: a position's statistics and its second look, which the merge
-    found could change nothing): the program with the group's last ticket runs the accept phase."""
+                BLOCK_K: tl.constexpr, done, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_S: tl.constexpr):
+    """``done`` of the group's parts are done: a position's merge (1), one second-look item of a position (1), or a
+    merge that found the position's second look can change nothing (1 + NS: its statistics and every look item of the
+    position). The group counts K + 1 merges, and K NS look items when it takes the second look; the program with its
+    last ticket runs the accept phase."""
     target = K + 1
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
-        target += K
+        target += K * _items(NT, TILES, CHUNKS)
     if tickets(cnt_ptr + c_row + g, done) == target - done:
-        _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+        _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
+                tokens_ptr,
                 num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
                 x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
                 alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
                 FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64,
-                ROWS, BLOCK_K)
+                ROWS, BLOCK_K, NT, TILES, CHUNKS, BLOCK_S)
 
 
 # ------------------------------------------------------------------------------------------------ second look
@@ -1183,17 +1194,18 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-               BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
+               BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
                CHUNKS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr,
                SCREENS: tl.constexpr, PAIRS: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
-    entry into one record per item; the program with the last ticket sums the NS records. A token set whose
+    entry into one record per item, which reports to the row (the accept phase sums the NS records). A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
     with a floor on its hat (``HAS_FLOOR``) sums eta from the screening records and only the chunks that may hold
     a member of A (``_eta_item``), nothing at a row whose A is the whole vocabulary (eta = 0), and reads every tile
     only for TV(q, p) when the divergences are asked. Where the merge found that the look can change nothing at any
-    row of the item (the ready flag 2: ``_look_moot``), the item reads and reports nothing: the merge took the
-    sum as 0 and counted the look done on the row. The last item returns the ready flag to zero."""
+    row of the item (the ready flag 2: ``_look_moot``), the item reads and reports nothing: the merge wrote the
+    records as 0 and counted the look items done on the row. The position's last item to read the flag returns it to
+    zero."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NS = _items(NT, TILES, CHUNKS)  # second-look items per position (a stats item's chunks)
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
@@ -1203,8 +1215,12 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
         ready = 0
         if tl.max(use.to(tl.int32), axis=0) > 0:
             ready = wait_flag(cnt_ptr + c_ready + pos)
-            # 2: the merge found that no row of the item needs the look (``_look_moot``), took its sum as 0 and
-            # counted it done on the row: nothing read, nothing reported
+        # Every look item of the position has read its ready flag before it draws this ticket (a release, so the
+        # item's loads need not wait for it; its result is read at the end): the last one returns the flag to zero.
+        seen = tl.atomic_add(cnt_ptr + c_look + g * K + i, 1, sem="release")
+        if tl.max(use.to(tl.int32), axis=0) > 0:
+            # 2: the merge found that no row of the item needs the look (``_look_moot``), took its records as 0 and
+            # counted the position's look items done on the row: nothing read, nothing reported
             if ready == 1:
                 # a token set with a floor sums eta in ``_eta_item`` (with the divergences too, so that asking for them
                 # changes no bit of eta); the tile loop below then sums TV(q, p) only
@@ -1263,35 +1279,23 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
                         tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # one per item
                     if DIVERGENCE:
                         tl.store(look_part_ptr + (B * K + rows * K + i) * NS + j, tl.sum(acc2, axis=1), mask=use)
-        if ticket(cnt_ptr + c_look + g * K + i) == NS - 1:
-            # Every look item of the position has read its ready flag (each before its ticket): the flag goes back
-            # to zero here, not in the accept phase, which may run before them where the merge counted the look done.
+        # The item reports to the row itself, one ticket (the accept phase sums the records): no merge of the
+        # position's look on the row's chain.
+        if ready != 2:  # (2: the merge counted the look done on the row)
+            _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr,
+                        cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr,
+                        row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val,
+                        offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready,
+                        c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
+                        USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K, 1,
+                        NT, TILES, CHUNKS, BLOCK_S)
+        if seen == NS - 1:
+            # (after the row's ticket and the accept phase, if this program ran it: off the row's chain) an acquire
+            # of the count, which every item's release joins: each item's read of the flag precedes the reset
+            tl.atomic_add(cnt_ptr + c_look + g * K + i, 0, sem="acquire")
             if tl.max(use.to(tl.int32), axis=0) > 0:
                 tl.store(cnt_ptr + c_ready + pos, 0)
-                if ready == 1:
-                    if DIVERGENCE:  # both slots
-                        tt = tl.arange(0, BLOCK_T)[None, None, :]
-                        slot = tl.arange(0, 2)[None, :, None]
-                        parts = tl.load(look_part_ptr + ((slot * B + rows[:, None, None]) * K + i) * NS + tt,
-                                        mask=use[:, None, None] & (tt < NS) & (slot < 2), other=0.0,
-                                        cache_modifier=".cg")
-                        slot = tl.arange(0, 2)[None, :]
-                        tl.store(look_ptr + (slot * B + rows[:, None]) * K + i, tl.sum(parts, axis=2),
-                                 mask=use[:, None] & (slot < 2))
-                    else:
-                        tt = tl.arange(0, BLOCK_T)
-                        parts = tl.load(look_part_ptr + (rows[:, None] * K + i) * NS + tt[None, :],
-                                        mask=use[:, None] & (tt < NS)[None, :], other=0.0, cache_modifier=".cg")
-                        tl.store(look_ptr + rows * K + i, tl.sum(parts, axis=1), mask=use)
             tl.store(cnt_ptr + c_look + g * K + i, 0)
-            if ready != 2:  # (2: the merge counted the look done on the row)
-                _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr,
-                            tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr,
-                            row_f_ptr, zq_ptr, zp_ptr, x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr,
-                            offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row,
-                            c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
-                            USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K,
-                            1)
 
 
 # ------------------------------------------------------------------------------------------------ accept
@@ -1341,15 +1345,17 @@ def _at_draft(z, xc, used, M, S1, ST, arg, cut_ptr, cut_off, greedy, invT, FILTE
 
 
 @triton.jit
-def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_ptr, cnt_ptr, tokens_ptr,
+def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
+            tokens_ptr,
             num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr,
             alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo,
             alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
             FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
             USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
             RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-            BLOCK_K: tl.constexpr):
-    """The accept phase of a group of rows: [R, BLOCK_K] blocks, one lane per draft position."""
+            BLOCK_K: tl.constexpr, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_S: tl.constexpr):
+    """The accept phase of a group of rows: [R, BLOCK_K] blocks, one lane per draft position. It sums the second
+    look's records of every position itself (the look items report to the row, not to a merge of their own)."""
     KP = K + 1
     qf = 2 * B * KP
     invT = inv_temperature(T)[:, None]
@@ -1410,10 +1416,20 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
     look = qx * 0.0
     look2 = look
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
+        # the NS records of each looked position (a merge that found the look could change nothing wrote zeros), in
+        # flight with the statistics (BLOCK_S loads unrolled: each an [R, BLOCK_K] block like the phase's others,
+        # so no layout conversion), summed in item order
+        NS = _items(NT, TILES, CHUNKS)
         looked = used_q & _needs_look(T, SECOND_LOOK, HAS_Q)[:, None]
-        look = tl.load(look_ptr + rr * K + i, mask=looked, other=0.0, cache_modifier=".cg")
+        at = ((rr * K + i) * NS).to(tl.int32)  # (a workspace offset: int32)
+        for s in tl.static_range(BLOCK_S):
+            look += tl.load(look_part_ptr + at + s, mask=looked & (s < NS), other=0.0, cache_modifier=".cg")
+            if DIVERGENCE:
+                look2 += tl.load(look_part_ptr + B * K * NS + at + s, mask=looked & (s < NS), other=0.0,
+                                 cache_modifier=".cg")
         if DIVERGENCE:
-            look2 = tl.load(look_ptr + (B + rr) * K + i, mask=looked, other=0.0, cache_modifier=".cg")
+            # a token set's divergence items read eta (``_div_item``), after the race flag this phase releases
+            tl.store(look_ptr + rr * K + i, look, mask=looked)
     if FAMILY == FAMILY_A:
         tv = look
         if NEEDS_TV:
@@ -1863,7 +1879,7 @@ ROOFLINE_PHASES = (
     ("stats_q", "_stats_item", "any_q"),
     ("stats_q", "_stats_chunk", "any_q"),
     ("stats", "_stats_item", None),
-    ("look_merge", "_look_item", "ticket(cnt_ptr + c_look"),
+    ("look_reset", "_look_item", "seen == NS - 1"),
     ("look_q", "_eta_item", "c < nch"),
     ("look_tail", "_look_item", "nfull < nch"),
     ("look_body", "_look_item", "ready == 1"),
@@ -1930,24 +1946,26 @@ def roofline_hints(launch) -> dict:
     atomic, with the program's start) and each next one while it works on the current (no round trip on the path); a
     stats item's chunk issues the loads of its tiles, target and drafter, before any reduction (unrolled, no branch
     in between: one DRAM round trip per chunk), then the item draws a ticket (an acquire-release atomic at L2); a
-    merge loads both sides' partials at once (1) and draws the row's ticket (2 at L2), and where look items wait for
-    it, releases the ready flag (``merge_release``, 1: before the ticket, or after it where the merge counted the
-    look done, then off the row's chain); a second look polls its flag, loads the position's statistics and its
-    first chunk's tiles at once (L2: the stats read them one row of traffic earlier), each next chunk's tiles (one
-    L2 round trip each) and draws a ticket (2 + chunks: ``look`` 2, ``look_body`` the chunks; where a look can
-    change nothing, the merge says so in the ready flag), or, for a token set with a floor (``_eta_item``), loads
-    the item's records with the statistics (2), and per chunk that may hold a member of A (``look_q``, as many as
-    the traced run had) its target and drafter tiles at once (1); its merge loads the partials and draws the row's
-    ticket (2); the accept phase loads statistics, drafts and the logits at the drafts (all written or read earlier
-    in the launch: L2) at once, then releases the race flag (2); a race item polls its flag (which carries m and the
+    merge loads both sides' partials at once (1), where look items wait for it releases the ready flag
+    (``merge_release``, 1: before its ticket, or after it where the merge counted the look done, then off the row's
+    chain) and draws the row's ticket (``merge_ticket``, 1: on the row's chain only where no look follows); a second
+    look polls its flag, draws a ticket on the position's look items (a release: nothing waits for it), loads the
+    position's statistics and its first chunk's tiles at once (L2: the stats read them one row of traffic earlier),
+    each next chunk's tiles (one L2 round trip each) and draws a ticket on the row (2 + chunks: ``look`` 2,
+    ``look_body`` the chunks; where a look can change nothing, the merge says so in the ready flag), or, for a token
+    set with a floor (``_eta_item``), loads the item's records with the statistics (2), and per chunk that may hold a
+    member of A (``look_q``, as many as the traced run had) its target and drafter tiles at once (1); the position's
+    last look item then acquires the items' count and resets the flag (``look_reset``, 1, off the chain); the accept
+    phase loads statistics, drafts, the logits at the drafts and the looks' records (all written or read earlier in
+    the launch: L2) at once, then releases the race flag (2); a race item polls its flag (which carries m and the
     race kind when a work item holds one row, as on a GPU; else it loads both at once), loads its tiles at m and the
     row's statistics at once (L2) and draws a ticket (3; 4 with several rows per item); the emit loads the partials
     (1). Spin waits count once (no waiting), so the chain below carries the waiting. The emit's race over pi (a
     residual of rounding noise) is not in the traced path.
 
     Chain of one row (steps; ``gap``: work items drawn by other programs meanwhile, ``step`` = one super-step):
-    stats (K + 1) NS items -> merge, or the gap -> second looks n NS -> their merge and the accept, or the gap ->
-    race NR items -> emit. Without a second look, or where no row of the modelled inputs has a position whose look
+    stats (K + 1) NS items -> merge, or the gap -> second looks n NS -> the accept (the last look item's), or the gap
+    -> race NR items -> emit. Without a second look, or where no row of the modelled inputs has a position whose look
     can change something (``look_rows`` 0: the merges count the looks done): stats -> merge and accept, or the gap ->
     race -> emit."""
     if launch.name != "_verify_kernel":
@@ -1997,13 +2015,18 @@ def roofline_hints(launch) -> dict:
         # a statistics item's re-run without exp_shift (a lane's max times the scale at SHIFT_MAX or beyond: logits
         # or 1/T of 1e7 and more), taken as never
         "stats_rerun": dict(count=0),
-        "merge": dict(count=G * KP, l2=2),
+        "merge": dict(count=G * KP, l2=1),
+        # the merge's ticket on the row: on the row's chain only where no look follows (then the merge's ticket may be
+        # the row's last; where looks follow, their items report to the row after the merge's release of the flag)
+        "merge_ticket": dict(count=G * KP, l2=1),
         # a merge's release of the ready flag where look items wait for it (drafted positions, with looks): before
         # the row's ticket, or after it where the merge counted the look done (then off the row's chain)
         "merge_release": dict(count=G * n if looks else 0, l2=1),
         "look": dict(count=G * n * NS if looks else 0, l2=2),
         "look_body": dict(count=G * n * NS * share if looks else 0, l2=CH if dense else 0),
-        "look_merge": dict(count=G * K if looks else 0, l2=2),
+        # the position's last look item, after its ticket on the row: an acquire of the items' count, then the ready
+        # flag back to zero (off the row's chain)
+        "look_reset": dict(count=G * K if looks else 0, l2=1),
         "look_tail": dict(count=G * n * share if dense and PART else 0),  # a looked position's partial last chunk
         # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the traced run had
         "look_q": dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1, scale=share),
@@ -2017,10 +2040,10 @@ def roofline_hints(launch) -> dict:
     }
     if looks_on_chain:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "merge_release"], 1, step),
-                 (["queue", "look", "look_body", "look_q"], n * NS, 0), (["look_merge", "accept"], 1, step),
+                 (["queue", "look", "look_body", "look_q"], n * NS, 0), (["accept"], 1, step),
                  (["queue", "race"], NR, 0), (["emit"], 1, 0)]
     else:
-        chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "accept"], 1, step),
+        chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "merge_ticket", "accept"], 1, step),
                  (["queue", "race"], NR, 0), (["emit"], 1, 0)]
     # the traced look re-reads q_i and p_i at every drafted position (``ROOFLINE_TRACE``): the skipped share's are
     # saved (a token set's look re-reads only some chunks, whose bytes the hints do not know: none taken off)
@@ -2164,6 +2187,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         *strides,
         **cx, SKIP_MOOT=SKIP_MOOT_LOOKS, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
+        BLOCK_S=max(triton.next_power_of_2(ns), 2),
         TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec,
         SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
         num_warps=num_warps,
