@@ -591,11 +591,19 @@ def _verify_kernel(
             nxt = total
         s = _div(w, step_m, step_l)
         r = w - s * step  # (a multiply, not a second division)
+        # What the item leaves to do after it (offsets, -1: nothing): the accept phase of a row group (the program
+        # drew the group's last ticket; one call site for every item kind), then a ready flag to release, a
+        # position's look count and ready flag to reset (both off the row's chain).
+        acc_g = (s * 0 - 1).to(tl.int64)
+        rel_at = acc_g
+        rel_val = s * 0
+        look_at = acc_g
+        ready_at = acc_g
         if r < stats_items:
             g = s.to(tl.int64)
             if g < G:
                 i = _div(r, ns_m, ns_l)
-                _stats_item(g, i.to(tl.int64), r - i * NS, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
+                last, rel_at, rel_val = _stats_item(g, i.to(tl.int64), r - i * NS, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
                             pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr,
                             deferred_ptr,
                             accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr,
@@ -605,13 +613,14 @@ def _verify_kernel(
                             WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
                             BLOCK_V, BLOCK_K, BLOCK_T, BLOCK_S, TILES, CHUNKS, SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS,
                             MONOTONE_TV, SKIP_MOOT)
+                acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
             r2 = r - stats_items
             if SECOND_LOOK:
                 if (g >= 0) & (g < G):
                     i = _div(r2, ns_m, ns_l)
-                    _look_item(g, i.to(tl.int64), r2 - i * NS, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr,
+                    last, look_at, ready_at = _look_item(g, i.to(tl.int64), r2 - i * NS, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr,
                                pos_i_ptr, look_part_ptr,
                                look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr,
                                valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val,
@@ -621,6 +630,7 @@ def _verify_kernel(
                                USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
                                BLOCK_K, BLOCK_T, BLOCK_S, TILES, CHUNKS, READS_PH, FLOOR,
                                HAS_FLOOR, SCREENS, PAIRS)
+                    acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
             if (g >= 0) & (g < G):
@@ -642,6 +652,18 @@ def _verify_kernel(
                               temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag, c_fin, stride_qb, stride_qk,
                               stride_pb, stride_pk, IN_SET, USES_ALPHA, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
                               BLOCK_K, BLOCK_T, TILES, PAIRS)
+        if acc_g >= 0:  # (one test per item: the item itself released or reset what it did not leave here)
+            rows, rmask, n, start, T = _group(acc_g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+            _accept(acc_g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
+                    tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr,
+                    row_f_ptr, zq_ptr, zp_ptr, x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val,
+                    cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb,
+                    stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN,
+                    SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K, NT, TILES, CHUNKS, BLOCK_S)
+            if rel_at >= 0:  # a merge that counted the look done: the ready flag its look items wait for
+                common.release_flag(cnt_ptr + rel_at, rel_val)
+            if look_at >= 0:
+                _look_reset(cnt_ptr, look_at, ready_at)
         done += 1
         w = nxt
     # The last program out resets the queue.
@@ -868,6 +890,9 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 m, s1, sT, arg, bad = _lanes_merged(m_q, s1_q, sT_q, arg_q, invT, scaled)
                 _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NS, j, use_q, m, s1, sT, arg, bad)
     pos = g * KP + i
+    last = pos < 0  # this program drew the row's last ticket (the accept phase's)
+    rel_at = pos * 0 - 1  # a ready flag the kernel releases after the accept phase (-1: none), and its value
+    rel_val = rel_at.to(tl.int32) * 0
     if ticket(cnt_ptr + c_stats + pos) == NS - 1:
         ready = 1
         done = 1  # 1 + NS: the position's look items are done too (it can change nothing: none reports to the row)
@@ -918,46 +943,41 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         if SECOND_LOOK:
             if waited & (ready == 1):
                 common.release_flag(cnt_ptr + c_ready + pos, ready)
-        _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
-                    tokens_ptr,
-                    num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
-                    x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr,
-                    fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb,
-                    stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED,
-                    FILTERS, FP64, ROWS, BLOCK_K, done, NT, TILES, CHUNKS, BLOCK_S)
+        last = _group_done(g, rmask, T, cnt_ptr, K, c_row, SECOND_LOOK, HAS_Q, done, NT, TILES, CHUNKS)
         if SECOND_LOOK:
             if waited & (ready == 2):
-                common.release_flag(cnt_ptr + c_ready + pos, ready)
+                if last:  # (by the kernel, after the accept phase)
+                    rel_at = c_ready + pos
+                    rel_val = rel_val * 0 + ready
+                else:
+                    common.release_flag(cnt_ptr + c_ready + pos, ready)
+    return last.to(tl.int32), rel_at, rel_val
 
 
 @triton.jit
-def _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
-                tokens_ptr,
-                num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
-                x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
-                alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
-                FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
-                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
-                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-                BLOCK_K: tl.constexpr, done, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_S: tl.constexpr):
+def _group_done(g, rmask, T, cnt_ptr, K, c_row, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr, done, NT,
+                TILES: tl.constexpr, CHUNKS: tl.constexpr):
     """``done`` of the group's parts are done: a position's merge (1), one second-look item of a position (1), or a
     merge that found the position's second look can change nothing (1 + NS: its statistics and every look item of the
-    position). The group counts K + 1 merges, and K NS look items when it takes the second look; the program with its
-    last ticket runs the accept phase."""
+    position). The group counts K + 1 merges, and K NS look items when it takes the second look. Returns whether this
+    program holds the group's last ticket: it then runs the accept phase (``_verify_kernel``, after the item)."""
     target = K + 1
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
         target += K * _items(NT, TILES, CHUNKS)
-    if tickets(cnt_ptr + c_row + g, done) == target - done:
-        _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
-                tokens_ptr,
-                num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr,
-                x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr,
-                alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
-                FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64,
-                ROWS, BLOCK_K, NT, TILES, CHUNKS, BLOCK_S)
+    return tickets(cnt_ptr + c_row + g, done) == target - done
 
 
 # ------------------------------------------------------------------------------------------------ second look
+
+@triton.jit
+def _look_reset(cnt_ptr, look_at, ready_at):
+    """A position's look count back to zero, and its ready flag (``ready_at`` >= 0), by its last look item: first an
+    acquire of the count, which every look item's release joins (each read the flag before it)."""
+    tl.atomic_add(cnt_ptr + look_at, 0, sem="acquire")
+    if ready_at >= 0:
+        tl.store(cnt_ptr + ready_at, 0)
+    tl.store(cnt_ptr + look_at, 0)
+
 
 @triton.jit
 def _look_moot(FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr, FILTERS: tl.constexpr, al, M, S1,
@@ -1208,6 +1228,9 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
     zero."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NS = _items(NT, TILES, CHUNKS)  # second-look items per position (a stats item's chunks)
+    last = g < 0  # this program drew the row's last ticket (the accept phase's)
+    look_at = g * 0 - 1  # the position's look count to reset after the accept phase (-1: none), and its ready flag
+    ready_at = look_at
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
         KP = K + 1
         pos = g * KP + i
@@ -1282,20 +1305,17 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
         # The item reports to the row itself, one ticket (the accept phase sums the records): no merge of the
         # position's look on the row's chain.
         if ready != 2:  # (2: the merge counted the look done on the row)
-            _group_done(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr,
-                        cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr,
-                        row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val,
-                        offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready,
-                        c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
-                        USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K, 1,
-                        NT, TILES, CHUNKS, BLOCK_S)
+            last = _group_done(g, rmask, T, cnt_ptr, K, c_row, SECOND_LOOK, HAS_Q, 1, NT, TILES, CHUNKS)
         if seen == NS - 1:
-            # (after the row's ticket and the accept phase, if this program ran it: off the row's chain) an acquire
-            # of the count, which every item's release joins: each item's read of the flag precedes the reset
-            tl.atomic_add(cnt_ptr + c_look + g * K + i, 0, sem="acquire")
+            # the position's last look item resets the count and the ready flag, after the accept phase where this
+            # program runs it (by the kernel: off the row's chain)
+            look_at = c_look + g * K + i
             if tl.max(use.to(tl.int32), axis=0) > 0:
-                tl.store(cnt_ptr + c_ready + pos, 0)
-            tl.store(cnt_ptr + c_look + g * K + i, 0)
+                ready_at = c_ready + pos
+            if not last:
+                _look_reset(cnt_ptr, look_at, ready_at)
+                look_at = g * 0 - 1
+    return last.to(tl.int32), look_at, ready_at
 
 
 # ------------------------------------------------------------------------------------------------ accept
@@ -1872,6 +1892,9 @@ ROOFLINE_PHASES = (
     ("div", "_div_item", None),
     ("emit_pi", "_pi_race", None),
     ("accept", "_accept", None),
+    ("look_reset", "_look_reset", None),
+    ("merge_release", "_verify_kernel", "rel_at >= 0"),
+    ("accept", "_verify_kernel", "acc_g >= 0"),  # (the group's rows for it)
     ("merge", "_stats_item", "ticket(cnt_ptr + c_stats"),
     ("stats_rerun", "_stats_item", "c2 < nch"),
     ("stats_tail", "_stats_item", "nfull < nch"),
