@@ -114,6 +114,9 @@ and 2, whose launches may take smaller work items than the modelled batch's (a l
 batches: fewer chunks or tiles per item): code that runs only under the larger items' constexprs (a branch on
 CHUNKS > 1, say) never runs in the trace and is dropped from the modelled launch, though compiled into it. Kernels
 modelled here must not branch on such constexprs (the SASS of a phase then shows the code the model leaves out).
+A phase whose function is inlined at several call sites (each reached in the trace) counts every copy at each
+execution: up to v24 the verify kernel's accept phase was inlined twice (in the merge and in the look's merge), so
+the rules with a second look were charged both copies; from v25 it has one call site.
 """
 
 from __future__ import annotations
@@ -2462,7 +2465,11 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "the rows count the skipped share from the modelled point's own inputs, the bench recipe at that batch "
              "(`roofline_data`): one or two traced rows are too few to stand for it. From v23 (2026-12-02 17:40 UTC) the "
              "chain of a row reads them too: it holds the second look unless no row of the modelled inputs has a "
-             "position whose look can change something (`look_rows`; one such row: every row's chain holds it).")
+             "position whose look can change something (`look_rows`; one such row: every row's chain holds it). From v25 "
+             "(2026-12-03) the kernel's hints put a merge's ticket on the row's chain only where no second look "
+             "follows (the look items wait for the ready flag, which the merge releases before that ticket; the hints "
+             "had charged it on the way to the look too, 0.3 us of the chain): a correction, not a kernel change, "
+             "in the figures of the rules with a second look.")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
