@@ -754,7 +754,7 @@ def test_grid_point_end_to_end(tmp_path, monkeypatch):
         f"## For the README: t against u, K = 2, V = 1000 ({rf.MODEL_BANNER})"], md[:12]
 
 
-BATCH_SIZED = {"CHUNKS", "TILES", "RACE_TILES", "LANES", "VEC", "SCREENS", "BLOCK_S"}  # a launcher shrinks them at small B
+BATCH_SIZED = {"CHUNKS", "TILES", "RACE_TILES", "LANES", "VEC", "SCREENS", "BLOCK_S", "RECORDS"}  # a launcher shrinks them at small B
 
 
 def _branches_on(source: str, names=BATCH_SIZED):

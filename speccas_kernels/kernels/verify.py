@@ -536,6 +536,7 @@ def _verify_kernel(
     BLOCK_K: tl.constexpr,  # >= K + 1
     BLOCK_T: tl.constexpr,  # >= NT
     BLOCK_S: tl.constexpr,  # >= NS: a position's records (statistics and second-look items)
+    RECORDS: tl.constexpr,  # NS itself: the accept phase sums a position's look records in RECORDS unrolled loads
     TILES: tl.constexpr,  # vocabulary tiles per chunk (statically unrolled)
     RACE_TILES: tl.constexpr,  # tiles per race item (statically unrolled): TILES, or fewer at a small batch
     CHUNKS: tl.constexpr,  # chunks of TILES tiles per work item, at most
@@ -659,7 +660,7 @@ def _verify_kernel(
                     row_f_ptr, zq_ptr, zp_ptr, x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val,
                     cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb,
                     stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN,
-                    SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K, NT, TILES, CHUNKS, BLOCK_S)
+                    SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K, NT, TILES, CHUNKS, RECORDS)
             if rel_at >= 0:  # a merge that counted the look done: the ready flag its look items wait for
                 common.release_flag(cnt_ptr + rel_at, rel_val)
             if look_at >= 0:
@@ -1373,7 +1374,7 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
             FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
             USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
             RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-            BLOCK_K: tl.constexpr, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr, BLOCK_S: tl.constexpr):
+            BLOCK_K: tl.constexpr, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr, RECORDS: tl.constexpr):
     """The accept phase of a group of rows: [R, BLOCK_K] blocks, one lane per draft position. It sums the second
     look's records of every position itself (the look items report to the row, not to a merge of their own)."""
     KP = K + 1
@@ -1437,12 +1438,12 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
     look2 = look
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
         # the NS records of each looked position (a merge that found the look could change nothing wrote zeros), in
-        # flight with the statistics (BLOCK_S loads unrolled: each an [R, BLOCK_K] block like the phase's others,
+        # flight with the statistics (RECORDS = NS loads unrolled: each an [R, BLOCK_K] block like the phase's others,
         # so no layout conversion), summed in item order
         NS = _items(NT, TILES, CHUNKS)
         looked = used_q & _needs_look(T, SECOND_LOOK, HAS_Q)[:, None]
         at = ((rr * K + i) * NS).to(tl.int32)  # (a workspace offset: int32)
-        for s in tl.static_range(BLOCK_S):
+        for s in tl.static_range(RECORDS):
             look += tl.load(look_part_ptr + at + s, mask=looked & (s < NS), other=0.0, cache_modifier=".cg")
             if DIVERGENCE:
                 look2 += tl.load(look_part_ptr + B * K * NS + at + s, mask=looked & (s < NS), other=0.0,
@@ -2210,7 +2211,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         *strides,
         **cx, SKIP_MOOT=SKIP_MOOT_LOOKS, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
-        BLOCK_S=max(triton.next_power_of_2(ns), 2),
+        BLOCK_S=max(triton.next_power_of_2(ns), 2), RECORDS=ns,
         TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec,
         SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
         num_warps=num_warps,
