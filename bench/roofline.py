@@ -62,8 +62,10 @@ What it does, per public call (``verify`` for every rule, ``sample``) and grid p
 5. **Persistent kernels** (hints ``phase_map``, ``phase_work``, ``phase_chain``, ``chain_rows``): programs
    loop over a queue of work items of several kinds, so one program's instructions mean nothing. Each SASS
    instruction of the chain build goes to a phase: the first ``phase_map`` rule whose function is on its
-   inline chain (a rule may name a marker: the body of that function's ``if`` whose test holds it); the
-   kernel's own instructions are ``queue`` inside its outermost loop (once per work item) or ``program``.
+   inline chain (a rule may name a marker: the body of that function's ``if`` whose test holds it); an
+   unclaimed instruction inside the kernel's outermost loop whose basic block holds claimed ones goes with the
+   nearest of them (since r4: code the compiler moved into a phase's block under a kernel line); the kernel's
+   own instructions are ``queue`` inside its outermost loop (once per work item) or ``program``.
    Loops inside a phase count once (spin waits), or, named in ``phase_loops``, their mean trips per execution
    (every instruction with a line in the loop: hoisted invariants are counted each trip, an over-count). With
    n_p executions of phase p (``phase_work`` closed forms of the launch's arguments), I_p its warp
@@ -123,6 +125,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import bisect
 import contextlib
 import csv
 import dataclasses
@@ -1609,22 +1612,36 @@ def loop_trips_of_chain(chain: Sequence[Sequence], loops: Sequence[Sequence], ph
 
 def phase_instructions(rec: dict, rules: Sequence[Sequence], reach: Sequence[float],
                        loops: Sequence[Sequence] = ()) -> Dict[str, Counter]:
-    """Warp instructions of one execution of each phase, by pipe, from the chain-annotated SASS. Instructions
-    that no rule claims are the kernel's own: ``queue`` inside its outermost loop (once per work item drawn),
-    ``program`` outside (once per program). Loops inside a phase count once (spin waits) unless ``loops``
-    (``phase_loops``) names them; blocks scale by ``reach``."""
+    """Warp instructions of one execution of each phase, by pipe, from the chain-annotated SASS. An instruction
+    inside the kernel's outermost loop that no rule claims but that sits in a basic block with claimed instructions
+    runs when that block runs: it is charged as the nearest claimed instruction of its block (the next one, else the
+    one before), with its loop trips (code the compiler moved or rematerialised into a phase's block under a debug
+    line of the kernel itself, e.g. tile offsets and Philox keys recomputed at their use). The rest are the
+    kernel's own: ``queue`` inside its outermost loop (once per work item drawn), ``program`` outside (once per
+    program, whatever the block holds: code hoisted out of the loop). Loops inside a phase count
+    once (spin waits) unless ``loops`` (``phase_loops``) names them; blocks scale by ``reach``."""
     an, ids, chains = rec["chain_analysis"], rec["chain_of"], rec["chains"]
     outer = [l for l in an["loops"] if l["depth"] == 0]
     queue_loop = max(outer, key=lambda l: l["end"] - l["start"]) if outer else None
     memo: Dict[int, Tuple[Optional[str], float]] = {}
-    out: Dict[str, Counter] = defaultdict(Counter)
+    rows = []
     for (addr, _, pipe, _, block), cid in zip(an["per_instruction"], ids):
         if cid not in memo:
             phase = (phase_of_chain(chains[cid - 1], rules) or phase_of_call(chains[cid - 1], rules)) if cid else None
             memo[cid] = (phase, loop_trips_of_chain(chains[cid - 1], loops, phase) if cid else 1.0)
-        phase, trips = memo[cid]
+        rows.append([addr, pipe, block, *memo[cid]])
+    claimed: Dict[int, List[int]] = defaultdict(list)  # block -> its claimed instructions, in address order
+    for k, r in enumerate(rows):
+        if r[3] is not None:
+            claimed[r[2]].append(k)
+    out: Dict[str, Counter] = defaultdict(Counter)
+    for k, (addr, pipe, block, phase, trips) in enumerate(rows):
+        inside = queue_loop is not None and queue_loop["start"] <= addr <= queue_loop["end"]
+        if phase is None and inside and claimed.get(block):
+            own = claimed[block]
+            near = own[bisect.bisect_left(own, k)] if k < own[-1] else own[-1]
+            phase, trips = rows[near][3], rows[near][4]
         if phase is None:
-            inside = queue_loop is not None and queue_loop["start"] <= addr <= queue_loop["end"]
             phase = QUEUE if inside else PROGRAM
         out[phase][pipe or "issue-only"] += reach[block] * trips
     return dict(out)
@@ -2469,7 +2486,14 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "(2026-12-03) the kernel's hints put a merge's ticket on the row's chain only where no second look "
              "follows (the look items wait for the ready flag, which the merge releases before that ticket; the hints "
              "had charged it on the way to the look too, 0.3 us of the chain): a correction, not a kernel change, "
-             "in the figures of the rules with a second look.")
+             "in the figures of the rules with a second look. From 2026-12-03 09:40 UTC the tool is r4: an "
+             "instruction inside the kernel's queue loop that no phase rule claims but that sits in a basic block "
+             "with claimed instructions (tile offsets, Philox keys and the like that the compiler recomputes at their "
+             "use under a line of the kernel itself) is charged with the nearest claimed instruction of its block, "
+             "to that phase and with its loop trips, where r3 charged it to every work item drawn (at v26, opt "
+             "fp32 B = 1: 185 of the queue's 244 instructions per item). A block runs as a unit, so the phase's "
+             "executions are when it runs. B = 1 figures fall (every item drew them), and instructions inside a "
+             "phase's chunk loop now count every trip. v26-r4 is v26's kernels under r4.")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:

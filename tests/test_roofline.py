@@ -1,6 +1,7 @@
 """bench/roofline.py, the static sm_90 model: the device-work counter, the launch recorder, the memory
 tracer, the ahead-of-time compile with its SASS analysis, and the time formula."""
 
+import collections
 import contextlib
 import dataclasses
 import math
@@ -607,6 +608,45 @@ def test_inline_chains_attribute_sass_to_helpers(queue_rec, probe):
     assert all(thrice["a"][k] == pytest.approx(3 * n) for k, n in per["a"].items()), (thrice["a"], per["a"])
     assert thrice["b"] == per["b"] and thrice[rf.QUEUE] == per[rf.QUEUE]
     assert rf.phase_instructions(rec, QUEUE_RULES, reach, [["queue_kernel", "w % 2 == 0", 3.0, ["b"]]]) == per
+
+
+def test_unclaimed_code_in_a_phase_block_goes_to_that_phase(queue_rec):
+    """An instruction no rule claims (code the compiler moved into a phase's basic block under a line of the kernel
+    itself) runs when its block runs: it is charged as the nearest claimed instruction of its block, with that
+    one's loop trips, not to every work item drawn (``queue``). A block with no claimed instruction stays the
+    queue's."""
+    rec, _ = queue_rec
+    an, ids = rec["chain_analysis"], rec["chain_of"]
+    reach = [1.0] * len(an["blocks"])
+    loops = [["queue_kernel", "w % 2 == 0", 3.0, ["a"]]]
+    base = rf.phase_instructions(rec, QUEUE_RULES, reach, loops)
+    phase_of = [rf.phase_of_chain(rec["chains"][c - 1], QUEUE_RULES) if c else None for c in ids]
+    blocks = collections.defaultdict(list)
+    for k, (instr, ph) in enumerate(zip(an["per_instruction"], phase_of)):
+        if ph == "a":
+            blocks[instr[4]].append(k)
+    block, own = max(blocks.items(), key=lambda b: len(b[1]))
+    assert len(own) >= 3, blocks
+
+    def unclaimed(ks):
+        return dict(rec, chain_of=[0 if k in ks else c for k, c in enumerate(ids)])
+
+    # all of the block's phase-a instructions but one lose their chain: the counts stay as they were
+    moved = rf.phase_instructions(unclaimed(set(own[:-1])), QUEUE_RULES, reach, loops)
+    assert moved == base, (moved, base)
+    # outside the queue loop (here: a build whose loop is not known) a block runs once per program, whatever it
+    # holds (code the compiler hoisted out of the loop): the unclaimed instructions are the program's
+    outside = dict(unclaimed(set(own[:-1])), chain_analysis=dict(an, loops=[]))
+    hoisted = rf.phase_instructions(outside, QUEUE_RULES, reach, loops)
+    assert sum(hoisted[rf.PROGRAM].values()) >= len(own) - 1 + sum(base[rf.QUEUE].values())
+    assert sum(hoisted["a"].values()) == pytest.approx(3.0)  # the one claimed instruction left, its 3 trips
+    # every one of them: nothing claims the block, so all its instructions are the queue's, once per work item
+    size = sum(1 for instr in an["per_instruction"] if instr[4] == block)
+    assert size > len(own) and not any(phase_of[k] for k, i in enumerate(an["per_instruction"])
+                                       if i[4] == block and k not in own)  # (unclaimed ones that went to a)
+    gone = rf.phase_instructions(unclaimed(set(own)), QUEUE_RULES, reach, loops)
+    assert sum(gone[rf.QUEUE].values()) == pytest.approx(sum(base[rf.QUEUE].values()) + size)
+    assert sum(gone.get("a", {}).values()) == pytest.approx(sum(base["a"].values()) - 3.0 * size)
 
 
 def test_phased_model_chain_and_throughput(queue_rec, monkeypatch):
