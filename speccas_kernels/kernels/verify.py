@@ -604,16 +604,14 @@ def _verify_kernel(
             g = s.to(tl.int64)
             if g < G:
                 i = _div(r, ns_m, ns_l)
-                last, rel_at, rel_val = _stats_item(g, i.to(tl.int64), r - i * NS, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
-                            pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr,
-                            deferred_ptr,
-                            accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr,
-                            n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr,
-                            offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_stats,
-                            c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV,
-                            WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
-                            BLOCK_V, BLOCK_K, BLOCK_T, BLOCK_S, TILES, CHUNKS, SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS,
-                            MONOTONE_TV, SKIP_MOOT)
+                last, rel_at, rel_val = _stats_item(g, i.to(tl.int64), r - i * NS, part_m_ptr, part_f_ptr, part_i_ptr,
+                                                    pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr, zq_ptr,
+                                                    zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr,
+                                                    temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_stats, c_ready, c_row,
+                                                    stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, WEIGHT, IN_SET,
+                                                    USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64,
+                                                    ROWS, BLOCK_V, BLOCK_S, TILES, CHUNKS, SCREEN, READS_PH, LANES, VEC,
+                                                    SCREENS, PAIRS, MONOTONE_TV, SKIP_MOOT)
                 acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
@@ -621,16 +619,14 @@ def _verify_kernel(
             if SECOND_LOOK:
                 if (g >= 0) & (g < G):
                     i = _div(r2, ns_m, ns_l)
-                    last, look_at, ready_at = _look_item(g, i.to(tl.int64), r2 - i * NS, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr,
-                               pos_i_ptr, look_part_ptr,
-                               look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr,
-                               valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val,
-                               alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val,
-                               cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready, c_look, c_row,
-                               c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET,
-                               USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
-                               BLOCK_K, BLOCK_T, BLOCK_S, TILES, CHUNKS, READS_PH, FLOOR,
-                               HAS_FLOOR, SCREENS, PAIRS)
+                    last, look_at, ready_at = _look_item(g, i.to(tl.int64), r2 - i * NS, part_m_ptr, part_f_ptr,
+                                                         pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr,
+                                                         cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val,
+                                                         cutq_ptr, cutp_ptr, B, K, V, NT, c_ready, c_look, c_row,
+                                                         stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV,
+                                                         IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED,
+                                                         FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T, TILES, CHUNKS, READS_PH,
+                                                         FLOOR, HAS_FLOOR, SCREENS, PAIRS)
                     acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
@@ -798,19 +794,15 @@ def _stats_chunk(c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, inv
 
 
 @triton.jit
-def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr,
-                cnt_ptr,
-                tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr,
-                zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
-                seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT,
-                c_stats, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
-                FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
-                USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
-                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-                BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
-                CHUNKS: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, LANES: tl.constexpr,
-                VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr,
-                SKIP_MOOT: tl.constexpr):
+def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr,
+                zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr,
+                cutp_ptr, B, K, V, NT, c_stats, c_ready, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
+                FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
+                SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
+                FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
+                BLOCK_S: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, SCREEN: tl.constexpr,
+                READS_PH: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, SCREENS: tl.constexpr,
+                PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr, SKIP_MOOT: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
     (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
     reduction across threads inside the loop); the item writes one record, and with SCREEN (a token set with a
@@ -1207,17 +1199,14 @@ def _look_chunk(r, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S
 
 
 @triton.jit
-def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
-               tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr,
-               zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
-               seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, NT, c_ready,
-               c_look, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
-               FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
-               USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
-               RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-               BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
-               CHUNKS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr,
-               SCREENS: tl.constexpr, PAIRS: tl.constexpr):
+def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr,
+               n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_ready, c_look,
+               c_row, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr,
+               IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr,
+               HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
+               BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr,
+               READS_PH: tl.constexpr, FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr, SCREENS: tl.constexpr,
+               PAIRS: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item, which reports to the row (the accept phase sums the NS records). A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
