@@ -19,6 +19,7 @@ from speccas_kernels import random as srandom  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from speccas_kernels.kernels import philox  # noqa: E402
+from speccas_kernels.kernels import verify as kverify  # noqa: E402
 
 from helpers import assert_same_outputs, random_round, reference_with_margins  # noqa: E402
 
@@ -77,6 +78,30 @@ def _assert_counters_zero(what):
         for b in bufs:
             left = b.nonzero().flatten().tolist()
             assert not left, f"{what}: counters {left[:8]} of {key} left nonzero: {b[left[:8]].tolist()}"
+
+
+@triton.jit
+def _chunks_probe(out_ptr, NT, ns_m, ns_l, TILES: tl.constexpr):
+    j = tl.program_id(0)
+    c0, n = kverify._chunks(j, NT, ns_m, ns_l, TILES)
+    tl.store(out_ptr + 2 * j, c0)
+    tl.store(out_ptr + 2 * j + 1, n)
+
+
+@pytest.mark.parametrize("nt,tiles,chunks", [(1, 4, 16), (5, 1, 3), (75, 4, 16), (75, 4, 4), (38, 1, 1), (150, 2, 16),
+                                             (594, 4, 16), (67, 4, 8)])
+def test_stats_items_split_a_positions_chunks_evenly(nt, tiles, chunks):
+    """A position's NI chunks, split over its NS stats (and second-look) items, in order and with none left out or
+    read twice, at most CHUNKS per item, and no item longer than another by more than one chunk (at NT = 75, 4
+    tiles, 16 chunks: 10 and 9, where CHUNKS per item but the last gave 16 and 3, and the row's step waited for
+    the 16)."""
+    ni = -(-nt // tiles)
+    ns = -(-nt // (tiles * chunks))
+    out = torch.full((2 * ns,), -1, dtype=torch.int32)
+    _chunks_probe[(ns,)](out, nt, *kverify.magic(ns), TILES=tiles)
+    c0, n = out[0::2].tolist(), out[1::2].tolist()
+    assert c0[0] == 0 and all(c0[k + 1] == c0[k] + n[k] for k in range(ns - 1)) and c0[-1] + n[-1] == ni, (c0, n)
+    assert min(n) >= 1 and max(n) <= chunks and max(n) - min(n) <= 1, n
 
 
 @pytest.mark.parametrize("rule,alpha", [("opt", a) for a in (-20.0, -0.5, 0.0, 0.5, 0.9)]

@@ -18,8 +18,9 @@ For row b with n = num_draft_tokens[b] drafts, drafter logits zq_i, target logit
 Design. Every program loops over a queue of work items (an atomic counter), so the whole round is one launch.
 The items, in the phases of SPEC.md section 9:
 
-A chunk is TILES vocabulary tiles of BLOCK_V entries (4 on a GPU). A stats or second-look item covers CHUNKS chunks
-(on a GPU 4, or 16 for 2-byte logits: a loop), a race or divergence item one chunk; at a small batch the items
+A chunk is TILES vocabulary tiles of BLOCK_V entries (4 on a GPU). A stats or second-look item covers at most CHUNKS
+chunks (on a GPU 4, or 16 for 2-byte logits: a loop; a position's NI chunks split evenly over its NS items,
+``_chunks``), a race or divergence item one chunk; at a small batch the items
 shrink (chunks first, then tiles) while a position's stats items still fit in one wave of the programs
 (``triton_backend.tiles`` / ``chunks``, ``launch_verify``), and the race items (RACE_TILES tiles) while a row's
 still do: NS = ceil(NT / (TILES CHUNKS)) stats and second-look items and NI = ceil(NT / TILES) divergence items per
@@ -607,11 +608,11 @@ def _verify_kernel(
                 last, rel_at, rel_val = _stats_item(g, i.to(tl.int64), r - i * NS, part_m_ptr, part_f_ptr, part_i_ptr,
                                                     pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr, zq_ptr,
                                                     zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr,
-                                                    temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_stats, c_ready, c_row,
-                                                    stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, WEIGHT, IN_SET,
-                                                    USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64,
-                                                    ROWS, BLOCK_V, BLOCK_S, TILES, CHUNKS, SCREEN, READS_PH, LANES, VEC,
-                                                    SCREENS, PAIRS, MONOTONE_TV, SKIP_MOOT)
+                                                    temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, ns_m, ns_l, c_stats,
+                                                    c_ready, c_row, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
+                                                    WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED,
+                                                    FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, TILES, CHUNKS, SCREEN,
+                                                    READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV, SKIP_MOOT)
                 acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
@@ -622,11 +623,11 @@ def _verify_kernel(
                     last, look_at, ready_at = _look_item(g, i.to(tl.int64), r2 - i * NS, part_m_ptr, part_f_ptr,
                                                          pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr,
                                                          cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val,
-                                                         cutq_ptr, cutp_ptr, B, K, V, NT, c_ready, c_look, c_row,
-                                                         stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV,
-                                                         IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED,
-                                                         FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T, TILES, CHUNKS, READS_PH,
-                                                         FLOOR, HAS_FLOOR, SCREENS, PAIRS)
+                                                         cutq_ptr, cutp_ptr, B, K, V, NT, ns_m, ns_l, c_ready,
+                                                         c_look, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
+                                                         FAMILY, NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE,
+                                                         HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T, TILES,
+                                                         CHUNKS, READS_PH, FLOOR, HAS_FLOOR, SCREENS, PAIRS)
                     acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
@@ -723,9 +724,14 @@ def _div(n, m, L):
 
 
 @triton.jit
-def _chunks(j, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr):
-    """Chunks of a stats or second-look item j: CHUNKS chunks of TILES tiles, fewer in a position's last item."""
-    return tl.minimum(CHUNKS, (NT - j * (CHUNKS * TILES) + TILES - 1) // TILES)
+def _chunks(j, NT, ns_m, ns_l, TILES: tl.constexpr):
+    """(first chunk, chunks) of stats or second-look item j: a position's NI = ceil(NT / TILES) chunks of TILES
+    tiles split evenly over its NS = ceil(NI / CHUNKS) items (floor(j NI / NS) by ``magic(NS)``), so an item holds
+    floor or ceil of NI / NS <= CHUNKS chunks (with CHUNKS in every item but the last, a position's items were as
+    unequal as 16 and 3 chunks: the row's step waited for the longest)."""
+    NI = (NT + TILES - 1) // TILES
+    c0 = _div(j * NI, ns_m, ns_l)
+    return c0, _div((j + 1) * NI, ns_m, ns_l) - c0
 
 
 @triton.jit
@@ -735,13 +741,13 @@ def _items(NT, TILES: tl.constexpr, CHUNKS: tl.constexpr):
 
 
 @triton.jit
-def _stats_chunk(c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
+def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
                  s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
                  NT, HAS_Q: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
                  FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
                  BLOCK_V: tl.constexpr, CHUNKS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr,
                  SCREENS: tl.constexpr, FULL: tl.constexpr, FAST: tl.constexpr = True):
-    """Chunk c of stats item j, the target's tiles and (positions with a draft) the drafter's as one block each, both
+    """Chunk c of a stats item whose first is c0, the target's tiles and (positions with a draft) the drafter's as one block each, both
     loads in flight together (one round trip to DRAM): folded into the running lane statistics of each side. With
     SCREEN (a token set with a floor) the drafted positions also write the chunk's screening records (``_screen``)
     for the second look. FULL: the chunk lies inside the vocabulary, so its loads take no bound mask, and with one
@@ -749,7 +755,7 @@ def _stats_chunk(c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, inv
     ``exp_shift``; an item runs its chunks again without it when a lane's max times the scale reached SHIFT_MAX
     (storing the logits at the draft and the screening records again: the same values, the records now right)."""
     KP = K + 1
-    r = j * CHUNKS + c  # the chunk's number in its position
+    r = c0 + c  # the chunk's number in its position
     lo = r * (TILES * BLOCK_V)
     if FULL and ROWS == 1:
         zp = load_tile(pbase[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True)
@@ -796,7 +802,7 @@ def _stats_chunk(c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, inv
 @triton.jit
 def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr,
                 zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr,
-                cutp_ptr, B, K, V, NT, c_stats, c_ready, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
+                cutp_ptr, B, K, V, NT, ns_m, ns_l, c_stats, c_ready, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
                 FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                 SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
                 FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
@@ -830,7 +836,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             cutq = tl.load(cutq_ptr + rows * K + i, mask=use_q, other=0.0)
         any_q = tl.max(use_q.to(tl.int32), axis=0) > 0
         c = 0
-        nch = _chunks(j, NT, TILES, CHUNKS)
+        c0, nch = _chunks(j, NT, ns_m, ns_l, TILES)
         # Entries are tile offsets from the chunk's first entry lo (a scalar): the masks compare offs with V - lo,
         # and only the rare branches that need an entry's index form one.
         offs = tl.arange(0, TILES * BLOCK_V)
@@ -848,17 +854,17 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         huge = lane0 != lane0
         # The chunks wholly inside the vocabulary load with no bound mask (and, one row per item, no mask: no
         # registers to fill), the last one of a position (if partial) after them, with its masks.
-        nfull = tl.minimum(tl.maximum((V - j * (CHUNKS * TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
+        nfull = tl.minimum(tl.maximum((V - c0 * (TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
         while c < nfull:
             m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                c, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
+                c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
                 s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K,
                 V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, CHUNKS, LANES, VEC,
                 SCREENS, True)
             c += 1
         if nfull < nch:  # (a position's last chunk, partial)
             m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                nfull, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
+                nfull, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
                 s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K,
                 V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, CHUNKS, LANES, VEC,
                 SCREENS, False)
@@ -871,7 +877,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 c2 = 0
                 while c2 < nch:
                     m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                        c2, j, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy,
+                        c2, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy,
                         m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr,
                         rows, i, B, K, V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V,
                         CHUNKS, LANES, VEC, SCREENS, False, False)
@@ -1094,13 +1100,13 @@ def _shift_consts(use, scale, Mp, fp, Mq, fq):
 
 
 @triton.jit
-def _eta_records(rows, i, j, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr,
+def _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr,
                  BLOCK_T: tl.constexpr, SCREENS: tl.constexpr):
-    """The screening records of second-look item j's chunks ([R, BLOCK_T, SCREENS], one chunk per column,
+    """The screening records of a second-look item's chunks (c0 to c0 + nch) ([R, BLOCK_T, SCREENS], one chunk per column,
     ``_screen``): the hat side's maxima, the drafter's references and its sampling sums (``_eta_item``)."""
     m0, n, kinds, f = _screen_at(rows, i, B, K, NT, TILES, SCREENS)
     cc = tl.arange(0, BLOCK_T)[None, :, None]  # (CHUNKS <= BLOCK_T)
-    at = (m0 + j * CHUNKS)[:, None, None] + cc + tl.arange(0, SCREENS)[None, None, :] * n
+    at = (m0 + c0)[:, None, None] + cc + tl.arange(0, SCREENS)[None, None, :] * n
     rec = use[:, None, None] & (cc < nch)
     mh = tl.load(part_m_ptr + at, mask=rec, other=float("-inf"), cache_modifier=".cg")
     mr = tl.load(part_m_ptr + kinds + at, mask=rec, other=float("-inf"), cache_modifier=".cg")
@@ -1109,11 +1115,11 @@ def _eta_records(rows, i, j, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES: 
 
 
 @triton.jit
-def _eta_item(j, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase, pbase, mh, mr, sq,
+def _eta_item(c0, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase, pbase, mh, mr, sq,
               cutq_ptr, K, V, IN_SET: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr,
               FILTERS: tl.constexpr, FP64: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr,
               TILES: tl.constexpr, CHUNKS: tl.constexpr, PAIRS: tl.constexpr):
-    """eta's share ([R]) of second-look item j for a token set whose membership is a floor t on one hat
+    """eta's share ([R]) of a second-look item (chunks c0 to c0 + nch) for a token set whose membership is a floor t on one hat
     (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the screening
     records of the item's chunks (``_eta_records``, loaded with the position's statistics) and the logits of the
     few chunks that may hold a member of A.
@@ -1149,7 +1155,7 @@ def _eta_item(j, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, uni
     c = tl.min(tl.min(tl.where(near, cc, BIG), axis=1), axis=0)
     while c < nch:  # the chunks that may hold a member of A, in order
         near_c = tl.max(tl.where(cc == c, near.to(tl.int32), 0), axis=1)[:, None] > 0
-        lo = (j * CHUNKS + c) * (TILES * BLOCK_V)
+        lo = (c0 + c) * (TILES * BLOCK_V)
         mask = near_c & (offs < V - lo)[None, :]
         if READS_PH:
             zp = load_tile(pbase, lo, near_c, V - lo, TILES * BLOCK_V, FP64, PAIRS)
@@ -1200,7 +1206,8 @@ def _look_chunk(r, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S
 
 @triton.jit
 def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr,
-               n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_ready, c_look,
+               n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, ns_m, ns_l,
+               c_ready, c_look,
                c_row, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr,
                IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr,
                HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
@@ -1239,9 +1246,9 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                 # changes no bit of eta); the tile loop below then sums TV(q, p) only
                 SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR
                 DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
-                nch = _chunks(j, NT, TILES, CHUNKS)
+                c0, nch = _chunks(j, NT, ns_m, ns_l, TILES)
                 if SPARSE_ETA:  # in flight with the position's statistics
-                    mh, mr, sq = _eta_records(rows, i, j, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, CHUNKS,
+                    mh, mr, sq = _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, CHUNKS,
                                               BLOCK_T, SCREENS)
                 scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
                                                                             pos_f_ptr, alpha_ptr, alpha_val, B, K,
@@ -1255,7 +1262,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                     live = use & ~whole
                     eta = tl.zeros([ROWS], dtype=tl.float32)
                     if tl.max(live.to(tl.int32), axis=0) > 0:
-                        eta = _eta_item(j, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase,
+                        eta = _eta_item(c0, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase,
                                         pbase, mh, mr, sq, cutq_ptr, K, V, IN_SET, FLOOR, READS_PH, FILTERS, FP64,
                                         BLOCK_V, BLOCK_T, TILES, CHUNKS, PAIRS)
                     tl.store(look_part_ptr + (rows * K + i) * NS + j, eta, mask=use)  # one record per item
@@ -1274,16 +1281,16 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                     acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
                     offs = tl.arange(0, BLOCK_V)
                     # the chunks wholly inside the vocabulary with no bound mask, then a position's partial last one
-                    nfull = tl.minimum(tl.maximum((V - j * (CHUNKS * TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
+                    nfull = tl.minimum(tl.maximum((V - c0 * (TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
                     c = 0
                     while c < nfull:
-                        acc, acc2 = _look_chunk(j * CHUNKS + c, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp,
+                        acc, acc2 = _look_chunk(c0 + c, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp,
                                                 Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K, V,
                                                 FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH, DIVERGENCE,
                                                 SPARSE_ETA, TILES, BLOCK_V, ROWS, True, FAST, fast, cp, kp, cq, kq)
                         c += 1
                     if nfull < nch:  # (a position's last chunk, partial)
-                        acc, acc2 = _look_chunk(j * CHUNKS + nfull, acc, acc2, offs, rows, i, use, scale, Mp, S1p,
+                        acc, acc2 = _look_chunk(c0 + nfull, acc, acc2, offs, rows, i, use, scale, Mp, S1p,
                                                 inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr,
                                                 K, V, FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH,
                                                 DIVERGENCE, SPARSE_ETA, TILES, BLOCK_V, ROWS, False, FAST, fast, cp,
@@ -1993,7 +2000,7 @@ def roofline_hints(launch) -> dict:
     NI = -(-NT // c["TILES"])
     NR = -(-NT // c["RACE_TILES"])  # race items per row
     NS = -(-NT // (c["TILES"] * c["CHUNKS"]))
-    CH = NI / NS  # chunks per stats item, a mean (a position's last item may have fewer)
+    CH = NI / NS  # chunks per stats item, a mean (``_chunks``: every item within one chunk of it)
     CW = c["TILES"] * c["BLOCK_V"]  # entries of a chunk
     FULL = (val("V") // CW) / NS  # of which wholly inside the vocabulary (the loop; a partial one is a tail)
     PART = int(val("V") % CW != 0)  # a position's last chunk is partial
