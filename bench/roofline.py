@@ -104,17 +104,19 @@ whole body per source iteration (an over-count by the unroll factor: give ``loop
 adds no Python-side overhead; a kernel the interpreter cannot run (it runs programs one after another, so a
 program must never wait for a later one) cannot be traced; round trips per phase are read off the code by
 its author (hints), not from the SASS; a persistent kernel's phases are counted by closed forms, so a branch
-inside a phase that some executions skip counts for all of them; and its kernel-level instructions inside a
-phase's blocks (values ptxas hoists to the kernel's lines, e.g. a tile's offsets, and recomputes where a phase
-needs them, with spill traffic) are ``queue``: charged once per work item drawn, not per execution and trip of
-the phase they sit in. A check that gave them to the phase claiming most of their basic block, with its trips
-(2026-12-02, kernels v11, B = 64, K = 4, V = 151936, bf16), moved chow from 59.0 to 59.3 M warp instructions
-(under 1% of its time) but opt from 80 to 95 M (89.3 -> 103.0 us): the two errors cancel for the rules without a
-second look, while the figures of the rules with one may be optimistic by up to about 15%. That attribution is
-a heuristic too, so the model keeps its own. Which blocks a launch runs is read off the traced calls at B = 1
-and 2, whose launches may take smaller work items than the modelled batch's (a launcher shrinks them at small
-batches: fewer chunks or tiles per item): code that runs only under the larger items' constexprs (a branch on
-CHUNKS > 1, say) never runs in the trace and is dropped from the modelled launch, though compiled into it. Kernels
+inside a phase that some executions skip counts for all of them. Its kernel-level instructions inside a phase's
+blocks (values ptxas hoists to the kernel's lines, e.g. a tile's offsets, and recomputes where a phase needs them)
+go, since r4, with the nearest claimed instruction of their basic block, with its trips: exact where a block holds
+one phase's code, a choice where it holds two (if-converted branches), and a block inside the queue loop with no
+claimed instruction is the queue's, and one outside the loop the program's (code hoisted out of the loop runs once
+per program, whatever else its block holds). r3 charged them once per work item drawn: at v26, B = 64, K = 4, V =
+151936, bf16, chow 44.8 -> 43.0 M warp instructions under r4, opt 54.7 -> 50.9 M. (A check of 2026-12-02 on the
+kernels of v11, the phase claiming most of a block taking all of it, found opt 80 -> 95 M; r4 without its bound
+to the queue loop put the kernel's prologue into a phase, with the phase's trips, and found 60.6 M for opt at v26.)
+Which blocks a launch runs is read off the traced calls at B = 1 and 2, whose launches may take smaller work items
+than the modelled batch's (a launcher shrinks them at small batches: fewer chunks or tiles per item): code that
+runs only under the larger items' constexprs (a branch on CHUNKS > 1, say) never runs in the trace and is dropped
+from the modelled launch, though compiled into it. Kernels
 modelled here must not branch on such constexprs (the SASS of a phase then shows the code the model leaves out).
 A phase whose function is inlined at several call sites (each reached in the trace) counts every copy at each
 execution: up to v24 the verify kernel's accept phase was inlined twice (in the merge and in the look's merge), so
