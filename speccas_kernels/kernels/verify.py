@@ -745,8 +745,8 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, in
                  s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
                  NT, HAS_Q: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
                  FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
-                 BLOCK_V: tl.constexpr, CHUNKS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr,
-                 SCREENS: tl.constexpr, FULL: tl.constexpr, FAST: tl.constexpr = True):
+                 BLOCK_V: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, SCREENS: tl.constexpr,
+                 FULL: tl.constexpr, FAST: tl.constexpr = True):
     """Chunk c of a stats item whose first is c0, the target's tiles and (positions with a draft) the drafter's as one block each, both
     loads in flight together (one round trip to DRAM): folded into the running lane statistics of each side. With
     SCREEN (a token set with a floor) the drafted positions also write the chunk's screening records (``_screen``)
@@ -858,16 +858,14 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         while c < nfull:
             m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                 c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
-                s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K,
-                V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, CHUNKS, LANES, VEC,
-                SCREENS, True)
+                s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
+                NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS, True)
             c += 1
         if nfull < nch:  # (a position's last chunk, partial)
             m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                 nfull, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
-                s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K,
-                V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, CHUNKS, LANES, VEC,
-                SCREENS, False)
+                s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
+                NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS, False)
         if not FP64:
             if tl.max(tl.max(huge.to(tl.int32), axis=1), axis=0) > 0:
                 # a max times a scale reached SHIFT_MAX (logits or 1/T of 1e7 and beyond): the item again,
@@ -878,9 +876,9 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 while c2 < nch:
                     m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                         c2, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy,
-                        m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr,
-                        rows, i, B, K, V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V,
-                        CHUNKS, LANES, VEC, SCREENS, False, False)
+                        m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows,
+                        i, B, K, V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC,
+                        SCREENS, False, False)
                     c2 += 1
         m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled)
         _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, j, use_p, m, s1, sT, arg, bad)
@@ -1100,8 +1098,8 @@ def _shift_consts(use, scale, Mp, fp, Mq, fq):
 
 
 @triton.jit
-def _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr,
-                 BLOCK_T: tl.constexpr, SCREENS: tl.constexpr):
+def _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES: tl.constexpr, BLOCK_T: tl.constexpr,
+                 SCREENS: tl.constexpr):
     """The screening records of a second-look item's chunks (c0 to c0 + nch) ([R, BLOCK_T, SCREENS], one chunk per column,
     ``_screen``): the hat side's maxima, the drafter's references and its sampling sums (``_eta_item``)."""
     m0, n, kinds, f = _screen_at(rows, i, B, K, NT, TILES, SCREENS)
@@ -1115,10 +1113,10 @@ def _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES:
 
 
 @triton.jit
-def _eta_item(c0, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase, pbase, mh, mr, sq,
-              cutq_ptr, K, V, IN_SET: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr,
-              FILTERS: tl.constexpr, FP64: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr,
-              TILES: tl.constexpr, CHUNKS: tl.constexpr, PAIRS: tl.constexpr):
+def _eta_item(c0, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase, pbase, mh, mr, sq, cutq_ptr,
+              K, V, IN_SET: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
+              FP64: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
+              PAIRS: tl.constexpr):
     """eta's share ([R]) of a second-look item (chunks c0 to c0 + nch) for a token set whose membership is a floor t on one hat
     (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the screening
     records of the item's chunks (``_eta_records``, loaded with the position's statistics) and the logits of the
@@ -1248,8 +1246,8 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                 DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
                 c0, nch = _chunks(j, NT, ns_m, ns_l, TILES)
                 if SPARSE_ETA:  # in flight with the position's statistics
-                    mh, mr, sq = _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, CHUNKS,
-                                              BLOCK_T, SCREENS)
+                    mh, mr, sq = _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, BLOCK_T,
+                                              SCREENS)
                 scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
                                                                             pos_f_ptr, alpha_ptr, alpha_val, B, K,
                                                                             USES_ALPHA)
@@ -1264,7 +1262,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                     if tl.max(live.to(tl.int32), axis=0) > 0:
                         eta = _eta_item(c0, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase,
                                         pbase, mh, mr, sq, cutq_ptr, K, V, IN_SET, FLOOR, READS_PH, FILTERS, FP64,
-                                        BLOCK_V, BLOCK_T, TILES, CHUNKS, PAIRS)
+                                        BLOCK_V, BLOCK_T, TILES, PAIRS)
                     tl.store(look_part_ptr + (rows * K + i) * NS + j, eta, mask=use)  # one record per item
                 if DENSE:
                     # family A and lossy: exp((z - M) / T) as one FFMA and one ex2 where no row's M / T reaches
@@ -1522,9 +1520,8 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
 # ------------------------------------------------------------------------------------------------ race + emit
 
 @triton.jit
-def _residual_consts(rows, rmask, racing, m, T, o, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
-                     alpha_ptr, alpha_val, B, K, FAMILY: tl.constexpr, USES_ALPHA: tl.constexpr,
-                     HAS_Q: tl.constexpr):
+def _residual_consts(rows, rmask, racing, T, o, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, alpha_ptr,
+                     alpha_val, B, K, FAMILY: tl.constexpr, USES_ALPHA: tl.constexpr, HAS_Q: tl.constexpr):
     """What the residual at position m reads besides its tiles, per row, loaded once per work item (all in one
     round trip): (exp scale, 1 / ST of p and of q, the blend quantity, q's max, the T = 1 sums, the argmaxes at
     T = 0, the draft for token-only drafts, alpha) as [R, 1] columns."""
@@ -1614,8 +1611,8 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
     o = (rows * KP + m) * 2
     Mp = tl.load(pos_m_ptr + o, mask=flat, other=0.0, cache_modifier=".cg")[:, None]
     scale, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al = _residual_consts(
-        rows, rmask, flat, m, T, o, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, alpha_ptr, alpha_val, B,
-        K, FAMILY, USES_ALPHA, HAS_Q)
+        rows, rmask, flat, T, o, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, alpha_ptr, alpha_val, B, K,
+        FAMILY, USES_ALPHA, HAS_Q)
     best = T * 0.0 + NEG_INF
     idx = rows.to(tl.int32) * 0 + BIG
     qbase = _q_base(zq_ptr, rows, m, start, stride_qb, stride_qk, HAS_Q, RAGGED)
@@ -1749,7 +1746,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         seed = row_params(seed_ptr, seed_val, rows, rmask)
         pos = row_params(offset_ptr, offset_val, rows, rmask) + m
         scale, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al = _residual_consts(
-            rows, rmask, resid_row, m, T, o, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, alpha_ptr,
+            rows, rmask, resid_row, T, o, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, alpha_ptr,
             alpha_val, B, K, FAMILY, USES_ALPHA, HAS_Q)
         bonus = bonus_row[:, None]
         offs = tl.arange(0, BLOCK_V)[None, :]
@@ -1816,7 +1813,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         if not DIV_ITEMS:
             tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
     if DIV_ITEMS:
-        _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, B, K, NT, c_flag, c_fin,
+        _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, K, NT, c_flag, c_fin,
                   NI + div_items, BLOCK_K, BLOCK_T, TILES)
 
 
@@ -1856,12 +1853,12 @@ def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, 
                                     FILTERS, FP64, PAIRS)
             acc += tl.where(in_a, tl.maximum(q - Q * p, 0.0), 0.0)
         tl.store(look_part_ptr + (rows * K + i) * NI + j, tl.sum(acc, axis=1), mask=use)
-    _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, B, K, NT, c_flag, c_fin,
-              NI + K * NI, BLOCK_K, BLOCK_T, TILES)
+    _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, K, NT, c_flag, c_fin, NI + K * NI,
+              BLOCK_K, BLOCK_T, TILES)
 
 
 @triton.jit
-def _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, B, K, NT, c_flag, c_fin, items,
+def _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, K, NT, c_flag, c_fin, items,
               BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr):
     """A race or divergence item of the group is done; the last of them (every one has passed its wait on the race
     flag) sums the divergence partials of the group's positions, writes them, and resets the flag."""
