@@ -516,6 +516,7 @@ def _verify_kernel(
     programs,  # programs launched
     step_m, step_l,  # ``magic`` of the items of a super-step (the kernel's ``step``)
     ns_m, ns_l,  # ``magic`` of NS
+    ch_base, ch_extra,  # a position's chunks per stats item, and the items with one more (``_chunks``)
     stride_qb, stride_qk, stride_pb, stride_pk,
     FAMILY: tl.constexpr,
     NEEDS_TV: tl.constexpr,
@@ -608,11 +609,12 @@ def _verify_kernel(
                 last, rel_at, rel_val = _stats_item(g, i.to(tl.int64), r - i * NS, part_m_ptr, part_f_ptr, part_i_ptr,
                                                     pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr, zq_ptr,
                                                     zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr,
-                                                    temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, ns_m, ns_l, c_stats,
-                                                    c_ready, c_row, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
-                                                    WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED,
-                                                    FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, TILES, CHUNKS, SCREEN,
-                                                    READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV, SKIP_MOOT)
+                                                    temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, ch_base, ch_extra,
+                                                    c_stats, c_ready, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
+                                                    FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q,
+                                                    RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, TILES, CHUNKS,
+                                                    SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV,
+                                                    SKIP_MOOT)
                 acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
@@ -623,7 +625,7 @@ def _verify_kernel(
                     last, look_at, ready_at = _look_item(g, i.to(tl.int64), r2 - i * NS, part_m_ptr, part_f_ptr,
                                                          pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr,
                                                          cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val,
-                                                         cutq_ptr, cutp_ptr, B, K, V, NT, ns_m, ns_l, c_ready,
+                                                         cutq_ptr, cutp_ptr, B, K, V, NT, ch_base, ch_extra, c_ready,
                                                          c_look, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
                                                          FAMILY, NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE,
                                                          HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T, TILES,
@@ -724,14 +726,13 @@ def _div(n, m, L):
 
 
 @triton.jit
-def _chunks(j, NT, ns_m, ns_l, TILES: tl.constexpr):
+def _chunks(j, ch_base, ch_extra):
     """(first chunk, chunks) of stats or second-look item j: a position's NI = ceil(NT / TILES) chunks of TILES
-    tiles split evenly over its NS = ceil(NI / CHUNKS) items (floor(j NI / NS) by ``magic(NS)``), so an item holds
-    floor or ceil of NI / NS <= CHUNKS chunks (with CHUNKS in every item but the last, a position's items were as
-    unequal as 16 and 3 chunks: the row's step waited for the longest)."""
-    NI = (NT + TILES - 1) // TILES
-    c0 = _div(j * NI, ns_m, ns_l)
-    return c0, _div((j + 1) * NI, ns_m, ns_l) - c0
+    tiles split evenly over its NS = ceil(NI / CHUNKS) items, the first ``ch_extra`` of them ``ch_base`` + 1 chunks
+    and the rest ``ch_base`` (NI = NS ch_base + ch_extra, from the launcher: no division here), so an item holds at
+    most CHUNKS and none one more than another (with CHUNKS in every item but the last, a position's items were as
+    unequal as 16 and 3 chunks, and the row's step waited for the longest)."""
+    return j * ch_base + tl.minimum(j, ch_extra), ch_base + (j < ch_extra).to(tl.int32)
 
 
 @triton.jit
@@ -802,8 +803,8 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, in
 @triton.jit
 def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr,
                 zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr,
-                cutp_ptr, B, K, V, NT, ns_m, ns_l, c_stats, c_ready, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
-                FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
+                cutp_ptr, B, K, V, NT, ch_base, ch_extra, c_stats, c_ready, c_row, stride_qb, stride_qk, stride_pb,
+                stride_pk, FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                 SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
                 FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
                 BLOCK_S: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, SCREEN: tl.constexpr,
@@ -836,7 +837,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             cutq = tl.load(cutq_ptr + rows * K + i, mask=use_q, other=0.0)
         any_q = tl.max(use_q.to(tl.int32), axis=0) > 0
         c = 0
-        c0, nch = _chunks(j, NT, ns_m, ns_l, TILES)
+        c0, nch = _chunks(j, ch_base, ch_extra)
         # Entries are tile offsets from the chunk's first entry lo (a scalar): the masks compare offs with V - lo,
         # and only the rare branches that need an entry's index form one.
         offs = tl.arange(0, TILES * BLOCK_V)
@@ -1204,14 +1205,13 @@ def _look_chunk(r, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S
 
 @triton.jit
 def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr,
-               n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, ns_m, ns_l,
-               c_ready, c_look,
-               c_row, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr,
-               IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr,
-               HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-               BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr,
-               READS_PH: tl.constexpr, FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr, SCREENS: tl.constexpr,
-               PAIRS: tl.constexpr):
+               n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, ch_base,
+               ch_extra, c_ready, c_look, c_row, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr,
+               NEEDS_TV: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr, SECOND_LOOK: tl.constexpr,
+               DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr,
+               FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr,
+               TILES: tl.constexpr, CHUNKS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr,
+               HAS_FLOOR: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item, which reports to the row (the accept phase sums the NS records). A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
@@ -1244,7 +1244,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                 # changes no bit of eta); the tile loop below then sums TV(q, p) only
                 SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR
                 DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
-                c0, nch = _chunks(j, NT, ns_m, ns_l, TILES)
+                c0, nch = _chunks(j, ch_base, ch_extra)
                 if SPARSE_ETA:  # in flight with the position's statistics
                     mh, mr, sq = _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, BLOCK_T,
                                               SCREENS)
@@ -2201,7 +2201,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         row_f, cnt,
         zq, zp, x, cu, n_ptr, int(n_val), a_ptr, float(a_val), t_ptr, float(t_val), s_ptr, int(s_val), o_ptr,
         int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *magic(step), *magic(ns),
-        *strides,
+        ni // ns, ni % ns, *strides,
         **cx, SKIP_MOOT=SKIP_MOOT_LOOKS, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
         BLOCK_S=max(triton.next_power_of_2(ns), 2), RECORDS=ns,
