@@ -794,7 +794,8 @@ def test_grid_point_end_to_end(tmp_path, monkeypatch):
         f"## For the README: t against u, K = 2, V = 1000 ({rf.MODEL_BANNER})"], md[:12]
 
 
-BATCH_SIZED = {"CHUNKS", "TILES", "RACE_TILES", "LANES", "VEC", "SCREENS", "BLOCK_S", "RECORDS"}  # a launcher shrinks them at small B
+BATCH_SIZED = {"CHUNKS", "TILES", "RACE_TILES", "LANES", "VEC", "SCREENS", "BLOCK_S", "RECORDS", "CH_BASE",
+               "CH_EXTRA"}  # a launcher shrinks them at small B
 
 
 def _branches_on(source: str, names=BATCH_SIZED):

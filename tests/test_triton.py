@@ -81,9 +81,9 @@ def _assert_counters_zero(what):
 
 
 @triton.jit
-def _chunks_probe(out_ptr, ch_base, ch_extra):
+def _chunks_probe(out_ptr, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr):
     j = tl.program_id(0)
-    c0, n = kverify._chunks(j, ch_base, ch_extra)
+    c0, n = kverify._chunks(j, CH_BASE, CH_EXTRA)
     tl.store(out_ptr + 2 * j, c0)
     tl.store(out_ptr + 2 * j + 1, n)
 
@@ -98,7 +98,7 @@ def test_stats_items_split_a_positions_chunks_evenly(nt, tiles, chunks):
     ni = -(-nt // tiles)
     ns = -(-nt // (tiles * chunks))
     out = torch.full((2 * ns,), -1, dtype=torch.int32)
-    _chunks_probe[(ns,)](out, ni // ns, ni % ns)  # (as the launcher passes them)
+    _chunks_probe[(ns,)](out, CH_BASE=ni // ns, CH_EXTRA=ni % ns)  # (as the launcher passes them)
     c0, n = out[0::2].tolist(), out[1::2].tolist()
     assert c0[0] == 0 and all(c0[k + 1] == c0[k] + n[k] for k in range(ns - 1)) and c0[-1] + n[-1] == ni, (c0, n)
     assert min(n) >= 1 and max(n) <= chunks and max(n) - min(n) <= 1, n

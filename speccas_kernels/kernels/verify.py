@@ -516,7 +516,6 @@ def _verify_kernel(
     programs,  # programs launched
     step_m, step_l,  # ``magic`` of the items of a super-step (the kernel's ``step``)
     ns_m, ns_l,  # ``magic`` of NS
-    ch_base, ch_extra,  # a position's chunks per stats item, and the items with one more (``_chunks``)
     stride_qb, stride_qk, stride_pb, stride_pk,
     FAMILY: tl.constexpr,
     NEEDS_TV: tl.constexpr,
@@ -539,6 +538,8 @@ def _verify_kernel(
     BLOCK_T: tl.constexpr,  # >= NT
     BLOCK_S: tl.constexpr,  # >= NS: a position's records (statistics and second-look items)
     RECORDS: tl.constexpr,  # NS itself: the accept phase sums a position's look records in RECORDS unrolled loads
+    CH_BASE: tl.constexpr,  # a position's chunks per stats and second-look item (``_chunks``): NI // NS
+    CH_EXTRA: tl.constexpr,  # its items that hold one chunk more: NI % NS
     TILES: tl.constexpr,  # vocabulary tiles per chunk (statically unrolled)
     RACE_TILES: tl.constexpr,  # tiles per race item (statically unrolled): TILES, or fewer at a small batch
     CHUNKS: tl.constexpr,  # chunks of TILES tiles per work item, at most
@@ -609,7 +610,7 @@ def _verify_kernel(
                 last, rel_at, rel_val = _stats_item(g, i.to(tl.int64), r - i * NS, part_m_ptr, part_f_ptr, part_i_ptr,
                                                     pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr, zq_ptr,
                                                     zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr,
-                                                    temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, ch_base, ch_extra,
+                                                    temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, CH_BASE, CH_EXTRA,
                                                     c_stats, c_ready, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
                                                     FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q,
                                                     RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, TILES, CHUNKS,
@@ -625,7 +626,7 @@ def _verify_kernel(
                     last, look_at, ready_at = _look_item(g, i.to(tl.int64), r2 - i * NS, part_m_ptr, part_f_ptr,
                                                          pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr,
                                                          cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val,
-                                                         cutq_ptr, cutp_ptr, B, K, V, NT, ch_base, ch_extra, c_ready,
+                                                         cutq_ptr, cutp_ptr, B, K, V, NT, CH_BASE, CH_EXTRA, c_ready,
                                                          c_look, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
                                                          FAMILY, NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE,
                                                          HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T, TILES,
@@ -726,13 +727,14 @@ def _div(n, m, L):
 
 
 @triton.jit
-def _chunks(j, ch_base, ch_extra):
+def _chunks(j, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr):
     """(first chunk, chunks) of stats or second-look item j: a position's NI = ceil(NT / TILES) chunks of TILES
-    tiles split evenly over its NS = ceil(NI / CHUNKS) items, the first ``ch_extra`` of them ``ch_base`` + 1 chunks
-    and the rest ``ch_base`` (NI = NS ch_base + ch_extra, from the launcher: no division here), so an item holds at
+    tiles split evenly over its NS = ceil(NI / CHUNKS) items, the first CH_EXTRA of them CH_BASE + 1 chunks and the
+    rest CH_BASE (NI = NS CH_BASE + CH_EXTRA, constexprs from the launcher: at B = 1, CH_BASE = 1 and CH_EXTRA =
+    0, item j is chunk j, as it was: run-time values cost about 100 B more spills there), so an item holds at
     most CHUNKS and none one more than another (with CHUNKS in every item but the last, a position's items were as
     unequal as 16 and 3 chunks, and the row's step waited for the longest)."""
-    return j * ch_base + tl.minimum(j, ch_extra), ch_base + (j < ch_extra).to(tl.int32)
+    return j * CH_BASE + tl.minimum(j, CH_EXTRA), CH_BASE + (j < CH_EXTRA).to(tl.int32)
 
 
 @triton.jit
@@ -803,13 +805,14 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, in
 @triton.jit
 def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr,
                 zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr,
-                cutp_ptr, B, K, V, NT, ch_base, ch_extra, c_stats, c_ready, c_row, stride_qb, stride_qk, stride_pb,
-                stride_pk, FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
-                SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
-                FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
-                BLOCK_S: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, SCREEN: tl.constexpr,
-                READS_PH: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, SCREENS: tl.constexpr,
-                PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr, SKIP_MOOT: tl.constexpr):
+                cutp_ptr, B, K, V, NT, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr, c_stats, c_ready, c_row,
+                stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, WEIGHT: tl.constexpr,
+                IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr,
+                HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
+                ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
+                CHUNKS: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, LANES: tl.constexpr,
+                VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr,
+                SKIP_MOOT: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
     (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
     reduction across threads inside the loop); the item writes one record, and with SCREEN (a token set with a
@@ -837,7 +840,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             cutq = tl.load(cutq_ptr + rows * K + i, mask=use_q, other=0.0)
         any_q = tl.max(use_q.to(tl.int32), axis=0) > 0
         c = 0
-        c0, nch = _chunks(j, ch_base, ch_extra)
+        c0, nch = _chunks(j, CH_BASE, CH_EXTRA)
         # Entries are tile offsets from the chunk's first entry lo (a scalar): the masks compare offs with V - lo,
         # and only the rare branches that need an entry's index form one.
         offs = tl.arange(0, TILES * BLOCK_V)
@@ -1205,13 +1208,13 @@ def _look_chunk(r, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S
 
 @triton.jit
 def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr,
-               n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, ch_base,
-               ch_extra, c_ready, c_look, c_row, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr,
-               NEEDS_TV: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr, SECOND_LOOK: tl.constexpr,
-               DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr,
-               FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr,
-               TILES: tl.constexpr, CHUNKS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr,
-               HAS_FLOOR: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr):
+               n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT,
+               CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr, c_ready, c_look, c_row, stride_qb, stride_qk, stride_pb,
+               stride_pk, FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
+               SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
+               FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
+               BLOCK_T: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, READS_PH: tl.constexpr,
+               FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item, which reports to the row (the accept phase sums the NS records). A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
@@ -1244,7 +1247,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                 # changes no bit of eta); the tile loop below then sums TV(q, p) only
                 SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR
                 DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
-                c0, nch = _chunks(j, ch_base, ch_extra)
+                c0, nch = _chunks(j, CH_BASE, CH_EXTRA)
                 if SPARSE_ETA:  # in flight with the position's statistics
                     mh, mr, sq = _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, BLOCK_T,
                                               SCREENS)
@@ -2201,10 +2204,10 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         row_f, cnt,
         zq, zp, x, cu, n_ptr, int(n_val), a_ptr, float(a_val), t_ptr, float(t_val), s_ptr, int(s_val), o_ptr,
         int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *magic(step), *magic(ns),
-        ni // ns, ni % ns, *strides,
+        *strides,
         **cx, SKIP_MOOT=SKIP_MOOT_LOOKS, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
-        BLOCK_S=max(triton.next_power_of_2(ns), 2), RECORDS=ns,
+        BLOCK_S=max(triton.next_power_of_2(ns), 2), RECORDS=ns, CH_BASE=ni // ns, CH_EXTRA=ni % ns,
         TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec,
         SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
         num_warps=num_warps,
