@@ -731,9 +731,9 @@ def _chunks(j, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr):
     """(first chunk, chunks) of stats or second-look item j: a position's NI = ceil(NT / TILES) chunks of TILES
     tiles split evenly over its NS = ceil(NI / CHUNKS) items, the first CH_EXTRA of them CH_BASE + 1 chunks and the
     rest CH_BASE (NI = NS CH_BASE + CH_EXTRA, constexprs from the launcher: at B = 1, CH_BASE = 1 and CH_EXTRA =
-    0, item j is chunk j, as it was: run-time values cost about 100 B more spills there), so an item holds at
-    most CHUNKS and none one more than another (with CHUNKS in every item but the last, a position's items were as
-    unequal as 16 and 3 chunks, and the row's step waited for the longest)."""
+    0, so item j is chunk j, as it was), so an item holds at most CHUNKS and none one more than another (with
+    CHUNKS in every item but the last, a position's items were as unequal as 16 and 3 chunks, and the row's step
+    waited for the longest)."""
     return j * CH_BASE + tl.minimum(j, CH_EXTRA), CH_BASE + (j < CH_EXTRA).to(tl.int32)
 
 
@@ -750,8 +750,9 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, in
                  FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
                  BLOCK_V: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, SCREENS: tl.constexpr,
                  FULL: tl.constexpr, FAST: tl.constexpr = True):
-    """Chunk c of a stats item whose first is c0, the target's tiles and (positions with a draft) the drafter's as one block each, both
-    loads in flight together (one round trip to DRAM): folded into the running lane statistics of each side. With
+    """Chunk c of a stats item whose first chunk is c0, the target's tiles and (positions with a draft) the drafter's
+    as one block each, both loads in flight together (one round trip to DRAM): folded into the running lane
+    statistics of each side. With
     SCREEN (a token set with a floor) the drafted positions also write the chunk's screening records (``_screen``)
     for the second look. FULL: the chunk lies inside the vocabulary, so its loads take no bound mask, and with one
     row per item no mask at all (the item runs only when its row uses the side). FAST: the lane sums through
