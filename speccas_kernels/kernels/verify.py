@@ -1107,8 +1107,8 @@ def _shift_consts(use, scale, Mp, fp, Mq, fq):
 @triton.jit
 def _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES: tl.constexpr, BLOCK_T: tl.constexpr,
                  SCREENS: tl.constexpr):
-    """The screening records of a second-look item's chunks (c0 to c0 + nch) ([R, BLOCK_T, SCREENS], one chunk per column,
-    ``_screen``): the hat side's maxima, the drafter's references and its sampling sums (``_eta_item``)."""
+    """The screening records of a second-look item's chunks c0 to c0 + nch ([R, BLOCK_T, SCREENS], one chunk per
+    column, ``_screen``): the hat side's maxima, the drafter's references and its sampling sums (``_eta_item``)."""
     m0, n, kinds, f = _screen_at(rows, i, B, K, NT, TILES, SCREENS)
     cc = tl.arange(0, BLOCK_T)[None, :, None]  # (CHUNKS <= BLOCK_T)
     at = (m0 + c0)[:, None, None] + cc + tl.arange(0, SCREENS)[None, None, :] * n
@@ -1124,10 +1124,10 @@ def _eta_item(c0, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, un
               K, V, IN_SET: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
               FP64: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
               PAIRS: tl.constexpr):
-    """eta's share ([R]) of a second-look item (chunks c0 to c0 + nch) for a token set whose membership is a floor t on one hat
-    (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the screening
-    records of the item's chunks (``_eta_records``, loaded with the position's statistics) and the logits of the
-    few chunks that may hold a member of A.
+    """eta's share ([R]) of a second-look item (chunks c0 to c0 + nch) for a token set whose membership is a floor t on
+    one hat (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the screening
+    records of the item's chunks (``_eta_records``, loaded with the position's statistics) and the logits of the few
+    chunks that may hold a member of A.
 
     The floor as a logit, M + ln(t S1) on that side less a margin far above the rounding of the hat's own expression,
     screens each chunk by that side's largest logit there, the largest of its records. In a row where a chunk holds
