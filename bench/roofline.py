@@ -67,7 +67,13 @@ What it does, per public call (``verify`` for every rule, ``sample``) and grid p
    nearest of them (since r4: code the compiler moved into a phase's block under a kernel line); the kernel's
    own instructions are ``queue`` inside its outermost loop (once per work item) or ``program``.
    Loops inside a phase count once (spin waits), or, named in ``phase_loops``, their mean trips per execution
-   (every instruction with a line in the loop: hoisted invariants are counted each trip, an over-count). With
+   (every instruction with a line in the loop: hoisted invariants are counted each trip, an over-count; since r5
+   not the code the compiler peels off a loop, where others of its lines sit in a SASS loop: a software
+   pipeline's prologue and epilogue run once). A loop software-pipelined over S stages (a fifth element of its
+   ``phase_loops`` entry, and asynchronous copies, LDGSTS, in its SASS body) waits, per execution of n trips,
+   1 + (n - 1) max(0, 1 / (S - 1) - c / phase_latency) DRAM round trips for the n it declares (``pipelined`` in
+   ``phase_work``; c one trip's instructions of the phase at one program's issue rate): the next S - 1 trips'
+   loads are in flight while a trip computes (``pipelined_round_trips``). With
    n_p executions of phase p (``phase_work`` closed forms of the launch's arguments), I_p its warp
    instructions, d_p and l_p its dependent DRAM and L2 round trips:
 
@@ -273,10 +279,12 @@ HINT_KEYS = {
                  "to the first rule whose function is on its inline chain (with a marker: at a line in the body of "
                  "that function's `if`, or in the header or body of its `while`/`for`, whose test holds the marker); "
                  "unclaimed instructions are 'queue' (inside the kernel's outermost loop) or 'program'",
-    "phase_loops": "[[function, marker, trips, phases], ...]: the `while`/`for` of function whose header holds "
-                   "marker runs trips times (a mean) per execution of its phase: every SASS instruction of those "
-                   "phases with a line in it counts that many times (other loops inside a phase count once)",
-    "phase_work": "{phase: {count: executions in the launch, dram: dependent DRAM round trips per execution, l2: "
+    "phase_loops": "[[function, marker, trips, phases (, stages)], ...]: the `while`/`for` of function whose header "
+                   "holds marker runs trips times (a mean) per execution of its phase: every SASS instruction of "
+                   "those phases with a line in it counts that many times (other loops inside a phase count once); "
+                   "stages: the loop is software-pipelined over that many stages (``pipelined_round_trips``)",
+    "phase_work": "{phase: {count: executions in the launch, dram: dependent DRAM round trips per execution, "
+                  "pipelined: how many of them are one per trip of a pipelined loop (``pipelined_round_trips``), l2: "
                   "dependent L2 round trips, traced: (a phase that runs as the data say) a substring of the kernel "
                   "source line of a memory access run once per execution: the count is that line's executions in "
                   "the traced run, extrapolated to the batch, times scale (default 1)}} for every phase of phase_map, "
@@ -1598,22 +1606,29 @@ def phase_of_chain(chain: Sequence[Sequence], rules: Sequence[Sequence]) -> Opti
 QUEUE, PROGRAM = "queue", "program"
 
 
-def loop_trips_of_chain(chain: Sequence[Sequence], loops: Sequence[Sequence], phase: Optional[str]) -> float:
-    """The trips of the first ``phase_loops`` entry [function, marker, trips, phases] that names ``phase`` and whose
-    loop holds one of the chain's levels (1 when none does)."""
+def loop_of_chain(chain: Sequence[Sequence], loops: Sequence[Sequence], phase: Optional[str]) -> int:
+    """The index of the first ``phase_loops`` entry [function, marker, trips, phases (, stages)] that names ``phase``
+    and whose loop holds one of the chain's levels (-1 when none does)."""
     levels = [(_local_path(f), int(line)) for f, line in chain]
-    for function, marker, trips, phases in loops:
+    for k, (function, marker, trips, phases, *_) in enumerate(loops):
         if phase not in phases:
             continue
         for f, line in levels:
             if _function_at(f, line) == function and any(a <= line <= b for a, b in _marked_lines(f, function,
                                                                                                  marker)):
-                return float(trips)
-    return 1.0
+                return k
+    return -1
+
+
+def loop_trips_of_chain(chain: Sequence[Sequence], loops: Sequence[Sequence], phase: Optional[str]) -> float:
+    """The trips of the first ``phase_loops`` entry that names ``phase`` and whose loop holds one of the chain's
+    levels (1 when none does: ``loop_of_chain``)."""
+    k = loop_of_chain(chain, loops, phase)
+    return float(loops[k][2]) if k >= 0 else 1.0
 
 
 def phase_instructions(rec: dict, rules: Sequence[Sequence], reach: Sequence[float],
-                       loops: Sequence[Sequence] = ()) -> Dict[str, Counter]:
+                       loops: Sequence[Sequence] = (), per_trip: Optional[dict] = None) -> Dict[str, Counter]:
     """Warp instructions of one execution of each phase, by pipe, from the chain-annotated SASS. An instruction
     inside the kernel's outermost loop that no rule claims but that sits in a basic block with claimed instructions
     runs when that block runs: it is charged as the nearest claimed instruction of its block (the next one, else the
@@ -1621,31 +1636,52 @@ def phase_instructions(rec: dict, rules: Sequence[Sequence], reach: Sequence[flo
     line of the kernel itself, e.g. tile offsets and Philox keys recomputed at their use). The rest are the
     kernel's own: ``queue`` inside its outermost loop (once per work item drawn), ``program`` outside (once per
     program, whatever the block holds: code hoisted out of the loop). Loops inside a phase count
-    once (spin waits) unless ``loops`` (``phase_loops``) names them; blocks scale by ``reach``."""
+    once (spin waits) unless ``loops`` (``phase_loops``) names them; of a named loop's instructions, those outside
+    every SASS loop inside the queue loop, where others of them are inside one, count once (the prologue and
+    epilogue a software pipeline peels off the loop); blocks scale by ``reach``. ``per_trip``, a dict
+    to fill: per phase with instructions in a named loop, {loop: the entry's index, instructions: one trip's,
+    async_copies: one trip's LDGSTS (the asynchronous copies of a software-pipelined loop)}."""
     an, ids, chains = rec["chain_analysis"], rec["chain_of"], rec["chains"]
     outer = [l for l in an["loops"] if l["depth"] == 0]
     queue_loop = max(outer, key=lambda l: l["end"] - l["start"]) if outer else None
     memo: Dict[int, Tuple[Optional[str], float]] = {}
     rows = []
-    for (addr, _, pipe, _, block), cid in zip(an["per_instruction"], ids):
+    for (addr, base, pipe, _, block), cid in zip(an["per_instruction"], ids):
         if cid not in memo:
             phase = (phase_of_chain(chains[cid - 1], rules) or phase_of_call(chains[cid - 1], rules)) if cid else None
-            memo[cid] = (phase, loop_trips_of_chain(chains[cid - 1], loops, phase) if cid else 1.0)
-        rows.append([addr, pipe, block, *memo[cid]])
+            k = loop_of_chain(chains[cid - 1], loops, phase) if cid else -1
+            memo[cid] = (phase, float(loops[k][2]) if k >= 0 else 1.0, k)
+        rows.append([addr, pipe, block, *memo[cid], base])
     claimed: Dict[int, List[int]] = defaultdict(list)  # block -> its claimed instructions, in address order
     for k, r in enumerate(rows):
         if r[3] is not None:
             claimed[r[2]].append(k)
+    # A named loop's instructions outside every SASS loop nested in the queue loop, where others of them are inside
+    # one, are code the compiler peeled off the loop (a software pipeline's prologue and epilogue: the first trips'
+    # loads): they run once per execution of the phase, not once per trip.
+    inner = [l for l in an["loops"] if l is not queue_loop
+             and (queue_loop is None or queue_loop["start"] <= l["start"] <= l["end"] <= queue_loop["end"])]
+
+    def in_inner(addr):
+        return any(l["start"] <= addr <= l["end"] for l in inner)
+
+    looped = {r[5] for r in rows if r[5] >= 0 and in_inner(r[0])}
     out: Dict[str, Counter] = defaultdict(Counter)
-    for k, (addr, pipe, block, phase, trips) in enumerate(rows):
+    for k, (addr, pipe, block, phase, trips, loop, base) in enumerate(rows):
         inside = queue_loop is not None and queue_loop["start"] <= addr <= queue_loop["end"]
         if phase is None and inside and claimed.get(block):
             own = claimed[block]
             near = own[bisect.bisect_left(own, k)] if k < own[-1] else own[-1]
-            phase, trips = rows[near][3], rows[near][4]
+            phase, trips, loop = rows[near][3], rows[near][4], rows[near][5]
+        if loop in looped and not in_inner(addr):  # (peeled: once)
+            trips, loop = 1.0, -1
         if phase is None:
             phase = QUEUE if inside else PROGRAM
         out[phase][pipe or "issue-only"] += reach[block] * trips
+        if per_trip is not None and loop >= 0:
+            d = per_trip.setdefault(phase, dict(loop=loop, instructions=0.0, async_copies=0.0))
+            d["instructions"] += reach[block]
+            d["async_copies"] += reach[block] * (base == "LDGSTS")
     return dict(out)
 
 
@@ -1683,14 +1719,15 @@ def _cta_issue_rate(warps: int, machine: Machine) -> float:
     return n * min(1.0, (warps / n) / machine.warp_cpi)
 
 
-def _phased_instructions(launch: Launch, rec: dict, paired: Optional[dict], hints: dict
-                         ) -> Tuple[Counter, Dict[str, float]]:
-    """(warp instructions per warp of the launch by pipe, per phase instructions of one execution)."""
+def _phased_instructions(launch: Launch, rec: dict, paired: Optional[dict], hints: dict,
+                         per_trip: Optional[dict] = None) -> Tuple[Counter, Dict[str, float]]:
+    """(warp instructions per warp of the launch by pipe, per phase instructions of one execution); ``per_trip``:
+    ``phase_instructions``'."""
     if "chain_analysis" not in rec:
         raise RuntimeError(f"roofline: {launch.qualname} has phase hints but no chain-annotated SASS "
                            f"({rec.get('chain_error', 'compiled by an older version of this tool')})")
     reach = block_reach(rec, paired, rec["chain_analysis"], any_program=True)
-    per = phase_instructions(rec, hints["phase_map"], reach, hints.get("phase_loops", ()))
+    per = phase_instructions(rec, hints["phase_map"], reach, hints.get("phase_loops", ()), per_trip)
     work = hints["phase_work"]
     missing = sorted(p for p in per if p not in work and sum(per[p].values()) > 0)
     if missing:
@@ -1702,6 +1739,30 @@ def _phased_instructions(launch: Launch, rec: dict, paired: Optional[dict], hint
     return pipe_instr, {p: float(sum(per.get(p, {}).values())) for p in work}
 
 
+def pipelined_round_trips(phase: str, work: dict, per_trip: dict, loops: Sequence[Sequence], t_instr: float,
+                          machine: Machine) -> Tuple[float, Optional[str]]:
+    """The dependent DRAM round trips of one execution of a phase (``phase_work``'s ``dram``), where ``pipelined``
+    of them are one per trip of a software-pipelined loop: a ``phase_loops`` entry with a fifth element, its
+    stages S, whose trips of this phase issue asynchronous copies (LDGSTS, read off the SASS: where there are none
+    the compiler did not pipeline it, and every trip waits a round trip, with a note). The loads of the next S - 1
+    trips are in flight while a trip computes, so after the first load a trip waits only for what its compute
+    does not cover: n trips take 1 + (n - 1) max(0, 1 / (S - 1) - c / L) round trips of L, c one trip's
+    instructions of this phase at ``t_instr`` seconds each (the CTA alone on its SM; a phase that shares the
+    loop, e.g. the drafter's side, is not counted in c, so the wait is, if anything, overstated)."""
+    n = float(work.get("dram", 0))
+    piped = float(work.get("pipelined", 0))
+    if not piped:
+        return n, None
+    info = per_trip.get(phase)
+    stages = int(loops[info["loop"]][4]) if info and len(loops[info["loop"]]) > 4 else 1
+    copies = sum(d["async_copies"] for d in per_trip.values() if info and d["loop"] == info["loop"])
+    if stages < 2 or not copies:
+        return n, f"{phase}: no asynchronous copies in its loop: a round trip per trip"
+    c = info["instructions"] * t_instr
+    wait = max(0.0, 1.0 / (stages - 1) - c / machine.phase_latency_s)
+    return n - piped + min(piped, 1.0) + max(0.0, piped - 1.0) * wait, None
+
+
 def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logits_storages: Sequence[int],
                  machine: Machine = H200) -> LaunchModel:
     """Time of one launch (no launch cost): see the module docstring."""
@@ -1710,9 +1771,10 @@ def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logi
     P = launch.programs
     loops = loop_iterations(rec, launch, B, paired, hints)
     phased = "phase_work" in hints
+    per_trip: dict = {}
     if phased:
         hints = dict(hints, phase_work=traced_phase_counts(hints["phase_work"], paired, B))
-        pipe_instr, per_exec = _phased_instructions(launch, rec, paired, hints)
+        pipe_instr, per_exec = _phased_instructions(launch, rec, paired, hints, per_trip)
     else:
         reach = block_reach(rec, paired)
         pipe_instr = Counter()
@@ -1759,7 +1821,13 @@ def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logi
     detail, t_chain, t_drain = None, 0.0, 0.0
     if phased:
         work = hints["phase_work"]
-        t_item = {p: w.get("dram", 0) * machine.phase_latency_s + w.get("l2", 0) * machine.l2_latency_s
+        dram = {}
+        for p, w in work.items():
+            dram[p], note = pipelined_round_trips(p, w, per_trip, hints.get("phase_loops", ()), warps / cta_rate,
+                                                  machine)
+            if note:
+                notes.append(note)
+        t_item = {p: dram[p] * machine.phase_latency_s + w.get("l2", 0) * machine.l2_latency_s
                   + per_exec[p] * warps / cta_rate for p, w in work.items()}
         t_items = sum(w["count"] * t_item[p] for p, w in work.items()) / resident_programs
         steps = []
@@ -2495,7 +2563,12 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "to that phase and with its loop trips, where r3 charged it to every work item drawn (at v26, opt "
              "fp32 B = 1: 185 of the queue's 244 instructions per item). A block runs as a unit, so the phase's "
              "executions are when it runs. B = 1 figures fall (every item drew them), and instructions inside a "
-             "phase's chunk loop now count every trip. v26-r4 is v26's kernels under r4.")
+             "phase's chunk loop now count every trip. v26-r4 is v26's kernels under r4. From 2026-12-03 18:30 UTC "
+             "the tool is r5: a named loop's instructions that the compiler peeled off the loop (a software "
+             "pipeline's prologue and epilogue: the first trips' loads, under the loop's lines but outside its SASS "
+             "body) count once per execution, not once per trip, and a software-pipelined loop's round trips are "
+             "taken as its first load plus what each later trip's compute does not cover (`pipelined_round_trips`). "
+             "v30-r5 is v30's kernels under r5.")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:

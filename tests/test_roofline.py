@@ -66,6 +66,18 @@ def queue_kernel(out_ptr, x_ptr, cnt_ptr, total, BLOCK: tl.constexpr):
             r = _phase_b(x_ptr, offs)
         tl.store(out_ptr + w, r)
         w = tl.atomic_add(cnt_ptr, 1)
+
+
+@triton.jit
+def pipe_kernel(out_ptr, x_ptr, cnt_ptr, total, trips, BLOCK: tl.constexpr):
+    # (compiled only: the interpreter cannot take a loop bound that is not a constexpr, see loop_kernel)
+    w = tl.atomic_add(cnt_ptr, 1)
+    while w < total:
+        acc = tl.zeros([BLOCK], tl.float32)
+        for c in tl.range(0, trips, num_stages=3):
+            acc += tl.exp(tl.load(x_ptr + (w * trips + c) * BLOCK + tl.arange(0, BLOCK)))
+        tl.store(out_ptr + w, tl.sum(acc, axis=0))
+        w = tl.atomic_add(cnt_ptr, 1)
 '''
 
 
@@ -647,6 +659,48 @@ def test_unclaimed_code_in_a_phase_block_goes_to_that_phase(queue_rec):
     gone = rf.phase_instructions(unclaimed(set(own)), QUEUE_RULES, reach, loops)
     assert sum(gone[rf.QUEUE].values()) == pytest.approx(sum(base[rf.QUEUE].values()) + size)
     assert sum(gone.get("a", {}).values()) == pytest.approx(sum(base["a"].values()) - 3.0 * size)
+
+
+def test_pipelined_loop_counts_its_prologue_once_and_waits_less(probe, tmp_path):
+    """A software-pipelined loop (``tl.range(num_stages=3)``): the loads the compiler peels into a prologue (the
+    first trips' asynchronous copies) carry the loop's lines but run once per execution, so they count once, and the
+    copies in the loop's body once per trip. ``pipelined_round_trips`` then takes the loop's round trips as one plus
+    what each later trip's compute does not cover; without the copies (or without stages) one per trip."""
+    x, out, cnt = torch.randn(4 * 8 * 128), torch.empty(4), torch.zeros(1, dtype=torch.int32)
+    work = rf.count_device_work(lambda: probe.pipe_kernel[(4,)](out, x, cnt, 4, 8, BLOCK=128))
+    rec = rf.compile_launches(work.launches, cache_dir=tmp_path, quiet=True)[rf.compile_key(work.launches[0])]
+    an = rec["chain_analysis"]
+    queue = max((l for l in an["loops"] if l["depth"] == 0), key=lambda l: l["end"] - l["start"])
+    inner = [l for l in an["loops"] if l["depth"] >= 1 and queue["start"] <= l["start"] <= queue["end"]]
+    assert inner, "the tl.range loop is a loop of its own inside the queue loop"
+    copies = [i for i in an["per_instruction"] if i[1] == "LDGSTS"]
+    looped = [i for i in copies if any(l["start"] <= i[0] <= l["end"] for l in inner)]
+    assert looped and len(copies) > len(looped), "pipelined: copies in the body and in a prologue"
+    rules = [["a", "pipe_kernel", "tl.range(0, trips"]]
+    reach = [1.0] * len(an["blocks"])
+    per_trip = {}
+    per = rf.phase_instructions(rec, rules, reach, [["pipe_kernel", "tl.range(0, trips", 8.0, ["a"], 3]], per_trip)
+    assert per_trip["a"]["async_copies"] == pytest.approx(len(looped))
+    # by opcode: the copies count 8 each in the body, once each in the prologue (not 8 x all, as by source line)
+    by_op = dict(rec, chain_analysis=dict(an, per_instruction=[[a, op, op, ln, b]
+                                                               for a, op, _, ln, b in an["per_instruction"]]))
+    ops = rf.phase_instructions(by_op, rules, reach, [["pipe_kernel", "tl.range(0, trips", 8.0, ["a"], 3]])
+    assert ops["a"]["LDGSTS"] == pytest.approx(8 * len(looped) + len(copies) - len(looped))
+    # the round trips of 8 pipelined trips, each computing c: 1 + 7 max(0, 1 / 2 - c / L)
+    L = rf.H200.phase_latency_s
+    loops = [["pipe_kernel", "tl.range(0, trips", 8.0, ["a"], 3]]
+    w = dict(count=4, dram=8, pipelined=8)
+    for t_instr in (0.0, 1e-9, 1.0):
+        c = per_trip["a"]["instructions"] * t_instr
+        n, note = rf.pipelined_round_trips("a", w, per_trip, loops, t_instr, rf.H200)
+        assert note is None and n == pytest.approx(1 + 7 * max(0.0, 0.5 - c / L))
+    assert rf.pipelined_round_trips("a", dict(w, dram=9), per_trip, loops, 0.0, rf.H200)[0] == pytest.approx(5.5)
+    # no stages, or no asynchronous copies in the loop: a round trip per trip, with a note
+    assert rf.pipelined_round_trips("a", w, per_trip, [loops[0][:4]], 0.0, rf.H200)[0] == 8
+    no_copies = {"a": dict(per_trip["a"], async_copies=0.0)}
+    n, note = rf.pipelined_round_trips("a", w, no_copies, loops, 0.0, rf.H200)
+    assert n == 8 and "no asynchronous copies" in note
+    assert rf.pipelined_round_trips("a", dict(count=4, dram=8), per_trip, loops, 0.0, rf.H200) == (8, None)
 
 
 def test_phased_model_chain_and_throughput(queue_rec, monkeypatch):
