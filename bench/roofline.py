@@ -1751,7 +1751,7 @@ def pipelined_round_trips(phase: str, work: dict, per_trip: dict, loops: Sequenc
     loop, e.g. the drafter's side, is not counted in c, so the wait is, if anything, overstated)."""
     n = float(work.get("dram", 0))
     piped = float(work.get("pipelined", 0))
-    if not piped:
+    if piped <= 1.0:  # (one trip or less: its first load is all it waits for, pipelined or not)
         return n, None
     info = per_trip.get(phase)
     stages = int(loops[info["loop"]][4]) if info and len(loops[info["loop"]]) > 4 else 1

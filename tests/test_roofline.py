@@ -701,6 +701,7 @@ def test_pipelined_loop_counts_its_prologue_once_and_waits_less(probe, tmp_path)
     n, note = rf.pipelined_round_trips("a", w, no_copies, loops, 0.0, rf.H200)
     assert n == 8 and "no asynchronous copies" in note
     assert rf.pipelined_round_trips("a", dict(count=4, dram=8), per_trip, loops, 0.0, rf.H200) == (8, None)
+    assert rf.pipelined_round_trips("a", dict(w, dram=1.5, pipelined=1.0), no_copies, loops, 0.0, rf.H200) == (1.5, None)
 
 
 def test_phased_model_chain_and_throughput(queue_rec, monkeypatch):
