@@ -704,6 +704,31 @@ def test_pipelined_loop_counts_its_prologue_once_and_waits_less(probe, tmp_path)
     assert rf.pipelined_round_trips("a", dict(w, dram=1.5, pipelined=1.0), no_copies, loops, 0.0, rf.H200) == (1.5, None)
 
 
+def test_verify_stats_loop_is_pipelined(tmp_path):
+    """The verify kernel as a GPU runs it (B = 64, K = 4, V = 151936, bf16): its statistics' chunk loop issues its
+    loads as asynchronous copies, in the loop's body as well as in the prologue the pipeline peels off, into
+    STATS_STAGES - 1 buffers of a chunk of both sides in shared memory, and the model takes its round trips as
+    pipelined (no note that says otherwise)."""
+    from speccas_kernels.kernels import verify as kv
+
+    work, _ = rf.capture("verify", "chow", 64, 4, 151936, "bf16")
+    launch = work.launches[0]
+    rec = rf.compile_launches([launch], cache_dir=tmp_path, quiet=True)[rf.compile_key(launch)]
+    hints = rf._hints_for(launch)
+    per_trip = {}
+    rf.phase_instructions(rec, hints["phase_map"], [1.0] * len(rec["chain_analysis"]["blocks"]),
+                          hints["phase_loops"], per_trip)
+    assert per_trip["stats"]["async_copies"] > 0, per_trip
+    c = launch.constexprs
+    chunk = c["TILES"] * c["BLOCK_V"] * 2  # bytes of one side's chunk
+    assert rec["shared"] >= (kv.STATS_STAGES.value - 1) * 2 * chunk, rec["shared"]
+    assert rf.occupancy(rec, rf.H200) >= 2
+    n, note = rf.pipelined_round_trips("stats", hints["phase_work"]["stats"], per_trip, hints["phase_loops"],
+                                       launch.num_warps / rf._cta_issue_rate(launch.num_warps, rf.H200) / rf.H200.clock_hz,
+                                       rf.H200)
+    assert note is None and n < hints["phase_work"]["stats"]["dram"] / 2
+
+
 def test_phased_model_chain_and_throughput(queue_rec, monkeypatch):
     """One row: the chain of dependent steps is the time. Many rows: the throughput terms, then the last row's
     steps after its first."""

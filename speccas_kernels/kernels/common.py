@@ -143,20 +143,24 @@ def load_logits(ptr, mask, FP64: tl.constexpr):
 
 @triton.jit
 def load_tile(base, lo, use, n_left, N: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr,
-              FULL: tl.constexpr = False):
+              FULL: tl.constexpr = False, FILL: tl.constexpr = True):
     """[R, N] logits at ``base`` + ``lo`` + 0 .. N - 1 (``base``: [R, 1] row pointers; ``lo`` a scalar), -inf in the
     rows outside ``use`` ([R, 1]) and at offsets >= ``n_left`` (V - lo), as float32 (float64 when FP64). PAIRS
     (bfloat16 logits, every row starting at an even entry, V even): the tile is read as 32-bit words of two entries,
     each widened by one shift (the low entry) and one mask (the high one), where 16-bit loads take a byte permute
     and a shift for half of the entries; the bits are the same as ``load_logits``'s. FULL: the caller knows
     n_left >= N (no bound mask), and ``use`` may be None (every row in use): the loads then take no mask, and the
-    registers no fill."""
+    registers no fill. Without FILL (with FULL) the rows outside ``use`` are left undefined, for a caller that reads
+    them only where ``use`` holds: a masked load with no fill value (an asynchronous copy, where the loop is
+    pipelined, with no select after it)."""
     if PAIRS:
         h = tl.arange(0, N // 2)[None, :]
         wp = (base + lo).to(tl.pointer_type(tl.int32)) + h
         if FULL:
             if use is None:
                 w = tl.load(wp)
+            elif not FILL:
+                w = tl.load(wp, mask=use)
             else:
                 w = tl.load(wp, mask=use, other=BF16X2_NEG_INF)
         else:
@@ -169,12 +173,14 @@ def load_tile(base, lo, use, n_left, N: tl.constexpr, FP64: tl.constexpr, PAIRS:
         if FULL:
             if use is None:
                 z = tl.load(base + lo + offs)
-                if FP64:
-                    z = z.to(tl.float64)
-                else:
-                    z = z.to(tl.float32)
+            elif not FILL:
+                z = tl.load(base + lo + offs, mask=use)
             else:
                 z = load_logits(base + lo + offs, use, FP64)
+            if FP64:
+                z = z.to(tl.float64)
+            else:
+                z = z.to(tl.float32)
         else:
             z = load_logits(base + lo + offs, use & (offs < n_left), FP64)
     return z

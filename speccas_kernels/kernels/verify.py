@@ -30,7 +30,10 @@ the queue, each draw costing about as many instructions as a chunk's statistics;
 row's last step more than they save.)
 
 * **stats** (row b, position i, item j): chunk by chunk, the chunk's tiles of zp_i and, for i < n, of zq_i as one
-  block per side, both loads in flight together (one round trip to DRAM per chunk): max, sum exp(z - max) (T = 1),
+  block per side, both loads in flight together, the whole chunks in a loop software-pipelined over
+  ``STATS_STAGES`` (the next chunks' loads, asynchronous copies to shared memory, in flight while a chunk is folded:
+  an item waits about one round trip to DRAM, not one per chunk; the loop's trips the most chunks an item holds, a
+  constexpr, the loads masked past the item's last whole chunk): max, sum exp(z - max) (T = 1),
   sum exp((z - max) / T) over the kept entries (a branch taken only at T != 1 or with filters), lowest argmax (only
   at T = 0), NaN/+inf flag (read off the T = 1 sum). Each thread folds its own entries of every chunk into running
   statistics per lane (``_lane_stats``: rescaled to the lane's new max, no shuffle or barrier inside the loop), and
@@ -134,6 +137,11 @@ FAMILY_LOSSY = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_LOSSY])
 STREAM_ACCEPT = tl.constexpr(rules.STREAM_ACCEPT)
 STREAM_EMIT = tl.constexpr(rules.STREAM_EMIT)
 RESIDUAL_EPS = tl.constexpr(1e-5)  # reference.RESIDUAL_EPS[float32]: the kernels compute in float32
+# Stages of the statistics' software pipeline (``tl.range``): the loads of the next STATS_STAGES - 1 chunks are in
+# flight (asynchronous copies to shared memory on a GPU) while a chunk is folded, so an item waits about one DRAM
+# round trip, not one per chunk (ignored by the interpreter). 3 stages hold two chunks of both sides, 64 KB of
+# shared memory per program: two programs still share an SM.
+STATS_STAGES = tl.constexpr(3)
 RACE_NONE = tl.constexpr(0)
 RACE_BONUS = tl.constexpr(1)
 RACE_RESIDUAL = tl.constexpr(2)
@@ -751,7 +759,7 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, in
                  NT, HAS_Q: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
                  FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
                  BLOCK_V: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, SCREENS: tl.constexpr,
-                 FULL: tl.constexpr, FAST: tl.constexpr = True):
+                 FULL: tl.constexpr, FAST: tl.constexpr = True, zp_in=None, zq_in=None):
     """Chunk c of a stats item whose first chunk is c0, the target's tiles and (positions with a draft) the drafter's
     as one block each, both loads in flight together (one round trip to DRAM): folded into the running lane
     statistics of each side. With
@@ -759,11 +767,14 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, in
     for the second look. FULL: the chunk lies inside the vocabulary, so its loads take no bound mask, and with one
     row per item no mask at all (the item runs only when its row uses the side). FAST: the lane sums through
     ``exp_shift``; an item runs its chunks again without it when a lane's max times the scale reached SHIFT_MAX
-    (storing the logits at the draft and the screening records again: the same values, the records now right)."""
+    (storing the logits at the draft and the screening records again: the same values, the records now right).
+    ``zp_in`` / ``zq_in``: the chunk's tiles, loaded by the caller (``_chunk_tiles``, the pipelined loop)."""
     KP = K + 1
     r = c0 + c  # the chunk's number in its position
     lo = r * (TILES * BLOCK_V)
-    if FULL and ROWS == 1:
+    if zp_in is not None:
+        zp = zp_in
+    elif FULL and ROWS == 1:
         zp = load_tile(pbase[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True)
     else:
         zp = load_tile(pbase[:, None], lo, use_p[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL)
@@ -776,7 +787,9 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, in
     share_q = s1_q
     if HAS_Q:
         if any_q:  # (a row-uniform branch: the bonus position reads no drafter logits)
-            if FULL and ROWS == 1:
+            if zq_in is not None:
+                zq = zq_in
+            elif FULL and ROWS == 1:
                 zq = load_tile(qbase[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True)
             else:
                 zq = load_tile(qbase[:, None], lo, use_q[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL)
@@ -803,6 +816,21 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, in
             _store_screen(part_m_ptr, part_f_ptr, rows, i, r, use_q, hmax, ref, sq, B, K, NT, TILES, SCREENS,
                           LANES // VEC)
     return m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge
+
+
+@triton.jit
+def _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q: tl.constexpr, FP64: tl.constexpr,
+                 PAIRS: tl.constexpr, TILES: tl.constexpr, BLOCK_V: tl.constexpr):
+    """The target's and the drafter's tiles of chunk c0 + c (wholly inside the vocabulary) for the pipelined loop:
+    loaded only where c < nfull and the row uses the side (a masked load with no fill, read only there), outside
+    any branch, so that the compiler issues them as asynchronous copies ``STATS_STAGES`` - 1 trips ahead."""
+    lo = (c0 + c) * (TILES * BLOCK_V)
+    live = c < nfull
+    zp = load_tile(pbase[:, None], lo, (use_p & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False)
+    zq = zp
+    if HAS_Q:
+        zq = load_tile(qbase[:, None], lo, (use_q & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False)
+    return zp, zq
 
 
 @triton.jit
@@ -842,7 +870,6 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             cutp = tl.load(cutp_ptr + rows * KP + i, mask=use_p, other=0.0)
             cutq = tl.load(cutq_ptr + rows * K + i, mask=use_q, other=0.0)
         any_q = tl.max(use_q.to(tl.int32), axis=0) > 0
-        c = 0
         c0, nch = _chunks(j, CH_BASE, CH_EXTRA)
         # Entries are tile offsets from the chunk's first entry lo (a scalar): the masks compare offs with V - lo,
         # and only the rare branches that need an entry's index form one.
@@ -862,12 +889,17 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         # The chunks wholly inside the vocabulary load with no bound mask (and, one row per item, no mask: no
         # registers to fill), the last one of a position (if partial) after them, with its masks.
         nfull = tl.minimum(tl.maximum((V - c0 * (TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
-        while c < nfull:
-            m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
-                s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
-                NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS, True)
-            c += 1
+        # Software-pipelined (``STATS_STAGES``): the loads of the next chunks are in flight while a chunk is folded.
+        # The trips are the most chunks an item holds (a constexpr: a loop bound the interpreter can take too), the
+        # loads masked and the fold skipped past nfull.
+        for c in tl.range(0, CH_BASE + (CH_EXTRA > 0), num_stages=STATS_STAGES):
+            zp, zq = _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q, FP64, PAIRS, TILES, BLOCK_V)
+            if c < nfull:
+                m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
+                    c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
+                    s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K,
+                    V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS,
+                    True, True, zp, zq)
         if nfull < nch:  # (a position's last chunk, partial)
             m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                 nfull, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
@@ -1968,7 +2000,10 @@ def roofline_hints(launch) -> dict:
     Round trips (``dram``, ``l2``) per execution, read off the code: a program draws its first work item (an L2
     atomic, with the program's start) and each next one while it works on the current (no round trip on the path); a
     stats item's chunk issues the loads of its tiles, target and drafter, before any reduction (unrolled, no branch
-    in between: one DRAM round trip per chunk), then the item draws a ticket (an acquire-release atomic at L2); a
+    in between: one DRAM round trip per chunk, but those of the whole chunks, ``pipelined``, are a loop pipelined
+    over ``STATS_STAGES``: the model takes them as one round trip plus what each later chunk's work leaves of the
+    next loads' latency, ``pipelined_round_trips`` in bench/roofline.py), then the item draws a ticket (an
+    acquire-release atomic at L2); a
     merge loads both sides' partials at once (1), where look items wait for it releases the ready flag
     (``merge_release``, 1: before its ticket, or after it where the merge counted the look done, then off the row's
     chain) and draws the row's ticket (``merge_ticket``, 1: on the row's chain only where no look follows); a second
@@ -2029,7 +2064,8 @@ def roofline_hints(launch) -> dict:
     work = {
         "queue": dict(count=total),  # the draw overlaps the previous item (the first is the program's)
         "program": dict(count=launch.programs, l2=2),
-        "stats": dict(count=G * KP * NS, dram=CH, l2=1),
+        # one round trip per chunk, those of the whole chunks in the pipelined loop (``STATS_STAGES``)
+        "stats": dict(count=G * KP * NS, dram=CH, pipelined=FULL, l2=1),
         "stats_q": dict(count=G * n * NS if has_q else 0),
         "stats_x": dict(count=G * n),
         # a position's last chunk when partial (V not a multiple of a chunk), after the whole chunks of its last item
@@ -2072,7 +2108,7 @@ def roofline_hints(launch) -> dict:
     # saved (a token set's look re-reads only some chunks, whose bytes the hints do not know: none taken off)
     saved = (1.0 - share) * G * n * 2 * val("V") * launch.arg("zp_ptr").element_size if dense else 0.0
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work, l2_bytes_saved=saved,
-                phase_loops=[["_stats_item", "c < nfull", FULL, ["stats", "stats_q"]],
+                phase_loops=[["_stats_item", "tl.range(0, CH_BASE", FULL, ["stats", "stats_q"], STATS_STAGES.value],
                              ["_look_item", "c < nfull", FULL, ["look_body"]]],
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
