@@ -701,13 +701,15 @@ def test_pipelined_loop_counts_its_prologue_once_and_waits_less(probe, tmp_path)
     n, note = rf.pipelined_round_trips("a", w, no_copies, loops, 0.0, rf.H200)
     assert n == 8 and "no asynchronous copies" in note
     assert rf.pipelined_round_trips("a", dict(count=4, dram=8), per_trip, loops, 0.0, rf.H200) == (8, None)
-    assert rf.pipelined_round_trips("a", dict(w, dram=1.5, pipelined=1.0), no_copies, loops, 0.0, rf.H200) == (1.5, None)
+    one = dict(w, dram=1.5, pipelined=1.0)  # one trip: its first load is all it waits for
+    assert rf.pipelined_round_trips("a", one, no_copies, loops, 0.0, rf.H200) == (1.5, None)
 
 
 def test_verify_stats_loop_is_pipelined(tmp_path):
     """The verify kernel as a GPU runs it (B = 64, K = 4, V = 151936, bf16): its statistics' chunk loop issues its
     loads as asynchronous copies, in the loop's body as well as in the prologue the pipeline peels off, into
-    STATS_STAGES - 1 buffers of a chunk of both sides in shared memory, and the model takes its round trips as
+    STAGES - 1 buffers (``stats_stages``: 2 at bf16) of a chunk of both sides in shared memory, two programs per SM,
+    and the model takes its round trips as
     pipelined (no note that says otherwise)."""
     from speccas_kernels.kernels import verify as kv
 
@@ -721,10 +723,11 @@ def test_verify_stats_loop_is_pipelined(tmp_path):
     assert per_trip["stats"]["async_copies"] > 0, per_trip
     c = launch.constexprs
     chunk = c["TILES"] * c["BLOCK_V"] * 2  # bytes of one side's chunk
-    assert rec["shared"] >= (kv.STATS_STAGES.value - 1) * 2 * chunk, rec["shared"]
+    assert c["STAGES"] == kv.stats_stages(2) == 3
+    assert rec["shared"] >= (c["STAGES"] - 1) * 2 * chunk, rec["shared"]
     assert rf.occupancy(rec, rf.H200) >= 2
-    n, note = rf.pipelined_round_trips("stats", hints["phase_work"]["stats"], per_trip, hints["phase_loops"],
-                                       launch.num_warps / rf._cta_issue_rate(launch.num_warps, rf.H200) / rf.H200.clock_hz,
+    t_instr = launch.num_warps / rf._cta_issue_rate(launch.num_warps, rf.H200) / rf.H200.clock_hz
+    n, note = rf.pipelined_round_trips("stats", hints["phase_work"]["stats"], per_trip, hints["phase_loops"], t_instr,
                                        rf.H200)
     assert note is None and n < hints["phase_work"]["stats"]["dram"] / 2
 

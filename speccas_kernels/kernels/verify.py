@@ -31,7 +31,8 @@ row's last step more than they save.)
 
 * **stats** (row b, position i, item j): chunk by chunk, the chunk's tiles of zp_i and, for i < n, of zq_i as one
   block per side, both loads in flight together, the whole chunks in a loop software-pipelined over
-  ``STATS_STAGES`` (the next chunks' loads, asynchronous copies to shared memory, in flight while a chunk is folded:
+  ``STAGES`` (``stats_stages``: the next chunks' loads, asynchronous copies to shared memory, in flight while a
+  chunk is folded:
   an item waits about one round trip to DRAM, not one per chunk; the loop's trips the most chunks an item holds, a
   constexpr, the loads masked past the item's last whole chunk): max, sum exp(z - max) (T = 1),
   sum exp((z - max) / T) over the kept entries (a branch taken only at T != 1 or with filters), lowest argmax (only
@@ -137,11 +138,20 @@ FAMILY_LOSSY = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_LOSSY])
 STREAM_ACCEPT = tl.constexpr(rules.STREAM_ACCEPT)
 STREAM_EMIT = tl.constexpr(rules.STREAM_EMIT)
 RESIDUAL_EPS = tl.constexpr(1e-5)  # reference.RESIDUAL_EPS[float32]: the kernels compute in float32
-# Stages of the statistics' software pipeline (``tl.range``): the loads of the next STATS_STAGES - 1 chunks are in
-# flight (asynchronous copies to shared memory on a GPU) while a chunk is folded, so an item waits about one DRAM
-# round trip, not one per chunk (ignored by the interpreter). 3 stages hold two chunks of both sides, 64 KB of
-# shared memory per program: two programs still share an SM.
-STATS_STAGES = tl.constexpr(3)
+# The statistics' software pipeline (``tl.range``): the loads of the next STAGES - 1 chunks are in flight
+# (asynchronous copies to shared memory on a GPU) while a chunk is folded, so an item waits about one DRAM round trip,
+# not one per chunk (ignored by the interpreter). ``stats_stages``: STATS_STAGES for 2-byte logits (two chunks of
+# both sides, 64 KB of shared memory per program at 4 tiles of 2048 entries: two programs still share an SM), none
+# for wider ones (fp32 at 3 stages took 128 KB, one program per SM, and the model's opt fp32 B = 64 went
+# from 89.7 to 99.4 us; its rounds are bound by bytes anyway).
+STATS_STAGES = 3
+
+
+def stats_stages(itemsize: int) -> int:
+    """Stages of the statistics' pipelined chunk loop for logits of ``itemsize`` bytes (1: not pipelined)."""
+    return STATS_STAGES if itemsize <= 2 else 1
+
+
 RACE_NONE = tl.constexpr(0)
 RACE_BONUS = tl.constexpr(1)
 RACE_RESIDUAL = tl.constexpr(2)
@@ -551,6 +561,7 @@ def _verify_kernel(
     TILES: tl.constexpr,  # vocabulary tiles per chunk (statically unrolled)
     RACE_TILES: tl.constexpr,  # tiles per race item (statically unrolled): TILES, or fewer at a small batch
     CHUNKS: tl.constexpr,  # chunks of TILES tiles per work item, at most
+    STAGES: tl.constexpr,  # of the statistics' pipelined chunk loop (``stats_stages``)
     ITEMS_PER_PROGRAM: tl.constexpr,  # 0: as many as the queue holds
     LANES: tl.constexpr,  # entries of a chunk the threads hold at one place (threads x VEC, at most TILES x BLOCK_V)
     VEC: tl.constexpr,  # adjacent entries one thread loads at once
@@ -623,7 +634,7 @@ def _verify_kernel(
                                                     FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q,
                                                     RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, TILES, CHUNKS,
                                                     SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV,
-                                                    SKIP_MOOT)
+                                                    SKIP_MOOT, STAGES)
                 acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
@@ -823,7 +834,7 @@ def _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q: tl.constexp
                  PAIRS: tl.constexpr, TILES: tl.constexpr, BLOCK_V: tl.constexpr):
     """The target's and the drafter's tiles of chunk c0 + c (wholly inside the vocabulary) for the pipelined loop:
     loaded only where c < nfull and the row uses the side (a masked load with no fill, read only there), outside
-    any branch, so that the compiler issues them as asynchronous copies ``STATS_STAGES`` - 1 trips ahead."""
+    any branch, so that the compiler issues them as asynchronous copies ``STAGES`` - 1 trips ahead."""
     lo = (c0 + c) * (TILES * BLOCK_V)
     live = c < nfull
     zp = load_tile(pbase[:, None], lo, (use_p & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False)
@@ -843,7 +854,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
                 CHUNKS: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, LANES: tl.constexpr,
                 VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr,
-                SKIP_MOOT: tl.constexpr):
+                SKIP_MOOT: tl.constexpr, STAGES: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
     (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
     reduction across threads inside the loop); the item writes one record, and with SCREEN (a token set with a
@@ -889,10 +900,11 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         # The chunks wholly inside the vocabulary load with no bound mask (and, one row per item, no mask: no
         # registers to fill), the last one of a position (if partial) after them, with its masks.
         nfull = tl.minimum(tl.maximum((V - c0 * (TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
-        # Software-pipelined (``STATS_STAGES``): the loads of the next chunks are in flight while a chunk is folded.
+        # Software-pipelined (``STAGES``, ``stats_stages``): the loads of the next chunks are in flight while a chunk
+        # is folded.
         # The trips are the most chunks an item holds (a constexpr: a loop bound the interpreter can take too), the
         # loads masked and the fold skipped past nfull.
-        for c in tl.range(0, CH_BASE + (CH_EXTRA > 0), num_stages=STATS_STAGES):
+        for c in tl.range(0, CH_BASE + (CH_EXTRA > 0), num_stages=STAGES):
             zp, zq = _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q, FP64, PAIRS, TILES, BLOCK_V)
             if c < nfull:
                 m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
@@ -2001,7 +2013,7 @@ def roofline_hints(launch) -> dict:
     atomic, with the program's start) and each next one while it works on the current (no round trip on the path); a
     stats item's chunk issues the loads of its tiles, target and drafter, before any reduction (unrolled, no branch
     in between: one DRAM round trip per chunk, but those of the whole chunks, ``pipelined``, are a loop pipelined
-    over ``STATS_STAGES``: the model takes them as one round trip plus what each later chunk's work leaves of the
+    over ``STAGES``: the model takes them as one round trip plus what each later chunk's work leaves of the
     next loads' latency, ``pipelined_round_trips`` in bench/roofline.py), then the item draws a ticket (an
     acquire-release atomic at L2); a
     merge loads both sides' partials at once (1), where look items wait for it releases the ready flag
@@ -2064,7 +2076,7 @@ def roofline_hints(launch) -> dict:
     work = {
         "queue": dict(count=total),  # the draw overlaps the previous item (the first is the program's)
         "program": dict(count=launch.programs, l2=2),
-        # one round trip per chunk, those of the whole chunks in the pipelined loop (``STATS_STAGES``)
+        # one round trip per chunk, those of the whole chunks in the pipelined loop (``STAGES``)
         "stats": dict(count=G * KP * NS, dram=CH, pipelined=FULL, l2=1),
         "stats_q": dict(count=G * n * NS if has_q else 0),
         "stats_x": dict(count=G * n),
@@ -2108,7 +2120,7 @@ def roofline_hints(launch) -> dict:
     # saved (a token set's look re-reads only some chunks, whose bytes the hints do not know: none taken off)
     saved = (1.0 - share) * G * n * 2 * val("V") * launch.arg("zp_ptr").element_size if dense else 0.0
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work, l2_bytes_saved=saved,
-                phase_loops=[["_stats_item", "tl.range(0, CH_BASE", FULL, ["stats", "stats_q"], STATS_STAGES.value],
+                phase_loops=[["_stats_item", "tl.range(0, CH_BASE", FULL, ["stats", "stats_q"], c["STAGES"]],
                              ["_look_item", "c < nfull", FULL, ["look_body"]]],
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
@@ -2247,7 +2259,9 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         **cx, SKIP_MOOT=SKIP_MOOT_LOOKS, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
         BLOCK_S=max(triton.next_power_of_2(ns), 2), RECORDS=ns, CH_BASE=ni // ns, CH_EXTRA=ni % ns,
-        TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks, ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec,
+        TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks,
+        STAGES=stats_stages(max(zp.element_size(), zq.element_size() if zq is not None else 0)),
+        ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec,
         SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
         num_warps=num_warps,
         maxnreg=MAX_REGISTERS)
