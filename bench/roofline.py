@@ -73,7 +73,8 @@ What it does, per public call (``verify`` for every rule, ``sample``) and grid p
    ``phase_loops`` entry, and asynchronous copies, LDGSTS, in its SASS body) waits, per execution of n trips,
    1 + (n - 1) max(0, 1 / (S - 1) - c / phase_latency) DRAM round trips for the n it declares (``pipelined`` in
    ``phase_work``; c one trip's instructions of the phase at one program's issue rate): the next S - 1 trips'
-   loads are in flight while a trip computes (``pipelined_round_trips``). With
+   loads are in flight while a trip computes (``pipelined_round_trips``); the same for L2 round trips
+   (``pipelined_l2``, with the L2 latency). With
    n_p executions of phase p (``phase_work`` closed forms of the launch's arguments), I_p its warp
    instructions, d_p and l_p its dependent DRAM and L2 round trips:
 
@@ -285,7 +286,7 @@ HINT_KEYS = {
                    "stages: the loop is software-pipelined over that many stages (``pipelined_round_trips``)",
     "phase_work": "{phase: {count: executions in the launch, dram: dependent DRAM round trips per execution, "
                   "pipelined: how many of them are one per trip of a pipelined loop (``pipelined_round_trips``), l2: "
-                  "dependent L2 round trips, traced: (a phase that runs as the data say) a substring of the kernel "
+                  "dependent L2 round trips, pipelined_l2: as pipelined, of those, traced: (a phase that runs as the data say) a substring of the kernel "
                   "source line of a memory access run once per execution: the count is that line's executions in "
                   "the traced run, extrapolated to the batch, times scale (default 1)}} for every phase of phase_map, "
                   "'queue' and 'program'",
@@ -1740,7 +1741,7 @@ def _phased_instructions(launch: Launch, rec: dict, paired: Optional[dict], hint
 
 
 def pipelined_round_trips(phase: str, work: dict, per_trip: dict, loops: Sequence[Sequence], t_instr: float,
-                          machine: Machine) -> Tuple[float, Optional[str]]:
+                          machine: Machine, level: str = "dram") -> Tuple[float, Optional[str]]:
     """The dependent DRAM round trips of one execution of a phase (``phase_work``'s ``dram``), where ``pipelined``
     of them are one per trip of a software-pipelined loop: a ``phase_loops`` entry with a fifth element, its
     stages S, whose trips of this phase issue asynchronous copies (LDGSTS, read off the SASS: where there are none
@@ -1748,9 +1749,12 @@ def pipelined_round_trips(phase: str, work: dict, per_trip: dict, loops: Sequenc
     trips are in flight while a trip computes, so after the first load a trip waits only for what its compute
     does not cover: n trips take 1 + (n - 1) max(0, 1 / (S - 1) - c / L) round trips of L, c one trip's
     instructions of this phase at ``t_instr`` seconds each (the CTA alone on its SM; a phase that shares the
-    loop, e.g. the drafter's side, is not counted in c, so the wait is, if anything, overstated)."""
-    n = float(work.get("dram", 0))
-    piped = float(work.get("pipelined", 0))
+    loop, e.g. the drafter's side, is not counted in c, so the wait is, if anything, overstated). ``level`` "l2":
+    the same for the phase's L2 round trips (``l2``, of which ``pipelined_l2`` per trip; L the L2 latency)."""
+    key, piped_key, L = (("dram", "pipelined", machine.phase_latency_s) if level == "dram"
+                         else ("l2", "pipelined_l2", machine.l2_latency_s))
+    n = float(work.get(key, 0))
+    piped = float(work.get(piped_key, 0))
     if piped <= 1.0:  # (one trip or less: its first load is all it waits for, pipelined or not)
         return n, None
     info = per_trip.get(phase)
@@ -1759,7 +1763,7 @@ def pipelined_round_trips(phase: str, work: dict, per_trip: dict, loops: Sequenc
     if stages < 2 or not copies:
         return n, f"{phase}: no asynchronous copies in its loop: a round trip per trip"
     c = info["instructions"] * t_instr
-    wait = max(0.0, 1.0 / (stages - 1) - c / machine.phase_latency_s)
+    wait = max(0.0, 1.0 / (stages - 1) - c / L)
     return n - piped + min(piped, 1.0) + max(0.0, piped - 1.0) * wait, None
 
 
@@ -1821,13 +1825,14 @@ def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logi
     detail, t_chain, t_drain = None, 0.0, 0.0
     if phased:
         work = hints["phase_work"]
-        dram = {}
-        for p, w in work.items():
-            dram[p], note = pipelined_round_trips(p, w, per_trip, hints.get("phase_loops", ()), warps / cta_rate,
-                                                  machine)
-            if note:
-                notes.append(note)
-        t_item = {p: dram[p] * machine.phase_latency_s + w.get("l2", 0) * machine.l2_latency_s
+        trips = {}
+        for level in ("dram", "l2"):
+            for p, w in work.items():
+                trips[p, level], note = pipelined_round_trips(p, w, per_trip, hints.get("phase_loops", ()),
+                                                              warps / cta_rate, machine, level)
+                if note:
+                    notes.append(note)
+        t_item = {p: trips[p, "dram"] * machine.phase_latency_s + trips[p, "l2"] * machine.l2_latency_s
                   + per_exec[p] * warps / cta_rate for p, w in work.items()}
         t_items = sum(w["count"] * t_item[p] for p, w in work.items()) / resident_programs
         steps = []
@@ -2568,7 +2573,9 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "pipeline's prologue and epilogue: the first trips' loads, under the loop's lines but outside its SASS "
              "body) count once per execution, not once per trip, and a software-pipelined loop's round trips are "
              "taken as its first load plus what each later trip's compute does not cover (`pipelined_round_trips`). "
-             "v30-r5 is v30's kernels under r5.")
+             "v30-r5 is v30's kernels under r5. From v33 (2026-12-04) the hints may declare L2 round trips "
+             "pipelined too (`pipelined_l2`, the second look's chunk loop, whose tiles come back from L2), with the "
+             "L2 latency: an extension of r5 that moves no earlier row.")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:

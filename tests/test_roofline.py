@@ -703,33 +703,47 @@ def test_pipelined_loop_counts_its_prologue_once_and_waits_less(probe, tmp_path)
     assert rf.pipelined_round_trips("a", dict(count=4, dram=8), per_trip, loops, 0.0, rf.H200) == (8, None)
     one = dict(w, dram=1.5, pipelined=1.0)  # one trip: its first load is all it waits for
     assert rf.pipelined_round_trips("a", one, no_copies, loops, 0.0, rf.H200) == (1.5, None)
+    # L2 round trips (``pipelined_l2``): the same formula with the L2 latency; the DRAM ones are left alone
+    w2 = dict(count=4, dram=2, l2=9, pipelined_l2=8)
+    t_instr = 0.1e-6 / per_trip["a"]["instructions"]  # a trip computes 0.1 us: a third of the L2 latency
+    c = 0.1e-6
+    n, note = rf.pipelined_round_trips("a", w2, per_trip, loops, t_instr, rf.H200, "l2")
+    assert note is None and n == pytest.approx(2 + 7 * max(0.0, 0.5 - c / rf.H200.l2_latency_s))
+    assert n != pytest.approx(2 + 7 * max(0.0, 0.5 - c / L))
+    assert rf.pipelined_round_trips("a", w2, per_trip, loops, t_instr, rf.H200) == (2, None)
 
 
-def test_verify_stats_loop_is_pipelined(tmp_path):
-    """The verify kernel as a GPU runs it (B = 64, K = 4, V = 151936, bf16): its statistics' chunk loop issues its
-    loads as asynchronous copies, in the loop's body as well as in the prologue the pipeline peels off, into
-    STAGES - 1 buffers (``stats_stages``: 2 at bf16) of a chunk of both sides in shared memory, two programs per SM,
-    and the model takes its round trips as
-    pipelined (no note that says otherwise)."""
+def test_verify_chunk_loops_are_pipelined(tmp_path):
+    """The verify kernel as a GPU runs it (opt, B = 64, K = 4, V = 151936, bf16): its statistics' chunk loop and its
+    second look's issue their loads as asynchronous copies, in the loops' bodies as well as in the prologues the
+    pipeline peels off, into STAGES - 1 buffers (``stats_stages``: 2 at bf16) of a chunk of both sides in shared
+    memory (the two loops share them: still two programs per SM), and the model takes their round trips (DRAM for
+    the statistics, L2 for the look) as pipelined (no note that says otherwise)."""
     from speccas_kernels.kernels import verify as kv
 
-    work, _ = rf.capture("verify", "chow", 64, 4, 151936, "bf16")
+    work, _ = rf.capture("verify", "opt", 64, 4, 151936, "bf16")
     launch = work.launches[0]
     rec = rf.compile_launches([launch], cache_dir=tmp_path, quiet=True)[rf.compile_key(launch)]
     hints = rf._hints_for(launch)
     per_trip = {}
     rf.phase_instructions(rec, hints["phase_map"], [1.0] * len(rec["chain_analysis"]["blocks"]),
                           hints["phase_loops"], per_trip)
-    assert per_trip["stats"]["async_copies"] > 0, per_trip
+    assert per_trip["stats"]["async_copies"] > 0 and per_trip["look_body"]["async_copies"] > 0, per_trip
+    assert per_trip["stats"]["loop"] != per_trip["look_body"]["loop"]
     c = launch.constexprs
     chunk = c["TILES"] * c["BLOCK_V"] * 2  # bytes of one side's chunk
-    assert c["STAGES"] == kv.stats_stages(2) == 3
+    assert c["STAGES"] == kv.stats_stages(2, "opt") == 3
+    # not pipelined: 4-byte logits (128 KB of shared memory at 3 stages), and token_v3 (bound by issue in the model)
+    assert kv.stats_stages(4, "opt") == kv.stats_stages(2, "token_v3") == 1 < kv.stats_stages(2, "token_v1")
     assert rec["shared"] >= (c["STAGES"] - 1) * 2 * chunk, rec["shared"]
     assert rf.occupancy(rec, rf.H200) >= 2
     t_instr = launch.num_warps / rf._cta_issue_rate(launch.num_warps, rf.H200) / rf.H200.clock_hz
     n, note = rf.pipelined_round_trips("stats", hints["phase_work"]["stats"], per_trip, hints["phase_loops"], t_instr,
                                        rf.H200)
     assert note is None and n < hints["phase_work"]["stats"]["dram"] / 2
+    look = hints["phase_work"]["look_body"]
+    n, note = rf.pipelined_round_trips("look_body", look, per_trip, hints["phase_loops"], t_instr, rf.H200, "l2")
+    assert note is None and look["pipelined_l2"] > 2 and n < look["l2"] / 2
 
 
 def test_phased_model_chain_and_throughput(queue_rec, monkeypatch):

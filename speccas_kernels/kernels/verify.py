@@ -49,7 +49,8 @@ row's last step more than they save.)
   draws a ticket on the row.
 * **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or eta
-  (the chunks' tiles folded entry by entry, one reduction and one record per item), and each item draws a ticket
+  (the chunks' tiles folded entry by entry, or, where the loop is pipelined as the statistics' over ``STAGES``, a
+  chunk as one block folded per lane: one reduction and one record per item), and each item draws a ticket
   on the row itself: the accept phase sums the records (no merge of the look on the row's chain). Where the look can
   change nothing (``_look_moot``), the merge releases the ready flag as 2, writes the look's records as 0 and counts
   the position's look items done on the row (1 + NS tickets at once), so the row's accept phase waits for no look
@@ -143,13 +144,19 @@ RESIDUAL_EPS = tl.constexpr(1e-5)  # reference.RESIDUAL_EPS[float32]: the kernel
 # not one per chunk (ignored by the interpreter). ``stats_stages``: STATS_STAGES for 2-byte logits (two chunks of
 # both sides, 64 KB of shared memory per program at 4 tiles of 2048 entries: two programs still share an SM), none
 # for wider ones (fp32 at 3 stages took 128 KB, one program per SM, and the model's opt fp32 B = 64 went
-# from 89.7 to 99.4 us; its rounds are bound by bytes anyway).
+# from 89.7 to 99.4 us; its rounds are bound by bytes anyway). The second look's dense chunk loop (opt, lossy's and
+# the token sets' divergences) is pipelined with the same STAGES, from L2. Not for the rules in UNPIPELINED_RULES,
+# which the model finds bound by instruction issue at bf16 B = 64 (token_v3: its race and its look at the chunks
+# that may hold a member of A), so the pipeline's shared-memory reads, masks and prologue only add to it: 60.7 us
+# unpipelined, 63.0 pipelined (token_v1 and token_v2 gain 2.4 us from it, opt 1.6 us with its look pipelined too).
 STATS_STAGES = 3
+UNPIPELINED_RULES = ("token_v3",)
 
 
-def stats_stages(itemsize: int) -> int:
-    """Stages of the statistics' pipelined chunk loop for logits of ``itemsize`` bytes (1: not pipelined)."""
-    return STATS_STAGES if itemsize <= 2 else 1
+def stats_stages(itemsize: int, rule: str = "") -> int:
+    """Stages of the pipelined chunk loops (the statistics', the second look's) for logits of ``itemsize`` bytes
+    and the rule named ``rule`` (1: not pipelined)."""
+    return STATS_STAGES if itemsize <= 2 and rule not in UNPIPELINED_RULES else 1
 
 
 RACE_NONE = tl.constexpr(0)
@@ -368,6 +375,12 @@ def _lanes(x, LANES: tl.constexpr, VEC: tl.constexpr):
 
 
 @triton.jit
+def _lane_sums(x, LANES: tl.constexpr, VEC: tl.constexpr):
+    """An [R, N] tile summed per lane ([R, LANES // VEC], ``_lanes``): within each thread's registers."""
+    return tl.sum(tl.sum(_lanes(x, LANES, VEC), axis=3), axis=1)
+
+
+@triton.jit
 def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run, huge, FILTERS: tl.constexpr,
                 LANES: tl.constexpr, VEC: tl.constexpr, FAST: tl.constexpr):
     """An [R, BLOCK] tile of logits ``z`` (-inf outside the row) at entries lo + ``offs`` folded into running
@@ -561,7 +574,7 @@ def _verify_kernel(
     TILES: tl.constexpr,  # vocabulary tiles per chunk (statically unrolled)
     RACE_TILES: tl.constexpr,  # tiles per race item (statically unrolled): TILES, or fewer at a small batch
     CHUNKS: tl.constexpr,  # chunks of TILES tiles per work item, at most
-    STAGES: tl.constexpr,  # of the statistics' pipelined chunk loop (``stats_stages``)
+    STAGES: tl.constexpr,  # of the pipelined chunk loops, the statistics' and the second look's (``stats_stages``)
     ITEMS_PER_PROGRAM: tl.constexpr,  # 0: as many as the queue holds
     LANES: tl.constexpr,  # entries of a chunk the threads hold at one place (threads x VEC, at most TILES x BLOCK_V)
     VEC: tl.constexpr,  # adjacent entries one thread loads at once
@@ -649,7 +662,8 @@ def _verify_kernel(
                                                          c_look, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
                                                          FAMILY, NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE,
                                                          HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T, TILES,
-                                                         CHUNKS, READS_PH, FLOOR, HAS_FLOOR, SCREENS, PAIRS)
+                                                         CHUNKS, READS_PH, FLOOR, HAS_FLOOR, SCREENS, PAIRS, LANES,
+                                                         VEC, STAGES)
                     acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
@@ -831,16 +845,23 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, in
 
 @triton.jit
 def _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q: tl.constexpr, FP64: tl.constexpr,
-                 PAIRS: tl.constexpr, TILES: tl.constexpr, BLOCK_V: tl.constexpr):
-    """The target's and the drafter's tiles of chunk c0 + c (wholly inside the vocabulary) for the pipelined loop:
-    loaded only where c < nfull and the row uses the side (a masked load with no fill, read only there), outside
-    any branch, so that the compiler issues them as asynchronous copies ``STAGES`` - 1 trips ahead."""
+                 PAIRS: tl.constexpr, TILES: tl.constexpr, BLOCK_V: tl.constexpr, HAS_P: tl.constexpr = True):
+    """The target's and the drafter's tiles of chunk c0 + c (wholly inside the vocabulary) for a pipelined loop (the
+    statistics', the second look's): loaded only where c < nfull and the row uses the side (a masked load with no
+    fill, read only there), outside any branch, so that the compiler issues them as asynchronous copies
+    ``STAGES`` - 1 trips ahead. Without HAS_P (a second look that reads only the drafter) the target's tile is not
+    loaded (the drafter's stands in for it, unread)."""
     lo = (c0 + c) * (TILES * BLOCK_V)
     live = c < nfull
-    zp = load_tile(pbase[:, None], lo, (use_p & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False)
-    zq = zp
-    if HAS_Q:
+    if HAS_P:
+        zp = load_tile(pbase[:, None], lo, (use_p & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False)
+        zq = zp
+        if HAS_Q:
+            zq = load_tile(qbase[:, None], lo, (use_q & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True,
+                           False)
+    else:
         zq = load_tile(qbase[:, None], lo, (use_q & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False)
+        zp = zq
     return zp, zq
 
 
@@ -1076,7 +1097,8 @@ def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_
 def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr,
                cutp_ptr, K, V, FAMILY: tl.constexpr, IN_SET: tl.constexpr, FILTERS: tl.constexpr,
                FP64: tl.constexpr, PAIRS: tl.constexpr, NEED_P: tl.constexpr = True, FULL: tl.constexpr = False,
-               ROWS: tl.constexpr = 0, FAST: tl.constexpr = False, fast=False, cp=None, kp=None, cq=None, kq=None):
+               ROWS: tl.constexpr = 0, FAST: tl.constexpr = False, fast=False, cp=None, kp=None, cq=None, kq=None,
+               zq_in=None, zp_in=None):
     """The tile of entries lo + ``offs`` ([BLOCK_V]; ``lo`` a scalar) of position i for the passes after the
     statistics (the second look, a token set's divergence), whose rows start at ``qbase`` / ``pbase`` ([R, 1]
     pointers, formed once per work item): (q, p, v in A, q - p) over [R, BLOCK_V], q and p 0 outside the rows
@@ -1085,9 +1107,13 @@ def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq
     the target tile is not loaded and p is 0. FULL: the tile lies inside the vocabulary (no bound mask; with one
     row per item, ``ROWS`` = 1, whose row is in use, no mask at all). FAST (family A and lossy) and ``fast`` (no
     row's M / T reaches SHIFT_MAX): q and p as exp2(fma(z, s, -c)) k, one FFMA, the ex2 and a multiply
-    (``exp_shift``; k = 1 / (ST t), from ``_shift_consts``), and q - p one FFMA after p."""
+    (``exp_shift``; k = 1 / (ST t), from ``_shift_consts``), and q - p one FFMA after p. ``zq_in`` / ``zp_in``: the
+    tiles, loaded by the caller (``_chunk_tiles``, the pipelined loop; rows outside ``use`` undefined, and only
+    read into those rows' sums)."""
     mask = use[:, None] & (offs < V - lo)[None, :]
-    if FULL and ROWS == 1:
+    if zq_in is not None:
+        zq = zq_in
+    elif FULL and ROWS == 1:
         zq = load_tile(qbase, lo, None, V - lo, offs.shape[0], FP64, PAIRS, True)
     else:
         zq = load_tile(qbase, lo, use[:, None], V - lo, offs.shape[0], FP64, PAIRS, FULL)
@@ -1095,7 +1121,9 @@ def _look_tile(lo, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq
     if FILTERS:
         keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None])
     if NEED_P:
-        if FULL and ROWS == 1:
+        if zp_in is not None:
+            zp = zp_in
+        elif FULL and ROWS == 1:
             zp = load_tile(pbase, lo, None, V - lo, offs.shape[0], FP64, PAIRS, True)
         else:
             zp = load_tile(pbase, lo, use[:, None], V - lo, offs.shape[0], FP64, PAIRS, FULL)
@@ -1227,29 +1255,54 @@ def _eta_item(c0, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, un
 
 
 @triton.jit
-def _look_chunk(r, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase,
+def _look_fold(acc, acc2, q, p, in_a, d, al, FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, DIVERGENCE: tl.constexpr,
+               SPARSE_ETA: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, WIDE: tl.constexpr):
+    """A second-look tile (``_look_tile``) folded into ``acc`` (TV(q, p), or a token set's drafter mass outside A) and
+    ``acc2`` (the divergences' second sum): entry by entry ([R, BLOCK_V] sums), or with WIDE per lane (``_lanes``:
+    [R, LANES // VEC], within a thread's registers)."""
+    if FAMILY == FAMILY_B:
+        if not SPARSE_ETA:
+            x = tl.where(in_a, 0.0, q)  # q is 0 wherever masked
+            acc += _lane_sums(x, LANES, VEC) if WIDE else x
+        if DIVERGENCE:
+            x2 = tl.maximum(q - p, 0.0)
+            acc2 += _lane_sums(x2, LANES, VEC) if WIDE else x2
+    else:
+        tl.static_assert(NEEDS_TV or DIVERGENCE, "the second look reads TV or a token set's eta")
+        x = tl.maximum(d, 0.0)  # 0 wherever both are (masked, dead, filtered)
+        acc += _lane_sums(x, LANES, VEC) if WIDE else x
+        if DIVERGENCE and FAMILY == FAMILY_LOSSY:  # TV(law, p), one pass: ``_divergences``
+            x2 = tl.maximum(tl.minimum(q, p / (1.0 - al)) - p, 0.0)
+            acc2 += _lane_sums(x2, LANES, VEC) if WIDE else x2
+    return acc, acc2
+
+
+@triton.jit
+def _look_chunk(r, acc, acc2, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase,
                 cutq_ptr, cutp_ptr, K, V, FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, IN_SET: tl.constexpr,
-                FILTERS: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr, READS_PH: tl.constexpr,
+                FILTERS: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr, NEED_P: tl.constexpr,
                 DIVERGENCE: tl.constexpr, SPARSE_ETA: tl.constexpr, TILES: tl.constexpr, BLOCK_V: tl.constexpr,
-                ROWS: tl.constexpr, FULL: tl.constexpr, FAST: tl.constexpr, fast, cp, kp, cq, kq):
-    """Chunk r of a position in the second look: its TILES tiles (statically unrolled) folded entry by entry into
-    ``acc`` (TV(q, p), or a token set's drafter mass outside A) and ``acc2`` (the divergences' second sum). FULL:
-    the chunk lies inside the vocabulary; FAST, ``fast`` and the constants after it: ``_look_tile``."""
-    for u in tl.static_range(TILES):
-        q, p, in_a, d = _look_tile((r * TILES + u) * BLOCK_V, offs, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q,
-                                inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K, V, FAMILY, IN_SET, FILTERS,
-                                FP64, PAIRS, NEED_P=(FAMILY != FAMILY_B) or READS_PH or DIVERGENCE, FULL=FULL,
-                                ROWS=ROWS, FAST=FAST, fast=fast, cp=cp, kp=kp, cq=cq, kq=kq)
-        if FAMILY == FAMILY_B:
-            if not SPARSE_ETA:
-                acc += tl.where(in_a, 0.0, q)  # q is 0 wherever masked
-            if DIVERGENCE:
-                acc2 += tl.maximum(q - p, 0.0)
-        else:
-            tl.static_assert(NEEDS_TV or DIVERGENCE, "the second look reads TV or a token set's eta")
-            acc += tl.maximum(d, 0.0)  # 0 wherever both are (masked, dead, filtered)
-            if DIVERGENCE and FAMILY == FAMILY_LOSSY:  # TV(law, p), one pass: ``_divergences``
-                acc2 += tl.maximum(tl.minimum(q, p / (1.0 - al)) - p, 0.0)
+                ROWS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, WIDE: tl.constexpr, FULL: tl.constexpr,
+                FAST: tl.constexpr, fast, cp, kp, cq, kq, zq_in=None, zp_in=None):
+    """Chunk r of a position in the second look folded into ``acc`` and ``acc2`` (``_look_fold``): its TILES tiles
+    one after another (statically unrolled, [R, BLOCK_V] sums), or with WIDE as one [R, TILES BLOCK_V] block
+    (``zq_in`` / ``zp_in`` where the caller loaded them: ``_chunk_tiles``, the pipelined loop) folded per lane.
+    FULL: the chunk lies inside the vocabulary; FAST, ``fast`` and the constants after it: ``_look_tile``."""
+    if WIDE:
+        q, p, in_a, d = _look_tile(r * (TILES * BLOCK_V), tl.arange(0, TILES * BLOCK_V), rows, i, use, scale, Mp, S1p,
+                                   inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K, V, FAMILY,
+                                   IN_SET, FILTERS, FP64, PAIRS, NEED_P=NEED_P, FULL=FULL, ROWS=ROWS, FAST=FAST,
+                                   fast=fast, cp=cp, kp=kp, cq=cq, kq=kq, zq_in=zq_in, zp_in=zp_in)
+        acc, acc2 = _look_fold(acc, acc2, q, p, in_a, d, al, FAMILY, NEEDS_TV, DIVERGENCE, SPARSE_ETA, LANES, VEC,
+                               True)
+    else:
+        for u in tl.static_range(TILES):
+            q, p, in_a, d = _look_tile((r * TILES + u) * BLOCK_V, tl.arange(0, BLOCK_V), rows, i, use, scale, Mp,
+                                       S1p, inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K,
+                                       V, FAMILY, IN_SET, FILTERS, FP64, PAIRS, NEED_P=NEED_P, FULL=FULL, ROWS=ROWS,
+                                       FAST=FAST, fast=fast, cp=cp, kp=kp, cq=cq, kq=kq)
+            acc, acc2 = _look_fold(acc, acc2, q, p, in_a, d, al, FAMILY, NEEDS_TV, DIVERGENCE, SPARSE_ETA, LANES,
+                                   VEC, False)
     return acc, acc2
 
 
@@ -1261,7 +1314,8 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
                FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
                BLOCK_T: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, READS_PH: tl.constexpr,
-               FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr):
+               FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr,
+               LANES: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item, which reports to the row (the accept phase sums the NS records). A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
@@ -1302,17 +1356,17 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                                                                             pos_f_ptr, alpha_ptr, alpha_val, B, K,
                                                                             USES_ALPHA)
                 unit = _unit_law(T, use)
-                qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)[:, None]
-                pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)[:, None]
+                qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)
+                pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)
                 if SPARSE_ETA:
                     zero = S1p * 0.0
                     whole = tl.max(_in_set(IN_SET, al, zero, zero, S1p).to(tl.int32), axis=1) > 0  # A = V: eta = 0
                     live = use & ~whole
                     eta = tl.zeros([ROWS], dtype=tl.float32)
                     if tl.max(live.to(tl.int32), axis=0) > 0:
-                        eta = _eta_item(c0, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase,
-                                        pbase, mh, mr, sq, cutq_ptr, K, V, IN_SET, FLOOR, READS_PH, FILTERS, FP64,
-                                        BLOCK_V, BLOCK_T, TILES, PAIRS)
+                        eta = _eta_item(c0, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit,
+                                        qbase[:, None], pbase[:, None], mh, mr, sq, cutq_ptr, K, V, IN_SET, FLOOR,
+                                        READS_PH, FILTERS, FP64, BLOCK_V, BLOCK_T, TILES, PAIRS)
                     tl.store(look_part_ptr + (rows * K + i) * NS + j, eta, mask=use)  # one record per item
                 if DENSE:
                     # family A and lossy: exp((z - M) / T) as one FFMA and one ex2 where no row's M / T reaches
@@ -1325,24 +1379,43 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                     kq = cp
                     if FAST:
                         fast, cp, kp, cq, kq = _shift_consts(use, scale, Mp, inv_STp, Mq, inv_STq)
-                    acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles folded entry by entry
-                    acc2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # slot 1 (DIVERGENCE)
-                    offs = tl.arange(0, BLOCK_V)
-                    # the chunks wholly inside the vocabulary with no bound mask, then a position's partial last one
+                    WIDE: tl.constexpr = STAGES > 1  # (a chunk as one block, summed per lane: ``_look_chunk``)
+                    if WIDE:
+                        acc = tl.zeros([ROWS, LANES // VEC], dtype=tl.float32)  # the item's chunks, per lane
+                    else:
+                        acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles, entry by entry
+                    acc2 = acc  # slot 1 (DIVERGENCE)
+                    NEED_P: tl.constexpr = (FAMILY != FAMILY_B) or READS_PH or DIVERGENCE
+                    # the chunks wholly inside the vocabulary (with no bound mask), then a position's partial last
+                    # one; software-pipelined as the statistics' where they are (``STAGES``: the same constexpr
+                    # trip count, the loads masked and the fold skipped past nfull)
                     nfull = tl.minimum(tl.maximum((V - c0 * (TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
-                    c = 0
-                    while c < nfull:
-                        acc, acc2 = _look_chunk(c0 + c, acc, acc2, offs, rows, i, use, scale, Mp, S1p, inv_STp,
-                                                Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr, K, V,
-                                                FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH, DIVERGENCE,
-                                                SPARSE_ETA, TILES, BLOCK_V, ROWS, True, FAST, fast, cp, kp, cq, kq)
-                        c += 1
+                    if STAGES > 1:
+                        for c in tl.range(0, CH_BASE + (CH_EXTRA > 0), num_stages=STAGES):
+                            zp, zq = _chunk_tiles(c, c0, nfull, pbase, qbase, use, use, V, True, FP64, PAIRS, TILES,
+                                                  BLOCK_V, NEED_P)
+                            if c < nfull:
+                                acc, acc2 = _look_chunk(c0 + c, acc, acc2, rows, i, use, scale, Mp, S1p, inv_STp, Mq,
+                                                        S1q, inv_STq, al, unit, qbase[:, None], pbase[:, None],
+                                                        cutq_ptr, cutp_ptr, K, V, FAMILY, NEEDS_TV, IN_SET, FILTERS,
+                                                        FP64, PAIRS, NEED_P, DIVERGENCE, SPARSE_ETA, TILES, BLOCK_V,
+                                                        ROWS, LANES, VEC, True, True, FAST, fast, cp, kp, cq, kq, zq,
+                                                        zp)
+                    else:
+                        c = 0
+                        while c < nfull:
+                            acc, acc2 = _look_chunk(c0 + c, acc, acc2, rows, i, use, scale, Mp, S1p, inv_STp, Mq,
+                                                    S1q, inv_STq, al, unit, qbase[:, None], pbase[:, None], cutq_ptr,
+                                                    cutp_ptr, K, V, FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS,
+                                                    NEED_P, DIVERGENCE, SPARSE_ETA, TILES, BLOCK_V, ROWS, LANES, VEC,
+                                                    False, True, FAST, fast, cp, kp, cq, kq)
+                            c += 1
                     if nfull < nch:  # (a position's last chunk, partial)
-                        acc, acc2 = _look_chunk(c0 + nfull, acc, acc2, offs, rows, i, use, scale, Mp, S1p,
-                                                inv_STp, Mq, S1q, inv_STq, al, unit, qbase, pbase, cutq_ptr, cutp_ptr,
-                                                K, V, FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS, READS_PH,
-                                                DIVERGENCE, SPARSE_ETA, TILES, BLOCK_V, ROWS, False, FAST, fast, cp,
-                                                kp, cq, kq)
+                        acc, acc2 = _look_chunk(c0 + nfull, acc, acc2, rows, i, use, scale, Mp, S1p, inv_STp, Mq,
+                                                S1q, inv_STq, al, unit, qbase[:, None], pbase[:, None], cutq_ptr,
+                                                cutp_ptr, K, V, FAMILY, NEEDS_TV, IN_SET, FILTERS, FP64, PAIRS,
+                                                NEED_P, DIVERGENCE, SPARSE_ETA, TILES, BLOCK_V, ROWS, LANES, VEC,
+                                                WIDE, False, FAST, fast, cp, kp, cq, kq)
                     if not SPARSE_ETA:
                         tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # one per item
                     if DIVERGENCE:
@@ -2021,8 +2094,8 @@ def roofline_hints(launch) -> dict:
     chain) and draws the row's ticket (``merge_ticket``, 1: on the row's chain only where no look follows); a second
     look polls its flag, draws a ticket on the position's look items (a release: nothing waits for it), loads the
     position's statistics and its first chunk's tiles at once (L2: the stats read them one row of traffic earlier),
-    each next chunk's tiles (one L2 round trip each) and draws a ticket on the row (2 + chunks: ``look`` 2,
-    ``look_body`` the chunks; where a look can change nothing, the merge says so in the ready flag), or, for a token
+    each next chunk's tiles (one L2 round trip each, those of the whole chunks a loop pipelined as the statistics':
+    ``pipelined_l2``) and draws a ticket on the row (2 + chunks: ``look`` 2, ``look_body`` the chunks; where a look can change nothing, the merge says so in the ready flag), or, for a token
     set with a floor (``_eta_item``), loads the item's records with the statistics (2), and per chunk that may hold a
     member of A (``look_q``, as many as the traced run had) its target and drafter tiles at once (1); the position's
     last look item then acquires the items' count and resets the flag (``look_reset``, 1, off the chain); the accept
@@ -2094,7 +2167,9 @@ def roofline_hints(launch) -> dict:
         # the row's ticket, or after it where the merge counted the look done (then off the row's chain)
         "merge_release": dict(count=G * n if looks else 0, l2=1),
         "look": dict(count=G * n * NS if looks else 0, l2=2),
-        "look_body": dict(count=G * n * NS * share if looks else 0, l2=CH if dense else 0),
+        # one L2 round trip per chunk, those of the whole chunks in the pipelined loop (``STAGES``)
+        "look_body": dict(count=G * n * NS * share if looks else 0, l2=CH if dense else 0,
+                          pipelined_l2=FULL if dense else 0),
         # the position's last look item, after its ticket on the row: an acquire of the items' count, then the ready
         # flag back to zero (off the row's chain)
         "look_reset": dict(count=G * K if looks else 0, l2=1),
@@ -2121,6 +2196,7 @@ def roofline_hints(launch) -> dict:
     saved = (1.0 - share) * G * n * 2 * val("V") * launch.arg("zp_ptr").element_size if dense else 0.0
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work, l2_bytes_saved=saved,
                 phase_loops=[["_stats_item", "tl.range(0, CH_BASE", FULL, ["stats", "stats_q"], c["STAGES"]],
+                             ["_look_item", "tl.range(0, CH_BASE", FULL, ["look_body"], c["STAGES"]],
                              ["_look_item", "c < nfull", FULL, ["look_body"]]],
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
@@ -2260,7 +2336,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
         BLOCK_S=max(triton.next_power_of_2(ns), 2), RECORDS=ns, CH_BASE=ni // ns, CH_EXTRA=ni % ns,
         TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks,
-        STAGES=stats_stages(max(zp.element_size(), zq.element_size() if zq is not None else 0)),
+        STAGES=stats_stages(max(zp.element_size(), zq.element_size() if zq is not None else 0), args.rule.name),
         ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec,
         SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
         num_warps=num_warps,
