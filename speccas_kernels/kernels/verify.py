@@ -773,6 +773,13 @@ def _chunks(j, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr):
 
 
 @triton.jit
+def _whole_chunks(c0, nch, V, TILES: tl.constexpr, BLOCK_V: tl.constexpr):
+    """How many of an item's chunks c0 .. c0 + nch - 1 lie wholly inside the vocabulary (their loads take no bound
+    mask); a position's last chunk, if partial, follows them."""
+    return tl.minimum(tl.maximum((V - c0 * (TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
+
+
+@triton.jit
 def _items(NT, TILES: tl.constexpr, CHUNKS: tl.constexpr):
     """Stats (and second-look) items per position: NT tiles in items of CHUNKS chunks of TILES tiles."""
     return (NT + CHUNKS * TILES - 1) // (CHUNKS * TILES)
@@ -920,7 +927,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         huge = lane0 != lane0
         # The chunks wholly inside the vocabulary load with no bound mask (and, one row per item, no mask: no
         # registers to fill), the last one of a position (if partial) after them, with its masks.
-        nfull = tl.minimum(tl.maximum((V - c0 * (TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
+        nfull = _whole_chunks(c0, nch, V, TILES, BLOCK_V)
         # Software-pipelined (``STAGES``, ``stats_stages``): the loads of the next chunks are in flight while a chunk
         # is folded.
         # The trips are the most chunks an item holds (a constexpr: a loop bound the interpreter can take too), the
@@ -1389,7 +1396,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                     # the chunks wholly inside the vocabulary (with no bound mask), then a position's partial last
                     # one; software-pipelined as the statistics' where they are (``STAGES``: the same constexpr
                     # trip count, the loads masked and the fold skipped past nfull)
-                    nfull = tl.minimum(tl.maximum((V - c0 * (TILES * BLOCK_V)) // (TILES * BLOCK_V), 0), nch)
+                    nfull = _whole_chunks(c0, nch, V, TILES, BLOCK_V)
                     if STAGES > 1:
                         for c in tl.range(0, CH_BASE + (CH_EXTRA > 0), num_stages=STAGES):
                             zp, zq = _chunk_tiles(c, c0, nfull, pbase, qbase, use, use, V, True, FP64, PAIRS, TILES,
