@@ -286,10 +286,10 @@ HINT_KEYS = {
                    "stages: the loop is software-pipelined over that many stages (``pipelined_round_trips``)",
     "phase_work": "{phase: {count: executions in the launch, dram: dependent DRAM round trips per execution, "
                   "pipelined: how many of them are one per trip of a pipelined loop (``pipelined_round_trips``), l2: "
-                  "dependent L2 round trips, pipelined_l2: as pipelined, of those, traced: (a phase that runs as the data say) a substring of the kernel "
-                  "source line of a memory access run once per execution: the count is that line's executions in "
-                  "the traced run, extrapolated to the batch, times scale (default 1)}} for every phase of phase_map, "
-                  "'queue' and 'program'",
+                  "dependent L2 round trips, pipelined_l2: as pipelined, of those, traced: (a phase that runs as the "
+                  "data say) a substring of the kernel source line of a memory access run once per execution: the "
+                  "count is that line's executions in the traced run, extrapolated to the batch, times scale (default "
+                  "1)}} for every phase of phase_map, 'queue' and 'program'",
     "phase_chain": "one row's dependent steps in order: [[phases of one work item, items, gap], ...]; a step takes "
                    "ceil(items / resident programs) waves of its item, or the time to draw `gap` other items, "
                    "whichever is longer",

@@ -148,7 +148,7 @@ RESIDUAL_EPS = tl.constexpr(1e-5)  # reference.RESIDUAL_EPS[float32]: the kernel
 # the token sets' divergences) is pipelined with the same STAGES, from L2. Not for the rules in UNPIPELINED_RULES,
 # which the model finds bound by instruction issue at bf16 B = 64 (token_v3: its race and its look at the chunks
 # that may hold a member of A), so the pipeline's shared-memory reads, masks and prologue only add to it: 60.7 us
-# unpipelined, 63.0 pipelined (token_v1 and token_v2 gain 2.4 us from it, opt 1.6 us with its look pipelined too).
+# unpipelined, 63.0 pipelined (token_v1 gains 2.4 us from it, opt 2.3 us, 0.6 of them its look's).
 STATS_STAGES = 3
 UNPIPELINED_RULES = ("token_v3",)
 
@@ -858,17 +858,16 @@ def _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q: tl.constexp
     fill, read only there), outside any branch, so that the compiler issues them as asynchronous copies
     ``STAGES`` - 1 trips ahead. Without HAS_P (a second look that reads only the drafter) the target's tile is not
     loaded (the drafter's stands in for it, unread)."""
+    tl.static_assert(HAS_P or HAS_Q, "a chunk loads at least one side")
     lo = (c0 + c) * (TILES * BLOCK_V)
     live = c < nfull
     if HAS_P:
         zp = load_tile(pbase[:, None], lo, (use_p & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False)
         zq = zp
-        if HAS_Q:
-            zq = load_tile(qbase[:, None], lo, (use_q & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True,
-                           False)
-    else:
+    if HAS_Q:
         zq = load_tile(qbase[:, None], lo, (use_q & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False)
-        zp = zq
+        if not HAS_P:
+            zp = zq
     return zp, zq
 
 
@@ -1397,7 +1396,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                     # one; software-pipelined as the statistics' where they are (``STAGES``: the same constexpr
                     # trip count, the loads masked and the fold skipped past nfull)
                     nfull = _whole_chunks(c0, nch, V, TILES, BLOCK_V)
-                    if STAGES > 1:
+                    if WIDE:
                         for c in tl.range(0, CH_BASE + (CH_EXTRA > 0), num_stages=STAGES):
                             zp, zq = _chunk_tiles(c, c0, nfull, pbase, qbase, use, use, V, True, FP64, PAIRS, TILES,
                                                   BLOCK_V, NEED_P)
@@ -2102,8 +2101,8 @@ def roofline_hints(launch) -> dict:
     look polls its flag, draws a ticket on the position's look items (a release: nothing waits for it), loads the
     position's statistics and its first chunk's tiles at once (L2: the stats read them one row of traffic earlier),
     each next chunk's tiles (one L2 round trip each, those of the whole chunks a loop pipelined as the statistics':
-    ``pipelined_l2``) and draws a ticket on the row (2 + chunks: ``look`` 2, ``look_body`` the chunks; where a look can change nothing, the merge says so in the ready flag), or, for a token
-    set with a floor (``_eta_item``), loads the item's records with the statistics (2), and per chunk that may hold a
+    ``pipelined_l2``) and draws a ticket on the row (2 + chunks: ``look`` 2, ``look_body`` the chunks; where a look
+    can change nothing, the merge says so in the ready flag), or, for a token set with a floor (``_eta_item``), loads the item's records with the statistics (2), and per chunk that may hold a
     member of A (``look_q``, as many as the traced run had) its target and drafter tiles at once (1); the position's
     last look item then acquires the items' count and resets the flag (``look_reset``, 1, off the chain); the accept
     phase loads statistics, drafts, the logits at the drafts and the looks' records (all written or read earlier in
