@@ -746,6 +746,36 @@ def test_verify_chunk_loops_are_pipelined(tmp_path):
     assert note is None and look["pipelined_l2"] > 2 and n < look["l2"] / 2
 
 
+def test_race_item_loads_its_first_tile_beside_the_row_constants(tmp_path):
+    """The verify kernel as a GPU runs it at B = 1 (one row and one tile per race item): a race item issues its
+    tile's load before any floating-point instruction of the race, i.e. before the row's constants (loaded just
+    after the flag) are used, so both are in flight at once; the hints count the item's round trips to L2 as the
+    flag's, one for the constants with the first tile, and one per later tile (loaded after the previous one's
+    fold)."""
+    work, _ = rf.capture("verify", "opt", 1, 4, 8192, "bf16")
+    launch = work.launches[0]
+    assert launch.constexprs["ROWS"] == 1 and launch.constexprs["RACE_TILES"] == 1, launch.constexprs
+    rec = rf.compile_launches([launch], cache_dir=tmp_path, quiet=True)[rf.compile_key(launch)]
+    hints = rf._hints_for(launch)
+    assert hints["phase_work"]["race"]["l2"] == 2
+    instrs, labels = rf.parse_sass((tmp_path / "kernels" / f"{rf.compile_key(launch)}.chains.sass").read_text())
+    live = rf._live(instrs, labels)
+    an, ids, chains = rec["chain_analysis"], rec["chain_of"], rec["chains"]
+    assert len(live) == len(an["per_instruction"])
+    race = []
+    for ins, cid in zip(live, ids):
+        chain = chains[cid - 1] if cid else None
+        if chain and (rf.phase_of_chain(chain, hints["phase_map"])
+                      or rf.phase_of_call(chain, hints["phase_map"])) == "race":
+            race.append(ins)
+    tiles = [k for k, ins in enumerate(race) if ins.base == "LDG" and "STRONG" not in ins.opcode]  # the logits
+    consts = [k for k, ins in enumerate(race) if ins.base == "LDG" and "STRONG" in ins.opcode]  # flag, constants
+    fp = [k for k, ins in enumerate(race) if ins.opcode.startswith(("F", "MUFU"))]
+    assert tiles and consts and fp, [i.opcode for i in race][:40]
+    assert tiles[0] < fp[0], (f"the first tile is loaded after the constants are used: "
+                              f"{[i.opcode for i in race[:fp[0] + 1]]}")
+
+
 def test_phased_model_chain_and_throughput(queue_rec, monkeypatch):
     """One row: the chain of dependent steps is the time. Many rows: the throughput terms, then the last row's
     steps after its first."""

@@ -69,7 +69,10 @@ row's last step more than they save.)
   drafts are accepted: p_n's argmax), then a "race" flag for the row, which carries m and the race kind when a work
   item holds one row.
 * **race** (b, j): waits for the row's flag; the race at the one position that needs it (the residual at m, or the
-  bonus at n: a row-uniform branch) over the item's tiles, the row's constants loaded once per item: the tiles fold
+  bonus at n: a row-uniform branch) over the item's tiles, the row's constants loaded once per item, with the
+  item's first tile in flight beside them (one row per item: m came with the flag, and a tile's address needs
+  nothing else; at B = 1, one tile per item, an item waits two round trips to L2, the flag's and one for its
+  constants and tile together, where the tile's load after the constants' use made three): the tiles fold
   entry by entry into a running best score (with its index) and residual mass, reduced once per item into one
   record. Philox runs once per four entries, all four words used (one 32 x 32 -> 64-bit product per multiplier and
   round), joined into a flat [R, BLOCK_V] tile. Scores are in base-2 units: log2 w - log2(-log2 u) (the bonus:
@@ -1684,11 +1687,11 @@ def _residual_consts(rows, rmask, racing, T, o, row_i_ptr, row_f_ptr, pos_m_ptr,
 def _residual_tile(T, m, rows, racing, zp, keep_p, Mp, offs, lo, mask, scale, inv_STp, wm, Mq, inv_STq, S1p, S1q,
                    argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
                    HAS_Q: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr, n_left,
-                   DIFF: tl.constexpr = False):
+                   DIFF: tl.constexpr = False, zq_in=None):
     """pi_m and q_m over an [R, BLOCK] tile of the rows that race a residual (entries lo + ``offs``, ``lo`` a
     scalar: indices are compared as offsets, none formed per entry), from the target tile ``zp`` already loaded and
-    the row constants of ``_residual_consts`` (``qbase``: [R, 1] pointers to the rows of zq_m): (pi, q), or with
-    ``DIFF`` (pi - q, q) by ``_residual_diff``."""
+    the row constants of ``_residual_consts`` (``qbase``: [R, 1] pointers to the rows of zq_m; ``zq_in``: the
+    drafter's tile where the caller loaded it): (pi, q), or with ``DIFF`` (pi - q, q) by ``_residual_diff``."""
     greedy = (T == 0)[:, None]
     any_greedy = tl.max((racing & (T == 0)).to(tl.int32), axis=0) > 0
     if FAMILY == FAMILY_B:
@@ -1700,7 +1703,10 @@ def _residual_tile(T, m, rows, racing, zp, keep_p, Mp, offs, lo, mask, scale, in
     if any_greedy:
         p = tl.where(greedy, (offs == argp - lo).to(tl.float32), p)
     if HAS_Q:
-        zq = load_tile(qbase, lo, racing[:, None], n_left, offs.shape[1], FP64, PAIRS)
+        if zq_in is None:
+            zq = load_tile(qbase, lo, racing[:, None], n_left, offs.shape[1], FP64, PAIRS)
+        else:
+            zq = zq_in
         keep_q = mask & (zq > NEG_INF)
         if FILTERS:
             keep_q = keep_q & (zq >= tl.load(cutq_ptr + rows * K + m, mask=racing & (m < K), other=0.0)[:, None])
@@ -1776,20 +1782,29 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
                 argq, xm, al, cutp_ptr, cutq_ptr, K, V, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
                 HAS_Q: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr,
                 ROWS: tl.constexpr, BLOCK_V: tl.constexpr, TILES: tl.constexpr, VEC: tl.constexpr,
-                FULL: tl.constexpr):
+                FULL: tl.constexpr, zp_in=None, zq_in=None):
     """Race item j's TILES tiles (statically unrolled), folded entry by entry into the running best score ``acc_s``,
     its tile ``acc_u`` and the residual's mass ``acc_w`` (``_race_item``). FULL: the item lies inside the
-    vocabulary, so its loads take no bound mask, and with one row per item (which races) no mask at all."""
+    vocabulary, so its loads take no bound mask, and with one row per item (which races) no mask at all. ``zp_in``
+    / ``zq_in``: the item's first tiles where the caller loaded them (the target's; the drafter's, read only at the
+    rows that race a residual)."""
     KP = K + 1
     FAST_RESID: tl.constexpr = (not FP64) and HAS_Q and (FAMILY != FAMILY_B)
     for u in tl.static_range(TILES):
+        zp_u = None
+        zq_u = None
+        if u == 0:
+            zp_u = zp_in
+            zq_u = zq_in
         t = j.to(tl.int64) * TILES + u  # tiles past the last (t >= NT) read nothing
         lo = t * BLOCK_V
         # Scores in base-2 units: log2 w + (G + ln ln 2) / ln 2 = log2 w - e2 (and (z - M) log2(e) / T - e2 for
         # the bonus), the natural-log scores divided by ln 2 and shifted by one constant: the same argmax.
         e2 = philox.exp_log2_flat(seed, pos, STREAM_EMIT, lo, BLOCK_V, VEC)
         mask = racing[:, None] & (offs < V - lo)
-        if FULL and ROWS == 1:
+        if zp_u is not None:
+            zp = zp_u
+        elif FULL and ROWS == 1:
             zp = load_tile(pbase, lo, None, V - lo, BLOCK_V, FP64, PAIRS, True)
         else:
             zp = load_tile(pbase, lo, racing[:, None], V - lo, BLOCK_V, FP64, PAIRS, FULL)
@@ -1809,7 +1824,9 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
         if any_resid:
             rmask3 = mask & resid_row[:, None]
             if FAST_RESID and fast_resid:  # w (p - q) (lossy p - q) as two products of the exps
-                if FULL and ROWS == 1:
+                if zq_u is not None:
+                    zq = zq_u
+                elif FULL and ROWS == 1:
                     zq = load_tile(qbase, lo, None, V - lo, BLOCK_V, FP64, PAIRS, True)
                 else:
                     zq = load_tile(qbase, lo, resid_row[:, None], V - lo, BLOCK_V, FP64, PAIRS, FULL)
@@ -1823,7 +1840,7 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
             else:
                 d, q = _residual_tile(T, m, rows, resid_row, zp, keep_p, Mp, offs, lo, rmask3, scale, inv_STp,
                                       wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY,
-                                      IN_SET, HAS_Q, FILTERS, FP64, PAIRS, V - lo, DIFF=True)
+                                      IN_SET, HAS_Q, FILTERS, FP64, PAIRS, V - lo, DIFF=True, zq_in=zq_u)
             # w = max(0, pi - q) (0 at masked entries, where pi = q = 0); log2 0 = -inf scores the rest -inf
             wv = tl.maximum(d, 0.0)
             sr = log2_fast(wv) - e2
@@ -1870,6 +1887,27 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         resid_row = racing & (kind == RACE_RESIDUAL)
         any_bonus = tl.max(bonus_row.to(tl.int32), axis=0) > 0
         any_resid = tl.max(resid_row.to(tl.int32), axis=0) > 0
+        pbase = _p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None]
+        qbase = _q_base(zq_ptr, rows, m, start, stride_qb, stride_qk, HAS_Q, RAGGED)
+        # an item wholly inside the vocabulary loads its tiles with no bound mask (one row per item: no mask)
+        full_item = (j + 1) * (TILES * BLOCK_V) <= V
+        # With one row per item (a GPU) the item's first tile is loaded before the row's constants, which its address
+        # does not need: at a small batch (one tile per item) the item waits one round trip to L2 for both.
+        if ROWS == 1:
+            lo = j.to(tl.int64) * (TILES * BLOCK_V)
+            if full_item:  # (the drafter's tile only at a residual's row, read only there)
+                zp_pre = load_tile(pbase, lo, None, V - lo, BLOCK_V, FP64, PAIRS, True)
+                zq_pre = zp_pre
+                if HAS_Q:
+                    zq_pre = load_tile(qbase, lo, resid_row[:, None], V - lo, BLOCK_V, FP64, PAIRS, True, False)
+            else:
+                zp_pre = load_tile(pbase, lo, racing[:, None], V - lo, BLOCK_V, FP64, PAIRS)
+                zq_pre = zp_pre
+                if HAS_Q:
+                    zq_pre = load_tile(qbase, lo, resid_row[:, None], V - lo, BLOCK_V, FP64, PAIRS)
+        else:
+            zp_pre = None
+            zq_pre = None
         o = (rows * KP + m) * 2
         Mp = tl.load(pos_m_ptr + o, mask=racing, other=0.0, cache_modifier=".cg")[:, None]
         seed = row_params(seed_ptr, seed_val, rows, rmask)
@@ -1879,8 +1917,6 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
             alpha_val, B, K, FAMILY, USES_ALPHA, HAS_Q)
         bonus = bonus_row[:, None]
         offs = tl.arange(0, BLOCK_V)[None, :]
-        pbase = _p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None]
-        qbase = _q_base(zq_ptr, rows, m, start, stride_qb, stride_qk, HAS_Q, RAGGED)
         # exp((z - M) / T) as one FFMA and one ex2 (``exp_shift``) where no row's M / T reaches SHIFT_MAX; a family-A
         # or lossy residual then folds 1 / ST and the blend weight into one factor per side (``FAST_RESID``)
         FAST_RESID: tl.constexpr = (not FP64) and HAS_Q and (FAMILY != FAMILY_B)
@@ -1897,8 +1933,6 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                 fast, cp, kp, cq, kq = _shift_consts(racing, scale, Mp, inv_STp, Mq, inv_STq)
             greedy_resid = resid_row & (T == 0)
             fast_resid = fast & (tl.max(greedy_resid.to(tl.int32), axis=0) == 0)
-        # an item wholly inside the vocabulary loads its tiles with no bound mask (one row per item: no mask)
-        full_item = (j + 1) * (TILES * BLOCK_V) <= V
         acc_s = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32) + NEG_INF
         acc_u = tl.zeros([ROWS, BLOCK_V], dtype=tl.int32)  # the tile of an entry's best (an all -inf item: tile 0)
         acc_w = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
@@ -1907,13 +1941,13 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                 j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, any_bonus, any_resid, fast, fast_resid,
                 seed, pos, offs, pbase, qbase, Mp, scale, cp, kp, cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp,
                 argq, xm, al, cutp_ptr, cutq_ptr, K, V, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS, ROWS, BLOCK_V,
-                TILES, VEC, True)
+                TILES, VEC, True, zp_pre, zq_pre)
         if not full_item:  # (a row's last item, partial)
             acc_s, acc_u, acc_w = _race_tiles(
                 j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, any_bonus, any_resid, fast, fast_resid,
                 seed, pos, offs, pbase, qbase, Mp, scale, cp, kp, cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp,
                 argq, xm, al, cutp_ptr, cutq_ptr, K, V, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS, ROWS, BLOCK_V,
-                TILES, VEC, False)
+                TILES, VEC, False, zp_pre, zq_pre)
         best, low = best_lowest_rows(acc_s, acc_u * BLOCK_V + offs)
         idx = (j * (TILES * BLOCK_V) + low).to(tl.int32)
         mass = tl.where(bonus_row, 1.0, tl.sum(acc_w, axis=1))
@@ -2152,6 +2186,7 @@ def roofline_hints(launch) -> dict:
     looks_on_chain = looks and (float(launch.data.get("look_rows", 1.0)) if _skips_looks(launch) else 1.0) > 0
     div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set and has_q else 0
     step = KP * NS + (K * NS if c["SECOND_LOOK"] else 0) + NR + div_items
+    race_l2 = (1 if c["ROWS"] == 1 else 3) + c["RACE_TILES"]
     work = {
         "queue": dict(count=total),  # the draw overlaps the previous item (the first is the program's)
         "program": dict(count=launch.programs, l2=2),
@@ -2183,8 +2218,10 @@ def roofline_hints(launch) -> dict:
         # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the traced run had
         "look_q": dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1, scale=share),
         "accept": dict(count=G, l2=2),
-        "race": dict(count=G * (NR - PART_R), l2=3 if c["ROWS"] == 1 else 4),
-        "race_tail": dict(count=G * PART_R, l2=3 if c["ROWS"] == 1 else 4),  # a row's partial last item
+        # the flag, the row's constants with the item's first tile (one row per item), then each later tile, which
+        # the item loads after folding the one before (at B = 1 one tile per item: two round trips)
+        "race": dict(count=G * (NR - PART_R), l2=race_l2),
+        "race_tail": dict(count=G * PART_R, l2=race_l2),  # a row's partial last item
         "emit": dict(count=G, l2=1),
         "emit_pi": dict(count=0),  # the race over pi: a residual of rounding noise, taken as never
         "div": dict(count=G * n * NI if div_items and looks else 0, l2=3),  # a token set's TV(pi, p), when asked
