@@ -2575,7 +2575,12 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "taken as its first load plus what each later trip's compute does not cover (`pipelined_round_trips`). "
              "v30-r5 is v30's kernels under r5. From v33 (2026-12-04) the hints may declare L2 round trips "
              "pipelined too (`pipelined_l2`, the second look's chunk loop, whose tiles come back from L2), with the "
-             "L2 latency: an extension of r5 that moves no earlier row.")
+             "L2 latency: an extension of r5 that moves no earlier row. From v34 (2026-12-04) the hints count a race "
+             "item's round trips to L2 as the flag's, one for the row's constants with the item's first tile, and one "
+             "for each later tile, which the item loads after folding the one before (read off the SASS); up to v33 "
+             "they counted three in all whatever the item's tiles (the flag, the constants, the tiles): a correction "
+             "at B >= 8, where an item holds several tiles (four at B = 64), beside v34's kernel change (the first "
+             "tile beside the constants: two round trips at B = 1, one tile per item).")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
