@@ -149,9 +149,10 @@ RESIDUAL_EPS = tl.constexpr(1e-5)  # reference.RESIDUAL_EPS[float32]: the kernel
 # for wider ones (fp32 at 3 stages took 128 KB, one program per SM, and the model's opt fp32 B = 64 went
 # from 89.7 to 99.4 us; its rounds are bound by bytes anyway). The second look's dense chunk loop (opt, lossy's and
 # the token sets' divergences) is pipelined with the same STAGES, from L2. Not for the rules in UNPIPELINED_RULES,
-# which the model finds bound by instruction issue at bf16 B = 64 (token_v3: its race and its look at the chunks
+# which the model found bound by instruction issue at bf16 B = 64 (token_v3: its race and its look at the chunks
 # that may hold a member of A), so the pipeline's shared-memory reads, masks and prologue only add to it: 60.7 us
-# unpipelined, 63.0 pipelined (token_v1 gains 2.4 us from it, opt 2.3 us, 0.6 of them its look's).
+# unpipelined, 63.0 pipelined (token_v1 gains 2.4 us from it, opt 2.3 us, 0.6 of them its look's); figures of v33's
+# hints, before v34 counted a race item's later tiles (token_v3 at v34: 63.0 us, bound by its items' latency).
 STATS_STAGES = 3
 UNPIPELINED_RULES = ("token_v3",)
 
@@ -1856,6 +1857,22 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
 
 
 @triton.jit
+def _race_first_tiles(pbase, qbase, lo, racing, resid_row, V, HAS_Q: tl.constexpr, FP64: tl.constexpr,
+                      PAIRS: tl.constexpr, BLOCK_V: tl.constexpr, FULL: tl.constexpr):
+    """A race item's first tile of both sides at entry ``lo``, one row per item (``_race_item``): the target's,
+    and the drafter's at a row that races a residual (read only there); FULL: the tile lies inside the vocabulary
+    (no bound mask; the racing row's target tile no mask at all)."""
+    if FULL:
+        zp = load_tile(pbase, lo, None, V - lo, BLOCK_V, FP64, PAIRS, True)
+    else:
+        zp = load_tile(pbase, lo, racing[:, None], V - lo, BLOCK_V, FP64, PAIRS)
+    zq = zp
+    if HAS_Q:
+        zq = load_tile(qbase, lo, resid_row[:, None], V - lo, BLOCK_V, FP64, PAIRS, FULL, False)
+    return zp, zq
+
+
+@triton.jit
 def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
                cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
                seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk,
@@ -1895,16 +1912,12 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         # does not need: at a small batch (one tile per item) the item waits one round trip to L2 for both.
         if ROWS == 1:
             lo = j.to(tl.int64) * (TILES * BLOCK_V)
-            if full_item:  # (the drafter's tile only at a residual's row, read only there)
-                zp_pre = load_tile(pbase, lo, None, V - lo, BLOCK_V, FP64, PAIRS, True)
-                zq_pre = zp_pre
-                if HAS_Q:
-                    zq_pre = load_tile(qbase, lo, resid_row[:, None], V - lo, BLOCK_V, FP64, PAIRS, True, False)
+            if full_item:
+                zp_pre, zq_pre = _race_first_tiles(pbase, qbase, lo, racing, resid_row, V, HAS_Q, FP64, PAIRS,
+                                                   BLOCK_V, True)
             else:
-                zp_pre = load_tile(pbase, lo, racing[:, None], V - lo, BLOCK_V, FP64, PAIRS)
-                zq_pre = zp_pre
-                if HAS_Q:
-                    zq_pre = load_tile(qbase, lo, resid_row[:, None], V - lo, BLOCK_V, FP64, PAIRS)
+                zp_pre, zq_pre = _race_first_tiles(pbase, qbase, lo, racing, resid_row, V, HAS_Q, FP64, PAIRS,
+                                                   BLOCK_V, False)
         else:
             zp_pre = None
             zq_pre = None
