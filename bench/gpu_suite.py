@@ -560,7 +560,7 @@ class Suite:
         if _has_module("pytest_timeout"):
             cmd += [f"--timeout={int(min(90, max(timeout - 10, 5)))}", "--timeout-method=thread"]
         if parallel and not self.dry and _has_module("xdist"):
-            cmd += ["-n", "8"]
+            cmd += ["-n", "8", "--dist", "loadgroup"]  # (the modules that share files on one worker)
         if self.dry and step.name == "proofs":
             return self.would_run(step, cmd)
         res = self.command(step, cmd, timeout)

@@ -19,6 +19,11 @@ if not torch.cuda.is_available():
 if os.environ.get("TRITON_INTERPRET") == "1":
     interpreter_skip_repatching()
 
+# Under pytest-xdist (``make test`` runs one worker per core) the workers share the cores: torch's threads are split
+# among them rather than each worker starting one per core.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` need a GPU: on a CPU machine they are deselected (reported as such),

@@ -37,6 +37,8 @@ from helpers import assert_divergences, divergence_cases, grid_alphas, random_ro
 ROOT = Path(__file__).resolve().parents[1]
 EMU = ROOT / "tests" / "cuda_emu"
 BUILD = ROOT / "build" / "cuda_emu"
+# one xdist worker runs the whole module (``--dist loadgroup``): one build of the emulation into BUILD
+pytestmark = pytest.mark.xdist_group("cuda_emu")
 
 # Enough chunks per position that every merge spans several blocks, few enough blocks to stay fast.
 os.environ.setdefault("SPECCAS_EMU_MIN_CHUNK", "16")

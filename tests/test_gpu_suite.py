@@ -18,6 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench import gpu_suite  # noqa: E402
 
+pytestmark = pytest.mark.xdist_group("gpu_suite")  # one xdist worker, one dry run of the suite (``dry``)
+
 MODEL_ROWS = """kind,op,rule,B,K,V,dtype,predicted_us,version,date
 model,verify,speculative,3,2,1000,float32,9.5,v1,2026-01-01
 model,verify,speculative,3,2,1000,fp32,4.25,v2,2026-02-01

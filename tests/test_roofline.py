@@ -18,7 +18,9 @@ import speccas_kernels  # noqa: E402
 from bench import roofline as rf  # noqa: E402
 
 triton = pytest.importorskip("triton")
-pytestmark = [pytest.mark.usefixtures("one_thread"),
+# one xdist worker runs the whole module (``--dist loadgroup``): its tests share the model's cache of kernels and
+# traces (.cache/roofline), whose files one writer at a time creates
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("roofline"),
               pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")]
 
 PROBE = '''
@@ -885,6 +887,12 @@ def test_grid_point_end_to_end(tmp_path, monkeypatch):
     pts = [rf.Point("verify", "token_v3", 1, 2, 1000, "fp32"), rf.Point("verify", "token_v3", 8, 2, 1000, "bf16"),
            rf.Point("sample", "sample", 8, 0, 1000, "fp32")]
     meta = dict(version="t", label="test", commit="x", kernels_digest="y", date="z")
+    # the four runs model the same calls: the later ones take the first's models (what they test is the rows, the
+    # CSVs' merge and the report)
+    modelled = {}
+    model_captured = rf.model_captured
+    monkeypatch.setattr(rf, "model_captured", lambda pt, *a: modelled.get(pt) or modelled.setdefault(
+        pt, model_captured(pt, *a)))
     before = rf.CSV_PATH.read_bytes() if rf.CSV_PATH.exists() else None
     rows = rf.run_grid(pts, meta, write=False)
     assert (rf.CSV_PATH.read_bytes() if rf.CSV_PATH.exists() else None) == before, "write=False wrote rows"
