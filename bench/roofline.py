@@ -74,7 +74,9 @@ What it does, per public call (``verify`` for every rule, ``sample``) and grid p
    1 + (n - 1) max(0, 1 / (S - 1) - c / phase_latency) DRAM round trips for the n it declares (``pipelined`` in
    ``phase_work``; c one trip's instructions of the phase at one program's issue rate): the next S - 1 trips'
    loads are in flight while a trip computes (``pipelined_round_trips``); the same for L2 round trips
-   (``pipelined_l2``, with the L2 latency). With
+   (``pipelined_l2``, with the L2 latency), and for a statically unrolled loop (a sixth element "unrolled")
+   whose every trip issues the next trip's loads into registers before its compute (S = 2; c the loop's
+   instructions over its trips; since v35, the race's tiles). With
    n_p executions of phase p (``phase_work`` closed forms of the launch's arguments), I_p its warp
    instructions, d_p and l_p its dependent DRAM and L2 round trips:
 
@@ -280,10 +282,12 @@ HINT_KEYS = {
                  "to the first rule whose function is on its inline chain (with a marker: at a line in the body of "
                  "that function's `if`, or in the header or body of its `while`/`for`, whose test holds the marker); "
                  "unclaimed instructions are 'queue' (inside the kernel's outermost loop) or 'program'",
-    "phase_loops": "[[function, marker, trips, phases (, stages)], ...]: the `while`/`for` of function whose header "
-                   "holds marker runs trips times (a mean) per execution of its phase: every SASS instruction of "
-                   "those phases with a line in it counts that many times (other loops inside a phase count once); "
-                   "stages: the loop is software-pipelined over that many stages (``pipelined_round_trips``)",
+    "phase_loops": "[[function, marker, trips, phases (, stages (, 'unrolled'))], ...]: the `while`/`for` of "
+                   "function whose header holds marker runs trips times (a mean) per execution of its phase: every "
+                   "SASS instruction of those phases with a line in it counts that many times (other loops inside a "
+                   "phase count once); stages: the loop is software-pipelined over that many stages "
+                   "(``pipelined_round_trips``); 'unrolled': a statically unrolled loop (trips 1: each copy runs "
+                   "once) whose trips load the next trip's data into registers (stages 2)",
     "phase_work": "{phase: {count: executions in the launch, dram: dependent DRAM round trips per execution, "
                   "pipelined: how many of them are one per trip of a pipelined loop (``pipelined_round_trips``), l2: "
                   "dependent L2 round trips, pipelined_l2: as pipelined, of those, traced: (a phase that runs as the "
@@ -1608,7 +1612,7 @@ QUEUE, PROGRAM = "queue", "program"
 
 
 def loop_of_chain(chain: Sequence[Sequence], loops: Sequence[Sequence], phase: Optional[str]) -> int:
-    """The index of the first ``phase_loops`` entry [function, marker, trips, phases (, stages)] that names ``phase``
+    """The index of the first ``phase_loops`` entry [function, marker, trips, phases, ...] that names ``phase``
     and whose loop holds one of the chain's levels (-1 when none does)."""
     levels = [(_local_path(f), int(line)) for f, line in chain]
     for k, (function, marker, trips, phases, *_) in enumerate(loops):
@@ -1750,7 +1754,10 @@ def pipelined_round_trips(phase: str, work: dict, per_trip: dict, loops: Sequenc
     does not cover: n trips take 1 + (n - 1) max(0, 1 / (S - 1) - c / L) round trips of L, c one trip's
     instructions of this phase at ``t_instr`` seconds each (the CTA alone on its SM; a phase that shares the
     loop, e.g. the drafter's side, is not counted in c, so the wait is, if anything, overstated). ``level`` "l2":
-    the same for the phase's L2 round trips (``l2``, of which ``pipelined_l2`` per trip; L the L2 latency)."""
+    the same for the phase's L2 round trips (``l2``, of which ``pipelined_l2`` per trip; L the L2 latency). An
+    entry whose sixth element is "unrolled" names a statically unrolled loop whose every trip issues the next
+    trip's loads into registers before its own compute (S = 2, one trip ahead): no asynchronous copies are asked
+    for, and one trip's instructions are the loop's (all its unrolled copies) over the trips."""
     key, piped_key, L = (("dram", "pipelined", machine.phase_latency_s) if level == "dram"
                          else ("l2", "pipelined_l2", machine.l2_latency_s))
     n = float(work.get(key, 0))
@@ -1758,11 +1765,13 @@ def pipelined_round_trips(phase: str, work: dict, per_trip: dict, loops: Sequenc
     if piped <= 1.0:  # (one trip or less: its first load is all it waits for, pipelined or not)
         return n, None
     info = per_trip.get(phase)
-    stages = int(loops[info["loop"]][4]) if info and len(loops[info["loop"]]) > 4 else 1
+    entry = loops[info["loop"]] if info else ()
+    stages = int(entry[4]) if len(entry) > 4 else 1
+    unrolled = len(entry) > 5 and entry[5] == "unrolled"
     copies = sum(d["async_copies"] for d in per_trip.values() if info and d["loop"] == info["loop"])
-    if stages < 2 or not copies:
+    if stages < 2 or not (copies or unrolled):
         return n, f"{phase}: no asynchronous copies in its loop: a round trip per trip"
-    c = info["instructions"] * t_instr
+    c = info["instructions"] / (piped if unrolled else 1.0) * t_instr
     wait = max(0.0, 1.0 / (stages - 1) - c / L)
     return n - piped + min(piped, 1.0) + max(0.0, piped - 1.0) * wait, None
 
@@ -2580,7 +2589,11 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "for each later tile, which the item loads after folding the one before (read off the SASS); up to v33 "
              "they counted three in all whatever the item's tiles (the flag, the constants, the tiles): a correction "
              "at B >= 8, where an item holds several tiles (four at B = 64), beside v34's kernel change (the first "
-             "tile beside the constants: two round trips at B = 1, one tile per item).")
+             "tile beside the constants: two round trips at B = 1, one tile per item). From v35 (2026-12-04) a race item "
+             "issues each later tile's loads before it folds the tile before (one tile ahead, in registers), and "
+             "the hints declare those tiles' round trips pipelined (`pipelined_l2` with the race's unrolled tile loop "
+             "named in `phase_loops`): a later tile waits only for what the previous tile's fold does not cover, an "
+             "extension that moves no earlier row.")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:

@@ -705,6 +705,14 @@ def test_pipelined_loop_counts_its_prologue_once_and_waits_less(probe, tmp_path)
     assert rf.pipelined_round_trips("a", dict(count=4, dram=8), per_trip, loops, 0.0, rf.H200) == (8, None)
     one = dict(w, dram=1.5, pipelined=1.0)  # one trip: its first load is all it waits for
     assert rf.pipelined_round_trips("a", one, no_copies, loops, 0.0, rf.H200) == (1.5, None)
+    # a statically unrolled loop that loads a trip ahead into registers ("unrolled", 2 stages): no copies asked for,
+    # and one trip computes the loop's instructions over its trips (8 here): 1 + 7 max(0, 1 - c / L)
+    unrolled = [["pipe_kernel", "tl.range(0, trips", 1.0, ["a"], 2, "unrolled"]]
+    for t_instr in (0.0, 1e-9, 1.0):
+        c = per_trip["a"]["instructions"] / 8 * t_instr
+        n, note = rf.pipelined_round_trips("a", w, no_copies, unrolled, t_instr, rf.H200)
+        assert note is None and n == pytest.approx(1 + 7 * max(0.0, 1.0 - c / L))
+    assert rf.pipelined_round_trips("a", w, no_copies, [unrolled[0][:5]], 0.0, rf.H200)[0] == 8  # not named so
     # L2 round trips (``pipelined_l2``): the same formula with the L2 latency; the DRAM ones are left alone
     w2 = dict(count=4, dram=2, l2=9, pipelined_l2=8)
     t_instr = 0.1e-6 / per_trip["a"]["instructions"]  # a trip computes 0.1 us: a third of the L2 latency
@@ -715,7 +723,33 @@ def test_pipelined_loop_counts_its_prologue_once_and_waits_less(probe, tmp_path)
     assert rf.pipelined_round_trips("a", w2, per_trip, loops, t_instr, rf.H200) == (2, None)
 
 
-def test_verify_chunk_loops_are_pipelined(tmp_path):
+@pytest.fixture(scope="module")
+def opt_bf16_b64(tmp_path_factory):
+    """The verify kernel as a GPU runs it at the headline's batch (opt, B = 64, K = 4, V = 151936, bf16), compiled
+    once for sm_90: (launch, record, hints, the compile's cache folder)."""
+    work, _ = rf.capture("verify", "opt", 64, 4, 151936, "bf16")
+    launch = work.launches[0]
+    d = tmp_path_factory.mktemp("opt_bf16_b64")
+    rec = rf.compile_launches([launch], cache_dir=d, quiet=True)[rf.compile_key(launch)]
+    return launch, rec, rf._hints_for(launch), d
+
+
+def _phase_sass(launch, rec, hints, cache_dir, phase):
+    """The live SASS instructions of one phase (``phase_map``), in address order."""
+    instrs, labels = rf.parse_sass((cache_dir / "kernels" / f"{rf.compile_key(launch)}.chains.sass").read_text())
+    live = rf._live(instrs, labels)
+    an, ids, chains = rec["chain_analysis"], rec["chain_of"], rec["chains"]
+    assert len(live) == len(an["per_instruction"])
+    out = []
+    for ins, cid in zip(live, ids):
+        chain = chains[cid - 1] if cid else None
+        if chain and (rf.phase_of_chain(chain, hints["phase_map"])
+                      or rf.phase_of_call(chain, hints["phase_map"])) == phase:
+            out.append(ins)
+    return out
+
+
+def test_verify_chunk_loops_are_pipelined(opt_bf16_b64):
     """The verify kernel as a GPU runs it (opt, B = 64, K = 4, V = 151936, bf16): its statistics' chunk loop and its
     second look's issue their loads as asynchronous copies, in the loops' bodies as well as in the prologues the
     pipeline peels off, into STAGES - 1 buffers (``stats_stages``: 2 at bf16) of a chunk of both sides in shared
@@ -723,10 +757,7 @@ def test_verify_chunk_loops_are_pipelined(tmp_path):
     the statistics, L2 for the look) as pipelined (no note that says otherwise)."""
     from speccas_kernels.kernels import verify as kv
 
-    work, _ = rf.capture("verify", "opt", 64, 4, 151936, "bf16")
-    launch = work.launches[0]
-    rec = rf.compile_launches([launch], cache_dir=tmp_path, quiet=True)[rf.compile_key(launch)]
-    hints = rf._hints_for(launch)
+    launch, rec, hints, _ = opt_bf16_b64
     per_trip = {}
     rf.phase_instructions(rec, hints["phase_map"], [1.0] * len(rec["chain_analysis"]["blocks"]),
                           hints["phase_loops"], per_trip)
@@ -760,22 +791,47 @@ def test_race_item_loads_its_first_tile_beside_the_row_constants(tmp_path):
     rec = rf.compile_launches([launch], cache_dir=tmp_path, quiet=True)[rf.compile_key(launch)]
     hints = rf._hints_for(launch)
     assert hints["phase_work"]["race"]["l2"] == 2
-    instrs, labels = rf.parse_sass((tmp_path / "kernels" / f"{rf.compile_key(launch)}.chains.sass").read_text())
-    live = rf._live(instrs, labels)
-    an, ids, chains = rec["chain_analysis"], rec["chain_of"], rec["chains"]
-    assert len(live) == len(an["per_instruction"])
-    race = []
-    for ins, cid in zip(live, ids):
-        chain = chains[cid - 1] if cid else None
-        if chain and (rf.phase_of_chain(chain, hints["phase_map"])
-                      or rf.phase_of_call(chain, hints["phase_map"])) == "race":
-            race.append(ins)
+    race = _phase_sass(launch, rec, hints, tmp_path, "race")
     tiles = [k for k, ins in enumerate(race) if ins.base == "LDG" and "STRONG" not in ins.opcode]  # the logits
     consts = [k for k, ins in enumerate(race) if ins.base == "LDG" and "STRONG" in ins.opcode]  # flag, constants
     fp = [k for k, ins in enumerate(race) if ins.opcode.startswith(("F", "MUFU"))]
     assert tiles and consts and fp, [i.opcode for i in race][:40]
     assert tiles[0] < fp[0], (f"the first tile is loaded after the constants are used: "
                               f"{[i.opcode for i in race[:fp[0] + 1]]}")
+
+
+def test_race_item_loads_each_later_tile_before_folding_the_one_before(opt_bf16_b64):
+    """At B = 64 (one row, RACE_TILES = 4 tiles per race item) each later tile's loads go out before the fold of the
+    tile before it: before tile k's first load (its target tile's offset, k BLOCK_V entries past the item's first)
+    fewer than k tiles' worth of the race's MUFU.LG2 (the Philox logs and the residual's log2, the same in every
+    tile) have issued, where loading each tile after the previous fold puts k tiles' worth before it. The hints
+    declare the tiles' round trips pipelined one tile ahead, and the model takes the later tiles' waits as what a
+    tile's fold does not cover (``pipelined_round_trips`` with the unrolled loop's entry), with no note."""
+    launch, rec, hints, d = opt_bf16_b64
+    c = launch.constexprs
+    tiles = c["RACE_TILES"]
+    assert c["ROWS"] == 1 and tiles == 4, c
+    w = hints["phase_work"]["race"]
+    assert w["l2"] == 1 + tiles and w["pipelined_l2"] == tiles, w
+    race = _phase_sass(launch, rec, hints, d, "race")
+    lg2 = [k for k, ins in enumerate(race) if ins.opcode.startswith("MUFU.LG2")]
+    per_tile = len(lg2) / tiles
+    assert per_tile >= 8 and per_tile == int(per_tile), len(lg2)
+    step = c["BLOCK_V"] * 2  # bytes of one bf16 tile
+    for k in range(1, tiles):
+        at = next((i for i, ins in enumerate(race) if ins.base == "LDG" and f"+{k * step:#x}]" in ins.operands),
+                  None)
+        assert at is not None, (k, [f"{i.opcode} {i.operands}" for i in race if i.base == "LDG"])
+        before = sum(1 for i in lg2 if i < at)
+        assert before < k * per_tile, f"tile {k} is loaded after {before} LG2s, the folds of {before / per_tile} tiles"
+    per_trip = {}
+    rf.phase_instructions(rec, hints["phase_map"], [1.0] * len(rec["chain_analysis"]["blocks"]),
+                          hints["phase_loops"], per_trip)
+    t_instr = launch.num_warps / rf._cta_issue_rate(launch.num_warps, rf.H200) / rf.H200.clock_hz
+    n, note = rf.pipelined_round_trips("race", w, per_trip, hints["phase_loops"], t_instr, rf.H200, "l2")
+    fold = per_trip["race"]["instructions"] / tiles * t_instr
+    assert note is None and n == pytest.approx(2 + (tiles - 1) * max(0.0, 1 - fold / rf.H200.l2_latency_s))
+    assert n < w["l2"]
 
 
 def test_phased_model_chain_and_throughput(queue_rec, monkeypatch):

@@ -72,7 +72,9 @@ row's last step more than they save.)
   bonus at n: a row-uniform branch) over the item's tiles, the row's constants loaded once per item, with the
   item's first tile in flight beside them (one row per item: m came with the flag, and a tile's address needs
   nothing else; at B = 1, one tile per item, an item waits two round trips to L2, the flag's and one for its
-  constants and tile together, where the tile's load after the constants' use made three): the tiles fold
+  constants and tile together, where the tile's load after the constants' use made three), and each later tile's
+  loads going out before the fold of the tile before (one tile ahead, in registers: at B = 64, four tiles per
+  item, a later tile waits only for what a fold does not cover of its round trip): the tiles fold
   entry by entry into a running best score (with its index) and residual mass, reduced once per item into one
   record. Philox runs once per four entries, all four words used (one 32 x 32 -> 64-bit product per multiplier and
   round), joined into a flat [R, BLOCK_V] tile. Scores are in base-2 units: log2 w - log2(-log2 u) (the bonus:
@@ -1787,18 +1789,21 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
     """Race item j's TILES tiles (statically unrolled), folded entry by entry into the running best score ``acc_s``,
     its tile ``acc_u`` and the residual's mass ``acc_w`` (``_race_item``). FULL: the item lies inside the
     vocabulary, so its loads take no bound mask, and with one row per item (which races) no mask at all. ``zp_in``
-    / ``zq_in``: the item's first tiles where the caller loaded them (the target's; the drafter's, read only at the
-    rows that race a residual)."""
+    / ``zq_in``: the item's first tiles where the caller loaded them (one row per item: the target's; the drafter's,
+    read only at the rows that race a residual); each tile's step then issues the next tile's loads before its own
+    fold (``_race_tile_loads``; none past the item's last), so a tile's round trip to L2 overlaps the fold before."""
     KP = K + 1
     FAST_RESID: tl.constexpr = (not FP64) and HAS_Q and (FAMILY != FAMILY_B)
     for u in tl.static_range(TILES):
-        zp_u = None
-        zq_u = None
-        if u == 0:
-            zp_u = zp_in
-            zq_u = zq_in
         t = j.to(tl.int64) * TILES + u  # tiles past the last (t >= NT) read nothing
         lo = t * BLOCK_V
+        zp_u = None
+        zq_u = None
+        if zp_in is not None:  # (one row per item: this tile's loads went out a step before, the first's with the
+            zp_u = zp_in       # row's constants)
+            zq_u = zq_in
+            zp_in, zq_in = _race_tile_loads(pbase, qbase, lo + BLOCK_V, racing, resid_row, V, u + 1 < TILES, HAS_Q,
+                                            FP64, PAIRS, BLOCK_V, FULL)
         # Scores in base-2 units: log2 w + (G + ln ln 2) / ln 2 = log2 w - e2 (and (z - M) log2(e) / T - e2 for
         # the bonus), the natural-log scores divided by ln 2 and shifted by one constant: the same argmax.
         e2 = philox.exp_log2_flat(seed, pos, STREAM_EMIT, lo, BLOCK_V, VEC)
@@ -1857,18 +1862,21 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
 
 
 @triton.jit
-def _race_first_tiles(pbase, qbase, lo, racing, resid_row, V, HAS_Q: tl.constexpr, FP64: tl.constexpr,
-                      PAIRS: tl.constexpr, BLOCK_V: tl.constexpr, FULL: tl.constexpr):
-    """A race item's first tile of both sides at entry ``lo``, one row per item (``_race_item``): the target's,
-    and the drafter's at a row that races a residual (read only there); FULL: the tile lies inside the vocabulary
-    (no bound mask; the racing row's target tile no mask at all)."""
+def _race_tile_loads(pbase, qbase, lo, racing, resid_row, V, LIVE: tl.constexpr, HAS_Q: tl.constexpr,
+                     FP64: tl.constexpr, PAIRS: tl.constexpr, BLOCK_V: tl.constexpr, FULL: tl.constexpr):
+    """A race item's tile of both sides at entry ``lo``, one row per item (``_race_item``, ``_race_tiles``): the
+    target's, and the drafter's at a row that races a residual (read only there). LIVE: the tile is one of the
+    item's (not, for the step after its last tile: a mask that is constant false, so the compiled kernel loads
+    nothing and the traced one reads nothing). FULL: the item lies inside the vocabulary (no bound mask; the racing
+    row's target tile a mask that is constant true, i.e. none)."""
+    live = tl.full([1, 1], LIVE, tl.int1)
     if FULL:
-        zp = load_tile(pbase, lo, None, V - lo, BLOCK_V, FP64, PAIRS, True)
+        zp = load_tile(pbase, lo, live, V - lo, BLOCK_V, FP64, PAIRS, True, False)
     else:
-        zp = load_tile(pbase, lo, racing[:, None], V - lo, BLOCK_V, FP64, PAIRS)
+        zp = load_tile(pbase, lo, racing[:, None] & live, V - lo, BLOCK_V, FP64, PAIRS)
     zq = zp
     if HAS_Q:
-        zq = load_tile(qbase, lo, resid_row[:, None], V - lo, BLOCK_V, FP64, PAIRS, FULL, False)
+        zq = load_tile(qbase, lo, resid_row[:, None] & live, V - lo, BLOCK_V, FP64, PAIRS, FULL, False)
     return zp, zq
 
 
@@ -1909,15 +1917,16 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         # an item wholly inside the vocabulary loads its tiles with no bound mask (one row per item: no mask)
         full_item = (j + 1) * (TILES * BLOCK_V) <= V
         # With one row per item (a GPU) the item's first tile is loaded before the row's constants, which its address
-        # does not need: at a small batch (one tile per item) the item waits one round trip to L2 for both.
+        # does not need: at a small batch (one tile per item) the item waits one round trip to L2 for both; each
+        # later tile's loads go out before the fold of the one before (``_race_tiles``).
         if ROWS == 1:
             lo = j.to(tl.int64) * (TILES * BLOCK_V)
             if full_item:
-                zp_pre, zq_pre = _race_first_tiles(pbase, qbase, lo, racing, resid_row, V, HAS_Q, FP64, PAIRS,
-                                                   BLOCK_V, True)
+                zp_pre, zq_pre = _race_tile_loads(pbase, qbase, lo, racing, resid_row, V, True, HAS_Q, FP64, PAIRS,
+                                                  BLOCK_V, True)
             else:
-                zp_pre, zq_pre = _race_first_tiles(pbase, qbase, lo, racing, resid_row, V, HAS_Q, FP64, PAIRS,
-                                                   BLOCK_V, False)
+                zp_pre, zq_pre = _race_tile_loads(pbase, qbase, lo, racing, resid_row, V, True, HAS_Q, FP64, PAIRS,
+                                                  BLOCK_V, False)
         else:
             zp_pre = None
             zq_pre = None
@@ -2200,6 +2209,7 @@ def roofline_hints(launch) -> dict:
     div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set and has_q else 0
     step = KP * NS + (K * NS if c["SECOND_LOOK"] else 0) + NR + div_items
     race_l2 = (1 if c["ROWS"] == 1 else 3) + c["RACE_TILES"]
+    race_piped = c["RACE_TILES"] if c["ROWS"] == 1 else 0  # the tiles, each loaded a tile ahead (one row per item)
     work = {
         "queue": dict(count=total),  # the draw overlaps the previous item (the first is the program's)
         "program": dict(count=launch.programs, l2=2),
@@ -2231,10 +2241,10 @@ def roofline_hints(launch) -> dict:
         # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the traced run had
         "look_q": dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1, scale=share),
         "accept": dict(count=G, l2=2),
-        # the flag, the row's constants with the item's first tile (one row per item), then each later tile, which
-        # the item loads after folding the one before (at B = 1 one tile per item: two round trips)
-        "race": dict(count=G * (NR - PART_R), l2=race_l2),
-        "race_tail": dict(count=G * PART_R, l2=race_l2),  # a row's partial last item
+        # the flag, the row's constants with the item's first tile (one row per item), then each later tile, whose
+        # loads go out before the fold of the one before (at B = 1 one tile per item: two round trips)
+        "race": dict(count=G * (NR - PART_R), l2=race_l2, pipelined_l2=race_piped),
+        "race_tail": dict(count=G * PART_R, l2=race_l2, pipelined_l2=race_piped),  # a row's partial last item
         "emit": dict(count=G, l2=1),
         "emit_pi": dict(count=0),  # the race over pi: a residual of rounding noise, taken as never
         "div": dict(count=G * n * NI if div_items and looks else 0, l2=3),  # a token set's TV(pi, p), when asked
@@ -2253,7 +2263,8 @@ def roofline_hints(launch) -> dict:
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work, l2_bytes_saved=saved,
                 phase_loops=[["_stats_item", "tl.range(0, CH_BASE", FULL, ["stats", "stats_q"], c["STAGES"]],
                              ["_look_item", "tl.range(0, CH_BASE", FULL, ["look_body"], c["STAGES"]],
-                             ["_look_item", "c < nfull", FULL, ["look_body"]]],
+                             ["_look_item", "c < nfull", FULL, ["look_body"]],
+                             ["_race_tiles", "tl.static_range(TILES)", 1, ["race", "race_tail"], 2, "unrolled"]],
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
                 note="persistent: phases per work item, chain of one row")
