@@ -2589,8 +2589,8 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "for each later tile, which the item loads after folding the one before (read off the SASS); up to v33 "
              "they counted three in all whatever the item's tiles (the flag, the constants, the tiles): a correction "
              "at B >= 8, where an item holds several tiles (four at B = 64), beside v34's kernel change (the first "
-             "tile beside the constants: two round trips at B = 1, one tile per item). From v35 (2026-12-04) a race item "
-             "issues each later tile's loads before it folds the tile before (one tile ahead, in registers), and "
+             "tile beside the constants: two round trips at B = 1, one tile per item). From v35 (2026-12-04) a race "
+             "item issues each later tile's loads before it folds the tile before (one tile ahead, in registers), and "
              "the hints declare those tiles' round trips pipelined (`pipelined_l2` with the race's unrolled tile loop "
              "named in `phase_loops`): a later tile waits only for what the previous tile's fold does not cover, an "
              "extension that moves no earlier row.")

@@ -1788,10 +1788,11 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
                 FULL: tl.constexpr, zp_in=None, zq_in=None):
     """Race item j's TILES tiles (statically unrolled), folded entry by entry into the running best score ``acc_s``,
     its tile ``acc_u`` and the residual's mass ``acc_w`` (``_race_item``). FULL: the item lies inside the
-    vocabulary, so its loads take no bound mask, and with one row per item (which races) no mask at all. ``zp_in``
-    / ``zq_in``: the item's first tiles where the caller loaded them (one row per item: the target's; the drafter's,
-    read only at the rows that race a residual); each tile's step then issues the next tile's loads before its own
-    fold (``_race_tile_loads``; none past the item's last), so a tile's round trip to L2 overlaps the fold before."""
+    vocabulary, so its loads take no bound mask (with one row per item, which races, the target's none at all).
+    ``zp_in`` / ``zq_in``: the item's first tiles where the caller loaded them (one row per item: the target's; the
+    drafter's, read only at the rows that race a residual); each tile's step then issues the next tile's loads
+    before its own fold (``_race_tile_loads``; none past the item's last), so a tile's round trip to L2 overlaps
+    the fold before."""
     KP = K + 1
     FAST_RESID: tl.constexpr = (not FP64) and HAS_Q and (FAMILY != FAMILY_B)
     for u in tl.static_range(TILES):
@@ -1810,8 +1811,6 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
         mask = racing[:, None] & (offs < V - lo)
         if zp_u is not None:
             zp = zp_u
-        elif FULL and ROWS == 1:
-            zp = load_tile(pbase, lo, None, V - lo, BLOCK_V, FP64, PAIRS, True)
         else:
             zp = load_tile(pbase, lo, racing[:, None], V - lo, BLOCK_V, FP64, PAIRS, FULL)
         keep_p = mask & (zp > NEG_INF)
@@ -1832,8 +1831,6 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
             if FAST_RESID and fast_resid:  # w (p - q) (lossy p - q) as two products of the exps
                 if zq_u is not None:
                     zq = zq_u
-                elif FULL and ROWS == 1:
-                    zq = load_tile(qbase, lo, None, V - lo, BLOCK_V, FP64, PAIRS, True)
                 else:
                     zq = load_tile(qbase, lo, resid_row[:, None], V - lo, BLOCK_V, FP64, PAIRS, FULL)
                 ep = tl.exp2(fma_exact(zp, scale, -cp))
