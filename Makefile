@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # pytest-xdist workers for `make test`: one per core (`auto`); 0 runs the suite in this process
 TEST_JOBS ?= auto
 
-.PHONY: demo test test-fast bench report install clean
+.PHONY: demo test bench report install clean
 
 install: $(STAMP)
 
