@@ -26,8 +26,11 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` need a GPU: on a CPU machine they are deselected (reported as such),
-    never counted as passed or skipped."""
+    """Tests marked `slow` run first (each keeps its place among them): under pytest-xdist a long test that comes last
+    in the order runs alone at the end on one worker (the sm_90 compile of every verify variant takes minutes with
+    Triton's compile cache cold, as on CI). Tests marked `cuda` need a GPU: on a CPU machine they are deselected
+    (reported as such), never counted as passed or skipped."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     if torch.cuda.is_available():
         return
     keep, drop = [], []
