@@ -48,9 +48,12 @@ row's last step more than they save.)
   of both sides at once into the position's statistics, publishes a "ready" flag (rules with a second look), and
   draws a ticket on the row.
 * **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
-  position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below) and sums TV or eta
-  (the chunks' tiles folded entry by entry, or, where the loop is pipelined as the statistics' over ``STAGES``, a
-  chunk as one block folded per lane: one reduction and one record per item), and each item draws a ticket
+  position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below; with one chunk
+  per item in the pipelined loop, at a small batch, its loads go out before the wait: the logits are inputs,
+  which the launch never writes, so they arrive while the item waits, and the item waits one round trip after the
+  flag, for its constants, where loading the chunk after them made two) and sums TV or eta (the chunks' tiles
+  folded entry by entry, or, where the loop is pipelined as the statistics' over ``STAGES``, a chunk as one block
+  folded per lane: one reduction and one record per item), and each item draws a ticket
   on the row itself: the accept phase sums the records (no merge of the look on the row's chain). Where the look can
   change nothing (``_look_moot``), the merge releases the ready flag as 2, writes the look's records as 0 and counts
   the position's look items done on the row (1 + NS tickets at once), so the row's accept phase waits for no look
@@ -858,13 +861,17 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, in
 
 @triton.jit
 def _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q: tl.constexpr, FP64: tl.constexpr,
-                 PAIRS: tl.constexpr, TILES: tl.constexpr, BLOCK_V: tl.constexpr, HAS_P: tl.constexpr = True):
+                 PAIRS: tl.constexpr, TILES: tl.constexpr, BLOCK_V: tl.constexpr, HAS_P: tl.constexpr = True,
+                 zp_pre=None, zq_pre=None):
     """The target's and the drafter's tiles of chunk c0 + c (wholly inside the vocabulary) for a pipelined loop (the
     statistics', the second look's): loaded only where c < nfull and the row uses the side (a masked load with no
     fill, read only there), outside any branch, so that the compiler issues them as asynchronous copies
     ``STAGES`` - 1 trips ahead. Without HAS_P (a second look that reads only the drafter) the target's tile is not
-    loaded (the drafter's stands in for it, unread)."""
+    loaded (the drafter's stands in for it, unread). ``zp_pre`` / ``zq_pre``: the chunk, loaded by this function
+    earlier (a loop of one trip whose chunk the caller loaded before a wait), returned as they are."""
     tl.static_assert(HAS_P or HAS_Q, "a chunk loads at least one side")
+    if zp_pre is not None:
+        return zp_pre, zq_pre
     lo = (c0 + c) * (TILES * BLOCK_V)
     live = c < nfull
     if HAS_P:
@@ -1346,6 +1353,24 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
         KP = K + 1
         pos = g * KP + i
         use = rmask & _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n)
+        SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR
+        DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
+        NEED_P: tl.constexpr = (FAMILY != FAMILY_B) or READS_PH or DIVERGENCE
+        c0, nch = _chunks(j, CH_BASE, CH_EXTRA)
+        qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)
+        pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)
+        nfull = _whole_chunks(c0, nch, V, TILES, BLOCK_V)
+        # One chunk per item in the pipelined loop (CH_BASE + (CH_EXTRA > 0) = 1: at B = 1 on a GPU, 2-byte
+        # logits): its tiles, which this launch never writes, are loaded before the wait for the ready flag, so they
+        # arrive while the item waits and the look waits one round trip to L2 after the flag (the constants), not
+        # two; the loop's one trip takes them (``_chunk_tiles``). Where the merge finds the look moot the item reads
+        # them for nothing (L2 hits of a small batch).
+        ONE: tl.constexpr = (not SPARSE_ETA) and (CH_BASE + (CH_EXTRA > 0) == 1) and (STAGES > 1)
+        zp1 = None
+        zq1 = None
+        if ONE:
+            zp1, zq1 = _chunk_tiles(0, c0, nfull, pbase, qbase, use, use, V, True, FP64, PAIRS, TILES, BLOCK_V,
+                                    NEED_P)
         ready = 0
         if tl.max(use.to(tl.int32), axis=0) > 0:
             ready = wait_flag(cnt_ptr + c_ready + pos)
@@ -1358,9 +1383,6 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
             if ready == 1:
                 # a token set with a floor sums eta in ``_eta_item`` (with the divergences too, so that asking for them
                 # changes no bit of eta); the tile loop below then sums TV(q, p) only
-                SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR
-                DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
-                c0, nch = _chunks(j, CH_BASE, CH_EXTRA)
                 if SPARSE_ETA:  # in flight with the position's statistics
                     mh, mr, sq = _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, BLOCK_T,
                                               SCREENS)
@@ -1368,8 +1390,6 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                                                                             pos_f_ptr, alpha_ptr, alpha_val, B, K,
                                                                             USES_ALPHA)
                 unit = _unit_law(T, use)
-                qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)
-                pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)
                 if SPARSE_ETA:
                     zero = S1p * 0.0
                     whole = tl.max(_in_set(IN_SET, al, zero, zero, S1p).to(tl.int32), axis=1) > 0  # A = V: eta = 0
@@ -1397,15 +1417,13 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                     else:
                         acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)  # the item's tiles, entry by entry
                     acc2 = acc  # slot 1 (DIVERGENCE)
-                    NEED_P: tl.constexpr = (FAMILY != FAMILY_B) or READS_PH or DIVERGENCE
                     # the chunks wholly inside the vocabulary (with no bound mask), then a position's partial last
                     # one; software-pipelined as the statistics' where they are (``STAGES``: the same constexpr
                     # trip count, the loads masked and the fold skipped past nfull)
-                    nfull = _whole_chunks(c0, nch, V, TILES, BLOCK_V)
                     if WIDE:
                         for c in tl.range(0, CH_BASE + (CH_EXTRA > 0), num_stages=STAGES):
                             zp, zq = _chunk_tiles(c, c0, nfull, pbase, qbase, use, use, V, True, FP64, PAIRS, TILES,
-                                                  BLOCK_V, NEED_P)
+                                                  BLOCK_V, NEED_P, zp1, zq1)
                             if c < nfull:
                                 acc, acc2 = _look_chunk(c0 + c, acc, acc2, rows, i, use, scale, Mp, S1p, inv_STp, Mq,
                                                         S1q, inv_STq, al, unit, qbase[:, None], pbase[:, None],
@@ -1568,15 +1586,17 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
         # the NS records of each looked position (a merge that found the look could change nothing wrote zeros), in
         # flight with the statistics (RECORDS = NS loads unrolled: each an [R, BLOCK_K] block like the phase's others,
-        # so no layout conversion), summed in item order
+        # so no layout conversion), summed in item order. RECORDS is NS itself (the launcher's), so every load takes
+        # the one mask ``looked``: with a mask per record as well (s < NS, always true) the compiler kept one
+        # predicate per record, packed into registers and unpacked before each load (at B = 1, 38 records: about
+        # four instructions each)
         NS = _items(NT, TILES, CHUNKS)
         looked = used_q & _needs_look(T, SECOND_LOOK, HAS_Q)[:, None]
         at = ((rr * K + i) * NS).to(tl.int32)  # (a workspace offset: int32)
         for s in tl.static_range(RECORDS):
-            look += tl.load(look_part_ptr + at + s, mask=looked & (s < NS), other=0.0, cache_modifier=".cg")
+            look += tl.load(look_part_ptr + at + s, mask=looked, other=0.0, cache_modifier=".cg")
             if DIVERGENCE:
-                look2 += tl.load(look_part_ptr + B * K * NS + at + s, mask=looked & (s < NS), other=0.0,
-                                 cache_modifier=".cg")
+                look2 += tl.load(look_part_ptr + B * K * NS + at + s, mask=looked, other=0.0, cache_modifier=".cg")
         if DIVERGENCE:
             # a token set's divergence items read eta (``_div_item``), after the race flag this phase releases
             tl.store(look_ptr + rr * K + i, look, mask=looked)
@@ -2197,6 +2217,11 @@ def roofline_hints(launch) -> dict:
     divergence = launch.arg("div_ptr").kind == "tensor"
     sparse_eta = token_set and c["HAS_FLOOR"] and not divergence  # ``_eta_item`` alone
     dense = looks and not sparse_eta  # the look reads every tile
+    # one chunk per look item (a small batch, 2-byte logits): loaded before the wait for the ready flag, in flight
+    # during it
+    # (``_look_item``'s ONE): no round trip of its own, and read also where the merge finds the look moot
+    one = (dense and not (token_set and c["HAS_FLOOR"]) and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1
+           and c["STAGES"] > 1)
     # the look's body: at every looked item, but where the launch skips looks that can change nothing, at the share
     # of the modelled inputs (``roofline_data``; without it, at every position: the worst case)
     share = float(launch.data.get("look_share", 1.0)) if _skips_looks(launch) else 1.0
@@ -2227,10 +2252,13 @@ def roofline_hints(launch) -> dict:
         # a merge's release of the ready flag where look items wait for it (drafted positions, with looks): before
         # the row's ticket, or after it where the merge counted the look done (then off the row's chain)
         "merge_release": dict(count=G * n if looks else 0, l2=1),
+        # the ready flag's round trip, then the constants' (with one chunk per item, its chunk in flight since
+        # before the flag)
         "look": dict(count=G * n * NS if looks else 0, l2=2),
-        # one L2 round trip per chunk, those of the whole chunks in the pipelined loop (``STAGES``)
-        "look_body": dict(count=G * n * NS * share if looks else 0, l2=CH if dense else 0,
-                          pipelined_l2=FULL if dense else 0),
+        # one L2 round trip per chunk, those of the whole chunks in the pipelined loop (``STAGES``); none with one
+        # chunk per item (loaded before the flag)
+        "look_body": dict(count=G * n * NS * share if looks else 0, l2=CH if dense and not one else 0,
+                          pipelined_l2=FULL if dense and not one else 0),
         # the position's last look item, after its ticket on the row: an acquire of the items' count, then the ready
         # flag back to zero (off the row's chain)
         "look_reset": dict(count=G * K if looks else 0, l2=1),
@@ -2255,8 +2283,9 @@ def roofline_hints(launch) -> dict:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "merge_ticket", "accept"], 1, step),
                  (["queue", "race"], NR, 0), (["emit"], 1, 0)]
     # the traced look re-reads q_i and p_i at every drafted position (``ROOFLINE_TRACE``): the skipped share's are
-    # saved (a token set's look re-reads only some chunks, whose bytes the hints do not know: none taken off)
-    saved = (1.0 - share) * G * n * 2 * val("V") * launch.arg("zp_ptr").element_size if dense else 0.0
+    # saved (a token set's look re-reads only some chunks, whose bytes the hints do not know: none taken off; with
+    # one chunk per item every look item reads its chunk)
+    saved = (1.0 - share) * G * n * 2 * val("V") * launch.arg("zp_ptr").element_size if dense and not one else 0.0
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work, l2_bytes_saved=saved,
                 phase_loops=[["_stats_item", "tl.range(0, CH_BASE", FULL, ["stats", "stats_q"], c["STAGES"]],
                              ["_look_item", "tl.range(0, CH_BASE", FULL, ["look_body"], c["STAGES"]],
