@@ -1326,6 +1326,18 @@ def _look_chunk(r, acc, acc2, rows, i, use, scale, Mp, S1p, inv_STp, Mq, S1q, in
 
 
 @triton.jit
+def _look_where(j, rows, i, start, zq_ptr, zp_ptr, V, stride_qb, stride_qk, stride_pb, stride_pk,
+                RAGGED: tl.constexpr, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr, TILES: tl.constexpr,
+                BLOCK_V: tl.constexpr):
+    """Where second-look item j of position i reads: (first chunk, chunks, the drafter's and the target's row
+    pointers, the chunks wholly inside the vocabulary)."""
+    c0, nch = _chunks(j, CH_BASE, CH_EXTRA)
+    qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)
+    pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)
+    return c0, nch, qbase, pbase, _whole_chunks(c0, nch, V, TILES, BLOCK_V)
+
+
+@triton.jit
 def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr,
                n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT,
                CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr, c_ready, c_look, c_row, stride_qb, stride_qk, stride_pb,
@@ -1356,19 +1368,18 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
         SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR
         DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
         NEED_P: tl.constexpr = (FAMILY != FAMILY_B) or READS_PH or DIVERGENCE
-        c0, nch = _chunks(j, CH_BASE, CH_EXTRA)
-        qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)
-        pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)
-        nfull = _whole_chunks(c0, nch, V, TILES, BLOCK_V)
         # One chunk per item in the pipelined loop (CH_BASE + (CH_EXTRA > 0) = 1: at B = 1 on a GPU, 2-byte
         # logits): its tiles, which this launch never writes, are loaded before the wait for the ready flag, so they
         # arrive while the item waits and the look waits one round trip to L2 after the flag (the constants), not
         # two; the loop's one trip takes them (``_chunk_tiles``). Where the merge finds the look moot the item reads
-        # them for nothing (L2 hits of a small batch).
+        # them for nothing (L2 hits of a small batch). Otherwise the item's addresses are formed after the wait, as
+        # before (held across it, they cost registers: token_v2 bf16 B = 64 spilled 32 B more, 0.9 us in the model).
         ONE: tl.constexpr = (not SPARSE_ETA) and (CH_BASE + (CH_EXTRA > 0) == 1) and (STAGES > 1)
         zp1 = None
         zq1 = None
         if ONE:
+            c0, nch, qbase, pbase, nfull = _look_where(j, rows, i, start, zq_ptr, zp_ptr, V, stride_qb, stride_qk,
+                                                       stride_pb, stride_pk, RAGGED, CH_BASE, CH_EXTRA, TILES, BLOCK_V)
             zp1, zq1 = _chunk_tiles(0, c0, nfull, pbase, qbase, use, use, V, True, FP64, PAIRS, TILES, BLOCK_V,
                                     NEED_P)
         ready = 0
@@ -1383,6 +1394,10 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
             if ready == 1:
                 # a token set with a floor sums eta in ``_eta_item`` (with the divergences too, so that asking for them
                 # changes no bit of eta); the tile loop below then sums TV(q, p) only
+                if not ONE:
+                    c0, nch, qbase, pbase, nfull = _look_where(j, rows, i, start, zq_ptr, zp_ptr, V, stride_qb,
+                                                               stride_qk, stride_pb, stride_pk, RAGGED, CH_BASE,
+                                                               CH_EXTRA, TILES, BLOCK_V)
                 if SPARSE_ETA:  # in flight with the position's statistics
                     mh, mr, sq = _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, BLOCK_T,
                                               SCREENS)
@@ -1586,17 +1601,23 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
         # the NS records of each looked position (a merge that found the look could change nothing wrote zeros), in
         # flight with the statistics (RECORDS = NS loads unrolled: each an [R, BLOCK_K] block like the phase's others,
-        # so no layout conversion), summed in item order. RECORDS is NS itself (the launcher's), so every load takes
-        # the one mask ``looked``: with a mask per record as well (s < NS, always true) the compiler kept one
-        # predicate per record, packed into registers and unpacked before each load (at B = 1, 38 records: about
-        # four instructions each)
+        # so no layout conversion), summed in item order. RECORDS is NS itself (the launcher's): past a few records
+        # every load takes the one mask ``looked``, where a mask per record as well (s < NS, always true) made the
+        # compiler keep one predicate per record, packed into registers and unpacked before each load (at B = 1, 38
+        # records: about four instructions each); at a few (B = 64: 2) the per-record masks cost nothing and the
+        # kernels compile as they did (with the one mask, ptxas spilled 32 B more for token_v2 bf16 B = 64, whose
+        # race then took 56 instructions more: 0.9 us in the model)
         NS = _items(NT, TILES, CHUNKS)
         looked = used_q & _needs_look(T, SECOND_LOOK, HAS_Q)[:, None]
         at = ((rr * K + i) * NS).to(tl.int32)  # (a workspace offset: int32)
         for s in tl.static_range(RECORDS):
-            look += tl.load(look_part_ptr + at + s, mask=looked, other=0.0, cache_modifier=".cg")
+            if RECORDS > 4:
+                live = looked
+            else:
+                live = looked & (s < NS)
+            look += tl.load(look_part_ptr + at + s, mask=live, other=0.0, cache_modifier=".cg")
             if DIVERGENCE:
-                look2 += tl.load(look_part_ptr + B * K * NS + at + s, mask=looked, other=0.0, cache_modifier=".cg")
+                look2 += tl.load(look_part_ptr + B * K * NS + at + s, mask=live, other=0.0, cache_modifier=".cg")
         if DIVERGENCE:
             # a token set's divergence items read eta (``_div_item``), after the race flag this phase releases
             tl.store(look_ptr + rr * K + i, look, mask=looked)
