@@ -1611,10 +1611,7 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
         looked = used_q & _needs_look(T, SECOND_LOOK, HAS_Q)[:, None]
         at = ((rr * K + i) * NS).to(tl.int32)  # (a workspace offset: int32)
         for s in tl.static_range(RECORDS):
-            if RECORDS > 4:
-                live = looked
-            else:
-                live = looked & (s < NS)
+            live = looked & ((s < NS) | (RECORDS > 4))  # (no branch on a batch-sized constexpr: the model's traces)
             look += tl.load(look_part_ptr + at + s, mask=live, other=0.0, cache_modifier=".cg")
             if DIVERGENCE:
                 look2 += tl.load(look_part_ptr + B * K * NS + at + s, mask=live, other=0.0, cache_modifier=".cg")
