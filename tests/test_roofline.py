@@ -792,25 +792,25 @@ def test_verify_chunk_loops_are_pipelined(opt_bf16_b64):
     assert note is None and look["pipelined_l2"] > 2 and n < look["l2"] / 2
 
 
-@pytest.fixture(scope="module")
-def opt_bf16_b1(tmp_path_factory):
-    """The verify kernel as a GPU runs it at a batch of one (opt, B = 1, K = 4, V = 8192, bf16: one row per work
-    item, one tile per race item, one chunk per second-look item), compiled once for sm_90: (launch, record, hints,
-    the compile's cache folder)."""
-    work, _ = rf.capture("verify", "opt", 1, 4, 8192, "bf16")
+@pytest.fixture(scope="module", params=["bf16", "fp32"])
+def opt_b1(request, tmp_path_factory):
+    """The verify kernel as a GPU runs it at a batch of one (opt, B = 1, K = 4, V = 8192, bf16 and fp32: one row per
+    work item, one tile per race item, one chunk per second-look item), compiled once per dtype for sm_90: (launch,
+    record, hints, the compile's cache folder)."""
+    work, _ = rf.capture("verify", "opt", 1, 4, 8192, request.param)
     launch = work.launches[0]
-    d = tmp_path_factory.mktemp("opt_bf16_b1")
+    d = tmp_path_factory.mktemp(f"opt_{request.param}_b1")
     rec = rf.compile_launches([launch], cache_dir=d, quiet=True)[rf.compile_key(launch)]
     return launch, rec, rf._hints_for(launch), d
 
 
-def test_race_item_loads_its_first_tile_beside_the_row_constants(opt_bf16_b1):
+def test_race_item_loads_its_first_tile_beside_the_row_constants(opt_b1):
     """The verify kernel as a GPU runs it at B = 1 (one row and one tile per race item): a race item issues its
     tile's load before any floating-point instruction of the race, i.e. before the row's constants (loaded just
     after the flag) are used, so both are in flight at once; the hints count the item's round trips to L2 as the
     flag's, one for the constants with the first tile, and one per later tile (loaded after the previous one's
     fold)."""
-    launch, rec, hints, d = opt_bf16_b1
+    launch, rec, hints, d = opt_b1
     assert launch.constexprs["ROWS"] == 1 and launch.constexprs["RACE_TILES"] == 1, launch.constexprs
     assert hints["phase_work"]["race"]["l2"] == 2
     race = _phase_sass(launch, rec, hints, d, "race")
@@ -822,24 +822,47 @@ def test_race_item_loads_its_first_tile_beside_the_row_constants(opt_bf16_b1):
                               f"{[i.opcode for i in race[:fp[0] + 1]]}")
 
 
-def test_look_item_loads_its_chunk_before_it_waits_for_the_ready_flag(opt_bf16_b1):
+def test_look_item_loads_its_chunk_before_it_waits_for_the_ready_flag(opt_b1):
     """At B = 1 (one row and one chunk per second-look item) a look item issues its chunk's loads, the target's and
     the drafter's tiles, before it polls the position's ready flag (the logits are inputs, which the launch never
     writes), so they arrive during the wait and the item waits one round trip to L2 after the flag (its constants),
     where loading the chunk after the constants made two; the hints give the look body no round trip of its own
     (``test_opt_look_share_comes_from_the_modelled_inputs``: nor bytes saved where the merge finds looks moot)."""
-    launch, rec, hints, d = opt_bf16_b1
+    launch, rec, hints, d = opt_b1
     c = launch.constexprs
     assert c["ROWS"] == 1 and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1, c
     w = hints["phase_work"]
-    assert w["look"]["l2"] == 2 and w["look_body"]["l2"] == 0 and w["look_body"]["pipelined_l2"] == 0, w
+    assert w["look_body"]["l2"] == 0 and w["look_body"]["pipelined_l2"] == 0, w
     look = _phase_sass(launch, rec, hints, d, "look") + _phase_sass(launch, rec, hints, d, "look_body")
     look.sort(key=lambda ins: ins.addr)
     chunk = [k for k, ins in enumerate(look) if ins.base == "LDG" and "STRONG" not in ins.opcode]
     strong = [k for k, ins in enumerate(look) if ins.base == "LDG" and "STRONG" in ins.opcode]  # flag, constants
-    per_side = c["TILES"] * c["BLOCK_V"] * 2 // (16 * 32 * launch.num_warps)  # 16-byte loads of a side's chunk
+    size = launch.arg("zp_ptr").element_size
+    per_side = c["TILES"] * c["BLOCK_V"] * size // (16 * 32 * launch.num_warps)  # 16-byte loads of a side's chunk
     assert len(chunk) == 2 * per_side and strong, [f"{i.opcode} {i.operands}" for i in look if i.base == "LDG"]
     assert max(chunk) < min(strong), [f"{i.opcode} {i.operands}" for i in look if i.base == "LDG"]
+
+
+def test_merge_hands_the_look_its_constants_with_the_wait(opt_b1):
+    """At B = 1 (one row and one chunk per second-look item: ``TAGGED``) the merge stores a position's constants as
+    six tagged 8-byte words with relaxed exchanges and no fence (no MEMBAR before them in the merge; the ready flag
+    1 cost one), and a look item polls the flag and the six words at once (one 4-byte and six 8-byte volatile
+    loads, one after another) and loads no statistics after: the hints count one round trip for the look's wait and
+    none for the merge's release. (``test_skipped_looks_change_nothing``: the outputs and the counters' reset.)"""
+    launch, rec, hints, d = opt_b1
+    w = hints["phase_work"]
+    assert w["look"]["l2"] == 1 and w["merge_release"]["l2"] == 0, w
+    merge = _phase_sass(launch, rec, hints, d, "merge")
+    xch = [k for k, ins in enumerate(merge) if ins.opcode.startswith("ATOMG.E.EXCH.64")]
+    fences = [k for k, ins in enumerate(merge) if ins.opcode.startswith("MEMBAR")]
+    assert len(xch) == 3 and fences and max(xch) < min(fences), [i.opcode for i in merge if i.base in ("ATOMG",
+                                                                                                     "MEMBAR")]
+    look = _phase_sass(launch, rec, hints, d, "look") + _phase_sass(launch, rec, hints, d, "look_body")
+    look.sort(key=lambda ins: ins.addr)
+    loads = [ins.opcode for ins in look if ins.base == "LDG" and "STRONG" in ins.opcode]
+    first = loads[:7]
+    assert sorted(first) == ["LDG.E.64.STRONG.SYS"] * 6 + ["LDG.E.STRONG.SYS"], loads
+    assert all(".SYS" in op for op in loads), f"statistics loaded after the wait: {loads}"
 
 
 def test_race_item_loads_each_later_tile_before_folding_the_one_before(opt_bf16_b64):

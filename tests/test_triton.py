@@ -111,15 +111,19 @@ def test_skipped_looks_change_nothing(device, rule, alpha, monkeypatch):
     and TV = 2 (for alpha >= 0 where max q^ >= max p^, for alpha < 0 where max q^ < max p^), a token set where the
     draft is in A with q(x) > 0; its sum then counts as 0. One row per work item (as on a GPU: an item skips only
     where none of its rows needs the look), alphas of both signs, float32 at T = 1 and bfloat16 at T = 0.7: the
-    reference's tokens, deferrals and probabilities. A skip where the look decides (the test inverted) fails."""
+    reference's tokens, deferrals and probabilities. A skip where the look decides (the test inverted) fails. With
+    one chunk per item (as a GPU runs B = 1) opt's merge hands the look its constants as tagged words
+    (``TAGGED``), which the position's last look item zeroes: every counter is zero after each call."""
     monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", 1)
-    for dtype, T in ((torch.float32, 1.0), (torch.bfloat16, 0.7)):
+    tagged = ((torch.float32, 0.7, 1),) if rule == "opt" else ()  # (a token set's look reads records: untagged)
+    for dtype, T, chunks in ((torch.float32, 1.0, None), (torch.bfloat16, 0.7, None)) + tagged:
+        monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", chunks)
         kw = random_round(6, 3, 300, dtype=dtype, device=device, seed=int(10 * alpha) + 40)
         kw.update(alpha=alpha, temperature=T)
         ref, margins = reference_with_margins(**kw, rule=rule)
         out = sk.verify(**kw, rule=rule, backend="triton")
-        assert_same_outputs(out, ref, margins, what=f"{rule} alpha={alpha} T={T} {dtype}")
-        _assert_counters_zero(f"{rule} alpha={alpha} T={T} {dtype}")
+        assert_same_outputs(out, ref, margins, what=f"{rule} alpha={alpha} T={T} {dtype} chunks={chunks}")
+        _assert_counters_zero(f"{rule} alpha={alpha} T={T} {dtype} chunks={chunks}")
 
 
 @pytest.mark.parametrize("rule", ["chow", "speculative", "token_v1", "opt"])

@@ -51,7 +51,11 @@ row's last step more than they save.)
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below; with one chunk
   per item in the pipelined loop, at a small batch, its loads go out before the wait: the logits are inputs,
   which the launch never writes, so they arrive while the item waits, and the item waits one round trip after the
-  flag, for its constants, where loading the chunk after them made two) and sums TV or eta (the chunks' tiles
+  flag, for its constants, where loading the chunk after them made two; with one row and one chunk per item and a
+  look that reads the statistics alone, ``TAGGED``, the merge writes the constants themselves as six 8-byte words
+  tagged as written, in place of the flag 1 and with no release fence, and the item polls the flag and the words
+  at once: the constants come with the wait, which follows the merge's stores by one round trip, where the fence
+  and then the constants' load made two more) and sums TV or eta (the chunks' tiles
   folded entry by entry, or, where the loop is pipelined as the statistics' over ``STAGES``, a chunk as one block
   folded per lane: one reduction and one record per item), and each item draws a ticket
   on the row itself: the accept phase sums the records (no merge of the look on the row's chain). Where the look can
@@ -117,8 +121,9 @@ item while it works on the current one (the draw's round trip off the path), so 
 always one a running program works on: the queue never deadlocks whatever the number of programs or how they are
 scheduled.
 
-The counters (tickets, ready flags, the race flags, the queue itself) are zero before the launch and reset by
-the program that used each last (``common.counters``): no memset, no other device work, CUDA-graph safe.
+The counters (tickets, ready flags and the tagged constants, the race flags, the queue itself) are zero before the
+launch and reset by the program that used each last (``common.counters``): no memset, no other device work,
+CUDA-graph safe.
 Under the Triton interpreter the programs run one after another; ``ITEMS_PER_PROGRAM`` bounds how many items a
 program takes, so tests can make every hand-off cross programs.
 
@@ -605,8 +610,15 @@ def _verify_kernel(
     c_flag = c_row + G
     c_race = c_flag + G
     c_fin = c_race + G
+    c_words = (c_fin + G + 1) // 2 * 2  # (8-byte aligned) a position's constants as tagged words (``TAGGED``)
     NI = (NT + TILES - 1) // TILES  # work items per position (second look, race, divergence)
     NS = _items(NT, TILES, CHUNKS)  # stats items per position
+    # One row per item and one chunk per second-look item (a small batch, on a GPU at B = 1) and a look that reads
+    # the position's statistics alone (not a token set's screening records): the merge hands the look its constants
+    # as self-validating words (``_store_consts``) in place of the ready flag 1, with no release fence, and a look
+    # item polls them (``_wait_consts``): the constants come with the wait, one round trip after the merge's stores
+    TAGGED: tl.constexpr = (SECOND_LOOK and (ROWS == 1) and (CH_BASE + (CH_EXTRA > 0) == 1)
+                            and not (FAMILY == FAMILY_B and HAS_FLOOR))
     stats_items = KP * NS
     if SECOND_LOOK:
         look_items = K * NS
@@ -656,7 +668,7 @@ def _verify_kernel(
                                                     FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q,
                                                     RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, TILES, CHUNKS,
                                                     SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV,
-                                                    SKIP_MOOT, STAGES)
+                                                    SKIP_MOOT, STAGES, TAGGED, c_words)
                 acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
@@ -672,7 +684,7 @@ def _verify_kernel(
                                                          FAMILY, NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE,
                                                          HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T, TILES,
                                                          CHUNKS, READS_PH, FLOOR, HAS_FLOOR, SCREENS, PAIRS, LANES,
-                                                         VEC, STAGES)
+                                                         VEC, STAGES, TAGGED, c_words)
                     acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
@@ -706,7 +718,7 @@ def _verify_kernel(
             if rel_at >= 0:  # a merge that counted the look done: the ready flag its look items wait for
                 common.release_flag(cnt_ptr + rel_at, rel_val)
             if look_at >= 0:
-                _look_reset(cnt_ptr, look_at, ready_at)
+                _look_reset(cnt_ptr, look_at, ready_at, c_ready, c_words, TAGGED)
         done += 1
         w = nxt
     # The last program out resets the queue.
@@ -894,13 +906,14 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
                 CHUNKS: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, LANES: tl.constexpr,
                 VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr,
-                SKIP_MOOT: tl.constexpr, STAGES: tl.constexpr):
+                SKIP_MOOT: tl.constexpr, STAGES: tl.constexpr, TAGGED: tl.constexpr, c_words):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
     (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
     reduction across threads inside the loop); the item writes one record, and with SCREEN (a token set with a
     floor) each chunk of a drafted position its screening records (``_screen``: reductions within a warp only).
     The program with the position's last ticket merges the NS records and releases the position's ready flag: 2
-    where the second look can change nothing at any row of the item (``_look_moot``), else 1."""
+    where the second look can change nothing at any row of the item (``_look_moot``), else 1 (with ``TAGGED``, the
+    look's constants as tagged words instead of the 1: ``_store_consts``)."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
     NS = _items(NT, TILES, CHUNKS)  # stats items per position, one record each
@@ -1024,11 +1037,14 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                     tl.store(look_part_ptr + (rows * K + i)[:, None] * NS + tt, T[:, None] * 0.0,
                              mask=looked[:, None] & (tt < NS))
                     done = 1 + NS
+            if TAGGED:
+                if waited & (ready == 1):
+                    _store_consts(cnt_ptr + c_words + pos * 12, M, S1, ST, side)
         tl.store(cnt_ptr + c_stats + pos, 0)
         # Only look items wait for a position's statistics: the flag is released before the row's ticket where they
         # then report to the row, after it (and after the accept phase, if this program runs it) where the merge
         # counted the look done, so that the release is off the row's chain.
-        if SECOND_LOOK:
+        if SECOND_LOOK and not TAGGED:
             if waited & (ready == 1):
                 common.release_flag(cnt_ptr + c_ready + pos, ready)
         last = _group_done(g, rmask, T, cnt_ptr, K, c_row, SECOND_LOOK, HAS_Q, done, NT, TILES, CHUNKS)
@@ -1058,13 +1074,68 @@ def _group_done(g, rmask, T, cnt_ptr, K, c_row, SECOND_LOOK: tl.constexpr, HAS_Q
 # ------------------------------------------------------------------------------------------------ second look
 
 @triton.jit
-def _look_reset(cnt_ptr, look_at, ready_at):
-    """A position's look count back to zero, and its ready flag (``ready_at`` >= 0), by its last look item: first an
-    acquire of the count, which every look item's release joins (each read the flag before it)."""
+def _look_reset(cnt_ptr, look_at, ready_at, c_ready, c_words, TAGGED: tl.constexpr):
+    """A position's look count back to zero, and its ready flag (``ready_at`` >= 0) with its tagged constants
+    (``TAGGED``), by its last look item: first an acquire of the count, which every look item's release joins (each
+    read the flag, or the constants, before it)."""
     tl.atomic_add(cnt_ptr + look_at, 0, sem="acquire")
     if ready_at >= 0:
         tl.store(cnt_ptr + ready_at, 0)
+        if TAGGED:
+            k = tl.arange(0, 16)
+            tl.store(cnt_ptr + c_words + (ready_at - c_ready) * 12 + k, k * 0, mask=k < 12)
     tl.store(cnt_ptr + look_at, 0)
+
+
+@triton.jit
+def _tagged(x):
+    """A float32 as a word that says it was written: its bits in the low half, 1 in the high half (a counter
+    buffer's zero means not yet)."""
+    return (x.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF) | (1 << 32)
+
+
+@triton.jit
+def _untagged(w):
+    return (w & 0xFFFFFFFF).to(tl.int32).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _store_consts(at, M, S1, ST, side):
+    """A position's merged statistics ([1, 2]: target, drafter) as six 8-byte tagged words (``_tagged``) at ``at``
+    (an int32 counter pointer, 8-byte aligned): M, S1, ST of each side. Each word is written and read whole (an
+    aligned 8-byte access is single-copy atomic), so a reader that sees every tag sees the values: no release fence
+    (the merge's ready flag 1 cost a fence, one round trip to L2, on the row's chain), and the look waits one round
+    trip for flag and constants together (``_wait_consts``)."""
+    w = at.to(tl.pointer_type(tl.int64)) + side
+    # (relaxed atomics: strong, as the reader's volatile loads are, with no fence; nothing waits for their replies)
+    tl.atomic_xchg(w, _tagged(M), sem="relaxed")
+    tl.atomic_xchg(w + 2, _tagged(S1), sem="relaxed")
+    tl.atomic_xchg(w + 4, _tagged(ST), sem="relaxed")
+
+
+@triton.jit
+def _wait_consts(flag_ptr, at):
+    """Spin until the position's ready flag is 2 (the look is moot: ``_look_moot``) or all six of its tagged words
+    are written (``_store_consts``): (1 or 2, Mp, Mq, S1p, S1q, STp, STq as tagged words). Every load is volatile
+    (to L2, never a stale line) and all go out at once, so a poll is one round trip."""
+    w = at.to(tl.pointer_type(tl.int64))
+    f = tl.load(flag_ptr, volatile=True)
+    w0 = tl.load(w, volatile=True)
+    w1 = tl.load(w + 1, volatile=True)
+    w2 = tl.load(w + 2, volatile=True)
+    w3 = tl.load(w + 3, volatile=True)
+    w4 = tl.load(w + 4, volatile=True)
+    w5 = tl.load(w + 5, volatile=True)
+    while (f != 2) & (((w0 & w1 & w2 & w3 & w4 & w5) >> 32) == 0):
+        f = tl.load(flag_ptr, volatile=True)
+        w0 = tl.load(w, volatile=True)
+        w1 = tl.load(w + 1, volatile=True)
+        w2 = tl.load(w + 2, volatile=True)
+        w3 = tl.load(w + 3, volatile=True)
+        w4 = tl.load(w + 4, volatile=True)
+        w5 = tl.load(w + 5, volatile=True)
+    tl.debug_barrier()
+    return tl.where(f == 2, 2, 1), w0, w1, w2, w3, w4, w5
 
 
 @triton.jit
@@ -1093,18 +1164,29 @@ def _look_moot(FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
 
 
 @triton.jit
-def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_val, B, K, USES_ALPHA: tl.constexpr):
+def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_val, B, K, USES_ALPHA: tl.constexpr,
+                 TAGGED: tl.constexpr = False, w0=None, w1=None, w2=None, w3=None, w4=None, w5=None):
     """What a pass over position i's tiles reads besides them, loaded at once, as [R, 1] columns: (exp scale, max
-    of p, its T = 1 sum, 1 / its sampling sum, the same three of q, alpha)."""
-    KP = K + 1
-    qf = 2 * B * KP
-    o = (rows * KP + i) * 2
-    Mp = tl.load(pos_m_ptr + o, mask=use, other=0.0, cache_modifier=".cg")[:, None]
-    S1p = tl.load(pos_f_ptr + o, mask=use, other=1.0, cache_modifier=".cg")[:, None]
-    STp = tl.load(pos_f_ptr + qf + o, mask=use, other=1.0, cache_modifier=".cg")[:, None]
-    Mq = tl.load(pos_m_ptr + o + 1, mask=use, other=0.0, cache_modifier=".cg")[:, None]
-    S1q = tl.load(pos_f_ptr + o + 1, mask=use, other=1.0, cache_modifier=".cg")[:, None]
-    STq = tl.load(pos_f_ptr + qf + o + 1, mask=use, other=1.0, cache_modifier=".cg")[:, None]
+    of p, its T = 1 sum, 1 / its sampling sum, the same three of q, alpha). ``TAGGED``: the statistics are the
+    tagged words the wait brought (``_wait_consts``; one row)."""
+    if TAGGED:
+        zero = tl.zeros([1, 1], dtype=tl.float32)
+        Mp = zero + _untagged(w0)
+        Mq = zero + _untagged(w1)
+        S1p = zero + _untagged(w2)
+        S1q = zero + _untagged(w3)
+        STp = zero + _untagged(w4)
+        STq = zero + _untagged(w5)
+    else:
+        KP = K + 1
+        qf = 2 * B * KP
+        o = (rows * KP + i) * 2
+        Mp = tl.load(pos_m_ptr + o, mask=use, other=0.0, cache_modifier=".cg")[:, None]
+        S1p = tl.load(pos_f_ptr + o, mask=use, other=1.0, cache_modifier=".cg")[:, None]
+        STp = tl.load(pos_f_ptr + qf + o, mask=use, other=1.0, cache_modifier=".cg")[:, None]
+        Mq = tl.load(pos_m_ptr + o + 1, mask=use, other=0.0, cache_modifier=".cg")[:, None]
+        S1q = tl.load(pos_f_ptr + o + 1, mask=use, other=1.0, cache_modifier=".cg")[:, None]
+        STq = tl.load(pos_f_ptr + qf + o + 1, mask=use, other=1.0, cache_modifier=".cg")[:, None]
     if USES_ALPHA:
         al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)[:, None]
     else:
@@ -1346,7 +1428,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
                BLOCK_T: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, READS_PH: tl.constexpr,
                FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr,
-               LANES: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr):
+               LANES: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, TAGGED: tl.constexpr, c_words):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item, which reports to the row (the accept phase sums the NS records). A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
@@ -1368,13 +1450,13 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
         SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR
         DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
         NEED_P: tl.constexpr = (FAMILY != FAMILY_B) or READS_PH or DIVERGENCE
-        # One chunk per item in the pipelined loop (CH_BASE + (CH_EXTRA > 0) = 1: at B = 1 on a GPU, 2-byte
-        # logits): its tiles, which this launch never writes, are loaded before the wait for the ready flag, so they
-        # arrive while the item waits and the look waits one round trip to L2 after the flag (the constants), not
-        # two; the loop's one trip takes them (``_chunk_tiles``). Where the merge finds the look moot the item reads
+        # One chunk per item (CH_BASE + (CH_EXTRA > 0) = 1: at B = 1 on a GPU): its tiles, which this launch never
+        # writes, are loaded as one block before the wait for the ready flag, so they arrive while the item waits,
+        # and the look waits no round trip for them after it (``TAGGED``: none at all after the wait); the chunk
+        # loop's one trip takes them (``_chunk_tiles``; a loop pipelined or not, 4-byte logits). Where the merge finds the look moot the item reads
         # them for nothing (L2 hits of a small batch). Otherwise the item's addresses are formed after the wait, as
         # they were (no registers held across it).
-        ONE: tl.constexpr = (not SPARSE_ETA) and (CH_BASE + (CH_EXTRA > 0) == 1) and (STAGES > 1)
+        ONE: tl.constexpr = (not SPARSE_ETA) and (CH_BASE + (CH_EXTRA > 0) == 1)
         zp1 = None
         zq1 = None
         if ONE:
@@ -1383,8 +1465,17 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
             zp1, zq1 = _chunk_tiles(0, c0, nfull, pbase, qbase, use, use, V, True, FP64, PAIRS, TILES, BLOCK_V,
                                     NEED_P)
         ready = 0
+        w0 = pos * 0  # (``TAGGED``: the position's constants, which come with the wait)
+        w1 = w0
+        w2 = w0
+        w3 = w0
+        w4 = w0
+        w5 = w0
         if tl.max(use.to(tl.int32), axis=0) > 0:
-            ready = wait_flag(cnt_ptr + c_ready + pos)
+            if TAGGED:
+                ready, w0, w1, w2, w3, w4, w5 = _wait_consts(cnt_ptr + c_ready + pos, cnt_ptr + c_words + pos * 12)
+            else:
+                ready = wait_flag(cnt_ptr + c_ready + pos)
         # Every look item of the position has read its ready flag before it draws this ticket (a release, so the
         # item's loads need not wait for it; its result is read at the end): the last one returns the flag to zero.
         seen = tl.atomic_add(cnt_ptr + c_look + g * K + i, 1, sem="release")
@@ -1403,7 +1494,8 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                                               SCREENS)
                 scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
                                                                             pos_f_ptr, alpha_ptr, alpha_val, B, K,
-                                                                            USES_ALPHA)
+                                                                            USES_ALPHA, TAGGED, w0, w1, w2, w3, w4,
+                                                                            w5)
                 unit = _unit_law(T, use)
                 if SPARSE_ETA:
                     zero = S1p * 0.0
@@ -1426,7 +1518,9 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                     kq = cp
                     if FAST:
                         fast, cp, kp, cq, kq = _shift_consts(use, scale, Mp, inv_STp, Mq, inv_STq)
-                    WIDE: tl.constexpr = STAGES > 1  # (a chunk as one block, summed per lane: ``_look_chunk``)
+                    # (a chunk as one block, summed per lane: ``_look_chunk``; with one chunk per item also where the
+                    # loop is not pipelined, 4-byte logits, so that its one trip takes the preloaded chunk)
+                    WIDE: tl.constexpr = (STAGES > 1) or ONE
                     if WIDE:
                         acc = tl.zeros([ROWS, LANES // VEC], dtype=tl.float32)  # the item's chunks, per lane
                     else:
@@ -1476,7 +1570,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
             if tl.max(use.to(tl.int32), axis=0) > 0:
                 ready_at = c_ready + pos
             if not last:
-                _look_reset(cnt_ptr, look_at, ready_at)
+                _look_reset(cnt_ptr, look_at, ready_at, c_ready, c_words, TAGGED)
                 look_at = g * 0 - 1
     return last.to(tl.int32), look_at, ready_at
 
@@ -2188,8 +2282,9 @@ def roofline_hints(launch) -> dict:
     acquire-release atomic at L2); a
     merge loads both sides' partials at once (1), where look items wait for it releases the ready flag
     (``merge_release``, 1: before its ticket, or after it where the merge counted the look done, then off the row's
-    chain) and draws the row's ticket (``merge_ticket``, 1: on the row's chain only where no look follows); a second
-    look polls its flag, draws a ticket on the position's look items (a release: nothing waits for it), loads the
+    chain; 0 with ``TAGGED``, whose merge stores the look's constants as tagged words, with no fence) and draws the row's ticket (``merge_ticket``, 1: on the row's chain only where no look follows); a second
+    look polls its flag (with ``TAGGED`` the flag and the constants' tagged words: ``look`` 1, and no statistics
+    loaded after it), draws a ticket on the position's look items (a release: nothing waits for it), loads the
     position's statistics and its first chunk's tiles at once (L2: the stats read them one row of traffic earlier),
     each next chunk's tiles (one L2 round trip each, those of the whole chunks a loop pipelined as the statistics':
     ``pipelined_l2``) and draws a ticket on the row (2 + chunks: ``look`` 2, ``look_body`` the chunks; where a look
@@ -2235,11 +2330,14 @@ def roofline_hints(launch) -> dict:
     divergence = launch.arg("div_ptr").kind == "tensor"
     sparse_eta = token_set and c["HAS_FLOOR"] and not divergence  # ``_eta_item`` alone
     dense = looks and not sparse_eta  # the look reads every tile
-    # one chunk per look item (a small batch, 2-byte logits): loaded before the wait for the ready flag, in flight
-    # during it
+    # one chunk per look item (a small batch): loaded before the wait for the ready flag, in flight during it
     # (``_look_item``'s ONE): no round trip of its own, and read also where the merge finds the look moot
-    one = (dense and not (token_set and c["HAS_FLOOR"]) and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1
-           and c["STAGES"] > 1)
+    one = dense and not (token_set and c["HAS_FLOOR"]) and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1
+    # one row per item and one chunk per look item, the look reading no screening records (``TAGGED``): the merge
+    # stores the look's constants as tagged words, no release fence (``_store_consts``), and the look's poll brings
+    # them (``_wait_consts``): one round trip, the flag's and the constants' together
+    tagged = (c["SECOND_LOOK"] and c["ROWS"] == 1 and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1
+              and not (token_set and c["HAS_FLOOR"]))
     # the look's body: at every looked item, but where the launch skips looks that can change nothing, at the share
     # of the modelled inputs (``roofline_data``; without it, at every position: the worst case)
     share = float(launch.data.get("look_share", 1.0)) if _skips_looks(launch) else 1.0
@@ -2269,10 +2367,11 @@ def roofline_hints(launch) -> dict:
         "merge_ticket": dict(count=G * KP, l2=1),
         # a merge's release of the ready flag where look items wait for it (drafted positions, with looks): before
         # the row's ticket, or after it where the merge counted the look done (then off the row's chain)
-        "merge_release": dict(count=G * n if looks else 0, l2=1),
+        # (with ``TAGGED`` the merge stores the constants instead: no fence, no round trip)
+        "merge_release": dict(count=G * n if looks else 0, l2=0 if tagged else 1),
         # the ready flag's round trip, then the constants' (with one chunk per item, its chunk in flight since
-        # before the flag)
-        "look": dict(count=G * n * NS if looks else 0, l2=2),
+        # before the flag), or with ``TAGGED`` one, the constants coming with the wait
+        "look": dict(count=G * n * NS if looks else 0, l2=1 if tagged else 2),
         # one L2 round trip per chunk, those of the whole chunks in the pipelined loop (``STAGES``); none with one
         # chunk per item (loaded before the flag)
         "look_body": dict(count=G * n * NS * share if looks else 0, l2=CH if dense and not one else 0,
@@ -2389,7 +2488,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     row_i = torch.empty((3 * B,), dtype=i32, device=dev)
     row_f = torch.empty((B,), dtype=f32, device=dev)
     groups = triton.cdiv(B, rows)
-    cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 4 * groups)
+    cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 4 * groups + 1 + 12 * groups * KP)  # (``TAGGED``)
     cx = rule_constexprs(args.rule)
     # (token-only drafts have closed forms: no second look, whose body reads the drafter's logits, is compiled)
     second = (needs_second_look(args.rule) or divergence) and K > 0 and zq is not None
