@@ -830,7 +830,7 @@ def test_look_item_loads_its_chunk_before_it_waits_for_the_ready_flag(opt_b1):
     (``test_opt_look_share_comes_from_the_modelled_inputs``: nor bytes saved where the merge finds looks moot)."""
     launch, rec, hints, d = opt_b1
     c = launch.constexprs
-    assert c["ROWS"] == 1 and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1, c
+    assert c["SOLO"] and c["ROWS"] == 1 and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1, c
     w = hints["phase_work"]
     assert w["look_body"]["l2"] == 0 and w["look_body"]["pipelined_l2"] == 0, w
     look = _phase_sass(launch, rec, hints, d, "look") + _phase_sass(launch, rec, hints, d, "look_body")
@@ -1054,13 +1054,36 @@ BATCH_SIZED = {"CHUNKS", "TILES", "RACE_TILES", "LANES", "VEC", "SCREENS", "BLOC
                "CH_EXTRA"}  # a launcher shrinks them at small B
 
 
-def _branches_on(source: str, names=BATCH_SIZED):
-    """(line, names) of every ``if``/``while``/conditional expression in ``source`` whose test reads one of ``names``."""
+def _solo_gated(expr) -> bool:
+    """Whether an expression is a conjunction with ``SOLO`` (one row group: B = 1) among its top-level terms: false
+    at the batch of two the model traces as at every larger batch, so that trace runs the other side."""
     import ast
 
+    return isinstance(expr, ast.BoolOp) and isinstance(expr.op, ast.And) and any(
+        isinstance(v, ast.Name) and v.id == "SOLO" for v in expr.values)
+
+
+def _branches_on(source: str, names=BATCH_SIZED):
+    """(line, names) of every ``if``/``while``/conditional expression in ``source`` whose test reads one of
+    ``names`` or a constexpr derived from one (``X: tl.constexpr = ...``, transitively), unless the test, or the
+    derived constexpr's definition, is gated by ``SOLO`` (``_solo_gated``)."""
+    import ast
+
+    tree = ast.parse(source)
+    names = set(names)
+    defs = [(n.target.id, n.value) for n in ast.walk(tree) if isinstance(n, ast.AnnAssign)
+            and isinstance(n.target, ast.Name) and n.value is not None and "constexpr" in ast.unparse(n.annotation)]
+    grew = True
+    while grew:
+        grew = False
+        for target, value in defs:
+            reads = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)}
+            if target not in names and reads & names and not _solo_gated(value):
+                names.add(target)
+                grew = True
     out = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.If, ast.While, ast.IfExp)):
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.If, ast.While, ast.IfExp)) and not _solo_gated(node.test):
             used = {n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)} & names
             if used:
                 out.append((node.lineno, sorted(used)))
@@ -1070,11 +1093,18 @@ def _branches_on(source: str, names=BATCH_SIZED):
 def test_kernels_branch_on_no_batch_sized_constexpr():
     """The model reads which blocks a launch runs off traced calls at B = 1 and 2, whose work items the launcher
     shrinks (fewer chunks and tiles): code behind a branch on such a constexpr (``if CHUNKS > 1``) would be compiled
-    into the B = 64 kernel and dropped from its model. The kernels that take them branch on none; the negative
-    control is a branch that does."""
+    into the B = 64 kernel and dropped from its model. The kernels that take them branch on none, nor on a
+    constexpr derived from one, unless the branch is gated by ``SOLO`` (one row group: taken at B = 1 only, so the
+    traced B = 2 runs what larger batches compile); the negative controls are branches that do, directly and
+    through a derived constexpr (v38's first version gated its tagged constants on one chunk per item alone, which
+    B = 1 and B = 2 share: the model then dropped opt fp32 B = 64's look loop, 89.8 -> 88.7 us)."""
     from speccas_kernels.kernels import sample, verify
 
     for mod in (verify, sample):
         assert _branches_on(Path(mod.__file__).read_text()) == [], mod.__name__
     bad = "def f(CHUNKS, x):\n    if CHUNKS > 1:\n        x += 1\n    while x < TILES:\n        x += 1\n    return x\n"
     assert _branches_on(bad) == [(2, ["CHUNKS"]), (4, ["TILES"])]
+    derived = ("def f(CH_BASE, SOLO, x):\n    ONE: tl.constexpr = CH_BASE == 1\n    WIDE: tl.constexpr = ONE or x\n"
+               "    SAFE: tl.constexpr = SOLO and ONE\n    if WIDE:\n        x += 1\n    if SAFE:\n        x += 1\n"
+               "    if SOLO and ONE:\n        x += 1\n    return x\n")
+    assert _branches_on(derived) == [(5, ["WIDE"])]

@@ -111,19 +111,56 @@ def test_skipped_looks_change_nothing(device, rule, alpha, monkeypatch):
     and TV = 2 (for alpha >= 0 where max q^ >= max p^, for alpha < 0 where max q^ < max p^), a token set where the
     draft is in A with q(x) > 0; its sum then counts as 0. One row per work item (as on a GPU: an item skips only
     where none of its rows needs the look), alphas of both signs, float32 at T = 1 and bfloat16 at T = 0.7: the
-    reference's tokens, deferrals and probabilities. A skip where the look decides (the test inverted) fails. With
-    one chunk per item (as a GPU runs B = 1) opt's merge hands the look its constants as tagged words
-    (``TAGGED``), which the position's last look item zeroes: every counter is zero after each call."""
+    reference's tokens, deferrals and probabilities. A skip where the look decides (the test inverted) fails. At a
+    batch of one with one chunk per item (as a GPU runs B = 1) opt's merge hands the look its constants as tagged
+    words (``TAGGED``), which the position's last look item zeroes: every counter is zero after each call."""
     monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", 1)
-    tagged = ((torch.float32, 0.7, 1),) if rule == "opt" else ()  # (a token set's look reads records: untagged)
-    for dtype, T, chunks in ((torch.float32, 1.0, None), (torch.bfloat16, 0.7, None)) + tagged:
+    tagged = ((torch.float32, 0.7, 1, 1),) if rule == "opt" else ()  # (a token set's look reads records: untagged)
+    for dtype, T, chunks, B in ((torch.float32, 1.0, None, 6), (torch.bfloat16, 0.7, None, 6)) + tagged:
         monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", chunks)
-        kw = random_round(6, 3, 300, dtype=dtype, device=device, seed=int(10 * alpha) + 40)
+        kw = random_round(B, 3, 300, dtype=dtype, device=device, seed=int(10 * alpha) + 40)
         kw.update(alpha=alpha, temperature=T)
         ref, margins = reference_with_margins(**kw, rule=rule)
         out = sk.verify(**kw, rule=rule, backend="triton")
         assert_same_outputs(out, ref, margins, what=f"{rule} alpha={alpha} T={T} {dtype} chunks={chunks}")
         _assert_counters_zero(f"{rule} alpha={alpha} T={T} {dtype} chunks={chunks}")
+
+
+@pytest.mark.parametrize("rule,divergence", [("opt", False), ("opt", True), ("chow", True), ("token_v3", False)])
+def test_batch_of_one_takes_the_looks_constants_with_its_wait(device, rule, divergence, monkeypatch):
+    """A batch of one (``SOLO``) with one row and one chunk per work item, as a GPU runs B = 1: a second-look item
+    loads its chunk before it waits (``ONE``) and, where the look reads the position's statistics alone (opt, and
+    any rule's divergences; not a token set's screened look), takes them as tagged words with the wait
+    (``TAGGED``); every hand-off crosses programs, float32 and bfloat16, alphas where the look decides and where
+    it is moot. The reference's outputs, the divergences of the default settings (two chunks per item: neither
+    path) to rounding (a constant taken from the wrong word moves them), and every counter zero after each call (a
+    tagged word left behind fails)."""
+    from speccas_kernels.kernels import verify as kv
+
+    alphas = {"opt": (-0.5, 0.5), "chow": (0.3,), "token_v3": (0.5,)}[rule]
+    for dtype in (torch.float32, torch.bfloat16):
+        for alpha in alphas:
+            for seed in (3,):
+                kw = random_round(1, 3, 200, dtype=dtype, device=device, seed=seed)
+                kw.update(alpha=alpha, temperature=0.7)
+                ref, margins = reference_with_margins(**kw, rule=rule)
+                monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", None)
+                monkeypatch.setattr(kv, "ITEMS_PER_PROGRAM", 0)
+                plain = sk.verify(**kw, rule=rule, backend="triton", return_divergence=divergence)
+                for name, value in (("ROWS_OVERRIDE", 1), ("TILES_OVERRIDE", 2), ("CHUNKS_OVERRIDE", 1),
+                                    ("BLOCK_V_OVERRIDE", 16)):
+                    monkeypatch.setattr(triton_backend, name, value)
+                monkeypatch.setattr(kv, "ITEMS_PER_PROGRAM", 1)
+                out = sk.verify(**kw, rule=rule, backend="triton", return_divergence=divergence)
+                what = f"{rule} {dtype} alpha={alpha} seed={seed}"
+                assert_same_outputs(out._replace(divergence=None, draft_divergence=None), ref, margins, what=what)
+                _assert_counters_zero(what)
+                if divergence:
+                    for name in ("divergence", "draft_divergence"):
+                        a, b = getattr(plain, name).cpu(), getattr(out, name).cpu()
+                        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), f"{what}: {name} {a} {b}"
+                for name in ("ROWS_OVERRIDE", "TILES_OVERRIDE", "BLOCK_V_OVERRIDE"):
+                    monkeypatch.setattr(triton_backend, name, None)
 
 
 @pytest.mark.parametrize("rule", ["chow", "speculative", "token_v1", "opt"])
@@ -296,7 +333,8 @@ def test_bf16_word_loads_match_halfword_loads(device, rule, divergence, monkeypa
     monkeypatch.setattr(kv, "pairs", lambda *a: seen.append(real(*a)) or seen[-1])
     kw = random_round(4, 3, 150, device=device, seed=29, ragged=True, dtype=torch.bfloat16, neg_inf_frac=0.05)
     kw["temperature"] = torch.tensor([0.0, 1.0, 0.7, 1.0], device=device)
-    # (one chunk per item, as a GPU runs B = 1: the second look loads its chunk before it waits for the ready flag)
+    # (one chunk per item; and below, a batch of one, as a GPU runs B = 1: the second look loads its chunk before it
+    # waits for the ready flag, ``ONE``)
     for rows, block, tiles, chunks in ((None, None, None, None), (1, 16, 2, 3), (1, 16, 2, 1)):
         monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
         monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
@@ -315,7 +353,14 @@ def test_bf16_word_loads_match_halfword_loads(device, rule, divergence, monkeypa
                     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6) if sums else torch.equal(a, b), (rule, name)
         elif rows is None:
             first = words
-    assert seen == [True, False] * 3
+    one = random_round(1, 3, 150, device=device, seed=30, dtype=torch.bfloat16, neg_inf_frac=0.05)  # (1, 16, 2, 1)
+    one["temperature"] = 0.7
+    words = sk.verify(**one, rule=rule, backend="triton", return_divergence=divergence)
+    odd = dict(one, draft_logits=_shifted(one["draft_logits"]), target_logits=_shifted(one["target_logits"]))
+    halves = sk.verify(**odd, rule=rule, backend="triton", return_divergence=divergence)
+    for a, b, name in zip(words, halves, words._fields):
+        assert (a is None and b is None) or torch.equal(a.cpu(), b.cpu()), f"{rule} B = 1: {name}"
+    assert seen == [True, False] * 4
 
 
 def test_pairs_needs_even_rows_and_vocabulary(device):

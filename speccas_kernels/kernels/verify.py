@@ -594,6 +594,11 @@ def _verify_kernel(
     VEC: tl.constexpr,  # adjacent entries one thread loads at once
     SCREENS: tl.constexpr,  # a token set's screening records per chunk: LANES / VEC / 32 (one per warp), at least 1
     PAIRS: tl.constexpr,  # bfloat16 logits read as 32-bit words of two entries (``common.load_tile``)
+    # one row group (B = 1 on a GPU). What only a batch of one compiles hides behind it, so that the batch of two,
+    # which bench/roofline.py traces beside the batch of one, runs what every larger batch compiles: a branch on a
+    # constexpr that both traced batches share but a larger batch's differs (one chunk per item, say) would keep
+    # the larger batch's side untraced, and the model would drop it (test_kernels_branch_on_no_batch_sized_constexpr)
+    SOLO: tl.constexpr,
 ):
     HAS_Q: tl.constexpr = zq_ptr is not None
     # a token set with a floor screens its second look's chunks by records the statistics write
@@ -613,11 +618,11 @@ def _verify_kernel(
     c_words = (c_fin + G + 1) // 2 * 2  # (8-byte aligned) a position's constants as tagged words (``TAGGED``)
     NI = (NT + TILES - 1) // TILES  # work items per position (second look, race, divergence)
     NS = _items(NT, TILES, CHUNKS)  # stats items per position
-    # One row per item and one chunk per second-look item (a small batch, on a GPU at B = 1) and a look that reads
-    # the position's statistics alone (not a token set's screening records): the merge hands the look its constants
+    # One row group (``SOLO``) of one row per item and one chunk per second-look item (on a GPU, B = 1) and a look
+    # that reads the position's statistics alone (not a token set's screening records): the merge hands the look its constants
     # as self-validating words (``_store_consts``) in place of the ready flag 1, with no release fence, and a look
     # item polls them (``_wait_consts``): the constants come with the wait, one round trip after the merge's stores
-    TAGGED: tl.constexpr = (SECOND_LOOK and (ROWS == 1) and (CH_BASE + (CH_EXTRA > 0) == 1)
+    TAGGED: tl.constexpr = (SOLO and SECOND_LOOK and (ROWS == 1) and (CH_BASE + (CH_EXTRA > 0) == 1)
                             and not (FAMILY == FAMILY_B and HAS_FLOOR))
     stats_items = KP * NS
     if SECOND_LOOK:
@@ -684,7 +689,7 @@ def _verify_kernel(
                                                          FAMILY, NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE,
                                                          HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T, TILES,
                                                          CHUNKS, READS_PH, FLOOR, HAS_FLOOR, SCREENS, PAIRS, LANES,
-                                                         VEC, STAGES, TAGGED, c_words)
+                                                         VEC, STAGES, SOLO, TAGGED, c_words)
                     acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
@@ -1428,7 +1433,8 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
                BLOCK_T: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, READS_PH: tl.constexpr,
                FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr,
-               LANES: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, TAGGED: tl.constexpr, c_words):
+               LANES: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, SOLO: tl.constexpr,
+               TAGGED: tl.constexpr, c_words):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item, which reports to the row (the accept phase sums the NS records). A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
@@ -1450,13 +1456,13 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
         SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR
         DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
         NEED_P: tl.constexpr = (FAMILY != FAMILY_B) or READS_PH or DIVERGENCE
-        # One chunk per item (CH_BASE + (CH_EXTRA > 0) = 1: at B = 1 on a GPU): its tiles, which this launch never
-        # writes, are loaded as one block before the wait for the ready flag, so they arrive while the item waits,
-        # and the look waits no round trip for them after it (``TAGGED``: none at all after the wait); the chunk
-        # loop's one trip takes them (``_chunk_tiles``; a loop pipelined or not, 4-byte logits). Where the merge finds the look moot the item reads
-        # them for nothing (L2 hits of a small batch). Otherwise the item's addresses are formed after the wait, as
-        # they were (no registers held across it).
-        ONE: tl.constexpr = (not SPARSE_ETA) and (CH_BASE + (CH_EXTRA > 0) == 1)
+        # One row group (``SOLO``) and one chunk per item (CH_BASE + (CH_EXTRA > 0) = 1: B = 1 on a GPU): its
+        # tiles, which this launch never writes, are loaded as one block before the wait for the ready flag, so they
+        # arrive while the item waits, and the look waits no round trip for them after it (``TAGGED``: none at all
+        # after the wait); the chunk loop's one trip takes them (``_chunk_tiles``; pipelined or not). Where the
+        # merge finds the look moot the item reads them for nothing (L2 hits of a small batch). Otherwise the item's
+        # addresses are formed after the wait (no registers held across it).
+        ONE: tl.constexpr = SOLO and (not SPARSE_ETA) and (CH_BASE + (CH_EXTRA > 0) == 1)
         zp1 = None
         zq1 = None
         if ONE:
@@ -2330,13 +2336,13 @@ def roofline_hints(launch) -> dict:
     divergence = launch.arg("div_ptr").kind == "tensor"
     sparse_eta = token_set and c["HAS_FLOOR"] and not divergence  # ``_eta_item`` alone
     dense = looks and not sparse_eta  # the look reads every tile
-    # one chunk per look item (a small batch): loaded before the wait for the ready flag, in flight during it
-    # (``_look_item``'s ONE): no round trip of its own, and read also where the merge finds the look moot
-    one = dense and not (token_set and c["HAS_FLOOR"]) and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1
-    # one row per item and one chunk per look item, the look reading no screening records (``TAGGED``): the merge
-    # stores the look's constants as tagged words, no release fence (``_store_consts``), and the look's poll brings
-    # them (``_wait_consts``): one round trip, the flag's and the constants' together
-    tagged = (c["SECOND_LOOK"] and c["ROWS"] == 1 and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1
+    # one row group and one chunk per look item (B = 1): loaded before the wait for the ready flag, in flight during
+    # it (``_look_item``'s ONE): no round trip of its own, and read also where the merge finds the look moot
+    one = c["SOLO"] and dense and not (token_set and c["HAS_FLOOR"]) and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1
+    # one row group of one row per item, one chunk per look item, the look reading no screening records
+    # (``TAGGED``): the merge stores the look's constants as tagged words, no release fence (``_store_consts``), and
+    # the look's poll brings them (``_wait_consts``): one round trip, the flag's and the constants' together
+    tagged = (c["SOLO"] and c["SECOND_LOOK"] and c["ROWS"] == 1 and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1
               and not (token_set and c["HAS_FLOOR"]))
     # the look's body: at every looked item, but where the launch skips looks that can change nothing, at the share
     # of the modelled inputs (``roofline_data``; without it, at every position: the worst case)
@@ -2547,7 +2553,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         BLOCK_S=max(triton.next_power_of_2(ns), 2), RECORDS=ns, CH_BASE=ni // ns, CH_EXTRA=ni % ns,
         TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks,
         STAGES=stats_stages(max(zp.element_size(), zq.element_size() if zq is not None else 0), args.rule.name),
-        ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec,
+        ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, SOLO=groups == 1,
         SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
         num_warps=num_warps,
         maxnreg=MAX_REGISTERS)
