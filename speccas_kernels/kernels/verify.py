@@ -1124,13 +1124,13 @@ def _wait_consts(flag_ptr, at):
     are written (``_store_consts``): (1 or 2, Mp, Mq, S1p, S1q, STp, STq as tagged words). Every load is volatile
     (to L2, never a stale line) and all go out at once, so a poll is one round trip."""
     w = at.to(tl.pointer_type(tl.int64))
-    f = tl.load(flag_ptr, volatile=True)
-    w0 = tl.load(w, volatile=True)
-    w1 = tl.load(w + 1, volatile=True)
-    w2 = tl.load(w + 2, volatile=True)
-    w3 = tl.load(w + 3, volatile=True)
-    w4 = tl.load(w + 4, volatile=True)
-    w5 = tl.load(w + 5, volatile=True)
+    f = tl.full([], 0, tl.int32)  # (nothing seen yet: the loop polls at least once)
+    w0 = tl.full([], 0, tl.int64)
+    w1 = w0
+    w2 = w0
+    w3 = w0
+    w4 = w0
+    w5 = w0
     while (f != 2) & (((w0 & w1 & w2 & w3 & w4 & w5) >> 32) == 0):
         f = tl.load(flag_ptr, volatile=True)
         w0 = tl.load(w, volatile=True)
