@@ -126,7 +126,9 @@ Which blocks a launch runs is read off the traced calls at B = 1 and 2, whose la
 than the modelled batch's (a launcher shrinks them at small batches: fewer chunks or tiles per item): code that
 runs only under the larger items' constexprs (a branch on CHUNKS > 1, say) never runs in the trace and is dropped
 from the modelled launch, though compiled into it. Kernels
-modelled here must not branch on such constexprs (the SASS of a phase then shows the code the model leaves out).
+modelled here must not branch on such constexprs, nor on constexprs derived from them (the SASS of a phase then
+shows the code the model leaves out), unless the branch holds only at one row group (the verify kernel's SOLO, B =
+1 on a GPU), so that the traced B = 2 runs the side every larger batch compiles.
 A phase whose function is inlined at several call sites (each reached in the trace) counts every copy at each
 execution: up to v24 the verify kernel's accept phase was inlined twice (in the merge and in the look's merge), so
 the rules with a second look were charged both copies; from v25 it has one call site.

@@ -619,9 +619,10 @@ def _verify_kernel(
     NI = (NT + TILES - 1) // TILES  # work items per position (second look, race, divergence)
     NS = _items(NT, TILES, CHUNKS)  # stats items per position
     # One row group (``SOLO``) of one row per item and one chunk per second-look item (on a GPU, B = 1) and a look
-    # that reads the position's statistics alone (not a token set's screening records): the merge hands the look its constants
-    # as self-validating words (``_store_consts``) in place of the ready flag 1, with no release fence, and a look
-    # item polls them (``_wait_consts``): the constants come with the wait, one round trip after the merge's stores
+    # that reads the position's statistics alone (not a token set's screening records): the merge hands the look
+    # its constants as self-validating words (``_store_consts``) in place of the ready flag 1, with no release
+    # fence, and a look item polls them (``_wait_consts``): the constants come with the wait, one round trip after
+    # the merge's stores
     TAGGED: tl.constexpr = (SOLO and SECOND_LOOK and (ROWS == 1) and (CH_BASE + (CH_EXTRA > 0) == 1)
                             and not (FAMILY == FAMILY_B and HAS_FLOOR))
     stats_items = KP * NS
@@ -2288,9 +2289,10 @@ def roofline_hints(launch) -> dict:
     acquire-release atomic at L2); a
     merge loads both sides' partials at once (1), where look items wait for it releases the ready flag
     (``merge_release``, 1: before its ticket, or after it where the merge counted the look done, then off the row's
-    chain; 0 with ``TAGGED``, whose merge stores the look's constants as tagged words, with no fence) and draws the row's ticket (``merge_ticket``, 1: on the row's chain only where no look follows); a second
-    look polls its flag (with ``TAGGED`` the flag and the constants' tagged words: ``look`` 1, and no statistics
-    loaded after it), draws a ticket on the position's look items (a release: nothing waits for it), loads the
+    chain; 0 with ``TAGGED``, whose merge stores the look's constants as tagged words, with no fence) and draws the
+    row's ticket (``merge_ticket``, 1: on the row's chain only where no look follows); a second look polls its flag
+    (with ``TAGGED`` the flag and the constants' tagged words: ``look`` 1, and no statistics loaded after it),
+    draws a ticket on the position's look items (a release: nothing waits for it), loads the
     position's statistics and its first chunk's tiles at once (L2: the stats read them one row of traffic earlier),
     each next chunk's tiles (one L2 round trip each, those of the whole chunks a loop pipelined as the statistics':
     ``pipelined_l2``) and draws a ticket on the row (2 + chunks: ``look`` 2, ``look_body`` the chunks; where a look
