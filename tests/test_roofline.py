@@ -486,19 +486,24 @@ def test_opt_look_share_comes_from_the_modelled_inputs():
     chow, _ = rf.capture(pt.op, "chow", pt.B, pt.K, pt.V, pt.dtype)
     rf.attach_data(pt, chow.launches)
     assert chow.launches[-1].data == {}
-    # 2-byte logits in items of one chunk: every look item loads its chunk before it waits for the ready flag, so
-    # the skipped looks save no bytes (their instructions still scale with the share)
-    pt2 = rf.Point("verify", "opt", 16, 4, 4096, "bf16")
-    work2, _ = rf.capture(pt2.op, pt2.rule, pt2.B, pt2.K, pt2.V, pt2.dtype)
-    launch2 = work2.launches[-1]
-    c = launch2.constexprs
-    assert c["STAGES"] > 1 and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1, c
-    worst2 = kv.roofline_hints(launch2)
-    rf.attach_data(pt2, work2.launches)
-    hints2 = kv.roofline_hints(launch2)
-    assert 0 < launch2.data["look_share"] < 1 and hints2["l2_bytes_saved"] == 0
-    assert hints2["phase_work"]["look_body"]["count"] == pytest.approx(
-        worst2["phase_work"]["look_body"]["count"] * launch2.data["look_share"])
+    # a batch of one (one row group) in items of one chunk: every look item loads its chunk before it waits for the
+    # ready flag, so the skipped looks save no bytes (their instructions still scale with the share); the control,
+    # B = 16 in items of one chunk too, loads them after the flag, only where the look can change something
+    for B, preloads in ((1, True), (16, False)):
+        pt2 = rf.Point("verify", "opt", B, 4, 4096, "bf16")
+        work2, _ = rf.capture(pt2.op, pt2.rule, pt2.B, pt2.K, pt2.V, pt2.dtype)
+        launch2 = work2.launches[-1]
+        c = launch2.constexprs
+        assert c["SOLO"] == preloads and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1, c
+        worst2 = kv.roofline_hints(launch2)
+        rf.attach_data(pt2, work2.launches)
+        hints2 = kv.roofline_hints(launch2)
+        share = launch2.data["look_share"]
+        assert 0 < share < 1, share
+        saved = 0.0 if preloads else (1 - share) * B * pt2.K * 2 * pt2.V * 2
+        assert hints2["l2_bytes_saved"] == pytest.approx(saved), (B, hints2["l2_bytes_saved"], saved)
+        assert hints2["phase_work"]["look_body"]["count"] == pytest.approx(
+            worst2["phase_work"]["look_body"]["count"] * share)
 
 
 def test_looks_that_change_nothing_leave_the_rows_chain():
