@@ -2496,7 +2496,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     row_i = torch.empty((3 * B,), dtype=i32, device=dev)
     row_f = torch.empty((B,), dtype=f32, device=dev)
     groups = triton.cdiv(B, rows)
-    cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 4 * groups + 1 + 12 * groups * KP)  # (``TAGGED``)
+    # (one row group, ``SOLO``: room for the positions' tagged constants, ``TAGGED``, 8-byte aligned)
+    cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 4 * groups + (1 + 12 * KP if groups == 1 else 0))
     cx = rule_constexprs(args.rule)
     # (token-only drafts have closed forms: no second look, whose body reads the drafter's logits, is compiled)
     second = (needs_second_look(args.rule) or divergence) and K > 0 and zq is not None
