@@ -398,6 +398,43 @@ def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch
             assert 0 < again_p <= B * K * (chunk + 64)
 
 
+@pytest.mark.parametrize("rule", ["token_v3", "token_v1"])
+def test_token_set_batch_of_one_looks_dense(rule, monkeypatch):
+    """Traced: at one row group with one chunk per look item (``SOLO``, B = 1 on a GPU) a token set's second look
+    sums eta over every tile of its drafted positions (``SCREENED`` false: no screening records, its chunk loaded
+    before the wait, its constants with the wait), so it re-reads all of q (and p, for a set on p^), where a batch of
+    two rows (one per item, as on a GPU) screens and re-reads only the chunks of the members of A (the draft, each
+    position's mode: the control). Both give the reference's outputs, the accept probabilities to rounding."""
+    from speccas_kernels import triton_backend
+    from speccas_kernels.kernels import verify as kv
+
+    monkeypatch.setattr(kv, "SKIP_MOOT_LOOKS", False)
+    for name, value in (("BLOCK_V_OVERRIDE", 32), ("TILES_OVERRIDE", 2), ("CHUNKS_OVERRIDE", 1),
+                        ("ROWS_OVERRIDE", 1)):
+        monkeypatch.setattr(triton_backend, name, value)
+    zq, zp, x = _round_at_modes(lambda b: (12.0, 12.0))
+    for B in (1, 2):
+        q, p, d = zq[:B].contiguous(), zp[:B].contiguous(), x[:B].contiguous()
+        K, V = d.shape[1], q.shape[2]
+        tracer = rf.MemoryTracer()
+        with tracer, rf.DeviceWork(execute=True, tracer=tracer) as work:
+            out = speccas_kernels.verify(q, p, d, rule=rule, alpha=0.2, seed=1, backend="triton")
+        ref = speccas_kernels.verify(q, p, d, rule=rule, alpha=0.2, seed=1, backend="reference")
+        assert torch.equal(out.tokens, ref.tokens) and torch.equal(out.num_accepted, ref.num_accepted)
+        assert torch.allclose(out.accept_prob, ref.accept_prob, rtol=1e-5, atol=1e-6), (B, out.accept_prob)
+        c = work.launches[-1].constexprs
+        assert c["SOLO"] == (B == 1) and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1
+        chunk = c["TILES"] * c["BLOCK_V"] * 4
+        access = tracer.summary("traced")["launches"][-1]["access"]
+        again = access[f"{tracer.storage_index(q)}:load"]["again"]
+        again_p = access[f"{tracer.storage_index(p)}:load"]["again"] - B * V * 4  # less the bonus race's row
+        if B == 1:  # every drafted position's rows, once more
+            assert again == K * V * 4, (again, K * V * 4)
+            assert again_p == (K * V * 4 if rule == "token_v3" else 0), again_p
+        else:
+            assert 0 < again <= B * K * (chunk + 64), again
+
+
 @pytest.mark.parametrize("divergence", [False, True])
 def test_opt_look_rereads_only_where_tv_can_change_r(divergence, monkeypatch):
     """Traced: opt's second look re-reads a drafted position's rows only where TV(q, p) can change r = [max q^ <
@@ -1068,10 +1105,22 @@ def _solo_gated(expr) -> bool:
         isinstance(v, ast.Name) and v.id == "SOLO" for v in expr.values)
 
 
+def _reads_off_solo(expr) -> set:
+    """The names an expression reads where ``SOLO`` is false: those outside its SOLO-gated conjunctions, which are
+    then false whatever else they read (``HAS and not (SOLO and ONE)`` reads HAS alone)."""
+    import ast
+
+    if _solo_gated(expr):
+        return set()
+    if isinstance(expr, ast.Name):
+        return {expr.id}
+    return set().union(*(_reads_off_solo(c) for c in ast.iter_child_nodes(expr)))
+
+
 def _branches_on(source: str, names=BATCH_SIZED):
     """(line, names) of every ``if``/``while``/conditional expression in ``source`` whose test reads one of
     ``names`` or a constexpr derived from one (``X: tl.constexpr = ...``, transitively), unless the test, or the
-    derived constexpr's definition, is gated by ``SOLO`` (``_solo_gated``)."""
+    derived constexpr's definition, reads it only inside a conjunction gated by ``SOLO`` (``_reads_off_solo``)."""
     import ast
 
     tree = ast.parse(source)
@@ -1082,14 +1131,13 @@ def _branches_on(source: str, names=BATCH_SIZED):
     while grew:
         grew = False
         for target, value in defs:
-            reads = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)}
-            if target not in names and reads & names and not _solo_gated(value):
+            if target not in names and _reads_off_solo(value) & names:
                 names.add(target)
                 grew = True
     out = []
     for node in ast.walk(tree):
-        if isinstance(node, (ast.If, ast.While, ast.IfExp)) and not _solo_gated(node.test):
-            used = {n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)} & names
+        if isinstance(node, (ast.If, ast.While, ast.IfExp)):
+            used = _reads_off_solo(node.test) & names
             if used:
                 out.append((node.lineno, sorted(used)))
     return out
@@ -1099,9 +1147,10 @@ def test_kernels_branch_on_no_batch_sized_constexpr():
     """The model reads which blocks a launch runs off traced calls at B = 1 and 2, whose work items the launcher
     shrinks (fewer chunks and tiles): code behind a branch on such a constexpr (``if CHUNKS > 1``) would be compiled
     into the B = 64 kernel and dropped from its model. The kernels that take them branch on none, nor on a
-    constexpr derived from one, unless the branch is gated by ``SOLO`` (one row group: taken at B = 1 only, so the
-    traced B = 2 runs what larger batches compile); the negative controls are branches that do, directly and
-    through a derived constexpr (v38's first version gated its tagged constants on one chunk per item alone, which
+    constexpr derived from one, unless they read it only inside a conjunction with ``SOLO`` (one row group: true at
+    B = 1 only, so the traced B = 2 runs what larger batches compile; ``HAS_FLOOR and not (SOLO and ONE)`` is
+    HAS_FLOOR there); the negative controls are branches that do, directly, through a derived constexpr and through
+    ``SOLO`` in a disjunction (v38's first version gated its tagged constants on one chunk per item alone, which
     B = 1 and B = 2 share: the model then dropped opt fp32 B = 64's look loop, 89.8 -> 88.7 us)."""
     from speccas_kernels.kernels import sample, verify
 
@@ -1111,5 +1160,7 @@ def test_kernels_branch_on_no_batch_sized_constexpr():
     assert _branches_on(bad) == [(2, ["CHUNKS"]), (4, ["TILES"])]
     derived = ("def f(CH_BASE, SOLO, x):\n    ONE: tl.constexpr = CH_BASE == 1\n    WIDE: tl.constexpr = ONE or x\n"
                "    SAFE: tl.constexpr = SOLO and ONE\n    if WIDE:\n        x += 1\n    if SAFE:\n        x += 1\n"
-               "    if SOLO and ONE:\n        x += 1\n    return x\n")
-    assert _branches_on(derived) == [(5, ["WIDE"])]
+               "    if SOLO and ONE:\n        x += 1\n    OFF: tl.constexpr = x and not (SOLO and ONE)\n"
+               "    if OFF:\n        x += 1\n    BAD: tl.constexpr = not (SOLO or ONE)\n    if BAD:\n        x += 1\n"
+               "    return x\n")
+    assert _branches_on(derived) == [(5, ["WIDE"]), (15, ["BAD"])]

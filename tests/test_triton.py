@@ -130,11 +130,11 @@ def test_skipped_looks_change_nothing(device, rule, alpha, monkeypatch):
 def test_batch_of_one_takes_the_looks_constants_with_its_wait(device, rule, divergence, monkeypatch):
     """A batch of one (``SOLO``) with one row and one chunk per work item, as a GPU runs B = 1: a second-look item
     loads its chunk before it waits (``ONE``) and, where the look reads the position's statistics alone (opt, and
-    any rule's divergences; not a token set's screened look), takes them as tagged words with the wait
-    (``TAGGED``); every hand-off crosses programs, float32 and bfloat16, alphas where the look decides and where
-    it is moot. The reference's outputs, the divergences of the default settings (two chunks per item: neither
-    path) to rounding (a constant taken from the wrong word moves them), and every counter zero after each call (a
-    tagged word left behind fails)."""
+    any rule's divergences, and a token set's, which sums eta over every tile there: ``SCREENED`` false), takes
+    them as tagged words with the wait (``TAGGED``); every hand-off crosses programs, float32 and bfloat16, alphas
+    where the look decides and where it is moot. The reference's outputs, the divergences of the default settings
+    (two chunks per item: neither path) to rounding (a constant taken from the wrong word moves them), and every
+    counter zero after each call (a tagged word left behind fails)."""
     from speccas_kernels.kernels import verify as kv
 
     alphas = {"opt": (-0.5, 0.5), "chow": (0.3,), "token_v3": (0.5,)}[rule]

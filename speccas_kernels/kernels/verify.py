@@ -69,7 +69,11 @@ row's last step more than they save.)
   reads eta, lies elsewhere). Every output is the same; with the divergences, which need the sums themselves, the
   look runs everywhere. A token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads its
   chunks' screening records instead and only the tiles of the chunks whose largest logit on that side may reach the
-  floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its records.
+  floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its records; but not at one row
+  group with one chunk per look item (B = 1 on a GPU: ``SCREENED`` false), where the screening's steps (the records
+  written in the statistics, loaded after the fenced flag, then the member chunks' tiles) would lie on the row's
+  chain, and the look reading every tile costs one preloaded chunk per item: there it sums eta dense, its constants
+  tagged with the wait.
 * **accept** (row b): run by the program that draws a row's last ticket. Row validity, a_i at every verified
   position (from the statistics, the logits at the drafts the stats items recorded and the second look's records,
   all loaded at once: every load hits what this launch wrote or read), the accept loop, all the outputs but the emitted token (written here when T = 0 and all
@@ -601,8 +605,15 @@ def _verify_kernel(
     SOLO: tl.constexpr,
 ):
     HAS_Q: tl.constexpr = zq_ptr is not None
-    # a token set with a floor screens its second look's chunks by records the statistics write
-    SCREEN: tl.constexpr = SECOND_LOOK and FAMILY == FAMILY_B and HAS_FLOOR
+    # A token set with a floor screens its second look's chunks by records the statistics write, but not at one row
+    # group with one chunk per look item (``SOLO``, B = 1 on a GPU), where the look reads every chunk at once, one
+    # per item, and the screening's own costs lie on the row's chain: the screening records in the statistics,
+    # their load after the ready flag (so the fenced flag), and the member chunks' tiles after that. There the look
+    # sums eta dense, as it does where the divergences are asked (``SCREENED`` false: its chunk preloaded, ``ONE``,
+    # and with one row per item its constants with the wait, ``TAGGED``). The tokens are the same (eta rounds
+    # otherwise: an accept probability may move in its last bits)
+    SCREENED: tl.constexpr = HAS_FLOOR and not (SOLO and (CH_BASE + (CH_EXTRA > 0) == 1))
+    SCREEN: tl.constexpr = SECOND_LOOK and FAMILY == FAMILY_B and SCREENED
     DIVERGENCE: tl.constexpr = div_ptr is not None
     DIV_ITEMS: tl.constexpr = DIVERGENCE and FAMILY == FAMILY_B and HAS_Q  # a token set's TV(pi, p): a third pass
     KP = K + 1
@@ -624,7 +635,7 @@ def _verify_kernel(
     # fence, and a look item polls them (``_wait_consts``): the constants come with the wait, one round trip after
     # the merge's stores
     TAGGED: tl.constexpr = (SOLO and SECOND_LOOK and (ROWS == 1) and (CH_BASE + (CH_EXTRA > 0) == 1)
-                            and not (FAMILY == FAMILY_B and HAS_FLOOR))
+                            and not (FAMILY == FAMILY_B and SCREENED))
     stats_items = KP * NS
     if SECOND_LOOK:
         look_items = K * NS
@@ -689,7 +700,7 @@ def _verify_kernel(
                                                          c_look, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
                                                          FAMILY, NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE,
                                                          HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T, TILES,
-                                                         CHUNKS, READS_PH, FLOOR, HAS_FLOOR, SCREENS, PAIRS, LANES,
+                                                         CHUNKS, READS_PH, FLOOR, SCREENED, SCREENS, PAIRS, LANES,
                                                          VEC, STAGES, SOLO, TAGGED, c_words)
                     acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items + NR:
@@ -1433,15 +1444,16 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
                FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
                BLOCK_T: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, READS_PH: tl.constexpr,
-               FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr,
+               FLOOR: tl.constexpr, SCREENED: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr,
                LANES: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, SOLO: tl.constexpr,
                TAGGED: tl.constexpr, c_words):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item, which reports to the row (the accept phase sums the NS records). A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
-    with a floor on its hat (``HAS_FLOOR``) sums eta from the screening records and only the chunks that may hold
-    a member of A (``_eta_item``), nothing at a row whose A is the whole vocabulary (eta = 0), and reads every tile
-    only for TV(q, p) when the divergences are asked. Where the merge found that the look can change nothing at any
+    with a floor on its hat (``SCREENED``: ``HAS_FLOOR``, but for one row group with one chunk per item, where the
+    look sums eta over every tile) sums eta from the screening records and only the chunks that may hold a member
+    of A (``_eta_item``), nothing at a row whose A is the whole vocabulary (eta = 0), and reads every tile only for
+    TV(q, p) when the divergences are asked. Where the merge found that the look can change nothing at any
     row of the item (the ready flag 2: ``_look_moot``), the item reads and reports nothing: the merge wrote the
     records as 0 and counted the look items done on the row. The position's last item to read the flag returns it to
     zero."""
@@ -1454,7 +1466,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
         KP = K + 1
         pos = g * KP + i
         use = rmask & _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n)
-        SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and HAS_FLOOR
+        SPARSE_ETA: tl.constexpr = (FAMILY == FAMILY_B) and SCREENED
         DENSE: tl.constexpr = (not SPARSE_ETA) or DIVERGENCE
         NEED_P: tl.constexpr = (FAMILY != FAMILY_B) or READS_PH or DIVERGENCE
         # One row group (``SOLO``) and one chunk per item (CH_BASE + (CH_EXTRA > 0) = 1: B = 1 on a GPU): its
@@ -2336,16 +2348,19 @@ def roofline_hints(launch) -> dict:
     looks = bool(c["SECOND_LOOK"]) and has_q and 0 < T < float("inf")
     token_set = c["FAMILY"] == rules.FAMILY_CODE[rules.FAMILY_B]
     divergence = launch.arg("div_ptr").kind == "tensor"
-    sparse_eta = token_set and c["HAS_FLOOR"] and not divergence  # ``_eta_item`` alone
+    one_chunk = c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1  # per look item
+    # a token set whose look screens its chunks (the kernel's ``SCREENED``: a floor, unless one row group with one
+    # chunk per look item)
+    screened = token_set and c["HAS_FLOOR"] and not (c["SOLO"] and one_chunk)
+    sparse_eta = screened and not divergence  # ``_eta_item`` alone
     dense = looks and not sparse_eta  # the look reads every tile
     # one row group and one chunk per look item (B = 1): loaded before the wait for the ready flag, in flight during
     # it (``_look_item``'s ONE): no round trip of its own, and read also where the merge finds the look moot
-    one = c["SOLO"] and dense and not (token_set and c["HAS_FLOOR"]) and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1
+    one = c["SOLO"] and dense and not screened and one_chunk
     # one row group of one row per item, one chunk per look item, the look reading no screening records
     # (``TAGGED``): the merge stores the look's constants as tagged words, no release fence (``_store_consts``), and
     # the look's poll brings them (``_wait_consts``): one round trip, the flag's and the constants' together
-    tagged = (c["SOLO"] and c["SECOND_LOOK"] and c["ROWS"] == 1 and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1
-              and not (token_set and c["HAS_FLOOR"]))
+    tagged = c["SOLO"] and c["SECOND_LOOK"] and c["ROWS"] == 1 and one_chunk and not screened
     # the look's body: at every looked item, but where the launch skips looks that can change nothing, at the share
     # of the modelled inputs (``roofline_data``; without it, at every position: the worst case)
     share = float(launch.data.get("look_share", 1.0)) if _skips_looks(launch) else 1.0
