@@ -349,14 +349,14 @@ def test_tracer_counts_first_touch_and_reuse(probe):
     assert b2.dram_read == 4000 and b2.l2 == 0
 
 
-def _round_at_modes(modes):
-    """(zq, zp, x): 2 rows, 2 drafts, 2048 entries of random logits, each draft its position's mode in q and p, at
+def _round_at_modes(modes, V: int = 2048):
+    """(zq, zp, x): 2 rows, 2 drafts, V entries of random logits, each draft its position's mode in q and p, at
     the logits ``modes(row)`` gives (q's, p's)."""
-    B, K, V = 2, 2, 2048
+    B, K = 2, 2
     g = torch.Generator().manual_seed(4)
     zq = torch.randn(B, K, V, generator=g)
     zp = torch.randn(B, K + 1, V, generator=g)
-    x = torch.tensor([[5, 1500], [900, 2047]])
+    x = torch.tensor([[5, 1500], [900, 2047]]) * V // 2048
     for b in range(B):
         for i in range(K):
             zq[b, i, x[b, i]], zp[b, i, x[b, i]] = modes(b)
@@ -412,7 +412,7 @@ def test_token_set_batch_of_one_looks_dense(rule, monkeypatch):
     for name, value in (("BLOCK_V_OVERRIDE", 32), ("TILES_OVERRIDE", 2), ("CHUNKS_OVERRIDE", 1),
                         ("ROWS_OVERRIDE", 1)):
         monkeypatch.setattr(triton_backend, name, value)
-    zq, zp, x = _round_at_modes(lambda b: (12.0, 12.0))
+    zq, zp, x = _round_at_modes(lambda b: (12.0, 12.0), V=512)  # 8 chunks a row
     for B in (1, 2):
         q, p, d = zq[:B].contiguous(), zp[:B].contiguous(), x[:B].contiguous()
         K, V = d.shape[1], q.shape[2]

@@ -2545,8 +2545,9 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     vec = min(16 // zp.element_size(), tiles * block_v)  # a thread's vector load of the target's logits
     lanes = min(tiles * block_v, 32 * num_warps * vec)
     screens = max(1, lanes // vec // 32)  # a token set's screening records per chunk, one per warp (``_screen``)
-    # the statistics' records, then (a token set with a floor) the screening records of the drafted positions
-    scr = B * K * ni * screens if cx["HAS_FLOOR"] and second else 0
+    # the statistics' records, then (a token set with a floor) the screening records of the drafted positions: none
+    # at one row group with one chunk per look item (ni = ns), where the look sums eta dense (the kernel's SCREENED)
+    scr = B * K * ni * screens if cx["HAS_FLOOR"] and second and not (groups == 1 and ni == ns) else 0
     part_m = torch.empty((B * KP * 2 * nt + 2 * scr,), dtype=mdt, device=dev)
     part_f = torch.empty((2 * B * KP * 2 * nt + scr,), dtype=f32, device=dev)
     part_i = torch.empty((2 * B * KP * 2 * nt,), dtype=i32, device=dev)
