@@ -612,7 +612,8 @@ def _verify_kernel(
     # sums eta dense, as it does where the divergences are asked (``SCREENED`` false: its chunk preloaded, ``ONE``,
     # and with one row per item its constants with the wait, ``TAGGED``). The tokens are the same (eta rounds
     # otherwise: an accept probability may move in its last bits)
-    SCREENED: tl.constexpr = HAS_FLOOR and not (SOLO and (CH_BASE + (CH_EXTRA > 0) == 1))
+    SOLO_ONE: tl.constexpr = SOLO and (CH_BASE + (CH_EXTRA > 0) == 1)  # one row group, one chunk per look item
+    SCREENED: tl.constexpr = HAS_FLOOR and not SOLO_ONE
     SCREEN: tl.constexpr = SECOND_LOOK and FAMILY == FAMILY_B and SCREENED
     DIVERGENCE: tl.constexpr = div_ptr is not None
     DIV_ITEMS: tl.constexpr = DIVERGENCE and FAMILY == FAMILY_B and HAS_Q  # a token set's TV(pi, p): a third pass
@@ -634,8 +635,7 @@ def _verify_kernel(
     # its constants as self-validating words (``_store_consts``) in place of the ready flag 1, with no release
     # fence, and a look item polls them (``_wait_consts``): the constants come with the wait, one round trip after
     # the merge's stores
-    TAGGED: tl.constexpr = (SOLO and SECOND_LOOK and (ROWS == 1) and (CH_BASE + (CH_EXTRA > 0) == 1)
-                            and not (FAMILY == FAMILY_B and SCREENED))
+    TAGGED: tl.constexpr = SOLO_ONE and SECOND_LOOK and (ROWS == 1) and not (FAMILY == FAMILY_B and SCREENED)
     stats_items = KP * NS
     if SECOND_LOOK:
         look_items = K * NS
