@@ -85,6 +85,61 @@ def interpreter_skip_repatching() -> None:
 
     call._speccas_skip_repatching = True
     cls.__call__ = call
+    _np_dtype_table(interpreter)
+    _lazy_tuple_type_names(interpreter.tl.core)
+
+
+def _lazy_tuple_type_names(core) -> None:
+    """Every interpreted tensor builds a tuple type for its shape, whose constructor formats its name string at once
+    (some 12% of a verify call): the name is formed when read instead, from the same types and fields. Equality
+    and mangling never read it."""
+    cls = getattr(core, "tuple_type", None)
+    if cls is None or getattr(cls, "_speccas_lazy_name", False) or "name" in vars(cls):
+        return
+
+    def __init__(self, types, fields=None):
+        self.types = types
+        self.fields = fields or [''] * len(types)
+
+    def get_name(self):
+        given = self.__dict__.get("_name")  # (a caller that sets the name keeps what it set)
+        if given is not None:
+            return given
+        return '[' + ','.join([f"{k}:{v}" for k, v in zip(self.fields, self.types)]) + ']'
+
+    def set_name(self, value):
+        self.__dict__["_name"] = value
+
+    cls.__init__ = __init__
+    cls.name = property(get_name, set_name)
+    cls._speccas_lazy_name = True
+
+
+def _np_dtype_table(interpreter) -> None:
+    """The interpreter maps a Triton dtype to its numpy dtype by a table it builds anew on every call (some 8% of a
+    verify call): the same answers from one table, built once. A dtype the table lacks goes to the original."""
+    orig = getattr(interpreter, "_get_np_dtype", None)
+    if orig is None or getattr(orig, "_speccas_table", False):
+        return
+    tl = interpreter.tl
+    names = ("int1", "float16", "float32", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64",
+             "uint64", "bfloat16", "float8e5", "float8e5b16", "float8e4nv", "float8e4b8", "float8e4b15")
+    table = {getattr(tl, n): orig(getattr(tl, n)) for n in names if hasattr(tl, n)}
+    u64 = interpreter.np.dtype(interpreter.np.uint64)
+
+    def get(tt_dtype):
+        if isinstance(tt_dtype, tl.pointer_type):
+            return u64
+        if isinstance(tt_dtype, tl.block_type):
+            tt_dtype = tt_dtype.element_ty
+            if isinstance(tt_dtype, tl.pointer_type):
+                return u64
+        got = table.get(tt_dtype)
+        return got if got is not None else orig(tt_dtype)
+
+    get._speccas_table = True
+    get._speccas_orig = orig
+    interpreter._get_np_dtype = get
 
 
 def pick_device(name: str) -> torch.device:
