@@ -27,17 +27,18 @@ What it does, per public call (``verify`` for every rule, ``sample``) and grid p
    SASS instruction of that build names the helpers it came from, down from the kernel (ptxas schedules the
    second build a little differently; the record keeps both instruction counts). Results are cached under
    ``.cache/roofline/`` by kernel sources, signature, constexprs and options.
-3. **Trace.** The same call is executed under the Triton interpreter at B = 1 and B = 2 (real K and V,
+3. **Trace.** The same call is executed under the Triton interpreter at B = 1, 2 and 3 (real K and V,
    GPU launch settings, realistic logits; fp32, with the logits re-sized to 2-byte elements for bf16 when
    the bf16 launches have the same structure) with a tracer on every masked load, store and atomic:
    - bytes: accesses are counted in 32-byte sectors. The first touch of a sector in a call comes from DRAM
      (inputs are assumed cold: at these sizes the GEMM that wrote the logits does not leave them in L2);
      a later touch is an L2 hit when its reuse distance (bytes touched in between, in launch order and the
      GPU's block order) is at most ``H200.l2_reuse_bytes``, else it comes from DRAM again. Totals and
-     distances are extrapolated linearly in B from the two traces (a distance that grows with B does so
-     because the other rows' work lies in between). A kernel whose queue interleaves rows (hint
+     distances are extrapolated linearly in B from two traces, B = 2 and 3 for a batch larger than one (a
+     distance that grows with B does so because the other rows' work lies in between; B = 1, which a kernel may
+     run by paths of its own, stands only for itself). A kernel whose queue interleaves rows (hint
      ``reuse_rows`` = r: a row's re-touches lie at most r rows of work later, whatever B) is traced once more
-     at 2 r + 1 rows with ``PROBE_TILES`` vocabulary tiles; for B > 2 the logits' re-touches hit L2 in the
+     at 2 r + 1 rows with ``PROBE_TILES`` vocabulary tiles; for B > 3 the logits' re-touches hit L2 in the
      share of the middle row's, their distances scaled by the real vocabulary over the probe's;
    - paths: for up to 32 programs per launch the executed kernel source lines are recorded; a SASS basic
      block runs in the share of programs that executed one of its exclusive source lines (1 when it has
@@ -100,13 +101,14 @@ program}), ``instructions_per_program``, ``dram_bytes``, ``l2_bytes``, ``phases`
 ``phase_map``, ``phase_work``, ``phase_loops``, ``phase_chain``, ``chain_rows``, ``reuse_rows``, ``l2_bytes_saved``,
 ``note``.
 
-Work the data decide. The traces hold one or two rows of the bench's inputs, too few to stand for a batch where a
-kernel skips work as the data say. A kernel module may then make its traces take the worst case (``ROOFLINE_TRACE``:
+Work the data decide. The traces hold a few rows of the bench's inputs, too few to stand for a batch where a
+kernel skips work, or does more of it, as the data say. A kernel module may then make its traces take the worst case (``ROOFLINE_TRACE``:
 {module attribute: value} set while tracing, e.g. the work done everywhere) and define
 ``roofline_data(launch, inputs) -> dict``, where ``inputs()`` gives the public call's inputs at the modelled point
 (the bench recipe at its batch, materialized on first ask); the result is ``launch.data``, which ``roofline_hints``
 reads to count the skipped share (phase counts, and ``l2_bytes_saved``: the traced re-reads from L2 the modelled
-inputs skip).
+inputs skip), or a data-decided phase's count outright (the verify kernel's ``look_chunks``: the chunks a token
+set's screened look reads, from r6).
 
 Known limits: local-memory (spill) traffic is not modelled; a loop that ptxas unrolled is counted with its
 whole body per source iteration (an over-count by the unroll factor: give ``loop_trips``); the eager figure
@@ -122,7 +124,7 @@ per program, whatever else its block holds). r3 charged them once per work item 
 151936, bf16, chow 44.8 -> 43.0 M warp instructions under r4, opt 54.7 -> 50.9 M. (A check of 2026-12-02 on the
 kernels of v11, the phase claiming most of a block taking all of it, found opt 80 -> 95 M; r4 without its bound
 to the queue loop put the kernel's prologue into a phase, with the phase's trips, and found 60.6 M for opt at v26.)
-Which blocks a launch runs is read off the traced calls at B = 1 and 2, whose launches may take smaller work items
+Which blocks a launch runs is read off the traced calls at B = 2 and 3 (B = 1: 1 and 2), whose launches may take smaller work items
 than the modelled batch's (a launcher shrinks them at small batches: fewer chunks or tiles per item): code that
 runs only under the larger items' constexprs (a branch on CHUNKS > 1, say) never runs in the trace and is dropped
 from the modelled launch, though compiled into it. Kernels
@@ -172,8 +174,12 @@ CSV_PATH = RESULTS_DIR / "roofline_sm90.csv"
 KERNELS_CSV_PATH = RESULTS_DIR / "roofline_sm90_kernels.csv"
 MD_PATH = RESULTS_DIR / "roofline_sm90.md"
 SECTOR = 32  # bytes: the DRAM / L2 access granularity
-TRACE_BATCHES = (1, 2)  # the batch sizes traced under the interpreter; others are extrapolated linearly
-TRACE_FORMAT = 4  # bump when the tracer's accounting changes: cached traces are then redone
+# the batch sizes traced under the interpreter: B = 1 models itself; larger batches are extrapolated linearly from
+# B = 2 and 3 (``WIDE_BASE``), which run what they compile: a batch of one may take paths of its own (the verify
+# kernel's SOLO), whose bytes and data-read counts say nothing of a larger batch's
+TRACE_BATCHES = (1, 2, 3)
+WIDE_BASE = 2  # the smaller of the two traced batches larger batches are extrapolated from
+TRACE_FORMAT = 5  # bump when the tracer's accounting changes: cached traces are then redone
 COMPILE_FORMAT = 3  # bump when a compile record gains fields: cached kernels are then recompiled
 
 GRID_B = (1, 8, 64, 256)
@@ -912,11 +918,13 @@ def _log_bucket(d: np.ndarray) -> np.ndarray:
     return np.round(np.log2(np.maximum(d, 1)) * 8).astype(np.int64)
 
 
-def pair_traces(s1: dict, s2: dict) -> dict:
-    """Two ``MemoryTracer.summary`` records of the same call at B = 1 and B = 2 -> one JSON-able record
-    from which ``launch_bytes`` extrapolates to any B. Re-touches are matched by (launch, storage, kind,
-    sector, occurrence); an unmatched one is assumed to lie twice as far at B = 2 (its distance grows with B).
+def pair_traces(s1: dict, s2: dict, base: int = 1) -> dict:
+    """Two ``MemoryTracer.summary`` records of the same call at B = ``base`` and B = base + 1 -> one JSON-able
+    record from which ``launch_bytes`` extrapolates to any B. Re-touches are matched by (launch, storage, kind,
+    sector, occurrence); an unmatched one is assumed to lie (base + 1) / base times as far at the larger batch (its
+    distance grows with B), and a launch missing from the second record to do (base + 1) / base times the work.
     """
+    grow = (base + 1) / base
     same = [l["name"] for l in s1["launches"]] == [l["name"] for l in s2["launches"]]
     launches = []
     for i, l1 in enumerate(s1["launches"]):
@@ -927,7 +935,7 @@ def pair_traces(s1: dict, s2: dict) -> dict:
             a1 = l1["access"].get(key, dict(first=0, again=0, keys=[], dists=[]))
             a2 = l2["access"].get(key) if l2 else None
             k1, d1 = np.asarray(a1["keys"], np.int64), np.asarray(a1["dists"], np.int64)
-            d2 = 2 * d1
+            d2 = grow * d1
             if a2 is not None and a2["keys"] and k1.size:
                 k2, dd2 = np.asarray(a2["keys"], np.int64), np.asarray(a2["dists"], np.int64)
                 order = np.argsort(k2)
@@ -939,20 +947,20 @@ def pair_traces(s1: dict, s2: dict) -> dict:
             for q1, q2 in zip(_log_bucket(d1).tolist(), _log_bucket(d2).tolist()):
                 pairs[(q1, q2)] += SECTOR
             entries[key] = dict(first1=a1["first"], again1=a1["again"],
-                                first2=a2["first"] if a2 else 2 * a1["first"],
-                                again2=a2["again"] if a2 else 2 * a1["again"],
+                                first2=a2["first"] if a2 else grow * a1["first"],
+                                again2=a2["again"] if a2 else grow * a1["again"],
                                 pairs=[[q1, q2, n] for (q1, q2), n in sorted(pairs.items())])
         launches.append(dict(name=l1["name"], programs1=l1["programs"], programs2=l2["programs"] if l2 else None,
                              access=entries, lines1=l1["lines"], lines2=l2["lines"] if l2 else {},
-                             paths=l1["paths"] + (l2["paths"] if l2 else [])))
+                             paths=l1["paths"] + (l2["paths"] if l2 else []), base=base))
     return dict(launches=launches, storages=s1["storages"], matched=same)
 
 
-def _at_batch(v1: float, v2: Optional[float], B: int) -> float:
-    """Linear extrapolation from B = 1 and B = 2 (v2 None: proportional to B)."""
+def _at_batch(v1: float, v2: Optional[float], B: int, base: int = 1) -> float:
+    """Linear extrapolation from B = ``base`` and base + 1 (v2 None: proportional to B)."""
     if v2 is None:
-        return v1 * B
-    return max(0.0, v1 + (B - 1) * (v2 - v1))
+        return v1 * B / base
+    return max(0.0, v1 + (B - base) * (v2 - v1))
 
 
 @dataclasses.dataclass
@@ -970,15 +978,16 @@ class Bytes:
 def launch_bytes(paired_launch: dict, B: int, machine: "Machine", logits_storages: Sequence[int]) -> Bytes:
     """DRAM and L2 bytes of one traced launch at batch B (see the module docstring for the rules)."""
     out = Bytes()
+    base = paired_launch.get("base", 1)
     for key, e in paired_launch["access"].items():
         sidx, kind = key.split(":")
-        first = _at_batch(e["first1"], e["first2"], B)
-        again = _at_batch(e["again1"], e["again2"], B)
+        first = _at_batch(e["first1"], e["first2"], B, base)
+        again = _at_batch(e["again1"], e["again2"], B, base)
         total = sum(n for _, _, n in e["pairs"])
         hit = 0.0
         for q1, q2, n in e["pairs"]:
             d1, d2 = 2.0 ** (q1 / 8), 2.0 ** (q2 / 8)
-            if d1 + (B - 1) * (d2 - d1) <= machine.l2_reuse_bytes:
+            if d1 + (B - base) * (d2 - d1) <= machine.l2_reuse_bytes:
                 hit += n
         f_hit = hit / total if total else 1.0
         probe = (paired_launch.get("probe") or {}).get(sidx) if kind == "load" else None
@@ -1452,8 +1461,8 @@ def loop_iterations(rec: dict, launch: Launch, B: int, paired: Optional[dict], h
                 break
         else:
             if paired is not None and l["lines"]:
-                execs = [_at_batch(paired["lines1"].get(x, 0), paired["lines2"].get(x) if paired["lines2"] else None, B)
-                         for x in l["lines"]]
+                execs = [_at_batch(paired["lines1"].get(x, 0), paired["lines2"].get(x) if paired["lines2"] else None, B,
+                                   paired.get("base", 1)) for x in l["lines"]]
                 if max(execs) > 0:
                     iters, source = min(e for e in execs if e > 0), "traced loads of the body's source lines"
         out.append(dict(index=l["index"], iterations=iters, per_program=iters / max(launch.programs, 1),
@@ -1898,7 +1907,8 @@ def traced_phase_counts(work: dict, paired: Optional[dict], B: int) -> dict:
                 for line in set(paired["lines1"]) | set(paired["lines2"] or {}):
                     if w["traced"] in _source_text(line):
                         n += _at_batch(paired["lines1"].get(line, 0),
-                                       paired["lines2"].get(line) if paired["lines2"] else None, B)
+                                       paired["lines2"].get(line) if paired["lines2"] else None, B,
+                                       paired.get("base", 1))
             w = dict(w, count=n * float(w.get("scale", 1.0)))
         out[phase] = w
     return out
@@ -1963,7 +1973,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def make_inputs(op: str, B: int, K: int, V: int, dtype: str, *, seed: int = 0, materialize: bool = True):
     """Inputs of a public call. ``materialize``: realistic values (correlated drafter and target logits,
-    drafts sampled from the drafter, the bench's recipe), row b the same whatever B; else uninitialized
+    drafts sampled from the drafter, the bench's recipe), row b the same at B = 1 and 2 (``sample``'s at every B;
+    ``verify``'s draws each tensor whole, so its rows differ at every larger B); else uninitialized
     tensors of the real shapes (enough to capture launches and count device work)."""
     dt = DTYPES[dtype]
     if op == "sample":
@@ -2016,8 +2027,9 @@ def _structure(work: DeviceWork) -> list:
     return [(l.qualname, l.grid, sorted(l.constexprs.items()), sorted(l.options.items())) for l in work.launches]
 
 
-def trace_call(op: str, rule: Optional[str], K: int, V: int, dtype: str) -> Tuple[dict, List[int]]:
-    """The paired (B = 1, B = 2) trace of a call, cached: (record, indices of the logits storages).
+def trace_call(op: str, rule: Optional[str], K: int, V: int, dtype: str, B: int = 1) -> Tuple[dict, List[int]]:
+    """The paired trace of a call for batch B, cached: (record, indices of the logits storages): B = 1 and 2 for
+    B = 1, else ``WIDE_BASE`` and the next (``TRACE_BATCHES``; all of them traced at once).
 
     One fp32 run is accounted twice, as fp32 and with the logits re-sized to bf16; a bf16 call uses the
     latter when its launches have the same structure as fp32's (kernels, grids, constexprs, options),
@@ -2036,7 +2048,7 @@ def trace_call(op: str, rule: Optional[str], K: int, V: int, dtype: str) -> Tupl
     if not path.exists():
         _trace_to(path, op, rule, K, V, traced)
     rec = json.loads(path.read_text())
-    return rec["paired"][dtype], rec["logits"]
+    return rec["paired" if B < WIDE_BASE else "wide"][dtype], rec["logits"]
 
 
 @contextlib.contextmanager
@@ -2117,14 +2129,19 @@ def _trace_to(path: Path, op: str, rule: Optional[str], K: int, V: int, traced: 
                 probe[sc] = reuse_probe(tracer.summary(sc), plogits, rows, V / vp, summaries[sc][-1])
     finally:
         torch.set_num_threads(torch_threads)
-    paired = {sc: pair_traces(*summaries[sc]) for sc in scenarios}
+    at = {b: i for i, b in enumerate(TRACE_BATCHES)}
+    paired = {sc: pair_traces(summaries[sc][at[1]], summaries[sc][at[2]]) for sc in scenarios}
+    wide = {sc: pair_traces(summaries[sc][at[WIDE_BASE]], summaries[sc][at[WIDE_BASE + 1]], base=WIDE_BASE)
+            for sc in scenarios}
     for sc in scenarios:
         for key, buckets in (probe[sc] or {}).items():
             li, sidx = key.split(":")
-            paired[sc]["launches"][int(li)].setdefault("probe", {})[sidx] = buckets
+            for rec in (paired, wide):
+                rec[sc]["launches"][int(li)].setdefault("probe", {})[sidx] = buckets
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dict(op=op, rule=rule, K=K, V=V, traced=traced, paired=paired, logits=logits)))
+    tmp.write_text(json.dumps(dict(op=op, rule=rule, K=K, V=V, traced=traced, paired=paired, wide=wide,
+                                   logits=logits)))
     tmp.replace(path)
 
 
@@ -2190,10 +2207,10 @@ def grid_points(quick: bool, rules: Optional[Sequence[str]] = None, Bs=None, Ks=
 
 def model_captured(pt: Point, work: DeviceWork, recs: Dict[str, dict], machine: Machine = H200) -> CallModel:
     """The model of a point's captured call (``capture``) from its kernels' compiled records (``compile_launches``):
-    the call traced at B = 1 and 2 for the bytes, the modelled inputs' data (``attach_data``), every launch."""
+    the call traced at B = 1 and 2 (B = 1) or 2 and 3 (larger batches) for the bytes, the modelled inputs' data (``attach_data``), every launch."""
     rule = None if pt.op == "sample" else pt.rule
     attach_data(pt, work.launches)
-    paired, logits = trace_call(pt.op, rule, pt.K, pt.V, pt.dtype)
+    paired, logits = trace_call(pt.op, rule, pt.K, pt.V, pt.dtype, pt.B)
     same = [l.qualname for l in work.launches] == [l["name"] for l in paired["launches"]]
     models = []
     for i, launch in enumerate(work.launches):
@@ -2595,7 +2612,14 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "item issues each later tile's loads before it folds the tile before (one tile ahead, in registers), and "
              "the hints declare those tiles' round trips pipelined (`pipelined_l2` with the race's unrolled tile loop "
              "named in `phase_loops`): a later tile waits only for what the previous tile's fold does not cover, an "
-             "extension that moves no earlier row.")
+             "extension that moves no earlier row. From 2026-12-04 19:30 UTC the tool is r6: the call is traced at "
+             "B = 1, 2 and 3; B = 1 reads its own trace, and larger batches are extrapolated from B = 2 and 3, where "
+             "r5 extrapolated them from B = 1 and 2; and the chunks a token set's screened look reads (`look_q`) are "
+             "counted on the modelled inputs at the point's batch (`roofline_data`'s `look_chunks`), where r5 "
+             "extrapolated the traced rows' count. A batch of one may take paths of its own (the verify kernel's "
+             "SOLO): from v39 a token set's look at B = 1 reads every chunk where larger batches screen, and r5 then "
+             "read token_v3 bf16 B = 64 (a kernel unchanged since v37) as 62.9 us, its screened chunks extrapolated "
+             "from one row (60.0 us at v37).")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:

@@ -398,6 +398,52 @@ def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch
             assert 0 < again_p <= B * K * (chunk + 64)
 
 
+@pytest.mark.parametrize("rule,alpha,rows,skip", [("token_v3", 0.9, 1, True), ("token_v1", 0.08, 2, False)])
+def test_look_chunks_are_the_chunks_the_kernel_reads(rule, alpha, rows, skip, monkeypatch):
+    """The model counts the chunks a screened look reads (``look_q``) from the modelled inputs (``roofline_data``'s
+    ``look_chunks``), not from one or two traced rows. Traced, on random logits where A holds several tokens in
+    several chunks: the count is the kernel's executions of the loop's load, per row group (ROWS = 2: the chunks
+    where any row of the group may hold a member) and, where the launch skips moot looks, only at the positions whose
+    look can change something. The controls: the count per row (ROWS = 1) and at every position differ."""
+    from speccas_kernels.kernels import verify as kv
+    from speccas_kernels import triton_backend
+
+    monkeypatch.setattr(kv, "SKIP_MOOT_LOOKS", skip)
+    for name, value in (("BLOCK_V_OVERRIDE", 32), ("TILES_OVERRIDE", 2), ("CHUNKS_OVERRIDE", 2),
+                        ("ROWS_OVERRIDE", rows)):
+        monkeypatch.setattr(triton_backend, name, value)
+    B, K, V = 3, 2, 1024  # 16 chunks of 64 entries a row
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(B, K + 1, V, generator=g) * 2.5
+    zp = base + torch.randn(B, K + 1, V, generator=g) * 0.5
+    zq = base[:, :K] + torch.randn(B, K, V, generator=g) * 0.5
+    x = torch.multinomial(torch.softmax(zq.reshape(B * K, V), -1), 1, generator=g).view(B, K)
+    tracer = rf.MemoryTracer()
+    with tracer, rf.DeviceWork(execute=True, tracer=tracer) as work:
+        out = speccas_kernels.verify(zq, zp, x, rule=rule, alpha=alpha, seed=1, backend="triton")
+    ref = speccas_kernels.verify(zq, zp, x, rule=rule, alpha=alpha, seed=1, backend="reference")
+    assert torch.equal(out.tokens, ref.tokens) and torch.equal(out.num_accepted, ref.num_accepted)
+    launch = work.launches[-1]
+    assert launch.constexprs["ROWS"] == rows and kv._screens_looks(launch)
+    lines = tracer.summary("traced")["launches"][-1]["lines"]
+    traced = sum(n for line, n in lines.items() if "zq = load_tile(qbase, lo, near_c" in rf._source_text(line))
+    al = torch.tensor(alpha)
+    if skip:
+        data = launch.data = kv.roofline_data(launch, lambda: (zq, zp, x))
+        assert 0 < data["look_share"] < 1, data  # some looks moot, some not
+        counted = data["look_chunks"]
+        every = kv._look_chunks(launch, zq, zp[:, :K], al, torch.zeros(B, K, dtype=torch.bool))
+    else:
+        assert kv.roofline_data(launch, lambda: (zq, zp, x)) == {}  # (no skip: no data; the hints' own count)
+        counted = every = kv._look_chunks(launch, zq, zp[:, :K], al, None)
+    per_row = kv._look_chunks(dataclasses.replace(launch, constexprs=dict(launch.constexprs, ROWS=1)), zq,
+                              zp[:, :K], al, torch.zeros(B, K, dtype=torch.bool))
+    assert traced == counted > 0, (traced, counted)
+    assert per_row > B * K, per_row  # A spans several chunks
+    assert (every > counted) if skip else (per_row > counted), (every, per_row, counted)
+    assert kv.roofline_hints(launch)["phase_work"]["look_q"]["count"] == (counted if skip else 0)
+
+
 @pytest.mark.parametrize("rule", ["token_v3", "token_v1"])
 def test_token_set_batch_of_one_looks_dense(rule, monkeypatch):
     """Traced: at one row group with one chunk per look item (``SOLO``, B = 1 on a GPU) a token set's second look

@@ -2253,7 +2253,9 @@ def roofline_data(launch, inputs) -> dict:
     the point's batch; bench/roofline.py): ``look_share``, the share of drafted positions whose second look can
     change something (``_look_moot``: r differs at TV = 0 and 2 for a rule monotone in TV; the draft outside A or
     q(x) = 0 for a token set), and ``look_rows``, the share of rows with such a position (the others' accept
-    phases wait for no look item), from the T = 1 statistics of the model's calls, in float32."""
+    phases wait for no look item), from the T = 1 statistics of the model's calls, in float32; where the look screens
+    its chunks, ``look_chunks``, the chunks it reads (``_look_chunks``): data-decided work that one or two traced rows
+    sample too thinly to stand for a batch's."""
     if launch.name != "_verify_kernel" or not _skips_looks(launch) or launch.arg("zq_ptr").kind != "tensor":
         return {}
     if launch.arg("alpha_ptr").kind == "tensor" or launch.arg("n_ptr").kind == "tensor":
@@ -2272,7 +2274,50 @@ def roofline_data(launch, inputs) -> dict:
         moot = launch.constexprs["IN_SET"].fn(al, qh, ph, p.amax(-1)) & (qh > 0)
     if not moot.numel():
         return {}
-    return dict(look_share=1.0 - float(moot.float().mean()), look_rows=1.0 - float(moot.all(-1).float().mean()))
+    out = dict(look_share=1.0 - float(moot.float().mean()), look_rows=1.0 - float(moot.all(-1).float().mean()))
+    if _screens_looks(launch):
+        out["look_chunks"] = _look_chunks(launch, zq[:, :n], zp[:, :n], al, moot)
+    return out
+
+
+def _screens_looks(launch) -> bool:
+    """Whether a launch's second look sums a token set's eta from screening records and the chunks that may hold a
+    member of A (``_eta_item``: the kernel's ``SCREENED``, no divergences)."""
+    c = launch.constexprs
+    return (c.get("FAMILY") == rules.FAMILY_CODE[rules.FAMILY_B] and bool(c.get("HAS_FLOOR"))
+            and not (c["SOLO"] and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1) and launch.arg("div_ptr").kind != "tensor")
+
+
+def _look_chunks(launch, zq, zp, al, moot) -> float:
+    """The chunks a screened look reads (``_eta_item``'s loop, the ``look_q`` phase) over the modelled inputs ([B, n,
+    V]): per row group of ROWS rows and drafted position, every chunk where a row of the group whose A is not the whole
+    vocabulary has its largest logit, on the side the set reads, at or above the floor as a logit less the margin, as
+    the kernel screens (float32, T = 1: the hats are unscaled); none at an item whose rows' looks are all moot
+    (``moot``, [B, n]) where the launch skips those."""
+    c = launch.constexprs
+    side = (zp if c["READS_PH"] else zq).float()
+    B, n, V = side.shape
+    M = side.amax(-1)
+    S1 = torch.exp(side - M[..., None]).sum(-1)
+    zpf = zp.float()
+    max_ph = 1.0 / torch.exp(zpf - zpf.amax(-1, keepdim=True)).sum(-1)
+    t = c["FLOOR"].fn(al, max_ph)
+    zero = torch.zeros(())
+    live = ~c["IN_SET"].fn(al, zero, zero, max_ph)  # A is not the whole vocabulary
+    lt = torch.log(torch.clamp(t * S1, min=1e-30))
+    margin = 1e-3 * (1.0 + lt.abs()) + 1e-6 * M.abs()
+    cw = c["TILES"] * c["BLOCK_V"]
+    ni = -(-V // cw)
+    padded = torch.nn.functional.pad(side, (0, ni * cw - V), value=float("-inf"))
+    m = padded.view(B, n, ni, cw).amax(-1)
+    near = (m >= (M + lt - margin)[..., None]) & live[..., None]
+    R = c["ROWS"]
+    G = -(-B // R)
+    near = torch.nn.functional.pad(near, (0, 0, 0, 0, 0, G * R - B)).view(G, R, n, ni).any(1)
+    if _skips_looks(launch):
+        moot = torch.nn.functional.pad(moot, (0, 0, 0, G * R - B), value=True).view(G, R, n).all(1)
+        near &= ~moot[..., None]
+    return float(near.sum())
 
 
 def roofline_hints(launch) -> dict:
@@ -2309,7 +2354,7 @@ def roofline_hints(launch) -> dict:
     each next chunk's tiles (one L2 round trip each, those of the whole chunks a loop pipelined as the statistics':
     ``pipelined_l2``) and draws a ticket on the row (2 + chunks: ``look`` 2, ``look_body`` the chunks; where a look
     can change nothing, the merge says so in the ready flag), or, for a token set with a floor (``_eta_item``), loads the item's records with the statistics (2), and per chunk that may hold a
-    member of A (``look_q``, as many as the traced run had) its target and drafter tiles at once (1); the position's
+    member of A (``look_q``: as many as the modelled inputs have, ``roofline_data``'s ``look_chunks``) its target and drafter tiles at once (1); the position's
     last look item then acquires the items' count and resets the flag (``look_reset``, 1, off the chain); the accept
     phase loads statistics, drafts, the logits at the drafts and the looks' records (all written or read earlier in
     the launch: L2) at once, then releases the race flag (2); a race item polls its flag (which carries m and the
@@ -2352,7 +2397,7 @@ def roofline_hints(launch) -> dict:
     # a token set whose look screens its chunks (the kernel's ``SCREENED``: a floor, unless one row group with one
     # chunk per look item)
     screened = token_set and c["HAS_FLOOR"] and not (c["SOLO"] and one_chunk)
-    sparse_eta = screened and not divergence  # ``_eta_item`` alone
+    sparse_eta = _screens_looks(launch)  # ``_eta_item`` alone: screened, no divergences
     dense = looks and not sparse_eta  # the look reads every tile
     # one row group and one chunk per look item (B = 1): loaded before the wait for the ready flag, in flight during
     # it (``_look_item``'s ONE): no round trip of its own, and read also where the merge finds the look moot
@@ -2404,7 +2449,9 @@ def roofline_hints(launch) -> dict:
         "look_reset": dict(count=G * K if looks else 0, l2=1),
         "look_tail": dict(count=G * n * share if dense and PART else 0),  # a looked position's partial last chunk
         # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the traced run had
-        "look_q": dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1, scale=share),
+        # (from the modelled inputs, ``roofline_data``'s ``look_chunks``; without them as many as the traced run had)
+        "look_q": dict(count=float(launch.data["look_chunks"]), l2=1) if "look_chunks" in launch.data else
+        dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1, scale=share),
         "accept": dict(count=G, l2=2),
         # the flag, the row's constants with the item's first tile (one row per item), then each later tile, whose
         # loads go out before the fold of the one before (at B = 1 one tile per item: two round trips)
