@@ -102,8 +102,8 @@ program}), ``instructions_per_program``, ``dram_bytes``, ``l2_bytes``, ``phases`
 ``note``.
 
 Work the data decide. The traces hold a few rows of the bench's inputs, too few to stand for a batch where a
-kernel skips work, or does more of it, as the data say. A kernel module may then make its traces take the worst case (``ROOFLINE_TRACE``:
-{module attribute: value} set while tracing, e.g. the work done everywhere) and define
+kernel skips work, or does more of it, as the data say. A kernel module may then make its traces take the worst
+case (``ROOFLINE_TRACE``: {module attribute: value} set while tracing, e.g. the work done everywhere) and define
 ``roofline_data(launch, inputs) -> dict``, where ``inputs()`` gives the public call's inputs at the modelled point
 (the bench recipe at its batch, materialized on first ask); the result is ``launch.data``, which ``roofline_hints``
 reads to count the skipped share (phase counts, and ``l2_bytes_saved``: the traced re-reads from L2 the modelled
@@ -124,10 +124,10 @@ per program, whatever else its block holds). r3 charged them once per work item 
 151936, bf16, chow 44.8 -> 43.0 M warp instructions under r4, opt 54.7 -> 50.9 M. (A check of 2026-12-02 on the
 kernels of v11, the phase claiming most of a block taking all of it, found opt 80 -> 95 M; r4 without its bound
 to the queue loop put the kernel's prologue into a phase, with the phase's trips, and found 60.6 M for opt at v26.)
-Which blocks a launch runs is read off the traced calls at B = 2 and 3 (B = 1: 1 and 2), whose launches may take smaller work items
-than the modelled batch's (a launcher shrinks them at small batches: fewer chunks or tiles per item): code that
-runs only under the larger items' constexprs (a branch on CHUNKS > 1, say) never runs in the trace and is dropped
-from the modelled launch, though compiled into it. Kernels
+Which blocks a launch runs is read off the traced calls at B = 2 and 3 (for B = 1: 1 and 2), whose launches may take
+smaller work items than the modelled batch's (a launcher shrinks them at small batches: fewer chunks or tiles per item):
+code that runs only under the larger items' constexprs (a branch on CHUNKS > 1, say) never runs in the trace and is
+dropped from the modelled launch, though compiled into it. Kernels
 modelled here must not branch on such constexprs, nor on constexprs derived from them (the SASS of a phase then
 shows the code the model leaves out), unless the branch holds only at one row group (the verify kernel's SOLO, B =
 1 on a GPU), so that the traced B = 2 runs the side every larger batch compiles.
@@ -2207,7 +2207,8 @@ def grid_points(quick: bool, rules: Optional[Sequence[str]] = None, Bs=None, Ks=
 
 def model_captured(pt: Point, work: DeviceWork, recs: Dict[str, dict], machine: Machine = H200) -> CallModel:
     """The model of a point's captured call (``capture``) from its kernels' compiled records (``compile_launches``):
-    the call traced at B = 1 and 2 (B = 1) or 2 and 3 (larger batches) for the bytes, the modelled inputs' data (``attach_data``), every launch."""
+    the call traced at B = 1 and 2 (B = 1) or 2 and 3 (larger batches) for the bytes, the modelled inputs' data
+    (``attach_data``), every launch."""
     rule = None if pt.op == "sample" else pt.rule
     attach_data(pt, work.launches)
     paired, logits = trace_call(pt.op, rule, pt.K, pt.V, pt.dtype, pt.B)

@@ -2353,15 +2353,16 @@ def roofline_hints(launch) -> dict:
     position's statistics and its first chunk's tiles at once (L2: the stats read them one row of traffic earlier),
     each next chunk's tiles (one L2 round trip each, those of the whole chunks a loop pipelined as the statistics':
     ``pipelined_l2``) and draws a ticket on the row (2 + chunks: ``look`` 2, ``look_body`` the chunks; where a look
-    can change nothing, the merge says so in the ready flag), or, for a token set with a floor (``_eta_item``), loads the item's records with the statistics (2), and per chunk that may hold a
-    member of A (``look_q``: as many as the modelled inputs have, ``roofline_data``'s ``look_chunks``) its target and drafter tiles at once (1); the position's
-    last look item then acquires the items' count and resets the flag (``look_reset``, 1, off the chain); the accept
-    phase loads statistics, drafts, the logits at the drafts and the looks' records (all written or read earlier in
-    the launch: L2) at once, then releases the race flag (2); a race item polls its flag (which carries m and the
+    can change nothing, the merge says so in the ready flag), or, for a token set with a floor (``_eta_item``),
+    loads the item's records with the statistics (2), and per chunk that may hold a member of A (``look_q``: as many
+    as the modelled inputs have, ``roofline_data``'s ``look_chunks``) its target and drafter tiles at once (1); the
+    position's last look item then acquires the items' count and resets the flag (``look_reset``, 1, off the chain); the
+    accept phase loads statistics, drafts, the logits at the drafts and the looks' records (all written or read earlier
+    in the launch: L2) at once, then releases the race flag (2); a race item polls its flag (which carries m and the
     race kind when a work item holds one row, as on a GPU; else it loads both at once), loads its tiles at m and the
-    row's statistics at once (L2) and draws a ticket (3; 4 with several rows per item); the emit loads the partials
-    (1). Spin waits count once (no waiting), so the chain below carries the waiting. The emit's race over pi (a
-    residual of rounding noise) is not in the traced path.
+    row's statistics at once (L2) and draws a ticket (3; 4 with several rows per item); the emit loads the partials (1).
+    Spin waits count once (no waiting), so the chain below carries the waiting. The emit's race over pi (a residual of
+    rounding noise) is not in the traced path.
 
     Chain of one row (steps; ``gap``: work items drawn by other programs meanwhile, ``step`` = one super-step):
     stats (K + 1) NS items -> merge, or the gap -> second looks n NS -> the accept (the last look item's), or the gap
@@ -2448,8 +2449,8 @@ def roofline_hints(launch) -> dict:
         # flag back to zero (off the row's chain)
         "look_reset": dict(count=G * K if looks else 0, l2=1),
         "look_tail": dict(count=G * n * share if dense and PART else 0),  # a looked position's partial last chunk
-        # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the traced run had
-        # (from the modelled inputs, ``roofline_data``'s ``look_chunks``; without them as many as the traced run had)
+        # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the modelled inputs
+        # have (``roofline_data``'s ``look_chunks``), without them as many as the traced run had
         "look_q": dict(count=float(launch.data["look_chunks"]), l2=1) if "look_chunks" in launch.data else
         dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1, scale=share),
         "accept": dict(count=G, l2=2),
