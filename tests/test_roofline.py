@@ -679,6 +679,33 @@ def test_aot_compile_sass_and_loop_trips(probe, tmp_path):
     assert lm.bytes.dram_read == n * 4 and lm.bytes.dram_write == block * 4
 
 
+def test_larger_batches_extrapolate_from_two_and_three():
+    """r6: a batch larger than one is extrapolated from the traces at B = 2 and 3 (``WIDE_BASE``), which run the
+    paths of every larger batch; B = 1, which may take paths of its own (the verify kernel's SOLO), stands only for
+    itself. Synthetic traces whose bytes and line counts grow by one row's worth from B = 2 on, where B = 1 read ten
+    times more: the B = 64 figures follow B = 2 and 3 alone; the control, r5's pairing of B = 1 and 2, does not."""
+    assert rf.TRACE_BATCHES == (1, 2, 3) and rf.WIDE_BASE == 2
+
+    here = next(i for i, t in enumerate(Path(__file__).read_text().splitlines(), 1) if "stands only for" in t)
+
+    def summary(first, line_execs):  # (the line counts: of a line of this file, which a phase names by its text)
+        return dict(launches=[dict(name="k", programs=4, lines={f"{__file__}:{here}": line_execs}, paths=[],
+                                   access={"0:load": dict(first=first, again=0, keys=[], dists=[])})],
+                    storages=[dict(nbytes=1 << 20, dtype="float32", args=["x"], scenario_nbytes=1 << 20)])
+
+    s1, s2, s3 = summary(10_000, 50), summary(2_000, 10), summary(3_000, 15)
+    wide = rf.pair_traces(s2, s3, base=rf.WIDE_BASE)["launches"][0]
+    assert rf.launch_bytes(wide, 64, rf.H200, [0]).dram_read == 2_000 + 62 * 1_000 == 64 * 1_000
+    assert rf.launch_bytes(wide, 2, rf.H200, [0]).dram_read == 2_000
+    work = rf.traced_phase_counts(dict(p=dict(traced="stands only for", count=0)), wide, 64)
+    assert work["p"]["count"] == rf._at_batch(10, 15, 64, 2) == 10 + 62 * 5
+    narrow = rf.pair_traces(s1, s2)["launches"][0]  # r5: B = 1 and 2
+    assert rf.launch_bytes(narrow, 1, rf.H200, [0]).dram_read == 10_000
+    assert rf.launch_bytes(narrow, 64, rf.H200, [0]).dram_read == 0  # (a negative slope, clamped)
+    missing = rf.pair_traces(s2, dict(s3, launches=[]), base=2)["launches"][0]  # no second record: in proportion
+    assert rf.launch_bytes(missing, 64, rf.H200, [0]).dram_read == pytest.approx(2_000 * 64 / 2)
+
+
 def _fake(instrs: int, programs: int, warps: int = 4):
     rec = dict(num_warps=warps, regs=32, shared=0, spill_stores=0, stack=0,
                sass=dict(instructions=instrs, loops=[], blocks=[dict(start=0, n=instrs, exclusive=[])],
