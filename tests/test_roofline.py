@@ -412,9 +412,9 @@ def test_look_chunks_are_the_chunks_the_kernel_reads(rule, alpha, rows, skip, mo
     for name, value in (("BLOCK_V_OVERRIDE", 32), ("TILES_OVERRIDE", 2), ("CHUNKS_OVERRIDE", 2),
                         ("ROWS_OVERRIDE", rows)):
         monkeypatch.setattr(triton_backend, name, value)
-    B, K, V = 3, 2, 1024  # 16 chunks of 64 entries a row
+    B, K, V = 3, 2, 512  # 8 chunks of 64 entries a row
     g = torch.Generator().manual_seed(5)
-    base = torch.randn(B, K + 1, V, generator=g) * 2.5
+    base = (torch.randn(1, K + 1, V, generator=g) * 2.5).expand(B, K + 1, V)  # rows alike: a group's chunks overlap
     zp = base + torch.randn(B, K + 1, V, generator=g) * 0.5
     zq = base[:, :K] + torch.randn(B, K, V, generator=g) * 0.5
     x = torch.multinomial(torch.softmax(zq.reshape(B * K, V), -1), 1, generator=g).view(B, K)
