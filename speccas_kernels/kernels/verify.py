@@ -2280,12 +2280,21 @@ def roofline_data(launch, inputs) -> dict:
     return out
 
 
+def _solo_one(c) -> bool:
+    """The kernel's ``SOLO_ONE`` from a launch's constexprs: one row group, one chunk per look item (B = 1)."""
+    return bool(c["SOLO"]) and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1
+
+
+def _screened_set(c) -> bool:
+    """A token set whose look screens its chunks, from a launch's constexprs (the kernel's ``FAMILY == FAMILY_B and
+    SCREENED``: a floor, unless ``SOLO_ONE``)."""
+    return c.get("FAMILY") == rules.FAMILY_CODE[rules.FAMILY_B] and bool(c.get("HAS_FLOOR")) and not _solo_one(c)
+
+
 def _screens_looks(launch) -> bool:
     """Whether a launch's second look sums a token set's eta from screening records and the chunks that may hold a
-    member of A (``_eta_item``: the kernel's ``SCREENED``, no divergences)."""
-    c = launch.constexprs
-    return (c.get("FAMILY") == rules.FAMILY_CODE[rules.FAMILY_B] and bool(c.get("HAS_FLOOR"))
-            and not (c["SOLO"] and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1) and launch.arg("div_ptr").kind != "tensor")
+    member of A (``_eta_item``: a screened set, no divergences)."""
+    return _screened_set(launch.constexprs) and launch.arg("div_ptr").kind != "tensor"
 
 
 def _look_chunks(launch, zq, zp, al, moot) -> float:
@@ -2393,20 +2402,17 @@ def roofline_hints(launch) -> dict:
     has_q = launch.arg("zq_ptr").kind == "tensor"
     looks = bool(c["SECOND_LOOK"]) and has_q and 0 < T < float("inf")
     token_set = c["FAMILY"] == rules.FAMILY_CODE[rules.FAMILY_B]
-    divergence = launch.arg("div_ptr").kind == "tensor"
-    one_chunk = c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1  # per look item
-    # a token set whose look screens its chunks (the kernel's ``SCREENED``: a floor, unless one row group with one
-    # chunk per look item)
-    screened = token_set and c["HAS_FLOOR"] and not (c["SOLO"] and one_chunk)
+    solo_one = _solo_one(c)  # one row group, one chunk per look item
+    screened = _screened_set(c)  # a token set whose look screens its chunks
     sparse_eta = _screens_looks(launch)  # ``_eta_item`` alone: screened, no divergences
     dense = looks and not sparse_eta  # the look reads every tile
     # one row group and one chunk per look item (B = 1): loaded before the wait for the ready flag, in flight during
     # it (``_look_item``'s ONE): no round trip of its own, and read also where the merge finds the look moot
-    one = c["SOLO"] and dense and not screened and one_chunk
+    one = solo_one and dense and not screened
     # one row group of one row per item, one chunk per look item, the look reading no screening records
     # (``TAGGED``): the merge stores the look's constants as tagged words, no release fence (``_store_consts``), and
     # the look's poll brings them (``_wait_consts``): one round trip, the flag's and the constants' together
-    tagged = c["SOLO"] and c["SECOND_LOOK"] and c["ROWS"] == 1 and one_chunk and not screened
+    tagged = solo_one and c["SECOND_LOOK"] and c["ROWS"] == 1 and not screened
     # the look's body: at every looked item, but where the launch skips looks that can change nothing, at the share
     # of the modelled inputs (``roofline_data``; without it, at every position: the worst case)
     share = float(launch.data.get("look_share", 1.0)) if _skips_looks(launch) else 1.0
