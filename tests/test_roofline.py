@@ -376,7 +376,7 @@ def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch
     monkeypatch.setattr(kv, "SKIP_MOOT_LOOKS", False)
     monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 32)
     monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", 2)
-    zq, zp, x = _round_at_modes(lambda b: (12.0, 12.0))  # p's and q's mode, alone in A at alpha 0.2
+    zq, zp, x = _round_at_modes(lambda b: (12.0, 12.0), V=1024)  # p's and q's mode, alone in A at alpha 0.2
     (B, K, V) = zq.shape
     tracer = rf.MemoryTracer()
     with tracer, rf.DeviceWork(execute=True, tracer=tracer) as work:
@@ -384,7 +384,7 @@ def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch
     assert out.num_accepted.tolist() == [K, K]
     c = work.launches[-1].constexprs
     chunk = c["TILES"] * c["BLOCK_V"] * 4
-    assert chunk == 256, "chunks of 64 entries: 32 per row"
+    assert chunk == 256, "chunks of 64 entries: 16 per row"
     access = tracer.summary("traced")["launches"][-1]["access"]
     again = access[f"{tracer.storage_index(zq)}:load"]["again"]
     again_p = access[f"{tracer.storage_index(zp)}:load"]["again"] - B * V * 4  # less the bonus race's row

@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 import speccas_kernels as sk  # noqa: E402
 from speccas_kernels import checks, reference, triton_backend  # noqa: E402
 from speccas_kernels import random as srandom  # noqa: E402
+from speccas_kernels.rules import RULES, get_rule  # noqa: E402
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -618,15 +619,19 @@ def test_library_compile_fullgraph(device):
 
 
 _COMPILE_SCRIPT = r"""
+import os
 import sys
+sys.path.insert(0, os.getcwd())
 import torch
 import triton
+import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction
 import speccas_kernels as sk
 from speccas_kernels import triton_backend
-from speccas_kernels.rules import RULES
+from speccas_kernels.kernels import verify as kv
+from speccas_kernels.rules import RULES, get_rule
 
 # Record the launches of public calls on CPU tensors (nothing runs: there is no GPU), then compile each one.
 launches = []
@@ -672,17 +677,40 @@ if sys.argv[1] == "sample":
     sk.sample(zq[:, 0], temperature=torch.ones(B), seed=1, offset=2, backend="triton")
     sk.sample(zq[:, 0].float(), temperature=0.7, seed=1, offset=2, top_k=5, top_p=0.9, backend="triton")
 else:
-    for rule in RULES:  # every rule of the table compiles
+    # the whole kernel once per code path of the rule table (rules whose constexprs differ only in their formulas
+    # share one; every formula compiles below, in a kernel of its own)
+    for rule in kv.rule_paths():
         sk.verify(zq, zp, x, rule=rule, temperature=torch.ones(B), seed=1, offset=2, backend="triton")
-    sk.verify(zq.float(), zp, x, rule="token_v3", temperature=0.7, top_p=0.9, min_p=0.1, backend="triton")
     sk.verify(None, zp, x, rule="speculative", temperature=0.7, backend="triton")
-    sk.verify_ragged(zq[0], zp.reshape(-1, V)[: K + 2], x[0], torch.tensor([0, 2, 3]), max_num_draft_tokens=2,
-                     rule="opt", backend="triton")
-    sk.verify(zq.double(), zp.double(), x, rule="token_v1", backend="triton")
-    for rule in ("chow", "lossy", "token_v3"):  # the divergences: family A, lossy's sum, a token set's third pass
+    sk.verify_ragged(zq[0].double(), zp.reshape(-1, V)[: K + 2].double(), x[0], torch.tensor([0, 2, 3]),
+                     max_num_draft_tokens=2, rule="opt", backend="triton")
+    # the divergences: family A, lossy's sum, a token set's third pass (with filters), opt's (with top-k)
+    for rule in ("chow", "lossy"):
         sk.verify(zq, zp, x, rule=rule, temperature=torch.ones(B), return_divergence=True, backend="triton")
+    sk.verify(zq.float(), zp, x, rule="token_v3", temperature=0.7, top_p=0.9, min_p=0.1, return_divergence=True,
+              backend="triton")
     sk.verify(zq.float(), zp, x, rule="opt", temperature=0.7, top_k=9, return_divergence=True, backend="triton")
     sk.verify(None, zp, x, rule="token_v2", temperature=0.7, return_divergence=True, backend="triton")
+
+
+@triton.jit
+def formulas_kernel(h_ptr, alpha, FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
+                    FLOOR: tl.constexpr, HAS_FLOOR: tl.constexpr):
+    # a rule's formulas on blocks shaped as the verify kernel passes them (per-row [R] statistics, [R, 1] against
+    # an [R, BLOCK] tile), through its own wrapper of IN_SET
+    rows = tl.arange(0, 2)
+    h = tl.load(h_ptr + rows[:, None] * 16 + tl.arange(0, 16)[None, :])
+    m = tl.max(h, axis=1)
+    al = m * 0.0 + alpha
+    if FAMILY == kv.FAMILY_A:
+        tl.store(h_ptr + rows, WEIGHT(al, m, m * 0.5, m * 0.25).to(tl.float32))
+    elif FAMILY == kv.FAMILY_B:
+        a = kv._in_set(IN_SET, al[:, None], h, h * 0.5, m[:, None])
+        tl.store(h_ptr + rows[:, None] * 16 + tl.arange(0, 16)[None, :], a.to(tl.float32))
+        if HAS_FLOOR:
+            tl.store(h_ptr + rows, FLOOR(al, m))
+
+
 seen = set()
 for fn, args, kwargs in launches:
     key = (fn.fn.__qualname__, tuple(type(a).__name__ if not isinstance(a, torch.Tensor) else str(a.dtype)
@@ -690,27 +718,59 @@ for fn, args, kwargs in launches:
     if key not in seen:
         seen.add(key)
         compile_(fn, args, kwargs)
-print("compiled", len(seen))
+formulas = 0
+if sys.argv[1] == "verify":  # every rule's formulas, the rules whose whole kernel shares another rule's path too
+    h = torch.rand(2, 16)
+    for rule in RULES:
+        c = kv.rule_constexprs(get_rule(rule))
+        compile_(formulas_kernel, (h, 0.5), {k: c[k] for k in ("FAMILY", "WEIGHT", "IN_SET", "FLOOR", "HAS_FLOOR")})
+        formulas += 1
+print("compiled", len(seen), "kernels and the formulas of", formulas, "rules")
 """
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["sample", "verify"])
-def test_kernels_compile_for_hopper(which):
+def test_kernels_compile_for_hopper(which, tmp_path):
     """Ahead-of-time compile to sm_90 cubin (no GPU needed; a subprocess, since the interpreter
     replaces @triton.jit in this one): catches code the interpreter accepts but the compiler rejects
-    (non-constexpr globals, branch type mismatches, scalar masks)."""
+    (non-constexpr globals, branch type mismatches, scalar masks). The verify kernel is compiled once per code path
+    of the rule table (``rule_paths``) and per feature (token-only drafts, ragged rows with float64 logits, the
+    divergences, filters), and every rule's formulas in a small kernel of their own: each whole compile takes
+    seconds, mostly in one compiler pass."""
     import os
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT, which], env=env, cwd=root, capture_output=True,
-                       text=True, timeout=600)
+    script = tmp_path / "compile_for_hopper.py"  # a file: Triton reads a kernel's source from it
+    script.write_text(_COMPILE_SCRIPT)
+    r = subprocess.run([sys.executable, str(script), which], env=env, cwd=root, capture_output=True, text=True,
+                       timeout=600)
     if r.returncode != 0 and "GPUTarget" in r.stderr and "ImportError" in r.stderr:  # pragma: no cover
         pytest.skip("this triton has no NVIDIA backend")
     assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
+    if which == "verify":
+        assert f"the formulas of {len(RULES)} rules" in r.stdout, r.stdout
+
+
+def test_rule_paths_cover_every_code_path_once():
+    """``rule_paths``: one rule per distinct set of the kernel's rule constexprs but the formulas (and stages); a rule
+    left out shares its path with one that is in. The control: the constexprs with the formulas tell every rule
+    apart, so paths are fewer than rules only because formulas are set aside."""
+    from speccas_kernels.kernels import verify as kv
+
+    def key(name, formulas=False):
+        c = kv.rule_constexprs(get_rule(name))
+        k = tuple((a, v) for a, v in c.items() if formulas or a not in ("WEIGHT", "IN_SET", "FLOOR"))
+        return k + (kv.stats_stages(2, name), kv.stats_stages(4, name))
+
+    paths = kv.rule_paths()
+    assert list(paths) == [r for r in RULES if r in paths]  # table order
+    assert len({key(r) for r in paths}) == len(paths) and {key(r) for r in paths} == {key(r) for r in RULES}
+    assert "token_v3" in paths and "token_v2" in paths  # the same constexprs, different stages
+    assert len(paths) < len(RULES) == len({key(r, formulas=True) for r in RULES})
 
 
 def test_zero_dim_and_strided_row_params(device):

@@ -217,6 +217,22 @@ def rule_constexprs(rule: rules.Rule) -> dict:
     )
 
 
+def rule_paths() -> Tuple[str, ...]:
+    """One rule per code path of this kernel, in table order: rules whose constexprs (``rule_constexprs``) and
+    pipeline stages (``stats_stages``) differ only in their formulas (WEIGHT, IN_SET, FLOOR) compile the same code
+    around them (chow, diff and ensemble, say), so a test that compiles the whole kernel per path, and each formula
+    on its own, compiles everything the table can."""
+    seen, out = set(), []
+    for name in rules.RULES:
+        c = rule_constexprs(rules.get_rule(name))
+        key = tuple((k, v) for k, v in c.items() if k not in ("WEIGHT", "IN_SET", "FLOOR"))
+        key += (stats_stages(2, name), stats_stages(4, name))
+        if key not in seen:
+            seen.add(key)
+            out.append(name)
+    return tuple(out)
+
+
 def needs_second_look(rule: rules.Rule) -> bool:
     """Whether a rule reads a second look over V: TV, or eta for a token set."""
     return rule.needs_tv or rule.family == rules.FAMILY_B
