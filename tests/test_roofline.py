@@ -508,6 +508,54 @@ def test_opt_look_rereads_only_where_tv_can_change_r(divergence, monkeypatch):
     assert rows * K * V * 4 <= again < (rows + 1) * K * V * 4 and rows * K * V * 4 <= again_p < (rows + 1) * K * V * 4
 
 
+def test_opt_look_skips_where_a_bound_on_tv_decides_r(monkeypatch):
+    """Traced: where max q^ < max p^ (so r = [max q^ < max p^ - alpha TV] differs at TV = 0 and 2) but the merge's
+    lower bound on TV, sum over the statistics' items (q(item) - p(item))^+, already gives r its value at TV = 2, the
+    second look re-reads nothing and the merge reports the bound as the look's sum: q's mass on the first half of
+    the vocabulary, p's on the second (TV near 1), p's mode the higher. The reference's outputs (r = 0: no
+    deferral, every draft accepted, the race the bonus, which re-reads the target's last row only). The control:
+    r at TV = 0 differs at every position, so a skipped look reported as 0 (the skip before the bound) would defer
+    them; and with the skip off the look re-reads every drafted position's rows."""
+    from speccas_kernels import triton_backend
+    from speccas_kernels.kernels import verify as kv
+
+    monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", 1)
+    monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 32)
+    monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", 2)
+    B, K, V = 2, 2, 1024
+    g = torch.Generator().manual_seed(6)
+    zq, zp = torch.randn(B, K, V, generator=g), torch.randn(B, K + 1, V, generator=g)
+    zq[..., : V // 2] += 4.0
+    zp[..., V // 2:] += 4.0
+    x = torch.tensor([[3, 40], [100, 7]])
+    zq[torch.arange(B)[:, None], torch.arange(K)[None, :], x] = 9.0  # each draft q's mode, below p's
+    zp[..., V - 5] = 10.0
+    q, p = torch.softmax(zq, -1), torch.softmax(zp[:, :K], -1)
+    mq, mp, tv = q.amax(-1), p.amax(-1), (q - p).clamp(min=0).sum(-1)
+    alpha = 0.2
+    assert bool((mq < mp).all()) and bool((mq >= mp - alpha * tv).all())  # r(0) = 1, r(TV) = 0 = r(2)
+    kw = dict(rule="opt", alpha=alpha, seed=1)
+    ref = speccas_kernels.verify(zq, zp, x, backend="reference", **kw)
+    assert not bool(ref.deferred.any()) and ref.num_accepted.tolist() == [K, K]
+    again = {}
+    for skip in (True, False):
+        monkeypatch.setattr(kv, "SKIP_MOOT_LOOKS", skip)
+        tracer = rf.MemoryTracer()
+        with tracer, rf.DeviceWork(execute=True, tracer=tracer) as work:
+            out = speccas_kernels.verify(zq, zp, x, backend="triton", **kw)
+        assert_same = [torch.equal(getattr(out, f), getattr(ref, f)) for f in ("tokens", "num_accepted", "deferred")]
+        assert all(assert_same) and torch.allclose(out.accept_prob, ref.accept_prob), (skip, out, ref)
+        access = tracer.summary("traced")["launches"][-1]["access"]
+        again[skip] = (access[f"{tracer.storage_index(zq)}:load"]["again"],
+                       access[f"{tracer.storage_index(zp)}:load"]["again"] - B * V * 4)  # less the bonus race's row
+    c = work.launches[-1].constexprs
+    assert -(-V // (c["TILES"] * c["BLOCK_V"] * c["CHUNKS"])) >= 4  # items per position: the bound's cells
+    lb = kv.tv_floor(q, p, c)
+    assert bool((lb > 0).all()) and bool((lb <= tv).all())
+    assert again[True] == (0, 0), again[True]
+    assert again[False][0] >= B * K * V * 4 and again[False][1] >= B * K * V * 4, again[False]
+
+
 def test_token_set_look_reads_nothing_where_the_draft_is_in_a(monkeypatch):
     """Traced: a token set's second look reads no tile where the draft is in A with q(x) > 0 (a = 1 whatever eta,
     and a rejection's residual, which reads eta, lies at another position): row 0's drafts are the modes of q and p
@@ -542,8 +590,10 @@ def test_token_set_look_reads_nothing_where_the_draft_is_in_a(monkeypatch):
 def test_opt_look_share_comes_from_the_modelled_inputs():
     """The model's traces take opt's second look at every position (``ROOFLINE_TRACE``: its worst case, the same
     outputs), and the hints count the tile loops and L2 re-reads at the share of drafted positions where r depends
-    on TV in the modelled point's own inputs (``roofline_data``), not in the one or two traced rows. The controls: a
-    rule without the skip gets no data, and a launch without data is counted at every position."""
+    on TV in the modelled point's own inputs (``roofline_data``), not in the one or two traced rows: r differs at
+    TV = 2 and at the merge's lower bound on TV, sum over the statistics' items (q(item) - p(item))^+ less its
+    margin. The controls: the bound at 0 (r at TV = 0, the skip before the bound) leaves more looks, a rule without
+    the skip gets no data, and a launch without data is counted at every position."""
     from speccas_kernels.kernels import verify as kv
 
     assert kv.SKIP_MOOT_LOOKS
@@ -556,10 +606,22 @@ def test_opt_look_share_comes_from_the_modelled_inputs():
     worst = kv.roofline_hints(launch)
     rf.attach_data(pt, work.launches)
     zq, zp, _ = rf.make_inputs(pt.op, pt.B, pt.K, pt.V, pt.dtype)
-    mq, mp = torch.softmax(zq, -1).amax(-1), torch.softmax(zp[:, :pt.K], -1).amax(-1)
+    q, p = torch.softmax(zq, -1), torch.softmax(zp[:, :pt.K], -1)
+    mq, mp = q.amax(-1), p.amax(-1)
     alpha = speccas_kernels.DEFAULT_ALPHA["opt"]
-    want = ((mq < mp) != (mq < mp - 2 * alpha)).float().mean().item()
-    assert 0.2 < want < 0.8 and launch.data["look_share"] == pytest.approx(want)
+    c = launch.constexprs
+    chunk, ni = c["TILES"] * c["BLOCK_V"], -(-pt.V // (c["TILES"] * c["BLOCK_V"]))
+    ns = -(-ni // c["CHUNKS"])
+    lo, lb = 0, torch.zeros(pt.B, pt.K, dtype=torch.float64)
+    for j in range(ns):  # the items, each ni // ns chunks and the first ni % ns one more
+        hi = min(pt.V, lo + (ni // ns + (j < ni % ns)) * chunk)
+        lb += (q[..., lo:hi].double().sum(-1) - p[..., lo:hi].double().sum(-1)).clamp(min=0)
+        lo = hi
+    assert lo == pt.V and ns >= 2
+    lb = (lb * (1 - 2**-10) - 2**-20).clamp(min=0).float()
+    want = ((mq < mp - alpha * lb) != (mq < mp - 2 * alpha)).float().mean().item()
+    before = ((mq < mp) != (mq < mp - 2 * alpha)).float().mean().item()
+    assert 0.1 < want < before < 0.8 and launch.data["look_share"] == pytest.approx(want)
     hints = kv.roofline_hints(launch)
     looks = worst["phase_work"]["look_body"]["count"]
     assert looks > 0 and worst["l2_bytes_saved"] == 0

@@ -59,14 +59,15 @@ row's last step more than they save.)
   folded entry by entry, or, where the loop is pipelined as the statistics' over ``STAGES``, a chunk as one block
   folded per lane: one reduction and one record per item), and each item draws a ticket
   on the row itself: the accept phase sums the records (no merge of the look on the row's chain). Where the look can
-  change nothing (``_look_moot``), the merge releases the ready flag as 2, writes the look's records as 0 and counts
-  the position's look items done on the row (1 + NS tickets at once), so the row's accept phase waits for no look
-  item of that position; the items read and report nothing (the last one returns
+  change nothing (``_look_moot``), the merge releases the ready flag as 2, writes the look's records (0, or a bound
+  on TV below) and counts the position's look items done on the row (1 + NS tickets at once), so the row's accept
+  phase waits for no look item of that position; the items read and report nothing (the last one returns
   the ready flag to zero, as it does wherever look items wait for it): a rule whose r is monotone in TV
-  (``Rule.monotone_tv``: opt, r = [max q^ < max p^ - alpha TV]) where r is the same at TV = 0 and TV = 2 (for
-  alpha >= 0 where max q^ >= max p^, for alpha < 0 where max q^ < max p^: any TV the sum could give leaves r as it
-  is), and a token set where the draft is in A with q(x) > 0 (a = 1 whatever eta, and a rejection, whose residual
-  reads eta, lies elsewhere). Every output is the same; with the divergences, which need the sums themselves, the
+  (``Rule.monotone_tv``: opt, r = [max q^ < max p^ - alpha TV]) where r is the same at TV = 2 and at a lower bound
+  on TV that the merge forms from the records it merges (``_tv_floor``: the sum over the position's stats items of
+  (q(item) - p(item))^+, each side's mass over an item from its record, less a rounding margin; any TV the sum could
+  give lies between, so it leaves r as it is, and the bound is the look's reported sum), and a token set where the
+  draft is in A with q(x) > 0 (a = 1 whatever eta, and a rejection, whose residual reads eta, lies elsewhere). Every output is the same; with the divergences, which need the sums themselves, the
   look runs everywhere. A token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads its
   chunks' screening records instead and only the tiles of the chunks whose largest logit on that side may reach the
   floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its records; but not at one row
@@ -763,9 +764,11 @@ def _verify_kernel(
 # ------------------------------------------------------------------------------------------------ stats + merge
 
 @triton.jit
-def _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, both, BLOCK_T: tl.constexpr):
+def _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, both, BLOCK_T: tl.constexpr,
+                 CELLS: tl.constexpr = False):
     """The tiles of one position merged, both sides at once (every partial in flight together: one round trip), per
-    row (``o`` [R], ``both`` [R, 2]: side 0 the target, 1 the drafter): [R, 2] (M, S1, ST, lowest argmax, bad)."""
+    row (``o`` [R], ``both`` [R, 2]: side 0 the target, 1 the drafter): [R, 2] (M, S1, ST, lowest argmax, bad), and
+    with CELLS a lower bound on TV(q, p) from the same records ([R]; ``_tv_floor``)."""
     t = tl.arange(0, BLOCK_T)[None, None, :]
     side = tl.arange(0, 2)[None, :, None]
     mk = both[:, :, None] & (t < NT)
@@ -777,15 +780,35 @@ def _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, bo
     M = tl.max(pm, axis=2)
     d = _rel(pm, tl.where(M == NEG_INF, 0.0, M)[:, :, None])
     live = pm > NEG_INF
-    S1 = tl.sum(tl.where(live, ps1 * tl.exp(d), 0.0), axis=2)
+    t1 = tl.where(live, ps1 * tl.exp(d), 0.0)
+    S1 = tl.sum(t1, axis=2)
     ST = S1
+    # (CELLS) each record's share of its side's sampling law: the sums' terms over their totals
+    mass = t1 / tl.where(S1 > 0, S1, 1.0)[:, :, None] if CELLS else t1  # (a side without records: 0)
     if tl.max(scaled.to(tl.int32), axis=0) > 0:
         pst = tl.load(part_f_ptr + pf + oo, mask=mk, other=0.0, cache_modifier=".cg")
-        ST = tl.where(scaled[:, None], tl.sum(tl.where(live, pst * tl.exp(d * invT[:, None, None]), 0.0), axis=2),
-                      S1)
+        tT = tl.where(live, pst * tl.exp(d * invT[:, None, None]), 0.0)
+        ST = tl.where(scaled[:, None], tl.sum(tT, axis=2), S1)
+        if CELLS:
+            mass = tl.where(scaled[:, None, None], tT / tl.where(ST > 0, ST, 1.0)[:, :, None], mass)
     arg = tl.min(tl.where(pm == M[:, :, None], parg, BIG), axis=2)
     bad = (tl.max(pbad, axis=2) > 0) | (M == NEG_INF) | (M == float("inf"))
-    return M, S1, ST, arg, bad.to(tl.int32)
+    floor = tl.sum(S1 * 0.0, axis=1)
+    if CELLS:
+        floor = _tv_floor(mass)
+    return M, S1, ST, arg, bad.to(tl.int32), floor
+
+
+@triton.jit
+def _tv_floor(mass):
+    """A lower bound on TV(q, p) from the laws' masses over a partition of the vocabulary ([R, 2, cells]: side 0 p,
+    side 1 q): TV = sum_v (q - p)^+ >= sum over cells (q(cell) - p(cell))^+, less a margin for the rounding of the
+    masses (a relative 2**-10 and 2**-20), so that it stays below the sum the second look would form; 0 where a mass
+    is not a number (an invalid row)."""
+    side = tl.arange(0, 2)[None, :, None]
+    diff = tl.sum(tl.where(side == 1, mass, -mass), axis=1)
+    lb = tl.sum(tl.maximum(diff, 0.0), axis=1) * (1.0 - 2.0**-10) - 2.0**-20
+    return tl.where(lb == lb, tl.maximum(lb, 0.0), 0.0)
 
 
 @triton.jit
@@ -1056,18 +1079,19 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                     zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2  # the logits at the draft (``_stats_chunk``)
                     zpx = tl.load(zx, mask=use_q, other=float("-inf"), cache_modifier=".cg")
                     zqx = tl.load(zx + 1, mask=use_q, other=float("-inf"), cache_modifier=".cg")
-            M, S1, ST, arg, bad = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, invT, scaled, both,
-                                               BLOCK_S)
+            M, S1, ST, arg, bad, tv_lo = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, invT, scaled,
+                                                      both, BLOCK_S, MOOT and MONOTONE_TV)
             _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o[:, None] + side, qf, both, M, S1, ST, arg, bad)
             if MOOT:
                 moot = _look_moot(FAMILY, WEIGHT, IN_SET, FILTERS, al, M, S1, ST, side, use_q, xi, zpx, zqx, T,
-                                  cutq_ptr, rows * K + i, V)
+                                  cutq_ptr, rows * K + i, V, tv_lo)
                 ready = 2 - tl.max((use_q & ~moot).to(tl.int32), axis=0)
-                # Where the look items would find 2, the look's sum is taken as 0 here and counted done on the row
-                # now, so the row's accept phase need not wait for them (they read nothing and report nothing).
+                # Where the look items would find 2, the look's sum is taken as the bound on TV here (0 for a token
+                # set: its sum is never read) and counted done on the row now, so the row's accept phase need not
+                # wait for them (they read nothing and report nothing).
                 if (ready == 2) & waited:
                     tt = tl.arange(0, BLOCK_S)[None, :]
-                    tl.store(look_part_ptr + (rows * K + i)[:, None] * NS + tt, T[:, None] * 0.0,
+                    tl.store(look_part_ptr + (rows * K + i)[:, None] * NS + tt, tl.where(tt == 0, tv_lo[:, None], 0.0),
                              mask=looked[:, None] & (tt < NS))
                     done = 1 + NS
             if TAGGED:
@@ -1173,10 +1197,11 @@ def _wait_consts(flag_ptr, at):
 
 @triton.jit
 def _look_moot(FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr, FILTERS: tl.constexpr, al, M, S1,
-               ST, side, use, xi, zpx, zqx, T, cutq_ptr, cut_off, V):
+               ST, side, use, xi, zpx, zqx, T, cutq_ptr, cut_off, V, tv_lo):
     """[R]: whether a position's second look can change nothing, from its merged statistics ([R, 2] per side:
     target, drafter), each quantity formed as the accept phase forms it. A rule monotone in TV (``Rule.monotone_tv``:
-    opt): r is the same at TV = 0 and TV = 2, and any TV the look sums lies between. A token set: the draft is in A
+    opt): r is the same at ``tv_lo`` (a lower bound on TV from the statistics' records, ``_tv_floor``; the merge then
+    reports it as the look's sum) and at TV = 2, and any TV the look sums lies between. A token set: the draft is in A
     with q(x) > 0 (the logits at the draft ``zpx``, ``zqx``), so a = 1 whatever eta, and the row's residual, at a
     rejection, lies at another position."""
     S1p = tl.where(use, tl.sum(tl.where(side == 0, S1, 0.0), axis=1), 1.0)
@@ -1192,7 +1217,7 @@ def _look_moot(FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
     else:
         mq = 1.0 / S1q
         mp = 1.0 / S1p
-        moot = WEIGHT(al, mq, mp, mq * 0.0) == WEIGHT(al, mq, mp, mq * 0.0 + 2.0)
+        moot = WEIGHT(al, mq, mp, tv_lo) == WEIGHT(al, mq, mp, mq * 0.0 + 2.0)
     return moot
 
 
@@ -2283,7 +2308,7 @@ def roofline_data(launch, inputs) -> dict:
     al = torch.tensor(float(launch.arg("alpha_val").value))
     if launch.constexprs["MONOTONE_TV"]:
         weight, mq, mp = launch.constexprs["WEIGHT"].fn, q.amax(-1), p.amax(-1)
-        moot = weight(al, mq, mp, torch.zeros(())) == weight(al, mq, mp, torch.full((), 2.0))
+        moot = weight(al, mq, mp, tv_floor(q, p, launch.constexprs)) == weight(al, mq, mp, torch.full((), 2.0))
     else:
         xs = x[:, :n, None].clamp(0, q.shape[-1] - 1)
         qh, ph = q.gather(-1, xs).squeeze(-1), p.gather(-1, xs).squeeze(-1)
@@ -2294,6 +2319,24 @@ def roofline_data(launch, inputs) -> dict:
     if _screens_looks(launch):
         out["look_chunks"] = _look_chunks(launch, zq[:, :n], zp[:, :n], al, moot)
     return out
+
+
+def tv_floor(q: torch.Tensor, p: torch.Tensor, c) -> torch.Tensor:
+    """The merge's lower bound on TV(q, p) (``_tv_floor``) for laws ``q``, ``p`` ([..., V]) with a launch's constexprs
+    ``c``: the cells are the statistics' items of a position (``_chunks``: NI chunks of TILES BLOCK_V entries, the
+    first CH_EXTRA items CH_BASE + 1 chunks, the rest CH_BASE)."""
+    V = q.shape[-1]
+    cw = c["TILES"] * c["BLOCK_V"]
+    ni = -(-V // cw)
+    ns = (ni - c["CH_EXTRA"]) // c["CH_BASE"]
+    sizes = [c["CH_BASE"] + (j < c["CH_EXTRA"]) for j in range(ns)]
+    ends = torch.tensor([min(V, sum(sizes[: j + 1]) * cw) for j in range(ns)])
+    cq = torch.nn.functional.pad(q.double().cumsum(-1), (1, 0))[..., ends]
+    cp = torch.nn.functional.pad(p.double().cumsum(-1), (1, 0))[..., ends]
+    dq = torch.diff(cq, dim=-1, prepend=torch.zeros_like(cq[..., :1]))
+    dp = torch.diff(cp, dim=-1, prepend=torch.zeros_like(cp[..., :1]))
+    lb = (dq - dp).clamp(min=0).sum(-1) * (1.0 - 2.0**-10) - 2.0**-20
+    return lb.clamp(min=0).float()
 
 
 def _solo_one(c) -> bool:
