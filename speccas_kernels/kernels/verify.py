@@ -1091,8 +1091,12 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 # wait for them (they read nothing and report nothing).
                 if (ready == 2) & waited:
                     tt = tl.arange(0, BLOCK_S)[None, :]
-                    tl.store(look_part_ptr + (rows * K + i)[:, None] * NS + tt, tl.where(tt == 0, tv_lo[:, None], 0.0),
-                             mask=looked[:, None] & (tt < NS))
+                    if MONOTONE_TV:
+                        tl.store(look_part_ptr + (rows * K + i)[:, None] * NS + tt, tl.where(tt == 0, tv_lo[:, None],
+                                 0.0), mask=looked[:, None] & (tt < NS))
+                    else:
+                        tl.store(look_part_ptr + (rows * K + i)[:, None] * NS + tt, T[:, None] * 0.0,
+                                 mask=looked[:, None] & (tt < NS))
                     done = 1 + NS
             if TAGGED:
                 if waited & (ready == 1):
