@@ -64,10 +64,11 @@ row's last step more than they save.)
   phase waits for no look item of that position; the items read and report nothing (the last one returns
   the ready flag to zero, as it does wherever look items wait for it): a rule whose r is monotone in TV
   (``Rule.monotone_tv``: opt, r = [max q^ < max p^ - alpha TV]) where r is the same at TV = 2 and at a lower bound
-  on TV that the merge forms from the records it merges (``_tv_floor``: the sum over the position's stats items of
-  (q(item) - p(item))^+, each side's mass over an item from its record, less a rounding margin; any TV the sum could
-  give lies between, so it leaves r as it is, and the bound is the look's reported sum), and a token set where the
-  draft is in A with q(x) > 0 (a = 1 whatever eta, and a rejection, whose residual reads eta, lies elsewhere). Every output is the same; with the divergences, which need the sums themselves, the
+  on TV that the merge forms from cells its stats items write (``_tv_cells``: per item, side and warp, the lanes'
+  largest running max and their law's sum relative to it, reduced by shuffles; ``_tv_floor``: the sum over cells of
+  (q(cell) - p(cell))^+, less a rounding margin; any TV the sum could give lies between, so it leaves r as it is, and
+  the bound is the look's reported sum), and a token set where the draft is in A with q(x) > 0 (a = 1 whatever eta,
+  and a rejection, whose residual reads eta, lies elsewhere). Every output is the same; with the divergences, which need the sums themselves, the
   look runs everywhere. A token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads its
   chunks' screening records instead and only the tiles of the chunks whose largest logit on that side may reach the
   floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its records; but not at one row
@@ -764,11 +765,9 @@ def _verify_kernel(
 # ------------------------------------------------------------------------------------------------ stats + merge
 
 @triton.jit
-def _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, both, BLOCK_T: tl.constexpr,
-                 CELLS: tl.constexpr = False):
+def _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, both, BLOCK_T: tl.constexpr):
     """The tiles of one position merged, both sides at once (every partial in flight together: one round trip), per
-    row (``o`` [R], ``both`` [R, 2]: side 0 the target, 1 the drafter): [R, 2] (M, S1, ST, lowest argmax, bad), and
-    with CELLS a lower bound on TV(q, p) from the same records ([R]; ``_tv_floor``)."""
+    row (``o`` [R], ``both`` [R, 2]: side 0 the target, 1 the drafter): [R, 2] (M, S1, ST, lowest argmax, bad)."""
     t = tl.arange(0, BLOCK_T)[None, None, :]
     side = tl.arange(0, 2)[None, :, None]
     mk = both[:, :, None] & (t < NT)
@@ -780,32 +779,66 @@ def _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, bo
     M = tl.max(pm, axis=2)
     d = _rel(pm, tl.where(M == NEG_INF, 0.0, M)[:, :, None])
     live = pm > NEG_INF
-    t1 = tl.where(live, ps1 * tl.exp(d), 0.0)
-    S1 = tl.sum(t1, axis=2)
+    S1 = tl.sum(tl.where(live, ps1 * tl.exp(d), 0.0), axis=2)
     ST = S1
-    # (CELLS) each record's share of its side's sampling law: the sums' terms over their totals
-    mass = t1 / tl.where(S1 > 0, S1, 1.0)[:, :, None] if CELLS else t1  # (a side without records: 0)
     if tl.max(scaled.to(tl.int32), axis=0) > 0:
         pst = tl.load(part_f_ptr + pf + oo, mask=mk, other=0.0, cache_modifier=".cg")
-        tT = tl.where(live, pst * tl.exp(d * invT[:, None, None]), 0.0)
-        ST = tl.where(scaled[:, None], tl.sum(tT, axis=2), S1)
-        if CELLS:
-            mass = tl.where(scaled[:, None, None], tT / tl.where(ST > 0, ST, 1.0)[:, :, None], mass)
+        ST = tl.where(scaled[:, None], tl.sum(tl.where(live, pst * tl.exp(d * invT[:, None, None]), 0.0), axis=2),
+                      S1)
     arg = tl.min(tl.where(pm == M[:, :, None], parg, BIG), axis=2)
     bad = (tl.max(pbad, axis=2) > 0) | (M == NEG_INF) | (M == float("inf"))
-    floor = tl.sum(S1 * 0.0, axis=1)
-    if CELLS:
-        floor = _tv_floor(mass)
-    return M, S1, ST, arg, bad.to(tl.int32), floor
+    return M, S1, ST, arg, bad.to(tl.int32)
 
 
 @triton.jit
-def _tv_floor(mass):
-    """A lower bound on TV(q, p) from the laws' masses over a partition of the vocabulary ([R, 2, cells]: side 0 p,
-    side 1 q): TV = sum_v (q - p)^+ >= sum over cells (q(cell) - p(cell))^+, less a margin for the rounding of the
-    masses (a relative 2**-10 and 2**-20), so that it stays below the sum the second look would form; 0 where a mass
-    is not a number (an invalid row)."""
+def _tv_cells(part_m_ptr, part_f_ptr, rows, i, j, use, m_p, s1_p, sT_p, m_q, s1_q, sT_q, invT, scaled, B, K, NT,
+              SCREENS: tl.constexpr):
+    """A statistics item's TV cells (opt: ``TV_CELLS``), which its position's merge bounds TV from (``_tv_floor``):
+    per side and group of 32 lanes (a warp on a GPU, so every reduction is a few shuffles, as ``_screen``'s), the
+    largest of the lanes' running maxima and the sampling law's sum over the group's entries relative to it (the
+    lanes' sums, T = 1 or scaled as the row samples, rescaled), stored from the group's first lane: part_m (maxima)
+    and part_f (sums) after the statistics' records, [B, K, 2, NT, SCREENS] (side 0 the target). Every cell is a
+    set of entries of the item, the same on both sides."""
+    R: tl.constexpr = m_p.shape[0]
+    NL: tl.constexpr = m_p.shape[1]
+    KP = K + 1
+    sc = tl.where(scaled, log2e_scale(invT), LOG2E)[:, None, None]
+    lane = tl.arange(0, NL // SCREENS)[None, None, :]
+    # (the lanes' addresses run on past their group's, as ``_store_screen``'s, though only the first lane stores)
+    at = (((rows * K + i) * 2 * NT + j) * SCREENS)[:, None, None] + tl.arange(0, SCREENS)[None, :, None] + lane
+    mask = use[:, None, None] & (lane == 0)
+    for side in tl.static_range(2):
+        if side == 0:
+            m3 = tl.reshape(m_p, [R, SCREENS, NL // SCREENS])
+            l3 = tl.reshape(tl.where(scaled[:, None], sT_p, s1_p), [R, SCREENS, NL // SCREENS])
+        else:
+            m3 = tl.reshape(m_q, [R, SCREENS, NL // SCREENS])
+            l3 = tl.reshape(tl.where(scaled[:, None], sT_q, s1_q), [R, SCREENS, NL // SCREENS])
+        ref = tl.max(m3, axis=2)
+        f = exp_scaled(_rel(m3, tl.where(ref == NEG_INF, 0.0, ref)[:, :, None]), sc)
+        tl.store(part_m_ptr + B * KP * 2 * NT + side * NT * SCREENS + at, ref[:, :, None], mask=mask)
+        tl.store(part_f_ptr + 2 * B * KP * 2 * NT + side * NT * SCREENS + at, tl.sum(l3 * f, axis=2)[:, :, None],
+                 mask=mask)
+
+
+@triton.jit
+def _tv_floor(part_m_ptr, part_f_ptr, rows, i, use, M, S1, ST, invT, scaled, B, K, NT, NS, BLOCK_S: tl.constexpr,
+              SCREENS: tl.constexpr):
+    """[R]: a lower bound on TV(q, p) from the position's TV cells (``_tv_cells``; M, S1, ST: the merged statistics,
+    [R, 2]): TV = sum_v (q - p)^+ >= sum over cells (q(cell) - p(cell))^+, each side's mass over a cell its sum
+    rescaled to the side's max over the side's total, less a margin for rounding (a relative 2**-10 and 2**-20), so
+    that it stays below the sum the second look would form; 0 where it is not a number (an invalid row)."""
+    KP = K + 1
     side = tl.arange(0, 2)[None, :, None]
+    c = tl.arange(0, BLOCK_S * SCREENS)[None, None, :]  # item c // SCREENS, group c % SCREENS
+    at = ((rows * K + i) * 2 * NT * SCREENS)[:, None, None] + side * NT * SCREENS + c
+    mk = use[:, None, None] & (c < NS * SCREENS)
+    ref = tl.load(part_m_ptr + B * KP * 2 * NT + at, mask=mk, other=float("-inf"), cache_modifier=".cg")
+    sums = tl.load(part_f_ptr + 2 * B * KP * 2 * NT + at, mask=mk, other=0.0, cache_modifier=".cg")
+    tot = tl.where(scaled[:, None], ST, S1)
+    sc = tl.where(scaled, log2e_scale(invT), LOG2E)[:, None, None]
+    f = exp_scaled(_rel(ref, tl.where(M == NEG_INF, 0.0, M)[:, :, None]), sc)
+    mass = tl.where(ref > NEG_INF, sums * f, 0.0) / tl.where(tot > 0, tot, 1.0)[:, :, None]
     diff = tl.sum(tl.where(side == 1, mass, -mass), axis=1)
     lb = tl.sum(tl.maximum(diff, 0.0), axis=1) * (1.0 - 2.0**-10) - 2.0**-20
     return tl.where(lb == lb, tl.maximum(lb, 0.0), 0.0)
@@ -973,6 +1006,9 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
     NS = _items(NT, TILES, CHUNKS)  # stats items per position, one record each
+    # opt's cells, which its merge bounds TV from (``_tv_cells``, ``_tv_floor``; also where the launch does not skip
+    # looks, as the model's traces run it, so that they execute what the kernel runs)
+    TV_CELLS: tl.constexpr = SECOND_LOOK and (not DIVERGENCE) and MONOTONE_TV and HAS_Q
     use_p = rmask & (i <= n)
     use_q = rmask & (i < n)
     if tl.max(use_p.to(tl.int32), axis=0) > 0:
@@ -1040,6 +1076,10 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                         i, B, K, V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC,
                         SCREENS, False, False)
                     c2 += 1
+        if TV_CELLS:
+            if any_q:
+                _tv_cells(part_m_ptr, part_f_ptr, rows, i, j, use_q, m_p, s1_p, sT_p, m_q, s1_q, sT_q, invT, scaled, B,
+                          K, NT, SCREENS)
         m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled)
         _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, j, use_p, m, s1, sT, arg, bad)
         if HAS_Q:
@@ -1079,9 +1119,13 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                     zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2  # the logits at the draft (``_stats_chunk``)
                     zpx = tl.load(zx, mask=use_q, other=float("-inf"), cache_modifier=".cg")
                     zqx = tl.load(zx + 1, mask=use_q, other=float("-inf"), cache_modifier=".cg")
-            M, S1, ST, arg, bad, tv_lo = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, invT, scaled,
-                                                      both, BLOCK_S, MOOT and MONOTONE_TV)
+            M, S1, ST, arg, bad = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, invT, scaled, both,
+                                               BLOCK_S)
             _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o[:, None] + side, qf, both, M, S1, ST, arg, bad)
+            tv_lo = T * 0.0
+            if TV_CELLS:  # (the cells the items stored: ``_tv_cells``)
+                tv_lo = _tv_floor(part_m_ptr, part_f_ptr, rows, i, use_q, M, S1, ST, invT, scaled, B, K, NT, NS,
+                                  BLOCK_S, SCREENS)
             if MOOT:
                 moot = _look_moot(FAMILY, WEIGHT, IN_SET, FILTERS, al, M, S1, ST, side, use_q, xi, zpx, zqx, T,
                                   cutq_ptr, rows * K + i, V, tv_lo)
@@ -2327,18 +2371,21 @@ def roofline_data(launch, inputs) -> dict:
 
 def tv_floor(q: torch.Tensor, p: torch.Tensor, c) -> torch.Tensor:
     """The merge's lower bound on TV(q, p) (``_tv_floor``) for laws ``q``, ``p`` ([..., V]) with a launch's constexprs
-    ``c``: the cells are the statistics' items of a position (``_chunks``: NI chunks of TILES BLOCK_V entries, the
-    first CH_EXTRA items CH_BASE + 1 chunks, the rest CH_BASE)."""
+    ``c``: the cells (``_tv_cells``) are the statistics' items of a position (``_chunks``: NI chunks of TILES BLOCK_V
+    entries, the first CH_EXTRA items CH_BASE + 1 chunks, the rest CH_BASE), each split by group of 32 lanes: entry
+    v's lane is (v mod LANES) // VEC, its group the lane // (LANES // VEC // SCREENS)."""
     V = q.shape[-1]
     cw = c["TILES"] * c["BLOCK_V"]
     ni = -(-V // cw)
     ns = (ni - c["CH_EXTRA"]) // c["CH_BASE"]
     sizes = [c["CH_BASE"] + (j < c["CH_EXTRA"]) for j in range(ns)]
-    ends = torch.tensor([min(V, sum(sizes[: j + 1]) * cw) for j in range(ns)])
-    cq = torch.nn.functional.pad(q.double().cumsum(-1), (1, 0))[..., ends]
-    cp = torch.nn.functional.pad(p.double().cumsum(-1), (1, 0))[..., ends]
-    dq = torch.diff(cq, dim=-1, prepend=torch.zeros_like(cq[..., :1]))
-    dp = torch.diff(cp, dim=-1, prepend=torch.zeros_like(cp[..., :1]))
+    item = torch.repeat_interleave(torch.arange(ns), torch.tensor(sizes) * cw)[:V]
+    v = torch.arange(V)
+    group = (v % c["LANES"]) // c["VEC"] // (c["LANES"] // c["VEC"] // c["SCREENS"])
+    cell = item * c["SCREENS"] + group
+    n = ns * c["SCREENS"]
+    dq = torch.zeros(*q.shape[:-1], n, dtype=torch.float64).index_add_(-1, cell, q.double())
+    dp = torch.zeros(*p.shape[:-1], n, dtype=torch.float64).index_add_(-1, cell, p.double())
     lb = (dq - dp).clamp(min=0).sum(-1) * (1.0 - 2.0**-10) - 2.0**-20
     return lb.clamp(min=0).float()
 
@@ -2665,8 +2712,12 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     # the statistics' records, then (a token set with a floor) the screening records of the drafted positions: none
     # at one row group with one chunk per look item (ni = ns), where the look sums eta dense (the kernel's SCREENED)
     scr = B * K * ni * screens if cx["HAS_FLOOR"] and second and not (groups == 1 and ni == ns) else 0
-    part_m = torch.empty((B * KP * 2 * nt + 2 * scr,), dtype=mdt, device=dev)
-    part_f = torch.empty((2 * B * KP * 2 * nt + scr,), dtype=f32, device=dev)
+    # opt's TV cells (``_tv_cells``: per drafted position, side, item and group of 32 lanes), where a token set's
+    # screening records would be: a rule has one or the other
+    cells = B * K * 2 * nt * screens if cx["MONOTONE_TV"] and second and not divergence else 0
+    assert not (cells and scr)
+    part_m = torch.empty((B * KP * 2 * nt + 2 * scr + cells,), dtype=mdt, device=dev)
+    part_f = torch.empty((2 * B * KP * 2 * nt + scr + cells,), dtype=f32, device=dev)
     part_i = torch.empty((2 * B * KP * 2 * nt,), dtype=i32, device=dev)
     step = KP * ns + (K * ns if second else 0) + nr + (K * ni if div_items else 0)
     total = (groups + (2 if second else 1)) * step
