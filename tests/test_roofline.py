@@ -622,7 +622,7 @@ def test_opt_look_share_comes_from_the_modelled_inputs():
             lb += (q[..., at].double().sum(-1) - p[..., at].double().sum(-1)).clamp(min=0)
         lo = hi
     assert lo == pt.V and ns >= 2 and c["SCREENS"] >= 1
-    lb = (lb * (1 - 2**-10) - 2**-20).clamp(min=0).float()
+    lb = (lb * (1 - 2**-10) - 2**-12).clamp(min=0).float()
     want = ((mq < mp - alpha * lb) != (mq < mp - 2 * alpha)).float().mean().item()
     before = ((mq < mp) != (mq < mp - 2 * alpha)).float().mean().item()
     assert 0.1 < want < before < 0.8 and launch.data["look_share"] == pytest.approx(want)

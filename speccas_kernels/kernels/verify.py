@@ -68,8 +68,8 @@ row's last step more than they save.)
   largest running max and their law's sum relative to it, reduced by shuffles; ``_tv_floor``: the sum over cells of
   (q(cell) - p(cell))^+, less a rounding margin; any TV the sum could give lies between, so it leaves r as it is, and
   the bound is the look's reported sum), and a token set where the draft is in A with q(x) > 0 (a = 1 whatever eta,
-  and a rejection, whose residual reads eta, lies elsewhere). Every output is the same; with the divergences, which need the sums themselves, the
-  look runs everywhere. A token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads its
+  and a rejection, whose residual reads eta, lies elsewhere). Every output is the same; with the divergences, which
+  need the sums themselves, the look runs everywhere. A token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads its
   chunks' screening records instead and only the tiles of the chunks whose largest logit on that side may reach the
   floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its records; but not at one row
   group with one chunk per look item (B = 1 on a GPU: ``SCREENED`` false), where the screening's steps (the records
@@ -826,8 +826,9 @@ def _tv_floor(part_m_ptr, part_f_ptr, rows, i, use, M, S1, ST, invT, scaled, B, 
               SCREENS: tl.constexpr):
     """[R]: a lower bound on TV(q, p) from the position's TV cells (``_tv_cells``; M, S1, ST: the merged statistics,
     [R, 2]): TV = sum_v (q - p)^+ >= sum over cells (q(cell) - p(cell))^+, each side's mass over a cell its sum
-    rescaled to the side's max over the side's total, less a margin for rounding (a relative 2**-10 and 2**-20), so
-    that it stays below the sum the second look would form; 0 where it is not a number (an invalid row)."""
+    rescaled to the side's max over the side's total, less a margin for rounding (a relative 2**-10 and 2**-12: a
+    cell's masses may each be off by about n 2**-24 of themselves, n the entries a lane summed, and their difference
+    cancel), so that it stays below TV; 0 where it is not a number (an invalid row)."""
     KP = K + 1
     side = tl.arange(0, 2)[None, :, None]
     c = tl.arange(0, BLOCK_S * SCREENS)[None, None, :]  # item c // SCREENS, group c % SCREENS
@@ -840,7 +841,7 @@ def _tv_floor(part_m_ptr, part_f_ptr, rows, i, use, M, S1, ST, invT, scaled, B, 
     f = exp_scaled(_rel(ref, tl.where(M == NEG_INF, 0.0, M)[:, :, None]), sc)
     mass = tl.where(ref > NEG_INF, sums * f, 0.0) / tl.where(tot > 0, tot, 1.0)[:, :, None]
     diff = tl.sum(tl.where(side == 1, mass, -mass), axis=1)
-    lb = tl.sum(tl.maximum(diff, 0.0), axis=1) * (1.0 - 2.0**-10) - 2.0**-20
+    lb = tl.sum(tl.maximum(diff, 0.0), axis=1) * (1.0 - 2.0**-10) - 2.0**-12
     return tl.where(lb == lb, tl.maximum(lb, 0.0), 0.0)
 
 
@@ -1248,8 +1249,8 @@ def _look_moot(FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
                ST, side, use, xi, zpx, zqx, T, cutq_ptr, cut_off, V, tv_lo):
     """[R]: whether a position's second look can change nothing, from its merged statistics ([R, 2] per side:
     target, drafter), each quantity formed as the accept phase forms it. A rule monotone in TV (``Rule.monotone_tv``:
-    opt): r is the same at ``tv_lo`` (a lower bound on TV from the statistics' records, ``_tv_floor``; the merge then
-    reports it as the look's sum) and at TV = 2, and any TV the look sums lies between. A token set: the draft is in A
+    opt): r is the same at ``tv_lo`` (a lower bound on TV from the statistics items' cells, ``_tv_floor``; the merge
+    then reports it as the look's sum) and at TV = 2, and any TV the look sums lies between. A token set: the draft is in A
     with q(x) > 0 (the logits at the draft ``zpx``, ``zqx``), so a = 1 whatever eta, and the row's residual, at a
     rejection, lies at another position."""
     S1p = tl.where(use, tl.sum(tl.where(side == 0, S1, 0.0), axis=1), 1.0)
@@ -2386,7 +2387,7 @@ def tv_floor(q: torch.Tensor, p: torch.Tensor, c) -> torch.Tensor:
     n = ns * c["SCREENS"]
     dq = torch.zeros(*q.shape[:-1], n, dtype=torch.float64).index_add_(-1, cell, q.double())
     dp = torch.zeros(*p.shape[:-1], n, dtype=torch.float64).index_add_(-1, cell, p.double())
-    lb = (dq - dp).clamp(min=0).sum(-1) * (1.0 - 2.0**-10) - 2.0**-20
+    lb = (dq - dp).clamp(min=0).sum(-1) * (1.0 - 2.0**-10) - 2.0**-12
     return lb.clamp(min=0).float()
 
 
