@@ -510,8 +510,9 @@ def test_opt_look_rereads_only_where_tv_can_change_r(divergence, monkeypatch):
 
 def test_opt_look_skips_where_a_bound_on_tv_decides_r(monkeypatch):
     """Traced: where max q^ < max p^ (so r = [max q^ < max p^ - alpha TV] differs at TV = 0 and 2) but the merge's
-    lower bound on TV, sum over the statistics' items (q(item) - p(item))^+, already gives r its value at TV = 2, the
-    second look re-reads nothing and the merge reports the bound as the look's sum: q's mass on the first half of
+    lower bound on TV, sum over cells (q(cell) - p(cell))^+ (a cell: the entries of a statistics item that one group
+    of 32 lanes holds), already gives r its value at TV = 2, the second look re-reads nothing and the merge reports
+    the bound as the look's sum (``verify.tv_floor``, the bound's mirror, lies below TV): q's mass on the first half of
     the vocabulary, p's on the second (TV near 1), p's mode the higher. The reference's outputs (r = 0: no
     deferral, every draft accepted, the race the bonus, which re-reads the target's last row only). The control:
     r at TV = 0 differs at every position, so a skipped look reported as 0 (the skip before the bound) would defer
@@ -549,7 +550,7 @@ def test_opt_look_skips_where_a_bound_on_tv_decides_r(monkeypatch):
         again[skip] = (access[f"{tracer.storage_index(zq)}:load"]["again"],
                        access[f"{tracer.storage_index(zp)}:load"]["again"] - B * V * 4)  # less the bonus race's row
     c = work.launches[-1].constexprs
-    assert -(-V // (c["TILES"] * c["BLOCK_V"] * c["CHUNKS"])) >= 4  # items per position: the bound's cells
+    assert -(-V // (c["TILES"] * c["BLOCK_V"] * c["CHUNKS"])) >= 4  # items per position (each split into cells)
     lb = kv.tv_floor(q, p, c)
     assert bool((lb > 0).all()) and bool((lb <= tv).all())
     assert again[True] == (0, 0), again[True]
@@ -592,8 +593,9 @@ def test_opt_look_share_comes_from_the_modelled_inputs():
     outputs), and the hints count the tile loops and L2 re-reads at the share of drafted positions where r depends
     on TV in the modelled point's own inputs (``roofline_data``), not in the one or two traced rows: r differs at
     TV = 2 and at the merge's lower bound on TV, sum over cells (q(cell) - p(cell))^+ less its margin, a cell the
-    entries of a statistics item that one group of 32 lanes holds. The controls: the bound at 0 (r at TV = 0, the skip before the bound) leaves more looks, a rule without
-    the skip gets no data, and a launch without data is counted at every position."""
+    entries of a statistics item that one group of 32 lanes holds. The controls: the bound at 0 (r at TV = 0, the
+    skip before the bound) leaves more looks, a rule without the skip gets no data, and a launch without data is
+    counted at every position."""
     from speccas_kernels.kernels import verify as kv
 
     assert kv.SKIP_MOOT_LOOKS

@@ -69,9 +69,10 @@ row's last step more than they save.)
   (q(cell) - p(cell))^+, less a rounding margin; any TV the sum could give lies between, so it leaves r as it is, and
   the bound is the look's reported sum), and a token set where the draft is in A with q(x) > 0 (a = 1 whatever eta,
   and a rejection, whose residual reads eta, lies elsewhere). Every output is the same; with the divergences, which
-  need the sums themselves, the look runs everywhere. A token set with a floor (``Rule.floor``: A = {hat >= t}, hat = q^ or p^) reads its
-  chunks' screening records instead and only the tiles of the chunks whose largest logit on that side may reach the
-  floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its records; but not at one row
+  need the sums themselves, the look runs everywhere. A token set with a floor (``Rule.floor``: A = {hat >= t}, hat
+  = q^ or p^) reads its chunks' screening records instead and only the tiles of the chunks whose largest logit on
+  that side may reach the floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its
+  records; but not at one row
   group with one chunk per look item (B = 1 on a GPU: ``SCREENED`` false), where the screening's steps (the records
   written in the statistics, loaded after the fenced flag, then the member chunks' tiles) would lie on the row's
   chain, and the look reading every tile costs one preloaded chunk per item: there it sums eta dense, its constants
@@ -1250,9 +1251,9 @@ def _look_moot(FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
     """[R]: whether a position's second look can change nothing, from its merged statistics ([R, 2] per side:
     target, drafter), each quantity formed as the accept phase forms it. A rule monotone in TV (``Rule.monotone_tv``:
     opt): r is the same at ``tv_lo`` (a lower bound on TV from the statistics items' cells, ``_tv_floor``; the merge
-    then reports it as the look's sum) and at TV = 2, and any TV the look sums lies between. A token set: the draft is in A
-    with q(x) > 0 (the logits at the draft ``zpx``, ``zqx``), so a = 1 whatever eta, and the row's residual, at a
-    rejection, lies at another position."""
+    then reports it as the look's sum) and at TV = 2, and any TV the look sums lies between. A token set: the draft
+    is in A with q(x) > 0 (the logits at the draft ``zpx``, ``zqx``), so a = 1 whatever eta, and the row's residual,
+    at a rejection, lies at another position."""
     S1p = tl.where(use, tl.sum(tl.where(side == 0, S1, 0.0), axis=1), 1.0)
     S1q = tl.where(use, tl.sum(tl.where(side == 1, S1, 0.0), axis=1), 1.0)
     if FAMILY == FAMILY_B:
