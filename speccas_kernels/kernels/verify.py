@@ -792,13 +792,13 @@ def _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, bo
 
 
 @triton.jit
-def _tv_cells(part_m_ptr, part_f_ptr, rows, i, j, use, m_p, s1_p, sT_p, m_q, s1_q, sT_q, invT, scaled, B, K, NT, NS,
+def _tv_cells(part_m_ptr, part_f_ptr, rows, i, j, use, m_p, s1_p, sT_p, m_q, s1_q, sT_q, invT, scaled, B, K, NT,
               SCREENS: tl.constexpr):
     """A statistics item's TV cells (opt: ``TV_CELLS``), which its position's merge bounds TV from (``_tv_floor``):
     per side and group of 32 lanes (a warp on a GPU, so every reduction is a few shuffles, as ``_screen``'s), the
     largest of the lanes' running maxima and the sampling law's sum over the group's entries relative to it (the
     lanes' sums, T = 1 or scaled as the row samples, rescaled), stored from the group's first lane: part_m (maxima)
-    and part_f (sums) after the statistics' records, [B, K, 2, NS, SCREENS] (side 0 the target). Every cell is a
+    and part_f (sums) after the statistics' records, [B, K, 2, NT, SCREENS] (side 0 the target). Every cell is a
     set of entries of the item, the same on both sides."""
     R: tl.constexpr = m_p.shape[0]
     NL: tl.constexpr = m_p.shape[1]
@@ -806,7 +806,7 @@ def _tv_cells(part_m_ptr, part_f_ptr, rows, i, j, use, m_p, s1_p, sT_p, m_q, s1_
     sc = tl.where(scaled, log2e_scale(invT), LOG2E)[:, None, None]
     lane = tl.arange(0, NL // SCREENS)[None, None, :]
     # (the lanes' addresses run on past their group's, as ``_store_screen``'s, though only the first lane stores)
-    at = (((rows * K + i) * 2 * NS + j) * SCREENS)[:, None, None] + tl.arange(0, SCREENS)[None, :, None] + lane
+    at = (((rows * K + i) * 2 * NT + j) * SCREENS)[:, None, None] + tl.arange(0, SCREENS)[None, :, None] + lane
     mask = use[:, None, None] & (lane == 0)
     for side in tl.static_range(2):
         if side == 0:
@@ -817,8 +817,8 @@ def _tv_cells(part_m_ptr, part_f_ptr, rows, i, j, use, m_p, s1_p, sT_p, m_q, s1_
             l3 = tl.reshape(tl.where(scaled[:, None], sT_q, s1_q), [R, SCREENS, NL // SCREENS])
         ref = tl.max(m3, axis=2)
         f = exp_scaled(_rel(m3, tl.where(ref == NEG_INF, 0.0, ref)[:, :, None]), sc)
-        tl.store(part_m_ptr + B * KP * 2 * NT + side * NS * SCREENS + at, ref[:, :, None], mask=mask)
-        tl.store(part_f_ptr + 2 * B * KP * 2 * NT + side * NS * SCREENS + at, tl.sum(l3 * f, axis=2)[:, :, None],
+        tl.store(part_m_ptr + B * KP * 2 * NT + side * NT * SCREENS + at, ref[:, :, None], mask=mask)
+        tl.store(part_f_ptr + 2 * B * KP * 2 * NT + side * NT * SCREENS + at, tl.sum(l3 * f, axis=2)[:, :, None],
                  mask=mask)
 
 
@@ -833,7 +833,7 @@ def _tv_floor(part_m_ptr, part_f_ptr, rows, i, use, M, S1, ST, invT, scaled, B, 
     KP = K + 1
     side = tl.arange(0, 2)[None, :, None]
     c = tl.arange(0, BLOCK_S * SCREENS)[None, None, :]  # item c // SCREENS, group c % SCREENS
-    at = ((rows * K + i) * 2 * NS * SCREENS)[:, None, None] + side * NS * SCREENS + c
+    at = ((rows * K + i) * 2 * NT * SCREENS)[:, None, None] + side * NT * SCREENS + c
     mk = use[:, None, None] & (c < NS * SCREENS)
     ref = tl.load(part_m_ptr + B * KP * 2 * NT + at, mask=mk, other=float("-inf"), cache_modifier=".cg")
     sums = tl.load(part_f_ptr + 2 * B * KP * 2 * NT + at, mask=mk, other=0.0, cache_modifier=".cg")
@@ -1081,7 +1081,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         if TV_CELLS:
             if any_q:
                 _tv_cells(part_m_ptr, part_f_ptr, rows, i, j, use_q, m_p, s1_p, sT_p, m_q, s1_q, sT_q, invT, scaled, B,
-                          K, NT, NS, SCREENS)
+                          K, NT, SCREENS)
         m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled)
         _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, j, use_p, m, s1, sT, arg, bad)
         if HAS_Q:
@@ -2716,7 +2716,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     scr = B * K * ni * screens if cx["HAS_FLOOR"] and second and not (groups == 1 and ni == ns) else 0
     # opt's TV cells (``_tv_cells``: per drafted position, side, item and group of 32 lanes), where a token set's
     # screening records would be: a rule has one or the other
-    cells = B * K * 2 * ns * screens if cx["MONOTONE_TV"] and second and not divergence else 0
+    cells = B * K * 2 * nt * screens if cx["MONOTONE_TV"] and second and not divergence else 0
     assert not (cells and scr)
     part_m = torch.empty((B * KP * 2 * nt + 2 * scr + cells,), dtype=mdt, device=dev)
     part_f = torch.empty((2 * B * KP * 2 * nt + scr + cells,), dtype=f32, device=dev)
