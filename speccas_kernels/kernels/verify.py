@@ -649,12 +649,12 @@ def _verify_kernel(
     c_words = (c_fin + G + 1) // 2 * 2  # (8-byte aligned) a position's constants as tagged words (``TAGGED``)
     NI = (NT + TILES - 1) // TILES  # work items per position (second look, race, divergence)
     NS = _items(NT, TILES, CHUNKS)  # stats items per position
-    # One row group (``SOLO``) of one row per item and one chunk per second-look item (on a GPU, B = 1) and a look
-    # that reads the position's statistics alone (not a token set's screening records): the merge hands the look
-    # its constants as self-validating words (``_store_consts``) in place of the ready flag 1, with no release
-    # fence, and a look item polls them (``_wait_consts``): the constants come with the wait, one round trip after
-    # the merge's stores
-    TAGGED: tl.constexpr = SOLO_ONE and SECOND_LOOK and (ROWS == 1) and not (FAMILY == FAMILY_B and SCREENED)
+    # One row per item (on a GPU, every batch) and a look that reads the position's statistics alone (not a token
+    # set's screening records): the merge hands the look its constants as self-validating words (``_store_consts``)
+    # in place of the ready flag 1, with no release fence, and a look item polls them (``_wait_consts``): the
+    # constants come with the wait, one round trip after the merge's stores (the fence and the constants' load
+    # after the flag, two more round trips, lay on a looked row's chain)
+    TAGGED: tl.constexpr = SECOND_LOOK and (ROWS == 1) and not (FAMILY == FAMILY_B and SCREENED)
     stats_items = KP * NS
     if SECOND_LOOK:
         look_items = K * NS
@@ -2521,10 +2521,10 @@ def roofline_hints(launch) -> dict:
     # one row group and one chunk per look item (B = 1): loaded before the wait for the ready flag, in flight during
     # it (``_look_item``'s ONE): no round trip of its own, and read also where the merge finds the look moot
     one = solo_one and dense and not screened
-    # one row group of one row per item, one chunk per look item, the look reading no screening records
-    # (``TAGGED``): the merge stores the look's constants as tagged words, no release fence (``_store_consts``), and
-    # the look's poll brings them (``_wait_consts``): one round trip, the flag's and the constants' together
-    tagged = solo_one and c["SECOND_LOOK"] and c["ROWS"] == 1 and not screened
+    # one row per item, the look reading no screening records (``TAGGED``): the merge stores the look's constants as
+    # tagged words, no release fence (``_store_consts``), and the look's poll brings them (``_wait_consts``): one
+    # round trip, the flag's and the constants' together
+    tagged = c["SECOND_LOOK"] and c["ROWS"] == 1 and not screened
     # the look's body: at every looked item, but where the launch skips looks that can change nothing, at the share
     # of the modelled inputs (``roofline_data``; without it, at every position: the worst case)
     share = float(launch.data.get("look_share", 1.0)) if _skips_looks(launch) else 1.0
@@ -2678,7 +2678,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     row_f = torch.empty((B,), dtype=f32, device=dev)
     groups = triton.cdiv(B, rows)
     # (one row group, ``SOLO``: room for the positions' tagged constants, ``TAGGED``, 8-byte aligned)
-    cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 4 * groups + (1 + 12 * KP if groups == 1 else 0))
+    cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 4 * groups + (1 + 12 * KP * groups if rows == 1 else 0))
     cx = rule_constexprs(args.rule)
     # (token-only drafts have closed forms: no second look, whose body reads the drafter's logits, is compiled)
     second = (needs_second_look(args.rule) or divergence) and K > 0 and zq is not None
