@@ -324,6 +324,29 @@ def test_gpu_launch_settings_pick_gpu_tiles():
         "the interpreter's own settings are back after the context"
 
 
+def test_gpu_launch_settings_split_opts_look_and_widen_its_race():
+    """At a full batch (B = 64, K = 4, V = 151936, as a GPU runs it) opt's second look takes two items per stats item
+    (16 chunks of four tiles: NS = 2, NL = 4 look items of 4 or 5 of a position's 19 chunks; the accept phase sums
+    4 records), and with 2-byte logits its race items hold eight tiles where other rules' hold four. At a batch of
+    one (one chunk per item) nothing is split; a rule without TV's bound (chow) splits nothing and keeps four."""
+    x = torch.zeros(64, 4, dtype=torch.int64)
+
+    def constexprs(rule, B, dtype):
+        zq, zp = torch.empty(B, 4, 151936, dtype=dtype), torch.empty(B, 5, 151936, dtype=dtype)
+        with rf.gpu_launch_settings():
+            work = rf.count_device_work(speccas_kernels.verify, zq, zp, x[:B], rule=rule, backend="triton")
+        return work.launches[0].constexprs
+
+    c = constexprs("opt", 64, torch.bfloat16)
+    assert (c["LOOK_SPLIT"], c["RECORDS"], c["LOOK_BASE"], c["LOOK_EXTRA"], c["RACE_TILES"]) == (2, 4, 4, 3, 8), c
+    c = constexprs("opt", 64, torch.float32)
+    assert (c["LOOK_SPLIT"], c["RECORDS"], c["RACE_TILES"]) == (2, 10, 4), "fp32: NS = 5, NL = 10; race of four"
+    c = constexprs("chow", 64, torch.bfloat16)
+    assert (c["LOOK_SPLIT"], c["RACE_TILES"]) == (1, 4), c
+    c = constexprs("opt", 1, torch.bfloat16)
+    assert c["LOOK_SPLIT"] == 1 and c["RECORDS"] == 38, "one row: a look item per chunk of two tiles, none split"
+
+
 def test_tracer_counts_first_touch_and_reuse(probe):
     """Two copies of one 4000-byte input: the first read comes from DRAM, the second from L2 unless the
     reuse distance exceeds the L2 budget."""
@@ -1030,12 +1053,21 @@ def test_look_item_loads_its_chunk_before_it_waits_for_the_ready_flag(opt_b1):
 
 
 def test_merge_hands_the_look_its_constants_with_the_wait(opt_b1):
-    """At B = 1 (one row and one chunk per second-look item: ``TAGGED``) the merge stores a position's constants as
+    """At B = 1 (one row per item: ``TAGGED``) the merge stores a position's constants as
     six tagged 8-byte words with relaxed exchanges and no fence (no MEMBAR before them in the merge; the ready flag
     1 cost one), and a look item polls the flag and the six words at once (one 4-byte and six 8-byte volatile
     loads, one after another) and loads no statistics after: the hints count one round trip for the look's wait and
     none for the merge's release. (``test_skipped_looks_change_nothing``: the outputs and the counters' reset.)"""
-    launch, rec, hints, d = opt_b1
+    _assert_tagged(*opt_b1)
+
+
+def test_merge_hands_the_look_its_constants_with_the_wait_at_a_full_batch(opt_bf16_b64):
+    """The same at B = 64 (one row per item as at every batch on a GPU), where a looked row's chain lost the fence's
+    and the constants' round trips with it."""
+    _assert_tagged(*opt_bf16_b64)
+
+
+def _assert_tagged(launch, rec, hints, d):
     w = hints["phase_work"]
     assert w["look"]["l2"] == 1 and w["merge_release"]["l2"] == 0, w
     merge = _phase_sass(launch, rec, hints, d, "merge")
@@ -1052,7 +1084,8 @@ def test_merge_hands_the_look_its_constants_with_the_wait(opt_b1):
 
 
 def test_race_item_loads_each_later_tile_before_folding_the_one_before(opt_bf16_b64):
-    """At B = 64 (one row, RACE_TILES = 4 tiles per race item) each later tile's loads go out before the fold of the
+    """At B = 64 (one row, RACE_TILES = 8 tiles per race item: opt with 2-byte logits; four for the other rules)
+    each later tile's loads go out before the fold of the
     tile before it: before tile k's first load (its target tile's offset, k BLOCK_V entries past the item's first)
     fewer than k tiles' worth of the race's MUFU.LG2 (the Philox logs and the residual's log2, the same in every
     tile) have issued, where loading each tile after the previous fold puts k tiles' worth before it. The hints
@@ -1061,7 +1094,7 @@ def test_race_item_loads_each_later_tile_before_folding_the_one_before(opt_bf16_
     launch, rec, hints, d = opt_bf16_b64
     c = launch.constexprs
     tiles = c["RACE_TILES"]
-    assert c["ROWS"] == 1 and tiles == 4, c
+    assert c["ROWS"] == 1 and tiles == 8, c
     w = hints["phase_work"]["race"]
     assert w["l2"] == 1 + tiles and w["pipelined_l2"] == tiles, w
     race = _phase_sass(launch, rec, hints, d, "race")

@@ -127,6 +127,48 @@ def test_skipped_looks_change_nothing(device, rule, alpha, monkeypatch):
         _assert_counters_zero(f"{rule} alpha={alpha} T={T} {dtype} chunks={chunks}")
 
 
+@pytest.mark.parametrize("skip", [True, False])
+def test_opt_look_splits_into_more_items_than_its_statistics(device, skip, monkeypatch):
+    """opt's second look runs in LOOK_SPLIT items per stats item (a looked row's step on its chain is a shorter
+    item), each reporting its own record, which the accept phase sums: no split, 2 and 4 give the reference's
+    tokens, deferrals and probabilities (to rounding: the sums add in another order), the same tokens as each
+    other, and every counter back at zero. One row per item, every hand-off across programs, 20 tiles in items of 4
+    (5 stats items a position, 10 or 20 look items); with the skip of moot looks on (alphas where some remain) and
+    off (every position looks)."""
+    monkeypatch.setattr(kverify, "SKIP_MOOT_LOOKS", skip)
+    for name, value in (("ROWS_OVERRIDE", 1), ("BLOCK_V_OVERRIDE", 16), ("TILES_OVERRIDE", 1),
+                        ("CHUNKS_OVERRIDE", 4)):
+        monkeypatch.setattr(triton_backend, name, value)
+    monkeypatch.setattr(kverify, "ITEMS_PER_PROGRAM", 1)
+    seen = []
+    kernel = kverify._verify_kernel
+
+    class Recorder:  # the launch's look split, as the launcher passed it
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append((kwargs["LOOK_SPLIT"], kwargs["RECORDS"], kwargs["LOOK_BASE"], kwargs["LOOK_EXTRA"]))
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(kverify, "_verify_kernel", Recorder())
+    for alpha, T, dtype in ((-0.5, 1.0, torch.float32), (0.9, 0.7, torch.bfloat16)):
+        kw = random_round(4, 3, 320, dtype=dtype, device=device, seed=31 + int(10 * alpha))
+        kw.update(alpha=alpha, temperature=T)
+        ref, margins = reference_with_margins(**kw, rule="opt")
+        outs = []
+        for split in (1, 2, 4):
+            monkeypatch.setattr(kverify, "LOOK_SPLIT_OVERRIDE", split)
+            outs.append(sk.verify(**kw, rule="opt", backend="triton"))
+            assert seen[-1] == (split, 5 * split, 20 // (5 * split), 20 % (5 * split)), seen[-1]
+            what = f"opt alpha={alpha} T={T} {dtype} split={split} skip={skip}"
+            assert_same_outputs(outs[-1], ref, margins, what=what)
+            _assert_counters_zero(what)
+        for o in outs[1:]:
+            assert torch.equal(o.tokens.cpu(), outs[0].tokens.cpu()) and torch.equal(o.deferred.cpu(),
+                                                                                        outs[0].deferred.cpu())
+            assert torch.allclose(o.accept_prob.cpu(), outs[0].accept_prob.cpu(), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("rule,divergence", [("opt", False), ("opt", True), ("chow", True), ("token_v3", False)])
 def test_batch_of_one_takes_the_looks_constants_with_its_wait(device, rule, divergence, monkeypatch):
     """A batch of one (``SOLO``) with one row and one chunk per work item, as a GPU runs B = 1: a second-look item

@@ -605,12 +605,16 @@ def _verify_kernel(
     BLOCK_K: tl.constexpr,  # >= K + 1
     BLOCK_T: tl.constexpr,  # >= NT
     BLOCK_S: tl.constexpr,  # >= NS: a position's records (statistics and second-look items)
-    RECORDS: tl.constexpr,  # NS itself: the accept phase sums a position's look records in RECORDS unrolled loads
+    RECORDS: tl.constexpr,  # NL itself: the accept phase sums a position's look records in RECORDS unrolled loads
     CH_BASE: tl.constexpr,  # a position's chunks per stats and second-look item (``_chunks``): NI // NS
     CH_EXTRA: tl.constexpr,  # its items that hold one chunk more: NI % NS
     TILES: tl.constexpr,  # vocabulary tiles per chunk (statically unrolled)
     RACE_TILES: tl.constexpr,  # tiles per race item (statically unrolled): TILES, or fewer at a small batch
     CHUNKS: tl.constexpr,  # chunks of TILES tiles per work item, at most
+    LOOK_SPLIT: tl.constexpr,  # second-look items per stats item (a power of two): NL = NS LOOK_SPLIT per position
+    LOOK_BASE: tl.constexpr,  # a position's chunks per second-look item (``_chunks``): NI // NL
+    LOOK_EXTRA: tl.constexpr,  # its look items that hold one chunk more: NI % NL
+    BLOCK_L: tl.constexpr,  # >= NL: a position's second-look records
     STAGES: tl.constexpr,  # of the pipelined chunk loops, the statistics' and the second look's (``stats_stages``)
     ITEMS_PER_PROGRAM: tl.constexpr,  # 0: as many as the queue holds
     LANES: tl.constexpr,  # entries of a chunk the threads hold at one place (threads x VEC, at most TILES x BLOCK_V)
@@ -649,15 +653,15 @@ def _verify_kernel(
     c_words = (c_fin + G + 1) // 2 * 2  # (8-byte aligned) a position's constants as tagged words (``TAGGED``)
     NI = (NT + TILES - 1) // TILES  # work items per position (second look, race, divergence)
     NS = _items(NT, TILES, CHUNKS)  # stats items per position
-    # One row per item (on a GPU, every batch) and a look that reads the position's statistics alone (not a token
-    # set's screening records): the merge hands the look its constants as self-validating words (``_store_consts``)
-    # in place of the ready flag 1, with no release fence, and a look item polls them (``_wait_consts``): the
-    # constants come with the wait, one round trip after the merge's stores (the fence and the constants' load
-    # after the flag, two more round trips, lay on a looked row's chain)
-    TAGGED: tl.constexpr = SECOND_LOOK and (ROWS == 1) and not (FAMILY == FAMILY_B and SCREENED)
+    # One row per item (on a GPU, every batch), float32 statistics and a look that reads the position's statistics
+    # alone (not a token set's screening records): the merge hands the look its constants as self-validating words
+    # (``_store_consts``: a float32 and its tag each) in place of the ready flag 1, with no release fence, and a
+    # look item polls them (``_wait_consts``): the constants come with the wait, one round trip after the merge's
+    # stores (the fence and the constants' load after the flag, two more round trips, lay on a looked row's chain)
+    TAGGED: tl.constexpr = SECOND_LOOK and (ROWS == 1) and (not FP64) and not (FAMILY == FAMILY_B and SCREENED)
     stats_items = KP * NS
     if SECOND_LOOK:
-        look_items = K * NS
+        look_items = K * NS * LOOK_SPLIT
         lag = 2
     else:
         look_items = K * 0
@@ -704,23 +708,24 @@ def _verify_kernel(
                                                     FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q,
                                                     RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, TILES, CHUNKS,
                                                     SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV,
-                                                    SKIP_MOOT, STAGES, TAGGED, c_words)
+                                                    SKIP_MOOT, STAGES, TAGGED, c_words, LOOK_SPLIT, BLOCK_L)
                 acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
             r2 = r - stats_items
             if SECOND_LOOK:
                 if (g >= 0) & (g < G):
-                    i = _div(r2, ns_m, ns_l)
-                    last, look_at, ready_at = _look_item(g, i.to(tl.int64), r2 - i * NS, part_m_ptr, part_f_ptr,
+                    i = _div(r2 // LOOK_SPLIT, ns_m, ns_l)  # (NL = NS LOOK_SPLIT items a position)
+                    last, look_at, ready_at = _look_item(g, i.to(tl.int64), r2 - i * (NS * LOOK_SPLIT), part_m_ptr,
+                                                         part_f_ptr,
                                                          pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr,
                                                          cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val,
-                                                         cutq_ptr, cutp_ptr, B, K, V, NT, CH_BASE, CH_EXTRA, c_ready,
+                                                         cutq_ptr, cutp_ptr, B, K, V, NT, LOOK_BASE, LOOK_EXTRA, c_ready,
                                                          c_look, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
                                                          FAMILY, NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE,
                                                          HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T, TILES,
-                                                         CHUNKS, READS_PH, FLOOR, SCREENED, SCREENS, PAIRS, LANES,
-                                                         VEC, STAGES, SOLO, TAGGED, c_words)
+                                                         CHUNKS, LOOK_SPLIT, READS_PH, FLOOR, SCREENED, SCREENS,
+                                                         PAIRS, LANES, VEC, STAGES, SOLO, TAGGED, c_words)
                     acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
@@ -750,7 +755,8 @@ def _verify_kernel(
                     row_f_ptr, zq_ptr, zp_ptr, x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val,
                     cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb,
                     stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN,
-                    SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K, NT, TILES, CHUNKS, RECORDS)
+                    SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K, NT, TILES, CHUNKS, RECORDS,
+                    LOOK_SPLIT)
             if rel_at >= 0:  # a merge that counted the look done: the ready flag its look items wait for
                 common.release_flag(cnt_ptr + rel_at, rel_val)
             if look_at >= 0:
@@ -898,7 +904,7 @@ def _items(NT, TILES: tl.constexpr, CHUNKS: tl.constexpr):
 
 
 @triton.jit
-def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
+def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy, m_p,
                  s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
                  NT, HAS_Q: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
                  FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
@@ -923,9 +929,15 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, in
     else:
         zp = load_tile(pbase[:, None], lo, use_p[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL)
     # The chunk holding the draft records the logits there for the accept phase, which then reads only what this
-    # launch wrote (no DRAM round trip on a row's chain). One chunk per drafted position takes it; a draft outside
-    # the vocabulary (its position rejects) gets a 0 from the first, so nothing read is unwritten.
-    hold = use_q & (((xi >= lo) & (xi < lo + TILES * BLOCK_V) & ~outside) | (outside & (lo == 0)))
+    # launch wrote (no DRAM round trip on a row's chain). One chunk per drafted position takes it (``xr``, the item's
+    # chunk that holds the draft, formed once per item; with one row, ``hc``, the same as a number, so the test is
+    # one compare); a draft outside the vocabulary (its position rejects) gets a 0 from the first, so nothing read
+    # is unwritten.
+    hold = use_q & (xr == c)
+    if ROWS == 1:
+        holds = c == hc
+    else:
+        holds = tl.max(hold.to(tl.int32), axis=0) > 0
     zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2
     mc_q = m_q
     share_q = s1_q
@@ -937,7 +949,7 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, in
                 zq = load_tile(qbase[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True)
             else:
                 zq = load_tile(qbase[:, None], lo, use_q[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL)
-            if tl.max(hold.to(tl.int32), axis=0) > 0:
+            if holds:
                 at = offs[None, :] == tl.where(hold, xi - lo, -1).to(tl.int32)[:, None]
                 tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
                 tl.store(zx + 1, tl.sum(tl.where(at, zq, 0.0), axis=1), mask=hold)
@@ -945,7 +957,7 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, in
                                                                       greedy & use_q, m_q, s1_q, sT_q, arg_q, huge,
                                                                       FILTERS, LANES, VEC, FAST and not FP64)
     else:
-        if tl.max(hold.to(tl.int32), axis=0) > 0:
+        if holds:
             at = offs[None, :] == tl.where(hold, xi - lo, -1).to(tl.int32)[:, None]
             tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
     m_p, s1_p, sT_p, arg_p, huge, mc_p, _ = _lane_stats(zp, offs, lo, invT, cutp, scaled, greedy, m_p, s1_p, sT_p,
@@ -997,7 +1009,8 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
                 CHUNKS: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, LANES: tl.constexpr,
                 VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr,
-                SKIP_MOOT: tl.constexpr, STAGES: tl.constexpr, TAGGED: tl.constexpr, c_words):
+                SKIP_MOOT: tl.constexpr, STAGES: tl.constexpr, TAGGED: tl.constexpr, c_words,
+                LOOK_SPLIT: tl.constexpr, BLOCK_L: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
     (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
     reduction across threads inside the loop); the item writes one record, and with SCREEN (a token set with a
@@ -1029,6 +1042,9 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             cutq = tl.load(cutq_ptr + rows * K + i, mask=use_q, other=0.0)
         any_q = tl.max(use_q.to(tl.int32), axis=0) > 0
         c0, nch = _chunks(j, CH_BASE, CH_EXTRA)
+        # the item's chunk (0 = c0) that holds the draft (one outside the vocabulary: the position's first chunk)
+        xr = tl.where(outside, 0, xi // (TILES * BLOCK_V)) - c0
+        hc = tl.max(tl.where(use_q, xr, -1), axis=0)  # (one row: the same, a number)
         # Entries are tile offsets from the chunk's first entry lo (a scalar): the masks compare offs with V - lo,
         # and only the rare branches that need an entry's index form one.
         offs = tl.arange(0, TILES * BLOCK_V)
@@ -1055,13 +1071,13 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             zp, zq = _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q, FP64, PAIRS, TILES, BLOCK_V)
             if c < nfull:
                 m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                    c, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
+                    c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy, m_p,
                     s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K,
                     V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS,
                     True, True, zp, zq)
         if nfull < nch:  # (a position's last chunk, partial)
             m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                nfull, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy, m_p,
+                nfull, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy, m_p,
                 s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
                 NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS, False)
         if not FP64:
@@ -1073,7 +1089,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 c2 = 0
                 while c2 < nch:
                     m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                        c2, c0, pbase, qbase, use_p, use_q, any_q, xi, outside, offs, invT, cutp, cutq, scaled, greedy,
+                        c2, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy,
                         m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows,
                         i, B, K, V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC,
                         SCREENS, False, False)
@@ -1094,7 +1110,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
     rel_val = rel_at.to(tl.int32) * 0
     if ticket(cnt_ptr + c_stats + pos) == NS - 1:
         ready = 1
-        done = 1  # 1 + NS: the position's look items are done too (it can change nothing: none reports to the row)
+        done = 1  # 1 + NL: the position's look items are done too (it can change nothing: none reports to the row)
         # the rows whose look items wait for the ready flag (as ``_look_item`` forms them)
         looked = rmask & _needs_look(T, SECOND_LOOK, HAS_Q) & (i < n)
         waited = tl.max(looked.to(tl.int32), axis=0) > 0
@@ -1136,14 +1152,15 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 # set: its sum is never read) and counted done on the row now, so the row's accept phase need not
                 # wait for them (they read nothing and report nothing).
                 if (ready == 2) & waited:
-                    tt = tl.arange(0, BLOCK_S)[None, :]
+                    NL = NS * LOOK_SPLIT  # the position's look items, one record each
+                    tt = tl.arange(0, BLOCK_L)[None, :]
                     if MONOTONE_TV:
-                        tl.store(look_part_ptr + (rows * K + i)[:, None] * NS + tt, tl.where(tt == 0, tv_lo[:, None],
-                                 0.0), mask=looked[:, None] & (tt < NS))
+                        tl.store(look_part_ptr + (rows * K + i)[:, None] * NL + tt, tl.where(tt == 0, tv_lo[:, None],
+                                 0.0), mask=looked[:, None] & (tt < NL))
                     else:
-                        tl.store(look_part_ptr + (rows * K + i)[:, None] * NS + tt, T[:, None] * 0.0,
-                                 mask=looked[:, None] & (tt < NS))
-                    done = 1 + NS
+                        tl.store(look_part_ptr + (rows * K + i)[:, None] * NL + tt, T[:, None] * 0.0,
+                                 mask=looked[:, None] & (tt < NL))
+                    done = 1 + NL
             if TAGGED:
                 if waited & (ready == 1):
                     _store_consts(cnt_ptr + c_words + pos * 12, M, S1, ST, side)
@@ -1154,7 +1171,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         if SECOND_LOOK and not TAGGED:
             if waited & (ready == 1):
                 common.release_flag(cnt_ptr + c_ready + pos, ready)
-        last = _group_done(g, rmask, T, cnt_ptr, K, c_row, SECOND_LOOK, HAS_Q, done, NT, TILES, CHUNKS)
+        last = _group_done(g, rmask, T, cnt_ptr, K, c_row, SECOND_LOOK, HAS_Q, done, NT, TILES, CHUNKS, LOOK_SPLIT)
         if SECOND_LOOK:
             if waited & (ready == 2):
                 if last:  # (by the kernel, after the accept phase)
@@ -1167,14 +1184,15 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
 
 @triton.jit
 def _group_done(g, rmask, T, cnt_ptr, K, c_row, SECOND_LOOK: tl.constexpr, HAS_Q: tl.constexpr, done, NT,
-                TILES: tl.constexpr, CHUNKS: tl.constexpr):
+                TILES: tl.constexpr, CHUNKS: tl.constexpr, LOOK_SPLIT: tl.constexpr):
     """``done`` of the group's parts are done: a position's merge (1), one second-look item of a position (1), or a
-    merge that found the position's second look can change nothing (1 + NS: its statistics and every look item of the
-    position). The group counts K + 1 merges, and K NS look items when it takes the second look. Returns whether this
-    program holds the group's last ticket: it then runs the accept phase (``_verify_kernel``, after the item)."""
+    merge that found the position's second look can change nothing (1 + NL: its statistics and every look item of the
+    position). The group counts K + 1 merges, and K NL look items when it takes the second look (NL = NS
+    LOOK_SPLIT). Returns whether this program holds the group's last ticket: it then runs the accept phase
+    (``_verify_kernel``, after the item)."""
     target = K + 1
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
-        target += K * _items(NT, TILES, CHUNKS)
+        target += K * _items(NT, TILES, CHUNKS) * LOOK_SPLIT
     return tickets(cnt_ptr + c_row + g, done) == target - done
 
 
@@ -1534,12 +1552,12 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                stride_pk, FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
                FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
-               BLOCK_T: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, READS_PH: tl.constexpr,
-               FLOOR: tl.constexpr, SCREENED: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr,
+               BLOCK_T: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, LOOK_SPLIT: tl.constexpr,
+               READS_PH: tl.constexpr, FLOOR: tl.constexpr, SCREENED: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr,
                LANES: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, SOLO: tl.constexpr,
                TAGGED: tl.constexpr, c_words):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
-    entry into one record per item, which reports to the row (the accept phase sums the NS records). A token set whose
+    entry into one record per item, which reports to the row (the accept phase sums the NL records). A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
     with a floor on its hat (``SCREENED``: ``HAS_FLOOR``, but for one row group with one chunk per item, where the
     look sums eta over every tile) sums eta from the screening records and only the chunks that may hold a member
@@ -1549,7 +1567,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
     records as 0 and counted the look items done on the row. The position's last item to read the flag returns it to
     zero."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
-    NS = _items(NT, TILES, CHUNKS)  # second-look items per position (a stats item's chunks)
+    NL = _items(NT, TILES, CHUNKS) * LOOK_SPLIT  # second-look items per position (CH_BASE, CH_EXTRA: their chunks)
     last = g < 0  # this program drew the row's last ticket (the accept phase's)
     look_at = g * 0 - 1  # the position's look count to reset after the accept phase (-1: none), and its ready flag
     ready_at = look_at
@@ -1616,7 +1634,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                         eta = _eta_item(c0, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit,
                                         qbase[:, None], pbase[:, None], mh, mr, sq, cutq_ptr, K, V, IN_SET, FLOOR,
                                         READS_PH, FILTERS, FP64, BLOCK_V, BLOCK_T, TILES, PAIRS)
-                    tl.store(look_part_ptr + (rows * K + i) * NS + j, eta, mask=use)  # one record per item
+                    tl.store(look_part_ptr + (rows * K + i) * NL + j, eta, mask=use)  # one record per item
                 if DENSE:
                     # family A and lossy: exp((z - M) / T) as one FFMA and one ex2 where no row's M / T reaches
                     # SHIFT_MAX (``exp_shift``), 1 / ST folded into one factor per side
@@ -1666,14 +1684,15 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                                                 NEED_P, DIVERGENCE, SPARSE_ETA, TILES, BLOCK_V, ROWS, LANES, VEC,
                                                 WIDE, False, FAST, fast, cp, kp, cq, kq)
                     if not SPARSE_ETA:
-                        tl.store(look_part_ptr + (rows * K + i) * NS + j, tl.sum(acc, axis=1), mask=use)  # one per item
+                        tl.store(look_part_ptr + (rows * K + i) * NL + j, tl.sum(acc, axis=1), mask=use)  # one per item
                     if DIVERGENCE:
-                        tl.store(look_part_ptr + (B * K + rows * K + i) * NS + j, tl.sum(acc2, axis=1), mask=use)
+                        tl.store(look_part_ptr + (B * K + rows * K + i) * NL + j, tl.sum(acc2, axis=1), mask=use)
         # The item reports to the row itself, one ticket (the accept phase sums the records): no merge of the
         # position's look on the row's chain.
         if ready != 2:  # (2: the merge counted the look done on the row)
-            last = _group_done(g, rmask, T, cnt_ptr, K, c_row, SECOND_LOOK, HAS_Q, 1, NT, TILES, CHUNKS)
-        if seen == NS - 1:
+            last = _group_done(g, rmask, T, cnt_ptr, K, c_row, SECOND_LOOK, HAS_Q, 1, NT, TILES, CHUNKS,
+                               LOOK_SPLIT)
+        if seen == NL - 1:
             # the position's last look item resets the count and the ready flag, after the accept phase where this
             # program runs it (by the kernel: off the row's chain)
             look_at = c_look + g * K + i
@@ -1740,7 +1759,8 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
             FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
             USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
             RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-            BLOCK_K: tl.constexpr, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr, RECORDS: tl.constexpr):
+            BLOCK_K: tl.constexpr, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr, RECORDS: tl.constexpr,
+            LOOK_SPLIT: tl.constexpr):
     """The accept phase of a group of rows: [R, BLOCK_K] blocks, one lane per draft position. It sums the second
     look's records of every position itself (the look items report to the row, not to a merge of their own)."""
     KP = K + 1
@@ -1803,22 +1823,22 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
     look = qx * 0.0
     look2 = look
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
-        # the NS records of each looked position (a merge that found the look could change nothing wrote zeros), in
-        # flight with the statistics (RECORDS = NS loads unrolled: each an [R, BLOCK_K] block like the phase's others,
-        # so no layout conversion), summed in item order. RECORDS is NS itself (the launcher's): past a few records
+        # the NL records of each looked position (a merge that found the look could change nothing wrote zeros), in
+        # flight with the statistics (RECORDS = NL loads unrolled: each an [R, BLOCK_K] block like the phase's others,
+        # so no layout conversion), summed in item order. RECORDS is NL itself (the launcher's): past a few records
         # every load takes the one mask ``looked``, where a mask per record as well (s < NS, always true) made the
         # compiler keep one predicate per record, packed into registers and unpacked before each load (at B = 1, 38
         # records: about four instructions each); at a few (B = 64: 2) the per-record masks cost nothing and the
         # kernels compile as they did (with the one mask, ptxas spilled 32 B more for token_v2 bf16 B = 64, whose
         # race then took 56 instructions more: 0.9 us in the model)
-        NS = _items(NT, TILES, CHUNKS)
+        NL = _items(NT, TILES, CHUNKS) * LOOK_SPLIT
         looked = used_q & _needs_look(T, SECOND_LOOK, HAS_Q)[:, None]
-        at = ((rr * K + i) * NS).to(tl.int32)  # (a workspace offset: int32)
+        at = ((rr * K + i) * NL).to(tl.int32)  # (a workspace offset: int32)
         for s in tl.static_range(RECORDS):
-            live = looked & ((s < NS) | (RECORDS > 4))  # (no branch on a batch-sized constexpr: the model's traces)
+            live = looked & ((s < NL) | (RECORDS > 4))  # (no branch on a batch-sized constexpr: the model's traces)
             look += tl.load(look_part_ptr + at + s, mask=live, other=0.0, cache_modifier=".cg")
             if DIVERGENCE:
-                look2 += tl.load(look_part_ptr + B * K * NS + at + s, mask=live, other=0.0, cache_modifier=".cg")
+                look2 += tl.load(look_part_ptr + B * K * NL + at + s, mask=live, other=0.0, cache_modifier=".cg")
         if DIVERGENCE:
             # a token set's divergence items read eta (``_div_item``), after the race flag this phase releases
             tl.store(look_ptr + rr * K + i, look, mask=looked)
@@ -1878,9 +1898,9 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
     tl.store(valid_ptr + rows, valid, mask=rmask)
     tl.store(row_i_ptr + rows, m.to(tl.int32), mask=rmask)
     tl.store(row_i_ptr + B + rows, kind.to(tl.int32), mask=rmask)
-    xm_ok = tl.sum(tl.where((i == mm) & x_ok, 1, 0), axis=1) > 0
-    xm = tl.sum(tl.where((i == mm) & x_ok, x, 0), axis=1)
-    tl.store(row_i_ptr + 2 * B + rows, tl.where(xm_ok, xm, -1).to(tl.int32), mask=rmask)  # -1: outside [0, V)
+    # the draft at m, -1 outside [0, V) (or no draft there): one reduction, of x + 1
+    xm = tl.sum(tl.where((i == mm) & x_ok, x + 1, 0), axis=1) - 1
+    tl.store(row_i_ptr + 2 * B + rows, xm.to(tl.int32), mask=rmask)
     tl.store(row_f_ptr + rows, tl.sum(tl.where(i == mm, w, 0.0), axis=1), mask=rmask)
     # Every merge of the group is done: its counters go back to zero, then the race may start. A ready flag that
     # look items wait for goes back to zero with the position's last look item (``_look_item``), which may run later.
@@ -2316,11 +2336,11 @@ ROOFLINE_PHASES = (
     ("merge", "_stats_item", "ticket(cnt_ptr + c_stats"),
     ("stats_rerun", "_stats_item", "c2 < nch"),
     ("stats_tail", "_stats_item", "nfull < nch"),
-    ("stats_x", "_stats_chunk", "hold.to(tl.int32)"),
+    ("stats_x", "_stats_chunk", "holds"),
     ("stats_q", "_stats_item", "any_q"),
     ("stats_q", "_stats_chunk", "any_q"),
     ("stats", "_stats_item", None),
-    ("look_reset", "_look_item", "seen == NS - 1"),
+    ("look_reset", "_look_item", "seen == NL - 1"),
     ("look_q", "_eta_item", "c < nch"),
     ("look_tail", "_look_item", "nfull < nch"),
     ("look_body", "_look_item", "ready == 1"),
@@ -2448,10 +2468,10 @@ def roofline_hints(launch) -> dict:
 
     Executions, for G row groups, K drafts (n = K unless ``num_draft_tokens`` is one smaller number), NT tiles, NI =
     ceil(NT / TILES) chunks per position, NR = ceil(NT / RACE_TILES) race items per row (each unrolls its RACE_TILES
-    tiles, so the SASS counts them all) and NS = ceil(NT / (TILES CHUNKS)) stats and second-look items, whose loops
-    run NI / NS chunks on average
+    tiles, so the SASS counts them all), NS = ceil(NT / (TILES CHUNKS)) stats items, whose loops run NI / NS chunks on
+    average, and NL = NS LOOK_SPLIT second-look items, NI / NL chunks each on average
     (``phase_loops``): stats G (K + 1) NS (the drafter's side, ``stats_q``, G n NS; the record of the logits at the
-    draft, ``stats_x``, G n: one chunk per drafted position holds its draft), merges G (K + 1), second looks G n NS
+    draft, ``stats_x``, G n: one chunk per drafted position holds its draft), merges G (K + 1), second looks G n NL
     and their merges G K (rules with a second look, 0 < T < inf: T is taken as 1 when it arrives as a tensor), their
     bodies (``look_body``: all but the wait and the ticket) as many, but where the launch skips looks that can
     change nothing (``_look_moot``), at the share of the modelled inputs (``roofline_data``; without it, all),
@@ -2486,7 +2506,7 @@ def roofline_hints(launch) -> dict:
     rounding noise) is not in the traced path.
 
     Chain of one row (steps; ``gap``: work items drawn by other programs meanwhile, ``step`` = one super-step):
-    stats (K + 1) NS items -> merge, or the gap -> second looks n NS -> the accept (the last look item's), or the gap
+    stats (K + 1) NS items -> merge, or the gap -> second looks n NL -> the accept (the last look item's), or the gap
     -> race NR items -> emit. Without a second look, or where no row of the modelled inputs has a position whose look
     can change something (``look_rows`` 0: the merges count the looks done): stats -> merge and accept, or the gap ->
     race -> emit."""
@@ -2503,8 +2523,11 @@ def roofline_hints(launch) -> dict:
     NR = -(-NT // c["RACE_TILES"])  # race items per row
     NS = -(-NT // (c["TILES"] * c["CHUNKS"]))
     CH = NI / NS  # chunks per stats item, a mean (``_chunks``: every item within one chunk of it)
+    NL = NS * c["LOOK_SPLIT"]  # second-look items per position
+    CHL = NI / NL  # chunks per look item, a mean
     CW = c["TILES"] * c["BLOCK_V"]  # entries of a chunk
     FULL = (val("V") // CW) / NS  # of which wholly inside the vocabulary (the loop; a partial one is a tail)
+    FULL_L = (val("V") // CW) / NL  # a look item's
     PART = int(val("V") % CW != 0)  # a position's last chunk is partial
     PART_R = int(val("V") % (c["RACE_TILES"] * c["BLOCK_V"]) != 0)  # a row's last race item is partial
     G = -(-B // c["ROWS"])
@@ -2524,7 +2547,7 @@ def roofline_hints(launch) -> dict:
     # one row per item, the look reading no screening records (``TAGGED``): the merge stores the look's constants as
     # tagged words, no release fence (``_store_consts``), and the look's poll brings them (``_wait_consts``): one
     # round trip, the flag's and the constants' together
-    tagged = c["SECOND_LOOK"] and c["ROWS"] == 1 and not screened
+    tagged = c["SECOND_LOOK"] and c["ROWS"] == 1 and not c["FP64"] and not screened
     # the look's body: at every looked item, but where the launch skips looks that can change nothing, at the share
     # of the modelled inputs (``roofline_data``; without it, at every position: the worst case)
     share = float(launch.data.get("look_share", 1.0)) if _skips_looks(launch) else 1.0
@@ -2532,7 +2555,7 @@ def roofline_hints(launch) -> dict:
     # phase waits for no look item: the rows' chains hold no look step (one row with a look: the worst case, all do)
     looks_on_chain = looks and (float(launch.data.get("look_rows", 1.0)) if _skips_looks(launch) else 1.0) > 0
     div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set and has_q else 0
-    step = KP * NS + (K * NS if c["SECOND_LOOK"] else 0) + NR + div_items
+    step = KP * NS + (K * NL if c["SECOND_LOOK"] else 0) + NR + div_items
     race_l2 = (1 if c["ROWS"] == 1 else 3) + c["RACE_TILES"]
     race_piped = c["RACE_TILES"] if c["ROWS"] == 1 else 0  # the tiles, each loaded a tile ahead (one row per item)
     work = {
@@ -2558,11 +2581,11 @@ def roofline_hints(launch) -> dict:
         "merge_release": dict(count=G * n if looks else 0, l2=0 if tagged else 1),
         # the ready flag's round trip, then the constants' (with one chunk per item, its chunk in flight since
         # before the flag), or with ``TAGGED`` one, the constants coming with the wait
-        "look": dict(count=G * n * NS if looks else 0, l2=1 if tagged else 2),
+        "look": dict(count=G * n * NL if looks else 0, l2=1 if tagged else 2),
         # one L2 round trip per chunk, those of the whole chunks in the pipelined loop (``STAGES``); none with one
         # chunk per item (loaded before the flag)
-        "look_body": dict(count=G * n * NS * share if looks else 0, l2=CH if dense and not one else 0,
-                          pipelined_l2=FULL if dense and not one else 0),
+        "look_body": dict(count=G * n * NL * share if looks else 0, l2=CHL if dense and not one else 0,
+                          pipelined_l2=FULL_L if dense and not one else 0),
         # the position's last look item, after its ticket on the row: an acquire of the items' count, then the ready
         # flag back to zero (off the row's chain)
         "look_reset": dict(count=G * K if looks else 0, l2=1),
@@ -2583,7 +2606,7 @@ def roofline_hints(launch) -> dict:
     }
     if looks_on_chain:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "merge_release"], 1, step),
-                 (["queue", "look", "look_body", "look_q"], n * NS, 0), (["accept"], 1, step),
+                 (["queue", "look", "look_body", "look_q"], n * NL, 0), (["accept"], 1, step),
                  (["queue", "race"], NR, 0), (["emit"], 1, 0)]
     else:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "merge_ticket", "accept"], 1, step),
@@ -2594,8 +2617,8 @@ def roofline_hints(launch) -> dict:
     saved = (1.0 - share) * G * n * 2 * val("V") * launch.arg("zp_ptr").element_size if dense and not one else 0.0
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work, l2_bytes_saved=saved,
                 phase_loops=[["_stats_item", "tl.range(0, CH_BASE", FULL, ["stats", "stats_q"], c["STAGES"]],
-                             ["_look_item", "tl.range(0, CH_BASE", FULL, ["look_body"], c["STAGES"]],
-                             ["_look_item", "c < nfull", FULL, ["look_body"]],
+                             ["_look_item", "tl.range(0, CH_BASE", FULL_L, ["look_body"], c["STAGES"]],
+                             ["_look_item", "c < nfull", FULL_L, ["look_body"]],
                              ["_race_tiles", "tl.static_range(TILES)", 1, ["race", "race_tail"], 2, "unrolled"]],
                 phase_chain=[[p, items, gap] for p, items, gap in chain], chain_rows=G,
                 reuse_rows=2 if c["SECOND_LOOK"] else 1,
@@ -2609,6 +2632,13 @@ def roofline_hints(launch) -> dict:
 MAX_REGISTERS = 128
 ITEMS_PER_PROGRAM = 0  # tests set this (under the interpreter) to make every hand-off cross programs
 RACE_TILES_OVERRIDE = 0  # tiles per race item; 0: the launcher's choice (tests set it)
+# A rule that skips the second look where a bound on TV decides r (``Rule.monotone_tv``: opt) splits each position's
+# look into LOOK_SPLIT items per stats item where each still holds a chunk: few positions look, but a row that keeps
+# one waits for its look on the row's chain, and a smaller item is a shorter step there (each more item costs a draw
+# from the queue and a wait, also at the positions whose look is skipped). LOOK_SPLIT_OVERRIDE (tests): another split
+# (a power of two, where it fits; 1: none).
+LOOK_SPLIT = 2
+LOOK_SPLIT_OVERRIDE = 0
 # False: the second look runs at every position, also where it can change nothing (``_look_moot``; the same outputs).
 # bench/roofline.py traces that worst case (``ROOFLINE_TRACE``) and counts the share its modelled inputs skip from
 # ``roofline_data``.
@@ -2700,7 +2730,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     # The race (one position per row): items of fewer tiles while a row's all take one wave of the programs, so the
     # row's last step is one item's round trips and a quarter or less of its entries (not with a token set's
     # divergence items, whose count includes the race items').
-    race_tiles = RACE_TILES_OVERRIDE or tiles
+    race_tiles = RACE_TILES_OVERRIDE or tiles * (2 if cx["MONOTONE_TV"] and second and zp.element_size() <= 2 else 1)
     if div_items:
         race_tiles = tiles
     elif not RACE_TILES_OVERRIDE:
@@ -2708,6 +2738,11 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
             race_tiles //= 2
     nr = triton.cdiv(nt, race_tiles)
     ns = triton.cdiv(nt, tiles * chunks)  # stats items per position
+    split = 1  # look items per stats item
+    if cx["MONOTONE_TV"] and second and not divergence:
+        while split < (LOOK_SPLIT_OVERRIDE or LOOK_SPLIT) and ns * split * 2 <= ni:
+            split *= 2
+    nl = ns * split  # second-look items per position
     vec = min(16 // zp.element_size(), tiles * block_v)  # a thread's vector load of the target's logits
     lanes = min(tiles * block_v, 32 * num_warps * vec)
     screens = max(1, lanes // vec // 32)  # a token set's screening records per chunk, one per warp (``_screen``)
@@ -2721,7 +2756,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     part_m = torch.empty((B * KP * 2 * nt + 2 * scr + cells,), dtype=mdt, device=dev)
     part_f = torch.empty((2 * B * KP * 2 * nt + scr + cells,), dtype=f32, device=dev)
     part_i = torch.empty((2 * B * KP * 2 * nt,), dtype=i32, device=dev)
-    step = KP * ns + (K * ns if second else 0) + nr + (K * ni if div_items else 0)
+    step = KP * ns + (K * nl if second else 0) + nr + (K * ni if div_items else 0)
     total = (groups + (2 if second else 1)) * step
     items = ITEMS_PER_PROGRAM
     grid = triton.cdiv(total, items) if items else max(1, min(programs, total))
@@ -2739,8 +2774,9 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         *strides,
         **cx, SKIP_MOOT=SKIP_MOOT_LOOKS, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
-        BLOCK_S=max(triton.next_power_of_2(ns), 2), RECORDS=ns, CH_BASE=ni // ns, CH_EXTRA=ni % ns,
-        TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks,
+        BLOCK_S=max(triton.next_power_of_2(ns), 2), RECORDS=nl, CH_BASE=ni // ns, CH_EXTRA=ni % ns,
+        TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks, LOOK_SPLIT=split, LOOK_BASE=ni // nl, LOOK_EXTRA=ni % nl,
+        BLOCK_L=max(triton.next_power_of_2(nl), 2),
         STAGES=stats_stages(max(zp.element_size(), zq.element_size() if zq is not None else 0), args.rule.name),
         ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, SOLO=groups == 1,
         SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
