@@ -27,7 +27,11 @@ still do: NS = ceil(NT / (TILES CHUNKS)) stats and second-look items and NI = ce
 position, NR = ceil(NT / RACE_TILES) race items per row (at B = 1 on a GPU, one tile each: the row's last steps
 are the race and the emit, so a smaller item is a shorter step). (Larger items draw a quarter as many from
 the queue, each draw costing about as many instructions as a chunk's statistics; larger race items would lengthen a
-row's last step more than they save.)
+row's last step more than they save.) A rule whose look is skipped where a bound on TV decides r (opt) takes
+LOOK_SPLIT look items per stats item (NL = NS LOOK_SPLIT, each at least a chunk: ``LOOK_SPLIT``), since few of its
+positions look but a row that keeps one waits for that look on its chain, and with 2-byte logits at a full batch
+race items of 2 TILES tiles (its rounds are bound by instruction issue, and a race item's fixed part is about half
+its instructions).
 
 * **stats** (row b, position i, item j): chunk by chunk, the chunk's tiles of zp_i and, for i < n, of zq_i as one
   block per side, both loads in flight together, the whole chunks in a loop software-pipelined over
@@ -51,8 +55,9 @@ row's last step more than they save.)
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below; with one chunk
   per item in the pipelined loop, at a small batch, its loads go out before the wait: the logits are inputs,
   which the launch never writes, so they arrive while the item waits, and the item waits one round trip after the
-  flag, for its constants, where loading the chunk after them made two; with one row and one chunk per item and a
-  look that reads the statistics alone, ``TAGGED``, the merge writes the constants themselves as six 8-byte words
+  flag, for its constants, where loading the chunk after them made two; with one row per item (every batch on a
+  GPU), float32 statistics and a look that reads the statistics alone, ``TAGGED``, the merge writes the constants
+  themselves as six 8-byte words
   tagged as written, in place of the flag 1 and with no release fence, and the item polls the flag and the words
   at once: the constants come with the wait, which follows the merge's stores by one round trip, where the fence
   and then the constants' load made two more) and sums TV or eta (the chunks' tiles
@@ -720,7 +725,8 @@ def _verify_kernel(
                                                          part_f_ptr,
                                                          pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr,
                                                          cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val,
-                                                         cutq_ptr, cutp_ptr, B, K, V, NT, LOOK_BASE, LOOK_EXTRA, c_ready,
+                                                         cutq_ptr, cutp_ptr, B, K, V, NT, LOOK_BASE, LOOK_EXTRA,
+                                                         c_ready,
                                                          c_look, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
                                                          FAMILY, NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE,
                                                          HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T, TILES,
@@ -1553,7 +1559,8 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
                FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
                BLOCK_T: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, LOOK_SPLIT: tl.constexpr,
-               READS_PH: tl.constexpr, FLOOR: tl.constexpr, SCREENED: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr,
+               READS_PH: tl.constexpr, FLOOR: tl.constexpr, SCREENED: tl.constexpr, SCREENS: tl.constexpr,
+               PAIRS: tl.constexpr,
                LANES: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, SOLO: tl.constexpr,
                TAGGED: tl.constexpr, c_words):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
@@ -2708,7 +2715,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     row_f = torch.empty((B,), dtype=f32, device=dev)
     groups = triton.cdiv(B, rows)
     # (one row group, ``SOLO``: room for the positions' tagged constants, ``TAGGED``, 8-byte aligned)
-    cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 4 * groups + (1 + 12 * KP * groups if rows == 1 else 0))
+    cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 4 * groups
+                          + (1 + 12 * KP * groups if rows == 1 else 0))  # (the tagged words: ``TAGGED``)
     cx = rule_constexprs(args.rule)
     # (token-only drafts have closed forms: no second look, whose body reads the drafter's logits, is compiled)
     second = (needs_second_look(args.rule) or divergence) and K > 0 and zq is not None
