@@ -107,8 +107,9 @@ case (``ROOFLINE_TRACE``: {module attribute: value} set while tracing, e.g. the 
 ``roofline_data(launch, inputs) -> dict``, where ``inputs()`` gives the public call's inputs at the modelled point
 (the bench recipe at its batch, materialized on first ask); the result is ``launch.data``, which ``roofline_hints``
 reads to count the skipped share (phase counts, and ``l2_bytes_saved``: the traced re-reads from L2 the modelled
-inputs skip), or a data-decided phase's count outright (the verify kernel's ``look_chunks``: the chunks a token
-set's screened look reads, from r6).
+inputs skip), or a data-decided phase's count outright (the verify kernel's ``look_cells``: the cells a token set's
+screened look reads, its chunks' ``look_chunks`` from r6 to v42; and from v43 ``race_exact``: the race items that
+take the exact form).
 
 Known limits: local-memory (spill) traffic is not modelled; a loop that ptxas unrolled is counted with its
 whole body per source iteration (an over-count by the unroll factor: give ``loop_trips``); the eager figure

@@ -422,20 +422,21 @@ def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch
 
 
 @pytest.mark.parametrize("rule,alpha,rows,skip", [("token_v3", 0.9, 1, True), ("token_v1", 0.08, 2, False)])
-def test_look_chunks_are_the_chunks_the_kernel_reads(rule, alpha, rows, skip, monkeypatch):
-    """The model counts the chunks a screened look reads (``look_q``) from the modelled inputs (``roofline_data``'s
-    ``look_chunks``), not from one or two traced rows. Traced, on random logits where A holds several tokens in
-    several chunks: the count is the kernel's executions of the loop's load, per row group (ROWS = 2: the chunks
-    where any row of the group may hold a member) and, where the launch skips moot looks, only at the positions whose
-    look can change something. The controls: the count per row (ROWS = 1) and at every position differ."""
+def test_look_cells_are_the_cells_the_kernel_reads(rule, alpha, rows, skip, monkeypatch):
+    """The model counts the cells a screened look reads (``look_q``) from the modelled inputs (``roofline_data``'s
+    ``look_cells``), not from one or two traced rows. Traced, on random logits where A holds several tokens in
+    several chunks of two cells each: the count is the kernel's executions of the loop's load, per row group (ROWS =
+    2: the cells where any row of the group may hold a member) and, where the launch skips moot looks, only at the
+    positions whose look can change something. The controls: the count per row (ROWS = 1) and at every position
+    differ, and the cells are fewer than twice the chunks that hold them (a chunk is read by its cells)."""
     from speccas_kernels.kernels import verify as kv
     from speccas_kernels import triton_backend
 
     monkeypatch.setattr(kv, "SKIP_MOOT_LOOKS", skip)
-    for name, value in (("BLOCK_V_OVERRIDE", 32), ("TILES_OVERRIDE", 2), ("CHUNKS_OVERRIDE", 2),
+    for name, value in (("BLOCK_V_OVERRIDE", 128), ("TILES_OVERRIDE", 2), ("CHUNKS_OVERRIDE", 2),
                         ("ROWS_OVERRIDE", rows)):
         monkeypatch.setattr(triton_backend, name, value)
-    B, K, V = 3, 2, 512  # 8 chunks of 64 entries a row
+    B, K, V = 3, 2, 2048  # 8 chunks of 256 entries a row, two cells of 128 each
     g = torch.Generator().manual_seed(5)
     base = (torch.randn(1, K + 1, V, generator=g) * 2.5).expand(B, K + 1, V)  # rows alike: a group's chunks overlap
     zp = base + torch.randn(B, K + 1, V, generator=g) * 0.5
@@ -447,21 +448,23 @@ def test_look_chunks_are_the_chunks_the_kernel_reads(rule, alpha, rows, skip, mo
     ref = speccas_kernels.verify(zq, zp, x, rule=rule, alpha=alpha, seed=1, backend="reference")
     assert torch.equal(out.tokens, ref.tokens) and torch.equal(out.num_accepted, ref.num_accepted)
     launch = work.launches[-1]
-    assert launch.constexprs["ROWS"] == rows and kv._screens_looks(launch)
+    assert launch.constexprs["ROWS"] == rows and kv._screens_looks(launch) and launch.constexprs["SCREENS"] == 2
     lines = tracer.summary("traced")["launches"][-1]["lines"]
-    traced = sum(n for line, n in lines.items() if "zq = load_tile(qbase, lo, near_c" in rf._source_text(line))
+    traced = sum(n for line, n in lines.items() if "zq = load_cell(qbase, lo, w, near_k" in rf._source_text(line))
     al = torch.tensor(alpha)
     if skip:
         data = launch.data = kv.roofline_data(launch, lambda: (zq, zp, x))
         assert 0 < data["look_share"] < 1, data  # some looks moot, some not
-        counted = data["look_chunks"]
-        every = kv._look_chunks(launch, zq, zp[:, :K], al, torch.zeros(B, K, dtype=torch.bool))
+        counted = data["look_cells"]
+        every = kv._look_cells(launch, zq, zp[:, :K], al, torch.zeros(B, K, dtype=torch.bool))
     else:
-        assert kv.roofline_data(launch, lambda: (zq, zp, x)) == {}  # (no skip: no data; the hints' own count)
-        counted = every = kv._look_chunks(launch, zq, zp[:, :K], al, None)
-    per_row = kv._look_chunks(dataclasses.replace(launch, constexprs=dict(launch.constexprs, ROWS=1)), zq,
-                              zp[:, :K], al, torch.zeros(B, K, dtype=torch.bool))
+        assert "look_cells" not in kv.roofline_data(launch, lambda: (zq, zp, x))  # (no skip: the hints' own count)
+        counted = every = kv._look_cells(launch, zq, zp[:, :K], al, None)
+    per_row = kv._look_cells(dataclasses.replace(launch, constexprs=dict(launch.constexprs, ROWS=1)), zq,
+                             zp[:, :K], al, torch.zeros(B, K, dtype=torch.bool))
+    chunks = (kv._near_cells(launch, zq, zp[:, :K], al).any(-1)).sum()
     assert traced == counted > 0, (traced, counted)
+    assert per_row < 2 * chunks, (per_row, chunks)  # some chunk's other cell is not read
     assert per_row > B * K, per_row  # A spans several chunks
     assert (every > counted) if skip else (per_row > counted), (every, per_row, counted)
     assert kv.roofline_hints(launch)["phase_work"]["look_q"]["count"] == (counted if skip else 0)
@@ -583,8 +586,9 @@ def test_opt_look_skips_where_a_bound_on_tv_decides_r(monkeypatch):
 def test_token_set_look_reads_nothing_where_the_draft_is_in_a(monkeypatch):
     """Traced: a token set's second look reads no tile where the draft is in A with q(x) > 0 (a = 1 whatever eta,
     and a rejection's residual, which reads eta, lies at another position): row 0's drafts are the modes of q and p
-    (alone in A at alpha 0.2), row 1's drafts an entry far below the modes, whose looks re-read the modes' chunks.
-    The outputs match the reference's. The control: with the skip off, row 0's looks re-read their chunks too."""
+    (alone in A at alpha 0.2), row 1's drafts an entry far below the modes, whose looks re-read the modes' cells (a
+    chunk's entries of one group of 32 lanes: half a chunk here). The outputs match the reference's. The control:
+    with the skip off, row 0's looks re-read their cells too."""
     from speccas_kernels import triton_backend
     from speccas_kernels.kernels import verify as kv
 
@@ -598,17 +602,18 @@ def test_token_set_look_reads_nothing_where_the_draft_is_in_a(monkeypatch):
     for skip in (True, False):
         monkeypatch.setattr(kv, "SKIP_MOOT_LOOKS", skip)
         tracer = rf.MemoryTracer()
-        with tracer, rf.DeviceWork(execute=True, tracer=tracer):
+        with tracer, rf.DeviceWork(execute=True, tracer=tracer) as work:
             out = speccas_kernels.verify(zq, zp, x, rule=rule, alpha=0.2, seed=1, backend="triton")
         ref = speccas_kernels.verify(zq, zp, x, rule=rule, alpha=0.2, seed=1, backend="reference")
+        assert work.launches[-1].constexprs["SCREENS"] == 2
         assert out.tokens.tolist() == ref.tokens.tolist() and out.deferred.tolist() == ref.deferred.tolist()
         assert out.deferred.tolist() == [[False, False], [True, True]]
         # the drafter's rows: the look's chunk re-reads (the race re-reads q only at a rejection: row 1's first)
         reread[skip] = tracer.summary("traced")["launches"][-1]["access"][f"{tracer.storage_index(zq)}:load"]["again"]
-    chunk, V = 2 * 128 * 4, zq.shape[-1]
+    cell, V = 2 * 128 * 4 // 2, zq.shape[-1]
     race = V * 4 if ref.num_accepted[1] < 2 else 0  # row 1's residual race re-reads its q row
-    assert 0 < reread[True] - race <= 2 * (chunk + 64)  # row 1's two positions: one chunk each (+ a sector's slack)
-    assert 2 * chunk <= reread[False] - reread[True] <= 2 * (chunk + 64)  # row 0's too, with the skip off
+    assert 0 < reread[True] - race <= 2 * (cell + 64)  # row 1's two positions: one cell each (+ a sector's slack)
+    assert 2 * cell <= reread[False] - reread[True] <= 2 * (cell + 64)  # row 0's too, with the skip off
 
 
 def test_opt_look_share_comes_from_the_modelled_inputs():

@@ -353,6 +353,51 @@ def test_token_set_screen_keeps_members_at_the_floor(device, rule, rows, monkeyp
     assert ((got.double() - truth) / truth).abs().max() < 1e-4, f"{got.tolist()} vs {truth.tolist()}"
 
 
+@triton.jit
+def _clear_everywhere(part_m_ptr, rows, m, j, resid_row, Mp, S1p, Mq, S1q, al, B, K, NT, RACE_TILES: tl.constexpr,
+                      TILES: tl.constexpr, SCREENS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr):
+    return j >= 0  # a screen that clears every item, members or not
+
+
+@pytest.mark.parametrize("rule", ["token_v1", "token_v3"])
+@pytest.mark.parametrize("rows", [None, 1])
+def test_token_set_race_screens_its_items_for_members(device, rule, rows, monkeypatch):
+    """A token set's residual race takes w = eta p - q in family A's form (two exps, one FFMA) at an item whose chunks
+    the statistics' screening records show to hold no member of A (``_race_clear``), and the exact form (membership
+    per entry: w = eta p on A) at the others. Here A = {p's mode}, where q puts most of its mass: eta p < q there, so
+    the exact residual's mass is mostly at the mode and the drafter's form would give it none. The tokens must be the
+    reference's, both forms must run, and a screen that clears every item (the negative control) must change them."""
+    monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+    B, K, V = 8, 2, 600
+    g = torch.Generator().manual_seed(11)
+    zp = torch.randn(B, K + 1, V, generator=g) * 0.3
+    zq = torch.randn(B, K, V, generator=g) * 0.3
+    zp[:, :, 3] += 6.0  # p's mode, the only member of A (token_v3: p^ >= max p^ / 2; token_v1: q^ >= max p^ - 0.2)
+    zq[:, :, 3] += 7.0
+    x = torch.randint(100, V, (B, K), generator=g)  # drafts outside A
+    kw = dict(draft_tokens=x.to(device), temperature=1.0, seed=torch.arange(B, device=device), offset=0,
+              alpha=0.5 if rule == "token_v3" else 0.2, rule=rule)
+    truth = sk.verify(zq, zp, backend="reference", **kw)
+    rejected = (truth.num_accepted < K).nonzero()[:, 0]
+    emitted = truth.tokens[rejected, truth.num_accepted[rejected]]
+    assert int((emitted == 3).sum()) >= 4, emitted  # the exact residual mostly emits the mode
+    seen = []
+    real = kverify._race_clear
+
+    def recorded(*args, **kwargs):
+        r = real(*args, **kwargs)
+        seen.append(bool(r.handle.data.item()))
+        return r
+
+    monkeypatch.setattr(kverify, "_race_clear", recorded)
+    got = sk.verify(zq.to(device), zp.to(device), backend="triton", **kw)
+    assert torch.equal(got.tokens.cpu(), truth.tokens) and torch.equal(got.num_accepted.cpu(), truth.num_accepted)
+    assert True in seen and False in seen, seen  # both forms ran
+    monkeypatch.setattr(kverify, "_race_clear", _clear_everywhere)
+    wrong = sk.verify(zq.to(device), zp.to(device), backend="triton", **kw)
+    assert not torch.equal(wrong.tokens.cpu(), truth.tokens)
+
+
 def _shifted(t):
     """The same values in storage that starts 2 bytes past a 4-byte boundary."""
     buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)

@@ -187,6 +187,28 @@ def load_tile(base, lo, use, n_left, N: tl.constexpr, FP64: tl.constexpr, PAIRS:
 
 
 @triton.jit
+def load_cell(base, lo, w, use, n_left, CELL: tl.constexpr, RUN: tl.constexpr, SPAN: tl.constexpr,
+              FP64: tl.constexpr, PAIRS: tl.constexpr):
+    """[R, CELL] logits of group ``w``'s entries of a chunk at ``base`` + ``lo`` (``base``: [R, 1] row pointers; ``lo``,
+    ``w`` scalars): a chunk's spans of SPAN entries each hold one run of RUN adjacent entries per group, w's at
+    w RUN, so entry e of the cell is (e // RUN) SPAN + w RUN + e % RUN; -inf in the rows outside ``use`` ([R, 1]) and
+    past ``n_left`` (V - lo), as ``load_tile`` (PAIRS: 32-bit words of two bfloat16 entries, RUN even)."""
+    if PAIRS:
+        h = tl.arange(0, CELL // 2)[None, :]
+        hw = (h // (RUN // 2)) * (SPAN // 2) + w * (RUN // 2) + h % (RUN // 2)
+        x = tl.load((base + lo).to(tl.pointer_type(tl.int32)) + hw, mask=use & (hw < n_left // 2),
+                    other=BF16X2_NEG_INF)
+        low = (x << 16).to(tl.float32, bitcast=True)
+        high = (x & -65536).to(tl.float32, bitcast=True)
+        z = tl.reshape(tl.join(low, high), [x.shape[0], CELL])
+    else:
+        e = tl.arange(0, CELL)[None, :]
+        v = (e // RUN) * SPAN + w * RUN + e % RUN
+        z = load_logits(base + lo + v, use & (v < n_left), FP64)
+    return z
+
+
+@triton.jit
 def tickets(counter_ptr, n):
     """Publish this program's stores, then draw n tickets at once on a counter: the first one's number (0, 1, ...).
     The program holds the last ticket of a count of c when the number plus n is c."""

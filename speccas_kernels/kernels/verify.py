@@ -75,9 +75,10 @@ its instructions).
   the bound is the look's reported sum), and a token set where the draft is in A with q(x) > 0 (a = 1 whatever eta,
   and a rejection, whose residual reads eta, lies elsewhere). Every output is the same; with the divergences, which
   need the sums themselves, the look runs everywhere. A token set with a floor (``Rule.floor``: A = {hat >= t}, hat
-  = q^ or p^) reads its chunks' screening records instead and only the tiles of the chunks whose largest logit on
-  that side may reach the floor (``_eta_item``): a chunk with no member of A adds the drafter's mass from its
-  records; but not at one row
+  = q^ or p^) reads its chunks' screening records instead, one per cell (a chunk's entries of one warp in the
+  statistics: an eighth of a chunk on a GPU), and only the logits of the cells whose largest logit on that side may
+  reach the floor, all the item's threads on one cell at a time (``_eta_item``): a cell with no member of A adds the
+  drafter's mass from its records; but not at one row
   group with one chunk per look item (B = 1 on a GPU: ``SCREENED`` false), where the screening's steps (the records
   written in the statistics, loaded after the fenced flag, then the member chunks' tiles) would lie on the row's
   chain, and the look reading every tile costs one preloaded chunk per item: there it sums eta dense, its constants
@@ -99,8 +100,12 @@ its instructions).
   round), joined into a flat [R, BLOCK_V] tile. Scores are in base-2 units: log2 w - log2(-log2 u) (the bonus:
   (z - M) log2(e) / T - log2(-log2 u)), the natural-log score plus a constant, divided by ln 2: the same argmax
   with no multiply by ln 2 and no negation per entry; w = max(0, pi - q) is formed without pi (family A r (p - q),
-  family B eta p - q 1[not A]), and log2 0 = -inf scores the entries outside the residual without a select. An
-  entry's best is kept as its tile number, the index formed once per item. The last item's program **emits** the
+  family B eta p - q 1[not A]), and log2 0 = -inf scores the entries outside the residual without a select. A
+  token set whose statistics screen its cells takes eta p - q as family A takes r (p - q), two exps and one FFMA
+  with the factors folded, at an item none of whose chunks may hold a member of A at m (their screening records
+  below the floor, ``_race_clear``), and tests membership per entry only at the others. A row's item computes its
+  scores in one branch, the bonus's or the residual's. An entry's best is kept as its tile number (a float: the
+  compiler packed an int32's few values into bytes), the index formed once per item. The last item's program **emits** the
   token; when the residual's mass is rounding noise (at most RESIDUAL_EPS, rare) it first runs the race over pi
   itself.
 
@@ -155,7 +160,7 @@ from .. import rules
 from ..outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from . import common, philox
 from .common import (BIG, LOG2E, NEG_INF, SHIFT_MAX, best_lowest_rows, exp_scaled, exp_shift, fma_exact,
-                     inv_temperature, ln_fast, load_logits, load_tile, log2_fast, log2e_scale, row_params,
+                     inv_temperature, ln_fast, load_cell, load_logits, load_tile, log2_fast, log2e_scale, row_params,
                      temperature_ok, ticket, tickets, wait_flag)
 
 FAMILY_A = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_A])
@@ -742,7 +747,7 @@ def _verify_kernel(
                            cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
                            IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T,
                            RACE_TILES, DIV_ITEMS, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS,
-                           VEC)
+                           VEC, part_m_ptr, TILES, SCREEN, READS_PH, FLOOR, SCREENS)
         else:
             g = (s - lag).to(tl.int64)
             if DIV_ITEMS:
@@ -1425,66 +1430,83 @@ def _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES:
 
 
 @triton.jit
-def _eta_item(c0, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase, pbase, mh, mr, sq, cutq_ptr,
-              K, V, IN_SET: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
-              FP64: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
-              PAIRS: tl.constexpr):
-    """eta's share ([R]) of a second-look item (chunks c0 to c0 + nch) for a token set whose membership is a floor t on
-    one hat (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the screening
-    records of the item's chunks (``_eta_records``, loaded with the position's statistics) and the logits of the few
-    chunks that may hold a member of A.
-
-    The floor as a logit, M + ln(t S1) on that side less a margin far above the rounding of the hat's own expression,
-    screens each chunk by that side's largest logit there, the largest of its records. In a row where a chunk holds
-    no member, the chunk adds the drafter's mass there from its records, the sum of exp((m - M) / T) s / ST over
-    them (m a record's reference, s its sum, as the merge forms ST): no logit is read. A chunk that passes the screen (a loop over those only) reads its tiles (the drafter's, and the
-    target's when the set reads p^: together, one round trip) and computes membership exactly as every phase does
-    (``_hat``, ``_in_set``); where it holds a member, it sums q off A instead. Every term is positive, so eta keeps its
-    relative precision however small it is (1 - q(A) would not: an absolute error of about 1e-7). Where A is a few
-    tokens near a mode, the look reads a few chunks of the position instead of one or both rows. Rows whose A is the
-    whole vocabulary (t <= 0) are not in ``use``."""
-    cc = tl.arange(0, BLOCK_T)[None, :]  # the item's chunks
-    live = use[:, None, None] & (mr > NEG_INF)
-    mass = tl.sum(tl.where(live, sq * tl.exp(_rel(mr, Mq[:, :, None]) * inv_temperature(T)[:, None, None]), 0.0),
-                  axis=2) * inv_STq
-    m = tl.max(mh, axis=2)  # the largest logit of each chunk on the side the set reads
+def _floor_logit(al, Mp, S1p, Mq, S1q, FLOOR: tl.constexpr, READS_PH: tl.constexpr):
+    """A token set's floor t (``Rule.floor``) as a logit on the side the set reads (p^ with ``READS_PH``, else q^),
+    less a margin far above the rounding of the hat's own expression (and of M): M + ln(t S1) - margin. An entry whose
+    logit there lies below it is not in A, so a chunk whose largest logit does holds no member (the second look's
+    screen, ``_eta_item``, and the race's, ``_race_clear``)."""
     if READS_PH:
         M = Mp
         S1 = S1p
     else:
         M = Mq
         S1 = S1q
-    lt = tl.log(tl.maximum(FLOOR(al, 1.0 / S1p) * S1, 1e-30))  # t > 0 in every row of ``use``
+    lt = tl.log(tl.maximum(FLOOR(al, 1.0 / S1p) * S1, 1e-30))
     margin = 1e-3 * (1.0 + tl.abs(lt)) + 1e-6 * tl.abs(M)  # (M's rounding too)
-    near = use[:, None] & (m >= M + (lt - margin))
-    dense = S1p * 0.0  # [R, 1]: the drafter's mass off A in the chunks that hold a member
-    offs = tl.arange(0, TILES * BLOCK_V)
+    return M + (lt - margin)
+
+
+@triton.jit
+def _eta_item(c0, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase, pbase, mh, mr, sq, cutq_ptr,
+              K, V, IN_SET: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
+              FP64: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
+              PAIRS: tl.constexpr, LANES: tl.constexpr, SCREENS: tl.constexpr, ROWS: tl.constexpr):
+    """eta's share ([R]) of a second-look item (chunks c0 to c0 + nch) for a token set whose membership is a floor t on
+    one hat (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the screening
+    records of the item's chunks (``_eta_records``, loaded with the position's statistics) and the logits of the few
+    cells that may hold a member of A. A cell is a chunk's entries of one group of 32 lanes (a warp's in the
+    statistics: ``_screen``), CHUNK / SCREENS entries, one record each.
+
+    The floor as a logit (``_floor_logit``) screens each cell by its record of the largest logit on that side. A cell
+    below it adds the drafter's mass there from its records, exp((m - M) / T) s / ST (m the record's reference, s its
+    sum, as the merge forms ST): no logit is read. A cell that passes (a loop over those only, the item's threads
+    together on one cell's entries: ``common.load_cell``) reads its logits (the drafter's, and the target's when the
+    set reads p^: together, one round trip), computes membership exactly as every phase does (``_hat``, ``_in_set``)
+    and sums q off A instead, per entry, reduced once per item. Every term is positive, so eta keeps its relative
+    precision however small it is (1 - q(A) would not: an absolute error of about 1e-7). Where A is a few tokens
+    near a mode, the look reads a few cells of the position (a chunk's eighth each, on a GPU) instead of one or both
+    rows. Rows whose A is the whole vocabulary (t <= 0) are not in ``use``."""
+    CHUNK: tl.constexpr = TILES * BLOCK_V
+    CELL: tl.constexpr = CHUNK // SCREENS
+    RUN: tl.constexpr = LANES // SCREENS  # a group's adjacent entries in each span of LANES
+    kk = tl.arange(0, BLOCK_T)[None, :, None] * SCREENS + tl.arange(0, SCREENS)[None, None, :]  # the item's cells
+    live = use[:, None, None] & (mr > NEG_INF)
+    mass = tl.where(live, sq * tl.exp(_rel(mr, Mq[:, :, None]) * inv_temperature(T)[:, None, None]), 0.0)
+    near = use[:, None, None] & (mh >= _floor_logit(al, Mp, S1p, Mq, S1q, FLOOR, READS_PH)[:, :, None])
+    dense = tl.zeros([ROWS, CELL], dtype=tl.float32)  # the drafter's mass off A in the cells that may hold a member
+    e = tl.arange(0, CELL)[None, :]
+    v = (e // RUN) * LANES + e % RUN  # a cell's entries in its chunk, less w RUN
     cut = S1p * 0.0
     if FILTERS:
         cut = tl.load(cutq_ptr + rows * K + i, mask=use, other=0.0)[:, None]
-    c = tl.min(tl.min(tl.where(near, cc, BIG), axis=1), axis=0)
-    while c < nch:  # the chunks that may hold a member of A, in order
-        near_c = tl.max(tl.where(cc == c, near.to(tl.int32), 0), axis=1)[:, None] > 0
-        lo = (c0 + c) * (TILES * BLOCK_V)
-        mask = near_c & (offs < V - lo)[None, :]
+    k = tl.min(tl.min(tl.min(tl.where(near, kk, BIG), axis=2), axis=1), axis=0)
+    ncells = nch * SCREENS
+    while k < ncells:  # the cells that may hold a member of A, in order
+        if ROWS == 1:  # (the one row's: the loop visits only those)
+            near_k = use[:, None]
+        else:
+            near_k = tl.max(tl.max(tl.where(kk == k, near.to(tl.int32), 0), axis=2), axis=1)[:, None] > 0
+        c = k // SCREENS
+        w = k - c * SCREENS
+        lo = (c0 + c) * CHUNK
+        mask = near_k & (v + w * RUN < V - lo)
         if READS_PH:
-            zp = load_tile(pbase, lo, near_c, V - lo, TILES * BLOCK_V, FP64, PAIRS)
-        zq = load_tile(qbase, lo, near_c, V - lo, TILES * BLOCK_V, FP64, PAIRS)  # (``look_q`` counts this line)
+            zp = load_cell(pbase, lo, w, near_k, V - lo, CELL, RUN, LANES, FP64, PAIRS)
+        zq = load_cell(qbase, lo, w, near_k, V - lo, CELL, RUN, LANES, FP64, PAIRS)  # (``look_q`` counts this line)
         qh = _hat(zq, Mq, S1q)
         if READS_PH:
             hat = _hat(zp, Mp, S1p)
         else:
             hat = qh
         in_a = _in_set(IN_SET, al, hat, hat, S1p) & mask
-        member = tl.max(in_a.to(tl.int32), axis=1)[:, None] > 0
         keep_q = mask & (zq > NEG_INF)
         if FILTERS:
             keep_q = keep_q & (zq >= cut)
-        q = _law(zq, Mq, inv_STq, scale, keep_q, qh, unit, FILTERS)
-        dense += tl.where(member, tl.sum(tl.where(in_a, 0.0, q), axis=1)[:, None], 0.0)
-        mass = tl.where((cc == c) & member, 0.0, mass)
-        c = tl.min(tl.min(tl.where(near & (cc > c), cc, BIG), axis=1), axis=0)
-    return tl.sum(mass, axis=1) + tl.sum(dense, axis=1)
+        q = _law(zq, Mq, inv_STq, scale, keep_q, qh, unit, FILTERS)  # (0 outside ``mask``: its logits are -inf)
+        dense += tl.where(in_a, 0.0, q)
+        mass = tl.where((kk == k) & near, 0.0, mass)
+        k = tl.min(tl.min(tl.min(tl.where(near & (kk > k), kk, BIG), axis=2), axis=1), axis=0)
+    return tl.sum(tl.sum(mass, axis=2) * inv_STq, axis=1) + tl.sum(dense, axis=1)
 
 
 @triton.jit
@@ -1640,7 +1662,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                     if tl.max(live.to(tl.int32), axis=0) > 0:
                         eta = _eta_item(c0, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit,
                                         qbase[:, None], pbase[:, None], mh, mr, sq, cutq_ptr, K, V, IN_SET, FLOOR,
-                                        READS_PH, FILTERS, FP64, BLOCK_V, BLOCK_T, TILES, PAIRS)
+                                        READS_PH, FILTERS, FP64, BLOCK_V, BLOCK_T, TILES, PAIRS, LANES, SCREENS, ROWS)
                     tl.store(look_part_ptr + (rows * K + i) * NL + j, eta, mask=use)  # one record per item
                 if DENSE:
                     # family A and lossy: exp((z - M) / T) as one FFMA and one ex2 where no row's M / T reaches
@@ -2049,12 +2071,76 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
 
 
 @triton.jit
+def _bonus_scores(zp, keep_p, e2, Mp, scale, cp, fast, FILTERS: tl.constexpr, FP64: tl.constexpr):
+    """A race tile's bonus scores (``_race_tiles``): (z - M) log2(e) / T - e2 at the kept entries, -inf elsewhere (a
+    masked or dead entry is -inf already)."""
+    if FP64:
+        s = _rel(zp, Mp) * scale - e2
+    elif fast:  # (the scores less the row's constant rounding error of M / T: the same argmax)
+        s = fma_exact(zp, scale, -cp) - e2
+    else:
+        s = _rel(zp, Mp) * scale - e2
+    if FILTERS:
+        s = tl.where(keep_p, s, NEG_INF)
+    return s
+
+
+@triton.jit
+def _resid_exact(T, m, rows, resid_row, zp, zq_u, keep_p, Mp, offs, lo, mask, scale, inv_STp, wm, Mq, inv_STq, S1p,
+                 S1q, argp, argq, xm, al, qbase, cutq_ptr, K, V, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
+                 HAS_Q: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr):
+    """pi - q of a race tile in the exact form (``_residual_tile``: the blend per entry, a token set's membership)."""
+    d, _ = _residual_tile(T, m, rows, resid_row, zp, keep_p, Mp, offs, lo, mask & resid_row[:, None], scale, inv_STp,
+                          wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY, IN_SET, HAS_Q,
+                          FILTERS, FP64, PAIRS, V - lo, DIFF=True, zq_in=zq_u)
+    return d
+
+
+@triton.jit
+def _resid_scores(zp, zq_u, keep_p, e2, mask, lo, offs, rows, m, T, resid_row, Mp, scale, cp, kp, cq, kq, inv_STp, wm,
+                  Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, V, fast_resid, FAMILY: tl.constexpr,
+                  IN_SET: tl.constexpr, HAS_Q: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
+                  PAIRS: tl.constexpr, FULL: tl.constexpr, SCREEN: tl.constexpr):
+    """A race tile's residual scores (``_race_tiles``): (log2 w - e2, w), w = max(0, pi - q), 0 at masked entries
+    (where pi = q = 0); log2 0 = -inf scores the entries outside the residual without a select. ``fast_resid``:
+    w as two products of the exps (a token set's only where the item holds no member of A, ``_race_clear``)."""
+    FAST_RESID: tl.constexpr = (not FP64) and HAS_Q and ((FAMILY != FAMILY_B) or SCREEN)
+    BLOCK_V: tl.constexpr = offs.shape[1]
+    # the exact form (``_resid_exact``): where no other compiles (float64, token-only drafts, a token set that does
+    # not screen its race), and where it does, at an item that may hold a member of A, without exp_shift, at T = 0
+    if FAST_RESID:
+        exact_form = fast_resid == 0
+        if exact_form:  # (bench/roofline.py counts this branch apart: ``race_exact``)
+            d = _resid_exact(T, m, rows, resid_row, zp, zq_u, keep_p, Mp, offs, lo, mask, scale, inv_STp, wm, Mq,
+                             inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, V, FAMILY, IN_SET, HAS_Q,
+                             FILTERS, FP64, PAIRS)
+        else:  # w = r (p - q), eta p - q, lossy p - q: the factors hold r, eta
+            if zq_u is not None:
+                zq = zq_u
+            else:
+                zq = load_tile(qbase, lo, resid_row[:, None], V - lo, BLOCK_V, FP64, PAIRS, FULL)
+            ep = tl.exp2(fma_exact(zp, scale, -cp))
+            eq = tl.exp2(fma_exact(zq, scale, -cq))
+            if FILTERS:
+                ep = tl.where(keep_p, ep, 0.0)
+                eq = tl.where(zq >= tl.load(cutq_ptr + rows * K + m, mask=resid_row & (m < K), other=0.0)[:, None],
+                              eq, 0.0)
+            d = ep * kp - eq * kq
+    else:
+        d = _resid_exact(T, m, rows, resid_row, zp, zq_u, keep_p, Mp, offs, lo, mask, scale, inv_STp, wm, Mq, inv_STq,
+                         S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, V, FAMILY, IN_SET, HAS_Q, FILTERS, FP64,
+                         PAIRS)
+    wv = tl.maximum(d, 0.0)
+    return log2_fast(wv) - e2, wv
+
+
+@triton.jit
 def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, any_bonus, any_resid, fast, fast_resid,
                 seed, pos, offs, pbase, qbase, Mp, scale, cp, kp, cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp,
                 argq, xm, al, cutp_ptr, cutq_ptr, K, V, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
                 HAS_Q: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr,
                 ROWS: tl.constexpr, BLOCK_V: tl.constexpr, TILES: tl.constexpr, VEC: tl.constexpr,
-                FULL: tl.constexpr, zp_in=None, zq_in=None):
+                FULL: tl.constexpr, SCREEN: tl.constexpr, zp_in=None, zq_in=None):
     """Race item j's TILES tiles (statically unrolled), folded entry by entry into the running best score ``acc_s``,
     its tile ``acc_u`` and the residual's mass ``acc_w`` (``_race_item``). FULL: the item lies inside the
     vocabulary, so its loads take no bound mask (with one row per item, which races, the target's none at all).
@@ -2063,7 +2149,6 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
     before its own fold (``_race_tile_loads``; none past the item's last), so a tile's round trip to L2 overlaps
     the fold before."""
     KP = K + 1
-    FAST_RESID: tl.constexpr = (not FP64) and HAS_Q and (FAMILY != FAMILY_B)
     for u in tl.static_range(TILES):
         t = j.to(tl.int64) * TILES + u  # tiles past the last (t >= NT) read nothing
         lo = t * BLOCK_V
@@ -2085,46 +2170,51 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
         keep_p = mask & (zp > NEG_INF)
         if FILTERS:
             keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=racing, other=0.0)[:, None])
-        s = tl.full([ROWS, BLOCK_V], NEG_INF, tl.float32)
-        if any_bonus:  # (a masked or dead entry is -inf, and scores -inf; a row that does not race stores nothing)
-            if FP64:
-                s = _rel(zp, Mp) * scale - e2
-            elif fast:  # (the scores less the row's constant rounding error of M / T: the same argmax)
-                s = fma_exact(zp, scale, -cp) - e2
+        if ROWS == 1:  # the row races one kind: its scores from one branch, with no -inf fill or merge of the two
+            if any_resid:
+                s, wv = _resid_scores(zp, zq_u, keep_p, e2, mask, lo, offs, rows, m, T, resid_row, Mp, scale, cp, kp,
+                                      cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr,
+                                      K, V, fast_resid, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS, FULL, SCREEN)
+                acc_w += wv
             else:
-                s = _rel(zp, Mp) * scale - e2
-            if FILTERS:
-                s = tl.where(keep_p, s, NEG_INF)
-        if any_resid:
-            rmask3 = mask & resid_row[:, None]
-            if FAST_RESID and fast_resid:  # w (p - q) (lossy p - q) as two products of the exps
-                if zq_u is not None:
-                    zq = zq_u
-                else:
-                    zq = load_tile(qbase, lo, resid_row[:, None], V - lo, BLOCK_V, FP64, PAIRS, FULL)
-                ep = tl.exp2(fma_exact(zp, scale, -cp))
-                eq = tl.exp2(fma_exact(zq, scale, -cq))
-                if FILTERS:
-                    ep = tl.where(keep_p, ep, 0.0)
-                    eq = tl.where(zq >= tl.load(cutq_ptr + rows * K + m, mask=resid_row & (m < K),
-                                                other=0.0)[:, None], eq, 0.0)
-                d = ep * kp - eq * kq
-            else:
-                d, q = _residual_tile(T, m, rows, resid_row, zp, keep_p, Mp, offs, lo, rmask3, scale, inv_STp,
-                                      wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY,
-                                      IN_SET, HAS_Q, FILTERS, FP64, PAIRS, V - lo, DIFF=True, zq_in=zq_u)
-            # w = max(0, pi - q) (0 at masked entries, where pi = q = 0); log2 0 = -inf scores the rest -inf
-            wv = tl.maximum(d, 0.0)
-            sr = log2_fast(wv) - e2
-            if ROWS == 1:  # the row races its residual
-                s = sr
-            else:
+                s = _bonus_scores(zp, keep_p, e2, Mp, scale, cp, fast, FILTERS, FP64)
+        else:  # (a masked or dead entry is -inf, and scores -inf; a row that does not race stores nothing)
+            s = tl.full([ROWS, BLOCK_V], NEG_INF, tl.float32)
+            if any_bonus:
+                s = _bonus_scores(zp, keep_p, e2, Mp, scale, cp, fast, FILTERS, FP64)
+            if any_resid:
+                sr, wv = _resid_scores(zp, zq_u, keep_p, e2, mask, lo, offs, rows, m, T, resid_row, Mp, scale, cp, kp,
+                                       cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr,
+                                       K, V, fast_resid, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS, FULL,
+                                       SCREEN)
                 s = tl.where(bonus, s, sr)
-            acc_w += wv
+                acc_w += wv
         take = s > acc_s
-        acc_u = tl.where(take, u, acc_u)
+        acc_u = tl.where(take, u * 1.0, acc_u)
         acc_s = tl.where(take, s, acc_s)
     return acc_s, acc_u, acc_w
+
+
+@triton.jit
+def _race_clear(part_m_ptr, rows, m, j, resid_row, Mp, S1p, Mq, S1q, al, B, K, NT, RACE_TILES: tl.constexpr,
+                TILES: tl.constexpr, SCREENS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr):
+    """Whether no chunk of TILES tiles that race item j (RACE_TILES tiles) covers may hold a member of A at position m
+    of a row that races its residual (a token set whose statistics wrote screening records, ``SCREEN``): each chunk's
+    largest logit on the side the set reads, the largest of its records, below the floor (``_floor_logit``), as the
+    second look screens. There w = eta p - q at every entry, family A's form (``_resid_scores``)."""
+    m0, n, _, _ = _screen_at(rows, m, B, K, NT, TILES, SCREENS)
+    NI = (NT + TILES - 1) // TILES
+    c_lo = (j * RACE_TILES) // TILES
+    c_hi = tl.minimum(((j + 1) * RACE_TILES - 1) // TILES, NI - 1)
+    RC: tl.constexpr = (RACE_TILES + TILES - 1) // TILES + 1  # chunks an item may cover, at most
+    sc = tl.arange(0, SCREENS)[None, :] * n
+    hi = S1p * 0.0 + NEG_INF
+    for k in tl.static_range(RC):
+        mh = tl.load(part_m_ptr + (m0 + c_lo + k)[:, None] + sc, mask=resid_row[:, None] & (c_lo + k <= c_hi),
+                     other=float("-inf"), cache_modifier=".cg")
+        hi = tl.maximum(hi, tl.max(mh, axis=1)[:, None])
+    near = resid_row[:, None] & (hi >= _floor_logit(al, Mp, S1p, Mq, S1q, FLOOR, READS_PH))
+    return tl.max(tl.max(near.to(tl.int32), axis=1), axis=0) == 0
 
 
 @triton.jit
@@ -2154,7 +2244,8 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
                ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
                DIV_ITEMS: tl.constexpr, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K: tl.constexpr,
-               PAIRS: tl.constexpr, VEC: tl.constexpr):
+               PAIRS: tl.constexpr, VEC: tl.constexpr, part_m_ptr, CH_TILES: tl.constexpr, SCREEN: tl.constexpr,
+               READS_PH: tl.constexpr, FLOOR: tl.constexpr, SCREENS: tl.constexpr):
     """Tiles j TILES .. j TILES + TILES - 1 of a row's race (statically unrolled): the bonus race (p_n + G) or the
     residual race (log max(0, pi_m - q_m) + G and the residual's mass), whichever the row runs (a row-uniform
     branch). The row's constants are loaded once per item; the tiles fold entry by entry into one running best (a
@@ -2206,8 +2297,9 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         bonus = bonus_row[:, None]
         offs = tl.arange(0, BLOCK_V)[None, :]
         # exp((z - M) / T) as one FFMA and one ex2 (``exp_shift``) where no row's M / T reaches SHIFT_MAX; a family-A
-        # or lossy residual then folds 1 / ST and the blend weight into one factor per side (``FAST_RESID``)
-        FAST_RESID: tl.constexpr = (not FP64) and HAS_Q and (FAMILY != FAMILY_B)
+        # or lossy residual then folds 1 / ST and the blend weight into one factor per side (``_resid_scores``), and
+        # so does a token set's (eta into the target's) at an item that holds no member of A (``_race_clear``)
+        FAST_B: tl.constexpr = (not FP64) and HAS_Q and (FAMILY == FAMILY_B) and SCREEN
         fast = False
         fast_resid = False
         cp = scale * 0.0
@@ -2217,26 +2309,34 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         if not FP64:
             if FAMILY == FAMILY_A:  # (the blend weight folded into each side's factor)
                 fast, cp, kp, cq, kq = _shift_consts(racing, scale, Mp, inv_STp * wm, Mq, inv_STq * wm)
+            elif FAMILY == FAMILY_B:  # (eta folded into the target's)
+                fast, cp, kp, cq, kq = _shift_consts(racing, scale, Mp, inv_STp * wm, Mq, inv_STq)
             else:
                 fast, cp, kp, cq, kq = _shift_consts(racing, scale, Mp, inv_STp, Mq, inv_STq)
             greedy_resid = resid_row & (T == 0)
             fast_resid = fast & (tl.max(greedy_resid.to(tl.int32), axis=0) == 0)
+            if FAST_B:
+                if any_resid:
+                    fast_resid = fast_resid & _race_clear(part_m_ptr, rows, m, j, resid_row, Mp, S1p, Mq, S1q, al, B,
+                                                          K, NT, TILES, CH_TILES, SCREENS, READS_PH, FLOOR)
         acc_s = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32) + NEG_INF
-        acc_u = tl.zeros([ROWS, BLOCK_V], dtype=tl.int32)  # the tile of an entry's best (an all -inf item: tile 0)
+        # the tile of an entry's best (an all -inf item: tile 0), a float: a select per entry, where the compiler packed
+        # an int32's few values into bytes (two instructions more per entry)
+        acc_u = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
         acc_w = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
         if full_item:
             acc_s, acc_u, acc_w = _race_tiles(
                 j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, any_bonus, any_resid, fast, fast_resid,
                 seed, pos, offs, pbase, qbase, Mp, scale, cp, kp, cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp,
                 argq, xm, al, cutp_ptr, cutq_ptr, K, V, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS, ROWS, BLOCK_V,
-                TILES, VEC, True, zp_pre, zq_pre)
+                TILES, VEC, True, SCREEN, zp_pre, zq_pre)
         if not full_item:  # (a row's last item, partial)
             acc_s, acc_u, acc_w = _race_tiles(
                 j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, any_bonus, any_resid, fast, fast_resid,
                 seed, pos, offs, pbase, qbase, Mp, scale, cp, kp, cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp,
                 argq, xm, al, cutp_ptr, cutq_ptr, K, V, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS, ROWS, BLOCK_V,
-                TILES, VEC, False, zp_pre, zq_pre)
-        best, low = best_lowest_rows(acc_s, acc_u * BLOCK_V + offs)
+                TILES, VEC, False, SCREEN, zp_pre, zq_pre)
+        best, low = best_lowest_rows(acc_s, acc_u.to(tl.int32) * BLOCK_V + offs)
         idx = (j * (TILES * BLOCK_V) + low).to(tl.int32)
         mass = tl.where(bonus_row, 1.0, tl.sum(acc_w, axis=1))
         tl.store(race_f_ptr + rows * NI + j, best, mask=racing)
@@ -2348,12 +2448,13 @@ ROOFLINE_PHASES = (
     ("stats_q", "_stats_chunk", "any_q"),
     ("stats", "_stats_item", None),
     ("look_reset", "_look_item", "seen == NL - 1"),
-    ("look_q", "_eta_item", "c < nch"),
+    ("look_q", "_eta_item", "k < ncells"),
     ("look_tail", "_look_item", "nfull < nch"),
     ("look_body", "_look_item", "ready == 1"),
     ("look", "_look_item", None),
     ("emit", "_race_item", "ticket(cnt_ptr + c_race"),
     ("race_tail", "_race_item", "not full_item"),
+    ("race_exact", "_resid_scores", "exact_form"),
     ("race", "_race_item", None),
 )
 
@@ -2372,12 +2473,18 @@ def roofline_data(launch, inputs) -> dict:
     change something (``_look_moot``: r differs at TV = 0 and 2 for a rule monotone in TV; the draft outside A or
     q(x) = 0 for a token set), and ``look_rows``, the share of rows with such a position (the others' accept
     phases wait for no look item), from the T = 1 statistics of the model's calls, in float32; where the look screens
-    its chunks, ``look_chunks``, the chunks it reads (``_look_chunks``): data-decided work that one or two traced rows
-    sample too thinly to stand for a batch's."""
-    if launch.name != "_verify_kernel" or not _skips_looks(launch) or launch.arg("zq_ptr").kind != "tensor":
+    its chunks, ``look_cells``, the cells it reads (``_look_cells``); where the race screens its items for members
+    of A (``_race_screens``), ``race_exact``, the race items that take the exact form (``_race_exact_items``):
+    data-decided work that one or two traced rows sample too thinly to stand for a batch's."""
+    if launch.name != "_verify_kernel" or launch.arg("zq_ptr").kind != "tensor":
         return {}
     if launch.arg("alpha_ptr").kind == "tensor" or launch.arg("n_ptr").kind == "tensor":
         return {}  # (per-row arguments: the model takes the worst case)
+    out = {}
+    if _race_screens(launch) and all(launch.arg(a).kind != "tensor" for a in ("temp_ptr", "seed_ptr", "offset_ptr")):
+        out["race_exact"] = _race_exact_items(launch, *inputs())
+    if not _skips_looks(launch):
+        return out
     zq, zp, x = inputs()
     n = max(0, min(zq.shape[1], int(launch.arg("n_val").value)))
     q = torch.softmax(zq[:, :n].float(), -1)
@@ -2391,10 +2498,10 @@ def roofline_data(launch, inputs) -> dict:
         qh, ph = q.gather(-1, xs).squeeze(-1), p.gather(-1, xs).squeeze(-1)
         moot = launch.constexprs["IN_SET"].fn(al, qh, ph, p.amax(-1)) & (qh > 0)
     if not moot.numel():
-        return {}
-    out = dict(look_share=1.0 - float(moot.float().mean()), look_rows=1.0 - float(moot.all(-1).float().mean()))
+        return out
+    out.update(look_share=1.0 - float(moot.float().mean()), look_rows=1.0 - float(moot.all(-1).float().mean()))
     if _screens_looks(launch):
-        out["look_chunks"] = _look_chunks(launch, zq[:, :n], zp[:, :n], al, moot)
+        out["look_cells"] = _look_cells(launch, zq[:, :n], zp[:, :n], al, moot)
     return out
 
 
@@ -2436,12 +2543,19 @@ def _screens_looks(launch) -> bool:
     return _screened_set(launch.constexprs) and launch.arg("div_ptr").kind != "tensor"
 
 
-def _look_chunks(launch, zq, zp, al, moot) -> float:
-    """The chunks a screened look reads (``_eta_item``'s loop, the ``look_q`` phase) over the modelled inputs ([B, n,
-    V]): per row group of ROWS rows and drafted position, every chunk where a row of the group whose A is not the whole
-    vocabulary has its largest logit, on the side the set reads, at or above the floor as a logit less the margin, as
-    the kernel screens (float32, T = 1: the hats are unscaled); none at an item whose rows' looks are all moot
-    (``moot``, [B, n]) where the launch skips those."""
+def _race_screens(launch) -> bool:
+    """Whether a launch's residual race screens its items for members of A (``_race_clear``: a screened token set,
+    float32 statistics, drafter logits), so that an item takes the exact form (``race_exact``) only where a chunk of
+    it may hold one."""
+    c = launch.constexprs
+    return (_screened_set(c) and bool(c["SECOND_LOOK"]) and not c["FP64"]
+            and launch.arg("zq_ptr").kind == "tensor")
+
+
+def _near_cells(launch, zq, zp, al) -> torch.Tensor:
+    """[B, n, NI, SCREENS]: the cells (a chunk's entries of one group of 32 lanes, ``_eta_item``) whose largest logit on
+    the side the set reads reaches the floor as a logit less the margin (``_floor_logit``), as the kernel screens
+    (float32, T = 1: the hats are unscaled), at the drafted positions of the modelled inputs ([B, n, V])."""
     c = launch.constexprs
     side = (zp if c["READS_PH"] else zq).float()
     B, n, V = side.shape
@@ -2449,22 +2563,76 @@ def _look_chunks(launch, zq, zp, al, moot) -> float:
     S1 = torch.exp(side - M[..., None]).sum(-1)
     zpf = zp.float()
     max_ph = 1.0 / torch.exp(zpf - zpf.amax(-1, keepdim=True)).sum(-1)
-    t = c["FLOOR"].fn(al, max_ph)
-    zero = torch.zeros(())
-    live = ~c["IN_SET"].fn(al, zero, zero, max_ph)  # A is not the whole vocabulary
-    lt = torch.log(torch.clamp(t * S1, min=1e-30))
+    lt = torch.log(torch.clamp(c["FLOOR"].fn(al, max_ph) * S1, min=1e-30))
     margin = 1e-3 * (1.0 + lt.abs()) + 1e-6 * M.abs()
     cw = c["TILES"] * c["BLOCK_V"]
     ni = -(-V // cw)
+    lanes, screens = c["LANES"], c["SCREENS"]
     padded = torch.nn.functional.pad(side, (0, ni * cw - V), value=float("-inf"))
-    m = padded.view(B, n, ni, cw).amax(-1)
-    near = (m >= (M + lt - margin)[..., None]) & live[..., None]
+    cells = padded.view(B, n, ni, cw // lanes, screens, lanes // screens).amax(5).amax(3)
+    return cells >= (M + lt - margin)[..., None, None]
+
+
+def _token_set_of(c) -> str:
+    """The name of the token set a launch's constexprs ``c`` compile (its IN_SET formula's code)."""
+    return next(r.name for r in rules.RULE_INFO.values()
+                if r.in_set is not None and r.in_set.__code__ is c["IN_SET"].fn.__code__)
+
+
+def _race_exact_items(launch, zq, zp, x) -> float:
+    """The whole race items (a row's last, partial one is ``race_tail``) that take the exact form (``_resid_scores``)
+    where the race screens its items (``_race_screens``), at the modelled inputs: per row group whose rows race a
+    residual at position m (the round's outcome, from the reference with the launch's scalars), the items one of
+    whose chunks may hold a member of A at m in one of those rows (``_near_cells``, as ``_race_clear`` screens)."""
+    from .. import reference
+
+    c = launch.constexprs
+    val = {a: launch.arg(a).value for a in ("alpha_val", "temp_val", "seed_val", "offset_val", "n_val", "K")}
+    K, T = int(val["K"]), float(val["temp_val"])
+    n = K if val["n_val"] is None else max(0, min(K, int(val["n_val"])))
+    if T == 0 or n == 0:
+        return 0.0  # (greedy rows race nothing exact that the screen decides: T = 0 takes the exact form whatever)
+    out = reference.verify(zq[:, :n], zp[:, :n + 1], x[:, :n], rule=_token_set_of(c), alpha=val["alpha_val"], temperature=T,
+                           seed=val["seed_val"], offset=val["offset_val"])
+    m = out.num_accepted
+    resid = out.valid & (m < n)
+    al = torch.tensor(float(val["alpha_val"]))
+    near = _near_cells(launch, zq[:, :n], zp[:, :n], al).any(-1)  # [B, n, NI]: the chunks
+    B, _, ni = near.shape
+    at = near[torch.arange(B), m.clamp(max=n - 1)] & resid[:, None]  # [B, NI]: at each row's m
+    V = zp.shape[-1]
+    tiles, rt = c["TILES"], c["RACE_TILES"]
+    nt = -(-V // c["BLOCK_V"])
+    full = (V // (rt * c["BLOCK_V"]))  # whole race items per row
     R = c["ROWS"]
     G = -(-B // R)
-    near = torch.nn.functional.pad(near, (0, 0, 0, 0, 0, G * R - B)).view(G, R, n, ni).any(1)
+    at = torch.nn.functional.pad(at, (0, 0, 0, G * R - B)).view(G, R, ni).any(1)  # [G, NI]
+    items = 0
+    for j in range(full):
+        lo, hi = j * rt // tiles, min(((j + 1) * rt - 1) // tiles, -(-nt // tiles) - 1)
+        items += int(at[:, lo:hi + 1].any(1).sum())
+    return float(items)
+
+
+def _look_cells(launch, zq, zp, al, moot) -> float:
+    """The cells a screened look reads (``_eta_item``'s loop, the ``look_q`` phase) over the modelled inputs ([B, n,
+    V]): per row group of ROWS rows and drafted position, every cell (``_near_cells``) that may hold a member of A in a
+    row of the group whose A is not the whole vocabulary; none at an item whose rows' looks are all moot (``moot``,
+    [B, n]) where the launch skips those."""
+    c = launch.constexprs
+    B, n = zq.shape[0], zq.shape[1]
+    zpf = zp.float()
+    max_ph = 1.0 / torch.exp(zpf - zpf.amax(-1, keepdim=True)).sum(-1)
+    zero = torch.zeros(())
+    live = ~c["IN_SET"].fn(al, zero, zero, max_ph)  # A is not the whole vocabulary
+    near = _near_cells(launch, zq, zp, al) & live[..., None, None]
+    ni, screens = near.shape[-2:]
+    R = c["ROWS"]
+    G = -(-B // R)
+    near = torch.nn.functional.pad(near, (0, 0, 0, 0, 0, 0, 0, G * R - B)).view(G, R, n, ni, screens).any(1)
     if _skips_looks(launch):
         moot = torch.nn.functional.pad(moot, (0, 0, 0, G * R - B), value=True).view(G, R, n).all(1)
-        near &= ~moot[..., None]
+        near &= ~moot[..., None, None]
     return float(near.sum())
 
 
@@ -2502,8 +2670,8 @@ def roofline_hints(launch) -> dict:
     each next chunk's tiles (one L2 round trip each, those of the whole chunks a loop pipelined as the statistics':
     ``pipelined_l2``) and draws a ticket on the row (2 + chunks: ``look`` 2, ``look_body`` the chunks; where a look
     can change nothing, the merge says so in the ready flag), or, for a token set with a floor (``_eta_item``),
-    loads the item's records with the statistics (2), and per chunk that may hold a member of A (``look_q``: as many
-    as the modelled inputs have, ``roofline_data``'s ``look_chunks``) its target and drafter tiles at once (1); the
+    loads the item's records with the statistics (2), and per cell that may hold a member of A (``look_q``: as many
+    as the modelled inputs have, ``roofline_data``'s ``look_cells``) its target and drafter logits at once (1); the
     position's last look item then acquires the items' count and resets the flag (``look_reset``, 1, off the chain); the
     accept phase loads statistics, drafts, the logits at the drafts and the looks' records (all written or read earlier
     in the launch: L2) at once, then releases the race flag (2); a race item polls its flag (which carries m and the
@@ -2562,6 +2730,15 @@ def roofline_hints(launch) -> dict:
     # phase waits for no look item: the rows' chains hold no look step (one row with a look: the worst case, all do)
     looks_on_chain = looks and (float(launch.data.get("look_rows", 1.0)) if _skips_looks(launch) else 1.0) > 0
     div_items = K * NI if launch.arg("div_ptr").kind == "tensor" and token_set and has_q else 0
+    whole = G * (NR - PART_R)  # whole race items
+    if c["FP64"] or not has_q or (token_set and not _race_screens(launch)):
+        race_exact = 0  # (the exact form is the only one: the race's own code)
+    elif T == 0:
+        race_exact = whole
+    elif token_set:
+        race_exact = float(launch.data.get("race_exact", whole))
+    else:
+        race_exact = 0
     step = KP * NS + (K * NL if c["SECOND_LOOK"] else 0) + NR + div_items
     race_l2 = (1 if c["ROWS"] == 1 else 3) + c["RACE_TILES"]
     race_piped = c["RACE_TILES"] if c["ROWS"] == 1 else 0  # the tiles, each loaded a tile ahead (one row per item)
@@ -2597,27 +2774,34 @@ def roofline_hints(launch) -> dict:
         # flag back to zero (off the row's chain)
         "look_reset": dict(count=G * K if looks else 0, l2=1),
         "look_tail": dict(count=G * n * share if dense and PART else 0),  # a looked position's partial last chunk
-        # a chunk of a token set's look that may hold a member of A (``_eta_item``): as many as the modelled inputs
-        # have (``roofline_data``'s ``look_chunks``), without them as many as the traced run had
-        "look_q": dict(count=float(launch.data["look_chunks"]), l2=1) if "look_chunks" in launch.data else
-        dict(count=0, traced="zq = load_tile(qbase, lo, near_c", l2=1, scale=share),
+        # a cell of a token set's look that may hold a member of A (``_eta_item``): as many as the modelled inputs
+        # have (``roofline_data``'s ``look_cells``), without them as many as the traced run had
+        "look_q": dict(count=float(launch.data["look_cells"]), l2=1) if "look_cells" in launch.data else
+        dict(count=0, traced="zq = load_cell(qbase, lo, w, near_k", l2=1, scale=share),
         "accept": dict(count=G, l2=2),
         # the flag, the row's constants with the item's first tile (one row per item), then each later tile, whose
         # loads go out before the fold of the one before (at B = 1 one tile per item: two round trips)
         "race": dict(count=G * (NR - PART_R), l2=race_l2, pipelined_l2=race_piped),
         "race_tail": dict(count=G * PART_R, l2=race_l2, pipelined_l2=race_piped),  # a row's partial last item
+        # the whole items that take the residual's exact form where a faster one compiles too (``_resid_scores``: no
+        # loads of its own): every one at T = 0, and where the race screens its items (``_race_screens``), those that
+        # may hold a member of A at the modelled inputs (``roofline_data``'s ``race_exact``; without it, every one).
+        # Where the exact form is the only one (float64, token-only drafts, a token set that does not screen its
+        # race), it is the race's own code, in ``race``
+        "race_exact": dict(count=race_exact),
         "emit": dict(count=G, l2=1),
         "emit_pi": dict(count=0),  # the race over pi: a residual of rounding noise, taken as never
         "div": dict(count=G * n * NI if div_items and looks else 0, l2=3),  # a token set's TV(pi, p), when asked
         "div_done": dict(count=G if div_items else 0, l2=2),
     }
+    exact = ["race_exact"] if race_exact else []  # (the chain's worst case: an item of the row takes it)
     if looks_on_chain:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "merge_release"], 1, step),
                  (["queue", "look", "look_body", "look_q"], n * NL, 0), (["accept"], 1, step),
-                 (["queue", "race"], NR, 0), (["emit"], 1, 0)]
+                 (["queue", "race"] + exact, NR, 0), (["emit"], 1, 0)]
     else:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "merge_ticket", "accept"], 1, step),
-                 (["queue", "race"], NR, 0), (["emit"], 1, 0)]
+                 (["queue", "race"] + exact, NR, 0), (["emit"], 1, 0)]
     # the traced look re-reads q_i and p_i at every drafted position (``ROOFLINE_TRACE``): the skipped share's are
     # saved (a token set's look re-reads only some chunks, whose bytes the hints do not know: none taken off; with
     # one chunk per item every look item reads its chunk)
