@@ -2622,7 +2622,9 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "extrapolated the traced rows' count. A batch of one may take paths of its own (the verify kernel's "
              "SOLO): from v39 a token set's look at B = 1 reads every chunk where larger batches screen, and r5 then "
              "read token_v3 bf16 B = 64 (a kernel unchanged since v37) as 62.9 us, its screened chunks extrapolated "
-             "from one row (60.0 us at v37).")
+             "from one row (60.0 us at v37). From v43 the look reads cells (a chunk's entries of one warp), counted "
+             "the same way (`look_cells`), and a token set's race items that take the exact form (those that may hold "
+             "a member of A at the rejected position, `race_exact`) are counted on the modelled inputs too.")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
