@@ -105,9 +105,9 @@ its instructions).
   with the factors folded, at an item none of whose chunks may hold a member of A at m (their screening records
   below the floor, ``_race_clear``), and tests membership per entry only at the others. A row's item computes its
   scores in one branch, the bonus's or the residual's. An entry's best is kept as its tile number (a float: the
-  compiler packed an int32's few values into bytes), the index formed once per item. The last item's program **emits** the
-  token; when the residual's mass is rounding noise (at most RESIDUAL_EPS, rare) it first runs the race over pi
-  itself.
+  compiler packed an int32's few values into bytes), the index formed once per item. The last item's program
+  **emits** the token; when the residual's mass is rounding noise (at most RESIDUAL_EPS, rare) it first runs the
+  race over pi itself.
 
 * **divergences** (``verify(return_divergence=True)``; SPEC.md section 6): TV(q, p) and TV(law, p) at every verified
   position, from the statistics the round already has. The second look then runs for every rule (at T > 0 with
@@ -2592,8 +2592,8 @@ def _race_exact_items(launch, zq, zp, x) -> float:
     n = K if val["n_val"] is None else max(0, min(K, int(val["n_val"])))
     if T == 0 or n == 0:
         return 0.0  # (greedy rows race nothing exact that the screen decides: T = 0 takes the exact form whatever)
-    out = reference.verify(zq[:, :n], zp[:, :n + 1], x[:, :n], rule=_token_set_of(c), alpha=val["alpha_val"], temperature=T,
-                           seed=val["seed_val"], offset=val["offset_val"])
+    out = reference.verify(zq[:, :n], zp[:, :n + 1], x[:, :n], rule=_token_set_of(c), alpha=val["alpha_val"],
+                           temperature=T, seed=val["seed_val"], offset=val["offset_val"])
     m = out.num_accepted
     resid = out.valid & (m < n)
     al = torch.tensor(float(val["alpha_val"]))
