@@ -915,6 +915,12 @@ def _items(NT, TILES: tl.constexpr, CHUNKS: tl.constexpr):
 
 
 @triton.jit
+def _look_items(NT, TILES: tl.constexpr, CHUNKS: tl.constexpr, LOOK_SPLIT: tl.constexpr):
+    """Second-look items per position: NL = NS LOOK_SPLIT (``_items``: NS, the statistics items)."""
+    return _items(NT, TILES, CHUNKS) * LOOK_SPLIT
+
+
+@triton.jit
 def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy, m_p,
                  s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
                  NT, HAS_Q: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
@@ -1203,7 +1209,7 @@ def _group_done(g, rmask, T, cnt_ptr, K, c_row, SECOND_LOOK: tl.constexpr, HAS_Q
     (``_verify_kernel``, after the item)."""
     target = K + 1
     if _group_looks(T, rmask, SECOND_LOOK, HAS_Q):
-        target += K * _items(NT, TILES, CHUNKS) * LOOK_SPLIT
+        target += K * _look_items(NT, TILES, CHUNKS, LOOK_SPLIT)
     return tickets(cnt_ptr + c_row + g, done) == target - done
 
 
@@ -1596,7 +1602,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
     records as 0 and counted the look items done on the row. The position's last item to read the flag returns it to
     zero."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
-    NL = _items(NT, TILES, CHUNKS) * LOOK_SPLIT  # second-look items per position (CH_BASE, CH_EXTRA: their chunks)
+    NL = _look_items(NT, TILES, CHUNKS, LOOK_SPLIT)  # second-look items per position (CH_BASE, CH_EXTRA: their chunks)
     last = g < 0  # this program drew the row's last ticket (the accept phase's)
     look_at = g * 0 - 1  # the position's look count to reset after the accept phase (-1: none), and its ready flag
     ready_at = look_at
@@ -1860,7 +1866,7 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
         # records: about four instructions each); at a few (B = 64: 2) the per-record masks cost nothing and the
         # kernels compile as they did (with the one mask, ptxas spilled 32 B more for token_v2 bf16 B = 64, whose
         # race then took 56 instructions more: 0.9 us in the model)
-        NL = _items(NT, TILES, CHUNKS) * LOOK_SPLIT
+        NL = _look_items(NT, TILES, CHUNKS, LOOK_SPLIT)
         looked = used_q & _needs_look(T, SECOND_LOOK, HAS_Q)[:, None]
         at = ((rr * K + i) * NL).to(tl.int32)  # (a workspace offset: int32)
         for s in tl.static_range(RECORDS):
@@ -2552,6 +2558,12 @@ def _race_screens(launch) -> bool:
             and launch.arg("zq_ptr").kind == "tensor")
 
 
+def _max_ph(zp: torch.Tensor) -> torch.Tensor:
+    """max p^ of the target's logits ([..., V]) in float32: 1 / sum exp(z - max)."""
+    zpf = zp.float()
+    return 1.0 / torch.exp(zpf - zpf.amax(-1, keepdim=True)).sum(-1)
+
+
 def _near_cells(launch, zq, zp, al) -> torch.Tensor:
     """[B, n, NI, SCREENS]: the cells (a chunk's entries of one group of 32 lanes, ``_eta_item``) whose largest logit on
     the side the set reads reaches the floor as a logit less the margin (``_floor_logit``), as the kernel screens
@@ -2561,8 +2573,7 @@ def _near_cells(launch, zq, zp, al) -> torch.Tensor:
     B, n, V = side.shape
     M = side.amax(-1)
     S1 = torch.exp(side - M[..., None]).sum(-1)
-    zpf = zp.float()
-    max_ph = 1.0 / torch.exp(zpf - zpf.amax(-1, keepdim=True)).sum(-1)
+    max_ph = _max_ph(zp)
     lt = torch.log(torch.clamp(c["FLOOR"].fn(al, max_ph) * S1, min=1e-30))
     margin = 1e-3 * (1.0 + lt.abs()) + 1e-6 * M.abs()
     cw = c["TILES"] * c["BLOCK_V"]
@@ -2621,8 +2632,7 @@ def _look_cells(launch, zq, zp, al, moot) -> float:
     [B, n]) where the launch skips those."""
     c = launch.constexprs
     B, n = zq.shape[0], zq.shape[1]
-    zpf = zp.float()
-    max_ph = 1.0 / torch.exp(zpf - zpf.amax(-1, keepdim=True)).sum(-1)
+    max_ph = _max_ph(zp)
     zero = torch.zeros(())
     live = ~c["IN_SET"].fn(al, zero, zero, max_ph)  # A is not the whole vocabulary
     near = _near_cells(launch, zq, zp, al) & live[..., None, None]
