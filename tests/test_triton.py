@@ -354,8 +354,8 @@ def test_token_set_screen_keeps_members_at_the_floor(device, rule, rows, monkeyp
 
 
 @triton.jit
-def _clear_everywhere(part_m_ptr, rows, m, j, resid_row, Mp, S1p, Mq, S1q, al, B, K, NT, RACE_TILES: tl.constexpr,
-                      TILES: tl.constexpr, SCREENS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr):
+def _clear_everywhere(part_m_ptr, row_f_ptr, rows, m, j, resid_row, B, K, NT, RACE_TILES: tl.constexpr,
+                      TILES: tl.constexpr, SCREENS: tl.constexpr):
     return j >= 0  # a screen that clears every item, members or not
 
 

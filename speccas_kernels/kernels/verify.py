@@ -569,7 +569,8 @@ def _verify_kernel(
     race_f_ptr,  # [2, B, NI] float32 (NT-sized buffers): best race score, residual mass, per race item
     race_i_ptr,  # [B, NI] int32: the best score's lowest index
     row_i_ptr,  # [3, B] int32: m, race kind, the draft at m (-1 outside the vocabulary)
-    row_f_ptr,  # [B] float32: the blend quantity at m (family A r_m, family B eta_m)
+    row_f_ptr,  # [2, B] float32: the blend quantity at m (family A r_m, family B eta_m), then a token set's floor
+    #             at m as a logit (``_race_clear``; written only where its race screens)
     cnt_ptr,  # int32 counters (zero; common.counters): offsets below, per row group
     # inputs
     zq_ptr,  # [B, K, V_in] (ragged: [N, V_in]) or None for token-only drafts
@@ -649,6 +650,9 @@ def _verify_kernel(
     SCREENED: tl.constexpr = HAS_FLOOR and not SOLO_ONE
     SCREEN: tl.constexpr = SECOND_LOOK and FAMILY == FAMILY_B and SCREENED
     DIVERGENCE: tl.constexpr = div_ptr is not None
+    # a token set's race screens its items for members of A (``_race_clear``) against the floor at m as a logit,
+    # which the accept phase writes once per row (``row_f``'s second half)
+    RACE_FLOOR: tl.constexpr = (not FP64) and HAS_Q and (FAMILY == FAMILY_B) and SCREEN
     DIV_ITEMS: tl.constexpr = DIVERGENCE and FAMILY == FAMILY_B and HAS_Q  # a token set's TV(pi, p): a third pass
     KP = K + 1
     G = (B + ROWS - 1) // ROWS
@@ -747,7 +751,7 @@ def _verify_kernel(
                            cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
                            IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T,
                            RACE_TILES, DIV_ITEMS, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS,
-                           VEC, part_m_ptr, TILES, SCREEN, READS_PH, FLOOR, SCREENS)
+                           VEC, part_m_ptr, TILES, SCREEN, SCREENS)
         else:
             g = (s - lag).to(tl.int64)
             if DIV_ITEMS:
@@ -767,7 +771,7 @@ def _verify_kernel(
                     cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb,
                     stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN,
                     SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K, NT, TILES, CHUNKS, RECORDS,
-                    LOOK_SPLIT)
+                    LOOK_SPLIT, RACE_FLOOR, FLOOR, READS_PH)
             if rel_at >= 0:  # a merge that counted the look done: the ready flag its look items wait for
                 common.release_flag(cnt_ptr + rel_at, rel_val)
             if look_at >= 0:
@@ -1080,18 +1084,30 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         # The chunks wholly inside the vocabulary load with no bound mask (and, one row per item, no mask: no
         # registers to fill), the last one of a position (if partial) after them, with its masks.
         nfull = _whole_chunks(c0, nch, V, TILES, BLOCK_V)
-        # Software-pipelined (``STAGES``, ``stats_stages``): the loads of the next chunks are in flight while a chunk
-        # is folded.
-        # The trips are the most chunks an item holds (a constexpr: a loop bound the interpreter can take too), the
-        # loads masked and the fold skipped past nfull.
-        for c in tl.range(0, CH_BASE + (CH_EXTRA > 0), num_stages=STAGES):
-            zp, zq = _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q, FP64, PAIRS, TILES, BLOCK_V)
-            if c < nfull:
+        if STAGES > 1:
+            # Software-pipelined (``STAGES``, ``stats_stages``): the loads of the next chunks are in flight while a
+            # chunk is folded. The trips are the most chunks an item holds (a constexpr), the loads masked (outside
+            # any branch, as the pipeline needs them) and the fold skipped past nfull.
+            for c in tl.range(0, CH_BASE + (CH_EXTRA > 0), num_stages=STAGES):
+                zp, zq = _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q, FP64, PAIRS, TILES, BLOCK_V)
+                if c < nfull:
+                    m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
+                        c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy,
+                        m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows,
+                        i, B, K, V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES,
+                        VEC, SCREENS, True, True, zp, zq)
+        else:
+            # Not pipelined: the whole chunks themselves, each loading its tiles in its fold with no bound mask (one
+            # row per item: no mask at all), so no load is masked off past nfull (with its registers filled first)
+            # and no trip skips its fold.
+            cw = nfull * 0
+            while cw < nfull:
                 m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                    c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy, m_p,
+                    cw, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy, m_p,
                     s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K,
                     V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS,
-                    True, True, zp, zq)
+                    True, True)
+                cw += 1
         if nfull < nch:  # (a position's last chunk, partial)
             m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                 nfull, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy, m_p,
@@ -1795,7 +1811,7 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
             USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
             RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
             BLOCK_K: tl.constexpr, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr, RECORDS: tl.constexpr,
-            LOOK_SPLIT: tl.constexpr):
+            LOOK_SPLIT: tl.constexpr, RACE_FLOOR: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr):
     """The accept phase of a group of rows: [R, BLOCK_K] blocks, one lane per draft position. It sums the second
     look's records of every position itself (the look items report to the row, not to a merge of their own)."""
     KP = K + 1
@@ -1937,6 +1953,9 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
     xm = tl.sum(tl.where((i == mm) & x_ok, x + 1, 0), axis=1) - 1
     tl.store(row_i_ptr + 2 * B + rows, xm.to(tl.int32), mask=rmask)
     tl.store(row_f_ptr + rows, tl.sum(tl.where(i == mm, w, 0.0), axis=1), mask=rmask)
+    if RACE_FLOOR:  # the floor as a logit at m, for the race's screen of its items (``_race_clear``), once per row
+        floor = _floor_logit(al, Mp, S1p, Mq, S1q, FLOOR, READS_PH)
+        tl.store(row_f_ptr + B + rows, tl.sum(tl.where(i == mm, floor, 0.0), axis=1), mask=rmask)
     # Every merge of the group is done: its counters go back to zero, then the race may start. A ready flag that
     # look items wait for goes back to zero with the position's last look item (``_look_item``), which may run later.
     j = tl.arange(0, BLOCK_K)
@@ -2202,24 +2221,29 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
 
 
 @triton.jit
-def _race_clear(part_m_ptr, rows, m, j, resid_row, Mp, S1p, Mq, S1q, al, B, K, NT, RACE_TILES: tl.constexpr,
-                TILES: tl.constexpr, SCREENS: tl.constexpr, READS_PH: tl.constexpr, FLOOR: tl.constexpr):
+def _race_clear(part_m_ptr, row_f_ptr, rows, m, j, resid_row, B, K, NT, RACE_TILES: tl.constexpr,
+                TILES: tl.constexpr, SCREENS: tl.constexpr):
     """Whether no chunk of TILES tiles that race item j (RACE_TILES tiles) covers may hold a member of A at position m
     of a row that races its residual (a token set whose statistics wrote screening records, ``SCREEN``): each chunk's
-    largest logit on the side the set reads, the largest of its records, below the floor (``_floor_logit``), as the
-    second look screens. There w = eta p - q at every entry, family A's form (``_resid_scores``)."""
+    largest logit on the side the set reads, the largest of its records, below the floor as a logit at m
+    (``_floor_logit``, which the accept phase wrote once per row, ``RACE_FLOOR``), as the second look screens. There
+    w = eta p - q at every entry, family A's form (``_resid_scores``)."""
     m0, n, _, _ = _screen_at(rows, m, B, K, NT, TILES, SCREENS)
     NI = (NT + TILES - 1) // TILES
     c_lo = (j * RACE_TILES) // TILES
     c_hi = tl.minimum(((j + 1) * RACE_TILES - 1) // TILES, NI - 1)
-    RC: tl.constexpr = (RACE_TILES + TILES - 1) // TILES + 1  # chunks an item may cover, at most
+    # the chunks an item may cover, at most: RACE_TILES / TILES where an item's tiles are a whole number of chunks
+    # (items then start at a chunk), one where a chunk's are a whole number of items' (an item within one chunk), one
+    # more than ceil(RACE_TILES / TILES) otherwise (an item may straddle)
+    RC: tl.constexpr = (RACE_TILES + TILES - 1) // TILES + ((RACE_TILES % TILES != 0) and (TILES % RACE_TILES != 0))
+    floor = tl.load(row_f_ptr + B + rows, mask=resid_row, other=0.0, cache_modifier=".cg")[:, None]
     sc = tl.arange(0, SCREENS)[None, :] * n
-    hi = S1p * 0.0 + NEG_INF
+    hi = floor * 0.0 + NEG_INF
     for k in tl.static_range(RC):
         mh = tl.load(part_m_ptr + (m0 + c_lo + k)[:, None] + sc, mask=resid_row[:, None] & (c_lo + k <= c_hi),
                      other=float("-inf"), cache_modifier=".cg")
         hi = tl.maximum(hi, tl.max(mh, axis=1)[:, None])
-    near = resid_row[:, None] & (hi >= _floor_logit(al, Mp, S1p, Mq, S1q, FLOOR, READS_PH))
+    near = resid_row[:, None] & (hi >= floor)
     return tl.max(tl.max(near.to(tl.int32), axis=1), axis=0) == 0
 
 
@@ -2251,7 +2275,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
                DIV_ITEMS: tl.constexpr, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K: tl.constexpr,
                PAIRS: tl.constexpr, VEC: tl.constexpr, part_m_ptr, CH_TILES: tl.constexpr, SCREEN: tl.constexpr,
-               READS_PH: tl.constexpr, FLOOR: tl.constexpr, SCREENS: tl.constexpr):
+               SCREENS: tl.constexpr):
     """Tiles j TILES .. j TILES + TILES - 1 of a row's race (statically unrolled): the bonus race (p_n + G) or the
     residual race (log max(0, pi_m - q_m) + G and the residual's mass), whichever the row runs (a row-uniform
     branch). The row's constants are loaded once per item; the tiles fold entry by entry into one running best (a
@@ -2323,8 +2347,8 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
             fast_resid = fast & (tl.max(greedy_resid.to(tl.int32), axis=0) == 0)
             if FAST_B:
                 if any_resid:
-                    fast_resid = fast_resid & _race_clear(part_m_ptr, rows, m, j, resid_row, Mp, S1p, Mq, S1q, al, B,
-                                                          K, NT, TILES, CH_TILES, SCREENS, READS_PH, FLOOR)
+                    fast_resid = fast_resid & _race_clear(part_m_ptr, row_f_ptr, rows, m, j, resid_row, B, K, NT,
+                                                          TILES, CH_TILES, SCREENS)
         acc_s = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32) + NEG_INF
         # the tile of an entry's best (an all -inf item: tile 0), a float: a select per entry, where the compiler packed
         # an int32's few values into bytes (two instructions more per entry)
@@ -2818,6 +2842,7 @@ def roofline_hints(launch) -> dict:
     saved = (1.0 - share) * G * n * 2 * val("V") * launch.arg("zp_ptr").element_size if dense and not one else 0.0
     return dict(phase_map=[list(r) for r in ROOFLINE_PHASES], phase_work=work, l2_bytes_saved=saved,
                 phase_loops=[["_stats_item", "tl.range(0, CH_BASE", FULL, ["stats", "stats_q"], c["STAGES"]],
+                             ["_stats_item", "cw < nfull", FULL, ["stats", "stats_q"]],  # (not pipelined)
                              ["_look_item", "tl.range(0, CH_BASE", FULL_L, ["look_body"], c["STAGES"]],
                              ["_look_item", "c < nfull", FULL_L, ["look_body"]],
                              ["_race_tiles", "tl.static_range(TILES)", 1, ["race", "race_tail"], 2, "unrolled"]],
@@ -2906,7 +2931,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     race_f = torch.empty((2 * B * nt,), dtype=f32, device=dev)
     race_i = torch.empty((B * nt,), dtype=i32, device=dev)
     row_i = torch.empty((3 * B,), dtype=i32, device=dev)
-    row_f = torch.empty((B,), dtype=f32, device=dev)
+    row_f = torch.empty((2 * B,), dtype=f32, device=dev)
     groups = triton.cdiv(B, rows)
     # (one row group, ``SOLO``: room for the positions' tagged constants, ``TAGGED``, 8-byte aligned)
     cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 4 * groups
