@@ -615,6 +615,7 @@ def _verify_kernel(
     BLOCK_V: tl.constexpr,  # a multiple of 4
     BLOCK_K: tl.constexpr,  # >= K + 1
     BLOCK_T: tl.constexpr,  # >= NT
+    BLOCK_C: tl.constexpr,  # >= the chunks of a second-look item (LOOK_BASE + (LOOK_EXTRA > 0)), at least 2
     BLOCK_S: tl.constexpr,  # >= NS: a position's records (statistics and second-look items)
     RECORDS: tl.constexpr,  # NL itself: the accept phase sums a position's look records in RECORDS unrolled loads
     CH_BASE: tl.constexpr,  # a position's chunks per stats and second-look item (``_chunks``): NI // NS
@@ -738,7 +739,7 @@ def _verify_kernel(
                                                          c_ready,
                                                          c_look, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
                                                          FAMILY, NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE,
-                                                         HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T, TILES,
+                                                         HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_C, TILES,
                                                          CHUNKS, LOOK_SPLIT, READS_PH, FLOOR, SCREENED, SCREENS,
                                                          PAIRS, LANES, VEC, STAGES, SOLO, TAGGED, c_words)
                     acc_g = tl.where(last != 0, g, acc_g)
@@ -1437,12 +1438,14 @@ def _shift_consts(use, scale, Mp, fp, Mq, fq):
 
 
 @triton.jit
-def _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES: tl.constexpr, BLOCK_T: tl.constexpr,
+def _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES: tl.constexpr, BLOCK_C: tl.constexpr,
                  SCREENS: tl.constexpr):
-    """The screening records of a second-look item's chunks c0 to c0 + nch ([R, BLOCK_T, SCREENS], one chunk per
-    column, ``_screen``): the hat side's maxima, the drafter's references and its sampling sums (``_eta_item``)."""
+    """The screening records of a second-look item's chunks c0 to c0 + nch ([R, BLOCK_C, SCREENS], one chunk per
+    column, ``_screen``; BLOCK_C at least a look item's chunks, not NT: at B = 64, K = 4, V = 151936 in bfloat16, 16
+    columns of 8 records where 128 were loaded and screened): the hat side's maxima, the drafter's references and its
+    sampling sums (``_eta_item``)."""
     m0, n, kinds, f = _screen_at(rows, i, B, K, NT, TILES, SCREENS)
-    cc = tl.arange(0, BLOCK_T)[None, :, None]  # (CHUNKS <= BLOCK_T)
+    cc = tl.arange(0, BLOCK_C)[None, :, None]
     at = (m0 + c0)[:, None, None] + cc + tl.arange(0, SCREENS)[None, None, :] * n
     rec = use[:, None, None] & (cc < nch)
     mh = tl.load(part_m_ptr + at, mask=rec, other=float("-inf"), cache_modifier=".cg")
@@ -1471,7 +1474,7 @@ def _floor_logit(al, Mp, S1p, Mq, S1q, FLOOR: tl.constexpr, READS_PH: tl.constex
 @triton.jit
 def _eta_item(c0, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase, pbase, mh, mr, sq, cutq_ptr,
               K, V, IN_SET: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
-              FP64: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
+              FP64: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, TILES: tl.constexpr,
               PAIRS: tl.constexpr, LANES: tl.constexpr, SCREENS: tl.constexpr, ROWS: tl.constexpr):
     """eta's share ([R]) of a second-look item (chunks c0 to c0 + nch) for a token set whose membership is a floor t on
     one hat (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the screening
@@ -1491,7 +1494,7 @@ def _eta_item(c0, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, un
     CHUNK: tl.constexpr = TILES * BLOCK_V
     CELL: tl.constexpr = CHUNK // SCREENS
     RUN: tl.constexpr = LANES // SCREENS  # a group's adjacent entries in each span of LANES
-    kk = tl.arange(0, BLOCK_T)[None, :, None] * SCREENS + tl.arange(0, SCREENS)[None, None, :]  # the item's cells
+    kk = tl.arange(0, BLOCK_C)[None, :, None] * SCREENS + tl.arange(0, SCREENS)[None, None, :]  # the item's cells
     live = use[:, None, None] & (mr > NEG_INF)
     mass = tl.where(live, sq * tl.exp(_rel(mr, Mq[:, :, None]) * inv_temperature(T)[:, None, None]), 0.0)
     near = use[:, None, None] & (mh >= _floor_logit(al, Mp, S1p, Mq, S1q, FLOOR, READS_PH)[:, :, None])
@@ -1602,7 +1605,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                stride_pk, FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
                FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
-               BLOCK_T: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, LOOK_SPLIT: tl.constexpr,
+               BLOCK_C: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, LOOK_SPLIT: tl.constexpr,
                READS_PH: tl.constexpr, FLOOR: tl.constexpr, SCREENED: tl.constexpr, SCREENS: tl.constexpr,
                PAIRS: tl.constexpr,
                LANES: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, SOLO: tl.constexpr,
@@ -1669,7 +1672,8 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                                                                stride_qk, stride_pb, stride_pk, RAGGED, CH_BASE,
                                                                CH_EXTRA, TILES, BLOCK_V)
                 if SPARSE_ETA:  # in flight with the position's statistics
-                    mh, mr, sq = _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, BLOCK_T,
+                    tl.static_assert(BLOCK_C >= CH_BASE + (CH_EXTRA > 0), "BLOCK_C holds a look item's chunks")
+                    mh, mr, sq = _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, BLOCK_C,
                                               SCREENS)
                 scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
                                                                             pos_f_ptr, alpha_ptr, alpha_val, B, K,
@@ -1684,7 +1688,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                     if tl.max(live.to(tl.int32), axis=0) > 0:
                         eta = _eta_item(c0, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit,
                                         qbase[:, None], pbase[:, None], mh, mr, sq, cutq_ptr, K, V, IN_SET, FLOOR,
-                                        READS_PH, FILTERS, FP64, BLOCK_V, BLOCK_T, TILES, PAIRS, LANES, SCREENS, ROWS)
+                                        READS_PH, FILTERS, FP64, BLOCK_V, BLOCK_C, TILES, PAIRS, LANES, SCREENS, ROWS)
                     tl.store(look_part_ptr + (rows * K + i) * NL + j, eta, mask=use)  # one record per item
                 if DENSE:
                     # family A and lossy: exp((z - M) / T) as one FFMA and one ex2 where no row's M / T reaches
@@ -3003,7 +3007,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
         BLOCK_S=max(triton.next_power_of_2(ns), 2), RECORDS=nl, CH_BASE=ni // ns, CH_EXTRA=ni % ns,
         TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks, LOOK_SPLIT=split, LOOK_BASE=ni // nl, LOOK_EXTRA=ni % nl,
-        BLOCK_L=max(triton.next_power_of_2(nl), 2),
+        BLOCK_L=max(triton.next_power_of_2(nl), 2), BLOCK_C=max(triton.next_power_of_2(-(-ni // nl)), 2),
         STAGES=stats_stages(max(zp.element_size(), zq.element_size() if zq is not None else 0), args.rule.name),
         ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, SOLO=groups == 1,
         SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
