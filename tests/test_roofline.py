@@ -1006,6 +1006,38 @@ def test_verify_chunk_loops_are_pipelined(opt_bf16_b64):
     assert note is None and look["pipelined_l2"] > 2 and n < look["l2"] / 2
 
 
+def test_unpipelined_statistics_bring_chunks_into_l2_ahead(opt_bf16_b64, tmp_path):
+    """token_v3's statistics, not software-pipelined (``stats_stages`` 1), as a GPU runs them at B = 64, K = 4,
+    V = 151936 in bfloat16: the chunk loop brings each chunk into L2 two ahead of its loads (``L2_AHEAD``,
+    ``common.prefetch_l2``: ``prefetch.global.L2``, SASS CCTL.E.PF2), inside the loop's body, for both sides, a
+    line per address, and the model takes a stats item's first chunk as a DRAM round trip and each later one as an
+    L2 round trip. The controls: float32 logits and a pipelined rule take no prefetch (opt bf16's statistics have
+    none in their SASS)."""
+    from speccas_kernels.kernels import verify as kv
+
+    assert kv.l2_ahead(2, "token_v3") and not kv.l2_ahead(4, "token_v3") and not kv.l2_ahead(2, "opt")
+    work, _ = rf.capture("verify", "token_v3", 64, 4, 151936, "bf16")
+    launch = work.launches[0]
+    c = launch.constexprs
+    assert c["L2_AHEAD"] and c["STAGES"] == 1 and c["LINE"] == 64, c
+    assert c["LINES"] * c["LINE"] == c["TILES"] * c["BLOCK_V"]  # (a chunk's lines, each once)
+    rec = rf.compile_launches([launch], cache_dir=tmp_path, quiet=True)[rf.compile_key(launch)]
+    hints = rf._hints_for(launch)
+    stats = _phase_sass(launch, rec, hints, tmp_path, "stats") + _phase_sass(launch, rec, hints, tmp_path, "stats_q")
+    loops = [(lo["start"], lo["end"]) for lo in rec["chain_analysis"]["loops"]]
+    loads = [i.addr for i in stats if i.opcode == "LDG.E.128"]  # the chunks' (unmasked: one row per item)
+    body = [(a, b) for a, b in loops if any(a <= x <= b for x in loads) and b - a < 0x8000]
+    assert body, (loops, loads)
+    pf = [i.addr for i in stats if i.opcode.startswith("CCTL.E.PF2")]
+    assert any(a <= x <= b for x in pf for a, b in body), (pf, body)
+    assert len({i.operands for i in stats if i.opcode.startswith("CCTL.E.PF2")}) >= 2  # the target's and drafter's
+    work_stats = hints["phase_work"]["stats"]
+    assert work_stats["dram"] == 1 and work_stats["l2"] > 2 and "pipelined" not in work_stats, work_stats
+    launch_o, rec_o, hints_o, d_o = opt_bf16_b64
+    assert not launch_o.constexprs["L2_AHEAD"]
+    assert not [i for i in _phase_sass(launch_o, rec_o, hints_o, d_o, "stats") if i.opcode.startswith("CCTL.E.PF")]
+
+
 @pytest.fixture(scope="module", params=["bf16", "fp32"])
 def opt_b1(request, tmp_path_factory):
     """The verify kernel as a GPU runs it at a batch of one (opt, B = 1, K = 4, V = 8192, bf16 and fp32: one row per

@@ -56,6 +56,21 @@ else:
         return (x.to(tl.float64) * y32.to(tl.float64) + z.to(tl.float64)).to(tl.float32)
 
 
+# An L2 prefetch (``prefetch.global.L2``): a hint, one instruction per address, nothing waits for it; the interpreter
+# (which has no cache to warm and cannot run inline PTX) takes no step.
+if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    @triton.jit
+    def prefetch_l2(ptrs):
+        """The lines at ``ptrs`` brought into L2 (a hint)."""
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+else:
+    @triton.jit
+    def prefetch_l2(ptrs):
+        """The lines at ``ptrs`` brought into L2 (a hint; under the interpreter, nothing)."""
+        pass
+
+
 @triton.jit
 def ln_fast(x):
     """The natural log through ``log2_fast``."""

@@ -38,7 +38,10 @@ its instructions).
   ``STAGES`` (``stats_stages``: the next chunks' loads, asynchronous copies to shared memory, in flight while a
   chunk is folded:
   an item waits about one round trip to DRAM, not one per chunk; the loop's trips the most chunks an item holds, a
-  constexpr, the loads masked past the item's last whole chunk): max, sum exp(z - max) (T = 1),
+  constexpr, the loads masked past the item's last whole chunk; where the loop is not pipelined, ``STAGES`` 1, it
+  runs the whole chunks themselves with unmasked loads, and for 2-byte logits, ``L2_AHEAD``, each trip first
+  brings the chunk two ahead into L2, ``common.prefetch_l2``: a later chunk waits a round trip to L2, not DRAM,
+  with no registers or shared memory held for it): max, sum exp(z - max) (T = 1),
   sum exp((z - max) / T) over the kept entries (a branch taken only at T != 1 or with filters), lowest argmax (only
   at T = 0), NaN/+inf flag (read off the T = 1 sum). Each thread folds its own entries of every chunk into running
   statistics per lane (``_lane_stats``: rescaled to the lane's new max, no shuffle or barrier inside the loop), and
@@ -160,8 +163,8 @@ from .. import rules
 from ..outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from . import common, philox
 from .common import (BIG, LOG2E, NEG_INF, SHIFT_MAX, best_lowest_rows, exp_scaled, exp_shift, fma_exact,
-                     inv_temperature, ln_fast, load_cell, load_logits, load_tile, log2_fast, log2e_scale, row_params,
-                     temperature_ok, ticket, tickets, wait_flag)
+                     inv_temperature, ln_fast, load_cell, load_logits, load_tile, log2_fast, log2e_scale, prefetch_l2,
+                     row_params, temperature_ok, ticket, tickets, wait_flag)
 
 FAMILY_A = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_A])
 FAMILY_B = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_B])
@@ -179,7 +182,10 @@ RESIDUAL_EPS = tl.constexpr(1e-5)  # reference.RESIDUAL_EPS[float32]: the kernel
 # which the model found bound by instruction issue at bf16 B = 64 (token_v3: its race and its look at the chunks
 # that may hold a member of A), so the pipeline's shared-memory reads, masks and prologue only add to it: 60.7 us
 # unpipelined, 63.0 pipelined (token_v1 gains 2.4 us from it, opt 2.3 us, 0.6 of them its look's); figures of v33's
-# hints, before v34 counted a race item's later tiles (token_v3 at v34: 63.0 us, bound by its items' latency).
+# hints, before v34 counted a race item's later tiles (token_v3 at v34: 63.0 us, bound by its items' latency). Since
+# v44 their 2-byte statistics bring each chunk into L2 two chunks ahead instead (``l2_ahead``: a prefetch, one
+# instruction a line and nothing held for it): token_v3 bf16 B = 64 55.07 -> 53.31 us in the model, whose bound
+# moved from its items' round trips (47.0 -> 38.8 us) to issue (45.2 us).
 STATS_STAGES = 3
 UNPIPELINED_RULES = ("token_v3",)
 
@@ -188,6 +194,13 @@ def stats_stages(itemsize: int, rule: str = "") -> int:
     """Stages of the pipelined chunk loops (the statistics', the second look's) for logits of ``itemsize`` bytes
     and the rule named ``rule`` (1: not pipelined)."""
     return STATS_STAGES if itemsize <= 2 and rule not in UNPIPELINED_RULES else 1
+
+
+def l2_ahead(itemsize: int, rule: str = "") -> bool:
+    """Whether the statistics' chunk loop, where it is not software-pipelined (``stats_stages`` 1), brings each chunk
+    into L2 two chunks ahead of its loads (``common.prefetch_l2``): for 2-byte logits, whose rounds the model finds
+    bound by their items' round trips (token_v3); float32's are bound by bytes, where a hint adds only instructions."""
+    return itemsize <= 2 and stats_stages(itemsize, rule) == 1
 
 
 RACE_NONE = tl.constexpr(0)
@@ -628,6 +641,9 @@ def _verify_kernel(
     LOOK_EXTRA: tl.constexpr,  # its look items that hold one chunk more: NI % NL
     BLOCK_L: tl.constexpr,  # >= NL: a position's second-look records
     STAGES: tl.constexpr,  # of the pipelined chunk loops, the statistics' and the second look's (``stats_stages``)
+    L2_AHEAD: tl.constexpr,  # the statistics' loop, not pipelined, brings chunks into L2 two ahead (``l2_ahead``)
+    LINE: tl.constexpr,  # logits per 128-byte line
+    LINES: tl.constexpr,  # a chunk's lines (TILES BLOCK_V / LINE, at least), a power of two
     ITEMS_PER_PROGRAM: tl.constexpr,  # 0: as many as the queue holds
     LANES: tl.constexpr,  # entries of a chunk the threads hold at one place (threads x VEC, at most TILES x BLOCK_V)
     VEC: tl.constexpr,  # adjacent entries one thread loads at once
@@ -723,7 +739,8 @@ def _verify_kernel(
                                                     FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q,
                                                     RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, TILES, CHUNKS,
                                                     SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV,
-                                                    SKIP_MOOT, STAGES, TAGGED, c_words, LOOK_SPLIT, BLOCK_L)
+                                                    SKIP_MOOT, STAGES, TAGGED, c_words, LOOK_SPLIT, BLOCK_L,
+                                                    L2_AHEAD, LINE, LINES)
                 acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
@@ -1022,6 +1039,20 @@ def _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q: tl.constexp
 
 
 @triton.jit
+def _chunk_to_l2(pbase, qbase, r, any_q, V, HAS_Q: tl.constexpr, TILES: tl.constexpr, BLOCK_V: tl.constexpr,
+                 LINE: tl.constexpr, LINES: tl.constexpr):
+    """Chunk r's lines of the target's row and, at a drafted position, the drafter's, brought into L2 (a hint,
+    ``prefetch_l2``): one address per 128-byte line of LINE logits (LINES of them, a power of two at least the
+    chunk's), those past the row's end at its last entry."""
+    CHUNK: tl.constexpr = TILES * BLOCK_V
+    e = tl.minimum(r * CHUNK + tl.arange(0, LINES) * LINE, V - 1)[None, :]
+    prefetch_l2(pbase[:, None] + e)
+    if HAS_Q:
+        if any_q:
+            prefetch_l2(qbase[:, None] + e)
+
+
+@triton.jit
 def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr,
                 zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr,
                 cutp_ptr, B, K, V, NT, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr, c_stats, c_ready, c_row,
@@ -1032,7 +1063,8 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 CHUNKS: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, LANES: tl.constexpr,
                 VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr,
                 SKIP_MOOT: tl.constexpr, STAGES: tl.constexpr, TAGGED: tl.constexpr, c_words,
-                LOOK_SPLIT: tl.constexpr, BLOCK_L: tl.constexpr):
+                LOOK_SPLIT: tl.constexpr, BLOCK_L: tl.constexpr, L2_AHEAD: tl.constexpr, LINE: tl.constexpr,
+                LINES: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
     (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
     reduction across threads inside the loop); the item writes one record, and with SCREEN (a token set with a
@@ -1100,9 +1132,18 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         else:
             # Not pipelined: the whole chunks themselves, each loading its tiles in its fold with no bound mask (one
             # row per item: no mask at all), so no load is masked off past nfull (with its registers filled first)
-            # and no trip skips its fold.
+            # and no trip skips its fold. With L2_AHEAD each trip first brings the chunk two ahead into L2 (the
+            # second chunk before the loop): a chunk after the first waits a round trip to L2, not to DRAM, with no
+            # registers or shared memory held for it.
+            if L2_AHEAD:
+                if nch > 1:
+                    _chunk_to_l2(pbase, qbase, c0 + 1, any_q, V, HAS_Q, TILES, BLOCK_V, LINE, LINES)
             cw = nfull * 0
             while cw < nfull:
+                if L2_AHEAD:
+                    if cw + 2 < nch:
+                        _chunk_to_l2(pbase, qbase, c0 + cw + 2, any_q, V, HAS_Q, TILES, BLOCK_V, LINE,
+                                     LINES)
                 m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                     cw, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy, m_p,
                     s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K,
@@ -2696,8 +2737,9 @@ def roofline_hints(launch) -> dict:
     stats item's chunk issues the loads of its tiles, target and drafter, before any reduction (unrolled, no branch
     in between: one DRAM round trip per chunk, but those of the whole chunks, ``pipelined``, are a loop pipelined
     over ``STAGES``: the model takes them as one round trip plus what each later chunk's work leaves of the
-    next loads' latency, ``pipelined_round_trips`` in bench/roofline.py), then the item draws a ticket (an
-    acquire-release atomic at L2); a
+    next loads' latency, ``pipelined_round_trips`` in bench/roofline.py; where the loop is not pipelined and brings
+    its chunks into L2 two ahead, ``L2_AHEAD``, the first chunk's is a DRAM round trip and each later one's an L2
+    round trip), then the item draws a ticket (an acquire-release atomic at L2); a
     merge loads both sides' partials at once (1), where look items wait for it releases the ready flag
     (``merge_release``, 1: before its ticket, or after it where the merge counted the look done, then off the row's
     chain; 0 with ``TAGGED``, whose merge stores the look's constants as tagged words, with no fence) and draws the
@@ -2783,8 +2825,10 @@ def roofline_hints(launch) -> dict:
     work = {
         "queue": dict(count=total),  # the draw overlaps the previous item (the first is the program's)
         "program": dict(count=launch.programs, l2=2),
-        # one round trip per chunk, those of the whole chunks in the pipelined loop (``STAGES``)
-        "stats": dict(count=G * KP * NS, dram=CH, pipelined=FULL, l2=1),
+        # one round trip per chunk, those of the whole chunks in the pipelined loop (``STAGES``); with ``L2_AHEAD``
+        # (the loop not pipelined) the first chunk's from DRAM and each later one's from L2, brought there ahead
+        "stats": (dict(count=G * KP * NS, dram=1, l2=CH) if c["L2_AHEAD"] else
+                  dict(count=G * KP * NS, dram=CH, pipelined=FULL, l2=1)),
         "stats_q": dict(count=G * n * NS if has_q else 0),
         "stats_x": dict(count=G * n),
         # a position's last chunk when partial (V not a multiple of a chunk), after the whole chunks of its last item
@@ -2991,6 +3035,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     total = (groups + (2 if second else 1)) * step
     items = ITEMS_PER_PROGRAM
     grid = triton.cdiv(total, items) if items else max(1, min(programs, total))
+    itemsize = max(zp.element_size(), zq.element_size() if zq is not None else 0)
     n_ptr, n_val = common.split_param(args.num_draft_tokens, K)
     a_ptr, a_val = common.split_param(args.alpha, 0.0)
     t_ptr, t_val = common.split_param(args.temperature, 1.0)
@@ -3008,7 +3053,9 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         BLOCK_S=max(triton.next_power_of_2(ns), 2), RECORDS=nl, CH_BASE=ni // ns, CH_EXTRA=ni % ns,
         TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks, LOOK_SPLIT=split, LOOK_BASE=ni // nl, LOOK_EXTRA=ni % nl,
         BLOCK_L=max(triton.next_power_of_2(nl), 2), BLOCK_C=max(triton.next_power_of_2(-(-ni // nl)), 2),
-        STAGES=stats_stages(max(zp.element_size(), zq.element_size() if zq is not None else 0), args.rule.name),
+        STAGES=stats_stages(itemsize, args.rule.name), L2_AHEAD=l2_ahead(itemsize, args.rule.name),
+        LINE=128 // zp.element_size(),
+        LINES=triton.next_power_of_2(triton.cdiv(tiles * block_v * zp.element_size(), 128)),
         ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, SOLO=groups == 1,
         SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
         num_warps=num_warps,
