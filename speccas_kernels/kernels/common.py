@@ -29,9 +29,10 @@ LN2 = tl.constexpr(0.6931471805599453)
 SHIFT_MAX = tl.constexpr(16777216.0)  # 2**24: |m s| below it keeps ``exp_shift``'s error term within [-1, 1]
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
-# The race's logarithms: on a GPU the special-function unit's lg2 (``lg2.approx.ftz.f32``, relative error about
-# 2**-22; inputs below 2**-126 read as 0), one instruction where the accurate log takes about twenty; the interpreter
-# (which cannot call libdevice) takes numpy's. Scores move by about 1e-6 of their size: only float ties can change.
+# What a GPU and the interpreter compute differently. The race's logarithms: on a GPU the special-function unit's lg2
+# (``lg2.approx.ftz.f32``, relative error about 2**-22; inputs below 2**-126 read as 0), one instruction where the
+# accurate log takes about twenty; the interpreter (which cannot call libdevice) takes numpy's. Scores move by about
+# 1e-6 of their size: only float ties can change. The L2 prefetch: a hint on a GPU, nothing under the interpreter.
 if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
     from triton.language.extra.cuda import libdevice as _libdevice
 
@@ -43,6 +44,13 @@ if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
     def fma_exact(x, y, z):
         """x y + z rounded once to float32 (the GPU's FFMA)."""
         return tl.fma(x, y, z)
+
+    @triton.jit
+    def prefetch_l2(ptrs):
+        """The lines at ``ptrs`` brought into L2 (``prefetch.global.L2``: a hint, one instruction per address,
+        nothing waits for it)."""
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                  is_pure=False, pack=1)
 else:
     @triton.jit
     def log2_fast(x):
@@ -55,19 +63,9 @@ else:
         y32 = tl.zeros_like(x) + y
         return (x.to(tl.float64) * y32.to(tl.float64) + z.to(tl.float64)).to(tl.float32)
 
-
-# An L2 prefetch (``prefetch.global.L2``): a hint, one instruction per address, nothing waits for it; the interpreter
-# (which has no cache to warm and cannot run inline PTX) takes no step.
-if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
     @triton.jit
     def prefetch_l2(ptrs):
-        """The lines at ``ptrs`` brought into L2 (a hint)."""
-        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                                  is_pure=False, pack=1)
-else:
-    @triton.jit
-    def prefetch_l2(ptrs):
-        """The lines at ``ptrs`` brought into L2 (a hint; under the interpreter, nothing)."""
+        """Nothing: the interpreter has no cache to warm (and cannot run inline PTX)."""
         pass
 
 
