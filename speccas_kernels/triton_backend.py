@@ -115,22 +115,33 @@ def tiles() -> int:
     return 1 if _interpreting() else 4
 
 
-def chunks(itemsize: int = 4) -> int:
+def chunks(itemsize: int = 4, rule: str = "") -> int:
     """Chunks per statistics or second-look work item of the persistent verify kernel (a loop in the kernel; the
     statistics keep one record per item, plus a token set's screening records per chunk, and the second look folds
-    its chunks into one) for logits of ``itemsize`` bytes. On a GPU 4 for 4-byte logits, so a program draws a
+    its chunks into one) for logits of ``itemsize`` bytes and the rule named ``rule``. On a GPU 4 for 4-byte logits,
+    so a program draws a
     sixteenth as many of those items as there are tiles (each draw costs about as many instructions as a chunk's
     statistics), and 16 for 2-byte logits, whose rounds are bound by instructions rather than bytes, so a quarter
     as many draws, and item-end reductions, pay (in the static model, B = 64, K = 4, V = 151936 bf16: 4 -> 8 chunks
     with the kernels of v11, chow 64.3 -> 62.2 us, token_v3 102.1 -> 99.1 us; 8 -> 16 with those of 24f89ae, chow
     55.0 -> 53.7 us, token_v3 83.0 -> 78.5 us; 32, one item per position, gave chow 52.3 us but leaves a batch's
     statistics in as few items as positions). fp32 rounds are bound by bytes: 8 chunks there gave opt 110.0 ->
-    111.9 us (24f89ae), and with the kernels of v11 pushed token_v3's re-read past the L2 (116.6 -> 118.7 us). 2
-    under the interpreter, so tests cross item, chunk and tile boundaries (and a last item with a missing chunk)."""
+    111.9 us (24f89ae), and with the kernels of v11 pushed token_v3's re-read past the L2 (116.6 -> 118.7 us). 32
+    for 2-byte logits whose statistics' loop is not software-pipelined (``verify.l2_ahead``: token_v3), whose items
+    pay their first chunk's DRAM round trip and their fixed instructions once each, and whose second look reads
+    only the cells its screening records keep (a longer look item costs little): token_v3 bf16 B = 64 51.5 ->
+    49.0 us, B = 32 30.5 -> 28.9 us in the model (v45's kernels); a pipelined loop hides its chunks' round trips
+    already, and opt's dense look, on a row's chain, grows with its items (B = 64 50.6 -> 52.7 us at 32). A small
+    batch halves them again (``launch_verify``). 2 under the interpreter, so tests cross item, chunk and tile
+    boundaries (and a last item with a missing chunk)."""
+    from .kernels.verify import l2_ahead
+
     if CHUNKS_OVERRIDE is not None:
         return int(CHUNKS_OVERRIDE)
     if _interpreting():
         return 2
+    if l2_ahead(itemsize, rule):
+        return 32
     return 16 if itemsize <= 2 else 4
 
 
@@ -156,7 +167,7 @@ def verify_args(args: VerifyArgs, divergence: bool = False) -> VerifyOutput:
     block_v, num_warps = settings(args.vocab_size)
     with _device_guard(args.target_logits.device):
         return launch_verify(args, block_v, num_warps, programs(args.target_logits.device), rows(args.batch),
-                             tiles(), divergence, chunks(args.target_logits.element_size()))
+                             tiles(), divergence, chunks(args.target_logits.element_size(), args.rule.name))
 
 
 def sample_args(args: SampleArgs) -> torch.Tensor:

@@ -421,6 +421,44 @@ def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch
             assert 0 < again_p <= B * K * (chunk + 64)
 
 
+@pytest.mark.parametrize("rule", ["chow", "token_v3"])
+def test_bonus_race_items_come_from_the_round_outcome(rule, monkeypatch):
+    """The model charges the bonus race's scores (``race_bonus``: ``_bonus_scores``, the branch a row's race items
+    take instead of the residual's) to the whole race items of the rows that race the bonus at the modelled inputs
+    (``roofline_data``'s ``race_bonus``: the rows that keep every draft, from the round's outcome), not to every item.
+    Controls: the rows that race a residual are not counted (both kinds occur here); greedy rows that keep every
+    draft race nothing (the accept phase writes p_n's argmax); without the data, every whole item."""
+    from speccas_kernels.kernels import verify as kv
+    from speccas_kernels import triton_backend
+
+    for name, value in (("BLOCK_V_OVERRIDE", 128), ("TILES_OVERRIDE", 2), ("CHUNKS_OVERRIDE", 2),
+                        ("ROWS_OVERRIDE", 1)):
+        monkeypatch.setattr(triton_backend, name, value)
+    B, K, V = 8, 2, 1000
+    g = torch.Generator().manual_seed(7)
+    zp = torch.randn(B, K + 1, V, generator=g) * 2.0
+    zq = zp[:, :K] + torch.randn(B, K, V, generator=g) * 0.6
+    sampled = torch.multinomial(torch.softmax(zq.reshape(B * K, V), -1), 1, generator=g).view(B, K)
+    for T, x in ((1.0, sampled), (0.0, zp[:, :K].argmax(-1))):  # (greedy: drafts the target's argmax keeps)
+        with rf.DeviceWork(execute=True) as work:
+            out = speccas_kernels.verify(zq, zp, x, rule=rule, temperature=T, seed=3, backend="triton")
+        ref = speccas_kernels.verify(zq, zp, x, rule=rule, temperature=T, seed=3, backend="reference")
+        assert torch.equal(out.tokens, ref.tokens)
+        launch = work.launches[-1]
+        c = launch.constexprs
+        data = launch.data = kv.roofline_data(launch, lambda: (zq, zp, x))
+        whole = V // (c["RACE_TILES"] * c["BLOCK_V"])
+        bonus = int((ref.valid & (ref.num_accepted == K)).sum())
+        if T == 1.0:
+            assert 0 < bonus < B, ref.num_accepted  # both kinds of race
+            assert data["race_bonus"] == bonus * whole > 0, (data, bonus, whole)
+        else:
+            assert bonus > 0 and data["race_bonus"] == 0, (data, bonus)
+        assert kv.roofline_hints(launch)["phase_work"]["race_bonus"]["count"] == data["race_bonus"]
+        launch.data = {}
+        assert kv.roofline_hints(launch)["phase_work"]["race_bonus"]["count"] == B * whole
+
+
 @pytest.mark.parametrize("rule,alpha,rows,skip", [("token_v3", 0.9, 1, True), ("token_v1", 0.08, 2, False)])
 def test_look_cells_are_the_cells_the_kernel_reads(rule, alpha, rows, skip, monkeypatch):
     """The model counts the cells a screened look reads (``look_q``) from the modelled inputs (``roofline_data``'s
@@ -664,7 +702,7 @@ def test_opt_look_share_comes_from_the_modelled_inputs():
     assert hints["l2_bytes_saved"] == pytest.approx((1 - want) * pt.B * pt.K * 2 * pt.V * 4)
     chow, _ = rf.capture(pt.op, "chow", pt.B, pt.K, pt.V, pt.dtype)
     rf.attach_data(pt, chow.launches)
-    assert chow.launches[-1].data == {}
+    assert set(chow.launches[-1].data) == {"race_bonus"}  # (no look share: chow has no look)
     # a batch of one (one row group) in items of one chunk: every look item loads its chunk before it waits for the
     # ready flag, so the skipped looks save no bytes (their instructions still scale with the share); the control,
     # B = 16 in items of one chunk too, loads them after the flag, only where the look can change something
@@ -705,7 +743,7 @@ def test_looks_that_change_nothing_leave_the_rows_chain():
     worst = chain_phases(kv.roofline_hints(launch))
     assert "look" in worst and "look_body" in worst and "merge_ticket" not in worst
     rf.attach_data(pt, work.launches)
-    assert launch.data == dict(look_share=0.0, look_rows=0.0)
+    assert {k: v for k, v in launch.data.items() if k != "race_bonus"} == dict(look_share=0.0, look_rows=0.0)
     phases = chain_phases(kv.roofline_hints(launch))
     assert "look" not in phases and "look_body" not in phases and "accept" in phases and "race" in phases
     assert "merge_release" not in phases and "merge_release" in worst
@@ -1011,8 +1049,8 @@ def test_unpipelined_statistics_bring_chunks_into_l2_ahead(opt_bf16_b64, tmp_pat
     V = 151936 in bfloat16: the chunk loop brings each chunk into L2 two ahead of its loads (``L2_AHEAD``,
     ``common.prefetch_l2``: ``prefetch.global.L2``, SASS CCTL.E.PF2), inside the loop's body, for both sides, a
     line per address, and the model takes a stats item's first chunk as a DRAM round trip and each later one as an
-    L2 round trip. The controls: float32 logits and a pipelined rule take no prefetch (opt bf16's statistics have
-    none in their SASS)."""
+    L2 round trip; its items hold 32 chunks (a pipelined rule's 16). The controls: float32 logits and a pipelined
+    rule take no prefetch (opt bf16's statistics have none in their SASS)."""
     from speccas_kernels.kernels import verify as kv
 
     assert kv.l2_ahead(2, "token_v3") and not kv.l2_ahead(4, "token_v3") and not kv.l2_ahead(2, "opt")
@@ -1020,6 +1058,8 @@ def test_unpipelined_statistics_bring_chunks_into_l2_ahead(opt_bf16_b64, tmp_pat
     launch = work.launches[0]
     c = launch.constexprs
     assert c["L2_AHEAD"] and c["STAGES"] == 1 and c["LINE"] == 64, c
+    # items of 32 chunks where the loop is not pipelined (``triton_backend.chunks``), 16 where it is (opt, below)
+    assert c["CHUNKS"] == 32 and opt_bf16_b64[0].constexprs["CHUNKS"] == 16, (c, opt_bf16_b64[0].constexprs)
     assert c["LINES"] * c["LINE"] == c["TILES"] * c["BLOCK_V"]  # (a chunk's lines, each once)
     rec = rf.compile_launches([launch], cache_dir=tmp_path, quiet=True)[rf.compile_key(launch)]
     hints = rf._hints_for(launch)
@@ -1030,12 +1070,37 @@ def test_unpipelined_statistics_bring_chunks_into_l2_ahead(opt_bf16_b64, tmp_pat
     assert body, (loops, loads)
     pf = [i.addr for i in stats if i.opcode.startswith("CCTL.E.PF2")]
     assert any(a <= x <= b for x in pf for a, b in body), (pf, body)
-    assert len({i.operands for i in stats if i.opcode.startswith("CCTL.E.PF2")}) >= 2  # the target's and drafter's
+    in_body = [i for i in stats if i.opcode.startswith("CCTL.E.PF2") and any(a <= i.addr <= b for a, b in body)]
+    assert len(in_body) >= 2, in_body  # the target's and the drafter's
     work_stats = hints["phase_work"]["stats"]
     assert work_stats["dram"] == 1 and work_stats["l2"] > 2 and "pipelined" not in work_stats, work_stats
     launch_o, rec_o, hints_o, d_o = opt_bf16_b64
     assert not launch_o.constexprs["L2_AHEAD"]
     assert not [i for i in _phase_sass(launch_o, rec_o, hints_o, d_o, "stats") if i.opcode.startswith("CCTL.E.PF")]
+
+
+def test_statistics_and_race_take_the_lean_instructions(opt_bf16_b64, opt_b1):
+    """The verify kernel as a GPU runs it: with 2-byte logits read as words (PAIRS) the statistics' lane maxes take
+    one ``max.bf16x2`` per two entries of a chunk (``common.lane_max_pairs``: SASS HMNMX2 or VHMNMX), where one FMNMX
+    per entry took them (float32 logits, the control, keep that and have no pair max); the race scores each entry
+    with one MUFU.LG2 (log2 u) and one MUFU.RCP (``neg_rcp_fast``), where its log-domain scores took three LG2."""
+    for launch, rec, hints, d in (opt_bf16_b64, opt_b1):
+        c = launch.constexprs
+        per_chunk = c["TILES"] * c["BLOCK_V"] // (32 * launch.num_warps)  # one side's entries a thread folds
+        for phase in ("stats", "stats_q"):
+            ops = collections.Counter(i.base for i in _phase_sass(launch, rec, hints, d, phase))
+            pair = ops["HMNMX2"] + ops["VHMNMX"]
+            if c["PAIRS"]:
+                assert pair > 0, (phase, ops)
+                if per_chunk >= 16:  # (B = 64: the fold's maxes dominate the phase's; at B = 1, one tile a chunk)
+                    assert pair >= per_chunk // 4 and ops["FMNMX"] < per_chunk - 1, (phase, per_chunk, ops)
+            else:
+                assert pair == 0 and ops["FMNMX"] >= per_chunk - 1, (phase, per_chunk, ops)
+        race = _phase_sass(launch, rec, hints, d, "race")
+        entries = c["RACE_TILES"] * c["BLOCK_V"] // (32 * launch.num_warps)  # a thread's entries in a race item
+        mufu = collections.Counter(i.opcode.split(".")[1] for i in race if i.base == "MUFU")
+        # (a few more reciprocals: the row's constants' divisions, once per item)
+        assert mufu["LG2"] == entries <= mufu["RCP"] < entries + 8, (entries, mufu)
 
 
 @pytest.fixture(scope="module", params=["bf16", "fp32"])

@@ -19,6 +19,7 @@ from speccas_kernels.rules import RULES, get_rule  # noqa: E402
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from speccas_kernels.kernels import common as kcommon  # noqa: E402
 from speccas_kernels.kernels import philox  # noqa: E402
 from speccas_kernels.kernels import verify as kverify  # noqa: E402
 
@@ -612,7 +613,10 @@ def test_philox_matches_random_module(device):
 def _gumbel_flat_probe_kernel(g_ptr, seed_ptr, pos_ptr, v0, R: tl.constexpr, BLOCK: tl.constexpr,
                               BASE2: tl.constexpr = False, VEC: tl.constexpr = 4):
     r = tl.arange(0, R)
-    if BASE2:
+    if BASE2 == 2:  # the race's score factor 1 / (-log2 u)
+        noise = kcommon.neg_rcp_fast(philox.log2_uniform_flat(tl.load(seed_ptr + r), tl.load(pos_ptr + r), 2, v0,
+                                                              BLOCK, VEC))
+    elif BASE2:
         noise = philox.exp_log2_flat(tl.load(seed_ptr + r), tl.load(pos_ptr + r), 2, v0, BLOCK, VEC)
     else:
         noise = philox.gumbel_flat(tl.load(seed_ptr + r), tl.load(pos_ptr + r), 2, v0, BLOCK, VEC)
@@ -650,6 +654,62 @@ def test_gumbel_flat_base2_is_the_shifted_scaled_gumbel(device):
         torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=4e-6)
         assert not torch.allclose(got.cpu().double(), g, atol=1e-3)
         assert not torch.allclose(got.cpu().double(), -want, atol=1e-3)
+
+
+def test_race_noise_factor_is_exp_gumbel_times_ln2(device):
+    """The factor the races multiply their weights by, -1 / log2 u (``neg_rcp_fast`` of ``log2_uniform_flat``), is
+    ln 2 exp(G) of ``random.gumbel``'s G entry by entry: a score w / (-log2 u) is ln 2 exp(log w + G), so every race
+    keeps the Gumbel argmax. Negative controls: exp(-G) ln 2 (the reciprocal left out) and the base-2 log noise."""
+    seeds = torch.tensor([0, 5, -3, 2**62])
+    pos = torch.tensor([1, 2**40, 7, 0])
+    for v0 in (0, 4 * 12345):
+        got = torch.empty(4, 64, device=device)
+        _gumbel_flat_probe_kernel[(1,)](got, seeds.to(device), pos.to(device), v0, R=4, BLOCK=64, BASE2=2)
+        g = srandom.gumbel(seeds[:, None], pos[:, None], 2, torch.arange(v0, v0 + 64)).double()
+        want = math.log(2.0) * torch.exp(g)
+        assert bool((got.cpu() > 0).all())
+        torch.testing.assert_close(got.cpu().double(), want, rtol=1e-5, atol=0)
+        assert not torch.allclose(got.cpu().double(), math.log(2.0) * torch.exp(-g), rtol=1e-2)
+        assert not torch.allclose(got.cpu().double(), -(g + math.log(math.log(2.0))) / math.log(2.0), rtol=1e-2)
+
+
+@triton.jit
+def _lane_max_probe_kernel(w_ptr, out_ptr, ref_ptr, N: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr):
+    w = tl.load(w_ptr + tl.arange(0, N // 2))[None, :]  # [1, N // 2] words of two bfloat16 entries
+    tl.store(out_ptr + tl.arange(0, LANES // VEC)[None, :],
+             kcommon.lane_max_pairs(tl.reshape(w, [1, N // LANES, LANES // VEC, VEC // 2])))
+    z = tl.reshape(kcommon.widen_pairs(w), [1, N // LANES, LANES // VEC, VEC])
+    tl.store(ref_ptr + tl.arange(0, LANES // VEC)[None, :], tl.max(tl.max(z, axis=3), axis=1))
+
+
+def test_lane_max_of_bfloat16_pairs_is_the_lanes_max(device):
+    """The statistics' lane maxes taken two bfloat16 entries an instruction (``common.lane_max_pairs``: ``max_pairs``
+    on the words, then the larger half; on a GPU ``max.bf16x2``, here its exact emulation) are each lane's largest
+    entry, with the entries of a lane at the places ``verify._lanes`` gives them (its words at entry / 2): finite
+    logits with ties and signed zeros, -inf, a lane of -inf only, and a NaN, which loses to a number as in ``tl.max``.
+    Negative control: the lanes' maxes of the words read as [N // LANES, VEC // 2, LANES // VEC] differ."""
+    N, LANES, VEC = 256, 64, 8
+    g = torch.Generator().manual_seed(3)
+    z = (torch.randn(N, generator=g) * 4).to(torch.bfloat16)
+    z[5] = z[6] = z.max()  # a tie
+    z[17], z[18] = 0.0, -0.0
+    z[40] = float("nan")
+    z[64:72] = float("-inf")
+    lane = (torch.arange(N) % LANES) // VEC
+    z[lane == 3] = float("-inf")  # a lane of -inf only
+    words = z.view(torch.int16).view(torch.int32)
+    out = torch.empty(LANES // VEC, device=device)
+    ref = torch.empty(LANES // VEC, device=device)
+    _lane_max_probe_kernel[(1,)](words.to(device), out, ref, N=N, LANES=LANES, VEC=VEC)
+    zf = z.float()
+    zn = torch.where(zf.isnan(), float("-inf"), zf)  # (a NaN loses to a number)
+    want = torch.stack([zn[lane == k].max() for k in range(LANES // VEC)])
+    assert torch.equal(out.cpu(), want), (out, want)
+    assert out[3].item() == float("-inf")
+    live = torch.arange(LANES // VEC) != 3
+    assert torch.equal(ref.cpu()[live], want[live]), ref  # (the float path: ``tl.max``)
+    wrong = zn.view(N // LANES, VEC, LANES // VEC).amax((0, 1))
+    assert not torch.equal(wrong, want)
 
 
 def test_available_and_device_check(monkeypatch):

@@ -33,6 +33,8 @@ FLT_MAX = tl.constexpr(3.4028234663852886e38)
 # (``lg2.approx.ftz.f32``, relative error about 2**-22; inputs below 2**-126 read as 0), one instruction where the
 # accurate log takes about twenty; the interpreter (which cannot call libdevice) takes numpy's. Scores move by about
 # 1e-6 of their size: only float ties can change. The L2 prefetch: a hint on a GPU, nothing under the interpreter.
+# The residual race's reciprocals likewise (``rcp.approx.ftz.f32``; numpy's division here). The maxes of words of
+# two bfloat16 entries: ``max.bf16x2`` on a GPU, emulated exactly here.
 if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
     from triton.language.extra.cuda import libdevice as _libdevice
 
@@ -51,6 +53,22 @@ if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
         nothing waits for it)."""
         tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
                                   is_pure=False, pack=1)
+
+    @triton.jit
+    def neg_rcp_fast(x):
+        """-1 / x through the special-function unit (``rcp.approx.ftz.f32`` of -x: within about an ulp; one
+        instruction, the negation its operand's, where the rounded division takes about eight)."""
+        return tl.inline_asm_elementwise("{\n\t.reg .f32 t;\n\tneg.f32 t, $1;\n\trcp.approx.ftz.f32 $0, t;\n\t}",
+                                         "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+    PAIR_MAX = tl.constexpr(True)
+
+    @triton.jit
+    def max_pairs(a, b):
+        """Per half, the larger of two words of two bfloat16 entries each (``load_tile``'s RAW words): the two
+        maxes in one instruction (``max.bf16x2``: a NaN loses to a number)."""
+        return tl.inline_asm_elementwise("max.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True,
+                                         pack=1)
 else:
     @triton.jit
     def log2_fast(x):
@@ -67,6 +85,21 @@ else:
     def prefetch_l2(ptrs):
         """Nothing: the interpreter has no cache to warm (and cannot run inline PTX)."""
         pass
+
+    @triton.jit
+    def neg_rcp_fast(x):
+        return -1.0 / x
+
+    # the interpreter's reduction with a combine function of one's own runs in Python per element: the kernels take
+    # their lane maxes from the widened entries instead (``tl.max``, numpy's); ``max_pairs`` stays for tests
+    PAIR_MAX = tl.constexpr(False)
+
+    @triton.jit
+    def max_pairs(a, b):
+        # each half widened, the larger kept, its bits put back: exact (bfloat16 values widen and narrow exactly)
+        lo = max_number((a << 16).to(tl.float32, bitcast=True), (b << 16).to(tl.float32, bitcast=True))
+        hi = max_number((a & -65536).to(tl.float32, bitcast=True), (b & -65536).to(tl.float32, bitcast=True))
+        return (hi.to(tl.int32, bitcast=True) & -65536) | ((lo.to(tl.int32, bitcast=True) >> 16) & 65535)
 
 
 @triton.jit
@@ -156,7 +189,7 @@ def load_logits(ptr, mask, FP64: tl.constexpr):
 
 @triton.jit
 def load_tile(base, lo, use, n_left, N: tl.constexpr, FP64: tl.constexpr, PAIRS: tl.constexpr,
-              FULL: tl.constexpr = False, FILL: tl.constexpr = True):
+              FULL: tl.constexpr = False, FILL: tl.constexpr = True, RAW: tl.constexpr = False):
     """[R, N] logits at ``base`` + ``lo`` + 0 .. N - 1 (``base``: [R, 1] row pointers; ``lo`` a scalar), -inf in the
     rows outside ``use`` ([R, 1]) and at offsets >= ``n_left`` (V - lo), as float32 (float64 when FP64). PAIRS
     (bfloat16 logits, every row starting at an even entry, V even): the tile is read as 32-bit words of two entries,
@@ -165,7 +198,8 @@ def load_tile(base, lo, use, n_left, N: tl.constexpr, FP64: tl.constexpr, PAIRS:
     n_left >= N (no bound mask), and ``use`` may be None (every row in use): the loads then take no mask, and the
     registers no fill. Without FILL (with FULL) the rows outside ``use`` are left undefined, for a caller that reads
     them only where ``use`` holds: a masked load with no fill value (an asynchronous copy, where the loop is
-    pipelined, with no select after it)."""
+    pipelined, with no select after it). RAW (with PAIRS): the [R, N // 2] words themselves, unwidened
+    (``widen_pairs`` widens them; ``max_pairs`` takes their maxes two entries an instruction)."""
     if PAIRS:
         h = tl.arange(0, N // 2)[None, :]
         wp = (base + lo).to(tl.pointer_type(tl.int32)) + h
@@ -178,9 +212,10 @@ def load_tile(base, lo, use, n_left, N: tl.constexpr, FP64: tl.constexpr, PAIRS:
                 w = tl.load(wp, mask=use, other=BF16X2_NEG_INF)
         else:
             w = tl.load(wp, mask=use & (h < n_left // 2), other=BF16X2_NEG_INF)
-        low = (w << 16).to(tl.float32, bitcast=True)  # entry 2 h: the word's low half (little-endian)
-        high = (w & -65536).to(tl.float32, bitcast=True)  # entry 2 h + 1
-        z = tl.reshape(tl.join(low, high), [w.shape[0], N])
+        if RAW:
+            z = w
+        else:
+            z = widen_pairs(w)
     else:
         offs = tl.arange(0, N)[None, :]
         if FULL:
@@ -197,6 +232,30 @@ def load_tile(base, lo, use, n_left, N: tl.constexpr, FP64: tl.constexpr, PAIRS:
         else:
             z = load_logits(base + lo + offs, use & (offs < n_left), FP64)
     return z
+
+
+@triton.jit
+def widen_pairs(w):
+    """[R, N] float32 entries of [R, N // 2] words of two bfloat16 entries (``load_tile``'s PAIRS): one shift (the
+    low entry) or one mask (the high one) each."""
+    low = (w << 16).to(tl.float32, bitcast=True)  # entry 2 h: the word's low half (little-endian)
+    high = (w & -65536).to(tl.float32, bitcast=True)  # entry 2 h + 1
+    return tl.reshape(tl.join(low, high), [w.shape[0], w.shape[1] * 2])
+
+
+@triton.jit
+def max_number(a, b):
+    """The larger of a and b, a NaN losing to a number (as the GPU's max instructions and ``tl.max`` everywhere)."""
+    return tl.where((b > a) | (a != a), b, a)
+
+
+@triton.jit
+def lane_max_pairs(w4):
+    """The largest entry per lane of an [R, A, L, W] block of words of two bfloat16 entries (``load_tile``'s RAW
+    words as ``_lanes`` shapes them: A and W a thread's registers), as float32 [R, L]: one ``max_pairs`` per two
+    entries, then the larger of the last word's halves."""
+    w = tl.reduce(tl.reduce(w4, 3, max_pairs), 1, max_pairs)
+    return max_number((w << 16).to(tl.float32, bitcast=True), (w & -65536).to(tl.float32, bitcast=True))
 
 
 @triton.jit

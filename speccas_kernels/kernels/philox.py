@@ -9,8 +9,9 @@
 ``seed`` and ``pos`` are int64 (scalars or blocks), ``v`` an integer block. Written out rather than
 calling ``tl.randint4x`` because the counter layout differs (Triton's puts the offset in c0/c1).
 
-``uniform_flat`` (and ``gumbel_flat`` / ``exp_log2_flat`` over it) evaluates Philox once per group of four
-vocabulary entries and uses all four words, joined into a flat ``[R, BLOCK]`` tile (the same bits as ``uniform``).
+``uniform_flat`` (and ``gumbel_flat`` / ``log2_uniform_flat`` / ``exp_log2_flat`` over it) evaluates Philox once per
+group of four vocabulary entries and uses all four words, joined into a flat ``[R, BLOCK]`` tile (the same bits as
+``uniform``).
 """
 
 import triton
@@ -126,10 +127,16 @@ def gumbel_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr, VEC: t
 
 
 @triton.jit
+def log2_uniform_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr, VEC: tl.constexpr = 4):
+    """log2 u (< 0) over ``uniform_flat``'s tile, -exp(-G) / ln 2 for the Gumbel noise G of the same bits: a race's
+    score w / (-log2 u) is exp(log w + G) times ln 2 (the same argmax: ``exp_log2_flat`` for scores in logs)."""
+    return log2_fast(uniform_flat(seed, pos, stream, v0, BLOCK, VEC))
+
+
+@triton.jit
 def exp_log2_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr, VEC: tl.constexpr = 4):
     """log2(-log2 u) over ``uniform_flat``'s tile: -(G + ln ln 2) / ln 2 for the Gumbel noise G of the same bits,
     the noise of a race scored in base-2 units (log2 w minus it is (log w + G + ln ln 2) / ln 2: the same argmax,
-    with two multiplies and two negations fewer per entry; the inner negation is an absolute value, which the
-    special-function unit takes as an operand)."""
-    u = uniform_flat(seed, pos, stream, v0, BLOCK, VEC)
-    return log2_fast(tl.abs(log2_fast(u)))  # |log2 u| = -log2 u
+    with two multiplies and two negations fewer per entry)."""
+    # |log2 u| = -log2 u: an absolute value, which the special-function unit takes as an operand
+    return log2_fast(tl.abs(log2_uniform_flat(seed, pos, stream, v0, BLOCK, VEC)))

@@ -19,8 +19,9 @@ Design. Every program loops over a queue of work items (an atomic counter), so t
 The items, in the phases of SPEC.md section 9:
 
 A chunk is TILES vocabulary tiles of BLOCK_V entries (4 on a GPU). A stats or second-look item covers at most CHUNKS
-chunks (on a GPU 4, or 16 for 2-byte logits: a loop; a position's NI chunks split evenly over its NS items,
-``_chunks``), a race or divergence item one chunk; at a small batch the items
+chunks (on a GPU 4, or 16 for 2-byte logits, 32 where their loop is not pipelined: ``triton_backend.chunks``; a
+loop; a position's NI chunks split evenly over its NS items, ``_chunks``), a race or divergence item one chunk; at a
+small batch the items
 shrink (chunks first, then tiles) while a position's stats items still fit in one wave of the programs
 (``triton_backend.tiles`` / ``chunks``, ``launch_verify``), and the race items (RACE_TILES tiles) while a row's
 still do: NS = ceil(NT / (TILES CHUNKS)) stats and second-look items and NI = ceil(NT / TILES) divergence items per
@@ -100,10 +101,10 @@ its instructions).
   item, a later tile waits only for what a fold does not cover of its round trip): the tiles fold
   entry by entry into a running best score (with its index) and residual mass, reduced once per item into one
   record. Philox runs once per four entries, all four words used (one 32 x 32 -> 64-bit product per multiplier and
-  round), joined into a flat [R, BLOCK_V] tile. Scores are in base-2 units: log2 w - log2(-log2 u) (the bonus:
-  (z - M) log2(e) / T - log2(-log2 u)), the natural-log score plus a constant, divided by ln 2: the same argmax
-  with no multiply by ln 2 and no negation per entry; w = max(0, pi - q) is formed without pi (family A r (p - q),
-  family B eta p - q 1[not A]), and log2 0 = -inf scores the entries outside the residual without a select. A
+  round), joined into a flat [R, BLOCK_V] tile. Scores are w / (-log2 u) (``common.neg_rcp_fast``), exp(log w + G)
+  times ln 2 for w the residual, or exp((z - M) / T) for the bonus: the Gumbel scores' argmax with one lg2 and one
+  reciprocal per entry for the noise; w = max(0, pi - q) is formed without pi (family A r (p - q), family B
+  eta p - q 1[not A]), and w = 0 scores the entries outside the residual 0 without a select. A
   token set whose statistics screen its cells takes eta p - q as family A takes r (p - q), two exps and one FFMA
   with the factors folded, at an item none of whose chunks may hold a member of A at m (their screening records
   below the floor, ``_race_clear``), and tests membership per entry only at the others. A row's item computes its
@@ -162,9 +163,10 @@ import triton.language as tl
 from .. import rules
 from ..outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from . import common, philox
-from .common import (BIG, LOG2E, NEG_INF, SHIFT_MAX, best_lowest_rows, exp_scaled, exp_shift, fma_exact,
-                     inv_temperature, ln_fast, load_cell, load_logits, load_tile, log2_fast, log2e_scale, prefetch_l2,
-                     row_params, temperature_ok, ticket, tickets, wait_flag)
+from .common import (BIG, LOG2E, NEG_INF, PAIR_MAX, SHIFT_MAX, best_lowest_rows, exp_scaled, exp_shift,
+                     fma_exact, inv_temperature, lane_max_pairs, ln_fast, load_cell, load_logits, load_tile, log2_fast,
+                     log2e_scale, neg_rcp_fast, prefetch_l2, row_params, temperature_ok, ticket, tickets, wait_flag,
+                     widen_pairs)
 
 FAMILY_A = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_A])
 FAMILY_B = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_B])
@@ -442,7 +444,7 @@ def _lane_sums(x, LANES: tl.constexpr, VEC: tl.constexpr):
 
 @triton.jit
 def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run, huge, FILTERS: tl.constexpr,
-                LANES: tl.constexpr, VEC: tl.constexpr, FAST: tl.constexpr):
+                LANES: tl.constexpr, VEC: tl.constexpr, FAST: tl.constexpr, zw=None):
     """An [R, BLOCK] tile of logits ``z`` (-inf outside the row) at entries lo + ``offs`` folded into running
     statistics per lane ([R, LANES // VEC]: a thread's entries of every chunk of an item), with no reduction across
     threads: a lane's max, sum exp(z - max) and sum exp((z - max) / T) over kept entries (rows with ``scaled``)
@@ -452,9 +454,16 @@ def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, a
     FFMA and one ex2 (``exp_shift``), and ``huge`` records the lanes whose max times the scale reached SHIFT_MAX,
     whose sums are then wrong: the caller runs the item again without FAST (which leaves ``huge`` as it is).
     Also returned, for a token set's screening records (``_screen``): each lane's max over this chunk alone and its
-    share of the chunk's sampling sum (scaled rows: the scaled sum) relative to the lane's new max."""
+    share of the chunk's sampling sum (scaled rows: the scaled sum) relative to the lane's new max. ``zw``: z's
+    words of two bfloat16 entries (``load_tile``'s PAIRS and RAW), whose lane maxes take one ``max_pairs`` per two
+    entries on a GPU (``lane_max_pairs``: the same values, a bfloat16 max being exact; the interpreter takes them from
+    z, ``common.PAIR_MAX``)."""
     z4 = _lanes(z, LANES, VEC)
-    mc = tl.max(tl.max(z4, axis=3), axis=1)
+    if PAIR_MAX and (zw is not None):
+        tl.static_assert(VEC % 2 == 0, "a lane's entries are whole words of two")
+        mc = lane_max_pairs(_lanes(zw, LANES // 2, VEC // 2))
+    else:
+        mc = tl.max(tl.max(z4, axis=3), axis=1)
     m = tl.maximum(m_run, mc)
     ms = tl.where(m == NEG_INF, 0.0, m)
     dr = _rel(m_run, ms)  # -inf while the lane has seen only -inf: its sums stay 0
@@ -961,12 +970,18 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, inv
     KP = K + 1
     r = c0 + c  # the chunk's number in its position
     lo = r * (TILES * BLOCK_V)
+    # with PAIRS the tiles stay words (``load_tile``'s RAW; so do ``_chunk_tiles``'), whose lane maxes take one
+    # ``max_pairs`` per two entries (``_lane_stats``), widened for the rest
     if zp_in is not None:
         zp = zp_in
     elif FULL and ROWS == 1:
-        zp = load_tile(pbase[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True)
+        zp = load_tile(pbase[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True, RAW=PAIRS)
     else:
-        zp = load_tile(pbase[:, None], lo, use_p[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL)
+        zp = load_tile(pbase[:, None], lo, use_p[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL, RAW=PAIRS)
+    zp_w = None
+    if PAIRS:
+        zp_w = zp
+        zp = widen_pairs(zp_w)
     # The chunk holding the draft records the logits there for the accept phase, which then reads only what this
     # launch wrote (no DRAM round trip on a row's chain). One chunk per drafted position takes it (``xr``, the item's
     # chunk that holds the draft, formed once per item; with one row, ``hc``, the same as a number, so the test is
@@ -985,22 +1000,27 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, inv
             if zq_in is not None:
                 zq = zq_in
             elif FULL and ROWS == 1:
-                zq = load_tile(qbase[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True)
+                zq = load_tile(qbase[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True, RAW=PAIRS)
             else:
-                zq = load_tile(qbase[:, None], lo, use_q[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL)
+                zq = load_tile(qbase[:, None], lo, use_q[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL,
+                               RAW=PAIRS)
+            zq_w = None
+            if PAIRS:
+                zq_w = zq
+                zq = widen_pairs(zq_w)
             if holds:
                 at = offs[None, :] == tl.where(hold, xi - lo, -1).to(tl.int32)[:, None]
                 tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
                 tl.store(zx + 1, tl.sum(tl.where(at, zq, 0.0), axis=1), mask=hold)
             m_q, s1_q, sT_q, arg_q, huge, mc_q, share_q = _lane_stats(zq, offs, lo, invT, cutq, scaled,
                                                                       greedy & use_q, m_q, s1_q, sT_q, arg_q, huge,
-                                                                      FILTERS, LANES, VEC, FAST and not FP64)
+                                                                      FILTERS, LANES, VEC, FAST and not FP64, zq_w)
     else:
         if holds:
             at = offs[None, :] == tl.where(hold, xi - lo, -1).to(tl.int32)[:, None]
             tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
     m_p, s1_p, sT_p, arg_p, huge, mc_p, _ = _lane_stats(zp, offs, lo, invT, cutp, scaled, greedy, m_p, s1_p, sT_p,
-                                                        arg_p, huge, FILTERS, LANES, VEC, FAST and not FP64)
+                                                        arg_p, huge, FILTERS, LANES, VEC, FAST and not FP64, zp_w)
     if SCREEN:
         if any_q:
             if READS_PH:
@@ -1016,23 +1036,26 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, inv
 @triton.jit
 def _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q: tl.constexpr, FP64: tl.constexpr,
                  PAIRS: tl.constexpr, TILES: tl.constexpr, BLOCK_V: tl.constexpr, HAS_P: tl.constexpr = True,
-                 zp_pre=None, zq_pre=None):
+                 zp_pre=None, zq_pre=None, RAW: tl.constexpr = False):
     """The target's and the drafter's tiles of chunk c0 + c (wholly inside the vocabulary) for a pipelined loop (the
     statistics', the second look's): loaded only where c < nfull and the row uses the side (a masked load with no
     fill, read only there), outside any branch, so that the compiler issues them as asynchronous copies
     ``STAGES`` - 1 trips ahead. Without HAS_P (a second look that reads only the drafter) the target's tile is not
     loaded (the drafter's stands in for it, unread). ``zp_pre`` / ``zq_pre``: the chunk, loaded by this function
-    earlier (a loop of one trip whose chunk the caller loaded before a wait), returned as they are."""
+    earlier (a loop of one trip whose chunk the caller loaded before a wait), returned as they are. RAW: with PAIRS,
+    the words unwidened (``load_tile``)."""
     tl.static_assert(HAS_P or HAS_Q, "a chunk loads at least one side")
     if zp_pre is not None:
         return zp_pre, zq_pre
     lo = (c0 + c) * (TILES * BLOCK_V)
     live = c < nfull
     if HAS_P:
-        zp = load_tile(pbase[:, None], lo, (use_p & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False)
+        zp = load_tile(pbase[:, None], lo, (use_p & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False,
+                       RAW and PAIRS)
         zq = zp
     if HAS_Q:
-        zq = load_tile(qbase[:, None], lo, (use_q & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False)
+        zq = load_tile(qbase[:, None], lo, (use_q & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False,
+                       RAW and PAIRS)
         if not HAS_P:
             zp = zq
     return zp, zq
@@ -1122,7 +1145,8 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             # chunk is folded. The trips are the most chunks an item holds (a constexpr), the loads masked (outside
             # any branch, as the pipeline needs them) and the fold skipped past nfull.
             for c in tl.range(0, CH_BASE + (CH_EXTRA > 0), num_stages=STAGES):
-                zp, zq = _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q, FP64, PAIRS, TILES, BLOCK_V)
+                zp, zq = _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q, FP64, PAIRS, TILES, BLOCK_V,
+                                      RAW=True)
                 if c < nfull:
                     m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                         c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy,
@@ -2141,15 +2165,15 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
 
 
 @triton.jit
-def _bonus_scores(zp, keep_p, e2, Mp, scale, cp, fast, FILTERS: tl.constexpr, FP64: tl.constexpr):
-    """A race tile's bonus scores (``_race_tiles``): (z - M) log2(e) / T - e2 at the kept entries, -inf elsewhere (a
-    masked or dead entry is -inf already)."""
+def _bonus_scores(zp, keep_p, rl, Mp, scale, cp, fast, FILTERS: tl.constexpr, FP64: tl.constexpr):
+    """A race tile's bonus scores (``_race_tiles``): exp((z - M) / T) rl at the kept entries (``rl`` = 1 / (-log2 u):
+    the weight of p's entry over the noise, as the residual's), -inf elsewhere (a masked or dead entry scores 0)."""
     if FP64:
-        s = _rel(zp, Mp) * scale - e2
-    elif fast:  # (the scores less the row's constant rounding error of M / T: the same argmax)
-        s = fma_exact(zp, scale, -cp) - e2
+        s = tl.exp2(_rel(zp, Mp) * scale) * rl
+    elif fast:  # (the weights times the row's constant factor of the rounding error of M / T: the same argmax)
+        s = tl.exp2(fma_exact(zp, scale, -cp)) * rl
     else:
-        s = _rel(zp, Mp) * scale - e2
+        s = tl.exp2(_rel(zp, Mp) * scale) * rl
     if FILTERS:
         s = tl.where(keep_p, s, NEG_INF)
     return s
@@ -2167,12 +2191,13 @@ def _resid_exact(T, m, rows, resid_row, zp, zq_u, keep_p, Mp, offs, lo, mask, sc
 
 
 @triton.jit
-def _resid_scores(zp, zq_u, keep_p, e2, mask, lo, offs, rows, m, T, resid_row, Mp, scale, cp, kp, cq, kq, inv_STp, wm,
+def _resid_scores(zp, zq_u, keep_p, rl, mask, lo, offs, rows, m, T, resid_row, Mp, scale, cp, kp, cq, kq, inv_STp, wm,
                   Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, V, fast_resid, FAMILY: tl.constexpr,
                   IN_SET: tl.constexpr, HAS_Q: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
                   PAIRS: tl.constexpr, FULL: tl.constexpr, SCREEN: tl.constexpr):
-    """A race tile's residual scores (``_race_tiles``): (log2 w - e2, w), w = max(0, pi - q), 0 at masked entries
-    (where pi = q = 0); log2 0 = -inf scores the entries outside the residual without a select. ``fast_resid``:
+    """A race tile's residual scores (``_race_tiles``): (w rl, w), w = max(0, pi - q), 0 at masked entries (where
+    pi = q = 0), ``rl`` = 1 / (-log2 u): the entries outside the residual score 0 (the race's mass is then above
+    RESIDUAL_EPS only where a positive score wins). ``fast_resid``:
     w as two products of the exps (a token set's only where the item holds no member of A, ``_race_clear``)."""
     FAST_RESID: tl.constexpr = (not FP64) and HAS_Q and ((FAMILY != FAMILY_B) or SCREEN)
     BLOCK_V: tl.constexpr = offs.shape[1]
@@ -2201,7 +2226,7 @@ def _resid_scores(zp, zq_u, keep_p, e2, mask, lo, offs, rows, m, T, resid_row, M
                          S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, V, FAMILY, IN_SET, HAS_Q, FILTERS, FP64,
                          PAIRS)
     wv = tl.maximum(d, 0.0)
-    return log2_fast(wv) - e2, wv
+    return wv * rl, wv
 
 
 @triton.jit
@@ -2229,9 +2254,9 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
             zq_u = zq_in
             zp_in, zq_in = _race_tile_loads(pbase, qbase, lo + BLOCK_V, racing, resid_row, V, u + 1 < TILES, HAS_Q,
                                             FP64, PAIRS, BLOCK_V, FULL)
-        # Scores in base-2 units: log2 w + (G + ln ln 2) / ln 2 = log2 w - e2 (and (z - M) log2(e) / T - e2 for
-        # the bonus), the natural-log scores divided by ln 2 and shifted by one constant: the same argmax.
-        e2 = philox.exp_log2_flat(seed, pos, STREAM_EMIT, lo, BLOCK_V, VEC)
+        # Scores w / (-log2 u) = exp(log w + G) ln 2, w the residual or exp((z - M) / T) (the bonus): the same argmax
+        # as the Gumbel scores log w + G, with one lg2 and one reciprocal per entry.
+        rl = neg_rcp_fast(philox.log2_uniform_flat(seed, pos, STREAM_EMIT, lo, BLOCK_V, VEC))
         mask = racing[:, None] & (offs < V - lo)
         if zp_u is not None:
             zp = zp_u
@@ -2242,21 +2267,22 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
             keep_p = keep_p & (zp >= tl.load(cutp_ptr + rows * KP + m, mask=racing, other=0.0)[:, None])
         if ROWS == 1:  # the row races one kind: its scores from one branch, with no -inf fill or merge of the two
             if any_resid:
-                s, wv = _resid_scores(zp, zq_u, keep_p, e2, mask, lo, offs, rows, m, T, resid_row, Mp, scale, cp, kp,
-                                      cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr,
-                                      K, V, fast_resid, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS, FULL, SCREEN)
+                s, wv = _resid_scores(zp, zq_u, keep_p, rl, mask, lo, offs, rows, m, T, resid_row, Mp,
+                                      scale, cp, kp, cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al,
+                                      qbase, cutq_ptr, K, V, fast_resid, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS,
+                                      FULL, SCREEN)
                 acc_w += wv
             else:
-                s = _bonus_scores(zp, keep_p, e2, Mp, scale, cp, fast, FILTERS, FP64)
-        else:  # (a masked or dead entry is -inf, and scores -inf; a row that does not race stores nothing)
+                s = _bonus_scores(zp, keep_p, rl, Mp, scale, cp, fast, FILTERS, FP64)
+        else:  # (a masked or dead entry scores 0; a row that does not race stores nothing)
             s = tl.full([ROWS, BLOCK_V], NEG_INF, tl.float32)
             if any_bonus:
-                s = _bonus_scores(zp, keep_p, e2, Mp, scale, cp, fast, FILTERS, FP64)
+                s = _bonus_scores(zp, keep_p, rl, Mp, scale, cp, fast, FILTERS, FP64)
             if any_resid:
-                sr, wv = _resid_scores(zp, zq_u, keep_p, e2, mask, lo, offs, rows, m, T, resid_row, Mp, scale, cp, kp,
-                                       cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr,
-                                       K, V, fast_resid, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS, FULL,
-                                       SCREEN)
+                sr, wv = _resid_scores(zp, zq_u, keep_p, rl, mask, lo, offs, rows, m, T, resid_row, Mp,
+                                       scale, cp, kp, cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al,
+                                       qbase, cutq_ptr, K, V, fast_resid, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS,
+                                       FULL, SCREEN)
                 s = tl.where(bonus, s, sr)
                 acc_w += wv
         take = s > acc_s
@@ -2530,6 +2556,7 @@ ROOFLINE_PHASES = (
     ("emit", "_race_item", "ticket(cnt_ptr + c_race"),
     ("race_tail", "_race_item", "not full_item"),
     ("race_exact", "_resid_scores", "exact_form"),
+    ("race_bonus", "_bonus_scores", None),
     ("race", "_race_item", None),
 )
 
@@ -2549,15 +2576,20 @@ def roofline_data(launch, inputs) -> dict:
     q(x) = 0 for a token set), and ``look_rows``, the share of rows with such a position (the others' accept
     phases wait for no look item), from the T = 1 statistics of the model's calls, in float32; where the look screens
     its chunks, ``look_cells``, the cells it reads (``_look_cells``); where the race screens its items for members
-    of A (``_race_screens``), ``race_exact``, the race items that take the exact form (``_race_exact_items``):
-    data-decided work that one or two traced rows sample too thinly to stand for a batch's."""
+    of A (``_race_screens``), ``race_exact``, the race items that take the exact form (``_race_exact_items``); with
+    scalar T, seed and offset, ``race_bonus``, the whole race items of row groups one of whose rows races the bonus
+    (``_race_outcome``): data-decided work that one or two traced rows sample too thinly to stand for a batch's."""
     if launch.name != "_verify_kernel" or launch.arg("zq_ptr").kind != "tensor":
         return {}
     if launch.arg("alpha_ptr").kind == "tensor" or launch.arg("n_ptr").kind == "tensor":
         return {}  # (per-row arguments: the model takes the worst case)
     out = {}
-    if _race_screens(launch) and all(launch.arg(a).kind != "tensor" for a in ("temp_ptr", "seed_ptr", "offset_ptr")):
-        out["race_exact"] = _race_exact_items(launch, *inputs())
+    if all(launch.arg(a).kind != "tensor" for a in ("temp_ptr", "seed_ptr", "offset_ptr")):
+        zq, zp, x = inputs()
+        m, resid, bonus = _race_outcome(launch, zq, zp, x)
+        out["race_bonus"] = _race_items(launch, bonus, zp.shape[-1])
+        if _race_screens(launch):
+            out["race_exact"] = _race_exact_items(launch, zq, zp, m, resid)
     if not _skips_looks(launch):
         return out
     zq, zp, x = inputs()
@@ -2653,29 +2685,61 @@ def _near_cells(launch, zq, zp, al) -> torch.Tensor:
     return cells >= (M + lt - margin)[..., None, None]
 
 
-def _token_set_of(c) -> str:
-    """The name of the token set a launch's constexprs ``c`` compile (its IN_SET formula's code)."""
-    return next(r.name for r in rules.RULE_INFO.values()
-                if r.in_set is not None and r.in_set.__code__ is c["IN_SET"].fn.__code__)
+def _rule_of(c) -> str:
+    """The name of the rule a launch's constexprs ``c`` compile (its family and formula: each rule's is its own)."""
+    def code(f):
+        return None if f is None else f.__code__
+
+    def fn(key):
+        f = getattr(c[key], "fn", None)
+        return None if f is None or f.__name__ == "_no_formula" else f
+
+    return next(r.name for r in rules.RULE_INFO.values() if r.family_code == c["FAMILY"]
+                and code(r.weight) is code(fn("WEIGHT")) and code(r.in_set) is code(fn("IN_SET")))
 
 
-def _race_exact_items(launch, zq, zp, x) -> float:
-    """The whole race items (a row's last, partial one is ``race_tail``) that take the exact form (``_resid_scores``)
-    where the race screens its items (``_race_screens``), at the modelled inputs: per row group whose rows race a
-    residual at position m (the round's outcome, from the reference with the launch's scalars), the items one of
-    whose chunks may hold a member of A at m in one of those rows (``_near_cells``, as ``_race_clear`` screens)."""
+def _race_outcome(launch, zq, zp, x) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(m, the rows that race a residual, the rows that race the bonus), each [B], of the round at the modelled
+    inputs, from the reference with the launch's scalars (a greedy row that keeps every draft races nothing: the
+    accept phase writes p_n's argmax)."""
     from .. import reference
 
-    c = launch.constexprs
     val = {a: launch.arg(a).value for a in ("alpha_val", "temp_val", "seed_val", "offset_val", "n_val", "K")}
+    K, T = int(val["K"]), float(val["temp_val"])
+    n = K if val["n_val"] is None else max(0, min(K, int(val["n_val"])))
+    B = zp.shape[0]
+    if n == 0:
+        m = torch.zeros(B, dtype=torch.int64)
+        valid = torch.ones(B, dtype=torch.bool)
+    else:
+        out = reference.verify(zq[:, :n], zp[:, :n + 1], x[:, :n], rule=_rule_of(launch.constexprs),
+                               alpha=val["alpha_val"], temperature=T, seed=val["seed_val"],
+                               offset=val["offset_val"])
+        m, valid = out.num_accepted, out.valid
+    return m, valid & (m < n), valid & (m == n) & (T != 0)
+
+
+def _race_items(launch, rows: torch.Tensor, V: int) -> float:
+    """The whole race items (a row's last, partial one is ``race_tail``) of the row groups (ROWS rows each) that hold
+    one of ``rows`` ([B] bool)."""
+    c = launch.constexprs
+    R = c["ROWS"]
+    G = -(-rows.shape[0] // R)
+    groups = torch.nn.functional.pad(rows, (0, G * R - rows.shape[0])).view(G, R).any(1)
+    return float(int(groups.sum()) * (V // (c["RACE_TILES"] * c["BLOCK_V"])))
+
+
+def _race_exact_items(launch, zq, zp, m, resid) -> float:
+    """The whole race items (a row's last, partial one is ``race_tail``) that take the exact form (``_resid_scores``)
+    where the race screens its items (``_race_screens``), at the modelled inputs: per row group whose rows race a
+    residual at position m (``_race_outcome``), the items one of whose chunks may hold a member of A at m in one of
+    those rows (``_near_cells``, as ``_race_clear`` screens)."""
+    c = launch.constexprs
+    val = {a: launch.arg(a).value for a in ("alpha_val", "temp_val", "n_val", "K")}
     K, T = int(val["K"]), float(val["temp_val"])
     n = K if val["n_val"] is None else max(0, min(K, int(val["n_val"])))
     if T == 0 or n == 0:
         return 0.0  # (greedy rows race nothing exact that the screen decides: T = 0 takes the exact form whatever)
-    out = reference.verify(zq[:, :n], zp[:, :n + 1], x[:, :n], rule=_token_set_of(c), alpha=val["alpha_val"],
-                           temperature=T, seed=val["seed_val"], offset=val["offset_val"])
-    m = out.num_accepted
-    resid = out.valid & (m < n)
     al = torch.tensor(float(val["alpha_val"]))
     near = _near_cells(launch, zq[:, :n], zp[:, :n], al).any(-1)  # [B, n, NI]: the chunks
     B, _, ni = near.shape
@@ -2819,6 +2883,9 @@ def roofline_hints(launch) -> dict:
         race_exact = float(launch.data.get("race_exact", whole))
     else:
         race_exact = 0
+    # the whole items of row groups that race the bonus (``_bonus_scores``, the branch a row's items take instead of
+    # the residual's): as many as the modelled inputs have (``roofline_data``'s ``race_bonus``; without it, every one)
+    race_bonus = float(launch.data.get("race_bonus", whole))
     step = KP * NS + (K * NL if c["SECOND_LOOK"] else 0) + NR + div_items
     race_l2 = (1 if c["ROWS"] == 1 else 3) + c["RACE_TILES"]
     race_piped = c["RACE_TILES"] if c["ROWS"] == 1 else 0  # the tiles, each loaded a tile ahead (one row per item)
@@ -2871,12 +2938,15 @@ def roofline_hints(launch) -> dict:
         # Where the exact form is the only one (float64, token-only drafts, a token set that does not screen its
         # race), it is the race's own code, in ``race``
         "race_exact": dict(count=race_exact),
+        "race_bonus": dict(count=race_bonus),
         "emit": dict(count=G, l2=1),
         "emit_pi": dict(count=0),  # the race over pi: a residual of rounding noise, taken as never
         "div": dict(count=G * n * NI if div_items and looks else 0, l2=3),  # a token set's TV(pi, p), when asked
         "div_done": dict(count=G if div_items else 0, l2=2),
     }
-    exact = ["race_exact"] if race_exact else []  # (the chain's worst case: an item of the row takes it)
+    # (the chain's worst case: an item of the row takes the exact form, and the row races the bonus if one does, the
+    # residual's code counted in ``race`` whichever it races)
+    exact = (["race_exact"] if race_exact else []) + (["race_bonus"] if race_bonus else [])
     if looks_on_chain:
         chain = [(["queue", "stats", "stats_q", "stats_x"], KP * NS, 0), (["merge", "merge_release"], 1, step),
                  (["queue", "look", "look_body", "look_q"], n * NL, 0), (["accept"], 1, step),
