@@ -2698,15 +2698,21 @@ def _rule_of(c) -> str:
                 and code(r.weight) is code(fn("WEIGHT")) and code(r.in_set) is code(fn("IN_SET")))
 
 
+def _round_scalars(launch) -> Tuple[dict, int, float, int]:
+    """A launch's scalar arguments of the round (alpha, T, seed, offset, n, K by their argument names), K, T and the
+    drafts verified, n (K unless ``num_draft_tokens`` is one smaller number)."""
+    val = {a: launch.arg(a).value for a in ("alpha_val", "temp_val", "seed_val", "offset_val", "n_val", "K")}
+    K, T = int(val["K"]), float(val["temp_val"])
+    return val, K, T, K if val["n_val"] is None else max(0, min(K, int(val["n_val"])))
+
+
 def _race_outcome(launch, zq, zp, x) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(m, the rows that race a residual, the rows that race the bonus), each [B], of the round at the modelled
     inputs, from the reference with the launch's scalars (a greedy row that keeps every draft races nothing: the
     accept phase writes p_n's argmax)."""
     from .. import reference
 
-    val = {a: launch.arg(a).value for a in ("alpha_val", "temp_val", "seed_val", "offset_val", "n_val", "K")}
-    K, T = int(val["K"]), float(val["temp_val"])
-    n = K if val["n_val"] is None else max(0, min(K, int(val["n_val"])))
+    val, K, T, n = _round_scalars(launch)
     B = zp.shape[0]
     if n == 0:
         m = torch.zeros(B, dtype=torch.int64)
@@ -2735,9 +2741,7 @@ def _race_exact_items(launch, zq, zp, m, resid) -> float:
     residual at position m (``_race_outcome``), the items one of whose chunks may hold a member of A at m in one of
     those rows (``_near_cells``, as ``_race_clear`` screens)."""
     c = launch.constexprs
-    val = {a: launch.arg(a).value for a in ("alpha_val", "temp_val", "n_val", "K")}
-    K, T = int(val["K"]), float(val["temp_val"])
-    n = K if val["n_val"] is None else max(0, min(K, int(val["n_val"])))
+    val, K, T, n = _round_scalars(launch)
     if T == 0 or n == 0:
         return 0.0  # (greedy rows race nothing exact that the screen decides: T = 0 takes the exact form whatever)
     al = torch.tensor(float(val["alpha_val"]))
