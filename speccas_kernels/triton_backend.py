@@ -119,9 +119,8 @@ def chunks(itemsize: int = 4, rule: str = "") -> int:
     """Chunks per statistics or second-look work item of the persistent verify kernel (a loop in the kernel; the
     statistics keep one record per item, plus a token set's screening records per chunk, and the second look folds
     its chunks into one) for logits of ``itemsize`` bytes and the rule named ``rule``. On a GPU 4 for 4-byte logits,
-    so a program draws a
-    sixteenth as many of those items as there are tiles (each draw costs about as many instructions as a chunk's
-    statistics), and 16 for 2-byte logits, whose rounds are bound by instructions rather than bytes, so a quarter
+    so a program draws a sixteenth as many of those items as there are tiles (each draw costs about as many
+    instructions as a chunk's statistics), and 16 for 2-byte logits, whose rounds are bound by instructions rather than bytes, so a quarter
     as many draws, and item-end reductions, pay (in the static model, B = 64, K = 4, V = 151936 bf16: 4 -> 8 chunks
     with the kernels of v11, chow 64.3 -> 62.2 us, token_v3 102.1 -> 99.1 us; 8 -> 16 with those of 24f89ae, chow
     55.0 -> 53.7 us, token_v3 83.0 -> 78.5 us; 32, one item per position, gave chow 52.3 us but leaves a batch's

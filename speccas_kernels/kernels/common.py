@@ -97,8 +97,8 @@ else:
     @triton.jit
     def max_pairs(a, b):
         # each half widened, the larger kept, its bits put back: exact (bfloat16 values widen and narrow exactly)
-        lo = max_number((a << 16).to(tl.float32, bitcast=True), (b << 16).to(tl.float32, bitcast=True))
-        hi = max_number((a & -65536).to(tl.float32, bitcast=True), (b & -65536).to(tl.float32, bitcast=True))
+        lo = max_number(pair_low(a), pair_low(b))
+        hi = max_number(pair_high(a), pair_high(b))
         return (hi.to(tl.int32, bitcast=True) & -65536) | ((lo.to(tl.int32, bitcast=True) >> 16) & 65535)
 
 
@@ -235,12 +235,21 @@ def load_tile(base, lo, use, n_left, N: tl.constexpr, FP64: tl.constexpr, PAIRS:
 
 
 @triton.jit
+def pair_low(w):
+    """The low bfloat16 entry of each word of two (entry 2 h of word h, little-endian) as float32: one shift."""
+    return (w << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def pair_high(w):
+    """The high bfloat16 entry of each word of two (entry 2 h + 1) as float32: one mask."""
+    return (w & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def widen_pairs(w):
-    """[R, N] float32 entries of [R, N // 2] words of two bfloat16 entries (``load_tile``'s PAIRS): one shift (the
-    low entry) or one mask (the high one) each."""
-    low = (w << 16).to(tl.float32, bitcast=True)  # entry 2 h: the word's low half (little-endian)
-    high = (w & -65536).to(tl.float32, bitcast=True)  # entry 2 h + 1
-    return tl.reshape(tl.join(low, high), [w.shape[0], w.shape[1] * 2])
+    """[R, N] float32 entries of [R, N // 2] words of two bfloat16 entries (``load_tile``'s PAIRS)."""
+    return tl.reshape(tl.join(pair_low(w), pair_high(w)), [w.shape[0], w.shape[1] * 2])
 
 
 @triton.jit
@@ -255,7 +264,7 @@ def lane_max_pairs(w4):
     words as ``_lanes`` shapes them: A and W a thread's registers), as float32 [R, L]: one ``max_pairs`` per two
     entries, then the larger of the last word's halves."""
     w = tl.reduce(tl.reduce(w4, 3, max_pairs), 1, max_pairs)
-    return max_number((w << 16).to(tl.float32, bitcast=True), (w & -65536).to(tl.float32, bitcast=True))
+    return max_number(pair_low(w), pair_high(w))
 
 
 @triton.jit
