@@ -372,6 +372,12 @@ def test_tracer_counts_first_touch_and_reuse(probe):
     assert b2.dram_read == 4000 and b2.l2 == 0
 
 
+def _draft_sectors(B: int, K: int) -> int:
+    """Bytes a verify re-reads of each side's logits for the logits at the drafts (``stats_x``): one 32-byte sector a
+    drafted position, read beside the statistics' tile that holds it."""
+    return B * K * 32
+
+
 def _round_at_modes(modes, V: int = 2048):
     """(zq, zp, x): 2 rows, 2 drafts, V entries of random logits, each draft its position's mode in q and p, at
     the logits ``modes(row)`` gives (q's, p's)."""
@@ -409,8 +415,9 @@ def test_token_set_look_rereads_drafter_only_at_members(rule, alpha, monkeypatch
     chunk = c["TILES"] * c["BLOCK_V"] * 4
     assert chunk == 256, "chunks of 64 entries: 16 per row"
     access = tracer.summary("traced")["launches"][-1]["access"]
-    again = access[f"{tracer.storage_index(zq)}:load"]["again"]
-    again_p = access[f"{tracer.storage_index(zp)}:load"]["again"] - B * V * 4  # less the bonus race's row
+    xrec = _draft_sectors(B, K)  # less the logits at the drafts
+    again = access[f"{tracer.storage_index(zq)}:load"]["again"] - xrec
+    again_p = access[f"{tracer.storage_index(zp)}:load"]["again"] - B * V * 4 - xrec  # and the bonus race's row
     if alpha == 1.0:
         assert again == 0 and again_p == 0
     else:  # one chunk per position (+ a sector's slack at each end)
@@ -536,8 +543,9 @@ def test_token_set_batch_of_one_looks_dense(rule, monkeypatch):
         assert c["SOLO"] == (B == 1) and c["CH_BASE"] + (c["CH_EXTRA"] > 0) == 1
         chunk = c["TILES"] * c["BLOCK_V"] * 4
         access = tracer.summary("traced")["launches"][-1]["access"]
-        again = access[f"{tracer.storage_index(q)}:load"]["again"]
-        again_p = access[f"{tracer.storage_index(p)}:load"]["again"] - B * V * 4  # less the bonus race's row
+        xrec = _draft_sectors(B, K)  # less the logits at the drafts
+        again = access[f"{tracer.storage_index(q)}:load"]["again"] - xrec
+        again_p = access[f"{tracer.storage_index(p)}:load"]["again"] - B * V * 4 - xrec  # and the bonus race's row
         if B == 1:  # every drafted position's rows, once more
             assert again == K * V * 4, (again, K * V * 4)
             assert again_p == (K * V * 4 if rule == "token_v3" else 0), again_p
@@ -611,8 +619,9 @@ def test_opt_look_skips_where_a_bound_on_tv_decides_r(monkeypatch):
         assert_same = [torch.equal(getattr(out, f), getattr(ref, f)) for f in ("tokens", "num_accepted", "deferred")]
         assert all(assert_same) and torch.allclose(out.accept_prob, ref.accept_prob), (skip, out, ref)
         access = tracer.summary("traced")["launches"][-1]["access"]
-        again[skip] = (access[f"{tracer.storage_index(zq)}:load"]["again"],
-                       access[f"{tracer.storage_index(zp)}:load"]["again"] - B * V * 4)  # less the bonus race's row
+        xrec = _draft_sectors(B, K)  # less the logits at the drafts, and the bonus race's row
+        again[skip] = (access[f"{tracer.storage_index(zq)}:load"]["again"] - xrec,
+                       access[f"{tracer.storage_index(zp)}:load"]["again"] - B * V * 4 - xrec)
     c = work.launches[-1].constexprs
     assert -(-V // (c["TILES"] * c["BLOCK_V"] * c["CHUNKS"])) >= 4  # items per position (each split into cells)
     lb = kv.tv_floor(q, p, c)

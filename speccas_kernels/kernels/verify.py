@@ -443,9 +443,9 @@ def _lane_sums(x, LANES: tl.constexpr, VEC: tl.constexpr):
 
 
 @triton.jit
-def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run, huge, FILTERS: tl.constexpr,
+def _lane_stats(z, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run, huge, FILTERS: tl.constexpr,
                 LANES: tl.constexpr, VEC: tl.constexpr, FAST: tl.constexpr, zw=None):
-    """An [R, BLOCK] tile of logits ``z`` (-inf outside the row) at entries lo + ``offs`` folded into running
+    """An [R, BLOCK] tile of logits ``z`` (-inf outside the row) at entries lo + 0 .. BLOCK - 1 folded into running
     statistics per lane ([R, LANES // VEC]: a thread's entries of every chunk of an item), with no reduction across
     threads: a lane's max, sum exp(z - max) and sum exp((z - max) / T) over kept entries (rows with ``scaled``)
     rescaled to its new max, and its lowest argmax (rows with ``greedy``; found among the tile offsets and shifted by
@@ -494,8 +494,13 @@ def _lane_stats(z, offs, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, a
         share = tl.where(scaled[:, None], t, u)
     arg = arg_run
     if tl.max(greedy.to(tl.int32), axis=0) > 0:
-        o4 = _lanes(offs[None, :], LANES, VEC)
-        low = tl.min(tl.min(tl.where(z4 == mc[:, None, :, None], o4, BIG), axis=3), axis=1)
+        # entry (a, l, k) of the lanes (``_lanes``) is a LANES + l VEC + k: the lowest (a, k) at the lane's max is
+        # found among numbers every thread holds alike (immediates), its lane's l VEC added once per lane (the tile's
+        # offsets as registers stayed live across the whole queue loop)
+        N: tl.constexpr = z4.shape[1] * LANES
+        ak = (tl.arange(0, N // LANES)[None, :, None, None] * LANES + tl.arange(0, VEC)[None, None, None, :])
+        low = tl.min(tl.min(tl.where(z4 == mc[:, None, :, None], ak, BIG), axis=3), axis=1)
+        low = tl.where(low < BIG, low + tl.arange(0, LANES // VEC)[None, :] * VEC, BIG)
         # a tie keeps the earlier chunk's (lower) entry
         arg = tl.where((mc > m_run) & (low < BIG), (low + lo).to(tl.int32), arg_run)
     return m, s1, sT, arg, huge, mc, share
@@ -546,7 +551,9 @@ def _screen_at(rows, i, B, K, NT, TILES: tl.constexpr, SCREENS: tl.constexpr):
     and one in part_f (the sums), each screen-major: [SCREENS, B, K, NI]."""
     KP = K + 1
     NI = (NT + TILES - 1) // TILES
-    n = B * K * NI
+    # (the distance through ``common.opaque``: the screens' offsets, a thread's SCREENS multiples of it, are formed
+    # where they are used; the same for every item, they were hoisted before the queue loop and held across it)
+    n = common.opaque(B * K * NI)
     return (rows * K + i) * NI + B * KP * 2 * NT, n, SCREENS * n, B * KP * 2 * NT
 
 
@@ -952,7 +959,7 @@ def _look_items(NT, TILES: tl.constexpr, CHUNKS: tl.constexpr, LOOK_SPLIT: tl.co
 
 
 @triton.jit
-def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy, m_p,
+def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p,
                  s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
                  NT, HAS_Q: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
                  FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
@@ -965,7 +972,7 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, inv
     for the second look. FULL: the chunk lies inside the vocabulary, so its loads take no bound mask, and with one
     row per item no mask at all (the item runs only when its row uses the side). FAST: the lane sums through
     ``exp_shift``; an item runs its chunks again without it when a lane's max times the scale reached SHIFT_MAX
-    (storing the logits at the draft and the screening records again: the same values, the records now right).
+    (storing the screening records again, now right).
     ``zp_in`` / ``zq_in``: the chunk's tiles, loaded by the caller (``_chunk_tiles``, the pipelined loop)."""
     KP = K + 1
     r = c0 + c  # the chunk's number in its position
@@ -982,17 +989,6 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, inv
     if PAIRS:
         zp_w = zp
         zp = widen_pairs(zp_w)
-    # The chunk holding the draft records the logits there for the accept phase, which then reads only what this
-    # launch wrote (no DRAM round trip on a row's chain). One chunk per drafted position takes it (``xr``, the item's
-    # chunk that holds the draft, formed once per item; with one row, ``hc``, the same as a number, so the test is
-    # one compare); a draft outside the vocabulary (its position rejects) gets a 0 from the first, so nothing read
-    # is unwritten.
-    hold = use_q & (xr == c)
-    if ROWS == 1:
-        holds = c == hc
-    else:
-        holds = tl.max(hold.to(tl.int32), axis=0) > 0
-    zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2
     mc_q = m_q
     share_q = s1_q
     if HAS_Q:
@@ -1008,18 +1004,10 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, inv
             if PAIRS:
                 zq_w = zq
                 zq = widen_pairs(zq_w)
-            if holds:
-                at = offs[None, :] == tl.where(hold, xi - lo, -1).to(tl.int32)[:, None]
-                tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
-                tl.store(zx + 1, tl.sum(tl.where(at, zq, 0.0), axis=1), mask=hold)
-            m_q, s1_q, sT_q, arg_q, huge, mc_q, share_q = _lane_stats(zq, offs, lo, invT, cutq, scaled,
+            m_q, s1_q, sT_q, arg_q, huge, mc_q, share_q = _lane_stats(zq, lo, invT, cutq, scaled,
                                                                       greedy & use_q, m_q, s1_q, sT_q, arg_q, huge,
                                                                       FILTERS, LANES, VEC, FAST and not FP64, zq_w)
-    else:
-        if holds:
-            at = offs[None, :] == tl.where(hold, xi - lo, -1).to(tl.int32)[:, None]
-            tl.store(zx, tl.sum(tl.where(at, zp, 0.0), axis=1), mask=hold)
-    m_p, s1_p, sT_p, arg_p, huge, mc_p, _ = _lane_stats(zp, offs, lo, invT, cutp, scaled, greedy, m_p, s1_p, sT_p,
+    m_p, s1_p, sT_p, arg_p, huge, mc_p, _ = _lane_stats(zp, lo, invT, cutp, scaled, greedy, m_p, s1_p, sT_p,
                                                         arg_p, huge, FILTERS, LANES, VEC, FAST and not FP64, zp_w)
     if SCREEN:
         if any_q:
@@ -1095,6 +1083,10 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
     The program with the position's last ticket merges the NS records and releases the position's ready flag: 2
     where the second look can change nothing at any row of the item (``_look_moot``), else 1 (with ``TAGGED``, the
     look's constants as tagged words instead of the 1: ``_store_consts``)."""
+    # the workspace's pointers anew (``common.fresh``): what this phase derives from them is formed here
+    part_m_ptr, part_f_ptr, part_i_ptr = common.fresh(part_m_ptr), common.fresh(part_f_ptr), common.fresh(part_i_ptr)
+    pos_m_ptr, pos_f_ptr, pos_i_ptr = common.fresh(pos_m_ptr), common.fresh(pos_f_ptr), common.fresh(pos_i_ptr)
+    look_part_ptr, cnt_ptr = common.fresh(look_part_ptr), common.fresh(cnt_ptr)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
     NS = _items(NT, TILES, CHUNKS)  # stats items per position, one record each
@@ -1122,13 +1114,21 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         # the item's chunk (0 = c0) that holds the draft (one outside the vocabulary: the position's first chunk)
         xr = tl.where(outside, 0, xi // (TILES * BLOCK_V)) - c0
         hc = tl.max(tl.where(use_q, xr, -1), axis=0)  # (one row: the same, a number)
-        # Entries are tile offsets from the chunk's first entry lo (a scalar): the masks compare offs with V - lo,
-        # and only the rare branches that need an entry's index form one.
-        offs = tl.arange(0, TILES * BLOCK_V)
         pbase = _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED)
         qbase = pbase
         if HAS_Q:
             qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)
+        # The logits at the draft, for the accept phase, which then reads only what this launch wrote (no DRAM round
+        # trip on a row's chain): the item whose chunks hold a drafted position's draft (one outside the vocabulary:
+        # the position's first item, recording 0, so nothing read is unwritten) loads them here, in flight with its
+        # chunks' tiles, and stores them after its loop. (One masked load a side: comparing every entry's offset with
+        # the draft's kept the chunk's offsets in registers across the whole queue loop.)
+        hold_x = use_q & (xr >= 0) & (xr < nch)
+        at_x = hold_x & ~outside
+        zpx = load_logits(pbase + xi, at_x, FP64)
+        zqx = zpx
+        if HAS_Q:
+            zqx = load_logits(qbase + xi, at_x, FP64)
         # running statistics per lane, target side then drafter side
         lane0 = tl.zeros([ROWS, LANES // VEC], dtype=tl.float32)
         mneg = lane0 + NEG_INF
@@ -1149,7 +1149,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                                       RAW=True)
                 if c < nfull:
                     m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                        c, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy,
+                        c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy,
                         m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows,
                         i, B, K, V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES,
                         VEC, SCREENS, True, True, zp, zq)
@@ -1169,16 +1169,25 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                         _chunk_to_l2(pbase, qbase, c0 + cw + 2, any_q, V, HAS_Q, TILES, BLOCK_V, LINE,
                                      LINES)
                 m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                    cw, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy, m_p,
+                    cw, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p,
                     s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K,
                     V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS,
                     True, True)
                 cw += 1
         if nfull < nch:  # (a position's last chunk, partial)
             m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                nfull, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy, m_p,
+                nfull, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p,
                 s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
                 NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS, False)
+        if ROWS == 1:
+            holds_x = (hc >= 0) & (hc < nch)  # (one row: a number)
+        else:
+            holds_x = tl.max(hold_x.to(tl.int32), axis=0) > 0
+        if holds_x:
+            zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2
+            tl.store(zx, tl.where(at_x, zpx, 0.0), mask=hold_x)
+            if HAS_Q:
+                tl.store(zx + 1, tl.where(at_x, zqx, 0.0), mask=hold_x)
         if not FP64:
             if tl.max(tl.max(huge.to(tl.int32), axis=1), axis=0) > 0:
                 # a max times a scale reached SHIFT_MAX (logits or 1/T of 1e7 and beyond): the item again,
@@ -1188,7 +1197,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 c2 = 0
                 while c2 < nch:
                     m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                        c2, c0, pbase, qbase, use_p, use_q, any_q, xi, xr, hc, offs, invT, cutp, cutq, scaled, greedy,
+                        c2, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy,
                         m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows,
                         i, B, K, V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC,
                         SCREENS, False, False)
@@ -1685,6 +1694,9 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
     row of the item (the ready flag 2: ``_look_moot``), the item reads and reports nothing: the merge wrote the
     records as 0 and counted the look items done on the row. The position's last item to read the flag returns it to
     zero."""
+    # the workspace's pointers anew (``common.fresh``): what this phase derives from them is formed here
+    part_m_ptr, part_f_ptr, pos_m_ptr = common.fresh(part_m_ptr), common.fresh(part_f_ptr), common.fresh(pos_m_ptr)
+    pos_f_ptr, look_part_ptr, cnt_ptr = common.fresh(pos_f_ptr), common.fresh(look_part_ptr), common.fresh(cnt_ptr)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NL = _look_items(NT, TILES, CHUNKS, LOOK_SPLIT)  # second-look items per position (CH_BASE, CH_EXTRA: their chunks)
     last = g < 0  # this program drew the row's last ticket (the accept phase's)
@@ -1883,6 +1895,14 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
             LOOK_SPLIT: tl.constexpr, RACE_FLOOR: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr):
     """The accept phase of a group of rows: [R, BLOCK_K] blocks, one lane per draft position. It sums the second
     look's records of every position itself (the look items report to the row, not to a merge of their own)."""
+    # the workspace's pointers anew (``common.fresh``): what this phase derives from them is formed here
+    pos_m_ptr, pos_f_ptr, pos_i_ptr = common.fresh(pos_m_ptr), common.fresh(pos_f_ptr), common.fresh(pos_i_ptr)
+    look_part_ptr, look_ptr, cnt_ptr = common.fresh(look_part_ptr), common.fresh(look_ptr), common.fresh(cnt_ptr)
+    tokens_ptr, num_accepted_ptr = common.fresh(tokens_ptr), common.fresh(num_accepted_ptr)
+    deferred_ptr, accept_prob_ptr = common.fresh(deferred_ptr), common.fresh(accept_prob_ptr)
+    valid_ptr, row_i_ptr, row_f_ptr = common.fresh(valid_ptr), common.fresh(row_i_ptr), common.fresh(row_f_ptr)
+    if div_ptr is not None:
+        div_ptr = common.fresh(div_ptr)
     KP = K + 1
     qf = 2 * B * KP
     invT = inv_temperature(T)[:, None]
@@ -2089,7 +2109,7 @@ def _residual_tile(T, m, rows, racing, zp, keep_p, Mp, offs, lo, mask, scale, in
     else:
         p = _probs_fast(zp, Mp, inv_STp, scale, keep_p, FILTERS)
     if any_greedy:
-        p = tl.where(greedy, (offs == argp - lo).to(tl.float32), p)
+        p = tl.where(greedy, (offs == (argp - lo).to(tl.int32)).to(tl.float32), p)
     if HAS_Q:
         if zq_in is None:
             zq = load_tile(qbase, lo, racing[:, None], n_left, offs.shape[1], FP64, PAIRS)
@@ -2104,9 +2124,9 @@ def _residual_tile(T, m, rows, racing, zp, keep_p, Mp, offs, lo, mask, scale, in
         else:
             q = _probs_fast(zq, Mq, inv_STq, scale, keep_q, FILTERS)
         if any_greedy:
-            q = tl.where(greedy, (offs == argq - lo).to(tl.float32), q)
+            q = tl.where(greedy, (offs == (argq - lo).to(tl.int32)).to(tl.float32), q)
     else:
-        q = (offs == xm - lo).to(tl.float32)
+        q = (offs == (xm - lo).to(tl.int32)).to(tl.float32)  # (offsets compared in 32 bits)
         qh = q
     in_a = mask
     if FAMILY == FAMILY_B:
@@ -2354,6 +2374,14 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
     reduced across the program once per item, into one record per item. The last item's program emits the token;
     when the residual's mass is at most RESIDUAL_EPS (rounding noise, rare) it runs the race over pi_m itself,
     every tile in order, so the common path carries one race."""
+    # the workspace's pointers anew (``common.fresh``): what this phase derives from them is formed here
+    tokens_ptr, pos_m_ptr, pos_f_ptr = common.fresh(tokens_ptr), common.fresh(pos_m_ptr), common.fresh(pos_f_ptr)
+    pos_i_ptr, race_f_ptr, race_i_ptr = common.fresh(pos_i_ptr), common.fresh(race_f_ptr), common.fresh(race_i_ptr)
+    row_i_ptr, row_f_ptr, cnt_ptr = common.fresh(row_i_ptr), common.fresh(row_f_ptr), common.fresh(cnt_ptr)
+    valid_ptr, look_part_ptr = common.fresh(valid_ptr), common.fresh(look_part_ptr)
+    part_m_ptr = common.fresh(part_m_ptr)
+    if div_ptr is not None:
+        div_ptr = common.fresh(div_ptr)
     flag = wait_flag(cnt_ptr + c_flag + g)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     if ROWS == 1:  # m and the race kind came with the flag
@@ -2484,6 +2512,11 @@ def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, 
     items, after its accept phase (the race flag); item j folds its tiles into one partial (into the second look's
     slot-0 partials, read before the accept phase), and the group's last race or divergence item writes the sums
     (``_div_done``)."""
+    # the workspace's pointers anew (``common.fresh``): what this phase derives from them is formed here
+    valid_ptr, pos_m_ptr, pos_f_ptr = common.fresh(valid_ptr), common.fresh(pos_m_ptr), common.fresh(pos_f_ptr)
+    look_part_ptr, look_ptr, cnt_ptr = common.fresh(look_part_ptr), common.fresh(look_ptr), common.fresh(cnt_ptr)
+    if div_ptr is not None:
+        div_ptr = common.fresh(div_ptr)
     wait_flag(cnt_ptr + c_flag + g)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NI = (NT + TILES - 1) // TILES
@@ -2544,7 +2577,7 @@ ROOFLINE_PHASES = (
     ("merge", "_stats_item", "ticket(cnt_ptr + c_stats"),
     ("stats_rerun", "_stats_item", "c2 < nch"),
     ("stats_tail", "_stats_item", "nfull < nch"),
-    ("stats_x", "_stats_chunk", "holds"),
+    ("stats_x", "_stats_item", "holds_x"),
     ("stats_q", "_stats_item", "any_q"),
     ("stats_q", "_stats_chunk", "any_q"),
     ("stats", "_stats_item", None),
