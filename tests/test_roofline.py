@@ -1112,6 +1112,22 @@ def test_statistics_and_race_take_the_lean_instructions(opt_bf16_b64, opt_b1):
         assert mufu["LG2"] == entries <= mufu["RCP"] < entries + 8, (entries, mufu)
 
 
+def test_draft_logits_take_one_load_a_side(opt_bf16_b64, opt_b1):
+    """The verify kernel as a GPU runs it: the logits at the drafts (``stats_x``) are one load a side, issued with the
+    item's chunks, and two stores at the item that holds the draft (the store block: a handful of instructions, no
+    compare per entry), where comparing every entry's offset of the holding chunk with the draft's took a compare and
+    a select per entry (a thread's chunk entries: 32 at B = 64) and kept the chunk's offsets live across the queue
+    loop. The statistics' per-item code loads them: two narrow loads of the logits beside the chunks' vectors."""
+    for launch, rec, hints, d in (opt_bf16_b64, opt_b1):
+        x = _phase_sass(launch, rec, hints, d, "stats_x")
+        ops = collections.Counter(i.base for i in x)
+        # (a select a side for a draft outside the vocabulary; the rest addresses and, with spills, reloads)
+        assert ops["STG"] == 2 and ops["ISETP"] <= 2 and ops["SEL"] + ops["FSEL"] <= 2 and len(x) <= 24, (len(x), ops)
+        stats = _phase_sass(launch, rec, hints, d, "stats")
+        narrow = [i for i in stats if i.base == "LDG" and not any(w in i.opcode for w in (".64", ".128"))]
+        assert len(narrow) >= 2, [i.opcode for i in stats if i.base == "LDG"]
+
+
 @pytest.fixture(scope="module", params=["bf16", "fp32"])
 def opt_b1(request, tmp_path_factory):
     """The verify kernel as a GPU runs it at a batch of one (opt, B = 1, K = 4, V = 8192, bf16 and fp32: one row per

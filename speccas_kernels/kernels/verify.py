@@ -49,8 +49,8 @@ its instructions).
   the item reduces its lanes once into one record (``_lanes_merged``). A token set with a floor (``SCREEN``) also
   writes, at each drafted position, screening records per chunk and warp (``_screen``: the warp's largest logit on
   the side the set reads, and the drafter's mass over the warp's entries of the chunk from the lanes' own sums;
-  shuffles within the warp only, no shared memory or barrier), which its second look screens. The chunk whose
-  tiles hold x_i also records zp_i(x_i) and zq_i(x_i). The chunks wholly inside the vocabulary load with no mask (one row per item;
+  shuffles within the warp only, no shared memory or barrier), which its second look screens. The item whose
+  chunks hold x_i also records zp_i(x_i) and zq_i(x_i) (one load a side, issued with its chunks). The chunks wholly inside the vocabulary load with no mask (one row per item;
   ``_stats_chunk``), a position's partial last chunk after them with its masks (the second look likewise,
   ``_look_chunk``). A ticket per position; the program with the last ticket **merges** the records
   of both sides at once into the position's statistics, publishes a "ready" flag (rules with a second look), and
@@ -132,7 +132,11 @@ start, so no per-entry index is formed (and kept live across a chunk) outside th
 bfloat16 logits are read as 32-bit words of two entries where every row starts at an even entry and V is even
 (``PAIRS``, ``common.load_tile``): one shift or mask widens an entry, where 16-bit loads take a permute and a shift
 for half of them.
-Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM.
+Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM. The compiler hoists what is
+the same for every item before the queue loop and holds it (or spills it) across all items, so the phases form such
+values where they use them: the workspace's pointers pass ``common.fresh`` at each phase's entry, Philox's key and
+the screening records' distance ``common.opaque``, and no phase compares a chunk's entries' offsets outside a rare
+branch (the greedy argmax adds its lane's offset once).
 
 Order of the queue: "super-steps" of one row each, stats of row s, then the second look of row s - 1, then the
 race of row s - 2 (s - 1 without a second look). A second look reads its row about one row of traffic after the
