@@ -501,8 +501,7 @@ def _lane_stats(z, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run
         # entry (a, l, k) of the lanes (``_lanes``) is a LANES + l VEC + k: the lowest (a, k) at the lane's max is
         # found among numbers every thread holds alike (immediates), its lane's l VEC added once per lane (the tile's
         # offsets as registers stayed live across the whole queue loop)
-        N: tl.constexpr = z4.shape[1] * LANES
-        ak = (tl.arange(0, N // LANES)[None, :, None, None] * LANES + tl.arange(0, VEC)[None, None, None, :])
+        ak = tl.arange(0, z4.shape[1])[None, :, None, None] * LANES + tl.arange(0, VEC)[None, None, None, :]
         low = tl.min(tl.min(tl.where(z4 == mc[:, None, :, None], ak, BIG), axis=3), axis=1)
         low = tl.where(low < BIG, low + tl.arange(0, LANES // VEC)[None, :] * VEC, BIG)
         # a tie keeps the earlier chunk's (lower) entry
