@@ -1060,7 +1060,7 @@ class SassInstr:
 
 _SASS_RE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T0-9]+\s+)?([A-Z0-9_]+(?:\.[A-Za-z0-9_]+)*)\s*(.*?)\s*;")
 _LINE_RE = re.compile(r'//## File "([^"]+)", line (\d+)')
-_LABEL_RE = re.compile(r"^(\.L_x_\d+):")
+_LABEL_RE = re.compile(r"^(\.L_x_\d+|\$\S+):$")  # a branch target, or a device function the kernel calls ($...)
 _TARGET_RE = re.compile(r"`\((\.L_x_\d+)\)")
 
 
@@ -1142,8 +1142,11 @@ def analyze_sass(text: str) -> dict:
         pipes[PIPE_OF.get(i.base, "issue-only")] += 1
         if i.base in ("LDG", "STG", "LD", "ST"):
             widths[f"{i.base}.{_width(i.opcode)}"] += 1
+    # device functions the kernel calls (helpers not inlined: ``@triton.jit(noinline=True)``), placed after its code
+    functions = sorted(a for name, a in labels.items() if name.startswith("$"))
     return dict(instructions=len(live), classes=dict(classes), pipes=dict(pipes), widths=dict(widths),
-                loops=[dataclasses.asdict(l) for l in loops], blocks=blocks["blocks"],
+                loops=[dataclasses.asdict(l) for l in loops], blocks=blocks["blocks"], functions=functions,
+                calls=[i.addr for i in live if i.base == "CALL"],
                 per_instruction=[[i.addr, i.base, PIPE_OF.get(i.base, ""), i.line, blocks["of"][n]]
                                  for n, i in enumerate(live)])
 
@@ -1192,6 +1195,10 @@ def disassemble(cubin: bytes) -> str:
 _DI_LOC = re.compile(r"^(!\d+) = ((?:distinct )?)!DILocation\(([^\n]*)\)$", re.M)
 _DI_SCOPE = re.compile(r"^(!\d+) = (?:distinct )?!(?:DISubprogram|DILexicalBlockFile|DILexicalBlock)\(([^\n]*)\)$", re.M)
 _DI_FILE = re.compile(r'^(!\d+) = !DIFile\(filename: "([^"]*)", directory: "([^"]*)"', re.M)
+_DI_PROGRAM = re.compile(r"^(!\d+) = (?:distinct )?!DISubprogram\(", re.M)
+# a function of the module (a helper Triton was told not to inline, ``@triton.jit(noinline=True)``) and a call of it
+_LL_DEFINE = re.compile(r'^define [^\n]*?@("[^"]+"|[\w.$]+)\([^\n]*!dbg (!\d+)', re.M)
+_LL_CALL = re.compile(r'\bcall [^\n]*?@("[^"]+"|[\w.$]+)\([^\n]*!dbg (!\d+)\s*$', re.M)
 
 
 def _di_fields(text: str) -> Dict[str, str]:
@@ -1203,10 +1210,24 @@ def inline_chains(llir: str) -> Tuple[str, List[List[Tuple[str, int]]]]:
     chain, and the chains: ``[[file, line], ...]`` from the kernel's own line (where the outermost helper is
     called) down to the innermost source line. Triton inlines every ``@triton.jit`` helper and its LLVM IR keeps
     the ``inlinedAt`` chains, but the PTX it emits has innermost lines only; compiled again from this IR, each
-    SASS instruction's line names its whole chain."""
+    SASS instruction's line names its whole chain. A helper kept as a function of its own (``noinline``) has chains
+    that start at its own lines: they are prefixed with the chain of its call (the first one in the IR; the kernel
+    calls each such helper at one source line), so its instructions belong to the phase that calls it, as an
+    inlined helper's do."""
     files = {m.group(1): str(Path(m.group(3)) / m.group(2)) for m in _DI_FILE.finditer(llir)}
     scopes = {m.group(1): _di_fields(m.group(2)) for m in _DI_SCOPE.finditer(llir)}
     locs = {m.group(1): _di_fields(m.group(3)) for m in _DI_LOC.finditer(llir)}
+    programs = {m.group(1) for m in _DI_PROGRAM.finditer(llir)}
+    program_of = {m.group(1): m.group(2) for m in _LL_DEFINE.finditer(llir)}  # function -> its DISubprogram
+    called_at: Dict[str, str] = {}  # a called function's DISubprogram -> the DILocation of its (first) call
+    for m in _LL_CALL.finditer(llir):
+        if m.group(1) in program_of:
+            called_at.setdefault(program_of[m.group(1)], m.group(2))
+
+    def program(scope):
+        while scope in scopes and scope not in programs:
+            scope = scopes[scope].get("scope")
+        return scope
 
     def file_of(scope):
         while scope in scopes:
@@ -1215,13 +1236,22 @@ def inline_chains(llir: str) -> Tuple[str, List[List[Tuple[str, int]]]]:
             scope = scopes[scope].get("scope")
         return "?"
 
+    memo: Dict[str, tuple] = {}
+
+    def chain_of(node, depth=0):
+        if node not in memo:
+            chain, cur, outer = [], node, node
+            while cur in locs:
+                chain.append((file_of(locs[cur].get("scope")), int(locs[cur].get("line", 0))))
+                outer, cur = cur, locs[cur].get("inlinedAt")
+            caller = called_at.get(program(locs[outer].get("scope")))
+            prefix = chain_of(caller, depth + 1) if caller in locs and depth < 16 else ()
+            memo[node] = prefix + tuple(reversed(chain))
+        return memo[node]
+
     chains, ids, new_line = [], {}, {}
     for node in locs:
-        chain, cur = [], node
-        while cur in locs:
-            chain.append((file_of(locs[cur].get("scope")), int(locs[cur].get("line", 0))))
-            cur = locs[cur].get("inlinedAt")
-        chain = tuple(reversed(chain))
+        chain = chain_of(node)
         if chain[-1][1] == 0:
             continue  # no source line: stays 0
         if chain not in ids:
@@ -1239,7 +1269,8 @@ def inline_chains(llir: str) -> Tuple[str, List[List[Tuple[str, int]]]]:
         node, text = m.group(1), m.group(0)
         if "DISubprogram(" not in text or "line" not in scopes[node]:
             return text
-        chain = ((file_of(node), int(scopes[node]["line"])),)
+        caller = called_at.get(node)
+        chain = (chain_of(caller) if caller in locs else ()) + ((file_of(node), int(scopes[node]["line"])),)
         if chain not in ids:
             chains.append(chain)
             ids[chain] = len(chains)
@@ -1291,13 +1322,23 @@ _PTXAS = {
 }
 
 
+_PTXAS_CUMULATIVE_STACK = re.compile(r"(\d+) bytes cumulative stack size")
+
+
 def parse_ptxas_log(log: str) -> Dict[str, int]:
+    """ptxas's report of one kernel: its registers, and the spill stores and loads summed over the kernel and the
+    device functions it calls (ptxas reports each function's on its own line; helpers the kernel keeps as
+    functions, ``noinline``, spill in theirs); the stack, the cumulative size where ptxas gives one (the kernel's
+    frame and its calls')."""
     out = {}
     for k, rx in _PTXAS.items():
-        m = rx.search(log)
-        if m is None:
+        found = [int(v) for v in rx.findall(log)]
+        if not found:
             raise RuntimeError(f"roofline: no '{k}' in the ptxas report:\n{log[-2000:]}")
-        out[k] = int(m.group(1))
+        out[k] = sum(found) if k.startswith("spill") else found[0]
+    m = _PTXAS_CUMULATIVE_STACK.search(log)
+    if m:
+        out["stack"] = max(out["stack"], int(m.group(1)))
     return out
 
 
@@ -1502,19 +1543,21 @@ def _unreached_by_chain(rec: dict, sass: Optional[dict], paths: Sequence) -> set
     inline chain (spills, control flow and the kernel's own top-level lines aside) has a frame (a kernel source line,
     call sites included) that no program executed. A block ptxas if-converted into executed code keeps instructions
     of executed lines, so it stays counted; the body of an untaken branch made of helper calls (whose innermost
-    lines other blocks share) does not."""
+    lines other blocks share) does not. Nor does a block whose instructions of executed lines are fewer than an
+    eighth of those of unexecuted ones: a value of executed code that ptxas recomputes where an untaken branch
+    uses it (a tile offset, say) does not make the branch run; if-conversion merges a small branch into the code
+    around it, not the other way round."""
     if not sass or "per_instruction" not in sass or "chain_of" not in rec or "chains" not in rec:
         return set()
     executed = set().union(*(set(lines) for lines, _ in paths))
     files = {line.rpartition(":")[0] for line in executed}
     frames = [None] + [frozenset(f"{f}:{n}" for f, n in chain if f in files) for chain in rec["chains"]]
-    state: Dict[int, bool] = {}  # block -> every chained instruction so far has an unexecuted frame
+    count: Dict[int, List[int]] = defaultdict(lambda: [0, 0])  # block -> [chained instructions executed, not]
     for (_, base, _, _, blk), cid in zip(sass["per_instruction"], rec["chain_of"]):
         if not cid or not frames[cid] or base in _NOT_SOURCE or len(rec["chains"][cid - 1]) < 2:
             continue  # (the kernel's own lines: values ptxas recomputes wherever it needs them)
-        dead = not frames[cid] <= executed
-        state[blk] = state.get(blk, True) and dead
-    return {b for b, dead in state.items() if dead}
+        count[blk][0 if frames[cid] <= executed else 1] += 1
+    return {b for b, (ran, dead) in count.items() if dead > 8 * ran}
 
 
 # -- phases of a persistent kernel ---------------------------------------------------------------------------
@@ -1659,8 +1702,16 @@ def phase_instructions(rec: dict, rules: Sequence[Sequence], reach: Sequence[flo
     to fill: per phase with instructions in a named loop, {loop: the entry's index, instructions: one trip's,
     async_copies: one trip's LDGSTS (the asynchronous copies of a software-pipelined loop)}."""
     an, ids, chains = rec["chain_analysis"], rec["chain_of"], rec["chains"]
-    outer = [l for l in an["loops"] if l["depth"] == 0]
+    # The kernel's own code ends where the first device function it calls begins; those functions' code runs within
+    # the calls, which must lie inside the queue loop: their instructions count as the loop's, their loops as loops
+    # nested in it.
+    kernel_end = min(an.get("functions") or [math.inf])
+    outer = [l for l in an["loops"] if l["depth"] == 0 and l["end"] < kernel_end]
     queue_loop = max(outer, key=lambda l: l["end"] - l["start"]) if outer else None
+    for call in an.get("calls", ()):
+        if call < kernel_end and not (queue_loop and queue_loop["start"] <= call <= queue_loop["end"]):
+            raise ValueError(f"roofline: {rec.get('qualname', 'the kernel')} calls a device function outside its "
+                             f"queue loop (at {call:#x}): phases are charged per work item only inside it")
     memo: Dict[int, Tuple[Optional[str], float]] = {}
     rows = []
     for (addr, base, pipe, _, block), cid in zip(an["per_instruction"], ids):
@@ -1677,7 +1728,8 @@ def phase_instructions(rec: dict, rules: Sequence[Sequence], reach: Sequence[flo
     # one, are code the compiler peeled off the loop (a software pipeline's prologue and epilogue: the first trips'
     # loads): they run once per execution of the phase, not once per trip.
     inner = [l for l in an["loops"] if l is not queue_loop
-             and (queue_loop is None or queue_loop["start"] <= l["start"] <= l["end"] <= queue_loop["end"])]
+             and (queue_loop is None or queue_loop["start"] <= l["start"] <= l["end"] <= queue_loop["end"]
+                  or l["start"] >= kernel_end)]
 
     def in_inner(addr):
         return any(l["start"] <= addr <= l["end"] for l in inner)
@@ -1685,7 +1737,7 @@ def phase_instructions(rec: dict, rules: Sequence[Sequence], reach: Sequence[flo
     looped = {r[5] for r in rows if r[5] >= 0 and in_inner(r[0])}
     out: Dict[str, Counter] = defaultdict(Counter)
     for k, (addr, pipe, block, phase, trips, loop, base) in enumerate(rows):
-        inside = queue_loop is not None and queue_loop["start"] <= addr <= queue_loop["end"]
+        inside = queue_loop is not None and (queue_loop["start"] <= addr <= queue_loop["end"] or addr >= kernel_end)
         if phase is None and inside and claimed.get(block):
             own = claimed[block]
             near = own[bisect.bisect_left(own, k)] if k < own[-1] else own[-1]
@@ -2624,7 +2676,14 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "read token_v3 bf16 B = 64 (a kernel unchanged since v37) as 62.9 us, its screened chunks extrapolated "
              "from one row (60.0 us at v37). From v43 the look reads cells (a chunk's entries of one warp), counted "
              "the same way (`look_cells`), and a token set's race items that take the exact form (those that may hold "
-             "a member of A at the rejected position, `race_exact`) are counted on the modelled inputs too.")
+             "a member of A at the rejected position, `race_exact`) are counted on the modelled inputs too. From v47 "
+             "(2026-12-05) the tool is r7: helpers a kernel calls as device functions of their own (`noinline`) "
+             "are charged as inlined ones (their instructions' chains start at the call; their code runs inside the "
+             "queue loop), ptxas's spill stores are summed over the kernel and those functions (r6 read the "
+             "kernel's line alone, which was the whole kernel up to v46), and a block whose instructions of "
+             "executed source lines are fewer than an eighth of those of lines no traced program ran is not "
+             "counted (a value ptxas recomputes inside an untaken branch: r6 counted such a block); r7 reads the "
+             "v46 kernel of token_v3 bf16 B = 64 as r6 did (48.99 us).")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:

@@ -70,6 +70,30 @@ def queue_kernel(out_ptr, x_ptr, cnt_ptr, total, BLOCK: tl.constexpr):
         w = tl.atomic_add(cnt_ptr, 1)
 
 
+@triton.jit(noinline=True)
+def _phase_a_call(x_ptr, w, BLOCK: tl.constexpr):
+    return tl.sum(tl.exp(tl.load(x_ptr + (w // 2) * BLOCK + tl.arange(0, BLOCK))), axis=0)
+
+
+@triton.jit(noinline=True)
+def _phase_b_call(x_ptr, w, BLOCK: tl.constexpr):
+    v = tl.load(x_ptr + (w // 2) * BLOCK + tl.arange(0, BLOCK))
+    return tl.max(v * v + 1.0, axis=0)
+
+
+@triton.jit
+def call_kernel(out_ptr, x_ptr, cnt_ptr, total, BLOCK: tl.constexpr):
+    # queue_kernel with its phases kept as device functions of their own (called, not inlined)
+    w = tl.atomic_add(cnt_ptr, 1)
+    while w < total:
+        if w % 2 == 0:
+            r = _phase_a_call(x_ptr, w, BLOCK)
+        else:
+            r = _phase_b_call(x_ptr, w, BLOCK)
+        tl.store(out_ptr + w, r)
+        w = tl.atomic_add(cnt_ptr, 1)
+
+
 @triton.jit
 def pipe_kernel(out_ptr, x_ptr, cnt_ptr, total, trips, BLOCK: tl.constexpr):
     # (compiled only: the interpreter cannot take a loop bound that is not a constexpr, see loop_kernel)
@@ -896,6 +920,73 @@ def test_inline_chains_attribute_sass_to_helpers(queue_rec, probe):
     assert all(thrice["a"][k] == pytest.approx(3 * n) for k, n in per["a"].items()), (thrice["a"], per["a"])
     assert thrice["b"] == per["b"] and thrice[rf.QUEUE] == per[rf.QUEUE]
     assert rf.phase_instructions(rec, QUEUE_RULES, reach, [["queue_kernel", "w % 2 == 0", 3.0, ["b"]]]) == per
+
+
+def test_phases_kept_as_functions_are_charged_like_inlined_ones(probe, tmp_path):
+    """Helpers a kernel calls rather than inlines (``noinline``) are device functions after the kernel's code. Their
+    instructions' chains start at the call (so a rule with a marker on the kernel's own lines claims them, as it
+    claims an inlined helper's), they run inside the queue loop (per work item: none is the program's), and their
+    spills are added to the kernel's (ptxas reports each function on its own line)."""
+    x, out, cnt = torch.randn(4 * 128), torch.empty(8), torch.zeros(1, dtype=torch.int32)
+    probe.call_kernel[(4,)](out, x, cnt, 8, BLOCK=128)  # (the interpreter runs the calls)
+    rows = x.view(4, 128)
+    want = torch.stack([rows[w // 2].exp().sum() if w % 2 == 0 else (rows[w // 2] ** 2 + 1).max() for w in range(8)])
+    torch.testing.assert_close(out, want)
+    cnt.zero_()
+    work = rf.count_device_work(lambda: probe.call_kernel[(4,)](out, x, cnt, 8, BLOCK=128))
+    rec = rf.compile_launches(work.launches, cache_dir=tmp_path, quiet=True)[rf.compile_key(work.launches[0])]
+    assert "chain_error" not in rec, rec.get("chain_error")
+    an, ids, chains = rec["chain_analysis"], rec["chain_of"], rec["chains"]
+    assert len(an["functions"]) == 2 and len(an["calls"]) >= 2, (an["functions"], an["calls"])
+    kernel_end = min(an["functions"])
+    callee = [chains[c - 1] for (addr, *_), c in zip(an["per_instruction"], ids) if addr >= kernel_end and c]
+    assert callee and all(rf._function_at(ch[0][0], int(ch[0][1])) == "call_kernel" for ch in callee), callee[:3]
+    rules = [["a", "call_kernel", "w % 2 == 0"], ["b", "_phase_b_call", None]]
+    per = rf.phase_instructions(rec, rules, [1.0] * len(an["blocks"]))
+    assert per["a"]["xu"] >= 1 and per["b"].get("xu", 0) == 0, per  # the exp's MUFU through the call's chain
+    assert per["a"]["lsu"] >= 1 and per["b"]["lsu"] >= 1, per
+    in_functions = sum(1 for addr, *_ in an["per_instruction"] if addr >= kernel_end)
+    charged = sum(sum(per[p].values()) for p in ("a", "b", rf.QUEUE) if p in per)
+    assert charged >= in_functions, (charged, in_functions)
+    assert sum(per.get(rf.PROGRAM, {}).values()) < kernel_end // 16, per  # the program's: the kernel's own code
+
+
+def test_ptxas_report_sums_every_functions_spills():
+    log = textwrap.dedent('''
+        ptxas info    : Compiling entry function 'k' for 'sm_90a'
+        ptxas info    : Function properties for k
+            72 bytes stack frame, 4 bytes spill stores, 8 bytes spill loads
+        ptxas info    : Used 128 registers, used 1 barriers, 88 bytes cumulative stack size
+        ptxas info    : Function properties for helper_a
+            0 bytes stack frame, 16 bytes spill stores, 20 bytes spill loads
+        ptxas info    : Function properties for helper_b
+            16 bytes stack frame, 52 bytes spill stores, 48 bytes spill loads
+    ''')
+    assert rf.parse_ptxas_log(log) == dict(regs=128, stack=88, spill_stores=72, spill_loads=76)
+    one = ("ptxas info    : Function properties for k\n"
+           "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
+           "ptxas info    : Used 40 registers")
+    assert rf.parse_ptxas_log(one) == dict(regs=40, stack=0, spill_stores=0, spill_loads=0)
+    with pytest.raises(RuntimeError, match="spill_stores"):
+        rf.parse_ptxas_log("ptxas info    : Used 40 registers, 0 bytes stack frame")
+
+
+def test_untaken_branch_with_a_recomputed_value_stays_unreached():
+    """A block runs where a traced program executed its lines; a value of executed code that ptxas recomputes inside
+    an untaken branch's block does not make the branch run, while a small untaken branch if-converted into executed
+    code (few unexecuted instructions among many executed ones) keeps its block counted."""
+    chains = [[["k.py", 1], ["k.py", 10]], [["k.py", 1], ["k.py", 20]]]  # 1: executed line 10, 2: untaken line 20
+    per = [[16 * n, "FADD", "fma", "", 0] for n in range(21)] + [[16 * (21 + n), "FADD", "fma", "", 1]
+                                                                  for n in range(12)]
+    # block 0: one recomputed executed instruction among 20 of the untaken branch; block 1: 10 executed, 2 not
+    chain_of = [1] + [2] * 20 + [1] * 10 + [2] * 2
+    rec = dict(chains=chains, chain_of=chain_of)
+    sass = dict(per_instruction=per, blocks=[dict(exclusive=[]), dict(exclusive=[])])
+    paths = [(frozenset({"k.py:1", "k.py:10"}), 4)]
+    assert rf._unreached_by_chain(rec, sass, paths) == {0}
+    assert rf.block_reach(rec, dict(paths=paths), sass, any_program=True) == [0.0, 1.0]
+    every = [(frozenset({"k.py:1", "k.py:10", "k.py:20"}), 4)]
+    assert rf._unreached_by_chain(rec, sass, every) == set()
 
 
 def test_unclaimed_code_in_a_phase_block_goes_to_that_phase(queue_rec):
