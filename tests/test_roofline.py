@@ -1213,7 +1213,8 @@ def test_draft_logits_take_one_load_a_side(opt_bf16_b64, opt_b1):
         x = _phase_sass(launch, rec, hints, d, "stats_x")
         ops = collections.Counter(i.base for i in x)
         # (a select a side for a draft outside the vocabulary; the rest addresses and, with spills, reloads)
-        assert ops["STG"] == 2 and ops["ISETP"] <= 2 and ops["SEL"] + ops["FSEL"] <= 2 and len(x) <= 24, (len(x), ops)
+        # (per entry would be a thread's chunk entries, 32 at B = 64; a handful is the draft's own bound and row)
+        assert ops["STG"] == 2 and ops["ISETP"] <= 4 and ops["SEL"] + ops["FSEL"] <= 2 and len(x) <= 24, (len(x), ops)
         stats = _phase_sass(launch, rec, hints, d, "stats")
         narrow = [i for i in stats if i.base == "LDG" and not any(w in i.opcode for w in (".64", ".128"))]
         assert len(narrow) >= 2, [i.opcode for i in stats if i.base == "LDG"]
@@ -1242,11 +1243,20 @@ def test_race_item_loads_its_first_tile_beside_the_row_constants(opt_b1):
     assert hints["phase_work"]["race"]["l2"] == 2
     race = _phase_sass(launch, rec, hints, d, "race")
     tiles = [k for k, ins in enumerate(race) if ins.base == "LDG" and "STRONG" not in ins.opcode]  # the logits
-    consts = [k for k, ins in enumerate(race) if ins.base == "LDG" and "STRONG" in ins.opcode]  # flag, constants
-    fp = [k for k, ins in enumerate(race) if ins.opcode.startswith(("F", "MUFU"))]
-    assert tiles and consts and fp, [i.opcode for i in race][:40]
-    assert tiles[0] < fp[0], (f"the first tile is loaded after the constants are used: "
-                              f"{[i.opcode for i in race[:fp[0] + 1]]}")
+    # the flag's polls (``wait_flag``), then the row's constants: the race's other strong (L2) loads
+    strong = [k for k, ins in enumerate(race) if ins.base == "LDG" and "STRONG" in ins.opcode]
+
+    def polls(ins):  # (the build's line annotations are inline-chain ids)
+        chain = rec["chains"][int(ins.line.rpartition(":")[2]) - 1]
+        return any(rf._function_at(rf._local_path(f), int(n)) == "wait_flag" for f, n in chain)
+
+    flag = [k for k in strong if polls(race[k])]
+    consts = [k for k in strong if k not in flag]
+    assert tiles and consts and flag, [i.opcode for i in race][:40]
+    # (floating-point work before the constants load is the item's own parameters', e.g. T as a float)
+    use = [k for k, ins in enumerate(race) if k > consts[0] and ins.opcode.startswith(("F", "MUFU"))]
+    assert flag[-1] < tiles[0] < use[0], (f"the first tile is loaded after the constants are used: "
+                                          f"{[i.opcode for i in race[:use[0] + 1]]}")
 
 
 def test_look_item_loads_its_chunk_before_it_waits_for_the_ready_flag(opt_b1):

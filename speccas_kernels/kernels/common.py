@@ -34,8 +34,8 @@ FLT_MAX = tl.constexpr(3.4028234663852886e38)
 # accurate log takes about twenty; the interpreter (which cannot call libdevice) takes numpy's. Scores move by about
 # 1e-6 of their size: only float ties can change. The L2 prefetch: a hint on a GPU, nothing under the interpreter.
 # The residual race's reciprocals likewise (``rcp.approx.ftz.f32``; numpy's division here). The maxes of words of
-# two bfloat16 entries: ``max.bf16x2`` on a GPU, emulated exactly here. ``fresh`` and ``opaque`` (values the compiler
-# may not hoist out of the persistent kernels' queue loop): an instruction on a GPU, the value itself here.
+# two bfloat16 entries: ``max.bf16x2`` on a GPU, emulated exactly here. ``opaque`` (a value the compiler may not hoist
+# away from its use): an instruction on a GPU, the value itself here.
 if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
     from triton.language.extra.cuda import libdevice as _libdevice
 
@@ -65,19 +65,9 @@ if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
     @triton.jit
     def opaque(x):
         """32-bit ``x`` again, through an instruction the compiler cannot see through or move (a ``mov.b32`` with
-        side effects): what is derived from it is computed where it is used, not hoisted before the kernel's queue
-        loop and held in a register (or spilled) across every item."""
+        side effects): what is derived from it is computed where it is used, not hoisted to the entry of the phase
+        (or the loop) that holds the use and kept in a register (or spilled) across all of it."""
         return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=False, pack=1)
-
-    @triton.jit
-    def fresh(p):
-        """Pointer ``p`` again, through an instruction the compiler cannot see through or move (a ``mov.b64`` with
-        side effects): the addresses a phase of the persistent verify kernel derives from it are formed in that
-        phase, where the compiler hoisted them before the queue loop and held them (or spilled them) across every
-        item. The compiler no longer knows the pointer's alignment: for the workspace's pointers, whose accesses are
-        a few entries each, not the logits'."""
-        return tl.inline_asm_elementwise("mov.b64 $0, $1;", "=l,l", [p.to(tl.int64)], dtype=tl.int64,
-                                         is_pure=False, pack=1).to(p.dtype)
 
     PAIR_MAX = tl.constexpr(True)
 
@@ -107,10 +97,6 @@ else:
     @triton.jit
     def neg_rcp_fast(x):
         return -1.0 / x
-
-    @triton.jit
-    def fresh(p):
-        return p  # (the interpreter hoists nothing)
 
     @triton.jit
     def opaque(x):

@@ -87,8 +87,9 @@ def _group_words(seed, pos, stream: tl.constexpr, c0):
     c1 = zero + stream
     c2 = zero + (pos & 0xFFFFFFFF).to(tl.uint32)
     c3 = zero + ((pos >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    # (the key through ``opaque``: with one seed for the batch its ten rounds' words were hoisted before the persistent
-    # kernel's queue loop, twenty registers held or spilled across it; here two additions a round, in the loop)
+    # (the key through ``opaque``: with one seed for the batch its ten rounds' words are the same for every tile, and
+    # the compiler hoisted them out of the loop that uses them, twenty registers held or spilled across it; here
+    # two additions a round, where they are used)
     k0 = zero + opaque((seed & 0xFFFFFFFF).to(tl.uint32))
     k1 = zero + opaque(((seed >> 32) & 0xFFFFFFFF).to(tl.uint32))
     w0, w1, w2, w3 = philox4x32_10(zero + c0[None, :], c1, c2, c3, k0, k1)

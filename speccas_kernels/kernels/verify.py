@@ -132,11 +132,16 @@ start, so no per-entry index is formed (and kept live across a chunk) outside th
 bfloat16 logits are read as 32-bit words of two entries where every row starts at an even entry and V is even
 (``PAIRS``, ``common.load_tile``): one shift or mask widens an entry, where 16-bit loads take a permute and a shift
 for half of them.
-Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM. The compiler hoists what is
-the same for every item before the queue loop and holds it (or spills it) across all items, so the phases form such
-values where they use them: the workspace's pointers pass ``common.fresh`` at each phase's entry, Philox's key and
-the screening records' distance ``common.opaque``, and no phase compares a chunk's entries' offsets outside a rare
-branch (the greedy argmax adds its lane's offset once).
+Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM. The phases are device functions
+of their own, called from the queue loop (``@triton.jit(noinline=True)``: ``_stats_item``, ``_look_item``,
+``_race_item``, ``_div_item``, ``_accept``, whose arguments are scalars): inlined, the compiler hoisted what is the
+same for every item (per-thread offsets, addresses, Philox's words, sign-extended parameters) before the loop and
+held it, or spilled it, across all items (ptxas spill stores at B = 64, K = 4: 132-416 B); called, a phase forms
+such values at its entry and frees them at its return, for the price of a call (the arguments' moves, and the
+kernel's own loop-invariant values kept in local memory across calls, reloaded per item). The logits' strides are
+int64 parameters (no sign extension to hold); Philox's key and the screening records' distance pass
+``common.opaque`` (what derives from them is formed at its use); no phase compares a chunk's entries' offsets
+outside a rare branch (the greedy argmax adds its lane's offset once).
 
 Order of the queue: "super-steps" of one row each, stats of row s, then the second look of row s - 1, then the
 race of row s - 2 (s - 1 without a second look). A second look reads its row about one row of traffic after the
@@ -555,7 +560,7 @@ def _screen_at(rows, i, B, K, NT, TILES: tl.constexpr, SCREENS: tl.constexpr):
     KP = K + 1
     NI = (NT + TILES - 1) // TILES
     # (the distance through ``common.opaque``: the screens' offsets, a thread's SCREENS multiples of it, are formed
-    # where they are used; the same for every item, they were hoisted before the queue loop and held across it)
+    # where they are used; the same for every item, the compiler hoisted them away from their use and held them)
     n = common.opaque(B * K * NI)
     return (rows * K + i) * NI + B * KP * 2 * NT, n, SCREENS * n, B * KP * 2 * NT
 
@@ -627,7 +632,7 @@ def _verify_kernel(
     programs,  # programs launched
     step_m, step_l,  # ``magic`` of the items of a super-step (the kernel's ``step``)
     ns_m, ns_l,  # ``magic`` of NS
-    stride_qb, stride_qk, stride_pb, stride_pk,
+    stride_qb: tl.int64, stride_qk: tl.int64, stride_pb: tl.int64, stride_pk: tl.int64,
     FAMILY: tl.constexpr,
     NEEDS_TV: tl.constexpr,
     READS_PH: tl.constexpr,
@@ -801,8 +806,8 @@ def _verify_kernel(
                               stride_pb, stride_pk, IN_SET, USES_ALPHA, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
                               BLOCK_K, BLOCK_T, TILES, PAIRS)
         if acc_g >= 0:  # (one test per item: the item itself released or reset what it did not leave here)
-            rows, rmask, n, start, T = _group(acc_g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
-            _accept(acc_g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
+            _accept(acc_g, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
+                    look_ptr, cnt_ptr,
                     tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr,
                     row_f_ptr, zq_ptr, zp_ptr, x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val,
                     cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb,
@@ -1066,7 +1071,7 @@ def _chunk_to_l2(pbase, qbase, r, any_q, V, HAS_Q: tl.constexpr, TILES: tl.const
             prefetch_l2(qbase[:, None] + e)
 
 
-@triton.jit
+@triton.jit(noinline=True)
 def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr,
                 zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr,
                 cutp_ptr, B, K, V, NT, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr, c_stats, c_ready, c_row,
@@ -1086,10 +1091,6 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
     The program with the position's last ticket merges the NS records and releases the position's ready flag: 2
     where the second look can change nothing at any row of the item (``_look_moot``), else 1 (with ``TAGGED``, the
     look's constants as tagged words instead of the 1: ``_store_consts``)."""
-    # the workspace's pointers anew (``common.fresh``): what this phase derives from them is formed here
-    part_m_ptr, part_f_ptr, part_i_ptr = common.fresh(part_m_ptr), common.fresh(part_f_ptr), common.fresh(part_i_ptr)
-    pos_m_ptr, pos_f_ptr, pos_i_ptr = common.fresh(pos_m_ptr), common.fresh(pos_f_ptr), common.fresh(pos_i_ptr)
-    look_part_ptr, cnt_ptr = common.fresh(look_part_ptr), common.fresh(cnt_ptr)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
     NS = _items(NT, TILES, CHUNKS)  # stats items per position, one record each
@@ -1675,7 +1676,7 @@ def _look_where(j, rows, i, start, zq_ptr, zp_ptr, V, stride_qb, stride_qk, stri
     return c0, nch, qbase, pbase, _whole_chunks(c0, nch, V, TILES, BLOCK_V)
 
 
-@triton.jit
+@triton.jit(noinline=True)
 def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr,
                n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT,
                CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr, c_ready, c_look, c_row, stride_qb, stride_qk, stride_pb,
@@ -1697,9 +1698,6 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
     row of the item (the ready flag 2: ``_look_moot``), the item reads and reports nothing: the merge wrote the
     records as 0 and counted the look items done on the row. The position's last item to read the flag returns it to
     zero."""
-    # the workspace's pointers anew (``common.fresh``): what this phase derives from them is formed here
-    part_m_ptr, part_f_ptr, pos_m_ptr = common.fresh(part_m_ptr), common.fresh(part_f_ptr), common.fresh(pos_m_ptr)
-    pos_f_ptr, look_part_ptr, cnt_ptr = common.fresh(pos_f_ptr), common.fresh(look_part_ptr), common.fresh(cnt_ptr)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NL = _look_items(NT, TILES, CHUNKS, LOOK_SPLIT)  # second-look items per position (CH_BASE, CH_EXTRA: their chunks)
     last = g < 0  # this program drew the row's last ticket (the accept phase's)
@@ -1885,8 +1883,9 @@ def _at_draft(z, xc, used, M, S1, ST, arg, cut_ptr, cut_off, greedy, invT, FILTE
     return prob, _hat(z, M, S1)
 
 
-@triton.jit
-def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr, cnt_ptr,
+@triton.jit(noinline=True)
+def _accept(g, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr,
+            cnt_ptr,
             tokens_ptr,
             num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr,
             alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo,
@@ -1898,14 +1897,7 @@ def _accept(g, rows, rmask, n, start, T, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_p
             LOOK_SPLIT: tl.constexpr, RACE_FLOOR: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr):
     """The accept phase of a group of rows: [R, BLOCK_K] blocks, one lane per draft position. It sums the second
     look's records of every position itself (the look items report to the row, not to a merge of their own)."""
-    # the workspace's pointers anew (``common.fresh``): what this phase derives from them is formed here
-    pos_m_ptr, pos_f_ptr, pos_i_ptr = common.fresh(pos_m_ptr), common.fresh(pos_f_ptr), common.fresh(pos_i_ptr)
-    look_part_ptr, look_ptr, cnt_ptr = common.fresh(look_part_ptr), common.fresh(look_ptr), common.fresh(cnt_ptr)
-    tokens_ptr, num_accepted_ptr = common.fresh(tokens_ptr), common.fresh(num_accepted_ptr)
-    deferred_ptr, accept_prob_ptr = common.fresh(deferred_ptr), common.fresh(accept_prob_ptr)
-    valid_ptr, row_i_ptr, row_f_ptr = common.fresh(valid_ptr), common.fresh(row_i_ptr), common.fresh(row_f_ptr)
-    if div_ptr is not None:
-        div_ptr = common.fresh(div_ptr)
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
     qf = 2 * B * KP
     invT = inv_temperature(T)[:, None]
@@ -2360,7 +2352,7 @@ def _race_tile_loads(pbase, qbase, lo, racing, resid_row, V, LIVE: tl.constexpr,
     return zp, zq
 
 
-@triton.jit
+@triton.jit(noinline=True)
 def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
                cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
                seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk,
@@ -2377,14 +2369,6 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
     reduced across the program once per item, into one record per item. The last item's program emits the token;
     when the residual's mass is at most RESIDUAL_EPS (rounding noise, rare) it runs the race over pi_m itself,
     every tile in order, so the common path carries one race."""
-    # the workspace's pointers anew (``common.fresh``): what this phase derives from them is formed here
-    tokens_ptr, pos_m_ptr, pos_f_ptr = common.fresh(tokens_ptr), common.fresh(pos_m_ptr), common.fresh(pos_f_ptr)
-    pos_i_ptr, race_f_ptr, race_i_ptr = common.fresh(pos_i_ptr), common.fresh(race_f_ptr), common.fresh(race_i_ptr)
-    row_i_ptr, row_f_ptr, cnt_ptr = common.fresh(row_i_ptr), common.fresh(row_f_ptr), common.fresh(cnt_ptr)
-    valid_ptr, look_part_ptr = common.fresh(valid_ptr), common.fresh(look_part_ptr)
-    part_m_ptr = common.fresh(part_m_ptr)
-    if div_ptr is not None:
-        div_ptr = common.fresh(div_ptr)
     flag = wait_flag(cnt_ptr + c_flag + g)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     if ROWS == 1:  # m and the race kind came with the flag
@@ -2502,7 +2486,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
 
 # ------------------------------------------------------------------------------------------------ divergence
 
-@triton.jit
+@triton.jit(noinline=True)
 def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, look_ptr, cnt_ptr, zq_ptr, zp_ptr,
               cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag,
               c_fin, stride_qb, stride_qk, stride_pb, stride_pk, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
@@ -2515,11 +2499,6 @@ def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, 
     items, after its accept phase (the race flag); item j folds its tiles into one partial (into the second look's
     slot-0 partials, read before the accept phase), and the group's last race or divergence item writes the sums
     (``_div_done``)."""
-    # the workspace's pointers anew (``common.fresh``): what this phase derives from them is formed here
-    valid_ptr, pos_m_ptr, pos_f_ptr = common.fresh(valid_ptr), common.fresh(pos_m_ptr), common.fresh(pos_f_ptr)
-    look_part_ptr, look_ptr, cnt_ptr = common.fresh(look_part_ptr), common.fresh(look_ptr), common.fresh(cnt_ptr)
-    if div_ptr is not None:
-        div_ptr = common.fresh(div_ptr)
     wait_flag(cnt_ptr + c_flag + g)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NI = (NT + TILES - 1) // TILES
