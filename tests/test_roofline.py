@@ -1232,6 +1232,20 @@ def opt_b1(request, tmp_path_factory):
     return launch, rec, rf._hints_for(launch), d
 
 
+def test_verify_phases_are_called_and_hold_nothing_across_the_queue(opt_bf16_b64, opt_b1):
+    """The verify kernel as a GPU runs it: its phases are device functions of their own, called from inside the queue
+    loop (the model charges them per work item: ``phase_instructions`` raises where a call lies outside it), and at a
+    batch of one nothing spills (inlined, the compiler hoisted every phase's loop-invariant values before the queue
+    loop and spilled them: 36-48 B for opt at B = 1 with the v46 kernel)."""
+    for launch, rec, hints, d in (opt_bf16_b64, opt_b1):
+        an = rec["chain_analysis"]
+        assert len(an["functions"]) == 4 and len(an["calls"]) >= 4, (an["functions"], an["calls"])  # (no _div_item)
+        per = rf.phase_instructions(rec, hints["phase_map"], [1.0] * len(an["blocks"]))
+        for phase in ("stats", "merge", "look", "accept", "race", "emit"):
+            assert sum(per.get(phase, {}).values()) > 0, (phase, per.keys())
+    assert opt_b1[1]["spill_stores"] == 0, opt_b1[1]
+
+
 def test_race_item_loads_its_first_tile_beside_the_row_constants(opt_b1):
     """The verify kernel as a GPU runs it at B = 1 (one row and one tile per race item): a race item issues its
     tile's load before any floating-point instruction of the race, i.e. before the row's constants (loaded just
