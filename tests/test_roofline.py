@@ -1269,6 +1269,7 @@ def test_race_item_loads_its_first_tile_beside_the_row_constants(opt_b1):
     assert tiles and consts and flag, [i.opcode for i in race][:40]
     # (floating-point work before the constants load is the item's own parameters', e.g. T as a float)
     use = [k for k, ins in enumerate(race) if k > consts[0] and ins.opcode.startswith(("F", "MUFU"))]
+    assert use, "the race uses its row's constants in floating point"
     assert flag[-1] < tiles[0] < use[0], (f"the first tile is loaded after the constants are used: "
                                           f"{[i.opcode for i in race[:use[0] + 1]]}")
 
