@@ -64,10 +64,14 @@ if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
 
     @triton.jit
     def opaque(x):
-        """32-bit ``x`` again, through an instruction the compiler cannot see through or move (a ``mov.b32`` with
-        side effects): what is derived from it is computed where it is used, not hoisted to the entry of the phase
-        (or the loop) that holds the use and kept in a register (or spilled) across all of it."""
-        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=False, pack=1)
+        """``x`` (32 or 64 bits) again, through an instruction the compiler cannot see through or move (a ``mov``
+        with side effects): what is derived from it is computed where it is used, not hoisted to the entry of the
+        phase (or the loop) that holds the use and kept in a register (or spilled) across all of it."""
+        if x.dtype.primitive_bitwidth == 64:
+            y = tl.inline_asm_elementwise("mov.b64 $0, $1;", "=l,l", [x], dtype=x.dtype, is_pure=False, pack=1)
+        else:
+            y = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=False, pack=1)
+        return y
 
     PAIR_MAX = tl.constexpr(True)
 

@@ -133,12 +133,19 @@ bfloat16 logits are read as 32-bit words of two entries where every row starts a
 (``PAIRS``, ``common.load_tile``): one shift or mask widens an entry, where 16-bit loads take a permute and a shift
 for half of them.
 Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM. The phases are device functions
-of their own, called from the queue loop (``@triton.jit(noinline=True)``: ``_stats_item``, ``_look_item``,
-``_race_item``, ``_div_item``, ``_accept``, whose arguments are scalars): inlined, the compiler hoisted what is the
-same for every item (per-thread offsets, addresses, Philox's words, sign-extended parameters) before the loop and
-held it, or spilled it, across all items (ptxas spill stores at B = 64, K = 4: 132-416 B); called, a phase forms
-such values at its entry and frees them at its return, for the price of a call (the arguments' moves, and the
-kernel's own loop-invariant values kept in local memory across calls, reloaded per item). The logits' strides are
+of their own, called from the queue loop (``@triton.jit(noinline=True)``: ``_stats_item``, ``_stats_merge``,
+``_look_item``, ``_race_item``, ``_div_item``, ``_accept``, whose arguments are scalars): inlined, the compiler
+hoisted what is the same for every item (per-thread offsets, addresses, Philox's words, sign-extended parameters)
+before the loop and held it, or spilled it, across all items (ptxas spill stores at B = 64, K = 4: 132-416 B);
+called, a phase forms such values at its entry and frees them at its return, for the price of a call (the
+arguments' moves). A value the queue loop holds across a call lives in local memory (no register survives a call),
+so the loop holds almost none: it forms its shape per item from B, K and NT as opaque values (``common.opaque``:
+not hoisted before the loop; ``_queue_batch``, ``_queue_div``), each phase forms the counters' offsets it uses
+(``_counters``), and the merge is a call of its own after the stats item's (``_stats_merge``), so the item holds
+none of the merge's arguments through its chunk loop. What stays (ptxas, B = 64, K = 4: 52-148 B summed over the
+kernel and its functions; none at B = 1): the next item, the counter buffer's address and the loop's shared scratch
+across calls (up to 28 B), and about 4 B per reduction across warps in a function (its second stage loads the
+warps' partials under a predicate, and the register so loaded is kept from the function's entry). The logits' strides are
 int64 parameters (no sign extension to hold); Philox's key and the screening records' distance pass
 ``common.opaque`` (what derives from them is formed at its use); no phase compares a chunk's entries' offsets
 outside a rare branch (the greedy argmax adds its lane's offset once).
@@ -695,40 +702,13 @@ def _verify_kernel(
     # which the accept phase writes once per row (``row_f``'s second half)
     RACE_FLOOR: tl.constexpr = (not FP64) and HAS_Q and (FAMILY == FAMILY_B) and SCREEN
     DIV_ITEMS: tl.constexpr = DIVERGENCE and FAMILY == FAMILY_B and HAS_Q  # a token set's TV(pi, p): a third pass
-    KP = K + 1
-    G = (B + ROWS - 1) // ROWS
-    # counter offsets (per row group)
-    c_stats = 2
-    c_ready = c_stats + G * KP
-    c_look = c_ready + G * KP
-    c_row = c_look + G * K
-    c_flag = c_row + G
-    c_race = c_flag + G
-    c_fin = c_race + G
-    c_words = (c_fin + G + 1) // 2 * 2  # (8-byte aligned) a position's constants as tagged words (``TAGGED``)
-    NI = (NT + TILES - 1) // TILES  # work items per position (second look, race, divergence)
-    NS = _items(NT, TILES, CHUNKS)  # stats items per position
     # One row per item (on a GPU, every batch), float32 statistics and a look that reads the position's statistics
     # alone (not a token set's screening records): the merge hands the look its constants as self-validating words
     # (``_store_consts``: a float32 and its tag each) in place of the ready flag 1, with no release fence, and a
     # look item polls them (``_wait_consts``): the constants come with the wait, one round trip after the merge's
     # stores (the fence and the constants' load after the flag, two more round trips, lay on a looked row's chain)
     TAGGED: tl.constexpr = SECOND_LOOK and (ROWS == 1) and (not FP64) and not (FAMILY == FAMILY_B and SCREENED)
-    stats_items = KP * NS
-    if SECOND_LOOK:
-        look_items = K * NS * LOOK_SPLIT
-        lag = 2
-    else:
-        look_items = K * 0
-        lag = 1
-    if DIV_ITEMS:
-        div_items = K * NI
-    else:
-        div_items = K * 0
-    # race items per row (with a token set's divergence items, whose last one counts the race items too: NI)
     tl.static_assert((not DIV_ITEMS) or (RACE_TILES == TILES))
-    NR = (NT + RACE_TILES - 1) // RACE_TILES
-    step = stats_items + look_items + NR + div_items
 
     done = 0
     w = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
@@ -741,7 +721,30 @@ def _verify_kernel(
             nxt = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
         else:
             nxt = total
-        s = _div(w, step_m, step_l)
+        # The queue's shape, formed per item from K, NT and B as opaque values (``common.opaque``, ``_queue_batch``):
+        # formed before the loop, it was held across the phases' calls (in local memory: spilled)
+        Ko = common.opaque(K)
+        NTo = common.opaque(NT + K * 0)  # (NT, B: numbers where the launch specializes them)
+        Bo = _queue_batch(B, K, SOLO)
+        KP = Ko + 1
+        G = (Bo + ROWS - 1) // ROWS
+        NI = (NTo + TILES - 1) // TILES  # work items per position (second look, race, divergence)
+        NS = _items(NTo, TILES, CHUNKS)  # stats items per position
+        stats_items = KP * NS
+        if SECOND_LOOK:
+            look_items = Ko * NS * LOOK_SPLIT
+            lag = 2
+        else:
+            look_items = Ko * 0
+            lag = 1
+        if DIV_ITEMS:
+            div_items = Ko * NI
+        else:
+            div_items = Ko * 0
+        # race items per row (with a token set's divergence items, whose last one counts the race items too: NI)
+        NR = (NTo + RACE_TILES - 1) // RACE_TILES
+        step = stats_items + look_items + NR + div_items
+        s = _queue_div(w, step, step_m, step_l, SOLO)
         r = w - s * step  # (a multiply, not a second division)
         # What the item leaves to do after it (offsets, -1: nothing): the accept phase of a row group (the program
         # drew the group's last ticket; one call site for every item kind), then a ready flag to release, a
@@ -753,36 +756,39 @@ def _verify_kernel(
         ready_at = acc_g
         if r < stats_items:
             g = s.to(tl.int64)
-            if g < G:
-                i = _div(r, ns_m, ns_l)
-                last, rel_at, rel_val = _stats_item(g, i.to(tl.int64), r - i * NS, part_m_ptr, part_f_ptr, part_i_ptr,
-                                                    pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr, zq_ptr,
-                                                    zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr,
-                                                    temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, CH_BASE, CH_EXTRA,
-                                                    c_stats, c_ready, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
-                                                    FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q,
-                                                    RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, TILES, CHUNKS,
-                                                    SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV,
-                                                    SKIP_MOOT, STAGES, TAGGED, c_words, LOOK_SPLIT, BLOCK_L,
-                                                    L2_AHEAD, LINE, LINES)
+            if (g >= 0) & (g < G):
+                i = _queue_div(r, NS, ns_m, ns_l, SOLO)
+                _stats_item(g, i.to(tl.int64), r - i * NS, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr,
+                            pos_i_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr,
+                            alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, CH_BASE, CH_EXTRA,
+                            stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK,
+                            DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, TILES, CHUNKS, SCREEN,
+                            READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV, SKIP_MOOT, STAGES, TAGGED, LOOK_SPLIT,
+                            BLOCK_L, L2_AHEAD, LINE, LINES)
+                last, rel_at, rel_val = _stats_merge(g, i.to(tl.int64), part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
+                                                     pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr, x_ptr, cu_ptr,
+                                                     n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr,
+                                                     B, K, V, NT, FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK,
+                                                     DIVERGENCE, HAS_Q, RAGGED, FILTERS, ROWS, BLOCK_S, TILES,
+                                                     CHUNKS, SCREENS, MONOTONE_TV, SKIP_MOOT, TAGGED, LOOK_SPLIT,
+                                                     BLOCK_L)
                 acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
             r2 = r - stats_items
             if SECOND_LOOK:
                 if (g >= 0) & (g < G):
-                    i = _div(r2 // LOOK_SPLIT, ns_m, ns_l)  # (NL = NS LOOK_SPLIT items a position)
+                    i = _queue_div(r2 // LOOK_SPLIT, NS, ns_m, ns_l, SOLO)  # (NL = NS LOOK_SPLIT items a position)
                     last, look_at, ready_at = _look_item(g, i.to(tl.int64), r2 - i * (NS * LOOK_SPLIT), part_m_ptr,
                                                          part_f_ptr,
                                                          pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr,
                                                          cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val,
                                                          cutq_ptr, cutp_ptr, B, K, V, NT, LOOK_BASE, LOOK_EXTRA,
-                                                         c_ready,
-                                                         c_look, c_row, stride_qb, stride_qk, stride_pb, stride_pk,
+                                                         stride_qb, stride_qk, stride_pb, stride_pk,
                                                          FAMILY, NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE,
                                                          HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_C, TILES,
                                                          CHUNKS, LOOK_SPLIT, READS_PH, FLOOR, SCREENED, SCREENS,
-                                                         PAIRS, LANES, VEC, STAGES, SOLO, TAGGED, c_words)
+                                                         PAIRS, LANES, VEC, STAGES, SOLO, TAGGED)
                     acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
@@ -790,9 +796,9 @@ def _verify_kernel(
                 _race_item(g, r - stats_items - look_items, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr,
                            race_i_ptr, row_i_ptr, row_f_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr,
                            alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
-                           cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
+                           cutp_ptr, B, K, V, NT, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
                            IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T,
-                           RACE_TILES, DIV_ITEMS, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS,
+                           RACE_TILES, DIV_ITEMS, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS,
                            VEC, part_m_ptr, TILES, SCREEN, SCREENS)
         else:
             g = (s - lag).to(tl.int64)
@@ -802,10 +808,13 @@ def _verify_kernel(
                     i = r3 // NI
                     _div_item(g, i.to(tl.int64), r3 - i * NI, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr,
                               look_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr,
-                              temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag, c_fin, stride_qb, stride_qk,
+                              temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk,
                               stride_pb, stride_pk, IN_SET, USES_ALPHA, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
                               BLOCK_K, BLOCK_T, TILES, PAIRS)
         if acc_g >= 0:  # (one test per item: the item itself released or reset what it did not leave here)
+            # (the counters' offsets formed here, from B and K as opaque values, not before the loop: ``_counters``)
+            c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(_queue_batch(B, K, SOLO),
+                                                                                        common.opaque(K), ROWS)
             _accept(acc_g, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
                     look_ptr, cnt_ptr,
                     tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr,
@@ -817,7 +826,8 @@ def _verify_kernel(
             if rel_at >= 0:  # a merge that counted the look done: the ready flag its look items wait for
                 common.release_flag(cnt_ptr + rel_at, rel_val)
             if look_at >= 0:
-                _look_reset(cnt_ptr, look_at, ready_at, c_ready, c_words, TAGGED)
+                # (B, K opaque: the offsets formed here, not before the loop and held across its calls)
+                _look_reset(cnt_ptr, look_at, ready_at, _queue_batch(B, K, SOLO), common.opaque(K), ROWS, TAGGED)
         done += 1
         w = nxt
     # The last program out resets the queue.
@@ -925,6 +935,50 @@ def _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, t, mask, m, s1, s
     tl.store(part_f_ptr + pf + o * NT + t, sT, mask=mask)
     tl.store(part_i_ptr + o * NT + t, arg, mask=mask)
     tl.store(part_i_ptr + pf + o * NT + t, bad, mask=mask)
+
+
+@triton.jit
+def _counters(B, K, ROWS: tl.constexpr):
+    """The offsets in the counter buffer (``cnt_ptr``) of its counters per row group, each phase's own: stats
+    tickets and ready flags per position, look counts per drafted position, then per group the row's tickets, the
+    race flag, the race's and the divergences' tickets, and (8-byte aligned) a position's constants as tagged words
+    (``TAGGED``). Formed in each phase that uses them, from B and K: the queue loop holds none across its calls."""
+    KP = K + 1
+    G = (B + ROWS - 1) // ROWS
+    c_stats = 2
+    c_ready = c_stats + G * KP
+    c_look = c_ready + G * KP
+    c_row = c_look + G * K
+    c_flag = c_row + G
+    c_race = c_flag + G
+    c_fin = c_race + G
+    c_words = (c_fin + G + 1) // 2 * 2
+    return c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words
+
+
+@triton.jit
+def _queue_batch(B, K, SOLO: tl.constexpr):
+    """B in the queue loop: an opaque value (``common.opaque``: formed where it is used, not held across the
+    phases' calls), but for one row group (``SOLO``), where it stays what it is, so the compiler knows the one
+    group (the phases then index with the constant group 0)."""
+    if SOLO:
+        b = B + K * 0
+    else:
+        b = common.opaque(B + K * 0)
+    return b
+
+
+@triton.jit
+def _queue_div(n, d, m, L, SOLO: tl.constexpr):
+    """floor(n / d) in the queue loop, for 0 <= n < 2**31: for one row group (``SOLO``, where the divisions lie on
+    the row's chain) from (m, L) = ``magic(d)`` (``_div``); else a division (about 13 instructions), so that the
+    loop holds no magic numbers across the phases' calls (they were spilled: ptxas kept them, loaded once, in
+    local memory)."""
+    if SOLO:
+        q = _div(n, m, L)
+    else:
+        q = n // d
+    return q
 
 
 @triton.jit
@@ -1074,23 +1128,21 @@ def _chunk_to_l2(pbase, qbase, r, any_q, V, HAS_Q: tl.constexpr, TILES: tl.const
 @triton.jit(noinline=True)
 def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr,
                 zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr,
-                cutp_ptr, B, K, V, NT, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr, c_stats, c_ready, c_row,
+                cutp_ptr, B, K, V, NT, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr,
                 stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, WEIGHT: tl.constexpr,
                 IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr,
                 HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
                 ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
                 CHUNKS: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, LANES: tl.constexpr,
                 VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr,
-                SKIP_MOOT: tl.constexpr, STAGES: tl.constexpr, TAGGED: tl.constexpr, c_words,
+                SKIP_MOOT: tl.constexpr, STAGES: tl.constexpr, TAGGED: tl.constexpr,
                 LOOK_SPLIT: tl.constexpr, BLOCK_L: tl.constexpr, L2_AHEAD: tl.constexpr, LINE: tl.constexpr,
                 LINES: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
     (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
     reduction across threads inside the loop); the item writes one record, and with SCREEN (a token set with a
     floor) each chunk of a drafted position its screening records (``_screen``: reductions within a warp only).
-    The program with the position's last ticket merges the NS records and releases the position's ready flag: 2
-    where the second look can change nothing at any row of the item (``_look_moot``), else 1 (with ``TAGGED``, the
-    look's constants as tagged words instead of the 1: ``_store_consts``)."""
+    The merge is the next call's (``_stats_merge``)."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
     NS = _items(NT, TILES, CHUNKS)  # stats items per position, one record each
@@ -1216,6 +1268,28 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             if any_q:
                 m, s1, sT, arg, bad = _lanes_merged(m_q, s1_q, sT_q, arg_q, invT, scaled)
                 _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NS, j, use_q, m, s1, sT, arg, bad)
+
+
+@triton.jit(noinline=True)
+def _stats_merge(g, i, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr,
+                 x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, B, K, V, NT,
+                 FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
+                 SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
+                 FILTERS: tl.constexpr, ROWS: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
+                 CHUNKS: tl.constexpr, SCREENS: tl.constexpr, MONOTONE_TV: tl.constexpr, SKIP_MOOT: tl.constexpr,
+                 TAGGED: tl.constexpr, LOOK_SPLIT: tl.constexpr, BLOCK_L: tl.constexpr):
+    """After a stats item of position i (``_stats_item``), its ticket: the program with the position's last one
+    merges the NS records and releases the position's ready flag: 2 where the second look can change nothing at any
+    row of the item (``_look_moot``), else 1 (with ``TAGGED``, the look's constants as tagged words instead of the
+    1). A call of its own, from the queue loop: what only the merge reads (the positions' outputs, the look's
+    records, alpha, the cutoffs) is not held in registers through the item's chunk loop."""
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    KP = K + 1
+    NS = _items(NT, TILES, CHUNKS)  # stats items per position, one record each
+    TV_CELLS: tl.constexpr = SECOND_LOOK and (not DIVERGENCE) and MONOTONE_TV and HAS_Q  # (as ``_stats_item``)
+    use_p = rmask & (i <= n)
+    use_q = rmask & (i < n)
+    c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(B, K, ROWS)
     pos = g * KP + i
     last = pos < 0  # this program drew the row's last ticket (the accept phase's)
     rel_at = pos * 0 - 1  # a ready flag the kernel releases after the accept phase (-1: none), and its value
@@ -1311,12 +1385,13 @@ def _group_done(g, rmask, T, cnt_ptr, K, c_row, SECOND_LOOK: tl.constexpr, HAS_Q
 # ------------------------------------------------------------------------------------------------ second look
 
 @triton.jit
-def _look_reset(cnt_ptr, look_at, ready_at, c_ready, c_words, TAGGED: tl.constexpr):
+def _look_reset(cnt_ptr, look_at, ready_at, B, K, ROWS: tl.constexpr, TAGGED: tl.constexpr):
     """A position's look count back to zero, and its ready flag (``ready_at`` >= 0) with its tagged constants
     (``TAGGED``), by its last look item: first an acquire of the count, which every look item's release joins (each
     read the flag, or the constants, before it)."""
     tl.atomic_add(cnt_ptr + look_at, 0, sem="acquire")
     if ready_at >= 0:
+        c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(B, K, ROWS)
         tl.store(cnt_ptr + ready_at, 0)
         if TAGGED:
             k = tl.arange(0, 16)
@@ -1679,7 +1754,7 @@ def _look_where(j, rows, i, start, zq_ptr, zp_ptr, V, stride_qb, stride_qk, stri
 @triton.jit(noinline=True)
 def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr,
                n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT,
-               CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr, c_ready, c_look, c_row, stride_qb, stride_qk, stride_pb,
+               CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr, stride_qb, stride_qk, stride_pb,
                stride_pk, FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
                FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
@@ -1687,7 +1762,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                READS_PH: tl.constexpr, FLOOR: tl.constexpr, SCREENED: tl.constexpr, SCREENS: tl.constexpr,
                PAIRS: tl.constexpr,
                LANES: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, SOLO: tl.constexpr,
-               TAGGED: tl.constexpr, c_words):
+               TAGGED: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item, which reports to the row (the accept phase sums the NL records). A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
@@ -1698,6 +1773,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
     row of the item (the ready flag 2: ``_look_moot``), the item reads and reports nothing: the merge wrote the
     records as 0 and counted the look items done on the row. The position's last item to read the flag returns it to
     zero."""
+    c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(B, K, ROWS)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NL = _look_items(NT, TILES, CHUNKS, LOOK_SPLIT)  # second-look items per position (CH_BASE, CH_EXTRA: their chunks)
     last = g < 0  # this program drew the row's last ticket (the accept phase's)
@@ -1832,7 +1908,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
             if tl.max(use.to(tl.int32), axis=0) > 0:
                 ready_at = c_ready + pos
             if not last:
-                _look_reset(cnt_ptr, look_at, ready_at, c_ready, c_words, TAGGED)
+                _look_reset(cnt_ptr, look_at, ready_at, B, K, ROWS, TAGGED)
                 look_at = g * 0 - 1
     return last.to(tl.int32), look_at, ready_at
 
@@ -2355,11 +2431,11 @@ def _race_tile_loads(pbase, qbase, lo, racing, resid_row, V, LIVE: tl.constexpr,
 @triton.jit(noinline=True)
 def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
                cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
-               seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag, c_race, stride_qb, stride_qk,
+               seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk,
                stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
                ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
-               DIV_ITEMS: tl.constexpr, c_fin, div_items, div_ptr, valid_ptr, look_part_ptr, BLOCK_K: tl.constexpr,
+               DIV_ITEMS: tl.constexpr, div_ptr, valid_ptr, look_part_ptr, BLOCK_K: tl.constexpr,
                PAIRS: tl.constexpr, VEC: tl.constexpr, part_m_ptr, CH_TILES: tl.constexpr, SCREEN: tl.constexpr,
                SCREENS: tl.constexpr):
     """Tiles j TILES .. j TILES + TILES - 1 of a row's race (statically unrolled): the bonus race (p_n + G) or the
@@ -2369,6 +2445,8 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
     reduced across the program once per item, into one record per item. The last item's program emits the token;
     when the residual's mass is at most RESIDUAL_EPS (rounding noise, rare) it runs the race over pi_m itself,
     every tile in order, so the common path carries one race."""
+    c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(B, K, ROWS)
+    div_items = K * ((NT + CH_TILES - 1) // CH_TILES) if DIV_ITEMS else 0
     flag = wait_flag(cnt_ptr + c_flag + g)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     if ROWS == 1:  # m and the race kind came with the flag
@@ -2488,8 +2566,8 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
 
 @triton.jit(noinline=True)
 def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, look_ptr, cnt_ptr, zq_ptr, zp_ptr,
-              cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, c_flag,
-              c_fin, stride_qb, stride_qk, stride_pb, stride_pk, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
+              cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT,
+              stride_qb, stride_qk, stride_pb, stride_pk, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
               RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
               BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
               PAIRS: tl.constexpr):
@@ -2499,6 +2577,7 @@ def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, 
     items, after its accept phase (the race flag); item j folds its tiles into one partial (into the second look's
     slot-0 partials, read before the accept phase), and the group's last race or divergence item writes the sums
     (``_div_done``)."""
+    c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(B, K, ROWS)
     wait_flag(cnt_ptr + c_flag + g)
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     NI = (NT + TILES - 1) // TILES
@@ -2556,7 +2635,8 @@ ROOFLINE_PHASES = (
     ("look_reset", "_look_reset", None),
     ("merge_release", "_verify_kernel", "rel_at >= 0"),
     ("accept", "_verify_kernel", "acc_g >= 0"),  # (the group's rows for it)
-    ("merge", "_stats_item", "ticket(cnt_ptr + c_stats"),
+    ("merge", "_stats_merge", "ticket(cnt_ptr + c_stats"),
+    ("stats", "_stats_merge", None),
     ("stats_rerun", "_stats_item", "c2 < nch"),
     ("stats_tail", "_stats_item", "nfull < nch"),
     ("stats_x", "_stats_item", "holds_x"),
