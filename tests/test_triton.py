@@ -90,6 +90,48 @@ def _chunks_probe(out_ptr, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr):
     tl.store(out_ptr + 2 * j + 1, n)
 
 
+@pytest.mark.parametrize("rule", ["speculative", "opt", "token_v3"])
+def test_stats_items_write_a_record_per_group_of_lanes(device, rule, monkeypatch):
+    """Where a position's stats items times their groups of 32 lanes fit its tiles (``stats_records``: B = 64 on a
+    GPU, a group a warp), each item writes one record per group, merged within the group alone
+    (``_lanes_merged``), and the merge reads them all: the same tokens as the reference, and as the same launch
+    with one record per item (the B = 1 layout), to rounding in accept_prob."""
+    from speccas_kernels.kernels import verify as kv
+
+    kw = random_round(3, 2, 1100, device=device, seed=23)
+    kw["temperature"] = torch.tensor([0.0, 1.0, 0.7], device=device)
+    ref, margins = reference_with_margins(**kw, rule=rule)
+    for name, value in (("ROWS_OVERRIDE", 1), ("BLOCK_V_OVERRIDE", 128), ("TILES_OVERRIDE", 2),
+                        ("CHUNKS_OVERRIDE", 2)):
+        monkeypatch.setattr(triton_backend, name, value)
+    seen = []
+    real = kv._verify_kernel
+
+    class Spy:  # the launch's records per stats item
+        def __getitem__(self, grid):
+            launch = real[grid]
+
+            def run(*args, **kwargs):
+                seen.append(kwargs["RECS"])
+                return launch(*args, **kwargs)
+            return run
+
+    monkeypatch.setattr(kv, "_verify_kernel", Spy())
+    out = sk.verify(**kw, rule=rule, backend="triton")
+    assert seen and seen[-1] > 1, seen
+    assert_same_outputs(out, ref, margins, what=f"{rule}, {seen[-1]} records per stats item")
+    monkeypatch.setattr(kv, "stats_records", lambda ns, nt, screens: 1)
+    one = sk.verify(**kw, rule=rule, backend="triton")
+    assert seen[-1] == 1, seen
+    for a, b, name in zip(out, one, out._fields):
+        if a is None:
+            assert b is None, name
+            continue
+        a, b = a.cpu(), b.cpu()
+        same = torch.allclose(a, b, rtol=1e-5, atol=1e-7) if name == "accept_prob" else torch.equal(a, b)
+        assert same, f"{rule}: {name} depends on the records per stats item"
+
+
 @pytest.mark.parametrize("nt,tiles,chunks", [(1, 4, 16), (5, 1, 3), (75, 4, 16), (75, 4, 4), (38, 1, 1), (150, 2, 16),
                                              (594, 4, 16), (67, 4, 8)])
 def test_stats_items_split_a_positions_chunks_evenly(nt, tiles, chunks):

@@ -214,6 +214,14 @@ def stats_stages(itemsize: int, rule: str = "") -> int:
     return STATS_STAGES if itemsize <= 2 and rule not in UNPIPELINED_RULES else 1
 
 
+def stats_records(ns: int, nt: int, screens: int) -> int:
+    """Records a stats item writes a side (``_lanes_merged``): one per group of 32 lanes (``screens``: a warp each on
+    a GPU, merged by shuffles alone, no cross-warp reduction in the item), where a position's ``ns`` items times
+    that fit the ``nt`` records a position's workspace holds (B = 64 on a GPU); one otherwise (B = 1, where the items
+    are a position's tiles)."""
+    return screens if ns * screens <= nt else 1
+
+
 def l2_ahead(itemsize: int, rule: str = "") -> bool:
     """Whether the statistics' chunk loop, where it is not software-pipelined (``stats_stages`` 1), brings each chunk
     into L2 two chunks ahead of its loads (``common.prefetch_l2``): for 2-byte logits, whose rounds the model finds
@@ -522,16 +530,22 @@ def _lane_stats(z, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run
 
 
 @triton.jit
-def _lanes_merged(m, s1, sT, arg, invT, scaled):
-    """An item's running lane statistics (``_lane_stats``) merged across the lanes, per row: (max, sum exp(z - max),
-    the scaled sum, lowest argmax, bad: the T = 1 sum is NaN; an all -inf row is caught by the merge, M = -inf)."""
-    M = tl.max(m, axis=1)
-    d = _rel(m, tl.where(M == NEG_INF, 0.0, M)[:, None])
-    S1 = tl.sum(s1 * exp_scaled(d, LOG2E), axis=1)  # a lane with nothing: 0 x 0
+def _lanes_merged(m, s1, sT, arg, invT, scaled, RECS: tl.constexpr):
+    """An item's running lane statistics (``_lane_stats``) merged across the lanes of each of RECS groups (32 lanes
+    each: a warp on a GPU, so the merge is shuffles alone, with no shared memory or barrier, where RECS is the
+    warps; one group, all lanes, otherwise), per row: [R, RECS] (max, sum exp(z - max), the scaled sum, lowest
+    argmax, bad: the T = 1 sum is NaN; an all -inf row is caught by the merge, M = -inf)."""
+    R: tl.constexpr = m.shape[0]
+    NL: tl.constexpr = m.shape[1]
+    m3 = tl.reshape(m, [R, RECS, NL // RECS])
+    M = tl.max(m3, axis=2)
+    d = _rel(m3, tl.where(M == NEG_INF, 0.0, M)[:, :, None])
+    S1 = tl.sum(tl.reshape(s1, [R, RECS, NL // RECS]) * exp_scaled(d, LOG2E), axis=2)  # a lane with nothing: 0 x 0
     ST = S1
     if tl.max(scaled.to(tl.int32), axis=0) > 0:
-        ST = tl.where(scaled, tl.sum(sT * exp_scaled(d, log2e_scale(invT)[:, None]), axis=1), S1)
-    low = tl.min(tl.where(m == M[:, None], arg, BIG), axis=1)
+        ST = tl.where(scaled[:, None], tl.sum(tl.reshape(sT, [R, RECS, NL // RECS])
+                                              * exp_scaled(d, log2e_scale(invT)[:, None, None]), axis=2), S1)
+    low = tl.min(tl.where(m3 == M[:, :, None], tl.reshape(arg, [R, RECS, NL // RECS]), BIG), axis=2)
     return M, S1, ST, low, (S1 != S1).to(tl.int32)
 
 
@@ -661,6 +675,7 @@ def _verify_kernel(
     BLOCK_T: tl.constexpr,  # >= NT
     BLOCK_C: tl.constexpr,  # >= the chunks of a second-look item (LOOK_BASE + (LOOK_EXTRA > 0)), at least 2
     BLOCK_S: tl.constexpr,  # >= NS: a position's records (statistics and second-look items)
+    RECS: tl.constexpr,  # records a stats item writes a side: one per warp (SCREENS), or 1 where NS SCREENS > NT
     RECORDS: tl.constexpr,  # NL itself: the accept phase sums a position's look records in RECORDS unrolled loads
     CH_BASE: tl.constexpr,  # a position's chunks per stats and second-look item (``_chunks``): NI // NS
     CH_EXTRA: tl.constexpr,  # its items that hold one chunk more: NI % NS
@@ -762,14 +777,15 @@ def _verify_kernel(
                             pos_i_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr,
                             alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, CH_BASE, CH_EXTRA,
                             stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK,
-                            DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, TILES, CHUNKS, SCREEN,
+                            DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, RECS, TILES, CHUNKS,
+                            SCREEN,
                             READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV, SKIP_MOOT, STAGES, TAGGED, LOOK_SPLIT,
                             BLOCK_L, L2_AHEAD, LINE, LINES)
                 last, rel_at, rel_val = _stats_merge(g, i.to(tl.int64), part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
                                                      pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr, x_ptr, cu_ptr,
                                                      n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr,
                                                      B, K, V, NT, FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK,
-                                                     DIVERGENCE, HAS_Q, RAGGED, FILTERS, ROWS, BLOCK_S, TILES,
+                                                     DIVERGENCE, HAS_Q, RAGGED, FILTERS, ROWS, BLOCK_S, RECS, TILES,
                                                      CHUNKS, SCREENS, MONOTONE_TV, SKIP_MOOT, TAGGED, LOOK_SPLIT,
                                                      BLOCK_L)
                 acc_g = tl.where(last != 0, g, acc_g)
@@ -1132,7 +1148,8 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, WEIGHT: tl.constexpr,
                 IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr,
                 HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
-                ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
+                ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, RECS: tl.constexpr,
+                TILES: tl.constexpr,
                 CHUNKS: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, LANES: tl.constexpr,
                 VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr,
                 SKIP_MOOT: tl.constexpr, STAGES: tl.constexpr, TAGGED: tl.constexpr,
@@ -1262,12 +1279,16 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             if any_q:
                 _tv_cells(part_m_ptr, part_f_ptr, rows, i, j, use_q, m_p, s1_p, sT_p, m_q, s1_q, sT_q, invT, scaled, B,
                           K, NT, SCREENS)
-        m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled)
-        _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, j, use_p, m, s1, sT, arg, bad)
+        # the item's RECS records a side, one per group of lanes (``_lanes_merged``): the position's j RECS + k
+        rec = j * RECS + tl.arange(0, RECS)[None, :]
+        m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled, RECS)
+        _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o[:, None], pf, NS * RECS, rec, use_p[:, None], m, s1, sT, arg,
+                    bad)
         if HAS_Q:
             if any_q:
-                m, s1, sT, arg, bad = _lanes_merged(m_q, s1_q, sT_q, arg_q, invT, scaled)
-                _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o + 1, pf, NS, j, use_q, m, s1, sT, arg, bad)
+                m, s1, sT, arg, bad = _lanes_merged(m_q, s1_q, sT_q, arg_q, invT, scaled, RECS)
+                _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o[:, None] + 1, pf, NS * RECS, rec, use_q[:, None], m,
+                            s1, sT, arg, bad)
 
 
 @triton.jit(noinline=True)
@@ -1275,7 +1296,8 @@ def _stats_merge(g, i, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr,
                  x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, B, K, V, NT,
                  FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                  SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
-                 FILTERS: tl.constexpr, ROWS: tl.constexpr, BLOCK_S: tl.constexpr, TILES: tl.constexpr,
+                 FILTERS: tl.constexpr, ROWS: tl.constexpr, BLOCK_S: tl.constexpr, RECS: tl.constexpr,
+                 TILES: tl.constexpr,
                  CHUNKS: tl.constexpr, SCREENS: tl.constexpr, MONOTONE_TV: tl.constexpr, SKIP_MOOT: tl.constexpr,
                  TAGGED: tl.constexpr, LOOK_SPLIT: tl.constexpr, BLOCK_L: tl.constexpr):
     """After a stats item of position i (``_stats_item``), its ticket: the program with the position's last one
@@ -1323,8 +1345,8 @@ def _stats_merge(g, i, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr,
                     zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2  # the logits at the draft (``_stats_chunk``)
                     zpx = tl.load(zx, mask=use_q, other=float("-inf"), cache_modifier=".cg")
                     zqx = tl.load(zx + 1, mask=use_q, other=float("-inf"), cache_modifier=".cg")
-            M, S1, ST, arg, bad = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS, invT, scaled, both,
-                                               BLOCK_S)
+            M, S1, ST, arg, bad = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS * RECS, invT, scaled,
+                                               both, BLOCK_S * RECS)
             _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o[:, None] + side, qf, both, M, S1, ST, arg, bad)
             tv_lo = T * 0.0
             if TV_CELLS:  # (the cells the items stored: ``_tv_cells``)
@@ -3219,7 +3241,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         *strides,
         **cx, SKIP_MOOT=SKIP_MOOT_LOOKS, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
-        BLOCK_S=max(triton.next_power_of_2(ns), 2), RECORDS=nl, CH_BASE=ni // ns, CH_EXTRA=ni % ns,
+        BLOCK_S=max(triton.next_power_of_2(ns), 2), RECS=stats_records(ns, nt, screens), RECORDS=nl,
+        CH_BASE=ni // ns, CH_EXTRA=ni % ns,
         TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks, LOOK_SPLIT=split, LOOK_BASE=ni // nl, LOOK_EXTRA=ni % nl,
         BLOCK_L=max(triton.next_power_of_2(nl), 2), BLOCK_C=max(triton.next_power_of_2(-(-ni // nl)), 2),
         STAGES=stats_stages(itemsize, args.rule.name), L2_AHEAD=l2_ahead(itemsize, args.rule.name),
