@@ -46,7 +46,8 @@ its instructions).
   sum exp((z - max) / T) over the kept entries (a branch taken only at T != 1 or with filters), lowest argmax (only
   at T = 0), NaN/+inf flag (read off the T = 1 sum). Each thread folds its own entries of every chunk into running
   statistics per lane (``_lane_stats``: rescaled to the lane's new max, no shuffle or barrier inside the loop), and
-  the item reduces its lanes once into one record (``_lanes_merged``). A token set with a floor (``SCREEN``) also
+  the item reduces its lanes once into RECS records a side (``_lanes_merged``: one per warp where they fit the
+  workspace, B = 64 on a GPU, merged by shuffles alone; else one). A token set with a floor (``SCREEN``) also
   writes, at each drafted position, screening records per chunk and warp (``_screen``: the warp's largest logit on
   the side the set reads, and the drafter's mass over the warp's entries of the chunk from the lanes' own sums;
   shuffles within the warp only, no shared memory or barrier), which its second look screens. The item whose
@@ -142,10 +143,12 @@ arguments' moves). A value the queue loop holds across a call lives in local mem
 so the loop holds almost none: it forms its shape per item from B, K and NT as opaque values (``common.opaque``:
 not hoisted before the loop; ``_queue_batch``, ``_queue_div``), each phase forms the counters' offsets it uses
 (``_counters``), and the merge is a call of its own after the stats item's (``_stats_merge``), so the item holds
-none of the merge's arguments through its chunk loop. What stays (ptxas, B = 64, K = 4: 52-148 B summed over the
-kernel and its functions; none at B = 1): the next item, the counter buffer's address and the loop's shared scratch
-across calls (up to 28 B), and about 4 B per reduction across warps in a function (its second stage loads the
-warps' partials under a predicate, and the register so loaded is kept from the function's entry). The logits' strides are
+none of the merge's arguments through its chunk loop. A reduction across warps in a function costs about 4 B of
+spill (its second stage loads the warps' partials under a predicate, and the register so loaded is kept from the
+function's entry): where they fit (B = 64, ``stats_records``) a stats item writes one record per warp, merged by
+shuffles alone, and the merge reads them all. What stays (ptxas, B = 64, K = 4: 48-120 B summed over the kernel
+and its functions; none at B = 1): the next item, the counter buffer's address and the loop's shared scratch across
+calls (up to 36 B), and the race's and the merge's reductions across warps. The logits' strides are
 int64 parameters (no sign extension to hold); Philox's key and the screening records' distance pass
 ``common.opaque`` (what derives from them is formed at its use); no phase compares a chunk's entries' offsets
 outside a rare branch (the greedy argmax adds its lane's offset once).
@@ -778,9 +781,8 @@ def _verify_kernel(
                             alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, CH_BASE, CH_EXTRA,
                             stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK,
                             DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, RECS, TILES, CHUNKS,
-                            SCREEN,
-                            READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV, SKIP_MOOT, STAGES, TAGGED, LOOK_SPLIT,
-                            BLOCK_L, L2_AHEAD, LINE, LINES)
+                            SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV, SKIP_MOOT, STAGES, TAGGED,
+                            LOOK_SPLIT, BLOCK_L, L2_AHEAD, LINE, LINES)
                 last, rel_at, rel_val = _stats_merge(g, i.to(tl.int64), part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
                                                      pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr, x_ptr, cu_ptr,
                                                      n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr,
@@ -1157,12 +1159,12 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 LINES: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
     (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
-    reduction across threads inside the loop); the item writes one record, and with SCREEN (a token set with a
+    reduction across threads inside the loop); the item writes RECS records a side, and with SCREEN (a token set with a
     floor) each chunk of a drafted position its screening records (``_screen``: reductions within a warp only).
     The merge is the next call's (``_stats_merge``)."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
-    NS = _items(NT, TILES, CHUNKS)  # stats items per position, one record each
+    NS = _items(NT, TILES, CHUNKS)  # stats items per position, RECS records each
     # opt's cells, which its merge bounds TV from (``_tv_cells``, ``_tv_floor``; also where the launch does not skip
     # looks, as the model's traces run it, so that they execute what the kernel runs)
     TV_CELLS: tl.constexpr = SECOND_LOOK and (not DIVERGENCE) and MONOTONE_TV and HAS_Q
@@ -1301,13 +1303,13 @@ def _stats_merge(g, i, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr,
                  CHUNKS: tl.constexpr, SCREENS: tl.constexpr, MONOTONE_TV: tl.constexpr, SKIP_MOOT: tl.constexpr,
                  TAGGED: tl.constexpr, LOOK_SPLIT: tl.constexpr, BLOCK_L: tl.constexpr):
     """After a stats item of position i (``_stats_item``), its ticket: the program with the position's last one
-    merges the NS records and releases the position's ready flag: 2 where the second look can change nothing at any
+    merges the NS RECS records and releases the position's ready flag: 2 where the second look can change nothing at any
     row of the item (``_look_moot``), else 1 (with ``TAGGED``, the look's constants as tagged words instead of the
     1). A call of its own, from the queue loop: what only the merge reads (the positions' outputs, the look's
     records, alpha, the cutoffs) is not held in registers through the item's chunk loop."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
     KP = K + 1
-    NS = _items(NT, TILES, CHUNKS)  # stats items per position, one record each
+    NS = _items(NT, TILES, CHUNKS)  # stats items per position, RECS records each
     TV_CELLS: tl.constexpr = SECOND_LOOK and (not DIVERGENCE) and MONOTONE_TV and HAS_Q  # (as ``_stats_item``)
     use_p = rmask & (i <= n)
     use_q = rmask & (i < n)
