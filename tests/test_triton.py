@@ -60,16 +60,22 @@ def test_verify_work_item_settings(device, rule, monkeypatch):
         monkeypatch.setattr(kv, "RACE_TILES_OVERRIDE", race)
         outs.append(sk.verify(**kw, rule=rule, backend="triton"))
     assert_same_outputs(outs[0], ref, margins, what=f"{rule} default settings")
-    for o in outs[1:]:  # tile sizes change summation orders: accept_prob to rounding, the rest exactly
-        for a, b, name in zip(outs[0], o, o._fields):
-            if a is None:
-                assert b is None, f"{rule}: {name}"
-                continue
-            a, b = a.cpu(), b.cpu()
-            same = torch.allclose(a, b, rtol=1e-5, atol=1e-7) if name == "accept_prob" else torch.equal(a, b)
-            assert same, f"{rule}: {name} depends on the work-item settings"
+    for o in outs[1:]:
+        _assert_same_to_rounding(outs[0], o, f"{rule}: the work-item settings")
     assert all(torch.equal(outs[0].accept_prob.cpu(), o.accept_prob.cpu()) for o in (outs[3],)), \
         "same tiles, other rows per item: bit for bit"
+
+
+def _assert_same_to_rounding(out, other, what):
+    """Two launches' outputs of one round: equal, but accept_prob to rounding (tile and record layouts change
+    summation orders)."""
+    for a, b, name in zip(out, other, out._fields):
+        if a is None:
+            assert b is None, f"{what}: {name}"
+            continue
+        a, b = a.cpu(), b.cpu()
+        same = torch.allclose(a, b, rtol=1e-5, atol=1e-7) if name == "accept_prob" else torch.equal(a, b)
+        assert same, f"{name} depends on {what}"
 
 
 def _assert_counters_zero(what):
@@ -123,13 +129,7 @@ def test_stats_items_write_a_record_per_group_of_lanes(device, rule, monkeypatch
     monkeypatch.setattr(kv, "stats_records", lambda ns, nt, screens: 1)
     one = sk.verify(**kw, rule=rule, backend="triton")
     assert seen[-1] == 1, seen
-    for a, b, name in zip(out, one, out._fields):
-        if a is None:
-            assert b is None, name
-            continue
-        a, b = a.cpu(), b.cpu()
-        same = torch.allclose(a, b, rtol=1e-5, atol=1e-7) if name == "accept_prob" else torch.equal(a, b)
-        assert same, f"{rule}: {name} depends on the records per stats item"
+    _assert_same_to_rounding(out, one, f"{rule}: the records per stats item")
 
 
 @pytest.mark.parametrize("nt,tiles,chunks", [(1, 4, 16), (5, 1, 3), (75, 4, 16), (75, 4, 4), (38, 1, 1), (150, 2, 16),
