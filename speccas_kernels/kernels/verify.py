@@ -208,6 +208,7 @@ RESIDUAL_EPS = tl.constexpr(1e-5)  # reference.RESIDUAL_EPS[float32]: the kernel
 # instruction a line and nothing held for it): token_v3 bf16 B = 64 55.07 -> 53.31 us in the model, whose bound
 # moved from its items' round trips (47.0 -> 38.8 us) to issue (45.2 us).
 STATS_STAGES = 3
+RACE_RECORDS = 256  # a row's race records, at most, that the emit joins in a thread's registers (8 blocks of 32)
 UNPIPELINED_RULES = ("token_v3",)
 
 
@@ -223,6 +224,20 @@ def stats_records(ns: int, nt: int, screens: int) -> int:
     that fit the ``nt`` records a position's workspace holds (B = 64 on a GPU); one otherwise (B = 1, where the items
     are a position's tiles)."""
     return screens if ns * screens <= nt else 1
+
+
+def race_records(groups: int, block_v: int, lanes: int, vec: int, items: int) -> int:
+    """Records a race item writes per row (``_race_records``): one per group of 32 lanes of a tile (a warp each on a
+    GPU: the item's reductions are shuffles alone, none across warps), halved while a row's ``items`` items would
+    write more than RACE_RECORDS (the emit joins them in a thread's registers: ``_race_best``), where there are
+    several row groups (B > 1); one at one row group (``SOLO``, B = 1), whose emit lies on the row's chain and reads
+    one record per item."""
+    if groups == 1:
+        return 1
+    recs = max(1, min(block_v, lanes) // (32 * vec))
+    while recs > 1 and items * recs > RACE_RECORDS:
+        recs //= 2
+    return recs
 
 
 def l2_ahead(itemsize: int, rule: str = "") -> bool:
@@ -627,8 +642,8 @@ def _verify_kernel(
     pos_i_ptr,  # [2, B, K + 1, 2] int32: argmax, bad
     look_part_ptr,  # [2, B, K, NI] float32 (NT-sized): second-look partial sums (slot 1 with DIVERGENCE), one per item
     look_ptr,  # [2, B, K] float32: slot 0 TV (eta for token sets), slot 1 TV (token sets) or lossy's sum
-    race_f_ptr,  # [2, B, NI] float32 (NT-sized buffers): best race score, residual mass, per race item
-    race_i_ptr,  # [B, NI] int32: the best score's lowest index
+    race_f_ptr,  # [2, B, NR, RACE_RECS] float32: best race score, residual mass, per race item and record
+    race_i_ptr,  # [B, NR, RACE_RECS] int32: the best score's lowest index
     row_i_ptr,  # [3, B] int32: m, race kind, the draft at m (-1 outside the vocabulary)
     row_f_ptr,  # [2, B] float32: the blend quantity at m (family A r_m, family B eta_m), then a token set's floor
     #             at m as a logit (``_race_clear``; written only where its race screens)
@@ -684,6 +699,8 @@ def _verify_kernel(
     CH_EXTRA: tl.constexpr,  # its items that hold one chunk more: NI % NS
     TILES: tl.constexpr,  # vocabulary tiles per chunk (statically unrolled)
     RACE_TILES: tl.constexpr,  # tiles per race item (statically unrolled): TILES, or fewer at a small batch
+    RACE_RECS: tl.constexpr,  # records a race item writes a row: one per warp, or 1 at one row group (``race_records``)
+    BLOCK_R: tl.constexpr,  # >= NR RACE_RECS: a row's race records
     CHUNKS: tl.constexpr,  # chunks of TILES tiles per work item, at most
     LOOK_SPLIT: tl.constexpr,  # second-look items per stats item (a power of two): NL = NS LOOK_SPLIT per position
     LOOK_BASE: tl.constexpr,  # a position's chunks per second-look item (``_chunks``): NI // NL
@@ -817,7 +834,7 @@ def _verify_kernel(
                            cutp_ptr, B, K, V, NT, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
                            IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T,
                            RACE_TILES, DIV_ITEMS, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS,
-                           VEC, part_m_ptr, TILES, SCREEN, SCREENS)
+                           VEC, part_m_ptr, TILES, SCREEN, SCREENS, RACE_RECS, BLOCK_R, LANES, SOLO)
         else:
             g = (s - lag).to(tl.int64)
             if DIV_ITEMS:
@@ -2407,6 +2424,74 @@ def _race_tiles(j, acc_s, acc_u, acc_w, rows, m, T, racing, resid_row, bonus, an
 
 
 @triton.jit
+def _race_records(acc_s, acc_u, acc_w, offs, BLOCK_V: tl.constexpr, LANES: tl.constexpr, RECS: tl.constexpr):
+    """A race item's running best score per entry, its tile (``acc_u``) and the residual's mass (``_race_tiles``)
+    reduced per row into RECS records [R, RECS] (best score, its lowest offset in the item, mass), at several row
+    groups (``race_records``): one per group of the entries a tile's LANES // RECS lanes hold at each of its places
+    (``_lanes``: on a GPU a warp's, so the reductions are a thread's registers and shuffles, none across warps)."""
+    idx = acc_u.to(tl.int32) * BLOCK_V + offs
+    R: tl.constexpr = acc_s.shape[0]
+    RL: tl.constexpr = min(LANES, BLOCK_V)  # a tile's entries at one place
+    s4 = tl.reshape(acc_s, [R, BLOCK_V // RL, RECS, RL // RECS])  # (place, group, entry of the group)
+    best = tl.max(tl.max(s4, axis=1), axis=2)
+    i4 = tl.where(s4 == best[:, None, :, None], tl.reshape(idx, [R, BLOCK_V // RL, RECS, RL // RECS]), BIG)
+    low = tl.min(tl.min(i4, axis=1), axis=2)
+    mass = tl.sum(tl.sum(tl.reshape(acc_w, [R, BLOCK_V // RL, RECS, RL // RECS]), axis=1), axis=2)
+    return best, low, mass
+
+
+@triton.jit
+def _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, c, W: tl.constexpr):
+    """Block c of W records of a row's NRR (``_race_best``): (masses, best scores, indices), [R, W] each."""
+    tt = c * W + tl.arange(0, W)[None, :]
+    rr = rows[:, None] * NRR + tt
+    mt = racing[:, None] & (tt < NRR)
+    mass = tl.load(race_f_ptr + B * NRR + rr, mask=mt, other=0.0, cache_modifier=".cg")
+    sc = tl.load(race_f_ptr + rr, mask=mt, other=float("-inf"), cache_modifier=".cg")
+    ix = tl.load(race_i_ptr + rr, mask=mt, other=BIG, cache_modifier=".cg")
+    return mass, sc, ix
+
+
+@triton.jit
+def _race_pair(race_f_ptr, race_i_ptr, rows, racing, NRR, B, c, W: tl.constexpr):
+    """Blocks c and c + 1 of W records (``_race_block``) joined: [R, W, 2] each, the pair a thread's registers."""
+    m0, s0, i0 = _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, c, W)
+    m1, s1, i1 = _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, c + 1, W)
+    return tl.join(m0, m1), tl.join(s0, s1), tl.join(i0, i1)
+
+
+@triton.jit
+def _race_best(race_f_ptr, race_i_ptr, rows, racing, NRR, B, BLOCK_R: tl.constexpr):
+    """The emit's merge of a row's NRR race records (``_race_records``) at several row groups: (the residual's mass,
+    the lowest index at the best score), per row. The records are read as 2, 4 or 8 blocks of 32 joined in a
+    thread's registers (``tl.join``: [R, 32, 2, ...]), so the reductions are a thread's registers and one warp's
+    shuffles, with no shared memory or barrier; up to 32 records, or over RACE_RECORDS (one record per item:
+    ``race_records``), as one block."""
+    W: tl.constexpr = BLOCK_R if BLOCK_R <= 32 or BLOCK_R > 256 else 32
+    NB: tl.constexpr = BLOCK_R // W
+    if NB == 1:
+        mass, sc, ix = _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 0, W)
+    elif NB == 2:
+        mass, sc, ix = _race_pair(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 0, W)
+    else:
+        m0, s0, i0 = _race_pair(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 0, W)
+        m1, s1, i1 = _race_pair(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 2, W)
+        mass, sc, ix = tl.join(m0, m1), tl.join(s0, s1), tl.join(i0, i1)
+        if NB == 8:
+            m0, s0, i0 = _race_pair(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 4, W)
+            m1, s1, i1 = _race_pair(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 6, W)
+            mass = tl.join(mass, tl.join(m0, m1))
+            sc = tl.join(sc, tl.join(s0, s1))
+            ix = tl.join(ix, tl.join(i0, i1))
+    R: tl.constexpr = rows.shape[0]
+    # (record order aside: every reduction below is one of a set)
+    _, idx = best_lowest_rows(tl.reshape(sc, [R, BLOCK_R]), tl.reshape(ix, [R, BLOCK_R]))
+    for _k in tl.static_range(len(mass.shape) - 2):  # the joined pairs, a thread's registers
+        mass = tl.sum(mass, axis=len(mass.shape) - 1)
+    return tl.sum(mass, axis=1), idx
+
+
+@triton.jit
 def _race_clear(part_m_ptr, row_f_ptr, rows, m, j, resid_row, B, K, NT, RACE_TILES: tl.constexpr,
                 TILES: tl.constexpr, SCREENS: tl.constexpr):
     """Whether no chunk of TILES tiles that race item j (RACE_TILES tiles) covers may hold a member of A at position m
@@ -2461,12 +2546,13 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
                DIV_ITEMS: tl.constexpr, div_ptr, valid_ptr, look_part_ptr, BLOCK_K: tl.constexpr,
                PAIRS: tl.constexpr, VEC: tl.constexpr, part_m_ptr, CH_TILES: tl.constexpr, SCREEN: tl.constexpr,
-               SCREENS: tl.constexpr):
+               SCREENS: tl.constexpr, RECS: tl.constexpr, BLOCK_R: tl.constexpr, LANES: tl.constexpr,
+               SOLO: tl.constexpr):
     """Tiles j TILES .. j TILES + TILES - 1 of a row's race (statically unrolled): the bonus race (p_n + G) or the
     residual race (log max(0, pi_m - q_m) + G and the residual's mass), whichever the row runs (a row-uniform
     branch). The row's constants are loaded once per item; the tiles fold entry by entry into one running best (a
     later tile replaces an entry's best only when strictly greater: lower indices win ties) and one running mass,
-    reduced across the program once per item, into one record per item. The last item's program emits the token;
+    reduced once per item into RECS records (``_race_records``). The last item's program emits the token;
     when the residual's mass is at most RESIDUAL_EPS (rounding noise, rare) it runs the race over pi_m itself,
     every tile in order, so the common path carries one race."""
     c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(B, K, ROWS)
@@ -2554,21 +2640,34 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                 seed, pos, offs, pbase, qbase, Mp, scale, cp, kp, cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp,
                 argq, xm, al, cutp_ptr, cutq_ptr, K, V, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS, ROWS, BLOCK_V,
                 TILES, VEC, False, SCREEN, zp_pre, zq_pre)
-        best, low = best_lowest_rows(acc_s, acc_u.to(tl.int32) * BLOCK_V + offs)
-        idx = (j * (TILES * BLOCK_V) + low).to(tl.int32)
-        mass = tl.where(bonus_row, 1.0, tl.sum(acc_w, axis=1))
-        tl.store(race_f_ptr + rows * NI + j, best, mask=racing)
-        tl.store(race_f_ptr + (B + rows) * NI + j, mass, mask=racing)
-        tl.store(race_i_ptr + rows * NI + j, idx, mask=racing)
+        if SOLO:  # one record per item (``race_records``)
+            best, low = best_lowest_rows(acc_s, acc_u.to(tl.int32) * BLOCK_V + offs)
+            idx = (j * (TILES * BLOCK_V) + low).to(tl.int32)
+            mass = tl.where(bonus_row, 1.0, tl.sum(acc_w, axis=1))
+            tl.store(race_f_ptr + rows * NI + j, best, mask=racing)
+            tl.store(race_f_ptr + (B + rows) * NI + j, mass, mask=racing)
+            tl.store(race_i_ptr + rows * NI + j, idx, mask=racing)
+        else:  # RECS records per item, the row's NI RECS in a row (the masses B NI RECS further on)
+            best, low, mass = _race_records(acc_s, acc_u, acc_w, offs, BLOCK_V, LANES, RECS)
+            idx = (j * (TILES * BLOCK_V) + low).to(tl.int32)
+            mass = tl.where(bonus_row[:, None], 1.0, mass)
+            rec = rows[:, None] * (NI * RECS) + j * RECS + tl.arange(0, RECS)[None, :]
+            tl.store(race_f_ptr + rec, best, mask=racing[:, None])
+            tl.store(race_f_ptr + B * (NI * RECS) + rec, mass, mask=racing[:, None])
+            tl.store(race_i_ptr + rec, idx, mask=racing[:, None])
     if ticket(cnt_ptr + c_race + g) == NI - 1:
         if tl.max(racing.to(tl.int32), axis=0) > 0:
-            tt = tl.arange(0, BLOCK_T)[None, :]
-            rr = rows[:, None]
-            mt = racing[:, None] & (tt < NI)
-            mass = tl.sum(tl.load(race_f_ptr + (B + rr) * NI + tt, mask=mt, other=0.0, cache_modifier=".cg"), axis=1)
-            sc = tl.load(race_f_ptr + rr * NI + tt, mask=mt, other=float("-inf"), cache_modifier=".cg")
-            ix = tl.load(race_i_ptr + rr * NI + tt, mask=mt, other=BIG, cache_modifier=".cg")
-            _, idx = best_lowest_rows(sc, ix)
+            if SOLO:
+                tt = tl.arange(0, BLOCK_R)[None, :]
+                rr = rows[:, None]
+                mt = racing[:, None] & (tt < NI)
+                mass = tl.sum(tl.load(race_f_ptr + (B + rr) * NI + tt, mask=mt, other=0.0, cache_modifier=".cg"),
+                              axis=1)
+                sc = tl.load(race_f_ptr + rr * NI + tt, mask=mt, other=float("-inf"), cache_modifier=".cg")
+                ix = tl.load(race_i_ptr + rr * NI + tt, mask=mt, other=BIG, cache_modifier=".cg")
+                _, idx = best_lowest_rows(sc, ix)
+            else:
+                mass, idx = _race_best(race_f_ptr, race_i_ptr, rows, racing, NI * RECS, B, BLOCK_R)
             flat = racing & (mass <= RESIDUAL_EPS)  # a residual of rounding noise: the race over pi instead
             if tl.max(flat.to(tl.int32), axis=0) > 0:
                 # (every racing row computed, only the flat ones taken: a mask in the rows' own layout)
@@ -3169,8 +3268,6 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     look_part = torch.empty((max(2 * B * K * nt, 1),), dtype=f32, device=dev)
     look = torch.empty((max(2 * B * K, 1),), dtype=f32, device=dev)
     div = torch.empty((max(2 * B * K, 1),), dtype=f32, device=dev) if divergence else None
-    race_f = torch.empty((2 * B * nt,), dtype=f32, device=dev)
-    race_i = torch.empty((B * nt,), dtype=i32, device=dev)
     row_i = torch.empty((3 * B,), dtype=i32, device=dev)
     row_f = torch.empty((2 * B,), dtype=f32, device=dev)
     groups = triton.cdiv(B, rows)
@@ -3205,14 +3302,17 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         while race_tiles > 1 and groups * triton.cdiv(nt, race_tiles // 2) <= programs:
             race_tiles //= 2
     nr = triton.cdiv(nt, race_tiles)
+    vec = min(16 // zp.element_size(), tiles * block_v)  # a thread's vector load of the target's logits
+    lanes = min(tiles * block_v, 32 * num_warps * vec)
+    race_recs = race_records(groups, block_v, lanes, vec, nr)
+    race_f = torch.empty((2 * B * nr * race_recs,), dtype=f32, device=dev)  # best scores, then masses
+    race_i = torch.empty((B * nr * race_recs,), dtype=i32, device=dev)
     ns = triton.cdiv(nt, tiles * chunks)  # stats items per position
     split = 1  # look items per stats item
     if cx["MONOTONE_TV"] and second and not divergence:
         while split < (LOOK_SPLIT_OVERRIDE or LOOK_SPLIT) and ns * split * 2 <= ni:
             split *= 2
     nl = ns * split  # second-look items per position
-    vec = min(16 // zp.element_size(), tiles * block_v)  # a thread's vector load of the target's logits
-    lanes = min(tiles * block_v, 32 * num_warps * vec)
     screens = max(1, lanes // vec // 32)  # a token set's screening records per chunk, one per warp (``_screen``)
     # the statistics' records, then (a token set with a floor) the screening records of the drafted positions: none
     # at one row group with one chunk per look item (ni = ns), where the look sums eta dense (the kernel's SCREENED)
@@ -3245,7 +3345,9 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
         BLOCK_S=max(triton.next_power_of_2(ns), 2), RECS=stats_records(ns, nt, screens), RECORDS=nl,
         CH_BASE=ni // ns, CH_EXTRA=ni % ns,
-        TILES=tiles, RACE_TILES=race_tiles, CHUNKS=chunks, LOOK_SPLIT=split, LOOK_BASE=ni // nl, LOOK_EXTRA=ni % nl,
+        TILES=tiles, RACE_TILES=race_tiles, RACE_RECS=race_recs,
+        BLOCK_R=max(triton.next_power_of_2(nr * race_recs), 2), CHUNKS=chunks, LOOK_SPLIT=split, LOOK_BASE=ni // nl,
+        LOOK_EXTRA=ni % nl,
         BLOCK_L=max(triton.next_power_of_2(nl), 2), BLOCK_C=max(triton.next_power_of_2(-(-ni // nl)), 2),
         STAGES=stats_stages(itemsize, args.rule.name), L2_AHEAD=l2_ahead(itemsize, args.rule.name),
         LINE=128 // zp.element_size(),
