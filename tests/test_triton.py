@@ -132,6 +132,64 @@ def test_stats_items_write_a_record_per_group_of_lanes(device, rule, monkeypatch
     _assert_same_to_rounding(out, one, f"{rule}: the records per stats item")
 
 
+@pytest.mark.parametrize("rule", ["speculative", "token_v1"])
+def test_race_items_write_a_record_per_group_of_lanes(device, rule, monkeypatch):
+    """At several row groups a race item writes one record per group of 32 lanes of a tile (``race_records``: a
+    warp on a GPU), reduced within the group alone (``_race_records``), and the emit joins a row's records in blocks
+    of 32 (``_race_best``; here 5, 20, 40 and 79 items of 2 records: one block, two, four and eight; the logits
+    rise along the vocabulary, so the winners lie in the last blocks): the same tokens as the reference, and as the
+    same launch with one record per item, to rounding in accept_prob."""
+    from speccas_kernels.kernels import verify as kv
+
+    real = kv._verify_kernel
+    seen = []
+
+    class Spy:  # the launch's race records per item and its emit's block
+        def __getitem__(self, grid):
+            launch = real[grid]
+
+            def run(*args, **kwargs):
+                seen.append((kwargs["RACE_RECS"], kwargs["BLOCK_R"]))
+                return launch(*args, **kwargs)
+            return run
+
+    for V, block_r in ((1100, 16), (5000, 64), (10000, 128), (20000, 256)):
+        kw = random_round(3, 2, V, device=device, seed=29)
+        # (logits that rise along the vocabulary: the winners lie in the last items, the last blocks' records)
+        ramp = torch.linspace(0.0, 8.0, V, device=device)
+        kw["draft_logits"] = kw["draft_logits"] + ramp
+        kw["target_logits"] = kw["target_logits"] + ramp
+        kw["temperature"] = torch.tensor([0.0, 1.0, 0.7], device=device)
+        ref, margins = reference_with_margins(**kw, rule=rule)
+        for name, value in (("ROWS_OVERRIDE", 1), ("BLOCK_V_OVERRIDE", 256), ("TILES_OVERRIDE", 1),
+                            ("CHUNKS_OVERRIDE", 1)):
+            monkeypatch.setattr(triton_backend, name, value)
+        monkeypatch.setattr(kv, "RACE_TILES_OVERRIDE", 1)
+        monkeypatch.setattr(kv, "_verify_kernel", Spy())
+        out = sk.verify(**kw, rule=rule, backend="triton")
+        assert seen[-1] == (2, block_r), seen  # 256 float32 entries: two groups of 32 lanes of 4
+        assert_same_outputs(out, ref, margins, what=f"{rule}, V = {V}, two race records per item")
+        with monkeypatch.context() as m:
+            m.setattr(kv, "race_records", lambda groups, block_v, lanes, vec, items: 1)
+            one = sk.verify(**kw, rule=rule, backend="triton")
+        assert seen[-1][0] == 1, seen
+        _assert_same_to_rounding(out, one, f"{rule}, V = {V}: the records per race item")
+
+
+def test_race_records_per_item():
+    """One record per warp of a tile (32 lanes of VEC entries), halved while a row's items would write more than the
+    emit joins (RACE_RECORDS); one at one row group (B = 1: the emit on the row's chain reads one per item)."""
+    from speccas_kernels.kernels import verify as kv
+
+    assert kv.race_records(1, 2048, 2048, 8, 75) == 1
+    assert kv.race_records(64, 2048, 2048, 8, 19) == 8  # B = 64, bfloat16: 152 records a row
+    assert kv.race_records(64, 2048, 1024, 4, 19) == 8  # float32: a tile's two places, eight warps
+    assert kv.race_records(2, 2048, 2048, 8, 75) == 2  # 600 and 300 > 256
+    assert kv.race_records(2, 2048, 2048, 8, 300) == 1
+    assert kv.race_records(3, 16, 16, 4, 5) == 1  # a tile narrower than 32 lanes
+    assert kv.race_records(3, 256, 256, 4, 5) == 2
+
+
 @pytest.mark.parametrize("nt,tiles,chunks", [(1, 4, 16), (5, 1, 3), (75, 4, 16), (75, 4, 4), (38, 1, 1), (150, 2, 16),
                                              (594, 4, 16), (67, 4, 8)])
 def test_stats_items_split_a_positions_chunks_evenly(nt, tiles, chunks):
