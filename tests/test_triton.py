@@ -176,6 +176,42 @@ def test_race_items_write_a_record_per_group_of_lanes(device, rule, monkeypatch)
         _assert_same_to_rounding(out, one, f"{rule}, V = {V}: the records per race item")
 
 
+@pytest.mark.parametrize("rule,rise", [("speculative", 8.0), ("opt", 8.0), ("token_v3", 8.0), ("speculative", -8.0)])
+def test_merges_fold_blocks_of_records(device, rule, rise, monkeypatch):
+    """At several row groups a position's merge reads more than 32 records a side in blocks of 32, folded in order
+    with the running sums rescaled to the running max (``_merge_sides``; here 40 stats items of one 128-entry tile:
+    two blocks), at T = 0, 1 and 0.7 (the scaled sums): the reference's tokens and accept_prob. The logits rise
+    along the vocabulary, so the second block holds each side's max and the first block's sums must be rescaled,
+    or fall, so the first block holds the max (and the argmax a greedy row takes)."""
+    from speccas_kernels.kernels import verify as kv
+
+    real = kv._verify_kernel
+    seen = []
+
+    class Spy:  # the launch's records a side a position
+        def __getitem__(self, grid):
+            launch = real[grid]
+
+            def run(*args, **kwargs):
+                seen.append((kwargs["BLOCK_S"] * kwargs["RECS"], kwargs["SOLO"]))
+                return launch(*args, **kwargs)
+            return run
+
+    kw = random_round(3, 2, 5000, device=device, seed=31)
+    ramp = torch.linspace(0.0, rise, 5000, device=device)
+    kw["draft_logits"] = kw["draft_logits"] + ramp
+    kw["target_logits"] = kw["target_logits"] + ramp
+    kw["temperature"] = torch.tensor([0.0, 1.0, 0.7], device=device)
+    ref, margins = reference_with_margins(**kw, rule=rule)
+    for name, value in (("ROWS_OVERRIDE", 1), ("BLOCK_V_OVERRIDE", 128), ("TILES_OVERRIDE", 1),
+                        ("CHUNKS_OVERRIDE", 1)):
+        monkeypatch.setattr(triton_backend, name, value)
+    monkeypatch.setattr(kv, "_verify_kernel", Spy())
+    out = sk.verify(**kw, rule=rule, backend="triton")
+    assert seen[-1] == (64, False), seen
+    assert_same_outputs(out, ref, margins, what=f"{rule}, a merge of two blocks of records")
+
+
 def test_race_records_per_item():
     """One record per warp of a tile (32 lanes of VEC entries), halved while a row's items would write more than the
     emit joins (RACE_RECORDS); one at one row group (B = 1: the emit on the row's chain reads one per item)."""

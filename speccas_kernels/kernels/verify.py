@@ -806,7 +806,7 @@ def _verify_kernel(
                                                      B, K, V, NT, FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK,
                                                      DIVERGENCE, HAS_Q, RAGGED, FILTERS, ROWS, BLOCK_S, RECS, TILES,
                                                      CHUNKS, SCREENS, MONOTONE_TV, SKIP_MOOT, TAGGED, LOOK_SPLIT,
-                                                     BLOCK_L)
+                                                     BLOCK_L, SOLO)
                 acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
@@ -874,9 +874,8 @@ def _verify_kernel(
 # ------------------------------------------------------------------------------------------------ stats + merge
 
 @triton.jit
-def _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, both, BLOCK_T: tl.constexpr):
-    """The tiles of one position merged, both sides at once (every partial in flight together: one round trip), per
-    row (``o`` [R], ``both`` [R, 2]: side 0 the target, 1 the drafter): [R, 2] (M, S1, ST, lowest argmax, bad)."""
+def _merge_one(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, both, BLOCK_T: tl.constexpr):
+    """``_merge_sides`` in one block."""
     t = tl.arange(0, BLOCK_T)[None, None, :]
     side = tl.arange(0, 2)[None, :, None]
     mk = both[:, :, None] & (t < NT)
@@ -897,6 +896,60 @@ def _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, bo
     arg = tl.min(tl.where(pm == M[:, :, None], parg, BIG), axis=2)
     bad = (tl.max(pbad, axis=2) > 0) | (M == NEG_INF) | (M == float("inf"))
     return M, S1, ST, arg, bad.to(tl.int32)
+
+
+@triton.jit
+def _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, both, BLOCK_T: tl.constexpr,
+                 SOLO: tl.constexpr):
+    """The tiles of one position merged, both sides at once (every partial in flight together: one round trip), per
+    row (``o`` [R], ``both`` [R, 2]: side 0 the target, 1 the drafter): [R, 2] (M, S1, ST, lowest argmax, bad). At
+    several row groups, more than 32 records a side are read in blocks of 32 (all in flight together) and folded in
+    order, the running sums rescaled to the running max: each block's reductions stay within a warp on a GPU
+    (shuffles, no shared memory or barrier; across the warps each cost about 4 B of spill in the merge's call). At
+    one row group (``SOLO``), or up to 32 records, one block (``_merge_one``)."""
+    if SOLO or BLOCK_T <= 32:
+        M, S1, ST, arg, bad = _merge_one(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, both, BLOCK_T)
+    else:
+        W: tl.constexpr = 32
+        side = tl.arange(0, 2)[None, :, None]
+        t = tl.arange(0, W)[None, None, :]
+        any_scaled = tl.max(scaled.to(tl.int32), axis=0) > 0
+        for c in tl.static_range(BLOCK_T // W):
+            mk = both[:, :, None] & (c * W + t < NT)
+            oo = (o[:, None, None] + side) * NT + c * W + t
+            pm = tl.load(part_m_ptr + oo, mask=mk, other=float("-inf"), cache_modifier=".cg")
+            ps1 = tl.load(part_f_ptr + oo, mask=mk, other=0.0, cache_modifier=".cg")
+            parg = tl.load(part_i_ptr + oo, mask=mk, other=BIG, cache_modifier=".cg")
+            pbad = tl.load(part_i_ptr + pf + oo, mask=mk, other=0, cache_modifier=".cg")
+            if c == 0:
+                M = tl.max(pm, axis=2)
+            else:
+                M = tl.maximum(M0, tl.max(pm, axis=2))
+            d = _rel(pm, tl.where(M == NEG_INF, 0.0, M)[:, :, None])
+            live = pm > NEG_INF
+            S1c = tl.sum(tl.where(live, ps1 * tl.exp(d), 0.0), axis=2)
+            STc = S1c
+            if any_scaled:
+                pst = tl.load(part_f_ptr + pf + oo, mask=mk, other=0.0, cache_modifier=".cg")
+                STc = tl.sum(tl.where(live, pst * tl.exp(d * invT[:, None, None]), 0.0), axis=2)
+            argc = tl.min(tl.where(pm == M[:, :, None], parg, BIG), axis=2)
+            badc = tl.max(pbad, axis=2)
+            if c == 0:
+                S1 = S1c
+                ST = STc
+                arg = argc
+                badi = badc
+            else:  # the blocks before, rescaled from their max M0 to M (a factor 0 where M0 is -inf)
+                d0 = tl.where(M0 == NEG_INF, NEG_INF, _rel(M0, tl.where(M == NEG_INF, 0.0, M)))
+                S1 = S1 * tl.exp(d0) + S1c
+                if any_scaled:
+                    ST = ST * tl.exp(d0 * invT[:, None]) + STc
+                arg = tl.minimum(tl.where(M0 == M, arg, BIG), argc)
+                badi = tl.maximum(badi, badc)
+            M0 = M
+        ST = tl.where(scaled[:, None], ST, S1)
+        bad = ((badi > 0) | (M == NEG_INF) | (M == float("inf"))).to(tl.int32)
+    return M, S1, ST, arg, bad
 
 
 @triton.jit
@@ -1318,7 +1371,7 @@ def _stats_merge(g, i, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr,
                  FILTERS: tl.constexpr, ROWS: tl.constexpr, BLOCK_S: tl.constexpr, RECS: tl.constexpr,
                  TILES: tl.constexpr,
                  CHUNKS: tl.constexpr, SCREENS: tl.constexpr, MONOTONE_TV: tl.constexpr, SKIP_MOOT: tl.constexpr,
-                 TAGGED: tl.constexpr, LOOK_SPLIT: tl.constexpr, BLOCK_L: tl.constexpr):
+                 TAGGED: tl.constexpr, LOOK_SPLIT: tl.constexpr, BLOCK_L: tl.constexpr, SOLO: tl.constexpr):
     """After a stats item of position i (``_stats_item``), its ticket: the program with the position's last one
     merges the NS RECS records and releases the position's ready flag: 2 where the second look can change nothing at any
     row of the item (``_look_moot``), else 1 (with ``TAGGED``, the look's constants as tagged words instead of the
@@ -1365,7 +1418,7 @@ def _stats_merge(g, i, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr,
                     zpx = tl.load(zx, mask=use_q, other=float("-inf"), cache_modifier=".cg")
                     zqx = tl.load(zx + 1, mask=use_q, other=float("-inf"), cache_modifier=".cg")
             M, S1, ST, arg, bad = _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NS * RECS, invT, scaled,
-                                               both, BLOCK_S * RECS)
+                                               both, BLOCK_S * RECS, SOLO)
             _store_side(pos_m_ptr, pos_f_ptr, pos_i_ptr, o[:, None] + side, qf, both, M, S1, ST, arg, bad)
             tv_lo = T * 0.0
             if TV_CELLS:  # (the cells the items stored: ``_tv_cells``)
