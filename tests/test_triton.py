@@ -96,6 +96,37 @@ def _chunks_probe(out_ptr, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr):
     tl.store(out_ptr + 2 * j + 1, n)
 
 
+def _spy_launches(monkeypatch, *names):
+    """The verify kernel's launches record the named launch arguments (a tuple per launch, in the list returned)."""
+    from speccas_kernels.kernels import verify as kv
+
+    real = kv._verify_kernel
+    seen = []
+
+    class Spy:
+        def __getitem__(self, grid):
+            launch = real[grid]
+
+            def run(*args, **kwargs):
+                seen.append(tuple(kwargs[name] for name in names))
+                return launch(*args, **kwargs)
+            return run
+
+    monkeypatch.setattr(kv, "_verify_kernel", Spy())
+    return seen
+
+
+def _sloped_round(V, seed, rise, device):
+    """random_round(3, 2, V) with both sides' logits rising by ``rise`` along the vocabulary (falling where it is
+    negative), at T = 0, 1 and 0.7."""
+    kw = random_round(3, 2, V, device=device, seed=seed)
+    ramp = torch.linspace(0.0, rise, V, device=device)
+    kw["draft_logits"] = kw["draft_logits"] + ramp
+    kw["target_logits"] = kw["target_logits"] + ramp
+    kw["temperature"] = torch.tensor([0.0, 1.0, 0.7], device=device)
+    return kw
+
+
 @pytest.mark.parametrize("rule", ["speculative", "opt", "token_v3"])
 def test_stats_items_write_a_record_per_group_of_lanes(device, rule, monkeypatch):
     """Where a position's stats items times their groups of 32 lanes fit its tiles (``stats_records``: B = 64 on a
@@ -110,25 +141,13 @@ def test_stats_items_write_a_record_per_group_of_lanes(device, rule, monkeypatch
     for name, value in (("ROWS_OVERRIDE", 1), ("BLOCK_V_OVERRIDE", 128), ("TILES_OVERRIDE", 2),
                         ("CHUNKS_OVERRIDE", 2)):
         monkeypatch.setattr(triton_backend, name, value)
-    seen = []
-    real = kv._verify_kernel
-
-    class Spy:  # the launch's records per stats item
-        def __getitem__(self, grid):
-            launch = real[grid]
-
-            def run(*args, **kwargs):
-                seen.append(kwargs["RECS"])
-                return launch(*args, **kwargs)
-            return run
-
-    monkeypatch.setattr(kv, "_verify_kernel", Spy())
+    seen = _spy_launches(monkeypatch, "RECS")  # the launch's records per stats item
     out = sk.verify(**kw, rule=rule, backend="triton")
-    assert seen and seen[-1] > 1, seen
-    assert_same_outputs(out, ref, margins, what=f"{rule}, {seen[-1]} records per stats item")
+    assert seen and seen[-1][0] > 1, seen
+    assert_same_outputs(out, ref, margins, what=f"{rule}, {seen[-1][0]} records per stats item")
     monkeypatch.setattr(kv, "stats_records", lambda ns, nt, screens: 1)
     one = sk.verify(**kw, rule=rule, backend="triton")
-    assert seen[-1] == 1, seen
+    assert seen[-1][0] == 1, seen
     _assert_same_to_rounding(out, one, f"{rule}: the records per stats item")
 
 
@@ -141,31 +160,14 @@ def test_race_items_write_a_record_per_group_of_lanes(device, rule, monkeypatch)
     same launch with one record per item, to rounding in accept_prob."""
     from speccas_kernels.kernels import verify as kv
 
-    real = kv._verify_kernel
-    seen = []
-
-    class Spy:  # the launch's race records per item and its emit's block
-        def __getitem__(self, grid):
-            launch = real[grid]
-
-            def run(*args, **kwargs):
-                seen.append((kwargs["RACE_RECS"], kwargs["BLOCK_R"]))
-                return launch(*args, **kwargs)
-            return run
-
+    seen = _spy_launches(monkeypatch, "RACE_RECS", "BLOCK_R")
     for V, block_r in ((1100, 16), (5000, 64), (10000, 128), (20000, 256)):
-        kw = random_round(3, 2, V, device=device, seed=29)
-        # (logits that rise along the vocabulary: the winners lie in the last items, the last blocks' records)
-        ramp = torch.linspace(0.0, 8.0, V, device=device)
-        kw["draft_logits"] = kw["draft_logits"] + ramp
-        kw["target_logits"] = kw["target_logits"] + ramp
-        kw["temperature"] = torch.tensor([0.0, 1.0, 0.7], device=device)
+        kw = _sloped_round(V, 29, 8.0, device)  # (the winners in the last items: the last blocks' records)
         ref, margins = reference_with_margins(**kw, rule=rule)
         for name, value in (("ROWS_OVERRIDE", 1), ("BLOCK_V_OVERRIDE", 256), ("TILES_OVERRIDE", 1),
                             ("CHUNKS_OVERRIDE", 1)):
             monkeypatch.setattr(triton_backend, name, value)
         monkeypatch.setattr(kv, "RACE_TILES_OVERRIDE", 1)
-        monkeypatch.setattr(kv, "_verify_kernel", Spy())
         out = sk.verify(**kw, rule=rule, backend="triton")
         assert seen[-1] == (2, block_r), seen  # 256 float32 entries: two groups of 32 lanes of 4
         assert_same_outputs(out, ref, margins, what=f"{rule}, V = {V}, two race records per item")
@@ -183,32 +185,14 @@ def test_merges_fold_blocks_of_records(device, rule, rise, monkeypatch):
     two blocks), at T = 0, 1 and 0.7 (the scaled sums): the reference's tokens and accept_prob. The logits rise
     along the vocabulary, so the second block holds each side's max and the first block's sums must be rescaled,
     or fall, so the first block holds the max (and the argmax a greedy row takes)."""
-    from speccas_kernels.kernels import verify as kv
-
-    real = kv._verify_kernel
-    seen = []
-
-    class Spy:  # the launch's records a side a position
-        def __getitem__(self, grid):
-            launch = real[grid]
-
-            def run(*args, **kwargs):
-                seen.append((kwargs["BLOCK_S"] * kwargs["RECS"], kwargs["SOLO"]))
-                return launch(*args, **kwargs)
-            return run
-
-    kw = random_round(3, 2, 5000, device=device, seed=31)
-    ramp = torch.linspace(0.0, rise, 5000, device=device)
-    kw["draft_logits"] = kw["draft_logits"] + ramp
-    kw["target_logits"] = kw["target_logits"] + ramp
-    kw["temperature"] = torch.tensor([0.0, 1.0, 0.7], device=device)
+    kw = _sloped_round(5000, 31, rise, device)
     ref, margins = reference_with_margins(**kw, rule=rule)
     for name, value in (("ROWS_OVERRIDE", 1), ("BLOCK_V_OVERRIDE", 128), ("TILES_OVERRIDE", 1),
                         ("CHUNKS_OVERRIDE", 1)):
         monkeypatch.setattr(triton_backend, name, value)
-    monkeypatch.setattr(kv, "_verify_kernel", Spy())
+    seen = _spy_launches(monkeypatch, "BLOCK_S", "RECS", "SOLO")  # a position's records a side
     out = sk.verify(**kw, rule=rule, backend="triton")
-    assert seen[-1] == (64, False), seen
+    assert seen[-1] == (64, 1, False), seen
     assert_same_outputs(out, ref, margins, what=f"{rule}, a merge of two blocks of records")
 
 
