@@ -907,14 +907,15 @@ def _merge_sides(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, bo
                  SOLO: tl.constexpr):
     """The tiles of one position merged, both sides at once (every partial in flight together: one round trip), per
     row (``o`` [R], ``both`` [R, 2]: side 0 the target, 1 the drafter): [R, 2] (M, S1, ST, lowest argmax, bad). At
-    several row groups, more than 32 records a side are read in blocks of 32 (all in flight together) and folded in
-    order, the running sums rescaled to the running max: each block's reductions stay within a warp on a GPU
-    (shuffles, no shared memory or barrier; across the warps each cost about 4 B of spill in the merge's call). At
-    one row group (``SOLO``), or up to 32 records, one block (``_merge_one``)."""
-    if SOLO or BLOCK_T <= 32:
+    several row groups the records a side are read in two or more blocks of at most 32 (all in flight together) and
+    folded in order, the running sums rescaled to the running max: each block's reductions stay within a warp on a
+    GPU (shuffles, no shared memory or barrier; across the warps each cost about 4 B of spill in the merge's call).
+    Two blocks at least, so every batch larger than one runs the same code (the model reads which code runs off a
+    traced batch of two, whose launch holds fewer records). At one row group (``SOLO``) one block (``_merge_one``)."""
+    if SOLO:
         M, S1, ST, arg, bad = _merge_one(part_m_ptr, part_f_ptr, part_i_ptr, o, pf, NT, invT, scaled, both, BLOCK_T)
     else:
-        W: tl.constexpr = 32
+        W: tl.constexpr = 32 if BLOCK_T > 32 else BLOCK_T // 2
         side = tl.arange(0, 2)[None, :, None]
         t = tl.arange(0, W)[None, None, :]
         any_scaled = tl.max(scaled.to(tl.int32), axis=0) > 0
