@@ -147,9 +147,9 @@ none of the merge's arguments through its chunk loop. A reduction across warps i
 spill (its second stage loads the warps' partials under a predicate, and the register so loaded is kept from the
 function's entry), so at several row groups none is left in the records' path: where they fit (B = 64,
 ``stats_records``) a stats item writes one record per warp, merged by shuffles alone; the merge folds its records
-in blocks of 32 (``_merge_sides``); a race item writes one record per warp (``race_records``) and the emit joins a
+in two blocks or more of at most 32 (``_merge_sides``); a race item writes one record per warp (``race_records``) and the emit joins a
 row's records in a thread's registers (``_race_best``). One row group (B = 1) keeps one record per item. What
-stays (ptxas, B = 64, K = 4: 0-84 B summed over the kernel and its functions, 0 for family A at float32; none at
+stays (ptxas, B = 64, K = 4: 0-100 B summed over the kernel and its functions, 0 for family A at float32; none at
 B = 1): the next item, the counter buffer's address and the loop's shared scratch across calls (opt and the token
 sets, up to 36 B), the race item's of opt and the token sets (8-28 B) and the 2-byte statistics' tile loads
 (36-48 B). The logits' strides are
