@@ -1114,6 +1114,20 @@ def _look_items(NT, TILES: tl.constexpr, CHUNKS: tl.constexpr, LOOK_SPLIT: tl.co
 
 
 @triton.jit
+def _side_tile(base, lo, use, V, FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
+               BLOCK_V: tl.constexpr, FULL: tl.constexpr, z_in=None):
+    """One side's tiles of a stats chunk at entry ``lo`` (``_stats_chunk``): ``z_in`` where the caller loaded them,
+    else loaded here (with PAIRS, as words: ``load_tile``'s RAW)."""
+    if z_in is not None:
+        z = z_in
+    elif FULL and ROWS == 1:
+        z = load_tile(base[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True, RAW=PAIRS)
+    else:
+        z = load_tile(base[:, None], lo, use[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL, RAW=PAIRS)
+    return z
+
+
+@triton.jit
 def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p,
                  s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
                  NT, HAS_Q: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
@@ -1134,27 +1148,16 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, sca
     lo = r * (TILES * BLOCK_V)
     # with PAIRS the tiles stay words (``load_tile``'s RAW; so do ``_chunk_tiles``'), whose lane maxes take one
     # ``max_pairs`` per two entries (``_lane_stats``), widened for the rest
-    if zp_in is not None:
-        zp = zp_in
-    elif FULL and ROWS == 1:
-        zp = load_tile(pbase[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True, RAW=PAIRS)
-    else:
-        zp = load_tile(pbase[:, None], lo, use_p[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL, RAW=PAIRS)
-    zp_w = None
-    if PAIRS:
-        zp_w = zp
-        zp = widen_pairs(zp_w)
+    # FAST: both loads in flight together. Without it (the cold redo of an item whose scale reached SHIFT_MAX) the
+    # target's tile is loaded after the drafter's is folded, so the two tiles are never live at once (at 128
+    # registers a thread, a batch's bfloat16 chunk of both sides spilled there)
+    if FAST:
+        zp = _side_tile(pbase, lo, use_p, V, FP64, PAIRS, ROWS, TILES, BLOCK_V, FULL, zp_in)
     mc_q = m_q
     share_q = s1_q
     if HAS_Q:
         if any_q:  # (a row-uniform branch: the bonus position reads no drafter logits)
-            if zq_in is not None:
-                zq = zq_in
-            elif FULL and ROWS == 1:
-                zq = load_tile(qbase[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True, RAW=PAIRS)
-            else:
-                zq = load_tile(qbase[:, None], lo, use_q[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL,
-                               RAW=PAIRS)
+            zq = _side_tile(qbase, lo, use_q, V, FP64, PAIRS, ROWS, TILES, BLOCK_V, FULL, zq_in)
             zq_w = None
             if PAIRS:
                 zq_w = zq
@@ -1162,6 +1165,12 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, sca
             m_q, s1_q, sT_q, arg_q, huge, mc_q, share_q = _lane_stats(zq, lo, invT, cutq, scaled,
                                                                       greedy & use_q, m_q, s1_q, sT_q, arg_q, huge,
                                                                       FILTERS, LANES, VEC, FAST and not FP64, zq_w)
+    if not FAST:
+        zp = _side_tile(pbase, lo, use_p, V, FP64, PAIRS, ROWS, TILES, BLOCK_V, FULL, zp_in)
+    zp_w = None
+    if PAIRS:
+        zp_w = zp
+        zp = widen_pairs(zp_w)
     m_p, s1_p, sT_p, arg_p, huge, mc_p, _ = _lane_stats(zp, lo, invT, cutp, scaled, greedy, m_p, s1_p, sT_p,
                                                         arg_p, huge, FILTERS, LANES, VEC, FAST and not FP64, zp_w)
     if SCREEN:
