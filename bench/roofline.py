@@ -1147,6 +1147,7 @@ def analyze_sass(text: str) -> dict:
     return dict(instructions=len(live), classes=dict(classes), pipes=dict(pipes), widths=dict(widths),
                 loops=[dataclasses.asdict(l) for l in loops], blocks=blocks["blocks"], functions=functions,
                 calls=[i.addr for i in live if i.base == "CALL"],
+                call_targets=[labels.get(_callee(i)) for i in live if i.base == "CALL"],
                 per_instruction=[[i.addr, i.base, PIPE_OF.get(i.base, ""), i.line, blocks["of"][n]]
                                  for n, i in enumerate(live)])
 
@@ -1175,6 +1176,15 @@ def _basic_blocks(live: List[SassInstr], labels: Dict[str, int]) -> dict:
 
 def _target(i: SassInstr) -> Optional[str]:
     m = _TARGET_RE.search(i.operands)
+    return m.group(1) if m else None
+
+
+_CALLEE_RE = re.compile(r"`\((\$[^)\s]+)\)")
+
+
+def _callee(i: SassInstr) -> Optional[str]:
+    """The label of the device function a CALL enters."""
+    m = _CALLEE_RE.search(i.operands)
     return m.group(1) if m else None
 
 
@@ -1705,13 +1715,31 @@ def phase_instructions(rec: dict, rules: Sequence[Sequence], reach: Sequence[flo
     # The kernel's own code ends where the first device function it calls begins; those functions' code runs within
     # the calls, which must lie inside the queue loop: their instructions count as the loop's, their loops as loops
     # nested in it.
-    kernel_end = min(an.get("functions") or [math.inf])
+    functions = sorted(an.get("functions") or [])
+    kernel_end = functions[0] if functions else math.inf
     outer = [l for l in an["loops"] if l["depth"] == 0 and l["end"] < kernel_end]
     queue_loop = max(outer, key=lambda l: l["end"] - l["start"]) if outer else None
-    for call in an.get("calls", ()):
-        if call < kernel_end and not (queue_loop and queue_loop["start"] <= call <= queue_loop["end"]):
+    # A function the kernel calls outside its queue loop (the program's first draw, the last ticket) runs once per
+    # program: its code is the program's. One called both there and inside the loop could not be charged either way.
+    calls = an.get("calls", ())
+    targets = an.get("call_targets") or [None] * len(calls)
+    once, looped_fns = set(), set()
+    for call, target in zip(calls, targets):
+        if call >= kernel_end:
+            continue  # (a call from inside a function: that function's)
+        if queue_loop and queue_loop["start"] <= call <= queue_loop["end"]:
+            looped_fns.add(target)
+        elif target is None or queue_loop is None:
             raise ValueError(f"roofline: {rec.get('qualname', 'the kernel')} calls a device function outside its "
                              f"queue loop (at {call:#x}): phases are charged per work item only inside it")
+        else:
+            once.add(target)
+    if once & looped_fns:
+        raise ValueError(f"roofline: {rec.get('qualname', 'the kernel')} calls a device function both inside and "
+                         f"outside its queue loop: its code runs neither once per program nor once per item")
+
+    def once_per_program(addr):
+        return bool(once) and addr >= kernel_end and functions[bisect.bisect_right(functions, addr) - 1] in once
     memo: Dict[int, Tuple[Optional[str], float]] = {}
     rows = []
     for (addr, base, pipe, _, block), cid in zip(an["per_instruction"], ids):
@@ -1737,6 +1765,9 @@ def phase_instructions(rec: dict, rules: Sequence[Sequence], reach: Sequence[flo
     looped = {r[5] for r in rows if r[5] >= 0 and in_inner(r[0])}
     out: Dict[str, Counter] = defaultdict(Counter)
     for k, (addr, pipe, block, phase, trips, loop, base) in enumerate(rows):
+        if once_per_program(addr):
+            out[PROGRAM][pipe or "issue-only"] += reach[block]
+            continue
         inside = queue_loop is not None and (queue_loop["start"] <= addr <= queue_loop["end"] or addr >= kernel_end)
         if phase is None and inside and claimed.get(block):
             own = claimed[block]
@@ -2683,7 +2714,10 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "kernel's line alone, which was the whole kernel up to v46), and a block whose instructions of "
              "executed source lines are fewer than an eighth of those of lines no traced program ran is not "
              "counted (a value ptxas recomputes inside an untaken branch: r6 counted such a block); r7 reads the "
-             "v46 kernel of token_v3 bf16 B = 64 as r6 did (48.99 us).")
+             "v46 kernel of token_v3 bf16 B = 64 as r6 did (48.99 us). From v53 (2026-12-05) a device function the "
+             "kernel calls outside its queue loop (a program's first draw, its last ticket) is charged once per "
+             "program (r7 refused such a call): an extension of r7 that moves no earlier row, no earlier kernel "
+             "having one.")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:

@@ -81,10 +81,16 @@ def _phase_b_call(x_ptr, w, BLOCK: tl.constexpr):
     return tl.max(v * v + 1.0, axis=0)
 
 
+@triton.jit(noinline=True)
+def _first_draw_call(cnt_ptr):
+    return tl.atomic_add(cnt_ptr, 1)
+
+
 @triton.jit
 def call_kernel(out_ptr, x_ptr, cnt_ptr, total, BLOCK: tl.constexpr):
-    # queue_kernel with its phases kept as device functions of their own (called, not inlined)
-    w = tl.atomic_add(cnt_ptr, 1)
+    # queue_kernel with its phases kept as device functions of their own (called, not inlined), and its first draw
+    # too (a call outside the queue loop: once per program)
+    w = _first_draw_call(cnt_ptr)
     while w < total:
         if w % 2 == 0:
             r = _phase_a_call(x_ptr, w, BLOCK)
@@ -925,8 +931,9 @@ def test_inline_chains_attribute_sass_to_helpers(queue_rec, probe):
 def test_phases_kept_as_functions_are_charged_like_inlined_ones(probe, tmp_path):
     """Helpers a kernel calls rather than inlines (``noinline``) are device functions after the kernel's code. Their
     instructions' chains start at the call (so a rule with a marker on the kernel's own lines claims them, as it
-    claims an inlined helper's), they run inside the queue loop (per work item: none is the program's), and their
-    spills are added to the kernel's (ptxas reports each function on its own line)."""
+    claims an inlined helper's), those called inside the queue loop run per work item (none is the program's), one
+    called outside it (the first draw) once per program, and their spills are added to the kernel's (ptxas reports
+    each function on its own line)."""
     x, out, cnt = torch.randn(4 * 128), torch.empty(8), torch.zeros(1, dtype=torch.int32)
     probe.call_kernel[(4,)](out, x, cnt, 8, BLOCK=128)  # (the interpreter runs the calls)
     rows = x.view(4, 128)
@@ -937,18 +944,30 @@ def test_phases_kept_as_functions_are_charged_like_inlined_ones(probe, tmp_path)
     rec = rf.compile_launches(work.launches, cache_dir=tmp_path, quiet=True)[rf.compile_key(work.launches[0])]
     assert "chain_error" not in rec, rec.get("chain_error")
     an, ids, chains = rec["chain_analysis"], rec["chain_of"], rec["chains"]
-    assert len(an["functions"]) == 2 and len(an["calls"]) >= 2, (an["functions"], an["calls"])
+    assert len(an["functions"]) == 3 and len(an["calls"]) >= 3, (an["functions"], an["calls"])
     kernel_end = min(an["functions"])
-    callee = [chains[c - 1] for (addr, *_), c in zip(an["per_instruction"], ids) if addr >= kernel_end and c]
+    from_kernel = [t for c, t in zip(an["calls"], an["call_targets"]) if c < kernel_end and t is not None]
+    assert len(from_kernel) >= 3, (an["calls"], an["call_targets"])
+    draw = an["call_targets"][0]  # (the kernel's first instructions: the first draw's call)
+    assert draw is not None and an["calls"][0] < min(l["start"] for l in an["loops"]), an
+    after = min([f for f in an["functions"] if f > draw] + [math.inf])
+    in_draw = sum(1 for addr, *_ in an["per_instruction"] if draw <= addr < after)
+    callee = [chains[c - 1] for (addr, *_), c in zip(an["per_instruction"], ids)
+              if addr >= kernel_end and c and not draw <= addr < after]
     assert callee and all(rf._function_at(ch[0][0], int(ch[0][1])) == "call_kernel" for ch in callee), callee[:3]
     rules = [["a", "call_kernel", "w % 2 == 0"], ["b", "_phase_b_call", None]]
     per = rf.phase_instructions(rec, rules, [1.0] * len(an["blocks"]))
     assert per["a"]["xu"] >= 1 and per["b"].get("xu", 0) == 0, per  # the exp's MUFU through the call's chain
     assert per["a"]["lsu"] >= 1 and per["b"]["lsu"] >= 1, per
-    in_functions = sum(1 for addr, *_ in an["per_instruction"] if addr >= kernel_end)
+    in_functions = sum(1 for addr, *_ in an["per_instruction"] if addr >= kernel_end) - in_draw
     charged = sum(sum(per[p].values()) for p in ("a", "b", rf.QUEUE) if p in per)
-    assert charged >= in_functions, (charged, in_functions)
-    assert sum(per.get(rf.PROGRAM, {}).values()) < kernel_end // 16, per  # the program's: the kernel's own code
+    assert in_draw >= 3 and charged >= in_functions, (charged, in_functions, in_draw)
+    # the program's: the kernel's own code outside the loop, and the first draw's function
+    assert in_draw <= sum(per.get(rf.PROGRAM, {}).values()) < kernel_end // 16 + in_draw, per
+    # the same function also called inside the loop: charged neither way
+    both = dict(rec, chain_analysis=dict(an, call_targets=[draw] * len(an["calls"])))
+    with pytest.raises(ValueError, match="both inside and outside"):
+        rf.phase_instructions(both, rules, [1.0] * len(an["blocks"]))
 
 
 def test_ptxas_report_sums_every_functions_spills():
