@@ -148,11 +148,12 @@ spill (its second stage loads the warps' partials under a predicate, and the reg
 function's entry), so at several row groups none is left in the records' path: where they fit (B = 64,
 ``stats_records``) a stats item writes one record per warp, merged by shuffles alone; the merge folds its records
 in two blocks or more of at most 32 (``_merge_sides``); a race item writes one record per warp (``race_records``) and the emit joins a
-row's records in a thread's registers (``_race_best``). One row group (B = 1) keeps one record per item. What
-stays (ptxas, B = 64, K = 4: 0-100 B summed over the kernel and its functions, 0 for family A at float32; none at
-B = 1): the next item, the counter buffer's address and the loop's shared scratch across calls (opt and the token
-sets, up to 36 B), the race item's of opt and the token sets (8-28 B) and the 2-byte statistics' tile loads
-(36-48 B). The logits' strides are
+row's records in a thread's registers (``_race_best``). One row group (B = 1) keeps one record per item. A stats
+item's cold redo (a scale that reached ``SHIFT_MAX``) holds one side's tiles at a time (``_side_tile``): holding
+both, it spilled them, and ptxas's allocation of the whole kernel around it spilled elsewhere too (36-100 B at
+B = 64, K = 4). A program's first draw and last ticket are calls of their own (``_draw``, ``_queue_reset``), so
+the kernel holds no shared word's address across the loop. What stays (ptxas for sm_90, summed over the kernel and
+its functions, every rule and dtype): none at K = 4 (B = 1 and 64). The logits' strides are
 int64 parameters (no sign extension to hold); Philox's key and the screening records' distance pass
 ``common.opaque`` (what derives from them is formed at its use); no phase compares a chunk's entries' offsets
 outside a rare branch (the greedy argmax adds its lane's offset once).
@@ -750,7 +751,7 @@ def _verify_kernel(
     tl.static_assert((not DIV_ITEMS) or (RACE_TILES == TILES))
 
     done = 0
-    w = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
+    w = _draw(cnt_ptr)
     while w < total:
         # The next item is drawn now (a relaxed atomic: the queue orders nothing else), so its round trip overlaps
         # this item's work. Deadlock-free still: the earliest unfinished item is always one a program works on.
@@ -869,7 +870,22 @@ def _verify_kernel(
                 _look_reset(cnt_ptr, look_at, ready_at, _queue_batch(B, K, SOLO), common.opaque(K), ROWS, TAGGED)
         done += 1
         w = nxt
-    # The last program out resets the queue.
+    _queue_reset(cnt_ptr, programs)
+
+
+@triton.jit(noinline=True)
+def _draw(cnt_ptr):
+    """A program's first item from the queue. This draw and the last ticket (``_queue_reset``) are calls of their
+    own: a scalar atomic's result reaches every thread through a shared word, and where the kernel itself made them,
+    ptxas held that word's address from the first draw to the loop and from the loop to the last ticket in local
+    memory (8 B spilled for the token sets at float32, B = 64, K = 4, 8 and 16). The draws inside the loop stay
+    inline."""
+    return tl.atomic_add(cnt_ptr, 1, sem="relaxed")
+
+
+@triton.jit(noinline=True)
+def _queue_reset(cnt_ptr, programs):
+    """The last program out resets the queue (a call of its own: ``_draw``)."""
     if ticket(cnt_ptr + 1) == programs - 1:
         tl.atomic_xchg(cnt_ptr, 0)
         tl.atomic_xchg(cnt_ptr + 1, 0)
