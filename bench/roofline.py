@@ -2433,6 +2433,40 @@ def run_grid(points: Sequence[Point], meta: dict, jobs: int = 1, machine: Machin
     return rows
 
 
+SPILLS_CSV_PATH = RESULTS_DIR / "spills_sm90.csv"
+SPILL_COLUMNS = ["kind", "version", "commit", "kernels_digest", "date", "op", "rule", "B", "K", "V", "dtype", "kernel",
+                 "grid", "num_warps", "regs", "spill_stores", "spill_loads", "stack"]
+
+
+def spill_rows(points: Sequence[Point], meta: dict, jobs: int = 1, write: bool = True,
+               path: Optional[Path] = None) -> List[dict]:
+    """ptxas's registers and spills of every kernel each point's public call launches (Python-number arguments),
+    compiled for sm_90 as the model compiles them (the same cache), with no trace and no model: the spills summed
+    over the kernel and the device functions it calls (``parse_ptxas_log``). Rows of kind ``ptxas`` (a compiler's
+    report, not a measurement) merged into ``spills_sm90.csv``; the kernels that spill are printed."""
+    t0 = time.time()
+    captured = {pt: capture(pt.op, None if pt.op == "sample" else pt.rule, pt.B, pt.K, pt.V, pt.dtype)[0]
+                for pt in points}
+    recs = compile_launches([l for w in captured.values() for l in w.launches], jobs=jobs)
+    rows = []
+    for pt in sorted(points, key=lambda p: (p.op, p.rule, p.K, p.V, p.dtype, p.B)):
+        for l in captured[pt].launches:
+            rec = recs[compile_key(l)]
+            rows.append(dict(kind="ptxas", **{k: meta[k] for k in ("version", "commit", "kernels_digest", "date")},
+                             op=pt.op, rule=pt.rule, B=pt.B, K=pt.K, V=pt.V, dtype=pt.dtype, kernel=l.qualname,
+                             grid="x".join(map(str, l.grid)), num_warps=rec["num_warps"], regs=rec["regs"],
+                             spill_stores=rec["spill_stores"], spill_loads=rec["spill_loads"], stack=rec["stack"]))
+    spilling = [r for r in rows if int(r["spill_stores"]) or int(r["spill_loads"])]
+    for r in spilling:
+        print(f"spills: {r['op']} {r['rule']} B={r['B']} K={r['K']} V={r['V']} {r['dtype']} {r['kernel']}: "
+              f"{r['spill_stores']} B stored, {r['spill_loads']} B loaded", flush=True)
+    print(f"roofline: {len(rows)} kernels of {len(points)} calls, {len(spilling)} spill (ptxas for sm_90) "
+          f"[{time.time() - t0:.0f} s]", flush=True)
+    if write:
+        _merge(path or SPILLS_CSV_PATH, SPILL_COLUMNS, rows, KERNEL_KEY)
+    return rows
+
+
 # -- markdown ---------------------------------------------------------------------------------
 
 MODEL_BANNER = "static model, not a measurement"
@@ -2931,6 +2965,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--render", action="store_true", help="only rewrite the markdown from the CSVs")
     p.add_argument("--compare", type=common.csv_list(), default=None, help="two versions: print B against A")
     p.add_argument("--cuda", action="store_true", help="compile csrc/*.cu for sm_90 and report its kernels")
+    p.add_argument("--spills", action="store_true",
+                   help="with --version: only ptxas's registers and spills of each point's kernels (no trace, no "
+                        f"model), rows to {SPILLS_CSV_PATH.name}")
     args = p.parse_args(argv)
     if args.compare:
         if len(args.compare) != 2:
@@ -2946,7 +2983,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         pts = grid_points(args.quick, args.rules, args.B, args.K, args.V, args.dtypes, tuple(args.ops))
         meta = dict(version=args.version, label=args.label, commit=args.commit or common.git_commit(),
                     kernels_digest=_digest_package(), date=common.iso_date())
+        if args.spills:
+            spill_rows(pts, meta, jobs=args.jobs, write=not args.no_write)
+            return
         run_grid(pts, meta, jobs=args.jobs, write=not args.no_write)
+    elif args.spills:
+        raise SystemExit("roofline: --spills needs --version NAME (the rows' label)")
     elif not (args.render or args.cuda):
         raise SystemExit("roofline: give --version NAME (rows), --render, --compare A,B or --cuda")
     if not args.no_write:

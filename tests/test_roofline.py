@@ -1484,6 +1484,38 @@ def test_parse_sass_finds_backward_branches():
     assert math.isclose(sum(a["pipes"].values()), 7)
 
 
+def test_spill_rows_report_ptxas_per_kernel(tmp_path, monkeypatch, capsys):
+    """``--spills``: each point's kernels compiled for sm_90 as the model compiles them, one row per kernel with
+    ptxas's registers and spills (the compiled record's, loads and stores apart), merged by version and point (a
+    second run replaces its rows, another version's stay), and the kernels that spill printed (a record with
+    spills, substituted: it is named; none otherwise)."""
+    monkeypatch.setattr(rf, "CACHE_DIR", tmp_path)
+    path = tmp_path / "spills.csv"
+    pts = [rf.Point("verify", "chow", 1, 2, 1000, "fp32"), rf.Point("sample", "sample", 2, 0, 1000, "bf16")]
+    meta = dict(version="s", commit="x", kernels_digest="y", date="z")
+    rows = rf.spill_rows(pts, meta, path=path)
+    assert "spill (ptxas for sm_90)" in capsys.readouterr().out
+    assert [(r["op"], r["kernel"]) for r in rows] == [("sample", "_sample_kernel"), ("verify", "_verify_kernel")]
+    for pt, r in zip(sorted(pts, key=lambda p: p.op), rows):
+        launch = rf.capture(pt.op, None if pt.op == "sample" else pt.rule, pt.B, pt.K, pt.V, pt.dtype)[0].launches[0]
+        rec = rf.compile_launches([launch])[rf.compile_key(launch)]  # (the cache: no second compile)
+        assert (r["regs"], r["spill_stores"], r["spill_loads"], r["stack"]) == (
+            rec["regs"], rec["spill_stores"], rec["spill_loads"], rec["stack"]), (r, rec)
+        assert r["kind"] == "ptxas" and r["B"] == pt.B and r["dtype"] == pt.dtype and 8 <= r["regs"] <= 255
+    rf.spill_rows(pts[:1], meta, path=path)
+    rf.spill_rows(pts[:1], dict(meta, version="s2"), path=path)
+    kept = rf._read_csv(path)
+    assert sorted((r["version"], r["op"]) for r in kept) == [("s", "sample"), ("s", "verify"), ("s2", "verify")]
+    compile_launches = rf.compile_launches
+    monkeypatch.setattr(rf, "compile_launches", lambda *a, **k: {
+        key: dict(rec, spill_stores=12, spill_loads=16) for key, rec in compile_launches(*a, **k).items()})
+    capsys.readouterr()
+    rf.spill_rows(pts[:1], meta, write=False)
+    out = capsys.readouterr().out
+    assert "spills: verify chow B=1 K=2 V=1000 fp32 _verify_kernel: 12 B stored, 16 B loaded" in out, out
+    assert "1 spill (ptxas for sm_90)" in out, out
+
+
 def test_grid_point_end_to_end(tmp_path, monkeypatch):
     """Small calls through capture, sm_90 compile, trace and model: every logit is read at least once, from
     DRAM on first touch; the rows carry what the report needs and every table of the report says it is a
