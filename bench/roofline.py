@@ -1713,8 +1713,8 @@ def phase_instructions(rec: dict, rules: Sequence[Sequence], reach: Sequence[flo
     async_copies: one trip's LDGSTS (the asynchronous copies of a software-pipelined loop)}."""
     an, ids, chains = rec["chain_analysis"], rec["chain_of"], rec["chains"]
     # The kernel's own code ends where the first device function it calls begins; those functions' code runs within
-    # the calls, which must lie inside the queue loop: their instructions count as the loop's, their loops as loops
-    # nested in it.
+    # the calls: a function called inside the queue loop counts as the loop's (its loops as loops nested in it), one
+    # called outside it as the program's (below).
     functions = sorted(an.get("functions") or [])
     kernel_end = functions[0] if functions else math.inf
     outer = [l for l in an["loops"] if l["depth"] == 0 and l["end"] < kernel_end]
