@@ -351,6 +351,28 @@ def test_exp_shift_leaves_large_scaled_logits_to_the_subtraction(device, rule):
         assert_same_outputs(out, ref, margins, what=f"{rule} logits x{scale:g} T={T}")
 
 
+@pytest.mark.parametrize("rule", ["chow", "token_v1"])
+def test_redo_reads_bfloat16_pairs_one_side_at_a_time(device, rule):
+    """The statistics' redo past SHIFT_MAX (``_stats_chunk`` without FAST) loads the drafter's tile, folds it, and
+    only then loads the target's (``_side_tile``), bfloat16 logits as words of two entries (PAIRS): logits scaled to
+    1e12 (T = 1) and 1e3 (T = 1e-5), V even, so every row's chunks are words. Every row valid and the reference's
+    tokens and probabilities (a redo that folded one side's tile as the other's, or the words unwidened, leaves
+    them)."""
+    for scale, T in ((1e12, 1.0), (1e3, 1e-5)):
+        kw = random_round(3, 2, 96, device=device, seed=int(math.log10(scale)) + 11, dtype=torch.bfloat16)
+        for key in ("draft_logits", "target_logits"):
+            z = kw[key].float()
+            kw[key] = (z / z.abs().amax() * scale).to(torch.bfloat16)
+        kw["temperature"] = T
+        kw["draft_tokens"] = torch.stack([sk.sample(kw["draft_logits"][:, i], temperature=T, seed=kw["seed"],
+                                                    offset=kw["offset"] + i, backend="reference")
+                                          for i in range(2)], 1)
+        ref, margins = reference_with_margins(**kw, rule=rule)
+        out = sk.verify(**kw, rule=rule, backend="triton")
+        assert bool(out.valid.all()), f"{rule} bf16 logits x{scale:g} T={T}: a row invalid"
+        assert_same_outputs(out, ref, margins, what=f"{rule} bf16 logits x{scale:g} T={T}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_whole_chunks_read_nothing_past_the_vocabulary(device, dtype, monkeypatch):
     """The statistics load the chunks wholly inside the vocabulary with no bound mask (and one row per item with no
