@@ -335,20 +335,28 @@ def test_exp_shift_leaves_large_scaled_logits_to_the_subtraction(device, rule):
     probabilities. With the bound at the float32 overflow instead, the 1e12 rows' error term (up to 2**16) makes
     exp2 overflow and the rows invalid (opt's look: TV NaN, so no position defers where the reference's do)."""
     for scale, T in ((1e6, 1.0), (1e12, 1.0), (1e12, 0.7), (1e3, 1e-5), (30.0, 1e-5)):
-        kw = random_round(4, 2, 96, device=device, seed=int(math.log10(scale)) + 3)
-        for key in ("draft_logits", "target_logits"):
-            z = kw[key]
-            kw[key] = z / z.abs().amax() * scale
-        kw["temperature"] = T
-        if rule == "opt":  # defers exactly where TV(q, p) = 1 (the modes differ): the look's sum decides
-            kw["alpha"] = -0.5
-        kw["draft_tokens"] = torch.stack([sk.sample(kw["draft_logits"][:, i], temperature=T, seed=kw["seed"],
-                                                    offset=kw["offset"] + i, backend="reference")
-                                          for i in range(2)], 1)
-        ref, margins = reference_with_margins(**kw, rule=rule)
-        out = sk.verify(**kw, rule=rule, backend="triton")
-        assert bool(out.valid.all()), f"{rule} logits x{scale:g} T={T}: a row invalid"
-        assert_same_outputs(out, ref, margins, what=f"{rule} logits x{scale:g} T={T}")
+        # (opt defers exactly where TV(q, p) = 1, the modes differ, at alpha = -0.5: the look's sum decides)
+        _assert_scaled_round(device, rule, scale, T, 4, int(math.log10(scale)) + 3, torch.float32,
+                             alpha=-0.5 if rule == "opt" else None)
+
+
+def _assert_scaled_round(device, rule, scale, T, B, seed, dtype, alpha=None):
+    """A round (K = 2, V = 96) whose logits are scaled to ``scale`` at their largest, drafts sampled at T: every row
+    valid and the reference's tokens and probabilities."""
+    kw = random_round(B, 2, 96, device=device, seed=seed, dtype=dtype)
+    for key in ("draft_logits", "target_logits"):
+        z = kw[key].float()
+        kw[key] = (z / z.abs().amax() * scale).to(dtype)
+    kw["temperature"] = T
+    if alpha is not None:
+        kw["alpha"] = alpha
+    kw["draft_tokens"] = torch.stack([sk.sample(kw["draft_logits"][:, i], temperature=T, seed=kw["seed"],
+                                                offset=kw["offset"] + i, backend="reference") for i in range(2)], 1)
+    ref, margins = reference_with_margins(**kw, rule=rule)
+    out = sk.verify(**kw, rule=rule, backend="triton")
+    what = f"{rule} {dtype} logits x{scale:g} T={T}"
+    assert bool(out.valid.all()), f"{what}: a row invalid"
+    assert_same_outputs(out, ref, margins, what=what)
 
 
 @pytest.mark.parametrize("rule", ["chow", "token_v1"])
@@ -359,18 +367,7 @@ def test_redo_reads_bfloat16_pairs_one_side_at_a_time(device, rule):
     tokens and probabilities (a redo that folded one side's tile as the other's, or the words unwidened, leaves
     them)."""
     for scale, T in ((1e12, 1.0), (1e3, 1e-5)):
-        kw = random_round(3, 2, 96, device=device, seed=int(math.log10(scale)) + 11, dtype=torch.bfloat16)
-        for key in ("draft_logits", "target_logits"):
-            z = kw[key].float()
-            kw[key] = (z / z.abs().amax() * scale).to(torch.bfloat16)
-        kw["temperature"] = T
-        kw["draft_tokens"] = torch.stack([sk.sample(kw["draft_logits"][:, i], temperature=T, seed=kw["seed"],
-                                                    offset=kw["offset"] + i, backend="reference")
-                                          for i in range(2)], 1)
-        ref, margins = reference_with_margins(**kw, rule=rule)
-        out = sk.verify(**kw, rule=rule, backend="triton")
-        assert bool(out.valid.all()), f"{rule} bf16 logits x{scale:g} T={T}: a row invalid"
-        assert_same_outputs(out, ref, margins, what=f"{rule} bf16 logits x{scale:g} T={T}")
+        _assert_scaled_round(device, rule, scale, T, 3, int(math.log10(scale)) + 11, torch.bfloat16)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
