@@ -23,7 +23,7 @@ from speccas_kernels.kernels import common as kcommon  # noqa: E402
 from speccas_kernels.kernels import philox  # noqa: E402
 from speccas_kernels.kernels import verify as kverify  # noqa: E402
 
-from helpers import assert_same_outputs, random_round, reference_with_margins  # noqa: E402
+from helpers import assert_same_outputs, random_round, reference_with_margins, to_device  # noqa: E402
 
 # numpy warns about log(0) = -inf and NaN arithmetic on invalid rows inside the interpreter; both are intended.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
@@ -197,17 +197,66 @@ def test_merges_fold_blocks_of_records(device, rule, rise, monkeypatch):
 
 
 def test_race_records_per_item():
-    """One record per warp of a tile (32 lanes of VEC entries), halved while a row's items would write more than the
-    emit joins (RACE_RECORDS); one at one row group (B = 1: the emit on the row's chain reads one per item)."""
+    """One record per warp of a tile (32 lanes of VEC entries), halved while a row's items would write more than
+    RACE_RECORDS at several row groups; all of them at one row group (B = 1), whatever their count."""
     from speccas_kernels.kernels import verify as kv
 
-    assert kv.race_records(1, 2048, 2048, 8, 75) == 1
+    assert kv.race_records(1, 2048, 2048, 8, 75) == 8  # bfloat16: 600 records, past RACE_RECORDS
+    assert kv.race_records(1, 2048, 1024, 4, 75) == 8
+    assert kv.race_records(1, 16, 16, 4, 5) == 1
     assert kv.race_records(64, 2048, 2048, 8, 19) == 8  # B = 64, bfloat16: 152 records a row
     assert kv.race_records(64, 2048, 1024, 4, 19) == 8  # float32: a tile's two places, eight warps
     assert kv.race_records(2, 2048, 2048, 8, 75) == 2  # 600 and 300 > 256
     assert kv.race_records(2, 2048, 2048, 8, 300) == 1
     assert kv.race_records(3, 16, 16, 4, 5) == 1  # a tile narrower than 32 lanes
     assert kv.race_records(3, 256, 256, 4, 5) == 2
+
+
+@pytest.mark.parametrize("rule", ["speculative", "opt", "token_v2"])
+def test_one_row_group_joins_its_warps_partials(device, rule, monkeypatch):
+    """At one row group (B = 1, ``SOLO``) with more than 32 lanes (here 128: two 256-entry tiles per chunk), every
+    reduction of the phases across lanes goes through a record per group of 32 (a warp on a GPU): the stats item's
+    one record a side is its groups' records merged once more (``_lanes_merged``), the look item's sum is its
+    groups' sums summed (``common.lane_sum``), a race item writes a record per group (here 2) and the emit folds
+    the row's records in blocks of 32 (``_race_best``: 36 items, 72 records, three blocks and a partial one). The
+    logits rise along the vocabulary, so the race's winners lie in the last blocks: the reference's tokens and
+    accept_prob at T = 0, 1 and 0.7."""
+    from speccas_kernels.kernels import verify as kv
+
+    for name, value in (("BLOCK_V_OVERRIDE", 256), ("TILES_OVERRIDE", 2), ("CHUNKS_OVERRIDE", 1)):
+        monkeypatch.setattr(triton_backend, name, value)
+    monkeypatch.setattr(kv, "RACE_TILES_OVERRIDE", 1)
+    seen = _spy_launches(monkeypatch, "SOLO", "LANES", "VEC", "RACE_RECS", "BLOCK_R")
+    V = 9000
+    for k, T in enumerate((0.0, 1.0, 0.7)):
+        kw = random_round(1, 3, V, device=device, seed=41 + k)
+        ramp = torch.linspace(0.0, 6.0, V, device=device)
+        kw["draft_logits"] = kw["draft_logits"] + ramp
+        kw["target_logits"] = kw["target_logits"] + ramp
+        kw["temperature"] = T
+        ref, margins = reference_with_margins(**kw, rule=rule)
+        out = sk.verify(**kw, rule=rule, backend="triton")
+        assert seen[-1] == (True, 512, 4, 2, 128), seen
+        assert_same_outputs(out, ref, margins, what=f"{rule}, T = {T}, one row group, 128 lanes")
+
+
+def test_one_row_group_races_pi_with_its_warps_records(device, monkeypatch):
+    """The emit's race over pi (a residual of rounding noise: ``_rounding_residual_round``'s form) at one row group
+    with tiles of 256 entries: each tile's best is its groups' bests joined (``_tile_best``), its offset shifted
+    by the tile's start; the reference's token for every seed."""
+    monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 256)
+    seen = _spy_launches(monkeypatch, "SOLO", "LANES")
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(1, 2, 700, generator=g) * 2
+    z[:, :, :3] = float("-inf")
+    for seed in range(6):
+        kw = dict(draft_logits=z[:, :1].contiguous(), target_logits=z.contiguous(),
+                  draft_tokens=torch.zeros(1, 1, dtype=torch.int64), rule="token_v2", alpha=-1.0, temperature=1.0,
+                  seed=seed, offset=0)
+        ref = sk.verify(**kw, backend="reference")
+        out = sk.verify(**to_device(kw, device), backend="triton")
+        assert seen[-1] == (True, 256), seen  # (a tile of 256 float32 entries: two groups of 32 lanes of 4)
+        assert int(ref.num_accepted) == 0 and out.tokens.cpu().equal(ref.tokens), (seed, out.tokens, ref.tokens)
 
 
 @pytest.mark.parametrize("nt,tiles,chunks", [(1, 4, 16), (5, 1, 3), (75, 4, 16), (75, 4, 4), (38, 1, 1), (150, 2, 16),

@@ -193,6 +193,44 @@ def best_lowest_rows(score, idx):
 
 
 @triton.jit
+def warps_joined(x):
+    """An [R, W] block of partials, one per warp (each the result of a reduction within its warp: every lane of
+    warp w holds entry w), gathered so that every warp holds all W (``tl.gather``: one store to shared memory, one
+    barrier and one load by every thread), where a reduction of the block across warps would store the partials,
+    wait, and load them back under a predicate, twice. What that predicated load writes, ptxas holds from the
+    function's entry (a register live through the whole function, spilled under pressure: about 4 B per
+    reduction); the gather's load has no predicate. A reduction of the result along axis 1 is then a warp's
+    shuffles alone."""
+    return tl.gather(x, tl.zeros(x.shape, dtype=tl.int32) + tl.arange(0, x.shape[1])[None, :], 1)
+
+
+@triton.jit
+def lane_sum(x):
+    """Per row of an [R, N] block (on a GPU each run of 32 entries within one warp, as where entry l of a row is
+    thread l's: a lane's running sums), its sum: each run by a warp's shuffles, then the runs' partials joined
+    (``warps_joined``), with no reduction across warps."""
+    R: tl.constexpr = x.shape[0]
+    N: tl.constexpr = x.shape[1]
+    if N > 32:
+        s = tl.sum(warps_joined(tl.sum(tl.reshape(x, [R, N // 32, 32]), axis=2)), axis=1)
+    else:
+        s = tl.sum(x, axis=1)
+    return s
+
+
+@triton.jit
+def lane_max(x):
+    """Per row of an [R, N] block of per-lane values (as ``lane_sum``'s), its max, with no reduction across warps."""
+    R: tl.constexpr = x.shape[0]
+    N: tl.constexpr = x.shape[1]
+    if N > 32:
+        s = tl.max(warps_joined(tl.max(tl.reshape(x, [R, N // 32, 32]), axis=2)), axis=1)
+    else:
+        s = tl.max(x, axis=1)
+    return s
+
+
+@triton.jit
 def load_logits(ptr, mask, FP64: tl.constexpr):
     """Logits as float32 (float64 when FP64); -inf outside ``mask``."""
     z = tl.load(ptr, mask=mask, other=float("-inf"))

@@ -47,7 +47,7 @@ its instructions).
   at T = 0), NaN/+inf flag (read off the T = 1 sum). Each thread folds its own entries of every chunk into running
   statistics per lane (``_lane_stats``: rescaled to the lane's new max, no shuffle or barrier inside the loop), and
   the item reduces its lanes once into RECS records a side (``_lanes_merged``: one per warp where they fit the
-  workspace, B = 64 on a GPU, merged by shuffles alone; else one). A token set with a floor (``SCREEN``) also
+  workspace, B = 64 on a GPU, merged by shuffles alone; else one, the warps' records merged once more). A token set with a floor (``SCREEN``) also
   writes, at each drafted position, screening records per chunk and warp (``_screen``: the warp's largest logit on
   the side the set reads, and the drafter's mass over the warp's entries of the chunk from the lanes' own sums;
   shuffles within the warp only, no shared memory or barrier), which its second look screens. The item whose
@@ -100,8 +100,8 @@ its instructions).
   constants and tile together, where the tile's load after the constants' use made three), and each later tile's
   loads going out before the fold of the tile before (one tile ahead, in registers: at B = 64, four tiles per
   item, a later tile waits only for what a fold does not cover of its round trip): the tiles fold
-  entry by entry into a running best score (with its index) and residual mass, reduced once per item into one
-  record. Philox runs once per four entries, all four words used (one 32 x 32 -> 64-bit product per multiplier and
+  entry by entry into a running best score (with its index) and residual mass, reduced once per item into a
+  record per warp (``_race_records``). Philox runs once per four entries, all four words used (one 32 x 32 -> 64-bit product per multiplier and
   round), joined into a flat [R, BLOCK_V] tile. Scores are w / (-log2 u) (``common.neg_rcp_fast``), exp(log w + G)
   times ln 2 for w the residual, or exp((z - M) / T) for the bonus: the Gumbel scores' argmax with one lg2 and one
   reciprocal per entry for the noise; w = max(0, pi - q) is formed without pi (family A r (p - q), family B
@@ -111,7 +111,7 @@ its instructions).
   below the floor, ``_race_clear``), and tests membership per entry only at the others. A row's item computes its
   scores in one branch, the bonus's or the residual's. An entry's best is kept as its tile number (a float: the
   compiler packed an int32's few values into bytes), the index formed once per item. The last item's program
-  **emits** the token; when the residual's mass is rounding noise (at most RESIDUAL_EPS, rare) it first runs the
+  **emits** the token, the row's records folded in blocks of 32 (``_race_best``); when the residual's mass is rounding noise (at most RESIDUAL_EPS, rare) it first runs the
   race over pi itself.
 
 * **divergences** (``verify(return_divergence=True)``; SPEC.md section 6): TV(q, p) and TV(law, p) at every verified
@@ -145,10 +145,13 @@ not hoisted before the loop; ``_queue_batch``, ``_queue_div``), each phase forms
 (``_counters``), and the merge is a call of its own after the stats item's (``_stats_merge``), so the item holds
 none of the merge's arguments through its chunk loop. A reduction across warps in a function costs about 4 B of
 spill (its second stage loads the warps' partials under a predicate, and the register so loaded is kept from the
-function's entry), so at several row groups none is left in the records' path: where they fit (B = 64,
-``stats_records``) a stats item writes one record per warp, merged by shuffles alone; the merge folds its records
-in two blocks or more of at most 32 (``_merge_sides``); a race item writes one record per warp (``race_records``) and the emit joins a
-row's records in a thread's registers (``_race_best``). One row group (B = 1) keeps one record per item. A stats
+function's entry), so none is left in the records' path: where they fit (B = 64, ``stats_records``) a stats item
+writes one record per warp, merged by shuffles alone, and at one row group (B = 1) the warps' records are joined
+in every warp (``common.warps_joined``: a gather through shared memory, whose load has no predicate) and merged
+once more; the merge folds its records in two blocks or more of at most 32 (``_merge_sides``); a race item writes
+one record per warp (``race_records``) and the emit folds a row's records in blocks of 32 in a thread's registers
+(``_race_best``); a look item's lanes, the TV cells' floor and the race over pi reduce per warp and join the same
+way (``common.lane_sum``, ``_tile_best``). A stats
 item's cold redo (a scale that reached ``SHIFT_MAX``) holds one side's tiles at a time (``_side_tile``): holding
 both, it spilled them, and ptxas's allocation of the whole kernel around it spilled elsewhere too (36-100 B at
 B = 64, K = 4). A program's first draw and last ticket are calls of their own (``_draw``, ``_queue_reset``), so
@@ -235,14 +238,12 @@ def stats_records(ns: int, nt: int, screens: int) -> int:
 
 def race_records(groups: int, block_v: int, lanes: int, vec: int, items: int) -> int:
     """Records a race item writes per row (``_race_records``): one per group of 32 lanes of a tile (a warp each on a
-    GPU: the item's reductions are shuffles alone, none across warps), halved while a row's ``items`` items would
-    write more than RACE_RECORDS (the emit joins them in a thread's registers: ``_race_best``), where there are
-    several row groups (B > 1); one at one row group (``SOLO``, B = 1), whose emit lies on the row's chain and reads
-    one record per item."""
-    if groups == 1:
-        return 1
+    GPU: the item's reductions are shuffles alone, none across warps). Where there are several row groups (B > 1)
+    they are halved while a row's ``items`` items would write more than RACE_RECORDS (the emit joins them in a
+    thread's registers: ``_race_best``); at one row group (``SOLO``, B = 1) the emit is a function of its own
+    (``_race_emit``), which reads them all as one block."""
     recs = max(1, min(block_v, lanes) // (32 * vec))
-    while recs > 1 and items * recs > RACE_RECORDS:
+    while groups > 1 and recs > 1 and items * recs > RACE_RECORDS:
         recs //= 2
     return recs
 
@@ -558,8 +559,35 @@ def _lane_stats(z, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run
 def _lanes_merged(m, s1, sT, arg, invT, scaled, RECS: tl.constexpr):
     """An item's running lane statistics (``_lane_stats``) merged across the lanes of each of RECS groups (32 lanes
     each: a warp on a GPU, so the merge is shuffles alone, with no shared memory or barrier, where RECS is the
-    warps; one group, all lanes, otherwise), per row: [R, RECS] (max, sum exp(z - max), the scaled sum, lowest
-    argmax, bad: the T = 1 sum is NaN; an all -inf row is caught by the merge, M = -inf)."""
+    warps), per row: [R, RECS] (max, sum exp(z - max), the scaled sum, lowest argmax, bad: the T = 1 sum is NaN; an
+    all -inf row is caught by the merge, M = -inf). One record of more than 32 lanes is the warps' records merged
+    once more (``common.warps_joined``: no reduction across warps)."""
+    NL: tl.constexpr = m.shape[1]
+    if RECS == 1 and NL > 32:
+        M, S1, ST, low, bad = _lanes_grouped(m, s1, sT, arg, invT, scaled, NL // 32)
+        M, S1, ST, low, bad = _lanes_grouped(common.warps_joined(M), common.warps_joined(S1),
+                                             common.warps_joined(ST), common.warps_joined(low), invT, scaled, 1)
+    else:
+        M, S1, ST, low, bad = _lanes_grouped(m, s1, sT, arg, invT, scaled, RECS)
+    return M, S1, ST, low, bad
+
+
+@triton.jit
+def _lanes_any(flag, RECS: tl.constexpr):
+    """[R]: whether any lane of a row holds ``flag``, in the form of the item's records (``_lanes_merged``): with one
+    record per item, the groups' flags joined (``common.lane_max``: no reduction across warps); with one per group,
+    the lanes' at once (the compiler's allocation of the whole kernel at B = 64 keeps that form: joined there, it
+    held two of the queue loop's values across calls in local memory, 8 B, for token_v1 and token_v2 at bfloat16)."""
+    if RECS == 1:
+        any_ = common.lane_max(flag.to(tl.int32))
+    else:
+        any_ = tl.max(flag.to(tl.int32), axis=1)
+    return any_
+
+
+@triton.jit
+def _lanes_grouped(m, s1, sT, arg, invT, scaled, RECS: tl.constexpr):
+    """``_lanes_merged`` over RECS groups of consecutive lanes, each group reduced at once."""
     R: tl.constexpr = m.shape[0]
     NL: tl.constexpr = m.shape[1]
     m3 = tl.reshape(m, [R, RECS, NL // RECS])
@@ -706,7 +734,7 @@ def _verify_kernel(
     CH_EXTRA: tl.constexpr,  # its items that hold one chunk more: NI % NS
     TILES: tl.constexpr,  # vocabulary tiles per chunk (statically unrolled)
     RACE_TILES: tl.constexpr,  # tiles per race item (statically unrolled): TILES, or fewer at a small batch
-    RACE_RECS: tl.constexpr,  # records a race item writes a row: one per warp, or 1 at one row group (``race_records``)
+    RACE_RECS: tl.constexpr,  # records a race item writes a row: one per warp, or fewer (``race_records``)
     BLOCK_R: tl.constexpr,  # >= NR RACE_RECS: a row's race records
     CHUNKS: tl.constexpr,  # chunks of TILES tiles per work item, at most
     LOOK_SPLIT: tl.constexpr,  # second-look items per stats item (a power of two): NL = NS LOOK_SPLIT per position
@@ -1015,18 +1043,20 @@ def _tv_floor(part_m_ptr, part_f_ptr, rows, i, use, M, S1, ST, invT, scaled, B, 
     cell's masses may each be off by about n 2**-24 of themselves, n the entries a lane summed, and their difference
     cancel), so that it stays below TV; 0 where it is not a number (an invalid row)."""
     KP = K + 1
-    side = tl.arange(0, 2)[None, :, None]
-    c = tl.arange(0, BLOCK_S * SCREENS)[None, None, :]  # item c // SCREENS, group c % SCREENS
+    # [R, cell, side]: the two sides of a cell a thread's pair of registers (``tl.split``), and the cells' sum with no
+    # reduction across warps (``common.lane_sum``)
+    side = tl.arange(0, 2)[None, None, :]
+    c = tl.arange(0, BLOCK_S * SCREENS)[None, :, None]  # item c // SCREENS, group c % SCREENS
     at = ((rows * K + i) * 2 * NT * SCREENS)[:, None, None] + side * NT * SCREENS + c
     mk = use[:, None, None] & (c < NS * SCREENS)
     ref = tl.load(part_m_ptr + B * KP * 2 * NT + at, mask=mk, other=float("-inf"), cache_modifier=".cg")
     sums = tl.load(part_f_ptr + 2 * B * KP * 2 * NT + at, mask=mk, other=0.0, cache_modifier=".cg")
     tot = tl.where(scaled[:, None], ST, S1)
     sc = tl.where(scaled, log2e_scale(invT), LOG2E)[:, None, None]
-    f = exp_scaled(_rel(ref, tl.where(M == NEG_INF, 0.0, M)[:, :, None]), sc)
-    mass = tl.where(ref > NEG_INF, sums * f, 0.0) / tl.where(tot > 0, tot, 1.0)[:, :, None]
-    diff = tl.sum(tl.where(side == 1, mass, -mass), axis=1)
-    lb = tl.sum(tl.maximum(diff, 0.0), axis=1) * (1.0 - 2.0**-10) - 2.0**-12
+    f = exp_scaled(_rel(ref, tl.where(M == NEG_INF, 0.0, M)[:, None, :]), sc)
+    mass = tl.where(ref > NEG_INF, sums * f, 0.0) / tl.where(tot > 0, tot, 1.0)[:, None, :]
+    mass_p, mass_q = tl.split(mass)
+    lb = common.lane_sum(tl.maximum(mass_q - mass_p, 0.0)) * (1.0 - 2.0**-10) - 2.0**-12
     return tl.where(lb == lb, tl.maximum(lb, 0.0), 0.0)
 
 
@@ -1366,7 +1396,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             if HAS_Q:
                 tl.store(zx + 1, tl.where(at_x, zqx, 0.0), mask=hold_x)
         if not FP64:
-            if tl.max(tl.max(huge.to(tl.int32), axis=1), axis=0) > 0:
+            if tl.max(_lanes_any(huge, RECS), axis=0) > 0:
                 # a max times a scale reached SHIFT_MAX (logits or 1/T of 1e7 and beyond): the item again,
                 # subtracting each lane's max first
                 m_p, s1_p, sT_p, arg_p = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
@@ -1877,6 +1907,17 @@ def _look_where(j, rows, i, start, zq_ptr, zp_ptr, V, stride_qb, stride_qk, stri
     return c0, nch, qbase, pbase, _whole_chunks(c0, nch, V, TILES, BLOCK_V)
 
 
+@triton.jit
+def _look_total(acc, WIDE: tl.constexpr):
+    """A look item's sum per row of its accumulator: per lane (WIDE: ``common.lane_sum``, no reduction across
+    warps) or entry by entry."""
+    if WIDE:
+        t = common.lane_sum(acc)
+    else:
+        t = tl.sum(acc, axis=1)
+    return t
+
+
 @triton.jit(noinline=True)
 def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr,
                n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT,
@@ -2019,9 +2060,9 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                                                 NEED_P, DIVERGENCE, SPARSE_ETA, TILES, BLOCK_V, ROWS, LANES, VEC,
                                                 WIDE, False, FAST, fast, cp, kp, cq, kq)
                     if not SPARSE_ETA:
-                        tl.store(look_part_ptr + (rows * K + i) * NL + j, tl.sum(acc, axis=1), mask=use)  # one per item
+                        tl.store(look_part_ptr + (rows * K + i) * NL + j, _look_total(acc, WIDE), mask=use)  # one per item
                     if DIVERGENCE:
-                        tl.store(look_part_ptr + (B * K + rows * K + i) * NL + j, tl.sum(acc2, axis=1), mask=use)
+                        tl.store(look_part_ptr + (B * K + rows * K + i) * NL + j, _look_total(acc2, WIDE), mask=use)
         # The item reports to the row itself, one ticket (the accept phase sums the records): no merge of the
         # position's look on the row's chain.
         if ready != 2:  # (2: the merge counted the look done on the row)
@@ -2344,7 +2385,8 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
              zp_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V,
              stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
              USES_ALPHA: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr,
-             FP64: tl.constexpr, BLOCK_V: tl.constexpr, PAIRS: tl.constexpr):
+             FP64: tl.constexpr, BLOCK_V: tl.constexpr, PAIRS: tl.constexpr, LANES: tl.constexpr,
+             VEC: tl.constexpr):
     """argmax_v log pi_m(v) + G(v) over the whole vocabulary, tile after tile (lowest index on ties), for the rows
     ``flat`` (here: the racing rows); the same noise and pi as the residual race."""
     KP = K + 1
@@ -2373,7 +2415,8 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
                                S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY, IN_SET, HAS_Q, FILTERS, FP64,
                                PAIRS, V - v0)
         fs = tl.where(mask, ln_fast(pi) + noise, NEG_INF)
-        b, i = best_lowest_rows(tl.where(fs == fs, fs, NEG_INF), v.to(tl.int32))
+        b, i = _tile_best(tl.where(fs == fs, fs, NEG_INF), offs, BLOCK_V, LANES, VEC)
+        i = tl.where(i < BIG, v0 + i, BIG).to(tl.int32)
         take = (b > best) | (idx == BIG)
         idx = tl.where(take, i, idx)
         best = tl.where(take, b, best)
@@ -2526,6 +2569,20 @@ def _race_records(acc_s, acc_u, acc_w, offs, BLOCK_V: tl.constexpr, LANES: tl.co
 
 
 @triton.jit
+def _tile_best(score, offs, BLOCK_V: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr):
+    """Per row of an [R, BLOCK_V] tile of scores: (the best, its lowest offset; BIG if none), each warp's entries
+    reduced by shuffles (``_race_records``), the warps' records joined (``common.warps_joined``): no reduction
+    across warps."""
+    R: tl.constexpr = score.shape[0]
+    W: tl.constexpr = max(min(BLOCK_V, LANES) // (32 * VEC), 1)
+    best, low, _ = _race_records(score, score * 0.0, score * 0.0, offs, BLOCK_V, LANES, W)
+    if W > 1:
+        best = common.warps_joined(best)
+        low = common.warps_joined(low)
+    return best_lowest_rows(best, low)
+
+
+@triton.jit
 def _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, c, W: tl.constexpr):
     """Block c of W records of a row's NRR (``_race_best``): (masses, best scores, indices), [R, W] each."""
     tt = c * W + tl.arange(0, W)[None, :]
@@ -2538,42 +2595,22 @@ def _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, c, W: tl.constexpr
 
 
 @triton.jit
-def _race_pair(race_f_ptr, race_i_ptr, rows, racing, NRR, B, c, W: tl.constexpr):
-    """Blocks c and c + 1 of W records (``_race_block``) joined: [R, W, 2] each, the pair a thread's registers."""
-    m0, s0, i0 = _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, c, W)
-    m1, s1, i1 = _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, c + 1, W)
-    return tl.join(m0, m1), tl.join(s0, s1), tl.join(i0, i1)
-
-
-@triton.jit
 def _race_best(race_f_ptr, race_i_ptr, rows, racing, NRR, B, BLOCK_R: tl.constexpr):
-    """The emit's merge of a row's NRR race records (``_race_records``) at several row groups: (the residual's mass,
-    the lowest index at the best score), per row. The records are read as 2, 4 or 8 blocks of 32 joined in a
-    thread's registers (``tl.join``: [R, 32, 2, ...]), so the reductions are a thread's registers and one warp's
-    shuffles, with no shared memory or barrier; up to 32 records, or over RACE_RECORDS (one record per item:
-    ``race_records``), as one block."""
-    W: tl.constexpr = BLOCK_R if BLOCK_R <= 32 or BLOCK_R > 256 else 32
-    NB: tl.constexpr = BLOCK_R // W
-    if NB == 1:
-        mass, sc, ix = _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 0, W)
-    elif NB == 2:
-        mass, sc, ix = _race_pair(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 0, W)
-    else:
-        m0, s0, i0 = _race_pair(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 0, W)
-        m1, s1, i1 = _race_pair(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 2, W)
-        mass, sc, ix = tl.join(m0, m1), tl.join(s0, s1), tl.join(i0, i1)
-        if NB == 8:
-            m0, s0, i0 = _race_pair(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 4, W)
-            m1, s1, i1 = _race_pair(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 6, W)
-            mass = tl.join(mass, tl.join(m0, m1))
-            sc = tl.join(sc, tl.join(s0, s1))
-            ix = tl.join(ix, tl.join(i0, i1))
-    R: tl.constexpr = rows.shape[0]
-    # (record order aside: every reduction below is one of a set)
-    _, idx = best_lowest_rows(tl.reshape(sc, [R, BLOCK_R]), tl.reshape(ix, [R, BLOCK_R]))
-    for _k in tl.static_range(len(mass.shape) - 2):  # the joined pairs, a thread's registers
-        mass = tl.sum(mass, axis=len(mass.shape) - 1)
-    return tl.sum(mass, axis=1), idx
+    """The emit's merge of a row's NRR race records (``_race_records``): (the residual's mass, the lowest index at
+    the best score), per row. The records are read as BLOCK_R / 32 blocks of 32 (all loads issued at once: a static
+    unroll), folded in a thread's registers entry by entry (a block's record replaces the running one at a greater
+    score, or at an equal score and a lower index), and reduced once across a block's 32 entries: one warp's
+    shuffles, with no shared memory or barrier, at any count of records."""
+    W: tl.constexpr = BLOCK_R if BLOCK_R < 32 else 32
+    mass, best, idx = _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 0, W)
+    for c in tl.static_range(1, BLOCK_R // W):
+        mc, sc, ix = _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, c, W)
+        mass += mc
+        take = (sc > best) | ((sc == best) & (ix < idx))
+        best = tl.where(take, sc, best)
+        idx = tl.where(take, ix, idx)
+    _, low = best_lowest_rows(best, idx)
+    return tl.sum(mass, axis=1), low
 
 
 @triton.jit
@@ -2620,6 +2657,29 @@ def _race_tile_loads(pbase, qbase, lo, racing, resid_row, V, LIVE: tl.constexpr,
     if HAS_Q:
         zq = load_tile(qbase, lo, resid_row[:, None] & live, V - lo, BLOCK_V, FP64, PAIRS, FULL, False)
     return zp, zq
+
+
+@triton.jit
+def _race_emit_rows(rows, rmask, racing, m, T, start, tokens_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
+                    pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val,
+                    offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk, stride_pb,
+                    stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
+                    HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
+                    BLOCK_V: tl.constexpr, PAIRS: tl.constexpr, NRR, BLOCK_R: tl.constexpr, LANES: tl.constexpr,
+                    VEC: tl.constexpr):
+    """The emit of a row group's racing rows: their NRR race records merged (``_race_best``), the token stored at
+    position m (the race over pi where the residual's mass is rounding noise)."""
+    if tl.max(racing.to(tl.int32), axis=0) > 0:
+        mass, idx = _race_best(race_f_ptr, race_i_ptr, rows, racing, NRR, B, BLOCK_R)
+        flat = racing & (mass <= RESIDUAL_EPS)  # a residual of rounding noise: the race over pi instead
+        if tl.max(flat.to(tl.int32), axis=0) > 0:
+            # (every racing row computed, only the flat ones taken: a mask in the rows' own layout)
+            idx = tl.where(flat, _pi_race(rows, rmask, racing, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr,
+                                          pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, seed_ptr,
+                                          seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V,
+                                          stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA,
+                                          HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS, LANES, VEC), idx)
+        tl.store(tokens_ptr + rows * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64), mask=racing)
 
 
 @triton.jit(noinline=True)
@@ -2725,43 +2785,21 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                 seed, pos, offs, pbase, qbase, Mp, scale, cp, kp, cq, kq, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp,
                 argq, xm, al, cutp_ptr, cutq_ptr, K, V, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS, ROWS, BLOCK_V,
                 TILES, VEC, False, SCREEN, zp_pre, zq_pre)
-        if SOLO:  # one record per item (``race_records``)
-            best, low = best_lowest_rows(acc_s, acc_u.to(tl.int32) * BLOCK_V + offs)
-            idx = (j * (TILES * BLOCK_V) + low).to(tl.int32)
-            mass = tl.where(bonus_row, 1.0, tl.sum(acc_w, axis=1))
-            tl.store(race_f_ptr + rows * NI + j, best, mask=racing)
-            tl.store(race_f_ptr + (B + rows) * NI + j, mass, mask=racing)
-            tl.store(race_i_ptr + rows * NI + j, idx, mask=racing)
-        else:  # RECS records per item, the row's NI RECS in a row (the masses B NI RECS further on)
-            best, low, mass = _race_records(acc_s, acc_u, acc_w, offs, BLOCK_V, LANES, RECS)
-            idx = (j * (TILES * BLOCK_V) + low).to(tl.int32)
-            mass = tl.where(bonus_row[:, None], 1.0, mass)
-            rec = rows[:, None] * (NI * RECS) + j * RECS + tl.arange(0, RECS)[None, :]
-            tl.store(race_f_ptr + rec, best, mask=racing[:, None])
-            tl.store(race_f_ptr + B * (NI * RECS) + rec, mass, mask=racing[:, None])
-            tl.store(race_i_ptr + rec, idx, mask=racing[:, None])
+        # RECS records per item (one per warp: ``race_records``), the row's NI RECS in a row (the masses B NI RECS
+        # further on)
+        best, low, mass = _race_records(acc_s, acc_u, acc_w, offs, BLOCK_V, LANES, RECS)
+        idx = (j * (TILES * BLOCK_V) + low).to(tl.int32)
+        mass = tl.where(bonus_row[:, None], 1.0, mass)
+        rec = rows[:, None] * (NI * RECS) + j * RECS + tl.arange(0, RECS)[None, :]
+        tl.store(race_f_ptr + rec, best, mask=racing[:, None])
+        tl.store(race_f_ptr + B * (NI * RECS) + rec, mass, mask=racing[:, None])
+        tl.store(race_i_ptr + rec, idx, mask=racing[:, None])
     if ticket(cnt_ptr + c_race + g) == NI - 1:
-        if tl.max(racing.to(tl.int32), axis=0) > 0:
-            if SOLO:
-                tt = tl.arange(0, BLOCK_R)[None, :]
-                rr = rows[:, None]
-                mt = racing[:, None] & (tt < NI)
-                mass = tl.sum(tl.load(race_f_ptr + (B + rr) * NI + tt, mask=mt, other=0.0, cache_modifier=".cg"),
-                              axis=1)
-                sc = tl.load(race_f_ptr + rr * NI + tt, mask=mt, other=float("-inf"), cache_modifier=".cg")
-                ix = tl.load(race_i_ptr + rr * NI + tt, mask=mt, other=BIG, cache_modifier=".cg")
-                _, idx = best_lowest_rows(sc, ix)
-            else:
-                mass, idx = _race_best(race_f_ptr, race_i_ptr, rows, racing, NI * RECS, B, BLOCK_R)
-            flat = racing & (mass <= RESIDUAL_EPS)  # a residual of rounding noise: the race over pi instead
-            if tl.max(flat.to(tl.int32), axis=0) > 0:
-                # (every racing row computed, only the flat ones taken: a mask in the rows' own layout)
-                idx = tl.where(flat, _pi_race(rows, rmask, racing, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr,
-                                              pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, seed_ptr,
-                                              seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V,
-                                              stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA,
-                                              HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS), idx)
-            tl.store(tokens_ptr + rows * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64), mask=racing)
+        _race_emit_rows(rows, rmask, racing, m, T, start, tokens_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
+                        pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val,
+                        offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk, stride_pb,
+                        stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS, NI * RECS,
+                        BLOCK_R, LANES, VEC)
         tl.store(cnt_ptr + c_race + g, 0)
         if not DIV_ITEMS:
             tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
