@@ -5,6 +5,7 @@ import collections
 import contextlib
 import dataclasses
 import math
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -1270,6 +1271,19 @@ def test_verify_phases_are_called_and_hold_nothing_across_the_queue(opt_bf16_b64
             assert sum(per.get(phase, {}).values()) > 0, (phase, per.keys())
     assert opt_b1[1]["spill_stores"] == 0, opt_b1[1]
     assert opt_bf16_b64[1]["spill_stores"] == 0, opt_bf16_b64[1]
+
+
+def test_no_reduction_crosses_warps_at_one_row_group(opt_b1):
+    """The verify kernel as a GPU runs it at B = 1: no function loads from shared memory under a predicate. That load
+    is the second stage of a reduction across warps (the warps' partials, read by the threads of one warp), and
+    ptxas holds its destination register from the function's entry (about 4 B of spill each under pressure: 12-20 B
+    for the token sets at K = 8 with the v53 kernel). The phases reduce per warp and join the warps' partials with a
+    gather (``common.warps_joined``, ``_lanes_merged``), whose shared load has no predicate."""
+    launch, rec, hints, d = opt_b1
+    sass = (d / "kernels" / f"{rf.compile_key(launch)}.sass").read_text()
+    guarded = [line.strip() for line in sass.splitlines() if re.search(r"@!?P[0-6]\s+LDS\b", line)]
+    assert not guarded, guarded[:4]
+    assert re.search(r"\bLDS\b", sass) and rec["spill_stores"] == 0  # (the gathers read shared memory)
 
 
 def test_race_item_loads_its_first_tile_beside_the_row_constants(opt_b1):
