@@ -1585,7 +1585,8 @@ def test_grid_point_end_to_end(tmp_path, monkeypatch):
 
 
 BATCH_SIZED = {"CHUNKS", "TILES", "RACE_TILES", "LANES", "VEC", "SCREENS", "BLOCK_S", "RECORDS", "CH_BASE",
-               "CH_EXTRA"}  # a launcher shrinks them at small B
+               "CH_EXTRA", "BLOCK_C", "BLOCK_L", "BLOCK_R", "LOOK_BASE", "LOOK_EXTRA", "LOOK_SPLIT", "RACE_RECS",
+               "RECS"}  # a launcher sizes them by the batch (at V = 151936: B = 2 and 3 against 64, test below)
 
 
 def _solo_gated(expr) -> bool:
@@ -1610,14 +1611,17 @@ def _reads_off_solo(expr) -> set:
 
 
 def _branches_on(source: str, names=BATCH_SIZED):
-    """(line, names) of every ``if``/``while``/conditional expression in ``source`` whose test reads one of
-    ``names`` or a constexpr derived from one (``X: tl.constexpr = ...``, transitively), unless the test, or the
-    derived constexpr's definition, reads it only inside a conjunction gated by ``SOLO`` (``_reads_off_solo``)."""
+    """(line, names) of every ``if``/``while``/conditional expression in the ``@triton.jit`` functions of ``source``
+    whose test reads one of ``names`` or a constexpr derived from one (``X: tl.constexpr = ...``, transitively),
+    unless the test, or the derived constexpr's definition, reads it only inside a conjunction gated by ``SOLO``
+    (``_reads_off_solo``). The host's code (the launcher choosing the sizes) is not the kernels'."""
     import ast
 
-    tree = ast.parse(source)
+    jit = [f for f in ast.walk(ast.parse(source)) if isinstance(f, ast.FunctionDef)
+           and any("jit" in ast.unparse(d) for d in f.decorator_list)]
+    nodes = [n for f in jit for n in ast.walk(f)]
     names = set(names)
-    defs = [(n.target.id, n.value) for n in ast.walk(tree) if isinstance(n, ast.AnnAssign)
+    defs = [(n.target.id, n.value) for n in nodes if isinstance(n, ast.AnnAssign)
             and isinstance(n.target, ast.Name) and n.value is not None and "constexpr" in ast.unparse(n.annotation)]
     grew = True
     while grew:
@@ -1627,12 +1631,25 @@ def _branches_on(source: str, names=BATCH_SIZED):
                 names.add(target)
                 grew = True
     out = []
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, (ast.If, ast.While, ast.IfExp)):
             used = _reads_off_solo(node.test) & names
             if used:
                 out.append((node.lineno, sorted(used)))
     return out
+
+
+@pytest.mark.parametrize("rule,dtype", [("opt", "fp32"), ("token_v3", "bf16")])
+def test_batch_sized_constexprs_are_all_named(rule, dtype):
+    """BATCH_SIZED names every constexpr of the verify launch that differs between the batches the model traces
+    (B = 2 and 3) and the one it models (B = 64), at K = 4, V = 151936: a launcher's size the static test below did
+    not follow would let a branch on it through (``_race_best`` picked its join tree from BLOCK_R until v54)."""
+    seen = {}
+    for B in (2, 3, 64):
+        work, _ = rf.capture("verify", rule, B, 4, 151936, dtype)
+        seen[B] = work.launches[0].compile_spec()["constexprs"]
+    differ = {k for k, v in seen[64].items() if k != "B" and (seen[2].get(k) != v or seen[3].get(k) != v)}
+    assert differ and differ <= BATCH_SIZED, sorted(differ - BATCH_SIZED)
 
 
 def test_kernels_branch_on_no_batch_sized_constexpr():
@@ -1648,11 +1665,12 @@ def test_kernels_branch_on_no_batch_sized_constexpr():
 
     for mod in (verify, sample):
         assert _branches_on(Path(mod.__file__).read_text()) == [], mod.__name__
-    bad = "def f(CHUNKS, x):\n    if CHUNKS > 1:\n        x += 1\n    while x < TILES:\n        x += 1\n    return x\n"
-    assert _branches_on(bad) == [(2, ["CHUNKS"]), (4, ["TILES"])]
-    derived = ("def f(CH_BASE, SOLO, x):\n    ONE: tl.constexpr = CH_BASE == 1\n    WIDE: tl.constexpr = ONE or x\n"
+    bad = ("@triton.jit\ndef f(CHUNKS, x):\n    if CHUNKS > 1:\n        x += 1\n    while x < TILES:\n        x += 1\n"
+           "    return x\n\n\ndef launch(RECS):\n    if RECS > 1:\n        return 1\n")  # (the host's: not flagged)
+    assert _branches_on(bad) == [(3, ["CHUNKS"]), (5, ["TILES"])]
+    derived = ("@triton.jit\ndef f(CH_BASE, SOLO, x):\n    ONE: tl.constexpr = CH_BASE == 1\n    WIDE: tl.constexpr = ONE or x\n"
                "    SAFE: tl.constexpr = SOLO and ONE\n    if WIDE:\n        x += 1\n    if SAFE:\n        x += 1\n"
                "    if SOLO and ONE:\n        x += 1\n    OFF: tl.constexpr = x and not (SOLO and ONE)\n"
                "    if OFF:\n        x += 1\n    BAD: tl.constexpr = not (SOLO or ONE)\n    if BAD:\n        x += 1\n"
                "    return x\n")
-    assert _branches_on(derived) == [(5, ["WIDE"]), (15, ["BAD"])]
+    assert _branches_on(derived) == [(6, ["WIDE"]), (16, ["BAD"])]

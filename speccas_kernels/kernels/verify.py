@@ -556,14 +556,14 @@ def _lane_stats(z, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run
 
 
 @triton.jit
-def _lanes_merged(m, s1, sT, arg, invT, scaled, RECS: tl.constexpr):
+def _lanes_merged(m, s1, sT, arg, invT, scaled, RECS: tl.constexpr, SOLO: tl.constexpr):
     """An item's running lane statistics (``_lane_stats``) merged across the lanes of each of RECS groups (32 lanes
     each: a warp on a GPU, so the merge is shuffles alone, with no shared memory or barrier, where RECS is the
     warps), per row: [R, RECS] (max, sum exp(z - max), the scaled sum, lowest argmax, bad: the T = 1 sum is NaN; an
-    all -inf row is caught by the merge, M = -inf). One record of more than 32 lanes is the warps' records merged
-    once more (``common.warps_joined``: no reduction across warps)."""
+    all -inf row is caught by the merge, M = -inf). At one row group (``SOLO``: B = 1) one record of more than 32
+    lanes is the warps' records merged once more (``common.warps_joined``: no reduction across warps)."""
     NL: tl.constexpr = m.shape[1]
-    if RECS == 1 and NL > 32:
+    if SOLO and (RECS == 1) and (NL > 32):
         M, S1, ST, low, bad = _lanes_grouped(m, s1, sT, arg, invT, scaled, NL // 32)
         M, S1, ST, low, bad = _lanes_grouped(common.warps_joined(M), common.warps_joined(S1),
                                              common.warps_joined(ST), common.warps_joined(low), invT, scaled, 1)
@@ -573,12 +573,12 @@ def _lanes_merged(m, s1, sT, arg, invT, scaled, RECS: tl.constexpr):
 
 
 @triton.jit
-def _lanes_any(flag, RECS: tl.constexpr):
-    """[R]: whether any lane of a row holds ``flag``, in the form of the item's records (``_lanes_merged``): with one
-    record per item, the groups' flags joined (``common.lane_max``: no reduction across warps); with one per group,
-    the lanes' at once (the compiler's allocation of the whole kernel at B = 64 keeps that form: joined there, it
-    held two of the queue loop's values across calls in local memory, 8 B, for token_v1 and token_v2 at bfloat16)."""
-    if RECS == 1:
+def _lanes_any(flag, SOLO: tl.constexpr):
+    """[R]: whether any lane of a row holds ``flag``: at one row group (``SOLO``: B = 1) the groups' flags joined
+    (``common.lane_max``: no reduction across warps); elsewhere the lanes' at once (the compiler's allocation of the
+    whole kernel at B = 64 keeps that form: joined there, it held two of the queue loop's values across calls in
+    local memory, 8 B, for token_v1 and token_v2 at bfloat16)."""
+    if SOLO:
         any_ = common.lane_max(flag.to(tl.int32))
     else:
         any_ = tl.max(flag.to(tl.int32), axis=1)
@@ -834,7 +834,7 @@ def _verify_kernel(
                             stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK,
                             DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, RECS, TILES, CHUNKS,
                             SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV, SKIP_MOOT, STAGES, TAGGED,
-                            LOOK_SPLIT, BLOCK_L, L2_AHEAD, LINE, LINES)
+                            LOOK_SPLIT, BLOCK_L, L2_AHEAD, LINE, LINES, SOLO)
                 last, rel_at, rel_val = _stats_merge(g, i.to(tl.int64), part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
                                                      pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr, x_ptr, cu_ptr,
                                                      n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr,
@@ -1288,7 +1288,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr,
                 SKIP_MOOT: tl.constexpr, STAGES: tl.constexpr, TAGGED: tl.constexpr,
                 LOOK_SPLIT: tl.constexpr, BLOCK_L: tl.constexpr, L2_AHEAD: tl.constexpr, LINE: tl.constexpr,
-                LINES: tl.constexpr):
+                LINES: tl.constexpr, SOLO: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
     (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
     reduction across threads inside the loop); the item writes RECS records a side, and with SCREEN (a token set with a
@@ -1396,7 +1396,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             if HAS_Q:
                 tl.store(zx + 1, tl.where(at_x, zqx, 0.0), mask=hold_x)
         if not FP64:
-            if tl.max(_lanes_any(huge, RECS), axis=0) > 0:
+            if tl.max(_lanes_any(huge, SOLO), axis=0) > 0:
                 # a max times a scale reached SHIFT_MAX (logits or 1/T of 1e7 and beyond): the item again,
                 # subtracting each lane's max first
                 m_p, s1_p, sT_p, arg_p = mneg, lane0, lane0, lane0.to(tl.int32) + BIG
@@ -1415,12 +1415,12 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                           K, NT, SCREENS)
         # the item's RECS records a side, one per group of lanes (``_lanes_merged``): the position's j RECS + k
         rec = j * RECS + tl.arange(0, RECS)[None, :]
-        m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled, RECS)
+        m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled, RECS, SOLO)
         _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o[:, None], pf, NS * RECS, rec, use_p[:, None], m, s1, sT, arg,
                     bad)
         if HAS_Q:
             if any_q:
-                m, s1, sT, arg, bad = _lanes_merged(m_q, s1_q, sT_q, arg_q, invT, scaled, RECS)
+                m, s1, sT, arg, bad = _lanes_merged(m_q, s1_q, sT_q, arg_q, invT, scaled, RECS, SOLO)
                 _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o[:, None] + 1, pf, NS * RECS, rec, use_q[:, None], m,
                             s1, sT, arg, bad)
 
@@ -2576,10 +2576,7 @@ def _tile_best(score, offs, BLOCK_V: tl.constexpr, LANES: tl.constexpr, VEC: tl.
     R: tl.constexpr = score.shape[0]
     W: tl.constexpr = max(min(BLOCK_V, LANES) // (32 * VEC), 1)
     best, low, _ = _race_records(score, score * 0.0, score * 0.0, offs, BLOCK_V, LANES, W)
-    if W > 1:
-        best = common.warps_joined(best)
-        low = common.warps_joined(low)
-    return best_lowest_rows(best, low)
+    return best_lowest_rows(common.warps_joined(best), common.warps_joined(low))
 
 
 @triton.jit
@@ -2601,7 +2598,7 @@ def _race_best(race_f_ptr, race_i_ptr, rows, racing, NRR, B, BLOCK_R: tl.constex
     unroll), folded in a thread's registers entry by entry (a block's record replaces the running one at a greater
     score, or at an equal score and a lower index), and reduced once across a block's 32 entries: one warp's
     shuffles, with no shared memory or barrier, at any count of records."""
-    W: tl.constexpr = BLOCK_R if BLOCK_R < 32 else 32
+    W: tl.constexpr = min(BLOCK_R, 32)
     mass, best, idx = _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 0, W)
     for c in tl.static_range(1, BLOCK_R // W):
         mc, sc, ix = _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, c, W)
