@@ -205,29 +205,25 @@ def warps_joined(x):
 
 
 @triton.jit
-def lane_sum(x):
-    """Per row of an [R, N] block (on a GPU each run of 32 entries within one warp, as where entry l of a row is
-    thread l's: a lane's running sums), its sum: each run by a warp's shuffles, then the runs' partials joined
-    (``warps_joined``), with no reduction across warps."""
-    R: tl.constexpr = x.shape[0]
-    N: tl.constexpr = x.shape[1]
-    if N > 32:
-        s = tl.sum(warps_joined(tl.sum(tl.reshape(x, [R, N // 32, 32]), axis=2)), axis=1)
+def _row_reduce(x, MAX: tl.constexpr):
+    """x reduced along its last axis: its max with MAX, else its sum."""
+    if MAX:
+        r = tl.max(x, axis=len(x.shape) - 1)
     else:
-        s = tl.sum(x, axis=1)
-    return s
+        r = tl.sum(x, axis=len(x.shape) - 1)
+    return r
 
 
 @triton.jit
-def lane_max(x):
-    """Per row of an [R, N] block of per-lane values (as ``lane_sum``'s), its max, with no reduction across warps."""
+def lane_sum(x, MAX: tl.constexpr = False):
+    """Per row of an [R, N] block (on a GPU each run of 32 entries within one warp, as where entry l of a row is
+    thread l's: a lane's running sums), its sum (its max with MAX): each run by a warp's shuffles, then the runs'
+    partials joined (``warps_joined``), with no reduction across warps."""
     R: tl.constexpr = x.shape[0]
     N: tl.constexpr = x.shape[1]
     if N > 32:
-        s = tl.max(warps_joined(tl.max(tl.reshape(x, [R, N // 32, 32]), axis=2)), axis=1)
-    else:
-        s = tl.max(x, axis=1)
-    return s
+        x = warps_joined(_row_reduce(tl.reshape(x, [R, N // 32, 32]), MAX))
+    return _row_reduce(x, MAX)
 
 
 @triton.jit

@@ -575,11 +575,11 @@ def _lanes_merged(m, s1, sT, arg, invT, scaled, RECS: tl.constexpr, SOLO: tl.con
 @triton.jit
 def _lanes_any(flag, SOLO: tl.constexpr):
     """[R]: whether any lane of a row holds ``flag``: at one row group (``SOLO``: B = 1) the groups' flags joined
-    (``common.lane_max``: no reduction across warps); elsewhere the lanes' at once (the compiler's allocation of the
+    (``common.lane_sum``: no reduction across warps); elsewhere the lanes' at once (the compiler's allocation of the
     whole kernel at B = 64 keeps that form: joined there, it held two of the queue loop's values across calls in
     local memory, 8 B, for token_v1 and token_v2 at bfloat16)."""
     if SOLO:
-        any_ = common.lane_max(flag.to(tl.int32))
+        any_ = common.lane_sum(flag.to(tl.int32), MAX=True)
     else:
         any_ = tl.max(flag.to(tl.int32), axis=1)
     return any_
