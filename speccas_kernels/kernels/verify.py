@@ -101,7 +101,7 @@ its instructions).
   loads going out before the fold of the tile before (one tile ahead, in registers: at B = 64, four tiles per
   item, a later tile waits only for what a fold does not cover of its round trip): the tiles fold
   entry by entry into a running best score (with its index) and residual mass, reduced once per item into a
-  record per warp (``_race_records``). Philox runs once per four entries, all four words used (one 32 x 32 -> 64-bit product per multiplier and
+  record per warp (``_race_records``; at one row group the warps' records joined into one, ``_warps_best``). Philox runs once per four entries, all four words used (one 32 x 32 -> 64-bit product per multiplier and
   round), joined into a flat [R, BLOCK_V] tile. Scores are w / (-log2 u) (``common.neg_rcp_fast``), exp(log w + G)
   times ln 2 for w the residual, or exp((z - M) / T) for the bonus: the Gumbel scores' argmax with one lg2 and one
   reciprocal per entry for the noise; w = max(0, pi - q) is formed without pi (family A r (p - q), family B
@@ -148,10 +148,11 @@ spill (its second stage loads the warps' partials under a predicate, and the reg
 function's entry), so none is left in the records' path: where they fit (B = 64, ``stats_records``) a stats item
 writes one record per warp, merged by shuffles alone, and at one row group (B = 1) the warps' records are joined
 in every warp (``common.warps_joined``: a gather through shared memory, whose load has no predicate) and merged
-once more; the merge folds its records in two blocks or more of at most 32 (``_merge_sides``); a race item writes
-one record per warp (``race_records``) and the emit folds a row's records in blocks of 32 in a thread's registers
-(``_race_best``); a look item's lanes, the TV cells' floor and the race over pi reduce per warp and join the same
-way (``common.lane_sum``, ``_tile_best``). A stats
+once more; the merge folds its records in two blocks or more of at most 32 (``_merge_sides``; at one row group
+one block, whose reductions cross warps and spill nothing); a race item writes one record per warp
+(``race_records``; at one row group one, its warps' records joined: ``_warps_best``) and the emit folds a row's
+records in blocks of 32 in a thread's registers (``_race_best``); a look item's lanes, the TV cells' floor and the
+race over pi reduce per warp and join the same way (``common.lane_sum``, ``_tile_best``). A stats
 item's cold redo (a scale that reached ``SHIFT_MAX``) holds one side's tiles at a time (``_side_tile``): holding
 both, it spilled them, and ptxas's allocation of the whole kernel around it spilled elsewhere too (36-100 B at
 B = 64, K = 4). A program's first draw and last ticket are calls of their own (``_draw``, ``_queue_reset``), so
@@ -238,12 +239,14 @@ def stats_records(ns: int, nt: int, screens: int) -> int:
 
 def race_records(groups: int, block_v: int, lanes: int, vec: int, items: int) -> int:
     """Records a race item writes per row (``_race_records``): one per group of 32 lanes of a tile (a warp each on a
-    GPU: the item's reductions are shuffles alone, none across warps). Where there are several row groups (B > 1)
-    they are halved while a row's ``items`` items would write more than RACE_RECORDS (the emit joins them in a
-    thread's registers: ``_race_best``); at one row group (``SOLO``, B = 1) the emit is a function of its own
-    (``_race_emit``), which reads them all as one block."""
+    GPU: the item's reductions are shuffles alone, none across warps), halved while a row's ``items`` items would
+    write more than RACE_RECORDS (the emit folds them in blocks of 32: ``_race_best``), where there are several row
+    groups (B > 1); one at one row group (``SOLO``, B = 1), whose emit lies on the row's chain: the item joins its
+    warps' records into it (``_warps_best``)."""
+    if groups == 1:
+        return 1
     recs = max(1, min(block_v, lanes) // (32 * vec))
-    while groups > 1 and recs > 1 and items * recs > RACE_RECORDS:
+    while recs > 1 and items * recs > RACE_RECORDS:
         recs //= 2
     return recs
 
@@ -734,7 +737,7 @@ def _verify_kernel(
     CH_EXTRA: tl.constexpr,  # its items that hold one chunk more: NI % NS
     TILES: tl.constexpr,  # vocabulary tiles per chunk (statically unrolled)
     RACE_TILES: tl.constexpr,  # tiles per race item (statically unrolled): TILES, or fewer at a small batch
-    RACE_RECS: tl.constexpr,  # records a race item writes a row: one per warp, or fewer (``race_records``)
+    RACE_RECS: tl.constexpr,  # records a race item writes a row: one per warp, or fewer; 1 at one row group
     BLOCK_R: tl.constexpr,  # >= NR RACE_RECS: a row's race records
     CHUNKS: tl.constexpr,  # chunks of TILES tiles per work item, at most
     LOOK_SPLIT: tl.constexpr,  # second-look items per stats item (a power of two): NL = NS LOOK_SPLIT per position
@@ -2569,6 +2572,15 @@ def _race_records(acc_s, acc_u, acc_w, offs, BLOCK_V: tl.constexpr, LANES: tl.co
 
 
 @triton.jit
+def _warps_best(best, low, mass):
+    """[R, W] records of a race item, one per warp (``_race_records``), as one [R, 1] record: the best score, its
+    lowest offset and the mass summed, the warps' records joined first (``common.warps_joined``: no reduction across
+    warps)."""
+    b, lo = best_lowest_rows(common.warps_joined(best), common.warps_joined(low))
+    return b[:, None], lo[:, None], tl.sum(common.warps_joined(mass), axis=1)[:, None]
+
+
+@triton.jit
 def _tile_best(score, offs, BLOCK_V: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr):
     """Per row of an [R, BLOCK_V] tile of scores: (the best, its lowest offset; BIG if none), each warp's entries
     reduced by shuffles (``_race_records``), the warps' records joined (``common.warps_joined``): no reduction
@@ -2783,8 +2795,11 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                 argq, xm, al, cutp_ptr, cutq_ptr, K, V, FAMILY, IN_SET, HAS_Q, FILTERS, FP64, PAIRS, ROWS, BLOCK_V,
                 TILES, VEC, False, SCREEN, zp_pre, zq_pre)
         # RECS records per item (one per warp: ``race_records``), the row's NI RECS in a row (the masses B NI RECS
-        # further on)
-        best, low, mass = _race_records(acc_s, acc_u, acc_w, offs, BLOCK_V, LANES, RECS)
+        # further on); at one row group one, the warps' records joined (``_warps_best``)
+        WARPS: tl.constexpr = max(min(BLOCK_V, LANES) // (32 * VEC), 1)
+        best, low, mass = _race_records(acc_s, acc_u, acc_w, offs, BLOCK_V, LANES, WARPS if SOLO else RECS)
+        if SOLO:
+            best, low, mass = _warps_best(best, low, mass)
         idx = (j * (TILES * BLOCK_V) + low).to(tl.int32)
         mass = tl.where(bonus_row[:, None], 1.0, mass)
         rec = rows[:, None] * (NI * RECS) + j * RECS + tl.arange(0, RECS)[None, :]
