@@ -1668,8 +1668,9 @@ def test_kernels_branch_on_no_batch_sized_constexpr():
     bad = ("@triton.jit\ndef f(CHUNKS, x):\n    if CHUNKS > 1:\n        x += 1\n    while x < TILES:\n        x += 1\n"
            "    return x\n\n\ndef launch(RECS):\n    if RECS > 1:\n        return 1\n")  # (the host's: not flagged)
     assert _branches_on(bad) == [(3, ["CHUNKS"]), (5, ["TILES"])]
-    derived = ("@triton.jit\ndef f(CH_BASE, SOLO, x):\n    ONE: tl.constexpr = CH_BASE == 1\n    WIDE: tl.constexpr = ONE or x\n"
-               "    SAFE: tl.constexpr = SOLO and ONE\n    if WIDE:\n        x += 1\n    if SAFE:\n        x += 1\n"
+    derived = ("@triton.jit\ndef f(CH_BASE, SOLO, x):\n    ONE: tl.constexpr = CH_BASE == 1\n"
+               "    WIDE: tl.constexpr = ONE or x\n    SAFE: tl.constexpr = SOLO and ONE\n    if WIDE:\n        x += 1\n"
+               "    if SAFE:\n        x += 1\n"
                "    if SOLO and ONE:\n        x += 1\n    OFF: tl.constexpr = x and not (SOLO and ONE)\n"
                "    if OFF:\n        x += 1\n    BAD: tl.constexpr = not (SOLO or ONE)\n    if BAD:\n        x += 1\n"
                "    return x\n")

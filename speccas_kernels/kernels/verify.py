@@ -47,7 +47,8 @@ its instructions).
   at T = 0), NaN/+inf flag (read off the T = 1 sum). Each thread folds its own entries of every chunk into running
   statistics per lane (``_lane_stats``: rescaled to the lane's new max, no shuffle or barrier inside the loop), and
   the item reduces its lanes once into RECS records a side (``_lanes_merged``: one per warp where they fit the
-  workspace, B = 64 on a GPU, merged by shuffles alone; else one, the warps' records merged once more). A token set with a floor (``SCREEN``) also
+  workspace, B = 64 on a GPU, merged by shuffles alone; else one, the warps' records merged once more). A token
+  set with a floor (``SCREEN``) also
   writes, at each drafted position, screening records per chunk and warp (``_screen``: the warp's largest logit on
   the side the set reads, and the drafter's mass over the warp's entries of the chunk from the lanes' own sums;
   shuffles within the warp only, no shared memory or barrier), which its second look screens. The item whose
@@ -101,7 +102,8 @@ its instructions).
   loads going out before the fold of the tile before (one tile ahead, in registers: at B = 64, four tiles per
   item, a later tile waits only for what a fold does not cover of its round trip): the tiles fold
   entry by entry into a running best score (with its index) and residual mass, reduced once per item into a
-  record per warp (``_race_records``; at one row group the warps' records joined into one, ``_warps_best``). Philox runs once per four entries, all four words used (one 32 x 32 -> 64-bit product per multiplier and
+  record per warp (``_race_records``; at one row group the warps' records joined into one, ``_warps_best``).
+  Philox runs once per four entries, all four words used (one 32 x 32 -> 64-bit product per multiplier and
   round), joined into a flat [R, BLOCK_V] tile. Scores are w / (-log2 u) (``common.neg_rcp_fast``), exp(log w + G)
   times ln 2 for w the residual, or exp((z - M) / T) for the bonus: the Gumbel scores' argmax with one lg2 and one
   reciprocal per entry for the noise; w = max(0, pi - q) is formed without pi (family A r (p - q), family B
@@ -111,7 +113,8 @@ its instructions).
   below the floor, ``_race_clear``), and tests membership per entry only at the others. A row's item computes its
   scores in one branch, the bonus's or the residual's. An entry's best is kept as its tile number (a float: the
   compiler packed an int32's few values into bytes), the index formed once per item. The last item's program
-  **emits** the token, the row's records folded in blocks of 32 (``_race_best``); when the residual's mass is rounding noise (at most RESIDUAL_EPS, rare) it first runs the
+  **emits** the token, the row's records folded in blocks of 32 (``_race_best``); when the residual's mass is
+  rounding noise (at most RESIDUAL_EPS, rare) it first runs the
   race over pi itself.
 
 * **divergences** (``verify(return_divergence=True)``; SPEC.md section 6): TV(q, p) and TV(law, p) at every verified
@@ -2063,7 +2066,8 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                                                 NEED_P, DIVERGENCE, SPARSE_ETA, TILES, BLOCK_V, ROWS, LANES, VEC,
                                                 WIDE, False, FAST, fast, cp, kp, cq, kq)
                     if not SPARSE_ETA:
-                        tl.store(look_part_ptr + (rows * K + i) * NL + j, _look_total(acc, WIDE), mask=use)  # one per item
+                        # one per item
+                        tl.store(look_part_ptr + (rows * K + i) * NL + j, _look_total(acc, WIDE), mask=use)
                     if DIVERGENCE:
                         tl.store(look_part_ptr + (B * K + rows * K + i) * NL + j, _look_total(acc2, WIDE), mask=use)
         # The item reports to the row itself, one ticket (the accept phase sums the records): no merge of the
@@ -2585,7 +2589,6 @@ def _tile_best(score, offs, BLOCK_V: tl.constexpr, LANES: tl.constexpr, VEC: tl.
     """Per row of an [R, BLOCK_V] tile of scores: (the best, its lowest offset; BIG if none), each warp's entries
     reduced by shuffles (``_race_records``), the warps' records joined (``common.warps_joined``): no reduction
     across warps."""
-    R: tl.constexpr = score.shape[0]
     W: tl.constexpr = max(min(BLOCK_V, LANES) // (32 * VEC), 1)
     best, low, _ = _race_records(score, score * 0.0, score * 0.0, offs, BLOCK_V, LANES, W)
     return best_lowest_rows(common.warps_joined(best), common.warps_joined(low))
