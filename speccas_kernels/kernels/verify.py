@@ -2393,7 +2393,7 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
              stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
              USES_ALPHA: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr,
              FP64: tl.constexpr, BLOCK_V: tl.constexpr, PAIRS: tl.constexpr, LANES: tl.constexpr,
-             VEC: tl.constexpr, SOLO: tl.constexpr):
+             VEC: tl.constexpr):
     """argmax_v log pi_m(v) + G(v) over the whole vocabulary, tile after tile (lowest index on ties), for the rows
     ``flat`` (here: the racing rows); the same noise and pi as the residual race."""
     KP = K + 1
@@ -2422,11 +2422,8 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
                                S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY, IN_SET, HAS_Q, FILTERS, FP64,
                                PAIRS, V - v0)
         fs = tl.where(mask, ln_fast(pi) + noise, NEG_INF)
-        if SOLO:  # (B = 64 keeps the one reduction: ptxas's allocation there spilled 8 B with the joined one)
-            b, i = _tile_best(tl.where(fs == fs, fs, NEG_INF), offs, BLOCK_V, LANES, VEC)
-            i = tl.where(i < BIG, v0 + i, BIG).to(tl.int32)
-        else:
-            b, i = best_lowest_rows(tl.where(fs == fs, fs, NEG_INF), v.to(tl.int32))
+        b, i = _tile_best(tl.where(fs == fs, fs, NEG_INF), offs, BLOCK_V, LANES, VEC)
+        i = tl.where(i < BIG, v0 + i, BIG).to(tl.int32)
         take = (b > best) | (idx == BIG)
         idx = tl.where(take, i, idx)
         best = tl.where(take, b, best)
@@ -2681,7 +2678,7 @@ def _race_emit_rows(rows, rmask, racing, m, T, start, tokens_ptr, race_f_ptr, ra
                     stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                     HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
                     BLOCK_V: tl.constexpr, PAIRS: tl.constexpr, NRR, BLOCK_R: tl.constexpr, LANES: tl.constexpr,
-                    VEC: tl.constexpr, SOLO: tl.constexpr):
+                    VEC: tl.constexpr):
     """The emit of a row group's racing rows: their NRR race records merged (``_race_best``), the token stored at
     position m (the race over pi where the residual's mass is rounding noise)."""
     if tl.max(racing.to(tl.int32), axis=0) > 0:
@@ -2693,7 +2690,7 @@ def _race_emit_rows(rows, rmask, racing, m, T, start, tokens_ptr, race_f_ptr, ra
                                           pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, seed_ptr,
                                           seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V,
                                           stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA,
-                                          HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS, LANES, VEC, SOLO), idx)
+                                          HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS, LANES, VEC), idx)
         tl.store(tokens_ptr + rows * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64), mask=racing)
 
 
@@ -2817,7 +2814,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                         pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val,
                         offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk, stride_pb,
                         stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS, NI * RECS,
-                        BLOCK_R, LANES, VEC, SOLO)
+                        BLOCK_R, LANES, VEC)
         tl.store(cnt_ptr + c_race + g, 0)
         if not DIV_ITEMS:
             tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
