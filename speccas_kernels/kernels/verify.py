@@ -160,9 +160,11 @@ item's cold redo (a scale that reached ``SHIFT_MAX``) holds one side's tiles at 
 both, it spilled them, and ptxas's allocation of the whole kernel around it spilled elsewhere too (36-100 B at
 B = 64, K = 4). A program's first draw and last ticket are calls of their own (``_draw``, ``_queue_reset``), so
 the kernel holds no shared word's address across the loop. What stays (ptxas for sm_90, summed over the kernel and
-its functions, every rule and dtype, B = 1 and 64, K = 4, 8 and 16): at B = 1 and K = 8 the race and look items' of
-token_v1 at bfloat16 (12 B) and of token_v2 and token_v3 at float32 (20 B: their reductions across warps at one row
-group, whose second stage loads the warps' partials under a predicate), nothing elsewhere. The logits' strides are
+its functions, every rule and dtype, B = 1 and 64, K = 4, 8 and 16): 8 B for token_v1 at float32, B = 64 and
+K = 16 (the kernel's own: one of the queue loop's values held across calls). ptxas allocates the kernel and its
+functions together, so a change in one function can spill in another (the race over pi kept as one reduction per
+tile at B = 64 took that 8 B away, but opt bf16 B = 64 then fell to 79.8% of copy bandwidth in the model); the
+grid is ``roofline.py --spills``'s. The logits' strides are
 int64 parameters (no sign extension to hold); Philox's key and the screening records' distance pass
 ``common.opaque`` (what derives from them is formed at its use); no phase compares a chunk's entries' offsets
 outside a rare branch (the greedy argmax adds its lane's offset once).
