@@ -155,16 +155,18 @@ once more; the merge folds its records in two blocks or more of at most 32 (``_m
 one block, whose reductions cross warps and spill nothing); a race item writes one record per warp
 (``race_records``; at one row group one, its warps' records joined: ``_warps_best``) and the emit folds a row's
 records in blocks of 32 in a thread's registers (``_race_best``); a look item's lanes, the TV cells' floor and the
-race over pi reduce per warp and join the same way (``common.lane_sum``, ``_tile_best``). A stats
+race over pi reduce per warp and join the same way (``common.lane_sum``, ``_tile_best``; the race over pi
+of a token rule at several row groups keeps one reduction per tile, see below). A stats
 item's cold redo (a scale that reached ``SHIFT_MAX``) holds one side's tiles at a time (``_side_tile``): holding
 both, it spilled them, and ptxas's allocation of the whole kernel around it spilled elsewhere too (36-100 B at
 B = 64, K = 4). A program's first draw and last ticket are calls of their own (``_draw``, ``_queue_reset``), so
 the kernel holds no shared word's address across the loop. What stays (ptxas for sm_90, summed over the kernel and
-its functions, every rule and dtype, B = 1 and 64, K = 4, 8 and 16): 8 B for token_v1 at float32, B = 64 and
-K = 16 (the kernel's own: one of the queue loop's values held across calls). ptxas allocates the kernel and its
-functions together, so a change in one function can spill in another (the race over pi kept as one reduction per
-tile at B = 64 took that 8 B away, but opt bf16 B = 64 then fell to 79.8% of copy bandwidth in the model); the
-grid is ``roofline.py --spills``'s. The logits' strides are
+its functions, every rule and dtype, B = 1 and 64, K = 4, 8 and 16): nothing. ptxas allocates the kernel and
+its functions together, so a change in one function can spill in another, and a form is kept where the grid
+(``roofline.py --spills``) and the model rows say so: at several row groups a token rule races over pi with one
+reduction per tile (joined per warp, token_v1 float32 at B = 64, K = 16 held one of the queue loop's values across
+calls: 8 B), and the other rules join per warp (one reduction there cost opt bfloat16 at B = 64 0.4 point of copy
+bandwidth in the model: 79.8%, under the 80% goal). The logits' strides are
 int64 parameters (no sign extension to hold); Philox's key and the screening records' distance pass
 ``common.opaque`` (what derives from them is formed at its use); no phase compares a chunk's entries' offsets
 outside a rare branch (the greedy argmax adds its lane's offset once).
@@ -2395,7 +2397,7 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
              stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
              USES_ALPHA: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr,
              FP64: tl.constexpr, BLOCK_V: tl.constexpr, PAIRS: tl.constexpr, LANES: tl.constexpr,
-             VEC: tl.constexpr):
+             VEC: tl.constexpr, SOLO: tl.constexpr):
     """argmax_v log pi_m(v) + G(v) over the whole vocabulary, tile after tile (lowest index on ties), for the rows
     ``flat`` (here: the racing rows); the same noise and pi as the residual race."""
     KP = K + 1
@@ -2424,8 +2426,11 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
                                S1p, S1q, argp, argq, xm, al, qbase, cutq_ptr, K, FAMILY, IN_SET, HAS_Q, FILTERS, FP64,
                                PAIRS, V - v0)
         fs = tl.where(mask, ln_fast(pi) + noise, NEG_INF)
-        b, i = _tile_best(tl.where(fs == fs, fs, NEG_INF), offs, BLOCK_V, LANES, VEC)
-        i = tl.where(i < BIG, v0 + i, BIG).to(tl.int32)
+        if SOLO or FAMILY != FAMILY_B:  # (token rules' B > 1: the one reduction; see the module docstring)
+            b, i = _tile_best(tl.where(fs == fs, fs, NEG_INF), offs, BLOCK_V, LANES, VEC)
+            i = tl.where(i < BIG, v0 + i, BIG).to(tl.int32)
+        else:
+            b, i = best_lowest_rows(tl.where(fs == fs, fs, NEG_INF), v.to(tl.int32))
         take = (b > best) | (idx == BIG)
         idx = tl.where(take, i, idx)
         best = tl.where(take, b, best)
@@ -2680,7 +2685,7 @@ def _race_emit_rows(rows, rmask, racing, m, T, start, tokens_ptr, race_f_ptr, ra
                     stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                     HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
                     BLOCK_V: tl.constexpr, PAIRS: tl.constexpr, NRR, BLOCK_R: tl.constexpr, LANES: tl.constexpr,
-                    VEC: tl.constexpr):
+                    VEC: tl.constexpr, SOLO: tl.constexpr):
     """The emit of a row group's racing rows: their NRR race records merged (``_race_best``), the token stored at
     position m (the race over pi where the residual's mass is rounding noise)."""
     if tl.max(racing.to(tl.int32), axis=0) > 0:
@@ -2692,7 +2697,7 @@ def _race_emit_rows(rows, rmask, racing, m, T, start, tokens_ptr, race_f_ptr, ra
                                           pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, seed_ptr,
                                           seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V,
                                           stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA,
-                                          HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS, LANES, VEC), idx)
+                                          HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS, LANES, VEC, SOLO), idx)
         tl.store(tokens_ptr + rows * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64), mask=racing)
 
 
@@ -2816,7 +2821,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                         pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val,
                         offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk, stride_pb,
                         stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS, NI * RECS,
-                        BLOCK_R, LANES, VEC)
+                        BLOCK_R, LANES, VEC, SOLO)
         tl.store(cnt_ptr + c_race + g, 0)
         if not DIV_ITEMS:
             tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
