@@ -42,7 +42,9 @@ What it does, per public call (``verify`` for every rule, ``sample``) and grid p
      share of the middle row's, their distances scaled by the real vocabulary over the probe's;
    - paths: for up to 32 programs per launch the executed kernel source lines are recorded; a SASS basic
      block runs in the share of programs that executed one of its exclusive source lines (1 when it has
-     none), so code behind an untaken ``if`` is not counted (code ptxas predicated instead still is). For a
+     none), so code behind an untaken ``if`` is not counted (code ptxas predicated instead still is), nor is
+     the copy of a shuffle ptxas adds for warps that are not converged (``BRA.DIV``, ``_divergent_paths``: the
+     kernels branch only on values uniform over a program, so their warps never take it). For a
      persistent kernel (its first program runs every work item under the interpreter) a block runs or not, and a
      block whose instructions all sit, by their inline chains, under a kernel line no program executed (the body of
      an untaken branch made of helper calls) does not run (``_unreached_by_chain``). Lines are those of the
@@ -1112,13 +1114,32 @@ def _live(instrs: List[SassInstr], labels: Dict[str, int]) -> List[SassInstr]:
     return [i for i in live if not (i.base == "BRA" and labels.get(_target(i)) == i.addr)]
 
 
+def _divergent_paths(live: List[SassInstr], labels: Dict[str, int]) -> set:
+    """The addresses of the paths a warp takes only when it is not converged: where ptxas cannot prove that every
+    lane of a warp reaches a shuffle, it guards the shuffle with ``BRA.DIV`` to a copy whose shuffles take the
+    active lanes (``WARPSYNC.COLLECTIVE``), ending in a branch back. A Triton kernel's branches are on values
+    uniform over the program (a scalar, or a tensor reduced to one), so its warps are converged at every shuffle
+    and those copies never run: each is the code from a ``BRA.DIV`` target up to its first unconditional branch."""
+    at = {i.addr: n for n, i in enumerate(live)}
+    out = set()
+    for i in live:
+        if i.opcode.startswith("BRA.DIV") and labels.get(_target(i)) in at:
+            for j in live[at[labels[_target(i)]]:]:
+                out.add(j.addr)
+                if j.base in ("EXIT", "RET") or (j.opcode == "BRA" and not j.pred):
+                    break
+    return out
+
+
 def analyze_sass(text: str) -> dict:
-    """Static SASS statistics of one kernel: counts by class and pipe, memory widths, loops."""
+    """Static SASS statistics of one kernel: counts by class and pipe, memory widths, loops (not the branch back
+    of a path for divergent warps, ``_divergent_paths``: not a loop, and the blocks of that path run nowhere)."""
     instrs, labels = parse_sass(text)
     live = _live(instrs, labels)
+    divergent = _divergent_paths(live, labels)
     loops = []
     for i in live:
-        tgt = labels.get(_target(i)) if i.base == "BRA" else None
+        tgt = labels.get(_target(i)) if i.base == "BRA" and i.addr not in divergent else None
         if tgt is not None and tgt < i.addr:
             body = [j for j in live if tgt <= j.addr <= i.addr]
             mem_lines = sorted({j.line for j in body if PIPE_OF.get(j.base) == "lsu" and j.base != "SHFL" and j.line})
@@ -1128,6 +1149,8 @@ def analyze_sass(text: str) -> dict:
         l.index = n
         l.depth = sum(1 for o in loops if o is not l and o.start <= l.start and l.end <= o.end)
     blocks = _basic_blocks(live, labels)
+    for b in blocks["blocks"]:
+        b["divergent"] = b["start"] in divergent
     classes, pipes, widths = Counter(), Counter(), Counter()
     for i in live:
         cls = CLASS_OF.get(i.base)
@@ -1527,18 +1550,19 @@ def block_reach(rec: dict, paired: Optional[dict], sass: Optional[dict] = None, 
     """Per SASS basic block: the fraction of programs that run it, from the sampled programs' executed
     source lines (a block runs when it has no exclusive line or a program executed one of them); 1 for
     every block when there is no trace (all paths counted). ``any_program``: 1 when any sampled program ran
-    it, else 0 (a persistent kernel, whose first program under the interpreter runs every work item)."""
+    it, else 0 (a persistent kernel, whose first program under the interpreter runs every work item). A block of
+    a path for divergent warps (``_divergent_paths``) runs nowhere, traced or not."""
     blocks = (sass or rec["sass"]).get("blocks", [])
     paths = paired.get("paths") if paired else None
     if not paths:
-        return [1.0] * len(blocks)
+        return [0.0 if b.get("divergent") else 1.0 for b in blocks]
     total = sum(n for _, n in paths)
     unreached = _unreached_by_chain(rec, sass, paths) if any_program else set()
     out = []
     for k, b in enumerate(blocks):
         ex = set(b["exclusive"])
         ran = sum(n for lines, n in paths if ex.intersection(lines))
-        out.append(0.0 if k in unreached else
+        out.append(0.0 if k in unreached or b.get("divergent") else
                    1.0 if not ex else (float(ran > 0) if any_program else ran / total))
     return out
 
@@ -1887,6 +1911,8 @@ def model_launch(launch: Launch, rec: dict, B: int, paired: Optional[dict], logi
         reach = block_reach(rec, paired)
         pipe_instr = Counter()
         for addr, _, pipe, _, block in rec["sass"]["per_instruction"]:
+            if rec["sass"]["blocks"][block].get("divergent"):
+                continue  # (``_divergent_paths``: inside a loop's addresses or not, it never runs)
             best = None
             for l, it in zip(rec["sass"]["loops"], loops):
                 if l["start"] <= addr <= l["end"] and (best is None or l["end"] - l["start"] < best[0]):
@@ -2751,7 +2777,12 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "v46 kernel of token_v3 bf16 B = 64 as r6 did (48.99 us). From v53 (2026-12-05) a device function the "
              "kernel calls outside its queue loop (a program's first draw, its last ticket) is charged once per "
              "program (r7 refused such a call): an extension of r7 that moves no earlier row, no earlier kernel "
-             "having one.")
+             "having one. From v56 (2026-12-06) the tool is r8: the copy of a shuffle that ptxas adds for warps "
+             "that are not converged (`BRA.DIV` to a `WARPSYNC.COLLECTIVE` path that branches back) is not counted, "
+             "and its branch back is not a loop; r7 counted those blocks as run (their source lines are the "
+             "shuffle's, so no block of theirs is exclusive). The kernels branch only on values uniform over a "
+             "program, so their warps never take that path. v56's kernels are v55's: the two versions' rows differ "
+             "by the tool alone.")
 
 
 def render(path: Path = MD_PATH, machine: Machine = H200) -> str:

@@ -1498,6 +1498,49 @@ def test_parse_sass_finds_backward_branches():
     assert math.isclose(sum(a["pipes"].values()), 7)
 
 
+def test_paths_for_divergent_warps_run_nowhere():
+    """ptxas guards a shuffle it cannot prove converged with ``BRA.DIV`` to a copy for divergent warps that branches
+    back: a Triton kernel's warps are converged at every shuffle (its branches are on values uniform over the
+    program), so the copy's blocks run nowhere, traced or not, and its branch back is not a loop."""
+    text = textwrap.dedent('''
+        //## File "k.py", line 3
+                /*0000*/                   MOV R1, c[0x0][0x28] ;
+        .L_x_0:
+        //## File "k.py", line 5
+                /*0010*/                   LDG.E R4, desc[UR4][R2.64] ;
+                /*0020*/                   BRA.DIV UR4, `(.L_x_2) ;
+        //## File "k.py", line 6
+                /*0030*/                   SHFL.BFLY PT, R5, R4, 0x1, 0x1f ;
+        .L_x_1:
+        //## File "k.py", line 7
+                /*0040*/                   FADD R4, R4, R5 ;
+                /*0050*/                   ISETP.GE.AND P0, PT, R0, 0x10, PT ;
+                /*0060*/               @!P0 BRA `(.L_x_0) ;
+                /*0070*/                   STG.E desc[UR4][R2.64], R4 ;
+                /*0080*/                   EXIT ;
+        .L_x_2:
+        //## File "k.py", line 6
+                /*0090*/                   MOV R6, 0xffffffff ;
+                /*00a0*/                   WARPSYNC.COLLECTIVE R6, `(.L_x_3) ;
+                /*00b0*/                   SHFL.BFLY P5, R5, R4, R7, R8 ;
+                /*00c0*/                   ENDCOLLECTIVE ;
+        .L_x_3:
+                /*00d0*/                   BRA `(.L_x_1) ;
+        .L_x_4:
+                /*00e0*/                   BRA `(.L_x_4);
+    ''')
+    a = rf.analyze_sass(text)
+    assert [(l["start"], l["end"]) for l in a["loops"]] == [(0x10, 0x60)]  # (not 0x40 .. 0xd0: the branch back)
+    assert [(b["start"], b["divergent"]) for b in a["blocks"]] == [
+        (0x0, False), (0x10, False), (0x30, False), (0x40, False), (0x70, False), (0x90, True), (0xd0, True)]
+    rec = dict(sass=a)
+    assert rf.block_reach(rec, None) == [1, 1, 1, 1, 1, 0, 0]
+    # traced: line 6 (the shuffle) ran, so without the rule the copy's blocks would count (no exclusive line)
+    paths = dict(paths=[(["k.py:3", "k.py:5", "k.py:6", "k.py:7"], 1)])
+    assert rf.block_reach(rec, paths, any_program=True) == [1, 1, 1, 1, 1, 0, 0]
+    assert a["instructions"] == 14 and a["pipes"]["lsu"] == 4  # (static counts keep every instruction)
+
+
 def test_spill_rows_report_ptxas_per_kernel(tmp_path, monkeypatch, capsys):
     """``--spills``: each point's kernels compiled for sm_90 as the model compiles them, one row per kernel with
     ptxas's registers and spills (the compiled record's, loads and stores apart), merged by version and point (a
