@@ -1121,13 +1121,21 @@ def _divergent_paths(live: List[SassInstr], labels: Dict[str, int]) -> set:
     uniform over the program (a scalar, or a tensor reduced to one), so its warps are converged at every shuffle
     and those copies never run: each is the code from a ``BRA.DIV`` target up to its first unconditional branch."""
     at = {i.addr: n for n, i in enumerate(live)}
-    out = set()
+    paths = []
     for i in live:
         if i.opcode.startswith("BRA.DIV") and labels.get(_target(i)) in at:
+            path = []
             for j in live[at[labels[_target(i)]]:]:
-                out.add(j.addr)
+                path.append(j)
                 if j.base in ("EXIT", "RET") or (j.opcode == "BRA" and not j.pred):
                     break
+            paths.append(path)
+    out = set()
+    for path in paths:  # (one that code outside it also branches into is shared: counted, to be safe)
+        inside = {j.addr for j in path}
+        entered = {labels.get(_target(j)) for j in live if j.addr not in inside and not j.opcode.startswith("BRA.DIV")}
+        if not (inside & entered):
+            out |= inside
     return out
 
 

@@ -1539,6 +1539,11 @@ def test_paths_for_divergent_warps_run_nowhere():
     paths = dict(paths=[(["k.py:3", "k.py:5", "k.py:6", "k.py:7"], 1)])
     assert rf.block_reach(rec, paths, any_program=True) == [1, 1, 1, 1, 1, 0, 0]
     assert a["instructions"] == 14 and a["pipes"]["lsu"] == 4  # (static counts keep every instruction)
+    # a path that code outside it also branches into is shared: it counts (and its branch back is a loop again)
+    shared = rf.analyze_sass(text.replace("/*0050*/                   ISETP.GE.AND P0, PT, R0, 0x10, PT ;",
+                                          "/*0050*/               @P1 BRA `(.L_x_3) ;"))
+    assert not any(b["divergent"] for b in shared["blocks"])
+    assert (0x40, 0xd0) in [(l["start"], l["end"]) for l in shared["loops"]]
 
 
 def test_spill_rows_report_ptxas_per_kernel(tmp_path, monkeypatch, capsys):
