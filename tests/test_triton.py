@@ -259,6 +259,27 @@ def test_one_row_group_races_pi_with_its_warps_records(device, monkeypatch):
         assert int(ref.num_accepted) == 0 and out.tokens.cpu().equal(ref.tokens), (seed, out.tokens, ref.tokens)
 
 
+def test_several_row_groups_race_pi_with_one_reduction_per_tile(device, monkeypatch):
+    """The emit's race over pi at several row groups (one row each): a token rule takes one reduction per tile there
+    (``best_lowest_rows``; the other rules join per warp, ``_tile_best``); every row's token is the reference's, for
+    rows whose seeds differ, over tiles of 256 entries."""
+    monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 256)
+    monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", 1)
+    seen = _spy_launches(monkeypatch, "SOLO", "ROWS")
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(1, 2, 700, generator=g) * 2
+    z[:, :, :3] = float("-inf")
+    B = 6
+    kw = dict(draft_logits=z[:, :1].expand(B, 1, 700).contiguous(), target_logits=z.expand(B, 2, 700).contiguous(),
+              draft_tokens=torch.zeros(B, 1, dtype=torch.int64), rule="token_v2", alpha=-1.0, temperature=1.0,
+              seed=torch.arange(B) + 11, offset=0)
+    ref = sk.verify(**kw, backend="reference")
+    out = sk.verify(**to_device(kw, device), backend="triton")
+    assert seen[-1] == (False, 1), seen
+    assert (ref.num_accepted == 0).all() and len(set(ref.tokens[:, 0].tolist())) > 1, ref.tokens
+    assert out.tokens.cpu().equal(ref.tokens), (out.tokens, ref.tokens)
+
+
 @pytest.mark.parametrize("nt,tiles,chunks", [(1, 4, 16), (5, 1, 3), (75, 4, 16), (75, 4, 4), (38, 1, 1), (150, 2, 16),
                                              (594, 4, 16), (67, 4, 8)])
 def test_stats_items_split_a_positions_chunks_evenly(nt, tiles, chunks):
