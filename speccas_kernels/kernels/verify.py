@@ -160,13 +160,13 @@ of a token rule at several row groups keeps one reduction per tile, see below). 
 item's cold redo (a scale that reached ``SHIFT_MAX``) holds one side's tiles at a time (``_side_tile``): holding
 both, it spilled them, and ptxas's allocation of the whole kernel around it spilled elsewhere too (36-100 B at
 B = 64, K = 4). A program's first draw and last ticket are calls of their own (``_draw``, ``_queue_reset``), so
-the kernel holds no shared word's address across the loop. What stays (ptxas for sm_90, summed over the kernel and
-its functions, every rule and dtype, B = 1 and 64, K = 4, 8 and 16): nothing. ptxas allocates the kernel and
+the kernel holds no shared word's address across the loop. No spill is left (ptxas for sm_90, summed over the kernel
+and its functions, every rule and dtype, B = 1 and 64, K = 4, 8 and 16). ptxas allocates the kernel and
 its functions together, so a change in one function can spill in another, and a form is kept where the grid
-(``roofline.py --spills``) and the model rows say so: at several row groups a token rule races over pi with one
-reduction per tile (joined per warp, token_v1 float32 at B = 64, K = 16 held one of the queue loop's values across
-calls: 8 B), and the other rules join per warp (one reduction there cost opt bfloat16 at B = 64 0.4 point of copy
-bandwidth in the model: 79.8%, under the 80% goal). The logits' strides are
+(``roofline.py --spills``) and the model rows say so. At several row groups a token rule races over pi with one
+reduction per tile: with the warps' records joined instead, token_v1 float32 at B = 64, K = 16 held one of the
+queue loop's values across calls in local memory (8 B). The other rules keep the join: with one reduction, opt
+bfloat16 at B = 64 lost 0.4 point of copy bandwidth in the model (79.8%, under the 80% goal). The logits' strides are
 int64 parameters (no sign extension to hold); Philox's key and the screening records' distance pass
 ``common.opaque`` (what derives from them is formed at its use); no phase compares a chunk's entries' offsets
 outside a rare branch (the greedy argmax adds its lane's offset once).
