@@ -1130,11 +1130,12 @@ def _divergent_paths(live: List[SassInstr], labels: Dict[str, int]) -> set:
                 if j.base in ("EXIT", "RET") or (j.opcode == "BRA" and not j.pred):
                     break
             paths.append(path)
+    # (a path that code outside it also branches into is shared: counted, to be safe)
+    jumps = [(j.addr, labels.get(_target(j))) for j in live if _target(j) and not j.opcode.startswith("BRA.DIV")]
     out = set()
-    for path in paths:  # (one that code outside it also branches into is shared: counted, to be safe)
+    for path in paths:
         inside = {j.addr for j in path}
-        entered = {labels.get(_target(j)) for j in live if j.addr not in inside and not j.opcode.startswith("BRA.DIV")}
-        if not (inside & entered):
+        if not any(to in inside and src not in inside for src, to in jumps):
             out |= inside
     return out
 
