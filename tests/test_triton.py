@@ -240,19 +240,25 @@ def test_one_row_group_joins_its_warps_partials(device, rule, monkeypatch):
         assert_same_outputs(out, ref, margins, what=f"{rule}, T = {T}, one row group, 128 lanes")
 
 
+def _flat_residual_round(B, seed):
+    """B rows of one round whose residual is rounding noise (``test_numerics``' form over 700 entries: q = p, the
+    draft impossible, token_v2 with alpha = -1), so the emit races over pi."""
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(1, 2, 700, generator=g) * 2
+    z[:, :, :3] = float("-inf")
+    return dict(draft_logits=z[:, :1].expand(B, 1, 700).contiguous(), target_logits=z.expand(B, 2, 700).contiguous(),
+                draft_tokens=torch.zeros(B, 1, dtype=torch.int64), rule="token_v2", alpha=-1.0, temperature=1.0,
+                seed=seed, offset=0)
+
+
 def test_one_row_group_races_pi_with_its_warps_records(device, monkeypatch):
     """The emit's race over pi (a residual of rounding noise: ``_rounding_residual_round``'s form) at one row group
     with tiles of 256 entries: each tile's best is its groups' bests joined (``_tile_best``), its offset shifted
     by the tile's start; the reference's token for every seed."""
     monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 256)
     seen = _spy_launches(monkeypatch, "SOLO", "LANES")
-    g = torch.Generator().manual_seed(5)
-    z = torch.randn(1, 2, 700, generator=g) * 2
-    z[:, :, :3] = float("-inf")
     for seed in range(6):
-        kw = dict(draft_logits=z[:, :1].contiguous(), target_logits=z.contiguous(),
-                  draft_tokens=torch.zeros(1, 1, dtype=torch.int64), rule="token_v2", alpha=-1.0, temperature=1.0,
-                  seed=seed, offset=0)
+        kw = _flat_residual_round(1, seed)
         ref = sk.verify(**kw, backend="reference")
         out = sk.verify(**to_device(kw, device), backend="triton")
         assert seen[-1] == (True, 256), seen  # (a tile of 256 float32 entries: two groups of 32 lanes of 4)
@@ -266,13 +272,7 @@ def test_several_row_groups_race_pi_with_one_reduction_per_tile(device, monkeypa
     monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 256)
     monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", 1)
     seen = _spy_launches(monkeypatch, "SOLO", "ROWS")
-    g = torch.Generator().manual_seed(5)
-    z = torch.randn(1, 2, 700, generator=g) * 2
-    z[:, :, :3] = float("-inf")
-    B = 6
-    kw = dict(draft_logits=z[:, :1].expand(B, 1, 700).contiguous(), target_logits=z.expand(B, 2, 700).contiguous(),
-              draft_tokens=torch.zeros(B, 1, dtype=torch.int64), rule="token_v2", alpha=-1.0, temperature=1.0,
-              seed=torch.arange(B) + 11, offset=0)
+    kw = _flat_residual_round(6, torch.arange(6) + 11)
     ref = sk.verify(**kw, backend="reference")
     out = sk.verify(**to_device(kw, device), backend="triton")
     assert seen[-1] == (False, 1), seen
