@@ -6,6 +6,7 @@ Everything this tool prints is a MODEL, not a measurement. It runs on a CPU mach
     python bench/roofline.py --quick --version v1                         # the headline cells only
     python bench/roofline.py --compare v0,v1                              # version against version
     python bench/roofline.py --render                                     # rewrite the markdown only
+                                                                          # (and the grid's plots)
     python bench/roofline.py --cuda                                       # the CUDA C++ kernels' report
 
 What it does, per public call (``verify`` for every rule, ``sample``) and grid point:
@@ -2567,9 +2568,10 @@ def headline_tables(rows: List[dict], version: str) -> List[str]:
     return out
 
 
-def batch_table(rows: List[dict], version: str) -> List[str]:
+def batch_table(rows: List[dict], version: str, K: Optional[int] = None, V: Optional[int] = None) -> List[str]:
+    """Predicted us (% of copy BW) by batch for every rule and sample at one (K, V): HEADLINE's by default."""
     idx = _index(rows)
-    K, V = str(HEADLINE["K"]), str(HEADLINE["V"])
+    K, V = str(HEADLINE["K"] if K is None else K), str(HEADLINE["V"] if V is None else V)
     body = []
     for rule in _rule_order(rows) + ["sample"]:
         op = "sample" if rule == "sample" else "verify"
@@ -2585,6 +2587,126 @@ def batch_table(rows: List[dict], version: str) -> List[str]:
         return []
     return [f"### {version}: predicted us (% of copy BW) by batch, K = {K}, V = {V} ({MODEL_BANNER})", ""] + _table(
         ["rule", "dtype"] + [f"B={B} ({MODEL_BANNER})" for B in GRID_B], body) + [""]
+
+
+def _grid_points(rows: List[dict], version: str) -> List[Tuple[int, int]]:
+    """The (K, V) points where ``version`` has verify rows: HEADLINE's first, then by V and K."""
+    have = {(int(r["K"]), int(r["V"])) for r in rows if r["version"] == version and r["op"] == "verify"}
+    head = (HEADLINE["K"], HEADLINE["V"])
+    return [p for p in [head] + sorted(have - {head}, key=lambda kv: (kv[1], kv[0])) if p in have]
+
+
+def batch_tables(rows: List[dict], version: str) -> List[str]:
+    """``batch_table`` at every (K, V) the version has rows for (``_grid_points``)."""
+    return [line for K, V in _grid_points(rows, version) for line in batch_table(rows, version, K, V)]
+
+
+def grid_summary(rows: List[dict], a: str, b: str) -> List[str]:
+    """Version ``a`` against ``b`` over the grid, the slowest rule of each cell: per (K, V, dtype), the highest
+    predicted us at B = 1 and the lowest % of copy BW at every larger B, over the rules both versions have rows
+    for there (the rule named), so that one table shows where the grid stands and what is furthest behind."""
+    idx = _index(rows)
+    rules = _rule_order(rows)
+    body = []
+    for K, V in sorted(set(_grid_points(rows, a)) & set(_grid_points(rows, b)), key=lambda kv: (kv[1], kv[0])):
+        for dt in GRID_DTYPES:
+            cells = [str(K), str(V), dt]
+            for B in GRID_B:
+                pairs = [(rule, [idx.get((v, "verify", rule, str(B), str(K), str(V), dt)) for v in (a, b)])
+                         for rule in rules]
+                both = [(rule, ra, rb) for rule, (ra, rb) in pairs if ra is not None and rb is not None]
+                for i in (1, 2):
+                    if not both:
+                        cells.append("")
+                    elif B == 1:
+                        worst = max(both, key=lambda t: float(t[i]["predicted_us"]))
+                        cells.append(f"{_f(worst[i]['predicted_us'])} us ({worst[0]})")
+                    else:
+                        worst = min(both, key=lambda t: float(t[i]["pct_copy_bw"]))
+                        cells.append(f"{_f(worst[i]['pct_copy_bw'])}% ({worst[0]})")
+            if any(cells[3:]):
+                body.append(cells)
+    if len(body) <= len(GRID_DTYPES):  # the headline point alone: the README table says it
+        return []
+    header = ["K", "V", "dtype"] + [f"B={B} {v}" + (f" ({MODEL_BANNER})" if B == 1 and v == a else "")
+                                    for B in GRID_B for v in (a, b)]
+    return [f"## The grid: {a} against {b}, the slowest rule of each cell ({MODEL_BANNER})", ""] + _table(
+        header, body) + [
+        "", f"Predicted by the {MODEL_BANNER}. Each cell names the rule furthest behind at that point, over the "
+        "rules both versions have rows for: at B = 1 the highest predicted time (CUDA graph launch costs), at "
+        "larger B the lowest share of the 4.3 TB/s copy bandwidth (each logit read once over the predicted time). "
+        "Every rule's figures: the version's tables by batch below.", ""]
+
+
+GRID_PLOT = "roofline_sm90_grid_{dtype}.png"
+
+
+def grid_plots(rows: List[dict], a: str, b: str, out_dir: Path) -> List[str]:
+    """One PNG per dtype in ``out_dir`` (``GRID_PLOT``): a panel per (K, V) both versions have, % of copy BW
+    against B, a line per rule of ``b`` and ``a``'s range over its rules shaded; the markdown lines that show
+    them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = _index(rows)
+    points = sorted(set(_grid_points(rows, a)) & set(_grid_points(rows, b)), key=lambda kv: (kv[1], kv[0]))
+    ks, vs = sorted({k for k, _ in points}), sorted({v for _, v in points})
+    rules = _rule_order(rows)
+    palette = [plt.get_cmap("tab10")(i) for i in range(10) if i != 7]  # (tab10's grey is the shaded range's)
+    colors = {rule: palette[i % len(palette)] for i, rule in enumerate(rules)}
+    out = []
+    for dt in GRID_DTYPES:
+        fig, axes = plt.subplots(len(vs), len(ks), figsize=(4.2 * len(ks) + 1.2, 3.0 * len(vs) + 1.2),
+                                 squeeze=False, sharey=True)
+        for i, V in enumerate(vs):
+            for j, K in enumerate(ks):
+                ax = axes[i][j]
+                if (K, V) not in points:
+                    ax.set_visible(False)
+                    continue
+
+                def pct(v, rule):
+                    got = [(B, idx.get((v, "verify", rule, str(B), str(K), str(V), dt))) for B in GRID_B]
+                    return [(B, float(r["pct_copy_bw"])) for B, r in got if r is not None]
+
+                old = [pct(a, rule) for rule in rules]
+                span = {B: [y for series in old for x, y in series if x == B] for B in GRID_B}
+                xs = [B for B in GRID_B if span[B]]
+                if xs:
+                    ax.fill_between(xs, [min(span[B]) for B in xs], [max(span[B]) for B in xs], color="0.85",
+                                    label=f"{a} (range over the rules)")
+                for rule in rules:
+                    series = pct(b, rule)
+                    if series:
+                        ax.plot(*zip(*series), marker="o", ms=3, lw=1.3, color=colors[rule], label=f"{b} {rule}")
+                ax.axhline(80, color="black", lw=0.8, ls=":", label="80% of copy BW")
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(list(GRID_B))
+                ax.set_xticklabels([str(B) for B in GRID_B], fontsize=7)
+                ax.set_ylim(0, 100)
+                ax.set_title(f"K = {K}, V = {V}", fontsize=9)
+                ax.grid(True, alpha=0.3)
+                if i == len(vs) - 1:
+                    ax.set_xlabel("batch B", fontsize=8)
+                if j == 0:
+                    ax.set_ylabel("% of copy bandwidth", fontsize=8)
+        handles, labels = [], []
+        for ax in axes.flat:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7, frameon=False)
+        fig.suptitle(f"verify, {dt}: {b} against {a}, predicted % of the H200's copy bandwidth ({MODEL_BANNER})",
+                     fontsize=10)
+        fig.tight_layout(rect=(0, 0.07, 1, 0.96))
+        name = GRID_PLOT.format(dtype=dt)
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        out += [f"![verify {dt}: {b} against {a} over the grid ({MODEL_BANNER})]({name})", ""]
+    return out
 
 
 def kernel_table(krows: List[dict], version: str) -> List[str]:
@@ -2816,9 +2938,13 @@ def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
     complete = [v for v in versions if all((v, rule) in have for rule in wanted)]
     if len(complete) >= 2:
         lines += readme_table(rows, complete[-2], complete[-1])
+    gridded = [v for v in versions if len(_grid_points(rows, v)) > 1]
+    if len(gridded) >= 2:
+        summary = grid_summary(rows, gridded[0], gridded[-1])
+        lines += summary + (grid_plots(rows, gridded[0], gridded[-1], path.parent) if summary else [])
     for v in versions:
         lines += [f"## Version {v}", ""]
-        lines += headline_tables(rows, v) + batch_table(rows, v) + kernel_table(krows, v)
+        lines += headline_tables(rows, v) + batch_tables(rows, v) + kernel_table(krows, v)
     for a, b in zip(versions, versions[1:]):
         lines += compare_table(rows, a, b)
     if versions:
@@ -3002,7 +3128,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--dtypes", type=common.csv_list(), default=None)
     p.add_argument("--jobs", type=int, default=1, help="parallel sm_90 compile workers")
     p.add_argument("--no-write", action="store_true", help="print only; leave the CSVs and the markdown alone")
-    p.add_argument("--render", action="store_true", help="only rewrite the markdown from the CSVs")
+    p.add_argument("--render", action="store_true", help="only rewrite the markdown (and the grid plots) from the CSVs")
     p.add_argument("--compare", type=common.csv_list(), default=None, help="two versions: print B against A")
     p.add_argument("--cuda", action="store_true", help="compile csrc/*.cu for sm_90 and report its kernels")
     p.add_argument("--spills", action="store_true",

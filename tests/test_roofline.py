@@ -1723,3 +1723,46 @@ def test_kernels_branch_on_no_batch_sized_constexpr():
                "    if OFF:\n        x += 1\n    BAD: tl.constexpr = not (SOLO or ONE)\n    if BAD:\n        x += 1\n"
                "    return x\n")
     assert _branches_on(derived) == [(6, ["WIDE"]), (16, ["BAD"])]
+
+
+def _summary_rows() -> list:
+    """Synthetic model rows of versions a and b at two (K, V) points: chow is a's slowest rule, opt b's, and
+    token_v3 (a alone) is slower still."""
+    rows = []
+    for v, slow, rules in (("a", "chow", ("speculative", "chow", "opt", "token_v3")),
+                           ("b", "opt", ("speculative", "chow", "opt"))):
+        for K, V in ((1, 32000), (4, 151936)):
+            for rule in rules:
+                lag = 2 if rule == "token_v3" else 1 if rule == slow else 0
+                for dt in rf.GRID_DTYPES:
+                    for B in rf.GRID_B:
+                        rows.append(dict(version=v, op="verify", rule=rule, B=str(B), K=str(K), V=str(V), dtype=dt,
+                                         predicted_us=str(6.0 + lag + K), pct_copy_bw=str(90.0 - 10 * lag - K)))
+    return rows
+
+
+def test_grid_summary_names_the_slowest_rule_both_versions_have(tmp_path):
+    """Per (K, V, dtype): B = 1's highest time and each larger B's lowest share of copy bandwidth, over the rules
+    both versions have rows for (token_v3, in a alone, is not named); the headline point first in the tables by
+    batch, then by V and K; one common point gives no summary."""
+    rows = _summary_rows()
+    md = rf.grid_summary(rows, "a", "b")
+    assert md[0].startswith("## The grid: a against b") and rf.MODEL_BANNER in md[0]
+    body = md[4:md.index("", 4)]
+    assert [r.split(" | ")[:3] for r in body] == [["| 1", "32000", dt] for dt in rf.GRID_DTYPES] + [
+        ["| 4", "151936", dt] for dt in rf.GRID_DTYPES], body
+    cells = body[0].strip("| ").split(" | ")[3:]
+    assert cells[:2] == ["8.0 us (chow)", "8.0 us (opt)"], cells
+    assert cells[2:] == ["79.0% (chow)", "79.0% (opt)"] * (len(rf.GRID_B) - 1), cells
+    assert "token_v3" not in "\n".join(md)
+    assert [line for line in rf.batch_tables(rows, "a") if line.startswith("###")] == [
+        f"### a: predicted us (% of copy BW) by batch, K = {K}, V = {V} ({rf.MODEL_BANNER})"
+        for K, V in ((4, 151936), (1, 32000))]
+    headline = [r for r in rows if r["K"] == "4"]
+    assert rf.grid_summary(headline, "a", "b") == [] and len(rf.batch_tables(headline, "a")) > 0
+    shown = rf.grid_plots(rows, "a", "b", tmp_path)
+    for dt in rf.GRID_DTYPES:
+        name = rf.GRID_PLOT.format(dtype=dt)
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert any(line.startswith("![") and line.endswith(f"({name})") and rf.MODEL_BANNER in line
+                   for line in shown), shown
