@@ -6,6 +6,8 @@ The `run` call (the device tool; nothing else to type there)::
     command:   SPECCAS_COMMIT=COMMIT PYTHONUNBUFFERED=1 python3 bench/gpu_suite.py --out "$OUT"
     carry:     [".whl"]
     timeout_s: 540
+    kind:      nvidia-h200 where it is offered (the machine the static model is of); an H100 runs the
+               same suite, and model_vs_measured.md then says under its table that the machines differ
 
 COMMIT is the short hash of the checkout that travels (`git rev-parse --short HEAD`, with `-dirty`
 when `git status --porcelain` shows changes): the device machine gets the files without `.git`.

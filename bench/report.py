@@ -47,6 +47,8 @@ DTYPE_ALIASES = {"fp32": "fp32", "float32": "fp32", "torch.float32": "fp32", "fl
                  "fp16": "fp16", "float16": "fp16", "torch.float16": "fp16", "half": "fp16"}
 PREDICTED = ("predicted_us", "model_us", "pred_us")  # the first present names the model's time
 CPU_DEVICE = re.compile(r"^(amd|intel|cpu)|\(\d+ threads?\)", re.IGNORECASE)
+# the machine bench/roofline.py models (its ``H200``): its name as the device reports it, its copy bandwidth
+MODEL_DEVICE, MODEL_COPY_GBPS = "H200", 4300.0
 
 
 def _num(s: str) -> Optional[float]:
@@ -402,8 +404,8 @@ def model_vs_measured(rows: List[dict], model_path: Path = MODEL_CSV, include_cp
         for p in provs:
             head += ([f"{p} model µs (model)"] if per_provider else []) + [
                 f"{p} µs", f"{p} measured / model", f"{p} % of copy", f"{p} timing"]
-        lines += [f"### {device}", "", "| " + " | ".join(head) + " |",
-                  "|" + "|".join([":--"] * 6 + ["--:"] * (len(head) - 6)) + "|"]
+        lines += [f"### {device}", ""] + _machine_note(device, points) + [
+            "| " + " | ".join(head) + " |", "|" + "|".join([":--"] * 6 + ["--:"] * (len(head) - 6)) + "|"]
         ratios = []
         order = lambda kv: (kv[0][0], _rule_key(kv[0][1]), _int(kv[0][3]), _int(kv[0][4]), _int(kv[0][2]), kv[0][5])  # noqa: E731
         for point, cells in sorted(points.items(), key=order):
@@ -430,6 +432,19 @@ def model_vs_measured(rows: List[dict], model_path: Path = MODEL_CSV, include_cp
                           f"range {_fmt_ratio(ratios[0])} to {_fmt_ratio(ratios[-1])}."]
         lines.append("")
     return lines
+
+
+def _machine_note(device: str, points: Dict[tuple, Dict[str, dict]]) -> List[str]:
+    """A line under a device's table when the device is not the machine the model is of (an H100 lent in place of
+    an H200): measured / model then also carries the two machines' difference, which the copy bandwidth measured
+    in the run beside the model's shows."""
+    if MODEL_DEVICE.lower() in device.lower():
+        return []
+    copy = sorted(x for cells in points.values() for c in cells.values() if (x := _num(c.get("copy_gbps"))))
+    measured = (f"this run measured {statistics.median(copy):.0f} GB/s of copy bandwidth against the model's "
+                f"{MODEL_COPY_GBPS:.0f}" if copy else "this run recorded no copy bandwidth")
+    return [f"The model is of an {MODEL_DEVICE}, not of this device: measured / model also carries the two machines' "
+            f"difference ({measured}); *% of copy* is against this device's own copy.", ""]
 
 
 def _model_keys(point: tuple, keys: Sequence[str]):

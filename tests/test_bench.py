@@ -179,6 +179,22 @@ def test_model_join_tolerates_missing_columns(tmp_path):
     assert "triton model µs (model)" in text and "2 comparisons" in text
 
 
+def test_model_join_says_when_the_device_is_not_the_modelled_machine(tmp_path):
+    """An H100's table carries a line naming the model's machine and both copy bandwidths; an H200's has none."""
+    from bench import roofline
+
+    model = tmp_path / "m.csv"
+    model.write_text("kind,op,rule,B,K,V,dtype,predicted_us\nmodel,verify,speculative,64,4,151936,fp32,80\n")
+    h100 = _measured_row(device="NVIDIA H100 80GB HBM3", copy_gbps="2950")
+    text = "\n".join(report.model_vs_measured([_measured_row(), h100], model))
+    at = text.index("### NVIDIA H200")  # (devices in name order: H100's table first)
+    assert "not of this device" not in text[at:] and "| verify | speculative |" in text[at:]
+    note = next(line for line in text[:at].splitlines() if "not of this device" in line)
+    assert "2950 GB/s" in note and f"{report.MODEL_COPY_GBPS:.0f}" in note and report.MODEL_DEVICE in note, note
+    # the report's constants are the model's machine
+    assert report.MODEL_DEVICE in roofline.H200.name and report.MODEL_COPY_GBPS == roofline.H200.copy_bw / 1e9
+
+
 def test_model_join_skips_cpu_rows_and_says_why_when_unusable(tmp_path):
     model = tmp_path / "m.csv"
     model.write_text("kind,op,rule,B,K,V,dtype,predicted_us\nmodel,verify,speculative,64,4,151936,fp32,80\n")
