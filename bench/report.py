@@ -47,8 +47,10 @@ DTYPE_ALIASES = {"fp32": "fp32", "float32": "fp32", "torch.float32": "fp32", "fl
                  "fp16": "fp16", "float16": "fp16", "torch.float16": "fp16", "half": "fp16"}
 PREDICTED = ("predicted_us", "model_us", "pred_us")  # the first present names the model's time
 CPU_DEVICE = re.compile(r"^(amd|intel|cpu)|\(\d+ threads?\)", re.IGNORECASE)
-# the machine bench/roofline.py models (its ``H200``): its name as the device reports it, its copy bandwidth
+# the machine bench/roofline.py models by default (its ``H200``): its name as the device reports it, its copy
+# bandwidth; and each machine it models, with the file of its rows (``--machine``)
 MODEL_DEVICE, MODEL_COPY_GBPS = "H200", 4300.0
+MODEL_MACHINES = (("H100", "roofline_sm90_h100.csv", 3000.0), (MODEL_DEVICE, MODEL_CSV.name, MODEL_COPY_GBPS))
 
 
 def _num(s: str) -> Optional[float]:
@@ -364,47 +366,74 @@ def load_model(path: Path):
     return model, keys, pred, ""
 
 
+def _device_model(device: str, model_path: Path) -> tuple:
+    """(model file, its machine, that machine's copy GB/s) for a measured device: the file of the device's own
+    machine beside ``model_path`` where the device names one of ``MODEL_MACHINES`` and that file exists, else
+    ``model_path`` (of the machine its name says, the H200 when it says none)."""
+    model_path = Path(model_path)
+    for name, file, copy in MODEL_MACHINES:
+        if name.lower() in device.lower() and (model_path.parent / file).exists():
+            return model_path.parent / file, name, copy
+    return next(((model_path, name, copy) for name, file, copy in MODEL_MACHINES if model_path.name == file),
+                (model_path, MODEL_DEVICE, MODEL_COPY_GBPS))
+
+
 def model_vs_measured(rows: List[dict], model_path: Path = MODEL_CSV, include_cpu: bool = False) -> List[str]:
     """Markdown: the static model's predicted time beside the measured times of the speccas kernels
-    (``triton``, ``cuda``), one table per measured device, a row per model point that was measured.
+    (``triton``, ``cuda``), one table per measured device, a row per model point that was measured; each device
+    against the model of its own machine where one was written (``_device_model``: an H100's rows against
+    ``roofline_sm90_h100.csv``), else against ``model_path``'s, with a line saying the machines differ.
     Measured rows from CPU devices (and the ``cpp`` kernel) are left out unless ``include_cpu`` (the
     model is of an sm_90 GPU; the suite's CPU dry run includes them to prove the rendering)."""
-    model, keys, pred, why = load_model(model_path)
+    default = load_model(model_path)
+    model, keys, pred, why = default
     title = ["## Model beside measurement", ""]
     if why:
         return title + [f"No model to compare with: {why} (`bench/roofline.py` writes it).", ""]
     kernels = ("triton", "cuda", "cpp") if include_cpu else ("triton", "cuda")
     by_device: Dict[str, Dict[tuple, Dict[str, dict]]] = defaultdict(lambda: defaultdict(dict))
+    models: Dict[str, tuple] = {}  # device -> (model, keys, pred, machine, copy GB/s, file)
     for r in rows:
         if r.get("provider") not in kernels or (not include_cpu and CPU_DEVICE.search(r.get("device", ""))):
             continue
+        if r["device"] not in models:
+            path, machine, copy = _device_model(r["device"], model_path)
+            own = load_model(path) if path != Path(model_path) else default
+            if own[3]:  # the device's own model is unusable: the given one, said under the table
+                path, machine, copy = _device_model("", model_path)
+                own = default
+            models[r["device"]] = own[:3] + (machine, copy, path)
+        dmodel, dkeys = models[r["device"]][:2]
         point = tuple(_norm(k, r.get(k)) for k in KEYS)
-        for mk in _model_keys(point, keys):
-            if mk in model:
+        for mk in _model_keys(point, dkeys):
+            if mk in dmodel:
                 by_device[r["device"]][point[:1] + point[2:]][r["provider"]] = r  # keyed without the provider
                 break
     lines = title + [
         f"The **model** column is a prediction of `bench/roofline.py` (static sm_90 model: compiled kernels, bytes, "
         f"launches), read from `{_rel(Path(model_path), REPO_ROOT)}` ({len(model)} model points, joined on "
-        f"{', '.join(keys)}); the other columns are measurements. *measured / model* above 1: slower than "
+        f"{', '.join(keys)}) unless a device's table names its own machine's file; the other columns are "
+        "measurements. *measured / model* above 1: slower than "
         "predicted. *% of copy*: effective bandwidth (bytes the op must read over the median) as a share of "
         "the copy bandwidth measured in the same run.", ""]
     if not by_device:
         return lines + ["No measured point of the speccas kernels matches a model point yet.", ""]
-    per_provider = "provider" in keys  # the model predicts each kernel separately
-
-    def predicted(point: tuple, provider: str) -> Optional[float]:
-        full = point[:1] + (provider,) + point[1:]
-        m = next((model[mk] for mk in _model_keys(full, keys) if mk in model), None)
-        return _num(m[pred]) if m is not None else None
 
     for device, points in sorted(by_device.items()):
+        model, keys, pred, machine, copy, path = models[device]
+        per_provider = "provider" in keys  # the model predicts each kernel separately
+
+        def predicted(point: tuple, provider: str) -> Optional[float]:
+            full = point[:1] + (provider,) + point[1:]
+            m = next((model[mk] for mk in _model_keys(full, keys) if mk in model), None)
+            return _num(m[pred]) if m is not None else None
+
         provs = [p for p in kernels if any(p in c for c in points.values())]
         head = ["op", "rule", "B", "K", "V", "dtype"] + ([] if per_provider else ["model µs (model)"])
         for p in provs:
             head += ([f"{p} model µs (model)"] if per_provider else []) + [
                 f"{p} µs", f"{p} measured / model", f"{p} % of copy", f"{p} timing"]
-        lines += [f"### {device}", ""] + _machine_note(device, points) + [
+        lines += [f"### {device}", ""] + _machine_note(device, points, machine, copy, path, Path(model_path)) + [
             "| " + " | ".join(head) + " |", "|" + "|".join([":--"] * 6 + ["--:"] * (len(head) - 6)) + "|"]
         ratios = []
         order = lambda kv: (kv[0][0], _rule_key(kv[0][1]), _int(kv[0][3]), _int(kv[0][4]), _int(kv[0][2]), kv[0][5])  # noqa: E731
@@ -434,17 +463,22 @@ def model_vs_measured(rows: List[dict], model_path: Path = MODEL_CSV, include_cp
     return lines
 
 
-def _machine_note(device: str, points: Dict[tuple, Dict[str, dict]]) -> List[str]:
-    """A line under a device's table when the device is not the machine the model is of (an H100 lent in place of
-    an H200): measured / model then also carries the two machines' difference, which the copy bandwidth measured
-    in the run beside the model's shows."""
-    if MODEL_DEVICE.lower() in device.lower():
-        return []
+def _machine_note(device: str, points: Dict[tuple, Dict[str, dict]], machine: str, copy_gbps: float, path: Path,
+                  given: Path) -> List[str]:
+    """Lines under a device's table: the model file, where it is the device's own machine's rather than the given
+    one; and where the device is not the machine the model is of (an H100 with no H100 model beside the H200's),
+    that measured / model then also carries the two machines' difference, which the copy bandwidth measured in the
+    run beside the model's shows."""
+    out = []
+    if path != given:
+        out += [f"Model: `{_rel(path, REPO_ROOT)}`, the same model with the {machine}'s constants.", ""]
+    if machine.lower() in device.lower():
+        return out
     copy = sorted(x for cells in points.values() for c in cells.values() if (x := _num(c.get("copy_gbps"))))
     measured = (f"this run measured {statistics.median(copy):.0f} GB/s of copy bandwidth against the model's "
-                f"{MODEL_COPY_GBPS:.0f}" if copy else "this run recorded no copy bandwidth")
-    return [f"The model is of an {MODEL_DEVICE}, not of this device: measured / model also carries the two machines' "
-            f"difference ({measured}); *% of copy* is against this device's own copy.", ""]
+                f"{copy_gbps:.0f}" if copy else "this run recorded no copy bandwidth")
+    return out + [f"The model is of an {machine}, not of this device: measured / model also carries the two "
+                  f"machines' difference ({measured}); *% of copy* is against this device's own copy.", ""]
 
 
 def _model_keys(point: tuple, keys: Sequence[str]):

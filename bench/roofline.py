@@ -8,6 +8,7 @@ Everything this tool prints is a MODEL, not a measurement. It runs on a CPU mach
     python bench/roofline.py --render                                     # rewrite the markdown only
                                                                           # (and the grid's plots)
     python bench/roofline.py --cuda                                       # the CUDA C++ kernels' report
+    python bench/roofline.py --machine h100 --version v1                  # the H100's constants, its own CSV
 
 What it does, per public call (``verify`` for every rule, ``sample``) and grid point:
 
@@ -176,6 +177,7 @@ RESULTS_DIR = REPO_ROOT / "bench" / "results"
 CACHE_DIR = REPO_ROOT / ".cache" / "roofline"
 CSV_PATH = RESULTS_DIR / "roofline_sm90.csv"
 KERNELS_CSV_PATH = RESULTS_DIR / "roofline_sm90_kernels.csv"
+H100_CSV_PATH = RESULTS_DIR / "roofline_sm90_h100.csv"  # --machine h100: the same model with the H100's constants
 MD_PATH = RESULTS_DIR / "roofline_sm90.md"
 SECTOR = 32  # bytes: the DRAM / L2 access granularity
 # the batch sizes traced under the interpreter: B = 1 models itself; larger batches are extrapolated linearly from
@@ -253,6 +255,21 @@ H200 = Machine(
         "occupancy": "65536 registers, 2048 threads, 32 CTAs and 228 KiB shared memory per SM (Hopper)",
     },
 )
+
+# The H100 this workplace lends (the device tool's default kind): the same sm_90 processor with HBM3 and a smaller
+# L2; every other constant is the H200's (the same SM, clock and launch path), so its rows differ where memory does.
+H100 = dataclasses.replace(
+    H200, name="NVIDIA H100 80GB HBM3 (sm_90), static model", copy_bw=3.0e12, l2_bytes=50e6, l2_reuse_bytes=25e6,
+    sources={**H200.sources,
+             "sms": "132 multiprocessors, read by PyTorch on this workplace's H100 (.library/device/KINDS.md, "
+                    "2026-11-13)",
+             "clock_hz": "lead, not read on the H100 here: 1980 MHz, the H200's reading (the same processor)",
+             "copy_bw": "3.0 TB/s device-to-device copy, bytes read + written, measured on the H100 here (KINDS.md, "
+                        "2026-11-13); the datasheet says 3.35",
+             "l2_bytes": "50 MB of L2 read by PyTorch on the H100 (KINDS.md, 2026-11-13)",
+             "l2_bw": "lead, not measured here: the H200's 7.0 TB/s (the same L2 design)"})
+MACHINES = {"h200": H200, "h100": H100}  # --machine; H200 is the one the issue's targets name
+
 
 # SASS opcode -> pipe (sm_90). Instructions not listed issue but occupy no modelled pipe.
 PIPE_OF = {
@@ -2443,7 +2460,9 @@ KERNEL_KEY = CALL_KEY + ("kernel",)
 
 def run_grid(points: Sequence[Point], meta: dict, jobs: int = 1, machine: Machine = H200, write: bool = True,
              detail: Optional[Callable[[Point], bool]] = None) -> List[dict]:
-    """Capture, compile, trace and model every point; rows merged into the CSVs (unless ``write`` is off)."""
+    """Capture, compile, trace and model every point; rows merged into the CSVs (unless ``write`` is off): the H200's
+    (``CSV_PATH`` and, for the ``detail`` points, ``KERNELS_CSV_PATH``), or for any other machine its calls alone in
+    ``H100_CSV_PATH`` (the H100 is the only other one, ``MACHINES``)."""
     t0 = time.time()
     captured = {pt: capture(pt.op, None if pt.op == "sample" else pt.rule, pt.B, pt.K, pt.V, pt.dtype) for pt in points}
     print(f"roofline: captured {len(points)} calls in {time.time() - t0:.0f} s", flush=True)
@@ -2462,7 +2481,9 @@ def run_grid(points: Sequence[Point], meta: dict, jobs: int = 1, machine: Machin
         print(f"[{n + 1}/{len(points)}] {pt.op} {pt.rule} B={pt.B} K={pt.K} V={pt.V} {pt.dtype}: "
               f"{row['device_work']} device ops, {row['predicted_us']} us (graph), {row['pct_copy_bw']}% of copy BW, "
               f"{row['bound']} [{time.time() - t1:.0f} s]", flush=True)
-    if write:
+    if write and machine is not H200:
+        _merge(H100_CSV_PATH, CSV_COLUMNS, rows, CALL_KEY)
+    elif write:
         _merge(CSV_PATH, CSV_COLUMNS, rows, CALL_KEY)
         if krows:
             _merge(KERNELS_CSV_PATH, KERNEL_COLUMNS, krows, KERNEL_KEY)
@@ -3127,6 +3148,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--V", type=common.csv_list(int), default=None)
     p.add_argument("--dtypes", type=common.csv_list(), default=None)
     p.add_argument("--jobs", type=int, default=1, help="parallel sm_90 compile workers")
+    p.add_argument("--machine", choices=sorted(MACHINES), default="h200",
+                   help=f"the machine's constants; h100: rows to {H100_CSV_PATH.name} only (the markdown is the "
+                        "H200's)")
     p.add_argument("--no-write", action="store_true", help="print only; leave the CSVs and the markdown alone")
     p.add_argument("--render", action="store_true", help="only rewrite the markdown (and the grid plots) from the CSVs")
     p.add_argument("--compare", type=common.csv_list(), default=None, help="two versions: print B against A")
@@ -3152,7 +3176,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if args.spills:
             spill_rows(pts, meta, jobs=args.jobs, write=not args.no_write)
             return
-        run_grid(pts, meta, jobs=args.jobs, write=not args.no_write)
+        run_grid(pts, meta, jobs=args.jobs, machine=MACHINES[args.machine], write=not args.no_write)
+        if args.machine != "h200":
+            if not args.no_write:
+                print(f"roofline: rows of the {args.machine} model in {_rel(H100_CSV_PATH)}")
+            return
     elif args.spills:
         raise SystemExit("roofline: --spills needs --version NAME (the rows' label)")
     elif not (args.render or args.cuda):

@@ -191,8 +191,21 @@ def test_model_join_says_when_the_device_is_not_the_modelled_machine(tmp_path):
     assert "not of this device" not in text[at:] and "| verify | speculative |" in text[at:]
     note = next(line for line in text[:at].splitlines() if "not of this device" in line)
     assert "2950 GB/s" in note and f"{report.MODEL_COPY_GBPS:.0f}" in note and report.MODEL_DEVICE in note, note
-    # the report's constants are the model's machine
+    # with the H100's own model written beside it, the H100 is read against that one and no note says otherwise
+    (tmp_path / roofline.H100_CSV_PATH.name).write_text(
+        "kind,op,rule,B,K,V,dtype,predicted_us\nmodel,verify,speculative,64,4,151936,fp32,125\n")
+    text = "\n".join(report.model_vs_measured([_measured_row(), h100], model))
+    at = text.index("### NVIDIA H200")
+    assert "not of this device" not in text
+    assert f"{roofline.H100_CSV_PATH.name}`, the same model with the H100's constants" in text[:at]
+    h100_row = next(line for line in text[:at].splitlines() if line.startswith("| verify |")).split(" | ")
+    assert h100_row[6:9] == ["125", "100", "0.80x"], h100_row  # the H100 model's 125 us, not the H200's 80
+    h200_row = next(line for line in text[at:].splitlines() if line.startswith("| verify |")).split(" | ")
+    assert h200_row[6:9] == ["80", "100", "1.25x"], h200_row
+    # the report's constants are the model's machines
     assert report.MODEL_DEVICE in roofline.H200.name and report.MODEL_COPY_GBPS == roofline.H200.copy_bw / 1e9
+    assert [(m, f, c) for m, f, c in report.MODEL_MACHINES if m == "H100"] == [
+        ("H100", roofline.H100_CSV_PATH.name, roofline.H100.copy_bw / 1e9)] and "H100" in roofline.H100.name
 
 
 def test_model_join_skips_cpu_rows_and_says_why_when_unusable(tmp_path):

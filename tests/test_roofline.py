@@ -1766,3 +1766,34 @@ def test_grid_summary_names_the_slowest_rule_both_versions_have(tmp_path):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert any(line.startswith("![") and line.endswith(f"({name})") and rf.MODEL_BANNER in line
                    for line in shown), shown
+
+
+def test_h100_rows_go_to_their_own_csv(tmp_path, monkeypatch):
+    """``run_grid`` with the H100's constants merges its rows into ``H100_CSV_PATH`` alone (the H200's CSVs, the
+    ones the report renders, are left as they were), and the H200's go where they always went; the H100 is the
+    H200 with its own memory (copy bandwidth and L2) and nothing else."""
+    for name in ("CSV_PATH", "KERNELS_CSV_PATH", "H100_CSV_PATH"):
+        monkeypatch.setattr(rf, name, tmp_path / f"{name}.csv")
+    pt = rf.Point("verify", "chow", 64, 4, 151936, "fp32")
+    monkeypatch.setattr(rf, "capture", lambda *a: (rf.DeviceWork(), rf.DeviceWork()))
+    monkeypatch.setattr(rf, "compile_launches", lambda *a, **k: {})
+    monkeypatch.setattr(rf, "model_captured", lambda *a: None)
+    seen = []
+
+    def call_row(pt, cm, work, work_t, meta, machine):
+        seen.append(machine)
+        return {**meta, "op": pt.op, "rule": pt.rule, "B": pt.B, "K": pt.K, "V": pt.V, "dtype": pt.dtype,
+                "kind": "model", "device_work": 1, "predicted_us": 1e-6 * machine.copy_bw, "pct_copy_bw": 1,
+                "bound": "memory"}
+
+    monkeypatch.setattr(rf, "call_row", call_row)
+    monkeypatch.setattr(rf, "kernel_rows", lambda *a: [])
+    meta = dict(version="t", label="", commit="x", kernels_digest="y", date="z")
+    rf.run_grid([pt], meta, machine=rf.H100)
+    assert seen == [rf.H100] and not rf.CSV_PATH.exists() and not rf.KERNELS_CSV_PATH.exists()
+    assert [r["predicted_us"] for r in rf._read_csv(rf.H100_CSV_PATH)] == [str(1e-6 * rf.H100.copy_bw)]
+    rf.run_grid([pt], meta)
+    assert seen[-1] is rf.H200 and len(rf._read_csv(rf.CSV_PATH)) == 1 and len(rf._read_csv(rf.H100_CSV_PATH)) == 1
+    changed = {f.name for f in dataclasses.fields(rf.Machine) if getattr(rf.H100, f.name) != getattr(rf.H200, f.name)}
+    assert changed == {"name", "copy_bw", "l2_bytes", "l2_reuse_bytes", "sources"}, changed
+    assert rf.H100.copy_bw < rf.H200.copy_bw and rf.MACHINES == {"h200": rf.H200, "h100": rf.H100}
