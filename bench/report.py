@@ -186,6 +186,17 @@ def render_table(op: str, points: Dict[tuple, Dict[str, dict]]) -> List[str]:
     return lines
 
 
+def legend_entries(axes) -> tuple:
+    """(handles, labels) over every panel of a figure, each label once in first-seen order: one legend for all."""
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    return handles, labels
+
+
 def plot_group(op: str, device: str, dtype: str, points: Dict[tuple, Dict[str, dict]], out_dir: Path) -> List[Path]:
     """Two PNGs (time, GB/s): one panel per (rule, K), x = shape (B, V), one line per provider."""
     import matplotlib
@@ -234,12 +245,7 @@ def plot_group(op: str, device: str, dtype: str, points: Dict[tuple, Dict[str, d
                 ax.grid(True, which="both", alpha=0.3)
                 if j == 0:
                     ax.set_ylabel(label, fontsize=8)
-        handles, labels = [], []
-        for ax in axes.flat:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
+        handles, labels = legend_entries(axes)
         width, height = fig.get_figwidth(), fig.get_figheight()
         ncol = max(1, min(len(labels), int(width / 1.45)))
         legend_rows = -(-len(labels) // ncol)

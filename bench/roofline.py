@@ -2671,6 +2671,8 @@ def grid_plots(rows: List[dict], a: str, b: str, out_dir: Path) -> List[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bench import report
+
     idx = _index(rows)
     points = sorted(set(_grid_points(rows, a)) & set(_grid_points(rows, b)), key=lambda kv: (kv[1], kv[0]))
     ks, vs = sorted({k for k, _ in points}), sorted({v for _, v in points})
@@ -2713,12 +2715,7 @@ def grid_plots(rows: List[dict], a: str, b: str, out_dir: Path) -> List[str]:
                     ax.set_xlabel("batch B", fontsize=8)
                 if j == 0:
                     ax.set_ylabel("% of copy bandwidth", fontsize=8)
-        handles, labels = [], []
-        for ax in axes.flat:
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
+        handles, labels = report.legend_entries(axes)
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7, frameon=False)
         fig.suptitle(f"verify, {dt}: {b} against {a}, predicted % of the H200's copy bandwidth ({MODEL_BANNER})",
                      fontsize=10)
