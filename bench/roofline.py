@@ -2458,11 +2458,20 @@ CALL_KEY = ("version", "op", "rule", "B", "K", "V", "dtype")
 KERNEL_KEY = CALL_KEY + ("kernel",)
 
 
+def _machine_csv(machine: Machine) -> Path:
+    """The CSV of a machine's call rows (read at call time: tests point the paths elsewhere)."""
+    paths = {id(H200): CSV_PATH, id(H100): H100_CSV_PATH}
+    if id(machine) not in paths:
+        raise ValueError(f"roofline: no CSV for machine {machine.name!r}; the machines are {sorted(MACHINES)}")
+    return paths[id(machine)]
+
+
 def run_grid(points: Sequence[Point], meta: dict, jobs: int = 1, machine: Machine = H200, write: bool = True,
              detail: Optional[Callable[[Point], bool]] = None) -> List[dict]:
     """Capture, compile, trace and model every point; rows merged into the CSVs (unless ``write`` is off): the H200's
     (``CSV_PATH`` and, for the ``detail`` points, ``KERNELS_CSV_PATH``), or for any other machine its calls alone in
-    ``H100_CSV_PATH`` (the H100 is the only other one, ``MACHINES``)."""
+    its own CSV (``_machine_csv``: ``H100_CSV_PATH``; a machine with none is refused before any work)."""
+    _machine_csv(machine)
     t0 = time.time()
     captured = {pt: capture(pt.op, None if pt.op == "sample" else pt.rule, pt.B, pt.K, pt.V, pt.dtype) for pt in points}
     print(f"roofline: captured {len(points)} calls in {time.time() - t0:.0f} s", flush=True)
@@ -2482,7 +2491,7 @@ def run_grid(points: Sequence[Point], meta: dict, jobs: int = 1, machine: Machin
               f"{row['device_work']} device ops, {row['predicted_us']} us (graph), {row['pct_copy_bw']}% of copy BW, "
               f"{row['bound']} [{time.time() - t1:.0f} s]", flush=True)
     if write and machine is not H200:
-        _merge(H100_CSV_PATH, CSV_COLUMNS, rows, CALL_KEY)
+        _merge(_machine_csv(machine), CSV_COLUMNS, rows, CALL_KEY)
     elif write:
         _merge(CSV_PATH, CSV_COLUMNS, rows, CALL_KEY)
         if krows:
@@ -2617,6 +2626,11 @@ def _grid_points(rows: List[dict], version: str) -> List[Tuple[int, int]]:
     return [p for p in [head] + sorted(have - {head}, key=lambda kv: (kv[1], kv[0])) if p in have]
 
 
+def _common_points(rows: List[dict], a: str, b: str) -> List[Tuple[int, int]]:
+    """The (K, V) points both versions have rows for, by V and K."""
+    return sorted(set(_grid_points(rows, a)) & set(_grid_points(rows, b)), key=lambda kv: (kv[1], kv[0]))
+
+
 def batch_tables(rows: List[dict], version: str) -> List[str]:
     """``batch_table`` at every (K, V) the version has rows for (``_grid_points``)."""
     return [line for K, V in _grid_points(rows, version) for line in batch_table(rows, version, K, V)]
@@ -2629,7 +2643,7 @@ def grid_summary(rows: List[dict], a: str, b: str) -> List[str]:
     idx = _index(rows)
     rules = _rule_order(rows)
     body = []
-    for K, V in sorted(set(_grid_points(rows, a)) & set(_grid_points(rows, b)), key=lambda kv: (kv[1], kv[0])):
+    for K, V in _common_points(rows, a, b):
         for dt in GRID_DTYPES:
             cells = [str(K), str(V), dt]
             for B in GRID_B:
@@ -2674,7 +2688,7 @@ def grid_plots(rows: List[dict], a: str, b: str, out_dir: Path) -> List[str]:
     from bench import report
 
     idx = _index(rows)
-    points = sorted(set(_grid_points(rows, a)) & set(_grid_points(rows, b)), key=lambda kv: (kv[1], kv[0]))
+    points = _common_points(rows, a, b)
     ks, vs = sorted({k for k, _ in points}), sorted({v for _, v in points})
     rules = _rule_order(rows)
     palette = [plt.get_cmap("tab10")(i) for i in range(10) if i != 7]  # (tab10's grey is the shaded range's)
