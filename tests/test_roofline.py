@@ -1450,6 +1450,24 @@ def test_reuse_probe_keeps_interleaved_rereads_in_l2(tmp_path, monkeypatch):
     assert without.dram_read > 1.5 * floor, (without, floor)
 
 
+def test_second_look_rereads_its_chunks_one_step_after_its_statistics(tmp_path, monkeypatch):
+    """The queue puts a drafted position's look items of row s - 1 right after its stats items of row s (the order
+    of the queue, ``INTERLEAVED``): in the probe (opt float32, K = 8, its middle row of 5), a look re-reads its
+    chunks within 1.25 steps of traffic (a step: a row's statistics, 2 K + 1 vectors; looks, 2 K; race, 2), where
+    with a row's looks after the next row's whole statistics they lay a step and a half later (at V = 151936, 31 MB:
+    past the 30 MB the model takes L2 to keep). The looks are 8 in 9 of the re-reads (the race, two steps later,
+    the rest)."""
+    monkeypatch.setattr(rf, "CACHE_DIR", tmp_path)
+    K, V = 8, 4096
+    paired, logits = rf.trace_call("verify", "opt", K, V, "fp32")
+    probe = paired["launches"][0]["probe"]
+    step = (4 * K + 3) * V * 4
+    for side in map(str, logits):
+        total = sum(n for _, n in probe[side])
+        near = sum(n for q, n in probe[side] if 2.0 ** (q / 8) <= 1.25 * step)
+        assert near >= 0.85 * total, (side, sorted((round(2.0 ** (q / 8) / step, 2), n) for q, n in probe[side]))
+
+
 def test_time_terms():
     m = rf.H200
     rec, launch = _fake(100, 10 * m.sms)

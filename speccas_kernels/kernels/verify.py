@@ -171,10 +171,15 @@ int64 parameters (no sign extension to hold); Philox's key and the screening rec
 ``common.opaque`` (what derives from them is formed at its use); no phase compares a chunk's entries' offsets
 outside a rare branch (the greedy argmax adds its lane's offset once).
 
-Order of the queue: "super-steps" of one row each, stats of row s, then the second look of row s - 1, then the
-race of row s - 2 (s - 1 without a second look). A second look reads its row about one row of traffic after the
-stats did (5.5 MB at K = 4, V = 151936, fp32), and a race about two: both hit the L2 (50 MB on an H100/H200),
-so each logit is read from DRAM once. Waits are only on items earlier in the queue, and a program draws its next
+Order of the queue: "super-steps" of one row each, stats of row s position by position, each drafted position's
+stats items followed by the second look of row s - 1 at that position (rules with one; ``INTERLEAVED``: at one row
+group, B = 1 on a GPU, the row's looks follow its statistics whatever the order, and a step's looks come after its
+stats items), then the race of row s - 2 (s - 1 without a second look). A second look re-reads its chunks one step of
+traffic after its statistics read them (the other rows' statistics and looks in between: 11 MB at K = 4, V = 151936,
+fp32; 21 MB at K = 8), and a race about two: both hit the L2 (50 MB on an H100, 60 MB on an H200; the model takes 30 MB
+as kept), so each logit is read from DRAM once. (With a row's looks after the next row's whole statistics, the gap was
+a step and a half: 31 MB at K = 8, where the model had every look of opt float32 come from DRAM: 46-50% of copy
+bandwidth at B = 8 to 256.) Waits are only on items earlier in the queue, and a program draws its next
 item while it works on the current one (the draw's round trip off the path), so the earliest unfinished item is
 always one a running program works on: the queue never deadlocks whatever the number of programs or how they are
 scheduled.
@@ -788,6 +793,9 @@ def _verify_kernel(
     # look item polls them (``_wait_consts``): the constants come with the wait, one round trip after the merge's
     # stores (the fence and the constants' load after the flag, two more round trips, lay on a looked row's chain)
     TAGGED: tl.constexpr = SECOND_LOOK and (ROWS == 1) and (not FP64) and not (FAMILY == FAMILY_B and SCREENED)
+    # A position's look items follow its stats items in the queue (of the row before: the order of the queue, module
+    # docstring), but at one row group, whose one row's looks wait for its own statistics whatever the order
+    INTERLEAVED: tl.constexpr = SECOND_LOOK and not SOLO
     tl.static_assert((not DIV_ITEMS) or (RACE_TILES == TILES))
 
     done = 0
@@ -834,11 +842,23 @@ def _verify_kernel(
         rel_val = s * 0
         look_at = acc_g
         ready_at = acc_g
-        if r < stats_items:
+        # At several row groups, position by position, the NS stats items of row s, then (a drafted position) the NL
+        # look items of row s - 1 at that position (``INTERLEAVED``; the order of the queue, module docstring). The
+        # test is a remainder of its own: with (i, j) formed before it and held to the phases' calls, ptxas kept the
+        # queue loop's next item and the counters' address in local memory (opt float32, B = 64, K = 4: 12 B)
+        if INTERLEAVED:
+            stats_here = (r < stats_items + look_items) & (r % (NS * (1 + LOOK_SPLIT)) < NS)
+        else:
+            stats_here = r < stats_items
+        if stats_here:
             g = s.to(tl.int64)
             if (g >= 0) & (g < G):
-                i = _queue_div(r, NS, ns_m, ns_l, SOLO)
-                _stats_item(g, i.to(tl.int64), r - i * NS, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr,
+                if INTERLEAVED:
+                    i, j = _paired(r, NS, LOOK_SPLIT)
+                else:
+                    i = _queue_div(r, NS, ns_m, ns_l, SOLO)
+                    j = r - i * NS
+                _stats_item(g, i.to(tl.int64), j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr,
                             pos_i_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr,
                             alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, CH_BASE, CH_EXTRA,
                             stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK,
@@ -855,11 +875,16 @@ def _verify_kernel(
                 acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
-            r2 = r - stats_items
             if SECOND_LOOK:
                 if (g >= 0) & (g < G):
-                    i = _queue_div(r2 // LOOK_SPLIT, NS, ns_m, ns_l, SOLO)  # (NL = NS LOOK_SPLIT items a position)
-                    last, look_at, ready_at = _look_item(g, i.to(tl.int64), r2 - i * (NS * LOOK_SPLIT), part_m_ptr,
+                    if INTERLEAVED:
+                        i, j = _paired(r, NS, LOOK_SPLIT)
+                        j = j - NS
+                    else:
+                        r2 = r - stats_items
+                        i = _queue_div(r2 // LOOK_SPLIT, NS, ns_m, ns_l, SOLO)  # (NL = NS LOOK_SPLIT items a position)
+                        j = r2 - i * (NS * LOOK_SPLIT)
+                    last, look_at, ready_at = _look_item(g, i.to(tl.int64), j, part_m_ptr,
                                                          part_f_ptr,
                                                          pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr,
                                                          cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val,
@@ -1130,6 +1155,15 @@ def _queue_div(n, d, m, L, SOLO: tl.constexpr):
     else:
         q = n // d
     return q
+
+
+@triton.jit
+def _paired(r, NS, LOOK_SPLIT: tl.constexpr):
+    """(position, item) of a step's item r < stats_items + look_items where a position's NS stats items and its NL =
+    NS LOOK_SPLIT look items follow one another (``INTERLEAVED``): the item is a look where the second is NS or
+    more."""
+    i = r // (NS * (1 + LOOK_SPLIT))
+    return i, r - i * (NS * (1 + LOOK_SPLIT))
 
 
 @triton.jit
@@ -3177,7 +3211,7 @@ def roofline_hints(launch) -> dict:
     row's ticket (``merge_ticket``, 1: on the row's chain only where no look follows); a second look polls its flag
     (with ``TAGGED`` the flag and the constants' tagged words: ``look`` 1, and no statistics loaded after it),
     draws a ticket on the position's look items (a release: nothing waits for it), loads the
-    position's statistics and its first chunk's tiles at once (L2: the stats read them one row of traffic earlier),
+    position's statistics and its first chunk's tiles at once (L2: the stats read them one step of traffic earlier),
     each next chunk's tiles (one L2 round trip each, those of the whole chunks a loop pipelined as the statistics':
     ``pipelined_l2``) and draws a ticket on the row (2 + chunks: ``look`` 2, ``look_body`` the chunks; where a look
     can change nothing, the merge says so in the ready flag), or, for a token set with a floor (``_eta_item``),
