@@ -2636,6 +2636,22 @@ def batch_tables(rows: List[dict], version: str) -> List[str]:
     return [line for K, V in _grid_points(rows, version) for line in batch_table(rows, version, K, V)]
 
 
+LATEST = "latest"  # the version name of ``_latest_rows``
+
+
+def _latest_rows(rows: List[dict], versions: Sequence[str]) -> List[dict]:
+    """Per call (``CALL_KEY`` but the version), the row of the last of ``versions`` that has one, as version
+    ``LATEST`` with ``of`` its own: the grid as it stands where a version re-ran only the rules or points its change
+    reaches (a kernel change that leaves the other rules' SASS as it was)."""
+    latest = {}
+    for r in rows:
+        if r["version"] in versions:
+            key = tuple(r[k] for k in CALL_KEY if k != "version")
+            if key not in latest or versions.index(r["version"]) >= versions.index(latest[key]["version"]):
+                latest[key] = r
+    return [dict(r, version=LATEST, of=r["version"]) for r in latest.values()]
+
+
 def grid_summary(rows: List[dict], a: str, b: str) -> List[str]:
     """Version ``a`` against ``b`` over the grid, the slowest rule of each cell: per (K, V, dtype), the highest
     predicted us at B = 1 and the lowest % of copy BW at every larger B, over the rules both versions have rows
@@ -2655,10 +2671,10 @@ def grid_summary(rows: List[dict], a: str, b: str) -> List[str]:
                         cells.append("")
                     elif B == 1:
                         worst = max(both, key=lambda t: float(t[i]["predicted_us"]))
-                        cells.append(f"{_f(worst[i]['predicted_us'])} us ({worst[0]})")
+                        cells.append(f"{_f(worst[i]['predicted_us'])} us ({_named(worst[0], worst[i])})")
                     else:
                         worst = min(both, key=lambda t: float(t[i]["pct_copy_bw"]))
-                        cells.append(f"{_f(worst[i]['pct_copy_bw'])}% ({worst[0]})")
+                        cells.append(f"{_f(worst[i]['pct_copy_bw'])}% ({_named(worst[0], worst[i])})")
             if any(cells[3:]):
                 body.append(cells)
     if len(body) <= len(GRID_DTYPES):  # the headline point alone: the README table says it
@@ -2670,7 +2686,14 @@ def grid_summary(rows: List[dict], a: str, b: str) -> List[str]:
         "", f"Predicted by the {MODEL_BANNER}. Each cell names the rule furthest behind at that point, over the "
         "rules both versions have rows for: at B = 1 the highest predicted time (CUDA graph launch costs), at "
         "larger B the lowest share of the 4.3 TB/s copy bandwidth (each logit read once over the predicted time). "
-        "Every rule's figures: the version's tables by batch below.", ""]
+        "Every rule's figures: the version's tables by batch below." + (
+            f" `{LATEST}`: each call's row of the last version that has one, named beside the rule (a version may "
+            "re-run only the rules and points its change reaches)." if b == LATEST else ""), ""]
+
+
+def _named(rule: str, row: dict) -> str:
+    """A grid cell's rule, with the version its row is of where the column is ``LATEST``."""
+    return f"{rule} {row['of']}" if row.get("of") else rule
 
 
 GRID_PLOT = "roofline_sm90_grid_{dtype}.png"
@@ -2972,8 +2995,11 @@ def render(path: Path = MD_PATH, machine: Machine = H200) -> str:
         lines += readme_table(rows, complete[-2], complete[-1])
     gridded = [v for v in versions if len(_grid_points(rows, v)) > 1]
     if len(gridded) >= 2:
-        summary = grid_summary(rows, gridded[0], gridded[-1])
-        lines += summary + (grid_plots(rows, gridded[0], gridded[-1], path.parent) if summary else [])
+        # the first gridded version against each call's latest row from the second gridded version on (a later
+        # version may re-run only the rules and points its change reaches)
+        grid = rows + _latest_rows(rows, versions[versions.index(gridded[1]):])
+        summary = grid_summary(grid, gridded[0], LATEST)
+        lines += summary + (grid_plots(grid, gridded[0], LATEST, path.parent) if summary else [])
     for v in versions:
         lines += [f"## Version {v}", ""]
         lines += headline_tables(rows, v) + batch_tables(rows, v) + kernel_table(krows, v)

@@ -1786,6 +1786,24 @@ def test_grid_summary_names_the_slowest_rule_both_versions_have(tmp_path):
                    for line in shown), shown
 
 
+def test_grid_summary_takes_each_calls_latest_row():
+    """A later version c that re-ran one rule at one point (opt at K = 4, here slower) stands beside b's rows for the
+    rest: the summary's latest column names c's opt where c has a row and b's elsewhere, with the version."""
+    rows = _summary_rows()
+    rows += [dict(r, version="c", pct_copy_bw="50.0", predicted_us="12.5") for r in rows
+             if r["version"] == "b" and r["rule"] == "opt" and r["K"] == "4"]
+    latest = rf._latest_rows(rows, ["b", "c"])
+    assert len(latest) == len([r for r in rows if r["version"] == "b"]), "one row per call"
+    assert {r["of"] for r in latest if r["rule"] == "opt" and r["K"] == "4"} == {"c"}
+    assert {r["of"] for r in latest if not (r["rule"] == "opt" and r["K"] == "4")} == {"b"}
+    md = rf.grid_summary(rows + latest, "a", rf.LATEST)
+    body = md[4:md.index("", 4)]
+    k1, k4 = body[0].strip("| ").split(" | ")[3:], body[len(rf.GRID_DTYPES)].strip("| ").split(" | ")[3:]
+    assert k1[:2] == ["8.0 us (chow)", "8.0 us (opt b)"] and k1[3] == "79.0% (opt b)", k1
+    assert k4[:2] == ["11.0 us (chow)", "12.5 us (opt c)"] and k4[3] == "50.0% (opt c)", k4
+    assert rf.LATEST in md[-2], "the note says what the latest column is"
+
+
 def test_h100_rows_go_to_their_own_csv(tmp_path, monkeypatch):
     """``run_grid`` with the H100's constants merges its rows into ``H100_CSV_PATH`` alone (the H200's CSVs, the
     ones the report renders, are left as they were), and the H200's go where they always went; the H100 is the
