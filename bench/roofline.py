@@ -2643,12 +2643,10 @@ def _latest_rows(rows: List[dict], versions: Sequence[str]) -> List[dict]:
     """Per call (``CALL_KEY`` but the version), the row of the last of ``versions`` that has one, as version
     ``LATEST`` with ``of`` its own: the grid as it stands where a version re-ran only the rules or points its change
     reaches (a kernel change that leaves the other rules' SASS as it was)."""
+    rank = {v: i for i, v in enumerate(versions)}
     latest = {}
-    for r in rows:
-        if r["version"] in versions:
-            key = tuple(r[k] for k in CALL_KEY if k != "version")
-            if key not in latest or versions.index(r["version"]) >= versions.index(latest[key]["version"]):
-                latest[key] = r
+    for r in sorted((r for r in rows if r["version"] in rank), key=lambda r: rank[r["version"]]):
+        latest[tuple(r[k] for k in CALL_KEY if k != "version")] = r
     return [dict(r, version=LATEST, of=r["version"]) for r in latest.values()]
 
 
