@@ -96,6 +96,18 @@ def settings(V: int) -> Tuple[int, int]:
     return block, (8 if block >= 2048 else 4)
 
 
+def sample_settings(V: int, B: int, filtered: bool) -> Tuple[int, int]:
+    """(BLOCK_V, num_warps) of ``sample``: ``settings``' tiles; on a GPU at B >= 8 without filters, a 2048-entry tile
+    over 2 warps (32 entries a thread, where ``settings`` gives 8). The race is bound by instruction issue (Philox and
+    two logs per entry), and a thread's fixed share (its program's parameters, the reductions across the tile, the
+    partials and the ticket) then spreads over four times the entries. At B < 8 the tile keeps 8 warps: a row's
+    programs are few, and a thread's latency is the round's."""
+    block, warps = settings(V)
+    if BLOCK_V_OVERRIDE is None and not _interpreting() and not filtered and B >= 8 and block >= 2048:
+        warps = block // 1024
+    return block, warps
+
+
 def rows(B: int) -> int:
     """Rows per work item: 1 on a GPU (a row's tiles spread over the SMs); under the interpreter, whose cost is per
     operation rather than per element, the whole batch up to 256 rows, so a test batch costs about one row."""
@@ -174,7 +186,7 @@ def sample_args(args: SampleArgs) -> torch.Tensor:
     from .kernels.sample import launch_sample
 
     _check_device(args.logits)
-    block_v, num_warps = settings(args.vocab_size)
+    block_v, num_warps = sample_settings(args.vocab_size, args.logits.shape[0], args.filters.active)
     with _device_guard(args.logits.device):
         return launch_sample(args.logits, args.temperature, args.seed, args.offset, args.filters, args.vocab_size,
                              block_v, num_warps, rows(args.logits.shape[0]))

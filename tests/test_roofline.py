@@ -1833,3 +1833,31 @@ def test_h100_rows_go_to_their_own_csv(tmp_path, monkeypatch):
     changed = {f.name for f in dataclasses.fields(rf.Machine) if getattr(rf.H100, f.name) != getattr(rf.H200, f.name)}
     assert changed == {"name", "copy_bw", "l2_bytes", "l2_reuse_bytes", "sources"}, changed
     assert rf.H100.copy_bw < rf.H200.copy_bw and rf.MACHINES == {"h200": rf.H200, "h100": rf.H100}
+
+
+def test_sample_spreads_its_tile_over_two_warps_from_eight_rows(tmp_path):
+    """``sample``'s GPU settings (``triton_backend.sample_settings``): at B >= 8 without filters the 2048-entry tile
+    runs on 2 warps (32 entries a thread), below 8 rows and with filters on ``settings``' 8. The race is bound by
+    instruction issue, and a thread's fixed share (parameters, the reductions across the tile, the partials, the
+    ticket) spreads over four times the entries: fewer static SASS instructions per logit (the eight-warp kernel,
+    the same code, is the control), no spills; and the tile's max is NaN-propagating (FMNMX.NAN), which is how the
+    kernel flags a NaN entry without a pass of its own."""
+    from speccas_kernels import triton_backend
+
+    launches = {}
+    for B in (1, 4, 8, 64):
+        work, _ = rf.capture("sample", None, B, 0, 151936, "fp32")
+        (launches[B],) = work.launches
+    assert {B: (l.constexprs["BLOCK_V"], l.num_warps) for B, l in launches.items()} == {
+        1: (2048, 8), 4: (2048, 8), 8: (2048, 2), 64: (2048, 2)}
+    with rf.gpu_launch_settings():
+        assert triton_backend.sample_settings(151936, 64, True) == triton_backend.settings(151936) == (2048, 8)
+    recs = rf.compile_launches([launches[1], launches[64]], cache_dir=tmp_path, quiet=True)
+    per_logit = {}
+    for B in (1, 64):
+        key = rf.compile_key(launches[B])
+        rec = recs[key]
+        assert rec["spill_stores"] == 0 and rec["spill_loads"] == 0, (B, rec["spill_stores"])
+        assert "FMNMX.NAN" in (tmp_path / "kernels" / f"{key}.sass").read_text()
+        per_logit[B] = rec["sass"]["instructions"] * 32 * launches[B].num_warps / 2048
+    assert per_logit[64] < 0.6 * per_logit[1], per_logit

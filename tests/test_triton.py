@@ -761,6 +761,21 @@ def test_sample_invalid_rows_and_vocab_size(device, monkeypatch):
     assert out.tolist() == ref.tolist()
 
 
+def test_sample_never_draws_a_minus_inf_entry_at_any_temperature(device, monkeypatch):
+    """A -inf logit scores -inf by the score's arithmetic alone (no select: its tile-relative logit is -inf and the
+    scale log2(e) / T stays > 0 for every usable T, 1/T capped), from the largest temperature to the smallest: the
+    draws land on live entries only, as the reference's do."""
+    monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 16)
+    B, V = 4, 40
+    z = torch.randn(B, V, generator=torch.Generator().manual_seed(5))
+    z[:, ::2] = float("-inf")
+    T = torch.tensor([3.0e38, 1.0e30, 1.0, 1.0e-30])
+    for seed in range(6):
+        out = sk.sample(z.to(device), temperature=T.to(device), seed=seed, offset=7, backend="triton").cpu()
+        assert (out % 2 == 1).all(), (seed, out.tolist())
+        assert out.tolist() == sk.sample(z, temperature=T, seed=seed, offset=7, backend="reference").tolist()
+
+
 # ---- randomness, dispatch, torch.library --------------------------------------------------------
 
 @triton.jit

@@ -8,7 +8,9 @@ whose cost is per operation, not per element) and one vocabulary tile. It scores
 own max ``m_t``: ``(z - m_t) / T + G``, computed in base-2 units, ``(z - m_t) log2(e) / T - log2(-log2 u)``
 (that score plus a constant, divided by ln 2: the same argmax, two multiplies and two negations fewer per entry;
 Philox once per four entries, all four words used), keeps the best score, its lowest index, ``m_t`` and a
-NaN/+inf flag, and draws a ticket on its group's counter. The program with the last ticket merges the tiles:
+NaN/+inf flag (read off ``m_t``, a NaN-propagating max: no pass of its own), and draws a ticket on its group's
+counter. A -inf logit scores -inf by the arithmetic alone (``scale`` > 0), with no select. On a GPU the launcher
+spreads a tile over 2 warps at B >= 8 (``triton_backend.sample_settings``: 32 entries a thread), 8 below. The program with the last ticket merges the tiles:
 ``M = max m_t``, each tile's best shifted by ``(m_t - M) log2(e) / T``, ties to the lowest index; then it writes the
 token (``-1`` for a row with NaN/+inf or all -inf logits, a bad temperature or bad filter values) and resets
 the counter. One tile: no ticket.
@@ -82,6 +84,11 @@ def _sample_kernel(
 
 
 @triton.jit
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def _rel(z, M):
     return (z - M).to(tl.float32)
 
@@ -96,24 +103,24 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
     v = v0 + tl.arange(0, BLOCK_V)[None, :]  # [1, BLOCK_V]
     mask = rmask[:, None] & (v < V)
     z = load_logits(ptrs[:, None] + v, mask, FP64)  # [R, BLOCK_V]
-    m = tl.max(z, axis=1)  # [R] (a NaN entry is passed over on a GPU, propagated by the interpreter: bad either way)
+    # [R]: the tile's max, NaN when it holds a NaN (FMNMX.NAN on a GPU; the interpreter's max propagates NaN too), so
+    # bad (a NaN or +inf entry) is read off it: no pass of its own over the tile
+    m = tl.reduce(z, 1, _max_nan)
+    bad = ((m != m) | (m == float("inf"))).to(tl.int32)
     if M is None:
         Mr = m
     else:
         Mr = M
     m3 = Mr[:, None]
     rel = _rel(z, tl.where(m3 == NEG_INF, 0.0, m3))
-    # Bad (a NaN or +inf entry): rel is NaN there (a NaN entry, or inf - inf at the max) and <= 0 or -inf elsewhere,
-    # so its sum is NaN exactly when the tile holds one.
-    rs = tl.sum(rel, axis=1)
-    bad = (rs != rs).to(tl.int32)
     e2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
     if tl.max((T > 0).to(tl.int32), axis=0) > 0:  # some row samples: the noise (rows of one program share this)
         e2 = exp_log2_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V, VEC)  # -(G + ln ln 2) / ln 2
-    keep = z > NEG_INF  # (not NaN either)
+    # A -inf logit (or an entry past V) scores -inf with no select: rel is -inf there, scale > 0 (1/T capped, never
+    # 0 for a usable T) and e2 finite. A NaN entry scores NaN, in a row that is bad anyway.
+    s = rel * scale[:, None] - e2
     if cut is not None:
-        keep = keep & (z >= cut[:, None])
-    s = tl.where(keep, rel * scale[:, None] - e2, NEG_INF)
+        s = tl.where(z >= cut[:, None], s, NEG_INF)
     if tl.max((rmask & (T == 0)).to(tl.int32), axis=0) > 0:  # greedy rows: score 0 at the max
         s = tl.where((T == 0)[:, None], tl.where(z == m3, 0.0, NEG_INF), s)
     best, idx = best_lowest_rows(s, v.to(tl.int32))  # greedy rows: the lowest argmax, score 0 (relative)
