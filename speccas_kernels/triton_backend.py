@@ -97,13 +97,16 @@ def settings(V: int) -> Tuple[int, int]:
 
 
 def sample_settings(V: int, B: int, filtered: bool) -> Tuple[int, int]:
-    """(BLOCK_V, num_warps) of ``sample``: ``settings``' tiles; on a GPU at B >= 8 without filters, a 2048-entry tile
-    over 2 warps (32 entries a thread, where ``settings`` gives 8). The race is bound by instruction issue (Philox and
-    two logs per entry), and a thread's fixed share (its program's parameters, the reductions across the tile, the
-    partials and the ticket) then spreads over four times the entries. At B < 8 the tile keeps 8 warps: a row's
-    programs are few, and a thread's latency is the round's."""
+    """(BLOCK_V, num_warps) of ``sample``: ``settings``' tiles; on a GPU, without filters and with more than 256
+    programs (B times the tiles of a row: about two per SM), a 2048-entry tile over 2 warps (32 entries a thread,
+    where ``settings`` gives 8). The race is bound by instruction issue (Philox and two logs per entry), and a
+    thread's fixed share (its program's parameters, the reductions across the tile, the partials and the ticket)
+    then spreads over four times the entries. With fewer programs the round is one wave, whose length is a thread's
+    latency: the tile keeps 8 warps (in the model, V = 151936: 8 warps at B = 2, 2 warps from B = 4; V = 32000: 8
+    warps up to B = 16)."""
     block, warps = settings(V)
-    if BLOCK_V_OVERRIDE is None and not _interpreting() and not filtered and B >= 8 and block >= 2048:
+    if (BLOCK_V_OVERRIDE is None and not _interpreting() and not filtered and block >= 2048
+            and B * triton.cdiv(V, block) > 256):
         warps = block // 1024
     return block, warps
 

@@ -1835,9 +1835,10 @@ def test_h100_rows_go_to_their_own_csv(tmp_path, monkeypatch):
     assert rf.H100.copy_bw < rf.H200.copy_bw and rf.MACHINES == {"h200": rf.H200, "h100": rf.H100}
 
 
-def test_sample_spreads_its_tile_over_two_warps_from_eight_rows(tmp_path):
-    """``sample``'s GPU settings (``triton_backend.sample_settings``): at B >= 8 without filters the 2048-entry tile
-    runs on 2 warps (32 entries a thread), below 8 rows and with filters on ``settings``' 8. The race is bound by
+def test_sample_spreads_its_tile_over_two_warps_past_256_programs(tmp_path):
+    """``sample``'s GPU settings (``triton_backend.sample_settings``): past 256 programs (B times a row's tiles)
+    without filters the 2048-entry tile runs on 2 warps (32 entries a thread), below and with filters on
+    ``settings``' 8. The race is bound by
     instruction issue, and a thread's fixed share (parameters, the reductions across the tile, the partials, the
     ticket) spreads over four times the entries: fewer static SASS instructions per logit (the eight-warp kernel,
     the same code, is the control), no spills; and the tile's max is NaN-propagating (FMNMX.NAN), which is how the
@@ -1845,11 +1846,12 @@ def test_sample_spreads_its_tile_over_two_warps_from_eight_rows(tmp_path):
     from speccas_kernels import triton_backend
 
     launches = {}
-    for B in (1, 4, 8, 64):
-        work, _ = rf.capture("sample", None, B, 0, 151936, "fp32")
+    for B, V in ((1, 151936), (2, 151936), (4, 151936), (64, 151936), (16, 32000), (32, 32000)):
+        work, _ = rf.capture("sample", None, B, 0, V, "fp32")
         (launches[B],) = work.launches
+    # programs: 75, 150, 300 and 4800 at V = 151936 (75 tiles a row); 256 and 512 at V = 32000 (16)
     assert {B: (l.constexprs["BLOCK_V"], l.num_warps) for B, l in launches.items()} == {
-        1: (2048, 8), 4: (2048, 8), 8: (2048, 2), 64: (2048, 2)}
+        1: (2048, 8), 2: (2048, 8), 4: (2048, 2), 64: (2048, 2), 16: (2048, 8), 32: (2048, 2)}
     with rf.gpu_launch_settings():
         assert triton_backend.sample_settings(151936, 64, True) == triton_backend.settings(151936) == (2048, 8)
     recs = rf.compile_launches([launches[1], launches[64]], cache_dir=tmp_path, quiet=True)
