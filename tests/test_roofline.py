@@ -1838,11 +1838,10 @@ def test_h100_rows_go_to_their_own_csv(tmp_path, monkeypatch):
 def test_sample_spreads_its_tile_over_two_warps_past_256_programs(tmp_path):
     """``sample``'s GPU settings (``triton_backend.sample_settings``): past 256 programs (B times a row's tiles)
     without filters the 2048-entry tile runs on 2 warps (32 entries a thread), below and with filters on
-    ``settings``' 8. The race is bound by
-    instruction issue, and a thread's fixed share (parameters, the reductions across the tile, the partials, the
-    ticket) spreads over four times the entries: fewer static SASS instructions per logit (the eight-warp kernel,
-    the same code, is the control), no spills; and the tile's max is NaN-propagating (FMNMX.NAN), which is how the
-    kernel flags a NaN entry without a pass of its own."""
+    ``settings``' 8. The race is bound by instruction issue, and a thread's fixed share (parameters, the reductions
+    across the tile, the partials, the ticket) spreads over four times the entries: fewer static SASS instructions
+    per logit (the eight-warp kernel, the same code, is the control), no spills; and the tile's max is
+    NaN-propagating (FMNMX.NAN), which is how the kernel flags a NaN entry without a pass of its own."""
     from speccas_kernels import triton_backend
 
     launches = {}
