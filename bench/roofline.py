@@ -2656,8 +2656,12 @@ def grid_summary(rows: List[dict], a: str, b: str) -> List[str]:
     for there (the rule named), so that one table shows where the grid stands and what is furthest behind."""
     idx = _index(rows)
     rules = _rule_order(rows)
-    body = []
+    body, partial = [], []
     for K, V in _common_points(rows, a, b):
+        has = [{rule for rule in rules for dt in GRID_DTYPES for B in GRID_B
+                if (v, "verify", rule, str(B), str(K), str(V), dt) in idx} for v in (a, b)]
+        if has[0] - has[1]:
+            partial.append(f"K = {K}, V = {V}: {len(has[0] & has[1])} of {len(has[0])}")
         for dt in GRID_DTYPES:
             cells = [str(K), str(V), dt]
             for B in GRID_B:
@@ -2685,6 +2689,8 @@ def grid_summary(rows: List[dict], a: str, b: str) -> List[str]:
         "rules both versions have rows for: at B = 1 the highest predicted time (CUDA graph launch costs), at "
         "larger B the lowest share of the 4.3 TB/s copy bandwidth (each logit read once over the predicted time). "
         "Every rule's figures: the version's tables by batch below." + (
+            f" Points where {b} has rows for fewer of {a}'s rules, so that its cells' slowest rule may not be the "
+            f"point's: {'; '.join(partial)} rules." if partial else "") + (
             f" `{LATEST}`: each call's row of the last version that has one, named beside the rule (a version may "
             "re-run only the rules and points its change reaches)." if b == LATEST else ""), ""]
 

@@ -1804,6 +1804,17 @@ def test_grid_summary_takes_each_calls_latest_row():
     assert rf.LATEST in md[-2], "the note says what the latest column is"
 
 
+def test_grid_summary_says_where_its_cells_cover_fewer_rules():
+    """A point where the later version lacks rows for some of the earlier's rules (token_v3 in a alone; at K = 4,
+    opt's rows removed from b) is listed in the note with how many of them its cells cover, so a cell's slowest rule
+    is not read as the point's; with every rule of a in b (the control; b may have more) the note lists nothing."""
+    rows = [r for r in _summary_rows() if not (r["version"] == "b" and r["rule"] == "opt" and r["K"] == "4")]
+    note = rf.grid_summary(rows, "a", "b")[-2]
+    assert "K = 1, V = 32000: 3 of 4; K = 4, V = 151936: 2 of 4 rules." in note, note
+    full = [dict(r, version="b") if r["rule"] == "token_v3" else r for r in _summary_rows()]
+    assert "fewer of" not in rf.grid_summary(full, "a", "b")[-2]
+
+
 def test_h100_rows_go_to_their_own_csv(tmp_path, monkeypatch):
     """``run_grid`` with the H100's constants merges its rows into ``H100_CSV_PATH`` alone (the H200's CSVs, the
     ones the report renders, are left as they were), and the H200's go where they always went; the H100 is the
