@@ -96,18 +96,18 @@ def settings(V: int) -> Tuple[int, int]:
     return block, (8 if block >= 2048 else 4)
 
 
-def sample_settings(V: int, B: int, filtered: bool) -> Tuple[int, int]:
-    """(BLOCK_V, num_warps) of ``sample``: ``settings``' tiles; on a GPU, without filters and with more than 256
-    programs (B times the tiles of a row: about two per SM), a 2048-entry tile over 2 warps (32 entries a thread,
-    where ``settings`` gives 8). The race is bound by instruction issue (Philox and two logs per entry), and a
-    thread's fixed share (its program's parameters, the reductions across the tile, the partials and the ticket)
-    then spreads over four times the entries. With fewer programs the round is one wave, whose length is a thread's
-    latency: the tile keeps 8 warps (in the model, V = 151936: 8 warps at B = 2, 2 warps from B = 4; V = 32000: 8
-    warps up to B = 16)."""
+def sample_settings(V: int, B: int, filtered: bool, device: torch.device) -> Tuple[int, int]:
+    """(BLOCK_V, num_warps) of ``sample`` on ``device``: ``settings``' tiles; on a GPU, without filters and with
+    more programs (B times the tiles of a row) than one wave of ``programs(device)`` (two per SM: 264 on a 132-SM
+    part), a 2048-entry tile over 2 warps (32 entries a thread, where ``settings`` gives 8). The race is bound by
+    instruction issue (Philox and two logs per entry), and a thread's fixed share (its program's parameters, the
+    reductions across the tile, the partials and the ticket) then spreads over four times the entries. With fewer
+    programs the round is one wave, whose length is a thread's latency: the tile keeps 8 warps (in the model, 132
+    SMs, V = 151936: 8 warps at B = 2, 2 warps from B = 4; V = 32000: 8 warps up to B = 16)."""
     block, warps = settings(V)
-    if (BLOCK_V_OVERRIDE is None and not _interpreting() and not filtered and block >= 2048
-            and B * triton.cdiv(V, block) > 256):
-        warps = block // 1024
+    if BLOCK_V_OVERRIDE is None and not _interpreting() and not filtered and block >= 2048:
+        if B * triton.cdiv(V, block) > programs(device):
+            warps = block // 1024
     return block, warps
 
 
@@ -132,22 +132,22 @@ def tiles() -> int:
 
 def chunks(itemsize: int = 4, rule: str = "") -> int:
     """Chunks per statistics or second-look work item of the persistent verify kernel (a loop in the kernel; the
-    statistics keep one record per item, plus a token set's screening records per chunk, and the second look folds
-    its chunks into one) for logits of ``itemsize`` bytes and the rule named ``rule``. On a GPU 4 for 4-byte logits,
-    so a program draws a sixteenth as many of those items as there are tiles (each draw costs about as many
-    instructions as a chunk's statistics), and 16 for 2-byte logits, whose rounds are bound by instructions rather than bytes, so a quarter
-    as many draws, and item-end reductions, pay (in the static model, B = 64, K = 4, V = 151936 bf16: 4 -> 8 chunks
-    with the kernels of v11, chow 64.3 -> 62.2 us, token_v3 102.1 -> 99.1 us; 8 -> 16 with those of 24f89ae, chow
+    statistics keep one record per item, plus a token set's screening records per chunk, and the second look folds its
+    chunks into one) for logits of ``itemsize`` bytes and the rule named ``rule``. On a GPU 4 for 4-byte logits, so a
+    program draws a sixteenth as many of those items as there are tiles (each draw costs about as many instructions as a
+    chunk's statistics), and 16 for 2-byte logits, whose rounds are bound by instructions rather than bytes, so a
+    quarter as many draws, and item-end reductions, pay (in the static model, B = 64, K = 4, V = 151936 bf16: 4 -> 8
+    chunks with the kernels of v11, chow 64.3 -> 62.2 us, token_v3 102.1 -> 99.1 us; 8 -> 16 with those of 24f89ae, chow
     55.0 -> 53.7 us, token_v3 83.0 -> 78.5 us; 32, one item per position, gave chow 52.3 us but leaves a batch's
-    statistics in as few items as positions). fp32 rounds are bound by bytes: 8 chunks there gave opt 110.0 ->
-    111.9 us (24f89ae), and with the kernels of v11 pushed token_v3's re-read past the L2 (116.6 -> 118.7 us). 32
-    for 2-byte logits whose statistics' loop is not software-pipelined (``verify.l2_ahead``: token_v3), whose items
-    pay their first chunk's DRAM round trip and their fixed instructions once each, and whose second look reads
-    only the cells its screening records keep (a longer look item costs little): token_v3 bf16 B = 64 51.5 ->
-    49.0 us, B = 32 30.5 -> 28.9 us in the model (v45's kernels); a pipelined loop hides its chunks' round trips
-    already, and opt's dense look, on a row's chain, grows with its items (B = 64 50.6 -> 52.7 us at 32). A small
-    batch halves them again (``launch_verify``). 2 under the interpreter, so tests cross item, chunk and tile
-    boundaries (and a last item with a missing chunk)."""
+    statistics in as few items as positions). fp32 rounds are bound by bytes: 8 chunks there gave opt 110.0 -> 111.9 us
+    (24f89ae), and with the kernels of v11 pushed token_v3's re-read past the L2 (116.6 -> 118.7 us). 32 for 2-byte
+    logits whose statistics' loop is not software-pipelined (``verify.l2_ahead``: token_v3), whose items pay their first
+    chunk's DRAM round trip and their fixed instructions once each, and whose second look reads only the cells its
+    screening records keep (a longer look item costs little): token_v3 bf16 B = 64 51.5 -> 49.0 us, B = 32 30.5 -> 28.9
+    us in the model (v45's kernels); a pipelined loop hides its chunks' round trips already, and opt's dense look, on a
+    row's chain, grows with its items (B = 64 50.6 -> 52.7 us at 32). A small batch halves them again
+    (``launch_verify``). 2 under the interpreter, so tests cross item, chunk and tile boundaries (and a last item with a
+    missing chunk)."""
     from .kernels.verify import l2_ahead
 
     if CHUNKS_OVERRIDE is not None:
@@ -189,7 +189,8 @@ def sample_args(args: SampleArgs) -> torch.Tensor:
     from .kernels.sample import launch_sample
 
     _check_device(args.logits)
-    block_v, num_warps = sample_settings(args.vocab_size, args.logits.shape[0], args.filters.active)
+    block_v, num_warps = sample_settings(args.vocab_size, args.logits.shape[0], args.filters.active,
+                                         args.logits.device)
     with _device_guard(args.logits.device):
         return launch_sample(args.logits, args.temperature, args.seed, args.offset, args.filters, args.vocab_size,
                              block_v, num_warps, rows(args.logits.shape[0]))

@@ -1846,10 +1846,10 @@ def test_h100_rows_go_to_their_own_csv(tmp_path, monkeypatch):
     assert rf.H100.copy_bw < rf.H200.copy_bw and rf.MACHINES == {"h200": rf.H200, "h100": rf.H100}
 
 
-def test_sample_spreads_its_tile_over_two_warps_past_256_programs(tmp_path):
-    """``sample``'s GPU settings (``triton_backend.sample_settings``): past 256 programs (B times a row's tiles)
-    without filters the 2048-entry tile runs on 2 warps (32 entries a thread), below and with filters on
-    ``settings``' 8. The race is bound by instruction issue, and a thread's fixed share (parameters, the reductions
+def test_sample_spreads_its_tile_over_two_warps_past_a_wave_of_programs(tmp_path):
+    """``sample``'s GPU settings (``triton_backend.sample_settings``): past one wave of programs (B times a row's
+    tiles against ``programs(device)``, two per SM: 264 on the model's 132 SMs, 116 on a 58-SM part) without
+    filters the 2048-entry tile runs on 2 warps (32 entries a thread), below and with filters on ``settings``' 8. The race is bound by instruction issue, and a thread's fixed share (parameters, the reductions
     across the tile, the partials, the ticket) spreads over four times the entries: fewer static SASS instructions
     per logit (the eight-warp kernel, the same code, is the control), no spills; and the tile's max is
     NaN-propagating (FMNMX.NAN), which is how the kernel flags a NaN entry without a pass of its own."""
@@ -1862,8 +1862,13 @@ def test_sample_spreads_its_tile_over_two_warps_past_256_programs(tmp_path):
     # programs: 75, 150, 300 and 4800 at V = 151936 (75 tiles a row); 256 and 512 at V = 32000 (16)
     assert {B: (l.constexprs["BLOCK_V"], l.num_warps) for B, l in launches.items()} == {
         1: (2048, 8), 2: (2048, 8), 4: (2048, 2), 64: (2048, 2), 16: (2048, 8), 32: (2048, 2)}
+    cpu = torch.device("cpu")
     with rf.gpu_launch_settings():
-        assert triton_backend.sample_settings(151936, 64, True) == triton_backend.settings(151936) == (2048, 8)
+        assert triton_backend.sample_settings(151936, 64, True, cpu) == triton_backend.settings(151936) == (2048, 8)
+    # the wave is the device's: B = 2 at V = 151936 (150 programs) is one wave of 132 SMs' and two of 58's
+    with rf.gpu_launch_settings(dataclasses.replace(rf.H200, sms=58)):
+        assert triton_backend.sample_settings(151936, 2, False, cpu) == (2048, 2)
+        assert triton_backend.sample_settings(151936, 1, False, cpu) == (2048, 8)
     recs = rf.compile_launches([launches[1], launches[64]], cache_dir=tmp_path, quiet=True)
     per_logit = {}
     for B in (1, 64):

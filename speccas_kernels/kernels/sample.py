@@ -10,7 +10,8 @@ own max ``m_t``: ``(z - m_t) / T + G``, computed in base-2 units, ``(z - m_t) lo
 Philox once per four entries, all four words used), keeps the best score, its lowest index, ``m_t`` and a
 NaN/+inf flag (read off ``m_t``, a NaN-propagating max: no pass of its own), and draws a ticket on its group's
 counter. A -inf logit scores -inf by the arithmetic alone (``scale`` > 0), with no select. On a GPU the launcher
-spreads a tile over 2 warps past 256 programs (``triton_backend.sample_settings``: 32 entries a thread), 8 below.
+spreads a tile over 2 warps past a wave of programs (``triton_backend.sample_settings``: two per SM, 32 entries a
+thread), 8 below.
 The program with the last ticket merges the tiles: ``M = max m_t``, each tile's best shifted by
 ``(m_t - M) log2(e) / T``, ties to the lowest index; then it writes the token (``-1`` for a row with NaN/+inf or all
 -inf logits, a bad temperature or bad filter values) and resets the counter. One tile: no ticket.
