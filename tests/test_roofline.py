@@ -1849,8 +1849,9 @@ def test_h100_rows_go_to_their_own_csv(tmp_path, monkeypatch):
 def test_sample_spreads_its_tile_over_two_warps_past_a_wave_of_programs(tmp_path):
     """``sample``'s GPU settings (``triton_backend.sample_settings``): past one wave of programs (B times a row's
     tiles against ``programs(device)``, two per SM: 264 on the model's 132 SMs, 116 on a 58-SM part) without
-    filters the 2048-entry tile runs on 2 warps (32 entries a thread), below and with filters on ``settings``' 8. The race is bound by instruction issue, and a thread's fixed share (parameters, the reductions
-    across the tile, the partials, the ticket) spreads over four times the entries: fewer static SASS instructions
+    filters the 2048-entry tile runs on 2 warps (32 entries a thread), below and with filters on ``settings``' 8.
+    The race is bound by instruction issue, and a thread's fixed share (parameters, the reductions across the tile,
+    the partials, the ticket) spreads over four times the entries: fewer static SASS instructions
     per logit (the eight-warp kernel, the same code, is the control), no spills; and the tile's max is
     NaN-propagating (FMNMX.NAN), which is how the kernel flags a NaN entry without a pass of its own."""
     from speccas_kernels import triton_backend
