@@ -378,6 +378,34 @@ def test_gpu_launch_settings_split_opts_look_and_widen_its_race():
     assert c["LOOK_SPLIT"] == 1 and c["RECORDS"] == 38, "one row: a look item per chunk of two tiles, none split"
 
 
+def test_gpu_launch_settings_size_opts_long_looks_in_chunks():
+    """With 2-byte logits and a position's statistics in one item (16 chunks of four tiles: B = 64 and 256, K = 4,
+    as a GPU runs them), opt's look items hold LONG_CHUNKS = 4 chunks: V = 128256's 16 chunks take 4 look items of 4
+    chunks and race items of four tiles (16 a row, not 8 of eight); V = 32000's 4 chunks take one look item and keep
+    race items of eight tiles at B = 256. fp32 at V = 128256 (NS = 4 stats items) keeps LOOK_SPLIT = 2 and a race of
+    four (and V = 151936 bf16, NS = 2, keeps both: the test above), and so does K = 1 at V = 128256, B = 256."""
+    from speccas_kernels.kernels import verify as kv
+
+    def constexprs(B, V, dtype, K=4):
+        zq, zp = torch.empty(B, K, V, dtype=dtype), torch.empty(B, K + 1, V, dtype=dtype)
+        with rf.gpu_launch_settings():
+            work = rf.count_device_work(speccas_kernels.verify, zq, zp, torch.zeros(B, K, dtype=torch.int64),
+                                        rule="opt", backend="triton")
+        c = work.launches[0].constexprs
+        return c["LOOK_SPLIT"], c["RECORDS"], c["LOOK_BASE"], c["LOOK_EXTRA"], c["RACE_TILES"]
+
+    assert kv.LONG_CHUNKS == 4 and kv.LONG_SPLIT == 4
+    for B in (64, 256):
+        assert constexprs(B, 128256, torch.bfloat16) == (4, 4, 4, 0, 4), B
+    assert constexprs(256, 32000, torch.bfloat16) == (1, 1, 4, 0, 8), "V = 32000: one look item of the 4 chunks"
+    assert constexprs(64, 128256, torch.float32) == (2, 8, 2, 0, 4), "fp32: NS = 4, NL = 8; race of four"
+    assert [kv.look_split(1, ni, 2, 4) for ni in (3, 4, 8, 15, 16, 64)] == [1, 1, 2, 2, 4, 4]
+    assert [kv.look_split(ns, 16, 4, 4) for ns in (1, 4, 8, 9)] == [2, 2, 2, 1]
+    assert [kv.look_split(1, 16, 2, K) for K in (1, 3, 4, 8)] == [2, 2, 4, 4], "K < 4 keeps LOOK_SPLIT"
+    c = constexprs(256, 128256, torch.bfloat16, K=1)
+    assert (c[0], c[4]) == (2, 8), "K = 1 (issue-bound): LOOK_SPLIT = 2 and races of eight tiles"
+
+
 def test_tracer_counts_first_touch_and_reuse(probe):
     """Two copies of one 4000-byte input: the first read comes from DRAM, the second from L2 unless the
     reuse distance exceeds the L2 budget."""

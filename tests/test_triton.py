@@ -360,6 +360,39 @@ def test_opt_look_splits_into_more_items_than_its_statistics(device, skip, monke
             assert torch.allclose(o.accept_prob.cpu(), outs[0].accept_prob.cpu(), rtol=1e-5, atol=1e-7)
 
 
+def test_opt_sizes_a_long_looks_items_in_chunks_by_default(device, monkeypatch):
+    """The launcher's own choice where a position's statistics are one item of 16 chunks (V = 256 in tiles of 16, one
+    tile a chunk) and a row has K = 4 drafts: with bfloat16 logits opt's look takes LONG_SPLIT = 4 items of
+    LONG_CHUNKS = 4 chunks and race items of one tile (not two); float32 keeps LOOK_SPLIT = 2 and races a tile an
+    item. Both give the reference's outputs, every hand-off across programs, and leave every counter at zero; alphas
+    where looks are skipped and where not."""
+    for name, value in (("ROWS_OVERRIDE", 1), ("BLOCK_V_OVERRIDE", 16), ("TILES_OVERRIDE", 1),
+                        ("CHUNKS_OVERRIDE", 16)):
+        monkeypatch.setattr(triton_backend, name, value)
+    monkeypatch.setattr(kverify, "ITEMS_PER_PROGRAM", 1)
+    seen = []
+    kernel = kverify._verify_kernel
+
+    class Recorder:  # the launch's look split and race items, as the launcher chose them
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append((kwargs["LOOK_SPLIT"], kwargs["RECORDS"], kwargs["LOOK_BASE"], kwargs["RACE_TILES"]))
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(kverify, "_verify_kernel", Recorder())
+    for dtype, settings in ((torch.bfloat16, (4, 4, 4, 1)), (torch.float32, (2, 2, 8, 1))):
+        for alpha in (-0.5, 0.9):
+            kw = random_round(2, 4, 256, dtype=dtype, device=device, seed=41 + int(10 * alpha))
+            kw.update(alpha=alpha, temperature=0.8)
+            ref, margins = reference_with_margins(**kw, rule="opt")
+            out = sk.verify(**kw, rule="opt", backend="triton")
+            assert seen[-1] == settings, (dtype, seen[-1])
+            what = f"opt alpha={alpha} {dtype} default split"
+            assert_same_outputs(out, ref, margins, what=what)
+            _assert_counters_zero(what)
+
+
 @pytest.mark.parametrize("rule,divergence", [("opt", False), ("opt", True), ("chow", True), ("token_v3", False)])
 def test_batch_of_one_takes_the_looks_constants_with_its_wait(device, rule, divergence, monkeypatch):
     """A batch of one (``SOLO``) with one row and one chunk per work item, as a GPU runs B = 1: a second-look item

@@ -32,7 +32,8 @@ row's last step more than they save.) A rule whose look is skipped where a bound
 LOOK_SPLIT look items per stats item (NL = NS LOOK_SPLIT, each at least a chunk: ``LOOK_SPLIT``), since few of its
 positions look but a row that keeps one waits for that look on its chain, and with 2-byte logits at a full batch
 race items of 2 TILES tiles (its rounds are bound by instruction issue, and a race item's fixed part is about half
-its instructions).
+its instructions). With 2-byte logits, one stats item per position and K >= 4, look items of LONG_CHUNKS chunks
+instead, up to LONG_SPLIT of them, and race items of TILES tiles where the look splits that far (``LONG_CHUNKS``).
 
 * **stats** (row b, position i, item j): chunk by chunk, the chunk's tiles of zp_i and, for i < n, of zq_i as one
   block per side, both loads in flight together, the whole chunks in a loop software-pipelined over
@@ -3384,6 +3385,18 @@ RACE_TILES_OVERRIDE = 0  # tiles per race item; 0: the launcher's choice (tests 
 # (a power of two, where it fits; 1: none).
 LOOK_SPLIT = 2
 LOOK_SPLIT_OVERRIDE = 0
+# With 2-byte logits, a position's statistics in one item (NS = 1: V = 32000 and 128256 at a full batch on a GPU)
+# and LONG_DRAFTS drafts or more a row, the look's items are sized in chunks instead: LONG_CHUNKS chunks each, up to
+# LONG_SPLIT items (so 1 at V = 32000's 4 chunks, whose rounds are bound by instruction issue, and 4 at V = 128256's
+# 16, where the row's chain after its statistics is the look and the race), and the race items of a row split that
+# far hold TILES tiles, not 2 TILES. Static model, opt bf16 (v57 kernels, screening): V = 128256, K = 4, B = 64
+# 45.53 -> 42.96 us (75.5 -> 80.0% of copy bandwidth), B = 256 149.73 -> 147.16 us; V = 32000, K = 4, B = 256
+# 55.85 -> 53.02 us. Where NS = 2 (V = 151936) the same sizes cost issue (B = 64 50.53 -> 52.87 us), and so they do
+# at K = 1, whose race items are a larger share of the round (V = 128256, B = 256: 74.88 -> 83.73 us): LOOK_SPLIT
+# stands there.
+LONG_CHUNKS = 4
+LONG_SPLIT = 4
+LONG_DRAFTS = 4
 # False: the second look runs at every position, also where it can change nothing (``_look_moot``; the same outputs).
 # bench/roofline.py traces that worst case (``ROOFLINE_TRACE``) and counts the share its modelled inputs skip from
 # ``roofline_data``.
@@ -3408,6 +3421,26 @@ def pairs(zq, zp, strides, V) -> bool:
     tensors = [t for t in (zq, zp) if t is not None]
     return (V % 2 == 0 and all(t.dtype == torch.bfloat16 and t.data_ptr() % 4 == 0 for t in tensors)
             and all(s % 2 == 0 for s in strides))
+
+
+def long_look(ns: int, itemsize: int, K: int) -> bool:
+    """Whether opt's look items are sized in chunks (``LONG_CHUNKS``): 2-byte logits, NS = 1 stats item per position
+    and K >= LONG_DRAFTS drafts a row (not with a test's ``LOOK_SPLIT_OVERRIDE``)."""
+    return not LOOK_SPLIT_OVERRIDE and ns == 1 and itemsize <= 2 and K >= LONG_DRAFTS
+
+
+def look_split(ns: int, ni: int, itemsize: int, K: int) -> int:
+    """Second-look items per stats item of a rule whose looks a bound on TV skips (opt), for NS stats items and NI
+    chunks per position, logits of ``itemsize`` bytes and K drafts a row: a power of two, each item at least a chunk;
+    LOOK_SPLIT (``LOOK_SPLIT_OVERRIDE``, a test's, else) at most, or where ``long_look`` items of LONG_CHUNKS chunks,
+    LONG_SPLIT at most."""
+    cap, size = (LOOK_SPLIT_OVERRIDE or LOOK_SPLIT), 1
+    if long_look(ns, itemsize, K):
+        cap, size = LONG_SPLIT, LONG_CHUNKS
+    split = 1
+    while split < cap and ns * split * 2 * size <= ni:
+        split *= 2
+    return split
 
 
 def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int = 1, tiles: int = 1,
@@ -3470,11 +3503,17 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     while chunks == 1 and tiles > 1 and groups * KP * triton.cdiv(nt, tiles // 2) <= programs:
         tiles //= 2
     ni = triton.cdiv(nt, tiles)  # work items per position (second look, divergence)
+    ns = triton.cdiv(nt, tiles * chunks)  # stats items per position
+    split = look_split(ns, ni, zp.element_size(), K) if cx["MONOTONE_TV"] and second and not divergence else 1
+    nl = ns * split  # second-look items per position
     div_items = divergence and args.rule.family == rules.FAMILY_B and zq is not None  # the kernel's DIV_ITEMS
     # The race (one position per row): items of fewer tiles while a row's all take one wave of the programs, so the
     # row's last step is one item's round trips and a quarter or less of its entries (not with a token set's
     # divergence items, whose count includes the race items').
-    race_tiles = RACE_TILES_OVERRIDE or tiles * (2 if cx["MONOTONE_TV"] and second and zp.element_size() <= 2 else 1)
+    # (opt's race items hold 2 TILES tiles with 2-byte logits, but TILES where its look splits LONG_SPLIT ways)
+    wide = cx["MONOTONE_TV"] and second and zp.element_size() <= 2
+    wide = wide and not (split == LONG_SPLIT and long_look(ns, zp.element_size(), K))
+    race_tiles = RACE_TILES_OVERRIDE or tiles * (2 if wide else 1)
     if div_items:
         race_tiles = tiles
     elif not RACE_TILES_OVERRIDE:
@@ -3486,12 +3525,6 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     race_recs = race_records(groups, block_v, lanes, vec, nr)
     race_f = torch.empty((2 * B * nr * race_recs,), dtype=f32, device=dev)  # best scores, then masses
     race_i = torch.empty((B * nr * race_recs,), dtype=i32, device=dev)
-    ns = triton.cdiv(nt, tiles * chunks)  # stats items per position
-    split = 1  # look items per stats item
-    if cx["MONOTONE_TV"] and second and not divergence:
-        while split < (LOOK_SPLIT_OVERRIDE or LOOK_SPLIT) and ns * split * 2 <= ni:
-            split *= 2
-    nl = ns * split  # second-look items per position
     screens = max(1, lanes // vec // 32)  # a token set's screening records per chunk, one per warp (``_screen``)
     # the statistics' records, then (a token set with a floor) the screening records of the drafted positions: none
     # at one row group with one chunk per look item (ni = ns), where the look sums eta dense (the kernel's SCREENED)
