@@ -318,6 +318,23 @@ def test_skipped_looks_change_nothing(device, rule, alpha, monkeypatch):
         _assert_counters_zero(f"{rule} alpha={alpha} T={T} {dtype} chunks={chunks}")
 
 
+def _record_launches(monkeypatch, names):
+    """A list that each launch of the verify kernel appends the named constexprs to (as the launcher passed them),
+    the kernel then running as usual."""
+    seen = []
+    kernel = kverify._verify_kernel
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(tuple(kwargs[n] for n in names))
+                return kernel[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(kverify, "_verify_kernel", Recorder())
+    return seen
+
+
 @pytest.mark.parametrize("skip", [True, False])
 def test_opt_look_splits_into_more_items_than_its_statistics(device, skip, monkeypatch):
     """opt's second look runs in LOOK_SPLIT items per stats item (a looked row's step on its chain is a shorter
@@ -331,17 +348,7 @@ def test_opt_look_splits_into_more_items_than_its_statistics(device, skip, monke
                         ("CHUNKS_OVERRIDE", 4)):
         monkeypatch.setattr(triton_backend, name, value)
     monkeypatch.setattr(kverify, "ITEMS_PER_PROGRAM", 1)
-    seen = []
-    kernel = kverify._verify_kernel
-
-    class Recorder:  # the launch's look split, as the launcher passed it
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                seen.append((kwargs["LOOK_SPLIT"], kwargs["RECORDS"], kwargs["LOOK_BASE"], kwargs["LOOK_EXTRA"]))
-                return kernel[grid](*args, **kwargs)
-            return launch
-
-    monkeypatch.setattr(kverify, "_verify_kernel", Recorder())
+    seen = _record_launches(monkeypatch, ("LOOK_SPLIT", "RECORDS", "LOOK_BASE", "LOOK_EXTRA"))
     for alpha, T, dtype in ((-0.5, 1.0, torch.float32), (0.9, 0.7, torch.bfloat16)):
         kw = random_round(4, 3, 320, dtype=dtype, device=device, seed=31 + int(10 * alpha))
         kw.update(alpha=alpha, temperature=T)
@@ -370,17 +377,7 @@ def test_opt_sizes_a_long_looks_items_in_chunks_by_default(device, monkeypatch):
                         ("CHUNKS_OVERRIDE", 16)):
         monkeypatch.setattr(triton_backend, name, value)
     monkeypatch.setattr(kverify, "ITEMS_PER_PROGRAM", 1)
-    seen = []
-    kernel = kverify._verify_kernel
-
-    class Recorder:  # the launch's look split and race items, as the launcher chose them
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                seen.append((kwargs["LOOK_SPLIT"], kwargs["RECORDS"], kwargs["LOOK_BASE"], kwargs["RACE_TILES"]))
-                return kernel[grid](*args, **kwargs)
-            return launch
-
-    monkeypatch.setattr(kverify, "_verify_kernel", Recorder())
+    seen = _record_launches(monkeypatch, ("LOOK_SPLIT", "RECORDS", "LOOK_BASE", "RACE_TILES"))
     for dtype, settings in ((torch.bfloat16, (4, 4, 4, 1)), (torch.float32, (2, 2, 8, 1))):
         for alpha in (-0.5, 0.9):
             kw = random_round(2, 4, 256, dtype=dtype, device=device, seed=41 + int(10 * alpha))
