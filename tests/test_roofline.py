@@ -358,18 +358,21 @@ def test_gpu_launch_settings_pick_gpu_tiles():
 def test_gpu_launch_settings_split_opts_look_and_widen_its_race():
     """At a full batch (B = 64, K = 4, V = 151936, as a GPU runs it) opt's second look takes two items per stats item
     (16 chunks of four tiles: NS = 2, NL = 4 look items of 4 or 5 of a position's 19 chunks; the accept phase sums
-    4 records), and with 2-byte logits its race items hold eight tiles where other rules' hold four. At a batch of
-    one (one chunk per item) nothing is split; a rule without TV's bound (chow) splits nothing and keeps four."""
-    x = torch.zeros(64, 4, dtype=torch.int64)
+    4 records), and its race items hold four tiles (``narrow_race``: a look of 4 items a position at K >= 4); at
+    K = 1 with 2-byte logits they hold eight, where other rules' hold four. At a batch of one (one chunk per item)
+    nothing is split; a rule without TV's bound (chow) splits nothing and keeps four."""
 
-    def constexprs(rule, B, dtype):
-        zq, zp = torch.empty(B, 4, 151936, dtype=dtype), torch.empty(B, 5, 151936, dtype=dtype)
+    def constexprs(rule, B, dtype, K=4):
+        zq, zp = torch.empty(B, K, 151936, dtype=dtype), torch.empty(B, K + 1, 151936, dtype=dtype)
         with rf.gpu_launch_settings():
-            work = rf.count_device_work(speccas_kernels.verify, zq, zp, x[:B], rule=rule, backend="triton")
+            work = rf.count_device_work(speccas_kernels.verify, zq, zp, torch.zeros(B, K, dtype=torch.int64),
+                                        rule=rule, backend="triton")
         return work.launches[0].constexprs
 
     c = constexprs("opt", 64, torch.bfloat16)
-    assert (c["LOOK_SPLIT"], c["RECORDS"], c["LOOK_BASE"], c["LOOK_EXTRA"], c["RACE_TILES"]) == (2, 4, 4, 3, 8), c
+    assert (c["LOOK_SPLIT"], c["RECORDS"], c["LOOK_BASE"], c["LOOK_EXTRA"], c["RACE_TILES"]) == (2, 4, 4, 3, 4), c
+    c = constexprs("opt", 64, torch.bfloat16, K=1)
+    assert (c["LOOK_SPLIT"], c["RECORDS"], c["RACE_TILES"]) == (2, 4, 8), "K = 1: the race of eight tiles stands"
     c = constexprs("opt", 64, torch.float32)
     assert (c["LOOK_SPLIT"], c["RECORDS"], c["RACE_TILES"]) == (2, 10, 4), "fp32: NS = 5, NL = 10; race of four"
     c = constexprs("chow", 64, torch.bfloat16)
@@ -402,6 +405,8 @@ def test_gpu_launch_settings_size_opts_long_looks_in_chunks():
     assert [kv.look_split(1, ni, 2, 4) for ni in (3, 4, 8, 15, 16, 64)] == [1, 1, 2, 2, 4, 4]
     assert [kv.look_split(ns, 16, 4, 4) for ns in (1, 4, 8, 9)] == [2, 2, 2, 1]
     assert [kv.look_split(1, 16, 2, K) for K in (1, 3, 4, 8)] == [2, 2, 4, 4], "K < 4 keeps LOOK_SPLIT"
+    assert [kv.narrow_race(nl, K) for nl, K in ((4, 4), (8, 8), (2, 4), (1, 8), (4, 1), (4, 3))] == \
+        [True, True, False, False, False, False]
     c = constexprs(256, 128256, torch.bfloat16, K=1)
     assert (c[0], c[4]) == (2, 8), "K = 1 (issue-bound): LOOK_SPLIT = 2 and races of eight tiles"
 

@@ -33,7 +33,8 @@ LOOK_SPLIT look items per stats item (NL = NS LOOK_SPLIT, each at least a chunk:
 positions look but a row that keeps one waits for that look on its chain, and with 2-byte logits at a full batch
 race items of 2 TILES tiles (its rounds are bound by instruction issue, and a race item's fixed part is about half
 its instructions). With 2-byte logits, one stats item per position and K >= 4, look items of LONG_CHUNKS chunks
-instead, up to LONG_SPLIT of them, and race items of TILES tiles where the look splits that far (``LONG_CHUNKS``).
+instead, up to LONG_SPLIT of them; and at K >= 4 race items of TILES tiles where a position's look takes LONG_SPLIT
+items or more (``LONG_CHUNKS``, ``narrow_race``).
 
 * **stats** (row b, position i, item j): chunk by chunk, the chunk's tiles of zp_i and, for i < n, of zq_i as one
   block per side, both loads in flight together, the whole chunks in a loop software-pipelined over
@@ -3388,12 +3389,14 @@ LOOK_SPLIT_OVERRIDE = 0
 # With 2-byte logits, a position's statistics in one item (NS = 1: V = 32000 and 128256 at a full batch on a GPU)
 # and LONG_DRAFTS drafts or more a row, the look's items are sized in chunks instead: LONG_CHUNKS chunks each, up to
 # LONG_SPLIT items (so 1 at V = 32000's 4 chunks, whose rounds are bound by instruction issue, and 4 at V = 128256's
-# 16, where the row's chain after its statistics is the look and the race), and the race items of a row split that
-# far hold TILES tiles, not 2 TILES. Static model, opt bf16 (v57 kernels, screening): V = 128256, K = 4, B = 64
-# 45.53 -> 42.96 us (75.5 -> 80.0% of copy bandwidth), B = 256 149.73 -> 147.16 us; V = 32000, K = 4, B = 256
-# 55.85 -> 53.02 us. Where NS = 2 (V = 151936) the same sizes cost issue (B = 64 50.53 -> 52.87 us), and so they do
-# at K = 1, whose race items are a larger share of the round (V = 128256, B = 256: 74.88 -> 83.73 us): LOOK_SPLIT
-# stands there.
+# 16, where the row's chain after its statistics is the look and the race). And at K >= LONG_DRAFTS, where a
+# position's look takes LONG_SPLIT items or more (V = 128256, and V = 151936's NS = 2 split in two), the race items
+# hold TILES tiles, not 2 TILES (``narrow_race``). Static model, opt bf16, screening on v57's traces: V = 128256,
+# K = 4, B = 64 45.53 -> 42.96 us (75.5 -> 80.0% of copy bandwidth), B = 256 149.73 -> 147.16 us; V = 32000, K = 4,
+# B = 256 55.85 -> 53.02 us; V = 151936 (the race alone), K = 4, B = 64 50.53 -> 49.97 us (80.6 -> 81.5%), K = 8
+# 88.8 -> 90.0%. A 4-way split at V = 151936 costs issue (with the narrow race, K = 4, B = 64: 50.53 -> 52.87 us),
+# and so do both at K = 1, whose race items are a larger share of the round (V = 128256, B = 256: 74.88 -> 83.73
+# us): LOOK_SPLIT and races of 2 TILES stand there.
 LONG_CHUNKS = 4
 LONG_SPLIT = 4
 LONG_DRAFTS = 4
@@ -3427,6 +3430,14 @@ def long_look(ns: int, itemsize: int, K: int) -> bool:
     """Whether opt's look items are sized in chunks (``LONG_CHUNKS``): 2-byte logits, NS = 1 stats item per position
     and K >= LONG_DRAFTS drafts a row (not with a test's ``LOOK_SPLIT_OVERRIDE``)."""
     return not LOOK_SPLIT_OVERRIDE and ns == 1 and itemsize <= 2 and K >= LONG_DRAFTS
+
+
+def narrow_race(nl: int, K: int) -> bool:
+    """Whether opt's race items with 2-byte logits hold TILES tiles rather than 2 TILES: where a row has K >=
+    LONG_DRAFTS drafts and a position's look LONG_SPLIT items or more (NL: V = 128256 and 151936 at a full batch on a
+    GPU), a round bound by bytes whose last row's chain ends with the race (not with a test's
+    ``LOOK_SPLIT_OVERRIDE``)."""
+    return not LOOK_SPLIT_OVERRIDE and K >= LONG_DRAFTS and nl >= LONG_SPLIT
 
 
 def look_split(ns: int, ni: int, itemsize: int, K: int) -> int:
@@ -3510,9 +3521,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     # The race (one position per row): items of fewer tiles while a row's all take one wave of the programs, so the
     # row's last step is one item's round trips and a quarter or less of its entries (not with a token set's
     # divergence items, whose count includes the race items').
-    # (opt's race items hold 2 TILES tiles with 2-byte logits, but TILES where its look splits LONG_SPLIT ways)
-    wide = cx["MONOTONE_TV"] and second and zp.element_size() <= 2
-    wide = wide and not (split == LONG_SPLIT and long_look(ns, zp.element_size(), K))
+    # (opt's race items hold 2 TILES tiles with 2-byte logits, but TILES where a row is long: ``narrow_race``)
+    wide = cx["MONOTONE_TV"] and second and zp.element_size() <= 2 and not narrow_race(nl, K)
     race_tiles = RACE_TILES_OVERRIDE or tiles * (2 if wide else 1)
     if div_items:
         race_tiles = tiles
