@@ -1400,9 +1400,9 @@ def _assert_tagged(launch, rec, hints, d):
 
 
 def test_race_item_loads_each_later_tile_before_folding_the_one_before(opt_bf16_b64):
-    """At B = 64 (one row, RACE_TILES = 8 tiles per race item: opt with 2-byte logits; four for the other rules)
-    each later tile's loads go out before the fold of the
-    tile before it: before tile k's first load (its target tile's offset, k BLOCK_V entries past the item's first)
+    """At B = 64 (one row, RACE_TILES = 4 tiles per race item: opt with 2-byte logits takes four where a position's
+    look takes four items, ``narrow_race``, as here; eight at K = 1) each later tile's loads go out before the fold of
+    the tile before it: before tile k's first load (its target tile's offset, k BLOCK_V entries past the item's first)
     fewer than k tiles' worth of the race's MUFU.LG2 (the Philox logs and the residual's log2, the same in every
     tile) have issued, where loading each tile after the previous fold puts k tiles' worth before it. The hints
     declare the tiles' round trips pipelined one tile ahead, and the model takes the later tiles' waits as what a
@@ -1410,7 +1410,7 @@ def test_race_item_loads_each_later_tile_before_folding_the_one_before(opt_bf16_
     launch, rec, hints, d = opt_bf16_b64
     c = launch.constexprs
     tiles = c["RACE_TILES"]
-    assert c["ROWS"] == 1 and tiles == 8, c
+    assert c["ROWS"] == 1 and tiles == 4, c
     w = hints["phase_work"]["race"]
     assert w["l2"] == 1 + tiles and w["pipelined_l2"] == tiles, w
     race = _phase_sass(launch, rec, hints, d, "race")
