@@ -3426,12 +3426,6 @@ def pairs(zq, zp, strides, V) -> bool:
             and all(s % 2 == 0 for s in strides))
 
 
-def long_look(ns: int, itemsize: int, K: int) -> bool:
-    """Whether opt's look items are sized in chunks (``LONG_CHUNKS``): 2-byte logits, NS = 1 stats item per position
-    and K >= LONG_DRAFTS drafts a row (not with a test's ``LOOK_SPLIT_OVERRIDE``)."""
-    return not LOOK_SPLIT_OVERRIDE and ns == 1 and itemsize <= 2 and K >= LONG_DRAFTS
-
-
 def narrow_race(nl: int, K: int) -> bool:
     """Whether opt's race items with 2-byte logits hold TILES tiles rather than 2 TILES: where a row has K >=
     LONG_DRAFTS drafts and a position's look LONG_SPLIT items or more (NL: V = 128256 and 151936 at a full batch on a
@@ -3443,10 +3437,10 @@ def narrow_race(nl: int, K: int) -> bool:
 def look_split(ns: int, ni: int, itemsize: int, K: int) -> int:
     """Second-look items per stats item of a rule whose looks a bound on TV skips (opt), for NS stats items and NI
     chunks per position, logits of ``itemsize`` bytes and K drafts a row: a power of two, each item at least a chunk;
-    LOOK_SPLIT (``LOOK_SPLIT_OVERRIDE``, a test's, else) at most, or where ``long_look`` items of LONG_CHUNKS chunks,
-    LONG_SPLIT at most."""
+    LOOK_SPLIT (``LOOK_SPLIT_OVERRIDE``, a test's, else) at most, or with 2-byte logits, NS = 1 and K >= LONG_DRAFTS
+    (no override) items of LONG_CHUNKS chunks, LONG_SPLIT at most."""
     cap, size = (LOOK_SPLIT_OVERRIDE or LOOK_SPLIT), 1
-    if long_look(ns, itemsize, K):
+    if not LOOK_SPLIT_OVERRIDE and ns == 1 and itemsize <= 2 and K >= LONG_DRAFTS:
         cap, size = LONG_SPLIT, LONG_CHUNKS
     split = 1
     while split < cap and ns * split * 2 * size <= ni:
