@@ -2148,13 +2148,15 @@ def public_call(op: str, rule: Optional[str], inputs, tensor_args: bool = False)
     return lambda: sk.verify(*inputs, rule=rule, backend="triton", **kw)
 
 
-def capture(op: str, rule: Optional[str], B: int, K: int, V: int, dtype: str) -> Tuple[DeviceWork, DeviceWork]:
+def capture(op: str, rule: Optional[str], B: int, K: int, V: int, dtype: str, machine: Optional["Machine"] = None
+            ) -> Tuple[DeviceWork, DeviceWork]:
     """Device work of the public call at the real shape with GPU launch settings (nothing executed):
     (Python-number arguments, [B] tensor arguments), in the steady state: a first call runs before, uncounted (on
     a device and stream, the first call, and a call that needs more counters than any before, allocates the
-    kernels' zeroed counter buffer once)."""
+    kernels' zeroed counter buffer once). The launcher sizes its grid for ``machine``'s SMs (the H200's by
+    default: ``gpu_launch_settings``)."""
     inputs = make_inputs(op, B, K, V, dtype, materialize=False)
-    with gpu_launch_settings():
+    with gpu_launch_settings(machine):
         count_device_work(public_call(op, rule, inputs))
         return (count_device_work(public_call(op, rule, inputs)),
                 count_device_work(public_call(op, rule, inputs, tensor_args=True)))
@@ -2164,26 +2166,30 @@ def _structure(work: DeviceWork) -> list:
     return [(l.qualname, l.grid, sorted(l.constexprs.items()), sorted(l.options.items())) for l in work.launches]
 
 
-def trace_call(op: str, rule: Optional[str], K: int, V: int, dtype: str, B: int = 1) -> Tuple[dict, List[int]]:
+def trace_call(op: str, rule: Optional[str], K: int, V: int, dtype: str, B: int = 1,
+               machine: Optional["Machine"] = None) -> Tuple[dict, List[int]]:
     """The paired trace of a call for batch B, cached: (record, indices of the logits storages): B = 1 and 2 for
-    B = 1, else ``WIDE_BASE`` and the next (``TRACE_BATCHES``; all of them traced at once).
+    B = 1, else ``WIDE_BASE`` and the next (``TRACE_BATCHES``; all of them traced at once), with the launch
+    settings of ``machine`` (the H200's by default; a machine with another SM count has traces of its own).
 
     One fp32 run is accounted twice, as fp32 and with the logits re-sized to bf16; a bf16 call uses the
     latter when its launches have the same structure as fp32's (kernels, grids, constexprs, options),
     else it is traced in bf16 itself."""
     traced = "fp32"
     if dtype != "fp32":
-        a, _ = capture(op, rule, 2, K, V, "fp32")
-        b, _ = capture(op, rule, 2, K, V, dtype)
+        a, _ = capture(op, rule, 2, K, V, "fp32", machine)
+        b, _ = capture(op, rule, 2, K, V, dtype, machine)
         if _structure(a) != _structure(b):
             traced = dtype
     # (the checkout's path too: a trace names the kernel lines it ran by file, and the reach of a compiled kernel's
     # blocks is read by matching those names, so a trace copied from another checkout would match nothing)
+    # (the H200's SM count adds nothing to the key, so the traces cached before the machine was one keep theirs)
+    sms = [] if machine is None or machine.sms == H200.sms else [machine.sms]
     key = hashlib.sha256(json.dumps([op, rule, K, V, traced, _digest_package(), SECTOR, TRACE_FORMAT,
-                                     TRACE_BATCHES, str(REPO_ROOT)]).encode()).hexdigest()[:24]
+                                     TRACE_BATCHES, str(REPO_ROOT)] + sms).encode()).hexdigest()[:24]
     path = CACHE_DIR / "traces" / f"{key}.json"
     if not path.exists():
-        _trace_to(path, op, rule, K, V, traced)
+        _trace_to(path, op, rule, K, V, traced, machine)
     rec = json.loads(path.read_text())
     return rec["paired" if B < WIDE_BASE else "wide"][dtype], rec["logits"]
 
@@ -2222,8 +2228,8 @@ def attach_data(pt: "Point", launches: Sequence[Launch]) -> None:
             launch.data = dict(fn(launch, inputs) or {})
 
 
-def _traced_run(op: str, rule: Optional[str], B: int, K: int, V: int, traced: str, scenarios: Sequence[str]
-                ) -> Tuple["MemoryTracer", DeviceWork, List[int]]:
+def _traced_run(op: str, rule: Optional[str], B: int, K: int, V: int, traced: str, scenarios: Sequence[str],
+                machine: Optional["Machine"] = None) -> Tuple["MemoryTracer", DeviceWork, List[int]]:
     """One call executed under the interpreter with the tracer: (tracer, its device work, logits storages)."""
     inputs = make_inputs(op, B, K, V, traced)
     logit_tensors = inputs[:1] if op == "sample" else inputs[:2]
@@ -2233,7 +2239,7 @@ def _traced_run(op: str, rule: Optional[str], B: int, K: int, V: int, traced: st
         resize[sc] = {t.untyped_storage().data_ptr(): (t.element_size(), want) for t in logit_tensors
                       if t.element_size() != want}
     tracer = MemoryTracer(resize)
-    with gpu_launch_settings(), kernel_trace_settings(), tracer, DeviceWork(execute=True, tracer=tracer) as work:
+    with gpu_launch_settings(machine), kernel_trace_settings(), tracer, DeviceWork(execute=True, tracer=tracer) as work:
         public_call(op, rule, inputs)()
     return tracer, work, sorted(i for i in (tracer.storage_index(t) for t in logit_tensors) if i is not None)
 
@@ -2241,7 +2247,8 @@ def _traced_run(op: str, rule: Optional[str], B: int, K: int, V: int, traced: st
 PROBE_TILES = 8  # vocabulary tiles of a reuse probe (its vocabulary: this many tiles of the launch's own size)
 
 
-def _trace_to(path: Path, op: str, rule: Optional[str], K: int, V: int, traced: str) -> None:
+def _trace_to(path: Path, op: str, rule: Optional[str], K: int, V: int, traced: str,
+              machine: Optional["Machine"] = None) -> None:
     scenarios = [traced] if traced != "fp32" else list(GRID_DTYPES)
     summaries: Dict[str, list] = {sc: [] for sc in scenarios}
     logits: List[int] = []
@@ -2253,7 +2260,7 @@ def _trace_to(path: Path, op: str, rule: Optional[str], K: int, V: int, traced: 
     torch.set_num_threads(1)
     try:
         for B in TRACE_BATCHES:
-            tracer, work, logits = _traced_run(op, rule, B, K, V, traced, scenarios)
+            tracer, work, logits = _traced_run(op, rule, B, K, V, traced, scenarios, machine)
             for sc in scenarios:
                 summaries[sc].append(tracer.summary(sc))
         window = max((int(_hints_for(l).get("reuse_rows", 0)) for l in work.launches), default=0)
@@ -2261,7 +2268,7 @@ def _trace_to(path: Path, op: str, rule: Optional[str], K: int, V: int, traced: 
             block = max(int(l.constexprs.get("BLOCK_V", 0)) for l in work.launches)
             vp = min(V, PROBE_TILES * block) if block else V
             rows = 2 * window + 1
-            tracer, _, plogits = _traced_run(op, rule, rows, K, vp, traced, scenarios)
+            tracer, _, plogits = _traced_run(op, rule, rows, K, vp, traced, scenarios, machine)
             for sc in scenarios:
                 probe[sc] = reuse_probe(tracer.summary(sc), plogits, rows, V / vp, summaries[sc][-1])
     finally:
@@ -2348,7 +2355,7 @@ def model_captured(pt: Point, work: DeviceWork, recs: Dict[str, dict], machine: 
     (``attach_data``), every launch."""
     rule = None if pt.op == "sample" else pt.rule
     attach_data(pt, work.launches)
-    paired, logits = trace_call(pt.op, rule, pt.K, pt.V, pt.dtype, pt.B)
+    paired, logits = trace_call(pt.op, rule, pt.K, pt.V, pt.dtype, pt.B, machine)
     same = [l.qualname for l in work.launches] == [l["name"] for l in paired["launches"]]
     models = []
     for i, launch in enumerate(work.launches):
@@ -2361,7 +2368,7 @@ def model_captured(pt: Point, work: DeviceWork, recs: Dict[str, dict], machine: 
 
 
 def model_point(pt: Point, machine: Machine = H200, jobs: int = 1) -> Tuple[CallModel, DeviceWork, DeviceWork]:
-    work, work_t = capture(pt.op, None if pt.op == "sample" else pt.rule, pt.B, pt.K, pt.V, pt.dtype)
+    work, work_t = capture(pt.op, None if pt.op == "sample" else pt.rule, pt.B, pt.K, pt.V, pt.dtype, machine)
     return model_captured(pt, work, compile_launches(work.launches, jobs=jobs), machine), work, work_t
 
 
@@ -2473,7 +2480,8 @@ def run_grid(points: Sequence[Point], meta: dict, jobs: int = 1, machine: Machin
     its own CSV (``_machine_csv``: ``H100_CSV_PATH``; a machine with none is refused before any work)."""
     _machine_csv(machine)
     t0 = time.time()
-    captured = {pt: capture(pt.op, None if pt.op == "sample" else pt.rule, pt.B, pt.K, pt.V, pt.dtype) for pt in points}
+    captured = {pt: capture(pt.op, None if pt.op == "sample" else pt.rule, pt.B, pt.K, pt.V, pt.dtype, machine)
+                for pt in points}
     print(f"roofline: captured {len(points)} calls in {time.time() - t0:.0f} s", flush=True)
     recs = compile_launches([l for w, _ in captured.values() for l in w.launches], jobs=jobs)
     print(f"roofline: {len(recs)} kernel variants compiled for sm_90 (cache: {CACHE_DIR / 'kernels'})", flush=True)

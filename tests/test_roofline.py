@@ -4,6 +4,7 @@ tracer, the ahead-of-time compile with its SASS analysis, and the time formula."
 import collections
 import contextlib
 import dataclasses
+import json
 import math
 import re
 import sys
@@ -1877,6 +1878,32 @@ def test_h100_rows_go_to_their_own_csv(tmp_path, monkeypatch):
     changed = {f.name for f in dataclasses.fields(rf.Machine) if getattr(rf.H100, f.name) != getattr(rf.H200, f.name)}
     assert changed == {"name", "copy_bw", "l2_bytes", "l2_reuse_bytes", "sources"}, changed
     assert rf.H100.copy_bw < rf.H200.copy_bw and rf.MACHINES == {"h200": rf.H200, "h100": rf.H100}
+
+
+def test_capture_and_trace_take_the_machines_sm_count(tmp_path, monkeypatch):
+    """The model captures a call with the launch settings of the machine it models (``capture``'s and
+    ``trace_call``'s ``machine``): ``sample`` at B = 2, V = 151936 (150 programs) is one wave of an H200's 132 SMs
+    (8 warps a tile) and more than one of a 58-SM part's (2 warps). The trace of a machine with another SM count is
+    cached under a key of its own and traced with that machine's settings; the H200's key is the one it had without
+    a machine (the traces cached before stay valid)."""
+    small = dataclasses.replace(rf.H200, sms=58)
+    warps = {m.sms: rf.capture("sample", None, 2, 0, 151936, "fp32", m)[0].launches[0].num_warps
+             for m in (rf.H200, small)}
+    assert warps == {132: 8, 58: 2}
+    assert rf.capture("sample", None, 2, 0, 151936, "fp32")[0].launches[0].num_warps == 8
+    traced = []
+
+    def fake_trace(path, op, rule, K, V, traced_dtype, machine=None):
+        traced.append((path.name, machine.sms if machine else None))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"paired": {"fp32": {"m": traced[-1][1]}}, "wide": {}, "logits": [0]}))
+
+    monkeypatch.setattr(rf, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(rf, "_trace_to", fake_trace)
+    assert rf.trace_call("sample", None, 0, 64, "fp32") == ({"m": None}, [0])
+    assert rf.trace_call("sample", None, 0, 64, "fp32", machine=rf.H200) == ({"m": None}, [0])  # the same file
+    assert rf.trace_call("sample", None, 0, 64, "fp32", machine=small) == ({"m": 58}, [0])
+    assert len(traced) == 2 and traced[0][0] != traced[1][0], traced
 
 
 def test_sample_spreads_its_tile_over_two_warps_past_a_wave_of_programs(tmp_path):
