@@ -806,6 +806,51 @@ def test_sample_never_draws_a_minus_inf_entry_at_any_temperature(device, monkeyp
         assert out.tolist() == sk.sample(z, temperature=T, seed=seed, offset=7, backend="reference").tolist()
 
 
+def test_sample_greedy_rows_take_the_lowest_of_tied_maxima(device, monkeypatch):
+    """Greedy rows (T = 0) race with no noise and no select per entry: their scores (z - M) log2(e) are 0 exactly at
+    the row's maxima and below 0 elsewhere, so the token is the lowest index of the tied maxima, within a tile and
+    across tiles (16-entry tiles here), also where the other entries sit a float32 ulp below the max or at -inf,
+    and in a program of one row (``ROWS_OVERRIDE`` 1: no noise drawn) as in one of a whole batch mixed with sampled
+    rows (their noise zeroed at the greedy rows), in every logits dtype; the sampled rows still draw the
+    reference's tokens."""
+    monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 16)
+    V, ninf = 50, float("-inf")
+    g = torch.Generator().manual_seed(11)
+    rows, want = [], []
+    for lo, hi in ((3, 7), (7, 40), (0, 49), (17, 33), (20, 21)):  # the max at lo and hi (same tile or not)
+        z = torch.randn(V, generator=g)
+        z[lo] = z[hi] = 4.0
+        rows.append(z)
+        want.append(lo)
+    z = torch.full((V,), ninf)
+    z[[9, 30, 45]] = -2.0  # the maxima among -inf entries, the first in the first tile
+    rows.append(z)
+    want.append(9)
+    z = torch.full((V,), 1.0)
+    z[:20] = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0))  # a float32 ulp below the max
+    rows.append(z)
+    want.append(20)
+    zg = torch.stack(rows)
+    B = zg.shape[0]
+    zs = torch.randn(B, V, generator=g) * 3  # sampled rows between the greedy ones
+    z = torch.stack([zg, zs], 1).reshape(2 * B, V)
+    T = torch.tensor([0.0, 0.8]).repeat(B)
+    kw = dict(temperature=T, seed=torch.arange(2 * B) * 977, offset=3)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        zd = z.to(dtype)
+        # (a float32 ulp below 1 rounds to 1 in the 16-bit dtypes: there the last row's maxima start at 0)
+        exact = [w if dtype.itemsize >= 4 or i != B - 1 else 0 for i, w in enumerate(want)]
+        ref = sk.sample(zd, **kw, backend="reference")
+        assert ref[0::2].tolist() == exact
+        for rows_per_program in (1, None):
+            monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows_per_program)
+            out = sk.sample(zd.to(device), **to_device(kw, device), backend="triton").cpu()
+            assert out[0::2].tolist() == exact, (dtype, rows_per_program, out[0::2].tolist())
+            assert torch.equal(out, ref), (dtype, rows_per_program, out.tolist(), ref.tolist())
+            alone = sk.sample(zd[0::2].to(device), temperature=0.0, seed=1, offset=0, backend="triton").cpu()
+            assert alone.tolist() == exact, (dtype, rows_per_program, alone.tolist())
+
+
 # ---- randomness, dispatch, torch.library --------------------------------------------------------
 
 @triton.jit

@@ -9,7 +9,9 @@ own max ``m_t``: ``(z - m_t) / T + G``, computed in base-2 units, ``(z - m_t) lo
 (that score plus a constant, divided by ln 2: the same argmax, two multiplies and two negations fewer per entry;
 Philox once per four entries, all four words used), keeps the best score, its lowest index, ``m_t`` and a
 NaN/+inf flag (read off ``m_t``, a NaN-propagating max: no pass of its own), and draws a ticket on its group's
-counter. A -inf logit scores -inf by the arithmetic alone (``scale`` > 0), with no select. On a GPU the launcher
+counter. A -inf logit scores -inf by the arithmetic alone (``scale`` > 0), with no select, and a greedy row
+(T = 0) by the same arithmetic with no noise: 0 at its max, below 0 elsewhere (no select either, but with float64
+logits). On a GPU the launcher
 spreads a tile over 2 warps past a wave of programs (``triton_backend.sample_settings``: two per SM, 32 entries a
 thread), 8 below.
 The program with the last ticket merges the tiles: ``M = max m_t``, each tile's best shifted by
@@ -114,16 +116,23 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
         Mr = M
     m3 = Mr[:, None]
     rel = _rel(z, tl.where(m3 == NEG_INF, 0.0, m3))
+    # A greedy row (T = 0) races with no noise: its scores rel ``scale`` (``scale`` = log2(e) at T = 0) are 0 at its
+    # max and < 0 elsewhere (z < M: rel < 0, never rounded to 0), so the race's lowest argmax is the row's, with no
+    # select per entry (a test of T per entry, which the compiler predicated at every row). Not with float64
+    # logits, whose differences (z - M) can round to 0 in float32: there, a select at the greedy rows.
     e2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
     if tl.max((T > 0).to(tl.int32), axis=0) > 0:  # some row samples: the noise (rows of one program share this)
         e2 = exp_log2_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V, VEC)  # -(G + ln ln 2) / ln 2
+        if ROWS > 1:  # (one row: it samples, here)
+            e2 = tl.where((T > 0)[:, None], e2, 0.0)
     # A -inf logit (or an entry past V) scores -inf with no select: rel is -inf there, scale > 0 (1/T capped, never
     # 0 for a usable T) and e2 finite. A NaN entry scores NaN, in a row that is bad anyway.
     s = rel * scale[:, None] - e2
     if cut is not None:
         s = tl.where(z >= cut[:, None], s, NEG_INF)
-    if tl.max((rmask & (T == 0)).to(tl.int32), axis=0) > 0:  # greedy rows: score 0 at the max
-        s = tl.where((T == 0)[:, None], tl.where(z == m3, 0.0, NEG_INF), s)
+    if FP64:
+        if tl.max((rmask & (T == 0)).to(tl.int32), axis=0) > 0:  # greedy rows: score 0 at the max
+            s = tl.where((T == 0)[:, None], tl.where(z == m3, 0.0, NEG_INF), s)
     best, idx = best_lowest_rows(s, v.to(tl.int32))  # greedy rows: the lowest argmax, score 0 (relative)
     return best, idx, m, bad
 
