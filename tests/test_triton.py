@@ -849,6 +849,19 @@ def test_sample_greedy_rows_take_the_lowest_of_tied_maxima(device, monkeypatch):
             assert torch.equal(out, ref), (dtype, rows_per_program, out.tolist(), ref.tolist())
             alone = sk.sample(zd[0::2].to(device), temperature=0.0, seed=1, offset=0, backend="triton").cpu()
             assert alone.tolist() == exact, (dtype, rows_per_program, alone.tolist())
+    # 1024-entry tiles on 4 warps: a tile's entries at two places of each thread in float32 (4 entries a vector,
+    # 128 threads: 512 a place), one in float16 (8 a vector); maxima tied across places, lanes and tiles
+    monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 1024)
+    V = 2500
+    pairs = ((88, 600), (3, 516), (1030, 1600), (2047, 2400), (511, 512))
+    z = torch.randn(len(pairs), V, generator=g)
+    for r, (lo, hi) in enumerate(pairs):
+        z[r, lo] = z[r, hi] = 5.0
+    for dtype in (torch.float32, torch.float16):
+        for rows_per_program in (1, None):
+            monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows_per_program)
+            out = sk.sample(z.to(dtype).to(device), temperature=0.0, seed=2, offset=0, backend="triton").cpu()
+            assert out.tolist() == [lo for lo, _ in pairs], (dtype, rows_per_program, out.tolist())
 
 
 # ---- randomness, dispatch, torch.library --------------------------------------------------------

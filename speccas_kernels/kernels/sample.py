@@ -58,6 +58,7 @@ def _sample_kernel(
     BLOCK_V: tl.constexpr,  # a multiple of 4
     SINGLE: tl.constexpr,  # NT == 1
     VEC: tl.constexpr,  # adjacent logits one thread loads at once (``philox.uniform_flat``)
+    LANES: tl.constexpr,  # entries the program's threads hold at one place: 32 num_warps VEC, at most BLOCK_V
 ):
     grp = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
@@ -69,7 +70,7 @@ def _sample_kernel(
     seed = row_params(seed_ptr, seed_val, rows, rmask)
     offset = row_params(offset_ptr, offset_val, rows, rmask)
     best, idx, m, bad = _race_tile(z_ptr + rows * stride_b, rmask, v0, V, T, scale, seed, offset, None, None, FP64,
-                                   ROWS, BLOCK_V, VEC)
+                                   ROWS, BLOCK_V, VEC, LANES)
     ok = temperature_ok(T)
     if SINGLE:
         ok = ok & (bad == 0) & (m > NEG_INF) & (m < float("inf")) & (idx < BIG)
@@ -97,7 +98,7 @@ def _rel(z, M):
 
 @triton.jit
 def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.constexpr, ROWS: tl.constexpr,
-               BLOCK_V: tl.constexpr, VEC: tl.constexpr):
+               BLOCK_V: tl.constexpr, VEC: tl.constexpr, LANES: tl.constexpr):
     """The race over one tile of R rows (``ptrs``: the rows' logits): (best score, its lowest index, the tile's max
     logit, NaN/+inf flag), each [R]. Scores are (z - M) / T + G in base-2 units ((z - M) ``scale`` - log2(-log2 u),
     ``scale`` = log2(e) / T capped) with M the row's max when given, else the tile's own max (the caller shifts);
@@ -132,7 +133,17 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
     if FP64:
         if tl.max((rmask & (T == 0)).to(tl.int32), axis=0) > 0:  # greedy rows: score 0 at the max
             s = tl.where((T == 0)[:, None], tl.where(z == m3, 0.0, NEG_INF), s)
-    best, idx = best_lowest_rows(s, v.to(tl.int32))  # greedy rows: the lowest argmax, score 0 (relative)
+    # the lowest index at the best score (greedy rows: the lowest argmax, score 0, relative): per lane, among offsets
+    # every thread holds alike (immediates: a LANES + k at place a, entry k of its vector), its lane's l VEC added once
+    # per lane (the tile's entries as [R, place, lane, k]: places and k are a thread's registers), so no index is
+    # formed per entry
+    best = tl.max(s, axis=1)
+    s4 = tl.reshape(s, [ROWS, BLOCK_V // LANES, LANES // VEC, VEC])
+    ak = tl.arange(0, BLOCK_V // LANES)[None, :, None, None] * LANES + tl.arange(0, VEC)[None, None, None, :]
+    low = tl.min(tl.min(tl.where(s4 == best[:, None, None, None], ak, BIG), axis=3), axis=1)
+    low = tl.where(low < BIG, low + tl.arange(0, LANES // VEC)[None, :] * VEC, BIG)
+    off = tl.min(low, axis=1)
+    idx = tl.where(off < BIG, v0.to(tl.int32) + off, BIG)
     return best, idx, m, bad
 
 
@@ -154,6 +165,7 @@ def _sample_filtered_kernel(
     ROWS: tl.constexpr,
     BLOCK_V: tl.constexpr,
     VEC: tl.constexpr,
+    LANES: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rmask = rows < B
@@ -171,7 +183,7 @@ def _sample_filtered_kernel(
     t = 0
     while t < NT:  # tiles in order: a strictly better score moves the winner, so ties keep the lowest index
         tb, ti, _, tbad = _race_tile(ptrs, rmask, t.to(tl.int64) * BLOCK_V, V, T, scale, seed, offset, cut, M, FP64,
-                                     ROWS, BLOCK_V, VEC)
+                                     ROWS, BLOCK_V, VEC, LANES)
         take = tb > best
         best = tl.where(take, tb, best)
         idx = tl.where(take, ti, idx)
@@ -259,10 +271,11 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     s_ptr, s_val = common.split_param(seed, 0)
     o_ptr, o_val = common.split_param(offset, 0)
     vec = min(16 // logits.element_size(), block_v)
+    lanes = min(block_v, 32 * num_warps * vec)
     if filters.active:
         _sample_filtered_kernel[(groups,)](tokens, logits, t_ptr, float(t_val), s_ptr, int(s_val), o_ptr, int(o_val),
                                            *filter_args(filters), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows,
-                                           BLOCK_V=block_v, VEC=vec, num_warps=num_warps)
+                                           BLOCK_V=block_v, VEC=vec, LANES=lanes, num_warps=num_warps)
         return tokens
     mdt = torch.float64 if fp64 else torch.float32
     part_m = torch.empty((B * nt,), dtype=mdt, device=dev)
@@ -271,5 +284,5 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     cnt = common.counters(dev, groups)
     _sample_kernel[(groups, nt)](tokens, part_m, part_s, part_i, cnt, logits, t_ptr, float(t_val), s_ptr, int(s_val),
                                  o_ptr, int(o_val), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows, BLOCK_V=block_v,
-                                 SINGLE=nt == 1, VEC=vec, num_warps=num_warps)
+                                 SINGLE=nt == 1, VEC=vec, LANES=lanes, num_warps=num_warps)
     return tokens
