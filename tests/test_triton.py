@@ -862,6 +862,14 @@ def test_sample_greedy_rows_take_the_lowest_of_tied_maxima(device, monkeypatch):
             monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows_per_program)
             out = sk.sample(z.to(dtype).to(device), temperature=0.0, seed=2, offset=0, backend="triton").cpu()
             assert out.tolist() == [lo for lo, _ in pairs], (dtype, rows_per_program, out.tolist())
+    # a thread's 32 entries (4096-entry float32 tiles: the last, bit 31 of its hits, at 7 x 512 + 3) and 64 (8192:
+    # past a 32-bit word of hits, the per-entry minimum instead)
+    for block, (lo, hi) in ((4096, (3587, 4101)), (8192, (5000, 8500))):
+        monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
+        z = torch.randn(2, 9000, generator=g)
+        z[:, lo] = z[:, hi] = 6.0
+        out = sk.sample(z.to(device), temperature=0.0, seed=2, offset=0, backend="triton").cpu()
+        assert out.tolist() == [lo, lo], (block, out.tolist())
 
 
 # ---- randomness, dispatch, torch.library --------------------------------------------------------

@@ -133,15 +133,27 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
     if FP64:
         if tl.max((rmask & (T == 0)).to(tl.int32), axis=0) > 0:  # greedy rows: score 0 at the max
             s = tl.where((T == 0)[:, None], tl.where(z == m3, 0.0, NEG_INF), s)
-    # the lowest index at the best score (greedy rows: the lowest argmax, score 0, relative): per lane, among offsets
-    # every thread holds alike (immediates: a LANES + k at place a, entry k of its vector), its lane's l VEC added once
-    # per lane (the tile's entries as [R, place, lane, k]: places and k are a thread's registers), so no index is
-    # formed per entry
+    # The lowest index at the best score (greedy rows: the lowest argmax, score 0, relative), per lane (the tile's
+    # entries as [R, place a, lane l, k]: places and k are a thread's registers, in the order of their indices), with
+    # no index formed per entry: a thread's E hits as the bits a VEC + k of one word (a compare and a select an
+    # entry), its lowest set bit (h & -h, a power of two whose float exponent is its position) turned into the offset
+    # a LANES + k + l VEC once per lane. Past 32 entries a thread, the minimum of the offsets at the hits, numbers
+    # every thread holds alike (immediates), with l VEC added once per lane.
     best = tl.max(s, axis=1)
     s4 = tl.reshape(s, [ROWS, BLOCK_V // LANES, LANES // VEC, VEC])
-    ak = tl.arange(0, BLOCK_V // LANES)[None, :, None, None] * LANES + tl.arange(0, VEC)[None, None, None, :]
-    low = tl.min(tl.min(tl.where(s4 == best[:, None, None, None], ak, BIG), axis=3), axis=1)
-    low = tl.where(low < BIG, low + tl.arange(0, LANES // VEC)[None, :] * VEC, BIG)
+    E: tl.constexpr = (BLOCK_V // LANES) * VEC
+    if E <= 32:
+        pos = tl.arange(0, BLOCK_V // LANES)[None, :, None, None] * VEC + tl.arange(0, VEC)[None, None, None, :]
+        bit = tl.full(pos.shape, 1, tl.int32) << pos
+        hits = tl.sum(tl.sum(tl.where(s4 == best[:, None, None, None], bit, 0), axis=3), axis=1)  # [R, L]
+        first = hits & (0 - hits)
+        e = ((first.to(tl.float32).to(tl.int32, bitcast=True) >> 23) & 255) - 127
+        low = (e // VEC) * LANES + (e % VEC) + tl.arange(0, LANES // VEC)[None, :] * VEC
+        low = tl.where(hits != 0, low, BIG)
+    else:
+        ak = tl.arange(0, BLOCK_V // LANES)[None, :, None, None] * LANES + tl.arange(0, VEC)[None, None, None, :]
+        low = tl.min(tl.min(tl.where(s4 == best[:, None, None, None], ak, BIG), axis=3), axis=1)
+        low = tl.where(low < BIG, low + tl.arange(0, LANES // VEC)[None, :] * VEC, BIG)
     off = tl.min(low, axis=1)
     idx = tl.where(off < BIG, v0.to(tl.int32) + off, BIG)
     return best, idx, m, bad
