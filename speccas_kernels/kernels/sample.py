@@ -137,12 +137,13 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
     # entries as [R, place a, lane l, k]: places and k are a thread's registers, in the order of their indices), with
     # no index formed per entry: a thread's E hits as the bits a VEC + k of one word (a compare and a select an
     # entry), its lowest set bit (h & -h, a power of two whose float exponent is its position) turned into the offset
-    # a LANES + k + l VEC once per lane. Past 32 entries a thread, the minimum of the offsets at the hits, numbers
-    # every thread holds alike (immediates), with l VEC added once per lane.
+    # a LANES + k + l VEC once per lane. With fewer than 16 entries a thread (8 warps a tile, at a small batch: the
+    # decode would cost more than it saves) and past 32, the minimum of the offsets at the hits, numbers every thread
+    # holds alike (immediates), with l VEC added once per lane.
     best = tl.max(s, axis=1)
     s4 = tl.reshape(s, [ROWS, BLOCK_V // LANES, LANES // VEC, VEC])
     E: tl.constexpr = (BLOCK_V // LANES) * VEC
-    if E <= 32:
+    if (E >= 16) and (E <= 32):
         pos = tl.arange(0, BLOCK_V // LANES)[None, :, None, None] * VEC + tl.arange(0, VEC)[None, None, None, :]
         bit = tl.full(pos.shape, 1, tl.int32) << pos
         hits = tl.sum(tl.sum(tl.where(s4 == best[:, None, None, None], bit, 0), axis=3), axis=1)  # [R, L]
