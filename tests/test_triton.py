@@ -812,7 +812,8 @@ def test_sample_greedy_rows_take_the_lowest_of_tied_maxima(device, monkeypatch):
     across tiles (16-entry tiles here), also where the other entries sit a float32 ulp below the max or at -inf,
     and in a program of one row (``ROWS_OVERRIDE`` 1: no noise drawn) as in one of a whole batch mixed with sampled
     rows (their noise zeroed at the greedy rows), in every logits dtype; the sampled rows still draw the
-    reference's tokens."""
+    reference's tokens. Then ties across a thread's places and the lanes of larger tiles, where the index pass takes
+    a thread's hits as a word (its bit 31 included) or, past 32 entries a thread, their minimum."""
     monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 16)
     V, ninf = 50, float("-inf")
     g = torch.Generator().manual_seed(11)
