@@ -59,6 +59,7 @@ def _sample_kernel(
     SINGLE: tl.constexpr,  # NT == 1
     VEC: tl.constexpr,  # adjacent logits one thread loads at once (``philox.uniform_flat``)
     LANES: tl.constexpr,  # entries the program's threads hold at one place: 32 num_warps VEC, at most BLOCK_V
+    HIT_WORD: tl.constexpr,  # a thread holds 32 entries or fewer (``launch_sample``)
 ):
     grp = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
@@ -70,7 +71,7 @@ def _sample_kernel(
     seed = row_params(seed_ptr, seed_val, rows, rmask)
     offset = row_params(offset_ptr, offset_val, rows, rmask)
     best, idx, m, bad = _race_tile(z_ptr + rows * stride_b, rmask, v0, V, T, scale, seed, offset, None, None, FP64,
-                                   ROWS, BLOCK_V, VEC, LANES)
+                                   ROWS, BLOCK_V, VEC, LANES, HIT_WORD)
     ok = temperature_ok(T)
     if SINGLE:
         ok = ok & (bad == 0) & (m > NEG_INF) & (m < float("inf")) & (idx < BIG)
@@ -98,7 +99,7 @@ def _rel(z, M):
 
 @triton.jit
 def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.constexpr, ROWS: tl.constexpr,
-               BLOCK_V: tl.constexpr, VEC: tl.constexpr, LANES: tl.constexpr):
+               BLOCK_V: tl.constexpr, VEC: tl.constexpr, LANES: tl.constexpr, HIT_WORD: tl.constexpr):
     """The race over one tile of R rows (``ptrs``: the rows' logits): (best score, its lowest index, the tile's max
     logit, NaN/+inf flag), each [R]. Scores are (z - M) / T + G in base-2 units ((z - M) ``scale`` - log2(-log2 u),
     ``scale`` = log2(e) / T capped) with M the row's max when given, else the tile's own max (the caller shifts);
@@ -137,13 +138,11 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
     # entries as [R, place a, lane l, k]: places and k are a thread's registers, in the order of their indices), with
     # no index formed per entry: a thread's E hits as the bits a VEC + k of one word (a compare and a select an
     # entry), its lowest set bit (h & -h, a power of two whose float exponent is its position) turned into the offset
-    # a LANES + k + l VEC once per lane. With fewer than 16 entries a thread (8 warps a tile, at a small batch: the
-    # decode would cost more than it saves) and past 32, the minimum of the offsets at the hits, numbers every thread
-    # holds alike (immediates), with l VEC added once per lane.
+    # a LANES + k + l VEC once per lane. Past 32 entries a thread (``HIT_WORD`` off: large interpreter tiles only),
+    # the minimum of the offsets at the hits, numbers every thread holds alike (immediates), l VEC added once per lane.
     best = tl.max(s, axis=1)
     s4 = tl.reshape(s, [ROWS, BLOCK_V // LANES, LANES // VEC, VEC])
-    E: tl.constexpr = (BLOCK_V // LANES) * VEC
-    if (E >= 16) and (E <= 32):
+    if HIT_WORD:
         pos = tl.arange(0, BLOCK_V // LANES)[None, :, None, None] * VEC + tl.arange(0, VEC)[None, None, None, :]
         bit = tl.full(pos.shape, 1, tl.int32) << pos
         hits = tl.sum(tl.sum(tl.where(s4 == best[:, None, None, None], bit, 0), axis=3), axis=1)  # [R, L]
@@ -179,6 +178,7 @@ def _sample_filtered_kernel(
     BLOCK_V: tl.constexpr,
     VEC: tl.constexpr,
     LANES: tl.constexpr,
+    HIT_WORD: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rmask = rows < B
@@ -196,7 +196,7 @@ def _sample_filtered_kernel(
     t = 0
     while t < NT:  # tiles in order: a strictly better score moves the winner, so ties keep the lowest index
         tb, ti, _, tbad = _race_tile(ptrs, rmask, t.to(tl.int64) * BLOCK_V, V, T, scale, seed, offset, cut, M, FP64,
-                                     ROWS, BLOCK_V, VEC, LANES)
+                                     ROWS, BLOCK_V, VEC, LANES, HIT_WORD)
         take = tb > best
         best = tl.where(take, tb, best)
         idx = tl.where(take, ti, idx)
@@ -285,10 +285,15 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     o_ptr, o_val = common.split_param(offset, 0)
     vec = min(16 // logits.element_size(), block_v)
     lanes = min(block_v, 32 * num_warps * vec)
+    # a thread's entries fit one word of hits (``_race_tile``): at every GPU launch (2048-entry tiles on 2 or 8 warps
+    # hold 32 or 8 entries a thread, whatever the batch, so the model's traced batches take the branch that B = 64
+    # compiles); not in the interpreter's large tiles
+    hit_word = (block_v // lanes) * vec <= 32
     if filters.active:
         _sample_filtered_kernel[(groups,)](tokens, logits, t_ptr, float(t_val), s_ptr, int(s_val), o_ptr, int(o_val),
                                            *filter_args(filters), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows,
-                                           BLOCK_V=block_v, VEC=vec, LANES=lanes, num_warps=num_warps)
+                                           BLOCK_V=block_v, VEC=vec, LANES=lanes, HIT_WORD=hit_word,
+                                           num_warps=num_warps)
         return tokens
     mdt = torch.float64 if fp64 else torch.float32
     part_m = torch.empty((B * nt,), dtype=mdt, device=dev)
@@ -297,5 +302,5 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     cnt = common.counters(dev, groups)
     _sample_kernel[(groups, nt)](tokens, part_m, part_s, part_i, cnt, logits, t_ptr, float(t_val), s_ptr, int(s_val),
                                  o_ptr, int(o_val), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows, BLOCK_V=block_v,
-                                 SINGLE=nt == 1, VEC=vec, LANES=lanes, num_warps=num_warps)
+                                 SINGLE=nt == 1, VEC=vec, LANES=lanes, HIT_WORD=hit_word, num_warps=num_warps)
     return tokens
