@@ -381,6 +381,12 @@ def split_param(value, off):
     return None, value
 
 
+def thread_lanes(entries: int, num_warps: int, vec: int) -> int:
+    """Entries a program's threads hold at one place of a tile of ``entries`` (a kernel's LANES): ``vec`` adjacent
+    entries a thread, 32 threads a warp, at most the tile."""
+    return min(entries, 32 * num_warps * vec)
+
+
 _COUNTERS = {}
 
 

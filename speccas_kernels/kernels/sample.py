@@ -136,7 +136,7 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
             s = tl.where((T == 0)[:, None], tl.where(z == m3, 0.0, NEG_INF), s)
     # The lowest index at the best score (greedy rows: the lowest argmax, score 0, relative), per lane (the tile's
     # entries as [R, place a, lane l, k]: places and k are a thread's registers, in the order of their indices), with
-    # no index formed per entry: a thread's E hits as the bits a VEC + k of one word (a compare and a select an
+    # no index formed per entry: a thread's hits as the bits a VEC + k of one word (a compare and a select an
     # entry), its lowest set bit (h & -h, a power of two whose float exponent is its position) turned into the offset
     # a LANES + k + l VEC once per lane. Past 32 entries a thread (``HIT_WORD`` off: large interpreter tiles only),
     # the minimum of the offsets at the hits, numbers every thread holds alike (immediates), l VEC added once per lane.
@@ -284,7 +284,7 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     s_ptr, s_val = common.split_param(seed, 0)
     o_ptr, o_val = common.split_param(offset, 0)
     vec = min(16 // logits.element_size(), block_v)
-    lanes = min(block_v, 32 * num_warps * vec)
+    lanes = common.thread_lanes(block_v, num_warps, vec)
     # a thread's entries fit one word of hits (``_race_tile``): at every GPU launch (2048-entry tiles on 2 or 8 warps
     # hold 32 or 8 entries a thread, whatever the batch, so the model's traced batches take the branch that B = 64
     # compiles); not in the interpreter's large tiles

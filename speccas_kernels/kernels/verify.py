@@ -3525,7 +3525,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
             race_tiles //= 2
     nr = triton.cdiv(nt, race_tiles)
     vec = min(16 // zp.element_size(), tiles * block_v)  # a thread's vector load of the target's logits
-    lanes = min(tiles * block_v, 32 * num_warps * vec)
+    lanes = common.thread_lanes(tiles * block_v, num_warps, vec)
     race_recs = race_records(groups, block_v, lanes, vec, nr)
     race_f = torch.empty((2 * B * nr * race_recs,), dtype=f32, device=dev)  # best scores, then masses
     race_i = torch.empty((B * nr * race_recs,), dtype=i32, device=dev)
