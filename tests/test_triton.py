@@ -873,6 +873,81 @@ def test_sample_greedy_rows_take_the_lowest_of_tied_maxima(device, monkeypatch):
         assert out.tolist() == [lo, lo], (block, out.tolist())
 
 
+def test_sample_reads_bfloat16_words_and_whole_tiles_unmasked(device, monkeypatch):
+    """``sample`` reads bfloat16 rows as 32-bit words of two entries where ``common.pairs`` allows it (rows at even
+    entries of 4-byte-aligned storage, V even) and, at one row a program, loads the tiles wholly inside the
+    vocabulary with no mask (16-entry tiles here): its tokens are those of 16-bit loads (the same values 2 bytes
+    off, where the words are off) and the reference's, at every temperature, with V a multiple of the tile (every
+    tile whole), a word past one (a last tile of one word) and below the rows' length (``vocab_size``: the entries
+    past V, huge, are never read), a NaN in a whole tile and a +inf in the last one (both rows -1), a row of -inf
+    past its first tile. Negative control: the words are on for the aligned rows and off for the shifted ones."""
+    monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 16)
+    seen = []
+    real = kcommon.pairs
+    monkeypatch.setattr(kcommon, "pairs", lambda *a: seen.append(real(*a)) or seen[-1])
+    g = torch.Generator().manual_seed(21)
+    for V, Vin in ((64, 64), (66, 66), (50, 64)):
+        z = torch.randn(8, Vin, generator=g) * 3
+        z[:, V:] = 1e4  # past vocab_size: never read
+        z[1, 5] = float("nan")  # a whole tile
+        z[2, V - 1] = float("inf")  # the last tile
+        z[3, 16:V] = float("-inf")
+        z = z.to(torch.bfloat16)
+        T = torch.tensor([0.0, 1.0, 0.7, 1.0, 1.3, 0.0, 0.5, 2.0])
+        kw = dict(temperature=T, seed=torch.arange(8) * 131 + V, offset=9, vocab_size=V)
+        args = checks.check_sample(z, temperature=T, seed=kw["seed"], offset=9, vocab_size=V, validate=False)
+        ref, margins = reference.sample_args(args, debug=True)
+        assert ref[1].item() == -1 and ref[2].item() == -1 and 0 <= ref[3].item() < 16
+        for rows in (1, None):
+            monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+            seen.clear()
+            words = sk.sample(z.to(device), **to_device(kw, device), backend="triton").cpu()
+            halves = sk.sample(_shifted(z.to(device)), **to_device(kw, device), backend="triton").cpu()
+            assert seen == [True, False], (V, rows, seen)
+            assert torch.equal(words, halves), (V, rows, words.tolist(), halves.tolist())
+            differ = (words != ref) & ~(margins["race_margin"] < 1e-4)
+            assert not bool(differ.any()), (V, rows, words.tolist(), ref.tolist())
+
+
+@triton.jit
+def _max_nan_pairs_probe_kernel(w_ptr, out_ptr, N: tl.constexpr, NAN: tl.constexpr):
+    w = tl.load(w_ptr + tl.arange(0, N // 2))[None, :]  # [1, N // 2] words of two bfloat16 entries
+    if NAN:
+        mw = tl.reduce(w, 1, kcommon.max_nan_pairs)
+        m = kcommon.max_nan(kcommon.pair_low(mw), kcommon.pair_high(mw))
+    else:  # (the negative control: a NaN loses to a number)
+        mw = tl.reduce(w, 1, kcommon.max_pairs)
+        m = kcommon.max_number(kcommon.pair_low(mw), kcommon.pair_high(mw))
+    tl.store(out_ptr + tl.arange(0, 1)[None, :], m[:, None])
+
+
+def test_max_nan_pairs_keeps_a_nan(device):
+    """The words' maxes of ``sample``'s tile max on a GPU (``common.max_nan_pairs``: ``max.NaN.bf16x2``, here its
+    emulation), then the larger half: the largest entry, -inf for a tile of -inf, +inf where one is, and NaN where
+    any entry is one, in either half of a word, wherever it lies among the reductions (the flag of a bad row is
+    read off this max). Negative control: ``max_pairs``, whose NaN loses to a number, gives the largest number."""
+    N = 64
+    g = torch.Generator().manual_seed(8)
+    base = (torch.randn(N, generator=g) * 4).to(torch.bfloat16)
+    cases = [(base.clone(), base.float().max().item())]
+    for at in (0, 1, 30, 63):
+        z = base.clone()
+        z[at] = float("nan")
+        cases.append((z, float("nan")))
+    z = base.clone()
+    z[41] = float("inf")
+    cases.append((z, float("inf")))
+    cases.append((torch.full((N,), float("-inf"), dtype=torch.bfloat16), float("-inf")))
+    out = torch.empty(1, device=device)
+    for z, want in cases:
+        _max_nan_pairs_probe_kernel[(1,)](z.view(torch.int16).view(torch.int32).to(device), out, N=N, NAN=True)
+        got = out.item()
+        assert (math.isnan(got) and math.isnan(want)) or got == want, (got, want)
+    for z, _ in cases[1:5]:
+        _max_nan_pairs_probe_kernel[(1,)](z.view(torch.int16).view(torch.int32).to(device), out, N=N, NAN=False)
+        assert out.item() == torch.where(z.isnan(), float("-inf"), z.float()).max().item()
+
+
 # ---- randomness, dispatch, torch.library --------------------------------------------------------
 
 @triton.jit

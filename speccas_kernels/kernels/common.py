@@ -81,6 +81,13 @@ if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
         maxes in one instruction (``max.bf16x2``: a NaN loses to a number)."""
         return tl.inline_asm_elementwise("max.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True,
                                          pack=1)
+
+    @triton.jit
+    def max_nan_pairs(a, b):
+        """As ``max_pairs``, but a half is NaN where either word's is (``max.NaN.bf16x2``): a NaN entry reaches the
+        maximum, as ``tl.maximum`` with ``PropagateNan.ALL``."""
+        return tl.inline_asm_elementwise("max.NaN.bf16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32,
+                                         is_pure=True, pack=1)
 else:
     @triton.jit
     def log2_fast(x):
@@ -115,6 +122,13 @@ else:
         # each half widened, the larger kept, its bits put back: exact (bfloat16 values widen and narrow exactly)
         lo = max_number(pair_low(a), pair_low(b))
         hi = max_number(pair_high(a), pair_high(b))
+        return (hi.to(tl.int32, bitcast=True) & -65536) | ((lo.to(tl.int32, bitcast=True) >> 16) & 65535)
+
+    @triton.jit
+    def max_nan_pairs(a, b):
+        # as ``max_pairs``, a NaN half kept (a widened bfloat16 NaN has its payload in the high bits, kept by narrowing)
+        lo = max_nan(pair_low(a), pair_low(b))
+        hi = max_nan(pair_high(a), pair_high(b))
         return (hi.to(tl.int32, bitcast=True) & -65536) | ((lo.to(tl.int32, bitcast=True) >> 16) & 65535)
 
 
@@ -284,6 +298,15 @@ def load_tile(base, lo, use, n_left, N: tl.constexpr, FP64: tl.constexpr, PAIRS:
     return z
 
 
+def pairs(zq, zp, strides, V) -> bool:
+    """Whether a kernel may read the logits as 32-bit words of two entries (``load_tile``'s PAIRS): bfloat16 logits
+    (both sides; ``zq`` may be None) whose rows all start at an even entry (``strides``, in entries) of
+    4-byte-aligned storage, and an even vocabulary (a word never straddles a row's end)."""
+    tensors = [t for t in (zq, zp) if t is not None]
+    return (V % 2 == 0 and all(t.dtype == torch.bfloat16 and t.data_ptr() % 4 == 0 for t in tensors)
+            and all(s % 2 == 0 for s in strides))
+
+
 @triton.jit
 def pair_low(w):
     """The low bfloat16 entry of each word of two (entry 2 h of word h, little-endian) as float32: one shift."""
@@ -306,6 +329,12 @@ def widen_pairs(w):
 def max_number(a, b):
     """The larger of a and b, a NaN losing to a number (as the GPU's max instructions and ``tl.max`` everywhere)."""
     return tl.where((b > a) | (a != a), b, a)
+
+
+@triton.jit
+def max_nan(a, b):
+    """The larger of a and b, NaN where either is (FMNMX.NAN on a GPU; the interpreter's maximum likewise)."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit

@@ -30,8 +30,8 @@ import triton.language as tl
 
 from .. import rules
 from . import common
-from .common import (BIG, NEG_INF, best_lowest_rows, inv_temperature, load_logits, log2e_scale, row_params,
-                     temperature_ok)
+from .common import (BIG, NEG_INF, PAIR_MAX, best_lowest_rows, inv_temperature, load_tile, log2e_scale, max_nan,
+                     max_nan_pairs, pair_high, pair_low, row_params, temperature_ok, widen_pairs)
 from .filters import _cutoffs, cutoff_passes, filter_args, filter_params
 from .philox import exp_log2_flat
 
@@ -60,6 +60,7 @@ def _sample_kernel(
     VEC: tl.constexpr,  # adjacent logits one thread loads at once (``philox.uniform_flat``)
     LANES: tl.constexpr,  # entries the program's threads hold at one place: 32 num_warps VEC, at most BLOCK_V
     HIT_WORD: tl.constexpr,  # a thread holds 32 entries or fewer (``launch_sample``)
+    PAIRS: tl.constexpr,  # bfloat16 logits read as 32-bit words of two entries (``launch_sample``)
 ):
     grp = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
@@ -71,7 +72,7 @@ def _sample_kernel(
     seed = row_params(seed_ptr, seed_val, rows, rmask)
     offset = row_params(offset_ptr, offset_val, rows, rmask)
     best, idx, m, bad = _race_tile(z_ptr + rows * stride_b, rmask, v0, V, T, scale, seed, offset, None, None, FP64,
-                                   ROWS, BLOCK_V, VEC, LANES, HIT_WORD)
+                                   ROWS, BLOCK_V, VEC, LANES, HIT_WORD, PAIRS)
     ok = temperature_ok(T)
     if SINGLE:
         ok = ok & (bad == 0) & (m > NEG_INF) & (m < float("inf")) & (idx < BIG)
@@ -88,28 +89,41 @@ def _sample_kernel(
 
 
 @triton.jit
-def _max_nan(a, b):
-    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
-
-
-@triton.jit
 def _rel(z, M):
     return (z - M).to(tl.float32)
 
 
 @triton.jit
 def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.constexpr, ROWS: tl.constexpr,
-               BLOCK_V: tl.constexpr, VEC: tl.constexpr, LANES: tl.constexpr, HIT_WORD: tl.constexpr):
+               BLOCK_V: tl.constexpr, VEC: tl.constexpr, LANES: tl.constexpr, HIT_WORD: tl.constexpr,
+               PAIRS: tl.constexpr):
     """The race over one tile of R rows (``ptrs``: the rows' logits): (best score, its lowest index, the tile's max
     logit, NaN/+inf flag), each [R]. Scores are (z - M) / T + G in base-2 units ((z - M) ``scale`` - log2(-log2 u),
     ``scale`` = log2(e) / T capped) with M the row's max when given, else the tile's own max (the caller shifts);
     greedy rows score 0 at the max; entries below ``cut`` (when given) score -inf."""
-    v = v0 + tl.arange(0, BLOCK_V)[None, :]  # [1, BLOCK_V]
-    mask = rmask[:, None] & (v < V)
-    z = load_logits(ptrs[:, None] + v, mask, FP64)  # [R, BLOCK_V]
+    # The tile's logits (PAIRS: its 32-bit words of two bfloat16 entries, each entry widened by one shift or mask);
+    # a tile wholly inside the vocabulary, one row a program (every tile but a row's last on a GPU), loads with no
+    # mask, so with no -inf filled into its registers first (a branch uniform over the program)
+    if ROWS == 1:
+        if v0 + BLOCK_V <= V:
+            zl = load_tile(ptrs[:, None], v0, None, V - v0, BLOCK_V, FP64, PAIRS, FULL=True, RAW=True)
+        else:
+            zl = load_tile(ptrs[:, None], v0, rmask[:, None], V - v0, BLOCK_V, FP64, PAIRS, RAW=True)
+    else:
+        zl = load_tile(ptrs[:, None], v0, rmask[:, None], V - v0, BLOCK_V, FP64, PAIRS, RAW=True)
     # [R]: the tile's max, NaN when it holds a NaN (FMNMX.NAN on a GPU; the interpreter's max propagates NaN too), so
-    # bad (a NaN or +inf entry) is read off it: no pass of its own over the tile
-    m = tl.reduce(z, 1, _max_nan)
+    # bad (a NaN or +inf entry) is read off it: no pass of its own over the tile; the words' maxes two entries an
+    # instruction (``max.NaN.bf16x2``, exact: the same max, NaN as well), then the larger half
+    if PAIRS:
+        z = widen_pairs(zl)
+        if PAIR_MAX:
+            mw = tl.reduce(zl, 1, max_nan_pairs)
+            m = max_nan(pair_low(mw), pair_high(mw))
+        else:
+            m = tl.reduce(z, 1, max_nan)
+    else:
+        z = zl
+        m = tl.reduce(z, 1, max_nan)
     bad = ((m != m) | (m == float("inf"))).to(tl.int32)
     if M is None:
         Mr = m
@@ -121,14 +135,27 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
     # max and < 0 elsewhere (z < M: rel < 0, never rounded to 0), so the race's lowest argmax is the row's, with no
     # select per entry (a test of T per entry, which the compiler predicated at every row). Not with float64
     # logits, whose differences (z - M) can round to 0 in float32: there, a select at the greedy rows.
-    e2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
-    if tl.max((T > 0).to(tl.int32), axis=0) > 0:  # some row samples: the noise (rows of one program share this)
-        e2 = exp_log2_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V, VEC)  # -(G + ln ln 2) / ln 2
-        if ROWS > 1:  # (one row: it samples, here)
-            e2 = tl.where((T > 0)[:, None], e2, 0.0)
     # A -inf logit (or an entry past V) scores -inf with no select: rel is -inf there, scale > 0 (1/T capped, never
-    # 0 for a usable T) and e2 finite. A NaN entry scores NaN, in a row that is bad anyway.
-    s = rel * scale[:, None] - e2
+    # 0 for a usable T) and the noise finite. A NaN entry scores NaN, in a row that is bad anyway. The noise only
+    # where some row samples (rows of one program share the branch). With bfloat16 words each branch forms its
+    # scores (a noise of zeros set before the branch took a register move per entry on the sampled path); with
+    # 4-byte logits that form leaves ptxas at 64 registers with spills, so there the zeros come first.
+    noisy = tl.max((T > 0).to(tl.int32), axis=0) > 0
+    if PAIRS:
+        if noisy:
+            e2 = exp_log2_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V, VEC)  # -(G + ln ln 2) / ln 2
+            if ROWS > 1:  # (one row: it samples, here)
+                e2 = tl.where((T > 0)[:, None], e2, 0.0)
+            s = rel * scale[:, None] - e2
+        else:
+            s = rel * scale[:, None]
+    else:
+        e2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
+        if noisy:
+            e2 = exp_log2_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V, VEC)
+            if ROWS > 1:
+                e2 = tl.where((T > 0)[:, None], e2, 0.0)
+        s = rel * scale[:, None] - e2
     if cut is not None:
         s = tl.where(z >= cut[:, None], s, NEG_INF)
     if FP64:
@@ -179,6 +206,7 @@ def _sample_filtered_kernel(
     VEC: tl.constexpr,
     LANES: tl.constexpr,
     HIT_WORD: tl.constexpr,
+    PAIRS: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rmask = rows < B
@@ -196,7 +224,7 @@ def _sample_filtered_kernel(
     t = 0
     while t < NT:  # tiles in order: a strictly better score moves the winner, so ties keep the lowest index
         tb, ti, _, tbad = _race_tile(ptrs, rmask, t.to(tl.int64) * BLOCK_V, V, T, scale, seed, offset, cut, M, FP64,
-                                     ROWS, BLOCK_V, VEC, LANES, HIT_WORD)
+                                     ROWS, BLOCK_V, VEC, LANES, HIT_WORD, PAIRS)
         take = tb > best
         best = tl.where(take, tb, best)
         idx = tl.where(take, ti, idx)
@@ -289,11 +317,12 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     # hold 32 or 8 entries a thread, whatever the batch, so the model's traced batches take the branch that B = 64
     # compiles); not in the interpreter's large tiles
     hit_word = (block_v // lanes) * vec <= 32
+    pairs = common.pairs(None, logits, (logits.stride(0),), V)
     if filters.active:
         _sample_filtered_kernel[(groups,)](tokens, logits, t_ptr, float(t_val), s_ptr, int(s_val), o_ptr, int(o_val),
                                            *filter_args(filters), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows,
                                            BLOCK_V=block_v, VEC=vec, LANES=lanes, HIT_WORD=hit_word,
-                                           num_warps=num_warps)
+                                           PAIRS=pairs, num_warps=num_warps)
         return tokens
     mdt = torch.float64 if fp64 else torch.float32
     part_m = torch.empty((B * nt,), dtype=mdt, device=dev)
@@ -302,5 +331,6 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     cnt = common.counters(dev, groups)
     _sample_kernel[(groups, nt)](tokens, part_m, part_s, part_i, cnt, logits, t_ptr, float(t_val), s_ptr, int(s_val),
                                  o_ptr, int(o_val), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows, BLOCK_V=block_v,
-                                 SINGLE=nt == 1, VEC=vec, LANES=lanes, HIT_WORD=hit_word, num_warps=num_warps)
+                                 SINGLE=nt == 1, VEC=vec, LANES=lanes, HIT_WORD=hit_word, PAIRS=pairs,
+                                 num_warps=num_warps)
     return tokens

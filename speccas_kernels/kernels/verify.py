@@ -209,8 +209,8 @@ from ..outputs import KERNEL_OUTPUTS, VerifyOutput, new_verify_output
 from . import common, philox
 from .common import (BIG, LOG2E, NEG_INF, PAIR_MAX, SHIFT_MAX, best_lowest_rows, exp_scaled, exp_shift,
                      fma_exact, inv_temperature, lane_max_pairs, ln_fast, load_cell, load_logits, load_tile, log2_fast,
-                     log2e_scale, neg_rcp_fast, prefetch_l2, row_params, temperature_ok, ticket, tickets, wait_flag,
-                     widen_pairs)
+                     log2e_scale, neg_rcp_fast, pairs, prefetch_l2, row_params, temperature_ok, ticket, tickets,
+                     wait_flag, widen_pairs)
 
 FAMILY_A = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_A])
 FAMILY_B = tl.constexpr(rules.FAMILY_CODE[rules.FAMILY_B])
@@ -3415,15 +3415,6 @@ def magic(d: int) -> Tuple[int, int]:
         raise ValueError(f"magic: divisor {d} < 1")
     L = 31 + (d - 1).bit_length()
     return -(-(1 << L) // d), L
-
-
-def pairs(zq, zp, strides, V) -> bool:
-    """Whether the kernel may read the logits as 32-bit words of two entries (``common.load_tile``): bfloat16 logits
-    (both sides) whose rows all start at an even entry of 4-byte-aligned storage, and an even vocabulary (a word
-    never straddles a row's end)."""
-    tensors = [t for t in (zq, zp) if t is not None]
-    return (V % 2 == 0 and all(t.dtype == torch.bfloat16 and t.data_ptr() % 4 == 0 for t in tensors)
-            and all(s % 2 == 0 for s in strides))
 
 
 def narrow_race(nl: int, K: int) -> bool:
