@@ -1945,3 +1945,37 @@ def test_sample_spreads_its_tile_over_two_warps_past_a_wave_of_programs(tmp_path
             assert len(re.findall(r"\bFSEL\b", sass)) < 16, len(re.findall(r"\bFSEL\b", sass))
         per_logit[B] = rec["sass"]["instructions"] * 32 * launches[B].num_warps / 2048
     assert per_logit[64] < 0.6 * per_logit[1], per_logit
+
+
+def test_sample_reads_bfloat16_words_and_whole_tiles_unmasked(tmp_path):
+    """``sample``'s B = 64 kernel as a GPU runs it (V = 151936, 32 entries a thread): bfloat16 rows read as words of
+    two entries (PAIRS) take the tile's max two entries an instruction, NaN kept (``max.NaN.bf16x2``: SASS HMNMX2 or
+    VHMNMX with .NAN, about one per two words), so fewer FMNMX.NAN than a thread's entries, and widen each entry by one
+    shift or mask (no byte permute per two entries); and a tile wholly inside the vocabulary loads with no predicate
+    (the last tile's masked loads beside them). The float32 kernel is the control: no pair max, an FMNMX.NAN per
+    entry, and also its whole tiles unpredicated."""
+    launches = {}
+    for dtype in ("bf16", "fp32"):
+        work, _ = rf.capture("sample", None, 64, 0, 151936, dtype)
+        (launches[dtype],) = work.launches
+    assert launches["bf16"].constexprs["PAIRS"] and not launches["fp32"].constexprs["PAIRS"]
+    recs = rf.compile_launches(list(launches.values()), cache_dir=tmp_path, quiet=True)
+    for dtype, launch in launches.items():
+        rec = recs[rf.compile_key(launch)]
+        assert rec["spill_stores"] == 0, (dtype, rec["spill_stores"])
+        sass = (tmp_path / "kernels" / f"{rf.compile_key(launch)}.sass").read_text()
+        ops = [m.group(2) for m in re.finditer(r"/\*[0-9a-f]{4}\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)", sass)]
+        pair = sum(op.startswith(("HMNMX2", "VHMNMX")) for op in ops)
+        fmnmx_nan = sum(op == "FMNMX.NAN" for op in ops)
+        # a thread's vectors loaded twice over: once for a whole tile, all under the one predicate of the tile's
+        # branch (no bound of their own), once with a bound each (the last tile)
+        loads = [p.strip() for p in re.findall(r"(@!?P\w+\s+)?LDG\.E\.128", sass)]
+        vectors = 32 * (2 if dtype == "bf16" else 4) // 16  # 32 entries a thread, 16 bytes a vector
+        assert len(loads) == 2 * vectors and len(set(loads[:vectors])) == 1, (dtype, loads)
+        assert len(set(loads[vectors:])) > 1, (dtype, loads)
+        if dtype == "bf16":
+            assert pair >= 8 and all(op.endswith(".NAN") for op in ops if op.startswith(("HMNMX2", "VHMNMX"))), ops
+            assert fmnmx_nan < 16, fmnmx_nan
+            assert sum(op.startswith("PRMT") for op in ops) < 16, sum(op.startswith("PRMT") for op in ops)
+        else:
+            assert pair == 0 and fmnmx_nan >= 31, (pair, fmnmx_nan)

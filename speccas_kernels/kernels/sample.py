@@ -12,7 +12,10 @@ NaN/+inf flag (read off ``m_t``, a NaN-propagating max: no pass of its own), and
 counter. A -inf logit scores -inf by the arithmetic alone (``scale`` > 0), with no select, and a greedy row
 (T = 0) by the same arithmetic with no noise: 0 at its max, below 0 elsewhere (no select either, but with float64
 logits). On a GPU the launcher spreads a tile over 2 warps past a wave of programs
-(``triton_backend.sample_settings``: two per SM, 32 entries a thread), 8 below.
+(``triton_backend.sample_settings``: two per SM, 32 entries a thread), 8 below. bfloat16 rows are read as 32-bit
+words of two entries where ``common.pairs`` allows (one shift or mask widens an entry), the tile's max taken two
+entries an instruction (``max.NaN.bf16x2``); a tile wholly inside the vocabulary, one row a program, loads with no
+mask.
 The program with the last ticket merges the tiles: ``M = max m_t``, each tile's best shifted by
 ``(m_t - M) log2(e) / T``, ties to the lowest index; then it writes the token (``-1`` for a row with NaN/+inf or all
 -inf logits, a bad temperature or bad filter values) and resets the counter. One tile: no ticket.
