@@ -360,7 +360,7 @@ def test_gpu_launch_settings_split_opts_look_and_widen_its_race():
     """At a full batch (B = 64, K = 4, V = 151936, as a GPU runs it) opt's second look takes two items per stats item
     (16 chunks of four tiles: NS = 2, NL = 4 look items of 4 or 5 of a position's 19 chunks; the accept phase sums
     4 records), and its race items hold four tiles (``narrow_race``: a look of 4 items a position at K >= 4); at
-    K = 1 with 2-byte logits they hold eight, where other rules' hold four. At a batch of one (one chunk per item)
+    K = 1 with 2-byte logits they hold eight, as every rule's do there. At a batch of one (one chunk per item)
     nothing is split; a rule without TV's bound (chow) splits nothing and keeps four."""
 
     def constexprs(rule, B, dtype, K=4):
@@ -378,6 +378,11 @@ def test_gpu_launch_settings_split_opts_look_and_widen_its_race():
     assert (c["LOOK_SPLIT"], c["RECORDS"], c["RACE_TILES"]) == (2, 10, 4), "fp32: NS = 5, NL = 10; race of four"
     c = constexprs("chow", 64, torch.bfloat16)
     assert (c["LOOK_SPLIT"], c["RACE_TILES"]) == (1, 4), c
+    # K = 1 with 2-byte logits: every rule's race items hold eight tiles (its round bound by instruction issue), not
+    # with float32 logits, nor at B = 8, where a row's items fit one wave (``launch_verify`` halves them)
+    for rule, B, dtype, tiles in (("chow", 64, torch.bfloat16, 8), ("token_v3", 256, torch.bfloat16, 8),
+                                  ("chow", 64, torch.float32, 4), ("chow", 8, torch.bfloat16, 4)):
+        assert constexprs(rule, B, dtype, K=1)["RACE_TILES"] == tiles, (rule, B, dtype)
     c = constexprs("opt", 1, torch.bfloat16)
     assert c["LOOK_SPLIT"] == 1 and c["RECORDS"] == 38, "one row: a look item per chunk of two tiles, none split"
 

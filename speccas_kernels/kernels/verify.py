@@ -32,7 +32,7 @@ row's last step more than they save.) A rule whose look is skipped where a bound
 LOOK_SPLIT look items per stats item (NL = NS LOOK_SPLIT, each at least a chunk: ``LOOK_SPLIT``), since few of its
 positions look but a row that keeps one waits for that look on its chain, and with 2-byte logits at a full batch
 race items of 2 TILES tiles (its rounds are bound by instruction issue, and a race item's fixed part is about half
-its instructions). With 2-byte logits, one stats item per position and K >= 4, look items of LONG_CHUNKS chunks
+its instructions), as every rule's at K = 1 with 2-byte logits (the race reads two of a row's three rows). With 2-byte logits, one stats item per position and K >= 4, look items of LONG_CHUNKS chunks
 instead, up to LONG_SPLIT of them; and at K >= 4 race items of TILES tiles where a position's look takes LONG_SPLIT
 items or more (``LONG_CHUNKS``, ``narrow_race``).
 
@@ -3506,8 +3506,11 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     # The race (one position per row): items of fewer tiles while a row's all take one wave of the programs, so the
     # row's last step is one item's round trips and a quarter or less of its entries (not with a token set's
     # divergence items, whose count includes the race items').
-    # (opt's race items hold 2 TILES tiles with 2-byte logits, but TILES where a row is long: ``narrow_race``)
-    wide = cx["MONOTONE_TV"] and second and zp.element_size() <= 2 and not narrow_race(nl, K)
+    # (opt's race items hold 2 TILES tiles with 2-byte logits, but TILES where a row is long: ``narrow_race``; so do
+    # every rule's at K = 1 with 2-byte drafter logits, whose round is bound by instruction issue, not bytes: its race
+    # reads two of a row's three rows of logits, and items of twice the tiles halve the items' fixed part)
+    wide = zp.element_size() <= 2 and ((cx["MONOTONE_TV"] and second and not narrow_race(nl, K))
+                                       or (K == 1 and zq is not None))
     race_tiles = RACE_TILES_OVERRIDE or tiles * (2 if wide else 1)
     if div_items:
         race_tiles = tiles
