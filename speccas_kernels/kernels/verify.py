@@ -32,9 +32,10 @@ row's last step more than they save.) A rule whose look is skipped where a bound
 LOOK_SPLIT look items per stats item (NL = NS LOOK_SPLIT, each at least a chunk: ``LOOK_SPLIT``), since few of its
 positions look but a row that keeps one waits for that look on its chain, and with 2-byte logits at a full batch
 race items of 2 TILES tiles (its rounds are bound by instruction issue, and a race item's fixed part is about half
-its instructions), as every rule's at K = 1 with 2-byte logits (the race reads two of a row's three rows). With 2-byte logits, one stats item per position and K >= 4, look items of LONG_CHUNKS chunks
-instead, up to LONG_SPLIT of them; and at K >= 4 race items of TILES tiles where a position's look takes LONG_SPLIT
-items or more (``LONG_CHUNKS``, ``narrow_race``).
+its instructions), as every rule's at K = 1 with 2-byte logits (the race reads two of a row's three rows). With
+2-byte logits, one stats item per position and K >= 4, look items of LONG_CHUNKS chunks instead, up to LONG_SPLIT
+of them; and at K >= 4 race items of TILES tiles where a position's look takes LONG_SPLIT items or more
+(``LONG_CHUNKS``, ``narrow_race``).
 
 * **stats** (row b, position i, item j): chunk by chunk, the chunk's tiles of zp_i and, for i < n, of zq_i as one
   block per side, both loads in flight together, the whole chunks in a loop software-pipelined over
