@@ -80,7 +80,8 @@ def load(results: Path):
                 if _num(row.get("median_us")) is None:
                     problems.append(row)
                     continue
-                key = (row["op"], row["provider"], row["rule"], row["B"], row["K"], row["V"], row["dtype"], row["device"])
+                key = (row["op"], row["provider"], row["rule"], row["B"], row["K"], row["V"], row["dtype"],
+                       row["device"])
                 old = measured.get(key)
                 if old is None or row["date"] >= old["date"]:
                     measured[key] = row
@@ -131,7 +132,8 @@ def group_tables(rows):
         pt = (r["rule"], r["B"], r["K"], r["V"])
         groups[(r["op"], r["device"], r["dtype"])][pt][r["provider"]] = r
     dkey = lambda d: (DTYPE_ORDER.index(d) if d in DTYPE_ORDER else 9, d)  # noqa: E731
-    return OrderedDict(sorted(groups.items(), key=lambda kv: (kv[0][0] != "verify", kv[0][0], kv[0][1], dkey(kv[0][2]))))
+    return OrderedDict(sorted(groups.items(),
+                              key=lambda kv: (kv[0][0] != "verify", kv[0][0], kv[0][1], dkey(kv[0][2]))))
 
 
 def _accepted(cells: Dict[str, dict]) -> str:
@@ -150,7 +152,8 @@ def render_table(op: str, points: Dict[tuple, Dict[str, dict]]) -> List[str]:
     has_k = any(pt[2] for pt in points)
     acc = {pt: _accepted(cells) for pt, cells in points.items()}
     show_acc = any(a for a in acc.values())
-    fixed = ["mode" if op == "sample" else "rule", "B"] + (["K"] if has_k else []) + ["V"] + (["accepted"] if show_acc else [])
+    fixed = (["mode" if op == "sample" else "rule", "B"] + (["K"] if has_k else []) + ["V"]
+             + (["accepted"] if show_acc else []))
     head = fixed + providers
     for o in ours:
         if BASELINE in providers:
@@ -159,8 +162,10 @@ def render_table(op: str, points: Dict[tuple, Dict[str, dict]]) -> List[str]:
             head.append(f"best peer / {o}")
     if not ours and peers and BASELINE in providers:
         head.append(f"{BASELINE} / best peer")
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join([":--"] * len(fixed) + ["--:"] * (len(head) - len(fixed))) + "|"]
-    ordered = sorted(points.items(), key=lambda kv: _point_key({"rule": kv[0][0], "B": kv[0][1], "K": kv[0][2], "V": kv[0][3]}))
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join([":--"] * len(fixed) + ["--:"] * (len(head) - len(fixed))) + "|"]
+    ordered = sorted(points.items(),
+                     key=lambda kv: _point_key({"rule": kv[0][0], "B": kv[0][1], "K": kv[0][2], "V": kv[0][3]}))
     for (rule, B, K, V), cells in ordered:
         med = {p: _num(c["median_us"]) for p, c in cells.items()}
         out = [rule, B] + ([K] if has_k else []) + [V] + ([acc[(rule, B, K, V)]] if show_acc else [])
@@ -229,7 +234,8 @@ def plot_group(op: str, device: str, dtype: str, points: Dict[tuple, Dict[str, d
                     ys = []
                     for B, V in shapes:
                         cell = next((cells.get(p) for pt, cells in points.items()
-                                     if pt[0] == rule and _int(pt[2]) == k and _int(pt[1]) == B and _int(pt[3]) == V), None)
+                                     if pt[0] == rule and _int(pt[2]) == k and _int(pt[1]) == B
+                                     and _int(pt[3]) == V), None)
                         ys.append(_num(cell[metric]) if cell else None)
                     if any(y is not None for y in ys):
                         ax.plot([x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None],
@@ -275,14 +281,16 @@ def render(results: Path, out: Path, plots: bool = True, model: Path = MODEL_CSV
              "at that point. *accepted*: mean accepted drafts per row of the benchmark's inputs (correlated "
              "drafter and target logits, drafts sampled from the drafter).", ""]
     if not rows:
-        lines += ["No measurements yet: run `python bench/bench_verify.py --quick` and `python bench/bench_sample.py --quick`.", ""]
+        lines += ["No measurements yet: run `python bench/bench_verify.py --quick` and "
+                  "`python bench/bench_sample.py --quick`.", ""]
     groups = group_tables(rows)
     for (op, device, dtype), points in groups.items():
         cells = [c for pc in points.values() for c in pc.values()]
         commits = sorted({c["commit"] for c in cells})
         dates = sorted({c["date"][:10] for c in cells})
         copy_bw = sorted({round(_num(c["copy_gbps"]), 1) for c in cells if _num(c["copy_gbps"]) is not None})
-        modes = sorted({part.split("=", 1)[1] for c in cells for part in c["note"].split("; ") if part.startswith("timing=")})
+        modes = sorted({part.split("=", 1)[1] for c in cells for part in c["note"].split("; ")
+                        if part.startswith("timing=")})
         lines += [f"## {op} · {device} · {dtype}", "",
                   f"Commit {', '.join(commits)}; date {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}; "
                   f"measured copy bandwidth {', '.join(f'{b:g}' for b in copy_bw)} GB/s (read + write); "
@@ -299,7 +307,8 @@ def render(results: Path, out: Path, plots: bool = True, model: Path = MODEL_CSV
             if first and not first.startswith(("timing=", "mean_accepted=")):
                 notes.setdefault(c["provider"], first)
         if notes:
-            lines += ["Providers: " + "; ".join(f"`{p}`: {n}" for p, n in sorted(notes.items(), key=lambda kv: _prov_key(kv[0])))
+            lines += ["Providers: " + "; ".join(f"`{p}`: {n}"
+                                                for p, n in sorted(notes.items(), key=lambda kv: _prov_key(kv[0])))
                       + ".", ""]
         if plots:
             for path in plot_group(op, device, dtype, points, out.parent):
@@ -315,7 +324,8 @@ def render(results: Path, out: Path, plots: bool = True, model: Path = MODEL_CSV
         if key not in latest or p["date"] >= latest[key]["date"]:
             latest[key] = p
     if latest:
-        lines += ["## Providers not measured, and failures", "", "| op | device | provider | where | reason |", "|---|---|---|---|---|"]
+        lines += ["## Providers not measured, and failures", "", "| op | device | provider | where | reason |",
+                  "|---|---|---|---|---|"]
         for (op, device, prov), p in sorted(latest.items(), key=lambda kv: (kv[0][0], kv[0][1], _prov_key(kv[0][2]))):
             where = " ".join(f"{k}={p[k]}" for k in ("rule", "B", "K", "V", "dtype") if p.get(k)) or "all"
             reason = p["note"].replace("|", "/")
@@ -442,7 +452,8 @@ def model_vs_measured(rows: List[dict], model_path: Path = MODEL_CSV, include_cp
         lines += [f"### {device}", ""] + _machine_note(device, points, machine, copy, path, Path(model_path)) + [
             "| " + " | ".join(head) + " |", "|" + "|".join([":--"] * 6 + ["--:"] * (len(head) - 6)) + "|"]
         ratios = []
-        order = lambda kv: (kv[0][0], _rule_key(kv[0][1]), _int(kv[0][3]), _int(kv[0][4]), _int(kv[0][2]), kv[0][5])  # noqa: E731
+        order = lambda kv: (kv[0][0], _rule_key(kv[0][1]), _int(kv[0][3]), _int(kv[0][4]),  # noqa: E731
+                            _int(kv[0][2]), kv[0][5])
         for point, cells in sorted(points.items(), key=order):
             out = list(point)
             if not per_provider:
@@ -463,7 +474,8 @@ def model_vs_measured(rows: List[dict], model_path: Path = MODEL_CSV, include_cp
             lines.append("| " + " | ".join(str(x) for x in out) + " |")
         if ratios:
             ratios.sort()
-            lines += ["", f"{len(ratios)} comparisons; measured / model: median {_fmt_ratio(statistics.median(ratios))}, "
+            lines += ["", f"{len(ratios)} comparisons; measured / model: median "
+                          f"{_fmt_ratio(statistics.median(ratios))}, "
                           f"range {_fmt_ratio(ratios[0])} to {_fmt_ratio(ratios[-1])}."]
         lines.append("")
     return lines

@@ -1253,7 +1253,8 @@ def disassemble(cubin: bytes) -> str:
 
 
 _DI_LOC = re.compile(r"^(!\d+) = ((?:distinct )?)!DILocation\(([^\n]*)\)$", re.M)
-_DI_SCOPE = re.compile(r"^(!\d+) = (?:distinct )?!(?:DISubprogram|DILexicalBlockFile|DILexicalBlock)\(([^\n]*)\)$", re.M)
+_DI_SCOPE = re.compile(r"^(!\d+) = (?:distinct )?!(?:DISubprogram|DILexicalBlockFile|DILexicalBlock)"
+                       r"\(([^\n]*)\)$", re.M)
 _DI_FILE = re.compile(r'^(!\d+) = !DIFile\(filename: "([^"]*)", directory: "([^"]*)"', re.M)
 _DI_PROGRAM = re.compile(r"^(!\d+) = (?:distinct )?!DISubprogram\(", re.M)
 # a function of the module (a helper Triton was told not to inline, ``@triton.jit(noinline=True)``) and a call of it
@@ -2926,9 +2927,10 @@ REVISIONS = ("Model revisions: rows dated before 2026-12-01 11:30 UTC come from 
              "kernels of v18 again) and the versions after it are r3. From v21 (2026-12-02 12:30 UTC) a kernel that "
              "skips work as the data say (second looks that can change nothing) is traced doing it everywhere, and "
              "the rows count the skipped share from the modelled point's own inputs, the bench recipe at that batch "
-             "(`roofline_data`): one or two traced rows are too few to stand for it. From v23 (2026-12-02 17:40 UTC) the "
-             "chain of a row reads them too: it holds the second look unless no row of the modelled inputs has a "
-             "position whose look can change something (`look_rows`; one such row: every row's chain holds it). From v25 "
+             "(`roofline_data`): one or two traced rows are too few to stand for it. From v23 (2026-12-02 17:40 UTC) "
+             "the chain of a row reads them too: it holds the second look unless no row of the modelled inputs has a "
+             "position whose look can change something (`look_rows`; one such row: every row's chain holds it). "
+             "From v25 "
              "(2026-12-03) the kernel's hints put a merge's ticket on the row's chain only where no second look "
              "follows (the look items wait for the ready flag, which the merge releases before that ticket; the hints "
              "had charged it on the way to the look too, 0.3 us of the chain): a correction, not a kernel change, "

@@ -186,7 +186,8 @@ def _resolve_vocab(vocab_size, sizes: dict) -> int:
         raise TypeError(f"vocab_size: expected an int or None, got {type(vocab_size).__name__}")
     smallest = min(sizes.values())
     if not 1 <= vocab_size <= smallest:
-        raise ValueError(f"vocab_size: must be in [1, {smallest}] for logits with last dimensions {sizes}, got {vocab_size}")
+        raise ValueError(f"vocab_size: must be in [1, {smallest}] for logits with last dimensions {sizes}, "
+                         f"got {vocab_size}")
     return int(vocab_size)
 
 
@@ -262,7 +263,8 @@ def _common_params(info, B, K, device, fdt, ref, *, alpha, temperature, seed, of
     if alpha is None:
         alpha = info.default_alpha
     if _is_number(alpha) and not alpha_in_range(info, float(alpha)):
-        raise ValueError(f"alpha: {alpha!r} is outside the meaningful range of rule {info.name!r}: {describe_range(info)}")
+        raise ValueError(f"alpha: {alpha!r} is outside the meaningful range of rule {info.name!r}: "
+                         f"{describe_range(info)}")
     _check_scalar_temperature(temperature)
     return dict(
         alpha=_row_param("alpha", alpha, B, device, fdt, False, ref),
@@ -314,7 +316,8 @@ def check_verify(
     elif isinstance(num_draft_tokens, torch.Tensor):
         n = _row_param("num_draft_tokens", num_draft_tokens, B, device, torch.int64, True, ref)
     else:
-        raise TypeError(f"num_draft_tokens: expected None or an integer [B] tensor, got {type(num_draft_tokens).__name__}")
+        raise TypeError(f"num_draft_tokens: expected None or an integer [B] tensor, "
+                        f"got {type(num_draft_tokens).__name__}")
     args = VerifyArgs(draft_logits, target_logits, draft_tokens.to(torch.int64), info, num_draft_tokens=n,
                       vocab_size=V, batch=B, max_drafts=K, **params)
     if validate:

@@ -108,7 +108,8 @@ def case_dtypes(rule, backend):
 def case_masked_vocabulary(rule, backend):
     """-inf logits (masked entries) are allowed and change nothing else."""
     shape = (17, 3, 300) if _scale(backend) == "full" else (5, 3, 111)
-    out, _ = _check(backend, f"{rule} masked", rule=rule, **random_round(*shape, seed=11, ragged=True, neg_inf_frac=0.3))
+    out, _ = _check(backend, f"{rule} masked", rule=rule,
+                    **random_round(*shape, seed=11, ragged=True, neg_inf_frac=0.3))
     assert bool(out.valid.all())
 
 
@@ -190,7 +191,8 @@ def case_zero_residual(rule, backend):
     z[:, :, :5] = float("-inf")
     x = torch.randint(0, 5, (B, K), generator=g)  # q(x) = 0: rejected at position 0
     kw = dict(draft_logits=z[:, :K].clone(), target_logits=z.clone(), draft_tokens=x,
-              temperature=torch.tensor([0.0, 1.0, 0.5, 2.0]).repeat(4), seed=torch.arange(B), offset=torch.arange(B) * 3)
+              temperature=torch.tensor([0.0, 1.0, 0.5, 2.0]).repeat(4), seed=torch.arange(B),
+              offset=torch.arange(B) * 3)
     info = RULE_INFO[rule]
     alpha = info.drafter_at[0] if info.family == "B" else None  # token sets: A = everything, eta = 0
     out, _ = _check(backend, f"{rule} zero residual", rule=rule, alpha=alpha, **kw)
@@ -217,8 +219,8 @@ def case_decision_rich(rule, backend, monkeypatch):
     if backend == "triton":
         monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 16)
     info = RULE_INFO[rule]
-    out, ref = _check(backend, f"decision-rich {rule}", rule=rule, alpha=grid_alphas(rule, B) if info.uses_alpha else None,
-                      **kw)
+    out, ref = _check(backend, f"decision-rich {rule}", rule=rule,
+                      alpha=grid_alphas(rule, B) if info.uses_alpha else None, **kw)
     a = ref.accept_prob
     assert int(((a > 0) & (a < 0.999)).sum()) >= 2, "test data too easy: few fractional acceptances"
     assert int((ref.num_accepted < K).sum()) >= 3, "test data too easy: few residual draws"
@@ -300,7 +302,8 @@ def case_ragged_layout(rule, backend):
                                kw["draft_logits"], target_logits=kw["target_logits"], draft_tokens=kw["draft_tokens"],
                                num_draft_tokens=n, **common)
             for name, x, y in zip(got._fields, got, padded):
-                assert (x is None and y is None) or torch.equal(x.cpu(), y), f"{rule} T={T} {drafts}: verify_ragged differs from verify in {name}"
+                assert (x is None and y is None) or torch.equal(x.cpu(), y), (
+                    f"{rule} T={T} {drafts}: verify_ragged differs from verify in {name}")
 
 
 def case_extreme_temperatures(rule, backend):
@@ -388,8 +391,8 @@ SAMPLE_CASES = {  # name: (B, V, dtype, temperatures, filters) at the full scale
 }
 
 
-@pytest.mark.parametrize("backend", _BACKEND_PARAMS_S := [pytest.param(b, marks=[pytest.mark.cuda] if _device(b) == "cuda"
-                                                                         else [], id=b) for b in ("cpp", "triton", "cuda")])
+@pytest.mark.parametrize("backend", _BACKEND_PARAMS_S := [
+    pytest.param(b, marks=[pytest.mark.cuda] if _device(b) == "cuda" else [], id=b) for b in ("cpp", "triton", "cuda")])
 @pytest.mark.parametrize("case", list(SAMPLE_CASES))
 def test_sample_conformance(backend, case):
     B, V, dtype, temps, filt = SAMPLE_CASES[case]
@@ -407,7 +410,8 @@ def test_sample_conformance(backend, case):
     args = sk.checks.check_sample(z, vocab_size=None, validate=False, **kw)
     ref, margins = sk.reference.sample_args(args, debug=True)
     differ = (out != ref) & (margins["race_margin"] >= 1e-4)
-    assert not differ.any(), f"{backend} {case}: rows {differ.nonzero().flatten().tolist()} differ: {out[differ]} vs {ref[differ]}"
+    assert not differ.any(), (f"{backend} {case}: rows {differ.nonzero().flatten().tolist()} differ: "
+                              f"{out[differ]} vs {ref[differ]}")
     assert ((out >= 0) & (out < V)).all()
 
 

@@ -38,9 +38,11 @@ def assert_same(out, ref, what):
         diff = (a != b)
         if diff.dim() > 1:
             diff = diff.any(-1)
-        assert not diff.any(), (f"{what}: {name} differs in {int(diff.sum())} rows, first row {int(diff.nonzero()[0])}: "
+        assert not diff.any(), (f"{what}: {name} differs in {int(diff.sum())} rows, "
+                                f"first row {int(diff.nonzero()[0])}: "
                                 f"{a[diff][0].tolist()} vs {b[diff][0].tolist()}")
-    torch.testing.assert_close(out.accept_prob, ref.accept_prob, rtol=0, atol=1e-6, msg=lambda m: f"{what}: accept_prob: {m}")
+    torch.testing.assert_close(out.accept_prob, ref.accept_prob, rtol=0, atol=1e-6,
+                               msg=lambda m: f"{what}: accept_prob: {m}")
 
 
 def assert_round_structure(out, draft_tokens, V, n=None, what=""):
@@ -265,7 +267,8 @@ def test_vocab_size_ignores_the_extra_columns(rule):
     assert_same(out, reference.verify(r["draft_logits"], r["target_logits"], rule=rule, **kw), f"{rule}: vocab_size")
     assert_same(public_verify(zq, zp, rule=rule, vocab_size=V, **kw), out, f"{rule}: public vocab_size")
     s = reference.sample(zq[:, 0], temperature=r["temperature"], seed=r["seed"], vocab_size=V)
-    assert s.tolist() == reference.sample(r["draft_logits"][:, 0], temperature=r["temperature"], seed=r["seed"]).tolist()
+    assert s.tolist() == reference.sample(r["draft_logits"][:, 0], temperature=r["temperature"],
+                                          seed=r["seed"]).tolist()
 
 
 # --------------------------------------------------------------------------------------------------

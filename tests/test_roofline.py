@@ -312,7 +312,8 @@ def test_sample_and_cutoff_hints_count_serial_passes():
         nt = launch.arg("NT").value
         assert launch.qualname == "_sample_filtered_kernel" and nt == -(-V // launch.constexprs["BLOCK_V"])
         assert h["phases"] == nt and h["l2_phases"] == (3 + 32 + 32) * nt, h
-        assert h["loop_trips"]["take = tb > best"] == nt and h["loop_trips"]["c += tl.sum((mask & (k >= t_key"] == 32 * nt
+        assert (h["loop_trips"]["take = tb > best"] == nt
+                and h["loop_trips"]["c += tl.sum((mask & (k >= t_key"] == 32 * nt)
         assert all(key in src for key in h["loop_trips"]), [k for k in h["loop_trips"] if k not in src]
         _, h = hints(speccas_kernels.sample, z, min_p=0.1)
         assert h["l2_phases"] == 3 * nt and h["loop_trips"]["mid = lo + (hi - lo + 1) // 2"] == 0, h
@@ -809,7 +810,8 @@ def test_looks_that_change_nothing_leave_the_rows_chain():
     (``look_rows`` 0), the merges count the looks done and a row's accept phase waits for no look item: the chain of
     the hints holds no look step, nor the merge's release of the ready flag (which then follows the row's ticket), but
     the merge's ticket, which a look step otherwise follows.
-    token_v1 at B = 1 and V = 151936 (flat logits: A is the whole vocabulary) is such a point. Controls: opt's inputs keep the look on the chain (``look_rows``: the rows with a position whose r
+    token_v1 at B = 1 and V = 151936 (flat logits: A is the whole vocabulary) is such a point.
+    Controls: opt's inputs keep the look on the chain (``look_rows``: the rows with a position whose r
     depends on TV, counted here from the inputs), and so does a launch without data (the worst case)."""
     from speccas_kernels.kernels import verify as kv
 

@@ -430,7 +430,8 @@ def test_batch_of_one_takes_the_looks_constants_with_its_wait(device, rule, dive
 @pytest.mark.parametrize("rule", ["chow", "speculative", "token_v1", "opt"])
 def test_exp_shift_leaves_large_scaled_logits_to_the_subtraction(device, rule):
     """exp((z - M) / T) is one FFMA and one ex2 (``common.exp_shift``) while |M / T log2(e)| < 2**24, whose error term
-    then stays within [-1, 1]; beyond, the statistics, the race and opt's second look (TV(q, p)) subtract M first. Logit scales either side of the
+    then stays within [-1, 1]; beyond, the statistics, the race and opt's second look (TV(q, p)) subtract M first.
+    Logit scales either side of the
     bound (about 1e6 at T = 1, 1e12 at T = 1 and 1e3 at T = 1e-5): every row valid and the reference's tokens and
     probabilities. With the bound at the float32 overflow instead, the 1e12 rows' error term (up to 2**16) makes
     exp2 overflow and the rows invalid (opt's look: TV NaN, so no position defers where the reference's do)."""
@@ -770,7 +771,8 @@ def test_sample_matches_reference(device, B, V, dtype):
     ref, margins = reference.sample_args(args, debug=True)
     assert out.device.type == torch.device(device).type and out.dtype == torch.int64
     differ = (out.cpu() != ref.cpu()) & ~(margins["race_margin"].cpu() < 1e-4)
-    assert not bool(differ.any()), f"rows {differ.nonzero().flatten().tolist()}: {out.cpu()[differ]} vs {ref.cpu()[differ]}"
+    assert not bool(differ.any()), (f"rows {differ.nonzero().flatten().tolist()}: "
+                                    f"{out.cpu()[differ]} vs {ref.cpu()[differ]}")
     if V > 1:  # the sampled rows really are random: not all equal to the argmax
         assert (out.cpu() != z.float().argmax(-1).cpu())[T.cpu() > 0].any() or B < 4
 
@@ -1038,8 +1040,8 @@ def test_gumbel_flat_matches_random_module(device, vec):
 
 def test_gumbel_flat_base2_is_the_shifted_scaled_gumbel(device):
     """The base-2 noise the races score with, ``exp_log2_flat`` = log2(-log2 u), is -(G + ln ln 2) / ln 2 of
-    ``random.gumbel``'s G entry by entry: a score log2 w minus it is (log w + G + ln ln 2) / ln 2, so every race keeps its argmax. Negative
-    controls: the plain noise G, and the base-2 noise without its sign, are not it."""
+    ``random.gumbel``'s G entry by entry: a score log2 w minus it is (log w + G + ln ln 2) / ln 2, so every race keeps
+    its argmax. Negative controls: the plain noise G, and the base-2 noise without its sign, are not it."""
     seeds = torch.tensor([0, 5, -3, 2**62])
     pos = torch.tensor([1, 2**40, 7, 0])
     for v0 in (0, 4 * 12345):

@@ -4,8 +4,8 @@ Real pair (default): Qwen2.5-Coder-1.5B-Instruct (target, float32) and -0.5B-Ins
 ``speccas.models.DEFAULT_DRAFTER_PRECISION``), fetched and converted into the cache on first use
 (``speccas.models``). Two short coding prompts with the chat template, greedy, 96 new tokens, batch 1:
 ``target`` (the baseline), ``speculative`` (exact: the same text as the target) and ``cascade``
-(``DEFAULT_CASCADE_RULE`` at ``DEFAULT_CASCADE_ALPHA``), each with the package defaults, interleaved. Prints the texts and the table of
-``bench/e2e.py`` (tokens/s, speedup, target forwards per token, acceptance, deferral).
+(``DEFAULT_CASCADE_RULE`` at ``DEFAULT_CASCADE_ALPHA``), each with the package defaults, interleaved. Prints the texts
+and the table of ``bench/e2e.py`` (tokens/s, speedup, target forwards per token, acceptance, deferral).
 
 Synthetic (``--synthetic``): ``verify`` on correlated Gaussian logits (the target = the drafter +
 noise), acceptance and deferral per rule; no model needed.
@@ -37,7 +37,8 @@ def run(B: int = 256, K: int = 4, V: int = 4096, temperature: float = 1.0, backe
     draft_logits, target_logits = synthetic_round(B, K, V)
     seeds = torch.arange(B)
     drafts = torch.stack(
-        [sk.sample(draft_logits[:, i], temperature=temperature, seed=seeds, offset=i, backend=backend) for i in range(K)], 1
+        [sk.sample(draft_logits[:, i], temperature=temperature, seed=seeds, offset=i, backend=backend)
+         for i in range(K)], 1
     )
     rows = []
     for rule in sk.RULES:
@@ -69,7 +70,8 @@ def synthetic_main(argv=None) -> None:
     a = ap.parse_args(argv)
     rows = run(a.batch, a.draft_tokens, a.vocab, a.temperature, a.backend)
     print(f"verify on synthetic logits: B={a.batch} K={a.draft_tokens} V={a.vocab} T={a.temperature}")
-    print(f"{'rule':<12} {'alpha':>6} {'accepted/round':>15} {'tokens/round':>13} {'E[a_i]':>7} {'deferral':>9} {'ms':>8}")
+    print(f"{'rule':<12} {'alpha':>6} {'accepted/round':>15} {'tokens/round':>13} "
+          f"{'E[a_i]':>7} {'deferral':>9} {'ms':>8}")
     for r in rows:
         print(f"{r['rule']:<12} {r['alpha']:>6.2f} {r['accepted_per_round']:>15.3f} {r['tokens_per_round']:>13.3f} "
               f"{r['accept_rate']:>7.3f} {r['deferral_rate']:>9.3f} {r['ms']:>8.1f}")
@@ -234,8 +236,8 @@ def format_table(rows) -> str:
     def f(x, nd=2):
         return "-" if x is None else f"{x:.{nd}f}"
 
-    lines = ["| T | config | drafter | K / threshold | new tokens | seconds | tokens/s | speedup | speedup in CPU time | "
-             "target fwd/token | acceptance | deferral | = target |",
+    lines = ["| T | config | drafter | K / threshold | new tokens | seconds | tokens/s | speedup | "
+             "speedup in CPU time | target fwd/token | acceptance | deferral | = target |",
              "|--:|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in rows:
         kt = "-" if not r["K"] else f"{r['K']} / {r['threshold']:g}"

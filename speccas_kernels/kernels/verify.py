@@ -55,11 +55,11 @@ of them; and at K >= 4 race items of TILES tiles where a position's look takes L
   writes, at each drafted position, screening records per chunk and warp (``_screen``: the warp's largest logit on
   the side the set reads, and the drafter's mass over the warp's entries of the chunk from the lanes' own sums;
   shuffles within the warp only, no shared memory or barrier), which its second look screens. The item whose
-  chunks hold x_i also records zp_i(x_i) and zq_i(x_i) (one load a side, issued with its chunks). The chunks wholly inside the vocabulary load with no mask (one row per item;
-  ``_stats_chunk``), a position's partial last chunk after them with its masks (the second look likewise,
-  ``_look_chunk``). A ticket per position; the program with the last ticket **merges** the records
-  of both sides at once into the position's statistics, publishes a "ready" flag (rules with a second look), and
-  draws a ticket on the row.
+  chunks hold x_i also records zp_i(x_i) and zq_i(x_i) (one load a side, issued with its chunks). The chunks wholly
+  inside the vocabulary load with no mask (one row per item; ``_stats_chunk``), a position's partial last chunk after
+  them with its masks (the second look likewise, ``_look_chunk``). A ticket per position; the program with the last
+  ticket **merges** the records of both sides at once into the position's statistics, publishes a "ready" flag (rules
+  with a second look), and draws a ticket on the row.
 * **second look** (b, i, j), only for rules that read TV(q, p) and for token sets (eta), at T > 0: waits for
   position i's ready flag, reads the tiles of zq_i and zp_i again (from L2: see the order below; with one chunk
   per item in the pipelined loop, at a small batch, its loads go out before the wait: the logits are inputs,
@@ -94,9 +94,9 @@ of them; and at K >= 4 race items of TILES tiles where a position's look takes L
   tagged with the wait.
 * **accept** (row b): run by the program that draws a row's last ticket. Row validity, a_i at every verified
   position (from the statistics, the logits at the drafts the stats items recorded and the second look's records,
-  all loaded at once: every load hits what this launch wrote or read), the accept loop, all the outputs but the emitted token (written here when T = 0 and all
-  drafts are accepted: p_n's argmax), then a "race" flag for the row, which carries m and the race kind when a work
-  item holds one row.
+  all loaded at once: every load hits what this launch wrote or read), the accept loop, all the outputs but the emitted
+  token (written here when T = 0 and all drafts are accepted: p_n's argmax), then a "race" flag for the row, which
+  carries m and the race kind when a work item holds one row.
 * **race** (b, j): waits for the row's flag; the race at the one position that needs it (the residual at m, or the
   bonus at n: a row-uniform branch) over the item's tiles, the row's constants loaded once per item, with the
   item's first tile in flight beside them (one row per item: m came with the flag, and a tile's address needs
@@ -3552,7 +3552,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         zq, zp, x, cu, n_ptr, int(n_val), a_ptr, float(a_val), t_ptr, float(t_val), s_ptr, int(s_val), o_ptr,
         int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *magic(step), *magic(ns),
         *strides,
-        **cx, SKIP_MOOT=SKIP_MOOT_LOOKS, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64, ROWS=rows, BLOCK_V=block_v,
+        **cx, SKIP_MOOT=SKIP_MOOT_LOOKS, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64,
+        ROWS=rows, BLOCK_V=block_v,
         BLOCK_K=triton.next_power_of_2(KP), BLOCK_T=max(triton.next_power_of_2(nt), 2),
         BLOCK_S=max(triton.next_power_of_2(ns), 2), RECS=stats_records(ns, nt, screens), RECORDS=nl,
         CH_BASE=ni // ns, CH_EXTRA=ni % ns,
