@@ -1954,6 +1954,32 @@ def test_sample_spreads_its_tile_over_two_warps_past_a_wave_of_programs(tmp_path
     assert per_logit[64] < 0.6 * per_logit[1], per_logit
 
 
+def test_sample_merges_a_rows_records_in_one_load(tmp_path):
+    """The program with a row's last ticket loads all of the row's tile records at once (``_merge_rows``: BLOCK_T a
+    power of two >= NT), so the compiled ``sample`` kernel holds no loop at all at B = 1 and 64 (V = 151936: 75
+    tiles, more than a chunk of 64, where a chunked merge looped twice over them): the row's chain is the ticket and
+    one round trip to L2 for its records, the two L2 phases of the kernel's hints. The temperature check lives in the
+    merge (and the single-tile branch), not before the branch, so the merge's block holds no line every program runs.
+    The filtered kernel is the control: its race loops over the row's tiles."""
+    from speccas_kernels.kernels import sample as ks
+    launches = []
+    for B in (1, 64):
+        work, _ = rf.capture("sample", None, B, 0, 151936, "bf16")
+        (launch,) = work.launches
+        assert launch.constexprs["BLOCK_T"] >= launch.arg("NT").value > 64, (B, launch.constexprs)
+        assert ks.roofline_hints(launch)["l2_phases"] == 2
+        launches.append(launch)
+    z = torch.randn(2, 3000).to(torch.bfloat16)
+    (filtered,) = rf.count_device_work(speccas_kernels.sample, z, top_p=0.9, backend="triton").launches
+    assert filtered.qualname == "_sample_filtered_kernel"
+    recs = rf.compile_launches(launches + [filtered], cache_dir=tmp_path, quiet=True)
+    for launch in launches:
+        assert recs[rf.compile_key(launch)]["sass"]["loops"] == [], recs[rf.compile_key(launch)]["sass"]["loops"]
+    assert recs[rf.compile_key(filtered)]["sass"]["loops"], "the control: the filtered race loops over the tiles"
+    src = Path(ks.__file__).read_text().split("def _sample_kernel(")[1].split("if SINGLE:")[0]
+    assert "temperature_ok" not in src, "the check before the branch: every program runs it"
+
+
 def test_sample_reads_bfloat16_words_and_whole_tiles_unmasked(tmp_path):
     """``sample``'s B = 64 kernel as a GPU runs it (V = 151936, 32 entries a thread): bfloat16 rows read as words of
     two entries (PAIRS) take the tile's max two entries an instruction, NaN kept (``max.NaN.bf16x2``: SASS HMNMX2 or

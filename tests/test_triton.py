@@ -875,6 +875,39 @@ def test_sample_greedy_rows_take_the_lowest_of_tied_maxima(device, monkeypatch):
         assert out.tolist() == [lo, lo], (block, out.tolist())
 
 
+def test_sample_merges_every_tiles_record(device, monkeypatch):
+    """The program with a row's last ticket loads all of the row's tile records at once (``_merge_rows``: BLOCK_T,
+    a power of two >= NT): at 132 tiles of 16 entries (past 64 and 128 records, where chunked merges split) a greedy
+    row's lowest tied max lies in tile 3 beside a copy in tile 131, another row's only max in tile 130, a NaN in
+    tile 100 or a +inf in tile 131 makes the row bad (-1), a row live only in its last tile draws there, and the
+    sampled rows draw the reference's tokens, in float32 and float64 logits. The control: the same rows with their
+    special entries moved into tile 0 give the tokens those entries dictate there."""
+    monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 16)
+    V = 2100  # 132 tiles, the last one partial
+    g = torch.Generator().manual_seed(21)
+    z = torch.randn(8, V, generator=g) * 2
+    z[0, 50] = z[0, 2090] = 9.0   # greedy: tied maxima in tiles 3 and 130
+    z[1, 2085] = 9.0              # greedy: the only max in tile 130
+    z[2, 1601] = float("nan")     # tile 100
+    z[3, 2099] = float("inf")     # the last tile's last entry
+    z[4, :2096] = float("-inf")   # live only in the last tile
+    T = torch.tensor([0.0, 0.0, 1.0, 1.0, 0.9, 1.0, 0.7, 1.3])
+    kw = dict(temperature=T, seed=torch.arange(8) * 131 + 5, offset=9)
+    for dtype in (torch.float32, torch.float64):
+        zd = z.to(dtype)
+        out = sk.sample(zd.to(device), **to_device(kw, device), backend="triton").cpu()
+        ref = sk.sample(zd, **kw, backend="reference")
+        assert out[:4].tolist() == [50, 2085, -1, -1], (dtype, out.tolist())
+        assert 2096 <= int(out[4]) < V, (dtype, out.tolist())
+        assert torch.equal(out, ref), (dtype, out.tolist(), ref.tolist())
+    # control: the special entries moved into tile 0 dictate the tokens there
+    zc = torch.randn(4, V, generator=g) * 2
+    zc[0, 9] = zc[0, 12] = 9.0
+    zc[1, 5] = 9.0
+    out = sk.sample(zc.to(device), temperature=0.0, seed=1, offset=0, backend="triton").cpu()
+    assert out[:2].tolist() == [9, 5], out.tolist()
+
+
 def test_sample_reads_bfloat16_words_and_whole_tiles_unmasked(device, monkeypatch):
     """``sample`` reads bfloat16 rows as 32-bit words of two entries where ``common.pairs`` allows it (rows at even
     entries of 4-byte-aligned storage, V even) and, at one row a program, loads the tiles wholly inside the

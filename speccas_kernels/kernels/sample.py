@@ -16,9 +16,10 @@ logits). On a GPU the launcher spreads a tile over 2 warps past a wave of progra
 words of two entries where ``common.pairs`` allows (one shift or mask widens an entry), the tile's max taken two
 entries an instruction (``max.NaN.bf16x2``); a tile wholly inside the vocabulary, one row a program, loads with no
 mask.
-The program with the last ticket merges the tiles: ``M = max m_t``, each tile's best shifted by
-``(m_t - M) log2(e) / T``, ties to the lowest index; then it writes the token (``-1`` for a row with NaN/+inf or all
--inf logits, a bad temperature or bad filter values) and resets the counter. One tile: no ticket.
+The program with the last ticket merges the tiles, their records loaded at once (one round trip to L2):
+``M = max m_t``, each tile's best shifted by ``(m_t - M) log2(e) / T``, ties to the lowest index; then it writes the
+token (``-1`` for a row with NaN/+inf or all -inf logits, a bad temperature or bad filter values) and resets the
+counter. One tile: no ticket.
 
 With sampling filters the launch is ``_sample_filtered_kernel``, still one launch: grid ``(row groups,)``, a
 program finds its rows' cutoffs (``filters.py``: a max pass and the bisection passes, the row's later passes from
@@ -64,6 +65,7 @@ def _sample_kernel(
     LANES: tl.constexpr,  # entries the program's threads hold at one place: 32 num_warps VEC, at most BLOCK_V
     HIT_WORD: tl.constexpr,  # a thread holds 32 entries or fewer (``launch_sample``)
     PAIRS: tl.constexpr,  # bfloat16 logits read as 32-bit words of two entries (``launch_sample``)
+    BLOCK_T: tl.constexpr,  # a power of two >= NT: the merge loads a row's tile records at once
 ):
     grp = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
@@ -76,9 +78,8 @@ def _sample_kernel(
     offset = row_params(offset_ptr, offset_val, rows, rmask)
     best, idx, m, bad = _race_tile(z_ptr + rows * stride_b, rmask, v0, V, T, scale, seed, offset, None, None, FP64,
                                    ROWS, BLOCK_V, VEC, LANES, HIT_WORD, PAIRS)
-    ok = temperature_ok(T)
     if SINGLE:
-        ok = ok & (bad == 0) & (m > NEG_INF) & (m < float("inf")) & (idx < BIG)
+        ok = temperature_ok(T) & (bad == 0) & (m > NEG_INF) & (m < float("inf")) & (idx < BIG)
         tl.store(tokens_ptr + rows, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64), mask=rmask)
     else:
         o = rows * NT + t
@@ -87,7 +88,8 @@ def _sample_kernel(
         tl.store(part_i_ptr + o * 2, idx, mask=rmask)
         tl.store(part_i_ptr + o * 2 + 1, bad, mask=rmask)
         if common.ticket(cnt_ptr + grp) == NT - 1:
-            _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT, V, T, scale, ok, FP64, ROWS)
+            _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT, V, T, scale, FP64, ROWS,
+                        BLOCK_T)
             tl.atomic_xchg(cnt_ptr + grp, 0)
 
 
@@ -238,42 +240,25 @@ def _sample_filtered_kernel(
 
 
 @triton.jit
-def _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT, V, T, scale, ok, FP64: tl.constexpr,
-                ROWS: tl.constexpr):
-    """The last program of a group: each row's tiles merged (in 64-tile chunks), its token written."""
-    best = tl.full([ROWS], float("-inf"), tl.float32)
-    idx = tl.full([ROWS], BIG, tl.int32)
-    bad = tl.zeros([ROWS], dtype=tl.int32)
-    if FP64:
-        M = tl.full([ROWS], float("-inf"), tl.float64)
-    else:
-        M = tl.full([ROWS], float("-inf"), tl.float32)
-    c = 0
-    while c < NT:
-        tt = c + tl.arange(0, 64)
-        mm = rmask[:, None] & (tt < NT)[None, :]
-        o = rows[:, None] * NT + tt[None, :]
-        M = tl.maximum(M, tl.max(tl.load(part_m_ptr + o, mask=mm, other=float("-inf"), cache_modifier=".cg"), axis=1))
-        bad = tl.maximum(bad, tl.max(tl.load(part_i_ptr + o * 2 + 1, mask=mm, other=0, cache_modifier=".cg"), axis=1))
-        c += 64
+def _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT, V, T, scale, FP64: tl.constexpr,
+                ROWS: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The last program of a group: each row's NT tile records (BLOCK_T >= NT) loaded at once, one round trip to L2
+    (in chunks, each chunk's loads waited for twice, a row of more than a chunk's tiles took four), merged, and its
+    token written."""
+    tt = tl.arange(0, BLOCK_T)
+    mm = rmask[:, None] & (tt < NT)[None, :]
+    o = rows[:, None] * NT + tt[None, :]
+    pm = tl.load(part_m_ptr + o, mask=mm, other=float("-inf"), cache_modifier=".cg")
+    ps = tl.load(part_s_ptr + o, mask=mm, other=float("-inf"), cache_modifier=".cg")
+    pi = tl.load(part_i_ptr + o * 2, mask=mm, other=BIG, cache_modifier=".cg")
+    bad = tl.max(tl.load(part_i_ptr + o * 2 + 1, mask=mm, other=0, cache_modifier=".cg"), axis=1)
+    M = tl.max(pm, axis=1)
     Msub = tl.where(M == NEG_INF, 0.0, M)
-    greedy = T == 0
-    c = 0
-    while c < NT:
-        tt = c + tl.arange(0, 64)
-        mm = rmask[:, None] & (tt < NT)[None, :]
-        o = rows[:, None] * NT + tt[None, :]
-        pm = tl.load(part_m_ptr + o, mask=mm, other=float("-inf"), cache_modifier=".cg")
-        ps = tl.load(part_s_ptr + o, mask=mm, other=float("-inf"), cache_modifier=".cg")
-        pi = tl.load(part_i_ptr + o * 2, mask=mm, other=BIG, cache_modifier=".cg")
-        shifted = tl.where(pm > NEG_INF, ps + _rel(pm, Msub[:, None]) * scale[:, None], NEG_INF)
-        sc = tl.where(greedy[:, None], tl.where(pm == M[:, None], ps, NEG_INF), shifted)
-        cb, ci = best_lowest_rows(sc, pi)
-        take = (cb > best) | ((cb == best) & (ci < idx))
-        best = tl.where(take, cb, best)
-        idx = tl.where(take, ci, idx)
-        c += 64
-    ok = ok & (bad == 0) & (M > NEG_INF) & (M < float("inf")) & (idx < BIG)
+    # each tile's best shifted by (m_t - M) log2(e) / T; greedy rows: the tiles whose max is the row's, score 0
+    shifted = tl.where(pm > NEG_INF, ps + _rel(pm, Msub[:, None]) * scale[:, None], NEG_INF)
+    sc = tl.where((T == 0)[:, None], tl.where(pm == M[:, None], ps, NEG_INF), shifted)
+    best, idx = best_lowest_rows(sc, pi)
+    ok = temperature_ok(T) & (bad == 0) & (M > NEG_INF) & (M < float("inf")) & (idx < BIG)
     tl.store(tokens_ptr + rows, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64), mask=rmask)
 
 
@@ -335,5 +320,5 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     _sample_kernel[(groups, nt)](tokens, part_m, part_s, part_i, cnt, logits, t_ptr, float(t_val), s_ptr, int(s_val),
                                  o_ptr, int(o_val), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows, BLOCK_V=block_v,
                                  SINGLE=nt == 1, VEC=vec, LANES=lanes, HIT_WORD=hit_word, PAIRS=pairs,
-                                 num_warps=num_warps)
+                                 BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=num_warps)
     return tokens
