@@ -364,8 +364,9 @@ def test_gpu_launch_settings_split_opts_look_and_widen_its_race():
     K = 1 with 2-byte logits they hold eight, as every rule's do there. At a batch of one (one chunk per item)
     nothing is split; a rule without TV's bound (chow) splits nothing and keeps four."""
 
-    def constexprs(rule, B, dtype, K=4):
-        zq, zp = torch.empty(B, K, 151936, dtype=dtype), torch.empty(B, K + 1, 151936, dtype=dtype)
+    def constexprs(rule, B, dtype, K=4, dtype_q=None):
+        zq = torch.empty(B, K, 151936, dtype=dtype_q or dtype)
+        zp = torch.empty(B, K + 1, 151936, dtype=dtype)
         with rf.gpu_launch_settings():
             work = rf.count_device_work(speccas_kernels.verify, zq, zp, torch.zeros(B, K, dtype=torch.int64),
                                         rule=rule, backend="triton")
@@ -384,6 +385,8 @@ def test_gpu_launch_settings_split_opts_look_and_widen_its_race():
     for rule, B, dtype, tiles in (("chow", 64, torch.bfloat16, 8), ("token_v3", 256, torch.bfloat16, 8),
                                   ("chow", 64, torch.float32, 4), ("chow", 8, torch.bfloat16, 4)):
         assert constexprs(rule, B, dtype, K=1)["RACE_TILES"] == tiles, (rule, B, dtype)
+    # float32 drafter logits beside bfloat16 target logits: the race reads 6 bytes an entry, four tiles as before
+    assert constexprs("chow", 64, torch.bfloat16, K=1, dtype_q=torch.float32)["RACE_TILES"] == 4
     c = constexprs("opt", 1, torch.bfloat16)
     assert c["LOOK_SPLIT"] == 1 and c["RECORDS"] == 38, "one row: a look item per chunk of two tiles, none split"
 

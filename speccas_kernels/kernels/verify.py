@@ -3508,10 +3508,11 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     # row's last step is one item's round trips and a quarter or less of its entries (not with a token set's
     # divergence items, whose count includes the race items').
     # (opt's race items hold 2 TILES tiles with 2-byte logits, but TILES where a row is long: ``narrow_race``; so do
-    # every rule's at K = 1 with 2-byte drafter logits, whose round is bound by instruction issue, not bytes: its race
-    # reads two of a row's three rows of logits, and items of twice the tiles halve the items' fixed part)
+    # every rule's at K = 1 with 2-byte drafter and target logits, whose round is bound by instruction issue, not
+    # bytes: its race reads two of a row's three rows of logits, and items of twice the tiles halve the items' fixed
+    # part; with float32 drafter logits, as before)
     wide = zp.element_size() <= 2 and ((cx["MONOTONE_TV"] and second and not narrow_race(nl, K))
-                                       or (K == 1 and zq is not None))
+                                       or (K == 1 and zq is not None and zq.element_size() <= 2))
     race_tiles = RACE_TILES_OVERRIDE or tiles * (2 if wide else 1)
     if div_items:
         race_tiles = tiles
