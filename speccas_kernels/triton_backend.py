@@ -96,18 +96,26 @@ def settings(V: int) -> Tuple[int, int]:
     return block, (8 if block >= 2048 else 4)
 
 
-def sample_settings(V: int, B: int, filtered: bool, device: torch.device) -> Tuple[int, int]:
-    """(BLOCK_V, num_warps) of ``sample`` on ``device``: ``settings``' tiles; on a GPU, without filters and with
-    more programs (B times the tiles of a row) than one wave of ``programs(device)`` (two per SM: 264 on a 132-SM
-    part), a 2048-entry tile over 2 warps (32 entries a thread, where ``settings`` gives 8). The race is bound by
-    instruction issue (Philox and two logs per entry), and a thread's fixed share (its program's parameters, the
-    reductions across the tile, the partials and the ticket) then spreads over four times the entries. With fewer
-    programs the round is one wave, whose length is a thread's latency: the tile keeps 8 warps (in the model, 132
-    SMs, V = 151936: 8 warps at B = 2, 2 warps from B = 4; V = 32000: 8 warps up to B = 16)."""
+def sample_settings(V: int, B: int, filtered: bool, device: torch.device, itemsize: int = 4) -> Tuple[int, int]:
+    """(BLOCK_V, num_warps) of ``sample`` on ``device`` for logits of ``itemsize`` bytes: ``settings``' tiles; on a
+    GPU, without filters and with more programs (B times the tiles of a row) than one wave of ``programs(device)``
+    (two per SM: 264 on a 132-SM part), a 2048-entry tile over 2 warps (32 entries a thread, where ``settings``
+    gives 8), and with 2-byte logits a 4096-entry tile over 2 warps (64 entries a thread, its registers capped by
+    ``launch_sample``) where that still makes more than one and a half waves. The race is bound by instruction issue
+    (Philox and two logs per entry), and a thread's fixed share (its program's parameters, the reductions across
+    the tile, the partials and the ticket) then spreads over four (eight) times the entries; 4-byte logits are bound
+    by bytes at 32 entries a thread already, and 64 spill under the cap. With fewer programs the round is one wave,
+    whose length is a thread's latency: the tile keeps 8 warps (in the model, 132 SMs, V = 151936: 8 warps at
+    B = 2, 2 warps from B = 4; V = 32000: 8 warps up to B = 16). The wide tiles' one and a half waves come from the
+    model's screening, not an estimate (bf16, V = 151936: B = 8, 304 programs, 3.95 -> 4.35 us with the second wave
+    nearly empty; B = 12, 456 programs, 4.42 -> 4.35 us; V = 32000, B = 64, 512 programs, 4.67 -> 4.36 us)."""
     block, warps = settings(V)
     if BLOCK_V_OVERRIDE is None and not _interpreting() and not filtered and block >= 2048:
-        if B * triton.cdiv(V, block) > programs(device):
+        wave = programs(device)
+        if B * triton.cdiv(V, block) > wave:
             warps = block // 1024
+            if itemsize <= 2 and 2 * B * triton.cdiv(V, 2 * block) > 3 * wave:
+                block *= 2
     return block, warps
 
 
@@ -190,7 +198,7 @@ def sample_args(args: SampleArgs) -> torch.Tensor:
 
     _check_device(args.logits)
     block_v, num_warps = sample_settings(args.vocab_size, args.logits.shape[0], args.filters.active,
-                                         args.logits.device)
+                                         args.logits.device, args.logits.element_size())
     with _device_guard(args.logits.device):
         return launch_sample(args.logits, args.temperature, args.seed, args.offset, args.filters, args.vocab_size,
                              block_v, num_warps, rows(args.logits.shape[0]))

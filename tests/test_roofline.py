@@ -1957,19 +1957,60 @@ def test_sample_spreads_its_tile_over_two_warps_past_a_wave_of_programs(tmp_path
     assert per_logit[64] < 0.6 * per_logit[1], per_logit
 
 
+def test_sample_races_64_bfloat16_entries_a_thread_under_a_register_cap(tmp_path):
+    """With 2-byte logits and more than one and a half waves of 4096-entry tiles (B times a row's tiles against
+    ``programs(device)``: 264 on the model's 132 SMs) ``sample`` races a 4096-entry tile on 2 warps, 64 entries a
+    thread, its launch capped at ``sample.WIDE_MAXNREG`` registers: the thread's fixed share spreads over twice the
+    entries of the 2048-entry tile, which stays where the wide tiles would leave a second wave nearly empty (V =
+    151936, B = 8: 38 tiles a row, 304 programs) and for float32 logits (bound by bytes; 64 entries spill under the
+    cap). Compiled for sm_90: at most 128 registers, no spills, and fewer SASS instructions per logit than the
+    2048-entry kernel of the same dtype (the control)."""
+    from speccas_kernels import triton_backend
+    from speccas_kernels.kernels import sample as ksample
+
+    got = {}
+    for B, V, dt in ((64, 151936, "bf16"), (8, 151936, "bf16"), (64, 32000, "bf16"), (32, 32000, "bf16"),
+                     (12, 151936, "bf16"), (64, 151936, "fp32")):
+        work, _ = rf.capture("sample", None, B, 0, V, dt)
+        (launch,) = work.launches
+        got[B, V, dt] = launch
+    shape = {k: (l.constexprs["BLOCK_V"], l.num_warps, l.options.get("maxnreg")) for k, l in got.items()}
+    assert shape == {(64, 151936, "bf16"): (4096, 2, 128), (8, 151936, "bf16"): (2048, 2, None),
+                     (64, 32000, "bf16"): (4096, 2, 128), (32, 32000, "bf16"): (2048, 2, None),
+                     (12, 151936, "bf16"): (4096, 2, 128), (64, 151936, "fp32"): (2048, 2, None)}, shape
+    assert ksample.wide_registers(4096, 2, 2) == {"maxnreg": ksample.WIDE_MAXNREG} == {"maxnreg": 128}
+    assert ksample.wide_registers(4096, 2, 4) == ksample.wide_registers(2048, 2, 2) == {}
+    cpu = torch.device("cpu")
+    with rf.gpu_launch_settings():
+        assert triton_backend.sample_settings(151936, 64, False, cpu, 2) == (4096, 2)
+        assert triton_backend.sample_settings(151936, 64, False, cpu) == (2048, 2)  # 4-byte by default
+        assert triton_backend.sample_settings(151936, 64, True, cpu, 2) == (2048, 8)  # filters: one program a row
+    wide, narrow = got[64, 151936, "bf16"], got[8, 151936, "bf16"]
+    recs = rf.compile_launches([wide, narrow], cache_dir=tmp_path, quiet=True)
+    per_logit = {}
+    for name, launch in (("wide", wide), ("narrow", narrow)):
+        rec = recs[rf.compile_key(launch)]
+        assert rec["spill_stores"] == 0 and rec["spill_loads"] == 0, (name, rec["spill_stores"])
+        per_logit[name] = rec["sass"]["instructions"] * 32 * launch.num_warps / launch.constexprs["BLOCK_V"]
+        if name == "wide":
+            assert rec["regs"] <= 128, rec["regs"]
+    assert per_logit["wide"] < 0.85 * per_logit["narrow"], per_logit
+
+
 def test_sample_merges_a_rows_records_in_one_load(tmp_path):
     """The program with a row's last ticket loads all of the row's tile records at once (``_merge_rows``: BLOCK_T a
     power of two >= NT), so the compiled ``sample`` kernel holds no loop at all at B = 1 and 64 (V = 151936: 75
-    tiles, more than a chunk of 64, where a chunked merge looped twice over them): the row's chain is the ticket and
-    one round trip to L2 for its records, the two L2 phases of the kernel's hints. The temperature check lives in the
-    merge (and the single-tile branch), not before the branch, so the merge's block holds no line every program runs.
-    The filtered kernel is the control: its race loops over the row's tiles."""
+    tiles, more than a chunk of 64, where a chunked merge looped twice over them; 38 for bf16 at B = 64): the row's
+    chain is the ticket and one round trip to L2 for its records, the two L2 phases of the kernel's hints. The
+    temperature check lives in the merge (and the single-tile branch), not before the branch, so the merge's block
+    holds no line every program runs. The filtered kernel is the control: its race loops over the row's tiles."""
     from speccas_kernels.kernels import sample as ks
     launches = []
-    for B in (1, 64):
-        work, _ = rf.capture("sample", None, B, 0, 151936, "bf16")
+    for B, dt in ((1, "bf16"), (64, "fp32"), (64, "bf16")):  # (B = 64 bf16: 38 tiles of 4096 a row)
+        work, _ = rf.capture("sample", None, B, 0, 151936, dt)
         (launch,) = work.launches
-        assert launch.constexprs["BLOCK_T"] >= launch.arg("NT").value > 64, (B, launch.constexprs)
+        assert launch.constexprs["BLOCK_T"] >= launch.arg("NT").value > 64 * 2048 // launch.constexprs["BLOCK_V"], (
+            B, dt, launch.constexprs)
         assert ks.roofline_hints(launch)["l2_phases"] == 2
         launches.append(launch)
     z = torch.randn(2, 3000).to(torch.bfloat16)
@@ -1984,12 +2025,12 @@ def test_sample_merges_a_rows_records_in_one_load(tmp_path):
 
 
 def test_sample_reads_bfloat16_words_and_whole_tiles_unmasked(tmp_path):
-    """``sample``'s B = 64 kernel as a GPU runs it (V = 151936, 32 entries a thread): bfloat16 rows read as words of
-    two entries (PAIRS) take the tile's max two entries an instruction, NaN kept (``max.NaN.bf16x2``: SASS HMNMX2 or
-    VHMNMX with .NAN, about one per two words), so fewer FMNMX.NAN than a thread's entries, and widen each entry by one
-    shift or mask (no byte permute per two entries); and a tile wholly inside the vocabulary loads with no predicate
-    (the last tile's masked loads beside them). The float32 kernel is the control: no pair max, an FMNMX.NAN per
-    entry, and also its whole tiles unpredicated."""
+    """``sample``'s B = 64 kernel as a GPU runs it (V = 151936, 64 entries a thread for bf16, 32 for fp32): bfloat16
+    rows read as words of two entries (PAIRS) take the tile's max two entries an instruction, NaN kept
+    (``max.NaN.bf16x2``: SASS HMNMX2 or VHMNMX with .NAN, about one per two words), so fewer FMNMX.NAN than a
+    thread's entries, and widen each entry by one shift or mask (no byte permute per two entries); and a tile wholly
+    inside the vocabulary loads with no predicate (the last tile's masked loads beside them). The float32 kernel is
+    the control: no pair max, an FMNMX.NAN per entry, and also its whole tiles unpredicated."""
     launches = {}
     for dtype in ("bf16", "fp32"):
         work, _ = rf.capture("sample", None, 64, 0, 151936, dtype)
@@ -2006,12 +2047,15 @@ def test_sample_reads_bfloat16_words_and_whole_tiles_unmasked(tmp_path):
         # a thread's vectors loaded twice over: once for a whole tile, all under the one predicate of the tile's
         # branch (no bound of their own), once with a bound each (the last tile)
         loads = [p.strip() for p in re.findall(r"(@!?P\w+\s+)?LDG\.E\.128", sass)]
-        vectors = 32 * (2 if dtype == "bf16" else 4) // 16  # 32 entries a thread, 16 bytes a vector
+        entries = launch.constexprs["BLOCK_V"] // (32 * launch.num_warps)  # a thread's: 64 (bf16), 32 (fp32)
+        assert entries == (64 if dtype == "bf16" else 32), (dtype, entries)
+        vectors = entries * (2 if dtype == "bf16" else 4) // 16  # 16 bytes a vector
         assert len(loads) == 2 * vectors and len(set(loads[:vectors])) == 1, (dtype, loads)
         assert len(set(loads[vectors:])) > 1, (dtype, loads)
         if dtype == "bf16":
-            assert pair >= 8 and all(op.endswith(".NAN") for op in ops if op.startswith(("HMNMX2", "VHMNMX"))), ops
-            assert fmnmx_nan < 16, fmnmx_nan
-            assert sum(op.startswith("PRMT") for op in ops) < 16, sum(op.startswith("PRMT") for op in ops)
+            assert pair >= entries // 4 and all(op.endswith(".NAN") for op in ops
+                                                if op.startswith(("HMNMX2", "VHMNMX"))), ops
+            assert fmnmx_nan < entries // 2, fmnmx_nan
+            assert sum(op.startswith("PRMT") for op in ops) < entries // 2, sum(op.startswith("PRMT") for op in ops)
         else:
-            assert pair == 0 and fmnmx_nan >= 31, (pair, fmnmx_nan)
+            assert pair == 0 and fmnmx_nan >= entries - 1, (pair, fmnmx_nan)

@@ -944,6 +944,47 @@ def test_sample_reads_bfloat16_words_and_whole_tiles_unmasked(device, monkeypatc
             assert not bool(differ.any()), (V, rows, words.tolist(), ref.tolist())
 
 
+def test_sample_wide_bfloat16_tiles_draw_the_references_tokens(device, monkeypatch):
+    """``sample``'s GPU launch for 2-byte logits at large batches (``triton_backend.sample_settings``: 4096-entry
+    tiles on 2 warps, 64 entries a thread, where a thread's index pass takes the minimum over its entries rather
+    than a 32-bit word of hits; ``launch_sample`` adds a register cap, which the interpreter drops), run through the
+    public call: the sampled rows draw the reference's tokens (bf16 words, V even) and the 16-bit-load kernel's
+    (rows shifted by one entry), greedy rows the lowest of maxima tied across a thread's places and lanes, within a
+    tile and across the three tiles (V = 9000, the last tile partial), a NaN row -1. Control: the same rows on
+    ``settings``' tiles (the narrow launch) give the same tokens, and the wide launch did take 4096 and 2."""
+    seen = []
+    real = kcommon.thread_lanes
+    monkeypatch.setattr(kcommon, "thread_lanes", lambda b, w, v: seen.append((b, w, v)) or real(b, w, v))
+    V = 9000
+    g = torch.Generator().manual_seed(69)
+    z = torch.randn(12, V, generator=g) * 2.5
+    ties = ((5, 4101), (512, 1024), (4095, 4096), (8191, 8999), (3, 67), (520, 521))
+    for r, (lo, hi) in enumerate(ties):
+        z[r, lo] = z[r, hi] = 12.0
+    z[6, 7000] = float("nan")
+    zb = z.to(torch.bfloat16)
+    T = torch.tensor([0.0] * 6 + [1.0, 0.6, 1.0, 1.4, 0.9, 1.0])
+    kw = dict(temperature=T, seed=torch.arange(12) * 7919 + 3, offset=torch.arange(12) + 40)
+    args = checks.check_sample(zb, **kw, vocab_size=None, validate=False)
+    ref, margins = reference.sample_args(args, debug=True)
+    assert ref[:7].tolist() == [lo for lo, _ in ties] + [-1]
+    out = {}
+    narrow = triton_backend.sample_settings
+    for wide, rows in ((True, 1), (True, None), (False, None)):
+        monkeypatch.setattr(triton_backend, "sample_settings", (lambda *a: (4096, 2)) if wide else narrow)
+        monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+        seen.clear()
+        words = sk.sample(zb.to(device), **to_device(kw, device), backend="triton").cpu()
+        halves = sk.sample(_shifted(zb.to(device)), **to_device(kw, device), backend="triton").cpu()
+        assert (seen[0][:2] == (4096, 2)) == wide, seen
+        assert torch.equal(words, halves), (wide, rows, words.tolist(), halves.tolist())
+        differ = (words != ref) & ~(margins["race_margin"] < 1e-4)
+        assert not bool(differ.any()), (wide, rows, words.tolist(), ref.tolist())
+        assert words[:7].tolist() == [lo for lo, _ in ties] + [-1], (wide, rows, words.tolist())
+        out[wide, rows] = words
+    assert torch.equal(out[True, 1], out[True, None]) and torch.equal(out[True, 1], out[False, None])
+
+
 @triton.jit
 def _max_nan_pairs_probe_kernel(w_ptr, out_ptr, N: tl.constexpr, NAN: tl.constexpr):
     w = tl.load(w_ptr + tl.arange(0, N // 2))[None, :]  # [1, N // 2] words of two bfloat16 entries

@@ -12,7 +12,8 @@ NaN/+inf flag (read off ``m_t``, a NaN-propagating max: no pass of its own), and
 counter. A -inf logit scores -inf by the arithmetic alone (``scale`` > 0), with no select, and a greedy row
 (T = 0) by the same arithmetic with no noise: 0 at its max, below 0 elsewhere (no select either, but with float64
 logits). On a GPU the launcher spreads a tile over 2 warps past a wave of programs
-(``triton_backend.sample_settings``: two per SM, 32 entries a thread), 8 below. bfloat16 rows are read as 32-bit
+(``triton_backend.sample_settings``: two per SM, 32 entries a thread; 2-byte logits 64 past one and a half waves,
+registers capped at ``WIDE_MAXNREG``), 8 below. bfloat16 rows are read as 32-bit
 words of two entries where ``common.pairs`` allows (one shift or mask widens an entry), the tile's max taken two
 entries an instruction (``max.NaN.bf16x2``); a tile wholly inside the vocabulary, one row a program, loads with no
 mask.
@@ -283,6 +284,19 @@ def roofline_hints(launch) -> dict:
                 note=f"filtered sample: {passes} serial cutoff passes (bounds) and the race over a row")
 
 
+WIDE_MAXNREG = 128
+
+
+def wide_registers(block_v: int, num_warps: int, itemsize: int) -> dict:
+    """The launch's register cap: ``maxnreg`` = ``WIDE_MAXNREG`` where a thread races 64 entries of 2-byte logits
+    (``triton_backend.sample_settings``' 4096-entry tiles on 2 warps); ptxas takes 220 registers there uncapped (its
+    schedule holds every Philox group in flight), so 4 programs an SM, a round bound by latency in the model, and
+    none spills at 128 (``tests/test_roofline.py`` asserts it). Elsewhere no cap. The interpreter drops the option."""
+    if itemsize <= 2 and block_v // (32 * num_warps) >= 64:
+        return {"maxnreg": WIDE_MAXNREG}
+    return {}
+
+
 def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, vocab_size: int, block_v: int,
                   num_warps: int, rows: int = 1) -> torch.Tensor:
     """[B, V] logits -> [B] int64 tokens on the same device (no host sync; one launch, filters or not).
@@ -320,5 +334,6 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     _sample_kernel[(groups, nt)](tokens, part_m, part_s, part_i, cnt, logits, t_ptr, float(t_val), s_ptr, int(s_val),
                                  o_ptr, int(o_val), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows, BLOCK_V=block_v,
                                  SINGLE=nt == 1, VEC=vec, LANES=lanes, HIT_WORD=hit_word, PAIRS=pairs,
-                                 BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=num_warps)
+                                 BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=num_warps,
+                                 **wide_registers(block_v, num_warps, logits.element_size()))
     return tokens
