@@ -569,6 +569,10 @@ class DeviceWork(TorchDispatchMode):
 
     def __init__(self, execute: bool = False, tracer: Optional["MemoryTracer"] = None):
         super().__init__()
+        if (execute or tracer is not None) and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("roofline: running the recorded launches (execute=True, the memory tracer, traces) "
+                               "needs the Triton interpreter on CPU tensors: set TRITON_INTERPRET=1 before triton "
+                               "is imported (recording alone, execute=False, works anywhere)")
         self.execute = execute
         self.tracer = tracer
         self.launches: List[Launch] = []

@@ -76,10 +76,12 @@ def test_huge_temperature_next_to_masked_entries_emits_a_live_id():
     for backend in ("reference", "cpp", "triton"):
         if not sk.backend_available(backend)[0]:
             continue
-        tok = sk.sample(z, temperature=1e38, seed=1, backend=backend)
+        zd = z.to(_device(backend))
+        tok = sk.sample(zd, temperature=1e38, seed=1, backend=backend)
         assert 0 <= int(tok) < 4, f"{backend}: drew {int(tok)}"
-        out = sk.verify(z[:, None].clone(), torch.cat([z, z])[None], torch.zeros(1, 1, dtype=torch.long),
-                        rule="speculative", temperature=1e38, seed=1, backend=backend)
+        out = sk.verify(zd[:, None].clone(), torch.cat([zd, zd])[None],
+                        torch.zeros(1, 1, dtype=torch.long, device=zd.device), rule="speculative", temperature=1e38,
+                        seed=1, backend=backend)
         assert bool(out.valid.all()) and 0 <= int(out.tokens[0, 0]) < 4 and 0 <= int(out.tokens[0, 1]) < 4
 
 

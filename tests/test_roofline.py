@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 import textwrap
@@ -20,6 +21,11 @@ import speccas_kernels  # noqa: E402
 from bench import roofline as rf  # noqa: E402
 
 triton = pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+    # (on a GPU host, bench/gpu_suite.py's tests step: there tests/conftest.py leaves the interpreter off)
+    pytest.skip("bench/roofline.py's device-work counter, memory tracer and traced runs execute the kernels under "
+                "the Triton interpreter on CPU tensors (TRITON_INTERPRET=1, which tests/conftest.py sets where no "
+                "GPU is present); the static model is tested on CPU machines", allow_module_level=True)
 # one xdist worker runs the whole module (``--dist loadgroup``): its tests share the model's cache of kernels and
 # traces (.cache/roofline), whose files one writer at a time creates
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.xdist_group("roofline"),
@@ -241,6 +247,20 @@ def test_verify_device_work_per_call(rule):
                 assert work.launches[-1].qualname == "_verify_kernel" and work.ops == [], work.summary()
                 assert work.total == len(work.launches) == want, (settings, "ragged layout", kw, work.summary())
                 assert work.launches[-1].arg("cu_ptr").kind == "tensor"
+
+
+def test_running_recorded_launches_asks_for_the_interpreter(monkeypatch):
+    """Executing the recorded launches (``execute=True``, the memory tracer: every trace) runs the kernels on CPU
+    tensors, which only the Triton interpreter can: without TRITON_INTERPRET=1 (a GPU host) the counter says so at
+    once rather than failing inside a launch; recording alone (``execute=False``) works anywhere."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        rf.DeviceWork(execute=True)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        rf.DeviceWork(tracer=rf.MemoryTracer())
+    assert rf.DeviceWork().execute is False
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert rf.DeviceWork(execute=True).execute is True
 
 
 def test_device_work_counter_sees_extra_work():

@@ -141,6 +141,9 @@ def test_stats_items_write_a_record_per_group_of_lanes(device, rule, monkeypatch
     for name, value in (("ROWS_OVERRIDE", 1), ("BLOCK_V_OVERRIDE", 128), ("TILES_OVERRIDE", 2),
                         ("CHUNKS_OVERRIDE", 2)):
         monkeypatch.setattr(triton_backend, name, value)
+    # the interpreter's one persistent program on a GPU too: with a wave of programs to fill, ``launch_verify``
+    # would shrink the chunks and tiles set here at this small batch
+    monkeypatch.setattr(triton_backend, "programs", lambda device: 1)
     seen = _spy_launches(monkeypatch, "RECS")  # the launch's records per stats item
     out = sk.verify(**kw, rule=rule, backend="triton")
     assert seen and seen[-1][0] > 1, seen
@@ -225,6 +228,9 @@ def test_one_row_group_joins_its_warps_partials(device, rule, monkeypatch):
 
     for name, value in (("BLOCK_V_OVERRIDE", 256), ("TILES_OVERRIDE", 2), ("CHUNKS_OVERRIDE", 1)):
         monkeypatch.setattr(triton_backend, name, value)
+    # the interpreter's one persistent program on a GPU too: with a wave of programs to fill, ``launch_verify``
+    # would shrink the chunks and tiles set here at this small batch
+    monkeypatch.setattr(triton_backend, "programs", lambda device: 1)
     monkeypatch.setattr(kv, "RACE_TILES_OVERRIDE", 1)
     seen = _spy_launches(monkeypatch, "SOLO", "LANES", "VEC", "RACE_RECS", "BLOCK_R")
     V = 9000
@@ -282,14 +288,14 @@ def test_several_row_groups_race_pi_with_one_reduction_per_tile(device, monkeypa
 
 @pytest.mark.parametrize("nt,tiles,chunks", [(1, 4, 16), (5, 1, 3), (75, 4, 16), (75, 4, 4), (38, 1, 1), (150, 2, 16),
                                              (594, 4, 16), (67, 4, 8)])
-def test_stats_items_split_a_positions_chunks_evenly(nt, tiles, chunks):
+def test_stats_items_split_a_positions_chunks_evenly(nt, tiles, chunks, device):
     """A position's NI chunks, split over its NS stats (and second-look) items, in order and with none left out or
     read twice, at most CHUNKS per item, and no item longer than another by more than one chunk (at NT = 75, 4
     tiles, 16 chunks: 10 and 9, where CHUNKS per item but the last gave 16 and 3, and the row's step waited for
     the 16)."""
     ni = -(-nt // tiles)
     ns = -(-nt // (tiles * chunks))
-    out = torch.full((2 * ns,), -1, dtype=torch.int32)
+    out = torch.full((2 * ns,), -1, dtype=torch.int32, device=device)
     _chunks_probe[(ns,)](out, CH_BASE=ni // ns, CH_EXTRA=ni % ns)  # (as the launcher passes them)
     c0, n = out[0::2].tolist(), out[1::2].tolist()
     assert c0[0] == 0 and all(c0[k + 1] == c0[k] + n[k] for k in range(ns - 1)) and c0[-1] + n[-1] == ni, (c0, n)
@@ -347,6 +353,9 @@ def test_opt_look_splits_into_more_items_than_its_statistics(device, skip, monke
     for name, value in (("ROWS_OVERRIDE", 1), ("BLOCK_V_OVERRIDE", 16), ("TILES_OVERRIDE", 1),
                         ("CHUNKS_OVERRIDE", 4)):
         monkeypatch.setattr(triton_backend, name, value)
+    # the interpreter's one persistent program on a GPU too: with a wave of programs to fill, ``launch_verify``
+    # would shrink the chunks and tiles set here at this small batch
+    monkeypatch.setattr(triton_backend, "programs", lambda device: 1)
     monkeypatch.setattr(kverify, "ITEMS_PER_PROGRAM", 1)
     seen = _record_launches(monkeypatch, ("LOOK_SPLIT", "RECORDS", "LOOK_BASE", "LOOK_EXTRA"))
     for alpha, T, dtype in ((-0.5, 1.0, torch.float32), (0.9, 0.7, torch.bfloat16)):
@@ -376,6 +385,9 @@ def test_opt_sizes_a_long_looks_items_in_chunks_by_default(device, monkeypatch):
     for name, value in (("ROWS_OVERRIDE", 1), ("BLOCK_V_OVERRIDE", 16), ("TILES_OVERRIDE", 1),
                         ("CHUNKS_OVERRIDE", 16)):
         monkeypatch.setattr(triton_backend, name, value)
+    # the interpreter's one persistent program on a GPU too: with a wave of programs to fill, ``launch_verify``
+    # would shrink the chunks and tiles set here at this small batch
+    monkeypatch.setattr(triton_backend, "programs", lambda device: 1)
     monkeypatch.setattr(kverify, "ITEMS_PER_PROGRAM", 1)
     seen = _record_launches(monkeypatch, ("LOOK_SPLIT", "RECORDS", "LOOK_BASE", "RACE_TILES"))
     for dtype, settings in ((torch.bfloat16, (4, 4, 4, 1)), (torch.float32, (2, 2, 8, 1))):
@@ -543,13 +555,14 @@ def test_token_set_eta_keeps_relative_precision(device, rule, T, monkeypatch):
             zq[b, i, mode[b, i]] = 0.0
             zp[b, i, mode[b, i]] = 5.0
     x = torch.tensor([[100, 7], [599, 300]])  # not the mode: outside A
-    kw = dict(draft_tokens=x.to(device), temperature=T, seed=torch.tensor([5, 6], device=device), offset=0,
+    kw = dict(draft_tokens=x, temperature=T, seed=torch.tensor([5, 6]), offset=0,
               alpha=0.5 if rule == "token_v3" else 0.02)
     truth = sk.verify(zq.double(), zp.double(), backend="reference", rule=rule, **kw).accept_prob
     assert ((truth > 0.05) & (truth < 0.99)).all(), truth  # the ratio is what decides: a in (0, 1)
     for rows in (None, 1):
         monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
-        got = sk.verify(zq.to(device), zp.to(device), backend="triton", rule=rule, **kw).accept_prob.cpu()
+        got = sk.verify(zq.to(device), zp.to(device), backend="triton", rule=rule,
+                        **to_device(kw, device)).accept_prob.cpu()
         rel = ((got.double() - truth) / truth).abs().max()
         assert rel < 1e-4, f"{rule} T={T} rows={rows}: accept_prob {got.tolist()} vs {truth.tolist()}"
     # negative control: eta as 1 - q(A) in float32 (q from a float32 softmax) is off by more than 1%
@@ -586,11 +599,12 @@ def test_token_set_screen_keeps_members_at_the_floor(device, rule, rows, monkeyp
             zq[:, 0, 300], zq[:, 0, 450] = z, z
             lo, hi = (z, hi) if float(torch.softmax(zq[0, 0], 0)[300]) < floor else (lo, z)
         zq[:, 0, 300], zq[:, 0, 450] = z + d, z - d
-    kw = dict(draft_tokens=torch.tensor([[100], [520]], device=device), temperature=torch.tensor([1.0, 0.7]),
+    kw = dict(draft_tokens=torch.tensor([[100], [520]]), temperature=torch.tensor([1.0, 0.7]),
               seed=torch.tensor([1, 2]), offset=0, alpha=0.5 if rule == "token_v3" else 0.1, rule=rule)
     truth = sk.verify(zq, zp, backend="reference", **kw).accept_prob
     assert ((truth > 0.05) & (truth < 0.99)).all(), truth
-    got = sk.verify(zq.float().to(device), zp.float().to(device), backend="triton", **kw).accept_prob.cpu()
+    got = sk.verify(zq.float().to(device), zp.float().to(device), backend="triton",
+                    **to_device(kw, device)).accept_prob.cpu()
     assert ((got.double() - truth) / truth).abs().max() < 1e-4, f"{got.tolist()} vs {truth.tolist()}"
 
 
@@ -600,6 +614,9 @@ def _clear_everywhere(part_m_ptr, row_f_ptr, rows, m, j, resid_row, B, K, NT, RA
     return j >= 0  # a screen that clears every item, members or not
 
 
+@pytest.mark.skipif(not triton_backend._interpreting(),
+                    reason="spies on the interpreted _race_clear (its handles' data) and swaps a @triton.jit helper "
+                           "between calls: the interpreter only (a compiled kernel keeps the helper it was built with)")
 @pytest.mark.parametrize("rule", ["token_v1", "token_v3"])
 @pytest.mark.parametrize("rows", [None, 1])
 def test_token_set_race_screens_its_items_for_members(device, rule, rows, monkeypatch):
@@ -616,9 +633,10 @@ def test_token_set_race_screens_its_items_for_members(device, rule, rows, monkey
     zp[:, :, 3] += 6.0  # p's mode, the only member of A (token_v3: p^ >= max p^ / 2; token_v1: q^ >= max p^ - 0.2)
     zq[:, :, 3] += 7.0
     x = torch.randint(100, V, (B, K), generator=g)  # drafts outside A
-    kw = dict(draft_tokens=x.to(device), temperature=1.0, seed=torch.arange(B, device=device), offset=0,
+    kw = dict(draft_tokens=x, temperature=1.0, seed=torch.arange(B), offset=0,
               alpha=0.5 if rule == "token_v3" else 0.2, rule=rule)
     truth = sk.verify(zq, zp, backend="reference", **kw)
+    kw = to_device(kw, device)
     rejected = (truth.num_accepted < K).nonzero()[:, 0]
     emitted = truth.tokens[rejected, truth.num_accepted[rejected]]
     assert int((emitted == 3).sum()) >= 4, emitted  # the exact residual mostly emits the mode
@@ -713,9 +731,9 @@ def test_greedy_argmax_ties_across_lanes_chunks_and_items(device, monkeypatch):
     zp[:, :, 5] = -30.0
     for b, ties in enumerate(([37, 38, 45, 69, 150, 165, 290], [165, 150, 290, 69, 37], [290, 45, 38, 37])):
         zp[b, :, ties] = 9.0
-    kw = dict(draft_tokens=torch.full((3, 1), 5, device=device), temperature=0.0, seed=3, offset=0,
-              rule="speculative")
+    kw = dict(draft_tokens=torch.full((3, 1), 5), temperature=0.0, seed=3, offset=0, rule="speculative")
     assert sk.verify(zq, zp, backend="reference", **kw).tokens[:, 0].tolist() == [37, 37, 37]
+    kw = to_device(kw, device)
     for rows, block, tiles, chunks in ((None, None, None, None), (1, 16, 2, 3), (2, 32, 1, 2), (1, 64, 4, 1)):
         monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
         monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
@@ -1053,7 +1071,7 @@ def _uniform_probe_kernel(bits_ptr, u_ptr, BLOCK: tl.constexpr):
 def test_bits_to_uniform_every_mantissa(device):
     """The kernels' uint32 -> uniform conversion (mantissa bits, then a subtraction) equals the reference's
     (2 (bits >> 9) + 1) 2**-24 for every one of the 2**23 values bits >> 9 takes, with the low 9 bits set or not."""
-    n, block = 2**23, 2**20
+    n, block = 2**23, 2**20 if triton_backend._interpreting() else 4096  # (compiled, 2**20 takes minutes)
     hi = torch.arange(n, dtype=torch.int64) << 9
     for low in (0, 511):
         u = torch.empty(n, device=device)

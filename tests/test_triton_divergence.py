@@ -131,5 +131,5 @@ def test_the_ragged_layout_and_a_wrong_sum_is_caught(device, monkeypatch):
     in_a = mh >= mh.amax(-1, keepdim=True) - 0.2
     eta = torch.where(in_a, 0.0, q).sum(-1, keepdim=True)
     slip = torch.where(in_a, (q - eta * p).clamp(min=0), 0.0).sum(-1)
-    used = torch.arange(3)[None] < n[:, None]
+    used = torch.arange(3, device=n.device)[None] < n[:, None]
     assert (slip - padded.divergence.double()).abs()[used].max() > 1e-3
