@@ -7,9 +7,12 @@ temperature, alpha and filters in range) need a host sync and run only with ``va
 After the checks each per-row parameter is either a Python number (one value for the whole batch, passed
 to the kernels as a scalar: no device work) or a contiguous ``[B]`` tensor on the logits' device: alpha,
 temperature, top_p and min_p in the compute dtype (float32, or float64 when the logits are float64),
-seed, offset, top_k and num_draft_tokens in int64. A tensor already in that dtype is used as it is; any
-other is converted (one small copy). ``as_rows`` turns either form into a ``[B]`` tensor for code that
-wants one (the reference). Backends receive only normalized arguments.
+seed, offset, top_k and num_draft_tokens in int64 or int32, and so are the drafted ids and
+``cu_num_draft_tokens``. A tensor already in its dtype is used as it is, and so is an int32 one (the ids and
+counts serving engines keep); any other is converted (one small copy). The Triton kernels read int32 and int64
+alike (widened in registers); the backends that take int64 only (the reference, the C++ and CUDA extensions)
+call ``widen_ints`` first, which converts the int32 ones. ``as_rows`` turns either form into a ``[B]`` tensor
+for code that wants one (the reference). Backends receive only normalized arguments.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class Filters(NamedTuple):
     """Sampling filters applied to q and p after temperature (SPEC.md section 2). ``None`` means off for
     every row; a row is off at top_k = 0, top_p = 1, min_p = 0."""
 
-    top_k: Optional[RowParam] = None  # int64: keep the k largest (ties kept)
+    top_k: Optional[RowParam] = None  # int64 or int32: keep the k largest (ties kept)
     top_p: Optional[RowParam] = None  # float in (0, 1]: the smallest top set holding mass >= top_p
     min_p: Optional[RowParam] = None  # float in [0, 1]: keep v with prob >= min_p * max prob
 
@@ -47,16 +50,16 @@ NO_FILTERS = Filters()
 class VerifyArgs(NamedTuple):
     draft_logits: Optional[torch.Tensor]  # [B, K, V_d]; [N, V_d] ragged; None: token-only drafts (q one-hot)
     target_logits: torch.Tensor  # [B, K + 1, V_t]; [N + B, V_t] ragged
-    draft_tokens: torch.Tensor  # [B, K] int64; [N] ragged
+    draft_tokens: torch.Tensor  # [B, K] int64 or int32; [N] ragged
     rule: Rule
     alpha: RowParam  # compute dtype
     temperature: RowParam  # compute dtype
-    seed: RowParam  # int64
-    offset: RowParam  # int64
-    num_draft_tokens: RowParam  # int64 in [0, K]; ragged: derived from cu_num_draft_tokens (None here)
+    seed: RowParam  # int64 or int32
+    offset: RowParam  # int64 or int32
+    num_draft_tokens: RowParam  # int64 or int32, in [0, K]; ragged: derived from cu_num_draft_tokens (None here)
     vocab_size: int
     filters: Filters = NO_FILTERS
-    cu_num_draft_tokens: Optional[torch.Tensor] = None  # [B + 1] int64, leading 0 (ragged layout)
+    cu_num_draft_tokens: Optional[torch.Tensor] = None  # [B + 1] int64 or int32, leading 0 (ragged layout)
     batch: int = 0  # B
     max_drafts: int = 0  # K: draft slots per row of the outputs
 
@@ -97,6 +100,31 @@ def compute_dtype(*logits: Optional[torch.Tensor]) -> torch.dtype:
     for x in dts[1:]:
         d = torch.promote_types(d, x)
     return torch.float64 if d == torch.float64 else torch.float32
+
+
+ID_DTYPES = (torch.int64, torch.int32)  # integer tensors used as they are (``_ids``)
+
+
+def _ids(t: torch.Tensor) -> torch.Tensor:
+    """An integer tensor as the kernels read it: int64 or int32 as given, any other integer dtype as int64."""
+    return t if t.dtype in ID_DTYPES else t.to(torch.int64)
+
+
+def _wide(value):
+    return value.to(torch.int64) if isinstance(value, torch.Tensor) and value.dtype == torch.int32 else value
+
+
+def widen_ints(args: Union["VerifyArgs", "SampleArgs"]) -> Union["VerifyArgs", "SampleArgs"]:
+    """``args`` with every int32 tensor (seed, offset, top_k, num_draft_tokens, the drafted ids,
+    ``cu_num_draft_tokens``) converted to int64, for the backends that take int64 only; ``args`` itself when
+    there is none (no copy)."""
+    f = args.filters
+    if f.top_k is not None and _wide(f.top_k) is not f.top_k:
+        args = args._replace(filters=f._replace(top_k=_wide(f.top_k)))
+    names = ("seed", "offset", "num_draft_tokens", "draft_tokens", "cu_num_draft_tokens")
+    new = {n: _wide(getattr(args, n)) for n in names if hasattr(args, n)}
+    new = {n: v for n, v in new.items() if v is not getattr(args, n)}
+    return args._replace(**new) if new else args
 
 
 def as_rows(value: RowParam, B: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -150,6 +178,8 @@ def _row_param(name, value, B, device, dtype, integer: bool, ref: str) -> RowPar
         if not integer and not (value.dtype.is_floating_point or value.dtype in INT_DTYPES):
             raise TypeError(f"{name}: expected a real tensor, got {value.dtype}")
         _check_device(name, value, device, ref)
+        if integer:  # (dtype is int64: int32 kept too, ``_ids``)
+            return _ids(value).contiguous()
         return value.to(dtype).contiguous()  # kernels read row b at ptr + b; no copy when already so
     if not _is_number(value):
         raise TypeError(f"{name}: expected a number or a [B] tensor, got {type(value).__name__}")
@@ -318,7 +348,7 @@ def check_verify(
     else:
         raise TypeError(f"num_draft_tokens: expected None or an integer [B] tensor, "
                         f"got {type(num_draft_tokens).__name__}")
-    args = VerifyArgs(draft_logits, target_logits, draft_tokens.to(torch.int64), info, num_draft_tokens=n,
+    args = VerifyArgs(draft_logits, target_logits, _ids(draft_tokens), info, num_draft_tokens=n,
                       vocab_size=V, batch=B, max_drafts=K, **params)
     if validate:
         validate_verify_values(args)
@@ -376,8 +406,8 @@ def check_verify_ragged(
     fdt = compute_dtype(draft_logits, target_logits)
     params = _common_params(info, B, K, device, fdt, ref, alpha=alpha, temperature=temperature, seed=seed,
                             offset=offset, top_k=top_k, top_p=top_p, min_p=min_p)
-    args = VerifyArgs(draft_logits, target_logits, draft_tokens.to(torch.int64), info, num_draft_tokens=None,
-                      vocab_size=V, cu_num_draft_tokens=cu_num_draft_tokens.to(torch.int64).contiguous(), batch=B,
+    args = VerifyArgs(draft_logits, target_logits, _ids(draft_tokens), info, num_draft_tokens=None,
+                      vocab_size=V, cu_num_draft_tokens=_ids(cu_num_draft_tokens).contiguous(), batch=B,
                       max_drafts=K, **params)
     if validate:
         cu = args.cu_num_draft_tokens

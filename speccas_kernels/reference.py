@@ -212,7 +212,9 @@ def output_law(b: Blend) -> torch.Tensor:
 
 def padded(args: checks.VerifyArgs) -> checks.VerifyArgs:
     """Ragged arguments as padded ones ([B, K, V] / [B, K + 1, V] / [B, K] gathered from the flat tensors; a
-    copy, which only the reference and validation make). Padded arguments are returned as they are."""
+    copy, which only the reference and validation make). Padded arguments are returned as they are. The int32
+    tensors (``checks.widen_ints``) as int64 in either case: the reference computes in int64."""
+    args = checks.widen_ints(args)
     if not args.ragged:
         return args
     cu = args.cu_num_draft_tokens
@@ -379,6 +381,7 @@ def verify_args(args: checks.VerifyArgs, debug: bool = False, divergence: bool =
 
 def sample_args(args: checks.SampleArgs, debug: bool = False):
     """The reference drafter step on normalized arguments."""
+    args = checks.widen_ints(args)
     z_in, V = args.logits, args.vocab_size
     B = z_in.shape[0]
     dt = args.compute_dtype

@@ -437,3 +437,47 @@ def test_batch_composition_does_not_matter(backend):
                         backend=backend, return_divergence=True)
         for x, y in zip(one, full):
             assert (x is None and y is None) or torch.equal(x[0], y[b])  # divergence: None unless asked for
+
+
+@pytest.mark.parametrize("backend", [pytest.param("reference", id="reference")] + _BACKEND_PARAMS)
+def test_int32_ids_counts_and_seeds_give_the_int64_outputs(backend):
+    """int32 draft ids, ``cu_num_draft_tokens``, num_draft_tokens, seed, offset and top_k (as serving engines keep
+    them; the Triton kernels read them as they are, the other backends widen them, ``checks.widen_ints``) give the
+    outputs of the same values in int64, bit for bit: verify padded and ragged, with filters and a negative seed
+    (its two's complement words key Philox), and sample; validate=True accepts them. The control: another seed
+    changes the tokens, so the comparison sees the seed."""
+    dev = _device(backend)
+    g = torch.Generator().manual_seed(32)
+    B, K, V = 3, 4, 300
+    zq, zp = torch.randn(B, K, V, generator=g), torch.randn(B, K + 1, V, generator=g)
+    x = torch.randint(0, V, (B, K), generator=g)
+    kw = dict(rule="token_v2", alpha=0.3, temperature=torch.tensor([1.0, 0.7, 0.0]), seed=torch.tensor([5, -6, 7]),
+              offset=torch.tensor([3, 9, 11]), num_draft_tokens=torch.tensor([4, 2, 3]),
+              top_k=torch.tensor([0, 50, 10]))
+    ints = ("seed", "offset", "num_draft_tokens", "top_k")
+    narrow = {k: (v.to(torch.int32) if k in ints else v) for k, v in kw.items()}
+    want = sk.verify(zq.to(dev), zp.to(dev), x.to(dev), backend=backend, **to_device(kw, dev))
+    got = sk.verify(zq.to(dev), zp.to(dev), x.to(dev, torch.int32), backend=backend, validate=True,
+                    **to_device(narrow, dev))
+    for name, a, b in zip(want._fields[:KERNEL_OUTPUTS], want, got):
+        assert torch.equal(a, b), (backend, name, a.tolist(), b.tolist())
+    other = sk.verify(zq.to(dev), zp.to(dev), x.to(dev), backend=backend,
+                      **to_device(dict(kw, seed=torch.tensor([15, -16, 17])), dev))
+    assert not torch.equal(other.tokens, want.tokens)
+    cu = torch.tensor([0, 4, 6, 9])
+    n = cu.diff()
+    flat = [torch.cat([t[b, :int(n[b]) + e] for b in range(B)]).to(dev) for t, e in ((zq, 0), (zp, 1), (x, 0))]
+    rkw = {k: v for k, v in kw.items() if k != "num_draft_tokens"}
+    rnarrow = {k: v for k, v in narrow.items() if k != "num_draft_tokens"}
+    want = sk.verify_ragged(*flat, cu.to(dev), max_num_draft_tokens=K, backend=backend, **to_device(rkw, dev))
+    got = sk.verify_ragged(flat[0], flat[1], flat[2].to(torch.int32), cu.to(dev, torch.int32),
+                           max_num_draft_tokens=K, backend=backend, **to_device(rnarrow, dev))
+    for name, a, b in zip(want._fields[:KERNEL_OUTPUTS], want, got):
+        assert torch.equal(a, b), (backend, "ragged", name, a.tolist(), b.tolist())
+    z = torch.randn(4, V, generator=g).to(dev)
+    skw = dict(temperature=0.8, seed=torch.tensor([1, -2, 3, 4]), offset=torch.tensor([7, 8, 9, 10]),
+               top_k=torch.tensor([0, 5, 20, 300]))
+    want = sk.sample(z, backend=backend, **to_device(skw, dev))
+    got = sk.sample(z, backend=backend, validate=True, **to_device({k: (v.to(torch.int32) if torch.is_tensor(v) else v)
+                                                                     for k, v in skw.items()}, dev))
+    assert torch.equal(want, got), (backend, want.tolist(), got.tolist())

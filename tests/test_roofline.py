@@ -313,6 +313,42 @@ def test_sample_device_work_per_call():
                     assert work.ops == [] and work.total == 1, (settings, kw, work.summary())
 
 
+def test_int32_ids_counts_and_seeds_take_no_copy():
+    """The ids, counts and seeds serving engines keep in int32 (draft ids, ``cu_num_draft_tokens``, per-row
+    num_draft_tokens, seed, offset, top_k) reach the Triton kernels as they are (``checks._ids``; the kernels widen
+    them in registers, ``common.wide_ids``): still 1 launch for verify (2 with filters) and 1 for sample, nothing
+    else, padded and ragged, under the interpreter's settings and the GPU's. The control: int16 ids are converted
+    (one copy, counted)."""
+    g = torch.Generator().manual_seed(0)
+    zq, zp = torch.randn(B_, K_, V_, generator=g), torch.randn(B_, K_ + 1, V_, generator=g)
+    x = torch.randint(0, V_, (B_, K_), generator=g, dtype=torch.int32)
+    i32 = dict(seed=_row([1, -2, 3], torch.int32), offset=_row([0, 5, 9], torch.int32),
+               num_draft_tokens=_row([3, 1, 0], torch.int32))
+    top_k = dict(top_k=_row([5, 0, 2], torch.int32), top_p=0.9)
+    n = [3, 1, 0]
+    cu = torch.tensor([0, 3, 4, 4], dtype=torch.int32)
+    flat_q = torch.cat([zq[b, :n[b]] for b in range(B_)])
+    flat_p = torch.cat([zp[b, :n[b] + 1] for b in range(B_)])
+    flat_x = torch.cat([x[b, :n[b]] for b in range(B_)])
+    ragged = {k: v for k, v in i32.items() if k != "num_draft_tokens"}
+    for settings in (contextlib.nullcontext, rf.gpu_launch_settings):
+        with settings():
+            for kw, want in (({}, 1), (top_k, 2)):
+                work = _steady(speccas_kernels.verify, zq, zp, x, rule="token_v3", backend="triton", **i32, **kw)
+                assert work.ops == [] and work.total == len(work.launches) == want, (settings, kw, work.summary())
+                kernel = work.launches[-1]
+                assert kernel.signature["x_ptr"] == "*i32" and kernel.signature["seed_ptr"] == "*i32", kernel.signature
+                work = _steady(speccas_kernels.verify_ragged, flat_q, flat_p, flat_x, cu, max_num_draft_tokens=3,
+                               rule="chow", backend="triton", **ragged, **kw)
+                assert work.ops == [] and work.total == len(work.launches) == want, (settings, kw, work.summary())
+                assert work.launches[-1].signature["cu_ptr"] == "*i32", work.launches[-1].signature
+                work = _steady(speccas_kernels.sample, zp[:, 0], backend="triton", seed=i32["seed"],
+                               offset=i32["offset"], **kw)
+                assert work.ops == [] and work.total == 1, (settings, kw, work.summary())
+            work = _steady(speccas_kernels.verify, zq, zp, x.to(torch.int16), rule="token_v3", backend="triton")
+            assert [op.name for op in work.ops] == ["aten._to_copy.default"], work.summary()
+
+
 def test_sample_and_cutoff_hints_count_serial_passes():
     """The hints of the filter paths: the filtered sample makes the cutoff passes (max, top-k mass, min-p; 32 steps
     per bisection that is on) and then the race, one DRAM pass and the rest from L2; verify's cutoff launch the same

@@ -181,7 +181,7 @@ def row_params(ptr, value, rows, rmask):
     if ptr is None:
         x = value + rows * 0
     else:
-        x = tl.load(ptr + rows, mask=rmask, other=0)
+        x = wide_ids(tl.load(ptr + rows, mask=rmask, other=0))
     return x
 
 
@@ -428,3 +428,13 @@ def counters(device: torch.device, n: int) -> torch.Tensor:
     if not bufs or bufs[-1].numel() < n:
         bufs.append(torch.zeros(max(n, 2 * (bufs[-1].numel() if bufs else 0), 256), dtype=torch.int32, device=device))
     return bufs[-1]
+
+
+@triton.jit
+def wide_ids(x):
+    """int32 values (the ids, counts and seeds serving engines keep, ``checks.widen_ints``) as int64, every other
+    dtype as it is: the kernels compute offsets, counters and keys in int64. (Defined last, so the lines the
+    static model's SASS chains name above stay where they were.)"""
+    if x.dtype == tl.int32:
+        x = x.to(tl.int64)
+    return x

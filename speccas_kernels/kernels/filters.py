@@ -190,8 +190,8 @@ def _filter_cutoff_kernel(
                                       rmask, V)
     if VERIFY:
         if RAGGED:
-            start = tl.load(cu_ptr + rows, mask=rmask, other=0)
-            n = tl.load(cu_ptr + rows + 1, mask=rmask, other=0) - start
+            start = tl.load(cu_ptr + rows, mask=rmask, other=0).to(tl.int64)
+            n = tl.load(cu_ptr + rows + 1, mask=rmask, other=0).to(tl.int64) - start
         else:
             start = rows * 0
             n = row_params(n_ptr, n_val, rows, rmask).to(tl.int64)

@@ -415,8 +415,8 @@ def _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED: tl.constex
     rows = g * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rmask = rows < B
     if RAGGED:
-        start = tl.load(cu_ptr + rows, mask=rmask, other=0)
-        n = tl.load(cu_ptr + rows + 1, mask=rmask, other=0) - start
+        start = tl.load(cu_ptr + rows, mask=rmask, other=0).to(tl.int64)
+        n = tl.load(cu_ptr + rows + 1, mask=rmask, other=0).to(tl.int64) - start
     else:
         start = rows * 0
         n = row_params(n_ptr, n_val, rows, rmask).to(tl.int64)
@@ -1356,7 +1356,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         scaled = use_q & (T > 0) & ((T != 1.0) | FILTERS)
         pf = 2 * B * KP * NT  # offset of the second half of part_f / part_i
         o = (rows * KP + i) * 2
-        xi = tl.load(_x_at(x_ptr, rows, i, start, K, RAGGED), mask=use_q, other=-1)  # the draft at i
+        xi = tl.load(_x_at(x_ptr, rows, i, start, K, RAGGED), mask=use_q, other=-1).to(tl.int64)  # the draft at i
         outside = (xi < 0) | (xi >= V)
         cutp = T * 0.0
         cutq = T * 0.0
@@ -1522,7 +1522,7 @@ def _stats_merge(g, i, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr,
                 zpx = al * 0.0
                 zqx = zpx
                 if FAMILY == FAMILY_B:
-                    xi = tl.load(_x_at(x_ptr, rows, i, start, K, RAGGED), mask=use_q, other=-1)
+                    xi = tl.load(_x_at(x_ptr, rows, i, start, K, RAGGED), mask=use_q, other=-1).to(tl.int64)
                     zx = pos_m_ptr + 2 * B * KP + (rows * K + i) * 2  # the logits at the draft (``_stats_chunk``)
                     zpx = tl.load(zx, mask=use_q, other=float("-inf"), cache_modifier=".cg")
                     zqx = tl.load(zx + 1, mask=use_q, other=float("-inf"), cache_modifier=".cg")
@@ -2225,7 +2225,7 @@ def _accept(g, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, pos_m_ptr, pos_f_ptr, p
     STp = tl.load(pos_f_ptr + qf + o, mask=used_p, other=1.0, cache_modifier=".cg")
     argp = tl.load(pos_i_ptr + o, mask=used_p, other=0, cache_modifier=".cg")
     ss = start[:, None]
-    x = tl.load(_x_at(x_ptr, rr, i, ss, K, RAGGED), mask=used_q, other=0)
+    x = tl.load(_x_at(x_ptr, rr, i, ss, K, RAGGED), mask=used_q, other=0).to(tl.int64)
     x_ok = (x >= 0) & (x < V)
     xc = tl.minimum(tl.maximum(x, 0), V - 1)
     p_rows = _p_rows(zp_ptr, rr, i, ss, stride_pb, stride_pk, RAGGED)
