@@ -49,7 +49,8 @@ build                 150 s   `pip install --no-build-isolation --no-deps -e .` 
 proofs                75 s    tests/test_gpu.py: no host syncs (sync debug mode "error"), CUDA-graph
                               replay draws new tokens, back-to-back stress and multi-stream determinism
 tests                 150 s   the whole suite on CUDA, `-m "cuda or not cuda"`, without TRITON_INTERPRET,
-                              parallel where pytest-xdist is installed, per-test timeout
+                              parallel where pytest-xdist is installed, per-test timeout (tests/test_roofline.py,
+                              the CPU-side static model, skips itself there: it runs kernels under the interpreter)
 bench_verify          120 s   verify: triton, cuda, the eager reference, transformers' _speculative_sampling
                               and FlashInfer (these two: rule speculative) at the suite's key points, most
                               important first (`bench_verify.suite_points`), until its deadline
