@@ -92,6 +92,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -363,6 +364,24 @@ def junit_summary(path: Path) -> Dict[str, object]:
     return counts
 
 
+_RESULT_LINE = re.compile(r"^(?:\[gw\d+\] \[\s*\d+%\] (PASSED|FAILED|ERROR|SKIPPED) (\S+)"
+                          r"|(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED)\b)", re.M)
+
+
+def log_summary(text: str) -> Dict[str, object]:
+    """Counts and the first failing ids from a verbose pytest log (``-v``, with or without xdist's ``[gwN]``
+    prefix): what a run cut short by its step's timeout, which leaves no junit XML, still tells."""
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    key = {"PASSED": "passed", "FAILED": "failed", "ERROR": "errors", "SKIPPED": "skipped"}
+    failed = []
+    for m in _RESULT_LINE.finditer(text):
+        word, test = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+        counts[key[word]] += 1
+        if word in ("FAILED", "ERROR") and len(failed) < 10:
+            failed.append(test)
+    return {**counts, "failed_ids": failed}
+
+
 def junit_note(summary: Dict[str, object]) -> str:
     if "error" in summary:
         return str(summary["error"])
@@ -569,6 +588,13 @@ class Suite:
         res = self.command(step, cmd, timeout)
         summary = junit_summary(junit)
         text = "\n".join(tail(self.log(step.name), 10**6))
+        if "error" in summary:  # cut short (no junit): what its verbose log says had finished
+            seen = log_summary(text)
+            if sum(seen[k] for k in ("passed", "failed", "errors", "skipped")):
+                summary["error"] += (f"; the log shows {seen['passed']} passed, {seen['failed']} failed, "
+                                     f"{seen['errors']} errors, {seen['skipped']} skipped before the end"
+                                     + ("; first failing: " + ", ".join(seen["failed_ids"][:3])
+                                        if seen["failed_ids"] else ""))
         hung = text.count("Timeout +++") // 2  # pytest-timeout frames each dump with two such lines
         suspects = hang_suspects(text)
         for backend in suspects:
@@ -588,7 +614,9 @@ class Suite:
         if self.dry:  # one quick test through the same flags: proves the junit and timeout plumbing
             return self._pytest(step, ["tests/test_bench.py::test_memory_cap_skips"], timeout, parallel=True,
                                 verbose=False)
-        return self._pytest(step, ["tests", "--ignore=tests/test_gpu.py"], timeout, parallel=True, verbose=False)
+        # (verbose: a line per test, so a step cut short by its timeout, which writes no junit XML, still says
+        # what finished: ``log_summary``)
+        return self._pytest(step, ["tests", "--ignore=tests/test_gpu.py"], timeout, parallel=True, verbose=True)
 
     def _providers(self, wanted: Sequence[str], timeout: float) -> tuple:
         """(providers to run, notes on those left out). A backend whose hang a test step reported

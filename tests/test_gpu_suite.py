@@ -254,6 +254,26 @@ def test_steps_option_rejects_unknown_names():
         gpu_suite.parse_steps("env,bogus")
 
 
+def test_log_summary_reads_a_cut_short_verbose_run():
+    """A tests step killed by its timeout leaves no junit XML; its verbose log still says what finished (xdist's
+    ``[gwN] [ p%] WORD id`` lines and plain ``id WORD`` ones). The control: a quiet log (dots) counts nothing."""
+    text = "\n".join([
+        "[gw0] [  1%] PASSED tests/test_a.py::test_one ",
+        "[gw1] [  2%] FAILED tests/test_a.py::test_two[cuda] ",
+        "[gw1] [  3%] SKIPPED tests/test_b.py::test_three ",
+        "[gw0] [  4%] ERROR tests/test_b.py::test_four ",
+        "tests/test_c.py::test_five PASSED                        [ 50%]",
+        "tests/test_c.py::test_six FAILED                         [100%]",
+        "collected 6 items / PASSED in the text of a message, not a result line",
+    ])
+    s = gpu_suite.log_summary(text)
+    assert (s["passed"], s["failed"], s["errors"], s["skipped"]) == (2, 2, 1, 1), s
+    assert s["failed_ids"] == ["tests/test_a.py::test_two[cuda]", "tests/test_b.py::test_four",
+                               "tests/test_c.py::test_six"], s
+    quiet = gpu_suite.log_summary("......F..s.. [ 40%]\n")
+    assert (quiet["passed"], quiet["failed"], quiet["failed_ids"]) == (0, 0, []), quiet
+
+
 def test_junit_summary(tmp_path):
     xml = tmp_path / "j.xml"
     xml.write_text('<testsuites><testsuite name="pytest" tests="5" failures="1" errors="1" skipped="1">'
