@@ -5,14 +5,16 @@ the device and launch nothing. Value checks (token ids in range, no NaN/+inf/all
 temperature, alpha and filters in range) need a host sync and run only with ``validate=True``.
 
 After the checks each per-row parameter is either a Python number (one value for the whole batch, passed
-to the kernels as a scalar: no device work) or a contiguous ``[B]`` tensor on the logits' device: alpha,
-temperature, top_p and min_p in the compute dtype (float32, or float64 when the logits are float64),
-seed, offset, top_k and num_draft_tokens in int64 or int32, and so are the drafted ids and
-``cu_num_draft_tokens``. A tensor already in its dtype is used as it is, and so is an int32 one (the ids and
-counts serving engines keep); any other is converted (one small copy). The Triton kernels read int32 and int64
-alike (widened in registers); the backends that take int64 only (the reference, the C++ and CUDA extensions)
-call ``widen_ints`` first, which converts the int32 ones. ``as_rows`` turns either form into a ``[B]`` tensor
-for code that wants one (the reference). Backends receive only normalized arguments.
+to the kernels as a scalar: no device work) or a ``[B]`` tensor on the logits' device, possibly strided (a 0-d
+tensor becomes its expanded view, stride 0): alpha, temperature, top_p and min_p in any floating dtype (float32,
+bfloat16, float16, float64; an integer tensor is converted to the compute dtype, one small copy), seed, offset,
+top_k and num_draft_tokens in int64 or int32, and so are the drafted ids and ``cu_num_draft_tokens`` (those
+contiguous). Every such tensor is used as it is, with no copy: the Triton kernels read a row at its stride and
+convert in registers (a float parameter rounds to the compute dtype as ``Tensor.to`` does: float32, or float64
+for float64 logits; int32 widens to int64). The backends that take contiguous parameters in the compute dtype and
+int64 only (the reference, the C++ and CUDA extensions) call ``dense_params`` first, which converts what differs.
+``as_rows`` turns either form into a ``[B]`` tensor for code that wants one. Backends receive only normalized
+arguments.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ class VerifyArgs(NamedTuple):
     target_logits: torch.Tensor  # [B, K + 1, V_t]; [N + B, V_t] ragged
     draft_tokens: torch.Tensor  # [B, K] int64 or int32; [N] ragged
     rule: Rule
-    alpha: RowParam  # compute dtype
-    temperature: RowParam  # compute dtype
+    alpha: RowParam  # a floating dtype (the compute dtype after ``dense_params``)
+    temperature: RowParam  # a floating dtype (the compute dtype after ``dense_params``)
     seed: RowParam  # int64 or int32
     offset: RowParam  # int64 or int32
     num_draft_tokens: RowParam  # int64 or int32, in [0, K]; ragged: derived from cu_num_draft_tokens (None here)
@@ -127,6 +129,29 @@ def widen_ints(args: Union["VerifyArgs", "SampleArgs"]) -> Union["VerifyArgs", "
     return args._replace(**new) if new else args
 
 
+def _dense(value: RowParam, dtype: torch.dtype) -> RowParam:
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.to(dtype).contiguous()  # the tensor itself when it is contiguous in dtype already
+
+
+def dense_params(args: Union["VerifyArgs", "SampleArgs"]) -> Union["VerifyArgs", "SampleArgs"]:
+    """``args`` as the backends that take only contiguous parameters in one dtype read them (the reference, the C++
+    and CUDA extensions): every per-row parameter tensor contiguous, the float ones (alpha, temperature, top_p,
+    min_p) in the compute dtype, the integer ones in int64 (``widen_ints``, which also widens the ids); ``args``
+    itself when nothing differs (no copy)."""
+    args = widen_ints(args)
+    fdt = args.compute_dtype
+    f = args.filters
+    dense_f = Filters(top_k=_dense(f.top_k, torch.int64), top_p=_dense(f.top_p, fdt), min_p=_dense(f.min_p, fdt))
+    if any(a is not b for a, b in zip(dense_f, f)):
+        args = args._replace(filters=dense_f)
+    kinds = dict(alpha=fdt, temperature=fdt, seed=torch.int64, offset=torch.int64, num_draft_tokens=torch.int64)
+    new = {n: _dense(getattr(args, n), d) for n, d in kinds.items() if hasattr(args, n)}
+    new = {n: v for n, v in new.items() if v is not getattr(args, n)}
+    return args._replace(**new) if new else args
+
+
 def as_rows(value: RowParam, B: int, dtype: torch.dtype, device) -> torch.Tensor:
     """A normalized per-row parameter as a [B] tensor (a fill for a number: for the reference and tests)."""
     if isinstance(value, torch.Tensor):
@@ -166,11 +191,13 @@ def _is_number(value) -> bool:
 
 
 def _row_param(name, value, B, device, dtype, integer: bool, ref: str) -> RowParam:
-    """A number (kept as a Python scalar) or a [B] tensor (contiguous, in `dtype`, on `device`)."""
+    """A number (kept as a Python scalar) or a [B] tensor on `device` (module docstring: strided or a 0-d one's
+    expanded view, a float one in its own floating dtype; `dtype`: the compute dtype an integer tensor for a float
+    parameter is converted to)."""
     if isinstance(value, torch.Tensor):
         _check_tensor_layout(name, value)
         if value.dim() == 0:
-            value = value.reshape(1).expand(B)
+            value = value.reshape(1).expand(B)  # a view (stride 0): no copy
         if value.dim() != 1 or value.shape[0] != B:
             raise ValueError(f"{name}: expected a number or a [B] tensor with B = {B}, got shape {_shape(value)}")
         if integer and value.dtype not in INT_DTYPES:
@@ -179,8 +206,10 @@ def _row_param(name, value, B, device, dtype, integer: bool, ref: str) -> RowPar
             raise TypeError(f"{name}: expected a real tensor, got {value.dtype}")
         _check_device(name, value, device, ref)
         if integer:  # (dtype is int64: int32 kept too, ``_ids``)
-            return _ids(value).contiguous()
-        return value.to(dtype).contiguous()  # kernels read row b at ptr + b; no copy when already so
+            return _ids(value)
+        if value.dtype in FLOAT_DTYPES:
+            return value  # (the kernels read row b at ptr + b stride and round it to the compute dtype)
+        return value.to(dtype)
     if not _is_number(value):
         raise TypeError(f"{name}: expected a number or a [B] tensor, got {type(value).__name__}")
     if integer:

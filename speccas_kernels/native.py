@@ -158,8 +158,9 @@ def verify_args(args: checks.VerifyArgs, divergence: bool = False) -> VerifyOutp
     ``verify_divergence_native``, from the round's own statistics (csrc/verify_cpu.cpp on CPU tensors,
     csrc/verify_cuda.cu on CUDA tensors); where the loaded extension has no such kernel for the logits' device
     (``fused_divergence``: an old build), by ``reference.divergence_args`` after ``verify_native`` (PyTorch ops, one
-    more read of both logit tensors). The extensions take int64 ids and counts: int32 ones are widened first."""
-    args = checks.widen_ints(args)
+    more read of both logit tensors). The extensions take contiguous int64 ids and counts and float parameters in the
+    compute dtype: ``checks.dense_params`` converts what differs first."""
+    args = checks.dense_params(args)
     ops = _ops()
     fused = divergence and fused_divergence(args.target_logits.device)
     op = ops.verify_divergence_native if fused else ops.verify_native
@@ -176,6 +177,6 @@ def verify_args(args: checks.VerifyArgs, divergence: bool = False) -> VerifyOutp
 
 def sample_args(args: checks.SampleArgs) -> torch.Tensor:
     """sample on normalized arguments (see ``speccas_kernels.ops.sample``); schema in csrc/ops.cpp."""
-    args = checks.widen_ints(args)
+    args = checks.dense_params(args)
     return _ops().sample_native(args.logits, *row(args.temperature), *filter_args(args.filters), *row(args.seed),
                                 *row(args.offset), args.vocab_size)

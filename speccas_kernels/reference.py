@@ -212,9 +212,10 @@ def output_law(b: Blend) -> torch.Tensor:
 
 def padded(args: checks.VerifyArgs) -> checks.VerifyArgs:
     """Ragged arguments as padded ones ([B, K, V] / [B, K + 1, V] / [B, K] gathered from the flat tensors; a
-    copy, which only the reference and validation make). Padded arguments are returned as they are. The int32
-    tensors (``checks.widen_ints``) as int64 in either case: the reference computes in int64."""
-    args = checks.widen_ints(args)
+    copy, which only the reference and validation make). Padded arguments are returned as they are. The per-row
+    parameters and ids as contiguous tensors in int64 and the compute dtype in either case (``checks.dense_params``):
+    the reference computes in those."""
+    args = checks.dense_params(args)
     if not args.ragged:
         return args
     cu = args.cu_num_draft_tokens
@@ -381,7 +382,7 @@ def verify_args(args: checks.VerifyArgs, debug: bool = False, divergence: bool =
 
 def sample_args(args: checks.SampleArgs, debug: bool = False):
     """The reference drafter step on normalized arguments."""
-    args = checks.widen_ints(args)
+    args = checks.dense_params(args)
     z_in, V = args.logits, args.vocab_size
     B = z_in.shape[0]
     dt = args.compute_dtype

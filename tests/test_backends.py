@@ -481,3 +481,59 @@ def test_int32_ids_counts_and_seeds_give_the_int64_outputs(backend):
     got = sk.sample(z, backend=backend, validate=True, **to_device({k: (v.to(torch.int32) if torch.is_tensor(v) else v)
                                                                      for k, v in skw.items()}, dev))
     assert torch.equal(want, got), (backend, want.tolist(), got.tolist())
+
+
+@pytest.mark.parametrize("backend", [pytest.param("reference", id="reference")] + _BACKEND_PARAMS)
+def test_zero_dim_strided_and_other_float_params_give_the_same_outputs(backend):
+    """Per-row parameters as 0-d tensors, strided [B] views and float tensors in another floating dtype (float64,
+    float16 with float32 logits; the Triton kernels read them as they are, the other backends make them contiguous in
+    the compute dtype first, ``checks.dense_params``) give the outputs of the same values as contiguous tensors in
+    the compute dtype, bit for bit: verify padded and ragged with filters, and sample; validate=True accepts them. A
+    float64 top_p that rounds to 0 in float32 makes its row invalid with float32 logits, as the converted value
+    does. The controls: the other column of the strided tensors changes the tokens (the stride is read), and the
+    invalid top_p row differs from the valid ones."""
+    dev = _device(backend)
+    g = torch.Generator().manual_seed(33)
+    B, K, V = 4, 3, 200
+    zq, zp = torch.randn(B, K, V, generator=g), torch.randn(B, K + 1, V, generator=g)
+    x = torch.randint(0, V, (B, K), generator=g)
+    temps = torch.tensor([[1.0, 0.3], [0.7, 1.9], [0.0, 1.2], [1.3, 0.6]], dtype=torch.float64)
+    seeds = torch.tensor([[5, 50], [-6, 60], [7, 70], [8, 80]])
+    tops = torch.tensor([[0, 9], [50, 3], [10, 4], [2, 0]], dtype=torch.int32)
+    dense = dict(rule="token_v2", alpha=torch.full((B,), 0.3), temperature=temps[:, 0].float(),
+                 seed=seeds[:, 0].clone(), offset=torch.full((B,), 3), num_draft_tokens=torch.full((B,), 2),
+                 top_k=tops[:, 0].clone(), top_p=torch.full((B,), 0.875), min_p=torch.full((B,), 0.0625))
+    loose = dict(rule="token_v2", alpha=torch.tensor(0.3, dtype=torch.float16).float().double(),
+                 temperature=temps[:, 0], seed=seeds[:, 0], offset=torch.tensor(3),
+                 num_draft_tokens=torch.tensor(2, dtype=torch.int32), top_k=tops[:, 0],
+                 top_p=torch.tensor(0.875, dtype=torch.float64),
+                 min_p=torch.full((2 * B,), 0.0625, dtype=torch.float16)[::2])
+    dense["alpha"] = torch.full((B,), float(loose["alpha"]))  # (0.3 as float16 holds it: the same value in both)
+    assert not loose["temperature"].is_contiguous() and loose["min_p"].stride(0) == 2  # (the premise)
+    want = sk.verify(zq.to(dev), zp.to(dev), x.to(dev), backend=backend, **to_device(dense, dev))
+    got = sk.verify(zq.to(dev), zp.to(dev), x.to(dev), backend=backend, validate=True, **to_device(loose, dev))
+    for name, a, b in zip(want._fields[:KERNEL_OUTPUTS], want, got):
+        assert torch.equal(a, b), (backend, name, a.tolist(), b.tolist())
+    other = sk.verify(zq.to(dev), zp.to(dev), x.to(dev), backend=backend,
+                      **to_device(dict(loose, temperature=temps[:, 1], seed=seeds[:, 1], top_k=tops[:, 1]), dev))
+    assert not torch.equal(other.tokens, want.tokens)
+    cu = torch.tensor([0, 2, 4, 6, 8])
+    flat = [torch.cat([t[b, :2 + e] for b in range(B)]).to(dev) for t, e in ((zq, 0), (zp, 1), (x, 0))]
+    rdense = {k: v for k, v in dense.items() if k != "num_draft_tokens"}
+    rloose = {k: v for k, v in loose.items() if k != "num_draft_tokens"}
+    want = sk.verify_ragged(*flat, cu.to(dev), max_num_draft_tokens=K, backend=backend, **to_device(rdense, dev))
+    got = sk.verify_ragged(*flat, cu.to(dev), max_num_draft_tokens=K, backend=backend, **to_device(rloose, dev))
+    for name, a, b in zip(want._fields[:KERNEL_OUTPUTS], want, got):
+        assert torch.equal(a, b), (backend, "ragged", name, a.tolist(), b.tolist())
+    z = torch.randn(B, V, generator=g).to(dev)
+    want = sk.sample(z, backend=backend, temperature=temps[:, 0].float().to(dev), seed=seeds[:, 0].clone().to(dev),
+                     offset=torch.full((B,), 4, device=dev))
+    got = sk.sample(z, backend=backend, validate=True, temperature=temps[:, 0].to(dev), seed=seeds[:, 0].to(dev),
+                    offset=torch.tensor(4, device=dev))
+    assert torch.equal(want, got), (backend, want.tolist(), got.tolist())
+    other = sk.sample(z, backend=backend, temperature=temps[:, 1].to(dev), seed=seeds[:, 1].to(dev), offset=4)
+    assert not torch.equal(other, want)
+    tiny = torch.tensor([0.5, 1e-46, 0.5, 1.0], dtype=torch.float64)
+    out = sk.sample(z, backend=backend, top_p=tiny.to(dev), seed=1)
+    ref = sk.sample(z, backend=backend, top_p=tiny.float().to(dev), seed=1)
+    assert torch.equal(out, ref) and out[1] == -1 and bool((out[[0, 2, 3]] >= 0).all()), out.tolist()

@@ -349,6 +349,44 @@ def test_int32_ids_counts_and_seeds_take_no_copy():
             assert [op.name for op in work.ops] == ["aten._to_copy.default"], work.summary()
 
 
+def test_zero_dim_strided_and_other_float_params_take_no_copy():
+    """Per-row parameters given as 0-d tensors (their expanded view, stride 0), strided [B] views and float
+    tensors in another floating dtype than the compute dtype (float64, bfloat16, float16 with float32 logits) reach
+    the Triton kernels as they are: each row read at the tensor's stride and rounded in registers (``row_params``).
+    Still 1 launch for verify (2 with filters) and 1 for sample, padded and ragged, under the interpreter's settings
+    and the GPU's; the stride of a contiguous tensor is specialized away (a constexpr 1: the grid's kernels), a
+    strided one's is an argument. The control: an integer temperature tensor is converted (one copy, counted)."""
+    g = torch.Generator().manual_seed(0)
+    zq, zp = torch.randn(B_, K_, V_, generator=g), torch.randn(B_, K_ + 1, V_, generator=g)
+    x = torch.randint(0, V_, (B_, K_), generator=g)
+    cols = torch.tensor([[1.0, 0.5], [0.7, 0.0], [1.3, 2.0]], dtype=torch.float64)
+    seeds = torch.tensor([[1, 9], [-2, 8], [3, 7]], dtype=torch.int32)
+    params = dict(alpha=torch.tensor(0.3, dtype=torch.float64), temperature=cols[:, 0].to(torch.bfloat16),
+                  seed=seeds[:, 0], offset=torch.tensor(5), num_draft_tokens=torch.tensor(2))
+    filters = dict(top_k=seeds[:, 1], top_p=torch.tensor(0.9, dtype=torch.float16), min_p=cols[:, 1] / 10)
+    n = [2, 2, 2]
+    cu = torch.tensor([0, 2, 4, 6])
+    flat = [torch.cat([t[b, :n[b] + e] for b in range(B_)]) for t, e in ((zq, 0), (zp, 1), (x, 0))]
+    ragged = {k: v for k, v in params.items() if k != "num_draft_tokens"}
+    for settings in (contextlib.nullcontext, rf.gpu_launch_settings):
+        with settings():
+            for kw, want in (({}, 1), (filters, 2)):
+                work = _steady(speccas_kernels.verify, zq, zp, x, rule="token_v3", backend="triton", **params, **kw)
+                assert work.ops == [] and work.total == len(work.launches) == want, (settings, kw, work.summary())
+                sig = work.launches[-1].signature
+                assert sig["alpha_ptr"] == "*fp64" and sig["temp_ptr"] == "*bf16", sig
+                assert sig["seed_st"] == "i32" and sig["alpha_st"] == "i32" and sig["temp_st"] == "constexpr", sig
+                work = _steady(speccas_kernels.verify_ragged, *flat, cu, max_num_draft_tokens=2, rule="chow",
+                               backend="triton", **ragged, **kw)
+                assert work.ops == [] and work.total == len(work.launches) == want, (settings, kw, work.summary())
+                work = _steady(speccas_kernels.sample, zp[:, 0], backend="triton", temperature=cols[:, 1],
+                               seed=seeds[:, 1], offset=torch.tensor(4), **kw)
+                assert work.ops == [] and work.total == 1, (settings, kw, work.summary())
+                assert work.launches[0].signature["temp_ptr"] == "*fp64", work.launches[0].signature
+            work = _steady(speccas_kernels.sample, zp[:, 0], backend="triton", temperature=torch.tensor([1, 0, 2]))
+            assert [op.name for op in work.ops] == ["aten._to_copy.default"], work.summary()
+
+
 def test_sample_and_cutoff_hints_count_serial_passes():
     """The hints of the filter paths: the filtered sample makes the cutoff passes (max, top-k mass, min-p; 32 steps
     per bisection that is on) and then the race, one DRAM pass and the rest from L2; verify's cutoff launch the same

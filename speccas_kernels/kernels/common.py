@@ -1,7 +1,8 @@
 """``@triton.jit`` helpers shared by the kernels, and the persistent counters the one-launch kernels use.
 
-Per-row parameters arrive as a pointer (a ``[B]`` tensor) or ``None`` with a scalar value, so a number for the
-whole batch costs no device work (``row_param``). Logits are loaded as float32, or float64 for float64 logits
+Per-row parameters arrive as a pointer and a stride (a ``[B]`` tensor in the dtype the caller gave, strided or a
+0-d one's expanded view) or ``None`` with a scalar value, so a number for the whole batch costs no device work
+(``row_params``). Logits are loaded as float32, or float64 for float64 logits
 (``FP64``): maxima stay in the input's precision and everything after ``z - M`` is float32, so float64 logits
 beyond the float32 range still give valid rows.
 
@@ -166,22 +167,14 @@ def log2e_scale(s):
 
 
 @triton.jit
-def row_param(ptr, value, b):
-    """Row b's value of a per-row parameter: ``ptr[b]``, or ``value`` when the parameter is one number."""
-    if ptr is None:
-        x = value
-    else:
-        x = tl.load(ptr + b)
-    return x
-
-
-@triton.jit
-def row_params(ptr, value, rows, rmask):
-    """[R] values of a per-row parameter for rows ``rows`` (``rmask``: the rows that exist)."""
+def row_params(ptr, value, stride, rows, rmask):
+    """[R] values of a per-row parameter for rows ``rows`` (``rmask``: the rows that exist): ``ptr[rows stride]``
+    (``stride``: the tensor's, 1 for a contiguous one, which the launch specializes, 0 for a 0-d one), or ``value``
+    when the parameter is one number. Read in the tensor's dtype: callers convert."""
     if ptr is None:
         x = value + rows * 0
     else:
-        x = wide_ids(tl.load(ptr + rows, mask=rmask, other=0))
+        x = wide_ids(tl.load(ptr + rows * stride, mask=rmask, other=0))
     return x
 
 
@@ -402,12 +395,13 @@ def wait_flag(flag_ptr):
 
 def split_param(value, off):
     """A normalized per-row parameter (checks.RowParam, or None for an unused filter) as a kernel's
-    (pointer or None, scalar) pair; ``off`` is the scalar when there is nothing to read."""
+    (pointer or None, scalar, stride) arguments; ``off`` is the scalar when there is nothing to read. The stride is
+    the tensor's (a 0-d parameter is an expanded view: 0), 1 for a number (unused)."""
     if value is None:
-        return None, off
+        return None, off, 1
     if isinstance(value, torch.Tensor):
-        return value, off
-    return None, value
+        return value, off, value.stride(0)
+    return None, value, 1
 
 
 def thread_lanes(entries: int, num_warps: int, vec: int) -> int:

@@ -144,11 +144,17 @@ def _cutoffs(ptrs, rmask, V, NT, T, k, tp, mp, active, FP64: tl.constexpr, BLOCK
 
 
 @triton.jit
-def filter_params(top_k_ptr, top_k_val, top_p_ptr, top_p_val, min_p_ptr, min_p_val, T, rows, rmask, V):
-    """Rows' filter values (k, top_p, min_p), whether they are in range, and whether a filter is on at T."""
-    k = row_params(top_k_ptr, top_k_val, rows, rmask).to(tl.int64)
-    tp_raw = row_params(top_p_ptr, top_p_val, rows, rmask)
-    mp = row_params(min_p_ptr, min_p_val, rows, rmask).to(tl.float32)
+def filter_params(top_k_ptr, top_k_val, top_k_st, top_p_ptr, top_p_val, top_p_st, min_p_ptr, min_p_val, min_p_st, T,
+                  rows, rmask, V, FP64: tl.constexpr):
+    """Rows' filter values (k, top_p, min_p), whether they are in range, and whether a filter is on at T. top_p is
+    checked in the compute dtype (float64 for float64 logits, else float32), as the reference converts it: a float64
+    top_p of 1e-46 is valid with float64 logits and 0 (out of range) with any other."""
+    k = row_params(top_k_ptr, top_k_val, top_k_st, rows, rmask).to(tl.int64)
+    if FP64:
+        tp_raw = row_params(top_p_ptr, top_p_val, top_p_st, rows, rmask).to(tl.float64)
+    else:
+        tp_raw = row_params(top_p_ptr, top_p_val, top_p_st, rows, rmask).to(tl.float32)
+    mp = row_params(min_p_ptr, min_p_val, min_p_st, rows, rmask).to(tl.float32)
     ok = (k >= 0) & (tp_raw > 0) & (tp_raw <= 1) & (mp >= 0) & (mp <= 1)
     # a valid top_p below float32's smallest normal keeps the argmax group alone, as that smallest normal does
     tp = tl.maximum(tp_raw.to(tl.float32), 1.1754944e-38)
@@ -163,11 +169,11 @@ def _filter_cutoff_kernel(
     zp_ptr,  # sample: logits [B, V_in]; verify: target logits [B, K + 1, V_in] (ragged: [N + B, V_in])
     zq_ptr,  # verify: drafter logits [B, K, V_in] (ragged: [N, V_in]), or None
     cu_ptr,  # [B + 1] int64 (ragged layout) or None
-    n_ptr, n_val,  # num_draft_tokens: [B] int64 or one value (verify)
-    temp_ptr, temp_val,  # [B] or one value
-    top_k_ptr, top_k_val,
-    top_p_ptr, top_p_val,
-    min_p_ptr, min_p_val,
+    n_ptr, n_val, n_st,  # num_draft_tokens: [B] int64 or one value (verify)
+    temp_ptr, temp_val, temp_st,  # [B] or one value
+    top_k_ptr, top_k_val, top_k_st,
+    top_p_ptr, top_p_val, top_p_st,
+    min_p_ptr, min_p_val, min_p_st,
     B,
     K,
     V,
@@ -185,16 +191,16 @@ def _filter_cutoff_kernel(
     slot = tl.program_id(0).to(tl.int64)  # verify: drafter position slot (< K) or target position slot - K
     rows = tl.program_id(1).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rmask = rows < B
-    T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
-    k, tp, mp, ok, on = filter_params(top_k_ptr, top_k_val, top_p_ptr, top_p_val, min_p_ptr, min_p_val, T, rows,
-                                      rmask, V)
+    T = row_params(temp_ptr, temp_val, temp_st, rows, rmask).to(tl.float32)
+    k, tp, mp, ok, on = filter_params(top_k_ptr, top_k_val, top_k_st, top_p_ptr, top_p_val, top_p_st, min_p_ptr,
+                                      min_p_val, min_p_st, T, rows, rmask, V, FP64)
     if VERIFY:
         if RAGGED:
             start = tl.load(cu_ptr + rows, mask=rmask, other=0).to(tl.int64)
             n = tl.load(cu_ptr + rows + 1, mask=rmask, other=0).to(tl.int64) - start
         else:
             start = rows * 0
-            n = row_params(n_ptr, n_val, rows, rmask).to(tl.int64)
+            n = row_params(n_ptr, n_val, n_st, rows, rmask).to(tl.int64)
         n = tl.minimum(tl.maximum(n, 0), K)
         if slot < K:  # drafter position i
             i = slot
@@ -257,18 +263,19 @@ def launch_cutoffs(cut, ok, zp, zq, cu, n, temperature, filters, B: int, K: int,
                    block_v: int, num_warps: int, fp64: bool, rows: int = 1):
     """Fill ``cut`` and ``ok`` ([B]): sample's B rows, or verify's B K drafter positions then B (K + 1) target
     positions (``strides``: target b, k then drafter b, k); ``rows`` rows per program."""
-    n_ptr, n_val = split_param(n, K)
-    t_ptr, t_val = split_param(temperature, 1.0)
+    n_ptr, n_val, n_st = split_param(n, K)
+    t_ptr, t_val, t_st = split_param(temperature, 1.0)
     slots = 2 * K + 1 if verify else 1
     _filter_cutoff_kernel[(slots, triton.cdiv(B, rows))](
-        cut, ok, zp, zq, cu, n_ptr, int(n_val), t_ptr, float(t_val), *filter_args(filters), B, K, V, triton.cdiv(V, block_v), *strides, VERIFY=verify, RAGGED=cu is not None, FP64=fp64,
+        cut, ok, zp, zq, cu, n_ptr, int(n_val), n_st, t_ptr, float(t_val), t_st, *filter_args(filters), B, K, V,
+        triton.cdiv(V, block_v), *strides, VERIFY=verify, RAGGED=cu is not None, FP64=fp64,
         ROWS=rows, BLOCK_V=block_v, num_warps=num_warps)
 
 
 def filter_args(filters) -> tuple:
-    """``filter_params``' six kernel arguments (pointer or None, scalar) for top_k, top_p, min_p."""
-    k_ptr, k_val = split_param(filters.top_k, 0)
-    p_ptr, p_val = split_param(filters.top_p, 1.0)
+    """``filter_params``' nine kernel arguments (pointer or None, scalar, stride) for top_k, top_p, min_p."""
+    k_ptr, k_val, k_st = split_param(filters.top_k, 0)
+    p_ptr, p_val, p_st = split_param(filters.top_p, 1.0)
     p_val = max(float(p_val), 1.1754944e-38) if p_val > 0 else p_val  # passed as float32: see filter_params
-    m_ptr, m_val = split_param(filters.min_p, 0.0)
-    return k_ptr, int(k_val), p_ptr, float(p_val), m_ptr, float(m_val)
+    m_ptr, m_val, m_st = split_param(filters.min_p, 0.0)
+    return k_ptr, int(k_val), k_st, p_ptr, float(p_val), p_st, m_ptr, float(m_val), m_st

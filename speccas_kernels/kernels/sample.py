@@ -51,9 +51,9 @@ def _sample_kernel(
     part_i_ptr,  # [B, NT, 2] int32: the best score's lowest index, a NaN/+inf flag
     cnt_ptr,  # [cdiv(B, ROWS)] int32 tickets (zero before the launch, reset by the last program of each group)
     z_ptr,  # [B, V_in] logits, last stride 1
-    temp_ptr, temp_val,  # [B] or one value
-    seed_ptr, seed_val,  # [B] int64 or one value
-    offset_ptr, offset_val,  # [B] int64 or one value
+    temp_ptr, temp_val, temp_st,  # [B] or one value
+    seed_ptr, seed_val, seed_st,  # [B] int64 or one value
+    offset_ptr, offset_val, offset_st,  # [B] int64 or one value
     B,
     V,
     NT,
@@ -73,10 +73,10 @@ def _sample_kernel(
     rows = grp * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rmask = rows < B
     v0 = t.to(tl.int64) * BLOCK_V
-    T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
+    T = row_params(temp_ptr, temp_val, temp_st, rows, rmask).to(tl.float32)
     scale = log2e_scale(inv_temperature(T))
-    seed = row_params(seed_ptr, seed_val, rows, rmask)
-    offset = row_params(offset_ptr, offset_val, rows, rmask)
+    seed = row_params(seed_ptr, seed_val, seed_st, rows, rmask)
+    offset = row_params(offset_ptr, offset_val, offset_st, rows, rmask)
     best, idx, m, bad = _race_tile(z_ptr + rows * stride_b, rmask, v0, V, T, scale, seed, offset, None, None, FP64,
                                    ROWS, BLOCK_V, VEC, LANES, HIT_WORD, PAIRS)
     if SINGLE:
@@ -196,12 +196,12 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
 def _sample_filtered_kernel(
     tokens_ptr,  # [B] int64
     z_ptr,  # [B, V_in] logits, last stride 1
-    temp_ptr, temp_val,  # [B] or one value
-    seed_ptr, seed_val,  # [B] int64 or one value
-    offset_ptr, offset_val,  # [B] int64 or one value
-    top_k_ptr, top_k_val,
-    top_p_ptr, top_p_val,
-    min_p_ptr, min_p_val,
+    temp_ptr, temp_val, temp_st,  # [B] or one value
+    seed_ptr, seed_val, seed_st,  # [B] int64 or one value
+    offset_ptr, offset_val, offset_st,  # [B] int64 or one value
+    top_k_ptr, top_k_val, top_k_st,
+    top_p_ptr, top_p_val, top_p_st,
+    min_p_ptr, min_p_val, min_p_st,
     B,
     V,
     NT,
@@ -217,13 +217,13 @@ def _sample_filtered_kernel(
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rmask = rows < B
     ptrs = z_ptr + rows * stride_b
-    T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
+    T = row_params(temp_ptr, temp_val, temp_st, rows, rmask).to(tl.float32)
     scale = log2e_scale(inv_temperature(T))
-    k, tp, mp, fok, on = filter_params(top_k_ptr, top_k_val, top_p_ptr, top_p_val, min_p_ptr, min_p_val, T, rows,
-                                       rmask, V)
+    k, tp, mp, fok, on = filter_params(top_k_ptr, top_k_val, top_k_st, top_p_ptr, top_p_val, top_p_st, min_p_ptr,
+                                       min_p_val, min_p_st, T, rows, rmask, V, FP64)
     cut, M = _cutoffs(ptrs, rmask, V, NT, T, k, tp, mp, on, FP64, BLOCK_V)
-    seed = row_params(seed_ptr, seed_val, rows, rmask)
-    offset = row_params(offset_ptr, offset_val, rows, rmask)
+    seed = row_params(seed_ptr, seed_val, seed_st, rows, rmask)
+    offset = row_params(offset_ptr, offset_val, offset_st, rows, rmask)
     best = tl.full([ROWS], float("-inf"), tl.float32)
     idx = tl.full([ROWS], BIG, tl.int32)
     bad = tl.zeros([ROWS], dtype=tl.int32)
@@ -310,9 +310,9 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     fp64 = logits.dtype == torch.float64
     tokens = torch.empty((B,), dtype=torch.int64, device=dev)
     groups = triton.cdiv(B, rows)
-    t_ptr, t_val = common.split_param(temperature, 1.0)
-    s_ptr, s_val = common.split_param(seed, 0)
-    o_ptr, o_val = common.split_param(offset, 0)
+    t_ptr, t_val, t_st = common.split_param(temperature, 1.0)
+    s_ptr, s_val, s_st = common.split_param(seed, 0)
+    o_ptr, o_val, o_st = common.split_param(offset, 0)
     vec = min(16 // logits.element_size(), block_v)
     lanes = common.thread_lanes(block_v, num_warps, vec)
     # a thread's entries fit one word of hits (``_race_tile``): at every GPU launch (2048-entry tiles on 2 or 8 warps
@@ -321,7 +321,8 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     hit_word = (block_v // lanes) * vec <= 32
     pairs = common.pairs(None, logits, (logits.stride(0),), V)
     if filters.active:
-        _sample_filtered_kernel[(groups,)](tokens, logits, t_ptr, float(t_val), s_ptr, int(s_val), o_ptr, int(o_val),
+        _sample_filtered_kernel[(groups,)](tokens, logits, t_ptr, float(t_val), t_st, s_ptr, int(s_val), s_st, o_ptr,
+                                           int(o_val), o_st,
                                            *filter_args(filters), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows,
                                            BLOCK_V=block_v, VEC=vec, LANES=lanes, HIT_WORD=hit_word,
                                            PAIRS=pairs, num_warps=num_warps)
@@ -331,8 +332,9 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
     part_s = torch.empty((B * nt,), dtype=torch.float32, device=dev)
     part_i = torch.empty((B * nt * 2,), dtype=torch.int32, device=dev)
     cnt = common.counters(dev, groups)
-    _sample_kernel[(groups, nt)](tokens, part_m, part_s, part_i, cnt, logits, t_ptr, float(t_val), s_ptr, int(s_val),
-                                 o_ptr, int(o_val), B, V, nt, logits.stride(0), FP64=fp64, ROWS=rows, BLOCK_V=block_v,
+    _sample_kernel[(groups, nt)](tokens, part_m, part_s, part_i, cnt, logits, t_ptr, float(t_val), t_st, s_ptr,
+                                 int(s_val), s_st, o_ptr, int(o_val), o_st, B, V, nt, logits.stride(0), FP64=fp64,
+                                 ROWS=rows, BLOCK_V=block_v,
                                  SINGLE=nt == 1, VEC=vec, LANES=lanes, HIT_WORD=hit_word, PAIRS=pairs,
                                  BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=num_warps,
                                  **wide_registers(block_v, num_warps, logits.element_size()))

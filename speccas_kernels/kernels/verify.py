@@ -410,7 +410,7 @@ def _probs_fast(z, M, inv_ST, scale, keep, FILTERS: tl.constexpr):
 
 
 @triton.jit
-def _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED: tl.constexpr, ROWS: tl.constexpr):
+def _group(g, B, K, cu_ptr, n_ptr, n_val, n_st, temp_ptr, temp_val, temp_st, RAGGED: tl.constexpr, ROWS: tl.constexpr):
     """The rows of group g: (rows [R], rmask, n [R] clamped to [0, K], ragged start [R], T [R])."""
     rows = g * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rmask = rows < B
@@ -419,8 +419,8 @@ def _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED: tl.constex
         n = tl.load(cu_ptr + rows + 1, mask=rmask, other=0).to(tl.int64) - start
     else:
         start = rows * 0
-        n = row_params(n_ptr, n_val, rows, rmask).to(tl.int64)
-    T = row_params(temp_ptr, temp_val, rows, rmask).to(tl.float32)
+        n = row_params(n_ptr, n_val, n_st, rows, rmask).to(tl.int64)
+    T = row_params(temp_ptr, temp_val, temp_st, rows, rmask).to(tl.float32)
     return rows, rmask, tl.minimum(tl.maximum(n, 0), K), start, T
 
 
@@ -706,11 +706,11 @@ def _verify_kernel(
     zp_ptr,  # [B, K + 1, V_in] (ragged: [N + B, V_in])
     x_ptr,  # [B, K] int64 (ragged: [N]), contiguous
     cu_ptr,  # [B + 1] int64 (ragged) or None
-    n_ptr, n_val,
-    alpha_ptr, alpha_val,
-    temp_ptr, temp_val,
-    seed_ptr, seed_val,
-    offset_ptr, offset_val,
+    n_ptr, n_val, n_st,
+    alpha_ptr, alpha_val, alpha_st,
+    temp_ptr, temp_val, temp_st,
+    seed_ptr, seed_val, seed_st,
+    offset_ptr, offset_val, offset_st,
     cutq_ptr,  # [B, K] filter cutoffs (FILTERS)
     cutp_ptr,  # [B, K + 1]
     fok_ptr,  # [B] int32: filter values in range (FILTERS)
@@ -861,20 +861,20 @@ def _verify_kernel(
                 else:
                     i = _queue_div(r, NS, ns_m, ns_l, SOLO)
                     j = r - i * NS
-                _stats_item(g, i.to(tl.int64), j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr,
-                            pos_i_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr,
-                            alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, CH_BASE, CH_EXTRA,
-                            stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK,
-                            DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, RECS, TILES, CHUNKS,
-                            SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV, SKIP_MOOT, STAGES, TAGGED,
-                            LOOK_SPLIT, BLOCK_L, L2_AHEAD, LINE, LINES, SOLO)
+                _stats_item(g, i.to(tl.int64), j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr,
+                            look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, n_st, alpha_ptr,
+                            alpha_val, alpha_st, temp_ptr, temp_val, temp_st, cutq_ptr, cutp_ptr, B, K, V, NT, CH_BASE,
+                            CH_EXTRA, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, WEIGHT, IN_SET, USES_ALPHA,
+                            SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, RECS, TILES,
+                            CHUNKS, SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV, SKIP_MOOT, STAGES,
+                            TAGGED, LOOK_SPLIT, BLOCK_L, L2_AHEAD, LINE, LINES, SOLO)
                 last, rel_at, rel_val = _stats_merge(g, i.to(tl.int64), part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
-                                                     pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr, x_ptr, cu_ptr,
-                                                     n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr,
-                                                     B, K, V, NT, FAMILY, WEIGHT, IN_SET, USES_ALPHA, SECOND_LOOK,
-                                                     DIVERGENCE, HAS_Q, RAGGED, FILTERS, ROWS, BLOCK_S, RECS, TILES,
-                                                     CHUNKS, SCREENS, MONOTONE_TV, SKIP_MOOT, TAGGED, LOOK_SPLIT,
-                                                     BLOCK_L, SOLO)
+                                                     pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr, x_ptr, cu_ptr, n_ptr,
+                                                     n_val, n_st, alpha_ptr, alpha_val, alpha_st, temp_ptr, temp_val,
+                                                     temp_st, cutq_ptr, B, K, V, NT, FAMILY, WEIGHT, IN_SET, USES_ALPHA,
+                                                     SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, ROWS, BLOCK_S,
+                                                     RECS, TILES, CHUNKS, SCREENS, MONOTONE_TV, SKIP_MOOT, TAGGED,
+                                                     LOOK_SPLIT, BLOCK_L, SOLO)
                 acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items:
             g = (s - 1).to(tl.int64)
@@ -887,26 +887,25 @@ def _verify_kernel(
                         r2 = r - stats_items
                         i = _queue_div(r2 // LOOK_SPLIT, NS, ns_m, ns_l, SOLO)  # (NL = NS LOOK_SPLIT items a position)
                         j = r2 - i * (NS * LOOK_SPLIT)
-                    last, look_at, ready_at = _look_item(g, i.to(tl.int64), j, part_m_ptr,
-                                                         part_f_ptr,
-                                                         pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr,
-                                                         cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val,
-                                                         cutq_ptr, cutp_ptr, B, K, V, NT, LOOK_BASE, LOOK_EXTRA,
-                                                         stride_qb, stride_qk, stride_pb, stride_pk,
-                                                         FAMILY, NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE,
-                                                         HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_C, TILES,
-                                                         CHUNKS, LOOK_SPLIT, READS_PH, FLOOR, SCREENED, SCREENS,
-                                                         PAIRS, LANES, VEC, STAGES, SOLO, TAGGED)
+                    last, look_at, ready_at = _look_item(g, i.to(tl.int64), j, part_m_ptr, part_f_ptr, pos_m_ptr,
+                                                         pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr,
+                                                         n_ptr, n_val, n_st, alpha_ptr, alpha_val, alpha_st, temp_ptr,
+                                                         temp_val, temp_st, cutq_ptr, cutp_ptr, B, K, V, NT, LOOK_BASE,
+                                                         LOOK_EXTRA, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
+                                                         NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q,
+                                                         RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_C, TILES, CHUNKS,
+                                                         LOOK_SPLIT, READS_PH, FLOOR, SCREENED, SCREENS, PAIRS, LANES,
+                                                         VEC, STAGES, SOLO, TAGGED)
                     acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
             if (g >= 0) & (g < G):
                 _race_item(g, r - stats_items - look_items, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr,
-                           race_i_ptr, row_i_ptr, row_f_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr,
-                           alpha_val, temp_ptr, temp_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr,
-                           cutp_ptr, B, K, V, NT, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
-                           IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_T,
-                           RACE_TILES, DIV_ITEMS, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS,
+                           race_i_ptr, row_i_ptr, row_f_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, n_st,
+                           alpha_ptr, alpha_val, alpha_st, temp_ptr, temp_val, temp_st, seed_ptr, seed_val, seed_st,
+                           offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk,
+                           stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
+                           BLOCK_V, BLOCK_T, RACE_TILES, DIV_ITEMS, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS,
                            VEC, part_m_ptr, TILES, SCREEN, SCREENS, RACE_RECS, BLOCK_R, LANES, SOLO)
         else:
             g = (s - lag).to(tl.int64)
@@ -915,22 +914,21 @@ def _verify_kernel(
                     r3 = r - stats_items - look_items - NR
                     i = r3 // NI
                     _div_item(g, i.to(tl.int64), r3 - i * NI, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr,
-                              look_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr,
-                              temp_val, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk,
-                              stride_pb, stride_pk, IN_SET, USES_ALPHA, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
+                              look_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, n_st, alpha_ptr, alpha_val,
+                              alpha_st, temp_ptr, temp_val, temp_st, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb,
+                              stride_qk, stride_pb, stride_pk, IN_SET, USES_ALPHA, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
                               BLOCK_K, BLOCK_T, TILES, PAIRS)
         if acc_g >= 0:  # (one test per item: the item itself released or reset what it did not leave here)
             # (the counters' offsets formed here, from B and K as opaque values, not before the loop: ``_counters``)
             c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(_queue_batch(B, K, SOLO),
                                                                                         common.opaque(K), ROWS)
-            _accept(acc_g, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
-                    look_ptr, cnt_ptr,
-                    tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr,
-                    row_f_ptr, zq_ptr, zp_ptr, x_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val,
-                    cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb,
-                    stride_qk, stride_pb, stride_pk, FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN,
-                    SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_K, NT, TILES, CHUNKS, RECORDS,
-                    LOOK_SPLIT, RACE_FLOOR, FLOOR, READS_PH)
+            _accept(acc_g, cu_ptr, n_ptr, n_val, n_st, temp_ptr, temp_val, temp_st, pos_m_ptr, pos_f_ptr, pos_i_ptr,
+                    look_part_ptr, look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr,
+                    valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, alpha_ptr, alpha_val, alpha_st,
+                    seed_ptr, seed_val, seed_st, offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, fok_ptr,
+                    alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
+                    FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED,
+                    FILTERS, FP64, ROWS, BLOCK_K, NT, TILES, CHUNKS, RECORDS, LOOK_SPLIT, RACE_FLOOR, FLOOR, READS_PH)
             if rel_at >= 0:  # a merge that counted the look done: the ready flag its look items wait for
                 common.release_flag(cnt_ptr + rel_at, rel_val)
             if look_at >= 0:
@@ -1324,24 +1322,23 @@ def _chunk_to_l2(pbase, qbase, r, any_q, V, HAS_Q: tl.constexpr, TILES: tl.const
 
 @triton.jit(noinline=True)
 def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr,
-                zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr,
-                cutp_ptr, B, K, V, NT, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr,
-                stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, WEIGHT: tl.constexpr,
-                IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr,
-                HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
-                ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, RECS: tl.constexpr,
-                TILES: tl.constexpr,
+                zq_ptr, zp_ptr, x_ptr, cu_ptr, n_ptr, n_val, n_st, alpha_ptr, alpha_val, alpha_st, temp_ptr, temp_val,
+                temp_st, cutq_ptr, cutp_ptr, B, K, V, NT, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr, stride_qb,
+                stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
+                USES_ALPHA: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
+                RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
+                BLOCK_V: tl.constexpr, BLOCK_S: tl.constexpr, RECS: tl.constexpr, TILES: tl.constexpr,
                 CHUNKS: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, LANES: tl.constexpr,
                 VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr,
-                SKIP_MOOT: tl.constexpr, STAGES: tl.constexpr, TAGGED: tl.constexpr,
-                LOOK_SPLIT: tl.constexpr, BLOCK_L: tl.constexpr, L2_AHEAD: tl.constexpr, LINE: tl.constexpr,
-                LINES: tl.constexpr, SOLO: tl.constexpr):
+                SKIP_MOOT: tl.constexpr, STAGES: tl.constexpr, TAGGED: tl.constexpr, LOOK_SPLIT: tl.constexpr,
+                BLOCK_L: tl.constexpr, L2_AHEAD: tl.constexpr, LINE: tl.constexpr, LINES: tl.constexpr,
+                SOLO: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
     (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
     reduction across threads inside the loop); the item writes RECS records a side, and with SCREEN (a token set with a
     floor) each chunk of a drafted position its screening records (``_screen``: reductions within a warp only).
     The merge is the next call's (``_stats_merge``)."""
-    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, n_st, temp_ptr, temp_val, temp_st, RAGGED, ROWS)
     KP = K + 1
     NS = _items(NT, TILES, CHUNKS)  # stats items per position, RECS records each
     # opt's cells, which its merge bounds TV from (``_tv_cells``, ``_tv_floor``; also where the launch does not skip
@@ -1474,19 +1471,19 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
 
 @triton.jit(noinline=True)
 def _stats_merge(g, i, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr,
-                 x_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, B, K, V, NT,
-                 FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
-                 SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
-                 FILTERS: tl.constexpr, ROWS: tl.constexpr, BLOCK_S: tl.constexpr, RECS: tl.constexpr,
-                 TILES: tl.constexpr,
-                 CHUNKS: tl.constexpr, SCREENS: tl.constexpr, MONOTONE_TV: tl.constexpr, SKIP_MOOT: tl.constexpr,
-                 TAGGED: tl.constexpr, LOOK_SPLIT: tl.constexpr, BLOCK_L: tl.constexpr, SOLO: tl.constexpr):
+                 x_ptr, cu_ptr, n_ptr, n_val, n_st, alpha_ptr, alpha_val, alpha_st, temp_ptr, temp_val, temp_st,
+                 cutq_ptr, B, K, V, NT, FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
+                 USES_ALPHA: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
+                 RAGGED: tl.constexpr, FILTERS: tl.constexpr, ROWS: tl.constexpr, BLOCK_S: tl.constexpr,
+                 RECS: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, SCREENS: tl.constexpr,
+                 MONOTONE_TV: tl.constexpr, SKIP_MOOT: tl.constexpr, TAGGED: tl.constexpr, LOOK_SPLIT: tl.constexpr,
+                 BLOCK_L: tl.constexpr, SOLO: tl.constexpr):
     """After a stats item of position i (``_stats_item``), its ticket: the program with the position's last one
     merges the NS RECS records and releases the position's ready flag: 2 where the second look can change nothing at any
     row of the item (``_look_moot``), else 1 (with ``TAGGED``, the look's constants as tagged words instead of the
     1). A call of its own, from the queue loop: what only the merge reads (the positions' outputs, the look's
     records, alpha, the cutoffs) is not held in registers through the item's chunk loop."""
-    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, n_st, temp_ptr, temp_val, temp_st, RAGGED, ROWS)
     KP = K + 1
     NS = _items(NT, TILES, CHUNKS)  # stats items per position, RECS records each
     TV_CELLS: tl.constexpr = SECOND_LOOK and (not DIVERGENCE) and MONOTONE_TV and HAS_Q  # (as ``_stats_item``)
@@ -1517,7 +1514,7 @@ def _stats_merge(g, i, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_ptr,
             if MOOT:  # (loaded with the partials)
                 al = T * 0.0
                 if USES_ALPHA:
-                    al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)
+                    al = row_params(alpha_ptr, alpha_val, alpha_st, rows, rmask).to(tl.float32)
                 xi = rows * 0  # (a token set's draft and its logits; a rule monotone in TV reads none)
                 zpx = al * 0.0
                 zqx = zpx
@@ -1680,8 +1677,9 @@ def _look_moot(FAMILY: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
 
 
 @triton.jit
-def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_val, B, K, USES_ALPHA: tl.constexpr,
-                 TAGGED: tl.constexpr = False, w0=None, w1=None, w2=None, w3=None, w4=None, w5=None):
+def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_val, alpha_st, B, K,
+                 USES_ALPHA: tl.constexpr, TAGGED: tl.constexpr = False, w0=None, w1=None, w2=None, w3=None, w4=None,
+                 w5=None):
     """What a pass over position i's tiles reads besides them, loaded at once, as [R, 1] columns: (exp scale, max
     of p, its T = 1 sum, 1 / its sampling sum, the same three of q, alpha). ``TAGGED``: the statistics are the
     tagged words the wait brought (``_wait_consts``; one row)."""
@@ -1704,7 +1702,7 @@ def _look_consts(rows, rmask, i, use, T, pos_m_ptr, pos_f_ptr, alpha_ptr, alpha_
         S1q = tl.load(pos_f_ptr + o + 1, mask=use, other=1.0, cache_modifier=".cg")[:, None]
         STq = tl.load(pos_f_ptr + qf + o + 1, mask=use, other=1.0, cache_modifier=".cg")[:, None]
     if USES_ALPHA:
-        al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)[:, None]
+        al = row_params(alpha_ptr, alpha_val, alpha_st, rows, rmask).to(tl.float32)[:, None]
     else:
         al = S1p * 0.0
     return log2e_scale(inv_temperature(T))[:, None], Mp, S1p, 1.0 / STp, Mq, S1q, 1.0 / STq, al
@@ -1967,15 +1965,14 @@ def _look_total(acc, WIDE: tl.constexpr):
 
 @triton.jit(noinline=True)
 def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr,
-               n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT,
-               CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr, stride_qb, stride_qk, stride_pb,
-               stride_pk, FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
+               n_ptr, n_val, n_st, alpha_ptr, alpha_val, alpha_st, temp_ptr, temp_val, temp_st, cutq_ptr, cutp_ptr, B,
+               K, V, NT, CH_BASE: tl.constexpr, CH_EXTRA: tl.constexpr, stride_qb, stride_qk, stride_pb, stride_pk,
+               FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
                FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
                BLOCK_C: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, LOOK_SPLIT: tl.constexpr,
                READS_PH: tl.constexpr, FLOOR: tl.constexpr, SCREENED: tl.constexpr, SCREENS: tl.constexpr,
-               PAIRS: tl.constexpr,
-               LANES: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, SOLO: tl.constexpr,
+               PAIRS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, SOLO: tl.constexpr,
                TAGGED: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item, which reports to the row (the accept phase sums the NL records). A token set whose
@@ -1988,7 +1985,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
     records as 0 and counted the look items done on the row. The position's last item to read the flag returns it to
     zero."""
     c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(B, K, ROWS)
-    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, n_st, temp_ptr, temp_val, temp_st, RAGGED, ROWS)
     NL = _look_items(NT, TILES, CHUNKS, LOOK_SPLIT)  # second-look items per position (CH_BASE, CH_EXTRA: their chunks)
     last = g < 0  # this program drew the row's last ticket (the accept phase's)
     look_at = g * 0 - 1  # the position's look count to reset after the accept phase (-1: none), and its ready flag
@@ -2044,9 +2041,9 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                     mh, mr, sq = _eta_records(rows, i, c0, nch, use, part_m_ptr, part_f_ptr, B, K, NT, TILES, BLOCK_C,
                                               SCREENS)
                 scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
-                                                                            pos_f_ptr, alpha_ptr, alpha_val, B, K,
-                                                                            USES_ALPHA, TAGGED, w0, w1, w2, w3, w4,
-                                                                            w5)
+                                                                             pos_f_ptr, alpha_ptr, alpha_val, alpha_st,
+                                                                             B, K, USES_ALPHA, TAGGED, w0, w1, w2, w3,
+                                                                             w4, w5)
                 unit = _unit_law(T, use)
                 if SPARSE_ETA:
                     zero = S1p * 0.0
@@ -2175,27 +2172,26 @@ def _at_draft(z, xc, used, M, S1, ST, arg, cut_ptr, cut_off, greedy, invT, FILTE
 
 
 @triton.jit(noinline=True)
-def _accept(g, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr, look_ptr,
-            cnt_ptr,
-            tokens_ptr,
-            num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr, row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr,
-            alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo,
-            alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
-            FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr, WEIGHT: tl.constexpr, IN_SET: tl.constexpr,
-            USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr, SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr,
-            RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-            BLOCK_K: tl.constexpr, NT, TILES: tl.constexpr, CHUNKS: tl.constexpr, RECORDS: tl.constexpr,
-            LOOK_SPLIT: tl.constexpr, RACE_FLOOR: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr):
+def _accept(g, cu_ptr, n_ptr, n_val, n_st, temp_ptr, temp_val, temp_st, pos_m_ptr, pos_f_ptr, pos_i_ptr, look_part_ptr,
+            look_ptr, cnt_ptr, tokens_ptr, num_accepted_ptr, deferred_ptr, accept_prob_ptr, valid_ptr, div_ptr,
+            row_i_ptr, row_f_ptr, zq_ptr, zp_ptr, x_ptr, alpha_ptr, alpha_val, alpha_st, seed_ptr, seed_val, seed_st,
+            offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, fok_ptr, alpha_lo, alpha_hi, B, K, V, c_ready, c_row,
+            c_flag, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, NEEDS_TV: tl.constexpr,
+            WEIGHT: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr, HIGH_OPEN: tl.constexpr,
+            SECOND_LOOK: tl.constexpr, DIVERGENCE: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr,
+            FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_K: tl.constexpr, NT,
+            TILES: tl.constexpr, CHUNKS: tl.constexpr, RECORDS: tl.constexpr, LOOK_SPLIT: tl.constexpr,
+            RACE_FLOOR: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr):
     """The accept phase of a group of rows: [R, BLOCK_K] blocks, one lane per draft position. It sums the second
     look's records of every position itself (the look items report to the row, not to a merge of their own)."""
-    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, n_st, temp_ptr, temp_val, temp_st, RAGGED, ROWS)
     KP = K + 1
     qf = 2 * B * KP
     invT = inv_temperature(T)[:, None]
     greedy = (T == 0)[:, None]
     ok = temperature_ok(T)
     if USES_ALPHA:
-        al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)
+        al = row_params(alpha_ptr, alpha_val, alpha_st, rows, rmask).to(tl.float32)
         a_ok = (al == al) & (al > float("-inf")) & (al < float("inf")) & (al >= alpha_lo)
         if HIGH_OPEN:
             a_ok = a_ok & (al < alpha_hi)
@@ -2302,8 +2298,8 @@ def _accept(g, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, pos_m_ptr, pos_f_ptr, p
         keep_d = used_q & valid[:, None]
         tl.store(div_ptr + rr * K + i, tl.where(keep_d, tl.minimum(law, 1.0), 0.0), mask=in_k)
         tl.store(div_ptr + (B + rr) * K + i, tl.where(keep_d, tl.minimum(d, 1.0), 0.0), mask=in_k)
-    seed = row_params(seed_ptr, seed_val, rows, rmask)[:, None]
-    offs = row_params(offset_ptr, offset_val, rows, rmask)[:, None]
+    seed = row_params(seed_ptr, seed_val, seed_st, rows, rmask)[:, None]
+    offs = row_params(offset_ptr, offset_val, offset_st, rows, rmask)[:, None]
     u = philox.uniform(seed, offs + i, STREAM_ACCEPT, i * 0 + rr * 0)
     accepted = (u < a) & used_q
     m = tl.min(tl.where(accepted, BLOCK_K, i + rr * 0), axis=1)  # [R] the first rejection; lane n never accepted
@@ -2347,7 +2343,7 @@ def _accept(g, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, pos_m_ptr, pos_f_ptr, p
 
 @triton.jit
 def _residual_consts(rows, rmask, racing, T, o, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, alpha_ptr,
-                     alpha_val, B, K, FAMILY: tl.constexpr, USES_ALPHA: tl.constexpr, HAS_Q: tl.constexpr):
+                     alpha_val, alpha_st, B, K, FAMILY: tl.constexpr, USES_ALPHA: tl.constexpr, HAS_Q: tl.constexpr):
     """What the residual at position m reads besides its tiles, per row, loaded once per work item (all in one
     round trip): (exp scale, 1 / ST of p and of q, the blend quantity, q's max, the T = 1 sums, the argmaxes at
     T = 0, the draft for token-only drafts, alpha) as [R, 1] columns."""
@@ -2373,7 +2369,7 @@ def _residual_consts(rows, rmask, racing, T, o, row_i_ptr, row_f_ptr, pos_m_ptr,
     al = S1p * 0.0
     if FAMILY == FAMILY_B:
         if USES_ALPHA:
-            al = row_params(alpha_ptr, alpha_val, rows, rmask).to(tl.float32)[:, None]
+            al = row_params(alpha_ptr, alpha_val, alpha_st, rows, rmask).to(tl.float32)[:, None]
     return scale, 1.0 / STp, wm, Mq, 1.0 / STq, S1p, S1q, argp, argq, xm, al
 
 
@@ -2429,20 +2425,22 @@ def _residual_tile(T, m, rows, racing, zp, keep_p, Mp, offs, lo, mask, scale, in
 
 
 @triton.jit
-def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr,
-             zp_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V,
-             stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
+def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr,
+             alpha_ptr, alpha_val, alpha_st, seed_ptr, seed_val, seed_st, offset_ptr, offset_val, offset_st, cutq_ptr,
+             cutp_ptr, B, K, V, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
              USES_ALPHA: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr,
-             FP64: tl.constexpr, BLOCK_V: tl.constexpr, PAIRS: tl.constexpr, LANES: tl.constexpr,
-             VEC: tl.constexpr, SOLO: tl.constexpr):
+             FP64: tl.constexpr, BLOCK_V: tl.constexpr, PAIRS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr,
+             SOLO: tl.constexpr):
     """argmax_v log pi_m(v) + G(v) over the whole vocabulary, tile after tile (lowest index on ties), for the rows
     ``flat`` (here: the racing rows); the same noise and pi as the residual race."""
     KP = K + 1
     o = (rows * KP + m) * 2
     Mp = tl.load(pos_m_ptr + o, mask=flat, other=0.0, cache_modifier=".cg")[:, None]
-    scale, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al = _residual_consts(
-        rows, rmask, flat, T, o, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, alpha_ptr, alpha_val, B, K,
-        FAMILY, USES_ALPHA, HAS_Q)
+    scale, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al = _residual_consts(rows, rmask, flat, T, o, row_i_ptr,
+                                                                                     row_f_ptr, pos_m_ptr, pos_f_ptr,
+                                                                                     pos_i_ptr, alpha_ptr, alpha_val,
+                                                                                     alpha_st, B, K, FAMILY, USES_ALPHA,
+                                                                                     HAS_Q)
     best = T * 0.0 + NEG_INF
     idx = rows.to(tl.int32) * 0 + BIG
     qbase = _q_base(zq_ptr, rows, m, start, stride_qb, stride_qk, HAS_Q, RAGGED)
@@ -2451,8 +2449,9 @@ def _pi_race(rows, rmask, flat, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr
         v0 = tl.max(t, axis=0) * BLOCK_V
         offs = tl.arange(0, BLOCK_V)[None, :]
         v = v0 + offs
-        noise = philox.gumbel_flat(row_params(seed_ptr, seed_val, rows, rmask),
-                                   row_params(offset_ptr, offset_val, rows, rmask) + m, STREAM_EMIT, v0, BLOCK_V)
+        noise = philox.gumbel_flat(row_params(seed_ptr, seed_val, seed_st, rows, rmask),
+                                   row_params(offset_ptr, offset_val, offset_st, rows,
+                                              rmask) + m, STREAM_EMIT, v0, BLOCK_V)
         mask = flat[:, None] & (v < V)
         zp = load_tile(_p_rows(zp_ptr, rows, m, start, stride_pb, stride_pk, RAGGED)[:, None], v0, flat[:, None],
                        V - v0, BLOCK_V, FP64, PAIRS)
@@ -2717,9 +2716,9 @@ def _race_tile_loads(pbase, qbase, lo, racing, resid_row, V, LIVE: tl.constexpr,
 
 @triton.jit
 def _race_emit_rows(rows, rmask, racing, m, T, start, tokens_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
-                    pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val,
-                    offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk, stride_pb,
-                    stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
+                    pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, alpha_st, seed_ptr, seed_val,
+                    seed_st, offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk,
+                    stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                     HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
                     BLOCK_V: tl.constexpr, PAIRS: tl.constexpr, NRR, BLOCK_R: tl.constexpr, LANES: tl.constexpr,
                     VEC: tl.constexpr, SOLO: tl.constexpr):
@@ -2731,21 +2730,22 @@ def _race_emit_rows(rows, rmask, racing, m, T, start, tokens_ptr, race_f_ptr, ra
         if tl.max(flat.to(tl.int32), axis=0) > 0:
             # (every racing row computed, only the flat ones taken: a mask in the rows' own layout)
             idx = tl.where(flat, _pi_race(rows, rmask, racing, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr,
-                                          pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, seed_ptr,
-                                          seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V,
+                                          pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, alpha_st,
+                                          seed_ptr, seed_val, seed_st, offset_ptr, offset_val, offset_st, cutq_ptr,
+                                          cutp_ptr, B, K, V,
                                           stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA,
                                           HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS, LANES, VEC, SOLO), idx)
         tl.store(tokens_ptr + rows * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64), mask=racing)
 
 
 @triton.jit(noinline=True)
-def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
-               cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, seed_ptr,
-               seed_val, offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk,
-               stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
-               HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
-               ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
-               DIV_ITEMS: tl.constexpr, div_ptr, valid_ptr, look_part_ptr, BLOCK_K: tl.constexpr,
+def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr, cnt_ptr,
+               zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, n_st, alpha_ptr, alpha_val, alpha_st, temp_ptr, temp_val, temp_st,
+               seed_ptr, seed_val, seed_st, offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT,
+               stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
+               USES_ALPHA: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr,
+               FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr,
+               TILES: tl.constexpr, DIV_ITEMS: tl.constexpr, div_ptr, valid_ptr, look_part_ptr, BLOCK_K: tl.constexpr,
                PAIRS: tl.constexpr, VEC: tl.constexpr, part_m_ptr, CH_TILES: tl.constexpr, SCREEN: tl.constexpr,
                SCREENS: tl.constexpr, RECS: tl.constexpr, BLOCK_R: tl.constexpr, LANES: tl.constexpr,
                SOLO: tl.constexpr):
@@ -2759,7 +2759,7 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
     c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(B, K, ROWS)
     div_items = K * ((NT + CH_TILES - 1) // CH_TILES) if DIV_ITEMS else 0
     flag = wait_flag(cnt_ptr + c_flag + g)
-    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, n_st, temp_ptr, temp_val, temp_st, RAGGED, ROWS)
     if ROWS == 1:  # m and the race kind came with the flag
         kind = rows.to(tl.int32) * 0 + ((flag - 1) & 3)
         m = rows * 0 + ((flag - 1) >> 2)
@@ -2794,11 +2794,11 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
             zq_pre = None
         o = (rows * KP + m) * 2
         Mp = tl.load(pos_m_ptr + o, mask=racing, other=0.0, cache_modifier=".cg")[:, None]
-        seed = row_params(seed_ptr, seed_val, rows, rmask)
-        pos = row_params(offset_ptr, offset_val, rows, rmask) + m
+        seed = row_params(seed_ptr, seed_val, seed_st, rows, rmask)
+        pos = row_params(offset_ptr, offset_val, offset_st, rows, rmask) + m
         scale, inv_STp, wm, Mq, inv_STq, S1p, S1q, argp, argq, xm, al = _residual_consts(
             rows, rmask, resid_row, T, o, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, alpha_ptr,
-            alpha_val, B, K, FAMILY, USES_ALPHA, HAS_Q)
+            alpha_val, alpha_st, B, K, FAMILY, USES_ALPHA, HAS_Q)
         bonus = bonus_row[:, None]
         offs = tl.arange(0, BLOCK_V)[None, :]
         # exp((z - M) / T) as one FFMA and one ex2 (``exp_shift``) where no row's M / T reaches SHIFT_MAX; a family-A
@@ -2855,10 +2855,10 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         tl.store(race_i_ptr + rec, idx, mask=racing[:, None])
     if ticket(cnt_ptr + c_race + g) == NI - 1:
         _race_emit_rows(rows, rmask, racing, m, T, start, tokens_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
-                        pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, seed_ptr, seed_val,
-                        offset_ptr, offset_val, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk, stride_pb,
-                        stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS, NI * RECS,
-                        BLOCK_R, LANES, VEC, SOLO)
+                        pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, alpha_st, seed_ptr,
+                        seed_val, seed_st, offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT,
+                        stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS,
+                        FP64, BLOCK_V, PAIRS, NI * RECS, BLOCK_R, LANES, VEC, SOLO)
         tl.store(cnt_ptr + c_race + g, 0)
         if not DIV_ITEMS:
             tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
@@ -2871,11 +2871,11 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
 
 @triton.jit(noinline=True)
 def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, look_ptr, cnt_ptr, zq_ptr, zp_ptr,
-              cu_ptr, n_ptr, n_val, alpha_ptr, alpha_val, temp_ptr, temp_val, cutq_ptr, cutp_ptr, B, K, V, NT,
-              stride_qb, stride_qk, stride_pb, stride_pk, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
-              RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr, ROWS: tl.constexpr,
-              BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr, TILES: tl.constexpr,
-              PAIRS: tl.constexpr):
+              cu_ptr, n_ptr, n_val, n_st, alpha_ptr, alpha_val, alpha_st, temp_ptr, temp_val, temp_st, cutq_ptr,
+              cutp_ptr, B, K, V, NT, stride_qb, stride_qk, stride_pb, stride_pk, IN_SET: tl.constexpr,
+              USES_ALPHA: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
+              ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_T: tl.constexpr,
+              TILES: tl.constexpr, PAIRS: tl.constexpr):
     """A token set's TV(pi, p) at position i (``divergence`` asked, drafter logits, T > 0): with Q = q(A) = 1 - eta,
     pi - p is q - Q p on A and (eta - 1) p <= 0 off it, so TV(pi, p) = sum_{v in A} (q(v) - Q p(v))^+, a pass that
     needs eta (the second look's) first. Queued (with drafter logits only: ``DIV_ITEMS``) with the row's race
@@ -2884,13 +2884,13 @@ def _div_item(g, i, j, div_ptr, valid_ptr, pos_m_ptr, pos_f_ptr, look_part_ptr, 
     (``_div_done``)."""
     c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(B, K, ROWS)
     wait_flag(cnt_ptr + c_flag + g)
-    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, temp_ptr, temp_val, RAGGED, ROWS)
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, n_st, temp_ptr, temp_val, temp_st, RAGGED, ROWS)
     NI = (NT + TILES - 1) // TILES
     valid = tl.load(valid_ptr + rows, mask=rmask, other=0, cache_modifier=".cg") != 0
     use = rmask & valid & _needs_look(T, True, True) & (i < n)
     if tl.max(use.to(tl.int32), axis=0) > 0:
         scale, Mp, S1p, inv_STp, Mq, S1q, inv_STq, al = _look_consts(rows, rmask, i, use, T, pos_m_ptr,
-                                                                    pos_f_ptr, alpha_ptr, alpha_val, B, K,
+                                                                    pos_f_ptr, alpha_ptr, alpha_val, alpha_st, B, K,
                                                                     USES_ALPHA)
         Q = 1.0 - tl.load(look_ptr + rows * K + i, mask=use, other=1.0, cache_modifier=".cg")[:, None]
         acc = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
@@ -3541,17 +3541,18 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     items = ITEMS_PER_PROGRAM
     grid = triton.cdiv(total, items) if items else max(1, min(programs, total))
     itemsize = max(zp.element_size(), zq.element_size() if zq is not None else 0)
-    n_ptr, n_val = common.split_param(args.num_draft_tokens, K)
-    a_ptr, a_val = common.split_param(args.alpha, 0.0)
-    t_ptr, t_val = common.split_param(args.temperature, 1.0)
-    s_ptr, s_val = common.split_param(args.seed, 0)
-    o_ptr, o_val = common.split_param(args.offset, 0)
+    n_ptr, n_val, n_st = common.split_param(args.num_draft_tokens, K)
+    a_ptr, a_val, a_st = common.split_param(args.alpha, 0.0)
+    t_ptr, t_val, t_st = common.split_param(args.temperature, 1.0)
+    s_ptr, s_val, s_st = common.split_param(args.seed, 0)
+    o_ptr, o_val, o_st = common.split_param(args.offset, 0)
     lo, hi = args.rule.alpha_range
     _verify_kernel[(grid,)](
         *out[:KERNEL_OUTPUTS], div, part_m, part_f, part_i, pos_m, pos_f, pos_i, look_part, look, race_f, race_i, row_i,
         row_f, cnt,
-        zq, zp, x, cu, n_ptr, int(n_val), a_ptr, float(a_val), t_ptr, float(t_val), s_ptr, int(s_val), o_ptr,
-        int(o_val), cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid, *magic(step), *magic(ns),
+        zq, zp, x, cu, n_ptr, int(n_val), n_st, a_ptr, float(a_val), a_st, t_ptr, float(t_val), t_st, s_ptr,
+        int(s_val), s_st, o_ptr, int(o_val), o_st, cutq, cutp, fok, float(lo), float(hi), B, K, V, nt, total, grid,
+        *magic(step), *magic(ns),
         *strides,
         **cx, SKIP_MOOT=SKIP_MOOT_LOOKS, SECOND_LOOK=second, RAGGED=cu is not None, FILTERS=filters, FP64=fp64,
         ROWS=rows, BLOCK_V=block_v,
