@@ -243,9 +243,8 @@ def _sample_filtered_kernel(
 @triton.jit
 def _merge_rows(tokens_ptr, part_m_ptr, part_s_ptr, part_i_ptr, rows, rmask, NT, V, T, scale, FP64: tl.constexpr,
                 ROWS: tl.constexpr, BLOCK_T: tl.constexpr):
-    """The last program of a group: each row's NT tile records (BLOCK_T >= NT) loaded at once, one round trip to L2
-    (in chunks, each chunk's loads waited for twice, a row of more than a chunk's tiles took four), merged, and its
-    token written."""
+    """The last program of a group: each row's NT tile records (BLOCK_T >= NT) loaded at once, one round trip to L2,
+    merged, and its token written."""
     tt = tl.arange(0, BLOCK_T)
     mm = rmask[:, None] & (tt < NT)[None, :]
     o = rows[:, None] * NT + tt[None, :]

@@ -518,9 +518,10 @@ def _lane_stats(z, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run
     threads: a lane's max, sum exp(z - max) and sum exp((z - max) / T) over kept entries (rows with ``scaled``)
     rescaled to its new max, and its lowest argmax (rows with ``greedy``; found among the tile offsets and shifted by
     the scalar ``lo``, so no per-entry index is formed outside that branch). A NaN or +inf entry makes the lane's
-    T = 1 sum NaN (exp(NaN - max), or inf - inf), and it stays NaN: the item's record reads its bad flag off it. FAST (logits other than float64): each exp is one
-    FFMA and one ex2 (``exp_shift``), and ``huge`` records the lanes whose max times the scale reached SHIFT_MAX,
-    whose sums are then wrong: the caller runs the item again without FAST (which leaves ``huge`` as it is).
+    T = 1 sum NaN (exp(NaN - max), or inf - inf), and it stays NaN: the item's record reads its bad flag off it.
+    FAST (logits other than float64): each exp is one FFMA and one ex2 (``exp_shift``), and ``huge`` records the
+    lanes whose max times the scale reached SHIFT_MAX, whose sums are then wrong: the caller runs the item again
+    without FAST (which leaves ``huge`` as it is).
     Also returned, for a token set's screening records (``_screen``): each lane's max over this chunk alone and its
     share of the chunk's sampling sum (scaled rows: the scaled sum) relative to the lane's new max. ``zw``: z's
     words of two bfloat16 entries (``load_tile``'s PAIRS and RAW), whose lane maxes take one ``max_pairs`` per two
