@@ -2091,6 +2091,43 @@ def test_sample_races_64_bfloat16_entries_a_thread_under_a_register_cap(tmp_path
     assert per_logit["wide"] < 0.85 * per_logit["narrow"], per_logit
 
 
+def test_sample_realigns_rows_not_16_byte_aligned(tmp_path, monkeypatch):
+    """Rows whose stride is not a multiple of 16 entries (V = 50257, B = 64) take ``sample``'s realigned kernel
+    (SHIFT): compiled for sm_90, a tile wholly inside its row loads as 16-byte vectors (LDG.E.128, every one under
+    the one predicate of the tile's branch: 4 a thread for bf16, 8 for fp32, 32 entries a thread; bf16 on 2048-entry
+    tiles, where the aligned rows' 4096 would spill under their register cap), no spills; the row's first and last
+    tiles load entry by entry. Control: the same launch with the realignment off (what the rows got before) has no
+    16-byte load at all; and V = 50304 takes the plain kernel."""
+    from speccas_kernels.kernels import sample as ksample
+
+    got = {}
+    for V, dt in ((50257, "bf16"), (50257, "fp32"), (50304, "bf16")):
+        work, _ = rf.capture("sample", None, 64, 0, V, dt)
+        (got[V, dt],) = work.launches
+    monkeypatch.setattr(ksample, "realigned", lambda *a: False)
+    work, _ = rf.capture("sample", None, 64, 0, 50257, "bf16")
+    (off,) = work.launches
+    shape = {k: (l.constexprs["SHIFT"], l.constexprs["BLOCK_V"], l.num_warps, l.options.get("maxnreg"))
+             for k, l in got.items()}
+    assert shape == {(50257, "bf16"): (True, 2048, 2, None), (50257, "fp32"): (True, 2048, 2, None),
+                     (50304, "bf16"): (False, 4096, 2, 128)}, shape
+    assert not off.constexprs["SHIFT"]
+    launches = [got[50257, "bf16"], got[50257, "fp32"], off]
+    recs = rf.compile_launches(launches, cache_dir=tmp_path, quiet=True)
+    for launch in launches:
+        rec = recs[rf.compile_key(launch)]
+        sass = (tmp_path / "kernels" / f"{rf.compile_key(launch)}.sass").read_text()
+        vectors = [p.strip() for p in re.findall(r"(@!?P\w+\s+)?LDG\.E\.128", sass)]
+        if launch is off:
+            assert vectors == [] and "LDG.E.U16" in sass, vectors
+            continue
+        assert rec["spill_stores"] == 0 and rec["spill_loads"] == 0, rec["spill_stores"]
+        itemsize = 2 if launch.constexprs["PAIRS"] else 4
+        entries = launch.constexprs["BLOCK_V"] // (32 * launch.num_warps)
+        assert entries == 32 and len(vectors) == entries * itemsize // 16 and len(set(vectors)) == 1, vectors
+        assert ("LDG.E.U16" if itemsize == 2 else "LDG.E ") in sass
+
+
 def test_sample_merges_a_rows_records_in_one_load(tmp_path):
     """The program with a row's last ticket loads all of the row's tile records at once (``_merge_rows``: BLOCK_T a
     power of two >= NT), so the compiled ``sample`` kernel holds no loop at all at B = 1 and 64 (V = 151936: 75

@@ -962,28 +962,72 @@ def test_sample_reads_bfloat16_words_and_whole_tiles_unmasked(device, monkeypatc
             assert not bool(differ.any()), (V, rows, words.tolist(), ref.tolist())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_sample_realigned_rows_draw_the_references_tokens(device, monkeypatch, dtype):
+    """Rows not 16-byte aligned (V = 201, and rows of 204 entries read to vocab_size 200) take the realigned
+    kernel (``sample.realigned``: SHIFT, tiles starting at the 16-byte boundary at or before each row, the first and
+    last tiles of a row masked entry by entry, the noise from ``philox.uniform_shifted``): the reference's tokens
+    at every temperature, one row a program and the batch in one, with 16- and 64-entry tiles;
+    the entries before a row (the previous row's largest, at its end) and past vocab_size (huge) are never read, a
+    NaN in a whole tile makes its row -1, greedy rows take the lowest of maxima tied across a tile boundary.
+    Control: the same values in rows of 208 entries (16-byte aligned) take the plain kernel and the same tokens."""
+    from speccas_kernels.kernels import sample as ksample
+    seen = []
+    real = ksample.realigned
+    monkeypatch.setattr(ksample, "realigned", lambda *a: seen.append(real(*a)) or seen[-1])
+    g = torch.Generator().manual_seed(1001)
+    for V, Vin in ((201, 201), (200, 204)):
+        z = torch.randn(7, 208, generator=g) * 3
+        z[:, V - 3:V] = 20.0 + torch.arange(7)[:, None]  # each row's end: the largest logits, read by no other row
+        z[:, V:] = 1e4  # past vocab_size: never read
+        z[1, 100] = float("nan")  # a whole tile
+        z[2, :V] = float("-inf")
+        z[2, 0] = 1.0  # a row's only finite entry its first
+        z[3, 15] = z[3, 16] = z[3, 63] = z[3, 64] = 40.0  # greedy: ties across tiles of 16 and 64
+        z = z.to(dtype)
+        T = torch.tensor([1.0, 0.7, 1.3, 0.0, 1.0, 0.5, 2.0])
+        kw = dict(temperature=T, seed=torch.arange(7) * 131 + V, offset=torch.arange(7) + 9, vocab_size=V)
+        args = checks.check_sample(z[:, :Vin].contiguous(), **kw, validate=False)
+        ref, margins = reference.sample_args(args, debug=True)
+        assert ref[1].item() == -1 and ref[2].item() == 0 and ref[3].item() == 15, ref.tolist()
+        for rows in (1, None):
+            for block in (16, 64):
+                monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+                monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
+                seen.clear()
+                shifted = sk.sample(z[:, :Vin].contiguous().to(device), **to_device(kw, device),
+                                    backend="triton").cpu()
+                aligned = sk.sample(z.to(device), **to_device(kw, device), backend="triton").cpu()
+                assert seen == [True, False], (V, rows, block, seen)
+                assert torch.equal(shifted, aligned), (V, rows, block, shifted.tolist(), aligned.tolist())
+                differ = (shifted != ref) & ~(margins["race_margin"] < 1e-4)
+                assert not bool(differ.any()), (V, rows, block, shifted.tolist(), ref.tolist())
+
+
 def test_sample_wide_bfloat16_tiles_draw_the_references_tokens(device, monkeypatch):
     """``sample``'s GPU launch for 2-byte logits at large batches (``triton_backend.sample_settings``: 4096-entry
     tiles on 2 warps, 64 entries a thread, where a thread's index pass takes the minimum over its entries rather
     than a 32-bit word of hits; ``launch_sample`` adds a register cap, which the interpreter drops), run through the
     public call: the sampled rows draw the reference's tokens (bf16 words, V even) and the 16-bit-load kernel's
     (rows shifted by one entry), greedy rows the lowest of maxima tied across a thread's places and lanes, within a
-    tile and across the three tiles (V = 9000, the last tile partial), a NaN row -1. Control: the same rows on
+    tile and across the three tiles (V = 9000, the last tile partial; rows of 9008 entries, 16-byte aligned, since
+    rows that are not take the realigned launch's narrower tiles), a NaN row -1. Control: the same rows on
     ``settings``' tiles (the narrow launch) give the same tokens, and the wide launch did take 4096 and 2."""
     seen = []
     real = kcommon.thread_lanes
     monkeypatch.setattr(kcommon, "thread_lanes", lambda b, w, v: seen.append((b, w, v)) or real(b, w, v))
     V = 9000
     g = torch.Generator().manual_seed(69)
-    z = torch.randn(12, V, generator=g) * 2.5
+    z = torch.randn(12, V + 8, generator=g) * 2.5
+    z[:, V:] = 1e4  # past vocab_size: never read
     ties = ((5, 4101), (512, 1024), (4095, 4096), (8191, 8999), (3, 67), (520, 521))
     for r, (lo, hi) in enumerate(ties):
         z[r, lo] = z[r, hi] = 12.0
     z[6, 7000] = float("nan")
     zb = z.to(torch.bfloat16)
     T = torch.tensor([0.0] * 6 + [1.0, 0.6, 1.0, 1.4, 0.9, 1.0])
-    kw = dict(temperature=T, seed=torch.arange(12) * 7919 + 3, offset=torch.arange(12) + 40)
-    args = checks.check_sample(zb, **kw, vocab_size=None, validate=False)
+    kw = dict(temperature=T, seed=torch.arange(12) * 7919 + 3, offset=torch.arange(12) + 40, vocab_size=V)
+    args = checks.check_sample(zb, **kw, validate=False)
     ref, margins = reference.sample_args(args, debug=True)
     assert ref[:7].tolist() == [lo for lo, _ in ties] + [-1]
     out = {}
@@ -1128,6 +1172,45 @@ def test_gumbel_flat_matches_random_module(device, vec):
         # negative control: the same noise a group of four entries later is a different tile
         assert not torch.allclose(got.cpu(), srandom.gumbel(seeds[:, None], pos[:, None], 2,
                                                             torch.arange(v0 + 4, v0 + 68)), atol=1e-3)
+
+
+@triton.jit
+def _uniform_shifted_probe_kernel(u_ptr, seed_ptr, pos_ptr, b0_ptr, R: tl.constexpr, BLOCK: tl.constexpr,
+                                  VEC: tl.constexpr):
+    r = tl.arange(0, R)
+    u = philox.uniform_shifted(tl.load(seed_ptr + r), tl.load(pos_ptr + r), 3, tl.load(b0_ptr + r), BLOCK, VEC)
+    tl.store(u_ptr + r[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :], u)
+
+
+@pytest.mark.parametrize("vec", [4, 8])
+def test_uniform_shifted_matches_random_module(device, vec):
+    """The noise of a tile that starts anywhere in a row (``philox.uniform_shifted``: a thread's VEC entries span
+    VEC / 4 + 1 Philox groups, entry e taking word d + e, d = b0 & 3, by selects) is ``random.uniform`` bit for bit
+    at every entry >= 0, for rows starting at each residue mod 4 (one row a program per residue, then four rows
+    with four residues at once) and before 0 (a realigned row's first tile): in (0, 1) there. Negative control: the
+    tile of ``uniform_flat`` at b0 rounded down to a group (what ignoring d gives) is not it."""
+    seeds = torch.tensor([0, 5, -3, 2**62])
+    pos = torch.tensor([1, 2**40, 7, 0])
+    for b0s in ([4 * 12345 + 1, 6, -3, 4 * 999 + 3], [-1, 8, 2**31 + 2, 4 * 77 + 1], [0, 1, 2, 3]):
+        b0 = torch.tensor(b0s)
+        got = torch.empty(4, 64, device=device)
+        _uniform_shifted_probe_kernel[(1,)](got, seeds.to(device), pos.to(device), b0.to(device), R=4, BLOCK=64,
+                                            VEC=vec)
+        got = got.cpu()
+        cols = b0[:, None] + torch.arange(64)[None, :]
+        want = srandom.uniform(seeds[:, None], pos[:, None], 3, cols.clamp(min=0))
+        inside = cols >= 0
+        assert torch.equal(got[inside], want[inside]), b0s
+        assert bool(((got > 0) & (got < 1)).all())
+        if b0s == [0, 1, 2, 3]:
+            continue
+        flat = srandom.uniform(seeds[:, None], pos[:, None], 3, (b0[:, None] & ~3) + torch.arange(64)[None, :])
+        assert not bool((got[inside] == flat[inside]).all())
+        for r in range(4):  # one row a program
+            one = torch.empty(1, 64, device=device)
+            _uniform_shifted_probe_kernel[(1,)](one, seeds[r:r + 1].to(device), pos[r:r + 1].to(device),
+                                                b0[r:r + 1].to(device), R=1, BLOCK=64, VEC=vec)
+            assert torch.equal(one.cpu()[0][inside[r]], want[r][inside[r]]), (b0s, r)
 
 
 def test_gumbel_flat_base2_is_the_shifted_scaled_gumbel(device):

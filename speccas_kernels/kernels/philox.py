@@ -122,6 +122,73 @@ def uniform_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr, VEC: 
 
 
 @triton.jit
+def _words_at(seed, pos, stream: tl.constexpr, c):
+    """The four words of Philox at the counters ``c`` ([R, N] uint32; ``seed``, ``pos``: [R, 1] int64)."""
+    zero = (c * 0).to(tl.uint32)
+    c1 = zero + stream
+    c2 = zero + (pos & 0xFFFFFFFF).to(tl.uint32)
+    c3 = zero + ((pos >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    k0 = zero + opaque((seed & 0xFFFFFFFF).to(tl.uint32))
+    k1 = zero + opaque(((seed >> 32) & 0xFFFFFFFF).to(tl.uint32))
+    return philox4x32_10(c, c1, c2, c3, k0, k1)
+
+
+@triton.jit
+def _window(d, a, b, c, e):
+    """The word at ``d`` (0 .. 3, uniform over a row) of a, b, c, e: two levels of selects on d's bits."""
+    lo = tl.where((d & 1) != 0, b, a)
+    hi = tl.where((d & 1) != 0, e, c)
+    return tl.where((d & 2) != 0, hi, lo)
+
+
+@triton.jit
+def _joined(e0, e1, e2, e3, e4, e5, e6, e7, VEC: tl.constexpr):
+    """[R, N, VEC] of the entries e0 .. e(VEC - 1) ([R, N] each), entry e at [:, :, e] (join adds the last axis)."""
+    if VEC == 8:  # [r, k, h, g, f] = entry 4 h + 2 g + f
+        return tl.join(tl.join(tl.join(e0, e4), tl.join(e2, e6)), tl.join(tl.join(e1, e5), tl.join(e3, e7)))
+    else:  # [r, k, g, f] = entry 2 g + f
+        return tl.join(tl.join(e0, e2), tl.join(e1, e3))
+
+
+@triton.jit
+def _windows(d, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, VEC: tl.constexpr):
+    """Entry e of a thread's VEC takes word d + e of its groups' words (a, b, c in order) by selects."""
+    return _joined(_window(d, a0, a1, a2, a3), _window(d, a1, a2, a3, b0), _window(d, a2, a3, b0, b1),
+                   _window(d, a3, b0, b1, b2), _window(d, b0, b1, b2, b3), _window(d, b1, b2, b3, c0),
+                   _window(d, b2, b3, c0, c1), _window(d, b3, c0, c1, c2), VEC)
+
+
+@triton.jit
+def uniform_shifted(seed, pos, stream: tl.constexpr, b0, BLOCK: tl.constexpr, VEC: tl.constexpr):
+    """``uniform_flat``'s tile at entries b0 .. b0 + BLOCK - 1 of each row, ``b0`` ([R] int64) any integer (a tile
+    whose loads start at a 16-byte-aligned address of a row that is not): a thread's VEC adjacent entries (4 or 8)
+    start d = b0 & 3 entries into a group, so they span VEC / 4 + 1 groups (one Philox evaluation more a thread
+    than ``uniform_flat``'s VEC / 4), and entry e takes word d + e of the groups' words in order (three selects an
+    entry, d uniform over a row; a branch on d per program, each path with its words in place, made more
+    instructions in the model at B = 64, V = 50257, not fewer). Entries before 0 get the words of counter -1
+    (0xffffffff), finite like any."""
+    seed = seed.to(tl.int64)[:, None]
+    pos = pos.to(tl.int64)[:, None]
+    d = (b0 & 3)[:, None]
+    k = tl.arange(0, BLOCK // VEC)
+    c = ((b0 >> 2)[:, None] + (VEC // 4) * k[None, :]).to(tl.uint32)  # [R, N]: a thread's first group
+    a0, a1, a2, a3 = _words_at(seed, pos, stream, c)
+    b0_, b1, b2, b3 = _words_at(seed, pos, stream, c + 1)
+    if VEC == 8:
+        c0_, c1, c2, c3 = _words_at(seed, pos, stream, c + 2)
+    else:  # (four entries reach word d + 3 <= 6: the b group's)
+        c0_, c1, c2 = b0_, b1, b2
+    bits = _windows(d, a0, a1, a2, a3, b0_, b1, b2, b3, c0_, c1, c2, VEC)
+    return bits_to_uniform(tl.reshape(bits, [seed.shape[0], BLOCK]))
+
+
+@triton.jit
+def exp_log2_shifted(seed, pos, stream: tl.constexpr, b0, BLOCK: tl.constexpr, VEC: tl.constexpr):
+    """``exp_log2_flat`` over ``uniform_shifted``'s tile."""
+    return log2_fast(tl.abs(log2_fast(uniform_shifted(seed, pos, stream, b0, BLOCK, VEC))))
+
+
+@triton.jit
 def gumbel_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr, VEC: tl.constexpr = 4):
     """Gumbel noise -log(-log u) over ``uniform_flat``'s tile. The logs are ``common.ln_fast``: on a GPU within
     about 2**-22 of ``gumbel``'s."""

@@ -17,6 +17,14 @@ registers capped at ``WIDE_MAXNREG``), 8 below. bfloat16 rows are read as 32-bit
 words of two entries where ``common.pairs`` allows (one shift or mask widens an entry), the tile's max taken two
 entries an instruction (``max.NaN.bf16x2``); a tile wholly inside the vocabulary, one row a program, loads with no
 mask.
+Rows whose stride is not a multiple of 16 entries (V = 50257), which the compiler cannot prove 16-byte aligned and
+would read entry by entry, are realigned (``realigned``, ``SHIFT``): row b's tile t holds its entries t BLOCK_V - sh
+.. from the boundary of VEC = 8 entries sh entries before the row (16 bytes of 2-byte logits, 32 of 4-byte), so a
+tile wholly inside its row loads as 16-byte vectors and only a row's first and last tiles mask entry by entry; the
+noise comes from ``philox.uniform_shifted`` (a thread's 8 entries span three Philox groups: one evaluation more
+than aligned rows' two, and three selects an entry), so a tile has 2048 entries at most (64 entries a thread
+spill). Model, B = 64, V = 50257 (``bench/roofline.py``): bf16 7.7 -> 6.6 us (aligned V = 50304: 5.5), fp32 7.2 ->
+7.0 us (5.9).
 The program with the last ticket merges the tiles, their records loaded at once (one round trip to L2):
 ``M = max m_t``, each tile's best shifted by ``(m_t - M) log2(e) / T``, ties to the lowest index; then it writes the
 token (``-1`` for a row with NaN/+inf or all -inf logits, a bad temperature or bad filter values) and resets the
@@ -35,10 +43,10 @@ import triton.language as tl
 
 from .. import rules
 from . import common
-from .common import (BIG, NEG_INF, PAIR_MAX, best_lowest_rows, inv_temperature, load_tile, log2e_scale, max_nan,
-                     max_nan_pairs, pair_high, pair_low, row_params, temperature_ok, widen_pairs)
+from .common import (BIG, NEG_INF, PAIR_MAX, best_lowest_rows, inv_temperature, load_logits, load_tile, log2e_scale,
+                     max_nan, max_nan_pairs, pair_high, pair_low, row_params, temperature_ok, widen_pairs)
 from .filters import _cutoffs, cutoff_passes, filter_args, filter_params
-from .philox import exp_log2_flat
+from .philox import exp_log2_flat, exp_log2_shifted
 
 STREAM_DRAFT = tl.constexpr(rules.STREAM_DRAFT)
 
@@ -67,18 +75,26 @@ def _sample_kernel(
     HIT_WORD: tl.constexpr,  # a thread holds 32 entries or fewer (``launch_sample``)
     PAIRS: tl.constexpr,  # bfloat16 logits read as 32-bit words of two entries (``launch_sample``)
     BLOCK_T: tl.constexpr,  # a power of two >= NT: the merge loads a row's tile records at once
+    SHIFT: tl.constexpr,  # rows not known 16-byte aligned: tiles start at a boundary of VEC entries (``realigned``)
 ):
     grp = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1)
     rows = grp * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rmask = rows < B
     v0 = t.to(tl.int64) * BLOCK_V
+    if SHIFT:  # row b's tile t holds its entries t BLOCK_V - sh .. from the boundary of VEC entries at or before it
+        r0 = rows * stride_b
+        sh = r0 % VEC
+        ptrs = z_ptr + tl.multiple_of(r0 - sh, VEC)
+    else:
+        sh = None
+        ptrs = z_ptr + rows * stride_b
     T = row_params(temp_ptr, temp_val, temp_st, rows, rmask).to(tl.float32)
     scale = log2e_scale(inv_temperature(T))
     seed = row_params(seed_ptr, seed_val, seed_st, rows, rmask)
     offset = row_params(offset_ptr, offset_val, offset_st, rows, rmask)
-    best, idx, m, bad = _race_tile(z_ptr + rows * stride_b, rmask, v0, V, T, scale, seed, offset, None, None, FP64,
-                                   ROWS, BLOCK_V, VEC, LANES, HIT_WORD, PAIRS)
+    best, idx, m, bad = _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, None, None, FP64, ROWS, BLOCK_V, VEC,
+                                   LANES, HIT_WORD, PAIRS, sh)
     if SINGLE:
         ok = temperature_ok(T) & (bad == 0) & (m > NEG_INF) & (m < float("inf")) & (idx < BIG)
         tl.store(tokens_ptr + rows, tl.where(ok, tl.minimum(idx, V - 1), -1).to(tl.int64), mask=rmask)
@@ -102,34 +118,19 @@ def _rel(z, M):
 @triton.jit
 def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.constexpr, ROWS: tl.constexpr,
                BLOCK_V: tl.constexpr, VEC: tl.constexpr, LANES: tl.constexpr, HIT_WORD: tl.constexpr,
-               PAIRS: tl.constexpr):
+               PAIRS: tl.constexpr, sh=None):
     """The race over one tile of R rows (``ptrs``: the rows' logits): (best score, its lowest index, the tile's max
     logit, NaN/+inf flag), each [R]. Scores are (z - M) / T + G in base-2 units ((z - M) ``scale`` - log2(-log2 u),
     ``scale`` = log2(e) / T capped) with M the row's max when given, else the tile's own max (the caller shifts);
-    greedy rows score 0 at the max; entries below ``cut`` (when given) score -inf."""
-    # The tile's logits (PAIRS: its 32-bit words of two bfloat16 entries, each entry widened by one shift or mask);
-    # a tile wholly inside the vocabulary, one row a program (every tile but a row's last on a GPU), loads with no
-    # mask, so with no -inf filled into its registers first (a branch uniform over the program)
-    if ROWS == 1:
-        if v0 + BLOCK_V <= V:
-            zl = load_tile(ptrs[:, None], v0, None, V - v0, BLOCK_V, FP64, PAIRS, FULL=True, RAW=True)
-        else:
-            zl = load_tile(ptrs[:, None], v0, rmask[:, None], V - v0, BLOCK_V, FP64, PAIRS, RAW=True)
+    greedy rows score 0 at the max; entries below ``cut`` (when given) score -inf. With ``sh`` ([R], 0 .. VEC - 1)
+    ``ptrs`` point sh entries before the rows, at a boundary of VEC entries, and the tile is entries v0 - sh .. of
+    each row (``_shifted_tile``)."""
+    if sh is not None:
+        b0 = v0 - sh
+        z, m = _shifted_tile(ptrs, rmask, v0, b0, V, FP64, ROWS, BLOCK_V, PAIRS)
     else:
-        zl = load_tile(ptrs[:, None], v0, rmask[:, None], V - v0, BLOCK_V, FP64, PAIRS, RAW=True)
-    # [R]: the tile's max, NaN when it holds a NaN (FMNMX.NAN on a GPU; the interpreter's max propagates NaN too), so
-    # bad (a NaN or +inf entry) is read off it: no pass of its own over the tile; the words' maxes two entries an
-    # instruction (``max.NaN.bf16x2``, exact: the same max, NaN as well), then the larger half
-    if PAIRS:
-        z = widen_pairs(zl)
-        if PAIR_MAX:
-            mw = tl.reduce(zl, 1, max_nan_pairs)
-            m = max_nan(pair_low(mw), pair_high(mw))
-        else:
-            m = tl.reduce(z, 1, max_nan)
-    else:
-        z = zl
-        m = tl.reduce(z, 1, max_nan)
+        b0 = v0
+        z, m = _plain_tile(ptrs, rmask, v0, V, FP64, ROWS, BLOCK_V, PAIRS)
     bad = ((m != m) | (m == float("inf"))).to(tl.int32)
     if M is None:
         Mr = m
@@ -149,7 +150,7 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
     noisy = tl.max((T > 0).to(tl.int32), axis=0) > 0
     if PAIRS:
         if noisy:
-            e2 = exp_log2_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V, VEC)  # -(G + ln ln 2) / ln 2
+            e2 = _noise(seed, offset, v0, b0, BLOCK_V, VEC, sh is not None)  # -(G + ln ln 2) / ln 2
             if ROWS > 1:  # (one row: it samples, here)
                 e2 = tl.where((T > 0)[:, None], e2, 0.0)
             s = rel * scale[:, None] - e2
@@ -158,7 +159,7 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
     else:
         e2 = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32)
         if noisy:
-            e2 = exp_log2_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V, VEC)
+            e2 = _noise(seed, offset, v0, b0, BLOCK_V, VEC, sh is not None)
             if ROWS > 1:
                 e2 = tl.where((T > 0)[:, None], e2, 0.0)
         s = rel * scale[:, None] - e2
@@ -188,8 +189,77 @@ def _race_tile(ptrs, rmask, v0, V, T, scale, seed, offset, cut, M, FP64: tl.cons
         low = tl.min(tl.min(tl.where(s4 == best[:, None, None, None], ak, BIG), axis=3), axis=1)
         low = tl.where(low < BIG, low + tl.arange(0, LANES // VEC)[None, :] * VEC, BIG)
     off = tl.min(low, axis=1)
-    idx = tl.where(off < BIG, v0.to(tl.int32) + off, BIG)
+    idx = tl.where(off < BIG, b0.to(tl.int32) + off, BIG)
     return best, idx, m, bad
+
+
+@triton.jit
+def _noise(seed, offset, v0, b0, BLOCK_V: tl.constexpr, VEC: tl.constexpr, SHIFTED: tl.constexpr):
+    if SHIFTED:
+        return exp_log2_shifted(seed, offset, STREAM_DRAFT, b0, BLOCK_V, VEC)
+    else:
+        return exp_log2_flat(seed, offset, STREAM_DRAFT, v0, BLOCK_V, VEC)
+
+
+@triton.jit
+def _tile_max(zl, PAIRS: tl.constexpr):
+    """(the tile's logits as float32 (float64), [R]: its max, NaN when it holds a NaN) from ``load_tile``'s RAW
+    result. The max is NaN-propagating (FMNMX.NAN on a GPU; the interpreter's max propagates NaN too), so a NaN or
+    +inf entry is read off it: no pass of its own over the tile; bfloat16 words' maxes two entries an instruction
+    (``max.NaN.bf16x2``, exact: the same max, NaN as well), then the larger half."""
+    if PAIRS:
+        z = widen_pairs(zl)
+        if PAIR_MAX:
+            mw = tl.reduce(zl, 1, max_nan_pairs)
+            m = max_nan(pair_low(mw), pair_high(mw))
+        else:
+            m = tl.reduce(z, 1, max_nan)
+    else:
+        z = zl
+        m = tl.reduce(z, 1, max_nan)
+    return z, m
+
+
+@triton.jit
+def _plain_tile(ptrs, rmask, v0, V, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
+                PAIRS: tl.constexpr):
+    """Entries v0 .. v0 + BLOCK_V - 1 of the rows at ``ptrs`` (-inf past V) and their max (``_tile_max``). PAIRS: read
+    as 32-bit words of two bfloat16 entries, each widened by one shift or mask. A tile wholly inside the vocabulary,
+    one row a program (every tile but a row's last on a GPU), loads with no mask, so with no -inf filled into its
+    registers first (a branch uniform over the program)."""
+    if ROWS == 1:
+        if v0 + BLOCK_V <= V:
+            zl = load_tile(ptrs[:, None], v0, None, V - v0, BLOCK_V, FP64, PAIRS, FULL=True, RAW=True)
+        else:
+            zl = load_tile(ptrs[:, None], v0, rmask[:, None], V - v0, BLOCK_V, FP64, PAIRS, RAW=True)
+    else:
+        zl = load_tile(ptrs[:, None], v0, rmask[:, None], V - v0, BLOCK_V, FP64, PAIRS, RAW=True)
+    return _tile_max(zl, PAIRS)
+
+
+@triton.jit
+def _shifted_tile(ptrs, rmask, v0, b0, V, FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr,
+                  PAIRS: tl.constexpr):
+    """``_plain_tile`` for rows that start off a 16-byte boundary: entries b0 .. b0 + BLOCK_V - 1 of each row (b0 =
+    v0 - sh, [R]), read at ``ptrs`` + v0 (``ptrs``: the boundary of VEC entries at or before each row), so 16-byte
+    vector loads for any V or row stride. A tile wholly inside its row (one row a program) loads as
+    ``_plain_tile``'s unmasked tiles; a row's first tile (which starts sh entries before it) and its last, entry by
+    entry with masks."""
+    offs = tl.arange(0, BLOCK_V)[None, :]
+    if ROWS == 1:
+        b = tl.max(b0, axis=0)
+        if (b >= 0) & (b + BLOCK_V <= V):
+            z, m = _tile_max(load_tile(ptrs[:, None], v0, None, BLOCK_V, BLOCK_V, FP64, PAIRS, FULL=True, RAW=True),
+                             PAIRS)
+        else:
+            col = b0[:, None] + offs
+            z = load_logits(ptrs[:, None] + v0 + offs, (col >= 0) & (col < V), FP64)
+            m = tl.reduce(z, 1, max_nan)
+    else:
+        col = b0[:, None] + offs
+        z = load_logits(ptrs[:, None] + v0 + offs, rmask[:, None] & (col >= 0) & (col < V), FP64)
+        m = tl.reduce(z, 1, max_nan)
+    return z, m
 
 
 @triton.jit(do_not_specialize=["temp_val", "seed_val", "offset_val", "top_k_val", "top_p_val", "min_p_val"])
@@ -296,6 +366,16 @@ def wide_registers(block_v: int, num_warps: int, itemsize: int) -> dict:
     return {}
 
 
+def realigned(logits: torch.Tensor, filtered: bool) -> bool:
+    """Whether ``_sample_kernel`` starts its tiles at the boundary of 8 entries at or before each row (``SHIFT``): rows
+    whose stride is not a multiple of 16 entries (e.g. V = 50257), which the compiler cannot prove 16-byte aligned
+    and would read entry by entry, in storage that is itself 16-byte aligned, with 2- or 4-byte logits. The race's
+    noise then costs one Philox evaluation more a thread (``philox.uniform_shifted``); the filtered kernel, whose
+    cutoff passes read the row many times, keeps the rows' own alignment."""
+    return (not filtered and logits.element_size() in (2, 4) and logits.stride(0) % 16 != 0
+            and logits.data_ptr() % 16 == 0)
+
+
 def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, vocab_size: int, block_v: int,
                   num_warps: int, rows: int = 1) -> torch.Tensor:
     """[B, V] logits -> [B] int64 tokens on the same device (no host sync; one launch, filters or not).
@@ -304,21 +384,28 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
         logits = logits.contiguous()
     B = logits.shape[0]
     V = vocab_size
-    nt = triton.cdiv(V, block_v)
     dev = logits.device
     fp64 = logits.dtype == torch.float64
+    shift = realigned(logits, filters.active)
+    if shift and block_v // (32 * num_warps) > 32:
+        block_v //= 2  # (a thread's 64 entries with the shifted noise's three Philox groups a vector spill)
+    # shifted rows: a thread's vector of 8 entries (two 16-byte loads of 4-byte logits) spans three Philox groups,
+    # where four entries would span two
+    vec = min(8 if shift else 16 // logits.element_size(), block_v)
+    # a shifted row's tiles start up to vec - 1 entries before it
+    nt = triton.cdiv(V + (vec - 1 if shift else 0), block_v)
     tokens = torch.empty((B,), dtype=torch.int64, device=dev)
     groups = triton.cdiv(B, rows)
     t_ptr, t_val, t_st = common.split_param(temperature, 1.0)
     s_ptr, s_val, s_st = common.split_param(seed, 0)
     o_ptr, o_val, o_st = common.split_param(offset, 0)
-    vec = min(16 // logits.element_size(), block_v)
     lanes = common.thread_lanes(block_v, num_warps, vec)
     # a thread's entries fit one word of hits (``_race_tile``): at every GPU launch (2048-entry tiles on 2 or 8 warps
     # hold 32 or 8 entries a thread, whatever the batch, so the model's traced batches take the branch that B = 64
     # compiles); not in the interpreter's large tiles
     hit_word = (block_v // lanes) * vec <= 32
-    pairs = common.pairs(None, logits, (logits.stride(0),), V)
+    # (shifted rows: every tile's loads start at a 16-byte boundary, so a word never straddles a row's ends)
+    pairs = common.pairs(None, logits, (0 if shift else logits.stride(0),), 0 if shift else V)
     if filters.active:
         _sample_filtered_kernel[(groups,)](tokens, logits, t_ptr, float(t_val), t_st, s_ptr, int(s_val), s_st, o_ptr,
                                            int(o_val), o_st,
@@ -335,6 +422,6 @@ def launch_sample(logits: torch.Tensor, temperature, seed, offset, filters, voca
                                  int(s_val), s_st, o_ptr, int(o_val), o_st, B, V, nt, logits.stride(0), FP64=fp64,
                                  ROWS=rows, BLOCK_V=block_v,
                                  SINGLE=nt == 1, VEC=vec, LANES=lanes, HIT_WORD=hit_word, PAIRS=pairs,
-                                 BLOCK_T=max(triton.next_power_of_2(nt), 2), num_warps=num_warps,
+                                 BLOCK_T=max(triton.next_power_of_2(nt), 2), SHIFT=shift, num_warps=num_warps,
                                  **wide_registers(block_v, num_warps, logits.element_size()))
     return tokens
