@@ -101,14 +101,15 @@ def sample_settings(V: int, B: int, filtered: bool, device: torch.device, itemsi
     GPU, without filters and with more programs (B times the tiles of a row) than one wave of ``programs(device)``
     (two per SM: 264 on a 132-SM part), a 2048-entry tile over 2 warps (32 entries a thread, where ``settings``
     gives 8), and with 2-byte logits a 4096-entry tile over 2 warps (64 entries a thread, its registers capped by
-    ``launch_sample``) where that still makes more than one and a half waves. The race is bound by instruction issue
-    (Philox and two logs per entry), and a thread's fixed share (its program's parameters, the reductions across
-    the tile, the partials and the ticket) then spreads over four (eight) times the entries; 4-byte logits are bound
-    by bytes at 32 entries a thread already, and 64 spill under the cap. With fewer programs the round is one wave,
-    whose length is a thread's latency: the tile keeps 8 warps (in the model, 132 SMs, V = 151936: 8 warps at
-    B = 2, 2 warps from B = 4; V = 32000: 8 warps up to B = 16). The wide tiles' one and a half waves come from the
-    model's screening, not an estimate (bf16, V = 151936: B = 8, 304 programs, 3.95 -> 4.35 us with the second wave
-    nearly empty; B = 12, 456 programs, 4.42 -> 4.35 us; V = 32000, B = 64, 512 programs, 4.67 -> 4.36 us)."""
+    ``launch_sample``; not for rows it realigns, ``sample.realigned``) where that still makes more than one and a
+    half waves. The race is bound by instruction issue (Philox and two logs per entry), and a thread's fixed share
+    (its program's parameters, the reductions across the tile, the partials and the ticket) then spreads over four
+    (eight) times the entries; 4-byte logits are bound by bytes at 32 entries a thread already, and 64 spill under
+    the cap. With fewer programs the round is one wave, whose length is a thread's latency: the tile keeps 8 warps
+    (in the model, 132 SMs, V = 151936: 8 warps at B = 2, 2 warps from B = 4; V = 32000: 8 warps up to B = 16). The
+    wide tiles' one and a half waves come from the model's screening, not an estimate (bf16, V = 151936: B = 8, 304
+    programs, 3.95 -> 4.35 us with the second wave nearly empty; B = 12, 456 programs, 4.42 -> 4.35 us; V = 32000,
+    B = 64, 512 programs, 4.67 -> 4.36 us)."""
     block, warps = settings(V)
     if BLOCK_V_OVERRIDE is None and not _interpreting() and not filtered and block >= 2048:
         wave = programs(device)
