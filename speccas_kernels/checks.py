@@ -116,19 +116,6 @@ def _wide(value):
     return value.to(torch.int64) if isinstance(value, torch.Tensor) and value.dtype == torch.int32 else value
 
 
-def widen_ints(args: Union["VerifyArgs", "SampleArgs"]) -> Union["VerifyArgs", "SampleArgs"]:
-    """``args`` with every int32 tensor (seed, offset, top_k, num_draft_tokens, the drafted ids,
-    ``cu_num_draft_tokens``) converted to int64, for the backends that take int64 only; ``args`` itself when
-    there is none (no copy)."""
-    f = args.filters
-    if f.top_k is not None and _wide(f.top_k) is not f.top_k:
-        args = args._replace(filters=f._replace(top_k=_wide(f.top_k)))
-    names = ("seed", "offset", "num_draft_tokens", "draft_tokens", "cu_num_draft_tokens")
-    new = {n: _wide(getattr(args, n)) for n in names if hasattr(args, n)}
-    new = {n: v for n, v in new.items() if v is not getattr(args, n)}
-    return args._replace(**new) if new else args
-
-
 def _dense(value: RowParam, dtype: torch.dtype) -> RowParam:
     if not isinstance(value, torch.Tensor):
         return value
@@ -136,11 +123,10 @@ def _dense(value: RowParam, dtype: torch.dtype) -> RowParam:
 
 
 def dense_params(args: Union["VerifyArgs", "SampleArgs"]) -> Union["VerifyArgs", "SampleArgs"]:
-    """``args`` as the backends that take only contiguous parameters in one dtype read them (the reference, the C++
-    and CUDA extensions): every per-row parameter tensor contiguous, the float ones (alpha, temperature, top_p,
-    min_p) in the compute dtype, the integer ones in int64 (``widen_ints``, which also widens the ids); ``args``
-    itself when nothing differs (no copy)."""
-    args = widen_ints(args)
+    """``args`` as the backends that take only contiguous parameters in one dtype and int64 integers read them (the
+    reference, the C++ and CUDA extensions): every per-row parameter tensor contiguous, the float ones (alpha,
+    temperature, top_p, min_p) in the compute dtype, the integer ones in int64, and int32 ids (the drafted tokens,
+    ``cu_num_draft_tokens``) widened to int64; ``args`` itself when nothing differs (no copy)."""
     fdt = args.compute_dtype
     f = args.filters
     dense_f = Filters(top_k=_dense(f.top_k, torch.int64), top_p=_dense(f.top_p, fdt), min_p=_dense(f.min_p, fdt))
@@ -148,6 +134,7 @@ def dense_params(args: Union["VerifyArgs", "SampleArgs"]) -> Union["VerifyArgs",
         args = args._replace(filters=dense_f)
     kinds = dict(alpha=fdt, temperature=fdt, seed=torch.int64, offset=torch.int64, num_draft_tokens=torch.int64)
     new = {n: _dense(getattr(args, n), d) for n, d in kinds.items() if hasattr(args, n)}
+    new.update({n: _wide(getattr(args, n)) for n in ("draft_tokens", "cu_num_draft_tokens") if hasattr(args, n)})
     new = {n: v for n, v in new.items() if v is not getattr(args, n)}
     return args._replace(**new) if new else args
 

@@ -442,7 +442,7 @@ def test_batch_composition_does_not_matter(backend):
 @pytest.mark.parametrize("backend", [pytest.param("reference", id="reference")] + _BACKEND_PARAMS)
 def test_int32_ids_counts_and_seeds_give_the_int64_outputs(backend):
     """int32 draft ids, ``cu_num_draft_tokens``, num_draft_tokens, seed, offset and top_k (as serving engines keep
-    them; the Triton kernels read them as they are, the other backends widen them, ``checks.widen_ints``) give the
+    them; the Triton kernels read them as they are, the other backends widen them, ``checks.dense_params``) give the
     outputs of the same values in int64, bit for bit: verify padded and ragged, with filters and a negative seed
     (its two's complement words key Philox), and sample; validate=True accepts them. The control: another seed
     changes the tokens, so the comparison sees the seed."""

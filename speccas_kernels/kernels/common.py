@@ -426,7 +426,7 @@ def counters(device: torch.device, n: int) -> torch.Tensor:
 
 @triton.jit
 def wide_ids(x):
-    """int32 values (the ids, counts and seeds serving engines keep, ``checks.widen_ints``) as int64, every other
+    """int32 values (the ids, counts and seeds serving engines keep, ``checks.dense_params``) as int64, every other
     dtype as it is: the kernels compute offsets, counters and keys in int64. (Defined last, so the lines the
     static model's SASS chains name above stay where they were.)"""
     if x.dtype == tl.int32:
