@@ -967,7 +967,7 @@ def test_sample_realigned_rows_draw_the_references_tokens(device, monkeypatch, d
     """Rows not 16-byte aligned (V = 201, and rows of 204 entries read to vocab_size 200) take the realigned
     kernel (``sample.realigned``: SHIFT, tiles starting at the 16-byte boundary at or before each row, the first and
     last tiles of a row masked entry by entry, the noise from ``philox.uniform_shifted``): the reference's tokens
-    at every temperature, one row a program and the batch in one, with 16- and 64-entry tiles;
+    at every temperature, one row a program and the batch in one, with 16- and 64-entry tiles and one tile a row;
     the entries before a row (the previous row's largest, at its end) and past vocab_size (huge) are never read, a
     NaN in a whole tile makes its row -1, greedy rows take the lowest of maxima tied across a tile boundary.
     Control: the same values in rows of 208 entries (16-byte aligned) take the plain kernel and the same tokens."""
@@ -991,7 +991,7 @@ def test_sample_realigned_rows_draw_the_references_tokens(device, monkeypatch, d
         ref, margins = reference.sample_args(args, debug=True)
         assert ref[1].item() == -1 and ref[2].item() == 0 and ref[3].item() == 15, ref.tolist()
         for rows in (1, None):
-            for block in (16, 64):
+            for block in (16, 64, 256):
                 monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
                 monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", block)
                 seen.clear()
