@@ -295,7 +295,8 @@ def test_verify_runs_as_recorded():
 
 def test_sample_device_work_per_call():
     """Issue 13: a Triton ``sample`` call is exactly 1 launch and nothing else, filters or none (the filtered kernel
-    finds the cutoffs itself), with Python-number and [B] tensor arguments, one tile or many."""
+    finds the cutoffs itself), with Python-number and [B] tensor arguments, one tile or many, rows realigned
+    (``sample.realigned``: 1000 entries, not a multiple of 16) or not (1024)."""
     z = torch.randn(B_, 1000)
     per_row = dict(temperature=_row([1.0, 0.0, 0.7]), seed=_row([1, 2, 3], torch.int64),
                    offset=_row([0, 5, 9], torch.int64))
@@ -306,7 +307,7 @@ def test_sample_device_work_per_call():
              (dict(per_row, **rows_filters), "_sample_filtered_kernel")]
     for settings in (contextlib.nullcontext, rf.gpu_launch_settings):
         with settings():
-            for logits in (z, z[:, :40]):  # many tiles (a ticket merge), one tile
+            for logits in (z, z[:, :40], torch.randn(B_, 1024)):  # many tiles (a ticket merge), one tile, aligned
                 for kw, want in cases:
                     work = _steady(speccas_kernels.sample, logits, backend="triton", **kw)
                     assert [l.qualname for l in work.launches] == [want], (settings, kw, work.summary())
