@@ -81,9 +81,9 @@ def gumbel(seed, pos, stream: tl.constexpr, v):
 
 
 @triton.jit
-def _group_words(seed, pos, stream: tl.constexpr, c0):
-    """[R, N, 4] words of Philox over the counters ``c0`` ([N] uint32) of R rows: [r, n, j] = word j of group n."""
-    zero = (c0[None, :] * 0 + seed * 0).to(tl.uint32)  # [R, N]
+def _words_at(seed, pos, stream: tl.constexpr, c):
+    """The four words of Philox at the counters ``c`` ([R, N] uint32; ``seed``, ``pos``: [R, 1] int64)."""
+    zero = (c * 0).to(tl.uint32)
     c1 = zero + stream
     c2 = zero + (pos & 0xFFFFFFFF).to(tl.uint32)
     c3 = zero + ((pos >> 32) & 0xFFFFFFFF).to(tl.uint32)
@@ -92,7 +92,13 @@ def _group_words(seed, pos, stream: tl.constexpr, c0):
     # two additions a round, where they are used)
     k0 = zero + opaque((seed & 0xFFFFFFFF).to(tl.uint32))
     k1 = zero + opaque(((seed >> 32) & 0xFFFFFFFF).to(tl.uint32))
-    w0, w1, w2, w3 = philox4x32_10(zero + c0[None, :], c1, c2, c3, k0, k1)
+    return philox4x32_10(c, c1, c2, c3, k0, k1)
+
+
+@triton.jit
+def _group_words(seed, pos, stream: tl.constexpr, c0):
+    """[R, N, 4] words of Philox over the counters ``c0`` ([N] uint32) of R rows: [r, n, j] = word j of group n."""
+    w0, w1, w2, w3 = _words_at(seed, pos, stream, (c0[None, :] * 0 + seed * 0).to(tl.uint32) + c0[None, :])
     # join(join(w0, w2), join(w1, w3))[r, n, a, b] = word 2 a + b
     return tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), [seed.shape[0], c0.shape[0], 4])
 
@@ -119,18 +125,6 @@ def uniform_flat(seed, pos, stream: tl.constexpr, v0, BLOCK: tl.constexpr, VEC: 
         # flattened, entry 4 g + j holds word j of group g
         bits = tl.reshape(_group_words(seed, pos, stream, ((v0 >> 2) + g).to(tl.uint32)), [seed.shape[0], BLOCK])
     return bits_to_uniform(bits)
-
-
-@triton.jit
-def _words_at(seed, pos, stream: tl.constexpr, c):
-    """The four words of Philox at the counters ``c`` ([R, N] uint32; ``seed``, ``pos``: [R, 1] int64)."""
-    zero = (c * 0).to(tl.uint32)
-    c1 = zero + stream
-    c2 = zero + (pos & 0xFFFFFFFF).to(tl.uint32)
-    c3 = zero + ((pos >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    k0 = zero + opaque((seed & 0xFFFFFFFF).to(tl.uint32))
-    k1 = zero + opaque(((seed >> 32) & 0xFFFFFFFF).to(tl.uint32))
-    return philox4x32_10(c, c1, c2, c3, k0, k1)
 
 
 @triton.jit
