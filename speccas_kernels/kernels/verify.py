@@ -575,14 +575,16 @@ def _lane_stats(z, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run
 
 
 @triton.jit
-def _lanes_merged(m, s1, sT, arg, invT, scaled, RECS: tl.constexpr, SOLO: tl.constexpr):
+def _lanes_merged(m, s1, sT, arg, invT, scaled, RECS: tl.constexpr):
     """An item's running lane statistics (``_lane_stats``) merged across the lanes of each of RECS groups (32 lanes
     each: a warp on a GPU, so the merge is shuffles alone, with no shared memory or barrier, where RECS is the
     warps), per row: [R, RECS] (max, sum exp(z - max), the scaled sum, lowest argmax, bad: the T = 1 sum is NaN; an
-    all -inf row is caught by the merge, M = -inf). At one row group (``SOLO``: B = 1) one record of more than 32
-    lanes is the warps' records merged once more (``common.warps_joined``: no reduction across warps)."""
+    all -inf row is caught by the merge, M = -inf). One record of more than 32 lanes (B = 1, and B = 8 on a GPU,
+    where a record per warp would not fit the workspace) is the warps' records merged once more
+    (``common.warps_joined``: no reduction across warps, whose predicated shared loads ptxas held from the
+    function's entry: 12 B of local memory a thread for the token sets at B = 8, K = 1)."""
     NL: tl.constexpr = m.shape[1]
-    if SOLO and (RECS == 1) and (NL > 32):
+    if (RECS == 1) and (NL > 32):
         M, S1, ST, low, bad = _lanes_grouped(m, s1, sT, arg, invT, scaled, NL // 32)
         M, S1, ST, low, bad = _lanes_grouped(common.warps_joined(M), common.warps_joined(S1),
                                              common.warps_joined(ST), common.warps_joined(low), invT, scaled, 1)
@@ -930,14 +932,22 @@ def _verify_kernel(
                     alpha_lo, alpha_hi, B, K, V, c_ready, c_row, c_flag, stride_qb, stride_qk, stride_pb, stride_pk,
                     FAMILY, NEEDS_TV, WEIGHT, IN_SET, USES_ALPHA, HIGH_OPEN, SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED,
                     FILTERS, FP64, ROWS, BLOCK_K, NT, TILES, CHUNKS, RECORDS, LOOK_SPLIT, RACE_FLOOR, FLOOR, READS_PH)
-            if rel_at >= 0:  # a merge that counted the look done: the ready flag its look items wait for
-                common.release_flag(cnt_ptr + rel_at, rel_val)
-            if look_at >= 0:
-                # (B, K opaque: the offsets formed here, not before the loop and held across its calls)
-                _look_reset(cnt_ptr, look_at, ready_at, _queue_batch(B, K, SOLO), common.opaque(K), ROWS, TAGGED)
+            _item_done(cnt_ptr, rel_at, rel_val, look_at, ready_at, B, K, ROWS, TAGGED, SOLO)
         done += 1
         w = nxt
     _queue_reset(cnt_ptr, programs)
+
+
+@triton.jit(noinline=True)
+def _item_done(cnt_ptr, rel_at, rel_val, look_at, ready_at, B, K, ROWS: tl.constexpr, TAGGED: tl.constexpr,
+               SOLO: tl.constexpr):
+    """What an item left to do after the accept phase: a ready flag to release, a position's look count and ready
+    flag to reset. A call of its own (``_draw``): where the queue loop made these stores, ptxas held the counters'
+    address across the loop in local memory (the token sets at B = 8, K = 1, float32: 12 B a thread)."""
+    if rel_at >= 0:  # a merge that counted the look done: the ready flag its look items wait for
+        common.release_flag(cnt_ptr + rel_at, rel_val)
+    if look_at >= 0:
+        _look_reset(cnt_ptr, look_at, ready_at, _queue_batch(B, K, SOLO), common.opaque(K), ROWS, TAGGED)
 
 
 @triton.jit(noinline=True)
@@ -1460,12 +1470,12 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                           K, NT, SCREENS)
         # the item's RECS records a side, one per group of lanes (``_lanes_merged``): the position's j RECS + k
         rec = j * RECS + tl.arange(0, RECS)[None, :]
-        m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled, RECS, SOLO)
+        m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled, RECS)
         _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o[:, None], pf, NS * RECS, rec, use_p[:, None], m, s1, sT, arg,
                     bad)
         if HAS_Q:
             if any_q:
-                m, s1, sT, arg, bad = _lanes_merged(m_q, s1_q, sT_q, arg_q, invT, scaled, RECS, SOLO)
+                m, s1, sT, arg, bad = _lanes_merged(m_q, s1_q, sT_q, arg_q, invT, scaled, RECS)
                 _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o[:, None] + 1, pf, NS * RECS, rec, use_q[:, None], m,
                             s1, sT, arg, bad)
 
