@@ -139,6 +139,17 @@ start, so no per-entry index is formed (and kept live across a chunk) outside th
 bfloat16 logits are read as 32-bit words of two entries where every row starts at an even entry and V is even
 (``PAIRS``, ``common.load_tile``): one shift or mask widens an entry, where 16-bit loads take a permute and a shift
 for half of them.
+Rows whose strides are not multiples of 16 entries (V = 50257), which the compiler cannot prove 16-byte aligned and
+reads entry by entry, take realigned statistics where the rule has no second look and no divergences are asked
+(``realigned``, ``SHIFT``: speculative, chow, diff, lossy, ensemble, and any rule with token-only drafts): each side's
+chunk r holds its row's entries r TILES BLOCK_V - sh .. from the boundary of VEC entries at or before the row (sh the
+row's offset mod VEC, each side its own: ``_realigned``, ``tl.multiple_of``), so a whole chunk loads as vectors; a
+row's chunk 0 loads whole (the boundary before a row is never before the storage), its entries before the row set to
+-inf, after the loop, which starts at chunk 1 in the item that holds it (``HEAD``; its argmax ties go to it:
+``EARLIER``); a position's partial last chunks (two at most) are masked at both ends; NT covers V + VEC - 1. The
+statistics are order-free per side, so the sides need not share chunk boundaries there; the race (p and q at one
+entry), the second look, opt's TV cells and a token set's screening records pair both sides entry by entry or
+chunk by chunk and keep the rows' own alignment, and PAIRS is off (a word may straddle a row's end).
 Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM. The phases are device functions
 of their own, called from the queue loop (``@triton.jit(noinline=True)``: ``_stats_item``, ``_stats_merge``,
 ``_look_item``, ``_race_item``, ``_div_item``, ``_accept``, whose arguments are scalars): inlined, the compiler
@@ -199,7 +210,7 @@ TV, its formula (``Rule.weight`` / ``Rule.in_set`` compiled with ``triton.jit``)
 
 import functools
 import types
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -449,11 +460,7 @@ def _law(z, M, inv_ST, scale, keep, hat, unit, FILTERS: tl.constexpr):
 @triton.jit
 def _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED: tl.constexpr):
     """[R] (or [R, L] for i [1, L]) pointers to drafter position i of each row."""
-    if RAGGED:
-        ptr = zq_ptr + (start + i) * stride_qk
-    else:
-        ptr = zq_ptr + rows * stride_qb + i * stride_qk
-    return ptr
+    return zq_ptr + _q_off(rows, i, start, stride_qb, stride_qk, RAGGED)
 
 
 @triton.jit
@@ -467,11 +474,35 @@ def _q_base(zq_ptr, rows, i, start, stride_qb, stride_qk, HAS_Q: tl.constexpr, R
 
 @triton.jit
 def _p_rows(zp_ptr, rows, i, start, stride_pb, stride_pk, RAGGED: tl.constexpr):
+    return zp_ptr + _p_off(rows, i, start, stride_pb, stride_pk, RAGGED)
+
+
+@triton.jit
+def _p_off(rows, i, start, stride_pb, stride_pk, RAGGED: tl.constexpr):
+    """[R] offsets, in entries, of target position i of each row (``_p_rows``: the base plus these)."""
     if RAGGED:
-        ptr = zp_ptr + (start + rows + i) * stride_pk
+        off = (start + rows + i) * stride_pk
     else:
-        ptr = zp_ptr + rows * stride_pb + i * stride_pk
-    return ptr
+        off = rows * stride_pb + i * stride_pk
+    return off
+
+
+@triton.jit
+def _q_off(rows, i, start, stride_qb, stride_qk, RAGGED: tl.constexpr):
+    """[R] (or [R, L] for i [1, L]) offsets, in entries, of drafter position i of each row (``_q_rows``)."""
+    if RAGGED:
+        off = (start + i) * stride_qk
+    else:
+        off = rows * stride_qb + i * stride_qk
+    return off
+
+
+@triton.jit
+def _realigned(ptr, off, VEC: tl.constexpr):
+    """(the boundary of VEC entries at or before entry ``off`` of ``ptr``'s storage, sh = off mod VEC): a pointer
+    the compiler knows to be VEC entries aligned (``tl.multiple_of``), so a tile from it loads as vectors."""
+    sh = off % VEC
+    return ptr + tl.multiple_of(off - sh, VEC), sh
 
 
 @triton.jit
@@ -512,7 +543,7 @@ def _lane_sums(x, LANES: tl.constexpr, VEC: tl.constexpr):
 
 @triton.jit
 def _lane_stats(z, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run, huge, FILTERS: tl.constexpr,
-                LANES: tl.constexpr, VEC: tl.constexpr, FAST: tl.constexpr, zw=None):
+                LANES: tl.constexpr, VEC: tl.constexpr, FAST: tl.constexpr, zw=None, EARLIER: tl.constexpr = False):
     """An [R, BLOCK] tile of logits ``z`` (-inf outside the row) at entries lo + 0 .. BLOCK - 1 folded into running
     statistics per lane ([R, LANES // VEC]: a thread's entries of every chunk of an item), with no reduction across
     threads: a lane's max, sum exp(z - max) and sum exp((z - max) / T) over kept entries (rows with ``scaled``)
@@ -526,7 +557,8 @@ def _lane_stats(z, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run
     share of the chunk's sampling sum (scaled rows: the scaled sum) relative to the lane's new max. ``zw``: z's
     words of two bfloat16 entries (``load_tile``'s PAIRS and RAW), whose lane maxes take one ``max_pairs`` per two
     entries on a GPU (``lane_max_pairs``: the same values, a bfloat16 max being exact; the interpreter takes them from
-    z, ``common.PAIR_MAX``)."""
+    z, ``common.PAIR_MAX``). ``lo``: a scalar, or [R, 1] (realigned rows, ``SHIFT``). EARLIER: the tile's entries
+    precede those the running argmax has seen (a realigned row's chunk 0, folded last), so a tie goes to the tile."""
     z4 = _lanes(z, LANES, VEC)
     if PAIR_MAX and (zw is not None):
         tl.static_assert(VEC % 2 == 0, "a lane's entries are whole words of two")
@@ -570,7 +602,11 @@ def _lane_stats(z, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run
         low = tl.min(tl.min(tl.where(z4 == mc[:, None, :, None], ak, BIG), axis=3), axis=1)
         low = tl.where(low < BIG, low + tl.arange(0, LANES // VEC)[None, :] * VEC, BIG)
         # a tie keeps the earlier chunk's (lower) entry
-        arg = tl.where((mc > m_run) & (low < BIG), (low + lo).to(tl.int32), arg_run)
+        if EARLIER:
+            take = (mc > m_run) | ((mc == m_run) & (mc > NEG_INF))
+        else:
+            take = mc > m_run
+        arg = tl.where(take & (low < BIG), (low + lo).to(tl.int32), arg_run)
     return m, s1, sT, arg, huge, mc, share
 
 
@@ -771,6 +807,7 @@ def _verify_kernel(
     VEC: tl.constexpr,  # adjacent entries one thread loads at once
     SCREENS: tl.constexpr,  # a token set's screening records per chunk: LANES / VEC / 32 (one per warp), at least 1
     PAIRS: tl.constexpr,  # bfloat16 logits read as 32-bit words of two entries (``common.load_tile``)
+    SHIFT: tl.constexpr,  # the statistics' tiles start at a boundary of VEC entries before each row (``realigned``)
     # one row group (B = 1 on a GPU). What only a batch of one compiles hides behind it, so that the batch of two,
     # which bench/roofline.py traces beside the batch of one, runs what every larger batch compiles: a branch on a
     # constexpr that both traced batches share but a larger batch's differs (one chunk per item, say) would keep
@@ -870,7 +907,7 @@ def _verify_kernel(
                             CH_EXTRA, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, WEIGHT, IN_SET, USES_ALPHA,
                             SECOND_LOOK, DIVERGENCE, HAS_Q, RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_S, RECS, TILES,
                             CHUNKS, SCREEN, READS_PH, LANES, VEC, SCREENS, PAIRS, MONOTONE_TV, SKIP_MOOT, STAGES,
-                            TAGGED, LOOK_SPLIT, BLOCK_L, L2_AHEAD, LINE, LINES, SOLO)
+                            TAGGED, LOOK_SPLIT, BLOCK_L, L2_AHEAD, LINE, LINES, SOLO, SHIFT)
                 last, rel_at, rel_val = _stats_merge(g, i.to(tl.int64), part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr,
                                                      pos_f_ptr, pos_i_ptr, look_part_ptr, cnt_ptr, x_ptr, cu_ptr, n_ptr,
                                                      n_val, n_st, alpha_ptr, alpha_val, alpha_st, temp_ptr, temp_val,
@@ -1219,15 +1256,27 @@ def _look_items(NT, TILES: tl.constexpr, CHUNKS: tl.constexpr, LOOK_SPLIT: tl.co
 
 @triton.jit
 def _side_tile(base, lo, use, V, FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
-               BLOCK_V: tl.constexpr, FULL: tl.constexpr, z_in=None):
+               BLOCK_V: tl.constexpr, FULL: tl.constexpr, z_in=None, sh=None, HEAD: tl.constexpr = False):
     """One side's tiles of a stats chunk at entry ``lo`` (``_stats_chunk``): ``z_in`` where the caller loaded them,
-    else loaded here (with PAIRS, as words: ``load_tile``'s RAW)."""
+    else loaded here (with PAIRS, as words: ``load_tile``'s RAW). ``sh`` ([R], SHIFT): ``base`` is the boundary of
+    VEC entries sh entries before each row, so a chunk that is not FULL is masked at both ends (entries lo - sh .. of
+    the row, those in 0 .. V - 1 read). HEAD (with FULL): a realigned row's chunk 0, whose end lies inside the row: its
+    loads are a whole chunk's (vectors: the boundary before a row is never before the storage), the entries before
+    the row then -inf."""
     if z_in is not None:
         z = z_in
+    elif (sh is not None) and not FULL:
+        tl.static_assert(not PAIRS, "realigned rows are read entry by entry at their ends")
+        offs = tl.arange(0, TILES * BLOCK_V)[None, :]
+        lo_row = lo - sh[:, None]
+        z = load_logits(base[:, None] + lo + offs, use[:, None] & (offs >= -lo_row) & (offs < V - lo_row), FP64)
     elif FULL and ROWS == 1:
         z = load_tile(base[:, None], lo, None, V - lo, TILES * BLOCK_V, FP64, PAIRS, True, RAW=PAIRS)
     else:
         z = load_tile(base[:, None], lo, use[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, FULL, RAW=PAIRS)
+    if HEAD:
+        tl.static_assert(FULL and not PAIRS, "a realigned row's chunk 0 loads whole, entry by entry widened")
+        z = tl.where(tl.arange(0, TILES * BLOCK_V)[None, :] >= sh[:, None] - lo, z, NEG_INF)
     return z
 
 
@@ -1237,7 +1286,8 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, sca
                  NT, HAS_Q: tl.constexpr, SCREEN: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
                  FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
                  BLOCK_V: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, SCREENS: tl.constexpr,
-                 FULL: tl.constexpr, FAST: tl.constexpr = True, zp_in=None, zq_in=None):
+                 FULL: tl.constexpr, FAST: tl.constexpr = True, zp_in=None, zq_in=None, sh_p=None, sh_q=None,
+                 EARLIER: tl.constexpr = False, HEAD: tl.constexpr = False):
     """Chunk c of a stats item whose first chunk is c0, the target's tiles and (positions with a draft) the drafter's
     as one block each, both loads in flight together (one round trip to DRAM): folded into the running lane
     statistics of each side. With
@@ -1246,37 +1296,49 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, sca
     row per item no mask at all (the item runs only when its row uses the side). FAST: the lane sums through
     ``exp_shift``; an item runs its chunks again without it when a lane's max times the scale reached SHIFT_MAX
     (storing the screening records again, now right).
-    ``zp_in`` / ``zq_in``: the chunk's tiles, loaded by the caller (``_chunk_tiles``, the pipelined loop)."""
+    ``zp_in`` / ``zq_in``: the chunk's tiles, loaded by the caller (``_chunk_tiles``, the pipelined loop).
+    ``sh_p`` / ``sh_q`` ([R]; SHIFT, ``_stats_item``): the bases are each side's boundary of VEC entries at or before
+    its rows, so the tile's entries are lo - sh ..; a chunk that is not FULL is then masked at both ends, and a
+    row's chunk 0 wholly inside at its end (HEAD, with FULL) loads whole and sets the entries before the row to
+    -inf. EARLIER: the chunk's entries precede those already folded (chunk 0 after the loop): a tie in the argmax
+    goes to it."""
     KP = K + 1
     r = c0 + c  # the chunk's number in its position
     lo = r * (TILES * BLOCK_V)
+    lo_p = lo  # the tiles' first entries in their rows
+    lo_q = lo
+    if sh_p is not None:
+        lo_p = lo - sh_p[:, None]
+        lo_q = lo - sh_q[:, None]
     # with PAIRS the tiles stay words (``load_tile``'s RAW; so do ``_chunk_tiles``'), whose lane maxes take one
     # ``max_pairs`` per two entries (``_lane_stats``), widened for the rest
     # FAST: both loads in flight together. Without it (the cold redo of an item whose scale reached SHIFT_MAX) the
     # target's tile is loaded after the drafter's is folded, so the two tiles are never live at once (at 128
     # registers a thread, a batch's bfloat16 chunk of both sides spilled there)
     if FAST:
-        zp = _side_tile(pbase, lo, use_p, V, FP64, PAIRS, ROWS, TILES, BLOCK_V, FULL, zp_in)
+        zp = _side_tile(pbase, lo, use_p, V, FP64, PAIRS, ROWS, TILES, BLOCK_V, FULL, zp_in, sh_p, HEAD)
     mc_q = m_q
     share_q = s1_q
     if HAS_Q:
         if any_q:  # (a row-uniform branch: the bonus position reads no drafter logits)
-            zq = _side_tile(qbase, lo, use_q, V, FP64, PAIRS, ROWS, TILES, BLOCK_V, FULL, zq_in)
+            zq = _side_tile(qbase, lo, use_q, V, FP64, PAIRS, ROWS, TILES, BLOCK_V, FULL, zq_in, sh_q, HEAD)
             zq_w = None
             if PAIRS:
                 zq_w = zq
                 zq = widen_pairs(zq_w)
-            m_q, s1_q, sT_q, arg_q, huge, mc_q, share_q = _lane_stats(zq, lo, invT, cutq, scaled,
+            m_q, s1_q, sT_q, arg_q, huge, mc_q, share_q = _lane_stats(zq, lo_q, invT, cutq, scaled,
                                                                       greedy & use_q, m_q, s1_q, sT_q, arg_q, huge,
-                                                                      FILTERS, LANES, VEC, FAST and not FP64, zq_w)
+                                                                      FILTERS, LANES, VEC, FAST and not FP64, zq_w,
+                                                                      EARLIER)
     if not FAST:
-        zp = _side_tile(pbase, lo, use_p, V, FP64, PAIRS, ROWS, TILES, BLOCK_V, FULL, zp_in)
+        zp = _side_tile(pbase, lo, use_p, V, FP64, PAIRS, ROWS, TILES, BLOCK_V, FULL, zp_in, sh_p, HEAD)
     zp_w = None
     if PAIRS:
         zp_w = zp
         zp = widen_pairs(zp_w)
-    m_p, s1_p, sT_p, arg_p, huge, mc_p, _ = _lane_stats(zp, lo, invT, cutp, scaled, greedy, m_p, s1_p, sT_p,
-                                                        arg_p, huge, FILTERS, LANES, VEC, FAST and not FP64, zp_w)
+    m_p, s1_p, sT_p, arg_p, huge, mc_p, _ = _lane_stats(zp, lo_p, invT, cutp, scaled, greedy, m_p, s1_p, sT_p,
+                                                        arg_p, huge, FILTERS, LANES, VEC, FAST and not FP64, zp_w,
+                                                        EARLIER)
     if SCREEN:
         if any_q:
             if READS_PH:
@@ -1292,19 +1354,23 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, sca
 @triton.jit
 def _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q: tl.constexpr, FP64: tl.constexpr,
                  PAIRS: tl.constexpr, TILES: tl.constexpr, BLOCK_V: tl.constexpr, HAS_P: tl.constexpr = True,
-                 zp_pre=None, zq_pre=None, RAW: tl.constexpr = False):
+                 zp_pre=None, zq_pre=None, RAW: tl.constexpr = False, first=None):
     """The target's and the drafter's tiles of chunk c0 + c (wholly inside the vocabulary) for a pipelined loop (the
     statistics', the second look's): loaded only where c < nfull and the row uses the side (a masked load with no
     fill, read only there), outside any branch, so that the compiler issues them as asynchronous copies
     ``STAGES`` - 1 trips ahead. Without HAS_P (a second look that reads only the drafter) the target's tile is not
     loaded (the drafter's stands in for it, unread). ``zp_pre`` / ``zq_pre``: the chunk, loaded by this function
     earlier (a loop of one trip whose chunk the caller loaded before a wait), returned as they are. RAW: with PAIRS,
-    the words unwidened (``load_tile``)."""
+    the words unwidened (``load_tile``). ``first`` (SHIFT): the first chunk the loop reads (chunks before it not
+    loaded)."""
     tl.static_assert(HAS_P or HAS_Q, "a chunk loads at least one side")
     if zp_pre is not None:
         return zp_pre, zq_pre
     lo = (c0 + c) * (TILES * BLOCK_V)
-    live = c < nfull
+    if first is None:
+        live = c < nfull
+    else:
+        live = (c >= first) & (c < nfull)
     if HAS_P:
         zp = load_tile(pbase[:, None], lo, (use_p & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False,
                        RAW and PAIRS)
@@ -1343,12 +1409,15 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 VEC: tl.constexpr, SCREENS: tl.constexpr, PAIRS: tl.constexpr, MONOTONE_TV: tl.constexpr,
                 SKIP_MOOT: tl.constexpr, STAGES: tl.constexpr, TAGGED: tl.constexpr, LOOK_SPLIT: tl.constexpr,
                 BLOCK_L: tl.constexpr, L2_AHEAD: tl.constexpr, LINE: tl.constexpr, LINES: tl.constexpr,
-                SOLO: tl.constexpr):
+                SOLO: tl.constexpr, SHIFT: tl.constexpr):
     """Item j of position i: its chunks of TILES tiles (a loop), each chunk's target and drafter tiles as one block
     (every load of the chunk in flight at once), folded into running statistics per lane (``_lane_stats``: no
     reduction across threads inside the loop); the item writes RECS records a side, and with SCREEN (a token set with a
     floor) each chunk of a drafted position its screening records (``_screen``: reductions within a warp only).
-    The merge is the next call's (``_stats_merge``)."""
+    The merge is the next call's (``_stats_merge``). SHIFT (``realigned``): each side's chunk r holds its row's
+    entries r TILES BLOCK_V - sh .. from the boundary of VEC entries at or before the row (sh the row's offset mod
+    VEC, each side its own), so a whole chunk loads as vectors; chunk 0 is then masked at both ends (after the
+    loop, which starts at chunk 1 in the item that holds it) like a position's partial last chunks."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, n_st, temp_ptr, temp_val, temp_st, RAGGED, ROWS)
     KP = K + 1
     NS = _items(NT, TILES, CHUNKS)  # stats items per position, RECS records each
@@ -1380,6 +1449,15 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         qbase = pbase
         if HAS_Q:
             qbase = _q_rows(zq_ptr, rows, i, start, stride_qb, stride_qk, RAGGED)
+        # the chunks' tiles: from the rows themselves, or (SHIFT) from the boundary of VEC entries before each
+        pt, qt, shp, shq = pbase, qbase, None, None
+        first = 0  # the item's first chunk its loop reads (SHIFT: 1 where the item holds a row's chunk 0)
+        if SHIFT:
+            pt, shp = _realigned(zp_ptr, _p_off(rows, i, start, stride_pb, stride_pk, RAGGED), VEC)
+            qt, shq = pt, shp
+            if HAS_Q:
+                qt, shq = _realigned(zq_ptr, _q_off(rows, i, start, stride_qb, stride_qk, RAGGED), VEC)
+            first = (c0 == 0).to(tl.int32)
         # The logits at the draft, for the accept phase, which then reads only what this launch wrote (no DRAM round
         # trip on a row's chain): the item whose chunks hold a drafted position's draft (one outside the vocabulary:
         # the position's first item, recording 0, so nothing read is unwritten) loads them here, in flight with its
@@ -1407,14 +1485,20 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             # chunk is folded. The trips are the most chunks an item holds (a constexpr), the loads masked (outside
             # any branch, as the pipeline needs them) and the fold skipped past nfull.
             for c in tl.range(0, CH_BASE + (CH_EXTRA > 0), num_stages=STAGES):
-                zp, zq = _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q, FP64, PAIRS, TILES, BLOCK_V,
-                                      RAW=True)
-                if c < nfull:
+                if SHIFT:
+                    zp, zq = _chunk_tiles(c, c0, nfull, pt, qt, use_p, use_q, V, HAS_Q, FP64, PAIRS, TILES, BLOCK_V,
+                                          RAW=True, first=first)
+                    live = (c >= first) & (c < nfull)
+                else:
+                    zp, zq = _chunk_tiles(c, c0, nfull, pt, qt, use_p, use_q, V, HAS_Q, FP64, PAIRS, TILES, BLOCK_V,
+                                          RAW=True)
+                    live = c < nfull
+                if live:
                     m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                        c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy,
+                        c, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy,
                         m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows,
                         i, B, K, V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES,
-                        VEC, SCREENS, True, True, zp, zq)
+                        VEC, SCREENS, True, True, zp, zq, shp, shq)
         else:
             # Not pipelined: the whole chunks themselves, each loading its tiles in its fold with no bound mask (one
             # row per item: no mask at all), so no load is masked off past nfull (with its registers filled first)
@@ -1425,18 +1509,39 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 if nch > 1:
                     _chunk_to_l2(pbase, qbase, c0 + 1, any_q, V, HAS_Q, TILES, BLOCK_V, LINE, LINES)
             cw = nfull * 0
+            if SHIFT:
+                cw += first
             while cw < nfull:
                 if L2_AHEAD:
                     if cw + 2 < nch:
                         _chunk_to_l2(pbase, qbase, c0 + cw + 2, any_q, V, HAS_Q, TILES, BLOCK_V, LINE,
                                      LINES)
                 m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                    cw, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p,
+                    cw, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p,
                     s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K,
                     V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS,
-                    True, True)
+                    True, True, sh_p=shp, sh_q=shq)
                 cw += 1
-        if nfull < nch:  # (a position's last chunk, partial)
+        if SHIFT:
+            # chunk 0, its end inside the row: loaded whole, the entries before the row -inf (``HEAD``; after the
+            # loop that started at chunk 1: its ties in the argmax go to it, ``EARLIER``), then the partial last
+            # chunks masked at both ends: two at most (a position's NI = ceil((V + VEC - 1) / CHUNK) chunks, those
+            # from floor(V / CHUNK) on not whole; chunk 0 among them where none is), each its own branch (a loop
+            # over them held its running statistics in local memory: 168 B a thread, float32)
+            if (first > 0) & (nfull > 0):
+                m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
+                    0, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p, s1_p, sT_p, arg_p,
+                    m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V, NT, HAS_Q,
+                    SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS, True,
+                    sh_p=shp, sh_q=shq, EARLIER=True, HEAD=True)
+            for ct in tl.static_range(2):
+                if nfull + ct < nch:
+                    m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
+                        nfull + ct, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p, s1_p,
+                        sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
+                        NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS,
+                        False, sh_p=shp, sh_q=shq)
+        elif nfull < nch:  # (a position's last chunk, partial)
             m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                 nfull, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p,
                 s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
@@ -1459,10 +1564,10 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                 c2 = 0
                 while c2 < nch:
                     m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                        c2, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy,
+                        c2, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy,
                         m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows,
                         i, B, K, V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC,
-                        SCREENS, False, False)
+                        SCREENS, False, False, sh_p=shp, sh_q=shq)
                     c2 += 1
         if TV_CELLS:
             if any_q:
@@ -3451,6 +3556,18 @@ def look_split(ns: int, ni: int, itemsize: int, K: int) -> int:
     return split
 
 
+def realigned(zq: Optional[torch.Tensor], zp: torch.Tensor, strides, looks: bool) -> bool:
+    """Whether the statistics read each side's rows from the boundary of VEC entries at or before them (the kernel's
+    ``SHIFT``): rows whose strides (``strides``, in entries) are not all multiples of 16 entries (e.g. V = 50257),
+    which the compiler cannot prove 16-byte aligned and would read entry by entry, in 16-byte-aligned storage of 2-
+    or 4-byte logits, for a rule with no second look or divergences (``looks`` false): a look's chunks, opt's TV
+    cells and a token set's screening records pair both sides' entries chunk by chunk, and realigned sides start
+    at different boundaries. The race keeps the rows' own alignment (it reads both sides at the same entry)."""
+    tensors = [t for t in (zq, zp) if t is not None]
+    return (not looks and all(t.element_size() in (2, 4) and t.data_ptr() % 16 == 0 for t in tensors)
+            and any(s % 16 != 0 for s in strides))
+
+
 def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int = 1, tiles: int = 1,
                   divergence: bool = False, chunks: int = 1) -> VerifyOutput:
     """Normalized arguments (``checks.VerifyArgs``) -> VerifyOutput, all on the logits' device: one launch (two
@@ -3471,7 +3588,6 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     B, K, V = args.batch, args.max_drafts, args.vocab_size
     dev = zp.device
     fp64 = zp.dtype == torch.float64 or (zq is not None and zq.dtype == torch.float64)
-    nt = triton.cdiv(V, block_v)
     KP = K + 1
     cu = args.cu_num_draft_tokens
     if cu is not None:
@@ -3479,6 +3595,12 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     else:
         strides = (zq.stride(0) if zq is not None else 0, zq.stride(1) if zq is not None else 0, zp.stride(0),
                    zp.stride(1))
+    cx = rule_constexprs(args.rule)
+    # (token-only drafts have closed forms: no second look, whose body reads the drafter's logits, is compiled)
+    second = (needs_second_look(args.rule) or divergence) and K > 0 and zq is not None
+    shift = realigned(zq, zp, strides, second or divergence)
+    # a realigned row's chunks start up to 16 / itemsize - 1 entries before it (``realigned``)
+    nt = triton.cdiv(V + (16 // zp.element_size() - 1 if shift else 0), block_v)
     mdt = torch.float64 if fp64 else torch.float32
     f32, i32 = torch.float32, torch.int32
     out = new_verify_output(B, K, dev)
@@ -3494,9 +3616,6 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     # (one row group, ``SOLO``: room for the positions' tagged constants, ``TAGGED``, 8-byte aligned)
     cnt = common.counters(dev, 2 + 2 * groups * KP + groups * K + 4 * groups
                           + (1 + 12 * KP * groups if rows == 1 else 0))  # (the tagged words: ``TAGGED``)
-    cx = rule_constexprs(args.rule)
-    # (token-only drafts have closed forms: no second look, whose body reads the drafter's logits, is compiled)
-    second = (needs_second_look(args.rule) or divergence) and K > 0 and zq is not None
     cutq = cutp = fok = None
     filters = args.filters.active
     if filters:
@@ -3578,7 +3697,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         LINE=128 // zp.element_size(),
         LINES=triton.next_power_of_2(triton.cdiv(tiles * block_v * zp.element_size(), 128)),
         ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, SOLO=groups == 1,
-        SCREENS=screens, PAIRS=pairs(zq, zp, strides, V),
+        SCREENS=screens, PAIRS=pairs(zq, zp, strides, V) and not shift, SHIFT=shift,
         num_warps=num_warps,
         maxnreg=MAX_REGISTERS)
     if divergence:
