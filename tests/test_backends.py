@@ -113,6 +113,17 @@ def case_masked_vocabulary(rule, backend):
     assert bool(out.valid.all())
 
 
+def _same_round(x, y, backend) -> bool:
+    """One round's output in two layouts of the same rows: equal; on ``triton`` float outputs equal to rounding
+    (its realigned statistics split a row's sums by the row's alignment: SPEC section 6), the rest equal."""
+    if x is None or y is None:
+        return x is None and y is None
+    x, y = x.cpu(), y.cpu()
+    if backend != "triton" or not x.is_floating_point():
+        return torch.equal(x, y)
+    return x.shape == y.shape and torch.allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
 def case_vocab_size_and_strides(rule, backend):
     """vocab_size < V: the columns beyond it (huge logits, even NaN) are never read nor emitted; non-contiguous
     batch/position strides give the same tokens as contiguous inputs."""
@@ -134,7 +145,7 @@ def case_vocab_size_and_strides(rule, backend):
     b = sk.verify(**to_device({k: (v.contiguous() if torch.is_tensor(v) else v) for k, v in strided.items()}, dev),
                   rule=rule, backend=backend)
     for x, y, name in zip(a, b, a._fields):
-        assert (x is None and y is None) or torch.equal(x, y), f"{rule}: strided inputs change {name}"
+        assert _same_round(x, y, backend), f"{rule}: strided inputs change {name}"
 
 
 def case_invalid_rows(rule, backend):
@@ -279,7 +290,8 @@ def case_token_drafts(rule, backend):
 
 
 def case_ragged_layout(rule, backend):
-    """verify_ragged equals verify with num_draft_tokens on the same rows (and the reference)."""
+    """verify_ragged equals verify with num_draft_tokens on the same rows (and the reference; on triton its float
+    outputs to rounding, ``_same_round``)."""
     B, K, V = (9, 4, 200) if _scale(backend) == "full" else (5, 3, 50)
     kw = random_round(B, K, V, seed=77, ragged=True)
     n = kw.pop("num_draft_tokens")
@@ -302,7 +314,7 @@ def case_ragged_layout(rule, backend):
                                kw["draft_logits"], target_logits=kw["target_logits"], draft_tokens=kw["draft_tokens"],
                                num_draft_tokens=n, **common)
             for name, x, y in zip(got._fields, got, padded):
-                assert (x is None and y is None) or torch.equal(x.cpu(), y), (
+                assert _same_round(x, y, backend), (
                     f"{rule} T={T} {drafts}: verify_ragged differs from verify in {name}")
 
 

@@ -2129,6 +2129,48 @@ def test_sample_realigns_rows_not_16_byte_aligned(tmp_path, monkeypatch):
         assert ("LDG.E.U16" if itemsize == 2 else "LDG.E ") in sass
 
 
+def test_verify_realigns_statistics_rows_not_16_byte_aligned(tmp_path, monkeypatch):
+    """Rows whose strides are not multiples of 16 entries (V = 50257, B = 64, K = 4) take realigned statistics where
+    the rule has no second look (speculative: ``verify.realigned``, SHIFT): compiled for sm_90, the stats items'
+    whole chunks load as 16-byte vectors (LDG.E.128; LDGSTS.E.BYPASS.128 where the loop is pipelined, bf16), where
+    such rows got none before (the race still reads them entry by entry), and the kernel spills at most 8 B a
+    thread for float32 (192 B before). opt, whose second look pairs both sides' chunks, and the same speculative
+    launch with the realignment off keep the rows' own alignment."""
+    from speccas_kernels.kernels import verify as kv
+
+    got = {}
+    for dt in ("bf16", "fp32"):
+        work, _ = rf.capture("verify", "speculative", 64, 4, 50257, dt)
+        (got[dt],) = work.launches
+    work, _ = rf.capture("verify", "opt", 64, 4, 50257, "bf16")
+    assert not work.launches[0].constexprs["SHIFT"]
+    monkeypatch.setattr(kv, "realigned", lambda *a: False)
+    work, _ = rf.capture("verify", "speculative", 64, 4, 50257, "bf16")
+    assert not work.launches[0].constexprs["SHIFT"]
+    assert {dt: (launch.constexprs["SHIFT"], launch.constexprs["PAIRS"]) for dt, launch in got.items()} == {
+        "bf16": (True, False), "fp32": (True, False)}
+    recs = rf.compile_launches(list(got.values()), cache_dir=tmp_path, quiet=True)
+    for dt, launch in got.items():
+        rec = recs[rf.compile_key(launch)]
+        sass = (tmp_path / "kernels" / f"{rf.compile_key(launch)}.sass").read_text()
+        vectors = re.findall(r"\b(LDG\.E\.128|LDGSTS\.E(?:\.BYPASS)?\.128)\b", sass)
+        assert len(vectors) >= 16, (dt, len(vectors))
+        assert ("LDGSTS" in vectors[0]) == (launch.constexprs["STAGES"] > 1), (dt, vectors[:2])
+        if dt == "fp32":
+            assert rec["spill_stores"] <= 8, rec["spill_stores"]
+
+
+def test_token_sets_at_b8_spill_nothing(tmp_path):
+    """token_v1 at B = 8, K = 1, V = 151936, float32 (one stats record a side: the warps' records joined,
+    ``_lanes_merged``; the item's release and look reset a call of their own, ``_item_done``): ptxas for sm_90
+    spills nothing (24 B a thread before)."""
+    work, _ = rf.capture("verify", "token_v1", 8, 1, 151936, "fp32")
+    (launch,) = work.launches
+    assert launch.constexprs["RECS"] == 1 and not launch.constexprs["SOLO"]
+    rec = rf.compile_launches([launch], cache_dir=tmp_path, quiet=True)[rf.compile_key(launch)]
+    assert rec["spill_stores"] == 0 and rec["spill_loads"] == 0, rec["spill_stores"]
+
+
 def test_sample_merges_a_rows_records_in_one_load(tmp_path):
     """The program with a row's last ticket loads all of the row's tile records at once (``_merge_rows``: BLOCK_T a
     power of two >= NT), so the compiled ``sample`` kernel holds no loop at all at B = 1 and 64 (V = 151936: 75

@@ -508,6 +508,89 @@ def test_whole_chunks_read_nothing_past_the_vocabulary(device, dtype, monkeypatc
                 assert_same_outputs(out, ref, margins, what=f"{rule} V={V} rows={rows} {dtype}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rule", ["speculative", "chow", "lossy"])
+def test_verify_realigned_rows_match_the_reference(device, dtype, rule, monkeypatch):
+    """Rows not 16-byte aligned (V = 61; views of 66 entries in rows of 72; the ragged layout's flat rows of 61)
+    take the realigned statistics (``verify.realigned``: SHIFT, each side's chunks from the boundary of VEC
+    entries at or before its row; chunk 0 loaded whole, its entries before the row -inf; a position's partial last
+    chunks masked at both ends): the reference's outputs, one row per item and the batch in one, items of one chunk and of two. Every row ends in its largest
+    logits and is padded past vocab_size with larger ones: a chunk 0 read without its low mask takes the row
+    before's, a last chunk without its high mask the padding. Control: opt (a second look) keeps the rows' own
+    alignment and the same outputs."""
+    seen = []
+    real = kverify.realigned
+    monkeypatch.setattr(kverify, "realigned", lambda *a: seen.append(real(*a)) or seen[-1])
+    for V, Vin in ((61, 61), (66, 72)):
+        kw = random_round(4, 2, V, device=device, seed=V, dtype=dtype, ragged=True)
+        for key, width in (("draft_logits", 2), ("target_logits", 3)):
+            wide = torch.full((4, width, Vin + 8), 90.0, dtype=dtype, device=device)
+            wide[..., :V] = kw[key]
+            wide[..., V - 2:V] = 40.0  # each row's end: its largest logits, which no other row may read
+            kw[key] = wide[..., :Vin].contiguous()[..., :V]
+        n = kw["num_draft_tokens"]
+        cu = torch.cat([n.new_zeros(1), n.cumsum(0)])
+        flat = dict(draft_logits=torch.cat([kw["draft_logits"][b, : n[b]] for b in range(4)]),
+                    target_logits=torch.cat([kw["target_logits"][b, : n[b] + 1] for b in range(4)]),
+                    draft_tokens=torch.cat([kw["draft_tokens"][b, : n[b]] for b in range(4)]))
+        rest = {k: kw[k] for k in ("temperature", "seed", "offset")}
+        for rows, tiles, chunks in ((1, 2, 1), (None, 1, 2)):
+            monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+            monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 16)
+            monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", tiles)
+            monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", chunks)
+            what = f"{rule} V={V} rows of {Vin} rows={rows} tiles={tiles} chunks={chunks} {dtype}"
+            ref, margins = reference_with_margins(**kw, rule=rule, alpha=0.3)
+            seen.clear()
+            out = sk.verify(**kw, rule=rule, alpha=0.3, backend="triton")
+            assert seen == [True], (what, seen)
+            assert_same_outputs(out, ref, margins, what=what)
+            if Vin == V:  # the engines' ragged layout: flat rows of V entries
+                seen.clear()
+                rag = sk.verify_ragged(**flat, cu_num_draft_tokens=cu.to(device), max_num_draft_tokens=2, rule=rule,
+                                       alpha=0.3, backend="triton", **rest)
+                assert seen == [True], (what, seen)
+                for field in ("tokens", "num_accepted", "valid"):
+                    assert torch.equal(getattr(rag, field).cpu(), getattr(out, field).cpu()), (what, field)
+            seen.clear()
+            ctrl = sk.verify(**kw, rule="opt", alpha=0.3, backend="triton")
+            ref, margins = reference_with_margins(**kw, rule="opt", alpha=0.3)
+            assert seen == [False], (what, seen)
+            assert_same_outputs(ctrl, ref, margins, what="opt " + what)
+
+
+def test_verify_realigned_greedy_ties_go_to_chunk_zero(device, monkeypatch):
+    """A realigned row's chunk 0 is folded after the loop over its whole chunks (``EARLIER``): at T = 0 a maximum
+    tied between chunk 0 and the same lane of chunk 1 (a whole chunk, read in the loop) keeps chunk 0's entry.
+    Rows of 101 entries (row b's target rows start 202 b entries in: 0 or 2 past a boundary of 4 float32 entries,
+    0 to 6 past one of 8 bfloat16 ones), 32-entry chunks, the target's maxima of position 0 at v and v + 32 (the
+    same lane in every row's layout) and at v + 33 (another lane of chunk 1); the draft has p(x) = 0, so the
+    residual is p's one-hot at its lowest argmax: v."""
+    V, v = 101, 5
+    zq = torch.zeros(4, 1, V)
+    zq[:, 0, 1] = 4.0
+    zp = torch.zeros(4, 2, V)
+    zp[:, :, 1] = -30.0
+    zp[:, 0, [v, v + 32, v + 33]] = 9.0
+    kw = to_device(dict(draft_tokens=torch.ones(4, 1, dtype=torch.int64), temperature=0.0, seed=3, offset=0,
+                        rule="speculative"), device)
+    assert sk.verify(zq, zp, backend="reference", **to_device(kw, "cpu")).tokens[:, 0].tolist() == [v] * 4
+    seen = []
+    real = kverify.realigned
+    monkeypatch.setattr(kverify, "realigned", lambda *a: seen.append(real(*a)) or seen[-1])
+    for rows in (1, None):
+        monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+        monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 16)
+        monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", 2)
+        monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", 2)
+        for dtype in (torch.float32, torch.bfloat16):
+            seen.clear()
+            out = sk.verify(zq.to(device, dtype), zp.to(device, dtype), backend="triton", **kw)
+            assert seen == [True]
+            assert out.tokens[:, 0].tolist() == [v] * 4, (rows, dtype, out.tokens.tolist())
+            assert out.num_accepted.tolist() == [0] * 4
+
+
 @pytest.mark.parametrize("rule", ["chow", "token_v3"])
 def test_verify_reads_only_what_it_wrote(device, rule, monkeypatch):
     """Every buffer the call allocates poisoned (NaN floats, a large int): the outputs still match the reference,
@@ -678,6 +761,9 @@ def test_bf16_word_loads_match_halfword_loads(device, rule, divergence, monkeypa
     seen = []
     real = kv.pairs
     monkeypatch.setattr(kv, "pairs", lambda *a: seen.append(real(*a)) or seen[-1])
+    # (rows at an odd offset are not 16-byte aligned either: the realigned statistics, ``realigned``, would split
+    # their sums otherwise than the words' rows; this test compares the loads alone)
+    monkeypatch.setattr(kv, "realigned", lambda *a: False)
     kw = random_round(4, 3, 150, device=device, seed=29, ragged=True, dtype=torch.bfloat16, neg_inf_frac=0.05)
     kw["temperature"] = torch.tensor([0.0, 1.0, 0.7, 1.0], device=device)
     # (and below, a batch of one in items of one chunk, as a GPU runs B = 1: the second look loads its chunk before it
