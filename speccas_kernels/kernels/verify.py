@@ -611,16 +611,16 @@ def _lane_stats(z, lo, invT, cut, scaled, greedy, m_run, s1_run, sT_run, arg_run
 
 
 @triton.jit
-def _lanes_merged(m, s1, sT, arg, invT, scaled, RECS: tl.constexpr):
+def _lanes_merged(m, s1, sT, arg, invT, scaled, RECS: tl.constexpr, SOLO: tl.constexpr):
     """An item's running lane statistics (``_lane_stats``) merged across the lanes of each of RECS groups (32 lanes
     each: a warp on a GPU, so the merge is shuffles alone, with no shared memory or barrier, where RECS is the
     warps), per row: [R, RECS] (max, sum exp(z - max), the scaled sum, lowest argmax, bad: the T = 1 sum is NaN; an
-    all -inf row is caught by the merge, M = -inf). One record of more than 32 lanes (B = 1, and B = 8 on a GPU,
-    where a record per warp would not fit the workspace) is the warps' records merged once more
-    (``common.warps_joined``: no reduction across warps, whose predicated shared loads ptxas held from the
-    function's entry: 12 B of local memory a thread for the token sets at B = 8, K = 1)."""
+    all -inf row is caught by the merge, M = -inf). At one row group (``SOLO``: B = 1) one record of more than 32
+    lanes is the warps' records merged once more (``common.warps_joined``: no reduction across warps). Not at B = 8
+    on a GPU, whose one record a side reduces across warps (a branch on RECS itself would leave the model's traces,
+    at B = 1 and 2, in the other branch than B = 64's kernel: ``test_kernels_branch_on_no_batch_sized_constexpr``)."""
     NL: tl.constexpr = m.shape[1]
-    if (RECS == 1) and (NL > 32):
+    if SOLO and (RECS == 1) and (NL > 32):
         M, S1, ST, low, bad = _lanes_grouped(m, s1, sT, arg, invT, scaled, NL // 32)
         M, S1, ST, low, bad = _lanes_grouped(common.warps_joined(M), common.warps_joined(S1),
                                              common.warps_joined(ST), common.warps_joined(low), invT, scaled, 1)
@@ -980,7 +980,7 @@ def _item_done(cnt_ptr, rel_at, rel_val, look_at, ready_at, B, K, ROWS: tl.const
                SOLO: tl.constexpr):
     """What an item left to do after the accept phase: a ready flag to release, a position's look count and ready
     flag to reset. A call of its own (``_draw``): where the queue loop made these stores, ptxas held the counters'
-    address across the loop in local memory (the token sets at B = 8, K = 1, float32: 12 B a thread)."""
+    address across the loop in local memory (the token sets at B = 8, K = 1)."""
     if rel_at >= 0:  # a merge that counted the look done: the ready flag its look items wait for
         common.release_flag(cnt_ptr + rel_at, rel_val)
     if look_at >= 0:
@@ -1575,12 +1575,12 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                           K, NT, SCREENS)
         # the item's RECS records a side, one per group of lanes (``_lanes_merged``): the position's j RECS + k
         rec = j * RECS + tl.arange(0, RECS)[None, :]
-        m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled, RECS)
+        m, s1, sT, arg, bad = _lanes_merged(m_p, s1_p, sT_p, arg_p, invT, scaled, RECS, SOLO)
         _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o[:, None], pf, NS * RECS, rec, use_p[:, None], m, s1, sT, arg,
                     bad)
         if HAS_Q:
             if any_q:
-                m, s1, sT, arg, bad = _lanes_merged(m_q, s1_q, sT_q, arg_q, invT, scaled, RECS)
+                m, s1, sT, arg, bad = _lanes_merged(m_q, s1_q, sT_q, arg_q, invT, scaled, RECS, SOLO)
                 _store_tile(part_m_ptr, part_f_ptr, part_i_ptr, o[:, None] + 1, pf, NS * RECS, rec, use_q[:, None], m,
                             s1, sT, arg, bad)
 
@@ -3054,7 +3054,8 @@ ROOFLINE_PHASES = (
     ("emit_pi", "_pi_race", None),
     ("accept", "_accept", None),
     ("look_reset", "_look_reset", None),
-    ("merge_release", "_verify_kernel", "rel_at >= 0"),
+    ("merge_release", "_item_done", "rel_at >= 0"),
+    ("accept", "_item_done", None),  # (what the accept phase left: ``_item_done``)
     ("accept", "_verify_kernel", "acc_g >= 0"),  # (the group's rows for it)
     ("merge", "_stats_merge", "ticket(cnt_ptr + c_stats"),
     ("stats", "_stats_merge", None),
