@@ -140,16 +140,17 @@ bfloat16 logits are read as 32-bit words of two entries where every row starts a
 (``PAIRS``, ``common.load_tile``): one shift or mask widens an entry, where 16-bit loads take a permute and a shift
 for half of them.
 Rows whose strides are not multiples of 16 entries (V = 50257), which the compiler cannot prove 16-byte aligned and
-reads entry by entry, take realigned statistics where the rule has no second look and no divergences are asked
-(``realigned``, ``SHIFT``: speculative, chow, diff, lossy, ensemble, and any rule with token-only drafts): each side's
+reads entry by entry, take realigned statistics where they write no cells that pair both sides (``realigned``,
+``SHIFT``: speculative, chow, diff, lossy, ensemble, divergences asked or not, and any rule with token-only drafts;
+not opt's TV cells nor a token set's screening records): each side's
 chunk r holds its row's entries r TILES BLOCK_V - sh .. from the boundary of VEC entries at or before the row (sh the
 row's offset mod VEC, each side its own: ``_realigned``, ``tl.multiple_of``), so a whole chunk loads as vectors; a
 row's chunk 0 loads whole (the boundary before a row is never before the storage), its entries before the row set to
 -inf, after the loop, which starts at chunk 1 in the item that holds it (``HEAD``; its argmax ties go to it:
 ``EARLIER``); a position's partial last chunks (two at most) are masked at both ends; NT covers V + VEC - 1. The
-statistics are order-free per side, so the sides need not share chunk boundaries there; the race (p and q at one
-entry), the second look, opt's TV cells and a token set's screening records pair both sides entry by entry or
-chunk by chunk and keep the rows' own alignment, and PAIRS is off (a word may straddle a row's end).
+statistics are order-free per side, so the sides need not share chunk boundaries there; the race and the second
+look (p and q at one entry, from their own loads) keep the rows' own alignment, and PAIRS is off (a word may
+straddle a row's end).
 Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM. The phases are device functions
 of their own, called from the queue loop (``@triton.jit(noinline=True)``: ``_stats_item``, ``_stats_merge``,
 ``_look_item``, ``_race_item``, ``_div_item``, ``_accept``, whose arguments are scalars): inlined, the compiler
@@ -3557,15 +3558,16 @@ def look_split(ns: int, ni: int, itemsize: int, K: int) -> int:
     return split
 
 
-def realigned(zq: Optional[torch.Tensor], zp: torch.Tensor, strides, looks: bool) -> bool:
+def realigned(zq: Optional[torch.Tensor], zp: torch.Tensor, strides, paired: bool) -> bool:
     """Whether the statistics read each side's rows from the boundary of VEC entries at or before them (the kernel's
     ``SHIFT``): rows whose strides (``strides``, in entries) are not all multiples of 16 entries (e.g. V = 50257),
     which the compiler cannot prove 16-byte aligned and would read entry by entry, in 16-byte-aligned storage of 2-
-    or 4-byte logits, for a rule with no second look or divergences (``looks`` false): a look's chunks, opt's TV
-    cells and a token set's screening records pair both sides' entries chunk by chunk, and realigned sides start
-    at different boundaries. The race keeps the rows' own alignment (it reads both sides at the same entry)."""
+    or 4-byte logits, where the statistics pair no cells of both sides (``paired`` false): opt's TV cells and a token
+    set's screening records pair both sides' entries chunk by chunk (with drafter logits, divergences asked or not,
+    so that asking changes no other output), and realigned sides start at different boundaries. The second look,
+    the divergences' sums and the race keep the rows' own alignment (they read both sides at the same entry)."""
     tensors = [t for t in (zq, zp) if t is not None]
-    return (not looks and all(t.element_size() in (2, 4) and t.data_ptr() % 16 == 0 for t in tensors)
+    return (not paired and all(t.element_size() in (2, 4) and t.data_ptr() % 16 == 0 for t in tensors)
             and any(s % 16 != 0 for s in strides))
 
 
@@ -3599,7 +3601,8 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     cx = rule_constexprs(args.rule)
     # (token-only drafts have closed forms: no second look, whose body reads the drafter's logits, is compiled)
     second = (needs_second_look(args.rule) or divergence) and K > 0 and zq is not None
-    shift = realigned(zq, zp, strides, second or divergence)
+    shift = realigned(zq, zp, strides, K > 0 and zq is not None and (cx["MONOTONE_TV"]
+                                                                     or args.rule.family == rules.FAMILY_B))
     # a realigned row's chunks start up to 16 / itemsize - 1 entries before it (``realigned``)
     nt = triton.cdiv(V + (16 // zp.element_size() - 1 if shift else 0), block_v)
     mdt = torch.float64 if fp64 else torch.float32
