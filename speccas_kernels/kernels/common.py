@@ -134,6 +134,15 @@ else:
 
 
 @triton.jit
+def realigned_base(ptr, off, VEC: tl.constexpr):
+    """(the boundary of VEC entries at or before entry ``off`` of ``ptr``'s storage, sh = off mod VEC): a pointer
+    the compiler knows to be VEC entries aligned (``tl.multiple_of``), so a tile from it loads as vectors (rows whose
+    stride is not a multiple of 16 entries: ``sample.realigned``, ``verify.realigned``)."""
+    sh = off % VEC
+    return ptr + tl.multiple_of(off - sh, VEC), sh
+
+
+@triton.jit
 def ln_fast(x):
     """The natural log through ``log2_fast``."""
     return log2_fast(x) * LN2

@@ -83,9 +83,7 @@ def _sample_kernel(
     rmask = rows < B
     v0 = t.to(tl.int64) * BLOCK_V
     if SHIFT:  # row b's tile t holds its entries t BLOCK_V - sh .. from the boundary of VEC entries at or before it
-        r0 = rows * stride_b
-        sh = r0 % VEC
-        ptrs = z_ptr + tl.multiple_of(r0 - sh, VEC)
+        ptrs, sh = common.realigned_base(z_ptr, rows * stride_b, VEC)
     else:
         sh = None
         ptrs = z_ptr + rows * stride_b

@@ -144,7 +144,7 @@ reads entry by entry, take realigned statistics where they write no cells that p
 ``SHIFT``: speculative, chow, diff, lossy, ensemble, divergences asked or not, and any rule with token-only drafts;
 not opt's TV cells nor a token set's screening records): each side's
 chunk r holds its row's entries r TILES BLOCK_V - sh .. from the boundary of VEC entries at or before the row (sh the
-row's offset mod VEC, each side its own: ``_realigned``, ``tl.multiple_of``), so a whole chunk loads as vectors; a
+row's offset mod VEC, each side its own: ``common.realigned_base``), so a whole chunk loads as vectors; a
 row's chunk 0 loads whole (the boundary before a row is never before the storage), its entries before the row set to
 -inf, after the loop, which starts at chunk 1 in the item that holds it (``HEAD``; its argmax ties go to it:
 ``EARLIER``); a position's partial last chunks (two at most) are masked at both ends; NT covers V + VEC - 1. The
@@ -496,14 +496,6 @@ def _q_off(rows, i, start, stride_qb, stride_qk, RAGGED: tl.constexpr):
     else:
         off = rows * stride_qb + i * stride_qk
     return off
-
-
-@triton.jit
-def _realigned(ptr, off, VEC: tl.constexpr):
-    """(the boundary of VEC entries at or before entry ``off`` of ``ptr``'s storage, sh = off mod VEC): a pointer
-    the compiler knows to be VEC entries aligned (``tl.multiple_of``), so a tile from it loads as vectors."""
-    sh = off % VEC
-    return ptr + tl.multiple_of(off - sh, VEC), sh
 
 
 @triton.jit
@@ -1454,10 +1446,10 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         pt, qt, shp, shq = pbase, qbase, None, None
         first = 0  # the item's first chunk its loop reads (SHIFT: 1 where the item holds a row's chunk 0)
         if SHIFT:
-            pt, shp = _realigned(zp_ptr, _p_off(rows, i, start, stride_pb, stride_pk, RAGGED), VEC)
+            pt, shp = common.realigned_base(zp_ptr, _p_off(rows, i, start, stride_pb, stride_pk, RAGGED), VEC)
             qt, shq = pt, shp
             if HAS_Q:
-                qt, shq = _realigned(zq_ptr, _q_off(rows, i, start, stride_qb, stride_qk, RAGGED), VEC)
+                qt, shq = common.realigned_base(zq_ptr, _q_off(rows, i, start, stride_qb, stride_qk, RAGGED), VEC)
             first = (c0 == 0).to(tl.int32)
         # The logits at the draft, for the accept phase, which then reads only what this launch wrote (no DRAM round
         # trip on a row's chain): the item whose chunks hold a drafted position's draft (one outside the vocabulary:
