@@ -1407,6 +1407,23 @@ def parse_ptxas_log(log: str) -> Dict[str, int]:
     return out
 
 
+_PTXAS_PROPERTIES = re.compile(r"Function properties for (\S+)\s+(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                                r"(\d+) bytes spill loads")
+
+
+def spills_by_function(log: str) -> Dict[str, Tuple[int, int]]:
+    """ptxas's spill stores and loads (bytes a thread) per function that has any: the kernel under its own name, a
+    device function it calls (``noinline``) under its Triton name (``_race_item`` from
+    ``speccas_kernels_$_kernels_$_verify_$__race_item__i64_...``). Where a kernel spills, which code does: the
+    queue loop's own words across its calls are the kernel's, a phase's are its function's."""
+    out = {}
+    for name, _, st, ld in _PTXAS_PROPERTIES.findall(log):
+        if int(st) or int(ld):
+            m = re.search(r"_\$__([A-Za-z0-9]+(?:_[A-Za-z0-9]+)*)__", name)
+            out["_" + m.group(1) if m else name] = (int(st), int(ld))
+    return out
+
+
 def compile_one(spec: dict) -> Tuple[dict, str]:
     """Compile one launch spec for sm_90 (in a process where triton is not interpreting) -> kernel record."""
     import importlib
@@ -1440,7 +1457,8 @@ def compile_one(spec: dict) -> Tuple[dict, str]:
     md = kernel.metadata
     rec = dict(spec, key=spec.get("key"), shared=int(md.shared), num_warps=int(md.num_warps),
                num_stages=int(md.num_stages), arch=str(getattr(md, "arch", "")), compile_s=round(seconds, 2),
-               sass_instructions=analyze_sass(sass)["instructions"], **res)
+               sass_instructions=analyze_sass(sass)["instructions"],
+               spills_by_function=spills_by_function(log.getvalue()), **res)
     try:
         rec["chain_sass"], rec["chains"] = chain_sass(kernel.asm["llir"], options)
         rec["chain_sass_instructions"] = analyze_sass(rec["chain_sass"])["instructions"]
@@ -2532,13 +2550,18 @@ def spill_rows(points: Sequence[Point], meta: dict, jobs: int = 1, write: bool =
         for l in captured[pt].launches:
             rec = recs[compile_key(l)]
             rows.append(dict(kind="ptxas", **{k: meta[k] for k in ("version", "commit", "kernels_digest", "date")},
+                             functions=rec.get("spills_by_function"),
                              op=pt.op, rule=pt.rule, B=pt.B, K=pt.K, V=pt.V, dtype=pt.dtype, kernel=l.qualname,
                              grid="x".join(map(str, l.grid)), num_warps=rec["num_warps"], regs=rec["regs"],
                              spill_stores=rec["spill_stores"], spill_loads=rec["spill_loads"], stack=rec["stack"]))
     spilling = [r for r in rows if int(r["spill_stores"]) or int(r["spill_loads"])]
     for r in spilling:
+        where = ", ".join(f"{f} {st}/{ld}" for f, (st, ld) in (r["functions"] or {}).items())
         print(f"spills: {r['op']} {r['rule']} B={r['B']} K={r['K']} V={r['V']} {r['dtype']} {r['kernel']}: "
-              f"{r['spill_stores']} B stored, {r['spill_loads']} B loaded", flush=True)
+              f"{r['spill_stores']} B stored, {r['spill_loads']} B loaded"
+              + (f" (by function, stored/loaded: {where})" if where else ""), flush=True)
+    for r in rows:
+        del r["functions"]
     print(f"roofline: {len(rows)} kernels of {len(points)} calls, {len(spilling)} spill (ptxas for sm_90) "
           f"[{time.time() - t0:.0f} s]", flush=True)
     if write:
@@ -3212,7 +3235,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--cuda", action="store_true", help="compile csrc/*.cu for sm_90 and report its kernels")
     p.add_argument("--spills", action="store_true",
                    help="with --version: only ptxas's registers and spills of each point's kernels (no trace, no "
-                        f"model), rows to {SPILLS_CSV_PATH.name}")
+                        f"model), rows to {SPILLS_CSV_PATH.name}; a kernel that spills is printed with the functions "
+                        "that do (the kernel's own code, its noinline phases)")
     args = p.parse_args(argv)
     if args.compare:
         if len(args.compare) != 2:

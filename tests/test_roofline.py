@@ -1122,10 +1122,17 @@ def test_ptxas_report_sums_every_functions_spills():
             16 bytes stack frame, 52 bytes spill stores, 48 bytes spill loads
     ''')
     assert rf.parse_ptxas_log(log) == dict(regs=128, stack=88, spill_stores=72, spill_loads=76)
+    assert rf.spills_by_function(log) == {"k": (4, 8), "helper_a": (16, 20), "helper_b": (52, 48)}
     one = ("ptxas info    : Function properties for k\n"
            "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n"
            "ptxas info    : Used 40 registers")
     assert rf.parse_ptxas_log(one) == dict(regs=40, stack=0, spill_stores=0, spill_loads=0)
+    assert rf.spills_by_function(one) == {}
+    # a device function under Triton's mangled name: named as in the source
+    mangled = ("ptxas info    : Function properties for speccas_kernels_$_kernels_$_verify_$__race_item__i64_i32"
+               "_Pi64__$_13_$__$_cconstexpr_None_\n"
+               "    0 bytes stack frame, 0 bytes spill stores, 4 bytes spill loads\n")
+    assert rf.spills_by_function(mangled) == {"_race_item": (0, 4)}
     with pytest.raises(RuntimeError, match="spill_stores"):
         rf.parse_ptxas_log("ptxas info    : Used 40 registers, 0 bytes stack frame")
 
@@ -1728,11 +1735,13 @@ def test_spill_rows_report_ptxas_per_kernel(tmp_path, monkeypatch, capsys):
     assert sorted((r["version"], r["op"]) for r in kept) == [("s", "sample"), ("s", "verify"), ("s2", "verify")]
     compile_launches = rf.compile_launches
     monkeypatch.setattr(rf, "compile_launches", lambda *a, **k: {
-        key: dict(rec, spill_stores=12, spill_loads=16) for key, rec in compile_launches(*a, **k).items()})
+        key: dict(rec, spill_stores=12, spill_loads=16, spills_by_function={"_verify_kernel": [8, 16], "_draw": [4, 0]})
+        for key, rec in compile_launches(*a, **k).items()})
     capsys.readouterr()
     rf.spill_rows(pts[:1], meta, write=False)
     out = capsys.readouterr().out
-    assert "spills: verify chow B=1 K=2 V=1000 fp32 _verify_kernel: 12 B stored, 16 B loaded" in out, out
+    assert ("spills: verify chow B=1 K=2 V=1000 fp32 _verify_kernel: 12 B stored, 16 B loaded (by function, "
+            "stored/loaded: _verify_kernel 8/16, _draw 4/0)") in out, out
     assert "1 spill (ptxas for sm_90)" in out, out
 
 
