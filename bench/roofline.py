@@ -2545,23 +2545,21 @@ def spill_rows(points: Sequence[Point], meta: dict, jobs: int = 1, write: bool =
     captured = {pt: capture(pt.op, None if pt.op == "sample" else pt.rule, pt.B, pt.K, pt.V, pt.dtype)[0]
                 for pt in points}
     recs = compile_launches([l for w in captured.values() for l in w.launches], jobs=jobs)
-    rows = []
+    rows, by_function = [], []
     for pt in sorted(points, key=lambda p: (p.op, p.rule, p.K, p.V, p.dtype, p.B)):
         for l in captured[pt].launches:
             rec = recs[compile_key(l)]
+            by_function.append(rec.get("spills_by_function") or {})  # (printed, not a column)
             rows.append(dict(kind="ptxas", **{k: meta[k] for k in ("version", "commit", "kernels_digest", "date")},
-                             functions=rec.get("spills_by_function"),
                              op=pt.op, rule=pt.rule, B=pt.B, K=pt.K, V=pt.V, dtype=pt.dtype, kernel=l.qualname,
                              grid="x".join(map(str, l.grid)), num_warps=rec["num_warps"], regs=rec["regs"],
                              spill_stores=rec["spill_stores"], spill_loads=rec["spill_loads"], stack=rec["stack"]))
-    spilling = [r for r in rows if int(r["spill_stores"]) or int(r["spill_loads"])]
-    for r in spilling:
-        where = ", ".join(f"{f} {st}/{ld}" for f, (st, ld) in (r["functions"] or {}).items())
+    spilling = [(r, f) for r, f in zip(rows, by_function) if int(r["spill_stores"]) or int(r["spill_loads"])]
+    for r, functions in spilling:
+        where = ", ".join(f"{f} {st}/{ld}" for f, (st, ld) in functions.items())
         print(f"spills: {r['op']} {r['rule']} B={r['B']} K={r['K']} V={r['V']} {r['dtype']} {r['kernel']}: "
               f"{r['spill_stores']} B stored, {r['spill_loads']} B loaded"
               + (f" (by function, stored/loaded: {where})" if where else ""), flush=True)
-    for r in rows:
-        del r["functions"]
     print(f"roofline: {len(rows)} kernels of {len(points)} calls, {len(spilling)} spill (ptxas for sm_90) "
           f"[{time.time() - t0:.0f} s]", flush=True)
     if write:
