@@ -2144,8 +2144,10 @@ def test_verify_realigns_statistics_rows_not_16_byte_aligned(tmp_path, monkeypat
     the rule has no second look (speculative: ``verify.realigned``, SHIFT): compiled for sm_90, the stats items'
     whole chunks load as 16-byte vectors (LDG.E.128; LDGSTS.E.BYPASS.128 where the loop is pipelined, bf16), where
     such rows got none before (the race still reads them entry by entry), and the kernel spills at most 8 B a
-    thread for float32 (192 B before). opt, whose second look pairs both sides' chunks, and the same speculative
-    launch with the realignment off keep the rows' own alignment."""
+    thread for float32 (192 B before); bfloat16 statistics read those vectors as words of two entries (PAIRS, which
+    the race and the divergences, reading the rows' own entries, leave off: ``PAIRS_AT``). opt, whose second look
+    pairs both sides' chunks, and the same speculative launch with the realignment off keep the rows' own
+    alignment."""
     from speccas_kernels.kernels import verify as kv
 
     got = {}
@@ -2158,7 +2160,7 @@ def test_verify_realigns_statistics_rows_not_16_byte_aligned(tmp_path, monkeypat
     work, _ = rf.capture("verify", "speculative", 64, 4, 50257, "bf16")
     assert not work.launches[0].constexprs["SHIFT"]
     assert {dt: (launch.constexprs["SHIFT"], launch.constexprs["PAIRS"]) for dt, launch in got.items()} == {
-        "bf16": (True, False), "fp32": (True, False)}
+        "bf16": (True, True), "fp32": (True, False)}
     recs = rf.compile_launches(list(got.values()), cache_dir=tmp_path, quiet=True)
     for dt, launch in got.items():
         rec = recs[rf.compile_key(launch)]

@@ -593,6 +593,40 @@ def test_verify_realigned_greedy_ties_go_to_chunk_zero(device, monkeypatch):
             assert out.num_accepted.tolist() == [0] * 4
 
 
+@pytest.mark.parametrize("rule,divergence", [("speculative", False), ("chow", True)])
+def test_verify_realigned_bf16_statistics_read_words(device, rule, divergence, monkeypatch):
+    """Realigned bfloat16 rows (V = 101: rows 16-byte aligned only where their offset is a multiple of 8 entries)
+    read their statistics' whole chunks as 32-bit words from each row's boundary of VEC entries (``PAIRS`` with
+    ``SHIFT``); chunk 0 and the partial last chunk read entries, and the phases that read both sides at one entry (the
+    race, the divergences) read the rows' own entries, no words (``PAIRS_AT``: a word from an odd entry would pair
+    the wrong halves). 32-entry chunks: chunk 0, two whole chunks in the loop, a partial one; items of one chunk and
+    of four; -inf entries, greedy and sampled rows. Every output equals the reference and, bit for bit, the same
+    launch with the words off (negative control: the launches' PAIRS, on and off, as asked)."""
+    seen = []
+    real_pairs, real_shift = kverify.pairs, kverify.realigned
+    words = [True]
+    monkeypatch.setattr(kverify, "pairs", lambda *a: seen.append(real_pairs(*a) and words[0]) or seen[-1])
+    monkeypatch.setattr(kverify, "realigned", lambda *a: seen.append(("shift", real_shift(*a))) or seen[-1][1])
+    kw = random_round(4, 2, 101, device=device, seed=41, dtype=torch.bfloat16, neg_inf_frac=0.05)
+    kw["temperature"] = torch.tensor([0.0, 1.0, 0.7, 1.3], device=device)
+    for rows, chunks in ((1, 1), (None, 4)):
+        for name, value in (("ROWS", rows), ("BLOCK_V", 16), ("TILES", 2), ("CHUNKS", chunks)):
+            monkeypatch.setattr(triton_backend, f"{name}_OVERRIDE", value)
+        what = f"{rule} rows={rows} chunks={chunks}"
+        ref, margins = reference_with_margins(**kw, rule=rule, alpha=0.3)
+        outs = []
+        for on in (True, False):
+            words[0] = on
+            seen.clear()
+            outs.append(sk.verify(**kw, rule=rule, alpha=0.3, backend="triton", return_divergence=divergence))
+            assert seen == [("shift", True), on], (what, seen)
+        assert_same_outputs(outs[0], ref, margins, what=what)
+        for a, b, field in zip(outs[0], outs[1], outs[0]._fields):
+            assert (a is None and b is None) or torch.equal(a.cpu(), b.cpu()), (what, field)
+        if divergence:
+            assert outs[0].divergence is not None
+
+
 @pytest.mark.parametrize("rule", ["chow", "token_v3"])
 def test_verify_reads_only_what_it_wrote(device, rule, monkeypatch):
     """Every buffer the call allocates poisoned (NaN floats, a large int): the outputs still match the reference,

@@ -149,8 +149,9 @@ row's chunk 0 loads whole (the boundary before a row is never before the storage
 -inf, after the loop, which starts at chunk 1 in the item that holds it (``HEAD``; its argmax ties go to it:
 ``EARLIER``); a position's partial last chunks (two at most) are masked at both ends; NT covers V + VEC - 1. The
 statistics are order-free per side, so the sides need not share chunk boundaries there; the race and the second
-look (p and q at one entry, from their own loads) keep the rows' own alignment, and PAIRS is off (a word may
-straddle a row's end).
+look (p and q at one entry, from their own loads) keep the rows' own alignment, and read no words (``PAIRS_AT``:
+a word may straddle a row's end). bfloat16 whole chunks of realigned statistics load as words (PAIRS: every one
+starts at a 16-byte boundary inside its row); chunk 0 and the partial last chunks as entries.
 Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM. The phases are device functions
 of their own, called from the queue loop (``@triton.jit(noinline=True)``: ``_stats_item``, ``_stats_merge``,
 ``_look_item``, ``_race_item``, ``_div_item``, ``_accept``, whose arguments are scalars): inlined, the compiler
@@ -799,7 +800,7 @@ def _verify_kernel(
     LANES: tl.constexpr,  # entries of a chunk the threads hold at one place (threads x VEC, at most TILES x BLOCK_V)
     VEC: tl.constexpr,  # adjacent entries one thread loads at once
     SCREENS: tl.constexpr,  # a token set's screening records per chunk: LANES / VEC / 32 (one per warp), at least 1
-    PAIRS: tl.constexpr,  # bfloat16 logits read as 32-bit words of two entries (``common.load_tile``)
+    PAIRS: tl.constexpr,  # bfloat16 logits read as 32-bit words of two entries (``load_tile``; SHIFT: statistics only)
     SHIFT: tl.constexpr,  # the statistics' tiles start at a boundary of VEC entries before each row (``realigned``)
     # one row group (B = 1 on a GPU). What only a batch of one compiles hides behind it, so that the batch of two,
     # which bench/roofline.py traces beside the batch of one, runs what every larger batch compiles: a branch on a
@@ -808,6 +809,9 @@ def _verify_kernel(
     SOLO: tl.constexpr,
 ):
     HAS_Q: tl.constexpr = zq_ptr is not None
+    # the phases that read both sides at one entry (the second look, the race, the divergences) keep the rows' own
+    # alignment: words only where every row starts at an even entry (PAIRS without SHIFT)
+    PAIRS_AT: tl.constexpr = PAIRS and not SHIFT
     # A token set with a floor screens its second look's chunks by records the statistics write, but not at one row
     # group with one chunk per look item (``SOLO``, B = 1 on a GPU), where the look reads every chunk at once, one
     # per item, and the screening's own costs lie on the row's chain: the screening records in the statistics,
@@ -927,8 +931,8 @@ def _verify_kernel(
                                                          LOOK_EXTRA, stride_qb, stride_qk, stride_pb, stride_pk, FAMILY,
                                                          NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q,
                                                          RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_C, TILES, CHUNKS,
-                                                         LOOK_SPLIT, READS_PH, FLOOR, SCREENED, SCREENS, PAIRS, LANES,
-                                                         VEC, STAGES, SOLO, TAGGED)
+                                                         LOOK_SPLIT, READS_PH, FLOOR, SCREENED, SCREENS, PAIRS_AT,
+                                                         LANES, VEC, STAGES, SOLO, TAGGED)
                     acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
@@ -938,8 +942,8 @@ def _verify_kernel(
                            alpha_ptr, alpha_val, alpha_st, temp_ptr, temp_val, temp_st, seed_ptr, seed_val, seed_st,
                            offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk,
                            stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
-                           BLOCK_V, BLOCK_T, RACE_TILES, DIV_ITEMS, div_ptr, valid_ptr, look_part_ptr, BLOCK_K, PAIRS,
-                           VEC, part_m_ptr, TILES, SCREEN, SCREENS, RACE_RECS, BLOCK_R, LANES, SOLO)
+                           BLOCK_V, BLOCK_T, RACE_TILES, DIV_ITEMS, div_ptr, valid_ptr, look_part_ptr, BLOCK_K,
+                           PAIRS_AT, VEC, part_m_ptr, TILES, SCREEN, SCREENS, RACE_RECS, BLOCK_R, LANES, SOLO)
         else:
             g = (s - lag).to(tl.int64)
             if DIV_ITEMS:
@@ -950,7 +954,7 @@ def _verify_kernel(
                               look_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, n_st, alpha_ptr, alpha_val,
                               alpha_st, temp_ptr, temp_val, temp_st, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb,
                               stride_qk, stride_pb, stride_pk, IN_SET, USES_ALPHA, RAGGED, FILTERS, FP64, ROWS, BLOCK_V,
-                              BLOCK_K, BLOCK_T, TILES, PAIRS)
+                              BLOCK_K, BLOCK_T, TILES, PAIRS_AT)
         if acc_g >= 0:  # (one test per item: the item itself released or reset what it did not leave here)
             # (the counters' offsets formed here, from B and K as opaque values, not before the loop: ``_counters``)
             c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(_queue_batch(B, K, SOLO),
@@ -1255,7 +1259,7 @@ def _side_tile(base, lo, use, V, FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: 
     VEC entries sh entries before each row, so a chunk that is not FULL is masked at both ends (entries lo - sh .. of
     the row, those in 0 .. V - 1 read). HEAD (with FULL): a realigned row's chunk 0, whose end lies inside the row: its
     loads are a whole chunk's (vectors: the boundary before a row is never before the storage), the entries before
-    the row then -inf."""
+    the row then -inf. Both read entries, not words (PAIRS off: ``_stats_chunk``'s WORDS)."""
     if z_in is not None:
         z = z_in
     elif (sh is not None) and not FULL:
@@ -1304,19 +1308,21 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, sca
         lo_p = lo - sh_p[:, None]
         lo_q = lo - sh_q[:, None]
     # with PAIRS the tiles stay words (``load_tile``'s RAW; so do ``_chunk_tiles``'), whose lane maxes take one
-    # ``max_pairs`` per two entries (``_lane_stats``), widened for the rest
+    # ``max_pairs`` per two entries (``_lane_stats``), widened for the rest; a realigned row's ends (a chunk that is
+    # not FULL, or HEAD) are read as entries, each masked or set apart (a word there may hold an entry of no row)
+    WORDS: tl.constexpr = PAIRS and ((sh_p is None) or (FULL and not HEAD))
     # FAST: both loads in flight together. Without it (the cold redo of an item whose scale reached SHIFT_MAX) the
     # target's tile is loaded after the drafter's is folded, so the two tiles are never live at once (at 128
     # registers a thread, a batch's bfloat16 chunk of both sides spilled there)
     if FAST:
-        zp = _side_tile(pbase, lo, use_p, V, FP64, PAIRS, ROWS, TILES, BLOCK_V, FULL, zp_in, sh_p, HEAD)
+        zp = _side_tile(pbase, lo, use_p, V, FP64, WORDS, ROWS, TILES, BLOCK_V, FULL, zp_in, sh_p, HEAD)
     mc_q = m_q
     share_q = s1_q
     if HAS_Q:
         if any_q:  # (a row-uniform branch: the bonus position reads no drafter logits)
-            zq = _side_tile(qbase, lo, use_q, V, FP64, PAIRS, ROWS, TILES, BLOCK_V, FULL, zq_in, sh_q, HEAD)
+            zq = _side_tile(qbase, lo, use_q, V, FP64, WORDS, ROWS, TILES, BLOCK_V, FULL, zq_in, sh_q, HEAD)
             zq_w = None
-            if PAIRS:
+            if WORDS:
                 zq_w = zq
                 zq = widen_pairs(zq_w)
             m_q, s1_q, sT_q, arg_q, huge, mc_q, share_q = _lane_stats(zq, lo_q, invT, cutq, scaled,
@@ -1324,9 +1330,9 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, sca
                                                                       FILTERS, LANES, VEC, FAST and not FP64, zq_w,
                                                                       EARLIER)
     if not FAST:
-        zp = _side_tile(pbase, lo, use_p, V, FP64, PAIRS, ROWS, TILES, BLOCK_V, FULL, zp_in, sh_p, HEAD)
+        zp = _side_tile(pbase, lo, use_p, V, FP64, WORDS, ROWS, TILES, BLOCK_V, FULL, zp_in, sh_p, HEAD)
     zp_w = None
-    if PAIRS:
+    if WORDS:
         zp_w = zp
         zp = widen_pairs(zp_w)
     m_p, s1_p, sT_p, arg_p, huge, mc_p, _ = _lane_stats(zp, lo_p, invT, cutp, scaled, greedy, m_p, s1_p, sT_p,
@@ -3693,7 +3699,10 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
         LINE=128 // zp.element_size(),
         LINES=triton.next_power_of_2(triton.cdiv(tiles * block_v * zp.element_size(), 128)),
         ITEMS_PER_PROGRAM=items, LANES=lanes, VEC=vec, SOLO=groups == 1,
-        SCREENS=screens, PAIRS=pairs(zq, zp, strides, V) and not shift, SHIFT=shift,
+        SCREENS=screens, SHIFT=shift,
+        # (realigned rows: the statistics' whole chunks start at 16-byte boundaries, so their words never straddle a
+        # row's ends; the kernel reads words there alone, ``PAIRS_AT``)
+        PAIRS=pairs(zq, zp, (0,) if shift else strides, 0 if shift else V),
         num_warps=num_warps,
         maxnreg=MAX_REGISTERS)
     if divergence:
