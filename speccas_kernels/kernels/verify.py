@@ -1533,13 +1533,20 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                     m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V, NT, HAS_Q,
                     SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS, True,
                     sh_p=shp, sh_q=shq, EARLIER=True, HEAD=True)
-            for ct in tl.static_range(2):
-                if nfull + ct < nch:
-                    m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
-                        nfull + ct, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p, s1_p,
-                        sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V,
-                        NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS,
-                        False, sh_p=shp, sh_q=shq)
+            # (two calls at lines of their own, not one unrolled loop: bench/roofline.py tells the second, which runs
+            # only where V mod CHUNK lies within VEC - 1 of a chunk's end, from the first by the lines a trace ran)
+            if nfull < nch:
+                m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
+                    nfull, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p, s1_p, sT_p, arg_p,
+                    m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V, NT, HAS_Q,
+                    SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS, False,
+                    sh_p=shp, sh_q=shq)
+            if nfull + 1 < nch:
+                m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
+                    nfull + 1, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p, s1_p, sT_p,
+                    arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V, NT,
+                    HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS, False,
+                    sh_p=shp, sh_q=shq)
         elif nfull < nch:  # (a position's last chunk, partial)
             m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                 nfull, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p,
@@ -3367,7 +3374,7 @@ def roofline_hints(launch) -> dict:
     CW = c["TILES"] * c["BLOCK_V"]  # entries of a chunk
     FULL = (val("V") // CW) / NS  # of which wholly inside the vocabulary (the loop; a partial one is a tail)
     FULL_L = (val("V") // CW) / NL  # a look item's
-    PART = int(val("V") % CW != 0)  # a position's last chunk is partial
+    PART = int(NI > val("V") // CW)  # a position's last chunk is partial (realigned rows: NT covers V + VEC - 1)
     PART_R = int(val("V") % (c["RACE_TILES"] * c["BLOCK_V"]) != 0)  # a row's last race item is partial
     G = -(-B // c["ROWS"])
     KP = K + 1
@@ -3418,7 +3425,8 @@ def roofline_hints(launch) -> dict:
                   dict(count=G * KP * NS, dram=CH, pipelined=FULL, l2=1)),
         "stats_q": dict(count=G * n * NS if has_q else 0),
         "stats_x": dict(count=G * n),
-        # a position's last chunk when partial (V not a multiple of a chunk), after the whole chunks of its last item
+        # a position's last chunk when partial (V, or a realigned row's end, not at a chunk's), after the whole chunks
+        # of its last item
         # (not on the chain: that item runs one whole chunk fewer than the loop's mean, and the partial one instead)
         "stats_tail": dict(count=G * KP if PART else 0),
         # a statistics item's re-run without exp_shift (a lane's max times the scale at SHIFT_MAX or beyond: logits
