@@ -1420,6 +1420,22 @@ def test_verify_phases_are_called_and_hold_nothing_across_the_queue(opt_bf16_b64
     assert opt_bf16_b64[1]["spill_stores"] == 0, opt_bf16_b64[1]
 
 
+def test_emit_loads_a_rows_race_records_one_a_thread(tmp_path):
+    """The verify kernel as a GPU runs it for token_v1, float32, B = 8, K = 4, V = 128256: a row's 256 race records
+    (32 items of 8) load in the emit one a thread, three loads (score, index, mass), and reduce per warp
+    (``_race_best``). Folded in a thread's registers as 8 blocks of 32, all 24 loads in flight at once, the race item
+    left no register free for the queue loop's next item across the phases' calls, and ptxas kept it in local
+    memory: 8 B of spill stores and loads (ptxas's, summed over the kernel and its functions)."""
+    work, _ = rf.capture("verify", "token_v1", 8, 4, 128256, "fp32")
+    launch = work.launches[0]
+    assert launch.constexprs["BLOCK_R"] == 256, launch.constexprs["BLOCK_R"]
+    rec = rf.compile_launches([launch], cache_dir=tmp_path, quiet=True)[rf.compile_key(launch)]
+    assert rec["spill_stores"] == 0 and rec["spill_loads"] == 0, rec
+    emit = _phase_sass(launch, rec, rf._hints_for(launch), tmp_path, "emit")
+    loads = [i for i in emit if i.base == "LDG"]
+    assert 3 <= len(loads) < 8, [i.opcode for i in loads]
+
+
 def test_no_reduction_crosses_warps_at_one_row_group(opt_b1):
     """The verify kernel as a GPU runs it at B = 1: no function loads from shared memory under a predicate. That load
     is the second stage of a reduction across warps (the warps' partials, read by the threads of one warp), and

@@ -116,9 +116,8 @@ of them; and at K >= 4 race items of TILES tiles where a position's look takes L
   below the floor, ``_race_clear``), and tests membership per entry only at the others. A row's item computes its
   scores in one branch, the bonus's or the residual's. An entry's best is kept as its tile number (a float: the
   compiler packed an int32's few values into bytes), the index formed once per item. The last item's program
-  **emits** the token, the row's records folded in blocks of 32 (``_race_best``); when the residual's mass is
-  rounding noise (at most RESIDUAL_EPS, rare) it first runs the
-  race over pi itself.
+  **emits** the token, the row's records one a thread, reduced a warp's 32 at a time (``_race_best``); when the
+  residual's mass is rounding noise (at most RESIDUAL_EPS, rare) it first runs the race over pi itself.
 
 * **divergences** (``verify(return_divergence=True)``; SPEC.md section 6): TV(q, p) and TV(law, p) at every verified
   position, from the statistics the round already has. The second look then runs for every rule (at T > 0 with
@@ -169,15 +168,18 @@ writes one record per warp, merged by shuffles alone, and at one row group (B = 
 in every warp (``common.warps_joined``: a gather through shared memory, whose load has no predicate) and merged
 once more; the merge folds its records in two blocks or more of at most 32 (``_merge_sides``; at one row group
 one block, whose reductions cross warps and spill nothing); a race item writes one record per warp
-(``race_records``; at one row group one, its warps' records joined: ``_warps_best``) and the emit folds a row's
-records in blocks of 32 in a thread's registers (``_race_best``); a look item's lanes, the TV cells' floor and the
+(``race_records``; at one row group one, its warps' records joined: ``_warps_best``) and the emit loads a row's
+records one a thread and reduces them per warp (``_race_best``); a look item's lanes, the TV cells' floor and the
 race over pi reduce per warp and join the same way (``common.lane_sum``, ``_tile_best``; the race over pi
 of a token rule at several row groups keeps one reduction per tile, see below). A stats
 item's cold redo (a scale that reached ``SHIFT_MAX``) holds one side's tiles at a time (``_side_tile``): holding
 both, it spilled them, and ptxas's allocation of the whole kernel around it spilled elsewhere too (36-100 B at
 B = 64, K = 4). A program's first draw and last ticket are calls of their own (``_draw``, ``_queue_reset``), so
 the kernel holds no shared word's address across the loop. No spill is left (ptxas for sm_90, summed over the kernel
-and its functions, every rule and dtype, B = 1 and 64, K = 4, 8 and 16). ptxas allocates the kernel and
+and its functions, every rule and dtype, B = 1 and 64, K = 4, 8 and 16) but at B = 8, where the token sets keep the
+queue loop's next item in local memory (4-12 B, an L1 hit per item) at K = 1 (V = 151936) and token_v3 bfloat16 at
+K = 4 and 16 (V = 128256): a phase there (race items of 2 tiles) takes every register, so no caller value survives
+its call in one (passed through the phases instead, the value spilled in them: 12-56 B). ptxas allocates the kernel and
 its functions together, so a change in one function can spill in another, and a form is kept where the grid
 (``roofline.py --spills``) and the model rows say so. At several row groups a token rule races over pi with one
 reduction per tile: with the warps' records joined instead, token_v1 float32 at B = 64, K = 16 held one of the
@@ -247,7 +249,7 @@ RESIDUAL_EPS = tl.constexpr(1e-5)  # reference.RESIDUAL_EPS[float32]: the kernel
 # instruction a line and nothing held for it): token_v3 bf16 B = 64 55.07 -> 53.31 us in the model, whose bound
 # moved from its items' round trips (47.0 -> 38.8 us) to issue (45.2 us).
 STATS_STAGES = 3
-RACE_RECORDS = 256  # a row's race records, at most, that the emit joins in a thread's registers (8 blocks of 32)
+RACE_RECORDS = 256  # a row's race records, at most, that the emit loads (one a thread of an 8-warp program)
 UNPIPELINED_RULES = ("token_v3",)
 
 
@@ -268,7 +270,7 @@ def stats_records(ns: int, nt: int, screens: int) -> int:
 def race_records(groups: int, block_v: int, lanes: int, vec: int, items: int) -> int:
     """Records a race item writes per row (``_race_records``): one per group of 32 lanes of a tile (a warp each on a
     GPU: the item's reductions are shuffles alone, none across warps), halved while a row's ``items`` items would
-    write more than RACE_RECORDS (the emit folds them in blocks of 32: ``_race_best``), where there are several row
+    write more than RACE_RECORDS (the emit loads them one a thread: ``_race_best``), where there are several row
     groups (B > 1); one at one row group (``SOLO``, B = 1), whose emit lies on the row's chain: the item joins its
     warps' records into it (``_warps_best``)."""
     if groups == 1:
@@ -2760,34 +2762,29 @@ def _tile_best(score, offs, BLOCK_V: tl.constexpr, LANES: tl.constexpr, VEC: tl.
 
 
 @triton.jit
-def _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, c, W: tl.constexpr):
-    """Block c of W records of a row's NRR (``_race_best``): (masses, best scores, indices), [R, W] each."""
-    tt = c * W + tl.arange(0, W)[None, :]
+def _race_best(race_f_ptr, race_i_ptr, rows, racing, NRR, B, BLOCK_R: tl.constexpr):
+    """The emit's merge of a row's NRR race records (``_race_records``): (the residual's mass, the lowest index at
+    the best score), per row. The records load as one [R, BLOCK_R] block spread over the program's threads (at most
+    one record a thread on a GPU, every load at once), each run of 32 reduced by a warp's shuffles (the best score,
+    the lowest index at it, the mass) and the runs' partials joined (``common.warps_joined``: no reduction across
+    warps). (Folded in one thread's registers as blocks of 32, whose loads were all in flight at once, the blocks
+    held 3 registers each: at BLOCK_R = 256, B = 8, the race item then left no register free for the queue loop's
+    next item across the phases' calls, which ptxas kept in local memory: 8 B of spill, token_v1 and token_v2
+    float32 at K = 4, 8 and 16.)"""
+    W: tl.constexpr = min(BLOCK_R, 32)
+    R: tl.constexpr = rows.shape[0]
+    tt = tl.arange(0, BLOCK_R)[None, :]
     rr = rows[:, None] * NRR + tt
     mt = racing[:, None] & (tt < NRR)
     mass = tl.load(race_f_ptr + B * NRR + rr, mask=mt, other=0.0, cache_modifier=".cg")
     sc = tl.load(race_f_ptr + rr, mask=mt, other=float("-inf"), cache_modifier=".cg")
     ix = tl.load(race_i_ptr + rr, mask=mt, other=BIG, cache_modifier=".cg")
-    return mass, sc, ix
-
-
-@triton.jit
-def _race_best(race_f_ptr, race_i_ptr, rows, racing, NRR, B, BLOCK_R: tl.constexpr):
-    """The emit's merge of a row's NRR race records (``_race_records``): (the residual's mass, the lowest index at
-    the best score), per row. The records are read as BLOCK_R / 32 blocks of 32 (all loads issued at once: a static
-    unroll), folded in a thread's registers entry by entry (a block's record replaces the running one at a greater
-    score, or at an equal score and a lower index), and reduced once across a block's 32 entries: one warp's
-    shuffles, with no shared memory or barrier, at any count of records."""
-    W: tl.constexpr = min(BLOCK_R, 32)
-    mass, best, idx = _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, 0, W)
-    for c in tl.static_range(1, BLOCK_R // W):
-        mc, sc, ix = _race_block(race_f_ptr, race_i_ptr, rows, racing, NRR, B, c, W)
-        mass += mc
-        take = (sc > best) | ((sc == best) & (ix < idx))
-        best = tl.where(take, sc, best)
-        idx = tl.where(take, ix, idx)
-    _, low = best_lowest_rows(best, idx)
-    return tl.sum(mass, axis=1), low
+    s3 = tl.reshape(sc, [R, BLOCK_R // W, W])
+    best = tl.max(s3, axis=2)
+    low = tl.min(tl.where(s3 == best[:, :, None], tl.reshape(ix, [R, BLOCK_R // W, W]), BIG), axis=2)
+    part = tl.sum(tl.reshape(mass, [R, BLOCK_R // W, W]), axis=2)
+    _, idx = best_lowest_rows(common.warps_joined(best), common.warps_joined(low))
+    return tl.sum(common.warps_joined(part), axis=1), idx
 
 
 @triton.jit
