@@ -4,6 +4,7 @@ tracer, the ahead-of-time compile with its SASS analysis, and the time formula."
 import collections
 import contextlib
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -1401,7 +1402,8 @@ def opt_b1(request, tmp_path_factory):
 def test_verify_phases_are_called_and_hold_nothing_across_the_queue(opt_bf16_b64, opt_b1):
     """The verify kernel as a GPU runs it: its phases are device functions of their own, called from inside the queue
     loop (the model charges them per work item: ``phase_instructions`` raises where a call lies outside it), the
-    merge a call of its own after the stats item's (``_stats_merge``), and at a batch of one nothing spills
+    merge a call of its own after the stats item's (``_stats_merge``), the emit after the race item's
+    (``_race_emit``), and at a batch of one nothing spills
     (inlined, the compiler hoisted every phase's loop-invariant values before the queue loop and spilled them: 36-48 B
     for opt at B = 1 with the v46 kernel). At B = 64 the queue loop forms its shape and the counters' offsets per
     item (``common.opaque``, ``_counters``), the stats item holds none of the merge's arguments through its chunk
@@ -1411,8 +1413,8 @@ def test_verify_phases_are_called_and_hold_nothing_across_the_queue(opt_bf16_b64
     for launch, rec, hints, d in (opt_bf16_b64, opt_b1):
         an = rec["chain_analysis"]
         # (no _div_item; the program's first draw and last ticket, once per program: ``_draw``; what an accept
-        # phase left, ``_item_done``)
-        assert len(an["functions"]) == 8 and len(an["calls"]) >= 8, (an["functions"], an["calls"])
+        # phase left, ``_item_done``; the emit after the race item, ``_race_emit``)
+        assert len(an["functions"]) == 9 and len(an["calls"]) >= 9, (an["functions"], an["calls"])
         per = rf.phase_instructions(rec, hints["phase_map"], [1.0] * len(an["blocks"]))
         for phase in ("stats", "merge", "look", "accept", "race", "emit"):
             assert sum(per.get(phase, {}).values()) > 0, (phase, per.keys())
@@ -1422,7 +1424,7 @@ def test_verify_phases_are_called_and_hold_nothing_across_the_queue(opt_bf16_b64
 
 def test_emit_loads_a_rows_race_records_one_a_thread(tmp_path):
     """The verify kernel as a GPU runs it for token_v1, float32, B = 8, K = 4, V = 128256: a row's 256 race records
-    (32 items of 8) load in the emit one a thread, three loads (score, index, mass), and reduce per warp
+    (32 items of 8) load in the emit one a thread, one load each of score, index and mass, and reduce per warp
     (``_race_best``). Folded in a thread's registers as 8 blocks of 32, all 24 loads in flight at once, the race item
     left no register free for the queue loop's next item across the phases' calls, and ptxas kept it in local
     memory: 8 B of spill stores and loads (ptxas's, summed over the kernel and its functions)."""
@@ -1431,9 +1433,19 @@ def test_emit_loads_a_rows_race_records_one_a_thread(tmp_path):
     assert launch.constexprs["BLOCK_R"] == 256, launch.constexprs["BLOCK_R"]
     rec = rf.compile_launches([launch], cache_dir=tmp_path, quiet=True)[rf.compile_key(launch)]
     assert rec["spill_stores"] == 0 and rec["spill_loads"] == 0, rec
-    emit = _phase_sass(launch, rec, rf._hints_for(launch), tmp_path, "emit")
-    loads = [i for i in emit if i.base == "LDG"]
-    assert 3 <= len(loads) < 8, [i.opcode for i in loads]
+    from speccas_kernels.kernels import verify as kv
+
+    src, first = inspect.getsourcelines(kv._race_best.fn)
+    at = {first + k for k, line in enumerate(src) if "tl.load(" in line}
+    instrs, labels = rf.parse_sass((tmp_path / "kernels" / f"{rf.compile_key(launch)}.chains.sass").read_text())
+    hints = rf._hints_for(launch)
+    emit = []  # (the emit's loads, each with its innermost frame's line)
+    for ins, cid in zip(rf._live(instrs, labels), rec["chain_of"]):
+        chain = rec["chains"][cid - 1] if cid else None
+        if chain and ins.base == "LDG" and (rf.phase_of_chain(chain, hints["phase_map"])
+                                            or rf.phase_of_call(chain, hints["phase_map"])) == "emit":
+            emit.append(chain[-1][1])
+    assert len(at) == 3 and sorted(k for k in emit if k in at) == sorted(at), (emit, at)
 
 
 def test_no_reduction_crosses_warps_at_one_row_group(opt_b1):

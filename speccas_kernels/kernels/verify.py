@@ -153,17 +153,20 @@ a word may straddle a row's end). bfloat16 whole chunks of realigned statistics 
 starts at a 16-byte boundary inside its row); chunk 0 and the partial last chunks as entries.
 Registers are capped at ``MAX_REGISTERS`` (128) so two 8-warp programs share an SM. The phases are device functions
 of their own, called from the queue loop (``@triton.jit(noinline=True)``: ``_stats_item``, ``_stats_merge``,
-``_look_item``, ``_race_item``, ``_div_item``, ``_accept``, whose arguments are scalars): inlined, the compiler
-hoisted what is the same for every item (per-thread offsets, addresses, Philox's words, sign-extended parameters)
-before the loop and held it, or spilled it, across all items (ptxas spill stores at B = 64, K = 4: 132-416 B);
-called, a phase forms such values at its entry and frees them at its return, for the price of a call (the
-arguments' moves). A value the queue loop holds across a call lives in local memory (no register survives a call),
-so the loop holds almost none: it forms its shape per item from B, K and NT as opaque values (``common.opaque``:
-not hoisted before the loop; ``_queue_batch``, ``_queue_div``), each phase forms the counters' offsets it uses
-(``_counters``), and the merge is a call of its own after the stats item's (``_stats_merge``), so the item holds
-none of the merge's arguments through its chunk loop. A reduction across warps in a function costs about 4 B of
-spill (its second stage loads the warps' partials under a predicate, and the register so loaded is kept from the
-function's entry), so none is left in the records' path: where they fit (B = 64, ``stats_records``) a stats item
+``_look_item``, ``_race_item``, ``_race_emit``, ``_div_item``, ``_accept``, whose arguments are scalars): inlined,
+the compiler hoisted what is the same for every item (per-thread offsets, addresses, Philox's words, sign-extended
+parameters) before the loop and held it, or spilled it, across all items (ptxas spill stores at B = 64, K = 4:
+132-416 B); called, a phase forms such values at its entry and frees them at its return, for the price of a call
+(the arguments' moves). A value the queue loop holds across a call keeps a register only where no phase takes every
+one (ptxas allocates the kernel and its functions together), else it lives in local memory, so the loop holds
+almost none: it forms its shape per item from B, K and NT as opaque values (``common.opaque``: not hoisted before
+the loop; ``_queue_batch``, ``_queue_div``), each phase forms the counters' offsets it uses (``_counters``), and the
+merge is a call of its own after the stats item's (``_stats_merge``), so the item holds none of the merge's
+arguments through its chunk loop, as is the emit after the race item's (``_race_emit``: inside the item, the
+arguments the race over pi reads stayed live through the race's tiles, and the token sets at B = 8 then took every
+register). A reduction across warps in a function costs about 4 B of spill (its second stage loads the warps'
+partials under a predicate, and the register so loaded is kept from the function's entry), so none is left in the
+records' path: where they fit (B = 64, ``stats_records``) a stats item
 writes one record per warp, merged by shuffles alone, and at one row group (B = 1) the warps' records are joined
 in every warp (``common.warps_joined``: a gather through shared memory, whose load has no predicate) and merged
 once more; the merge folds its records in two blocks or more of at most 32 (``_merge_sides``; at one row group
@@ -176,12 +179,10 @@ item's cold redo (a scale that reached ``SHIFT_MAX``) holds one side's tiles at 
 both, it spilled them, and ptxas's allocation of the whole kernel around it spilled elsewhere too (36-100 B at
 B = 64, K = 4). A program's first draw and last ticket are calls of their own (``_draw``, ``_queue_reset``), so
 the kernel holds no shared word's address across the loop. No spill is left (ptxas for sm_90, summed over the kernel
-and its functions, every rule and dtype, B = 1 and 64, K = 4, 8 and 16) but at B = 8, where the token sets keep the
-queue loop's next item in local memory (4-12 B, an L1 hit per item) at K = 1 (V = 151936) and token_v3 bfloat16 at
-K = 4 and 16 (V = 128256): a phase there (race items of 2 tiles) takes every register, so no caller value survives
-its call in one (passed through the phases instead, the value spilled in them: 12-56 B). ptxas allocates the kernel and
-its functions together, so a change in one function can spill in another, and a form is kept where the grid
-(``roofline.py --spills``) and the model rows say so. At several row groups a token rule races over pi with one
+and its functions: every rule and dtype at B = 1 and 64, K = 4, 8 and 16 as of v57; the token sets at B = 8, K = 1
+to 16 since ``_race_emit``, which the grid checked there). ptxas allocates the kernel and its functions together,
+so a change in one function can spill in another, and a form is kept where the grid (``roofline.py --spills``) and
+the model rows say so. At several row groups a token rule races over pi with one
 reduction per tile: with the warps' records joined instead, token_v1 float32 at B = 64, K = 16 held one of the
 queue loop's values across calls in local memory (8 B). The other rules keep the join: with one reduction, opt
 bfloat16 at B = 64 lost 0.4 point of copy bandwidth in the model (79.8%, under the 80% goal). The logits' strides are
@@ -939,13 +940,23 @@ def _verify_kernel(
         elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
             if (g >= 0) & (g < G):
-                _race_item(g, r - stats_items - look_items, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr,
-                           race_i_ptr, row_i_ptr, row_f_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, n_st,
-                           alpha_ptr, alpha_val, alpha_st, temp_ptr, temp_val, temp_st, seed_ptr, seed_val, seed_st,
-                           offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk,
-                           stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
-                           BLOCK_V, BLOCK_T, RACE_TILES, DIV_ITEMS, div_ptr, valid_ptr, look_part_ptr, BLOCK_K,
-                           PAIRS_AT, VEC, part_m_ptr, TILES, SCREEN, SCREENS, RACE_RECS, BLOCK_R, LANES, SOLO)
+                emit_g = _race_item(g, r - stats_items - look_items, pos_m_ptr, pos_f_ptr, pos_i_ptr,
+                                          race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr, cnt_ptr, zq_ptr, zp_ptr,
+                                          cu_ptr, n_ptr, n_val, n_st, alpha_ptr, alpha_val, alpha_st, temp_ptr,
+                                          temp_val, temp_st, seed_ptr, seed_val, seed_st, offset_ptr, offset_val,
+                                          offset_st, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk, stride_pb,
+                                          stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
+                                          BLOCK_V, BLOCK_T, RACE_TILES, DIV_ITEMS, div_ptr, valid_ptr, look_part_ptr,
+                                          BLOCK_K, PAIRS_AT, VEC, part_m_ptr, TILES, SCREEN, SCREENS, RACE_RECS,
+                                          LANES, SOLO)
+                if emit_g >= 0:  # (the emit, a call of its own: ``_race_emit``)
+                    _race_emit(emit_g, tokens_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr, pos_m_ptr,
+                               pos_f_ptr, pos_i_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, n_st, alpha_ptr,
+                               alpha_val, alpha_st, temp_ptr, temp_val, temp_st, seed_ptr, seed_val, seed_st,
+                               offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb,
+                               stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS,
+                               FP64, ROWS, BLOCK_V, RACE_TILES, DIV_ITEMS, PAIRS_AT, RACE_RECS, BLOCK_R, LANES, VEC,
+                               SOLO)
         else:
             g = (s - lag).to(tl.int64)
             if DIV_ITEMS:
@@ -2834,17 +2845,17 @@ def _race_tile_loads(pbase, qbase, lo, racing, resid_row, V, LIVE: tl.constexpr,
 
 
 @triton.jit
-def _race_emit_rows(rows, rmask, racing, m, T, start, tokens_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
-                    pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, alpha_st, seed_ptr, seed_val,
-                    seed_st, offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk,
+def _race_emit_rows(rows, rmask, racing, m, T, start, mass, idx, tokens_ptr, row_i_ptr, row_f_ptr, pos_m_ptr,
+                    pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, alpha_st, seed_ptr, seed_val, seed_st,
+                    offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk,
                     stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
                     HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
-                    BLOCK_V: tl.constexpr, PAIRS: tl.constexpr, NRR, BLOCK_R: tl.constexpr, LANES: tl.constexpr,
-                    VEC: tl.constexpr, SOLO: tl.constexpr):
-    """The emit of a row group's racing rows: their NRR race records merged (``_race_best``), the token stored at
-    position m (the race over pi where the residual's mass is rounding noise)."""
+                    BLOCK_V: tl.constexpr, PAIRS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr,
+                    SOLO: tl.constexpr):
+    """The emit of a row group's racing rows from their race records merged (``_race_best``: the residual's mass,
+    the lowest index at the best score): the token stored at position m (the race over pi where the residual's
+    mass is rounding noise)."""
     if tl.max(racing.to(tl.int32), axis=0) > 0:
-        mass, idx = _race_best(race_f_ptr, race_i_ptr, rows, racing, NRR, B, BLOCK_R)
         flat = racing & (mass <= RESIDUAL_EPS)  # a residual of rounding noise: the race over pi instead
         if tl.max(flat.to(tl.int32), axis=0) > 0:
             # (every racing row computed, only the flat ones taken: a mask in the rows' own layout)
@@ -2858,7 +2869,7 @@ def _race_emit_rows(rows, rmask, racing, m, T, start, tokens_ptr, race_f_ptr, ra
 
 
 @triton.jit(noinline=True)
-def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr, cnt_ptr,
+def _race_item(g, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr, cnt_ptr,
                zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, n_st, alpha_ptr, alpha_val, alpha_st, temp_ptr, temp_val, temp_st,
                seed_ptr, seed_val, seed_st, offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT,
                stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
@@ -2866,15 +2877,15 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
                FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr,
                TILES: tl.constexpr, DIV_ITEMS: tl.constexpr, div_ptr, valid_ptr, look_part_ptr, BLOCK_K: tl.constexpr,
                PAIRS: tl.constexpr, VEC: tl.constexpr, part_m_ptr, CH_TILES: tl.constexpr, SCREEN: tl.constexpr,
-               SCREENS: tl.constexpr, RECS: tl.constexpr, BLOCK_R: tl.constexpr, LANES: tl.constexpr,
-               SOLO: tl.constexpr):
+               SCREENS: tl.constexpr, RECS: tl.constexpr, LANES: tl.constexpr, SOLO: tl.constexpr):
     """Tiles j TILES .. j TILES + TILES - 1 of a row's race (statically unrolled): the bonus race (p_n + G) or the
     residual race (log max(0, pi_m - q_m) + G and the residual's mass), whichever the row runs (a row-uniform
     branch). The row's constants are loaded once per item; the tiles fold entry by entry into one running best (a
     later tile replaces an entry's best only when strictly greater: lower indices win ties) and one running mass,
-    reduced once per item into RECS records (``_race_records``). The last item's program emits the token;
-    when the residual's mass is at most RESIDUAL_EPS (rounding noise, rare) it runs the race over pi_m itself,
-    every tile in order, so the common path carries one race."""
+    reduced once per item into RECS records (``_race_records``). Returns the group where the program drew its last
+    race ticket, else -1: the queue loop then calls the emit (``_race_emit``), which runs the
+    race over pi_m, every tile in order, when the residual's mass is at most RESIDUAL_EPS (rounding noise, rare),
+    so the common path carries one race."""
     c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(B, K, ROWS)
     div_items = K * ((NT + CH_TILES - 1) // CH_TILES) if DIV_ITEMS else 0
     flag = wait_flag(cnt_ptr + c_flag + g)
@@ -2972,18 +2983,47 @@ def _race_item(g, j, tokens_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, ra
         tl.store(race_f_ptr + rec, best, mask=racing[:, None])
         tl.store(race_f_ptr + B * (NI * RECS) + rec, mass, mask=racing[:, None])
         tl.store(race_i_ptr + rec, idx, mask=racing[:, None])
+    emit_g = g * 0 - 1  # the row group to emit (the program drew the last race ticket), else -1: ``_race_emit``
     if ticket(cnt_ptr + c_race + g) == NI - 1:
-        _race_emit_rows(rows, rmask, racing, m, T, start, tokens_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr,
-                        pos_m_ptr, pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, alpha_st, seed_ptr,
-                        seed_val, seed_st, offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT,
-                        stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS,
-                        FP64, BLOCK_V, PAIRS, NI * RECS, BLOCK_R, LANES, VEC, SOLO)
-        tl.store(cnt_ptr + c_race + g, 0)
-        if not DIV_ITEMS:
-            tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
+        emit_g = g
     if DIV_ITEMS:
         _div_done(g, rows, rmask, n, T, div_ptr, valid_ptr, look_part_ptr, cnt_ptr, K, NT, c_flag, c_fin,
                   NI + div_items, BLOCK_K, BLOCK_T, TILES)
+    return emit_g
+
+
+@triton.jit(noinline=True)
+def _race_emit(g, tokens_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr, pos_m_ptr, pos_f_ptr, pos_i_ptr, cnt_ptr,
+               zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, n_st, alpha_ptr, alpha_val, alpha_st, temp_ptr, temp_val, temp_st,
+               seed_ptr, seed_val, seed_st, offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT,
+               stride_qb, stride_qk, stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr,
+               USES_ALPHA: tl.constexpr, HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr,
+               FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr, TILES: tl.constexpr,
+               DIV_ITEMS: tl.constexpr, PAIRS: tl.constexpr, RECS: tl.constexpr, BLOCK_R: tl.constexpr,
+               LANES: tl.constexpr, VEC: tl.constexpr, SOLO: tl.constexpr):
+    """The emit of row group g, a call of its own after the race item whose program drew the group's last race
+    ticket: the rows' m and race kind (``row_i``, which the accept phase wrote) loaded beside the rows' race records
+    (one round trip for both), the records merged, the token stored (the race over pi where the residual's mass is
+    rounding noise: ``_race_emit_rows``), the group's race counters reset. Inside the race item, the arguments the
+    race over pi reads stayed live from the item's entry through its tiles, and the race over pi took every
+    register: ptxas then kept the queue loop's next item in local memory (token_v3 bfloat16, B = 8, K = 4 and 16;
+    the token sets at K = 1, V = 151936: 4-12 B)."""
+    c_stats, c_ready, c_look, c_row, c_flag, c_race, c_fin, c_words = _counters(B, K, ROWS)
+    rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, n_st, temp_ptr, temp_val, temp_st, RAGGED, ROWS)
+    kind = tl.load(row_i_ptr + B + rows, mask=rmask, other=0, cache_modifier=".cg")
+    m = tl.load(row_i_ptr + rows, mask=rmask, other=0, cache_modifier=".cg").to(tl.int64)
+    NI = (NT + TILES - 1) // TILES
+    # (every row's records loaded, the rows that race none included: their token is not stored)
+    mass, idx = _race_best(race_f_ptr, race_i_ptr, rows, rmask, NI * RECS, B, BLOCK_R)
+    racing = rmask & (kind != RACE_NONE)
+    _race_emit_rows(rows, rmask, racing, m, T, start, mass, idx, tokens_ptr, row_i_ptr, row_f_ptr, pos_m_ptr,
+                    pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, alpha_st, seed_ptr, seed_val, seed_st,
+                    offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk,
+                    stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS,
+                    LANES, VEC, SOLO)
+    tl.store(cnt_ptr + c_race + g, 0)
+    if not DIV_ITEMS:
+        tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
 
 
 # ------------------------------------------------------------------------------------------------ divergence
@@ -3073,7 +3113,8 @@ ROOFLINE_PHASES = (
     ("look_tail", "_look_item", "nfull < nch"),
     ("look_body", "_look_item", "ready == 1"),
     ("look", "_look_item", None),
-    ("emit", "_race_item", "ticket(cnt_ptr + c_race"),
+    ("emit", "_race_emit", None),
+    ("emit", "_verify_kernel", "emit_g >= 0"),  # (the group's rows for it)
     ("race_tail", "_race_item", "not full_item"),
     ("race_exact", "_resid_scores", "exact_form"),
     ("race_bonus", "_bonus_scores", None),
