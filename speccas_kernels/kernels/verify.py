@@ -2773,9 +2773,9 @@ def _tile_best(score, offs, BLOCK_V: tl.constexpr, LANES: tl.constexpr, VEC: tl.
 
 
 @triton.jit
-def _race_best(race_f_ptr, race_i_ptr, rows, racing, NRR, B, BLOCK_R: tl.constexpr):
+def _race_best(race_f_ptr, race_i_ptr, rows, live, NRR, B, BLOCK_R: tl.constexpr):
     """The emit's merge of a row's NRR race records (``_race_records``): (the residual's mass, the lowest index at
-    the best score), per row. The records load as one [R, BLOCK_R] block spread over the program's threads (at most
+    the best score), per row (the rows ``live``). The records load as one [R, BLOCK_R] block spread over the program's threads (at most
     one record a thread on a GPU, every load at once), each run of 32 reduced by a warp's shuffles (the best score,
     the lowest index at it, the mass) and the runs' partials joined (``common.warps_joined``: no reduction across
     warps). (Folded in one thread's registers as blocks of 32, whose loads were all in flight at once, the blocks
@@ -2786,7 +2786,7 @@ def _race_best(race_f_ptr, race_i_ptr, rows, racing, NRR, B, BLOCK_R: tl.constex
     R: tl.constexpr = rows.shape[0]
     tt = tl.arange(0, BLOCK_R)[None, :]
     rr = rows[:, None] * NRR + tt
-    mt = racing[:, None] & (tt < NRR)
+    mt = live[:, None] & (tt < NRR)
     mass = tl.load(race_f_ptr + B * NRR + rr, mask=mt, other=0.0, cache_modifier=".cg")
     sc = tl.load(race_f_ptr + rr, mask=mt, other=float("-inf"), cache_modifier=".cg")
     ix = tl.load(race_i_ptr + rr, mask=mt, other=BIG, cache_modifier=".cg")
@@ -2842,30 +2842,6 @@ def _race_tile_loads(pbase, qbase, lo, racing, resid_row, V, LIVE: tl.constexpr,
     if HAS_Q:
         zq = load_tile(qbase, lo, resid_row[:, None] & live, V - lo, BLOCK_V, FP64, PAIRS, FULL, False)
     return zp, zq
-
-
-@triton.jit
-def _race_emit_rows(rows, rmask, racing, m, T, start, mass, idx, tokens_ptr, row_i_ptr, row_f_ptr, pos_m_ptr,
-                    pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, alpha_st, seed_ptr, seed_val, seed_st,
-                    offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk,
-                    stride_pb, stride_pk, FAMILY: tl.constexpr, IN_SET: tl.constexpr, USES_ALPHA: tl.constexpr,
-                    HAS_Q: tl.constexpr, RAGGED: tl.constexpr, FILTERS: tl.constexpr, FP64: tl.constexpr,
-                    BLOCK_V: tl.constexpr, PAIRS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr,
-                    SOLO: tl.constexpr):
-    """The emit of a row group's racing rows from their race records merged (``_race_best``: the residual's mass,
-    the lowest index at the best score): the token stored at position m (the race over pi where the residual's
-    mass is rounding noise)."""
-    if tl.max(racing.to(tl.int32), axis=0) > 0:
-        flat = racing & (mass <= RESIDUAL_EPS)  # a residual of rounding noise: the race over pi instead
-        if tl.max(flat.to(tl.int32), axis=0) > 0:
-            # (every racing row computed, only the flat ones taken: a mask in the rows' own layout)
-            idx = tl.where(flat, _pi_race(rows, rmask, racing, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr,
-                                          pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, alpha_st,
-                                          seed_ptr, seed_val, seed_st, offset_ptr, offset_val, offset_st, cutq_ptr,
-                                          cutp_ptr, B, K, V,
-                                          stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA,
-                                          HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS, LANES, VEC, SOLO), idx)
-        tl.store(tokens_ptr + rows * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64), mask=racing)
 
 
 @triton.jit(noinline=True)
@@ -3003,8 +2979,8 @@ def _race_emit(g, tokens_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr, pos_
                LANES: tl.constexpr, VEC: tl.constexpr, SOLO: tl.constexpr):
     """The emit of row group g, a call of its own after the race item whose program drew the group's last race
     ticket: the rows' m and race kind (``row_i``, which the accept phase wrote) loaded beside the rows' race records
-    (one round trip for both), the records merged, the token stored (the race over pi where the residual's mass is
-    rounding noise: ``_race_emit_rows``), the group's race counters reset. Inside the race item, the arguments the
+    (one round trip for both), the records merged, the racing rows' tokens stored (the race over pi where the
+    residual's mass is rounding noise), the group's race counters reset. Inside the race item, the arguments the
     race over pi reads stayed live from the item's entry through its tiles, and the race over pi took every
     register: ptxas then kept the queue loop's next item in local memory (token_v3 bfloat16, B = 8, K = 4 and 16;
     the token sets at K = 1, V = 151936: 4-12 B)."""
@@ -3016,11 +2992,17 @@ def _race_emit(g, tokens_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr, pos_
     # (every row's records loaded, the rows that race none included: their token is not stored)
     mass, idx = _race_best(race_f_ptr, race_i_ptr, rows, rmask, NI * RECS, B, BLOCK_R)
     racing = rmask & (kind != RACE_NONE)
-    _race_emit_rows(rows, rmask, racing, m, T, start, mass, idx, tokens_ptr, row_i_ptr, row_f_ptr, pos_m_ptr,
-                    pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, alpha_st, seed_ptr, seed_val, seed_st,
-                    offset_ptr, offset_val, offset_st, cutq_ptr, cutp_ptr, B, K, V, NT, stride_qb, stride_qk,
-                    stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS,
-                    LANES, VEC, SOLO)
+    if tl.max(racing.to(tl.int32), axis=0) > 0:
+        flat = racing & (mass <= RESIDUAL_EPS)  # a residual of rounding noise: the race over pi instead
+        if tl.max(flat.to(tl.int32), axis=0) > 0:
+            # (every racing row computed, only the flat ones taken: a mask in the rows' own layout)
+            idx = tl.where(flat, _pi_race(rows, rmask, racing, m, T, start, NT, row_i_ptr, row_f_ptr, pos_m_ptr,
+                                          pos_f_ptr, pos_i_ptr, zq_ptr, zp_ptr, alpha_ptr, alpha_val, alpha_st,
+                                          seed_ptr, seed_val, seed_st, offset_ptr, offset_val, offset_st, cutq_ptr,
+                                          cutp_ptr, B, K, V,
+                                          stride_qb, stride_qk, stride_pb, stride_pk, FAMILY, IN_SET, USES_ALPHA,
+                                          HAS_Q, RAGGED, FILTERS, FP64, BLOCK_V, PAIRS, LANES, VEC, SOLO), idx)
+        tl.store(tokens_ptr + rows * (K + 1) + m, tl.minimum(idx, V - 1).to(tl.int64), mask=racing)
     tl.store(cnt_ptr + c_race + g, 0)
     if not DIV_ITEMS:
         tl.atomic_xchg(cnt_ptr + c_flag + g, 0)
