@@ -510,15 +510,16 @@ def test_whole_chunks_read_nothing_past_the_vocabulary(device, dtype, monkeypatc
 
 
 @pytest.mark.parametrize("rule,dtype", [("speculative", torch.float32), ("chow", torch.bfloat16),
-                                        ("lossy", torch.float16)])
+                                        ("lossy", torch.float16), ("opt", torch.bfloat16)])
 def test_verify_realigned_rows_match_the_reference(device, dtype, rule, monkeypatch):
     """Rows not 16-byte aligned (V = 61; views of 66 entries in rows of 72; the ragged layout's flat rows of 61)
     take the realigned statistics (``verify.realigned``: SHIFT, each side's chunks from the boundary of VEC
     entries at or before its row; chunk 0 loaded whole, its entries before the row -inf; a position's partial last
     chunks masked at both ends): the reference's outputs, one row per item and the batch in one, items of one chunk and of two. Every row ends in its largest
     logits and is padded past vocab_size with larger ones: a chunk 0 read without its low mask takes the row
-    before's, a last chunk without its high mask the padding. Control: opt (whose statistics write TV cells of both
-    sides) keeps the rows' own alignment and the same outputs."""
+    before's, a last chunk without its high mask the padding. opt's drafter chunks start at the target's boundary
+    (``Q_AT_P``: its TV cells pair both sides' entries). Control: token_v1 (whose statistics write screening records
+    of both sides, read back at the rows' own chunks) keeps the rows' own alignment and the same outputs."""
     seen = []
     real = kverify.realigned
     monkeypatch.setattr(kverify, "realigned", lambda *a: seen.append(real(*a)) or seen[-1])
@@ -555,10 +556,54 @@ def test_verify_realigned_rows_match_the_reference(device, dtype, rule, monkeypa
                     assert torch.equal(getattr(rag, field).cpu(), getattr(out, field).cpu()), (what, field)
             if rows == 1:
                 seen.clear()
-                ctrl = sk.verify(**kw, rule="opt", alpha=0.3, backend="triton")
-                ref, margins = reference_with_margins(**kw, rule="opt", alpha=0.3)
+                ctrl = sk.verify(**kw, rule="token_v1", alpha=0.3, backend="triton")
+                ref, margins = reference_with_margins(**kw, rule="token_v1", alpha=0.3)
                 assert seen == [False], (what, seen)
-                assert_same_outputs(ctrl, ref, margins, what="opt " + what)
+                assert_same_outputs(ctrl, ref, margins, what="token_v1 " + what)
+
+
+def test_opt_realigned_tv_cells_pair_both_sides(device, monkeypatch):
+    """opt at realigned rows (V = 101, B = 4, K = 1: the drafter's and the target's rows start at different offsets
+    past a boundary of VEC entries in rows 1 to 3) writes TV cells whose sides hold the same entries (``Q_AT_P``: the
+    drafter's chunks start at the target's boundary), so its merge's floor on TV stays below TV. Each row puts q's
+    and p's largest logit at one entry e that the sides' own boundaries would split between two chunks (the first
+    entry of the target's chunk 1, or the last of its chunk 0): TV = 0.1 = max p^ - max q^, so r = 1 at alpha = 0.5,
+    a look is needed, and the draft (q = 2 p there) is accepted with probability 0.5. Cells of the rows' own
+    chunks would pair q's largest entry with none of p's, a floor near 0.77, at which r is 0 as at TV = 2: the look
+    skipped as moot, r = 0, probability 1. float32 and bfloat16, one row per work item and the batch in one."""
+    V, B = 101, 4
+    seen = []
+    real = kverify.realigned
+    monkeypatch.setattr(kverify, "realigned", lambda *a: seen.append(real(*a)) or seen[-1])
+    monkeypatch.setattr(triton_backend, "BLOCK_V_OVERRIDE", 16)
+    monkeypatch.setattr(triton_backend, "TILES_OVERRIDE", 2)
+    monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", 1)
+    for dtype in (torch.float32, torch.bfloat16):
+        vec = 16 // (4 if dtype == torch.float32 else 2)
+        zq = torch.zeros(B, 1, V)
+        zp = torch.zeros(B, 2, V)
+        split = 0
+        for b in range(B):
+            shq, shp = (b * V) % vec, (2 * b * V) % vec  # the rows' offsets past a boundary of VEC entries
+            e = 32 - shp if shq < shp else 32 - shp - 1  # where the sides' own chunks part
+            split += (e < 32 - shq) != (e < 32 - shp)
+            zq[b, 0, e] = math.log(400.0)  # q(e) = 0.8
+            zp[b, 0, e] = math.log(900.0)  # p(e) = 0.9
+        assert split == 3
+        kw = dict(draft_logits=zq.to(device, dtype), target_logits=zp.to(device, dtype),
+                  draft_tokens=torch.full((B, 1), 3, dtype=torch.int64, device=device), temperature=1.0, seed=5,
+                  offset=0, rule="opt", alpha=0.5)
+        ref = reference_with_margins(**kw)[0]
+        assert ref.deferred.all() and torch.allclose(ref.accept_prob.cpu(), torch.full((B, 1), 0.5), atol=0.02)
+        for rows in (1, None):
+            monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+            seen.clear()
+            out = sk.verify(**kw, backend="triton")
+            assert seen == [True], seen
+            what = f"{dtype} rows={rows}"
+            assert out.deferred.cpu().tolist() == ref.deferred.cpu().tolist(), (what, out.deferred)
+            assert torch.allclose(out.accept_prob.cpu(), ref.accept_prob.cpu(), atol=1e-5), (what, out.accept_prob)
+            assert out.tokens.cpu().tolist() == ref.tokens.cpu().tolist(), what
 
 
 def test_verify_realigned_greedy_ties_go_to_chunk_zero(device, monkeypatch):

@@ -139,11 +139,14 @@ bfloat16 logits are read as 32-bit words of two entries where every row starts a
 (``PAIRS``, ``common.load_tile``): one shift or mask widens an entry, where 16-bit loads take a permute and a shift
 for half of them.
 Rows whose strides are not multiples of 16 entries (V = 50257), which the compiler cannot prove 16-byte aligned and
-reads entry by entry, take realigned statistics where they write no cells that pair both sides (``realigned``,
-``SHIFT``: speculative, chow, diff, lossy, ensemble, divergences asked or not, and any rule with token-only drafts;
-not opt's TV cells nor a token set's screening records): each side's
+reads entry by entry, take realigned statistics where no phase but the merge reads cells that pair both sides
+(``realigned``, ``SHIFT``: speculative, chow, diff, lossy, ensemble, opt, divergences asked or not, and any rule with
+token-only drafts; not a token set, whose screening records the second look and the race read back by the rows' own
+chunks): each side's
 chunk r holds its row's entries r TILES BLOCK_V - sh .. from the boundary of VEC entries at or before the row (sh the
-row's offset mod VEC, each side its own: ``common.realigned_base``), so a whole chunk loads as vectors; a
+row's offset mod VEC, each side its own: ``common.realigned_base``), so a whole chunk loads as vectors; opt's TV
+cells pair both sides lane by lane, so its drafter's chunks start at the target's boundary instead (``Q_AT_P``: sh
+the target's; the target's chunks load as vectors, the drafter's entry by entry, its chunk 0 masked); a
 row's chunk 0 loads whole (the boundary before a row is never before the storage), its entries before the row set to
 -inf, after the loop, which starts at chunk 1 in the item that holds it (``HEAD``; its argmax ties go to it:
 ``EARLIER``); a position's partial last chunks (two at most) are masked at both ends; NT covers V + VEC - 1. The
@@ -1297,7 +1300,7 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, sca
                  FP64: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, TILES: tl.constexpr,
                  BLOCK_V: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, SCREENS: tl.constexpr,
                  FULL: tl.constexpr, FAST: tl.constexpr = True, zp_in=None, zq_in=None, sh_p=None, sh_q=None,
-                 EARLIER: tl.constexpr = False, HEAD: tl.constexpr = False):
+                 EARLIER: tl.constexpr = False, HEAD: tl.constexpr = False, Q_AT_P: tl.constexpr = False):
     """Chunk c of a stats item whose first chunk is c0, the target's tiles and (positions with a draft) the drafter's
     as one block each, both loads in flight together (one round trip to DRAM): folded into the running lane
     statistics of each side. With
@@ -1311,7 +1314,9 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, sca
     its rows, so the tile's entries are lo - sh ..; a chunk that is not FULL is then masked at both ends, and a
     row's chunk 0 wholly inside at its end (HEAD, with FULL) loads whole and sets the entries before the row to
     -inf. EARLIER: the chunk's entries precede those already folded (chunk 0 after the loop): a tie in the argmax
-    goes to it."""
+    goes to it. Q_AT_P (``_stats_item``): ``qbase`` is sh_p entries before the drafter's rows (sh_q = sh_p, the
+    target's boundary at any of the drafter's entries), so the drafter's tiles are read as entries and its chunk 0
+    masked (the entries before a row may lie before the storage)."""
     KP = K + 1
     r = c0 + c  # the chunk's number in its position
     lo = r * (TILES * BLOCK_V)
@@ -1324,6 +1329,7 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, sca
     # ``max_pairs`` per two entries (``_lane_stats``), widened for the rest; a realigned row's ends (a chunk that is
     # not FULL, or HEAD) are read as entries, each masked or set apart (a word there may hold an entry of no row)
     WORDS: tl.constexpr = PAIRS and ((sh_p is None) or (FULL and not HEAD))
+    WORDS_Q: tl.constexpr = WORDS and not Q_AT_P
     # FAST: both loads in flight together. Without it (the cold redo of an item whose scale reached SHIFT_MAX) the
     # target's tile is loaded after the drafter's is folded, so the two tiles are never live at once (at 128
     # registers a thread, a batch's bfloat16 chunk of both sides spilled there)
@@ -1333,9 +1339,12 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, sca
     share_q = s1_q
     if HAS_Q:
         if any_q:  # (a row-uniform branch: the bonus position reads no drafter logits)
-            zq = _side_tile(qbase, lo, use_q, V, FP64, WORDS, ROWS, TILES, BLOCK_V, FULL, zq_in, sh_q, HEAD)
+            if Q_AT_P and HEAD:
+                zq = _side_tile(qbase, lo, use_q, V, FP64, False, ROWS, TILES, BLOCK_V, False, zq_in, sh_q)
+            else:
+                zq = _side_tile(qbase, lo, use_q, V, FP64, WORDS_Q, ROWS, TILES, BLOCK_V, FULL, zq_in, sh_q, HEAD)
             zq_w = None
-            if WORDS:
+            if WORDS_Q:
                 zq_w = zq
                 zq = widen_pairs(zq_w)
             m_q, s1_q, sT_q, arg_q, huge, mc_q, share_q = _lane_stats(zq, lo_q, invT, cutq, scaled,
@@ -1366,7 +1375,7 @@ def _stats_chunk(c, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, sca
 @triton.jit
 def _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q: tl.constexpr, FP64: tl.constexpr,
                  PAIRS: tl.constexpr, TILES: tl.constexpr, BLOCK_V: tl.constexpr, HAS_P: tl.constexpr = True,
-                 zp_pre=None, zq_pre=None, RAW: tl.constexpr = False, first=None):
+                 zp_pre=None, zq_pre=None, RAW: tl.constexpr = False, first=None, Q_WORDS: tl.constexpr = True):
     """The target's and the drafter's tiles of chunk c0 + c (wholly inside the vocabulary) for a pipelined loop (the
     statistics', the second look's): loaded only where c < nfull and the row uses the side (a masked load with no
     fill, read only there), outside any branch, so that the compiler issues them as asynchronous copies
@@ -1374,7 +1383,8 @@ def _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q: tl.constexp
     loaded (the drafter's stands in for it, unread). ``zp_pre`` / ``zq_pre``: the chunk, loaded by this function
     earlier (a loop of one trip whose chunk the caller loaded before a wait), returned as they are. RAW: with PAIRS,
     the words unwidened (``load_tile``). ``first`` (SHIFT): the first chunk the loop reads (chunks before it not
-    loaded)."""
+    loaded). Without Q_WORDS (``Q_AT_P``: the drafter's tiles start where the target's do, at any entry) the
+    drafter's tile is read as entries."""
     tl.static_assert(HAS_P or HAS_Q, "a chunk loads at least one side")
     if zp_pre is not None:
         return zp_pre, zq_pre
@@ -1388,8 +1398,8 @@ def _chunk_tiles(c, c0, nfull, pbase, qbase, use_p, use_q, V, HAS_Q: tl.constexp
                        RAW and PAIRS)
         zq = zp
     if HAS_Q:
-        zq = load_tile(qbase[:, None], lo, (use_q & live)[:, None], V - lo, TILES * BLOCK_V, FP64, PAIRS, True, False,
-                       RAW and PAIRS)
+        zq = load_tile(qbase[:, None], lo, (use_q & live)[:, None], V - lo, TILES * BLOCK_V, FP64,
+                       PAIRS and Q_WORDS, True, False, RAW and PAIRS and Q_WORDS)
         if not HAS_P:
             zp = zq
     return zp, zq
@@ -1429,13 +1439,18 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
     The merge is the next call's (``_stats_merge``). SHIFT (``realigned``): each side's chunk r holds its row's
     entries r TILES BLOCK_V - sh .. from the boundary of VEC entries at or before the row (sh the row's offset mod
     VEC, each side its own), so a whole chunk loads as vectors; chunk 0 is then masked at both ends (after the
-    loop, which starts at chunk 1 in the item that holds it) like a position's partial last chunks."""
+    loop, which starts at chunk 1 in the item that holds it) like a position's partial last chunks. Where the
+    statistics write opt's TV cells, which pair both sides' entries lane by lane (``Q_AT_P``), the drafter's chunks
+    start where the target's do (sh the target's): the target's read as vectors, the drafter's entry by entry."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, n_st, temp_ptr, temp_val, temp_st, RAGGED, ROWS)
     KP = K + 1
     NS = _items(NT, TILES, CHUNKS)  # stats items per position, RECS records each
     # opt's cells, which its merge bounds TV from (``_tv_cells``, ``_tv_floor``; also where the launch does not skip
     # looks, as the model's traces run it, so that they execute what the kernel runs)
     TV_CELLS: tl.constexpr = SECOND_LOOK and (not DIVERGENCE) and MONOTONE_TV and HAS_Q
+    # (realigned, opt: the drafter's chunks at the target's boundary, divergences asked or not, so that asking
+    # changes no other output)
+    Q_AT_P: tl.constexpr = SHIFT and MONOTONE_TV and HAS_Q
     use_p = rmask & (i <= n)
     use_q = rmask & (i < n)
     if tl.max(use_p.to(tl.int32), axis=0) > 0:
@@ -1467,7 +1482,9 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
         if SHIFT:
             pt, shp = common.realigned_base(zp_ptr, _p_off(rows, i, start, stride_pb, stride_pk, RAGGED), VEC)
             qt, shq = pt, shp
-            if HAS_Q:
+            if Q_AT_P:
+                qt = qbase - shp
+            elif HAS_Q:
                 qt, shq = common.realigned_base(zq_ptr, _q_off(rows, i, start, stride_qb, stride_qk, RAGGED), VEC)
             first = (c0 == 0).to(tl.int32)
         # The logits at the draft, for the accept phase, which then reads only what this launch wrote (no DRAM round
@@ -1499,7 +1516,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
             for c in tl.range(0, CH_BASE + (CH_EXTRA > 0), num_stages=STAGES):
                 if SHIFT:
                     zp, zq = _chunk_tiles(c, c0, nfull, pt, qt, use_p, use_q, V, HAS_Q, FP64, PAIRS, TILES, BLOCK_V,
-                                          RAW=True, first=first)
+                                          RAW=True, first=first, Q_WORDS=not Q_AT_P)
                     live = (c >= first) & (c < nfull)
                 else:
                     zp, zq = _chunk_tiles(c, c0, nfull, pt, qt, use_p, use_q, V, HAS_Q, FP64, PAIRS, TILES, BLOCK_V,
@@ -1510,7 +1527,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                         c, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy,
                         m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows,
                         i, B, K, V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES,
-                        VEC, SCREENS, True, True, zp, zq, shp, shq)
+                        VEC, SCREENS, True, True, zp, zq, shp, shq, Q_AT_P=Q_AT_P)
         else:
             # Not pipelined: the whole chunks themselves, each loading its tiles in its fold with no bound mask (one
             # row per item: no mask at all), so no load is masked off past nfull (with its registers filled first)
@@ -1532,7 +1549,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                     cw, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p,
                     s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K,
                     V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS,
-                    True, True, sh_p=shp, sh_q=shq)
+                    True, True, sh_p=shp, sh_q=shq, Q_AT_P=Q_AT_P)
                 cw += 1
         if SHIFT:
             # chunk 0, its end inside the row: loaded whole, the entries before the row -inf (``HEAD``; after the
@@ -1545,7 +1562,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                     0, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p, s1_p, sT_p, arg_p,
                     m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V, NT, HAS_Q,
                     SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS, True,
-                    sh_p=shp, sh_q=shq, EARLIER=True, HEAD=True)
+                    sh_p=shp, sh_q=shq, EARLIER=True, HEAD=True, Q_AT_P=Q_AT_P)
             # (two calls at lines of their own, not one unrolled loop: bench/roofline.py tells the second, which runs
             # only where V mod CHUNK lies within VEC - 1 of a chunk's end, from the first by the lines a trace ran)
             if nfull < nch:
@@ -1553,13 +1570,13 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                     nfull, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p, s1_p, sT_p, arg_p,
                     m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V, NT, HAS_Q,
                     SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS, False,
-                    sh_p=shp, sh_q=shq)
+                    sh_p=shp, sh_q=shq, Q_AT_P=Q_AT_P)
             if nfull + 1 < nch:
                 m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                     nfull + 1, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p, s1_p, sT_p,
                     arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows, i, B, K, V, NT,
                     HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC, SCREENS, False,
-                    sh_p=shp, sh_q=shq)
+                    sh_p=shp, sh_q=shq, Q_AT_P=Q_AT_P)
         elif nfull < nch:  # (a position's last chunk, partial)
             m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge = _stats_chunk(
                 nfull, c0, pbase, qbase, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy, m_p,
@@ -1586,7 +1603,7 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
                         c2, c0, pt, qt, use_p, use_q, any_q, invT, cutp, cutq, scaled, greedy,
                         m_p, s1_p, sT_p, arg_p, m_q, s1_q, sT_q, arg_q, huge, part_m_ptr, part_f_ptr, pos_m_ptr, rows,
                         i, B, K, V, NT, HAS_Q, SCREEN, READS_PH, FILTERS, FP64, PAIRS, ROWS, TILES, BLOCK_V, LANES, VEC,
-                        SCREENS, False, False, sh_p=shp, sh_q=shq)
+                        SCREENS, False, False, sh_p=shp, sh_q=shq, Q_AT_P=Q_AT_P)
                     c2 += 1
         if TV_CELLS:
             if any_q:
@@ -3588,10 +3605,13 @@ def realigned(zq: Optional[torch.Tensor], zp: torch.Tensor, strides, paired: boo
     """Whether the statistics read each side's rows from the boundary of VEC entries at or before them (the kernel's
     ``SHIFT``): rows whose strides (``strides``, in entries) are not all multiples of 16 entries (e.g. V = 50257),
     which the compiler cannot prove 16-byte aligned and would read entry by entry, in 16-byte-aligned storage of 2-
-    or 4-byte logits, where the statistics pair no cells of both sides (``paired`` false): opt's TV cells and a token
-    set's screening records pair both sides' entries chunk by chunk (with drafter logits, divergences asked or not,
-    so that asking changes no other output), and realigned sides start at different boundaries. The second look,
-    the divergences' sums and the race keep the rows' own alignment (they read both sides at the same entry)."""
+    or 4-byte logits, where the statistics pair no cells of both sides (``paired`` false): a token set's screening
+    records pair both sides' entries chunk by chunk and warp by warp, which its second look and race read back at
+    the rows' own chunks (with drafter logits, divergences asked or not, so that asking changes no other output),
+    and realigned sides start at different boundaries. opt's TV cells pair both sides too, but only its merge reads
+    them: its drafter's chunks start at the target's boundary (``_stats_item``'s Q_AT_P), read entry by entry. The
+    second look, the divergences' sums and the race keep the rows' own alignment (they read both sides at the same
+    entry)."""
     tensors = [t for t in (zq, zp) if t is not None]
     return (not paired and all(t.element_size() in (2, 4) and t.data_ptr() % 16 == 0 for t in tensors)
             and any(s % 16 != 0 for s in strides))
@@ -3627,8 +3647,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     cx = rule_constexprs(args.rule)
     # (token-only drafts have closed forms: no second look, whose body reads the drafter's logits, is compiled)
     second = (needs_second_look(args.rule) or divergence) and K > 0 and zq is not None
-    shift = realigned(zq, zp, strides, K > 0 and zq is not None and (cx["MONOTONE_TV"]
-                                                                     or args.rule.family == rules.FAMILY_B))
+    shift = realigned(zq, zp, strides, K > 0 and zq is not None and args.rule.family == rules.FAMILY_B)
     # a realigned row's chunks start up to 16 / itemsize - 1 entries before it (``realigned``)
     nt = triton.cdiv(V + (16 // zp.element_size() - 1 if shift else 0), block_v)
     mdt = torch.float64 if fp64 else torch.float32
