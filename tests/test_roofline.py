@@ -2168,31 +2168,29 @@ def test_sample_realigns_rows_not_16_byte_aligned(tmp_path, monkeypatch):
 
 
 def test_verify_realigns_statistics_rows_not_16_byte_aligned(tmp_path, monkeypatch):
-    """Rows whose strides are not multiples of 16 entries (V = 50257, B = 64, K = 4) take realigned statistics where
-    no phase but the merge reads cells that pair both sides (speculative: ``verify.realigned``, SHIFT): compiled for
-    sm_90, the stats items' whole chunks load as 16-byte vectors (LDG.E.128; LDGSTS.E.BYPASS.128 where the loop is
-    pipelined, bf16), where such rows got none before (the race still reads them entry by entry), and the kernel spills at most 8 B a
-    thread for float32 (192 B before); bfloat16 statistics read those vectors as words of two entries (PAIRS, which
-    the race and the divergences, reading the rows' own entries, leave off: ``PAIRS_AT``). opt, whose TV cells pair
-    both sides lane by lane, realigns too (its drafter's chunks at the target's boundary, ``Q_AT_P``: the target's
-    whole chunks load as vectors, 16 of them at least, as speculative's). A token set, whose screening records its
-    look and race read back by the rows' own chunks, and the same speculative launch with the realignment off keep
-    the rows' own alignment."""
+    """Rows whose strides are not multiples of 16 entries (V = 50257, B = 64, K = 4) take realigned statistics
+    (speculative: ``verify.realigned``, SHIFT): compiled for sm_90, the stats items' whole chunks load as 16-byte
+    vectors (LDG.E.128; LDGSTS.E.BYPASS.128 where the loop is pipelined, bf16), where such rows got none before (the
+    race still reads them entry by entry), and the kernel spills at most 8 B a thread for float32 (192 B before);
+    bfloat16 statistics read those vectors as words of two entries (PAIRS, which the race and the divergences,
+    reading the rows' own entries, leave off: ``PAIRS_AT``). opt and the token sets,
+    whose TV cells and screening records pair both sides lane by lane, realign too (their drafter's chunks at the
+    target's boundary, ``Q_AT_P``: the target's whole chunks load as vectors, 16 of them at least, as
+    speculative's). Control: the same speculative launch with the realignment off keeps the rows' own alignment."""
     from speccas_kernels.kernels import verify as kv
 
     got = {}
     for dt in ("bf16", "fp32"):
         work, _ = rf.capture("verify", "speculative", 64, 4, 50257, dt)
         (got[dt],) = work.launches
-    work, _ = rf.capture("verify", "opt", 64, 4, 50257, "bf16")
-    (got["opt bf16"],) = work.launches
-    work, _ = rf.capture("verify", "token_v1", 64, 4, 50257, "bf16")
-    assert not work.launches[0].constexprs["SHIFT"]
+    for rule in ("opt", "token_v1"):
+        work, _ = rf.capture("verify", rule, 64, 4, 50257, "bf16")
+        (got[f"{rule} bf16"],) = work.launches
     monkeypatch.setattr(kv, "realigned", lambda *a: False)
     work, _ = rf.capture("verify", "speculative", 64, 4, 50257, "bf16")
     assert not work.launches[0].constexprs["SHIFT"]
     assert {dt: (launch.constexprs["SHIFT"], launch.constexprs["PAIRS"]) for dt, launch in got.items()} == {
-        "bf16": (True, True), "fp32": (True, False), "opt bf16": (True, True)}
+        "bf16": (True, True), "fp32": (True, False), "opt bf16": (True, True), "token_v1 bf16": (True, True)}
     recs = rf.compile_launches(list(got.values()), cache_dir=tmp_path, quiet=True)
     for dt, launch in got.items():
         rec = recs[rf.compile_key(launch)]

@@ -510,16 +510,16 @@ def test_whole_chunks_read_nothing_past_the_vocabulary(device, dtype, monkeypatc
 
 
 @pytest.mark.parametrize("rule,dtype", [("speculative", torch.float32), ("chow", torch.bfloat16),
-                                        ("lossy", torch.float16), ("opt", torch.bfloat16)])
+                                        ("lossy", torch.float16), ("opt", torch.bfloat16), ("token_v1", torch.float32),
+                                        ("token_v3", torch.bfloat16)])
 def test_verify_realigned_rows_match_the_reference(device, dtype, rule, monkeypatch):
     """Rows not 16-byte aligned (V = 61; views of 66 entries in rows of 72; the ragged layout's flat rows of 61)
     take the realigned statistics (``verify.realigned``: SHIFT, each side's chunks from the boundary of VEC
     entries at or before its row; chunk 0 loaded whole, its entries before the row -inf; a position's partial last
     chunks masked at both ends): the reference's outputs, one row per item and the batch in one, items of one chunk and of two. Every row ends in its largest
     logits and is padded past vocab_size with larger ones: a chunk 0 read without its low mask takes the row
-    before's, a last chunk without its high mask the padding. opt's drafter chunks start at the target's boundary
-    (``Q_AT_P``: its TV cells pair both sides' entries). Control: token_v1 (whose statistics write screening records
-    of both sides, read back at the rows' own chunks) keeps the rows' own alignment and the same outputs."""
+    before's, a last chunk without its high mask the padding. opt's and the token sets' drafter chunks start at the
+    target's boundary (``Q_AT_P``: their TV cells and screening records pair both sides' entries)."""
     seen = []
     real = kverify.realigned
     monkeypatch.setattr(kverify, "realigned", lambda *a: seen.append(real(*a)) or seen[-1])
@@ -554,12 +554,6 @@ def test_verify_realigned_rows_match_the_reference(device, dtype, rule, monkeypa
                 assert seen == [True], (what, seen)
                 for field in ("tokens", "num_accepted", "valid"):
                     assert torch.equal(getattr(rag, field).cpu(), getattr(out, field).cpu()), (what, field)
-            if rows == 1:
-                seen.clear()
-                ctrl = sk.verify(**kw, rule="token_v1", alpha=0.3, backend="triton")
-                ref, margins = reference_with_margins(**kw, rule="token_v1", alpha=0.3)
-                assert seen == [False], (what, seen)
-                assert_same_outputs(ctrl, ref, margins, what="token_v1 " + what)
 
 
 def test_opt_realigned_tv_cells_pair_both_sides(device, monkeypatch):
@@ -604,6 +598,52 @@ def test_opt_realigned_tv_cells_pair_both_sides(device, monkeypatch):
             assert out.deferred.cpu().tolist() == ref.deferred.cpu().tolist(), (what, out.deferred)
             assert torch.allclose(out.accept_prob.cpu(), ref.accept_prob.cpu(), atol=1e-5), (what, out.accept_prob)
             assert out.tokens.cpu().tolist() == ref.tokens.cpu().tolist(), what
+
+
+def test_token_set_realigned_screen_reads_the_statistics_cells(device, monkeypatch):
+    """token_v1 at realigned rows (V = 101, B = 4, K = 1) screens its look's cells and its race's chunks by records
+    written over chunks that start at the target row's boundary of VEC entries (``Q_AT_P``), so both read those
+    chunks (``_eta_item``'s sh, ``_race_clear``'s chunk after its own). The one member of A, e = 63 (q(e) = 0.8,
+    p(e) = 0.85, alpha = 0.3), is the last entry of the rows' own chunk 1 and of race item 1 (two tiles of 16), but
+    of the realigned chunk 2 wherever the target row starts past a boundary (rows 1 and 3 in float32, 1 to 3 in
+    bfloat16). The draft (not in A) has a = eta p / q = 0.1 (a look reading the rows' own chunk 2 would miss e:
+    eta near 1, a = 0.5), and every row rejects it (the seed), racing the residual: eta p(e) at e, 0.008 at f = 10
+    (p(f) = 0.05), 0 elsewhere (a race item screened as clear of A would score e by eta p - q < 0: f always). The
+    reference's tokens and probabilities, one row per work item and the batch in one."""
+    V, B, e, f = 101, 4, 63, 10
+    q = torch.full((V,), 0.2 / (V - 1))
+    q[e] = 0.8
+    p = torch.full((V,), 0.1 / (V - 2))
+    p[e], p[f] = 0.85, 0.05
+    zq = q.log().expand(B, 1, V).contiguous()
+    zp = p.log().expand(B, 2, V).contiguous()
+    seen = []
+    real = kverify.realigned
+    monkeypatch.setattr(kverify, "realigned", lambda *a: seen.append(real(*a)) or seen[-1])
+    for name, value in (("BLOCK_V", 16), ("TILES", 2), ("CHUNKS", 1)):
+        monkeypatch.setattr(triton_backend, f"{name}_OVERRIDE", value)
+    monkeypatch.setattr(kverify, "RACE_TILES_OVERRIDE", 2)
+    for dtype in (torch.float32, torch.bfloat16):
+        vec = 16 // (4 if dtype == torch.float32 else 2)
+        assert sum((2 * b * V) % vec != 0 for b in range(B)) == (2 if dtype == torch.float32 else 3)
+        kw = dict(draft_logits=zq.to(device, dtype), target_logits=zp.to(device, dtype),
+                  draft_tokens=torch.full((B, 1), 3, dtype=torch.int64, device=device), temperature=1.0,
+                  offset=0, rule="token_v1", alpha=0.3)
+        seed = next(s for s in range(100) if int(reference_with_margins(**kw, seed=s)[0].num_accepted.sum()) == 0)
+        kw["seed"] = seed
+        ref = reference_with_margins(**kw)[0]
+        assert torch.allclose(ref.accept_prob.cpu(), torch.full((B, 1), 0.1), atol=0.01), ref.accept_prob
+        assert (ref.tokens[:, 0] == e).sum() >= 3, ref.tokens
+        for rows, chunks in ((1, 1), (None, 2)):  # (the batch in one: two chunks an item, so the look screens)
+            monkeypatch.setattr(triton_backend, "ROWS_OVERRIDE", rows)
+            monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", chunks)
+            seen.clear()
+            out = sk.verify(**kw, backend="triton")
+            assert seen == [True], seen
+            what = f"{dtype} rows={rows}"
+            assert torch.allclose(out.accept_prob.cpu(), ref.accept_prob.cpu(), atol=1e-5), (what, out.accept_prob)
+            assert out.tokens.cpu().tolist() == ref.tokens.cpu().tolist(), (what, out.tokens)
+        monkeypatch.setattr(triton_backend, "CHUNKS_OVERRIDE", 1)
 
 
 def test_verify_realigned_greedy_ties_go_to_chunk_zero(device, monkeypatch):

@@ -350,12 +350,14 @@ def lane_max_pairs(w4):
 
 @triton.jit
 def load_cell(base, lo, w, use, n_left, CELL: tl.constexpr, RUN: tl.constexpr, SPAN: tl.constexpr,
-              FP64: tl.constexpr, PAIRS: tl.constexpr):
+              FP64: tl.constexpr, PAIRS: tl.constexpr, n_before=None):
     """[R, CELL] logits of group ``w``'s entries of a chunk at ``base`` + ``lo`` (``base``: [R, 1] row pointers; ``lo``,
     ``w`` scalars): a chunk's spans of SPAN entries each hold one run of RUN adjacent entries per group, w's at
     w RUN, so entry e of the cell is (e // RUN) SPAN + w RUN + e % RUN; -inf in the rows outside ``use`` ([R, 1]) and
-    past ``n_left`` (V - lo), as ``load_tile`` (PAIRS: 32-bit words of two bfloat16 entries, RUN even)."""
+    past ``n_left`` (V - lo), as ``load_tile`` (PAIRS: 32-bit words of two bfloat16 entries, RUN even), and
+    (``n_before``, [R, 1]: a realigned row's chunk, entries) before ``n_before``."""
     if PAIRS:
+        tl.static_assert(n_before is None, "a realigned row's cells are read as entries")
         h = tl.arange(0, CELL // 2)[None, :]
         hw = (h // (RUN // 2)) * (SPAN // 2) + w * (RUN // 2) + h % (RUN // 2)
         x = tl.load((base + lo).to(tl.pointer_type(tl.int32)) + hw, mask=use & (hw < n_left // 2),
@@ -366,7 +368,10 @@ def load_cell(base, lo, w, use, n_left, CELL: tl.constexpr, RUN: tl.constexpr, S
     else:
         e = tl.arange(0, CELL)[None, :]
         v = (e // RUN) * SPAN + w * RUN + e % RUN
-        z = load_logits(base + lo + v, use & (v < n_left), FP64)
+        mask = use & (v < n_left)
+        if n_before is not None:
+            mask = mask & (v >= n_before)
+        z = load_logits(base + lo + v, mask, FP64)
     return z
 
 

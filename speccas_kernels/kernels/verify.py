@@ -139,14 +139,14 @@ bfloat16 logits are read as 32-bit words of two entries where every row starts a
 (``PAIRS``, ``common.load_tile``): one shift or mask widens an entry, where 16-bit loads take a permute and a shift
 for half of them.
 Rows whose strides are not multiples of 16 entries (V = 50257), which the compiler cannot prove 16-byte aligned and
-reads entry by entry, take realigned statistics where no phase but the merge reads cells that pair both sides
-(``realigned``, ``SHIFT``: speculative, chow, diff, lossy, ensemble, opt, divergences asked or not, and any rule with
-token-only drafts; not a token set, whose screening records the second look and the race read back by the rows' own
-chunks): each side's
-chunk r holds its row's entries r TILES BLOCK_V - sh .. from the boundary of VEC entries at or before the row (sh the
-row's offset mod VEC, each side its own: ``common.realigned_base``), so a whole chunk loads as vectors; opt's TV
-cells pair both sides lane by lane, so its drafter's chunks start at the target's boundary instead (``Q_AT_P``: sh
-the target's; the target's chunks load as vectors, the drafter's entry by entry, its chunk 0 masked); a
+reads entry by entry, take realigned statistics (``realigned``, ``SHIFT``; every rule, divergences asked or not):
+each side's chunk r holds its row's entries r TILES BLOCK_V - sh .. from the boundary of VEC entries at or before the
+row (sh the row's offset mod VEC, each side its own: ``common.realigned_base``), so a whole chunk loads as vectors.
+Where the statistics write cells that pair both sides' entries (opt's TV cells; a token set's screening records,
+which its second look and race read back), the drafter's chunks start at the target's boundary instead
+(``Q_AT_P``: sh the target's; the target's chunks load as vectors, the drafter's entry by entry, its chunk 0
+masked), and the look's cells and the race's screened chunks are those chunks (``_eta_item``'s sh,
+``_race_clear``); a
 row's chunk 0 loads whole (the boundary before a row is never before the storage), its entries before the row set to
 -inf, after the loop, which starts at chunk 1 in the item that holds it (``HEAD``; its argmax ties go to it:
 ``EARLIER``); a position's partial last chunks (two at most) are masked at both ends; NT covers V + VEC - 1. The
@@ -938,7 +938,7 @@ def _verify_kernel(
                                                          NEEDS_TV, IN_SET, USES_ALPHA, SECOND_LOOK, DIVERGENCE, HAS_Q,
                                                          RAGGED, FILTERS, FP64, ROWS, BLOCK_V, BLOCK_C, TILES, CHUNKS,
                                                          LOOK_SPLIT, READS_PH, FLOOR, SCREENED, SCREENS, PAIRS_AT,
-                                                         LANES, VEC, STAGES, SOLO, TAGGED)
+                                                         LANES, VEC, STAGES, SOLO, TAGGED, SHIFT)
                     acc_g = tl.where(last != 0, g, acc_g)
         elif r < stats_items + look_items + NR:
             g = (s - lag).to(tl.int64)
@@ -951,7 +951,7 @@ def _verify_kernel(
                                           stride_pk, FAMILY, IN_SET, USES_ALPHA, HAS_Q, RAGGED, FILTERS, FP64, ROWS,
                                           BLOCK_V, BLOCK_T, RACE_TILES, DIV_ITEMS, div_ptr, valid_ptr, look_part_ptr,
                                           BLOCK_K, PAIRS_AT, VEC, part_m_ptr, TILES, SCREEN, SCREENS, RACE_RECS,
-                                          LANES, SOLO)
+                                          LANES, SOLO, SHIFT)
                 if emit_g >= 0:  # (the emit, a call of its own: ``_race_emit``)
                     _race_emit(emit_g, tokens_ptr, race_f_ptr, race_i_ptr, row_i_ptr, row_f_ptr, pos_m_ptr,
                                pos_f_ptr, pos_i_ptr, cnt_ptr, zq_ptr, zp_ptr, cu_ptr, n_ptr, n_val, n_st, alpha_ptr,
@@ -1441,16 +1441,18 @@ def _stats_item(g, i, j, part_m_ptr, part_f_ptr, part_i_ptr, pos_m_ptr, pos_f_pt
     VEC, each side its own), so a whole chunk loads as vectors; chunk 0 is then masked at both ends (after the
     loop, which starts at chunk 1 in the item that holds it) like a position's partial last chunks. Where the
     statistics write opt's TV cells, which pair both sides' entries lane by lane (``Q_AT_P``), the drafter's chunks
-    start where the target's do (sh the target's): the target's read as vectors, the drafter's entry by entry."""
+    start where the target's do (sh the target's): the target's read as vectors, the drafter's entry by entry; so do
+    a token set's that screens (``SCREEN``: its records pair both sides' cells too, which its look and race read
+    back at those chunks)."""
     rows, rmask, n, start, T = _group(g, B, K, cu_ptr, n_ptr, n_val, n_st, temp_ptr, temp_val, temp_st, RAGGED, ROWS)
     KP = K + 1
     NS = _items(NT, TILES, CHUNKS)  # stats items per position, RECS records each
     # opt's cells, which its merge bounds TV from (``_tv_cells``, ``_tv_floor``; also where the launch does not skip
     # looks, as the model's traces run it, so that they execute what the kernel runs)
     TV_CELLS: tl.constexpr = SECOND_LOOK and (not DIVERGENCE) and MONOTONE_TV and HAS_Q
-    # (realigned, opt: the drafter's chunks at the target's boundary, divergences asked or not, so that asking
-    # changes no other output)
-    Q_AT_P: tl.constexpr = SHIFT and MONOTONE_TV and HAS_Q
+    # (realigned, opt and a token set that screens: the drafter's chunks at the target's boundary, divergences asked
+    # or not, so that asking changes no other output)
+    Q_AT_P: tl.constexpr = SHIFT and HAS_Q and (MONOTONE_TV or SCREEN)
     use_p = rmask & (i <= n)
     use_q = rmask & (i < n)
     if tl.max(use_p.to(tl.int32), axis=0) > 0:
@@ -1981,7 +1983,7 @@ def _floor_logit(al, Mp, S1p, Mq, S1q, FLOOR: tl.constexpr, READS_PH: tl.constex
 def _eta_item(c0, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit, qbase, pbase, mh, mr, sq, cutq_ptr,
               K, V, IN_SET: tl.constexpr, FLOOR: tl.constexpr, READS_PH: tl.constexpr, FILTERS: tl.constexpr,
               FP64: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_C: tl.constexpr, TILES: tl.constexpr,
-              PAIRS: tl.constexpr, LANES: tl.constexpr, SCREENS: tl.constexpr, ROWS: tl.constexpr):
+              PAIRS: tl.constexpr, LANES: tl.constexpr, SCREENS: tl.constexpr, ROWS: tl.constexpr, sh=None):
     """eta's share ([R]) of a second-look item (chunks c0 to c0 + nch) for a token set whose membership is a floor t on
     one hat (``Rule.floor``: token_v1 on q^, token_v2 and token_v3 on p^; ``READS_PH`` says which), from the screening
     records of the item's chunks (``_eta_records``, loaded with the position's statistics) and the logits of the few
@@ -1996,7 +1998,9 @@ def _eta_item(c0, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, un
     and sums q off A instead, per entry, reduced once per item. Every term is positive, so eta keeps its relative
     precision however small it is (1 - q(A) would not: an absolute error of about 1e-7). Where A is a few tokens
     near a mode, the look reads a few cells of the position (a chunk's eighth each, on a GPU) instead of one or both
-    rows. Rows whose A is the whole vocabulary (t <= 0) are not in ``use``."""
+    rows. Rows whose A is the whole vocabulary (t <= 0) are not in ``use``. ``sh`` ([R, 1], SHIFT): realigned rows,
+    whose statistics' chunks (so the cells) start sh entries before them (the target's boundary of VEC entries, on
+    both sides: ``_stats_item``'s Q_AT_P), ``qbase`` and ``pbase`` as much before the rows."""
     CHUNK: tl.constexpr = TILES * BLOCK_V
     CELL: tl.constexpr = CHUNK // SCREENS
     RUN: tl.constexpr = LANES // SCREENS  # a group's adjacent entries in each span of LANES
@@ -2020,10 +2024,17 @@ def _eta_item(c0, nch, rows, i, use, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, un
         c = k // SCREENS
         w = k - c * SCREENS
         lo = (c0 + c) * CHUNK
-        mask = near_k & (v + w * RUN < V - lo)
+        n_left = V - lo
+        n_before = None  # (realigned rows: a cell's entries before the row, chunk 0's, are not read)
+        if sh is not None:
+            n_left = n_left + sh
+            n_before = sh - lo
+        mask = near_k & (v + w * RUN < n_left)
+        if sh is not None:
+            mask = mask & (v + w * RUN >= n_before)
         if READS_PH:
-            zp = load_cell(pbase, lo, w, near_k, V - lo, CELL, RUN, LANES, FP64, PAIRS)
-        zq = load_cell(qbase, lo, w, near_k, V - lo, CELL, RUN, LANES, FP64, PAIRS)  # (``look_q`` counts this line)
+            zp = load_cell(pbase, lo, w, near_k, n_left, CELL, RUN, LANES, FP64, PAIRS, n_before)
+        zq = load_cell(qbase, lo, w, near_k, n_left, CELL, RUN, LANES, FP64, PAIRS, n_before)  # (``look_q``'s line)
         qh = _hat(zq, Mq, S1q)
         if READS_PH:
             hat = _hat(zp, Mp, S1p)
@@ -2125,7 +2136,7 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                BLOCK_C: tl.constexpr, TILES: tl.constexpr, CHUNKS: tl.constexpr, LOOK_SPLIT: tl.constexpr,
                READS_PH: tl.constexpr, FLOOR: tl.constexpr, SCREENED: tl.constexpr, SCREENS: tl.constexpr,
                PAIRS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr, SOLO: tl.constexpr,
-               TAGGED: tl.constexpr):
+               TAGGED: tl.constexpr, SHIFT: tl.constexpr):
     """Item j of position i's second look: its chunks of TILES tiles (a loop, as a stats item's), folded entry by
     entry into one record per item, which reports to the row (the accept phase sums the NL records). A token set whose
     membership reads only q^ (``READS_PH`` false) reads no target tile here, unless the divergences need p; one
@@ -2203,9 +2214,17 @@ def _look_item(g, i, j, part_m_ptr, part_f_ptr, pos_m_ptr, pos_f_ptr, look_part_
                     live = use & ~whole
                     eta = tl.zeros([ROWS], dtype=tl.float32)
                     if tl.max(live.to(tl.int32), axis=0) > 0:
-                        eta = _eta_item(c0, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit,
-                                        qbase[:, None], pbase[:, None], mh, mr, sq, cutq_ptr, K, V, IN_SET, FLOOR,
-                                        READS_PH, FILTERS, FP64, BLOCK_V, BLOCK_C, TILES, PAIRS, LANES, SCREENS, ROWS)
+                        if SHIFT:  # the cells start at the target's boundary of VEC entries (``_stats_item``)
+                            sh = (_p_off(rows, i, start, stride_pb, stride_pk, RAGGED) % VEC)[:, None]
+                            eta = _eta_item(c0, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit,
+                                            qbase[:, None] - sh, pbase[:, None] - sh, mh, mr, sq, cutq_ptr, K, V,
+                                            IN_SET, FLOOR, READS_PH, FILTERS, FP64, BLOCK_V, BLOCK_C, TILES, PAIRS,
+                                            LANES, SCREENS, ROWS, sh)
+                        else:
+                            eta = _eta_item(c0, nch, rows, i, live, T, scale, Mp, S1p, Mq, S1q, inv_STq, al, unit,
+                                            qbase[:, None], pbase[:, None], mh, mr, sq, cutq_ptr, K, V, IN_SET, FLOOR,
+                                            READS_PH, FILTERS, FP64, BLOCK_V, BLOCK_C, TILES, PAIRS, LANES, SCREENS,
+                                            ROWS)
                     tl.store(look_part_ptr + (rows * K + i) * NL + j, eta, mask=use)  # one record per item
                 if DENSE:
                     # family A and lossy: exp((z - M) / T) as one FFMA and one ex2 where no row's M / T reaches
@@ -2817,20 +2836,24 @@ def _race_best(race_f_ptr, race_i_ptr, rows, live, NRR, B, BLOCK_R: tl.constexpr
 
 @triton.jit
 def _race_clear(part_m_ptr, row_f_ptr, rows, m, j, resid_row, B, K, NT, RACE_TILES: tl.constexpr,
-                TILES: tl.constexpr, SCREENS: tl.constexpr):
+                TILES: tl.constexpr, SCREENS: tl.constexpr, SHIFT: tl.constexpr):
     """Whether no chunk of TILES tiles that race item j (RACE_TILES tiles) covers may hold a member of A at position m
     of a row that races its residual (a token set whose statistics wrote screening records, ``SCREEN``): each chunk's
     largest logit on the side the set reads, the largest of its records, below the floor as a logit at m
     (``_floor_logit``, which the accept phase wrote once per row, ``RACE_FLOOR``), as the second look screens. There
-    w = eta p - q at every entry, family A's form (``_resid_scores``)."""
+    w = eta p - q at every entry, family A's form (``_resid_scores``). SHIFT (realigned rows): the statistics' chunk
+    r starts fewer than VEC entries before entry r TILES BLOCK_V of the row, so an item's last entries may lie in
+    the chunk after its own last: that chunk's records are read too."""
     m0, n, _, _ = _screen_at(rows, m, B, K, NT, TILES, SCREENS)
     NI = (NT + TILES - 1) // TILES
+    AFTER: tl.constexpr = SHIFT * 1
     c_lo = (j * RACE_TILES) // TILES
-    c_hi = tl.minimum(((j + 1) * RACE_TILES - 1) // TILES, NI - 1)
+    c_hi = tl.minimum(((j + 1) * RACE_TILES - 1) // TILES + AFTER, NI - 1)
     # the chunks an item may cover, at most: RACE_TILES / TILES where an item's tiles are a whole number of chunks
     # (items then start at a chunk), one where a chunk's are a whole number of items' (an item within one chunk), one
-    # more than ceil(RACE_TILES / TILES) otherwise (an item may straddle)
-    RC: tl.constexpr = (RACE_TILES + TILES - 1) // TILES + ((RACE_TILES % TILES != 0) and (TILES % RACE_TILES != 0))
+    # more than ceil(RACE_TILES / TILES) otherwise (an item may straddle); one more with SHIFT
+    RC: tl.constexpr = ((RACE_TILES + TILES - 1) // TILES + ((RACE_TILES % TILES != 0) and (TILES % RACE_TILES != 0))
+                        + AFTER)
     floor = tl.load(row_f_ptr + B + rows, mask=resid_row, other=0.0, cache_modifier=".cg")[:, None]
     sc = tl.arange(0, SCREENS)[None, :] * n
     hi = floor * 0.0 + NEG_INF
@@ -2870,7 +2893,8 @@ def _race_item(g, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, ro
                FP64: tl.constexpr, ROWS: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_T: tl.constexpr,
                TILES: tl.constexpr, DIV_ITEMS: tl.constexpr, div_ptr, valid_ptr, look_part_ptr, BLOCK_K: tl.constexpr,
                PAIRS: tl.constexpr, VEC: tl.constexpr, part_m_ptr, CH_TILES: tl.constexpr, SCREEN: tl.constexpr,
-               SCREENS: tl.constexpr, RECS: tl.constexpr, LANES: tl.constexpr, SOLO: tl.constexpr):
+               SCREENS: tl.constexpr, RECS: tl.constexpr, LANES: tl.constexpr, SOLO: tl.constexpr,
+               SHIFT: tl.constexpr):
     """Tiles j TILES .. j TILES + TILES - 1 of a row's race (statically unrolled): the bonus race (p_n + G) or the
     residual race (log max(0, pi_m - q_m) + G and the residual's mass), whichever the row runs (a row-uniform
     branch). The row's constants are loaded once per item; the tiles fold entry by entry into one running best (a
@@ -2946,7 +2970,7 @@ def _race_item(g, j, pos_m_ptr, pos_f_ptr, pos_i_ptr, race_f_ptr, race_i_ptr, ro
             if FAST_B:
                 if any_resid:
                     fast_resid = fast_resid & _race_clear(part_m_ptr, row_f_ptr, rows, m, j, resid_row, B, K, NT,
-                                                          TILES, CH_TILES, SCREENS)
+                                                          TILES, CH_TILES, SCREENS, SHIFT)
         acc_s = tl.zeros([ROWS, BLOCK_V], dtype=tl.float32) + NEG_INF
         # the tile of an entry's best (an all -inf item: tile 0), a float: a select per entry, where the compiler packed
         # an int32's few values into bytes (two instructions more per entry)
@@ -3228,7 +3252,8 @@ def _max_ph(zp: torch.Tensor) -> torch.Tensor:
 def _near_cells(launch, zq, zp, al) -> torch.Tensor:
     """[B, n, NI, SCREENS]: the cells (a chunk's entries of one group of 32 lanes, ``_eta_item``) whose largest logit on
     the side the set reads reaches the floor as a logit less the margin (``_floor_logit``), as the kernel screens
-    (float32, T = 1: the hats are unscaled), at the drafted positions of the modelled inputs ([B, n, V])."""
+    (float32, T = 1: the hats are unscaled), at the drafted positions of the modelled inputs ([B, n, V]). Realigned
+    rows (SHIFT; the modelled layout, not ragged) start their cells at the target row's boundary of VEC entries."""
     c = launch.constexprs
     side = (zp if c["READS_PH"] else zq).float()
     B, n, V = side.shape
@@ -3238,9 +3263,18 @@ def _near_cells(launch, zq, zp, al) -> torch.Tensor:
     lt = torch.log(torch.clamp(c["FLOOR"].fn(al, max_ph) * S1, min=1e-30))
     margin = 1e-3 * (1.0 + lt.abs()) + 1e-6 * M.abs()
     cw = c["TILES"] * c["BLOCK_V"]
-    ni = -(-V // cw)
+    ni = -(-launch.arg("NT").value // c["TILES"])
     lanes, screens = c["LANES"], c["SCREENS"]
-    padded = torch.nn.functional.pad(side, (0, ni * cw - V), value=float("-inf"))
+    if c["SHIFT"]:
+        assert not c["RAGGED"], "the model's inputs are not ragged"
+        pb, pk = launch.arg("stride_pb").value, launch.arg("stride_pk").value
+        padded = side.new_full((B, n, ni * cw), float("-inf"))
+        for b in range(B):
+            for i in range(n):
+                sh = (b * pb + i * pk) % c["VEC"]
+                padded[b, i, sh:sh + V] = side[b, i]
+    else:
+        padded = torch.nn.functional.pad(side, (0, ni * cw - V), value=float("-inf"))
     cells = padded.view(B, n, ni, cw // lanes, screens, lanes // screens).amax(5).amax(3)
     return cells >= (M + lt - margin)[..., None, None]
 
@@ -3310,14 +3344,14 @@ def _race_exact_items(launch, zq, zp, m, resid) -> float:
     at = near[torch.arange(B), m.clamp(max=n - 1)] & resid[:, None]  # [B, NI]: at each row's m
     V = zp.shape[-1]
     tiles, rt = c["TILES"], c["RACE_TILES"]
-    nt = -(-V // c["BLOCK_V"])
+    nt = launch.arg("NT").value
     full = (V // (rt * c["BLOCK_V"]))  # whole race items per row
     R = c["ROWS"]
     G = -(-B // R)
     at = torch.nn.functional.pad(at, (0, 0, 0, G * R - B)).view(G, R, ni).any(1)  # [G, NI]
     items = 0
     for j in range(full):
-        lo, hi = j * rt // tiles, min(((j + 1) * rt - 1) // tiles, -(-nt // tiles) - 1)
+        lo, hi = j * rt // tiles, min(((j + 1) * rt - 1) // tiles + int(c["SHIFT"]), -(-nt // tiles) - 1)
         items += int(at[:, lo:hi + 1].any(1).sum())
     return float(items)
 
@@ -3601,19 +3635,16 @@ def look_split(ns: int, ni: int, itemsize: int, K: int) -> int:
     return split
 
 
-def realigned(zq: Optional[torch.Tensor], zp: torch.Tensor, strides, paired: bool) -> bool:
+def realigned(zq: Optional[torch.Tensor], zp: torch.Tensor, strides) -> bool:
     """Whether the statistics read each side's rows from the boundary of VEC entries at or before them (the kernel's
     ``SHIFT``): rows whose strides (``strides``, in entries) are not all multiples of 16 entries (e.g. V = 50257),
     which the compiler cannot prove 16-byte aligned and would read entry by entry, in 16-byte-aligned storage of 2-
-    or 4-byte logits, where the statistics pair no cells of both sides (``paired`` false): a token set's screening
-    records pair both sides' entries chunk by chunk and warp by warp, which its second look and race read back at
-    the rows' own chunks (with drafter logits, divergences asked or not, so that asking changes no other output),
-    and realigned sides start at different boundaries. opt's TV cells pair both sides too, but only its merge reads
-    them: its drafter's chunks start at the target's boundary (``_stats_item``'s Q_AT_P), read entry by entry. The
-    second look, the divergences' sums and the race keep the rows' own alignment (they read both sides at the same
-    entry)."""
+    or 4-byte logits. Where the statistics write cells that pair both sides' entries (opt's TV cells, a token set's
+    screening records, which its second look and race read back), the drafter's chunks start at the target's
+    boundary (``_stats_item``'s Q_AT_P), read entry by entry. The second look's and the divergences' sums and the
+    race keep the rows' own alignment (they read both sides at the same entry)."""
     tensors = [t for t in (zq, zp) if t is not None]
-    return (not paired and all(t.element_size() in (2, 4) and t.data_ptr() % 16 == 0 for t in tensors)
+    return (all(t.element_size() in (2, 4) and t.data_ptr() % 16 == 0 for t in tensors)
             and any(s % 16 != 0 for s in strides))
 
 
@@ -3647,7 +3678,7 @@ def launch_verify(args, block_v: int, num_warps: int, programs: int, rows: int =
     cx = rule_constexprs(args.rule)
     # (token-only drafts have closed forms: no second look, whose body reads the drafter's logits, is compiled)
     second = (needs_second_look(args.rule) or divergence) and K > 0 and zq is not None
-    shift = realigned(zq, zp, strides, K > 0 and zq is not None and args.rule.family == rules.FAMILY_B)
+    shift = realigned(zq, zp, strides)
     # a realigned row's chunks start up to 16 / itemsize - 1 entries before it (``realigned``)
     nt = triton.cdiv(V + (16 // zp.element_size() - 1 if shift else 0), block_v)
     mdt = torch.float64 if fp64 else torch.float32
