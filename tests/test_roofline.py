@@ -636,14 +636,16 @@ def test_bonus_race_items_come_from_the_round_outcome(rule, monkeypatch):
         assert kv.roofline_hints(launch)["phase_work"]["race_bonus"]["count"] == B * whole
 
 
-@pytest.mark.parametrize("rule,alpha,rows,skip", [("token_v3", 0.9, 1, True), ("token_v1", 0.08, 2, False)])
-def test_look_cells_are_the_cells_the_kernel_reads(rule, alpha, rows, skip, monkeypatch):
+@pytest.mark.parametrize("rule,alpha,rows,skip,V", [("token_v3", 0.9, 1, True, 2048), ("token_v1", 0.08, 2, False, 2048),
+                                                    ("token_v3", 0.9, 1, True, 2045)])
+def test_look_cells_are_the_cells_the_kernel_reads(rule, alpha, rows, skip, V, monkeypatch):
     """The model counts the cells a screened look reads (``look_q``) from the modelled inputs (``roofline_data``'s
     ``look_cells``), not from one or two traced rows. Traced, on random logits where A holds several tokens in
     several chunks of two cells each: the count is the kernel's executions of the loop's load, per row group (ROWS =
     2: the cells where any row of the group may hold a member) and, where the launch skips moot looks, only at the
     positions whose look can change something. The controls: the count per row (ROWS = 1) and at every position
-    differ, and the cells are fewer than twice the chunks that hold them (a chunk is read by its cells)."""
+    differ, and the cells are fewer than twice the chunks that hold them (a chunk is read by its cells). V = 2045:
+    realigned rows (SHIFT), whose cells start at each target row's boundary of 4 entries."""
     from speccas_kernels.kernels import verify as kv
     from speccas_kernels import triton_backend
 
@@ -651,9 +653,13 @@ def test_look_cells_are_the_cells_the_kernel_reads(rule, alpha, rows, skip, monk
     for name, value in (("BLOCK_V_OVERRIDE", 128), ("TILES_OVERRIDE", 2), ("CHUNKS_OVERRIDE", 2),
                         ("ROWS_OVERRIDE", rows)):
         monkeypatch.setattr(triton_backend, name, value)
-    B, K, V = 3, 2, 2048  # 8 chunks of 256 entries a row, two cells of 128 each
+    B, K = 3, 2  # 8 chunks of 256 entries a row, two cells of 128 each
     g = torch.Generator().manual_seed(5)
-    base = (torch.randn(1, K + 1, V, generator=g) * 2.5).expand(B, K + 1, V)  # rows alike: a group's chunks overlap
+    base = torch.randn(1, K + 1, V, generator=g) * 2.5
+    # members at entries 255 and 257: two cells of the rows' own chunks 0 and 1, one (chunk 1's first) where a row
+    # starts 1 to 3 entries past a boundary of 4 (V = 2045: the realigned cells must be the model's too)
+    base[..., [255, 257]] = base.amax()
+    base = base.expand(B, K + 1, V)  # rows alike: a group's chunks overlap
     zp = base + torch.randn(B, K + 1, V, generator=g) * 0.5
     zq = base[:, :K] + torch.randn(B, K, V, generator=g) * 0.5
     x = torch.multinomial(torch.softmax(zq.reshape(B * K, V), -1), 1, generator=g).view(B, K)
@@ -664,6 +670,7 @@ def test_look_cells_are_the_cells_the_kernel_reads(rule, alpha, rows, skip, monk
     assert torch.equal(out.tokens, ref.tokens) and torch.equal(out.num_accepted, ref.num_accepted)
     launch = work.launches[-1]
     assert launch.constexprs["ROWS"] == rows and kv._screens_looks(launch) and launch.constexprs["SCREENS"] == 2
+    assert launch.constexprs["SHIFT"] == (V % 16 != 0)
     lines = tracer.summary("traced")["launches"][-1]["lines"]
     traced = sum(n for line, n in lines.items() if "zq = load_cell(qbase, lo, w, near_k" in rf._source_text(line))
     al = torch.tensor(alpha)
