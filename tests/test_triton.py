@@ -814,7 +814,7 @@ def test_token_set_screen_keeps_members_at_the_floor(device, rule, rows, monkeyp
 
 @triton.jit
 def _clear_everywhere(part_m_ptr, row_f_ptr, rows, m, j, resid_row, B, K, NT, RACE_TILES: tl.constexpr,
-                      TILES: tl.constexpr, SCREENS: tl.constexpr):
+                      TILES: tl.constexpr, SCREENS: tl.constexpr, SHIFT: tl.constexpr):
     return j >= 0  # a screen that clears every item, members or not
 
 
