@@ -27,6 +27,7 @@ import csv
 import dataclasses
 import datetime as _dt
 import functools
+import inspect
 import os
 import platform
 import re
@@ -87,6 +88,69 @@ def interpreter_skip_repatching() -> None:
     cls.__call__ = call
     _np_dtype_table(interpreter)
     _lazy_tuple_type_names(interpreter.tl.core)
+    _lazy_tuple_types(interpreter.tl.core)
+    _no_dead_overflow_checks(interpreter)
+
+
+class _TupleType:
+    """``tl.tuple``'s ``type`` when its constructor was given none: formed from the values when first read, then
+    kept on the instance (an assignment, as ``_setitem``'s, goes to the instance too: no ``__set__``)."""
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return self
+        t = obj.__dict__["type"] = obj._speccas_type_for(obj.values)
+        return t
+
+
+def _lazy_tuple_types(core) -> None:
+    """Every interpreted tensor keeps its shape as a ``tl.tuple``, whose constructor builds a tuple type of its
+    values at once (some 10% of a verify call, for types that are almost never read): the type is formed when first
+    read instead, from the same values by the same function."""
+    cls, for_values = getattr(core, "tuple", None), getattr(core, "_type_for_tuple_values", None)
+    if cls is None or for_values is None or getattr(cls, "_speccas_lazy_type", False):
+        return
+    orig = cls.__init__
+    if list(inspect.signature(orig).parameters) != ["self", "args", "type"]:  # pragma: no cover (another Triton)
+        return
+
+    def __init__(self, args, type=None):
+        if type is not None:
+            orig(self, args, type)
+        else:
+            self.values = [i for i in args]
+
+    cls.__init__ = __init__
+    cls.type = _TupleType()
+    cls._speccas_type_for = staticmethod(for_values)
+    cls._speccas_lazy_type = True
+
+
+def _no_dead_overflow_checks(interpreter) -> None:
+    """The interpreter's options ask for integer overflow checks (``sanitize_overflow``) but not for asserts
+    (``debug``): every int32 add, sub and mul then also runs in int64, against both bounds, into a ``device_assert``
+    that the same options make a no-op (some 25% of a verify call, all of it discarded). Without ``debug`` the checks
+    are off: the same numpy arithmetic, the same answers (a GPU compile leaves them out too). With ``debug`` (the
+    asserts live) nothing changes."""
+    cls = getattr(interpreter, "InterpreterOptions", None)
+    if cls is None or getattr(cls, "_speccas_no_dead_checks", False) or not dataclasses.is_dataclass(cls):
+        return
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    if "sanitize_overflow" not in fields or fields.get("debug", True):  # pragma: no cover (another Triton)
+        return
+
+    @dataclasses.dataclass(frozen=True)
+    class Options(cls):
+        sanitize_overflow: bool = False
+
+    Options._speccas_no_dead_checks = True
+    Options.__name__ = Options.__qualname__ = cls.__name__
+    interpreter.InterpreterOptions = Options  # what ``InterpreterBuilder()`` builds from here on
+    for builder in (getattr(interpreter, "interpreter_builder", None),):
+        opts = getattr(builder, "options", None)
+        if isinstance(opts, cls) and not opts.debug:
+            builder.options = Options(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(cls)
+                                         if f.name != "sanitize_overflow"})
 
 
 def _lazy_tuple_type_names(core) -> None:

@@ -5,6 +5,7 @@ for every rule is tests/test_backends.py (which runs Triton through the interpre
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -1765,3 +1766,57 @@ def test_interpreter_speedups_change_no_answer():
     assert tl.tuple_type([tl.int32], ["a"]) == tl.tuple_type([tl.int32], ["a"]) != tl.tuple_type([tl.int64], ["a"])
     common.interpreter_skip_repatching()  # idempotent: nothing wrapped twice
     assert interpreter._get_np_dtype is get
+
+
+@triton.jit
+def _int32_sum_kernel(out_ptr, x_ptr, y_ptr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs)
+    y = tl.load(y_ptr + offs)
+    tl.store(out_ptr + offs, x * 3 + y - x)
+
+
+def test_interpreter_skips_only_checks_whose_asserts_are_off():
+    """``bench.common``'s two other interpreter speedups. The integer overflow checks are off where the asserts they
+    feed are no-ops (``debug`` off): an int32 kernel that overflows wraps to the same answers with the checks on
+    and off, as on a GPU. The control: with ``debug`` on the checks are live, and they catch that overflow. A
+    ``tl.tuple`` forms its type when first read: the type its constructor built (the same function), an explicit
+    type kept, ``_setitem``'s update seen; the control: other values, another type."""
+    interpreter = pytest.importorskip("triton.runtime.interpreter")
+    from triton.language import core
+
+    builder = interpreter.interpreter_builder
+    if not triton_backend._interpreting():
+        pytest.skip("the interpreter is not in use (a GPU run): nothing installed")
+    assert not builder.options.sanitize_overflow and not builder.options.debug
+    assert not interpreter.InterpreterOptions().sanitize_overflow
+    x = torch.tensor([2**31 - 1, 5, -(2**30), 7], dtype=torch.int32)
+    y = torch.tensor([1, 2**31 - 1, -(2**31), -3], dtype=torch.int32)
+    want = (x.long() * 3 + y.long() - x.long() + 2**31) % 2**32 - 2**31  # int32 wrap-around
+    outs = {}
+    opts = builder.options
+    try:
+        for name, kw in (("off", {}), ("on", dict(sanitize_overflow=True)),
+                         ("debug", dict(sanitize_overflow=True, debug=True))):
+            builder.options = dataclasses.replace(opts, **kw)
+            out = torch.empty_like(x)
+            try:
+                _int32_sum_kernel[(1,)](out, x, y, BLOCK=4)
+                outs[name] = out.long()
+            except Exception as e:  # (the interpreter's device_assert)
+                outs[name] = "overflow" if "overflow" in repr(e) else repr(e)
+    finally:
+        builder.options = opts
+    assert torch.equal(outs["off"], want) and torch.equal(outs["on"], want), outs
+    assert outs["debug"] == "overflow", outs
+
+    vals = [tl.constexpr(2), tl.constexpr(3)]
+    t = core.tuple(vals)
+    assert "type" not in vars(t)
+    assert t.type == core._type_for_tuple_values(vals) and "type" in vars(t)
+    assert core.tuple([tl.constexpr(2), tl.constexpr(4)]).type != t.type  # (the control)
+    given = core.tuple_type([core.constexpr_type(2), core.constexpr_type(3)], ["a", "b"])
+    named = core.tuple(vals, given)
+    assert named.type is given and named.b.value == 3
+    named._setitem(1, tl.constexpr(5))
+    assert named.type == core._type_for_tuple_values([tl.constexpr(2), tl.constexpr(5)], ["a", "b"])
