@@ -129,9 +129,9 @@ def _lazy_tuple_types(core) -> None:
 def _no_dead_overflow_checks(interpreter) -> None:
     """The interpreter's options ask for integer overflow checks (``sanitize_overflow``) but not for asserts
     (``debug``): every int32 add, sub and mul then also runs in int64, against both bounds, into a ``device_assert``
-    that the same options make a no-op (some 25% of a verify call, all of it discarded). Without ``debug`` the checks
-    are off: the same numpy arithmetic, the same answers (a GPU compile leaves them out too). With ``debug`` (the
-    asserts live) nothing changes."""
+    that the same options make a no-op (some 25% of a verify call, all of it discarded). The interpreter builds its
+    options with their defaults, ``debug`` off: there the checks are now off too, the same numpy arithmetic and the
+    same answers (a GPU compile leaves them out as well). Options given ``debug`` should be given the checks with it."""
     cls = getattr(interpreter, "InterpreterOptions", None)
     if cls is None or getattr(cls, "_speccas_no_dead_checks", False) or not dataclasses.is_dataclass(cls):
         return
@@ -146,11 +146,11 @@ def _no_dead_overflow_checks(interpreter) -> None:
     Options._speccas_no_dead_checks = True
     Options.__name__ = Options.__qualname__ = cls.__name__
     interpreter.InterpreterOptions = Options  # what ``InterpreterBuilder()`` builds from here on
-    for builder in (getattr(interpreter, "interpreter_builder", None),):
-        opts = getattr(builder, "options", None)
-        if isinstance(opts, cls) and not opts.debug:
-            builder.options = Options(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(cls)
-                                         if f.name != "sanitize_overflow"})
+    builder = getattr(interpreter, "interpreter_builder", None)  # the one built at import
+    opts = getattr(builder, "options", None)
+    if isinstance(opts, cls) and not opts.debug:
+        builder.options = Options(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(cls)
+                                     if f.name != "sanitize_overflow"})
 
 
 def _lazy_tuple_type_names(core) -> None:
